@@ -1,0 +1,35 @@
+# paxoslog developer entry points.  Every target creates the virtualenv if it is missing.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+SEEDS ?= 2000
+PROTOCOL ?= both
+NODES ?= 3,5
+START ?= 0
+
+.PHONY: venv test sim bench bench-core compare clean
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[test]'
+	touch $@
+
+venv: $(VENV)/.installed
+
+test: venv
+	$(PY) -m pytest -q
+
+sim: venv
+	$(PY) -m paxoslog.sim --seeds $(SEEDS) --start $(START) --protocol $(PROTOCOL) --nodes $(NODES)
+
+bench-core: venv
+	$(PY) tools/bench_core.py
+
+compare: venv
+	$(PY) tools/compare_modes.py
+
+bench: bench-core
+
+clean:
+	rm -rf $(VENV) .pytest_cache build *.egg-info
