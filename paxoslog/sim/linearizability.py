@@ -26,12 +26,39 @@ Following Porcupine they are treated as returning at +infinity, and the search
 stops as soon as every completed operation is linearized, so an indeterminate
 operation never has to be placed.
 
+Plain WGL blows up on two common shapes of history: pending indeterminate writes
+(writes lost in a partition, then reads: the search tries every subset of them at
+every later position) and many concurrent reads (every subset of them before a
+write).  These rules cut the search down; each keeps a linearization whenever one
+exists, because an indeterminate operation may always be left out of a
+linearization and a read leaves the state unchanged:
+
+1. Before the search, an indeterminate write (put, delete, cas) is removed when
+   no operation could have observed the value it writes: no completed get
+   returning it and no completed successful cas expecting it after the write's
+   call, no indeterminate cas expecting it, and no completed cas that failed
+   after the write's call (etcd's robustness tests "patch" such writes likewise).
+2. An indeterminate operation is not linearized where it leaves the state
+   unchanged.
+3. A put or delete is not linearized right after an indeterminate operation (that
+   operation would be overwritten unseen; the order without it covers the case).
+4. A completed read (a get, or a cas that returned False) the model accepts is
+   linearized at once, and when that branch fails the alternatives are not
+   tried: everything that must precede the read is already linearized (its call
+   is reached only after every earlier return), so any linearization can be
+   rearranged to place it there.
+
+Also before the search, a completed read of a value that no operation invoked
+before the read returned could have written is reported at once, without a search.
+
 Caller's obligations: pass only operations that either completed with a known
 result or whose outcome is unknown; operations known to have failed without
 effect must be left out.  Results of ``None`` (gave up at the deadline) must be
 treated as failures, never as passes.  The search is exponential in the worst case
-(many concurrent or indeterminate operations on one key); keep per-key concurrency
-low and always pass a timeout in unattended runs.
+(many concurrent or indeterminate operations on one key), and proving a long
+history *not* linearizable costs far more than accepting a legal one, since every
+alternative must be exhausted; keep per-key concurrency low and always pass a
+timeout in unattended runs.
 """
 
 from __future__ import annotations
@@ -45,7 +72,7 @@ __all__ = ["Operation", "CheckResult", "check_history", "check_key"]
 
 KINDS = ("put", "get", "delete", "cas")
 
-# How many search steps run between two looks at the clock.
+# How many search steps run between two looks at the clock (a power of two).
 _DEADLINE_CHECK_STEPS = 1024
 # How many operations of the longest linearizable prefix a failure message shows.
 _MESSAGE_PREFIX_OPS_MAX = 8
@@ -167,6 +194,14 @@ def check_key(ops: list[Operation], deadline: float | None) -> CheckResult:
     for op in ops:
         if op.key != key:
             raise ValueError(f"check_key got keys {key!r} and {op.key!r}; use check_history")
+    impossible = _unwritten_read(ops)
+    if impossible is not None:
+        message = (
+            f"key {key!r}: not linearizable ({len(ops)} operations). "
+            f"{impossible.describe()} saw a value that no operation invoked before it "
+            "returned could have written"
+        )
+        return CheckResult(ok=False, key=key, message=message, ops_checked=len(ops))
     search = _Search(ops)
     verdict = search.run(deadline)
     if verdict is True:
@@ -218,6 +253,76 @@ class _Values:
         return index
 
 
+def _unwritten_read(ops: list[Operation]) -> Operation | None:
+    """The first completed read of a value no earlier-invoked operation could write.
+
+    A get returning v, or a successful cas expecting v (v not None), needs some
+    put or cas writing v whose call is no later than the read's return; a cas that
+    completed and failed wrote nothing.  This catches garbage reads without a search.
+    """
+    values = _Values()
+    writes: dict[int, list[tuple[float, int]]] = {}  # value id -> (call, op index) of writers
+    for index, op in enumerate(ops):
+        if op.kind == "put" or (op.kind == "cas" and (op.ret is None or op.output)):
+            writes.setdefault(values.intern(op.value), []).append((op.call, index))
+    for writers in writes.values():
+        writers.sort()
+    for index, op in enumerate(ops):
+        if op.ret is None:
+            continue
+        if op.kind == "get":
+            seen = values.intern(op.output)
+        elif op.kind == "cas" and op.output:
+            seen = values.intern(op.expected)
+        else:
+            continue
+        if seen == _ABSENT:
+            continue
+        # The two earliest writers suffice: a cas may not supply its own expected value.
+        earliest = [call for call, writer in writes.get(seen, [])[:2] if writer != index]
+        if not earliest or earliest[0] > op.ret:
+            return op
+    return None
+
+
+def _drop_unobservable(ops: list[Operation], values: _Values) -> list[Operation]:
+    """The operations minus indeterminate ones whose effect nobody could have seen.
+
+    Indeterminate gets have no effect.  An indeterminate write of value v can be
+    left out of any linearization if, in the stretch between it and the next write,
+    no operation could tell v from the previous value: that needs no completed get
+    returning v or successful cas expecting v, and no completed failed cas, that
+    returned after the write's call, and no indeterminate cas expecting v.
+    """
+    observed_until: dict[int, float] = {}  # value id -> latest return of an op that saw it
+    cas_failed_until = -math.inf
+    cas_unknown_expects: set[int] = set()
+    for op in ops:
+        if op.kind == "get" and op.ret is not None:
+            seen = values.intern(op.output)
+        elif op.kind == "cas" and op.ret is None:
+            cas_unknown_expects.add(values.intern(op.expected))
+            continue
+        elif op.kind == "cas" and op.output:
+            seen = values.intern(op.expected)
+        elif op.kind == "cas":
+            cas_failed_until = max(cas_failed_until, op.ret)
+            continue
+        else:
+            continue
+        observed_until[seen] = max(observed_until.get(seen, -math.inf), op.ret)
+
+    def observable(op: Operation) -> bool:
+        written = _ABSENT if op.kind == "delete" else values.intern(op.value)
+        return (
+            observed_until.get(written, -math.inf) >= op.call
+            or written in cas_unknown_expects
+            or cas_failed_until >= op.call
+        )
+
+    return [op for op in ops if op.ret is not None or (op.kind != "get" and observable(op))]
+
+
 class _Search:
     """One key's history as a linked list of entries, and the WGL search over it.
 
@@ -228,11 +333,15 @@ class _Search:
     """
 
     def __init__(self, ops: list[Operation]) -> None:
-        # Indeterminate gets have no effect and an unconstrained output: drop them.
-        self.ops = [op for op in ops if not (op.kind == "get" and op.ret is None)]
         values = _Values()
+        self.ops = _drop_unobservable(ops, values)
         n = len(self.ops)
         self.kind = [_KIND_CODES[op.kind] for op in self.ops]
+        self.overwrites = [op.kind in ("put", "delete") for op in self.ops]
+        self.reads = [
+            op.ret is not None and (op.kind == "get" or (op.kind == "cas" and not op.output))
+            for op in self.ops
+        ]
         self.definite = [op.ret is not None for op in self.ops]
         self.arg = [values.intern(op.value) for op in self.ops]
         self.expected = [values.intern(op.expected) for op in self.ops]
@@ -311,18 +420,22 @@ class _Search:
         if remaining == 0:
             return True
         nxt, is_call, op_of, definite = self.next, self.is_call, self.op_of, self.definite
+        overwrites, reads = self.overwrites, self.reads
         step = self._step
+        # Memo of (linearized bitset, search state); the search state is the model
+        # state times two, plus one when the last linearized op was indeterminate
+        # (which forbids an overwrite next, see the module docstring).
         cache: set[tuple[int, int]] = set()
-        stack: list[tuple[int, int]] = []  # (call node, model state before it)
+        stack: list[tuple[int, int, bool]] = []  # (call node, model state, after_unknown) before it
         state = _ABSENT
+        after_unknown = False
         linearized = 0
         node = nxt[0]
-        countdown = _DEADLINE_CHECK_STEPS
+        steps = 0
         while True:
-            countdown -= 1
-            if countdown == 0:
-                self.steps += _DEADLINE_CHECK_STEPS
-                countdown = _DEADLINE_CHECK_STEPS
+            steps += 1
+            if steps & (_DEADLINE_CHECK_STEPS - 1) == 0:
+                self.steps = steps
                 if deadline is not None and time.monotonic() >= deadline:
                     self._record_progress(stack, state, None)
                     return None
@@ -331,13 +444,18 @@ class _Search:
             index = op_of[node]
             if is_call[node]:
                 accepted, new_state = step(index, state)
+                if accepted and after_unknown and overwrites[index]:
+                    accepted = False
+                if accepted and not definite[index] and new_state == state:
+                    accepted = False
                 if accepted:
                     new_linearized = linearized | (1 << index)
-                    entry = (new_linearized, new_state)
+                    entry = (new_linearized, 2 * new_state + (not definite[index]))
                     if entry not in cache:
                         cache.add(entry)
-                        stack.append((node, state))
+                        stack.append((node, state, after_unknown))
                         state = new_state
+                        after_unknown = not definite[index]
                         linearized = new_linearized
                         self._lift(node)
                         if definite[index]:
@@ -350,21 +468,28 @@ class _Search:
             else:
                 # The call of this completed operation could not be placed here:
                 # undo the most recent linearization and try its next alternative.
+                # A completed read needs no alternatives (module docstring), so
+                # undo past it too.
                 if len(stack) > len(self.best_prefix) or self.best_blocked is None:
                     self._record_progress(stack, state, index)
-                if not stack:
-                    return False
-                node, state = stack.pop()
-                index = op_of[node]
-                linearized ^= 1 << index
-                if definite[index]:
-                    remaining += 1
-                self._unlift(node)
+                while True:
+                    if not stack:
+                        return False
+                    node, state, after_unknown = stack.pop()
+                    index = op_of[node]
+                    linearized ^= 1 << index
+                    if definite[index]:
+                        remaining += 1
+                    self._unlift(node)
+                    if not reads[index]:
+                        break
                 node = nxt[node]
 
-    def _record_progress(self, stack: list[tuple[int, int]], state: int, blocked: int | None) -> None:
+    def _record_progress(
+        self, stack: list[tuple[int, int, bool]], state: int, blocked: int | None
+    ) -> None:
         if len(stack) >= len(self.best_prefix):
-            self.best_prefix = [self.op_of[node] for node, _ in stack]
+            self.best_prefix = [self.op_of[node] for node, _, _ in stack]
             self.best_state = state
             self.best_blocked = blocked
 

@@ -1,0 +1,955 @@
+"""MultiPaxosReplica: stable-leader Multi-Paxos with gap-tolerant slots, sans I/O.
+
+Roles: every node is an acceptor and a learner; one proposer at a time leads.
+
+* Phase 1 runs once per leadership, for every slot from the candidate's first unchosen slot
+  up: one Prepare, Promises carrying every accepted (slot, ballot, value) at or above it.
+  The new leader re-proposes, for each slot up to the highest reported, the value of the
+  highest ballot, and a no-op where nothing was accepted (R7).
+* Phase 2 runs per slot.  A slot carries a batch of commands; up to ``pipeline_window``
+  slots beyond the chosen watermark are in flight; Accept/Accepted carry many slots.
+  Slots are chosen independently and out of order; learners apply strictly in order.
+* Configuration: a CONFIG entry at slot s governs every slot > s.  The leader proposes a
+  CONFIG entry only when nothing else is in flight and proposes nothing after it until it
+  is chosen (a pipeline barrier), so the configuration of every in-flight slot is known.
+  A candidate needs a phase-1 quorum of every configuration that can govern a slot at or
+  above its first unchosen slot: its own, every chosen configuration it knows above that,
+  and every configuration value any Promise reports (gathered until stable).
+* Failure detection by ticks: randomized election timeouts, a pre-vote round (a quorum
+  must also have lost the leader, and the candidate must not be behind them), leader
+  stickiness (a node that heard from a leader recently ignores Prepares), randomized
+  back-off after a rejected ballot (R6), check-quorum step-down.
+* Followers learn "chosen" from the leader's watermark and chosen set for slots they hold at
+  the leader's ballot, and fetch the rest (catch-up), or a snapshot below the leader's log.
+
+Own acceptances count immediately: the Ready that carries an entry is persisted before its
+messages are sent and before its committed entries are applied, so nothing counted here is
+visible outside before it is durable.
+"""
+
+from __future__ import annotations
+
+import random
+from collections import deque
+from typing import Iterable, Sequence
+
+from sortedcontainers import SortedDict
+
+from .ballot import ZERO_BALLOT, Ballot
+from .errors import Busy, ConfigChangeInProgress, NotLeader
+from .log import (ENTRY_CONFIG, ENTRY_NOOP, ENTRY_NORMAL, Entry, HardState, SlotLog,
+                  SnapshotMeta, config_entry, entry_bytes, entry_config)
+from .messages import (Accept, Accepted, CatchupReply, CatchupRequest, Heartbeat,
+                       HeartbeatReply, InstallSnapshot, InstallSnapshotReply, Message, Nack,
+                       Prepare, PreVote, PreVoteReply, Promise, TimeoutNow)
+from .quorum import Config
+from .ready import ConfigChanged, ProposalDropped, ReadState, Ready, Role, RoleChanged
+from .replica import ReplicaOptions, Restored
+
+__all__ = ["MultiPaxosReplica"]
+
+_CTX_KEEP = 64  # heartbeat contexts remembered for lease timing
+
+
+class _PendingRead:
+    __slots__ = ("request_id", "index", "ctx")
+
+    def __init__(self, request_id: object, index: int, ctx: int) -> None:
+        self.request_id = request_id
+        self.index = index
+        self.ctx = ctx
+
+
+class MultiPaxosReplica:
+    """One Multi-Paxos node.  See the module docstring and DESIGN.md sections 2-3."""
+
+    protocol = "multipaxos"
+
+    def __init__(self, node_id: int, config: Config, options: ReplicaOptions,
+                 rng: random.Random, restored: Restored | None = None) -> None:
+        assert node_id > 0, "node ids start at 1"
+        self.node_id = node_id
+        self.options = options
+        self.limits = options.limits
+        self.rng = rng
+        self.now = 0  # ticks since start
+
+        restored = restored or Restored(HardState(), [], None)
+        snapshot = restored.snapshot
+        self.log = SlotLog(snapshot)
+        for entry in restored.entries:
+            if entry.index >= self.log.first_index:
+                self.log.put(entry)
+        self.promised = Ballot.unpack(restored.hard_state.term)
+        # Configuration timeline: slot of a chosen CONFIG entry -> the Config it installs.
+        self.base_config = snapshot.config if snapshot else config
+        self.timeline: SortedDict = SortedDict()
+        # The commit hint is trusted only over entries actually present.
+        hint = restored.hard_state.commit
+        for slot in range(self.log.first_index, hint + 1):
+            if self.log.get(slot) is None:
+                break
+            self._mark_chosen(slot, notify=False)
+        self.applied = snapshot.index if snapshot else 0
+
+        self.role = Role.FOLLOWER
+        self.leader_id: int | None = None
+        self.ballot = ZERO_BALLOT  # our ballot while candidate/leader
+        self.max_round_seen = self.promised.round
+        self.election_elapsed = 0
+        # Ticks since we heard from a leader.  A booting node stays quiet (grants no
+        # pre-vote, ignores Prepares) for one election timeout: it may have acknowledged a
+        # leader's lease just before it crashed.
+        self.leader_elapsed = 0
+        self.election_timeout = self._random_timeout()
+
+        # Pre-candidate / candidate state.
+        self.votes: set[int] = set()
+        self.promises: dict[int, Promise] = {}
+        self.force_election = False
+
+        # Leader state.
+        self.next_slot = self.log.chosen_upto + 1
+        self.inflight: dict[int, set[int]] = {}
+        self.sent_tick: dict[int, int] = {}
+        self.backlog: SortedDict = SortedDict()  # re-proposals not yet sent (barrier)
+        self.queue: deque[bytes] = deque()
+        self.pending_config: Config | None = None
+        self.barrier: int | None = None  # slot of an unchosen CONFIG entry we proposed
+        self.proposed_configs: SortedDict = SortedDict()
+        self.heartbeat_elapsed = 0
+        self.quorum_elapsed = 0
+        self.recent_active: set[int] = set()
+        self.last_heard: dict[int, int] = {}
+        self.peer_chosen: dict[int, int] = {}
+        self.peer_ctx: dict[int, int] = {}
+        self.ctx = 0
+        self.ctx_sent: dict[int, int] = {}
+        self.lease_until = -1
+        self.reads: deque[_PendingRead] = deque()
+        self.snapshot_sent: dict[int, int] = {}
+        self.transfer_target: int | None = None
+        self.transfer_elapsed = 0
+
+        # Follower catch-up.
+        self.known_commit = self.log.chosen_upto
+        self.catchup_tick = -options.election_ticks
+
+        # Ready buffers.
+        self._messages: list[Message] = []
+        self._entries: dict[int, Entry] = {}
+        self._hs_dirty = False
+        self._last_hs = restored.hard_state
+        self._reads_ready: list[ReadState] = []
+        self._events: list = []
+        self._snapshot: tuple[SnapshotMeta, bytes] | None = None
+
+    # ------------------------------------------------------------------ properties
+
+    @property
+    def term(self) -> int:
+        """The round of the highest ballot promised (shared tooling calls it "term")."""
+        return self.promised.round
+
+    @property
+    def commit_index(self) -> int:
+        return self.log.chosen_upto
+
+    @property
+    def applied_index(self) -> int:
+        return self.applied
+
+    @property
+    def config(self) -> Config:
+        """The latest configuration known chosen (or proposed, on the leader)."""
+        if self.proposed_configs:
+            return self.proposed_configs.peekitem(-1)[1]
+        if self.timeline:
+            return self.timeline.peekitem(-1)[1]
+        return self.base_config
+
+    def config_for(self, slot: int) -> Config:
+        """The configuration that governs ``slot``: the latest CONFIG entry before it."""
+        best_slot, best = -1, self.base_config
+        index = self.timeline.bisect_left(slot) - 1
+        if index >= 0:
+            best_slot, best = self.timeline.peekitem(index)
+        index = self.proposed_configs.bisect_left(slot) - 1
+        if index >= 0:
+            proposed_slot, proposed = self.proposed_configs.peekitem(index)
+            if proposed_slot > best_slot:
+                best = proposed
+        return best
+
+    # ------------------------------------------------------------------ inputs
+
+    def tick(self) -> None:
+        self.now += 1
+        self.leader_elapsed += 1
+        if self.role == Role.LEADER:
+            self._tick_leader()
+            return
+        self.election_elapsed += 1
+        if self.election_elapsed >= self.election_timeout:
+            self.election_elapsed = 0
+            self.election_timeout = self._random_timeout()
+            self._start_election()
+
+    def step(self, msg: Message) -> None:
+        if msg.to != self.node_id or msg.frm == self.node_id:
+            return
+        handler = _HANDLERS.get(type(msg))
+        if handler is not None:
+            handler(self, msg)
+
+    def propose(self, commands: Sequence[bytes]) -> None:
+        """Queue commands for the next slots.  Raises NotLeader or Busy."""
+        if self.role != Role.LEADER:
+            raise NotLeader(self.leader_id if self.leader_id != self.node_id else None)
+        if self.transfer_target is not None:
+            raise Busy("leadership transfer in progress")
+        if len(self.queue) + len(commands) > self.limits.proposal_queue_max:
+            raise Busy("proposal queue full")
+        self.queue.extend(commands)
+
+    def read_index(self, request_id: object) -> None:
+        """Ask for a linearizable read point; a ReadState appears in a later Ready."""
+        if self.role != Role.LEADER:
+            raise NotLeader(self.leader_id if self.leader_id != self.node_id else None)
+        if len(self.reads) >= self.limits.pending_reads_max:
+            raise Busy("too many pending reads")
+        ctx = self._broadcast_heartbeat()
+        self.reads.append(_PendingRead(request_id, self.next_slot - 1, ctx))
+        self._confirm_reads()
+
+    def lease_read_index(self) -> int | None:
+        """The read point when the leader lease holds (options.lease_ticks > 0), else None."""
+        if (self.role != Role.LEADER or self.options.lease_ticks == 0
+                or self.transfer_target is not None or self.now >= self.lease_until):
+            return None
+        point = self.next_slot - 1
+        return point if self.log.chosen_upto >= point else None
+
+    def change_config(self, voters: Iterable[int], learners: Iterable[int] = ()) -> None:
+        """Start a membership change (joint consensus when the voters change)."""
+        if self.role != Role.LEADER:
+            raise NotLeader(self.leader_id if self.leader_id != self.node_id else None)
+        current = self.config
+        if self.pending_config is not None or self.barrier is not None or current.joint:
+            raise ConfigChangeInProgress("a membership change is already in progress")
+        voters, learners = frozenset(voters), frozenset(learners) - frozenset(voters)
+        if not voters:
+            raise ValueError("a configuration needs at least one voter")
+        if voters == current.voters:
+            target = Config(voters, frozenset(), learners)
+        else:
+            target = Config(voters, current.voters, learners)
+        if target == current:
+            return
+        self.pending_config = target
+
+    def transfer_leadership(self, target: int) -> None:
+        if self.role != Role.LEADER:
+            raise NotLeader(self.leader_id if self.leader_id != self.node_id else None)
+        if target == self.node_id:
+            return
+        if target not in self.config.voters:
+            raise ValueError(f"node {target} is not a voter")
+        self.transfer_target = target
+        self.transfer_elapsed = 0
+        self._maybe_send_timeout_now()
+
+    def compact(self, meta: SnapshotMeta) -> None:
+        """The shell holds a durable snapshot through ``meta.index``; drop the log below it."""
+        assert meta.index <= self.applied, (meta.index, self.applied)
+        if meta.index < self.log.first_index:
+            return
+        self.log.compact(meta)
+        self._prune_timeline(meta.index, meta.config)
+
+    # ------------------------------------------------------------------ outputs
+
+    def has_ready(self) -> bool:
+        if self.role == Role.LEADER:
+            self._fill_slots()
+        return bool(self._messages or self._entries or self._hs_dirty or self._reads_ready
+                    or self._events or self._snapshot or self.applied < self.log.chosen_upto)
+
+    def ready(self) -> Ready | None:
+        if not self.has_ready():
+            return None
+        ready = Ready()
+        if self._hs_dirty:
+            self._last_hs = HardState(self.promised.pack(), 0, self.log.chosen_upto)
+            ready.hard_state = self._last_hs
+            self._hs_dirty = False
+        if self._snapshot is not None:
+            ready.snapshot, ready.snapshot_data = self._snapshot
+            self._snapshot = None
+        if self._entries:
+            ready.entries = [self._entries[i] for i in sorted(self._entries)]
+            self._entries = {}
+        ready.messages, self._messages = self._messages, []
+        if self.applied < self.log.chosen_upto:
+            ready.committed = list(self.log.range(self.applied + 1, self.log.chosen_upto + 1))
+            assert len(ready.committed) == self.log.chosen_upto - self.applied
+            self.applied = self.log.chosen_upto
+        ready.reads, self._reads_ready = self._reads_ready, []
+        ready.events, self._events = self._events, []
+        return ready
+
+    def advance(self, ready: Ready) -> None:
+        """Outputs were persisted, sent and applied.  (Own acceptances already counted.)"""
+
+    def status(self) -> dict:
+        status = {
+            "role": self.role,
+            "term": self.term,
+            "ballot": str(self.promised),
+            "leader": self.leader_id,
+            "commit_index": self.log.chosen_upto,
+            "applied_index": self.applied,
+            "last_index": max(self.log.last_index, self.log.chosen_upto),
+            "first_index": self.log.first_index,
+            "holes": self._holes(limit=16),
+            "config": self.config.describe(),
+            "ticks_since_leader": 0 if self.role == Role.LEADER else self.leader_elapsed,
+        }
+        if self.role == Role.LEADER:
+            status["progress"] = {
+                peer: {"match": self.peer_chosen.get(peer, 0), "next": self.next_slot,
+                       "last_heard_ticks": self.now - self.last_heard.get(peer, 0)}
+                for peer in sorted(self._peers())}
+        return status
+
+    # ------------------------------------------------------------------ invariants
+
+    def check_invariants(self) -> None:
+        log = self.log
+        assert log.chosen_upto >= log.first_index - 1
+        for slot in range(log.first_index, log.chosen_upto + 1):
+            assert log.get(slot) is not None, f"chosen slot {slot} missing on {self.node_id}"
+        for slot in log.chosen_above:
+            assert slot > log.chosen_upto + 1 and log.get(slot) is not None
+        assert self.applied <= log.chosen_upto
+        assert self.promised.round <= self.max_round_seen
+        if self.role == Role.LEADER:
+            assert self.ballot == self.promised, (self.ballot, self.promised)
+            assert self.ballot.node_id == self.node_id
+            assert self.leader_id == self.node_id
+            for slot in self.inflight:
+                assert not log.is_chosen(slot), slot
+                assert log.get(slot).term == self.ballot.pack()
+                assert slot < self.next_slot
+                if self.barrier is not None:
+                    assert slot <= self.barrier, (slot, self.barrier)
+            for slot in self.backlog:
+                assert slot < self.next_slot and slot not in self.inflight
+        else:
+            assert not self.inflight and not self.queue and not self.reads
+        if self.role in (Role.CANDIDATE, Role.LEADER):
+            assert self.ballot.node_id == self.node_id
+
+    # ------------------------------------------------------------------ elections
+
+    def _random_timeout(self) -> int:
+        base = self.options.election_ticks
+        return base + self.rng.randrange(base)
+
+    def _voter(self) -> bool:
+        config = self.config_for(self.log.chosen_upto + 1)
+        return self.node_id in config.all_voters
+
+    def _start_election(self) -> None:
+        if not self._voter():
+            return
+        if self.options.pre_vote and not self.force_election:
+            self._become(Role.PRE_CANDIDATE, None)
+            self.votes = {self.node_id}
+            ballot = Ballot(self.max_round_seen + 1, self.node_id)
+            for peer in self._election_peers():
+                self._send(PreVote(self.node_id, peer, ballot, self.log.chosen_upto + 1))
+            self._check_pre_votes()
+        else:
+            self._prepare()
+
+    def _election_peers(self) -> set[int]:
+        config = self.config_for(self.log.chosen_upto + 1)
+        return (config.all_voters | self._chosen_configs_above_members()) - {self.node_id}
+
+    def _chosen_configs_above_members(self) -> frozenset[int]:
+        members = frozenset()
+        for slot in self.timeline.irange(self.log.chosen_upto + 1, None):
+            members |= self.timeline[slot].all_voters
+        return members
+
+    def _check_pre_votes(self) -> None:
+        if self.role != Role.PRE_CANDIDATE:
+            return
+        if self.config_for(self.log.chosen_upto + 1).is_quorum(self.votes):
+            self._prepare()
+
+    def _prepare(self) -> None:
+        self.force_election = False
+        self.ballot = Ballot(max(self.max_round_seen, self.promised.round) + 1, self.node_id)
+        self._promise(self.ballot)
+        self._become(Role.CANDIDATE, None)
+        self.promises = {}
+        from_slot = self.log.chosen_upto + 1
+        self.promises[self.node_id] = self._make_promise(self.node_id, self.ballot, from_slot)
+        force = self.transfer_requested
+        self.transfer_requested = False
+        for peer in self._election_peers():
+            self._send(Prepare(self.node_id, peer, self.ballot, from_slot, force))
+        self._check_promises()
+
+    transfer_requested = False
+
+    def _promise(self, ballot: Ballot) -> None:
+        if ballot > self.promised:
+            self.promised = ballot
+            self._hs_dirty = True
+        self.max_round_seen = max(self.max_round_seen, ballot.round)
+
+    def _make_promise(self, to: int, ballot: Ballot, from_slot: int) -> Promise:
+        start = max(from_slot, self.log.first_index)
+        accepted = tuple(self.log.range(start, self.log.last_index + 1))
+        return Promise(self.node_id, to, ballot, accepted, self.log.chosen_upto,
+                       self.log.first_index)
+
+    def _phase1_configs(self) -> list[Config]:
+        from_slot = self.log.chosen_upto + 1
+        configs = {self.config_for(from_slot)}
+        for slot in self.timeline.irange(from_slot, None):
+            configs.add(self.timeline[slot])
+        for promise in self.promises.values():
+            for entry in promise.accepted:
+                if entry.kind == ENTRY_CONFIG:
+                    configs.add(entry_config(entry))
+        return list(configs)
+
+    def _check_promises(self) -> None:
+        if self.role != Role.CANDIDATE:
+            return
+        configs = self._phase1_configs()
+        wanted = frozenset().union(*(c.all_voters for c in configs))
+        for peer in wanted - set(self.promises) - {self.node_id}:
+            if peer not in self._prepared_extra:
+                self._prepared_extra.add(peer)
+                self._send(Prepare(self.node_id, peer, self.ballot, self.log.chosen_upto + 1,
+                                   False))
+        if all(config.is_quorum(self.promises) for config in configs):
+            self._become_leader()
+
+    _prepared_extra: set[int] = frozenset()  # replaced per candidacy in _become
+
+    def _become(self, role: str, leader: int | None) -> None:
+        was_leader = self.role == Role.LEADER
+        if was_leader and role != Role.LEADER:
+            self._drop_leader_state()
+        changed = role != self.role or leader != self.leader_id
+        self.role = role
+        self.leader_id = leader
+        self._prepared_extra = set()
+        if role != Role.LEADER:
+            self.election_elapsed = 0
+        if changed:
+            self._events.append(RoleChanged(role, self.term, leader))
+
+    def _drop_leader_state(self) -> None:
+        if self.queue:
+            self._events.append(ProposalDropped(tuple(self.queue)))
+        self.queue.clear()
+        self.inflight.clear()
+        self.sent_tick.clear()
+        self.backlog.clear()
+        self.proposed_configs.clear()
+        self.pending_config = None
+        self.barrier = None
+        self.reads.clear()
+        self.transfer_target = None
+        self.lease_until = -1
+
+    def _become_leader(self) -> None:
+        from_slot = self.log.chosen_upto + 1
+        best: dict[int, Entry] = {}
+        for promise in self.promises.values():
+            for entry in promise.accepted:
+                if entry.index < from_slot:
+                    continue
+                current = best.get(entry.index)
+                if current is None or entry.term > current.term:
+                    best[entry.index] = entry
+        # Slots another acceptor already compacted into a snapshot are chosen, but we do not
+        # hold their values: we cannot lead; fetch them and try again later.
+        for peer, promise in self.promises.items():
+            if promise.first_index > from_slot and peer != self.node_id:
+                self._send(CatchupRequest(self.node_id, peer, self.ballot, (from_slot,)))
+                self._become(Role.FOLLOWER, None)
+                return
+        self._become(Role.LEADER, self.node_id)
+        self.leader_elapsed = 0
+        self.heartbeat_elapsed = 0
+        self.quorum_elapsed = 0
+        self.recent_active = set()
+        self.last_heard = {peer: self.now for peer in self._peers()}
+        self.peer_ctx = {}
+        self.snapshot_sent = {}
+        top = max(best) if best else from_slot - 1
+        mine = self.ballot.pack()
+        for slot in range(from_slot, top + 1):
+            if self.log.is_chosen(slot):
+                continue  # chosen out of order and known here: nothing to decide
+            value = best.get(slot)
+            if value is None:
+                entry = Entry(slot, mine, ENTRY_NOOP, ())
+            else:
+                entry = Entry(slot, mine, value.kind, value.payload)
+            self.backlog[slot] = entry
+        self.next_slot = top + 1
+        self._fill_slots()
+        self._broadcast_heartbeat()
+
+    # ------------------------------------------------------------------ leader
+
+    def _peers(self) -> frozenset[int]:
+        members = self.config.members | self.config_for(self.next_slot).members
+        return members - {self.node_id}
+
+    def _voter_configs(self) -> list[Config]:
+        """Configurations whose quorums the leader must keep (check-quorum, reads)."""
+        first = self.config_for(self.log.chosen_upto + 1)
+        last = self.config_for(self.next_slot)
+        return [first] if first == last else [first, last]
+
+    def _tick_leader(self) -> None:
+        self.heartbeat_elapsed += 1
+        self.quorum_elapsed += 1
+        if self.transfer_target is not None:
+            self.transfer_elapsed += 1
+            if self.transfer_elapsed >= self.options.election_ticks:
+                self.transfer_target = None
+        if self.quorum_elapsed >= self.options.election_ticks:
+            self.quorum_elapsed = 0
+            active = self.recent_active | {self.node_id}
+            self.recent_active = set()
+            if self.options.check_quorum and not all(
+                    c.is_quorum(active) for c in self._voter_configs()):
+                self._become(Role.FOLLOWER, None)
+                return
+        if self.heartbeat_elapsed >= self.options.heartbeat_ticks:
+            self.heartbeat_elapsed = 0
+            self._broadcast_heartbeat()
+            self._retransmit()
+
+    def _broadcast_heartbeat(self) -> int:
+        self.ctx += 1
+        self.ctx_sent[self.ctx] = self.now
+        self.ctx_sent.pop(self.ctx - _CTX_KEEP, None)
+        chosen = tuple(sorted(s for s in self.log.chosen_above
+                              if self.log.get(s).term == self.ballot.pack()))
+        for peer in self._peers():
+            self._send(Heartbeat(self.node_id, peer, self.ballot, self.log.chosen_upto,
+                                 chosen, self.ctx))
+        return self.ctx
+
+    def _can_send(self, slot: int) -> bool:
+        if self.barrier is not None:
+            return False
+        return slot <= self.log.chosen_upto + self.limits.pipeline_window
+
+    def _fill_slots(self) -> None:
+        """Move re-proposals and queued commands into slots, honouring window and barrier."""
+        new: list[Entry] = []
+        mine = self.ballot.pack()
+        while self.backlog:
+            slot, entry = self.backlog.peekitem(0)
+            if not self._can_send(slot):
+                break
+            del self.backlog[slot]
+            new.append(self._propose_entry(entry))
+        if not self.backlog:
+            if self.pending_config is not None and not self.inflight and self.barrier is None:
+                entry = config_entry(self.next_slot, mine, self.pending_config)
+                self.pending_config = None
+                self.next_slot += 1
+                new.append(self._propose_entry(entry))
+            limits = self.limits
+            while self.queue and self._can_send(self.next_slot):
+                batch: list[bytes] = []
+                size = 0
+                while self.queue and len(batch) < limits.batch_commands_max:
+                    command = self.queue[0]
+                    if batch and size + len(command) > limits.batch_bytes_max:
+                        break
+                    batch.append(self.queue.popleft())
+                    size += len(command) + 2
+                entry = Entry(self.next_slot, mine, ENTRY_NORMAL, tuple(batch))
+                self.next_slot += 1
+                new.append(self._propose_entry(entry))
+        if new:
+            self._send_accepts(new, self._peers())
+            self._advance_chosen()
+
+    def _propose_entry(self, entry: Entry) -> Entry:
+        self.log.put(entry)
+        self._entries[entry.index] = entry
+        self.inflight[entry.index] = {self.node_id}
+        self.sent_tick[entry.index] = self.now
+        if entry.kind == ENTRY_CONFIG:
+            self.barrier = entry.index
+            self.proposed_configs[entry.index] = entry_config(entry)
+        self._check_chosen(entry.index)
+        return entry
+
+    def _send_accepts(self, entries: list[Entry], peers: Iterable[int]) -> None:
+        limits = self.limits
+        chunks: list[tuple[Entry, ...]] = []
+        chunk: list[Entry] = []
+        size = 0
+        for entry in entries:
+            length = entry_bytes(entry)
+            if chunk and (len(chunk) >= limits.entries_per_message_max
+                          or size + length > limits.message_bytes_max):
+                chunks.append(tuple(chunk))
+                chunk, size = [], 0
+            chunk.append(entry)
+            size += length
+        if chunk:
+            chunks.append(tuple(chunk))
+        commit = self.log.chosen_upto
+        for peer in peers:
+            for part in chunks:
+                self._send(Accept(self.node_id, peer, self.ballot, part, commit))
+
+    def _retransmit(self) -> None:
+        """Resend Accepts for in-flight slots to peers that have not acknowledged them."""
+        stale = [slot for slot, tick in self.sent_tick.items()
+                 if self.now - tick >= self.options.heartbeat_ticks]
+        if not stale:
+            return
+        per_peer: dict[int, list[Entry]] = {}
+        for slot in sorted(stale):
+            self.sent_tick[slot] = self.now
+            acks = self.inflight[slot]
+            for peer in self.config_for(slot).members:
+                if peer not in acks and peer != self.node_id:
+                    per_peer.setdefault(peer, []).append(self.log.get(slot))
+        for peer, entries in per_peer.items():
+            self._send_accepts(entries, (peer,))
+
+    def _check_chosen(self, slot: int) -> None:
+        acks = self.inflight.get(slot)
+        if acks is not None and self.config_for(slot).is_quorum(acks):
+            del self.inflight[slot]
+            del self.sent_tick[slot]
+            self._mark_chosen(slot)
+
+    def _advance_chosen(self) -> None:
+        """After chosen slots changed on the leader: barrier, config steps, reads."""
+        if self.barrier is not None and self.log.is_chosen(self.barrier):
+            slot = self.barrier
+            self.barrier = None
+            config = self.proposed_configs.pop(slot)
+            if config.joint and self.role == Role.LEADER and self.pending_config is None:
+                self.pending_config = Config(config.voters, frozenset(), config.learners)
+        self._confirm_reads()
+
+    def _maybe_send_timeout_now(self) -> None:
+        target = self.transfer_target
+        if target is None:
+            return
+        if self.peer_chosen.get(target, 0) >= self.next_slot - 1 and not self.inflight:
+            self._send(TimeoutNow(self.node_id, target, self.ballot.pack()))
+            self._become(Role.FOLLOWER, None)
+            self.leader_elapsed = self.options.election_ticks  # do not resist the transfer
+
+    # ------------------------------------------------------------------ learning
+
+    def _mark_chosen(self, slot: int, notify: bool = True) -> None:
+        if self.log.is_chosen(slot):
+            return
+        self.log.mark_chosen(slot)
+        entry = self.log.get(slot)
+        if entry.kind == ENTRY_CONFIG:
+            config = entry_config(entry)
+            self.timeline[slot] = config
+            if notify:
+                self._events.append(ConfigChanged(config, slot))
+
+    def _learn_commit(self, ballot: Ballot, commit: int, chosen: Iterable[int]) -> None:
+        """Mark as chosen what the leader says is chosen, where we hold its ballot's value."""
+        mine = ballot.pack()
+        log = self.log
+        self.known_commit = max(self.known_commit, commit)
+        slot = log.chosen_upto + 1
+        while slot <= commit:
+            entry = log.get(slot)
+            if entry is None or entry.term != mine:
+                break
+            self._mark_chosen(slot)
+            slot += 1
+        for slot in chosen:
+            entry = log.get(slot)
+            if entry is not None and entry.term == mine and slot >= log.first_index:
+                self._mark_chosen(slot)
+        if self.known_commit > log.chosen_upto and self.leader_id is not None:
+            self._request_catchup()
+
+    def _request_catchup(self) -> None:
+        if self.now - self.catchup_tick < self.options.heartbeat_ticks:
+            return
+        self.catchup_tick = self.now
+        missing = []
+        slot = self.log.chosen_upto + 1
+        while slot <= self.known_commit and len(missing) < self.limits.entries_per_message_max:
+            if not self.log.is_chosen(slot):
+                missing.append(slot)
+            slot += 1
+        if missing:
+            self._send(CatchupRequest(self.node_id, self.leader_id, self.promised,
+                                      tuple(missing)))
+
+    def _holes(self, limit: int) -> list[int]:
+        holes = []
+        for slot in range(self.log.chosen_upto + 1, self.log.last_index + 1):
+            if len(holes) >= limit:
+                break
+            if not self.log.is_chosen(slot):
+                holes.append(slot)
+        return holes if self.log.chosen_above else []
+
+    def _prune_timeline(self, index: int, config: Config) -> None:
+        for slot in list(self.timeline.irange(None, index)):
+            del self.timeline[slot]
+        self.base_config = config
+
+    def _confirm_reads(self) -> None:
+        if not self.reads:
+            return
+        configs = self._voter_configs()
+        while self.reads:
+            read = self.reads[0]
+            acks = {self.node_id} | {p for p, c in self.peer_ctx.items() if c >= read.ctx}
+            if not all(c.is_quorum(acks) for c in configs):
+                break
+            if self.log.chosen_upto < read.index:
+                break
+            self.reads.popleft()
+            self._reads_ready.append(ReadState(read.request_id, read.index))
+
+    # ------------------------------------------------------------------ handlers
+
+    def _heard_leader(self, ballot: Ballot) -> None:
+        self._promise(ballot)
+        if self.role != Role.FOLLOWER or self.leader_id != ballot.node_id:
+            self._become(Role.FOLLOWER, ballot.node_id)
+        self.election_elapsed = 0
+        self.leader_elapsed = 0
+
+    def _sticky(self) -> bool:
+        """True while we recently heard from a live leader (ignore campaigns)."""
+        return self.leader_elapsed < self.options.election_ticks
+
+    def on_pre_vote(self, msg: PreVote) -> None:
+        self.max_round_seen = max(self.max_round_seen, msg.ballot.round - 1)
+        granted = (not self._sticky() and self.role != Role.LEADER
+                   and msg.first_unchosen >= self.log.chosen_upto + 1)
+        self._send(PreVoteReply(self.node_id, msg.frm, msg.ballot, granted))
+
+    def on_pre_vote_reply(self, msg: PreVoteReply) -> None:
+        if self.role == Role.PRE_CANDIDATE and msg.granted:
+            self.votes.add(msg.frm)
+            self._check_pre_votes()
+
+    def on_prepare(self, msg: Prepare) -> None:
+        self.max_round_seen = max(self.max_round_seen, msg.ballot.round)
+        if not msg.force and self._sticky() and msg.frm != self.leader_id \
+                and self.role != Role.LEADER:
+            return
+        if self.role == Role.LEADER and not msg.force and msg.ballot > self.promised \
+                and self.options.check_quorum:
+            # A healthy leader (check-quorum keeps it honest) ignores campaigns.
+            return
+        if msg.ballot < self.promised:
+            self._send(Nack(self.node_id, msg.frm, msg.ballot, self.promised))
+            return
+        if msg.ballot > self.promised or self.role != Role.FOLLOWER:
+            if self.role != Role.FOLLOWER or self.leader_id != msg.ballot.node_id:
+                self._become(Role.FOLLOWER, None)
+        self._promise(msg.ballot)
+        self.election_elapsed = 0
+        self._send(self._make_promise(msg.frm, msg.ballot, msg.from_slot))
+
+    def on_promise(self, msg: Promise) -> None:
+        if self.role != Role.CANDIDATE or msg.ballot != self.ballot:
+            return
+        self.promises[msg.frm] = msg
+        self._check_promises()
+
+    def on_nack(self, msg: Nack) -> None:
+        self.max_round_seen = max(self.max_round_seen, msg.promised.round)
+        if msg.ballot != self.ballot or self.role not in (Role.CANDIDATE, Role.LEADER):
+            return
+        if msg.promised > self.promised:
+            self._promise(msg.promised)
+            # Back off for a fresh random timeout before trying again (dueling proposers).
+            self._become(Role.FOLLOWER, None)
+            self.election_timeout = self._random_timeout()
+
+    def on_accept(self, msg: Accept) -> None:
+        if msg.ballot < self.promised:
+            self._send(Nack(self.node_id, msg.frm, msg.ballot, self.promised))
+            return
+        self._heard_leader(msg.ballot)
+        slots = []
+        first = self.log.first_index
+        for entry in msg.entries:
+            if entry.index < first:
+                slots.append(entry.index)
+                continue
+            if not self.log.is_chosen(entry.index):
+                self.log.put(entry)
+                self._entries[entry.index] = entry
+            slots.append(entry.index)
+        self._send(Accepted(self.node_id, msg.frm, msg.ballot, tuple(slots)))
+        self._learn_commit(msg.ballot, msg.commit, ())
+
+    def on_accepted(self, msg: Accepted) -> None:
+        if self.role != Role.LEADER or msg.ballot != self.ballot:
+            return
+        self._heard_peer(msg.frm)
+        for slot in msg.slots:
+            acks = self.inflight.get(slot)
+            if acks is not None:
+                acks.add(msg.frm)
+                self._check_chosen(slot)
+        self._advance_chosen()
+
+    def on_heartbeat(self, msg: Heartbeat) -> None:
+        if msg.ballot < self.promised:
+            self._send(Nack(self.node_id, msg.frm, msg.ballot, self.promised))
+            return
+        self._heard_leader(msg.ballot)
+        self._learn_commit(msg.ballot, msg.commit, msg.chosen)
+        self._send(HeartbeatReply(self.node_id, msg.frm, msg.ballot, msg.ctx,
+                                  self.log.chosen_upto, self.log.last_index))
+
+    def _heard_peer(self, peer: int) -> None:
+        self.recent_active.add(peer)
+        self.last_heard[peer] = self.now
+
+    def on_heartbeat_reply(self, msg: HeartbeatReply) -> None:
+        if self.role != Role.LEADER or msg.ballot != self.ballot:
+            return
+        self._heard_peer(msg.frm)
+        self.peer_chosen[msg.frm] = msg.chosen_upto
+        if msg.ctx > self.peer_ctx.get(msg.frm, 0):
+            self.peer_ctx[msg.frm] = msg.ctx
+            self._update_lease(msg.ctx)
+        if msg.chosen_upto < self.log.first_index - 1:
+            self._send_snapshot(msg.frm)
+        self._confirm_reads()
+        self._maybe_send_timeout_now()
+
+    def _update_lease(self, ctx: int) -> None:
+        if self.options.lease_ticks == 0 or ctx not in self.ctx_sent:
+            return
+        acks = {self.node_id} | {p for p, c in self.peer_ctx.items() if c >= ctx}
+        if all(c.is_quorum(acks) for c in self._voter_configs()):
+            self.lease_until = max(self.lease_until, self.ctx_sent[ctx] + self.options.lease_ticks)
+
+    def on_catchup_request(self, msg: CatchupRequest) -> None:
+        entries = []
+        for slot in msg.slots:
+            if slot < self.log.first_index:
+                self._send_snapshot(msg.frm)
+                return
+            if self.log.is_chosen(slot):
+                entries.append(self.log.get(slot))
+        if entries:
+            self._send(CatchupReply(self.node_id, msg.frm, self.promised, tuple(entries),
+                                    self.log.chosen_upto))
+
+    def on_catchup_reply(self, msg: CatchupReply) -> None:
+        # Entries in a catch-up reply are chosen values; chosen is chosen, whatever ballot.
+        for entry in msg.entries:
+            if entry.index < self.log.first_index or self.log.is_chosen(entry.index):
+                continue
+            if entry.index in self.inflight:
+                # We lead and proposed this slot: phase 1 must have found the chosen value.
+                assert self.log.get(entry.index).same_value(entry), entry.index
+                del self.inflight[entry.index]
+                del self.sent_tick[entry.index]
+                self._mark_chosen(entry.index)
+                continue
+            self.log.put(entry)
+            self._entries[entry.index] = entry
+            self._mark_chosen(entry.index)
+        self.known_commit = max(self.known_commit, msg.commit)
+        self.catchup_tick = -self.options.election_ticks
+        if self.role == Role.LEADER:
+            self._advance_chosen()
+        elif self.known_commit > self.log.chosen_upto and self.leader_id is not None:
+            self._request_catchup()
+
+    def _send_snapshot(self, peer: int) -> None:
+        snapshot = self.log.snapshot
+        if snapshot is None:
+            return
+        last = self.snapshot_sent.get(peer)
+        if last is not None and self.now - last < self.options.election_ticks:
+            return
+        self.snapshot_sent[peer] = self.now
+        self._send(InstallSnapshot(self.node_id, peer, self.promised.pack(), snapshot.index,
+                                   snapshot.term, snapshot.config, b""))
+
+    def on_install_snapshot(self, msg: InstallSnapshot) -> None:
+        if msg.index > self.log.chosen_upto:
+            meta = SnapshotMeta(msg.index, msg.snap_term, msg.config)
+            self.log.compact(meta)
+            self._prune_timeline(msg.index, msg.config)
+            self.applied = msg.index
+            self.known_commit = max(self.known_commit, msg.index)
+            self._entries = {i: e for i, e in self._entries.items() if i > msg.index}
+            self._snapshot = (meta, msg.data)
+            self._hs_dirty = True
+            self._events.append(ConfigChanged(msg.config, msg.index))
+        self._send(InstallSnapshotReply(self.node_id, msg.frm, self.promised.pack(),
+                                        self.log.chosen_upto))
+
+    def on_install_snapshot_reply(self, msg: InstallSnapshotReply) -> None:
+        if self.role == Role.LEADER:
+            self.peer_chosen[msg.frm] = max(self.peer_chosen.get(msg.frm, 0), msg.index)
+            self.snapshot_sent.pop(msg.frm, None)
+
+    def on_timeout_now(self, msg: TimeoutNow) -> None:
+        if msg.term < self.promised.pack() or not self._voter():
+            return
+        self.force_election = True
+        self.transfer_requested = True
+        self.election_timeout = self._random_timeout()
+        self._prepare()
+
+    # ------------------------------------------------------------------ plumbing
+
+    def _send(self, msg: Message) -> None:
+        self._messages.append(msg)
+
+
+_HANDLERS = {
+    PreVote: MultiPaxosReplica.on_pre_vote,
+    PreVoteReply: MultiPaxosReplica.on_pre_vote_reply,
+    Prepare: MultiPaxosReplica.on_prepare,
+    Promise: MultiPaxosReplica.on_promise,
+    Nack: MultiPaxosReplica.on_nack,
+    Accept: MultiPaxosReplica.on_accept,
+    Accepted: MultiPaxosReplica.on_accepted,
+    Heartbeat: MultiPaxosReplica.on_heartbeat,
+    HeartbeatReply: MultiPaxosReplica.on_heartbeat_reply,
+    CatchupRequest: MultiPaxosReplica.on_catchup_request,
+    CatchupReply: MultiPaxosReplica.on_catchup_reply,
+    InstallSnapshot: MultiPaxosReplica.on_install_snapshot,
+    InstallSnapshotReply: MultiPaxosReplica.on_install_snapshot_reply,
+    TimeoutNow: MultiPaxosReplica.on_timeout_now,
+}

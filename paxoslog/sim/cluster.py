@@ -1,0 +1,452 @@
+"""The deterministic cluster simulator: N replicas of the real core on virtual time.
+
+One seeded ``random.Random`` drives everything (network, faults, clients, timeouts), and
+events run from one heap in (time, sequence) order, so ``run_seed(seed, ...)`` replays bit
+for bit.  Each node is the real replica (Multi-Paxos or Raft, via ``create_replica``)
+inside a small shell that honours the Ready contract with an asynchronous disk: a Ready's
+writes become durable only when its simulated fsync completes; only then are its messages
+sent, its entries applied and its reads answered.  A crash loses whatever was not durable.
+
+Checkers (see checkers.py) run all the time (``check_invariants`` after every step, one
+value per index across replicas) and at the end (linearizable client history, progress
+after heal).  A failure raises ``SimulationFailure`` whose message ends with the command
+that replays the seed.
+"""
+
+from __future__ import annotations
+
+import heapq
+import random
+from dataclasses import dataclass, field
+from typing import Callable
+
+from ..core import messages as wire
+from ..core.errors import Busy, ConfigChangeInProgress, NotLeader
+from ..core.limits import Limits
+from ..core.log import ENTRY_CONFIG, ENTRY_NORMAL, Entry, HardState, SnapshotMeta, entry_config
+from ..core.messages import InstallSnapshot
+from ..core.quorum import Config
+from ..core.ready import ProposalDropped, Ready, Role
+from ..core.replica import ReplicaOptions, Restored, create_replica
+from .checkers import History, SimulationFailure, check_agreement
+from .kvmodel import SimKV, decode_command, encode_command
+from .network import Network, NetworkProfile, partition_shapes
+
+__all__ = ["SimOptions", "Simulation", "run_seed", "replay_command"]
+
+TICK_MS = 10.0
+
+
+@dataclass
+class SimOptions:
+    """Shape of one run.  ``random_for`` draws a varied fault profile from a seed."""
+
+    protocol: str = "multipaxos"
+    nodes: int = 3
+    spares: int = 0               # extra nodes that may join through membership changes
+    duration_ms: float = 4000.0   # faults and load happen in [0, duration)
+    settle_ms: float = 3000.0     # after heal: the cluster must make progress within this
+    clients: int = 4
+    keys: int = 3
+    client_timeout_ms: float = 400.0
+    think_ms: float = 5.0
+    crash_rate: float = 0.0       # nemesis actions per second, per kind
+    pause_rate: float = 0.0
+    partition_rate: float = 0.0
+    membership_rate: float = 0.0
+    fault_duration_ms: tuple[float, float] = (50.0, 800.0)
+    fsync_ms: tuple[float, float] = (0.05, 1.0)
+    snapshot_every: int = 0       # applied entries between snapshots (0 = never)
+    codec: bool = False           # round-trip every message through the wire codec
+    network: NetworkProfile = field(default_factory=NetworkProfile)
+    heartbeat_ticks: int = 2
+    election_ticks: int = 10
+    lease_ticks: int = 0
+    limits: Limits = field(default_factory=lambda: Limits(pipeline_window=8,
+                                                          batch_commands_max=16,
+                                                          entries_per_message_max=8))
+
+    @classmethod
+    def random_for(cls, seed: int, protocol: str, nodes: int) -> "SimOptions":
+        rng = random.Random(f"options/{seed}")
+        faulty = rng.random() < 0.9
+        return cls(
+            protocol=protocol,
+            nodes=nodes,
+            spares=rng.choice([0, 0, 1, 2]),
+            clients=rng.randint(2, 6),
+            keys=rng.randint(1, 4),
+            crash_rate=rng.choice([0.0, 0.5, 1.0, 2.0]) if faulty else 0.0,
+            pause_rate=rng.choice([0.0, 0.5, 1.0]) if faulty else 0.0,
+            partition_rate=rng.choice([0.0, 0.5, 1.0, 2.0]) if faulty else 0.0,
+            membership_rate=rng.choice([0.0, 0.0, 0.5, 1.0]) if faulty else 0.0,
+            snapshot_every=rng.choice([0, 0, 20, 50]),
+            codec=rng.random() < 0.2,
+            network=NetworkProfile.random(rng, faulty),
+            limits=Limits(pipeline_window=rng.choice([1, 2, 8, 32]),
+                          batch_commands_max=rng.choice([1, 4, 16, 64]),
+                          entries_per_message_max=rng.choice([1, 4, 16])),
+        )
+
+
+def replay_command(seed: int, protocol: str, nodes: int) -> str:
+    return f"python -m paxoslog.sim --seed {seed} --protocol {protocol} --nodes {nodes}"
+
+
+class DurableState:
+    """What a node has on disk: only what completed fsyncs wrote."""
+
+    def __init__(self) -> None:
+        self.hard_state = HardState()
+        self.entries: dict[int, Entry] = {}
+        self.snapshot: SnapshotMeta | None = None
+        self.snapshot_state: dict = {}
+
+    def persist(self, ready: Ready, snapshots: dict) -> None:
+        if ready.snapshot is not None:
+            meta = ready.snapshot
+            self.snapshot = meta
+            self.snapshot_state = dict(snapshots[ready.snapshot_data])
+            self.entries = {i: e for i, e in self.entries.items() if i > meta.index}
+        if ready.hard_state is not None:
+            self.hard_state = ready.hard_state
+        if ready.truncate_from is not None:
+            for index in [i for i in self.entries if i >= ready.truncate_from]:
+                del self.entries[index]
+        for entry in ready.entries:
+            if self.snapshot is None or entry.index > self.snapshot.index:
+                self.entries[entry.index] = entry
+
+    def restored(self) -> Restored:
+        return Restored(self.hard_state, [self.entries[i] for i in sorted(self.entries)],
+                        self.snapshot)
+
+
+class SimNode:
+    """One node: the real replica plus a minimal shell (disk, apply, client replies)."""
+
+    def __init__(self, sim: "Simulation", node_id: int, bootstrap: Config) -> None:
+        self.sim = sim
+        self.node_id = node_id
+        self.bootstrap = bootstrap
+        self.disk = DurableState()
+        self.alive = True
+        self.paused = False
+        self.incarnation = 0
+        self.held: list[wire.Message] = []  # messages that arrived while paused
+        self.boot()
+
+    def boot(self) -> None:
+        sim = self.sim
+        self.incarnation += 1
+        restored = self.disk.restored()
+        self.replica = create_replica(
+            sim.options.protocol, self.node_id, self.bootstrap, sim.replica_options,
+            random.Random(sim.rng.random()), restored)
+        self.kv = SimKV(self.disk.snapshot_state if self.disk.snapshot else None)
+        self.applied = self.disk.snapshot.index if self.disk.snapshot else 0
+        self.applied_term = self.disk.snapshot.term if self.disk.snapshot else 0
+        self.config = self.disk.snapshot.config if self.disk.snapshot else self.bootstrap
+        self.since_snapshot = 0
+        self.busy = False           # a Ready is being persisted
+        self.waiting_reads: list = []   # (index, request) waiting for apply
+        self.pending: dict[tuple[int, int], object] = {}  # (client, op) -> request
+
+    # -------------------------------------------------------------- driving
+
+    def pump(self) -> None:
+        """If idle, take the next Ready and start persisting it."""
+        if self.busy or not self.alive or self.paused:
+            return
+        ready = self.replica.ready()
+        if ready is None:
+            return
+        self.busy = True
+        delay = self.sim.rng.uniform(*self.sim.options.fsync_ms) if ready.must_sync else 0.0
+        self.sim.schedule(delay, self._persisted, self.incarnation, ready)
+
+    def _persisted(self, incarnation: int, ready: Ready) -> None:
+        if incarnation != self.incarnation or not self.alive:
+            return  # crashed before the fsync completed: nothing of this Ready happened
+        sim = self.sim
+        self.disk.persist(ready, sim.snapshots)
+        if ready.snapshot is not None:
+            self._install_snapshot(ready.snapshot, ready.snapshot_data)
+        for msg in ready.messages:
+            sim.send(self, msg)
+        for entry in ready.committed:
+            self._apply(entry)
+        for read in ready.reads:
+            self.waiting_reads.append(read)
+        self._answer_reads()
+        for event in ready.events:
+            if isinstance(event, ProposalDropped):
+                for command in event.commands:
+                    request = self.pending.pop(tuple(decode_command(command)[:2]), None)
+                    if request is not None:
+                        sim.workload.fail(request)
+        self.replica.advance(ready)
+        self.busy = False
+        self._maybe_snapshot()
+        self.sim.after_step(self)
+        self.pump()
+
+    def _install_snapshot(self, meta: SnapshotMeta, token: bytes) -> None:
+        state = self.sim.snapshots[token]
+        self.kv = SimKV(state)
+        self.applied = meta.index
+        self.applied_term = meta.term
+        self.config = meta.config
+        self.since_snapshot = 0
+
+    def _apply(self, entry: Entry) -> None:
+        assert entry.index == self.applied + 1, (self.node_id, entry.index, self.applied)
+        self.sim.check_apply(self, entry)
+        self.applied = entry.index
+        self.applied_term = entry.term
+        self.since_snapshot += 1
+        if entry.kind == ENTRY_CONFIG:
+            self.config = entry_config(entry)
+        elif entry.kind == ENTRY_NORMAL:
+            for command in entry.payload:
+                decoded = decode_command(command)
+                result = self.kv.apply(decoded)
+                request = self.pending.pop((decoded[0], decoded[1]), None)
+                if request is not None:
+                    self.sim.workload.complete(request, result)
+
+    def _answer_reads(self) -> None:
+        still = []
+        for read in self.waiting_reads:
+            if self.applied >= read.index:
+                request = read.request_id
+                self.sim.workload.complete(request, self.kv.get(request.key))
+            else:
+                still.append(read)
+        self.waiting_reads = still
+
+    def _maybe_snapshot(self) -> None:
+        every = self.sim.options.snapshot_every
+        if not every or self.since_snapshot < every or self.applied == 0:
+            return
+        meta = SnapshotMeta(self.applied, self.applied_term, self.config)
+        token = f"{self.node_id}:{self.incarnation}:{self.applied}".encode()
+        self.sim.snapshots[token] = self.kv.copy()
+        # Taking a snapshot is durable at once here (the real storage fsyncs it first).
+        self.disk.snapshot = meta
+        self.disk.snapshot_state = self.kv.copy()
+        self.disk.entries = {i: e for i, e in self.disk.entries.items() if i > meta.index}
+        self.since_snapshot = 0
+        self.replica.compact(meta)
+
+    # -------------------------------------------------------------- faults
+
+    def crash(self) -> None:
+        self.alive = False
+        self.incarnation += 1
+        for request in self.pending.values():
+            self.sim.workload.lose(request)
+        for read in self.waiting_reads:
+            self.sim.workload.lose(read.request_id)
+        self.pending.clear()
+        self.waiting_reads.clear()
+        self.held.clear()
+
+    def restart(self) -> None:
+        self.alive = True
+        self.paused = False
+        self.boot()
+        self.pump()
+
+
+class Simulation:
+    """A seeded run: nodes, network, nemesis, workload and checkers."""
+
+    def __init__(self, seed: int, options: SimOptions) -> None:
+        self.seed = seed
+        self.options = options
+        self.rng = random.Random(seed)
+        self.now = 0.0
+        self._events: list = []
+        self._sequence = 0
+        self.replica_options = ReplicaOptions(
+            heartbeat_ticks=options.heartbeat_ticks, election_ticks=options.election_ticks,
+            lease_ticks=options.lease_ticks, limits=options.limits)
+        self.network = Network(self.rng, options.network)
+        self.snapshots: dict[bytes, dict] = {}
+        self.chosen: dict[int, tuple] = {}    # index -> (kind, payload) first applied
+        self.trace: list[str] = []
+        voters = frozenset(range(1, options.nodes + 1))
+        bootstrap = Config(voters)
+        self.nodes = {n: SimNode(self, n, bootstrap)
+                      for n in range(1, options.nodes + options.spares + 1)}
+        from .workload import Workload
+        self.workload = Workload(self)
+        self.history = History()
+        self.faults: list[tuple[float, str]] = []
+        self.stats = {"elections": 0, "leader_changes": 0}
+        self._last_leader: int | None = None
+        self.on_step: Callable[["Simulation"], None] | None = None
+
+    # -------------------------------------------------------------- event loop
+
+    def schedule(self, delay_ms: float, fn: Callable, *args) -> None:
+        self._sequence += 1
+        heapq.heappush(self._events, (self.now + delay_ms, self._sequence, fn, args))
+
+    def run_until(self, deadline: float) -> None:
+        events = self._events
+        while events and events[0][0] <= deadline:
+            when, _, fn, args = heapq.heappop(events)
+            self.now = when
+            fn(*args)
+        self.now = max(self.now, deadline)
+
+    def send(self, node: SimNode, msg: wire.Message) -> None:
+        if self.options.codec:
+            msg = wire.decode(wire.encode(msg))
+        if isinstance(msg, InstallSnapshot) and not msg.data:
+            token = self._snapshot_token(node, msg.index)
+            if token is None:
+                return
+            msg = InstallSnapshot(msg.frm, msg.to, msg.term, msg.index, msg.snap_term,
+                                  msg.config, token)
+        for delay in self.network.deliveries(msg.frm, msg.to):
+            self.schedule(delay, self._deliver, msg)
+
+    def _snapshot_token(self, node: SimNode, index: int) -> bytes | None:
+        if node.disk.snapshot is None or node.disk.snapshot.index != index:
+            return None
+        token = f"{node.node_id}:{node.incarnation}:{index}".encode()
+        self.snapshots.setdefault(token, dict(node.disk.snapshot_state))
+        return token
+
+    def _deliver(self, msg: wire.Message) -> None:
+        node = self.nodes.get(msg.to)
+        if node is None or not node.alive:
+            return
+        if node.paused:
+            node.held.append(msg)
+            return
+        node.replica.step(msg)
+        self.after_step(node)
+        node.pump()
+
+    def _tick(self, node: SimNode) -> None:
+        if node.alive and not node.paused:
+            node.replica.tick()
+            self.after_step(node)
+            node.pump()
+        self.schedule(TICK_MS, self._tick, node)
+
+    def after_step(self, node: SimNode) -> None:
+        try:
+            node.replica.check_invariants()
+        except AssertionError as exc:
+            self.fail(f"invariant broken on node {node.node_id}: {exc!r}")
+        leader = self.leader()
+        if leader is not None and leader != self._last_leader:
+            self.stats["leader_changes"] += 1
+            self.trace.append(f"{self.now:9.1f} leader {leader} term {self.nodes[leader].replica.term}")
+            self._last_leader = leader
+        if self.on_step is not None:
+            self.on_step(self)
+
+    def check_apply(self, node: SimNode, entry: Entry) -> None:
+        check_agreement(self, node.node_id, entry)
+
+    def fail(self, reason: str) -> None:
+        o = self.options
+        tail = "\n".join(self.trace[-15:])
+        raise SimulationFailure(
+            f"seed {self.seed} ({o.protocol}, {o.nodes} nodes) at t={self.now:.1f}ms: {reason}\n"
+            f"recent: \n{tail}\nreplay: {replay_command(self.seed, o.protocol, o.nodes)}")
+
+    # -------------------------------------------------------------- queries
+
+    def live_nodes(self) -> list[SimNode]:
+        return [n for n in self.nodes.values() if n.alive and not n.paused]
+
+    def leader(self) -> int | None:
+        """The live leader with the highest term, if any."""
+        best = None
+        for node in self.live_nodes():
+            if node.replica.role == Role.LEADER:
+                if best is None or node.replica.term > self.nodes[best].replica.term:
+                    best = node.node_id
+        return best
+
+    # -------------------------------------------------------------- running
+
+    def start(self) -> None:
+        for node in self.nodes.values():
+            self.schedule(self.rng.uniform(0, TICK_MS), self._tick, node)
+        self.workload.start()
+        from .nemesis import Nemesis
+        self.nemesis = Nemesis(self)
+        self.nemesis.start()
+
+    def run(self) -> "Simulation":
+        o = self.options
+        self.start()
+        self.run_until(o.duration_ms)
+        self.nemesis.heal_all()
+        self.workload.stop_new_operations()
+        self.run_until(self.now + o.client_timeout_ms * 2)
+        self.network.faults_enabled = False
+        progress_deadline = self.now + o.settle_ms
+        self.workload.probe()
+        self.run_until(progress_deadline)
+        if not self.workload.probe_done:
+            self.fail(f"no progress within {o.settle_ms:.0f}ms after heal "
+                      f"(leader={self.leader()}, statuses={self._statuses()})")
+        self.run_until(self.now + 200)
+        self.workload.finish()
+        self.history.check(self)
+        return self
+
+    def _statuses(self) -> str:
+        return "; ".join(f"{n.node_id}:{n.replica.role}/{n.replica.term}"
+                         f"/c{n.replica.commit_index}/{n.replica.config.describe()}"
+                         for n in self.nodes.values() if n.alive)
+
+    def membership_change(self) -> str | None:
+        """Ask the leader for one random voter/learner change; returns a description."""
+        leader = self.leader()
+        if leader is None:
+            return None
+        replica = self.nodes[leader].replica
+        config = replica.config
+        if config.joint:
+            return None
+        everyone = sorted(self.nodes)
+        voters = set(config.voters)
+        learners = set(config.learners)
+        outside = [n for n in everyone if n not in voters and n not in learners]
+        choice = self.rng.random()
+        if learners and choice < 0.5:
+            promote = self.rng.choice(sorted(learners))
+            voters.add(promote)
+            learners.discard(promote)
+        elif outside and choice < 0.8 and len(voters) < 7:
+            learners.add(self.rng.choice(outside))
+        elif len(voters) > 3:
+            voters.discard(self.rng.choice(sorted(voters)))
+        else:
+            return None
+        try:
+            replica.change_config(voters, learners)
+        except (NotLeader, ConfigChangeInProgress, Busy, ValueError):
+            return None
+        self.after_step(self.nodes[leader])
+        self.nodes[leader].pump()
+        return f"config -> voters {sorted(voters)} learners {sorted(learners)}"
+
+
+def run_seed(seed: int, protocol: str = "multipaxos", nodes: int = 3,
+             options: SimOptions | None = None) -> Simulation:
+    """Run one seed with options drawn from it (or given); raises SimulationFailure."""
+    if options is None:
+        options = SimOptions.random_for(seed, protocol, nodes)
+    sim = Simulation(seed, options)
+    return sim.run()

@@ -1,0 +1,119 @@
+"""The simulator's nemesis: crashes, pauses, partitions and membership changes at random.
+
+Each fault kind fires at its own rate (per second of virtual time) during the fault phase
+and undoes itself after a random duration; ``heal_all`` ends every fault at once."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from .network import partition_shapes
+
+if TYPE_CHECKING:
+    from .cluster import Simulation
+
+__all__ = ["Nemesis"]
+
+
+class Nemesis:
+    def __init__(self, sim: "Simulation") -> None:
+        self.sim = sim
+        self.rng = sim.rng
+        self.active = True
+
+    def start(self) -> None:
+        o = self.sim.options
+        for kind, rate in (("crash", o.crash_rate), ("pause", o.pause_rate),
+                           ("partition", o.partition_rate), ("member", o.membership_rate)):
+            if rate > 0:
+                self._schedule_next(kind, rate)
+
+    def _schedule_next(self, kind: str, rate: float) -> None:
+        delay = self.rng.expovariate(rate) * 1000.0
+        if self.sim.now + delay < self.sim.options.duration_ms:
+            self.sim.schedule(delay, self._fire, kind, rate)
+
+    def _duration(self) -> float:
+        return self.rng.uniform(*self.sim.options.fault_duration_ms)
+
+    def _record(self, text: str) -> None:
+        self.sim.faults.append((self.sim.now, text))
+        self.sim.trace.append(f"{self.sim.now:9.1f} nemesis {text}")
+
+    def _fire(self, kind: str, rate: float) -> None:
+        if not self.active:
+            return
+        sim = self.sim
+        getattr(self, f"_{kind}")()
+        self._schedule_next(kind, rate)
+
+    def _victim(self):
+        live = self.sim.live_nodes()
+        if not live:
+            return None
+        leader = self.sim.leader()
+        if leader is not None and self.rng.random() < 0.5:
+            return self.sim.nodes[leader]
+        return self.rng.choice(live)
+
+    def _crash(self) -> None:
+        node = self._victim()
+        if node is None:
+            return
+        node.crash()
+        self._record(f"crash {node.node_id}")
+        self.sim.schedule(self._duration(), self._restart, node)
+
+    def _restart(self, node) -> None:
+        if not node.alive and self.active:
+            node.restart()
+            self._record(f"restart {node.node_id}")
+
+    def _pause(self) -> None:
+        node = self._victim()
+        if node is None:
+            return
+        node.paused = True
+        self._record(f"pause {node.node_id}")
+        self.sim.schedule(self._duration(), self._resume, node)
+
+    def _resume(self, node) -> None:
+        if node.paused and node.alive:
+            node.paused = False
+            held, node.held = node.held, []
+            for msg in held:
+                self.sim.schedule(self.rng.uniform(0, 1.0), self.sim._deliver, msg)
+            self._record(f"resume {node.node_id}")
+            node.pump()
+
+    def _partition(self) -> None:
+        sim = self.sim
+        members = sorted(n for n in sim.nodes)
+        shapes = partition_shapes(members, sim.leader(), self.rng)
+        name = self.rng.choice(sorted(shapes))
+        sim.network.block(shapes[name])
+        self._record(f"partition {name}")
+        sim.schedule(self._duration(), self._heal_network)
+
+    def _heal_network(self) -> None:
+        if self.active:
+            self.sim.network.heal()
+            self._record("heal network")
+
+    def _member(self) -> None:
+        text = self.sim.membership_change()
+        if text:
+            self._record(text)
+
+    def heal_all(self) -> None:
+        self.active = False
+        sim = self.sim
+        sim.network.heal()
+        for node in sim.nodes.values():
+            if not node.alive:
+                node.restart()
+            elif node.paused:
+                self.active = True
+                self._resume(node)
+                self.active = False
+        self._record("heal all")
