@@ -248,8 +248,11 @@ def encode_entry(entry: Entry) -> list:
     return [entry.index, entry.term, entry.kind, list(entry.payload)]
 
 
+_UINT_LIMIT = 1 << 63  # every integer on the wire fits in an unsigned 64-bit word
+
+
 def _is_uint(value: Any) -> bool:
-    return type(value) is int and value >= 0
+    return type(value) is int and 0 <= value < _UINT_LIMIT
 
 
 def decode_entry(data: Any) -> Entry:

@@ -8,7 +8,6 @@ in which a Ready must be honoured).
 
 from __future__ import annotations
 
-import random
 from dataclasses import dataclass, field
 from typing import Iterable, NamedTuple, Protocol, Sequence
 
@@ -17,9 +16,16 @@ from .log import Entry, HardState, SnapshotMeta
 from .quorum import Config
 from .ready import Ready
 
-__all__ = ["ReplicaOptions", "Restored", "Replica", "create_replica", "PROTOCOLS"]
+__all__ = ["Rng", "ReplicaOptions", "Restored", "Replica", "create_replica", "PROTOCOLS"]
 
 PROTOCOLS = ("multipaxos", "raft")
+
+
+class Rng(Protocol):
+    """The randomness a replica may use: a seeded ``random.Random`` passed in by the shell."""
+
+    def random(self) -> float: ...
+    def randrange(self, stop: int) -> int: ...
 
 
 @dataclass(frozen=True)
@@ -84,7 +90,7 @@ class Replica(Protocol):
 
 
 def create_replica(protocol: str, node_id: int, config: Config, options: ReplicaOptions,
-                   rng: random.Random, restored: Restored | None = None) -> Replica:
+                   rng: Rng, restored: Restored | None = None) -> Replica:
     """Build the replica of ``protocol`` ("multipaxos" or "raft")."""
     if protocol == "multipaxos":
         from .paxos import MultiPaxosReplica

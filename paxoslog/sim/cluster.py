@@ -44,7 +44,7 @@ class SimOptions:
     protocol: str = "multipaxos"
     nodes: int = 3
     spares: int = 0               # extra nodes that may join through membership changes
-    duration_ms: float = 4000.0   # faults and load happen in [0, duration)
+    duration_ms: float = 3000.0   # faults and load happen in [0, duration)
     settle_ms: float = 3000.0     # after heal: the cluster must make progress within this
     clients: int = 4
     keys: int = 3

@@ -214,8 +214,10 @@ def check_key(ops: list[Operation], deadline: float | None) -> CheckResult:
             + search.describe_progress()
         )
         return CheckResult(ok=None, key=key, message=message, ops_checked=len(ops))
-    message = f"key {key!r}: not linearizable ({len(ops)} operations). " + search.describe_progress()
-    return CheckResult(ok=False, key=key, message=message, ops_checked=len(ops))
+    message = f"key {key!r}: not linearizable ({len(ops)} operations). "
+    return CheckResult(
+        ok=False, key=key, message=message + search.describe_progress(), ops_checked=len(ops)
+    )
 
 
 class _Values:
@@ -289,10 +291,11 @@ def _drop_unobservable(ops: list[Operation], values: _Values) -> list[Operation]
     """The operations minus indeterminate ones whose effect nobody could have seen.
 
     Indeterminate gets have no effect.  An indeterminate write of value v can be
-    left out of any linearization if, in the stretch between it and the next write,
-    no operation could tell v from the previous value: that needs no completed get
-    returning v or successful cas expecting v, and no completed failed cas, that
-    returned after the write's call, and no indeterminate cas expecting v.
+    left out of any linearization if nothing between it and the next write could
+    tell v from the previous value (rule 1 in the module docstring).  Observers are
+    completed gets returning v, completed successful cas ops expecting v and any
+    completed failed cas, each only if it returned at or after the write's call;
+    and indeterminate cas ops expecting v, whenever invoked.
     """
     observed_until: dict[int, float] = {}  # value id -> latest return of an op that saw it
     cas_failed_until = -math.inf
@@ -424,7 +427,7 @@ class _Search:
         step = self._step
         # Memo of (linearized bitset, search state); the search state is the model
         # state times two, plus one when the last linearized op was indeterminate
-        # (which forbids an overwrite next, see the module docstring).
+        # (which forbids an overwrite next: rule 3 in the module docstring).
         cache: set[tuple[int, int]] = set()
         stack: list[tuple[int, int, bool]] = []  # (call node, model state, after_unknown) before it
         state = _ABSENT
@@ -445,9 +448,9 @@ class _Search:
             if is_call[node]:
                 accepted, new_state = step(index, state)
                 if accepted and after_unknown and overwrites[index]:
-                    accepted = False
+                    accepted = False  # rule 3
                 if accepted and not definite[index] and new_state == state:
-                    accepted = False
+                    accepted = False  # rule 2
                 if accepted:
                     new_linearized = linearized | (1 << index)
                     entry = (new_linearized, 2 * new_state + (not definite[index]))
@@ -461,6 +464,7 @@ class _Search:
                         if definite[index]:
                             remaining -= 1
                             if remaining == 0:
+                                self.steps = steps
                                 return True
                         node = nxt[0]
                         continue
@@ -468,12 +472,12 @@ class _Search:
             else:
                 # The call of this completed operation could not be placed here:
                 # undo the most recent linearization and try its next alternative.
-                # A completed read needs no alternatives (module docstring), so
-                # undo past it too.
+                # A completed read needs no alternatives (rule 4), so undo past it.
                 if len(stack) > len(self.best_prefix) or self.best_blocked is None:
                     self._record_progress(stack, state, index)
                 while True:
                     if not stack:
+                        self.steps = steps
                         return False
                     node, state, after_unknown = stack.pop()
                     index = op_of[node]

@@ -9,6 +9,7 @@ real-time-respecting order on small random histories.
 from __future__ import annotations
 
 import itertools
+import random
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -30,7 +31,9 @@ def delete(key, call, ret, client=0):
 
 
 def cas(key, expected, value, output, call, ret, client=0):
-    return Operation(client, "cas", key, value=value, expected=expected, call=call, ret=ret, output=output)
+    return Operation(
+        client, "cas", key, value=value, expected=expected, call=call, ret=ret, output=output
+    )
 
 
 # --- hand-made histories -------------------------------------------------------
@@ -72,7 +75,22 @@ def test_stale_read_after_completed_write_rejected():
 def test_read_of_value_never_written_rejected():
     """A read may only return a value some put or cas wrote."""
     ops = [put("k", 1, 0, 10), get("k", 7, 1, 9)]
+    result = check_history(ops)
+    assert result.ok is False
+    assert "get('k') = 7" in result.message
+    assert "no operation" in result.message
+
+
+def test_read_before_the_write_was_invoked_rejected():
+    """A read cannot see a value whose only writer was invoked after the read returned."""
+    ops = [get("k", 5, 0, 1), put("k", 5, 2, 3)]
     assert check_history(ops).ok is False
+
+
+def test_cas_cannot_supply_its_own_expected_value():
+    """A successful cas from v to v needs some other write of v first."""
+    assert check_history([cas("k", 3, 3, True, 0, 1)]).ok is False
+    assert check_history([put("k", 3, 0, 1), cas("k", 3, 3, True, 2, 3)]).ok is True
 
 
 def test_read_of_absent_key_before_any_write_is_legal():
@@ -126,7 +144,7 @@ def test_read_going_back_in_time_rejected():
 
 
 def test_concurrent_reads_may_straddle_a_write():
-    """Reads overlapping a write may see the old value after another saw the new one, if they overlap."""
+    """Overlapping reads may see a write's old value after another read saw the new one."""
     ops = [
         put("k", 1, 0, 1),
         put("k", 2, 2, 10, client=1),
@@ -146,6 +164,16 @@ def test_concurrent_ops_legal_in_one_order_only():
     illegal = legal[:2] + [get("k", 1, 11, 12)]
     assert check_history(legal).ok is True
     assert check_history(illegal).ok is False
+
+
+def test_later_read_decides_order_of_concurrent_writes():
+    """The search backtracks to the order of concurrent writes that a later read saw."""
+    ops = [
+        put("k", 1, 0, 10, client=1),
+        put("k", 2, 0, 10, client=2),
+        get("k", 1, 11, 12),
+    ]
+    assert check_history(ops).ok is True
 
 
 def test_indeterminate_write_may_appear():
@@ -172,6 +200,30 @@ def test_indeterminate_write_appearing_then_disappearing_rejected():
     assert check_history(ops).ok is False
 
 
+def test_indeterminate_write_seen_by_read_returning_at_its_call():
+    """A read returning at the instant an indeterminate write is invoked may see it."""
+    ops = [put("k", 1, 0, 1), get("k", 2, 3, 5), put("k", 2, 5, None)]
+    assert check_history(ops).ok is True
+
+
+def test_indeterminate_write_may_enable_indeterminate_cas():
+    """An unread indeterminate write still counts when an indeterminate cas needs its value."""
+    ops = [
+        put("k", 1, 0, 1),
+        put("k", 2, 2, None),
+        cas("k", 2, 3, None, 3, None),
+        get("k", 3, 5, 6),
+    ]
+    assert check_history(ops).ok is True
+
+
+def test_indeterminate_write_may_explain_failed_cas():
+    """An unread indeterminate write may be what made a later cas fail."""
+    ops = [put("k", 1, 0, 1), put("k", 2, 2, None), cas("k", 1, 5, False, 3, 4)]
+    assert check_history(ops).ok is True
+    assert check_history([ops[0], ops[2]]).ok is False
+
+
 def test_indeterminate_output_is_ignored():
     """The recorded output of an indeterminate operation does not constrain the search."""
     ops = [
@@ -180,6 +232,12 @@ def test_indeterminate_output_is_ignored():
         get("k", 7, 3, None),  # unknown read: any output
         get("k", 2, 4, 5),
     ]
+    assert check_history(ops).ok is True
+
+
+def test_indeterminate_cas_may_apply_after_a_later_read():
+    """An indeterminate cas recorded as failed may still take effect, after a later read."""
+    ops = [put("k", 1, 0, 1), cas("k", 1, 2, False, 2, None), get("k", 1, 3, 4), get("k", 2, 5, 6)]
     assert check_history(ops).ok is True
 
 
@@ -225,14 +283,16 @@ def test_failing_key_is_reported():
 
 
 def test_failure_message_names_prefix_and_blocked_operation():
-    """A failure explains the longest linearizable prefix and the operation that could not follow it."""
-    ops = [put("k", 1, 0, 1, client=1), get("k", 1, 2, 3, client=2), get("k", 9, 4, 5, client=3)]
+    """A failure shows the longest linearizable prefix and the operation that cannot follow it."""
+    ops = [put("k", 1, 0, 1, client=1), put("k", 2, 2, 3, client=2), get("k", 1, 4, 5, client=3)]
     result = check_history(ops)
     assert result.ok is False
-    assert "2 operations" in result.message
+    assert "Longest linearizable prefix: 2 operations" in result.message
     assert "c1 put('k', 1) [0, 1]" in result.message
-    assert "c3 get('k') = 9 [4, 5]" in result.message
-    assert "model state after it: 1" in result.message
+    assert "c2 put('k', 2) [2, 3]" in result.message
+    assert "model state after it: 2" in result.message
+    assert "could not be placed next" in result.message
+    assert "c3 get('k') = 1 [4, 5]" in result.message
 
 
 def test_unhashable_values_are_supported():
@@ -292,10 +352,68 @@ def test_large_sequential_history_checks():
     assert result.ops_checked == 5000
 
 
+def test_lost_writes_then_reads_check_quickly():
+    """Many pending indeterminate writes followed by long runs of reads check quickly."""
+    ops = [put("k", 0, 0, 1)]
+    ops += [put("k", f"lost{i}", 2 + i, None, client=1 + i) for i in range(16)]
+    ops += [put("k", f"late{i}", 2 + i, None, client=20 + i) for i in range(8)]
+    ops += [get("k", 0, 100 + 2 * j, 101 + 2 * j) for j in range(300)]
+    ops += [get("k", "late3", 800, 801), get("k", "late3", 802, 803)]
+    assert check_history(ops, timeout_s=60).ok is True
+
+
+def test_pending_writes_read_only_at_the_end_check_quickly():
+    """Pending indeterminate writes are not tried in every combination at every later position."""
+    ops = [put("k", 0, 0, 1)]
+    ops += [put("k", f"w{i}", 2 + i, None, client=1 + i) for i in range(14)]
+    ops += [get("k", 0, 100 + 2 * j, 101 + 2 * j) for j in range(200)]
+    ops += [get("k", f"w{i}", 1000 + 2 * i, 1001 + 2 * i) for i in range(14)]
+    assert check_history(ops, timeout_s=30).ok is True
+
+
+def test_indeterminate_cas_that_cannot_apply_does_not_slow_rejection():
+    """Pending cas ops that can never apply do not make proving a failure exponential."""
+    ops = [put("k", 4, 0, 1), put("k", 5, 2, 3)]
+    ops += [cas("k", 4, 5, None, 4 + i, None, client=1 + i) for i in range(20)]
+    ops += [get("k", 5, 100 + 2 * j, 101 + 2 * j) for j in range(50)]
+    ops.append(get("k", 4, 300, 301))  # stale
+    assert check_history(ops, timeout_s=30).ok is False
+
+
+def test_stale_read_after_many_concurrent_reads_rejected_quickly():
+    """Proving a failure does not try every subset of a crowd of concurrent reads."""
+    ops = [put("k", 0, 0, 1), put("k", 1, 2, 3)]
+    ops += [get("k", 1, 10 + i * 0.1, 20, client=1 + i) for i in range(22)]
+    ops.append(get("k", 0, 30, 31))  # stale
+    assert check_history(ops, timeout_s=30).ok is False
+
+
+def test_many_concurrent_readers_check_quickly():
+    """A read-heavy history from 16 concurrent clients checks quickly."""
+    rng = random.Random(7)
+    free_at = [0.0] * 16
+    spans = []
+    for i in range(2000):
+        client = rng.randrange(16)
+        call = free_at[client] + rng.random() * 0.5
+        ret = call + 0.1 + rng.random() * 2
+        free_at[client] = ret
+        spans.append((rng.uniform(call, ret), i, client, call, ret))
+    ops, current = [], None
+    for _, i, client, call, ret in sorted(spans):
+        if i % 5 == 0:
+            ops.append(put("k", i, call, ret, client=client))
+            current = i
+        else:
+            ops.append(get("k", current, call, ret, client=client))
+    assert check_history(ops, timeout_s=60).ok is True
+
+
 def test_tiny_timeout_on_hard_history_gives_up():
     """A hard history with a tiny timeout returns ok=None rather than a verdict."""
-    ops = [put("k", v, 0, 100, client=v) for v in range(18)]
-    ops.append(get("k", "never written", 101, 102, client=99))
+    ops = [put("k", "old", 0, 1)]
+    ops += [put("k", v, 2, 100, client=v) for v in range(18)]
+    ops.append(get("k", "old", 101, 102, client=99))  # stale: every order must be tried
     result = check_history(ops, timeout_s=0.001)
     assert result.ok is None
     assert result.key == "k"
@@ -367,7 +485,8 @@ def small_histories(draw):
         takes_effect = not unknown or draw(st.booleans())
         value = draw(st.sampled_from([1, 2])) if kind in ("put", "cas") else None
         expected = draw(VALUES) if kind == "cas" else None
-        specs.append((point, i, kind, key, value, expected, call, None if unknown else call + duration, takes_effect))
+        ret = None if unknown else call + duration
+        specs.append((point, i, kind, key, value, expected, call, ret, takes_effect))
     state = {}
     outputs = {}
     for point, i, kind, key, value, expected, call, ret, takes_effect in sorted(specs):
@@ -389,9 +508,13 @@ def small_histories(draw):
         output = outputs.get(i)
         if kind == "cas" and output is None:
             output = False
-        if ret is not None and kind in ("get", "cas") and draw(st.integers(0, 5)) == 0:
+        if ret is not None and kind in ("get", "cas") and draw(st.integers(0, 2)) == 0:
             output = draw(VALUES) if kind == "get" else draw(st.booleans())
-        ops.append(Operation(i % 3, kind, key, value=value, expected=expected, call=call, ret=ret, output=output))
+        ops.append(
+            Operation(
+                i % 3, kind, key, value=value, expected=expected, call=call, ret=ret, output=output
+            )
+        )
     return ops
 
 

@@ -1,0 +1,339 @@
+"""``DiskStorage``: one node's data directory (META, hard state, WAL, snapshots) as one store.
+
+Layout (DESIGN.md section 4)::
+
+    <data_dir>/META                cluster id, node id, protocol, format version
+    <data_dir>/LOCK                flock()ed by the one process that writes (not by readers)
+    <data_dir>/hardstate           hard-state checkpoint (see hardstate.py)
+    <data_dir>/wal/*.wal           the write-ahead log (see wal.py)
+    <data_dir>/snap/*.snap.zst     snapshots (see snapshot.py); snap/incoming/ for transfers
+
+What one Ready persists, in this record order inside one fsync: TRUNCATE (Raft: drop every
+entry >= truncate_from), ENTRIES (a later record for an index replaces an earlier one), then
+HARDSTATE.  Entries go before the hard state so that a torn batch that kept the hard state
+also kept the entries its commit point refers to.
+
+Failure policy: any ``OSError`` while writing makes the store unusable; every later call
+raises ``StorageIOError`` (never retry an fsync and believe it, ATC'20).  Restart the node.
+The one exception is a snapshot that fails *before* its rename: nothing durable changed, so
+``save_snapshot`` raises ``StorageIOError`` and the store stays usable.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+from typing import Iterable
+
+from paxoslog.core.log import Entry, HardState, SnapshotMeta, entry_bytes
+from paxoslog.core.ready import Ready
+from paxoslog.core.replica import Restored
+
+from .durable import TMP_SUFFIX, make_dirs
+from .errors import DataDirLocked, MetaMismatch, StorageError, StorageIOError
+from .failpoints import ACTIVE, hit
+from .hardstate import HARDSTATE_FILE, read_hardstate, remove_stale_temp, write_hardstate
+from .meta import Meta, ensure_meta, meta_path, read_meta
+from .options import StorageOptions
+from .snapshot import SnapshotFile, SnapshotReader, SnapshotStore, snapshot_name
+from .wal import REC_HARDSTATE, REC_SNAPSHOT, REC_TRUNCATE, Replay, TornTail, WriteAheadLog
+
+__all__ = ["DiskStorage", "LOCK_FILE"]
+
+LOCK_FILE = "LOCK"
+
+
+class DiskStorage:
+    """Durable storage of one replica.
+
+    ``DiskStorage(data_dir, cluster_id, node_id, protocol, options)`` creates or checks META
+    and takes the directory lock; ``load()`` must be called once before writing.  With
+    ``read_only=True`` no lock is taken and nothing is modified (a torn tail is reported, not
+    cut): inspection of a running node; the identity arguments may then be None.
+    """
+
+    def __init__(self, data_dir: str, cluster_id: str | None, node_id: int | None,
+                 protocol: str | None, options: StorageOptions | None = None, *,
+                 read_only: bool = False) -> None:
+        self.data_dir = data_dir
+        self.options = options or StorageOptions()
+        self.read_only = read_only
+        self._lock_fd: int | None = None
+        self._failed: BaseException | None = None
+        self._loaded = False
+        if read_only:
+            self.meta = self._check_read_only_meta(cluster_id, node_id, protocol)
+        else:
+            make_dirs(data_dir)
+            self.meta = ensure_meta(data_dir, cluster_id, node_id, protocol)
+            self._lock()
+        self.wal_dir = os.path.join(data_dir, "wal")
+        self.snap_dir = os.path.join(data_dir, "snap")
+        self.hardstate_path = os.path.join(data_dir, HARDSTATE_FILE)
+        self._wal = WriteAheadLog(self.wal_dir, segment_bytes=self.options.segment_bytes,
+                                  record_bytes_max=self.options.record_bytes_max,
+                                  read_only=read_only)
+        self._snaps = SnapshotStore(self.snap_dir, keep=self.options.snapshot_keep,
+                                    level=self.options.snapshot_level,
+                                    threads=self.options.snapshot_threads, read_only=read_only)
+        self.hard_state = HardState()
+        self.snapshot_meta: SnapshotMeta | None = None
+        self.floor = 0                 # the log may lack entries <= floor
+        self.torn: TornTail | None = None
+        self.skipped_snapshots: list[tuple[str, str]] = []
+
+    # ------------------------------------------------------------------ opening
+
+    def _check_read_only_meta(self, cluster_id, node_id, protocol) -> Meta:
+        path = meta_path(self.data_dir)
+        meta = read_meta(path)
+        for label, field, expected in (("cluster id", "cluster_id", cluster_id),
+                                       ("node id", "node_id", node_id),
+                                       ("protocol", "protocol", protocol)):
+            if expected is not None and getattr(meta, field) != expected:
+                raise MetaMismatch(path, label, getattr(meta, field), expected)
+        return meta
+
+    def _lock(self) -> None:
+        path = os.path.join(self.data_dir, LOCK_FILE)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.read(fd, 64).decode(errors="replace").strip() or "unknown"
+            os.close(fd)
+            raise DataDirLocked(f"{self.data_dir} is in use by another process (pid {holder}); "
+                                "two nodes must not share a data directory") from None
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        self._lock_fd = fd
+
+    def load(self) -> tuple[Restored, SnapshotReader | None]:
+        """Replay the data directory: (Restored for the replica, reader of the snapshot the
+        state machines must restore from, or None).
+
+        Raises ``CorruptLog`` (a damaged record, naming file and offset; the node must not
+        vote with this log), ``SnapshotUnavailable`` (no valid snapshot covers the compacted
+        or installed part of the log: fetch one from a peer).  The caller closes the reader
+        once the state machines are restored, and calls ``close()`` after an error."""
+        assert not self._loaded, "load() once"
+        self._loaded = True
+        if not self.read_only:
+            remove_stale_temp(self.hardstate_path)
+        checkpoint = read_hardstate(self.hardstate_path)
+        try:
+            replay: Replay = self._wal.open()
+        except OSError as exc:
+            self._fail(exc)
+        self.torn = replay.torn
+        self.floor = replay.floor[0] if replay.floor else 0
+        chosen = self._snaps.newest_valid()
+        self.skipped_snapshots = list(self._snaps.skipped)
+        skipped = "".join(f"; skipped {path}: {why}" for path, why in self.skipped_snapshots)
+        restored = replay.restored(checkpoint, chosen[1].meta if chosen else None,
+                                   self.data_dir, skipped)
+        self.hard_state = restored.hard_state
+        self.snapshot_meta = restored.snapshot
+        reader = SnapshotReader(chosen[0].path) if chosen else None
+        return restored, reader
+
+    # ------------------------------------------------------------------ writing
+
+    @property
+    def usable(self) -> bool:
+        return self._failed is None and not self.read_only
+
+    def _check_usable(self) -> None:
+        if self.read_only:
+            raise StorageError(f"{self.data_dir} was opened read-only")
+        if self._failed is not None:
+            raise StorageIOError(f"{self.data_dir}: storage unusable after an earlier I/O error "
+                                 f"({self._failed}); restart the node",
+                                 getattr(self._failed, "errno", None))
+        assert self._loaded, "load() before writing"
+
+    def _fail(self, exc: BaseException):
+        """Make the store unusable and raise ``StorageIOError``."""
+        if self._failed is None:
+            self._failed = exc
+        if isinstance(exc, StorageIOError):
+            raise exc
+        raise StorageIOError(f"{self.data_dir}: I/O error: {exc}",
+                             getattr(exc, "errno", None)) from exc
+
+    def append(self, ready: Ready) -> None:
+        """Buffer the durable part of ``ready`` (truncate, entries, hard state); no fsync.
+        A Ready carrying a snapshot must go through ``save``."""
+        self._check_usable()
+        assert ready.snapshot is None, "a Ready with a snapshot goes through save()"
+        try:
+            if ready.truncate_from is not None:
+                self._wal.append(REC_TRUNCATE, ready.truncate_from)
+            if ready.entries:
+                self._append_entries(ready.entries)
+            if ready.hard_state is not None:
+                self._wal.append(REC_HARDSTATE, list(ready.hard_state))
+        except (StorageIOError, OSError) as exc:
+            self._fail(exc)
+        if ready.hard_state is not None:
+            self.hard_state = ready.hard_state
+
+    def _append_entries(self, entries: list[Entry]) -> None:
+        limit = self.options.entries_record_bytes
+        batch: list[Entry] = []
+        size = 0
+        for entry in entries:
+            n = entry_bytes(entry)
+            if batch and size + n > limit:
+                self._wal.append_entries(batch)
+                batch, size = [], 0
+            batch.append(entry)
+            size += n
+        self._wal.append_entries(batch)
+
+    def sync(self) -> None:
+        """fsync everything appended since the last sync (one fsync: group commit)."""
+        self._check_usable()
+        try:
+            self._wal.sync()
+        except (StorageIOError, OSError) as exc:
+            self._fail(exc)
+
+    def save(self, ready: Ready, snapshot_file: str | None = None) -> None:
+        """Persist ``ready`` durably; when it returns, its messages may be sent.
+
+        A Ready with ``snapshot`` set installs it first: from ``snapshot_file`` (a verified
+        file from ``transfer.SnapshotReceiver``) or else from ``ready.snapshot_data``, which
+        must then hold a whole snapshot file's bytes."""
+        self._check_usable()
+        if ready.snapshot is not None:
+            if self.snapshot_meta is None or ready.snapshot.index > self.snapshot_meta.index:
+                if snapshot_file is None:
+                    if ready.snapshot_data is None:
+                        raise ValueError("a Ready with a snapshot needs snapshot_file or "
+                                         "snapshot_data")
+                    snapshot_file = self._stage_bytes(ready.snapshot, ready.snapshot_data)
+                self.install_snapshot(ready.snapshot, snapshot_file)
+        if not (ready.hard_state is not None or ready.entries or ready.truncate_from is not None):
+            return
+        self.append(Ready(hard_state=ready.hard_state, truncate_from=ready.truncate_from,
+                          entries=ready.entries))
+        self.sync()
+
+    def _stage_bytes(self, meta: SnapshotMeta, data: bytes) -> str:
+        name = snapshot_name(meta.index, meta.term) + ".recv" + TMP_SUFFIX
+        path = os.path.join(self.snap_dir, name)
+        try:
+            with open(path, "wb") as out:
+                out.write(data)
+                out.flush()
+                os.fsync(out.fileno())
+        except OSError as exc:
+            self._fail(exc)
+        return path
+
+    def save_snapshot(self, meta: SnapshotMeta, states: Iterable[tuple[str, Iterable[bytes]]],
+                      sessions: object = None) -> SnapshotFile:
+        """Write a local snapshot of the state machines at ``meta.index`` (streamed; see
+        snapshot.py) and keep the newest ``snapshot_keep``.  Call ``compact`` afterwards."""
+        self._check_usable()
+        try:
+            written = self._snaps.save(meta, states, sessions)
+        except StorageIOError:
+            raise                               # failed before the rename: nothing changed
+        except OSError as exc:
+            self._fail(exc)
+        if self.snapshot_meta is None or meta.index >= self.snapshot_meta.index:
+            self.snapshot_meta = meta
+        return written
+
+    def install_snapshot(self, meta: SnapshotMeta, file_path: str) -> SnapshotFile:
+        """Adopt a snapshot received from a peer: verify it, rename it into ``snap/``, record
+        a SNAPSHOT marker in the WAL (the log at or below ``meta.index`` is superseded) and
+        delete the WAL segments it covers.  Entries above ``meta.index`` are kept; a Raft
+        follower whose log conflicts must also persist ``truncate_from``."""
+        self._check_usable()
+        try:
+            installed = self._snaps.adopt(meta, file_path)
+            self._wal.sync()
+            self._wal.append(REC_SNAPSHOT, [meta.index, meta.term])
+            self._wal.sync()
+            if ACTIVE:
+                hit("install.after_marker")
+        except (StorageIOError, OSError) as exc:
+            self._fail(exc)
+        self.snapshot_meta = meta
+        self.floor = max(self.floor, meta.index)
+        self._delete_segments(meta.index)
+        return installed
+
+    def compact(self, index: int) -> int:
+        """Delete WAL segments whose entries are all <= ``index`` and covered by a snapshot.
+
+        With ``keep_log_for_fallback`` the log is kept back to the previous snapshot (so a
+        corrupt newest snapshot can fall back to it plus the log).  Returns the number of
+        segments deleted."""
+        self._check_usable()
+        snaps = self._snaps.list()
+        if not snaps:
+            return 0
+        limit = snaps[-1]
+        if self.options.keep_log_for_fallback and self.options.snapshot_keep >= 2:
+            if len(snaps) < 2:
+                return 0
+            limit = snaps[-2]
+        effective = min(index, limit.index)
+        if effective <= self.floor:
+            return self._delete_segments(self.floor)
+        term = limit.term if effective == limit.index else 0
+        try:
+            self._wal.sync()
+            self._wal.append(REC_SNAPSHOT, [effective, term])
+            self._wal.sync()
+        except (StorageIOError, OSError) as exc:
+            self._fail(exc)
+        self.floor = effective
+        return self._delete_segments(effective)
+
+    def _delete_segments(self, index: int) -> int:
+        try:
+            # The segments about to go may hold the newest hard-state record: checkpoint first.
+            segments = self._wal.segments
+            if len(segments) > 1 and (segments[0][3] is None or segments[0][3] <= index):
+                write_hardstate(self.hardstate_path, self.hard_state)
+            return self._wal.compact(index)
+        except (StorageIOError, OSError) as exc:
+            self._fail(exc)
+
+    # ------------------------------------------------------------------ misc
+
+    def latest_snapshot(self) -> SnapshotFile | None:
+        """The newest snapshot file (to send to a lagging follower), or None."""
+        files = self._snaps.list()
+        return files[-1] if files else None
+
+    @property
+    def transfer_dir(self) -> str:
+        """Where ``transfer.SnapshotReceiver`` should stage incoming snapshot files (same file
+        system as ``snap/``, so installing is a rename)."""
+        path = os.path.join(self.snap_dir, "incoming")
+        if not self.read_only:
+            make_dirs(path)
+        return path
+
+    @property
+    def wal_segments(self) -> list[tuple[int, str, int, int | None]]:
+        return self._wal.segments
+
+    def close(self) -> None:
+        """Seal the WAL (fsync) and release the lock.  Safe to call twice."""
+        self._wal.close()
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
+
+    def __enter__(self) -> "DiskStorage":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

@@ -1,0 +1,72 @@
+"""Durable file primitives: full writes, directory fsync, atomic replace.
+
+Rules from ALICE (OSDI'14) and etcd #6368: a new or renamed file is durable only once its
+directory is fsynced; a replaced file is written to a temp file, fsynced, renamed over the old
+one, and the directory fsynced.  Anything that fails here raises ``OSError``; callers turn it
+into ``StorageIOError`` and stop writing.
+"""
+
+from __future__ import annotations
+
+import os
+
+from .failpoints import ACTIVE, hit
+
+__all__ = ["write_all", "fsync_dir", "make_dirs", "atomic_write", "TMP_SUFFIX"]
+
+TMP_SUFFIX = ".tmp"
+
+
+def write_all(fd: int, data) -> None:
+    """``os.write`` until every byte is written (a short write is legal for regular files)."""
+    view = memoryview(data)
+    while view:
+        written = os.write(fd, view)
+        view = view[written:]
+
+
+def fsync_dir(path: str) -> None:
+    """fsync a directory so that creations, renames and deletions in it are durable."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def make_dirs(path: str) -> None:
+    """``os.makedirs`` that also fsyncs the parent of every directory it creates (a new
+    directory is only durable once its parent's entry for it is)."""
+    path = os.path.abspath(path)
+    missing = []
+    while not os.path.isdir(path):
+        missing.append(path)
+        path = os.path.dirname(path)
+    for directory in reversed(missing):
+        try:
+            os.mkdir(directory)
+        except FileExistsError:
+            continue
+        fsync_dir(os.path.dirname(directory))
+
+
+def atomic_write(path: str, data: bytes, failpoint: str | None = None) -> None:
+    """Replace ``path`` with ``data`` atomically: temp file, fsync, rename, fsync directory.
+
+    After a crash the file holds either the old or the new content, never a mix.
+    ``failpoint`` is a prefix such as ``"hardstate"``: ``<prefix>.before_rename`` and
+    ``<prefix>.after_rename`` are hit around the rename.
+    """
+    tmp = path + TMP_SUFFIX
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    try:
+        write_all(fd, data)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    if ACTIVE and failpoint:
+        hit(failpoint + ".before_rename")
+    os.replace(tmp, path)
+    fsync_dir(os.path.dirname(os.path.abspath(path)))
+    if ACTIVE and failpoint:
+        hit(failpoint + ".after_rename")
