@@ -96,10 +96,10 @@ class MultiPaxosReplica:
         self.ballot = ZERO_BALLOT  # our ballot while candidate/leader
         self.max_round_seen = self.promised.round
         self.election_elapsed = 0
-        # Ticks since we heard from a leader.  A booting node stays quiet (grants no
-        # pre-vote, ignores Prepares) for one election timeout: it may have acknowledged a
-        # leader's lease just before it crashed.
-        self.leader_elapsed = 0
+        # Ticks since we heard from a leader.  With leases on, a booting node stays quiet
+        # (grants no pre-vote, ignores Prepares) for one election timeout: it may have
+        # acknowledged a leader's lease just before it crashed.
+        self.leader_elapsed = 0 if options.lease_ticks else options.election_ticks
         self.election_timeout = self._random_timeout()
 
         # Pre-candidate / candidate state.
@@ -401,8 +401,10 @@ class MultiPaxosReplica:
         self.promises[self.node_id] = self._make_promise(self.node_id, self.ballot, from_slot)
         force = self.transfer_requested
         self.transfer_requested = False
-        for peer in self._election_peers():
+        peers = self._election_peers()
+        for peer in peers:
             self._send(Prepare(self.node_id, peer, self.ballot, from_slot, force))
+        self._prepared_extra = set(peers)
         self._check_promises()
 
     transfer_requested = False
@@ -875,6 +877,7 @@ class MultiPaxosReplica:
 
     def on_catchup_reply(self, msg: CatchupReply) -> None:
         # Entries in a catch-up reply are chosen values; chosen is chosen, whatever ballot.
+        before = self.log.chosen_upto
         for entry in msg.entries:
             if entry.index < self.log.first_index or self.log.is_chosen(entry.index):
                 continue
@@ -889,7 +892,10 @@ class MultiPaxosReplica:
             self._entries[entry.index] = entry
             self._mark_chosen(entry.index)
         self.known_commit = max(self.known_commit, msg.commit)
-        self.catchup_tick = -self.options.election_ticks
+        if self.log.chosen_upto > before:
+            # Progress: ask for the next range now.  (A duplicate or stale reply makes no
+            # progress and so asks nothing: requests never multiply.)
+            self.catchup_tick = -self.options.election_ticks
         if self.role == Role.LEADER:
             self._advance_chosen()
         elif self.known_commit > self.log.chosen_upto and self.leader_id is not None:

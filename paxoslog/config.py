@@ -1,0 +1,451 @@
+"""Cluster conf files: TOML (read with ``tomllib``) validated into frozen dataclasses.
+
+One file describes a whole cluster; every node reads the same file and picks its own entry
+with ``--node ID``.  Shape (every table but ``[[nodes]]`` is optional)::
+
+    cluster = "local-3"             # cluster name: also the data directories' cluster id
+    protocol = "multipaxos"         # multipaxos | raft
+    data_dir = "./data/{node}"      # {node} is replaced by the node id; relative to the cwd
+    secret = "..."                  # shared peer secret (HMAC challenge); or secret_file = "path"
+
+    [timing]       tick_ms, heartbeat_ticks, election_ticks, lease_ticks, request_timeout_ms
+    [snapshot]     entries, bytes, keep, level, chunk_bytes
+    [batching]     batch_commands_max, batch_bytes_max, pipeline_window,
+                   entries_per_message_max, message_bytes_max, frame_bytes_max,
+                   proposal_queue_max, pending_reads_max, peer_queue_messages_max
+    [limits]       request_bytes_max, header_bytes_max, key_bytes_max, connections_max,
+                   pipelined_requests_max, log_entries_max, recent_entries_kept,
+                   sessions_max, session_results_max
+    [state_machines]  enabled = ["kv"]
+
+    [[nodes]]
+    id = 1
+    peer = "127.0.0.1:7101"         # peer transport address (what the other nodes dial)
+    api = "127.0.0.1:8101"          # HTTP API address
+    # optional: data_dir = "...", peer_bind = "0.0.0.0:7101", api_bind = "0.0.0.0:8101"
+
+Every mistake raises ``ConfigError`` naming the file, the key and what is wrong; unknown
+keys are mistakes too (a typo must not silently fall back to a default).  The secret never
+appears in a repr, a log line or an error message.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from dataclasses import dataclass, field
+from typing import Any
+
+from paxoslog.core.limits import Limits
+from paxoslog.core.replica import PROTOCOLS, ReplicaOptions
+from paxoslog.storage.options import StorageOptions
+
+__all__ = ["ConfigError", "Address", "NodeConf", "TimingConf", "SnapshotConf", "BatchingConf",
+           "LimitsConf", "ClusterConfig", "load_config", "parse_config", "parse_address",
+           "KNOWN_STATE_MACHINES"]
+
+KNOWN_STATE_MACHINES = ("kv",)
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+
+
+class ConfigError(Exception):
+    """A conf file is unusable: ``path``, ``key`` (dotted, e.g. ``nodes[2].api``) and why."""
+
+    def __init__(self, path: str, key: str | None, message: str) -> None:
+        self.path = path
+        self.key = key
+        self.message = message
+        where = f"{path}: {key}" if key else path
+        super().__init__(f"{where}: {message}")
+
+
+@dataclass(frozen=True)
+class Address:
+    host: str
+    port: int
+
+    def __str__(self) -> str:
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+
+def parse_address(text: str) -> Address:
+    """``host:port`` (``[v6]:port`` for IPv6) -> Address; ValueError with a reason."""
+    if not isinstance(text, str) or not text:
+        raise ValueError(f'expected "host:port", got {text!r}')
+    if text.startswith("["):
+        host, sep, port = text[1:].partition("]:")
+    else:
+        host, sep, port = text.rpartition(":")
+    if not sep or not host or not port.isdigit():
+        raise ValueError(f'expected "host:port", got {text!r}')
+    number = int(port)
+    if not 0 <= number <= 65535:
+        raise ValueError(f"port {number} out of range 0-65535")
+    return Address(host, number)
+
+
+@dataclass(frozen=True)
+class NodeConf:
+    id: int
+    peer: Address
+    api: Address
+    data_dir: str
+    peer_bind: Address
+    api_bind: Address
+
+    @property
+    def api_url(self) -> str:
+        return f"http://{self.api}"
+
+
+@dataclass(frozen=True)
+class TimingConf:
+    tick_ms: int = 50
+    heartbeat_ticks: int = 2
+    election_ticks: int = 20
+    lease_ticks: int = 0
+    request_timeout_ms: int = 5000
+
+
+@dataclass(frozen=True)
+class SnapshotConf:
+    entries: int = 10_000
+    bytes: int = 64 << 20
+    keep: int = 2
+    level: int = 1
+    chunk_bytes: int = 1 << 20
+
+
+@dataclass(frozen=True)
+class BatchingConf:
+    batch_commands_max: int = 256
+    batch_bytes_max: int = 1 << 20
+    pipeline_window: int = 64
+    entries_per_message_max: int = 64
+    message_bytes_max: int = 4 << 20
+    frame_bytes_max: int = 16 << 20
+    proposal_queue_max: int = 65536
+    pending_reads_max: int = 65536
+    peer_queue_messages_max: int = 4096
+
+
+@dataclass(frozen=True)
+class LimitsConf:
+    request_bytes_max: int = 1 << 20
+    header_bytes_max: int = 64 << 10
+    key_bytes_max: int = 4096
+    connections_max: int = 4096
+    pipelined_requests_max: int = 64
+    log_entries_max: int = 1000
+    recent_entries_kept: int = 10_000
+    sessions_max: int = 10_000
+    session_results_max: int = 1024
+
+
+@dataclass(frozen=True)
+class ClusterConfig:
+    path: str
+    name: str
+    protocol: str
+    nodes: tuple[NodeConf, ...]
+    timing: TimingConf = field(default_factory=TimingConf)
+    snapshot: SnapshotConf = field(default_factory=SnapshotConf)
+    batching: BatchingConf = field(default_factory=BatchingConf)
+    limits: LimitsConf = field(default_factory=LimitsConf)
+    state_machines: tuple[str, ...] = ("kv",)
+    secret: bytes | None = field(default=None, repr=False, compare=False)
+
+    def node(self, node_id: int) -> NodeConf:
+        for node in self.nodes:
+            if node.id == node_id:
+                return node
+        known = ", ".join(str(n.id) for n in self.nodes)
+        raise ConfigError(self.path, "nodes", f"no node with id {node_id} (known: {known})")
+
+    @property
+    def node_ids(self) -> tuple[int, ...]:
+        return tuple(n.id for n in self.nodes)
+
+    def core_limits(self) -> Limits:
+        b = self.batching
+        return Limits(batch_commands_max=b.batch_commands_max, batch_bytes_max=b.batch_bytes_max,
+                      pipeline_window=b.pipeline_window,
+                      entries_per_message_max=b.entries_per_message_max,
+                      message_bytes_max=b.message_bytes_max, frame_bytes_max=b.frame_bytes_max,
+                      proposal_queue_max=b.proposal_queue_max,
+                      pending_reads_max=b.pending_reads_max)
+
+    def replica_options(self) -> ReplicaOptions:
+        t = self.timing
+        return ReplicaOptions(heartbeat_ticks=t.heartbeat_ticks, election_ticks=t.election_ticks,
+                              lease_ticks=t.lease_ticks, limits=self.core_limits())
+
+    def storage_options(self) -> StorageOptions:
+        s = self.snapshot
+        return StorageOptions(snapshot_keep=s.keep, snapshot_level=s.level,
+                              snapshot_entries=s.entries, snapshot_bytes=s.bytes,
+                              record_bytes_max=max(64 << 20, self.batching.frame_bytes_max))
+
+
+# ---------------------------------------------------------------------- parsing
+
+class _Reader:
+    """Typed access to one TOML table, with the file and dotted key in every error."""
+
+    def __init__(self, path: str, table: dict, prefix: str = "") -> None:
+        self.path = path
+        self.table = table
+        self.prefix = prefix
+        self.used: set[str] = set()
+
+    def key(self, name: str) -> str:
+        return f"{self.prefix}{name}"
+
+    def fail(self, name: str | None, message: str) -> ConfigError:
+        return ConfigError(self.path, self.key(name) if name else (self.prefix.rstrip(".") or None),
+                           message)
+
+    def get(self, name: str, default: Any = None) -> Any:
+        self.used.add(name)
+        return self.table.get(name, default)
+
+    def int(self, name: str, default: int, lo: int, hi: int) -> int:
+        value = self.get(name, default)
+        if type(value) is not int:
+            raise self.fail(name, f"expected an integer, got {_describe(value)}")
+        if not lo <= value <= hi:
+            raise self.fail(name, f"{value} is out of range {lo}..{hi}")
+        return value
+
+    def str(self, name: str, default: str | None = None, *, required: bool = False) -> str | None:
+        if required and name not in self.table:
+            raise self.fail(name, "missing (required)")
+        value = self.get(name, default)
+        if value is not None and not isinstance(value, str):
+            raise self.fail(name, f"expected a string, got {_describe(value)}")
+        return value
+
+    def address(self, name: str, *, required: bool = False, default: Address | None = None,
+                allow_zero_port: bool = False) -> Address | None:
+        text = self.str(name, required=required)
+        if text is None:
+            return default
+        try:
+            address = parse_address(text)
+        except ValueError as exc:
+            raise self.fail(name, str(exc)) from None
+        if address.port == 0 and not allow_zero_port:
+            raise self.fail(name, "port 0 is not allowed here (the other nodes must know it)")
+        return address
+
+    def table_of(self, name: str) -> "_Reader":
+        value = self.get(name, {})
+        if not isinstance(value, dict):
+            raise self.fail(name, f"expected a table, got {_describe(value)}")
+        return _Reader(self.path, value, f"{self.prefix}{name}.")
+
+    def check_unknown(self) -> None:
+        unknown = sorted(set(self.table) - self.used)
+        if unknown:
+            raise self.fail(unknown[0], "unknown key" + (
+                f" (also unknown: {', '.join(unknown[1:])})" if unknown[1:] else ""))
+
+
+def _describe(value: Any) -> str:
+    if isinstance(value, bool):
+        return f"a boolean ({str(value).lower()})"
+    if isinstance(value, (dict, list)):
+        return f"a {'table' if isinstance(value, dict) else 'list'}"
+    return f"{type(value).__name__} {value!r:.40}"
+
+
+_INT_MAX = 1 << 40
+
+
+def _timing(r: _Reader) -> TimingConf:
+    t = TimingConf(
+        tick_ms=r.int("tick_ms", TimingConf.tick_ms, 1, 60_000),
+        heartbeat_ticks=r.int("heartbeat_ticks", TimingConf.heartbeat_ticks, 1, 10_000),
+        election_ticks=r.int("election_ticks", TimingConf.election_ticks, 2, 100_000),
+        lease_ticks=r.int("lease_ticks", TimingConf.lease_ticks, 0, 100_000),
+        request_timeout_ms=r.int("request_timeout_ms", TimingConf.request_timeout_ms, 10,
+                                 3_600_000),
+    )
+    if t.heartbeat_ticks >= t.election_ticks:
+        raise r.fail("heartbeat_ticks", f"must be less than election_ticks ({t.election_ticks})")
+    if t.lease_ticks >= t.election_ticks:
+        raise r.fail("lease_ticks", f"must be less than election_ticks ({t.election_ticks})")
+    r.check_unknown()
+    return t
+
+
+def _snapshot(r: _Reader) -> SnapshotConf:
+    s = SnapshotConf(
+        entries=r.int("entries", SnapshotConf.entries, 1, _INT_MAX),
+        bytes=r.int("bytes", SnapshotConf.bytes, 1, _INT_MAX),
+        keep=r.int("keep", SnapshotConf.keep, 1, 100),
+        level=r.int("level", SnapshotConf.level, -7, 22),
+        chunk_bytes=r.int("chunk_bytes", SnapshotConf.chunk_bytes, 1024, 64 << 20),
+    )
+    r.check_unknown()
+    return s
+
+
+def _batching(r: _Reader) -> BatchingConf:
+    d = BatchingConf
+    b = BatchingConf(
+        batch_commands_max=r.int("batch_commands_max", d.batch_commands_max, 1, 1 << 20),
+        batch_bytes_max=r.int("batch_bytes_max", d.batch_bytes_max, 1, 1 << 30),
+        pipeline_window=r.int("pipeline_window", d.pipeline_window, 1, 1 << 20),
+        entries_per_message_max=r.int("entries_per_message_max", d.entries_per_message_max, 1,
+                                      1 << 20),
+        message_bytes_max=r.int("message_bytes_max", d.message_bytes_max, 1024, 1 << 30),
+        frame_bytes_max=r.int("frame_bytes_max", d.frame_bytes_max, 4096, 1 << 30),
+        proposal_queue_max=r.int("proposal_queue_max", d.proposal_queue_max, 1, 1 << 30),
+        pending_reads_max=r.int("pending_reads_max", d.pending_reads_max, 1, 1 << 30),
+        peer_queue_messages_max=r.int("peer_queue_messages_max", d.peer_queue_messages_max, 16,
+                                      1 << 24),
+    )
+    if b.frame_bytes_max < b.message_bytes_max:
+        raise r.fail("frame_bytes_max",
+                     f"must be at least message_bytes_max ({b.message_bytes_max})")
+    r.check_unknown()
+    return b
+
+
+def _limits(r: _Reader) -> LimitsConf:
+    d = LimitsConf
+    lim = LimitsConf(
+        request_bytes_max=r.int("request_bytes_max", d.request_bytes_max, 64, 1 << 30),
+        header_bytes_max=r.int("header_bytes_max", d.header_bytes_max, 1024, 1 << 24),
+        key_bytes_max=r.int("key_bytes_max", d.key_bytes_max, 1, 1 << 20),
+        connections_max=r.int("connections_max", d.connections_max, 1, 1 << 20),
+        pipelined_requests_max=r.int("pipelined_requests_max", d.pipelined_requests_max, 1,
+                                     1 << 16),
+        log_entries_max=r.int("log_entries_max", d.log_entries_max, 1, 1 << 20),
+        recent_entries_kept=r.int("recent_entries_kept", d.recent_entries_kept, 0, 1 << 24),
+        sessions_max=r.int("sessions_max", d.sessions_max, 1, 1 << 24),
+        session_results_max=r.int("session_results_max", d.session_results_max, 1, 1 << 20),
+    )
+    r.check_unknown()
+    return lim
+
+
+def _state_machines(r: _Reader) -> tuple[str, ...]:
+    enabled = r.get("enabled", ["kv"])
+    if not isinstance(enabled, list) or not all(isinstance(n, str) for n in enabled):
+        raise r.fail("enabled", "expected a list of state machine names")
+    for name in enabled:
+        if name not in KNOWN_STATE_MACHINES:
+            raise r.fail("enabled", f"unknown state machine {name!r} "
+                                    f"(known: {', '.join(KNOWN_STATE_MACHINES)})")
+    if len(set(enabled)) != len(enabled):
+        raise r.fail("enabled", "a state machine is listed twice")
+    if "kv" not in enabled:
+        raise r.fail("enabled", '"kv" must be enabled (the HTTP propose/query API uses it)')
+    r.check_unknown()
+    return tuple(enabled)
+
+
+def _nodes(r: _Reader, data_dir_template: str | None) -> tuple[NodeConf, ...]:
+    raw = r.get("nodes")
+    if raw is None:
+        raise r.fail("nodes", "missing: add one [[nodes]] table per node")
+    if not isinstance(raw, list) or not all(isinstance(n, dict) for n in raw):
+        raise r.fail("nodes", "expected an array of tables ([[nodes]])")
+    if not raw:
+        raise r.fail("nodes", "at least one node is needed")
+    nodes: list[NodeConf] = []
+    for position, table in enumerate(raw):
+        n = _Reader(r.path, table, f"nodes[{position}].")
+        if "id" not in table:
+            raise n.fail("id", "missing (required)")
+        node_id = n.int("id", 0, 1, (1 << 32) - 1)
+        peer = n.address("peer", required=True)
+        api = n.address("api", required=True, allow_zero_port=True)
+        template = n.str("data_dir", data_dir_template)
+        if template is None:
+            raise n.fail("data_dir", "missing: set data_dir at the top level or per node")
+        data_dir = template.replace("{node}", str(node_id))
+        peer_bind = n.address("peer_bind", default=peer)
+        api_bind = n.address("api_bind", default=api, allow_zero_port=True)
+        n.check_unknown()
+        nodes.append(NodeConf(node_id, peer, api, data_dir, peer_bind, api_bind))
+    seen: dict[tuple, str] = {}
+    for position, node in enumerate(nodes):
+        for label, key in (("id", ("id", node.id)),
+                           ("peer", ("addr", str(node.peer))),
+                           ("api", ("addr", str(node.api)) if node.api.port else None),
+                           ("data_dir", ("dir", os.path.abspath(node.data_dir)))):
+            if key is None:
+                continue
+            if key in seen:
+                raise ConfigError(r.path, f"nodes[{position}].{label}",
+                                  f"{key[1]} is also used by {seen[key]}")
+            seen[key] = f"nodes[{position}].{label}"
+    return tuple(nodes)
+
+
+def parse_config(data: dict, path: str = "<conf>") -> ClusterConfig:
+    """Validate a parsed TOML document (``path`` is only used in error messages)."""
+    r = _Reader(path, data)
+    name = r.str("cluster", required=True)
+    if not _NAME_RE.match(name):
+        raise r.fail("cluster", "must be 1-64 characters of letters, digits, '.', '_' or '-'")
+    protocol = r.str("protocol", "multipaxos")
+    if protocol not in PROTOCOLS:
+        raise r.fail("protocol", f"{protocol!r} is not one of {', '.join(PROTOCOLS)}")
+    data_dir = r.str("data_dir")
+    secret = _secret(r)
+    timing = _timing(r.table_of("timing"))
+    snapshot = _snapshot(r.table_of("snapshot"))
+    batching = _batching(r.table_of("batching"))
+    limits = _limits(r.table_of("limits"))
+    state_machines = _state_machines(r.table_of("state_machines"))
+    nodes = _nodes(r, data_dir)
+    r.check_unknown()
+    return ClusterConfig(path=path, name=name, protocol=protocol, nodes=nodes, timing=timing,
+                         snapshot=snapshot, batching=batching, limits=limits,
+                         state_machines=state_machines, secret=secret)
+
+
+def _secret(r: _Reader) -> bytes | None:
+    inline = r.get("secret")
+    file_name = r.get("secret_file")
+    if inline is not None and file_name is not None:
+        raise r.fail("secret_file", "set either secret or secret_file, not both")
+    if inline is not None:
+        if not isinstance(inline, str):
+            raise r.fail("secret", "expected a string")  # never echo the value
+        if len(inline) < 8:
+            raise r.fail("secret", "too short: use at least 8 characters")
+        return inline.encode()
+    if file_name is not None:
+        if not isinstance(file_name, str) or not file_name:
+            raise r.fail("secret_file", f"expected a file name, got {_describe(file_name)}")
+        full = file_name if os.path.isabs(file_name) else os.path.join(
+            os.path.dirname(os.path.abspath(r.path)), file_name)
+        try:
+            with open(full, "rb") as f:
+                value = f.read().strip()
+        except OSError as exc:
+            raise r.fail("secret_file", f"cannot read {full}: {exc.strerror}") from None
+        if len(value) < 8:
+            raise r.fail("secret_file", f"{full}: secret too short (at least 8 bytes)")
+        return value
+    return None
+
+
+def load_config(path: str) -> ClusterConfig:
+    """Read and validate a conf file; ``ConfigError`` on any problem."""
+    try:
+        with open(path, "rb") as f:
+            data = tomllib.load(f)
+    except FileNotFoundError:
+        raise ConfigError(path, None, "no such file") from None
+    except OSError as exc:
+        raise ConfigError(path, None, f"cannot read: {exc.strerror}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(path, None, f"not valid TOML: {exc}") from None
+    return parse_config(data, path)

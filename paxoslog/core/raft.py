@@ -1,0 +1,1173 @@
+"""``RaftReplica``: Raft (Figure 2 of the paper) behind the sans-I/O ``Replica`` interface.
+
+On top of the paper: PreVote and CheckQuorum (thesis 9.6, 6.2), leader stickiness (4.2.3),
+a no-op entry on election, leader transfer with TimeoutNow (3.10), ReadIndex and lease reads
+(6.4), joint-consensus membership with learners (4.3), log compaction and InstallSnapshot (5),
+proposal batching, pipelined replication with a per-follower window and fast back-off.
+
+Caller's obligations are the ``Ready`` contract (ready.py): persist, then send, then apply,
+then ``advance``.  Design choices the shell and the simulator rely on:
+
+* **Own entries count at once.**  The leader counts its own log up to its last index toward
+  the commit quorum as soon as it appends.  That is safe because (a) a follower can only
+  acknowledge an entry it received, and the leader sends an entry only in a Ready at or after
+  the one that persists it, so every acknowledgement implies the leader's copy is durable; and
+  (b) an entry the leader reports committed through its own vote alone (a single voter) is in
+  ``committed`` of a Ready that also persists it, and the shell applies only after persisting.
+* **Configurations apply on append**, not on commit (thesis 4.1); truncating an uncommitted
+  CONFIG entry reverts to the previous one.  A leader appends no CONFIG entry before an entry
+  of its own term is committed (the R3 fix), and leaves a joint configuration automatically.
+* **Votes.**  RequestVote from a node outside the configuration is ignored (a removed server
+  cannot disrupt).  Leader traffic (AppendEntries, InstallSnapshot) is accepted from any
+  sender whose term is current: there is one leader per term, and a lagging node may not yet
+  know the configuration that added its leader.  Like etcd-raft, a learner answers vote
+  requests (a freshly promoted learner may be needed for a quorum before it learns of its
+  promotion); a candidate only counts voters of its own configuration.
+* **Restart.**  A restarted node ignores vote requests for its first election timeout (it
+  may be part of a quorum that a leader's lease counts on).  A node whose restored commit
+  index lies beyond its restored log lost acknowledged entries (R13): it neither votes nor
+  campaigns until a leader has sent them again.
+* **Lost messages.**  A follower in pipelined replication whose in-flight entries stay
+  unacknowledged for two heartbeat intervals goes back to probing from its match index.
+* **Timing is ticks**; randomness only comes from the ``rng`` given to the constructor.
+  Lease reads assume the shell delivers a tick for every tick interval of real time that
+  passed (including after the process was paused), or they are not safe.
+"""
+
+from __future__ import annotations
+
+from bisect import bisect_left, bisect_right
+from collections import deque
+from operator import itemgetter
+from typing import TYPE_CHECKING, Iterable, Sequence
+
+from .errors import Busy, ConfigChangeInProgress, NotLeader
+from .log import (ENTRY_CONFIG, ENTRY_KINDS, ENTRY_NOOP, ENTRY_NORMAL, Entry, HardState,
+                  SnapshotMeta, config_entry, entry_bytes, entry_config)
+from .messages import (AppendEntries, AppendEntriesReply, InstallSnapshot,
+                       InstallSnapshotReply, RequestVote, RequestVoteReply, TimeoutNow)
+from .quorum import Config
+from .ready import ConfigChanged, ProposalDropped, ReadState, Ready, Role, RoleChanged
+
+if TYPE_CHECKING:  # pragma: no cover - typing only; replica.py imports this module lazily
+    from .replica import ReplicaOptions, Restored
+
+__all__ = ["RaftReplica"]
+
+# Replication state of one follower, as the leader tracks it (etcd-raft's three states).
+_PROBE = "probe"          # one AppendEntries at a time until the match point is found
+_REPLICATE = "replicate"  # optimistic: next advances as entries are sent, within a window
+_SNAPSHOT = "snapshot"    # an InstallSnapshot is in flight; appends wait for its reply
+
+_TERM = itemgetter(1)     # Entry.term, for bisecting the log (terms never decrease along it)
+
+
+class _Progress:
+    """The leader's view of one follower."""
+
+    __slots__ = ("match", "next", "state", "paused", "heard_tick", "acked_ctx",
+                 "progress_tick", "snapshot_index", "snapshot_tick")
+
+    def __init__(self, next_index: int, now: int) -> None:
+        self.match = 0
+        self.next = next_index
+        self.state = _PROBE
+        self.paused = False        # probe sent, waiting for a reply (or the next heartbeat)
+        self.heard_tick = now      # last tick a message of the current term came from it
+        self.acked_ctx = 0         # highest heartbeat round (ctx) it acknowledged
+        self.progress_tick = now   # last tick match advanced or the pipeline started filling
+        self.snapshot_index = 0
+        self.snapshot_tick = 0
+
+
+class RaftReplica:
+    """One Raft node.  See the module docstring for the contract and the design choices."""
+
+    def __init__(self, node_id: int, config: Config, options: "ReplicaOptions", rng,
+                 restored: "Restored | None" = None) -> None:
+        if type(node_id) is not int or node_id <= 0:
+            raise ValueError(f"node ids are positive integers (0 is 'no vote'), got {node_id!r}")
+        if not isinstance(config, Config):
+            raise ValueError(f"bootstrap configuration must be a Config, got {config!r}")
+        self.node_id = node_id
+        self._options = options
+        self._limits = options.limits
+        self._rng = rng
+        self._election_ticks = options.election_ticks
+
+        # Persistent state (Figure 2) and the log: entries[k] has index offset + 1 + k;
+        # offset is the snapshot index (0 without one) and snap_term the term there.
+        self._term = 0
+        self._vote = 0
+        self._entries: list[Entry] = []
+        self._offset = 0
+        self._snap_term = 0
+        self._snapshot: SnapshotMeta | None = None
+        self._base_config = config                    # configuration in force at offset
+        self._base_config_index = 0                   # ... and the index that set it
+        self._conf_entries: list[tuple[int, Config]] = []  # CONFIG entries above offset
+
+        self._commit = 0
+        self._emitted = 0      # last committed index handed out in a Ready
+        self._applied = 0      # last committed index handed out in an advanced Ready
+        self._unstable_from = 1        # first index not yet handed out for persisting
+        self._truncate_from: int | None = None
+        self._pending_snapshot: SnapshotMeta | None = None
+        self._pending_snapshot_data: bytes | None = None
+        self._checked_upto = 0         # check_invariants verified the log up to here
+        self._lost_upto = 0            # R13: restored commit index beyond the restored log
+
+        if restored is not None:
+            self._restore(restored)
+        self._config_index, self._config = self._compute_config()
+        self._hs_emitted = HardState(self._term, self._vote, self._commit)
+        # A restarted node may have acknowledged a leader just before it went down, and that
+        # leader may still count on it (lease reads): it ignores vote requests during its
+        # first election timeout, as if it had just heard from a leader.
+        self._startup_lease = self._term > 0
+
+        # Volatile state.
+        self._role = self._follower_role()
+        self._leader_id: int | None = None
+        self._now = 0
+        self._leader_heard_tick = 0
+        self._election_elapsed = 0
+        self._election_timeout = self._election_ticks
+        self._heartbeat_elapsed = 0
+        self._votes: dict[int, bool] = {}
+        self._msgs: list = []
+        self._events: list = []
+        self._reads_out: list[ReadState] = []
+        self._outstanding: Ready | None = None
+
+        # Leader state.
+        self._progress: dict[int, _Progress] = {}
+        self._queue: deque[bytes] = deque()
+        self._term_start = 0           # index of this leader's no-op
+        self._transfer_target: int | None = None
+        self._transfer_elapsed = 0
+        self._leave_learners: tuple[int, frozenset[int]] | None = None
+        self._ctx = 0                  # heartbeat round counter (never reset)
+        self._ctx_ticks: dict[int, int] = {}
+        self._read_round_needed = False
+        self._pending_reads: deque[list] = deque()  # [request_id, index | None, ctx]
+
+        self._reset_election_timer()
+
+    # ------------------------------------------------------------------ restore
+
+    def _restore(self, restored: "Restored") -> None:
+        hard_state, entries, snapshot = restored
+        if snapshot is not None:
+            self._offset = snapshot.index
+            self._snap_term = snapshot.term
+            self._snapshot = snapshot
+            self._base_config = snapshot.config
+            self._base_config_index = snapshot.index
+        expected = self._offset + 1
+        last_term = self._snap_term
+        for entry in entries:
+            if entry.index != expected or entry.term < last_term:
+                raise ValueError(f"restored log is not contiguous with non-decreasing terms at "
+                                 f"index {entry.index} (expected {expected})")
+            expected += 1
+            last_term = entry.term
+            if entry.kind == ENTRY_CONFIG:
+                self._conf_entries.append((entry.index, entry_config(entry)))
+        self._entries = list(entries)
+        self._term, self._vote = hard_state.term, hard_state.vote
+        if last_term > self._term:
+            # The log was persisted without the hard state that accompanied it.  We may have
+            # voted in that term: claim our own vote so we never vote twice in it.
+            self._term, self._vote = last_term, self.node_id
+        last = self.last_index
+        if hard_state.commit > last:
+            # We acknowledged entries we no longer have (a durability fault, R13): until a
+            # leader has sent them again we must neither vote nor campaign, or our short log
+            # could help elect a leader that lacks committed entries.
+            self._lost_upto = hard_state.commit
+        self._commit = max(self._offset, min(hard_state.commit, last))
+        self._emitted = self._applied = self._offset
+        self._unstable_from = last + 1
+        self._checked_upto = self._offset
+
+    # ------------------------------------------------------------------ properties
+
+    @property
+    def role(self) -> str:
+        return self._role
+
+    @property
+    def term(self) -> int:
+        return self._term
+
+    @property
+    def leader_id(self) -> int | None:
+        return self._leader_id
+
+    @property
+    def commit_index(self) -> int:
+        return self._commit
+
+    @property
+    def applied_index(self) -> int:
+        return self._applied
+
+    @property
+    def config(self) -> Config:
+        return self._config
+
+    @property
+    def last_index(self) -> int:
+        return self._offset + len(self._entries)
+
+    # ------------------------------------------------------------------ log helpers
+
+    def _last_term(self) -> int:
+        return self._entries[-1].term if self._entries else self._snap_term
+
+    def _term_at(self, index: int) -> int | None:
+        """Term of the entry at ``index``, or None when it is compacted away or absent."""
+        k = index - self._offset
+        if k == 0:
+            return self._snap_term
+        if 0 < k <= len(self._entries):
+            return self._entries[k - 1].term
+        return None
+
+    def _slice(self, lo: int, hi: int) -> list[Entry]:
+        """Entries lo..hi inclusive (all retained)."""
+        return self._entries[lo - self._offset - 1: hi - self._offset]
+
+    def _first_index_of_term(self, term: int, lo: int, hi: int) -> int:
+        """Smallest index in [lo, hi] whose term is ``term`` (the entry at hi has it)."""
+        off = self._offset
+        pos = bisect_left(self._entries, term, lo - off - 1, hi - off, key=_TERM)
+        return pos + off + 1
+
+    def _last_index_with_term_at_most(self, term: int) -> int:
+        """Largest retained index whose term is <= ``term`` (offset when there is none)."""
+        return bisect_right(self._entries, term, key=_TERM) + self._offset
+
+    def _compute_config(self) -> tuple[int, Config]:
+        if self._conf_entries:
+            return self._conf_entries[-1]
+        return self._base_config_index, self._base_config
+
+    def _config_at(self, index: int) -> tuple[int, Config]:
+        """The configuration in force at ``index`` and the index of the entry that set it."""
+        found = (self._base_config_index, self._base_config)
+        for conf_index, conf in self._conf_entries:
+            if conf_index > index:
+                break
+            found = (conf_index, conf)
+        return found
+
+    def _append(self, entries: Sequence[Entry], configs: dict[int, Config] | None = None) -> None:
+        """Append entries that follow the last index; register CONFIG entries."""
+        self._entries.extend(entries)
+        changed = False
+        for entry in entries:
+            if entry.kind == ENTRY_CONFIG:
+                conf = configs[entry.index] if configs else entry_config(entry)
+                self._conf_entries.append((entry.index, conf))
+                changed = True
+        if changed:
+            self._on_config_change()
+
+    def _truncate(self, index: int) -> None:
+        """Drop every entry >= index (uncommitted, conflicting with the leader)."""
+        assert index > self._commit, (index, self._commit)
+        del self._entries[index - self._offset - 1:]
+        if index < self._unstable_from:
+            if self._truncate_from is None or index < self._truncate_from:
+                self._truncate_from = index
+            self._unstable_from = index
+        self._checked_upto = min(self._checked_upto, index - 1)
+        if self._conf_entries and self._conf_entries[-1][0] >= index:
+            while self._conf_entries and self._conf_entries[-1][0] >= index:
+                self._conf_entries.pop()
+            self._on_config_change()
+
+    # ------------------------------------------------------------------ roles and timers
+
+    def _follower_role(self) -> str:
+        return Role.LEARNER if self.node_id in self._config.learners else Role.FOLLOWER
+
+    def _promotable(self) -> bool:
+        """Only voters campaign: never a learner, never a node outside the configuration,
+        never a node repairing a log that lost acknowledged entries."""
+        return self.node_id in self._config.all_voters and not self._lost_entries()
+
+    def _lost_entries(self) -> bool:
+        if self._lost_upto and self.last_index >= self._lost_upto:
+            self._lost_upto = 0  # repaired: the leader sent the lost entries again
+        return bool(self._lost_upto)
+
+    def _set_role(self, role: str, leader: int | None) -> None:
+        if role != self._role or leader != self._leader_id:
+            self._events.append(RoleChanged(role, self._term, leader))
+        self._role = role
+        self._leader_id = leader
+
+    def _reset_election_timer(self) -> None:
+        self._election_elapsed = 0
+        ticks = self._election_ticks
+        self._election_timeout = self._rng.randrange(ticks, 2 * ticks)
+
+    def _heard_leader_recently(self) -> bool:
+        """Within the minimum election timeout of a leader's message (or leading)."""
+        if self._role == Role.LEADER:
+            return True
+        return (self._leader_id is not None
+                and self._now - self._leader_heard_tick < self._election_ticks)
+
+    def _in_lease(self) -> bool:
+        """Leader stickiness: ignore higher-term votes while a live leader is known.  A leader
+        only does so under CheckQuorum (otherwise it could never learn it was deposed)."""
+        if self._role == Role.LEADER:
+            return self._options.check_quorum
+        if self._startup_lease and self._now < self._election_ticks:
+            return True
+        return self._heard_leader_recently()
+
+    def _become_follower(self, term: int, leader: int | None) -> None:
+        if term > self._term:
+            self._term = term
+            self._vote = 0
+        if self._role == Role.LEADER:
+            self._stop_leading()
+        self._votes = {}
+        self._set_role(self._follower_role(), leader)
+        self._reset_election_timer()
+        if leader is not None:
+            self._leader_heard_tick = self._now
+
+    def _stop_leading(self) -> None:
+        if self._queue:
+            self._events.append(ProposalDropped(tuple(self._queue)))
+            self._queue.clear()
+        self._progress = {}
+        self._pending_reads.clear()
+        self._read_round_needed = False
+        self._transfer_target = None
+        self._leave_learners = None
+
+    def _start_election(self, transfer: bool) -> None:
+        if self._options.pre_vote and not transfer:
+            self._votes = {self.node_id: True}
+            self._set_role(Role.PRE_CANDIDATE, None)
+            self._reset_election_timer()
+            if self._config.is_quorum((self.node_id,)):
+                self._campaign(False)
+                return
+            self._request_votes(self._term + 1, pre=True, transfer=False)
+        else:
+            self._campaign(transfer)
+
+    def _campaign(self, transfer: bool) -> None:
+        self._term += 1
+        self._vote = self.node_id
+        self._votes = {self.node_id: True}
+        self._set_role(Role.CANDIDATE, None)
+        self._reset_election_timer()
+        if self._config.is_quorum((self.node_id,)):
+            self._become_leader()
+            return
+        self._request_votes(self._term, pre=False, transfer=transfer)
+
+    def _request_votes(self, term: int, pre: bool, transfer: bool) -> None:
+        last_index, last_term = self.last_index, self._last_term()
+        for peer in sorted(self._config.all_voters):
+            if peer != self.node_id:
+                self._msgs.append(RequestVote(self.node_id, peer, term, last_index, last_term,
+                                              pre, transfer))
+
+    def _become_leader(self) -> None:
+        assert self._role == Role.CANDIDATE and self._vote == self.node_id
+        self._set_role(Role.LEADER, self.node_id)
+        self._votes = {}
+        self._heartbeat_elapsed = 0
+        self._transfer_target = None
+        self._progress = {}
+        self._sync_progress()
+        noop = Entry(self.last_index + 1, self._term, ENTRY_NOOP, ())
+        self._term_start = noop.index
+        self._append([noop])
+        self._maybe_commit()
+
+    def _sync_progress(self) -> None:
+        """Track exactly the members of the active configuration (leader only)."""
+        members = self._config.members
+        for peer in members:
+            if peer != self.node_id and peer not in self._progress:
+                self._progress[peer] = _Progress(self.last_index + 1, self._now)
+        for peer in [p for p in self._progress if p not in members]:
+            del self._progress[peer]
+            if self._transfer_target == peer:
+                self._transfer_target = None
+
+    def _on_config_change(self) -> None:
+        index, config = self._compute_config()
+        if index == self._config_index and config == self._config:
+            return
+        self._config_index, self._config = index, config
+        self._events.append(ConfigChanged(config, index))
+        if self._role == Role.LEADER:
+            self._sync_progress()
+        elif self._role in (Role.FOLLOWER, Role.LEARNER):
+            self._set_role(self._follower_role(), self._leader_id)
+        elif not self._promotable():
+            self._become_follower(self._term, None)
+
+    # ------------------------------------------------------------------ tick
+
+    def tick(self) -> None:
+        """One logical tick: heartbeats, CheckQuorum and transfer timeout on a leader;
+        the (randomized) election timeout elsewhere."""
+        self._now += 1
+        if self._role == Role.LEADER:
+            self._tick_leader()
+            return
+        self._election_elapsed += 1
+        if self._election_elapsed >= self._election_timeout:
+            if self._promotable():
+                self._start_election(transfer=False)
+            else:
+                self._reset_election_timer()
+
+    def _tick_leader(self) -> None:
+        self._heartbeat_elapsed += 1
+        if self._heartbeat_elapsed >= self._options.heartbeat_ticks:
+            self._broadcast_heartbeat()
+        if self._options.check_quorum and not self._quorum_active():
+            self._become_follower(self._term, None)
+            return
+        if self._transfer_target is not None:
+            self._transfer_elapsed += 1
+            if self._transfer_elapsed >= self._election_ticks:
+                self._transfer_target = None  # the target did not take over in time: abort
+
+    def _quorum_active(self) -> bool:
+        horizon = self._now - self._election_ticks
+        active = [self.node_id]
+        active.extend(p for p, pr in self._progress.items() if pr.heard_tick > horizon)
+        return self._config.is_quorum(active)
+
+    def _broadcast_heartbeat(self) -> None:
+        """Start a new heartbeat round (ctx) and send every follower an empty AppendEntries
+        at its match point, which it always accepts; restart stalled replication."""
+        self._heartbeat_elapsed = 0
+        self._read_round_needed = False
+        self._ctx += 1
+        now = self._now
+        self._ctx_ticks[self._ctx] = now
+        if len(self._ctx_ticks) > 4 * self._election_ticks:
+            horizon = now - 2 * self._election_ticks
+            self._ctx_ticks = {c: t for c, t in self._ctx_ticks.items() if t >= horizon}
+        stall_ticks = 2 * self._options.heartbeat_ticks
+        for peer, pr in self._progress.items():
+            if pr.state == _SNAPSHOT:
+                if now - pr.snapshot_tick >= self._election_ticks:
+                    pr.state, pr.paused = _PROBE, False  # the snapshot got lost: send again
+            elif pr.state == _REPLICATE:
+                if pr.next - 1 > pr.match and now - pr.progress_tick >= stall_ticks:
+                    # In-flight entries unacknowledged for two heartbeats: assume them lost.
+                    pr.state, pr.next, pr.paused = _PROBE, pr.match + 1, False
+            prev = pr.match
+            prev_term = self._term_at(prev)
+            if prev_term is None:
+                prev, prev_term = self._offset, self._snap_term
+            self._msgs.append(AppendEntries(self.node_id, peer, self._term, prev, prev_term, (),
+                                            min(self._commit, pr.match), self._ctx))
+
+    # ------------------------------------------------------------------ step
+
+    def step(self, message) -> None:
+        """Handle one peer message.  Messages not for us, of unknown type or malformed are
+        dropped; stale terms are answered or dropped per Raft; nothing here raises."""
+        handler = self._HANDLERS.get(type(message))
+        if handler is None:
+            return
+        if message.to != self.node_id or message.frm == self.node_id:
+            return
+        if type(message.term) is not int or message.term < 0 or type(message.frm) is not int:
+            return
+        handler(self, message)
+
+    # ---- elections
+
+    def on_request_vote(self, msg: RequestVote) -> None:
+        if msg.frm not in self._config.members:
+            return  # a removed (or unknown) server must not disrupt the cluster
+        if type(msg.last_index) is not int or type(msg.last_term) is not int:
+            return
+        if msg.term > self._term:
+            if not msg.transfer and self._in_lease():
+                return  # leader stickiness (thesis 4.2.3): neither grant nor bump the term
+            if not msg.pre:
+                self._become_follower(msg.term, None)
+        elif msg.term < self._term:
+            self._msgs.append(RequestVoteReply(self.node_id, msg.frm, self._term, False, msg.pre))
+            return
+        up_to_date = ((msg.last_term, msg.last_index) >= (self._last_term(), self.last_index)
+                      and not self._lost_entries())
+        if msg.pre:
+            grant = msg.term > self._term and up_to_date and not self._heard_leader_recently()
+            reply_term = msg.term if grant else self._term
+            self._msgs.append(RequestVoteReply(self.node_id, msg.frm, reply_term, grant, True))
+            return
+        can_vote = self._vote == msg.frm or (self._vote == 0 and self._leader_id is None)
+        grant = can_vote and up_to_date
+        if grant:
+            self._vote = msg.frm
+            self._reset_election_timer()
+        self._msgs.append(RequestVoteReply(self.node_id, msg.frm, self._term, grant, False))
+
+    def on_request_vote_reply(self, msg: RequestVoteReply) -> None:
+        if msg.term > self._term and not (msg.pre and msg.granted):
+            self._become_follower(msg.term, None)
+            return
+        if msg.pre:
+            if self._role != Role.PRE_CANDIDATE:
+                return
+            if msg.granted and msg.term != self._term + 1:
+                return
+            if not msg.granted and msg.term < self._term:
+                return
+        elif self._role != Role.CANDIDATE or msg.term != self._term:
+            return
+        config = self._config
+        if msg.frm not in config.all_voters:
+            return
+        self._votes[msg.frm] = bool(msg.granted)
+        if config.is_quorum(n for n, granted in self._votes.items() if granted):
+            if msg.pre:
+                self._campaign(False)
+            else:
+                self._become_leader()
+        elif not config.is_quorum(n for n in config.all_voters if self._votes.get(n, True)):
+            self._become_follower(self._term, None)  # lost: a quorum said no
+
+    def on_timeout_now(self, msg: TimeoutNow) -> None:
+        if msg.term < self._term:
+            return
+        if msg.term > self._term:
+            self._become_follower(msg.term, msg.frm)
+        if self._leader_id != msg.frm or self._role == Role.LEADER or not self._promotable():
+            return
+        self._campaign(transfer=True)
+
+    # ---- replication, follower side
+
+    def _follow(self, msg) -> bool:
+        """Common handling of leader traffic at term >= ours; False when it must be dropped."""
+        if msg.term > self._term or self._role != self._follower_role() \
+                or self._leader_id != msg.frm:
+            if self._role == Role.LEADER and msg.term == self._term:
+                return False  # a second leader in our term cannot exist: drop
+            self._become_follower(msg.term, msg.frm)
+        else:
+            self._election_elapsed = 0
+            self._leader_heard_tick = self._now
+        return True
+
+    def on_append_entries(self, msg: AppendEntries) -> None:
+        if msg.term < self._term:
+            # A stale leader (or our term ran ahead while partitioned): tell it our term.
+            self._msgs.append(AppendEntriesReply(self.node_id, msg.frm, self._term, False, 0, 0,
+                                                 msg.ctx))
+            return
+        configs = self._validate_entries(msg)
+        if configs is None:
+            return
+        if not self._follow(msg):
+            return
+        entries = msg.entries
+        prev, prev_term = msg.prev_index, msg.prev_term
+        commit = self._commit
+        if prev < commit:
+            # Entries up to our commit index are committed, hence identical in the leader's log.
+            skip = commit - prev
+            if skip >= len(entries):
+                self._reply_append(msg, True, commit, 0)
+                return
+            entries = entries[skip:]
+            prev, prev_term = commit, self._term_at(commit)
+        last = self.last_index
+        if prev > last:
+            self._reply_append(msg, False, last + 1, 0)
+            return
+        local_term = self._term_at(prev)
+        if local_term != prev_term:
+            hint = self._first_index_of_term(local_term, max(commit + 1, self._offset + 1), prev)
+            self._reply_append(msg, False, hint, local_term)
+            return
+        # Log matching holds at prev: skip what we already have, truncate at a conflict.
+        i, n = 0, len(entries)
+        while i < n and entries[i].index <= last:
+            if self._term_at(entries[i].index) != entries[i].term:
+                break
+            i += 1
+        if i < n:
+            first_new = entries[i].index
+            if first_new <= last:
+                self._truncate(first_new)
+            self._append(entries[i:], configs)
+        last_new = prev + n
+        if msg.commit > self._commit:
+            new_commit = min(msg.commit, last_new)
+            if new_commit > self._commit:
+                self._commit = new_commit
+        self._reply_append(msg, True, last_new, 0)
+
+    def _reply_append(self, msg: AppendEntries, success: bool, index: int, hint_term: int) -> None:
+        self._msgs.append(AppendEntriesReply(self.node_id, msg.frm, self._term, success, index,
+                                             hint_term, msg.ctx))
+
+    def _validate_entries(self, msg: AppendEntries) -> dict[int, Config] | None:
+        """Check an AppendEntries is well formed; returns its CONFIG entries parsed (index ->
+        Config), or None when the message must be dropped."""
+        prev, prev_term = msg.prev_index, msg.prev_term
+        if (type(prev) is not int or type(prev_term) is not int or prev < 0 or prev_term < 0
+                or prev_term > msg.term or (prev == 0 and prev_term != 0)
+                or type(msg.commit) is not int or type(msg.ctx) is not int
+                or not isinstance(msg.entries, tuple)):
+            return None
+        configs: dict[int, Config] = {}
+        expected, last_term, term = prev + 1, prev_term, msg.term
+        for entry in msg.entries:
+            if (not isinstance(entry, Entry) or entry.index != expected
+                    or type(entry.term) is not int or not last_term <= entry.term <= term
+                    or entry.kind not in ENTRY_KINDS or not isinstance(entry.payload, tuple)):
+                return None
+            if entry.kind == ENTRY_CONFIG:
+                try:
+                    configs[entry.index] = entry_config(entry)
+                except Exception:  # cbor2 raises several types on garbage: all mean "bad entry"
+                    return None
+            expected += 1
+            last_term = entry.term
+        return configs
+
+    def on_install_snapshot(self, msg: InstallSnapshot) -> None:
+        if msg.term < self._term:
+            self._msgs.append(InstallSnapshotReply(self.node_id, msg.frm, self._term, 0))
+            return
+        if (type(msg.index) is not int or type(msg.snap_term) is not int or msg.index <= 0
+                or not 0 < msg.snap_term <= msg.term or not isinstance(msg.config, Config)
+                or not isinstance(msg.data, bytes)):
+            return
+        if not self._follow(msg):
+            return
+        index = msg.index
+        if index <= self._commit:
+            self._msgs.append(InstallSnapshotReply(self.node_id, msg.frm, self._term,
+                                                   self._commit))
+            return
+        last = self.last_index
+        if self._term_at(index) == msg.snap_term:
+            del self._entries[: index - self._offset]  # keep the suffix after the snapshot
+            self._unstable_from = max(self._unstable_from, index + 1)
+        else:
+            if index < last and (self._truncate_from is None or index + 1 < self._truncate_from):
+                self._truncate_from = index + 1
+            self._entries = []
+            self._unstable_from = index + 1
+        self._offset, self._snap_term = index, msg.snap_term
+        self._snapshot = SnapshotMeta(index, msg.snap_term, msg.config)
+        self._base_config = msg.config
+        self._base_config_index = index
+        self._conf_entries = [c for c in self._conf_entries if c[0] > index]
+        self._checked_upto = index
+        self._commit = self._emitted = index
+        self._pending_snapshot = self._snapshot
+        self._pending_snapshot_data = msg.data
+        self._on_config_change()
+        self._msgs.append(InstallSnapshotReply(self.node_id, msg.frm, self._term, index))
+
+    # ---- replication, leader side
+
+    def _leader_reply(self, msg) -> _Progress | None:
+        """Common handling of a reply to the leader; the sender's progress, or None."""
+        if msg.term > self._term:
+            self._become_follower(msg.term, None)
+            return None
+        if msg.term < self._term or self._role != Role.LEADER:
+            return None
+        pr = self._progress.get(msg.frm)
+        if pr is not None:
+            pr.heard_tick = self._now
+        return pr
+
+    def on_append_entries_reply(self, msg: AppendEntriesReply) -> None:
+        pr = self._leader_reply(msg)
+        if (pr is None or type(msg.index) is not int or type(msg.ctx) is not int
+                or type(msg.hint_term) is not int):
+            return
+        if pr.acked_ctx < msg.ctx <= self._ctx:
+            pr.acked_ctx = msg.ctx
+        pr.paused = False
+        last = self.last_index
+        if msg.success:
+            index = msg.index
+            if index > last:
+                return  # claims entries we never sent: drop
+            advanced = index > pr.match
+            if advanced:
+                pr.match = index
+                pr.progress_tick = self._now
+            if pr.state == _SNAPSHOT:
+                if pr.match >= pr.snapshot_index:  # installed (its reply may have been lost)
+                    pr.state, pr.next, pr.paused = _PROBE, pr.match + 1, False
+            elif pr.state == _PROBE and index >= pr.next - 1:
+                pr.state, pr.next = _REPLICATE, index + 1  # the probe found the match point
+                pr.progress_tick = self._now
+            if pr.next <= pr.match:
+                pr.next = pr.match + 1
+            if advanced:
+                self._maybe_commit()
+            if self._transfer_target == msg.frm and pr.match == last:
+                self._send_timeout_now(msg.frm)
+        elif pr.state != _SNAPSHOT and msg.index > pr.match:
+            hint, hint_term = msg.index, msg.hint_term
+            new_next = hint
+            if hint_term:
+                j = self._last_index_with_term_at_most(hint_term)
+                if self._term_at(j) == hint_term:
+                    new_next = j + 1
+            new_next = max(pr.match + 1, min(new_next, pr.next - 1, last + 1))
+            pr.next, pr.state = new_next, _PROBE
+        if self._pending_reads:
+            self._release_reads()
+
+    def on_install_snapshot_reply(self, msg: InstallSnapshotReply) -> None:
+        pr = self._leader_reply(msg)
+        if pr is None or type(msg.index) is not int or msg.index > self.last_index:
+            return
+        advanced = msg.index > pr.match
+        if advanced:
+            pr.match = msg.index
+            pr.progress_tick = self._now
+        if pr.state == _SNAPSHOT:
+            pr.state, pr.next, pr.paused = _PROBE, pr.match + 1, False
+        elif pr.next <= pr.match:
+            pr.next = pr.match + 1
+        if advanced:
+            self._maybe_commit()
+
+    def _maybe_commit(self) -> None:
+        """Commit by counting (only an entry of the current term, Figure 8)."""
+        match = {peer: pr.match for peer, pr in self._progress.items()}
+        match[self.node_id] = self.last_index
+        index = self._config.committed_index(match)
+        if index > self._commit and self._term_at(index) == self._term:
+            old = self._commit
+            self._commit = index
+            self._after_leader_commit(old)
+
+    def _after_leader_commit(self, old_commit: int) -> None:
+        if old_commit < self._term_start <= self._commit and self._pending_reads:
+            self._release_reads()
+        config = self._config
+        if self._config_index > self._commit:
+            return
+        if config.joint:
+            # The joint entry is committed: leave it for the new configuration alone.
+            learners = config.learners
+            if self._leave_learners is not None and self._leave_learners[0] == self._config_index:
+                learners = self._leave_learners[1]
+            self._leave_learners = None
+            final = Config(config.voters, learners=learners - config.voters)
+            self._append([config_entry(self.last_index + 1, self._term, final)])
+            self._maybe_commit()
+        elif self.node_id not in config.voters:
+            self._step_down_removed()
+
+    def _step_down_removed(self) -> None:
+        """The committed configuration no longer has us as a voter: hand over and step down."""
+        self._broadcast_heartbeat()  # followers learn that the new configuration is committed
+        last = self.last_index
+        candidates = [(pr.match, peer) for peer, pr in self._progress.items()
+                      if peer in self._config.voters and pr.match == last]
+        if candidates:
+            self._send_timeout_now(max(candidates)[1])
+        self._become_follower(self._term, None)
+
+    def _send_timeout_now(self, peer: int) -> None:
+        self._msgs.append(TimeoutNow(self.node_id, peer, self._term))
+
+    def _maybe_send_append(self, peer: int, pr: _Progress) -> None:
+        """Send what the follower's state and window allow (nothing when paused/full)."""
+        state = pr.state
+        if state == _SNAPSHOT:
+            return
+        last = self.last_index
+        if state == _PROBE:
+            if pr.paused:
+                return
+            pr.paused = True
+            self._send_entries(peer, pr, pr.next, min(last, pr.next
+                                                      + self._limits.entries_per_message_max - 1))
+            return
+        window_end = pr.match + self._limits.pipeline_window
+        per_message = self._limits.entries_per_message_max
+        if pr.next - 1 == pr.match and pr.next <= last:
+            pr.progress_tick = self._now  # the pipeline starts filling now
+        while pr.next <= last and pr.next <= window_end:
+            sent = self._send_entries(peer, pr, pr.next,
+                                      min(last, window_end, pr.next + per_message - 1))
+            if sent is None:
+                return
+            pr.next = sent + 1
+
+    def _send_entries(self, peer: int, pr: _Progress, lo: int, hi: int) -> int | None:
+        """One AppendEntries with entries lo..at most hi (bounded by message_bytes_max);
+        returns the last index sent, or None when a snapshot had to be sent instead."""
+        prev = lo - 1
+        prev_term = self._term_at(prev)
+        if prev_term is None:
+            self._send_snapshot(peer, pr)
+            return None
+        entries = self._slice(lo, hi) if hi >= lo else []
+        budget = self._limits.message_bytes_max
+        if len(entries) > 1:
+            size = 0
+            for k, entry in enumerate(entries):
+                size += entry_bytes(entry)
+                if size > budget and k > 0:
+                    entries = entries[:k]
+                    break
+        self._msgs.append(AppendEntries(self.node_id, peer, self._term, prev, prev_term,
+                                        tuple(entries), self._commit, self._ctx))
+        return prev + len(entries)
+
+    def _send_snapshot(self, peer: int, pr: _Progress) -> None:
+        snapshot = self._snapshot
+        assert snapshot is not None and self._offset == snapshot.index
+        self._msgs.append(InstallSnapshot(self.node_id, peer, self._term, snapshot.index,
+                                          snapshot.term, self._base_config, b""))
+        pr.state = _SNAPSHOT
+        pr.snapshot_index = snapshot.index
+        pr.snapshot_tick = self._now
+
+    def _flush_proposals(self) -> None:
+        """Pack queued commands into entries while the pipeline has room."""
+        queue = self._queue
+        room = self._limits.pipeline_window - (self.last_index - self._commit)
+        if room <= 0 or self._transfer_target is not None:
+            return
+        commands_max = self._limits.batch_commands_max
+        bytes_max = self._limits.batch_bytes_max
+        index, term = self.last_index + 1, self._term
+        new: list[Entry] = []
+        popleft = queue.popleft
+        while queue and room > 0:
+            batch: list[bytes] = []
+            size = 16
+            while queue and len(batch) < commands_max:
+                cost = len(queue[0]) + 2
+                if batch and size + cost > bytes_max:
+                    break
+                batch.append(popleft())
+                size += cost
+            new.append(Entry(index, term, ENTRY_NORMAL, tuple(batch)))
+            index += 1
+            room -= 1
+        self._append(new)
+        self._maybe_commit()
+
+    # ------------------------------------------------------------------ reads
+
+    def _quorum_ctx(self) -> int:
+        """Highest heartbeat round acknowledged by a quorum (ours counts as acknowledged)."""
+        acked = {peer: pr.acked_ctx for peer, pr in self._progress.items()}
+        acked[self.node_id] = self._ctx
+        return self._config.committed_index(acked)
+
+    def _release_reads(self) -> None:
+        if self._commit < self._term_start:
+            return  # no read point before an entry of our term is committed (R2)
+        pending = self._pending_reads
+        acked = self._quorum_ctx()
+        while pending and pending[0][2] <= acked:
+            request_id, index, _ = pending.popleft()
+            self._reads_out.append(ReadState(request_id, self._commit if index is None else index))
+
+    # ------------------------------------------------------------------ public API
+
+    def propose(self, commands: Sequence[bytes]) -> None:
+        """Queue commands for the log (leader only).  Raises NotLeader elsewhere, Busy while
+        a leadership transfer runs or when the queue is full; commands must be bytes."""
+        if self._role != Role.LEADER:
+            raise NotLeader(self._leader_id)
+        if self._transfer_target is not None:
+            raise Busy("leadership transfer in progress")
+        commands = tuple(commands)
+        if not all(type(c) is bytes for c in commands):
+            raise ValueError("commands must be byte strings")
+        if len(self._queue) + len(commands) > self._limits.proposal_queue_max:
+            raise Busy(f"proposal queue full ({self._limits.proposal_queue_max} commands)")
+        self._queue.extend(commands)
+
+    def read_index(self, request_id: object) -> None:
+        """Ask for a linearizable read point; answered later as a ReadState in Ready.reads,
+        once leadership is confirmed by a quorum heartbeat round (none for a lone voter)."""
+        if self._role != Role.LEADER:
+            raise NotLeader(self._leader_id)
+        if len(self._pending_reads) >= self._limits.pending_reads_max:
+            raise Busy(f"too many pending reads ({self._limits.pending_reads_max})")
+        index = self._commit if self._commit >= self._term_start else None
+        if self._config.is_quorum((self.node_id,)):
+            ctx = 0
+        else:
+            ctx = self._ctx + 1
+            self._read_round_needed = True
+        self._pending_reads.append([request_id, index, ctx])
+        self._release_reads()
+
+    def lease_read_index(self) -> int | None:
+        """The commit index when a quorum acknowledged a heartbeat round started less than
+        lease_ticks ago (and an entry of our term is committed, no transfer runs); else None."""
+        if (self._role != Role.LEADER or self._options.lease_ticks <= 0
+                or self._transfer_target is not None or self._commit < self._term_start):
+            return None
+        if not self._config.is_quorum((self.node_id,)):
+            started = self._ctx_ticks.get(self._quorum_ctx())
+            if started is None or self._now - started >= self._options.lease_ticks:
+                return None
+        return self._commit
+
+    def change_config(self, voters: Iterable[int], learners: Iterable[int] = ()) -> None:
+        """Move to ``voters`` (through a joint configuration when they change) with
+        ``learners``.  Raises NotLeader, ConfigChangeInProgress while an earlier change is
+        uncommitted, Busy before an entry of this term is committed (R3) or during a
+        transfer, ValueError on an invalid configuration."""
+        if self._role != Role.LEADER:
+            raise NotLeader(self._leader_id)
+        voters, learners = frozenset(voters), frozenset(learners)
+        if not voters or voters & learners or not all(
+                type(n) is int and n > 0 for n in voters | learners):
+            raise ValueError(f"invalid configuration: voters={sorted(voters)} "
+                             f"learners={sorted(learners)}")
+        current = self._config
+        if current.joint or self._config_index > self._commit:
+            raise ConfigChangeInProgress("an earlier configuration change is not committed yet")
+        if self._commit < self._term_start:
+            raise Busy("no entry of the current term is committed yet")
+        if self._transfer_target is not None:
+            raise Busy("leadership transfer in progress")
+        if voters == current.voters and learners == current.learners:
+            return
+        index = self.last_index + 1
+        if voters != current.voters:
+            new = Config(voters, outgoing=current.voters, learners=learners - current.voters)
+            self._leave_learners = (index, learners)
+        else:
+            new = Config(voters, learners=learners)
+        self._append([config_entry(index, self._term, new)])
+        self._maybe_commit()
+
+    def transfer_leadership(self, target: int) -> None:
+        """Hand leadership to voter ``target``: stop taking proposals, bring it up to date,
+        then send TimeoutNow.  Aborted after an election timeout."""
+        if self._role != Role.LEADER:
+            raise NotLeader(self._leader_id)
+        if target == self.node_id:
+            self._transfer_target = None
+            return
+        if target not in self._config.all_voters or target not in self._progress:
+            raise ValueError(f"node {target} is not a voter")
+        if self._transfer_target == target:
+            return
+        self._transfer_target = target
+        self._transfer_elapsed = 0
+        pr = self._progress[target]
+        if pr.match == self.last_index:
+            self._send_timeout_now(target)
+        elif pr.state == _REPLICATE:
+            pr.state, pr.next, pr.paused = _PROBE, pr.match + 1, False  # resend what it lacks
+
+    def compact(self, meta: SnapshotMeta) -> None:
+        """The shell took a snapshot covering every entry <= meta.index: drop them."""
+        if meta.index <= self._offset:
+            return
+        if meta.index > self._applied:
+            raise ValueError(f"cannot compact to {meta.index}: applied index is {self._applied}")
+        term = self._term_at(meta.index)
+        if term != meta.term:
+            raise ValueError(f"snapshot term {meta.term} at {meta.index} but the log has {term}")
+        config_index, config = self._config_at(meta.index)
+        del self._entries[: meta.index - self._offset]
+        self._offset, self._snap_term = meta.index, meta.term
+        self._snapshot = SnapshotMeta(meta.index, meta.term, config)
+        self._base_config, self._base_config_index = config, config_index
+        self._conf_entries = [c for c in self._conf_entries if c[0] > meta.index]
+        self._unstable_from = max(self._unstable_from, meta.index + 1)
+        self._checked_upto = max(self._checked_upto, meta.index)
+
+    # ------------------------------------------------------------------ Ready
+
+    def _leader_prepare(self) -> None:
+        """Before building a Ready: batch queued proposals, start a read round, replicate."""
+        if self._queue:
+            self._flush_proposals()
+        if self._read_round_needed:
+            self._broadcast_heartbeat()
+        for peer, pr in self._progress.items():
+            self._maybe_send_append(peer, pr)
+
+    def _leader_has_work(self) -> bool:
+        if self._read_round_needed:
+            return True
+        if (self._queue and self._transfer_target is None
+                and self.last_index - self._commit < self._limits.pipeline_window):
+            return True
+        last = self.last_index
+        for pr in self._progress.values():
+            if pr.state == _PROBE:
+                if not pr.paused:
+                    return True
+            elif pr.state == _REPLICATE:
+                if pr.next <= last and pr.next <= pr.match + self._limits.pipeline_window:
+                    return True
+        return False
+
+    def _pending_output(self) -> bool:
+        hs = self._hs_emitted
+        return bool(self._msgs or self._events or self._reads_out
+                    or self._pending_snapshot is not None or self._truncate_from is not None
+                    or self._unstable_from <= self._offset + len(self._entries)
+                    or self._emitted < self._commit or hs.commit != self._commit
+                    or hs.term != self._term or hs.vote != self._vote)
+
+    def has_ready(self) -> bool:
+        if self._outstanding is not None:
+            return False
+        return self._pending_output() or (self._role == Role.LEADER and self._leader_has_work())
+
+    def ready(self) -> Ready | None:
+        """Drain outputs, or None when there is nothing to do or the previous Ready has not
+        been advanced yet."""
+        if self._outstanding is not None:
+            return None
+        if self._role == Role.LEADER:
+            self._leader_prepare()
+        if not self._pending_output():
+            return None
+        rd = Ready()
+        hard_state = HardState(self._term, self._vote, self._commit)
+        if hard_state != self._hs_emitted:
+            rd.hard_state = hard_state
+            self._hs_emitted = hard_state
+        rd.truncate_from = self._truncate_from
+        last = self.last_index
+        if self._unstable_from <= last:
+            rd.entries = self._slice(self._unstable_from, last)
+        rd.snapshot = self._pending_snapshot
+        rd.snapshot_data = self._pending_snapshot_data
+        rd.messages = self._msgs
+        if self._emitted < self._commit:
+            rd.committed = self._slice(self._emitted + 1, self._commit)
+        rd.reads = self._reads_out
+        rd.events = self._events
+        self._truncate_from = None
+        self._unstable_from = last + 1
+        self._pending_snapshot = self._pending_snapshot_data = None
+        self._msgs, self._reads_out, self._events = [], [], []
+        self._emitted = self._commit
+        self._outstanding = rd
+        return rd
+
+    def advance(self, ready: Ready) -> None:
+        """The shell persisted, sent and applied ``ready``."""
+        if ready is not self._outstanding:
+            raise ValueError("advance() takes the Ready last returned by ready()")
+        self._outstanding = None
+        if ready.snapshot is not None and ready.snapshot.index > self._applied:
+            self._applied = ready.snapshot.index
+        if ready.committed:
+            self._applied = ready.committed[-1].index
+
+    # ------------------------------------------------------------------ introspection
+
+    def status(self) -> dict:
+        leading = self._role == Role.LEADER
+        status = {
+            "role": self._role,
+            "term": self._term,
+            "leader": self._leader_id,
+            "commit_index": self._commit,
+            "applied_index": self._applied,
+            "last_index": self.last_index,
+            "first_index": self._offset + 1,
+            "config": self._config.describe(),
+            "ticks_since_leader": 0 if leading else self._now - self._leader_heard_tick,
+        }
+        if leading:
+            status["progress"] = {
+                peer: {"match": pr.match, "next": pr.next,
+                       "last_heard_ticks": self._now - pr.heard_tick}
+                for peer, pr in sorted(self._progress.items())}
+        return status
+
+    def check_invariants(self) -> None:
+        """Assert the replica's internal consistency (the simulator calls this after every
+        step).  The log check is incremental, so the cost is O(new entries)."""
+        last, offset = self.last_index, self._offset
+        # (applied may lag below offset while a Ready carrying a snapshot is being persisted)
+        assert self._applied <= self._emitted, (self._applied, self._emitted)
+        assert offset <= self._emitted <= self._commit <= last, \
+            (offset, self._emitted, self._commit, last)
+        if self._entries:
+            assert self._entries[0].index == offset + 1, (self._entries[0].index, offset)
+            assert self._entries[-1].index == last, (self._entries[-1].index, last)
+        start = max(self._checked_upto, offset)
+        if start < last:
+            prev_term = self._term_at(start)
+            for entry in self._slice(start + 1, last):
+                start += 1
+                assert entry.index == start, (entry.index, start)
+                assert entry.term >= prev_term, f"term decreases at {entry.index}"
+                prev_term = entry.term
+            self._checked_upto = last
+        assert self._hs_emitted.term <= self._term and self._hs_emitted.commit <= self._commit
+        assert self._last_term() <= self._term, (self._last_term(), self._term)
+        assert self._snap_term <= self._term
+        assert self._unstable_from <= last + 1
+        assert self._truncate_from is None or self._truncate_from <= self._unstable_from
+        previous = offset
+        for index, _ in self._conf_entries:
+            assert previous < index <= last, (previous, index, last)
+            assert self._entries[index - offset - 1].kind == ENTRY_CONFIG
+            previous = index
+        expected_index, expected_config = self._compute_config()
+        assert self._config_index == expected_index and self._config is expected_config
+        if self._snapshot is not None:
+            assert self._snapshot.index == offset and self._snapshot.term == self._snap_term
+        role = self._role
+        assert (role == Role.LEADER) == (self._leader_id == self.node_id)
+        assert (role == Role.LEARNER) <= (self.node_id in self._config.learners)
+        if role in (Role.LEADER, Role.CANDIDATE):
+            assert self._vote == self.node_id, (role, self._vote)
+        if role == Role.LEADER:
+            assert self._term_start <= self._offset \
+                or self._term_at(self._term_start) == self._term, "leader lost its no-op"
+            assert self._last_term() == self._term
+            assert self._progress.keys() == self._config.members - {self.node_id}
+            for peer, pr in self._progress.items():
+                assert 0 <= pr.match < pr.next <= last + 1, (peer, pr.match, pr.next, last)
+            assert self._transfer_target is None or self._transfer_target in self._progress
+        else:
+            assert not self._progress and not self._queue and not self._pending_reads
+            assert self._transfer_target is None
+
+    _HANDLERS = {
+        RequestVote: on_request_vote,
+        RequestVoteReply: on_request_vote_reply,
+        AppendEntries: on_append_entries,
+        AppendEntriesReply: on_append_entries_reply,
+        InstallSnapshot: on_install_snapshot,
+        InstallSnapshotReply: on_install_snapshot_reply,
+        TimeoutNow: on_timeout_now,
+    }

@@ -1,0 +1,457 @@
+"""Scripted scenarios: a hand-driven cluster and a tiny text-script interpreter.
+
+A script (tests/interaction/*.txt) is a series of blocks::
+
+    # comment lines describe the scenario
+    command args...
+    ----
+    expected output
+
+Commands run in order against a ``ManualCluster`` whose network delivers nothing until told
+to (``deliver``/``stabilize``), so a scenario controls every interleaving.  Expected output
+may differ per protocol: ``---- raft`` / ``---- multipaxos`` blocks override ``----`` for that
+protocol.  Set PAXOSLOG_REWRITE=1 to rewrite expected outputs from actual ones.
+
+Commands::
+
+    cluster N [election=10] [heartbeat=2] [window=8] [lease=0] [prevote=1] [checkquorum=1]
+    tick NODES [K]           tick each node K times (default 1), processing Readies
+    campaign NODE            tick NODE until it leaves the follower role
+    elect NODE               campaign NODE, then stabilize (fails if it does not lead)
+    propose NODE VALUE...    propose one command per VALUE at NODE
+    read NODE NAME           ask NODE for a linearizable read point named NAME
+    transfer NODE TARGET     ask leader NODE to hand leadership to TARGET
+    config NODE VOTERS [LEARNERS]   membership change at NODE (comma-separated ids)
+    deliver [FROM->TO]...    deliver pending messages once (all, or on the given links)
+    drop [FROM->TO]...       discard pending messages (all, or on the given links)
+    stabilize [MAX]          deliver until no message is pending (at most MAX rounds)
+    partition A,B | C,D      block every link between the groups (both ways)
+    cut FROM->TO             block one direction of one link
+    heal                     unblock everything
+    hold NODE                NODE stops completing fsyncs: its Readies wait, unsent
+    release NODE             NODE's held Readies complete (persist, send, apply), in order
+    crash NODE               NODE stops; whatever it had not persisted is lost
+    restart NODE             NODE boots from what it persisted
+    pending                  list undelivered messages (type from->to)
+    status [NODES]           role, leader, commit and applied index per node
+    applied NODE             the values NODE applied, in order (noop / config shown)
+    reads NODE               read points NODE has served
+    persisted NODE           the hard state NODE has on disk (protocol specific)
+    check                    agreement on applied values across nodes
+"""
+
+from __future__ import annotations
+
+import os
+import random
+from dataclasses import dataclass
+
+from ..core.ballot import Ballot
+from ..core.errors import ConsensusError
+from ..core.limits import Limits
+from ..core.log import ENTRY_CONFIG, ENTRY_NOOP, Entry, entry_config
+from ..core.quorum import Config
+from ..core.ready import Ready, Role
+from ..core.replica import ReplicaOptions, create_replica
+from .cluster import DurableState
+
+__all__ = ["ManualCluster", "run_script", "ScriptError"]
+
+
+class ScriptError(Exception):
+    """A script line could not be run (bad command or a failed expectation inside it)."""
+
+
+class _Node:
+    def __init__(self, cluster: "ManualCluster", node_id: int) -> None:
+        self.cluster = cluster
+        self.node_id = node_id
+        self.disk = DurableState()
+        self.alive = True
+        self.held: list[Ready] = []
+        self.holding = False
+        self.boot()
+
+    def boot(self) -> None:
+        c = self.cluster
+        self.replica = create_replica(c.protocol, self.node_id, c.bootstrap, c.options,
+                                      random.Random(self.node_id * 7919), self.disk.restored())
+        self.applied: list[str] = []
+        self.reads: list[str] = []
+
+    def process(self) -> None:
+        """Drain Readies: persist, send (into the pending list), apply, serve reads."""
+        if not self.alive:
+            return
+        while True:
+            ready = self.replica.ready()
+            if ready is None:
+                return
+            if self.holding:
+                self.held.append(ready)
+                return
+            self._complete(ready)
+
+    def _complete(self, ready: Ready) -> None:
+        self.disk.persist(ready, self.cluster.snapshots)
+        for msg in ready.messages:
+            self.cluster.pending.append(msg)
+        for entry in ready.committed:
+            self.applied.append(_describe_entry(entry))
+            self.cluster.check_value(self.node_id, entry)
+        for read in ready.reads:
+            self.reads.append(f"{read.request_id}@{read.index}")
+        self.replica.advance(ready)
+        self.replica.check_invariants()
+
+
+def _describe_entry(entry: Entry) -> str:
+    if entry.kind == ENTRY_NOOP:
+        return "noop"
+    if entry.kind == ENTRY_CONFIG:
+        return "config(" + entry_config(entry).describe() + ")"
+    return "+".join(c.decode() for c in entry.payload)
+
+
+class ManualCluster:
+    def __init__(self, protocol: str, size: int, options: ReplicaOptions) -> None:
+        self.protocol = protocol
+        self.options = options
+        self.bootstrap = Config(frozenset(range(1, size + 1)))
+        self.pending: list = []
+        self.blocked: set[tuple[int, int]] = set()
+        self.snapshots: dict = {}
+        self.values: dict[int, tuple] = {}
+        self.nodes = {n: _Node(self, n) for n in range(1, size + 1)}
+
+    def check_value(self, node_id: int, entry: Entry) -> None:
+        first = self.values.setdefault(entry.index, (entry.kind, entry.payload))
+        if first != (entry.kind, entry.payload):
+            raise ScriptError(f"agreement violated at index {entry.index} on node {node_id}")
+
+    def node(self, text: str) -> _Node:
+        try:
+            return self.nodes[int(text)]
+        except (ValueError, KeyError):
+            raise ScriptError(f"no such node {text!r}") from None
+
+    def deliver(self, links: set[tuple[int, int]] | None) -> int:
+        batch, keep = [], []
+        for msg in self.pending:
+            if links is None or (msg.frm, msg.to) in links:
+                batch.append(msg)
+            else:
+                keep.append(msg)
+        self.pending = keep
+        for msg in batch:
+            node = self.nodes.get(msg.to)
+            if node is None or not node.alive or (msg.frm, msg.to) in self.blocked:
+                continue
+            node.replica.step(msg)
+            node.replica.check_invariants()
+            node.process()
+        return len(batch)
+
+
+def _links(args: list[str]) -> set[tuple[int, int]] | None:
+    if not args:
+        return None
+    links = set()
+    for arg in args:
+        if "->" not in arg:
+            raise ScriptError(f"expected FROM->TO, got {arg!r}")
+        a, b = arg.split("->")
+        links.add((int(a), int(b)))
+    return links
+
+
+def _ids(text: str) -> list[int]:
+    return [int(x) for x in text.split(",") if x]
+
+
+def _status_line(node: _Node) -> str:
+    r = node.replica
+    if not node.alive:
+        return f"{node.node_id}: down"
+    leader = r.leader_id if r.leader_id is not None else "-"
+    return (f"{node.node_id}: {r.role} leader={leader} commit={r.commit_index} "
+            f"applied={r.applied_index}")
+
+
+class _Interpreter:
+    def __init__(self, protocol: str) -> None:
+        self.protocol = protocol
+        self.cluster: ManualCluster | None = None
+
+    def run(self, line: str) -> str:
+        words = line.split()
+        command, args = words[0], words[1:]
+        method = getattr(self, "cmd_" + command.replace("-", "_"), None)
+        if method is None:
+            raise ScriptError(f"unknown command {command!r}")
+        if command != "cluster" and self.cluster is None:
+            raise ScriptError("the first command must be 'cluster'")
+        out = method(args)
+        return "" if out is None else out
+
+    # ------------------------------------------------------------ commands
+
+    def cmd_cluster(self, args):
+        size = int(args[0])
+        opts = dict(a.split("=") for a in args[1:])
+        options = ReplicaOptions(
+            heartbeat_ticks=int(opts.get("heartbeat", 2)),
+            election_ticks=int(opts.get("election", 10)),
+            pre_vote=opts.get("prevote", "1") == "1",
+            check_quorum=opts.get("checkquorum", "1") == "1",
+            lease_ticks=int(opts.get("lease", 0)),
+            limits=Limits(pipeline_window=int(opts.get("window", 8)),
+                          batch_commands_max=int(opts.get("batch", 64))))
+        self.cluster = ManualCluster(self.protocol, size, options)
+        return "ok"
+
+    def _tick(self, node: _Node, times: int) -> None:
+        for _ in range(times):
+            if node.alive:
+                node.replica.tick()
+                node.replica.check_invariants()
+                node.process()
+
+    def cmd_tick(self, args):
+        times = int(args[1]) if len(args) > 1 else 1
+        for n in _ids(args[0]):
+            self._tick(self.cluster.node(str(n)), times)
+        return self.cmd_status([args[0]])
+
+    def cmd_campaign(self, args):
+        node = self.cluster.node(args[0])
+        for _ in range(node.replica.options.election_ticks * 4):
+            if node.replica.role != Role.FOLLOWER:
+                break
+            self._tick(node, 1)
+        return _status_line(node)
+
+    def cmd_elect(self, args):
+        self.cmd_campaign(args)
+        self.cmd_stabilize([])
+        node = self.cluster.node(args[0])
+        if node.replica.role != Role.LEADER:
+            raise ScriptError(f"node {args[0]} did not become leader: {_status_line(node)}")
+        return self.cmd_status([])
+
+    def cmd_propose(self, args):
+        node = self.cluster.node(args[0])
+        try:
+            node.replica.propose([v.encode() for v in args[1:]])
+        except ConsensusError as exc:
+            return f"error: {exc}"
+        node.process()
+        return "ok"
+
+    def cmd_read(self, args):
+        node = self.cluster.node(args[0])
+        try:
+            node.replica.read_index(args[1])
+        except ConsensusError as exc:
+            return f"error: {exc}"
+        node.process()
+        return "ok"
+
+    def cmd_transfer(self, args):
+        node = self.cluster.node(args[0])
+        try:
+            node.replica.transfer_leadership(int(args[1]))
+        except (ConsensusError, ValueError) as exc:
+            return f"error: {exc}"
+        node.process()
+        return "ok"
+
+    def cmd_config(self, args):
+        node = self.cluster.node(args[0])
+        learners = _ids(args[2]) if len(args) > 2 else []
+        try:
+            node.replica.change_config(_ids(args[1]), learners)
+        except (ConsensusError, ValueError) as exc:
+            return f"error: {exc}"
+        node.process()
+        return "ok"
+
+    def cmd_deliver(self, args):
+        count = self.cluster.deliver(_links(args))
+        return f"delivered {count}"
+
+    def cmd_drop(self, args):
+        links = _links(args)
+        before = len(self.cluster.pending)
+        self.cluster.pending = [m for m in self.cluster.pending
+                                if links is not None and (m.frm, m.to) not in links]
+        return f"dropped {before - len(self.cluster.pending)}"
+
+    def cmd_stabilize(self, args):
+        limit = int(args[0]) if args else 100
+        for _ in range(limit):
+            if not self.cluster.pending:
+                break
+            self.cluster.deliver(None)
+        return self.cmd_status([])
+
+    def cmd_partition(self, args):
+        text = " ".join(args)
+        if "|" not in text:
+            raise ScriptError("partition needs two groups: A,B | C,D")
+        left, right = (_ids(part.strip()) for part in text.split("|"))
+        for a in left:
+            for b in right:
+                self.cluster.blocked |= {(a, b), (b, a)}
+        return "ok"
+
+    def cmd_cut(self, args):
+        self.cluster.blocked |= _links(args)
+        return "ok"
+
+    def cmd_heal(self, args):
+        self.cluster.blocked.clear()
+        return "ok"
+
+    def cmd_hold(self, args):
+        node = self.cluster.node(args[0])
+        node.holding = True
+        return "ok"
+
+    def cmd_release(self, args):
+        node = self.cluster.node(args[0])
+        node.holding = False
+        held, node.held = node.held, []
+        for ready in held:
+            node._complete(ready)
+        node.process()
+        return f"released {len(held)}"
+
+    def cmd_crash(self, args):
+        node = self.cluster.node(args[0])
+        node.alive = False
+        node.held.clear()
+        node.holding = False
+        self.cluster.pending = [m for m in self.cluster.pending if m.to != node.node_id]
+        return "ok"
+
+    def cmd_restart(self, args):
+        node = self.cluster.node(args[0])
+        node.alive = True
+        node.boot()
+        node.process()
+        return "ok"
+
+    def cmd_pending(self, args):
+        lines = [f"{type(m).__name__} {m.frm}->{m.to}" for m in self.cluster.pending]
+        return "\n".join(lines) if lines else "none"
+
+    def cmd_status(self, args):
+        ids = _ids(args[0]) if args else sorted(self.cluster.nodes)
+        return "\n".join(_status_line(self.cluster.node(str(n))) for n in ids)
+
+    def cmd_applied(self, args):
+        node = self.cluster.node(args[0])
+        return " ".join(node.applied) if node.applied else "none"
+
+    def cmd_reads(self, args):
+        node = self.cluster.node(args[0])
+        return " ".join(node.reads) if node.reads else "none"
+
+    def cmd_persisted(self, args):
+        node = self.cluster.node(args[0])
+        hs = node.disk.hard_state
+        if self.protocol == "multipaxos":
+            text = f"promised={Ballot.unpack(hs.term)}"
+        else:
+            text = f"term={hs.term} vote={hs.vote}"
+        slots = " ".join(f"{i}:{_describe_entry(e)}" for i, e in sorted(node.disk.entries.items()))
+        return f"{text} entries=[{slots}]"
+
+    def cmd_check(self, args):
+        seqs = [n.applied for n in self.cluster.nodes.values()]
+        for a in seqs:
+            for b in seqs:
+                short, long_ = (a, b) if len(a) <= len(b) else (b, a)
+                if long_[: len(short)] != short:
+                    raise ScriptError("applied sequences are not prefixes of one another")
+        return "ok"
+
+
+@dataclass
+class _Block:
+    command: str
+    expected: dict[str, list[str]]  # "" = any protocol
+    line: int
+
+
+def _parse(text: str) -> tuple[list[str], list[_Block]]:
+    lines = text.splitlines()
+    header: list[str] = []
+    blocks: list[_Block] = []
+    i = 0
+    while i < len(lines):
+        line = lines[i]
+        if not line.strip() or line.startswith("#"):
+            if not blocks:
+                header.append(line)
+            i += 1
+            continue
+        start = i
+        command = line.strip()
+        i += 1
+        expected: dict[str, list[str]] = {}
+        while i < len(lines) and lines[i].startswith("----"):
+            key = lines[i][4:].strip()
+            i += 1
+            out = []
+            while i < len(lines) and lines[i].strip() and not lines[i].startswith("----"):
+                out.append(lines[i])
+                i += 1
+            expected[key] = out
+        blocks.append(_Block(command, expected, start + 1))
+    return header, blocks
+
+
+def run_script(path: str, protocol: str, rewrite: bool | None = None) -> list[str]:
+    """Run a script; returns mismatch descriptions (empty = pass).  With ``rewrite`` the
+    file's expected outputs for this protocol are replaced by the actual ones."""
+    if rewrite is None:
+        rewrite = os.environ.get("PAXOSLOG_REWRITE") == "1"
+    with open(path) as f:
+        text = f.read()
+    header, blocks = _parse(text)
+    interp = _Interpreter(protocol)
+    problems = []
+    for block in blocks:
+        try:
+            actual = interp.run(block.command).splitlines()
+        except ScriptError as exc:
+            actual = [f"error: {exc}"]
+        want = block.expected.get(protocol, block.expected.get(""))
+        if want != actual:
+            problems.append(f"{path}:{block.line} [{protocol}] {block.command}\n"
+                            f"  expected: {want}\n  actual:   {actual}")
+            if rewrite:
+                # multipaxos owns the shared expectation; raft records only what differs.
+                if protocol == "multipaxos" and "multipaxos" not in block.expected:
+                    block.expected[""] = actual
+                else:
+                    block.expected[protocol] = actual
+    if rewrite and problems:
+        out = header[:]
+        for block in blocks:
+            out.append(block.command)
+            shared = block.expected.get("")
+            if shared is not None:
+                out.append("----")
+                out.extend(shared)
+            for key in sorted(k for k in block.expected if k):
+                if block.expected[key] == shared:
+                    continue
+                out.append(f"---- {key}")
+                out.extend(block.expected[key])
+            out.append("")
+        with open(path, "w") as f:
+            f.write("\n".join(out).rstrip("\n") + "\n")
+    return problems
