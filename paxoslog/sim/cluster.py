@@ -26,7 +26,7 @@ from ..core.limits import Limits
 from ..core.log import ENTRY_CONFIG, ENTRY_NORMAL, Entry, HardState, SnapshotMeta, entry_config
 from ..core.messages import InstallSnapshot
 from ..core.quorum import Config
-from ..core.ready import ProposalDropped, Ready, Role
+from ..core.ready import ProposalDropped, Ready, Role, RoleChanged
 from ..core.replica import ReplicaOptions, Restored, create_replica
 from .checkers import History, SimulationFailure, check_agreement
 from .kvmodel import SimKV, decode_command, encode_command
@@ -180,6 +180,8 @@ class SimNode:
             self.waiting_reads.append(read)
         self._answer_reads()
         for event in ready.events:
+            if isinstance(event, RoleChanged) and event.role == Role.CANDIDATE:
+                sim.stats["elections"] += 1
             if isinstance(event, ProposalDropped):
                 for command in event.commands:
                     request = self.pending.pop(tuple(decode_command(command)[:2]), None)
@@ -304,7 +306,9 @@ class Simulation:
 
     def send(self, node: SimNode, msg: wire.Message) -> None:
         if self.options.codec:
-            msg = wire.decode(wire.encode(msg))
+            frame = wire.encode(msg)
+            self.network.bytes += len(frame)
+            msg = wire.decode(frame)
         if isinstance(msg, InstallSnapshot) and not msg.data:
             token = self._snapshot_token(node, msg.index)
             if token is None:
