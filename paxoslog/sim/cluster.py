@@ -28,7 +28,9 @@ from ..core.messages import InstallSnapshot
 from ..core.quorum import Config
 from ..core.ready import ProposalDropped, Ready, Role, RoleChanged
 from ..core.replica import ReplicaOptions, Restored, create_replica
+from ..storage import CorruptLog, StorageIOError
 from .checkers import History, SimulationFailure, check_agreement
+from .disk import IdealDisk, ModelDisk
 from .kvmodel import SimKV, decode_command, encode_command
 from .network import Network, NetworkProfile, partition_shapes
 
@@ -62,6 +64,9 @@ class SimOptions:
     heartbeat_ticks: int = 2
     election_ticks: int = 10
     lease_ticks: int = 0
+    storage_model: bool = False   # the real storage encoding over a faulty memory disk
+    eio_rate: float = 0.0         # fsync failures per second (storage model only)
+    bitflip: bool = False         # flip a bit in one node's committed record, once
     limits: Limits = field(default_factory=lambda: Limits(pipeline_window=8,
                                                           batch_commands_max=16,
                                                           entries_per_message_max=8))
@@ -70,6 +75,7 @@ class SimOptions:
     def random_for(cls, seed: int, protocol: str, nodes: int) -> "SimOptions":
         rng = random.Random(f"options/{seed}")
         faulty = rng.random() < 0.9
+        storage_model = random.Random(f"storage/{seed}").random() < 0.5
         return cls(
             protocol=protocol,
             nodes=nodes,
@@ -86,40 +92,14 @@ class SimOptions:
             limits=Limits(pipeline_window=rng.choice([1, 2, 8, 32]),
                           batch_commands_max=rng.choice([1, 4, 16, 64]),
                           entries_per_message_max=rng.choice([1, 4, 16])),
+            storage_model=storage_model,
+            eio_rate=rng.choice([0.0, 0.5, 1.0]) if storage_model and faulty else 0.0,
+            bitflip=storage_model and faulty and rng.random() < 0.3,
         )
 
 
 def replay_command(seed: int, protocol: str, nodes: int) -> str:
     return f"python -m paxoslog.sim --seed {seed} --protocol {protocol} --nodes {nodes}"
-
-
-class DurableState:
-    """What a node has on disk: only what completed fsyncs wrote."""
-
-    def __init__(self) -> None:
-        self.hard_state = HardState()
-        self.entries: dict[int, Entry] = {}
-        self.snapshot: SnapshotMeta | None = None
-        self.snapshot_state: dict = {}
-
-    def persist(self, ready: Ready, snapshots: dict) -> None:
-        if ready.snapshot is not None:
-            meta = ready.snapshot
-            self.snapshot = meta
-            self.snapshot_state = dict(snapshots[ready.snapshot_data])
-            self.entries = {i: e for i, e in self.entries.items() if i > meta.index}
-        if ready.hard_state is not None:
-            self.hard_state = ready.hard_state
-        if ready.truncate_from is not None:
-            for index in [i for i in self.entries if i >= ready.truncate_from]:
-                del self.entries[index]
-        for entry in ready.entries:
-            if self.snapshot is None or entry.index > self.snapshot.index:
-                self.entries[entry.index] = entry
-
-    def restored(self) -> Restored:
-        return Restored(self.hard_state, [self.entries[i] for i in sorted(self.entries)],
-                        self.snapshot)
 
 
 class SimNode:
@@ -129,8 +109,12 @@ class SimNode:
         self.sim = sim
         self.node_id = node_id
         self.bootstrap = bootstrap
-        self.disk = DurableState()
+        if sim.options.storage_model:
+            self.disk = ModelDisk(node_id, random.Random(sim.rng.random()))
+        else:
+            self.disk = IdealDisk()
         self.alive = True
+        self.corrupt: str | None = None  # why the node refuses to start
         self.paused = False
         self.incarnation = 0
         self.held: list[wire.Message] = []  # messages that arrived while paused
@@ -139,7 +123,15 @@ class SimNode:
     def boot(self) -> None:
         sim = self.sim
         self.incarnation += 1
-        restored = self.disk.restored()
+        try:
+            restored = self.disk.restored()
+        except CorruptLog as exc:
+            # Refuse to take part with a damaged log (never vote with it): stay down.
+            self.corrupt = str(exc)
+            self.alive = False
+            self.sim.stats["corruption_detected"] += 1
+            self.sim.trace.append(f"{self.sim.now:9.1f} node {self.node_id} refuses to start: {exc}")
+            return
         self.replica = create_replica(
             sim.options.protocol, self.node_id, self.bootstrap, sim.replica_options,
             random.Random(sim.rng.random()), restored)
@@ -162,6 +154,7 @@ class SimNode:
         if ready is None:
             return
         self.busy = True
+        self.disk.write(ready)
         delay = self.sim.rng.uniform(*self.sim.options.fsync_ms) if ready.must_sync else 0.0
         self.sim.schedule(delay, self._persisted, self.incarnation, ready)
 
@@ -169,7 +162,11 @@ class SimNode:
         if incarnation != self.incarnation or not self.alive:
             return  # crashed before the fsync completed: nothing of this Ready happened
         sim = self.sim
-        self.disk.persist(ready, sim.snapshots)
+        try:
+            self.disk.sync(ready, sim.snapshots)
+        except StorageIOError:
+            self._disk_failed()
+            return
         if ready.snapshot is not None:
             self._install_snapshot(ready.snapshot, ready.snapshot_data)
         for msg in ready.messages:
@@ -235,17 +232,29 @@ class SimNode:
         token = f"{self.node_id}:{self.incarnation}:{self.applied}".encode()
         self.sim.snapshots[token] = self.kv.copy()
         # Taking a snapshot is durable at once here (the real storage fsyncs it first).
-        self.disk.snapshot = meta
-        self.disk.snapshot_state = self.kv.copy()
-        self.disk.entries = {i: e for i, e in self.disk.entries.items() if i > meta.index}
+        try:
+            self.disk.take_snapshot(meta, self.kv.copy())
+        except StorageIOError:
+            self._disk_failed()
+            return
         self.since_snapshot = 0
         self.replica.compact(meta)
 
     # -------------------------------------------------------------- faults
 
+    def _disk_failed(self) -> None:
+        """An fsync failed: never retry and believe it.  Stop, and restart later from
+        whatever is durable."""
+        sim = self.sim
+        sim.stats["fsync_failures"] += 1
+        sim.trace.append(f"{sim.now:9.1f} node {self.node_id} fsync EIO: stopping")
+        self.crash()
+        sim.schedule(sim.rng.uniform(*sim.options.fault_duration_ms), self.restart_if_down)
+
     def crash(self) -> None:
         self.alive = False
         self.incarnation += 1
+        self.disk.crash(self.sim.rng)
         for request in self.pending.values():
             self.sim.workload.lose(request)
         for read in self.waiting_reads:
@@ -255,10 +264,17 @@ class SimNode:
         self.held.clear()
 
     def restart(self) -> None:
+        if self.corrupt:
+            return
         self.alive = True
         self.paused = False
         self.boot()
-        self.pump()
+        if self.alive:
+            self.pump()
+
+    def restart_if_down(self) -> None:
+        if not self.alive:
+            self.restart()
 
 
 class Simulation:
@@ -286,7 +302,8 @@ class Simulation:
         self.workload = Workload(self)
         self.history = History()
         self.faults: list[tuple[float, str]] = []
-        self.stats = {"elections": 0, "leader_changes": 0}
+        self.stats = {"elections": 0, "leader_changes": 0, "corruption_detected": 0,
+                      "fsync_failures": 0}
         self._last_leader: int | None = None
         self.on_step: Callable[["Simulation"], None] | None = None
 

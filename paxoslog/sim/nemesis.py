@@ -24,7 +24,8 @@ class Nemesis:
     def start(self) -> None:
         o = self.sim.options
         for kind, rate in (("crash", o.crash_rate), ("pause", o.pause_rate),
-                           ("partition", o.partition_rate), ("member", o.membership_rate)):
+                           ("partition", o.partition_rate), ("member", o.membership_rate),
+                           ("eio", o.eio_rate), ("bitflip", 0.5 if o.bitflip else 0.0)):
             if rate > 0:
                 self._schedule_next(kind, rate)
 
@@ -99,6 +100,31 @@ class Nemesis:
         if self.active:
             self.sim.network.heal()
             self._record("heal network")
+
+    def _eio(self) -> None:
+        node = self._victim()
+        if node is None:
+            return
+        node.disk.store.fail_next_sync()
+        self._record(f"fsync-eio armed on {node.node_id}")
+
+    def _bitflip(self) -> None:
+        """Damage one committed record on one node (once per run), then crash and restart
+        it: it must detect the damage and refuse to start, never serve the bad entry."""
+        if self.sim.stats.get("bitflips"):
+            return
+        node = self._victim()
+        if node is None or node.applied < 1:
+            return
+        index = self.rng.randint(max(1, node.applied - 20), node.applied)
+        try:
+            node.disk.store.flip_bit(index, self.rng.randrange(8))
+        except KeyError:
+            return
+        node.crash()
+        self.sim.stats["bitflips"] = 1
+        self._record(f"bitflip node {node.node_id} entry {index}")
+        node.restart()
 
     def _member(self) -> None:
         text = self.sim.membership_change()

@@ -53,7 +53,7 @@ from ..core.log import ENTRY_CONFIG, ENTRY_NOOP, Entry, entry_config
 from ..core.quorum import Config
 from ..core.ready import Ready, Role
 from ..core.replica import ReplicaOptions, create_replica
-from .cluster import DurableState
+from .disk import IdealDisk
 
 __all__ = ["ManualCluster", "run_script", "ScriptError"]
 
@@ -66,7 +66,7 @@ class _Node:
     def __init__(self, cluster: "ManualCluster", node_id: int) -> None:
         self.cluster = cluster
         self.node_id = node_id
-        self.disk = DurableState()
+        self.disk = IdealDisk()
         self.alive = True
         self.held: list[Ready] = []
         self.holding = False
