@@ -410,6 +410,7 @@ class RaftReplica:
     def _on_config_change(self) -> None:
         index, config = self._compute_config()
         if index == self._config_index and config == self._config:
+            self._config = config  # the same configuration, now held by another record
             return
         self._config_index, self._config = index, config
         self._events.append(ConfigChanged(config, index))
