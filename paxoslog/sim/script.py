@@ -225,7 +225,7 @@ class _Interpreter:
 
     def cmd_campaign(self, args):
         node = self.cluster.node(args[0])
-        for _ in range(node.replica.options.election_ticks * 4):
+        for _ in range(self.cluster.options.election_ticks * 4):
             if node.replica.role != Role.FOLLOWER:
                 break
             self._tick(node, 1)
