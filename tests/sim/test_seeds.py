@@ -13,7 +13,7 @@ import pytest
 
 from paxoslog.sim.__main__ import _one
 
-SEEDS_PER_SIZE = int(os.environ.get("PAXOSLOG_TEST_SEEDS", "130"))
+SEEDS_PER_SIZE = int(os.environ.get("PAXOSLOG_TEST_SEEDS", "250"))
 
 # (seed, protocol, nodes) of every run that once failed; the note says what it found.
 REGRESSIONS = [
@@ -41,3 +41,9 @@ def test_random_seeds(protocol, nodes):
 def test_regression_seeds(protocol):
     """Every seed that once failed (in either mode) passes in both modes."""
     _run([(seed, protocol, nodes) for seed, _, nodes in REGRESSIONS])
+
+
+@pytest.mark.parametrize("protocol", ["multipaxos", "raft"])
+def test_seven_replicas(protocol):
+    """Seven-replica clusters pass the same checkers (a smaller batch of seeds)."""
+    _run([(20_000 + seed, protocol, 7) for seed in range(20)])
