@@ -177,8 +177,12 @@ class SimNode:
             self.waiting_reads.append(read)
         self._answer_reads()
         for event in ready.events:
-            if isinstance(event, RoleChanged) and event.role == Role.CANDIDATE:
-                sim.stats["elections"] += 1
+            if isinstance(event, RoleChanged):
+                if event.role == Role.CANDIDATE:
+                    sim.stats["elections"] += 1
+                elif event.role == Role.LEADER:
+                    sim.stats["leader_changes"] += 1
+                    sim.trace.append(f"{sim.now:9.1f} leader {self.node_id} term {event.term}")
             if isinstance(event, ProposalDropped):
                 for command in event.commands:
                     request = self.pending.pop(tuple(decode_command(command)[:2]), None)
@@ -365,11 +369,6 @@ class Simulation:
             node.replica.check_invariants()
         except AssertionError as exc:
             self.fail(f"invariant broken on node {node.node_id}: {exc!r}")
-        leader = self.leader()
-        if leader is not None and leader != self._last_leader:
-            self.stats["leader_changes"] += 1
-            self.trace.append(f"{self.now:9.1f} leader {leader} term {self.nodes[leader].replica.term}")
-            self._last_leader = leader
         if self.on_step is not None:
             self.on_step(self)
 
