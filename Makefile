@@ -7,7 +7,10 @@ PROTOCOL ?= both
 NODES ?= 3,5
 START ?= 0
 
-.PHONY: venv test sim bench bench-core compare clean
+.PHONY: venv run test sim bench bench-core bench-storage bench-http compare chaos clean
+DURATION ?= 600
+MODE ?= multipaxos
+CONF ?= conf/local-3.toml
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -16,6 +19,9 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 venv: $(VENV)/.installed
+
+run: venv
+	$(VENV)/bin/paxoslog cluster up $(CONF)
 
 test: venv
 	$(PY) -m pytest -q
@@ -29,7 +35,16 @@ bench-core: venv
 compare: venv
 	$(PY) tools/compare_modes.py
 
-bench: bench-core
+bench-storage: venv
+	$(PY) tools/bench_storage.py
+
+bench-http: venv
+	$(PY) tools/bench_http.py
+
+bench: bench-core bench-http
+
+chaos: venv
+	$(PY) tools/chaos.py --duration $(DURATION) --mode $(MODE)
 
 clean:
 	rm -rf $(VENV) .pytest_cache build *.egg-info
