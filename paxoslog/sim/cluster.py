@@ -67,6 +67,7 @@ class SimOptions:
     storage_model: bool = False   # the real storage encoding over a faulty memory disk
     eio_rate: float = 0.0         # fsync failures per second (storage model only)
     bitflip: bool = False         # flip a bit in one node's committed record, once
+    transfer_rate: float = 0.0    # leadership transfers asked of the leader per second
     limits: Limits = field(default_factory=lambda: Limits(pipeline_window=8,
                                                           batch_commands_max=16,
                                                           entries_per_message_max=8))
@@ -95,6 +96,7 @@ class SimOptions:
             storage_model=storage_model,
             eio_rate=rng.choice([0.0, 0.5, 1.0]) if storage_model and faulty else 0.0,
             bitflip=storage_model and faulty and rng.random() < 0.3,
+            transfer_rate=rng.choice([0.0, 0.0, 0.5, 1.0]) if faulty else 0.0,
         )
 
 
@@ -429,6 +431,24 @@ class Simulation:
         return "; ".join(f"{n.node_id}:{n.replica.role}/{n.replica.term}"
                          f"/c{n.replica.commit_index}/{n.replica.config.describe()}"
                          for n in self.nodes.values() if n.alive)
+
+    def transfer(self) -> str | None:
+        """Ask the leader to hand leadership to a random other voter."""
+        leader = self.leader()
+        if leader is None:
+            return None
+        replica = self.nodes[leader].replica
+        targets = sorted(replica.config.voters - {leader})
+        if not targets:
+            return None
+        target = self.rng.choice(targets)
+        try:
+            replica.transfer_leadership(target)
+        except (NotLeader, Busy, ValueError):
+            return None
+        self.after_step(self.nodes[leader])
+        self.nodes[leader].pump()
+        return f"transfer {leader} -> {target}"
 
     def membership_change(self) -> str | None:
         """Ask the leader for one random voter/learner change; returns a description."""

@@ -25,7 +25,8 @@ class Nemesis:
         o = self.sim.options
         for kind, rate in (("crash", o.crash_rate), ("pause", o.pause_rate),
                            ("partition", o.partition_rate), ("member", o.membership_rate),
-                           ("eio", o.eio_rate), ("bitflip", 0.5 if o.bitflip else 0.0)):
+                           ("eio", o.eio_rate), ("bitflip", 0.5 if o.bitflip else 0.0),
+                           ("transfer", o.transfer_rate)):
             if rate > 0:
                 self._schedule_next(kind, rate)
 
@@ -125,6 +126,11 @@ class Nemesis:
         self.sim.stats["bitflips"] = 1
         self._record(f"bitflip node {node.node_id} entry {index}")
         node.restart()
+
+    def _transfer(self) -> None:
+        text = self.sim.transfer()
+        if text:
+            self._record(text)
 
     def _member(self) -> None:
         text = self.sim.membership_change()
