@@ -85,13 +85,16 @@ class Prepare(Message):
 @message(4)
 class Promise(Message):
     """Phase 1b: every slot this acceptor accepted at or above from_slot, with its ballot.
-    ``first_index`` > from_slot means slots below it are only in this acceptor's snapshot."""
+    ``first_index`` > from_slot means slots below it are only in this acceptor's snapshot.
+    A Promise is bounded in bytes: when ``next_slot`` > 0 more accepted slots follow, and
+    the candidate asks for them with another Prepare (same ballot) from ``next_slot``."""
     frm: int
     to: int
     ballot: Ballot
     accepted: tuple[Entry, ...]
     chosen_upto: int
     first_index: int
+    next_slot: int
 
 
 @message(5)

@@ -105,6 +105,7 @@ class MultiPaxosReplica:
         # Pre-candidate / candidate state.
         self.votes: set[int] = set()
         self.promises: dict[int, Promise] = {}
+        self.promise_pages: dict[int, dict[int, Promise]] = {}
         self.force_election = False
 
         # Leader state.
@@ -398,7 +399,9 @@ class MultiPaxosReplica:
         self._become(Role.CANDIDATE, None)
         self.promises = {}
         from_slot = self.log.chosen_upto + 1
-        self.promises[self.node_id] = self._make_promise(self.node_id, self.ballot, from_slot)
+        self.promise_pages = {}
+        self.promises[self.node_id] = self._make_promise(self.node_id, self.ballot, from_slot,
+                                                         bounded=False)
         force = self.transfer_requested
         self.transfer_requested = False
         peers = self._election_peers()
@@ -415,11 +418,23 @@ class MultiPaxosReplica:
             self._hs_dirty = True
         self.max_round_seen = max(self.max_round_seen, ballot.round)
 
-    def _make_promise(self, to: int, ballot: Ballot, from_slot: int) -> Promise:
+    def _make_promise(self, to: int, ballot: Ballot, from_slot: int,
+                      bounded: bool = True) -> Promise:
+        """Accepted slots from ``from_slot`` up, at most message_bytes_max of them (a page;
+        ``next_slot`` says where the next page starts, 0 when this is the last)."""
         start = max(from_slot, self.log.first_index)
-        accepted = tuple(self.log.range(start, self.log.last_index + 1))
-        return Promise(self.node_id, to, ballot, accepted, self.log.chosen_upto,
-                       self.log.first_index)
+        accepted: list[Entry] = []
+        size = 0
+        next_slot = 0
+        for entry in self.log.range(start, self.log.last_index + 1):
+            length = entry_bytes(entry)
+            if bounded and accepted and size + length > self.limits.message_bytes_max:
+                next_slot = entry.index
+                break
+            accepted.append(entry)
+            size += length
+        return Promise(self.node_id, to, ballot, tuple(accepted), self.log.chosen_upto,
+                       self.log.first_index, next_slot)
 
     def _phase1_configs(self) -> list[Config]:
         from_slot = self.log.chosen_upto + 1
@@ -786,9 +801,24 @@ class MultiPaxosReplica:
         self._send(self._make_promise(msg.frm, msg.ballot, msg.from_slot))
 
     def on_promise(self, msg: Promise) -> None:
-        if self.role != Role.CANDIDATE or msg.ballot != self.ballot:
+        if self.role != Role.CANDIDATE or msg.ballot != self.ballot or msg.frm in self.promises:
             return
-        self.promises[msg.frm] = msg
+        pages = self.promise_pages.setdefault(msg.frm, {})
+        if msg.accepted:
+            first = msg.accepted[0].index
+            if first in pages:
+                return  # a duplicate page
+            pages[first] = msg
+        else:
+            pages[0] = msg
+        self.election_elapsed = 0  # phase 1 is making progress: do not restart it
+        if msg.next_slot:
+            # More accepted slots follow: ask for the next page (same ballot, idempotent).
+            self._send(Prepare(self.node_id, msg.frm, self.ballot, msg.next_slot, True))
+            return
+        accepted = tuple(e for first in sorted(pages) for e in pages[first].accepted)
+        self.promises[msg.frm] = Promise(msg.frm, msg.to, msg.ballot, accepted,
+                                         msg.chosen_upto, msg.first_index, 0)
         self._check_promises()
 
     def on_nack(self, msg: Nack) -> None:
@@ -865,12 +895,17 @@ class MultiPaxosReplica:
 
     def on_catchup_request(self, msg: CatchupRequest) -> None:
         entries = []
+        size = 0
         for slot in msg.slots:
             if slot < self.log.first_index:
                 self._send_snapshot(msg.frm)
                 return
             if self.log.is_chosen(slot):
-                entries.append(self.log.get(slot))
+                entry = self.log.get(slot)
+                size += entry_bytes(entry)
+                if entries and size > self.limits.message_bytes_max:
+                    break  # the follower asks again for the rest
+                entries.append(entry)
         if entries:
             self._send(CatchupReply(self.node_id, msg.frm, self.promised, tuple(entries),
                                     self.log.chosen_upto))

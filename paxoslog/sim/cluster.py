@@ -92,7 +92,10 @@ class SimOptions:
             network=NetworkProfile.random(rng, faulty),
             limits=Limits(pipeline_window=rng.choice([1, 2, 8, 32]),
                           batch_commands_max=rng.choice([1, 4, 16, 64]),
-                          entries_per_message_max=rng.choice([1, 4, 16])),
+                          entries_per_message_max=rng.choice([1, 4, 16]),
+                          # tiny messages force paged Promises and split catch-ups
+                          message_bytes_max=random.Random(f"paging/{seed}").choice(
+                              [4 << 20, 4 << 20, 200])),
             storage_model=storage_model,
             eio_rate=rng.choice([0.0, 0.5, 1.0]) if storage_model and faulty else 0.0,
             bitflip=storage_model and faulty and rng.random() < 0.3,

@@ -19,6 +19,9 @@ SEEDS_PER_SIZE = int(os.environ.get("PAXOSLOG_TEST_SEEDS", "250"))
 REGRESSIONS = [
     (146, "multipaxos", 3),  # new leader re-proposed a slot it already knew chosen
     (160, "multipaxos", 5),  # same bug, with a membership change in flight
+    (15, "multipaxos", 3),   # paged Promises: candidate timed out mid-phase-1 (livelock)
+    (15, "multipaxos", 5),   # same
+    (10001, "multipaxos", 5),  # catch-up request storm under message duplication
 ]
 
 
