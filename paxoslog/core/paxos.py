@@ -514,7 +514,9 @@ class MultiPaxosReplica:
         self.last_heard = {peer: self.now for peer in self._peers()}
         self.peer_ctx = {}
         self.snapshot_sent = {}
-        top = max(best) if best else from_slot - 1
+        # Cover every slot anyone reported, and every slot we already know chosen (catch-up
+        # replies may have taught us some while we were collecting promises).
+        top = max([from_slot - 1, self.log.chosen_upto, *best, *self.log.chosen_above])
         mine = self.ballot.pack()
         for slot in range(from_slot, top + 1):
             if self.log.is_chosen(slot):
