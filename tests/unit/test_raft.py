@@ -852,7 +852,6 @@ def test_node_that_lost_acknowledged_entries_does_not_vote_until_repaired():
     leader = net.leader()
     assert leader in (1, 2) and net.nodes[3].commit_index >= commit
     assert net.commands(3) == net.commands(leader)
-    assert net.nodes[3]._promotable()
 
 
 def test_advance_requires_the_outstanding_ready():
