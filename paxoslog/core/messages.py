@@ -66,10 +66,13 @@ class PreVote(Message):
 
 @message(2)
 class PreVoteReply(Message):
+    """``chosen_upto`` lets a candidate that is behind learn whom to catch up from (any
+    node, a learner too, answers catch-up requests with chosen values)."""
     frm: int
     to: int
     ballot: Ballot
     granted: bool
+    chosen_upto: int
 
 
 @message(3)

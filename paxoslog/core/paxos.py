@@ -134,6 +134,7 @@ class MultiPaxosReplica:
         # Follower catch-up.
         self.known_commit = self.log.chosen_upto
         self.catchup_tick = -options.election_ticks
+        self.catchup_peer: int | None = None  # where to catch up from when no leader is known
 
         # Ready buffers.
         self._messages: list[Message] = []
@@ -727,9 +728,9 @@ class MultiPaxosReplica:
             if not self.log.is_chosen(slot):
                 missing.append(slot)
             slot += 1
-        if missing:
-            self._send(CatchupRequest(self.node_id, self.leader_id, self.promised,
-                                      tuple(missing)))
+        source = self.leader_id if self.leader_id is not None else self.catchup_peer
+        if missing and source is not None and source != self.node_id:
+            self._send(CatchupRequest(self.node_id, source, self.promised, tuple(missing)))
 
     def _holes(self, limit: int) -> list[int]:
         holes = []
@@ -776,9 +777,16 @@ class MultiPaxosReplica:
         self.max_round_seen = max(self.max_round_seen, msg.ballot.round - 1)
         granted = (not self._sticky() and self.role != Role.LEADER
                    and msg.first_unchosen >= self.log.chosen_upto + 1)
-        self._send(PreVoteReply(self.node_id, msg.frm, msg.ballot, granted))
+        self._send(PreVoteReply(self.node_id, msg.frm, msg.ballot, granted,
+                                self.log.chosen_upto))
 
     def on_pre_vote_reply(self, msg: PreVoteReply) -> None:
+        if msg.chosen_upto > self.log.chosen_upto and self.leader_id is None:
+            # We are behind (perhaps even on who the voters are, when the configuration
+            # changed in the slots we miss): catch up from whoever knows more, learner or not.
+            self.known_commit = max(self.known_commit, msg.chosen_upto)
+            self.catchup_peer = msg.frm
+            self._request_catchup()
         if self.role == Role.PRE_CANDIDATE and msg.granted:
             self.votes.add(msg.frm)
             self._check_pre_votes()
@@ -935,7 +943,9 @@ class MultiPaxosReplica:
             self.catchup_tick = -self.options.election_ticks
         if self.role == Role.LEADER:
             self._advance_chosen()
-        elif self.known_commit > self.log.chosen_upto and self.leader_id is not None:
+        elif self.known_commit > self.log.chosen_upto:
+            if self.leader_id is None:
+                self.catchup_peer = msg.frm
             self._request_catchup()
 
     def _send_snapshot(self, peer: int) -> None:
