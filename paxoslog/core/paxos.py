@@ -589,6 +589,8 @@ class MultiPaxosReplica:
             if not self._can_send(slot):
                 break
             del self.backlog[slot]
+            if self.log.is_chosen(slot):
+                continue  # learned chosen meanwhile (catch-up): nothing left to decide
             new.append(self._propose_entry(entry))
         if not self.backlog:
             if self.pending_config is not None and not self.inflight and self.barrier is None:
@@ -926,6 +928,9 @@ class MultiPaxosReplica:
         for entry in msg.entries:
             if entry.index < self.log.first_index or self.log.is_chosen(entry.index):
                 continue
+            planned = self.backlog.get(entry.index)
+            if planned is not None:
+                assert planned.same_value(entry), entry.index
             if entry.index in self.inflight:
                 # We lead and proposed this slot: phase 1 must have found the chosen value.
                 assert self.log.get(entry.index).same_value(entry), entry.index
@@ -961,6 +966,10 @@ class MultiPaxosReplica:
 
     def on_install_snapshot(self, msg: InstallSnapshot) -> None:
         if msg.index > self.log.chosen_upto:
+            if self.role == Role.LEADER:
+                # A snapshot requested while catching up as a candidate arrived after we won:
+                # we are too far behind to lead; hand over and install it as a follower.
+                self._become(Role.FOLLOWER, None)
             meta = SnapshotMeta(msg.index, msg.snap_term, msg.config)
             self.log.compact(meta)
             self._prune_timeline(msg.index, msg.config)
