@@ -15,7 +15,8 @@ with ``--node ID``.  Shape (every table but ``[[nodes]]`` is optional)::
                    proposal_queue_max, pending_reads_max, peer_queue_messages_max
     [limits]       request_bytes_max, header_bytes_max, key_bytes_max, connections_max,
                    pipelined_requests_max, log_entries_max, recent_entries_kept,
-                   sessions_max, session_results_max
+                   recent_bytes_max, sessions_max, session_results_max,
+                   session_results_total_max
     [state_machines]  enabled = ["kv"]
 
     [[nodes]]
@@ -139,8 +140,10 @@ class LimitsConf:
     pipelined_requests_max: int = 64
     log_entries_max: int = 1000
     recent_entries_kept: int = 10_000
+    recent_bytes_max: int = 32 << 20
     sessions_max: int = 10_000
-    session_results_max: int = 1024
+    session_results_max: int = 256
+    session_results_total_max: int = 500_000
 
 
 @dataclass(frozen=True)
@@ -325,9 +328,15 @@ def _limits(r: _Reader) -> LimitsConf:
                                      1 << 16),
         log_entries_max=r.int("log_entries_max", d.log_entries_max, 1, 1 << 20),
         recent_entries_kept=r.int("recent_entries_kept", d.recent_entries_kept, 0, 1 << 24),
+        recent_bytes_max=r.int("recent_bytes_max", d.recent_bytes_max, 0, 1 << 34),
         sessions_max=r.int("sessions_max", d.sessions_max, 1, 1 << 24),
         session_results_max=r.int("session_results_max", d.session_results_max, 1, 1 << 20),
+        session_results_total_max=r.int("session_results_total_max",
+                                        d.session_results_total_max, 1, 1 << 30),
     )
+    if lim.session_results_total_max < lim.session_results_max:
+        raise r.fail("session_results_total_max",
+                     f"must be at least session_results_max ({lim.session_results_max})")
     r.check_unknown()
     return lim
 
@@ -377,12 +386,14 @@ def _nodes(r: _Reader, data_dir_template: str | None) -> tuple[NodeConf, ...]:
         for label, key in (("id", ("id", node.id)),
                            ("peer", ("addr", str(node.peer))),
                            ("api", ("addr", str(node.api)) if node.api.port else None),
-                           ("data_dir", ("dir", os.path.abspath(node.data_dir)))):
+                           # the same path on two machines is fine; on one it is not
+                           ("data_dir", ("dir", node.peer.host,
+                                         os.path.abspath(node.data_dir)))):
             if key is None:
                 continue
             if key in seen:
                 raise ConfigError(r.path, f"nodes[{position}].{label}",
-                                  f"{key[1]} is also used by {seen[key]}")
+                                  f"{key[-1]} is also used by {seen[key]}")
             seen[key] = f"nodes[{position}].{label}"
     return tuple(nodes)
 

@@ -1,0 +1,462 @@
+"""The ``paxoslog`` command.
+
+::
+
+    paxoslog serve --config F --node ID        run one node (SIGTERM/SIGINT: graceful stop)
+    paxoslog cluster up F                      every node of a local conf as child processes
+    paxoslog put KEY VALUE | get KEY | delete KEY | cas KEY VALUE --expected E
+    paxoslog status                            one row per node: role, term, indexes, lag
+    paxoslog log entries [--from N] [--to M]   entries from the running cluster
+    paxoslog log dump|verify --data-dir D      offline/live WAL inspection (read-only)
+    paxoslog snapshot inspect FILE
+
+Client commands find the cluster with ``--config`` (default ``$PAXOSLOG_CONFIG``, else
+``conf/local-3.toml``) or ``--endpoints http://h:p,...``; ``--json`` prints the raw JSON.
+
+Exit codes (for scripts)::
+
+    0  success
+    1  error: the request was refused (bad input) or the node failed
+    2  usage error, or a bad conf file
+    3  not found (get/delete of an absent key)
+    4  unavailable or outcome unknown (no leader, timeout; a write may still commit:
+       retry with the same --client-id/--sequence)
+    5  compare-and-swap precondition failed (cas only)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import sys
+
+EXIT_OK = 0
+EXIT_ERROR = 1
+EXIT_USAGE = 2
+EXIT_NOT_FOUND = 3
+EXIT_UNAVAILABLE = 4
+EXIT_CAS_FAILED = 5
+
+DEFAULT_CONFIG = "conf/local-3.toml"
+
+__all__ = ["main", "build_parser", "EXIT_OK", "EXIT_ERROR", "EXIT_USAGE", "EXIT_NOT_FOUND",
+           "EXIT_UNAVAILABLE", "EXIT_CAS_FAILED"]
+
+
+# ====================================================================== parser
+
+def build_parser() -> argparse.ArgumentParser:
+    from paxoslog.storage.inspect import add_arguments as add_inspect_arguments
+
+    parser = argparse.ArgumentParser(
+        prog="paxoslog", description="A replicated log (Multi-Paxos or Raft) with a KV store.",
+        epilog="exit codes: 0 ok, 1 error, 2 usage/conf error, 3 not found, "
+               "4 unavailable or outcome unknown, 5 cas precondition failed",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    client = argparse.ArgumentParser(add_help=False)
+    client.add_argument("-c", "--config", default=None,
+                        help=f"cluster conf file (default: $PAXOSLOG_CONFIG or {DEFAULT_CONFIG})")
+    client.add_argument("--endpoints", default=None,
+                        help="comma-separated API endpoints (instead of --config)")
+    client.add_argument("--timeout", type=float, default=10.0,
+                        help="overall deadline in seconds, retries included (default 10)")
+    client.add_argument("--json", action="store_true", help="print the JSON response")
+
+    serve = commands.add_parser("serve", help="run one node")
+    serve.add_argument("--config", "-c", required=True, help="cluster conf file")
+    serve.add_argument("--node", type=int, required=True, help="this node's id in the conf")
+    serve.add_argument("--log-level", default="info", choices=("debug", "info", "warn", "error"))
+    serve.set_defaults(func=cmd_serve)
+
+    cluster = commands.add_parser("cluster", help="run a local cluster")
+    cluster_commands = cluster.add_subparsers(dest="cluster_command", metavar="COMMAND",
+                                              required=True)
+    up = cluster_commands.add_parser("up", help="start every node of a local conf; Ctrl-C "
+                                                "stops them all")
+    up.add_argument("conf", help="cluster conf file (every node on this machine)")
+    up.add_argument("--no-color", action="store_true", help="plain log prefixes")
+    up.add_argument("--log-level", default="info", choices=("debug", "info", "warn", "error"))
+    up.add_argument("--wait", type=float, default=30.0,
+                    help="seconds to wait for a leader (default 30)")
+    up.set_defaults(func=cmd_cluster_up)
+
+    session = argparse.ArgumentParser(add_help=False)
+    session.add_argument("--client-id", default=None,
+                         help="client id for exactly-once retries (with --sequence)")
+    session.add_argument("--sequence", type=int, default=None,
+                         help="sequence number for exactly-once retries (with --client-id)")
+
+    put = commands.add_parser("put", parents=[client, session], help="set KEY to VALUE")
+    put.add_argument("key")
+    put.add_argument("value")
+    put.add_argument("-j", "--json-value", action="store_true",
+                     help="parse VALUE as JSON (number, object, ...) instead of a string")
+    put.set_defaults(func=cmd_put)
+
+    get = commands.add_parser("get", parents=[client], help="read KEY")
+    get.add_argument("key")
+    get.add_argument("--consistency", default="linearizable",
+                     choices=("linearizable", "lease", "stale"))
+    get.set_defaults(func=cmd_get)
+
+    delete = commands.add_parser("delete", parents=[client, session], help="delete KEY")
+    delete.add_argument("key")
+    delete.set_defaults(func=cmd_delete)
+
+    cas = commands.add_parser("cas", parents=[client, session],
+                              help="set KEY to VALUE if it currently holds EXPECTED")
+    cas.add_argument("key")
+    cas.add_argument("value")
+    which = cas.add_mutually_exclusive_group(required=True)
+    which.add_argument("--expected", help="the value KEY must hold now")
+    which.add_argument("--expected-version", type=int, help="the version KEY must have (0: absent)")
+    which.add_argument("--absent", action="store_true", help="KEY must not exist")
+    cas.add_argument("-j", "--json-value", action="store_true",
+                     help="parse VALUE and EXPECTED as JSON")
+    cas.set_defaults(func=cmd_cas)
+
+    status = commands.add_parser("status", parents=[client], help="one row per node")
+    status.set_defaults(func=cmd_status)
+
+    add_inspect_arguments(commands)
+    log_parser = commands.choices["log"]
+    log_sub = next(a for a in log_parser._actions if isinstance(a, argparse._SubParsersAction))
+    entries = log_sub.add_parser("entries", parents=[client],
+                                 help="entries from the running cluster (holes marked)")
+    entries.add_argument("--from", dest="start", type=int, default=None, metavar="N")
+    entries.add_argument("--to", dest="end", type=int, default=None, metavar="M")
+    entries.set_defaults(func=cmd_log_entries)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except KeyboardInterrupt:
+        return EXIT_ERROR
+    except BrokenPipeError:
+        return EXIT_OK
+
+
+# ====================================================================== helpers
+
+def _load_config(path: str):
+    from paxoslog.config import ConfigError, load_config
+    try:
+        return load_config(path)
+    except ConfigError as exc:
+        print(f"paxoslog: {exc}", file=sys.stderr)
+        raise SystemExit(EXIT_USAGE) from None
+
+
+def _endpoints(args) -> list[str]:
+    return list(_endpoint_ids(args))
+
+
+def _endpoint_ids(args) -> dict[str, int | None]:
+    """Endpoint -> node id (None when only --endpoints was given)."""
+    if args.endpoints:
+        return {e.strip(): None for e in args.endpoints.split(",") if e.strip()}
+    path = args.config or os.environ.get("PAXOSLOG_CONFIG") or DEFAULT_CONFIG
+    config = _load_config(path)
+    return {node.api_url: node.id for node in config.nodes}
+
+
+def _client(args):
+    from paxoslog.client import SyncClient
+    return SyncClient(_endpoints(args), timeout=args.timeout,
+                      attempt_timeout=min(3.0, max(0.5, args.timeout / 3)),
+                      client_id=getattr(args, "client_id", None))
+
+
+def _session(args) -> dict:
+    if (args.client_id is None) != (args.sequence is None):
+        print("paxoslog: --client-id and --sequence go together", file=sys.stderr)
+        raise SystemExit(EXIT_USAGE)
+    if args.client_id is None:
+        return {}
+    return {"client_id": args.client_id, "sequence": args.sequence}
+
+
+def _value(text: str, as_json: bool):
+    if not as_json:
+        return text
+    try:
+        return json.loads(text)
+    except ValueError as exc:
+        print(f"paxoslog: not valid JSON: {exc}", file=sys.stderr)
+        raise SystemExit(EXIT_USAGE) from None
+
+
+def _run_client(args, action) -> int:
+    from paxoslog.client import (ClientError, NotFound, RequestFailed, Unavailable,
+                                 UnknownOutcome)
+    with _client(args) as client:
+        try:
+            return action(client)
+        except NotFound as exc:
+            _report_error(args, exc, "not found")
+            return EXIT_NOT_FOUND
+        except UnknownOutcome as exc:
+            _report_error(args, exc, "outcome unknown")
+            return EXIT_UNAVAILABLE
+        except Unavailable as exc:
+            _report_error(args, exc, "unavailable")
+            return EXIT_UNAVAILABLE
+        except (RequestFailed, ClientError) as exc:
+            _report_error(args, exc, "error")
+            return EXIT_ERROR
+
+
+def _report_error(args, exc, label: str) -> None:
+    if args.json and isinstance(getattr(exc, "body", None), dict):
+        print(json.dumps(exc.body))
+    print(f"paxoslog: {label}: {exc}", file=sys.stderr)
+
+
+def _print(args, body: dict, text: str) -> None:
+    if args.json:
+        print(json.dumps(body, sort_keys=True))
+    else:
+        print(text)
+
+
+def _show(value) -> str:
+    return value if isinstance(value, str) else json.dumps(value)
+
+
+# ====================================================================== client commands
+
+def cmd_put(args) -> int:
+    value = _value(args.value, args.json_value)
+
+    def action(client):
+        body = client.put(args.key, value, **_session(args))
+        result = body.get("result") or {}
+        _print(args, body, f"OK index={body['index']} version={result.get('version')}")
+        return EXIT_OK
+    return _run_client(args, action)
+
+
+def cmd_get(args) -> int:
+    def action(client):
+        body = client.get(args.key, args.consistency)
+        _print(args, body, _show(body.get("value")))
+        return EXIT_OK
+    return _run_client(args, action)
+
+
+def cmd_delete(args) -> int:
+    def action(client):
+        body = client.delete(args.key, **_session(args))
+        result = body.get("result") or {}
+        if not result.get("deleted"):
+            _print(args, body, f"not found (index={body['index']})")
+            return EXIT_NOT_FOUND
+        _print(args, body, f"deleted index={body['index']}")
+        return EXIT_OK
+    return _run_client(args, action)
+
+
+def cmd_cas(args) -> int:
+    value = _value(args.value, args.json_value)
+    kwargs = dict(_session(args))
+    if args.expected_version is not None:
+        kwargs["expected_version"] = args.expected_version
+    elif args.absent:
+        kwargs["expected"] = None
+    else:
+        kwargs["expected"] = _value(args.expected, args.json_value)
+
+    def action(client):
+        body = client.cas(args.key, value, **kwargs)
+        result = body.get("result") or {}
+        if not result.get("succeeded"):
+            _print(args, body, f"precondition failed (current version "
+                               f"{result.get('current_version')})")
+            return EXIT_CAS_FAILED
+        _print(args, body, f"OK index={body['index']} version={result.get('version')}")
+        return EXIT_OK
+    return _run_client(args, action)
+
+
+def cmd_status(args) -> int:
+    from paxoslog.client import ClientError
+    known = _endpoint_ids(args)
+    endpoints = list(known)
+    with _client(args) as client:
+        views = {}
+        for endpoint in endpoints:
+            try:
+                views[endpoint] = client.status_of(endpoint, timeout=min(2.0, args.timeout))
+            except (OSError, ClientError, ValueError):
+                views[endpoint] = None
+    leader_view = None
+    for view in views.values():
+        if view and view.get("role") == "leader":
+            if leader_view is None or view["term"] > leader_view["term"]:
+                leader_view = view
+    leader_nodes = {n["id"]: n for n in (leader_view or {}).get("nodes", [])}
+    top_commit = max((v["commit_index"] for v in views.values() if v), default=0)
+    rows = []
+    for endpoint, view in views.items():
+        if view is None:
+            rows.append({"endpoint": endpoint, "node": known.get(endpoint), "role": "down"})
+            continue
+        node_id = view["node_id"]
+        heard = leader_nodes.get(node_id, {}).get("last_heartbeat")
+        if view.get("role") == "leader":
+            heard = 0
+        elif heard is None:
+            me = next((n for n in view["nodes"] if n["id"] == node_id), {})
+            heard = me.get("last_heartbeat")
+        rows.append({"endpoint": endpoint, "node": node_id, "role": view["role"],
+                     "term": view["term"], "leader": view["leader"],
+                     "commit_index": view["commit_index"], "applied_index": view["applied_index"],
+                     "lag": max(0, top_commit - view["applied_index"]),
+                     "last_heartbeat_ms": heard, "protocol": view.get("protocol")})
+    if args.json:
+        print(json.dumps({"leader": leader_view and leader_view["node_id"], "nodes": rows},
+                         sort_keys=True))
+    else:
+        header = ("NODE", "ROLE", "TERM", "COMMIT", "APPLIED", "LAG", "LAST HEARTBEAT", "API")
+        table = [header]
+        for row in rows:
+            if row["role"] == "down":
+                table.append((str(row["node"] or "?"), "down", "-", "-", "-", "-", "-",
+                              row["endpoint"].replace("http://", "")))
+                continue
+            heard = row["last_heartbeat_ms"]
+            heard_text = "-" if row["role"] == "leader" else (
+                "never" if heard is None else f"{heard} ms ago")
+            table.append((str(row["node"]), row["role"], str(row["term"]),
+                          str(row["commit_index"]), str(row["applied_index"]), str(row["lag"]),
+                          heard_text, row["endpoint"].replace("http://", "")))
+        widths = [max(len(r[i]) for r in table) for i in range(len(header))]
+        for r in table:
+            print("  ".join(cell.ljust(w) for cell, w in zip(r, widths)).rstrip())
+        protocol = next((r["protocol"] for r in rows if r.get("protocol")), None)
+        if protocol:
+            print(f"protocol {protocol}; leader: "
+                  f"{'node ' + str(leader_view['node_id']) if leader_view else 'none'}")
+    if not any(views.values()):
+        return EXIT_UNAVAILABLE
+    return EXIT_OK if leader_view is not None else EXIT_UNAVAILABLE
+
+
+def cmd_log_entries(args) -> int:
+    def action(client):
+        body = client.entries(args.start, args.end)
+        if args.json:
+            print(json.dumps(body, sort_keys=True))
+            return EXIT_OK
+        for entry in body["entries"]:
+            state = entry.get("state")
+            if state != "applied":
+                print(f"{entry['index']:>8}  {'-':>6}  {state}")
+                continue
+            command = entry.get("command")
+            kind = entry["kind"] + (" (hole)" if entry.get("hole") else "")
+            text = "" if command is None else json.dumps(command, sort_keys=True)
+            print(f"{entry['index']:>8}  {entry['term']:>6}  {kind:12}  {text}")
+        if body.get("compacted_below"):
+            print(f"(entries below {body['compacted_below']} are compacted or no longer kept)")
+        return EXIT_OK
+    return _run_client(args, action)
+
+
+# ====================================================================== serve
+
+def cmd_serve(args) -> int:
+    config = _load_config(args.config)
+    from paxoslog.config import ConfigError
+    try:
+        config.node(args.node)
+    except ConfigError as exc:
+        print(f"paxoslog: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    from paxoslog.server.logs import start_logging
+    start_logging(f"n{args.node}", args.log_level)
+    from twisted.internet import reactor
+    from twisted.logger import Logger
+    from paxoslog.server import NodeService
+    log = Logger(namespace="paxoslog.serve")
+    node = NodeService(config, args.node, reactor)
+    outcome = {"code": EXIT_OK, "signals": 0}
+
+    def stop(code: int | None = None) -> None:
+        if code is not None:
+            outcome["code"] = code
+        if reactor.running and not getattr(reactor, "_paxoslog_stopping", False):
+            reactor._paxoslog_stopping = True
+            reactor.stop()
+
+    def on_signal(signum, frame) -> None:
+        outcome["signals"] += 1
+        if outcome["signals"] > 1:
+            os._exit(EXIT_ERROR)          # a second signal: do not wait any longer
+        reactor.callFromThread(stop)
+
+    # The WAL writer thread needs the GIL back as soon as its fsync returns: with the
+    # default 5 ms switch interval a busy reactor thread could hold a commit that long.
+    sys.setswitchinterval(float(os.environ.get("PAXOSLOG_SWITCH_INTERVAL", "0.001")))
+    node.on_fatal = lambda exc: stop(EXIT_ERROR)
+    try:
+        node.startService()
+    except Exception as exc:
+        log.critical("cannot start node {node}: {error}", node=args.node, error=exc)
+        print(f"paxoslog: cannot start node {args.node}: {exc}", file=sys.stderr)
+        if node.storage is not None:
+            node.storage.close()
+        return EXIT_ERROR
+    reactor.addSystemEventTrigger("before", "shutdown", node.stopService)
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    profile_path = os.environ.get("PAXOSLOG_PROFILE")   # developer aid: cProfile the node
+    if profile_path:
+        import cProfile
+        profiler = cProfile.Profile()
+        profiler.runcall(reactor.run, installSignalHandlers=False)
+        profiler.dump_stats(f"{profile_path}.n{args.node}")
+    else:
+        reactor.run(installSignalHandlers=False)
+    return outcome["code"]
+
+
+# ====================================================================== cluster up
+
+def cmd_cluster_up(args) -> int:
+    config = _load_config(args.conf)
+    from twisted.internet import reactor
+    from paxoslog.server.cluster import LocalCluster
+    color = not args.no_color and sys.stdout.isatty()
+    cluster = LocalCluster(config, args.conf, reactor, color=color, log_level=args.log_level,
+                           wait_s=args.wait)
+    outcome = {"signals": 0}
+
+    def on_signal(signum, frame) -> None:
+        outcome["signals"] += 1
+        if outcome["signals"] > 2:
+            os._exit(EXIT_ERROR)
+        reactor.callFromThread(cluster.shutdown)
+
+    def install() -> None:
+        # After Twisted's own handlers (its SIGCHLD handler reaps the children): ours
+        # replace only SIGTERM/SIGINT, so that stopping means "stop the children first".
+        signal.signal(signal.SIGTERM, on_signal)
+        signal.signal(signal.SIGINT, on_signal)
+        cluster.start()
+
+    reactor.callWhenRunning(install)
+    reactor.run()
+    return cluster.exit_code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,355 @@
+"""The HTTP/JSON API (DESIGN.md section 5): routes, input validation, error mapping.
+
+::
+
+    POST /api/v1/consensus/propose    {"key","value","client_id"?,"sequence"?,"op"?,"expected"?,
+                                       "expected_version"?} -> {"status":"committed","index",
+                                       "term","leader","result"}
+    GET  /api/v1/consensus/query      ?key=K | ?prefix=P[&limit=N]
+                                      [&consistency=linearizable|lease|stale]
+    GET  /api/v1/cluster/status
+    GET  /api/v1/log/entries          ?start_index=&end_index=  (inclusive)
+    POST /api/v1/sm/kv                a kv command object (same fields as propose)
+    POST /api/v1/cluster/add-node, /api/v1/cluster/remove-node   501 until membership lands
+    GET  /health[?ready=1], GET /metrics
+
+Errors are ``{"error": code, "message": text}`` with 400/404/405/413/431/501/503
+(Retry-After)/504 (see errors.py).  Every input is validated here or by the state machine
+before anything is proposed: bad input never reaches the log.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from urllib.parse import parse_qs
+
+from twisted.internet import defer
+from twisted.logger import Logger
+
+from statemachines import BadCommand
+
+from .commands import CLIENT_ID_CHARS_MAX, encode_command
+from .errors import ApiError, bad_request
+from .http import json_response
+from .metrics import render_metric
+
+__all__ = ["Api"]
+
+log = Logger(namespace="paxoslog.api")
+
+_PROPOSE_FIELDS = frozenset({"key", "value", "client_id", "sequence", "op", "expected",
+                             "expected_version"})
+_CONSISTENCY = ("linearizable", "lease", "stale")
+_SEQUENCE_MAX = (1 << 63) - 1
+_TEXT = b"text/plain; version=0.0.4; charset=utf-8"
+
+
+def _reject_constant(name: str):
+    raise ValueError(f"{name} is not allowed in JSON")
+
+
+_DECODER = json.JSONDecoder(parse_constant=_reject_constant)   # one instance: cheap calls
+
+
+class Api:
+    def __init__(self, node) -> None:
+        self.node = node
+        self._routes = {
+            "/api/v1/consensus/propose": {"POST": self.propose},
+            "/api/v1/consensus/query": {"GET": self.query},
+            "/api/v1/cluster/status": {"GET": self.cluster_status},
+            "/api/v1/log/entries": {"GET": self.log_entries},
+            "/api/v1/cluster/add-node": {"POST": self.membership},
+            "/api/v1/cluster/remove-node": {"POST": self.membership},
+            "/health": {"GET": self.health},
+            "/metrics": {"GET": self.metrics},
+        }
+
+    # ------------------------------------------------------------------ dispatch
+
+    def handle(self, request):
+        routes = self._routes.get(request.path)
+        if routes is None:
+            if request.path.startswith("/api/v1/sm/"):
+                routes = {"POST": self.state_machine_command}
+            else:
+                return self._error(ApiError(404, "not_found",
+                                            f"no such endpoint: {request.path[:200]}"))
+        method = "GET" if request.method == "HEAD" else request.method
+        handler = routes.get(method)
+        if handler is None:
+            allowed = ", ".join(sorted(routes)).encode()
+            error = ApiError(405, "method_not_allowed",
+                             f"{request.method} is not allowed on {request.path}; use "
+                             f"{allowed.decode()}")
+            status, body, ctype, _ = self._error(error)
+            return status, body, ctype, ((b"Allow", allowed),)
+        try:
+            result = handler(request)
+        except ApiError as exc:
+            return self._error(exc)
+        if isinstance(result, defer.Deferred):
+            return result.addCallbacks(self._ok, self._failed)
+        return self._ok(result)
+
+    def _ok(self, result):
+        if isinstance(result, tuple) and len(result) == 4:
+            return result
+        return json_response(200, result)
+
+    def _failed(self, failure):
+        if failure.check(ApiError):
+            return self._error(failure.value)
+        log.failure("request failed", failure)
+        return json_response(500, {"error": "internal", "message": "internal error"})
+
+    def _error(self, exc: ApiError) -> tuple:
+        headers = ()
+        if exc.retry_after is not None:
+            headers = ((b"Retry-After", str(exc.retry_after).encode()),)
+        return json_response(exc.status, exc.body(), headers)
+
+    # ------------------------------------------------------------------ input helpers
+
+    def _json_object(self, request) -> dict:
+        if not request.body:
+            raise bad_request("a JSON object body is required")
+        try:
+            body = _DECODER.decode(request.body.decode("utf-8"))
+        except UnicodeDecodeError:
+            raise bad_request("the body is not UTF-8") from None
+        except (ValueError, RecursionError) as exc:
+            raise bad_request(f"malformed JSON: {str(exc)[:200]}") from None
+        if not isinstance(body, dict):
+            raise bad_request(f"the body must be a JSON object, not {_json_type(body)}")
+        return body
+
+    def _params(self, request) -> dict:
+        if not request.query:
+            return {}
+        try:
+            parsed = parse_qs(request.query, keep_blank_values=True, strict_parsing=False,
+                              max_num_fields=32)
+        except ValueError as exc:
+            raise bad_request(f"bad query string: {exc}") from None
+        return {name: values[-1] for name, values in parsed.items()}
+
+    def _session(self, body: dict) -> tuple[str, int]:
+        has_client = body.get("client_id") is not None
+        has_sequence = body.get("sequence") is not None
+        if has_client != has_sequence:
+            raise bad_request('"client_id" and "sequence" go together: give both or neither')
+        if not has_client:
+            return self.node.next_client_sequence()
+        client_id = body["client_id"]
+        if type(client_id) is int and client_id >= 0:
+            client_id = str(client_id)
+        if not isinstance(client_id, str) or not 1 <= len(client_id) <= CLIENT_ID_CHARS_MAX:
+            raise bad_request(f'"client_id" must be a string of 1-{CLIENT_ID_CHARS_MAX} '
+                              'characters')
+        if client_id.startswith("node") and client_id[4:5].isdigit() and "-" in client_id:
+            raise bad_request('"client_id" values "node<N>-..." are reserved for the servers')
+        sequence = body["sequence"]
+        if type(sequence) is not int or not 0 <= sequence <= _SEQUENCE_MAX:
+            raise bad_request('"sequence" must be a non-negative integer')
+        return client_id, sequence
+
+    # ------------------------------------------------------------------ writes
+
+    def propose(self, request):
+        body = self._json_object(request)
+        unknown = sorted(set(body) - _PROPOSE_FIELDS)
+        if unknown:
+            raise bad_request(f"unknown field(s): {', '.join(unknown)[:200]}")
+        if "key" not in body:
+            raise bad_request('missing field "key"')
+        return self._write("kv", body)
+
+    def state_machine_command(self, request):
+        name = request.path[len("/api/v1/sm/"):]
+        if name not in self.node.sms:
+            raise ApiError(404, "not_found", f"no state machine named {name[:64]!r}")
+        body = self._json_object(request)
+        return self._write(name, body)
+
+    def _write(self, sm: str, body: dict):
+        client_id, sequence = self._session(body)
+        fields = {k: v for k, v in body.items() if k not in ("client_id", "sequence")}
+        fields["sm"] = sm
+        try:
+            command = self.node.validate_command(fields)
+        except BadCommand as exc:
+            raise bad_request(str(exc)) from None
+        data = encode_command(sm, command, client_id, sequence)
+        if len(data) > self.node.config.batching.batch_bytes_max:
+            raise ApiError(413, "too_large", "the command exceeds batch_bytes_max")
+        d = self.node.submit_write(client_id, sequence, data)
+        return d.addCallback(self._committed)
+
+    @staticmethod
+    def _committed(response: dict) -> dict:
+        result = response.get("result")
+        if isinstance(result, dict) and "error" in result:
+            raise ApiError(400, str(result["error"]), str(result.get("message", "")),
+                           extra={"index": response.get("index")})
+        return response
+
+    def membership(self, request):
+        raise ApiError(501, "not_implemented", "membership changes are not available yet")
+
+    # ------------------------------------------------------------------ reads
+
+    def query(self, request):
+        params = self._params(request)
+        consistency = params.get("consistency", "linearizable")
+        if consistency not in _CONSISTENCY:
+            raise bad_request(f'"consistency" must be one of {", ".join(_CONSISTENCY)}')
+        if "prefix" in params:
+            query = {"prefix": params["prefix"]}
+            if "limit" in params:
+                query["limit"] = _int_param(params, "limit", 1, 10_000)
+        elif "key" in params:
+            key = params["key"]
+            if not key:
+                raise bad_request('"key" must not be empty')
+            query = {"key": key}
+        else:
+            raise bad_request('missing query parameter "key" (or "prefix")')
+        return self.node.submit_read(query, consistency)
+
+    def cluster_status(self, request):
+        return self.node.status()
+
+    def log_entries(self, request):
+        params = self._params(request)
+        node = self.node
+        most = node.config.limits.log_entries_max
+        last = max(node.replica.status().get("last_index") or 0, node.applied_index)
+        start = _int_param(params, "start_index", 1) if "start_index" in params else None
+        end = _int_param(params, "end_index", 1) if "end_index" in params else None
+        if start is None and end is None:
+            end = max(last, 1)
+            start = max(1, end - min(most, 100) + 1)
+        elif start is None:
+            start = max(1, end - min(most, 100) + 1)
+        elif end is None:
+            end = start + most - 1
+        if end < start:
+            raise bad_request(f"end_index ({end}) is before start_index ({start})")
+        truncated = end - start + 1 > most
+        if truncated:
+            end = start + most - 1
+        body = node.entries(start, end)
+        body.update(start_index=start, end_index=end, truncated=truncated)
+        return body
+
+    # ------------------------------------------------------------------ operations
+
+    def health(self, request):
+        node = self.node
+        replica = node.replica
+        leader = replica.leader_id
+        ready = leader is not None and node.fatal is None and not node._stopping
+        body = {"status": "ok" if node.fatal is None else "failed", "ready": ready,
+                "node_id": node.node_id, "pid": os.getpid(), "role": replica.role,
+                "leader": leader,
+                "term": replica.term, "commit_index": replica.commit_index,
+                "applied_index": node.applied_index}
+        if "ready" in self._params(request) and not ready:
+            return json_response(503, body, ((b"Retry-After", b"1"),))
+        return body
+
+    def metrics(self, request):
+        node = self.node
+        replica = node.replica
+        stats = node.stats
+        peers = node.transport.stats
+        http = node.http.factory
+        lines: list[str] = []
+        add = lines.extend
+        add(render_metric("paxoslog_term", "gauge", "Current term (Raft) or ballot round "
+                          "(Multi-Paxos).", [(None, replica.term)]))
+        add(render_metric("paxoslog_role", "gauge", "1 for the role this node is in.",
+                          [({"role": role}, int(replica.role == role))
+                           for role in ("leader", "follower", "pre-candidate", "candidate",
+                                        "learner")]))
+        add(render_metric("paxoslog_is_leader", "gauge", "1 when this node leads.",
+                          [(None, int(replica.role == "leader"))]))
+        add(render_metric("paxoslog_commit_index", "gauge", "Highest committed/chosen index "
+                          "(watermark).", [(None, replica.commit_index)]))
+        add(render_metric("paxoslog_applied_index", "gauge", "Highest applied index.",
+                          [(None, node.applied_index)]))
+        add(render_metric("paxoslog_snapshot_index", "gauge", "Index of the newest local "
+                          "snapshot.", [(None, node.storage.snapshot_meta.index
+                                         if node.storage.snapshot_meta else 0)]))
+        for name, key, text in (
+                ("proposals", "proposals", "Commands proposed by this node as leader."),
+                ("proposals_forwarded", "proposals_forwarded",
+                 "Commands other nodes forwarded to this node."),
+                ("proposals_dropped", "proposals_dropped",
+                 "Commands dropped by the core after losing leadership (never applied)."),
+                ("commits", "commits", "Log entries applied."),
+                ("commands_applied", "commands_applied", "Commands applied."),
+                ("duplicate_commands", "duplicates",
+                 "Retried commands answered from the session table."),
+                ("reads", "reads", "Queries served or attempted."),
+                ("write_timeouts", "write_timeouts", "Writes answered 503/504 on timeout."),
+                ("role_changes", "role_changes", "Role or leader changes seen."),
+                ("snapshots_taken", "snapshots_taken", "Local snapshots written."),
+                ("snapshots_installed", "snapshots_installed",
+                 "Snapshots received from a leader and installed."),
+                ("readies", "readies", "Ready batches processed."),
+                ("fsyncs", "fsyncs", "WAL fsyncs (one per persisted Ready).")):
+            add(render_metric(f"paxoslog_{name}_total", "counter", text, [(None, stats[key])]))
+        add(["# HELP paxoslog_fsync_seconds Time to append and fsync one Ready.",
+             "# TYPE paxoslog_fsync_seconds histogram"])
+        add(node.fsync.lines("paxoslog_fsync_seconds"))
+        add(render_metric("paxoslog_peer_connected", "gauge",
+                          "1 when the peer connection is established.",
+                          [({"peer": n.id}, int(node.transport.connected(n.id)))
+                           for n in node.config.nodes if n.id != node.node_id]))
+        for name, text in (("messages_sent", "Consensus messages sent to peers."),
+                           ("messages_received", "Consensus messages received from peers."),
+                           ("messages_dropped", "Messages dropped: no connection or a full "
+                                                "send queue."),
+                           ("frames_sent", "Peer frames written."),
+                           ("bytes_sent", "Peer bytes written."),
+                           ("malformed_frames", "Malformed peer frames or messages dropped."),
+                           ("frames_rejected", "Oversized peer frames (connection closed)."),
+                           ("handshake_failures", "Peer handshakes refused.")):
+            add(render_metric(f"paxoslog_peer_{name}_total", "counter", text,
+                              [(None, peers[name])]))
+        add(render_metric("paxoslog_http_requests_total", "counter", "HTTP responses by status.",
+                          [({"code": code}, count)
+                           for code, count in sorted(http.statuses.items())]))
+        add(render_metric("paxoslog_http_connections", "gauge", "Open HTTP connections.",
+                          [(None, len(http.connections))]))
+        add(render_metric("paxoslog_info", "gauge", "Static node information.",
+                          [({"node": node.node_id, "cluster": node.config.name,
+                             "protocol": node.protocol}, 1)]))
+        return (200, ("\n".join(lines) + "\n").encode(), _TEXT, ())
+
+
+def _int_param(params: dict, name: str, lo: int, hi: int = (1 << 63) - 1) -> int:
+    text = params[name]
+    try:
+        value = int(text)
+    except ValueError:
+        raise bad_request(f'"{name}" must be an integer, got {text[:40]!r}') from None
+    if not lo <= value <= hi:
+        raise bad_request(f'"{name}" must be in {lo}..{hi}')
+    return value
+
+
+def _json_type(value: object) -> str:
+    if isinstance(value, list):
+        return "an array"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, (int, float)):
+        return "a number"
+    return "null"
+

@@ -1,0 +1,117 @@
+"""The replicated session table: exactly-once application of retried client commands.
+
+Every command in the log may carry ``(client_id, sequence)``.  Applying one records its
+result under that pair; a later copy of the same pair (a client or a follower retrying after
+a timeout or a leader change) is not applied again and gets the recorded result instead.
+
+Bounds, all deterministic (every replica applies the same commands, so evicts the same):
+a session keeps its newest ``results_max`` results (older sequences fall below ``floor`` and
+are refused as stale: the client reused a sequence it had long given up on); the table
+keeps at most ``sessions_max`` sessions and ``results_total_max`` results, evicting the
+sessions idle for the most log entries first.  A client whose session was evicted gets no
+deduplication for retries of its old requests: retry within the request deadline.
+
+The table is part of every snapshot (``snapshot()``/``restore()``, plain CBOR-able lists).
+"""
+
+from __future__ import annotations
+
+import heapq
+
+__all__ = ["SessionTable", "NEW", "DUPLICATE", "STALE"]
+
+NEW = 0
+DUPLICATE = 1
+STALE = 2
+
+
+class _Session:
+    __slots__ = ("floor", "results", "heap", "last_index")
+
+    def __init__(self, floor: int = 0, last_index: int = 0) -> None:
+        self.floor = floor                  # every sequence <= floor is forgotten
+        self.results: dict[int, tuple] = {}  # sequence -> (index, term, result)
+        self.heap: list[int] = []
+        self.last_index = last_index
+
+
+class SessionTable:
+    def __init__(self, sessions_max: int = 10_000, results_max: int = 256,
+                 results_total_max: int = 500_000) -> None:
+        assert sessions_max >= 1 and results_max >= 1 and results_total_max >= results_max
+        self.sessions_max = sessions_max
+        self.results_max = results_max
+        self.results_total_max = results_total_max
+        self._sessions: dict[str, _Session] = {}
+        self.results_total = 0
+
+    def __len__(self) -> int:
+        return len(self._sessions)
+
+    def lookup(self, client_id: str, sequence: int) -> tuple[int, tuple | None]:
+        """(NEW, None), (DUPLICATE, (index, term, result)) or (STALE, None)."""
+        session = self._sessions.get(client_id)
+        if session is None:
+            return NEW, None
+        hit = session.results.get(sequence)
+        if hit is not None:
+            return DUPLICATE, hit
+        if sequence <= session.floor:
+            return STALE, None
+        return NEW, None
+
+    def record(self, client_id: str, sequence: int, index: int, term: int,
+               result: object) -> None:
+        session = self._sessions.get(client_id)
+        if session is None:
+            session = self._sessions[client_id] = _Session()
+        if sequence not in session.results:
+            heapq.heappush(session.heap, sequence)
+            self.results_total += 1
+        session.results[sequence] = (index, term, result)
+        session.last_index = index
+        if len(session.results) > self.results_max:
+            oldest = heapq.heappop(session.heap)
+            del session.results[oldest]
+            self.results_total -= 1
+            if oldest > session.floor:
+                session.floor = oldest
+        if (len(self._sessions) > self.sessions_max
+                or self.results_total > self.results_total_max):
+            self._evict_sessions(client_id)
+
+    def _evict_sessions(self, current: str) -> None:
+        """Drop the least recently used sessions down to 90% of both bounds."""
+        sessions_keep = max(1, self.sessions_max * 9 // 10)
+        results_keep = self.results_total_max * 9 // 10
+        by_age = sorted(self._sessions.items(), key=lambda item: (item[1].last_index, item[0]))
+        for client_id, session in by_age:
+            if len(self._sessions) <= sessions_keep and self.results_total <= results_keep:
+                break
+            if client_id == current:
+                continue
+            del self._sessions[client_id]
+            self.results_total -= len(session.results)
+
+    # ------------------------------------------------------------------ snapshots
+
+    def snapshot(self) -> list:
+        """A deterministic, CBOR-able copy (sorted by client id)."""
+        return [[client_id, s.floor, s.last_index,
+                 [[seq, *s.results[seq]] for seq in sorted(s.results)]]
+                for client_id, s in sorted(self._sessions.items())]
+
+    def restore(self, data: object) -> None:
+        sessions: dict[str, _Session] = {}
+        if data:
+            try:
+                for client_id, floor, last_index, results in data:
+                    session = _Session(floor, last_index)
+                    for seq, index, term, result in results:
+                        session.results[seq] = (index, term, result)
+                    session.heap = sorted(session.results)
+                    sessions[client_id] = session
+            except (TypeError, ValueError) as exc:
+                raise ValueError(f"session table in the snapshot is damaged: {exc}") from None
+        self._sessions = sessions
+        self.results_total = sum(len(s.results) for s in sessions.values())

@@ -1,0 +1,203 @@
+"""Snapshot transfer between peers, over the peer connection (storage/transfer.py does the
+chunking, checksums and resumption; this module moves the pieces).
+
+Leader side: when the core sends ``InstallSnapshot`` with empty ``data`` to a follower that
+is behind the leader's log, ``SnapshotShipper.offer`` announces the newest local snapshot
+file (``SNAP_OFFER``, carrying the core message) and then answers each ``SNAP_WANT`` with
+the chunk at that offset (stop-and-wait: one chunk in flight per follower).
+
+Follower side: ``SnapshotFetcher`` assembles the file with a ``SnapshotReceiver`` (it
+resumes a partial file after a reconnect or a restart), checks it whole, then hands it to
+the node, which steps the core with the same ``InstallSnapshot`` whose ``data`` is now the
+file's path.  The core's next Ready carries the snapshot: the node persists it through
+``storage.save(ready, snapshot_file=path)`` (verify, rename into snap/, WAL marker) and
+restores its state machines from it before applying anything after it.
+"""
+
+from __future__ import annotations
+
+from twisted.logger import Logger
+
+from paxoslog.core.messages import InstallSnapshot, from_wire, to_wire
+from paxoslog.storage import (BadChunk, SnapshotChunk, SnapshotOffer, SnapshotReceiver,
+                              SnapshotSender, TransferFailed)
+
+from . import frames as F
+
+__all__ = ["SnapshotShipper", "SnapshotFetcher"]
+
+log = Logger(namespace="paxoslog.snapshots")
+
+STALL_S = 10.0   # an outgoing transfer without progress this long may be restarted
+
+
+class _Outgoing:
+    __slots__ = ("message", "path", "sender", "last_progress")
+
+    def __init__(self, message: InstallSnapshot, path: str, now: float) -> None:
+        self.message = message
+        self.path = path
+        self.sender: SnapshotSender | None = None
+        self.last_progress = now
+
+
+class SnapshotShipper:
+    """Leader side: one outgoing transfer per follower."""
+
+    def __init__(self, node) -> None:
+        self.node = node
+        self._outgoing: dict[int, _Outgoing] = {}
+        self.sent_chunks = 0
+
+    def offer(self, msg: InstallSnapshot) -> None:
+        node = self.node
+        peer = msg.to
+        now = node.reactor.seconds()
+        current = self._outgoing.get(peer)
+        if (current is not None and current.message.index == msg.index
+                and now - current.last_progress < STALL_S):
+            return                                  # already under way
+        latest = node.storage.latest_snapshot()
+        if latest is None or (latest.index, latest.term) != (msg.index, msg.snap_term):
+            log.warn("cannot send snapshot {index} to node {peer}: newest local snapshot is "
+                     "{latest}", index=msg.index, peer=peer,
+                     latest=None if latest is None else latest.index)
+            return
+        outgoing = self._outgoing[peer] = _Outgoing(msg, latest.path, now)
+        log.info("sending snapshot at index {index} to node {peer}", index=msg.index, peer=peer)
+        meta = node.storage.snapshot_meta
+        if meta is None or meta.index != msg.index:
+            from paxoslog.core.log import SnapshotMeta
+            meta = SnapshotMeta(msg.index, msg.snap_term, msg.config)
+        d = node.writer.in_snapshot_thread(SnapshotSender, latest.path, meta,
+                                           node.config.snapshot.chunk_bytes)
+
+        def ready(sender: SnapshotSender) -> None:
+            if self._outgoing.get(peer) is not outgoing:
+                return
+            outgoing.sender = sender
+            if not node.transport.send_frame(peer, [F.SNAP_OFFER, to_wire(msg),
+                                                    sender.offer.to_wire()]):
+                self._outgoing.pop(peer, None)
+
+        def failed(failure) -> None:
+            log.failure("cannot read snapshot {path}", failure, path=latest.path)
+            if self._outgoing.get(peer) is outgoing:
+                del self._outgoing[peer]
+        d.addCallbacks(ready, failed)
+
+    def on_want(self, peer: int, payload: list) -> None:
+        _, transfer_id, offset = payload
+        outgoing = self._outgoing.get(peer)
+        if outgoing is None or outgoing.sender is None:
+            return
+        sender = outgoing.sender
+        if transfer_id != sender.offer.transfer_id or type(offset) is not int:
+            return
+        outgoing.last_progress = self.node.reactor.seconds()
+        if offset >= sender.offer.total_bytes:
+            return
+        try:
+            chunk = sender.chunk(offset)
+        except (ValueError, OSError) as exc:
+            log.warn("snapshot transfer to node {peer} stopped: {error}", peer=peer, error=exc)
+            self._outgoing.pop(peer, None)
+            return
+        self.sent_chunks += 1
+        self.node.transport.send_frame(peer, [F.SNAP_CHUNK, chunk.to_wire()])
+
+    def on_done(self, peer: int, payload: list) -> None:
+        _, transfer_id, ok, reason = payload
+        outgoing = self._outgoing.pop(peer, None)
+        if outgoing is not None:
+            if ok:
+                log.info("node {peer} received snapshot {index}", peer=peer,
+                         index=outgoing.message.index)
+            else:
+                log.warn("node {peer} refused snapshot {index}: {reason}", peer=peer,
+                         index=outgoing.message.index, reason=reason)
+
+    def peer_down(self, peer: int) -> None:
+        self._outgoing.pop(peer, None)
+
+    @property
+    def active(self) -> int:
+        return len(self._outgoing)
+
+
+class SnapshotFetcher:
+    """Follower side: one incoming transfer at a time."""
+
+    def __init__(self, node) -> None:
+        self.node = node
+        self._peer: int | None = None
+        self._message: InstallSnapshot | None = None
+        self._receiver: SnapshotReceiver | None = None
+        self._finishing = False
+        self.received = 0
+
+    def on_offer(self, peer: int, payload: list) -> None:
+        _, msg_wire, offer_wire = payload
+        msg = from_wire(msg_wire)
+        node = self.node
+        if type(msg) is not InstallSnapshot or msg.frm != peer or msg.to != node.node_id:
+            raise ValueError("the offer does not carry an InstallSnapshot for this node")
+        offer = SnapshotOffer.from_wire(offer_wire)
+        if self._finishing:
+            return
+        receiver = self._receiver
+        if receiver is None or receiver.offer != offer:
+            receiver = SnapshotReceiver(node.storage.transfer_dir, offer)
+            log.info("receiving snapshot at index {index} ({size} bytes) from node {peer}",
+                     index=offer.index, size=offer.total_bytes, peer=peer)
+        self._peer, self._message, self._receiver = peer, msg, receiver
+        if receiver.complete:
+            self._finish()
+        else:
+            self._want(receiver.next_offset)
+
+    def on_chunk(self, peer: int, payload: list) -> None:
+        chunk = SnapshotChunk.from_wire(payload[1])
+        receiver = self._receiver
+        if receiver is None or peer != self._peer or self._finishing:
+            return
+        try:
+            receiver.accept(chunk)
+        except BadChunk as exc:
+            log.warn("bad snapshot chunk from node {peer}: {error}", peer=peer, error=exc)
+            self._want(receiver.next_offset)
+            return
+        if receiver.complete:
+            self._finish()
+        else:
+            self._want(receiver.next_offset)
+
+    def _want(self, offset: int) -> None:
+        self.node.transport.send_frame(self._peer, [F.SNAP_WANT,
+                                                    self._receiver.offer.transfer_id, offset])
+
+    def _finish(self) -> None:
+        self._finishing = True
+        receiver, peer, msg = self._receiver, self._peer, self._message
+        d = self.node.writer.in_snapshot_thread(receiver.finish)
+
+        def done(path: str) -> None:
+            self._finishing = False
+            self._receiver = None
+            self.received += 1
+            self.node.transport.send_frame(peer, [F.SNAP_DONE, receiver.offer.transfer_id,
+                                                  True, ""])
+            self.node.install_received_snapshot(msg, path)
+
+        def failed(failure) -> None:
+            self._finishing = False
+            if failure.check(TransferFailed):
+                log.warn("snapshot from node {peer} failed its checksum; restarting",
+                         peer=peer)
+                self._want(0)
+                return
+            log.failure("cannot finish the snapshot from node {peer}", failure, peer=peer)
+            self._receiver = None
+            self.node.transport.send_frame(peer, [F.SNAP_DONE, receiver.offer.transfer_id,
+                                                  False, str(failure.value)[:200]])
+        d.addCallbacks(done, failed)

@@ -1,0 +1,96 @@
+"""Storage off the reactor thread: one WAL writer thread, one snapshot thread.
+
+Every WAL operation (append+fsync of a Ready, installing a received snapshot, compaction,
+close) runs on the single writer thread, in submission order, so the store sees one writer.
+Snapshot files are written on a second thread so a large snapshot never stalls the log;
+the snapshot directory is the only thing both threads touch, and ``snap_lock`` serialises
+those touches (a Ready that installs a received snapshot, and a local snapshot write).
+
+Group commit falls out of the shell's loop: while one Ready is on the writer thread the
+core keeps accepting proposals and messages, and they all go into the next Ready, which
+costs one fsync however many client writes it carries.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+
+from twisted.internet import defer
+from twisted.internet.threads import deferToThreadPool
+from twisted.python.threadpool import ThreadPool
+
+from paxoslog.core.log import SnapshotMeta
+from paxoslog.core.ready import Ready
+from paxoslog.storage import DiskStorage
+
+__all__ = ["StorageWriter"]
+
+
+class StorageWriter:
+    def __init__(self, storage: DiskStorage, reactor) -> None:
+        self.storage = storage
+        self.reactor = reactor
+        self.snap_lock = threading.Lock()
+        self._wal = ThreadPool(minthreads=1, maxthreads=1, name="paxoslog-wal")
+        self._snap = ThreadPool(minthreads=1, maxthreads=1, name="paxoslog-snapshot")
+        self._started = False
+
+    def start(self) -> None:
+        self._wal.start()
+        self._snap.start()
+        self._started = True
+
+    # ------------------------------------------------------------------ WAL thread
+
+    def persist(self, ready: Ready, snapshot_file: str | None = None) -> defer.Deferred:
+        """Make ``ready``'s durable part durable; fires with the fsync time in seconds."""
+        return deferToThreadPool(self.reactor, self._wal, self._persist, ready, snapshot_file)
+
+    def _persist(self, ready: Ready, snapshot_file: str | None) -> float:
+        storage = self.storage
+        started = time.perf_counter()
+        if ready.snapshot is not None:
+            with self.snap_lock:
+                storage.save(ready, snapshot_file=snapshot_file)
+        else:
+            storage.append(ready)
+            storage.sync()
+        return time.perf_counter() - started
+
+    def append_unsynced(self, ready: Ready) -> defer.Deferred:
+        """Append without fsync: for a Ready whose only durable change is the commit point
+        in the hard state (a restart hint; etcd's MustSync makes the same call).  The next
+        fsync covers it; losing it in a crash loses nothing acknowledged."""
+        return deferToThreadPool(self.reactor, self._wal, self.storage.append, ready)
+
+    def compact(self, index: int) -> defer.Deferred:
+        def run() -> int:
+            with self.snap_lock:
+                return self.storage.compact(index)
+        return deferToThreadPool(self.reactor, self._wal, run)
+
+    def close(self) -> defer.Deferred:
+        """Seal the WAL (fsync) and release the data directory, after queued work."""
+        return deferToThreadPool(self.reactor, self._wal, self.storage.close)
+
+    # ------------------------------------------------------------------ snapshot thread
+
+    def save_snapshot(self, meta: SnapshotMeta, producers: list, sessions: object) -> defer.Deferred:
+        """Write a local snapshot; ``producers`` is [(name, callable -> bytes)], called on the
+        snapshot thread (the copies were taken on the reactor thread)."""
+        def run():
+            states = [(name, [produce()]) for name, produce in producers]
+            with self.snap_lock:
+                return self.storage.save_snapshot(meta, states, sessions)
+        return deferToThreadPool(self.reactor, self._snap, run)
+
+    def in_snapshot_thread(self, fn, *args) -> defer.Deferred:
+        """Run slow snapshot-file work (checksums, verification) off the reactor."""
+        return deferToThreadPool(self.reactor, self._snap, fn, *args)
+
+    def stop(self) -> None:
+        if self._started:
+            self._started = False
+            self._snap.stop()
+            self._wal.stop()

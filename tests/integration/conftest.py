@@ -1,0 +1,297 @@
+"""Real ``paxoslog serve`` processes on 127.0.0.1 for the integration tests.
+
+``ClusterHarness`` writes a conf with ports reserved by binding port 0 (then released; the
+nodes bind them at once), data directories under the test's tmp_path, and short timings
+(tick 10 ms, election 15 ticks) so elections take well under a second.  It starts, kills
+(-9), stops (SIGTERM), pauses (SIGSTOP) and restarts nodes by pid, and talks to them over
+plain HTTP.  Nothing sleeps for synchronisation: ``wait_for`` polls a condition with a
+deadline.  On teardown every node still running is killed; if a test failed, the tail of
+each node's log is printed.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from urllib.parse import urlencode
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+PROTOCOLS = ("multipaxos", "raft")
+
+# The test modules import the harness as ``paxoslog_integration`` (a plain ``import conftest``
+# would pick whichever conftest.py of the tree was imported last).
+sys.modules.setdefault("paxoslog_integration", sys.modules[__name__])
+
+
+def reserve_ports(count: int) -> list[int]:
+    """Distinct free ports: bound to 0 together (so the kernel cannot repeat one), then
+    released for the nodes to bind."""
+    sockets = []
+    try:
+        for _ in range(count):
+            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            s.bind(("127.0.0.1", 0))
+            sockets.append(s)
+        return [s.getsockname()[1] for s in sockets]
+    finally:
+        for s in sockets:
+            s.close()
+
+
+def wait_for(condition, timeout: float = 10.0, interval: float = 0.02, what: str = "condition"):
+    """Poll ``condition()`` until it returns a truthy value; that value, or AssertionError."""
+    deadline = time.monotonic() + timeout
+    last_error = None
+    while True:
+        try:
+            value = condition()
+            if value:
+                return value
+        except (OSError, http.client.HTTPException, ValueError, KeyError) as exc:
+            last_error = exc
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}"
+                                 + (f" (last error: {last_error!r})" if last_error else ""))
+        time.sleep(interval)
+
+
+class Response:
+    def __init__(self, status: int, body, headers: dict) -> None:
+        self.status = status
+        self.body = body
+        self.headers = headers
+
+    def __repr__(self) -> str:
+        return f"<Response {self.status} {self.body!r:.300}>"
+
+
+class ClusterHarness:
+    def __init__(self, tmp_path, protocol: str = "multipaxos", size: int = 3, *,
+                 tick_ms: int = 10, election_ticks: int = 15, heartbeat_ticks: int = 3,
+                 request_timeout_ms: int = 3000, extra: str = "",
+                 secret: str | None = "integration-secret") -> None:
+        self.tmp_path = tmp_path
+        self.protocol = protocol
+        ports = reserve_ports(2 * size)
+        self.ids = list(range(1, size + 1))
+        self.peer_ports = dict(zip(self.ids, ports[:size]))
+        self.api_ports = dict(zip(self.ids, ports[size:]))
+        self.conf_path = str(tmp_path / "cluster.toml")
+        self.election_s = election_ticks * tick_ms / 1000.0
+        nodes = "".join(
+            f'\n[[nodes]]\nid = {i}\npeer = "127.0.0.1:{self.peer_ports[i]}"\n'
+            f'api = "127.0.0.1:{self.api_ports[i]}"\n' for i in self.ids)
+        secret_line = f'secret = "{secret}"\n' if secret else ""
+        text = (f'cluster = "it-{protocol}"\nprotocol = "{protocol}"\n'
+                f'data_dir = "{tmp_path}/data/{{node}}"\n{secret_line}'
+                f"\n[timing]\ntick_ms = {tick_ms}\nheartbeat_ticks = {heartbeat_ticks}\n"
+                f"election_ticks = {election_ticks}\nrequest_timeout_ms = {request_timeout_ms}\n"
+                f"{extra}\n{nodes}")
+        with open(self.conf_path, "w") as f:
+            f.write(text)
+        self.procs: dict[int, subprocess.Popen] = {}
+        self.paused: set[int] = set()
+        self._conns: dict[int, http.client.HTTPConnection] = {}
+
+    # ------------------------------------------------------------------ processes
+
+    def log_path(self, node_id: int) -> str:
+        return str(self.tmp_path / f"n{node_id}.log")
+
+    def start(self, node_id: int) -> None:
+        assert node_id not in self.procs, f"node {node_id} already running"
+        log = open(self.log_path(node_id), "ab")
+        self.procs[node_id] = subprocess.Popen(
+            [sys.executable, "-m", "paxoslog.cli", "serve", "--config", self.conf_path,
+             "--node", str(node_id)], stdout=log, stderr=subprocess.STDOUT, cwd=ROOT,
+            env=dict(os.environ, PYTHONPATH=ROOT))
+        log.close()
+
+    def start_all(self) -> None:
+        for node_id in self.ids:
+            self.start(node_id)
+
+    def kill(self, node_id: int, sig: int = signal.SIGKILL) -> int:
+        proc = self.procs.pop(node_id)
+        self.paused.discard(node_id)
+        proc.send_signal(sig)
+        if sig != signal.SIGKILL:
+            proc.send_signal(signal.SIGCONT)
+        code = proc.wait(timeout=30)
+        self._drop_conn(node_id)
+        return code
+
+    def stop(self, node_id: int) -> int:
+        """Graceful stop (SIGTERM); returns the exit code."""
+        return self.kill(node_id, signal.SIGTERM)
+
+    def pause(self, node_id: int) -> None:
+        self.procs[node_id].send_signal(signal.SIGSTOP)
+        self.paused.add(node_id)
+
+    def resume(self, node_id: int) -> None:
+        self.procs[node_id].send_signal(signal.SIGCONT)
+        self.paused.discard(node_id)
+
+    def running(self) -> list[int]:
+        return [n for n in self.procs if n not in self.paused]
+
+    def close(self, failed: bool = False) -> None:
+        for node_id, proc in list(self.procs.items()):
+            proc.send_signal(signal.SIGKILL)
+            proc.wait(timeout=30)
+        self.procs.clear()
+        for conn in self._conns.values():
+            conn.close()
+        if failed:
+            for node_id in self.ids:
+                try:
+                    with open(self.log_path(node_id)) as f:
+                        tail = f.readlines()[-40:]
+                except OSError:
+                    continue
+                sys.stderr.write(f"----- node {node_id} log (tail) -----\n{''.join(tail)}")
+
+    # ------------------------------------------------------------------ HTTP
+
+    def _drop_conn(self, node_id: int) -> None:
+        conn = self._conns.pop(node_id, None)
+        if conn is not None:
+            conn.close()
+
+    def request(self, node_id: int, method: str, path: str, body=None, *,
+                raw: bytes | None = None, headers: dict | None = None,
+                timeout: float = 5.0) -> Response:
+        conn = self._conns.get(node_id)
+        if conn is None:
+            conn = http.client.HTTPConnection("127.0.0.1", self.api_ports[node_id],
+                                              timeout=timeout)
+            self._conns[node_id] = conn
+        conn.timeout = timeout
+        if conn.sock is not None:
+            conn.sock.settimeout(timeout)
+        payload = raw if raw is not None else (json.dumps(body).encode()
+                                               if body is not None else None)
+        try:
+            conn.request(method, path, body=payload, headers=headers or {})
+            response = conn.getresponse()
+            data = response.read()
+        except BaseException:
+            self._drop_conn(node_id)
+            raise
+        if response.getheader("Connection", "").lower() == "close":
+            self._drop_conn(node_id)
+        ctype = response.getheader("Content-Type", "")
+        parsed = json.loads(data) if data and ctype.startswith("application/json") else data
+        return Response(response.status, parsed, dict(response.getheaders()))
+
+    def status(self, node_id: int, timeout: float = 1.0) -> dict | None:
+        try:
+            response = self.request(node_id, "GET", "/api/v1/cluster/status", timeout=timeout)
+        except (OSError, http.client.HTTPException):
+            return None
+        return response.body if response.status == 200 else None
+
+    def put(self, node_id: int, key: str, value, timeout: float = 5.0, **extra) -> Response:
+        return self.request(node_id, "POST", "/api/v1/consensus/propose",
+                            {"key": key, "value": value, **extra}, timeout=timeout)
+
+    def get(self, node_id: int, key: str, consistency: str | None = None,
+            timeout: float = 5.0) -> Response:
+        params = {"key": key}
+        if consistency:
+            params["consistency"] = consistency
+        return self.request(node_id, "GET", "/api/v1/consensus/query?" + urlencode(params),
+                            timeout=timeout)
+
+    # ------------------------------------------------------------------ waiting
+
+    def leader(self, among=None) -> int | None:
+        """The node that says it leads, when every node considered (default: all running
+        ones) answers and follows it in the same term."""
+        nodes = among if among is not None else self.running()
+        views = {n: self.status(n) for n in nodes}
+        if any(v is None for v in views.values()):
+            return None
+        leaders = [n for n, v in views.items() if v["role"] == "leader"]
+        if len(leaders) != 1:
+            return None
+        leader = leaders[0]
+        term = views[leader]["term"]
+        for n, v in views.items():
+            if n != leader and (v["leader"] != leader or v["term"] != term):
+                return None
+        return leader
+
+    def wait_leader(self, timeout: float = 15.0, among=None) -> int:
+        return wait_for(lambda: self.leader(among), timeout, what="a leader")
+
+    def wait_applied(self, node_id: int, index: int, timeout: float = 15.0) -> dict:
+        return wait_for(lambda: (lambda s: s if s and s["applied_index"] >= index else None)(
+            self.status(node_id)), timeout, what=f"node {node_id} to apply {index}")
+
+    def write(self, key: str, value, timeout: float = 15.0, nodes=None, **extra) -> tuple:
+        """Write through any running node until one acknowledges: (node, body)."""
+        deadline = time.monotonic() + timeout
+        candidates = list(nodes) if nodes is not None else self.running()
+        attempt = 0
+        while True:
+            node = candidates[attempt % len(candidates)]
+            attempt += 1
+            try:
+                response = self.put(node, key, value, timeout=2.0, **extra)
+                if response.status == 200:
+                    return node, response.body
+                assert response.status in (503, 504), response
+            except (OSError, http.client.HTTPException):
+                pass
+            if time.monotonic() > deadline:
+                raise AssertionError(f"no node acknowledged the write of {key!r} in {timeout}s")
+            time.sleep(0.02)
+
+
+@pytest.fixture(params=PROTOCOLS)
+def protocol(request) -> str:
+    return request.param
+
+
+@pytest.hookimpl(tryfirst=True, hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    outcome = yield
+    report = outcome.get_result()
+    setattr(item, f"rep_{report.when}", report)
+
+
+@pytest.fixture
+def make_cluster(tmp_path, request):
+    """Factory: ``make_cluster(protocol, **options)`` -> a started 3-node harness."""
+    made: list[ClusterHarness] = []
+
+    def make(protocol: str = "multipaxos", start: bool = True, **options) -> ClusterHarness:
+        path = tmp_path / f"cluster{len(made)}"
+        path.mkdir()
+        harness = ClusterHarness(path, protocol, **options)
+        made.append(harness)
+        if start:
+            harness.start_all()
+            harness.wait_leader()
+        return harness
+
+    yield make
+    failed = getattr(request.node, "rep_call", None) is not None and request.node.rep_call.failed
+    for harness in made:
+        harness.close(failed=failed)
+
+
+@pytest.fixture
+def cluster(make_cluster, protocol) -> ClusterHarness:
+    """A running 3-node cluster in the parametrized protocol mode."""
+    return make_cluster(protocol)

@@ -1,0 +1,108 @@
+"""The client library against a real cluster: the treq ``Client`` (in a child process with
+its own reactor) and the blocking ``SyncClient``: leader discovery, dead endpoints skipped,
+retries keeping (client_id, sequence), and the documented exceptions."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from paxoslog.client import NotFound, RequestFailed, SyncClient, Unavailable
+from paxoslog_integration import ROOT, ClusterHarness, reserve_ports
+
+ASYNC_SCRIPT = r'''
+import json, sys
+from twisted.internet import defer, task
+from paxoslog.client import Client, NotFound, Unavailable
+
+@defer.inlineCallbacks
+def main(reactor, endpoints, dead):
+    out = {}
+    client = Client([dead] + endpoints, reactor=reactor, timeout=10, attempt_timeout=2)
+    status = yield client.discover_leader()
+    out["leader"] = status["leader"]
+    out["leader_endpoint"] = client.leader_endpoint
+    put = yield client.put("async-key", {"v": 1})
+    out["put"] = put["status"]
+    got = yield client.get("async-key")
+    out["got"] = got["value"]
+    cas = yield client.cas("async-key", {"v": 2}, expected={"v": 1})
+    out["cas"] = cas["result"]["succeeded"]
+    yield client.delete("async-key")
+    try:
+        yield client.get("async-key")
+    except NotFound as exc:
+        out["missing"] = exc.status
+    lonely = Client([dead], reactor=reactor, timeout=1, attempt_timeout=0.3)
+    try:
+        yield lonely.get("x")
+    except Unavailable:
+        out["unavailable"] = True
+    yield client.close()
+    print(json.dumps(out))
+
+task.react(main, [json.loads(sys.argv[1]), sys.argv[2]])
+'''
+
+
+@pytest.fixture(scope="module")
+def running(tmp_path_factory):
+    harness = ClusterHarness(tmp_path_factory.mktemp("client"), "raft")
+    harness.start_all()
+    try:
+        harness.wait_leader()
+        yield harness
+    finally:
+        harness.close()
+
+
+def _endpoints(c) -> list[str]:
+    return [f"http://127.0.0.1:{c.api_ports[n]}" for n in c.ids]
+
+
+def test_async_client_discovers_the_leader_and_skips_dead_endpoints(running):
+    """The treq client: leader discovery, put/get/cas/delete, NotFound, Unavailable."""
+    [port] = reserve_ports(1)
+    proc = subprocess.run([sys.executable, "-c", ASYNC_SCRIPT, json.dumps(_endpoints(running)),
+                           f"http://127.0.0.1:{port}"], capture_output=True, text=True,
+                          cwd=ROOT, env=dict(os.environ, PYTHONPATH=ROOT), timeout=60)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    leader = running.wait_leader()
+    assert out["leader"] == leader
+    assert out["leader_endpoint"] == f"http://127.0.0.1:{running.api_ports[leader]}"
+    assert out["put"] == "committed" and out["got"] == {"v": 1} and out["cas"] is True
+    assert out["missing"] == 404 and out["unavailable"] is True
+
+
+def test_sync_client_retries_across_a_killed_leader_with_the_same_session(running):
+    """SyncClient: the leader dies between two writes; the second still commits once, and a
+    replay of the same (client_id, sequence) returns the original result."""
+    c = running
+    with SyncClient(_endpoints(c), timeout=15, attempt_timeout=1) as client:
+        client.discover_leader()
+        first = client.put("sync-a", 1)
+        assert first["status"] == "committed"
+        leader = c.wait_leader()
+        c.kill(leader)
+        second = client.put("sync-b", 2)
+        assert second["index"] > first["index"]
+        replay = client.propose({"key": "sync-b", "value": 2, "client_id": client.client_id,
+                                 "sequence": 2})
+        assert replay["index"] == second["index"] and replay["result"] == second["result"]
+        assert client.get("sync-b")["version"] == 1
+        with pytest.raises(NotFound):
+            client.get("sync-never")
+        with pytest.raises(RequestFailed) as info:
+            client.propose({"key": 5, "value": 1})
+        assert info.value.status == 400 and info.value.code == "bad_request"
+        c.start(leader)
+        c.wait_leader()
+    [port] = reserve_ports(1)
+    with SyncClient([f"127.0.0.1:{port}"], timeout=0.5, attempt_timeout=0.2) as lonely:
+        with pytest.raises(Unavailable):
+            lonely.put("x", 1)

@@ -1,0 +1,205 @@
+"""The httptools-based HTTP/1.1 protocol on a StringTransport and a Clock: keep-alive,
+pipelining order, chunked bodies, 100-continue, HEAD, limits (413 before the body, 431,
+connection cap), garbage, idle sweep."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pytest
+from twisted.internet import defer, task
+from twisted.internet.testing import StringTransport
+
+from paxoslog.server.http import HttpFactory, json_response
+
+
+@dataclass(frozen=True)
+class Limits:
+    request_bytes_max: int = 1000
+    header_bytes_max: int = 2000
+    connections_max: int = 4
+    pipelined_requests_max: int = 3
+
+
+class App:
+    def __init__(self) -> None:
+        self.requests = []
+        self.pending: list[defer.Deferred] = []
+        self.defer_paths = set()
+
+    def handle(self, request):
+        self.requests.append(request)
+        if request.path in self.defer_paths:
+            d = defer.Deferred()
+            self.pending.append(d)
+            return d
+        return json_response(200, {"path": request.path, "body": request.body.decode(),
+                                   "query": request.query})
+
+
+@pytest.fixture
+def setup():
+    clock = task.Clock()
+    app = App()
+    factory = HttpFactory(app, Limits(), clock)
+
+    def connect():
+        proto = factory.buildProtocol(None)
+        transport = StringTransport()
+        proto.makeConnection(transport)
+        return proto, transport
+    return app, factory, clock, connect
+
+
+def responses(data: bytes) -> list[bytes]:
+    return [b"HTTP/1.1" + part for part in data.split(b"HTTP/1.1")[1:]]
+
+
+def test_keep_alive_serves_several_requests_on_one_connection(setup):
+    """Two requests in one read: two responses in order, the connection stays open."""
+    app, _, _, connect = setup
+    proto, t = connect()
+    proto.dataReceived(b"GET /a?x=1 HTTP/1.1\r\nHost: h\r\n\r\n"
+                       b"POST /b HTTP/1.1\r\nHost: h\r\nContent-Length: 2\r\n\r\nhi")
+    out = responses(t.value())
+    assert len(out) == 2 and b'"path":"/a"' in out[0] and b'"body":"hi"' in out[1]
+    assert b'"query":"x=1"' in out[0]
+    assert not t.disconnecting and b"Connection: close" not in t.value()
+
+
+def test_pipelined_responses_keep_request_order(setup):
+    """A slow first handler holds back the second response until it is done."""
+    app, _, _, connect = setup
+    app.defer_paths.add("/slow")
+    proto, t = connect()
+    proto.dataReceived(b"GET /slow HTTP/1.1\r\n\r\nGET /fast HTTP/1.1\r\n\r\n")
+    assert t.value() == b""
+    app.pending[0].callback(json_response(200, {"slow": True}))
+    out = responses(t.value())
+    assert b'"slow":true' in out[0] and b'"/fast"' in out[1]
+
+
+def test_too_many_outstanding_pipelined_requests_pause_reading(setup):
+    """At pipelined_requests_max outstanding the socket is paused, resumed once answered."""
+    app, _, _, connect = setup
+    app.defer_paths.add("/slow")
+    proto, t = connect()
+    proto.dataReceived(b"GET /slow HTTP/1.1\r\n\r\n" * 3)
+    assert t.producerState == "paused"
+    for d in app.pending:
+        d.callback(json_response(200, {}))
+    assert t.producerState == "producing"
+    assert len(responses(t.value())) == 3
+
+
+def test_chunked_body_is_assembled(setup):
+    """A chunked request body arrives whole at the application."""
+    app, _, _, connect = setup
+    proto, t = connect()
+    proto.dataReceived(b"POST /c HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n"
+                       b"3\r\nabc\r\n")
+    proto.dataReceived(b"2\r\nde\r\n0\r\n\r\n")
+    assert app.requests[-1].body == b"abcde"
+    assert b'"body":"abcde"' in t.value()
+
+
+def test_announced_body_over_the_limit_gets_413_before_it_is_read(setup):
+    """Content-Length above the limit: 413 and close at once; the app never sees it."""
+    app, _, _, connect = setup
+    proto, t = connect()
+    proto.dataReceived(b"POST /big HTTP/1.1\r\nContent-Length: 5000\r\n\r\n")
+    assert t.value().startswith(b"HTTP/1.1 413 ") and b'"too_large"' in t.value()
+    assert t.disconnecting and not app.requests
+
+
+def test_chunked_body_over_the_limit_gets_413(setup):
+    """A chunked body is cut off with 413 as soon as it passes the limit."""
+    app, _, _, connect = setup
+    proto, t = connect()
+    proto.dataReceived(b"POST /big HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n")
+    for _ in range(3):
+        proto.dataReceived(b"1f4\r\n" + b"x" * 500 + b"\r\n")
+    assert t.value().startswith(b"HTTP/1.1 413 ") and t.disconnecting and not app.requests
+
+
+def test_oversized_headers_get_431(setup):
+    """Request line plus headers over header_bytes_max: 431 and close."""
+    _, _, _, connect = setup
+    proto, t = connect()
+    proto.dataReceived(b"GET / HTTP/1.1\r\nX: " + b"a" * 3000 + b"\r\n\r\n")
+    assert t.value().startswith(b"HTTP/1.1 431 ") and t.disconnecting
+
+
+def test_garbage_gets_400_and_close(setup):
+    """Bytes that are not HTTP: a JSON 400 and the connection is closed."""
+    _, _, _, connect = setup
+    proto, t = connect()
+    proto.dataReceived(b"\x00\x01\x02 hello\r\n\r\n")
+    assert t.value().startswith(b"HTTP/1.1 400 ") and b'"bad_request"' in t.value()
+    assert t.disconnecting
+
+
+def test_error_after_pipelined_requests_comes_last(setup):
+    """A good request then garbage: the good response first, then the 400, then close."""
+    app, _, _, connect = setup
+    app.defer_paths.add("/slow")
+    proto, t = connect()
+    proto.dataReceived(b"GET /slow HTTP/1.1\r\n\r\nBROKEN\x00\r\n\r\n")
+    assert t.value() == b""
+    app.pending[0].callback(json_response(200, {"first": 1}))
+    out = responses(t.value())
+    assert b'"first":1' in out[0] and out[1].startswith(b"HTTP/1.1 400 ")
+    assert t.disconnecting
+
+
+def test_connection_close_and_http10(setup):
+    """Connection: close and plain HTTP/1.0 close after the response; HTTP/1.0 keep-alive
+    is honoured and announced."""
+    _, _, _, connect = setup
+    proto, t = connect()
+    proto.dataReceived(b"GET /a HTTP/1.1\r\nConnection: close\r\n\r\nGET /b HTTP/1.1\r\n\r\n")
+    assert len(responses(t.value())) == 1 and b"Connection: close" in t.value()
+    assert t.disconnecting
+    proto, t = connect()
+    proto.dataReceived(b"GET /a HTTP/1.0\r\n\r\n")
+    assert t.disconnecting
+    proto, t = connect()
+    proto.dataReceived(b"GET /a HTTP/1.0\r\nConnection: keep-alive\r\n\r\n")
+    assert b"Connection: keep-alive" in t.value() and not t.disconnecting
+
+
+def test_expect_100_continue_and_head(setup):
+    """Expect: 100-continue gets the interim response; HEAD gets headers only."""
+    _, _, _, connect = setup
+    proto, t = connect()
+    proto.dataReceived(b"POST /e HTTP/1.1\r\nContent-Length: 3\r\nExpect: 100-continue\r\n\r\n")
+    assert t.value() == b"HTTP/1.1 100 Continue\r\n\r\n"
+    proto.dataReceived(b"abc")
+    assert b"HTTP/1.1 200 OK" in t.value()
+    proto, t = connect()
+    proto.dataReceived(b"HEAD /h HTTP/1.1\r\n\r\n")
+    head, _, body = t.value().partition(b"\r\n\r\n")
+    assert b"Content-Length: " in head and b"Content-Length: 0" not in head and body == b""
+
+
+def test_connections_over_the_cap_get_503(setup):
+    """Beyond connections_max a new connection is answered 503 and closed."""
+    _, factory, _, connect = setup
+    for _ in range(4):
+        connect()
+    proto, t = connect()
+    assert t.value().startswith(b"HTTP/1.1 503 ") and t.disconnecting
+    proto.connectionLost(None)
+    assert len(factory.connections) == 4
+
+
+def test_idle_connections_are_swept(setup):
+    """A connection idle beyond the timeout is closed by the sweep; a busy one is not."""
+    app, factory, clock, connect = setup
+    app.defer_paths.add("/slow")
+    idle, idle_t = connect()
+    busy, busy_t = connect()
+    busy.dataReceived(b"GET /slow HTTP/1.1\r\n\r\n")
+    clock.advance(121)
+    factory.sweep()
+    assert idle_t.disconnecting and not busy_t.disconnecting

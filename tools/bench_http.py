@@ -1,0 +1,310 @@
+"""HTTP write benchmark and failover timer for a local 3-node cluster (``make bench``).
+
+For each protocol mode it starts the nodes of ``conf/local-3.toml`` (ports from that file,
+data in a temporary directory) as real processes, then:
+
+* write throughput and latency with 1, 16 and 64 concurrent keep-alive HTTP clients
+  (each client sends one ``POST /api/v1/consensus/propose`` at a time and the next as soon
+  as the answer arrives); every figure is the median over ``--runs`` runs;
+* failover: kill -9 the leader while a writer keeps writing through the other nodes, and
+  time from the kill to the next acknowledged write; the node is restarted and caught up
+  between rounds; the median of ``--failovers`` rounds.
+
+The load generator is a Twisted protocol on the httptools response parser in this process
+(a thread-per-client generator would measure the GIL instead of the cluster).  The machine
+is shared by the load generator and all three nodes, so the numbers are for the whole box.
+
+    python tools/bench_http.py [--modes multipaxos,raft] [--clients 1,16,64] [--runs 3]
+                               [--duration 5] [--failovers 5] [--target leader|all]
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import json
+import os
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+from paxoslog.config import load_config  # noqa: E402
+
+
+# ====================================================================== cluster processes
+
+class Cluster:
+    def __init__(self, base_conf: str, protocol: str, workdir: str) -> None:
+        self.workdir = workdir
+        self.conf_path = os.path.join(workdir, "cluster.toml")
+        with open(base_conf) as f:
+            text = f.read()
+        lines = []
+        for line in text.splitlines():
+            stripped = line.strip()
+            if stripped.startswith("protocol ="):
+                line = f'protocol = "{protocol}"'
+            elif stripped.startswith("data_dir ="):
+                line = f'data_dir = "{workdir}/data/{{node}}"'
+            lines.append(line)
+        with open(self.conf_path, "w") as f:
+            f.write("\n".join(lines) + "\n")
+        self.config = load_config(self.conf_path)
+        self.procs: dict[int, subprocess.Popen] = {}
+
+    def start(self, node_id: int) -> None:
+        log = open(os.path.join(self.workdir, f"n{node_id}.log"), "ab")
+        self.procs[node_id] = subprocess.Popen(
+            [sys.executable, "-m", "paxoslog.cli", "serve", "--config", self.conf_path,
+             "--node", str(node_id), "--log-level", "warn"],
+            stdout=log, stderr=subprocess.STDOUT, cwd=ROOT,
+            env=dict(os.environ, PYTHONPATH=ROOT))
+
+    def start_all(self) -> None:
+        for node in self.config.nodes:
+            self.start(node.id)
+
+    def kill(self, node_id: int) -> None:
+        proc = self.procs.pop(node_id)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+
+    def stop_all(self) -> None:
+        for proc in self.procs.values():
+            proc.send_signal(signal.SIGTERM)
+        for proc in self.procs.values():
+            try:
+                proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        self.procs.clear()
+
+    def api(self, node_id: int):
+        node = self.config.node(node_id)
+        return node.api.host, node.api.port
+
+    def status(self, node_id: int, timeout: float = 0.5) -> dict | None:
+        host, port = self.api(node_id)
+        try:
+            conn = http.client.HTTPConnection(host, port, timeout=timeout)
+            conn.request("GET", "/api/v1/cluster/status")
+            response = conn.getresponse()
+            body = json.loads(response.read())
+            conn.close()
+            return body if response.status == 200 else None
+        except (OSError, ValueError, http.client.HTTPException):
+            return None
+
+    def wait_leader(self, timeout: float = 30.0, exclude: int | None = None) -> int:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for node_id in self.procs:
+                if node_id == exclude:
+                    continue
+                status = self.status(node_id)
+                if status and status.get("role") == "leader":
+                    return node_id
+            time.sleep(0.05)
+        raise RuntimeError("no leader")
+
+    def wait_caught_up(self, node_id: int, timeout: float = 60.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            leader = self.wait_leader()
+            top = self.status(leader)
+            mine = self.status(node_id)
+            if top and mine and mine["applied_index"] >= top["commit_index"] - 1:
+                return
+            time.sleep(0.05)
+        raise RuntimeError(f"node {node_id} did not catch up")
+
+
+# ====================================================================== load generator
+
+def run_load(targets: list[tuple[str, int]], clients: int, duration: float,
+             warmup: float) -> dict:
+    """Drive ``clients`` keep-alive connections for warmup+duration seconds (in a child
+    process, so every run gets a fresh reactor)."""
+    code = _LOAD_SCRIPT
+    proc = subprocess.run([sys.executable, "-c", code, json.dumps(targets), str(clients),
+                           str(duration), str(warmup)], capture_output=True, text=True,
+                          cwd=ROOT, env=dict(os.environ, PYTHONPATH=ROOT), timeout=duration * 4 + 60)
+    if proc.returncode != 0:
+        raise RuntimeError(f"load generator failed: {proc.stderr[-2000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+_LOAD_SCRIPT = r'''
+import json, os, sys, time
+import httptools
+from twisted.internet import reactor
+from twisted.internet.protocol import ClientFactory, Protocol
+
+targets = json.loads(sys.argv[1]); clients = int(sys.argv[2])
+duration = float(sys.argv[3]); warmup = float(sys.argv[4])
+value = "v" * 64
+latencies = []; errors = {"count": 0}; state = {"measuring": False, "running": True}
+clock = time.perf_counter
+
+class Conn(Protocol):
+    def __init__(self, n):
+        self.n = n; self.i = 0; self.parser = httptools.HttpResponseParser(self)
+    def connectionMade(self):
+        self.transport.setTcpNoDelay(True); self.send()
+    def send(self):
+        self.i += 1
+        body = json.dumps({"key": f"k{self.n}-{self.i % 1000}", "value": value}).encode()
+        self.t0 = clock()
+        self.transport.write(b"POST /api/v1/consensus/propose HTTP/1.1\r\nHost: b\r\n"
+                             b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n%s"
+                             % (len(body), body))
+    def dataReceived(self, data):
+        self.parser.feed_data(data)
+    def on_message_complete(self):
+        if self.parser.get_status_code() != 200:
+            errors["count"] += 1
+        elif state["measuring"]:
+            latencies.append(clock() - self.t0)
+        if state["running"]:
+            self.send()
+
+class Factory(ClientFactory):
+    def __init__(self, n): self.n = n
+    def buildProtocol(self, addr): return Conn(self.n)
+    def clientConnectionFailed(self, c, reason): errors["count"] += 1
+
+for n in range(clients):
+    host, port = targets[n % len(targets)]
+    reactor.connectTCP(host, port, Factory(n))
+
+def start(): state["measuring"] = True; state["t0"] = clock()
+def stop():
+    state["t1"] = clock(); state["measuring"] = False; state["running"] = False
+    reactor.callLater(0.5, reactor.stop)
+reactor.callLater(warmup, start)
+reactor.callLater(warmup + duration, stop)
+reactor.run()
+lat = sorted(latencies); elapsed = state["t1"] - state["t0"]
+def pct(p): return lat[min(len(lat) - 1, int(len(lat) * p))] * 1000 if lat else float("nan")
+print(json.dumps({"writes": len(lat), "rate": len(lat) / elapsed, "p50_ms": pct(0.5),
+                  "p99_ms": pct(0.99), "errors": errors["count"]}))
+'''
+
+
+# ====================================================================== failover
+
+def failover_once(cluster: Cluster) -> float:
+    """Kill -9 the leader; seconds until a write sent after the kill is acknowledged."""
+    leader = cluster.wait_leader()
+    others = [n for n in cluster.procs if n != leader]
+    conns = {}
+    for n in others:
+        host, port = cluster.api(n)
+        conns[n] = http.client.HTTPConnection(host, port, timeout=2.0)
+    body = json.dumps({"key": "failover", "value": "x"}).encode()
+    # warm the connections
+    for conn in conns.values():
+        conn.request("POST", "/api/v1/consensus/propose", body)
+        conn.getresponse().read()
+    killed_at = time.monotonic()
+    cluster.kill(leader)
+    attempt = 0
+    while time.monotonic() - killed_at < 30:
+        node = others[attempt % len(others)]
+        attempt += 1
+        conn = conns[node]
+        try:
+            conn.request("POST", "/api/v1/consensus/propose", body)
+            response = conn.getresponse()
+            response.read()
+            if response.status == 200:
+                elapsed = time.monotonic() - killed_at
+                break
+        except (OSError, http.client.HTTPException):
+            host, port = cluster.api(node)
+            conns[node] = http.client.HTTPConnection(host, port, timeout=2.0)
+    else:
+        raise RuntimeError("no write acknowledged within 30 s of the kill")
+    for conn in conns.values():
+        conn.close()
+    cluster.start(leader)
+    cluster.wait_caught_up(leader)
+    return elapsed
+
+
+# ====================================================================== main
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--conf", default=os.path.join(ROOT, "conf", "local-3.toml"))
+    parser.add_argument("--modes", default="multipaxos,raft")
+    parser.add_argument("--clients", default="1,16,64")
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--duration", type=float, default=5.0)
+    parser.add_argument("--warmup", type=float, default=1.0)
+    parser.add_argument("--failovers", type=int, default=5)
+    parser.add_argument("--target", choices=("leader", "all"), default="leader",
+                        help="send the writes to the leader only, or spread over all nodes")
+    parser.add_argument("--keep", action="store_true", help="keep the data and logs")
+    args = parser.parse_args()
+    concurrency = [int(c) for c in args.clients.split(",") if c]
+    summary = []
+    for mode in [m for m in args.modes.split(",") if m]:
+        workdir = tempfile.mkdtemp(prefix=f"paxoslog-bench-{mode}-")
+        cluster = Cluster(args.conf, mode, workdir)
+        cluster.start_all()
+        try:
+            leader = cluster.wait_leader()
+            targets = ([cluster.api(leader)] if args.target == "leader"
+                       else [cluster.api(n) for n in cluster.procs])
+            print(f"== {mode}: leader node {leader}, writes to {args.target}, "
+                  f"{args.runs} runs x {args.duration:.0f}s", flush=True)
+            for clients in concurrency:
+                runs = [run_load(targets, clients, args.duration, args.warmup)
+                        for _ in range(args.runs)]
+                row = {"mode": mode, "clients": clients,
+                       "rate": statistics.median(r["rate"] for r in runs),
+                       "p50_ms": statistics.median(r["p50_ms"] for r in runs),
+                       "p99_ms": statistics.median(r["p99_ms"] for r in runs),
+                       "errors": sum(r["errors"] for r in runs),
+                       "runs": [round(r["rate"]) for r in runs]}
+                summary.append(row)
+                print(f"   {clients:3d} clients: {row['rate']:8.0f} writes/s  "
+                      f"p50 {row['p50_ms']:6.2f} ms  p99 {row['p99_ms']:7.2f} ms  "
+                      f"(runs: {row['runs']}, errors {row['errors']})", flush=True)
+            if args.failovers:
+                times = []
+                for _ in range(args.failovers):
+                    times.append(failover_once(cluster))
+                    print(f"   failover: {times[-1] * 1000:.0f} ms", flush=True)
+                median = statistics.median(times)
+                summary.append({"mode": mode, "failover_median_ms": median * 1000,
+                                "failovers_ms": [round(t * 1000) for t in times]})
+                print(f"   failover median of {len(times)}: {median * 1000:.0f} ms", flush=True)
+        finally:
+            cluster.stop_all()
+            if not args.keep:
+                shutil.rmtree(workdir, ignore_errors=True)
+            else:
+                print(f"   kept {workdir}")
+    print("== summary (medians)")
+    for row in summary:
+        if "rate" in row:
+            print(f"{row['mode']:11} {row['clients']:3d} clients  {row['rate']:8.0f} writes/s  "
+                  f"p50 {row['p50_ms']:.2f} ms  p99 {row['p99_ms']:.2f} ms")
+        else:
+            print(f"{row['mode']:11} failover median {row['failover_median_ms']:.0f} ms  "
+                  f"(each: {row['failovers_ms']})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
