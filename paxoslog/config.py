@@ -38,7 +38,7 @@ import tomllib
 from dataclasses import dataclass, field
 from typing import Any
 
-from paxoslog.core.limits import Limits
+from paxoslog.core.limits import DEFAULT_LIMITS, Limits
 from paxoslog.core.replica import PROTOCOLS, ReplicaOptions
 from paxoslog.storage.options import StorageOptions
 
@@ -120,14 +120,16 @@ class SnapshotConf:
 
 @dataclass(frozen=True)
 class BatchingConf:
-    batch_commands_max: int = 256
-    batch_bytes_max: int = 1 << 20
-    pipeline_window: int = 64
-    entries_per_message_max: int = 64
-    message_bytes_max: int = 4 << 20
-    frame_bytes_max: int = 16 << 20
-    proposal_queue_max: int = 65536
-    pending_reads_max: int = 65536
+    """The core's bounds (defaults from core/limits.py) plus the peer send queue."""
+
+    batch_commands_max: int = DEFAULT_LIMITS.batch_commands_max
+    batch_bytes_max: int = DEFAULT_LIMITS.batch_bytes_max
+    pipeline_window: int = DEFAULT_LIMITS.pipeline_window
+    entries_per_message_max: int = DEFAULT_LIMITS.entries_per_message_max
+    message_bytes_max: int = DEFAULT_LIMITS.message_bytes_max
+    frame_bytes_max: int = DEFAULT_LIMITS.frame_bytes_max
+    proposal_queue_max: int = DEFAULT_LIMITS.proposal_queue_max
+    pending_reads_max: int = DEFAULT_LIMITS.pending_reads_max
     peer_queue_messages_max: int = 4096
 
 
