@@ -1,5 +1,5 @@
 """The inspection commands as an operator runs them: a separate process
-(``python -m paxoslog.storage.inspect``, what ``paxoslog log ...`` dispatches to) pointed at
+(the real ``paxoslog log ...`` and ``paxoslog snapshot inspect`` commands) pointed at
 the data directory of a node that is still running in this process, then at a damaged copy.
 Exit codes are the contract: 0 healthy, 1 corrupt, 2 bad arguments."""
 
@@ -21,7 +21,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 
 
 def inspect(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "paxoslog.storage.inspect", *args], cwd=ROOT,
+    return subprocess.run([sys.executable, "-m", "paxoslog.cli", *args], cwd=ROOT,
                           env=dict(os.environ, PYTHONPATH=ROOT), capture_output=True, text=True,
                           timeout=60)
 
