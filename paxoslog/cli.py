@@ -119,6 +119,22 @@ def build_parser() -> argparse.ArgumentParser:
                      help="parse VALUE and EXPECTED as JSON")
     cas.set_defaults(func=cmd_cas)
 
+    sm = commands.add_parser(
+        "sm", parents=[client, session], help="a command or read for any state machine",
+        description="Send {\"op\": OP, FIELD: VALUE, ...} to state machine NAME (POST "
+                    "/api/v1/sm/NAME).  VALUE is parsed as JSON when it is valid JSON (5, "
+                    "true, [1], \"5\"), else taken as a string.  OP \"query\" sends the "
+                    "fields as a read ({\"query\": {...}}); ops the state machine serves as "
+                    "reads (counter: get) are reads too.",
+        epilog="examples: paxoslog sm counter add name=hits delta=5; "
+               "paxoslog sm counter get name=hits; paxoslog sm kv put key=a value=1")
+    sm.add_argument("name", help="state machine name (as enabled in the conf)")
+    sm.add_argument("op", help="the operation, or \"query\" for a read")
+    sm.add_argument("fields", nargs="*", metavar="FIELD=VALUE")
+    sm.add_argument("--consistency", default=None, choices=("linearizable", "lease", "stale"),
+                    help="for reads (default linearizable)")
+    sm.set_defaults(func=cmd_sm)
+
     status = commands.add_parser("status", parents=[client], help="one row per node")
     status.set_defaults(func=cmd_status)
 
@@ -282,6 +298,38 @@ def cmd_cas(args) -> int:
                                f"{result.get('current_version')})")
             return EXIT_CAS_FAILED
         _print(args, body, f"OK index={body['index']} version={result.get('version')}")
+        return EXIT_OK
+    return _run_client(args, action)
+
+
+def _fields(pairs: list[str]) -> dict:
+    fields = {}
+    for pair in pairs:
+        name, sep, text = pair.partition("=")
+        if not sep or not name:
+            print(f"paxoslog: expected FIELD=VALUE, got {pair!r}", file=sys.stderr)
+            raise SystemExit(EXIT_USAGE)
+        try:
+            fields[name] = json.loads(text)
+        except ValueError:
+            fields[name] = text
+    return fields
+
+
+def cmd_sm(args) -> int:
+    fields = _fields(args.fields)
+
+    def action(client):
+        if args.op == "query":
+            body = client.sm_query(args.name, fields, args.consistency or "linearizable")
+        else:
+            command = {"op": args.op, **fields}
+            if args.consistency is not None:
+                command["consistency"] = args.consistency
+                body = client.request("POST", f"/api/v1/sm/{args.name}", command)
+            else:
+                body = client.sm(args.name, {**command, **_session(args)})
+        _print(args, body, _show(body.get("result")))
         return EXIT_OK
     return _run_client(args, action)
 

@@ -138,6 +138,11 @@ def _path_for_query(key: str | None, consistency: str, prefix: str | None, limit
     return "/api/v1/consensus/query?" + urlencode(params)
 
 
+def _sm_path(name: str) -> str:
+    from urllib.parse import quote
+    return "/api/v1/sm/" + quote(name, safe="")
+
+
 def _kv_body(op: str, key: str, value=None, **extra) -> dict:
     body = {"op": op, "key": key}
     if value is not None:
@@ -281,6 +286,15 @@ class SyncClient(_Logic):
     def range(self, prefix: str, limit: int | None = None,
               consistency: str = "linearizable") -> dict:
         return self.request("GET", _path_for_query(None, consistency, prefix, limit))
+
+    def sm(self, name: str, body: dict) -> dict:
+        """A command for state machine ``name`` (``{"op": ..., ...}``), exactly once."""
+        return self.request("POST", _sm_path(name), self.write_body(body), write=True)
+
+    def sm_query(self, name: str, query: dict, consistency: str = "linearizable") -> dict:
+        """A read of state machine ``name``: ``{"result", "index", "term", ...}``."""
+        return self.request("POST", _sm_path(name), {"query": query,
+                                                     "consistency": consistency})
 
     def status(self) -> dict:
         return self.request("GET", "/api/v1/cluster/status")

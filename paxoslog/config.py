@@ -17,7 +17,7 @@ with ``--node ID``.  Shape (every table but ``[[nodes]]`` is optional)::
                    pipelined_requests_max, log_entries_max, recent_entries_kept,
                    recent_bytes_max, sessions_max, session_results_max,
                    session_results_total_max
-    [state_machines]  enabled = ["kv"]
+    [state_machines]  enabled = ["kv", "counter", ...]   (built-ins + installed plug-ins)
 
     [[nodes]]
     id = 1
@@ -46,7 +46,8 @@ __all__ = ["ConfigError", "Address", "NodeConf", "TimingConf", "SnapshotConf", "
            "LimitsConf", "ClusterConfig", "load_config", "parse_config", "parse_address",
            "KNOWN_STATE_MACHINES"]
 
-KNOWN_STATE_MACHINES = ("kv",)
+# The built-ins; plug-ins come from the entry-point group paxoslog.state_machines.
+KNOWN_STATE_MACHINES = ("kv", "counter", "membership")
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 
 
@@ -107,6 +108,10 @@ class TimingConf:
     election_ticks: int = 20
     lease_ticks: int = 0
     request_timeout_ms: int = 5000
+    # Lease reads assume the clocks of any two nodes run at rates that differ by less than
+    # this many ticks over one election timeout: lease_ticks <= election_ticks - margin.
+    # Default (0 in the file or absent): a tenth of election_ticks, at least 1.
+    clock_drift_margin_ticks: int = 0
 
 
 @dataclass(frozen=True)
@@ -276,11 +281,23 @@ def _timing(r: _Reader) -> TimingConf:
         lease_ticks=r.int("lease_ticks", TimingConf.lease_ticks, 0, 100_000),
         request_timeout_ms=r.int("request_timeout_ms", TimingConf.request_timeout_ms, 10,
                                  3_600_000),
+        clock_drift_margin_ticks=r.int("clock_drift_margin_ticks", 0, 0, 100_000),
     )
     if t.heartbeat_ticks >= t.election_ticks:
         raise r.fail("heartbeat_ticks", f"must be less than election_ticks ({t.election_ticks})")
     if t.lease_ticks >= t.election_ticks:
         raise r.fail("lease_ticks", f"must be less than election_ticks ({t.election_ticks})")
+    margin = t.clock_drift_margin_ticks or max(1, t.election_ticks // 10)
+    if margin >= t.election_ticks:
+        raise r.fail("clock_drift_margin_ticks",
+                     f"must be less than election_ticks ({t.election_ticks})")
+    if t.lease_ticks > t.election_ticks - margin:
+        raise r.fail("lease_ticks", f"must be at most election_ticks - clock_drift_margin_ticks "
+                                    f"({t.election_ticks} - {margin}): a lease must run out, "
+                                    f"even on a fast clock, before any follower's slowest "
+                                    f"clock lets it vote for a new leader")
+    t = TimingConf(t.tick_ms, t.heartbeat_ticks, t.election_ticks, t.lease_ticks,
+                   t.request_timeout_ms, margin)
     r.check_unknown()
     return t
 
@@ -347,10 +364,13 @@ def _state_machines(r: _Reader) -> tuple[str, ...]:
     enabled = r.get("enabled", ["kv"])
     if not isinstance(enabled, list) or not all(isinstance(n, str) for n in enabled):
         raise r.fail("enabled", "expected a list of state machine names")
+    from statemachines import available
+    known = available()      # built-ins + the entry-point group paxoslog.state_machines
     for name in enabled:
-        if name not in KNOWN_STATE_MACHINES:
-            raise r.fail("enabled", f"unknown state machine {name!r} "
-                                    f"(known: {', '.join(KNOWN_STATE_MACHINES)})")
+        if name not in known:
+            raise r.fail("enabled", f"unknown state machine {name!r} (known: "
+                                    f"{', '.join(known)}; plug-ins register in the entry-point "
+                                    f"group paxoslog.state_machines)")
     if len(set(enabled)) != len(enabled):
         raise r.fail("enabled", "a state machine is listed twice")
     if "kv" not in enabled:

@@ -1,63 +1,70 @@
-"""Replicated state machines: the interface and the built-in plug-ins.
+"""Replicated state machines: the plug-in interface (base.py) and the registry.
 
-A state machine sees every committed command addressed to it (``{"sm": name, ...}`` in the
-log), in log order, on every node; ``apply`` must be deterministic (same commands, same
-results, same state everywhere).  The node calls, all on the reactor thread:
-
-``validate(command) -> dict``   at the API edge, before proposing: the normalized command,
-                                 or ``BadCommand`` (bad input never reaches the log)
-``apply(index, command)``       a committed command; returns the client-visible result
-``query(request)``              a read-only request against the current state
-``snapshot() -> bytes``         the whole state, deterministic
-``snapshot_copy()``             optional: a zero-argument callable producing the same bytes
-                                 later, on a worker thread (take a cheap copy now)
-``restore(data)``               replace the state with a snapshot's bytes
-
-The entry-point registry (``paxoslog.state_machines``) and more plug-ins come with the next
-issue; ``BUILTIN`` maps the names a conf file may enable to their classes.
+State machines are found through the entry-point group ``paxoslog.state_machines``
+(``importlib.metadata``): each entry point names a class (or factory) whose instances follow
+``statemachines.base.StateMachine``.  The built-ins (``kv``, ``counter``, ``membership``: a
+skeleton) are registered in paxoslog's own pyproject.toml and are also known here directly, so
+a source checkout works without installed metadata.  A conf file enables state machines by name
+(``[state_machines] enabled = [...]``); see docs/statemachines.md.
 """
 
 from __future__ import annotations
 
-from typing import Callable, Protocol
+from importlib import metadata
 
-__all__ = ["StateMachine", "BadCommand", "BUILTIN", "create", "snapshot_producer"]
+from .base import REQUIRED, BadCommand, StateMachine, snapshot_producer
 
+__all__ = ["StateMachine", "BadCommand", "BUILTIN", "ENTRY_POINT_GROUP", "available", "create",
+           "snapshot_producer"]
 
-class BadCommand(ValueError):
-    """A command or query a state machine refuses (maps to HTTP 400)."""
-
-
-class StateMachine(Protocol):
-    name: str
-
-    def validate(self, command: dict) -> dict: ...
-    def apply(self, index: int, command: dict) -> object: ...
-    def query(self, request: dict) -> object: ...
-    def snapshot(self) -> bytes: ...
-    def restore(self, data: bytes) -> None: ...
+ENTRY_POINT_GROUP = "paxoslog.state_machines"
 
 
-def snapshot_producer(sm: StateMachine) -> Callable[[], bytes]:
-    """A callable that yields ``sm``'s snapshot bytes as of now, safe to call on a thread."""
-    copy = getattr(sm, "snapshot_copy", None)
-    if copy is not None:
-        return copy()
-    data = sm.snapshot()
-    return lambda: data
-
-
-def _builtin() -> dict[str, type]:
+def _builtin() -> dict[str, object]:
+    from .counter import CounterStateMachine
     from .kv import KVStateMachine
-    return {"kv": KVStateMachine}
+    from .membership import MembershipStateMachine
+    return {"kv": KVStateMachine, "counter": CounterStateMachine,
+            "membership": MembershipStateMachine}
 
 
 BUILTIN = _builtin()
 
 
-def create(name: str, **options) -> StateMachine:
+def _entry_points() -> dict[str, metadata.EntryPoint]:
     try:
-        cls = BUILTIN[name]
-    except KeyError:
-        raise ValueError(f"unknown state machine {name!r}") from None
-    return cls(**options)
+        found = metadata.entry_points(group=ENTRY_POINT_GROUP)
+    except Exception:  # broken metadata of some unrelated distribution
+        return {}
+    return {ep.name: ep for ep in found}
+
+
+def available() -> list[str]:
+    """Every state machine name a conf may enable: built-ins plus installed entry points."""
+    return sorted(set(BUILTIN) | set(_entry_points()))
+
+
+def create(name: str, **options) -> StateMachine:
+    """An instance of the state machine registered as ``name``; ValueError if there is none
+    or it does not implement the protocol."""
+    factory = BUILTIN.get(name)
+    if factory is None:
+        ep = _entry_points().get(name)
+        if ep is None:
+            raise ValueError(f"unknown state machine {name!r} (known: {', '.join(available())})")
+        try:
+            factory = ep.load()
+        except Exception as exc:
+            raise ValueError(f"state machine {name!r}: cannot load entry point "
+                             f"{ep.value!r}: {exc}") from None
+    sm = factory(**options)
+    missing = [m for m in REQUIRED if not callable(getattr(sm, m, None))]
+    if missing:
+        raise ValueError(f"state machine {name!r} lacks {', '.join(missing)}")
+    if getattr(sm, "name", None) != name:
+        try:
+            sm.name = name
+        except AttributeError:
+            raise ValueError(f"state machine {name!r} names itself "
+                             f"{getattr(sm, 'name', None)!r}") from None
+    return sm

@@ -21,7 +21,7 @@ from typing import Callable
 import cbor2
 from sortedcontainers import SortedDict
 
-from . import BadCommand
+from .base import BadCommand
 
 __all__ = ["KVStateMachine", "OPS"]
 

@@ -9,7 +9,9 @@
                                       [&consistency=linearizable|lease|stale]
     GET  /api/v1/cluster/status
     GET  /api/v1/log/entries          ?start_index=&end_index=  (inclusive)
-    POST /api/v1/sm/kv                a kv command object (same fields as propose)
+    POST /api/v1/sm/<name>            a write {"op", ...} for any enabled state machine, or a
+                                      read {"query": {...}, "consistency"?}
+    GET  /api/v1/sm/<name>            ?field=value...[&consistency=...]: a read
     POST /api/v1/cluster/add-node, /api/v1/cluster/remove-node   501 until membership lands
     GET  /health[?ready=1], GET /metrics
 
@@ -72,7 +74,7 @@ class Api:
         routes = self._routes.get(request.path)
         if routes is None:
             if request.path.startswith("/api/v1/sm/"):
-                routes = {"POST": self.state_machine_command}
+                routes = {"POST": self.state_machine_command, "GET": self.state_machine_read}
             else:
                 return self._error(ApiError(404, "not_found",
                                             f"no such endpoint: {request.path[:200]}"))
@@ -166,12 +168,54 @@ class Api:
             raise bad_request('missing field "key"')
         return self._write("kv", body)
 
-    def state_machine_command(self, request):
+    def _state_machine(self, request) -> str:
         name = request.path[len("/api/v1/sm/"):]
         if name not in self.node.sms:
-            raise ApiError(404, "not_found", f"no state machine named {name[:64]!r}")
+            enabled = ", ".join(sorted(self.node.sms))
+            raise ApiError(404, "not_found", f"no state machine named {name[:64]!r} is enabled "
+                                             f"on this cluster (enabled: {enabled})")
+        return name
+
+    def state_machine_command(self, request):
+        """POST /api/v1/sm/<name>: ``{"op": ..., ...}`` is a write through the log;
+        ``{"query": {...}, "consistency"?: ...}`` (or an op the state machine lists in
+        ``read_ops``) is a read served like /consensus/query (read_index by default)."""
+        name = self._state_machine(request)
         body = self._json_object(request)
+        sm = self.node.sms[name]
+        if "query" in body:
+            unknown = sorted(set(body) - {"query", "consistency"})
+            if unknown:
+                raise bad_request(f"unknown field(s) next to \"query\": "
+                                  f"{', '.join(unknown)[:200]}")
+            if not isinstance(body["query"], dict):
+                raise bad_request('"query" must be an object')
+            return self._sm_read(name, body["query"], body.get("consistency"))
+        if "op" not in body and getattr(sm, "validate", None) is None:
+            raise bad_request('missing field "op" (or "query" for a read)')
+        if "op" in body and not isinstance(body["op"], str):
+            raise bad_request('"op" must be a string')
+        if body.get("op") in (getattr(sm, "read_ops", None) or ()):
+            request_fields = {k: v for k, v in body.items()
+                              if k not in ("consistency", "client_id", "sequence")}
+            return self._sm_read(name, request_fields, body.get("consistency"))
+        if "consistency" in body:
+            raise bad_request('"consistency" applies to reads only')
         return self._write(name, body)
+
+    def state_machine_read(self, request):
+        """GET /api/v1/sm/<name>?field=value...[&consistency=...]: a read of that state
+        machine with the parameters (strings) as the query object."""
+        name = self._state_machine(request)
+        params = self._params(request)
+        consistency = params.pop("consistency", None)
+        return self._sm_read(name, params, consistency)
+
+    def _sm_read(self, name: str, query: dict, consistency):
+        consistency = "linearizable" if consistency is None else consistency
+        if consistency not in _CONSISTENCY:
+            raise bad_request(f'"consistency" must be one of {", ".join(_CONSISTENCY)}')
+        return self.node.submit_read({"sm": name, "request": query}, consistency)
 
     def _write(self, sm: str, body: dict):
         client_id, sequence = self._session(body)
@@ -294,6 +338,10 @@ class Api:
                 ("duplicate_commands", "duplicates",
                  "Retried commands answered from the session table."),
                 ("reads", "reads", "Queries served or attempted."),
+                ("stale_reads", "stale_reads", "Reads served from local state (stale)."),
+                ("lease_reads", "lease_reads", "Lease reads asked of this node as leader."),
+                ("lease_reads_served", "lease_reads_served",
+                 "Lease reads answered from the leader lease (no quorum round)."),
                 ("write_timeouts", "write_timeouts", "Writes answered 503/504 on timeout."),
                 ("role_changes", "role_changes", "Role or leader changes seen."),
                 ("snapshots_taken", "snapshots_taken", "Local snapshots written."),

@@ -138,6 +138,9 @@ class NodeService(MultiService):
         self._stopping = False
         self._idle_waiters: list[defer.Deferred] = []
         self._tick_loop = None
+        self._tick_origin = 0.0
+        self._ticks_done = 0
+        self._tick_catchup_max = max(_TICK_CATCHUP_MAX, 2 * config.timing.election_ticks + 1)
         self._waiters: dict[tuple, list[_Write]] = {}
         self._read_batch: list[_Read] = []
         self._read_batches: dict[int, list[_Read]] = {}
@@ -153,7 +156,8 @@ class NodeService(MultiService):
         self.fsync = Histogram()
         self.stats = dict.fromkeys(
             ("proposals", "proposals_forwarded", "commits", "commands_applied", "reads",
-             "reads_forwarded", "stale_reads", "readies", "fsyncs", "role_changes",
+             "reads_forwarded", "stale_reads", "lease_reads", "lease_reads_served",
+             "readies", "fsyncs", "role_changes",
              "snapshots_taken", "snapshots_installed", "proposals_dropped", "write_timeouts",
              "duplicates"), 0)
 
@@ -180,7 +184,11 @@ class NodeService(MultiService):
             raise
         for name in config.state_machines:
             options = {"key_bytes_max": config.limits.key_bytes_max} if name == "kv" else {}
-            self.sms[name] = create_state_machine(name, **options)
+            try:
+                self.sms[name] = create_state_machine(name, **options)
+            except Exception:
+                self.storage.close()
+                raise
         self.kv = self.sms["kv"]
         if reader is not None:
             with reader:
@@ -206,6 +214,8 @@ class NodeService(MultiService):
         if config.secret is None and len(config.nodes) > 1:
             log.warn("no peer secret in the conf: peers are not authenticated")
         super().startService()
+        self._tick_origin = time.monotonic()
+        self._ticks_done = 0
         self._tick_loop = task.LoopingCall.withCount(self._tick)
         self._tick_loop.clock = self.reactor
         self._tick_loop.start(self.tick_ms / 1000.0, now=False)
@@ -273,14 +283,31 @@ class NodeService(MultiService):
     # ================================================================== driving the core
 
     def _tick(self, count: int) -> None:
+        """The LoopingCall fired (``count`` > 1: it missed calls, e.g. after SIGSTOP or a
+        long stall).  Tick the core once per ``tick_ms`` of monotonic time elapsed."""
+        if self._catch_up_ticks() is None:
+            return
+        self.schedule_pump()
+
+    def _catch_up_ticks(self) -> int | None:
+        """Tick the core for every tick period elapsed (monotonic clock) since the ticks
+        already given, at most ``_tick_catchup_max`` at once: that bound is over twice the
+        election timeout, so after any pause the lease and leader-contact timers have run
+        out before anything is served from them.  The number of ticks, or None (crashed)."""
+        due = int((time.monotonic() - self._tick_origin) * 1000.0 / self.tick_ms + 1e-6)
+        missing = due - self._ticks_done
+        if missing <= 0:
+            return 0
+        self._ticks_done = due
         replica = self.replica
+        count = min(missing, self._tick_catchup_max)
         try:
-            for _ in range(min(count, _TICK_CATCHUP_MAX)):
+            for _ in range(count):
                 replica.tick()
         except Exception as exc:
             self._crash("tick", exc)
-            return
-        self.schedule_pump()
+            return None
+        return count
 
     def _crash(self, where: str, exc: Exception) -> None:
         """An exception inside the core loop leaves the replica in an unknown state: stop
@@ -480,16 +507,21 @@ class NodeService(MultiService):
                 return
         sm = self.sms.get(command.get("sm"))
         if sm is None:
-            result = {"error": "bad_request", "message": "unknown state machine"}
+            result = {"error": "bad_request",
+                      "message": f"unknown state machine {command.get('sm')!r:.40}"}
         else:
             try:
                 result = sm.apply(entry.index, command)
             except BadCommand as exc:
                 result = {"error": "bad_request", "message": str(exc)}
             except Exception as exc:  # a state machine bug must not kill consensus
+                # Deterministic on every replica (same code, same command, same state), so
+                # the error result is the same everywhere, and the apply loop goes on.
                 log.failure("state machine {sm} failed on entry {index}", sm=sm.name,
                             index=entry.index)
-                result = {"error": "apply_failed", "message": type(exc).__name__}
+                result = {"error": "apply_failed",
+                          "message": f"state machine {sm.name!r} failed: "
+                                     f"{type(exc).__name__}: {exc}"[:500]}
         if key is not None:
             self.sessions.record(key[0], key[1], entry.index, entry.term, result)
             self._answer_writes(key, entry.index, entry.term, result)
@@ -651,13 +683,28 @@ class NodeService(MultiService):
         return f"{self._client_prefix}-{generation}", sequence
 
     def validate_command(self, command: dict) -> dict:
-        """Check a command against its state machine (raises ``BadCommand``)."""
+        """Check a command against its state machine (raises ``BadCommand``): its
+        ``validate`` when it has one, else its ``ops`` when it lists them, else only that
+        ``op`` is a string."""
         sm = self.sms.get(command.get("sm"))
         if sm is None:
             raise BadCommand(f"unknown state machine {command.get('sm')!r:.40}")
         fields = {k: v for k, v in command.items()
                   if k not in ("sm", "client_id", "sequence")}
-        return sm.validate(fields)
+        validate = getattr(sm, "validate", None)
+        if validate is not None:
+            out = validate(fields)
+            if not isinstance(out, dict):
+                raise BadCommand(f"state machine {sm.name!r} returned no command")
+            return out
+        op = fields.get("op")
+        ops = getattr(sm, "ops", None)
+        if ops is not None and op not in ops:
+            raise BadCommand(f'unknown op {op!r:.40} for state machine {sm.name!r} '
+                             f'(ops: {", ".join(ops)})')
+        if ops is None and not isinstance(op, str):
+            raise BadCommand('"op" must be a string')
+        return fields
 
     def submit_write(self, client_id: str, sequence: int, data: bytes) -> defer.Deferred:
         """Replicate an encoded, validated command; fires with the committed response
@@ -821,8 +868,16 @@ class NodeService(MultiService):
         if self._stopping:
             return defer.fail(unavailable("the node is shutting down"))
         if consistency == "lease" and self.replica.role == Role.LEADER:
+            # The reactor may have run this request before the LoopingCall that would tick
+            # away a pause (SIGSTOP, a stall): bring the core's clock up to date first, or
+            # a lease that ran out during the pause would look valid.
+            if self._catch_up_ticks():
+                self.schedule_pump()
+        if consistency == "lease" and self.replica.role == Role.LEADER:
+            self.stats["lease_reads"] += 1
             point = self.replica.lease_read_index()
             if point is not None:
+                self.stats["lease_reads_served"] += 1
                 batch_id = self._new_batch_id()
                 self._served_batches[batch_id] = [r]
                 heapq.heappush(self._waiting_reads, (point, batch_id))
@@ -934,18 +989,34 @@ class NodeService(MultiService):
             r.d.callback(response)
 
     def _query(self, query: dict, stale: bool) -> dict:
-        try:
-            found = self.kv.query(query)
-        except BadCommand as exc:
-            raise ApiError(400, "bad_request", str(exc)) from None
+        """Answer a read from local state.  ``{"sm": name, "request": {...}}`` reads any
+        state machine (-> ``{"result", "index", "term"}``); anything else is a kv query."""
         base = {"index": self.applied_index, "term": self.replica.term}
         if stale:
             base["stale"] = True
             base["node"] = self.node_id
+            base["applied_index"] = self.applied_index
             base["commit_index"] = self.replica.commit_index
             base["leader"] = self.replica.leader_id
-            status = self.replica.status()
-            base["ms_since_leader"] = status.get("ticks_since_leader", 0) * self.tick_ms
+            base["ms_since_leader"] = self.ms_since_leader()
+        if "sm" in query:
+            sm = self.sms.get(query.get("sm"))
+            if sm is None:
+                raise ApiError(404, "not_found", f"no state machine named {query['sm']!r:.64}")
+            try:
+                result = sm.query(query.get("request"))
+            except BadCommand as exc:
+                raise ApiError(400, "bad_request", str(exc)) from None
+            except Exception as exc:
+                log.failure("state machine {sm} failed on a query", sm=sm.name)
+                raise ApiError(500, "query_failed", f"state machine {sm.name!r} failed: "
+                               f"{type(exc).__name__}: {exc}"[:500]) from None
+            base["result"] = result
+            return base
+        try:
+            found = self.kv.query(query)
+        except BadCommand as exc:
+            raise ApiError(400, "bad_request", str(exc)) from None
         if "prefix" in query:
             found.update(base)
             return found
@@ -953,6 +1024,12 @@ class NodeService(MultiService):
             raise ApiError(404, "not_found", f"key {query.get('key')!r} not found", extra=base)
         found.update(base)
         return found
+
+    def ms_since_leader(self) -> int:
+        """0 on the leader; else how long ago this node last heard from a leader (ms)."""
+        if self.replica.role == Role.LEADER:
+            return 0
+        return int(self.replica.status().get("ticks_since_leader", 0) * self.tick_ms)
 
     # ================================================================== introspection
 
@@ -998,6 +1075,7 @@ class NodeService(MultiService):
             "snapshot_index": self.storage.snapshot_meta.index if self.storage.snapshot_meta
             else 0, "holes": core.get("holes", []), "tick_ms": tick_ms,
             "uptime_s": round(time.time() - self.started_at, 3), "nodes": nodes,
+            "state_machines": sorted(self.sms),
         }
 
     def entries(self, start: int, end: int) -> dict:

@@ -1,0 +1,56 @@
+"""The state machine plug-in interface (DESIGN.md section 6).
+
+A state machine sees every committed command addressed to it (``{"sm": name, ...}`` in the
+shared log), in log order, on every node.  Required::
+
+    name: str                                   the name a conf file enables it by
+    apply(index, command) -> result             deterministic; the result goes to the client
+    query(request) -> result                    read-only
+    snapshot() -> bytes                         the whole state, deterministic
+    restore(data: bytes) -> None                replace the state (b"": the empty state)
+
+Optional (the node uses them when present)::
+
+    validate(command) -> dict                   at the API edge, before proposing: the
+                                                normalized command, or raise BadCommand
+                                                (bad input then never reaches the log)
+    ops: tuple[str, ...]                        the write ops; anything else is a 400
+    read_ops: tuple[str, ...]                   ops served as reads (read_index), not logged
+    snapshot_copy() -> callable                 cheap copy now, bytes later on a thread
+
+``apply`` may raise: ``BadCommand`` becomes a ``bad_request`` result, any other exception an
+``apply_failed`` result; either way the same on every replica (apply is deterministic), and
+the apply loop goes on.  Results must be small JSON/CBOR-able values (they are kept in the
+session table for retried requests).
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Protocol, runtime_checkable
+
+__all__ = ["StateMachine", "BadCommand", "snapshot_producer", "REQUIRED"]
+
+REQUIRED = ("apply", "query", "snapshot", "restore")
+
+
+class BadCommand(ValueError):
+    """A command or query a state machine refuses (maps to HTTP 400)."""
+
+
+@runtime_checkable
+class StateMachine(Protocol):
+    name: str
+
+    def apply(self, index: int, command: dict) -> object: ...
+    def query(self, request: dict) -> object: ...
+    def snapshot(self) -> bytes: ...
+    def restore(self, data: bytes) -> None: ...
+
+
+def snapshot_producer(sm: StateMachine) -> Callable[[], bytes]:
+    """A callable that yields ``sm``'s snapshot bytes as of now, safe to call on a thread."""
+    copy = getattr(sm, "snapshot_copy", None)
+    if copy is not None:
+        return copy()
+    data = sm.snapshot()
+    return lambda: data
