@@ -1,0 +1,245 @@
+"""The verdict of a chaos run: pure functions over the history, the faults and the final
+state, so they can be tested on hand-made inputs.
+
+* ``check_linearizable``: the simulator's checker (paxoslog/sim/linearizability.py) on the
+  whole history, final reads included; a checker timeout is a failure, never a pass.
+* ``check_lost_writes``: every key's final value must be one a write could have left: not
+  the value of a write that finished before an acknowledged write on the same key started
+  (that write was lost), not the value of a write reported as failed, not absent after an
+  acknowledged write (the workload never deletes).
+* ``check_replicas_agree``: every node ends at the same applied index with the same
+  key-value state (a state hash when the API exposes one, else the records themselves).
+* ``check_liveness``: after the final heal a write is acknowledged within
+  ``factor`` election timeouts.
+* ``unavailability``: per fault, the time from the fault (and from its heal) to the next
+  acknowledged write invoked after it.
+"""
+
+from __future__ import annotations
+
+import bisect
+import math
+import statistics
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Iterable
+
+from paxoslog.sim.linearizability import check_history
+
+from .history import OK, OpRecord, to_operations
+
+__all__ = ["CheckOutcome", "check_linearizable", "check_lost_writes", "check_replicas_agree",
+           "check_liveness", "unavailability", "summarize_unavailability", "ok_rate"]
+
+
+@dataclass
+class CheckOutcome:
+    name: str
+    ok: bool | None             # None: could not decide (counts as a failure)
+    message: str
+    data: dict = field(default_factory=dict)
+
+    @property
+    def passed(self) -> bool:
+        return self.ok is True
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def check_linearizable(records: Iterable[OpRecord], timeout_s: float) -> CheckOutcome:
+    ops = to_operations(records)
+    started = time.monotonic()
+    result = check_history(ops, timeout_s=timeout_s)
+    elapsed = time.monotonic() - started
+    if result.ok is None:
+        message = f"checker gave up after {timeout_s:.0f}s (counts as a failure): {result.message}"
+    else:
+        message = result.message
+    return CheckOutcome("linearizable", result.ok, message,
+                        {"operations": len(ops), "ops_checked": result.ops_checked,
+                         "key": result.key, "elapsed_s": round(elapsed, 2)})
+
+
+def check_lost_writes(records: list[OpRecord], final_values: dict[str, object],
+                      unread_keys: Iterable[str] = ()) -> CheckOutcome:
+    """``final_values``: key -> value read after the run (None = absent), for every key
+    written; ``unread_keys``: keys whose final read failed (the check cannot pass)."""
+    writes_by_key: dict[str, list[OpRecord]] = {}
+    for r in records:
+        if r.is_write:
+            writes_by_key.setdefault(r.key, []).append(r)
+    problems = []
+    acked_total = 0
+    for key, writes in sorted(writes_by_key.items()):
+        acked = [w for w in writes if w.acknowledged]
+        acked_total += len(acked)
+        if key not in final_values:
+            continue
+        value = final_values[key]
+        if value is None:
+            if acked:
+                problems.append({"key": key, "problem": "absent after acknowledged writes",
+                                 "acknowledged": [w.id for w in acked[-5:]]})
+            continue
+        writers = [w for w in writes if w.value == value]
+        if not writers:
+            problems.append({"key": key, "problem": "final value written by no operation",
+                             "value": value})
+            continue
+        writer = writers[0]
+        if writer.status == OK and not writer.acknowledged:
+            problems.append({"key": key, "problem": "final value is that of a cas that "
+                             "reported no swap", "op": writer.id})
+            continue
+        if writer.status not in (OK, "unknown"):
+            problems.append({"key": key, "problem": f"final value is that of a write "
+                             f"reported as {writer.status} ({writer.error})", "op": writer.id})
+            continue
+        if writer.ret is None:
+            continue            # an unknown write may take effect at any time after its call
+        later = [w for w in acked if w.call > writer.ret]
+        if later:
+            problems.append({"key": key, "problem": "acknowledged write lost: the final value "
+                             "is older", "final_writer": writer.id,
+                             "lost": [w.id for w in later[:5]], "lost_count": len(later)})
+    missing = sorted(set(unread_keys))
+    if missing:
+        return CheckOutcome("no-lost-writes", None,
+                            f"final read failed for {len(missing)} keys", {"unread": missing[:20],
+                                                                           "problems": problems})
+    if problems:
+        return CheckOutcome("no-lost-writes", False,
+                            f"{len(problems)} keys with lost or impossible final values",
+                            {"problems": problems[:50]})
+    return CheckOutcome("no-lost-writes", True,
+                        f"{acked_total} acknowledged writes on {len(writes_by_key)} keys: "
+                        "every final value is allowed", {"keys": len(writes_by_key)})
+
+
+def check_replicas_agree(states: dict[int, dict], applied: dict[int, int | None],
+                         hashes: dict[int, object] | None = None,
+                         expected_nodes: Iterable[int] = ()) -> CheckOutcome:
+    """``states``: node -> {key: record}; ``applied``: node -> applied index;
+    ``hashes``: node -> state hash from the API, when it has one."""
+    missing = sorted(set(expected_nodes) - set(states))
+    data: dict = {"applied": {str(k): v for k, v in sorted(applied.items())}}
+    if missing:
+        return CheckOutcome("replicas-agree", None, f"no final state from nodes {missing}",
+                            data)
+    if hashes:
+        data["hashes"] = {str(k): v for k, v in sorted(hashes.items())}
+        if len(set(map(str, hashes.values()))) > 1:
+            return CheckOutcome("replicas-agree", False, "state hashes differ", data)
+    if len(set(applied.values())) > 1:
+        return CheckOutcome("replicas-agree", False, "nodes ended at different applied indexes",
+                            data)
+    reference_node = min(states)
+    reference = states[reference_node]
+    diffs = []
+    for node, state in sorted(states.items()):
+        if state == reference:
+            continue
+        keys = set(state) | set(reference)
+        differing = sorted(k for k in keys if state.get(k) != reference.get(k))
+        diffs.append({"node": node, "vs": reference_node, "keys": differing[:10],
+                      "count": len(differing),
+                      "examples": {k: [reference.get(k), state.get(k)] for k in differing[:3]}})
+    if diffs:
+        data["diffs"] = diffs
+        return CheckOutcome("replicas-agree", False, "replica states differ", data)
+    how = "state hash and records" if hashes else "records (no state hash in the API)"
+    return CheckOutcome("replicas-agree", True,
+                        f"{len(states)} nodes agree on {len(reference)} keys at applied index "
+                        f"{next(iter(applied.values()), None)} ({how})", data)
+
+
+def check_liveness(records: list[OpRecord], heal_s: float, election_timeout_s: float,
+                   leader_seen_s: float | None, factor: float = 10.0) -> CheckOutcome:
+    """A write invoked after the final heal is acknowledged within ``factor`` election
+    timeouts of the heal; ``leader_seen_s``: when a leader was first seen after the heal."""
+    limit = factor * election_timeout_s
+    first = next_ack_after(records, heal_s)
+    data = {"heal_s": heal_s, "limit_s": round(limit, 3), "leader_seen_s": leader_seen_s}
+    if first is None:
+        return CheckOutcome("liveness-after-heal", False,
+                            "no write was acknowledged after the final heal", data)
+    delay = first - heal_s
+    data["first_ack_after_heal_s"] = round(delay, 3)
+    ok = delay <= limit
+    return CheckOutcome("liveness-after-heal", ok,
+                        f"first acknowledged write {delay:.2f}s after the final heal "
+                        f"(limit {limit:.2f}s = {factor:g} election timeouts)", data)
+
+
+def next_ack_after(records: Iterable[OpRecord], t: float) -> float | None:
+    """Completion time of the first acknowledged write invoked at or after ``t``."""
+    best = None
+    for r in records:
+        if r.is_write and r.status == OK and r.call >= t and (best is None or r.ret < best):
+            best = r.ret
+    return best
+
+
+def unavailability(faults: list, records: list[OpRecord]) -> list[dict]:
+    """Per injected fault: seconds from its start (and from its heal) to the next
+    acknowledged write invoked after it; None when none came before the run ended.
+    ``interrupted``: the next fault started before that write was acknowledged, so the
+    time measures both faults (left out of the per-kind figures)."""
+    acks = sorted((r.call, r.ret) for r in records if r.is_write and r.status == OK)
+    injected = sorted((f for f in faults if f.injected and f.start is not None),
+                      key=lambda f: f.start)
+    rows = []
+    for position, fault in enumerate(injected):
+        after = _first_ack_delay(acks, fault.start)
+        following = injected[position + 1].start if position + 1 < len(injected) else None
+        interrupted = following is not None and (after is None or
+                                                 fault.start + after > following)
+        rows.append({"fault": fault.number, "kind": fault.kind, "start": fault.start,
+                     "after_fault_s": after,
+                     "after_heal_s": (_first_ack_delay(acks, fault.heal)
+                                      if fault.heal is not None else None),
+                     "interrupted": interrupted})
+    return rows
+
+
+def _first_ack_delay(acks: list[tuple[float, float]], t: float) -> float | None:
+    """``acks`` sorted by call time; the earliest ``ret`` among calls at or after ``t``."""
+    best = None
+    for i in range(bisect.bisect_left(acks, (t, -math.inf)), len(acks)):
+        call, ret = acks[i]
+        if best is not None and call > best:
+            break                       # every later ack returns after ``best``
+        if best is None or ret < best:
+            best = ret
+    return None if best is None else round(best - t, 4)
+
+
+def summarize_unavailability(rows: list[dict]) -> dict[str, dict]:
+    """Per fault kind: count, median and worst of ``after_fault_s`` over the faults not
+    interrupted by the next one (None = some never saw an acknowledged write)."""
+    by_kind: dict[str, list] = {}
+    interrupted: dict[str, int] = {}
+    for row in rows:
+        values = by_kind.setdefault(row["kind"], [])
+        if row.get("interrupted"):
+            interrupted[row["kind"]] = interrupted.get(row["kind"], 0) + 1
+        else:
+            values.append(row["after_fault_s"])
+    out = {}
+    for kind, values in sorted(by_kind.items()):
+        known = [v for v in values if v is not None]
+        out[kind] = {"count": len(values) + interrupted.get(kind, 0),
+                     "median_s": round(statistics.median(known), 3) if known else None,
+                     "worst_s": (None if len(known) < len(values) or not known
+                                 else round(max(known), 3)),
+                     "never": len(values) - len(known),
+                     "interrupted": interrupted.get(kind, 0)}
+    return out
+
+
+def ok_rate(records: Iterable[OpRecord], start: float, end: float) -> float:
+    """Operations completed ok per second, completions in [start, end)."""
+    if end <= start:
+        return 0.0
+    return sum(1 for r in records if r.status == OK and start <= r.ret < end) / (end - start)

@@ -1,0 +1,503 @@
+"""One chaos run from start to verdict (``tools/chaos.py`` is its command line).
+
+1. Make the report folder, start a proxy listener per node, write the conf, start the
+   ``paxoslog serve`` processes, wait until every node answers and a leader is known.
+2. Start the clients; after a fault-free warm-up the nemesis runs its schedule.
+3. Heal everything; traffic goes on for a tail so liveness after the heal is measured.
+4. Stop the clients; wait until every node applied the same index; read every key back
+   through the API (linearizable, recorded in the history) and from each node's own state
+   (stale reads of every key); stop the cluster.
+5. Check, write the report, return the exit code: 0 valid and every check passed,
+   1 a check failed, 2 the run is void (no fault injected, or fewer than ``min_ok_rate``
+   acknowledged operations per second before the first fault), 3 the harness itself failed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shlex
+import sys
+import time
+from dataclasses import asdict, dataclass, replace
+
+from twisted.internet import defer, task
+from twisted.logger import Logger
+
+from . import checks
+from .apiclient import ApiClient
+from .cluster import Cluster, ClusterSpec, NodePorts, allocate_ports, write_conf
+from .history import FAIL, OK, UNKNOWN, History
+from .nemesis import Nemesis, Timeline, parse_kinds, plan_schedule
+from .observer import StatusObserver
+from .plot import render_timeline
+from .proxy import ProxyNetwork
+from .report import format_summary, report_dir_name, scan_logs, write_verdict
+from .workload import Workload, WorkloadOptions
+
+__all__ = ["RunOptions", "ChaosRun", "EXIT_PASS", "EXIT_FAIL", "EXIT_VOID", "EXIT_ERROR"]
+
+log = Logger(namespace="paxoslog.chaos.run")
+
+EXIT_PASS = 0
+EXIT_FAIL = 1
+EXIT_VOID = 2
+EXIT_ERROR = 3
+
+_STARTUP_TIMEOUT_S = 30.0
+_CONVERGE_TIMEOUT_S = 30.0
+_FINAL_READ_ATTEMPTS = 20
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    duration_s: float = 60.0
+    mode: str = "multipaxos"
+    nodes: int = 3
+    nemesis: str = "all"                 # "all"/"random" or comma-separated kinds
+    schedule: str | None = None          # "each" (every kind once) | "random"; default by nemesis
+    seed: int | None = None
+    report_root: str = "reports"
+    workers: int | None = None           # default 4 per node
+    rate: float = 300.0
+    key_slots: int = 6
+    ops_per_key: int = 300
+    warmup_s: float | None = None
+    tail_s: float | None = None
+    checker_timeout_s: float = 300.0
+    min_ok_rate: float = 100.0
+    tick_ms: int = 10
+    heartbeat_ticks: int = 3
+    election_ticks: int = 30
+    request_timeout_ms: int = 2000
+    snapshot_entries: int = 5000
+    progress: bool = True
+    plot: str = "auto"                   # auto (PNG if matplotlib) | html | none
+
+    def resolved(self) -> "RunOptions":
+        seed = self.seed if self.seed is not None else random.SystemRandom().randrange(1 << 31)
+        schedule = self.schedule or ("random" if self.nemesis in ("all", "random") else "each")
+        workers = self.workers or 4 * self.nodes
+        et = self.election_ticks * self.tick_ms / 1000.0
+        warmup = self.warmup_s if self.warmup_s is not None else min(5.0, max(2.0, 0.1 *
+                                                                              self.duration_s))
+        tail = self.tail_s if self.tail_s is not None else max(10 * et + 1.0, 3.0)
+        return replace(self, seed=seed, schedule=schedule, workers=workers, warmup_s=warmup,
+                       tail_s=tail)
+
+
+class ChaosRun:
+    def __init__(self, reactor, options: RunOptions, argv: list[str] | None = None) -> None:
+        self.reactor = reactor
+        self.options = options = options.resolved()
+        self.argv = argv
+        if options.mode not in ("multipaxos", "raft"):
+            raise ValueError(f"mode must be multipaxos or raft, got {options.mode!r}")
+        if options.nodes not in (3, 5):
+            raise ValueError("nodes must be 3 or 5")
+        self.kinds = parse_kinds(options.nemesis, options.nodes)
+        self.spec = ClusterSpec(nodes=options.nodes, protocol=options.mode,
+                                tick_ms=options.tick_ms, heartbeat_ticks=options.heartbeat_ticks,
+                                election_ticks=options.election_ticks,
+                                request_timeout_ms=options.request_timeout_ms,
+                                snapshot_entries=options.snapshot_entries)
+        self.et = self.spec.election_timeout_s
+        self._t0 = time.monotonic()
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        self.folder = os.path.abspath(report_dir_name(options.report_root, stamp, options.mode))
+        self.notes: list[str] = []
+        self.cluster: Cluster | None = None
+        self.proxy: ProxyNetwork | None = None
+        self.client: ApiClient | None = None
+        self.observer: StatusObserver | None = None
+        self.nemesis: Nemesis | None = None
+        self.workload: Workload | None = None
+        self.history: History | None = None
+        self.timeline: Timeline | None = None
+        self.traffic_start: float | None = None
+        self.final_heal: float | None = None
+        self.plans: list = []
+        self._progress_loop = None
+        self._last_progress = 0.0
+
+    def clock(self) -> float:
+        return time.monotonic() - self._t0
+
+    def say(self, text: str) -> None:
+        if self.options.progress:
+            sys.stderr.write(f"[chaos {self.clock():7.2f}s] {text}\n")
+            sys.stderr.flush()
+
+    # ================================================================== the run
+
+    async def run(self) -> int:
+        o = self.options
+        os.makedirs(self.folder)
+        data_root = os.path.join(self.folder, "data")
+        os.makedirs(data_root)
+        self.timeline = Timeline(os.path.join(self.folder, "nemesis.jsonl"), self.clock)
+        self.history = History(os.path.join(self.folder, "history.jsonl"), self.clock)
+        self.proxy = ProxyNetwork(self.reactor, random.Random(f"{o.seed}-proxy"))
+        ids = self.spec.node_ids
+        free = allocate_ports(2 * len(ids))
+        ports = {}
+        for i, node in enumerate(ids):
+            peer_bind, api = free[2 * i], free[2 * i + 1]
+            proxy_port = self.proxy.add_node(node, "127.0.0.1", peer_bind)
+            ports[node] = NodePorts(proxy_port, peer_bind, api)
+        conf_path = os.path.join(self.folder, "conf.toml")
+        write_conf(conf_path, self.spec, ports, data_root, f"chaos-{o.seed}")
+        self.cluster = Cluster(self.reactor, self.spec, conf_path,
+                               os.path.join(self.folder, "logs"), data_root,
+                               lambda kind, **f: self.timeline.add(kind, **f), self.clock)
+        self.client = ApiClient(self.reactor, {n: f"127.0.0.1:{p.api}" for n, p in ports.items()},
+                                connections_per_node=max(16, 2 * o.workers))
+        self.observer = StatusObserver(self.reactor, self.client, self.cluster, self.clock,
+                                       os.path.join(self.folder, "status.jsonl"))
+        self.nemesis = Nemesis(self.reactor, self.cluster, self.proxy, self.observer,
+                               self.client, self.timeline, self.clock, self.et,
+                               acked_since=self.history.acked_since)
+        self.say(f"report folder {self.folder}")
+        self.say(f"{o.mode}, {o.nodes} nodes, seed {o.seed}, nemesis {o.nemesis} "
+                 f"({o.schedule}), {o.duration_s:.0f}s, election timeout {self.et * 1000:.0f}ms")
+        try:
+            return await self._run_phases()
+        except Exception as exc:  # a harness failure must still leave a report
+            log.failure("the chaos run failed")
+            return self._abort(f"harness error: {exc!r}", EXIT_ERROR)
+        finally:
+            await self._teardown()
+
+    async def _run_phases(self) -> int:
+        o = self.options
+        for node in self.spec.node_ids:
+            self.cluster.start(node)
+        self.observer.start()
+        if not await self.nemesis.wait_healthy(self.spec.node_ids, _STARTUP_TIMEOUT_S):
+            return self._abort("not every node answered /health after start (see logs/)")
+        if not await self._wait_leader(_STARTUP_TIMEOUT_S):
+            return self._abort("no leader was elected after start (see logs/)")
+        self.nemesis.membership_supported = await self._probe_membership()
+        if "member-change" in self.kinds and not self.nemesis.membership_supported:
+            self.notes.append("member-change skipped: the API answers 501 Not Implemented to "
+                              "/api/v1/cluster/add-node and remove-node")
+
+        rng = random.Random(f"{o.seed}-workload")
+        self.workload = Workload(self.reactor, self.client, self.history, self.spec.node_ids,
+                                 WorkloadOptions(workers=o.workers, rate=o.rate,
+                                                 key_slots=o.key_slots,
+                                                 ops_per_key=o.ops_per_key,
+                                                 timeout_s=o.request_timeout_ms / 1000.0 + 1.0,
+                                                 run_tag=f"chaos{o.seed}"), rng)
+        self.traffic_start = self.clock()
+        self.timeline.add("traffic-start")
+        self.workload.start()
+        self._start_progress()
+
+        plans = plan_schedule(self.kinds, seed=o.seed, duration_s=o.duration_s,
+                              warmup_s=o.warmup_s, tail_s=o.tail_s,
+                              election_timeout_s=self.et, random_mix=o.schedule == "random")
+        self.plans = plans
+        stop_at = self.traffic_start + o.duration_s - o.tail_s
+        await self.nemesis.run(plans, self.traffic_start, stop_at)
+        wait = stop_at - self.clock()
+        if wait > 0:
+            await task.deferLater(self.reactor, wait, lambda: None)
+        await self.nemesis.heal_everything()
+        self.final_heal = self.clock()
+        self.timeline.add("final-heal")
+        self.say("healed everything; traffic continues for the liveness check")
+        end = max(self.traffic_start + o.duration_s, self.final_heal + 10 * self.et + 1.0)
+        await task.deferLater(self.reactor, max(0.0, end - self.clock()), lambda: None)
+        await self.workload.stop()
+        self.timeline.add("traffic-stop")
+        self._stop_progress()
+        self.say("traffic stopped; waiting for the replicas to converge")
+
+        converged = await self._converge()
+        final = await self._final_reads()
+        states = await self._replica_states()
+        self.observer.stop()
+        await self.cluster.shutdown()
+        self.timeline.add("cluster-stopped")
+        return self._judge(converged, final, states)
+
+    def _abort(self, reason: str, code: int = EXIT_VOID) -> int:
+        self.say(f"ABORT: {reason}")
+        self.notes.append(reason)
+        if self.history is not None:
+            self.history.close()
+        verdict = self._base_verdict()
+        verdict.update(valid=False, passed=False, void_reasons=[reason], exit_code=code,
+                       unexpected_exits=self.cluster.unexpected_exits() if self.cluster else [])
+        with open(os.path.join(self.folder, "verdict.json"), "w") as f:
+            json.dump(verdict, f, indent=2, default=str)
+        return code
+
+    async def _teardown(self) -> None:
+        self._stop_progress()
+        if self.workload is not None and not self.workload.stopping:
+            await self.workload.stop()
+        if self.observer is not None:
+            self.observer.stop()
+        if self.cluster is not None:
+            await self.cluster.shutdown()
+        if self.proxy is not None:
+            await self.proxy.stop()
+        if self.client is not None:
+            await self.client.close()
+        if self.timeline is not None:
+            self.timeline.close()
+
+    # ================================================================== helpers
+
+    async def _wait_leader(self, timeout_s: float) -> bool:
+        deadline = self.clock() + timeout_s
+        while self.clock() < deadline:
+            if self.observer.leader() is not None:
+                return True
+            await task.deferLater(self.reactor, 0.05, lambda: None)
+        return False
+
+    async def _probe_membership(self) -> bool:
+        """Does the API implement membership changes?  An empty body must get 400 (bad
+        input) when it does; 501 means not implemented."""
+        node = self.observer.leader() or self.spec.node_ids[0]
+        try:
+            response = await self.client.call("POST", node, "/api/v1/cluster/add-node", {},
+                                              timeout_s=2.0)
+        except Exception:  # no answer: treat as unsupported, noted
+            return False
+        return response.status not in (404, 405, 501)
+
+    def _start_progress(self) -> None:
+        if not self.options.progress:
+            return
+        self._progress_loop = task.LoopingCall(self._progress)
+        self._progress_loop.clock = self.reactor
+        self._progress_loop.start(1.0, now=False)
+
+    def _stop_progress(self) -> None:
+        if self._progress_loop is not None and self._progress_loop.running:
+            self._progress_loop.stop()
+        if self.options.progress and sys.stderr.isatty():
+            sys.stderr.write("\n")
+
+    def _progress(self) -> None:
+        counts = self.history.counts()
+        now = self.clock()
+        elapsed = now - self.traffic_start
+        recent = self.history.ok_rate(now - 2.0, now)
+        leader = self.observer.leader()
+        current = self.nemesis.current
+        fault = f"{current.kind} {current.targets}" if current is not None else "-"
+        injected = sum(1 for r in self.nemesis.records if r.injected)
+        line = (f"[chaos {self.options.mode} {elapsed:6.1f}/{self.options.duration_s:.0f}s] "
+                f"ops {sum(counts.values())} ok {counts[OK]} fail {counts[FAIL]} "
+                f"unk {counts[UNKNOWN]} | {recent:4.0f} ok/s | leader "
+                f"{'n%d' % leader if leader else '-'} | faults {injected} | now: {fault}")
+        if sys.stderr.isatty():
+            sys.stderr.write("\r" + line[:160].ljust(160))
+        elif now - self._last_progress >= 5.0:
+            self._last_progress = now
+            sys.stderr.write(line + "\n")
+        sys.stderr.flush()
+
+    async def _converge(self) -> dict:
+        """Wait until every node reports the same applied index, at least the highest commit
+        index any node reported, twice in a row."""
+        deadline = self.clock() + max(_CONVERGE_TIMEOUT_S, 20 * self.et)
+        stable = 0
+        last = None
+        statuses: dict = {}
+        while self.clock() < deadline:
+            statuses = await self.observer.fetch_all(timeout_s=1.0)
+            applied = {n: s.get("applied_index") for n, s in statuses.items()}
+            commit = max([s.get("commit_index") or 0 for s in statuses.values()] or [0])
+            if (len(statuses) == len(self.spec.node_ids) and len(set(applied.values())) == 1
+                    and next(iter(applied.values())) >= commit):
+                stable = stable + 1 if applied == last else 1
+                last = applied
+                if stable >= 2:
+                    return {"converged": True, "applied": applied,
+                            "at_s": round(self.clock(), 3)}
+            else:
+                stable = 0
+            await task.deferLater(self.reactor, 0.2, lambda: None)
+        applied = {n: s.get("applied_index") for n, s in statuses.items()}
+        return {"converged": False, "applied": applied, "at_s": round(self.clock(), 3)}
+
+    async def _final_reads(self) -> dict:
+        """Read every written key back (linearizable), recording each read in the history."""
+        keys = sorted({r.key for r in self.history.records if r.is_write})
+        process = self.history.new_process()
+        client_id = f"chaos{self.options.seed}-final-p{process}"
+        values: dict[str, object] = {}
+        failed: list[str] = []
+        nodes = self.spec.node_ids
+        sem = defer.DeferredSemaphore(8)
+
+        async def read(key: str, position: int) -> None:
+            for attempt in range(_FINAL_READ_ATTEMPTS):
+                node = nodes[(position + attempt) % len(nodes)]
+                record = self.history.invoke(process, client_id, node, "get", key)
+                try:
+                    response = await self.client.query(node, key, timeout_s=3.0)
+                except Exception as exc:  # a failed read has no effect: try again
+                    self.history.complete(record, FAIL, error=f"final read: {exc!r}"[:200])
+                    continue
+                if response.status == 200:
+                    values[key] = response.field("value")
+                    self.history.complete(record, OK, values[key],
+                                          index=response.field("index"))
+                    return
+                if response.status == 404 and response.field("error") == "not_found":
+                    values[key] = None
+                    self.history.complete(record, OK, None, index=response.field("index"))
+                    return
+                self.history.complete(record, FAIL, error=f"final read: {response.status}")
+                await task.deferLater(self.reactor, 0.1, lambda: None)
+            failed.append(key)
+
+        await defer.gatherResults([
+            sem.run(lambda k=key, i=i: defer.Deferred.fromCoroutine(read(k, i)))
+            for i, key in enumerate(keys)])
+        return {"values": values, "failed": failed}
+
+    async def _replica_states(self) -> dict:
+        """Each node's own state of every key (stale reads: no quorum round), its applied
+        index, and its state hash when the status API has one."""
+        states, applied, hashes, problems = {}, {}, {}, []
+        for node in self.spec.node_ids:
+            try:
+                status = await self.client.status(node, timeout_s=2.0)
+                response = await self.client.query_prefix(node, "", timeout_s=5.0)
+            except Exception as exc:  # noted; the agreement check then cannot pass
+                problems.append(f"node {node}: {exc!r}")
+                continue
+            if response.status != 200 or not isinstance(response.body, dict):
+                problems.append(f"node {node}: prefix read answered {response.status}")
+                continue
+            if response.field("more"):
+                problems.append(f"node {node}: more keys than one prefix read returns")
+            states[node] = {kv["key"]: (kv.get("value"), kv.get("create_index"),
+                                        kv.get("mod_index"), kv.get("version"))
+                            for kv in response.field("kvs") or []}
+            applied[node] = response.field("index")
+            body = status.body if status.status == 200 and isinstance(status.body, dict) else {}
+            for name in ("state_hash", "state_hashes", "hash"):
+                if name in body:
+                    hashes[node] = body[name]
+        return {"states": states, "applied": applied, "hashes": hashes, "problems": problems}
+
+    # ================================================================== verdict
+
+    def _base_verdict(self) -> dict:
+        o = self.options
+        return {"folder": self.folder, "mode": o.mode, "nodes": o.nodes, "seed": o.seed,
+                "duration_s": o.duration_s, "nemesis": o.nemesis, "schedule": o.schedule,
+                "election_timeout_s": self.et, "options": asdict(o),
+                "replay": self.replay_command(), "notes": self.notes}
+
+    def replay_command(self) -> str:
+        o = self.options
+        args = ["tools/chaos.py", "--duration", f"{o.duration_s:g}", "--mode", o.mode,
+                "--nodes", str(o.nodes), "--nemesis", o.nemesis, "--schedule", o.schedule,
+                "--seed", str(o.seed)]
+        return "python " + " ".join(shlex.quote(a) for a in args)
+
+    def _judge(self, converged: dict, final: dict, states: dict) -> int:
+        o = self.options
+        self.history.close()
+        records = self.history.records
+        faults = self.nemesis.records
+        injected = [f for f in faults if f.injected]
+        first_fault = min((f.start for f in injected), default=None)
+        rate_window_end = first_fault if first_fault is not None else self.clock()
+        rate_before = checks.ok_rate(records, self.traffic_start, rate_window_end)
+        void = []
+        if not injected:
+            void.append("no fault was injected")
+        if rate_before < o.min_ok_rate:
+            void.append(f"only {rate_before:.0f} acknowledged operations/s before the first "
+                        f"fault (< {o.min_ok_rate:.0f}): the run says nothing")
+
+        self.say(f"checking linearizability of {len(records)} operations "
+                 f"(timeout {o.checker_timeout_s:.0f}s)")
+        results = [checks.check_linearizable(records, o.checker_timeout_s),
+                   checks.check_lost_writes(records, final["values"], final["failed"])]
+        agree = checks.check_replicas_agree(states["states"], states["applied"],
+                                            states["hashes"], self.spec.node_ids)
+        if not converged["converged"]:
+            agree = checks.CheckOutcome(
+                "replicas-agree", False, f"replicas did not converge within "
+                f"{max(_CONVERGE_TIMEOUT_S, 20 * self.et):.0f}s: applied {converged['applied']}",
+                {"converged": converged, "states": agree.as_dict()})
+        if states["problems"]:
+            agree.data["problems"] = states["problems"]
+        results.append(agree)
+        leader_seen = next((t for t, leader, _ in self.observer.leader_changes
+                            if t >= self.final_heal and leader is not None), None)
+        if leader_seen is None and self.observer.leader_changes and \
+                self.observer.leader_changes[-1][1] is not None:
+            leader_seen = self.final_heal       # a leader was already there at the heal
+        results.append(checks.check_liveness(records, self.final_heal, self.et, leader_seen))
+        exits = self.cluster.unexpected_exits()
+        results.append(checks.CheckOutcome(
+            "no-unexpected-exits", not exits,
+            "every process exit was caused by the nemesis" if not exits else
+            f"{len(exits)} process exits the nemesis did not cause", {"exits": exits}))
+
+        rows = checks.unavailability(faults, records)
+        counts = self.history.counts()
+        by_kind: dict[str, int] = {}
+        for f in injected:
+            by_kind[f.kind] = by_kind.get(f.kind, 0) + 1
+        passed = not void and all(r.passed for r in results)
+        verdict = self._base_verdict()
+        traffic_s = (self.clock() if not records else max(
+            (r.ret or r.call) for r in records)) - self.traffic_start
+        verdict.update(
+            valid=not void, void_reasons=void, passed=passed,
+            exit_code=EXIT_PASS if passed else (EXIT_VOID if void else EXIT_FAIL),
+            checks=[r.as_dict() for r in results],
+            ops={"total": len(records), "ok": counts[OK], "fail": counts[FAIL],
+                 "unknown": counts[UNKNOWN],
+                 "ok_rate_before_first_fault": round(rate_before, 1),
+                 "ok_rate_overall": round(counts[OK] / max(traffic_s, 1e-9), 1),
+                 "by_kind": _ops_by_kind(records), "keys": len({r.key for r in records})},
+            faults_injected=len(injected), faults_by_kind=by_kind,
+            faults=[f.as_dict() for f in faults],
+            plans=[asdict(p) for p in self.plans],
+            unavailability=rows, unavailability_by_kind=checks.summarize_unavailability(rows),
+            leader_changes=self.observer.leader_changes,
+            traffic_start_s=self.traffic_start, final_heal_s=self.final_heal,
+            converged=converged, unexpected_exits=exits,
+            log_problems=scan_logs({n: self.cluster.log_path(n) for n in self.spec.node_ids}),
+            http_statuses=self.workload.statuses, proxy=self.proxy.stats())
+        timeline = None
+        if o.plot != "none":
+            try:
+                timeline = render_timeline(
+                    os.path.join(self.folder, "timeline"), records, faults,
+                    self.observer.leader_changes, self.clock(),
+                    f"{o.mode} {o.nodes} nodes seed {o.seed}: "
+                    f"{'PASS' if passed else 'VOID' if void else 'FAIL'}",
+                    unknown_span_s=o.request_timeout_ms / 1000.0 + 1.0,
+                    force_html=o.plot == "html")
+            except Exception as exc:  # the picture must never hide the verdict
+                self.notes.append(f"timeline plot failed: {exc!r}")
+        verdict["timeline"] = timeline
+        write_verdict(self.folder, verdict)
+        if o.progress:
+            sys.stderr.write("\n" + format_summary(verdict))
+        return verdict["exit_code"]
+
+
+def _ops_by_kind(records) -> dict:
+    out: dict[str, dict[str, int]] = {}
+    for r in records:
+        row = out.setdefault(r.kind, {OK: 0, FAIL: 0, UNKNOWN: 0})
+        row[r.status or UNKNOWN] = row.get(r.status or UNKNOWN, 0) + 1
+    return out

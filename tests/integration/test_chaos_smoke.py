@@ -1,0 +1,88 @@
+"""Smoke runs of tools/chaos.py against real clusters, both protocols.
+
+Every nemesis kind runs once per protocol: the kinds are split into three groups (process
+faults on 3 nodes, whole-cluster kills and clean partitions on 3 nodes, partial partitions
+and flaky links on 5 nodes), each group one run of 18 s of traffic.  The tool is run as an
+operator runs it (a separate process); the test reads its exit code and verdict.json.
+A pass needs a valid run (faults injected, >= 100 acknowledged ops/s before the first) in
+which every check passed and every kind of the group was injected (membership changes are
+skipped with a note while the API answers 501).
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+CHAOS = os.path.join(ROOT, "tools", "chaos.py")
+
+GROUPS = {
+    "process": (3, ["kill-leader", "kill-random", "pause-leader", "lose-unsynced"]),
+    "whole-cluster": (3, ["kill-all", "kill-all-reverse", "partition-leader", "partition-half",
+                          "member-change"]),
+    "partial-network": (5, ["partition-oneway", "partition-ring", "partition-bridge",
+                            "flaky-link"]),
+}
+TRAFFIC_S = 18
+RUN_TIMEOUT_S = 180
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("mode", ["multipaxos", "raft"])
+@pytest.mark.parametrize("group", sorted(GROUPS))
+def test_chaos_smoke(tmp_path, mode, group):
+    """One short chaos run passes every check with each kind of the group injected once."""
+    nodes, kinds = GROUPS[group]
+    seed = 1000 + sorted(GROUPS).index(group) + (0 if mode == "multipaxos" else 100)
+    cmd = [sys.executable, CHAOS, "--duration", str(TRAFFIC_S), "--mode", mode,
+           "--nodes", str(nodes), "--nemesis", ",".join(kinds), "--seed", str(seed),
+           "--reports", str(tmp_path), "--checker-timeout", "60", "--quiet"]
+    done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True,
+                          timeout=RUN_TIMEOUT_S)
+    folders = glob.glob(os.path.join(str(tmp_path), f"chaos-*-{mode}"))
+    assert len(folders) == 1, f"no report folder; stderr:\n{done.stderr[-4000:]}"
+    folder = folders[0]
+    summary_path = os.path.join(folder, "summary.txt")
+    summary = open(summary_path).read() if os.path.exists(summary_path) else done.stderr[-4000:]
+    assert done.returncode == 0, f"exit {done.returncode}:\n{summary}"
+
+    with open(os.path.join(folder, "verdict.json")) as f:
+        verdict = json.load(f)
+    assert verdict["valid"] and verdict["passed"], summary
+    assert verdict["ops"]["ok_rate_before_first_fault"] >= 100, summary
+    by_kind = {fault["kind"]: fault for fault in verdict["faults"]}
+    for kind in kinds:
+        assert kind in by_kind, f"{kind} never ran:\n{summary}"
+        if kind == "member-change" and by_kind[kind]["note"] and "501" in by_kind[kind]["note"]:
+            continue
+        assert by_kind[kind]["injected"], f"{kind} was not injected:\n{summary}"
+    assert {c["name"] for c in verdict["checks"]} >= {
+        "linearizable", "no-lost-writes", "replicas-agree", "liveness-after-heal",
+        "no-unexpected-exits"}
+    for name in ("history.jsonl", "nemesis.jsonl", "status.jsonl", "conf.toml",
+                 "summary.txt", f"logs/n{nodes}.log"):
+        assert os.path.exists(os.path.join(folder, name)), name
+    assert glob.glob(os.path.join(folder, "timeline.*"))
+
+
+@pytest.mark.slow
+def test_a_run_without_faults_is_void(tmp_path):
+    """No fault injected (membership is skipped) and too few ops/s: exit 2, never a pass."""
+    cmd = [sys.executable, CHAOS, "--duration", "6", "--mode", "multipaxos", "--nodes", "3",
+           "--nemesis", "member-change", "--seed", "77", "--min-ok-rate", "1000000",
+           "--reports", str(tmp_path), "--plot", "none", "--quiet"]
+    done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True,
+                          timeout=RUN_TIMEOUT_S)
+    folder = glob.glob(os.path.join(str(tmp_path), "chaos-*-multipaxos"))[0]
+    with open(os.path.join(folder, "verdict.json")) as f:
+        verdict = json.load(f)
+    assert done.returncode == 2, done.stderr[-3000:]
+    assert not verdict["valid"] and not verdict["passed"]
+    reasons = " ".join(verdict["void_reasons"])
+    assert "no fault was injected" in reasons and "acknowledged operations/s" in reasons
