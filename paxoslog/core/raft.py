@@ -667,7 +667,8 @@ class RaftReplica:
                                                    self._commit))
             return
         last = self.last_index
-        if self._term_at(index) == msg.snap_term:
+        keep_suffix = self._term_at(index) == msg.snap_term
+        if keep_suffix:
             del self._entries[: index - self._offset]  # keep the suffix after the snapshot
             self._unstable_from = max(self._unstable_from, index + 1)
         else:
@@ -679,7 +680,10 @@ class RaftReplica:
         self._snapshot = SnapshotMeta(index, msg.snap_term, msg.config)
         self._base_config = msg.config
         self._base_config_index = index
-        self._conf_entries = [c for c in self._conf_entries if c[0] > index]
+        # Configuration entries survive only with the log suffix they sit in (sim seed
+        # 1867: a conflicting log was dropped but its CONFIG entry was still tracked).
+        self._conf_entries = ([c for c in self._conf_entries if c[0] > index]
+                              if keep_suffix else [])
         self._checked_upto = index
         self._commit = self._emitted = index
         self._pending_snapshot = self._snapshot
