@@ -328,20 +328,13 @@ class _Connection:
 
     def abort(self) -> None:
         """Close both sockets at once (RST), dropping whatever is in flight."""
-        if self.closed:
-            return
-        self.closed = True
-        self.forward.close()
-        self.backward.close()
-        self.network._untrack(self)
-        for side in (self.downstream, self.upstream):
-            if side is not None and side.transport is not None:
-                side.transport.abortConnection()
-        if self.upstream is None and self.connector is not None:
-            self.connector.disconnect()
+        self._close(reset=True)
 
     def side_lost(self) -> None:
         """One socket closed: close the other (a dead node's peers see the close)."""
+        self._close(reset=False)
+
+    def _close(self, reset: bool) -> None:
         if self.closed:
             return
         self.closed = True
@@ -350,7 +343,10 @@ class _Connection:
         self.network._untrack(self)
         for side in (self.downstream, self.upstream):
             if side is not None and side.transport is not None:
-                side.transport.loseConnection()
+                if reset:
+                    side.transport.abortConnection()
+                else:
+                    side.transport.loseConnection()
         if self.upstream is None and self.connector is not None:
             self.connector.disconnect()
 
