@@ -153,7 +153,30 @@ def _kv_body(op: str, key: str, value=None, **extra) -> dict:
 
 # ====================================================================== synchronous
 
-class SyncClient(_Logic):
+class _KeyValueCalls:
+    """put/delete/cas/get over ``propose`` and ``request``: results are dicts for the
+    synchronous client and Deferreds firing with dicts for the Twisted one."""
+
+    def put(self, key: str, value, **session):
+        return self.propose(_kv_body("put", key, value, **session))
+
+    def delete(self, key: str, **session):
+        return self.propose(_kv_body("delete", key, **session))
+
+    def cas(self, key: str, value, *, expected=..., expected_version: int | None = None,
+            **session):
+        extra = dict(session)
+        if expected_version is not None:
+            extra["expected_version"] = expected_version
+        else:
+            extra["expected"] = None if expected is ... else expected
+        return self.propose(_kv_body("cas", key, value, **extra))
+
+    def get(self, key: str, consistency: str = "linearizable"):
+        return self.request("GET", _path_for_query(key, consistency, None, None))
+
+
+class SyncClient(_KeyValueCalls, _Logic):
     """Blocking client on http.client with one keep-alive connection per endpoint."""
 
     def __init__(self, endpoints, *, timeout: float = 10.0, attempt_timeout: float = 3.0,
@@ -265,23 +288,6 @@ class SyncClient(_Logic):
         return self.request("POST", "/api/v1/consensus/propose", self.write_body(body),
                             write=True)
 
-    def put(self, key: str, value, **session) -> dict:
-        return self.propose(_kv_body("put", key, value, **session))
-
-    def delete(self, key: str, **session) -> dict:
-        return self.propose(_kv_body("delete", key, **session))
-
-    def cas(self, key: str, value, *, expected=..., expected_version: int | None = None,
-            **session) -> dict:
-        extra = dict(session)
-        if expected_version is not None:
-            extra["expected_version"] = expected_version
-        else:
-            extra["expected"] = None if expected is ... else expected
-        return self.propose(_kv_body("cas", key, value, **extra))
-
-    def get(self, key: str, consistency: str = "linearizable") -> dict:
-        return self.request("GET", _path_for_query(key, consistency, None, None))
 
     def range(self, prefix: str, limit: int | None = None,
               consistency: str = "linearizable") -> dict:
@@ -319,7 +325,7 @@ class SyncClient(_Logic):
 
 # ====================================================================== Twisted
 
-class Client(_Logic):
+class Client(_KeyValueCalls, _Logic):
     """Asynchronous client on treq; every method returns a Deferred."""
 
     def __init__(self, endpoints, *, reactor, timeout: float = 10.0,
@@ -423,23 +429,6 @@ class Client(_Logic):
         return self.request("POST", "/api/v1/consensus/propose", self.write_body(body),
                             write=True)
 
-    def put(self, key: str, value, **session):
-        return self.propose(_kv_body("put", key, value, **session))
-
-    def delete(self, key: str, **session):
-        return self.propose(_kv_body("delete", key, **session))
-
-    def cas(self, key: str, value, *, expected=..., expected_version: int | None = None,
-            **session):
-        extra = dict(session)
-        if expected_version is not None:
-            extra["expected_version"] = expected_version
-        else:
-            extra["expected"] = None if expected is ... else expected
-        return self.propose(_kv_body("cas", key, value, **extra))
-
-    def get(self, key: str, consistency: str = "linearizable"):
-        return self.request("GET", _path_for_query(key, consistency, None, None))
 
     def status(self):
         return self.request("GET", "/api/v1/cluster/status")
