@@ -15,13 +15,14 @@ import http.client
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
 from urllib.parse import urlencode
 
 import pytest
+
+from paxoslog.chaos.cluster import allocate_ports
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 PROTOCOLS = ("multipaxos", "raft")
@@ -31,19 +32,9 @@ PROTOCOLS = ("multipaxos", "raft")
 sys.modules.setdefault("paxoslog_integration", sys.modules[__name__])
 
 
-def reserve_ports(count: int) -> list[int]:
-    """Distinct free ports: bound to 0 together (so the kernel cannot repeat one), then
-    released for the nodes to bind."""
-    sockets = []
-    try:
-        for _ in range(count):
-            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            s.bind(("127.0.0.1", 0))
-            sockets.append(s)
-        return [s.getsockname()[1] for s in sockets]
-    finally:
-        for s in sockets:
-            s.close()
+# Distinct free ports: bound to 0 together (so the kernel cannot repeat one), then released
+# for the nodes to bind.  The chaos harness allocates its ports the same way.
+reserve_ports = allocate_ports
 
 
 def wait_for(condition, timeout: float = 10.0, interval: float = 0.02, what: str = "condition"):
