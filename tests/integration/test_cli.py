@@ -160,6 +160,12 @@ def test_cluster_up_starts_and_stops_cleanly(tmp_path, protocol):
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+        # Never leave the nodes behind when the test failed half way.
+        for line in seen:
+            words = line.split()
+            if line.startswith("== ") and len(words) > 2 and words[1].isdigit() \
+                    and words[2].isdigit() and _alive(int(words[2])):
+                os.kill(int(words[2]), signal.SIGKILL)
 
 
 def _alive(pid: int) -> bool:
