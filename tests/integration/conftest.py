@@ -18,6 +18,7 @@ import signal
 import subprocess
 import sys
 import time
+from contextlib import contextmanager
 from urllib.parse import urlencode
 
 import pytest
@@ -259,6 +260,18 @@ def pytest_runtest_makereport(item, call):
     outcome = yield
     report = outcome.get_result()
     setattr(item, f"rep_{report.when}", report)
+
+
+@contextmanager
+def started_cluster(tmp_path_factory, name: str, protocol: str):
+    """A 3-node cluster with a leader, closed on exit (for module-scoped fixtures)."""
+    harness = ClusterHarness(tmp_path_factory.mktemp(name), protocol)
+    harness.start_all()
+    try:
+        harness.wait_leader()
+        yield harness
+    finally:
+        harness.close()
 
 
 @pytest.fixture

@@ -16,7 +16,8 @@ import time
 
 import pytest
 
-from paxoslog_integration import PROTOCOLS, ROOT, ClusterHarness, reserve_ports, wait_for
+from paxoslog_integration import (PROTOCOLS, ROOT, ClusterHarness, reserve_ports,
+                                  started_cluster, wait_for)
 
 
 def paxoslog(*args: str, timeout: float = 60) -> subprocess.CompletedProcess:
@@ -27,13 +28,8 @@ def paxoslog(*args: str, timeout: float = 60) -> subprocess.CompletedProcess:
 
 @pytest.fixture(scope="module")
 def running(tmp_path_factory):
-    harness = ClusterHarness(tmp_path_factory.mktemp("cli"), "multipaxos")
-    harness.start_all()
-    try:
-        harness.wait_leader()
+    with started_cluster(tmp_path_factory, "cli", "multipaxos") as harness:
         yield harness
-    finally:
-        harness.close()
 
 
 def test_put_get_delete_cas_with_exit_codes(running):

@@ -12,7 +12,7 @@ import sys
 import pytest
 
 from paxoslog.client import NotFound, RequestFailed, SyncClient, Unavailable
-from paxoslog_integration import ROOT, ClusterHarness, reserve_ports
+from paxoslog_integration import ROOT, reserve_ports, started_cluster
 
 ASYNC_SCRIPT = r'''
 import json, sys
@@ -51,13 +51,8 @@ task.react(main, [json.loads(sys.argv[1]), sys.argv[2]])
 
 @pytest.fixture(scope="module")
 def running(tmp_path_factory):
-    harness = ClusterHarness(tmp_path_factory.mktemp("client"), "raft")
-    harness.start_all()
-    try:
-        harness.wait_leader()
+    with started_cluster(tmp_path_factory, "client", "raft") as harness:
         yield harness
-    finally:
-        harness.close()
 
 
 def _endpoints(c) -> list[str]:
