@@ -2,8 +2,11 @@
 
 ::
 
-    paxoslog serve --config F --node ID        run one node (SIGTERM/SIGINT: graceful stop)
+    paxoslog serve --config F --node ID [--join URL]   run one node (SIGTERM/SIGINT: graceful
+                                               stop; --join: a new node asks a member to add it)
     paxoslog cluster up F                      every node of a local conf as child processes
+    paxoslog cluster add-node ID --peer H:P [--api H:P] [--no-wait]
+    paxoslog cluster remove-node ID | transfer-leader [ID] | members
     paxoslog put KEY VALUE | get KEY | delete KEY | cas KEY VALUE --expected E
     paxoslog status                            one row per node: role, term, indexes, lag
     paxoslog log entries [--from N] [--to M]   entries from the running cluster
@@ -70,6 +73,12 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--config", "-c", required=True, help="cluster conf file")
     serve.add_argument("--node", type=int, required=True, help="this node's id in the conf")
     serve.add_argument("--log-level", default="info", choices=("debug", "info", "warn", "error"))
+    serve.add_argument("--join", default=None, metavar="URL[,URL...]",
+                       help="first start of a node added to a running cluster: ask this member "
+                            "(any; its API address) to add this node, then join as a learner "
+                            "(promoted to voter once caught up).  Ignored once joined.")
+    serve.add_argument("--join-timeout", type=float, default=60.0,
+                       help="seconds to keep asking to join (default 60)")
     serve.set_defaults(func=cmd_serve)
 
     cluster = commands.add_parser("cluster", help="run a local cluster")
@@ -83,6 +92,33 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--wait", type=float, default=30.0,
                     help="seconds to wait for a leader (default 30)")
     up.set_defaults(func=cmd_cluster_up)
+
+    add = cluster_commands.add_parser(
+        "add-node", parents=[client], help="add a node (as a learner, promoted once caught up)",
+        description="Add node ID, reachable by its peers at --peer, to the running cluster.  "
+                    "It joins as a learner, receives the log or a snapshot, and the leader "
+                    "makes it a voter once it has caught up (joint consensus).  Start the "
+                    "node itself with `paxoslog serve --join URL` (which also calls this).")
+    add.add_argument("node_id", type=int, metavar="ID")
+    add.add_argument("--peer", required=True, metavar="HOST:PORT",
+                     help="the new node's peer address")
+    add.add_argument("--api", default=None, metavar="HOST:PORT",
+                     help="the new node's API address")
+    add.add_argument("--no-wait", action="store_true",
+                     help="return once it is a learner (default: wait until it is a voter)")
+    add.set_defaults(func=cmd_cluster_add_node)
+    remove = cluster_commands.add_parser(
+        "remove-node", parents=[client], help="remove a node (the leader hands over first)")
+    remove.add_argument("node_id", type=int, metavar="ID")
+    remove.set_defaults(func=cmd_cluster_remove_node)
+    transfer = cluster_commands.add_parser("transfer-leader", parents=[client],
+                                           help="hand leadership to node ID (default: the "
+                                                "most up-to-date voter)")
+    transfer.add_argument("node_id", type=int, nargs="?", default=None, metavar="ID")
+    transfer.set_defaults(func=cmd_cluster_transfer_leader)
+    members = cluster_commands.add_parser("members", parents=[client],
+                                          help="configuration and cluster_members table")
+    members.set_defaults(func=cmd_cluster_members)
 
     session = argparse.ArgumentParser(add_help=False)
     session.add_argument("--client-id", default=None,
@@ -435,6 +471,10 @@ def cmd_serve(args) -> int:
     from twisted.logger import Logger
     from paxoslog.server import NodeService
     log = Logger(namespace="paxoslog.serve")
+    if args.join:
+        code = _join(config, args, log)
+        if code != EXIT_OK:
+            return code
     node = NodeService(config, args.node, reactor)
     outcome = {"code": EXIT_OK, "signals": 0}
 
@@ -455,6 +495,12 @@ def cmd_serve(args) -> int:
     # default 5 ms switch interval a busy reactor thread could hold a commit that long.
     sys.setswitchinterval(float(os.environ.get("PAXOSLOG_SWITCH_INTERVAL", "0.001")))
     node.on_fatal = lambda exc: stop(EXIT_ERROR)
+
+    def removed(index: int) -> None:
+        print(f"paxoslog: node {args.node} was removed from the cluster at index {index}; "
+              f"exiting", file=sys.stderr)
+        stop(EXIT_OK)
+    node.membership.on_removed = removed
     try:
         node.startService()
     except Exception as exc:
@@ -475,6 +521,84 @@ def cmd_serve(args) -> int:
     else:
         reactor.run(installSignalHandlers=False)
     return outcome["code"]
+
+
+def _join(config, args, log) -> int:
+    """``serve --join``: ask a member to add this node unless it joined before."""
+    from paxoslog.server.membership import JoinError, MembersFile, join_cluster
+    from paxoslog.storage.meta import meta_path
+    me = config.node(args.node)
+    if MembersFile(me.data_dir).exists():
+        log.info("already joined (members.json present): --join ignored")
+        return EXIT_OK
+    if os.path.exists(meta_path(me.data_dir)):
+        print(f"paxoslog: {me.data_dir} already holds the data of a node that did not join "
+              f"with --join; a joining node needs an empty data directory", file=sys.stderr)
+        return EXIT_USAGE
+    endpoints = [e.strip() for e in args.join.split(",") if e.strip()]
+    log.info("joining the cluster through {endpoints}", endpoints=", ".join(endpoints))
+    try:
+        info = join_cluster(config, args.node, endpoints, timeout=args.join_timeout)
+    except JoinError as exc:
+        print(f"paxoslog: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+    log.info("added to cluster {cluster} as a {role} (voters {voters}); starting",
+             cluster=info.get("cluster"), role=info.get("role"),
+             voters=info.get("applied_config", {}).get("voters"))
+    return EXIT_OK
+
+
+# ====================================================================== membership
+
+def cmd_cluster_add_node(args) -> int:
+    def action(client):
+        body = client.add_node(args.node_id, args.peer, args.api,
+                               wait="learner" if args.no_wait else "voter")
+        _print(args, body, f"node {args.node_id} added: {body.get('role')} "
+                           f"(voters {body['applied_config']['voters']}, learners "
+                           f"{body['applied_config']['learners']})")
+        return EXIT_OK
+    return _run_client(args, action)
+
+
+def cmd_cluster_remove_node(args) -> int:
+    def action(client):
+        body = client.remove_node(args.node_id)
+        _print(args, body, f"node {args.node_id} removed (voters "
+                           f"{body['applied_config']['voters']})")
+        return EXIT_OK
+    return _run_client(args, action)
+
+
+def cmd_cluster_transfer_leader(args) -> int:
+    def action(client):
+        body = client.transfer_leader(args.node_id)
+        _print(args, body, f"leader: node {body['leader']} (term {body['term']})")
+        return EXIT_OK
+    return _run_client(args, action)
+
+
+def cmd_cluster_members(args) -> int:
+    def action(client):
+        body = client.members()
+        if args.json:
+            print(json.dumps(body, sort_keys=True))
+            return EXIT_OK
+        config = body["applied_config"]
+        print(f"cluster {body['cluster']} ({body['protocol']}), leader "
+              f"{body['leader'] if body['leader'] is not None else 'none'}")
+        print(f"voters {config['voters']}" + (f" outgoing {config['outgoing']}"
+                                              if config['outgoing'] else "")
+              + (f" learners {config['learners']}" if config['learners'] else ""))
+        rows = [("NODE", "STATUS", "PEER", "API", "ADDED AT", "REMOVED AT")]
+        for row in body["members"]:
+            rows.append((str(row["node_id"]), row["status"], row["address"], row.get("api") or "-",
+                         str(row["added_at_index"]), str(row["removed_at_index"] or "-")))
+        widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+        for r in rows:
+            print("  ".join(cell.ljust(w) for cell, w in zip(r, widths)).rstrip())
+        return EXIT_OK
+    return _run_client(args, action)
 
 
 # ====================================================================== cluster up

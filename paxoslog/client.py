@@ -154,7 +154,7 @@ def _kv_body(op: str, key: str, value=None, **extra) -> dict:
 # ====================================================================== synchronous
 
 class _KeyValueCalls:
-    """put/delete/cas/get over ``propose`` and ``request``: results are dicts for the
+    """put/delete/cas/get (and the membership calls) over ``propose`` and ``request``: results are dicts for the
     synchronous client and Deferreds firing with dicts for the Twisted one."""
 
     def put(self, key: str, value, **session):
@@ -174,6 +174,28 @@ class _KeyValueCalls:
 
     def get(self, key: str, consistency: str = "linearizable"):
         return self.request("GET", _path_for_query(key, consistency, None, None))
+
+    # Membership (idempotent: safe to retry after an unknown outcome).
+
+    def add_node(self, node_id: int, address: str, api: str | None = None,
+                 wait: str = "learner"):
+        """Add ``node_id`` (peer ``address``) as a learner; ``wait="voter"`` returns once
+        the leader promoted it."""
+        body = {"node_id": node_id, "address": address, "wait": wait}
+        if api:
+            body["api"] = api
+        return self.request("POST", "/api/v1/cluster/add-node", body, write=True)
+
+    def remove_node(self, node_id: int):
+        return self.request("POST", "/api/v1/cluster/remove-node", {"node_id": node_id},
+                            write=True)
+
+    def transfer_leader(self, node_id: int | None = None):
+        body = {} if node_id is None else {"node_id": node_id}
+        return self.request("POST", "/api/v1/cluster/transfer-leader", body, write=True)
+
+    def members(self):
+        return self.request("GET", "/api/v1/cluster/members")
 
 
 class SyncClient(_KeyValueCalls, _Logic):

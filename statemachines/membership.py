@@ -1,18 +1,21 @@
-"""``membership``: the cluster_members table (a skeleton).
+"""``membership``: the cluster_members table, kept in step with the configuration.
 
-One row per node: ``node_id``, ``address``, ``status`` (active / leaving / removed),
-``added_at_index`` and ``removed_at_index`` (log indexes).  Commands::
+One row per node: ``node_id``, ``address`` (its peer address), ``api`` (its HTTP API
+address, may be None), ``status`` (active / leaving / removed), ``added_at_index`` and
+``removed_at_index`` (log indexes).  Commands::
 
-    {"op": "add",    "node_id": n, "address": "host:port"}  # new or re-added: active
+    {"op": "add",    "node_id": n, "address": "host:port", "api"?: "host:port"}
     {"op": "leave",  "node_id": n}                          # active -> leaving
     {"op": "remove", "node_id": n}                          # -> removed (row kept)
 
 Reads: ``{"node_id": n}`` -> the row (None when never added); ``{}`` -> every row by id.
 
-SKELETON: nothing keeps this table in step with the replicated configuration yet; the
-membership operations (add-node/remove-node, the next slice of issue 6) will append these
-commands to the log next to the configuration entries they make.  Until then it is an
-ordinary, client-driven state machine.
+The node writes these rows itself (server/membership.py): ``add`` before the configuration
+entry that makes a node a learner (so every replica knows its address first), ``leave``
+before the configuration without it, ``remove`` once that configuration is committed; the
+leader also adds the rows of the initial members.  The node is always enabled (it is the
+address book of nodes added later).  Removed ids are never re-added: node ids are not
+reused.
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ class MembershipStateMachine:
 
     def __init__(self) -> None:
         self._rows: dict[int, dict] = {}
+        self.restores = 0            # bumped by restore(): the node re-reads the table
 
     @staticmethod
     def _node_id(command: dict) -> int:
@@ -47,17 +51,15 @@ class MembershipStateMachine:
         op = command.get("op")
         if op not in self.ops:
             raise BadCommand(f'"op" must be one of {", ".join(self.ops)}, got {op!r:.40}')
-        allowed = {"op", "node_id", "address"} if op == "add" else {"op", "node_id"}
+        allowed = {"op", "node_id", "address", "api"} if op == "add" else {"op", "node_id"}
         unknown = sorted(set(command) - allowed)
         if unknown:
             raise BadCommand(f"unknown field(s) for {op}: {', '.join(unknown)[:200]}")
         out = {"op": op, "node_id": self._node_id(command)}
         if op == "add":
-            address = command.get("address")
-            host, sep, port = address.rpartition(":") if isinstance(address, str) else ("", "", "")
-            if not sep or not host or not port.isdigit() or not 1 <= int(port) <= 65535:
-                raise BadCommand('"address" must be "host:port"')
-            out["address"] = address
+            out["address"] = _host_port(command.get("address"), "address")
+            if command.get("api") is not None:
+                out["api"] = _host_port(command.get("api"), "api")
         return out
 
     def apply(self, index: int, command: dict) -> dict:
@@ -65,9 +67,12 @@ class MembershipStateMachine:
         node_id = self._node_id(command)
         row = self._rows.get(node_id)
         if op == "add":
-            if row is not None and row["status"] != "removed":
-                raise BadCommand(f"node {node_id} is already a member ({row['status']})")
-            row = {"node_id": node_id, "address": command["address"], "status": "active",
+            if row is not None:
+                raise BadCommand(f"node {node_id} is already a member ({row['status']})"
+                                 if row["status"] != "removed" else
+                                 f"node {node_id} was removed; node ids are not reused")
+            row = {"node_id": node_id, "address": command["address"],
+                   "api": command.get("api"), "status": "active",
                    "added_at_index": index, "removed_at_index": None}
         elif op in ("leave", "remove"):
             if row is None or row["status"] == "removed":
@@ -98,16 +103,28 @@ class MembershipStateMachine:
 
     def snapshot(self) -> bytes:
         return cbor2.dumps([[n, r["address"], r["status"], r["added_at_index"],
-                             r["removed_at_index"]] for n, r in sorted(self._rows.items())])
+                             r["removed_at_index"], r["api"]]
+                            for n, r in sorted(self._rows.items())])
 
     def restore(self, data: bytes) -> None:
         try:
             rows = {}
-            for node_id, address, status, added, removed in (cbor2.loads(data) if data else []):
+            for item in (cbor2.loads(data) if data else []):
+                node_id, address, status, added, removed = item[:5]
+                api = item[5] if len(item) > 5 else None      # rows written before "api"
                 if status not in STATUSES:
                     raise ValueError(f"bad status {status!r}")
-                rows[node_id] = {"node_id": node_id, "address": address, "status": status,
-                                 "added_at_index": added, "removed_at_index": removed}
+                rows[node_id] = {"node_id": node_id, "address": address, "api": api,
+                                 "status": status, "added_at_index": added,
+                                 "removed_at_index": removed}
         except Exception as exc:
             raise ValueError(f"membership snapshot is damaged: {exc}") from None
         self._rows = rows
+        self.restores += 1
+
+
+def _host_port(value: object, name: str) -> str:
+    host, sep, port = value.rpartition(":") if isinstance(value, str) else ("", "", "")
+    if not sep or not host or not port.isdigit() or not 1 <= int(port) <= 65535:
+        raise BadCommand(f'"{name}" must be "host:port"')
+    return value

@@ -12,11 +12,15 @@
     POST /api/v1/sm/<name>            a write {"op", ...} for any enabled state machine, or a
                                       read {"query": {...}, "consistency"?}
     GET  /api/v1/sm/<name>            ?field=value...[&consistency=...]: a read
-    POST /api/v1/cluster/add-node, /api/v1/cluster/remove-node   501 until membership lands
+    POST /api/v1/cluster/add-node     {"node_id","address","api"?,"wait"?: learner|voter}
+    POST /api/v1/cluster/remove-node  {"node_id"}
+    POST /api/v1/cluster/transfer-leader {"node_id"?}  (none: the most up-to-date voter)
+    GET  /api/v1/cluster/members      configuration, address book, cluster_members rows
     GET  /health[?ready=1], GET /metrics
 
-Errors are ``{"error": code, "message": text}`` with 400/404/405/413/431/501/503
-(Retry-After)/504 (see errors.py).  Every input is validated here or by the state machine
+Errors are ``{"error": code, "message": text}`` with 400/404/405/409/410/413/431/503
+(Retry-After)/504 (see errors.py).  A removed node answers 410 ``removed`` to everything
+but /health, /metrics and the status.  Every input is validated here or by the state machine
 before anything is proposed: bad input never reaches the log.
 """
 
@@ -45,6 +49,7 @@ _PROPOSE_FIELDS = frozenset({"key", "value", "client_id", "sequence", "op", "exp
 _CONSISTENCY = ("linearizable", "lease", "stale")
 _SEQUENCE_MAX = (1 << 63) - 1
 _TEXT = b"text/plain; version=0.0.4; charset=utf-8"
+_SERVED_WHEN_REMOVED = frozenset({"/health", "/metrics", "/api/v1/cluster/status"})
 
 
 def _reject_constant(name: str):
@@ -62,8 +67,10 @@ class Api:
             "/api/v1/consensus/query": {"GET": self.query},
             "/api/v1/cluster/status": {"GET": self.cluster_status},
             "/api/v1/log/entries": {"GET": self.log_entries},
-            "/api/v1/cluster/add-node": {"POST": self.membership},
-            "/api/v1/cluster/remove-node": {"POST": self.membership},
+            "/api/v1/cluster/add-node": {"POST": self.add_node},
+            "/api/v1/cluster/remove-node": {"POST": self.remove_node},
+            "/api/v1/cluster/transfer-leader": {"POST": self.transfer_leader},
+            "/api/v1/cluster/members": {"GET": self.members},
             "/health": {"GET": self.health},
             "/metrics": {"GET": self.metrics},
         }
@@ -78,6 +85,10 @@ class Api:
             else:
                 return self._error(ApiError(404, "not_found",
                                             f"no such endpoint: {request.path[:200]}"))
+        if self.node.membership.removed and request.path not in _SERVED_WHEN_REMOVED:
+            return self._error(ApiError(410, "removed", f"node {self.node.node_id} was removed "
+                                        f"from the cluster at index "
+                                        f"{self.node.membership.removed_at}"))
         method = "GET" if request.method == "HEAD" else request.method
         handler = routes.get(method)
         if handler is None:
@@ -239,8 +250,20 @@ class Api:
                            extra={"index": response.get("index")})
         return response
 
-    def membership(self, request):
-        raise ApiError(501, "not_implemented", "membership changes are not available yet")
+    # ------------------------------------------------------------------ membership
+
+    def add_node(self, request):
+        return self.node.membership.request("add", self._json_object(request))
+
+    def remove_node(self, request):
+        return self.node.membership.request("remove", self._json_object(request))
+
+    def transfer_leader(self, request):
+        body = self._json_object(request) if request.body else {}
+        return self.node.membership.request("transfer", body)
+
+    def members(self, request):
+        return self.node.membership.describe()
 
     # ------------------------------------------------------------------ reads
 
@@ -355,8 +378,8 @@ class Api:
         add(node.fsync.lines("paxoslog_fsync_seconds"))
         add(render_metric("paxoslog_peer_connected", "gauge",
                           "1 when the peer connection is established.",
-                          [({"peer": n.id}, int(node.transport.connected(n.id)))
-                           for n in node.config.nodes if n.id != node.node_id]))
+                          [({"peer": n}, int(node.transport.connected(n)))
+                           for n in sorted(node.membership.peer_addresses())]))
         for name, text in (("messages_sent", "Consensus messages sent to peers."),
                            ("messages_received", "Consensus messages received from peers."),
                            ("messages_dropped", "Messages dropped: no connection or a full "

@@ -1,8 +1,9 @@
 """``ApiError``: a client-visible failure with its HTTP status and JSON error code.
 
 Codes: 400 ``bad_request`` (and ``stale_sequence``), 404 ``not_found``, 405
-``method_not_allowed``, 413 ``too_large``, 431 ``headers_too_large``, 501
-``not_implemented``, 503 ``unavailable``/``not_leader``/``busy`` (safe to retry; carries
+``method_not_allowed``, 409 ``conflict`` (a membership request that contradicts the
+membership), 410 ``removed`` (this node was removed from the cluster), 413 ``too_large``,
+431 ``headers_too_large``, 503 ``unavailable``/``not_leader``/``busy`` (safe to retry; carries
 Retry-After), 504 ``outcome_unknown`` (a write may still commit: retry with the same
 client_id and sequence).
 """

@@ -26,7 +26,7 @@ import struct
 import cbor2
 
 __all__ = ["HELLO", "CHALLENGE", "AUTH", "MESSAGES", "FORWARD", "FORWARD_REPLY", "SNAP_OFFER",
-           "SNAP_WANT", "SNAP_CHUNK", "SNAP_DONE", "KIND_NAMES", "WIRE_VERSION",
+           "SNAP_WANT", "SNAP_CHUNK", "SNAP_DONE", "REMOVED", "KIND_NAMES", "WIRE_VERSION",
            "HANDSHAKE_FRAME_BYTES_MAX", "FrameTooLarge", "FrameDecoder", "encode_frame",
            "handshake_mac"]
 
@@ -42,10 +42,12 @@ SNAP_OFFER = 7        # [kind, InstallSnapshot wire array, SnapshotOffer wire ar
 SNAP_WANT = 8         # [kind, transfer_id, next_offset]
 SNAP_CHUNK = 9        # [kind, SnapshotChunk wire array]
 SNAP_DONE = 10        # [kind, transfer_id, ok, reason]
+REMOVED = 11          # [kind, cluster, index]: "you were removed from the cluster at index"
 
 KIND_NAMES = {HELLO: "hello", CHALLENGE: "challenge", AUTH: "auth", MESSAGES: "messages",
               FORWARD: "forward", FORWARD_REPLY: "forward-reply", SNAP_OFFER: "snapshot-offer",
-              SNAP_WANT: "snapshot-want", SNAP_CHUNK: "snapshot-chunk", SNAP_DONE: "snapshot-done"}
+              SNAP_WANT: "snapshot-want", SNAP_CHUNK: "snapshot-chunk", SNAP_DONE: "snapshot-done",
+              REMOVED: "removed"}
 
 # Before a peer has authenticated it may only send frames this small.
 HANDSHAKE_FRAME_BYTES_MAX = 4096

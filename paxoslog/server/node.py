@@ -52,6 +52,7 @@ from .api import Api
 from .commands import decode_command
 from .errors import ApiError, unavailable
 from .http import HttpService
+from .membership import MembershipManager
 from .metrics import Histogram
 from .peers import PeerTransport
 from .sessions import DUPLICATE, STALE, SessionTable
@@ -161,6 +162,7 @@ class NodeService(MultiService):
              "snapshots_taken", "snapshots_installed", "proposals_dropped", "write_timeouts",
              "duplicates"), 0)
 
+        self.membership = MembershipManager(self)
         self.transport = PeerTransport(config, node_id, self, reactor)
         self.transport.setServiceParent(self)
         self.shipper = SnapshotShipper(self)
@@ -175,6 +177,8 @@ class NodeService(MultiService):
         """Open the data directory, restore state, start the core, peers, API and ticks.
         Raises on a storage problem (the caller reports it and exits)."""
         config = self.config
+        self.membership.load()       # raises when this node was removed, or the file is bad
+        self.applied_config = self.membership.bootstrap_config()
         self.storage = DiskStorage(self.me.data_dir, config.name, self.node_id, self.protocol,
                                    config.storage_options())
         try:
@@ -182,7 +186,10 @@ class NodeService(MultiService):
         except BaseException:
             self.storage.close()
             raise
-        for name in config.state_machines:
+        # The membership table is the address book of nodes added later: always on.
+        names = config.state_machines + (
+            ("membership",) if "membership" not in config.state_machines else ())
+        for name in names:
             options = {"key_bytes_max": config.limits.key_bytes_max} if name == "kv" else {}
             try:
                 self.sms[name] = create_state_machine(name, **options)
@@ -199,7 +206,7 @@ class NodeService(MultiService):
         self.policy = SnapshotPolicy(config.snapshot.entries, config.snapshot.bytes,
                                      last_index=self.applied_index)
         self._synced_hs = restored.hard_state
-        bootstrap = Config(frozenset(config.node_ids))
+        bootstrap = self.membership.bootstrap_config()
         self.replica = create_replica(self.protocol, self.node_id, bootstrap,
                                       config.replica_options(), self.rng, restored)
         self.writer = StorageWriter(self.storage, self.reactor)
@@ -213,7 +220,9 @@ class NodeService(MultiService):
             log.warn("the WAL had a torn tail (cut at restart): {torn}", torn=self.storage.torn)
         if config.secret is None and len(config.nodes) > 1:
             log.warn("no peer secret in the conf: peers are not authenticated")
+        self.membership.sync()
         super().startService()
+        self.membership.start()
         self._tick_origin = time.monotonic()
         self._ticks_done = 0
         self._tick_loop = task.LoopingCall.withCount(self._tick)
@@ -230,6 +239,7 @@ class NodeService(MultiService):
         if self.replica is not None and self.replica.role == Role.LEADER and self.fatal is None:
             yield self._transfer_before_stop()
         self._stopping = True
+        self.membership.stop()
         if self._tick_loop is not None and self._tick_loop.running:
             self._tick_loop.stop()
         if self._pump_call is not None and self._pump_call.active():
@@ -253,14 +263,9 @@ class NodeService(MultiService):
 
     @defer.inlineCallbacks
     def _transfer_before_stop(self):
-        progress = self.replica.status().get("progress") or {}
-        voters = self.replica.config.voters
-        candidates = [(p.get("match", 0), -p.get("last_heard_ticks", 0), peer)
-                      for peer, p in progress.items()
-                      if peer in voters and self.transport.connected(peer)]
-        if not candidates:
+        target = self.membership.best_successor()
+        if target is None:
             return
-        target = max(candidates)[2]
         try:
             self.replica.transfer_leadership(target)
         except (NotLeader, ValueError, Busy):
@@ -461,6 +466,7 @@ class NodeService(MultiService):
         recent_bytes_max = self.config.limits.recent_bytes_max
         policy = self.policy
         applied = self.applied_index
+        membership_changed = False
         for entry in entries:
             index = entry.index
             if index <= applied:
@@ -476,6 +482,7 @@ class NodeService(MultiService):
                     self._apply_command(entry, data)
             elif kind == ENTRY_CONFIG:
                 self.applied_config = entry_config(entry)
+                membership_changed = True
             applied = self.applied_index = index
             self.applied_term = entry.term
             policy.note_applied(index, nbytes)
@@ -486,6 +493,8 @@ class NodeService(MultiService):
             while self._recent_bytes > recent_bytes_max and len(recent) > 1:
                 self._recent_bytes -= recent.popleft()[5]
         self.stats["commits"] += len(entries)
+        if membership_changed:
+            self.membership.sync()
 
     def _apply_command(self, entry, data: bytes) -> None:
         self.stats["commands_applied"] += 1
@@ -512,6 +521,8 @@ class NodeService(MultiService):
         else:
             try:
                 result = sm.apply(entry.index, command)
+                if sm.name == "membership":
+                    self.membership.row_applied(result)
             except BadCommand as exc:
                 result = {"error": "bad_request", "message": str(exc)}
             except Exception as exc:  # a state machine bug must not kill consensus
@@ -592,20 +603,31 @@ class NodeService(MultiService):
         self.policy.started()
         started = time.perf_counter()
         d = self.writer.save_snapshot(meta, producers, sessions)
+        compacted_to = []
 
         def saved(_file):
+            # Compact only up to the previous snapshot (snapshot.keep >= 2), not this one:
+            # the log keeps one snapshot interval of entries, so a follower a little behind
+            # catches up by entries instead of a whole snapshot (keep = 1: up to this one).
+            return self.writer.compaction_point(meta)
+
+        def compact(point):
+            if point is None:
+                return 0                    # the first snapshot: nothing to compact yet
+            compacted_to.append(point.index)
             try:
-                self.replica.compact(meta)
+                self.replica.compact(point)
             except (ValueError, AssertionError) as exc:
-                log.warn("core refused compaction to {index}: {error}", index=meta.index,
+                log.warn("core refused compaction to {index}: {error}", index=point.index,
                          error=exc)
-            return self.writer.compact(meta.index)
+            return self.writer.compact(point.index)
 
         def compacted(_deleted):
             self.policy.taken(meta.index)
             self.stats["snapshots_taken"] += 1
-            log.info("snapshot at index {index} in {ms:.0f} ms; log compacted",
-                     index=meta.index, ms=(time.perf_counter() - started) * 1000)
+            log.info("snapshot at index {index} in {ms:.0f} ms; log compacted to {point}",
+                     index=meta.index, ms=(time.perf_counter() - started) * 1000,
+                     point=compacted_to[0] if compacted_to else "nothing yet")
 
         def failed(failure):
             self.policy.failed()
@@ -637,9 +659,11 @@ class NodeService(MultiService):
             self.fetcher.on_chunk(peer_id, payload)
         elif kind == F.SNAP_DONE:
             self.shipper.on_done(peer_id, payload)
+        elif kind == F.REMOVED:
+            self.membership.removed_frame(peer_id, payload)
 
     def peer_up(self, peer_id: int) -> None:
-        pass
+        self.membership.peer_up(peer_id)
 
     def peer_down(self, peer_id: int) -> None:
         self.shipper.peer_down(peer_id)
@@ -658,6 +682,11 @@ class NodeService(MultiService):
                 raise ValueError("a forwarded read carries {query}")
             self.stats["reads_forwarded"] += 1
             d = self.submit_read(body["query"], "linearizable", forwarded=True)
+        elif op == "member":
+            if not isinstance(body, dict) or body.get("op") not in ("add", "remove", "transfer") \
+                    or not isinstance(body.get("body"), dict):
+                raise ValueError("a forwarded membership request carries {op, body}")
+            d = self.membership.request(body["op"], body["body"], forwarded=True)
         else:
             raise ValueError(f"unknown forwarded operation {op!r:.20}")
 
@@ -1046,9 +1075,11 @@ class NodeService(MultiService):
         leader = replica.leader_id
         progress = core.get("progress") or {}
         nodes = []
-        for node in self.config.nodes:
-            nid = node.id
-            entry = {"id": nid, "api": str(node.api), "peer": str(node.peer)}
+        book = self.membership.book
+        for nid in sorted(set(book) - self.membership.removed_ids | config.members):
+            node = book.get(nid)
+            entry = {"id": nid, "api": str(node.api) if node and node.api else None,
+                     "peer": str(node.peer) if node else None}
             if nid == self.node_id:
                 entry.update(role=replica.role, last_heartbeat=0,
                              match_index=core.get("last_index"), reachable=True,
@@ -1075,7 +1106,7 @@ class NodeService(MultiService):
             "snapshot_index": self.storage.snapshot_meta.index if self.storage.snapshot_meta
             else 0, "holes": core.get("holes", []), "tick_ms": tick_ms,
             "uptime_s": round(time.time() - self.started_at, 3), "nodes": nodes,
-            "state_machines": sorted(self.sms),
+            "state_machines": sorted(self.sms), "removed": self.membership.removed,
         }
 
     def entries(self, start: int, end: int) -> dict:

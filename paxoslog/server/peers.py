@@ -200,7 +200,8 @@ class PeerConnection(Protocol):
                 self._messages(payload)
             elif kind == F.FORWARD_REPLY:
                 self._forward_reply(payload)
-            elif kind in (F.FORWARD, F.SNAP_OFFER, F.SNAP_WANT, F.SNAP_CHUNK, F.SNAP_DONE):
+            elif kind in (F.FORWARD, F.SNAP_OFFER, F.SNAP_WANT, F.SNAP_CHUNK, F.SNAP_DONE,
+                          F.REMOVED):
                 try:
                     owner.handler.peer_frame(self.peer_id, kind, payload)
                 except (ValueError, TypeError, KeyError, MalformedMessage) as exc:
@@ -311,8 +312,8 @@ class PeerConnection(Protocol):
             raise ValueError(f"wire version {version!r:.40}, expected {F.WIRE_VERSION}")
         if cluster != o.cluster:
             raise ValueError(f"peer belongs to cluster {cluster!r:.64}, not {o.cluster!r}")
-        if type(frm) is not int or frm not in o.peer_ids:
-            raise ValueError(f"node id {frm!r:.20} is not a peer in the conf")
+        if type(frm) is not int or frm not in o.peer_ids and frm not in o.removed_ids:
+            raise ValueError(f"node id {frm!r:.20} is not a member of the cluster")
         if to != o.node_id:
             raise ValueError(f"peer wanted node {to!r:.20}, this is node {o.node_id}")
 
@@ -373,7 +374,11 @@ class PeerTransport(Service):
         self.reactor = reactor
         self.cluster = config.name
         self.secret = config.secret
-        self.peer_ids = frozenset(n.id for n in config.nodes if n.id != node_id)
+        # The address book: the conf's nodes until the node hands over its own (which
+        # follows membership changes: ``set_peers``).  A removed node may still complete
+        # the handshake, only to be told that it was removed.
+        self.addresses: dict[int, object] = {n.id: n for n in config.nodes if n.id != node_id}
+        self.removed_ids: frozenset[int] = frozenset()
         self.frame_bytes_max = config.batching.frame_bytes_max
         self.queue_messages_max = config.batching.peer_queue_messages_max
         self.connections: dict[int, PeerConnection] = {}
@@ -382,7 +387,7 @@ class PeerTransport(Service):
              "messages_dropped", "malformed_frames", "frames_rejected", "handshake_failures",
              "forwards_sent"), 0)
         self.port = None
-        self._dialers: list[tuple[_DialFactory, object]] = []
+        self._dialers: dict[int, tuple[_DialFactory, object]] = {}
         self._dirty: set[PeerConnection] = set()
         self._next_forward = 0
         self.on_listening: Callable[[int], None] | None = None
@@ -394,19 +399,55 @@ class PeerTransport(Service):
         me = self.config.node(self.node_id)
         self.port = self.reactor.listenTCP(me.peer_bind.port, _AcceptFactory(self),
                                            interface=me.peer_bind.host, backlog=128)
-        for node in self.config.nodes:
-            if node.id > self.node_id:
-                factory = _DialFactory(self, node.id)
-                connector = self.reactor.connectTCP(node.peer.host, node.peer.port, factory,
-                                                    timeout=2)
-                self._dialers.append((factory, connector))
+        for peer_id in sorted(self.addresses):
+            self._dial(peer_id)
+
+    def _dial(self, peer_id: int) -> None:
+        """The node with the lower id dials (one connection per pair)."""
+        if peer_id > self.node_id and peer_id not in self._dialers:
+            peer = self.addresses[peer_id].peer
+            factory = _DialFactory(self, peer_id)
+            connector = self.reactor.connectTCP(peer.host, peer.port, factory, timeout=2)
+            self._dialers[peer_id] = (factory, connector)
+
+    def _hang_up(self, peer_id: int) -> None:
+        dialer = self._dialers.pop(peer_id, None)
+        if dialer is not None:
+            factory, connector = dialer
+            factory.stopTrying()
+            connector.disconnect()
+
+    @property
+    def peer_ids(self) -> frozenset[int]:
+        return frozenset(self.addresses)
+
+    def set_peers(self, addresses: dict, removed: frozenset[int] = frozenset()) -> None:
+        """Follow the address book: dial new peers (or a peer's new address), hang up on
+        peers that left.  ``addresses`` maps node id -> an object with ``.peer``."""
+        self.removed_ids = frozenset(removed)
+        old = self.addresses
+        self.addresses = {n: a for n, a in addresses.items() if n != self.node_id}
+        if not self.running:
+            return
+        for peer_id, entry in old.items():
+            new = self.addresses.get(peer_id)
+            if new is None or str(new.peer) != str(entry.peer):
+                self._hang_up(peer_id)
+                if new is None:
+                    self.disconnect(peer_id)
+        for peer_id in sorted(self.addresses):
+            self._dial(peer_id)
+
+    def disconnect(self, peer_id: int) -> None:
+        """Close the connection to ``peer_id`` once what was written to it is sent."""
+        conn = self.connections.get(peer_id)
+        if conn is not None:
+            conn.transport.loseConnection()
 
     def stopService(self):
         super().stopService()
-        for factory, connector in self._dialers:
-            factory.stopTrying()
-            connector.disconnect()
-        self._dialers = []
+        for peer_id in list(self._dialers):
+            self._hang_up(peer_id)
         for conn in list(self.connections.values()):
             conn.transport.loseConnection()
         d = defer.maybeDeferred(self.port.stopListening) if self.port else defer.succeed(None)

@@ -89,6 +89,8 @@ class ClusterHarness:
                 f"{extra}\n{nodes}")
         with open(self.conf_path, "w") as f:
             f.write(text)
+        self.conf_text = text
+        self.confs: dict[int, str] = {}      # node -> its own conf (nodes added later)
         self.procs: dict[int, subprocess.Popen] = {}
         self.paused: set[int] = set()
         self._conns: dict[int, http.client.HTTPConnection] = {}
@@ -98,14 +100,39 @@ class ClusterHarness:
     def log_path(self, node_id: int) -> str:
         return str(self.tmp_path / f"n{node_id}.log")
 
-    def start(self, node_id: int) -> None:
+    def start(self, node_id: int, join: int | None = None) -> None:
+        """Start ``node_id``; ``join``: a member whose API the new node asks to add it."""
         assert node_id not in self.procs, f"node {node_id} already running"
         log = open(self.log_path(node_id), "ab")
+        command = [sys.executable, "-m", "paxoslog.cli", "serve", "--config",
+                   self.confs.get(node_id, self.conf_path), "--node", str(node_id)]
+        if join is not None:
+            command += ["--join", f"http://127.0.0.1:{self.api_ports[join]}"]
         self.procs[node_id] = subprocess.Popen(
-            [sys.executable, "-m", "paxoslog.cli", "serve", "--config", self.conf_path,
-             "--node", str(node_id)], stdout=log, stderr=subprocess.STDOUT, cwd=ROOT,
+            command, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT,
             env=dict(os.environ, PYTHONPATH=ROOT))
         log.close()
+
+    def new_node(self, node_id: int) -> str:
+        """Ports and a conf of its own for a node that is not in the cluster's conf (it
+        joins with ``start(node_id, join=member)``); the members' conf is not touched."""
+        assert node_id not in self.ids
+        peer, api = reserve_ports(2)
+        self.ids.append(node_id)
+        self.peer_ports[node_id], self.api_ports[node_id] = peer, api
+        path = str(self.tmp_path / f"join-{node_id}.toml")
+        with open(path, "w") as f:
+            f.write(self.conf_text + f'\n[[nodes]]\nid = {node_id}\npeer = "127.0.0.1:{peer}"\n'
+                                     f'api = "127.0.0.1:{api}"\n')
+        self.confs[node_id] = path
+        return path
+
+    def wait_exit(self, node_id: int, timeout: float = 15.0) -> int:
+        """Wait for a node to exit on its own; its exit code."""
+        code = self.procs[node_id].wait(timeout=timeout)
+        del self.procs[node_id]
+        self._drop_conn(node_id)
+        return code
 
     def start_all(self) -> None:
         for node_id in self.ids:

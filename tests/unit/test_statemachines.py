@@ -213,27 +213,42 @@ def test_a_raising_state_machine_gives_an_identical_error_result_and_apply_goes_
     assert results[0][2][2]["error"] == "bad_request"
 
 
-def test_membership_skeleton_rows_and_transitions():
+def test_membership_rows_and_transitions():
     """add -> active (added_at_index), leave -> leaving, remove -> removed
-    (removed_at_index, row kept); re-adding a removed node starts a new row."""
+    (removed_at_index, row kept); a removed id is never re-added (ids are not reused)."""
     from statemachines.membership import MembershipStateMachine
     m = create("membership")
     assert isinstance(m, MembershipStateMachine)
-    add = m.validate({"op": "add", "node_id": 4, "address": "10.0.0.4:7100"})
-    assert m.apply(10, add) == {"node_id": 4, "address": "10.0.0.4:7100", "status": "active",
+    add = m.validate({"op": "add", "node_id": 4, "address": "10.0.0.4:7100",
+                      "api": "10.0.0.4:8100"})
+    assert m.apply(10, add) == {"node_id": 4, "address": "10.0.0.4:7100",
+                                "api": "10.0.0.4:8100", "status": "active",
                                 "added_at_index": 10, "removed_at_index": None}
     assert m.apply(11, m.validate({"op": "leave", "node_id": 4}))["status"] == "leaving"
     removed = m.apply(12, m.validate({"op": "remove", "node_id": 4}))
     assert removed["status"] == "removed" and removed["removed_at_index"] == 12
     assert m.query({"node_id": "4"})["status"] == "removed"
-    again = m.apply(13, add)
-    assert again["status"] == "active" and again["added_at_index"] == 13
-    assert m.query({}) == {"members": [again]}
+    with pytest.raises(BadCommand, match="not reused"):
+        m.apply(13, add)
+    five = m.apply(14, m.validate({"op": "add", "node_id": 5, "address": "h5:1"}))
+    assert five["api"] is None
+    assert m.query({}) == {"members": [removed, five]}
     assert m.query({"node_id": 9}) is None
     data = m.snapshot()
     other = MembershipStateMachine()
     other.restore(data)
     assert other.snapshot() == data and other.query({}) == m.query({})
+    assert other.restores == 1
+
+
+def test_membership_restores_rows_written_before_the_api_field():
+    import cbor2
+    from statemachines.membership import MembershipStateMachine
+    m = MembershipStateMachine()
+    m.restore(cbor2.dumps([[2, "h:1", "active", 3, None]]))
+    assert m.query({"node_id": 2}) == {"node_id": 2, "address": "h:1", "api": None,
+                                       "status": "active", "added_at_index": 3,
+                                       "removed_at_index": None}
 
 
 @pytest.mark.parametrize("command, words", [
@@ -243,6 +258,7 @@ def test_membership_skeleton_rows_and_transitions():
     ({"op": "add", "node_id": 1}, '"address" must be "host:port"'),
     ({"op": "add", "node_id": 1, "address": "h:99999"}, '"address" must be "host:port"'),
     ({"op": "leave", "node_id": 1, "address": "h:1"}, "unknown field"),
+    ({"op": "add", "node_id": 1, "address": "h:1", "api": "nope"}, '"api" must be "host:port"'),
 ])
 def test_membership_validation_refuses_bad_commands(command, words):
     from statemachines.membership import MembershipStateMachine
