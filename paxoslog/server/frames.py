@@ -7,13 +7,14 @@ the core's codec (core/messages.py stays the core's own).
 
 Handshake (mutual, challenge-response; the secret itself never crosses the wire)::
 
-    dialer   -> HELLO     [kind, version, cluster, from_id, to_id, nonce_d]
-    acceptor -> CHALLENGE [kind, version, cluster, from_id, to_id, nonce_a, mac_a]
+    dialer   -> HELLO     [kind, version, cluster, from_id, to_id, nonce_d, bootstrap]
+    acceptor -> CHALLENGE [kind, version, cluster, from_id, to_id, nonce_a, mac_a, bootstrap]
     dialer   -> AUTH      [kind, mac_d]
 
 ``mac_a = HMAC-SHA256(secret, "acceptor" | cluster | acceptor | dialer | nonce_d | nonce_a)``
 and ``mac_d`` the same with "dialer": each side proves it knows the secret for a nonce the
-other just chose.  Without a configured secret the MACs are empty and only the cluster name
+other just chose.  ``bootstrap`` (the sorted initial voters) must match: a node whose log
+starts from another initial configuration is not a peer.  Without a configured secret the MACs are empty and only the cluster name
 and node ids are checked.
 """
 

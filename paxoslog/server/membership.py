@@ -61,6 +61,7 @@ log = Logger(namespace="paxoslog.membership")
 MEMBERS_FILE = "members.json"
 _FORMAT = 1
 _NODE_ID_MAX = (1 << 31) - 1
+_EXIT_DELAY_S = 1.0
 
 
 @dataclass(frozen=True)
@@ -149,6 +150,10 @@ class MembershipManager:
         this node was removed, ValueError when the file is damaged."""
         data = self.file.read()
         if data is None:
+            # First start (or data from before members.json): the conf's nodes are the
+            # initial voters; write them down so a later edit of the conf (adding a node
+            # that joined) does not change this node's idea of the initial configuration.
+            self._persist()
             return
         if data["cluster"] not in (None, self.node.config.name):
             raise ValueError(f"{self.file.path}: written for cluster {data['cluster']!r}, "
@@ -231,7 +236,9 @@ class MembershipManager:
             self._update_transport()
 
     def _update_transport(self) -> None:
-        self.node.transport.set_peers(self.peer_addresses(), frozenset(self.removed_ids))
+        transport = self.node.transport
+        transport.bootstrap = sorted(self.bootstrap)
+        transport.set_peers(self.peer_addresses(), frozenset(self.removed_ids))
 
     def sync(self) -> None:
         """Catch up with the applied state: a restored membership table (snapshot) and
@@ -296,7 +303,9 @@ class MembershipManager:
                  "it stops serving", node=self.node.node_id, index=index, why=why)
         self._persist()
         if self.on_removed is not None:
-            self.node.reactor.callLater(0, self.on_removed, self.removed_at)
+            # Stop serving at once (the API answers 410), exit a little later: replies this
+            # node still relays (e.g. the remove request it forwarded) get out first.
+            self.node.reactor.callLater(_EXIT_DELAY_S, self.on_removed, self.removed_at)
 
     @property
     def removed(self) -> bool:
@@ -542,6 +551,14 @@ class MembershipManager:
         if config.voters == {target}:
             raise bad_request(f"node {target} is the only voter: it cannot be removed")
         row = self._row(target)
+        entry = self.book.get(target)
+        if row is None and entry is not None:
+            # An initial member whose row the leader has not written yet: write it now, so
+            # that the table records the removal (and a retry finds it).
+            self._rows_asked.add(target)
+            yield self._write_row({"op": "add", "node_id": target, "address": str(entry.peer),
+                                   **({"api": str(entry.api)} if entry.api else {})})
+            row = self._row(target)
         if row is not None and row["status"] == "active":
             yield self._write_row({"op": "leave", "node_id": target})
         while target in replica.config.members:

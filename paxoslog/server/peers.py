@@ -94,7 +94,7 @@ class PeerConnection(Protocol):
             self._nonce_d = os.urandom(16)
             o = self.owner
             self._write([F.HELLO, F.WIRE_VERSION, o.cluster, o.node_id, self.expected_peer,
-                         self._nonce_d])
+                         self._nonce_d, o.bootstrap])
 
     def _handshake_timeout(self) -> None:
         self._timeout = None
@@ -263,8 +263,8 @@ class PeerConnection(Protocol):
         o = self.owner
         try:
             if not self.dialer and kind == F.HELLO and self.peer_id is None:
-                _, version, cluster, frm, to, nonce_d = p
-                self._check_hello(version, cluster, frm, to)
+                _, version, cluster, frm, to, nonce_d, bootstrap = p
+                self._check_hello(version, cluster, frm, to, bootstrap)
                 if type(nonce_d) is not bytes or len(nonce_d) != 16:
                     raise ValueError("bad nonce")
                 self.peer_id = frm
@@ -273,11 +273,11 @@ class PeerConnection(Protocol):
                 mac = F.handshake_mac(o.secret, "acceptor", o.cluster, o.node_id, frm, nonce_d,
                                       self._nonce_a)
                 self._write([F.CHALLENGE, F.WIRE_VERSION, o.cluster, o.node_id, frm,
-                             self._nonce_a, mac])
+                             self._nonce_a, mac, o.bootstrap])
                 return
             if self.dialer and kind == F.CHALLENGE and self.peer_id is None:
-                _, version, cluster, frm, to, nonce_a, mac = p
-                self._check_hello(version, cluster, frm, to)
+                _, version, cluster, frm, to, nonce_a, mac, bootstrap = p
+                self._check_hello(version, cluster, frm, to, bootstrap)
                 if frm != self.expected_peer:
                     raise ValueError(f"expected node {self.expected_peer} at this address, "
                                      f"found node {frm}")
@@ -306,7 +306,7 @@ class PeerConnection(Protocol):
             o.stats["handshake_failures"] += 1
             self._drop(f"handshake failed: {exc}")
 
-    def _check_hello(self, version, cluster, frm, to) -> None:
+    def _check_hello(self, version, cluster, frm, to, bootstrap) -> None:
         o = self.owner
         if version != F.WIRE_VERSION:
             raise ValueError(f"wire version {version!r:.40}, expected {F.WIRE_VERSION}")
@@ -316,6 +316,12 @@ class PeerConnection(Protocol):
             raise ValueError(f"node id {frm!r:.20} is not a member of the cluster")
         if to != o.node_id:
             raise ValueError(f"peer wanted node {to!r:.20}, this is node {o.node_id}")
+        if bootstrap != o.bootstrap:
+            # Every member's log starts from the same initial configuration; a node that
+            # believes in another one (a new node started without --join) must not vote.
+            raise ValueError(f"bootstrap voters differ: node {frm} has {bootstrap!r:.80}, "
+                             f"this node has {o.bootstrap}; a node added to a running "
+                             f"cluster must be started with --join")
 
     def _established(self) -> None:
         self.established = True
@@ -379,6 +385,7 @@ class PeerTransport(Service):
         # the handshake, only to be told that it was removed.
         self.addresses: dict[int, object] = {n.id: n for n in config.nodes if n.id != node_id}
         self.removed_ids: frozenset[int] = frozenset()
+        self.bootstrap: list[int] = sorted(n.id for n in config.nodes)   # set by the node
         self.frame_bytes_max = config.batching.frame_bytes_max
         self.queue_messages_max = config.batching.peer_queue_messages_max
         self.connections: dict[int, PeerConnection] = {}

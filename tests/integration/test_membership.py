@@ -274,3 +274,55 @@ def test_join_refuses_a_wrong_protocol(make_cluster, tmp_path):
     assert c.wait_exit(4, timeout=30) != 0
     with open(c.log_path(4)) as f:
         assert "runs 'raft'" in f.read()
+
+
+def _cli(c, *args, timeout: float = 60.0):
+    import subprocess
+    import sys
+    from paxoslog_integration import ROOT
+    endpoints = ",".join(f"http://127.0.0.1:{c.api_ports[n]}" for n in (1, 2, 3))
+    return subprocess.run([sys.executable, "-m", "paxoslog.cli", *args, "--endpoints", endpoints,
+                           "--timeout", "30"], capture_output=True, text=True, cwd=ROOT,
+                          timeout=timeout)
+
+
+
+def test_cli_membership_commands(make_cluster):
+    c = make_cluster("raft")
+    c.new_node(4)
+    added = _cli(c, "cluster", "add-node", "4", "--peer", f"127.0.0.1:{c.peer_ports[4]}",
+                 "--api", f"127.0.0.1:{c.api_ports[4]}", "--no-wait")
+    assert added.returncode == 0, added
+    assert "node 4 added: learner" in added.stdout
+    members = _cli(c, "cluster", "members")
+    assert members.returncode == 0, members
+    assert "learners [4]" in members.stdout and "127.0.0.1:%d" % c.peer_ports[4] in members.stdout
+    # The node was added before it ran: --join finds it added and starts as that learner.
+    c.start(4, join=2)
+    _wait_voter(c, 4, [1, 2, 3, 4])
+    moved = _cli(c, "cluster", "transfer-leader", "4")
+    assert moved.returncode == 0 and "leader: node 4" in moved.stdout, moved
+    removed = _cli(c, "cluster", "remove-node", "4")
+    assert removed.returncode == 0, removed
+    assert c.wait_exit(4) == 0
+    assert c.wait_leader(among=[1, 2, 3])
+    bad = _cli(c, "cluster", "remove-node", "4")       # already removed: nothing to do
+    assert bad.returncode == 0, bad
+    unknown = _cli(c, "cluster", "remove-node", "7")
+    assert unknown.returncode == 3 and "not a member" in unknown.stderr, unknown
+
+
+def test_a_node_started_without_join_is_refused_by_the_members(make_cluster):
+    """Operator error: a new node started with a conf that lists it, without --join, would
+    bootstrap a different initial configuration.  The peer handshake compares them."""
+    c = make_cluster("multipaxos")
+    c.new_node(4)
+    response = c.request(1, "POST", "/api/v1/cluster/add-node",
+                         {"node_id": 4, "address": f"127.0.0.1:{c.peer_ports[4]}"}, timeout=30)
+    assert response.status == 200, response
+    c.start(4)                                        # no --join
+    wait_for(lambda: "bootstrap voters differ" in open(c.log_path(4)).read(), 15,
+             what="node 4 to refuse the members")
+    leader = c.wait_leader(among=[1, 2, 3])
+    assert 4 not in _voters(c, leader)
+    assert c.status(4)["role"] != "leader"

@@ -60,9 +60,10 @@ def _handshake(c, target: int, claimed: int, secret: str, cluster: str | None = 
     s = _connect(c, target)
     cluster = cluster or f"it-{c.protocol}"
     nonce_d = os.urandom(16)
-    s.sendall(_frame([F.HELLO, F.WIRE_VERSION, cluster, claimed, target, nonce_d]))
+    s.sendall(_frame([F.HELLO, F.WIRE_VERSION, cluster, claimed, target, nonce_d,
+                      sorted(c.ids)]))
     challenge = _read_frame(s)
-    _, _, _, frm, to, nonce_a, _mac = challenge
+    _, _, _, frm, to, nonce_a, _mac, _bootstrap = challenge
     proof = F.handshake_mac(secret.encode(), "dialer", cluster, frm, claimed, nonce_d, nonce_a)
     s.sendall(_frame([F.AUTH, proof]))
     return s, challenge
@@ -93,11 +94,12 @@ def test_garbage_and_wrong_cluster_are_refused_and_the_cluster_keeps_working(mp_
         s.sendall(struct.pack(">I", 1 << 30))              # over the pre-auth limit
         assert _closed_by_peer(s)
     with _connect(c, target) as s:
-        s.sendall(_frame([F.HELLO, F.WIRE_VERSION, "someone-else", 1, target, os.urandom(16)]))
+        s.sendall(_frame([F.HELLO, F.WIRE_VERSION, "someone-else", 1, target, os.urandom(16),
+                          sorted(c.ids)]))
         assert _closed_by_peer(s)
     with _connect(c, target) as s:
         s.sendall(_frame([F.HELLO, F.WIRE_VERSION, f"it-{c.protocol}", 99, target,
-                          os.urandom(16)]))
+                          os.urandom(16), sorted(c.ids)]))
         assert _closed_by_peer(s)
     assert _metric(c, target, "paxoslog_peer_handshake_failures_total") >= 2
     c.write("still-works", 1)
