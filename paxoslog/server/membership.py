@@ -503,6 +503,7 @@ class MembershipManager:
                 pass
             yield self._tick_wait(deadline, f"adding node {target} as a learner")
         want_voter = body.get("wait") == "voter"
+        self._busy = False          # promotion (_maintain) must be able to run meanwhile
         while True:
             applied = node.applied_config
             if target in applied.members and (not want_voter or target in applied.voters):

@@ -299,6 +299,10 @@ def test_cli_membership_commands(make_cluster):
     assert "learners [4]" in members.stdout and "127.0.0.1:%d" % c.peer_ports[4] in members.stdout
     # The node was added before it ran: --join finds it added and starts as that learner.
     c.start(4, join=2)
+    # Without --no-wait the command returns once the leader promoted it.
+    voter = _cli(c, "cluster", "add-node", "4", "--peer", f"127.0.0.1:{c.peer_ports[4]}",
+                 "--api", f"127.0.0.1:{c.api_ports[4]}")
+    assert voter.returncode == 0 and "node 4 added: voter" in voter.stdout, voter
     _wait_voter(c, 4, [1, 2, 3, 4])
     moved = _cli(c, "cluster", "transfer-leader", "4")
     assert moved.returncode == 0 and "leader: node 4" in moved.stdout, moved
