@@ -14,8 +14,9 @@ Fault kinds (``FAULT_KINDS``)::
                        a different majority (Jepsen's majorities-ring)
     partition-bridge   two halves cut apart, one bridge node reaching both
     flaky-link         loss, delay (with or without reordering) and duplication on some links
-    lose-unsynced      kill a node, restart it with the failpoint wal.before_fsync=exit so
-                       it dies between a WAL write and its fsync, drop its unsynced WAL
+    lose-unsynced      kill a node, restart it with the failpoint
+                       wal.before_fsync=exit:nth=N (N in 1..20 from the fault's seed) so it
+                       dies between its Nth WAL write and that fsync, drop its unsynced WAL
                        tail (or keep a torn prefix of it), restart it clean
     member-change      add/remove a node under load, when the API supports it (probed at
                        start; skipped with a note otherwise)
@@ -64,7 +65,10 @@ _HOLD_ET = {
 }
 _HEALTH_TIMEOUT_S = 20.0
 _FAILPOINT_EXIT_TIMEOUT_S = 8.0
-LOSE_UNSYNCED_FAILPOINTS = "wal.before_fsync=exit"
+LOSE_UNSYNCED_FAILPOINTS = "wal.before_fsync=exit:nth={nth}"
+# The restarted victim dies at its Nth fsync, N drawn from the fault's seed: not always the
+# first batch it writes (catch-up from the leader), sometimes one under normal traffic.
+LOSE_UNSYNCED_NTH_MAX = 20
 RECOVERY_WAIT_ET = 10
 
 
@@ -395,8 +399,9 @@ class Nemesis:
             return
         cluster = self.cluster
         await cluster.kill(victim)
-        self._started(record, [victim], failpoints=LOSE_UNSYNCED_FAILPOINTS)
-        process = cluster.start(victim, failpoints=LOSE_UNSYNCED_FAILPOINTS)
+        spec = LOSE_UNSYNCED_FAILPOINTS.format(nth=rng.randint(1, LOSE_UNSYNCED_NTH_MAX))
+        self._started(record, [victim], failpoints=spec)
+        process = cluster.start(victim, failpoints=spec)
         deadline = self.clock() + _FAILPOINT_EXIT_TIMEOUT_S
         while process.running and self.clock() < deadline:
             await _sleep(self.reactor, 0.02)

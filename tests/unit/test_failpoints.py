@@ -21,7 +21,7 @@ import pytest
 from paxoslog.core.log import ENTRY_NORMAL, Entry, HardState
 from paxoslog.core.ready import Ready
 from paxoslog.storage import DiskStorage, StorageOptions, failpoints
-from paxoslog.storage.failpoints import FailpointPanic, parse
+from paxoslog.storage.failpoints import Action, FailpointPanic, parse
 from paxoslog.storage.inspect import main_log_verify
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -103,9 +103,20 @@ def test_spec_parsing_accepts_every_action():
     assert parse("wal.after_fsync=exit, snapshot.before_rename=sleep(250),"
                  "compact.before_delete=panic,hardstate.before_rename=error,"
                  "wal.before_append=off") == {
-        "wal.after_fsync": ("exit", 0.0), "snapshot.before_rename": ("sleep", 0.25),
-        "compact.before_delete": ("panic", 0.0), "hardstate.before_rename": ("error", 0.0)}
+        "wal.after_fsync": Action("exit", 0.0), "snapshot.before_rename": Action("sleep", 0.25),
+        "compact.before_delete": Action("panic", 0.0),
+        "hardstate.before_rename": Action("error", 0.0)}
     assert parse("") == {}
+
+
+def test_spec_parsing_accepts_nth_and_probability_options():
+    """``:nth=N`` and ``:p=P`` follow the action; the old syntax means every hit."""
+    assert parse("wal.before_fsync=exit:nth=3, wal.after_append=sleep(20):p=0.05,"
+                 "compact.before_delete=error:p=1") == {
+        "wal.before_fsync": Action("exit", 0.0, nth=3),
+        "wal.after_append": Action("sleep", 0.02, p=0.05),
+        "compact.before_delete": Action("error", 0.0, p=1.0)}
+    assert parse("wal.after_fsync=exit")["wal.after_fsync"] == Action("exit", 0.0, None, None)
 
 
 @pytest.mark.parametrize("spec, message", [
@@ -113,6 +124,14 @@ def test_spec_parsing_accepts_every_action():
     ("wal.after_fsync", "unknown failpoint"),
     ("wal.after_fsync=crash", "bad action"),
     ("wal.after_fsync=sleep(x)", "bad action"),
+    ("wal.after_fsync=exit:nth=0", "bad option"),
+    ("wal.after_fsync=exit:nth=-2", "bad option"),
+    ("wal.after_fsync=exit:n=2", "bad option"),
+    ("wal.after_fsync=exit:p=0", "not in"),
+    ("wal.after_fsync=exit:p=1.5", "not in"),
+    ("wal.after_fsync=exit:p=half", "bad option"),
+    ("wal.after_fsync=exit:nth=2:p=0.5", "at most one option"),
+    ("wal.after_fsync=exit:", "bad option"),
 ])
 def test_bad_specs_are_refused_loudly(spec, message):
     """A typo must not silently disable a crash test."""
@@ -136,6 +155,105 @@ def test_panic_error_and_sleep_actions():
     failpoints.disable("wal.before_append")
     failpoints.hit("wal.before_append")
     assert failpoints.ACTIVE == {}
+
+
+def _fire_pattern(name: str, hits: int) -> list[bool]:
+    """Hit ``name`` (enabled with ``error``) ``hits`` times: which hits raised."""
+    fired = []
+    for _ in range(hits):
+        try:
+            failpoints.hit(name)
+        except OSError:
+            fired.append(True)
+        else:
+            fired.append(False)
+    return fired
+
+
+def test_nth_fires_on_that_hit_only_and_counts_from_enabling():
+    """error:nth=3 passes hits 1, 2 and 4+, raises on hit 3 naming the hit; re-enabling
+    starts the count again."""
+    failpoints.enable("wal.before_fsync", "error:nth=3")
+    assert _fire_pattern("wal.before_fsync", 6) == [False, False, True, False, False, False]
+    assert failpoints.hits("wal.before_fsync") == 6
+    failpoints.enable("wal.before_fsync", "error:nth=1")
+    with pytest.raises(OSError, match=r"failpoint wal.before_fsync \(hit 1, seed"):
+        failpoints.hit("wal.before_fsync")
+    failpoints.hit("wal.before_fsync")
+    failpoints.hit("wal.after_fsync")           # not enabled: not counted
+    assert failpoints.hits("wal.after_fsync") == 0
+
+
+def test_probability_is_seeded_per_point_and_replays():
+    """p=0.3 fires on about 30 % of hits; the same seed gives the same hits, whatever
+    other points were hit in between; another seed gives other hits."""
+    spec = "wal.before_append=error:p=0.3,wal.after_append=error:p=0.5"
+    failpoints.configure(spec, 1234)
+    first = _fire_pattern("wal.before_append", 2000)
+    assert 0.26 < sum(first) / 2000 < 0.34
+    failpoints.configure(spec, 1234)
+    again = []
+    for _ in range(2000):                       # interleave the other point's hits
+        again += _fire_pattern("wal.before_append", 1)
+        _fire_pattern("wal.after_append", 1)
+    assert again == first
+    failpoints.configure(spec, 1235)
+    assert _fire_pattern("wal.before_append", 2000) != first
+    assert failpoints.seed() == 1235
+    failpoints.configure("wal.before_append=error:p=1", 7)
+    assert all(_fire_pattern("wal.before_append", 50))
+
+
+def test_seed_from_the_environment_replays_in_another_process():
+    """PAXOSLOG_FAILPOINTS_SEED fixes the draws: a child process fires on the same hits
+    as this process configured with the same seed."""
+    script = ("from paxoslog.storage import failpoints\n"
+              "out = []\n"
+              "for _ in range(64):\n"
+              "    try:\n"
+              "        failpoints.hit('wal.after_append')\n"
+              "        out.append('.')\n"
+              "    except OSError:\n"
+              "        out.append('x')\n"
+              "print(failpoints.seed(), ''.join(out))\n")
+    env = dict(os.environ, PYTHONPATH=ROOT, PAXOSLOG_FAILPOINTS="wal.after_append=error:p=0.4",
+               PAXOSLOG_FAILPOINTS_SEED="99")
+    result = subprocess.run([sys.executable, "-c", script], cwd=ROOT, env=env,
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    failpoints.configure("wal.after_append=error:p=0.4", 99)
+    expected = "".join("x" if f else "." for f in _fire_pattern("wal.after_append", 64))
+    assert result.stdout.split() == ["99", expected]
+    assert "x" in expected and "." in expected
+    env["PAXOSLOG_FAILPOINTS_SEED"] = "ninety-nine"
+    result = subprocess.run([sys.executable, "-c", script], cwd=ROOT, env=env,
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode != 0 and "PAXOSLOG_FAILPOINTS_SEED: expected an integer" in \
+        result.stderr
+
+
+def test_exit_on_the_third_fsync_of_a_real_store(tmp_path):
+    """wal.before_fsync=exit:nth=3: two saves are fsynced and acknowledged, the process dies
+    inside the third (saying which hit), and a restart finds exactly the two saves."""
+    script = ("import sys\n"
+              "from paxoslog.core.log import Entry, HardState\n"
+              "from paxoslog.core.ready import Ready\n"
+              "from paxoslog.storage import DiskStorage\n"
+              "s = DiskStorage(sys.argv[1], 'c', 1, 'raft'); s.load()\n"
+              "for i in range(1, 6):\n"
+              "    s.save(Ready(hard_state=HardState(1, 1, i - 1),\n"
+              "                 entries=[Entry(i, 1, 0, (b'x%d' % i,))]))\n"
+              "    print('acked', i, flush=True)\n")
+    data_dir = str(tmp_path / "n1")
+    result = run_child(script, data_dir, env_points="wal.before_fsync=exit:nth=3")
+    assert result.returncode == 1
+    assert result.stdout.split("\n")[:2] == ["acked 1", "acked 2"]
+    assert "acked 3" not in result.stdout
+    assert "failpoint wal.before_fsync (hit 3, seed" in result.stderr
+    storage = DiskStorage(data_dir, "c", 1, "raft")
+    restored, _ = storage.load()
+    assert [e.index for e in restored.entries][:2] == [1, 2]
+    storage.close()
 
 
 def test_nothing_is_active_without_the_environment_variable():
