@@ -30,12 +30,13 @@ from paxoslog.core.ready import Ready
 from paxoslog.core.replica import Restored
 
 from .durable import TMP_SUFFIX, make_dirs
-from .errors import DataDirLocked, MetaMismatch, StorageError, StorageIOError
+from .errors import CorruptSnapshot, DataDirLocked, MetaMismatch, StorageError, StorageIOError
 from .failpoints import ACTIVE, hit
 from .hardstate import HARDSTATE_FILE, read_hardstate, remove_stale_temp, write_hardstate
 from .meta import Meta, ensure_meta, meta_path, read_meta
 from .options import StorageOptions
-from .snapshot import SnapshotFile, SnapshotReader, SnapshotStore, snapshot_name
+from .snapshot import (SnapshotFile, SnapshotReader, SnapshotStore, read_snapshot_meta,
+                       snapshot_name)
 from .wal import REC_HARDSTATE, REC_SNAPSHOT, REC_TRUNCATE, Replay, TornTail, WriteAheadLog
 
 __all__ = ["DiskStorage", "LOCK_FILE"]
@@ -308,9 +309,43 @@ class DiskStorage:
     # ------------------------------------------------------------------ misc
 
     def latest_snapshot(self) -> SnapshotFile | None:
-        """The newest snapshot file (to send to a lagging follower), or None."""
+        """The newest snapshot file, or None."""
         files = self._snaps.list()
         return files[-1] if files else None
+
+    def find_snapshot(self, index: int, term: int) -> SnapshotFile | None:
+        """The kept snapshot file at exactly (index, term) (to send to a lagging follower:
+        the core offers the snapshot it compacted to, not necessarily the newest), or None
+        when there is none (never taken, or pruned meanwhile)."""
+        for file in self._snaps.list():
+            if (file.index, file.term) == (index, term):
+                return file
+        return None
+
+    def compaction_point(self, taken: SnapshotMeta) -> SnapshotMeta | None:
+        """How far the log may be compacted once the snapshot ``taken`` is durable.
+
+        With ``snapshot_keep`` >= 2: up to the newest kept snapshot *before* ``taken``, so
+        the log (the core's and the WAL) always holds at least one snapshot interval of
+        entries, and a follower a little behind the newest snapshot catches up by entries
+        instead of a whole snapshot.  None when there is no earlier snapshot (compact
+        nothing yet).  With ``snapshot_keep`` = 1: ``taken`` itself.
+
+        Reads the earlier snapshot's header (its configuration) from disk: call it off
+        the event loop.  A header that cannot be read means no compaction this time."""
+        if self.options.snapshot_keep < 2:
+            return taken
+        earlier = [f for f in self._snaps.list() if f.index < taken.index]
+        if not earlier:
+            return None
+        chosen = earlier[-1]
+        try:
+            meta = read_snapshot_meta(chosen.path)
+        except (OSError, CorruptSnapshot):
+            return None                     # pruned meanwhile or damaged: try next time
+        if (meta.index, meta.term) != (chosen.index, chosen.term):
+            return None
+        return meta
 
     @property
     def transfer_dir(self) -> str:

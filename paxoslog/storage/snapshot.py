@@ -42,7 +42,7 @@ from .failpoints import ACTIVE, hit
 __all__ = [
     "SNAPSHOT_FORMAT", "SNAP_SUFFIX", "SnapshotInfo", "SnapshotFile", "SnapshotReader",
     "SnapshotStore", "SnapshotPolicy", "write_snapshot", "verify_snapshot", "snapshot_name",
-    "parse_snapshot_name", "encode_snapshot_bytes",
+    "parse_snapshot_name", "encode_snapshot_bytes", "read_snapshot_meta",
 ]
 
 SNAPSHOT_FORMAT = 1
@@ -291,6 +291,26 @@ class SnapshotReader:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def read_snapshot_meta(path: str) -> SnapshotMeta:
+    """The (index, term, config) in a snapshot file's header, without reading further (the
+    session table and the states are not decoded, the checksum is not verified).
+    ``CorruptSnapshot`` when the header is unreadable; ``FileNotFoundError`` passes."""
+    with open(path, "rb") as f:
+        try:
+            reader = zstandard.ZstdDecompressor().stream_reader(f, read_size=64 << 10)
+            header = cbor2.CBORDecoder(io.BufferedReader(reader, 64 << 10)).decode()
+            if not isinstance(header, dict) or header.get("format") != SNAPSHOT_FORMAT:
+                raise ValueError(f"unexpected header {header!r:.200}")
+            meta = SnapshotMeta(header["index"], header["term"],
+                                Config.from_wire(header["config"]))
+        except (zstandard.ZstdError, cbor2.CBORDecodeError, EOFError, KeyError, TypeError,
+                ValueError) as exc:
+            raise CorruptSnapshot(path, f"unreadable header: {exc}") from None
+    if type(meta.index) is not int or type(meta.term) is not int:
+        raise CorruptSnapshot(path, f"bad header {header!r:.200}")
+    return meta
 
 
 def verify_snapshot(source: str | bytes) -> SnapshotInfo:

@@ -117,25 +117,45 @@ class SnapshotChunk:
 
 
 class SnapshotSender:
-    """Serves chunks of one snapshot file.  Computes the whole-file crc32 once (one pass)."""
+    """Serves chunks of one snapshot file.  Computes the whole-file crc32 once (one pass).
+
+    The file stays open until ``close()`` (or garbage collection), so the transfer goes on
+    even if the snapshot is pruned from ``snap/`` meanwhile (POSIX keeps an unlinked open
+    file readable).  ``FileNotFoundError`` when the file is already gone."""
 
     def __init__(self, path: str, meta: SnapshotMeta,
                  chunk_bytes: int = CHUNK_BYTES_DEFAULT) -> None:
         assert chunk_bytes >= 1
         self.path = path
-        size = os.path.getsize(path)
-        self.offer = SnapshotOffer(meta.index, meta.term, meta.config, size, file_crc32(path),
-                                   chunk_bytes)
+        self._file = open(path, "rb")
+        try:
+            size = os.fstat(self._file.fileno()).st_size
+            crc = 0
+            while block := self._file.read(_READ_BYTES):
+                crc = zlib.crc32(block, crc)
+        except BaseException:
+            self._file.close()
+            raise
+        self.offer = SnapshotOffer(meta.index, meta.term, meta.config, size, crc, chunk_bytes)
 
     def chunk(self, offset: int) -> SnapshotChunk:
         """The chunk starting at ``offset`` (a multiple of ``chunk_bytes``, < total)."""
         offer = self.offer
         if offset % offer.chunk_bytes or not 0 <= offset < max(offer.total_bytes, 1):
             raise ValueError(f"bad chunk offset {offset} for a {offer.total_bytes}-byte snapshot")
-        with open(self.path, "rb") as f:
-            f.seek(offset)
-            data = f.read(offer.chunk_bytes)
+        if self._file.closed:
+            raise ValueError(f"the sender of {self.path} was closed")
+        data = os.pread(self._file.fileno(), offer.chunk_bytes, offset)
         return SnapshotChunk(offer.transfer_id, offset, data, zlib.crc32(data))
+
+    def close(self) -> None:
+        self._file.close()
+
+    def __enter__(self) -> "SnapshotSender":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
     def chunks(self, start: int = 0) -> Iterator[SnapshotChunk]:
         """Every chunk from ``start`` (a receiver's ``next_offset``) to the end."""

@@ -76,7 +76,7 @@ REC_SNAPSHOT = 6
 RECORD_NAMES = {REC_HEADER: "header", REC_ENTRIES: "entries", REC_TRUNCATE: "truncate",
                 REC_HARDSTATE: "hardstate", REC_SYNC: "sync", REC_SNAPSHOT: "snapshot"}
 
-SEGMENT_BYTES_DEFAULT = 64 << 20
+SEGMENT_BYTES_DEFAULT = 8 << 20            # see StorageOptions.segment_bytes
 RECORD_BYTES_MAX_DEFAULT = 64 << 20
 SECTOR_BYTES = 512
 FLUSH_BYTES = 1 << 20          # write the user-space buffer to the OS beyond this size
