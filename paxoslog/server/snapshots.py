@@ -2,9 +2,14 @@
 chunking, checksums and resumption; this module moves the pieces).
 
 Leader side: when the core sends ``InstallSnapshot`` with empty ``data`` to a follower that
-is behind the leader's log, ``SnapshotShipper.offer`` announces the newest local snapshot
-file (``SNAP_OFFER``, carrying the core message) and then answers each ``SNAP_WANT`` with
-the chunk at that offset (stop-and-wait: one chunk in flight per follower).
+is behind the leader's log, ``SnapshotShipper.offer`` finds the local snapshot file at the
+message's (index, term) (the snapshot the core compacted to: usually the one before the
+newest, see ``DiskStorage.compaction_point``), announces it (``SNAP_OFFER``, carrying the
+core message) and then answers each ``SNAP_WANT`` with the chunk at that offset
+(stop-and-wait: one chunk in flight per follower).  The sender keeps the file open, so a
+prune during the transfer does not cut it short; a file pruned before the offer is logged
+and skipped, and the core sends ``InstallSnapshot`` again later (by then it has compacted
+to a snapshot that is still kept).
 
 Follower side: ``SnapshotFetcher`` assembles the file with a ``SnapshotReceiver`` (it
 resumes a partial file after a reconnect or a restart), checks it whole, then hands it to
@@ -12,23 +17,72 @@ the node, which steps the core with the same ``InstallSnapshot`` whose ``data`` 
 file's path.  The core's next Ready carries the snapshot: the node persists it through
 ``storage.save(ready, snapshot_file=path)`` (verify, rename into snap/, WAL marker) and
 restores its state machines from it before applying anything after it.
+
+Restoring (``restore_installed``) builds fresh state machines and a fresh session table
+from the file on the snapshot thread, so a large snapshot never stalls the event loop
+(ticks, heartbeats); the node swaps them in on the reactor once they are complete.
 """
 
 from __future__ import annotations
 
+import os
+
 from twisted.logger import Logger
 
+from paxoslog.core.log import SnapshotMeta
 from paxoslog.core.messages import InstallSnapshot, from_wire, to_wire
-from paxoslog.storage import (BadChunk, SnapshotChunk, SnapshotOffer, SnapshotReceiver,
-                              SnapshotSender, TransferFailed)
+from paxoslog.storage import (BadChunk, SnapshotChunk, SnapshotOffer, SnapshotReader,
+                              SnapshotReceiver, SnapshotSender, TransferFailed)
+from paxoslog.storage.snapshot import snapshot_name
 
 from . import frames as F
 
-__all__ = ["SnapshotShipper", "SnapshotFetcher"]
+__all__ = ["SnapshotShipper", "SnapshotFetcher", "restore_from_reader", "restore_installed"]
 
 log = Logger(namespace="paxoslog.snapshots")
 
 STALL_S = 10.0   # an outgoing transfer without progress this long may be restarted
+
+
+def restore_from_reader(reader: SnapshotReader, sms: dict, sessions) -> list[str]:
+    """Load every state machine in ``sms`` and the session table from ``reader``; a state
+    machine the snapshot does not hold is restored empty.  Returns the names the snapshot
+    holds that ``sms`` lacks (not enabled here; their data is skipped)."""
+    seen = set()
+    skipped = []
+    for name, chunks in reader.states():
+        sm = sms.get(name)
+        if sm is None:
+            skipped.append(name)
+            continue                        # states() drains the chunks left unread
+        sm.restore(b"".join(chunks))
+        seen.add(name)
+    for name, sm in sms.items():
+        if name not in seen:
+            sm.restore(b"")
+    sessions.restore(reader.sessions)
+    return skipped
+
+
+def restore_installed(storage, meta: SnapshotMeta, sms: dict,
+                      sessions) -> tuple[SnapshotMeta, list[str]]:
+    """On the snapshot thread: restore the fresh (not yet shared) ``sms`` and ``sessions``
+    from the installed snapshot ``meta``.  Returns (the snapshot's own meta, the names
+    skipped).  Falls back to the newest local snapshot when the file at ``meta`` is missing
+    (the store kept a snapshot at least as new instead); anything older cannot stand in
+    for ``meta`` (the log below ``meta`` is gone) and raises ``FileNotFoundError``."""
+    path = os.path.join(storage.snap_dir, snapshot_name(meta.index, meta.term))
+    if not os.path.exists(path):
+        latest = storage.latest_snapshot()
+        if latest is None or latest.index < meta.index:
+            raise FileNotFoundError(f"{path}: the installed snapshot is missing")
+        path = latest.path
+    with SnapshotReader(path) as reader:
+        if reader.meta.index < meta.index:
+            raise FileNotFoundError(f"{path} covers index {reader.meta.index}, not "
+                                    f"{meta.index}")
+        skipped = restore_from_reader(reader, sms, sessions)
+        return reader.meta, skipped
 
 
 class _Outgoing:
@@ -57,34 +111,48 @@ class SnapshotShipper:
         if (current is not None and current.message.index == msg.index
                 and now - current.last_progress < STALL_S):
             return                                  # already under way
-        latest = node.storage.latest_snapshot()
-        if latest is None or (latest.index, latest.term) != (msg.index, msg.snap_term):
-            log.warn("cannot send snapshot {index} to node {peer}: newest local snapshot is "
-                     "{latest}", index=msg.index, peer=peer,
+        found = node.storage.find_snapshot(msg.index, msg.snap_term)
+        if found is None:
+            # Pruned meanwhile (a newer snapshot was just taken and the core has not been
+            # compacted past this one yet): the core sends InstallSnapshot again later.
+            latest = node.storage.latest_snapshot()
+            log.warn("cannot send snapshot {index} (term {term}) to node {peer}: no such "
+                     "local snapshot file (newest is {latest}); the core will retry",
+                     index=msg.index, term=msg.snap_term, peer=peer,
                      latest=None if latest is None else latest.index)
             return
-        outgoing = self._outgoing[peer] = _Outgoing(msg, latest.path, now)
+        self._drop(peer)
+        outgoing = self._outgoing[peer] = _Outgoing(msg, found.path, now)
         log.info("sending snapshot at index {index} to node {peer}", index=msg.index, peer=peer)
-        meta = node.storage.snapshot_meta
-        if meta is None or meta.index != msg.index:
-            from paxoslog.core.log import SnapshotMeta
-            meta = SnapshotMeta(msg.index, msg.snap_term, msg.config)
-        d = node.writer.in_snapshot_thread(SnapshotSender, latest.path, meta,
+        meta = SnapshotMeta(msg.index, msg.snap_term, msg.config)
+        d = node.writer.in_snapshot_thread(SnapshotSender, found.path, meta,
                                            node.config.snapshot.chunk_bytes)
 
         def ready(sender: SnapshotSender) -> None:
             if self._outgoing.get(peer) is not outgoing:
+                sender.close()
                 return
             outgoing.sender = sender
             if not node.transport.send_frame(peer, [F.SNAP_OFFER, to_wire(msg),
                                                     sender.offer.to_wire()]):
-                self._outgoing.pop(peer, None)
+                self._drop(peer)
 
         def failed(failure) -> None:
-            log.failure("cannot read snapshot {path}", failure, path=latest.path)
+            if failure.check(FileNotFoundError):
+                log.warn("snapshot {path} was pruned before it could be sent to node {peer}; "
+                         "the core will retry", path=found.path, peer=peer)
+            else:
+                log.failure("cannot read snapshot {path}", failure, path=found.path)
             if self._outgoing.get(peer) is outgoing:
                 del self._outgoing[peer]
         d.addCallbacks(ready, failed)
+
+    def _drop(self, peer: int) -> _Outgoing | None:
+        """Forget the transfer to ``peer`` and close its file."""
+        outgoing = self._outgoing.pop(peer, None)
+        if outgoing is not None and outgoing.sender is not None:
+            outgoing.sender.close()
+        return outgoing
 
     def on_want(self, peer: int, payload: list) -> None:
         _, transfer_id, offset = payload
@@ -101,14 +169,14 @@ class SnapshotShipper:
             chunk = sender.chunk(offset)
         except (ValueError, OSError) as exc:
             log.warn("snapshot transfer to node {peer} stopped: {error}", peer=peer, error=exc)
-            self._outgoing.pop(peer, None)
+            self._drop(peer)
             return
         self.sent_chunks += 1
         self.node.transport.send_frame(peer, [F.SNAP_CHUNK, chunk.to_wire()])
 
     def on_done(self, peer: int, payload: list) -> None:
         _, transfer_id, ok, reason = payload
-        outgoing = self._outgoing.pop(peer, None)
+        outgoing = self._drop(peer)
         if outgoing is not None:
             if ok:
                 log.info("node {peer} received snapshot {index}", peer=peer,
@@ -118,7 +186,7 @@ class SnapshotShipper:
                          index=outgoing.message.index, reason=reason)
 
     def peer_down(self, peer: int) -> None:
-        self._outgoing.pop(peer, None)
+        self._drop(peer)
 
     @property
     def active(self) -> int:

@@ -85,8 +85,16 @@ class StorageWriter:
                 return self.storage.save_snapshot(meta, states, sessions)
         return deferToThreadPool(self.reactor, self._snap, run)
 
+    def compaction_point(self, taken: SnapshotMeta) -> defer.Deferred:
+        """Fires with ``storage.compaction_point(taken)`` (it reads a snapshot header)."""
+        def run():
+            with self.snap_lock:
+                return self.storage.compaction_point(taken)
+        return deferToThreadPool(self.reactor, self._snap, run)
+
     def in_snapshot_thread(self, fn, *args) -> defer.Deferred:
-        """Run slow snapshot-file work (checksums, verification) off the reactor."""
+        """Run slow snapshot-file work (checksums, verification, restoring state machines
+        from a received snapshot) off the reactor, after any snapshot queued before."""
         return deferToThreadPool(self.reactor, self._snap, fn, *args)
 
     def stop(self) -> None:
