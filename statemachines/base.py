@@ -18,6 +18,9 @@ Optional (the node uses them when present)::
     read_ops: tuple[str, ...]                   ops served as reads (read_index), not logged
     snapshot_copy() -> callable                 cheap copy now, bytes later on a thread
 
+``state_hash(sm)`` digests ``snapshot()``: replicas at the same applied index must report
+the same digest (GET /api/v1/cluster/status?hashes=1 shows one per state machine).
+
 ``apply`` may raise: ``BadCommand`` becomes a ``bad_request`` result, any other exception an
 ``apply_failed`` result; either way the same on every replica (apply is deterministic), and
 the apply loop goes on.  Results must be small JSON/CBOR-able values (they are kept in the
@@ -26,9 +29,12 @@ session table for retried requests).
 
 from __future__ import annotations
 
+import hashlib
 from typing import Callable, Protocol, runtime_checkable
 
-__all__ = ["StateMachine", "BadCommand", "snapshot_producer", "REQUIRED"]
+__all__ = ["StateMachine", "BadCommand", "snapshot_producer", "state_hash", "REQUIRED"]
+
+STATE_HASH_BYTES = 16
 
 REQUIRED = ("apply", "query", "snapshot", "restore")
 
@@ -54,3 +60,11 @@ def snapshot_producer(sm: StateMachine) -> Callable[[], bytes]:
         return copy()
     data = sm.snapshot()
     return lambda: data
+
+
+def state_hash(sm: StateMachine) -> str:
+    """Hex blake2b (128 bits) of ``sm.snapshot()``.  ``snapshot()`` is deterministic, so
+    two replicas at the same applied index agree on it unless their states diverged.
+    Costs one full snapshot encoding: compute it on demand, not on every status call."""
+    return hashlib.blake2b(sm.snapshot(), digest_size=STATE_HASH_BYTES).hexdigest()
+

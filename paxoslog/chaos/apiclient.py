@@ -107,8 +107,10 @@ class ApiClient:
                 f"&consistency={consistency}")
         return self.call("GET", node, path, None, timeout_s)
 
-    def status(self, node: int, timeout_s: float) -> defer.Deferred:
-        return self.call("GET", node, "/api/v1/cluster/status", None, timeout_s)
+    def status(self, node: int, timeout_s: float, hashes: bool = False) -> defer.Deferred:
+        """``hashes``: ask for ``state_hashes`` too (the node encodes every state machine)."""
+        path = "/api/v1/cluster/status" + ("?hashes=1" if hashes else "")
+        return self.call("GET", node, path, None, timeout_s)
 
     def health(self, node: int, timeout_s: float) -> defer.Deferred:
         return self.call("GET", node, "/health", None, timeout_s)

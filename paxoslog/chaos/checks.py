@@ -8,7 +8,9 @@ state, so they can be tested on hand-made inputs.
   (that write was lost), not the value of a write reported as failed, not absent after an
   acknowledged write (the workload never deletes).
 * ``check_replicas_agree``: every node ends at the same applied index with the same
-  key-value state (a state hash when the API exposes one, else the records themselves).
+  key-value state (the records themselves, read back from each node).
+* ``check_state_hashes``: nodes that report the same applied index report the same digest
+  of every state machine (``GET /api/v1/cluster/status?hashes=1``: ``state_hashes``).
 * ``check_liveness``: after the final heal a write is acknowledged within
   ``factor`` election timeouts.
 * ``unavailability``: per fault, the time from the fault (and from its heal) to the next
@@ -29,7 +31,8 @@ from paxoslog.sim.linearizability import check_history
 from .history import OK, OpRecord, to_operations
 
 __all__ = ["CheckOutcome", "check_linearizable", "check_lost_writes", "check_replicas_agree",
-           "check_liveness", "unavailability", "summarize_unavailability", "ok_rate"]
+           "check_state_hashes", "check_liveness", "unavailability",
+           "summarize_unavailability", "ok_rate"]
 
 
 @dataclass
@@ -121,7 +124,8 @@ def check_replicas_agree(states: dict[int, dict], applied: dict[int, int | None]
                          hashes: dict[int, object] | None = None,
                          expected_nodes: Iterable[int] = ()) -> CheckOutcome:
     """``states``: node -> {key: record}; ``applied``: node -> applied index;
-    ``hashes``: node -> state hash from the API, when it has one."""
+    ``hashes``: node -> any digest to compare as well (the chaos run compares the status
+    API's per-state-machine digests in ``check_state_hashes`` instead)."""
     missing = sorted(set(expected_nodes) - set(states))
     data: dict = {"applied": {str(k): v for k, v in sorted(applied.items())}}
     if missing:
@@ -148,10 +152,66 @@ def check_replicas_agree(states: dict[int, dict], applied: dict[int, int | None]
     if diffs:
         data["diffs"] = diffs
         return CheckOutcome("replicas-agree", False, "replica states differ", data)
-    how = "state hash and records" if hashes else "records (no state hash in the API)"
+    how = "state hash and records" if hashes else "records"
     return CheckOutcome("replicas-agree", True,
                         f"{len(states)} nodes agree on {len(reference)} keys at applied index "
                         f"{next(iter(applied.values()), None)} ({how})", data)
+
+
+def check_state_hashes(reports: dict[int, dict],
+                       expected_nodes: Iterable[int] = ()) -> CheckOutcome:
+    """``reports``: node -> its status body (``applied_index``, ``state_hashes``:
+    {state machine: hex digest}).  Nodes at the same applied index must agree on the digest
+    of every state machine (one missing on some of them counts as a difference).
+
+    Fails on any difference; undecided (None) when some node could not be compared (no
+    report, or no other node at its applied index); passes, noting that nothing was
+    compared, when no node reports ``state_hashes`` at all (an API without them)."""
+    name = "state-hashes"
+    expected = set(expected_nodes) | set(reports)
+    hashed = {n: r for n, r in reports.items()
+              if isinstance(r, dict) and isinstance(r.get("state_hashes"), dict)}
+    data: dict = {"applied": {str(n): (r or {}).get("applied_index")
+                              for n, r in sorted(reports.items())},
+                  "hashes": {str(n): r["state_hashes"] for n, r in sorted(hashed.items())}}
+    if not hashed:
+        data["skipped"] = True
+        return CheckOutcome(name, True, "not compared: no node reports state_hashes "
+                            "(GET /api/v1/cluster/status?hashes=1)", data)
+    groups: dict[object, list[int]] = {}
+    for node, report in sorted(hashed.items()):
+        groups.setdefault(report.get("applied_index"), []).append(node)
+    mismatches = []
+    compared: list[int] = []
+    for index, nodes in sorted(groups.items(), key=lambda item: str(item[0])):
+        if len(nodes) < 2 or type(index) is not int:
+            continue
+        compared += nodes
+        names = sorted(set().union(*(hashed[n]["state_hashes"] for n in nodes)))
+        for sm in names:
+            digests = {n: hashed[n]["state_hashes"].get(sm) for n in nodes}
+            if len(set(digests.values())) > 1:
+                mismatches.append({"state_machine": sm, "applied_index": index,
+                                   "digests": {str(n): d for n, d in digests.items()}})
+    if mismatches:
+        first = mismatches[0]
+        nodes_text = ", ".join(f"node {n}: {d if d is not None else 'not reported'}"
+                               for n, d in first["digests"].items())
+        more = f" (and {len(mismatches) - 1} more differences)" if len(mismatches) > 1 else ""
+        data["mismatches"] = mismatches
+        return CheckOutcome(name, False, f"state machine {first['state_machine']!r} differs "
+                            f"between nodes at applied index {first['applied_index']}: "
+                            f"{nodes_text}{more}", data)
+    left_out = sorted(expected - set(compared))
+    if left_out:
+        data["not_compared"] = left_out
+        return CheckOutcome(name, None, f"nodes {left_out} could not be compared (no state "
+                            f"hashes, or no other node at their applied index)", data)
+    indexes = sorted(i for i, nodes in groups.items() if len(nodes) >= 2)
+    machines = sorted(set().union(*(r["state_hashes"] for r in hashed.values())))
+    return CheckOutcome(name, True, f"{len(compared)} nodes agree on the state hashes of "
+                        f"{', '.join(machines) or 'no state machine'} at applied index "
+                        f"{', '.join(map(str, indexes))}", data)
 
 
 def check_liveness(records: list[OpRecord], heal_s: float, election_timeout_s: float,

@@ -6,7 +6,8 @@
 3. Heal everything; traffic goes on for a tail so liveness after the heal is measured.
 4. Stop the clients; wait until every node applied the same index; read every key back
    through the API (linearizable, recorded in the history) and from each node's own state
-   (stale reads of every key); stop the cluster.
+   (stale reads of every key); ask every node for its state hashes at one applied index;
+   stop the cluster.
 5. Check, write the report, return the exit code: 0 valid and every check passed,
    1 a check failed, 2 the run is void (no fault injected, or fewer than ``min_ok_rate``
    acknowledged operations per second before the first fault), 3 the harness itself failed.
@@ -48,6 +49,7 @@ EXIT_ERROR = 3
 _STARTUP_TIMEOUT_S = 30.0
 _CONVERGE_TIMEOUT_S = 30.0
 _FINAL_READ_ATTEMPTS = 20
+_HASH_ROUNDS = 10            # status?hashes=1 rounds until every node is at one index
 
 
 @dataclass(frozen=True)
@@ -218,6 +220,7 @@ class ChaosRun:
         converged = await self._converge()
         final = await self._final_reads()
         states = await self._replica_states()
+        states["hash_reports"] = await self._state_hash_reports()
         self.observer.stop()
         await self.cluster.shutdown()
         self.timeline.add("cluster-stopped")
@@ -365,13 +368,32 @@ class ChaosRun:
             for i, key in enumerate(keys)])
         return {"values": values, "failed": failed}
 
+    async def _state_hash_reports(self) -> dict:
+        """Each node's status with ``state_hashes`` (``?hashes=1``), asked again (at most
+        ``_HASH_ROUNDS`` times) until every node answers at the same applied index, so the
+        digests are comparable.  {node: status body}; nodes that did not answer are left
+        out."""
+        reports: dict = {}
+        for round_number in range(_HASH_ROUNDS):
+            if round_number:
+                await task.deferLater(self.reactor, 0.2, lambda: None)
+            nodes = self.spec.node_ids
+            results = await defer.DeferredList(
+                [self.client.status(n, timeout_s=5.0, hashes=True) for n in nodes],
+                consumeErrors=True)
+            reports = {node: response.body for node, (ok, response) in zip(nodes, results)
+                       if ok and response.status == 200 and isinstance(response.body, dict)}
+            applied = {r.get("applied_index") for r in reports.values()}
+            if len(reports) == len(nodes) and len(applied) == 1:
+                break
+        return reports
+
     async def _replica_states(self) -> dict:
-        """Each node's own state of every key (stale reads: no quorum round), its applied
-        index, and its state hash when the status API has one."""
-        states, applied, hashes, problems = {}, {}, {}, []
+        """Each node's own state of every key (stale reads: no quorum round) and its
+        applied index."""
+        states, applied, problems = {}, {}, []
         for node in self.spec.node_ids:
             try:
-                status = await self.client.status(node, timeout_s=2.0)
                 response = await self.client.query_prefix(node, "", timeout_s=5.0)
             except Exception as exc:  # noted; the agreement check then cannot pass
                 problems.append(f"node {node}: {exc!r}")
@@ -385,11 +407,7 @@ class ChaosRun:
                                         kv.get("mod_index"), kv.get("version"))
                             for kv in response.field("kvs") or []}
             applied[node] = response.field("index")
-            body = status.body if status.status == 200 and isinstance(status.body, dict) else {}
-            for name in ("state_hash", "state_hashes", "hash"):
-                if name in body:
-                    hashes[node] = body[name]
-        return {"states": states, "applied": applied, "hashes": hashes, "problems": problems}
+        return {"states": states, "applied": applied, "problems": problems}
 
     # ================================================================== verdict
 
@@ -428,7 +446,7 @@ class ChaosRun:
         results = [checks.check_linearizable(records, o.checker_timeout_s),
                    checks.check_lost_writes(records, final["values"], final["failed"])]
         agree = checks.check_replicas_agree(states["states"], states["applied"],
-                                            states["hashes"], self.spec.node_ids)
+                                            expected_nodes=self.spec.node_ids)
         if not converged["converged"]:
             agree = checks.CheckOutcome(
                 "replicas-agree", False, f"replicas did not converge within "
@@ -437,6 +455,7 @@ class ChaosRun:
         if states["problems"]:
             agree.data["problems"] = states["problems"]
         results.append(agree)
+        results.append(checks.check_state_hashes(states["hash_reports"], self.spec.node_ids))
         leader_seen = next((t for t, leader, _ in self.observer.leader_changes
                             if t >= self.final_heal and leader is not None), None)
         if leader_seen is None and self.observer.leader_changes and \
