@@ -10,13 +10,14 @@ with ``--node ID``.  Shape (every table but ``[[nodes]]`` is optional)::
 
     [timing]       tick_ms, heartbeat_ticks, election_ticks, lease_ticks, request_timeout_ms
     [snapshot]     entries, bytes, keep, level, chunk_bytes
+    [storage]      segment_bytes
     [batching]     batch_commands_max, batch_bytes_max, pipeline_window,
                    entries_per_message_max, message_bytes_max, frame_bytes_max,
                    proposal_queue_max, pending_reads_max, peer_queue_messages_max
     [limits]       request_bytes_max, header_bytes_max, key_bytes_max, connections_max,
                    pipelined_requests_max, log_entries_max, recent_entries_kept,
                    recent_bytes_max, sessions_max, session_results_max,
-                   session_results_total_max
+                   session_results_total_max, session_idle_ms
     [state_machines]  enabled = ["kv", "counter", ...]   (built-ins + installed plug-ins)
 
     [[nodes]]
@@ -42,9 +43,9 @@ from paxoslog.core.limits import DEFAULT_LIMITS, Limits
 from paxoslog.core.replica import PROTOCOLS, ReplicaOptions
 from paxoslog.storage.options import StorageOptions
 
-__all__ = ["ConfigError", "Address", "NodeConf", "TimingConf", "SnapshotConf", "BatchingConf",
-           "LimitsConf", "ClusterConfig", "load_config", "parse_config", "parse_address",
-           "KNOWN_STATE_MACHINES"]
+__all__ = ["ConfigError", "Address", "NodeConf", "TimingConf", "SnapshotConf", "StorageConf",
+           "BatchingConf", "LimitsConf", "ClusterConfig", "load_config", "parse_config",
+           "parse_address", "KNOWN_STATE_MACHINES"]
 
 # The built-ins; plug-ins come from the entry-point group paxoslog.state_machines.
 KNOWN_STATE_MACHINES = ("kv", "counter", "membership")
@@ -124,6 +125,13 @@ class SnapshotConf:
 
 
 @dataclass(frozen=True)
+class StorageConf:
+    # A WAL segment is sealed beyond this size; compaction deletes whole sealed segments,
+    # so this bounds how much log outlives a snapshot (and is replayed at restart).
+    segment_bytes: int = StorageOptions.segment_bytes
+
+
+@dataclass(frozen=True)
 class BatchingConf:
     """The core's bounds (defaults from core/limits.py) plus the peer send queue."""
 
@@ -151,6 +159,7 @@ class LimitsConf:
     sessions_max: int = 10_000
     session_results_max: int = 256
     session_results_total_max: int = 500_000
+    session_idle_ms: int = 600_000       # a session idle this long (log time) is dropped
 
 
 @dataclass(frozen=True)
@@ -161,6 +170,7 @@ class ClusterConfig:
     nodes: tuple[NodeConf, ...]
     timing: TimingConf = field(default_factory=TimingConf)
     snapshot: SnapshotConf = field(default_factory=SnapshotConf)
+    storage: StorageConf = field(default_factory=StorageConf)
     batching: BatchingConf = field(default_factory=BatchingConf)
     limits: LimitsConf = field(default_factory=LimitsConf)
     state_machines: tuple[str, ...] = ("kv",)
@@ -193,7 +203,8 @@ class ClusterConfig:
 
     def storage_options(self) -> StorageOptions:
         s = self.snapshot
-        return StorageOptions(snapshot_keep=s.keep, snapshot_level=s.level,
+        return StorageOptions(segment_bytes=self.storage.segment_bytes,
+                              snapshot_keep=s.keep, snapshot_level=s.level,
                               snapshot_entries=s.entries, snapshot_bytes=s.bytes,
                               record_bytes_max=max(64 << 20, self.batching.frame_bytes_max))
 
@@ -314,6 +325,17 @@ def _snapshot(r: _Reader) -> SnapshotConf:
     return s
 
 
+SEGMENT_BYTES_MIN = 64 << 10
+SEGMENT_BYTES_MAX = 1 << 30
+
+
+def _storage(r: _Reader) -> StorageConf:
+    st = StorageConf(segment_bytes=r.int("segment_bytes", StorageConf.segment_bytes,
+                                         SEGMENT_BYTES_MIN, SEGMENT_BYTES_MAX))
+    r.check_unknown()
+    return st
+
+
 def _batching(r: _Reader) -> BatchingConf:
     d = BatchingConf
     b = BatchingConf(
@@ -352,6 +374,7 @@ def _limits(r: _Reader) -> LimitsConf:
         session_results_max=r.int("session_results_max", d.session_results_max, 1, 1 << 20),
         session_results_total_max=r.int("session_results_total_max",
                                         d.session_results_total_max, 1, 1 << 30),
+        session_idle_ms=r.int("session_idle_ms", d.session_idle_ms, 0, 1 << 40),
     )
     if lim.session_results_total_max < lim.session_results_max:
         raise r.fail("session_results_total_max",
@@ -433,13 +456,14 @@ def parse_config(data: dict, path: str = "<conf>") -> ClusterConfig:
     secret = _secret(r)
     timing = _timing(r.table_of("timing"))
     snapshot = _snapshot(r.table_of("snapshot"))
+    storage = _storage(r.table_of("storage"))
     batching = _batching(r.table_of("batching"))
     limits = _limits(r.table_of("limits"))
     state_machines = _state_machines(r.table_of("state_machines"))
     nodes = _nodes(r, data_dir)
     r.check_unknown()
     return ClusterConfig(path=path, name=name, protocol=protocol, nodes=nodes, timing=timing,
-                         snapshot=snapshot, batching=batching, limits=limits,
+                         snapshot=snapshot, storage=storage, batching=batching, limits=limits,
                          state_machines=state_machines, secret=secret)
 
 

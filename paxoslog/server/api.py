@@ -286,7 +286,9 @@ class Api:
         return self.node.submit_read(query, consistency)
 
     def cluster_status(self, request):
-        return self.node.status()
+        """``?hashes=1`` adds ``state_hashes`` (a digest per state machine; costs a
+        snapshot of each, so only on request)."""
+        return self.node.status(hashes=self._params(request).get("hashes") == "1")
 
     def log_entries(self, request):
         params = self._params(request)

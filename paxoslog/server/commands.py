@@ -1,6 +1,9 @@
 """Commands as they sit in the log: one CBOR map per command, addressed to a state machine.
 
-``{"sm": "kv", "op": "put", "key": k, "value": v, "client_id": c, "sequence": s}``
+``{"sm": "kv", "op": "put", "key": k, "value": v, "client_id": c, "sequence": s, "ts": ms}``
+
+``ts`` is the wall clock (ms) of the node that encoded the command: the session table's
+idle expiry runs on the largest ``ts`` in the log, identical on every replica.
 
 Only validated commands are encoded (the API validates against the state machine first), but
 decoding never trusts the bytes: a command that does not decode to a map with a known
@@ -9,6 +12,8 @@ decoding never trusts the bytes: a command that does not decode to a map with a 
 
 from __future__ import annotations
 
+import time
+
 import cbor2
 
 __all__ = ["encode_command", "decode_command", "CLIENT_ID_CHARS_MAX"]
@@ -16,11 +21,13 @@ __all__ = ["encode_command", "decode_command", "CLIENT_ID_CHARS_MAX"]
 CLIENT_ID_CHARS_MAX = 128
 
 
-def encode_command(sm: str, fields: dict, client_id: str, sequence: int) -> bytes:
+def encode_command(sm: str, fields: dict, client_id: str, sequence: int,
+                   ts: int | None = None) -> bytes:
     command = {"sm": sm}
     command.update(fields)
     command["client_id"] = client_id
     command["sequence"] = sequence
+    command["ts"] = int(time.time() * 1000) if ts is None else ts
     return cbor2.dumps(command)
 
 

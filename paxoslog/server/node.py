@@ -44,7 +44,6 @@ from paxoslog.core.quorum import Config
 from paxoslog.core.ready import ConfigChanged, ProposalDropped, Ready, Role, RoleChanged
 from paxoslog.core.replica import create_replica
 from paxoslog.storage import DiskStorage, SnapshotPolicy, SnapshotReader
-from paxoslog.storage.snapshot import snapshot_name
 from statemachines import BadCommand, create as create_state_machine, snapshot_producer
 
 from . import frames as F
@@ -125,7 +124,8 @@ class NodeService(MultiService):
         self.sms: dict = {}
         self.kv = None
         self.sessions = SessionTable(config.limits.sessions_max, config.limits.session_results_max,
-                                     config.limits.session_results_total_max)
+                                     config.limits.session_results_total_max,
+                                     config.limits.session_idle_ms)
         self.applied_index = 0
         self.applied_term = 0
         self.applied_config: Config = Config(frozenset(config.node_ids))
@@ -375,18 +375,44 @@ class NodeService(MultiService):
     def _persisted(self, seconds: float, ready: Ready) -> None:
         self.fsync.observe(seconds)
         self.stats["fsyncs"] += 1
+
+        def finish(restored: bool = True) -> None:
+            try:
+                if restored:
+                    self._complete(ready)
+            except Exception as exc:
+                self._crash("completing a Ready", exc)
+            finally:
+                self._busy = False
+                if self._idle_waiters:
+                    waiters, self._idle_waiters = self._idle_waiters, []
+                    for d in waiters:
+                        d.callback(None)
+            if not self._stopping and self.fatal is None:
+                self._pump()
+
+        if ready.snapshot is None:
+            finish()
+            return
+        # A received snapshot is durable.  Send now (persist -> send: the leader learns
+        # at once that it arrived and does not offer it again), then build the state
+        # machines from it on the snapshot thread; the rest of the Ready (apply, reads,
+        # advance) runs after the swap.  _busy stays set until then, so the Ready loop
+        # neither applies nor advances past the snapshot meanwhile.
         try:
-            self._complete(ready)
+            transport = self.transport
+            for msg in ready.messages:
+                if type(msg) is InstallSnapshot and not msg.data:
+                    self.shipper.offer(msg)
+                else:
+                    transport.send(msg)
+            transport.flush()
         except Exception as exc:
-            self._crash("completing a Ready", exc)
-        finally:
-            self._busy = False
-            if self._idle_waiters:
-                waiters, self._idle_waiters = self._idle_waiters, []
-                for d in waiters:
-                    d.callback(None)
-        if not self._stopping and self.fatal is None:
-            self._pump()
+            self._crash("sending a Ready's messages", exc)
+            finish(False)
+            return
+        ready.messages = []                 # sent: _complete must not send them again
+        self._restore_installed(ready.snapshot).addCallback(finish)
 
     def _persist_failed(self, failure) -> None:
         self._busy = False
@@ -396,9 +422,9 @@ class NodeService(MultiService):
         self._die(FatalNodeError(f"persisting failed: {failure.getErrorMessage()}"))
 
     def _complete(self, ready: Ready) -> None:
-        """Everything after persistence, in contract order."""
-        if ready.snapshot is not None:
-            self._restore_installed(ready.snapshot)
+        """Everything after persistence, in contract order.  A Ready carrying a received
+        snapshot comes here only once ``_persisted`` sent its messages and restored the
+        state machines from the snapshot (``_restore_installed``)."""
         transport = self.transport
         for msg in ready.messages:
             if type(msg) is InstallSnapshot and not msg.data:
@@ -502,6 +528,7 @@ class NodeService(MultiService):
         if command is None:
             return
         key = _command_key(command)
+        self.sessions.observe(command.pop("ts", None))     # the shell's; not the SM's
         if key is not None:
             status, hit = self.sessions.lookup(*key)
             if status == DUPLICATE:
@@ -549,40 +576,56 @@ class NodeService(MultiService):
     # ================================================================== snapshots
 
     def _restore_state_machines(self, reader: SnapshotReader) -> None:
-        seen = set()
-        for name, chunks in reader.states():
-            data = b"".join(chunks)
-            sm = self.sms.get(name)
-            if sm is None:
-                log.warn("snapshot holds state machine {name}, not enabled here", name=name)
-                continue
-            sm.restore(data)
-            seen.add(name)
-        for name, sm in self.sms.items():
-            if name not in seen:
-                sm.restore(b"")
-        self.sessions.restore(reader.sessions)
+        """At start (nothing to block yet): load ``self.sms`` and the sessions in place."""
+        from .snapshots import restore_from_reader
+        for name in restore_from_reader(reader, self.sms, self.sessions):
+            log.warn("snapshot holds state machine {name}, not enabled here", name=name)
 
-    def _restore_installed(self, meta: SnapshotMeta) -> None:
-        """A received snapshot was persisted: load the state machines from it."""
-        path = os.path.join(self.storage.snap_dir, snapshot_name(meta.index, meta.term))
-        if not os.path.exists(path):
-            latest = self.storage.latest_snapshot()
-            path = latest.path if latest is not None else path
+    def _restore_installed(self, meta: SnapshotMeta) -> defer.Deferred:
+        """A received snapshot was persisted: build fresh state machines and a fresh session
+        table from it on the snapshot thread, then swap them in here, on the reactor.  The
+        Deferred fires with True once swapped, or False when the node had to die."""
+        from .snapshots import restore_installed
+        limits = self.config.limits
         try:
-            with SnapshotReader(path) as reader:
-                self._restore_state_machines(reader)
+            fresh = {name: create_state_machine(
+                name, **({"key_bytes_max": limits.key_bytes_max} if name == "kv" else {}))
+                for name in self.sms}
         except Exception as exc:
-            self._die(FatalNodeError(f"cannot restore the installed snapshot {path}: {exc}"))
-            return
-        self.applied_index, self.applied_term = meta.index, meta.term
-        self.applied_config = meta.config
-        self.policy.taken(meta.index)
-        self.recent.clear()
-        self._recent_bytes = 0
-        self.stats["snapshots_installed"] += 1
-        log.info("installed snapshot at index {index}", index=meta.index)
-        self._release_reads()
+            self._die(FatalNodeError(f"cannot create state machines to restore snapshot "
+                                     f"{meta.index}: {exc}"))
+            return defer.succeed(False)
+        sessions = self.sessions.like()     # same bounds, or replicas would evict apart
+        started = time.perf_counter()
+        d = self.writer.in_snapshot_thread(restore_installed, self.storage, meta, fresh,
+                                           sessions)
+
+        def swap(result) -> bool:
+            restored, skipped = result
+            for name in skipped:
+                log.warn("snapshot holds state machine {name}, not enabled here", name=name)
+            self.sms.clear()
+            self.sms.update(fresh)
+            self.kv = self.sms["kv"]
+            self.sessions = sessions
+            self.applied_index, self.applied_term = restored.index, restored.term
+            self.applied_config = restored.config
+            self.policy.taken(restored.index)
+            self.recent.clear()
+            self._recent_bytes = 0
+            self.stats["snapshots_installed"] += 1
+            log.info("installed snapshot at index {index} (restored off the event loop in "
+                     "{ms:.0f} ms)", index=restored.index,
+                     ms=(time.perf_counter() - started) * 1000)
+            self._release_reads()
+            return True
+
+        def failed(failure) -> bool:
+            self._die(FatalNodeError(f"cannot restore the installed snapshot {meta.index}: "
+                                     f"{failure.getErrorMessage()}"))
+            return False
+        d.addCallbacks(swap, failed)
+        return d
 
     def install_received_snapshot(self, msg: InstallSnapshot, path: str) -> None:
         """The fetcher assembled a snapshot file: let the core decide on it."""
@@ -634,6 +677,7 @@ class NodeService(MultiService):
             log.error("snapshot at index {index} failed: {error}", index=meta.index,
                       error=failure.getErrorMessage())
         d.addCallback(saved)
+        d.addCallback(compact)
         d.addCallbacks(compacted, failed)
 
     # ================================================================== peers
@@ -719,7 +763,7 @@ class NodeService(MultiService):
         if sm is None:
             raise BadCommand(f"unknown state machine {command.get('sm')!r:.40}")
         fields = {k: v for k, v in command.items()
-                  if k not in ("sm", "client_id", "sequence")}
+                  if k not in ("sm", "client_id", "sequence", "ts")}
         validate = getattr(sm, "validate", None)
         if validate is not None:
             out = validate(fields)
@@ -1066,8 +1110,11 @@ class NodeService(MultiService):
         """Terms as clients see them: the Raft term, or the round of a Paxos ballot."""
         return Ballot.unpack(term).round if self.protocol == "multipaxos" else term
 
-    def status(self) -> dict:
-        """This node's view of the cluster (GET /api/v1/cluster/status)."""
+    def status(self, hashes: bool = False) -> dict:
+        """This node's view of the cluster (GET /api/v1/cluster/status).  ``hashes``: add
+        ``state_hashes`` {state machine: hex digest of its snapshot} (costs one snapshot
+        encoding per state machine, on the reactor), to compare replicas at the same
+        ``applied_index``."""
         replica = self.replica
         core = replica.status()
         config = replica.config
@@ -1095,7 +1142,7 @@ class NodeService(MultiService):
                     entry["match_index"] = progress[nid].get("match")
                     entry["last_heartbeat"] = progress[nid].get("last_heard_ticks", 0) * tick_ms
             nodes.append(entry)
-        return {
+        out = {
             "node_id": self.node_id, "pid": os.getpid(), "cluster": self.config.name,
             "leader": leader,
             "term": replica.term,
@@ -1108,6 +1155,10 @@ class NodeService(MultiService):
             "uptime_s": round(time.time() - self.started_at, 3), "nodes": nodes,
             "state_machines": sorted(self.sms), "removed": self.membership.removed,
         }
+        if hashes:
+            from statemachines.base import state_hash
+            out["state_hashes"] = {name: state_hash(sm) for name, sm in sorted(self.sms.items())}
+        return out
 
     def entries(self, start: int, end: int) -> dict:
         """Log entries start..end (inclusive) as far as this node still holds them."""

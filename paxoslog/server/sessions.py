@@ -11,6 +11,13 @@ keeps at most ``sessions_max`` sessions and ``results_total_max`` results, evict
 sessions idle for the most log entries first.  A client whose session was evicted gets no
 deduplication for retries of its old requests: retry within the request deadline.
 
+Idle expiry: every command carries ``ts``, the wall clock (ms) of the node that put it in
+the log.  The table's clock is the largest ``ts`` applied so far, the same on every replica
+(it comes from the log, not from the replica's own clock), and a session whose newest
+command is older than ``idle_ms`` on that clock is dropped (checked a few times per
+``idle_ms`` of log time).  Clock skew between the nodes that propose shifts expiry by at
+most the skew; correctness needs only that a client retries within ``idle_ms``.
+
 The table is part of every snapshot (``snapshot()``/``restore()``, plain CBOR-able lists).
 """
 
@@ -26,24 +33,49 @@ STALE = 2
 
 
 class _Session:
-    __slots__ = ("floor", "results", "heap", "last_index")
+    __slots__ = ("floor", "results", "heap", "last_index", "last_ts")
 
-    def __init__(self, floor: int = 0, last_index: int = 0) -> None:
+    def __init__(self, floor: int = 0, last_index: int = 0, last_ts: int = 0) -> None:
         self.floor = floor                  # every sequence <= floor is forgotten
         self.results: dict[int, tuple] = {}  # sequence -> (index, term, result)
         self.heap: list[int] = []
         self.last_index = last_index
+        self.last_ts = last_ts              # log clock (ms) of its newest command
 
 
 class SessionTable:
     def __init__(self, sessions_max: int = 10_000, results_max: int = 256,
-                 results_total_max: int = 500_000) -> None:
+                 results_total_max: int = 500_000, idle_ms: int = 0) -> None:
         assert sessions_max >= 1 and results_max >= 1 and results_total_max >= results_max
         self.sessions_max = sessions_max
         self.results_max = results_max
         self.results_total_max = results_total_max
+        self.idle_ms = idle_ms              # 0: no idle expiry
         self._sessions: dict[str, _Session] = {}
         self.results_total = 0
+        self.clock = 0                      # the largest command ts applied (ms)
+        self._swept_at = 0
+        self.expired = 0
+
+    def like(self) -> "SessionTable":
+        """An empty table with the same bounds."""
+        return SessionTable(self.sessions_max, self.results_max, self.results_total_max,
+                            self.idle_ms)
+
+    def observe(self, ts: object) -> None:
+        """A command stamped ``ts`` is being applied: advance the log clock and drop the
+        sessions idle for longer than ``idle_ms``.  Deterministic (log order only)."""
+        if type(ts) is not int or ts <= self.clock:
+            return
+        self.clock = ts
+        idle = self.idle_ms
+        if idle and ts - self._swept_at >= max(1, idle // 8):
+            self._swept_at = ts
+            horizon = ts - idle
+            stale = [c for c, s in self._sessions.items() if s.last_ts < horizon]
+            for client_id in stale:
+                self.results_total -= len(self._sessions.pop(client_id).results)
+            self.expired += len(stale)
 
     def __len__(self) -> int:
         return len(self._sessions)
@@ -65,6 +97,7 @@ class SessionTable:
         session = self._sessions.get(client_id)
         if session is None:
             session = self._sessions[client_id] = _Session()
+        session.last_ts = self.clock
         if sequence not in session.results:
             heapq.heappush(session.heap, sequence)
             self.results_total += 1
@@ -95,18 +128,31 @@ class SessionTable:
 
     # ------------------------------------------------------------------ snapshots
 
-    def snapshot(self) -> list:
-        """A deterministic, CBOR-able copy (sorted by client id)."""
-        return [[client_id, s.floor, s.last_index,
-                 [[seq, *s.results[seq]] for seq in sorted(s.results)]]
-                for client_id, s in sorted(self._sessions.items())]
+    def snapshot(self) -> dict:
+        """A deterministic, CBOR-able copy (sessions sorted by client id).  The log clock
+        and the last sweep travel with it: a replica restored from it expires exactly the
+        sessions the others expire, at the same commands."""
+        return {"clock": self.clock, "swept_at": self._swept_at, "sessions": [
+            [client_id, s.floor, s.last_index,
+             [[seq, *s.results[seq]] for seq in sorted(s.results)], s.last_ts]
+            for client_id, s in sorted(self._sessions.items())]}
 
     def restore(self, data: object) -> None:
         sessions: dict[str, _Session] = {}
+        clock = swept_at = 0
+        if isinstance(data, dict):           # since idle expiry; a plain list before
+            clock, swept_at = data.get("clock", 0), data.get("swept_at", 0)
+            if type(clock) is not int or type(swept_at) is not int:
+                raise ValueError("session table in the snapshot is damaged: bad clock")
+            data = data.get("sessions")
         if data:
             try:
-                for client_id, floor, last_index, results in data:
-                    session = _Session(floor, last_index)
+                for item in data:
+                    client_id, floor, last_index, results = item[:4]
+                    last_ts = item[4] if len(item) > 4 else 0   # older snapshots: no ts
+                    if type(last_ts) is not int:
+                        raise ValueError("session ts must be an integer")
+                    session = _Session(floor, last_index, last_ts)
                     for seq, index, term, result in results:
                         session.results[seq] = (index, term, result)
                     session.heap = sorted(session.results)
@@ -115,3 +161,4 @@ class SessionTable:
                 raise ValueError(f"session table in the snapshot is damaged: {exc}") from None
         self._sessions = sessions
         self.results_total = sum(len(s.results) for s in sessions.values())
+        self.clock, self._swept_at = clock, swept_at

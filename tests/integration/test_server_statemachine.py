@@ -107,3 +107,43 @@ def test_session_table_bounds_are_deterministic_and_snapshotted():
     c = SessionTable(sessions_max=20, results_max=4, results_total_max=50)
     c.restore(a.snapshot())
     assert c.snapshot() == a.snapshot() and c.results_total == a.results_total
+
+
+def test_sessions_expire_after_idle_time_on_the_log_clock():
+    """A session whose newest command is older than idle_ms (on the clock of command
+    stamps, never the replica's own) is dropped: a retry of it is new again.  Stamps that
+    go backwards (another proposer's slower clock) do not move the clock back."""
+    table = SessionTable(sessions_max=10, results_max=3, results_total_max=100, idle_ms=1000)
+    table.observe(10_000)
+    table.record("old", 1, 1, 1, "r1")
+    table.observe(10_500)
+    table.record("busy", 1, 2, 1, "r2")
+    table.observe(10_900)
+    table.observe(10_200)                     # a stamp from a slower clock
+    assert table.clock == 10_900
+    assert table.lookup("old", 1)[0] == DUPLICATE
+    table.observe(11_100)                     # "old" idle for 1100 ms > 1000: dropped
+    assert table.lookup("old", 1) == (NEW, None)
+    assert table.lookup("busy", 1)[0] == DUPLICATE
+    assert table.expired == 1 and table.results_total == 1
+    # The stamps of the snapshot restore the same clock and expiry decisions.
+    copy = table.like()
+    copy.restore(table.snapshot())
+    assert copy.clock == 11_100 and copy.snapshot() == table.snapshot()
+    for ts in (11_150, 11_300, 11_200, 11_600):
+        copy.observe(ts)
+        table.observe(ts)
+        assert copy.snapshot() == table.snapshot()
+    assert table.snapshot()["sessions"] == []
+    # idle_ms 0 keeps sessions forever (bounded only by the count limits).
+    keep = SessionTable(idle_ms=0)
+    keep.observe(1)
+    keep.record("c", 1, 1, 1, None)
+    keep.observe(10 ** 12)
+    assert keep.lookup("c", 1)[0] == DUPLICATE
+
+
+def test_sessions_restore_snapshots_written_before_stamps():
+    table = SessionTable()
+    table.restore([["c", 0, 5, [[1, 5, 1, "r"]]]])
+    assert table.lookup("c", 1) == (DUPLICATE, (5, 1, "r")) and table.clock == 0

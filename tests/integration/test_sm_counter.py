@@ -32,7 +32,8 @@ def test_counter_over_http_shares_the_log_with_kv(counters):
     c = counters
     leader = c.wait_leader()
     follower = next(n for n in c.ids if n != leader)
-    assert c.status(follower)["state_machines"] == ["counter", "kv"]
+    # membership is always on: it is the address book of nodes added later
+    assert c.status(follower)["state_machines"] == ["counter", "kv", "membership"]
     r = sm(c, follower, "counter", {"op": "add", "name": "hits", "delta": 5})
     assert r.status == 200, r
     assert r.body["status"] == "committed" and r.body["result"] == {"name": "hits", "value": 5}

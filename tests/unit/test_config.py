@@ -75,6 +75,16 @@ def test_defaults_substitution_and_derived_options(tmp_path):
     assert config.state_machines == ("kv",) and config.secret is None
 
 
+def test_storage_segment_bytes_reaches_the_storage_options(tmp_path):
+    """[storage] segment_bytes sets the WAL segment size; absent, the storage default."""
+    from paxoslog.storage import StorageOptions
+    config = load_config(write(tmp_path, BASE + "[storage]\nsegment_bytes = 1048576\n" + NODES))
+    assert config.storage.segment_bytes == 1 << 20
+    assert config.storage_options().segment_bytes == 1 << 20
+    config = load_config(write(tmp_path, BASE + NODES))
+    assert config.storage_options().segment_bytes == StorageOptions().segment_bytes
+
+
 @pytest.mark.parametrize("text, key, words", [
     (NODES, "cluster", "missing"),
     ('cluster = "bad name!"\ndata_dir = "d"\n' + NODES, "cluster", "letters"),
@@ -112,6 +122,12 @@ def test_defaults_substitution_and_derived_options(tmp_path):
     (BASE + '[[nodes]]\nid = 1\npeer = "h:1"\napi = "h:2"\n[[nodes]]\nid = 2\npeer = "h:2"\n'
      'api = "h:4"\n', "nodes[1].peer", "h:2 is also used"),
     (BASE.replace("/tmp/x/{node}", "/tmp/same") + NODES, "nodes[1].data_dir", "also used"),
+    (BASE + "[storage]\nsegment_bytes = 4096\n" + NODES, "storage.segment_bytes",
+     "out of range 65536..1073741824"),
+    (BASE + '[storage]\nsegment_bytes = "8MiB"\n' + NODES, "storage.segment_bytes",
+     "expected an integer"),
+    (BASE + "[storage]\nsegment_size = 1048576\n" + NODES, "storage.segment_size",
+     "unknown key"),
     (BASE + 'secret = "short"\n' + NODES, "secret", "too short"),
     (BASE + 'secret = "longenough"\nsecret_file = "f"\n' + NODES, "secret_file", "not both"),
     (BASE + 'secret_file = "missing-secret"\n' + NODES, "secret_file", "cannot read"),

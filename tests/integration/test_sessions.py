@@ -1,0 +1,85 @@
+"""Exactly-once sessions on real processes: a retried (client_id, sequence) returns the
+first result and is not applied again across leader changes, a full restart and a snapshot
+install; a session idle for longer than ``session_idle_ms`` (on the log's clock) is gone."""
+
+from __future__ import annotations
+
+import time
+
+from paxoslog_integration import wait_for
+
+ENABLE = '\n[state_machines]\nenabled = ["kv", "counter"]\n'
+
+
+def _add(c, node, client_id, sequence, delta=1):
+    return c.request(node, "POST", "/api/v1/sm/counter",
+                     {"op": "add", "name": "hits", "delta": delta, "client_id": client_id,
+                      "sequence": sequence}, timeout=10)
+
+
+def _hits(c, node, consistency="linearizable"):
+    return c.request(node, "POST", "/api/v1/sm/counter",
+                     {"query": {"name": "hits"}, "consistency": consistency}).body["result"]
+
+
+def _retry_until_ok(c, nodes, client_id, sequence, timeout=20.0):
+    def attempt():
+        for node in nodes:
+            try:
+                response = _add(c, node, client_id, sequence)
+            except OSError:
+                continue
+            if response.status == 200:
+                return response.body
+        return None
+    return wait_for(attempt, timeout, what=f"{client_id}/{sequence} to be answered")
+
+
+def test_retries_apply_once_across_leader_change_restart_and_snapshot_install(
+        make_cluster, protocol):
+    c = make_cluster(protocol, extra=ENABLE + "[snapshot]\nentries = 30\n")
+    first = _retry_until_ok(c, c.ids, "app-1", 1)
+    assert first["result"]["value"] == 1
+    # Leader change: the retry goes to the new leader and finds the recorded result.
+    old = c.wait_leader()
+    c.kill(old)
+    rest = [n for n in c.ids if n != old]
+    c.wait_leader(among=rest)
+    assert _retry_until_ok(c, rest, "app-1", 1)["index"] == first["index"]
+    c.start(old)
+    # Full restart (kill -9 of everything): the table comes back from snapshot + WAL.
+    for i in range(60):
+        c.write(f"fill{i}", i)
+    for node in c.ids:
+        c.kill(node)
+    c.start_all()
+    c.wait_leader()
+    again = _retry_until_ok(c, c.ids, "app-1", 1)
+    assert again["index"] == first["index"] and again["result"] == first["result"]
+    # Snapshot install: a node down while the leader compacted comes back by snapshot and
+    # answers the retry from its own restored table.
+    lagging = next(n for n in c.ids if n != c.wait_leader())
+    c.kill(lagging)
+    for i in range(100):
+        c.write(f"more{i}", i, nodes=[n for n in c.ids if n != lagging])
+    c.start(lagging)
+    wait_for(lambda: (c.status(lagging) or {}).get("snapshot_index", 0) > first["index"], 20,
+             what="the lagging node to install a snapshot")
+    local = _add(c, lagging, "app-1", 1)
+    assert local.status == 200 and local.body["index"] == first["index"], local
+    assert _hits(c, lagging) == {"name": "hits", "value": 1}
+
+
+def test_idle_sessions_expire_on_the_log_clock(make_cluster):
+    c = make_cluster("raft", extra=ENABLE + "[limits]\nsession_idle_ms = 300\n")
+    first = _retry_until_ok(c, c.ids, "app-2", 7)
+    assert _retry_until_ok(c, c.ids, "app-2", 7)["index"] == first["index"]   # still known
+    # Other clients keep the log clock moving past the idle time.
+    started = time.monotonic()
+    i = 0
+    while time.monotonic() - started < 1.0:
+        c.write(f"tick{i}", i)
+        i += 1
+    later = _retry_until_ok(c, c.ids, "app-2", 7)
+    assert later["index"] > first["index"]            # forgotten: applied as a new command
+    assert later["result"]["value"] == 2
