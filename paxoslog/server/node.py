@@ -25,12 +25,14 @@ A storage I/O error is fatal: the node stops (DiskStorage refuses further writes
 
 from __future__ import annotations
 
+import hashlib
 import heapq
 import os
 import random
 import time
 from collections import deque
 
+import cbor2
 from twisted.application.service import MultiService
 from twisted.internet import defer, task
 from twisted.logger import Logger
@@ -1158,6 +1160,9 @@ class NodeService(MultiService):
         if hashes:
             from statemachines.base import state_hash
             out["state_hashes"] = {name: state_hash(sm) for name, sm in sorted(self.sms.items())}
+            # The session table is replicated state too ("~" cannot start an SM name).
+            out["state_hashes"]["~sessions"] = hashlib.blake2b(
+                cbor2.dumps(self.sessions.snapshot()), digest_size=16).hexdigest()
         return out
 
     def entries(self, start: int, end: int) -> dict:

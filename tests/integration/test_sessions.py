@@ -83,3 +83,19 @@ def test_idle_sessions_expire_on_the_log_clock(make_cluster):
     later = _retry_until_ok(c, c.ids, "app-2", 7)
     assert later["index"] > first["index"]            # forgotten: applied as a new command
     assert later["result"]["value"] == 2
+
+
+def test_state_hashes_agree_across_replicas_and_cover_the_session_table(make_cluster):
+    c = make_cluster("multipaxos", extra=ENABLE)
+    for i in range(30):
+        _retry_until_ok(c, c.ids, f"h{i % 4}", i)
+        c.write(f"k{i}", i)
+
+    def same_index():
+        views = [c.request(n, "GET", "/api/v1/cluster/status?hashes=1").body for n in c.ids]
+        return views if len({v["applied_index"] for v in views}) == 1 else None
+    views = wait_for(same_index, 15, what="the replicas to reach one applied index")
+    hashes = [v["state_hashes"] for v in views]
+    assert set(hashes[0]) == {"kv", "counter", "membership", "~sessions"}
+    assert hashes[0] == hashes[1] == hashes[2]
+    assert "state_hashes" not in c.status(1)          # only on request (it costs)
