@@ -1,6 +1,7 @@
 """``python -m paxoslog.sim``: run seeds (``make sim``), or replay one seed.
 
-Prints a progress line; on failure prints the failing seed's replay command and exits 1."""
+Prints a progress line; on failure prints the failing seed's replay command and exits 1.
+``--profile`` runs a named profile (see paxoslog/sim/profiles.py and docs/simulator.md)."""
 
 from __future__ import annotations
 
@@ -10,21 +11,14 @@ import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
 
-from .checkers import SimulationFailure
-from .cluster import replay_command, run_seed
+from .profiles import NEGATIVE_PROFILES, PROFILES
+from .sweep import Sweep, run_job
 
 
-def _one(job: tuple[int, str, int]) -> tuple[tuple[int, str, int], str | None]:
-    seed, protocol, nodes = job
-    try:
-        run_seed(seed, protocol, nodes)
-    except SimulationFailure as exc:
-        return job, str(exc)
-    except Exception as exc:  # a crash of the simulated code is a failure too
-        import traceback
-        return job, (f"seed {seed} crashed: {exc!r}\n{traceback.format_exc()}"
-                     f"replay: {replay_command(seed, protocol, nodes)}")
-    return job, None
+def _one(job: tuple) -> tuple[tuple, str | None]:
+    """Run ``(seed, protocol, nodes)`` or ``(seed, protocol, nodes, profile)``."""
+    job, error, _ = run_job(job)
+    return job, error
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -35,6 +29,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--protocol", default="both", choices=["multipaxos", "raft", "both"])
     parser.add_argument("--nodes", default="3,5", help="comma-separated cluster sizes")
     parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1)
+    parser.add_argument("--profile", default="", choices=["", *sorted(PROFILES)],
+                        help="a named fault profile (default: the default draw); "
+                             f"{', '.join(sorted(NEGATIVE_PROFILES))} are expected to fail "
+                             "on some seeds")
     args = parser.parse_args(argv)
     protocols = ["multipaxos", "raft"] if args.protocol == "both" else [args.protocol]
     sizes = [int(n) for n in args.nodes.split(",")]
@@ -42,20 +40,25 @@ def main(argv: list[str] | None = None) -> int:
         failed = False
         for protocol in protocols:
             for nodes in sizes:
-                _, error = _one((args.seed, protocol, nodes))
-                print(f"seed {args.seed} {protocol} {nodes} nodes: {'FAIL' if error else 'ok'}")
+                _, error = _one((args.seed, protocol, nodes, args.profile))
+                profile = f" profile {args.profile}" if args.profile else ""
+                print(f"seed {args.seed} {protocol} {nodes} nodes{profile}: "
+                      f"{'FAIL' if error else 'ok'}")
                 if error:
                     print(error)
                     failed = True
         return 1 if failed else 0
-    jobs = [(seed, protocol, nodes) for seed in range(args.start, args.start + args.seeds)
+    jobs = [(seed, protocol, nodes, args.profile)
+            for seed in range(args.start, args.start + args.seeds)
             for protocol in protocols for nodes in sizes]
     started = time.monotonic()
     failures = []
     done = 0
+    sweep = Sweep()
     with ProcessPoolExecutor(max_workers=max(1, args.jobs)) as pool:
-        for job, error in pool.map(_one, jobs, chunksize=8):
+        for job, error, stats in pool.map(run_job, jobs, chunksize=8):
             done += 1
+            sweep.add(error, stats)
             if error:
                 failures.append(error)
                 print(f"\nFAIL {error}", flush=True)
@@ -64,6 +67,10 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"\r{done}/{len(jobs)} runs, {len(failures)} failed, {rate:.1f} runs/s",
                       end="", flush=True)
     print(f"\n{len(jobs)} runs in {time.monotonic() - started:.1f}s, {len(failures)} failed")
+    if args.profile:
+        # What the profile's faults amounted to: total (runs where it happened).
+        print("totals: " + ", ".join(f"{key}={sweep.totals[key]} ({sweep.runs_with[key]})"
+                                     for key in sorted(sweep.totals)))
     return 1 if failures else 0
 
 

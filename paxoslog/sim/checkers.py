@@ -6,7 +6,18 @@
   node shell), so with agreement every applied sequence is a prefix of another;
 * linearizability of the client history (linearizability.py), a checker timeout counts as
   a failure;
-* progress after heal (cluster.py: a probe write must commit within ``settle_ms``).
+* progress after heal (cluster.py: a probe write must commit within ``settle_ms``);
+* executed once (sessions profile): every client operation (client, sequence) is executed
+  by the state machine at one log index at most.  Replicas apply one agreed log, so two
+  indexes mean that some replica's applied sequence executed the operation twice (a
+  retry the session table should have recognised); a replica re-applying the same index
+  after a restart is the same execution, not a second one;
+* lease holder (lease reads): no replica serves a read from its lease while another one
+  leads in a higher term.  A new leader was voted in by a quorum that meets the old
+  leader's lease quorum, and each of those voters waited an election timeout after the
+  old leader's heartbeats, so with clocks within the bound (profiles.lease_drift_max) the
+  old lease has run out before anyone else leads.  Stricter than linearizability, which
+  only notices a stale lease read when a newer write happens to be observable.
 """
 
 from __future__ import annotations
@@ -14,12 +25,14 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from ..core.log import Entry
+from ..core.ready import Role
 from .linearizability import Operation, check_history
 
 if TYPE_CHECKING:
     from .cluster import Simulation
 
-__all__ = ["SimulationFailure", "History", "check_agreement"]
+__all__ = ["SimulationFailure", "History", "check_agreement", "check_executed_once",
+           "check_lease_holder"]
 
 
 class SimulationFailure(AssertionError):
@@ -32,6 +45,30 @@ def check_agreement(sim: "Simulation", node_id: int, entry: Entry) -> None:
     if first != value:
         sim.fail(f"agreement violated at index {entry.index}: node {node_id} applied "
                  f"{value!r:.200} but another replica applied {first!r:.200}")
+
+
+def check_executed_once(sim: "Simulation", node_id: int, index: int, command: list) -> None:
+    """The state machine of ``node_id`` executed ``command`` (not a deduplicated retry)
+    at log index ``index``."""
+    operation = (command[0], command[1])
+    first = sim.executions.setdefault(operation, index)
+    if first != index:
+        sim.fail(f"client {operation[0]} sequence {operation[1]} ({command[2]} "
+                 f"{command[3]!r}) executed twice: at index {first} and again at index "
+                 f"{index} (node {node_id})")
+
+
+def check_lease_holder(sim: "Simulation", node) -> None:
+    """``node`` is about to serve a read from its lease."""
+    term = node.replica.term
+    for other in sim.nodes.values():
+        if (other is not node and other.alive and other.replica.role == Role.LEADER
+                and other.replica.term > term):
+            sim.count("lease_reads_deposed")
+            if sim.options.lease_holder_check:
+                sim.fail(f"node {node.node_id} (term {term}) served a lease read while node "
+                         f"{other.node_id} leads term {other.replica.term}")
+            return
 
 
 class History:

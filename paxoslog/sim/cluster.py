@@ -26,12 +26,13 @@ from ..core.limits import Limits
 from ..core.log import ENTRY_CONFIG, ENTRY_NORMAL, Entry, HardState, SnapshotMeta, entry_config
 from ..core.messages import InstallSnapshot
 from ..core.quorum import Config
-from ..core.ready import ProposalDropped, Ready, Role, RoleChanged
+from ..core.ready import ProposalDropped, Ready, ReadState, Role, RoleChanged
 from ..core.replica import ReplicaOptions, Restored, create_replica
 from ..storage import CorruptLog, StorageIOError
-from .checkers import History, SimulationFailure, check_agreement
+from .checkers import (History, SimulationFailure, check_agreement, check_executed_once,
+                       check_lease_holder)
 from .disk import IdealDisk, ModelDisk
-from .kvmodel import SimKV, decode_command, encode_command
+from .kvmodel import EXECUTED, STALE, SimKV, decode_command, encode_command
 from .network import Network, NetworkProfile, partition_shapes
 
 __all__ = ["SimOptions", "Simulation", "run_seed", "replay_command"]
@@ -71,9 +72,43 @@ class SimOptions:
     limits: Limits = field(default_factory=lambda: Limits(pipeline_window=8,
                                                           batch_commands_max=16,
                                                           entries_per_message_max=8))
+    # Profile features (profiles.py).  Every default keeps the default profile's behaviour
+    # (and its random draws) exactly as it was before these fields existed.
+    profile: str = ""             # the profile that drew these options ("" = default)
+    clock_rates: tuple[float, ...] = ()   # tick period multiplier per node id (1-based)
+    clock_drift: float = 0.0      # redrawn clock rates stay in [1 - drift, 1 + drift]
+    clock_strobe_rate: float = 0.0  # redraws of one node's clock rate per second
+    clock_leader_rate: float = 0.0  # if set, a clock event slows the leader to this rate
+                                    # and puts the others back at their clock_rates
+    tick_catch_up: bool = False   # a resumed node first ticks the ticks it missed (server)
+    read_ratio: float = 0.0       # share of gets among operations (0: the default mix)
+    lease_reads: bool = False     # a get is served from the leader lease when it holds
+    lease_holder_check: bool = True  # lease reads: one served while another node leads a
+                                     # higher term fails the run (checkers.py)
+    sessions: bool = False        # (client, sequence) sessions: lost replies, retries
+    dedup: bool = True            # sessions: the state machine executes a sequence once
+    response_loss_rate: float = 0.0  # sessions: replies lost on the way to the client
+    give_up_ms: float = 0.0       # sessions: a client retries one operation this long
+    kill_all_rate: float = 0.0    # crash every node at once, per second
+    kill_all_after_change: float = 0.0  # chance a membership change is followed by kill-all
+    member_remove_leader: float = 0.0   # chance a membership change removes the leader
+    member_replace: float = 0.0   # chance of a one-add-one-remove voter change
+    partition_kinds: tuple[str, ...] = ()  # shapes the nemesis picks from (all if empty)
 
     @classmethod
-    def random_for(cls, seed: int, protocol: str, nodes: int) -> "SimOptions":
+    def random_for(cls, seed: int, protocol: str, nodes: int,
+                   profile: str = "") -> "SimOptions":
+        """The options of ``seed``: the default draw, then, for a named profile, that
+        profile's changes drawn from ``random.Random(f"{profile}/{seed}")`` (so a profile
+        never alters what the default profile draws for a seed)."""
+        options = cls._default_for(seed, protocol, nodes)
+        if profile:
+            from .profiles import apply_profile
+            options = apply_profile(options, profile, random.Random(f"{profile}/{seed}"))
+        return options
+
+    @classmethod
+    def _default_for(cls, seed: int, protocol: str, nodes: int) -> "SimOptions":
         rng = random.Random(f"options/{seed}")
         faulty = rng.random() < 0.9
         storage_model = random.Random(f"storage/{seed}").random() < 0.5
@@ -103,8 +138,9 @@ class SimOptions:
         )
 
 
-def replay_command(seed: int, protocol: str, nodes: int) -> str:
-    return f"python -m paxoslog.sim --seed {seed} --protocol {protocol} --nodes {nodes}"
+def replay_command(seed: int, protocol: str, nodes: int, profile: str = "") -> str:
+    command = f"python -m paxoslog.sim --seed {seed} --protocol {protocol} --nodes {nodes}"
+    return f"{command} --profile {profile}" if profile else command
 
 
 class SimNode:
@@ -123,6 +159,10 @@ class SimNode:
         self.paused = False
         self.incarnation = 0
         self.held: list[wire.Message] = []  # messages that arrived while paused
+        rates = sim.options.clock_rates
+        self.base_clock_rate = rates[node_id - 1] if node_id <= len(rates) else 1.0
+        self.clock_rate = self.base_clock_rate
+        self.missed_ticks = 0               # ticks that fell while paused (tick_catch_up)
         self.boot()
 
     def boot(self) -> None:
@@ -140,7 +180,8 @@ class SimNode:
         self.replica = create_replica(
             sim.options.protocol, self.node_id, self.bootstrap, sim.replica_options,
             random.Random(sim.rng.random()), restored)
-        self.kv = SimKV(self.disk.snapshot_state if self.disk.snapshot else None)
+        self.kv = self.sim.new_kv(self.disk.snapshot_state if self.disk.snapshot else None)
+        self.missed_ticks = 0
         self.applied = self.disk.snapshot.index if self.disk.snapshot else 0
         self.applied_term = self.disk.snapshot.term if self.disk.snapshot else 0
         self.config = self.disk.snapshot.config if self.disk.snapshot else self.bootstrap
@@ -187,6 +228,7 @@ class SimNode:
                     sim.stats["elections"] += 1
                 elif event.role == Role.LEADER:
                     sim.stats["leader_changes"] += 1
+                    sim.newest_leader = self.node_id
                     sim.trace.append(f"{sim.now:9.1f} leader {self.node_id} term {event.term}")
             if isinstance(event, ProposalDropped):
                 for command in event.commands:
@@ -201,7 +243,7 @@ class SimNode:
 
     def _install_snapshot(self, meta: SnapshotMeta, token: bytes) -> None:
         state = self.sim.snapshots[token]
-        self.kv = SimKV(state)
+        self.kv = self.sim.new_kv(state)
         self.applied = meta.index
         self.applied_term = meta.term
         self.config = meta.config
@@ -214,11 +256,21 @@ class SimNode:
         self.applied_term = entry.term
         self.since_snapshot += 1
         if entry.kind == ENTRY_CONFIG:
-            self.config = entry_config(entry)
+            previous, self.config = self.config, entry_config(entry)
+            self.sim.note_config(entry, previous, self.config)
         elif entry.kind == ENTRY_NORMAL:
+            sessions = self.sim.options.sessions
             for command in entry.payload:
                 decoded = decode_command(command)
                 result = self.kv.apply(decoded)
+                if sessions:
+                    outcome = self.kv.last_outcome
+                    if outcome == EXECUTED:
+                        check_executed_once(self.sim, self.node_id, entry.index, decoded)
+                    else:
+                        self.sim.note_skipped(outcome, entry.index, decoded)
+                        if outcome == STALE:
+                            continue  # older than the session's last sequence: ignored
                 request = self.pending.pop((decoded[0], decoded[1]), None)
                 if request is not None:
                     self.sim.workload.complete(request, result)
@@ -285,6 +337,24 @@ class SimNode:
         if not self.alive:
             self.restart()
 
+    def serve_lease_read(self, request, point: int) -> None:
+        """Answer a get from the lease at read point ``point`` (once applied reaches it)."""
+        self.sim.count("lease_reads")
+        check_lease_holder(self.sim, self)
+        self.waiting_reads.append(ReadState(request, point))
+        self._answer_reads()
+
+    def catch_up_ticks(self) -> None:
+        """Resumed from a pause: tick the ticks that fell meanwhile, as the server does
+        (its tick loop catches up by the monotonic clock, at most about 2 election
+        timeouts), so no timer or lease outlives the pause."""
+        bound = max(1000, 2 * self.sim.options.election_ticks + 1)
+        missed, self.missed_ticks = min(self.missed_ticks, bound), 0
+        for _ in range(missed):
+            self.replica.tick()
+        if missed:
+            self.sim.after_step(self)
+
 
 class Simulation:
     """A seeded run: nodes, network, nemesis, workload and checkers."""
@@ -314,6 +384,10 @@ class Simulation:
         self.stats = {"elections": 0, "leader_changes": 0, "corruption_detected": 0,
                       "fsync_failures": 0}
         self._last_leader: int | None = None
+        self.newest_leader: int | None = None    # the node most recently elected leader
+        self.configs_applied: set[int] = set()   # indexes of CONFIG entries seen applied
+        self.executions: dict[tuple[int, int], int] = {}  # (client, seq) -> index (sessions)
+        self.skipped: set[tuple[int, int, int]] = set()  # (index, client, seq) not executed
         self.on_step: Callable[["Simulation"], None] | None = None
 
     # -------------------------------------------------------------- event loop
@@ -367,7 +441,10 @@ class Simulation:
             node.replica.tick()
             self.after_step(node)
             node.pump()
-        self.schedule(TICK_MS, self._tick, node)
+        elif node.alive and self.options.tick_catch_up:
+            node.missed_ticks += 1
+        # A clock rate of r makes this node's ticks r times as far apart (r > 1: slow).
+        self.schedule(TICK_MS * node.clock_rate, self._tick, node)
 
     def after_step(self, node: SimNode) -> None:
         try:
@@ -380,12 +457,57 @@ class Simulation:
     def check_apply(self, node: SimNode, entry: Entry) -> None:
         check_agreement(self, node.node_id, entry)
 
+    def new_kv(self, state: dict | None) -> SimKV:
+        o = self.options
+        return SimKV(state, dedup=o.sessions and o.dedup)
+
+    def note_skipped(self, outcome: str, index: int, command: list) -> None:
+        """Count a command the session table kept from executing (once per log index)."""
+        key = (index, command[0], command[1])
+        if key not in self.skipped:
+            self.skipped.add(key)
+            self.count(f"commands_{outcome}")
+
+    def count(self, key: str, n: int = 1) -> None:
+        """Add to a statistic that only some profiles produce."""
+        self.stats[key] = self.stats.get(key, 0) + n
+
+    def fault_active(self) -> bool:
+        """A partition is in place, or some node is down or paused."""
+        return bool(self.network.blocked) or any(
+            not n.alive or n.paused for n in self.nodes.values())
+
+    def config_in_flight(self) -> bool:
+        """Some live node knows of a configuration it has not applied yet, or a joint one."""
+        return any(n.alive and (n.replica.config.joint or n.replica.config != n.config)
+                   for n in self.nodes.values())
+
+    def note_config(self, entry: Entry, previous: Config, config: Config) -> None:
+        """Count a CONFIG entry the first time any replica applies it (it is committed)."""
+        if entry.index in self.configs_applied:
+            return
+        self.configs_applied.add(entry.index)
+        self.count("configs_committed")
+        if config.all_voters != previous.all_voters:
+            self.count("voter_changes_committed")
+            if self.fault_active():
+                self.count("voter_changes_under_fault")
+        # The newest leader committed it (a leader that removes itself steps down then).
+        leader = self.newest_leader
+        if (not config.joint and leader is not None and leader in previous.all_voters
+                and leader not in config.voters):
+            self.count("leader_removals_committed")
+            if self.fault_active():
+                self.count("leader_removals_under_fault")
+
     def fail(self, reason: str) -> None:
         o = self.options
         tail = "\n".join(self.trace[-15:])
         raise SimulationFailure(
-            f"seed {self.seed} ({o.protocol}, {o.nodes} nodes) at t={self.now:.1f}ms: {reason}\n"
-            f"recent: \n{tail}\nreplay: {replay_command(self.seed, o.protocol, o.nodes)}")
+            f"seed {self.seed} ({o.protocol}, {o.nodes} nodes"
+            f"{', profile ' + o.profile if o.profile else ''}) at t={self.now:.1f}ms: {reason}\n"
+            f"recent: \n{tail}\n"
+            f"replay: {replay_command(self.seed, o.protocol, o.nodes, o.profile)}")
 
     # -------------------------------------------------------------- queries
 
@@ -466,30 +588,80 @@ class Simulation:
         voters = set(config.voters)
         learners = set(config.learners)
         outside = [n for n in everyone if n not in voters and n not in learners]
-        choice = self.rng.random()
-        if learners and choice < 0.5:
-            promote = self.rng.choice(sorted(learners))
-            voters.add(promote)
-            learners.discard(promote)
-        elif outside and choice < 0.8 and len(voters) < 7:
-            learners.add(self.rng.choice(outside))
-        elif len(voters) > 3:
-            voters.discard(self.rng.choice(sorted(voters)))
+        if self.options.member_remove_leader or self.options.member_replace:
+            if not self._wide_change(leader, voters, learners, outside):
+                return None
         else:
-            return None
+            choice = self.rng.random()
+            if learners and choice < 0.5:
+                promote = self.rng.choice(sorted(learners))
+                voters.add(promote)
+                learners.discard(promote)
+            elif outside and choice < 0.8 and len(voters) < 7:
+                learners.add(self.rng.choice(outside))
+            elif len(voters) > 3:
+                voters.discard(self.rng.choice(sorted(voters)))
+            else:
+                return None
         try:
             replica.change_config(voters, learners)
         except (NotLeader, ConfigChangeInProgress, Busy, ValueError):
             return None
         self.after_step(self.nodes[leader])
         self.nodes[leader].pump()
-        return f"config -> voters {sorted(voters)} learners {sorted(learners)}"
+        self.count("configs_proposed")
+        text = f"config -> voters {sorted(voters)} learners {sorted(learners)}"
+        wide = self.options.member_remove_leader or self.options.member_replace
+        return f"{text} (leader {leader})" if wide else text
+
+    def _wide_change(self, leader: int, voters: set[int], learners: set[int],
+                     outside: list[int]) -> bool:
+        """The membership profile's changes (edits ``voters``/``learners`` in place): remove
+        the leader itself, swap one voter for another in one joint change, two adds or two
+        removes at once, or one of the single steps.  False when nothing applies."""
+        rng = self.rng
+        o = self.options
+        candidates = sorted(learners) + outside   # nodes that could become voters
+        choice = rng.random()
+        if choice < o.member_remove_leader and len(voters) > 1:
+            voters.discard(leader)
+            if len(voters) < 3 and candidates:
+                joining = rng.choice(candidates)   # one add + one remove
+                voters.add(joining)
+                learners.discard(joining)
+            return True
+        if choice < o.member_remove_leader + o.member_replace and candidates:
+            voters.discard(rng.choice(sorted(voters)))
+            joining = rng.choice(candidates)
+            voters.add(joining)
+            learners.discard(joining)
+            return True
+        choice = rng.random()
+        if choice < 0.25 and len(candidates) >= 2 and len(voters) <= 5:
+            for joining in rng.sample(candidates, 2):   # two adds
+                voters.add(joining)
+                learners.discard(joining)
+        elif choice < 0.5 and len(voters) >= 5:
+            for leaving in rng.sample(sorted(voters), 2):  # two removes
+                voters.discard(leaving)
+        elif choice < 0.75 and outside:
+            learners.add(rng.choice(outside))
+        elif learners:
+            joining = rng.choice(sorted(learners))
+            voters.add(joining)
+            learners.discard(joining)
+        elif len(voters) > 3:
+            voters.discard(rng.choice(sorted(voters)))
+        else:
+            return False
+        return bool(voters)
 
 
 def run_seed(seed: int, protocol: str = "multipaxos", nodes: int = 3,
-             options: SimOptions | None = None) -> Simulation:
-    """Run one seed with options drawn from it (or given); raises SimulationFailure."""
+             options: SimOptions | None = None, profile: str = "") -> Simulation:
+    """Run one seed with options drawn from it for ``profile`` (or given); raises
+    SimulationFailure."""
     if options is None:
-        options = SimOptions.random_for(seed, protocol, nodes)
+        options = SimOptions.random_for(seed, protocol, nodes, profile)
     sim = Simulation(seed, options)
     return sim.run()

@@ -1,7 +1,12 @@
 """The simulator's nemesis: crashes, pauses, partitions and membership changes at random.
 
 Each fault kind fires at its own rate (per second of virtual time) during the fault phase
-and undoes itself after a random duration; ``heal_all`` ends every fault at once."""
+and undoes itself after a random duration; ``heal_all`` ends every fault at once.
+
+Profile faults (rate 0 by default): ``kill-all`` crashes every node at once and restarts
+them all later (also right after a membership change, to catch one mid-change); ``clock``
+redraws one node's clock rate within ``[1 - clock_drift, 1 + clock_drift]``, or slows the
+leader's to ``clock_leader_rate``."""
 
 from __future__ import annotations
 
@@ -26,7 +31,8 @@ class Nemesis:
         for kind, rate in (("crash", o.crash_rate), ("pause", o.pause_rate),
                            ("partition", o.partition_rate), ("member", o.membership_rate),
                            ("eio", o.eio_rate), ("bitflip", 0.5 if o.bitflip else 0.0),
-                           ("transfer", o.transfer_rate)):
+                           ("transfer", o.transfer_rate), ("kill_all", o.kill_all_rate),
+                           ("clock", o.clock_strobe_rate)):
             if rate > 0:
                 self._schedule_next(kind, rate)
 
@@ -82,6 +88,8 @@ class Nemesis:
     def _resume(self, node) -> None:
         if node.paused and node.alive:
             node.paused = False
+            if self.sim.options.tick_catch_up:
+                node.catch_up_ticks()
             held, node.held = node.held, []
             for msg in held:
                 self.sim.schedule(self.rng.uniform(0, 1.0), self.sim._deliver, msg)
@@ -92,7 +100,8 @@ class Nemesis:
         sim = self.sim
         members = sorted(n for n in sim.nodes)
         shapes = partition_shapes(members, sim.leader(), self.rng)
-        name = self.rng.choice(sorted(shapes))
+        kinds = sim.options.partition_kinds
+        name = self.rng.choice(sorted(k for k in shapes if not kinds or k in kinds))
         sim.network.block(shapes[name])
         self._record(f"partition {name}")
         sim.schedule(self._duration(), self._heal_network)
@@ -136,6 +145,51 @@ class Nemesis:
         text = self.sim.membership_change()
         if text:
             self._record(text)
+            after = self.sim.options.kill_all_after_change
+            if after and self.rng.random() < after:
+                # While the new configuration is still on its way to a quorum.
+                self.sim.schedule(self.rng.uniform(0.0, 5.0), self._kill_all)
+
+    def _kill_all(self) -> None:
+        """Crash every node at once (R19: kill all mid-change), restart them all later."""
+        sim = self.sim
+        if not self.active:
+            return
+        victims = [n for n in sim.nodes.values() if n.alive]
+        if not victims:
+            return
+        mid_change = sim.config_in_flight()
+        for node in victims:
+            node.crash()
+        sim.count("kill_all")
+        if mid_change:
+            sim.count("kill_all_mid_change")
+        self._record(f"kill all {[n.node_id for n in victims]}"
+                     f"{' (configuration change in flight)' if mid_change else ''}")
+        duration = self._duration()
+        for node in victims:
+            sim.schedule(duration + self.rng.uniform(0.0, 20.0), self._restart, node)
+
+    def _clock(self) -> None:
+        """Redraw one node's clock rate (the leader's half the time) within the drift bound
+        of the run; or, with ``clock_leader_rate`` (beyond any bound), give the leader that
+        rate and every other node its initial one."""
+        sim = self.sim
+        o = sim.options
+        if o.clock_leader_rate:
+            leader = sim.leader()
+            if leader is None:
+                return
+            for node in sim.nodes.values():
+                node.clock_rate = (o.clock_leader_rate if node.node_id == leader
+                                   else node.base_clock_rate)
+            self._record(f"clock of leader {leader} at rate {o.clock_leader_rate:.3f}")
+            return
+        node = self._victim()
+        if node is None:
+            return
+        node.clock_rate = self.rng.uniform(1.0 - o.clock_drift, 1.0 + o.clock_drift)
+        self._record(f"clock of {node.node_id} at rate {node.clock_rate:.3f}")
 
     def heal_all(self) -> None:
         self.active = False

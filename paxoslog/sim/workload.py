@@ -4,6 +4,18 @@ Each client runs one operation at a time: put, get, delete or cas, on a few keys
 unique written values.  A NotLeader or a dropped proposal is a definite "not executed" and
 is retried at the hinted leader (the operation keeps its invocation time); a crash of the
 serving node or a timeout makes the operation indeterminate, as in Jepsen/Porcupine.
+
+Profile features (off by default):
+
+* ``lease_reads``: a get at the leader is served at ``lease_read_index()`` when the lease
+  holds, else through ``read_index`` as usual.  A paused node serves nothing (the client
+  tries again later), as a stopped process would.
+* ``sessions``: each operation carries (client, sequence); its reply may be lost on the
+  way back (``response_loss_rate``), and an attempt that gets no reply within
+  ``client_timeout_ms`` (lost reply, crashed node, stuck leader) is retried with the same
+  sequence, possibly at another node, until a reply comes or ``give_up_ms`` after the
+  call (then a write is indeterminate).  A retried operation is one operation in the
+  history: its first call, the reply the client finally got.
 """
 
 from __future__ import annotations
@@ -24,7 +36,7 @@ PROBE_CLIENT = 0
 
 class Request:
     __slots__ = ("client", "op_id", "kind", "key", "value", "expected", "call", "done",
-                 "attempt_node")
+                 "attempt_node", "seq", "chain")
 
     def __init__(self, client, op_id, kind, key, value, expected, call):
         self.client = client
@@ -36,6 +48,8 @@ class Request:
         self.call = call
         self.done = False
         self.attempt_node = None
+        self.seq = op_id      # the sequence in the command (per client with sessions)
+        self.chain = 0        # sessions: each retry starts a new chain of attempts
 
 
 class Workload:
@@ -51,6 +65,7 @@ class Workload:
         self.probing = False
         self.last_seen: dict[str, object] = {}
         self.outstanding: dict[int, Request] = {}
+        self.sequences: dict[int, int] = {}   # sessions: client -> last sequence issued
 
     def start(self) -> None:
         for client in range(1, self.sim.options.clients + 1):
@@ -77,7 +92,12 @@ class Workload:
         if client == PROBE_CLIENT:
             kind, key = "put", "probe"
         else:
-            kind = rng.choice(("put", "put", "get", "get", "cas", "delete"))
+            read_ratio = self.sim.options.read_ratio
+            if read_ratio:
+                kind = ("get" if rng.random() < read_ratio
+                        else rng.choice(("put", "put", "cas", "delete")))
+            else:
+                kind = rng.choice(("put", "put", "get", "get", "cas", "delete"))
             key = rng.choice(self.keys)
         value = expected = None
         if kind == "put":
@@ -86,6 +106,8 @@ class Workload:
             value = self._value()
             expected = self.last_seen.get(key) if rng.random() < 0.8 else None
         request = Request(client, self.next_op, kind, key, value, expected, self.sim.now)
+        if self.sim.options.sessions:
+            request.seq = self.sequences[client] = self.sequences.get(client, 0) + 1
         self.outstanding[request.op_id] = request
         self._attempt(request)
         self.sim.schedule(self.sim.options.client_timeout_ms, self._timeout, request)
@@ -100,28 +122,38 @@ class Workload:
             return sim.nodes[hint]
         return self.rng.choice(live)
 
-    def _attempt(self, request: Request) -> None:
-        if request.done:
-            return
+    def _attempt(self, request: Request, chain: int = 0) -> None:
+        if request.done or chain != request.chain:
+            return  # answered, or a newer retry of the same operation took over
         node = self._pick_node()
         if node is None:
-            self.sim.schedule(5.0, self._attempt, request)
+            self.sim.schedule(5.0, self._attempt, request, chain)
+            return
+        if node.paused and self.sim.options.lease_reads:
+            # A stopped process serves nothing; the client tries again shortly.
+            self.sim.schedule(self.rng.uniform(1.0, 10.0), self._attempt, request, chain)
             return
         request.attempt_node = node.node_id
         try:
             if request.kind == "get":
-                node.replica.read_index(request)
+                point = None
+                if self.sim.options.lease_reads:
+                    point = node.replica.lease_read_index()
+                if point is not None:
+                    node.serve_lease_read(request, point)
+                else:
+                    node.replica.read_index(request)
             else:
-                command = encode_command(request.client, request.op_id, request.kind,
+                command = encode_command(request.client, request.seq, request.kind,
                                          request.key, request.value, request.expected)
                 node.replica.propose([command])
-                node.pending[(request.client, request.op_id)] = request
+                node.pending[(request.client, request.seq)] = request
         except NotLeader as exc:
             self.leader_hint = exc.leader_hint
-            self.sim.schedule(self.rng.uniform(1.0, 10.0), self._attempt, request)
+            self.sim.schedule(self.rng.uniform(1.0, 10.0), self._attempt, request, chain)
             return
         except Busy:
-            self.sim.schedule(self.rng.uniform(5.0, 20.0), self._attempt, request)
+            self.sim.schedule(self.rng.uniform(5.0, 20.0), self._attempt, request, chain)
             return
         self.leader_hint = node.node_id
         self.sim.after_step(node)
@@ -150,6 +182,10 @@ class Workload:
     def complete(self, request: Request, result) -> None:
         if request.done:
             return
+        o = self.sim.options
+        if o.sessions and o.response_loss_rate and self.rng.random() < o.response_loss_rate:
+            self.sim.count("replies_lost")
+            return  # the client never sees it: it times out and retries
         if request.kind in ("get",):
             self.last_seen[request.key] = result
         elif request.kind == "put":
@@ -162,15 +198,29 @@ class Workload:
         """Definitely not executed: try again (same invocation) at another node."""
         if request.done:
             return
-        self.sim.schedule(self.rng.uniform(1.0, 10.0), self._attempt, request)
+        self.sim.schedule(self.rng.uniform(1.0, 10.0), self._attempt, request, request.chain)
 
     def lose(self, request: Request) -> None:
-        """The serving node crashed: the outcome is unknown."""
-        if request.done:
+        """The serving node crashed: the outcome is unknown.  With sessions the client just
+        sees no reply: its attempt timer retries."""
+        if request.done or self.sim.options.sessions:
             return
         self._finish(request, self._op(request, None, None))
 
     def _timeout(self, request: Request) -> None:
+        if request.done:
+            return
+        o = self.sim.options
+        if o.sessions and self.sim.now + o.client_timeout_ms <= request.call + o.give_up_ms:
+            # No reply in time: send the same (client, sequence) again, maybe elsewhere.
+            self.sim.count("retries")
+            request.chain += 1
+            self._attempt(request, request.chain)
+            self.sim.schedule(o.client_timeout_ms, self._timeout, request)
+            return
+        self._give_up(request)
+
+    def _give_up(self, request: Request) -> None:
         if not request.done:
             if request.kind == "get":
                 self._finish(request, None)  # a read that never returned changed nothing
@@ -179,4 +229,4 @@ class Workload:
 
     def finish(self) -> None:
         for request in list(self.outstanding.values()):
-            self._timeout(request)
+            self._give_up(request)

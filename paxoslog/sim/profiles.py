@@ -1,0 +1,142 @@
+"""Named simulator profiles: a seed's default options, changed by a profile's own stream.
+
+``SimOptions.random_for(seed, protocol, nodes, profile)`` draws the default options of the
+seed exactly as without a profile, then hands them to the profile with
+``random.Random(f"{profile}/{seed}")``, so adding or changing a profile never changes what
+any seed does in the default profile (or in another profile).
+
+Profiles that must pass every checker on every seed:
+
+* ``lease``: lease reads with clock drift within the bound.  Each node's clock runs at its
+  own rate (its ticks are ``TICK_MS * rate`` apart, rate in [1 - d, 1 + d], some redrawn
+  during the run), ``lease_ticks = election_ticks - margin`` and ``d`` is below
+  ``lease_drift_max`` for that lease, with crashes, pauses (a resumed node catches up its
+  missed ticks, as the server does) and partitions.
+* ``sessions``: K1, client sessions.  Replies are lost on the way back, attempts time out
+  and are retried with the same (client, sequence), possibly at another node; the state
+  machine executes each sequence once and answers retries with the first result.
+* ``membership``: R3/R19, frequent membership changes (removing the leader itself, one add
+  plus one remove, two adds, two removes) with spares, crashes, pauses, isolated-leader
+  and majority/minority partitions, and kill-all-and-restart, also right after a change.
+
+Negative profiles, which must fail on some seeds (tests pin such seeds):
+
+* ``lease-beyond``: the same lease reads with clocks far beyond the bound (a node's ticks
+  up to 2.5 times apart while others run twice as fast) and isolated leaders: an old
+  leader's lease outlives the followers' election timeout and serves stale reads.
+* ``sessions-nodedup``: the sessions profile with the session table off: retried writes
+  are executed twice.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import random
+from typing import TYPE_CHECKING, Callable
+
+if TYPE_CHECKING:
+    from .cluster import SimOptions
+
+__all__ = ["PROFILES", "NEGATIVE_PROFILES", "apply_profile", "lease_drift_max"]
+
+
+def lease_drift_max(election_ticks: int, lease_ticks: int) -> float:
+    """The largest clock drift ``d`` (every clock's rate in [1 - d, 1 + d]) under which a
+    lease of ``lease_ticks`` is safe with followers that refuse votes for
+    ``election_ticks`` ticks after hearing from the leader.
+
+    A lease runs from the tick at or before the heartbeat a quorum acknowledged: it ends
+    at most ``lease_ticks`` leader ticks after that heartbeat was sent.  A follower that
+    received the heartbeat refuses votes until its ``election_ticks``-th tick after that,
+    which comes no sooner than ``election_ticks - 1`` full follower ticks (the first
+    tick may fall at once).  Safe when ``lease * (1 + d) <= (election - 1) * (1 - d)``:
+    the conf's ``clock_drift_margin_ticks`` must cover the drift *and* one tick.
+    """
+    ratio = (election_ticks - 1) / lease_ticks
+    return max(0.0, (ratio - 1.0) / (ratio + 1.0))
+
+
+def _rates(rng: random.Random, count: int, drift: float) -> tuple[float, ...]:
+    """Clock rates in [1 - drift, 1 + drift], often at the extremes."""
+    return tuple(rng.choice([1.0 - drift, 1.0 + drift, rng.uniform(1.0 - drift, 1.0 + drift)])
+                 for _ in range(count))
+
+
+def _lease(o: "SimOptions", rng: random.Random) -> "SimOptions":
+    election = rng.choice([8, 10, 12, 16, 20])
+    margin = rng.choice([2, 3, 4])
+    lease = election - margin
+    drift = lease_drift_max(election, lease) * rng.uniform(0.5, 0.99)
+    count = o.nodes + o.spares
+    if rng.random() < 0.5:
+        # The worst case inside the bound: every clock fast, and the leader's made slow.
+        rates, leader_rate, strobe = (1.0 - drift,) * count, 1.0 + drift, rng.choice([1.0, 2.0, 4.0])
+    else:
+        rates, leader_rate, strobe = _rates(rng, count, drift), 0.0, rng.choice([0.0, 1.0, 2.0])
+    return dataclasses.replace(
+        o, profile="lease", election_ticks=election, lease_ticks=lease,
+        clock_rates=rates, clock_drift=drift, clock_strobe_rate=strobe,
+        clock_leader_rate=leader_rate, tick_catch_up=True, lease_reads=True,
+        crash_rate=rng.choice([0.0, 0.5, 1.0]), pause_rate=rng.choice([0.5, 1.0, 2.0]),
+        partition_rate=rng.choice([0.5, 1.0, 2.0]), clients=rng.randint(2, 5))
+
+
+def _lease_beyond(o: "SimOptions", rng: random.Random) -> "SimOptions":
+    # lease = election - 1 leaves no room for any drift, and clocks differ up to 6 times:
+    # every node's runs fast (0.5 to 1), and from time to time the leader's turns slow
+    # (3).  Only isolated leaders, no other faults, so that a majority can elect a new
+    # leader while the old one still trusts its lease.
+    return dataclasses.replace(
+        o, profile="lease-beyond", election_ticks=10, lease_ticks=9,
+        clock_rates=tuple(rng.uniform(0.5, 1.0) for _ in range(o.nodes + o.spares)),
+        clock_strobe_rate=rng.choice([2.0, 4.0]), clock_leader_rate=3.0,
+        tick_catch_up=True, lease_reads=True,
+        crash_rate=0.0, pause_rate=0.0, membership_rate=0.0, transfer_rate=0.0, eio_rate=0.0,
+        bitflip=False, partition_rate=rng.choice([1.0, 2.0, 3.0]),
+        partition_kinds=("isolate-leader",), clients=rng.randint(3, 6),
+        keys=rng.randint(3, 4), client_timeout_ms=rng.choice([50.0, 100.0]),
+        read_ratio=rng.choice([0.5, 0.8, 0.95]))
+
+
+def _sessions(o: "SimOptions", rng: random.Random) -> "SimOptions":
+    return dataclasses.replace(
+        o, profile="sessions", sessions=True, dedup=True,
+        response_loss_rate=rng.choice([0.05, 0.1, 0.2, 0.4]),
+        client_timeout_ms=rng.choice([60.0, 150.0, 400.0]),
+        give_up_ms=rng.choice([800.0, 1500.0, 3000.0]),
+        crash_rate=rng.choice([0.0, 0.5, 1.0, 2.0]), partition_rate=rng.choice([0.5, 1.0, 2.0]))
+
+
+def _sessions_nodedup(o: "SimOptions", rng: random.Random) -> "SimOptions":
+    return dataclasses.replace(_sessions(o, rng), profile="sessions-nodedup", dedup=False)
+
+
+def _membership(o: "SimOptions", rng: random.Random) -> "SimOptions":
+    return dataclasses.replace(
+        o, profile="membership", spares=rng.choice([1, 2, 2, 3]),
+        membership_rate=rng.choice([2.0, 3.0, 5.0]),
+        member_remove_leader=rng.choice([0.2, 0.4]), member_replace=rng.choice([0.2, 0.3]),
+        crash_rate=rng.choice([0.5, 1.0, 2.0]), pause_rate=rng.choice([0.0, 0.5, 1.0]),
+        partition_rate=rng.choice([1.0, 2.0]), partition_kinds=("isolate-leader", "split"),
+        kill_all_rate=rng.choice([0.0, 0.3, 0.6]),
+        kill_all_after_change=rng.choice([0.05, 0.1, 0.2]))
+
+
+PROFILES: dict[str, Callable[["SimOptions", random.Random], "SimOptions"]] = {
+    "lease": _lease,
+    "lease-beyond": _lease_beyond,
+    "sessions": _sessions,
+    "sessions-nodedup": _sessions_nodedup,
+    "membership": _membership,
+}
+NEGATIVE_PROFILES = frozenset({"lease-beyond", "sessions-nodedup"})
+
+
+def apply_profile(options: "SimOptions", name: str, rng: random.Random) -> "SimOptions":
+    """``options`` changed as profile ``name`` draws them from ``rng``."""
+    try:
+        profile = PROFILES[name]
+    except KeyError:
+        raise ValueError(f"unknown profile {name!r}; expected one of "
+                         f"{', '.join(sorted(PROFILES))}") from None
+    return profile(options, rng)

@@ -1,0 +1,33 @@
+"""Membership changes mixed with crashes, pauses and partitions (R3, R19).
+
+The "membership" profile asks for changes several times a second (removing the leader
+itself, one add plus one remove, two adds, two removes, learners) with spare nodes,
+crashes, pauses, isolated-leader and majority/minority partitions, and kill-all-and-
+restart, also a few milliseconds after a change (while it is on its way to a quorum).
+Every checker must pass, and the sweep must show that changes really committed, also
+while a fault was active, that leaders were removed and that kill-all hit mid-change.
+"""
+
+import os
+
+import pytest
+
+from paxoslog.sim.sweep import run_jobs
+
+SEEDS = int(os.environ.get("PAXOSLOG_PROFILE_SEEDS", "100"))
+
+
+@pytest.mark.parametrize("protocol", ["multipaxos", "raft"])
+@pytest.mark.parametrize("nodes", [3, 5])
+def test_membership_changes_under_faults_pass_every_checker(protocol, nodes):
+    """Changes under crashes, partitions and kill-all keep every checker green and commit."""
+    offset = 60_000 if nodes == 5 else 0
+    sweep = run_jobs((offset + seed, protocol, nodes, "membership") for seed in range(SEEDS))
+    assert not sweep.failures, f"{len(sweep.failures)} failing runs; first:\n{sweep.failures[0]}"
+    totals, runs_with = dict(sweep.totals), dict(sweep.runs_with)
+    assert sweep.totals["configs_committed"] > 2 * SEEDS, totals
+    assert sweep.runs_with["configs_committed"] > SEEDS * 3 // 4, runs_with
+    assert sweep.runs_with["voter_changes_under_fault"] > SEEDS // 4, runs_with
+    assert sweep.runs_with["leader_removals_committed"] > SEEDS // 4, runs_with
+    assert sweep.runs_with["leader_removals_under_fault"] > SEEDS // 10, runs_with
+    assert sweep.runs_with["kill_all_mid_change"] > SEEDS // 10, runs_with
