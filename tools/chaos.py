@@ -3,7 +3,8 @@
 
 Starts ``paxoslog serve`` processes (peer traffic through a frame-aware proxy in this
 process), runs concurrent HTTP clients that record every operation, injects a seeded
-schedule of faults (kills, pauses, partitions, flaky links, lost unsynced writes), heals,
+schedule of faults (kills, pauses, partitions, flaky links, lost unsynced writes,
+membership changes: spare nodes join with ``serve --join`` and voters are removed), heals,
 reads everything back and checks the history.  Writes ``reports/chaos-<timestamp>-<mode>/``
 (see paxoslog/chaos/report.py and docs/chaos.md).
 

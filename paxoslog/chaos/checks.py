@@ -11,10 +11,14 @@ state, so they can be tested on hand-made inputs.
   key-value state (the records themselves, read back from each node).
 * ``check_state_hashes``: nodes that report the same applied index report the same digest
   of every state machine (``GET /api/v1/cluster/status?hashes=1``: ``state_hashes``).
+* ``check_membership``: every current member applied the configuration the harness drove
+  (its voters are exactly the current members, no joint or learner left) and its membership
+  table lists the members as active and the removed nodes as removed.
 * ``check_liveness``: after the final heal a write is acknowledged within
   ``factor`` election timeouts.
 * ``unavailability``: per fault, the time from the fault (and from its heal) to the next
-  acknowledged write invoked after it.
+  acknowledged write invoked after it; for a fault made of steps (``member-change``), per
+  step, the fault's figure being its worst step.
 """
 
 from __future__ import annotations
@@ -31,7 +35,7 @@ from paxoslog.sim.linearizability import check_history
 from .history import OK, OpRecord, to_operations
 
 __all__ = ["CheckOutcome", "check_linearizable", "check_lost_writes", "check_replicas_agree",
-           "check_state_hashes", "check_liveness", "unavailability",
+           "check_state_hashes", "check_membership", "check_liveness", "unavailability",
            "summarize_unavailability", "ok_rate"]
 
 
@@ -214,6 +218,51 @@ def check_state_hashes(reports: dict[int, dict],
                         f"{', '.join(map(str, indexes))}", data)
 
 
+def check_membership(reports: dict[int, dict], members: Iterable[int],
+                     removed: Iterable[int] = ()) -> CheckOutcome:
+    """``reports``: member -> its ``GET /api/v1/cluster/members`` body.  Every member must
+    report ``applied_config`` voters == ``members`` with no outgoing voters or learners, and
+    a membership table with every member ``active`` and every node in ``removed``
+    ``removed``.  A member without a report leaves the check undecided (a failure)."""
+    name = "membership"
+    members = sorted(members)
+    removed = sorted(removed)
+    data: dict = {"members": members, "removed": removed,
+                  "applied_config": {str(n): (r or {}).get("applied_config")
+                                     for n, r in sorted(reports.items())}}
+    problems = []
+    for node in members:
+        report = reports.get(node)
+        if not isinstance(report, dict) or not isinstance(report.get("applied_config"), dict):
+            continue
+        config = report["applied_config"]
+        voters = sorted(config.get("voters") or [])
+        if voters != members:
+            problems.append(f"node {node} applied voters {voters}, expected {members}")
+        if config.get("outgoing") or config.get("learners"):
+            problems.append(f"node {node} is left with outgoing {config.get('outgoing')} "
+                            f"learners {config.get('learners')}")
+        rows = {row.get("node_id"): row.get("status") for row in report.get("members") or []
+                if isinstance(row, dict)}
+        wrong = {n: rows.get(n) for n in members if rows.get(n) != "active"}
+        wrong.update({n: rows.get(n) for n in removed if rows.get(n) != "removed"})
+        if wrong:
+            problems.append(f"node {node}'s membership table: "
+                            + ", ".join(f"node {n} is {s or 'missing'}"
+                                        for n, s in sorted(wrong.items())))
+    if problems:
+        data["problems"] = problems
+        return CheckOutcome(name, False, problems[0] + (f" (and {len(problems) - 1} more)"
+                                                        if len(problems) > 1 else ""), data)
+    missing = [n for n in members if not isinstance((reports.get(n) or {}).get(
+        "applied_config"), dict)]
+    if missing:
+        return CheckOutcome(name, None, f"nodes {missing} did not report their configuration "
+                            "(GET /api/v1/cluster/members)", data)
+    return CheckOutcome(name, True, f"{len(members)} members applied voters {members}"
+                        + (f"; removed {removed} are marked removed" if removed else ""), data)
+
+
 def check_liveness(records: list[OpRecord], heal_s: float, election_timeout_s: float,
                    leader_seen_s: float | None, factor: float = 10.0) -> CheckOutcome:
     """A write invoked after the final heal is acknowledged within ``factor`` election
@@ -243,7 +292,10 @@ def next_ack_after(records: Iterable[OpRecord], t: float) -> float | None:
 
 def unavailability(faults: list, records: list[OpRecord]) -> list[dict]:
     """Per injected fault: seconds from its start (and from its heal) to the next
-    acknowledged write invoked after it; None when none came before the run ended.
+    acknowledged write invoked after it; None when none came before the run ended.  A
+    fault with ``detail["steps"]`` (each with a ``start``: member-change) also gets the
+    delay after each step, and its ``after_fault_s`` is the worst of them and of the
+    delay after its start.
     ``interrupted``: the next fault started before that write was acknowledged, so the
     time measures both faults (left out of the per-kind figures)."""
     acks = sorted((r.call, r.ret) for r in records if r.is_write and r.status == OK)
@@ -252,14 +304,29 @@ def unavailability(faults: list, records: list[OpRecord]) -> list[dict]:
     rows = []
     for position, fault in enumerate(injected):
         after = _first_ack_delay(acks, fault.start)
+        recovered_at = None if after is None else fault.start + after
+        steps = [s for s in (fault.detail or {}).get("steps") or ()
+                 if isinstance(s, dict) and s.get("start") is not None]
+        step_rows = []
+        for step in steps:
+            delay = _first_ack_delay(acks, step["start"])
+            step_rows.append({"step": step.get("step"), "node": step.get("node"),
+                              "start": step["start"], "after_s": delay})
+            if delay is None:
+                after = recovered_at = None
+            elif after is not None and delay > after:
+                after, recovered_at = delay, step["start"] + delay
         following = injected[position + 1].start if position + 1 < len(injected) else None
-        interrupted = following is not None and (after is None or
-                                                 fault.start + after > following)
-        rows.append({"fault": fault.number, "kind": fault.kind, "start": fault.start,
-                     "after_fault_s": after,
-                     "after_heal_s": (_first_ack_delay(acks, fault.heal)
-                                      if fault.heal is not None else None),
-                     "interrupted": interrupted})
+        interrupted = following is not None and (recovered_at is None or
+                                                 recovered_at > following)
+        row = {"fault": fault.number, "kind": fault.kind, "start": fault.start,
+               "after_fault_s": after,
+               "after_heal_s": (_first_ack_delay(acks, fault.heal)
+                                if fault.heal is not None else None),
+               "interrupted": interrupted}
+        if step_rows:
+            row["steps"] = step_rows
+        rows.append(row)
     return rows
 
 

@@ -18,8 +18,9 @@ Fault kinds (``FAULT_KINDS``)::
                        wal.before_fsync=exit:nth=N (N in 1..20 from the fault's seed) so it
                        dies between its Nth WAL write and that fsync, drop its unsynced WAL
                        tail (or keep a torn prefix of it), restart it clean
-    member-change      add/remove a node under load, when the API supports it (probed at
-                       start; skipped with a note otherwise)
+    member-change      under load, add a spare node (serve --join, wait until it is a voter)
+                       then remove a voter (sometimes the leader), or remove first then add;
+                       the cluster has N voters again afterwards (see _member_change)
 
 Partitions cut *peer* links only (through the proxy); clients still reach every node.
 Symmetric cuts pick a style per fault: ``drop`` (black hole), ``hold`` (stop reading) or
@@ -42,11 +43,12 @@ from dataclasses import asdict, dataclass, field
 from twisted.internet import defer, task
 from twisted.logger import Logger
 
-from .cluster import drop_unsynced
+from .cluster import JOINING, drop_unsynced
+from .membership import MembershipError
 from .proxy import LinkRules
 
 __all__ = ["FAULT_KINDS", "FaultPlan", "FaultRecord", "Timeline", "Nemesis", "plan_schedule",
-           "kinds_for", "parse_kinds"]
+           "kinds_for", "parse_kinds", "spares_needed"]
 
 log = Logger(namespace="paxoslog.chaos.nemesis")
 
@@ -61,7 +63,7 @@ _HOLD_ET = {
     "partition-leader": (3.0, 10.0), "partition-half": (3.0, 10.0),
     "partition-oneway": (3.0, 10.0), "partition-ring": (3.0, 10.0),
     "partition-bridge": (3.0, 10.0), "flaky-link": (5.0, 15.0), "lose-unsynced": (0.0, 4.0),
-    "member-change": (3.0, 6.0),
+    "member-change": (3.0, 6.0),     # the time spent at N+1 (or N-1) voters
 }
 _HEALTH_TIMEOUT_S = 20.0
 _FAILPOINT_EXIT_TIMEOUT_S = 8.0
@@ -70,12 +72,21 @@ LOSE_UNSYNCED_FAILPOINTS = "wal.before_fsync=exit:nth={nth}"
 # first batch it writes (catch-up from the leader), sometimes one under normal traffic.
 LOSE_UNSYNCED_NTH_MAX = 20
 RECOVERY_WAIT_ET = 10
+REMOVE_LEADER_P = 0.4        # member-change removes the current leader this often
+SPARES_MAX = 32
 
 
-def kinds_for(nodes: int, membership: bool = False) -> list[str]:
+def kinds_for(nodes: int) -> list[str]:
     """Every kind that applies to a cluster of ``nodes`` nodes."""
-    return [k for k in FAULT_KINDS
-            if (nodes >= 5 or k not in _NEEDS_FIVE) and (membership or k != "member-change")]
+    return [k for k in FAULT_KINDS if nodes >= 5 or k not in _NEEDS_FIVE]
+
+
+def spares_needed(plans: list) -> int:
+    """Spare node ids to allocate for a schedule: one per planned ``member-change`` (each
+    uses one: ids are never reused) plus one for a failed join's second attempt, at most
+    ``SPARES_MAX``; none without membership changes."""
+    changes = sum(1 for p in plans if p.kind == "member-change")
+    return min(SPARES_MAX, changes + 1) if changes else 0
 
 
 def parse_kinds(text: str, nodes: int) -> list[str]:
@@ -189,12 +200,11 @@ def _sleep(reactor, seconds: float) -> defer.Deferred:
 
 
 class Nemesis:
-    """Runs a schedule against a cluster.  ``membership_supported`` comes from a probe of
-    the API (see ChaosRun)."""
+    """Runs a schedule against a cluster.  ``membership``: the MembershipDriver
+    (membership.py) the ``member-change`` kind uses."""
 
     def __init__(self, reactor, cluster, proxy, observer, client, timeline: Timeline, clock,
-                 election_timeout_s: float, membership_supported: bool = False,
-                 acked_since=None) -> None:
+                 election_timeout_s: float, membership=None, acked_since=None) -> None:
         self.reactor = reactor
         self.cluster = cluster
         self.proxy = proxy
@@ -203,7 +213,7 @@ class Nemesis:
         self.timeline = timeline
         self.clock = clock
         self.et = election_timeout_s
-        self.membership_supported = membership_supported
+        self.membership = membership
         # acked_since(t): has a write invoked at or after t been acknowledged?
         self.acked_since = acked_since
         self.records: list[FaultRecord] = []
@@ -322,12 +332,13 @@ class Nemesis:
         return not pending
 
     async def heal_everything(self) -> None:
-        """End every fault: links pass, paused nodes resume, dead nodes restart."""
+        """End every fault: links pass, paused nodes resume, dead nodes of the cluster
+        restart (never spares or removed nodes)."""
         self.proxy.heal()
         for node in self.cluster.nodes:
             if self.cluster.nodes[node].paused:
                 self.cluster.resume(node)
-        dead = [n for n in self.cluster.nodes if not self.cluster.alive(n)]
+        dead = [n for n in self.cluster.in_cluster() if not self.cluster.alive(n)]
         for node in dead:
             self.cluster.start(node)
         if dead:
@@ -426,15 +437,131 @@ class Nemesis:
         self._healed(record)
 
     async def _member_change(self, plan, record, rng) -> None:
-        if not self.membership_supported:
-            record.note = ("skipped: the API answers 501 to /api/v1/cluster/add-node and "
-                           "remove-node (membership changes not available)")
-            self.timeline.add("fault-skipped", fault=record.number, kind=record.kind,
-                              reason=record.note)
+        """Under load: add a spare (``serve --join``, wait until it is a voter), hold at
+        N+1 voters for the planned hold, remove a voter (the current leader with
+        probability ``REMOVE_LEADER_P``, never the node just added); or, half of the time,
+        remove first (hold at N-1) and then add.  The cluster has N voters afterwards.
+
+        ``start`` is the first step, ``heal`` = ``healed`` the end of the last one;
+        ``detail["steps"]`` has each step's times (add: start, up, voter; remove: start,
+        done, and later exited/exit_code), from which the unavailability of each
+        step is measured.  A step that fails is noted and repaired (a half-joined spare is
+        removed, a missing voter is added from the next spare).  Without a spare left
+        the fault transfers leadership instead (noted)."""
+        driver = self.membership
+        spares = self.cluster.spares()
+        if driver is None:
+            record.note = "no membership driver: member-change needs spare nodes (ChaosRun)"
             return
-        record.note = "skipped: the chaos tool does not drive membership changes yet"
-        self.timeline.add("fault-skipped", fault=record.number, kind=record.kind,
-                          reason=record.note)
+        if not spares:
+            await self._transfer_instead(plan, record, rng)
+            return
+        add_first = rng.random() < 0.5
+        remove_leader = rng.random() < REMOVE_LEADER_P
+        spare = spares[0]
+        steps: list[dict] = []
+        self._started(record, [spare], order="add-then-remove" if add_first
+                      else "remove-then-add", added=spare, remove_leader=remove_leader,
+                      voters_before=self.cluster.members(), hold_s=plan.hold_s, steps=steps)
+        try:
+            if add_first:
+                await self._add_step(record, spare, steps, rng)
+                await _sleep(self.reactor, plan.hold_s)
+                await self._remove_step(record, steps, rng, remove_leader, exclude={spare})
+            else:
+                await self._remove_step(record, steps, rng, remove_leader, exclude=set())
+                await _sleep(self.reactor, plan.hold_s)
+                await self._add_step(record, spare, steps, rng)
+        except MembershipError as exc:
+            record.note = f"member-change step failed: {exc}"
+            self.timeline.add("member-step-failed", fault=record.number, error=str(exc))
+            await self._repair_size(record, rng)
+        self._heal_begins(record)
+        config = await driver.applied_config(rng)
+        record.detail["voters_after"] = config["voters"] if config else None
+        if config is None or config["voters"] != self.cluster.members():
+            extra = (f"the cluster reports voters {config['voters'] if config else '?'}, "
+                     f"the harness expected {self.cluster.members()}")
+            record.note = f"{record.note}; {extra}" if record.note else extra
+        self._healed(record)
+
+    async def _add_step(self, record, node: int, steps: list, rng) -> None:
+        step = {"step": "add", "node": node, "start": round(self.clock(), 3)}
+        steps.append(step)
+        self.timeline.add("member-add", fault=record.number, node=node)
+        await self.membership.add(node, step, rng)
+
+    async def _remove_step(self, record, steps: list, rng, remove_leader: bool,
+                           exclude: set) -> None:
+        """Remove the leader (when asked and known) or a random other voter."""
+        leader = self.observer.leader()
+        if remove_leader and leader is None:
+            leader = await self._leader_or_random(rng, record)
+        candidates = [m for m in self.cluster.members() if m not in exclude]
+        if remove_leader and leader in candidates:
+            victim = leader
+        else:
+            victim = rng.choice([m for m in candidates if m != leader] or candidates)
+        step = {"step": "remove", "node": victim, "was_leader": victim == leader,
+                "start": round(self.clock(), 3)}
+        steps.append(step)
+        record.targets.append(victim)
+        record.detail["removed"] = victim
+        record.detail["removed_was_leader"] = victim == leader
+        self.timeline.add("member-remove", fault=record.number, node=victim,
+                          was_leader=victim == leader)
+        await self.membership.remove(victim, step, rng)
+
+    async def _repair_size(self, record, rng) -> None:
+        """After a failed step: settle every joining node (voter, removed or stopped),
+        then add one more spare if the cluster is short of voters (one attempt)."""
+        notes = []
+        for node in [n for n in self.cluster.in_cluster() if
+                     self.cluster.status_of(n) == JOINING]:
+            try:
+                notes.append(await self.membership.abandon_join(node, rng))
+            except MembershipError as exc:
+                notes.append(f"could not settle node {node}: {exc}")
+        missing = len(self.cluster.spec.node_ids) - len(self.cluster.members())
+        spares = self.cluster.spares()
+        if missing > 0 and spares:
+            step_list = record.detail["steps"]
+            try:
+                await self._add_step(record, spares[0], step_list, rng)
+                record.targets.append(spares[0])
+                notes.append(f"added spare {spares[0]} instead")
+            except MembershipError as exc:
+                notes.append(f"adding spare {spares[0]} instead failed too: {exc}")
+                for node in [n for n in self.cluster.in_cluster()
+                             if self.cluster.status_of(n) == JOINING]:
+                    try:
+                        notes.append(await self.membership.abandon_join(node, rng))
+                    except MembershipError as exc2:
+                        notes.append(f"could not settle node {node}: {exc2}")
+        elif missing > 0:
+            notes.append("no spare left to restore the cluster size")
+        if notes:
+            record.note = f"{record.note}; repair: {'; '.join(notes)}"
+
+    async def _transfer_instead(self, plan, record, rng) -> None:
+        """No spare id left (ids are never reused): a leadership transfer to a random
+        other voter under load, through the membership API, instead."""
+        leader = await self._leader_or_random(rng, record)
+        others = [m for m in self.cluster.members() if m != leader]
+        if leader is None or not others:
+            record.note = "no spare node left and no leader to transfer from"
+            return
+        target = rng.choice(others)
+        record.note = (f"no spare node left ({len(self.cluster.spec.spare_ids)} allocated, ids "
+                       "are never reused): transferred leadership instead")
+        self._started(record, [target], alternative="transfer-leader", leader_before=leader)
+        try:
+            body = await self.membership.transfer(target, rng)
+            record.detail["leader_after"] = body.get("leader")
+        except MembershipError as exc:
+            record.note += f"; the transfer failed: {exc}"
+        self._heal_begins(record)
+        self._healed(record)
 
     # ------------------------------------------------------------------ network faults
 
@@ -454,7 +581,8 @@ class Nemesis:
         self._healed(record)
 
     def _nodes(self) -> list[int]:
-        return sorted(self.cluster.nodes)
+        """The current members (partitions and flaky links apply to them)."""
+        return self.cluster.members()
 
     @staticmethod
     def _both_ways(group_a, group_b) -> set:

@@ -1,7 +1,9 @@
 """Watches ``GET /api/v1/cluster/status`` on every running node: who leads, in which term.
 
-Each running node is polled every ``interval_s``; a node's row is written to
-``status.jsonl`` whenever its (role, leader, term) changes.  ``leader()`` is the current
+"Running node" means a node of the cluster as it is now (``Cluster.running_nodes``: members
+and nodes joining, never spares or removed nodes).  Each running node is polled every
+``interval_s``; a node's row is written to ``status.jsonl`` whenever its (role, leader,
+term) changes.  ``leader()`` is the current
 leader as the live nodes see it (the node claiming leadership with the highest term among
 fresh observations of running nodes), and ``leader_changes`` the sequence of (t, leader,
 term) for the timeline plot and the report.

@@ -45,6 +45,18 @@ def _end_of(record: OpRecord, end_s: float, unknown_span_s: float) -> float:
     return min(end_s, record.call + unknown_span_s)
 
 
+def _fault_label(fault) -> str:
+    """``number:kind``, and for a membership change what it added and removed."""
+    label = f"{fault.number}:{fault.kind}"
+    detail = fault.detail or {}
+    if fault.kind == "member-change" and "added" in detail:
+        label += f" +{detail['added']}"
+        if detail.get("removed") is not None:
+            label += f" -{detail['removed']}" + ("(L)" if detail.get("removed_was_leader")
+                                                 else "")
+    return label
+
+
 def _fault_color(kind: str) -> str:
     return _FAULT_COLORS.get(kind.split("-")[0], "#757575")
 
@@ -129,7 +141,7 @@ def _render_png(path, records, faults, leader_changes, end_s, title, unknown_spa
         for ax in (ax_ops, ax_rate, ax_leader):
             ax.axvspan(fault.start, max(stop, fault.start + 0.05), color=_fault_color(
                 fault.kind), alpha=0.18, linewidth=0)
-        ax_ops.text(fault.start, 1.0, f"{fault.number}:{fault.kind}", rotation=60,
+        ax_ops.text(fault.start, 1.0, _fault_label(fault), rotation=60,
                     fontsize=7, va="bottom", ha="left", transform=ax_ops.get_xaxis_transform())
     ax_leader.set_xlim(0, end_s)
     fig.tight_layout()
@@ -158,10 +170,10 @@ def _render_html(path, records, faults, leader_changes, end_s, title, unknown_sp
         parts.append(f'<rect x="{x(fault.start):.1f}" y="{pad}" '
                      f'width="{max(1.0, x(stop) - x(fault.start)):.1f}" height="{height - 2 * pad}" '
                      f'fill="{_fault_color(fault.kind)}" opacity="0.2">'
-                     f'<title>{html.escape(f"{fault.number}: {fault.kind} {fault.targets}")}'
+                     f'<title>{html.escape(f"{_fault_label(fault)} {fault.targets}")}'
                      '</title></rect>')
         parts.append(f'<text x="{x(fault.start):.1f}" y="{pad - 4}">'
-                     f'{html.escape(fault.kind)}</text>')
+                     f'{html.escape(_fault_label(fault).split(":", 1)[1])}</text>')
     for r in records:
         y = pad + lane_index[worker_of(r)] * lane_h + lane_h / 2
         end = _end_of(r, end_s, unknown_span_s)

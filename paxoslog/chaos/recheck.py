@@ -3,8 +3,8 @@
 Re-runs the checks that need only ``history.jsonl`` and ``verdict.json`` (linearizability,
 possibly with a longer checker timeout; lost writes, from the final reads kept in the
 history; liveness after the final heal; unavailability per fault) with the current code,
-and keeps the checks that needed the live cluster (replica agreement, state hashes, process
-exits) as the run recorded them.  Writes ``recheck.json`` next to the verdict.
+and keeps the checks that needed the live cluster (replica agreement, state hashes, the
+applied membership, process exits) as the run recorded them.  Writes ``recheck.json`` next to the verdict.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from .nemesis import FaultRecord
 
 __all__ = ["recheck"]
 
-_LIVE_ONLY = ("replicas-agree", "state-hashes", "no-unexpected-exits")
+_LIVE_ONLY = ("replicas-agree", "state-hashes", "membership", "no-unexpected-exits")
 
 
 def recheck(folder: str, checker_timeout_s: float) -> dict:

@@ -3,10 +3,12 @@
 Layout (``reports/chaos-<timestamp>-<mode>/``)::
 
     conf.toml           the generated cluster conf (peer traffic through the proxy)
+    conf-n<id>.toml     each spare node's own conf (the cluster's plus its [[nodes]] table)
     history.jsonl       every client operation (see history.py), final reads included
     nemesis.jsonl       the fault and process timeline
     status.jsonl        each node's (role, leader, term) whenever it changed
     logs/n<id>.log      each node's output, all restarts appended, one marker line each
+                        (joined and removed nodes included)
     data/n<id>/         each node's data directory as the run left it
     verdict.json        options, seed, replay command, checks, faults, unavailability
     summary.txt         the same, for people
@@ -84,6 +86,12 @@ def format_summary(v: dict) -> str:
         f"first fault, {ops['ok_rate_overall']:.0f} ok/s overall")
     add(f"faults injected: {v['faults_injected']} "
         f"({', '.join(f'{k} x{n}' for k, n in sorted(v['faults_by_kind'].items()))})")
+    membership = v.get("membership")
+    if membership and (membership.get("joined") or membership.get("removed")):
+        add(f"members: {membership['initial']} at start, {membership['final']} at the end "
+            f"(joined {membership['joined']}, removed {membership['removed']}; "
+            f"{len(membership['spares_unused'])} of {len(membership['spares_allocated'])} "
+            "spare ids unused)")
     for note in v.get("notes", []):
         add(f"note: {note}")
     add("")

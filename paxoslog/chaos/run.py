@@ -1,13 +1,16 @@
 """One chaos run from start to verdict (``tools/chaos.py`` is its command line).
 
-1. Make the report folder, start a proxy listener per node, write the conf, start the
-   ``paxoslog serve`` processes, wait until every node answers and a leader is known.
+1. Plan the fault schedule, make the report folder, start a proxy listener per node (the
+   spare nodes that membership changes add included), write the conf (the initial members)
+   and each spare's own conf, start the ``paxoslog serve`` processes, wait until every node
+   answers and a leader is known.
 2. Start the clients; after a fault-free warm-up the nemesis runs its schedule.
 3. Heal everything; traffic goes on for a tail so liveness after the heal is measured.
-4. Stop the clients; wait until every node applied the same index; read every key back
-   through the API (linearizable, recorded in the history) and from each node's own state
-   (stale reads of every key); ask every node for its state hashes at one applied index;
-   stop the cluster.
+4. Stop the clients; wait until every member applied the same index; read every key back
+   through the API (linearizable, recorded in the history) and from each member's own state
+   (stale reads of every key); ask every member for its state hashes at one applied index
+   and for the configuration it applied; stop the cluster.  "Member" always means the
+   current members: nodes that joined included, removed nodes excluded.
 5. Check, write the report, return the exit code: 0 valid and every check passed,
    1 a check failed, 2 the run is void (no fault injected, or fewer than ``min_ok_rate``
    acknowledged operations per second before the first fault), 3 the harness itself failed.
@@ -28,9 +31,11 @@ from twisted.logger import Logger
 
 from . import checks
 from .apiclient import ApiClient
-from .cluster import Cluster, ClusterSpec, NodePorts, allocate_ports, write_conf
+from .cluster import (REMOVED, Cluster, ClusterSpec, NodePorts, allocate_ports,
+                      reserve_ports, write_conf, write_spare_conf)
 from .history import FAIL, OK, UNKNOWN, History
-from .nemesis import Nemesis, Timeline, parse_kinds, plan_schedule
+from .membership import MembershipDriver
+from .nemesis import Nemesis, Timeline, parse_kinds, plan_schedule, spares_needed
 from .observer import StatusObserver
 from .plot import render_timeline
 from .proxy import ProxyNetwork
@@ -49,6 +54,7 @@ EXIT_ERROR = 3
 _STARTUP_TIMEOUT_S = 30.0
 _CONVERGE_TIMEOUT_S = 30.0
 _FINAL_READ_ATTEMPTS = 20
+_FINAL_READS_S = 90.0        # all final reads together: an unavailable cluster fails faster
 _HASH_ROUNDS = 10            # status?hashes=1 rounds until every node is at one index
 
 
@@ -99,11 +105,17 @@ class ChaosRun:
         if options.nodes not in (3, 5):
             raise ValueError("nodes must be 3 or 5")
         self.kinds = parse_kinds(options.nemesis, options.nodes)
+        et = options.election_ticks * options.tick_ms / 1000.0
+        self.plans = plan_schedule(self.kinds, seed=options.seed, duration_s=options.duration_s,
+                                   warmup_s=options.warmup_s, tail_s=options.tail_s,
+                                   election_timeout_s=et,
+                                   random_mix=options.schedule == "random")
         self.spec = ClusterSpec(nodes=options.nodes, protocol=options.mode,
                                 tick_ms=options.tick_ms, heartbeat_ticks=options.heartbeat_ticks,
                                 election_ticks=options.election_ticks,
                                 request_timeout_ms=options.request_timeout_ms,
-                                snapshot_entries=options.snapshot_entries)
+                                snapshot_entries=options.snapshot_entries,
+                                spares=spares_needed(self.plans))
         self.et = self.spec.election_timeout_s
         self._t0 = time.monotonic()
         stamp = time.strftime("%Y%m%d-%H%M%S")
@@ -117,9 +129,9 @@ class ChaosRun:
         self.workload: Workload | None = None
         self.history: History | None = None
         self.timeline: Timeline | None = None
+        self.membership: MembershipDriver | None = None
         self.traffic_start: float | None = None
         self.final_heal: float | None = None
-        self.plans: list = []
         self._progress_loop = None
         self._last_progress = 0.0
 
@@ -141,28 +153,44 @@ class ChaosRun:
         self.timeline = Timeline(os.path.join(self.folder, "nemesis.jsonl"), self.clock)
         self.history = History(os.path.join(self.folder, "history.jsonl"), self.clock)
         self.proxy = ProxyNetwork(self.reactor, random.Random(f"{o.seed}-proxy"))
-        ids = self.spec.node_ids
-        free = allocate_ports(2 * len(ids))
+        ids = self.spec.all_ids
+        free = allocate_ports(2 * len(self.spec.node_ids))
+        # A spare binds its ports much later: they stay reserved until it starts.
+        held, sockets = reserve_ports(2 * len(self.spec.spare_ids))
+        free += held
+        reserved = {node: sockets[2 * i:2 * i + 2]
+                    for i, node in enumerate(self.spec.spare_ids)}
         ports = {}
         for i, node in enumerate(ids):
             peer_bind, api = free[2 * i], free[2 * i + 1]
             proxy_port = self.proxy.add_node(node, "127.0.0.1", peer_bind)
             ports[node] = NodePorts(proxy_port, peer_bind, api)
         conf_path = os.path.join(self.folder, "conf.toml")
-        write_conf(conf_path, self.spec, ports, data_root, f"chaos-{o.seed}")
+        conf_text = write_conf(conf_path, self.spec, ports, data_root, f"chaos-{o.seed}")
+        spare_confs = {}
+        for node in self.spec.spare_ids:
+            spare_confs[node] = os.path.join(self.folder, f"conf-n{node}.toml")
+            write_spare_conf(spare_confs[node], conf_text, node, ports[node], data_root)
         self.cluster = Cluster(self.reactor, self.spec, conf_path,
                                os.path.join(self.folder, "logs"), data_root,
-                               lambda kind, **f: self.timeline.add(kind, **f), self.clock)
+                               lambda kind, **f: self.timeline.add(kind, **f), self.clock,
+                               spare_confs=spare_confs, reserved=reserved)
         self.client = ApiClient(self.reactor, {n: f"127.0.0.1:{p.api}" for n, p in ports.items()},
                                 connections_per_node=max(16, 2 * o.workers))
         self.observer = StatusObserver(self.reactor, self.client, self.cluster, self.clock,
                                        os.path.join(self.folder, "status.jsonl"))
+        self.membership = MembershipDriver(
+            self.reactor, self.cluster, self.client, self.observer, self.timeline, self.clock,
+            {n: (f"127.0.0.1:{p.peer_proxy}", f"127.0.0.1:{p.api}") for n, p in ports.items()},
+            on_change=self._members_changed)
         self.nemesis = Nemesis(self.reactor, self.cluster, self.proxy, self.observer,
                                self.client, self.timeline, self.clock, self.et,
+                               membership=self.membership,
                                acked_since=self.history.acked_since)
         self.say(f"report folder {self.folder}")
         self.say(f"{o.mode}, {o.nodes} nodes, seed {o.seed}, nemesis {o.nemesis} "
-                 f"({o.schedule}), {o.duration_s:.0f}s, election timeout {self.et * 1000:.0f}ms")
+                 f"({o.schedule}), {o.duration_s:.0f}s, election timeout {self.et * 1000:.0f}ms"
+                 + (f", spare nodes {self.spec.spare_ids}" if self.spec.spares else ""))
         try:
             return await self._run_phases()
         except Exception as exc:  # a harness failure must still leave a report
@@ -180,13 +208,9 @@ class ChaosRun:
             return self._abort("not every node answered /health after start (see logs/)")
         if not await self._wait_leader(_STARTUP_TIMEOUT_S):
             return self._abort("no leader was elected after start (see logs/)")
-        self.nemesis.membership_supported = await self._probe_membership()
-        if "member-change" in self.kinds and not self.nemesis.membership_supported:
-            self.notes.append("member-change skipped: the API answers 501 Not Implemented to "
-                              "/api/v1/cluster/add-node and remove-node")
 
         rng = random.Random(f"{o.seed}-workload")
-        self.workload = Workload(self.reactor, self.client, self.history, self.spec.node_ids,
+        self.workload = Workload(self.reactor, self.client, self.history, self.cluster.members(),
                                  WorkloadOptions(workers=o.workers, rate=o.rate,
                                                  key_slots=o.key_slots,
                                                  ops_per_key=o.ops_per_key,
@@ -197,12 +221,8 @@ class ChaosRun:
         self.workload.start()
         self._start_progress()
 
-        plans = plan_schedule(self.kinds, seed=o.seed, duration_s=o.duration_s,
-                              warmup_s=o.warmup_s, tail_s=o.tail_s,
-                              election_timeout_s=self.et, random_mix=o.schedule == "random")
-        self.plans = plans
         stop_at = self.traffic_start + o.duration_s - o.tail_s
-        await self.nemesis.run(plans, self.traffic_start, stop_at)
+        await self.nemesis.run(self.plans, self.traffic_start, stop_at)
         wait = stop_at - self.clock()
         if wait > 0:
             await task.deferLater(self.reactor, wait, lambda: None)
@@ -221,6 +241,8 @@ class ChaosRun:
         final = await self._final_reads()
         states = await self._replica_states()
         states["hash_reports"] = await self._state_hash_reports()
+        states["member_reports"] = await self._member_reports()
+        self.membership.finish()
         self.observer.stop()
         await self.cluster.shutdown()
         self.timeline.add("cluster-stopped")
@@ -240,6 +262,8 @@ class ChaosRun:
 
     async def _teardown(self) -> None:
         self._stop_progress()
+        if self.membership is not None:
+            self.membership.finish()
         if self.workload is not None and not self.workload.stopping:
             await self.workload.stop()
         if self.observer is not None:
@@ -263,16 +287,12 @@ class ChaosRun:
             await task.deferLater(self.reactor, 0.05, lambda: None)
         return False
 
-    async def _probe_membership(self) -> bool:
-        """Does the API implement membership changes?  An empty body must get 400 (bad
-        input) when it does; 501 means not implemented."""
-        node = self.observer.leader() or self.spec.node_ids[0]
-        try:
-            response = await self.client.call("POST", node, "/api/v1/cluster/add-node", {},
-                                              timeout_s=2.0)
-        except Exception:  # no answer: treat as unsupported, noted
-            return False
-        return response.status not in (404, 405, 501)
+    def _members_changed(self) -> None:
+        """A membership step completed: clients use the current members from now on."""
+        members = self.cluster.members()
+        if self.workload is not None:
+            self.workload.set_nodes(members)
+        self.say(f"members now {members}")
 
     def _start_progress(self) -> None:
         if not self.options.progress:
@@ -318,7 +338,11 @@ class ChaosRun:
             statuses = await self.observer.fetch_all(timeout_s=1.0)
             applied = {n: s.get("applied_index") for n, s in statuses.items()}
             commit = max([s.get("commit_index") or 0 for s in statuses.values()] or [0])
-            if (len(statuses) == len(self.spec.node_ids) and len(set(applied.values())) == 1
+            members = self.cluster.members()
+            statuses = {n: s for n, s in statuses.items() if n in members}
+            applied = {n: s.get("applied_index") for n, s in statuses.items()}
+            commit = max([s.get("commit_index") or 0 for s in statuses.values()] or [0])
+            if (len(statuses) == len(members) and len(set(applied.values())) == 1
                     and next(iter(applied.values())) >= commit):
                 stable = stable + 1 if applied == last else 1
                 last = applied
@@ -332,17 +356,23 @@ class ChaosRun:
         return {"converged": False, "applied": applied, "at_s": round(self.clock(), 3)}
 
     async def _final_reads(self) -> dict:
-        """Read every written key back (linearizable), recording each read in the history."""
+        """Read every written key back (linearizable), recording each read in the history.
+        A key is tried at most ``_FINAL_READ_ATTEMPTS`` times, and no attempt starts after
+        ``_FINAL_READS_S`` (a cluster that lost its leader for good would otherwise hold the
+        run for minutes); the keys not read leave the lost-writes check undecided."""
+        deadline = self.clock() + _FINAL_READS_S
         keys = sorted({r.key for r in self.history.records if r.is_write})
         process = self.history.new_process()
         client_id = f"chaos{self.options.seed}-final-p{process}"
         values: dict[str, object] = {}
         failed: list[str] = []
-        nodes = self.spec.node_ids
+        nodes = self.cluster.members()
         sem = defer.DeferredSemaphore(8)
 
         async def read(key: str, position: int) -> None:
             for attempt in range(_FINAL_READ_ATTEMPTS):
+                if self.clock() >= deadline:
+                    break
                 node = nodes[(position + attempt) % len(nodes)]
                 record = self.history.invoke(process, client_id, node, "get", key)
                 try:
@@ -377,7 +407,7 @@ class ChaosRun:
         for round_number in range(_HASH_ROUNDS):
             if round_number:
                 await task.deferLater(self.reactor, 0.2, lambda: None)
-            nodes = self.spec.node_ids
+            nodes = self.cluster.members()
             results = await defer.DeferredList(
                 [self.client.status(n, timeout_s=5.0, hashes=True) for n in nodes],
                 consumeErrors=True)
@@ -392,7 +422,7 @@ class ChaosRun:
         """Each node's own state of every key (stale reads: no quorum round) and its
         applied index."""
         states, applied, problems = {}, {}, []
-        for node in self.spec.node_ids:
+        for node in self.cluster.members():
             try:
                 response = await self.client.query_prefix(node, "", timeout_s=5.0)
             except Exception as exc:  # noted; the agreement check then cannot pass
@@ -408,6 +438,28 @@ class ChaosRun:
                             for kv in response.field("kvs") or []}
             applied[node] = response.field("index")
         return {"states": states, "applied": applied, "problems": problems}
+
+    async def _member_reports(self) -> dict:
+        """Each member's ``GET /api/v1/cluster/members`` (its applied configuration and its
+        membership table): {node: body}; nodes that did not answer are left out."""
+        nodes = self.cluster.members()
+        results = await defer.DeferredList(
+            [self.client.call("GET", n, "/api/v1/cluster/members", None, timeout_s=5.0)
+             for n in nodes], consumeErrors=True)
+        return {node: response.body for node, (ok, response) in zip(nodes, results)
+                if ok and response.status == 200 and isinstance(response.body, dict)}
+
+    def _removed_nodes(self) -> list[int]:
+        return sorted(n for n in self.cluster.nodes if self.cluster.status_of(n) == REMOVED)
+
+    def _membership_summary(self) -> dict:
+        initial = self.spec.node_ids
+        started = set(self.cluster.started_nodes())
+        return {"initial": initial, "final": self.cluster.members(),
+                "joined": sorted(n for n in self.spec.spare_ids if n in started),
+                "removed": self._removed_nodes(),
+                "spares_allocated": self.spec.spare_ids,
+                "spares_unused": self.cluster.spares()}
 
     # ================================================================== verdict
 
@@ -446,7 +498,7 @@ class ChaosRun:
         results = [checks.check_linearizable(records, o.checker_timeout_s),
                    checks.check_lost_writes(records, final["values"], final["failed"])]
         agree = checks.check_replicas_agree(states["states"], states["applied"],
-                                            expected_nodes=self.spec.node_ids)
+                                            expected_nodes=self.cluster.members())
         if not converged["converged"]:
             agree = checks.CheckOutcome(
                 "replicas-agree", False, f"replicas did not converge within "
@@ -455,7 +507,9 @@ class ChaosRun:
         if states["problems"]:
             agree.data["problems"] = states["problems"]
         results.append(agree)
-        results.append(checks.check_state_hashes(states["hash_reports"], self.spec.node_ids))
+        results.append(checks.check_state_hashes(states["hash_reports"], self.cluster.members()))
+        results.append(checks.check_membership(states["member_reports"], self.cluster.members(),
+                                               self._removed_nodes()))
         leader_seen = next((t for t, leader, _ in self.observer.leader_changes
                             if t >= self.final_heal and leader is not None), None)
         if leader_seen is None and self.observer.leader_changes and \
@@ -493,7 +547,9 @@ class ChaosRun:
             leader_changes=self.observer.leader_changes,
             traffic_start_s=self.traffic_start, final_heal_s=self.final_heal,
             converged=converged, unexpected_exits=exits,
-            log_problems=scan_logs({n: self.cluster.log_path(n) for n in self.spec.node_ids}),
+            membership=self._membership_summary(),
+            log_problems=scan_logs({n: self.cluster.log_path(n)
+                                    for n in self.cluster.started_nodes()}),
             http_statuses=self.workload.statuses, proxy=self.proxy.stats())
         timeline = None
         if o.plot != "none":

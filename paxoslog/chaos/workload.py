@@ -17,6 +17,9 @@ opened is ``fail``; 504, a timeout, a connection lost after sending, or a 5xx is
 ``unknown``.  After an unknown outcome the worker continues as a new process with a new
 ``client_id`` (a Jepsen process that crashed never issues another operation).  Failures
 move the worker to the next node, so no worker stays stuck on a dead or cut-off one.
+
+The nodes are the cluster's current members: ``set_nodes`` replaces them when a membership
+change completes (a joined node gets traffic, a removed one no more).
 """
 
 from __future__ import annotations
@@ -80,8 +83,7 @@ class _Worker:
     def __init__(self, workload: "Workload", number: int) -> None:
         self.workload = workload
         self.number = number
-        self.nodes = workload.nodes
-        self.node_pos = number % len(self.nodes)
+        self.node_pos = number % len(workload.nodes)
         self.process = 0
         self.client_id = ""
         self.sequence = 0
@@ -95,10 +97,11 @@ class _Worker:
 
     @property
     def node(self) -> int:
-        return self.nodes[self.node_pos]
+        nodes = self.workload.nodes
+        return nodes[self.node_pos % len(nodes)]
 
     def next_node(self) -> None:
-        self.node_pos = (self.node_pos + 1) % len(self.nodes)
+        self.node_pos = (self.node_pos + 1) % len(self.workload.nodes)
 
     async def run(self) -> None:
         w = self.workload
@@ -166,6 +169,13 @@ class Workload:
         self._probes: set[defer.Deferred] = set()
         self._probe_loop = None
         self._probe_count = 0
+
+    def set_nodes(self, nodes: list[int]) -> None:
+        """The members changed: operations from now on go to ``nodes`` (a worker keeps its
+        position, so workers stay spread over the nodes)."""
+        if not nodes:
+            raise ValueError("a workload needs at least one node")
+        self.nodes = list(nodes)
 
     def choose_kind(self) -> str:
         return self.rng.choices(self._kinds, self._weights)[0]

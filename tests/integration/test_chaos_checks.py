@@ -117,7 +117,7 @@ def test_liveness_needs_an_ack_within_ten_election_timeouts():
 def test_unavailability_is_fault_start_to_next_acknowledged_write():
     """Writes invoked before the fault do not count; a cas that did not swap does."""
     fault = FaultRecord(1, "kill-leader", start=5.0, heal=6.0, injected=True)
-    skipped = FaultRecord(2, "member-change")
+    skipped = FaultRecord(2, "kill-random", note="no running node to kill")
     records = [op(1, "put", "k", 1, 4.9, 5.2),           # invoked before the fault
                op(2, "get", "k", None, 5.1, 5.15, output=1),
                op(3, "cas", "k", 3, 5.5, 5.9, output=False, expected=8),
@@ -141,6 +141,48 @@ def test_a_fault_hit_by_the_next_one_before_recovering_is_not_counted():
     summary = checks.summarize_unavailability(rows)
     assert summary["kill-all"] == {"count": 2, "median_s": 0.8, "worst_s": 0.8, "never": 0,
                                    "interrupted": 1}
+
+
+def test_member_change_unavailability_is_its_worst_step():
+    """A fault made of steps gets a delay per step; its figure is the worst one."""
+    steps = [{"step": "add", "node": 4, "start": 1.0, "voter": 2.0},
+             {"step": "remove", "node": 1, "was_leader": True, "start": 3.0, "done": 3.2}]
+    fault = FaultRecord(1, "member-change", start=1.0, heal=3.2, healed=3.2, injected=True,
+                        detail={"steps": steps})
+    records = [op(1, "put", "k", 1, 1.05, 1.1),          # after the add: 0.1 s
+               op(2, "put", "k", 2, 3.1, 3.9),           # after the leader's removal: 0.9 s
+               op(3, "put", "k", 3, 3.5, 3.6)]
+    [row] = checks.unavailability([fault], records)
+    assert row["steps"] == [{"step": "add", "node": 4, "start": 1.0, "after_s": 0.1},
+                            {"step": "remove", "node": 1, "start": 3.0, "after_s": 0.6}]
+    assert row["after_fault_s"] == 0.6 and row["after_heal_s"] == 0.4
+    assert not row["interrupted"]
+    following = FaultRecord(2, "kill-leader", start=3.4, heal=3.5, injected=True)
+    rows = checks.unavailability([fault, following], records)
+    assert rows[0]["interrupted"]          # the removal's outage ran into the next fault
+
+
+def _members_body(voters, rows, learners=()):
+    return {"applied_config": {"voters": list(voters), "outgoing": [],
+                               "learners": list(learners)},
+            "members": [{"node_id": n, "status": s} for n, s in rows.items()]}
+
+
+def test_membership_check_wants_the_driven_configuration_everywhere():
+    """Members must apply exactly the current voters, and the table must mark removals."""
+    rows = {1: "removed", 2: "active", 3: "active", 4: "active"}
+    good = {n: _members_body([2, 3, 4], rows) for n in (2, 3, 4)}
+    result = checks.check_membership(good, [2, 3, 4], [1])
+    assert result.ok is True and "removed [1]" in result.message
+    stale = {**good, 4: _members_body([1, 2, 3], rows)}
+    assert checks.check_membership(stale, [2, 3, 4], [1]).ok is False
+    learner = {**good, 3: _members_body([2, 3, 4], rows, learners=[5])}
+    assert checks.check_membership(learner, [2, 3, 4], [1]).ok is False
+    still_active = {n: _members_body([2, 3, 4], {**rows, 1: "leaving"}) for n in (2, 3, 4)}
+    result = checks.check_membership(still_active, [2, 3, 4], [1])
+    assert result.ok is False and "node 1 is leaving" in result.message
+    missing = {n: good[n] for n in (2, 3)}
+    assert checks.check_membership(missing, [2, 3, 4], [1]).ok is None
 
 
 def test_ok_rate_counts_completions_in_the_window():

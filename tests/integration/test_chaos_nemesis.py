@@ -13,10 +13,11 @@ import random
 
 import pytest
 
-from paxoslog.chaos.cluster import ClusterSpec, NodePorts, drop_unsynced, write_conf
+from paxoslog.chaos.cluster import ClusterSpec, NodePorts, drop_unsynced, write_conf, \
+    write_spare_conf
 from paxoslog.chaos.history import OK, UNKNOWN, OpRecord
-from paxoslog.chaos.nemesis import FAULT_KINDS, FaultRecord, kinds_for, parse_kinds, \
-    plan_schedule
+from paxoslog.chaos.nemesis import FAULT_KINDS, SPARES_MAX, FaultRecord, kinds_for, \
+    parse_kinds, plan_schedule, spares_needed
 from paxoslog.chaos.plot import render_timeline
 from paxoslog.chaos.report import format_summary, scan_logs
 from paxoslog.config import load_config
@@ -52,13 +53,25 @@ def test_random_schedule_replays_from_its_seed():
 def test_kind_parsing_checks_names_and_cluster_size():
     """Unknown kinds and the ring on 3 nodes are refused; 'all' fits the cluster."""
     assert "partition-ring" not in kinds_for(3) and "partition-ring" in kinds_for(5)
-    assert "member-change" not in parse_kinds("all", 5)
+    assert "member-change" in parse_kinds("all", 5) and "member-change" in parse_kinds("all", 3)
     assert parse_kinds("kill-leader, member-change", 3) == ["kill-leader", "member-change"]
     with pytest.raises(ValueError):
         parse_kinds("kill-everything", 3)
     with pytest.raises(ValueError):
         parse_kinds("partition-ring", 3)
-    assert set(kinds_for(5, membership=True)) == set(FAULT_KINDS)
+    assert set(kinds_for(5)) == set(FAULT_KINDS)
+
+
+def test_spares_follow_the_planned_membership_changes():
+    """One spare id per planned member-change plus one, none without, capped."""
+    args = dict(seed=3, duration_s=600, warmup_s=5, tail_s=5, election_timeout_s=0.3)
+    mixed = plan_schedule(kinds_for(5), random_mix=True, **args)
+    changes = sum(1 for p in mixed if p.kind == "member-change")
+    assert changes > 0 and spares_needed(mixed) == min(SPARES_MAX, changes + 1)
+    assert spares_needed(plan_schedule(["kill-leader"], random_mix=True, **args)) == 0
+    only = plan_schedule(["member-change"], random_mix=True, **args)
+    assert spares_needed(only) == SPARES_MAX
+    assert ClusterSpec(nodes=3, spares=2).spare_ids == [4, 5]
 
 
 def _entries(directory: str) -> list[int]:
@@ -111,6 +124,24 @@ def test_generated_conf_routes_peers_through_the_proxy(tmp_path):
     assert config.timing.election_ticks * config.timing.tick_ms == 300
 
 
+def test_spare_conf_is_the_cluster_conf_plus_its_own_node(tmp_path):
+    """A spare's conf loads, keeps the cluster's settings and nodes and adds the spare,
+    whose peer address is its proxy listener; the cluster's conf does not list it."""
+    spec = ClusterSpec(nodes=3, protocol="multipaxos", spares=2)
+    ports = {n: NodePorts(9000 + n, 9100 + n, 9200 + n) for n in spec.all_ids}
+    cluster_path = str(tmp_path / "conf.toml")
+    text = write_conf(cluster_path, spec, ports, str(tmp_path / "data"), "chaos-1")
+    assert [n.id for n in load_config(cluster_path).nodes] == [1, 2, 3]
+    spare_path = str(tmp_path / "conf-n5.toml")
+    write_spare_conf(spare_path, text, 5, ports[5], str(tmp_path / "data"))
+    config = load_config(spare_path)
+    assert config.name == "chaos-1" and config.protocol == "multipaxos"
+    assert [n.id for n in config.nodes] == [1, 2, 3, 5]
+    spare = config.node(5)
+    assert (spare.peer.port, spare.peer_bind.port, spare.api.port) == (9005, 9105, 9205)
+    assert spare.data_dir == str(tmp_path / "data" / "n5")
+
+
 def _verdict(folder: str) -> dict:
     fault = FaultRecord(1, "kill-leader", start=1.0, heal=1.5, healed=2.0, targets=[2],
                         injected=True)
@@ -124,11 +155,13 @@ def _verdict(folder: str) -> dict:
                                 "after_fault_s": 0.4, "after_heal_s": 0.1}],
             "unavailability_by_kind": {"kill-leader": {"count": 1, "median_s": 0.4,
                                                        "worst_s": 0.4, "never": 0}},
-            "faults": [fault.as_dict(), FaultRecord(2, "member-change", note="skipped").as_dict()],
+            "faults": [fault.as_dict(), FaultRecord(2, "kill-random", note="skipped").as_dict()],
+            "membership": {"initial": [1, 2, 3], "final": [2, 3, 4], "joined": [4],
+                           "removed": [1], "spares_allocated": [4, 5], "spares_unused": [5]},
             "unexpected_exits": [{"node": 3, "generation": 2, "code": 1, "signal": None,
                                   "t": 4.0, "log": "logs/n3.log"}],
             "log_problems": {}, "http_statuses": {"504 outcome_unknown": 1},
-            "timeline": "timeline.png", "notes": ["member-change skipped"]}
+            "timeline": "timeline.png", "notes": ["a note"]}
 
 
 def test_summary_names_the_verdict_checks_faults_and_exits(tmp_path):
@@ -139,6 +172,7 @@ def test_summary_names_the_verdict_checks_faults_and_exits(tmp_path):
     assert "[FAIL] linearizable" in text
     assert "kill-leader" in text and "not injected: skipped" in text
     assert "node 3 (start #2) code 1" in text
+    assert "members: [1, 2, 3] at start, [2, 3, 4] at the end (joined [4], removed [1]" in text
 
 
 def test_log_scan_counts_tracebacks_and_errors(tmp_path):
