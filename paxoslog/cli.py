@@ -506,6 +506,8 @@ def cmd_serve(args) -> int:
     except Exception as exc:
         log.critical("cannot start node {node}: {error}", node=args.node, error=exc)
         print(f"paxoslog: cannot start node {args.node}: {exc}", file=sys.stderr)
+        if node.writer is not None:
+            node.writer.stop()            # its threads would keep the process alive
         if node.storage is not None:
             node.storage.close()
         return EXIT_ERROR

@@ -593,6 +593,13 @@ class MultiPaxosReplica:
                 continue  # learned chosen meanwhile (catch-up): nothing left to decide
             new.append(self._propose_entry(entry))
         if not self.backlog:
+            # The newest configuration is joint and chosen (we proposed it, re-proposed it
+            # from phase 1, or learned it chosen): finish the change.  Only the newest: a
+            # re-chosen OLD joint configuration must not bring its voters back (M1/M2).
+            config = self.config
+            if (config.joint and self.pending_config is None and self.barrier is None
+                    and self.role == Role.LEADER):
+                self.pending_config = Config(config.voters, frozenset(), config.learners)
             if self.pending_config is not None and not self.inflight and self.barrier is None:
                 entry = config_entry(self.next_slot, mine, self.pending_config)
                 self.pending_config = None
@@ -670,13 +677,11 @@ class MultiPaxosReplica:
             self._mark_chosen(slot)
 
     def _advance_chosen(self) -> None:
-        """After chosen slots changed on the leader: barrier, config steps, reads."""
+        """After chosen slots changed on the leader: barrier, reads.  (Leaving a joint
+        configuration is decided in ``_fill_slots``, once nothing newer is pending.)"""
         if self.barrier is not None and self.log.is_chosen(self.barrier):
-            slot = self.barrier
+            self.proposed_configs.pop(self.barrier)
             self.barrier = None
-            config = self.proposed_configs.pop(slot)
-            if config.joint and self.role == Role.LEADER and self.pending_config is None:
-                self.pending_config = Config(config.voters, frozenset(), config.learners)
         self._confirm_reads()
 
     def _maybe_send_timeout_now(self) -> None:
@@ -694,6 +699,9 @@ class MultiPaxosReplica:
         if self.log.is_chosen(slot):
             return
         self.log.mark_chosen(slot)
+        # The chosen watermark is part of the hard state: a restarted node must know which
+        # configuration governs its next slot (the voters of an older one may all be gone).
+        self._hs_dirty = True
         entry = self.log.get(slot)
         if entry.kind == ENTRY_CONFIG:
             config = entry_config(entry)

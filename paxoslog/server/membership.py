@@ -140,6 +140,7 @@ class MembershipManager:
         self._busy = False               # one membership operation at a time (leader)
         self._promote_marks: dict[int, int] = {}
         self._rows_asked: set[int] = set()
+        self._told: set[int] = set()
         self._seen_config: Config | None = None
         self._seen_restores: tuple = ()
 
@@ -276,7 +277,9 @@ class MembershipManager:
 
     def tell_removed(self, peer: int, index: int) -> None:
         from . import frames as F
-        if self.node.transport.send_frame(peer, [F.REMOVED, self.node.config.name, index]):
+        if (self.node.transport.send_frame(peer, [F.REMOVED, self.node.config.name, index])
+                and peer not in self._told):
+            self._told.add(peer)           # it may redial a few times before it exits
             log.info("told node {peer} it was removed (index {index})", peer=peer, index=index)
 
     def peer_up(self, peer: int) -> None:

@@ -372,7 +372,10 @@ class NodeService(MultiService):
         last = self._synced_hs
         return (hs is not None and not ready.entries and ready.truncate_from is None
                 and ready.snapshot is None and last is not None
-                and hs.term == last.term and hs.vote == last.vote)
+                and hs.term == last.term and hs.vote == last.vote
+                # a commit point that covers a new configuration is fsynced: after a
+                # power loss the node must still know which voters govern its next slot
+                and not any(type(e) is ConfigChanged for e in ready.events))
 
     def _persisted(self, seconds: float, ready: Ready) -> None:
         self.fsync.observe(seconds)
@@ -535,7 +538,7 @@ class NodeService(MultiService):
             status, hit = self.sessions.lookup(*key)
             if status == DUPLICATE:
                 self.stats["duplicates"] += 1
-                self._answer_writes(key, hit[0], hit[1], hit[2])
+                self._answer_writes(key, hit[0], hit[1] or entry.term, hit[2])
                 return
             if status == STALE:
                 self._answer_writes(key, entry.index, entry.term,
@@ -563,7 +566,11 @@ class NodeService(MultiService):
                           "message": f"state machine {sm.name!r} failed: "
                                      f"{type(exc).__name__}: {exc}"[:500]}
         if key is not None:
-            self.sessions.record(key[0], key[1], entry.index, entry.term, result)
+            # Replicated state must be identical on every replica: a Multi-Paxos slot may
+            # carry its (same) value under different ballots on different acceptors, so
+            # only Raft's term (the same everywhere for an index) is recorded.
+            self.sessions.record(key[0], key[1], entry.index,
+                                 entry.term if self.protocol == "raft" else 0, result)
             self._answer_writes(key, entry.index, entry.term, result)
 
     def _answer_writes(self, key: tuple, index: int, term: int, result: object) -> None:
@@ -804,6 +811,7 @@ class NodeService(MultiService):
         if status == DUPLICATE:
             self.stats["duplicates"] += 1
             index, term, result = hit
+            term = term or self.replica.term
             return defer.succeed({"status": "committed", "index": index,
                                   "term": self.api_term(term), "leader": self.replica.leader_id,
                                   "result": result})

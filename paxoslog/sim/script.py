@@ -31,6 +31,8 @@ Commands::
     hold NODE                NODE stops completing fsyncs: its Readies wait, unsent
     release NODE             NODE's held Readies complete (persist, send, apply), in order
     crash NODE               NODE stops; whatever it had not persisted is lost
+    forget-commit NODE       reset NODE's persisted commit point to 0 (a lost unsynced
+                             hard-state write: the server writes commit hints unsynced)
     restart NODE             NODE boots from what it persisted
     pending                  list undelivered messages (type from->to)
     status [NODES]           role, leader, commit and applied index per node
@@ -340,6 +342,12 @@ class _Interpreter:
         node.alive = True
         node.boot()
         node.process()
+        return "ok"
+
+    def cmd_forget_commit(self, args):
+        node = self.cluster.node(args[0])
+        hs = node.disk.hard_state
+        node.disk.hard_state = type(hs)(hs.term, hs.vote, 0)
         return "ok"
 
     def cmd_pending(self, args):

@@ -174,3 +174,22 @@ def _alive(pid: int) -> bool:
             return f.read().split()[2] != "Z"
     except OSError:
         return False
+
+
+def test_serve_exits_when_its_api_port_is_taken(tmp_path):
+    """A node that cannot bind its API port says so and exits non-zero (it used to hang:
+    the WAL writer's threads kept the process alive)."""
+    import socket
+    c = ClusterHarness(tmp_path, "raft", size=1)
+    blocker = socket.socket()
+    blocker.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    blocker.bind(("127.0.0.1", c.api_ports[1]))
+    blocker.listen()
+    try:
+        out = subprocess.run([sys.executable, "-m", "paxoslog.cli", "serve", "--config",
+                              c.conf_path, "--node", "1"], capture_output=True, text=True,
+                             cwd=ROOT, timeout=60)
+    finally:
+        blocker.close()
+    assert out.returncode == 1, out
+    assert "cannot start node 1" in out.stderr

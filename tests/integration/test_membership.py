@@ -240,7 +240,10 @@ def test_membership_requests_errors_and_idempotence(make_cluster, protocol):
     # A learner that never answers is not promoted, and does not count for quorums.
     c.write("still-writable", 1)
     assert 4 not in _voters(c, leader)
-    members = c.request(leader, "GET", "/api/v1/cluster/members").body
+    # The leader writes the initial members' rows itself, shortly after it leads.
+    members = wait_for(lambda: (lambda body: body if len(body["members"]) == 4 else None)(
+        c.request(leader, "GET", "/api/v1/cluster/members").body), 10,
+        what="the table to list every member")
     assert members["applied_config"]["learners"] == [4]
     assert {row["node_id"]: row["status"] for row in members["members"]} == {
         1: "active", 2: "active", 3: "active", 4: "active"}
