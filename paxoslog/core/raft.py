@@ -499,8 +499,15 @@ class RaftReplica:
     # ---- elections
 
     def on_request_vote(self, msg: RequestVote) -> None:
-        if msg.frm not in self._config.members:
-            return  # a removed (or unknown) server must not disrupt the cluster
+        # A candidate outside our configuration is still answered: our configuration may
+        # be the stale one (the candidate was added by entries we have not received), and
+        # ignoring it could leave no quorum able to elect anyone.  A removed server cannot
+        # disrupt a healthy cluster anyway: PreVote and leader stickiness (below) refuse it
+        # while a leader is heard, and its log lacks the configuration that removed it.
+        # A *transfer* vote (which bypasses stickiness) only comes from a voter the leader
+        # chose, so one from outside our configuration is refused.
+        if msg.transfer and msg.frm not in self._config.members:
+            return
         if type(msg.last_index) is not int or type(msg.last_term) is not int:
             return
         if msg.term > self._term:

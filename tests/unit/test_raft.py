@@ -249,6 +249,24 @@ def test_vote_is_persisted_before_the_reply_is_sent():
     assert ready.messages == [RequestVoteReply(2, 1, 1, True, False)]
 
 
+def test_a_voter_with_a_stale_configuration_still_votes_for_a_newly_added_candidate():
+    """Found by the simulator's membership profile (raft seeds 282/5, 561/3, 807/3, 903/3):
+    a voter that has not yet received the entry adding node 4 must still answer node 4's
+    vote request, or after a lost node no quorum can elect anyone.  A transfer vote from
+    outside the configuration (it would bypass stickiness) is still refused."""
+    net = Net([1, 2, 3])
+    replica = net.nodes[2]
+    assert 4 not in replica.config.members
+    replica.step(RequestVote(4, 2, 1, 5, 1, False, False))
+    ready = replica.ready()
+    assert ready.hard_state == HardState(1, 4, 0)
+    assert ready.messages == [RequestVoteReply(2, 4, 1, True, False)]
+    replica.advance(ready)
+    other = Net([1, 2, 3]).nodes[2]
+    other.step(RequestVote(4, 2, 1, 5, 1, False, True))       # transfer from a non-member
+    assert other.ready() is None
+
+
 def test_vote_rejected_for_a_less_up_to_date_log():
     """RequestVote is refused when the candidate's last (term, index) is behind ours."""
     net = started(3)
