@@ -183,9 +183,12 @@ class Workload:
         if request.done:
             return
         o = self.sim.options
-        if o.sessions and o.response_loss_rate and self.rng.random() < o.response_loss_rate:
+        if (o.sessions and o.response_loss_rate and self.sim.network.faults_enabled
+                and self.rng.random() < o.response_loss_rate):
+            # Lost like any message while faults last (not after heal: the progress probe
+            # must get its answer).  The client never sees it: it times out and retries.
             self.sim.count("replies_lost")
-            return  # the client never sees it: it times out and retries
+            return
         if request.kind in ("get",):
             self.last_seen[request.key] = result
         elif request.kind == "put":
