@@ -97,3 +97,15 @@ def test_without_dedup_the_history_is_not_linearizable(monkeypatch):
             rejected.append((seed, protocol, nodes))
     # Core changes move trajectories: ask for a majority of the pinned seeds, not all.
     assert len(rejected) * 2 > len(DOUBLE_EXECUTION_SEEDS), rejected
+
+
+# sessions runs that once failed; the note says what they found.
+SESSIONS_REGRESSIONS = [
+    (543, "multipaxos", 5),  # sim: the after-heal progress probe lost 8 replies in a row
+]
+
+
+@pytest.mark.parametrize("seed,protocol,nodes", SESSIONS_REGRESSIONS)
+def test_sessions_regression_seeds(seed, protocol, nodes):
+    """Every sessions seed that once failed passes."""
+    Simulation(seed, SimOptions.random_for(seed, protocol, nodes, "sessions")).run()
