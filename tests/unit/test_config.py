@@ -99,6 +99,9 @@ def test_storage_segment_bytes_reaches_the_storage_options(tmp_path):
      "timing.heartbeat_ticks", "less than election_ticks"),
     (BASE + "[timing]\nlease_ticks = 30\nelection_ticks = 10\n" + NODES, "timing.lease_ticks",
      "less than"),
+    # margin 3 (a tenth of 30) plus one tick: 26 is the most
+    (BASE + "[timing]\nlease_ticks = 27\nelection_ticks = 30\n" + NODES, "timing.lease_ticks",
+     "30 - 3 - 1"),
     (BASE + "[timing]\ntick = 10\n" + NODES, "timing.tick", "unknown key"),
     (BASE + "colour = 1\n" + NODES, "colour", "unknown key"),
     (BASE + "timing = 5\n" + NODES, "timing", "expected a table"),
