@@ -114,6 +114,7 @@ def storage_with(tmp_path, *metas_and_states) -> DiskStorage:
 def restore_node(storage, events) -> NodeService:
     """Just enough of a NodeService for _persisted/_complete/_restore_installed."""
     node = NodeService.__new__(NodeService)
+    node.protocol = "raft"
     node.config = types.SimpleNamespace(limits=LimitsConf(), state_machines=("kv", "counter"))
     node.storage = storage
     node.writer = ThreadWriter()

@@ -146,6 +146,7 @@ def _node_with(sms: dict):
     from paxoslog.server.node import NodeService
     from paxoslog.server.sessions import SessionTable
     node = NodeService.__new__(NodeService)
+    node.protocol = "multipaxos"
     node.sms = sms
     node.sessions = SessionTable()
     node.stats = {"commands_applied": 0, "duplicates": 0}
