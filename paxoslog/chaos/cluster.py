@@ -93,16 +93,10 @@ def allocate_ports(count: int) -> list[int]:
 
     Another process may grab one before the node binds it; the node then fails to start
     and the run reports it (rare on a test machine)."""
-    sockets = []
-    try:
-        for _ in range(count):
-            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            s.bind(("127.0.0.1", 0))
-            sockets.append(s)
-        return [s.getsockname()[1] for s in sockets]
-    finally:
-        for s in sockets:
-            s.close()
+    ports, sockets = reserve_ports(count)
+    for s in sockets:
+        s.close()
+    return ports
 
 
 def reserve_ports(count: int) -> tuple[list[int], list[socket.socket]]:
