@@ -17,6 +17,8 @@ Optional (the node uses them when present)::
     ops: tuple[str, ...]                        the write ops; anything else is a 400
     read_ops: tuple[str, ...]                   ops served as reads (read_index), not logged
     snapshot_copy() -> callable                 cheap copy now, bytes later on a thread
+    internal: bool                              True: written by the node itself only;
+                                                no client endpoint can address it
 
 ``state_hash(sm)`` digests ``snapshot()``: replicas at the same applied index must report
 the same digest (GET /api/v1/cluster/status?hashes=1 shows one per state machine).
@@ -32,7 +34,8 @@ from __future__ import annotations
 import hashlib
 from typing import Callable, Protocol, runtime_checkable
 
-__all__ = ["StateMachine", "BadCommand", "snapshot_producer", "state_hash", "REQUIRED"]
+__all__ = ["StateMachine", "BadCommand", "snapshot_producer", "state_hash", "is_internal",
+           "REQUIRED"]
 
 STATE_HASH_BYTES = 16
 
@@ -51,6 +54,11 @@ class StateMachine(Protocol):
     def query(self, request: dict) -> object: ...
     def snapshot(self) -> bytes: ...
     def restore(self, data: bytes) -> None: ...
+
+
+def is_internal(sm: object) -> bool:
+    """True for a state machine only the node itself may write (e.g. ``membership``)."""
+    return getattr(sm, "internal", False) is True
 
 
 def snapshot_producer(sm: StateMachine) -> Callable[[], bytes]:

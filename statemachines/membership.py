@@ -10,6 +10,8 @@ address, may be None), ``status`` (active / leaving / removed), ``added_at_index
 
 Reads: ``{"node_id": n}`` -> the row (None when never added); ``{}`` -> every row by id.
 
+Internal: no client endpoint reads or writes it (``internal = True``; the API answers 404
+and the leader refuses it in client writes); GET /api/v1/cluster/members shows the rows.
 The node writes these rows itself (server/membership.py): ``add`` before the configuration
 entry that makes a node a learner (so every replica knows its address first), ``leave``
 before the configuration without it, ``remove`` once that configuration is committed; the
@@ -33,6 +35,9 @@ _NODE_ID_MAX = (1 << 31) - 1
 class MembershipStateMachine:
     name = "membership"
     ops = ("add", "leave", "remove")
+    # Written only by the node's membership admin path; never addressable by clients (a
+    # client that could mark a member removed could end the cluster).
+    internal = True
 
     def __init__(self) -> None:
         self._rows: dict[int, dict] = {}

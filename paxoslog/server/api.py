@@ -33,7 +33,7 @@ from urllib.parse import parse_qs
 from twisted.internet import defer
 from twisted.logger import Logger
 
-from statemachines import BadCommand
+from statemachines import BadCommand, is_internal
 
 from .commands import CLIENT_ID_CHARS_MAX, encode_command
 from .errors import ApiError, bad_request
@@ -180,9 +180,17 @@ class Api:
         return self._write("kv", body)
 
     def _state_machine(self, request) -> str:
+        """The client-addressable state machine named by the path.  Internal ones (the
+        membership table) are answered 404 like absent ones: no client reads or writes
+        them (their rows are in GET /api/v1/cluster/members)."""
         name = request.path[len("/api/v1/sm/"):]
-        if name not in self.node.sms:
-            enabled = ", ".join(sorted(self.node.sms))
+        sm = self.node.sms.get(name)
+        if sm is not None and is_internal(sm):
+            raise ApiError(404, "not_found", f"state machine {name!r} is internal to the "
+                                             "cluster; see GET /api/v1/cluster/members")
+        if sm is None:
+            enabled = ", ".join(sorted(n for n, m in self.node.sms.items()
+                                       if not is_internal(m)))
             raise ApiError(404, "not_found", f"no state machine named {name[:64]!r} is enabled "
                                              f"on this cluster (enabled: {enabled})")
         return name

@@ -46,7 +46,8 @@ from paxoslog.core.quorum import Config
 from paxoslog.core.ready import ConfigChanged, ProposalDropped, Ready, Role, RoleChanged
 from paxoslog.core.replica import create_replica
 from paxoslog.storage import DiskStorage, SnapshotPolicy, SnapshotReader
-from statemachines import BadCommand, create as create_state_machine, snapshot_producer
+from statemachines import (BadCommand, create as create_state_machine, is_internal,
+                           snapshot_producer)
 
 from . import frames as F
 from .api import Api
@@ -764,12 +765,13 @@ class NodeService(MultiService):
         generation, sequence = divmod(self._sequence, _SERVER_SESSION_WRITES)
         return f"{self._client_prefix}-{generation}", sequence
 
-    def validate_command(self, command: dict) -> dict:
+    def validate_command(self, command: dict, internal: bool = False) -> dict:
         """Check a command against its state machine (raises ``BadCommand``): its
         ``validate`` when it has one, else its ``ops`` when it lists them, else only that
-        ``op`` is a string."""
+        ``op`` is a string.  ``internal``: the command comes from a node (an authenticated
+        peer), which may address internal state machines; a client's never may."""
         sm = self.sms.get(command.get("sm"))
-        if sm is None:
+        if sm is None or (not internal and is_internal(sm)):
             raise BadCommand(f"unknown state machine {command.get('sm')!r:.40}")
         fields = {k: v for k, v in command.items()
                   if k not in ("sm", "client_id", "sequence", "ts")}
@@ -799,7 +801,7 @@ class NodeService(MultiService):
         if key is None:
             raise ApiError(400, "bad_request", "forwarded command lacks client_id/sequence")
         try:
-            self.validate_command(command)
+            self.validate_command(command, internal=True)
         except BadCommand as exc:
             raise ApiError(400, "bad_request", str(exc)) from None
         return self._submit_write(key, data, forwarded=True)

@@ -30,13 +30,6 @@ COUNTER_BAD = [
     ({"query": {"name": "a", "x": 1}}, "unknown field"),
     ({"op": "add", "name": "a", "sequence": -1, "client_id": "c"}, '"sequence"'),
 ]
-MEMBERSHIP_BAD = [
-    ({"op": "join", "node_id": 4}, '"op" must be one of add, leave, remove'),
-    ({"op": "add", "node_id": -1, "address": "h:1"}, '"node_id" must be an integer'),
-    ({"op": "add", "node_id": 4, "address": "nohost"}, '"address" must be "host:port"'),
-    ({"op": "remove", "node_id": 4, "why": "x"}, "unknown field"),
-    ({"query": {"node": 4}}, "unknown field"),
-]
 
 
 @pytest.mark.parametrize("protocol", ["multipaxos"])
@@ -48,8 +41,7 @@ def test_bad_commands_for_each_state_machine(make_cluster, protocol):
     _, first = c.write("ok", 1)
     c.wait_applied(follower, first["index"])
     before = c.status(leader)["commit_index"]
-    for name, cases in (("kv", KV_BAD), ("counter", COUNTER_BAD),
-                          ("membership", MEMBERSHIP_BAD)):
+    for name, cases in (("kv", KV_BAD), ("counter", COUNTER_BAD)):
         for body, words in cases:
             for node in (leader, follower):
                 r = c.request(node, "POST", f"/api/v1/sm/{name}", body)
@@ -64,15 +56,3 @@ def test_bad_commands_for_each_state_machine(make_cluster, protocol):
     assert last["index"] > before
     r = c.request(follower, "POST", "/api/v1/sm/counter", {"op": "add", "name": "a"})
     assert r.status == 200 and r.body["result"]["value"] == 1
-    # errors found only when applying: committed, answered 400 with the index, and the
-    # same on every node
-    r = c.request(leader, "POST", "/api/v1/sm/membership", {"op": "remove", "node_id": 9})
-    assert r.status == 400 and r.body["error"] == "bad_request" and "index" in r.body, r
-    assert "not a member" in r.body["message"]
-    r = c.request(follower, "POST", "/api/v1/sm/membership",
-                  {"op": "add", "node_id": 9, "address": "127.0.0.1:1"})
-    assert r.status == 200 and r.body["result"]["status"] == "active", r
-    for node in c.ids:
-        c.wait_applied(node, r.body["index"])
-        got = c.request(node, "GET", "/api/v1/sm/membership?node_id=9&consistency=stale")
-        assert got.body["result"]["added_at_index"] == r.body["index"], got
