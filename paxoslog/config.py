@@ -17,7 +17,7 @@ with ``--node ID``.  Shape (every table but ``[[nodes]]`` is optional)::
     [limits]       request_bytes_max, header_bytes_max, key_bytes_max, connections_max,
                    pipelined_requests_max, log_entries_max, recent_entries_kept,
                    recent_bytes_max, sessions_max, session_results_max,
-                   session_results_total_max, session_idle_ms
+                   session_results_total_max, session_idle_ms, json_depth_max
     [state_machines]  enabled = ["kv", "counter", ...]   (built-ins + installed plug-ins)
 
     [[nodes]]
@@ -160,6 +160,7 @@ class LimitsConf:
     session_results_max: int = 256
     session_results_total_max: int = 500_000
     session_idle_ms: int = 600_000       # a session idle this long (log time) is dropped
+    json_depth_max: int = 32             # nesting of a request body (objects and arrays)
 
 
 @dataclass(frozen=True)
@@ -377,6 +378,9 @@ def _limits(r: _Reader) -> LimitsConf:
         session_results_total_max=r.int("session_results_total_max",
                                         d.session_results_total_max, 1, 1 << 30),
         session_idle_ms=r.int("session_idle_ms", d.session_idle_ms, 0, 1 << 40),
+        # Bounded well below the CBOR decoder's depth limit (400), which every replica
+        # applies when it reads a command or a snapshot back.
+        json_depth_max=r.int("json_depth_max", d.json_depth_max, 2, 128),
     )
     if lim.session_results_total_max < lim.session_results_max:
         raise r.fail("session_results_total_max",

@@ -35,7 +35,12 @@ import hashlib
 from typing import Callable, Protocol, runtime_checkable
 
 __all__ = ["StateMachine", "BadCommand", "snapshot_producer", "state_hash", "is_internal",
-           "REQUIRED"]
+           "nesting_exceeds", "REQUIRED", "VALUE_DEPTH_MAX"]
+
+# The deepest value a built-in state machine stores.  Commands and snapshots are CBOR, and
+# the decoder refuses containers nested deeper than 400 (cbor2's max_depth): a value that
+# deep would be applied, then make every snapshot holding it unreadable.
+VALUE_DEPTH_MAX = 32
 
 STATE_HASH_BYTES = 16
 
@@ -54,6 +59,26 @@ class StateMachine(Protocol):
     def query(self, request: dict) -> object: ...
     def snapshot(self) -> bytes: ...
     def restore(self, data: bytes) -> None: ...
+
+
+def nesting_exceeds(value: object, depth_max: int) -> bool:
+    """True when ``value`` nests lists/dicts deeper than ``depth_max`` (a scalar is depth
+    0, ``[1]`` depth 1).  Iterative, so a hostile value cannot exhaust the stack."""
+    stack = [(value, 0)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict):
+            children = item.values()
+        elif isinstance(item, (list, tuple)):
+            children = item
+        else:
+            continue
+        depth += 1
+        if depth > depth_max:
+            return True
+        stack.extend((child, depth) for child in children
+                     if isinstance(child, (dict, list, tuple)))
+    return False
 
 
 def is_internal(sm: object) -> bool:

@@ -21,7 +21,7 @@ from typing import Callable
 import cbor2
 from sortedcontainers import SortedDict
 
-from .base import BadCommand
+from .base import VALUE_DEPTH_MAX, BadCommand, nesting_exceeds
 
 __all__ = ["KVStateMachine", "OPS"]
 
@@ -61,7 +61,10 @@ class KVStateMachine:
             return {"op": op, "key": key}
         if "value" not in command or command["value"] is None:
             raise BadCommand(f'"{op}" needs a non-null "value"')
-        out = {"op": op, "key": key, "value": command["value"]}
+        value = command["value"]
+        if nesting_exceeds(value, VALUE_DEPTH_MAX):
+            raise BadCommand(f'"value" nests deeper than {VALUE_DEPTH_MAX} levels')
+        out = {"op": op, "key": key, "value": value}
         if op == "cas":
             has_value = "expected" in command
             has_version = command.get("expected_version") is not None
@@ -74,6 +77,8 @@ class KVStateMachine:
                     raise BadCommand('"expected_version" must be a non-negative integer')
                 out["expected_version"] = version
             else:
+                if nesting_exceeds(command["expected"], VALUE_DEPTH_MAX):
+                    raise BadCommand(f'"expected" nests deeper than {VALUE_DEPTH_MAX} levels')
                 out["expected"] = command["expected"]
         return out
 

@@ -34,6 +34,7 @@ from twisted.internet import defer
 from twisted.logger import Logger
 
 from statemachines import BadCommand, is_internal
+from statemachines.base import nesting_exceeds
 
 from .commands import CLIENT_ID_CHARS_MAX, encode_command
 from .errors import ApiError, bad_request
@@ -132,11 +133,20 @@ class Api:
             body = _DECODER.decode(request.body.decode("utf-8"))
         except UnicodeDecodeError:
             raise bad_request("the body is not UTF-8") from None
-        except (ValueError, RecursionError) as exc:
+        except RecursionError:
+            raise self._too_deep() from None
+        except ValueError as exc:
             raise bad_request(f"malformed JSON: {str(exc)[:200]}") from None
         if not isinstance(body, dict):
             raise bad_request(f"the body must be a JSON object, not {_json_type(body)}")
+        if nesting_exceeds(body, self.node.config.limits.json_depth_max):
+            raise self._too_deep()
         return body
+
+    def _too_deep(self) -> ApiError:
+        return bad_request(f"the body nests deeper than "
+                           f"{self.node.config.limits.json_depth_max} levels "
+                           "(limits.json_depth_max)")
 
     def _params(self, request) -> dict:
         if not request.query:

@@ -58,7 +58,7 @@ from .membership import MembershipManager
 from .metrics import Histogram
 from .peers import PeerTransport
 from .sessions import DUPLICATE, STALE, SessionTable
-from .snapshots import SnapshotFetcher, SnapshotShipper
+from .snapshots import SnapshotFetcher, SnapshotShipper, verify_states
 from .writer import StorageWriter
 
 __all__ = ["NodeService", "FatalNodeError"]
@@ -655,7 +655,15 @@ class NodeService(MultiService):
         sessions = self.sessions.snapshot()
         self.policy.started()
         started = time.perf_counter()
-        d = self.writer.save_snapshot(meta, producers, sessions)
+        limits = self.config.limits
+
+        def create(name):
+            return create_state_machine(
+                name, **({"key_bytes_max": limits.key_bytes_max} if name == "kv" else {}))
+        d = self.writer.save_snapshot(
+            meta, producers, sessions,
+            verify=lambda states, table: verify_states(states, table, create,
+                                                       self.sessions.like))
         compacted_to = []
 
         def saved(_file):

@@ -37,11 +37,37 @@ from paxoslog.storage.snapshot import snapshot_name
 
 from . import frames as F
 
-__all__ = ["SnapshotShipper", "SnapshotFetcher", "restore_from_reader", "restore_installed"]
+__all__ = ["SnapshotShipper", "SnapshotFetcher", "restore_from_reader", "restore_installed",
+           "verify_states", "SnapshotRefused"]
 
 log = Logger(namespace="paxoslog.snapshots")
 
 STALL_S = 10.0   # an outgoing transfer without progress this long may be restarted
+
+
+class SnapshotRefused(Exception):
+    """A state machine's snapshot would not restore: it is not written (the log that
+    produced the state is kept, so the node stays restartable by replaying it)."""
+
+
+def verify_states(states: list, sessions: object, create, sessions_like) -> None:
+    """Restore every state machine's bytes in ``states`` ([(name, [chunks])]) into a fresh
+    instance from ``create(name)``, and the session table into ``sessions_like()``; raise
+    ``SnapshotRefused`` naming the first that fails.  On the snapshot thread: it costs one
+    restore, so that no applied command can make a snapshot every replica then fails to
+    read (a replica that cannot read its snapshot cannot restart)."""
+    import cbor2
+    for name, chunks in states:
+        try:
+            create(name).restore(b"".join(chunks))
+        except Exception as exc:
+            raise SnapshotRefused(f"state machine {name!r} would not restore from its own "
+                                  f"snapshot: {type(exc).__name__}: {exc}"[:500]) from None
+    try:
+        sessions_like().restore(cbor2.loads(cbor2.dumps(sessions)))
+    except Exception as exc:
+        raise SnapshotRefused(f"the session table would not restore from the snapshot: "
+                              f"{type(exc).__name__}: {exc}"[:500]) from None
 
 
 def restore_from_reader(reader: SnapshotReader, sms: dict, sessions) -> list[str]:
