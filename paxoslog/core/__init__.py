@@ -7,12 +7,13 @@ from .limits import DEFAULT_LIMITS, Limits
 from .log import ENTRY_CONFIG, ENTRY_NOOP, ENTRY_NORMAL, Entry, HardState, SnapshotMeta
 from .quorum import Config
 from .ready import ConfigChanged, ProposalDropped, ReadState, Ready, Role, RoleChanged
-from .replica import PROTOCOLS, ReplicaOptions, Restored, create_replica
+from .replica import PROTOCOLS, create_replica
+from .types import PeerProgress, Replica, ReplicaOptions, ReplicaStatus, Restored
 
 __all__ = [
     "Ballot", "Busy", "ConfigChangeInProgress", "ConsensusError", "MalformedMessage",
     "NotLeader", "DEFAULT_LIMITS", "Limits", "ENTRY_CONFIG", "ENTRY_NOOP", "ENTRY_NORMAL",
     "Entry", "HardState", "SnapshotMeta", "Config", "ConfigChanged", "ProposalDropped",
     "ReadState", "Ready", "Role", "RoleChanged", "PROTOCOLS", "ReplicaOptions", "Restored",
-    "create_replica",
+    "create_replica", "PeerProgress", "Replica", "ReplicaStatus",
 ]

@@ -1,8 +1,14 @@
-"""Errors raised by the core.  ``NotLeader`` and ``Busy`` are the caller's to handle."""
+"""Errors raised by the core.
+
+``NotLeader``, ``Busy`` and ``ConfigChangeInProgress`` are answers the caller handles (route
+elsewhere, retry later).  Like h11, we keep "the peer sent garbage" (``MalformedMessage``)
+apart from "you misused me" (``ContractViolation``): the latter is a bug in the shell,
+never retryable and never the peer's fault."""
 
 from __future__ import annotations
 
-__all__ = ["ConsensusError", "NotLeader", "Busy", "ConfigChangeInProgress", "MalformedMessage"]
+__all__ = ["ConsensusError", "NotLeader", "Busy", "ConfigChangeInProgress", "MalformedMessage",
+           "ContractViolation"]
 
 
 class ConsensusError(Exception):
@@ -27,3 +33,9 @@ class ConfigChangeInProgress(ConsensusError):
 
 class MalformedMessage(ConsensusError):
     """A peer frame could not be decoded into a valid message (the peer sent garbage)."""
+
+
+class ContractViolation(ConsensusError):
+    """The caller broke the core contract (DESIGN.md section 2), e.g. asked for a second
+    Ready before advancing the first, or advanced a Ready the replica did not hand out.
+    The replica's state is unchanged by the refused call; the shell has a bug to fix."""

@@ -42,8 +42,9 @@ from .messages import (Accept, Accepted, CatchupReply, CatchupRequest, Heartbeat
                        HeartbeatReply, InstallSnapshot, InstallSnapshotReply, Message, Nack,
                        Prepare, PreVote, PreVoteReply, Promise, TimeoutNow)
 from .quorum import Config
-from .ready import ConfigChanged, ProposalDropped, ReadState, Ready, Role, RoleChanged
-from .replica import ReplicaOptions, Restored, Rng
+from .ready import (ConfigChanged, ProposalDropped, ReadState, Ready, ReadyGate, Role,
+                    RoleChanged)
+from .types import PeerProgress, ReplicaOptions, ReplicaStatus, Restored, Rng
 
 __all__ = ["MultiPaxosReplica"]
 
@@ -145,6 +146,7 @@ class MultiPaxosReplica:
         self._events: list = []
         self._snapshot: tuple[SnapshotMeta, bytes] | None = None
         self._checked_upto = 0
+        self._gate = ReadyGate()
 
     # ------------------------------------------------------------------ properties
 
@@ -272,12 +274,17 @@ class MultiPaxosReplica:
     # ------------------------------------------------------------------ outputs
 
     def has_ready(self) -> bool:
+        if self._gate.outstanding:
+            return False
         if self.role == Role.LEADER:
             self._fill_slots()
         return bool(self._messages or self._entries or self._hs_dirty or self._reads_ready
                     or self._events or self._snapshot or self.applied < self.log.chosen_upto)
 
     def ready(self) -> Ready | None:
+        """Drain outputs, or None when there is nothing to do.  Raises ContractViolation
+        while the previous Ready has not been advanced."""
+        self._gate.check_ready()
         if not self.has_ready():
             return None
         ready = Ready()
@@ -298,31 +305,27 @@ class MultiPaxosReplica:
             self.applied = self.log.chosen_upto
         ready.reads, self._reads_ready = self._reads_ready, []
         ready.events, self._events = self._events, []
-        return ready
+        return self._gate.hand_out(ready)
 
     def advance(self, ready: Ready) -> None:
-        """Outputs were persisted, sent and applied.  (Own acceptances already counted.)"""
+        """Outputs were persisted, sent and applied.  (Own acceptances already counted.)
+        Raises ContractViolation unless ``ready`` is the outstanding Ready."""
+        self._gate.take_back(ready)
 
-    def status(self) -> dict:
-        status = {
-            "role": self.role,
-            "term": self.term,
-            "ballot": str(self.promised),
-            "leader": self.leader_id,
-            "commit_index": self.log.chosen_upto,
-            "applied_index": self.applied,
-            "last_index": max(self.log.last_index, self.log.chosen_upto),
-            "first_index": self.log.first_index,
-            "holes": self._holes(limit=16),
-            "config": self.config.describe(),
-            "ticks_since_leader": 0 if self.role == Role.LEADER else self.leader_elapsed,
-        }
-        if self.role == Role.LEADER:
-            status["progress"] = {
-                peer: {"match": self.peer_chosen.get(peer, 0), "next": self.next_slot,
-                       "last_heard_ticks": self.now - self.last_heard.get(peer, 0)}
-                for peer in sorted(self._peers())}
-        return status
+    def status(self) -> ReplicaStatus:
+        leading = self.role == Role.LEADER
+        progress = {}
+        if leading:
+            progress = {peer: PeerProgress(self.peer_chosen.get(peer, 0), self.next_slot,
+                                           self.now - self.last_heard.get(peer, 0))
+                        for peer in sorted(self._peers())}
+        return ReplicaStatus(
+            role=self.role, term=self.term, leader=self.leader_id,
+            commit_index=self.log.chosen_upto, applied_index=self.applied,
+            last_index=max(self.log.last_index, self.log.chosen_upto),
+            first_index=self.log.first_index, config=self.config.describe(),
+            ticks_since_leader=0 if leading else self.leader_elapsed,
+            holes=self._holes(limit=16), ballot=str(self.promised), progress=progress)
 
     # ------------------------------------------------------------------ invariants
 
@@ -742,14 +745,14 @@ class MultiPaxosReplica:
         if missing and source is not None and source != self.node_id:
             self._send(CatchupRequest(self.node_id, source, self.promised, tuple(missing)))
 
-    def _holes(self, limit: int) -> list[int]:
-        holes = []
+    def _holes(self, limit: int) -> tuple[int, ...]:
+        holes: list[int] = []
         for slot in range(self.log.chosen_upto + 1, self.log.last_index + 1):
             if len(holes) >= limit:
                 break
             if not self.log.is_chosen(slot):
                 holes.append(slot)
-        return holes if self.log.chosen_above else []
+        return tuple(holes) if self.log.chosen_above else ()
 
     def _prune_timeline(self, index: int, config: Config) -> None:
         for slot in list(self.timeline.irange(None, index)):

@@ -39,7 +39,7 @@ from __future__ import annotations
 from bisect import bisect_left, bisect_right
 from collections import deque
 from operator import itemgetter
-from typing import TYPE_CHECKING, Iterable, Sequence
+from typing import Iterable, Sequence
 
 from .errors import Busy, ConfigChangeInProgress, NotLeader
 from .log import (ENTRY_CONFIG, ENTRY_KINDS, ENTRY_NOOP, ENTRY_NORMAL, Entry, HardState,
@@ -47,10 +47,10 @@ from .log import (ENTRY_CONFIG, ENTRY_KINDS, ENTRY_NOOP, ENTRY_NORMAL, Entry, Ha
 from .messages import (AppendEntries, AppendEntriesReply, InstallSnapshot,
                        InstallSnapshotReply, RequestVote, RequestVoteReply, TimeoutNow)
 from .quorum import Config
-from .ready import ConfigChanged, ProposalDropped, ReadState, Ready, Role, RoleChanged
+from .ready import (ConfigChanged, ProposalDropped, ReadState, Ready, ReadyGate, Role,
+                    RoleChanged)
 
-if TYPE_CHECKING:  # pragma: no cover - typing only; replica.py imports this module lazily
-    from .replica import ReplicaOptions, Restored
+from .types import PeerProgress, ReplicaOptions, ReplicaStatus, Restored, Rng
 
 __all__ = ["RaftReplica"]
 
@@ -83,8 +83,8 @@ class _Progress:
 class RaftReplica:
     """One Raft node.  See the module docstring for the contract and the design choices."""
 
-    def __init__(self, node_id: int, config: Config, options: "ReplicaOptions", rng,
-                 restored: "Restored | None" = None) -> None:
+    def __init__(self, node_id: int, config: Config, options: ReplicaOptions, rng: Rng,
+                 restored: Restored | None = None) -> None:
         if type(node_id) is not int or node_id <= 0:
             raise ValueError(f"node ids are positive integers (0 is 'no vote'), got {node_id!r}")
         if not isinstance(config, Config):
@@ -138,7 +138,7 @@ class RaftReplica:
         self._msgs: list = []
         self._events: list = []
         self._reads_out: list[ReadState] = []
-        self._outstanding: Ready | None = None
+        self._gate = ReadyGate()
 
         # Leader state.
         self._progress: dict[int, _Progress] = {}
@@ -156,7 +156,7 @@ class RaftReplica:
 
     # ------------------------------------------------------------------ restore
 
-    def _restore(self, restored: "Restored") -> None:
+    def _restore(self, restored: Restored) -> None:
         hard_state, entries, snapshot = restored
         if snapshot is not None:
             self._offset = snapshot.index
@@ -1054,15 +1054,14 @@ class RaftReplica:
                     or hs.term != self._term or hs.vote != self._vote)
 
     def has_ready(self) -> bool:
-        if self._outstanding is not None:
+        if self._gate.outstanding:
             return False
         return self._pending_output() or (self._role == Role.LEADER and self._leader_has_work())
 
     def ready(self) -> Ready | None:
-        """Drain outputs, or None when there is nothing to do or the previous Ready has not
-        been advanced yet."""
-        if self._outstanding is not None:
-            return None
+        """Drain outputs, or None when there is nothing to do.  Raises ContractViolation
+        while the previous Ready has not been advanced."""
+        self._gate.check_ready()
         if self._role == Role.LEADER:
             self._leader_prepare()
         if not self._pending_output():
@@ -1088,14 +1087,11 @@ class RaftReplica:
         self._pending_snapshot = self._pending_snapshot_data = None
         self._msgs, self._reads_out, self._events = [], [], []
         self._emitted = self._commit
-        self._outstanding = rd
-        return rd
+        return self._gate.hand_out(rd)
 
     def advance(self, ready: Ready) -> None:
         """The shell persisted, sent and applied ``ready``."""
-        if ready is not self._outstanding:
-            raise ValueError("advance() takes the Ready last returned by ready()")
-        self._outstanding = None
+        self._gate.take_back(ready)
         if ready.snapshot is not None and ready.snapshot.index > self._applied:
             self._applied = ready.snapshot.index
         if ready.committed:
@@ -1103,25 +1099,19 @@ class RaftReplica:
 
     # ------------------------------------------------------------------ introspection
 
-    def status(self) -> dict:
+    def status(self) -> ReplicaStatus:
         leading = self._role == Role.LEADER
-        status = {
-            "role": self._role,
-            "term": self._term,
-            "leader": self._leader_id,
-            "commit_index": self._commit,
-            "applied_index": self._applied,
-            "last_index": self.last_index,
-            "first_index": self._offset + 1,
-            "config": self._config.describe(),
-            "ticks_since_leader": 0 if leading else self._now - self._leader_heard_tick,
-        }
+        progress = {}
         if leading:
-            status["progress"] = {
-                peer: {"match": pr.match, "next": pr.next,
-                       "last_heard_ticks": self._now - pr.heard_tick}
-                for peer, pr in sorted(self._progress.items())}
-        return status
+            progress = {peer: PeerProgress(pr.match, pr.next, self._now - pr.heard_tick)
+                        for peer, pr in sorted(self._progress.items())}
+        return ReplicaStatus(
+            role=self._role, term=self._term, leader=self._leader_id,
+            commit_index=self._commit, applied_index=self._applied,
+            last_index=self.last_index, first_index=self._offset + 1,
+            config=self._config.describe(),
+            ticks_since_leader=0 if leading else self._now - self._leader_heard_tick,
+            progress=progress)
 
     def check_invariants(self) -> None:
         """Assert the replica's internal consistency (the simulator calls this after every

@@ -6,8 +6,9 @@
 4. then answer ``reads`` once the applied index reaches each read's index;
 5. ``events`` are informational (status, metrics, logs).
 
-Then call ``replica.advance(ready)``.  A replica never returns a second Ready before the
-first is advanced.
+Then call ``replica.advance(ready)``.  One Ready is outstanding at a time: ``ready()``
+before the previous Ready was advanced, or ``advance()`` of any other Ready, raises
+``ContractViolation`` (``ReadyGate`` below enforces it for both protocols).
 """
 
 from __future__ import annotations
@@ -15,10 +16,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
+from .errors import ContractViolation
 from .log import Entry, HardState, SnapshotMeta
 from .quorum import Config
 
-__all__ = ["Ready", "ReadState", "RoleChanged", "ConfigChanged", "ProposalDropped", "Role"]
+__all__ = ["Ready", "ReadState", "RoleChanged", "ConfigChanged", "ProposalDropped", "Role",
+           "ReadyGate"]
 
 
 class Role:
@@ -73,3 +76,37 @@ class Ready:
 
     def __bool__(self) -> bool:
         return bool(self.must_sync or self.messages or self.committed or self.reads or self.events)
+
+
+class ReadyGate:
+    """The one-outstanding-Ready rule.  A replica calls ``check_ready()`` before it builds
+    a Ready, ``hand_out(ready)`` when it returns one and ``take_back(ready)`` in
+    ``advance``; a misuse raises ``ContractViolation`` before anything changes."""
+
+    __slots__ = ("_outstanding",)
+
+    def __init__(self) -> None:
+        self._outstanding: Ready | None = None
+
+    @property
+    def outstanding(self) -> bool:
+        return self._outstanding is not None
+
+    def check_ready(self) -> None:
+        if self._outstanding is not None:
+            raise ContractViolation(
+                "ready() called while the previous Ready is outstanding: persist it, send its "
+                "messages, apply it, then call advance(ready) before asking for the next one")
+
+    def hand_out(self, ready: Ready) -> Ready:
+        self.check_ready()
+        self._outstanding = ready
+        return ready
+
+    def take_back(self, ready: Ready) -> None:
+        if self._outstanding is None:
+            raise ContractViolation("advance() called with no Ready outstanding")
+        if ready is not self._outstanding:
+            raise ContractViolation("advance() takes the Ready last returned by ready(), "
+                                    "not another one")
+        self._outstanding = None

@@ -312,7 +312,7 @@ class Api:
         params = self._params(request)
         node = self.node
         most = node.config.limits.log_entries_max
-        last = max(node.replica.status().get("last_index") or 0, node.applied_index)
+        last = max(node.replica.status().last_index, node.applied_index)
         start = _int_param(params, "start_index", 1) if "start_index" in params else None
         end = _int_param(params, "end_index", 1) if "end_index" in params else None
         if start is None and end is None:

@@ -348,15 +348,15 @@ class MembershipManager:
         config = replica.config
         if config.joint or not config.learners or config != node.applied_config:
             return
-        progress = replica.status().get("progress") or {}
+        progress = replica.status().progress
         commit = replica.commit_index
         heard_max = node.timing.election_ticks
         for learner in sorted(config.learners):
             p = progress.get(learner)
             mark = self._promote_marks.get(learner)
             self._promote_marks[learner] = commit
-            if (p is None or mark is None or p.get("match", 0) < mark
-                    or p.get("last_heard_ticks", heard_max) >= heard_max
+            if (p is None or mark is None or p.match < mark
+                    or p.last_heard_ticks >= heard_max
                     or not node.transport.connected(learner)):
                 continue
             try:
@@ -603,9 +603,9 @@ class MembershipManager:
     def best_successor(self, exclude: int | None = None) -> int | None:
         node = self.node
         replica = node.replica
-        progress = replica.status().get("progress") or {}
+        progress = replica.status().progress
         voters = replica.config.voters
-        candidates = [(p.get("match", 0), -p.get("last_heard_ticks", 0), peer)
+        candidates = [(p.match, -p.last_heard_ticks, peer)
                       for peer, p in progress.items()
                       if peer in voters and peer != exclude and peer != node.node_id
                       and node.transport.connected(peer)]

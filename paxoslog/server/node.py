@@ -1122,7 +1122,7 @@ class NodeService(MultiService):
         """0 on the leader; else how long ago this node last heard from a leader (ms)."""
         if self.replica.role == Role.LEADER:
             return 0
-        return int(self.replica.status().get("ticks_since_leader", 0) * self.tick_ms)
+        return int(self.replica.status().ticks_since_leader * self.tick_ms)
 
     # ================================================================== introspection
 
@@ -1140,7 +1140,7 @@ class NodeService(MultiService):
         config = replica.config
         tick_ms = self.tick_ms
         leader = replica.leader_id
-        progress = core.get("progress") or {}
+        progress = core.progress
         nodes = []
         book = self.membership.book
         for nid in sorted(set(book) - self.membership.removed_ids | config.members):
@@ -1149,18 +1149,18 @@ class NodeService(MultiService):
                      "peer": str(node.peer) if node else None}
             if nid == self.node_id:
                 entry.update(role=replica.role, last_heartbeat=0,
-                             match_index=core.get("last_index"), reachable=True,
+                             match_index=core.last_index, reachable=True,
                              applied_index=self.applied_index)
                 if replica.role != Role.LEADER:
-                    entry["last_heartbeat"] = core.get("ticks_since_leader", 0) * tick_ms
+                    entry["last_heartbeat"] = core.ticks_since_leader * tick_ms
             else:
                 role = ("leader" if nid == leader else "learner" if nid in config.learners
                         else "follower" if nid in config.all_voters else "none")
                 entry.update(role=role, reachable=self.transport.connected(nid),
                              last_heartbeat=None, match_index=None)
                 if nid in progress:
-                    entry["match_index"] = progress[nid].get("match")
-                    entry["last_heartbeat"] = progress[nid].get("last_heard_ticks", 0) * tick_ms
+                    entry["match_index"] = progress[nid].match
+                    entry["last_heartbeat"] = progress[nid].last_heard_ticks * tick_ms
             nodes.append(entry)
         out = {
             "node_id": self.node_id, "pid": os.getpid(), "cluster": self.config.name,
@@ -1168,10 +1168,10 @@ class NodeService(MultiService):
             "term": replica.term,
             "role": replica.role, "cluster_size": len(config.voters),
             "protocol": self.protocol, "commit_index": replica.commit_index,
-            "applied_index": self.applied_index, "last_index": core.get("last_index"),
-            "first_index": core.get("first_index"), "config": config.describe(),
+            "applied_index": self.applied_index, "last_index": core.last_index,
+            "first_index": core.first_index, "config": config.describe(),
             "snapshot_index": self.storage.snapshot_meta.index if self.storage.snapshot_meta
-            else 0, "holes": core.get("holes", []), "tick_ms": tick_ms,
+            else 0, "holes": list(core.holes), "tick_ms": tick_ms,
             "uptime_s": round(time.time() - self.started_at, 3), "nodes": nodes,
             "state_machines": sorted(self.sms), "removed": self.membership.removed,
         }
@@ -1204,8 +1204,8 @@ class NodeService(MultiService):
                     item["hole"] = True          # a slot a new leader filled with a no-op
                 out.append(item)
         core = self.replica.status()
-        last = core.get("last_index") or self.applied_index
-        holes = set(core.get("holes") or ())
+        last = core.last_index or self.applied_index
+        holes = set(core.holes)
         commit = self.replica.commit_index
         for index in range(max(start, self.applied_index + 1), min(end, last) + 1):
             if len(out) >= self.config.limits.log_entries_max:

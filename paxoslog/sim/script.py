@@ -85,7 +85,7 @@ class _Node:
         """Drain Readies: persist, send (into the pending list), apply, serve reads."""
         if not self.alive:
             return
-        while True:
+        while not self.held:  # a held Ready stays outstanding until it is released
             ready = self.replica.ready()
             if ready is None:
                 return

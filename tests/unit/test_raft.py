@@ -15,7 +15,7 @@ from collections import deque
 
 import pytest
 
-from paxoslog.core.errors import Busy, ConfigChangeInProgress, NotLeader
+from paxoslog.core.errors import Busy, ConfigChangeInProgress, ContractViolation, NotLeader
 from paxoslog.core.limits import Limits
 from paxoslog.core.log import (ENTRY_CONFIG, ENTRY_NOOP, ENTRY_NORMAL, Entry, HardState,
                                SnapshotMeta, entry_bytes, entry_config)
@@ -28,7 +28,7 @@ from paxoslog.core.quorum import Config
 from paxoslog.core.raft import RaftReplica
 from paxoslog.core.ready import (ConfigChanged, ProposalDropped, ReadState, Ready, Role,
                                  RoleChanged)
-from paxoslog.core.replica import ReplicaOptions, Restored, create_replica
+from paxoslog.core.replica import PeerProgress, ReplicaOptions, Restored, create_replica
 
 E = 10  # election ticks used throughout
 
@@ -126,7 +126,8 @@ class Net:
         while replica.has_ready():
             ready = replica.ready()
             assert ready is not None
-            assert replica.ready() is None, "second Ready before advance"
+            with pytest.raises(ContractViolation):
+                replica.ready()             # a second Ready before advance is refused
             self.readies[node].append(ready)
             self.disks[node].persist(ready, self)
             if ready.snapshot is not None:
@@ -531,7 +532,7 @@ def test_whole_cluster_restart_in_a_joint_configuration_finishes_the_change():
                                   for e in m.entries))
     net.nodes[1].change_config({2, 3, 4})
     net.tick(4)
-    assert net.nodes[1].commit_index == net.nodes[1].status()["last_index"] - 1
+    assert net.nodes[1].commit_index == net.nodes[1].status().last_index - 1
     for i in net.ids:
         net.crash(i)
     net.heal()
@@ -752,7 +753,7 @@ def test_conflicting_suffix_is_truncated_with_fast_backoff():
     for k in range(30):
         net.nodes[1].propose([b"lost%d" % k])
         net.settle()
-    assert net.nodes[1].status()["last_index"] == 31
+    assert net.nodes[1].status().last_index == 31
     net.crash(1)
     net.heal()
     net.elect(2)
@@ -779,7 +780,7 @@ def test_snapshot_installs_on_a_lagging_follower():
     net.disks[1].snapshot = meta
     net.disks[1].snapshot_state = list(net.applied[1])
     leader.compact(meta)
-    assert leader.status()["first_index"] == applied + 1
+    assert leader.status().first_index == applied + 1
     net.propose(1, b"after")
     net.restart(3)
     net.tick(4)
@@ -817,7 +818,7 @@ def test_snapshot_matching_an_entry_keeps_the_log_suffix():
     assert ready.messages[-1] == InstallSnapshotReply(2, 1, 1, 5)
     replica.advance(ready)
     status = replica.status()
-    assert (status["first_index"], status["last_index"], status["applied_index"]) == (6, 10, 5)
+    assert (status.first_index, status.last_index, status.applied_index) == (6, 10, 5)
 
 
 def test_snapshot_conflicting_with_the_log_replaces_it():
@@ -828,7 +829,7 @@ def test_snapshot_conflicting_with_the_log_replaces_it():
     assert ready.snapshot == SnapshotMeta(5, 2, config) and ready.truncate_from == 6
     replica.advance(ready)
     replica.check_invariants()
-    assert replica.status()["last_index"] == 5 and replica.applied_index == 5
+    assert replica.status().last_index == 5 and replica.applied_index == 5
 
 
 def test_restarted_node_ignores_votes_during_its_first_election_timeout():
@@ -877,9 +878,11 @@ def test_advance_requires_the_outstanding_ready():
     net = started(3)
     net.nodes[1].propose([b"x"])
     ready = net.nodes[1].ready()
-    with pytest.raises(ValueError):
+    with pytest.raises(ContractViolation):
         net.nodes[1].advance(Ready())
     net.nodes[1].advance(ready)
+    with pytest.raises(ContractViolation):
+        net.nodes[1].advance(ready)         # advanced once already
 
 
 # ---------------------------------------------------------------- restart
@@ -920,7 +923,7 @@ def test_restart_from_snapshot_starts_after_it():
     assert [e.index for e in ready.committed] == [11, 12]
     replica.advance(ready)
     status = replica.status()
-    assert status["first_index"] == 11 and status["last_index"] == 12 and status["term"] == 3
+    assert status.first_index == 11 and status.last_index == 12 and status.term == 3
 
 
 def test_restored_vote_prevents_a_second_vote_in_the_same_term():
@@ -1030,14 +1033,14 @@ def test_status_reports_progress_on_the_leader():
     net.propose(1, b"x")
     net.tick(2)
     status = net.nodes[1].status()
-    assert status["role"] == Role.LEADER and status["leader"] == 1
-    assert status["config"] == "voters=1,2,3" and status["ticks_since_leader"] == 0
-    assert set(status["progress"]) == {2, 3}
-    assert status["progress"][2]["match"] == status["last_index"]
-    assert status["progress"][2]["next"] == status["last_index"] + 1
+    assert status.role == Role.LEADER and status.leader == 1
+    assert status.config == "voters=1,2,3" and status.ticks_since_leader == 0
+    assert set(status.progress) == {2, 3}
+    assert status.progress[2] == PeerProgress(status.last_index, status.last_index + 1, 0)
+    assert status.holes == () and status.ballot is None
     follower = net.nodes[2].status()
-    assert "progress" not in follower and follower["leader"] == 1
-    assert {"commit_index", "applied_index", "first_index", "term"} <= set(follower)
+    assert follower.progress == {} and follower.leader == 1 and follower.role == Role.FOLLOWER
+    assert follower.commit_index == follower.applied_index == status.commit_index
 
 
 @pytest.mark.parametrize("seed", range(12))
