@@ -500,16 +500,13 @@ def cmd_serve(args) -> int:
         print(f"paxoslog: node {args.node} was removed from the cluster at index {index}; "
               f"exiting", file=sys.stderr)
         stop(EXIT_OK)
-    node.membership.on_removed = removed
+    node.on_removed = removed
     try:
         node.startService()
     except Exception as exc:
         log.critical("cannot start node {node}: {error}", node=args.node, error=exc)
         print(f"paxoslog: cannot start node {args.node}: {exc}", file=sys.stderr)
-        if node.writer is not None:
-            node.writer.stop()            # its threads would keep the process alive
-        if node.storage is not None:
-            node.storage.close()
+        node.close_storage()              # writer threads would keep the process alive
         return EXIT_ERROR
     reactor.addSystemEventTrigger("before", "shutdown", node.stopService)
     signal.signal(signal.SIGTERM, on_signal)
@@ -527,7 +524,8 @@ def cmd_serve(args) -> int:
 
 def _join(config, args, log) -> int:
     """``serve --join``: ask a member to add this node unless it joined before."""
-    from paxoslog.server.membership import JoinError, MembersFile, join_cluster
+    from paxoslog.join import JoinError, join_cluster
+    from paxoslog.server.members_file import MembersFile
     from paxoslog.storage.meta import meta_path
     me = config.node(args.node)
     if MembersFile(me.data_dir).exists():

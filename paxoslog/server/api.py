@@ -27,19 +27,16 @@ before anything is proposed: bad input never reaches the log.
 from __future__ import annotations
 
 import json
-import os
 from urllib.parse import parse_qs
 
 from twisted.internet import defer
 from twisted.logger import Logger
 
-from statemachines import BadCommand, is_internal
 from statemachines.base import nesting_exceeds
 
-from .commands import CLIENT_ID_CHARS_MAX, encode_command
+from paxoslog.node.commands import CLIENT_ID_CHARS_MAX
 from .errors import ApiError, bad_request
 from .http import json_response
-from .metrics import render_metric
 
 __all__ = ["Api"]
 
@@ -61,8 +58,15 @@ _DECODER = json.JSONDecoder(parse_constant=_reject_constant)   # one instance: c
 
 
 class Api:
-    def __init__(self, node) -> None:
-        self.node = node
+    """Routes requests to the node's services (``bind``): the ``router`` (writes, reads),
+    the ``views`` (status, entries, health, metrics), the membership ``admin`` and the
+    address ``book`` (removal).  ``limits``: the conf's [limits]."""
+
+    def __init__(self, node_id: int, limits, command_bytes_max: int) -> None:
+        self.node_id = node_id
+        self.limits = limits
+        self.command_bytes_max = command_bytes_max
+        self.router = self.views = self.admin = self.book = None
         self._routes = {
             "/api/v1/consensus/propose": {"POST": self.propose},
             "/api/v1/consensus/query": {"GET": self.query},
@@ -76,6 +80,9 @@ class Api:
             "/metrics": {"GET": self.metrics},
         }
 
+    def bind(self, *, router, views, admin, book) -> None:
+        self.router, self.views, self.admin, self.book = router, views, admin, book
+
     # ------------------------------------------------------------------ dispatch
 
     def handle(self, request):
@@ -86,10 +93,9 @@ class Api:
             else:
                 return self._error(ApiError(404, "not_found",
                                             f"no such endpoint: {request.path[:200]}"))
-        if self.node.membership.removed and request.path not in _SERVED_WHEN_REMOVED:
-            return self._error(ApiError(410, "removed", f"node {self.node.node_id} was removed "
-                                        f"from the cluster at index "
-                                        f"{self.node.membership.removed_at}"))
+        if self.book.removed and request.path not in _SERVED_WHEN_REMOVED:
+            return self._error(ApiError(410, "removed", f"node {self.node_id} was removed "
+                                        f"from the cluster at index {self.book.removed_at}"))
         method = "GET" if request.method == "HEAD" else request.method
         handler = routes.get(method)
         if handler is None:
@@ -139,13 +145,13 @@ class Api:
             raise bad_request(f"malformed JSON: {str(exc)[:200]}") from None
         if not isinstance(body, dict):
             raise bad_request(f"the body must be a JSON object, not {_json_type(body)}")
-        if nesting_exceeds(body, self.node.config.limits.json_depth_max):
+        if nesting_exceeds(body, self.limits.json_depth_max):
             raise self._too_deep()
         return body
 
     def _too_deep(self) -> ApiError:
         return bad_request(f"the body nests deeper than "
-                           f"{self.node.config.limits.json_depth_max} levels "
+                           f"{self.limits.json_depth_max} levels "
                            "(limits.json_depth_max)")
 
     def _params(self, request) -> dict:
@@ -164,7 +170,7 @@ class Api:
         if has_client != has_sequence:
             raise bad_request('"client_id" and "sequence" go together: give both or neither')
         if not has_client:
-            return self.node.next_client_sequence()
+            return None, None
         client_id = body["client_id"]
         if type(client_id) is int and client_id >= 0:
             client_id = str(client_id)
@@ -194,13 +200,11 @@ class Api:
         membership table) are answered 404 like absent ones: no client reads or writes
         them (their rows are in GET /api/v1/cluster/members)."""
         name = request.path[len("/api/v1/sm/"):]
-        sm = self.node.sms.get(name)
-        if sm is not None and is_internal(sm):
-            raise ApiError(404, "not_found", f"state machine {name!r} is internal to the "
-                                             "cluster; see GET /api/v1/cluster/members")
-        if sm is None:
-            enabled = ", ".join(sorted(n for n, m in self.node.sms.items()
-                                       if not is_internal(m)))
+        if self.router.client_machine(name) is None:
+            if self.router.internal_machine(name):
+                raise ApiError(404, "not_found", f"state machine {name!r} is internal to the "
+                                                 "cluster; see GET /api/v1/cluster/members")
+            enabled = ", ".join(self.router.client_machine_names())
             raise ApiError(404, "not_found", f"no state machine named {name[:64]!r} is enabled "
                                              f"on this cluster (enabled: {enabled})")
         return name
@@ -211,7 +215,7 @@ class Api:
         ``read_ops``) is a read served like /consensus/query (read_index by default)."""
         name = self._state_machine(request)
         body = self._json_object(request)
-        sm = self.node.sms[name]
+        sm = self.router.client_machine(name)
         if "query" in body:
             unknown = sorted(set(body) - {"query", "consistency"})
             if unknown:
@@ -244,20 +248,12 @@ class Api:
         consistency = "linearizable" if consistency is None else consistency
         if consistency not in _CONSISTENCY:
             raise bad_request(f'"consistency" must be one of {", ".join(_CONSISTENCY)}')
-        return self.node.submit_read({"sm": name, "request": query}, consistency)
+        return self.router.read({"sm": name, "request": query}, consistency)
 
     def _write(self, sm: str, body: dict):
         client_id, sequence = self._session(body)
         fields = {k: v for k, v in body.items() if k not in ("client_id", "sequence")}
-        fields["sm"] = sm
-        try:
-            command = self.node.validate_command(fields)
-        except BadCommand as exc:
-            raise bad_request(str(exc)) from None
-        data = encode_command(sm, command, client_id, sequence)
-        if len(data) > self.node.config.batching.batch_bytes_max:
-            raise ApiError(413, "too_large", "the command exceeds batch_bytes_max")
-        d = self.node.submit_write(client_id, sequence, data)
+        d = self.router.write(sm, fields, client_id, sequence)
         return d.addCallback(self._committed)
 
     @staticmethod
@@ -271,17 +267,17 @@ class Api:
     # ------------------------------------------------------------------ membership
 
     def add_node(self, request):
-        return self.node.membership.request("add", self._json_object(request))
+        return self.admin.request("add", self._json_object(request))
 
     def remove_node(self, request):
-        return self.node.membership.request("remove", self._json_object(request))
+        return self.admin.request("remove", self._json_object(request))
 
     def transfer_leader(self, request):
         body = self._json_object(request) if request.body else {}
-        return self.node.membership.request("transfer", body)
+        return self.admin.request("transfer", body)
 
     def members(self, request):
-        return self.node.membership.describe()
+        return self.admin.describe()
 
     # ------------------------------------------------------------------ reads
 
@@ -301,18 +297,17 @@ class Api:
             query = {"key": key}
         else:
             raise bad_request('missing query parameter "key" (or "prefix")')
-        return self.node.submit_read(query, consistency)
+        return self.router.read(query, consistency)
 
     def cluster_status(self, request):
         """``?hashes=1`` adds ``state_hashes`` (a digest per state machine; costs a
         snapshot of each, so only on request)."""
-        return self.node.status(hashes=self._params(request).get("hashes") == "1")
+        return self.views.status(hashes=self._params(request).get("hashes") == "1")
 
     def log_entries(self, request):
         params = self._params(request)
-        node = self.node
-        most = node.config.limits.log_entries_max
-        last = max(node.replica.status().last_index, node.applied_index)
+        most = self.limits.log_entries_max
+        last = self.views.last_index()
         start = _int_param(params, "start_index", 1) if "start_index" in params else None
         end = _int_param(params, "end_index", 1) if "end_index" in params else None
         if start is None and end is None:
@@ -327,99 +322,20 @@ class Api:
         truncated = end - start + 1 > most
         if truncated:
             end = start + most - 1
-        body = node.entries(start, end)
+        body = self.views.entries(start, end)
         body.update(start_index=start, end_index=end, truncated=truncated)
         return body
 
     # ------------------------------------------------------------------ operations
 
     def health(self, request):
-        node = self.node
-        replica = node.replica
-        leader = replica.leader_id
-        ready = leader is not None and node.fatal is None and not node._stopping
-        body = {"status": "ok" if node.fatal is None else "failed", "ready": ready,
-                "node_id": node.node_id, "pid": os.getpid(), "role": replica.role,
-                "leader": leader,
-                "term": replica.term, "commit_index": replica.commit_index,
-                "applied_index": node.applied_index}
-        if "ready" in self._params(request) and not ready:
+        body = self.views.health()
+        if "ready" in self._params(request) and not body["ready"]:
             return json_response(503, body, ((b"Retry-After", b"1"),))
         return body
 
     def metrics(self, request):
-        node = self.node
-        replica = node.replica
-        stats = node.stats
-        peers = node.transport.stats
-        http = node.http.factory
-        lines: list[str] = []
-        add = lines.extend
-        add(render_metric("paxoslog_term", "gauge", "Current term (Raft) or ballot round "
-                          "(Multi-Paxos).", [(None, replica.term)]))
-        add(render_metric("paxoslog_role", "gauge", "1 for the role this node is in.",
-                          [({"role": role}, int(replica.role == role))
-                           for role in ("leader", "follower", "pre-candidate", "candidate",
-                                        "learner")]))
-        add(render_metric("paxoslog_is_leader", "gauge", "1 when this node leads.",
-                          [(None, int(replica.role == "leader"))]))
-        add(render_metric("paxoslog_commit_index", "gauge", "Highest committed/chosen index "
-                          "(watermark).", [(None, replica.commit_index)]))
-        add(render_metric("paxoslog_applied_index", "gauge", "Highest applied index.",
-                          [(None, node.applied_index)]))
-        add(render_metric("paxoslog_snapshot_index", "gauge", "Index of the newest local "
-                          "snapshot.", [(None, node.storage.snapshot_meta.index
-                                         if node.storage.snapshot_meta else 0)]))
-        for name, key, text in (
-                ("proposals", "proposals", "Commands proposed by this node as leader."),
-                ("proposals_forwarded", "proposals_forwarded",
-                 "Commands other nodes forwarded to this node."),
-                ("proposals_dropped", "proposals_dropped",
-                 "Commands dropped by the core after losing leadership (never applied)."),
-                ("commits", "commits", "Log entries applied."),
-                ("commands_applied", "commands_applied", "Commands applied."),
-                ("duplicate_commands", "duplicates",
-                 "Retried commands answered from the session table."),
-                ("reads", "reads", "Queries served or attempted."),
-                ("stale_reads", "stale_reads", "Reads served from local state (stale)."),
-                ("lease_reads", "lease_reads", "Lease reads asked of this node as leader."),
-                ("lease_reads_served", "lease_reads_served",
-                 "Lease reads answered from the leader lease (no quorum round)."),
-                ("write_timeouts", "write_timeouts", "Writes answered 503/504 on timeout."),
-                ("role_changes", "role_changes", "Role or leader changes seen."),
-                ("snapshots_taken", "snapshots_taken", "Local snapshots written."),
-                ("snapshots_installed", "snapshots_installed",
-                 "Snapshots received from a leader and installed."),
-                ("readies", "readies", "Ready batches processed."),
-                ("fsyncs", "fsyncs", "WAL fsyncs (one per persisted Ready).")):
-            add(render_metric(f"paxoslog_{name}_total", "counter", text, [(None, stats[key])]))
-        add(["# HELP paxoslog_fsync_seconds Time to append and fsync one Ready.",
-             "# TYPE paxoslog_fsync_seconds histogram"])
-        add(node.fsync.lines("paxoslog_fsync_seconds"))
-        add(render_metric("paxoslog_peer_connected", "gauge",
-                          "1 when the peer connection is established.",
-                          [({"peer": n}, int(node.transport.connected(n)))
-                           for n in sorted(node.membership.peer_addresses())]))
-        for name, text in (("messages_sent", "Consensus messages sent to peers."),
-                           ("messages_received", "Consensus messages received from peers."),
-                           ("messages_dropped", "Messages dropped: no connection or a full "
-                                                "send queue."),
-                           ("frames_sent", "Peer frames written."),
-                           ("bytes_sent", "Peer bytes written."),
-                           ("malformed_frames", "Malformed peer frames or messages dropped."),
-                           ("frames_rejected", "Oversized peer frames (connection closed)."),
-                           ("handshake_failures", "Peer handshakes refused.")):
-            add(render_metric(f"paxoslog_peer_{name}_total", "counter", text,
-                              [(None, peers[name])]))
-        add(render_metric("paxoslog_http_requests_total", "counter", "HTTP responses by status.",
-                          [({"code": code}, count)
-                           for code, count in sorted(http.statuses.items())]))
-        add(render_metric("paxoslog_http_connections", "gauge", "Open HTTP connections.",
-                          [(None, len(http.connections))]))
-        add(render_metric("paxoslog_info", "gauge", "Static node information.",
-                          [({"node": node.node_id, "cluster": node.config.name,
-                             "protocol": node.protocol}, 1)]))
-        return (200, ("\n".join(lines) + "\n").encode(), _TEXT, ())
+        return (200, self.views.metrics().encode(), _TEXT, ())
 
 
 def _int_param(params: dict, name: str, lo: int, hi: int = (1 << 63) - 1) -> int:

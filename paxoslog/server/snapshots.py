@@ -18,14 +18,10 @@ file's path.  The core's next Ready carries the snapshot: the node persists it t
 ``storage.save(ready, snapshot_file=path)`` (verify, rename into snap/, WAL marker) and
 restores its state machines from it before applying anything after it.
 
-Restoring (``restore_installed``) builds fresh state machines and a fresh session table
-from the file on the snapshot thread, so a large snapshot never stalls the event loop
-(ticks, heartbeats); the node swaps them in on the reactor once they are complete.
+Restoring the state machines from the installed file happens in local_snapshots.py.
 """
 
 from __future__ import annotations
-
-import os
 
 from twisted.logger import Logger
 
@@ -37,78 +33,11 @@ from paxoslog.storage.snapshot import snapshot_name
 
 from . import frames as F
 
-__all__ = ["SnapshotShipper", "SnapshotFetcher", "restore_from_reader", "restore_installed",
-           "verify_states", "SnapshotRefused"]
+__all__ = ["SnapshotShipper", "SnapshotFetcher"]
 
 log = Logger(namespace="paxoslog.snapshots")
 
 STALL_S = 10.0   # an outgoing transfer without progress this long may be restarted
-
-
-class SnapshotRefused(Exception):
-    """A state machine's snapshot would not restore: it is not written (the log that
-    produced the state is kept, so the node stays restartable by replaying it)."""
-
-
-def verify_states(states: list, sessions: object, create, sessions_like) -> None:
-    """Restore every state machine's bytes in ``states`` ([(name, [chunks])]) into a fresh
-    instance from ``create(name)``, and the session table into ``sessions_like()``; raise
-    ``SnapshotRefused`` naming the first that fails.  On the snapshot thread: it costs one
-    restore, so that no applied command can make a snapshot every replica then fails to
-    read (a replica that cannot read its snapshot cannot restart)."""
-    import cbor2
-    for name, chunks in states:
-        try:
-            create(name).restore(b"".join(chunks))
-        except Exception as exc:
-            raise SnapshotRefused(f"state machine {name!r} would not restore from its own "
-                                  f"snapshot: {type(exc).__name__}: {exc}"[:500]) from None
-    try:
-        sessions_like().restore(cbor2.loads(cbor2.dumps(sessions)))
-    except Exception as exc:
-        raise SnapshotRefused(f"the session table would not restore from the snapshot: "
-                              f"{type(exc).__name__}: {exc}"[:500]) from None
-
-
-def restore_from_reader(reader: SnapshotReader, sms: dict, sessions) -> list[str]:
-    """Load every state machine in ``sms`` and the session table from ``reader``; a state
-    machine the snapshot does not hold is restored empty.  Returns the names the snapshot
-    holds that ``sms`` lacks (not enabled here; their data is skipped)."""
-    seen = set()
-    skipped = []
-    for name, chunks in reader.states():
-        sm = sms.get(name)
-        if sm is None:
-            skipped.append(name)
-            continue                        # states() drains the chunks left unread
-        sm.restore(b"".join(chunks))
-        seen.add(name)
-    for name, sm in sms.items():
-        if name not in seen:
-            sm.restore(b"")
-    sessions.restore(reader.sessions)
-    return skipped
-
-
-def restore_installed(storage, meta: SnapshotMeta, sms: dict,
-                      sessions) -> tuple[SnapshotMeta, list[str]]:
-    """On the snapshot thread: restore the fresh (not yet shared) ``sms`` and ``sessions``
-    from the installed snapshot ``meta``.  Returns (the snapshot's own meta, the names
-    skipped).  Falls back to the newest local snapshot when the file at ``meta`` is missing
-    (the store kept a snapshot at least as new instead); anything older cannot stand in
-    for ``meta`` (the log below ``meta`` is gone) and raises ``FileNotFoundError``."""
-    path = os.path.join(storage.snap_dir, snapshot_name(meta.index, meta.term))
-    if not os.path.exists(path):
-        latest = storage.latest_snapshot()
-        if latest is None or latest.index < meta.index:
-            raise FileNotFoundError(f"{path}: the installed snapshot is missing")
-        path = latest.path
-    with SnapshotReader(path) as reader:
-        if reader.meta.index < meta.index:
-            raise FileNotFoundError(f"{path} covers index {reader.meta.index}, not "
-                                    f"{meta.index}")
-        skipped = restore_from_reader(reader, sms, sessions)
-        return reader.meta, skipped
 
 
 class _Outgoing:
@@ -122,26 +51,30 @@ class _Outgoing:
 
 
 class SnapshotShipper:
-    """Leader side: one outgoing transfer per follower."""
+    """Leader side: one outgoing transfer per follower.  ``storage`` finds the local
+    snapshot files, ``writer`` opens them on its snapshot thread, ``transport`` sends."""
 
-    def __init__(self, node) -> None:
-        self.node = node
+    def __init__(self, storage, writer, transport, reactor, chunk_bytes: int) -> None:
+        self.storage = storage
+        self.writer = writer
+        self.transport = transport
+        self.reactor = reactor
+        self.chunk_bytes = chunk_bytes
         self._outgoing: dict[int, _Outgoing] = {}
         self.sent_chunks = 0
 
     def offer(self, msg: InstallSnapshot) -> None:
-        node = self.node
         peer = msg.to
-        now = node.reactor.seconds()
+        now = self.reactor.seconds()
         current = self._outgoing.get(peer)
         if (current is not None and current.message.index == msg.index
                 and now - current.last_progress < STALL_S):
             return                                  # already under way
-        found = node.storage.find_snapshot(msg.index, msg.snap_term)
+        found = self.storage.find_snapshot(msg.index, msg.snap_term)
         if found is None:
             # Pruned meanwhile (a newer snapshot was just taken and the core has not been
             # compacted past this one yet): the core sends InstallSnapshot again later.
-            latest = node.storage.latest_snapshot()
+            latest = self.storage.latest_snapshot()
             log.warn("cannot send snapshot {index} (term {term}) to node {peer}: no such "
                      "local snapshot file (newest is {latest}); the core will retry",
                      index=msg.index, term=msg.snap_term, peer=peer,
@@ -151,15 +84,15 @@ class SnapshotShipper:
         outgoing = self._outgoing[peer] = _Outgoing(msg, found.path, now)
         log.info("sending snapshot at index {index} to node {peer}", index=msg.index, peer=peer)
         meta = SnapshotMeta(msg.index, msg.snap_term, msg.config)
-        d = node.writer.in_snapshot_thread(SnapshotSender, found.path, meta,
-                                           node.config.snapshot.chunk_bytes)
+        d = self.writer.in_snapshot_thread(SnapshotSender, found.path, meta,
+                                           self.chunk_bytes)
 
         def ready(sender: SnapshotSender) -> None:
             if self._outgoing.get(peer) is not outgoing:
                 sender.close()
                 return
             outgoing.sender = sender
-            if not node.transport.send_frame(peer, [F.SNAP_OFFER, to_wire(msg),
+            if not self.transport.send_frame(peer, [F.SNAP_OFFER, to_wire(msg),
                                                     sender.offer.to_wire()]):
                 self._drop(peer)
 
@@ -188,7 +121,7 @@ class SnapshotShipper:
         sender = outgoing.sender
         if transfer_id != sender.offer.transfer_id or type(offset) is not int:
             return
-        outgoing.last_progress = self.node.reactor.seconds()
+        outgoing.last_progress = self.reactor.seconds()
         if offset >= sender.offer.total_bytes:
             return
         try:
@@ -198,7 +131,7 @@ class SnapshotShipper:
             self._drop(peer)
             return
         self.sent_chunks += 1
-        self.node.transport.send_frame(peer, [F.SNAP_CHUNK, chunk.to_wire()])
+        self.transport.send_frame(peer, [F.SNAP_CHUNK, chunk.to_wire()])
 
     def on_done(self, peer: int, payload: list) -> None:
         _, transfer_id, ok, reason = payload
@@ -220,10 +153,15 @@ class SnapshotShipper:
 
 
 class SnapshotFetcher:
-    """Follower side: one incoming transfer at a time."""
+    """Follower side: one incoming transfer at a time.  Files are assembled under
+    ``transfer_dir``; ``deliver(message, path)`` hands a complete one to the node."""
 
-    def __init__(self, node) -> None:
-        self.node = node
+    def __init__(self, node_id: int, transfer_dir: str, writer, transport, deliver) -> None:
+        self.node_id = node_id
+        self.transfer_dir = transfer_dir
+        self.writer = writer
+        self.transport = transport
+        self.deliver = deliver
         self._peer: int | None = None
         self._message: InstallSnapshot | None = None
         self._receiver: SnapshotReceiver | None = None
@@ -233,15 +171,14 @@ class SnapshotFetcher:
     def on_offer(self, peer: int, payload: list) -> None:
         _, msg_wire, offer_wire = payload
         msg = from_wire(msg_wire)
-        node = self.node
-        if type(msg) is not InstallSnapshot or msg.frm != peer or msg.to != node.node_id:
+        if type(msg) is not InstallSnapshot or msg.frm != peer or msg.to != self.node_id:
             raise ValueError("the offer does not carry an InstallSnapshot for this node")
         offer = SnapshotOffer.from_wire(offer_wire)
         if self._finishing:
             return
         receiver = self._receiver
         if receiver is None or receiver.offer != offer:
-            receiver = SnapshotReceiver(node.storage.transfer_dir, offer)
+            receiver = SnapshotReceiver(self.transfer_dir, offer)
             log.info("receiving snapshot at index {index} ({size} bytes) from node {peer}",
                      index=offer.index, size=offer.total_bytes, peer=peer)
         self._peer, self._message, self._receiver = peer, msg, receiver
@@ -267,21 +204,21 @@ class SnapshotFetcher:
             self._want(receiver.next_offset)
 
     def _want(self, offset: int) -> None:
-        self.node.transport.send_frame(self._peer, [F.SNAP_WANT,
+        self.transport.send_frame(self._peer, [F.SNAP_WANT,
                                                     self._receiver.offer.transfer_id, offset])
 
     def _finish(self) -> None:
         self._finishing = True
         receiver, peer, msg = self._receiver, self._peer, self._message
-        d = self.node.writer.in_snapshot_thread(receiver.finish)
+        d = self.writer.in_snapshot_thread(receiver.finish)
 
         def done(path: str) -> None:
             self._finishing = False
             self._receiver = None
             self.received += 1
-            self.node.transport.send_frame(peer, [F.SNAP_DONE, receiver.offer.transfer_id,
+            self.transport.send_frame(peer, [F.SNAP_DONE, receiver.offer.transfer_id,
                                                   True, ""])
-            self.node.install_received_snapshot(msg, path)
+            self.deliver(msg, path)
 
         def failed(failure) -> None:
             self._finishing = False
@@ -292,6 +229,6 @@ class SnapshotFetcher:
                 return
             log.failure("cannot finish the snapshot from node {peer}", failure, peer=peer)
             self._receiver = None
-            self.node.transport.send_frame(peer, [F.SNAP_DONE, receiver.offer.transfer_id,
+            self.transport.send_frame(peer, [F.SNAP_DONE, receiver.offer.transfer_id,
                                                   False, str(failure.value)[:200]])
         d.addCallbacks(done, failed)

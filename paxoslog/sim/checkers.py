@@ -47,15 +47,15 @@ def check_agreement(sim: "Simulation", node_id: int, entry: Entry) -> None:
                  f"{value!r:.200} but another replica applied {first!r:.200}")
 
 
-def check_executed_once(sim: "Simulation", node_id: int, index: int, command: list) -> None:
-    """The state machine of ``node_id`` executed ``command`` (not a deduplicated retry)
-    at log index ``index``."""
-    operation = (command[0], command[1])
-    first = sim.executions.setdefault(operation, index)
-    if first != index:
-        sim.fail(f"client {operation[0]} sequence {operation[1]} ({command[2]} "
-                 f"{command[3]!r}) executed twice: at index {first} and again at index "
-                 f"{index} (node {node_id})")
+def check_executed_once(sim: "Simulation", node_id: int, outcome) -> None:
+    """The state machine of ``node_id`` executed a client command (``outcome``: a
+    CommandApplied that was not a deduplicated retry) at log index ``outcome.index``."""
+    first = sim.executions.setdefault(outcome.key, outcome.index)
+    if first != outcome.index:
+        command = outcome.command or {}
+        sim.fail(f"client {outcome.key[0]} sequence {outcome.key[1]} ({command.get('op')} "
+                 f"{command.get('key')!r}) executed twice: at index {first} and again at "
+                 f"index {outcome.index} (node {node_id})")
 
 
 def check_lease_holder(sim: "Simulation", node) -> None:

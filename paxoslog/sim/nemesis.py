@@ -87,14 +87,8 @@ class Nemesis:
 
     def _resume(self, node) -> None:
         if node.paused and node.alive:
-            node.paused = False
-            if self.sim.options.tick_catch_up:
-                node.catch_up_ticks()
-            held, node.held = node.held, []
-            for msg in held:
-                self.sim.schedule(self.rng.uniform(0, 1.0), self.sim._deliver, msg)
+            node.resume()
             self._record(f"resume {node.node_id}")
-            node.pump()
 
     def _partition(self) -> None:
         sim = self.sim
@@ -115,7 +109,7 @@ class Nemesis:
         node = self._victim()
         if node is None:
             return
-        node.disk.store.fail_next_sync()
+        node.disk.fail_next_sync()
         self._record(f"fsync-eio armed on {node.node_id}")
 
     def _bitflip(self) -> None:
@@ -128,7 +122,7 @@ class Nemesis:
             return
         index = self.rng.randint(max(1, node.applied - 20), node.applied)
         try:
-            node.disk.store.flip_bit(index, self.rng.randrange(8))
+            node.disk.flip_bit(index, self.rng.randrange(8))
         except KeyError:
             return
         node.crash()

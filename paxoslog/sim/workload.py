@@ -1,9 +1,12 @@
 """Concurrent key-value clients whose operations may time out (indeterminate outcome).
 
 Each client runs one operation at a time: put, get, delete or cas, on a few keys, with
-unique written values.  A NotLeader or a dropped proposal is a definite "not executed" and
-is retried at the hinted leader (the operation keeps its invocation time); a crash of the
-serving node or a timeout makes the operation indeterminate, as in Jepsen/Porcupine.
+unique written values, sent to a node as the server's API would hand it to the node
+driver: a kv command validated and encoded by the production codec with the client's
+(client_id, sequence), or a kv query with a consistency.  The node answers like the API:
+200 (the result), 404 (an absent key), 503 (definitely not applied: retried at the hinted
+leader, keeping the invocation time), 504 (outcome unknown).  A crash of the serving node,
+a 504 or a timeout makes an operation indeterminate, as in Jepsen/Porcupine.
 
 Profile features (off by default):
 
@@ -22,14 +25,12 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from ..core.errors import Busy, NotLeader
-from .kvmodel import encode_command
 from .linearizability import Operation
 
 if TYPE_CHECKING:
     from .cluster import Simulation
 
-__all__ = ["Workload", "Request"]
+__all__ = ["Workload", "Request", "Attempt"]
 
 PROBE_CLIENT = 0
 
@@ -50,6 +51,17 @@ class Request:
         self.attempt_node = None
         self.seq = op_id      # the sequence in the command (per client with sessions)
         self.chain = 0        # sessions: each retry starts a new chain of attempts
+
+
+class Attempt:
+    """One try of a request at one node (the handle the node answers to)."""
+
+    __slots__ = ("request", "chain", "node")
+
+    def __init__(self, request: Request, chain: int, node: int) -> None:
+        self.request = request
+        self.chain = chain
+        self.node = node
 
 
 class Workload:
@@ -134,30 +146,52 @@ class Workload:
             self.sim.schedule(self.rng.uniform(1.0, 10.0), self._attempt, request, chain)
             return
         request.attempt_node = node.node_id
-        try:
-            if request.kind == "get":
-                point = None
-                if self.sim.options.lease_reads:
-                    point = node.replica.lease_read_index()
-                if point is not None:
-                    node.serve_lease_read(request, point)
-                else:
-                    node.replica.read_index(request)
-            else:
-                command = encode_command(request.client, request.seq, request.kind,
-                                         request.key, request.value, request.expected)
-                node.replica.propose([command])
-                node.pending[(request.client, request.seq)] = request
-        except NotLeader as exc:
-            self.leader_hint = exc.leader_hint
+        attempt = Attempt(request, chain, node.node_id)
+        if request.kind == "get":
+            consistency = "lease" if self.sim.options.lease_reads else "linearizable"
+            payload = ("read", ({"key": request.key}, consistency))
+        else:
+            fields = {"op": request.kind, "key": request.key}
+            if request.kind in ("put", "cas"):
+                fields["value"] = request.value
+            if request.kind == "cas":
+                fields["expected"] = request.expected
+            client_id = f"c{request.client}"
+            data = node.driver.machines.encode_write("kv", fields, client_id, request.seq,
+                                                    ts=int(self.sim.now))
+            payload = ("write", ((client_id, request.seq), data))
+        if not node.client_request(attempt, *payload):
+            # Connection refused: definitely not sent; try elsewhere.
             self.sim.schedule(self.rng.uniform(1.0, 10.0), self._attempt, request, chain)
+
+    def reply(self, attempt: Attempt, node: int, status: int, body: dict) -> None:
+        """A node answered an attempt, as the HTTP API would."""
+        request = attempt.request
+        if request.done:
             return
-        except Busy:
-            self.sim.schedule(self.rng.uniform(5.0, 20.0), self._attempt, request, chain)
-            return
-        self.leader_hint = node.node_id
-        self.sim.after_step(node)
-        node.pump()
+        if status == 200:
+            self.leader_hint = body.get("leader", self.leader_hint)
+            if request.kind == "get":
+                result = body.get("value")
+            elif request.kind == "cas":
+                result = bool(body["result"].get("succeeded"))
+            else:
+                result = None
+            self.complete(request, result)
+        elif status == 404 and request.kind == "get":
+            self.complete(request, None)
+        elif status == 503:
+            hint = body.get("leader")
+            self.leader_hint = hint if hint in self.sim.nodes else None
+            if attempt.chain == request.chain:
+                self.fail(request)
+        elif status == 504:
+            if not self.sim.options.sessions:
+                self._finish(request, self._op(request, None, None))
+            # with sessions the client's own timer retries the same sequence
+        else:
+            self.sim.fail(f"unexpected answer {status} {body!r:.200} to {request.kind} "
+                          f"{request.key!r} from node {node}")
 
     def _finish(self, request: Request, op: Operation | None) -> None:
         if request.done:
@@ -203,10 +237,11 @@ class Workload:
             return
         self.sim.schedule(self.rng.uniform(1.0, 10.0), self._attempt, request, request.chain)
 
-    def lose(self, request: Request) -> None:
+    def lose(self, attempt: Attempt) -> None:
         """The serving node crashed: the outcome is unknown.  With sessions the client just
         sees no reply: its attempt timer retries."""
-        if request.done or self.sim.options.sessions:
+        request = attempt.request
+        if request.done or self.sim.options.sessions or attempt.chain != request.chain:
             return
         self._finish(request, self._op(request, None, None))
 

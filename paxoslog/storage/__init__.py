@@ -11,7 +11,7 @@ from .errors import (CorruptLog, CorruptSnapshot, DataDirLocked, MetaMismatch, S
 from .memory import MemoryStorage
 from .meta import FORMAT_VERSION, Meta, ensure_meta, read_meta
 from .options import StorageOptions
-from .snapshot import (SnapshotFile, SnapshotInfo, SnapshotPolicy, SnapshotReader, SnapshotStore,
+from .snapshot import (SnapshotFile, SnapshotInfo, SnapshotReader, SnapshotStore,
                        encode_snapshot_bytes, verify_snapshot, write_snapshot)
 from .transfer import (CHUNK_BYTES_DEFAULT, BadChunk, SnapshotChunk, SnapshotOffer,
                        SnapshotReceiver, SnapshotSender, TransferFailed)
@@ -22,7 +22,7 @@ __all__ = [
     "StorageError", "CorruptLog", "CorruptSnapshot", "StorageIOError", "MetaMismatch",
     "DataDirLocked", "SnapshotUnavailable",
     "Meta", "FORMAT_VERSION", "ensure_meta", "read_meta",
-    "SnapshotPolicy", "SnapshotReader", "SnapshotStore", "SnapshotFile", "SnapshotInfo",
+    "SnapshotReader", "SnapshotStore", "SnapshotFile", "SnapshotInfo",
     "write_snapshot", "verify_snapshot", "encode_snapshot_bytes",
     "SnapshotOffer", "SnapshotChunk", "SnapshotSender", "SnapshotReceiver", "BadChunk",
     "TransferFailed", "CHUNK_BYTES_DEFAULT",

@@ -286,6 +286,21 @@ class MemoryStorage:
         self._snapshots[position] = (meta, bytes(data))
         return meta
 
+    def compaction_point(self, taken: SnapshotMeta) -> SnapshotMeta | None:
+        """As ``DiskStorage.compaction_point``: with ``snapshot_keep`` >= 2 the newest kept
+        snapshot before ``taken`` (None when there is none yet); else ``taken``."""
+        if self.options.snapshot_keep < 2:
+            return taken
+        earlier = [meta for meta, _ in self._snapshots if meta.index < taken.index]
+        return earlier[-1] if earlier else None
+
+    def find_snapshot(self, index: int, term: int) -> bytes | None:
+        """The kept snapshot file at (index, term), as bytes; None when not kept."""
+        for meta, blob in self._snapshots:
+            if (meta.index, meta.term) == (index, term):
+                return blob
+        return None
+
     # ------------------------------------------------------------------ introspection
 
     def latest_snapshot(self) -> tuple[SnapshotMeta, bytes] | None:

@@ -8,7 +8,7 @@ import random
 
 import pytest
 
-from paxoslog.server.sessions import DUPLICATE, NEW, STALE, SessionTable
+from paxoslog.node.sessions import DUPLICATE, NEW, STALE, SessionTable
 from statemachines import BadCommand, snapshot_producer
 from statemachines.kv import KVStateMachine
 

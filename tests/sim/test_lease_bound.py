@@ -17,13 +17,15 @@ from paxoslog.sim.cluster import SimOptions, Simulation
 
 # lease-beyond runs whose history the linearizability checker rejects when the lease-holder
 # check is left out, as (seed, nodes) per protocol.  Raft: most seeds qualify.  Multi-Paxos:
-# few (its leader serves no lease read while one of its own proposals is unchosen, and an
-# isolated leader's proposals stay so); found among the 48 of 2000 lease-beyond runs that
-# failed the holder check at commit 822720d.  Core changes move trajectories, so the test
-# asks for a majority of each list, not every seed.
+# fewer (its leader serves no lease read while one of its own proposals is unchosen, and an
+# isolated leader's proposals stay so).  Re-found when the simulator moved onto the
+# production node driver (the schedules changed); the seeds pinned before were
+# [(0, 3), (3, 3), (7, 3), (0, 5), (4, 5)] (Raft) and [(14, 5), (41, 5), (103, 5),
+# (212, 5), (261, 5)] (Multi-Paxos).  Core changes move trajectories, so the test asks for
+# a majority of each list, not every seed.
 STALE_LEASE_SEEDS = {
-    "raft": [(0, 3), (3, 3), (7, 3), (0, 5), (4, 5)],
-    "multipaxos": [(14, 5), (41, 5), (103, 5), (212, 5), (261, 5)],
+    "raft": [(7, 3), (13, 3), (15, 3), (6, 5), (7, 5)],
+    "multipaxos": [(20, 3), (39, 3), (86, 3), (14, 5), (30, 5)],
 }
 REFIND = ("find new seeds: python -m paxoslog.sim --profile lease-beyond --protocol {0} "
           "--seeds 300, then keep those that still fail with options.lease_holder_check off")

@@ -27,7 +27,7 @@ def test_storage_faults_keep_every_checker_green(protocol):
         sim = Simulation(50_000 + seed, _options(50_000 + seed, protocol)).run()
         for key in ("fsync_failures", "corruption_detected", "bitflips"):
             totals[key] += sim.stats.get(key, 0)
-        totals["torn"] += sum(n.disk.store.torn is not None for n in sim.nodes.values())
+        totals["torn"] += sum(n.disk.torn is not None for n in sim.nodes.values())
         # Every flipped bit was detected at restart (no node runs on a damaged log).
         assert sim.stats.get("corruption_detected", 0) == sim.stats.get("bitflips", 0)
     assert totals["fsync_failures"] > 0, totals

@@ -13,7 +13,8 @@ from paxoslog.core.quorum import Config
 from paxoslog.storage import failpoints
 from paxoslog.storage.errors import CorruptSnapshot, StorageIOError
 from paxoslog.storage.failpoints import FailpointPanic
-from paxoslog.storage.snapshot import (SnapshotPolicy, SnapshotReader, SnapshotStore,
+from paxoslog.node.policy import SnapshotPolicy
+from paxoslog.storage.snapshot import (SnapshotReader, SnapshotStore,
                                        encode_snapshot_bytes, snapshot_name, verify_snapshot,
                                        write_snapshot)
 
@@ -170,4 +171,8 @@ def test_policy_triggers_on_entries_or_bytes_whichever_first():
     assert policy.due
     policy.started()
     policy.failed()
+    assert not policy.due                  # a failed snapshot waits another threshold
+    policy.note_applied(251, 1)
+    assert not policy.due
+    policy.note_applied(252, 1)
     assert policy.due

@@ -22,9 +22,9 @@ from paxoslog.core.log import ENTRY_NORMAL, Entry, HardState, SnapshotMeta
 from paxoslog.core.messages import InstallSnapshotReply
 from paxoslog.core.quorum import Config
 from paxoslog.core.ready import Ready
-from paxoslog.server.commands import encode_command
+from paxoslog.node.commands import encode_command
 from paxoslog.server.node import NodeService
-from paxoslog.server.sessions import SessionTable
+from paxoslog.node.sessions import SessionTable
 from paxoslog.storage import (DiskStorage, SnapshotPolicy, StorageOptions,
                               encode_snapshot_bytes)
 from statemachines.counter import CounterStateMachine

@@ -68,6 +68,11 @@ def shipper_node(storage):
     return node
 
 
+def make_shipper(node) -> SnapshotShipper:
+    return SnapshotShipper(node.storage, node.writer, node.transport, node.reactor,
+                           node.config.snapshot.chunk_bytes)
+
+
 def big_state(tag: bytes):
     return [("kv", [bytes((i * 7 + tag[0]) % 251 for i in range(20_000))])]
 
@@ -81,7 +86,7 @@ def test_shipper_sends_the_kept_snapshot_the_core_names_even_when_pruned_mid_tra
                            (newer, big_state(b"b"), None))
     original = open(storage.find_snapshot(100, 1).path, "rb").read()
     node = shipper_node(storage)
-    shipper = SnapshotShipper(node)
+    shipper = make_shipper(node)
     shipper.offer(InstallSnapshot(1, 3, 5, 100, 1, CONFIG, b""))
     (peer, frame), = node.transport.frames
     assert peer == 3 and frame[0] == F.SNAP_OFFER
@@ -109,7 +114,7 @@ def test_shipper_skips_a_pruned_snapshot_without_crashing(tmp_path):
                            (SnapshotMeta(200, 1, CONFIG), big_state(b"b"), None),
                            (SnapshotMeta(300, 1, CONFIG), big_state(b"c"), None))
     node = shipper_node(storage)
-    shipper = SnapshotShipper(node)
+    shipper = make_shipper(node)
     shipper.offer(InstallSnapshot(1, 3, 5, 100, 1, CONFIG, b""))     # pruned
     shipper.offer(InstallSnapshot(1, 3, 5, 200, 2, CONFIG, b""))     # wrong term
     assert node.transport.frames == [] and shipper.active == 0
@@ -126,7 +131,7 @@ def test_shipper_survives_the_file_vanishing_before_it_is_opened(tmp_path):
     storage = storage_with(tmp_path, (SnapshotMeta(100, 1, CONFIG), big_state(b"a"), None))
     node = shipper_node(storage)
     node.writer = writer = QueuedWriter()
-    shipper = SnapshotShipper(node)
+    shipper = make_shipper(node)
     kept = storage.find_snapshot(100, 1)
     gone = SnapshotFile(100, 1, kept.path + ".pruned")          # what a prune leaves behind
     storage.find_snapshot = lambda index, term: gone

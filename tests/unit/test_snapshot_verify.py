@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from paxoslog.server.sessions import SessionTable
-from paxoslog.server.snapshots import SnapshotRefused, verify_states
+from paxoslog.node.sessions import SessionTable
+from paxoslog.server.local_snapshots import SnapshotRefused, verify_states
 from statemachines.kv import KVStateMachine
 
 

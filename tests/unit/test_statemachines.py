@@ -141,17 +141,11 @@ def test_counter_snapshot_is_deterministic_and_restores():
         c.restore(b"\xff\x00")
 
 
-def _node_with(sms: dict):
-    """Just enough of a NodeService for validate_command and _apply_command."""
-    from paxoslog.server.node import NodeService
-    from paxoslog.server.sessions import SessionTable
-    node = NodeService.__new__(NodeService)
-    node.protocol = "multipaxos"
-    node.sms = sms
-    node.sessions = SessionTable()
-    node.stats = {"commands_applied": 0, "duplicates": 0}
-    node._waiters = {}
-    return node
+def _machines(sms: dict):
+    """The node's state machines and session table (Multi-Paxos: terms not recorded)."""
+    from paxoslog.node.machines import StateMachines
+    from paxoslog.node.sessions import SessionTable
+    return StateMachines(sms, SessionTable(), create=lambda name: None, record_terms=False)
 
 
 class _Raising:
@@ -178,33 +172,33 @@ class _Raising:
 
 
 def test_node_validates_commands_through_validate_or_ops():
-    node = _node_with({"counter": CounterStateMachine(), "boom": _Raising()})
-    assert node.validate_command({"sm": "counter", "op": "add", "name": "a",
+    """A command is checked by its state machine's validate, else its ops list."""
+    node = _machines({"counter": CounterStateMachine(), "boom": _Raising()})
+    assert node.validate({"sm": "counter", "op": "add", "name": "a",
                                   "client_id": "c", "sequence": 1}) == {
         "op": "add", "name": "a", "delta": 1}
     with pytest.raises(BadCommand, match="unknown state machine"):
-        node.validate_command({"sm": "nope", "op": "x"})
+        node.validate({"sm": "nope", "op": "x"})
     with pytest.raises(BadCommand, match="unknown op 'melt' for state machine 'boom'"):
-        node.validate_command({"sm": "boom", "op": "melt"})
-    assert node.validate_command({"sm": "boom", "op": "fine", "x": 1}) == {"op": "fine",
+        node.validate({"sm": "boom", "op": "melt"})
+    assert node.validate({"sm": "boom", "op": "fine", "x": 1}) == {"op": "fine",
                                                                            "x": 1}
 
 
 def test_a_raising_state_machine_gives_an_identical_error_result_and_apply_goes_on():
     """Two replicas applying the same commands, one of which raises, record the same error
     result in the session table and go on applying the next command."""
-    from paxoslog.core.log import ENTRY_NORMAL, Entry
-    from paxoslog.server.commands import encode_command
+    from paxoslog.node.commands import encode_command
     results = []
     for _ in range(2):
         sm = _Raising()
-        node = _node_with({"boom": sm})
-        commands = [encode_command("boom", {"op": "fine"}, "c", 1),
-                    encode_command("boom", {"op": "explode"}, "c", 2),
-                    encode_command("nosuch", {"op": "fine"}, "c", 3),
-                    encode_command("boom", {"op": "fine"}, "c", 4)]
+        node = _machines({"boom": sm})
+        commands = [encode_command("boom", {"op": "fine"}, "c", 1, ts=1),
+                    encode_command("boom", {"op": "explode"}, "c", 2, ts=1),
+                    encode_command("nosuch", {"op": "fine"}, "c", 3, ts=1),
+                    encode_command("boom", {"op": "fine"}, "c", 4, ts=1)]
         for index, data in enumerate(commands, 1):
-            node._apply_command(Entry(index, 1, ENTRY_NORMAL, (data,)), data)
+            node.apply_command(index, 1, data)
         assert sm.applied == [1, 4]
         results.append([node.sessions.lookup("c", seq)[1] for seq in (1, 2, 3, 4)])
     assert results[0] == results[1]

@@ -12,22 +12,20 @@ decoding never trusts the bytes: a command that does not decode to a map with a 
 
 from __future__ import annotations
 
-import time
-
 import cbor2
 
-__all__ = ["encode_command", "decode_command", "CLIENT_ID_CHARS_MAX"]
+__all__ = ["encode_command", "decode_command", "command_key", "CLIENT_ID_CHARS_MAX"]
 
 CLIENT_ID_CHARS_MAX = 128
 
 
-def encode_command(sm: str, fields: dict, client_id: str, sequence: int,
-                   ts: int | None = None) -> bytes:
+def encode_command(sm: str, fields: dict, client_id: str, sequence: int, ts: int) -> bytes:
+    """``ts``: the encoding node's wall clock in ms (the caller reads the clock)."""
     command = {"sm": sm}
     command.update(fields)
     command["client_id"] = client_id
     command["sequence"] = sequence
-    command["ts"] = int(time.time() * 1000) if ts is None else ts
+    command["ts"] = ts
     return cbor2.dumps(command)
 
 
@@ -38,3 +36,12 @@ def decode_command(data: bytes) -> dict | None:
     except Exception:  # cbor2 raises several types on garbage
         return None
     return command if isinstance(command, dict) else None
+
+
+def command_key(command: dict) -> tuple[str, int] | None:
+    """The command's (client_id, sequence), or None when it carries no valid pair."""
+    client_id = command.get("client_id")
+    sequence = command.get("sequence")
+    if type(client_id) is str and type(sequence) is int:
+        return (client_id, sequence)
+    return None

@@ -1,0 +1,208 @@
+"""``AddressBook``: where every member is (node id -> peer and API addresses), and whether
+this node itself was removed.
+
+The initial members come from the conf; every node added later has a row in the internal
+``membership`` state machine (the seed's cluster_members table), written through the log
+before the configuration entry that makes it a learner, so every replica knows where to
+reach a node before it has to send to it.  The book follows the applied rows and
+configurations (``row_applied``, ``config_applied``, ``restored``), keeps members.json up
+to date and tells the peer transport whom to dial.
+
+A node that applies a final configuration without some member tells it so (a ``REMOVED``
+frame on the authenticated peer connection) and stops dialing it.  A removed node (it
+applied a configuration without itself, or a member told it) writes ``removed_at`` into
+members.json, stops serving and exits; it never starts again on that data directory.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+from twisted.logger import Logger
+
+from paxoslog.config import parse_address
+from paxoslog.core.quorum import Config
+
+from . import frames as F
+from .members_file import MembersFile, NodeAddresses, RemovedNode
+
+__all__ = ["AddressBook"]
+
+log = Logger(namespace="paxoslog.membership")
+
+_EXIT_DELAY_S = 1.0
+
+
+class AddressBook:
+    """``rows()``: the membership table's rows; ``current_config()``: the replica's latest
+    configuration; ``transport``: set_peers / send_frame / disconnect."""
+
+    def __init__(self, config, node_id: int, transport, reactor,
+                 rows: Callable[[], list], current_config: Callable[[], Config]) -> None:
+        self.cluster = config.name
+        self.node_id = node_id
+        self.transport = transport
+        self.reactor = reactor
+        self.rows = rows
+        self.current_config = current_config
+        self.file = MembersFile(config.node(node_id).data_dir)
+        self.bootstrap: frozenset[int] = frozenset(config.node_ids)
+        self.book: dict[int, NodeAddresses] = {
+            n.id: NodeAddresses(n.peer, n.api) for n in config.nodes}
+        self.removed_ids: set[int] = set()
+        self.removed_at: int | None = None
+        self.on_removed: Callable[[int], None] | None = None   # the CLI exits
+        self._told: set[int] = set()
+
+    # ------------------------------------------------------------------ startup
+
+    def load(self) -> None:
+        """Read members.json (before the replica is created).  Raises ``RemovedNode`` when
+        this node was removed, ValueError when the file is damaged."""
+        data = self.file.read()
+        if data is None:
+            # First start (or data from before members.json): the conf's nodes are the
+            # initial voters; write them down so a later edit of the conf (adding a node
+            # that joined) does not change this node's idea of the initial configuration.
+            self._persist()
+            return
+        if data["cluster"] not in (None, self.cluster):
+            raise ValueError(f"{self.file.path}: written for cluster {data['cluster']!r}, "
+                             f"the conf says {self.cluster!r}")
+        self.bootstrap = data["bootstrap_voters"]
+        me = self.book.get(self.node_id)
+        book = dict(data["nodes"])
+        if me is not None:
+            book[self.node_id] = me           # our own addresses: the conf is right
+        if self.node_id not in self.bootstrap:
+            # A node that joined: the conf's other nodes are not necessarily members.
+            self.book = book
+        else:
+            self.book.update(book)
+        self.removed_at = data["removed_at"]
+        if self.removed_at is not None:
+            raise RemovedNode(f"node {self.node_id} was removed from cluster "
+                              f"{self.cluster!r} at index {self.removed_at} "
+                              f"(see {self.file.path}); it cannot serve again: start a new "
+                              f"node with a new id and an empty data directory, with --join")
+
+    def bootstrap_config(self) -> Config:
+        return Config(self.bootstrap)
+
+    def peer_addresses(self) -> dict[int, NodeAddresses]:
+        """Every node this node should be connected to (itself excluded)."""
+        return {n: a for n, a in self.book.items()
+                if n != self.node_id and n not in self.removed_ids}
+
+    def api_address(self, node_id: int) -> str | None:
+        entry = self.book.get(node_id)
+        return str(entry.api) if entry is not None and entry.api is not None else None
+
+    def _persist(self) -> None:
+        try:
+            self.file.write(self.cluster, self.bootstrap, self.book, self.removed_at)
+        except OSError as exc:
+            log.error("cannot write {path}: {error}", path=self.file.path, error=exc)
+
+    def started(self) -> None:
+        """The state machines were loaded (snapshot, then the log replays): follow the
+        restored table and start dialing."""
+        for row in self.rows():
+            self.row_applied(row)
+        self.sync_transport()
+
+    def sync_transport(self) -> None:
+        self.transport.bootstrap = sorted(self.bootstrap)
+        self.transport.set_peers(self.peer_addresses(), frozenset(self.removed_ids))
+
+    # ------------------------------------------------------------------ applied state
+
+    def row_applied(self, row: object) -> None:
+        """The membership state machine applied a command with this result."""
+        if not isinstance(row, dict) or "error" in row:
+            return
+        node_id = row.get("node_id")
+        if type(node_id) is not int:
+            return
+        changed = False
+        if row.get("status") == "removed":
+            if node_id not in self.removed_ids:
+                self.removed_ids.add(node_id)
+                changed = True
+        else:
+            try:
+                entry = NodeAddresses(parse_address(row["address"]),
+                                      parse_address(row["api"]) if row.get("api") else None)
+            except (KeyError, ValueError):
+                return
+            if node_id == self.node_id:
+                return                           # our own addresses come from our conf
+            if self.book.get(node_id) != entry:
+                self.book[node_id] = entry
+                changed = True
+            self.removed_ids.discard(node_id)
+        if changed:
+            self._persist()
+            self.sync_transport()
+
+    def restored(self, config: Config, index: int, old: Config) -> None:
+        """A snapshot replaced the state: rebuild from its membership table and its
+        configuration."""
+        for row in self.rows():
+            self.row_applied(row)
+        if config != old:
+            self.config_applied(old, config, index)
+
+    def config_applied(self, old: Config, new: Config, index: int) -> None:
+        """A configuration entry was applied (it is committed)."""
+        if new.joint:
+            return
+        gone = old.members - new.members
+        if self.node_id in gone or (self.node_id in old.members
+                                    and self.node_id not in new.members):
+            self.mark_removed(index, "the configuration without it was committed")
+            return
+        for peer in gone:
+            self.tell_removed(peer, index)
+
+    def tell_removed(self, peer: int, index: int) -> None:
+        if (self.transport.send_frame(peer, [F.REMOVED, self.cluster, index])
+                and peer not in self._told):
+            self._told.add(peer)           # it may redial a few times before it exits
+            log.info("told node {peer} it was removed (index {index})", peer=peer, index=index)
+
+    def peer_up(self, peer: int) -> None:
+        """An authenticated peer connected: a removed one learns it was removed."""
+        if peer in self.removed_ids:
+            row = next((r for r in self.rows() if r.get("node_id") == peer), None)
+            self.tell_removed(peer, (row or {}).get("removed_at_index") or 0)
+            self.transport.disconnect(peer)
+
+    def removed_frame(self, peer: int, payload: list) -> None:
+        _, cluster, index = payload
+        if cluster != self.cluster or type(index) is not int:
+            raise ValueError("bad removed frame")
+        config = self.current_config()
+        if self.node_id in config.all_voters and peer not in config.members:
+            return        # from a node that is itself not a member in our view: ignore
+        self.mark_removed(index, f"node {peer} says so")
+
+    def mark_removed(self, index: int, why: str) -> None:
+        if self.removed_at is not None:
+            return
+        self.removed_at = max(index, 1)
+        log.warn("this node ({node}) was removed from the cluster at index {index} ({why}); "
+                 "it stops serving", node=self.node_id, index=index, why=why)
+        self._persist()
+        if self.on_removed is not None:
+            # Stop serving at once (the API answers 410), exit a little later: replies this
+            # node still relays (e.g. the remove request it forwarded) get out first.
+            self.reactor.callLater(_EXIT_DELAY_S, self.on_removed, self.removed_at)
+
+    @property
+    def removed(self) -> bool:
+        return self.removed_at is not None
+
+    def describe(self) -> dict[str, dict]:
+        return {str(n): a.to_json() for n, a in sorted(self.book.items())
+                if n not in self.removed_ids}

@@ -1,0 +1,305 @@
+"""``DriverRunner``: where the node driver's instructions meet I/O.
+
+Every event of the shell (a tick, a peer frame, a client request, a finished fsync, a
+restored snapshot) goes through one method here, which hands it to the sans-I/O driver
+(paxoslog/node/driver.py) and carries out the instructions it returns, in order:
+persist on the writer thread, send through the peer transport, answer the client's
+Deferred, forward to the leader, offer a snapshot to the shipper, take or restore
+snapshots off the event loop.  Nothing here decides anything about consensus, requests or
+state machines; that is the driver's job, and the simulator drives the very same driver.
+
+The runner's collaborators are narrow: a ``writer`` (StorageWriter), a ``transport`` (send,
+flush, forward, reply_forward), a ``shipper`` (offer), ``snapshots`` (take and restore),
+and listeners for applied entries, role changes, configuration and membership rows.
+
+Any exception inside the driver leaves it in an unknown state: the node stops
+(crash-only; a restart recovers from the data directory).  So does a storage failure.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Callable
+
+from twisted.internet import defer
+from twisted.logger import Logger
+
+from paxoslog.core.ready import ConfigChanged, Role
+from paxoslog.node.instructions import (Applied, CompactLog, ConfigApplied, Forward,
+                                        OfferSnapshot, Persist, Reply, RestoreSnapshot,
+                                        RoleChange, RowApplied, Send, TakeSnapshot)
+
+from .errors import ApiError
+from .metrics import Histogram
+
+__all__ = ["DriverRunner", "FatalNodeError", "ForwardedHandle"]
+
+log = Logger(namespace="paxoslog.node")
+
+
+class FatalNodeError(Exception):
+    """The node cannot go on (storage failure, broken apply order); it stops."""
+
+
+class ForwardedHandle:
+    """Where the answer to a request another node forwarded to us goes."""
+
+    __slots__ = ("peer", "request_id")
+
+    def __init__(self, peer: int, request_id: int) -> None:
+        self.peer = peer
+        self.request_id = request_id
+
+
+class DriverRunner:
+    def __init__(self, driver, reactor, *, writer, transport, shipper, snapshots,
+                 on_applied: Callable, on_role: Callable, on_config: Callable,
+                 on_row: Callable, on_installed: Callable,
+                 on_fatal: Callable[[BaseException], None]) -> None:
+        self.driver = driver
+        self.reactor = reactor
+        self.writer = writer
+        self.transport = transport
+        self.shipper = shipper
+        self.snapshots = snapshots
+        self.on_applied = on_applied
+        self.on_role = on_role
+        self.on_config = on_config
+        self.on_row = on_row
+        self.on_installed = on_installed      # (snapshot meta, the configuration before)
+        self.on_fatal = on_fatal
+        self.fsync = Histogram()
+        self.fatal: BaseException | None = None
+        self.leader_since: float | None = None
+        self._persisting = 0
+        self._idle_waiters: list[defer.Deferred] = []
+        self._pump_call = None
+
+    # ================================================================== events
+
+    def tick(self, count: int) -> None:
+        self._event("tick", self.driver.tick, count)
+
+    def receive(self, peer: int, messages: list) -> None:
+        self._event(f"messages from node {peer}", self.driver.receive, messages)
+
+    def peer_up(self, peer: int) -> None:
+        self._event("peer up", self.driver.peer_up, peer)
+
+    def peer_down(self, peer: int) -> None:
+        self._event("peer down", self.driver.peer_down, peer)
+
+    def write(self, key: tuple[str, int], data: bytes) -> defer.Deferred:
+        """Fires with the committed body, or fails with ``ApiError`` (503/504/...)."""
+        d = defer.Deferred()
+        self._event("a write", self.driver.submit_write, d, key, data)
+        return d
+
+    def read(self, query: dict, consistency: str) -> defer.Deferred:
+        d = defer.Deferred()
+        self._event("a read", self.driver.submit_read, d, query, consistency)
+        return d
+
+    def forwarded_write(self, peer: int, request_id: int, data: bytes) -> None:
+        self._event("a forwarded write", self.driver.submit_forwarded_write,
+                    ForwardedHandle(peer, request_id), data)
+
+    def forwarded_read(self, peer: int, request_id: int, query: dict) -> None:
+        self._event("a forwarded read", self.driver.submit_read,
+                    ForwardedHandle(peer, request_id), query, "linearizable", True)
+
+    def install_snapshot(self, message, path: str) -> None:
+        """The fetcher assembled the snapshot file ``message`` offered."""
+        if self.fatal is None:
+            self._event("a received snapshot", self.driver.install_snapshot, message,
+                        path.encode())
+
+    def change_config(self, voters, learners) -> None:
+        """Raises the core's errors (NotLeader, Busy, ConfigChangeInProgress, ValueError)."""
+        self.execute(self.driver.change_config(voters, learners))
+        self.schedule_pump()
+
+    def transfer_leadership(self, target: int) -> None:
+        """Raises the core's errors (NotLeader, Busy, ValueError)."""
+        self.execute(self.driver.transfer_leadership(target))
+        self.schedule_pump()
+
+    def stop(self) -> None:
+        self._event("stopping", self.driver.stop)
+
+    def idle(self) -> defer.Deferred:
+        """Fires once no Ready is being persisted."""
+        if not self._persisting:
+            return defer.succeed(None)
+        d = defer.Deferred()
+        self._idle_waiters.append(d)
+        return d
+
+    def schedule_pump(self) -> None:
+        """Run the driver's Ready loop once this reactor turn is over: every event of the
+        turn lands in the core first, and they share one Ready (and one fsync)."""
+        if self._pump_call is None and self.fatal is None:
+            self._pump_call = self.reactor.callLater(0, self._pump)
+
+    def _pump(self) -> None:
+        self._pump_call = None
+        self._event("the Ready loop", self.driver.pump, pump=False)
+
+    def _event(self, what: str, method, *args, pump: bool = True) -> None:
+        if self.fatal is not None:
+            for arg in args:
+                if isinstance(arg, defer.Deferred):
+                    arg.errback(ApiError(503, "unavailable", "the node has stopped",
+                                         retry_after=1))
+            return
+        try:
+            instructions = method(*args)
+        except Exception as exc:
+            log.failure("unexpected error in {what}", what=what)
+            self.die(FatalNodeError(f"unexpected error in {what}: {exc!r}"))
+            return
+        self.execute(instructions)
+        if pump:
+            self.schedule_pump()
+
+    def die(self, exc: BaseException) -> None:
+        """A fatal error: stop serving; the CLI exits non-zero."""
+        if self.fatal is not None:
+            return
+        self.fatal = exc
+        if self._pump_call is not None and self._pump_call.active():
+            self._pump_call.cancel()
+        self._pump_call = None
+        log.critical("fatal: {error}; stopping the node", error=exc)
+        self.on_fatal(exc)
+
+    # ================================================================== instructions
+
+    def execute(self, instructions: list) -> None:
+        transport = self.transport
+        for op in instructions:
+            kind = type(op)
+            if kind is Reply:
+                self._reply(op)
+            elif kind is Send:
+                for msg in op.messages:
+                    transport.send(msg)
+                transport.flush()
+            elif kind is Persist:
+                self._persist(op)
+            elif kind is Forward:
+                d = transport.forward(op.peer, op.op, op.payload)
+                d.addCallbacks(self._forward_answered, self._forward_failed,
+                               callbackArgs=(op.request,), errbackArgs=(op.request,))
+            elif kind is Applied:
+                self.on_applied(op)
+            elif kind is OfferSnapshot:
+                self.shipper.offer(op.message)
+            elif kind is RoleChange:
+                self._role_changed(op)
+            elif kind is ConfigApplied:
+                self.on_config(op)
+            elif kind is RowApplied:
+                self.on_row(op.row)
+            elif kind is TakeSnapshot:
+                self._take_snapshot(op)
+            elif kind is RestoreSnapshot:
+                self._restore_snapshot(op)
+            elif kind is CompactLog:
+                self.writer.compact(op.index).addErrback(self._storage_failed, "compacting")
+            elif kind is ConfigChanged:
+                log.info("configuration {config} at index {index}",
+                         config=op.config.describe(), index=op.index)
+            else:
+                raise AssertionError(f"unknown instruction {op!r:.200}")
+
+    def _reply(self, op: Reply) -> None:
+        handle = op.handle
+        if type(handle) is ForwardedHandle:
+            self.transport.reply_forward(handle.peer, handle.request_id, op.status, op.body)
+        elif op.status == 200:
+            handle.callback(op.body)
+        else:
+            handle.errback(ApiError.from_body(op.status, op.body))
+
+    def _forward_answered(self, reply: tuple, request) -> None:
+        status, body = reply
+        self._event("a forwarded answer", self.driver.forward_answered, request, status, body)
+
+    def _forward_failed(self, failure, request) -> None:
+        self._event("a lost forward", self.driver.forward_failed, request)
+
+    def _role_changed(self, op: RoleChange) -> None:
+        if op.role == Role.LEADER and op.old_role != Role.LEADER:
+            self.leader_since = time.time()
+            log.info("became leader (term {term})", term=op.term)
+        elif op.role != Role.LEADER and op.old_role == Role.LEADER:
+            log.info("no longer leader (term {term}, leader now {leader})",
+                     term=op.term, leader=op.leader)
+        elif op.leader != op.old_leader and op.leader is not None:
+            log.info("following node {leader} (term {term})", leader=op.leader,
+                     term=op.term)
+        self.on_role(op)
+
+    # ---- persistence
+
+    def _persist(self, op: Persist) -> None:
+        ready = op.ready
+        if not op.sync:
+            self.writer.append_unsynced(ready).addErrback(self._storage_failed, "appending")
+            return
+        snapshot_file = None
+        if ready.snapshot is not None and ready.snapshot_data:
+            snapshot_file = ready.snapshot_data.decode()
+        self._persisting += 1
+        d = self.writer.persist(ready, snapshot_file)
+        d.addCallbacks(self._persisted, self._persist_failed, callbackArgs=(ready,))
+
+    def _persisted(self, seconds: float, ready) -> None:
+        self.fsync.observe(seconds)
+        self._persisting -= 1
+        self._event("completing a Ready", self.driver.persisted, ready)
+        self._wake_idle()
+
+    def _persist_failed(self, failure) -> None:
+        self._persisting -= 1
+        self._wake_idle()
+        self.die(FatalNodeError(f"persisting failed: {failure.getErrorMessage()}"))
+
+    def _storage_failed(self, failure, what: str) -> None:
+        self.die(FatalNodeError(f"{what} failed: {failure.getErrorMessage()}"))
+
+    def _wake_idle(self) -> None:
+        if not self._persisting and self._idle_waiters:
+            waiters, self._idle_waiters = self._idle_waiters, []
+            for d in waiters:
+                d.callback(None)
+
+    # ---- snapshots
+
+    def _take_snapshot(self, op: TakeSnapshot) -> None:
+        d = self.snapshots.take(op.meta, op.producers, op.sessions)
+
+        def saved(point) -> None:
+            self._event("a saved snapshot", self.driver.snapshot_saved, op.meta, point)
+
+        def failed(failure) -> None:
+            log.error("snapshot at index {index} failed: {error}", index=op.meta.index,
+                      error=failure.getErrorMessage())
+            self._event("a failed snapshot", self.driver.snapshot_failed)
+        d.addCallbacks(saved, failed)
+
+    def _restore_snapshot(self, op: RestoreSnapshot) -> None:
+        fresh = self.driver.machines.fresh()
+        d = self.snapshots.restore(op.meta, fresh)
+
+        def restored(meta) -> None:
+            old = self.driver.applied_config
+            self._event("installing a snapshot", self.driver.snapshot_restored, meta, fresh)
+            if self.fatal is None:
+                self.on_installed(meta, old)
+
+        def failed(failure) -> None:
+            self.die(FatalNodeError(f"cannot restore the installed snapshot {op.meta.index}: "
+                                    f"{failure.getErrorMessage()}"))
+        d.addCallbacks(restored, failed)

@@ -1,0 +1,194 @@
+"""``NodeViews``: what a node shows about itself: status, health, log entries, metrics.
+
+Read-only: it looks at the driver (replica, applied state, counters), the runner (fsync
+times, fatal error), the peer transport, the address book, the storage and the HTTP
+server, and renders JSON bodies or the Prometheus text.  Expensive views (state hashes)
+are computed only on request.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import time
+
+import cbor2
+
+from paxoslog.core.ready import Role
+from statemachines.base import state_hash
+
+from .metrics import render_metric
+
+__all__ = ["NodeViews"]
+
+
+class NodeViews:
+    def __init__(self, *, config, node_id: int, driver, runner, transport, book, storage,
+                 logview, http_stats) -> None:
+        self.config = config
+        self.node_id = node_id
+        self.driver = driver
+        self.runner = runner
+        self.transport = transport
+        self.book = book
+        self.storage = storage
+        self.logview = logview
+        self.http_stats = http_stats          # callable -> the HTTP factory (statuses...)
+        self.started_at = time.time()
+        self.stopping = False
+
+    # ------------------------------------------------------------------ status
+
+    def status(self, hashes: bool = False) -> dict:
+        """This node's view of the cluster (GET /api/v1/cluster/status).  ``hashes``: add
+        ``state_hashes`` {state machine: hex digest of its snapshot} (costs one snapshot
+        encoding per state machine), to compare replicas at the same ``applied_index``."""
+        driver = self.driver
+        replica = driver.replica
+        core = replica.status()
+        config = replica.config
+        tick_ms = self.config.timing.tick_ms
+        leader = replica.leader_id
+        progress = core.progress
+        book = self.book
+        nodes = []
+        for nid in sorted(set(book.book) - book.removed_ids | config.members):
+            node = book.book.get(nid)
+            entry = {"id": nid, "api": str(node.api) if node and node.api else None,
+                     "peer": str(node.peer) if node else None}
+            if nid == self.node_id:
+                entry.update(role=replica.role, last_heartbeat=0,
+                             match_index=core.last_index, reachable=True,
+                             applied_index=driver.applied_index)
+                if replica.role != Role.LEADER:
+                    entry["last_heartbeat"] = core.ticks_since_leader * tick_ms
+            else:
+                role = ("leader" if nid == leader else "learner" if nid in config.learners
+                        else "follower" if nid in config.all_voters else "none")
+                entry.update(role=role, reachable=self.transport.connected(nid),
+                             last_heartbeat=None, match_index=None)
+                if nid in progress:
+                    entry["match_index"] = progress[nid].match
+                    entry["last_heartbeat"] = progress[nid].last_heard_ticks * tick_ms
+            nodes.append(entry)
+        snapshot = self.storage.snapshot_meta
+        out = {
+            "node_id": self.node_id, "pid": os.getpid(), "cluster": self.config.name,
+            "leader": leader, "term": replica.term, "role": replica.role,
+            "cluster_size": len(config.voters), "protocol": self.config.protocol,
+            "commit_index": replica.commit_index, "applied_index": driver.applied_index,
+            "last_index": core.last_index, "first_index": core.first_index,
+            "config": config.describe(), "snapshot_index": snapshot.index if snapshot else 0,
+            "holes": list(core.holes), "tick_ms": tick_ms,
+            "uptime_s": round(time.time() - self.started_at, 3), "nodes": nodes,
+            "state_machines": driver.machines.names(), "removed": book.removed,
+        }
+        if hashes:
+            machines = driver.machines
+            out["state_hashes"] = {name: state_hash(machines.get(name))
+                                   for name in machines.names()}
+            # The session table is replicated state too ("~" cannot start an SM name).
+            out["state_hashes"]["~sessions"] = hashlib.blake2b(
+                cbor2.dumps(machines.sessions.snapshot()), digest_size=16).hexdigest()
+        return out
+
+    def health(self) -> dict:
+        replica = self.driver.replica
+        fatal = self.runner.fatal
+        return {"status": "ok" if fatal is None else "failed",
+                "ready": replica.leader_id is not None and fatal is None and not self.stopping,
+                "node_id": self.node_id, "pid": os.getpid(), "role": replica.role,
+                "leader": replica.leader_id, "term": replica.term,
+                "commit_index": replica.commit_index,
+                "applied_index": self.driver.applied_index}
+
+    def last_index(self) -> int:
+        return max(self.driver.replica.status().last_index, self.driver.applied_index)
+
+    def entries(self, start: int, end: int) -> dict:
+        driver = self.driver
+        core = driver.replica.status()
+        return self.logview.entries(start, end, driver.applied_index,
+                                    driver.replica.commit_index, core.last_index, core.holes)
+
+    # ------------------------------------------------------------------ metrics
+
+    def metrics(self) -> str:
+        driver = self.driver
+        replica = driver.replica
+        stats = driver.stats
+        peers = self.transport.stats
+        http = self.http_stats()
+        lines: list[str] = []
+        add = lines.extend
+        add(render_metric("paxoslog_term", "gauge", "Current term (Raft) or ballot round "
+                          "(Multi-Paxos).", [(None, replica.term)]))
+        add(render_metric("paxoslog_role", "gauge", "1 for the role this node is in.",
+                          [({"role": role}, int(replica.role == role))
+                           for role in ("leader", "follower", "pre-candidate", "candidate",
+                                        "learner")]))
+        add(render_metric("paxoslog_is_leader", "gauge", "1 when this node leads.",
+                          [(None, int(replica.role == "leader"))]))
+        add(render_metric("paxoslog_commit_index", "gauge", "Highest committed/chosen index "
+                          "(watermark).", [(None, replica.commit_index)]))
+        add(render_metric("paxoslog_applied_index", "gauge", "Highest applied index.",
+                          [(None, driver.applied_index)]))
+        snapshot = self.storage.snapshot_meta
+        add(render_metric("paxoslog_snapshot_index", "gauge", "Index of the newest local "
+                          "snapshot.", [(None, snapshot.index if snapshot else 0)]))
+        for name, key, text in _COUNTERS:
+            add(render_metric(f"paxoslog_{name}_total", "counter", text, [(None, stats[key])]))
+        add(["# HELP paxoslog_fsync_seconds Time to append and fsync one Ready.",
+             "# TYPE paxoslog_fsync_seconds histogram"])
+        add(self.runner.fsync.lines("paxoslog_fsync_seconds"))
+        add(render_metric("paxoslog_peer_connected", "gauge",
+                          "1 when the peer connection is established.",
+                          [({"peer": n}, int(self.transport.connected(n)))
+                           for n in sorted(self.book.peer_addresses())]))
+        for name, text in _PEER_COUNTERS:
+            add(render_metric(f"paxoslog_peer_{name}_total", "counter", text,
+                              [(None, peers[name])]))
+        add(render_metric("paxoslog_http_requests_total", "counter", "HTTP responses by status.",
+                          [({"code": code}, count)
+                           for code, count in sorted(http.statuses.items())]))
+        add(render_metric("paxoslog_http_connections", "gauge", "Open HTTP connections.",
+                          [(None, len(http.connections))]))
+        add(render_metric("paxoslog_info", "gauge", "Static node information.",
+                          [({"node": self.node_id, "cluster": self.config.name,
+                             "protocol": self.config.protocol}, 1)]))
+        return "\n".join(lines) + "\n"
+
+
+_COUNTERS = (
+    ("proposals", "proposals", "Commands proposed by this node as leader."),
+    ("proposals_forwarded", "proposals_forwarded",
+     "Commands other nodes forwarded to this node."),
+    ("proposals_dropped", "proposals_dropped",
+     "Commands dropped by the core after losing leadership (never applied)."),
+    ("commits", "commits", "Log entries applied."),
+    ("commands_applied", "commands_applied", "Commands applied."),
+    ("duplicate_commands", "duplicates", "Retried commands answered from the session table."),
+    ("reads", "reads", "Queries served or attempted."),
+    ("stale_reads", "stale_reads", "Reads served from local state (stale)."),
+    ("lease_reads", "lease_reads", "Lease reads asked of this node as leader."),
+    ("lease_reads_served", "lease_reads_served",
+     "Lease reads answered from the leader lease (no quorum round)."),
+    ("write_timeouts", "write_timeouts", "Writes answered 503/504 on timeout."),
+    ("role_changes", "role_changes", "Role or leader changes seen."),
+    ("snapshots_taken", "snapshots_taken", "Local snapshots written."),
+    ("snapshots_installed", "snapshots_installed",
+     "Snapshots received from a leader and installed."),
+    ("readies", "readies", "Ready batches processed."),
+    ("fsyncs", "fsyncs", "WAL fsyncs (one per persisted Ready)."),
+)
+
+_PEER_COUNTERS = (
+    ("messages_sent", "Consensus messages sent to peers."),
+    ("messages_received", "Consensus messages received from peers."),
+    ("messages_dropped", "Messages dropped: no connection or a full send queue."),
+    ("frames_sent", "Peer frames written."),
+    ("bytes_sent", "Peer bytes written."),
+    ("malformed_frames", "Malformed peer frames or messages dropped."),
+    ("frames_rejected", "Oversized peer frames (connection closed)."),
+    ("handshake_failures", "Peer handshakes refused."),
+)
