@@ -290,12 +290,15 @@ def classify_sync_failure(exc: BaseException, connected: bool) -> NoReply:
 
 
 class SyncClient(_Calls, _Logic):
-    """Blocking client on http.client with one keep-alive connection per endpoint."""
+    """Blocking client on http.client with one keep-alive connection per endpoint.
+    ``clock`` (monotonic seconds) and ``sleep`` pace the retries (tests pass fakes)."""
 
     def __init__(self, endpoints, *, timeout: float = 10.0, attempt_timeout: float = 3.0,
-                 client_id: str | None = None) -> None:
+                 client_id: str | None = None, clock=time.monotonic, sleep=time.sleep) -> None:
         super().__init__(endpoints, timeout, attempt_timeout, client_id)
         self._conns: dict[str, http.client.HTTPConnection] = {}
+        self._clock = clock
+        self._sleep = sleep
 
     def close(self) -> None:
         for conn in self._conns.values():
@@ -312,12 +315,12 @@ class SyncClient(_Calls, _Logic):
                 write: bool = False) -> dict:
         payload = json.dumps(body).encode() if body is not None else None
         plan = self.plan(path, body, write)
-        step = plan.start(time.monotonic())
+        step = plan.start(self._clock())
         while isinstance(step, Attempt):
             if step.delay_s > 0:
-                time.sleep(step.delay_s)          # the planner's backoff
+                self._sleep(step.delay_s)          # the planner's backoff
             outcome = self._attempt(step.endpoint, method, path, payload, step.timeout_s)
-            step = plan.record(step.endpoint, outcome, time.monotonic())
+            step = plan.record(step.endpoint, outcome, self._clock())
         return self.outcome(step, body)
 
     def _attempt(self, endpoint: str, method: str, path: str, payload: bytes | None,
