@@ -185,7 +185,8 @@ class Endpoints:
 
     def note_leader(self, node_id: object):
         """A leader hint; returns its endpoint, or None when the id is unknown."""
-        endpoint = self.node_ids.get(node_id) if isinstance(node_id, int) else None
+        known = isinstance(node_id, int) and not isinstance(node_id, bool)
+        endpoint = self.node_ids.get(node_id) if known else None
         if endpoint is not None:
             self.add(endpoint)
             self.leader = endpoint

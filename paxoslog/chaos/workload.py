@@ -151,8 +151,9 @@ class _Worker:
 
 
 def _error_text(finish: Finish) -> str:
-    """The verdict and the last attempt, e.g. "unknown after 3 attempts: node 2: timed-out..."."""
-    return f"{finish.verdict.value} after {finish.attempts}: node {finish.reason}"[:160]
+    """The verdict and the last attempt: "unknown after 3 attempts, last: node 2: HTTP 503 ..."."""
+    return f"{finish.verdict.value} after {finish.attempts} attempts, last: node " \
+        f"{finish.reason}"[:160]
 
 
 _STATUS = {Verdict.ANSWERED: OK, Verdict.REFUSED: FAIL, Verdict.NOT_APPLIED: FAIL,
@@ -202,8 +203,9 @@ class Workload:
         return self._value
 
     def note_status(self, reply: Reply) -> Reply:
-        """Tally every answer that was not a 200 (the report lists them)."""
-        if reply.status != 200:
+        """Tally every error answer of every attempt (the report lists them)."""
+        if reply.status != 200 and not (reply.status == 404
+                                        and reply.field("error") == "not_found"):
             label = f"{reply.status} {reply.field('error') or ''}".strip()
             self.statuses[label] = self.statuses.get(label, 0) + 1
         return reply
