@@ -152,8 +152,8 @@ class _Worker:
 
 def _error_text(finish: Finish) -> str:
     """The verdict and the last attempt: "unknown after 3 attempts, last: node 2: HTTP 503 ..."."""
-    return f"{finish.verdict.value} after {finish.attempts} attempts, last: node " \
-        f"{finish.reason}"[:160]
+    attempts = f"{finish.attempts} attempt" + ("s" if finish.attempts != 1 else "")
+    return f"{finish.verdict.value} after {attempts}, last: node {finish.reason}"[:160]
 
 
 _STATUS = {Verdict.ANSWERED: OK, Verdict.REFUSED: FAIL, Verdict.NOT_APPLIED: FAIL,
