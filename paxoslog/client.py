@@ -6,12 +6,14 @@ scripts and the CLI).  Both take a list of endpoints (``http://host:port``) and:
 * give every write a (client_id, sequence) once, and resend the *same* pair on every retry,
   so a write is applied at most once however often it is retried (the servers keep a
   session table);
-* retry 503 (no leader, not leader, busy: never applied), 504 and connection failures,
-  moving to the next endpoint, with a short backoff, until the overall ``timeout``;
-* raise ``UnknownOutcome`` when the deadline passes and some attempt may have reached a
-  leader (the write may or may not have committed: retry with the same pair to find out),
-  ``Unavailable`` when no attempt could have, ``NotFound`` for 404, and ``RequestFailed``
-  for the other errors (400 bad input, ...).
+* retry, move between endpoints and decide what a failed request amounts to with the one
+  retry planner, paxoslog/retry.py (its docstring has the rules), until the overall
+  ``timeout``; each client is only a driver: it performs the attempts the planner asks for
+  and sorts its transport's exceptions into not-connected / sent / timed-out;
+* raise ``UnknownOutcome`` when a write may have reached a server and no later attempt
+  settled it (the write may or may not have committed: retry with the same pair to find
+  out), ``Unavailable`` when no attempt could have applied it (or a read failed),
+  ``NotFound`` for 404, and ``RequestFailed`` for the other refusals (400 bad input, ...).
 """
 
 from __future__ import annotations
@@ -20,14 +22,21 @@ import http.client
 import itertools
 import json
 import os
-import socket
 import time
-from urllib.parse import urlencode, urlsplit
+from urllib.parse import quote, urlencode, urlsplit
+
+from .retry import (Attempt, Endpoints, Finish, NoReply, Reply, Request, RetryPlan, RetryPolicy,
+                    TransportFailure, Verdict, parse_retry_after)
 
 __all__ = ["Client", "SyncClient", "ClientError", "RequestFailed", "NotFound", "Unavailable",
-           "UnknownOutcome", "new_client_id"]
+           "UnknownOutcome", "new_client_id", "classify_twisted_failure", "send_once",
+           "drive_plan"]
 
-_BACKOFF_S = (0.02, 0.05, 0.1, 0.2, 0.3, 0.5)
+# Writes without a session that are safe to resend: adding a member twice adds it once,
+# removing a removed node answers "removed", a second leader transfer is harmless.
+_IDEMPOTENT_WRITES = frozenset({"/api/v1/cluster/add-node", "/api/v1/cluster/remove-node",
+                                "/api/v1/cluster/transfer-leader"})
+_CONNECT_TIMEOUT_MAX_S = 1.0
 
 
 class ClientError(Exception):
@@ -70,29 +79,42 @@ def _normalize(endpoint: str) -> str:
     return endpoint
 
 
+def _parse_body(raw: bytes) -> object:
+    try:
+        return json.loads(raw) if raw else None
+    except ValueError:
+        return {"error": "bad_response", "message": raw[:200].decode("latin-1")}
+
+
 class _Logic:
-    """What both clients share: endpoints, preference, sessions, response classification."""
+    """What both clients share: the endpoint book, sessions, the retry plan of a request
+    and what its ``Finish`` means for the caller (a body, or an exception)."""
 
     def __init__(self, endpoints, timeout: float, attempt_timeout: float,
                  client_id: str | None) -> None:
-        endpoints = [_normalize(e) for e in endpoints]
-        if not endpoints:
-            raise ValueError("at least one endpoint is needed")
-        self.endpoints = endpoints
+        self.book = Endpoints([_normalize(e) for e in endpoints])
         self.timeout = timeout
         self.attempt_timeout = attempt_timeout
         self.client_id = client_id or new_client_id()
         self._sequence = itertools.count(1)
-        self.preferred = 0
-        self.leader_endpoint: str | None = None
+
+    @property
+    def endpoints(self) -> list[str]:
+        return self.book.endpoints
+
+    @property
+    def leader_endpoint(self) -> str | None:
+        return self.book.leader
+
+    @property
+    def preferred(self) -> int:
+        return self.book.preferred
 
     def next_sequence(self) -> int:
         return next(self._sequence)
 
     def order(self) -> list[str]:
-        first = self.leader_endpoint or self.endpoints[self.preferred % len(self.endpoints)]
-        rest = [e for e in self.endpoints if e != first]
-        return [first] + rest
+        return self.book.order()
 
     def write_body(self, body: dict) -> dict:
         body = dict(body)
@@ -102,16 +124,45 @@ class _Logic:
         return body
 
     def learn(self, body: object) -> None:
-        """Remember the leader's endpoint from a status body or an error's hint."""
+        """Remember every node's endpoint and who leads, from a status body."""
         if not isinstance(body, dict):
             return
-        leader = body.get("leader")
         for node in body.get("nodes") or ():
-            if isinstance(node, dict) and node.get("id") == leader and node.get("api"):
-                self.leader_endpoint = _normalize(str(node["api"]))
-                if self.leader_endpoint not in self.endpoints:
-                    self.endpoints.append(self.leader_endpoint)
-                return
+            if isinstance(node, dict) and isinstance(node.get("id"), int) and node.get("api"):
+                self.book.node_ids[node["id"]] = _normalize(str(node["api"]))
+        self.book.note_leader(body.get("leader"))
+
+    def plan(self, path: str, body: object, write: bool) -> RetryPlan:
+        if write:
+            session = isinstance(body, dict) and body.get("client_id") is not None \
+                and body.get("sequence") is not None
+            request = Request.write_with(session=session,
+                                         idempotent=path.partition("?")[0] in _IDEMPOTENT_WRITES)
+        else:
+            request = Request.read()
+        policy = RetryPolicy(timeout_s=self.timeout, attempt_timeout_s=self.attempt_timeout)
+        return RetryPlan(request, policy, self.book)
+
+    def outcome(self, finish: Finish, body: object) -> object:
+        """The answer's body, or the exception the finished request amounts to."""
+        reply = finish.reply
+        if finish.verdict is Verdict.ANSWERED:
+            return reply.body
+        if finish.verdict is Verdict.REFUSED:
+            raise self.error_for(reply.status, reply.body)
+        last = reply.body if reply is not None else None
+        tries = f"{finish.attempts} attempt{'s' if finish.attempts != 1 else ''}"
+        if finish.verdict is Verdict.UNKNOWN:
+            session = ""
+            if isinstance(body, dict) and body.get("client_id") is not None:
+                session = (f" (client_id={body.get('client_id')}, "
+                           f"sequence={body.get('sequence')})")
+            raise UnknownOutcome(f"outcome unknown: the write may have been applied{session}; "
+                                 f"{tries}, last: {finish.reason}", 504, "outcome_unknown",
+                                 last)
+        raise Unavailable(f"not applied: no endpoint answered usefully ({tries}, last: "
+                          f"{finish.reason})", reply.status if reply else None,
+                          reply.field("error") if reply else None, last)
 
     @staticmethod
     def error_for(status: int, body: object) -> ClientError:
@@ -139,7 +190,6 @@ def _path_for_query(key: str | None, consistency: str, prefix: str | None, limit
 
 
 def _sm_path(name: str) -> str:
-    from urllib.parse import quote
     return "/api/v1/sm/" + quote(name, safe="")
 
 
@@ -151,11 +201,14 @@ def _kv_body(op: str, key: str, value=None, **extra) -> dict:
     return body
 
 
-# ====================================================================== synchronous
+class _Calls:
+    """The API over ``request``: results are dicts for the synchronous client and Deferreds
+    firing with dicts for the Twisted one."""
 
-class _KeyValueCalls:
-    """put/delete/cas/get (and the membership calls) over ``propose`` and ``request``: results are dicts for the
-    synchronous client and Deferreds firing with dicts for the Twisted one."""
+    def propose(self, body: dict):
+        """A kv write, exactly once (a session is added unless ``body`` has one)."""
+        return self.request("POST", "/api/v1/consensus/propose", self.write_body(body),
+                            write=True)
 
     def put(self, key: str, value, **session):
         return self.propose(_kv_body("put", key, value, **session))
@@ -175,7 +228,31 @@ class _KeyValueCalls:
     def get(self, key: str, consistency: str = "linearizable"):
         return self.request("GET", _path_for_query(key, consistency, None, None))
 
-    # Membership (idempotent: safe to retry after an unknown outcome).
+    def range(self, prefix: str, limit: int | None = None, consistency: str = "linearizable"):
+        return self.request("GET", _path_for_query(None, consistency, prefix, limit))
+
+    def sm(self, name: str, body: dict):
+        """A command for state machine ``name`` (``{"op": ..., ...}``), exactly once."""
+        return self.request("POST", _sm_path(name), self.write_body(body), write=True)
+
+    def sm_query(self, name: str, query: dict, consistency: str = "linearizable"):
+        """A read of state machine ``name``: ``{"result", "index", "term", ...}``."""
+        return self.request("POST", _sm_path(name), {"query": query,
+                                                     "consistency": consistency})
+
+    def status(self):
+        return self.request("GET", "/api/v1/cluster/status")
+
+    def entries(self, start: int | None = None, end: int | None = None):
+        params = {}
+        if start is not None:
+            params["start_index"] = start
+        if end is not None:
+            params["end_index"] = end
+        return self.request("GET", "/api/v1/log/entries" +
+                            ("?" + urlencode(params) if params else ""))
+
+    # Membership (idempotent: resent after an unknown outcome, see _IDEMPOTENT_WRITES).
 
     def add_node(self, node_id: int, address: str, api: str | None = None,
                  wait: str = "learner"):
@@ -198,13 +275,30 @@ class _KeyValueCalls:
         return self.request("GET", "/api/v1/cluster/members")
 
 
-class SyncClient(_KeyValueCalls, _Logic):
-    """Blocking client on http.client with one keep-alive connection per endpoint."""
+# ====================================================================== synchronous
+
+def classify_sync_failure(exc: BaseException, connected: bool) -> NoReply:
+    """An http.client attempt's exception: before the connection opened nothing was sent;
+    after, a timeout is ``TIMED_OUT`` and anything else (reset, EOF, a bad status line on
+    a keep-alive connection the server had closed) may have been delivered."""
+    detail = f"{type(exc).__name__}: {exc}"[:200]
+    if not connected:
+        return NoReply(TransportFailure.NOT_CONNECTED, detail)
+    if isinstance(exc, TimeoutError):
+        return NoReply(TransportFailure.TIMED_OUT, detail)
+    return NoReply(TransportFailure.SENT, detail)
+
+
+class SyncClient(_Calls, _Logic):
+    """Blocking client on http.client with one keep-alive connection per endpoint.
+    ``clock`` (monotonic seconds) and ``sleep`` pace the retries (tests pass fakes)."""
 
     def __init__(self, endpoints, *, timeout: float = 10.0, attempt_timeout: float = 3.0,
-                 client_id: str | None = None) -> None:
+                 client_id: str | None = None, clock=time.monotonic, sleep=time.sleep) -> None:
         super().__init__(endpoints, timeout, attempt_timeout, client_id)
         self._conns: dict[str, http.client.HTTPConnection] = {}
+        self._clock = clock
+        self._sleep = sleep
 
     def close(self) -> None:
         for conn in self._conns.values():
@@ -217,16 +311,50 @@ class SyncClient(_KeyValueCalls, _Logic):
     def __exit__(self, *exc) -> None:
         self.close()
 
-    def _once(self, endpoint: str, method: str, path: str, payload: bytes | None,
-              timeout: float) -> tuple[int, object, dict]:
+    def request(self, method: str, path: str, body: dict | None = None, *,
+                write: bool = False) -> dict:
+        payload = json.dumps(body).encode() if body is not None else None
+        plan = self.plan(path, body, write)
+        step = plan.start(self._clock())
+        while isinstance(step, Attempt):
+            if step.delay_s > 0:
+                self._sleep(step.delay_s)          # the planner's backoff
+            outcome = self._attempt(step.endpoint, method, path, payload, step.timeout_s)
+            step = plan.record(step.endpoint, outcome, self._clock())
+        return self.outcome(step, body)
+
+    def _attempt(self, endpoint: str, method: str, path: str, payload: bytes | None,
+                 timeout: float) -> Reply | NoReply:
+        try:
+            conn = self._connection(endpoint, timeout)
+        except OSError as exc:
+            return classify_sync_failure(exc, connected=False)
+        try:
+            return self._exchange(endpoint, conn, method, path, payload)
+        except (OSError, http.client.HTTPException) as exc:
+            return classify_sync_failure(exc, connected=True)
+
+    def _connection(self, endpoint: str, timeout: float) -> http.client.HTTPConnection:
+        """The endpoint's connection, opened now if it is not (so that a failure here
+        proves nothing was sent)."""
         conn = self._conns.get(endpoint)
         if conn is None:
             parts = urlsplit(endpoint)
             conn = http.client.HTTPConnection(parts.hostname, parts.port or 80, timeout=timeout)
             self._conns[endpoint] = conn
         conn.timeout = timeout
-        if conn.sock is not None:
-            conn.sock.settimeout(timeout)
+        if conn.sock is None:
+            try:
+                conn.connect()
+            except BaseException:
+                conn.close()
+                self._conns.pop(endpoint, None)
+                raise
+        conn.sock.settimeout(timeout)
+        return conn
+
+    def _exchange(self, endpoint: str, conn: http.client.HTTPConnection, method: str,
+                  path: str, payload: bytes | None) -> Reply:
         headers = {"Content-Type": "application/json"} if payload is not None else {}
         try:
             conn.request(method, path, body=payload, headers=headers)
@@ -236,68 +364,8 @@ class SyncClient(_KeyValueCalls, _Logic):
             conn.close()
             self._conns.pop(endpoint, None)
             raise
-        try:
-            body = json.loads(raw) if raw else None
-        except ValueError:
-            body = {"error": "bad_response", "message": raw[:200].decode("latin-1")}
-        return response.status, body, dict(response.getheaders())
-
-    def request(self, method: str, path: str, body: dict | None = None, *,
-                write: bool = False) -> dict:
-        payload = json.dumps(body).encode() if body is not None else None
-        deadline = time.monotonic() + self.timeout
-        maybe_applied = False
-        last: ClientError | None = None
-        for attempt in itertools.count():
-            for endpoint in self.order():
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    break
-                try:
-                    status, answer, headers = self._once(endpoint, method, path, payload,
-                                                         min(self.attempt_timeout, remaining))
-                except ConnectionRefusedError:
-                    last = Unavailable(f"{endpoint}: connection refused")
-                    self._forget(endpoint)
-                    continue
-                except (OSError, http.client.HTTPException, socket.timeout) as exc:
-                    if write:
-                        maybe_applied = True
-                    last = (UnknownOutcome if write else Unavailable)(f"{endpoint}: {exc!r}")
-                    self._forget(endpoint)
-                    continue
-                if status == 200:
-                    self.preferred = self.endpoints.index(endpoint) if endpoint in self.endpoints \
-                        else self.preferred
-                    return answer
-                error = self.error_for(status, answer)
-                if status == 503:
-                    self._forget(endpoint)
-                    last = error
-                    continue
-                if status == 504:
-                    maybe_applied = True
-                    last = error
-                    continue
-                raise error
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                break
-            time.sleep(min(_BACKOFF_S[min(attempt, len(_BACKOFF_S) - 1)], remaining))
-        if write and maybe_applied:
-            raise UnknownOutcome(f"no answer before the deadline; the write may have committed "
-                                 f"(client_id={body.get('client_id')}, "
-                                 f"sequence={body.get('sequence')}): {last}", 504,
-                                 "outcome_unknown")
-        if isinstance(last, ClientError):
-            raise Unavailable(str(last), last.status, last.code, last.body)
-        raise Unavailable("no endpoint answered before the deadline")
-
-    def _forget(self, endpoint: str) -> None:
-        if self.leader_endpoint == endpoint:
-            self.leader_endpoint = None
-        if endpoint in self.endpoints:
-            self.preferred = (self.endpoints.index(endpoint) + 1) % len(self.endpoints)
+        return Reply(response.status, _parse_body(raw),
+                     parse_retry_after(response.getheader("Retry-After")))
 
     # ------------------------------------------------------------------ API
 
@@ -306,138 +374,121 @@ class SyncClient(_KeyValueCalls, _Logic):
         self.learn(status)
         return status
 
-    def propose(self, body: dict) -> dict:
-        return self.request("POST", "/api/v1/consensus/propose", self.write_body(body),
-                            write=True)
-
-
-    def range(self, prefix: str, limit: int | None = None,
-              consistency: str = "linearizable") -> dict:
-        return self.request("GET", _path_for_query(None, consistency, prefix, limit))
-
-    def sm(self, name: str, body: dict) -> dict:
-        """A command for state machine ``name`` (``{"op": ..., ...}``), exactly once."""
-        return self.request("POST", _sm_path(name), self.write_body(body), write=True)
-
-    def sm_query(self, name: str, query: dict, consistency: str = "linearizable") -> dict:
-        """A read of state machine ``name``: ``{"result", "index", "term", ...}``."""
-        return self.request("POST", _sm_path(name), {"query": query,
-                                                     "consistency": consistency})
-
-    def status(self) -> dict:
-        return self.request("GET", "/api/v1/cluster/status")
-
-    def entries(self, start: int | None = None, end: int | None = None) -> dict:
-        params = {}
-        if start is not None:
-            params["start_index"] = start
-        if end is not None:
-            params["end_index"] = end
-        path = "/api/v1/log/entries" + ("?" + urlencode(params) if params else "")
-        return self.request("GET", path)
-
     def status_of(self, endpoint: str, timeout: float = 1.0) -> dict:
-        """One node's own status, no retries (``cluster status`` asks each node)."""
-        status, answer, _ = self._once(_normalize(endpoint), "GET", "/api/v1/cluster/status",
-                                       None, timeout)
-        if status != 200:
-            raise self.error_for(status, answer)
-        return answer
+        """One node's own status, no retries (``cluster status`` asks each node); raises
+        OSError when the node cannot be reached."""
+        endpoint = _normalize(endpoint)
+        conn = self._connection(endpoint, timeout)
+        reply = self._exchange(endpoint, conn, "GET", "/api/v1/cluster/status", None)
+        if reply.status != 200:
+            raise self.error_for(reply.status, reply.body)
+        return reply.body
 
 
 # ====================================================================== Twisted
 
-class Client(_KeyValueCalls, _Logic):
+def classify_twisted_failure(exc: BaseException) -> NoReply:
+    """A Twisted/treq attempt's exception.  Not connected: the connection never opened
+    (refused, DNS, connect timeout, connecting cancelled) or a pooled connection was found
+    unusable before anything was written (``RequestNotSent``).  Timed out: our timeout or a
+    cancellation after connecting.  Anything else, ``RequestTransmissionFailed`` included
+    (some bytes may have been written), may have been delivered."""
+    from twisted.internet import defer, error as tx_error
+    from twisted.web import _newclient
+
+    detail = f"{type(exc).__name__}: {exc}"[:200]
+    if isinstance(exc, (tx_error.ConnectError, tx_error.DNSLookupError,
+                        tx_error.ConnectingCancelledError, _newclient.RequestNotSent)):
+        return NoReply(TransportFailure.NOT_CONNECTED, detail)
+    if isinstance(exc, (defer.TimeoutError, defer.CancelledError)):
+        return NoReply(TransportFailure.TIMED_OUT, detail)
+    reasons = getattr(exc, "reasons", None) or ()
+    if isinstance(exc, _newclient._WrapperException):
+        names = ",".join(type(r.value).__name__ for r in reasons) or "?"
+        detail = f"{type(exc).__name__} ({names})"
+        if any(r.check(defer.CancelledError, defer.TimeoutError) for r in reasons):
+            return NoReply(TransportFailure.TIMED_OUT, detail)
+    return NoReply(TransportFailure.SENT, detail)
+
+
+def http_client(reactor, pool, connect_timeout_s: float):
+    """A treq HTTPClient over ``pool`` whose connects give up after ``connect_timeout_s``
+    (a connect timeout is a not-connected failure, safe to retry anywhere)."""
+    import treq
+    from twisted.web.client import Agent
+    return treq.client.HTTPClient(Agent(reactor, connectTimeout=connect_timeout_s, pool=pool))
+
+
+def send_once(http, reactor, method: str, url: str, payload: bytes | None,
+              timeout_s: float):
+    """One attempt: a Deferred firing with a ``Reply`` (any status), or failing with the
+    transport's exception (``defer.TimeoutError`` after ``timeout_s``, body included)."""
+    from twisted.internet import defer
+
+    async def exchange() -> Reply:
+        import treq
+        kwargs = {}
+        if payload is not None:
+            kwargs["data"] = payload
+            kwargs["headers"] = {b"Content-Type": [b"application/json"]}
+        response = await http.request(method, url, **kwargs)
+        raw = await treq.content(response)
+        retry_after = response.headers.getRawHeaders(b"retry-after", [None])[0]
+        return Reply(response.code, _parse_body(raw), parse_retry_after(retry_after))
+
+    d = defer.Deferred.fromCoroutine(exchange())
+    d.addTimeout(timeout_s, reactor)
+    return d
+
+
+async def drive_plan(reactor, plan: RetryPlan, send) -> Finish:
+    """Run ``plan`` on ``reactor``: ``send(endpoint, timeout_s)`` makes one attempt (a
+    Deferred like ``send_once``'s); failures are sorted by ``classify_twisted_failure``.
+    Cancelling the caller's Deferred cancels the request (it is not retried)."""
+    from twisted.internet import defer, task
+
+    step = plan.start(reactor.seconds())
+    while isinstance(step, Attempt):
+        if step.delay_s > 0:
+            await task.deferLater(reactor, step.delay_s, lambda: None)
+        try:
+            outcome = await send(step.endpoint, step.timeout_s)
+        except defer.CancelledError:
+            raise         # the caller cancelled (send's own timeout fails with TimeoutError)
+        except Exception as exc:  # every transport error is an outcome for the planner
+            outcome = classify_twisted_failure(exc)
+        step = plan.record(step.endpoint, outcome, reactor.seconds())
+    return step
+
+
+class Client(_Calls, _Logic):
     """Asynchronous client on treq; every method returns a Deferred."""
 
     def __init__(self, endpoints, *, reactor, timeout: float = 10.0,
                  attempt_timeout: float = 3.0, client_id: str | None = None,
                  pool=None) -> None:
         super().__init__(endpoints, timeout, attempt_timeout, client_id)
-        import treq
         from twisted.web.client import HTTPConnectionPool
         self.reactor = reactor
-        self._treq = treq
         self.pool = pool or HTTPConnectionPool(reactor, persistent=True)
         self.pool.maxPersistentPerHost = 16
+        self._http = http_client(reactor, self.pool,
+                                 min(_CONNECT_TIMEOUT_MAX_S, attempt_timeout / 2))
 
     def close(self):
         return self.pool.closeCachedConnections()
 
     def request(self, method: str, path: str, body: dict | None = None, *, write: bool = False):
-        from twisted.internet import defer, error as terror, task
-        from twisted.web._newclient import ResponseNeverReceived, RequestTransmissionFailed
+        from twisted.internet import defer
+        payload = json.dumps(body).encode() if body is not None else None
+        plan = self.plan(path, body, write)
 
-        @defer.inlineCallbacks
-        def run():
-            payload = json.dumps(body).encode() if body is not None else None
-            deadline = self.reactor.seconds() + self.timeout
-            maybe_applied = False
-            last: ClientError | None = None
-            attempt = 0
-            while True:
-                for endpoint in self.order():
-                    remaining = deadline - self.reactor.seconds()
-                    if remaining <= 0:
-                        break
-                    try:
-                        response = yield self._treq.request(
-                            method, endpoint + path, data=payload, pool=self.pool,
-                            reactor=self.reactor, timeout=min(self.attempt_timeout, remaining),
-                            headers={b"Content-Type": [b"application/json"]})
-                        raw = yield self._treq.content(response)
-                    except terror.ConnectionRefusedError:
-                        last = Unavailable(f"{endpoint}: connection refused")
-                        self._forget(endpoint)
-                        continue
-                    except (terror.ConnectError, terror.ConnectingCancelledError,
-                            RequestTransmissionFailed) as exc:
-                        last = Unavailable(f"{endpoint}: {exc!r}")     # never sent
-                        self._forget(endpoint)
-                        continue
-                    except (defer.CancelledError, ResponseNeverReceived, terror.TimeoutError,
-                            OSError, terror.ConnectionLost, Exception) as exc:
-                        if write:
-                            maybe_applied = True
-                        last = UnknownOutcome(f"{endpoint}: {exc!r}")
-                        self._forget(endpoint)
-                        continue
-                    try:
-                        answer = json.loads(raw) if raw else None
-                    except ValueError:
-                        answer = None
-                    if response.code == 200:
-                        return answer
-                    error = self.error_for(response.code, answer)
-                    if response.code == 503:
-                        self._forget(endpoint)
-                        last = error
-                        continue
-                    if response.code == 504:
-                        maybe_applied = True
-                        last = error
-                        continue
-                    raise error
-                remaining = deadline - self.reactor.seconds()
-                if remaining <= 0:
-                    break
-                yield task.deferLater(self.reactor,
-                                      min(_BACKOFF_S[min(attempt, len(_BACKOFF_S) - 1)],
-                                          remaining), lambda: None)
-                attempt += 1
-            if write and maybe_applied:
-                raise UnknownOutcome(f"no answer before the deadline; the write may have "
-                                     f"committed: {last}", 504, "outcome_unknown")
-            if isinstance(last, ClientError):
-                raise Unavailable(str(last), last.status, last.code, last.body)
-            raise Unavailable("no endpoint answered before the deadline")
-        return run()
+        def send(endpoint: str, timeout_s: float):
+            return send_once(self._http, self.reactor, method, endpoint + path, payload,
+                             timeout_s)
 
-    def _forget(self, endpoint: str) -> None:
-        if self.leader_endpoint == endpoint:
-            self.leader_endpoint = None
-        if endpoint in self.endpoints:
-            self.preferred = (self.endpoints.index(endpoint) + 1) % len(self.endpoints)
+        d = defer.Deferred.fromCoroutine(drive_plan(self.reactor, plan, send))
+        return d.addCallback(self.outcome, body)
 
     def discover_leader(self):
         d = self.status()
@@ -446,20 +497,3 @@ class Client(_KeyValueCalls, _Logic):
             self.learn(status)
             return status
         return d.addCallback(learned)
-
-    def propose(self, body: dict):
-        return self.request("POST", "/api/v1/consensus/propose", self.write_body(body),
-                            write=True)
-
-
-    def status(self):
-        return self.request("GET", "/api/v1/cluster/status")
-
-    def entries(self, start: int | None = None, end: int | None = None):
-        params = {}
-        if start is not None:
-            params["start_index"] = start
-        if end is not None:
-            params["end_index"] = end
-        return self.request("GET", "/api/v1/log/entries" +
-                            ("?" + urlencode(params) if params else ""))

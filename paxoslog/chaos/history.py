@@ -8,10 +8,13 @@ One record per operation (Jepsen's invoke + completion folded into one line)::
      "index": 88, "term": 4, "end": 3.2190}
 
 ``end`` is when the client stopped waiting, whatever the outcome (``ret`` equals it unless
-the outcome is unknown).  ``status``: ``ok`` (completed with a known result), ``fail`` (definitely did not take effect:
-a refused connection, a 503 or a 4xx before the write could start), ``unknown`` (may or may
-not have taken effect: 504, a timeout, a connection lost after the request was sent, a
-500).  ``ret`` is None for unknown outcomes.  Times are seconds on one monotonic clock since
+the outcome is unknown).  ``status`` is the retry planner's verdict (paxoslog/retry.py) on
+all the attempts of the operation: ``ok`` (answered: a known result), ``fail`` (definitely
+no effect: refused with a 4xx before any attempt may have been delivered, or every attempt
+was a refused connection, a 503 or a 410), ``unknown`` (a write that may or may not have taken
+effect: some attempt may have reached a server, a 504, a timeout or a connection lost after
+sending, and no later attempt got the answer).  Reads are never unknown (no effect).
+``ret`` is None for unknown outcomes.  Times are seconds on one monotonic clock since
 the start of the run.  ``output``: for get the value read (None = absent), for cas whether it
 swapped.  Jepsen's rule holds: after an unknown outcome a client's process never issues
 another operation (the worker continues as a new process, with a new ``client_id``).

@@ -29,6 +29,8 @@ from dataclasses import asdict, dataclass, replace
 from twisted.internet import defer, task
 from twisted.logger import Logger
 
+from paxoslog.retry import RetryPolicy
+
 from . import checks
 from .apiclient import ApiClient
 from .cluster import (REMOVED, Cluster, ClusterSpec, NodePorts, allocate_ports,
@@ -356,10 +358,11 @@ class ChaosRun:
         return {"converged": False, "applied": applied, "at_s": round(self.clock(), 3)}
 
     async def _final_reads(self) -> dict:
-        """Read every written key back (linearizable), recording each read in the history.
-        A key is tried at most ``_FINAL_READ_ATTEMPTS`` times, and no attempt starts after
-        ``_FINAL_READS_S`` (a cluster that lost its leader for good would otherwise hold the
-        run for minutes); the keys not read leave the lost-writes check undecided."""
+        """Read every written key back (linearizable), one history operation per key, run
+        by the retry planner like the workload's reads: at most ``_FINAL_READ_ATTEMPTS``
+        attempts, and none after ``_FINAL_READS_S`` for all keys together (a cluster that
+        lost its leader for good would otherwise hold the run for minutes); the keys not
+        read leave the lost-writes check undecided."""
         deadline = self.clock() + _FINAL_READS_S
         keys = sorted({r.key for r in self.history.records if r.is_write})
         process = self.history.new_process()
@@ -367,31 +370,22 @@ class ChaosRun:
         values: dict[str, object] = {}
         failed: list[str] = []
         nodes = self.cluster.members()
+        self.workload.set_nodes(nodes)
         sem = defer.DeferredSemaphore(8)
 
         async def read(key: str, position: int) -> None:
-            for attempt in range(_FINAL_READ_ATTEMPTS):
-                if self.clock() >= deadline:
-                    break
-                node = nodes[(position + attempt) % len(nodes)]
-                record = self.history.invoke(process, client_id, node, "get", key)
-                try:
-                    response = await self.client.query(node, key, timeout_s=3.0)
-                except Exception as exc:  # a failed read has no effect: try again
-                    self.history.complete(record, FAIL, error=f"final read: {exc!r}"[:200])
-                    continue
-                if response.status == 200:
-                    values[key] = response.field("value")
-                    self.history.complete(record, OK, values[key],
-                                          index=response.field("index"))
-                    return
-                if response.status == 404 and response.field("error") == "not_found":
-                    values[key] = None
-                    self.history.complete(record, OK, None, index=response.field("index"))
-                    return
-                self.history.complete(record, FAIL, error=f"final read: {response.status}")
-                await task.deferLater(self.reactor, 0.1, lambda: None)
-            failed.append(key)
+            remaining = deadline - self.clock()
+            if remaining <= 0:
+                failed.append(key)
+                return
+            record = self.history.invoke(process, client_id, nodes[position % len(nodes)],
+                                         "get", key)
+            policy = RetryPolicy(timeout_s=remaining, attempt_timeout_s=3.0, backoff_s=(0.1,),
+                                 attempts_max=_FINAL_READ_ATTEMPTS)
+            if await self.workload.do_get(record, policy) == OK:
+                values[key] = record.output
+            else:
+                failed.append(key)
 
         await defer.gatherResults([
             sem.run(lambda k=key, i=i: defer.Deferred.fromCoroutine(read(k, i)))

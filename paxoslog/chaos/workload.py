@@ -12,11 +12,17 @@ Besides the workers, an open-loop prober puts to ``probe.<n>`` keys every
 when a leader vanishes every worker may sit in a request that can only time out, and the
 probes still show when the cluster accepts writes again (the unavailability measure).
 
-Outcomes (see history.py): a write answered 200 is ``ok``; 503 or a connection that never
-opened is ``fail``; 504, a timeout, a connection lost after sending, or a 5xx is
-``unknown``.  After an unknown outcome the worker continues as a new process with a new
-``client_id`` (a Jepsen process that crashed never issues another operation).  Failures
-move the worker to the next node, so no worker stays stuck on a dead or cut-off one.
+Every operation runs through the retry planner (paxoslog/retry.py) that the library clients
+use: a worker's operation starts at its node, and a 503, a refused connection or (writes
+carry a (client_id, sequence) session, so resending them is safe) a maybe-delivered failure
+is retried at another node, the leader hint first, until ``timeout_s``.  The history
+records the planner's verdict (see history.py): answered is ``ok``; refused (4xx) and
+not-applied are ``fail``; ``unknown`` exactly when the planner says the write's outcome is
+unknown (some attempt may have reached a server and none settled it).  A read is never
+unknown (it has no effect).  After an unknown outcome the worker continues as a new process
+with a new ``client_id`` (a Jepsen process that crashed never issues another operation).
+Operations that did not succeed move the worker to the next node, so no worker stays stuck
+on a dead or cut-off one.
 
 The nodes are the cluster's current members: ``set_nodes`` replaces them when a membership
 change completes (a joined node gets traffic, a removed one no more).
@@ -29,7 +35,10 @@ from dataclasses import dataclass
 
 from twisted.internet import defer, task
 
-from .apiclient import ApiClient, classify_failure
+from paxoslog.client import drive_plan
+from paxoslog.retry import Endpoints, Finish, Reply, Request, RetryPlan, RetryPolicy, Verdict
+
+from .apiclient import ApiClient, query_path
 from .history import FAIL, OK, UNKNOWN, History, OpRecord
 
 __all__ = ["WorkloadOptions", "KeySpace", "Workload", "MIX_DEFAULT"]
@@ -141,9 +150,14 @@ class _Worker:
         return status
 
 
-def _error_text(response) -> str:
-    code = response.field("error") or "?"
-    return f"{response.status} {code}"
+def _error_text(finish: Finish) -> str:
+    """The verdict and the last attempt: "unknown after 3 attempts, last: node 2: HTTP 503 ..."."""
+    attempts = f"{finish.attempts} attempt" + ("s" if finish.attempts != 1 else "")
+    return f"{finish.verdict.value} after {attempts}, last: node {finish.reason}"[:160]
+
+
+_STATUS = {Verdict.ANSWERED: OK, Verdict.REFUSED: FAIL, Verdict.NOT_APPLIED: FAIL,
+           Verdict.UNKNOWN: UNKNOWN}
 
 
 class Workload:
@@ -169,6 +183,10 @@ class Workload:
         self._probes: set[defer.Deferred] = set()
         self._probe_loop = None
         self._probe_count = 0
+        # A probe is one attempt (the planner only classifies it): probes show when the
+        # cluster accepts writes again; retrying them would only add load meanwhile.
+        self._probe_policy = RetryPolicy(timeout_s=options.timeout_s,
+                                         attempt_timeout_s=options.timeout_s, attempts_max=1)
 
     def set_nodes(self, nodes: list[int]) -> None:
         """The members changed: operations from now on go to ``nodes`` (a worker keeps its
@@ -184,60 +202,74 @@ class Workload:
         self._value += 1
         return self._value
 
-    def note_status(self, response) -> None:
-        label = f"{response.status} {response.field('error') or ''}".strip()
-        self.statuses[label] = self.statuses.get(label, 0) + 1
+    def note_status(self, reply: Reply) -> Reply:
+        """Tally every error answer of every attempt (the report lists them)."""
+        if reply.status != 200 and not (reply.status == 404
+                                        and reply.field("error") == "not_found"):
+            label = f"{reply.status} {reply.field('error') or ''}".strip()
+            self.statuses[label] = self.statuses.get(label, 0) + 1
+        return reply
 
     # ------------------------------------------------------------------ one operation
 
-    async def do_get(self, record: OpRecord) -> str:
+    def plan(self, request: Request, node: int, policy: RetryPolicy | None = None) -> RetryPlan:
+        """The retries of one operation: ``node`` first, then the other members in turn
+        (a leader hint, a node id, goes first)."""
+        nodes = [node] + [n for n in self.nodes if n != node]
+        policy = policy or RetryPolicy(timeout_s=self.options.timeout_s,
+                                       attempt_timeout_s=self.options.timeout_s)
+        return RetryPlan(request, policy, Endpoints(nodes, {n: n for n in nodes}))
+
+    async def run_plan(self, plan: RetryPlan, method: str, path: str,
+                       body: object = None) -> Finish:
+        def send(node: int, timeout_s: float) -> defer.Deferred:
+            d = self.client.call(method, node, path, body, timeout_s)
+            return d.addCallback(self.note_status)
+        return await drive_plan(self.reactor, plan, send)
+
+    async def do_get(self, record: OpRecord, policy: RetryPolicy | None = None) -> str:
         """A linearizable read; completes ``record`` and returns its status."""
-        try:
-            response = await self.client.query(record.node, record.key, self.options.timeout_s)
-        except Exception as exc:  # any transport failure is an outcome to record
-            status, reason = classify_failure(exc)
-            self.history.complete(record, status, error=reason)
-            return status
-        if response.status == 200:
-            value = response.field("value")
+        plan = self.plan(Request.read(), record.node, policy)
+        finish = await self.run_plan(plan, "GET", query_path(record.key))
+        reply = finish.reply
+        if finish.verdict is Verdict.ANSWERED:
+            value = reply.field("value")
             self.keys.observed(record.key, value)
-            self.history.complete(record, OK, value, index=response.field("index"),
-                                  term=response.field("term"))
+            self.history.complete(record, OK, value, index=reply.field("index"),
+                                  term=reply.field("term"))
             return OK
-        if response.status == 404 and response.field("error") == "not_found":
-            self.history.complete(record, OK, None, index=response.field("index"),
-                                  term=response.field("term"))
+        if (finish.verdict is Verdict.REFUSED and reply.status == 404
+                and reply.field("error") == "not_found"):
+            self.history.complete(record, OK, None, index=reply.field("index"),
+                                  term=reply.field("term"))
             return OK
-        self.note_status(response)
-        status = UNKNOWN if response.status >= 500 and response.status != 503 else FAIL
-        self.history.complete(record, status, error=_error_text(response))
+        status = _STATUS[finish.verdict]
+        self.history.complete(record, status, error=_error_text(finish))
         return status
 
-    async def do_write(self, record: OpRecord, sequence: int) -> str:
-        """A put or cas as (record.client_id, sequence); completes ``record``."""
+    async def do_write(self, record: OpRecord, sequence: int,
+                       policy: RetryPolicy | None = None) -> str:
+        """A put or cas as (record.client_id, sequence); completes ``record`` with the
+        planner's verdict."""
         body = {"key": record.key, "value": record.value, "op": record.kind,
                 "client_id": record.client_id, "sequence": sequence}
         if record.kind == "cas":
             body["expected"] = record.expected
-        try:
-            response = await self.client.propose(record.node, body, self.options.timeout_s)
-        except Exception as exc:  # any transport failure is an outcome to record
-            status, reason = classify_failure(exc)
-            self.history.complete(record, status, error=reason)
-            return status
-        if response.status == 200:
-            result = response.field("result") or {}
+        plan = self.plan(Request.write_with(session=True), record.node, policy)
+        finish = await self.run_plan(plan, "POST", "/api/v1/consensus/propose", body)
+        if finish.verdict is Verdict.ANSWERED:
+            reply = finish.reply
+            result = reply.field("result") or {}
             output = None
             if record.kind == "cas":
                 output = bool(isinstance(result, dict) and result.get("succeeded"))
             if record.kind == "put" or output:
                 self.keys.observed(record.key, record.value)
-            self.history.complete(record, OK, output, index=response.field("index"),
-                                  term=response.field("term"))
+            self.history.complete(record, OK, output, index=reply.field("index"),
+                                  term=reply.field("term"))
             return OK
-        self.note_status(response)
-        status = FAIL if response.status == 503 or 400 <= response.status < 500 else UNKNOWN
-        self.history.complete(record, status, error=_error_text(response))
+        status = _STATUS[finish.verdict]
+        self.history.complete(record, status, error=_error_text(finish))
         return status
 
     def start(self) -> None:
@@ -268,6 +300,6 @@ class Workload:
         process = self.history.new_process()
         client_id = f"{self.options.run_tag}-probe-p{process}"
         record = self.history.invoke(process, client_id, node, "put", key, self.next_value())
-        d = defer.Deferred.fromCoroutine(self.do_write(record, 1))
+        d = defer.Deferred.fromCoroutine(self.do_write(record, 1, self._probe_policy))
         self._probes.add(d)
         d.addBoth(lambda _r, d=d: self._probes.discard(d))
