@@ -40,6 +40,11 @@ Commands::
     reads NODE               read points NODE has served
     persisted NODE           the hard state NODE has on disk (protocol specific)
     check                    agreement on applied values across nodes
+    trace on|messages|off    from now on, each command's output starts with every message
+                             delivered and every Ready completed (``messages``: only the
+                             deliveries); see paxoslog/sim/trace.py for the format
+    log NODE                 the entries NODE has on disk as index@term:value (the term is
+                             the ballot in Multi-Paxos)
 """
 
 from __future__ import annotations
@@ -51,11 +56,12 @@ from dataclasses import dataclass
 from ..core.ballot import Ballot
 from ..core.errors import ConsensusError
 from ..core.limits import Limits
-from ..core.log import ENTRY_CONFIG, ENTRY_NOOP, Entry, entry_config
+from ..core.log import Entry
 from ..core.quorum import Config
 from ..core.ready import Ready, Role
 from ..core.replica import ReplicaOptions, create_replica
 from .disk import IdealDisk
+from .trace import Tracer, describe_entry, describe_value
 
 __all__ = ["ManualCluster", "run_script", "ScriptError"]
 
@@ -91,28 +97,24 @@ class _Node:
                 return
             if self.holding:
                 self.held.append(ready)
+                if self.cluster.tracer is not None:
+                    self.cluster.tracer.held(self.node_id)
                 return
             self._complete(ready)
 
     def _complete(self, ready: Ready) -> None:
+        if self.cluster.tracer is not None:
+            self.cluster.tracer.ready(self.node_id, ready)
         self.disk.persist(ready, self.cluster.snapshots)
         for msg in ready.messages:
             self.cluster.pending.append(msg)
         for entry in ready.committed:
-            self.applied.append(_describe_entry(entry))
+            self.applied.append(describe_value(entry))
             self.cluster.check_value(self.node_id, entry)
         for read in ready.reads:
             self.reads.append(f"{read.request_id}@{read.index}")
         self.replica.advance(ready)
         self.replica.check_invariants()
-
-
-def _describe_entry(entry: Entry) -> str:
-    if entry.kind == ENTRY_NOOP:
-        return "noop"
-    if entry.kind == ENTRY_CONFIG:
-        return "config(" + entry_config(entry).describe() + ")"
-    return "+".join(c.decode() for c in entry.payload)
 
 
 class ManualCluster:
@@ -124,6 +126,7 @@ class ManualCluster:
         self.blocked: set[tuple[int, int]] = set()
         self.snapshots: dict = {}
         self.values: dict[int, tuple] = {}
+        self.tracer: Tracer | None = None  # set by the script's ``trace`` command
         self.nodes = {n: _Node(self, n) for n in range(1, size + 1)}
 
     def check_value(self, node_id: int, entry: Entry) -> None:
@@ -148,7 +151,12 @@ class ManualCluster:
         for msg in batch:
             node = self.nodes.get(msg.to)
             if node is None or not node.alive or (msg.frm, msg.to) in self.blocked:
+                if self.tracer is not None:
+                    blocked = (msg.frm, msg.to) in self.blocked
+                    self.tracer.discarded(msg, "blocked" if blocked else "lost")
                 continue
+            if self.tracer is not None:
+                self.tracer.delivered(msg)
             node.replica.step(msg)
             node.replica.check_invariants()
             node.process()
@@ -194,7 +202,12 @@ class _Interpreter:
         if command != "cluster" and self.cluster is None:
             raise ScriptError("the first command must be 'cluster'")
         out = method(args)
-        return "" if out is None else out
+        out = "" if out is None else out
+        if self.cluster is not None and self.cluster.tracer is not None:
+            lines = self.cluster.tracer.take()
+            if lines:
+                return "\n".join(lines + ([out] if out else []))
+        return out
 
     # ------------------------------------------------------------ commands
 
@@ -284,10 +297,14 @@ class _Interpreter:
 
     def cmd_drop(self, args):
         links = _links(args)
-        before = len(self.cluster.pending)
-        self.cluster.pending = [m for m in self.cluster.pending
-                                if links is not None and (m.frm, m.to) not in links]
-        return f"dropped {before - len(self.cluster.pending)}"
+        keep, dropped = [], []
+        for m in self.cluster.pending:
+            (dropped if links is None or (m.frm, m.to) in links else keep).append(m)
+        self.cluster.pending = keep
+        if self.cluster.tracer is not None:
+            for m in dropped:
+                self.cluster.tracer.discarded(m, "drop")
+        return f"dropped {len(dropped)}"
 
     def cmd_stabilize(self, args):
         limit = int(args[0]) if args else 100
@@ -334,7 +351,13 @@ class _Interpreter:
         node.alive = False
         node.held.clear()
         node.holding = False
-        self.cluster.pending = [m for m in self.cluster.pending if m.to != node.node_id]
+        keep = []
+        for m in self.cluster.pending:
+            if m.to != node.node_id:
+                keep.append(m)
+            elif self.cluster.tracer is not None:
+                self.cluster.tracer.discarded(m, "lost")
+        self.cluster.pending = keep
         return "ok"
 
     def cmd_restart(self, args):
@@ -373,8 +396,23 @@ class _Interpreter:
             text = f"promised={Ballot.unpack(hs.term)}"
         else:
             text = f"term={hs.term} vote={hs.vote}"
-        slots = " ".join(f"{i}:{_describe_entry(e)}" for i, e in sorted(node.disk.entries.items()))
+        slots = " ".join(f"{i}:{describe_value(e)}" for i, e in sorted(node.disk.entries.items()))
         return f"{text} entries=[{slots}]"
+
+    def cmd_log(self, args):
+        node = self.cluster.node(args[0])
+        entries = [describe_entry(e, self.protocol) for _, e in sorted(node.disk.entries.items())]
+        return " ".join(entries) if entries else "empty"
+
+    def cmd_trace(self, args):
+        mode = args[0] if args else "on"
+        if mode == "off":
+            self.cluster.tracer = None
+        elif mode in ("on", "messages"):
+            self.cluster.tracer = Tracer(self.protocol, readies=mode == "on")
+        else:
+            raise ScriptError(f"trace takes on, messages or off, not {mode!r}")
+        return "ok"
 
     def cmd_check(self, args):
         seqs = [n.applied for n in self.cluster.nodes.values()]
