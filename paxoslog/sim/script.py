@@ -14,18 +14,23 @@ protocol.  Set PAXOSLOG_REWRITE=1 to rewrite expected outputs from actual ones.
 
 Commands::
 
-    cluster N [election=10] [heartbeat=2] [window=8] [lease=0] [prevote=1] [checkquorum=1]
+    cluster N [election=10] [heartbeat=2] [window=8] [batch=64] [permsg=64] [lease=0]
+              [prevote=1] [checkquorum=1] [voters=IDS] [learners=IDS]
+                             nodes 1..N; the initial configuration is every node a voter,
+                             or the given voters and learners (others are outside it)
     tick NODES [K]           tick each node K times (default 1), processing Readies
     campaign NODE            tick NODE until it leaves the follower role
     elect NODE               campaign NODE, then stabilize (fails if it does not lead)
     propose NODE VALUE...    propose one command per VALUE at NODE
     read NODE NAME           ask NODE for a linearizable read point named NAME
+    lease-read NODE          the read point NODE's leader lease allows now, or "none"
     transfer NODE TARGET     ask leader NODE to hand leadership to TARGET
     config NODE VOTERS [LEARNERS]   membership change at NODE (comma-separated ids)
     deliver [FROM->TO]...    deliver pending messages once (all, or on the given links)
     drop [FROM->TO]...       discard pending messages (all, or on the given links)
     stabilize [MAX]          deliver until no message is pending (at most MAX rounds)
     partition A,B | C,D      block every link between the groups (both ways)
+    isolate NODE             block every link of NODE (both ways)
     cut FROM->TO             block one direction of one link
     heal                     unblock everything
     hold NODE                NODE stops completing fsyncs: its Readies wait, unsent
@@ -33,6 +38,8 @@ Commands::
     crash NODE               NODE stops; whatever it had not persisted is lost
     forget-commit NODE       reset NODE's persisted commit point to 0 (a lost unsynced
                              hard-state write: the server writes commit hints unsynced)
+    lose-tail NODE INDEX     NODE's disk loses every entry >= INDEX (a durability fault
+                             beyond the protocols' model: acknowledged entries vanish)
     restart NODE             NODE boots from what it persisted
     pending                  list undelivered messages (type from->to)
     status [NODES]           role, leader, commit and applied index per node
@@ -118,10 +125,11 @@ class _Node:
 
 
 class ManualCluster:
-    def __init__(self, protocol: str, size: int, options: ReplicaOptions) -> None:
+    def __init__(self, protocol: str, size: int, options: ReplicaOptions,
+                 bootstrap: Config | None = None) -> None:
         self.protocol = protocol
         self.options = options
-        self.bootstrap = Config(frozenset(range(1, size + 1)))
+        self.bootstrap = bootstrap or Config(frozenset(range(1, size + 1)))
         self.pending: list = []
         self.blocked: set[tuple[int, int]] = set()
         self.snapshots: dict = {}
@@ -221,8 +229,13 @@ class _Interpreter:
             check_quorum=opts.get("checkquorum", "1") == "1",
             lease_ticks=int(opts.get("lease", 0)),
             limits=Limits(pipeline_window=int(opts.get("window", 8)),
-                          batch_commands_max=int(opts.get("batch", 64))))
-        self.cluster = ManualCluster(self.protocol, size, options)
+                          batch_commands_max=int(opts.get("batch", 64)),
+                          entries_per_message_max=int(opts.get("permsg", 64))))
+        bootstrap = None
+        if "voters" in opts:
+            bootstrap = Config(frozenset(_ids(opts["voters"])),
+                               learners=frozenset(_ids(opts.get("learners", ""))))
+        self.cluster = ManualCluster(self.protocol, size, options, bootstrap)
         return "ok"
 
     def _tick(self, node: _Node, times: int) -> None:
@@ -271,6 +284,11 @@ class _Interpreter:
             return f"error: {exc}"
         node.process()
         return "ok"
+
+    def cmd_lease_read(self, args):
+        node = self.cluster.node(args[0])
+        point = node.replica.lease_read_index()
+        return "none" if point is None else f"index {point}"
 
     def cmd_transfer(self, args):
         node = self.cluster.node(args[0])
@@ -324,6 +342,13 @@ class _Interpreter:
                 self.cluster.blocked |= {(a, b), (b, a)}
         return "ok"
 
+    def cmd_isolate(self, args):
+        node = self.cluster.node(args[0]).node_id
+        for other in self.cluster.nodes:
+            if other != node:
+                self.cluster.blocked |= {(node, other), (other, node)}
+        return "ok"
+
     def cmd_cut(self, args):
         self.cluster.blocked |= _links(args)
         return "ok"
@@ -371,6 +396,12 @@ class _Interpreter:
         node = self.cluster.node(args[0])
         hs = node.disk.hard_state
         node.disk.hard_state = type(hs)(hs.term, hs.vote, 0)
+        return "ok"
+
+    def cmd_lose_tail(self, args):
+        node = self.cluster.node(args[0])
+        first = int(args[1])
+        node.disk.entries = {i: e for i, e in node.disk.entries.items() if i < first}
         return "ok"
 
     def cmd_pending(self, args):
