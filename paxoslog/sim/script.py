@@ -19,6 +19,7 @@ Commands::
                              nodes 1..N; the initial configuration is every node a voter,
                              or the given voters and learners (others are outside it)
     tick NODES [K]           tick each node K times (default 1), processing Readies
+    run K                    K rounds of: tick every live node once, then stabilize
     campaign NODE            tick NODE until it leaves the follower role
     elect NODE               campaign NODE, then stabilize (fails if it does not lead)
     propose NODE VALUE...    propose one command per VALUE at NODE
@@ -250,6 +251,13 @@ class _Interpreter:
         for n in _ids(args[0]):
             self._tick(self.cluster.node(str(n)), times)
         return self.cmd_status([args[0]])
+
+    def cmd_run(self, args):
+        for _ in range(int(args[0])):
+            for node in self.cluster.nodes.values():
+                self._tick(node, 1)
+            self.cmd_stabilize([])
+        return self.cmd_status([])
 
     def cmd_campaign(self, args):
         node = self.cluster.node(args[0])
