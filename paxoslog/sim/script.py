@@ -48,9 +48,11 @@ Commands::
     reads NODE               read points NODE has served
     persisted NODE           the hard state NODE has on disk (protocol specific)
     check                    agreement on applied values across nodes
-    trace on|messages|off    from now on, each command's output starts with every message
+    trace on|messages|off [NODES]
+                             from now on, each command's output starts with every message
                              delivered and every Ready completed (``messages``: only the
-                             deliveries); see paxoslog/sim/trace.py for the format
+                             deliveries; NODES: only messages from or to those nodes and
+                             their Readies); see paxoslog/sim/trace.py for the format
     log NODE                 the entries NODE has on disk as index@term:value (the term is
                              the ballot in Multi-Paxos)
 """
@@ -448,7 +450,8 @@ class _Interpreter:
         if mode == "off":
             self.cluster.tracer = None
         elif mode in ("on", "messages"):
-            self.cluster.tracer = Tracer(self.protocol, readies=mode == "on")
+            nodes = frozenset(_ids(args[1])) if len(args) > 1 else None
+            self.cluster.tracer = Tracer(self.protocol, readies=mode == "on", nodes=nodes)
         else:
             raise ScriptError(f"trace takes on, messages or off, not {mode!r}")
         return "ok"

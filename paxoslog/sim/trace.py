@@ -147,26 +147,34 @@ def describe_ready(node_id: int, ready: Ready, protocol: str) -> list[str]:
 
 
 class Tracer:
-    """Collects trace lines while switched on; ``readies=False`` shows the messages only."""
+    """Collects trace lines while switched on.  ``readies=False`` shows the messages only;
+    ``nodes`` (when given) keeps only the messages from or to those nodes and their Readies."""
 
-    def __init__(self, protocol: str, readies: bool = True) -> None:
+    def __init__(self, protocol: str, readies: bool = True,
+                 nodes: frozenset[int] | None = None) -> None:
         self.protocol = protocol
         self.readies = readies
+        self.nodes = nodes
         self.lines: list[str] = []
 
+    def _shows(self, *node_ids: int) -> bool:
+        return self.nodes is None or any(n in self.nodes for n in node_ids)
+
     def delivered(self, msg) -> None:
-        self.lines.append("deliver " + describe_message(msg, self.protocol))
+        if self._shows(msg.frm, msg.to):
+            self.lines.append("deliver " + describe_message(msg, self.protocol))
 
     def discarded(self, msg, why: str) -> None:
         """``why``: ``blocked`` (cut link), ``lost`` (receiver down) or ``drop`` (script)."""
-        self.lines.append(f"{why} " + describe_message(msg, self.protocol))
+        if self._shows(msg.frm, msg.to):
+            self.lines.append(f"{why} " + describe_message(msg, self.protocol))
 
     def held(self, node_id: int) -> None:
-        if self.readies:
+        if self.readies and self._shows(node_id):
             self.lines.append(f"{node_id} ready held (fsync pending)")
 
     def ready(self, node_id: int, ready: Ready) -> None:
-        if self.readies:
+        if self.readies and self._shows(node_id):
             self.lines.extend(describe_ready(node_id, ready, self.protocol))
 
     def take(self) -> list[str]:
