@@ -36,6 +36,9 @@ Commands::
     heal                     unblock everything
     hold NODE                NODE stops completing fsyncs: its Readies wait, unsent
     release NODE             NODE's held Readies complete (persist, send, apply), in order
+    pause NODE               NODE freezes (SIGSTOP): no ticks; messages to it wait
+    resume NODE              NODE continues with its old volatile state; waiting messages
+                             are delivered by the next deliver/stabilize
     crash NODE               NODE stops; whatever it had not persisted is lost
     forget-commit NODE       reset NODE's persisted commit point to 0 (a lost unsynced
                              hard-state write: the server writes commit hints unsynced)
@@ -86,6 +89,7 @@ class _Node:
         self.node_id = node_id
         self.disk = IdealDisk()
         self.alive = True
+        self.paused = False  # takes no ticks and no messages (they wait) until resumed
         self.held: list[Ready] = []
         self.holding = False
         self.boot()
@@ -154,7 +158,7 @@ class ManualCluster:
     def deliver(self, links: set[tuple[int, int]] | None) -> int:
         batch, keep = [], []
         for msg in self.pending:
-            if links is None or (msg.frm, msg.to) in links:
+            if (links is None or (msg.frm, msg.to) in links) and not self._paused(msg.to):
                 batch.append(msg)
             else:
                 keep.append(msg)
@@ -172,6 +176,13 @@ class ManualCluster:
             node.replica.check_invariants()
             node.process()
         return len(batch)
+
+    def _paused(self, node_id: int) -> bool:
+        node = self.nodes.get(node_id)
+        return node is not None and node.alive and node.paused
+
+    def deliverable(self) -> bool:
+        return any(not self._paused(msg.to) for msg in self.pending)
 
 
 def _links(args: list[str]) -> set[tuple[int, int]] | None:
@@ -196,7 +207,7 @@ def _status_line(node: _Node) -> str:
         return f"{node.node_id}: down"
     leader = r.leader_id if r.leader_id is not None else "-"
     return (f"{node.node_id}: {r.role} leader={leader} commit={r.commit_index} "
-            f"applied={r.applied_index}")
+            f"applied={r.applied_index}" + (" (paused)" if node.paused else ""))
 
 
 class _Interpreter:
@@ -243,7 +254,7 @@ class _Interpreter:
 
     def _tick(self, node: _Node, times: int) -> None:
         for _ in range(times):
-            if node.alive:
+            if node.alive and not node.paused:
                 node.replica.tick()
                 node.replica.check_invariants()
                 node.process()
@@ -337,7 +348,7 @@ class _Interpreter:
     def cmd_stabilize(self, args):
         limit = int(args[0]) if args else 100
         for _ in range(limit):
-            if not self.cluster.pending:
+            if not self.cluster.deliverable():
                 break
             self.cluster.deliver(None)
         return self.cmd_status([])
@@ -381,6 +392,15 @@ class _Interpreter:
         node.process()
         return f"released {len(held)}"
 
+    def cmd_pause(self, args):
+        self.cluster.node(args[0]).paused = True
+        return "ok"
+
+    def cmd_resume(self, args):
+        node = self.cluster.node(args[0])
+        node.paused = False
+        return "ok"
+
     def cmd_crash(self, args):
         node = self.cluster.node(args[0])
         node.alive = False
@@ -398,6 +418,7 @@ class _Interpreter:
     def cmd_restart(self, args):
         node = self.cluster.node(args[0])
         node.alive = True
+        node.paused = False
         node.boot()
         node.process()
         return "ok"
