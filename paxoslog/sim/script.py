@@ -50,6 +50,7 @@ Commands::
     applied NODE             the values NODE applied, in order (noop / config shown)
     reads NODE               read points NODE has served
     persisted NODE           the hard state NODE has on disk (protocol specific)
+    members NODE             the configuration NODE currently follows
     check                    agreement on applied values across nodes
     trace on|messages|off [NODES]
                              from now on, each command's output starts with every message
@@ -460,6 +461,10 @@ class _Interpreter:
             text = f"term={hs.term} vote={hs.vote}"
         slots = " ".join(f"{i}:{describe_value(e)}" for i, e in sorted(node.disk.entries.items()))
         return f"{text} entries=[{slots}]"
+
+    def cmd_members(self, args):
+        node = self.cluster.node(args[0])
+        return node.replica.config.describe()
 
     def cmd_log(self, args):
         node = self.cluster.node(args[0])
