@@ -42,7 +42,7 @@ Commands::
     crash NODE               NODE stops; whatever it had not persisted is lost
     forget-commit NODE       reset NODE's persisted commit point to 0 (a lost unsynced
                              hard-state write: the server writes commit hints unsynced)
-    lose-tail NODE INDEX     NODE's disk loses every entry >= INDEX (a durability fault
+    lose-tail NODE K         NODE's disk loses its last K entries (a durability fault
                              beyond the protocols' model: acknowledged entries vanish)
     restart NODE             NODE boots from what it persisted
     pending                  list undelivered messages (type from->to)
@@ -432,8 +432,8 @@ class _Interpreter:
 
     def cmd_lose_tail(self, args):
         node = self.cluster.node(args[0])
-        first = int(args[1])
-        node.disk.entries = {i: e for i, e in node.disk.entries.items() if i < first}
+        for index in sorted(node.disk.entries)[len(node.disk.entries) - int(args[1]):]:
+            del node.disk.entries[index]
         return "ok"
 
     def cmd_pending(self, args):
@@ -535,6 +535,12 @@ def run_script(path: str, protocol: str, rewrite: bool | None = None) -> list[st
     with open(path) as f:
         text = f.read()
     header, blocks = _parse(text)
+    # The first protocol a script runs on owns the shared expectation ("----"); the others
+    # record only what differs ("---- raft").
+    owner = "multipaxos"
+    for line in header:
+        if line.startswith("# protocols:"):
+            owner = line.split(":", 1)[1].split()[0]
     interp = _Interpreter(protocol)
     problems = []
     for block in blocks:
@@ -547,8 +553,7 @@ def run_script(path: str, protocol: str, rewrite: bool | None = None) -> list[st
             problems.append(f"{path}:{block.line} [{protocol}] {block.command}\n"
                             f"  expected: {want}\n  actual:   {actual}")
             if rewrite:
-                # multipaxos owns the shared expectation; raft records only what differs.
-                if protocol == "multipaxos" and "multipaxos" not in block.expected:
+                if protocol == owner and owner not in block.expected:
                     block.expected[""] = actual
                 else:
                     block.expected[protocol] = actual
