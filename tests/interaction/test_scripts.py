@@ -31,6 +31,14 @@ def test_script(path, protocol):
 def test_scripts_exist():
     """The classic-bug scenarios are all present."""
     names = {p.stem for p in SCRIPTS}
-    for required in ("r6_dueling_proposers", "r7_hole_filling", "r8_persist_before_reply",
-                     "phase1_minority_accepted"):
+    for required in ("r1_figure8", "r1_figure8_overwrite", "r2_new_leader_commits_tail",
+                     "r3_config_change_waits_for_the_term", "r4_prevote_rejoin",
+                     "r4_no_prevote_disrupts", "r4_removed_node", "r4_check_quorum",
+                     "r4_asymmetric_partition", "r5_stale_leader_read", "r5_lease_read",
+                     "r6_dueling_proposers", "r7_hole_filling", "r8_persist_before_reply",
+                     "r8_vote_survives_restart", "r13_lost_acknowledged_entries",
+                     "phase1_minority_accepted", "leader_completeness", "leader_transfer",
+                     "log_matching_truncation", "membership_joint",
+                     "membership_uncommitted_config", "membership_isolated_leader",
+                     "membership_removed_leader", "membership_joint_restart"):
         assert required in names, required
