@@ -1,0 +1,296 @@
+"""Unit tests for MultiPaxosReplica (paxoslog.core.paxos), named after the protocol steps.
+
+Two kinds of test.  Single-replica tests build one replica (restored from a chosen log when
+needed), step hand-made messages into it and assert the exact Ready it answers with
+(``ready.messages == [Promise(...)]``).  Cluster tests use ``Cluster``: replicas, one
+``IdealDisk`` each, a FIFO of messages in flight, blocked links and crashed nodes;
+``settle()`` honours the Ready contract (persist, send, apply, advance), and every entry any
+node applies is checked against the first value applied at that slot anywhere.
+
+Ballots are (round, node); a Multi-Paxos entry's ``term`` is the packed ballot it was
+accepted at, so ``b(1, 1)`` below is ballot 1.1 packed.
+"""
+
+from __future__ import annotations
+
+import random
+from collections import deque
+
+import pytest
+
+from paxoslog.core.ballot import Ballot
+from paxoslog.core.errors import Busy, ConfigChangeInProgress, NotLeader
+from paxoslog.core.limits import Limits
+from paxoslog.core.log import (ENTRY_CONFIG, ENTRY_NOOP, ENTRY_NORMAL, Entry, HardState,
+                               SnapshotMeta, config_entry, entry_config)
+from paxoslog.core.messages import (Accept, Accepted, CatchupReply, CatchupRequest,
+                                    Heartbeat, HeartbeatReply, InstallSnapshot,
+                                    InstallSnapshotReply, Nack, Prepare, PreVote,
+                                    PreVoteReply, Promise, TimeoutNow, decode, encode)
+from paxoslog.core.paxos import MultiPaxosReplica
+from paxoslog.core.quorum import Config
+from paxoslog.core.ready import ConfigChanged, ProposalDropped, ReadState, Role, RoleChanged
+from paxoslog.core.replica import ReplicaOptions, Restored
+from paxoslog.sim.disk import IdealDisk
+
+E = 10  # election ticks throughout
+VOTERS3 = Config(frozenset({1, 2, 3}))
+
+
+def options(**overrides) -> ReplicaOptions:
+    limits = overrides.pop("limits", Limits())
+    base = dict(heartbeat_ticks=2, election_ticks=E, limits=limits)
+    base.update(overrides)
+    return ReplicaOptions(**base)
+
+
+def b(round_: int, node: int) -> int:
+    """The packed ballot round.node (what an entry's ``term`` holds)."""
+    return Ballot(round_, node).pack()
+
+
+def value(slot: int, ballot: int, *commands: bytes) -> Entry:
+    return Entry(slot, ballot, ENTRY_NORMAL, tuple(commands))
+
+
+def noop(slot: int, ballot: int) -> Entry:
+    return Entry(slot, ballot, ENTRY_NOOP, ())
+
+
+def replica(node_id: int = 2, config: Config = VOTERS3, restored: Restored | None = None,
+            **opts) -> MultiPaxosReplica:
+    return MultiPaxosReplica(node_id, config, options(**opts), random.Random(node_id), restored)
+
+
+def drain(r: MultiPaxosReplica):
+    """The next Ready, reported done (the caller persisted, sent and applied it)."""
+    ready = r.ready()
+    assert ready is not None
+    r.advance(ready)
+    r.check_invariants()
+    return ready
+
+
+def candidate(node_id: int = 1, config: Config = VOTERS3, restored: Restored | None = None,
+              **opts) -> MultiPaxosReplica:
+    """A replica that timed out without pre-vote and sent its Prepares (already drained)."""
+    r = replica(node_id, config, restored, pre_vote=False, **opts)
+    for _ in range(2 * E):
+        r.tick()
+        if r.role == Role.CANDIDATE:
+            break
+    assert r.role == Role.CANDIDATE
+    drain(r)
+    return r
+
+
+def leader(node_id: int = 1, config: Config = VOTERS3, **opts) -> MultiPaxosReplica:
+    """Node 1 leading voters 1-3 at ballot 1.1 with an empty log (promise from node 2)."""
+    r = candidate(node_id, config, **opts)
+    r.step(Promise(2, node_id, r.ballot, (), 0, 1, 0))
+    assert r.role == Role.LEADER
+    drain(r)
+    return r
+
+
+# ---------------------------------------------------------------- a small cluster
+
+class Cluster:
+    """Replicas with one IdealDisk each and a FIFO network (see the module docstring)."""
+
+    def __init__(self, n: int = 3, voters=None, learners=(), seed: int = 0, **opts) -> None:
+        self.ids = list(range(1, n + 1))
+        self.opts = options(**opts)
+        self.config = Config(frozenset(voters or self.ids), learners=frozenset(learners))
+        self.seed = seed
+        self.disks = {i: IdealDisk() for i in self.ids}
+        self.snapshots: dict[bytes, dict] = {}
+        self.nodes = {i: self._boot(i) for i in self.ids}
+        self.applied: dict[int, list[Entry]] = {i: [] for i in self.ids}
+        self.readies: dict[int, list] = {i: [] for i in self.ids}
+        self.chosen: dict[int, Entry] = {}
+        self.queue: deque = deque()
+        self.delivered: list = []
+        self.down: set[int] = set()
+        self.blocked: set[tuple[int, int]] = set()
+        self.codec = False
+
+    def _boot(self, i: int) -> MultiPaxosReplica:
+        return MultiPaxosReplica(i, self.config, self.opts,
+                                 random.Random(self.seed * 1000 + i), self.disks[i].restored())
+
+    def isolate(self, node: int) -> None:
+        self.blocked |= {(a, b_) for a in self.ids for b_ in self.ids
+                         if a != b_ and node in (a, b_)}
+
+    def heal(self) -> None:
+        self.blocked.clear()
+
+    def crash(self, node: int) -> None:
+        self.down.add(node)
+
+    def restart(self, node: int) -> None:
+        self.down.discard(node)
+        self.nodes[node] = self._boot(node)
+        self.applied[node] = []
+
+    def flush(self, node: int) -> None:
+        r = self.nodes[node]
+        while (ready := r.ready()) is not None:
+            self.readies[node].append(ready)
+            self.disks[node].persist(ready, self.snapshots)
+            for msg in ready.messages:
+                self.queue.append(decode(encode(msg)) if self.codec else msg)
+            for entry in ready.committed:
+                assert entry.index == len(self.applied[node]) + 1, (node, entry.index)
+                first = self.chosen.setdefault(entry.index, entry)
+                assert first.same_value(entry), f"two values at slot {entry.index}"
+                self.applied[node].append(entry)
+            r.advance(ready)
+            r.check_invariants()
+
+    def settle(self, steps_max: int = 100000) -> None:
+        for _ in range(steps_max):
+            for node in self.ids:
+                if node not in self.down:
+                    self.flush(node)
+            if not self.queue:
+                return
+            msg = self.queue.popleft()
+            if msg.to in self.down or msg.frm in self.down or (msg.frm, msg.to) in self.blocked:
+                continue
+            self.delivered.append(msg)
+            self.nodes[msg.to].step(msg)
+            self.nodes[msg.to].check_invariants()
+        raise AssertionError("network did not settle")
+
+    def tick(self, n: int = 1, nodes=None) -> None:
+        for _ in range(n):
+            for node in nodes if nodes is not None else self.ids:
+                if node not in self.down:
+                    self.nodes[node].tick()
+            self.settle()
+
+    def elect(self, target: int) -> None:
+        """Everyone goes an election timeout without hearing anything; then only the target
+        ticks until it leads."""
+        saved, self.blocked = self.blocked, {(a, b_) for a in self.ids for b_ in self.ids}
+        self.tick(E)
+        self.blocked = saved
+        for _ in range(6 * E):
+            self.tick(1, nodes=[target])
+            if self.nodes[target].role == Role.LEADER:
+                return
+        raise AssertionError(f"node {target} did not win: {self.nodes[target].status()}")
+
+    def leader(self) -> int | None:
+        leaders = [i for i in self.ids if i not in self.down
+                   and self.nodes[i].role == Role.LEADER]
+        return max(leaders, key=lambda i: self.nodes[i].promised) if leaders else None
+
+    def propose(self, node: int, *commands: bytes) -> None:
+        self.nodes[node].propose(list(commands))
+        self.settle()
+
+    def commands(self, node: int) -> list[bytes]:
+        return [c for e in self.applied[node] if e.kind == ENTRY_NORMAL for c in e.payload]
+
+
+def started(n: int = 3, leader_id: int = 1, **kw) -> Cluster:
+    cluster = Cluster(n, **kw)
+    cluster.elect(leader_id)
+    cluster.settle()
+    return cluster
+
+
+# ---------------------------------------------------------------- phase 1
+
+def test_prepare_covers_every_slot_from_the_first_unchosen_one():
+    """A candidate with slots 1-2 chosen and 3 only accepted prepares from slot 3, once,
+    with its new promise in the hard state of the same Ready."""
+    restored = Restored(HardState(b(1, 2), 0, 2),
+                        [value(1, b(1, 2), b"a"), value(2, b(1, 2), b"b"),
+                         value(3, b(1, 2), b"c")])
+    r = replica(1, restored=restored, pre_vote=False)
+    for _ in range(2 * E):
+        r.tick()
+        if r.role == Role.CANDIDATE:
+            break
+    ready = r.ready()
+    assert ready.hard_state == HardState(b(2, 1), 0, 2)
+    assert ready.messages == [Prepare(1, 2, Ballot(2, 1), 3, False),
+                              Prepare(1, 3, Ballot(2, 1), 3, False)]
+    assert RoleChanged(Role.CANDIDATE, 2, None) in ready.events
+
+
+def test_promise_returns_every_accepted_value_at_or_above_from_slot():
+    """Phase 1b: the Promise carries slots >= from_slot with the ballot each was accepted at,
+    the acceptor's chosen watermark, and is persisted in the Ready that sends it."""
+    entries = [value(1, b(1, 1), b"a"), value(2, b(1, 1), b"b"), noop(3, b(2, 3)),
+               value(5, b(1, 1), b"e")]
+    r = replica(2, restored=Restored(HardState(b(2, 3), 0, 1), entries))
+    r.tick()  # nothing heard from a leader since boot: no stickiness to bypass
+    r.step(Prepare(1, 2, Ballot(3, 1), 2, False))
+    ready = drain(r)
+    assert ready.hard_state == HardState(b(3, 1), 0, 1)
+    assert ready.messages == [Promise(2, 1, Ballot(3, 1), tuple(entries[1:]), 1, 1, 0)]
+
+
+def test_prepare_below_the_promised_ballot_is_nacked():
+    """An acceptor refuses a lower ballot and says what it promised; nothing is persisted."""
+    r = replica(2, restored=Restored(HardState(b(2, 3)), []))
+    r.step(Prepare(1, 2, Ballot(1, 1), 1, True))
+    ready = drain(r)
+    assert ready.hard_state is None
+    assert ready.messages == [Nack(2, 1, Ballot(1, 1), Ballot(2, 3))]
+
+
+def test_accept_and_heartbeat_below_the_promised_ballot_are_nacked():
+    """Phase 2a and heartbeats of a deposed leader get a Nack; nothing is accepted."""
+    r = replica(2, restored=Restored(HardState(b(2, 3)), []))
+    r.step(Accept(1, 2, Ballot(1, 1), (value(1, b(1, 1), b"x"),), 0))
+    r.step(Heartbeat(1, 2, Ballot(1, 1), 0, (), 4))
+    ready = drain(r)
+    assert ready.entries == []
+    assert ready.messages == [Nack(2, 1, Ballot(1, 1), Ballot(2, 3)),
+                              Nack(2, 1, Ballot(1, 1), Ballot(2, 3))]
+
+
+def test_candidate_backs_off_on_a_nack_and_adopts_the_higher_promise():
+    """A Nack with a higher promise ends the candidacy; the promise is persisted (R6)."""
+    r = candidate(1)
+    r.step(Nack(2, 1, Ballot(1, 1), Ballot(4, 3)))
+    ready = drain(r)
+    assert r.role == Role.FOLLOWER and r.promised == Ballot(4, 3)
+    assert ready.hard_state == HardState(b(4, 3), 0, 0)
+    assert ready.events == [RoleChanged(Role.FOLLOWER, 4, None)]
+
+
+def test_large_promises_are_paged_and_the_candidate_asks_for_each_page():
+    """A Promise stops at message_bytes_max and names the next slot; the candidate asks for
+    the next page with another Prepare at the same ballot and leads once it has them all."""
+    limits = Limits(message_bytes_max=40)
+    entries = [value(i, b(1, 2), b"v%d" % i) for i in range(1, 6)]  # 20 bytes each
+    acceptor = replica(2, restored=Restored(HardState(b(1, 2)), entries), limits=limits)
+    acceptor.tick()
+    cand = candidate(1, limits=limits, restored=Restored(HardState(b(1, 1)), []))
+    assert cand.ballot == Ballot(2, 1)
+    acceptor.step(Prepare(1, 2, Ballot(2, 1), 1, False))
+    pages = []
+    for start, stop, next_slot in ((1, 3, 3), (3, 5, 5), (5, 6, 0)):
+        promise = drain(acceptor).messages
+        assert promise == [Promise(2, 1, Ballot(2, 1), tuple(entries[start - 1:stop - 1]), 0,
+                                   1, next_slot)]
+        pages.append(promise[0])
+        cand.step(promise[0])
+        if next_slot:
+            ask = drain(cand).messages
+            assert ask == [Prepare(1, 2, Ballot(2, 1), next_slot, True)]
+            acceptor.step(ask[0])
+    assert cand.role == Role.LEADER
+    ready = drain(cand)
+    mine = [e.with_term(b(2, 1)) for e in entries]
+    to_2 = [m for m in ready.messages if isinstance(m, Accept) and m.to == 2]
+    assert to_2 == [Accept(1, 2, Ballot(2, 1), tuple(mine[0:2]), 0),  # chunked by the same
+                    Accept(1, 2, Ballot(2, 1), tuple(mine[2:4]), 0),  # byte bound
+                    Accept(1, 2, Ballot(2, 1), tuple(mine[4:5]), 0)]
