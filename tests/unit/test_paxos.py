@@ -85,12 +85,20 @@ def candidate(node_id: int = 1, config: Config = VOTERS3, restored: Restored | N
 
 
 def leader(node_id: int = 1, config: Config = VOTERS3, **opts) -> MultiPaxosReplica:
-    """Node 1 leading voters 1-3 at ballot 1.1 with an empty log (promise from node 2)."""
+    """A leader at ballot 1.<node_id> with an empty log (empty promises from the lowest
+    voters); its first Ready is drained."""
     r = candidate(node_id, config, **opts)
-    r.step(Promise(2, node_id, r.ballot, (), 0, 1, 0))
+    for peer in sorted(config.voters - {node_id}):
+        if r.role == Role.LEADER:
+            break
+        r.step(Promise(peer, node_id, r.ballot, (), 0, 1, 0))
     assert r.role == Role.LEADER
     drain(r)
     return r
+
+
+B11 = Ballot(1, 1)
+VOTERS5 = Config(frozenset({1, 2, 3, 4, 5}))
 
 
 # ---------------------------------------------------------------- a small cluster
@@ -294,3 +302,176 @@ def test_large_promises_are_paged_and_the_candidate_asks_for_each_page():
     assert to_2 == [Accept(1, 2, Ballot(2, 1), tuple(mine[0:2]), 0),  # chunked by the same
                     Accept(1, 2, Ballot(2, 1), tuple(mine[2:4]), 0),  # byte bound
                     Accept(1, 2, Ballot(2, 1), tuple(mine[4:5]), 0)]
+
+
+# ---------------------------------------------------------------- phase 2
+
+def test_accept_batches_commands_into_slots_and_carries_many_slots():
+    """Queued commands fill slots of at most batch_commands_max; one Accept per peer carries
+    every new slot, persisted in the same Ready (a leader's own acceptance)."""
+    r = leader(limits=Limits(batch_commands_max=2))
+    r.propose([b"a", b"b", b"c", b"d", b"e"])
+    ready = drain(r)
+    slots = (value(1, b(1, 1), b"a", b"b"), value(2, b(1, 1), b"c", b"d"),
+             value(3, b(1, 1), b"e"))
+    assert ready.entries == list(slots)
+    assert ready.messages == [Accept(1, 2, B11, slots, 0), Accept(1, 3, B11, slots, 0)]
+    assert ready.committed == []
+
+
+def test_pipeline_window_bounds_the_slots_in_flight():
+    """At most pipeline_window slots beyond the chosen watermark are in flight; a slot
+    chosen frees room for the next."""
+    r = leader(limits=Limits(batch_commands_max=1, pipeline_window=2))
+    r.propose([b"a", b"b", b"c", b"d"])
+    ready = drain(r)
+    assert [e.index for e in ready.entries] == [1, 2]
+    r.step(Accepted(2, 1, B11, (1,)))
+    ready = drain(r)
+    assert ready.committed == [value(1, b(1, 1), b"a")]
+    assert ready.entries == [value(3, b(1, 1), b"c")]
+    assert ready.messages == [Accept(1, 2, B11, (value(3, b(1, 1), b"c"),), 1),
+                              Accept(1, 3, B11, (value(3, b(1, 1), b"c"),), 1)]
+
+
+def test_accepts_are_split_at_entries_per_message_max():
+    """A burst of slots goes out in several Accepts per peer, each within the bound."""
+    r = leader(limits=Limits(batch_commands_max=1, entries_per_message_max=2))
+    r.propose([b"a", b"b", b"c"])
+    ready = drain(r)
+    e1, e2, e3 = (value(i, b(1, 1), c) for i, c in ((1, b"a"), (2, b"b"), (3, b"c")))
+    assert ready.messages == [Accept(1, 2, B11, (e1, e2), 0), Accept(1, 2, B11, (e3,), 0),
+                              Accept(1, 3, B11, (e1, e2), 0), Accept(1, 3, B11, (e3,), 0)]
+
+
+def test_acceptor_persists_what_it_accepts_before_replying_accepted():
+    """Phase 2b: the accepted slots and the raised promise are in the Ready that carries the
+    Accepted reply (the shell persists before it sends)."""
+    r = replica(2)
+    e1, e2 = value(1, b(1, 1), b"x"), value(2, b(1, 1), b"y")
+    r.step(Accept(1, 2, B11, (e1, e2), 0))
+    ready = drain(r)
+    assert ready.hard_state == HardState(b(1, 1), 0, 0)
+    assert ready.entries == [e1, e2]
+    assert ready.messages == [Accepted(2, 1, B11, (1, 2))]
+    assert ready.events == [RoleChanged(Role.FOLLOWER, 1, 1)]
+
+
+def test_slot_is_chosen_when_a_phase2_quorum_accepted_it():
+    """With its own acceptance, one Accepted of three voters chooses the slot: it is applied
+    and the watermark is persisted; a late second Accepted changes nothing."""
+    r = leader()
+    r.propose([b"x"])
+    drain(r)
+    r.step(Accepted(2, 1, B11, (1,)))
+    ready = drain(r)
+    assert ready.committed == [value(1, b(1, 1), b"x")]
+    assert ready.hard_state == HardState(b(1, 1), 0, 1)
+    r.step(Accepted(3, 1, B11, (1,)))
+    assert r.ready() is None
+
+
+def test_accepted_for_another_ballot_is_not_counted():
+    """An acceptance at another ballot (an older leadership) does not help choose a slot."""
+    r = leader()
+    r.propose([b"x"])
+    drain(r)
+    r.step(Accepted(2, 1, Ballot(0, 2), (1,)))
+    assert r.ready() is None and r.commit_index == 0
+
+
+def test_out_of_order_chosen_slots_are_applied_in_slot_order():
+    """Slot 2 chosen before slot 1 waits (and is announced in the heartbeat's chosen set);
+    when slot 1 is chosen, both are applied in order."""
+    r = leader(config=VOTERS5, limits=Limits(batch_commands_max=1))
+    r.propose([b"a", b"b"])
+    drain(r)
+    r.step(Accepted(2, 1, B11, (2,)))
+    r.step(Accepted(3, 1, B11, (2,)))
+    ready = drain(r)
+    assert ready.committed == [] and r.commit_index == 0
+    r.tick()
+    r.tick()
+    beats = [m for m in drain(r).messages if isinstance(m, Heartbeat)]
+    assert beats[0] == Heartbeat(1, 2, B11, 0, (2,), 2)
+    r.step(Accepted(2, 1, B11, (1,)))
+    r.step(Accepted(4, 1, B11, (1,)))
+    ready = drain(r)
+    assert ready.committed == [value(1, b(1, 1), b"a"), value(2, b(1, 1), b"b")]
+    assert ready.hard_state.commit == 2
+
+
+def test_follower_learns_chosen_slots_from_the_watermark_and_the_chosen_set():
+    """Heartbeat commit=1, chosen=(3,): slot 1 is applied, slot 3 waits for slot 2; the next
+    watermark releases both.  The reply reports the follower's watermark and last slot."""
+    r = replica(2)
+    e1, e2, e3 = (value(i, b(1, 1), c) for i, c in ((1, b"a"), (2, b"b"), (3, b"c")))
+    r.step(Accept(1, 2, B11, (e1, e2, e3), 0))
+    drain(r)
+    r.step(Heartbeat(1, 2, B11, 1, (3,), 5))
+    ready = drain(r)
+    assert ready.committed == [e1]
+    assert ready.messages == [HeartbeatReply(2, 1, B11, 5, 1, 3)]
+    r.step(Heartbeat(1, 2, B11, 2, (), 6))
+    assert drain(r).committed == [e2, e3]
+
+
+def test_follower_fetches_a_chosen_slot_it_holds_at_another_ballot():
+    """A follower marks a slot chosen only when it holds it at the leader's ballot; else it
+    asks for the chosen value (catch-up) and applies the reply."""
+    r = replica(2, restored=Restored(HardState(b(1, 1)), [value(1, b(1, 1), b"old")]))
+    r.step(Heartbeat(3, 2, Ballot(2, 3), 1, (), 1))
+    ready = drain(r)
+    assert ready.committed == []
+    assert ready.messages == [CatchupRequest(2, 3, Ballot(2, 3), (1,)),
+                              HeartbeatReply(2, 3, Ballot(2, 3), 1, 0, 1)]
+    chosen = value(1, b(2, 3), b"new")
+    r.step(CatchupReply(3, 2, Ballot(2, 3), (chosen,), 1))
+    ready = drain(r)
+    assert ready.entries == [chosen] and ready.committed == [chosen]
+
+
+def test_catchup_request_is_answered_with_chosen_values_only():
+    """A catch-up reply carries chosen slots (with the ballot they were chosen at), never a
+    slot still in flight."""
+    r = leader(limits=Limits(batch_commands_max=1))
+    r.propose([b"a", b"b", b"c"])
+    drain(r)
+    r.step(Accepted(2, 1, B11, (1, 2)))
+    drain(r)
+    r.step(CatchupRequest(3, 1, Ballot(1, 1), (1, 2, 3)))
+    ready = drain(r)
+    assert ready.messages == [CatchupReply(1, 3, B11, (value(1, b(1, 1), b"a"),
+                                                       value(2, b(1, 1), b"b")), 2)]
+
+
+# ---------------------------------------------------------------- a new leader (R7)
+
+def test_new_leader_reproposes_the_highest_ballot_values_and_fills_holes_with_noops():
+    """Phase 1 reports slot 1 at 1.1 and 2.3, slot 3 at 1.1, slot 4 at 2.3 and nothing for
+    slot 2: the new leader proposes, at its own ballot, the 2.3 value for slot 1, a no-op
+    for slot 2, and the reported values of slots 3 and 4 (Paxos Made Simple, section 3)."""
+    r = candidate(1, VOTERS5, restored=Restored(HardState(b(2, 3)), []))
+    mine = r.ballot
+    assert mine == Ballot(3, 1)
+    r.step(Promise(2, 1, mine, (value(1, b(1, 1), b"x"), value(3, b(1, 1), b"y")), 0, 1, 0))
+    assert r.role == Role.CANDIDATE
+    r.step(Promise(3, 1, mine, (value(1, b(2, 3), b"z"), value(4, b(2, 3), b"w")), 0, 1, 0))
+    assert r.role == Role.LEADER
+    ready = drain(r)
+    slots = (value(1, mine.pack(), b"z"), noop(2, mine.pack()), value(3, mine.pack(), b"y"),
+             value(4, mine.pack(), b"w"))
+    assert ready.entries == list(slots)
+    assert ready.messages[:4] == [Accept(1, peer, mine, slots, 0) for peer in (2, 3, 4, 5)]
+    assert ready.messages[4:] == [Heartbeat(1, peer, mine, 0, (), 1) for peer in (2, 3, 4, 5)]
+    assert RoleChanged(Role.LEADER, 3, 1) in ready.events
+
+
+def test_new_leader_serves_proposals_after_the_inherited_slots():
+    """New commands get slots after every inherited one, in the same Ready."""
+    r = candidate(1)
+    r.step(Promise(2, 1, r.ballot, (value(2, b(0, 2), b"old"),), 0, 1, 0))
+    r.propose([b"new"])
+    ready = drain(r)
+    assert [(e.index, e.kind, e.payload) for e in ready.entries] == \
+        [(1, ENTRY_NOOP, ()), (2, ENTRY_NORMAL, (b"old",)), (3, ENTRY_NORMAL, (b"new",))]
