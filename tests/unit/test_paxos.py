@@ -71,6 +71,15 @@ def drain(r: MultiPaxosReplica):
     return ready
 
 
+def pump(r: MultiPaxosReplica):
+    """Like drain, for steps that may produce nothing (returns None then)."""
+    ready = r.ready()
+    if ready is not None:
+        r.advance(ready)
+        r.check_invariants()
+    return ready
+
+
 def candidate(node_id: int = 1, config: Config = VOTERS3, restored: Restored | None = None,
               **opts) -> MultiPaxosReplica:
     """A replica that timed out without pre-vote and sent its Prepares (already drained)."""
@@ -475,3 +484,242 @@ def test_new_leader_serves_proposals_after_the_inherited_slots():
     ready = drain(r)
     assert [(e.index, e.kind, e.payload) for e in ready.entries] == \
         [(1, ENTRY_NOOP, ()), (2, ENTRY_NORMAL, (b"old",)), (3, ENTRY_NORMAL, (b"new",))]
+
+
+# ---------------------------------------------------------------- failure detection
+
+def test_prevote_asks_for_support_without_raising_the_promise():
+    """A timed-out node first asks for pre-votes at the next round; nothing is persisted
+    until a quorum grants, then it prepares for real."""
+    r = replica(1)
+    for _ in range(2 * E):
+        r.tick()
+        if r.role == Role.PRE_CANDIDATE:
+            break
+    ready = drain(r)
+    assert ready.hard_state is None
+    assert ready.messages == [PreVote(1, 2, B11, 1), PreVote(1, 3, B11, 1)]
+    assert ready.events == [RoleChanged(Role.PRE_CANDIDATE, 0, None)]
+    r.step(PreVoteReply(2, 1, B11, True, 0))
+    ready = drain(r)
+    assert ready.hard_state == HardState(b(1, 1), 0, 0)
+    assert ready.messages == [Prepare(1, 2, B11, 1, False), Prepare(1, 3, B11, 1, False)]
+
+
+def test_prevote_is_refused_while_a_leader_is_heard():
+    """Leader stickiness: a follower that heard its leader within an election timeout
+    refuses a pre-vote (R4a)."""
+    r = replica(2)
+    r.step(Heartbeat(1, 2, B11, 0, (), 1))
+    drain(r)
+    r.step(PreVote(3, 2, Ballot(2, 3), 1))
+    assert drain(r).messages == [PreVoteReply(2, 3, Ballot(2, 3), False, 0)]
+
+
+def test_prevote_is_refused_to_a_candidate_behind_our_chosen_watermark():
+    """A candidate whose first unchosen slot is below ours is refused, and learns from the
+    reply how far we are (so it can catch up)."""
+    entries = [value(1, b(1, 1), b"a"), value(2, b(1, 1), b"b")]
+    r = replica(2, restored=Restored(HardState(b(1, 1), 0, 2), entries))
+    r.step(PreVote(3, 2, Ballot(2, 3), 1))
+    assert drain(r).messages == [PreVoteReply(2, 3, Ballot(2, 3), False, 2)]
+    r.step(PreVote(3, 2, Ballot(2, 3), 3))
+    assert drain(r).messages == [PreVoteReply(2, 3, Ballot(2, 3), True, 2)]
+
+
+def test_prepare_is_ignored_while_the_leader_is_heard_unless_forced():
+    """A follower ignores a higher Prepare while its leader is alive (no promise, no reply);
+    a forced one (leader transfer) is promised."""
+    r = replica(2)
+    r.step(Heartbeat(1, 2, B11, 0, (), 1))
+    drain(r)
+    r.step(Prepare(3, 2, Ballot(2, 3), 1, False))
+    assert r.ready() is None and r.promised == B11
+    r.step(Prepare(3, 2, Ballot(2, 3), 1, True))
+    ready = drain(r)
+    assert ready.hard_state == HardState(b(2, 3), 0, 0)
+    assert ready.messages == [Promise(2, 3, Ballot(2, 3), (), 0, 1, 0)]
+
+
+def test_leader_ignores_prepares_under_check_quorum():
+    """A healthy leader (check-quorum keeps it honest) neither promises nor steps down when
+    a disruptive Prepare arrives."""
+    r = leader()
+    r.step(Prepare(3, 1, Ballot(5, 3), 1, False))
+    assert r.ready() is None and r.role == Role.LEADER and r.promised == B11
+
+
+def test_check_quorum_steps_down_at_the_end_of_a_window_without_a_quorum():
+    """The leader checks, every election timeout, whom it heard from in that window: heard
+    from node 2 at tick 1, it survives the check at tick 10 and steps down at tick 20; the
+    commands it had queued come back as ProposalDropped (R4d)."""
+    r = leader(limits=Limits(batch_commands_max=1, pipeline_window=1))
+    r.propose([b"a", b"b", b"c"])
+    drain(r)
+    r.tick()
+    r.step(HeartbeatReply(2, 1, B11, 1, 0, 0))
+    pump(r)
+    steps = []
+    for tick in range(2, 2 * E + 1):
+        r.tick()
+        ready = pump(r)
+        if ready is not None and any(isinstance(ev, RoleChanged) for ev in ready.events):
+            steps.append((tick, ready.events))
+    assert steps == [(20, [ProposalDropped((b"b", b"c")),
+                           RoleChanged(Role.FOLLOWER, 1, None)])]
+    with pytest.raises(NotLeader):
+        r.propose([b"x"])
+    with pytest.raises(NotLeader):
+        r.read_index("r")
+
+
+def test_without_check_quorum_an_isolated_leader_keeps_leading():
+    """check_quorum=False: nothing heard for many timeouts, still leader."""
+    r = leader(check_quorum=False)
+    for _ in range(5 * E):
+        r.tick()
+        pump(r)
+    assert r.role == Role.LEADER
+
+
+# ---------------------------------------------------------------- leader transfer
+
+def test_leader_transfer_waits_for_the_target_then_sends_timeout_now():
+    """Proposals are refused during a transfer; TimeoutNow goes out only once the target
+    reports every slot chosen, and the old leader steps down with it."""
+    r = leader()
+    r.propose([b"x"])
+    drain(r)
+    r.transfer_leadership(3)
+    with pytest.raises(Busy, match="leadership transfer in progress"):
+        r.propose([b"no"])
+    r.step(Accepted(3, 1, B11, (1,)))
+    assert not any(isinstance(m, TimeoutNow) for m in drain(r).messages)
+    r.step(HeartbeatReply(3, 1, B11, 1, 1, 1))
+    ready = drain(r)
+    assert ready.messages == [TimeoutNow(1, 3, b(1, 1))]
+    assert ready.events == [RoleChanged(Role.FOLLOWER, 1, None)]
+
+
+def test_timeout_now_starts_a_forced_prepare_at_once():
+    """The target skips pre-vote and its leader's stickiness: it prepares right away with
+    force set, so the others promise although they heard the leader."""
+    r = replica(3)
+    r.step(Heartbeat(1, 3, B11, 0, (), 1))
+    drain(r)
+    r.step(TimeoutNow(1, 3, b(1, 1)))
+    ready = drain(r)
+    assert ready.hard_state == HardState(b(2, 3), 0, 0)
+    assert ready.messages == [Prepare(3, 1, Ballot(2, 3), 1, True),
+                              Prepare(3, 2, Ballot(2, 3), 1, True)]
+
+
+def test_transfer_to_a_non_voter_is_refused():
+    """transfer_leadership to a node outside the voters raises ValueError; to itself is a
+    no-op; on a follower it raises NotLeader."""
+    r = leader()
+    with pytest.raises(ValueError, match="node 7 is not a voter"):
+        r.transfer_leadership(7)
+    r.transfer_leadership(1)
+    assert r.role == Role.LEADER
+    with pytest.raises(NotLeader):
+        replica(2).transfer_leadership(3)
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "Multi-Paxos steps down the moment it sends TimeoutNow (_maybe_send_timeout_now), so a "
+    "lost TimeoutNow or a dead target leaves the cluster leaderless until an election; Raft "
+    "keeps leading and abandons the transfer after an election timeout "
+    "(tests/interaction/leader_transfer.txt)"))
+def test_transfer_to_an_unreachable_target_is_abandoned():
+    """A transfer whose TimeoutNow goes nowhere is abandoned after an election timeout and
+    the leader takes proposals again, without an election in between."""
+    r = leader()
+    r.step(HeartbeatReply(3, 1, B11, 1, 0, 0))
+    drain(r)
+    r.transfer_leadership(3)  # the target is up to date: TimeoutNow at once, then lost
+    drain(r)
+    for _ in range(E):
+        r.tick()
+        r.step(HeartbeatReply(2, 1, B11, r.ctx, 0, 0))
+        pump(r)
+    assert r.role == Role.LEADER
+    r.propose([b"taken"])
+
+
+# ---------------------------------------------------------------- reads
+
+def test_read_index_is_answered_once_a_quorum_acknowledges_a_heartbeat_round():
+    """read_index starts a heartbeat round (ctx); one acknowledgement of that round from
+    three voters confirms leadership and releases the read at the current point."""
+    r = leader()
+    r.read_index("r")
+    ready = drain(r)
+    assert ready.messages == [Heartbeat(1, 2, B11, 0, (), 2), Heartbeat(1, 3, B11, 0, (), 2)]
+    assert ready.reads == []
+    r.step(HeartbeatReply(3, 1, B11, 2, 0, 0))
+    assert drain(r).reads == [ReadState("r", 0)]
+
+
+def test_read_point_covers_the_slots_in_flight():
+    """A read asked while slot 1 is in flight is released only once slot 1 is chosen, in
+    the Ready that applies it."""
+    r = leader()
+    r.propose([b"x"])
+    drain(r)
+    r.read_index("r")
+    drain(r)
+    r.step(HeartbeatReply(2, 1, B11, 2, 0, 0))
+    assert r.ready() is None
+    r.step(Accepted(2, 1, B11, (1,)))
+    ready = drain(r)
+    assert ready.committed == [value(1, b(1, 1), b"x")]
+    assert ready.reads == [ReadState("r", 1)]
+
+
+def test_an_older_heartbeat_round_does_not_confirm_a_newer_read():
+    """Each read is tied to its own round: an acknowledgement of round 2 releases r1 but not
+    r2, asked later in round 3 (R5: a retry after a leader change)."""
+    r = leader()
+    r.read_index("r1")
+    drain(r)
+    r.read_index("r2")
+    drain(r)
+    r.step(HeartbeatReply(2, 1, B11, 2, 0, 0))
+    assert drain(r).reads == [ReadState("r1", 0)]
+    r.step(HeartbeatReply(2, 1, B11, 3, 0, 0))
+    assert drain(r).reads == [ReadState("r2", 0)]
+
+
+def test_read_index_needs_a_leader_and_is_bounded():
+    """Followers raise NotLeader (with the leader they know); beyond pending_reads_max
+    outstanding reads the leader raises Busy."""
+    follower = replica(2)
+    follower.step(Heartbeat(1, 2, B11, 0, (), 1))
+    with pytest.raises(NotLeader) as info:
+        follower.read_index("r")
+    assert info.value.leader_hint == 1
+    r = leader(limits=Limits(pending_reads_max=2))
+    r.read_index(1)
+    r.read_index(2)
+    with pytest.raises(Busy, match="too many pending reads"):
+        r.read_index(3)
+
+
+def test_lease_read_only_within_the_lease():
+    """lease_read_index answers while a quorum acknowledged a round started less than
+    lease_ticks ago, and never on a follower or with leases off."""
+    r = leader(lease_ticks=4)
+    assert r.lease_read_index() is None  # no round acknowledged yet
+    r.step(HeartbeatReply(2, 1, B11, 1, 0, 0))
+    assert r.lease_read_index() == 0
+    for _ in range(3):
+        r.tick()
+        pump(r)
+    assert r.lease_read_index() == 0
+    r.tick()
+    pump(r)
+    assert r.lease_read_index() is None
+    assert leader().lease_read_index() is None
+    assert replica(2, lease_ticks=4).lease_read_index() is None
+
