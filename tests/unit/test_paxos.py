@@ -745,7 +745,7 @@ def test_compaction_drops_chosen_slots_and_a_lagging_peer_is_offered_the_snapsho
     r = chosen_leader(b"a", b"b")
     meta = SnapshotMeta(2, b(1, 1), VOTERS3)
     r.compact(meta)
-    assert r.status()["first_index"] == 3
+    assert r.status().first_index == 3
     r.step(HeartbeatReply(3, 1, B11, 1, 0, 0))
     assert drain(r).messages == [InstallSnapshot(1, 3, b(1, 1), 2, b(1, 1), VOTERS3, b"")]
     r.step(CatchupRequest(3, 1, B11, (1,)))
@@ -974,9 +974,9 @@ def test_status_reports_holes_and_per_peer_progress():
     r.step(Accepted(3, 1, B11, (3,)))
     drain(r)
     status = r.status()
-    assert status["holes"] == [1, 2]
-    assert status["role"] == Role.LEADER and status["ballot"] == "1.1"
-    assert set(status["progress"]) == {2, 3, 4, 5}
+    assert status.holes == (1, 2)
+    assert status.role == Role.LEADER and status.ballot == "1.1"
+    assert set(status.progress) == {2, 3, 4, 5}
 
 
 def test_cluster_replicates_through_the_codec_and_survives_a_leader_crash():
