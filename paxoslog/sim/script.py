@@ -14,32 +14,51 @@ protocol.  Set PAXOSLOG_REWRITE=1 to rewrite expected outputs from actual ones.
 
 Commands::
 
-    cluster N [election=10] [heartbeat=2] [window=8] [lease=0] [prevote=1] [checkquorum=1]
+    cluster N [election=10] [heartbeat=2] [window=8] [batch=64] [permsg=64] [lease=0]
+              [prevote=1] [checkquorum=1] [voters=IDS] [learners=IDS]
+                             nodes 1..N; the initial configuration is every node a voter,
+                             or the given voters and learners (others are outside it)
     tick NODES [K]           tick each node K times (default 1), processing Readies
+    run K                    K rounds of: tick every live node once, then stabilize
     campaign NODE            tick NODE until it leaves the follower role
     elect NODE               campaign NODE, then stabilize (fails if it does not lead)
     propose NODE VALUE...    propose one command per VALUE at NODE
     read NODE NAME           ask NODE for a linearizable read point named NAME
+    lease-read NODE          the read point NODE's leader lease allows now, or "none"
     transfer NODE TARGET     ask leader NODE to hand leadership to TARGET
     config NODE VOTERS [LEARNERS]   membership change at NODE (comma-separated ids)
     deliver [FROM->TO]...    deliver pending messages once (all, or on the given links)
     drop [FROM->TO]...       discard pending messages (all, or on the given links)
     stabilize [MAX]          deliver until no message is pending (at most MAX rounds)
     partition A,B | C,D      block every link between the groups (both ways)
+    isolate NODE             block every link of NODE (both ways)
     cut FROM->TO             block one direction of one link
     heal                     unblock everything
     hold NODE                NODE stops completing fsyncs: its Readies wait, unsent
     release NODE             NODE's held Readies complete (persist, send, apply), in order
+    pause NODE               NODE freezes (SIGSTOP): no ticks; messages to it wait
+    resume NODE              NODE continues with its old volatile state; waiting messages
+                             are delivered by the next deliver/stabilize
     crash NODE               NODE stops; whatever it had not persisted is lost
     forget-commit NODE       reset NODE's persisted commit point to 0 (a lost unsynced
                              hard-state write: the server writes commit hints unsynced)
+    lose-tail NODE K         NODE's disk loses its last K entries (a durability fault
+                             beyond the protocols' model: acknowledged entries vanish)
     restart NODE             NODE boots from what it persisted
     pending                  list undelivered messages (type from->to)
     status [NODES]           role, leader, commit and applied index per node
     applied NODE             the values NODE applied, in order (noop / config shown)
     reads NODE               read points NODE has served
     persisted NODE           the hard state NODE has on disk (protocol specific)
+    members NODE             the configuration NODE currently follows
     check                    agreement on applied values across nodes
+    trace on|messages|off [NODES]
+                             from now on, each command's output starts with every message
+                             delivered and every Ready completed (``messages``: only the
+                             deliveries; NODES: only messages from or to those nodes and
+                             their Readies); see paxoslog/sim/trace.py for the format
+    log NODE                 the entries NODE has on disk as index@term:value (the term is
+                             the ballot in Multi-Paxos)
 """
 
 from __future__ import annotations
@@ -51,11 +70,12 @@ from dataclasses import dataclass
 from ..core.ballot import Ballot
 from ..core.errors import ConsensusError
 from ..core.limits import Limits
-from ..core.log import ENTRY_CONFIG, ENTRY_NOOP, Entry, entry_config
+from ..core.log import Entry
 from ..core.quorum import Config
 from ..core.ready import Ready, Role
 from ..core.replica import ReplicaOptions, create_replica
 from .disk import IdealDisk
+from .trace import Tracer, describe_entry, describe_value
 
 __all__ = ["ManualCluster", "run_script", "ScriptError"]
 
@@ -70,6 +90,7 @@ class _Node:
         self.node_id = node_id
         self.disk = IdealDisk()
         self.alive = True
+        self.paused = False  # takes no ticks and no messages (they wait) until resumed
         self.held: list[Ready] = []
         self.holding = False
         self.boot()
@@ -91,15 +112,19 @@ class _Node:
                 return
             if self.holding:
                 self.held.append(ready)
+                if self.cluster.tracer is not None:
+                    self.cluster.tracer.held(self.node_id)
                 return
             self._complete(ready)
 
     def _complete(self, ready: Ready) -> None:
+        if self.cluster.tracer is not None:
+            self.cluster.tracer.ready(self.node_id, ready)
         self.disk.persist(ready, self.cluster.snapshots)
         for msg in ready.messages:
             self.cluster.pending.append(msg)
         for entry in ready.committed:
-            self.applied.append(_describe_entry(entry))
+            self.applied.append(describe_value(entry))
             self.cluster.check_value(self.node_id, entry)
         for read in ready.reads:
             self.reads.append(f"{read.request_id}@{read.index}")
@@ -107,23 +132,17 @@ class _Node:
         self.replica.check_invariants()
 
 
-def _describe_entry(entry: Entry) -> str:
-    if entry.kind == ENTRY_NOOP:
-        return "noop"
-    if entry.kind == ENTRY_CONFIG:
-        return "config(" + entry_config(entry).describe() + ")"
-    return "+".join(c.decode() for c in entry.payload)
-
-
 class ManualCluster:
-    def __init__(self, protocol: str, size: int, options: ReplicaOptions) -> None:
+    def __init__(self, protocol: str, size: int, options: ReplicaOptions,
+                 bootstrap: Config | None = None) -> None:
         self.protocol = protocol
         self.options = options
-        self.bootstrap = Config(frozenset(range(1, size + 1)))
+        self.bootstrap = bootstrap or Config(frozenset(range(1, size + 1)))
         self.pending: list = []
         self.blocked: set[tuple[int, int]] = set()
         self.snapshots: dict = {}
         self.values: dict[int, tuple] = {}
+        self.tracer: Tracer | None = None  # set by the script's ``trace`` command
         self.nodes = {n: _Node(self, n) for n in range(1, size + 1)}
 
     def check_value(self, node_id: int, entry: Entry) -> None:
@@ -140,7 +159,7 @@ class ManualCluster:
     def deliver(self, links: set[tuple[int, int]] | None) -> int:
         batch, keep = [], []
         for msg in self.pending:
-            if links is None or (msg.frm, msg.to) in links:
+            if (links is None or (msg.frm, msg.to) in links) and not self._paused(msg.to):
                 batch.append(msg)
             else:
                 keep.append(msg)
@@ -148,11 +167,23 @@ class ManualCluster:
         for msg in batch:
             node = self.nodes.get(msg.to)
             if node is None or not node.alive or (msg.frm, msg.to) in self.blocked:
+                if self.tracer is not None:
+                    blocked = (msg.frm, msg.to) in self.blocked
+                    self.tracer.discarded(msg, "blocked" if blocked else "lost")
                 continue
+            if self.tracer is not None:
+                self.tracer.delivered(msg)
             node.replica.step(msg)
             node.replica.check_invariants()
             node.process()
         return len(batch)
+
+    def _paused(self, node_id: int) -> bool:
+        node = self.nodes.get(node_id)
+        return node is not None and node.alive and node.paused
+
+    def deliverable(self) -> bool:
+        return any(not self._paused(msg.to) for msg in self.pending)
 
 
 def _links(args: list[str]) -> set[tuple[int, int]] | None:
@@ -177,7 +208,7 @@ def _status_line(node: _Node) -> str:
         return f"{node.node_id}: down"
     leader = r.leader_id if r.leader_id is not None else "-"
     return (f"{node.node_id}: {r.role} leader={leader} commit={r.commit_index} "
-            f"applied={r.applied_index}")
+            f"applied={r.applied_index}" + (" (paused)" if node.paused else ""))
 
 
 class _Interpreter:
@@ -194,7 +225,12 @@ class _Interpreter:
         if command != "cluster" and self.cluster is None:
             raise ScriptError("the first command must be 'cluster'")
         out = method(args)
-        return "" if out is None else out
+        out = "" if out is None else out
+        if self.cluster is not None and self.cluster.tracer is not None:
+            lines = self.cluster.tracer.take()
+            if lines:
+                return "\n".join(lines + ([out] if out else []))
+        return out
 
     # ------------------------------------------------------------ commands
 
@@ -208,13 +244,18 @@ class _Interpreter:
             check_quorum=opts.get("checkquorum", "1") == "1",
             lease_ticks=int(opts.get("lease", 0)),
             limits=Limits(pipeline_window=int(opts.get("window", 8)),
-                          batch_commands_max=int(opts.get("batch", 64))))
-        self.cluster = ManualCluster(self.protocol, size, options)
+                          batch_commands_max=int(opts.get("batch", 64)),
+                          entries_per_message_max=int(opts.get("permsg", 64))))
+        bootstrap = None
+        if "voters" in opts:
+            bootstrap = Config(frozenset(_ids(opts["voters"])),
+                               learners=frozenset(_ids(opts.get("learners", ""))))
+        self.cluster = ManualCluster(self.protocol, size, options, bootstrap)
         return "ok"
 
     def _tick(self, node: _Node, times: int) -> None:
         for _ in range(times):
-            if node.alive:
+            if node.alive and not node.paused:
                 node.replica.tick()
                 node.replica.check_invariants()
                 node.process()
@@ -224,6 +265,13 @@ class _Interpreter:
         for n in _ids(args[0]):
             self._tick(self.cluster.node(str(n)), times)
         return self.cmd_status([args[0]])
+
+    def cmd_run(self, args):
+        for _ in range(int(args[0])):
+            for node in self.cluster.nodes.values():
+                self._tick(node, 1)
+            self.cmd_stabilize([])
+        return self.cmd_status([])
 
     def cmd_campaign(self, args):
         node = self.cluster.node(args[0])
@@ -259,6 +307,11 @@ class _Interpreter:
         node.process()
         return "ok"
 
+    def cmd_lease_read(self, args):
+        node = self.cluster.node(args[0])
+        point = node.replica.lease_read_index()
+        return "none" if point is None else f"index {point}"
+
     def cmd_transfer(self, args):
         node = self.cluster.node(args[0])
         try:
@@ -284,15 +337,19 @@ class _Interpreter:
 
     def cmd_drop(self, args):
         links = _links(args)
-        before = len(self.cluster.pending)
-        self.cluster.pending = [m for m in self.cluster.pending
-                                if links is not None and (m.frm, m.to) not in links]
-        return f"dropped {before - len(self.cluster.pending)}"
+        keep, dropped = [], []
+        for m in self.cluster.pending:
+            (dropped if links is None or (m.frm, m.to) in links else keep).append(m)
+        self.cluster.pending = keep
+        if self.cluster.tracer is not None:
+            for m in dropped:
+                self.cluster.tracer.discarded(m, "drop")
+        return f"dropped {len(dropped)}"
 
     def cmd_stabilize(self, args):
         limit = int(args[0]) if args else 100
         for _ in range(limit):
-            if not self.cluster.pending:
+            if not self.cluster.deliverable():
                 break
             self.cluster.deliver(None)
         return self.cmd_status([])
@@ -305,6 +362,13 @@ class _Interpreter:
         for a in left:
             for b in right:
                 self.cluster.blocked |= {(a, b), (b, a)}
+        return "ok"
+
+    def cmd_isolate(self, args):
+        node = self.cluster.node(args[0]).node_id
+        for other in self.cluster.nodes:
+            if other != node:
+                self.cluster.blocked |= {(node, other), (other, node)}
         return "ok"
 
     def cmd_cut(self, args):
@@ -329,17 +393,33 @@ class _Interpreter:
         node.process()
         return f"released {len(held)}"
 
+    def cmd_pause(self, args):
+        self.cluster.node(args[0]).paused = True
+        return "ok"
+
+    def cmd_resume(self, args):
+        node = self.cluster.node(args[0])
+        node.paused = False
+        return "ok"
+
     def cmd_crash(self, args):
         node = self.cluster.node(args[0])
         node.alive = False
         node.held.clear()
         node.holding = False
-        self.cluster.pending = [m for m in self.cluster.pending if m.to != node.node_id]
+        keep = []
+        for m in self.cluster.pending:
+            if m.to != node.node_id:
+                keep.append(m)
+            elif self.cluster.tracer is not None:
+                self.cluster.tracer.discarded(m, "lost")
+        self.cluster.pending = keep
         return "ok"
 
     def cmd_restart(self, args):
         node = self.cluster.node(args[0])
         node.alive = True
+        node.paused = False
         node.boot()
         node.process()
         return "ok"
@@ -348,6 +428,12 @@ class _Interpreter:
         node = self.cluster.node(args[0])
         hs = node.disk.hard_state
         node.disk.hard_state = type(hs)(hs.term, hs.vote, 0)
+        return "ok"
+
+    def cmd_lose_tail(self, args):
+        node = self.cluster.node(args[0])
+        for index in sorted(node.disk.entries)[len(node.disk.entries) - int(args[1]):]:
+            del node.disk.entries[index]
         return "ok"
 
     def cmd_pending(self, args):
@@ -373,8 +459,28 @@ class _Interpreter:
             text = f"promised={Ballot.unpack(hs.term)}"
         else:
             text = f"term={hs.term} vote={hs.vote}"
-        slots = " ".join(f"{i}:{_describe_entry(e)}" for i, e in sorted(node.disk.entries.items()))
+        slots = " ".join(f"{i}:{describe_value(e)}" for i, e in sorted(node.disk.entries.items()))
         return f"{text} entries=[{slots}]"
+
+    def cmd_members(self, args):
+        node = self.cluster.node(args[0])
+        return node.replica.config.describe()
+
+    def cmd_log(self, args):
+        node = self.cluster.node(args[0])
+        entries = [describe_entry(e, self.protocol) for _, e in sorted(node.disk.entries.items())]
+        return " ".join(entries) if entries else "empty"
+
+    def cmd_trace(self, args):
+        mode = args[0] if args else "on"
+        if mode == "off":
+            self.cluster.tracer = None
+        elif mode in ("on", "messages"):
+            nodes = frozenset(_ids(args[1])) if len(args) > 1 else None
+            self.cluster.tracer = Tracer(self.protocol, readies=mode == "on", nodes=nodes)
+        else:
+            raise ScriptError(f"trace takes on, messages or off, not {mode!r}")
+        return "ok"
 
     def cmd_check(self, args):
         seqs = [n.applied for n in self.cluster.nodes.values()]
@@ -429,6 +535,12 @@ def run_script(path: str, protocol: str, rewrite: bool | None = None) -> list[st
     with open(path) as f:
         text = f.read()
     header, blocks = _parse(text)
+    # The first protocol a script runs on owns the shared expectation ("----"); the others
+    # record only what differs ("---- raft").
+    owner = "multipaxos"
+    for line in header:
+        if line.startswith("# protocols:"):
+            owner = line.split(":", 1)[1].split()[0]
     interp = _Interpreter(protocol)
     problems = []
     for block in blocks:
@@ -441,8 +553,7 @@ def run_script(path: str, protocol: str, rewrite: bool | None = None) -> list[st
             problems.append(f"{path}:{block.line} [{protocol}] {block.command}\n"
                             f"  expected: {want}\n  actual:   {actual}")
             if rewrite:
-                # multipaxos owns the shared expectation; raft records only what differs.
-                if protocol == "multipaxos" and "multipaxos" not in block.expected:
+                if protocol == owner and owner not in block.expected:
                     block.expected[""] = actual
                 else:
                     block.expected[protocol] = actual
