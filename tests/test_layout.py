@@ -5,6 +5,7 @@ import pathlib
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 CORE = ROOT / "paxoslog" / "core"
+NODE = ROOT / "paxoslog" / "node"
 FORBIDDEN = {"twisted", "time", "random", "os", "socket", "threading", "asyncio", "select",
              "subprocess", "datetime"}
 
@@ -27,6 +28,22 @@ def test_core_imports_nothing_impure():
     offenders = {f.name: sorted(_imports(f) & FORBIDDEN) for f in files}
     offenders = {k: v for k, v in offenders.items() if v}
     assert not offenders, f"impure imports in the core: {offenders}"
+
+
+def test_node_driver_imports_nothing_impure():
+    """The node driver (paxoslog/node) is as pure as the core: no Twisted, no clock, no
+    randomness, no threads, no sockets; it reaches neither the server nor the storage."""
+    files = sorted(NODE.glob("*.py"))
+    assert {"driver.py", "machines.py", "sessions.py", "commands.py"} <= {f.name for f in files}
+    offenders = {}
+    for f in files:
+        bad = sorted(_imports(f) & FORBIDDEN)
+        text = f.read_text()
+        bad += [m for m in ("paxoslog.server", "paxoslog.storage", "paxoslog.sim", ".server",
+                            "..server", "..storage", "..sim") if f"from {m}" in text]
+        if bad:
+            offenders[f.name] = bad
+    assert not offenders, f"impure imports in the node driver: {offenders}"
 
 
 def test_forbidden_import_would_be_detected(tmp_path):

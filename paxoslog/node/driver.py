@@ -122,6 +122,7 @@ class NodeDriver:
         self._next_batch = 0
         self._waiting_reads: list[tuple[int, int]] = []      # heap of (index, batch id)
         self._served_batches: dict[int, list[PendingRead]] = {}
+        self._reads: set[PendingRead] = set()     # every read not answered yet
 
     # ================================================================== events
 
@@ -222,10 +223,8 @@ class NodeDriver:
         for waiters in list(self._waiters.values()):
             for w in list(waiters):
                 self._fail_write(w, *_unavailable("the node is shutting down"))
-        for batch in [self._read_batch, *self._read_batches.values(),
-                      *self._served_batches.values()]:
-            for r in batch:
-                self._fail_read(r, *_unavailable("the node is shutting down"))
+        for r in list(self._reads):
+            self._fail_read(r, *_unavailable("the node is shutting down"))
         return self._take()
 
     # ---- admin (membership service): narrow pass-throughs that pump afterwards
@@ -399,6 +398,7 @@ class NodeDriver:
             self._out.append(Reply(handle, *_unavailable("the node is shutting down")))
             return self._take()
         r = PendingRead(handle, query, forwarded)
+        self._reads.add(r)
         r.deadline = self.now + self.options.request_timeout_ticks
         self._timers.add(r.deadline, DEADLINE, r)
         if consistency == "lease" and self.replica.role == Role.LEADER:
@@ -502,6 +502,8 @@ class NodeDriver:
     def _finish(self, request) -> None:
         request.done = True
         request.retry_at = None
+        if type(request) is PendingRead:
+            self._reads.discard(request)
 
     def _retry(self, request) -> None:
         if not request.done and request.retry_at is None:
@@ -697,9 +699,7 @@ class NodeDriver:
 
     @property
     def pending_requests(self) -> int:
-        return (sum(len(w) for w in self._waiters.values()) + len(self._read_batch)
-                + sum(len(b) for b in self._read_batches.values())
-                + sum(len(b) for b in self._served_batches.values()))
+        return sum(len(w) for w in self._waiters.values()) + len(self._reads)
 
     def connected(self, peer: int) -> bool:
         return peer in self._connected

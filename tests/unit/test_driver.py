@@ -1,0 +1,390 @@
+"""The node driver (paxoslog/node/driver.py) on real replicas, state machines and session
+table, with exact instruction lists: what the server's runner and the simulator carry out.
+
+``Cluster`` is a tiny hand-cranked shell: it delivers ``Send`` messages between drivers
+and completes ``Persist`` instructions only when the test says so, so every assertion sees
+exactly what one event produced."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from paxoslog.core.log import ENTRY_NORMAL, Entry, HardState, SnapshotMeta
+from paxoslog.core.quorum import Config
+from paxoslog.core.ready import Role
+from paxoslog.core.replica import ReplicaOptions, create_replica
+from paxoslog.core.types import Restored
+from paxoslog.node.driver import ApplyGap, DriverOptions, NodeDriver
+from paxoslog.node.instructions import (EXECUTED, Applied, CommandApplied, CompactLog, Forward,
+                                        OfferSnapshot, Persist, Reply, RestoreSnapshot,
+                                        RoleChange, Send, TakeSnapshot)
+from paxoslog.node.machines import StateMachines
+from paxoslog.node.sessions import SessionTable
+from statemachines.kv import KVStateMachine
+
+PROTOCOLS = ["multipaxos", "raft"]
+TIMEOUT_TICKS = 20
+
+
+def machines(protocol: str) -> StateMachines:
+    return StateMachines({"kv": KVStateMachine()}, SessionTable(), lambda name: KVStateMachine(),
+                         record_terms=protocol == "raft")
+
+
+def driver(protocol: str, node_id: int = 1, voters=(1,), snapshot=None,
+           snapshot_entries: int = 10_000) -> NodeDriver:
+    config = Config(frozenset(voters))
+    replica = create_replica(protocol, node_id, config,
+                             ReplicaOptions(heartbeat_ticks=1, election_ticks=5),
+                             random.Random(node_id), Restored(HardState(), [], snapshot))
+    return NodeDriver(DriverOptions(node_id, protocol, 10.0, request_timeout_ticks=TIMEOUT_TICKS,
+                                    snapshot_entries=snapshot_entries),
+                      replica, machines(protocol), snapshot, config)
+
+
+def put(d: NodeDriver, key: str, value, client="c1", seq=1) -> tuple:
+    data = d.machines.encode_write("kv", {"op": "put", "key": key, "value": value}, client, seq,
+                                   ts=1000)
+    return (client, seq), data
+
+
+def kinds(instructions: list) -> list[str]:
+    return [type(op).__name__ for op in instructions]
+
+
+def settle(d: NodeDriver, rounds: int = 20) -> list:
+    """Pump and complete every persist at once (a single node); all instructions."""
+    out = []
+    for _ in range(rounds):
+        step = d.pump()
+        out += step
+        synced = [op for op in step if type(op) is Persist and op.sync]
+        if not synced and not d.replica.has_ready():
+            break
+        for op in synced:
+            out += d.persisted(op.ready)
+    return out
+
+
+def leader(protocol: str, **kw) -> NodeDriver:
+    d = driver(protocol, **kw)
+    for _ in range(15):
+        settle(d)
+        d.tick()
+        if d.replica.role == Role.LEADER:
+            break
+    settle(d)
+    assert d.replica.role == Role.LEADER
+    return d
+
+
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+def test_a_write_is_answered_only_once_its_entry_is_persisted_and_applied(protocol):
+    """submit_write -> nothing; pump -> exactly one synced Persist; persisted -> the entry
+    applied and the committed answer, in that order (the log view sees it first)."""
+    d = leader(protocol)
+    key, data = put(d, "a", 1)
+    assert d.submit_write("H", key, data) == []
+    out = d.pump()
+    assert kinds(out) == ["Persist"] and out[0].sync
+    ready = out[0].ready
+    assert [e.payload for e in ready.entries] == [(data,)]
+    assert d.pump() == []                      # one Ready at a time
+    out = d.persisted(ready)
+    index = ready.entries[0].index
+    result = {"op": "put", "created": True, "version": 1, "create_index": index,
+              "mod_index": index}
+    assert out == [
+        Applied([ready.entries[0]],
+                [CommandApplied(index, ready.entries[0].term, "kv",
+                                {"sm": "kv", "op": "put", "key": "a", "value": 1,
+                                 "client_id": "c1", "sequence": 1}, key, EXECUTED, result)]),
+        Reply("H", 200, {"status": "committed", "index": index, "term": d.replica.term,
+                         "leader": 1, "result": result})]
+    assert d.machines.kv.get("a")["value"] == 1 and d.applied_index == index
+
+
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+def test_writes_arriving_during_an_fsync_share_the_next_one(protocol):
+    """Group commit: three writes that arrive while a Ready is being persisted go into
+    one next Ready (one fsync) and are answered together after it."""
+    d = leader(protocol)
+    key, data = put(d, "a", 0)
+    d.submit_write("first", key, data)
+    first = d.pump()[0].ready
+    for seq in (2, 3, 4):
+        key, data = put(d, "a", seq, seq=seq)
+        assert d.submit_write(f"w{seq}", key, data) == []
+    assert d.pump() == []                      # the first fsync has not finished
+    assert [op.handle for op in d.persisted(first) if type(op) is Reply] == ["first"]
+    out = d.pump()
+    assert kinds(out) == ["Persist"]
+    assert len(out[0].ready.entries) == 1 and len(out[0].ready.entries[0].payload) == 3
+    answers = [op for op in d.persisted(out[0].ready) if type(op) is Reply]
+    assert [(op.handle, op.status) for op in answers] == [("w2", 200), ("w3", 200), ("w4", 200)]
+
+
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+def test_a_retry_of_an_applied_write_is_answered_from_the_session_table(protocol):
+    """The same (client_id, sequence) again: the first result at once, nothing proposed."""
+    d = leader(protocol)
+    key, data = put(d, "a", 1)
+    d.submit_write("first", key, data)
+    first = next(op for op in settle(d) if type(op) is Reply)
+    key2, data2 = put(d, "a", 99)               # same session pair, another value
+    assert key2 == key
+    assert d.submit_write("retry", key2, data2) == [Reply("retry", 200, first.body)]
+    assert d.pump() == [] and d.machines.kv.get("a")["value"] == 1
+    assert d.stats["duplicates"] == 1
+
+
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+def test_reads_stale_at_once_and_linearizable_after_a_read_index_round(protocol):
+    """A stale read answers from local state with how far behind it may be; a
+    linearizable one waits for its read point (one node: confirmed by itself)."""
+    d = leader(protocol)
+    key, data = put(d, "a", 7)
+    d.submit_write("w", key, data)
+    settle(d)
+    (reply,) = d.submit_read("s", {"key": "a"}, "stale")
+    assert reply.status == 200 and reply.body["value"] == 7 and reply.body["stale"] is True
+    assert reply.body["ms_since_leader"] == 0 and reply.body["node"] == 1
+    assert d.submit_read("r", {"key": "a"}, "linearizable") == []
+    out = settle(d)
+    (answer,) = [op for op in out if type(op) is Reply]
+    assert answer.handle == "r" and answer.body["value"] == 7
+    assert answer.body["index"] == d.applied_index
+    (missing,) = d.submit_read("m", {"key": "nope"}, "stale")
+    assert missing.status == 404 and missing.body["error"] == "not_found"
+    assert missing.body["index"] == d.applied_index
+
+
+class Trio:
+    """Three drivers, messages delivered and persists completed at once; snapshots are
+    saved in memory (compacting to the snapshot itself); nodes in ``cut`` get nothing."""
+
+    def __init__(self, protocol: str, snapshot_entries: int = 10_000) -> None:
+        self.drivers = {n: driver(protocol, n, voters=(1, 2, 3),
+                                  snapshot_entries=snapshot_entries) for n in (1, 2, 3)}
+        self.inbox: list = []
+        self.cut: set[int] = set()
+        self.saved: dict = {}
+        for n, d in self.drivers.items():
+            for peer in self.drivers:
+                if peer != n:
+                    d.peer_up(peer)
+
+    def run(self, instructions: list, node: int) -> list:
+        """Carry out ``instructions`` of ``node``; what is left for the test."""
+        rest = []
+        for op in instructions:
+            if type(op) is Send:
+                self.inbox += op.messages
+            elif type(op) is Persist and op.sync:
+                rest += self.run(self.drivers[node].persisted(op.ready), node)
+            elif type(op) is TakeSnapshot:
+                states = [(name, produce()) for name, produce in op.producers]
+                self.saved[(op.meta.index, op.meta.term)] = (op.meta, states, op.sessions)
+                rest += self.run(self.drivers[node].snapshot_saved(op.meta, op.meta), node)
+            elif type(op) not in (Persist, CompactLog):
+                rest.append(op)
+        return rest
+
+    def settle(self, rounds: int = 50) -> list:
+        out = []
+        for _ in range(rounds):
+            for n, d in self.drivers.items():
+                out += [(n, op) for op in self.run(d.pump(), n)]
+            if not self.inbox:
+                break
+            batch, self.inbox = self.inbox, []
+            for msg in batch:
+                if msg.to in self.cut or msg.frm in self.cut:
+                    continue
+                d = self.drivers[msg.to]
+                out += [(msg.to, op) for op in self.run(d.receive([msg]), msg.to)]
+        return out
+
+    def elect(self, among=(1, 2, 3)) -> int:
+        """Tick the nodes ``among`` until one of them leads; its id."""
+        for _ in range(80):
+            for n in among:
+                self.run(self.drivers[n].tick(), n)
+            self.settle()
+            leaders = [n for n in among if self.drivers[n].replica.role == Role.LEADER]
+            if leaders:
+                return leaders[0]
+        raise AssertionError("no leader")
+
+    def others(self, node: int) -> list[int]:
+        return [n for n in self.drivers if n != node]
+
+
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+def test_a_follower_forwards_a_write_and_relays_the_leaders_answer(protocol):
+    """The follower's write becomes a Forward to the leader; the leader's answer is the
+    client's answer; a lost connection re-forwards it after retry_ticks."""
+    trio = Trio(protocol)
+    lead = trio.elect()
+    follower = trio.drivers[trio.others(lead)[0]]
+    key, data = put(follower, "a", 1)
+    (fwd,) = follower.submit_write("H", key, data)
+    assert type(fwd) is Forward and fwd.peer == lead and fwd.op == "propose"
+    assert fwd.payload == data
+    assert follower.forward_failed(fwd.request) == []     # connection lost: retry later
+    assert follower.tick() == []
+    (again,) = follower.tick()
+    assert again == fwd                                   # same request, to the leader again
+    leader_ops = trio.run(trio.drivers[lead].submit_forwarded_write(("from", 2), data), lead)
+    assert leader_ops == []
+    answers = [op for n, op in trio.settle() if n == lead and type(op) is Reply]
+    assert [op.handle for op in answers] == [("from", 2)] and answers[0].status == 200
+    assert follower.forward_answered(fwd.request, 200, answers[0].body) == [
+        Reply("H", 200, answers[0].body)]
+
+
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+def test_deadlines_answer_503_when_never_sent_and_504_when_maybe_applied(protocol):
+    """No leader to send to: 503 at the deadline (definitely not applied).  Forwarded and
+    unanswered: 504 (outcome unknown: retry with the same session pair)."""
+    trio = Trio(protocol)
+    lonely = trio.drivers[3]             # no leader yet
+    key, data = put(lonely, "a", 1)
+    assert lonely.submit_write("never", key, data) == []
+    out = []
+    for _ in range(TIMEOUT_TICKS):
+        out += [op for op in lonely.tick() if type(op) is Reply]
+    assert [(op.handle, op.status, op.body["error"]) for op in out] == [
+        ("never", 503, "unavailable")]
+    lead = trio.elect()
+    follower = trio.drivers[trio.others(lead)[0]]
+    key, data = put(follower, "b", 1, seq=2)
+    (fwd,) = follower.submit_write("maybe", key, data)
+    out = []
+    for _ in range(TIMEOUT_TICKS):
+        out += [op for op in follower.tick() if type(op) is Reply]
+    assert [(op.handle, op.status, op.body["error"]) for op in out] == [
+        ("maybe", 504, "outcome_unknown")]
+
+
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+def test_a_write_forwarded_to_a_deposed_leader_goes_back_as_not_leader(protocol):
+    """A leader that loses leadership answers the writes other nodes forwarded to it 503
+    not_leader (their node re-routes them), and keeps its own clients' writes to retry."""
+    trio = Trio(protocol)
+    lead = trio.elect()
+    old = trio.drivers[lead]
+    key, data = put(old, "a", 1)
+    assert trio.run(old.submit_forwarded_write("fwd", data), lead) == []
+    key2, data2 = put(old, "b", 2, seq=2)
+    assert trio.run(old.submit_write("own", key2, data2), lead) == []
+    trio.cut = {lead}                         # its proposals never reach the others
+    trio.elect(trio.others(lead))
+    trio.cut = set()
+    out = []                                  # the new leader's messages depose it
+    for _ in range(10):
+        out += [op for n, op in trio.settle() if n == lead]
+        if old.replica.role != Role.LEADER:
+            break
+        for n in trio.others(lead):
+            trio.run(trio.drivers[n].tick(), n)
+    assert [op for op in out if type(op) is Reply and op.handle == "fwd"][0].body[
+        "error"] == "not_leader"
+    assert not [op for op in out if type(op) is Reply and op.handle == "own"]
+    assert any(type(op) is RoleChange and op.old_role == Role.LEADER for op in out)
+
+
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+def test_snapshots_are_taken_when_due_and_compact_the_log_when_saved(protocol):
+    """After snapshot_entries applied entries the driver asks for a snapshot at the applied
+    index; once saved, the core and the WAL are compacted to the point given."""
+    d = leader(protocol, snapshot_entries=3)
+    taken = []
+    for seq in range(1, 5):
+        key, data = put(d, f"k{seq}", seq, seq=seq)
+        d.submit_write(seq, key, data)
+        taken += [op for op in settle(d) if type(op) is TakeSnapshot]
+    (snap,) = taken
+    assert snap.meta.index == d.policy.applied_index - (d.applied_index - snap.meta.index)
+    assert [name for name, _ in snap.producers] == ["kv"]
+    assert KVStateMachine().restore(snap.producers[0][1]()) is None
+    point = SnapshotMeta(snap.meta.index - 1, snap.meta.term, snap.meta.config)
+    assert d.snapshot_saved(snap.meta, point) == [CompactLog(point.index)]
+    assert d.replica.status().first_index == point.index + 1
+    assert d.stats["snapshots_taken"] == 1
+
+
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+def test_a_received_snapshot_is_restored_before_anything_after_it_is_applied(protocol):
+    """A follower cut off while the leader compacted gets the snapshot: persisted(Ready
+    with the snapshot) sends at once and asks for the restore; nothing is applied and
+    pump gives nothing until snapshot_restored swaps the state in; then the entries after
+    the snapshot are applied on the new state."""
+    trio = Trio(protocol, snapshot_entries=4)
+    lead = trio.elect()
+    behind = trio.others(lead)[1]
+    lagging = trio.drivers[behind]
+    trio.cut = {behind}
+    leader_driver = trio.drivers[lead]
+    for seq in range(1, 12):
+        key, data = put(leader_driver, f"k{seq}", seq, seq=seq)
+        trio.run(leader_driver.submit_write(seq, key, data), lead)
+        trio.settle()
+    assert trio.saved, "the leader took no snapshot"
+    trio.cut = set()
+    offers = [op for n, op in trio.settle() if type(op) is OfferSnapshot]
+    for _ in range(10):
+        if offers:
+            break
+        trio.run(leader_driver.tick(), lead)
+        offers = [op for n, op in trio.settle() if type(op) is OfferSnapshot]
+    offer = offers[0].message
+    assert offer.to == behind and offer.data == b""
+    meta, states, sessions = trio.saved[(offer.index, offer.snap_term)]
+    assert lagging.install_snapshot(offer, b"snapshot-file") == []
+    out = lagging.pump()
+    persist = [op for op in out if type(op) is Persist and op.sync]
+    assert persist and persist[0].ready.snapshot == meta
+    ready = persist[0].ready
+    out = lagging.persisted(ready)
+    assert kinds(out) == ["Send", "RestoreSnapshot"] and out[1] == RestoreSnapshot(meta)
+    assert lagging.pump() == [] and lagging.applied_index < meta.index
+    fresh = lagging.machines.fresh()
+    for name, data in states:
+        fresh.get(name).restore(data)
+    fresh.sessions.restore(sessions)
+    out = lagging.snapshot_restored(meta, fresh)
+    assert lagging.machines is fresh and lagging.applied_index >= meta.index
+    assert lagging.machines.kv.get("k1")["value"] == 1
+    assert all(type(op) is not RestoreSnapshot for op in out)
+    trio.run(out, behind)
+    for _ in range(10):                      # the log after the snapshot follows
+        trio.settle()
+        for n, d in trio.drivers.items():
+            trio.run(d.tick(), n)
+    assert lagging.applied_index == leader_driver.applied_index
+    assert lagging.machines.kv.get("k11")["value"] == 11
+
+
+def test_an_apply_gap_is_refused():
+    """A committed entry that does not follow the applied index stops the driver."""
+    d = leader("raft")
+    with pytest.raises(ApplyGap, match="apply gap"):
+        d._apply([Entry(d.applied_index + 2, 1, ENTRY_NORMAL, ())])
+
+
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+def test_stop_answers_every_pending_request_503(protocol):
+    """Stopping answers what is pending 503 and refuses new requests."""
+    trio = Trio(protocol)
+    lonely = trio.drivers[3]
+    key, data = put(lonely, "a", 1)
+    lonely.submit_write("w", key, data)
+    lonely.submit_read("r", {"key": "a"}, "linearizable")
+    out = lonely.stop()
+    assert sorted((op.handle, op.status) for op in out) == [("r", 503), ("w", 503)]
+    key, data = put(lonely, "b", 1, seq=2)
+    (refused,) = lonely.submit_write("late", key, data)
+    assert refused.status == 503 and "shutting down" in refused.body["message"]

@@ -1,0 +1,369 @@
+"""The Twisted shell's small services, on ``twisted.internet.task.Clock`` and an injected
+monotonic clock: the tick clock and its catch-up bound, the ticker, the lease read's
+catch-up, and the runner carrying out driver instructions (persist on the writer, answers
+to the client's Deferred, snapshot restore on another thread, fatal errors)."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+from twisted.internet import defer, task
+
+from paxoslog.core.log import HardState, SnapshotMeta
+from paxoslog.core.quorum import Config
+from paxoslog.core.ready import Ready, Role
+from paxoslog.node.driver import DriverOptions, NodeDriver
+from paxoslog.node.instructions import Persist, Reply, RestoreSnapshot, Send
+from paxoslog.node.machines import StateMachines
+from paxoslog.node.sessions import SessionTable
+from paxoslog.node.ticks import TickClock, catch_up_max
+from paxoslog.server.errors import ApiError
+from paxoslog.server.local_snapshots import LocalSnapshots, restore_installed
+from paxoslog.server.router import RequestRouter
+from paxoslog.server.runner import DriverRunner
+from paxoslog.server.ticker import Ticker
+from paxoslog.storage import DiskStorage, StorageOptions
+from paxoslog.storage.snapshot import encode_snapshot_bytes
+from statemachines.kv import KVStateMachine
+
+CONFIG = Config(frozenset({1, 2, 3}))
+
+
+# ====================================================================== ticks
+
+def test_tick_clock_counts_elapsed_periods_and_bounds_the_catch_up():
+    """One tick per tick_ms of monotonic time, missed ones included, at most
+    catch_up_max (over two election timeouts) at once, and no backlog after that."""
+    clock = TickClock(10.0, origin_ms=100_000.0, election_ticks=15)
+    assert clock.due(100_035.0) == 3
+    assert clock.due(100_535.0) == 50           # a 500 ms stall
+    assert clock.due(100_535.0) == 0            # no time passed
+    assert clock.bound == catch_up_max(15) >= 2 * 15 + 1
+    assert clock.due(100_535.0 + 3_600_000) == clock.bound   # an hour's pause
+    assert clock.due(100_545.0 + 3_600_000) == 1
+
+
+def test_ticker_gives_the_driver_the_ticks_due_on_its_clock():
+    """The LoopingCall fires every tick_ms on the reactor; the count comes from the
+    injected monotonic clock, so a late call hands over the missed ticks."""
+    reactor = task.Clock()
+    now = [5000.0]
+    got = []
+    ticker = Ticker(reactor, 10.0, 15, lambda: now[0], got.append)
+    ticker.startService()
+    now[0] += 10
+    reactor.advance(0.01)
+    now[0] += 250                                # the process was stopped for 250 ms
+    reactor.advance(0.01)
+    assert got == [1, 25]
+    ticker.stopService()
+    now[0] += 100
+    reactor.advance(0.1)
+    assert got == [1, 25] and ticker.catch_up() == 0
+
+
+def test_a_lease_read_first_brings_the_ticks_up_to_date():
+    """The router catches up the ticker before handing a lease read to the runner (a lease
+    that ran out during a stall must not look valid); other reads do not."""
+    calls = []
+
+    class Runner:
+        def read(self, query, consistency):
+            calls.append(("read", consistency))
+            return defer.succeed({})
+
+    router = RequestRouter(Runner(), lambda: None, lambda: calls.append(("catch_up",)) or 0,
+                           node_id=1, command_bytes_max=1 << 20)
+    router.read({"key": "k"}, "lease")
+    router.read({"key": "k"}, "linearizable")
+    assert calls == [("catch_up",), ("read", "lease"), ("read", "linearizable")]
+
+
+class LeaseReplica:
+    """A leader whose lease holds for ``lease`` ticks from tick 0."""
+
+    role = Role.LEADER
+    leader_id = 1
+    term = 1
+    commit_index = 5
+
+    def __init__(self, lease: int) -> None:
+        self.now = 0
+        self.lease = lease
+        self.asked_at: list[int] = []
+        self.read_indexes: list = []
+
+    def tick(self) -> None:
+        self.now += 1
+
+    def lease_read_index(self):
+        self.asked_at.append(self.now)
+        return 5 if self.now < self.lease else None
+
+    def read_index(self, request_id) -> None:
+        self.read_indexes.append(request_id)
+
+    def has_ready(self) -> bool:
+        return False
+
+    def ready(self):
+        return None
+
+
+def test_a_lease_read_after_a_pause_falls_back_to_a_read_index_round():
+    """Served from the lease while it holds; after a stall longer than the lease the
+    ticker's catch-up reaches the driver first, the lease is gone, and the read waits
+    for a ReadIndex round instead."""
+    replica = LeaseReplica(lease=10)
+    kv = KVStateMachine()
+    kv.apply(5, {"op": "put", "key": "k", "value": "v"})
+    machines = StateMachines({"kv": kv}, SessionTable(), lambda n: KVStateMachine(), True)
+    d = NodeDriver(DriverOptions(1, "raft", 10.0, request_timeout_ticks=300), replica, machines,
+                   SnapshotMeta(5, 1, CONFIG), CONFIG)
+    now = [0.0]
+    ticker = Ticker(task.Clock(), 10.0, 15, lambda: now[0], d.tick)
+    ticker.startService()
+    now[0] += 50
+    ticker.catch_up()
+    (served,) = d.submit_read("r1", {"key": "k"}, "lease")
+    assert replica.asked_at == [5] and served.body["value"] == "v"
+    now[0] += 2000                              # SIGSTOP for 2 s: no tick call ran
+    ticker.catch_up()                           # what the router does before the read
+    assert d.submit_read("r2", {"key": "k"}, "lease") == []
+    assert replica.asked_at[-1] == 205, "the lease was checked with a stale clock"
+    assert d.pump() == [] and len(replica.read_indexes) == 1
+    ticker.stopService()
+
+
+# ====================================================================== the runner
+
+class ScriptedDriver:
+    """A driver stand-in: events return what the test queued for them."""
+
+    def __init__(self) -> None:
+        self.next: dict[str, list] = {}
+        self.calls: list = []
+        self.machines = StateMachines({"kv": KVStateMachine()}, SessionTable(),
+                                      lambda n: KVStateMachine(), True)
+        self.applied_config = CONFIG
+
+    def __getattr__(self, name):
+        def event(*args):
+            self.calls.append((name, args))
+            if name == "explode":
+                raise RuntimeError("boom")
+            return self.next.pop(name, [])
+        return event
+
+
+class ManualWriter:
+    def __init__(self) -> None:
+        self.persists: list = []
+
+    def persist(self, ready, snapshot_file=None) -> defer.Deferred:
+        d = defer.Deferred()
+        self.persists.append((ready, d))
+        return d
+
+    def append_unsynced(self, ready) -> defer.Deferred:
+        self.persists.append((ready, None))
+        return defer.succeed(None)
+
+
+class Transport:
+    def __init__(self) -> None:
+        self.sent: list = []
+        self.flushes = 0
+
+    def send(self, msg) -> None:
+        self.sent.append(msg)
+
+    def flush(self) -> None:
+        self.flushes += 1
+
+
+def runner_with(driver, writer=None, snapshots=None, died=None):
+    reactor = task.Clock()
+    installed = []
+    runner = DriverRunner(driver, reactor, writer=writer or ManualWriter(), transport=Transport(),
+                          shipper=None, snapshots=snapshots, on_applied=lambda op: None,
+                          on_role=lambda op: None, on_config=lambda op: None,
+                          on_row=lambda row: None,
+                          on_installed=lambda meta, old: installed.append(meta),
+                          on_fatal=(died.append if died is not None else lambda exc: None))
+    runner.installed = installed
+    return runner, reactor
+
+
+def test_runner_answers_the_client_after_the_fsync_and_pumps_once_per_turn():
+    """A write's Deferred fires with the driver's Reply; the Ready loop runs once per
+    reactor turn however many events came; Persist goes to the writer, Send to the
+    transport with one flush, and the fsync's end is the driver's persisted event."""
+    driver = ScriptedDriver()
+    writer = ManualWriter()
+    runner, reactor = runner_with(driver, writer)
+    answers = []
+    first = runner.write(("c", 1), b"x")
+    first.addCallback(answers.append)
+    runner.write(("c", 2), b"y")
+    assert [name for name, _ in driver.calls] == ["submit_write", "submit_write"]
+    ready = Ready(entries=[])
+    driver.next["pump"] = [Persist(ready, sync=True), Send(["m1", "m2"])]
+    reactor.advance(0)
+    assert [name for name, _ in driver.calls].count("pump") == 1
+    assert writer.persists[0][0] is ready and runner.transport.sent == ["m1", "m2"]
+    handle = driver.calls[0][1][0]
+    driver.next["persisted"] = [Reply(handle, 200, {"status": "committed"})]
+    writer.persists[0][1].callback(0.003)
+    assert answers == [{"status": "committed"}]
+    assert driver.calls[-1] == ("persisted", (ready,)) and runner.fsync.count == 1
+
+
+def test_runner_maps_error_replies_to_api_errors():
+    """A 503/504 Reply fails the client's Deferred with ApiError carrying the body."""
+    driver = ScriptedDriver()
+    runner, reactor = runner_with(driver)
+    d = runner.read({"key": "k"}, "linearizable")
+    handle = driver.calls[0][1][0]
+    runner.execute([Reply(handle, 504, {"error": "outcome_unknown", "message": "m"})])
+    failure = []
+    d.addErrback(failure.append)
+    assert failure[0].value.status == 504 and failure[0].value.code == "outcome_unknown"
+
+
+def test_an_exception_in_the_driver_is_fatal_and_later_requests_get_503():
+    """The node stops (crash-only) on an unexpected exception: on_fatal is called once
+    and new requests are answered 503 instead of reaching the broken driver."""
+    driver = ScriptedDriver()
+    died = []
+    runner, reactor = runner_with(driver, died=died)
+    runner._event("a test", driver.explode)
+    assert len(died) == 1 and "boom" in str(died[0])
+    d = runner.write(("c", 1), b"x")
+    errors = []
+    d.addErrback(errors.append)
+    assert isinstance(errors[0].value, ApiError) and errors[0].value.status == 503
+    assert "submit_write" not in [name for name, _ in driver.calls]
+
+
+def storage_with(tmp_path, *metas_and_states) -> DiskStorage:
+    storage = DiskStorage(str(tmp_path / "data"), "test", 2, "raft",
+                          StorageOptions(snapshot_keep=2))
+    storage.load()
+    for meta, states, sessions in metas_and_states:
+        storage.save_snapshot(meta, states, sessions)
+    return storage
+
+
+class ThreadWriter:
+    """``in_snapshot_thread`` on a real thread; ``deliver()`` fires the Deferred here."""
+
+    def __init__(self) -> None:
+        self.jobs: list[dict] = []
+
+    def in_snapshot_thread(self, fn, *args) -> defer.Deferred:
+        job = {"d": defer.Deferred(), "thread": None, "result": None, "error": None}
+
+        def run() -> None:
+            job["thread"] = threading.current_thread()
+            try:
+                job["result"] = fn(*args)
+            except BaseException as exc:  # handed to the Deferred
+                job["error"] = exc
+        job["runner"] = threading.Thread(target=run)
+        job["runner"].start()
+        self.jobs.append(job)
+        return job["d"]
+
+    def deliver(self) -> dict:
+        job = self.jobs.pop(0)
+        job["runner"].join(30)
+        if job["error"] is not None:
+            job["d"].errback(job["error"])
+        else:
+            job["d"].callback(job["result"])
+        return job
+
+
+def installed_snapshot(tmp_path):
+    meta = SnapshotMeta(10, 2, CONFIG)
+    kv = KVStateMachine()
+    kv.apply(9, {"op": "put", "key": "from-snapshot", "value": 42})
+    sessions = SessionTable()
+    sessions.record("client-a", 1, 9, 2, {"op": "put"})
+    storage = storage_with(tmp_path)
+    path = str(tmp_path / "received.snap.zst")
+    with open(path, "wb") as f:
+        f.write(encode_snapshot_bytes(meta, [("kv", [kv.snapshot()]), ("ledger", [b"x"])],
+                                      sessions.snapshot()))
+    storage.install_snapshot(meta, path)
+    return storage, meta
+
+
+def test_a_received_snapshot_is_restored_on_another_thread_then_swapped_in(tmp_path):
+    """RestoreSnapshot: fresh state machines load on the snapshot thread while the
+    driver's state is untouched; once done the driver gets snapshot_restored with them
+    (the session table too, with the node's bounds) and the node's hook runs."""
+    storage, meta = installed_snapshot(tmp_path)
+    driver = ScriptedDriver()
+    driver.machines = StateMachines({"kv": KVStateMachine()}, SessionTable(sessions_max=77),
+                                    lambda n: KVStateMachine(), True)
+    writer = ThreadWriter()
+    runner, reactor = runner_with(driver, snapshots=LocalSnapshots(writer, storage,
+                                                                   lambda n: KVStateMachine(),
+                                                                   SessionTable))
+    runner.execute([RestoreSnapshot(meta)])
+    assert [name for name, _ in driver.calls] == []
+    job = writer.deliver()
+    assert job["thread"] is not threading.current_thread()
+    (name, (restored_meta, fresh)), = [c for c in driver.calls if c[0] == "snapshot_restored"]
+    assert restored_meta.index == 10 and fresh is not driver.machines
+    assert fresh.kv.get("from-snapshot")["value"] == 42
+    assert fresh.sessions.lookup("client-a", 1)[0] == 1 and fresh.sessions.sessions_max == 77
+    assert runner.installed == [restored_meta]
+    storage.close()
+
+
+def test_a_snapshot_that_cannot_be_restored_stops_the_node(tmp_path):
+    """A missing installed snapshot (and none newer) is fatal; the driver is not told."""
+    storage = storage_with(tmp_path)
+    driver = ScriptedDriver()
+    writer = ThreadWriter()
+    died = []
+    runner, reactor = runner_with(driver, died=died,
+                                  snapshots=LocalSnapshots(writer, storage,
+                                                           lambda n: KVStateMachine(),
+                                                           SessionTable))
+    runner.execute([RestoreSnapshot(SnapshotMeta(10, 2, CONFIG))])
+    writer.deliver()
+    assert died and "cannot restore the installed snapshot 10" in str(died[0])
+    assert "snapshot_restored" not in [name for name, _ in driver.calls]
+    storage.close()
+
+
+@pytest.mark.parametrize("older", [False, True])
+def test_restore_falls_back_only_to_a_snapshot_at_least_as_new(tmp_path, older):
+    """Without the exact file, a newer local snapshot stands in (applied moves to it); an
+    older one cannot (the log below the installed index is gone) and is fatal."""
+    storage = storage_with(tmp_path, (SnapshotMeta(8 if older else 12, 2, CONFIG),
+                                      [("kv", [KVStateMachine().snapshot()])], None))
+    machines = StateMachines({"kv": KVStateMachine()}, SessionTable(),
+                             lambda n: KVStateMachine(), True)
+    if older:
+        with pytest.raises(FileNotFoundError):
+            restore_installed(storage, SnapshotMeta(10, 2, CONFIG), machines)
+    else:
+        assert restore_installed(storage, SnapshotMeta(10, 2, CONFIG), machines).index == 12
+    storage.close()
+
+
+def test_unsynced_persists_are_appended_without_waiting():
+    """Persist(sync=False) (a commit hint) goes to the writer's append and nothing waits."""
+    driver = ScriptedDriver()
+    writer = ManualWriter()
+    runner, reactor = runner_with(driver, writer)
+    ready = Ready(hard_state=HardState(1, 1, 3))
+    runner.execute([Persist(ready, sync=False)])
+    assert writer.persists == [(ready, None)]
+    assert runner.idle().called
