@@ -36,7 +36,6 @@ retried every ``retry_ticks``.
 
 from __future__ import annotations
 
-import heapq
 from dataclasses import dataclass
 from typing import Any
 
@@ -54,7 +53,7 @@ from .instructions import (DUPLICATE, Applied, CompactLog, ConfigApplied, Forwar
                            RowApplied, Send, TakeSnapshot)
 from .machines import QueryFailed, StateMachines
 from .policy import SnapshotPolicy
-from .requests import DEADLINE, RETRY, PendingRead, PendingWrite, Timers
+from .requests import DEADLINE, RETRY, PendingRead, PendingWrite, ReadPoints, Timers
 from .sessions import DUPLICATE as SESSION_DUPLICATE
 
 __all__ = ["NodeDriver", "DriverOptions", "ApplyGap"]
@@ -117,11 +116,7 @@ class NodeDriver:
         self._connected: set[int] = set()
         self._timers = Timers()
         self._waiters: dict[tuple, list[PendingWrite]] = {}
-        self._read_batch: list[PendingRead] = []
-        self._read_batches: dict[int, list[PendingRead]] = {}
-        self._next_batch = 0
-        self._waiting_reads: list[tuple[int, int]] = []      # heap of (index, batch id)
-        self._served_batches: dict[int, list[PendingRead]] = {}
+        self._points = ReadPoints()
         self._reads: set[PendingRead] = set()     # every read not answered yet
 
     # ================================================================== events
@@ -415,7 +410,7 @@ class NodeDriver:
         if r.done:
             return
         if self.replica.role == Role.LEADER:
-            self._read_batch.append(r)
+            self._points.arriving.append(r)
             return
         if r.forwarded:
             self._fail_read(r, *self._not_leader())
@@ -427,12 +422,10 @@ class NodeDriver:
         self._out.append(Forward(r, leader, "read", {"query": r.query}))
 
     def _issue_read_batch(self) -> None:
-        batch, self._read_batch = self._read_batch, []
-        batch = [r for r in batch if not r.done]
-        if not batch:
+        taken = self._points.take_arriving()
+        if taken is None:
             return
-        self._next_batch += 1
-        batch_id = self._next_batch
+        batch_id, batch = taken
         try:
             self.replica.read_index(batch_id)
         except NotLeader:
@@ -443,31 +436,21 @@ class NodeDriver:
             for r in batch:
                 self._fail_read(r, *_unavailable(f"the leader is busy: {exc}", code="busy"))
             return
-        self._read_batches[batch_id] = batch
+        self._points.asked(batch_id, batch)
 
     def _wait_for_point(self, batch: list[PendingRead], index: int) -> None:
         if index <= self.applied_index:
             self._serve_reads(batch)
-            return
-        self._next_batch += 1
-        self._served_batches[self._next_batch] = batch
-        heapq.heappush(self._waiting_reads, (index, self._next_batch))
+        else:
+            self._points.wait(batch, index)
 
     def _requeue_issued_reads(self) -> None:
         """Lost leadership: read points not yet confirmed will never be; route again."""
-        batches, self._read_batches = self._read_batches, {}
-        pending, self._read_batch = self._read_batch, []
-        for batch in [*batches.values(), pending]:
-            for r in batch:
-                self._retry(r)
+        for r in self._points.unconfirmed():
+            self._retry(r)
 
     def _release_reads(self) -> None:
-        heap = self._waiting_reads
-        while heap and heap[0][0] <= self.applied_index:
-            _, batch_id = heapq.heappop(heap)
-            batch = self._served_batches.pop(batch_id, None)
-            if batch:
-                self._serve_reads(batch)
+        self._serve_reads(self._points.ready(self.applied_index))
 
     def _serve_reads(self, batch: list[PendingRead]) -> None:
         for r in batch:
@@ -533,7 +516,7 @@ class NodeDriver:
         The shell calls it after events, as often as it likes: the simulator after each
         one, the server once per reactor turn (every event in that turn then shares one
         Ready, and one fsync)."""
-        if self._read_batch:
+        if self._points.arriving:
             self._issue_read_batch()
         replica = self.replica
         while not self._busy:
@@ -592,11 +575,8 @@ class NodeDriver:
         if ready.committed:
             self._apply(ready.committed)
         for read in ready.reads:
-            batch = self._read_batches.pop(read.request_id, None)
-            if batch is not None:
-                self._wait_for_point(batch, read.index)
-        if self._waiting_reads:
-            self._release_reads()
+            self._points.confirmed(read.request_id, read.index)
+        self._release_reads()
         for event in ready.events:
             self._on_event(event)
         self.replica.advance(ready)
@@ -690,7 +670,7 @@ class NodeDriver:
     @property
     def has_work(self) -> bool:
         """True when ``pump()`` may have something to do."""
-        return not self._busy and (self.replica.has_ready() or bool(self._read_batch))
+        return not self._busy and (self.replica.has_ready() or bool(self._points.arriving))
 
     @property
     def busy(self) -> bool:

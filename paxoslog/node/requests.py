@@ -78,3 +78,59 @@ class Timers:
                 request.retry_at = None
             out.append((kind, request))
         return out
+
+
+class ReadPoints:
+    """Linearizable reads on the leader, from arrival to service.
+
+    Reads that arrive within one turn form a batch that asks the core for one read point
+    (``replica.read_index(batch_id)``: one quorum round for the whole batch).  A confirmed
+    batch, like a lease read, waits until the applied index reaches its point; then it is
+    served.  Leadership lost before confirmation: every unconfirmed read goes back to be
+    routed again."""
+
+    def __init__(self) -> None:
+        self.arriving: list[PendingRead] = []
+        self._asked: dict[int, list[PendingRead]] = {}      # batch id -> reads
+        self._waiting: list[tuple[int, int]] = []            # heap of (index, batch id)
+        self._confirmed: dict[int, list[PendingRead]] = {}
+        self._next = 0
+
+    def _new_id(self) -> int:
+        self._next += 1
+        return self._next
+
+    def take_arriving(self) -> tuple[int, list[PendingRead]] | None:
+        """The reads to ask one read point for, with the batch id to ask with."""
+        batch = [r for r in self.arriving if not r.done]
+        self.arriving = []
+        return (self._new_id(), batch) if batch else None
+
+    def asked(self, batch_id: int, batch: list[PendingRead]) -> None:
+        self._asked[batch_id] = batch
+
+    def confirmed(self, batch_id: object, index: int) -> None:
+        """The core confirmed ``batch_id``'s read point (a ReadState)."""
+        batch = self._asked.pop(batch_id, None)
+        if batch is not None:
+            self.wait(batch, index)
+
+    def wait(self, batch: list[PendingRead], index: int) -> None:
+        batch_id = self._new_id()
+        self._confirmed[batch_id] = batch
+        heapq.heappush(self._waiting, (index, batch_id))
+
+    def unconfirmed(self) -> list[PendingRead]:
+        """Every read still without a read point (leadership was lost): forget them."""
+        reads = [r for batch in self._asked.values() for r in batch] + self.arriving
+        self._asked, self.arriving = {}, []
+        return reads
+
+    def ready(self, applied: int) -> list[PendingRead]:
+        """The reads whose read point the applied index has reached, in point order."""
+        out = []
+        heap = self._waiting
+        while heap and heap[0][0] <= applied:
+            _, batch_id = heapq.heappop(heap)
+            out += self._confirmed.pop(batch_id, ())
+        return out
