@@ -14,6 +14,12 @@ The model separates *written* from *synced*: ``append`` writes, ``sync`` makes d
                                   load() raises ``CorruptLog`` naming the record
 ``corrupt_snapshot()``            damage the newest snapshot: load() falls back to an older one
 
+Test support for the scripted scenarios (tests/interaction), faults beyond the model that
+the scripts name exactly: ``lose_last_entries(count)`` (a disk that acknowledged an fsync
+it never did: the newest durable entries vanish) and ``reset_commit(commit)`` (the commit
+hint, written without fsync, was lost), plus ``durable_state()`` to read what a restart
+would find.
+
 Snapshot writes and installs are atomic and durable on return (as rename + fsync are).
 """
 
@@ -285,6 +291,76 @@ class MemoryStorage:
         data[len(data) // 2] ^= 0x10
         self._snapshots[position] = (meta, bytes(data))
         return meta
+
+    # ------------------------------------------------------------------ test support
+
+    def lose_last_entries(self, count: int) -> list[int]:
+        """Test support: the durable log loses its ``count`` newest entries (the records
+        are rewritten without them), as if the disk had lied about an fsync.  Only after
+        ``crash()`` (nothing unsynced).  Returns the lost indexes.  A durable commit point
+        beyond what is left makes ``load()`` raise ``CorruptLog`` (R13)."""
+        assert self._synced == len(self._records), "lose_last_entries() only after crash()"
+        _, entries = self.durable_state()
+        lost = [e.index for e in entries[len(entries) - count:]] if count > 0 else []
+        if lost:
+            first = lost[0]
+
+            def without_lost(rtype: int, value):
+                if rtype != REC_ENTRIES or all(e.index < first for e in value):
+                    return value
+                kept = [e for e in value if e.index < first]
+                return [entry_wire(e) for e in kept] if kept else None
+            self._rewrite(without_lost)
+        return lost
+
+    def reset_commit(self, commit: int = 0) -> None:
+        """Test support: every durable hard state says at most ``commit`` is committed (the
+        commit hints, written without fsync, were lost; term and vote stay).  Only after
+        ``crash()``."""
+        assert self._synced == len(self._records), "reset_commit() only after crash()"
+
+        def capped(rtype: int, value):
+            if rtype != REC_HARDSTATE:
+                return value
+            return [value.term, value.vote, min(value.commit, commit)]
+        self._rewrite(capped)
+        if self._checkpoint is not None:
+            hs = self._checkpoint
+            self._checkpoint = HardState(hs.term, hs.vote, min(hs.commit, commit))
+
+    def _rewrite(self, change) -> None:
+        """Re-encode every record through ``change(rtype, decoded value)``: the value to
+        encode (entries as wire lists), the decoded value itself when unchanged (the
+        record's bytes are kept), or None to drop the record."""
+        records, tops = [], []
+        for data, top in zip(self._records, self._max_index):
+            try:
+                rtype, value = decode_record(data, self.options.record_bytes_max)
+            except BadRecord:
+                records.append(data)       # torn or damaged: stays as it is
+                tops.append(top)
+                continue
+            new = change(rtype, value)
+            if new is value:
+                records.append(data)
+                tops.append(top)
+            elif new is not None:
+                records.append(encode_record(rtype, new))
+                tops.append(max(item[0] for item in new) if rtype == REC_ENTRIES else top)
+        self._records, self._max_index = records, tops
+        self._synced = len(records)
+
+    def durable_state(self) -> tuple[HardState, list[Entry]]:
+        """The hard state and log entries that are durable now (what a restart would load,
+        without load()'s checks and without the snapshot): for inspection and tests."""
+        replay = Replay()
+        for data in self._records[:self._synced]:
+            try:
+                replay.apply(*decode_record(data, self.options.record_bytes_max))
+            except BadRecord:
+                break                      # a torn or damaged record: load() reports it
+        hard_state = replay.hard_state or self._checkpoint or HardState()
+        return hard_state, list(replay.entries.values())
 
     def compaction_point(self, taken: SnapshotMeta) -> SnapshotMeta | None:
         """As ``DiskStorage.compaction_point``: with ``snapshot_keep`` >= 2 the newest kept

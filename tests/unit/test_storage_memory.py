@@ -171,3 +171,40 @@ def test_memory_compaction_drops_covered_records():
     restored, _ = storage.load()
     assert indexes(restored) == list(range(41, 50))
     assert restored.hard_state == HardState(1, 1, 49)
+
+
+def test_durable_state_shows_only_what_is_synced():
+    """durable_state() is what a restart would load: synced records only, replayed."""
+    storage = started()
+    storage.save(Ready(hard_state=HardState(1, 1, 1), entries=[entry(1), entry(2)]))
+    storage.append(Ready(hard_state=HardState(2, 2, 2), truncate_from=2, entries=[entry(2, 2)]))
+    assert storage.durable_state() == (HardState(1, 1, 1), [entry(1), entry(2)])
+    storage.sync()
+    assert storage.durable_state() == (HardState(2, 2, 2), [entry(1), entry(2, 2)])
+
+
+def test_lose_last_entries_rewrites_the_log_and_load_detects_lost_commits():
+    """The newest durable entries vanish from the records; a commit point beyond what is
+    left makes load() refuse (R13), one within it loads the shorter log."""
+    storage = started()
+    storage.save(Ready(hard_state=HardState(1, 1, 2), entries=[entry(1), entry(2)]))
+    storage.save(Ready(entries=[entry(3), entry(4)]))
+    storage.crash()
+    assert storage.lose_last_entries(2) == [3, 4]
+    restored, _ = storage.load()
+    assert indexes(restored) == [1, 2]
+    storage.crash()
+    assert storage.lose_last_entries(1) == [2]
+    with pytest.raises(CorruptLog, match="acknowledged entries were lost"):
+        storage.load()
+
+
+def test_reset_commit_caps_every_durable_hard_state():
+    """reset_commit() keeps term and vote and lowers the commit point a restart sees."""
+    storage = started()
+    storage.save(Ready(hard_state=HardState(3, 2, 1), entries=[entry(1)]))
+    storage.save(Ready(hard_state=HardState(3, 2, 2), entries=[entry(2)]))
+    storage.crash()
+    storage.reset_commit(0)
+    restored, _ = storage.load()
+    assert restored.hard_state == HardState(3, 2, 0) and indexes(restored) == [1, 2]
