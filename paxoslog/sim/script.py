@@ -7,24 +7,34 @@ A script (tests/interaction/*.txt) is a series of blocks::
     ----
     expected output
 
-Commands run in order against a ``ManualCluster`` whose network delivers nothing until told
-to (``deliver``/``stabilize``), so a scenario controls every interleaving.  Expected output
-may differ per protocol: ``---- raft`` / ``---- multipaxos`` blocks override ``----`` for that
-protocol.  Set PAXOSLOG_REWRITE=1 to rewrite expected outputs from actual ones.
+Commands run in order against a ``ManualCluster`` (manual.py): every node is the
+production node driver (replica, kv state machine, session table, command codec) over a
+``MemoryStorage``, and its network delivers nothing until told to (``deliver``/
+``stabilize``), so a scenario controls every interleaving.  Expected output may differ per
+protocol: ``---- raft`` / ``---- multipaxos`` blocks override ``----`` for that protocol.
+Set PAXOSLOG_REWRITE=1 to rewrite expected outputs from actual ones.
 
 Commands::
 
     cluster N [election=10] [heartbeat=2] [window=8] [batch=64] [permsg=64] [lease=0]
-              [prevote=1] [checkquorum=1] [voters=IDS] [learners=IDS]
+              [prevote=1] [checkquorum=1] [voters=IDS] [learners=IDS] [timeout=40]
                              nodes 1..N; the initial configuration is every node a voter,
-                             or the given voters and learners (others are outside it)
+                             or the given voters and learners (others are outside it);
+                             timeout: ticks a client request may wait for its answer
     tick NODES [K]           tick each node K times (default 1), processing Readies
     run K                    K rounds of: tick every live node once, then stabilize
     campaign NODE            tick NODE until it leaves the follower role
     elect NODE               campaign NODE, then stabilize (fails if it does not lead)
-    propose NODE VALUE...    propose one command per VALUE at NODE
-    read NODE NAME           ask NODE for a linearizable read point named NAME
-    lease-read NODE          the read point NODE's leader lease allows now, or "none"
+    propose NODE VALUE...    a client writes each VALUE at NODE (a kv put of VALUE under
+                             the key VALUE, each in its own session sequence): ``ok``
+                             (proposed there), ``forwarded to L``, ``queued: ...`` (no
+                             leader yet: retried every 2 ticks until the timeout) or
+                             ``error: ...``; the answer comes later (``replies``)
+    read NODE NAME           a client's linearizable read (of the key NAME) at NODE: ``ok``
+                             (a ReadIndex round on the leader), ``forwarded to L``, ...
+    lease-read NODE [NAME]   a client's lease read at NODE: ``index I`` when the leader's
+                             lease serves it now, else ``none: `` and what the node does
+                             with it instead (a ReadIndex round, a forward)
     transfer NODE TARGET     ask leader NODE to hand leadership to TARGET
     config NODE VOTERS [LEARNERS]   membership change at NODE (comma-separated ids)
     deliver [FROM->TO]...    deliver pending messages once (all, or on the given links)
@@ -34,156 +44,60 @@ Commands::
     isolate NODE             block every link of NODE (both ways)
     cut FROM->TO             block one direction of one link
     heal                     unblock everything
-    hold NODE                NODE stops completing fsyncs: its Readies wait, unsent
-    release NODE             NODE's held Readies complete (persist, send, apply), in order
+    hold NODE                NODE's fsyncs wait: a Ready that must be durable is written
+                             but not synced, and the driver waits for it (unsent, unapplied)
+    release NODE             NODE's held fsync completes (then send, apply, next Readies)
     pause NODE               NODE freezes (SIGSTOP): no ticks; messages to it wait
     resume NODE              NODE continues with its old volatile state; waiting messages
                              are delivered by the next deliver/stabilize
-    crash NODE               NODE stops; whatever it had not persisted is lost
-    forget-commit NODE       reset NODE's persisted commit point to 0 (a lost unsynced
-                             hard-state write: the server writes commit hints unsynced)
-    lose-tail NODE K         NODE's disk loses its last K entries (a durability fault
-                             beyond the protocols' model: acknowledged entries vanish)
-    restart NODE             NODE boots from what it persisted
+    crash NODE               NODE stops; whatever it had not synced is lost (commit hints
+                             are written without fsync, as the server does)
+    forget-commit NODE       (NODE down) its persisted commit point becomes 0 (a lost
+                             unsynced hard-state write)
+    lose-tail NODE K         (NODE down) its disk loses its last K entries (a durability
+                             fault beyond the protocols' model: acknowledged entries vanish)
+    restart NODE             NODE boots from what it persisted (or its storage refuses:
+                             ``error: ...``, and it stays down)
     pending                  list undelivered messages (type from->to)
     status [NODES]           role, leader, commit and applied index per node
     applied NODE             the values NODE applied, in order (noop / config shown)
-    reads NODE               read points NODE has served
-    persisted NODE           the hard state NODE has on disk (protocol specific)
+    reads NODE               reads NODE has answered, as NAME@index
+    replies NODE             every answer NODE gave its clients, in order
+    persisted NODE           the hard state and entries NODE has synced (protocol specific)
     members NODE             the configuration NODE currently follows
     check                    agreement on applied values across nodes
     trace on|messages|off [NODES]
                              from now on, each command's output starts with every message
-                             delivered and every Ready completed (``messages``: only the
-                             deliveries; NODES: only messages from or to those nodes and
-                             their Readies); see paxoslog/sim/trace.py for the format
-    log NODE                 the entries NODE has on disk as index@term:value (the term is
+                             delivered, every Ready completed and every client answer
+                             (``messages``: only the deliveries; NODES: only messages from
+                             or to those nodes, their Readies and answers); see
+                             paxoslog/sim/trace.py for the format
+    log NODE                 the entries NODE has synced as index@term:value (the term is
                              the ballot in Multi-Paxos)
+
+A forwarded client request and its answer are messages too (``ForwardRequest``,
+``ForwardReply``): pending until delivered, blocked by partitions.
 """
 
 from __future__ import annotations
 
 import os
-import random
 from dataclasses import dataclass
 
 from ..core.ballot import Ballot
 from ..core.errors import ConsensusError
 from ..core.limits import Limits
-from ..core.log import Entry
 from ..core.quorum import Config
-from ..core.ready import Ready, Role
-from ..core.replica import ReplicaOptions, create_replica
-from .disk import IdealDisk
-from .trace import Tracer, describe_entry, describe_value
+from ..core.ready import Role
+from ..core.replica import ReplicaOptions
+from .manual import ClusterError, ManualCluster, ManualNode
+from .trace import Tracer, describe_entry, describe_reply, describe_value
 
 __all__ = ["ManualCluster", "run_script", "ScriptError"]
 
 
 class ScriptError(Exception):
     """A script line could not be run (bad command or a failed expectation inside it)."""
-
-
-class _Node:
-    def __init__(self, cluster: "ManualCluster", node_id: int) -> None:
-        self.cluster = cluster
-        self.node_id = node_id
-        self.disk = IdealDisk()
-        self.alive = True
-        self.paused = False  # takes no ticks and no messages (they wait) until resumed
-        self.held: list[Ready] = []
-        self.holding = False
-        self.boot()
-
-    def boot(self) -> None:
-        c = self.cluster
-        self.replica = create_replica(c.protocol, self.node_id, c.bootstrap, c.options,
-                                      random.Random(self.node_id * 7919), self.disk.restored())
-        self.applied: list[str] = []
-        self.reads: list[str] = []
-
-    def process(self) -> None:
-        """Drain Readies: persist, send (into the pending list), apply, serve reads."""
-        if not self.alive:
-            return
-        while not self.held:  # a held Ready stays outstanding until it is released
-            ready = self.replica.ready()
-            if ready is None:
-                return
-            if self.holding:
-                self.held.append(ready)
-                if self.cluster.tracer is not None:
-                    self.cluster.tracer.held(self.node_id)
-                return
-            self._complete(ready)
-
-    def _complete(self, ready: Ready) -> None:
-        if self.cluster.tracer is not None:
-            self.cluster.tracer.ready(self.node_id, ready)
-        self.disk.persist(ready, self.cluster.snapshots)
-        for msg in ready.messages:
-            self.cluster.pending.append(msg)
-        for entry in ready.committed:
-            self.applied.append(describe_value(entry))
-            self.cluster.check_value(self.node_id, entry)
-        for read in ready.reads:
-            self.reads.append(f"{read.request_id}@{read.index}")
-        self.replica.advance(ready)
-        self.replica.check_invariants()
-
-
-class ManualCluster:
-    def __init__(self, protocol: str, size: int, options: ReplicaOptions,
-                 bootstrap: Config | None = None) -> None:
-        self.protocol = protocol
-        self.options = options
-        self.bootstrap = bootstrap or Config(frozenset(range(1, size + 1)))
-        self.pending: list = []
-        self.blocked: set[tuple[int, int]] = set()
-        self.snapshots: dict = {}
-        self.values: dict[int, tuple] = {}
-        self.tracer: Tracer | None = None  # set by the script's ``trace`` command
-        self.nodes = {n: _Node(self, n) for n in range(1, size + 1)}
-
-    def check_value(self, node_id: int, entry: Entry) -> None:
-        first = self.values.setdefault(entry.index, (entry.kind, entry.payload))
-        if first != (entry.kind, entry.payload):
-            raise ScriptError(f"agreement violated at index {entry.index} on node {node_id}")
-
-    def node(self, text: str) -> _Node:
-        try:
-            return self.nodes[int(text)]
-        except (ValueError, KeyError):
-            raise ScriptError(f"no such node {text!r}") from None
-
-    def deliver(self, links: set[tuple[int, int]] | None) -> int:
-        batch, keep = [], []
-        for msg in self.pending:
-            if (links is None or (msg.frm, msg.to) in links) and not self._paused(msg.to):
-                batch.append(msg)
-            else:
-                keep.append(msg)
-        self.pending = keep
-        for msg in batch:
-            node = self.nodes.get(msg.to)
-            if node is None or not node.alive or (msg.frm, msg.to) in self.blocked:
-                if self.tracer is not None:
-                    blocked = (msg.frm, msg.to) in self.blocked
-                    self.tracer.discarded(msg, "blocked" if blocked else "lost")
-                continue
-            if self.tracer is not None:
-                self.tracer.delivered(msg)
-            node.replica.step(msg)
-            node.replica.check_invariants()
-            node.process()
-        return len(batch)
-
-    def _paused(self, node_id: int) -> bool:
-        node = self.nodes.get(node_id)
-        return node is not None and node.alive and node.paused
-
-    def deliverable(self) -> bool:
-        return any(not self._paused(msg.to) for msg in self.pending)
 
 
 def _links(args: list[str]) -> set[tuple[int, int]] | None:
@@ -202,19 +116,20 @@ def _ids(text: str) -> list[int]:
     return [int(x) for x in text.split(",") if x]
 
 
-def _status_line(node: _Node) -> str:
-    r = node.replica
+def _status_line(node: ManualNode) -> str:
     if not node.alive:
         return f"{node.node_id}: down"
+    r = node.replica
     leader = r.leader_id if r.leader_id is not None else "-"
     return (f"{node.node_id}: {r.role} leader={leader} commit={r.commit_index} "
-            f"applied={r.applied_index}" + (" (paused)" if node.paused else ""))
+            f"applied={node.driver.applied_index}" + (" (paused)" if node.paused else ""))
 
 
 class _Interpreter:
     def __init__(self, protocol: str) -> None:
         self.protocol = protocol
         self.cluster: ManualCluster | None = None
+        self.lease_reads = 0
 
     def run(self, line: str) -> str:
         words = line.split()
@@ -224,13 +139,31 @@ class _Interpreter:
             raise ScriptError(f"unknown command {command!r}")
         if command != "cluster" and self.cluster is None:
             raise ScriptError("the first command must be 'cluster'")
-        out = method(args)
+        try:
+            out = method(args)
+        except ClusterError as exc:
+            raise ScriptError(str(exc)) from None
         out = "" if out is None else out
         if self.cluster is not None and self.cluster.tracer is not None:
             lines = self.cluster.tracer.take()
             if lines:
                 return "\n".join(lines + ([out] if out else []))
         return out
+
+    def _node(self, text: str) -> ManualNode:
+        try:
+            return self.cluster.nodes[int(text)]
+        except (ValueError, KeyError):
+            raise ScriptError(f"no such node {text!r}") from None
+
+    def _serving(self, text: str) -> ManualNode:
+        """The node a client talks to: it must be up and running."""
+        node = self._node(text)
+        if not node.alive:
+            raise ScriptError(f"node {node.node_id} is down (connection refused)")
+        if node.paused:
+            raise ScriptError(f"node {node.node_id} is paused")
+        return node
 
     # ------------------------------------------------------------ commands
 
@@ -250,85 +183,74 @@ class _Interpreter:
         if "voters" in opts:
             bootstrap = Config(frozenset(_ids(opts["voters"])),
                                learners=frozenset(_ids(opts.get("learners", ""))))
-        self.cluster = ManualCluster(self.protocol, size, options, bootstrap)
+        self.cluster = ManualCluster(self.protocol, size, options, bootstrap,
+                                     request_timeout_ticks=int(opts.get("timeout", 40)))
         return "ok"
-
-    def _tick(self, node: _Node, times: int) -> None:
-        for _ in range(times):
-            if node.alive and not node.paused:
-                node.replica.tick()
-                node.replica.check_invariants()
-                node.process()
 
     def cmd_tick(self, args):
         times = int(args[1]) if len(args) > 1 else 1
         for n in _ids(args[0]):
-            self._tick(self.cluster.node(str(n)), times)
+            node = self._node(str(n))
+            for _ in range(times):
+                node.tick()
         return self.cmd_status([args[0]])
 
     def cmd_run(self, args):
         for _ in range(int(args[0])):
             for node in self.cluster.nodes.values():
-                self._tick(node, 1)
+                node.tick()
             self.cmd_stabilize([])
         return self.cmd_status([])
 
     def cmd_campaign(self, args):
-        node = self.cluster.node(args[0])
+        node = self._node(args[0])
         for _ in range(self.cluster.options.election_ticks * 4):
-            if node.replica.role != Role.FOLLOWER:
+            if not node.alive or node.replica.role != Role.FOLLOWER:
                 break
-            self._tick(node, 1)
+            node.tick()
         return _status_line(node)
 
     def cmd_elect(self, args):
         self.cmd_campaign(args)
         self.cmd_stabilize([])
-        node = self.cluster.node(args[0])
-        if node.replica.role != Role.LEADER:
+        node = self._node(args[0])
+        if not node.alive or node.replica.role != Role.LEADER:
             raise ScriptError(f"node {args[0]} did not become leader: {_status_line(node)}")
         return self.cmd_status([])
 
     def cmd_propose(self, args):
-        node = self.cluster.node(args[0])
-        try:
-            node.replica.propose([v.encode() for v in args[1:]])
-        except ConsensusError as exc:
-            return f"error: {exc}"
-        node.process()
-        return "ok"
+        node = self._serving(args[0])
+        outcomes = [(value, node.write(value, value)) for value in args[1:]]
+        if len({outcome for _, outcome in outcomes}) == 1:
+            return outcomes[0][1]
+        return "\n".join(f"{value}: {outcome}" for value, outcome in outcomes)
 
     def cmd_read(self, args):
-        node = self.cluster.node(args[0])
-        try:
-            node.replica.read_index(args[1])
-        except ConsensusError as exc:
-            return f"error: {exc}"
-        node.process()
-        return "ok"
+        return self._serving(args[0]).read(args[1], "linearizable")
 
     def cmd_lease_read(self, args):
-        node = self.cluster.node(args[0])
-        point = node.replica.lease_read_index()
-        return "none" if point is None else f"index {point}"
+        if len(args) > 1:
+            name = args[1]
+        else:
+            self.lease_reads += 1
+            name = f"lease{self.lease_reads}"
+        return self._serving(args[0]).read(name, "lease")
 
     def cmd_transfer(self, args):
-        node = self.cluster.node(args[0])
+        node = self._serving(args[0])
         try:
-            node.replica.transfer_leadership(int(args[1]))
+            node.transfer_leadership(int(args[1]))
         except (ConsensusError, ValueError) as exc:
             return f"error: {exc}"
-        node.process()
         return "ok"
 
     def cmd_config(self, args):
-        node = self.cluster.node(args[0])
+        node = self._serving(args[0])
         learners = _ids(args[2]) if len(args) > 2 else []
         try:
-            node.replica.change_config(_ids(args[1]), learners)
+            node.change_config(_ids(args[1]), learners)
         except (ConsensusError, ValueError) as exc:
             return f"error: {exc}"
-        node.process()
         return "ok"
 
     def cmd_deliver(self, args):
@@ -365,7 +287,7 @@ class _Interpreter:
         return "ok"
 
     def cmd_isolate(self, args):
-        node = self.cluster.node(args[0]).node_id
+        node = self._node(args[0]).node_id
         for other in self.cluster.nodes:
             if other != node:
                 self.cluster.blocked |= {(node, other), (other, node)}
@@ -380,60 +302,40 @@ class _Interpreter:
         return "ok"
 
     def cmd_hold(self, args):
-        node = self.cluster.node(args[0])
-        node.holding = True
+        self._node(args[0]).holding = True
         return "ok"
 
     def cmd_release(self, args):
-        node = self.cluster.node(args[0])
-        node.holding = False
-        held, node.held = node.held, []
-        for ready in held:
-            node._complete(ready)
-        node.process()
-        return f"released {len(held)}"
+        return f"released {self._node(args[0]).release()}"
 
     def cmd_pause(self, args):
-        self.cluster.node(args[0]).paused = True
+        self._node(args[0]).paused = True
         return "ok"
 
     def cmd_resume(self, args):
-        node = self.cluster.node(args[0])
-        node.paused = False
+        self._node(args[0]).paused = False
         return "ok"
 
     def cmd_crash(self, args):
-        node = self.cluster.node(args[0])
-        node.alive = False
-        node.held.clear()
-        node.holding = False
-        keep = []
-        for m in self.cluster.pending:
-            if m.to != node.node_id:
-                keep.append(m)
-            elif self.cluster.tracer is not None:
-                self.cluster.tracer.discarded(m, "lost")
-        self.cluster.pending = keep
+        self.cluster.crash(self._node(args[0]).node_id)
         return "ok"
 
     def cmd_restart(self, args):
-        node = self.cluster.node(args[0])
-        node.alive = True
-        node.paused = False
-        node.boot()
-        node.process()
-        return "ok"
+        refusal = self.cluster.restart(self._node(args[0]).node_id)
+        return "ok" if refusal is None else f"error: the node refuses to start: {refusal}"
+
+    def _down(self, text: str) -> ManualNode:
+        node = self._node(text)
+        if node.alive:
+            raise ScriptError(f"node {node.node_id} must be down (crash it first)")
+        return node
 
     def cmd_forget_commit(self, args):
-        node = self.cluster.node(args[0])
-        hs = node.disk.hard_state
-        node.disk.hard_state = type(hs)(hs.term, hs.vote, 0)
+        self._down(args[0]).disk.reset_commit(0)
         return "ok"
 
     def cmd_lose_tail(self, args):
-        node = self.cluster.node(args[0])
-        for index in sorted(node.disk.entries)[len(node.disk.entries) - int(args[1]):]:
-            del node.disk.entries[index]
+        self._down(args[0]).disk.lose_last_entries(int(args[1]))
         return "ok"
 
     def cmd_pending(self, args):
@@ -442,34 +344,36 @@ class _Interpreter:
 
     def cmd_status(self, args):
         ids = _ids(args[0]) if args else sorted(self.cluster.nodes)
-        return "\n".join(_status_line(self.cluster.node(str(n))) for n in ids)
+        return "\n".join(_status_line(self._node(str(n))) for n in ids)
 
     def cmd_applied(self, args):
-        node = self.cluster.node(args[0])
+        node = self._node(args[0])
         return " ".join(node.applied) if node.applied else "none"
 
     def cmd_reads(self, args):
-        node = self.cluster.node(args[0])
+        node = self._node(args[0])
         return " ".join(node.reads) if node.reads else "none"
 
+    def cmd_replies(self, args):
+        node = self._node(args[0])
+        lines = [describe_reply(*reply) for reply in node.replies]
+        return "\n".join(lines) if lines else "none"
+
     def cmd_persisted(self, args):
-        node = self.cluster.node(args[0])
-        hs = node.disk.hard_state
+        hs, entries = self._node(args[0]).disk.durable_state()
         if self.protocol == "multipaxos":
             text = f"promised={Ballot.unpack(hs.term)}"
         else:
             text = f"term={hs.term} vote={hs.vote}"
-        slots = " ".join(f"{i}:{describe_value(e)}" for i, e in sorted(node.disk.entries.items()))
+        slots = " ".join(f"{e.index}:{describe_value(e)}" for e in entries)
         return f"{text} entries=[{slots}]"
 
     def cmd_members(self, args):
-        node = self.cluster.node(args[0])
-        return node.replica.config.describe()
+        return self._node(args[0]).replica.config.describe()
 
     def cmd_log(self, args):
-        node = self.cluster.node(args[0])
-        entries = [describe_entry(e, self.protocol) for _, e in sorted(node.disk.entries.items())]
-        return " ".join(entries) if entries else "empty"
+        _, entries = self._node(args[0]).disk.durable_state()
+        return " ".join(describe_entry(e, self.protocol) for e in entries) or "empty"
 
     def cmd_trace(self, args):
         mode = args[0] if args else "on"

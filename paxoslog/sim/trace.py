@@ -3,10 +3,15 @@ as stable, readable text (in the spirit of etcd-io/raft's datadriven test output
 
 The tracer is a passive observer: a cluster driver calls ``delivered`` for each message it
 takes off the network, ``discarded`` for messages that never arrive, ``held`` when a node's
-Ready waits for its fsync and ``ready`` when a Ready is completed (persisted, sent, applied),
-and the script interpreter collects the lines with ``take()`` after each command.  Nothing
-here changes what the cluster does, so the same hooks fit any driver that honours the
-Ready contract.
+Ready waits for its fsync, ``ready`` when a Ready is completed (persisted, sent, applied)
+and ``replied`` when a node answers a client, and the script interpreter collects the
+lines with ``take()`` after each command.  Nothing here changes what the cluster does, so
+the same hooks fit any driver that honours the Ready contract.
+
+Commands in the log are the node driver's CBOR maps (paxoslog/node/commands.py); they are
+shown by what they do: a kv put whose key and value are the same text (what the scripts'
+``propose`` writes) as that text, other kv writes as ``k=v``, ``delete(k)``,
+``cas(k:expected->v)``; bytes that are not a command map as text.
 
 Formats (``@`` separates an index from the term, or the ballot for Multi-Paxos)::
 
@@ -26,11 +31,19 @@ Formats (``@`` separates an index from the term, or the ballot for Multi-Paxos):
       event config=voters=1,2,3 index=4
       event dropped=a+b
     3 ready held (fsync pending)
+    1 reply x committed index=1
+    1 reply r1 read index=1
+    2 reply y 503 not_leader: node 2 is not the leader
+
+(A Ready's ``read`` line names the node driver's read batch: the reads it answers follow
+as ``reply`` lines.)
 
 Message fields appear in declaration order as ``name=value``, except: the sender and
 receiver (in the header), boolean flags (``pre``, ``transfer``, ``force``: the name alone
 when true, nothing when false; ``granted`` and ``success`` always), and a few fields left
-out at their zero value (``ctx``, ``next_slot``, ``hint_term``, an empty ``data``).
+out at their zero value (``ctx``, ``next_slot``, ``hint_term``, an empty ``data``), and
+fields declared with ``metadata={"trace": False}`` (what a script's own message types carry
+for the shell only).
 """
 
 from __future__ import annotations
@@ -41,14 +54,38 @@ from ..core.ballot import Ballot
 from ..core.log import ENTRY_CONFIG, ENTRY_NOOP, Entry, HardState, entry_config
 from ..core.quorum import Config
 from ..core.ready import ConfigChanged, ProposalDropped, Ready, RoleChanged
+from ..node.commands import decode_command
 
-__all__ = ["Tracer", "describe_value", "describe_entry", "describe_message",
-           "describe_hard_state", "describe_ready"]
+__all__ = ["Tracer", "describe_value", "describe_command", "describe_entry",
+           "describe_message", "describe_hard_state", "describe_ready", "describe_reply"]
 
 _ALWAYS_SHOWN_BOOLS = frozenset({"granted", "success"})
 _OMITTED_AT_ZERO = frozenset({"ctx", "next_slot", "hint_term"})
 # Integer fields that carry a packed ballot in Multi-Paxos (a term in Raft).
 _PACKED_BALLOT_FIELDS = frozenset({"term", "snap_term"})
+
+
+def _text(value) -> str:
+    return value if isinstance(value, str) else repr(value)
+
+
+def describe_command(data: bytes) -> str:
+    """One command as it sits in the log, by what it does (see the module docstring)."""
+    command = decode_command(data) if data[:1] and 0xa0 <= data[0] <= 0xbf else None
+    if command is None:
+        return data.decode(errors="replace")
+    op, key = command.get("op"), command.get("key")
+    if command.get("sm") != "kv":
+        return f"{command.get('sm')}.{op}"
+    if op == "put":
+        value = command.get("value")
+        return _text(value) if value == key else f"{_text(key)}={_text(value)}"
+    if op == "delete":
+        return f"delete({_text(key)})"
+    if op == "cas":
+        expected = command.get("expected", command.get("expected_version"))
+        return f"cas({_text(key)}:{_text(expected)}->{_text(command.get('value'))})"
+    return f"kv.{op}"
 
 
 def describe_value(entry: Entry) -> str:
@@ -57,7 +94,7 @@ def describe_value(entry: Entry) -> str:
         return "noop"
     if entry.kind == ENTRY_CONFIG:
         return "config(" + entry_config(entry).describe() + ")"
-    return "+".join(command.decode(errors="replace") for command in entry.payload)
+    return "+".join(describe_command(command) for command in entry.payload)
 
 
 def _term(value: int, protocol: str) -> str:
@@ -95,7 +132,7 @@ def describe_message(msg, protocol: str) -> str:
     """``Type from->to field=value ...`` (see the module docstring for the field rules)."""
     parts = [f"{type(msg).__name__} {msg.frm}->{msg.to}"]
     for f in fields(msg):
-        if f.name in ("frm", "to"):
+        if f.name in ("frm", "to") or f.metadata.get("trace") is False:
             continue
         text = _field(f.name, getattr(msg, f.name), protocol)
         if text is not None:
@@ -117,7 +154,7 @@ def _describe_event(event) -> str:
     if isinstance(event, ConfigChanged):
         return f"config={event.config.describe()} index={event.index}"
     if isinstance(event, ProposalDropped):
-        return "dropped=" + "+".join(c.decode(errors="replace") for c in event.commands)
+        return "dropped=" + "+".join(describe_command(c) for c in event.commands)
     return repr(event)
 
 
@@ -144,6 +181,18 @@ def describe_ready(node_id: int, ready: Ready, protocol: str) -> list[str]:
     for event in ready.events:
         lines.append("  event " + _describe_event(event))
     return lines
+
+
+def describe_reply(name: str, status: int, body: dict) -> str:
+    """A node's answer to the client request ``name``: ``committed index=I`` for a write,
+    ``read index=I`` (`` value=V`` when the key exists) for a read, else the status and
+    the error."""
+    if status == 200 and body.get("status") == "committed":
+        return f"{name} committed index={body['index']}"
+    if status in (200, 404) and "index" in body and body.get("error") in (None, "not_found"):
+        found = f" value={_text(body['value'])}" if status == 200 and "value" in body else ""
+        return f"{name} read index={body['index']}{found}"
+    return f"{name} {status} {body.get('error')}: {body.get('message')}"
 
 
 class Tracer:
@@ -176,6 +225,10 @@ class Tracer:
     def ready(self, node_id: int, ready: Ready) -> None:
         if self.readies and self._shows(node_id):
             self.lines.extend(describe_ready(node_id, ready, self.protocol))
+
+    def replied(self, node_id: int, name: str, status: int, body: dict) -> None:
+        if self._shows(node_id):
+            self.lines.append(f"{node_id} reply {describe_reply(name, status, body)}")
 
     def take(self) -> list[str]:
         lines, self.lines = self.lines, []

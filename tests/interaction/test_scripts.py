@@ -20,9 +20,27 @@ def _protocols(path: pathlib.Path) -> list[str]:
 
 CASES = [(path, protocol) for path in SCRIPTS for protocol in _protocols(path)]
 
+# Scenarios whose expected output is the behaviour we want, which the production path does
+# not have yet (reported; strict: each must keep failing until it is fixed).
+KNOWN_DEFECTS = {
+    ("r13_lost_acknowledged_entries", "raft"): (
+        "R13 on the production path: node 3 learned commit=3 from a heartbeat, and the node "
+        "driver writes a commit-only hard state without fsync, so the crash loses it; "
+        "restarted with commit=2 and the log cut to 2, node 3 cannot tell that x is gone, "
+        "votes for node 2, and x is overwritten (agreement violated).  With the commit "
+        "point durable, MemoryStorage.load() refuses to start the node (CorruptLog) before "
+        "the core's own check could run."),
+}
 
-@pytest.mark.parametrize("path,protocol", CASES,
-                         ids=[f"{p.stem}-{proto}" for p, proto in CASES])
+
+def _cases():
+    for path, protocol in CASES:
+        reason = KNOWN_DEFECTS.get((path.stem, protocol))
+        marks = [pytest.mark.xfail(strict=True, reason=reason)] if reason else []
+        yield pytest.param(path, protocol, marks=marks, id=f"{path.stem}-{protocol}")
+
+
+@pytest.mark.parametrize("path,protocol", list(_cases()))
 def test_script(path, protocol):
     """The scenario's actual output equals the expected output in the script."""
     problems = run_script(str(path), protocol)
@@ -57,8 +75,7 @@ def _outputs(path: pathlib.Path, protocol: str, traced: bool):
             outputs.append(f"error: {exc}")
         if traced and interp.cluster is not None and interp.cluster.tracer is None:
             interp.cluster.tracer = Tracer(protocol)
-    state = {i: (n.applied, sorted(n.disk.entries.items()), n.disk.hard_state)
-             for i, n in interp.cluster.nodes.items()}
+    state = {i: (n.applied, n.disk.durable_state()) for i, n in interp.cluster.nodes.items()}
     return outputs, state
 
 
