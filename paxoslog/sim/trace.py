@@ -185,13 +185,16 @@ def describe_ready(node_id: int, ready: Ready, protocol: str) -> list[str]:
 
 def describe_reply(name: str, status: int, body: dict) -> str:
     """A node's answer to the client request ``name``: ``committed index=I`` for a write,
-    ``read index=I`` (`` value=V`` when the key exists) for a read, else the status and
-    the error."""
+    ``read index=I`` (`` value=V`` when the key exists) for a read, else the status, the
+    error code and its message (not for 504 outcome_unknown, whose message is always the
+    same advice to retry)."""
     if status == 200 and body.get("status") == "committed":
         return f"{name} committed index={body['index']}"
     if status in (200, 404) and "index" in body and body.get("error") in (None, "not_found"):
         found = f" value={_text(body['value'])}" if status == 200 and "value" in body else ""
         return f"{name} read index={body['index']}{found}"
+    if status == 504:
+        return f"{name} {status} {body.get('error')}"
     return f"{name} {status} {body.get('error')}: {body.get('message')}"
 
 
