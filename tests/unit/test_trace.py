@@ -1,6 +1,6 @@
 """The trace format of the scripted scenarios (paxoslog.sim.trace)."""
 
-from dataclasses import fields
+from dataclasses import dataclass, field, fields
 
 from paxoslog.core.ballot import Ballot
 from paxoslog.core.log import (ENTRY_NOOP, ENTRY_NORMAL, Entry, HardState, SnapshotMeta,
@@ -9,7 +9,9 @@ from paxoslog.core.messages import (MESSAGE_TYPES, Accept, AppendEntries, Append
                                     InstallSnapshot, Promise, RequestVote, TimeoutNow)
 from paxoslog.core.quorum import Config
 from paxoslog.core.ready import ConfigChanged, ProposalDropped, ReadState, Ready, RoleChanged
-from paxoslog.sim.trace import Tracer, describe_entry, describe_message, describe_ready
+from paxoslog.node.commands import encode_command
+from paxoslog.sim.trace import (Tracer, describe_command, describe_entry, describe_message,
+                                describe_ready, describe_reply)
 
 B = Ballot(2, 3)
 VOTERS = Config(frozenset({1, 2, 3}))
@@ -98,3 +100,48 @@ def test_tracer_filters_by_node_and_can_leave_readies_out():
     full.held(2)
     full.ready(2, Ready(reads=[ReadState(7, 1)]))
     assert full.take() == ["2 ready held (fsync pending)", "2 ready", "  read 7@1"]
+
+
+def test_commands_show_what_they_do():
+    """A kv put whose key is its value shows as the value; other kv writes as k=v,
+    delete(k), cas(k:expected->v); bytes that are no command map as text."""
+    def kv(**fields_):
+        return encode_command("kv", fields_, "c1", 1, 0)
+    assert describe_command(kv(op="put", key="x", value="x")) == "x"
+    assert describe_command(kv(op="put", key="k", value=3)) == "k=3"
+    assert describe_command(kv(op="delete", key="k")) == "delete(k)"
+    assert describe_command(kv(op="cas", key="k", value="b", expected="a")) == "cas(k:a->b)"
+    assert describe_command(encode_command("counter", {"op": "add"}, "c1", 2, 0)) == \
+        "counter.add"
+    assert describe_command(b"plain") == "plain"
+    entry = Entry(3, 1, ENTRY_NORMAL, (kv(op="put", key="a", value="a"), b"b"))
+    assert describe_entry(entry, "raft") == "3@1:a+b"
+
+
+def test_replies_show_commits_reads_and_errors():
+    """A committed write shows its index, a read its index (and value when found), an
+    error its status, code and message; a 504 leaves out its fixed advice."""
+    assert describe_reply("x", 200, {"status": "committed", "index": 4, "term": 1}) == \
+        "x committed index=4"
+    assert describe_reply("r", 404, {"error": "not_found", "message": "m", "index": 2}) == \
+        "r read index=2"
+    assert describe_reply("r", 200, {"value": "v", "index": 2}) == "r read index=2 value=v"
+    assert describe_reply("y", 503, {"error": "busy", "message": "the leader is busy"}) == \
+        "y 503 busy: the leader is busy"
+    assert describe_reply("z", 504, {"error": "outcome_unknown", "message": "retry"}) == \
+        "z 504 outcome_unknown"
+    tracer = Tracer("raft", nodes=frozenset({2}))
+    tracer.replied(1, "x", 200, {"status": "committed", "index": 1})
+    tracer.replied(2, "y", 200, {"status": "committed", "index": 2})
+    assert tracer.take() == ["2 reply y committed index=2"]
+
+
+def test_fields_marked_for_the_shell_only_are_left_out():
+    """A message field declared with metadata trace=False does not appear."""
+    @dataclass(frozen=True)
+    class Note:
+        frm: int
+        to: int
+        text: str
+        secret: object = field(default=None, metadata={"trace": False})
+    assert describe_message(Note(1, 2, "hi", object()), "raft") == "Note 1->2 text=hi"
