@@ -3,9 +3,11 @@
 Two kinds of test.  Single-replica tests build one replica (restored from a chosen log when
 needed), step hand-made messages into it and assert the exact Ready it answers with
 (``ready.messages == [Promise(...)]``).  Cluster tests use ``Cluster``: replicas, one
-``IdealDisk`` each, a FIFO of messages in flight, blocked links and crashed nodes;
-``settle()`` honours the Ready contract (persist, send, apply, advance), and every entry any
-node applies is checked against the first value applied at that slot anywhere.
+``MemoryStorage`` each (the storage model the simulator and the scripts use: the real WAL
+records, a crash keeps what was synced), a FIFO of messages in flight, blocked links and
+crashed nodes; ``settle()`` honours the Ready contract (persist and sync, send, apply,
+advance), and every entry any node applies is checked against the first value applied at
+that slot anywhere.
 
 Ballots are (round, node); a Multi-Paxos entry's ``term`` is the packed ballot it was
 accepted at, so ``b(1, 1)`` below is ballot 1.1 packed.
@@ -31,7 +33,7 @@ from paxoslog.core.paxos import MultiPaxosReplica
 from paxoslog.core.quorum import Config
 from paxoslog.core.ready import ConfigChanged, ProposalDropped, ReadState, Role, RoleChanged
 from paxoslog.core.replica import ReplicaOptions, Restored
-from paxoslog.sim.disk import IdealDisk
+from paxoslog.storage import MemoryStorage
 
 E = 10  # election ticks throughout
 VOTERS3 = Config(frozenset({1, 2, 3}))
@@ -113,15 +115,14 @@ VOTERS5 = Config(frozenset({1, 2, 3, 4, 5}))
 # ---------------------------------------------------------------- a small cluster
 
 class Cluster:
-    """Replicas with one IdealDisk each and a FIFO network (see the module docstring)."""
+    """Replicas with one MemoryStorage each and a FIFO network (see the module docstring)."""
 
     def __init__(self, n: int = 3, voters=None, learners=(), seed: int = 0, **opts) -> None:
         self.ids = list(range(1, n + 1))
         self.opts = options(**opts)
         self.config = Config(frozenset(voters or self.ids), learners=frozenset(learners))
         self.seed = seed
-        self.disks = {i: IdealDisk() for i in self.ids}
-        self.snapshots: dict[bytes, dict] = {}
+        self.disks = {i: MemoryStorage(i) for i in self.ids}
         self.nodes = {i: self._boot(i) for i in self.ids}
         self.applied: dict[int, list[Entry]] = {i: [] for i in self.ids}
         self.readies: dict[int, list] = {i: [] for i in self.ids}
@@ -133,8 +134,9 @@ class Cluster:
         self.codec = False
 
     def _boot(self, i: int) -> MultiPaxosReplica:
+        restored, _ = self.disks[i].load()
         return MultiPaxosReplica(i, self.config, self.opts,
-                                 random.Random(self.seed * 1000 + i), self.disks[i].restored())
+                                 random.Random(self.seed * 1000 + i), restored)
 
     def isolate(self, node: int) -> None:
         self.blocked |= {(a, b_) for a in self.ids for b_ in self.ids
@@ -145,6 +147,7 @@ class Cluster:
 
     def crash(self, node: int) -> None:
         self.down.add(node)
+        self.disks[node].crash()
 
     def restart(self, node: int) -> None:
         self.down.discard(node)
@@ -155,7 +158,7 @@ class Cluster:
         r = self.nodes[node]
         while (ready := r.ready()) is not None:
             self.readies[node].append(ready)
-            self.disks[node].persist(ready, self.snapshots)
+            self.disks[node].save(ready)    # written and synced before anything is sent
             for msg in ready.messages:
                 self.queue.append(decode(encode(msg)) if self.codec else msg)
             for entry in ready.committed:

@@ -1,9 +1,12 @@
 """Unit tests for RaftReplica (paxoslog.core.raft), driven by a tiny deterministic network.
 
-``Net`` holds the replicas, a durable "disk" per node and a FIFO of messages in flight.
-``Net.settle()`` honours the Ready contract for every node (persist, then send, then apply,
-then advance) and delivers messages until nothing moves; links can be blocked, nodes crashed
-and restarted from what they persisted, and a ``drop`` predicate filters messages.  Every
+``Net`` holds the replicas, a ``MemoryStorage`` per node (the storage model the simulator
+and the scripts use: the real WAL records and snapshot files) and a FIFO of messages in
+flight.  ``Net.settle()`` honours the Ready contract for every node (persist and sync, then
+send, then apply, then advance) and delivers messages until nothing moves; links can be
+blocked, nodes crashed and restarted from what they persisted, and a ``drop`` predicate
+filters messages.  The "state machine" is the list of applied entries; a snapshot holds it
+as one CBOR state named ``log``.  Every
 step runs ``check_invariants()``, and every entry any node applies is checked against the
 first entry applied at that index anywhere (one value per index, ever).
 """
@@ -13,6 +16,7 @@ from __future__ import annotations
 import random
 from collections import deque
 
+import cbor2
 import pytest
 
 from paxoslog.core.errors import Busy, ConfigChangeInProgress, ContractViolation, NotLeader
@@ -29,6 +33,8 @@ from paxoslog.core.raft import RaftReplica
 from paxoslog.core.ready import (ConfigChanged, ProposalDropped, ReadState, Ready, Role,
                                  RoleChanged)
 from paxoslog.core.replica import PeerProgress, ReplicaOptions, Restored, create_replica
+from paxoslog.storage import CorruptLog, MemoryStorage, SnapshotReader
+from paxoslog.storage.wal import entry_wire
 
 E = 10  # election ticks used throughout
 
@@ -40,30 +46,17 @@ def options(**overrides) -> ReplicaOptions:
     return ReplicaOptions(**base)
 
 
-class Disk:
-    """What one node has persisted (every Ready is persisted before its messages go out)."""
+def snapshot_states(applied: list[Entry]) -> list:
+    """The applied entries as a snapshot's states (MemoryStorage.save_snapshot)."""
+    return [("log", [cbor2.dumps([entry_wire(e) for e in applied])])]
 
-    def __init__(self) -> None:
-        self.hard_state = HardState()
-        self.entries: dict[int, Entry] = {}
-        self.snapshot: SnapshotMeta | None = None
-        self.snapshot_state: list = []
 
-    def persist(self, ready, net: "Net") -> None:
-        if ready.snapshot is not None:
-            self.snapshot = ready.snapshot
-            self.snapshot_state = list(net.snapshots[ready.snapshot_data])
-            self.entries = {i: e for i, e in self.entries.items() if i > ready.snapshot.index}
-        if ready.hard_state is not None:
-            self.hard_state = ready.hard_state
-        if ready.truncate_from is not None:
-            self.entries = {i: e for i, e in self.entries.items() if i < ready.truncate_from}
-        for entry in ready.entries:
-            self.entries[entry.index] = entry
-
-    def restored(self) -> Restored:
-        return Restored(self.hard_state, [self.entries[i] for i in sorted(self.entries)],
-                        self.snapshot)
+def applied_from(reader) -> list[Entry]:
+    """The applied entries a snapshot file holds (its ``log`` state); [] without one."""
+    if reader is None:
+        return []
+    wire = cbor2.loads(reader.read_all()["log"])
+    return [Entry(index, term, kind, tuple(payload)) for index, term, kind, payload in wire]
 
 
 class Net:
@@ -76,7 +69,7 @@ class Net:
                              learners=frozenset(learners))
         self.seed = seed
         self.codec = codec
-        self.disks = {i: Disk() for i in self.ids}
+        self.disks = {i: MemoryStorage(i) for i in self.ids}
         self.nodes = {i: RaftReplica(i, self.config, self.opts, random.Random(seed * 1000 + i))
                       for i in self.ids}
         self.applied: dict[int, list[Entry]] = {i: [] for i in self.ids}  # the "state machine"
@@ -84,7 +77,6 @@ class Net:
         self.events: dict[int, list] = {i: [] for i in self.ids}
         self.readies: dict[int, list] = {i: [] for i in self.ids}
         self.chosen: dict[int, Entry] = {}
-        self.snapshots: dict[bytes, list] = {}
         self.queue: deque = deque()
         self.delivered: list = []
         self.down: set[int] = set()
@@ -110,14 +102,19 @@ class Net:
 
     def crash(self, node: int) -> None:
         self.down.add(node)
+        self.disks[node].crash()
 
-    def restart(self, node: int) -> None:
+    def restart(self, node: int, restored: Restored | None = None) -> None:
+        """Boot ``node`` from its disk (or from ``restored``, bypassing the storage's checks
+        to reach the core's own)."""
         self.down.discard(node)
-        disk = self.disks[node]
+        reader = None
+        if restored is None:
+            restored, reader = self.disks[node].load()
         self.nodes[node] = RaftReplica(node, self.config, self.opts,
-                                       random.Random(self.seed * 1000 + node + 7), disk.restored())
+                                       random.Random(self.seed * 1000 + node + 7), restored)
         # The shell restores its state machine from the snapshot, then re-applies.
-        self.applied[node] = list(disk.snapshot_state)
+        self.applied[node] = applied_from(reader)
 
     # ---- driving
 
@@ -129,16 +126,18 @@ class Net:
             with pytest.raises(ContractViolation):
                 replica.ready()             # a second Ready before advance is refused
             self.readies[node].append(ready)
-            self.disks[node].persist(ready, self)
+            self.disks[node].save(ready)    # written and synced before anything is sent
             if ready.snapshot is not None:
-                self.applied[node] = list(self.snapshots[ready.snapshot_data])
+                latest = self.disks[node].latest_snapshot()
+                self.applied[node] = applied_from(SnapshotReader(latest[1]))
             for msg in ready.messages:
                 assert msg.frm == node
                 if isinstance(msg, InstallSnapshot) and not msg.data:
-                    token = f"{node}:{msg.index}".encode()
-                    self.snapshots[token] = list(self.disks[node].snapshot_state)
+                    # The shell ships the kept snapshot file the core names.
+                    data = self.disks[node].find_snapshot(msg.index, msg.snap_term)
+                    assert data is not None, (node, msg)
                     msg = InstallSnapshot(msg.frm, msg.to, msg.term, msg.index, msg.snap_term,
-                                          msg.config, token)
+                                          msg.config, data)
                 if self.codec:
                     msg = decode(encode(msg))
                 self.queue.append(msg)
@@ -200,7 +199,7 @@ class Net:
         self.settle()
 
     def log(self, node: int) -> list[tuple[int, int]]:
-        return [(e.index, e.term) for e in self.disks[node].restored().entries]
+        return [(e.index, e.term) for e in self.disks[node].durable_state()[1]]
 
     def commands(self, node: int) -> list[bytes]:
         return [c for e in self.applied[node] if e.kind == ENTRY_NORMAL for c in e.payload]
@@ -777,8 +776,7 @@ def test_snapshot_installs_on_a_lagging_follower():
     leader = net.nodes[1]
     applied = leader.applied_index
     meta = SnapshotMeta(applied, leader.term, leader.config)
-    net.disks[1].snapshot = meta
-    net.disks[1].snapshot_state = list(net.applied[1])
+    net.disks[1].save_snapshot(meta, snapshot_states(net.applied[1]))
     leader.compact(meta)
     assert leader.status().first_index == applied + 1
     net.propose(1, b"after")
@@ -852,9 +850,10 @@ def test_node_that_lost_acknowledged_entries_does_not_vote_until_repaired():
     commit = net.nodes[3].commit_index
     net.crash(3)
     disk = net.disks[3]
-    disk.entries = {i: e for i, e in disk.entries.items() if i <= 2}  # the tail is gone
-    net.applied[3] = []
-    net.restart(3)
+    disk.lose_last_entries(len(disk.durable_state()[1]) - 2)  # the tail is gone
+    with pytest.raises(CorruptLog, match="acknowledged entries were lost"):
+        disk.load()                     # the storage refuses such a log; beneath it...
+    net.restart(3, Restored(*disk.durable_state()))   # ...so does the core
     replica = net.nodes[3]
     assert replica.commit_index == 2
     for _ in range(E):
