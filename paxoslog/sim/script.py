@@ -56,8 +56,8 @@ Commands::
                              unsynced hard-state write)
     lose-tail NODE K         (NODE down) its disk loses its last K entries (a durability
                              fault beyond the protocols' model: acknowledged entries vanish)
-    restart NODE             NODE boots from what it persisted (or its storage refuses:
-                             ``error: ...``, and it stays down)
+    restart NODE             (NODE down) it boots from what it persisted (or its storage
+                             refuses: ``error: ...``, and it stays down)
     pending                  list undelivered messages (type from->to)
     status [NODES]           role, leader, commit and applied index per node
     applied NODE             the values NODE applied, in order (noop / config shown)
@@ -321,7 +321,8 @@ class _Interpreter:
         return "ok"
 
     def cmd_restart(self, args):
-        refusal = self.cluster.restart(self._node(args[0]).node_id)
+        node = self._down(args[0])
+        refusal = self.cluster.restart(node.node_id)
         return "ok" if refusal is None else f"error: the node refuses to start: {refusal}"
 
     def _down(self, text: str) -> ManualNode:
