@@ -18,8 +18,9 @@ where a script takes the decision:
   crash loses it unless a later sync covered it;
 * ``Reply``: the answer to a script's client (``propose``, ``read``, ``lease-read``) is
   recorded on the node it asked; an answer to a forwarded request goes back as a message;
-* ``Applied``: the entries applied, in order, are recorded (rendered by what they do) and
-  checked against the first value applied at their index anywhere.
+* ``Applied``: the entries applied, in order, are recorded (rendered by what they do; a
+  command the session table recognised as a retry of an applied one is marked ``(dup)``)
+  and checked against the first value applied at their index anywhere.
 
 Snapshots are not modelled: the driver takes none (the thresholds are unlimited), so no
 log is compacted and no follower needs one.
@@ -36,18 +37,18 @@ import random
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..core.log import Entry
+from ..core.log import ENTRY_NORMAL, Entry
 from ..core.quorum import Config
 from ..core.ready import ConfigChanged, Ready, Role
 from ..core.replica import ReplicaOptions, create_replica
 from ..node.driver import DriverOptions, NodeDriver
-from ..node.instructions import (Applied, CompactLog, ConfigApplied, Forward, OfferSnapshot,
-                                 Persist, Reply, RestoreSnapshot, RoleChange, RowApplied, Send,
-                                 TakeSnapshot)
+from ..node.instructions import (DUPLICATE, Applied, CompactLog, ConfigApplied, Forward,
+                                 OfferSnapshot, Persist, Reply, RestoreSnapshot, RoleChange,
+                                 RowApplied, Send, TakeSnapshot)
 from ..node.machines import StateMachines
 from ..node.sessions import SessionTable
 from ..storage import MemoryStorage, StorageError
-from .trace import Tracer, describe_value
+from .trace import Tracer, describe_command, describe_value
 
 __all__ = ["ManualCluster", "ManualNode", "ClusterError", "ClientRequest", "ForwardRequest",
            "ForwardReply", "TICK_MS", "CLIENT_ID"]
@@ -180,11 +181,10 @@ class ManualNode:
     def receive(self, msg) -> None:
         self.run(self.driver.receive([msg]))
 
-    def write(self, name: str, value: str) -> str:
-        """A client's kv put of ``value`` under the key ``value``, in a new session
-        sequence; what happened at once (``ok``: proposed here)."""
+    def write(self, name: str, value: str, sequence: int) -> str:
+        """A client's kv put of ``value`` under the key ``value`` with session
+        ``sequence``; what happened at once (``ok``: proposed here)."""
         driver = self.driver
-        sequence = self.cluster.next_sequence()
         data = driver.machines.encode_write("kv", {"op": "put", "key": value, "value": value},
                                             CLIENT_ID, sequence, int(driver.now * TICK_MS))
         handle = ClientRequest(name, "write")
@@ -277,9 +277,7 @@ class ManualNode:
             elif kind is Persist:
                 self._persist(op)
             elif kind is Applied:
-                for entry in op.entries:
-                    self.applied.append(describe_value(entry))
-                    cluster.check_value(self.node_id, entry)
+                self._applied(op)
             elif kind is Reply:
                 self._reply(op)
             elif kind is Forward:
@@ -291,6 +289,18 @@ class ManualNode:
                                    f"({kind.__name__})")
             else:
                 assert kind in (RoleChange, ConfigApplied, RowApplied, ConfigChanged), op
+
+    def _applied(self, op: Applied) -> None:
+        outcomes = iter(op.outcomes)
+        for entry in op.entries:
+            self.cluster.check_value(self.node_id, entry)
+            text = describe_value(entry)
+            if entry.kind == ENTRY_NORMAL:
+                marks = [next(outcomes).outcome == DUPLICATE for _ in entry.payload]
+                if any(marks):
+                    text = "+".join(describe_command(c) + ("(dup)" if dup else "")
+                                    for c, dup in zip(entry.payload, marks))
+            self.applied.append(text)
 
     def _persist(self, op: Persist) -> None:
         ready = op.ready
@@ -335,6 +345,7 @@ class ManualCluster:
         self.blocked: set[tuple[int, int]] = set()
         self.values: dict[int, tuple] = {}
         self.sequence = 0
+        self.sequences: dict[str, int] = {}   # a write's name -> its session sequence
         self.tracer: Tracer | None = None  # set by the script's ``trace`` command
         self.nodes = {n: ManualNode(self, n) for n in range(1, size + 1)}
         for node in self.nodes.values():
@@ -346,8 +357,15 @@ class ManualCluster:
                              lambda name: KVStateMachine(),
                              record_terms=self.protocol == "raft")
 
-    def next_sequence(self) -> int:
+    def sequence_for(self, name: str, retry: bool = False) -> int:
+        """A new session sequence for the write ``name``, or (``retry``) the one its last
+        write used: a client retrying sends the same (client_id, sequence)."""
+        if retry:
+            if name not in self.sequences:
+                raise ClusterError(f"no earlier write of {name!r} to retry")
+            return self.sequences[name]
         self.sequence += 1
+        self.sequences[name] = self.sequence
         return self.sequence
 
     def check_value(self, node_id: int, entry: Entry) -> None:

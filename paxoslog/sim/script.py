@@ -30,6 +30,9 @@ Commands::
                              (proposed there), ``forwarded to L``, ``queued: ...`` (no
                              leader yet: retried every 2 ticks until the timeout) or
                              ``error: ...``; the answer comes later (``replies``)
+    retry NODE VALUE         the client sends its last write of VALUE again, at NODE, with
+                             the same session sequence (exactly-once: the session table
+                             answers or skips a copy of an applied write)
     read NODE NAME           a client's linearizable read (of the key NAME) at NODE: ``ok``
                              (a ReadIndex round on the leader), ``forwarded to L``, ...
     lease-read NODE [NAME]   a client's lease read at NODE: ``index I`` when the leader's
@@ -60,7 +63,8 @@ Commands::
                              refuses: ``error: ...``, and it stays down)
     pending                  list undelivered messages (type from->to)
     status [NODES]           role, leader, commit and applied index per node
-    applied NODE             the values NODE applied, in order (noop / config shown)
+    applied NODE             the values NODE applied, in order (noop / config shown; a
+                             write the session table skipped as a retry: VALUE(dup))
     reads NODE               reads NODE has answered, as NAME@index
     replies NODE             every answer NODE gave its clients, in order
     persisted NODE           the hard state and entries NODE has synced (protocol specific)
@@ -220,10 +224,15 @@ class _Interpreter:
 
     def cmd_propose(self, args):
         node = self._serving(args[0])
-        outcomes = [(value, node.write(value, value)) for value in args[1:]]
+        outcomes = [(value, node.write(value, value, self.cluster.sequence_for(value)))
+                    for value in args[1:]]
         if len({outcome for _, outcome in outcomes}) == 1:
             return outcomes[0][1]
         return "\n".join(f"{value}: {outcome}" for value, outcome in outcomes)
+
+    def cmd_retry(self, args):
+        node = self._serving(args[0])
+        return node.write(args[1], args[1], self.cluster.sequence_for(args[1], retry=True))
 
     def cmd_read(self, args):
         return self._serving(args[0]).read(args[1], "linearizable")

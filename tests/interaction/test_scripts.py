@@ -56,7 +56,7 @@ def test_scripts_exist():
                      "r4_asymmetric_partition", "r5_stale_leader_read", "r5_lease_read",
                      "r6_dueling_proposers", "r7_hole_filling", "r8_persist_before_reply",
                      "r8_vote_survives_restart", "r13_lost_acknowledged_entries",
-                     "r13_lost_entries_refused_at_boot",
+                     "r13_lost_entries_refused_at_boot", "k1_exactly_once_retry",
                      "phase1_minority_accepted", "leader_completeness", "leader_transfer",
                      "log_matching_truncation", "membership_joint",
                      "membership_uncommitted_config", "membership_isolated_leader",
