@@ -316,6 +316,7 @@ class NodeDriver:
                 return
             else:
                 w.submitted = True
+                w.sent += 1
                 self.stats["proposals"] += 1
                 return
         if w.forwarded:
@@ -326,6 +327,7 @@ class NodeDriver:
             self._retry(w)
             return
         w.submitted = True
+        w.sent += 1
         self._out.append(Forward(w, leader, "propose", w.data))
 
     def _reroute_writes(self) -> None:
@@ -600,6 +602,8 @@ class NodeDriver:
                 command = decode_command(data)
                 key = command_key(command) if command is not None else None
                 for w in list(self._waiters.get(key, ())):
+                    if w.sent == 1:
+                        w.submitted = False   # its only copy was never sent: not applied
                     if w.forwarded:
                         self._fail_write(w, *self._not_leader())
                     else:

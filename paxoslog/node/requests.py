@@ -21,7 +21,7 @@ class PendingWrite:
     """A write (command bytes with its (client_id, sequence) ``key``)."""
 
     __slots__ = ("handle", "key", "data", "forwarded", "deadline", "retry_at", "submitted",
-                 "done")
+                 "sent", "done")
 
     def __init__(self, handle: Any, key: tuple[str, int], data: bytes, forwarded: bool) -> None:
         self.handle = handle
@@ -31,6 +31,7 @@ class PendingWrite:
         self.deadline = 0
         self.retry_at: int | None = None
         self.submitted = False          # may have reached a leader: a timeout is "unknown"
+        self.sent = 0                   # times proposed here or forwarded
         self.done = False
 
 
