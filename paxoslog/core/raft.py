@@ -32,23 +32,29 @@ then ``advance``.  Design choices the shell and the simulator rely on:
 * **Timing is ticks**; randomness only comes from the ``rng`` given to the constructor.
   Lease reads assume the shell delivers a tick for every tick interval of real time that
   passed (including after the process was paused), or they are not safe.
+
+Mechanics shared with Multi-Paxos live in their own modules: batching.py, chunking.py,
+readindex.py (reads coalesce into one heartbeat round per Ready here), timers.py
+(check-quorum here looks back one election timeout at every tick) and ReadyGate in ready.py.
 """
 
 from __future__ import annotations
 
 from bisect import bisect_left, bisect_right
-from collections import deque
 from operator import itemgetter
 from typing import Iterable, Sequence
 
+from .batching import ProposalQueue
+from .chunking import MessageBudget
 from .errors import Busy, ConfigChangeInProgress, NotLeader
 from .log import (ENTRY_CONFIG, ENTRY_KINDS, ENTRY_NOOP, ENTRY_NORMAL, Entry, HardState,
-                  SnapshotMeta, config_entry, entry_bytes, entry_config)
+                  SnapshotMeta, config_entry, entry_config)
 from .messages import (AppendEntries, AppendEntriesReply, InstallSnapshot,
                        InstallSnapshotReply, RequestVote, RequestVoteReply, TimeoutNow)
 from .quorum import Config
-from .ready import (ConfigChanged, ProposalDropped, ReadState, Ready, ReadyGate, Role,
-                    RoleChanged)
+from .readindex import PendingReads, ReadRounds
+from .ready import ConfigChanged, ReadState, Ready, ReadyGate, Role, RoleChanged
+from .timers import ElectionTimer, Interval, PeerContact
 
 from .types import PeerProgress, ReplicaOptions, ReplicaStatus, Restored, Rng
 
@@ -65,16 +71,14 @@ _TERM = itemgetter(1)     # Entry.term, for bisecting the log (terms never decre
 class _Progress:
     """The leader's view of one follower."""
 
-    __slots__ = ("match", "next", "state", "paused", "heard_tick", "acked_ctx",
-                 "progress_tick", "snapshot_index", "snapshot_tick")
+    __slots__ = ("match", "next", "state", "paused", "progress_tick", "snapshot_index",
+                 "snapshot_tick")
 
     def __init__(self, next_index: int, now: int) -> None:
         self.match = 0
         self.next = next_index
         self.state = _PROBE
         self.paused = False        # probe sent, waiting for a reply (or the next heartbeat)
-        self.heard_tick = now      # last tick a message of the current term came from it
-        self.acked_ctx = 0         # highest heartbeat round (ctx) it acknowledged
         self.progress_tick = now   # last tick match advanced or the pipeline started filling
         self.snapshot_index = 0
         self.snapshot_tick = 0
@@ -92,7 +96,6 @@ class RaftReplica:
         self.node_id = node_id
         self._options = options
         self._limits = options.limits
-        self._rng = rng
         self._election_ticks = options.election_ticks
 
         # Persistent state (Figure 2) and the log: entries[k] has index offset + 1 + k;
@@ -131,9 +134,7 @@ class RaftReplica:
         self._leader_id: int | None = None
         self._now = 0
         self._leader_heard_tick = 0
-        self._election_elapsed = 0
-        self._election_timeout = self._election_ticks
-        self._heartbeat_elapsed = 0
+        self._heartbeat = Interval(options.heartbeat_ticks)
         self._votes: dict[int, bool] = {}
         self._msgs: list = []
         self._events: list = []
@@ -142,17 +143,17 @@ class RaftReplica:
 
         # Leader state.
         self._progress: dict[int, _Progress] = {}
-        self._queue: deque[bytes] = deque()
+        self._contact = PeerContact()  # when each follower last answered (check-quorum)
+        self._queue = ProposalQueue(self._limits)
         self._term_start = 0           # index of this leader's no-op
         self._transfer_target: int | None = None
-        self._transfer_elapsed = 0
+        self._transfer_deadline = Interval(self._election_ticks)
         self._leave_learners: tuple[int, frozenset[int]] | None = None
-        self._ctx = 0                  # heartbeat round counter (never reset)
-        self._ctx_ticks: dict[int, int] = {}
+        self._rounds = ReadRounds(2 * self._election_ticks)  # heartbeat rounds (ctx)
         self._read_round_needed = False
-        self._pending_reads: deque[list] = deque()  # [request_id, index | None, ctx]
+        self._pending_reads = PendingReads(self._limits.pending_reads_max)
 
-        self._reset_election_timer()
+        self._election = ElectionTimer(self._election_ticks, rng)
 
     # ------------------------------------------------------------------ restore
 
@@ -310,11 +311,6 @@ class RaftReplica:
         self._role = role
         self._leader_id = leader
 
-    def _reset_election_timer(self) -> None:
-        self._election_elapsed = 0
-        ticks = self._election_ticks
-        self._election_timeout = self._rng.randrange(ticks, 2 * ticks)
-
     def _heard_leader_recently(self) -> bool:
         """Within the minimum election timeout of a leader's message (or leading)."""
         if self._role == Role.LEADER:
@@ -339,15 +335,16 @@ class RaftReplica:
             self._stop_leading()
         self._votes = {}
         self._set_role(self._follower_role(), leader)
-        self._reset_election_timer()
+        self._election.reset()
         if leader is not None:
             self._leader_heard_tick = self._now
 
     def _stop_leading(self) -> None:
-        if self._queue:
-            self._events.append(ProposalDropped(tuple(self._queue)))
-            self._queue.clear()
+        dropped = self._queue.drop_all()
+        if dropped is not None:
+            self._events.append(dropped)
         self._progress = {}
+        self._contact.clear()
         self._pending_reads.clear()
         self._read_round_needed = False
         self._transfer_target = None
@@ -357,7 +354,7 @@ class RaftReplica:
         if self._options.pre_vote and not transfer:
             self._votes = {self.node_id: True}
             self._set_role(Role.PRE_CANDIDATE, None)
-            self._reset_election_timer()
+            self._election.reset()
             if self._config.is_quorum((self.node_id,)):
                 self._campaign(False)
                 return
@@ -370,7 +367,7 @@ class RaftReplica:
         self._vote = self.node_id
         self._votes = {self.node_id: True}
         self._set_role(Role.CANDIDATE, None)
-        self._reset_election_timer()
+        self._election.reset()
         if self._config.is_quorum((self.node_id,)):
             self._become_leader()
             return
@@ -387,9 +384,11 @@ class RaftReplica:
         assert self._role == Role.CANDIDATE and self._vote == self.node_id
         self._set_role(Role.LEADER, self.node_id)
         self._votes = {}
-        self._heartbeat_elapsed = 0
+        self._heartbeat.reset()
         self._transfer_target = None
         self._progress = {}
+        self._contact.clear()
+        self._rounds.clear_acks()
         self._sync_progress()
         noop = Entry(self.last_index + 1, self._term, ENTRY_NOOP, ())
         self._term_start = noop.index
@@ -402,8 +401,11 @@ class RaftReplica:
         for peer in members:
             if peer != self.node_id and peer not in self._progress:
                 self._progress[peer] = _Progress(self.last_index + 1, self._now)
+                self._contact.heard(peer, self._now)  # a grace period before check-quorum
         for peer in [p for p in self._progress if p not in members]:
             del self._progress[peer]
+            self._contact.forget(peer)
+            self._rounds.forget(peer)
             if self._transfer_target == peer:
                 self._transfer_target = None
 
@@ -430,42 +432,33 @@ class RaftReplica:
         if self._role == Role.LEADER:
             self._tick_leader()
             return
-        self._election_elapsed += 1
-        if self._election_elapsed >= self._election_timeout:
+        if self._election.tick():
             if self._promotable():
                 self._start_election(transfer=False)
             else:
-                self._reset_election_timer()
+                self._election.reset()
 
     def _tick_leader(self) -> None:
-        self._heartbeat_elapsed += 1
-        if self._heartbeat_elapsed >= self._options.heartbeat_ticks:
+        if self._heartbeat.tick():
             self._broadcast_heartbeat()
         if self._options.check_quorum and not self._quorum_active():
             self._become_follower(self._term, None)
             return
-        if self._transfer_target is not None:
-            self._transfer_elapsed += 1
-            if self._transfer_elapsed >= self._election_ticks:
-                self._transfer_target = None  # the target did not take over in time: abort
+        if self._transfer_target is not None and self._transfer_deadline.tick():
+            self._transfer_target = None  # the target did not take over in time: abort
 
     def _quorum_active(self) -> bool:
-        horizon = self._now - self._election_ticks
-        active = [self.node_id]
-        active.extend(p for p, pr in self._progress.items() if pr.heard_tick > horizon)
-        return self._config.is_quorum(active)
+        """A quorum answered within the last election timeout (sliding, checked each tick)."""
+        since = self._now - self._election_ticks + 1
+        return self._contact.quorum_since(since, (self._config,), self.node_id)
 
     def _broadcast_heartbeat(self) -> None:
         """Start a new heartbeat round (ctx) and send every follower an empty AppendEntries
         at its match point, which it always accepts; restart stalled replication."""
-        self._heartbeat_elapsed = 0
+        self._heartbeat.reset()
         self._read_round_needed = False
-        self._ctx += 1
         now = self._now
-        self._ctx_ticks[self._ctx] = now
-        if len(self._ctx_ticks) > 4 * self._election_ticks:
-            horizon = now - 2 * self._election_ticks
-            self._ctx_ticks = {c: t for c, t in self._ctx_ticks.items() if t >= horizon}
+        ctx = self._rounds.start(now)
         stall_ticks = 2 * self._options.heartbeat_ticks
         for peer, pr in self._progress.items():
             if pr.state == _SNAPSHOT:
@@ -480,7 +473,7 @@ class RaftReplica:
             if prev_term is None:
                 prev, prev_term = self._offset, self._snap_term
             self._msgs.append(AppendEntries(self.node_id, peer, self._term, prev, prev_term, (),
-                                            min(self._commit, pr.match), self._ctx))
+                                            min(self._commit, pr.match), ctx))
 
     # ------------------------------------------------------------------ step
 
@@ -529,7 +522,7 @@ class RaftReplica:
         grant = can_vote and up_to_date
         if grant:
             self._vote = msg.frm
-            self._reset_election_timer()
+            self._election.reset()
         self._msgs.append(RequestVoteReply(self.node_id, msg.frm, self._term, grant, False))
 
     def on_request_vote_reply(self, msg: RequestVoteReply) -> None:
@@ -576,7 +569,7 @@ class RaftReplica:
                 return False  # a second leader in our term cannot exist: drop
             self._become_follower(msg.term, msg.frm)
         else:
-            self._election_elapsed = 0
+            self._election.restart()
             self._leader_heard_tick = self._now
         return True
 
@@ -709,7 +702,7 @@ class RaftReplica:
             return None
         pr = self._progress.get(msg.frm)
         if pr is not None:
-            pr.heard_tick = self._now
+            self._contact.heard(msg.frm, self._now)
         return pr
 
     def on_append_entries_reply(self, msg: AppendEntriesReply) -> None:
@@ -717,8 +710,7 @@ class RaftReplica:
         if (pr is None or type(msg.index) is not int or type(msg.ctx) is not int
                 or type(msg.hint_term) is not int):
             return
-        if pr.acked_ctx < msg.ctx <= self._ctx:
-            pr.acked_ctx = msg.ctx
+        self._rounds.ack(msg.frm, msg.ctx)
         pr.paused = False
         last = self.last_index
         if msg.success:
@@ -841,17 +833,14 @@ class RaftReplica:
         if prev_term is None:
             self._send_snapshot(peer, pr)
             return None
-        entries = self._slice(lo, hi) if hi >= lo else []
-        budget = self._limits.message_bytes_max
-        if len(entries) > 1:
-            size = 0
-            for k, entry in enumerate(entries):
-                size += entry_bytes(entry)
-                if size > budget and k > 0:
-                    entries = entries[:k]
-                    break
+        budget = MessageBudget.for_limits(self._limits)
+        entries = []
+        for entry in self._slice(lo, hi) if hi >= lo else ():
+            if not budget.admit(entry):
+                break
+            entries.append(entry)
         self._msgs.append(AppendEntries(self.node_id, peer, self._term, prev, prev_term,
-                                        tuple(entries), self._commit, self._ctx))
+                                        tuple(entries), self._commit, self._rounds.round))
         return prev + len(entries)
 
     def _send_snapshot(self, peer: int, pr: _Progress) -> None:
@@ -864,47 +853,24 @@ class RaftReplica:
         pr.snapshot_tick = self._now
 
     def _flush_proposals(self) -> None:
-        """Pack queued commands into entries while the pipeline has room."""
-        queue = self._queue
+        """Pack queued commands into entries (batching.py) while the pipeline has room."""
         room = self._limits.pipeline_window - (self.last_index - self._commit)
         if room <= 0 or self._transfer_target is not None:
             return
-        commands_max = self._limits.batch_commands_max
-        bytes_max = self._limits.batch_bytes_max
-        index, term = self.last_index + 1, self._term
+        index, term, queue = self.last_index + 1, self._term, self._queue
         new: list[Entry] = []
-        popleft = queue.popleft
-        while queue and room > 0:
-            batch: list[bytes] = []
-            size = 16
-            while queue and len(batch) < commands_max:
-                cost = len(queue[0]) + 2
-                if batch and size + cost > bytes_max:
-                    break
-                batch.append(popleft())
-                size += cost
-            new.append(Entry(index, term, ENTRY_NORMAL, tuple(batch)))
-            index += 1
-            room -= 1
+        while queue and len(new) < room:
+            new.append(Entry(index + len(new), term, ENTRY_NORMAL, queue.take_batch()))
         self._append(new)
         self._maybe_commit()
 
     # ------------------------------------------------------------------ reads
 
-    def _quorum_ctx(self) -> int:
-        """Highest heartbeat round acknowledged by a quorum (ours counts as acknowledged)."""
-        acked = {peer: pr.acked_ctx for peer, pr in self._progress.items()}
-        acked[self.node_id] = self._ctx
-        return self._config.committed_index(acked)
-
     def _release_reads(self) -> None:
         if self._commit < self._term_start:
             return  # no read point before an entry of our term is committed (R2)
-        pending = self._pending_reads
-        acked = self._quorum_ctx()
-        while pending and pending[0][2] <= acked:
-            request_id, index, _ = pending.popleft()
-            self._reads_out.append(ReadState(request_id, self._commit if index is None else index))
+        confirmed = self._rounds.confirmed((self._config,), self.node_id)
+        self._reads_out.extend(self._pending_reads.release(confirmed, self._commit))
 
     # ------------------------------------------------------------------ public API
 
@@ -915,39 +881,28 @@ class RaftReplica:
             raise NotLeader(self._leader_id)
         if self._transfer_target is not None:
             raise Busy("leadership transfer in progress")
-        commands = tuple(commands)
-        if not all(type(c) is bytes for c in commands):
-            raise ValueError("commands must be byte strings")
-        if len(self._queue) + len(commands) > self._limits.proposal_queue_max:
-            raise Busy(f"proposal queue full ({self._limits.proposal_queue_max} commands)")
-        self._queue.extend(commands)
+        self._queue.add(commands)
 
     def read_index(self, request_id: object) -> None:
         """Ask for a linearizable read point; answered later as a ReadState in Ready.reads,
         once leadership is confirmed by a quorum heartbeat round (none for a lone voter)."""
         if self._role != Role.LEADER:
             raise NotLeader(self._leader_id)
-        if len(self._pending_reads) >= self._limits.pending_reads_max:
-            raise Busy(f"too many pending reads ({self._limits.pending_reads_max})")
         index = self._commit if self._commit >= self._term_start else None
-        if self._config.is_quorum((self.node_id,)):
-            ctx = 0
-        else:
-            ctx = self._ctx + 1
-            self._read_round_needed = True
-        self._pending_reads.append([request_id, index, ctx])
+        lone = self._config.is_quorum((self.node_id,))
+        self._pending_reads.add(request_id, index, 0 if lone else self._rounds.round + 1)
+        self._read_round_needed = self._read_round_needed or not lone
         self._release_reads()
 
     def lease_read_index(self) -> int | None:
         """The commit index when a quorum acknowledged a heartbeat round started less than
         lease_ticks ago (and an entry of our term is committed, no transfer runs); else None."""
-        if (self._role != Role.LEADER or self._options.lease_ticks <= 0
-                or self._transfer_target is not None or self._commit < self._term_start):
+        if (self._role != Role.LEADER or self._transfer_target is not None
+                or self._commit < self._term_start):
             return None
-        if not self._config.is_quorum((self.node_id,)):
-            started = self._ctx_ticks.get(self._quorum_ctx())
-            if started is None or self._now - started >= self._options.lease_ticks:
-                return None
+        if not self._rounds.lease_holds(self._now, self._options.lease_ticks, (self._config,),
+                                        self.node_id):
+            return None
         return self._commit
 
     def change_config(self, voters: Iterable[int], learners: Iterable[int] = ()) -> None:
@@ -993,7 +948,7 @@ class RaftReplica:
         if self._transfer_target == target:
             return
         self._transfer_target = target
-        self._transfer_elapsed = 0
+        self._transfer_deadline.reset()
         pr = self._progress[target]
         if pr.match == self.last_index:
             self._send_timeout_now(target)
@@ -1103,7 +1058,8 @@ class RaftReplica:
         leading = self._role == Role.LEADER
         progress = {}
         if leading:
-            progress = {peer: PeerProgress(pr.match, pr.next, self._now - pr.heard_tick)
+            progress = {peer: PeerProgress(pr.match, pr.next,
+                                           self._now - self._contact.last(peer, self._now))
                         for peer, pr in sorted(self._progress.items())}
         return ReplicaStatus(
             role=self._role, term=self._term, leader=self._leader_id,
