@@ -40,8 +40,6 @@ readindex.py (reads coalesce into one heartbeat round per Ready here), timers.py
 
 from __future__ import annotations
 
-from bisect import bisect_left, bisect_right
-from operator import itemgetter
 from typing import Iterable, Sequence
 
 from .batching import ProposalQueue
@@ -49,6 +47,7 @@ from .chunking import MessageBudget
 from .errors import Busy, ConfigChangeInProgress, NotLeader
 from .log import (ENTRY_CONFIG, ENTRY_KINDS, ENTRY_NOOP, ENTRY_NORMAL, Entry, HardState,
                   SnapshotMeta, config_entry, entry_config)
+from .raftlog import RaftLog
 from .messages import (AppendEntries, AppendEntriesReply, InstallSnapshot,
                        InstallSnapshotReply, RequestVote, RequestVoteReply, TimeoutNow)
 from .quorum import Config
@@ -64,8 +63,6 @@ __all__ = ["RaftReplica"]
 _PROBE = "probe"          # one AppendEntries at a time until the match point is found
 _REPLICATE = "replicate"  # optimistic: next advances as entries are sent, within a window
 _SNAPSHOT = "snapshot"    # an InstallSnapshot is in flight; appends wait for its reply
-
-_TERM = itemgetter(1)     # Entry.term, for bisecting the log (terms never decrease along it)
 
 
 class _Progress:
@@ -98,31 +95,21 @@ class RaftReplica:
         self._limits = options.limits
         self._election_ticks = options.election_ticks
 
-        # Persistent state (Figure 2) and the log: entries[k] has index offset + 1 + k;
-        # offset is the snapshot index (0 without one) and snap_term the term there.
+        # Persistent state (Figure 2) and the log (raftlog.py).
         self._term = 0
         self._vote = 0
-        self._entries: list[Entry] = []
-        self._offset = 0
-        self._snap_term = 0
-        self._snapshot: SnapshotMeta | None = None
-        self._base_config = config                    # configuration in force at offset
-        self._base_config_index = 0                   # ... and the index that set it
-        self._conf_entries: list[tuple[int, Config]] = []  # CONFIG entries above offset
+        self._log = RaftLog(config)
 
         self._commit = 0
         self._emitted = 0      # last committed index handed out in a Ready
         self._applied = 0      # last committed index handed out in an advanced Ready
-        self._unstable_from = 1        # first index not yet handed out for persisting
-        self._truncate_from: int | None = None
         self._pending_snapshot: SnapshotMeta | None = None
         self._pending_snapshot_data: bytes | None = None
-        self._checked_upto = 0         # check_invariants verified the log up to here
         self._lost_upto = 0            # R13: restored commit index beyond the restored log
 
         if restored is not None:
             self._restore(restored)
-        self._config_index, self._config = self._compute_config()
+        self._config_index, self._config = self._log.current_config()
         self._hs_emitted = HardState(self._term, self._vote, self._commit)
         # A restarted node may have acknowledged a leader just before it went down, and that
         # leader may still count on it (lease reads): it ignores vote requests during its
@@ -159,38 +146,21 @@ class RaftReplica:
 
     def _restore(self, restored: Restored) -> None:
         hard_state, entries, snapshot = restored
-        if snapshot is not None:
-            self._offset = snapshot.index
-            self._snap_term = snapshot.term
-            self._snapshot = snapshot
-            self._base_config = snapshot.config
-            self._base_config_index = snapshot.index
-        expected = self._offset + 1
-        last_term = self._snap_term
-        for entry in entries:
-            if entry.index != expected or entry.term < last_term:
-                raise ValueError(f"restored log is not contiguous with non-decreasing terms at "
-                                 f"index {entry.index} (expected {expected})")
-            expected += 1
-            last_term = entry.term
-            if entry.kind == ENTRY_CONFIG:
-                self._conf_entries.append((entry.index, entry_config(entry)))
-        self._entries = list(entries)
+        self._log.restore(entries, snapshot)
         self._term, self._vote = hard_state.term, hard_state.vote
+        last_term = self._log.last_term()
         if last_term > self._term:
             # The log was persisted without the hard state that accompanied it.  We may have
             # voted in that term: claim our own vote so we never vote twice in it.
             self._term, self._vote = last_term, self.node_id
-        last = self.last_index
+        last, offset = self.last_index, self._log.offset
         if hard_state.commit > last:
             # We acknowledged entries we no longer have (a durability fault, R13): until a
             # leader has sent them again we must neither vote nor campaign, or our short log
             # could help elect a leader that lacks committed entries.
             self._lost_upto = hard_state.commit
-        self._commit = max(self._offset, min(hard_state.commit, last))
-        self._emitted = self._applied = self._offset
-        self._unstable_from = last + 1
-        self._checked_upto = self._offset
+        self._commit = max(offset, min(hard_state.commit, last))
+        self._emitted = self._applied = offset
 
     # ------------------------------------------------------------------ properties
 
@@ -220,74 +190,19 @@ class RaftReplica:
 
     @property
     def last_index(self) -> int:
-        return self._offset + len(self._entries)
+        return self._log.last_index
 
     # ------------------------------------------------------------------ log helpers
 
-    def _last_term(self) -> int:
-        return self._entries[-1].term if self._entries else self._snap_term
-
-    def _term_at(self, index: int) -> int | None:
-        """Term of the entry at ``index``, or None when it is compacted away or absent."""
-        k = index - self._offset
-        if k == 0:
-            return self._snap_term
-        if 0 < k <= len(self._entries):
-            return self._entries[k - 1].term
-        return None
-
-    def _slice(self, lo: int, hi: int) -> list[Entry]:
-        """Entries lo..hi inclusive (all retained)."""
-        return self._entries[lo - self._offset - 1: hi - self._offset]
-
-    def _first_index_of_term(self, term: int, lo: int, hi: int) -> int:
-        """Smallest index in [lo, hi] whose term is ``term`` (the entry at hi has it)."""
-        off = self._offset
-        pos = bisect_left(self._entries, term, lo - off - 1, hi - off, key=_TERM)
-        return pos + off + 1
-
-    def _last_index_with_term_at_most(self, term: int) -> int:
-        """Largest retained index whose term is <= ``term`` (offset when there is none)."""
-        return bisect_right(self._entries, term, key=_TERM) + self._offset
-
-    def _compute_config(self) -> tuple[int, Config]:
-        if self._conf_entries:
-            return self._conf_entries[-1]
-        return self._base_config_index, self._base_config
-
-    def _config_at(self, index: int) -> tuple[int, Config]:
-        """The configuration in force at ``index`` and the index of the entry that set it."""
-        found = (self._base_config_index, self._base_config)
-        for conf_index, conf in self._conf_entries:
-            if conf_index > index:
-                break
-            found = (conf_index, conf)
-        return found
-
     def _append(self, entries: Sequence[Entry], configs: dict[int, Config] | None = None) -> None:
-        """Append entries that follow the last index; register CONFIG entries."""
-        self._entries.extend(entries)
-        changed = False
-        for entry in entries:
-            if entry.kind == ENTRY_CONFIG:
-                conf = configs[entry.index] if configs else entry_config(entry)
-                self._conf_entries.append((entry.index, conf))
-                changed = True
-        if changed:
+        """Append entries that follow the last index; a CONFIG entry takes effect at once."""
+        if self._log.append(entries, configs):
             self._on_config_change()
 
     def _truncate(self, index: int) -> None:
         """Drop every entry >= index (uncommitted, conflicting with the leader)."""
         assert index > self._commit, (index, self._commit)
-        del self._entries[index - self._offset - 1:]
-        if index < self._unstable_from:
-            if self._truncate_from is None or index < self._truncate_from:
-                self._truncate_from = index
-            self._unstable_from = index
-        self._checked_upto = min(self._checked_upto, index - 1)
-        if self._conf_entries and self._conf_entries[-1][0] >= index:
-            while self._conf_entries and self._conf_entries[-1][0] >= index:
-                self._conf_entries.pop()
+        if self._log.truncate(index):
             self._on_config_change()
 
     # ------------------------------------------------------------------ roles and timers
@@ -374,7 +289,7 @@ class RaftReplica:
         self._request_votes(self._term, pre=False, transfer=transfer)
 
     def _request_votes(self, term: int, pre: bool, transfer: bool) -> None:
-        last_index, last_term = self.last_index, self._last_term()
+        last_index, last_term = self.last_index, self._log.last_term()
         for peer in sorted(self._config.all_voters):
             if peer != self.node_id:
                 self._msgs.append(RequestVote(self.node_id, peer, term, last_index, last_term,
@@ -410,7 +325,7 @@ class RaftReplica:
                 self._transfer_target = None
 
     def _on_config_change(self) -> None:
-        index, config = self._compute_config()
+        index, config = self._log.current_config()
         if index == self._config_index and config == self._config:
             self._config = config  # the same configuration, now held by another record
             return
@@ -469,9 +384,9 @@ class RaftReplica:
                     # In-flight entries unacknowledged for two heartbeats: assume them lost.
                     pr.state, pr.next, pr.paused = _PROBE, pr.match + 1, False
             prev = pr.match
-            prev_term = self._term_at(prev)
+            prev_term = self._log.term_at(prev)
             if prev_term is None:
-                prev, prev_term = self._offset, self._snap_term
+                prev, prev_term = self._log.offset, self._log.snap_term
             self._msgs.append(AppendEntries(self.node_id, peer, self._term, prev, prev_term, (),
                                             min(self._commit, pr.match), ctx))
 
@@ -511,7 +426,7 @@ class RaftReplica:
         elif msg.term < self._term:
             self._msgs.append(RequestVoteReply(self.node_id, msg.frm, self._term, False, msg.pre))
             return
-        up_to_date = ((msg.last_term, msg.last_index) >= (self._last_term(), self.last_index)
+        up_to_date = ((msg.last_term, msg.last_index) >= (self._log.last_term(), self.last_index)
                       and not self._lost_entries())
         if msg.pre:
             grant = msg.term > self._term and up_to_date and not self._heard_leader_recently()
@@ -594,20 +509,21 @@ class RaftReplica:
                 self._reply_append(msg, True, commit, 0)
                 return
             entries = entries[skip:]
-            prev, prev_term = commit, self._term_at(commit)
+            prev, prev_term = commit, self._log.term_at(commit)
         last = self.last_index
         if prev > last:
             self._reply_append(msg, False, last + 1, 0)
             return
-        local_term = self._term_at(prev)
+        local_term = self._log.term_at(prev)
         if local_term != prev_term:
-            hint = self._first_index_of_term(local_term, max(commit + 1, self._offset + 1), prev)
+            lo = max(commit + 1, self._log.offset + 1)
+            hint = self._log.first_index_of_term(local_term, lo, prev)
             self._reply_append(msg, False, hint, local_term)
             return
         # Log matching holds at prev: skip what we already have, truncate at a conflict.
         i, n = 0, len(entries)
         while i < n and entries[i].index <= last:
-            if self._term_at(entries[i].index) != entries[i].term:
+            if self._log.term_at(entries[i].index) != entries[i].term:
                 break
             i += 1
         if i < n:
@@ -666,27 +582,9 @@ class RaftReplica:
             self._msgs.append(InstallSnapshotReply(self.node_id, msg.frm, self._term,
                                                    self._commit))
             return
-        last = self.last_index
-        keep_suffix = self._term_at(index) == msg.snap_term
-        if keep_suffix:
-            del self._entries[: index - self._offset]  # keep the suffix after the snapshot
-            self._unstable_from = max(self._unstable_from, index + 1)
-        else:
-            if index < last and (self._truncate_from is None or index + 1 < self._truncate_from):
-                self._truncate_from = index + 1
-            self._entries = []
-            self._unstable_from = index + 1
-        self._offset, self._snap_term = index, msg.snap_term
-        self._snapshot = SnapshotMeta(index, msg.snap_term, msg.config)
-        self._base_config = msg.config
-        self._base_config_index = index
-        # Configuration entries survive only with the log suffix they sit in (sim seed
-        # 1867: a conflicting log was dropped but its CONFIG entry was still tracked).
-        self._conf_entries = ([c for c in self._conf_entries if c[0] > index]
-                              if keep_suffix else [])
-        self._checked_upto = index
+        self._log.install(index, msg.snap_term, msg.config)
         self._commit = self._emitted = index
-        self._pending_snapshot = self._snapshot
+        self._pending_snapshot = self._log.snapshot
         self._pending_snapshot_data = msg.data
         self._on_config_change()
         self._msgs.append(InstallSnapshotReply(self.node_id, msg.frm, self._term, index))
@@ -737,8 +635,8 @@ class RaftReplica:
             hint, hint_term = msg.index, msg.hint_term
             new_next = hint
             if hint_term:
-                j = self._last_index_with_term_at_most(hint_term)
-                if self._term_at(j) == hint_term:
+                j = self._log.last_index_with_term_at_most(hint_term)
+                if self._log.term_at(j) == hint_term:
                     new_next = j + 1
             new_next = max(pr.match + 1, min(new_next, pr.next - 1, last + 1))
             pr.next, pr.state = new_next, _PROBE
@@ -765,7 +663,7 @@ class RaftReplica:
         match = {peer: pr.match for peer, pr in self._progress.items()}
         match[self.node_id] = self.last_index
         index = self._config.committed_index(match)
-        if index > self._commit and self._term_at(index) == self._term:
+        if index > self._commit and self._log.term_at(index) == self._term:
             old = self._commit
             self._commit = index
             self._after_leader_commit(old)
@@ -829,13 +727,13 @@ class RaftReplica:
         """One AppendEntries with entries lo..at most hi (bounded by message_bytes_max);
         returns the last index sent, or None when a snapshot had to be sent instead."""
         prev = lo - 1
-        prev_term = self._term_at(prev)
+        prev_term = self._log.term_at(prev)
         if prev_term is None:
             self._send_snapshot(peer, pr)
             return None
         budget = MessageBudget.for_limits(self._limits)
         entries = []
-        for entry in self._slice(lo, hi) if hi >= lo else ():
+        for entry in self._log.slice(lo, hi) if hi >= lo else ():
             if not budget.admit(entry):
                 break
             entries.append(entry)
@@ -844,10 +742,10 @@ class RaftReplica:
         return prev + len(entries)
 
     def _send_snapshot(self, peer: int, pr: _Progress) -> None:
-        snapshot = self._snapshot
-        assert snapshot is not None and self._offset == snapshot.index
+        snapshot = self._log.snapshot
+        assert snapshot is not None and self._log.offset == snapshot.index
         self._msgs.append(InstallSnapshot(self.node_id, peer, self._term, snapshot.index,
-                                          snapshot.term, self._base_config, b""))
+                                          snapshot.term, self._log.base_config, b""))
         pr.state = _SNAPSHOT
         pr.snapshot_index = snapshot.index
         pr.snapshot_tick = self._now
@@ -957,21 +855,14 @@ class RaftReplica:
 
     def compact(self, meta: SnapshotMeta) -> None:
         """The shell took a snapshot covering every entry <= meta.index: drop them."""
-        if meta.index <= self._offset:
+        if meta.index <= self._log.offset:
             return
         if meta.index > self._applied:
             raise ValueError(f"cannot compact to {meta.index}: applied index is {self._applied}")
-        term = self._term_at(meta.index)
+        term = self._log.term_at(meta.index)
         if term != meta.term:
             raise ValueError(f"snapshot term {meta.term} at {meta.index} but the log has {term}")
-        config_index, config = self._config_at(meta.index)
-        del self._entries[: meta.index - self._offset]
-        self._offset, self._snap_term = meta.index, meta.term
-        self._snapshot = SnapshotMeta(meta.index, meta.term, config)
-        self._base_config, self._base_config_index = config, config_index
-        self._conf_entries = [c for c in self._conf_entries if c[0] > meta.index]
-        self._unstable_from = max(self._unstable_from, meta.index + 1)
-        self._checked_upto = max(self._checked_upto, meta.index)
+        self._log.compact(meta.index, meta.term)
 
     # ------------------------------------------------------------------ Ready
 
@@ -1003,8 +894,7 @@ class RaftReplica:
     def _pending_output(self) -> bool:
         hs = self._hs_emitted
         return bool(self._msgs or self._events or self._reads_out
-                    or self._pending_snapshot is not None or self._truncate_from is not None
-                    or self._unstable_from <= self._offset + len(self._entries)
+                    or self._pending_snapshot is not None or self._log.has_unstable
                     or self._emitted < self._commit or hs.commit != self._commit
                     or hs.term != self._term or hs.vote != self._vote)
 
@@ -1026,19 +916,14 @@ class RaftReplica:
         if hard_state != self._hs_emitted:
             rd.hard_state = hard_state
             self._hs_emitted = hard_state
-        rd.truncate_from = self._truncate_from
-        last = self.last_index
-        if self._unstable_from <= last:
-            rd.entries = self._slice(self._unstable_from, last)
+        rd.truncate_from, rd.entries = self._log.take_unstable()
         rd.snapshot = self._pending_snapshot
         rd.snapshot_data = self._pending_snapshot_data
         rd.messages = self._msgs
         if self._emitted < self._commit:
-            rd.committed = self._slice(self._emitted + 1, self._commit)
+            rd.committed = self._log.slice(self._emitted + 1, self._commit)
         rd.reads = self._reads_out
         rd.events = self._events
-        self._truncate_from = None
-        self._unstable_from = last + 1
         self._pending_snapshot = self._pending_snapshot_data = None
         self._msgs, self._reads_out, self._events = [], [], []
         self._emitted = self._commit
@@ -1064,7 +949,7 @@ class RaftReplica:
         return ReplicaStatus(
             role=self._role, term=self._term, leader=self._leader_id,
             commit_index=self._commit, applied_index=self._applied,
-            last_index=self.last_index, first_index=self._offset + 1,
+            last_index=self.last_index, first_index=self._log.offset + 1,
             config=self._config.describe(),
             ticks_since_leader=0 if leading else self._now - self._leader_heard_tick,
             progress=progress)
@@ -1072,46 +957,26 @@ class RaftReplica:
     def check_invariants(self) -> None:
         """Assert the replica's internal consistency (the simulator calls this after every
         step).  The log check is incremental, so the cost is O(new entries)."""
-        last, offset = self.last_index, self._offset
+        last, offset = self.last_index, self._log.offset
         # (applied may lag below offset while a Ready carrying a snapshot is being persisted)
         assert self._applied <= self._emitted, (self._applied, self._emitted)
         assert offset <= self._emitted <= self._commit <= last, \
             (offset, self._emitted, self._commit, last)
-        if self._entries:
-            assert self._entries[0].index == offset + 1, (self._entries[0].index, offset)
-            assert self._entries[-1].index == last, (self._entries[-1].index, last)
-        start = max(self._checked_upto, offset)
-        if start < last:
-            prev_term = self._term_at(start)
-            for entry in self._slice(start + 1, last):
-                start += 1
-                assert entry.index == start, (entry.index, start)
-                assert entry.term >= prev_term, f"term decreases at {entry.index}"
-                prev_term = entry.term
-            self._checked_upto = last
+        self._log.check_invariants()
         assert self._hs_emitted.term <= self._term and self._hs_emitted.commit <= self._commit
-        assert self._last_term() <= self._term, (self._last_term(), self._term)
-        assert self._snap_term <= self._term
-        assert self._unstable_from <= last + 1
-        assert self._truncate_from is None or self._truncate_from <= self._unstable_from
-        previous = offset
-        for index, _ in self._conf_entries:
-            assert previous < index <= last, (previous, index, last)
-            assert self._entries[index - offset - 1].kind == ENTRY_CONFIG
-            previous = index
-        expected_index, expected_config = self._compute_config()
+        assert self._log.last_term() <= self._term, (self._log.last_term(), self._term)
+        assert self._log.snap_term <= self._term
+        expected_index, expected_config = self._log.current_config()
         assert self._config_index == expected_index and self._config is expected_config
-        if self._snapshot is not None:
-            assert self._snapshot.index == offset and self._snapshot.term == self._snap_term
         role = self._role
         assert (role == Role.LEADER) == (self._leader_id == self.node_id)
         assert (role == Role.LEARNER) <= (self.node_id in self._config.learners)
         if role in (Role.LEADER, Role.CANDIDATE):
             assert self._vote == self.node_id, (role, self._vote)
         if role == Role.LEADER:
-            assert self._term_start <= self._offset \
-                or self._term_at(self._term_start) == self._term, "leader lost its no-op"
-            assert self._last_term() == self._term
+            assert self._term_start <= self._log.offset \
+                or self._log.term_at(self._term_start) == self._term, "leader lost its no-op"
+            assert self._log.last_term() == self._term
             assert self._progress.keys() == self._config.members - {self.node_id}
             for peer, pr in self._progress.items():
                 assert 0 <= pr.match < pr.next <= last + 1, (peer, pr.match, pr.next, last)
