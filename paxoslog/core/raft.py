@@ -33,9 +33,11 @@ then ``advance``.  Design choices the shell and the simulator rely on:
   Lease reads assume the shell delivers a tick for every tick interval of real time that
   passed (including after the process was paused), or they are not safe.
 
-Mechanics shared with Multi-Paxos live in their own modules: batching.py, chunking.py,
-readindex.py (reads coalesce into one heartbeat round per Ready here), timers.py
-(check-quorum here looks back one election timeout at every tick) and ReadyGate in ready.py.
+The log itself (entries above the snapshot, configuration entries, the unpersisted
+suffix) is raftlog.py.  Mechanics shared with Multi-Paxos live in their own modules:
+batching.py, chunking.py, readindex.py (reads coalesce into one heartbeat round per Ready
+here), timers.py (check-quorum here looks back one election timeout at every tick) and
+ReadyGate in ready.py.
 """
 
 from __future__ import annotations
