@@ -49,14 +49,13 @@ from .chunking import MessageBudget
 from .errors import Busy, ConfigChangeInProgress, NotLeader
 from .log import (ENTRY_CONFIG, ENTRY_KINDS, ENTRY_NOOP, ENTRY_NORMAL, Entry, HardState,
                   SnapshotMeta, config_entry, entry_config)
-from .raftlog import RaftLog
 from .messages import (AppendEntries, AppendEntriesReply, InstallSnapshot,
                        InstallSnapshotReply, RequestVote, RequestVoteReply, TimeoutNow)
 from .quorum import Config
+from .raftlog import RaftLog
 from .readindex import PendingReads, ReadRounds
 from .ready import ConfigChanged, ReadState, Ready, ReadyGate, Role, RoleChanged
 from .timers import ElectionTimer, Interval, PeerContact
-
 from .types import PeerProgress, ReplicaOptions, ReplicaStatus, Restored, Rng
 
 __all__ = ["RaftReplica"]
