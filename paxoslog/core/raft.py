@@ -137,7 +137,7 @@ class RaftReplica:
         self._transfer_target: int | None = None
         self._transfer_deadline = Interval(self._election_ticks)
         self._leave_learners: tuple[int, frozenset[int]] | None = None
-        self._rounds = ReadRounds(2 * self._election_ticks)  # heartbeat rounds (ctx)
+        self._rounds = ReadRounds(self._election_ticks)  # heartbeat rounds (ctx)
         self._read_round_needed = False
         self._pending_reads = PendingReads(self._limits.pending_reads_max)
 
