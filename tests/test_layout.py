@@ -154,3 +154,81 @@ def test_no_import_cycles():
 def test_cycle_finder_finds_a_cycle():
     """The cycle finder reports a two-module cycle (so the test above can fail)."""
     assert _cycles({"a": {"b"}, "b": {"a"}, "c": {"a"}}) == [["a", "b"]]
+
+
+def _core_imports(path: pathlib.Path) -> set[str]:
+    """Core modules ``path`` imports, wherever the import sits (module level, inside a
+    function, under TYPE_CHECKING): ``from .x import``, ``from . import x`` and
+    ``paxoslog.core.x``."""
+    tree = ast.parse(path.read_text(), filename=str(path))
+    names = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom):
+            if node.level == 1 and node.module:
+                names.add(node.module.split(".")[0])
+            elif node.level == 1:
+                names |= {alias.name for alias in node.names}
+            elif node.level == 0 and (node.module or "").startswith("paxoslog.core."):
+                names.add(node.module.split(".")[2])
+        elif isinstance(node, ast.Import):
+            names |= {alias.name.split(".")[2] for alias in node.names
+                      if alias.name.startswith("paxoslog.core.")}
+    return names
+
+
+def _find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
+    """One import cycle of ``graph`` (module -> imported modules) as a path, or None."""
+    state: dict[str, int] = {}  # 1: on the current path, 2: done
+    path: list[str] = []
+
+    def visit(name: str) -> list[str] | None:
+        state[name] = 1
+        path.append(name)
+        for other in sorted(graph.get(name, ())):
+            if state.get(other) == 1:
+                return path[path.index(other):] + [other]
+            if other not in state:
+                found = visit(other)
+                if found:
+                    return found
+        path.pop()
+        state[name] = 2
+        return None
+
+    for name in sorted(graph):
+        if name not in state:
+            found = visit(name)
+            if found:
+                return found
+    return None
+
+
+def _core_graph() -> dict[str, set[str]]:
+    return {f.stem: _core_imports(f) - {f.stem} for f in CORE.glob("*.py")
+            if f.stem != "__init__"}
+
+
+def test_core_has_no_import_cycles():
+    """No import cycle inside paxoslog/core, lazy and typing-only imports included."""
+    assert _find_cycle(_core_graph()) is None, _find_cycle(_core_graph())
+
+
+def test_import_cycle_would_be_detected(tmp_path):
+    """The cycle finder reports a cycle, and sees relative and lazy imports."""
+    assert _find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": set()}) == ["a", "b", "c", "a"]
+    assert _find_cycle({"a": {"b"}, "b": set()}) is None
+    sample = tmp_path / "sample.py"
+    sample.write_text("from .types import X\nfrom . import log\n"
+                      "def f():\n    from .paxos import P\n")
+    assert _core_imports(sample) == {"types", "log", "paxos"}
+
+
+def test_only_the_factory_imports_the_protocols():
+    """paxos.py and raft.py are imported by replica.py alone, and no protocol or shared
+    mechanics module imports replica.py: interface types come from the leaf types.py."""
+    graph = _core_graph()
+    for protocol in ("paxos", "raft"):
+        importers = {name for name, imports in graph.items() if protocol in imports}
+        assert importers == {"replica"}, (protocol, importers)
+    assert {name for name, imports in graph.items() if "replica" in imports} == set()
+    assert graph["types"] <= {"limits", "log", "quorum", "ready"}, graph["types"]

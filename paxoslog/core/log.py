@@ -17,7 +17,8 @@ from .quorum import Config
 
 __all__ = [
     "Entry", "HardState", "SnapshotMeta", "ENTRY_NORMAL", "ENTRY_NOOP", "ENTRY_CONFIG",
-    "config_entry", "entry_config", "entry_bytes", "SlotLog",
+    "config_entry", "entry_config", "entry_bytes", "SlotLog", "ENTRY_HEADER_BYTES",
+    "COMMAND_HEADER_BYTES",
 ]
 
 ENTRY_NORMAL = 0
@@ -69,9 +70,16 @@ def entry_config(entry: Entry) -> Config:
     return Config.from_wire(cbor2.loads(entry.payload[0]))
 
 
+# The byte accounting of batching and message bounds (both protocols): an entry costs a
+# fixed header plus, per command, its length and a small per-command header.
+ENTRY_HEADER_BYTES = 16
+COMMAND_HEADER_BYTES = 2
+
+
 def entry_bytes(entry: Entry) -> int:
     """Approximate wire size, used for batching and message bounds."""
-    return 16 + sum(len(command) + 2 for command in entry.payload)
+    return ENTRY_HEADER_BYTES + sum(len(command) + COMMAND_HEADER_BYTES
+                                    for command in entry.payload)
 
 
 class SlotLog:

@@ -25,40 +25,36 @@ Roles: every node is an acceptor and a learner; one proposer at a time leads.
 Own acceptances count immediately: the Ready that carries an entry is persisted before its
 messages are sent and before its committed entries are applied, so nothing counted here is
 visible outside before it is durable.
+
+Mechanics shared with Raft live in their own modules: batching.py (proposal queue, one byte
+accounting), chunking.py (entries per message), readindex.py (read rounds, ReadIndex,
+lease), timers.py (election timeout, intervals, check-quorum contact), and ReadyGate in
+ready.py (one outstanding Ready).  Here a read starts its own round (its heartbeat also
+carries the chosen set), and check-quorum looks back once per election timeout.
 """
 
 from __future__ import annotations
 
-from collections import deque
 from typing import Iterable, Sequence
 
 from sortedcontainers import SortedDict
 
 from .ballot import ZERO_BALLOT, Ballot
+from .batching import ProposalQueue
+from .chunking import MessageBudget, chunk_entries
 from .errors import Busy, ConfigChangeInProgress, NotLeader
 from .log import (ENTRY_CONFIG, ENTRY_NOOP, ENTRY_NORMAL, Entry, HardState, SlotLog,
-                  SnapshotMeta, config_entry, entry_bytes, entry_config)
+                  SnapshotMeta, config_entry, entry_config)
 from .messages import (Accept, Accepted, CatchupReply, CatchupRequest, Heartbeat,
                        HeartbeatReply, InstallSnapshot, InstallSnapshotReply, Message, Nack,
                        Prepare, PreVote, PreVoteReply, Promise, TimeoutNow)
 from .quorum import Config
-from .ready import (ConfigChanged, ProposalDropped, ReadState, Ready, ReadyGate, Role,
-                    RoleChanged)
+from .readindex import PendingReads, ReadRounds
+from .ready import ConfigChanged, ReadState, Ready, ReadyGate, Role, RoleChanged
+from .timers import ElectionTimer, Interval, PeerContact
 from .types import PeerProgress, ReplicaOptions, ReplicaStatus, Restored, Rng
 
 __all__ = ["MultiPaxosReplica"]
-
-_CTX_KEEP = 64  # heartbeat contexts remembered for lease timing
-
-
-class _PendingRead:
-    __slots__ = ("request_id", "index", "ctx")
-
-    def __init__(self, request_id: object, index: int, ctx: int) -> None:
-        self.request_id = request_id
-        self.index = index
-        self.ctx = ctx
-
 
 class MultiPaxosReplica:
     """One Multi-Paxos node.  See the module docstring and DESIGN.md sections 2-3."""
@@ -71,7 +67,6 @@ class MultiPaxosReplica:
         self.node_id = node_id
         self.options = options
         self.limits = options.limits
-        self.rng = rng
         self.now = 0  # ticks since start
 
         restored = restored or Restored(HardState(), [], None)
@@ -96,12 +91,11 @@ class MultiPaxosReplica:
         self.leader_id: int | None = None
         self.ballot = ZERO_BALLOT  # our ballot while candidate/leader
         self.max_round_seen = self.promised.round
-        self.election_elapsed = 0
         # Ticks since we heard from a leader.  With leases on, a booting node stays quiet
         # (grants no pre-vote, ignores Prepares) for one election timeout: it may have
         # acknowledged a leader's lease just before it crashed.
         self.leader_elapsed = 0 if options.lease_ticks else options.election_ticks
-        self.election_timeout = self._random_timeout()
+        self.election = ElectionTimer(options.election_ticks, rng)
 
         # Pre-candidate / candidate state.
         self.votes: set[int] = set()
@@ -114,23 +108,20 @@ class MultiPaxosReplica:
         self.inflight: dict[int, set[int]] = {}
         self.sent_tick: dict[int, int] = {}
         self.backlog: SortedDict = SortedDict()  # re-proposals not yet sent (barrier)
-        self.queue: deque[bytes] = deque()
+        self.queue = ProposalQueue(self.limits)
         self.pending_config: Config | None = None
         self.barrier: int | None = None  # slot of an unchosen CONFIG entry we proposed
         self.proposed_configs: SortedDict = SortedDict()
-        self.heartbeat_elapsed = 0
-        self.quorum_elapsed = 0
-        self.recent_active: set[int] = set()
-        self.last_heard: dict[int, int] = {}
+        self.leader_since = 0
+        self.heartbeat = Interval(options.heartbeat_ticks)
+        self.quorum_period = Interval(options.election_ticks)  # check-quorum, per period
+        self.contact = PeerContact()
         self.peer_chosen: dict[int, int] = {}
-        self.peer_ctx: dict[int, int] = {}
-        self.ctx = 0
-        self.ctx_sent: dict[int, int] = {}
-        self.lease_until = -1
-        self.reads: deque[_PendingRead] = deque()
+        self.rounds = ReadRounds(options.election_ticks)  # heartbeat rounds (ctx)
+        self.reads = PendingReads(self.limits.pending_reads_max)
         self.snapshot_sent: dict[int, int] = {}
         self.transfer_target: int | None = None
-        self.transfer_elapsed = 0
+        self.transfer_deadline = Interval(options.election_ticks)
 
         # Follower catch-up.
         self.known_commit = self.log.chosen_upto
@@ -193,10 +184,8 @@ class MultiPaxosReplica:
         if self.role == Role.LEADER:
             self._tick_leader()
             return
-        self.election_elapsed += 1
-        if self.election_elapsed >= self.election_timeout:
-            self.election_elapsed = 0
-            self.election_timeout = self._random_timeout()
+        if self.election.tick():
+            self.election.reset()
             self._start_election()
 
     def step(self, msg: Message) -> None:
@@ -212,24 +201,22 @@ class MultiPaxosReplica:
             raise NotLeader(self.leader_id if self.leader_id != self.node_id else None)
         if self.transfer_target is not None:
             raise Busy("leadership transfer in progress")
-        if len(self.queue) + len(commands) > self.limits.proposal_queue_max:
-            raise Busy("proposal queue full")
-        self.queue.extend(commands)
+        self.queue.add(commands)
 
     def read_index(self, request_id: object) -> None:
         """Ask for a linearizable read point; a ReadState appears in a later Ready."""
         if self.role != Role.LEADER:
             raise NotLeader(self.leader_id if self.leader_id != self.node_id else None)
-        if len(self.reads) >= self.limits.pending_reads_max:
-            raise Busy("too many pending reads")
-        ctx = self._broadcast_heartbeat()
-        self.reads.append(_PendingRead(request_id, self.next_slot - 1, ctx))
+        self.reads.add(request_id, self.next_slot - 1, self.rounds.round + 1)
+        self._broadcast_heartbeat()  # starts that round: one round per read
         self._confirm_reads()
 
     def lease_read_index(self) -> int | None:
         """The read point when the leader lease holds (options.lease_ticks > 0), else None."""
-        if (self.role != Role.LEADER or self.options.lease_ticks == 0
-                or self.transfer_target is not None or self.now >= self.lease_until):
+        if self.role != Role.LEADER or self.transfer_target is not None:
+            return None
+        if not self.rounds.lease_holds(self.now, self.options.lease_ticks,
+                                       self._voter_configs(), self.node_id):
             return None
         point = self.next_slot - 1
         return point if self.log.chosen_upto >= point else None
@@ -260,7 +247,7 @@ class MultiPaxosReplica:
         if target not in self.config.voters:
             raise ValueError(f"node {target} is not a voter")
         self.transfer_target = target
-        self.transfer_elapsed = 0
+        self.transfer_deadline.reset()
         self._maybe_send_timeout_now()
 
     def compact(self, meta: SnapshotMeta) -> None:
@@ -317,7 +304,7 @@ class MultiPaxosReplica:
         progress = {}
         if leading:
             progress = {peer: PeerProgress(self.peer_chosen.get(peer, 0), self.next_slot,
-                                           self.now - self.last_heard.get(peer, 0))
+                                           self.now - self.contact.last(peer, self.leader_since))
                         for peer in sorted(self._peers())}
         return ReplicaStatus(
             role=self.role, term=self.term, leader=self.leader_id,
@@ -358,10 +345,6 @@ class MultiPaxosReplica:
             assert self.ballot.node_id == self.node_id
 
     # ------------------------------------------------------------------ elections
-
-    def _random_timeout(self) -> int:
-        base = self.options.election_ticks
-        return base + self.rng.randrange(base)
 
     def _voter(self) -> bool:
         config = self.config_for(self.log.chosen_upto + 1)
@@ -428,15 +411,13 @@ class MultiPaxosReplica:
         ``next_slot`` says where the next page starts, 0 when this is the last)."""
         start = max(from_slot, self.log.first_index)
         accepted: list[Entry] = []
-        size = 0
+        budget = MessageBudget(self.limits.message_bytes_max)  # pages: bytes only
         next_slot = 0
         for entry in self.log.range(start, self.log.last_index + 1):
-            length = entry_bytes(entry)
-            if bounded and accepted and size + length > self.limits.message_bytes_max:
+            if bounded and not budget.admit(entry):
                 next_slot = entry.index
                 break
             accepted.append(entry)
-            size += length
         return Promise(self.node_id, to, ballot, tuple(accepted), self.log.chosen_upto,
                        self.log.first_index, next_slot)
 
@@ -475,14 +456,14 @@ class MultiPaxosReplica:
         self.leader_id = leader
         self._prepared_extra = set()
         if role != Role.LEADER:
-            self.election_elapsed = 0
+            self.election.restart()
         if changed:
             self._events.append(RoleChanged(role, self.term, leader))
 
     def _drop_leader_state(self) -> None:
-        if self.queue:
-            self._events.append(ProposalDropped(tuple(self.queue)))
-        self.queue.clear()
+        dropped = self.queue.drop_all()
+        if dropped is not None:
+            self._events.append(dropped)
         self.inflight.clear()
         self.sent_tick.clear()
         self.backlog.clear()
@@ -491,7 +472,6 @@ class MultiPaxosReplica:
         self.barrier = None
         self.reads.clear()
         self.transfer_target = None
-        self.lease_until = -1
 
     def _become_leader(self) -> None:
         from_slot = self.log.chosen_upto + 1
@@ -512,11 +492,11 @@ class MultiPaxosReplica:
                 return
         self._become(Role.LEADER, self.node_id)
         self.leader_elapsed = 0
-        self.heartbeat_elapsed = 0
-        self.quorum_elapsed = 0
-        self.recent_active = set()
-        self.last_heard = {peer: self.now for peer in self._peers()}
-        self.peer_ctx = {}
+        self.leader_since = self.now
+        self.heartbeat.reset()
+        self.quorum_period.reset()
+        self.contact.clear()
+        self.rounds.clear_acks()
         self.snapshot_sent = {}
         # Cover every slot anyone reported, and every slot we already know chosen (catch-up
         # replies may have taught us some while we were collecting promises).
@@ -548,35 +528,28 @@ class MultiPaxosReplica:
         return [first] if first == last else [first, last]
 
     def _tick_leader(self) -> None:
-        self.heartbeat_elapsed += 1
-        self.quorum_elapsed += 1
-        if self.transfer_target is not None:
-            self.transfer_elapsed += 1
-            if self.transfer_elapsed >= self.options.election_ticks:
-                self.transfer_target = None
-        if self.quorum_elapsed >= self.options.election_ticks:
-            self.quorum_elapsed = 0
-            active = self.recent_active | {self.node_id}
-            self.recent_active = set()
-            if self.options.check_quorum and not all(
-                    c.is_quorum(active) for c in self._voter_configs()):
+        heartbeat_due = self.heartbeat.tick()
+        if self.transfer_target is not None and self.transfer_deadline.tick():
+            self.transfer_target = None
+        if self.quorum_period.tick():
+            # Check-quorum once per election timeout, over the period that just ended.
+            since = self.now - self.options.election_ticks
+            if self.options.check_quorum and not self.contact.quorum_since(
+                    since, self._voter_configs(), self.node_id):
                 self._become(Role.FOLLOWER, None)
                 return
-        if self.heartbeat_elapsed >= self.options.heartbeat_ticks:
-            self.heartbeat_elapsed = 0
+        if heartbeat_due:
             self._broadcast_heartbeat()
             self._retransmit()
 
-    def _broadcast_heartbeat(self) -> int:
-        self.ctx += 1
-        self.ctx_sent[self.ctx] = self.now
-        self.ctx_sent.pop(self.ctx - _CTX_KEEP, None)
+    def _broadcast_heartbeat(self) -> None:
+        """Start a read round (readindex.py) and tell every peer what is chosen."""
+        ctx = self.rounds.start(self.now)
         chosen = tuple(sorted(s for s in self.log.chosen_above
                               if self.log.get(s).term == self.ballot.pack()))
         for peer in self._peers():
             self._send(Heartbeat(self.node_id, peer, self.ballot, self.log.chosen_upto,
-                                 chosen, self.ctx))
-        return self.ctx
+                                 chosen, ctx))
 
     def _can_send(self, slot: int) -> bool:
         if self.barrier is not None:
@@ -608,17 +581,8 @@ class MultiPaxosReplica:
                 self.pending_config = None
                 self.next_slot += 1
                 new.append(self._propose_entry(entry))
-            limits = self.limits
             while self.queue and self._can_send(self.next_slot):
-                batch: list[bytes] = []
-                size = 0
-                while self.queue and len(batch) < limits.batch_commands_max:
-                    command = self.queue[0]
-                    if batch and size + len(command) > limits.batch_bytes_max:
-                        break
-                    batch.append(self.queue.popleft())
-                    size += len(command) + 2
-                entry = Entry(self.next_slot, mine, ENTRY_NORMAL, tuple(batch))
+                entry = Entry(self.next_slot, mine, ENTRY_NORMAL, self.queue.take_batch())
                 self.next_slot += 1
                 new.append(self._propose_entry(entry))
         if new:
@@ -637,20 +601,7 @@ class MultiPaxosReplica:
         return entry
 
     def _send_accepts(self, entries: list[Entry], peers: Iterable[int]) -> None:
-        limits = self.limits
-        chunks: list[tuple[Entry, ...]] = []
-        chunk: list[Entry] = []
-        size = 0
-        for entry in entries:
-            length = entry_bytes(entry)
-            if chunk and (len(chunk) >= limits.entries_per_message_max
-                          or size + length > limits.message_bytes_max):
-                chunks.append(tuple(chunk))
-                chunk, size = [], 0
-            chunk.append(entry)
-            size += length
-        if chunk:
-            chunks.append(tuple(chunk))
+        chunks = chunk_entries(entries, self.limits)
         commit = self.log.chosen_upto
         for peer in peers:
             for part in chunks:
@@ -760,18 +711,9 @@ class MultiPaxosReplica:
         self.base_config = config
 
     def _confirm_reads(self) -> None:
-        if not self.reads:
-            return
-        configs = self._voter_configs()
-        while self.reads:
-            read = self.reads[0]
-            acks = {self.node_id} | {p for p, c in self.peer_ctx.items() if c >= read.ctx}
-            if not all(c.is_quorum(acks) for c in configs):
-                break
-            if self.log.chosen_upto < read.index:
-                break
-            self.reads.popleft()
-            self._reads_ready.append(ReadState(read.request_id, read.index))
+        if self.reads:
+            confirmed = self.rounds.confirmed(self._voter_configs(), self.node_id)
+            self._reads_ready.extend(self.reads.release(confirmed, self.log.chosen_upto))
 
     # ------------------------------------------------------------------ handlers
 
@@ -779,7 +721,7 @@ class MultiPaxosReplica:
         self._promise(ballot)
         if self.role != Role.FOLLOWER or self.leader_id != ballot.node_id:
             self._become(Role.FOLLOWER, ballot.node_id)
-        self.election_elapsed = 0
+        self.election.restart()
         self.leader_elapsed = 0
 
     def _sticky(self) -> bool:
@@ -820,7 +762,7 @@ class MultiPaxosReplica:
             if self.role != Role.FOLLOWER or self.leader_id != msg.ballot.node_id:
                 self._become(Role.FOLLOWER, None)
         self._promise(msg.ballot)
-        self.election_elapsed = 0
+        self.election.restart()
         self._send(self._make_promise(msg.frm, msg.ballot, msg.from_slot))
 
     def on_promise(self, msg: Promise) -> None:
@@ -834,7 +776,7 @@ class MultiPaxosReplica:
             pages[first] = msg
         else:
             pages[0] = msg
-        self.election_elapsed = 0  # phase 1 is making progress: do not restart it
+        self.election.restart()  # phase 1 is making progress: do not abandon it
         if msg.next_slot:
             # More accepted slots follow: ask for the next page (same ballot, idempotent).
             self._send(Prepare(self.node_id, msg.frm, self.ballot, msg.next_slot, True))
@@ -852,7 +794,7 @@ class MultiPaxosReplica:
             self._promise(msg.promised)
             # Back off for a fresh random timeout before trying again (dueling proposers).
             self._become(Role.FOLLOWER, None)
-            self.election_timeout = self._random_timeout()
+            self.election.redraw()
 
     def on_accept(self, msg: Accept) -> None:
         if msg.ballot < self.promised:
@@ -893,40 +835,29 @@ class MultiPaxosReplica:
                                   self.log.chosen_upto, self.log.last_index))
 
     def _heard_peer(self, peer: int) -> None:
-        self.recent_active.add(peer)
-        self.last_heard[peer] = self.now
+        self.contact.heard(peer, self.now)
 
     def on_heartbeat_reply(self, msg: HeartbeatReply) -> None:
         if self.role != Role.LEADER or msg.ballot != self.ballot:
             return
         self._heard_peer(msg.frm)
         self.peer_chosen[msg.frm] = msg.chosen_upto
-        if msg.ctx > self.peer_ctx.get(msg.frm, 0):
-            self.peer_ctx[msg.frm] = msg.ctx
-            self._update_lease(msg.ctx)
+        self.rounds.ack(msg.frm, msg.ctx)
         if msg.chosen_upto < self.log.first_index - 1:
             self._send_snapshot(msg.frm)
         self._confirm_reads()
         self._maybe_send_timeout_now()
 
-    def _update_lease(self, ctx: int) -> None:
-        if self.options.lease_ticks == 0 or ctx not in self.ctx_sent:
-            return
-        acks = {self.node_id} | {p for p, c in self.peer_ctx.items() if c >= ctx}
-        if all(c.is_quorum(acks) for c in self._voter_configs()):
-            self.lease_until = max(self.lease_until, self.ctx_sent[ctx] + self.options.lease_ticks)
-
     def on_catchup_request(self, msg: CatchupRequest) -> None:
         entries = []
-        size = 0
+        budget = MessageBudget.for_limits(self.limits)
         for slot in msg.slots:
             if slot < self.log.first_index:
                 self._send_snapshot(msg.frm)
                 return
             if self.log.is_chosen(slot):
                 entry = self.log.get(slot)
-                size += entry_bytes(entry)
-                if entries and size > self.limits.message_bytes_max:
+                if not budget.admit(entry):
                     break  # the follower asks again for the rest
                 entries.append(entry)
         if entries:
@@ -1003,7 +934,7 @@ class MultiPaxosReplica:
             return
         self.force_election = True
         self.transfer_requested = True
-        self.election_timeout = self._random_timeout()
+        self.election.redraw()
         self._prepare()
 
     # ------------------------------------------------------------------ plumbing

@@ -32,24 +32,30 @@ then ``advance``.  Design choices the shell and the simulator rely on:
 * **Timing is ticks**; randomness only comes from the ``rng`` given to the constructor.
   Lease reads assume the shell delivers a tick for every tick interval of real time that
   passed (including after the process was paused), or they are not safe.
+
+The log itself (entries above the snapshot, configuration entries, the unpersisted
+suffix) is raftlog.py.  Mechanics shared with Multi-Paxos live in their own modules:
+batching.py, chunking.py, readindex.py (reads coalesce into one heartbeat round per Ready
+here), timers.py (check-quorum here looks back one election timeout at every tick) and
+ReadyGate in ready.py.
 """
 
 from __future__ import annotations
 
-from bisect import bisect_left, bisect_right
-from collections import deque
-from operator import itemgetter
 from typing import Iterable, Sequence
 
+from .batching import ProposalQueue
+from .chunking import MessageBudget
 from .errors import Busy, ConfigChangeInProgress, NotLeader
 from .log import (ENTRY_CONFIG, ENTRY_KINDS, ENTRY_NOOP, ENTRY_NORMAL, Entry, HardState,
-                  SnapshotMeta, config_entry, entry_bytes, entry_config)
+                  SnapshotMeta, config_entry, entry_config)
 from .messages import (AppendEntries, AppendEntriesReply, InstallSnapshot,
                        InstallSnapshotReply, RequestVote, RequestVoteReply, TimeoutNow)
 from .quorum import Config
-from .ready import (ConfigChanged, ProposalDropped, ReadState, Ready, ReadyGate, Role,
-                    RoleChanged)
-
+from .raftlog import RaftLog
+from .readindex import PendingReads, ReadRounds
+from .ready import ConfigChanged, ReadState, Ready, ReadyGate, Role, RoleChanged
+from .timers import ElectionTimer, Interval, PeerContact
 from .types import PeerProgress, ReplicaOptions, ReplicaStatus, Restored, Rng
 
 __all__ = ["RaftReplica"]
@@ -59,22 +65,18 @@ _PROBE = "probe"          # one AppendEntries at a time until the match point is
 _REPLICATE = "replicate"  # optimistic: next advances as entries are sent, within a window
 _SNAPSHOT = "snapshot"    # an InstallSnapshot is in flight; appends wait for its reply
 
-_TERM = itemgetter(1)     # Entry.term, for bisecting the log (terms never decrease along it)
-
 
 class _Progress:
     """The leader's view of one follower."""
 
-    __slots__ = ("match", "next", "state", "paused", "heard_tick", "acked_ctx",
-                 "progress_tick", "snapshot_index", "snapshot_tick")
+    __slots__ = ("match", "next", "state", "paused", "progress_tick", "snapshot_index",
+                 "snapshot_tick")
 
     def __init__(self, next_index: int, now: int) -> None:
         self.match = 0
         self.next = next_index
         self.state = _PROBE
         self.paused = False        # probe sent, waiting for a reply (or the next heartbeat)
-        self.heard_tick = now      # last tick a message of the current term came from it
-        self.acked_ctx = 0         # highest heartbeat round (ctx) it acknowledged
         self.progress_tick = now   # last tick match advanced or the pipeline started filling
         self.snapshot_index = 0
         self.snapshot_tick = 0
@@ -92,34 +94,23 @@ class RaftReplica:
         self.node_id = node_id
         self._options = options
         self._limits = options.limits
-        self._rng = rng
         self._election_ticks = options.election_ticks
 
-        # Persistent state (Figure 2) and the log: entries[k] has index offset + 1 + k;
-        # offset is the snapshot index (0 without one) and snap_term the term there.
+        # Persistent state (Figure 2) and the log (raftlog.py).
         self._term = 0
         self._vote = 0
-        self._entries: list[Entry] = []
-        self._offset = 0
-        self._snap_term = 0
-        self._snapshot: SnapshotMeta | None = None
-        self._base_config = config                    # configuration in force at offset
-        self._base_config_index = 0                   # ... and the index that set it
-        self._conf_entries: list[tuple[int, Config]] = []  # CONFIG entries above offset
+        self._log = RaftLog(config)
 
         self._commit = 0
         self._emitted = 0      # last committed index handed out in a Ready
         self._applied = 0      # last committed index handed out in an advanced Ready
-        self._unstable_from = 1        # first index not yet handed out for persisting
-        self._truncate_from: int | None = None
         self._pending_snapshot: SnapshotMeta | None = None
         self._pending_snapshot_data: bytes | None = None
-        self._checked_upto = 0         # check_invariants verified the log up to here
         self._lost_upto = 0            # R13: restored commit index beyond the restored log
 
         if restored is not None:
             self._restore(restored)
-        self._config_index, self._config = self._compute_config()
+        self._config_index, self._config = self._log.current_config()
         self._hs_emitted = HardState(self._term, self._vote, self._commit)
         # A restarted node may have acknowledged a leader just before it went down, and that
         # leader may still count on it (lease reads): it ignores vote requests during its
@@ -131,9 +122,7 @@ class RaftReplica:
         self._leader_id: int | None = None
         self._now = 0
         self._leader_heard_tick = 0
-        self._election_elapsed = 0
-        self._election_timeout = self._election_ticks
-        self._heartbeat_elapsed = 0
+        self._heartbeat = Interval(options.heartbeat_ticks)
         self._votes: dict[int, bool] = {}
         self._msgs: list = []
         self._events: list = []
@@ -142,54 +131,37 @@ class RaftReplica:
 
         # Leader state.
         self._progress: dict[int, _Progress] = {}
-        self._queue: deque[bytes] = deque()
+        self._contact = PeerContact()  # when each follower last answered (check-quorum)
+        self._queue = ProposalQueue(self._limits)
         self._term_start = 0           # index of this leader's no-op
         self._transfer_target: int | None = None
-        self._transfer_elapsed = 0
+        self._transfer_deadline = Interval(self._election_ticks)
         self._leave_learners: tuple[int, frozenset[int]] | None = None
-        self._ctx = 0                  # heartbeat round counter (never reset)
-        self._ctx_ticks: dict[int, int] = {}
+        self._rounds = ReadRounds(self._election_ticks)  # heartbeat rounds (ctx)
         self._read_round_needed = False
-        self._pending_reads: deque[list] = deque()  # [request_id, index | None, ctx]
+        self._pending_reads = PendingReads(self._limits.pending_reads_max)
 
-        self._reset_election_timer()
+        self._election = ElectionTimer(self._election_ticks, rng)
 
     # ------------------------------------------------------------------ restore
 
     def _restore(self, restored: Restored) -> None:
         hard_state, entries, snapshot = restored
-        if snapshot is not None:
-            self._offset = snapshot.index
-            self._snap_term = snapshot.term
-            self._snapshot = snapshot
-            self._base_config = snapshot.config
-            self._base_config_index = snapshot.index
-        expected = self._offset + 1
-        last_term = self._snap_term
-        for entry in entries:
-            if entry.index != expected or entry.term < last_term:
-                raise ValueError(f"restored log is not contiguous with non-decreasing terms at "
-                                 f"index {entry.index} (expected {expected})")
-            expected += 1
-            last_term = entry.term
-            if entry.kind == ENTRY_CONFIG:
-                self._conf_entries.append((entry.index, entry_config(entry)))
-        self._entries = list(entries)
+        self._log.restore(entries, snapshot)
         self._term, self._vote = hard_state.term, hard_state.vote
+        last_term = self._log.last_term()
         if last_term > self._term:
             # The log was persisted without the hard state that accompanied it.  We may have
             # voted in that term: claim our own vote so we never vote twice in it.
             self._term, self._vote = last_term, self.node_id
-        last = self.last_index
+        last, offset = self.last_index, self._log.offset
         if hard_state.commit > last:
             # We acknowledged entries we no longer have (a durability fault, R13): until a
             # leader has sent them again we must neither vote nor campaign, or our short log
             # could help elect a leader that lacks committed entries.
             self._lost_upto = hard_state.commit
-        self._commit = max(self._offset, min(hard_state.commit, last))
-        self._emitted = self._applied = self._offset
-        self._unstable_from = last + 1
-        self._checked_upto = self._offset
+        self._commit = max(offset, min(hard_state.commit, last))
+        self._emitted = self._applied = offset
 
     # ------------------------------------------------------------------ properties
 
@@ -219,74 +191,19 @@ class RaftReplica:
 
     @property
     def last_index(self) -> int:
-        return self._offset + len(self._entries)
+        return self._log.last_index
 
     # ------------------------------------------------------------------ log helpers
 
-    def _last_term(self) -> int:
-        return self._entries[-1].term if self._entries else self._snap_term
-
-    def _term_at(self, index: int) -> int | None:
-        """Term of the entry at ``index``, or None when it is compacted away or absent."""
-        k = index - self._offset
-        if k == 0:
-            return self._snap_term
-        if 0 < k <= len(self._entries):
-            return self._entries[k - 1].term
-        return None
-
-    def _slice(self, lo: int, hi: int) -> list[Entry]:
-        """Entries lo..hi inclusive (all retained)."""
-        return self._entries[lo - self._offset - 1: hi - self._offset]
-
-    def _first_index_of_term(self, term: int, lo: int, hi: int) -> int:
-        """Smallest index in [lo, hi] whose term is ``term`` (the entry at hi has it)."""
-        off = self._offset
-        pos = bisect_left(self._entries, term, lo - off - 1, hi - off, key=_TERM)
-        return pos + off + 1
-
-    def _last_index_with_term_at_most(self, term: int) -> int:
-        """Largest retained index whose term is <= ``term`` (offset when there is none)."""
-        return bisect_right(self._entries, term, key=_TERM) + self._offset
-
-    def _compute_config(self) -> tuple[int, Config]:
-        if self._conf_entries:
-            return self._conf_entries[-1]
-        return self._base_config_index, self._base_config
-
-    def _config_at(self, index: int) -> tuple[int, Config]:
-        """The configuration in force at ``index`` and the index of the entry that set it."""
-        found = (self._base_config_index, self._base_config)
-        for conf_index, conf in self._conf_entries:
-            if conf_index > index:
-                break
-            found = (conf_index, conf)
-        return found
-
     def _append(self, entries: Sequence[Entry], configs: dict[int, Config] | None = None) -> None:
-        """Append entries that follow the last index; register CONFIG entries."""
-        self._entries.extend(entries)
-        changed = False
-        for entry in entries:
-            if entry.kind == ENTRY_CONFIG:
-                conf = configs[entry.index] if configs else entry_config(entry)
-                self._conf_entries.append((entry.index, conf))
-                changed = True
-        if changed:
+        """Append entries that follow the last index; a CONFIG entry takes effect at once."""
+        if self._log.append(entries, configs):
             self._on_config_change()
 
     def _truncate(self, index: int) -> None:
         """Drop every entry >= index (uncommitted, conflicting with the leader)."""
         assert index > self._commit, (index, self._commit)
-        del self._entries[index - self._offset - 1:]
-        if index < self._unstable_from:
-            if self._truncate_from is None or index < self._truncate_from:
-                self._truncate_from = index
-            self._unstable_from = index
-        self._checked_upto = min(self._checked_upto, index - 1)
-        if self._conf_entries and self._conf_entries[-1][0] >= index:
-            while self._conf_entries and self._conf_entries[-1][0] >= index:
-                self._conf_entries.pop()
+        if self._log.truncate(index):
             self._on_config_change()
 
     # ------------------------------------------------------------------ roles and timers
@@ -309,11 +226,6 @@ class RaftReplica:
             self._events.append(RoleChanged(role, self._term, leader))
         self._role = role
         self._leader_id = leader
-
-    def _reset_election_timer(self) -> None:
-        self._election_elapsed = 0
-        ticks = self._election_ticks
-        self._election_timeout = self._rng.randrange(ticks, 2 * ticks)
 
     def _heard_leader_recently(self) -> bool:
         """Within the minimum election timeout of a leader's message (or leading)."""
@@ -339,15 +251,16 @@ class RaftReplica:
             self._stop_leading()
         self._votes = {}
         self._set_role(self._follower_role(), leader)
-        self._reset_election_timer()
+        self._election.reset()
         if leader is not None:
             self._leader_heard_tick = self._now
 
     def _stop_leading(self) -> None:
-        if self._queue:
-            self._events.append(ProposalDropped(tuple(self._queue)))
-            self._queue.clear()
+        dropped = self._queue.drop_all()
+        if dropped is not None:
+            self._events.append(dropped)
         self._progress = {}
+        self._contact.clear()
         self._pending_reads.clear()
         self._read_round_needed = False
         self._transfer_target = None
@@ -357,7 +270,7 @@ class RaftReplica:
         if self._options.pre_vote and not transfer:
             self._votes = {self.node_id: True}
             self._set_role(Role.PRE_CANDIDATE, None)
-            self._reset_election_timer()
+            self._election.reset()
             if self._config.is_quorum((self.node_id,)):
                 self._campaign(False)
                 return
@@ -370,14 +283,14 @@ class RaftReplica:
         self._vote = self.node_id
         self._votes = {self.node_id: True}
         self._set_role(Role.CANDIDATE, None)
-        self._reset_election_timer()
+        self._election.reset()
         if self._config.is_quorum((self.node_id,)):
             self._become_leader()
             return
         self._request_votes(self._term, pre=False, transfer=transfer)
 
     def _request_votes(self, term: int, pre: bool, transfer: bool) -> None:
-        last_index, last_term = self.last_index, self._last_term()
+        last_index, last_term = self.last_index, self._log.last_term()
         for peer in sorted(self._config.all_voters):
             if peer != self.node_id:
                 self._msgs.append(RequestVote(self.node_id, peer, term, last_index, last_term,
@@ -387,9 +300,11 @@ class RaftReplica:
         assert self._role == Role.CANDIDATE and self._vote == self.node_id
         self._set_role(Role.LEADER, self.node_id)
         self._votes = {}
-        self._heartbeat_elapsed = 0
+        self._heartbeat.reset()
         self._transfer_target = None
         self._progress = {}
+        self._contact.clear()
+        self._rounds.clear_acks()
         self._sync_progress()
         noop = Entry(self.last_index + 1, self._term, ENTRY_NOOP, ())
         self._term_start = noop.index
@@ -402,13 +317,16 @@ class RaftReplica:
         for peer in members:
             if peer != self.node_id and peer not in self._progress:
                 self._progress[peer] = _Progress(self.last_index + 1, self._now)
+                self._contact.heard(peer, self._now)  # a grace period before check-quorum
         for peer in [p for p in self._progress if p not in members]:
             del self._progress[peer]
+            self._contact.forget(peer)
+            self._rounds.forget(peer)
             if self._transfer_target == peer:
                 self._transfer_target = None
 
     def _on_config_change(self) -> None:
-        index, config = self._compute_config()
+        index, config = self._log.current_config()
         if index == self._config_index and config == self._config:
             self._config = config  # the same configuration, now held by another record
             return
@@ -430,42 +348,33 @@ class RaftReplica:
         if self._role == Role.LEADER:
             self._tick_leader()
             return
-        self._election_elapsed += 1
-        if self._election_elapsed >= self._election_timeout:
+        if self._election.tick():
             if self._promotable():
                 self._start_election(transfer=False)
             else:
-                self._reset_election_timer()
+                self._election.reset()
 
     def _tick_leader(self) -> None:
-        self._heartbeat_elapsed += 1
-        if self._heartbeat_elapsed >= self._options.heartbeat_ticks:
+        if self._heartbeat.tick():
             self._broadcast_heartbeat()
         if self._options.check_quorum and not self._quorum_active():
             self._become_follower(self._term, None)
             return
-        if self._transfer_target is not None:
-            self._transfer_elapsed += 1
-            if self._transfer_elapsed >= self._election_ticks:
-                self._transfer_target = None  # the target did not take over in time: abort
+        if self._transfer_target is not None and self._transfer_deadline.tick():
+            self._transfer_target = None  # the target did not take over in time: abort
 
     def _quorum_active(self) -> bool:
-        horizon = self._now - self._election_ticks
-        active = [self.node_id]
-        active.extend(p for p, pr in self._progress.items() if pr.heard_tick > horizon)
-        return self._config.is_quorum(active)
+        """A quorum answered within the last election timeout (sliding, checked each tick)."""
+        since = self._now - self._election_ticks + 1
+        return self._contact.quorum_since(since, (self._config,), self.node_id)
 
     def _broadcast_heartbeat(self) -> None:
         """Start a new heartbeat round (ctx) and send every follower an empty AppendEntries
         at its match point, which it always accepts; restart stalled replication."""
-        self._heartbeat_elapsed = 0
+        self._heartbeat.reset()
         self._read_round_needed = False
-        self._ctx += 1
         now = self._now
-        self._ctx_ticks[self._ctx] = now
-        if len(self._ctx_ticks) > 4 * self._election_ticks:
-            horizon = now - 2 * self._election_ticks
-            self._ctx_ticks = {c: t for c, t in self._ctx_ticks.items() if t >= horizon}
+        ctx = self._rounds.start(now)
         stall_ticks = 2 * self._options.heartbeat_ticks
         for peer, pr in self._progress.items():
             if pr.state == _SNAPSHOT:
@@ -476,11 +385,11 @@ class RaftReplica:
                     # In-flight entries unacknowledged for two heartbeats: assume them lost.
                     pr.state, pr.next, pr.paused = _PROBE, pr.match + 1, False
             prev = pr.match
-            prev_term = self._term_at(prev)
+            prev_term = self._log.term_at(prev)
             if prev_term is None:
-                prev, prev_term = self._offset, self._snap_term
+                prev, prev_term = self._log.offset, self._log.snap_term
             self._msgs.append(AppendEntries(self.node_id, peer, self._term, prev, prev_term, (),
-                                            min(self._commit, pr.match), self._ctx))
+                                            min(self._commit, pr.match), ctx))
 
     # ------------------------------------------------------------------ step
 
@@ -518,7 +427,7 @@ class RaftReplica:
         elif msg.term < self._term:
             self._msgs.append(RequestVoteReply(self.node_id, msg.frm, self._term, False, msg.pre))
             return
-        up_to_date = ((msg.last_term, msg.last_index) >= (self._last_term(), self.last_index)
+        up_to_date = ((msg.last_term, msg.last_index) >= (self._log.last_term(), self.last_index)
                       and not self._lost_entries())
         if msg.pre:
             grant = msg.term > self._term and up_to_date and not self._heard_leader_recently()
@@ -529,7 +438,7 @@ class RaftReplica:
         grant = can_vote and up_to_date
         if grant:
             self._vote = msg.frm
-            self._reset_election_timer()
+            self._election.reset()
         self._msgs.append(RequestVoteReply(self.node_id, msg.frm, self._term, grant, False))
 
     def on_request_vote_reply(self, msg: RequestVoteReply) -> None:
@@ -576,7 +485,7 @@ class RaftReplica:
                 return False  # a second leader in our term cannot exist: drop
             self._become_follower(msg.term, msg.frm)
         else:
-            self._election_elapsed = 0
+            self._election.restart()
             self._leader_heard_tick = self._now
         return True
 
@@ -601,20 +510,21 @@ class RaftReplica:
                 self._reply_append(msg, True, commit, 0)
                 return
             entries = entries[skip:]
-            prev, prev_term = commit, self._term_at(commit)
+            prev, prev_term = commit, self._log.term_at(commit)
         last = self.last_index
         if prev > last:
             self._reply_append(msg, False, last + 1, 0)
             return
-        local_term = self._term_at(prev)
+        local_term = self._log.term_at(prev)
         if local_term != prev_term:
-            hint = self._first_index_of_term(local_term, max(commit + 1, self._offset + 1), prev)
+            lo = max(commit + 1, self._log.offset + 1)
+            hint = self._log.first_index_of_term(local_term, lo, prev)
             self._reply_append(msg, False, hint, local_term)
             return
         # Log matching holds at prev: skip what we already have, truncate at a conflict.
         i, n = 0, len(entries)
         while i < n and entries[i].index <= last:
-            if self._term_at(entries[i].index) != entries[i].term:
+            if self._log.term_at(entries[i].index) != entries[i].term:
                 break
             i += 1
         if i < n:
@@ -673,27 +583,9 @@ class RaftReplica:
             self._msgs.append(InstallSnapshotReply(self.node_id, msg.frm, self._term,
                                                    self._commit))
             return
-        last = self.last_index
-        keep_suffix = self._term_at(index) == msg.snap_term
-        if keep_suffix:
-            del self._entries[: index - self._offset]  # keep the suffix after the snapshot
-            self._unstable_from = max(self._unstable_from, index + 1)
-        else:
-            if index < last and (self._truncate_from is None or index + 1 < self._truncate_from):
-                self._truncate_from = index + 1
-            self._entries = []
-            self._unstable_from = index + 1
-        self._offset, self._snap_term = index, msg.snap_term
-        self._snapshot = SnapshotMeta(index, msg.snap_term, msg.config)
-        self._base_config = msg.config
-        self._base_config_index = index
-        # Configuration entries survive only with the log suffix they sit in (sim seed
-        # 1867: a conflicting log was dropped but its CONFIG entry was still tracked).
-        self._conf_entries = ([c for c in self._conf_entries if c[0] > index]
-                              if keep_suffix else [])
-        self._checked_upto = index
+        self._log.install(index, msg.snap_term, msg.config)
         self._commit = self._emitted = index
-        self._pending_snapshot = self._snapshot
+        self._pending_snapshot = self._log.snapshot
         self._pending_snapshot_data = msg.data
         self._on_config_change()
         self._msgs.append(InstallSnapshotReply(self.node_id, msg.frm, self._term, index))
@@ -709,7 +601,7 @@ class RaftReplica:
             return None
         pr = self._progress.get(msg.frm)
         if pr is not None:
-            pr.heard_tick = self._now
+            self._contact.heard(msg.frm, self._now)
         return pr
 
     def on_append_entries_reply(self, msg: AppendEntriesReply) -> None:
@@ -717,8 +609,7 @@ class RaftReplica:
         if (pr is None or type(msg.index) is not int or type(msg.ctx) is not int
                 or type(msg.hint_term) is not int):
             return
-        if pr.acked_ctx < msg.ctx <= self._ctx:
-            pr.acked_ctx = msg.ctx
+        self._rounds.ack(msg.frm, msg.ctx)
         pr.paused = False
         last = self.last_index
         if msg.success:
@@ -745,8 +636,8 @@ class RaftReplica:
             hint, hint_term = msg.index, msg.hint_term
             new_next = hint
             if hint_term:
-                j = self._last_index_with_term_at_most(hint_term)
-                if self._term_at(j) == hint_term:
+                j = self._log.last_index_with_term_at_most(hint_term)
+                if self._log.term_at(j) == hint_term:
                     new_next = j + 1
             new_next = max(pr.match + 1, min(new_next, pr.next - 1, last + 1))
             pr.next, pr.state = new_next, _PROBE
@@ -773,7 +664,7 @@ class RaftReplica:
         match = {peer: pr.match for peer, pr in self._progress.items()}
         match[self.node_id] = self.last_index
         index = self._config.committed_index(match)
-        if index > self._commit and self._term_at(index) == self._term:
+        if index > self._commit and self._log.term_at(index) == self._term:
             old = self._commit
             self._commit = index
             self._after_leader_commit(old)
@@ -837,74 +728,48 @@ class RaftReplica:
         """One AppendEntries with entries lo..at most hi (bounded by message_bytes_max);
         returns the last index sent, or None when a snapshot had to be sent instead."""
         prev = lo - 1
-        prev_term = self._term_at(prev)
+        prev_term = self._log.term_at(prev)
         if prev_term is None:
             self._send_snapshot(peer, pr)
             return None
-        entries = self._slice(lo, hi) if hi >= lo else []
-        budget = self._limits.message_bytes_max
-        if len(entries) > 1:
-            size = 0
-            for k, entry in enumerate(entries):
-                size += entry_bytes(entry)
-                if size > budget and k > 0:
-                    entries = entries[:k]
-                    break
+        budget = MessageBudget.for_limits(self._limits)
+        entries = []
+        for entry in self._log.slice(lo, hi) if hi >= lo else ():
+            if not budget.admit(entry):
+                break
+            entries.append(entry)
         self._msgs.append(AppendEntries(self.node_id, peer, self._term, prev, prev_term,
-                                        tuple(entries), self._commit, self._ctx))
+                                        tuple(entries), self._commit, self._rounds.round))
         return prev + len(entries)
 
     def _send_snapshot(self, peer: int, pr: _Progress) -> None:
-        snapshot = self._snapshot
-        assert snapshot is not None and self._offset == snapshot.index
+        snapshot = self._log.snapshot
+        assert snapshot is not None and self._log.offset == snapshot.index
         self._msgs.append(InstallSnapshot(self.node_id, peer, self._term, snapshot.index,
-                                          snapshot.term, self._base_config, b""))
+                                          snapshot.term, self._log.base_config, b""))
         pr.state = _SNAPSHOT
         pr.snapshot_index = snapshot.index
         pr.snapshot_tick = self._now
 
     def _flush_proposals(self) -> None:
-        """Pack queued commands into entries while the pipeline has room."""
-        queue = self._queue
+        """Pack queued commands into entries (batching.py) while the pipeline has room."""
         room = self._limits.pipeline_window - (self.last_index - self._commit)
         if room <= 0 or self._transfer_target is not None:
             return
-        commands_max = self._limits.batch_commands_max
-        bytes_max = self._limits.batch_bytes_max
-        index, term = self.last_index + 1, self._term
+        index, term, queue = self.last_index + 1, self._term, self._queue
         new: list[Entry] = []
-        popleft = queue.popleft
-        while queue and room > 0:
-            batch: list[bytes] = []
-            size = 16
-            while queue and len(batch) < commands_max:
-                cost = len(queue[0]) + 2
-                if batch and size + cost > bytes_max:
-                    break
-                batch.append(popleft())
-                size += cost
-            new.append(Entry(index, term, ENTRY_NORMAL, tuple(batch)))
-            index += 1
-            room -= 1
+        while queue and len(new) < room:
+            new.append(Entry(index + len(new), term, ENTRY_NORMAL, queue.take_batch()))
         self._append(new)
         self._maybe_commit()
 
     # ------------------------------------------------------------------ reads
 
-    def _quorum_ctx(self) -> int:
-        """Highest heartbeat round acknowledged by a quorum (ours counts as acknowledged)."""
-        acked = {peer: pr.acked_ctx for peer, pr in self._progress.items()}
-        acked[self.node_id] = self._ctx
-        return self._config.committed_index(acked)
-
     def _release_reads(self) -> None:
         if self._commit < self._term_start:
             return  # no read point before an entry of our term is committed (R2)
-        pending = self._pending_reads
-        acked = self._quorum_ctx()
-        while pending and pending[0][2] <= acked:
-            request_id, index, _ = pending.popleft()
-            self._reads_out.append(ReadState(request_id, self._commit if index is None else index))
+        confirmed = self._rounds.confirmed((self._config,), self.node_id)
+        self._reads_out.extend(self._pending_reads.release(confirmed, self._commit))
 
     # ------------------------------------------------------------------ public API
 
@@ -915,39 +780,28 @@ class RaftReplica:
             raise NotLeader(self._leader_id)
         if self._transfer_target is not None:
             raise Busy("leadership transfer in progress")
-        commands = tuple(commands)
-        if not all(type(c) is bytes for c in commands):
-            raise ValueError("commands must be byte strings")
-        if len(self._queue) + len(commands) > self._limits.proposal_queue_max:
-            raise Busy(f"proposal queue full ({self._limits.proposal_queue_max} commands)")
-        self._queue.extend(commands)
+        self._queue.add(commands)
 
     def read_index(self, request_id: object) -> None:
         """Ask for a linearizable read point; answered later as a ReadState in Ready.reads,
         once leadership is confirmed by a quorum heartbeat round (none for a lone voter)."""
         if self._role != Role.LEADER:
             raise NotLeader(self._leader_id)
-        if len(self._pending_reads) >= self._limits.pending_reads_max:
-            raise Busy(f"too many pending reads ({self._limits.pending_reads_max})")
         index = self._commit if self._commit >= self._term_start else None
-        if self._config.is_quorum((self.node_id,)):
-            ctx = 0
-        else:
-            ctx = self._ctx + 1
-            self._read_round_needed = True
-        self._pending_reads.append([request_id, index, ctx])
+        lone = self._config.is_quorum((self.node_id,))
+        self._pending_reads.add(request_id, index, 0 if lone else self._rounds.round + 1)
+        self._read_round_needed = self._read_round_needed or not lone
         self._release_reads()
 
     def lease_read_index(self) -> int | None:
         """The commit index when a quorum acknowledged a heartbeat round started less than
         lease_ticks ago (and an entry of our term is committed, no transfer runs); else None."""
-        if (self._role != Role.LEADER or self._options.lease_ticks <= 0
-                or self._transfer_target is not None or self._commit < self._term_start):
+        if (self._role != Role.LEADER or self._transfer_target is not None
+                or self._commit < self._term_start):
             return None
-        if not self._config.is_quorum((self.node_id,)):
-            started = self._ctx_ticks.get(self._quorum_ctx())
-            if started is None or self._now - started >= self._options.lease_ticks:
-                return None
+        if not self._rounds.lease_holds(self._now, self._options.lease_ticks, (self._config,),
+                                        self.node_id):
+            return None
         return self._commit
 
     def change_config(self, voters: Iterable[int], learners: Iterable[int] = ()) -> None:
@@ -993,7 +847,7 @@ class RaftReplica:
         if self._transfer_target == target:
             return
         self._transfer_target = target
-        self._transfer_elapsed = 0
+        self._transfer_deadline.reset()
         pr = self._progress[target]
         if pr.match == self.last_index:
             self._send_timeout_now(target)
@@ -1002,21 +856,14 @@ class RaftReplica:
 
     def compact(self, meta: SnapshotMeta) -> None:
         """The shell took a snapshot covering every entry <= meta.index: drop them."""
-        if meta.index <= self._offset:
+        if meta.index <= self._log.offset:
             return
         if meta.index > self._applied:
             raise ValueError(f"cannot compact to {meta.index}: applied index is {self._applied}")
-        term = self._term_at(meta.index)
+        term = self._log.term_at(meta.index)
         if term != meta.term:
             raise ValueError(f"snapshot term {meta.term} at {meta.index} but the log has {term}")
-        config_index, config = self._config_at(meta.index)
-        del self._entries[: meta.index - self._offset]
-        self._offset, self._snap_term = meta.index, meta.term
-        self._snapshot = SnapshotMeta(meta.index, meta.term, config)
-        self._base_config, self._base_config_index = config, config_index
-        self._conf_entries = [c for c in self._conf_entries if c[0] > meta.index]
-        self._unstable_from = max(self._unstable_from, meta.index + 1)
-        self._checked_upto = max(self._checked_upto, meta.index)
+        self._log.compact(meta.index, meta.term)
 
     # ------------------------------------------------------------------ Ready
 
@@ -1048,8 +895,7 @@ class RaftReplica:
     def _pending_output(self) -> bool:
         hs = self._hs_emitted
         return bool(self._msgs or self._events or self._reads_out
-                    or self._pending_snapshot is not None or self._truncate_from is not None
-                    or self._unstable_from <= self._offset + len(self._entries)
+                    or self._pending_snapshot is not None or self._log.has_unstable
                     or self._emitted < self._commit or hs.commit != self._commit
                     or hs.term != self._term or hs.vote != self._vote)
 
@@ -1071,19 +917,14 @@ class RaftReplica:
         if hard_state != self._hs_emitted:
             rd.hard_state = hard_state
             self._hs_emitted = hard_state
-        rd.truncate_from = self._truncate_from
-        last = self.last_index
-        if self._unstable_from <= last:
-            rd.entries = self._slice(self._unstable_from, last)
+        rd.truncate_from, rd.entries = self._log.take_unstable()
         rd.snapshot = self._pending_snapshot
         rd.snapshot_data = self._pending_snapshot_data
         rd.messages = self._msgs
         if self._emitted < self._commit:
-            rd.committed = self._slice(self._emitted + 1, self._commit)
+            rd.committed = self._log.slice(self._emitted + 1, self._commit)
         rd.reads = self._reads_out
         rd.events = self._events
-        self._truncate_from = None
-        self._unstable_from = last + 1
         self._pending_snapshot = self._pending_snapshot_data = None
         self._msgs, self._reads_out, self._events = [], [], []
         self._emitted = self._commit
@@ -1103,12 +944,13 @@ class RaftReplica:
         leading = self._role == Role.LEADER
         progress = {}
         if leading:
-            progress = {peer: PeerProgress(pr.match, pr.next, self._now - pr.heard_tick)
+            progress = {peer: PeerProgress(pr.match, pr.next,
+                                           self._now - self._contact.last(peer, self._now))
                         for peer, pr in sorted(self._progress.items())}
         return ReplicaStatus(
             role=self._role, term=self._term, leader=self._leader_id,
             commit_index=self._commit, applied_index=self._applied,
-            last_index=self.last_index, first_index=self._offset + 1,
+            last_index=self.last_index, first_index=self._log.offset + 1,
             config=self._config.describe(),
             ticks_since_leader=0 if leading else self._now - self._leader_heard_tick,
             progress=progress)
@@ -1116,46 +958,26 @@ class RaftReplica:
     def check_invariants(self) -> None:
         """Assert the replica's internal consistency (the simulator calls this after every
         step).  The log check is incremental, so the cost is O(new entries)."""
-        last, offset = self.last_index, self._offset
+        last, offset = self.last_index, self._log.offset
         # (applied may lag below offset while a Ready carrying a snapshot is being persisted)
         assert self._applied <= self._emitted, (self._applied, self._emitted)
         assert offset <= self._emitted <= self._commit <= last, \
             (offset, self._emitted, self._commit, last)
-        if self._entries:
-            assert self._entries[0].index == offset + 1, (self._entries[0].index, offset)
-            assert self._entries[-1].index == last, (self._entries[-1].index, last)
-        start = max(self._checked_upto, offset)
-        if start < last:
-            prev_term = self._term_at(start)
-            for entry in self._slice(start + 1, last):
-                start += 1
-                assert entry.index == start, (entry.index, start)
-                assert entry.term >= prev_term, f"term decreases at {entry.index}"
-                prev_term = entry.term
-            self._checked_upto = last
+        self._log.check_invariants()
         assert self._hs_emitted.term <= self._term and self._hs_emitted.commit <= self._commit
-        assert self._last_term() <= self._term, (self._last_term(), self._term)
-        assert self._snap_term <= self._term
-        assert self._unstable_from <= last + 1
-        assert self._truncate_from is None or self._truncate_from <= self._unstable_from
-        previous = offset
-        for index, _ in self._conf_entries:
-            assert previous < index <= last, (previous, index, last)
-            assert self._entries[index - offset - 1].kind == ENTRY_CONFIG
-            previous = index
-        expected_index, expected_config = self._compute_config()
+        assert self._log.last_term() <= self._term, (self._log.last_term(), self._term)
+        assert self._log.snap_term <= self._term
+        expected_index, expected_config = self._log.current_config()
         assert self._config_index == expected_index and self._config is expected_config
-        if self._snapshot is not None:
-            assert self._snapshot.index == offset and self._snapshot.term == self._snap_term
         role = self._role
         assert (role == Role.LEADER) == (self._leader_id == self.node_id)
         assert (role == Role.LEARNER) <= (self.node_id in self._config.learners)
         if role in (Role.LEADER, Role.CANDIDATE):
             assert self._vote == self.node_id, (role, self._vote)
         if role == Role.LEADER:
-            assert self._term_start <= self._offset \
-                or self._term_at(self._term_start) == self._term, "leader lost its no-op"
-            assert self._last_term() == self._term
+            assert self._term_start <= self._log.offset \
+                or self._log.term_at(self._term_start) == self._term, "leader lost its no-op"
+            assert self._log.last_term() == self._term
             assert self._progress.keys() == self._config.members - {self.node_id}
             for peer, pr in self._progress.items():
                 assert 0 <= pr.match < pr.next <= last + 1, (peer, pr.match, pr.next, last)

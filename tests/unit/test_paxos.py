@@ -644,7 +644,7 @@ def test_transfer_to_an_unreachable_target_is_abandoned():
     assert drain(r).messages == [TimeoutNow(1, 3, b(1, 1))]
     for _ in range(E):
         r.tick()
-        r.step(HeartbeatReply(2, 1, B11, r.ctx, 0, 0))
+        r.step(HeartbeatReply(2, 1, B11, r.rounds.round, 0, 0))
         pump(r)
     assert r.role == Role.LEADER
     r.propose([b"taken"])
