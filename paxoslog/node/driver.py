@@ -273,6 +273,7 @@ class NodeDriver:
 
     def forward_answered(self, request, status: int, body: object) -> list:
         """The leader answered a request we forwarded (``Forward.request``)."""
+        request.via = None
         if isinstance(request, PendingWrite):
             if not request.done:
                 if status == 200:
@@ -293,6 +294,7 @@ class NodeDriver:
 
     def forward_failed(self, request) -> list:
         """The connection carrying a forwarded request was lost before its answer."""
+        request.via = None
         self._retry(request)
         return self._take()
 
@@ -328,6 +330,7 @@ class NodeDriver:
             return
         w.submitted = True
         w.sent += 1
+        w.via = leader
         self._out.append(Forward(w, leader, "propose", w.data))
 
     def _reroute_writes(self) -> None:
@@ -340,6 +343,21 @@ class NodeDriver:
                     self._fail_write(w, *self._not_leader())
                 else:
                     self._retry(w)
+
+    def _reforward(self, leader: int) -> None:
+        """A new leader is known: requests still waiting on an answer from an old one
+        (which may be stopped or cut off and never answer) go to the new one now, instead
+        of waiting out their deadline.  Safe for writes: the copy carries its (client_id,
+        sequence), and the session table applies whichever copy commits first, once."""
+        waiting = [w for ws in self._waiters.values() for w in ws if w.via is not None]
+        waiting += [r for r in self._reads if r.via is not None]
+        for request in waiting:
+            if request.via != leader and not request.done:
+                request.via = None
+                if isinstance(request, PendingWrite):
+                    self._route_write(request)
+                else:
+                    self._route_read(request)
 
     def _committed(self, index: int, term: int | None, result: object) -> dict:
         """The body of a committed write.  ``term``: the entry's (None: the current one)."""
@@ -421,6 +439,7 @@ class NodeDriver:
         if leader is None or leader == self.node_id or leader not in self._connected:
             self._retry(r)
             return
+        r.via = leader
         self._out.append(Forward(r, leader, "read", {"query": r.query}))
 
     def _issue_read_batch(self) -> None:
@@ -596,6 +615,8 @@ class NodeDriver:
                 self._requeue_issued_reads()
                 if old_role == Role.LEADER:
                     self._reroute_writes()
+            if event.leader is not None and event.leader != old_leader:
+                self._reforward(event.leader)
         elif isinstance(event, ProposalDropped):
             self.stats["proposals_dropped"] += len(event.commands)
             for data in event.commands:
