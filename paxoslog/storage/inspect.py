@@ -25,7 +25,7 @@ from paxoslog.core.log import ENTRY_CONFIG, ENTRY_NOOP, ENTRY_NORMAL, Entry, ent
 
 from .errors import CorruptLog, CorruptSnapshot, StorageError
 from .hardstate import HARDSTATE_FILE, read_hardstate
-from .meta import meta_path, read_meta
+from .meta import check_format, meta_path, read_meta
 from .snapshot import SnapshotStore, verify_snapshot
 from .wal import (REC_ENTRIES, REC_HARDSTATE, REC_HEADER, REC_SNAPSHOT, REC_SYNC, REC_TRUNCATE,
                   RECORD_NAMES, Replay, SegmentScan, list_segments, scan_segment)
@@ -234,10 +234,15 @@ def verify_data_dir(data_dir: str, check_snapshots: bool = True) -> dict:
         protocol = meta.protocol
         report["meta"] = {"cluster_id": meta.cluster_id, "node_id": meta.node_id,
                           "protocol": meta.protocol, "format_version": meta.format_version}
+        check_format(meta_path(data_dir), meta)
+    except StorageError as exc:
+        if not isinstance(exc, CorruptLog):       # an unsupported format: say so, stop
+            errors.append(str(exc))
+            report["ok"] = False
+            return report
+        errors.append(str(exc))
     except FileNotFoundError:
         errors.append(f"{meta_path(data_dir)}: missing")
-    except CorruptLog as exc:
-        errors.append(str(exc))
     checkpoint = None
     try:
         checkpoint = read_hardstate(os.path.join(data_dir, HARDSTATE_FILE))
@@ -337,6 +342,11 @@ def main_log_verify(args) -> int:
         if meta:
             out.write(f"node         {meta['node_id']} of cluster {meta['cluster_id']!r}, "
                       f"protocol {meta['protocol']}, format {meta['format_version']}\n")
+        if "segments" not in report:                # not read: an unsupported format
+            for error in report["errors"]:
+                out.write(f"error: {error}\n")
+            out.write("FAILED\n")
+            return EXIT_CORRUPT
         out.write(f"wal          {report['segments']} segments, {report['records']} records\n")
         out.write(f"log          first {report['first_index']} last {report['last_index']} "
                   f"(log compacted through {report['floor']})\n")
