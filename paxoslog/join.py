@@ -37,13 +37,16 @@ def join_cluster(config, node_id: int, endpoints: list[str], timeout: float = 60
     try:
         bootstrap = frozenset(int(n) for n in info["bootstrap_voters"])
         book = {int(n): NodeAddresses.from_json(a) for n, a in info["nodes"].items()}
+        origin = info.get("origin")
+        if origin is not None and not isinstance(origin, str):
+            raise ValueError(f"origin {origin!r:.40} is not a string")
     except (KeyError, TypeError, ValueError) as exc:
         raise JoinError(f"unexpected answer to add-node: {exc}") from None
     if node_id in bootstrap:
         raise JoinError(f"node {node_id} is one of the cluster's initial voters: it starts "
                         "without --join")
     book[node_id] = NodeAddresses(me.peer, me.api)
-    members.write(config.name, bootstrap, book)
+    members.write(config.name, bootstrap, book, origin=origin)
     return info
 
 

@@ -317,11 +317,15 @@ class PeerConnection(Protocol):
         if to != o.node_id:
             raise ValueError(f"peer wanted node {to!r:.20}, this is node {o.node_id}")
         if bootstrap != o.bootstrap:
-            # Every member's log starts from the same initial configuration; a node that
-            # believes in another one (a new node started without --join) must not vote.
-            raise ValueError(f"bootstrap voters differ: node {frm} has {bootstrap!r:.80}, "
-                             f"this node has {o.bootstrap}; a node added to a running "
-                             f"cluster must be started with --join")
+            # Every member's log starts from the same initial configuration (and, for a
+            # restored or recovered cluster, the same log origin); a node that believes in
+            # another one (a new node started without --join, a node of the cluster before
+            # a restore or a recovery) must not vote.
+            raise ValueError(f"bootstrap voters or log origin differ: node {frm} has "
+                             f"{bootstrap!r:.120}, this node has {o.bootstrap!r:.120}; a node "
+                             f"added to a running cluster must be started with --join, and "
+                             f"nodes of the cluster before a restore or recover must be "
+                             f"wiped and re-added with --join")
 
     def _established(self) -> None:
         self.established = True
@@ -385,7 +389,8 @@ class PeerTransport(Service):
         # the handshake, only to be told that it was removed.
         self.addresses: dict[int, object] = {n.id: n for n in config.nodes if n.id != node_id}
         self.removed_ids: frozenset[int] = frozenset()
-        self.bootstrap: list[int] = sorted(n.id for n in config.nodes)   # set by the node
+        # The log origin peers compare (AddressBook.log_origin; set by the node).
+        self.bootstrap: object = sorted(n.id for n in config.nodes)
         self.frame_bytes_max = config.batching.frame_bytes_max
         self.queue_messages_max = config.batching.peer_queue_messages_max
         self.connections: dict[int, PeerConnection] = {}

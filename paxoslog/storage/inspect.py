@@ -17,6 +17,7 @@ import io
 import json
 import os
 import sys
+import time
 import zlib
 
 import cbor2
@@ -393,11 +394,18 @@ def main_snapshot_inspect(args) -> int:
         "compression_ratio": round(info.ratio, 3), "zstd_content_checksum": info.checksum,
         "file_crc32": f"{crc:08x}",
     }
+    if info.backup is not None:
+        report["backup"] = info.backup
     if args.json:
         out.write(json.dumps(report) + "\n")
         return EXIT_OK
     out.write(f"file               {path}\n")
     out.write(f"covers             index {info.meta.index} term {info.meta.term}\n")
+    if info.backup is not None:
+        origin = info.backup
+        out.write(f"backup of          cluster {origin.get('cluster')!r} "
+                  f"({origin.get('protocol')}), taken on node {origin.get('node')} at "
+                  f"{_utc(origin.get('taken_at'))}\n")
     out.write(f"config             {info.meta.config.describe()}\n")
     for name in info.names:
         out.write(f"state machine      {name}: {info.sizes[name]} bytes "
@@ -408,6 +416,12 @@ def main_snapshot_inspect(args) -> int:
     out.write(f"checksum           zstd content checksum {info.checksum} verified; "
               f"file crc32 {crc:08x}\n")
     return EXIT_OK
+
+
+def _utc(stamp) -> str:
+    if not isinstance(stamp, (int, float)):
+        return "an unknown time"
+    return time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(stamp))
 
 
 def _main(argv=None) -> int:

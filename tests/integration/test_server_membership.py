@@ -328,7 +328,7 @@ def test_a_node_started_without_join_is_refused_by_the_members(make_cluster):
                          {"node_id": 4, "address": f"127.0.0.1:{c.peer_ports[4]}"}, timeout=30)
     assert response.status == 200, response
     c.start(4)                                        # no --join
-    wait_for(lambda: "bootstrap voters differ" in open(c.log_path(4)).read(), 15,
+    wait_for(lambda: "bootstrap voters or log origin differ" in open(c.log_path(4)).read(), 15,
              what="node 4 to refuse the members")
     leader = c.wait_leader(among=[1, 2, 3])
     assert 4 not in _voters(c, leader)
