@@ -14,12 +14,16 @@ connections are closed after ``IDLE_TIMEOUT_S``; beyond ``connections_max`` new
 connections get 503 and are closed.
 
 The application is one object with ``handle(request) -> Response | Deferred[Response]``;
-a ``Response`` is (status, body bytes, content type, extra headers).
+a ``Response`` is (status, body, content type, extra headers), the body either bytes or a
+``FileBody``: a file streamed in 16 KiB pieces as the socket drains (Twisted's FileSender,
+a pull producer), so a large body (a backup) never sits in memory; later pipelined
+responses wait for it.
 """
 
 from __future__ import annotations
 
 import json
+from typing import Callable
 from urllib.parse import unquote
 
 import httptools
@@ -27,8 +31,10 @@ from twisted.application.service import Service
 from twisted.internet import defer, task
 from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
+from twisted.protocols.basic import FileSender
+from twisted.python.failure import Failure
 
-__all__ = ["HttpService", "HttpProtocol", "Request", "json_response", "REASONS"]
+__all__ = ["HttpService", "HttpProtocol", "Request", "FileBody", "json_response", "REASONS"]
 
 log = Logger(namespace="paxoslog.http")
 
@@ -57,6 +63,34 @@ class Request:
         self.keep_alive = keep_alive
 
 
+class FileBody:
+    """A response body read from ``path`` (``length`` bytes) while it is sent.  ``done``
+    runs exactly once when the body is no longer needed (sent, failed, or the connection
+    closed first): the owner deletes a temporary file there."""
+
+    def __init__(self, path: str, length: int, done: Callable[[], None] | None = None) -> None:
+        self.path = path
+        self.length = length
+        self._done = done
+        self._file = None
+
+    def send(self, consumer) -> defer.Deferred:
+        """Stream the file into ``consumer`` (a transport); fires when the last byte went."""
+        try:
+            self._file = open(self.path, "rb")
+        except OSError as exc:
+            return defer.fail(exc)
+        return FileSender().beginFileTransfer(self._file, consumer)
+
+    def discard(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+        done, self._done = self._done, None
+        if done is not None:
+            done()
+
+
 def json_response(status: int, obj: object, headers: tuple = ()) -> tuple:
     body = json.dumps(obj, separators=(",", ":"), ensure_ascii=False, default=str).encode()
     return (status, body, _JSON, headers)
@@ -80,7 +114,8 @@ class HttpProtocol(Protocol):
         self.last_active = 0.0
         self._next = 0                # sequence of the next request parsed
         self._sent = 0                # sequence of the next response to write
-        self._ready: dict[int, bytes] = {}
+        self._ready: dict[int, object] = {}   # seq -> bytes, or (head, FileBody)
+        self._streaming = False       # a FileBody is being written (later ones wait)
         self._close_after: int | None = None
         self._reset()
 
@@ -113,6 +148,9 @@ class HttpProtocol(Protocol):
         self.closed = True
         self.closing = True
         self.factory.connections.discard(self)
+        for item in self._ready.values():
+            if type(item) is tuple and item[1] is not None:
+                item[1].discard()
         self._ready.clear()
 
     def dataReceived(self, data: bytes) -> None:
@@ -236,14 +274,18 @@ class HttpProtocol(Protocol):
 
     def _respond(self, result: tuple, seq: int, keep_alive_10: bool = False,
                  head: bool = False) -> None:
-        if self.closed:
-            return
         status, body, content_type, headers = result
+        stream = body if isinstance(body, FileBody) else None
+        if self.closed:
+            if stream is not None:
+                stream.discard()
+            return
         self.factory.count_status(status)
         close = self._close_after is not None and seq >= self._close_after
+        length = stream.length if stream is not None else len(body)
         parts = [_STATUS_LINES.get(status) or f"HTTP/1.1 {status} Status\r\n".encode(),
                  b"Content-Type: ", content_type, b"\r\nContent-Length: ",
-                 str(len(body)).encode(), b"\r\n"]
+                 str(length).encode(), b"\r\n"]
         for name, value in headers:
             parts += (name, b": ", value, b"\r\n")
         if close:
@@ -251,22 +293,61 @@ class HttpProtocol(Protocol):
         elif keep_alive_10:
             parts.append(b"Connection: keep-alive\r\n")
         parts.append(b"\r\n")
-        if not head:
-            parts.append(body)
-        data = b"".join(parts)
-        if seq != self._sent:
-            self._ready[seq] = data
+        if stream is not None:
+            if head:
+                stream.discard()
+                stream = None
+            item = (b"".join(parts), stream)
+        else:
+            if not head:
+                parts.append(body)
+            item = b"".join(parts)
+        if seq != self._sent or self._streaming:
+            self._ready[seq] = item
             return
-        write = self.transport.write
-        write(data)
-        self._sent += 1
-        ready = self._ready
-        while ready:
-            data = ready.pop(self._sent, None)
-            if data is None:
-                break
-            write(data)
+        self._write_item(item)
+        self._drain()
+
+    def _write_item(self, item) -> None:
+        """Write one response (bytes, or a head and a body streamed from a file)."""
+        if type(item) is bytes:
+            self.transport.write(item)
             self._sent += 1
+            return
+        head, stream = item
+        self.transport.write(head)
+        if stream is None:
+            self._sent += 1
+            return
+        self._streaming = True
+        stream.send(self.transport).addBoth(self._stream_done, stream)
+
+    def _stream_done(self, result, stream: "FileBody") -> None:
+        stream.discard()
+        self._streaming = False
+        if self.closed:
+            return None
+        self._sent += 1
+        if isinstance(result, Failure):
+            # The file could not be read to its end: the client got a short body, which
+            # its Content-Length check detects; the connection cannot be reused.
+            log.warn("streaming a response body failed: {error}",
+                     error=result.getErrorMessage())
+            self.closing = True
+            self.transport.loseConnection()
+            return None
+        self._drain()
+        return None
+
+    def _drain(self) -> None:
+        ready = self._ready
+        while ready and not self._streaming:
+            item = ready.pop(self._sent, None)
+            if item is None:
+                break
+            self._write_item(item)
+        if self._streaming:
+            return
         self.last_active = self.factory.reactor.seconds()
         if self._close_after is not None and self._sent > self._close_after:
             self.transport.loseConnection()

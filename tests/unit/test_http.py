@@ -10,7 +10,7 @@ import pytest
 from twisted.internet import defer, task
 from twisted.internet.testing import StringTransport
 
-from paxoslog.server.http import HttpFactory, json_response
+from paxoslog.server.http import FileBody, HttpFactory, json_response
 
 
 @dataclass(frozen=True)
@@ -203,3 +203,73 @@ def test_idle_connections_are_swept(setup):
     clock.advance(121)
     factory.sweep()
     assert idle_t.disconnecting and not busy_t.disconnecting
+
+
+# ---------------------------------------------------------------------- streamed bodies
+
+def _file_body(tmp_path, data: bytes, done: list):
+    path = tmp_path / "body.bin"
+    path.write_bytes(data)
+    return FileBody(str(path), len(data), lambda: done.append(str(path)))
+
+
+def _pump(transport: StringTransport) -> None:
+    """Play the socket: pull from the registered (pull) producer until it unregisters."""
+    while transport.producer is not None:
+        transport.producer.resumeProducing()
+
+
+def test_file_body_is_streamed_whole_and_then_released(setup, tmp_path):
+    """A FileBody goes out with its Content-Length, piece by piece; then ``done`` runs."""
+    app, _, _, connect = setup
+    data = bytes(range(256)) * 200                   # several 16 KiB pieces
+    done: list = []
+    app.defer_paths.add("/file")
+    proto, t = connect()
+    proto.dataReceived(b"GET /file HTTP/1.1\r\n\r\n")
+    app.pending[0].callback((200, _file_body(tmp_path, data, done), b"application/x", ()))
+    assert t.producer is not None and not done      # only the head and one piece so far
+    _pump(t)
+    head, _, body = t.value().partition(b"\r\n\r\n")
+    assert f"Content-Length: {len(data)}".encode() in head and body == data
+    assert done and not t.disconnecting
+
+
+def test_pipelined_response_waits_for_a_streamed_body(setup, tmp_path):
+    """A response behind a streamed body is written only after its last byte."""
+    app, _, _, connect = setup
+    done: list = []
+    app.defer_paths.add("/file")
+    proto, t = connect()
+    proto.dataReceived(b"GET /file HTTP/1.1\r\n\r\nGET /next HTTP/1.1\r\n\r\n")
+    app.pending[0].callback((200, _file_body(tmp_path, b"x" * 40000, done), b"a/b", ()))
+    assert b'"/next"' not in t.value()
+    _pump(t)
+    out = responses(t.value())
+    assert len(out) == 2 and out[0].endswith(b"x" * 100) and b'"/next"' in out[1]
+
+
+def test_lost_connection_mid_stream_releases_the_body(setup, tmp_path):
+    """The client goes away half way: the producer stops and ``done`` still runs once."""
+    app, _, _, connect = setup
+    done: list = []
+    app.defer_paths.add("/file")
+    proto, t = connect()
+    proto.dataReceived(b"GET /file HTTP/1.1\r\n\r\n")
+    app.pending[0].callback((200, _file_body(tmp_path, b"y" * 100000, done), b"a/b", ()))
+    producer = t.producer
+    producer.stopProducing()                          # what a closing transport does
+    proto.connectionLost(None)
+    assert len(done) == 1
+
+
+def test_head_of_a_streamed_body_sends_no_body(setup, tmp_path):
+    """HEAD announces the length and releases the body without reading it."""
+    app, _, _, connect = setup
+    done: list = []
+    app.defer_paths.add("/file")
+    proto, t = connect()
+    proto.dataReceived(b"HEAD /file HTTP/1.1\r\n\r\n")
+    app.pending[0].callback((200, _file_body(tmp_path, b"z" * 500, done), b"a/b", ()))
+    head, _, body = t.value().partition(b"\r\n\r\n")
+    assert b"Content-Length: 500" in head and body == b"" and done
