@@ -72,7 +72,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve = commands.add_parser("serve", help="run one node")
     serve.add_argument("--config", "-c", required=True, help="cluster conf file")
     serve.add_argument("--node", type=int, required=True, help="this node's id in the conf")
-    serve.add_argument("--log-level", default="info", choices=("debug", "info", "warn", "error"))
+    serve.add_argument("--log-level", default=None, choices=("debug", "info", "warn", "error"),
+                       help="log level at start (default: the conf's [log] level, else info; "
+                            "SIGHUP applies the conf's [log] level)")
     serve.add_argument("--join", default=None, metavar="URL[,URL...]",
                        help="first start of a node added to a running cluster: ask this member "
                             "(any; its API address) to add this node, then join as a learner "
@@ -466,11 +468,13 @@ def cmd_serve(args) -> int:
         print(f"paxoslog: {exc}", file=sys.stderr)
         return EXIT_USAGE
     from paxoslog.server.logs import start_logging
-    start_logging(f"n{args.node}", args.log_level)
+    logging = start_logging(f"n{args.node}", args.log_level or config.log.level or "info")
     from twisted.internet import reactor
     from twisted.logger import Logger
     from paxoslog.server import NodeService
+    from paxoslog.server.systemd import SystemdNotifier
     log = Logger(namespace="paxoslog.serve")
+    systemd = SystemdNotifier(reactor)
     if args.join:
         code = _join(config, args, log)
         if code != EXIT_OK:
@@ -478,11 +482,31 @@ def cmd_serve(args) -> int:
     node = NodeService(config, args.node, reactor)
     outcome = {"code": EXIT_OK, "signals": 0}
 
+    def reload_log_level(new_config) -> list[str]:
+        level = new_config.log.level
+        before = logging.level
+        if level is not None and logging.set_level(level):
+            return [f"log level {before} -> {level}"]
+        return []
+    node.reloader.register("log level", reload_log_level)
+
+    def on_hangup() -> None:
+        from paxoslog.server.reload import ReloadFailed
+        systemd.reloading()
+        try:
+            result = node.reloader.reload()
+        except ReloadFailed as exc:
+            systemd.reloaded(f"reload refused: {exc}"[:200])
+            return
+        systemd.reloaded(f"reloaded: {len(result['applied'])} change(s) applied, "
+                         f"{len(result['needs_restart'])} need a restart")
+
     def stop(code: int | None = None) -> None:
         if code is not None:
             outcome["code"] = code
         if reactor.running and not getattr(reactor, "_paxoslog_stopping", False):
             reactor._paxoslog_stopping = True
+            systemd.stopping()
             reactor.stop()
 
     def on_signal(signum, frame) -> None:
@@ -511,6 +535,11 @@ def cmd_serve(args) -> int:
     reactor.addSystemEventTrigger("before", "shutdown", node.stopService)
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
+    # SIGHUP: reload what can change without a restart; never fatal (server/reload.py).
+    signal.signal(signal.SIGHUP, lambda signum, frame: reactor.callFromThread(on_hangup))
+    me = config.node(args.node)
+    reactor.callWhenRunning(systemd.ready, f"node {args.node} of cluster {config.name} "
+                                           f"({config.protocol}): API {me.api}, peers {me.peer}")
     profile_path = os.environ.get("PAXOSLOG_PROFILE")   # developer aid: cProfile the node
     if profile_path:
         import cProfile

@@ -19,6 +19,7 @@ with ``--node ID``.  Shape (every table but ``[[nodes]]`` is optional)::
                    recent_bytes_max, sessions_max, session_results_max,
                    session_results_total_max, session_idle_ms, json_depth_max
     [state_machines]  enabled = ["kv", "counter", ...]   (built-ins + installed plug-ins)
+    [log]          level = "info"   (debug|info|warn|error; SIGHUP re-reads it)
 
     [[nodes]]
     id = 1
@@ -44,7 +45,7 @@ from paxoslog.core.replica import PROTOCOLS, ReplicaOptions
 from paxoslog.storage.options import StorageOptions
 
 __all__ = ["ConfigError", "Address", "NodeConf", "TimingConf", "SnapshotConf", "StorageConf",
-           "BatchingConf", "LimitsConf", "ClusterConfig", "load_config", "parse_config",
+           "BatchingConf", "LimitsConf", "LogConf", "LOG_LEVELS", "ClusterConfig", "load_config", "parse_config",
            "parse_address", "KNOWN_STATE_MACHINES"]
 
 # The built-ins; plug-ins come from the entry-point group paxoslog.state_machines.
@@ -163,6 +164,17 @@ class LimitsConf:
     json_depth_max: int = 32             # nesting of a request body (objects and arrays)
 
 
+LOG_LEVELS = ("debug", "info", "warn", "error")
+
+
+@dataclass(frozen=True)
+class LogConf:
+    """``[log]``: what a running node may change on SIGHUP (server/reload.py).  ``level``
+    None: not set in the file (the ``--log-level`` of the command line, default info)."""
+
+    level: str | None = None
+
+
 @dataclass(frozen=True)
 class ClusterConfig:
     path: str
@@ -176,6 +188,7 @@ class ClusterConfig:
     limits: LimitsConf = field(default_factory=LimitsConf)
     state_machines: tuple[str, ...] = ("kv",)
     secret: bytes | None = field(default=None, repr=False, compare=False)
+    log: LogConf = field(default_factory=LogConf)
 
     def node(self, node_id: int) -> NodeConf:
         for node in self.nodes:
@@ -466,11 +479,20 @@ def parse_config(data: dict, path: str = "<conf>") -> ClusterConfig:
     batching = _batching(r.table_of("batching"))
     limits = _limits(r.table_of("limits"))
     state_machines = _state_machines(r.table_of("state_machines"))
+    log = _log(r.table_of("log"))
     nodes = _nodes(r, data_dir)
     r.check_unknown()
     return ClusterConfig(path=path, name=name, protocol=protocol, nodes=nodes, timing=timing,
                          snapshot=snapshot, storage=storage, batching=batching, limits=limits,
-                         state_machines=state_machines, secret=secret)
+                         state_machines=state_machines, secret=secret, log=log)
+
+
+def _log(r: _Reader) -> LogConf:
+    level = r.str("level")
+    if level is not None and level not in LOG_LEVELS:
+        raise r.fail("level", f"{level!r} is not one of {', '.join(LOG_LEVELS)}")
+    r.check_unknown()
+    return LogConf(level=level)
 
 
 def _secret(r: _Reader) -> bytes | None:

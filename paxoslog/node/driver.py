@@ -672,13 +672,18 @@ class NodeDriver:
         self._out.insert(replies_from, Applied(done, outcomes))
 
     def _start_snapshot(self) -> None:
-        meta = SnapshotMeta(self.applied_index, self.applied_term, self.applied_config)
-        if meta.index == 0:
+        if self.applied_index == 0:
             self.policy.taken(0)
             return
         self.policy.started()
-        self._out.append(TakeSnapshot(meta, self.machines.producers(),
-                                      self.machines.sessions.snapshot()))
+        self._out.append(self.capture())
+
+    def capture(self) -> TakeSnapshot:
+        """Cheap copies of every state machine and of the session table, all at the
+        applied index (one consistent cut: nothing is applied in between), for a snapshot
+        the shell encodes later, off the event loop (a local snapshot, or a backup)."""
+        meta = SnapshotMeta(self.applied_index, self.applied_term, self.applied_config)
+        return TakeSnapshot(meta, self.machines.producers(), self.machines.sessions.snapshot())
 
     # ================================================================== views
 

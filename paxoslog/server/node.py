@@ -22,6 +22,11 @@ and wires them with narrow interfaces; it owns nothing but their lifecycle.
        MembershipAdmin admin.py        add-node, remove-node, transfer-leader
        NodeViews      views.py         status, health, entries, metrics
        LogView        logview.py       the recently applied log
+       ClusterEvents  events.py        leader and membership changes (dashboard timeline)
+       ClusterOverview overview.py     every member's status in one answer (dashboard)
+       BackupService  backup.py        GET /api/v1/snapshot: a consistent backup, streamed
+       Reloader       reload.py        SIGHUP / admin reload of what can change live
+       DashboardFiles dashboard.py     the static dashboard at /dashboard
 
 An event flows socket -> protocol (peers.py/http.py) -> router/runner -> driver; the
 driver's instructions flow back out: ``Persist`` -> writer thread (fsync) ->
@@ -55,11 +60,16 @@ from . import frames as F
 from .addressbook import AddressBook
 from .admin import MembershipAdmin
 from .api import Api
+from .backup import BackupService
+from .dashboard import DashboardFiles
+from .events import ClusterEvents
 from .http import HttpService
-from .local_snapshots import LocalSnapshots
+from .local_snapshots import LocalSnapshots, verify_states
 from .logview import LogView
+from .overview import ClusterOverview
 from .peers import PeerTransport
 from .promotion import LearnerPromotion
+from .reload import Reloader
 from .router import RequestRouter
 from .runner import DriverRunner, FatalNodeError
 from .snapshots import SnapshotFetcher, SnapshotShipper
@@ -190,6 +200,8 @@ class NodeService(MultiService):
         self.transport = PeerTransport(config, node_id, _PeerEvents(self), reactor)
         self.api = Api(node_id, config.limits, config.batching.batch_bytes_max)
         self.http = HttpService(self.api, self.me.api_bind, config.limits, reactor)
+        self.reloader = Reloader(config)       # the CLI registers the log level hook
+        self.dashboard = DashboardFiles()
 
     # ================================================================== wiring
 
@@ -234,6 +246,7 @@ class NodeService(MultiService):
             replica, machines, restored.snapshot, book.bootstrap_config())
         driver.restored_hard_state(restored.hard_state)
         self.writer = StorageWriter(self.storage, reactor)
+        self.events = ClusterEvents(self.node_id)
         self.shipper = SnapshotShipper(self.storage, self.writer, self.transport, reactor,
                                        config.snapshot.chunk_bytes)
         self.logview = LogView(config.limits.recent_entries_kept, config.limits.recent_bytes_max,
@@ -244,9 +257,9 @@ class NodeService(MultiService):
             shipper=self.shipper,
             snapshots=LocalSnapshots(self.writer, self.storage, self._create_machine,
                                      lambda: self.driver.machines.sessions.like()),
-            on_applied=self.logview.applied, on_role=lambda op: None,
-            on_config=lambda op: book.config_applied(op.old, op.new, op.index),
-            on_row=book.row_applied, on_installed=self._installed, on_fatal=self._fatal)
+            on_applied=self._applied, on_role=self.events.role_changed,
+            on_config=self._config_applied, on_row=book.row_applied,
+            on_installed=self._installed, on_fatal=self._fatal)
         self.fetcher = SnapshotFetcher(self.node_id, self.storage.transfer_dir, self.writer,
                                        self.transport, runner.install_snapshot)
         self.ticker = Ticker(reactor, tick_ms, timing.election_ticks, self.clock_ms,
@@ -267,8 +280,23 @@ class NodeService(MultiService):
         self.views = NodeViews(config=config, node_id=self.node_id, driver=driver,
                                runner=runner, transport=self.transport, book=book,
                                storage=self.storage, logview=self.logview,
-                               http_stats=lambda: self.http.factory)
-        self.api.bind(router=router, views=self.views, admin=self.admin, book=book)
+                               http_stats=lambda: self.http.factory, events=self.events)
+        router.status_view = self.views.detailed_status
+        self.overview = ClusterOverview(self.node_id, self.views.detailed_status,
+                                        self.transport.forward, self.transport.connected,
+                                        reactor)
+        self.backups = BackupService(
+            barrier=lambda: router.read({"barrier": True}, "linearizable"),
+            applied_index=lambda: self.driver.applied_index, capture=driver.capture,
+            writer=self.writer, directory=os.path.join(self.storage.snap_dir, "outgoing"),
+            verify=lambda states, table: verify_states(
+                states, table, self._create_machine,
+                lambda: self.driver.machines.sessions.like()),
+            provenance=self._provenance, reactor=reactor,
+            timeout_s=2 * timing.request_timeout_ms / 1000.0, level=config.snapshot.level)
+        self.api.bind(router=router, views=self.views, admin=self.admin, book=book,
+                      backups=self.backups, overview=self.overview, reloader=self.reloader,
+                      dashboard=self.dashboard)
 
     # ================================================================== lifecycle
 
@@ -290,6 +318,7 @@ class NodeService(MultiService):
             self.storage.close()
             raise
         self.writer.start()
+        self.backups.start()
         log.info("node {node} of cluster {cluster} ({protocol}) starting: data {data}, "
                  "snapshot {snap}, {entries} log entries, hard state {hs}",
                  node=self.node_id, cluster=config.name, protocol=config.protocol,
@@ -310,6 +339,22 @@ class NodeService(MultiService):
         address book follows the restored table and configuration."""
         self.logview.reset()
         self.book.restored(meta.config, meta.index, old_config)
+        self.backups.applied(meta.index)
+
+    def _applied(self, op) -> None:
+        self.logview.applied(op)
+        self.backups.applied(self.driver.applied_index)
+
+    def _config_applied(self, op) -> None:
+        self.book.config_applied(op.old, op.new, op.index)
+        self.events.config_applied(op)
+
+    def _provenance(self) -> dict:
+        """The ``backup`` header map of a backup taken on this node."""
+        driver = self.driver
+        return {"cluster": self.config.name, "protocol": self.config.protocol,
+                "node": self.node_id, "taken_at": round(time.time(), 3),
+                "leader": driver.replica.leader_id, "term": driver.replica.term}
 
     def _rows(self) -> list[dict]:
         sm = self.driver.machines.get("membership") if self.driver else None

@@ -43,6 +43,7 @@ class RequestRouter:
         self._client_prefix = f"node{node_id}-{os.urandom(4).hex()}"
         self._sequence = 0
         self.member_requests = None       # MembershipAdmin.request (set when wired)
+        self.status_view = None           # NodeViews.detailed_status (set when wired)
 
     def next_client_sequence(self) -> tuple[str, int]:
         """A fresh (client_id, sequence) for a write whose client gave none."""
@@ -105,6 +106,9 @@ class RequestRouter:
             d.addCallbacks(lambda response: self.runner.transport.reply_forward(
                                peer, request_id, 200, response),
                            self._member_failed, errbackArgs=(peer, request_id))
+        elif op == "status":
+            # A member's dashboard overview asks for our status (read-only).
+            self.runner.transport.reply_forward(peer, request_id, 200, self.status_view())
         else:
             raise ValueError(f"unknown forwarded operation {op!r:.20}")
 

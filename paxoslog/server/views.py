@@ -24,7 +24,7 @@ __all__ = ["NodeViews"]
 
 class NodeViews:
     def __init__(self, *, config, node_id: int, driver, runner, transport, book, storage,
-                 logview, http_stats) -> None:
+                 logview, http_stats, events=None) -> None:
         self.config = config
         self.node_id = node_id
         self.driver = driver
@@ -34,6 +34,7 @@ class NodeViews:
         self.storage = storage
         self.logview = logview
         self.http_stats = http_stats          # callable -> the HTTP factory (statuses...)
+        self.events = events                  # ClusterEvents (leader/membership timeline)
         self.started_at = time.time()
         self.stopping = False
 
@@ -90,6 +91,25 @@ class NodeViews:
             # The session table is replicated state too ("~" cannot start an SM name).
             out["state_hashes"]["~sessions"] = hashlib.blake2b(
                 cbor2.dumps(machines.sessions.snapshot()), digest_size=16).hexdigest()
+        return out
+
+    def detailed_status(self) -> dict:
+        """The status plus request counters and latency histograms and the recent leader
+        and membership events (the dashboard, through GET /api/v1/cluster/overview)."""
+        out = self.status()
+        stats = self.driver.stats
+        runner = self.runner
+        out["metrics"] = {
+            "time": round(time.time(), 3),
+            "commands_applied": stats["commands_applied"], "commits": stats["commits"],
+            "proposals": stats["proposals"], "reads": stats["reads"],
+            "writes_answered": runner.write_latency.count,
+            "reads_answered": runner.read_latency.count,
+            "write_latency": runner.write_latency.to_json(),
+            "read_latency": runner.read_latency.to_json(),
+            "fsync": runner.fsync.to_json(),
+        }
+        out["events"] = self.events.since(0) if self.events is not None else []
         return out
 
     def health(self) -> dict:
