@@ -11,7 +11,12 @@
     paxoslog status                            one row per node: role, term, indexes, lag
     paxoslog log entries [--from N] [--to M]   entries from the running cluster
     paxoslog log dump|verify --data-dir D      offline/live WAL inspection (read-only)
+    paxoslog log export --sqlite OUT.db --data-dir D   the data as SQL tables (read-only)
     paxoslog snapshot inspect FILE
+    paxoslog snapshot save FILE                a consistent backup of the running cluster
+    paxoslog snapshot restore FILE --config F  the data directories of a new cluster from it
+    paxoslog recover --config F --node N [--force-new-cluster]   after losing a majority
+    paxoslog reload                            nodes re-read their conf (as SIGHUP)
 
 Client commands find the cluster with ``--config`` (default ``$PAXOSLOG_CONFIG``, else
 ``conf/local-3.toml``) or ``--endpoints http://h:p,...``; ``--json`` prints the raw JSON.
@@ -184,6 +189,80 @@ def build_parser() -> argparse.ArgumentParser:
     entries.add_argument("--from", dest="start", type=int, default=None, metavar="N")
     entries.add_argument("--to", dest="end", type=int, default=None, metavar="M")
     entries.set_defaults(func=cmd_log_entries)
+    export = log_sub.add_parser(
+        "export", help="a data directory as SQL tables (read-only, works on a live node)",
+        description="Write one node's data directory into a new SQLite database with the "
+                    "design's tables (raft_state, log_entries, snapshots, cluster_members, "
+                    "kv_store) and export_info.  Read-only and lock-free: it runs beside a "
+                    "live node.  See docs/operating.md for the columns and example queries.")
+    export.add_argument("--sqlite", required=True, metavar="OUT.db", help="the database to "
+                        "write (built in a temporary file, then renamed)")
+    export.add_argument("--data-dir", required=True, help="the node's data directory")
+    export.add_argument("--config", "-c", default=None,
+                        help="the cluster's conf (optional: its state machines and session "
+                             "bounds, for an exact replay of a non-default deployment)")
+    export.add_argument("--force", action="store_true", help="replace OUT.db if it exists")
+    export.add_argument("--json", action="store_true", help="print the summary as JSON")
+    export.add_argument("--quiet", action="store_true", help="no progress lines")
+    export.set_defaults(func=cmd_log_export)
+
+    snap_parser = commands.choices["snapshot"]
+    snap_sub = next(a for a in snap_parser._actions
+                    if isinstance(a, argparse._SubParsersAction))
+    save = snap_sub.add_parser(
+        "save", help="a consistent backup of the running cluster",
+        description="Ask a node of the running cluster (the endpoints in order, until one "
+                    "serves it) for a snapshot of every state machine and the session table "
+                    "at one index, taken at a linearizable read point: it holds every write "
+                    "acknowledged before the command started.  The file is verified "
+                    "(checksum, sizes) before it is renamed to FILE.")
+    save.add_argument("file", metavar="FILE", help="where to write the backup (.snap.zst)")
+    save.add_argument("-c", "--config", default=None,
+                      help=f"cluster conf file (default: $PAXOSLOG_CONFIG or {DEFAULT_CONFIG})")
+    save.add_argument("--endpoints", default=None,
+                      help="comma-separated API endpoints (instead of --config)")
+    save.add_argument("--timeout", type=float, default=120.0,
+                      help="seconds to get a node to serve the backup (default 120)")
+    save.add_argument("--force", action="store_true", help="replace FILE if it exists")
+    save.add_argument("--json", action="store_true", help="print the summary as JSON")
+    save.add_argument("--quiet", action="store_true", help="no progress lines")
+    save.set_defaults(func=cmd_snapshot_save)
+    restore = snap_sub.add_parser(
+        "restore", help="the data directories of a NEW cluster from a backup",
+        description="Verify FILE, then build the data directory of every node of the conf "
+                    "(or of --node ones) from it: a new cluster (its own log origin) whose "
+                    "members are the conf's nodes, starting at the backup's index.  Target "
+                    "directories must be absent or empty; nothing is half-written.")
+    restore.add_argument("file", metavar="FILE", help="a backup (or any snapshot file)")
+    restore.add_argument("-c", "--config", required=True, help="the NEW cluster's conf file")
+    restore.add_argument("--node", type=int, action="append", default=None, metavar="ID",
+                         help="only this node's data directory (repeatable; default: all "
+                              "nodes of the conf, e.g. each host restores its own)")
+    restore.add_argument("--json", action="store_true", help="print the summary as JSON")
+    restore.add_argument("--quiet", action="store_true", help="no progress lines")
+    restore.set_defaults(func=cmd_snapshot_restore)
+
+    recover = commands.add_parser(
+        "recover", help="disaster recovery: one surviving node as a one-node cluster",
+        description="After a majority of the cluster was lost for good: turn node N's data "
+                    "into a one-node cluster that keeps every entry N holds, and print what "
+                    "may have been lost.  Without --force-new-cluster it only prints the "
+                    "report (dry run).  Refuses while node N runs.  The other nodes are "
+                    "then re-added with `paxoslog serve --join` on wiped data directories.")
+    recover.add_argument("-c", "--config", required=True, help="cluster conf file")
+    recover.add_argument("--node", type=int, required=True, help="the surviving node's id")
+    recover.add_argument("--force-new-cluster", action="store_true",
+                         help="do it (without: report only, nothing changes)")
+    recover.add_argument("--json", action="store_true", help="print the report as JSON")
+    recover.add_argument("--quiet", action="store_true", help="no progress lines")
+    recover.set_defaults(func=cmd_recover)
+
+    reload = commands.add_parser(
+        "reload", parents=[client], help="have nodes re-read the conf file (as SIGHUP)",
+        description="POST /api/v1/admin/reload on every endpoint: each node re-reads its conf "
+                    "file and applies what can change without a restart ([log] level); "
+                    "what needs a restart is listed.")
+    reload.set_defaults(func=cmd_reload)
     return parser
 
 
@@ -455,6 +534,143 @@ def cmd_log_entries(args) -> int:
             print(f"(entries below {body['compacted_below']} are compacted or no longer kept)")
         return EXIT_OK
     return _run_client(args, action)
+
+
+# ====================================================================== operate
+
+def _operate(args, work) -> int:
+    """Run an operator command; ``OperateError`` -> its message and exit code."""
+    from paxoslog.operate.datadir import OperateError
+    try:
+        return work()
+    except OperateError as exc:
+        print(f"paxoslog: {exc}", file=sys.stderr)
+        return exc.exit_code
+
+
+def cmd_snapshot_save(args) -> int:
+    from paxoslog.client import SyncClient
+    from paxoslog.operate.backup import save_backup
+    from paxoslog.operate.progress import human_bytes
+
+    def work() -> int:
+        endpoints = _endpoints(args)
+        with SyncClient(endpoints, timeout=args.timeout) as client:
+            saved = save_backup(client, endpoints, args.file, timeout_s=args.timeout,
+                                force=args.force, quiet=args.quiet)
+        info = saved.info
+        origin = info.backup or {}
+        summary = {"file": saved.path, "index": info.meta.index, "term": info.meta.term,
+                   "bytes": saved.bytes, "sha256": saved.sha256,
+                   "zstd_content_checksum": info.checksum, "state_machines": info.sizes,
+                   "cluster": origin.get("cluster"), "protocol": origin.get("protocol"),
+                   "node": origin.get("node"), "read_index": origin.get("read_index"),
+                   "endpoint": saved.endpoint, "seconds": round(saved.seconds, 3)}
+        if args.json:
+            print(json.dumps(summary, sort_keys=True))
+        else:
+            print(f"saved {saved.path}: cluster {origin.get('cluster')!r} "
+                  f"({origin.get('protocol')}) at index {info.meta.index}, taken on node "
+                  f"{origin.get('node')}; {human_bytes(saved.bytes)} "
+                  f"({human_bytes(info.uncompressed_bytes)} uncompressed) in "
+                  f"{saved.seconds:.1f}s")
+            print(f"sha256 {saved.sha256}  (zstd content checksum {info.checksum} verified)")
+        return EXIT_OK
+    return _operate(args, work)
+
+
+def cmd_snapshot_restore(args) -> int:
+    config = _load_config(args.config)
+    from paxoslog.operate.restore import restore_cluster
+
+    def work() -> int:
+        lines = []
+        result = restore_cluster(args.file, config, args.node,
+                                 out=(lines.append if args.json else print), quiet=args.quiet)
+        info = result.info
+        if args.json:
+            print(json.dumps({"file": args.file, "index": info.meta.index,
+                              "term": info.meta.term, "sha256": result.sha256,
+                              "origin": result.origin,
+                              "data_dirs": {str(k): v for k, v in result.data_dirs.items()},
+                              "seconds": round(result.seconds, 3)}, sort_keys=True))
+        else:
+            print(f"restored cluster {config.name!r} ({config.protocol}) at index "
+                  f"{info.meta.index} from {args.file} (sha256 {result.sha256[:16]}...; log "
+                  f"origin {result.origin}) in {result.seconds:.1f}s")
+            print(f"start every node as usual: paxoslog serve --config {config.path} "
+                  f"--node ID")
+        return EXIT_OK
+    return _operate(args, work)
+
+
+def cmd_recover(args) -> int:
+    config = _load_config(args.config)
+    from paxoslog.operate.recover import recover_node
+
+    def work() -> int:
+        lines: list[str] = []
+        out = lines.append if args.json else print
+        if not args.json:
+            print("=" * 78, file=sys.stderr)
+            print("paxoslog recover: DISASTER RECOVERY of a cluster that lost a majority.",
+                  file=sys.stderr)
+            print(f"Node {args.node} will become a ONE-node cluster keeping every entry it "
+                  "holds;" if args.force_new_cluster else
+                  "Dry run (no --force-new-cluster): nothing will change.", file=sys.stderr)
+            print("=" * 78, file=sys.stderr)
+        report = recover_node(config, args.node, force=args.force_new_cluster, out=out,
+                              quiet=args.quiet)
+        if args.json:
+            print(json.dumps(report.to_json(), sort_keys=True, default=str))
+        return EXIT_OK
+    return _operate(args, work)
+
+
+def cmd_log_export(args) -> int:
+    config = _load_config(args.config) if args.config else None
+    from paxoslog.operate.sqlexport import export_sqlite
+
+    def work() -> int:
+        result = export_sqlite(args.data_dir, args.sqlite, config=config, force=args.force,
+                               quiet=args.quiet)
+        if args.json:
+            print(json.dumps(result, sort_keys=True))
+            return EXIT_OK
+        print(f"exported node {result['node_id']} of {result['cluster']!r} "
+              f"({result['protocol']}) to {args.sqlite}: {result['log_entries']} log rows "
+              f"({result['first_log_index']}..{result['last_log_index']}, {result['holes']} "
+              f"holes), {result['keys']} keys at index {result['exported_index']} in "
+              f"{result['seconds']:.1f}s")
+        if result["torn_tail"]:
+            print(f"note: the WAL ends in a torn tail, left out: {result['torn_tail']}",
+                  file=sys.stderr)
+        if result["unknown_state_machines"]:
+            print(f"note: state machines not installed here were skipped: "
+                  f"{', '.join(result['unknown_state_machines'])}", file=sys.stderr)
+        return EXIT_OK
+    return _operate(args, work)
+
+
+def cmd_reload(args) -> int:
+    from paxoslog.client import ClientError, SyncClient
+    failed = 0
+    for endpoint in _endpoints(args):
+        with SyncClient([endpoint], timeout=args.timeout) as client:
+            try:
+                body = client.request("POST", "/api/v1/admin/reload", {})
+            except ClientError as exc:
+                failed += 1
+                print(f"{endpoint}: {exc}", file=sys.stderr)
+                continue
+        if args.json:
+            print(json.dumps({"endpoint": endpoint, **body}, sort_keys=True))
+            continue
+        changes = body.get("applied") or ["nothing changed"]
+        print(f"{endpoint}: " + "; ".join(changes))
+        for note in body.get("needs_restart", []) + body.get("errors", []):
+            print(f"{endpoint}:   {note}")
+    return EXIT_ERROR if failed else EXIT_OK
 
 
 # ====================================================================== serve

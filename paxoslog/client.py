@@ -374,6 +374,19 @@ class SyncClient(_Calls, _Logic):
         self.learn(status)
         return status
 
+    def open_stream(self, endpoint: str, path: str, timeout: float):
+        """``GET path`` on one endpoint over a connection of its own, no retries: the
+        response object, its body not read yet (a large download: read it in pieces).
+        The caller closes it.  Raises OSError / HTTPException on transport failures."""
+        parts = urlsplit(_normalize(endpoint))
+        conn = http.client.HTTPConnection(parts.hostname, parts.port or 80, timeout=timeout)
+        try:
+            conn.request("GET", path)
+            return conn.getresponse()
+        except BaseException:
+            conn.close()
+            raise
+
     def status_of(self, endpoint: str, timeout: float = 1.0) -> dict:
         """One node's own status, no retries (``cluster status`` asks each node); raises
         OSError when the node cannot be reached."""

@@ -158,6 +158,11 @@ class KVStateMachine:
     def __len__(self) -> int:
         return len(self._data)
 
+    def records(self):
+        """Every key in order as (key, value, create_index, mod_index, version)."""
+        for key, (value, create_index, mod_index, version) in self._data.items():
+            yield key, value, create_index, mod_index, version
+
     # ------------------------------------------------------------------ snapshots
 
     def snapshot(self) -> bytes:
