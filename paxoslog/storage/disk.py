@@ -193,6 +193,14 @@ class DiskStorage:
             size += n
         self._wal.append_entries(batch)
 
+    def flush(self) -> None:
+        """Write what was appended to the files without fsync (see ``WriteAheadLog.flush``)."""
+        self._check_usable()
+        try:
+            self._wal.flush()
+        except (StorageIOError, OSError) as exc:
+            self._fail(exc)
+
     def sync(self) -> None:
         """fsync everything appended since the last sync (one fsync: group commit)."""
         self._check_usable()
