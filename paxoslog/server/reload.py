@@ -73,7 +73,8 @@ class Reloader:
             restart.append(f"the peer secret changed in {path}: takes effect at the next "
                            "restart")
         for change in applied:
-            log.info("reload: {change}", change=change)
+            # warn, not info: a reload that raises the level must still say it happened.
+            log.warn("reload: {change}", change=change)
         for note in restart:
             log.warn("reload: {note}", note=note)
         if not applied and not restart and not errors:

@@ -100,8 +100,9 @@ class ClusterHarness:
     def log_path(self, node_id: int) -> str:
         return str(self.tmp_path / f"n{node_id}.log")
 
-    def start(self, node_id: int, join: int | None = None) -> None:
-        """Start ``node_id``; ``join``: a member whose API the new node asks to add it."""
+    def start(self, node_id: int, join: int | None = None, env: dict | None = None) -> None:
+        """Start ``node_id``; ``join``: a member whose API the new node asks to add it;
+        ``env``: extra environment variables (NOTIFY_SOCKET, JOURNAL_STREAM, ...)."""
         assert node_id not in self.procs, f"node {node_id} already running"
         log = open(self.log_path(node_id), "ab")
         command = [sys.executable, "-m", "paxoslog.cli", "serve", "--config",
@@ -110,7 +111,7 @@ class ClusterHarness:
             command += ["--join", f"http://127.0.0.1:{self.api_ports[join]}"]
         self.procs[node_id] = subprocess.Popen(
             command, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT,
-            env=dict(os.environ, PYTHONPATH=ROOT))
+            env=dict(os.environ, PYTHONPATH=ROOT, **(env or {})))
         log.close()
 
     def new_node(self, node_id: int) -> str:
