@@ -271,3 +271,22 @@ def test_systemd_unit_example_is_a_notify_service_that_systemd_accepts(tmp_path)
     problems = [line for line in (done.stdout + done.stderr).splitlines()
                 if "paxoslog@" in line]
     assert not problems, problems
+
+
+# ---------------------------------------------------------------------- server sessions
+
+def test_server_generated_sessions_never_use_sequence_zero():
+    """Writes without a client session get sequences 1..128 per generated client id: a 0
+    is at the session table's initial floor and was refused as stale when a later write
+    of the same session applied first (found by tools/bench_ops.py under pipelining)."""
+    from paxoslog.node.sessions import NEW, STALE, SessionTable
+    from paxoslog.server.router import RequestRouter
+    router = RequestRouter(None, None, None, node_id=1, command_bytes_max=1 << 20)
+    pairs = [router.next_client_sequence() for _ in range(300)]
+    assert [s for _, s in pairs[:128]] == list(range(1, 129))
+    assert len({c for c, _ in pairs[:128]}) == 1 and pairs[128][1] == 1
+    assert pairs[128][0] != pairs[127][0] and min(s for _, s in pairs) == 1
+    table = SessionTable()
+    table.record(pairs[129][0], pairs[129][1], 10, 0, {})    # the second write applied first
+    assert table.lookup(*pairs[128])[0] == NEW
+    assert table.lookup(pairs[128][0], 0)[0] == STALE        # what a 0 would have met
