@@ -200,6 +200,9 @@ def recover_node(config, node_id: int, *, force: bool, out=print,
             out("dry run: nothing was changed.  Re-run with --force-new-cluster to make "
                 f"node {node_id} a one-node cluster keeping all of the above.")
             return report
+        if report.last_index == 0:
+            raise OperateError(f"node {node_id} holds no entry and no snapshot in {data_dir}: "
+                               "there is nothing to recover from (nothing was changed)")
         out(f"RECOVERING: node {node_id} becomes a ONE-node cluster (cluster "
             f"{config.name!r}) from its data up to index {report.last_index}; the old "
             "members can never rejoin with their old data")

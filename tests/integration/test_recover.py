@@ -34,7 +34,8 @@ def test_survivor_of_a_lost_majority_becomes_a_cluster_that_grows_again(make_clu
                                                                           protocol):
     """Kill two of three; recover is refused next to the live survivor; after it stops,
     the dry run changes nothing, --force-new-cluster makes it a one-node cluster with
-    every key; a wiped node rejoins with --join and catches up; an old node is refused."""
+    every key; a wiped node rejoins with --join, a new node joins too (three voters
+    again); a node that comes back with the old cluster's data is refused."""
     c = make_cluster(protocol)
     for i in range(30):
         c.write(f"k{i}", i)
@@ -86,10 +87,16 @@ def test_survivor_of_a_lost_majority_becomes_a_cluster_that_grows_again(make_clu
     c.start(stale)
     wait_for(lambda: "bootstrap voters or log origin differ" in open(c.log_path(stale)).read(),
              20, what="the old node to be refused at the handshake")
+    # A brand-new node (a new id) joins too: three voters again.
+    c.new_node(4)
+    c.start(4, join=rejoin)
+    wait_for(lambda: sorted(c.request(survivor, "GET", "/api/v1/cluster/members")
+                            .body["applied_config"]["voters"]) == sorted([survivor, rejoin, 4]),
+             30, what="node 4 to become a voter")
     members = c.request(survivor, "GET", "/api/v1/cluster/members").body
-    assert sorted(members["applied_config"]["voters"]) == sorted([survivor, rejoin])
     assert members["origin"].startswith("x-")
-    c.write("grown", 2, nodes=[survivor, rejoin])
+    c.write("grown", 2, nodes=[survivor, rejoin, 4])
+    assert c.get(4, "k29", consistency="linearizable").body["value"] == 29
 
 
 def _put(index: int, term: int, key: str, value) -> Entry:
