@@ -52,6 +52,13 @@ def export(data_dir, out, *extra) -> subprocess.CompletedProcess:
     return paxoslog("log", "export", "--sqlite", str(out), "--data-dir", str(data_dir), *extra)
 
 
+def commit_on_disk(data_dir) -> int:
+    """The commit point in a node's WAL as ``log verify`` reads it (read-only)."""
+    verify = paxoslog("log", "verify", "--data-dir", str(data_dir), "--json",
+                      "--skip-snapshots")
+    return json.loads(verify.stdout)["hard_state"]["commit"]
+
+
 def _info(db) -> dict:
     return dict(db.execute("SELECT name, value FROM export_info"))
 
@@ -64,17 +71,12 @@ def test_live_node_export_has_the_design_schema_and_the_state(make_cluster, prot
     for i in range(150):
         c.write(f"key{i:03}", {"n": i} if i % 2 else f"v{i}")
     c.write("key000", "rewritten")
-    c.request(c.wait_leader(), "POST", "/api/v1/consensus/propose",
-              {"key": "key001", "op": "delete"})
+    _, deleted = c.write("key001", None, op="delete")
+    assert deleted["result"]["deleted"] is True
     follower = next(n for n in c.ids if n != c.wait_leader())
     leader_index = c.status(c.wait_leader())["commit_index"]
     data_dir = c.tmp_path / "data" / str(follower)
-
-    def commit_on_disk() -> int:
-        verify = paxoslog("log", "verify", "--data-dir", str(data_dir), "--json",
-                          "--skip-snapshots")
-        return json.loads(verify.stdout)["hard_state"]["commit"]
-    wait_for(lambda: commit_on_disk() >= leader_index, 15,
+    wait_for(lambda: commit_on_disk(data_dir) >= leader_index, 15,
              what="the follower's commit point to reach its WAL")
     out = tmp_path / "node.db"
     done = export(data_dir, out, "--json")
@@ -169,6 +171,9 @@ def test_torn_wal_tail_is_left_out_and_reported(make_cluster, tmp_path):
     c = make_cluster("raft")
     for i in range(20):
         c.write(f"t{i}", i)
+    commit = c.status(c.wait_leader())["commit_index"]
+    wait_for(lambda: commit_on_disk(c.tmp_path / "data" / "3") >= commit, 15,
+             what="node 3 to know every write committed")
     c.stop(3)
     copy = tmp_path / "torn"
     shutil.copytree(c.tmp_path / "data" / "3", copy)
@@ -182,7 +187,7 @@ def test_torn_wal_tail_is_left_out_and_reported(make_cluster, tmp_path):
     assert "torn tail" in torn.stderr or json.loads(torn.stdout)["torn_tail"]
     summary = json.loads(torn.stdout)
     assert str(segment) in summary["torn_tail"]
-    assert summary["keys"] == json.loads(clean.stdout)["keys"] == 20
+    assert summary["keys"] == json.loads(clean.stdout)["keys"] == 20, (summary, clean.stdout)
     db = sqlite3.connect(tmp_path / "torn.db")
     assert db.execute("SELECT count(*) FROM kv_store").fetchone() == (20,)
     db.close()
