@@ -349,6 +349,9 @@ class Api:
         """A consistent snapshot of the whole replicated state, streamed (backup.py)."""
         if self.backups is None:
             raise ApiError(404, "not_found", "backups are not served by this node")
+        if request.method == "HEAD":
+            raise ApiError(405, "method_not_allowed", "HEAD would take a whole backup only to "
+                                                      "drop it; use GET")
         return self.backups.request()
 
     def cluster_overview(self, request):

@@ -22,6 +22,7 @@ import zlib
 
 import cbor2
 
+from paxoslog.core.ballot import Ballot
 from paxoslog.core.log import ENTRY_CONFIG, ENTRY_NOOP, ENTRY_NORMAL, Entry, entry_config
 
 from .errors import CorruptLog, CorruptSnapshot, StorageError
@@ -400,7 +401,10 @@ def main_snapshot_inspect(args) -> int:
         out.write(json.dumps(report) + "\n")
         return EXIT_OK
     out.write(f"file               {path}\n")
-    out.write(f"covers             index {info.meta.index} term {info.meta.term}\n")
+    term = f"term {info.meta.term}"
+    if (info.backup or {}).get("protocol") == "multipaxos":
+        term += f" (ballot {Ballot.unpack(info.meta.term)})"
+    out.write(f"covers             index {info.meta.index} {term}\n")
     if info.backup is not None:
         origin = info.backup
         out.write(f"backup of          cluster {origin.get('cluster')!r} "

@@ -205,7 +205,8 @@ def test_restore_refuses_damaged_backups_and_busy_targets_writing_nothing(
 
 
 def test_save_refuses_existing_files_and_says_when_nobody_serves(running_raft, tmp_path):
-    """An existing FILE is kept (exit 2) unless --force; no reachable node: exit 4."""
+    """An existing FILE is kept (exit 2) unless --force; HEAD is refused; no reachable node:
+    exit 4, and no partial file is left."""
     target = tmp_path / "exists.snap.zst"
     target.write_text("old")
     out = paxoslog("snapshot", "save", "--endpoints", url(running_raft, 1), str(target))
@@ -214,6 +215,8 @@ def test_save_refuses_existing_files_and_says_when_nobody_serves(running_raft, t
                       "--force", "--json")
     assert forced.returncode == 0, forced.stderr
     assert json.loads(forced.stdout)["file"] == str(target)
+    head = running_raft.request(1, "HEAD", "/api/v1/snapshot")
+    assert head.status == 405                       # a HEAD never takes a whole backup
     [port] = reserve_ports(1)
     down = paxoslog("snapshot", "save", "--endpoints", f"http://127.0.0.1:{port}",
                     str(tmp_path / "none.snap.zst"), "--timeout", "2")
