@@ -73,6 +73,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--snapshot-entries", type=int, default=d.snapshot_entries)
     p.add_argument("--plot", choices=("auto", "html", "none"), default=d.plot)
     p.add_argument("--quiet", action="store_true", help="no progress output")
+    p.add_argument("--complete", action="store_true",
+                   help="inject every planned fault even if that runs past --duration "
+                        "(a loaded machine is slower to restart nodes)")
     p.add_argument("--recheck", metavar="REPORT_FOLDER", default=None,
                    help="check a saved report again from its files (history, verdict) and "
                         "write recheck.json; no cluster is started")
@@ -92,6 +95,7 @@ def options_from(args) -> RunOptions:
                       heartbeat_ticks=args.heartbeat_ticks, election_ticks=args.election_ticks,
                       request_timeout_ms=args.request_timeout_ms,
                       snapshot_entries=args.snapshot_entries, progress=not args.quiet,
+                      complete=args.complete,
                       plot=args.plot)
 
 

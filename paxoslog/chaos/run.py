@@ -84,6 +84,7 @@ class RunOptions:
     snapshot_entries: int = 5000
     progress: bool = True
     plot: str = "auto"                   # auto (PNG if matplotlib) | html | none
+    complete: bool = False               # run every planned fault, even past the duration
 
     def resolved(self) -> "RunOptions":
         seed = self.seed if self.seed is not None else random.SystemRandom().randrange(1 << 31)
@@ -224,7 +225,10 @@ class ChaosRun:
         self._start_progress()
 
         stop_at = self.traffic_start + o.duration_s - o.tail_s
-        await self.nemesis.run(self.plans, self.traffic_start, stop_at)
+        # --complete: a slow machine (restarts that take seconds) must not skip the
+        # faults planned last; the traffic then runs past the duration until they are done.
+        await self.nemesis.run(self.plans, self.traffic_start,
+                               float("inf") if o.complete else stop_at)
         wait = stop_at - self.clock()
         if wait > 0:
             await task.deferLater(self.reactor, wait, lambda: None)
@@ -468,7 +472,7 @@ class ChaosRun:
         o = self.options
         args = ["tools/chaos.py", "--duration", f"{o.duration_s:g}", "--mode", o.mode,
                 "--nodes", str(o.nodes), "--nemesis", o.nemesis, "--schedule", o.schedule,
-                "--seed", str(o.seed)]
+                "--seed", str(o.seed)] + (["--complete"] if o.complete else [])
         return "python " + " ".join(shlex.quote(a) for a in args)
 
     def _judge(self, converged: dict, final: dict, states: dict) -> int:

@@ -43,7 +43,8 @@ def test_chaos_smoke(tmp_path, mode, group):
     seed = 1000 + sorted(GROUPS).index(group) + (0 if mode == "multipaxos" else 100)
     cmd = [sys.executable, CHAOS, "--duration", str(TRAFFIC_S), "--mode", mode,
            "--nodes", str(nodes), "--nemesis", ",".join(kinds), "--seed", str(seed),
-           "--reports", str(tmp_path), "--checker-timeout", "60", "--quiet"]
+           "--reports", str(tmp_path), "--checker-timeout", "60", "--quiet",
+           "--complete"]
     done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True,
                           timeout=RUN_TIMEOUT_S)
     folders = glob.glob(os.path.join(str(tmp_path), f"chaos-*-{mode}"))
