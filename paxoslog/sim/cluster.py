@@ -173,6 +173,7 @@ class Simulation:
         self._last_leader: int | None = None
         self.newest_leader: int | None = None    # the node most recently elected leader
         self.configs_applied: set[int] = set()   # indexes of CONFIG entries seen applied
+        self.retired: set[int] = set()           # ids proposed for removal: never re-added
         self.executions: dict[tuple, int] = {}  # (client_id, sequence) -> index executed at
         self.skipped: set[tuple] = set()  # (index, client_id, sequence) deduplicated
         self.on_step: Callable[["Simulation"], None] | None = None
@@ -400,7 +401,11 @@ class Simulation:
         everyone = sorted(self.nodes)
         voters = set(config.voters)
         learners = set(config.learners)
-        outside = [n for n in everyone if n not in voters and n not in learners]
+        # Node ids are never reused (the server refuses to re-add a removed id): a node
+        # once proposed for removal is never added again; once removed, it exits.
+        outside = [n for n in everyone if n not in voters and n not in learners
+                   and n not in self.retired]
+        before = voters | learners
         if self.options.member_remove_leader or self.options.member_replace:
             if not self._wide_change(leader, voters, learners, outside):
                 return None
@@ -420,6 +425,7 @@ class Simulation:
             self.nodes[leader].change_config(voters, learners)
         except (NotLeader, ConfigChangeInProgress, Busy, ValueError):
             return None
+        self.retired |= before - voters - learners
         self.count("configs_proposed")
         text = f"config -> voters {sorted(voters)} learners {sorted(learners)}"
         wide = self.options.member_remove_leader or self.options.member_replace
