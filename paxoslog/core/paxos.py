@@ -21,6 +21,10 @@ Roles: every node is an acceptor and a learner; one proposer at a time leads.
   back-off after a rejected ballot (R6), check-quorum step-down.
 * Followers learn "chosen" from the leader's watermark and chosen set for slots they hold at
   the leader's ballot, and fetch the rest (catch-up), or a snapshot below the leader's log.
+* Lost chosen slots (R13): a node restored with a durable watermark beyond the slots on its
+  disk neither promises nor campaigns until it has learned those slots again (from a
+  leader's watermark, or by catching up from a candidate whose pre-vote says it knows
+  more), as Raft refuses votes with a commit index beyond its log.
 
 Own acceptances count immediately: the Ready that carries an entry is persisted before its
 messages are sent and before its committed entries are applied, so nothing counted here is
@@ -85,6 +89,10 @@ class MultiPaxosReplica:
             if self.log.get(slot) is None:
                 break
             self._mark_chosen(slot, notify=False)
+        # R13: a durable watermark beyond the slots present means the disk lost chosen
+        # slots we had accepted (a fault beyond the model).  Our Promise would not report
+        # them, so until they are learned again we neither promise nor campaign.
+        self.lost_upto = hint if hint > self.log.chosen_upto else 0
         self.applied = snapshot.index if snapshot else 0
 
         self.role = Role.FOLLOWER
@@ -350,8 +358,14 @@ class MultiPaxosReplica:
         config = self.config_for(self.log.chosen_upto + 1)
         return self.node_id in config.all_voters
 
+    def _lost_slots(self) -> bool:
+        """True while chosen slots this disk lost (R13) are not learned again."""
+        if self.lost_upto and self.log.chosen_upto >= self.lost_upto:
+            self.lost_upto = 0  # repaired: every slot up to the old watermark is back
+        return bool(self.lost_upto)
+
     def _start_election(self) -> None:
-        if not self._voter():
+        if not self._voter() or self._lost_slots():
             return
         if self.options.pre_vote and not self.force_election:
             self._become(Role.PRE_CANDIDATE, None)
@@ -730,7 +744,13 @@ class MultiPaxosReplica:
 
     def on_pre_vote(self, msg: PreVote) -> None:
         self.max_round_seen = max(self.max_round_seen, msg.ballot.round - 1)
-        granted = (not self._sticky() and self.role != Role.LEADER
+        lost = self._lost_slots()
+        if lost and msg.first_unchosen - 1 > self.log.chosen_upto and self.leader_id is None:
+            # Repair from the candidate: it knows slots chosen that we lost or lack.
+            self.known_commit = max(self.known_commit, msg.first_unchosen - 1)
+            self.catchup_peer = msg.frm
+            self._request_catchup()
+        granted = (not self._sticky() and self.role != Role.LEADER and not lost
                    and msg.first_unchosen >= self.log.chosen_upto + 1)
         self._send(PreVoteReply(self.node_id, msg.frm, msg.ballot, granted,
                                 self.log.chosen_upto))
@@ -748,6 +768,8 @@ class MultiPaxosReplica:
 
     def on_prepare(self, msg: Prepare) -> None:
         self.max_round_seen = max(self.max_round_seen, msg.ballot.round)
+        if self._lost_slots():
+            return  # R13: our Promise would miss chosen slots we lost
         if not msg.force and self._sticky() and msg.frm != self.leader_id \
                 and self.role != Role.LEADER:
             return
@@ -930,7 +952,7 @@ class MultiPaxosReplica:
             self.snapshot_sent.pop(msg.frm, None)
 
     def on_timeout_now(self, msg: TimeoutNow) -> None:
-        if msg.term < self.promised.pack() or not self._voter():
+        if msg.term < self.promised.pack() or not self._voter() or self._lost_slots():
             return
         self.force_election = True
         self.transfer_requested = True

@@ -929,11 +929,6 @@ def test_restored_watermark_is_trusted_only_over_the_slots_present():
     assert r.commit_index == 1
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "R13: Multi-Paxos does not notice that its persisted chosen watermark (2) lies beyond "
-    "its log (1 slot) and promises without the chosen slot it lost, so a phase-1 quorum "
-    "can miss a chosen value (tests/interaction/r13_lost_acknowledged_entries.txt: "
-    "agreement violated); Raft neither votes nor campaigns until repaired"))
 def test_a_node_that_lost_chosen_slots_does_not_promise():
     """Restored with watermark 2 but only slot 1, a node does not promise (nor campaign)
     until a leader has sent the lost slot again."""
@@ -942,6 +937,47 @@ def test_a_node_that_lost_chosen_slots_does_not_promise():
     r.step(Prepare(3, 2, Ballot(2, 3), 2, False))
     ready = pump(r)
     assert ready is None or not any(isinstance(m, Promise) for m in ready.messages)
+
+
+def test_a_node_that_lost_chosen_slots_refuses_pre_votes_and_does_not_campaign():
+    """R13: no pre-vote granted, no campaign (not even on TimeoutNow) while slot 2 is lost."""
+    lost = Restored(HardState(b(1, 1), 0, 2), [value(1, b(1, 1), b"a")])
+    r = replica(2, restored=lost, pre_vote=False)
+    pump(r)
+    for _ in range(4 * E):
+        r.tick()
+    r.step(TimeoutNow(1, 2, b(1, 1)))
+    assert pump(r) is None and r.role == Role.FOLLOWER
+    r.step(PreVote(3, 2, Ballot(2, 3), 2))
+    assert drain(r).messages == [PreVoteReply(2, 3, Ballot(2, 3), False, 1)]
+
+
+def test_a_node_that_lost_chosen_slots_promises_again_once_a_leader_resent_them():
+    """The leader's watermark makes the node fetch the lost slot; once it is back, the node
+    promises as before."""
+    r = replica(2, restored=Restored(HardState(b(1, 1), 0, 2), [value(1, b(1, 1), b"a")]))
+    pump(r)
+    r.step(Heartbeat(1, 2, B11, 2, (), 3))
+    assert drain(r).messages == [CatchupRequest(2, 1, B11, (2,)),
+                                 HeartbeatReply(2, 1, B11, 3, 1, 1)]
+    r.step(CatchupReply(1, 2, B11, (value(2, b(1, 1), b"x"),), 2))
+    assert drain(r).committed == [value(2, b(1, 1), b"x")]
+    r.step(Prepare(1, 2, Ballot(2, 1), 3, False))
+    assert drain(r).messages == [Promise(2, 1, Ballot(2, 1), (), 2, 1, 0)]
+
+
+def test_a_node_that_lost_chosen_slots_catches_up_from_a_candidate_that_knows_them():
+    """Without a leader, a candidate whose pre-vote says slots up to 2 are chosen is asked
+    for them (no pre-vote yet); the next pre-vote is granted."""
+    r = replica(2, restored=Restored(HardState(b(1, 1), 0, 2), [value(1, b(1, 1), b"a")]))
+    pump(r)
+    r.step(PreVote(3, 2, Ballot(2, 3), 3))
+    assert drain(r).messages == [CatchupRequest(2, 3, B11, (2,)),
+                                 PreVoteReply(2, 3, Ballot(2, 3), False, 1)]
+    r.step(CatchupReply(3, 2, Ballot(1, 1), (value(2, b(1, 1), b"x"),), 2))
+    drain(r)
+    r.step(PreVote(3, 2, Ballot(2, 3), 3))
+    assert drain(r).messages == [PreVoteReply(2, 3, Ballot(2, 3), True, 2)]
 
 
 # ---------------------------------------------------------------- misc and whole cluster
