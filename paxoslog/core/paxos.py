@@ -10,8 +10,9 @@ Roles: every node is an acceptor and a learner; one proposer at a time leads.
   slots beyond the chosen watermark are in flight; Accept/Accepted carry many slots.
   Slots are chosen independently and out of order; learners apply strictly in order.
 * Configuration: a CONFIG entry at slot s governs every slot > s.  The leader proposes a
-  CONFIG entry only when nothing else is in flight and proposes nothing after it until it
-  is chosen (a pipeline barrier), so the configuration of every in-flight slot is known.
+  CONFIG entry only when nothing else is in flight (new commands wait while it waits) and
+  proposes nothing after it until it is chosen (a pipeline barrier), so the configuration
+  of every in-flight slot is known.
   A candidate needs a phase-1 quorum of every configuration that can govern a slot at or
   above its first unchosen slot: its own, every chosen configuration it knows above that,
   and every configuration value any Promise reports (gathered until stable).
@@ -595,7 +596,9 @@ class MultiPaxosReplica:
                 self.pending_config = None
                 self.next_slot += 1
                 new.append(self._propose_entry(entry))
-            while self.queue and self._can_send(self.next_slot):
+            # While a change waits for the pipeline to drain, new commands wait too (else a
+            # steady stream of proposals would keep slots in flight and starve it).
+            while self.queue and self.pending_config is None and self._can_send(self.next_slot):
                 entry = Entry(self.next_slot, mine, ENTRY_NORMAL, self.queue.take_batch())
                 self.next_slot += 1
                 new.append(self._propose_entry(entry))

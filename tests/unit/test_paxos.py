@@ -822,12 +822,6 @@ def test_configuration_entry_waits_for_an_empty_pipeline_and_stops_the_slots_beh
     assert ready.entries == [value(3, b(1, 1), b"b")]
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "Multi-Paxos proposes a pending CONFIG entry only when no slot is in flight "
-    "(_fill_slots) but keeps giving new commands slots meanwhile, so under a steady stream "
-    "of proposals the membership change never starts; the design note says the leader "
-    "proposes nothing after the CONFIG entry, which needs the queue held back while a "
-    "change waits"))
 def test_a_pending_configuration_change_is_not_starved_by_new_proposals():
     """With a new command proposed in every round and each slot chosen a round later, the
     configuration change still gets a slot within a few rounds."""
