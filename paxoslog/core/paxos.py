@@ -656,13 +656,15 @@ class MultiPaxosReplica:
         self._confirm_reads()
 
     def _maybe_send_timeout_now(self) -> None:
+        """Tell the transfer target to campaign once it holds every slot chosen.  We keep
+        leading (refusing proposals) until its forced Prepare arrives; a TimeoutNow that
+        is lost is sent again on the target's next heartbeat reply, and the transfer is
+        abandoned after an election timeout (``_tick_leader``), as in Raft."""
         target = self.transfer_target
         if target is None:
             return
         if self.peer_chosen.get(target, 0) >= self.next_slot - 1 and not self.inflight:
             self._send(TimeoutNow(self.node_id, target, self.ballot.pack()))
-            self._become(Role.FOLLOWER, None)
-            self.leader_elapsed = self.options.election_ticks  # do not resist the transfer
 
     # ------------------------------------------------------------------ learning
 
@@ -871,7 +873,8 @@ class MultiPaxosReplica:
         if msg.chosen_upto < self.log.first_index - 1:
             self._send_snapshot(msg.frm)
         self._confirm_reads()
-        self._maybe_send_timeout_now()
+        if msg.frm == self.transfer_target:
+            self._maybe_send_timeout_now()
 
     def on_catchup_request(self, msg: CatchupRequest) -> None:
         entries = []

@@ -589,7 +589,8 @@ def test_without_check_quorum_an_isolated_leader_keeps_leading():
 
 def test_leader_transfer_waits_for_the_target_then_sends_timeout_now():
     """Proposals are refused during a transfer; TimeoutNow goes out only once the target
-    reports every slot chosen, and the old leader steps down with it."""
+    reports every slot chosen, and the old leader keeps leading until the target's forced
+    Prepare arrives."""
     r = leader()
     r.propose([b"x"])
     drain(r)
@@ -601,7 +602,22 @@ def test_leader_transfer_waits_for_the_target_then_sends_timeout_now():
     r.step(HeartbeatReply(3, 1, B11, 1, 1, 1))
     ready = drain(r)
     assert ready.messages == [TimeoutNow(1, 3, b(1, 1))]
+    assert ready.events == [] and r.role == Role.LEADER
+    r.step(Prepare(3, 1, Ballot(2, 3), 2, True))
+    ready = drain(r)
+    assert ready.messages == [Promise(1, 3, Ballot(2, 3), (), 1, 1, 0)]
     assert ready.events == [RoleChanged(Role.FOLLOWER, 1, None)]
+
+
+def test_a_lost_timeout_now_is_sent_again_on_the_targets_next_heartbeat_reply():
+    """Only a reply from the target itself repeats TimeoutNow (not every peer's)."""
+    r = leader()
+    r.transfer_leadership(3)  # up to date: TimeoutNow at once
+    assert drain(r).messages == [TimeoutNow(1, 3, b(1, 1))]
+    r.step(HeartbeatReply(2, 1, B11, 1, 0, 0))
+    assert r.ready() is None
+    r.step(HeartbeatReply(3, 1, B11, 1, 0, 0))
+    assert drain(r).messages == [TimeoutNow(1, 3, b(1, 1))]
 
 
 def test_timeout_now_starts_a_forced_prepare_at_once():
@@ -629,11 +645,6 @@ def test_transfer_to_a_non_voter_is_refused():
         replica(2).transfer_leadership(3)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "Multi-Paxos steps down the moment it sends TimeoutNow (_maybe_send_timeout_now), so a "
-    "lost TimeoutNow or a dead target leaves the cluster leaderless until an election; Raft "
-    "keeps leading and abandons the transfer after an election timeout "
-    "(tests/interaction/leader_transfer.txt)"))
 def test_transfer_to_an_unreachable_target_is_abandoned():
     """A transfer whose TimeoutNow goes nowhere is abandoned after an election timeout and
     the leader takes proposals again, without an election in between."""
