@@ -529,6 +529,7 @@ class MultiPaxosReplica:
         self.next_slot = top + 1
         self._fill_slots()
         self._broadcast_heartbeat()
+        self._hand_over_if_removed()
 
     # ------------------------------------------------------------------ leader
 
@@ -545,7 +546,8 @@ class MultiPaxosReplica:
     def _tick_leader(self) -> None:
         heartbeat_due = self.heartbeat.tick()
         if self.transfer_target is not None and self.transfer_deadline.tick():
-            self.transfer_target = None
+            self.transfer_target = None  # abandoned; a removed leader tries again at once
+            self._hand_over_if_removed()
         if self.quorum_period.tick():
             # Check-quorum once per election timeout, over the period that just ended.
             since = self.now - self.options.election_ticks
@@ -645,15 +647,46 @@ class MultiPaxosReplica:
         if acks is not None and self.config_for(slot).is_quorum(acks):
             del self.inflight[slot]
             del self.sent_tick[slot]
+            if slot == self.barrier:
+                self.barrier_acks = frozenset(acks)
             self._mark_chosen(slot)
 
     def _advance_chosen(self) -> None:
-        """After chosen slots changed on the leader: barrier, reads.  (Leaving a joint
-        configuration is decided in ``_fill_slots``, once nothing newer is pending.)"""
+        """After chosen slots changed on the leader: barrier, reads, our own removal.
+        (Leaving a joint configuration is decided in ``_fill_slots``, once nothing newer
+        is pending.)"""
         if self.barrier is not None and self.log.is_chosen(self.barrier):
             self.proposed_configs.pop(self.barrier)
             self.barrier = None
         self._confirm_reads()
+        self._hand_over_if_removed()
+
+    barrier_acks: frozenset[int] = frozenset()  # who accepted the last CONFIG entry chosen
+
+    def _hand_over_if_removed(self) -> None:
+        """The newest configuration is chosen and we are not among its voters (removed, or
+        made a learner): hand leadership to one of its voters (Raft thesis 4.2.2).
+
+        Unlike a Raft voter, which follows a configuration as soon as it holds the entry,
+        a Multi-Paxos node follows one only once it knows it chosen; a voter that lags
+        does not even know it is one, and would never campaign.  So this is a leadership
+        transfer: tell every peer the new watermark, keep leading (refusing proposals)
+        until the target reports every chosen slot, then TimeoutNow; its forced Prepare
+        deposes us.  A transfer that does not complete within an election timeout is
+        retried with the voter then best placed (``_tick_leader``)."""
+        config = self.config
+        if (self.role != Role.LEADER or self.barrier is not None or config.joint
+                or self.node_id in config.voters or self.transfer_target is not None):
+            return
+        self._broadcast_heartbeat()
+        recent = self.now - self.options.election_ticks
+        # Best placed: heard lately, furthest along, holding the CONFIG entry; then by id.
+        target = max(config.voters, key=lambda peer: (
+            self.contact.last(peer, recent - 1) >= recent, self.peer_chosen.get(peer, 0),
+            peer in self.barrier_acks, peer))
+        self.transfer_target = target
+        self.transfer_deadline.reset()
+        self._maybe_send_timeout_now()
 
     def _maybe_send_timeout_now(self) -> None:
         """Tell the transfer target to campaign once it holds every slot chosen.  We keep

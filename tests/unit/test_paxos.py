@@ -899,11 +899,59 @@ def test_candidate_needs_a_quorum_of_every_configuration_its_promises_report():
     assert drain(r).entries == [config_entry(1, b(1, 1), other)]
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "Multi-Paxos has no step-down for a leader outside the configuration it committed: it "
-    "keeps proposing (tests/interaction/membership_removed_leader.txt); Raft hands over "
-    "with TimeoutNow and steps down; the server's exit of a removed node costs an election "
-    "timeout without a leader"))
+def test_removed_leader_hands_over_to_a_voter_once_it_knows_the_configuration_chosen():
+    """When the final configuration without it is chosen, the leader tells every peer the
+    new watermark and starts a transfer to the voter best placed (node 2: it reported
+    slot 1 chosen, node 3 nothing).  Proposals are refused meanwhile; TimeoutNow goes out
+    once node 2 reports slot 2 chosen (it then knows it is a voter), and the forced
+    Prepare deposes the old leader."""
+    r = leader()
+    r.change_config({2, 3})
+    drain(r)
+    r.step(Accepted(2, 1, B11, (1,)))
+    r.step(Accepted(3, 1, B11, (1,)))
+    drain(r)
+    r.step(HeartbeatReply(2, 1, B11, 1, 1, 2))
+    r.step(Accepted(2, 1, B11, (2,)))
+    r.step(Accepted(3, 1, B11, (2,)))
+    ready = drain(r)
+    final = Config(frozenset({2, 3}))
+    assert ready.messages == [Heartbeat(1, 2, B11, 2, (), 2), Heartbeat(1, 3, B11, 2, (), 2)]
+    assert ready.events == [ConfigChanged(final, 2)]
+    assert r.role == Role.LEADER and r.transfer_target == 2
+    with pytest.raises(Busy, match="leadership transfer in progress"):
+        r.propose([b"z"])
+    r.step(HeartbeatReply(3, 1, B11, 2, 2, 2))
+    assert r.ready() is None  # only the target's reply counts
+    r.step(HeartbeatReply(2, 1, B11, 2, 2, 2))
+    assert drain(r).messages == [TimeoutNow(1, 2, b(1, 1))]
+    r.step(Prepare(2, 1, Ballot(2, 2), 3, True))
+    assert drain(r).events == [RoleChanged(Role.FOLLOWER, 1, None)]
+
+
+def test_removed_leader_tries_another_voter_when_the_handover_stalls():
+    """A target that stays silent for an election timeout is replaced by a voter that was
+    heard (here node 3), and the old leader keeps leading meanwhile."""
+    r = leader()
+    r.change_config({2, 3})
+    drain(r)
+    r.step(Accepted(2, 1, B11, (1,)))
+    r.step(Accepted(3, 1, B11, (1,)))
+    drain(r)
+    r.step(HeartbeatReply(2, 1, B11, 1, 1, 2))
+    r.step(Accepted(2, 1, B11, (2,)))
+    r.step(Accepted(3, 1, B11, (2,)))
+    drain(r)
+    assert r.transfer_target == 2
+    for _ in range(E):
+        r.tick()
+        r.step(HeartbeatReply(3, 1, B11, r.rounds.round, 2, 2))
+        pump(r)
+    assert r.role == Role.LEADER and r.transfer_target == 3
+    r.step(HeartbeatReply(3, 1, B11, r.rounds.round, 2, 2))
+    assert TimeoutNow(1, 3, b(1, 1)) in drain(r).messages
+
+
 def test_leader_removed_by_the_final_configuration_hands_over():
     """Once the final configuration without the leader is chosen, it stops leading (and
     hands over to an up-to-date voter)."""
