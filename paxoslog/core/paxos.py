@@ -27,9 +27,13 @@ Roles: every node is an acceptor and a learner; one proposer at a time leads.
   leader's watermark, or by catching up from a candidate whose pre-vote says it knows
   more), as Raft refuses votes with a commit index beyond its log.
 
-Own acceptances count immediately: the Ready that carries an entry is persisted before its
-messages are sent and before its committed entries are applied, so nothing counted here is
-visible outside before it is durable.
+Send before persist (ready.py): the leader's Accepts and Heartbeats go out as
+``early_messages``, before the Ready that carries its new entries is durable; its own
+acceptance of a slot counts toward the quorum only in ``advance`` of that Ready, and only
+if it still leads at the ballot it proposed at.  A Ready that changes the promise sends
+nothing early (a ballot must be durable before anything is sent at it).  Acceptors persist
+before they answer, as before.  A candidate counts its own promise at once: its Prepares
+leave only after the Ready that persists that promise.
 
 Mechanics shared with Raft live in their own modules: batching.py (proposal queue, one byte
 accounting), chunking.py (entries per message), readindex.py (read rounds, ReadIndex,
@@ -139,6 +143,9 @@ class MultiPaxosReplica:
 
         # Ready buffers.
         self._messages: list[Message] = []
+        self._early: list[Message] = []      # leader traffic that may precede the fsync
+        self._own_unsynced: list[tuple[int, int]] = []   # (slot, ballot) we proposed...
+        self._own_persisting: list[tuple[int, int]] = []  # ...handed out in the Ready
         self._entries: dict[int, Entry] = {}
         self._hs_dirty = False
         self._last_hs = restored.hard_state
@@ -274,8 +281,9 @@ class MultiPaxosReplica:
             return False
         if self.role == Role.LEADER:
             self._fill_slots()
-        return bool(self._messages or self._entries or self._hs_dirty or self._reads_ready
-                    or self._events or self._snapshot or self.applied < self.log.chosen_upto)
+        return bool(self._messages or self._early or self._entries or self._hs_dirty
+                    or self._reads_ready or self._events or self._snapshot
+                    or self.applied < self.log.chosen_upto)
 
     def ready(self) -> Ready | None:
         """Drain outputs, or None when there is nothing to do.  Raises ContractViolation
@@ -284,6 +292,7 @@ class MultiPaxosReplica:
         if not self.has_ready():
             return None
         ready = Ready()
+        durable_promise = self._last_hs.term  # every earlier Ready is persisted
         if self._hs_dirty:
             self._last_hs = HardState(self.promised.pack(), 0, self.log.chosen_upto)
             ready.hard_state = self._last_hs
@@ -294,7 +303,13 @@ class MultiPaxosReplica:
         if self._entries:
             ready.entries = [self._entries[i] for i in sorted(self._entries)]
             self._entries = {}
-        ready.messages, self._messages = self._messages, []
+        if self._last_hs.term == durable_promise:
+            ready.early_messages = self._early
+            ready.messages = self._messages
+        else:  # a new promise: nothing goes out at it before it is durable
+            ready.messages = self._early + self._messages
+        self._early, self._messages = [], []
+        self._own_persisting, self._own_unsynced = self._own_unsynced, []
         if self.applied < self.log.chosen_upto:
             ready.committed = list(self.log.range(self.applied + 1, self.log.chosen_upto + 1))
             assert len(ready.committed) == self.log.chosen_upto - self.applied
@@ -304,9 +319,15 @@ class MultiPaxosReplica:
         return self._gate.hand_out(ready)
 
     def advance(self, ready: Ready) -> None:
-        """Outputs were persisted, sent and applied.  (Own acceptances already counted.)
-        Raises ContractViolation unless ``ready`` is the outstanding Ready."""
+        """Outputs were persisted, sent and applied: our acceptance of the slots we proposed
+        in ``ready`` is durable and counts now.  Raises ContractViolation unless ``ready``
+        is the outstanding Ready."""
         self._gate.take_back(ready)
+        own, self._own_persisting = self._own_persisting, []
+        if own and self.role == Role.LEADER:
+            for slot, ballot in own:
+                self._count_own(slot, ballot)
+            self._advance_chosen()
 
     def status(self) -> ReplicaStatus:
         leading = self.role == Role.LEADER
@@ -565,8 +586,8 @@ class MultiPaxosReplica:
         chosen = tuple(sorted(s for s in self.log.chosen_above
                               if self.log.get(s).term == self.ballot.pack()))
         for peer in self._peers():
-            self._send(Heartbeat(self.node_id, peer, self.ballot, self.log.chosen_upto,
-                                 chosen, ctx))
+            self._early.append(Heartbeat(self.node_id, peer, self.ballot,
+                                         self.log.chosen_upto, chosen, ctx))
 
     def _can_send(self, slot: int) -> bool:
         if self.barrier is not None:
@@ -611,20 +632,35 @@ class MultiPaxosReplica:
     def _propose_entry(self, entry: Entry) -> Entry:
         self.log.put(entry)
         self._entries[entry.index] = entry
-        self.inflight[entry.index] = {self.node_id}
+        self.inflight[entry.index] = set()
         self.sent_tick[entry.index] = self.now
         if entry.kind == ENTRY_CONFIG:
             self.barrier = entry.index
             self.proposed_configs[entry.index] = entry_config(entry)
-        self._check_chosen(entry.index)
+        self._accept_own(entry)
         return entry
+
+    def _accept_own(self, entry: Entry) -> None:
+        """Our acceptance of a slot we propose: it counts once the Ready carrying it is
+        durable (``advance``), since its Accepts may leave before that."""
+        self._own_unsynced.append((entry.index, entry.term))
+
+    def _count_own(self, slot: int, ballot: int) -> None:
+        """Our acceptance of ``slot`` at ``ballot`` is durable: count it, if the slot is
+        still in flight at that ballot (not chosen meanwhile, no new leadership)."""
+        acks = self.inflight.get(slot)
+        entry = self.log.get(slot)
+        if (acks is not None and ballot == self.ballot.pack() and entry is not None
+                and entry.term == ballot):
+            acks.add(self.node_id)
+            self._check_chosen(slot)
 
     def _send_accepts(self, entries: list[Entry], peers: Iterable[int]) -> None:
         chunks = chunk_entries(entries, self.limits)
         commit = self.log.chosen_upto
         for peer in peers:
             for part in chunks:
-                self._send(Accept(self.node_id, peer, self.ballot, part, commit))
+                self._early.append(Accept(self.node_id, peer, self.ballot, part, commit))
 
     def _retransmit(self) -> None:
         """Resend Accepts for in-flight slots to peers that have not acknowledged them."""

@@ -5,8 +5,8 @@ needed), step hand-made messages into it and assert the exact Ready it answers w
 (``ready.messages == [Promise(...)]``).  Cluster tests use ``Cluster``: replicas, one
 ``MemoryStorage`` each (the storage model the simulator and the scripts use: the real WAL
 records, a crash keeps what was synced), a FIFO of messages in flight, blocked links and
-crashed nodes; ``settle()`` honours the Ready contract (persist and sync, send, apply,
-advance), and every entry any node applies is checked against the first value applied at
+crashed nodes; ``settle()`` honours the Ready contract (send the early messages, persist
+and sync, send, apply, advance), and every entry any node applies is checked against the first value applied at
 that slot anywhere.
 
 Ballots are (round, node); a Multi-Paxos entry's ``term`` is the packed ballot it was
@@ -158,7 +158,9 @@ class Cluster:
         r = self.nodes[node]
         while (ready := r.ready()) is not None:
             self.readies[node].append(ready)
-            self.disks[node].save(ready)    # written and synced before anything is sent
+            for msg in ready.early_messages:   # the leader's traffic may precede the fsync
+                self.queue.append(decode(encode(msg)) if self.codec else msg)
+            self.disks[node].save(ready)    # written and synced before the rest is sent
             for msg in ready.messages:
                 self.queue.append(decode(encode(msg)) if self.codec else msg)
             for entry in ready.committed:
@@ -310,7 +312,7 @@ def test_large_promises_are_paged_and_the_candidate_asks_for_each_page():
     assert cand.role == Role.LEADER
     ready = drain(cand)
     mine = [e.with_term(b(2, 1)) for e in entries]
-    to_2 = [m for m in ready.messages if isinstance(m, Accept) and m.to == 2]
+    to_2 = [m for m in ready.early_messages if isinstance(m, Accept) and m.to == 2]
     assert to_2 == [Accept(1, 2, Ballot(2, 1), tuple(mine[0:2]), 0),  # chunked by the same
                     Accept(1, 2, Ballot(2, 1), tuple(mine[2:4]), 0),  # byte bound
                     Accept(1, 2, Ballot(2, 1), tuple(mine[4:5]), 0)]
@@ -320,15 +322,16 @@ def test_large_promises_are_paged_and_the_candidate_asks_for_each_page():
 
 def test_accept_batches_commands_into_slots_and_carries_many_slots():
     """Queued commands fill slots of at most batch_commands_max; one Accept per peer carries
-    every new slot, persisted in the same Ready (a leader's own acceptance)."""
+    every new slot, persisted in the same Ready (a leader's own acceptance); the Accepts
+    may leave before that Ready is durable (early messages)."""
     r = leader(limits=Limits(batch_commands_max=2))
     r.propose([b"a", b"b", b"c", b"d", b"e"])
     ready = drain(r)
     slots = (value(1, b(1, 1), b"a", b"b"), value(2, b(1, 1), b"c", b"d"),
              value(3, b(1, 1), b"e"))
     assert ready.entries == list(slots)
-    assert ready.messages == [Accept(1, 2, B11, slots, 0), Accept(1, 3, B11, slots, 0)]
-    assert ready.committed == []
+    assert ready.early_messages == [Accept(1, 2, B11, slots, 0), Accept(1, 3, B11, slots, 0)]
+    assert ready.messages == [] and ready.committed == []
 
 
 def test_pipeline_window_bounds_the_slots_in_flight():
@@ -342,8 +345,74 @@ def test_pipeline_window_bounds_the_slots_in_flight():
     ready = drain(r)
     assert ready.committed == [value(1, b(1, 1), b"a")]
     assert ready.entries == [value(3, b(1, 1), b"c")]
-    assert ready.messages == [Accept(1, 2, B11, (value(3, b(1, 1), b"c"),), 1),
-                              Accept(1, 3, B11, (value(3, b(1, 1), b"c"),), 1)]
+    assert ready.early_messages == [Accept(1, 2, B11, (value(3, b(1, 1), b"c"),), 1),
+                                    Accept(1, 3, B11, (value(3, b(1, 1), b"c"),), 1)]
+
+
+def test_the_leaders_own_acceptance_counts_only_once_its_ready_is_advanced():
+    """Send before persist: an Accepted from node 2 that arrives while the Ready holding
+    slot 1 is being persisted does not choose it ({2} alone); advance() of that Ready
+    adds the leader's durable acceptance and the slot is chosen."""
+    r = leader()
+    r.propose([b"x"])
+    ready = r.ready()
+    assert ready.early_messages == [Accept(1, 2, B11, (value(1, b(1, 1), b"x"),), 0),
+                                    Accept(1, 3, B11, (value(1, b(1, 1), b"x"),), 0)]
+    r.step(Accepted(2, 1, B11, (1,)))
+    assert r.commit_index == 0
+    r.advance(ready)
+    assert r.commit_index == 1
+    assert drain(r).committed == [value(1, b(1, 1), b"x")]
+
+
+def test_a_single_voter_chooses_its_slot_only_after_the_fsync():
+    """With voter 1 alone (and learner 2) the leader's own acceptance is a quorum: the Ready
+    that carries slot 1 sends the Accept early with the old watermark (0) and commits
+    nothing; after advance, the next Ready persists the watermark and applies the slot.
+    (Counting at once would tell the learner slot 1 is chosen before it is durable
+    anywhere: the simulator's negative control, tests/sim/test_own_ack.py.)"""
+    solo = Config(frozenset({1}), learners=frozenset({2}))
+    r = replica(1, solo, pre_vote=False)
+    for _ in range(2 * E):
+        r.tick()
+    assert r.role == Role.LEADER
+    drain(r)
+    r.propose([b"x"])
+    ready = r.ready()
+    assert ready.entries == [value(1, b(1, 1), b"x")] and ready.committed == []
+    assert ready.early_messages == [Accept(1, 2, B11, (value(1, b(1, 1), b"x"),), 0)]
+    r.advance(ready)
+    ready = drain(r)
+    assert ready.hard_state == HardState(b(1, 1), 0, 1)
+    assert ready.committed == [value(1, b(1, 1), b"x")]
+
+
+def test_nothing_is_sent_early_at_a_promise_that_is_not_yet_durable():
+    """A single voter that elects itself proposes at once, in the Ready that persists its
+    new promise: its Accept waits for that fsync like any message (else a restart could
+    reuse the ballot for other values)."""
+    solo = Config(frozenset({1}), learners=frozenset({2}))
+    r = replica(1, solo, pre_vote=False, restored=Restored(
+        HardState(b(1, 1), 0, 0), [value(1, b(1, 1), b"x")]))
+    for _ in range(2 * E):
+        r.tick()
+    assert r.role == Role.LEADER
+    ready = drain(r)
+    assert ready.hard_state == HardState(b(2, 1), 0, 0)
+    assert ready.early_messages == []
+    assert Accept(1, 2, Ballot(2, 1), (value(1, b(2, 1), b"x"),), 0) in ready.messages
+
+
+def test_an_acceptance_persisted_after_losing_leadership_does_not_count():
+    """Deposed while the Ready holding slot 1 is persisted, the old leader counts nothing
+    on advance (the slot is not chosen by it)."""
+    r = leader()
+    r.propose([b"x"])
+    ready = r.ready()
+    r.step(Nack(2, 1, B11, Ballot(2, 3)))
+    assert r.role == Role.FOLLOWER
+    r.advance(ready)
+    assert r.commit_index == 0 and not r.inflight
 
 
 def test_accepts_are_split_at_entries_per_message_max():
@@ -352,8 +421,8 @@ def test_accepts_are_split_at_entries_per_message_max():
     r.propose([b"a", b"b", b"c"])
     ready = drain(r)
     e1, e2, e3 = (value(i, b(1, 1), c) for i, c in ((1, b"a"), (2, b"b"), (3, b"c")))
-    assert ready.messages == [Accept(1, 2, B11, (e1, e2), 0), Accept(1, 2, B11, (e3,), 0),
-                              Accept(1, 3, B11, (e1, e2), 0), Accept(1, 3, B11, (e3,), 0)]
+    assert ready.early_messages == [Accept(1, 2, B11, (e1, e2), 0), Accept(1, 2, B11, (e3,), 0),
+                                    Accept(1, 3, B11, (e1, e2), 0), Accept(1, 3, B11, (e3,), 0)]
 
 
 def test_acceptor_persists_what_it_accepts_before_replying_accepted():
@@ -404,7 +473,7 @@ def test_out_of_order_chosen_slots_are_applied_in_slot_order():
     assert ready.committed == [] and r.commit_index == 0
     r.tick()
     r.tick()
-    beats = [m for m in drain(r).messages if isinstance(m, Heartbeat)]
+    beats = [m for m in drain(r).early_messages if isinstance(m, Heartbeat)]
     assert beats[0] == Heartbeat(1, 2, B11, 0, (2,), 2)
     r.step(Accepted(2, 1, B11, (1,)))
     r.step(Accepted(4, 1, B11, (1,)))
@@ -474,8 +543,10 @@ def test_new_leader_reproposes_the_highest_ballot_values_and_fills_holes_with_no
     slots = (value(1, mine.pack(), b"z"), noop(2, mine.pack()), value(3, mine.pack(), b"y"),
              value(4, mine.pack(), b"w"))
     assert ready.entries == list(slots)
-    assert ready.messages[:4] == [Accept(1, peer, mine, slots, 0) for peer in (2, 3, 4, 5)]
-    assert ready.messages[4:] == [Heartbeat(1, peer, mine, 0, (), 1) for peer in (2, 3, 4, 5)]
+    assert ready.early_messages[:4] == [Accept(1, peer, mine, slots, 0)
+                                        for peer in (2, 3, 4, 5)]
+    assert ready.early_messages[4:] == [Heartbeat(1, peer, mine, 0, (), 1)
+                                        for peer in (2, 3, 4, 5)]
     assert RoleChanged(Role.LEADER, 3, 1) in ready.events
 
 
@@ -669,7 +740,8 @@ def test_read_index_is_answered_once_a_quorum_acknowledges_a_heartbeat_round():
     r = leader()
     r.read_index("r")
     ready = drain(r)
-    assert ready.messages == [Heartbeat(1, 2, B11, 0, (), 2), Heartbeat(1, 3, B11, 0, (), 2)]
+    assert ready.early_messages == [Heartbeat(1, 2, B11, 0, (), 2),
+                                    Heartbeat(1, 3, B11, 0, (), 2)]
     assert ready.reads == []
     r.step(HeartbeatReply(3, 1, B11, 2, 0, 0))
     assert drain(r).reads == [ReadState("r", 0)]
@@ -824,7 +896,7 @@ def test_configuration_entry_waits_for_an_empty_pipeline_and_stops_the_slots_beh
     ready = drain(r)
     entry = config_entry(2, b(1, 1), target)
     assert ready.entries == [entry]
-    assert ready.messages == [Accept(1, peer, B11, (entry,), 1) for peer in (2, 3, 4)]
+    assert ready.early_messages == [Accept(1, peer, B11, (entry,), 1) for peer in (2, 3, 4)]
     r.propose([b"b"])
     assert r.ready() is None  # b waits behind the barrier
     r.step(Accepted(3, 1, B11, (2,)))
@@ -916,7 +988,8 @@ def test_removed_leader_hands_over_to_a_voter_once_it_knows_the_configuration_ch
     r.step(Accepted(3, 1, B11, (2,)))
     ready = drain(r)
     final = Config(frozenset({2, 3}))
-    assert ready.messages == [Heartbeat(1, 2, B11, 2, (), 2), Heartbeat(1, 3, B11, 2, (), 2)]
+    assert ready.early_messages == [Heartbeat(1, 2, B11, 2, (), 2),
+                                    Heartbeat(1, 3, B11, 2, (), 2)]
     assert ready.events == [ConfigChanged(final, 2)]
     assert r.role == Role.LEADER and r.transfer_target == 2
     with pytest.raises(Busy, match="leadership transfer in progress"):
