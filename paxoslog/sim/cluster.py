@@ -94,6 +94,11 @@ class SimOptions:
     member_remove_leader: float = 0.0   # chance a membership change removes the leader
     member_replace: float = 0.0   # chance of a one-add-one-remove voter change
     partition_kinds: tuple[str, ...] = ()  # shapes the nemesis picks from (all if empty)
+    learners: int = 0             # the last ``learners`` of the ``nodes`` bootstrap members
+                                  # are learners, not voters
+    own_ack_before_fsync: bool = False  # negative control: deliberately broken replicas
+                                        # that count the leader's own acceptance before
+                                        # its fsync (broken.py)
 
     @classmethod
     def random_for(cls, seed: int, protocol: str, nodes: int,
@@ -160,8 +165,9 @@ class Simulation:
         self.snapshot_files: dict[bytes, bytes] = {}   # token -> a snapshot file in flight
         self.chosen: dict[int, tuple] = {}    # index -> (kind, payload) first applied
         self.trace: list[str] = []
-        voters = frozenset(range(1, options.nodes + 1))
-        bootstrap = Config(voters)
+        voters = frozenset(range(1, options.nodes - options.learners + 1))
+        learners = frozenset(range(options.nodes - options.learners + 1, options.nodes + 1))
+        bootstrap = Config(voters, learners=learners)
         self.nodes = {n: SimNode(self, n, bootstrap)
                       for n in range(1, options.nodes + options.spares + 1)}
         from .workload import Workload

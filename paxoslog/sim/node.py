@@ -102,8 +102,11 @@ class SimNode:
         machines = sim.new_machines()
         if reader is not None:
             machines.restore_from(reader)
-        replica = create_replica(o.protocol, self.node_id, self.bootstrap, sim.replica_options,
-                                 random.Random(sim.rng.random()), restored)
+        build = create_replica
+        if o.own_ack_before_fsync:
+            from .broken import create_broken_replica as build  # the negative control
+        replica = build(o.protocol, self.node_id, self.bootstrap, sim.replica_options,
+                        random.Random(sim.rng.random()), restored)
         self.driver = NodeDriver(
             DriverOptions(self.node_id, o.protocol, TICK_MS,
                           request_timeout_ticks=max(1, int(o.client_timeout_ms / TICK_MS)),
@@ -136,6 +139,8 @@ class SimNode:
         """Power loss: whatever was not synced may be lost; requests here get no answer
         (their clients see a reset connection)."""
         sim = self.sim
+        if self.alive and self.driver.busy and self.replica.role == Role.LEADER:
+            sim.count("leader_crashes_mid_fsync")   # its unsynced entries may be lost
         self.alive = False
         self.incarnation += 1
         faults = sim.options.storage_model
