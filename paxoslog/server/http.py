@@ -388,14 +388,16 @@ class HttpFactory(Factory):
 
 
 class HttpService(Service):
-    """Listens on ``address`` (port 0: any free port, see ``port``)."""
+    """Listens on ``address`` (port 0: any free port, see ``port``); with ``tls`` (a
+    ``tls.NodeTls``) it speaks HTTPS with the node's certificate."""
 
     name = "http"
 
-    def __init__(self, app, address, limits, reactor) -> None:
+    def __init__(self, app, address, limits, reactor, tls=None) -> None:
         self.factory = HttpFactory(app, limits, reactor)
         self.address = address
         self.reactor = reactor
+        self.tls = tls
         self.listener = None
         self._sweeper = None
 
@@ -406,9 +408,16 @@ class HttpService(Service):
     def startService(self) -> None:
         super().startService()
         self.factory.noisy = False
-        self.listener = self.reactor.listenTCP(self.address.port, self.factory,
-                                               interface=self.address.host, backlog=1024)
-        log.info("HTTP API listening on {host}:{port}", host=self.address.host, port=self.port)
+        if self.tls is not None:
+            self.listener = self.reactor.listenSSL(self.address.port, self.factory,
+                                                   self.tls.server_options(False),
+                                                   interface=self.address.host, backlog=1024)
+        else:
+            self.listener = self.reactor.listenTCP(self.address.port, self.factory,
+                                                   interface=self.address.host, backlog=1024)
+        log.info("{scheme} API listening on {host}:{port}",
+                 scheme="HTTPS" if self.tls is not None else "HTTP", host=self.address.host,
+                 port=self.port)
         self._sweeper = task.LoopingCall(self.factory.sweep)
         self._sweeper.clock = self.reactor
         self._sweeper.start(_SWEEP_S, now=False)

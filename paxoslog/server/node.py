@@ -74,6 +74,7 @@ from .router import RequestRouter
 from .runner import DriverRunner, FatalNodeError
 from .snapshots import SnapshotFetcher, SnapshotShipper
 from .ticker import Ticker
+from .tls import load_node_tls
 from .views import NodeViews
 from .writer import StorageWriter
 
@@ -197,9 +198,13 @@ class NodeService(MultiService):
         self.storage: DiskStorage | None = None
         self.writer: StorageWriter | None = None
         self.driver: NodeDriver | None = None
-        self.transport = PeerTransport(config, node_id, _PeerEvents(self), reactor)
+        # The node's certificate and key ([tls]); ConfigError when they are unusable.
+        self.tls = load_node_tls(config, node_id) if config.tls is not None else None
+        self.transport = PeerTransport(config, node_id, _PeerEvents(self), reactor,
+                                       tls=self.tls if config.tls_peers else None)
         self.api = Api(node_id, config.limits, config.batching.batch_bytes_max)
-        self.http = HttpService(self.api, self.me.api_bind, config.limits, reactor)
+        self.http = HttpService(self.api, self.me.api_bind, config.limits, reactor,
+                                tls=self.tls if config.tls_api else None)
         self.reloader = Reloader(config)       # the CLI registers the log level hook
         self.dashboard = DashboardFiles()
 
@@ -326,8 +331,6 @@ class NodeService(MultiService):
                  entries=len(restored.entries), hs=tuple(restored.hard_state))
         if self.storage.torn is not None:
             log.warn("the WAL had a torn tail (cut at restart): {torn}", torn=self.storage.torn)
-        if config.secret is None and len(config.nodes) > 1:
-            log.warn("no peer secret in the conf: peers are not authenticated")
         self.book.started()
         for service in (self.transport, self.promotion, self.http, self.ticker):
             service.setServiceParent(self)

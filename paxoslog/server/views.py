@@ -210,5 +210,8 @@ _PEER_COUNTERS = (
     ("bytes_sent", "Peer bytes written."),
     ("malformed_frames", "Malformed peer frames or messages dropped."),
     ("frames_rejected", "Oversized peer frames (connection closed)."),
+    ("frames_forged", "Peer frames that failed their MAC (connection closed)."),
     ("handshake_failures", "Peer handshakes refused."),
+    ("handshakes_refused", "Peer connections closed at once: too many in their handshake."),
+    ("tls_failures", "Peer TLS handshakes that failed."),
 )

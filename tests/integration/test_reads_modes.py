@@ -122,7 +122,7 @@ def test_lease_read_after_sigstop_is_not_stale(make_cluster, protocol):
     new = c.wait_leader(among=others, timeout=20)
     assert new != old
     _, body = c.write("p", "after", nodes=others)
-    conn = http.client.HTTPConnection("127.0.0.1", c.api_ports[old], timeout=10)
+    conn = c.connection(old, timeout=10)
     try:
         conn.connect()
         conn.request("GET", "/api/v1/consensus/query?key=p&consistency=lease")
