@@ -9,7 +9,7 @@ with ``--node ID``.  Shape (every table but ``[[nodes]]`` is optional)::
     secret = "..."                  # shared peer secret (HMAC challenge); or secret_file = "path"
 
     [timing]       tick_ms, heartbeat_ticks, election_ticks, lease_ticks, request_timeout_ms
-    [snapshot]     entries, bytes, keep, level, chunk_bytes
+    [snapshot]     entries, bytes, keep, level, chunk_bytes, receive_bytes_max
     [storage]      segment_bytes
     [batching]     batch_commands_max, batch_bytes_max, pipeline_window,
                    entries_per_message_max, message_bytes_max, frame_bytes_max,
@@ -158,6 +158,8 @@ class SnapshotConf:
     keep: int = 2
     level: int = 1
     chunk_bytes: int = 1 << 20
+    # A follower refuses a snapshot offer larger than this (a leader cannot fill its disk).
+    receive_bytes_max: int = 4 << 30
 
 
 @dataclass(frozen=True)
@@ -407,6 +409,8 @@ def _snapshot(r: _Reader) -> SnapshotConf:
         keep=r.int("keep", SnapshotConf.keep, 1, 100),
         level=r.int("level", SnapshotConf.level, -7, 22),
         chunk_bytes=r.int("chunk_bytes", SnapshotConf.chunk_bytes, 1024, 64 << 20),
+        receive_bytes_max=r.int("receive_bytes_max", SnapshotConf.receive_bytes_max, 1024,
+                                1 << 50),
     )
     r.check_unknown()
     return s

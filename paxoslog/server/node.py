@@ -266,7 +266,8 @@ class NodeService(MultiService):
             on_config=self._config_applied, on_row=book.row_applied,
             on_installed=self._installed, on_fatal=self._fatal)
         self.fetcher = SnapshotFetcher(self.node_id, self.storage.transfer_dir, self.writer,
-                                       self.transport, runner.install_snapshot)
+                                       self.transport, runner.install_snapshot,
+                                       config.snapshot.receive_bytes_max)
         self.ticker = Ticker(reactor, tick_ms, timing.election_ticks, self.clock_ms,
                              runner.tick)
         self.router = router = RequestRouter(

@@ -2,7 +2,8 @@
 real node's peer port.  An unauthenticated HELLO is answered with a nonce and nothing the
 secret could be guessed from; after the handshake every frame is authenticated, so a forged,
 replayed, reordered or unauthenticated frame closes the connection; under TLS a peer
-without a certificate from the cluster CA (or with one naming another node) is refused."""
+without a certificate from the cluster CA (or with one naming another node) is refused; an
+authenticated peer still cannot push a snapshot larger than the follower accepts."""
 
 from __future__ import annotations
 
@@ -14,7 +15,10 @@ import tempfile
 
 import pytest
 
+from paxoslog.core.messages import InstallSnapshot, to_wire
+from paxoslog.core.quorum import Config
 from paxoslog.server import frames as F
+from paxoslog.storage import SnapshotOffer
 from paxoslog_integration import ClusterHarness, wait_for
 from tests.integration.peer_client import PeerClient, closed_by_peer, frame, tls_socket
 
@@ -116,6 +120,32 @@ def test_forged_replayed_or_reordered_frames_close_the_connection(make_cluster, 
     log = open(c.log_path(target)).read()
     assert "failed its MAC" in log
     c.write("after-forgery", 1, nodes=[1, 2])
+
+
+def test_a_snapshot_offer_over_the_cap_is_refused(make_cluster):
+    """An (authenticated) peer offering a snapshot larger than snapshot.receive_bytes_max
+    gets SNAP_DONE not ok naming the limit; nothing is fetched."""
+    c, leader = _two_of_three(make_cluster, tls=False,
+                              extra="\n[snapshot]\nreceive_bytes_max = 65536\n")
+    target = next(n for n in (1, 2) if n != leader)
+    peer = _peer(c, target)
+    peer.hello()
+    peer.authenticate()
+    config = Config(frozenset(c.ids))
+    install = InstallSnapshot(3, target, 1 << 40, 500, 1 << 40, config, b"")
+    offer = SnapshotOffer(500, 1 << 40, config, 1 << 30, 0x1234)
+    with peer.sock:
+        peer.send([F.SNAP_OFFER, to_wire(install), offer.to_wire()])
+        peer.sock.settimeout(10)
+        while True:
+            answer = peer.read()
+            if answer[0] == F.SNAP_DONE:
+                break
+            assert answer[0] != F.SNAP_WANT, "the node asked for a chunk"
+    _, transfer_id, ok, reason = answer
+    assert transfer_id == offer.transfer_id and ok is False
+    assert "receive_bytes_max" in reason and str(1 << 30) in reason
+    assert "refused snapshot 500 from node 3" in open(c.log_path(target)).read()
 
 
 # ---------------------------------------------------------------------- TLS

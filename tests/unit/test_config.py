@@ -153,6 +153,8 @@ def test_storage_segment_bytes_reaches_the_storage_options(tmp_path):
      "without a [tls] section"),
     (BASE + "[limits]\npeer_handshakes_max = 0\n" + NODES, "limits.peer_handshakes_max",
      "out of range"),
+    (BASE + "[snapshot]\nreceive_bytes_max = -1\n" + NODES, "snapshot.receive_bytes_max",
+     "out of range"),
 ])
 def test_mistakes_name_the_file_the_key_and_the_problem(tmp_path, text, key, words):
     """Each bad conf raises ConfigError("<file>: <key>: <what is wrong>")."""
