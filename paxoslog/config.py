@@ -18,7 +18,9 @@ with ``--node ID``.  Shape (every table but ``[[nodes]]`` is optional)::
                    pipelined_requests_max, log_entries_max, recent_entries_kept,
                    recent_bytes_max, sessions_max, session_results_max,
                    session_results_total_max, session_idle_ms, json_depth_max,
-                   peer_handshake_timeout_ms, peer_handshakes_max
+                   header_timeout_ms, body_timeout_ms, idle_timeout_ms,
+                   connections_per_address_max, peer_handshake_timeout_ms,
+                   peer_handshakes_max
     [tls]          ca_file, cert_file, key_file ({node}: the node id), api, peers
     [state_machines]  enabled = ["kv", "counter", ...]   (built-ins + installed plug-ins)
     [log]          level = "info"   (debug|info|warn|error; SIGHUP re-reads it)
@@ -199,6 +201,14 @@ class LimitsConf:
     session_results_total_max: int = 500_000
     session_idle_ms: int = 600_000       # a session idle this long (log time) is dropped
     json_depth_max: int = 32             # nesting of a request body (objects and arrays)
+    # HTTP read deadlines: request line + headers within header_timeout_ms of the request's
+    # first byte (or of the connection's opening), the body within body_timeout_ms of the
+    # headers; a connection with nothing to do (or that does not read its answers) for
+    # idle_timeout_ms is closed.
+    header_timeout_ms: int = 10_000
+    body_timeout_ms: int = 30_000
+    idle_timeout_ms: int = 120_000
+    connections_per_address_max: int = 256
     # Peer port: a connection must finish the handshake within peer_handshake_timeout_ms;
     # at most peer_handshakes_max connections may be in the handshake at once.
     peer_handshake_timeout_ms: int = 5_000
@@ -469,6 +479,11 @@ def _limits(r: _Reader) -> LimitsConf:
         # Bounded well below the CBOR decoder's depth limit (400), which every replica
         # applies when it reads a command or a snapshot back.
         json_depth_max=r.int("json_depth_max", d.json_depth_max, 2, 128),
+        header_timeout_ms=r.int("header_timeout_ms", d.header_timeout_ms, 10, 3_600_000),
+        body_timeout_ms=r.int("body_timeout_ms", d.body_timeout_ms, 10, 3_600_000),
+        idle_timeout_ms=r.int("idle_timeout_ms", d.idle_timeout_ms, 10, 86_400_000),
+        connections_per_address_max=r.int("connections_per_address_max",
+                                          d.connections_per_address_max, 1, 1 << 20),
         peer_handshake_timeout_ms=r.int("peer_handshake_timeout_ms",
                                         d.peer_handshake_timeout_ms, 10, 600_000),
         peer_handshakes_max=r.int("peer_handshakes_max", d.peer_handshakes_max, 1, 1 << 16),

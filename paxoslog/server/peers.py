@@ -104,6 +104,7 @@ class PeerConnection(Protocol):
         self.handshaking = False      # counted in owner.handshakes (accepted connections)
         self.sealer: F.FrameSealer | None = None      # frame MACs (no TLS, with a secret)
         self.opener: F.FrameOpener | None = None
+        self._registered = False      # we are our transport's producer
         self._hello = b""             # the HELLO and CHALLENGE payloads as sent: transcript
         self._challenge = b""
         self._timeout = None
@@ -129,6 +130,7 @@ class PeerConnection(Protocol):
             o.handshakes += 1
             self.handshaking = True
         self.transport.registerProducer(self, True)
+        self._registered = True
         self._timeout = o.reactor.callLater(o.handshake_timeout_s, self._handshake_timeout)
         if self.dialer:
             self._hello = cbor2.dumps([F.HELLO, F.WIRE_VERSION, o.cluster, o.node_id,
@@ -162,12 +164,23 @@ class PeerConnection(Protocol):
             d.errback(PeerUnavailable(f"connection to node {self.peer_id} lost"))
         self.owner._unregister(self)
 
+    def close(self, abort: bool = False) -> None:
+        """Close the connection (after what was written, or at once); the producer is
+        unregistered first, or a TLS transport would wait for it before closing."""
+        if self._registered:
+            self._registered = False
+            self.transport.unregisterProducer()
+        if abort:
+            self.transport.abortConnection()
+        else:
+            self.transport.loseConnection()
+
     def _drop(self, reason: str) -> None:
         if not self.closed:
             who = f"node {self.peer_id}" if self.peer_id else _address(self.transport)
             log.warn("peer connection with {who} closed: {reason}", who=who, reason=reason)
             self.closed = True
-            self.transport.abortConnection()
+            self.close(abort=True)
 
     # ------------------------------------------------------------------ producer
 
@@ -606,14 +619,14 @@ class PeerTransport(Service):
         """Close the connection to ``peer_id`` once what was written to it is sent."""
         conn = self.connections.get(peer_id)
         if conn is not None:
-            conn.transport.loseConnection()
+            conn.close()
 
     def stopService(self):
         super().stopService()
         for peer_id in list(self._dialers):
             self._hang_up(peer_id)
         for conn in list(self.connections.values()):
-            conn.transport.loseConnection()
+            conn.close()
         d = defer.maybeDeferred(self.port.stopListening) if self.port else defer.succeed(None)
         self.port = None
         return d
@@ -628,7 +641,7 @@ class PeerTransport(Service):
             conn.factory.resetDelay()
         if old is not None and old is not conn:
             log.info("node {peer} reconnected; closing its previous connection", peer=peer)
-            old.transport.abortConnection()
+            old.close(abort=True)
         else:
             log.info("connected to node {peer}", peer=peer)
         self.handler.peer_up(peer)

@@ -173,6 +173,16 @@ class NodeViews:
                            for code, count in sorted(http.statuses.items())]))
         add(render_metric("paxoslog_http_connections", "gauge", "Open HTTP connections.",
                           [(None, len(http.connections))]))
+        add(render_metric("paxoslog_http_connections_paused", "gauge",
+                          "HTTP connections not read for now: answers outstanding up to "
+                          "pipelined_requests_max, or a client not reading its answers.",
+                          [(None, http.paused_connections)]))
+        add(render_metric("paxoslog_http_connections_refused_total", "counter",
+                          "HTTP connections refused over connections_max or "
+                          "connections_per_address_max.", [(None, http.refused)]))
+        add(render_metric("paxoslog_http_timeouts_total", "counter",
+                          "HTTP connections cut by a read deadline (408) or for not reading "
+                          "their answers.", [(None, http.timeouts)]))
         add(render_metric("paxoslog_info", "gauge", "Static node information.",
                           [({"node": self.node_id, "cluster": self.config.name,
                              "protocol": self.config.protocol}, 1)]))

@@ -242,6 +242,17 @@ class ClusterHarness:
     def request(self, node_id: int, method: str, path: str, body=None, *,
                 raw: bytes | None = None, headers: dict | None = None,
                 timeout: float = 5.0) -> Response:
+        if method in ("GET", "HEAD") and node_id in self._conns:
+            # A kept-alive connection may have been closed by the node meanwhile (its idle
+            # timeout): a read is safe to send again on a fresh one.
+            try:
+                return self._request(node_id, method, path, body, raw, headers, timeout)
+            except (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError):
+                pass
+        return self._request(node_id, method, path, body, raw, headers, timeout)
+
+    def _request(self, node_id: int, method: str, path: str, body, raw, headers,
+                 timeout: float) -> Response:
         conn = self._conns.get(node_id)
         if conn is None:
             conn = self.connection(node_id, timeout)
