@@ -33,7 +33,8 @@ The application is one object with ``handle(request) -> Response | Deferred[Resp
 a ``Response`` is (status, body, content type, extra headers), the body either bytes or a
 ``FileBody``: a file streamed in 16 KiB pieces as the socket drains (Twisted's FileSender,
 a pull producer, takes the transport's producer slot meanwhile), so a large body (a backup)
-never sits in memory; later pipelined responses wait for it.
+never sits in memory; later pipelined responses wait for it.  ``json_response`` never
+emits NaN or Infinity (not JSON): such a body becomes a 500.
 """
 
 from __future__ import annotations
@@ -120,7 +121,16 @@ class FileBody:
 
 
 def json_response(status: int, obj: object, headers: tuple = ()) -> tuple:
-    body = json.dumps(obj, separators=(",", ":"), ensure_ascii=False, default=str).encode()
+    """A JSON response.  NaN and infinities are not JSON: a body holding one becomes a 500
+    (the API refuses them on input, so only a plug-in's result could carry one)."""
+    try:
+        body = json.dumps(obj, separators=(",", ":"), ensure_ascii=False, default=str,
+                          allow_nan=False).encode()
+    except ValueError:
+        log.error("a response held a non-finite number (NaN or Infinity); answered 500")
+        status, headers = 500, ()
+        body = (b'{"error":"internal","message":"the response held a non-finite number, '
+                b'which JSON cannot carry"}')
     return (status, body, _JSON, headers)
 
 

@@ -373,3 +373,9 @@ def test_connections_per_address_are_capped(setup):
     _, other = connect_from("10.0.0.2")
     assert other.value() == b""
 
+
+def test_json_responses_never_carry_nan_or_infinity():
+    """A body with a non-finite number becomes a 500 whose body is valid JSON."""
+    import json
+    status, body, _, _ = json_response(200, {"x": float("inf"), "y": [float("nan")]})
+    assert status == 500 and json.loads(body)["error"] == "internal"
