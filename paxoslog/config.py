@@ -19,7 +19,8 @@ with ``--node ID``.  Shape (every table but ``[[nodes]]`` is optional)::
                    recent_bytes_max, sessions_max, session_results_max,
                    session_results_total_max, session_idle_ms, json_depth_max,
                    header_timeout_ms, body_timeout_ms, idle_timeout_ms,
-                   connections_per_address_max, peer_handshake_timeout_ms,
+                   connections_per_address_max, query_result_bytes_max,
+                   peer_handshake_timeout_ms,
                    peer_handshakes_max
     [tls]          ca_file, cert_file, key_file ({node}: the node id), api, peers
     [state_machines]  enabled = ["kv", "counter", ...]   (built-ins + installed plug-ins)
@@ -209,6 +210,7 @@ class LimitsConf:
     body_timeout_ms: int = 30_000
     idle_timeout_ms: int = 120_000
     connections_per_address_max: int = 256
+    query_result_bytes_max: int = 4 << 20   # a prefix read stops (more: true) beyond this
     # Peer port: a connection must finish the handshake within peer_handshake_timeout_ms;
     # at most peer_handshakes_max connections may be in the handshake at once.
     peer_handshake_timeout_ms: int = 5_000
@@ -484,6 +486,8 @@ def _limits(r: _Reader) -> LimitsConf:
         idle_timeout_ms=r.int("idle_timeout_ms", d.idle_timeout_ms, 10, 86_400_000),
         connections_per_address_max=r.int("connections_per_address_max",
                                           d.connections_per_address_max, 1, 1 << 20),
+        query_result_bytes_max=r.int("query_result_bytes_max", d.query_result_bytes_max,
+                                     1024, 1 << 30),
         peer_handshake_timeout_ms=r.int("peer_handshake_timeout_ms",
                                         d.peer_handshake_timeout_ms, 10, 600_000),
         peer_handshakes_max=r.int("peer_handshakes_max", d.peer_handshakes_max, 1, 1 << 16),

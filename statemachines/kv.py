@@ -10,12 +10,16 @@ since creation; a delete resets the key).  Commands::
     {"op": "cas",    "key": k, "value": v, "expected_version": n}  # n 0: must be absent
 
 Queries: ``{"key": k}`` -> the key's record or None; ``{"prefix": p, "limit": n}`` -> the
-keys starting with ``p`` in order.  Results are small dicts (they are also kept in the
-session table for retried requests), deterministic for a given log.
+keys starting with ``p`` in order, at most ``n`` records and at most ``result_bytes_max``
+bytes of them (as JSON, counted conservatively: ASCII-escaped), with ``more: true`` when
+either limit cut the answer (one record is always returned, however large).  Results are
+small dicts (they are also kept in the session table for retried requests), deterministic
+for a given log.
 """
 
 from __future__ import annotations
 
+import json
 from typing import Callable
 
 import cbor2
@@ -27,6 +31,7 @@ __all__ = ["KVStateMachine", "OPS"]
 
 OPS = ("put", "delete", "cas")
 _PREFIX_LIMIT_MAX = 10_000
+RESULT_BYTES_MAX_DEFAULT = 4 << 20
 
 
 class KVStateMachine:
@@ -34,8 +39,10 @@ class KVStateMachine:
 
     name = "kv"
 
-    def __init__(self, key_bytes_max: int = 4096) -> None:
+    def __init__(self, key_bytes_max: int = 4096,
+                 result_bytes_max: int = RESULT_BYTES_MAX_DEFAULT) -> None:
         self.key_bytes_max = key_bytes_max
+        self.result_bytes_max = result_bytes_max
         self._data: SortedDict = SortedDict()
 
     # ------------------------------------------------------------------ validation
@@ -145,13 +152,20 @@ class KVStateMachine:
                 raise BadCommand(f'"limit" must be an integer in 1..{_PREFIX_LIMIT_MAX}')
             found = []
             more = False
+            size = 0
+            budget = self.result_bytes_max
             for key in self._data.irange(minimum=prefix):
                 if not key.startswith(prefix):
                     break
                 if len(found) == limit:
                     more = True
                     break
-                found.append(self.get(key))
+                record = self.get(key)
+                size += len(json.dumps(record, separators=(",", ":"), default=str)) + 1
+                if size > budget and found:
+                    more = True
+                    break
+                found.append(record)
             return {"kvs": found, "more": more}
         return self.get(self._check_key(request.get("key")))
 

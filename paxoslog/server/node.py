@@ -213,7 +213,9 @@ class NodeService(MultiService):
     def _create_machine(self, name: str):
         limits = self.config.limits
         return create_state_machine(
-            name, **({"key_bytes_max": limits.key_bytes_max} if name == "kv" else {}))
+            name, **({"key_bytes_max": limits.key_bytes_max,
+                      "result_bytes_max": limits.query_result_bytes_max}
+                     if name == "kv" else {}))
 
     def _machines(self) -> StateMachines:
         config = self.config

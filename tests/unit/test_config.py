@@ -155,6 +155,10 @@ def test_storage_segment_bytes_reaches_the_storage_options(tmp_path):
      "out of range"),
     (BASE + "[snapshot]\nreceive_bytes_max = -1\n" + NODES, "snapshot.receive_bytes_max",
      "out of range"),
+    (BASE + "[limits]\nheader_timeout_ms = 0\n" + NODES, "limits.header_timeout_ms",
+     "out of range"),
+    (BASE + "[limits]\nquery_result_bytes_max = 10\n" + NODES,
+     "limits.query_result_bytes_max", "out of range"),
 ])
 def test_mistakes_name_the_file_the_key_and_the_problem(tmp_path, text, key, words):
     """Each bad conf raises ConfigError("<file>: <key>: <what is wrong>")."""
