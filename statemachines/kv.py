@@ -20,7 +20,7 @@ for a given log.
 from __future__ import annotations
 
 import json
-from typing import Callable
+from typing import Callable, Iterator
 
 import cbor2
 from sortedcontainers import SortedDict
@@ -190,6 +190,27 @@ class KVStateMachine:
             return cbor2.dumps([[key, *record] for key, record in items])
         return encode
 
+    def snapshot_chunks_copy(self) -> Callable[[], Iterator[bytes]]:
+        """``snapshot_copy`` in pieces: the CBOR array head, then the rows a group at a
+        time (a group ends after _CHUNK_ROWS_MAX rows or about _CHUNK_BYTES of string
+        values), so no single encoding call holds the GIL for long."""
+        items = list(self._data.items())
+
+        def pieces() -> Iterator[bytes]:
+            yield _array_head(len(items))
+            group: list = []
+            weight = 0
+            for key, record in items:
+                group.append([key, *record])
+                value = record[0]
+                weight += len(value) if isinstance(value, (str, bytes)) else 64
+                if len(group) >= _CHUNK_ROWS_MAX or weight >= _CHUNK_BYTES:
+                    yield cbor2.dumps(group)[len(_array_head(len(group))):]
+                    group, weight = [], 0
+            if group:
+                yield cbor2.dumps(group)[len(_array_head(len(group))):]
+        return pieces
+
     def restore(self, data: bytes) -> None:
         try:
             rows = cbor2.loads(data) if data else []
@@ -199,6 +220,16 @@ class KVStateMachine:
         except Exception as exc:  # cbor2 raises several types; all mean a bad snapshot
             raise ValueError(f"kv snapshot is damaged: {exc}") from None
         self._data = restored
+
+
+_CHUNK_ROWS_MAX = 512
+_CHUNK_BYTES = 256 << 10
+
+
+def _array_head(count: int) -> bytes:
+    """The CBOR head of an array of ``count`` items, as cbor2 writes it (an array's
+    encoding is its head followed by its items' encodings)."""
+    return cbor2.dumps([None] * count)[:-count or None]
 
 
 def _type(value: object) -> str:

@@ -335,9 +335,12 @@ class Api:
         return self.router.read(query, consistency)
 
     def cluster_status(self, request):
-        """``?hashes=1`` adds ``state_hashes`` (a digest per state machine; costs a
-        snapshot of each, so only on request)."""
-        return self.views.status(hashes=self._params(request).get("hashes") == "1")
+        """``?hashes=1`` adds ``state_hashes`` (a digest per state machine and the session
+        table; costs an encoding of each, so only on request; computed off the event
+        loop, one request at a time)."""
+        if self._params(request).get("hashes") == "1":
+            return self.views.status_with_hashes()
+        return self.views.status()
 
     def log_entries(self, request):
         params = self._params(request)

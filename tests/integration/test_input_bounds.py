@@ -5,8 +5,12 @@ for the event loop."""
 from __future__ import annotations
 
 import json
+import select
+import time
 
 import pytest
+
+from paxoslog_integration import wait_for
 
 
 def _strict(raw: bytes):
@@ -70,3 +74,38 @@ def test_prefix_reads_are_cut_by_bytes_with_more(make_cluster):
     r = c.request(leader, "GET", "/api/v1/consensus/query?prefix=p/3&limit=100")
     assert r.body["more"] is False and len(r.body["kvs"]) == 10
     assert c.get(leader, "p/07").body["value"] == "v" * 1000
+
+
+def test_status_hashes_are_computed_off_the_event_loop(make_cluster):
+    """GET /cluster/status?hashes=1 over ~90 MB of state (hundreds of ms of hashing, which
+    ran on the event loop) does not hold up a /health asked for right after it on another
+    connection; the digests equal the nodes' and each other's."""
+    c = make_cluster("raft", extra="\n[snapshot]\nentries = 100000\n"
+                                   "bytes = 1073741824\n")
+    for i in range(100):
+        c.write(f"h/{i:03d}", f"{i:03d}" + "x" * 900_000, timeout=30)
+    leader = c.wait_leader()
+    _, last = c.write("h/last", 1)
+    for node in c.ids:
+        c.wait_applied(node, last["index"], timeout=30)
+    node = c.ids[0]
+    slow = c.raw_socket(node, timeout=30)
+    fast = c.raw_socket(node, timeout=30)
+    with slow, fast:
+        order = []
+        slow.sendall(b"GET /api/v1/cluster/status?hashes=1 HTTP/1.1\r\nHost: t\r\n\r\n")
+        fast.sendall(b"GET /health HTTP/1.1\r\nHost: t\r\n\r\n")
+        deadline = time.monotonic() + 30
+        pending = {slow: "status", fast: "health"}
+        while pending and time.monotonic() < deadline:
+            readable, _, _ = select.select(list(pending), [], [], 1)
+            for s in readable:
+                if s.recv(65536):
+                    order.append(pending.pop(s))
+        assert order == ["health", "status"], order
+    digests = {n: c.request(n, "GET", "/api/v1/cluster/status?hashes=1").body
+               for n in c.ids}
+    assert all(d["applied_index"] == last["index"] for d in digests.values())
+    assert len({json.dumps(d["state_hashes"], sort_keys=True) for d in digests.values()}) == 1
+    assert set(digests[node]["state_hashes"]) >= {"kv", "~sessions"}
+    wait_for(lambda: c.request(leader, "GET", "/health").status == 200)
