@@ -497,7 +497,8 @@ class ChaosRun:
         o = self.options
         args = ["tools/chaos.py", "--duration", f"{o.duration_s:g}", "--mode", o.mode,
                 "--nodes", str(o.nodes), "--nemesis", o.nemesis, "--schedule", o.schedule,
-                "--seed", str(o.seed)] + (["--complete"] if o.complete else [])
+                "--seed", str(o.seed)] + (["--complete"] if o.complete else []) + (
+            ["--tls"] if o.tls else [])
         return "python " + " ".join(shlex.quote(a) for a in args)
 
     def _judge(self, converged: dict, final: dict, states: dict) -> int:
