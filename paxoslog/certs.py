@@ -80,6 +80,10 @@ def layout(config, out_dir: str | None = None) -> CertFiles:
                 raise ValueError(f"{config.path}: [tls] names no cert_file/key_file for node "
                                  f"{node.id}; set them, or pass --out")
             nodes[node.id] = (node.tls_cert_file, node.tls_key_file)
+        paths = [p for pair in nodes.values() for p in pair]
+        if len(set(paths)) != len(paths):
+            raise ValueError(f"{config.path}: [tls] names the same files for several nodes "
+                             f"(one path per host); pass --out DIR to write them apart")
         return CertFiles(ca, base + ".key", nodes, None)
     if out_dir is None:
         out_dir = os.path.join(os.path.dirname(os.path.abspath(config.path)), "certs")

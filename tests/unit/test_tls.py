@@ -126,3 +126,27 @@ def test_warnings_for_plain_transports_and_short_secrets(tmp_path):
     assert transport_warnings(load_config(conf(tmp_path, nodes=hosts))) == []
     short = transport_warnings(load_config(conf(tmp_path, extra="", secret="shortish")))
     assert len(short) == 1 and "shorter than 32" in short[0]
+
+
+def test_certs_init_command_prints_the_tls_table_and_refuses_shared_paths(tmp_path, capsys):
+    """paxoslog certs init: files listed, the [tls] table to paste printed (exit 0); a conf
+    naming one path for every host needs --out (exit 2, saying so)."""
+    from paxoslog.cli import main
+    path = conf(tmp_path, extra="")
+    assert main(["certs", "init", "--config", path]) == 0
+    out = capsys.readouterr().out
+    assert "created" in out and 'ca_file = "certs/ca.pem"' in out
+    assert 'cert_file = "certs/node-{node}.pem"' in out
+    hosts = "".join(f'\n[[nodes]]\nid = {i}\npeer = "10.0.0.{i}:7000"\n'
+                    f'api = "10.0.0.{i}:8000"\n' for i in (1, 2, 3))
+    shared = conf(tmp_path, extra='\n[tls]\nca_file = "/etc/p/ca.pem"\n'
+                                  'cert_file = "/etc/p/node.pem"\nkey_file = "/etc/p/node.key"\n',
+                  nodes=hosts)
+    assert main(["certs", "init", "--config", shared]) == 2
+    assert "pass --out" in capsys.readouterr().err
+    assert main(["certs", "init", "--config", shared, "--out", str(tmp_path / "o")]) == 0
+    config = load_config(shared)
+    cert = x509.load_pem_x509_certificate((tmp_path / "o" / "node-2.pem").read_bytes())
+    names = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert [str(ip) for ip in names.get_values_for_type(x509.IPAddress)] == ["10.0.0.2"]
+    assert config.node(2).api_url == "https://10.0.0.2:8000"
