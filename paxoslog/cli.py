@@ -529,14 +529,14 @@ def cmd_status(args) -> int:
         for row in rows:
             if row["role"] == "down":
                 table.append((str(row["node"] or "?"), "down", "-", "-", "-", "-", "-",
-                              row["endpoint"].replace("http://", "")))
+                              row["endpoint"].split("://")[-1]))
                 continue
             heard = row["last_heartbeat_ms"]
             heard_text = "-" if row["role"] == "leader" else (
                 "never" if heard is None else f"{heard} ms ago")
             table.append((str(row["node"]), row["role"], str(row["term"]),
                           str(row["commit_index"]), str(row["applied_index"]), str(row["lag"]),
-                          heard_text, row["endpoint"].replace("http://", "")))
+                          heard_text, row["endpoint"].split("://")[-1]))
         widths = [max(len(r[i]) for r in table) for i in range(len(header))]
         for r in table:
             print("  ".join(cell.ljust(w) for cell, w in zip(r, widths)).rstrip())
