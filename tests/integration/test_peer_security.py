@@ -76,6 +76,32 @@ def test_an_unauthenticated_hello_gets_a_nonce_and_nothing_else(make_cluster):
     c.write("still-works", 1, nodes=[1, 2])
 
 
+def test_connections_in_their_handshake_are_capped(make_cluster):
+    """With peer_handshakes_max = 3, a fourth silent connection to the peer port is closed at
+    once (counted); closing the silent ones makes room; peers keep working."""
+    c, leader = _two_of_three(make_cluster, tls=False,
+                              extra="\n[limits]\npeer_handshakes_max = 3\n")
+    target = next(n for n in (1, 2) if n != leader)
+    silent = [socket.create_connection(("127.0.0.1", c.peer_ports[target]), timeout=5)
+              for _ in range(3)]
+    try:
+        extra = socket.create_connection(("127.0.0.1", c.peer_ports[target]), timeout=5)
+        with extra:
+            assert closed_by_peer(extra, timeout=5), "a fourth handshake was let in"
+        wait_for(lambda: _metric(c, target, "paxoslog_peer_handshakes_refused_total") >= 1,
+                 what="the refusal to be counted")
+    finally:
+        for s in silent:
+            s.close()
+
+    def admitted() -> bool:
+        peer = _peer(c, target)
+        with peer.sock:
+            return peer.hello()[0] == F.CHALLENGE
+    wait_for(admitted, what="a handshake to be admitted again")
+    c.write("after-silent-connections", 1, nodes=[1, 2])
+
+
 def _forge(peer: PeerClient) -> None:
     data = bytearray(peer.sealed([99, "x"]))
     data[6] ^= 0x01                                  # one bit of the payload
