@@ -47,11 +47,13 @@ from paxoslog.config import load_config  # noqa: E402
 # ====================================================================== cluster processes
 
 class Cluster:
-    def __init__(self, base_conf: str, protocol: str, workdir: str, tls: bool = False,
+    def __init__(self, base_conf: str, protocol: str, workdir: str, tls: str = "off",
                  port_offset: int = 0) -> None:
-        """``port_offset`` moves every port of the conf (two clusters side by side)."""
+        """``tls``: off, on (API and peers), api or peers (only that side).  ``port_offset``
+        moves every port of the conf (clusters side by side)."""
+        api_tls = tls in ("on", "api")
         self.workdir = workdir
-        self.tls = tls
+        self.tls = api_tls            # the API speaks HTTPS
         self.conf_path = os.path.join(workdir, "cluster.toml")
         with open(base_conf) as f:
             text = f.read()
@@ -68,17 +70,19 @@ class Cluster:
                 host, _, port = value.strip().strip('"').rpartition(":")
                 line = f'{key.strip()} = "{host}:{int(port) + port_offset}"'
             lines.append(line)
-        if tls:
+        if tls != "off":
             lines += ["", "[tls]", 'ca_file = "certs/ca.pem"',
-                      'cert_file = "certs/node-{node}.pem"', 'key_file = "certs/node-{node}.key"']
+                      'cert_file = "certs/node-{node}.pem"', 'key_file = "certs/node-{node}.key"',
+                      f"api = {str(api_tls).lower()}", f"peers = {str(tls != 'api').lower()}"]
         with open(self.conf_path, "w") as f:
             f.write("\n".join(lines) + "\n")
         self.config = load_config(self.conf_path)
         self.ca_file = None
         self.ssl = None
-        if tls:
+        if tls != "off":
             from paxoslog.certs import init_certs
             init_certs(self.config)
+        if api_tls:
             self.ca_file = self.config.tls.ca_file
             self.ssl = ssl.create_default_context(cafile=self.ca_file)
         self.procs: dict[int, subprocess.Popen] = {}
@@ -304,12 +308,13 @@ def main() -> int:
                         help="send the writes to the leader only, or spread over all nodes")
     parser.add_argument("--keep", action="store_true", help="keep the data and logs")
     parser.add_argument("--tls", default="off,on",
-                        help="transports to measure: off (TCP, frame MACs), on (TLS), or both")
+                        help="transports to measure, comma separated: off (TCP, frame MACs), "
+                             "on (TLS), api or peers (TLS on that side only)")
     args = parser.parse_args()
     concurrency = [int(c) for c in args.clients.split(",") if c]
     transports = [t for t in args.tls.split(",") if t]
-    if not transports or any(t not in ("off", "on") for t in transports):
-        parser.error("--tls takes off, on or off,on")
+    if not transports or any(t not in ("off", "on", "api", "peers") for t in transports):
+        parser.error("--tls takes off, on, api, peers, comma separated")
     summary = []
     modes = [m for m in args.modes.split(",") if m]
     for mode in modes:
@@ -319,7 +324,7 @@ def main() -> int:
         try:
             for i, transport in enumerate(transports):
                 workdir = tempfile.mkdtemp(prefix=f"paxoslog-bench-{mode}-{transport}-")
-                clusters[transport] = Cluster(args.conf, mode, workdir, tls=transport == "on",
+                clusters[transport] = Cluster(args.conf, mode, workdir, tls=transport,
                                               port_offset=100 * i)
                 clusters[transport].start_all()
             targets = {}
@@ -382,7 +387,7 @@ def main() -> int:
     rates = {(r["mode"], r["tls"], r["clients"]): r for r in summary if "rate" in r}
     for (mode, tls, clients), on in sorted(rates.items()):
         off = rates.get((mode, "off", clients))
-        if tls == "on" and off is not None and off["rate"]:
+        if tls != "off" and off is not None and off["rate"]:
             print(f"TLS cost   {mode:11} {clients:3d} clients: throughput "
                   f"{(on['rate'] / off['rate'] - 1) * 100:+.1f} %, p50 "
                   f"{on['p50_ms'] - off['p50_ms']:+.2f} ms, p99 {on['p99_ms'] - off['p99_ms']:+.2f} ms, "
