@@ -352,14 +352,7 @@ class SyncClient(_Calls, _Logic):
         proves nothing was sent)."""
         conn = self._conns.get(endpoint)
         if conn is None:
-            parts = urlsplit(endpoint)
-            if parts.scheme == "https":
-                conn = http.client.HTTPSConnection(parts.hostname, parts.port or 443,
-                                                   timeout=timeout,
-                                                   context=self._ssl or _ssl_context(None))
-            else:
-                conn = http.client.HTTPConnection(parts.hostname, parts.port or 80,
-                                                  timeout=timeout)
+            conn = self._new_connection(endpoint, timeout)
             self._conns[endpoint] = conn
         conn.timeout = timeout
         if conn.sock is None:
@@ -371,6 +364,15 @@ class SyncClient(_Calls, _Logic):
                 raise
         conn.sock.settimeout(timeout)
         return conn
+
+    def _new_connection(self, endpoint: str, timeout: float) -> http.client.HTTPConnection:
+        """An HTTP or HTTPS (verified against ``cafile``) connection, not opened yet."""
+        parts = urlsplit(endpoint)
+        if parts.scheme == "https":
+            return http.client.HTTPSConnection(parts.hostname, parts.port or 443,
+                                               timeout=timeout,
+                                               context=self._ssl or _ssl_context(None))
+        return http.client.HTTPConnection(parts.hostname, parts.port or 80, timeout=timeout)
 
     def _exchange(self, endpoint: str, conn: http.client.HTTPConnection, method: str,
                   path: str, payload: bytes | None) -> Reply:
@@ -397,8 +399,7 @@ class SyncClient(_Calls, _Logic):
         """``GET path`` on one endpoint over a connection of its own, no retries: the
         response object, its body not read yet (a large download: read it in pieces).
         The caller closes it.  Raises OSError / HTTPException on transport failures."""
-        parts = urlsplit(_normalize(endpoint))
-        conn = http.client.HTTPConnection(parts.hostname, parts.port or 80, timeout=timeout)
+        conn = self._new_connection(_normalize(endpoint, self.scheme), timeout)
         try:
             conn.request("GET", path)
             return conn.getresponse()
