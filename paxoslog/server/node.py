@@ -78,6 +78,8 @@ from .tls import load_node_tls
 from .views import NodeViews
 from .writer import StorageWriter
 
+_HANDOVER_POLL_S = 0.05   # how often a removed leader checks whether it handed over
+
 __all__ = ["NodeService", "FatalNodeError", "ConsensusPort"]
 
 log = Logger(namespace="paxoslog.node")
@@ -195,6 +197,7 @@ class NodeService(MultiService):
         self.stopping = False
         self.on_fatal = None                 # callable(exc): set by the CLI to stop the process
         self.on_removed = None               # callable(index): set by the CLI (exit)
+        self._handover_noted = False
         self.storage: DiskStorage | None = None
         self.writer: StorageWriter | None = None
         self.driver: NodeDriver | None = None
@@ -309,6 +312,22 @@ class NodeService(MultiService):
 
     # ================================================================== lifecycle
 
+    def _exit_once_handed_over(self, index: int) -> None:
+        """This node was removed: it exits, but a removed leader first hands over (its core
+        keeps leading, refusing proposals, until a voter of the new configuration holds
+        every chosen slot and takes over; exiting earlier can leave voters that do not yet
+        know they are voters, and no leader)."""
+        if self.driver is not None and self.driver.replica.role == Role.LEADER:
+            if not self._handover_noted:
+                self._handover_noted = True
+                log.info("removed at index {index}: handing leadership over before exiting",
+                         index=index)
+            self.reactor.callLater(_HANDOVER_POLL_S, self._exit_once_handed_over, index)
+            return
+        if self.on_removed is not None:
+            self.on_removed(index)
+
+
     def startService(self) -> None:
         """Open the data directory, restore state, start the core, peers, API and ticks.
         Raises on a storage problem (the caller reports it and exits)."""
@@ -316,7 +335,7 @@ class NodeService(MultiService):
         self.book = AddressBook(config, self.node_id, self.transport, self.reactor,
                                 rows=self._rows,
                                 current_config=lambda: self.driver.replica.config)
-        self.book.on_removed = lambda index: self.on_removed and self.on_removed(index)
+        self.book.on_removed = self._exit_once_handed_over
         self.book.load()        # raises when this node was removed, or the file is bad
         self.storage = DiskStorage(self.me.data_dir, config.name, self.node_id, config.protocol,
                                    config.storage_options())

@@ -410,8 +410,11 @@ class Simulation:
         # Node ids are never reused (the server refuses to re-add a removed id): a node
         # once proposed for removal is never added again; once removed, it exits.
         outside = [n for n in everyone if n not in voters and n not in learners
-                   and n not in self.retired]
+                   and n not in self.retired and not self.nodes[n].corrupt]
         before = voters | learners
+        # A node that refuses to start (a flipped bit) is lost for good: as an operator
+        # would, every change also removes it, so no configuration waits on it forever.
+        lost = {n for n in before if self.nodes[n].corrupt}
         if self.options.member_remove_leader or self.options.member_replace:
             if not self._wide_change(leader, voters, learners, outside):
                 return None
@@ -427,6 +430,10 @@ class Simulation:
                 voters.discard(self.rng.choice(sorted(voters)))
             else:
                 return None
+        voters -= lost
+        learners -= lost
+        if not voters:
+            return None
         try:
             self.nodes[leader].change_config(voters, learners)
         except (NotLeader, ConfigChangeInProgress, Busy, ValueError):

@@ -380,6 +380,11 @@ class SimNode:
         """This node learned it was removed: it stops serving and exits for good."""
         if self.removed:
             return
+        if self.alive and (self.paused or self.replica.role == Role.LEADER):
+            # As the server: a removed leader hands over before it exits (a paused process
+            # exits once it runs again).
+            self.sim.schedule(5.0, self.exit_removed)
+            return
         if self.alive:
             self.crash()
         self.removed = True

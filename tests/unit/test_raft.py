@@ -595,6 +595,36 @@ def test_whole_cluster_restart_in_a_joint_configuration_finishes_the_change():
     assert all(net.commands(i)[-1:] == [b"done"] for i in (2, 3, 4))
 
 
+def test_a_removed_leader_holding_the_only_copy_of_the_final_config_campaigns_to_commit_it():
+    """Raft thesis 4.1 (membership seed 72/3): leader 1 leaves {1, 2} for {2}; the joint
+    entry commits, the final entry reaches only node 1, and both restart.  Node 2 (joint
+    configuration) needs node 1's vote but its log is shorter; node 1 is outside its own
+    newest configuration.  Node 1 must still campaign (its vote not counted), commit the
+    final configuration with node 2, and hand over; refusing left the pair leaderless."""
+    net = Net([1, 2])
+    net.elect(1)
+    net.settle()
+    net.drop = lambda m: (isinstance(m, AppendEntries) and m.entries
+                          and any(e.kind == ENTRY_CONFIG and not entry_config(e).joint
+                                  for e in m.entries))
+    net.nodes[1].change_config({2})
+    net.tick(4)
+    assert net.nodes[1].config == Config(frozenset({2}))
+    assert net.nodes[2].config.joint
+    for i in net.ids:
+        net.crash(i)
+    net.heal()
+    for i in net.ids:
+        net.restart(i)
+    net.tick(8 * E)
+    assert net.leader() == 2
+    assert all(net.nodes[i].config == Config(frozenset({2})) for i in net.ids)
+    assert net.nodes[2].commit_index == net.nodes[2].status().last_index
+    net.propose(2, b"after")
+    net.tick(2)
+    assert net.commands(2)[-1:] == [b"after"]
+
+
 def test_learner_gets_the_log_but_never_campaigns():
     """A learner applies the log, never becomes a candidate, and its vote is not counted."""
     net = Net([1, 2, 3], voters=[1, 2], learners=[3])
