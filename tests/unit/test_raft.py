@@ -18,6 +18,7 @@ from collections import deque
 
 import cbor2
 import pytest
+from random_faults import run_random_faults
 
 from paxoslog.core.errors import Busy, ConfigChangeInProgress, ContractViolation, NotLeader
 from paxoslog.core.limits import Limits
@@ -1127,29 +1128,7 @@ def test_random_faults_keep_one_value_per_index(seed):
     limits = Limits(batch_commands_max=rng.choice([1, 4]), pipeline_window=rng.choice([1, 4]),
                     entries_per_message_max=rng.choice([1, 3]))
     net = Net([1, 2, 3, 4, 5], opts=options(limits=limits), seed=seed)
-    counter = 0
-    for step in range(300):
-        roll = rng.random()
-        if roll < 0.05:
-            net.blocked = {(a, b) for a in net.ids for b in net.ids if rng.random() < 0.3}
-        elif roll < 0.08:
-            net.blocked = set()
-        elif roll < 0.10 and len(net.down) < 2:
-            net.crash(rng.choice(net.ids))
-        elif roll < 0.14 and net.down:
-            net.restart(rng.choice(sorted(net.down)))
-        net.drop = (lambda m, r=rng: r.random() < 0.1) if rng.random() < 0.5 else None
-        leader = net.leader()
-        if leader is not None and rng.random() < 0.5:
-            counter += 1
-            try:
-                net.nodes[leader].propose([b"%d" % counter])
-            except (Busy, NotLeader):
-                pass
-        net.tick(1)
-    net.heal()
-    for node in sorted(net.down):
-        net.restart(node)
+    run_random_faults(net, rng, drops=True)
     net.tick(6 * E)
     leader = net.leader()
     assert leader is not None
