@@ -249,7 +249,8 @@ class NodeService(MultiService):
             DriverOptions(self.node_id, config.protocol, tick_ms,
                           request_timeout_ticks=max(1, -(-timing.request_timeout_ms // tick_ms)),
                           snapshot_entries=config.snapshot.entries,
-                          snapshot_bytes=config.snapshot.bytes),
+                          snapshot_bytes=config.snapshot.bytes,
+                          election_ticks=timing.election_ticks),
             replica, machines, restored.snapshot, book.bootstrap_config())
         driver.restored_hard_state(restored.hard_state)
         self.writer = StorageWriter(self.storage, reactor)

@@ -111,7 +111,7 @@ class SimNode:
             DriverOptions(self.node_id, o.protocol, TICK_MS,
                           request_timeout_ticks=max(1, int(o.client_timeout_ms / TICK_MS)),
                           snapshot_entries=o.snapshot_every or _UNLIMITED,
-                          snapshot_bytes=_UNLIMITED),
+                          snapshot_bytes=_UNLIMITED, election_ticks=o.election_ticks),
             replica, machines, restored.snapshot, self.bootstrap)
         self.driver.restored_hard_state(restored.hard_state)
         self.clock = TickClock(TICK_MS, self.local_ms, o.election_ticks)
