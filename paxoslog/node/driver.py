@@ -558,20 +558,28 @@ class NodeDriver:
         elif op == "lease_expire":
             keeper.removed(result["expired"])
         elif op == "lease_promote":
-            replica = self.replica
-            if replica.role == Role.LEADER and result["term"] == replica.term:
+            term = self._leadership()
+            if term is not None and result["term"] == term:
                 kv = self.machines.kv
-                keeper.activate(replica.term, self.now, dict(kv.leases.ttl_ms))
+                keeper.activate(term, self.now, dict(kv.leases.ttl_ms))
                 self._lease_wanted = False
+
+    def _leadership(self) -> int | None:
+        """Our leadership's identity while we lead, totally ordered across leaders: the
+        Raft term, or the packed Multi-Paxos ballot (two leaders may share a round, never
+        a ballot).  None when not leading."""
+        replica = self.replica
+        if replica.role != Role.LEADER:
+            return None
+        return replica.ballot.pack() if self._multipaxos else replica.term
 
     def _keep_leases(self) -> None:
         """Every tick on the leader: have our lease_promote proposed while leases exist
         (or a lease request is waiting), then propose the expiry of leases run out."""
-        replica = self.replica
-        if replica.role != Role.LEADER or self.stopping:
+        term = self._leadership()
+        if term is None or self.stopping:
             return
         keeper = self.leases
-        term = replica.term
         if keeper.active_term != term:
             kv = self.machines.kv
             if kv is None or not (len(kv.leases) or self._lease_wanted):
@@ -600,8 +608,9 @@ class NodeDriver:
         active leader from its keeper; elsewhere routed again (or refused when it was
         forwarded to a node that no longer leads)."""
         replica, keeper = self.replica, self.leases
-        if replica.role != Role.LEADER or keeper.active_term != replica.term:
-            if r.forwarded and replica.role != Role.LEADER:
+        term = self._leadership()
+        if term is None or keeper.active_term != term:
+            if r.forwarded and term is None:
                 self._fail_read(r, *self._not_leader())
             else:
                 self._lease_wanted = True

@@ -214,7 +214,12 @@ class NodeService(MultiService):
         limits = self.config.limits
         return create_state_machine(
             name, **({"key_bytes_max": limits.key_bytes_max,
-                      "result_bytes_max": limits.query_result_bytes_max}
+                      "result_bytes_max": limits.query_result_bytes_max,
+                      "txn_ops_max": limits.txn_ops_max,
+                      "txn_bytes_max": limits.txn_bytes_max,
+                      "leases_max": limits.leases_max,
+                      "lease_ttl_ms_min": limits.lease_ttl_ms_min,
+                      "lease_ttl_ms_max": limits.lease_ttl_ms_max}
                      if name == "kv" else {}))
 
     def _machines(self) -> StateMachines:

@@ -42,7 +42,7 @@ def test_a_lease_lives_while_kept_alive_and_its_keys_go_once_it_runs_out(protoco
     lease = _write(d, {"op": "lease_grant", "ttl_ms": 100}, 1)["id"]
     _write(d, {"op": "put", "key": "k", "value": 1, "lease": lease}, 2)
     _tick(d, 1)                                   # the keeper has the promote proposed
-    assert d.leases.active_term == d.replica.term
+    assert d.leases.active_term == d._leadership()
     assert d.stats["lease_promotions_proposed"] == 1
     # TTL 100 ms = 10 ticks (+1), and the new leader's extension of 20 ticks.
     assert d.leases.remaining(lease, d.now) == 31
