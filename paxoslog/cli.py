@@ -177,6 +177,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     lock = commands.add_parser(
         "lock", parents=[client], help="run COMMAND while holding the lock NAME",
+        usage="paxoslog lock [options] NAME -- COMMAND [ARG ...]",
         description="Acquire the distributed lock NAME (fair: first come, first served), "
                     "run COMMAND with PAXOSLOG_LOCK_TOKEN (the fencing token: pass it to "
                     "what the lock protects) and PAXOSLOG_LOCK_KEY in its environment, keep "
@@ -189,11 +190,11 @@ def build_parser() -> argparse.ArgumentParser:
                       help="lease TTL: how long a dead holder keeps the lock (default 10000)")
     lock.add_argument("--wait", type=float, default=None, metavar="SECONDS",
                       help="give up (exit 4) when not acquired within SECONDS")
-    lock.add_argument("command", nargs=argparse.REMAINDER, metavar="-- COMMAND")
-    lock.set_defaults(func=cmd_lock)
+    lock.set_defaults(func=cmd_lock, command=[])
 
     elect = commands.add_parser(
         "elect", parents=[client], help="campaign for leadership of NAME, or observe it",
+        usage="paxoslog elect [options] NAME [VALUE] [-- COMMAND [ARG ...]]",
         description="With VALUE: campaign; once elected print 'leader NAME VALUE', then run "
                     "COMMAND while leading (or, without COMMAND, lead until interrupted), "
                     "then resign.  With --observe: print the leader's value at every change.",
@@ -206,8 +207,7 @@ def build_parser() -> argparse.ArgumentParser:
                        "current leader and exit (3 when there is none)")
     elect.add_argument("--ttl-ms", type=int, default=10_000)
     elect.add_argument("--wait", type=float, default=None, metavar="SECONDS")
-    elect.add_argument("command", nargs=argparse.REMAINDER, metavar="-- COMMAND")
-    elect.set_defaults(func=cmd_elect)
+    elect.set_defaults(func=cmd_elect, command=[])
 
     delete = commands.add_parser("delete", parents=[client, session], help="delete KEY")
     delete.add_argument("key")
@@ -347,7 +347,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    command = None
+    if argv and argv[0] in ("lock", "elect") and "--" in argv:
+        # everything after the first "--" is the COMMAND to run, options included
+        cut = argv.index("--")
+        argv, command = argv[:cut], argv[cut + 1:]
     args = parser.parse_args(argv)
+    if command is not None:
+        args.command = command
     try:
         return args.func(args)
     except KeyboardInterrupt:
@@ -515,13 +523,6 @@ def cmd_lease(args) -> int:
     return _run_client(args, action)
 
 
-def _command(args, parser_name: str) -> list[str]:
-    command = list(args.command)
-    if command and command[0] == "--":
-        command = command[1:]
-    return command
-
-
 def _hold_while(renew, ttl_ms: int, command: list[str], env: dict) -> int:
     """Run ``command`` (or, when empty, wait for SIGINT/SIGTERM) while ``renew()`` keeps
     the lease alive every ttl/3; terminate it if the lease is lost.  The exit code."""
@@ -576,7 +577,7 @@ def _hold_while(renew, ttl_ms: int, command: list[str], env: dict) -> int:
 
 def cmd_lock(args) -> int:
     from paxoslog.recipes import Lock, LockTimeout
-    command = _command(args, "lock")
+    command = list(args.command)
     if not command:
         print("paxoslog: lock needs a COMMAND after --", file=sys.stderr)
         return EXIT_USAGE
@@ -602,7 +603,7 @@ def cmd_lock(args) -> int:
 
 def cmd_elect(args) -> int:
     from paxoslog.recipes import Election, LockTimeout
-    command = _command(args, "elect")
+    command = list(args.command)
 
     def action(client):
         election = Election(client, args.name, ttl_ms=args.ttl_ms)
