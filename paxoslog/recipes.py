@@ -281,15 +281,22 @@ class Lock(_Queue):
 
 class TwistedLock(_Queue):
     """The same lock on the Twisted ``Client``: every method returns a Deferred, and a
-    held lock is kept alive by a LoopingCall on the client's reactor (``on_lost`` is
-    called if a renewal finds the lease gone)."""
+    held lock is kept alive by a LoopingCall on the client's reactor.  ``on_lost`` is
+    called if a renewal finds the lease gone, or when no renewal succeeded for a whole
+    TTL (the lease may have run out).  ``renewed_sent``: ``clock()`` when the last
+    acknowledged renewal was sent (before the first: when ``acquire`` was called), so
+    the lease holds at least until ``renewed_sent + TTL x (1 - drift bound)``."""
 
     def __init__(self, client, name: str, *, ttl_ms: int = 10_000, prefix: str = "locks/",
                  poll_s: float = 0.05, value: object = None,
-                 on_lost: Callable[[LockLost], None] | None = None) -> None:
+                 on_lost: Callable[[LockLost], None] | None = None,
+                 clock: Callable[[], float] | None = None) -> None:
         super().__init__(client, f"{prefix}{name}/", ttl_ms, poll_s)
         self.value = value if value is not None else {"client": client.client_id}
         self.on_lost = on_lost
+        self.clock = clock or client.reactor.seconds
+        self.renewed_sent: float | None = None
+        self.renewals_sent: list[tuple[float, bool]] = []   # (sent, acknowledged)
         self._renewer = None
 
     @property
@@ -297,6 +304,7 @@ class TwistedLock(_Queue):
         return self.revision
 
     def acquire(self, timeout_s: float | None = None):
+        self.renewed_sent = self.clock()
         d = _run_twisted(self.client, _acquire(self.prefix, self.ttl_ms, self.value,
                                                timeout_s, self.poll_s))
         return d.addCallback(self._acquired).addCallback(self._start_renewing)
@@ -309,15 +317,27 @@ class TwistedLock(_Queue):
         return token
 
     def _renew(self):
+        sent = self.clock()
         d = _run_twisted(self.client, _keepalive(self.lease))
 
+        def renewed(result):
+            self.renewals_sent.append((sent, True))
+            self.renewed_sent = max(self.renewed_sent, sent)
+
         def failed(failure):
+            self.renewals_sent.append((sent, False))
             if failure.check(LockLost):
-                self._stop_renewing()
-                if self.on_lost is not None:
-                    self.on_lost(failure.value)
-            # another error: the next renewal tries again
-        return d.addErrback(failed)
+                self._lost(failure.value)
+            elif self.clock() - self.renewed_sent >= self.ttl_ms / 1000.0:
+                self._lost(LockLost(f"no renewal of lease {self.lease} succeeded for a "
+                                    f"whole TTL: {failure.getErrorMessage()}"))
+            # else: the next renewal tries again
+        return d.addCallbacks(renewed, failed)
+
+    def _lost(self, exc: LockLost) -> None:
+        self._stop_renewing()
+        if self.on_lost is not None:
+            self.on_lost(exc)
 
     def _stop_renewing(self) -> None:
         if self._renewer is not None and self._renewer.running:
