@@ -145,6 +145,8 @@ def build_parser() -> argparse.ArgumentParser:
     put.add_argument("value")
     put.add_argument("-j", "--json-value", action="store_true",
                      help="parse VALUE as JSON (number, object, ...) instead of a string")
+    put.add_argument("--lease", type=int, default=None, metavar="ID",
+                     help="attach KEY to lease ID (deleted when the lease ends)")
     put.set_defaults(func=cmd_put)
 
     get = commands.add_parser("get", parents=[client], help="read KEY")
@@ -469,7 +471,8 @@ def cmd_put(args) -> int:
     value = _value(args.value, args.json_value)
 
     def action(client):
-        body = client.put(args.key, value, **_session(args))
+        extra = {"lease": args.lease} if args.lease is not None else {}
+        body = client.put(args.key, value, **_session(args), **extra)
         result = body.get("result") or {}
         _print(args, body, f"OK index={body['index']} version={result.get('version')}")
         return EXIT_OK

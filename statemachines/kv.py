@@ -13,7 +13,7 @@ Coordination (leases.py, txn.py; docs/coordination.md)::
 
     {"op": "put",    "key": k, "value": v, "lease": id}            # attached to a lease
     {"op": "txn",    "compare": [...], "success": [...], "failure": [...]}
-    {"op": "lease_grant",  "ttl_ms": n}       -> {"id": the grant's log index, "ttl_ms"}
+    {"op": "lease_grant",  "ttl_ms": n}       -> {"id" (the log index, or above), "ttl_ms"}
     {"op": "lease_revoke", "id": n}           -> the lease and its keys are deleted
     {"op": "lease_promote", "term": t}        (internal: a new leader, before it expires any)
     {"op": "lease_expire", "ids": [...], "term": t}   (internal: the leader's expiry)
@@ -249,8 +249,9 @@ class KVStateMachine:
     def _lease_op(self, index: int, op: str, command: dict) -> dict:
         leases = self.leases
         if op == "lease_grant":
-            leases.grant(index, command["ttl_ms"])
-            return {"op": op, "id": index, "ttl_ms": command["ttl_ms"]}
+            lease = leases.new_id(index)
+            leases.grant(lease, command["ttl_ms"])
+            return {"op": op, "id": lease, "ttl_ms": command["ttl_ms"]}
         if op == "lease_revoke":
             lease = command["id"]
             if lease not in leases:

@@ -4,8 +4,9 @@ leader's lease keeper (paxoslog/node/leases.py) counts it on its own ticks and p
 the expiry through the log.  This module is pure data owned by the kv state machine; it
 knows no clock.
 
-A lease's id is the log index of the entry that granted it: unique, deterministic, and
-increasing, so no id is ever reused.
+A lease's id is the log index of the entry that granted it, or one more than the last id
+given when that is larger (an entry carries a batch of commands, several grants among
+them): unique, deterministic, increasing, never reused.
 
 Stale expiries.  A leader proposes ``lease_expire`` with its term.  A new leader first
 commits ``lease_promote`` with its own term and only then keeps leases alive (or expires
@@ -24,13 +25,19 @@ __all__ = ["LeaseTable"]
 class LeaseTable:
     """Lease id -> TTL (ms), the keys attached to each lease, and the promoted term."""
 
-    __slots__ = ("ttl_ms", "keys", "key_lease", "promoted_term")
+    __slots__ = ("ttl_ms", "keys", "key_lease", "promoted_term", "last_id")
 
     def __init__(self) -> None:
         self.ttl_ms: dict[int, int] = {}
         self.keys: dict[int, set[str]] = {}
         self.key_lease: dict[str, int] = {}
         self.promoted_term = 0
+        self.last_id = 0
+
+    def new_id(self, index: int) -> int:
+        """The id of a lease granted by a command of the entry at ``index``."""
+        self.last_id = max(index, self.last_id + 1)
+        return self.last_id
 
     def __len__(self) -> int:
         return len(self.ttl_ms)
@@ -74,15 +81,16 @@ class LeaseTable:
 
     def state(self) -> list:
         """The CBOR-able table (without key attachments: the kv rows carry those)."""
-        return [self.promoted_term, sorted(self.ttl_ms.items())]
+        return [self.promoted_term, sorted(self.ttl_ms.items()), self.last_id]
 
     def load(self, state: list, attachments) -> None:
         """Replace the table from ``state()`` and ``attachments`` ((key, lease) pairs)."""
-        promoted, leases = state
+        promoted, leases, *rest = state
         if type(promoted) is not int:
             raise ValueError("bad promoted term")
         self.__init__()
         self.promoted_term = promoted
+        self.last_id = rest[0] if rest else max((lease for lease, _ in leases), default=0)
         for lease, ttl in leases:
             if type(lease) is not int or type(ttl) is not int:
                 raise ValueError("bad lease row")

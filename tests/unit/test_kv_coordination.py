@@ -31,6 +31,18 @@ def test_grant_gives_the_log_index_as_lease_id_and_revoke_deletes_attached_keys(
     assert _apply(kv, 8, {"op": "lease_revoke", "id": 3})["error"] == "lease_not_found"
 
 
+def test_grants_in_one_entry_get_distinct_ids():
+    """An entry carries a batch of commands: two grants at one index get two ids."""
+    kv = _kv()
+    first = _apply(kv, 5, {"op": "lease_grant", "ttl_ms": 1000})["id"]
+    second = _apply(kv, 5, {"op": "lease_grant", "ttl_ms": 1000})["id"]
+    third = _apply(kv, 9, {"op": "lease_grant", "ttl_ms": 1000})["id"]
+    assert (first, second, third) == (5, 6, 9)
+    copy = _kv()
+    copy.restore(kv.snapshot())
+    assert _apply(copy, 9, {"op": "lease_grant", "ttl_ms": 1000})["id"] == 10
+
+
 def test_put_without_lease_detaches_and_put_on_a_missing_lease_fails():
     """As etcd: a put without a lease detaches the key; an unknown lease is refused."""
     kv = _kv()
