@@ -23,7 +23,8 @@ count a TTL in less real time than the bound allows, and the checker fails the r
 absent).  A client reads every balance (a linearizable prefix read), then moves a random
 amount between two accounts with a transaction that compares both accounts' mod_index and
 the payer's balance.  The checker: after every apply on every replica, the balances sum to
-the initial total (atomicity), and none is negative.
+the initial total (atomicity), and none is negative.  Any kv command that makes the state
+machine raise (``apply_failed``) fails the run too.
 """
 
 from __future__ import annotations
@@ -255,6 +256,9 @@ class Coordination:
             result = outcome.result
             if outcome.sm != "kv" or not isinstance(result, dict):
                 continue
+            if result.get("error") == "apply_failed":
+                sim.fail(f"node {node.node_id}: kv failed to apply entry {outcome.index}: "
+                         f"{result.get('message')}")
             kind = result.get("op")
             if kind == "lease_grant" and "id" in result and outcome.key in self.grant_sent:
                 self.lease_floor.setdefault(result["id"], self.grant_sent[outcome.key])
