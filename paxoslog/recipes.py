@@ -7,10 +7,13 @@ them for users; this docstring says how they work.
 1. grant a lease of ``ttl_ms``; every key the holder writes is attached to it, so the
    lock is released when the holder dies (its keep-alives stop and the lease expires);
 2. create ``<prefix><NAME>/<lease id>`` with a transaction (create if absent, else read
-   it: a retried attempt finds its own key); its ``create_index`` is our place in line;
-3. range over ``<prefix><NAME>/``: if no key was created before ours, the lock is ours,
-   and the **fencing token** is our key's ``create_index`` (the revision the lock was
-   acquired at: strictly increasing from one holder to the next);
+   it: a retried attempt finds its own key); its place in line is ``(create_index, key)``:
+   one log entry carries a batch of commands, so keys created by one entry share their
+   ``create_index``, and the key (the lease id, zero-padded) breaks the tie;
+3. range over ``<prefix><NAME>/``: if no key is before ours in line, the lock is ours,
+   and the **fencing token** is ``create_index * 2**32 + lease id``: the revision our key
+   was created at, extended by the tie-break, so it is unique and strictly increasing from
+   one holder to the next;
 4. else wait until the key just before ours is gone (its holder released it, or died),
    then look again (step 3): waiters queue in creation order, so the lock is fair and
    a release wakes one waiter only.
@@ -45,6 +48,7 @@ from .client import ClientError, NotFound
 __all__ = ["Lock", "TwistedLock", "Election", "LockLost", "LockTimeout", "RANGE_LIMIT"]
 
 RANGE_LIMIT = 1000          # waiters seen per look (more than this many queue: see docs)
+_TIE_BITS = 32              # fencing token = create_index << _TIE_BITS | lease id
 
 
 class LockLost(ClientError):
@@ -88,23 +92,31 @@ def _join_queue(prefix: str, ttl_ms: int, value: object) -> Steps:
                         {"op": "get", "key": key}],
                        [{"op": "get", "key": key}])
     record = body["result"]["results"][-1]["kv"]
-    return lease, key, record["create_index"]
+    return lease, key, (record["create_index"], key)
+
+
+def _place(kv: dict) -> tuple[int, str]:
+    return kv["create_index"], kv["key"]
+
+
+def _token(place: tuple[int, str], lease: int) -> int:
+    return (place[0] << _TIE_BITS) | (lease & ((1 << _TIE_BITS) - 1))
 
 
 def _queue(prefix: str) -> Steps:
-    """The queue's keys in creation order."""
+    """The queue's keys in line order (creation, then key)."""
     found = yield _call("range", prefix, RANGE_LIMIT)
-    return sorted(found["kvs"], key=lambda kv: kv["create_index"])
+    return sorted(found["kvs"], key=_place)
 
 
-def _wait_turn(prefix: str, lease: int, revision: int, deadline: float | None,
+def _wait_turn(prefix: str, lease: int, place: tuple[int, str], deadline: float | None,
                poll_s: float, keepalive_s: float) -> Steps:
-    """Wait until no key created before ``revision`` remains under ``prefix``."""
+    """Wait until no key before ``place`` (create_index, key) remains under ``prefix``."""
     renewed = yield _Now()
     while True:
         queue = yield from _queue(prefix)
-        before = [kv for kv in queue if kv["create_index"] < revision]
-        if not any(kv["create_index"] == revision for kv in queue):
+        before = [kv for kv in queue if _place(kv) < place]
+        if not any(_place(kv) == place for kv in queue):
             raise LockLost(f"our key in {prefix!r} is gone: lease {lease} expired")
         if not before:
             return
@@ -141,16 +153,16 @@ def _acquire(prefix: str, ttl_ms: int, value: object, timeout_s: float | None,
              poll_s: float) -> Steps:
     now = yield _Now()
     deadline = None if timeout_s is None else now + timeout_s
-    lease, key, revision = yield from _join_queue(prefix, ttl_ms, value)
+    lease, key, place = yield from _join_queue(prefix, ttl_ms, value)
     try:
-        yield from _wait_turn(prefix, lease, revision, deadline, poll_s, ttl_ms / 3000.0)
+        yield from _wait_turn(prefix, lease, place, deadline, poll_s, ttl_ms / 3000.0)
     except ClientError:
         try:
             yield from _revoke(lease)
         except ClientError:
             pass                                      # the lease expires on its own
         raise
-    return lease, key, revision
+    return lease, key, _token(place, lease)
 
 
 def _leader(prefix: str) -> Steps:
@@ -211,11 +223,15 @@ def _run_twisted(client, steps: Steps):
 class _Queue:
     """A lock or a campaign: our place in the queue of ``prefix``."""
 
-    def __init__(self, client, prefix: str, ttl_ms: int, poll_s: float) -> None:
+    def __init__(self, client, prefix: str, name: str, ttl_ms: int, poll_s: float) -> None:
+        if not name or "/" in name:
+            # "a" and "a/b" would share the queue prefix "locks/a/"
+            raise ValueError(f"a lock or election name must be non-empty and without '/': "
+                             f"{name!r}")
         if ttl_ms < 300:
             raise ValueError("ttl_ms must be at least 300 (keep-alives go every ttl/3)")
         self.client = client
-        self.prefix = prefix
+        self.prefix = f"{prefix}{name}/"
         self.ttl_ms = ttl_ms
         self.poll_s = poll_s
         self.lease: int | None = None
@@ -245,13 +261,15 @@ class Lock(_Queue):
                  poll_s: float = 0.05, value: object = None,
                  clock: Callable[[], float] = time.monotonic,
                  sleep: Callable[[float], None] = time.sleep) -> None:
-        super().__init__(client, f"{prefix}{name}/", ttl_ms, poll_s)
+        super().__init__(client, prefix, name, ttl_ms, poll_s)
         self.value = value if value is not None else {"client": client.client_id}
         self.clock, self.sleep = clock, sleep
 
     @property
     def token(self) -> int | None:
-        """The fencing token while held: the revision the lock was acquired at."""
+        """The fencing token while held: the revision the lock was acquired at, times
+        2**32, plus the lease id (unique even when two holders' keys were created by one
+        log entry)."""
         return self.revision
 
     def _run(self, steps: Steps):
@@ -291,7 +309,7 @@ class TwistedLock(_Queue):
                  poll_s: float = 0.05, value: object = None,
                  on_lost: Callable[[LockLost], None] | None = None,
                  clock: Callable[[], float] | None = None) -> None:
-        super().__init__(client, f"{prefix}{name}/", ttl_ms, poll_s)
+        super().__init__(client, prefix, name, ttl_ms, poll_s)
         self.value = value if value is not None else {"client": client.client_id}
         self.on_lost = on_lost
         self.clock = clock or client.reactor.seconds
@@ -365,15 +383,15 @@ class Election(_Queue):
                  prefix: str = "elections/", poll_s: float = 0.05,
                  clock: Callable[[], float] = time.monotonic,
                  sleep: Callable[[float], None] = time.sleep) -> None:
-        super().__init__(client, f"{prefix}{name}/", ttl_ms, poll_s)
+        super().__init__(client, prefix, name, ttl_ms, poll_s)
         self.clock, self.sleep = clock, sleep
 
     def _run(self, steps: Steps):
         return _run_sync(self.client, steps, self.clock, self.sleep)
 
     def campaign(self, value: object, timeout_s: float | None = None) -> int:
-        """Join the candidates with ``value``; returns (the revision we lead from) once
-        every earlier candidate is gone."""
+        """Join the candidates with ``value``; returns once every earlier candidate is
+        gone, with our token (as the lock's: increasing from one leader to the next)."""
         return self._acquired(self._run(_acquire(self.prefix, self.ttl_ms, value, timeout_s,
                                                  self.poll_s)))
 
