@@ -17,7 +17,7 @@ from paxoslog.sim.checkers import SimulationFailure
 from paxoslog.sim.cluster import SimOptions, Simulation
 from paxoslog.sim.sweep import run_jobs
 
-SEEDS = max(4, int(os.environ.get("PAXOSLOG_PROFILE_SEEDS", "100")) // 8)
+SEEDS = max(4, int(os.environ.get("PAXOSLOG_PROFILE_SEEDS", "100")) // 12)
 
 
 @pytest.mark.parametrize("protocol", ["multipaxos", "raft"])
