@@ -189,8 +189,11 @@ class _Logic:
         return RequestFailed(text, status, code, body)
 
 
-def _path_for_query(key: str | None, consistency: str, prefix: str | None, limit: int | None):
+def _path_for_query(key: str | None, consistency: str, prefix: str | None, limit: int | None,
+                    min_revision: int | None = None):
     params = {"consistency": consistency}
+    if min_revision is not None:
+        params["min_revision"] = str(min_revision)
     if prefix is not None:
         params["prefix"] = prefix
         if limit is not None:
@@ -236,11 +239,41 @@ class _Calls:
             extra["expected"] = None if expected is ... else expected
         return self.propose(_kv_body("cas", key, value, **extra))
 
-    def get(self, key: str, consistency: str = "linearizable"):
-        return self.request("GET", _path_for_query(key, consistency, None, None))
+    def get(self, key: str, consistency: str = "linearizable", min_revision: int | None = None):
+        """The key's record; ``index`` in the answer is the revision it was served at.
+        ``min_revision``: refuse (503 revision_not_reached, retried until the timeout) to
+        be served below it: read your own writes from a follower with ``stale``."""
+        return self.request("GET", _path_for_query(key, consistency, None, None, min_revision))
 
-    def range(self, prefix: str, limit: int | None = None, consistency: str = "linearizable"):
-        return self.request("GET", _path_for_query(None, consistency, prefix, limit))
+    def range(self, prefix: str, limit: int | None = None, consistency: str = "linearizable",
+              min_revision: int | None = None):
+        return self.request("GET", _path_for_query(None, consistency, prefix, limit,
+                                                   min_revision))
+
+    def txn(self, compare: list, success: list, failure: list = (), **session):
+        """A transaction (compares, then one op list), exactly once: the committed body,
+        whose ``result`` is ``{"succeeded", "results"}``."""
+        body = {"compare": list(compare), "success": list(success), "failure": list(failure),
+                **session}
+        return self.request("POST", "/api/v1/consensus/txn", self.write_body(body), write=True)
+
+    def lease_grant(self, ttl_ms: int, **session):
+        """A new lease: the committed body, ``result`` ``{"id", "ttl_ms"}``."""
+        return self.request("POST", "/api/v1/lease/grant",
+                            self.write_body({"ttl_ms": ttl_ms, **session}), write=True)
+
+    def lease_revoke(self, lease: int, **session):
+        return self.request("POST", "/api/v1/lease/revoke",
+                            self.write_body({"id": lease, **session}), write=True)
+
+    def lease_keepalive(self, lease: int):
+        """Renew ``lease`` (NotFound once it expired): ``{"id", "ttl_ms", "remaining_ms"}``.
+        Idempotent, so retried like a read."""
+        return self.request("POST", "/api/v1/lease/keepalive", {"id": lease})
+
+    def lease_ttl(self, lease: int, keys: bool = False):
+        return self.request("GET", f"/api/v1/lease/ttl?id={int(lease)}" +
+                            ("&keys=1" if keys else ""))
 
     def sm(self, name: str, body: dict):
         """A command for state machine ``name`` (``{"op": ..., ...}``), exactly once."""

@@ -21,7 +21,8 @@ with ``--node ID``.  Shape (every table but ``[[nodes]]`` is optional)::
                    header_timeout_ms, body_timeout_ms, idle_timeout_ms,
                    connections_per_address_max, query_result_bytes_max,
                    peer_handshake_timeout_ms,
-                   peer_handshakes_max
+                   peer_handshakes_max, txn_ops_max, txn_bytes_max, leases_max,
+                   lease_ttl_ms_min, lease_ttl_ms_max
     [tls]          ca_file, cert_file, key_file ({node}: the node id), api, peers
     [state_machines]  enabled = ["kv", "counter", ...]   (built-ins + installed plug-ins)
     [log]          level = "info"   (debug|info|warn|error; SIGHUP re-reads it)
@@ -215,6 +216,13 @@ class LimitsConf:
     # at most peer_handshakes_max connections may be in the handshake at once.
     peer_handshake_timeout_ms: int = 5_000
     peer_handshakes_max: int = 64
+    # Coordination (docs/coordination.md): compares and ops per transaction branch, a
+    # transaction's encoded size, live leases (checked on admission) and the TTL range.
+    txn_ops_max: int = 128
+    txn_bytes_max: int = 256 << 10
+    leases_max: int = 100_000
+    lease_ttl_ms_min: int = 100
+    lease_ttl_ms_max: int = 86_400_000
 
 
 @dataclass(frozen=True)
@@ -491,10 +499,18 @@ def _limits(r: _Reader) -> LimitsConf:
         peer_handshake_timeout_ms=r.int("peer_handshake_timeout_ms",
                                         d.peer_handshake_timeout_ms, 10, 600_000),
         peer_handshakes_max=r.int("peer_handshakes_max", d.peer_handshakes_max, 1, 1 << 16),
+        txn_ops_max=r.int("txn_ops_max", d.txn_ops_max, 1, 1 << 16),
+        txn_bytes_max=r.int("txn_bytes_max", d.txn_bytes_max, 256, 1 << 30),
+        leases_max=r.int("leases_max", d.leases_max, 1, 1 << 24),
+        lease_ttl_ms_min=r.int("lease_ttl_ms_min", d.lease_ttl_ms_min, 1, 1 << 40),
+        lease_ttl_ms_max=r.int("lease_ttl_ms_max", d.lease_ttl_ms_max, 1, 1 << 40),
     )
     if lim.session_results_total_max < lim.session_results_max:
         raise r.fail("session_results_total_max",
                      f"must be at least session_results_max ({lim.session_results_max})")
+    if lim.lease_ttl_ms_max < lim.lease_ttl_ms_min:
+        raise r.fail("lease_ttl_ms_max", f"must be at least lease_ttl_ms_min "
+                                         f"({lim.lease_ttl_ms_min})")
     r.check_unknown()
     return lim
 

@@ -39,7 +39,7 @@ from __future__ import annotations
 import hashlib
 from typing import Callable, Protocol, runtime_checkable
 
-__all__ = ["StateMachine", "BadCommand", "snapshot_producer", "state_hash",
+__all__ = ["StateMachine", "BadCommand", "CommandTooLarge", "snapshot_producer", "state_hash",
            "state_hash_producer", "is_internal", "nesting_exceeds", "REQUIRED",
            "VALUE_DEPTH_MAX"]
 
@@ -55,6 +55,10 @@ REQUIRED = ("apply", "query", "snapshot", "restore")
 
 class BadCommand(ValueError):
     """A command or query a state machine refuses (maps to HTTP 400)."""
+
+
+class CommandTooLarge(BadCommand):
+    """A command over a size bound of its state machine (maps to HTTP 413)."""
 
 
 @runtime_checkable

@@ -9,6 +9,18 @@ since creation; a delete resets the key).  Commands::
     {"op": "cas",    "key": k, "value": v, "expected": e}          # e null: must be absent
     {"op": "cas",    "key": k, "value": v, "expected_version": n}  # n 0: must be absent
 
+Coordination (leases.py, txn.py; docs/coordination.md)::
+
+    {"op": "put",    "key": k, "value": v, "lease": id}            # attached to a lease
+    {"op": "txn",    "compare": [...], "success": [...], "failure": [...]}
+    {"op": "lease_grant",  "ttl_ms": n}       -> {"id" (the log index, or above), "ttl_ms"}
+    {"op": "lease_revoke", "id": n}           -> the lease and its keys are deleted
+    {"op": "lease_promote", "term": t}        (internal: a new leader, before it expires any)
+    {"op": "lease_expire", "ids": [...], "term": t}   (internal: the leader's expiry)
+
+A put without ``lease`` detaches the key from its lease (as etcd does); a delete detaches
+it too.
+
 Queries: ``{"key": k}`` -> the key's record or None; ``{"prefix": p, "limit": n}`` -> the
 keys starting with ``p`` in order, at most ``n`` records and at most ``result_bytes_max``
 bytes of them (as JSON, counted conservatively: ASCII-escaped), with ``more: true`` when
@@ -26,10 +38,15 @@ import cbor2
 from sortedcontainers import SortedDict
 
 from .base import VALUE_DEPTH_MAX, BadCommand, nesting_exceeds
+from .leases import LeaseTable
+from .txn import compare_holds, validate_txn
 
-__all__ = ["KVStateMachine", "OPS"]
+__all__ = ["KVStateMachine", "OPS", "LEASE_OPS", "INTERNAL_OPS"]
 
-OPS = ("put", "delete", "cas")
+OPS = ("put", "delete", "cas", "txn", "lease_grant", "lease_revoke")
+LEASE_OPS = ("lease_grant", "lease_revoke", "lease_promote", "lease_expire")
+INTERNAL_OPS = ("lease_promote", "lease_expire")
+_EXPIRE_IDS_MAX = 10_000
 _PREFIX_LIMIT_MAX = 10_000
 RESULT_BYTES_MAX_DEFAULT = 4 << 20
 
@@ -38,12 +55,22 @@ class KVStateMachine:
     """Key -> (value, create_index, mod_index, version), in key order."""
 
     name = "kv"
+    internal_ops = INTERNAL_OPS
 
     def __init__(self, key_bytes_max: int = 4096,
-                 result_bytes_max: int = RESULT_BYTES_MAX_DEFAULT) -> None:
+                 result_bytes_max: int = RESULT_BYTES_MAX_DEFAULT, *,
+                 txn_ops_max: int = 128, txn_bytes_max: int = 256 << 10,
+                 leases_max: int = 100_000, lease_ttl_ms_min: int = 100,
+                 lease_ttl_ms_max: int = 86_400_000) -> None:
         self.key_bytes_max = key_bytes_max
         self.result_bytes_max = result_bytes_max
+        self.txn_ops_max = txn_ops_max
+        self.txn_bytes_max = txn_bytes_max
+        self.leases_max = leases_max
+        self.lease_ttl_ms_min = lease_ttl_ms_min
+        self.lease_ttl_ms_max = lease_ttl_ms_max
         self._data: SortedDict = SortedDict()
+        self.leases = LeaseTable()
 
     # ------------------------------------------------------------------ validation
 
@@ -56,13 +83,24 @@ class KVStateMachine:
             raise BadCommand(f'"key" is longer than {self.key_bytes_max} bytes')
         return key
 
+    def _check_lease(self, lease: object) -> int:
+        if type(lease) is not int or lease < 1:
+            raise BadCommand('"lease" must be a lease id (a positive integer)')
+        return lease
+
     def validate(self, command: dict) -> dict:
-        """The normalized command (only the fields apply reads), or ``BadCommand``."""
+        """The normalized command (only the fields apply reads), or ``BadCommand``.
+        Internal ops (``internal_ops``) are refused to clients by the caller."""
         if not isinstance(command, dict):
             raise BadCommand("a kv command must be an object")
         op = command.get("op", "put")
-        if op not in OPS:
+        if op not in OPS + INTERNAL_OPS:
             raise BadCommand(f'"op" must be one of {", ".join(OPS)}, got {op!r:.40}')
+        if op == "txn":
+            return validate_txn(command, self._check_key, self._check_lease,
+                                self.txn_ops_max, self.txn_bytes_max)
+        if op in LEASE_OPS:
+            return self._validate_lease_op(op, command)
         key = self._check_key(command.get("key"))
         if op == "delete":
             return {"op": op, "key": key}
@@ -87,22 +125,54 @@ class KVStateMachine:
                 if nesting_exceeds(command["expected"], VALUE_DEPTH_MAX):
                     raise BadCommand(f'"expected" nests deeper than {VALUE_DEPTH_MAX} levels')
                 out["expected"] = command["expected"]
+        if command.get("lease") is not None:
+            out["lease"] = self._check_lease(command["lease"])
         return out
+
+    def _validate_lease_op(self, op: str, command: dict) -> dict:
+        if op == "lease_grant":
+            ttl = command.get("ttl_ms")
+            lo, hi = self.lease_ttl_ms_min, self.lease_ttl_ms_max
+            if type(ttl) is not int or not lo <= ttl <= hi:
+                raise BadCommand(f'"ttl_ms" must be an integer in {lo}..{hi} '
+                                 '(limits.lease_ttl_ms_min/max)')
+            # Admission only (this replica's state, not the log's): grants in flight may
+            # take the table a little past the bound.
+            if len(self.leases) >= self.leases_max:
+                raise BadCommand(f"there are {len(self.leases)} leases already; at most "
+                                 f"{self.leases_max} (limits.leases_max)")
+            return {"op": op, "ttl_ms": ttl}
+        if op == "lease_revoke":
+            return {"op": op, "id": self._check_lease(command.get("id"))}
+        term = command.get("term")
+        if type(term) is not int or term < 0:
+            raise BadCommand('"term" must be a non-negative integer')
+        if op == "lease_promote":
+            return {"op": op, "term": term}
+        ids = command.get("ids")
+        if (not isinstance(ids, list) or not 1 <= len(ids) <= _EXPIRE_IDS_MAX
+                or any(type(i) is not int for i in ids)):
+            raise BadCommand(f'"ids" must be 1..{_EXPIRE_IDS_MAX} lease ids')
+        return {"op": op, "ids": ids, "term": term}
 
     # ------------------------------------------------------------------ applying
 
     def apply(self, index: int, command: dict) -> dict:
         """Apply a validated command committed at ``index``; returns the result."""
         op = command["op"]
+        if op == "txn":
+            return self._txn(index, command)
+        if op in LEASE_OPS:
+            return self._lease_op(index, op, command)
         key = command["key"]
         current = self._data.get(key)
+        lease = command.get("lease")
+        if lease is not None and lease not in self.leases:
+            return _lease_not_found(lease)
         if op == "put":
-            return self._put(index, key, command["value"], current)
+            return self._put(index, key, command["value"], current, lease)
         if op == "delete":
-            if current is None:
-                return {"op": "delete", "deleted": False}
-            del self._data[key]
-            return {"op": "delete", "deleted": True, "version": current[3]}
+            return self._delete(key, current)
         if op == "cas":
             if "expected_version" in command:
                 ok = (current[3] if current else 0) == command["expected_version"]
@@ -116,20 +186,108 @@ class KVStateMachine:
                 if current is not None:
                     result["current_mod_index"] = current[2]
                 return result
-            result = self._put(index, key, command["value"], current)
+            result = self._put(index, key, command["value"], current, lease)
             result["op"] = "cas"
             result["succeeded"] = True
             return result
         raise BadCommand(f"unknown op {op!r}")  # validate() keeps this unreachable
 
-    def _put(self, index: int, key: str, value: object, current: tuple | None) -> dict:
+    def _put(self, index: int, key: str, value: object, current: tuple | None,
+             lease: int | None = None) -> dict:
         if current is None:
             record = (value, index, index, 1)
         else:
             record = (value, current[1], index, current[3] + 1)
         self._data[key] = record
+        if lease is not None:
+            self.leases.attach(key, lease)
+        elif self.leases.key_lease:
+            self.leases.detach(key)
         return {"op": "put", "created": current is None, "version": record[3],
                 "create_index": record[1], "mod_index": index}
+
+    def _delete(self, key: str, current: tuple | None) -> dict:
+        if current is None:
+            return {"op": "delete", "deleted": False}
+        del self._data[key]
+        if self.leases.key_lease:
+            self.leases.detach(key)
+        return {"op": "delete", "deleted": True, "version": current[3]}
+
+    # ------------------------------------------------------------------ transactions
+
+    def _txn(self, index: int, command: dict) -> dict:
+        """All compares, then one branch's ops in order (txn.py); the caller checked the
+        command, and every check that can fail (a missing lease) runs before any op."""
+        key_lease = self.leases.key_lease
+        data = self._data
+        ok = all(compare_holds(c, data.get(c["key"]), key_lease.get(c["key"], 0))
+                 for c in command["compare"])
+        ops = command["success" if ok else "failure"]
+        for op in ops:
+            lease = op.get("lease")
+            if lease is not None and lease not in self.leases:
+                return _lease_not_found(lease)
+        results = []
+        for op in ops:
+            kind = op["op"]
+            if kind == "put":
+                key = op["key"]
+                results.append(self._put(index, key, op["value"], data.get(key),
+                                         op.get("lease")))
+            elif kind == "delete":
+                results.append(self._delete(op["key"], data.get(op["key"])))
+            elif kind == "get":
+                results.append({"op": "get", "kv": self.get(op["key"])})
+            else:
+                found = self.query({"prefix": op["prefix"], "limit": op["limit"]})
+                results.append({"op": "range", **found})
+        return {"op": "txn", "succeeded": ok, "results": results}
+
+    # ------------------------------------------------------------------ leases
+
+    def _lease_op(self, index: int, op: str, command: dict) -> dict:
+        leases = self.leases
+        if op == "lease_grant":
+            lease = leases.new_id(index)
+            leases.grant(lease, command["ttl_ms"])
+            return {"op": op, "id": lease, "ttl_ms": command["ttl_ms"]}
+        if op == "lease_revoke":
+            lease = command["id"]
+            if lease not in leases:
+                return _lease_not_found(lease)
+            return {"op": op, "id": lease, "deleted": self._drop_lease(lease)}
+        if op == "lease_promote":
+            leases.promote(command["term"])
+            return {"op": op, "term": leases.promoted_term, "leases": len(leases)}
+        # lease_expire
+        if not leases.expiry_is_current(command["term"]):
+            return {"op": op, "expired": [], "deleted": 0, "stale_term": True}
+        expired, deleted = [], 0
+        for lease in command["ids"]:
+            if lease in leases:
+                deleted += self._drop_lease(lease)
+                expired.append(lease)
+        return {"op": op, "expired": expired, "deleted": deleted}
+
+    def _drop_lease(self, lease: int) -> int:
+        """Delete ``lease`` and its keys; how many keys."""
+        keys = self.leases.remove(lease)
+        for key in keys:
+            del self._data[key]
+        return len(keys)
+
+    def lease_info(self, lease: int, keys_max: int = 0) -> dict | None:
+        """``{"id", "ttl_ms", "key_count", "keys"?}`` (at most ``keys_max`` keys, in order),
+        or None for an unknown lease."""
+        ttl = self.leases.ttl_ms.get(lease)
+        if ttl is None:
+            return None
+        keys = self.leases.keys[lease]
+        out = {"id": lease, "ttl_ms": ttl, "key_count": len(keys)}
+        if keys_max:
+            out["keys"] = sorted(keys)[:keys_max]
+        return out
 
     # ------------------------------------------------------------------ reading
 
@@ -137,8 +295,12 @@ class KVStateMachine:
         record = self._data.get(key)
         if record is None:
             return None
-        return {"key": key, "value": record[0], "create_index": record[1],
-                "mod_index": record[2], "version": record[3]}
+        out = {"key": key, "value": record[0], "create_index": record[1],
+               "mod_index": record[2], "version": record[3]}
+        lease = self.leases.key_lease.get(key) if self.leases.key_lease else None
+        if lease is not None:
+            out["lease"] = lease
+        return out
 
     def query(self, request: dict) -> object:
         if not isinstance(request, dict):
@@ -182,27 +344,39 @@ class KVStateMachine:
     def snapshot(self) -> bytes:
         return self.snapshot_copy()()
 
+    def _copy_rows(self) -> list:
+        """The rows of a snapshot, copied now: ``[key, value, create_index, mod_index,
+        version]`` plus the lease id for a key attached to one; then, when leases were
+        ever used, a trailer ``[None, lease table]`` (a key is never None).  A store that
+        never saw a lease writes exactly the format it wrote before leases existed."""
+        key_lease = self.leases.key_lease
+        if key_lease:
+            rows = [[key, *record, key_lease[key]] if key in key_lease else [key, *record]
+                    for key, record in self._data.items()]
+        else:
+            rows = [[key, *record] for key, record in self._data.items()]
+        if len(self.leases) or self.leases.promoted_term:
+            rows.append([None, self.leases.state()])
+        return rows
+
     def snapshot_copy(self) -> Callable[[], bytes]:
         """Copy the (immutable) records now; encode later, on any thread."""
-        items = list(self._data.items())
-
-        def encode() -> bytes:
-            return cbor2.dumps([[key, *record] for key, record in items])
-        return encode
+        rows = self._copy_rows()
+        return lambda: cbor2.dumps(rows)
 
     def snapshot_chunks_copy(self) -> Callable[[], Iterator[bytes]]:
         """``snapshot_copy`` in pieces: the CBOR array head, then the rows a group at a
         time (a group ends after _CHUNK_ROWS_MAX rows or about _CHUNK_BYTES of string
         values), so no single encoding call holds the GIL for long."""
-        items = list(self._data.items())
+        rows = self._copy_rows()
 
         def pieces() -> Iterator[bytes]:
-            yield _array_head(len(items))
+            yield _array_head(len(rows))
             group: list = []
             weight = 0
-            for key, record in items:
-                group.append([key, *record])
-                value = record[0]
+            for row in rows:
+                group.append(row)
+                value = row[1]
                 weight += len(value) if isinstance(value, (str, bytes)) else 64
                 if len(group) >= _CHUNK_ROWS_MAX or weight >= _CHUNK_BYTES:
                     yield cbor2.dumps(group)[len(_array_head(len(group))):]
@@ -215,11 +389,22 @@ class KVStateMachine:
         try:
             rows = cbor2.loads(data) if data else []
             restored = SortedDict()
-            for key, value, create_index, mod_index, version in rows:
+            attachments = []
+            lease_state = [0, []]
+            for row in rows:
+                if row[0] is None:
+                    lease_state = row[1]
+                    continue
+                key, value, create_index, mod_index, version, *lease = row
                 restored[key] = (value, create_index, mod_index, version)
+                if lease:
+                    attachments.append((key, lease[0]))
+            leases = LeaseTable()
+            leases.load(lease_state, attachments)
         except Exception as exc:  # cbor2 raises several types; all mean a bad snapshot
             raise ValueError(f"kv snapshot is damaged: {exc}") from None
         self._data = restored
+        self.leases = leases
 
 
 _CHUNK_ROWS_MAX = 512
@@ -239,3 +424,8 @@ def _type(value: object) -> str:
         return "a boolean"
     return {str: "a string", int: "a number", float: "a number", list: "an array",
             dict: "an object"}.get(type(value), type(value).__name__)
+
+
+def _lease_not_found(lease: int) -> dict:
+    return {"error": "lease_not_found", "message": f"lease {lease} does not exist (expired, "
+                                                   "revoked or never granted)"}

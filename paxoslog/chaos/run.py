@@ -86,6 +86,8 @@ class RunOptions:
     plot: str = "auto"                   # auto (PNG if matplotlib) | html | none
     complete: bool = False               # run every planned fault, even past the duration
     tls: bool = False                    # HTTPS API, mutual TLS between peers
+    lock_workers: int = 0                # lock holders with fenced writes (locks.py)
+    lock_ttl_ms: int = 2000
 
     def resolved(self) -> "RunOptions":
         seed = self.seed if self.seed is not None else random.SystemRandom().randrange(1 << 31)
@@ -138,6 +140,8 @@ class ChaosRun:
         self.final_heal: float | None = None
         self._progress_loop = None
         self._last_progress = 0.0
+        self.locks = None
+        self.cafile: str | None = None
 
     def clock(self) -> float:
         return time.monotonic() - self._t0
@@ -197,6 +201,9 @@ class ChaosRun:
         cafile = None
         if self.spec.tls:
             cafile = self._make_certs(conf_path, spare_confs, proxy_tls)
+        self.cafile = cafile
+        self.api_urls = [f"{'https' if cafile else 'http'}://127.0.0.1:{p.api}"
+                         for n, p in sorted(ports.items()) if n in self.spec.node_ids]
         self.cluster = Cluster(self.reactor, self.spec, conf_path,
                                os.path.join(self.folder, "logs"), data_root,
                                lambda kind, **f: self.timeline.add(kind, **f), self.clock,
@@ -247,6 +254,13 @@ class ChaosRun:
         self.traffic_start = self.clock()
         self.timeline.add("traffic-start")
         self.workload.start()
+        if o.lock_workers:
+            from .locks import LockWorkload
+            self.locks = LockWorkload(self.reactor, self.api_urls, self.clock,
+                                      holders=o.lock_workers, ttl_ms=o.lock_ttl_ms,
+                                      cafile=self.cafile,
+                                      rng=random.Random(f"{o.seed}-locks"))
+            self.locks.start()
         self._start_progress()
 
         stop_at = self.traffic_start + o.duration_s - o.tail_s
@@ -264,6 +278,8 @@ class ChaosRun:
         end = max(self.traffic_start + o.duration_s, self.final_heal + 10 * self.et + 1.0)
         await task.deferLater(self.reactor, max(0.0, end - self.clock()), lambda: None)
         await self.workload.stop()
+        if self.locks is not None:
+            await self.locks.stop()
         self.timeline.add("traffic-stop")
         self._stop_progress()
         self.say("traffic stopped; waiting for the replicas to converge")
@@ -297,6 +313,8 @@ class ChaosRun:
             self.membership.finish()
         if self.workload is not None and not self.workload.stopping:
             await self.workload.stop()
+        if self.locks is not None and not self.locks.stopping:
+            await self.locks.stop()
         if self.observer is not None:
             self.observer.stop()
         if self.cluster is not None:
@@ -498,7 +516,9 @@ class ChaosRun:
         args = ["tools/chaos.py", "--duration", f"{o.duration_s:g}", "--mode", o.mode,
                 "--nodes", str(o.nodes), "--nemesis", o.nemesis, "--schedule", o.schedule,
                 "--seed", str(o.seed)] + (["--complete"] if o.complete else []) + (
-            ["--tls"] if o.tls else [])
+            ["--tls"] if o.tls else []) + (
+            ["--lock-workers", str(o.lock_workers), "--lock-ttl-ms", str(o.lock_ttl_ms)]
+            if o.lock_workers else [])
         return "python " + " ".join(shlex.quote(a) for a in args)
 
     def _judge(self, converged: dict, final: dict, states: dict) -> int:
@@ -540,6 +560,11 @@ class ChaosRun:
                 self.observer.leader_changes[-1][1] is not None:
             leader_seen = self.final_heal       # a leader was already there at the heal
         results.append(checks.check_liveness(records, self.final_heal, self.et, leader_seen))
+        if self.locks is not None:
+            from .locks import check_lock_fencing
+            results.append(check_lock_fencing(
+                self.locks.holds, self.locks.writes, o.lock_ttl_ms / 1000.0,
+                max(1, o.election_ticks // 10) / o.election_ticks))
         exits = self.cluster.unexpected_exits()
         results.append(checks.CheckOutcome(
             "no-unexpected-exits", not exits,

@@ -14,7 +14,8 @@ from __future__ import annotations
 
 import cbor2
 
-__all__ = ["encode_command", "decode_command", "command_key", "CLIENT_ID_CHARS_MAX"]
+__all__ = ["encode_command", "encode_internal", "decode_command", "command_key",
+           "CLIENT_ID_CHARS_MAX"]
 
 CLIENT_ID_CHARS_MAX = 128
 
@@ -26,6 +27,14 @@ def encode_command(sm: str, fields: dict, client_id: str, sequence: int, ts: int
     command["client_id"] = client_id
     command["sequence"] = sequence
     command["ts"] = ts
+    return cbor2.dumps(command)
+
+
+def encode_internal(sm: str, fields: dict) -> bytes:
+    """A command the node itself proposes (the leader's lease keeper): no client session
+    (it is never retried as such), no clock stamp."""
+    command = {"sm": sm}
+    command.update(fields)
     return cbor2.dumps(command)
 
 

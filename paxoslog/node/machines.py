@@ -126,6 +126,10 @@ class StateMachines:
             raise BadCommand(f"unknown state machine {command.get('sm')!r:.40}")
         fields = {k: v for k, v in command.items()
                   if k not in ("sm", "client_id", "sequence", "ts")}
+        if not internal and fields.get("op") in (getattr(sm, "internal_ops", None) or ()):
+            # e.g. kv's lease_expire: only the leader's lease keeper proposes it
+            raise BadCommand(f'op {fields["op"]!r} of state machine {sm.name!r} is internal '
+                             'to the cluster')
         validate = getattr(sm, "validate", None)
         if validate is not None:
             out = validate(fields)

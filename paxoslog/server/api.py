@@ -5,8 +5,15 @@
     POST /api/v1/consensus/propose    {"key","value","client_id"?,"sequence"?,"op"?,"expected"?,
                                        "expected_version"?} -> {"status":"committed","index",
                                        "term","leader","result"}
+    POST /api/v1/consensus/txn        {"compare","success","failure","client_id"?,"sequence"?}
+                                      -> {"status":"committed","index",...,"result":
+                                      {"succeeded","results"}}
     GET  /api/v1/consensus/query      ?key=K | ?prefix=P[&limit=N]
-                                      [&consistency=linearizable|lease|stale]
+                                      [&consistency=linearizable|lease|stale][&min_revision=R]
+    POST /api/v1/lease/grant          {"ttl_ms"} -> result {"id","ttl_ms"}
+    POST /api/v1/lease/revoke         {"id"} -> result {"id","deleted"}
+    POST /api/v1/lease/keepalive      {"id"} -> {"id","ttl_ms","remaining_ms","key_count"}
+    GET  /api/v1/lease/ttl            ?id=N[&keys=1] -> as keepalive (+ "keys"), no renewal
     GET  /api/v1/cluster/status
     GET  /api/v1/log/entries          ?start_index=&end_index=  (inclusive)
     POST /api/v1/sm/<name>            a write {"op", ...} for any enabled state machine, or a
@@ -49,7 +56,9 @@ __all__ = ["Api"]
 log = Logger(namespace="paxoslog.api")
 
 _PROPOSE_FIELDS = frozenset({"key", "value", "client_id", "sequence", "op", "expected",
-                             "expected_version"})
+                             "expected_version", "lease"})
+_TXN_FIELDS = frozenset({"compare", "success", "failure", "client_id", "sequence"})
+_LEASE_KEYS_MAX = 1000
 _CONSISTENCY = ("linearizable", "lease", "stale")
 _SEQUENCE_MAX = (1 << 63) - 1
 _TEXT = b"text/plain; version=0.0.4; charset=utf-8"
@@ -94,6 +103,11 @@ class Api:
         self._routes = {
             "/api/v1/consensus/propose": {"POST": self.propose},
             "/api/v1/consensus/query": {"GET": self.query},
+            "/api/v1/consensus/txn": {"POST": self.txn},
+            "/api/v1/lease/grant": {"POST": self.lease_grant},
+            "/api/v1/lease/revoke": {"POST": self.lease_revoke},
+            "/api/v1/lease/keepalive": {"POST": self.lease_keepalive},
+            "/api/v1/lease/ttl": {"GET": self.lease_ttl},
             "/api/v1/cluster/status": {"GET": self.cluster_status},
             "/api/v1/log/entries": {"GET": self.log_entries},
             "/api/v1/cluster/add-node": {"POST": self.add_node},
@@ -228,7 +242,55 @@ class Api:
             raise bad_request(f"unknown field(s): {', '.join(unknown)[:200]}")
         if "key" not in body:
             raise bad_request('missing field "key"')
+        if body.get("op") in ("txn", "lease_grant", "lease_revoke"):
+            raise bad_request(f'op {body["op"]!r} has its own endpoint (/api/v1/consensus/txn, '
+                              '/api/v1/lease/...)')
         return self._write("kv", body)
+
+    def txn(self, request):
+        """A transaction: compares, then one of two op lists, in one log entry."""
+        body = self._json_object(request)
+        unknown = sorted(set(body) - _TXN_FIELDS)
+        if unknown:
+            raise bad_request(f"unknown field(s): {', '.join(unknown)[:200]}")
+        return self._write("kv", dict(body, op="txn"))
+
+    # ------------------------------------------------------------------ leases
+
+    def _lease_body(self, request, fields: frozenset) -> dict:
+        body = self._json_object(request)
+        unknown = sorted(set(body) - fields - {"client_id", "sequence"})
+        if unknown:
+            raise bad_request(f"unknown field(s): {', '.join(unknown)[:200]}")
+        return body
+
+    def lease_grant(self, request):
+        body = self._lease_body(request, frozenset({"ttl_ms"}))
+        return self._write("kv", dict(body, op="lease_grant"))
+
+    def lease_revoke(self, request):
+        body = self._lease_body(request, frozenset({"id"}))
+        return self._write("kv", dict(body, op="lease_revoke"))
+
+    def lease_keepalive(self, request):
+        """Renews the lease on the leader (a linearizable read there: never logged)."""
+        body = self._json_object(request)
+        unknown = sorted(set(body) - {"id"})
+        if unknown:
+            raise bad_request(f"unknown field(s): {', '.join(unknown)[:200]}")
+        lease = body.get("id")
+        if type(lease) is not int or lease < 1:
+            raise bad_request('"id" must be a lease id (a positive integer)')
+        return self.router.read({"lease": {"op": "keepalive", "id": lease}}, "linearizable")
+
+    def lease_ttl(self, request):
+        params = self._params(request)
+        if "id" not in params:
+            raise bad_request('missing query parameter "id"')
+        lease = _int_param(params, "id", 1)
+        keys = _LEASE_KEYS_MAX if params.get("keys") in ("1", "true") else 0
+        return self.router.read({"lease": {"op": "ttl", "id": lease, "keys_max": keys}},
+                                "linearizable")
 
     def _state_machine(self, request) -> str:
         """The client-addressable state machine named by the path.  Internal ones (the
@@ -283,7 +345,11 @@ class Api:
         consistency = "linearizable" if consistency is None else consistency
         if consistency not in _CONSISTENCY:
             raise bad_request(f'"consistency" must be one of {", ".join(_CONSISTENCY)}')
-        return self.router.read({"sm": name, "request": query}, consistency)
+        read = {"sm": name, "request": query}
+        if "min_revision" in query:
+            floor = query.pop("min_revision")
+            read["min_revision"] = _int_param({"min_revision": str(floor)}, "min_revision", 0)
+        return self.router.read(read, consistency)
 
     def _write(self, sm: str, body: dict):
         client_id, sequence = self._session(body)
@@ -295,7 +361,8 @@ class Api:
     def _committed(response: dict) -> dict:
         result = response.get("result")
         if isinstance(result, dict) and "error" in result:
-            raise ApiError(400, str(result["error"]), str(result.get("message", "")),
+            status = 404 if result["error"] == "lease_not_found" else 400
+            raise ApiError(status, str(result["error"]), str(result.get("message", "")),
                            extra={"index": response.get("index")})
         return response
 
@@ -332,6 +399,10 @@ class Api:
             query = {"key": key}
         else:
             raise bad_request('missing query parameter "key" (or "prefix")')
+        if "min_revision" in params:
+            # the revision (log index) the read must be served at or above; the answer's
+            # "index" is the revision it was served at
+            query["min_revision"] = _int_param(params, "min_revision", 0)
         return self.router.read(query, consistency)
 
     def cluster_status(self, request):

@@ -217,7 +217,12 @@ class NodeService(MultiService):
         limits = self.config.limits
         return create_state_machine(
             name, **({"key_bytes_max": limits.key_bytes_max,
-                      "result_bytes_max": limits.query_result_bytes_max}
+                      "result_bytes_max": limits.query_result_bytes_max,
+                      "txn_ops_max": limits.txn_ops_max,
+                      "txn_bytes_max": limits.txn_bytes_max,
+                      "leases_max": limits.leases_max,
+                      "lease_ttl_ms_min": limits.lease_ttl_ms_min,
+                      "lease_ttl_ms_max": limits.lease_ttl_ms_max}
                      if name == "kv" else {}))
 
     def _machines(self) -> StateMachines:
@@ -252,7 +257,8 @@ class NodeService(MultiService):
             DriverOptions(self.node_id, config.protocol, tick_ms,
                           request_timeout_ticks=max(1, -(-timing.request_timeout_ms // tick_ms)),
                           snapshot_entries=config.snapshot.entries,
-                          snapshot_bytes=config.snapshot.bytes),
+                          snapshot_bytes=config.snapshot.bytes,
+                          election_ticks=timing.election_ticks),
             replica, machines, restored.snapshot, book.bootstrap_config())
         driver.restored_hard_state(restored.hard_state)
         self.writer = StorageWriter(self.storage, reactor)

@@ -16,6 +16,7 @@ from typing import Callable
 from twisted.internet import defer
 
 from statemachines import BadCommand, is_internal
+from statemachines.base import CommandTooLarge
 
 from .errors import ApiError, bad_request
 from .frames import FORWARD
@@ -75,6 +76,8 @@ class RequestRouter:
         try:
             data = self.machines().encode_write(sm, fields, client_id, sequence,
                                                 self.wall_ms(), internal=internal)
+        except CommandTooLarge as exc:
+            return defer.fail(ApiError(413, "too_large", str(exc)))
         except BadCommand as exc:
             return defer.fail(bad_request(str(exc)))
         if len(data) > self.command_bytes_max:

@@ -96,6 +96,10 @@ class SimOptions:
     partition_kinds: tuple[str, ...] = ()  # shapes the nemesis picks from (all if empty)
     learners: int = 0             # the last ``learners`` of the ``nodes`` bootstrap members
                                   # are learners, not voters
+    lease_holders: int = 0        # coordination.py: clients holding kv leases
+    bank_clients: int = 0         # coordination.py: bank-transfer transaction clients
+    lease_drift_bound: float = 0.0  # the conf's clock-drift margin as a rate: an expiry
+                                    # earlier than TTL x (1 - this) fails the run
     own_ack_before_fsync: bool = False  # negative control: deliberately broken replicas
                                         # that count the leader's own acceptance before
                                         # its fsync (broken.py)
@@ -172,6 +176,10 @@ class Simulation:
                       for n in range(1, options.nodes + options.spares + 1)}
         from .workload import Workload
         self.workload = Workload(self)
+        self.coordination = None
+        if options.lease_holders or options.bank_clients:
+            from .coordination import Coordination
+            self.coordination = Coordination(self)
         self.history = History()
         self.faults: list[tuple[float, str]] = []
         self.stats = {"elections": 0, "leader_changes": 0, "corruption_detected": 0,
@@ -351,6 +359,8 @@ class Simulation:
         for node in self.nodes.values():
             self.schedule(self.rng.uniform(0, TICK_MS), self._tick, node)
         self.workload.start()
+        if self.coordination is not None:
+            self.coordination.start()
         from .nemesis import Nemesis
         self.nemesis = Nemesis(self)
         self.nemesis.start()
@@ -361,6 +371,8 @@ class Simulation:
         self.run_until(o.duration_ms)
         self.nemesis.heal_all()
         self.workload.stop_new_operations()
+        if self.coordination is not None:
+            self.coordination.stop()
         self.run_until(self.now + o.client_timeout_ms * 2)
         self.network.faults_enabled = False
         progress_deadline = self.now + o.settle_ms
