@@ -27,8 +27,7 @@ STALE_LEASE_SEEDS = {
     "raft": [(7, 3), (13, 3), (15, 3), (6, 5), (7, 5)],
     "multipaxos": [(20, 3), (39, 3), (86, 3), (14, 5), (30, 5)],
 }
-REFIND = ("find new seeds: python -m paxoslog.sim --profile lease-beyond --protocol {0} "
-          "--seeds 300, then keep those that still fail with options.lease_holder_check off")
+REFIND = "find new seeds: python tools/find_lease_seeds.py --protocol {0} --seeds 200"
 
 
 def _beyond(seed: int, protocol: str, nodes: int, **changes) -> Simulation:
