@@ -269,7 +269,7 @@ class _Calls:
                  wait: str = "learner"):
         """Add ``node_id`` (peer ``address``) as a learner; ``wait="voter"`` returns once
         the leader promoted it."""
-        body = {"node_id": node_id, "address": address, "wait": wait}
+        body = {"node_id": node_id, "peer": address, "wait": wait}
         if api:
             body["api"] = api
         return self.request("POST", "/api/v1/cluster/add-node", body, write=True)

@@ -38,6 +38,7 @@ class KVStateMachine:
     """Key -> (value, create_index, mod_index, version), in key order."""
 
     name = "kv"
+    version = 2          # 2: delete_range, the prefix cursor
 
     def __init__(self, key_bytes_max: int = 4096,
                  result_bytes_max: int = RESULT_BYTES_MAX_DEFAULT) -> None:

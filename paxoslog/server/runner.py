@@ -31,6 +31,7 @@ from paxoslog.node.instructions import (Applied, CompactLog, ConfigApplied, Forw
 
 from .errors import ApiError
 from .metrics import Histogram
+from .narrate import TOLD, narrate
 
 __all__ = ["DriverRunner", "FatalNodeError", "ForwardedHandle"]
 
@@ -55,7 +56,9 @@ class DriverRunner:
     def __init__(self, driver, reactor, *, writer, transport, shipper, snapshots,
                  on_applied: Callable, on_role: Callable, on_config: Callable,
                  on_row: Callable, on_installed: Callable,
-                 on_fatal: Callable[[BaseException], None]) -> None:
+                 on_fatal: Callable[[BaseException], None], health=None) -> None:
+        """``health``: told of slow fsyncs and applies and of snapshot outcomes (a
+        ``watch.Watch``; None: nobody)."""
         self.driver = driver
         self.reactor = reactor
         self.writer = writer
@@ -73,6 +76,9 @@ class DriverRunner:
         # answer: the dashboard's latency charts.
         self.write_latency = Histogram()
         self.read_latency = Histogram()
+        # Event-loop steps of the driver that applied committed entries (the apply time).
+        self.apply_seconds = Histogram()
+        self.health = health
         self.fatal: BaseException | None = None
         self.leader_since: float | None = None
         self._persisting = 0
@@ -85,6 +91,11 @@ class DriverRunner:
         self._event("tick", self.driver.tick, count)
 
     def receive(self, peer: int, messages: list) -> None:
+        for msg in messages:
+            if type(msg) in TOLD:
+                text = narrate(msg)
+                if text is not None:
+                    log.debug("{text}", text=text)
         self._event(f"messages from node {peer}", self.driver.receive, messages)
 
     def peer_up(self, peer: int) -> None:
@@ -163,12 +174,19 @@ class DriverRunner:
                     arg.errback(ApiError(503, "unavailable", "the node has stopped",
                                          retry_after=1))
             return
+        started = time.perf_counter()
         try:
             instructions = method(*args)
         except Exception as exc:
             log.failure("unexpected error in {what}", what=what)
             self.die(FatalNodeError(f"unexpected error in {what}: {exc!r}"))
             return
+        applied = sum(1 for op in instructions if type(op) is Applied)
+        if applied:
+            seconds = time.perf_counter() - started
+            self.apply_seconds.observe(seconds)
+            if self.health is not None:
+                self.health.applied(seconds, applied)
         self.execute(instructions)
         if pump:
             self.schedule_pump()
@@ -241,6 +259,18 @@ class DriverRunner:
         self._event("a lost forward", self.driver.forward_failed, request)
 
     def _role_changed(self, op: RoleChange) -> None:
+        if op.role in (Role.PRE_CANDIDATE, Role.CANDIDATE) and op.old_role != op.role:
+            core = self.driver.replica.status()
+            log.debug("election: {role} in term {term}: heard no leader for {ticks} ticks "
+                      "(election timeout); asking voters {voters} for {what}",
+                      role=op.role, term=op.term, ticks=core.ticks_since_leader,
+                      voters=sorted(self.driver.replica.config.all_voters),
+                      what="a pre-vote (would they vote?)" if op.role == Role.PRE_CANDIDATE
+                      else "their votes (promises)")
+        elif op.old_role in (Role.PRE_CANDIDATE, Role.CANDIDATE) and op.role == Role.FOLLOWER:
+            log.debug("election: back to follower in term {term} (leader {leader}): a "
+                      "leader or a higher term was seen, or the pre-vote found the leader "
+                      "alive", term=op.term, leader=op.leader)
         if op.role == Role.LEADER and op.old_role != Role.LEADER:
             self.leader_since = time.time()
             log.info("became leader (term {term})", term=op.term)
@@ -268,6 +298,8 @@ class DriverRunner:
 
     def _persisted(self, seconds: float, ready) -> None:
         self.fsync.observe(seconds)
+        if self.health is not None:
+            self.health.fsynced(seconds)
         self._persisting -= 1
         self._event("completing a Ready", self.driver.persisted, ready)
         self._wake_idle()
@@ -292,11 +324,16 @@ class DriverRunner:
         d = self.snapshots.take(op.meta, op.producers, op.sessions)
 
         def saved(point) -> None:
+            if self.health is not None:
+                self.health.snapshot_saved(op.meta.index)
             self._event("a saved snapshot", self.driver.snapshot_saved, op.meta, point)
 
         def failed(failure) -> None:
-            log.error("snapshot at index {index} failed: {error}", index=op.meta.index,
-                      error=failure.getErrorMessage())
+            if self.health is not None:
+                self.health.snapshot_failed(op.meta.index, failure.getErrorMessage())
+            else:
+                log.error("snapshot at index {index} failed: {error}", index=op.meta.index,
+                          error=failure.getErrorMessage())
             self._event("a failed snapshot", self.driver.snapshot_failed)
         d.addCallbacks(saved, failed)
 
