@@ -86,6 +86,12 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--log-level", default=None, choices=("debug", "info", "warn", "error"),
                        help="log level at start (default: the conf's [log] level, else info; "
                             "SIGHUP applies the conf's [log] level)")
+    serve.add_argument("--log-format", default="text", choices=("text", "json"),
+                       help="text lines (default) or one JSON object per line")
+    serve.add_argument("--log-file", default=None, metavar="FILE",
+                       help="append the log to FILE instead of stderr (SIGHUP reopens it)")
+    serve.add_argument("--access-log", default=None, metavar="FILE",
+                       help="one line per HTTP request to FILE (SIGHUP reopens it)")
     serve.add_argument("--join", default=None, metavar="URL[,URL...]",
                        help="first start of a node added to a running cluster: ask this member "
                             "(any; its API address) to add this node, then join as a learner "
@@ -739,8 +745,17 @@ def cmd_serve(args) -> int:
     except ConfigError as exc:
         print(f"paxoslog: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    from paxoslog.server.logs import start_logging
-    logging = start_logging(f"n{args.node}", args.log_level or config.log.level or "info")
+    from paxoslog.server.logs import AccessLog, LogFile, start_logging
+    try:
+        logging = start_logging(f"n{args.node}", args.log_level or config.log.level or "info",
+                                fmt=args.log_format, path=args.log_file)
+        access = LogFile(args.access_log) if args.access_log else None
+    except OSError as exc:
+        print(f"paxoslog: cannot open log file {exc.filename}: {exc.strerror}",
+              file=sys.stderr)
+        return EXIT_USAGE
+    if access is not None:
+        logging.files.append(access)
     from twisted.internet import reactor
     from twisted.logger import Logger
     from paxoslog.server import NodeService
@@ -756,6 +771,8 @@ def cmd_serve(args) -> int:
     except ConfigError as exc:          # e.g. an unusable TLS certificate or key
         print(f"paxoslog: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    if access is not None:
+        node.http_requests.access = AccessLog(access)
     outcome = {"code": EXIT_OK, "signals": 0}
 
     def reload_log_level(new_config) -> list[str]:
@@ -767,7 +784,11 @@ def cmd_serve(args) -> int:
     node.reloader.register("log level", reload_log_level)
 
     def on_hangup() -> None:
+        """SIGHUP: reopen the log files (logrotate), then reload the conf.  Never fatal."""
         from paxoslog.server.reload import ReloadFailed
+        for problem in logging.reopen():
+            log.error("SIGHUP: {problem}; still writing to the old file", problem=problem)
+        log.info("SIGHUP: log files reopened; reloading {path}", path=config.path)
         systemd.reloading()
         try:
             result = node.reloader.reload()

@@ -114,6 +114,24 @@ class Api:
         self.backups, self.overview = backups, overview
         self.reloader, self.dashboard = reloader, dashboard
 
+    def routes(self) -> dict[str, tuple[str, ...]]:
+        """Every route and its methods (the docs' API table is tested against it);
+        ``{name}`` marks a path parameter."""
+        table = {path: tuple(sorted(methods)) for path, methods in self._routes.items()}
+        table["/api/v1/sm/{name}"] = ("GET", "POST")
+        table["/dashboard/{file}"] = ("GET",)
+        return table
+
+    def route_of(self, path: str) -> str:
+        """The route that serves ``path`` ("other" for none): a metrics label."""
+        if path in self._routes:
+            return path
+        if path.startswith("/api/v1/sm/"):
+            return "/api/v1/sm/{name}"
+        if path.startswith("/dashboard/"):
+            return "/dashboard/{file}"
+        return "other"
+
     # ------------------------------------------------------------------ dispatch
 
     def handle(self, request):

@@ -67,6 +67,7 @@ from .backup import BackupService
 from .dashboard import DashboardFiles
 from .events import ClusterEvents
 from .http import HttpService
+from .httpstats import HttpStats
 from .local_snapshots import LocalSnapshots, verify_states
 from .logview import LogView
 from .overview import ClusterOverview
@@ -209,6 +210,9 @@ class NodeService(MultiService):
         self.api = Api(node_id, config.limits, config.batching.batch_bytes_max)
         self.http = HttpService(self.api, self.me.api_bind, config.limits, reactor,
                                 tls=self.tls if config.tls_api else None)
+        # Request latency per route, and the access log (the CLI sets .access).
+        self.http_requests = HttpStats(self.api.route_of)
+        self.http.factory.on_response = self.http_requests.responded
         self.reloader = Reloader(config)       # the CLI registers the log level hook
         self.dashboard = DashboardFiles()
 
@@ -308,7 +312,9 @@ class NodeService(MultiService):
                                runner=runner, transport=self.transport, book=book,
                                storage=self.storage, logview=self.logview,
                                http_stats=lambda: self.http.factory, events=self.events,
-                               reactor=reactor)
+                               reactor=reactor, watch=self.watch,
+                               snapshots=self.local_snapshots,
+                               http_requests=self.http_requests)
         router.status_view = self.views.detailed_status
         self.overview = ClusterOverview(self.node_id, self.views.detailed_status,
                                         self.transport.forward, self.transport.connected,

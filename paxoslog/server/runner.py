@@ -23,6 +23,7 @@ from typing import Callable
 
 from twisted.internet import defer
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from paxoslog.core.ready import ConfigChanged, Role
 from paxoslog.node.instructions import (Applied, CompactLog, ConfigApplied, Forward,
@@ -76,6 +77,11 @@ class DriverRunner:
         # answer: the dashboard's latency charts.
         self.write_latency = Histogram()
         self.read_latency = Histogram()
+        # Client writes submitted here that committed (their latency) or failed (503/504,
+        # refused): paxoslog_commit_duration_seconds, paxoslog_proposals_failed_total.
+        self.commit_latency = Histogram()
+        self.writes_failed = 0
+        self.leader_changes = 0
         # Event-loop steps of the driver that applied committed entries (the apply time).
         self.apply_seconds = Histogram()
         self.health = health
@@ -107,7 +113,7 @@ class DriverRunner:
     def write(self, key: tuple[str, int], data: bytes) -> defer.Deferred:
         """Fires with the committed body, or fails with ``ApiError`` (503/504/...)."""
         d = defer.Deferred()
-        d.addBoth(self._observe, self.write_latency, time.perf_counter())
+        d.addBoth(self._observe_write, time.perf_counter())
         self._event("a write", self.driver.submit_write, d, key, data)
         return d
 
@@ -116,6 +122,15 @@ class DriverRunner:
         d.addBoth(self._observe, self.read_latency, time.perf_counter())
         self._event("a read", self.driver.submit_read, d, query, consistency)
         return d
+
+    def _observe_write(self, result, started: float):
+        seconds = time.perf_counter() - started
+        self.write_latency.observe(seconds)
+        if isinstance(result, Failure):
+            self.writes_failed += 1
+        else:
+            self.commit_latency.observe(seconds)
+        return result
 
     @staticmethod
     def _observe(result, histogram: Histogram, started: float):
@@ -271,6 +286,8 @@ class DriverRunner:
             log.debug("election: back to follower in term {term} (leader {leader}): a "
                       "leader or a higher term was seen, or the pre-vote found the leader "
                       "alive", term=op.term, leader=op.leader)
+        if op.leader != op.old_leader and op.leader is not None:
+            self.leader_changes += 1
         if op.role == Role.LEADER and op.old_role != Role.LEADER:
             self.leader_since = time.time()
             log.info("became leader (term {term})", term=op.term)
