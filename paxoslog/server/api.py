@@ -5,7 +5,7 @@
     POST /api/v1/consensus/propose    {"key","value","client_id"?,"sequence"?,"op"?,"expected"?,
                                        "expected_version"?} -> {"status":"committed","index",
                                        "term","leader","result"}
-    GET  /api/v1/consensus/query      ?key=K | ?prefix=P[&limit=N]
+    GET  /api/v1/consensus/query      ?key=K | ?prefix=P[&limit=N][&after=CURSOR]
                                       [&consistency=linearizable|lease|stale]
     GET  /api/v1/cluster/status
     GET  /api/v1/log/entries          ?start_index=&end_index=  (inclusive)
@@ -343,6 +343,8 @@ class Api:
             query = {"prefix": params["prefix"]}
             if "limit" in params:
                 query["limit"] = _int_param(params, "limit", 1, 10_000)
+            if "after" in params:          # the "cursor" of the previous page
+                query["after"] = params["after"]
         elif "key" in params:
             key = params["key"]
             if not key:
