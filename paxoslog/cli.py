@@ -512,7 +512,7 @@ def _get_prefix(args, client) -> int:
     after, kvs, body, pages = args.after, [], {}, 0
     while True:
         body = client.range(args.key, args.limit, args.consistency, after=after)
-        result = body.get("result") or {}
+        result = body
         pages += 1
         page = result.get("kvs", [])
         kvs.extend(page)
@@ -523,12 +523,10 @@ def _get_prefix(args, client) -> int:
             break
         after = result["cursor"]
     if args.json:
-        out = dict(body)
-        out["result"] = {**(body.get("result") or {}), "kvs": kvs, "pages": pages}
-        print(json.dumps(out, sort_keys=True))
-    elif (body.get("result") or {}).get("more"):
-        print(f"(more: continue with --after {json.dumps(body['result']['cursor'])}, "
-              f"or --all)", file=sys.stderr)
+        print(json.dumps({**body, "kvs": kvs, "pages": pages}, sort_keys=True))
+    elif body.get("more"):
+        print(f"(more: continue with --after {json.dumps(body['cursor'])}, or --all)",
+              file=sys.stderr)
     return EXIT_OK
 
 
