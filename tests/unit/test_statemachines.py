@@ -321,6 +321,9 @@ def test_kv_prefix_cursor_walks_every_key_once_and_delete_range_continues():
     first = kv.apply(9002, command)
     assert first == {"op": "delete_range", "deleted": 1000, "more": True, "cursor": "p/00999"}
     second = kv.apply(9003, kv.validate({"op": "delete_range", "prefix": "p/0",
-                                          "after": first["cursor"]}))
-    assert second == {"op": "delete_range", "deleted": 1500, "more": False}
+                                          "after": first["cursor"]}))     # default: 1000
+    assert second == {"op": "delete_range", "deleted": 1000, "more": True, "cursor": "p/01999"}
+    third = kv.apply(9004, kv.validate({"op": "delete_range", "prefix": "p/0", "limit": 9999,
+                                         "after": second["cursor"]}))
+    assert third == {"op": "delete_range", "deleted": 500, "more": False}
     assert kv.query({"prefix": ""})["kvs"] == [kv.get("p/"), kv.get("q")]
