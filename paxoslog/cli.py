@@ -770,7 +770,9 @@ def cmd_snapshot_save(args) -> int:
                                 force=args.force, quiet=args.quiet)
         info = saved.info
         origin = info.backup or {}
-        summary = {"file": saved.path, "index": info.meta.index, "term": info.meta.term,
+        from paxoslog.terms import term_fields
+        summary = {"file": saved.path, "index": info.meta.index,
+                   **term_fields(info.meta.term, origin.get("protocol")),
                    "bytes": saved.bytes, "sha256": saved.sha256,
                    "zstd_content_checksum": info.checksum, "state_machines": info.sizes,
                    "cluster": origin.get("cluster"), "protocol": origin.get("protocol"),
@@ -799,8 +801,10 @@ def cmd_snapshot_restore(args) -> int:
                                  out=(lines.append if args.json else print), quiet=args.quiet)
         info = result.info
         if args.json:
+            from paxoslog.terms import term_fields
             print(json.dumps({"file": args.file, "index": info.meta.index,
-                              "term": info.meta.term, "sha256": result.sha256,
+                              **term_fields(info.meta.term, (info.backup or {}).get("protocol")),
+                              "sha256": result.sha256,
                               "origin": result.origin,
                               "data_dirs": {str(k): v for k, v in result.data_dirs.items()},
                               "seconds": round(result.seconds, 3)}, sort_keys=True))
