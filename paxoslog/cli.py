@@ -8,7 +8,11 @@
     paxoslog cluster add-node ID --peer H:P [--api H:P] [--no-wait]
     paxoslog cluster remove-node ID | transfer-leader [ID] | members
     paxoslog put KEY VALUE | get KEY | delete KEY | cas KEY VALUE --expected E
-    paxoslog status                            one row per node: role, term, indexes, lag
+    paxoslog get PREFIX --prefix [--all] | delete PREFIX --prefix   pages with a cursor
+    paxoslog status                            one row per live member: role, term, lag
+    paxoslog endpoint health                   /health of every live member (exit 4: one
+                                               is not healthy)
+    paxoslog completion bash|zsh               a shell completion script
     paxoslog log entries [--from N] [--to M]   entries from the running cluster
     paxoslog log dump|verify --data-dir D      offline/live WAL inspection (read-only)
     paxoslog log export --sqlite OUT.db --data-dir D   the data as SQL tables (read-only)
@@ -19,8 +23,10 @@
     paxoslog reload                            nodes re-read their conf (as SIGHUP)
     paxoslog certs init --config F [--out DIR]  a cluster CA and node certificates (TLS)
 
-Client commands find the cluster with ``--config`` (default ``$PAXOSLOG_CONFIG``, else
-``conf/local-3.toml``) or ``--endpoints http://h:p,...``; ``--json`` prints the raw JSON.
+Client commands find the cluster with ``--endpoints http://h:p,...``, ``--config F``,
+``$PAXOSLOG_ENDPOINTS``, ``$PAXOSLOG_CONFIG``, else ``conf/local-3.toml`` (first found);
+``-w json`` (anywhere on the line; ``--json`` is the same) prints JSON, ``-w table`` (the
+default) text.  While a command retries (no leader yet, a node down) it says so on stderr.
 HTTPS endpoints are verified against ``--cacert`` (default ``$PAXOSLOG_CACERT``, else the
 conf's ``[tls] ca_file``).
 
@@ -67,13 +73,21 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="exit codes: 0 ok, 1 error, 2 usage/conf error, 3 not found, "
                "4 unavailable or outcome unknown, 5 cas precondition failed",
         formatter_class=argparse.RawDescriptionHelpFormatter)
+    from paxoslog import __version__
+    parser.add_argument("--version", action="version", version=f"paxoslog {__version__}")
+    parser.add_argument("-w", "--write-out", dest="write_out_global", default=None,
+                        choices=("table", "json"), help="output format of every command "
+                        "(json: the same as --json)")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     client = argparse.ArgumentParser(add_help=False)
+    client.add_argument("-w", "--write-out", dest="write_out", default=None,
+                        choices=("table", "json"), help="output format (json: as --json)")
     client.add_argument("-c", "--config", default=None,
                         help=f"cluster conf file (default: $PAXOSLOG_CONFIG or {DEFAULT_CONFIG})")
     client.add_argument("--endpoints", default=None,
-                        help="comma-separated API endpoints (instead of --config)")
+                        help="comma-separated API endpoints (instead of --config; default "
+                             "$PAXOSLOG_ENDPOINTS)")
     client.add_argument("--timeout", type=float, default=10.0,
                         help="overall deadline in seconds, retries included (default 10)")
     client.add_argument("--json", action="store_true", help="print the JSON response")
@@ -87,6 +101,12 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--log-level", default=None, choices=("debug", "info", "warn", "error"),
                        help="log level at start (default: the conf's [log] level, else info; "
                             "SIGHUP applies the conf's [log] level)")
+    serve.add_argument("--log-format", default="text", choices=("text", "json"),
+                       help="text lines (default) or one JSON object per line")
+    serve.add_argument("--log-file", default=None, metavar="FILE",
+                       help="append the log to FILE instead of stderr (SIGHUP reopens it)")
+    serve.add_argument("--access-log", default=None, metavar="FILE",
+                       help="one line per HTTP request to FILE (SIGHUP reopens it)")
     serve.add_argument("--join", default=None, metavar="URL[,URL...]",
                        help="first start of a node added to a running cluster: ask this member "
                             "(any; its API address) to add this node, then join as a learner "
@@ -149,14 +169,17 @@ def build_parser() -> argparse.ArgumentParser:
                      help="attach KEY to lease ID (deleted when the lease ends)")
     put.set_defaults(func=cmd_put)
 
-    get = commands.add_parser("get", parents=[client], help="read KEY")
+    get = commands.add_parser("get", parents=[client], help="read KEY (or the keys under a "
+                                                            "prefix: --prefix)")
     get.add_argument("key")
     get.add_argument("--consistency", default="linearizable",
                      choices=("linearizable", "lease", "stale"))
     get.add_argument("--min-revision", type=int, default=None, metavar="R",
                      help="refuse to be served below revision R (read your writes from a "
                           "follower with --consistency stale)")
+    add_prefix_arguments(get, "the keys starting with KEY, a page at a time")
     get.set_defaults(func=cmd_get)
+
 
     txn = commands.add_parser(
         "txn", parents=[client, session], help="a transaction from a JSON file (- for stdin)",
@@ -211,9 +234,38 @@ def build_parser() -> argparse.ArgumentParser:
     elect.add_argument("--wait", type=float, default=None, metavar="SECONDS")
     elect.set_defaults(func=cmd_elect, command=[])
 
-    delete = commands.add_parser("delete", parents=[client, session], help="delete KEY")
+    delete = commands.add_parser("delete", parents=[client, session],
+                                 help="delete KEY (or the keys under a prefix: --prefix)")
     delete.add_argument("key")
+    add_prefix_arguments(delete, "delete the keys starting with KEY, LIMIT per log entry")
     delete.set_defaults(func=cmd_delete)
+    delete_range = commands.add_parser(
+        "delete-range", parents=[client], help="delete every key starting with PREFIX "
+        "(as delete --prefix --all)")
+    delete_range.add_argument("key", metavar="PREFIX")
+    delete_range.add_argument("--limit", type=int, default=None,
+                              help="keys per log entry (default 1000)")
+    delete_range.set_defaults(func=cmd_delete, prefix=True, all=True, after=None,
+                              client_id=None, sequence=None)
+
+    endpoint = commands.add_parser("endpoint", help="per-endpoint checks")
+    endpoint_commands = endpoint.add_subparsers(dest="endpoint_command", metavar="COMMAND",
+                                                required=True)
+    health = endpoint_commands.add_parser(
+        "health", parents=[client], help="GET /health of every live member",
+        description="Ask every current member (the live membership, from any endpoint that "
+                    "answers; else the given endpoints) whether it is healthy: running, "
+                    "not failed, and knowing a leader.  Exit 0 when all are, 4 otherwise.")
+    health.set_defaults(func=cmd_endpoint_health)
+
+    completion = commands.add_parser(
+        "completion", help="print a shell completion script",
+        description="Print a completion script for bash or zsh.  bash: "
+                    "`source <(paxoslog completion bash)` (or save it in "
+                    "/etc/bash_completion.d/paxoslog); zsh: `source <(paxoslog completion "
+                    "zsh)`.")
+    completion.add_argument("shell", choices=("bash", "zsh"))
+    completion.set_defaults(func=cmd_completion)
 
     cas = commands.add_parser("cas", parents=[client, session],
                               help="set KEY to VALUE if it currently holds EXPECTED")
@@ -347,6 +399,16 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def add_prefix_arguments(parser, what: str) -> None:
+    parser.add_argument("--prefix", action="store_true", help=what)
+    parser.add_argument("--limit", type=int, default=None,
+                        help="keys per page (--prefix; default 1000, at most 10000)")
+    parser.add_argument("--after", default=None, metavar="CURSOR",
+                        help="continue after this key: the \"cursor\" of the previous page")
+    parser.add_argument("--all", action="store_true",
+                        help="follow the cursor until the last page")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -358,6 +420,12 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if command is not None:
         args.command = command
+    if "json" in (getattr(args, "write_out", None), args.write_out_global) \
+            and hasattr(args, "json"):
+        args.json = True
+    if (hasattr(args, "endpoints") and not args.endpoints and not getattr(args, "config", None)
+            and os.environ.get("PAXOSLOG_ENDPOINTS")):
+        args.endpoints = os.environ["PAXOSLOG_ENDPOINTS"]
     try:
         return args.func(args)
     except KeyboardInterrupt:
@@ -404,9 +472,28 @@ def _cacert(args) -> str | None:
 
 def _client(args):
     from paxoslog.client import SyncClient
-    return SyncClient(_endpoints(args), timeout=args.timeout,
-                      attempt_timeout=min(3.0, max(0.5, args.timeout / 3)),
-                      client_id=getattr(args, "client_id", None), cafile=_cacert(args))
+    client = SyncClient(_endpoints(args), timeout=args.timeout,
+                        attempt_timeout=min(3.0, max(0.5, args.timeout / 3)),
+                        client_id=getattr(args, "client_id", None), cafile=_cacert(args))
+    client.on_retry = _RetryProgress()
+    return client
+
+
+class _RetryProgress:
+    """Says on stderr why the command is still waiting (at most one line a second)."""
+
+    def __init__(self, clock=None) -> None:
+        import time
+        self.clock = clock or time.monotonic
+        self.last = None
+
+    def __call__(self, endpoint: str, why: str, left_s: float) -> None:
+        now = self.clock()
+        if self.last is not None and now - self.last < 1.0:
+            return
+        self.last = now
+        print(f"paxoslog: {endpoint}: {why}; retrying ({left_s:.1f} s left)",
+              file=sys.stderr, flush=True)
 
 
 def _session(args) -> dict:
@@ -481,6 +568,8 @@ def cmd_put(args) -> int:
 
 def cmd_get(args) -> int:
     def action(client):
+        if args.prefix:
+            return _get_prefix(args, client)
         body = client.get(args.key, args.consistency, min_revision=args.min_revision)
         _print(args, body, _show(body.get("value")))
         return EXIT_OK
@@ -645,8 +734,59 @@ def cmd_elect(args) -> int:
     return _run_client(args, action)
 
 
+def _get_prefix(args, client) -> int:
+    """Pages of the keys under ``args.key``; ``--all`` follows the cursor."""
+    after, kvs, body, pages = args.after, [], {}, 0
+    while True:
+        body = client.range(args.key, args.limit, args.consistency,
+                            min_revision=args.min_revision, after=after)
+        result = body
+        pages += 1
+        page = result.get("kvs", [])
+        kvs.extend(page)
+        if not args.json:
+            for record in page:
+                print(f"{record['key']}\t{_show(record['value'])}")
+        if not (args.all and result.get("more")):
+            break
+        after = result["cursor"]
+    if args.json:
+        print(json.dumps({**body, "kvs": kvs, "pages": pages}, sort_keys=True))
+    elif body.get("more"):
+        print(f"(more: continue with --after {json.dumps(body['cursor'])}, or --all)",
+              file=sys.stderr)
+    return EXIT_OK
+
+
+def _delete_prefix(args, client) -> int:
+    """delete_range commands under ``args.key``; ``--all`` until nothing is left."""
+    after, deleted, body, entries = args.after, 0, {}, 0
+    session = _session(args)
+    while True:
+        body = client.delete_range(args.key, args.limit, after, **session)
+        session = {}                      # a retried --sequence covers the first entry only
+        result = body.get("result") or {}
+        deleted += result.get("deleted", 0)
+        entries += 1
+        if not (args.all and result.get("more")):
+            break
+        after = result["cursor"]
+    more = bool((body.get("result") or {}).get("more"))
+    if args.json:
+        print(json.dumps({**body, "result": {**(body.get("result") or {}), "deleted": deleted,
+                                             "entries": entries}}, sort_keys=True))
+    else:
+        print(f"deleted {deleted} key(s) in {entries} log entr{'y' if entries == 1 else 'ies'}"
+              f" (last index={body.get('index')})"
+              + (f"; more: continue with --after {json.dumps(body['result']['cursor'])}"
+                 if more else ""))
+    return EXIT_OK
+
+
 def cmd_delete(args) -> int:
     def action(client):
+        if args.prefix:
+            return _delete_prefix(args, client)
         body = client.delete(args.key, **_session(args))
         result = body.get("result") or {}
         if not result.get("deleted"):
@@ -712,16 +852,22 @@ def cmd_sm(args) -> int:
 
 
 def cmd_status(args) -> int:
+    """One row per current member (the live membership; the conf's or --endpoints' nodes
+    when no endpoint answers).  Row fields are the HTTP status's names (node_id, role,
+    term, leader, commit_index, applied_index, last_heartbeat in ms) plus endpoint and lag.
+    Exit 0 when every member answers and one leads; 4 otherwise."""
     from paxoslog.client import ClientError
-    known = _endpoint_ids(args)
-    endpoints = list(known)
+    from paxoslog.members import live_endpoints
     with _client(args) as client:
+        members, live = live_endpoints(client, _endpoint_ids(args),
+                                       timeout_s=min(2.0, args.timeout))
         views = {}
-        for endpoint in endpoints:
+        for member in members:
             try:
-                views[endpoint] = client.status_of(endpoint, timeout=min(2.0, args.timeout))
+                views[member] = client.status_of(member.endpoint,
+                                                 timeout=min(2.0, args.timeout))
             except (OSError, ClientError, ValueError):
-                views[endpoint] = None
+                views[member] = None
     leader_view = None
     for view in views.values():
         if view and view.get("role") == "leader":
@@ -730,9 +876,10 @@ def cmd_status(args) -> int:
     leader_nodes = {n["id"]: n for n in (leader_view or {}).get("nodes", [])}
     top_commit = max((v["commit_index"] for v in views.values() if v), default=0)
     rows = []
-    for endpoint, view in views.items():
+    for member, view in views.items():
         if view is None:
-            rows.append({"endpoint": endpoint, "node": known.get(endpoint), "role": "down"})
+            rows.append({"endpoint": member.endpoint, "node_id": member.node_id,
+                         "role": "down"})
             continue
         node_id = view["node_id"]
         heard = leader_nodes.get(node_id, {}).get("last_heartbeat")
@@ -741,26 +888,27 @@ def cmd_status(args) -> int:
         elif heard is None:
             me = next((n for n in view["nodes"] if n["id"] == node_id), {})
             heard = me.get("last_heartbeat")
-        rows.append({"endpoint": endpoint, "node": node_id, "role": view["role"],
+        rows.append({"endpoint": member.endpoint, "node_id": node_id, "role": view["role"],
                      "term": view["term"], "leader": view["leader"],
                      "commit_index": view["commit_index"], "applied_index": view["applied_index"],
                      "lag": max(0, top_commit - view["applied_index"]),
-                     "last_heartbeat_ms": heard, "protocol": view.get("protocol")})
+                     "last_heartbeat": heard, "protocol": view.get("protocol")})
+    down = [row for row in rows if row["role"] == "down"]
     if args.json:
-        print(json.dumps({"leader": leader_view and leader_view["node_id"], "nodes": rows},
-                         sort_keys=True))
+        print(json.dumps({"leader": leader_view and leader_view["node_id"], "nodes": rows,
+                          "live_membership": live}, sort_keys=True))
     else:
         header = ("NODE", "ROLE", "TERM", "COMMIT", "APPLIED", "LAG", "LAST HEARTBEAT", "API")
         table = [header]
         for row in rows:
             if row["role"] == "down":
-                table.append((str(row["node"] or "?"), "down", "-", "-", "-", "-", "-",
+                table.append((str(row["node_id"] or "?"), "down", "-", "-", "-", "-", "-",
                               row["endpoint"].split("://")[-1]))
                 continue
-            heard = row["last_heartbeat_ms"]
+            heard = row["last_heartbeat"]
             heard_text = "-" if row["role"] == "leader" else (
                 "never" if heard is None else f"{heard} ms ago")
-            table.append((str(row["node"]), row["role"], str(row["term"]),
+            table.append((str(row["node_id"]), row["role"], str(row["term"]),
                           str(row["commit_index"]), str(row["applied_index"]), str(row["lag"]),
                           heard_text, row["endpoint"].split("://")[-1]))
         widths = [max(len(r[i]) for r in table) for i in range(len(header))]
@@ -769,10 +917,40 @@ def cmd_status(args) -> int:
         protocol = next((r["protocol"] for r in rows if r.get("protocol")), None)
         if protocol:
             print(f"protocol {protocol}; leader: "
-                  f"{'node ' + str(leader_view['node_id']) if leader_view else 'none'}")
-    if not any(views.values()):
+                  f"{'node ' + str(leader_view['node_id']) if leader_view else 'none'}"
+                  + (f"; {len(down)} member(s) down" if down else ""))
+        if not live:
+            print("(no endpoint answered: these are the configured nodes, not the live "
+                  "membership)", file=sys.stderr)
+    if not any(views.values()) or leader_view is None or down:
         return EXIT_UNAVAILABLE
-    return EXIT_OK if leader_view is not None else EXIT_UNAVAILABLE
+    return EXIT_OK
+
+
+def cmd_endpoint_health(args) -> int:
+    from paxoslog.members import check_health, live_endpoints
+    with _client(args) as client:
+        members, live = live_endpoints(client, _endpoint_ids(args),
+                                       timeout_s=min(2.0, args.timeout))
+        results = check_health(client, members, timeout_s=min(2.0, args.timeout))
+    if args.json:
+        print(json.dumps([r.to_json() for r in results], sort_keys=True))
+    else:
+        for r in results:
+            node = f"node {r.node_id}" if r.node_id is not None else "node ?"
+            if r.healthy:
+                print(f"{r.endpoint} ({node}) is healthy: took {r.took_s * 1000:.1f} ms")
+            else:
+                print(f"{r.endpoint} ({node}) is unhealthy: {r.error}")
+        if not live:
+            print("(no endpoint answered: checked the configured nodes)", file=sys.stderr)
+    return EXIT_OK if results and all(r.healthy for r in results) else EXIT_UNAVAILABLE
+
+
+def cmd_completion(args) -> int:
+    from paxoslog.completion import completion_script
+    print(completion_script(build_parser(), args.shell))
+    return EXIT_OK
 
 
 def cmd_log_entries(args) -> int:
@@ -820,7 +998,9 @@ def cmd_snapshot_save(args) -> int:
                                 force=args.force, quiet=args.quiet)
         info = saved.info
         origin = info.backup or {}
-        summary = {"file": saved.path, "index": info.meta.index, "term": info.meta.term,
+        from paxoslog.terms import term_fields
+        summary = {"file": saved.path, "index": info.meta.index,
+                   **term_fields(info.meta.term, origin.get("protocol")),
                    "bytes": saved.bytes, "sha256": saved.sha256,
                    "zstd_content_checksum": info.checksum, "state_machines": info.sizes,
                    "cluster": origin.get("cluster"), "protocol": origin.get("protocol"),
@@ -849,8 +1029,10 @@ def cmd_snapshot_restore(args) -> int:
                                  out=(lines.append if args.json else print), quiet=args.quiet)
         info = result.info
         if args.json:
+            from paxoslog.terms import term_fields
             print(json.dumps({"file": args.file, "index": info.meta.index,
-                              "term": info.meta.term, "sha256": result.sha256,
+                              **term_fields(info.meta.term, (info.backup or {}).get("protocol")),
+                              "sha256": result.sha256,
                               "origin": result.origin,
                               "data_dirs": {str(k): v for k, v in result.data_dirs.items()},
                               "seconds": round(result.seconds, 3)}, sort_keys=True))
@@ -965,8 +1147,17 @@ def cmd_serve(args) -> int:
     except ConfigError as exc:
         print(f"paxoslog: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    from paxoslog.server.logs import start_logging
-    logging = start_logging(f"n{args.node}", args.log_level or config.log.level or "info")
+    from paxoslog.server.logs import AccessLog, LogFile, start_logging
+    try:
+        logging = start_logging(f"n{args.node}", args.log_level or config.log.level or "info",
+                                fmt=args.log_format, path=args.log_file)
+        access = LogFile(args.access_log) if args.access_log else None
+    except OSError as exc:
+        print(f"paxoslog: cannot open log file {exc.filename}: {exc.strerror}",
+              file=sys.stderr)
+        return EXIT_USAGE
+    if access is not None:
+        logging.files.append(access)
     from twisted.internet import reactor
     from twisted.logger import Logger
     from paxoslog.server import NodeService
@@ -982,6 +1173,8 @@ def cmd_serve(args) -> int:
     except ConfigError as exc:          # e.g. an unusable TLS certificate or key
         print(f"paxoslog: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    if access is not None:
+        node.http_requests.access = AccessLog(access)
     outcome = {"code": EXIT_OK, "signals": 0}
 
     def reload_log_level(new_config) -> list[str]:
@@ -993,7 +1186,11 @@ def cmd_serve(args) -> int:
     node.reloader.register("log level", reload_log_level)
 
     def on_hangup() -> None:
+        """SIGHUP: reopen the log files (logrotate), then reload the conf.  Never fatal."""
         from paxoslog.server.reload import ReloadFailed
+        for problem in logging.reopen():
+            log.error("SIGHUP: {problem}; still writing to the old file", problem=problem)
+        log.info("SIGHUP: log files reopened; reloading {path}", path=config.path)
         systemd.reloading()
         try:
             result = node.reloader.reload()

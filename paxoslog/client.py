@@ -190,7 +190,7 @@ class _Logic:
 
 
 def _path_for_query(key: str | None, consistency: str, prefix: str | None, limit: int | None,
-                    min_revision: int | None = None):
+                    min_revision: int | None = None, after: str | None = None):
     params = {"consistency": consistency}
     if min_revision is not None:
         params["min_revision"] = str(min_revision)
@@ -198,6 +198,8 @@ def _path_for_query(key: str | None, consistency: str, prefix: str | None, limit
         params["prefix"] = prefix
         if limit is not None:
             params["limit"] = str(limit)
+        if after is not None:
+            params["after"] = after
     else:
         params["key"] = key
     return "/api/v1/consensus/query?" + urlencode(params)
@@ -246,9 +248,11 @@ class _Calls:
         return self.request("GET", _path_for_query(key, consistency, None, None, min_revision))
 
     def range(self, prefix: str, limit: int | None = None, consistency: str = "linearizable",
-              min_revision: int | None = None):
+              min_revision: int | None = None, after: str | None = None):
+        """One page of the keys starting with ``prefix``; ``after``: the ``cursor`` of the
+        previous page (present while ``more`` is true)."""
         return self.request("GET", _path_for_query(None, consistency, prefix, limit,
-                                                   min_revision))
+                                                   min_revision, after))
 
     def txn(self, compare: list, success: list, failure: list = (), **session):
         """A transaction (compares, then one op list), exactly once: the committed body,
@@ -274,6 +278,17 @@ class _Calls:
     def lease_ttl(self, lease: int, keys: bool = False):
         return self.request("GET", f"/api/v1/lease/ttl?id={int(lease)}" +
                             ("&keys=1" if keys else ""))
+
+    def delete_range(self, prefix: str, limit: int | None = None, after: str | None = None,
+                     **session):
+        """Delete up to ``limit`` keys starting with ``prefix`` (one log entry); repeat with
+        ``after`` = the answer's ``result.cursor`` while ``result.more``."""
+        body = {"op": "delete_range", "prefix": prefix, **session}
+        if limit is not None:
+            body["limit"] = limit
+        if after is not None:
+            body["after"] = after
+        return self.sm("kv", body)
 
     def sm(self, name: str, body: dict):
         """A command for state machine ``name`` (``{"op": ..., ...}``), exactly once."""
@@ -302,7 +317,7 @@ class _Calls:
                  wait: str = "learner"):
         """Add ``node_id`` (peer ``address``) as a learner; ``wait="voter"`` returns once
         the leader promoted it."""
-        body = {"node_id": node_id, "address": address, "wait": wait}
+        body = {"node_id": node_id, "peer": address, "wait": wait}
         if api:
             body["api"] = api
         return self.request("POST", "/api/v1/cluster/add-node", body, write=True)
@@ -320,6 +335,16 @@ class _Calls:
 
 
 # ====================================================================== synchronous
+
+def describe_outcome(outcome: Reply | NoReply) -> str:
+    """A failed attempt in a few words: ``503 unavailable: no leader`` or ``not-connected``."""
+    if isinstance(outcome, Reply):
+        body = outcome.body if isinstance(outcome.body, dict) else {}
+        text = f"{outcome.status} {body.get('error', '')}".rstrip()
+        message = body.get("message")
+        return f"{text}: {str(message)[:120]}" if message else text
+    return f"{outcome.kind.value}" + (f" ({outcome.detail[:120]})" if outcome.detail else "")
+
 
 def classify_sync_failure(exc: BaseException, connected: bool) -> NoReply:
     """An http.client attempt's exception: before the connection opened nothing was sent;
@@ -345,6 +370,9 @@ class SyncClient(_Calls, _Logic):
         self._clock = clock
         self._sleep = sleep
         self._ssl = _ssl_context(cafile) if self.scheme == "https" else None
+        # on_retry(endpoint, why, seconds_left): called before each retry (the CLI prints
+        # progress on stderr); None: silent.
+        self.on_retry = None
 
     def close(self) -> None:
         for conn in self._conns.values():
@@ -366,7 +394,11 @@ class SyncClient(_Calls, _Logic):
             if step.delay_s > 0:
                 self._sleep(step.delay_s)          # the planner's backoff
             outcome = self._attempt(step.endpoint, method, path, payload, step.timeout_s)
-            step = plan.record(step.endpoint, outcome, self._clock())
+            tried = step.endpoint
+            now = self._clock()
+            step = plan.record(step.endpoint, outcome, now)
+            if isinstance(step, Attempt) and self.on_retry is not None:
+                self.on_retry(tried, describe_outcome(outcome), max(0.0, plan.deadline - now))
         return self.outcome(step, body)
 
     def _attempt(self, endpoint: str, method: str, path: str, payload: bytes | None,
@@ -439,6 +471,33 @@ class SyncClient(_Calls, _Logic):
         except BaseException:
             conn.close()
             raise
+
+    def members_of(self, endpoint: str, timeout: float = 1.0) -> dict:
+        """One node's view of the membership, no retries; raises OSError when the node
+        cannot be reached, ClientError when it refuses."""
+        return self._get_once(endpoint, "/api/v1/cluster/members", timeout)
+
+    def health_of(self, endpoint: str, timeout: float = 1.0) -> tuple[int, object]:
+        """(status, body) of ``GET /health?ready=1`` (200 healthy, 503 not ready), no
+        retries; raises OSError when the node cannot be reached."""
+        endpoint = _normalize(endpoint, self.scheme)
+        try:
+            conn = self._connection(endpoint, timeout)
+            reply = self._exchange(endpoint, conn, "GET", "/health?ready=1", None)
+        except http.client.HTTPException as exc:
+            raise OSError(f"bad answer: {exc}") from None
+        return reply.status, reply.body
+
+    def _get_once(self, endpoint: str, path: str, timeout: float) -> dict:
+        endpoint = _normalize(endpoint, self.scheme)
+        conn = self._connection(endpoint, timeout)
+        try:
+            reply = self._exchange(endpoint, conn, "GET", path, None)
+        except http.client.HTTPException as exc:
+            raise OSError(f"bad answer: {exc}") from None
+        if reply.status != 200:
+            raise self.error_for(reply.status, reply.body)
+        return reply.body
 
     def status_of(self, endpoint: str, timeout: float = 1.0) -> dict:
         """One node's own status, no retries (``cluster status`` asks each node); raises

@@ -23,6 +23,11 @@ Optional (the node uses them when present)::
                                                 gives the event loop the GIL between them)
     internal: bool                              True: written by the node itself only;
                                                 no client endpoint can address it
+    version: int                                default 1; bump it whenever ``apply`` of
+                                                the same log could give another state
+                                                (a new op, a changed result): peers
+                                                refuse a node whose names or versions
+                                                differ (the handshake compares them)
 
 ``state_hash(sm)`` digests ``snapshot()``: replicas at the same applied index must report
 the same digest (GET /api/v1/cluster/status?hashes=1 shows one per state machine).

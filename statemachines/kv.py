@@ -8,6 +8,8 @@ since creation; a delete resets the key).  Commands::
     {"op": "delete", "key": k}
     {"op": "cas",    "key": k, "value": v, "expected": e}          # e null: must be absent
     {"op": "cas",    "key": k, "value": v, "expected_version": n}  # n 0: must be absent
+    {"op": "delete_range", "prefix": p, "limit"?: n, "after"?: c}
+        -> {"deleted": count, "more": bool, "cursor"?: last key deleted}
 
 Coordination (leases.py, txn.py; docs/coordination.md)::
 
@@ -21,12 +23,19 @@ Coordination (leases.py, txn.py; docs/coordination.md)::
 A put without ``lease`` detaches the key from its lease (as etcd does); a delete detaches
 it too.
 
-Queries: ``{"key": k}`` -> the key's record or None; ``{"prefix": p, "limit": n}`` -> the
-keys starting with ``p`` in order, at most ``n`` records and at most ``result_bytes_max``
-bytes of them (as JSON, counted conservatively: ASCII-escaped), with ``more: true`` when
-either limit cut the answer (one record is always returned, however large).  Results are
-small dicts (they are also kept in the session table for retried requests), deterministic
-for a given log.
+Queries: ``{"key": k}`` -> the key's record or None; ``{"prefix": p, "limit": n,
+"after"?: c}`` -> the keys starting with ``p`` (and greater than ``c``) in order, at most
+``n`` records and at most ``result_bytes_max`` bytes of them (as JSON, counted
+conservatively: ASCII-escaped), with ``more: true`` when either limit cut the answer (one
+record is always returned, however large) and then ``cursor``: the last key returned; pass
+it as ``after`` for the next page.  Pages never repeat or skip a key that exists throughout
+the walk.  ``delete_range`` deletes at most ``limit`` (default 1000) keys per command, so
+one log entry never holds an unbounded amount of work; ``cursor`` continues the same way.
+Results are small dicts (they are also kept in the session table for retried requests),
+deterministic for a given log.
+
+Version 2 (``version``) added ``delete_range``: a node still at version 1 would refuse it
+while the others apply it, so peers refuse to mix versions (the handshake compares them).
 """
 
 from __future__ import annotations
@@ -43,10 +52,11 @@ from .txn import compare_holds, validate_txn
 
 __all__ = ["KVStateMachine", "OPS", "LEASE_OPS", "INTERNAL_OPS"]
 
-OPS = ("put", "delete", "cas", "txn", "lease_grant", "lease_revoke")
+OPS = ("put", "delete", "cas", "delete_range", "txn", "lease_grant", "lease_revoke")
 LEASE_OPS = ("lease_grant", "lease_revoke", "lease_promote", "lease_expire")
 INTERNAL_OPS = ("lease_promote", "lease_expire")
 _EXPIRE_IDS_MAX = 10_000
+_DELETE_RANGE_DEFAULT = 1000
 _PREFIX_LIMIT_MAX = 10_000
 RESULT_BYTES_MAX_DEFAULT = 4 << 20
 
@@ -56,6 +66,7 @@ class KVStateMachine:
 
     name = "kv"
     internal_ops = INTERNAL_OPS
+    version = 2          # 2: delete_range, the prefix cursor
 
     def __init__(self, key_bytes_max: int = 4096,
                  result_bytes_max: int = RESULT_BYTES_MAX_DEFAULT, *,
@@ -101,6 +112,12 @@ class KVStateMachine:
                                 self.txn_ops_max, self.txn_bytes_max)
         if op in LEASE_OPS:
             return self._validate_lease_op(op, command)
+        if op == "delete_range":
+            prefix, limit, after = self._range(command, _DELETE_RANGE_DEFAULT)
+            out = {"op": op, "prefix": prefix, "limit": limit}
+            if after is not None:
+                out["after"] = after
+            return out
         key = self._check_key(command.get("key"))
         if op == "delete":
             return {"op": op, "key": key}
@@ -164,6 +181,8 @@ class KVStateMachine:
             return self._txn(index, command)
         if op in LEASE_OPS:
             return self._lease_op(index, op, command)
+        if op == "delete_range":
+            return self._delete_range(command)
         key = command["key"]
         current = self._data.get(key)
         lease = command.get("lease")
@@ -191,6 +210,46 @@ class KVStateMachine:
             result["succeeded"] = True
             return result
         raise BadCommand(f"unknown op {op!r}")  # validate() keeps this unreachable
+
+    def _range(self, request: dict, default_limit: int) -> tuple[str, int, str | None]:
+        """(prefix, limit, after) of a prefix query or delete_range, or ``BadCommand``."""
+        prefix = request.get("prefix")
+        if not isinstance(prefix, str):
+            raise BadCommand('"prefix" must be a string')
+        limit = request.get("limit", default_limit)
+        if type(limit) is not int or not 1 <= limit <= _PREFIX_LIMIT_MAX:
+            raise BadCommand(f'"limit" must be an integer in 1..{_PREFIX_LIMIT_MAX}')
+        after = request.get("after")
+        if after is not None and not isinstance(after, str):
+            raise BadCommand('"after" must be a string (the "cursor" of the previous page)')
+        return prefix, limit, after
+
+    def _keys(self, prefix: str, after: str | None) -> Iterator[str]:
+        """Keys starting with ``prefix``, in order, greater than ``after`` if given."""
+        if after is not None and after >= prefix:
+            keys = self._data.irange(minimum=after, inclusive=(False, True))
+        else:
+            keys = self._data.irange(minimum=prefix)
+        for key in keys:
+            if not key.startswith(prefix):
+                return
+            yield key
+
+    def _delete_range(self, command: dict) -> dict:
+        limit = command["limit"]
+        doomed = []
+        more = False
+        for key in self._keys(command["prefix"], command.get("after")):
+            if len(doomed) == limit:
+                more = True
+                break
+            doomed.append(key)
+        for key in doomed:
+            self._delete(key, self._data[key])
+        result = {"op": "delete_range", "deleted": len(doomed), "more": more}
+        if more:
+            result["cursor"] = doomed[-1]
+        return result
 
     def _put(self, index: int, key: str, value: object, current: tuple | None,
              lease: int | None = None) -> dict:
@@ -306,19 +365,12 @@ class KVStateMachine:
         if not isinstance(request, dict):
             raise BadCommand("a kv query must be an object")
         if "prefix" in request:
-            prefix = request["prefix"]
-            if not isinstance(prefix, str):
-                raise BadCommand('"prefix" must be a string')
-            limit = request.get("limit", 1000)
-            if type(limit) is not int or not 1 <= limit <= _PREFIX_LIMIT_MAX:
-                raise BadCommand(f'"limit" must be an integer in 1..{_PREFIX_LIMIT_MAX}')
+            prefix, limit, after = self._range(request, 1000)
             found = []
             more = False
             size = 0
             budget = self.result_bytes_max
-            for key in self._data.irange(minimum=prefix):
-                if not key.startswith(prefix):
-                    break
+            for key in self._keys(prefix, after):
                 if len(found) == limit:
                     more = True
                     break
@@ -328,7 +380,10 @@ class KVStateMachine:
                     more = True
                     break
                 found.append(record)
-            return {"kvs": found, "more": more}
+            result = {"kvs": found, "more": more}
+            if more:
+                result["cursor"] = found[-1]["key"]
+            return result
         return self.get(self._check_key(request.get("key")))
 
     def __len__(self) -> int:

@@ -829,6 +829,10 @@ class NodeDriver:
 
     # ================================================================== views
 
+    def pending_writes(self) -> int:
+        """Client writes waiting for their entry to commit (or for their deadline)."""
+        return sum(len(waiters) for waiters in self._waiters.values())
+
     def api_term(self, term: int) -> int:
         """Terms as clients see them: the Raft term, or the round of a Paxos ballot."""
         return Ballot.unpack(term).round if self._multipaxos else term

@@ -61,6 +61,12 @@ class StateMachines:
     def names(self) -> list[str]:
         return sorted(self.machines)
 
+    def describe(self) -> list[list]:
+        """``[[name, version], ...]`` sorted by name: what peers compare at the handshake
+        (a state machine without a ``version`` attribute is version 1)."""
+        return [[name, int(getattr(self.machines[name], "version", 1))]
+                for name in sorted(self.machines)]
+
     def fresh(self) -> "StateMachines":
         """Empty state machines of the same names and a session table with the same
         bounds (replicas must evict alike)."""

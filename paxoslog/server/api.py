@@ -8,7 +8,7 @@
     POST /api/v1/consensus/txn        {"compare","success","failure","client_id"?,"sequence"?}
                                       -> {"status":"committed","index",...,"result":
                                       {"succeeded","results"}}
-    GET  /api/v1/consensus/query      ?key=K | ?prefix=P[&limit=N]
+    GET  /api/v1/consensus/query      ?key=K | ?prefix=P[&limit=N][&after=CURSOR]
                                       [&consistency=linearizable|lease|stale][&min_revision=R]
     POST /api/v1/lease/grant          {"ttl_ms"} -> result {"id","ttl_ms"}
     POST /api/v1/lease/revoke         {"id"} -> result {"id","deleted"}
@@ -127,6 +127,24 @@ class Api:
         self.router, self.views, self.admin, self.book = router, views, admin, book
         self.backups, self.overview = backups, overview
         self.reloader, self.dashboard = reloader, dashboard
+
+    def routes(self) -> dict[str, tuple[str, ...]]:
+        """Every route and its methods (the docs' API table is tested against it);
+        ``{name}`` marks a path parameter."""
+        table = {path: tuple(sorted(methods)) for path, methods in self._routes.items()}
+        table["/api/v1/sm/{name}"] = ("GET", "POST")
+        table["/dashboard/{file}"] = ("GET",)
+        return table
+
+    def route_of(self, path: str) -> str:
+        """The route that serves ``path`` ("other" for none): a metrics label."""
+        if path in self._routes:
+            return path
+        if path.startswith("/api/v1/sm/"):
+            return "/api/v1/sm/{name}"
+        if path.startswith("/dashboard/"):
+            return "/dashboard/{file}"
+        return "other"
 
     # ------------------------------------------------------------------ dispatch
 
@@ -392,6 +410,8 @@ class Api:
             query = {"prefix": params["prefix"]}
             if "limit" in params:
                 query["limit"] = _int_param(params, "limit", 1, 10_000)
+            if "after" in params:          # the "cursor" of the previous page
+                query["after"] = params["after"]
         elif "key" in params:
             key = params["key"]
             if not key:

@@ -40,6 +40,7 @@ emits NaN or Infinity (not JSON): such a body becomes a 500.
 from __future__ import annotations
 
 import json
+import time
 from typing import Callable
 from urllib.parse import unquote
 
@@ -169,6 +170,7 @@ class HttpProtocol(Protocol):
         self._phase = _HEADERS        # a new connection owes us its first request
         self._phase_since = 0.0
         self._registered = False      # we are our transport's producer
+        self._began: dict[int, tuple] = {}   # seq -> (method, path, start): on_response
         self._reset()
 
     def _reset(self) -> None:
@@ -459,6 +461,8 @@ class HttpProtocol(Protocol):
         elif self._next - self._sent >= self.factory.limits.pipelined_requests_max:
             self._pipeline_full = True    # _drain stops parsing and reading
         self.factory.requests += 1
+        if self.factory.on_response is not None:
+            self._began[seq] = (method, path_text, time.perf_counter())
         self._phase = _BUSY
         try:
             result = self.factory.app.handle(request)
@@ -490,6 +494,11 @@ class HttpProtocol(Protocol):
         self.factory.count_status(status)
         close = self._close_after is not None and seq >= self._close_after
         length = stream.length if stream is not None else len(body)
+        began = self._began.pop(seq, None)
+        if began is not None:
+            method, path, started = began
+            self.factory.on_response(self.host, method, path, status, length,
+                                     time.perf_counter() - started)
         parts = [_STATUS_LINES.get(status) or f"HTTP/1.1 {status} Status\r\n".encode(),
                  b"Content-Type: ", content_type, b"\r\nContent-Length: ",
                  str(length).encode(), b"\r\n"]
@@ -596,6 +605,9 @@ class HttpFactory(Factory):
         self.refused = 0              # connections over a cap
         self.timeouts = 0             # connections cut by a deadline (408, stalled reader)
         self.statuses: dict[int, int] = {}
+        # on_response(host, method, path, status, length, seconds): the request metrics and
+        # the access log (httpstats.py); None: nobody listens.
+        self.on_response = None
 
     def buildProtocol(self, addr):
         return HttpProtocol(self, getattr(addr, "host", None))
