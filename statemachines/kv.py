@@ -86,16 +86,32 @@ class KVStateMachine:
 
     def apply(self, index: int, command: dict) -> dict:
         """Apply a validated command committed at ``index``; returns the result."""
+        return self.apply_with_changes(index, command)[0]
+
+    def apply_with_changes(self, index: int, command: dict) -> tuple[dict, tuple]:
+        """``apply``, and the key changes it made: ``((key, record, previous), ...)`` with
+        ``record`` the key's new ``(value, create_index, mod_index, version)`` (None: it was
+        deleted) and ``previous`` the record before (None: it did not exist).  Records are
+        the stored immutable tuples (no copies).  A failed cas or the delete of an absent
+        key changes nothing: ``()``.  The watch streams are derived from these, so they are
+        the same on every replica (the result alone, which the session table keeps, does
+        not carry the previous value)."""
         op = command["op"]
         key = command["key"]
-        current = self._data.get(key)
+        data = self._data
+        current = data.get(key)
         if op == "put":
-            return self._put(index, key, command["value"], current)
+            record = ((command["value"], index, index, 1) if current is None
+                      else (command["value"], current[1], index, current[3] + 1))
+            data[key] = record
+            return ({"op": "put", "created": current is None, "version": record[3],
+                     "create_index": record[1], "mod_index": index},
+                    ((key, record, current),))
         if op == "delete":
             if current is None:
-                return {"op": "delete", "deleted": False}
-            del self._data[key]
-            return {"op": "delete", "deleted": True, "version": current[3]}
+                return {"op": "delete", "deleted": False}, ()
+            del data[key]
+            return {"op": "delete", "deleted": True, "version": current[3]}, ((key, None, current),)
         if op == "cas":
             if "expected_version" in command:
                 ok = (current[3] if current else 0) == command["expected_version"]
@@ -108,21 +124,14 @@ class KVStateMachine:
                           "current_version": current[3] if current else 0}
                 if current is not None:
                     result["current_mod_index"] = current[2]
-                return result
-            result = self._put(index, key, command["value"], current)
-            result["op"] = "cas"
-            result["succeeded"] = True
-            return result
+                return result, ()
+            record = ((command["value"], index, index, 1) if current is None
+                      else (command["value"], current[1], index, current[3] + 1))
+            data[key] = record
+            return ({"op": "cas", "created": current is None, "version": record[3],
+                     "create_index": record[1], "mod_index": index, "succeeded": True},
+                    ((key, record, current),))
         raise BadCommand(f"unknown op {op!r}")  # validate() keeps this unreachable
-
-    def _put(self, index: int, key: str, value: object, current: tuple | None) -> dict:
-        if current is None:
-            record = (value, index, index, 1)
-        else:
-            record = (value, current[1], index, current[3] + 1)
-        self._data[key] = record
-        return {"op": "put", "created": current is None, "version": record[3],
-                "create_index": record[1], "mod_index": index}
 
     # ------------------------------------------------------------------ reading
 

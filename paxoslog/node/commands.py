@@ -2,6 +2,15 @@
 
 ``{"sm": "kv", "op": "put", "key": k, "value": v, "client_id": c, "sequence": s, "ts": ms}``
 
+A batch is one command too (one encode, one log slot share, one session record)::
+
+    {"batch": [{"sm": "kv", "op": "put", ...}, {"sm": "counter", ...}, ...],
+     "client_id": c, "sequence": s, "ts": ms}
+
+Its operations are applied in order at the batch's log index; an operation may carry its
+own ``client_id``/``sequence`` (the WebSocket channel packs separately sessioned requests
+into one batch), which the session table then deduplicates one by one.
+
 ``ts`` is the wall clock (ms) of the node that encoded the command: the session table's
 idle expiry runs on the largest ``ts`` in the log, identical on every replica.
 
@@ -14,7 +23,8 @@ from __future__ import annotations
 
 import cbor2
 
-__all__ = ["encode_command", "decode_command", "command_key", "CLIENT_ID_CHARS_MAX"]
+__all__ = ["encode_command", "encode_batch", "decode_command", "command_key", "is_batch",
+           "CLIENT_ID_CHARS_MAX"]
 
 CLIENT_ID_CHARS_MAX = 128
 
@@ -27,6 +37,16 @@ def encode_command(sm: str, fields: dict, client_id: str, sequence: int, ts: int
     command["sequence"] = sequence
     command["ts"] = ts
     return cbor2.dumps(command)
+
+
+def encode_batch(ops: list[dict], client_id: str, sequence: int, ts: int) -> bytes:
+    """A batch command: ``ops`` are validated command maps, each with its ``sm`` (and
+    optionally its own ``client_id``/``sequence``)."""
+    return cbor2.dumps({"batch": ops, "client_id": client_id, "sequence": sequence, "ts": ts})
+
+
+def is_batch(command: dict) -> bool:
+    return "batch" in command and "sm" not in command
 
 
 def decode_command(data: bytes) -> dict | None:
