@@ -17,7 +17,11 @@ with ``--node ID``.  Shape (every table but ``[[nodes]]`` is optional)::
     [limits]       request_bytes_max, header_bytes_max, key_bytes_max, connections_max,
                    pipelined_requests_max, log_entries_max, recent_entries_kept,
                    recent_bytes_max, sessions_max, session_results_max,
-                   session_results_total_max, session_idle_ms, json_depth_max
+                   session_results_total_max, session_idle_ms, json_depth_max, batch_ops_max
+    [websocket]    connections_max, message_bytes_max, inflight_requests_max,
+                   subscriptions_max, handshake_timeout_ms, idle_timeout_ms, ping_interval_ms,
+                   progress_interval_ms, stream_message_bytes, slow_consumer_ms,
+                   watch_history_events, watch_history_bytes, wal_read_entries_max
     [state_machines]  enabled = ["kv", "counter", ...]   (built-ins + installed plug-ins)
     [log]          level = "info"   (debug|info|warn|error; SIGHUP re-reads it)
 
@@ -45,7 +49,8 @@ from paxoslog.core.replica import PROTOCOLS, ReplicaOptions
 from paxoslog.storage.options import StorageOptions
 
 __all__ = ["ConfigError", "Address", "NodeConf", "TimingConf", "SnapshotConf", "StorageConf",
-           "BatchingConf", "LimitsConf", "LogConf", "LOG_LEVELS", "ClusterConfig", "load_config", "parse_config",
+           "BatchingConf", "LimitsConf", "LogConf", "LOG_LEVELS", "WebSocketConf",
+           "ClusterConfig", "load_config", "parse_config",
            "parse_address", "KNOWN_STATE_MACHINES"]
 
 # The built-ins; plug-ins come from the entry-point group paxoslog.state_machines.
@@ -162,6 +167,28 @@ class LimitsConf:
     session_results_total_max: int = 500_000
     session_idle_ms: int = 600_000       # a session idle this long (log time) is dropped
     json_depth_max: int = 32             # nesting of a request body (objects and arrays)
+    batch_ops_max: int = 10_000          # operations in one batch (HTTP or WebSocket)
+
+
+@dataclass(frozen=True)
+class WebSocketConf:
+    """The WebSocket endpoint (docs/websocket.md): per-connection and per-node bounds."""
+
+    connections_max: int = 1024          # WebSocket connections per node
+    message_bytes_max: int = 1 << 20     # largest message (and frame) a client may send
+    inflight_requests_max: int = 1024    # requests awaiting their answer, per connection
+    subscriptions_max: int = 64          # tails and watches, per connection
+    handshake_timeout_ms: int = 5000     # opening (and closing) handshake
+    idle_timeout_ms: int = 120_000       # nothing received, no subscription, no request
+    ping_interval_ms: int = 20_000       # server pings; no pong within it: connection dropped
+    progress_interval_ms: int = 1000     # progress of an idle tail or watch (0: never)
+    stream_message_bytes: int = 256 << 10  # a stream message is cut beyond this (not a limit
+                                           # on one revision, which is never split)
+    slow_consumer_ms: int = 30_000       # a client not reading this long: its streams end
+                                         # with slow_consumer and the connection is closed
+    watch_history_events: int = 200_000  # kv events kept in memory for watches from the past
+    watch_history_bytes: int = 64 << 20  # ... and at most this many bytes of them
+    wal_read_entries_max: int = 20_000   # entries one read of the node's WAL may return
 
 
 LOG_LEVELS = ("debug", "info", "warn", "error")
@@ -186,6 +213,7 @@ class ClusterConfig:
     storage: StorageConf = field(default_factory=StorageConf)
     batching: BatchingConf = field(default_factory=BatchingConf)
     limits: LimitsConf = field(default_factory=LimitsConf)
+    websocket: WebSocketConf = field(default_factory=WebSocketConf)
     state_machines: tuple[str, ...] = ("kv",)
     secret: bytes | None = field(default=None, repr=False, compare=False)
     log: LogConf = field(default_factory=LogConf)
@@ -394,12 +422,39 @@ def _limits(r: _Reader) -> LimitsConf:
         # Bounded well below the CBOR decoder's depth limit (400), which every replica
         # applies when it reads a command or a snapshot back.
         json_depth_max=r.int("json_depth_max", d.json_depth_max, 2, 128),
+        batch_ops_max=r.int("batch_ops_max", d.batch_ops_max, 1, 1 << 20),
     )
     if lim.session_results_total_max < lim.session_results_max:
         raise r.fail("session_results_total_max",
                      f"must be at least session_results_max ({lim.session_results_max})")
     r.check_unknown()
     return lim
+
+
+def _websocket(r: _Reader) -> WebSocketConf:
+    d = WebSocketConf
+    w = WebSocketConf(
+        connections_max=r.int("connections_max", d.connections_max, 1, 1 << 20),
+        message_bytes_max=r.int("message_bytes_max", d.message_bytes_max, 1024, 1 << 30),
+        inflight_requests_max=r.int("inflight_requests_max", d.inflight_requests_max, 1,
+                                    1 << 20),
+        subscriptions_max=r.int("subscriptions_max", d.subscriptions_max, 0, 1 << 16),
+        handshake_timeout_ms=r.int("handshake_timeout_ms", d.handshake_timeout_ms, 100,
+                                   600_000),
+        idle_timeout_ms=r.int("idle_timeout_ms", d.idle_timeout_ms, 100, 1 << 31),
+        ping_interval_ms=r.int("ping_interval_ms", d.ping_interval_ms, 0, 1 << 31),
+        progress_interval_ms=r.int("progress_interval_ms", d.progress_interval_ms, 0, 1 << 31),
+        stream_message_bytes=r.int("stream_message_bytes", d.stream_message_bytes, 1024,
+                                   1 << 30),
+        slow_consumer_ms=r.int("slow_consumer_ms", d.slow_consumer_ms, 100, 1 << 31),
+        watch_history_events=r.int("watch_history_events", d.watch_history_events, 0, 1 << 30),
+        watch_history_bytes=r.int("watch_history_bytes", d.watch_history_bytes, 0, 1 << 40),
+        wal_read_entries_max=r.int("wal_read_entries_max", d.wal_read_entries_max, 0, 1 << 24),
+    )
+    if 0 < w.progress_interval_ms < 10:
+        raise r.fail("progress_interval_ms", "must be 0 (off) or at least 10")
+    r.check_unknown()
+    return w
 
 
 def _state_machines(r: _Reader) -> tuple[str, ...]:
@@ -478,13 +533,15 @@ def parse_config(data: dict, path: str = "<conf>") -> ClusterConfig:
     storage = _storage(r.table_of("storage"))
     batching = _batching(r.table_of("batching"))
     limits = _limits(r.table_of("limits"))
+    websocket = _websocket(r.table_of("websocket"))
     state_machines = _state_machines(r.table_of("state_machines"))
     log = _log(r.table_of("log"))
     nodes = _nodes(r, data_dir)
     r.check_unknown()
     return ClusterConfig(path=path, name=name, protocol=protocol, nodes=nodes, timing=timing,
                          snapshot=snapshot, storage=storage, batching=batching, limits=limits,
-                         state_machines=state_machines, secret=secret, log=log)
+                         websocket=websocket, state_machines=state_machines, secret=secret,
+                         log=log)
 
 
 def _log(r: _Reader) -> LogConf:

@@ -18,6 +18,13 @@ a ``Response`` is (status, body, content type, extra headers), the body either b
 ``FileBody``: a file streamed in 16 KiB pieces as the socket drains (Twisted's FileSender,
 a pull producer), so a large body (a backup) never sits in memory; later pipelined
 responses wait for it.
+
+Protocol switching (the WebSocket endpoint): the *first* request of a connection that
+asks to upgrade (``Connection: upgrade`` + ``Upgrade``) is marked ``request.upgrade``; if
+the handler answers it with ``SwitchProtocols(factory)``, the connection is handed to a
+protocol of that factory, which receives the raw bytes of that request and everything
+after it (autobahn then does the handshake itself); this protocol only relays bytes from
+then on.  Any other answer is sent as plain HTTP and the connection closes.
 """
 
 from __future__ import annotations
@@ -34,7 +41,8 @@ from twisted.logger import Logger
 from twisted.protocols.basic import FileSender
 from twisted.python.failure import Failure
 
-__all__ = ["HttpService", "HttpProtocol", "Request", "FileBody", "json_response", "REASONS"]
+__all__ = ["HttpService", "HttpProtocol", "Request", "FileBody", "SwitchProtocols",
+           "json_response", "REASONS"]
 
 log = Logger(namespace="paxoslog.http")
 
@@ -43,7 +51,8 @@ _SWEEP_S = 5.0
 
 REASONS = {100: "Continue", 200: "OK", 204: "No Content", 400: "Bad Request", 404: "Not Found",
            405: "Method Not Allowed", 408: "Request Timeout", 409: "Conflict", 410: "Gone",
-           413: "Payload Too Large", 431: "Request Header Fields Too Large",
+           413: "Payload Too Large", 426: "Upgrade Required", 429: "Too Many Requests",
+           431: "Request Header Fields Too Large",
            500: "Internal Server Error", 501: "Not Implemented", 503: "Service Unavailable",
            504: "Gateway Timeout"}
 _STATUS_LINES = {code: f"HTTP/1.1 {code} {reason}\r\n".encode() for code, reason in REASONS.items()}
@@ -51,16 +60,33 @@ _JSON = b"application/json"
 
 
 class Request:
-    __slots__ = ("method", "path", "query", "headers", "body", "keep_alive")
+    """One parsed request.  ``upgrade``: the connection's first request asks to switch
+    protocols (see ``SwitchProtocols``).  ``parsed``: the body already decoded (requests
+    the WebSocket channel routes through the API carry their JSON object here)."""
+
+    __slots__ = ("method", "path", "query", "headers", "body", "keep_alive", "upgrade",
+                 "parsed")
 
     def __init__(self, method: str, path: str, query: str, headers: dict, body: bytes,
-                 keep_alive: bool) -> None:
+                 keep_alive: bool, upgrade: bool = False, parsed: object = None) -> None:
         self.method = method
         self.path = path
         self.query = query
         self.headers = headers
         self.body = body
         self.keep_alive = keep_alive
+        self.upgrade = upgrade
+        self.parsed = parsed
+
+
+class SwitchProtocols:
+    """A handler's answer to an upgrade request: hand the connection to a protocol built
+    by ``factory`` (an ``IProtocolFactory``)."""
+
+    __slots__ = ("factory",)
+
+    def __init__(self, factory) -> None:
+        self.factory = factory
 
 
 class FileBody:
@@ -117,6 +143,10 @@ class HttpProtocol(Protocol):
         self._ready: dict[int, object] = {}   # seq -> bytes, or (head, FileBody)
         self._streaming = False       # a FileBody is being written (later ones wait)
         self._close_after: int | None = None
+        self._raw: list | None = []   # the first request's bytes while it may upgrade
+        self._switch: SwitchProtocols | None = None
+        self._after_upgrade: list | None = None   # bytes after an upgrade request
+        self.upgraded = None          # the protocol the connection was handed to
         self._reset()
 
     def _reset(self) -> None:
@@ -152,21 +182,67 @@ class HttpProtocol(Protocol):
             if type(item) is tuple and item[1] is not None:
                 item[1].discard()
         self._ready.clear()
+        if self.upgraded is not None:
+            self.upgraded.connectionLost(reason)
 
     def dataReceived(self, data: bytes) -> None:
+        if self.upgraded is not None:
+            self.upgraded.dataReceived(data)
+            return
+        if self._after_upgrade is not None:
+            self._hold_upgrade_bytes(data)
+            return
         if self.closing:
             return
         self.last_active = self.factory.reactor.seconds()
+        if self._raw is not None:
+            self._raw.append(data)
         try:
             self.parser.feed_data(data)
         except _Abort:
             pass
-        except httptools.HttpParserUpgrade:
-            # We do not switch protocols (WebSocket arrives with the next issue): the request
-            # was answered as plain HTTP/1.1; nothing after it can be parsed.
-            self._stop_after(self._next - 1)
+        except httptools.HttpParserUpgrade as exc:
+            self._upgrade_requested(data, exc.args[0] if exc.args else len(data))
         except httptools.HttpParserError as exc:
             self._fail(400, "bad_request", f"malformed HTTP request: {exc}")
+
+    # ------------------------------------------------------------------ protocol switch
+
+    def _upgrade_requested(self, data: bytes, offset: int) -> None:
+        """The parser stopped after an upgrade request ending at ``data[offset]``."""
+        if self._raw is None:
+            # Not the first request of the connection: answered as plain HTTP/1.1;
+            # nothing after it can be parsed.
+            self._stop_after(self._next - 1)
+            return
+        raw = b"".join(self._raw)
+        self._raw = None
+        self._after_upgrade = [raw[:len(raw) - (len(data) - offset)], data[offset:]]
+        self.closing = True
+        if self._switch is not None:
+            self._switch_now()
+
+    def _hold_upgrade_bytes(self, data: bytes) -> None:
+        """Bytes after the upgrade request while its handler is still deciding (a client
+        normally waits for the 101 before it sends any)."""
+        self._after_upgrade.append(data)
+        if sum(len(part) for part in self._after_upgrade) > self.factory.limits.header_bytes_max:
+            self.transport.loseConnection()
+
+    def _switch_now(self) -> None:
+        """Hand the connection over: the new protocol gets the transport and every byte
+        from the start of the upgrade request on."""
+        factory = self._switch.factory
+        data = b"".join(self._after_upgrade)
+        self._after_upgrade = self._switch = None
+        protocol = factory.buildProtocol(self.transport.getPeer())
+        if protocol is None:
+            self.transport.loseConnection()
+            return
+        self.upgraded = protocol
+        protocol.makeConnection(self.transport)
+        if data:
+            protocol.dataReceived(data)
 
     def _stop_after(self, seq: int) -> None:
         self.closing = True
@@ -210,6 +286,8 @@ class HttpProtocol(Protocol):
             self._headers[lower] = value
 
     def on_headers_complete(self) -> None:
+        if self._raw is not None and (self._next != 0 or not self.parser.should_upgrade()):
+            self._raw = None          # only the first request of a connection may upgrade
         limit = self.factory.limits.request_bytes_max
         length = self._headers.get(b"content-length")
         if length is not None:
@@ -244,10 +322,13 @@ class HttpProtocol(Protocol):
         if "%" in path_text:
             path_text = unquote(path_text)
         body = b"".join(self._body) if len(self._body) != 1 else self._body[0]
+        upgrade = self._raw is not None
         request = Request(method, path_text, query.decode("latin-1"), self._headers, body,
-                          keep_alive)
+                          keep_alive, upgrade=upgrade)
         head = method == "HEAD"
-        if not keep_alive:
+        if upgrade:
+            keep_alive = True         # the parser stops after it (HttpParserUpgrade)
+        elif not keep_alive:
             self._stop_after(seq)
         elif self._next - self._sent >= self.factory.limits.pipelined_requests_max:
             self.paused = True
@@ -274,6 +355,22 @@ class HttpProtocol(Protocol):
 
     def _respond(self, result: tuple, seq: int, keep_alive_10: bool = False,
                  head: bool = False) -> None:
+        upgrading = self._raw is not None or self._after_upgrade is not None
+        if type(result) is SwitchProtocols:
+            if self.closed:
+                return
+            if upgrading:
+                self._switch = result
+                if self._after_upgrade is not None:
+                    self._switch_now()
+                return
+            result = _error(400, "bad_request", "only a connection's first request, asking "
+                                                "to upgrade, can switch protocols")
+        elif upgrading:
+            # An upgrade the handler refused: answer as HTTP/1.1, then close.
+            self._raw = self._after_upgrade = None
+            self.closing = True
+            self._close_after = seq
         status, body, content_type, headers = result
         stream = body if isinstance(body, FileBody) else None
         if self.closed:
@@ -358,7 +455,7 @@ class HttpProtocol(Protocol):
 
     @property
     def idle(self) -> bool:
-        return self._next == self._sent
+        return self._next == self._sent and self.upgraded is None
 
 
 class HttpFactory(Factory):
