@@ -9,6 +9,7 @@ and wires them with narrow interfaces; it owns nothing but their lifecycle.
     +- Ticker         ticker.py    tick_ms heartbeat of the driver (injected clock)
     +- LearnerPromotion promotion.py  leader upkeep: promote caught-up learners
     +- HttpService    http.py      the HTTP/1.1 server; Api (api.py) routes requests
+    +- WebSocketService websocket.py  GET /api/v1/ws (autobahn): requests and streams
     |
     `- not services (no lifecycle of their own):
        NodeDriver     node/driver.py   the sans-I/O node: replica, state machines,
@@ -27,6 +28,7 @@ and wires them with narrow interfaces; it owns nothing but their lifecycle.
        BackupService  backup.py        GET /api/v1/snapshot: a consistent backup, streamed
        Reloader       reload.py        SIGHUP / admin reload of what can change live
        DashboardFiles dashboard.py     the static dashboard at /dashboard
+       StreamHub      streams.py       tail and watch subscriptions (+ walhistory.py)
 
 An event flows socket -> protocol (peers.py/http.py) -> router/runner -> driver; the
 driver's instructions flow back out: ``Persist`` -> writer thread (fsync) ->
@@ -73,8 +75,11 @@ from .reload import Reloader
 from .router import RequestRouter
 from .runner import DriverRunner, FatalNodeError
 from .snapshots import SnapshotFetcher, SnapshotShipper
+from .streams import StreamHub
 from .ticker import Ticker
 from .views import NodeViews
+from .walhistory import WalHistory
+from .websocket import StreamsFactory, WebSocketService
 from .writer import StorageWriter
 
 __all__ = ["NodeService", "FatalNodeError", "ConsensusPort"]
@@ -252,6 +257,10 @@ class NodeService(MultiService):
         self.logview = LogView(config.limits.recent_entries_kept, config.limits.recent_bytes_max,
                                config.protocol == "multipaxos", driver.api_term,
                                config.limits.log_entries_max)
+        self.hub = hub = StreamHub(
+            reactor, logview=self.logview,
+            wal=WalHistory(self.me.data_dir, reactor, config.websocket.wal_read_entries_max),
+            applied_index=lambda: self.driver.applied_index, options=config.websocket)
         self.runner = runner = DriverRunner(
             driver, reactor, writer=self.writer, transport=self.transport,
             shipper=self.shipper,
@@ -297,6 +306,10 @@ class NodeService(MultiService):
         self.api.bind(router=router, views=self.views, admin=self.admin, book=book,
                       backups=self.backups, overview=self.overview, reloader=self.reloader,
                       dashboard=self.dashboard)
+        self.websocket = WebSocketService(
+            StreamsFactory(api=self.api, hub=hub, options=config.websocket,
+                           limits=config.limits, reactor=reactor), reactor)
+        self.api.bind_websocket(self.websocket.factory)
 
     # ================================================================== lifecycle
 
@@ -329,7 +342,7 @@ class NodeService(MultiService):
         if config.secret is None and len(config.nodes) > 1:
             log.warn("no peer secret in the conf: peers are not authenticated")
         self.book.started()
-        for service in (self.transport, self.promotion, self.http, self.ticker):
+        for service in (self.transport, self.promotion, self.websocket, self.http, self.ticker):
             service.setServiceParent(self)
         super().startService()
         self.runner.schedule_pump()
@@ -338,11 +351,13 @@ class NodeService(MultiService):
         """A received snapshot replaced the state: the log view starts afresh and the
         address book follows the restored table and configuration."""
         self.logview.reset()
+        self.hub.installed(meta.index)
         self.book.restored(meta.config, meta.index, old_config)
         self.backups.applied(meta.index)
 
     def _applied(self, op) -> None:
         self.logview.applied(op)
+        self.hub.applied(op)              # after the log view: tails read it
         self.backups.applied(self.driver.applied_index)
 
     def _config_applied(self, op) -> None:

@@ -111,6 +111,9 @@ class JsonCodec:
         return (b'{"id":' + request_id + b',"status":' + str(status).encode() + extra
                 + b',"body":' + body_json + b"}")
 
+    def reply(self, request_id: bytes, status: int, body: dict) -> bytes:
+        return self.reply_raw(request_id, status, self.encode(body), None)
+
     def encode_id(self, request_id: object) -> bytes:
         return self.encode(request_id)
 
@@ -172,6 +175,10 @@ class CborCodec:
             reply["retry_after"] = retry_after
         reply["body"] = json.loads(body_json) if body_json else None
         return cbor2.dumps(reply)
+
+    @staticmethod
+    def reply(request_id: bytes, status: int, body: dict) -> bytes:
+        return cbor2.dumps({"id": cbor2.loads(request_id), "status": status, "body": body})
 
     @staticmethod
     def encode_id(request_id: object) -> bytes:
