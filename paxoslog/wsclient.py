@@ -554,7 +554,8 @@ class _BlockingState:
         endpoint = self.endpoints[self.position % len(self.endpoints)]
         self.position += 1
         url = ws_url(endpoint)
-        factory = WebSocketClientFactory(url, protocols=[self.subprotocol])
+        factory = WebSocketClientFactory(url, protocols=[self.subprotocol],
+                                         loop=asyncio.get_running_loop())
         factory.protocol = _Protocol
         factory.setProtocolOptions(maxMessagePayloadSize=0, maxFramePayloadSize=0,
                                    autoPingInterval=0)

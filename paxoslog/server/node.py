@@ -289,7 +289,8 @@ class NodeService(MultiService):
         self.views = NodeViews(config=config, node_id=self.node_id, driver=driver,
                                runner=runner, transport=self.transport, book=book,
                                storage=self.storage, logview=self.logview,
-                               http_stats=lambda: self.http.factory, events=self.events)
+                               http_stats=lambda: self.http.factory, events=self.events,
+                               streams=lambda: (self.hub, self.websocket.factory))
         router.status_view = self.views.detailed_status
         self.overview = ClusterOverview(self.node_id, self.views.detailed_status,
                                         self.transport.forward, self.transport.connected,

@@ -1,0 +1,323 @@
+"""The WebSocket endpoint and batches on real clusters, both protocol modes: tails across a
+leader kill, a node restart and a snapshot install (every committed entry once, in order,
+equal to /api/v1/log/entries, and replaying it gives the cluster's kv state hash); watches
+from an old revision; resume at an arbitrary point at another node; compacted starts;
+batches (one index, exactly once); and the Twisted client's streams and put_many."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import subprocess
+import sys
+
+import cbor2
+
+from paxoslog.client import SyncClient
+from paxoslog.node.machines import StateMachines
+from paxoslog.node.sessions import SessionTable
+from paxoslog.wsclient import Compacted
+from paxoslog_integration import ROOT, wait_for
+from statemachines.base import state_hash
+from statemachines.kv import KVStateMachine
+from wsprobe import WsProbe
+
+SMALL_SNAPSHOTS = "\n[snapshot]\nentries = 100\n"
+
+
+def url(c, node: int) -> str:
+    return f"http://127.0.0.1:{c.api_ports[node]}"
+
+
+def endpoints(c, first: int) -> list[str]:
+    return [url(c, first)] + [url(c, n) for n in c.ids if n != first]
+
+
+def write_load(c, client: SyncClient, tag: str, batches: int = 5, singles: int = 10) -> int:
+    """Batches and single puts through ``client``; the highest index acknowledged."""
+    top = 0
+    for b in range(batches):
+        body = client.batch([{"op": "put", "key": f"{tag}/{b}/{i}", "value": i}
+                             for i in range(20)] + [{"op": "delete", "key": f"{tag}/{b}/0"}])
+        top = max(top, body["index"])
+    for i in range(singles):
+        top = max(top, client.put(f"{tag}/s{i}", {"n": i})["index"])
+    return top
+
+
+def consume(stream, got: list, index: int) -> None:
+    while not got or got[-1]["index"] < index:
+        got.append(next(stream))
+
+
+def replay_kv_hash(entries: list[dict]) -> str:
+    """Apply a tail's commands in order to fresh state machines: the kv state hash."""
+    machines = StateMachines({"kv": KVStateMachine()}, SessionTable(),
+                             lambda name: KVStateMachine(), record_terms=False)
+    for entry in entries:
+        if entry["kind"] == "normal":
+            for command in entry["command"]:
+                machines.apply_command(entry["index"], 0, cbor2.dumps(command))
+    return state_hash(machines.kv)
+
+
+def followers(c, leader: int) -> list[int]:
+    return [n for n in c.ids if n != leader]
+
+
+def test_a_tail_across_a_leader_kill_a_restart_and_a_snapshot_install_sees_every_entry_once(
+        make_cluster, protocol):
+    """Two tails (the client library, resuming by itself) through a leader kill -9, a
+    kill and restart of the node one tail reads from, and a snapshot install on the node
+    the other reads from: both see 1..N, each once, in order; the entries equal
+    /api/v1/log/entries, and replaying them gives the kv state hash of every node."""
+    c = make_cluster(protocol, extra=SMALL_SNAPSHOTS)
+    leader = c.wait_leader()
+    f1, f2 = followers(c, leader)
+    writer = SyncClient([url(c, n) for n in c.ids], timeout=30)
+    tail1 = SyncClient(endpoints(c, f1), timeout=60).tail(1)
+    tail2 = SyncClient(endpoints(c, f2), timeout=60).tail(1)
+    got1, got2 = [], []
+    top = write_load(c, writer, "a")
+    consume(tail1, got1, top)
+    consume(tail2, got2, top)
+
+    c.kill(leader)                                   # the leader, kill -9
+    writer = SyncClient([url(c, n) for n in (f1, f2)], timeout=30)
+    top = write_load(c, writer, "b")
+    consume(tail1, got1, top)
+
+    c.kill(f1)                                       # tail1's node goes away...
+    c.start(leader)
+    c.wait_leader(timeout=20)
+    writer = SyncClient([url(c, n) for n in (leader, f2)], timeout=30)
+    top = write_load(c, writer, "c")
+    consume(tail1, got1, top)                        # ...it resumed elsewhere
+    c.start(f1)                                      # and comes back
+
+    c.pause(f2)                                      # tail2's node falls far behind
+    writer = SyncClient([url(c, n) for n in (leader, f1)], timeout=30)
+    for round_ in range(4):                          # > 2 snapshot intervals
+        top = write_load(c, writer, f"d{round_}", batches=30, singles=0)
+    c.resume(f2)
+    wait_for(lambda: _installed(c, f2), 30, what=f"node {f2} to install a snapshot")
+    consume(tail2, got2, top)
+    consume(tail1, got1, top)
+
+    for got in (got1, got2):
+        assert [e["index"] for e in got] == list(range(1, len(got) + 1))
+    assert _same_commands(got1[:top], got2[:top])
+    for n in c.ids:
+        c.wait_applied(n, top)
+    entries = {}
+    start = 1
+    while start <= top:
+        body = c.request(leader, "GET", f"/api/v1/log/entries?start_index={start}"
+                                        f"&end_index={top}").body
+        for e in body["entries"]:
+            entries[e["index"]] = e
+        start = max(entries) + 1
+    assert _same_commands(got1[:top], [entries[i] for i in range(1, top + 1)])
+    fence = writer.put("fence", 1)["index"]          # every node at one index for hashes
+    for n in c.ids:
+        c.wait_applied(n, fence)
+        status = c.request(n, "GET", "/api/v1/cluster/status?hashes=1").body
+        consume(tail1, got1, status["applied_index"])
+        assert status["state_hashes"]["kv"] == replay_kv_hash(
+            got1[:status["applied_index"]]), n
+
+
+def _installed(c, node: int) -> bool:
+    text = c.request(node, "GET", "/metrics").body.decode()
+    return any(line.startswith("paxoslog_snapshots_installed_total") and
+               not line.endswith(" 0") for line in text.splitlines())
+
+
+def _same_commands(a: list[dict], b: list[dict]) -> bool:
+    """Same indexes, kinds and commands (terms may differ between Multi-Paxos acceptors)."""
+    return [(e["index"], e["kind"], e["command"]) for e in a] == \
+        [(e["index"], e["kind"], e["command"]) for e in b]
+
+
+def test_a_watch_from_an_old_revision_replays_then_goes_live(make_cluster, protocol):
+    """Events from revision R under a prefix, in revision order with previous values, then
+    new ones as they commit; each put's version and indexes match the kv record."""
+    c = make_cluster(protocol)
+    client = SyncClient([url(c, n) for n in c.ids], timeout=20)
+    first = client.put("w/a", 1)["index"]
+    client.put("other", 1)
+    client.batch([{"op": "put", "key": "w/a", "value": 2}, {"op": "put", "key": "w/b", "value": 3},
+                  {"op": "delete", "key": "w/a"}])
+    follower = followers(c, c.wait_leader())[0]
+    with WsProbe(c.api_ports[follower]) as probe:
+        stream = probe.subscribe({"op": "watch", "prefix": "w/", "from": first, "prev": True})
+        replayed = probe.wait_revision(stream, first + 2)
+        assert [(e["type"], e["key"]) for e in replayed] == [
+            ("put", "w/a"), ("put", "w/a"), ("put", "w/b"), ("delete", "w/a")]
+        assert replayed[1]["prev"]["value"] == 1 and replayed[3]["prev"]["value"] == 2
+        live = client.put("w/c", 4)["index"]
+        client.put("x/ignored", 0)
+        events = probe.wait_revision(stream, live)
+        assert events[-1] == {"type": "put", "key": "w/c", "value": 4, "version": 1,
+                              "create_index": live, "mod_index": live}
+        record = client.get("w/b")
+        assert replayed[2]["version"] == record["version"] == 1
+        assert replayed[2]["mod_index"] == record["mod_index"]
+
+
+def test_resuming_at_any_point_at_another_node_misses_and_repeats_nothing(make_cluster,
+                                                                         protocol):
+    """A tail and a watch cut at a random point and resumed at another node from the
+    resume point (index after the last entry, revision after the last covered) give
+    exactly what one uninterrupted stream gives."""
+    c = make_cluster(protocol)
+    rng = random.Random(7)
+    client = SyncClient([url(c, n) for n in c.ids], timeout=20)
+    top = write_load(c, client, "r", batches=8, singles=20)
+    a, b = c.ids[0], c.ids[1]
+    with WsProbe(c.api_ports[a]) as whole:
+        tail = whole.subscribe({"op": "tail", "from": 1})
+        watch = whole.subscribe({"op": "watch", "prefix": "r/", "from": 1})
+        expected_entries = whole.wait_index(tail, top)
+        expected_events = whole.wait_revision(watch, top)
+    for trial in range(3):
+        cut = rng.randrange(1, top)
+        with WsProbe(c.api_ports[a]) as first:
+            stream = first.subscribe({"op": "tail", "from": 1})
+            part = [e for e in first.wait_index(stream, cut) if e["index"] <= cut]
+            wstream = first.subscribe({"op": "watch", "prefix": "r/", "from": 1})
+            messages = []
+            first.wait(lambda: [m for m in first.streams[wstream]
+                                if m.get("type") == "events" and m["revision"] >= cut],
+                       20, "the watch to pass the cut")
+            for m in first.streams[wstream]:
+                if m.get("type") == "events":
+                    messages.append(m)
+                    if m["revision"] >= cut:
+                        break
+        with WsProbe(c.api_ports[b], "paxoslog.v1.cbor") as second:
+            stream = second.subscribe({"op": "tail", "from": part[-1]["index"] + 1})
+            rest = second.wait_index(stream, top)
+            resume = messages[-1]["revision"] + 1
+            wstream = second.subscribe({"op": "watch", "prefix": "r/", "from": resume})
+            later = second.wait_revision(wstream, top)
+        assert _same_commands(part + [e for e in rest if e["index"] <= top],
+                              [e for e in expected_entries if e["index"] <= top])
+        events = [e for m in messages for e in m["events"]] + later
+        assert events == expected_events
+
+
+def test_a_start_no_longer_kept_is_refused_compacted(make_cluster, protocol):
+    """After compactions, a tail from index 1 gets 410 compacted with the first index
+    and a hint how to read the state; a watch older than a restarted node's history too;
+    the client library raises Compacted and the CLI exits 6."""
+    c = make_cluster(protocol, extra=SMALL_SNAPSHOTS + "keep = 1\n[limits]\n"
+                                                      "recent_entries_kept = 20\n")
+    client = SyncClient([url(c, n) for n in c.ids], timeout=30)
+    for round_ in range(4):
+        top = write_load(c, client, f"z{round_}", batches=30, singles=0)
+    node = c.ids[0]
+    c.wait_applied(node, top)
+    with WsProbe(c.api_ports[node]) as probe:
+        status, body = probe.request({"op": "tail", "from": 1})
+        assert status == 410 and body["error"] == "compacted" and body["first_index"] > 1
+        assert "snapshot" in body["message"]
+        status, body = probe.request({"op": "tail", "from": body["first_index"]})
+        assert status == 200
+    c.kill(node)
+    c.start(node)
+    c.wait_applied(node, top)
+    with WsProbe(c.api_ports[node]) as probe:
+        status, body = probe.request({"op": "watch", "prefix": "", "from": 1})
+        assert status == 410 and body["error"] == "compacted" and body["first_revision"] > 1
+    try:
+        next(SyncClient([url(c, n) for n in c.ids], timeout=20).tail(1))
+    except Compacted as exc:
+        assert exc.first is not None and exc.first > 1
+    else:
+        raise AssertionError("a tail from 1 was served after compaction")
+    proc = subprocess.run([sys.executable, "-m", "paxoslog.cli", "log", "tail", "--from", "1",
+                           "--endpoints", ",".join(url(c, n) for n in c.ids)],
+                          capture_output=True, text=True, cwd=ROOT, timeout=60,
+                          env=dict(os.environ, PYTHONPATH=ROOT))
+    assert proc.returncode == 6 and "compacted" in proc.stderr
+
+
+def test_a_batch_is_one_log_index_applied_once_and_validated_as_a_whole(make_cluster,
+                                                                        protocol):
+    """POST /api/v1/consensus/batch: every result at one index, in order, a failed cas
+    undoing nothing; the same client_id/sequence again returns the first answer and
+    applies nothing; one bad operation refuses the whole batch, naming it."""
+    c = make_cluster(protocol)
+    node = followers(c, c.wait_leader())[0]
+    ops = [{"key": "b/1", "value": 1}, {"op": "cas", "key": "b/1", "value": 2, "expected": 9},
+           {"op": "cas", "key": "b/1", "value": 3, "expected": 1}, {"op": "delete", "key": "b/0"}]
+    body = {"ops": ops, "client_id": "batcher", "sequence": 1}
+    first = c.request(node, "POST", "/api/v1/consensus/batch", body)
+    assert first.status == 200
+    results = first.body["results"]
+    assert [r.get("succeeded") for r in results] == [None, False, True, None]
+    assert {r["mod_index"] for r in results if "mod_index" in r} == {first.body["index"]}
+    again = c.request(c.ids[0], "POST", "/api/v1/consensus/batch", body)
+    assert again.status == 200 and again.body == first.body
+    assert c.get(node, "b/1").body["version"] == 2
+    bad = c.request(node, "POST", "/api/v1/consensus/batch",
+                    {"ops": [{"key": "ok", "value": 1}, {"op": "put", "key": "x"}]})
+    assert bad.status == 400 and "ops[1]" in bad.body["message"]
+    assert c.get(node, "ok").status == 404
+    for payload, words in (({"ops": []}, "non-empty"), ({"ops": [{"key": "a", "value": 1,
+                                                                   "sequence": 3}]},
+                                                         "one client_id"),
+                           ({"ops": [{"key": "a", "value": 1, "bogus": 1}]}, "unknown field"),
+                           ({"ops": [{"sm": "nope", "op": "x"}]}, "no state machine")):
+        refused = c.request(node, "POST", "/api/v1/consensus/batch", payload)
+        assert refused.status == 400 and words in refused.body["message"], refused
+
+
+TWISTED_SCRIPT = r'''
+import json, sys
+from twisted.internet import defer, task
+from paxoslog.client import Client
+
+async def main(reactor, endpoints):
+    client = Client(endpoints, reactor=reactor, timeout=30, attempt_timeout=3)
+    watch = client.watch(prefix="tw/", start=1, prev=True)
+    tail = client.tail()
+    results = await client.put_many([(f"tw/{i}", i) for i in range(2500)], batch_size=500,
+                                    window=3)
+    events = []
+    async for event in watch:
+        events.append(event)
+        if len(events) == 2500:
+            break
+    watch.cancel()
+    entries = []
+    async for entry in tail:
+        entries.append(entry)
+        if entry["index"] >= results[-1]["mod_index"]:
+            break
+    tail.cancel()
+    print(json.dumps({"results": len(results), "versions": sorted({r["version"] for r in results}),
+                      "events": [e["key"] for e in events], "indexes": [e["index"] for e in entries],
+                      "batches": len({r["mod_index"] for r in results})}))
+    await client.close()
+
+task.react(lambda reactor, eps: defer.Deferred.fromCoroutine(main(reactor, eps)),
+           [json.loads(sys.argv[1])])
+'''
+
+
+def test_the_twisted_client_pipelines_put_many_and_follows_watch_and_tail(make_cluster):
+    """Client.put_many (pipelined batches over one WebSocket), Client.watch from revision
+    1 and Client.tail from now: every put once, every event once in order, no gap."""
+    c = make_cluster("raft")
+    proc = subprocess.run([sys.executable, "-c", TWISTED_SCRIPT,
+                           json.dumps([url(c, n) for n in c.ids])], capture_output=True,
+                          text=True, cwd=ROOT, env=dict(os.environ, PYTHONPATH=ROOT),
+                          timeout=120)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert out["results"] == 2500 and out["versions"] == [1] and 1 <= out["batches"] <= 5
+    assert sorted(out["events"]) == sorted(f"tw/{i}" for i in range(2500))
+    assert out["indexes"] == list(range(out["indexes"][0], out["indexes"][-1] + 1))
