@@ -429,6 +429,9 @@ class StreamsFactory(WebSocketServerFactory):
             closeHandshakeTimeout=options.handshake_timeout_ms / 1000.0,
             autoPingInterval=ping_s, autoPingTimeout=ping_s,
             maxConnections=options.connections_max,
+            # Fail with a close frame (1009 and the reason, e.g. an oversized message),
+            # not by dropping the TCP connection: the client learns which limit it hit.
+            failByDrop=False,
             tcpNoDelay=True)
 
     def sweep(self) -> None:

@@ -27,6 +27,7 @@ class WsProbe:
         self.subprotocol = subprotocol
         self.loop = asyncio.new_event_loop()
         self.replies: dict = {}
+        self.answers: list = []       # every answer, in arrival order
         self.streams: dict = defaultdict(list)
         self.frames = 0
         self.closed = None            # (code, reason) once closed
@@ -57,6 +58,7 @@ class WsProbe:
                         probe.streams[message["stream"]].append(message)
                     else:
                         probe.replies[message.get("id")] = message
+                        probe.answers.append(message)
                 probe._wake()
 
             def onClose(self, wasClean, code, reason):
