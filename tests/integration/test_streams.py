@@ -336,3 +336,36 @@ def test_the_twisted_client_pipelines_put_many_and_follows_watch_and_tail(make_c
     assert out["results"] == 2500 and out["versions"] == [1] and 1 <= out["batches"] <= 5
     assert sorted(out["events"]) == sorted(f"tw/{i}" for i in range(2500))
     assert out["indexes"] == list(range(out["indexes"][0], out["indexes"][-1] + 1))
+
+
+def test_the_cli_puts_many_tails_the_log_and_watches_keys(make_cluster):
+    """put-many from stdin (one "key value" per line) in batches; log tail --json without
+    -f stops at the newest entry and shows them all; watch --prefix --json prints each
+    event as it commits."""
+    c = make_cluster("multipaxos")
+    eps = ",".join(url(c, n) for n in c.ids)
+    env = dict(os.environ, PYTHONPATH=ROOT)
+    base = [sys.executable, "-m", "paxoslog.cli"]
+    watcher = subprocess.Popen(base + ["watch", "cli/", "--prefix", "--json", "--from", "1",
+                                       "--endpoints", eps], stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True, cwd=ROOT, env=env)
+    try:
+        lines = "".join(f"cli/{i} value {i}\n" for i in range(25)) + "# comment\n\n"
+        put = subprocess.run(base + ["put-many", "--batch", "10", "--endpoints", eps],
+                             input=lines, capture_output=True, text=True, cwd=ROOT, env=env,
+                             timeout=60)
+        assert put.returncode == 0 and put.stdout.strip() == "OK 25 keys", put.stderr
+        events = [json.loads(watcher.stdout.readline()) for _ in range(25)]
+        assert [e["key"] for e in events] == [f"cli/{i}" for i in range(25)]
+        assert events[3]["value"] == "value 3" and events[0]["type"] == "put"
+    finally:
+        watcher.terminate()
+        watcher.wait(timeout=10)
+    tail = subprocess.run(base + ["log", "tail", "--json", "--from", "1", "--endpoints", eps],
+                          capture_output=True, text=True, cwd=ROOT, env=env, timeout=60)
+    assert tail.returncode == 0, tail.stderr
+    entries = [json.loads(line) for line in tail.stdout.splitlines()]
+    assert [e["index"] for e in entries] == list(range(1, len(entries) + 1))
+    batches = [cmd for e in entries if e["kind"] == "normal" for cmd in e["command"]
+               if "batch" in cmd]
+    assert [len(b["batch"]) for b in batches] == [10, 10, 5]
