@@ -331,6 +331,8 @@ class TwistedStream:
         self.error: BaseException | None = None
         self.done = False
         self.reconnects = 0
+        self.gaps = 0                 # stream messages that skipped an index (resubscribed)
+        self.ends: list[dict] = []    # every end message the servers sent
         self.endpoint: str | None = None
         self._position = 0
         self._waiter = None
@@ -468,6 +470,7 @@ class TwistedStream:
 
     def _message(self, message: dict, ended) -> None:
         if message.get("type") == "end":
+            self.ends.append(message)
             if not ended.called:
                 ended.callback(message)
             if message.get("error") not in _RESUMABLE and message.get("error") != \
@@ -477,6 +480,7 @@ class TwistedStream:
         try:
             items = self.cursor.accept(message)
         except StreamGap:
+            self.gaps += 1
             if not ended.called:
                 ended.callback(message)
             return
