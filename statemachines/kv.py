@@ -26,6 +26,8 @@ from .base import VALUE_DEPTH_MAX, BadCommand, nesting_exceeds
 __all__ = ["KVStateMachine", "OPS"]
 
 OPS = ("put", "delete", "cas")
+_SCALARS = frozenset((str, int, float, bool))
+_set = dict.__setitem__       # an existing key: SortedDict's order does not change
 _PREFIX_LIMIT_MAX = 10_000
 
 
@@ -62,7 +64,7 @@ class KVStateMachine:
         if "value" not in command or command["value"] is None:
             raise BadCommand(f'"{op}" needs a non-null "value"')
         value = command["value"]
-        if nesting_exceeds(value, VALUE_DEPTH_MAX):
+        if type(value) not in _SCALARS and nesting_exceeds(value, VALUE_DEPTH_MAX):
             raise BadCommand(f'"value" nests deeper than {VALUE_DEPTH_MAX} levels')
         out = {"op": op, "key": key, "value": value}
         if op == "cas":
@@ -101,9 +103,12 @@ class KVStateMachine:
         data = self._data
         current = data.get(key)
         if op == "put":
-            record = ((command["value"], index, index, 1) if current is None
-                      else (command["value"], current[1], index, current[3] + 1))
-            data[key] = record
+            if current is None:
+                record = (command["value"], index, index, 1)
+                data[key] = record
+            else:
+                record = (command["value"], current[1], index, current[3] + 1)
+                _set(data, key, record)
             return ({"op": "put", "created": current is None, "version": record[3],
                      "create_index": record[1], "mod_index": index},
                     ((key, record, current),))

@@ -4,10 +4,11 @@
 
 A batch is one command too (one encode, one log slot share, one session record)::
 
-    {"batch": [{"sm": "kv", "op": "put", ...}, {"sm": "counter", ...}, ...],
+    {"batch": [{"op": "put", "key": k, "value": v}, {"sm": "counter", ...}, ...],
      "client_id": c, "sequence": s, "ts": ms}
 
-Its operations are applied in order at the batch's log index; an operation may carry its
+Its operations are applied in order at the batch's log index; an operation without ``sm``
+is the kv state machine's (the common case, so it is left out); one may carry its
 own ``client_id``/``sequence`` (the WebSocket channel packs separately sessioned requests
 into one batch), which the session table then deduplicates one by one.
 

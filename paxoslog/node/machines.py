@@ -23,6 +23,7 @@ from .sessions import DUPLICATE as SESSION_DUPLICATE, STALE as SESSION_STALE, Se
 
 __all__ = ["StateMachines", "QueryFailed"]
 
+_ENCODED_KEPT = 1024
 _STALE_RESULT = {"error": "stale_sequence",
                  "message": "this sequence is older than the session keeps; use a new sequence"}
 
@@ -53,6 +54,11 @@ class StateMachines:
         self.create = create
         self.record_terms = record_terms
         self.on_failure = on_failure      # a state machine raised (logged by the shell)
+        # Batches this node encoded, by the identity of their bytes: when the same bytes
+        # object comes back to be applied (this node proposed it as leader), the command
+        # is taken from here instead of decoded again.  It is exactly what the bytes
+        # decode to (plain values, encoded from it), so the apply is the same.
+        self._encoded: dict[int, tuple[bytes, dict]] = {}
 
     @property
     def kv(self):
@@ -75,7 +81,9 @@ class StateMachines:
 
     def apply_command(self, index: int, term: int, data: bytes) -> CommandApplied:
         """Apply one committed command of the entry at ``index`` (its ``term``)."""
-        command = decode_command(data)
+        cached = self._encoded.pop(id(data), None) if self._encoded else None
+        command = cached[1] if cached is not None and cached[0] is data else \
+            decode_command(data)
         if command is None:
             return CommandApplied(index, term, None, None, None, UNDECODABLE, None)
         key = command_key(command)
@@ -111,46 +119,66 @@ class StateMachines:
                 result, changes = with_changes(index, command)
                 return result, (changes if name == "kv" else ())
             return sm.apply(index, command), ()
-        except BadCommand as exc:
-            return {"error": "bad_request", "message": str(exc)}, ()
-        except Exception as exc:  # a state machine bug must not stop consensus
-            # Deterministic on every replica (same code, command and state), so the
-            # error result is the same everywhere, and the apply loop goes on.
-            if self.on_failure is not None:
-                self.on_failure(sm.name, index, exc)
-            return {"error": "apply_failed",
-                    "message": f"state machine {sm.name!r} failed: "
-                               f"{type(exc).__name__}: {exc}"[:500]}, ()
+        except Exception as exc:
+            return self._failed(sm, index, exc), ()
+
+    def _failed(self, sm, index: int, exc: Exception) -> dict:
+        """The error result of a command ``sm`` raised on."""
+        if isinstance(exc, BadCommand):
+            return {"error": "bad_request", "message": str(exc)}
+        # A state machine bug must not stop consensus.  Deterministic on every replica
+        # (same code, command and state), so the error result is the same everywhere,
+        # and the apply loop goes on.
+        if self.on_failure is not None:
+            self.on_failure(sm.name, index, exc)
+        return {"error": "apply_failed",
+                "message": f"state machine {sm.name!r} failed: {type(exc).__name__}: "
+                           f"{exc}"[:500]}
 
     def _apply_batch(self, index: int, term: int, ops: object) -> tuple[dict, tuple]:
         """A batch: every operation in order at ``index``, each with its own result (a
         failed one does not undo the others).  An operation with its own session pair is
-        deduplicated like a command of its own."""
+        deduplicated like a command of its own.  The kv state machine's operations, the
+        bulk of most batches, take a direct path to ``apply_with_changes`` (same results,
+        same errors as ``_execute``)."""
         if type(ops) is not list:
             return {"error": "bad_request", "message": "a batch holds a list of operations"}, ()
         sessions = self.sessions
         record_term = term if self.record_terms else 0
         results = []
+        append = results.append
         changes: list = []
+        kv = self.machines.get("kv")
+        kv_apply = getattr(kv, "apply_with_changes", None)
+        execute = self._execute
         for op in ops:
             if type(op) is not dict:
-                results.append({"error": "bad_request", "message": "not an operation map"})
+                append({"error": "bad_request", "message": "not an operation map"})
                 continue
-            op_key = command_key(op)
-            if op_key is not None:
-                status, hit = sessions.lookup(*op_key)
-                if status == SESSION_DUPLICATE:
-                    results.append(hit[2])
-                    continue
-                if status == SESSION_STALE:
-                    results.append(dict(_STALE_RESULT))
-                    continue
-            result, op_changes = self._execute(index, op.get("sm"), op)
+            op_key = None
+            if "client_id" in op:
+                op_key = command_key(op)
+                if op_key is not None:
+                    status, hit = sessions.lookup(*op_key)
+                    if status == SESSION_DUPLICATE:
+                        append(hit[2])
+                        continue
+                    if status == SESSION_STALE:
+                        append(dict(_STALE_RESULT))
+                        continue
+            name = op.get("sm", "kv")
+            if kv_apply is not None and name == "kv":
+                try:
+                    result, op_changes = kv_apply(index, op)
+                except Exception as exc:
+                    result, op_changes = self._failed(kv, index, exc), ()
+            else:
+                result, op_changes = execute(index, name, op)
             if op_changes:
                 changes += op_changes
             if op_key is not None:
                 sessions.record(op_key[0], op_key[1], index, record_term, result)
-            results.append(result)
+            append(result)
         return {"op": "batch", "results": results}, tuple(changes)
 
     def lookup(self, key: tuple[str, int]) -> tuple[int, tuple | None]:
@@ -196,7 +224,7 @@ class StateMachines:
                 if type(op) is not dict:
                     raise BadCommand(f"ops[{position}]: not an operation map")
                 try:
-                    self.validate(op)
+                    self.validate(op if "sm" in op else dict(op, sm="kv"))
                 except BadCommand as exc:
                     raise BadCommand(f"ops[{position}]: {exc}") from None
             return
@@ -214,20 +242,51 @@ class StateMachines:
         ``op_key`` an operation's own (client_id, sequence) or None.  Every operation is
         validated first (``BadCommand`` naming ``ops[i]``): an invalid one refuses the whole
         batch, so nothing of it reaches the log."""
-        validate = self.validate
+        validators: dict = {}
         commands = []
         for position, (sm, fields, op_key) in enumerate(ops):
-            fields = dict(fields)
-            fields["sm"] = sm
+            validate = validators.get(sm)
+            if validate is None:
+                validate = validators[sm] = self._validator(sm)
             try:
                 command = validate(fields)
             except BadCommand as exc:
                 raise BadCommand(f"ops[{position}]: {exc}") from None
-            command["sm"] = sm
+            if sm != "kv":
+                command["sm"] = sm             # a batch operation without "sm" is kv's
             if op_key is not None:
                 command["client_id"], command["sequence"] = op_key
             commands.append(command)
-        return encode_batch(commands, client_id, sequence, ts)
+        data = encode_batch(commands, client_id, sequence, ts)
+        encoded = self._encoded
+        if len(encoded) >= _ENCODED_KEPT:
+            del encoded[next(iter(encoded))]      # never applied here: forget the oldest
+        encoded[id(data)] = (data, {"batch": commands, "client_id": client_id,
+                                    "sequence": sequence, "ts": ts})
+        return data
+
+    def _validator(self, name: str):
+        """``fields -> validated command`` for a client's command to ``name`` (what
+        ``validate`` does, resolved once per batch and state machine)."""
+        sm = self.machines.get(name)
+        if sm is None or is_internal(sm):
+            def unknown(fields):
+                raise BadCommand(f"unknown state machine {name!r:.40}")
+            return unknown
+        validate = getattr(sm, "validate", None)
+        if validate is None:
+            return lambda fields: self.validate(dict(fields, sm=name))
+
+        def checked(fields: dict) -> dict:
+            if "sm" in fields or "client_id" in fields or "sequence" in fields or \
+                    "ts" in fields:
+                fields = {k: v for k, v in fields.items()
+                          if k not in ("sm", "client_id", "sequence", "ts")}
+            out = validate(fields)
+            if not isinstance(out, dict):
+                raise BadCommand(f"state machine {sm.name!r} returned no command")
+            return out
+        return checked
 
     # ------------------------------------------------------------------ reading
 

@@ -432,6 +432,8 @@ class StreamsFactory(WebSocketServerFactory):
             # Fail with a close frame (1009 and the reason, e.g. an oversized message),
             # not by dropping the TCP connection: the client learns which limit it hit.
             failByDrop=False,
+            # The JSON codec decodes text frames as strict UTF-8 itself (bad_message).
+            utf8validateIncoming=False,
             tcpNoDelay=True)
 
     def sweep(self) -> None:

@@ -178,3 +178,15 @@ def test_a_forwarded_batch_is_validated_on_the_leader():
     command["batch"].append({"sm": "membership", "op": "add"})
     out = d.submit_forwarded_write("G", cbor2.dumps(command))
     assert out[0].status == 400 and "ops[1]" in out[0].body["message"]
+
+
+def test_a_batch_applied_from_the_encoding_node_equals_one_decoded_elsewhere():
+    """The node that encoded a batch applies its own command objects (no second decode);
+    another node decodes the bytes: same results, changes and state."""
+    here, there = machines(), machines()
+    data = batch(here, [kv("put", "a", {"x": [1, 2.5, None]}), kv("cas", "a", 2, expected=1),
+                        kv("delete", "a"), kv("put", "b", "y")])
+    mine = here.apply_command(4, 1, data)
+    theirs = there.apply_command(4, 1, bytes(data))
+    assert not here._encoded and (mine.result, mine.changes) == (theirs.result, theirs.changes)
+    assert here.kv.snapshot() == there.kv.snapshot()
