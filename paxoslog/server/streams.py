@@ -148,6 +148,10 @@ class EventHistory:
         return (self._items[i] for i in range(position, len(self._items)))
 
 
+def _by_stream(sub: "Subscription") -> int:
+    return sub.stream
+
+
 def render_event(revision: int, change: tuple, prev: bool) -> dict:
     key, record, previous = change
     if record is None:
@@ -332,20 +336,27 @@ class StreamHub:
             self._deliver(subs, messages, last, now, "events")
 
     def _deliver(self, subs: list, messages: list, last: int, now: float, what: str) -> None:
-        """Send ``messages`` [(upto, rest, count)] to every sub in ``subs`` (one shared
-        encoding per codec); a sub whose connection fills up stops where it is."""
+        """Send ``messages`` [(upto, rest, count)] to every sub in ``subs``: one shared
+        encoding per codec, and one message object per stream id (subscribers with the
+        same stream id get the same bytes, which the connection frames once); a sub whose
+        connection fills up stops where it is."""
         shared: dict = {}
+        spliced: dict = {}
+        subs.sort(key=_by_stream)            # equal stream ids back to back: one framing
         for sub in subs:
             sink = sub.sink
             codec = sink.codec
             for upto, rest, count in messages:
                 if sink.paused or sub.ended:
                     break
-                key = (id(codec), upto)
-                encoded = shared.get(key)
-                if encoded is None:
-                    encoded = shared[key] = codec.shared(rest)
-                sink.send_stream(codec.spliced(sub.stream, encoded))
+                key = (id(codec), upto, sub.stream)
+                message = spliced.get(key)
+                if message is None:
+                    encoded = shared.get(key[:2])
+                    if encoded is None:
+                        encoded = shared[key[:2]] = codec.shared(rest)
+                    message = spliced[key] = codec.spliced(sub.stream, encoded)
+                sink.send_stream(message)
                 sub.next = upto + 1
                 sub.last_sent = now
                 self.stats["messages"] += 1

@@ -175,7 +175,14 @@ class StreamsProtocol(WebSocketServerProtocol):
         if self.outbox:
             self._flush()
         if self.usable:
-            self.sendMessage(data, self.codec.binary)
+            # The hub hands the very same bytes to every subscriber of a group that has
+            # the same stream id (stream 1 of many connections): frame them once.
+            factory = self.factory
+            last = factory.last_prepared
+            if last is None or last[0] is not data:
+                last = factory.last_prepared = (data, factory.prepareMessage(
+                    data, self.codec.binary))
+            self.sendPreparedMessage(last[1])
 
     def stream_ended(self, sub: Subscription) -> None:
         self.subs.pop(sub.stream, None)
@@ -421,6 +428,7 @@ class StreamsFactory(WebSocketServerFactory):
         self.options = options
         self.limits = limits
         self.conns: set[StreamsProtocol] = set()
+        self.last_prepared = None         # (bytes, PreparedMessage) of the last stream message
         ping_s = options.ping_interval_ms / 1000.0
         self.setProtocolOptions(
             maxFramePayloadSize=options.message_bytes_max,
