@@ -90,8 +90,8 @@ class SimOptions:
     response_loss_rate: float = 0.0  # sessions: replies lost on the way to the client
     give_up_ms: float = 0.0       # sessions: a client retries one operation this long
     kill_all_rate: float = 0.0    # crash every node at once, per second
-    batch_every: int = 3          # every n-th write goes in as a one-operation batch
-                                  # command (0: never); chosen by op id, no random draw
+    batch_every: int = 0          # every n-th write goes in as a one-operation batch
+                                  # command (0: never; the "batches" profile sets it)
     kill_all_after_change: float = 0.0  # chance a membership change is followed by kill-all
     member_remove_leader: float = 0.0   # chance a membership change removes the leader
     member_replace: float = 0.0   # chance of a one-add-one-remove voter change

@@ -13,9 +13,10 @@ Profile features (off by default):
 * ``lease_reads``: a get at the leader is served at ``lease_read_index()`` when the lease
   holds, else through ``read_index`` as usual.  A paused node serves nothing (the client
   tries again later), as a stopped process would.
-* ``batch_every``: every n-th write (by operation id, so no random draw) is sent as a
-  batch command of that one operation, the path of ``POST /api/v1/consensus/batch`` and
-  the WebSocket channel; its result is the batch's only result.
+* ``batch_every`` ("batches" profile): every n-th write (by operation id, so no random
+  draw) is sent as a batch command of that one operation, the path of ``POST
+  /api/v1/consensus/batch`` and the WebSocket channel; its result is the batch's only
+  result, and a retried batch must be answered from the session table like any write.
 * ``sessions``: each operation carries (client, sequence); its reply may be lost on the
   way back (``response_loss_rate``), and an attempt that gets no reply within
   ``client_timeout_ms`` (lost reply, crashed node, stuck leader) is retried with the same
