@@ -186,8 +186,8 @@ class WebSocketConf:
                                            # on one revision, which is never split)
     slow_consumer_ms: int = 30_000       # a client not reading this long: its streams end
                                          # with slow_consumer and the connection is closed
-    watch_history_events: int = 200_000  # kv events kept in memory for watches from the past
-    watch_history_bytes: int = 64 << 20  # ... and at most this many bytes of them
+    watch_history_events: int = 100_000  # kv events kept in memory for watches from the past
+    watch_history_bytes: int = 32 << 20  # ... and at most this many bytes of them
     wal_read_entries_max: int = 20_000   # entries one read of the node's WAL may return
 
 

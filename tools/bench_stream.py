@@ -50,6 +50,7 @@ sys.path.insert(0, ROOT)
 
 VALUE_BYTES = 128
 PREFIX = "bench/"
+SESSION_RESULTS = 50_000
 _HEAD = re.compile(rb'\{"id":(\d+),"status":(\d+)')
 
 
@@ -303,6 +304,10 @@ class Cluster:
             f.write(f'cluster = "bench-stream"\nprotocol = "{protocol}"\n'
                     f'data_dir = "{workdir}/data/{{node}}"\nsecret = "bench-secret-123"\n'
                     "\n[timing]\ntick_ms = 50\nheartbeat_ticks = 2\nelection_ticks = 20\n"
+                    # Each local snapshot encodes and verifies the session table in single
+                    # GIL-holding calls: 500,000 kept results (the default) stall a node
+                    # for seconds, and batches fill the table in seconds (docs/websocket.md).
+                    f"\n[limits]\nsession_results_total_max = {SESSION_RESULTS}\n"
                     f"{nodes}")
         self.procs: dict[int, subprocess.Popen] = {}
 
