@@ -53,7 +53,8 @@ _EVENT_OVERHEAD = 48
 _PUMP_MESSAGES = 8            # catch-up messages per subscription per reactor turn
 _HOW_TO_SNAPSHOT = ("read the state instead: GET /api/v1/log/entries for what this node "
                     "still keeps, a range query (GET /api/v1/consensus/query?prefix=) for the "
-                    "kv state with its index, or a snapshot (paxoslog snapshot save)")
+                    "kv state with its index, or a backup of every state machine at one "
+                    "index (GET /api/v1/snapshot, paxoslog snapshot save)")
 
 
 class Sink(Protocol):
