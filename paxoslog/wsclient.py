@@ -1,7 +1,8 @@
 """WebSocket clients of ``/api/v1/ws`` (docs/websocket.md): the stream cursors (pure: what
 to subscribe with, what each stream message means, where to resume), a Twisted driver
 (``Client.tail/watch/put_many`` in client.py use it) and a blocking driver on asyncio
-(``SyncClient.tail/watch``: the CLI's ``log tail -f`` and ``watch``).  Both drivers are
+(``SyncClient.tail/watch``: the CLI's ``log tail -f`` and ``watch``).  autobahn runs on
+txaio, which serves one framework per process: a process uses one of the two drivers.  Both drivers are
 autobahn's WebSocket clients; the cursors are the one implementation of the resume rules:
 
 * a tail resumes at the index after the last entry delivered, a watch at the revision
@@ -534,6 +535,11 @@ class _BlockingState:
     async def connect(self):
         import asyncio
 
+        import txaio
+        if getattr(txaio, "_explicit_framework", None) == "twisted":
+            raise StreamError("the blocking streams use autobahn's asyncio client, and this "
+                              "process already runs autobahn on Twisted (txaio serves one "
+                              "framework per process): use Client.tail/watch here")
         from autobahn.asyncio.websocket import (WebSocketClientFactory,
                                                 WebSocketClientProtocol)
         state = self

@@ -79,7 +79,7 @@ from .streams import StreamHub
 from .ticker import Ticker
 from .views import NodeViews
 from .walhistory import WalHistory
-from .websocket import StreamsFactory, WebSocketService
+from .websocket import WebSocketService, streams_factory
 from .writer import StorageWriter
 
 __all__ = ["NodeService", "FatalNodeError", "ConsensusPort"]
@@ -308,8 +308,8 @@ class NodeService(MultiService):
                       backups=self.backups, overview=self.overview, reloader=self.reloader,
                       dashboard=self.dashboard)
         self.websocket = WebSocketService(
-            StreamsFactory(api=self.api, hub=hub, options=config.websocket,
-                           limits=config.limits, reactor=reactor), reactor)
+            streams_factory(api=self.api, hub=hub, options=config.websocket,
+                            limits=config.limits, reactor=reactor), reactor)
         self.api.bind_websocket(self.websocket.factory)
 
     # ================================================================== lifecycle
