@@ -12,6 +12,9 @@ autobahn's WebSocket clients; the cursors are the one implementation of the resu
   ``unavailable``) or a lost connection makes the driver subscribe again from the resume
   point, at the next endpoint; a subscribe answered 410 ``compacted`` everywhere is final:
   ``Compacted`` with the first index/revision that is still available.
+
+``https://`` endpoints are reached as ``wss://``, verified against ``cafile`` (the cluster
+CA, as for the HTTP clients) or, without one, the system's trust store.
 """
 
 from __future__ import annotations
@@ -263,9 +266,20 @@ class TwistedConnection:
             self.protocol.sendClose(1000)
 
 
+def _twisted_tls_options(host: str, cafile: str | None):
+    """Client TLS options for ``host``, trusting ``cafile`` only (else the system store)."""
+    from twisted.internet import ssl
+    if cafile is None:
+        return ssl.optionsForClientTLS(host)
+    with open(cafile, "rb") as f:
+        root = ssl.Certificate.loadPEM(f.read())
+    return ssl.optionsForClientTLS(host, trustRoot=root)
+
+
 def connect_twisted(reactor, endpoint: str, subprotocol: str = JSON,
-                    timeout_s: float = 5.0):
-    """A Deferred of a connected ``TwistedConnection`` to ``endpoint`` (http://h:p)."""
+                    timeout_s: float = 5.0, cafile: str | None = None):
+    """A Deferred of a connected ``TwistedConnection`` to ``endpoint`` (http://h:p, or
+    https://h:p: wss verified against ``cafile``)."""
     from autobahn.twisted.websocket import (WebSocketClientFactory,
                                             WebSocketClientProtocol, connectWS)
     from twisted.internet import defer
@@ -297,7 +311,8 @@ def connect_twisted(reactor, endpoint: str, subprotocol: str = JSON,
     factory.setProtocolOptions(openHandshakeTimeout=timeout_s, autoPingInterval=0,
                                maxMessagePayloadSize=0, maxFramePayloadSize=0,
                                tcpNoDelay=True)
-    connector = connectWS(factory, timeout=timeout_s)
+    tls = _twisted_tls_options(factory.host, cafile) if factory.isSecure else None
+    connector = connectWS(factory, contextFactory=tls, timeout=timeout_s)
 
     def timed_out():
         if not opened.called:
@@ -319,8 +334,10 @@ class TwistedStream:
 
     def __init__(self, reactor, endpoints: list[str], cursor, *, subprotocol: str = JSON,
                  buffer_max: int = 10_000, retry_s: float = 0.2,
-                 connect_timeout_s: float = 3.0, give_up_s: float = 60.0) -> None:
+                 connect_timeout_s: float = 3.0, give_up_s: float = 60.0,
+                 cafile: str | None = None) -> None:
         self.reactor = reactor
+        self.cafile = cafile
         self.endpoints = list(endpoints)
         self.cursor = cursor
         self.subprotocol = subprotocol
@@ -430,7 +447,7 @@ class TwistedStream:
             ended = defer.Deferred()
             try:
                 conn = await connect_twisted(self.reactor, endpoint, self.subprotocol,
-                                             self.connect_timeout_s)
+                                             self.connect_timeout_s, self.cafile)
             except Exception:
                 conn = None
             if conn is not None and not self.done:
@@ -493,15 +510,16 @@ class TwistedStream:
 
 def blocking_stream(endpoints: list[str], cursor, *, subprotocol: str = JSON,
                     follow: bool = True, timeout_s: float = 10.0, retry_s: float = 0.2,
-                    give_up_s: float = 60.0):
+                    give_up_s: float = 60.0, ssl_context=None):
     """A generator of the stream's items for synchronous code (autobahn's asyncio client
     on a private event loop).  ``follow`` False: stop once the stream has caught up with
-    the applied index it reported when subscribing (``log tail`` without ``-f``)."""
+    the applied index it reported when subscribing (``log tail`` without ``-f``).
+    ``ssl_context``: for https endpoints (None: the system's trust store)."""
     import asyncio
 
     loop = asyncio.new_event_loop()
     state = _BlockingState(endpoints, cursor, subprotocol, follow, timeout_s, retry_s,
-                           give_up_s)
+                           give_up_s, ssl_context)
     try:
         while True:
             items = loop.run_until_complete(state.next_items())
@@ -515,8 +533,9 @@ def blocking_stream(endpoints: list[str], cursor, *, subprotocol: str = JSON,
 
 class _BlockingState:
     def __init__(self, endpoints, cursor, subprotocol, follow, timeout_s, retry_s,
-                 give_up_s) -> None:
+                 give_up_s, ssl_context=None) -> None:
         self.endpoints = list(endpoints)
+        self.ssl_context = ssl_context
         self.cursor = cursor
         self.subprotocol = subprotocol
         self.follow = follow
@@ -571,7 +590,13 @@ class _BlockingState:
                                    autoPingInterval=0)
         host, port = url.split("://", 1)[1].split("/", 1)[0].rsplit(":", 1)
         loop = asyncio.get_running_loop()
-        await asyncio.wait_for(loop.create_connection(factory, host.strip("[]"), int(port)),
+        host = host.strip("[]")
+        tls = {}
+        if url.startswith("wss://"):
+            import ssl
+            tls = {"ssl": self.ssl_context or ssl.create_default_context(),
+                   "server_hostname": host}
+        await asyncio.wait_for(loop.create_connection(factory, host, int(port), **tls),
                                self.timeout_s)
         self.protocol = await asyncio.wait_for(opened, self.timeout_s)
         self.protocol.sendMessage(encode_message(self.cursor.subscribe(1), self.subprotocol),

@@ -53,11 +53,13 @@ class _Observer:
 class StreamObservers:
     """``endpoints``: every node's API URL (spares included: unreachable ones are
     skipped); ``prefix``: what one of the watches follows (the other follows every key;
-    the workload's keys are ``k<slot>.<generation>``)."""
+    the workload's keys are ``k<slot>.<generation>``); ``cafile``: the cluster CA when the
+    endpoints are https (the streams then use wss)."""
 
     def __init__(self, reactor, endpoints: list[str], clock, *, prefix: str,
-                 give_up_s: float) -> None:
+                 give_up_s: float, cafile: str | None = None) -> None:
         self.reactor = reactor
+        self.cafile = cafile
         self.endpoints = endpoints
         self.clock = clock
         self.prefix = prefix
@@ -75,7 +77,7 @@ class StreamObservers:
         for shift, (name, cursor, subprotocol) in enumerate(specs):
             stream = TwistedStream(self.reactor, self._rotated(shift), cursor,
                                    subprotocol=subprotocol, give_up_s=self.give_up_s,
-                                   retry_s=0.1, connect_timeout_s=2.0)
+                                   retry_s=0.1, connect_timeout_s=2.0, cafile=self.cafile)
             self.observers.append(_Observer(name, stream, self.clock))
 
     async def catch_up(self, index: int, timeout_s: float) -> bool:

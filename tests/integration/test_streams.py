@@ -30,7 +30,7 @@ FALLS_BEHIND = SMALL_SNAPSHOTS + "[batching]\npeer_queue_messages_max = 16\n"
 
 
 def url(c, node: int) -> str:
-    return f"http://127.0.0.1:{c.api_ports[node]}"
+    return c.url(node)
 
 
 def endpoints(c, first: int) -> list[str]:
@@ -81,16 +81,17 @@ def test_a_tail_across_a_leader_kill_a_restart_and_a_snapshot_install_sees_every
     c = make_cluster(protocol, extra=FALLS_BEHIND)
     leader = c.wait_leader()
     a, b = followers(c, leader)
-    writer = SyncClient([url(c, n) for n in c.ids], timeout=30)
-    tail_a = SyncClient(endpoints(c, a), timeout=60).tail(1)
-    tail_b = SyncClient(endpoints(c, b), timeout=60).tail(1, subprotocol="paxoslog.v1.cbor")
+    writer = SyncClient([url(c, n) for n in c.ids], timeout=30, cafile=c.ca_file)
+    tail_a = SyncClient(endpoints(c, a), timeout=60, cafile=c.ca_file).tail(1)
+    tail_b = SyncClient(endpoints(c, b), timeout=60,
+                        cafile=c.ca_file).tail(1, subprotocol="paxoslog.v1.cbor")
     got_a, got_b = [], []
     top = write_load(c, writer, "a")
     consume(tail_a, got_a, top)
     consume(tail_b, got_b, top)
 
     c.pause(b)                                       # b falls > 2 snapshot intervals behind
-    writer = SyncClient([url(c, n) for n in (leader, a)], timeout=30)
+    writer = SyncClient([url(c, n) for n in (leader, a)], timeout=30, cafile=c.ca_file)
     for round_ in range(4):                          # 16 MB: more than socket buffers
         top = write_load(c, writer, f"b{round_}", batches=80, singles=0, value_bytes=2500)
     c.resume(b)
@@ -99,13 +100,13 @@ def test_a_tail_across_a_leader_kill_a_restart_and_a_snapshot_install_sees_every
     assert _metric(c, b, 'paxoslog_ws_streams_ended_total{reason="compacted"}') >= 1
 
     c.kill(a)                                        # a's tail loses its node...
-    writer = SyncClient([url(c, n) for n in (leader, b)], timeout=30)
+    writer = SyncClient([url(c, n) for n in (leader, b)], timeout=30, cafile=c.ca_file)
     top = write_load(c, writer, "c")
     consume(tail_a, got_a, top)                      # ...and resumed elsewhere
     c.start(a)
 
     c.kill(leader)                                   # the leader, kill -9
-    writer = SyncClient([url(c, n) for n in (a, b)], timeout=30)
+    writer = SyncClient([url(c, n) for n in (a, b)], timeout=30, cafile=c.ca_file)
     top = write_load(c, writer, "d")
     consume(tail_a, got_a, top)
     consume(tail_b, got_b, top)
@@ -159,13 +160,13 @@ def test_a_watch_from_an_old_revision_replays_then_goes_live(make_cluster, proto
     """Events from revision R under a prefix, in revision order with previous values, then
     new ones as they commit; each put's version and indexes match the kv record."""
     c = make_cluster(protocol)
-    client = SyncClient([url(c, n) for n in c.ids], timeout=20)
+    client = SyncClient([url(c, n) for n in c.ids], timeout=20, cafile=c.ca_file)
     first = client.put("w/a", 1)["index"]
     client.put("other", 1)
     client.batch([{"op": "put", "key": "w/a", "value": 2}, {"op": "put", "key": "w/b", "value": 3},
                   {"op": "delete", "key": "w/a"}])
     follower = followers(c, c.wait_leader())[0]
-    with WsProbe(c.api_ports[follower]) as probe:
+    with WsProbe.of(c, follower) as probe:
         stream = probe.subscribe({"op": "watch", "prefix": "w/", "from": first, "prev": True})
         replayed = probe.wait_revision(stream, first + 2)
         assert [(e["type"], e["key"]) for e in replayed] == [
@@ -188,17 +189,17 @@ def test_resuming_at_any_point_at_another_node_misses_and_repeats_nothing(make_c
     exactly what one uninterrupted stream gives."""
     c = make_cluster(protocol)
     rng = random.Random(7)
-    client = SyncClient([url(c, n) for n in c.ids], timeout=20)
+    client = SyncClient([url(c, n) for n in c.ids], timeout=20, cafile=c.ca_file)
     top = write_load(c, client, "r", batches=8, singles=20)
     a, b = c.ids[0], c.ids[1]
-    with WsProbe(c.api_ports[a]) as whole:
+    with WsProbe.of(c, a) as whole:
         tail = whole.subscribe({"op": "tail", "from": 1})
         watch = whole.subscribe({"op": "watch", "prefix": "r/", "from": 1})
         expected_entries = whole.wait_index(tail, top)
         expected_events = whole.wait_revision(watch, top)
     for trial in range(3):
         cut = rng.randrange(1, top)
-        with WsProbe(c.api_ports[a]) as first:
+        with WsProbe.of(c, a) as first:
             stream = first.subscribe({"op": "tail", "from": 1})
             part = [e for e in first.wait_index(stream, cut) if e["index"] <= cut]
             wstream = first.subscribe({"op": "watch", "prefix": "r/", "from": 1})
@@ -211,7 +212,7 @@ def test_resuming_at_any_point_at_another_node_misses_and_repeats_nothing(make_c
                     messages.append(m)
                     if m["revision"] >= cut:
                         break
-        with WsProbe(c.api_ports[b], "paxoslog.v1.cbor") as second:
+        with WsProbe.of(c, b, "paxoslog.v1.cbor") as second:
             stream = second.subscribe({"op": "tail", "from": part[-1]["index"] + 1})
             rest = second.wait_index(stream, top)
             resume = messages[-1]["revision"] + 1
@@ -229,12 +230,12 @@ def test_a_start_no_longer_kept_is_refused_compacted(make_cluster, protocol):
     the client library raises Compacted and the CLI exits 6."""
     c = make_cluster(protocol, extra=SMALL_SNAPSHOTS + "keep = 1\n[limits]\n"
                                                       "recent_entries_kept = 20\n")
-    client = SyncClient([url(c, n) for n in c.ids], timeout=30)
+    client = SyncClient([url(c, n) for n in c.ids], timeout=30, cafile=c.ca_file)
     for round_ in range(4):
         top = write_load(c, client, f"z{round_}", batches=30, singles=0)
     node = c.ids[0]
     c.wait_applied(node, top)
-    with WsProbe(c.api_ports[node]) as probe:
+    with WsProbe.of(c, node) as probe:
         status, body = probe.request({"op": "tail", "from": 1})
         assert status == 410 and body["error"] == "compacted" and body["first_index"] > 1
         assert "snapshot" in body["message"]
@@ -243,11 +244,11 @@ def test_a_start_no_longer_kept_is_refused_compacted(make_cluster, protocol):
     c.kill(node)
     c.start(node)
     c.wait_applied(node, top)
-    with WsProbe(c.api_ports[node]) as probe:
+    with WsProbe.of(c, node) as probe:
         status, body = probe.request({"op": "watch", "prefix": "", "from": 1})
         assert status == 410 and body["error"] == "compacted" and body["first_revision"] > 1
     try:
-        next(SyncClient([url(c, n) for n in c.ids], timeout=20).tail(1))
+        next(SyncClient([url(c, n) for n in c.ids], timeout=20, cafile=c.ca_file).tail(1))
     except Compacted as exc:
         assert exc.first is not None and exc.first > 1
     else:
@@ -255,7 +256,7 @@ def test_a_start_no_longer_kept_is_refused_compacted(make_cluster, protocol):
     proc = subprocess.run([sys.executable, "-m", "paxoslog.cli", "log", "tail", "--from", "1",
                            "--endpoints", ",".join(url(c, n) for n in c.ids)],
                           capture_output=True, text=True, cwd=ROOT, timeout=60,
-                          env=dict(os.environ, PYTHONPATH=ROOT))
+                          env=c.client_env())
     assert proc.returncode == 6 and "compacted" in proc.stderr
 
 
@@ -291,12 +292,13 @@ def test_a_batch_is_one_log_index_applied_once_and_validated_as_a_whole(make_clu
 
 
 TWISTED_SCRIPT = r'''
-import json, sys
+import json, os, sys
 from twisted.internet import defer, task
 from paxoslog.client import Client
 
 async def main(reactor, endpoints):
-    client = Client(endpoints, reactor=reactor, timeout=30, attempt_timeout=3)
+    client = Client(endpoints, reactor=reactor, timeout=30, attempt_timeout=3,
+                    cafile=os.environ.get("PAXOSLOG_CACERT"))
     watch = client.watch(prefix="tw/", start=1, prev=True)
     tail = client.tail()
     results = await client.put_many([(f"tw/{i}", i) for i in range(2500)], batch_size=500,
@@ -329,8 +331,7 @@ def test_the_twisted_client_pipelines_put_many_and_follows_watch_and_tail(make_c
     c = make_cluster("raft")
     proc = subprocess.run([sys.executable, "-c", TWISTED_SCRIPT,
                            json.dumps([url(c, n) for n in c.ids])], capture_output=True,
-                          text=True, cwd=ROOT, env=dict(os.environ, PYTHONPATH=ROOT),
-                          timeout=120)
+                          text=True, cwd=ROOT, env=c.client_env(), timeout=120)
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = json.loads(proc.stdout.strip().splitlines()[-1])
     assert out["results"] == 2500 and out["versions"] == [1] and 1 <= out["batches"] <= 5
@@ -344,7 +345,7 @@ def test_the_cli_puts_many_tails_the_log_and_watches_keys(make_cluster):
     event as it commits."""
     c = make_cluster("multipaxos")
     eps = ",".join(url(c, n) for n in c.ids)
-    env = dict(os.environ, PYTHONPATH=ROOT)
+    env = c.client_env()
     base = [sys.executable, "-m", "paxoslog.cli"]
     watcher = subprocess.Popen(base + ["watch", "cli/", "--prefix", "--json", "--from", "1",
                                        "--endpoints", eps], stdout=subprocess.PIPE,
@@ -369,3 +370,46 @@ def test_the_cli_puts_many_tails_the_log_and_watches_keys(make_cluster):
     batches = [cmd for e in entries if e["kind"] == "normal" for cmd in e["command"]
                if "batch" in cmd]
     assert [len(b["batch"]) for b in batches] == [10, 10, 5]
+
+
+def test_streams_and_batches_work_over_tls(make_cluster):
+    """With [tls] (certificates from ``paxoslog certs init``) the endpoint is wss on the
+    HTTPS port: the blocking client tails from index 1 over wss in both subprotocols, the
+    Twisted client pipelines put_many and follows a watch and a tail, a probe watches with
+    previous values, and the CLI tails with the CA from $PAXOSLOG_CACERT; a client that
+    does not trust the CA is refused."""
+    c = make_cluster("raft", tls=True)
+    assert all(url(c, n).startswith("https://") for n in c.ids)
+    client = SyncClient([url(c, n) for n in c.ids], timeout=30, cafile=c.ca_file)
+    top = write_load(c, client, "tls")
+    node = followers(c, c.wait_leader())[0]
+    for subprotocol in ("paxoslog.v1.json", "paxoslog.v1.cbor"):
+        got = []
+        tail = SyncClient(endpoints(c, node), timeout=30,
+                          cafile=c.ca_file).tail(1, subprotocol=subprotocol)
+        consume(tail, got, top)
+        tail.close()
+        assert [e["index"] for e in got] == list(range(1, len(got) + 1))
+    with WsProbe.of(c, node) as probe:
+        assert probe.ssl is not None
+        stream = probe.subscribe({"op": "watch", "prefix": "tls/0/", "from": 1, "prev": True})
+        index = client.put("tls/0/1", "again")["index"]
+        events = probe.wait_revision(stream, index)
+        assert events[-1]["key"] == "tls/0/1" and events[-1]["prev"]["value"] == 1
+        status, body = probe.request({"op": "batch", "ops": [{"key": "tls/w", "value": 1}]})
+        assert status == 200 and body["results"][0]["version"] == 1
+    proc = subprocess.run([sys.executable, "-c", TWISTED_SCRIPT,
+                           json.dumps([url(c, n) for n in c.ids])], capture_output=True,
+                          text=True, cwd=ROOT, env=c.client_env(), timeout=120)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert out["results"] == 2500 and len(out["events"]) == 2500
+    base = [sys.executable, "-m", "paxoslog.cli", "log", "tail", "--json", "--from",
+            str(top), "--endpoints", url(c, node)]
+    tail = subprocess.run(base, capture_output=True, text=True, cwd=ROOT, env=c.client_env(),
+                          timeout=60)
+    assert tail.returncode == 0, tail.stderr
+    assert json.loads(tail.stdout.splitlines()[0])["index"] == top
+    untrusted = subprocess.run(base + ["--timeout", "2"], capture_output=True, text=True, cwd=ROOT, timeout=60,
+                               env=dict(os.environ, PYTHONPATH=ROOT, PAXOSLOG_CACERT=""))
+    assert untrusted.returncode != 0 and not untrusted.stdout

@@ -20,12 +20,12 @@ LIMITS = ("\n[websocket]\nmessage_bytes_max = 4096\ninflight_requests_max = 8\n"
 
 
 def url(c, node: int) -> str:
-    return f"http://127.0.0.1:{c.api_ports[node]}"
+    return c.url(node)
 
 
 def healthy(c, node: int) -> None:
     assert c.request(node, "GET", "/health").status == 200
-    with WsProbe(c.api_ports[node]) as probe:
+    with WsProbe.of(c, node) as probe:
         assert probe.request({"op": "put", "key": "alive", "value": 1})[0] == 200
 
 
@@ -40,7 +40,7 @@ def test_bad_messages_get_documented_errors_on_a_connection_that_stays_open(limi
     string: 400 answers; the connection keeps serving."""
     c = limited
     node = c.ids[0]
-    with WsProbe(c.api_ports[node]) as probe:
+    with WsProbe.of(c, node) as probe:
         probe.send_raw(b"{nope")
         probe.send_raw(b"\x01\x02", binary=True)
         probe.send_raw(b"[1, 2]")
@@ -63,7 +63,7 @@ def test_bad_messages_get_documented_errors_on_a_connection_that_stays_open(limi
                          (400, "bad_request"), (400, "bad_request")]
         assert probe.request({"op": "put", "key": "k", "value": 1})[0] == 200
         assert probe.closed is None
-    with WsProbe(c.api_ports[node], CBOR) as probe:
+    with WsProbe.of(c, node, CBOR) as probe:
         probe.send_raw(cbor2.dumps({"id": 1, "op": "put", "key": "k", "value": b"raw"}), True)
         reply = probe.wait(lambda: probe.replies.get(None), 10, "the CBOR refusal")
         assert reply["status"] == 400 and "bytes" in reply["body"]["message"]
@@ -76,7 +76,7 @@ def test_an_oversized_frame_closes_the_connection_with_1009_and_nothing_else(lim
     the node and other connections go on."""
     c = limited
     node = c.ids[1]
-    with WsProbe(c.api_ports[node]) as other, WsProbe(c.api_ports[node]) as probe:
+    with WsProbe.of(c, node) as other, WsProbe.of(c, node) as probe:
         probe.send({"id": 1, "op": "put", "key": "big", "value": "x" * 5000})
         code, reason = probe.wait(lambda: probe.closed, 10, "the close")
         assert code == 1009 and "4096" in reason
@@ -90,7 +90,7 @@ def test_too_many_requests_in_flight_and_subscriptions_are_refused_429(limited):
     refused 429 too_many_subscriptions."""
     c = limited
     node = c.ids[2]
-    with WsProbe(c.api_ports[node]) as probe:
+    with WsProbe.of(c, node) as probe:
         probe.send([{"id": f"p{i}", "op": "put", "key": f"f{i}", "value": i} for i in range(20)])
         replies = probe.wait(lambda: len(probe.replies) >= 20 and probe.replies, 20,
                              "20 answers")
@@ -113,10 +113,10 @@ def test_idle_connections_close_4000_and_unknown_subprotocols_are_refused(limite
     endpoint is 426."""
     c = limited
     node = c.ids[0]
-    with WsProbe(c.api_ports[node]) as probe:
+    with WsProbe.of(c, node) as probe:
         code, reason = probe.wait(lambda: probe.closed, 15, "the idle close")
         assert code == 4000 and "websocket.idle_timeout_ms" in reason
-    odd = WsProbe(c.api_ports[node], "chat.v9")
+    odd = WsProbe.of(c, node, "chat.v9")
     assert odd.protocol is None and odd.closed is not None
     odd.close()
     plain = c.request(node, "GET", "/api/v1/ws")
@@ -149,9 +149,9 @@ def test_a_consumer_that_stops_reading_costs_bounded_memory_and_ends_slow(make_c
                                      "slow_consumer_ms = 15000\n")
     leader = c.wait_leader()
     a, b = [n for n in c.ids if n != leader]
-    writer = SyncClient([url(c, leader)], timeout=30)
+    writer = SyncClient([url(c, leader)], timeout=30, cafile=c.ca_file)
     writer.batch([{"key": "warm", "value": "x" * 2000}] * 10)
-    with WsProbe(c.api_ports[a]) as probe:
+    with WsProbe.of(c, a) as probe:
         tail = probe.subscribe({"op": "tail"})
         watch = probe.subscribe({"op": "watch", "prefix": ""})
         probe.pause_reading()

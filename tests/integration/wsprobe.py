@@ -2,7 +2,8 @@
 
 autobahn's asyncio client on a private event loop: every call runs the loop until what it
 waits for arrived or its deadline passed (no sleeps).  It keeps every message it
-received: answers by request id, stream messages by stream id, in arrival order.  It can
+received: answers by request id, stream messages by stream id, in arrival order.  Over TLS
+(``ssl``: a client context trusting the cluster CA) it speaks wss.  It can
 stop reading from its socket (``pause_reading``: the server's view of a client that does
 not read) and send raw frames of its own choosing through autobahn (``send_raw``).
 """
@@ -22,8 +23,9 @@ CBOR = "paxoslog.v1.cbor"
 
 class WsProbe:
     def __init__(self, port: int, subprotocol: str | None = JSON, *,
-                 max_message_bytes: int = 0) -> None:
+                 max_message_bytes: int = 0, ssl=None) -> None:
         self.port = port
+        self.ssl = ssl
         self.subprotocol = subprotocol
         self.loop = asyncio.new_event_loop()
         self.replies: dict = {}
@@ -36,6 +38,14 @@ class WsProbe:
         self._event = None
         self._ids = 0
         self._connect(max_message_bytes)
+
+    @classmethod
+    def of(cls, cluster, node: int, subprotocol: str | None = JSON, **options) -> "WsProbe":
+        """A probe of ``node`` of a ``ClusterHarness``: wss when the cluster has TLS."""
+        if cluster.tls:
+            import ssl
+            options["ssl"] = ssl.create_default_context(cafile=cluster.ca_file)
+        return cls(cluster.api_ports[node], subprotocol, **options)
 
     # ------------------------------------------------------------------ plumbing
 
@@ -66,12 +76,14 @@ class WsProbe:
                 probe._wake()
 
         protocols = [self.subprotocol] if self.subprotocol else None
-        factory = WebSocketClientFactory(f"ws://127.0.0.1:{self.port}/api/v1/ws",
+        scheme = "wss" if self.ssl is not None else "ws"
+        factory = WebSocketClientFactory(f"{scheme}://127.0.0.1:{self.port}/api/v1/ws",
                                          protocols=protocols, loop=self.loop)
         factory.protocol = _Protocol
         factory.setProtocolOptions(maxMessagePayloadSize=max_message_bytes,
                                    maxFramePayloadSize=max_message_bytes, autoPingInterval=0)
-        self._run(self.loop.create_connection(factory, "127.0.0.1", self.port), 10)
+        tls = {"ssl": self.ssl, "server_hostname": "127.0.0.1"} if self.ssl is not None else {}
+        self._run(self.loop.create_connection(factory, "127.0.0.1", self.port, **tls), 10)
         self.wait(lambda: self.protocol is not None or self.closed is not None, 10,
                   "the WebSocket handshake")
 
