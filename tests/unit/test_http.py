@@ -482,3 +482,24 @@ def test_a_refused_upgrade_gets_its_http_answer_then_the_connection_closes():
     proto.dataReceived(UPGRADE.replace(b"/ws", b"/other") + b"GET /x HTTP/1.1\r\n\r\n")
     out = responses(t.value())
     assert len(out) == 1 and b'"upgrade":true' in out[0] and t.disconnecting
+
+
+def test_an_upgraded_connection_leaves_the_producer_slot_and_the_http_deadlines():
+    """After the switch the new protocol may register its own producer, and no HTTP
+    deadline (header, idle) cuts the connection: the WebSocket layer has its own."""
+    factory, target, proto, t = upgrading()
+    assert t.producer is proto
+    proto.dataReceived(UPGRADE)
+    assert t.producer is None and target.built
+    factory.reactor.advance(3600)
+    factory.sweep()
+    assert not t.disconnecting and t.value() == b""
+
+
+def test_an_upgrade_request_larger_than_one_parse_slice_arrives_whole():
+    """The input is parsed in slices bounded by the pipelining limit; the new protocol
+    still gets every byte of a long upgrade request and the frame after it."""
+    factory, target, proto, t = upgrading()
+    request = UPGRADE.replace(b"\r\n\r\n", b"\r\nX-Pad: " + b"p" * 1500 + b"\r\n\r\n")
+    proto.dataReceived(request + b"\x81\x01x")
+    assert target.built[0].data == request + b"\x81\x01x"
