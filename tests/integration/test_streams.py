@@ -163,12 +163,15 @@ def test_a_watch_from_an_old_revision_replays_then_goes_live(make_cluster, proto
     client = SyncClient([url(c, n) for n in c.ids], timeout=20, cafile=c.ca_file)
     first = client.put("w/a", 1)["index"]
     client.put("other", 1)
-    client.batch([{"op": "put", "key": "w/a", "value": 2}, {"op": "put", "key": "w/b", "value": 3},
-                  {"op": "delete", "key": "w/a"}])
+    # The batch's own index: other commands (a leader's no-op, a session tick) may come
+    # between the writes, so first + 2 is not necessarily it.
+    batch = client.batch([{"op": "put", "key": "w/a", "value": 2},
+                          {"op": "put", "key": "w/b", "value": 3},
+                          {"op": "delete", "key": "w/a"}])["index"]
     follower = followers(c, c.wait_leader())[0]
     with WsProbe.of(c, follower) as probe:
         stream = probe.subscribe({"op": "watch", "prefix": "w/", "from": first, "prev": True})
-        replayed = probe.wait_revision(stream, first + 2)
+        replayed = probe.wait_revision(stream, batch)
         assert [(e["type"], e["key"]) for e in replayed] == [
             ("put", "w/a"), ("put", "w/a"), ("put", "w/b"), ("delete", "w/a")]
         assert replayed[1]["prev"]["value"] == 1 and replayed[3]["prev"]["value"] == 2
