@@ -13,6 +13,9 @@
     paxoslog endpoint health                   /health of every live member (exit 4: one
                                                is not healthy)
     paxoslog completion bash|zsh               a shell completion script
+    paxoslog put-many [FILE] [--batch N]       one "key value" per line (stdin: -), in batches
+    paxoslog watch KEY [--prefix] [--from REV] [--prev]   kv events as they commit
+    paxoslog log tail [-f] [--from N]          committed entries (WebSocket), resumable
     paxoslog log entries [--from N] [--to M]   entries from the running cluster
     paxoslog log dump|verify --data-dir D      offline/live WAL inspection (read-only)
     paxoslog log export --sqlite OUT.db --data-dir D   the data as SQL tables (read-only)
@@ -39,6 +42,7 @@ Exit codes (for scripts)::
     4  unavailable or outcome unknown (no leader, timeout; a write may still commit:
        retry with the same --client-id/--sequence)
     5  compare-and-swap precondition failed (cas only)
+    6  compacted: a tail or watch start no node still has (read the state instead)
 """
 
 from __future__ import annotations
@@ -56,11 +60,12 @@ EXIT_USAGE = 2
 EXIT_NOT_FOUND = 3
 EXIT_UNAVAILABLE = 4
 EXIT_CAS_FAILED = 5
+EXIT_COMPACTED = 6
 
 DEFAULT_CONFIG = "conf/local-3.toml"
 
 __all__ = ["main", "build_parser", "EXIT_OK", "EXIT_ERROR", "EXIT_USAGE", "EXIT_NOT_FOUND",
-           "EXIT_UNAVAILABLE", "EXIT_CAS_FAILED"]
+           "EXIT_UNAVAILABLE", "EXIT_CAS_FAILED", "EXIT_COMPACTED"]
 
 
 # ====================================================================== parser
@@ -71,7 +76,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="paxoslog", description="A replicated log (Multi-Paxos or Raft) with a KV store.",
         epilog="exit codes: 0 ok, 1 error, 2 usage/conf error, 3 not found, "
-               "4 unavailable or outcome unknown, 5 cas precondition failed",
+               "4 unavailable or outcome unknown, 5 cas precondition failed, "
+               "6 compacted (a stream start no node still has)",
         formatter_class=argparse.RawDescriptionHelpFormatter)
     from paxoslog import __version__
     parser.add_argument("--version", action="version", version=f"paxoslog {__version__}")
@@ -298,6 +304,36 @@ def build_parser() -> argparse.ArgumentParser:
     status = commands.add_parser("status", parents=[client], help="one row per node")
     status.set_defaults(func=cmd_status)
 
+    put_many = commands.add_parser(
+        "put-many", parents=[client], help="put many keys in batches (one log command each)",
+        description="Read one \"key value\" per line (the value is the rest of the line; "
+                    "blank lines and lines starting with # are skipped) from FILE or stdin "
+                    "and write them with POST /api/v1/consensus/batch, BATCH keys per "
+                    "request, each batch exactly once (a retried batch keeps its "
+                    "client_id/sequence).")
+    put_many.add_argument("file", nargs="?", default="-", help="input file (default: stdin)")
+    put_many.add_argument("--batch", type=int, default=1000, metavar="N",
+                          help="operations per batch (default 1000)")
+    put_many.add_argument("-j", "--json-value", action="store_true",
+                          help="parse each value as JSON")
+    put_many.set_defaults(func=cmd_put_many)
+
+    stream = argparse.ArgumentParser(add_help=False)
+    stream.add_argument("--from", dest="start", type=int, default=None, metavar="N",
+                        help="first index/revision (default: from the next one committed)")
+    stream.add_argument("--cbor", action="store_true",
+                        help="use the CBOR subprotocol (default JSON)")
+
+    watch = commands.add_parser(
+        "watch", parents=[client, stream], help="kv events (put/delete) as they commit",
+        description="Follow the puts and deletes of KEY (or of every key starting with KEY "
+                    "with --prefix) from revision --from on, over the WebSocket endpoint; "
+                    "resumes at another node by itself.  Ctrl-C stops.")
+    watch.add_argument("key", help="the key, or the prefix with --prefix (\"\": every key)")
+    watch.add_argument("--prefix", action="store_true", help="KEY is a prefix")
+    watch.add_argument("--prev", action="store_true", help="show each key's previous value")
+    watch.set_defaults(func=cmd_watch)
+
     certs = commands.add_parser("certs", help="TLS certificates for a cluster")
     certs_commands = certs.add_subparsers(dest="certs_command", metavar="COMMAND", required=True)
     certs_init = certs_commands.add_parser(
@@ -396,6 +432,14 @@ def build_parser() -> argparse.ArgumentParser:
                     "file and applies what can change without a restart ([log] level); "
                     "what needs a restart is listed.")
     reload.set_defaults(func=cmd_reload)
+    tail = log_sub.add_parser("tail", parents=[client, stream],
+                              help="committed entries over the WebSocket endpoint",
+                              description="Print committed log entries from --from N "
+                                          "(default: the next one) up to the newest; with "
+                                          "-f, keep following (resuming at another node "
+                                          "by itself).")
+    tail.add_argument("-f", "--follow", action="store_true", help="keep following")
+    tail.set_defaults(func=cmd_log_tail)
     return parser
 
 
@@ -1113,6 +1157,109 @@ def cmd_reload(args) -> int:
         for note in body.get("needs_restart", []) + body.get("errors", []):
             print(f"{endpoint}:   {note}")
     return EXIT_ERROR if failed else EXIT_OK
+
+
+# ====================================================================== streams, batches
+
+def cmd_put_many(args) -> int:
+    if args.batch < 1:
+        print("paxoslog: --batch must be at least 1", file=sys.stderr)
+        return EXIT_USAGE
+    source = sys.stdin if args.file == "-" else None
+    try:
+        if source is None:
+            source = open(args.file, encoding="utf-8")
+    except OSError as exc:
+        print(f"paxoslog: cannot read {args.file}: {exc.strerror}", file=sys.stderr)
+        return EXIT_USAGE
+
+    def pairs():
+        for number, line in enumerate(source, 1):
+            line = line.rstrip("\n")
+            if not line.strip() or line.lstrip().startswith("#"):
+                continue
+            key, sep, value = line.partition(" ")
+            if not sep:
+                print(f"paxoslog: line {number}: expected \"key value\"", file=sys.stderr)
+                raise SystemExit(EXIT_USAGE)
+            yield key, _value(value, args.json_value)
+
+    def action(client):
+        total = 0
+        batch = []
+
+        def send():
+            nonlocal total
+            body = client.batch([{"op": "put", "key": k, "value": v} for k, v in batch])
+            total += len(body["results"])
+            if args.json:
+                print(json.dumps(body, sort_keys=True))
+            batch.clear()
+        for pair in pairs():
+            batch.append(pair)
+            if len(batch) >= args.batch:
+                send()
+        if batch:
+            send()
+        if not args.json:
+            print(f"OK {total} keys")
+        return EXIT_OK
+    try:
+        return _run_client(args, action)
+    finally:
+        if source is not sys.stdin:
+            source.close()
+
+
+def _run_stream(args, make_stream, show) -> int:
+    from paxoslog.wsclient import CBOR, JSON, Compacted, StreamError
+    subprotocol = CBOR if args.cbor else JSON
+    with _client(args) as client:
+        try:
+            for item in make_stream(client, subprotocol):
+                if args.json:
+                    print(json.dumps(item, sort_keys=True), flush=True)
+                else:
+                    print(show(item), flush=True)
+        except Compacted as exc:
+            _report_error(args, exc, "compacted")
+            if exc.first is not None:
+                print(f"paxoslog: the first available is {exc.first}", file=sys.stderr)
+            return EXIT_COMPACTED
+        except StreamError as exc:
+            _report_error(args, exc, "stream failed")
+            return EXIT_UNAVAILABLE
+        except KeyboardInterrupt:
+            return EXIT_OK              # Ctrl-C is how a followed stream is stopped
+    return EXIT_OK
+
+
+def cmd_watch(args) -> int:
+    def make(client, subprotocol):
+        key, prefix = (None, args.key) if args.prefix else (args.key, None)
+        return client.watch(key, prefix=prefix, start=args.start, prev=args.prev,
+                            subprotocol=subprotocol)
+
+    def show(event) -> str:
+        text = f"{event['mod_index']:>8}  {event['type']:6}  {event['key']}"
+        if event["type"] == "put":
+            text += f" = {_show(event['value'])}  (version {event['version']})"
+        if "prev" in event:
+            text += f"  (was {_show(event['prev']['value'])})"
+        return text
+    return _run_stream(args, make, show)
+
+
+def cmd_log_tail(args) -> int:
+    def make(client, subprotocol):
+        return client.tail(args.start, follow=args.follow, subprotocol=subprotocol)
+
+    def show(entry) -> str:
+        command = entry.get("command")
+        kind = entry["kind"] + (" (hole)" if entry.get("hole") else "")
+        text = "" if command is None else json.dumps(command, sort_keys=True)
+        return f"{entry['index']:>8}  {entry['term']:>6}  {kind:12}  {text}"
+    return _run_stream(args, make, show)
 
 
 # ====================================================================== certs

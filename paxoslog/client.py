@@ -15,6 +15,12 @@ scripts and the CLI).  Both take a list of endpoints (``http://host:port``, or
   settled it (the write may or may not have committed: retry with the same pair to find
   out), ``Unavailable`` when no attempt could have applied it (or a read failed),
   ``NotFound`` for 404, and ``RequestFailed`` for the other refusals (400 bad input, ...).
+
+Batches (``batch``, ``put_many``) go to ``POST /api/v1/consensus/batch`` (``SyncClient``)
+or as pipelined batch requests over one WebSocket connection (``Client.put_many``): one
+log command per batch, one (client_id, sequence) per batch, resent unchanged after a lost
+answer, so each batch applies exactly once.  Streams (``tail``, ``watch``) use the
+WebSocket endpoint and resume by themselves on another node (paxoslog/wsclient.py).
 """
 
 from __future__ import annotations
@@ -240,6 +246,14 @@ class _Calls:
         else:
             extra["expected"] = None if expected is ... else expected
         return self.propose(_kv_body("cas", key, value, **extra))
+
+    def batch(self, ops: list, **session):
+        """Many writes as one log command (``[{"op", "key", ...} | {"sm", "op", ...}]``),
+        applied in order at one index: ``{"index", "results": [...], ...}``; exactly once
+        (one session pair for the whole batch)."""
+        body = {"ops": ops, **session}
+        return self.request("POST", "/api/v1/consensus/batch", self.write_body(body),
+                            write=True)
 
     def get(self, key: str, consistency: str = "linearizable", min_revision: int | None = None):
         """The key's record; ``index`` in the answer is the revision it was served at.
@@ -498,6 +512,38 @@ class SyncClient(_Calls, _Logic):
         if reply.status != 200:
             raise self.error_for(reply.status, reply.body)
         return reply.body
+    def put_many(self, pairs, batch_size: int = 1000) -> list:
+        """Put every ``(key, value)`` of ``pairs`` in batches of ``batch_size``; the
+        per-operation results, in order."""
+        results = []
+        batch = []
+        for key, value in pairs:
+            batch.append({"op": "put", "key": key, "value": value})
+            if len(batch) >= batch_size:
+                results += self.batch(batch)["results"]
+                batch = []
+        if batch:
+            results += self.batch(batch)["results"]
+        return results
+
+    def tail(self, start: int | None = None, *, follow: bool = True,
+             subprotocol: str | None = None):
+        """Committed log entries from ``start`` (None: from the next one), a generator;
+        ``follow`` False: stop once caught up.  Resumes at another node by itself."""
+        from .wsclient import JSON, TailCursor, blocking_stream
+        return blocking_stream(self.order(), TailCursor(start), subprotocol=subprotocol or JSON,
+                               follow=follow, timeout_s=self.attempt_timeout,
+                               give_up_s=self.timeout, ssl_context=self._ssl)
+
+    def watch(self, key: str | None = None, *, prefix: str | None = None,
+              start: int | None = None, prev: bool = False, follow: bool = True,
+              subprotocol: str | None = None):
+        """kv events under ``key`` or ``prefix`` from revision ``start``, a generator."""
+        from .wsclient import JSON, WatchCursor, blocking_stream
+        return blocking_stream(self.order(), WatchCursor(key, prefix, start, prev),
+                               subprotocol=subprotocol or JSON, follow=follow,
+                               timeout_s=self.attempt_timeout, give_up_s=self.timeout,
+                               ssl_context=self._ssl)
 
     def status_of(self, endpoint: str, timeout: float = 1.0) -> dict:
         """One node's own status, no retries (``cluster status`` asks each node); raises
@@ -602,6 +648,7 @@ class Client(_Calls, _Logic):
         super().__init__(endpoints, timeout, attempt_timeout, client_id)
         from twisted.web.client import HTTPConnectionPool
         self.reactor = reactor
+        self.cafile = cafile          # https endpoints' CA (also for wss)
         self.pool = pool or HTTPConnectionPool(reactor, persistent=True)
         self.pool.maxPersistentPerHost = 16
         self._http = http_client(reactor, self.pool,
@@ -629,3 +676,100 @@ class Client(_Calls, _Logic):
             self.learn(status)
             return status
         return d.addCallback(learned)
+
+    # ------------------------------------------------------------------ WebSocket
+
+    def tail(self, start: int | None = None, *, subprotocol: str | None = None,
+             buffer_max: int = 10_000):
+        """Committed log entries from ``start`` (None: from the next one applied): a
+        started ``wsclient.TwistedStream`` (``async for entry in stream``, or
+        ``stream.each(callback)``), resuming at any node after a disconnect."""
+        from .wsclient import JSON, TailCursor, TwistedStream
+        return TwistedStream(self.reactor, self.order(), TailCursor(start),
+                             subprotocol=subprotocol or JSON, buffer_max=buffer_max,
+                             connect_timeout_s=self.attempt_timeout,
+                             give_up_s=self.timeout, cafile=self.cafile).start()
+
+    def watch(self, key: str | None = None, *, prefix: str | None = None,
+              start: int | None = None, prev: bool = False,
+              subprotocol: str | None = None, buffer_max: int = 10_000):
+        """kv events (``put``/``delete``) under ``key`` or ``prefix`` from revision
+        ``start`` (None: from now): a started ``wsclient.TwistedStream``."""
+        from .wsclient import JSON, TwistedStream, WatchCursor
+        return TwistedStream(self.reactor, self.order(), WatchCursor(key, prefix, start, prev),
+                             subprotocol=subprotocol or JSON, buffer_max=buffer_max,
+                             connect_timeout_s=self.attempt_timeout,
+                             give_up_s=self.timeout, cafile=self.cafile).start()
+
+    def put_many(self, pairs, *, batch_size: int = 1000, window: int = 8,
+                 subprotocol: str | None = None):
+        """Put every ``(key, value)``: batches of ``batch_size`` as pipelined requests on
+        one WebSocket connection, ``window`` in flight; a Deferred of the per-operation
+        results, in order.  A batch whose answer was lost is resent with its own
+        (client_id, sequence) on the next connection, so it applies exactly once."""
+        from twisted.internet import defer
+        from .wsclient import JSON
+        pairs = list(pairs)
+        batches = []
+        for start in range(0, len(pairs), batch_size):
+            ops = [{"op": "put", "key": k, "value": v} for k, v in pairs[start:start + batch_size]]
+            batches.append({"op": "batch", "ops": ops, "client_id": self.client_id,
+                            "sequence": self.next_sequence()})
+        return defer.Deferred.fromCoroutine(
+            self._pipelined(batches, window, subprotocol or JSON))
+
+    async def _pipelined(self, messages: list, window: int, subprotocol: str) -> list:
+        from collections import deque
+
+        from twisted.internet import defer, task
+        from twisted.python.failure import Failure
+        from .wsclient import connect_twisted
+        results: list = [None] * len(messages)
+        todo = deque(range(len(messages)))
+        deadline = self.reactor.seconds() + self.timeout
+        position = 0
+        while todo:
+            if self.reactor.seconds() > deadline:
+                raise UnknownOutcome(f"put_many: {len(todo)} batches unanswered within "
+                                     f"{self.timeout} s (resend them with the same sequences)",
+                                     504, "outcome_unknown")
+            endpoints = self.order()
+            endpoint = endpoints[position % len(endpoints)]
+            position += 1
+            try:
+                conn = await connect_twisted(self.reactor, endpoint, subprotocol,
+                                             self.attempt_timeout, self.cafile)
+            except Exception:
+                await task.deferLater(self.reactor, 0.1, lambda: None)
+                continue
+            answers = defer.DeferredQueue()
+            inflight: set = set()
+            broken = False
+            while (todo or inflight) and not broken:
+                while todo and len(inflight) < window:
+                    i = todo.popleft()
+                    message = dict(messages[i])
+                    message.pop("id", None)
+                    inflight.add(i)
+                    conn.request(message).addBoth(
+                        lambda outcome, i=i: answers.put((i, outcome)))
+                i, outcome = await answers.get()
+                inflight.discard(i)
+                if isinstance(outcome, Failure):
+                    todo.appendleft(i)
+                    broken = True
+                    continue
+                status, body = outcome
+                if status == 200:
+                    results[i] = body["results"]
+                elif status in (429, 503, 504):
+                    todo.appendleft(i)
+                    broken = status != 429
+                else:
+                    conn.close()
+                    raise self.error_for(status, body)
+            todo.extend(sorted(inflight))
+            conn.close()
+            if broken:
+                await task.deferLater(self.reactor, 0.1, lambda: None)
+        return [r for batch in results for r in batch]

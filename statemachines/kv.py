@@ -57,6 +57,8 @@ LEASE_OPS = ("lease_grant", "lease_revoke", "lease_promote", "lease_expire")
 INTERNAL_OPS = ("lease_promote", "lease_expire")
 _EXPIRE_IDS_MAX = 10_000
 _DELETE_RANGE_DEFAULT = 1000
+_SCALARS = frozenset((str, int, float, bool))
+_set = dict.__setitem__       # an existing key: SortedDict's order does not change
 _PREFIX_LIMIT_MAX = 10_000
 RESULT_BYTES_MAX_DEFAULT = 4 << 20
 
@@ -82,6 +84,7 @@ class KVStateMachine:
         self.lease_ttl_ms_max = lease_ttl_ms_max
         self._data: SortedDict = SortedDict()
         self.leases = LeaseTable()
+        self._changes: list | None = None    # apply_with_changes collects here
 
     # ------------------------------------------------------------------ validation
 
@@ -124,7 +127,7 @@ class KVStateMachine:
         if "value" not in command or command["value"] is None:
             raise BadCommand(f'"{op}" needs a non-null "value"')
         value = command["value"]
-        if nesting_exceeds(value, VALUE_DEPTH_MAX):
+        if type(value) not in _SCALARS and nesting_exceeds(value, VALUE_DEPTH_MAX):
             raise BadCommand(f'"value" nests deeper than {VALUE_DEPTH_MAX} levels')
         out = {"op": op, "key": key, "value": value}
         if op == "cas":
@@ -176,6 +179,24 @@ class KVStateMachine:
 
     def apply(self, index: int, command: dict) -> dict:
         """Apply a validated command committed at ``index``; returns the result."""
+        return self._apply(index, command)
+
+    def apply_with_changes(self, index: int, command: dict) -> tuple[dict, tuple]:
+        """``apply``, and the key changes it made: ``((key, record, previous), ...)`` with
+        ``record`` the key's new ``(value, create_index, mod_index, version)`` (None: it was
+        deleted) and ``previous`` the record before (None: it did not exist), in the order
+        they were made (a transaction, a delete_range or a lease's end changes several).
+        Records are the stored immutable tuples (no copies).  A failed cas or the delete of
+        an absent key changes nothing: ``()``.  The watch streams are derived from these,
+        so they are the same on every replica (the result alone, which the session table
+        keeps, does not carry the previous value)."""
+        self._changes = changes = []
+        try:
+            return self._apply(index, command), tuple(changes)
+        finally:
+            self._changes = None
+
+    def _apply(self, index: int, command: dict) -> dict:
         op = command["op"]
         if op == "txn":
             return self._txn(index, command)
@@ -255,9 +276,12 @@ class KVStateMachine:
              lease: int | None = None) -> dict:
         if current is None:
             record = (value, index, index, 1)
+            self._data[key] = record
         else:
             record = (value, current[1], index, current[3] + 1)
-        self._data[key] = record
+            _set(self._data, key, record)
+        if self._changes is not None:
+            self._changes.append((key, record, current))
         if lease is not None:
             self.leases.attach(key, lease)
         elif self.leases.key_lease:
@@ -269,6 +293,8 @@ class KVStateMachine:
         if current is None:
             return {"op": "delete", "deleted": False}
         del self._data[key]
+        if self._changes is not None:
+            self._changes.append((key, None, current))
         if self.leases.key_lease:
             self.leases.detach(key)
         return {"op": "delete", "deleted": True, "version": current[3]}
@@ -332,8 +358,10 @@ class KVStateMachine:
     def _drop_lease(self, lease: int) -> int:
         """Delete ``lease`` and its keys; how many keys."""
         keys = self.leases.remove(lease)
-        for key in keys:
-            del self._data[key]
+        for key in sorted(keys):
+            current = self._data.pop(key)
+            if self._changes is not None:
+                self._changes.append((key, None, current))
         return len(keys)
 
     def lease_info(self, lease: int, keys_max: int = 0) -> dict | None:

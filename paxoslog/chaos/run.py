@@ -42,6 +42,7 @@ from .observer import StatusObserver
 from .plot import render_timeline
 from .proxy import ProxyNetwork, ProxyTls
 from .report import format_summary, report_dir_name, scan_logs, write_verdict
+from .streams import StreamObservers
 from .workload import Workload, WorkloadOptions
 
 __all__ = ["RunOptions", "ChaosRun", "EXIT_PASS", "EXIT_FAIL", "EXIT_VOID", "EXIT_ERROR"]
@@ -136,6 +137,7 @@ class ChaosRun:
         self.history: History | None = None
         self.timeline: Timeline | None = None
         self.membership: MembershipDriver | None = None
+        self.streams: StreamObservers | None = None
         self.traffic_start: float | None = None
         self.final_heal: float | None = None
         self._progress_loop = None
@@ -212,6 +214,11 @@ class ChaosRun:
                                 connections_per_node=max(16, 2 * o.workers), cafile=cafile)
         self.observer = StatusObserver(self.reactor, self.client, self.cluster, self.clock,
                                        os.path.join(self.folder, "status.jsonl"))
+        scheme = "https" if cafile else "http"
+        self.streams = StreamObservers(self.reactor, [f"{scheme}://127.0.0.1:{p.api}"
+                                                      for p in ports.values()], self.clock,
+                                       prefix="k0.", give_up_s=o.duration_s + 60,
+                                       cafile=cafile)
         self.membership = MembershipDriver(
             self.reactor, self.cluster, self.client, self.observer, self.timeline, self.clock,
             {n: (f"127.0.0.1:{p.peer_proxy}", f"127.0.0.1:{p.api}") for n, p in ports.items()},
@@ -253,6 +260,7 @@ class ChaosRun:
                                                  run_tag=f"chaos{o.seed}"), rng)
         self.traffic_start = self.clock()
         self.timeline.add("traffic-start")
+        self.streams.start()
         self.workload.start()
         if o.lock_workers:
             from .locks import LockWorkload
@@ -286,9 +294,13 @@ class ChaosRun:
 
         converged = await self._converge()
         final = await self._final_reads()
+        final_index = max([i for i in converged["applied"].values() if i] or [0]) or None
+        await self.streams.catch_up(final_index or 0, max(_CONVERGE_TIMEOUT_S, 20 * self.et))
+        self.streams.stop()
         states = await self._replica_states()
         states["hash_reports"] = await self._state_hash_reports()
         states["member_reports"] = await self._member_reports()
+        states["final_index"] = final_index
         self.membership.finish()
         self.observer.stop()
         await self.cluster.shutdown()
@@ -309,6 +321,8 @@ class ChaosRun:
 
     async def _teardown(self) -> None:
         self._stop_progress()
+        if self.streams is not None:
+            self.streams.stop()
         if self.membership is not None:
             self.membership.finish()
         if self.workload is not None and not self.workload.stopping:
@@ -552,6 +566,8 @@ class ChaosRun:
             agree.data["problems"] = states["problems"]
         results.append(agree)
         results.append(checks.check_state_hashes(states["hash_reports"], self.cluster.members()))
+        results.append(checks.check_streams(self.streams.records(), records,
+                                            states.get("final_index")))
         results.append(checks.check_membership(states["member_reports"], self.cluster.members(),
                                                self._removed_nodes()))
         leader_seen = next((t for t, leader, _ in self.observer.leader_changes

@@ -290,7 +290,7 @@ class NodeDriver:
                 "error": "bad_request", "message": "forwarded command lacks client_id/sequence"}))
             return self._take()
         try:
-            self.machines.validate(command, internal=True)
+            self.machines.validate_logged(command)
         except BadCommand as exc:
             self._out.append(Reply(handle, 400, {"error": "bad_request", "message": str(exc)}))
             return self._take()

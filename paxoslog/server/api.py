@@ -5,6 +5,11 @@
     POST /api/v1/consensus/propose    {"key","value","client_id"?,"sequence"?,"op"?,"expected"?,
                                        "expected_version"?} -> {"status":"committed","index",
                                        "term","leader","result"}
+    POST /api/v1/consensus/batch      {"ops": [{"op","key",...} | {"sm", "op", ...}, ...],
+                                       "client_id"?,"sequence"?} -> {"status":"committed",
+                                       "index","term","leader","results":[...]}
+    GET  /api/v1/ws                   the WebSocket endpoint (docs/websocket.md): an upgrade
+                                      request switches to the streams protocol
     POST /api/v1/consensus/txn        {"compare","success","failure","client_id"?,"sequence"?}
                                       -> {"status":"committed","index",...,"result":
                                       {"succeeded","results"}}
@@ -48,7 +53,7 @@ from statemachines.base import nesting_exceeds
 
 from paxoslog.node.commands import CLIENT_ID_CHARS_MAX
 from .errors import ApiError, bad_request
-from .http import json_response
+from .http import SwitchProtocols, json_response
 from .reload import ReloadFailed
 
 __all__ = ["Api"]
@@ -59,6 +64,8 @@ _PROPOSE_FIELDS = frozenset({"key", "value", "client_id", "sequence", "op", "exp
                              "expected_version", "lease"})
 _TXN_FIELDS = frozenset({"compare", "success", "failure", "client_id", "sequence"})
 _LEASE_KEYS_MAX = 1000
+_BATCH_FIELDS = frozenset({"ops", "client_id", "sequence"})
+_BATCH_KV_FIELDS = frozenset({"key", "value", "op", "expected", "expected_version"})
 _CONSISTENCY = ("linearizable", "lease", "stale")
 _SEQUENCE_MAX = (1 << 63) - 1
 _TEXT = b"text/plain; version=0.0.4; charset=utf-8"
@@ -100,8 +107,11 @@ class Api:
         self.backups = self.overview = self.reloader = self.dashboard = None
         # One table of every route: the auth layer gives each a role (admin: snapshot,
         # reload, membership, overview).
+        self.websocket_factory = None     # set by bind_websocket
         self._routes = {
             "/api/v1/consensus/propose": {"POST": self.propose},
+            "/api/v1/consensus/batch": {"POST": self.batch},
+            "/api/v1/ws": {"GET": self.websocket},
             "/api/v1/consensus/query": {"GET": self.query},
             "/api/v1/consensus/txn": {"POST": self.txn},
             "/api/v1/lease/grant": {"POST": self.lease_grant},
@@ -146,6 +156,10 @@ class Api:
             return "/dashboard/{file}"
         return "other"
 
+    def bind_websocket(self, factory) -> None:
+        """The WebSocket endpoint's protocol factory (websocket.py)."""
+        self.websocket_factory = factory
+
     # ------------------------------------------------------------------ dispatch
 
     def handle(self, request):
@@ -179,7 +193,7 @@ class Api:
         return self._ok(result)
 
     def _ok(self, result):
-        if isinstance(result, tuple) and len(result) == 4:
+        if (isinstance(result, tuple) and len(result) == 4) or type(result) is SwitchProtocols:
             return result
         return json_response(200, result)
 
@@ -198,6 +212,8 @@ class Api:
     # ------------------------------------------------------------------ input helpers
 
     def _json_object(self, request) -> dict:
+        if request.parsed is not None:        # the WebSocket channel decoded it already
+            return request.parsed
         if not request.body:
             raise bad_request("a JSON object body is required")
         try:
@@ -309,6 +325,80 @@ class Api:
         keys = _LEASE_KEYS_MAX if params.get("keys") in ("1", "true") else 0
         return self.router.read({"lease": {"op": "ttl", "id": lease, "keys_max": keys}},
                                 "linearizable")
+
+    def batch(self, request):
+        """POST /api/v1/consensus/batch: many writes as one log command, applied in order
+        at one index, each with its own result; one client_id/sequence for the batch
+        (exactly once as a whole).  Every operation is validated before anything is
+        proposed: one bad operation refuses the batch (400 naming ``ops[i]``)."""
+        body = self._json_object(request)
+        unknown = sorted(set(body) - _BATCH_FIELDS)
+        if unknown:
+            raise bad_request(f"unknown field(s): {', '.join(unknown)[:200]}")
+        ops = body.get("ops")
+        if type(ops) is not list or not ops:
+            raise bad_request('"ops" must be a non-empty array of operations')
+        most = self.limits.batch_ops_max
+        if len(ops) > most:
+            raise ApiError(413, "too_large", f"the batch holds {len(ops)} operations, over the "
+                                             f"limit of {most} (limits.batch_ops_max)")
+        parsed = []
+        for position, op in enumerate(ops):
+            if type(op) is not dict:
+                raise bad_request(f"ops[{position}]: an operation must be an object")
+            if "client_id" in op or "sequence" in op:
+                raise bad_request(f"ops[{position}]: a batch has one client_id/sequence, "
+                                  "given next to \"ops\", not one per operation")
+            sm = op.get("sm")
+            if sm is None:
+                unknown = set(op) - _BATCH_KV_FIELDS
+                if unknown:
+                    raise bad_request(f"ops[{position}]: unknown field(s): "
+                                      f"{', '.join(sorted(unknown))[:200]}")
+                if "key" not in op:
+                    raise bad_request(f'ops[{position}]: missing field "key"')
+                parsed.append(("kv", op, None))
+            else:
+                if not isinstance(sm, str) or self.router.client_machine(sm) is None:
+                    raise bad_request(f"ops[{position}]: no state machine named {sm!r:.64} "
+                                      "is enabled for clients")
+                fields = {k: v for k, v in op.items() if k != "sm"}
+                if fields.get("op") in (getattr(self.router.client_machine(sm), "read_ops",
+                                                None) or ()):
+                    raise bad_request(f"ops[{position}]: {fields['op']!r} is a read; a batch "
+                                      "holds writes only")
+                parsed.append((sm, fields, None))
+        client_id, sequence = self._session(body)
+        d = self.router.write_batch(parsed, client_id, sequence)
+        return d.addCallback(self._batch_committed)
+
+    @staticmethod
+    def _batch_committed(response: dict) -> dict:
+        result = response.get("result")
+        if not isinstance(result, dict) or "results" not in result:
+            # Refused as a whole when applied (only a damaged command can get here).
+            raise ApiError(400, str((result or {}).get("error", "bad_request")),
+                           str((result or {}).get("message", "")),
+                           extra={"index": response.get("index")})
+        body = dict(response)
+        del body["result"]
+        body["results"] = result["results"]
+        return body
+
+    def websocket(self, request):
+        """GET /api/v1/ws: the WebSocket endpoint (docs/websocket.md).  Only an upgrade
+        request as the connection's first request switches protocols."""
+        if not request.upgrade:
+            return json_response(426, {"error": "upgrade_required",
+                                       "message": "this is the WebSocket endpoint: open it "
+                                                  "with a WebSocket client (Upgrade: "
+                                                  "websocket) as a connection's first "
+                                                  "request"},
+                                 ((b"Upgrade", b"websocket"),))
+        if self.websocket_factory is None:
+            raise ApiError(503, "unavailable", "the WebSocket endpoint is not running",
+                           retry_after=1)
+        return SwitchProtocols(self.websocket_factory)
 
     def _state_machine(self, request) -> str:
         """The client-addressable state machine named by the path.  Internal ones (the

@@ -10,6 +10,7 @@ and wires them with narrow interfaces; it owns nothing but their lifecycle.
     +- LearnerPromotion promotion.py  leader upkeep: promote caught-up learners
     +- HttpService    http.py      the HTTP/1.1 server; Api (api.py) routes requests
     +- Watch          watch.py     operator-actionable conditions, told once per episode
+    +- WebSocketService websocket.py  GET /api/v1/ws (autobahn): requests and streams
     |
     `- not services (no lifecycle of their own):
        NodeDriver     node/driver.py   the sans-I/O node: replica, state machines,
@@ -28,6 +29,7 @@ and wires them with narrow interfaces; it owns nothing but their lifecycle.
        BackupService  backup.py        GET /api/v1/snapshot: a consistent backup, streamed
        Reloader       reload.py        SIGHUP / admin reload of what can change live
        DashboardFiles dashboard.py     the static dashboard at /dashboard
+       StreamHub      streams.py       tail and watch subscriptions (+ walhistory.py)
 
 An event flows socket -> protocol (peers.py/http.py) -> router/runner -> driver; the
 driver's instructions flow back out: ``Persist`` -> writer thread (fsync) ->
@@ -77,10 +79,13 @@ from .reload import Reloader
 from .router import RequestRouter
 from .runner import DriverRunner, FatalNodeError
 from .snapshots import SnapshotFetcher, SnapshotShipper
+from .streams import StreamHub
 from .ticker import Ticker
 from .tls import load_node_tls
 from .views import NodeViews
 from .watch import NodeLook, Watch, WatchLimits
+from .walhistory import WalHistory
+from .websocket import WebSocketService, streams_factory
 from .writer import StorageWriter
 
 _HANDOVER_POLL_S = 0.05   # how often a removed leader checks whether it handed over
@@ -293,6 +298,10 @@ class NodeService(MultiService):
                                config.limits.log_entries_max)
         self.local_snapshots = LocalSnapshots(self.writer, self.storage, self._create_machine,
                                               lambda: self.driver.machines.sessions.like())
+        self.hub = hub = StreamHub(
+            reactor, logview=self.logview,
+            wal=WalHistory(self.me.data_dir, reactor, config.websocket.wal_read_entries_max),
+            applied_index=lambda: self.driver.applied_index, options=config.websocket)
         self.runner = runner = DriverRunner(
             driver, reactor, writer=self.writer, transport=self.transport,
             shipper=self.shipper, snapshots=self.local_snapshots, health=self.watch,
@@ -321,6 +330,7 @@ class NodeService(MultiService):
                                runner=runner, transport=self.transport, book=book,
                                storage=self.storage, logview=self.logview,
                                http_stats=lambda: self.http.factory, events=self.events,
+                               streams=lambda: (self.hub, self.websocket.factory),
                                reactor=reactor, watch=self.watch,
                                snapshots=self.local_snapshots,
                                http_requests=self.http_requests)
@@ -340,6 +350,10 @@ class NodeService(MultiService):
         self.api.bind(router=router, views=self.views, admin=self.admin, book=book,
                       backups=self.backups, overview=self.overview, reloader=self.reloader,
                       dashboard=self.dashboard)
+        self.websocket = WebSocketService(
+            streams_factory(api=self.api, hub=hub, options=config.websocket,
+                            limits=config.limits, reactor=reactor), reactor)
+        self.api.bind_websocket(self.websocket.factory)
 
     # ================================================================== lifecycle
 
@@ -387,7 +401,8 @@ class NodeService(MultiService):
         if self.storage.torn is not None:
             log.warn("the WAL had a torn tail (cut at restart): {torn}", torn=self.storage.torn)
         self.book.started()
-        for service in (self.transport, self.promotion, self.http, self.ticker, self.watch):
+        for service in (self.transport, self.promotion, self.websocket, self.http, self.ticker,
+                        self.watch):
             service.setServiceParent(self)
         super().startService()
         self.runner.schedule_pump()
@@ -396,11 +411,13 @@ class NodeService(MultiService):
         """A received snapshot replaced the state: the log view starts afresh and the
         address book follows the restored table and configuration."""
         self.logview.reset()
+        self.hub.installed(meta.index)
         self.book.restored(meta.config, meta.index, old_config)
         self.backups.applied(meta.index)
 
     def _applied(self, op) -> None:
         self.logview.applied(op)
+        self.hub.applied(op)              # after the log view: tails read it
         self.backups.applied(self.driver.applied_index)
 
     def _config_applied(self, op) -> None:

@@ -30,7 +30,7 @@ __all__ = ["NodeViews"]
 
 class NodeViews:
     def __init__(self, *, config, node_id: int, driver, runner, transport, book, storage,
-                 logview, http_stats, events=None, reactor=None, watch=None, snapshots=None,
+                 logview, http_stats, events=None, streams=None, reactor=None, watch=None, snapshots=None,
                  http_requests=None) -> None:
         """``reactor``: where ``status_with_hashes`` finds its thread pool; ``watch``: the
         Watch (quorum); ``snapshots``: LocalSnapshots (durations); ``http_requests``: the
@@ -50,6 +50,7 @@ class NodeViews:
         self.logview = logview
         self.http_stats = http_stats          # callable -> the HTTP factory (statuses...)
         self.events = events                  # ClusterEvents (leader/membership timeline)
+        self.streams = streams                # callable -> (hub, WebSocket factory) or None
         self.started_at = time.time()
         self.stopping = False
 
@@ -284,6 +285,24 @@ class NodeViews:
         add(render_metric("paxoslog_http_timeouts_total", "counter",
                           "HTTP connections cut by a read deadline (408) or for not reading "
                           "their answers.", [(None, http.timeouts)]))
+        if self.streams is not None:
+            hub, factory = self.streams()
+            stats = hub.stats
+            add(render_metric("paxoslog_ws_connections", "gauge", "Open WebSocket connections.",
+                              [(None, len(factory.conns))]))
+            add(render_metric("paxoslog_ws_subscriptions", "gauge",
+                              "Tails and watches being served.", [(None, len(hub.subs))]))
+            for name, key, text in _STREAM_COUNTERS:
+                add(render_metric(f"paxoslog_ws_{name}_total", "counter", text,
+                                  [(None, stats.get(key, 0))]))
+            add(render_metric("paxoslog_ws_streams_ended_total", "counter",
+                              "Streams the server ended, by reason.",
+                              [({"reason": key[len("ended_"):]}, value)
+                               for key, value in sorted(stats.items())
+                               if key.startswith("ended_")]))
+            add(render_metric("paxoslog_ws_watch_history_first_revision", "gauge",
+                              "Oldest revision a watch can start from here.",
+                              [(None, hub.events.first)]))
         add(render_metric("paxoslog_info", "gauge", "Static node information.",
                           [({"node": self.node_id, "cluster": self.config.name,
                              "protocol": self.config.protocol}, 1)]))
@@ -296,6 +315,15 @@ class NodeViews:
             add(render_metric(name, kind, text, [(None, value)]))
         return "\n".join(lines) + "\n"
 
+
+_STREAM_COUNTERS = (
+    ("subscriptions", "subscriptions", "Tails and watches started."),
+    ("stream_messages", "messages", "Stream messages sent (entries and events)."),
+    ("entries_sent", "entries", "Log entries sent to tails."),
+    ("events_sent", "events", "kv events sent to watches."),
+    ("progress_sent", "progress", "Progress messages sent."),
+    ("wal_reads", "wal_reads", "Reads of this node's WAL for tails behind the log view."),
+)
 
 _COUNTERS = (
     ("proposals", "proposals", "Commands proposed by this node as leader."),

@@ -30,8 +30,8 @@ from ..core.ready import Role
 from ..core.replica import ReplicaOptions
 from ..node.machines import StateMachines
 from ..node.sessions import NEW, SessionTable
-from .checkers import (History, SimulationFailure, check_agreement, check_executed_once,
-                       check_lease_holder)
+from .checkers import (History, SimulationFailure, check_agreement, check_changes,
+                       check_executed_once, check_lease_holder)
 from .network import Network, NetworkProfile, partition_shapes
 from .node import TICK_MS, ForwardHandle, SimNode
 
@@ -90,6 +90,8 @@ class SimOptions:
     response_loss_rate: float = 0.0  # sessions: replies lost on the way to the client
     give_up_ms: float = 0.0       # sessions: a client retries one operation this long
     kill_all_rate: float = 0.0    # crash every node at once, per second
+    batch_every: int = 0          # every n-th write goes in as a one-operation batch
+                                  # command (0: never; the "batches" profile sets it)
     kill_all_after_change: float = 0.0  # chance a membership change is followed by kill-all
     member_remove_leader: float = 0.0   # chance a membership change removes the leader
     member_replace: float = 0.0   # chance of a one-add-one-remove voter change
@@ -168,6 +170,7 @@ class Simulation:
         self.network = Network(self.rng, options.network)
         self.snapshot_files: dict[bytes, bytes] = {}   # token -> a snapshot file in flight
         self.chosen: dict[int, tuple] = {}    # index -> (kind, payload) first applied
+        self.changes: dict[int, tuple] = {}   # index -> kv changes first reported
         self.trace: list[str] = []
         voters = frozenset(range(1, options.nodes - options.learners + 1))
         learners = frozenset(range(options.nodes - options.learners + 1, options.nodes + 1))
@@ -277,6 +280,9 @@ class Simulation:
 
     def check_executed_once(self, node_id: int, outcome) -> None:
         check_executed_once(self, node_id, outcome)
+
+    def check_changes(self, node_id: int, index: int, changes: tuple) -> None:
+        check_changes(self, node_id, index, changes)
 
     def check_lease_holder(self, node: SimNode) -> None:
         self.count("lease_reads")
@@ -515,3 +521,9 @@ class NoDedupSessionTable(SessionTable):
 
     def lookup(self, client_id: str, sequence: int) -> tuple[int, tuple | None]:
         return NEW, None
+
+    def like(self) -> "NoDedupSessionTable":
+        # A restored replica must stay as broken as the others: a real table there made
+        # replicas execute different commands (found by the change-agreement checker).
+        return NoDedupSessionTable(self.sessions_max, self.results_max,
+                                   self.results_total_max, self.idle_ms)

@@ -364,13 +364,18 @@ class SimNode:
             sim.coordination.applied(self, op)
         for entry in op.entries:
             sim.check_apply(self, entry)
+        changes = {entry.index: () for entry in op.entries}
         for outcome in op.outcomes:
+            if outcome.changes:
+                changes[outcome.index] += outcome.changes
             if outcome.key is None:
                 continue
             if outcome.outcome == EXECUTED:
                 sim.check_executed_once(self.node_id, outcome)
             elif outcome.outcome == DUPLICATE:
                 sim.note_skipped(outcome)
+        for index, entry_changes in changes.items():
+            sim.check_changes(self.node_id, index, entry_changes)
 
     def _config_applied(self, op: ConfigApplied) -> None:
         """As the server's address book: a final configuration without some members

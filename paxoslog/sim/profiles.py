@@ -15,6 +15,9 @@ Profiles that must pass every checker on every seed:
 * ``sessions``: K1, client sessions.  Replies are lost on the way back, attempts time out
   and are retried with the same (client, sequence), possibly at another node; the state
   machine executes each sequence once and answers retries with the first result.
+* ``batches``: the sessions profile with every first, second or third write sent as a
+  batch command (one operation, one session pair for the batch): batches are applied,
+  answered and deduplicated like single writes, and their kv changes agree everywhere.
 * ``membership``: R3/R19, frequent membership changes (removing the leader itself, one add
   plus one remove, two adds, two removes) with spares, crashes, pauses, isolated-leader
   and majority/minority partitions, and kill-all-and-restart, also right after a change.
@@ -156,6 +159,11 @@ def _sessions_nodedup(o: "SimOptions", rng: random.Random) -> "SimOptions":
     return dataclasses.replace(_sessions(o, rng), profile="sessions-nodedup", dedup=False)
 
 
+def _batches(o: "SimOptions", rng: random.Random) -> "SimOptions":
+    return dataclasses.replace(_sessions(o, rng), profile="batches",
+                               batch_every=rng.choice([1, 2, 3]))
+
+
 def _membership(o: "SimOptions", rng: random.Random) -> "SimOptions":
     return dataclasses.replace(
         o, profile="membership", spares=rng.choice([1, 2, 2, 3]),
@@ -194,6 +202,7 @@ PROFILES: dict[str, Callable[["SimOptions", random.Random], "SimOptions"]] = {
     "leases-beyond": _leases_beyond,
     "sessions": _sessions,
     "sessions-nodedup": _sessions_nodedup,
+    "batches": _batches,
     "membership": _membership,
     "single-voter": _single_voter,
     "own-ack-early": _own_ack_early,
