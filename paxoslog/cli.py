@@ -695,7 +695,11 @@ def cmd_serve(args) -> int:
         code = _join(config, args, log)
         if code != EXIT_OK:
             return code
-    node = NodeService(config, args.node, reactor)
+    try:
+        node = NodeService(config, args.node, reactor)
+    except ConfigError as exc:          # e.g. an unreadable [auth] tokens_file
+        print(f"paxoslog: {exc}", file=sys.stderr)
+        return EXIT_USAGE
     outcome = {"code": EXIT_OK, "signals": 0}
 
     def reload_log_level(new_config) -> list[str]:

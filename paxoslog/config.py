@@ -18,6 +18,7 @@ with ``--node ID``.  Shape (every table but ``[[nodes]]`` is optional)::
                    pipelined_requests_max, log_entries_max, recent_entries_kept,
                    recent_bytes_max, sessions_max, session_results_max,
                    session_results_total_max, session_idle_ms, json_depth_max
+    [auth]         tokens_file, required, allowed_origins, allowed_hosts  (docs/security.md)
     [state_machines]  enabled = ["kv", "counter", ...]   (built-ins + installed plug-ins)
     [log]          level = "info"   (debug|info|warn|error; SIGHUP re-reads it)
 
@@ -45,8 +46,8 @@ from paxoslog.core.replica import PROTOCOLS, ReplicaOptions
 from paxoslog.storage.options import StorageOptions
 
 __all__ = ["ConfigError", "Address", "NodeConf", "TimingConf", "SnapshotConf", "StorageConf",
-           "BatchingConf", "LimitsConf", "LogConf", "LOG_LEVELS", "ClusterConfig", "load_config", "parse_config",
-           "parse_address", "KNOWN_STATE_MACHINES"]
+           "BatchingConf", "LimitsConf", "LogConf", "LOG_LEVELS", "AuthConf", "ClusterConfig",
+           "load_config", "parse_config", "parse_address", "KNOWN_STATE_MACHINES"]
 
 # The built-ins; plug-ins come from the entry-point group paxoslog.state_machines.
 KNOWN_STATE_MACHINES = ("kv", "counter", "membership")
@@ -176,6 +177,22 @@ class LogConf:
 
 
 @dataclass(frozen=True)
+class AuthConf:
+    """``[auth]``: client authentication (docs/security.md).  ``tokens_file``: absolute
+    path (relative ones are resolved against the conf file's folder), None without auth.
+    ``required``: anonymous requests get only /health and the API document (default: true
+    when a tokens file is named).  ``allowed_origins``: browser origins whose requests are
+    served (any other ``Origin`` is refused 403).  ``allowed_hosts``: extra ``Host`` header
+    values accepted while anonymous requests are served (the node's own API addresses
+    always are)."""
+
+    tokens_file: str | None = None
+    required: bool = False
+    allowed_origins: tuple[str, ...] = ()
+    allowed_hosts: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
 class ClusterConfig:
     path: str
     name: str
@@ -189,6 +206,7 @@ class ClusterConfig:
     state_machines: tuple[str, ...] = ("kv",)
     secret: bytes | None = field(default=None, repr=False, compare=False)
     log: LogConf = field(default_factory=LogConf)
+    auth: AuthConf = field(default_factory=AuthConf)
 
     def node(self, node_id: int) -> NodeConf:
         for node in self.nodes:
@@ -402,6 +420,47 @@ def _limits(r: _Reader) -> LimitsConf:
     return lim
 
 
+_ORIGIN_RE = re.compile(r"^https?://[^/\s?#]+$")
+
+
+def _string_list(r: _Reader, name: str) -> tuple[str, ...]:
+    value = r.get(name, [])
+    if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
+        raise r.fail(name, "expected a list of non-empty strings")
+    return tuple(value)
+
+
+def _auth(r: _Reader) -> AuthConf:
+    tokens_file = r.str("tokens_file")
+    if tokens_file is not None and not tokens_file:
+        raise r.fail("tokens_file", "expected a file name")
+    required = r.get("required", tokens_file is not None)
+    if type(required) is not bool:
+        raise r.fail("required", f"expected true or false, got {_describe(required)}")
+    if required and tokens_file is None:
+        raise r.fail("required", "true needs tokens_file (create one with `paxoslog auth "
+                                 "add-token --config CONF --role admin`)")
+    origins = _string_list(r, "allowed_origins")
+    for origin in origins:
+        if origin != origin.rstrip("/") or not _ORIGIN_RE.match(origin):
+            raise r.fail("allowed_origins", f"{origin!r:.80} is not an origin "
+                                            "(scheme://host[:port], no path)")
+    hosts = _string_list(r, "allowed_hosts")
+    for host in hosts:
+        if any(c in host for c in "/ \t@"):
+            raise r.fail("allowed_hosts", f"{host!r:.80} is not a host[:port]")
+    if tokens_file is not None:
+        tokens_file = _relative_to_conf(r.path, tokens_file)
+    r.check_unknown()
+    return AuthConf(tokens_file, required, origins, tuple(h.lower() for h in hosts))
+
+
+def _relative_to_conf(path: str, name: str) -> str:
+    """``name`` as an absolute path; a relative one is relative to the conf file's folder."""
+    return name if os.path.isabs(name) else os.path.join(
+        os.path.dirname(os.path.abspath(path)), name)
+
+
 def _state_machines(r: _Reader) -> tuple[str, ...]:
     enabled = r.get("enabled", ["kv"])
     if not isinstance(enabled, list) or not all(isinstance(n, str) for n in enabled):
@@ -480,11 +539,13 @@ def parse_config(data: dict, path: str = "<conf>") -> ClusterConfig:
     limits = _limits(r.table_of("limits"))
     state_machines = _state_machines(r.table_of("state_machines"))
     log = _log(r.table_of("log"))
+    auth = _auth(r.table_of("auth"))
     nodes = _nodes(r, data_dir)
     r.check_unknown()
     return ClusterConfig(path=path, name=name, protocol=protocol, nodes=nodes, timing=timing,
                          snapshot=snapshot, storage=storage, batching=batching, limits=limits,
-                         state_machines=state_machines, secret=secret, log=log)
+                         state_machines=state_machines, secret=secret, log=log,
+                         auth=auth)
 
 
 def _log(r: _Reader) -> LogConf:

@@ -41,7 +41,8 @@ log = Logger(namespace="paxoslog.http")
 IDLE_TIMEOUT_S = 120.0
 _SWEEP_S = 5.0
 
-REASONS = {100: "Continue", 200: "OK", 204: "No Content", 400: "Bad Request", 404: "Not Found",
+REASONS = {100: "Continue", 200: "OK", 204: "No Content", 400: "Bad Request",
+           401: "Unauthorized", 403: "Forbidden", 404: "Not Found",
            405: "Method Not Allowed", 408: "Request Timeout", 409: "Conflict", 410: "Gone",
            413: "Payload Too Large", 431: "Request Header Fields Too Large",
            500: "Internal Server Error", 501: "Not Implemented", 503: "Service Unavailable",
@@ -51,7 +52,9 @@ _JSON = b"application/json"
 
 
 class Request:
-    __slots__ = ("method", "path", "query", "headers", "body", "keep_alive")
+    """One parsed request; ``principal`` is set by the API's access control."""
+
+    __slots__ = ("method", "path", "query", "headers", "body", "keep_alive", "principal")
 
     def __init__(self, method: str, path: str, query: str, headers: dict, body: bytes,
                  keep_alive: bool) -> None:
@@ -61,6 +64,7 @@ class Request:
         self.headers = headers
         self.body = body
         self.keep_alive = keep_alive
+        self.principal = None
 
 
 class FileBody:
