@@ -17,9 +17,13 @@
     paxoslog snapshot restore FILE --config F  the data directories of a new cluster from it
     paxoslog recover --config F --node N [--force-new-cluster]   after losing a majority
     paxoslog reload                            nodes re-read their conf (as SIGHUP)
+    paxoslog auth add-token --config F --role read|write|admin [--name N] [--client-id C]
+    paxoslog auth list --config F | auth revoke NAME --config F
 
 Client commands find the cluster with ``--config`` (default ``$PAXOSLOG_CONFIG``, else
 ``conf/local-3.toml``) or ``--endpoints http://h:p,...``; ``--json`` prints the raw JSON.
+A cluster that requires tokens needs one: ``--token-file F``, ``$PAXOSLOG_TOKEN`` or
+``--token T`` (visible to other users in ``ps``: prefer the file or the variable).
 
 Exit codes (for scripts)::
 
@@ -73,6 +77,7 @@ def build_parser() -> argparse.ArgumentParser:
     client.add_argument("--timeout", type=float, default=10.0,
                         help="overall deadline in seconds, retries included (default 10)")
     client.add_argument("--json", action="store_true", help="print the JSON response")
+    _add_token_arguments(client)
 
     serve = commands.add_parser("serve", help="run one node")
     serve.add_argument("--config", "-c", required=True, help="cluster conf file")
@@ -86,6 +91,7 @@ def build_parser() -> argparse.ArgumentParser:
                             "(promoted to voter once caught up).  Ignored once joined.")
     serve.add_argument("--join-timeout", type=float, default=60.0,
                        help="seconds to keep asking to join (default 60)")
+    _add_token_arguments(serve, " (--join only: an admin token)")
     serve.set_defaults(func=cmd_serve)
 
     cluster = commands.add_parser("cluster", help="run a local cluster")
@@ -180,6 +186,35 @@ def build_parser() -> argparse.ArgumentParser:
 
     status = commands.add_parser("status", parents=[client], help="one row per node")
     status.set_defaults(func=cmd_status)
+
+    auth = commands.add_parser("auth", help="client bearer tokens (the conf's [auth] "
+                                            "tokens_file)")
+    auth_commands = auth.add_subparsers(dest="auth_command", metavar="COMMAND", required=True)
+    add_token = auth_commands.add_parser(
+        "add-token", help="make a token and add its hash to the tokens file",
+        description="Make a random token with ROLE, add its salted scrypt hash to the "
+                    "tokens file the conf names ([auth] tokens_file; created if absent) and "
+                    "print the token on stdout: it is shown only this once.  Running nodes "
+                    "pick it up within a second.")
+    add_token.add_argument("--config", "-c", required=True, help="cluster conf file")
+    add_token.add_argument("--role", required=True, choices=("read", "write", "admin"))
+    add_token.add_argument("--name", default=None,
+                           help="a name for the token (default: ROLE-<id>); used by revoke")
+    add_token.add_argument("--client-id", default=None, metavar="C",
+                           help="bind the token to client id C, or to a prefix with a "
+                                "trailing '*' (\"app-*\"): its writes must use such an id, "
+                                "and no other token may")
+    add_token.set_defaults(func=cmd_auth_add_token)
+    auth_list = auth_commands.add_parser("list", help="the tokens (names, roles; never the "
+                                                      "tokens themselves)")
+    auth_list.add_argument("--config", "-c", required=True, help="cluster conf file")
+    auth_list.add_argument("--json", action="store_true")
+    auth_list.set_defaults(func=cmd_auth_list)
+    revoke = auth_commands.add_parser("revoke", help="remove a token (nodes drop it within a "
+                                                     "second)")
+    revoke.add_argument("name", metavar="NAME")
+    revoke.add_argument("--config", "-c", required=True, help="cluster conf file")
+    revoke.set_defaults(func=cmd_auth_revoke)
 
     add_inspect_arguments(commands)
     log_parser = commands.choices["log"]
@@ -279,6 +314,35 @@ def main(argv: list[str] | None = None) -> int:
 
 # ====================================================================== helpers
 
+def _add_token_arguments(parser, note: str = "") -> None:
+    parser.add_argument("--token", default=None, metavar="TOKEN",
+                        help="bearer token" + note + " (visible in ps: prefer --token-file "
+                             "or $PAXOSLOG_TOKEN)")
+    parser.add_argument("--token-file", default=None, metavar="FILE",
+                        help="read the bearer token from FILE" + note)
+
+
+def _token(args) -> str | None:
+    """The bearer token: --token, else --token-file, else $PAXOSLOG_TOKEN, else None."""
+    if getattr(args, "token", None):
+        return args.token.strip()
+    path = getattr(args, "token_file", None)
+    if path:
+        try:
+            with open(path, encoding="utf-8") as f:
+                token = f.read().strip()
+        except (OSError, UnicodeDecodeError) as exc:
+            reason = getattr(exc, "strerror", None) or "not UTF-8 text"
+            print(f"paxoslog: --token-file {path}: cannot read: {reason}", file=sys.stderr)
+            raise SystemExit(EXIT_USAGE) from None
+        if not token or "\n" in token:
+            print(f"paxoslog: --token-file {path}: expected one token on one line",
+                  file=sys.stderr)
+            raise SystemExit(EXIT_USAGE)
+        return token
+    return os.environ.get("PAXOSLOG_TOKEN", "").strip() or None
+
+
 def _load_config(path: str):
     from paxoslog.config import ConfigError, load_config
     try:
@@ -305,10 +369,12 @@ def _client(args):
     from paxoslog.client import SyncClient
     return SyncClient(_endpoints(args), timeout=args.timeout,
                       attempt_timeout=min(3.0, max(0.5, args.timeout / 3)),
-                      client_id=getattr(args, "client_id", None))
+                      client_id=getattr(args, "client_id", None), token=_token(args))
 
 
 def _session(args) -> dict:
+    if args.client_id is not None and args.client_id.endswith("*") and args.sequence is None:
+        return {}          # a prefix (a token bound to "app-*"): the client picks the id
     if (args.client_id is None) != (args.sequence is None):
         print("paxoslog: --client-id and --sequence go together", file=sys.stderr)
         raise SystemExit(EXIT_USAGE)
@@ -452,7 +518,7 @@ def cmd_sm(args) -> int:
 
 
 def cmd_status(args) -> int:
-    from paxoslog.client import ClientError
+    from paxoslog.client import ClientError, Forbidden, Unauthorized
     known = _endpoint_ids(args)
     endpoints = list(known)
     with _client(args) as client:
@@ -460,6 +526,9 @@ def cmd_status(args) -> int:
         for endpoint in endpoints:
             try:
                 views[endpoint] = client.status_of(endpoint, timeout=min(2.0, args.timeout))
+            except (Unauthorized, Forbidden) as exc:     # up, but it will not tell us
+                _report_error(args, exc, "error")
+                return EXIT_ERROR
             except (OSError, ClientError, ValueError):
                 views[endpoint] = None
     leader_view = None
@@ -787,13 +856,114 @@ def _join(config, args, log) -> int:
     endpoints = [e.strip() for e in args.join.split(",") if e.strip()]
     log.info("joining the cluster through {endpoints}", endpoints=", ".join(endpoints))
     try:
-        info = join_cluster(config, args.node, endpoints, timeout=args.join_timeout)
+        info = join_cluster(config, args.node, endpoints, timeout=args.join_timeout,
+                            token=_token(args))
     except JoinError as exc:
         print(f"paxoslog: {exc}", file=sys.stderr)
         return EXIT_ERROR
     log.info("added to cluster {cluster} as a {role} (voters {voters}); starting",
              cluster=info.get("cluster"), role=info.get("role"),
              voters=info.get("applied_config", {}).get("voters"))
+    return EXIT_OK
+
+
+# ====================================================================== auth
+
+def _tokens_path(args) -> str:
+    config = _load_config(args.config)
+    path = config.auth.tokens_file
+    if path is None:
+        print(f"paxoslog: {args.config}: auth.tokens_file: not set; add\n\n    [auth]\n"
+              f"    tokens_file = \"tokens.json\"   # relative to the conf file\n"
+              f"    required = true\n\nto the conf first", file=sys.stderr)
+        raise SystemExit(EXIT_USAGE)
+    return path
+
+
+def _read_tokens(path: str, missing_ok: bool = False):
+    from paxoslog.tokens import TokensFileError, read_tokens
+    try:
+        return read_tokens(path, missing_ok=missing_ok)
+    except TokensFileError as exc:
+        print(f"paxoslog: {exc}", file=sys.stderr)
+        raise SystemExit(EXIT_USAGE) from None
+
+
+def _write_tokens(path: str, tokens) -> None:
+    from paxoslog.tokens import write_tokens
+    try:
+        write_tokens(path, tokens)
+    except OSError as exc:
+        print(f"paxoslog: {path}: cannot write: {exc.strerror}", file=sys.stderr)
+        raise SystemExit(EXIT_ERROR) from None
+
+
+def cmd_auth_add_token(args) -> int:
+    from paxoslog.tokens import ClientIdRule, Role, TokensFile, locked_tokens, new_token
+    path = _tokens_path(args)
+    try:
+        rule = ClientIdRule.parse(args.client_id) if args.client_id is not None else None
+    except ValueError as exc:
+        print(f"paxoslog: --client-id: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        with locked_tokens(path):
+            tokens = _read_tokens(path, missing_ok=True)
+            try:
+                token, record = new_token(tokens, Role.parse(args.role), args.name, rule)
+            except ValueError as exc:
+                print(f"paxoslog: {exc}", file=sys.stderr)
+                return EXIT_USAGE
+            _write_tokens(path, TokensFile(tokens.tokens + (record,)))
+    except OSError as exc:                    # the lock file's folder
+        print(f"paxoslog: {path}: cannot lock: {exc.strerror}", file=sys.stderr)
+        return EXIT_ERROR
+    print(token)
+    bound = f", client id {record.client_id}" if record.client_id is not None else ""
+    print(f"paxoslog: token {record.name!r} ({record.role.label}{bound}) added to {path}; "
+          f"it is shown only this once.  Running nodes accept it within a second.",
+          file=sys.stderr)
+    return EXIT_OK
+
+
+def cmd_auth_list(args) -> int:
+    import time as _time
+    path = _tokens_path(args)
+    tokens = _read_tokens(path, missing_ok=True)
+    rows = [{"name": t.name, "role": t.role.label, "id": t.id,
+             "client_id": None if t.client_id is None else str(t.client_id),
+             "created_ms": t.created_ms} for t in tokens.tokens]
+    if args.json:
+        print(json.dumps({"tokens_file": path, "tokens": rows}, sort_keys=True))
+        return EXIT_OK
+    table = [("NAME", "ROLE", "CLIENT ID", "ID", "CREATED (UTC)")]
+    for row in rows:
+        created = _time.strftime("%Y-%m-%d %H:%M:%S", _time.gmtime(row["created_ms"] / 1000))
+        table.append((row["name"], row["role"], row["client_id"] or "-", row["id"], created))
+    widths = [max(len(r[i]) for r in table) for i in range(len(table[0]))]
+    for r in table:
+        print("  ".join(cell.ljust(w) for cell, w in zip(r, widths)).rstrip())
+    return EXIT_OK
+
+
+def cmd_auth_revoke(args) -> int:
+    from paxoslog.tokens import TokensFile, locked_tokens
+    path = _tokens_path(args)
+    try:
+        with locked_tokens(path):
+            tokens = _read_tokens(path)
+            record = tokens.by_name(args.name)
+            if record is None:
+                names = ", ".join(t.name for t in tokens.tokens) or "none"
+                print(f"paxoslog: {path}: no token named {args.name!r} (tokens: {names})",
+                      file=sys.stderr)
+                return EXIT_NOT_FOUND
+            _write_tokens(path, TokensFile(tuple(t for t in tokens.tokens if t is not record)))
+    except OSError as exc:
+        print(f"paxoslog: {path}: cannot lock: {exc.strerror}", file=sys.stderr)
+        return EXIT_ERROR
+    print(f"revoked {record.name} ({record.role.label}); running nodes refuse it within a "
+          f"second")
     return EXIT_OK
 
 

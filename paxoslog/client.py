@@ -13,7 +13,13 @@ scripts and the CLI).  Both take a list of endpoints (``http://host:port``) and:
 * raise ``UnknownOutcome`` when a write may have reached a server and no later attempt
   settled it (the write may or may not have committed: retry with the same pair to find
   out), ``Unavailable`` when no attempt could have applied it (or a read failed),
-  ``NotFound`` for 404, and ``RequestFailed`` for the other refusals (400 bad input, ...).
+  ``NotFound`` for 404, and ``RequestFailed`` for the other refusals (400 bad input, ...),
+  among them ``Unauthorized`` (401: no token, or a bad one) and ``Forbidden`` (403: the
+  token's role is too low, or the client id is not the token's), never retried.
+
+``token``: a bearer token (``paxoslog auth add-token``), sent as ``Authorization: Bearer``
+with every request.  ``client_id``: the session's client id; one ending in ``*`` is a
+prefix (a token bound to ``"app-*"``) and the client appends random hex to it.
 """
 
 from __future__ import annotations
@@ -29,7 +35,7 @@ from .retry import (Attempt, Endpoints, Finish, NoReply, Reply, Request, RetryPl
                     TransportFailure, Verdict, parse_retry_after)
 
 __all__ = ["Client", "SyncClient", "ClientError", "RequestFailed", "NotFound", "Unavailable",
-           "UnknownOutcome", "new_client_id", "classify_twisted_failure", "send_once",
+           "UnknownOutcome", "Unauthorized", "Forbidden", "new_client_id", "classify_twisted_failure", "send_once",
            "drive_plan"]
 
 # Writes without a session that are safe to resend: adding a member twice adds it once,
@@ -54,6 +60,15 @@ class RequestFailed(ClientError):
     """The cluster refused the request (bad input and other non-retryable errors)."""
 
 
+class Unauthorized(RequestFailed):
+    """401: the request needs a bearer token, or the one sent is unknown or revoked."""
+
+
+class Forbidden(RequestFailed):
+    """403: the token's role does not allow the request, the client id belongs to another
+    token, or the server refused the request's Origin/Host."""
+
+
 class NotFound(ClientError):
     """404: no such key (or endpoint)."""
 
@@ -68,8 +83,25 @@ class UnknownOutcome(ClientError):
     still commit.  Retrying with the same ``client_id``/``sequence`` is safe."""
 
 
-def new_client_id() -> str:
-    return f"c-{os.urandom(8).hex()}"
+def new_client_id(prefix: str = "c-") -> str:
+    return f"{prefix}{os.urandom(8).hex()}"
+
+
+def _client_id(client_id: str | None) -> str:
+    if client_id is None:
+        return new_client_id()
+    if client_id.endswith("*"):                 # a prefix a token is bound to
+        return new_client_id(client_id[:-1])
+    return client_id
+
+
+def _auth_header(token: str | None) -> str | None:
+    if token is None:
+        return None
+    token = token.strip()
+    if not token or any(c in token for c in "\r\n"):
+        raise ValueError("the token must be one line of text")
+    return f"Bearer {token}"
 
 
 def _normalize(endpoint: str) -> str:
@@ -91,11 +123,12 @@ class _Logic:
     and what its ``Finish`` means for the caller (a body, or an exception)."""
 
     def __init__(self, endpoints, timeout: float, attempt_timeout: float,
-                 client_id: str | None) -> None:
+                 client_id: str | None, token: str | None = None) -> None:
         self.book = Endpoints([_normalize(e) for e in endpoints])
         self.timeout = timeout
         self.attempt_timeout = attempt_timeout
-        self.client_id = client_id or new_client_id()
+        self.client_id = _client_id(client_id)
+        self._authorization = _auth_header(token)
         self._sequence = itertools.count(1)
 
     @property
@@ -171,6 +204,11 @@ class _Logic:
         text = f"HTTP {status}" + (f" {code}" if code else "") + (f": {message}" if message else "")
         if status == 404:
             return NotFound(text, status, code, body)
+        if status == 401:
+            return Unauthorized(text + " (give a token: --token-file, $PAXOSLOG_TOKEN or "
+                                "--token)", status, code, body)
+        if status == 403:
+            return Forbidden(text, status, code, body)
         if status == 503:
             return Unavailable(text, status, code, body)
         if status == 504:
@@ -294,8 +332,9 @@ class SyncClient(_Calls, _Logic):
     ``clock`` (monotonic seconds) and ``sleep`` pace the retries (tests pass fakes)."""
 
     def __init__(self, endpoints, *, timeout: float = 10.0, attempt_timeout: float = 3.0,
-                 client_id: str | None = None, clock=time.monotonic, sleep=time.sleep) -> None:
-        super().__init__(endpoints, timeout, attempt_timeout, client_id)
+                 client_id: str | None = None, token: str | None = None,
+                 clock=time.monotonic, sleep=time.sleep) -> None:
+        super().__init__(endpoints, timeout, attempt_timeout, client_id, token)
         self._conns: dict[str, http.client.HTTPConnection] = {}
         self._clock = clock
         self._sleep = sleep
@@ -356,6 +395,8 @@ class SyncClient(_Calls, _Logic):
     def _exchange(self, endpoint: str, conn: http.client.HTTPConnection, method: str,
                   path: str, payload: bytes | None) -> Reply:
         headers = {"Content-Type": "application/json"} if payload is not None else {}
+        if self._authorization is not None:
+            headers["Authorization"] = self._authorization
         try:
             conn.request(method, path, body=payload, headers=headers)
             response = conn.getresponse()
@@ -433,17 +474,23 @@ def http_client(reactor, pool, connect_timeout_s: float):
 
 
 def send_once(http, reactor, method: str, url: str, payload: bytes | None,
-              timeout_s: float):
+              timeout_s: float, authorization: str | None = None):
     """One attempt: a Deferred firing with a ``Reply`` (any status), or failing with the
-    transport's exception (``defer.TimeoutError`` after ``timeout_s``, body included)."""
+    transport's exception (``defer.TimeoutError`` after ``timeout_s``, body included).
+    ``authorization``: the Authorization header's value (``Bearer <token>``)."""
     from twisted.internet import defer
 
     async def exchange() -> Reply:
         import treq
         kwargs = {}
+        headers = {}
         if payload is not None:
             kwargs["data"] = payload
-            kwargs["headers"] = {b"Content-Type": [b"application/json"]}
+            headers[b"Content-Type"] = [b"application/json"]
+        if authorization is not None:
+            headers[b"Authorization"] = [authorization.encode()]
+        if headers:
+            kwargs["headers"] = headers
         response = await http.request(method, url, **kwargs)
         raw = await treq.content(response)
         retry_after = response.headers.getRawHeaders(b"retry-after", [None])[0]
@@ -479,8 +526,8 @@ class Client(_Calls, _Logic):
 
     def __init__(self, endpoints, *, reactor, timeout: float = 10.0,
                  attempt_timeout: float = 3.0, client_id: str | None = None,
-                 pool=None) -> None:
-        super().__init__(endpoints, timeout, attempt_timeout, client_id)
+                 token: str | None = None, pool=None) -> None:
+        super().__init__(endpoints, timeout, attempt_timeout, client_id, token)
         from twisted.web.client import HTTPConnectionPool
         self.reactor = reactor
         self.pool = pool or HTTPConnectionPool(reactor, persistent=True)
@@ -498,7 +545,7 @@ class Client(_Calls, _Logic):
 
         def send(endpoint: str, timeout_s: float):
             return send_once(self._http, self.reactor, method, endpoint + path, payload,
-                             timeout_s)
+                             timeout_s, self._authorization)
 
         d = defer.Deferred.fromCoroutine(drive_plan(self.reactor, plan, send))
         return d.addCallback(self.outcome, body)

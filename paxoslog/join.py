@@ -17,16 +17,19 @@ class JoinError(Exception):
     """Joining failed: the message says why (for the CLI)."""
 
 
-def join_cluster(config, node_id: int, endpoints: list[str], timeout: float = 60.0) -> dict:
+def join_cluster(config, node_id: int, endpoints: list[str], timeout: float = 60.0,
+                 token: str | None = None) -> dict:
     """Ask a member (any of ``endpoints``) to add this node, then write members.json in its
     data directory.  Blocking (the CLI calls it before the reactor runs).  Idempotent: a
-    node that crashed half way through joining asks again and gets the same answer."""
+    node that crashed half way through joining asks again and gets the same answer.
+    ``token``: an admin token, where the cluster requires tokens."""
     from paxoslog.client import ClientError, SyncClient
     me = config.node(node_id)
     members = MembersFile(me.data_dir)
     body = {"node_id": node_id, "address": str(me.peer), "api": str(me.api)}
     where = ", ".join(endpoints)
-    with SyncClient(endpoints, timeout=timeout, attempt_timeout=min(10.0, timeout)) as client:
+    with SyncClient(endpoints, timeout=timeout, attempt_timeout=min(10.0, timeout),
+                    token=token) as client:
         try:
             # Check that we are joining the right cluster before asking to be added.
             _check_cluster(client.members(), config, where)

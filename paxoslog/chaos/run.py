@@ -85,6 +85,7 @@ class RunOptions:
     progress: bool = True
     plot: str = "auto"                   # auto (PNG if matplotlib) | html | none
     complete: bool = False               # run every planned fault, even past the duration
+    auth: bool = False                   # client tokens required (admin + bound write token)
 
     def resolved(self) -> "RunOptions":
         seed = self.seed if self.seed is not None else random.SystemRandom().randrange(1 << 31)
@@ -127,6 +128,7 @@ class ChaosRun:
         self.cluster: Cluster | None = None
         self.proxy: ProxyNetwork | None = None
         self.client: ApiClient | None = None
+        self.workload_client: ApiClient | None = None
         self.observer: StatusObserver | None = None
         self.nemesis: Nemesis | None = None
         self.workload: Workload | None = None
@@ -163,6 +165,9 @@ class ChaosRun:
         free += held
         reserved = {node: sockets[2 * i:2 * i + 2]
                     for i, node in enumerate(self.spec.spare_ids)}
+        tokens = self._make_tokens() if o.auth else None
+        if tokens is not None:
+            self.spec = replace(self.spec, tokens_file=tokens["file"])
         ports = {}
         for i, node in enumerate(ids):
             peer_bind, api = free[2 * i], free[2 * i + 1]
@@ -178,8 +183,16 @@ class ChaosRun:
                                os.path.join(self.folder, "logs"), data_root,
                                lambda kind, **f: self.timeline.add(kind, **f), self.clock,
                                spare_confs=spare_confs, reserved=reserved)
-        self.client = ApiClient(self.reactor, {n: f"127.0.0.1:{p.api}" for n, p in ports.items()},
-                                connections_per_node=max(16, 2 * o.workers))
+        endpoints = {n: f"127.0.0.1:{p.api}" for n, p in ports.items()}
+        self.client = ApiClient(self.reactor, endpoints,
+                                connections_per_node=max(16, 2 * o.workers),
+                                token=tokens and tokens["admin"])
+        # The workload writes with a token bound to its client ids (chaos<seed>-*).
+        self.workload_client = self.client if tokens is None else ApiClient(
+            self.reactor, endpoints, connections_per_node=max(16, 2 * o.workers),
+            token=tokens["write"])
+        if tokens is not None:
+            self.cluster.child_env["PAXOSLOG_TOKEN"] = tokens["admin"]
         self.observer = StatusObserver(self.reactor, self.client, self.cluster, self.clock,
                                        os.path.join(self.folder, "status.jsonl"))
         self.membership = MembershipDriver(
@@ -213,7 +226,8 @@ class ChaosRun:
             return self._abort("no leader was elected after start (see logs/)")
 
         rng = random.Random(f"{o.seed}-workload")
-        self.workload = Workload(self.reactor, self.client, self.history, self.cluster.members(),
+        self.workload = Workload(self.reactor, self.workload_client, self.history,
+                                 self.cluster.members(),
                                  WorkloadOptions(workers=o.workers, rate=o.rate,
                                                  key_slots=o.key_slots,
                                                  ops_per_key=o.ops_per_key,
@@ -280,10 +294,25 @@ class ChaosRun:
             await self.proxy.stop()
         if self.client is not None:
             await self.client.close()
+            if self.workload_client is not self.client:
+                await self.workload_client.close()
         if self.timeline is not None:
             self.timeline.close()
 
     # ================================================================== helpers
+
+    def _make_tokens(self) -> dict:
+        """--auth: a tokens file in the report folder with an admin token (observer,
+        nemesis, membership, spares' --join) and a write token bound to the workload's
+        client ids.  The tokens themselves stay in memory (and the children's environment)."""
+        from paxoslog.tokens import ClientIdRule, Role, TokensFile, new_token, write_tokens
+        path = os.path.join(self.folder, "tokens.json")
+        admin, admin_record = new_token(TokensFile(), Role.ADMIN, "chaos-admin")
+        write, write_record = new_token(TokensFile((admin_record,)), Role.WRITE,
+                                        "chaos-workload",
+                                        ClientIdRule.parse(f"chaos{self.options.seed}-*"))
+        write_tokens(path, TokensFile((admin_record, write_record)))
+        return {"file": path, "admin": admin, "write": write}
 
     async def _wait_leader(self, timeout_s: float) -> bool:
         deadline = self.clock() + timeout_s

@@ -5,7 +5,13 @@ nodes bind them at once), data directories under the test's tmp_path, and short 
 (tick 10 ms, election 15 ticks) so elections take well under a second.  It starts, kills
 (-9), stops (SIGTERM), pauses (SIGSTOP) and restarts nodes by pid, and talks to them over
 plain HTTP.  Nothing sleeps for synchronisation: ``wait_for`` polls a condition with a
-deadline.  On teardown every node still running is killed; if a test failed, the tail of
+deadline.
+
+``auth=True`` turns client authentication on: a tokens file with an ``admin``, a ``write``
+and a ``read`` token (``harness.tokens``), ``[auth] required = true`` (plus ``auth_extra``
+lines), and every harness request carries ``harness.token`` (the admin token unless a test
+changes it; ``token=None`` on a request sends none).  Nodes started with ``join`` get the
+admin token in ``$PAXOSLOG_TOKEN``.  On teardown every node still running is killed; if a test failed, the tail of
 each node's log is printed.
 """
 
@@ -69,7 +75,8 @@ class ClusterHarness:
     def __init__(self, tmp_path, protocol: str = "multipaxos", size: int = 3, *,
                  tick_ms: int = 10, election_ticks: int = 15, heartbeat_ticks: int = 3,
                  request_timeout_ms: int = 3000, extra: str = "",
-                 secret: str | None = "integration-secret") -> None:
+                 secret: str | None = "integration-secret", auth: bool = False,
+                 auth_extra: str = "") -> None:
         self.tmp_path = tmp_path
         self.protocol = protocol
         ports = reserve_ports(2 * size)
@@ -82,11 +89,21 @@ class ClusterHarness:
             f'\n[[nodes]]\nid = {i}\npeer = "127.0.0.1:{self.peer_ports[i]}"\n'
             f'api = "127.0.0.1:{self.api_ports[i]}"\n' for i in self.ids)
         secret_line = f'secret = "{secret}"\n' if secret else ""
+        self.tokens: dict[str, str] = {}
+        self.tokens_file = str(tmp_path / "tokens.json")
+        auth_table = ""
+        if auth:
+            self.tokens = make_tokens(self.tokens_file)
+            auth_table = (f'\n[auth]\ntokens_file = "{self.tokens_file}"\nrequired = true\n'
+                          f"{auth_extra}\n")
+        elif auth_extra:
+            auth_table = f"\n[auth]\n{auth_extra}\n"
+        self.token: str | None = self.tokens.get("admin")
         text = (f'cluster = "it-{protocol}"\nprotocol = "{protocol}"\n'
                 f'data_dir = "{tmp_path}/data/{{node}}"\n{secret_line}'
                 f"\n[timing]\ntick_ms = {tick_ms}\nheartbeat_ticks = {heartbeat_ticks}\n"
                 f"election_ticks = {election_ticks}\nrequest_timeout_ms = {request_timeout_ms}\n"
-                f"{extra}\n{nodes}")
+                f"{extra}\n{auth_table}\n{nodes}")
         with open(self.conf_path, "w") as f:
             f.write(text)
         self.conf_text = text
@@ -109,9 +126,13 @@ class ClusterHarness:
                    self.confs.get(node_id, self.conf_path), "--node", str(node_id)]
         if join is not None:
             command += ["--join", f"http://127.0.0.1:{self.api_ports[join]}"]
+        child_env = dict(os.environ, PYTHONPATH=ROOT)
+        child_env.pop("PAXOSLOG_TOKEN", None)
+        if join is not None and self.tokens:
+            child_env["PAXOSLOG_TOKEN"] = self.tokens["admin"]
+        child_env.update(env or {})
         self.procs[node_id] = subprocess.Popen(
-            command, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT,
-            env=dict(os.environ, PYTHONPATH=ROOT, **(env or {})))
+            command, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT, env=child_env)
         log.close()
 
     def new_node(self, node_id: int) -> str:
@@ -189,7 +210,9 @@ class ClusterHarness:
 
     def request(self, node_id: int, method: str, path: str, body=None, *,
                 raw: bytes | None = None, headers: dict | None = None,
-                timeout: float = 5.0) -> Response:
+                timeout: float = 5.0, token=...) -> Response:
+        """One request on the node's keep-alive connection; ``token``: the bearer token
+        (default ``self.token``; None: no Authorization header)."""
         conn = self._conns.get(node_id)
         if conn is None:
             conn = http.client.HTTPConnection("127.0.0.1", self.api_ports[node_id],
@@ -200,8 +223,12 @@ class ClusterHarness:
             conn.sock.settimeout(timeout)
         payload = raw if raw is not None else (json.dumps(body).encode()
                                                if body is not None else None)
+        headers = dict(headers or {})
+        token = self.token if token is ... else token
+        if token is not None:
+            headers.setdefault("Authorization", f"Bearer {token}")
         try:
-            conn.request(method, path, body=payload, headers=headers or {})
+            conn.request(method, path, body=payload, headers=headers)
             response = conn.getresponse()
             data = response.read()
         except BaseException:
@@ -276,6 +303,18 @@ class ClusterHarness:
             if time.monotonic() > deadline:
                 raise AssertionError(f"no node acknowledged the write of {key!r} in {timeout}s")
             time.sleep(0.02)
+
+
+def make_tokens(path: str) -> dict[str, str]:
+    """A tokens file at ``path`` with one unbound token per role: role -> token."""
+    from paxoslog.tokens import Role, TokensFile, new_token, write_tokens
+    tokens, records = {}, TokensFile()
+    for role in (Role.ADMIN, Role.WRITE, Role.READ):
+        token, record = new_token(records, role, f"it-{role.label}")
+        tokens[role.label] = token
+        records = TokensFile(records.tokens + (record,))
+    write_tokens(path, records)
+    return tokens
 
 
 @pytest.fixture(params=PROTOCOLS)
