@@ -330,9 +330,9 @@ def pytest_runtest_makereport(item, call):
 
 
 @contextmanager
-def started_cluster(tmp_path_factory, name: str, protocol: str):
+def started_cluster(tmp_path_factory, name: str, protocol: str, **options):
     """A 3-node cluster with a leader, closed on exit (for module-scoped fixtures)."""
-    harness = ClusterHarness(tmp_path_factory.mktemp(name), protocol)
+    harness = ClusterHarness(tmp_path_factory.mktemp(name), protocol, **options)
     harness.start_all()
     try:
         harness.wait_leader()
