@@ -405,6 +405,10 @@ class Api:
         consistency = params.get("consistency", "linearizable")
         if consistency not in _CONSISTENCY:
             raise bad_request(f'"consistency" must be one of {", ".join(_CONSISTENCY)}')
+        if "prefix" in params and "key" in params:
+            raise bad_request('give "key" or "prefix", not both')
+        if "limit" in params and "prefix" not in params:
+            raise bad_request('"limit" applies to prefix reads only')
         if "prefix" in params:
             query = {"prefix": params["prefix"]}
             if "limit" in params:
@@ -421,7 +425,10 @@ class Api:
     def cluster_status(self, request):
         """``?hashes=1`` adds ``state_hashes`` (a digest per state machine; costs a
         snapshot of each, so only on request)."""
-        return self.views.status(hashes=self._params(request).get("hashes") == "1")
+        hashes = self._params(request).get("hashes", "0")
+        if hashes not in ("0", "1"):
+            raise bad_request('"hashes" must be 0 or 1')
+        return self.views.status(hashes=hashes == "1")
 
     def log_entries(self, request):
         params = self._params(request)
