@@ -20,6 +20,7 @@ CONFIG = os.path.join(os.path.dirname(os.path.abspath(__file__)), "schemathesis.
 CHECKS = ("not_a_server_error,status_code_conformance,content_type_conformance,"
           "response_headers_conformance,response_schema_conformance,negative_data_rejection")
 EXAMPLES = int(os.environ.get("PAXOSLOG_SCHEMATHESIS_EXAMPLES", "60"))
+SEED = os.environ.get("PAXOSLOG_SCHEMATHESIS_SEED", "12")
 # Membership changes would really change the cluster under test (even "negative" cases:
 # a valid body with a malformed header removed node 1 in a trial run), so with the admin
 # token they are left out; the writer's run reaches them (403), and their validation has
@@ -53,7 +54,7 @@ def _schemathesis(c, tmp_path, name: str, token: str, *args: str) -> None:
     junit = tmp_path / f"{name}.xml"
     command = [sys.executable, "-m", "schemathesis.cli", "--config-file", CONFIG, "run",
                f"http://127.0.0.1:{c.api_ports[node]}/api/v1/openapi.json",
-               "--checks", CHECKS, "--max-examples", str(EXAMPLES), "--seed", os.environ.get("PAXOSLOG_SCHEMATHESIS_SEED", "12"),
+               "--checks", CHECKS, "--max-examples", str(EXAMPLES), "--seed", SEED,
                "--workers", "2", "--request-timeout", "10", "--no-shrink",
                "--generation-database", "none", "--phases", "examples,coverage,fuzzing",
                "-H", f"Authorization: Bearer {token}", "--report", "junit",
