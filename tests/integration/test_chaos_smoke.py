@@ -39,12 +39,30 @@ RUN_TIMEOUT_S = 180
 @pytest.mark.parametrize("group", sorted(GROUPS))
 def test_chaos_smoke(tmp_path, mode, group):
     """One short chaos run passes every check with each kind of the group injected once."""
+    _smoke(tmp_path, mode, group)
+
+
+@pytest.mark.slow
+def test_chaos_smoke_with_tokens_required(tmp_path):
+    """The whole-cluster group (kill-all, partitions, a spare joining with --join and a
+    voter removed) with client tokens required: the harness's admin token, the workload's
+    write token bound to its client ids; every check passes."""
+    folder = _smoke(tmp_path, "raft", "whole-cluster", seed=1301, extra=["--auth"])
+    with open(os.path.join(folder, "conf.toml")) as f:
+        conf = f.read()
+    assert "[auth]" in conf and "required = true" in conf
+    assert os.path.exists(os.path.join(folder, "tokens.json"))
+
+
+def _smoke(tmp_path, mode: str, group: str, seed: int | None = None,
+           extra: list[str] = ()) -> str:
     nodes, kinds = GROUPS[group]
-    seed = 1000 + sorted(GROUPS).index(group) + (0 if mode == "multipaxos" else 100)
+    if seed is None:
+        seed = 1000 + sorted(GROUPS).index(group) + (0 if mode == "multipaxos" else 100)
     cmd = [sys.executable, CHAOS, "--duration", str(TRAFFIC_S), "--mode", mode,
            "--nodes", str(nodes), "--nemesis", ",".join(kinds), "--seed", str(seed),
            "--reports", str(tmp_path), "--checker-timeout", "60", "--quiet",
-           "--complete"]
+           "--complete", *extra]
     done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True,
                           timeout=RUN_TIMEOUT_S)
     folders = glob.glob(os.path.join(str(tmp_path), f"chaos-*-{mode}"))
@@ -71,6 +89,7 @@ def test_chaos_smoke(tmp_path, mode, group):
                  "summary.txt", f"logs/n{nodes}.log"):
         assert os.path.exists(os.path.join(folder, name)), name
     assert glob.glob(os.path.join(folder, "timeline.*"))
+    return folder
 
 
 def _assert_membership_changed(verdict: dict, fault: dict, nodes: int, summary: str) -> None:
