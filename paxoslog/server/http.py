@@ -146,7 +146,8 @@ class HttpProtocol(Protocol):
             self.closing = True
             self._close_after = 0
             self._next = 1
-            self._respond(_error(503, "unavailable", "too many connections"), 0, False)
+            status, body, ctype, _ = _error(503, "unavailable", "too many connections")
+            self._respond((status, body, ctype, ((b"Retry-After", b"1"),)), 0, False)
 
     def connectionLost(self, reason=None) -> None:
         self.closed = True
