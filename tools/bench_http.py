@@ -16,6 +16,14 @@ is shared by the load generator and all three nodes, so the numbers are for the 
 
     python tools/bench_http.py [--modes multipaxos,raft] [--clients 1,16,64] [--runs 3]
                                [--duration 5] [--failovers 5] [--target leader|all]
+                               [--auth off|on|both]
+
+``--auth on`` requires client tokens ([auth] required = true): every write carries a
+write token (verified once per node, then a SHA-256 lookup).  ``--auth both`` runs one
+cluster with a tokens file and ``required = false`` and measures each concurrency with
+anonymous writes and with token-carrying writes, alternating the runs so that the machine's
+other load falls on both alike (anonymous requests there take the no-auth path plus one
+header lookup).
 """
 
 from __future__ import annotations
@@ -41,8 +49,9 @@ from paxoslog.config import load_config  # noqa: E402
 # ====================================================================== cluster processes
 
 class Cluster:
-    def __init__(self, base_conf: str, protocol: str, workdir: str) -> None:
+    def __init__(self, base_conf: str, protocol: str, workdir: str, auth: str = "off") -> None:
         self.workdir = workdir
+        self.tokens: dict[str, str] = {}
         self.conf_path = os.path.join(workdir, "cluster.toml")
         with open(base_conf) as f:
             text = f.read()
@@ -54,6 +63,16 @@ class Cluster:
             elif stripped.startswith("data_dir ="):
                 line = f'data_dir = "{workdir}/data/{{node}}"'
             lines.append(line)
+        if auth != "off":
+            from paxoslog.tokens import Role, TokensFile, new_token, write_tokens
+            records = TokensFile()
+            for role in (Role.ADMIN, Role.WRITE):
+                self.tokens[role.label], record = new_token(records, role, f"bench-{role.label}")
+                records = TokensFile(records.tokens + (record,))
+            tokens_file = os.path.join(workdir, "tokens.json")
+            write_tokens(tokens_file, records)
+            lines += ["", "[auth]", f'tokens_file = "{tokens_file}"',
+                      f"required = {'true' if auth == 'on' else 'false'}"]
         with open(self.conf_path, "w") as f:
             f.write("\n".join(lines) + "\n")
         self.config = load_config(self.conf_path)
@@ -95,13 +114,17 @@ class Cluster:
         host, port = self.api(node_id)
         try:
             conn = http.client.HTTPConnection(host, port, timeout=timeout)
-            conn.request("GET", "/api/v1/cluster/status")
+            conn.request("GET", "/api/v1/cluster/status", headers=self.headers("admin"))
             response = conn.getresponse()
             body = json.loads(response.read())
             conn.close()
             return body if response.status == 200 else None
         except (OSError, ValueError, http.client.HTTPException):
             return None
+
+    def headers(self, role: str) -> dict:
+        token = self.tokens.get(role)
+        return {"Authorization": f"Bearer {token}"} if token else {}
 
     def wait_leader(self, timeout: float = 30.0, exclude: int | None = None) -> int:
         deadline = time.monotonic() + timeout
@@ -130,12 +153,13 @@ class Cluster:
 # ====================================================================== load generator
 
 def run_load(targets: list[tuple[str, int]], clients: int, duration: float,
-             warmup: float) -> dict:
+             warmup: float, token: str | None = None) -> dict:
     """Drive ``clients`` keep-alive connections for warmup+duration seconds (in a child
-    process, so every run gets a fresh reactor)."""
+    process, so every run gets a fresh reactor); ``token``: sent with every write."""
     code = _LOAD_SCRIPT
     proc = subprocess.run([sys.executable, "-c", code, json.dumps(targets), str(clients),
-                           str(duration), str(warmup)], capture_output=True, text=True,
+                           str(duration), str(warmup), token or ""],
+                          capture_output=True, text=True,
                           cwd=ROOT, env=dict(os.environ, PYTHONPATH=ROOT), timeout=duration * 4 + 60)
     if proc.returncode != 0:
         raise RuntimeError(f"load generator failed: {proc.stderr[-2000:]}")
@@ -150,22 +174,23 @@ from twisted.internet.protocol import ClientFactory, Protocol
 
 targets = json.loads(sys.argv[1]); clients = int(sys.argv[2])
 duration = float(sys.argv[3]); warmup = float(sys.argv[4])
+auth = (b"Authorization: Bearer %s\r\n" % sys.argv[5].encode()) if sys.argv[5] else b""
 value = "v" * 64
 latencies = []; errors = {"count": 0}; state = {"measuring": False, "running": True}
 clock = time.perf_counter
 
 class Conn(Protocol):
-    def __init__(self, n):
+    def __init__(self, n, host):
         self.n = n; self.i = 0; self.parser = httptools.HttpResponseParser(self)
+        self.head = (b"POST /api/v1/consensus/propose HTTP/1.1\r\nHost: %s\r\n%s"
+                     b"Content-Type: application/json\r\n" % (host.encode(), auth))
     def connectionMade(self):
         self.transport.setTcpNoDelay(True); self.send()
     def send(self):
         self.i += 1
         body = json.dumps({"key": f"k{self.n}-{self.i % 1000}", "value": value}).encode()
         self.t0 = clock()
-        self.transport.write(b"POST /api/v1/consensus/propose HTTP/1.1\r\nHost: b\r\n"
-                             b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n%s"
-                             % (len(body), body))
+        self.transport.write(self.head + b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
     def dataReceived(self, data):
         self.parser.feed_data(data)
     def on_message_complete(self):
@@ -177,13 +202,13 @@ class Conn(Protocol):
             self.send()
 
 class Factory(ClientFactory):
-    def __init__(self, n): self.n = n
-    def buildProtocol(self, addr): return Conn(self.n)
+    def __init__(self, n, host): self.n = n; self.host = host
+    def buildProtocol(self, addr): return Conn(self.n, self.host)
     def clientConnectionFailed(self, c, reason): errors["count"] += 1
 
 for n in range(clients):
     host, port = targets[n % len(targets)]
-    reactor.connectTCP(host, port, Factory(n))
+    reactor.connectTCP(host, port, Factory(n, f"{host}:{port}"))
 
 def start(): state["measuring"] = True; state["t0"] = clock()
 def stop():
@@ -210,9 +235,10 @@ def failover_once(cluster: Cluster) -> float:
         host, port = cluster.api(n)
         conns[n] = http.client.HTTPConnection(host, port, timeout=2.0)
     body = json.dumps({"key": "failover", "value": "x"}).encode()
+    headers = cluster.headers("write")
     # warm the connections
     for conn in conns.values():
-        conn.request("POST", "/api/v1/consensus/propose", body)
+        conn.request("POST", "/api/v1/consensus/propose", body, headers)
         conn.getresponse().read()
     killed_at = time.monotonic()
     cluster.kill(leader)
@@ -222,7 +248,7 @@ def failover_once(cluster: Cluster) -> float:
         attempt += 1
         conn = conns[node]
         try:
-            conn.request("POST", "/api/v1/consensus/propose", body)
+            conn.request("POST", "/api/v1/consensus/propose", body, headers)
             response = conn.getresponse()
             response.read()
             if response.status == 200:
@@ -254,12 +280,15 @@ def main() -> int:
     parser.add_argument("--target", choices=("leader", "all"), default="leader",
                         help="send the writes to the leader only, or spread over all nodes")
     parser.add_argument("--keep", action="store_true", help="keep the data and logs")
+    parser.add_argument("--auth", choices=("off", "on", "both"), default="off",
+                        help="client tokens: off, required (on), or both alternated")
     args = parser.parse_args()
     concurrency = [int(c) for c in args.clients.split(",") if c]
     summary = []
     for mode in [m for m in args.modes.split(",") if m]:
         workdir = tempfile.mkdtemp(prefix=f"paxoslog-bench-{mode}-")
-        cluster = Cluster(args.conf, mode, workdir)
+        cluster = Cluster(args.conf, mode, workdir, args.auth)
+        variants = {"off": [None], "on": ["token"], "both": [None, "token"]}[args.auth]
         cluster.start_all()
         try:
             leader = cluster.wait_leader()
@@ -268,18 +297,25 @@ def main() -> int:
             print(f"== {mode}: leader node {leader}, writes to {args.target}, "
                   f"{args.runs} runs x {args.duration:.0f}s", flush=True)
             for clients in concurrency:
-                runs = [run_load(targets, clients, args.duration, args.warmup)
-                        for _ in range(args.runs)]
-                row = {"mode": mode, "clients": clients,
-                       "rate": statistics.median(r["rate"] for r in runs),
-                       "p50_ms": statistics.median(r["p50_ms"] for r in runs),
-                       "p99_ms": statistics.median(r["p99_ms"] for r in runs),
-                       "errors": sum(r["errors"] for r in runs),
-                       "runs": [round(r["rate"]) for r in runs]}
-                summary.append(row)
-                print(f"   {clients:3d} clients: {row['rate']:8.0f} writes/s  "
-                      f"p50 {row['p50_ms']:6.2f} ms  p99 {row['p99_ms']:7.2f} ms  "
-                      f"(runs: {row['runs']}, errors {row['errors']})", flush=True)
+                runs: dict = {v: [] for v in variants}
+                for _ in range(args.runs):
+                    for variant in variants:          # alternated: same load on both
+                        token = cluster.tokens.get("write") if variant else None
+                        runs[variant].append(run_load(targets, clients, args.duration,
+                                                      args.warmup, token))
+                for variant in variants:
+                    done = runs[variant]
+                    row = {"mode": mode, "clients": clients,
+                           "auth": "token" if variant else "anonymous",
+                           "rate": statistics.median(r["rate"] for r in done),
+                           "p50_ms": statistics.median(r["p50_ms"] for r in done),
+                           "p99_ms": statistics.median(r["p99_ms"] for r in done),
+                           "errors": sum(r["errors"] for r in done),
+                           "runs": [round(r["rate"]) for r in done]}
+                    summary.append(row)
+                    print(f"   {clients:3d} clients {row['auth']:9}: {row['rate']:8.0f} "
+                          f"writes/s  p50 {row['p50_ms']:6.2f} ms  p99 {row['p99_ms']:7.2f} ms"
+                          f"  (runs: {row['runs']}, errors {row['errors']})", flush=True)
             if args.failovers:
                 times = []
                 for _ in range(args.failovers):
@@ -298,8 +334,9 @@ def main() -> int:
     print("== summary (medians)")
     for row in summary:
         if "rate" in row:
-            print(f"{row['mode']:11} {row['clients']:3d} clients  {row['rate']:8.0f} writes/s  "
-                  f"p50 {row['p50_ms']:.2f} ms  p99 {row['p99_ms']:.2f} ms")
+            print(f"{row['mode']:11} {row['clients']:3d} clients {row['auth']:9}  "
+                  f"{row['rate']:8.0f} writes/s  p50 {row['p50_ms']:.2f} ms  "
+                  f"p99 {row['p99_ms']:.2f} ms")
         else:
             print(f"{row['mode']:11} failover median {row['failover_median_ms']:.0f} ms  "
                   f"(each: {row['failovers_ms']})")
