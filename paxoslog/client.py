@@ -35,8 +35,8 @@ from .retry import (Attempt, Endpoints, Finish, NoReply, Reply, Request, RetryPl
                     TransportFailure, Verdict, parse_retry_after)
 
 __all__ = ["Client", "SyncClient", "ClientError", "RequestFailed", "NotFound", "Unavailable",
-           "UnknownOutcome", "Unauthorized", "Forbidden", "new_client_id", "classify_twisted_failure", "send_once",
-           "drive_plan"]
+           "UnknownOutcome", "Unauthorized", "Forbidden", "new_client_id",
+           "classify_twisted_failure", "send_once", "drive_plan"]
 
 # Writes without a session that are safe to resend: adding a member twice adds it once,
 # removing a removed node answers "removed", a second leader transfer is harmless.

@@ -45,7 +45,7 @@ from twisted.internet import defer
 from twisted.logger import Logger
 
 from paxoslog.tokens import (ClientIdRule, Role, TokenRecord, TokensFile, TokensFileError,
-                             check_token, parse_token, read_tokens)
+                             parse_token, read_tokens)
 
 from .errors import ApiError, unavailable
 
