@@ -334,3 +334,43 @@ def test_a_multi_host_conf_without_auth_warns_loudly(tmp_path):
             assert "ANONYMOUS" not in text and "bearer tokens required" in text, text
         else:
             assert "WARNING" in text and "ANONYMOUS" in text and "[auth]" in text, text
+
+
+TWISTED_SCRIPT = r'''
+import json, sys
+from twisted.internet import defer, task
+from paxoslog.client import Client, Forbidden, Unauthorized
+
+@defer.inlineCallbacks
+def main(reactor, endpoints, tokens):
+    out = {}
+    writer = Client(endpoints, reactor=reactor, timeout=5, token=tokens["write"])
+    out["put"] = (yield writer.put("twisted-key", 7))["status"]
+    out["got"] = (yield writer.get("twisted-key"))["value"]
+    for name, client in (("anonymous", Client(endpoints, reactor=reactor, timeout=5)),
+                         ("reader", Client(endpoints, reactor=reactor, timeout=5,
+                                           token=tokens["read"]))):
+        try:
+            yield client.put("twisted-key", 8)
+        except (Unauthorized, Forbidden) as exc:
+            out[name] = [type(exc).__name__, exc.status]
+        yield client.close()
+    yield writer.close()
+    print(json.dumps(out))
+
+task.react(main, [json.loads(sys.argv[1]), json.loads(sys.argv[2])])
+'''
+
+
+def test_the_twisted_client_sends_its_token(secured):
+    """Client(token=...) writes and reads; without a token a write raises Unauthorized
+    (401), with a read token Forbidden (403)."""
+    c = secured
+    endpoints = [f"http://127.0.0.1:{c.api_ports[n]}" for n in c.ids]
+    done = subprocess.run([sys.executable, "-c", TWISTED_SCRIPT, json.dumps(endpoints),
+                           json.dumps(c.tokens)], capture_output=True, text=True, cwd=ROOT,
+                          env=dict(os.environ, PYTHONPATH=ROOT), timeout=60)
+    assert done.returncode == 0, done.stderr[-3000:]
+    out = json.loads(done.stdout.strip().splitlines()[-1])
+    assert out == {"put": "committed", "got": 7, "anonymous": ["Unauthorized", 401],
+                   "reader": ["Forbidden", 403]}, out
