@@ -50,7 +50,7 @@ from paxoslog.tokens import (ClientIdRule, Role, TokenRecord, TokensFile, Tokens
 from .errors import ApiError, unavailable
 
 __all__ = ["Principal", "TokenStore", "AccessControl", "ANONYMOUS_ADMIN", "ANONYMOUS",
-           "VERIFICATIONS_MAX", "RELOAD_CHECK_S"]
+           "VERIFICATIONS_MAX", "RELOAD_CHECK_S", "is_loopback"]
 
 log = Logger(namespace="paxoslog.access")
 
@@ -180,7 +180,9 @@ class TokenStore:
         return None
 
 
-def _is_loopback(host: str) -> bool:
+def is_loopback(host: str) -> bool:
+    """``localhost`` or a loopback address (127.0.0.0/8, ::1; brackets allowed)."""
+    host = host.lower().strip("[]")
     if host == "localhost":
         return True
     try:
@@ -226,13 +228,13 @@ class AccessControl:
                     continue
                 host = address.host.lower().strip("[]")
                 names = {host}
-                if host in ("0.0.0.0", "::", "") or _is_loopback(host):
+                if host in ("0.0.0.0", "::", "") or is_loopback(host):
                     names |= {"localhost", "127.0.0.1", "::1"}
                 for name in names - {"0.0.0.0", "::", ""}:
                     hosts.add(_host_port(name, port))
                     # Without a port (HTTP/1.1 tools on this machine): a page on another
                     # site can only send its own name, never a loopback one.
-                    if port == 80 or _is_loopback(name):
+                    if port == 80 or is_loopback(name):
                         hosts.add(f"[{name}]" if ":" in name else name)
             self._hosts = frozenset(hosts)
         return self._hosts

@@ -59,7 +59,7 @@ from paxoslog.tokens import TokensFileError, check_token
 from statemachines import create as create_state_machine
 
 from . import frames as F
-from .access import AccessControl, TokenStore
+from .access import AccessControl, TokenStore, is_loopback
 from .addressbook import AddressBook
 from .admin import MembershipAdmin
 from .api import Api
@@ -83,16 +83,6 @@ from .writer import StorageWriter
 __all__ = ["NodeService", "FatalNodeError", "ConsensusPort"]
 
 log = Logger(namespace="paxoslog.node")
-
-
-def _loopback(host: str) -> bool:
-    import ipaddress
-    if host.lower() == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
 
 
 def _monotonic_ms() -> float:
@@ -376,7 +366,7 @@ class NodeService(MultiService):
                      count=len(self.access.store.tokens.tokens), path=auth.tokens_file)
             return
         hosts = {a.host for n in self.config.nodes for a in (n.api, n.api_bind)}
-        if all(_loopback(h) for h in hosts):
+        if all(is_loopback(h) for h in hosts):
             return
         log.warn("=" * 72)
         log.warn("WARNING: the client API on {api} serves ANONYMOUS requests with every role "
