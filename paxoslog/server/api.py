@@ -202,13 +202,13 @@ class Api:
     def _dispatch(self, request, route: Route, principal):
         request.principal = principal
         if self.access is not None:
-            needed = route.entry_role
-            if route.param_roles and request.query:
-                params = self._params(request)
-                for name, value, role in route.param_roles:
-                    if params.get(name) == value:
-                        needed = max(needed, role)
             try:
+                needed = route.entry_role
+                if route.param_roles and request.query:
+                    params = self._params(request)        # may refuse a bad query: 400
+                    for name, value, role in route.param_roles:
+                        if params.get(name) == value:
+                            needed = max(needed, role)
                 self.access.authorize(principal, needed, f"{route.method} {route.path}")
             except ApiError as exc:
                 return self._error(exc)
