@@ -189,7 +189,11 @@ class Api:
         try:
             principal = access.authenticate(request)
         except ApiError as exc:
-            return self._error(exc)
+            if not (exc.status == 401 and route.entry_role == Role.NONE):
+                return self._error(exc)
+            principal = access.anonymous           # open routes ignore a bad token
+        if isinstance(principal, defer.Deferred) and route.entry_role == Role.NONE:
+            principal.addErrback(_anonymous_if_unauthenticated, access.anonymous)
         if isinstance(principal, defer.Deferred):       # a token's first use here
             result = principal.addCallback(lambda p: self._dispatch(request, route, p))
             result.addErrback(self._failed)
@@ -493,6 +497,13 @@ class Api:
     def openapi(self, request):
         from .openapi import document_bytes
         return (200, document_bytes(), b"application/json", ())
+
+
+def _anonymous_if_unauthenticated(failure, anonymous):
+    failure.trap(ApiError)
+    if failure.value.status != 401:
+        return failure
+    return anonymous
 
 
 def _with_headers(result, headers: tuple):
