@@ -1,7 +1,7 @@
 """HTTP write benchmark and failover timer for a local 3-node cluster (``make bench``).
 
-For each protocol mode it starts the nodes of ``conf/local-3.toml`` (ports from that file,
-data in a temporary directory) as real processes, then:
+For each protocol mode it starts the nodes of ``conf/local-3.toml`` (on free ports, data in
+a temporary directory) as real processes, then:
 
 * write throughput and latency with 1, 16 and 64 concurrent keep-alive HTTP clients
   (each client sends one ``POST /api/v1/consensus/propose`` at a time and the next as soon
@@ -55,6 +55,10 @@ class Cluster:
         self.conf_path = os.path.join(workdir, "cluster.toml")
         with open(base_conf) as f:
             text = f.read()
+        # Fresh ports, not the conf's: two benchmarks (or a `make run`) on one machine must
+        # not measure each other's nodes.
+        from paxoslog.chaos.cluster import allocate_ports
+        ports = iter(allocate_ports(2 * text.count("[[nodes]]")))
         lines = []
         for line in text.splitlines():
             stripped = line.strip()
@@ -62,6 +66,9 @@ class Cluster:
                 line = f'protocol = "{protocol}"'
             elif stripped.startswith("data_dir ="):
                 line = f'data_dir = "{workdir}/data/{{node}}"'
+            elif stripped.startswith(("peer =", "api =")):
+                key = stripped.split("=")[0].strip()
+                line = f'{key} = "127.0.0.1:{next(ports)}"'
             lines.append(line)
         if auth != "off":
             from paxoslog.tokens import Role, TokensFile, new_token, write_tokens
