@@ -39,26 +39,29 @@ RUN_TIMEOUT_S = 180
 @pytest.mark.parametrize("group", sorted(GROUPS))
 def test_chaos_smoke(tmp_path, mode, group):
     """One short chaos run passes every check with each kind of the group injected once."""
-    _smoke(tmp_path, mode, group)
+    nodes, kinds = GROUPS[group]
+    seed = 1000 + sorted(GROUPS).index(group) + (0 if mode == "multipaxos" else 100)
+    _smoke(tmp_path, mode, nodes, kinds, seed)
 
 
 @pytest.mark.slow
 def test_chaos_smoke_with_tokens_required(tmp_path):
-    """The whole-cluster group (kill-all, partitions, a spare joining with --join and a
-    voter removed) with client tokens required: the harness's admin token, the workload's
-    write token bound to its client ids; every check passes."""
-    folder = _smoke(tmp_path, "raft", "whole-cluster", seed=1301, extra=["--auth"])
+    """A membership change (a spare joins with --join and an admin token, a voter is
+    removed), a leader kill and a leader partition with client tokens required: the
+    harness's admin token (status, state hashes, membership), the workload's write token
+    bound to its client ids; every check passes."""
+    folder = _smoke(tmp_path, "raft", 3, ["member-change", "kill-leader", "partition-leader"],
+                    seed=1301, extra=["--auth"])
     with open(os.path.join(folder, "conf.toml")) as f:
         conf = f.read()
     assert "[auth]" in conf and "required = true" in conf
     assert os.path.exists(os.path.join(folder, "tokens.json"))
 
 
-def _smoke(tmp_path, mode: str, group: str, seed: int | None = None,
+def _smoke(tmp_path, mode: str, nodes: int, kinds: list[str], seed: int,
            extra: list[str] = ()) -> str:
-    nodes, kinds = GROUPS[group]
-    if seed is None:
-        seed = 1000 + sorted(GROUPS).index(group) + (0 if mode == "multipaxos" else 100)
+    """Run tools/chaos.py; assert a valid, passing run with every kind injected; its
+    report folder."""
     cmd = [sys.executable, CHAOS, "--duration", str(TRAFFIC_S), "--mode", mode,
            "--nodes", str(nodes), "--nemesis", ",".join(kinds), "--seed", str(seed),
            "--reports", str(tmp_path), "--checker-timeout", "60", "--quiet",
