@@ -249,11 +249,22 @@ class AccessControl:
                 return True
         return False
 
+    def _origin_ok(self, origin: str) -> bool:
+        """An allowed origin, or this node's own (its pages, e.g. the dashboard)."""
+        if origin in self._origins:
+            return True
+        scheme, sep, host = origin.partition("://")
+        if not sep or scheme not in ("http", "https") or not host or "/" in host:
+            return False
+        if ":" not in host.rpartition("]")[2]:
+            host += ":443" if scheme == "https" else ":80"
+        return host in self.allowed_hosts()
+
     def check_browser(self, request) -> ApiError | None:
         """The Origin and Host checks (module docstring); None when the request passes."""
         headers = request.headers
         origin = headers.get(b"origin")
-        if origin is not None and origin.decode("latin-1").lower() not in self._origins:
+        if origin is not None and not self._origin_ok(origin.decode("latin-1").lower()):
             return ApiError(403, "forbidden", f"requests from the web origin "
                             f"{origin[:100].decode('latin-1')!r} are refused (not in [auth] "
                             f"allowed_origins)")

@@ -251,6 +251,37 @@ _OPERATIONS = {
         "ok": _json(_ref("SmRead"), "The read's result (other query parameters are the "
                                     "state machine's query fields, as strings)"),
         "errors": (400, 404, 503)},
+    ("/api/v1/cluster/overview", "GET"): {
+        "ok": _json(_obj({}, description="every member's status (with metrics and recent "
+                                         "events), or why it could not be asked"),
+                    "The cluster as each member sees itself"),
+        "errors": (503,)},
+    ("/api/v1/snapshot", "GET"): {
+        "ok": {"description": "A consistent backup of every state machine and the session "
+                              "table (one zstd frame; paxoslog snapshot restore reads it)",
+               "content": {"application/zstd": {"schema": {
+                   "type": "string", "contentMediaType": "application/zstd"}}}},
+        "errors": (404, 503, 504)},
+    ("/api/v1/admin/reload", "POST"): {
+        "ok": _json(_obj({"status": {"const": "ok"},
+                          "applied": {"type": "array", "items": {"type": "string"}},
+                          "needs_restart": {"type": "array", "items": {"type": "string"}},
+                          "errors": {"type": "array", "items": {"type": "string"}}}),
+                    "What the re-read conf changed (as SIGHUP)"),
+        "errors": (400,)},
+    ("/dashboard", "GET"): {
+        "ok": {"description": "The dashboard page", "content": {
+            "text/html": {"schema": {"type": "string"}}}},
+        "errors": (404,)},
+    ("/dashboard/{file}", "GET"): {
+        "parameters": [{"name": "file", "in": "path", "required": True,
+                        "schema": {"type": "string"}, "description": "index.html, app.js, "
+                                                                     "app.css"}],
+        "ok": {"description": "A file of the dashboard", "content": {
+            "text/html": {"schema": {"type": "string"}},
+            "text/javascript": {"schema": {"type": "string"}},
+            "text/css": {"schema": {"type": "string"}}}},
+        "errors": (404,)},
     ("/api/v1/openapi.json", "GET"): {
         "ok": _json({"type": "object"}, "This document"), "errors": ()},
     ("/health", "GET"): {
@@ -266,11 +297,10 @@ _OPERATIONS = {
 # Statuses any request may get before its handler runs: bad HTTP, headers too large,
 # a refused Origin/Host, a body over the limit, too many connections.
 _EVERY = (400, 403, 413, 431, 503)
-_SERVED_WHEN_REMOVED = {"/health", "/metrics", "/api/v1/cluster/status",
-                        "/api/v1/openapi.json"}
 
 
 def _operation(route) -> dict:
+    from .api import _SERVED_WHEN_REMOVED
     spec = _OPERATIONS[(route.path, route.method)]
     statuses = set(spec["errors"]) | set(_EVERY)
     if route.entry_role > Role.NONE:

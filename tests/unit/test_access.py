@@ -214,6 +214,11 @@ def test_origin_outside_the_allow_list_is_refused_whatever_the_auth(setup):
         assert (b"Access-Control-Allow-Origin", b"https://ui.example") in \
             access.cors_headers(ok)
         assert access.check_browser(Req({"Host": "127.0.0.1:8101"})) is None
+        for own in ("http://127.0.0.1:8101", "http://localhost:8101"):     # its own pages
+            assert access.check_browser(Req({"Origin": own, "Host": "localhost:8101"})) is None, own
+        for other in ("http://127.0.0.1:8102", "http://evil.example:8101", "null",
+                      "http://127.0.0.1:8101/x"):
+            assert access.check_browser(Req({"Origin": other})) is not None, other
 
 
 def test_host_must_name_the_node_while_anonymous_requests_are_served(setup):

@@ -25,7 +25,8 @@ def test_every_route_of_the_table_is_documented_and_nothing_else():
     """(path, method) pairs of Api's routing table == those of the document."""
     api = Api(1, None, 1 << 20)
     served = {(path, method) for path, methods in api._routes.items() for method in methods}
-    served |= {("/api/v1/sm/{name}", method) for method in api._sm_routes}
+    served |= {(route.path, method) for table in api._prefix_routes.values()
+               for method, route in table.items()}
     documented = {(path, method.upper()) for path, ops in document()["paths"].items()
                   for method in ops}
     assert served == documented == {(r.path, r.method) for r in ROUTES}
