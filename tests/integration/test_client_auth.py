@@ -16,6 +16,8 @@ from paxoslog_integration import ROOT, make_tokens, started_cluster, wait_for
 
 ADMIN_CALLS = [
     ("GET", "/api/v1/log/entries", None),
+    ("GET", "/api/v1/snapshot", None),
+    ("POST", "/api/v1/admin/reload", None),
     ("GET", "/api/v1/cluster/status?hashes=1", None),
     ("POST", "/api/v1/cluster/add-node", {"node_id": 9, "address": "127.0.0.1:1"}),
     ("POST", "/api/v1/cluster/remove-node", {"node_id": 2}),
@@ -28,6 +30,7 @@ WRITES = [
 ]
 READS = [
     ("GET", "/api/v1/consensus/query?key=k"),
+    ("GET", "/api/v1/cluster/overview"),
     ("GET", "/api/v1/cluster/status"),
     ("GET", "/api/v1/cluster/members"),
     ("GET", "/metrics"),
@@ -126,6 +129,8 @@ def test_health_is_open_but_says_little_and_the_api_document_is_open(secured):
     assert set(anonymous.body) == {"status", "ready", "node_id", "role", "leader", "term"}
     full = c.request(node, "GET", "/health", token=c.tokens["read"])
     assert {"pid", "commit_index", "applied_index"} <= set(full.body)
+    page = c.request(node, "GET", "/dashboard", token=None)    # static; its data needs a token
+    assert page.status == 200 and b"<html" in page.body.lower()
     doc = c.request(node, "GET", "/api/v1/openapi.json", token=None)
     assert doc.status == 200 and doc.body["openapi"].startswith("3.1")
     # A bad token on an open route is ignored (the document promises no 401 there).
