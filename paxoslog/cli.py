@@ -260,6 +260,7 @@ def build_parser() -> argparse.ArgumentParser:
                       help="seconds to get a node to serve the backup (default 120)")
     save.add_argument("--force", action="store_true", help="replace FILE if it exists")
     save.add_argument("--json", action="store_true", help="print the summary as JSON")
+    _add_token_arguments(save, " (an admin token)")
     save.add_argument("--quiet", action="store_true", help="no progress lines")
     save.set_defaults(func=cmd_snapshot_save)
     restore = snap_sub.add_parser(
@@ -624,7 +625,7 @@ def cmd_snapshot_save(args) -> int:
 
     def work() -> int:
         endpoints = _endpoints(args)
-        with SyncClient(endpoints, timeout=args.timeout) as client:
+        with SyncClient(endpoints, timeout=args.timeout, token=_token(args)) as client:
             saved = save_backup(client, endpoints, args.file, timeout_s=args.timeout,
                                 force=args.force, quiet=args.quiet)
         info = saved.info
@@ -725,7 +726,7 @@ def cmd_reload(args) -> int:
     from paxoslog.client import ClientError, SyncClient
     failed = 0
     for endpoint in _endpoints(args):
-        with SyncClient([endpoint], timeout=args.timeout) as client:
+        with SyncClient([endpoint], timeout=args.timeout, token=_token(args)) as client:
             try:
                 body = client.request("POST", "/api/v1/admin/reload", {})
             except ClientError as exc:

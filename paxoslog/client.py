@@ -421,8 +421,9 @@ class SyncClient(_Calls, _Logic):
         The caller closes it.  Raises OSError / HTTPException on transport failures."""
         parts = urlsplit(_normalize(endpoint))
         conn = http.client.HTTPConnection(parts.hostname, parts.port or 80, timeout=timeout)
+        headers = {} if self._authorization is None else {"Authorization": self._authorization}
         try:
-            conn.request("GET", path)
+            conn.request("GET", path, headers=headers)
             return conn.getresponse()
         except BaseException:
             conn.close()

@@ -384,3 +384,21 @@ def test_the_twisted_client_sends_its_token(secured):
     out = json.loads(done.stdout.strip().splitlines()[-1])
     assert out == {"put": "committed", "got": 7, "anonymous": ["Unauthorized", 401],
                    "reader": ["Forbidden", 403]}, out
+
+
+def test_backup_and_reload_commands_take_the_token(secured, tmp_path):
+    """`paxoslog snapshot save` and `paxoslog reload` send the token: an admin token backs
+    up and reloads; a read token is refused (403) and nothing is written."""
+    c = secured
+    conf = ["--config", c.conf_path]
+    admin = {"PAXOSLOG_TOKEN": c.tokens["admin"]}
+    saved = paxoslog("snapshot", "save", str(tmp_path / "b.snap.zst"), *conf, "--timeout",
+                     "20", env=admin)
+    assert saved.returncode == 0 and (tmp_path / "b.snap.zst").exists(), saved
+    refused = paxoslog("snapshot", "save", str(tmp_path / "r.snap.zst"), *conf, "--timeout",
+                       "5", env={"PAXOSLOG_TOKEN": c.tokens["read"]})
+    assert refused.returncode != 0 and "403" in refused.stderr, refused
+    assert not (tmp_path / "r.snap.zst").exists()
+    assert paxoslog("reload", *conf, env=admin).returncode == 0
+    reader = paxoslog("reload", *conf, env={"PAXOSLOG_TOKEN": c.tokens["read"]})
+    assert reader.returncode != 0 and "403" in reader.stderr, reader
