@@ -19,11 +19,14 @@
     paxoslog reload                            nodes re-read their conf (as SIGHUP)
     paxoslog auth add-token --config F --role read|write|admin [--name N] [--client-id C]
     paxoslog auth list --config F | auth revoke NAME --config F
+    paxoslog certs init --config F [--out DIR]  a cluster CA and node certificates (TLS)
 
 Client commands find the cluster with ``--config`` (default ``$PAXOSLOG_CONFIG``, else
 ``conf/local-3.toml``) or ``--endpoints http://h:p,...``; ``--json`` prints the raw JSON.
 A cluster that requires tokens needs one: ``--token-file F``, ``$PAXOSLOG_TOKEN`` or
 ``--token T`` (visible to other users in ``ps``: prefer the file or the variable).
+HTTPS endpoints are verified against ``--cacert`` (default ``$PAXOSLOG_CACERT``, else the
+conf's ``[tls] ca_file``).
 
 Exit codes (for scripts)::
 
@@ -78,6 +81,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="overall deadline in seconds, retries included (default 10)")
     client.add_argument("--json", action="store_true", help="print the JSON response")
     _add_token_arguments(client)
+    client.add_argument("--cacert", default=None, metavar="FILE",
+                        help="CA certificate to verify https endpoints with (default: "
+                             "$PAXOSLOG_CACERT, else the conf's [tls] ca_file)")
 
     serve = commands.add_parser("serve", help="run one node")
     serve.add_argument("--config", "-c", required=True, help="cluster conf file")
@@ -216,6 +222,19 @@ def build_parser() -> argparse.ArgumentParser:
     revoke.add_argument("--config", "-c", required=True, help="cluster conf file")
     revoke.set_defaults(func=cmd_auth_revoke)
 
+    certs = commands.add_parser("certs", help="TLS certificates for a cluster")
+    certs_commands = certs.add_subparsers(dest="certs_command", metavar="COMMAND", required=True)
+    certs_init = certs_commands.add_parser(
+        "init", help="create a cluster CA and one certificate per node of a conf",
+        description="Create a cluster CA and a certificate (and key) for every node of the "
+                    "conf, for local use and tests.  Files go to --out DIR (default: the paths "
+                    "the conf's [tls] names, else <conf dir>/certs).  An existing CA is reused "
+                    "and valid node certificates are kept, so run it again after adding a "
+                    "node.  Prints the [tls] table to put in the conf.")
+    certs_init.add_argument("--config", "-c", required=True, help="cluster conf file")
+    certs_init.add_argument("--out", default=None, metavar="DIR", help="output folder")
+    certs_init.set_defaults(func=cmd_certs_init)
+
     add_inspect_arguments(commands)
     log_parser = commands.choices["log"]
     log_sub = next(a for a in log_parser._actions if isinstance(a, argparse._SubParsersAction))
@@ -262,6 +281,9 @@ def build_parser() -> argparse.ArgumentParser:
     save.add_argument("--json", action="store_true", help="print the summary as JSON")
     _add_token_arguments(save, " (an admin token)")
     save.add_argument("--quiet", action="store_true", help="no progress lines")
+    save.add_argument("--cacert", default=None, metavar="FILE",
+                      help="CA certificate for https endpoints (default: $PAXOSLOG_CACERT, "
+                           "else the conf's [tls] ca_file)")
     save.set_defaults(func=cmd_snapshot_save)
     restore = snap_sub.add_parser(
         "restore", help="the data directories of a NEW cluster from a backup",
@@ -366,11 +388,24 @@ def _endpoint_ids(args) -> dict[str, int | None]:
     return {node.api_url: node.id for node in config.nodes}
 
 
+def _cacert(args) -> str | None:
+    """The CA file for https endpoints: --cacert, $PAXOSLOG_CACERT, the conf's ca_file."""
+    if getattr(args, "cacert", None):
+        return args.cacert
+    if os.environ.get("PAXOSLOG_CACERT"):
+        return os.environ["PAXOSLOG_CACERT"]
+    if args.endpoints:
+        return None
+    config = _load_config(args.config or os.environ.get("PAXOSLOG_CONFIG") or DEFAULT_CONFIG)
+    return config.tls.ca_file if config.tls is not None else None
+
+
 def _client(args):
     from paxoslog.client import SyncClient
     return SyncClient(_endpoints(args), timeout=args.timeout,
                       attempt_timeout=min(3.0, max(0.5, args.timeout / 3)),
-                      client_id=getattr(args, "client_id", None), token=_token(args))
+                      client_id=getattr(args, "client_id", None), token=_token(args),
+                      cafile=_cacert(args))
 
 
 def _session(args) -> dict:
@@ -565,14 +600,14 @@ def cmd_status(args) -> int:
         for row in rows:
             if row["role"] == "down":
                 table.append((str(row["node"] or "?"), "down", "-", "-", "-", "-", "-",
-                              row["endpoint"].replace("http://", "")))
+                              row["endpoint"].split("://")[-1]))
                 continue
             heard = row["last_heartbeat_ms"]
             heard_text = "-" if row["role"] == "leader" else (
                 "never" if heard is None else f"{heard} ms ago")
             table.append((str(row["node"]), row["role"], str(row["term"]),
                           str(row["commit_index"]), str(row["applied_index"]), str(row["lag"]),
-                          heard_text, row["endpoint"].replace("http://", "")))
+                          heard_text, row["endpoint"].split("://")[-1]))
         widths = [max(len(r[i]) for r in table) for i in range(len(header))]
         for r in table:
             print("  ".join(cell.ljust(w) for cell, w in zip(r, widths)).rstrip())
@@ -625,7 +660,8 @@ def cmd_snapshot_save(args) -> int:
 
     def work() -> int:
         endpoints = _endpoints(args)
-        with SyncClient(endpoints, timeout=args.timeout, token=_token(args)) as client:
+        with SyncClient(endpoints, timeout=args.timeout, token=_token(args),
+                        cafile=_cacert(args)) as client:
             saved = save_backup(client, endpoints, args.file, timeout_s=args.timeout,
                                 force=args.force, quiet=args.quiet)
         info = saved.info
@@ -726,7 +762,8 @@ def cmd_reload(args) -> int:
     from paxoslog.client import ClientError, SyncClient
     failed = 0
     for endpoint in _endpoints(args):
-        with SyncClient([endpoint], timeout=args.timeout, token=_token(args)) as client:
+        with SyncClient([endpoint], timeout=args.timeout, token=_token(args),
+                        cafile=_cacert(args)) as client:
             try:
                 body = client.request("POST", "/api/v1/admin/reload", {})
             except ClientError as exc:
@@ -741,6 +778,28 @@ def cmd_reload(args) -> int:
         for note in body.get("needs_restart", []) + body.get("errors", []):
             print(f"{endpoint}:   {note}")
     return EXIT_ERROR if failed else EXIT_OK
+
+
+# ====================================================================== certs
+
+def cmd_certs_init(args) -> int:
+    config = _load_config(args.config)
+    from paxoslog.certs import init_certs, tls_section
+    try:
+        files, done = init_certs(config, args.out)
+    except ValueError as exc:
+        print(f"paxoslog: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except OSError as exc:
+        print(f"paxoslog: cannot write {exc.filename}: {exc.strerror}", file=sys.stderr)
+        return EXIT_ERROR
+    for path, action in done:
+        print(f"{action:9} {path}")
+    print(f"{'':9} {files.ca_key}  (the CA's private key: keep it off the nodes in production)")
+    if config.tls is None or args.out is not None:
+        print("\nAdd to the conf (paths relative to it):\n")
+        print(tls_section(config, files))
+    return EXIT_OK
 
 
 # ====================================================================== serve
@@ -767,8 +826,8 @@ def cmd_serve(args) -> int:
             return code
     try:
         node = NodeService(config, args.node, reactor)
-    except ConfigError as exc:          # e.g. an unreadable [auth] tokens_file
-        print(f"paxoslog: {exc}", file=sys.stderr)
+    except ConfigError as exc:          # e.g. an unreadable [auth] tokens_file, an
+        print(f"paxoslog: {exc}", file=sys.stderr)   # unusable TLS certificate or key
         return EXIT_USAGE
     outcome = {"code": EXIT_OK, "signals": 0}
 

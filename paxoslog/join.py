@@ -28,8 +28,9 @@ def join_cluster(config, node_id: int, endpoints: list[str], timeout: float = 60
     members = MembersFile(me.data_dir)
     body = {"node_id": node_id, "address": str(me.peer), "api": str(me.api)}
     where = ", ".join(endpoints)
+    cafile = config.tls.ca_file if config.tls is not None else None   # https join URLs
     with SyncClient(endpoints, timeout=timeout, attempt_timeout=min(10.0, timeout),
-                    token=token) as client:
+                    token=token, cafile=cafile) as client:
         try:
             # Check that we are joining the right cluster before asking to be added.
             _check_cluster(client.members(), config, where)

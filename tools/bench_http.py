@@ -9,6 +9,10 @@ a temporary directory) as real processes, then:
 * failover: kill -9 the leader while a writer keeps writing through the other nodes, and
   time from the kill to the next acknowledged write; the node is restarted and caught up
   between rounds; the median of ``--failovers`` rounds.
+* the cost of TLS: with ``--tls off,on`` (the default) each mode runs twice, on plain TCP
+  and with ``[tls]`` (HTTPS to the API, mutual TLS between peers; certificates from
+  ``paxoslog certs init``), and the summary prints the throughput change at each client
+  count.  Without TLS the peers MAC every frame (the conf has a secret).
 
 The load generator is a Twisted protocol on the httptools response parser in this process
 (a thread-per-client generator would measure the GIL instead of the cluster).  The machine
@@ -16,11 +20,11 @@ is shared by the load generator and all three nodes, so the numbers are for the 
 
     python tools/bench_http.py [--modes multipaxos,raft] [--clients 1,16,64] [--runs 3]
                                [--duration 5] [--failovers 5] [--target leader|all]
-                               [--auth off|on|both]
+                               [--tls off,on] [--auth off|on|both]
 
 ``--auth on`` requires client tokens ([auth] required = true): every write carries a
-write token (verified once per node, then a SHA-256 lookup).  ``--auth both`` runs one
-cluster with a tokens file and ``required = false`` and measures each concurrency with
+write token (verified once per node, then a SHA-256 lookup).  ``--auth both`` gives each
+cluster a tokens file and ``required = false`` and measures each concurrency with
 anonymous writes and with token-carrying writes, alternating the runs so that the machine's
 other load falls on both alike (anonymous requests there take the no-auth path plus one
 header lookup).
@@ -34,6 +38,7 @@ import json
 import os
 import shutil
 import signal
+import ssl
 import statistics
 import subprocess
 import sys
@@ -49,9 +54,14 @@ from paxoslog.config import load_config  # noqa: E402
 # ====================================================================== cluster processes
 
 class Cluster:
-    def __init__(self, base_conf: str, protocol: str, workdir: str, auth: str = "off") -> None:
+    def __init__(self, base_conf: str, protocol: str, workdir: str, tls: str = "off",
+                 auth: str = "off") -> None:
+        """``tls``: off, on (API and peers), api or peers (only that side).  ``auth``: off,
+        on (tokens required) or both (a tokens file, tokens optional)."""
+        api_tls = tls in ("on", "api")
         self.workdir = workdir
         self.tokens: dict[str, str] = {}
+        self.tls = api_tls            # the API speaks HTTPS
         self.conf_path = os.path.join(workdir, "cluster.toml")
         with open(base_conf) as f:
             text = f.read()
@@ -80,9 +90,21 @@ class Cluster:
             write_tokens(tokens_file, records)
             lines += ["", "[auth]", f'tokens_file = "{tokens_file}"',
                       f"required = {'true' if auth == 'on' else 'false'}"]
+        if tls != "off":
+            lines += ["", "[tls]", 'ca_file = "certs/ca.pem"',
+                      'cert_file = "certs/node-{node}.pem"', 'key_file = "certs/node-{node}.key"',
+                      f"api = {str(api_tls).lower()}", f"peers = {str(tls != 'api').lower()}"]
         with open(self.conf_path, "w") as f:
             f.write("\n".join(lines) + "\n")
         self.config = load_config(self.conf_path)
+        self.ca_file = None
+        self.ssl = None
+        if tls != "off":
+            from paxoslog.certs import init_certs
+            init_certs(self.config)
+        if api_tls:
+            self.ca_file = self.config.tls.ca_file
+            self.ssl = ssl.create_default_context(cafile=self.ca_file)
         self.procs: dict[int, subprocess.Popen] = {}
 
     def start(self, node_id: int) -> None:
@@ -113,14 +135,32 @@ class Cluster:
                 proc.wait()
         self.procs.clear()
 
+    def cpu_seconds(self) -> float:
+        """User + system CPU time of the running node processes so far."""
+        ticks = os.sysconf("SC_CLK_TCK")
+        total = 0.0
+        for proc in self.procs.values():
+            try:
+                with open(f"/proc/{proc.pid}/stat") as f:
+                    fields = f.read().rsplit(")", 1)[1].split()
+                total += (int(fields[11]) + int(fields[12])) / ticks
+            except OSError:
+                pass
+        return total
+
     def api(self, node_id: int):
         node = self.config.node(node_id)
         return node.api.host, node.api.port
 
-    def status(self, node_id: int, timeout: float = 0.5) -> dict | None:
+    def connection(self, node_id: int, timeout: float):
         host, port = self.api(node_id)
+        if self.tls:
+            return http.client.HTTPSConnection(host, port, timeout=timeout, context=self.ssl)
+        return http.client.HTTPConnection(host, port, timeout=timeout)
+
+    def status(self, node_id: int, timeout: float = 0.5) -> dict | None:
         try:
-            conn = http.client.HTTPConnection(host, port, timeout=timeout)
+            conn = self.connection(node_id, timeout)
             conn.request("GET", "/api/v1/cluster/status", headers=self.headers("admin"))
             response = conn.getresponse()
             body = json.loads(response.read())
@@ -160,12 +200,13 @@ class Cluster:
 # ====================================================================== load generator
 
 def run_load(targets: list[tuple[str, int]], clients: int, duration: float,
-             warmup: float, token: str | None = None) -> dict:
+             warmup: float, ca_file: str | None = None, token: str | None = None) -> dict:
     """Drive ``clients`` keep-alive connections for warmup+duration seconds (in a child
-    process, so every run gets a fresh reactor); ``token``: sent with every write."""
+    process, so every run gets a fresh reactor); HTTPS when ``ca_file`` is given;
+    ``token``: sent with every write."""
     code = _LOAD_SCRIPT
     proc = subprocess.run([sys.executable, "-c", code, json.dumps(targets), str(clients),
-                           str(duration), str(warmup), token or ""],
+                           str(duration), str(warmup), ca_file or "", token or ""],
                           capture_output=True, text=True,
                           cwd=ROOT, env=dict(os.environ, PYTHONPATH=ROOT), timeout=duration * 4 + 60)
     if proc.returncode != 0:
@@ -180,10 +221,14 @@ from twisted.internet import reactor
 from twisted.internet.protocol import ClientFactory, Protocol
 
 targets = json.loads(sys.argv[1]); clients = int(sys.argv[2])
-duration = float(sys.argv[3]); warmup = float(sys.argv[4])
-auth = (b"Authorization: Bearer %s\r\n" % sys.argv[5].encode()) if sys.argv[5] else b""
+duration = float(sys.argv[3]); warmup = float(sys.argv[4]); ca_file = sys.argv[5]
+if ca_file:
+    from twisted.internet import ssl
+    trust = ssl.Certificate.loadPEM(open(ca_file, "rb").read())
+auth = (b"Authorization: Bearer %s\r\n" % sys.argv[6].encode()) if sys.argv[6] else b""
 value = "v" * 64
 latencies = []; errors = {"count": 0}; state = {"measuring": False, "running": True}
+answered = {"count": 0}
 clock = time.perf_counter
 
 class Conn(Protocol):
@@ -201,6 +246,7 @@ class Conn(Protocol):
     def dataReceived(self, data):
         self.parser.feed_data(data)
     def on_message_complete(self):
+        answered["count"] += 1
         if self.parser.get_status_code() != 200:
             errors["count"] += 1
         elif state["measuring"]:
@@ -215,7 +261,11 @@ class Factory(ClientFactory):
 
 for n in range(clients):
     host, port = targets[n % len(targets)]
-    reactor.connectTCP(host, port, Factory(n, f"{host}:{port}"))
+    if ca_file:
+        reactor.connectSSL(host, port, Factory(n, f"{host}:{port}"),
+                           ssl.optionsForClientTLS(host, trust))
+    else:
+        reactor.connectTCP(host, port, Factory(n, f"{host}:{port}"))
 
 def start(): state["measuring"] = True; state["t0"] = clock()
 def stop():
@@ -227,7 +277,7 @@ reactor.run()
 lat = sorted(latencies); elapsed = state["t1"] - state["t0"]
 def pct(p): return lat[min(len(lat) - 1, int(len(lat) * p))] * 1000 if lat else float("nan")
 print(json.dumps({"writes": len(lat), "rate": len(lat) / elapsed, "p50_ms": pct(0.5),
-                  "p99_ms": pct(0.99), "errors": errors["count"]}))
+                  "p99_ms": pct(0.99), "errors": errors["count"], "answered": answered["count"]}))
 '''
 
 
@@ -239,8 +289,7 @@ def failover_once(cluster: Cluster) -> float:
     others = [n for n in cluster.procs if n != leader]
     conns = {}
     for n in others:
-        host, port = cluster.api(n)
-        conns[n] = http.client.HTTPConnection(host, port, timeout=2.0)
+        conns[n] = cluster.connection(n, 2.0)
     body = json.dumps({"key": "failover", "value": "x"}).encode()
     headers = cluster.headers("write")
     # warm the connections
@@ -262,8 +311,7 @@ def failover_once(cluster: Cluster) -> float:
                 elapsed = time.monotonic() - killed_at
                 break
         except (OSError, http.client.HTTPException):
-            host, port = cluster.api(node)
-            conns[node] = http.client.HTTPConnection(host, port, timeout=2.0)
+            conns[node] = cluster.connection(node, 2.0)
     else:
         raise RuntimeError("no write acknowledged within 30 s of the kill")
     for conn in conns.values():
@@ -289,65 +337,106 @@ def main() -> int:
     parser.add_argument("--keep", action="store_true", help="keep the data and logs")
     parser.add_argument("--auth", choices=("off", "on", "both"), default="off",
                         help="client tokens: off, required (on), or both alternated")
+    parser.add_argument("--tls", default="off,on",
+                        help="transports to measure, comma separated: off (TCP, frame MACs), "
+                             "on (TLS), api or peers (TLS on that side only)")
     args = parser.parse_args()
     concurrency = [int(c) for c in args.clients.split(",") if c]
+    transports = [t for t in args.tls.split(",") if t]
+    if not transports or any(t not in ("off", "on", "api", "peers") for t in transports):
+        parser.error("--tls takes off, on, api, peers, comma separated")
     summary = []
-    for mode in [m for m in args.modes.split(",") if m]:
-        workdir = tempfile.mkdtemp(prefix=f"paxoslog-bench-{mode}-")
-        cluster = Cluster(args.conf, mode, workdir, args.auth)
-        variants = {"off": [None], "on": ["token"], "both": [None, "token"]}[args.auth]
-        cluster.start_all()
+    modes = [m for m in args.modes.split(",") if m]
+    auth_variants = {"off": [None], "on": ["token"], "both": [None, "token"]}[args.auth]
+    for mode in modes:
+        # Both transports' clusters run side by side (each on free ports) and their
+        # runs alternate (and so do anonymous and token runs with --auth both), so a
+        # change in the machine's load hits every variant alike.
+        clusters: dict[str, Cluster] = {}
         try:
-            leader = cluster.wait_leader()
-            targets = ([cluster.api(leader)] if args.target == "leader"
-                       else [cluster.api(n) for n in cluster.procs])
-            print(f"== {mode}: leader node {leader}, writes to {args.target}, "
-                  f"{args.runs} runs x {args.duration:.0f}s", flush=True)
+            for transport in transports:
+                workdir = tempfile.mkdtemp(prefix=f"paxoslog-bench-{mode}-{transport}-")
+                clusters[transport] = Cluster(args.conf, mode, workdir, tls=transport,
+                                              auth=args.auth)
+                clusters[transport].start_all()
+            targets = {}
+            for transport, cluster in clusters.items():
+                leader = cluster.wait_leader()
+                targets[transport] = ([cluster.api(leader)] if args.target == "leader"
+                                      else [cluster.api(n) for n in cluster.procs])
+                print(f"== {mode}, TLS {transport}: leader node {leader}, writes to "
+                      f"{args.target}, {args.runs} runs x {args.duration:.0f}s", flush=True)
             for clients in concurrency:
-                runs: dict = {v: [] for v in variants}
+                runs: dict[tuple, list] = {(t, v): [] for t in clusters for v in auth_variants}
                 for _ in range(args.runs):
-                    for variant in variants:          # alternated: same load on both
+                    for (transport, variant), results in runs.items():
+                        cluster = clusters[transport]
                         token = cluster.tokens.get("write") if variant else None
-                        runs[variant].append(run_load(targets, clients, args.duration,
-                                                      args.warmup, token))
-                for variant in variants:
-                    done = runs[variant]
-                    row = {"mode": mode, "clients": clients,
+                        cpu = cluster.cpu_seconds()
+                        result = run_load(targets[transport], clients, args.duration,
+                                          args.warmup, cluster.ca_file, token)
+                        result["node_cpu_us"] = ((cluster.cpu_seconds() - cpu) * 1e6
+                                                 / max(1, result["answered"]))
+                        results.append(result)
+                for (transport, variant), results in runs.items():
+                    row = {"mode": mode, "tls": transport, "clients": clients,
                            "auth": "token" if variant else "anonymous",
-                           "rate": statistics.median(r["rate"] for r in done),
-                           "p50_ms": statistics.median(r["p50_ms"] for r in done),
-                           "p99_ms": statistics.median(r["p99_ms"] for r in done),
-                           "errors": sum(r["errors"] for r in done),
-                           "runs": [round(r["rate"]) for r in done]}
+                           "rate": statistics.median(r["rate"] for r in results),
+                           "p50_ms": statistics.median(r["p50_ms"] for r in results),
+                           "p99_ms": statistics.median(r["p99_ms"] for r in results),
+                           "node_cpu_us": statistics.median(r["node_cpu_us"] for r in results),
+                           "errors": sum(r["errors"] for r in results),
+                           "runs": [round(r["rate"]) for r in results]}
                     summary.append(row)
-                    print(f"   {clients:3d} clients {row['auth']:9}: {row['rate']:8.0f} "
-                          f"writes/s  p50 {row['p50_ms']:6.2f} ms  p99 {row['p99_ms']:7.2f} ms"
+                    print(f"   TLS {transport:3} {clients:3d} clients {row['auth']:9}: "
+                          f"{row['rate']:8.0f} writes/s  p50 {row['p50_ms']:6.2f} ms  "
+                          f"p99 {row['p99_ms']:7.2f} ms  nodes' CPU {row['node_cpu_us']:4.0f} us/write"
                           f"  (runs: {row['runs']}, errors {row['errors']})", flush=True)
-            if args.failovers:
+            for transport, cluster in clusters.items() if args.failovers else ():
                 times = []
                 for _ in range(args.failovers):
                     times.append(failover_once(cluster))
-                    print(f"   failover: {times[-1] * 1000:.0f} ms", flush=True)
+                    print(f"   TLS {transport:3} failover: {times[-1] * 1000:.0f} ms", flush=True)
                 median = statistics.median(times)
-                summary.append({"mode": mode, "failover_median_ms": median * 1000,
+                summary.append({"mode": mode, "tls": transport,
+                                "failover_median_ms": median * 1000,
                                 "failovers_ms": [round(t * 1000) for t in times]})
-                print(f"   failover median of {len(times)}: {median * 1000:.0f} ms", flush=True)
+                print(f"   TLS {transport:3} failover median of {len(times)}: "
+                      f"{median * 1000:.0f} ms", flush=True)
         finally:
-            cluster.stop_all()
-            if not args.keep:
-                shutil.rmtree(workdir, ignore_errors=True)
-            else:
-                print(f"   kept {workdir}")
+            for cluster in clusters.values():
+                cluster.stop_all()
+                if not args.keep:
+                    shutil.rmtree(cluster.workdir, ignore_errors=True)
+                else:
+                    print(f"   kept {cluster.workdir}")
     print("== summary (medians)")
     for row in summary:
         if "rate" in row:
-            print(f"{row['mode']:11} {row['clients']:3d} clients {row['auth']:9}  "
-                  f"{row['rate']:8.0f} writes/s  p50 {row['p50_ms']:.2f} ms  "
-                  f"p99 {row['p99_ms']:.2f} ms")
+            print(f"{row['mode']:11} TLS {row['tls']:3} {row['clients']:3d} clients "
+                  f"{row['auth']:9}  {row['rate']:8.0f} writes/s  p50 {row['p50_ms']:.2f} ms  "
+                  f"p99 {row['p99_ms']:.2f} ms  nodes' CPU {row['node_cpu_us']:.0f} us/write")
         else:
-            print(f"{row['mode']:11} failover median {row['failover_median_ms']:.0f} ms  "
-                  f"(each: {row['failovers_ms']})")
+            print(f"{row['mode']:11} TLS {row['tls']:3} failover median "
+                  f"{row['failover_median_ms']:.0f} ms  (each: {row['failovers_ms']})")
+    rates = {(r["mode"], r["tls"], r["auth"], r["clients"]): r for r in summary if "rate" in r}
+    for (mode, tls, auth, clients), on in sorted(rates.items()):
+        if tls != "off":          # TLS against plain TCP, same auth variant
+            _print_cost(f"TLS cost   {mode:11} {auth:9}", clients, on,
+                        rates.get((mode, "off", auth, clients)))
+        if auth == "token":       # tokens against anonymous writes, same transport
+            _print_cost(f"token cost {mode:11} TLS {tls:3}", clients, on,
+                        rates.get((mode, tls, "anonymous", clients)))
     return 0
+
+
+def _print_cost(label: str, clients: int, on: dict, off: dict | None) -> None:
+    if off is None or not off["rate"]:
+        return
+    print(f"{label} {clients:3d} clients: throughput "
+          f"{(on['rate'] / off['rate'] - 1) * 100:+.1f} %, p50 "
+          f"{on['p50_ms'] - off['p50_ms']:+.2f} ms, p99 {on['p99_ms'] - off['p99_ms']:+.2f} ms, "
+          f"nodes' CPU per write {(on['node_cpu_us'] / max(off['node_cpu_us'], 1e-9) - 1) * 100:+.1f} %")
 
 
 if __name__ == "__main__":

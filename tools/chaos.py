@@ -79,6 +79,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--auth", action="store_true",
                    help="run with client tokens required (an admin token for the harness, "
                         "a write token bound to the workload's client ids)")
+    p.add_argument("--tls", action="store_true",
+                   help="HTTPS API and mutual TLS between peers (certificates from paxoslog "
+                        "certs init; the proxy terminates TLS)")
     p.add_argument("--recheck", metavar="REPORT_FOLDER", default=None,
                    help="check a saved report again from its files (history, verdict) and "
                         "write recheck.json; no cluster is started")
@@ -99,7 +102,7 @@ def options_from(args) -> RunOptions:
                       request_timeout_ms=args.request_timeout_ms,
                       snapshot_entries=args.snapshot_entries, progress=not args.quiet,
                       complete=args.complete,
-                      plot=args.plot, auth=args.auth)
+                      plot=args.plot, auth=args.auth, tls=args.tls)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -40,6 +40,7 @@ __all__ = ["ClusterSpec", "NodePorts", "Cluster", "NodeProcess", "write_conf",
 log = Logger(namespace="paxoslog.chaos.cluster")
 
 TERM_GRACE_S = 5.0
+TLS_FOLDER = "certs"     # next to the conf files: the CA and every node's certificate
 
 # A node's place in the membership, as the harness knows it.
 MEMBER = "member"        # a voter (the conf's nodes at start, joined nodes once voters)
@@ -62,6 +63,7 @@ class ClusterSpec:
     secret: str = "chaos-peer-secret"
     spares: int = 0          # extra node ids (nodes+1 ...) for membership changes
     tokens_file: str | None = None   # client auth on: [auth] tokens_file, required
+    tls: bool = False        # HTTPS API and mutual TLS between peers (certs/ in the report)
 
     @property
     def election_timeout_s(self) -> float:
@@ -151,6 +153,10 @@ def write_conf(path: str, spec: ClusterSpec, ports: dict[int, NodePorts], data_r
     ]
     if spec.tokens_file is not None:
         lines += ["", "[auth]", f'tokens_file = "{spec.tokens_file}"', "required = true"]
+    if spec.tls:
+        lines += ["", "[tls]", f'ca_file = "{TLS_FOLDER}/ca.pem"',
+                  f'cert_file = "{TLS_FOLDER}/node-{{node}}.pem"',
+                  f'key_file = "{TLS_FOLDER}/node-{{node}}.key"']
     for node_id in spec.node_ids:
         lines += _node_table(node_id, ports[node_id], data_root)
     text = "\n".join(lines) + "\n"

@@ -10,8 +10,9 @@ Roles: every node is an acceptor and a learner; one proposer at a time leads.
   slots beyond the chosen watermark are in flight; Accept/Accepted carry many slots.
   Slots are chosen independently and out of order; learners apply strictly in order.
 * Configuration: a CONFIG entry at slot s governs every slot > s.  The leader proposes a
-  CONFIG entry only when nothing else is in flight and proposes nothing after it until it
-  is chosen (a pipeline barrier), so the configuration of every in-flight slot is known.
+  CONFIG entry only when nothing else is in flight (new commands wait while it waits) and
+  proposes nothing after it until it is chosen (a pipeline barrier), so the configuration
+  of every in-flight slot is known.
   A candidate needs a phase-1 quorum of every configuration that can govern a slot at or
   above its first unchosen slot: its own, every chosen configuration it knows above that,
   and every configuration value any Promise reports (gathered until stable).
@@ -21,10 +22,18 @@ Roles: every node is an acceptor and a learner; one proposer at a time leads.
   back-off after a rejected ballot (R6), check-quorum step-down.
 * Followers learn "chosen" from the leader's watermark and chosen set for slots they hold at
   the leader's ballot, and fetch the rest (catch-up), or a snapshot below the leader's log.
+* Lost chosen slots (R13): a node restored with a durable watermark beyond the slots on its
+  disk neither promises nor campaigns until it has learned those slots again (from a
+  leader's watermark, or by catching up from a candidate whose pre-vote says it knows
+  more), as Raft refuses votes with a commit index beyond its log.
 
-Own acceptances count immediately: the Ready that carries an entry is persisted before its
-messages are sent and before its committed entries are applied, so nothing counted here is
-visible outside before it is durable.
+Send before persist (ready.py): the leader's Accepts and Heartbeats go out as
+``early_messages``, before the Ready that carries its new entries is durable; its own
+acceptance of a slot counts toward the quorum only in ``advance`` of that Ready, and only
+if it still leads at the ballot it proposed at.  A Ready that changes the promise sends
+nothing early (a ballot must be durable before anything is sent at it).  Acceptors persist
+before they answer, as before.  A candidate counts its own promise at once: its Prepares
+leave only after the Ready that persists that promise.
 
 Mechanics shared with Raft live in their own modules: batching.py (proposal queue, one byte
 accounting), chunking.py (entries per message), readindex.py (read rounds, ReadIndex,
@@ -85,6 +94,10 @@ class MultiPaxosReplica:
             if self.log.get(slot) is None:
                 break
             self._mark_chosen(slot, notify=False)
+        # R13: a durable watermark beyond the slots present means the disk lost chosen
+        # slots we had accepted (a fault beyond the model).  Our Promise would not report
+        # them, so until they are learned again we neither promise nor campaign.
+        self.lost_upto = hint if hint > self.log.chosen_upto else 0
         self.applied = snapshot.index if snapshot else 0
 
         self.role = Role.FOLLOWER
@@ -130,6 +143,9 @@ class MultiPaxosReplica:
 
         # Ready buffers.
         self._messages: list[Message] = []
+        self._early: list[Message] = []      # leader traffic that may precede the fsync
+        self._own_unsynced: list[tuple[int, int]] = []   # (slot, ballot) we proposed...
+        self._own_persisting: list[tuple[int, int]] = []  # ...handed out in the Ready
         self._entries: dict[int, Entry] = {}
         self._hs_dirty = False
         self._last_hs = restored.hard_state
@@ -265,8 +281,9 @@ class MultiPaxosReplica:
             return False
         if self.role == Role.LEADER:
             self._fill_slots()
-        return bool(self._messages or self._entries or self._hs_dirty or self._reads_ready
-                    or self._events or self._snapshot or self.applied < self.log.chosen_upto)
+        return bool(self._messages or self._early or self._entries or self._hs_dirty
+                    or self._reads_ready or self._events or self._snapshot
+                    or self.applied < self.log.chosen_upto)
 
     def ready(self) -> Ready | None:
         """Drain outputs, or None when there is nothing to do.  Raises ContractViolation
@@ -275,6 +292,7 @@ class MultiPaxosReplica:
         if not self.has_ready():
             return None
         ready = Ready()
+        durable_promise = self._last_hs.term  # every earlier Ready is persisted
         if self._hs_dirty:
             self._last_hs = HardState(self.promised.pack(), 0, self.log.chosen_upto)
             ready.hard_state = self._last_hs
@@ -285,7 +303,13 @@ class MultiPaxosReplica:
         if self._entries:
             ready.entries = [self._entries[i] for i in sorted(self._entries)]
             self._entries = {}
-        ready.messages, self._messages = self._messages, []
+        if self._last_hs.term == durable_promise:
+            ready.early_messages = self._early
+            ready.messages = self._messages
+        else:  # a new promise: nothing goes out at it before it is durable
+            ready.messages = self._early + self._messages
+        self._early, self._messages = [], []
+        self._own_persisting, self._own_unsynced = self._own_unsynced, []
         if self.applied < self.log.chosen_upto:
             ready.committed = list(self.log.range(self.applied + 1, self.log.chosen_upto + 1))
             assert len(ready.committed) == self.log.chosen_upto - self.applied
@@ -295,9 +319,15 @@ class MultiPaxosReplica:
         return self._gate.hand_out(ready)
 
     def advance(self, ready: Ready) -> None:
-        """Outputs were persisted, sent and applied.  (Own acceptances already counted.)
-        Raises ContractViolation unless ``ready`` is the outstanding Ready."""
+        """Outputs were persisted, sent and applied: our acceptance of the slots we proposed
+        in ``ready`` is durable and counts now.  Raises ContractViolation unless ``ready``
+        is the outstanding Ready."""
         self._gate.take_back(ready)
+        own, self._own_persisting = self._own_persisting, []
+        if own and self.role == Role.LEADER:
+            for slot, ballot in own:
+                self._count_own(slot, ballot)
+            self._advance_chosen()
 
     def status(self) -> ReplicaStatus:
         leading = self.role == Role.LEADER
@@ -350,8 +380,14 @@ class MultiPaxosReplica:
         config = self.config_for(self.log.chosen_upto + 1)
         return self.node_id in config.all_voters
 
+    def _lost_slots(self) -> bool:
+        """True while chosen slots this disk lost (R13) are not learned again."""
+        if self.lost_upto and self.log.chosen_upto >= self.lost_upto:
+            self.lost_upto = 0  # repaired: every slot up to the old watermark is back
+        return bool(self.lost_upto)
+
     def _start_election(self) -> None:
-        if not self._voter():
+        if not self._voter() or self._lost_slots():
             return
         if self.options.pre_vote and not self.force_election:
             self._become(Role.PRE_CANDIDATE, None)
@@ -514,6 +550,7 @@ class MultiPaxosReplica:
         self.next_slot = top + 1
         self._fill_slots()
         self._broadcast_heartbeat()
+        self._hand_over_if_removed()
 
     # ------------------------------------------------------------------ leader
 
@@ -530,7 +567,8 @@ class MultiPaxosReplica:
     def _tick_leader(self) -> None:
         heartbeat_due = self.heartbeat.tick()
         if self.transfer_target is not None and self.transfer_deadline.tick():
-            self.transfer_target = None
+            self.transfer_target = None  # abandoned; a removed leader tries again at once
+            self._hand_over_if_removed()
         if self.quorum_period.tick():
             # Check-quorum once per election timeout, over the period that just ended.
             since = self.now - self.options.election_ticks
@@ -548,8 +586,8 @@ class MultiPaxosReplica:
         chosen = tuple(sorted(s for s in self.log.chosen_above
                               if self.log.get(s).term == self.ballot.pack()))
         for peer in self._peers():
-            self._send(Heartbeat(self.node_id, peer, self.ballot, self.log.chosen_upto,
-                                 chosen, ctx))
+            self._early.append(Heartbeat(self.node_id, peer, self.ballot,
+                                         self.log.chosen_upto, chosen, ctx))
 
     def _can_send(self, slot: int) -> bool:
         if self.barrier is not None:
@@ -581,7 +619,9 @@ class MultiPaxosReplica:
                 self.pending_config = None
                 self.next_slot += 1
                 new.append(self._propose_entry(entry))
-            while self.queue and self._can_send(self.next_slot):
+            # While a change waits for the pipeline to drain, new commands wait too (else a
+            # steady stream of proposals would keep slots in flight and starve it).
+            while self.queue and self.pending_config is None and self._can_send(self.next_slot):
                 entry = Entry(self.next_slot, mine, ENTRY_NORMAL, self.queue.take_batch())
                 self.next_slot += 1
                 new.append(self._propose_entry(entry))
@@ -592,20 +632,35 @@ class MultiPaxosReplica:
     def _propose_entry(self, entry: Entry) -> Entry:
         self.log.put(entry)
         self._entries[entry.index] = entry
-        self.inflight[entry.index] = {self.node_id}
+        self.inflight[entry.index] = set()
         self.sent_tick[entry.index] = self.now
         if entry.kind == ENTRY_CONFIG:
             self.barrier = entry.index
             self.proposed_configs[entry.index] = entry_config(entry)
-        self._check_chosen(entry.index)
+        self._accept_own(entry)
         return entry
+
+    def _accept_own(self, entry: Entry) -> None:
+        """Our acceptance of a slot we propose: it counts once the Ready carrying it is
+        durable (``advance``), since its Accepts may leave before that."""
+        self._own_unsynced.append((entry.index, entry.term))
+
+    def _count_own(self, slot: int, ballot: int) -> None:
+        """Our acceptance of ``slot`` at ``ballot`` is durable: count it, if the slot is
+        still in flight at that ballot (not chosen meanwhile, no new leadership)."""
+        acks = self.inflight.get(slot)
+        entry = self.log.get(slot)
+        if (acks is not None and ballot == self.ballot.pack() and entry is not None
+                and entry.term == ballot):
+            acks.add(self.node_id)
+            self._check_chosen(slot)
 
     def _send_accepts(self, entries: list[Entry], peers: Iterable[int]) -> None:
         chunks = chunk_entries(entries, self.limits)
         commit = self.log.chosen_upto
         for peer in peers:
             for part in chunks:
-                self._send(Accept(self.node_id, peer, self.ballot, part, commit))
+                self._early.append(Accept(self.node_id, peer, self.ballot, part, commit))
 
     def _retransmit(self) -> None:
         """Resend Accepts for in-flight slots to peers that have not acknowledged them."""
@@ -628,24 +683,57 @@ class MultiPaxosReplica:
         if acks is not None and self.config_for(slot).is_quorum(acks):
             del self.inflight[slot]
             del self.sent_tick[slot]
+            if slot == self.barrier:
+                self.barrier_acks = frozenset(acks)
             self._mark_chosen(slot)
 
     def _advance_chosen(self) -> None:
-        """After chosen slots changed on the leader: barrier, reads.  (Leaving a joint
-        configuration is decided in ``_fill_slots``, once nothing newer is pending.)"""
+        """After chosen slots changed on the leader: barrier, reads, our own removal.
+        (Leaving a joint configuration is decided in ``_fill_slots``, once nothing newer
+        is pending.)"""
         if self.barrier is not None and self.log.is_chosen(self.barrier):
             self.proposed_configs.pop(self.barrier)
             self.barrier = None
         self._confirm_reads()
+        self._hand_over_if_removed()
+
+    barrier_acks: frozenset[int] = frozenset()  # who accepted the last CONFIG entry chosen
+
+    def _hand_over_if_removed(self) -> None:
+        """The newest configuration is chosen and we are not among its voters (removed, or
+        made a learner): hand leadership to one of its voters (Raft thesis 4.2.2).
+
+        Unlike a Raft voter, which follows a configuration as soon as it holds the entry,
+        a Multi-Paxos node follows one only once it knows it chosen; a voter that lags
+        does not even know it is one, and would never campaign.  So this is a leadership
+        transfer: tell every peer the new watermark, keep leading (refusing proposals)
+        until the target reports every chosen slot, then TimeoutNow; its forced Prepare
+        deposes us.  A transfer that does not complete within an election timeout is
+        retried with the voter then best placed (``_tick_leader``)."""
+        config = self.config
+        if (self.role != Role.LEADER or self.barrier is not None or config.joint
+                or self.node_id in config.voters or self.transfer_target is not None):
+            return
+        self._broadcast_heartbeat()
+        recent = self.now - self.options.election_ticks
+        # Best placed: heard lately, furthest along, holding the CONFIG entry; then by id.
+        target = max(config.voters, key=lambda peer: (
+            self.contact.last(peer, recent - 1) >= recent, self.peer_chosen.get(peer, 0),
+            peer in self.barrier_acks, peer))
+        self.transfer_target = target
+        self.transfer_deadline.reset()
+        self._maybe_send_timeout_now()
 
     def _maybe_send_timeout_now(self) -> None:
+        """Tell the transfer target to campaign once it holds every slot chosen.  We keep
+        leading (refusing proposals) until its forced Prepare arrives; a TimeoutNow that
+        is lost is sent again on the target's next heartbeat reply, and the transfer is
+        abandoned after an election timeout (``_tick_leader``), as in Raft."""
         target = self.transfer_target
         if target is None:
             return
         if self.peer_chosen.get(target, 0) >= self.next_slot - 1 and not self.inflight:
             self._send(TimeoutNow(self.node_id, target, self.ballot.pack()))
-            self._become(Role.FOLLOWER, None)
-            self.leader_elapsed = self.options.election_ticks  # do not resist the transfer
 
     # ------------------------------------------------------------------ learning
 
@@ -730,7 +818,13 @@ class MultiPaxosReplica:
 
     def on_pre_vote(self, msg: PreVote) -> None:
         self.max_round_seen = max(self.max_round_seen, msg.ballot.round - 1)
-        granted = (not self._sticky() and self.role != Role.LEADER
+        lost = self._lost_slots()
+        if lost and msg.first_unchosen - 1 > self.log.chosen_upto and self.leader_id is None:
+            # Repair from the candidate: it knows slots chosen that we lost or lack.
+            self.known_commit = max(self.known_commit, msg.first_unchosen - 1)
+            self.catchup_peer = msg.frm
+            self._request_catchup()
+        granted = (not self._sticky() and self.role != Role.LEADER and not lost
                    and msg.first_unchosen >= self.log.chosen_upto + 1)
         self._send(PreVoteReply(self.node_id, msg.frm, msg.ballot, granted,
                                 self.log.chosen_upto))
@@ -748,6 +842,8 @@ class MultiPaxosReplica:
 
     def on_prepare(self, msg: Prepare) -> None:
         self.max_round_seen = max(self.max_round_seen, msg.ballot.round)
+        if self._lost_slots():
+            return  # R13: our Promise would miss chosen slots we lost
         if not msg.force and self._sticky() and msg.frm != self.leader_id \
                 and self.role != Role.LEADER:
             return
@@ -846,7 +942,8 @@ class MultiPaxosReplica:
         if msg.chosen_upto < self.log.first_index - 1:
             self._send_snapshot(msg.frm)
         self._confirm_reads()
-        self._maybe_send_timeout_now()
+        if msg.frm == self.transfer_target:
+            self._maybe_send_timeout_now()
 
     def on_catchup_request(self, msg: CatchupRequest) -> None:
         entries = []
@@ -930,7 +1027,7 @@ class MultiPaxosReplica:
             self.snapshot_sent.pop(msg.frm, None)
 
     def on_timeout_now(self, msg: TimeoutNow) -> None:
-        if msg.term < self.promised.pack() or not self._voter():
+        if msg.term < self.promised.pack() or not self._voter() or self._lost_slots():
             return
         self.force_election = True
         self.transfer_requested = True

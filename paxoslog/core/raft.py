@@ -8,12 +8,13 @@ proposal batching, pipelined replication with a per-follower window and fast bac
 Caller's obligations are the ``Ready`` contract (ready.py): persist, then send, then apply,
 then ``advance``.  Design choices the shell and the simulator rely on:
 
-* **Own entries count at once.**  The leader counts its own log up to its last index toward
-  the commit quorum as soon as it appends.  That is safe because (a) a follower can only
-  acknowledge an entry it received, and the leader sends an entry only in a Ready at or after
-  the one that persists it, so every acknowledgement implies the leader's copy is durable; and
-  (b) an entry the leader reports committed through its own vote alone (a single voter) is in
-  ``committed`` of a Ready that also persists it, and the shell applies only after persisting.
+* **Send before persist.**  The leader's AppendEntries (with its new entries, and its
+  heartbeats) go out as ``early_messages``, before the Ready that persists those entries is
+  durable; the leader counts its own log toward the commit quorum only up to what the shell
+  reported durable (``RaftLog.durable_upto``, moved in ``advance``).  A Ready that changes
+  the term or vote sends nothing early: a term must be durable before anything is sent in
+  it, or a restart could lead the same term again with other entries.  Followers persist
+  before they acknowledge, as before.
 * **Configurations apply on append**, not on commit (thesis 4.1); truncating an uncommitted
   CONFIG entry reverts to the previous one.  A leader appends no CONFIG entry before an entry
   of its own term is committed (the R3 fix), and leaves a joint configuration automatically.
@@ -125,6 +126,7 @@ class RaftReplica:
         self._heartbeat = Interval(options.heartbeat_ticks)
         self._votes: dict[int, bool] = {}
         self._msgs: list = []
+        self._early: list = []         # leader traffic that may precede the fsync
         self._events: list = []
         self._reads_out: list[ReadState] = []
         self._gate = ReadyGate()
@@ -388,8 +390,8 @@ class RaftReplica:
             prev_term = self._log.term_at(prev)
             if prev_term is None:
                 prev, prev_term = self._log.offset, self._log.snap_term
-            self._msgs.append(AppendEntries(self.node_id, peer, self._term, prev, prev_term, (),
-                                            min(self._commit, pr.match), ctx))
+            self._early.append(AppendEntries(self.node_id, peer, self._term, prev, prev_term,
+                                             (), min(self._commit, pr.match), ctx))
 
     # ------------------------------------------------------------------ step
 
@@ -659,10 +661,15 @@ class RaftReplica:
         if advanced:
             self._maybe_commit()
 
+    def _own_match(self) -> int:
+        """How far our own log counts toward the commit quorum: what is durable."""
+        return self._log.durable_upto
+
     def _maybe_commit(self) -> None:
-        """Commit by counting (only an entry of the current term, Figure 8)."""
+        """Commit by counting (only an entry of the current term, Figure 8); our own log
+        counts as far as it is durable."""
         match = {peer: pr.match for peer, pr in self._progress.items()}
-        match[self.node_id] = self.last_index
+        match[self.node_id] = self._own_match()
         index = self._config.committed_index(match)
         if index > self._commit and self._log.term_at(index) == self._term:
             old = self._commit
@@ -738,8 +745,8 @@ class RaftReplica:
             if not budget.admit(entry):
                 break
             entries.append(entry)
-        self._msgs.append(AppendEntries(self.node_id, peer, self._term, prev, prev_term,
-                                        tuple(entries), self._commit, self._rounds.round))
+        self._early.append(AppendEntries(self.node_id, peer, self._term, prev, prev_term,
+                                         tuple(entries), self._commit, self._rounds.round))
         return prev + len(entries)
 
     def _send_snapshot(self, peer: int, pr: _Progress) -> None:
@@ -894,7 +901,7 @@ class RaftReplica:
 
     def _pending_output(self) -> bool:
         hs = self._hs_emitted
-        return bool(self._msgs or self._events or self._reads_out
+        return bool(self._msgs or self._early or self._events or self._reads_out
                     or self._pending_snapshot is not None or self._log.has_unstable
                     or self._emitted < self._commit or hs.commit != self._commit
                     or hs.term != self._term or hs.vote != self._vote)
@@ -914,29 +921,38 @@ class RaftReplica:
             return None
         rd = Ready()
         hard_state = HardState(self._term, self._vote, self._commit)
-        if hard_state != self._hs_emitted:
+        durable = self._hs_emitted  # its term and vote are durable (every earlier Ready is)
+        if hard_state != durable:
             rd.hard_state = hard_state
             self._hs_emitted = hard_state
         rd.truncate_from, rd.entries = self._log.take_unstable()
         rd.snapshot = self._pending_snapshot
         rd.snapshot_data = self._pending_snapshot_data
-        rd.messages = self._msgs
+        if (hard_state.term, hard_state.vote) == (durable.term, durable.vote):
+            rd.early_messages = self._early
+            rd.messages = self._msgs
+        else:  # a new term or vote: nothing goes out in it before it is durable
+            rd.messages = self._early + self._msgs
         if self._emitted < self._commit:
             rd.committed = self._log.slice(self._emitted + 1, self._commit)
         rd.reads = self._reads_out
         rd.events = self._events
         self._pending_snapshot = self._pending_snapshot_data = None
-        self._msgs, self._reads_out, self._events = [], [], []
+        self._msgs, self._early, self._reads_out, self._events = [], [], [], []
         self._emitted = self._commit
         return self._gate.hand_out(rd)
 
     def advance(self, ready: Ready) -> None:
-        """The shell persisted, sent and applied ``ready``."""
+        """The shell persisted, sent and applied ``ready``: what it handed out of our log is
+        durable, and a leader counts it toward the commit quorum now."""
         self._gate.take_back(ready)
         if ready.snapshot is not None and ready.snapshot.index > self._applied:
             self._applied = ready.snapshot.index
         if ready.committed:
             self._applied = ready.committed[-1].index
+        self._log.persisted()
+        if self._role == Role.LEADER:
+            self._maybe_commit()
 
     # ------------------------------------------------------------------ introspection
 

@@ -8,8 +8,10 @@ because Raft applies a configuration when it is appended, not when committed (th
 
 The log also remembers what the shell has not persisted yet: the suffix from
 ``unstable_from`` and a pending ``truncate_from``; ``take_unstable`` hands both out for
-the next Ready.  It knows nothing of commit indexes or roles: the replica checks that it
-never truncates or compacts what it must not.
+the next Ready, and ``persisted`` (when that Ready is advanced) moves ``durable_upto``,
+the end of the prefix known durable, which is what a leader may count as its own match.
+It knows nothing of commit indexes or roles: the replica checks that it never truncates
+or compacts what it must not.
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ class RaftLog:
 
     __slots__ = ("entries", "offset", "snap_term", "snapshot", "base_config",
                  "base_config_index", "conf_entries", "unstable_from", "truncate_from",
-                 "checked_upto")
+                 "checked_upto", "durable_upto", "handed_upto")
 
     def __init__(self, config: Config) -> None:
         self.entries: list[Entry] = []
@@ -44,6 +46,8 @@ class RaftLog:
         self.unstable_from = 1         # first index not yet handed out for persisting
         self.truncate_from: int | None = None
         self.checked_upto = 0          # check_invariants verified the log up to here
+        self.durable_upto = 0          # entries <= this are durable (as held here)
+        self.handed_upto = 0           # ... and these once the outstanding Ready is
 
     def restore(self, entries: list[Entry], snapshot: SnapshotMeta | None) -> None:
         """Load what storage kept (all of it is persisted).  Raises ValueError unless the
@@ -63,6 +67,7 @@ class RaftLog:
         self.entries = list(entries)
         self.unstable_from = self.last_index + 1
         self.checked_upto = self.offset
+        self.durable_upto = self.handed_upto = self.last_index
 
     # ------------------------------------------------------------------ reading
 
@@ -127,6 +132,8 @@ class RaftLog:
     def truncate(self, index: int) -> bool:
         """Drop every entry >= ``index``; True when a configuration entry went with them."""
         del self.entries[index - self.offset - 1:]
+        self.durable_upto = min(self.durable_upto, index - 1)
+        self.handed_upto = min(self.handed_upto, index - 1)
         if index < self.unstable_from:
             if self.truncate_from is None or index < self.truncate_from:
                 self.truncate_from = index
@@ -163,6 +170,8 @@ class RaftLog:
                 self.truncate_from = index + 1
             self.entries = []
             self.unstable_from = index + 1
+            self.durable_upto = min(self.durable_upto, index)
+            self.handed_upto = min(self.handed_upto, index)
         self.offset, self.snap_term = index, term
         self.snapshot = SnapshotMeta(index, term, config)
         self.base_config, self.base_config_index = config, index
@@ -185,7 +194,13 @@ class RaftLog:
         entries = self.slice(self.unstable_from, last) if self.unstable_from <= last else []
         self.truncate_from = None
         self.unstable_from = last + 1
+        self.handed_upto = last
         return truncate_from, entries
+
+    def persisted(self) -> None:
+        """The Ready of the last ``take_unstable`` is durable: so is the log up to what it
+        handed out (less what was truncated since)."""
+        self.durable_upto = max(self.durable_upto, self.handed_upto)
 
     def check_invariants(self) -> None:
         """Contiguity and non-decreasing terms (incremental: O(new entries)), the config
@@ -204,6 +219,8 @@ class RaftLog:
                 prev_term = entry.term
             self.checked_upto = last
         assert self.unstable_from <= last + 1
+        assert self.durable_upto <= self.handed_upto <= last, \
+            (self.durable_upto, self.handed_upto, last)
         assert self.truncate_from is None or self.truncate_from <= self.unstable_from
         previous = offset
         for index, _ in self.conf_entries:

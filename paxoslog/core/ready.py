@@ -1,5 +1,6 @@
 """``Ready``: what the shell must do, in order, for the replica's latest outputs.
 
+0. ``early_messages`` may be sent at once, before or while the Ready is persisted;
 1. persist ``hard_state``, ``truncate_from``, ``entries`` and ``snapshot`` durably (fsync);
 2. then send ``messages``;
 3. then apply ``committed`` in index order (no gaps, never twice);
@@ -9,6 +10,15 @@
 Then call ``replica.advance(ready)``.  One Ready is outstanding at a time: ``ready()``
 before the previous Ready was advanced, or ``advance()`` of any other Ready, raises
 ``ContractViolation`` (``ReadyGate`` below enforces it for both protocols).
+
+``early_messages`` are a leader's replication traffic at a term (ballot) that is already
+durable: Accept and Heartbeat (Multi-Paxos), AppendEntries (Raft), which may carry the
+leader's own new entries of this very Ready (DESIGN.md section 2; the Raft dissertation
+10.2.1).  They promise nothing: the leader counts its own copy of those entries toward a
+quorum only in ``advance``, once the shell reports them durable.  Every message that
+promises something (a promise, vote, accepted, append acknowledgement) and everything a
+Ready sends that changes the term or promise is in ``messages``.  A shell that sends
+everything after persisting (``early_messages`` first) is correct too, only slower.
 """
 
 from __future__ import annotations
@@ -64,6 +74,7 @@ class Ready:
     entries: list[Entry] = field(default_factory=list)
     snapshot: SnapshotMeta | None = None
     snapshot_data: bytes | None = None
+    early_messages: list = field(default_factory=list)
     messages: list = field(default_factory=list)
     committed: list[Entry] = field(default_factory=list)
     reads: list[ReadState] = field(default_factory=list)
@@ -75,7 +86,8 @@ class Ready:
                 or self.truncate_from is not None or self.snapshot is not None)
 
     def __bool__(self) -> bool:
-        return bool(self.must_sync or self.messages or self.committed or self.reads or self.events)
+        return bool(self.must_sync or self.early_messages or self.messages or self.committed
+                    or self.reads or self.events)
 
 
 class ReadyGate:

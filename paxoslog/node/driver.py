@@ -13,7 +13,8 @@ events and carries out the instructions each event returns (instructions.py):
     peer_up / peer_down           the peer transport's connections
 
 Events return what must happen at once (answers, forwards); ``pump()`` runs the Ready
-loop.  The Ready loop honours the core contract (ready.py): a Ready's durable part is persisted
+loop.  The Ready loop honours the core contract (ready.py): a Ready's early messages (the
+leader's replication traffic) are sent first (``Send``), then its durable part is persisted
 (``Persist``) before anything else of it happens; then its messages are sent, its
 committed entries applied in order, its read points served and ``advance`` called.  While
 one Ready is being persisted, proposals, messages and ticks keep landing in the core and
@@ -545,6 +546,7 @@ class NodeDriver:
             if ready is None:
                 break
             self.stats["readies"] += 1
+            self._send(ready.early_messages)   # may precede the fsync (ready.py)
             if ready.must_sync:
                 if self._commit_hint_only(ready):
                     self._synced_hs = ready.hard_state

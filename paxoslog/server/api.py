@@ -39,6 +39,7 @@ before anything is proposed: bad input never reaches the log.
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 from urllib.parse import parse_qs
 
@@ -127,7 +128,22 @@ def _reject_constant(name: str):
     raise ValueError(f"{name} is not allowed in JSON")
 
 
-_DECODER = json.JSONDecoder(parse_constant=_reject_constant)   # one instance: cheap calls
+class _NonFinite(ValueError):
+    """A JSON number out of the range of a double."""
+
+
+def _finite_float(text: str) -> float:
+    """JSON numbers with a fraction or exponent; ``1e400`` would be parsed as infinity,
+    stored, and served back as invalid JSON: refused instead."""
+    value = float(text)
+    if not math.isfinite(value):
+        raise _NonFinite(f"the number {text[:40]} is out of range: it would be {value}, "
+                         f"and JSON numbers must be finite")
+    return value
+
+
+# One instance: cheap calls.  NaN/Infinity literals and out-of-range numbers are refused.
+_DECODER = json.JSONDecoder(parse_constant=_reject_constant, parse_float=_finite_float)
 
 
 class Api:
@@ -259,6 +275,8 @@ class Api:
             raise bad_request("the body is not UTF-8") from None
         except RecursionError:
             raise self._too_deep() from None
+        except _NonFinite as exc:
+            raise bad_request(str(exc)) from None
         except ValueError as exc:
             raise bad_request(f"malformed JSON: {str(exc)[:200]}") from None
         if not isinstance(body, dict):
@@ -427,12 +445,15 @@ class Api:
         return self.router.read(query, consistency)
 
     def cluster_status(self, request):
-        """``?hashes=1`` adds ``state_hashes`` (a digest per state machine; costs a
-        snapshot of each, so only on request)."""
+        """``?hashes=1`` adds ``state_hashes`` (a digest per state machine and the session
+        table; costs an encoding of each, so only on request; computed off the event
+        loop, one request at a time)."""
         hashes = self._params(request).get("hashes", "0")
         if hashes not in ("0", "1"):
             raise bad_request('"hashes" must be 0 or 1')
-        return self.views.status(hashes=hashes == "1")
+        if hashes == "1":
+            return self.views.status_with_hashes()
+        return self.views.status()
 
     def log_entries(self, request):
         params = self._params(request)

@@ -111,11 +111,16 @@ class LocalCluster:
         if self.ready or self.stopping:
             return
         import treq
+        agent = None
+        if self.config.tls_api:             # HTTPS, verified against the cluster CA
+            from twisted.web.client import Agent
+            from .tls import https_policy
+            agent = Agent(self.reactor, contextFactory=https_policy(self.config.tls.ca_file))
         for node in self.config.nodes:
             try:
                 # /health: open even where the conf requires tokens
                 response = yield treq.get(f"{node.api_url}/health", timeout=0.5,
-                                          reactor=self.reactor)
+                                          reactor=self.reactor, agent=agent)
                 body = json.loads((yield treq.content(response)))
             except Exception:
                 continue

@@ -77,6 +77,7 @@ from .router import RequestRouter
 from .runner import DriverRunner, FatalNodeError
 from .snapshots import SnapshotFetcher, SnapshotShipper
 from .ticker import Ticker
+from .tls import load_node_tls
 from .views import NodeViews
 from .writer import StorageWriter
 
@@ -200,9 +201,13 @@ class NodeService(MultiService):
         self.storage: DiskStorage | None = None
         self.writer: StorageWriter | None = None
         self.driver: NodeDriver | None = None
-        self.transport = PeerTransport(config, node_id, _PeerEvents(self), reactor)
+        # The node's certificate and key ([tls]); ConfigError when they are unusable.
+        self.tls = load_node_tls(config, node_id) if config.tls is not None else None
+        self.transport = PeerTransport(config, node_id, _PeerEvents(self), reactor,
+                                       tls=self.tls if config.tls_peers else None)
         self.api = Api(node_id, config.limits, config.batching.batch_bytes_max)
-        self.http = HttpService(self.api, self.me.api_bind, config.limits, reactor)
+        self.http = HttpService(self.api, self.me.api_bind, config.limits, reactor,
+                                tls=self.tls if config.tls_api else None)
         self.reloader = Reloader(config)       # the CLI registers the log level hook
         self.dashboard = DashboardFiles()
         self.access = self._access_control()
@@ -230,7 +235,9 @@ class NodeService(MultiService):
     def _create_machine(self, name: str):
         limits = self.config.limits
         return create_state_machine(
-            name, **({"key_bytes_max": limits.key_bytes_max} if name == "kv" else {}))
+            name, **({"key_bytes_max": limits.key_bytes_max,
+                      "result_bytes_max": limits.query_result_bytes_max}
+                     if name == "kv" else {}))
 
     def _machines(self) -> StateMachines:
         config = self.config
@@ -283,7 +290,8 @@ class NodeService(MultiService):
             on_config=self._config_applied, on_row=book.row_applied,
             on_installed=self._installed, on_fatal=self._fatal)
         self.fetcher = SnapshotFetcher(self.node_id, self.storage.transfer_dir, self.writer,
-                                       self.transport, runner.install_snapshot)
+                                       self.transport, runner.install_snapshot,
+                                       config.snapshot.receive_bytes_max)
         self.ticker = Ticker(reactor, tick_ms, timing.election_ticks, self.clock_ms,
                              runner.tick)
         self.router = router = RequestRouter(
@@ -302,7 +310,8 @@ class NodeService(MultiService):
         self.views = NodeViews(config=config, node_id=self.node_id, driver=driver,
                                runner=runner, transport=self.transport, book=book,
                                storage=self.storage, logview=self.logview,
-                               http_stats=lambda: self.http.factory, events=self.events)
+                               http_stats=lambda: self.http.factory, events=self.events,
+                               reactor=reactor)
         router.status_view = self.views.detailed_status
         self.overview = ClusterOverview(self.node_id, self.views.detailed_status,
                                         self.transport.forward, self.transport.connected,
@@ -348,8 +357,6 @@ class NodeService(MultiService):
                  entries=len(restored.entries), hs=tuple(restored.hard_state))
         if self.storage.torn is not None:
             log.warn("the WAL had a torn tail (cut at restart): {torn}", torn=self.storage.torn)
-        if config.secret is None and len(config.nodes) > 1:
-            log.warn("no peer secret in the conf: peers are not authenticated")
         self._warn_open_api()
         self.book.started()
         for service in (self.transport, self.promotion, self.http, self.ticker):

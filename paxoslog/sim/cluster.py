@@ -94,6 +94,11 @@ class SimOptions:
     member_remove_leader: float = 0.0   # chance a membership change removes the leader
     member_replace: float = 0.0   # chance of a one-add-one-remove voter change
     partition_kinds: tuple[str, ...] = ()  # shapes the nemesis picks from (all if empty)
+    learners: int = 0             # the last ``learners`` of the ``nodes`` bootstrap members
+                                  # are learners, not voters
+    own_ack_before_fsync: bool = False  # negative control: deliberately broken replicas
+                                        # that count the leader's own acceptance before
+                                        # its fsync (broken.py)
 
     @classmethod
     def random_for(cls, seed: int, protocol: str, nodes: int,
@@ -160,8 +165,9 @@ class Simulation:
         self.snapshot_files: dict[bytes, bytes] = {}   # token -> a snapshot file in flight
         self.chosen: dict[int, tuple] = {}    # index -> (kind, payload) first applied
         self.trace: list[str] = []
-        voters = frozenset(range(1, options.nodes + 1))
-        bootstrap = Config(voters)
+        voters = frozenset(range(1, options.nodes - options.learners + 1))
+        learners = frozenset(range(options.nodes - options.learners + 1, options.nodes + 1))
+        bootstrap = Config(voters, learners=learners)
         self.nodes = {n: SimNode(self, n, bootstrap)
                       for n in range(1, options.nodes + options.spares + 1)}
         from .workload import Workload
@@ -173,6 +179,7 @@ class Simulation:
         self._last_leader: int | None = None
         self.newest_leader: int | None = None    # the node most recently elected leader
         self.configs_applied: set[int] = set()   # indexes of CONFIG entries seen applied
+        self.retired: set[int] = set()           # ids proposed for removal: never re-added
         self.executions: dict[tuple, int] = {}  # (client_id, sequence) -> index executed at
         self.skipped: set[tuple] = set()  # (index, client_id, sequence) deduplicated
         self.on_step: Callable[["Simulation"], None] | None = None
@@ -400,7 +407,11 @@ class Simulation:
         everyone = sorted(self.nodes)
         voters = set(config.voters)
         learners = set(config.learners)
-        outside = [n for n in everyone if n not in voters and n not in learners]
+        # Node ids are never reused (the server refuses to re-add a removed id): a node
+        # once proposed for removal is never added again; once removed, it exits.
+        outside = [n for n in everyone if n not in voters and n not in learners
+                   and n not in self.retired]
+        before = voters | learners
         if self.options.member_remove_leader or self.options.member_replace:
             if not self._wide_change(leader, voters, learners, outside):
                 return None
@@ -420,6 +431,7 @@ class Simulation:
             self.nodes[leader].change_config(voters, learners)
         except (NotLeader, ConfigChangeInProgress, Busy, ValueError):
             return None
+        self.retired |= before - voters - learners
         self.count("configs_proposed")
         text = f"config -> voters {sorted(voters)} learners {sorted(learners)}"
         wide = self.options.member_remove_leader or self.options.member_replace

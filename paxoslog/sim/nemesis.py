@@ -73,7 +73,7 @@ class Nemesis:
         self.sim.schedule(self._duration(), self._restart, node)
 
     def _restart(self, node) -> None:
-        if not node.alive and self.active:
+        if not node.alive and not node.removed and self.active:
             node.restart()
             self._record(f"restart {node.node_id}")
 

@@ -72,6 +72,7 @@ class SimNode:
         self.disk_rng = random.Random(sim.rng.random())
         self.alive = True
         self.corrupt: str | None = None      # why the node refuses to start
+        self.removed = False                 # removed from the cluster: it exited for good
         self.paused = False
         self.incarnation = 0
         self.held: list = []                 # messages and requests that arrived while paused
@@ -101,8 +102,11 @@ class SimNode:
         machines = sim.new_machines()
         if reader is not None:
             machines.restore_from(reader)
-        replica = create_replica(o.protocol, self.node_id, self.bootstrap, sim.replica_options,
-                                 random.Random(sim.rng.random()), restored)
+        build = create_replica
+        if o.own_ack_before_fsync:
+            from .broken import create_broken_replica as build  # the negative control
+        replica = build(o.protocol, self.node_id, self.bootstrap, sim.replica_options,
+                        random.Random(sim.rng.random()), restored)
         self.driver = NodeDriver(
             DriverOptions(self.node_id, o.protocol, TICK_MS,
                           request_timeout_ticks=max(1, int(o.client_timeout_ms / TICK_MS)),
@@ -135,6 +139,8 @@ class SimNode:
         """Power loss: whatever was not synced may be lost; requests here get no answer
         (their clients see a reset connection)."""
         sim = self.sim
+        if self.alive and self.driver.busy and self.replica.role == Role.LEADER:
+            sim.count("leader_crashes_mid_fsync")   # its unsynced entries may be lost
         self.alive = False
         self.incarnation += 1
         faults = sim.options.storage_model
@@ -154,7 +160,7 @@ class SimNode:
                 other.pump()
 
     def restart(self) -> None:
-        if self.corrupt:
+        if self.corrupt or self.removed:
             return
         self.alive = True
         self.paused = False
@@ -290,6 +296,7 @@ class SimNode:
                 self._role_changed(op)
             elif kind is ConfigApplied:
                 sim.note_config(op.index, op.old, op.new)
+                self._config_applied(op)
             elif kind is TakeSnapshot:
                 sim.schedule(sim.rng.uniform(0.0, 2.0), self._take_snapshot, self.incarnation, op)
             elif kind is RestoreSnapshot:
@@ -355,6 +362,28 @@ class SimNode:
                 sim.check_executed_once(self.node_id, outcome)
             elif outcome.outcome == DUPLICATE:
                 sim.note_skipped(outcome)
+
+    def _config_applied(self, op: ConfigApplied) -> None:
+        """As the server's address book: a final configuration without some members
+        tells them they were removed (a removed server exits and never starts again);
+        one without this node makes it exit."""
+        if op.new.joint:
+            return
+        for peer in sorted(op.old.members - op.new.members):
+            if peer == self.node_id:
+                self.sim.schedule(self.sim.rng.uniform(0.0, 5.0), self.exit_removed)
+            else:
+                self.sim.schedule(self.sim.rng.uniform(0.5, 5.0),
+                                  self.sim.nodes[peer].exit_removed)
+
+    def exit_removed(self) -> None:
+        """This node learned it was removed: it stops serving and exits for good."""
+        if self.removed:
+            return
+        if self.alive:
+            self.crash()
+        self.removed = True
+        self.sim.trace.append(f"{self.sim.now:9.1f} node {self.node_id} removed: exits")
 
     def _role_changed(self, op: RoleChange) -> None:
         sim = self.sim

@@ -18,6 +18,9 @@ Profiles that must pass every checker on every seed:
 * ``membership``: R3/R19, frequent membership changes (removing the leader itself, one add
   plus one remove, two adds, two removes) with spares, crashes, pauses, isolated-leader
   and majority/minority partitions, and kill-all-and-restart, also right after a change.
+* ``single-voter``: send before persist where the leader's own acceptance is a quorum by
+  itself: node 1 is the only voter, the other bootstrap members are learners; the voter
+  crashes often (losing its unsynced tail) under a steady write load.
 
 Negative profiles, which must fail on some seeds (tests pin such seeds):
 
@@ -26,6 +29,9 @@ Negative profiles, which must fail on some seeds (tests pin such seeds):
   leader's lease outlives the followers' election timeout and serves stale reads.
 * ``sessions-nodedup``: the sessions profile with the session table off: retried writes
   are executed twice.
+* ``own-ack-early``: the single-voter profile with deliberately broken replicas
+  (paxoslog/sim/broken.py) that count the leader's own acceptance before its fsync: the
+  learners apply entries the crashed voter never persisted (agreement violated).
 """
 
 from __future__ import annotations
@@ -122,14 +128,36 @@ def _membership(o: "SimOptions", rng: random.Random) -> "SimOptions":
         kill_all_after_change=rng.choice([0.05, 0.1, 0.2]))
 
 
+def _single_voter(o: "SimOptions", rng: random.Random) -> "SimOptions":
+    # One voter, learners, no spares or membership changes (they would add voters), no bit
+    # flips (a lone voter whose log is damaged cannot recover); frequent crashes of the
+    # voter during slower fsyncs, so that crashes often land while a Ready is persisted; a
+    # wide pipeline, so that Raft sends new entries to learners at once (as Multi-Paxos
+    # always does) rather than only within a few entries of what they acknowledged.
+    return dataclasses.replace(
+        o, profile="single-voter", learners=o.nodes - 1, spares=0, membership_rate=0.0,
+        limits=dataclasses.replace(o.limits, pipeline_window=rng.choice([64, 256])),
+        transfer_rate=0.0, bitflip=False, kill_all_rate=0.0,
+        crash_rate=rng.choice([1.5, 3.0]), fault_duration_ms=(20.0, 200.0),
+        pause_rate=rng.choice([0.0, 0.5]), partition_rate=rng.choice([0.0, 0.5, 1.0]),
+        fsync_ms=(0.2, rng.choice([2.0, 4.0])), clients=rng.randint(3, 6))
+
+
+def _own_ack_early(o: "SimOptions", rng: random.Random) -> "SimOptions":
+    return dataclasses.replace(_single_voter(o, rng), profile="own-ack-early",
+                               own_ack_before_fsync=True)
+
+
 PROFILES: dict[str, Callable[["SimOptions", random.Random], "SimOptions"]] = {
     "lease": _lease,
     "lease-beyond": _lease_beyond,
     "sessions": _sessions,
     "sessions-nodedup": _sessions_nodedup,
     "membership": _membership,
+    "single-voter": _single_voter,
+    "own-ack-early": _own_ack_early,
 }
-NEGATIVE_PROFILES = frozenset({"lease-beyond", "sessions-nodedup"})
+NEGATIVE_PROFILES = frozenset({"lease-beyond", "sessions-nodedup", "own-ack-early"})
 
 
 def apply_profile(options: "SimOptions", name: str, rng: random.Random) -> "SimOptions":

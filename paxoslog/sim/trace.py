@@ -19,6 +19,9 @@ Formats (``@`` separates an index from the term, or the ballot for Multi-Paxos):
     blocked Heartbeat 1->3 ballot=1.1 commit=1 chosen=[] ctx=4      (link cut or partition)
     lost Promise 3->1 ...                                           (receiver down)
     drop Accept 1->2 ...                                            (the script dropped it)
+    1 ready
+      send-early Accept 1->2 ballot=1.1 entries=[2@1.1:y] commit=1
+      persist entries 2@1.1:y
     2 ready
       persist hard-state promised=1.1 commit=0
       persist entries 1@1.1:x
@@ -36,7 +39,9 @@ Formats (``@`` separates an index from the term, or the ballot for Multi-Paxos):
     2 reply y 503 not_leader: node 2 is not the leader
 
 (A Ready's ``read`` line names the node driver's read batch: the reads it answers follow
-as ``reply`` lines.)
+as ``reply`` lines.  ``send-early`` lines are the leader's messages that the shell sends
+before persisting the Ready: they left when the Ready was handed out, also when the trace
+shows ``ready held`` first.)
 
 Message fields appear in declaration order as ``name=value``, except: the sender and
 receiver (in the header), boolean flags (``pre``, ``transfer``, ``force``: the name alone
@@ -161,6 +166,8 @@ def _describe_event(event) -> str:
 def describe_ready(node_id: int, ready: Ready, protocol: str) -> list[str]:
     """The lines of one completed Ready, in the order the shell honours it."""
     lines = [f"{node_id} ready"]
+    for msg in ready.early_messages:
+        lines.append("  send-early " + describe_message(msg, protocol))
     if ready.hard_state is not None:
         lines.append("  persist hard-state " + describe_hard_state(ready.hard_state, protocol))
     if ready.truncate_from is not None:

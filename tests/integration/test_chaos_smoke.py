@@ -8,6 +8,9 @@ A pass needs a valid run (faults injected, >= 100 acknowledged ops/s before the 
 which every check passed and every kind of the group was injected.  The membership change
 must really have happened: a spare node joined and became a voter, a voter was removed and
 exited on its own, and the cluster ended with as many voters as it started with.
+Every run happens twice: on plain TCP (peer frames MAC'd; the proxy re-MACs them) and with
+TLS (HTTPS API, mutual TLS between peers; the proxy terminates TLS with the nodes'
+certificates, see paxoslog/chaos/proxy.py).
 """
 
 from __future__ import annotations
@@ -35,26 +38,29 @@ RUN_TIMEOUT_S = 180
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("transport", ["tcp", "tls"])
 @pytest.mark.parametrize("mode", ["multipaxos", "raft"])
 @pytest.mark.parametrize("group", sorted(GROUPS))
-def test_chaos_smoke(tmp_path, mode, group):
+def test_chaos_smoke(tmp_path, mode, group, transport):
     """One short chaos run passes every check with each kind of the group injected once."""
     nodes, kinds = GROUPS[group]
-    seed = 1000 + sorted(GROUPS).index(group) + (0 if mode == "multipaxos" else 100)
-    _smoke(tmp_path, mode, nodes, kinds, seed)
+    seed = (1000 + sorted(GROUPS).index(group) + (0 if mode == "multipaxos" else 100)
+            + (0 if transport == "tcp" else 10))
+    _smoke(tmp_path, mode, nodes, kinds, seed,
+           extra=["--tls"] if transport == "tls" else [])
 
 
 @pytest.mark.slow
-def test_chaos_smoke_with_tokens_required(tmp_path):
-    """A membership change (a spare joins with --join and an admin token, a voter is
-    removed), a leader kill and a leader partition with client tokens required: the
-    harness's admin token (status, state hashes, membership), the workload's write token
-    bound to its client ids; every check passes."""
+def test_chaos_smoke_with_tokens_required_over_tls(tmp_path):
+    """A membership change (a spare joins with --join over HTTPS and an admin token, a
+    voter is removed), a leader kill and a leader partition with client tokens required
+    and TLS on: the harness's admin token (status, state hashes, membership), the
+    workload's write token bound to its client ids; every check passes."""
     folder = _smoke(tmp_path, "raft", 3, ["member-change", "kill-leader", "partition-leader"],
-                    seed=1301, extra=["--auth"])
+                    seed=1301, extra=["--auth", "--tls"])
     with open(os.path.join(folder, "conf.toml")) as f:
         conf = f.read()
-    assert "[auth]" in conf and "required = true" in conf
+    assert "[auth]" in conf and "required = true" in conf and "[tls]" in conf
     assert os.path.exists(os.path.join(folder, "tokens.json"))
 
 

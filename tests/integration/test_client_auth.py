@@ -274,18 +274,19 @@ def test_clients_raise_unauthorized_and_forbidden_without_retrying(secured):
     token a write raises Forbidden; with the right token it works."""
     from paxoslog.client import Forbidden, SyncClient, Unauthorized
     c = secured
-    endpoints = [f"http://127.0.0.1:{c.api_ports[n]}" for n in c.ids]
+    endpoints = [c.url(n) for n in c.ids]
     attempts = []
-    with SyncClient(endpoints, timeout=5, sleep=lambda s: attempts.append(s)) as anonymous:
+    with SyncClient(endpoints, timeout=5, sleep=lambda s: attempts.append(s),
+                    cafile=c.ca_file) as anonymous:
         with pytest.raises(Unauthorized):
             anonymous.get("k")
     assert attempts == []                        # refused: no backoff, no second attempt
-    with SyncClient(endpoints, timeout=5, token=c.tokens["read"]) as reader:
+    with SyncClient(endpoints, timeout=5, token=c.tokens["read"], cafile=c.ca_file) as reader:
         assert reader.get("k")["value"] == "v"
         with pytest.raises(Forbidden) as refused:
             reader.put("k", "x")
         assert refused.value.status == 403 and refused.value.code == "forbidden"
-    with SyncClient(endpoints, timeout=5, token=c.tokens["write"]) as writer:
+    with SyncClient(endpoints, timeout=5, token=c.tokens["write"], cafile=c.ca_file) as writer:
         assert writer.put("k2", "y")["status"] == "committed"
 
 
@@ -318,7 +319,8 @@ def test_a_multi_host_conf_without_auth_warns_loudly(tmp_path):
     import signal
     from paxoslog.chaos.cluster import allocate_ports
     peer, api = allocate_ports(2)
-    base = (f'cluster = "t"\ndata_dir = "{tmp_path}/d{{node}}"\n'
+    # A multi-host conf needs a peer secret of 32+ bytes (docs/security.md).
+    base = (f'cluster = "t"\ndata_dir = "{tmp_path}/d{{node}}"\nsecret = "{"s" * 32}"\n'
             f'[[nodes]]\nid = 1\npeer = "127.0.0.1:{peer}"\n'
             f'api = "192.0.2.10:{api}"\napi_bind = "127.0.0.1:{api}"\n')
     for name, auth in (("open", ""), ("closed", "required = true\n")):
@@ -352,14 +354,15 @@ from twisted.internet import defer, task
 from paxoslog.client import Client, Forbidden, Unauthorized
 
 @defer.inlineCallbacks
-def main(reactor, endpoints, tokens):
+def main(reactor, endpoints, tokens, cafile):
     out = {}
-    writer = Client(endpoints, reactor=reactor, timeout=5, token=tokens["write"])
+    writer = Client(endpoints, reactor=reactor, timeout=5, token=tokens["write"], cafile=cafile)
     out["put"] = (yield writer.put("twisted-key", 7))["status"]
     out["got"] = (yield writer.get("twisted-key"))["value"]
-    for name, client in (("anonymous", Client(endpoints, reactor=reactor, timeout=5)),
+    for name, client in (("anonymous", Client(endpoints, reactor=reactor, timeout=5,
+                                              cafile=cafile)),
                          ("reader", Client(endpoints, reactor=reactor, timeout=5,
-                                           token=tokens["read"]))):
+                                           token=tokens["read"], cafile=cafile))):
         try:
             yield client.put("twisted-key", 8)
         except (Unauthorized, Forbidden) as exc:
@@ -368,7 +371,7 @@ def main(reactor, endpoints, tokens):
     yield writer.close()
     print(json.dumps(out))
 
-task.react(main, [json.loads(sys.argv[1]), json.loads(sys.argv[2])])
+task.react(main, [json.loads(sys.argv[1]), json.loads(sys.argv[2]), sys.argv[3] or None])
 '''
 
 
@@ -376,9 +379,9 @@ def test_the_twisted_client_sends_its_token(secured):
     """Client(token=...) writes and reads; without a token a write raises Unauthorized
     (401), with a read token Forbidden (403)."""
     c = secured
-    endpoints = [f"http://127.0.0.1:{c.api_ports[n]}" for n in c.ids]
+    endpoints = [c.url(n) for n in c.ids]
     done = subprocess.run([sys.executable, "-c", TWISTED_SCRIPT, json.dumps(endpoints),
-                           json.dumps(c.tokens)], capture_output=True, text=True, cwd=ROOT,
+                           json.dumps(c.tokens), c.ca_file or ""], capture_output=True, text=True, cwd=ROOT,
                           env=dict(os.environ, PYTHONPATH=ROOT), timeout=60)
     assert done.returncode == 0, done.stderr[-3000:]
     out = json.loads(done.stdout.strip().splitlines()[-1])

@@ -128,7 +128,7 @@ def test_log_lines_carry_syslog_priorities_when_stderr_is_the_journal(make_clust
     wait_for(lambda: "no peer secret" in _log(c), 15, what="the node to log a warning")
     lines = _log(c).splitlines()
     assert any(line.startswith("<6>[n1] paxoslog.node: node 1 of cluster") for line in lines)
-    assert any(line.startswith("<4>[n1] paxoslog.node: no peer secret") for line in lines)
+    assert any(line.startswith("<4>[n1] paxoslog.peers: no peer secret") for line in lines)
     assert all(line.startswith("<") for line in lines if line.strip())
 
 

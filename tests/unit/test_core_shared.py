@@ -48,12 +48,18 @@ def lone_leader(protocol: str):
 
 
 def drain(replica) -> list:
-    """Honour every Ready the replica has (nothing to persist or send here)."""
+    """Honour every Ready the replica has (nothing to persist here); its messages, the
+    early ones first."""
     messages = []
     while (ready := replica.ready()) is not None:
+        messages.extend(ready.early_messages)
         messages.extend(ready.messages)
         replica.advance(ready)
     return messages
+
+
+def commands(entries) -> list[bytes]:
+    return [c for e in entries for c in e.payload]
 
 
 class Trio:
@@ -94,18 +100,21 @@ class Trio:
 
 @pytest.mark.parametrize("protocol", PROTOCOLS)
 def test_second_ready_before_advance_is_refused(protocol):
-    """ready() while a Ready is outstanding raises ContractViolation; advance() unblocks it."""
+    """ready() while a Ready is outstanding raises ContractViolation; advance() unblocks it
+    (and, the lone voter's copy of a being durable then, commits it)."""
     replica = lone_leader(protocol)
     replica.propose([b"a"])
     ready = replica.ready()
     assert ready is not None and not replica.has_ready()
+    assert commands(ready.entries) == [b"a"] and ready.committed == []
     replica.propose([b"b"])
     with pytest.raises(ContractViolation, match="outstanding"):
         replica.ready()
     replica.advance(ready)
     after = replica.ready()
-    assert [c for e in after.committed for c in e.payload] == [b"b"]
+    assert commands(after.entries) == [b"b"] and commands(after.committed) == [b"a"]
     replica.advance(after)
+    assert commands(replica.ready().committed) == [b"b"]
 
 
 @pytest.mark.parametrize("protocol", PROTOCOLS)
@@ -118,7 +127,10 @@ def test_refused_ready_changes_nothing(protocol):
         replica.ready()
     replica.advance(first)
     replica.check_invariants()
-    assert [c for e in first.committed for c in e.payload] == [b"a"]
+    assert commands(first.entries) == [b"a"]
+    second = replica.ready()
+    assert commands(second.committed) == [b"a"]
+    replica.advance(second)
     assert replica.ready() is None
 
 
@@ -133,6 +145,7 @@ def test_advance_of_another_ready_is_refused(protocol):
     replica.advance(ready)
     with pytest.raises(ContractViolation, match="no Ready outstanding"):
         replica.advance(ready)
+    drain(replica)
     assert replica.applied_index == replica.commit_index
 
 

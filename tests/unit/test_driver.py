@@ -82,18 +82,24 @@ def leader(protocol: str, **kw) -> NodeDriver:
 
 @pytest.mark.parametrize("protocol", PROTOCOLS)
 def test_a_write_is_answered_only_once_its_entry_is_persisted_and_applied(protocol):
-    """submit_write -> nothing; pump -> exactly one synced Persist; persisted -> the entry
-    applied and the committed answer, in that order (the log view sees it first)."""
+    """submit_write -> nothing; pump -> exactly one synced Persist; persisted -> the lone
+    voter's copy is durable and the entry committed; the next pump writes the commit point
+    (no fsync), then the entry is applied and answered, in that order (the log view sees
+    it first)."""
     d = leader(protocol)
     key, data = put(d, "a", 1)
     assert d.submit_write("H", key, data) == []
     out = d.pump()
     assert kinds(out) == ["Persist"] and out[0].sync
     ready = out[0].ready
-    assert [e.payload for e in ready.entries] == [(data,)]
+    assert [e.payload for e in ready.entries] == [(data,)] and ready.committed == []
     assert d.pump() == []                      # one Ready at a time
-    out = d.persisted(ready)
+    assert d.persisted(ready) == []
     index = ready.entries[0].index
+    out = d.pump()
+    assert kinds(out) == ["Persist", "Applied", "Reply"] and not out[0].sync
+    assert out[0].ready.hard_state.commit == index
+    out = out[1:]
     result = {"op": "put", "created": True, "version": 1, "create_index": index,
               "mod_index": index}
     assert out == [
@@ -109,7 +115,9 @@ def test_a_write_is_answered_only_once_its_entry_is_persisted_and_applied(protoc
 @pytest.mark.parametrize("protocol", PROTOCOLS)
 def test_writes_arriving_during_an_fsync_share_the_next_one(protocol):
     """Group commit: three writes that arrive while a Ready is being persisted go into
-    one next Ready (one fsync) and are answered together after it."""
+    one next Ready (one fsync) and are answered together after it.  (A lone voter commits
+    an entry once the Ready persisting it is advanced, so the first write's commit rides
+    with the next batch.)"""
     d = leader(protocol)
     key, data = put(d, "a", 0)
     d.submit_write("first", key, data)
@@ -118,12 +126,16 @@ def test_writes_arriving_during_an_fsync_share_the_next_one(protocol):
         key, data = put(d, "a", seq, seq=seq)
         assert d.submit_write(f"w{seq}", key, data) == []
     assert d.pump() == []                      # the first fsync has not finished
-    assert [op.handle for op in d.persisted(first) if type(op) is Reply] == ["first"]
+    assert d.persisted(first) == []
     out = d.pump()
-    assert kinds(out) == ["Persist"]
-    assert len(out[0].ready.entries) == 1 and len(out[0].ready.entries[0].payload) == 3
-    answers = [op for op in d.persisted(out[0].ready) if type(op) is Reply]
-    assert [(op.handle, op.status) for op in answers] == [("w2", 200), ("w3", 200), ("w4", 200)]
+    assert kinds(out) == ["Persist"] and out[0].sync
+    second = out[0].ready
+    assert len(second.entries) == 1 and len(second.entries[0].payload) == 3
+    assert [op.handle for op in d.persisted(second) if type(op) is Reply] == ["first"]
+    out = d.pump()
+    assert kinds(out) == ["Persist", "Applied", "Reply", "Reply", "Reply"]
+    assert [(op.handle, op.status) for op in out if type(op) is Reply] == [
+        ("w2", 200), ("w3", 200), ("w4", 200)]
 
 
 @pytest.mark.parametrize("protocol", PROTOCOLS)
@@ -245,6 +257,35 @@ def test_a_follower_forwards_a_write_and_relays_the_leaders_answer(protocol):
     assert [op.handle for op in answers] == [("from", 2)] and answers[0].status == 200
     assert follower.forward_answered(fwd.request, 200, answers[0].body) == [
         Reply("H", 200, answers[0].body)]
+
+
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+def test_the_leader_sends_its_new_entries_before_persisting_them(protocol):
+    """pump -> Send(the Accepts / AppendEntries carrying the new entry) before its synced
+    Persist; one follower's acknowledgement commits nothing until the leader's own fsync
+    is reported (persisted), and then the write is applied and answered."""
+    trio = Trio(protocol)
+    lead = trio.elect()
+    d = trio.drivers[lead]
+    key, data = put(d, "a", 1)
+    assert d.submit_write("H", key, data) == []
+    out = d.pump()
+    assert kinds(out) == ["Send", "Persist"] and out[1].sync
+    ready = out[1].ready
+    (entry,) = ready.entries
+    assert {m.to for m in out[0].messages} == set(trio.others(lead))
+    assert all(entry in m.entries for m in out[0].messages)
+    peer = trio.others(lead)[0]                 # one follower persists, then acknowledges
+    follower = trio.drivers[peer]
+    assert follower.receive([m for m in out[0].messages if m.to == peer]) == []
+    trio.run(follower.pump(), peer)
+    (ack,), trio.inbox = trio.inbox, []
+    assert ack.to == lead
+    assert not any(type(op) is Reply for op in d.receive([ack]) + d.pump())
+    assert d.replica.commit_index < entry.index
+    assert d.persisted(ready) == []
+    answers = [op for op in trio.run(d.pump(), lead) if type(op) is Reply]
+    assert [(op.handle, op.status) for op in answers] == [("H", 200)]
 
 
 @pytest.mark.parametrize("protocol", PROTOCOLS)

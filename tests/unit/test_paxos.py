@@ -5,8 +5,8 @@ needed), step hand-made messages into it and assert the exact Ready it answers w
 (``ready.messages == [Promise(...)]``).  Cluster tests use ``Cluster``: replicas, one
 ``MemoryStorage`` each (the storage model the simulator and the scripts use: the real WAL
 records, a crash keeps what was synced), a FIFO of messages in flight, blocked links and
-crashed nodes; ``settle()`` honours the Ready contract (persist and sync, send, apply,
-advance), and every entry any node applies is checked against the first value applied at
+crashed nodes; ``settle()`` honours the Ready contract (send the early messages, persist
+and sync, send, apply, advance), and every entry any node applies is checked against the first value applied at
 that slot anywhere.
 
 Ballots are (round, node); a Multi-Paxos entry's ``term`` is the packed ballot it was
@@ -158,7 +158,9 @@ class Cluster:
         r = self.nodes[node]
         while (ready := r.ready()) is not None:
             self.readies[node].append(ready)
-            self.disks[node].save(ready)    # written and synced before anything is sent
+            for msg in ready.early_messages:   # the leader's traffic may precede the fsync
+                self.queue.append(decode(encode(msg)) if self.codec else msg)
+            self.disks[node].save(ready)    # written and synced before the rest is sent
             for msg in ready.messages:
                 self.queue.append(decode(encode(msg)) if self.codec else msg)
             for entry in ready.committed:
@@ -310,7 +312,7 @@ def test_large_promises_are_paged_and_the_candidate_asks_for_each_page():
     assert cand.role == Role.LEADER
     ready = drain(cand)
     mine = [e.with_term(b(2, 1)) for e in entries]
-    to_2 = [m for m in ready.messages if isinstance(m, Accept) and m.to == 2]
+    to_2 = [m for m in ready.early_messages if isinstance(m, Accept) and m.to == 2]
     assert to_2 == [Accept(1, 2, Ballot(2, 1), tuple(mine[0:2]), 0),  # chunked by the same
                     Accept(1, 2, Ballot(2, 1), tuple(mine[2:4]), 0),  # byte bound
                     Accept(1, 2, Ballot(2, 1), tuple(mine[4:5]), 0)]
@@ -320,15 +322,16 @@ def test_large_promises_are_paged_and_the_candidate_asks_for_each_page():
 
 def test_accept_batches_commands_into_slots_and_carries_many_slots():
     """Queued commands fill slots of at most batch_commands_max; one Accept per peer carries
-    every new slot, persisted in the same Ready (a leader's own acceptance)."""
+    every new slot, persisted in the same Ready (a leader's own acceptance); the Accepts
+    may leave before that Ready is durable (early messages)."""
     r = leader(limits=Limits(batch_commands_max=2))
     r.propose([b"a", b"b", b"c", b"d", b"e"])
     ready = drain(r)
     slots = (value(1, b(1, 1), b"a", b"b"), value(2, b(1, 1), b"c", b"d"),
              value(3, b(1, 1), b"e"))
     assert ready.entries == list(slots)
-    assert ready.messages == [Accept(1, 2, B11, slots, 0), Accept(1, 3, B11, slots, 0)]
-    assert ready.committed == []
+    assert ready.early_messages == [Accept(1, 2, B11, slots, 0), Accept(1, 3, B11, slots, 0)]
+    assert ready.messages == [] and ready.committed == []
 
 
 def test_pipeline_window_bounds_the_slots_in_flight():
@@ -342,8 +345,74 @@ def test_pipeline_window_bounds_the_slots_in_flight():
     ready = drain(r)
     assert ready.committed == [value(1, b(1, 1), b"a")]
     assert ready.entries == [value(3, b(1, 1), b"c")]
-    assert ready.messages == [Accept(1, 2, B11, (value(3, b(1, 1), b"c"),), 1),
-                              Accept(1, 3, B11, (value(3, b(1, 1), b"c"),), 1)]
+    assert ready.early_messages == [Accept(1, 2, B11, (value(3, b(1, 1), b"c"),), 1),
+                                    Accept(1, 3, B11, (value(3, b(1, 1), b"c"),), 1)]
+
+
+def test_the_leaders_own_acceptance_counts_only_once_its_ready_is_advanced():
+    """Send before persist: an Accepted from node 2 that arrives while the Ready holding
+    slot 1 is being persisted does not choose it ({2} alone); advance() of that Ready
+    adds the leader's durable acceptance and the slot is chosen."""
+    r = leader()
+    r.propose([b"x"])
+    ready = r.ready()
+    assert ready.early_messages == [Accept(1, 2, B11, (value(1, b(1, 1), b"x"),), 0),
+                                    Accept(1, 3, B11, (value(1, b(1, 1), b"x"),), 0)]
+    r.step(Accepted(2, 1, B11, (1,)))
+    assert r.commit_index == 0
+    r.advance(ready)
+    assert r.commit_index == 1
+    assert drain(r).committed == [value(1, b(1, 1), b"x")]
+
+
+def test_a_single_voter_chooses_its_slot_only_after_the_fsync():
+    """With voter 1 alone (and learner 2) the leader's own acceptance is a quorum: the Ready
+    that carries slot 1 sends the Accept early with the old watermark (0) and commits
+    nothing; after advance, the next Ready persists the watermark and applies the slot.
+    (Counting at once would tell the learner slot 1 is chosen before it is durable
+    anywhere: the simulator's negative control, tests/sim/test_own_ack.py.)"""
+    solo = Config(frozenset({1}), learners=frozenset({2}))
+    r = replica(1, solo, pre_vote=False)
+    for _ in range(2 * E):
+        r.tick()
+    assert r.role == Role.LEADER
+    drain(r)
+    r.propose([b"x"])
+    ready = r.ready()
+    assert ready.entries == [value(1, b(1, 1), b"x")] and ready.committed == []
+    assert ready.early_messages == [Accept(1, 2, B11, (value(1, b(1, 1), b"x"),), 0)]
+    r.advance(ready)
+    ready = drain(r)
+    assert ready.hard_state == HardState(b(1, 1), 0, 1)
+    assert ready.committed == [value(1, b(1, 1), b"x")]
+
+
+def test_nothing_is_sent_early_at_a_promise_that_is_not_yet_durable():
+    """A single voter that elects itself proposes at once, in the Ready that persists its
+    new promise: its Accept waits for that fsync like any message (else a restart could
+    reuse the ballot for other values)."""
+    solo = Config(frozenset({1}), learners=frozenset({2}))
+    r = replica(1, solo, pre_vote=False, restored=Restored(
+        HardState(b(1, 1), 0, 0), [value(1, b(1, 1), b"x")]))
+    for _ in range(2 * E):
+        r.tick()
+    assert r.role == Role.LEADER
+    ready = drain(r)
+    assert ready.hard_state == HardState(b(2, 1), 0, 0)
+    assert ready.early_messages == []
+    assert Accept(1, 2, Ballot(2, 1), (value(1, b(2, 1), b"x"),), 0) in ready.messages
+
+
+def test_an_acceptance_persisted_after_losing_leadership_does_not_count():
+    """Deposed while the Ready holding slot 1 is persisted, the old leader counts nothing
+    on advance (the slot is not chosen by it)."""
+    r = leader()
+    r.propose([b"x"])
+    ready = r.ready()
+    r.step(Nack(2, 1, B11, Ballot(2, 3)))
+    assert r.role == Role.FOLLOWER
+    r.advance(ready)
+    assert r.commit_index == 0 and not r.inflight
 
 
 def test_accepts_are_split_at_entries_per_message_max():
@@ -352,8 +421,8 @@ def test_accepts_are_split_at_entries_per_message_max():
     r.propose([b"a", b"b", b"c"])
     ready = drain(r)
     e1, e2, e3 = (value(i, b(1, 1), c) for i, c in ((1, b"a"), (2, b"b"), (3, b"c")))
-    assert ready.messages == [Accept(1, 2, B11, (e1, e2), 0), Accept(1, 2, B11, (e3,), 0),
-                              Accept(1, 3, B11, (e1, e2), 0), Accept(1, 3, B11, (e3,), 0)]
+    assert ready.early_messages == [Accept(1, 2, B11, (e1, e2), 0), Accept(1, 2, B11, (e3,), 0),
+                                    Accept(1, 3, B11, (e1, e2), 0), Accept(1, 3, B11, (e3,), 0)]
 
 
 def test_acceptor_persists_what_it_accepts_before_replying_accepted():
@@ -404,7 +473,7 @@ def test_out_of_order_chosen_slots_are_applied_in_slot_order():
     assert ready.committed == [] and r.commit_index == 0
     r.tick()
     r.tick()
-    beats = [m for m in drain(r).messages if isinstance(m, Heartbeat)]
+    beats = [m for m in drain(r).early_messages if isinstance(m, Heartbeat)]
     assert beats[0] == Heartbeat(1, 2, B11, 0, (2,), 2)
     r.step(Accepted(2, 1, B11, (1,)))
     r.step(Accepted(4, 1, B11, (1,)))
@@ -474,8 +543,10 @@ def test_new_leader_reproposes_the_highest_ballot_values_and_fills_holes_with_no
     slots = (value(1, mine.pack(), b"z"), noop(2, mine.pack()), value(3, mine.pack(), b"y"),
              value(4, mine.pack(), b"w"))
     assert ready.entries == list(slots)
-    assert ready.messages[:4] == [Accept(1, peer, mine, slots, 0) for peer in (2, 3, 4, 5)]
-    assert ready.messages[4:] == [Heartbeat(1, peer, mine, 0, (), 1) for peer in (2, 3, 4, 5)]
+    assert ready.early_messages[:4] == [Accept(1, peer, mine, slots, 0)
+                                        for peer in (2, 3, 4, 5)]
+    assert ready.early_messages[4:] == [Heartbeat(1, peer, mine, 0, (), 1)
+                                        for peer in (2, 3, 4, 5)]
     assert RoleChanged(Role.LEADER, 3, 1) in ready.events
 
 
@@ -589,7 +660,8 @@ def test_without_check_quorum_an_isolated_leader_keeps_leading():
 
 def test_leader_transfer_waits_for_the_target_then_sends_timeout_now():
     """Proposals are refused during a transfer; TimeoutNow goes out only once the target
-    reports every slot chosen, and the old leader steps down with it."""
+    reports every slot chosen, and the old leader keeps leading until the target's forced
+    Prepare arrives."""
     r = leader()
     r.propose([b"x"])
     drain(r)
@@ -601,7 +673,22 @@ def test_leader_transfer_waits_for_the_target_then_sends_timeout_now():
     r.step(HeartbeatReply(3, 1, B11, 1, 1, 1))
     ready = drain(r)
     assert ready.messages == [TimeoutNow(1, 3, b(1, 1))]
+    assert ready.events == [] and r.role == Role.LEADER
+    r.step(Prepare(3, 1, Ballot(2, 3), 2, True))
+    ready = drain(r)
+    assert ready.messages == [Promise(1, 3, Ballot(2, 3), (), 1, 1, 0)]
     assert ready.events == [RoleChanged(Role.FOLLOWER, 1, None)]
+
+
+def test_a_lost_timeout_now_is_sent_again_on_the_targets_next_heartbeat_reply():
+    """Only a reply from the target itself repeats TimeoutNow (not every peer's)."""
+    r = leader()
+    r.transfer_leadership(3)  # up to date: TimeoutNow at once
+    assert drain(r).messages == [TimeoutNow(1, 3, b(1, 1))]
+    r.step(HeartbeatReply(2, 1, B11, 1, 0, 0))
+    assert r.ready() is None
+    r.step(HeartbeatReply(3, 1, B11, 1, 0, 0))
+    assert drain(r).messages == [TimeoutNow(1, 3, b(1, 1))]
 
 
 def test_timeout_now_starts_a_forced_prepare_at_once():
@@ -629,11 +716,6 @@ def test_transfer_to_a_non_voter_is_refused():
         replica(2).transfer_leadership(3)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "Multi-Paxos steps down the moment it sends TimeoutNow (_maybe_send_timeout_now), so a "
-    "lost TimeoutNow or a dead target leaves the cluster leaderless until an election; Raft "
-    "keeps leading and abandons the transfer after an election timeout "
-    "(tests/interaction/leader_transfer.txt)"))
 def test_transfer_to_an_unreachable_target_is_abandoned():
     """A transfer whose TimeoutNow goes nowhere is abandoned after an election timeout and
     the leader takes proposals again, without an election in between."""
@@ -658,7 +740,8 @@ def test_read_index_is_answered_once_a_quorum_acknowledges_a_heartbeat_round():
     r = leader()
     r.read_index("r")
     ready = drain(r)
-    assert ready.messages == [Heartbeat(1, 2, B11, 0, (), 2), Heartbeat(1, 3, B11, 0, (), 2)]
+    assert ready.early_messages == [Heartbeat(1, 2, B11, 0, (), 2),
+                                    Heartbeat(1, 3, B11, 0, (), 2)]
     assert ready.reads == []
     r.step(HeartbeatReply(3, 1, B11, 2, 0, 0))
     assert drain(r).reads == [ReadState("r", 0)]
@@ -813,7 +896,7 @@ def test_configuration_entry_waits_for_an_empty_pipeline_and_stops_the_slots_beh
     ready = drain(r)
     entry = config_entry(2, b(1, 1), target)
     assert ready.entries == [entry]
-    assert ready.messages == [Accept(1, peer, B11, (entry,), 1) for peer in (2, 3, 4)]
+    assert ready.early_messages == [Accept(1, peer, B11, (entry,), 1) for peer in (2, 3, 4)]
     r.propose([b"b"])
     assert r.ready() is None  # b waits behind the barrier
     r.step(Accepted(3, 1, B11, (2,)))
@@ -822,12 +905,6 @@ def test_configuration_entry_waits_for_an_empty_pipeline_and_stops_the_slots_beh
     assert ready.entries == [value(3, b(1, 1), b"b")]
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "Multi-Paxos proposes a pending CONFIG entry only when no slot is in flight "
-    "(_fill_slots) but keeps giving new commands slots meanwhile, so under a steady stream "
-    "of proposals the membership change never starts; the design note says the leader "
-    "proposes nothing after the CONFIG entry, which needs the queue held back while a "
-    "change waits"))
 def test_a_pending_configuration_change_is_not_starved_by_new_proposals():
     """With a new command proposed in every round and each slot chosen a round later, the
     configuration change still gets a slot within a few rounds."""
@@ -894,11 +971,60 @@ def test_candidate_needs_a_quorum_of_every_configuration_its_promises_report():
     assert drain(r).entries == [config_entry(1, b(1, 1), other)]
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "Multi-Paxos has no step-down for a leader outside the configuration it committed: it "
-    "keeps proposing (tests/interaction/membership_removed_leader.txt); Raft hands over "
-    "with TimeoutNow and steps down; the server's exit of a removed node costs an election "
-    "timeout without a leader"))
+def test_removed_leader_hands_over_to_a_voter_once_it_knows_the_configuration_chosen():
+    """When the final configuration without it is chosen, the leader tells every peer the
+    new watermark and starts a transfer to the voter best placed (node 2: it reported
+    slot 1 chosen, node 3 nothing).  Proposals are refused meanwhile; TimeoutNow goes out
+    once node 2 reports slot 2 chosen (it then knows it is a voter), and the forced
+    Prepare deposes the old leader."""
+    r = leader()
+    r.change_config({2, 3})
+    drain(r)
+    r.step(Accepted(2, 1, B11, (1,)))
+    r.step(Accepted(3, 1, B11, (1,)))
+    drain(r)
+    r.step(HeartbeatReply(2, 1, B11, 1, 1, 2))
+    r.step(Accepted(2, 1, B11, (2,)))
+    r.step(Accepted(3, 1, B11, (2,)))
+    ready = drain(r)
+    final = Config(frozenset({2, 3}))
+    assert ready.early_messages == [Heartbeat(1, 2, B11, 2, (), 2),
+                                    Heartbeat(1, 3, B11, 2, (), 2)]
+    assert ready.events == [ConfigChanged(final, 2)]
+    assert r.role == Role.LEADER and r.transfer_target == 2
+    with pytest.raises(Busy, match="leadership transfer in progress"):
+        r.propose([b"z"])
+    r.step(HeartbeatReply(3, 1, B11, 2, 2, 2))
+    assert r.ready() is None  # only the target's reply counts
+    r.step(HeartbeatReply(2, 1, B11, 2, 2, 2))
+    assert drain(r).messages == [TimeoutNow(1, 2, b(1, 1))]
+    r.step(Prepare(2, 1, Ballot(2, 2), 3, True))
+    assert drain(r).events == [RoleChanged(Role.FOLLOWER, 1, None)]
+
+
+def test_removed_leader_tries_another_voter_when_the_handover_stalls():
+    """A target that stays silent for an election timeout is replaced by a voter that was
+    heard (here node 3), and the old leader keeps leading meanwhile."""
+    r = leader()
+    r.change_config({2, 3})
+    drain(r)
+    r.step(Accepted(2, 1, B11, (1,)))
+    r.step(Accepted(3, 1, B11, (1,)))
+    drain(r)
+    r.step(HeartbeatReply(2, 1, B11, 1, 1, 2))
+    r.step(Accepted(2, 1, B11, (2,)))
+    r.step(Accepted(3, 1, B11, (2,)))
+    drain(r)
+    assert r.transfer_target == 2
+    for _ in range(E):
+        r.tick()
+        r.step(HeartbeatReply(3, 1, B11, r.rounds.round, 2, 2))
+        pump(r)
+    assert r.role == Role.LEADER and r.transfer_target == 3
+    r.step(HeartbeatReply(3, 1, B11, r.rounds.round, 2, 2))
+    assert TimeoutNow(1, 3, b(1, 1)) in drain(r).messages
+
+
 def test_leader_removed_by_the_final_configuration_hands_over():
     """Once the final configuration without the leader is chosen, it stops leading (and
     hands over to an up-to-date voter)."""
@@ -929,11 +1055,6 @@ def test_restored_watermark_is_trusted_only_over_the_slots_present():
     assert r.commit_index == 1
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "R13: Multi-Paxos does not notice that its persisted chosen watermark (2) lies beyond "
-    "its log (1 slot) and promises without the chosen slot it lost, so a phase-1 quorum "
-    "can miss a chosen value (tests/interaction/r13_lost_acknowledged_entries.txt: "
-    "agreement violated); Raft neither votes nor campaigns until repaired"))
 def test_a_node_that_lost_chosen_slots_does_not_promise():
     """Restored with watermark 2 but only slot 1, a node does not promise (nor campaign)
     until a leader has sent the lost slot again."""
@@ -942,6 +1063,47 @@ def test_a_node_that_lost_chosen_slots_does_not_promise():
     r.step(Prepare(3, 2, Ballot(2, 3), 2, False))
     ready = pump(r)
     assert ready is None or not any(isinstance(m, Promise) for m in ready.messages)
+
+
+def test_a_node_that_lost_chosen_slots_refuses_pre_votes_and_does_not_campaign():
+    """R13: no pre-vote granted, no campaign (not even on TimeoutNow) while slot 2 is lost."""
+    lost = Restored(HardState(b(1, 1), 0, 2), [value(1, b(1, 1), b"a")])
+    r = replica(2, restored=lost, pre_vote=False)
+    pump(r)
+    for _ in range(4 * E):
+        r.tick()
+    r.step(TimeoutNow(1, 2, b(1, 1)))
+    assert pump(r) is None and r.role == Role.FOLLOWER
+    r.step(PreVote(3, 2, Ballot(2, 3), 2))
+    assert drain(r).messages == [PreVoteReply(2, 3, Ballot(2, 3), False, 1)]
+
+
+def test_a_node_that_lost_chosen_slots_promises_again_once_a_leader_resent_them():
+    """The leader's watermark makes the node fetch the lost slot; once it is back, the node
+    promises as before."""
+    r = replica(2, restored=Restored(HardState(b(1, 1), 0, 2), [value(1, b(1, 1), b"a")]))
+    pump(r)
+    r.step(Heartbeat(1, 2, B11, 2, (), 3))
+    assert drain(r).messages == [CatchupRequest(2, 1, B11, (2,)),
+                                 HeartbeatReply(2, 1, B11, 3, 1, 1)]
+    r.step(CatchupReply(1, 2, B11, (value(2, b(1, 1), b"x"),), 2))
+    assert drain(r).committed == [value(2, b(1, 1), b"x")]
+    r.step(Prepare(1, 2, Ballot(2, 1), 3, False))
+    assert drain(r).messages == [Promise(2, 1, Ballot(2, 1), (), 2, 1, 0)]
+
+
+def test_a_node_that_lost_chosen_slots_catches_up_from_a_candidate_that_knows_them():
+    """Without a leader, a candidate whose pre-vote says slots up to 2 are chosen is asked
+    for them (no pre-vote yet); the next pre-vote is granted."""
+    r = replica(2, restored=Restored(HardState(b(1, 1), 0, 2), [value(1, b(1, 1), b"a")]))
+    pump(r)
+    r.step(PreVote(3, 2, Ballot(2, 3), 3))
+    assert drain(r).messages == [CatchupRequest(2, 3, B11, (2,)),
+                                 PreVoteReply(2, 3, Ballot(2, 3), False, 1)]
+    r.step(CatchupReply(3, 2, Ballot(1, 1), (value(2, b(1, 1), b"x"),), 2))
+    drain(r)
+    r.step(PreVote(3, 2, Ballot(2, 3), 3))
+    assert drain(r).messages == [PreVoteReply(2, 3, Ballot(2, 3), True, 2)]
 
 
 # ---------------------------------------------------------------- misc and whole cluster

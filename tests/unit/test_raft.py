@@ -2,8 +2,8 @@
 
 ``Net`` holds the replicas, a ``MemoryStorage`` per node (the storage model the simulator
 and the scripts use: the real WAL records and snapshot files) and a FIFO of messages in
-flight.  ``Net.settle()`` honours the Ready contract for every node (persist and sync, then
-send, then apply, then advance) and delivers messages until nothing moves; links can be
+flight.  ``Net.settle()`` honours the Ready contract for every node (send the early
+messages, persist and sync, then send, then apply, then advance) and delivers messages until nothing moves; links can be
 blocked, nodes crashed and restarted from what they persisted, and a ``drop`` predicate
 filters messages.  The "state machine" is the list of applied entries; a snapshot holds it
 as one CBOR state named ``log``.  Every
@@ -126,21 +126,15 @@ class Net:
             with pytest.raises(ContractViolation):
                 replica.ready()             # a second Ready before advance is refused
             self.readies[node].append(ready)
-            self.disks[node].save(ready)    # written and synced before anything is sent
+            for msg in ready.early_messages:   # the leader's traffic may precede the fsync
+                assert type(msg) is AppendEntries, msg
+                self._send(node, msg)
+            self.disks[node].save(ready)    # written and synced before the rest is sent
             if ready.snapshot is not None:
                 latest = self.disks[node].latest_snapshot()
                 self.applied[node] = applied_from(SnapshotReader(latest[1]))
             for msg in ready.messages:
-                assert msg.frm == node
-                if isinstance(msg, InstallSnapshot) and not msg.data:
-                    # The shell ships the kept snapshot file the core names.
-                    data = self.disks[node].find_snapshot(msg.index, msg.snap_term)
-                    assert data is not None, (node, msg)
-                    msg = InstallSnapshot(msg.frm, msg.to, msg.term, msg.index, msg.snap_term,
-                                          msg.config, data)
-                if self.codec:
-                    msg = decode(encode(msg))
-                self.queue.append(msg)
+                self._send(node, msg)
             for entry in ready.committed:
                 assert entry.index == len(self.applied[node]) + 1, (node, entry.index)
                 first = self.chosen.setdefault(entry.index, entry)
@@ -150,6 +144,18 @@ class Net:
             self.events[node].extend(ready.events)
             replica.advance(ready)
             replica.check_invariants()
+
+    def _send(self, node: int, msg) -> None:
+        assert msg.frm == node
+        if isinstance(msg, InstallSnapshot) and not msg.data:
+            # The shell ships the kept snapshot file the core names.
+            data = self.disks[node].find_snapshot(msg.index, msg.snap_term)
+            assert data is not None, (node, msg)
+            msg = InstallSnapshot(msg.frm, msg.to, msg.term, msg.index, msg.snap_term,
+                                  msg.config, data)
+        if self.codec:
+            msg = decode(encode(msg))
+        self.queue.append(msg)
 
     def settle(self, steps_max: int = 100000) -> None:
         for _ in range(steps_max):
@@ -214,15 +220,22 @@ def started(n=3, leader=1, **kw) -> Net:
 
 # ---------------------------------------------------------------- elections and replication
 
-def test_single_node_becomes_leader_and_commits_in_the_same_ready():
-    """A lone voter elects itself and hands out new entries persisted and committed together."""
+def test_single_node_commits_its_entries_once_the_ready_persisting_them_is_advanced():
+    """A lone voter elects itself; its own vote counts only for what is durable, so new
+    entries are committed (and applied) in the Ready after the one that persists them
+    (etcd #14370: a single node must never acknowledge before its fsync)."""
     net = Net([1])
     net.tick(2 * E)
     assert net.nodes[1].role == Role.LEADER
     net.nodes[1].propose([b"a", b"b"])
     ready = net.nodes[1].ready()
     assert [e.payload for e in ready.entries] == [(b"a", b"b")]
-    assert ready.committed == ready.entries and ready.hard_state.commit == ready.entries[-1].index
+    assert ready.committed == [] and ready.hard_state is None
+    net.nodes[1].advance(ready)
+    assert net.nodes[1].commit_index == 2 and net.nodes[1].applied_index == 1
+    ready = net.nodes[1].ready()
+    assert ready.hard_state.commit == 2 and ready.entries == []
+    assert [e.payload for e in ready.committed] == [(b"a", b"b")]
     net.nodes[1].advance(ready)
     assert net.nodes[1].applied_index == 2
 
@@ -299,6 +312,41 @@ def test_commit_needs_a_quorum_by_counting():
     net.tick(3 * 2)  # lost appends are resent once unacknowledged for two heartbeats
     assert net.nodes[1].commit_index == commit + 1
     assert net.commands(3) == [b"x"]
+
+
+def test_appends_leave_before_the_fsync_but_count_the_leader_only_once_durable():
+    """Send before persist: the leader's AppendEntries with its new entry is an early
+    message; a follower's acknowledgement that arrives before the leader's Ready is
+    advanced commits nothing ({2} of 3); advance() adds the leader's durable copy."""
+    net = started(3)
+    leader = net.nodes[1]
+    last = leader.last_index
+    leader.propose([b"x"])
+    ready = leader.ready()
+    x = Entry(last + 1, 1, ENTRY_NORMAL, (b"x",))
+    assert ready.entries == [x] and ready.messages == []
+    assert ready.early_messages == [
+        AppendEntries(1, 2, 1, last, 1, (x,), last, 0),
+        AppendEntries(1, 3, 1, last, 1, (x,), last, 0)]
+    leader.step(AppendEntriesReply(2, 1, 1, True, last + 1, 0, 0))
+    assert leader.commit_index == last
+    leader.advance(ready)
+    assert leader.commit_index == last + 1
+
+
+def test_nothing_is_sent_early_in_a_ready_that_changes_the_term():
+    """A lone voter with a learner elects itself and appends its no-op in the Ready that
+    persists its new term and vote: the AppendEntries to the learner waits for that fsync
+    (a term must be durable before anything is sent in it)."""
+    net = Net([1, 2], voters=[1], learners=[2])
+    replica = net.nodes[1]
+    while replica.role != Role.LEADER:
+        replica.tick()
+    ready = replica.ready()
+    assert ready.hard_state == HardState(1, 1, 0)
+    assert ready.early_messages == []
+    assert ready.messages == [AppendEntries(1, 2, 1, 0, 0,
+                                            (Entry(1, 1, ENTRY_NOOP, ()),), 0, 0)]
 
 
 def test_follower_ignores_messages_not_addressed_to_it_and_stale_terms():

@@ -76,3 +76,31 @@ def test_compaction_keeps_the_configuration_in_force():
     assert log.offset == 2 and [e.index for e in log.entries] == [3]
     assert log.snapshot == SnapshotMeta(2, 1, GROWN) and log.current_config() == (2, GROWN)
     log.check_invariants()
+
+
+def test_durable_prefix_moves_when_the_ready_is_persisted_and_shrinks_with_truncation():
+    """durable_upto follows persisted(): what the last take_unstable handed out, less what
+    a truncation removed meanwhile; entries appended after the hand-out do not count."""
+    log = log_with_terms(1, 1, 1)
+    assert log.durable_upto == 0
+    log.take_unstable()
+    log.append([Entry(4, 1, ENTRY_NORMAL, (b"4",))])  # after the Ready was handed out
+    log.persisted()
+    assert log.durable_upto == 3
+    log.take_unstable()
+    log.truncate(3)                                   # before that Ready is persisted
+    log.append([Entry(3, 2, ENTRY_NORMAL, (b"x",))])
+    log.persisted()
+    assert log.durable_upto == 2                      # 3 is a new entry, not durable yet
+    log.take_unstable()
+    log.persisted()
+    assert log.durable_upto == 3
+    log.check_invariants()
+
+
+def test_a_restored_log_is_durable():
+    """Everything storage handed back at restart is durable."""
+    log = RaftLog(BOOT)
+    log.restore([Entry(i, 1, ENTRY_NORMAL, (b"%d" % i,)) for i in (1, 2)], None)
+    assert log.durable_upto == 2
+    log.check_invariants()
