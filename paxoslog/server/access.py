@@ -36,7 +36,6 @@ nothing after ``authenticate`` changes.
 from __future__ import annotations
 
 import hashlib
-import ipaddress
 import os
 from dataclasses import dataclass
 from typing import Callable
@@ -44,6 +43,7 @@ from typing import Callable
 from twisted.internet import defer
 from twisted.logger import Logger
 
+from paxoslog.config import is_loopback_host
 from paxoslog.tokens import (ClientIdRule, Role, TokenRecord, TokensFile, TokensFileError,
                              parse_token, read_tokens)
 
@@ -181,14 +181,9 @@ class TokenStore:
 
 
 def is_loopback(host: str) -> bool:
-    """``localhost`` or a loopback address (127.0.0.0/8, ::1; brackets allowed)."""
-    host = host.lower().strip("[]")
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
+    """``localhost`` or a loopback address (127.0.0.0/8, ::1; brackets allowed): the
+    conf's rule (``config.is_loopback_host``), for Host header values too."""
+    return is_loopback_host(host.strip("[]"))
 
 
 def _host_port(host: str, port: int) -> str:
@@ -200,10 +195,12 @@ class AccessControl:
     addresses (``Address``: the advertised one and the bind); ``port()``: the port the API
     listens on (for a conf with port 0); ``store``: a loaded ``TokenStore`` (None: no
     tokens file); ``verify``: runs ``check_token(record, token)`` off the event loop and
-    returns a Deferred (tests pass a synchronous one); ``now()``: seconds."""
+    returns a Deferred (tests pass a synchronous one); ``now()``: seconds; ``https``: the
+    API speaks TLS (a Host header without a port then means 443, not 80)."""
 
     def __init__(self, auth, addresses, port: Callable[[], int | None], *,
-                 store: TokenStore | None, verify: Callable, now: Callable[[], float]) -> None:
+                 store: TokenStore | None, verify: Callable, now: Callable[[], float],
+                 https: bool = False) -> None:
         self.auth = auth
         self.store = store
         self.required = bool(auth.required and store is not None)
@@ -212,6 +209,7 @@ class AccessControl:
         self._port = port
         self._verify = verify
         self._now = now
+        self._default_port = 443 if https else 80
         self._origins = frozenset(o.lower() for o in auth.allowed_origins)
         self._hosts: frozenset[str] | None = None
         self._in_flight: dict[bytes, defer.Deferred] = {}
@@ -234,7 +232,7 @@ class AccessControl:
                     hosts.add(_host_port(name, port))
                     # Without a port (HTTP/1.1 tools on this machine): a page on another
                     # site can only send its own name, never a loopback one.
-                    if port == 80 or is_loopback(name):
+                    if port == self._default_port or is_loopback(name):
                         hosts.add(f"[{name}]" if ":" in name else name)
             self._hosts = frozenset(hosts)
         return self._hosts

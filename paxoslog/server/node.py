@@ -228,7 +228,8 @@ class NodeService(MultiService):
             return threads.deferToThreadPool(reactor, reactor.getThreadPool(), check_token,
                                              record, token)
         return AccessControl(auth, (self.me.api, self.me.api_bind), lambda: self.http.port,
-                             store=store, verify=verify, now=reactor.seconds)
+                             store=store, verify=verify, now=reactor.seconds,
+                             https=self.config.tls_api)
 
     # ================================================================== wiring
 

@@ -234,3 +234,30 @@ def test_host_must_name_the_node_while_anonymous_requests_are_served(setup):
         refused = open_node.check_browser(Req({"Host": host}))
         assert refused is not None and refused.status == 403, host
     assert make(True).check_browser(Req({"Host": "evil.example"})) is None
+
+
+def test_a_host_without_a_port_means_the_default_port_of_the_api_scheme():
+    """A node whose API listens on a non-loopback address and port 443 accepts a bare Host
+    (and its https origin without a port) when the API speaks HTTPS, not when it speaks
+    HTTP (where a bare Host means port 80); port 80 is the reverse."""
+    conf = AuthConf(tokens_file=None, required=False)
+    for port, https, bare_ok in ((443, True, True), (443, False, False),
+                                 (80, False, True), (80, True, False)):
+        access = AccessControl(conf, (Address("10.0.0.5", port),), lambda: port, store=None,
+                               verify=None, now=lambda: 0.0, https=https)
+        refused = access.check_browser(Req({"Host": "10.0.0.5"}))
+        assert (refused is None) == bare_ok, (port, https)
+        assert access.check_browser(Req({"Host": f"10.0.0.5:{port}"})) is None
+    tls_node = AccessControl(conf, (Address("10.0.0.5", 443),), lambda: 443, store=None,
+                             verify=None, now=lambda: 0.0, https=True)
+    assert tls_node.check_browser(Req({"Origin": "https://10.0.0.5",
+                                       "Host": "10.0.0.5"})) is None
+
+
+def test_is_loopback_takes_bracketed_addresses_like_the_conf():
+    """The Host check's loopback test is the conf's, with IPv6 brackets allowed."""
+    from paxoslog.server.access import is_loopback
+    for host in ("localhost", "LOCALHOST", "127.0.0.1", "127.9.9.9", "::1", "[::1]"):
+        assert is_loopback(host), host
+    for host in ("10.0.0.1", "localhost.evil", "[::2]", ""):
+        assert not is_loopback(host), host
