@@ -158,13 +158,16 @@ SCHEMAS = {
 }
 
 _ERROR_TEXT = {
-    400: "Bad input (malformed JSON, wrong types, unknown fields, bad ranges; "
-         "stale_sequence): fix the request",
+    400: "Bad input (malformed JSON, wrong types, unknown fields, bad ranges, numbers out "
+         "of range or not finite, nesting deeper than json_depth_max; stale_sequence): fix "
+         "the request",
     401: "No bearer token, or an unknown/revoked one (``WWW-Authenticate: Bearer``)",
     403: "The token's role is too low, the client_id is bound to another token, or the "
          "Origin/Host was refused",
     404: "No such key, state machine or member",
     409: "The membership request contradicts the membership",
+    408: "Headers or body not received within header_timeout_ms / body_timeout_ms "
+         "(slow client); the connection is closed",
     410: "This node was removed from the cluster",
     413: "The body is over request_bytes_max (or the command over batch_bytes_max)",
     431: "Request line and headers over header_bytes_max",
@@ -294,9 +297,9 @@ _OPERATIONS = {
         "errors": ()},
 }
 
-# Statuses any request may get before its handler runs: bad HTTP, headers too large,
-# a refused Origin/Host, a body over the limit, too many connections.
-_EVERY = (400, 403, 413, 431, 503)
+# Statuses any request may get before its handler runs: bad HTTP, a slow client, headers
+# too large, a refused Origin/Host, a body over the limit, too many connections.
+_EVERY = (400, 403, 408, 413, 431, 503)
 
 
 def _operation(route) -> dict:
@@ -360,7 +363,8 @@ def document() -> dict:
                 "this document needs `Authorization: Bearer <token>` with the role in "
                 "x-paxoslog-role (admin > write > read).  A request whose Origin is not in "
                 "[auth] allowed_origins is refused 403; allowed origins get CORS headers and "
-                "OPTIONS preflights are answered 204.  See docs/operating.md and "
+                "OPTIONS preflights are answered 204.  With a [tls] section the API is "
+                "HTTPS only (verify against the cluster CA).  See docs/operating.md and "
                 "docs/security.md."),
         },
         "servers": [{"url": "/"}],
