@@ -254,6 +254,11 @@ class ClusterHarness:
             s = self._ssl.wrap_socket(s, server_hostname="127.0.0.1")
         return s
 
+    def host_header(self, node_id: int) -> bytes:
+        """A ``Host`` value naming the node, for raw requests (while anonymous requests are
+        served the node refuses a Host that does not name it: DNS rebinding)."""
+        return f"127.0.0.1:{self.api_ports[node_id]}".encode()
+
     def _drop_conn(self, node_id: int) -> None:
         conn = self._conns.pop(node_id, None)
         if conn is not None:
