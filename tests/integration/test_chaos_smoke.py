@@ -78,7 +78,13 @@ def _smoke(tmp_path, mode: str, nodes: int, kinds: list[str], seed: int,
     assert len(folders) == 1, f"no report folder; stderr:\n{done.stderr[-4000:]}"
     folder = folders[0]
     summary_path = os.path.join(folder, "summary.txt")
-    summary = open(summary_path).read() if os.path.exists(summary_path) else done.stderr[-4000:]
+    if os.path.exists(summary_path):
+        summary = open(summary_path).read()
+    else:       # an aborted run (harness error, no leader...) leaves only verdict.json
+        verdict_path = os.path.join(folder, "verdict.json")
+        reasons = (json.load(open(verdict_path)).get("void_reasons")
+                   if os.path.exists(verdict_path) else None)
+        summary = f"no summary.txt; void reasons: {reasons}\n{done.stderr[-4000:]}"
     assert done.returncode == 0, f"exit {done.returncode}:\n{summary}"
 
     with open(os.path.join(folder, "verdict.json")) as f:
