@@ -24,12 +24,16 @@
     paxoslog snapshot restore FILE --config F  the data directories of a new cluster from it
     paxoslog recover --config F --node N [--force-new-cluster]   after losing a majority
     paxoslog reload                            nodes re-read their conf (as SIGHUP)
+    paxoslog auth add-token --config F --role read|write|admin [--name N] [--client-id C]
+    paxoslog auth list --config F | auth revoke NAME --config F
     paxoslog certs init --config F [--out DIR]  a cluster CA and node certificates (TLS)
 
 Client commands find the cluster with ``--endpoints http://h:p,...``, ``--config F``,
 ``$PAXOSLOG_ENDPOINTS``, ``$PAXOSLOG_CONFIG``, else ``conf/local-3.toml`` (first found);
 ``-w json`` (anywhere on the line; ``--json`` is the same) prints JSON, ``-w table`` (the
 default) text.  While a command retries (no leader yet, a node down) it says so on stderr.
+A cluster that requires tokens needs one: ``--token-file F``, ``$PAXOSLOG_TOKEN`` or
+``--token T`` (visible to other users in ``ps``: prefer the file or the variable).
 HTTPS endpoints are verified against ``--cacert`` (default ``$PAXOSLOG_CACERT``, else the
 conf's ``[tls] ca_file``).
 
@@ -97,6 +101,7 @@ def build_parser() -> argparse.ArgumentParser:
     client.add_argument("--timeout", type=float, default=10.0,
                         help="overall deadline in seconds, retries included (default 10)")
     client.add_argument("--json", action="store_true", help="print the JSON response")
+    _add_token_arguments(client)
     client.add_argument("--cacert", default=None, metavar="FILE",
                         help="CA certificate to verify https endpoints with (default: "
                              "$PAXOSLOG_CACERT, else the conf's [tls] ca_file)")
@@ -119,6 +124,7 @@ def build_parser() -> argparse.ArgumentParser:
                             "(promoted to voter once caught up).  Ignored once joined.")
     serve.add_argument("--join-timeout", type=float, default=60.0,
                        help="seconds to keep asking to join (default 60)")
+    _add_token_arguments(serve, " (--join only: an admin token)")
     serve.set_defaults(func=cmd_serve)
 
     cluster = commands.add_parser("cluster", help="run a local cluster")
@@ -333,6 +339,34 @@ def build_parser() -> argparse.ArgumentParser:
     watch.add_argument("--prefix", action="store_true", help="KEY is a prefix")
     watch.add_argument("--prev", action="store_true", help="show each key's previous value")
     watch.set_defaults(func=cmd_watch)
+    auth = commands.add_parser("auth", help="client bearer tokens (the conf's [auth] "
+                                            "tokens_file)")
+    auth_commands = auth.add_subparsers(dest="auth_command", metavar="COMMAND", required=True)
+    add_token = auth_commands.add_parser(
+        "add-token", help="make a token and add its hash to the tokens file",
+        description="Make a random token with ROLE, add its salted scrypt hash to the "
+                    "tokens file the conf names ([auth] tokens_file; created if absent) and "
+                    "print the token on stdout: it is shown only this once.  Running nodes "
+                    "pick it up within a second.")
+    add_token.add_argument("--config", "-c", required=True, help="cluster conf file")
+    add_token.add_argument("--role", required=True, choices=("read", "write", "admin"))
+    add_token.add_argument("--name", default=None,
+                           help="a name for the token (default: ROLE-<id>); used by revoke")
+    add_token.add_argument("--client-id", default=None, metavar="C",
+                           help="bind the token to client id C, or to a prefix with a "
+                                "trailing '*' (\"app-*\"): its writes must use such an id, "
+                                "and no other token may")
+    add_token.set_defaults(func=cmd_auth_add_token)
+    auth_list = auth_commands.add_parser("list", help="the tokens (names, roles; never the "
+                                                      "tokens themselves)")
+    auth_list.add_argument("--config", "-c", required=True, help="cluster conf file")
+    auth_list.add_argument("--json", action="store_true")
+    auth_list.set_defaults(func=cmd_auth_list)
+    revoke = auth_commands.add_parser("revoke", help="remove a token (nodes drop it within a "
+                                                     "second)")
+    revoke.add_argument("name", metavar="NAME")
+    revoke.add_argument("--config", "-c", required=True, help="cluster conf file")
+    revoke.set_defaults(func=cmd_auth_revoke)
 
     certs = commands.add_parser("certs", help="TLS certificates for a cluster")
     certs_commands = certs.add_subparsers(dest="certs_command", metavar="COMMAND", required=True)
@@ -391,6 +425,7 @@ def build_parser() -> argparse.ArgumentParser:
                       help="seconds to get a node to serve the backup (default 120)")
     save.add_argument("--force", action="store_true", help="replace FILE if it exists")
     save.add_argument("--json", action="store_true", help="print the summary as JSON")
+    _add_token_arguments(save, " (an admin token)")
     save.add_argument("--quiet", action="store_true", help="no progress lines")
     save.add_argument("--cacert", default=None, metavar="FILE",
                       help="CA certificate for https endpoints (default: $PAXOSLOG_CACERT, "
@@ -480,6 +515,35 @@ def main(argv: list[str] | None = None) -> int:
 
 # ====================================================================== helpers
 
+def _add_token_arguments(parser, note: str = "") -> None:
+    parser.add_argument("--token", default=None, metavar="TOKEN",
+                        help="bearer token" + note + " (visible in ps: prefer --token-file "
+                             "or $PAXOSLOG_TOKEN)")
+    parser.add_argument("--token-file", default=None, metavar="FILE",
+                        help="read the bearer token from FILE" + note)
+
+
+def _token(args) -> str | None:
+    """The bearer token: --token, else --token-file, else $PAXOSLOG_TOKEN, else None."""
+    if getattr(args, "token", None):
+        return args.token.strip()
+    path = getattr(args, "token_file", None)
+    if path:
+        try:
+            with open(path, encoding="utf-8") as f:
+                token = f.read().strip()
+        except (OSError, UnicodeDecodeError) as exc:
+            reason = getattr(exc, "strerror", None) or "not UTF-8 text"
+            print(f"paxoslog: --token-file {path}: cannot read: {reason}", file=sys.stderr)
+            raise SystemExit(EXIT_USAGE) from None
+        if not token or "\n" in token:
+            print(f"paxoslog: --token-file {path}: expected one token on one line",
+                  file=sys.stderr)
+            raise SystemExit(EXIT_USAGE)
+        return token
+    return os.environ.get("PAXOSLOG_TOKEN", "").strip() or None
+
+
 def _load_config(path: str):
     from paxoslog.config import ConfigError, load_config
     try:
@@ -518,7 +582,8 @@ def _client(args):
     from paxoslog.client import SyncClient
     client = SyncClient(_endpoints(args), timeout=args.timeout,
                         attempt_timeout=min(3.0, max(0.5, args.timeout / 3)),
-                        client_id=getattr(args, "client_id", None), cafile=_cacert(args))
+                        client_id=getattr(args, "client_id", None), token=_token(args),
+                        cafile=_cacert(args))
     client.on_retry = _RetryProgress()
     return client
 
@@ -541,6 +606,8 @@ class _RetryProgress:
 
 
 def _session(args) -> dict:
+    if args.client_id is not None and args.client_id.endswith("*") and args.sequence is None:
+        return {}          # a prefix (a token bound to "app-*"): the client picks the id
     if (args.client_id is None) != (args.sequence is None):
         print("paxoslog: --client-id and --sequence go together", file=sys.stderr)
         raise SystemExit(EXIT_USAGE)
@@ -900,7 +967,7 @@ def cmd_status(args) -> int:
     when no endpoint answers).  Row fields are the HTTP status's names (node_id, role,
     term, leader, commit_index, applied_index, last_heartbeat in ms) plus endpoint and lag.
     Exit 0 when every member answers and one leads; 4 otherwise."""
-    from paxoslog.client import ClientError
+    from paxoslog.client import ClientError, Forbidden, Unauthorized
     from paxoslog.members import live_endpoints
     with _client(args) as client:
         members, live = live_endpoints(client, _endpoint_ids(args),
@@ -910,6 +977,9 @@ def cmd_status(args) -> int:
             try:
                 views[member] = client.status_of(member.endpoint,
                                                  timeout=min(2.0, args.timeout))
+            except (Unauthorized, Forbidden) as exc:     # up, but it will not tell us
+                _report_error(args, exc, "error")
+                return EXIT_ERROR
             except (OSError, ClientError, ValueError):
                 views[member] = None
     leader_view = None
@@ -1037,7 +1107,8 @@ def cmd_snapshot_save(args) -> int:
 
     def work() -> int:
         endpoints = _endpoints(args)
-        with SyncClient(endpoints, timeout=args.timeout, cafile=_cacert(args)) as client:
+        with SyncClient(endpoints, timeout=args.timeout, token=_token(args),
+                        cafile=_cacert(args)) as client:
             saved = save_backup(client, endpoints, args.file, timeout_s=args.timeout,
                                 force=args.force, quiet=args.quiet)
         info = saved.info
@@ -1142,7 +1213,8 @@ def cmd_reload(args) -> int:
     from paxoslog.client import ClientError, SyncClient
     failed = 0
     for endpoint in _endpoints(args):
-        with SyncClient([endpoint], timeout=args.timeout, cafile=_cacert(args)) as client:
+        with SyncClient([endpoint], timeout=args.timeout, token=_token(args),
+                        cafile=_cacert(args)) as client:
             try:
                 body = client.request("POST", "/api/v1/admin/reload", {})
             except ClientError as exc:
@@ -1317,8 +1389,8 @@ def cmd_serve(args) -> int:
             return code
     try:
         node = NodeService(config, args.node, reactor)
-    except ConfigError as exc:          # e.g. an unusable TLS certificate or key
-        print(f"paxoslog: {exc}", file=sys.stderr)
+    except ConfigError as exc:          # e.g. an unreadable [auth] tokens_file, an
+        print(f"paxoslog: {exc}", file=sys.stderr)   # unusable TLS certificate or key
         return EXIT_USAGE
     if access is not None:
         node.http_requests.access = AccessLog(access)
@@ -1413,13 +1485,114 @@ def _join(config, args, log) -> int:
     endpoints = [e.strip() for e in args.join.split(",") if e.strip()]
     log.info("joining the cluster through {endpoints}", endpoints=", ".join(endpoints))
     try:
-        info = join_cluster(config, args.node, endpoints, timeout=args.join_timeout)
+        info = join_cluster(config, args.node, endpoints, timeout=args.join_timeout,
+                            token=_token(args))
     except JoinError as exc:
         print(f"paxoslog: {exc}", file=sys.stderr)
         return EXIT_ERROR
     log.info("added to cluster {cluster} as a {role} (voters {voters}); starting",
              cluster=info.get("cluster"), role=info.get("role"),
              voters=info.get("applied_config", {}).get("voters"))
+    return EXIT_OK
+
+
+# ====================================================================== auth
+
+def _tokens_path(args) -> str:
+    config = _load_config(args.config)
+    path = config.auth.tokens_file
+    if path is None:
+        print(f"paxoslog: {args.config}: auth.tokens_file: not set; add\n\n    [auth]\n"
+              f"    tokens_file = \"tokens.json\"   # relative to the conf file\n"
+              f"    required = true\n\nto the conf first", file=sys.stderr)
+        raise SystemExit(EXIT_USAGE)
+    return path
+
+
+def _read_tokens(path: str, missing_ok: bool = False):
+    from paxoslog.tokens import TokensFileError, read_tokens
+    try:
+        return read_tokens(path, missing_ok=missing_ok)
+    except TokensFileError as exc:
+        print(f"paxoslog: {exc}", file=sys.stderr)
+        raise SystemExit(EXIT_USAGE) from None
+
+
+def _write_tokens(path: str, tokens) -> None:
+    from paxoslog.tokens import write_tokens
+    try:
+        write_tokens(path, tokens)
+    except OSError as exc:
+        print(f"paxoslog: {path}: cannot write: {exc.strerror}", file=sys.stderr)
+        raise SystemExit(EXIT_ERROR) from None
+
+
+def cmd_auth_add_token(args) -> int:
+    from paxoslog.tokens import ClientIdRule, Role, TokensFile, locked_tokens, new_token
+    path = _tokens_path(args)
+    try:
+        rule = ClientIdRule.parse(args.client_id) if args.client_id is not None else None
+    except ValueError as exc:
+        print(f"paxoslog: --client-id: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        with locked_tokens(path):
+            tokens = _read_tokens(path, missing_ok=True)
+            try:
+                token, record = new_token(tokens, Role.parse(args.role), args.name, rule)
+            except ValueError as exc:
+                print(f"paxoslog: {exc}", file=sys.stderr)
+                return EXIT_USAGE
+            _write_tokens(path, TokensFile(tokens.tokens + (record,)))
+    except OSError as exc:                    # the lock file's folder
+        print(f"paxoslog: {path}: cannot lock: {exc.strerror}", file=sys.stderr)
+        return EXIT_ERROR
+    print(token)
+    bound = f", client id {record.client_id}" if record.client_id is not None else ""
+    print(f"paxoslog: token {record.name!r} ({record.role.label}{bound}) added to {path}; "
+          f"it is shown only this once.  Running nodes accept it within a second.",
+          file=sys.stderr)
+    return EXIT_OK
+
+
+def cmd_auth_list(args) -> int:
+    import time as _time
+    path = _tokens_path(args)
+    tokens = _read_tokens(path, missing_ok=True)
+    rows = [{"name": t.name, "role": t.role.label, "id": t.id,
+             "client_id": None if t.client_id is None else str(t.client_id),
+             "created_ms": t.created_ms} for t in tokens.tokens]
+    if args.json:
+        print(json.dumps({"tokens_file": path, "tokens": rows}, sort_keys=True))
+        return EXIT_OK
+    table = [("NAME", "ROLE", "CLIENT ID", "ID", "CREATED (UTC)")]
+    for row in rows:
+        created = _time.strftime("%Y-%m-%d %H:%M:%S", _time.gmtime(row["created_ms"] / 1000))
+        table.append((row["name"], row["role"], row["client_id"] or "-", row["id"], created))
+    widths = [max(len(r[i]) for r in table) for i in range(len(table[0]))]
+    for r in table:
+        print("  ".join(cell.ljust(w) for cell, w in zip(r, widths)).rstrip())
+    return EXIT_OK
+
+
+def cmd_auth_revoke(args) -> int:
+    from paxoslog.tokens import TokensFile, locked_tokens
+    path = _tokens_path(args)
+    try:
+        with locked_tokens(path):
+            tokens = _read_tokens(path)
+            record = tokens.by_name(args.name)
+            if record is None:
+                names = ", ".join(t.name for t in tokens.tokens) or "none"
+                print(f"paxoslog: {path}: no token named {args.name!r} (tokens: {names})",
+                      file=sys.stderr)
+                return EXIT_NOT_FOUND
+            _write_tokens(path, TokensFile(tuple(t for t in tokens.tokens if t is not record)))
+    except OSError as exc:
+        print(f"paxoslog: {path}: cannot lock: {exc.strerror}", file=sys.stderr)
+        return EXIT_ERROR
+    print(f"revoked {record.name} ({record.role.label}); running nodes refuse it within a "
+          f"second")
     return EXIT_OK
 
 

@@ -14,7 +14,13 @@ scripts and the CLI).  Both take a list of endpoints (``http://host:port``, or
 * raise ``UnknownOutcome`` when a write may have reached a server and no later attempt
   settled it (the write may or may not have committed: retry with the same pair to find
   out), ``Unavailable`` when no attempt could have applied it (or a read failed),
-  ``NotFound`` for 404, and ``RequestFailed`` for the other refusals (400 bad input, ...).
+  ``NotFound`` for 404, and ``RequestFailed`` for the other refusals (400 bad input, ...),
+  among them ``Unauthorized`` (401: no token, or a bad one) and ``Forbidden`` (403: the
+  token's role is too low, or the client id is not the token's), never retried.
+
+``token``: a bearer token (``paxoslog auth add-token``), sent as ``Authorization: Bearer``
+with every request.  ``client_id``: the session's client id; one ending in ``*`` is a
+prefix (a token bound to ``"app-*"``) and the client appends random hex to it.
 
 Batches (``batch``, ``put_many``) go to ``POST /api/v1/consensus/batch`` (``SyncClient``)
 or as pipelined batch requests over one WebSocket connection (``Client.put_many``): one
@@ -36,8 +42,8 @@ from .retry import (Attempt, Endpoints, Finish, NoReply, Reply, Request, RetryPl
                     TransportFailure, Verdict, parse_retry_after)
 
 __all__ = ["Client", "SyncClient", "ClientError", "RequestFailed", "NotFound", "Unavailable",
-           "UnknownOutcome", "new_client_id", "classify_twisted_failure", "send_once",
-           "drive_plan"]
+           "UnknownOutcome", "Unauthorized", "Forbidden", "new_client_id",
+           "classify_twisted_failure", "send_once", "drive_plan"]
 
 # Writes without a session that are safe to resend: adding a member twice adds it once,
 # removing a removed node answers "removed", a second leader transfer is harmless.
@@ -61,6 +67,15 @@ class RequestFailed(ClientError):
     """The cluster refused the request (bad input and other non-retryable errors)."""
 
 
+class Unauthorized(RequestFailed):
+    """401: the request needs a bearer token, or the one sent is unknown or revoked."""
+
+
+class Forbidden(RequestFailed):
+    """403: the token's role does not allow the request, the client id belongs to another
+    token, or the server refused the request's Origin/Host."""
+
+
 class NotFound(ClientError):
     """404: no such key (or endpoint)."""
 
@@ -75,8 +90,25 @@ class UnknownOutcome(ClientError):
     still commit.  Retrying with the same ``client_id``/``sequence`` is safe."""
 
 
-def new_client_id() -> str:
-    return f"c-{os.urandom(8).hex()}"
+def new_client_id(prefix: str = "c-") -> str:
+    return f"{prefix}{os.urandom(8).hex()}"
+
+
+def _client_id(client_id: str | None) -> str:
+    if client_id is None:
+        return new_client_id()
+    if client_id.endswith("*"):                 # a prefix a token is bound to
+        return new_client_id(client_id[:-1])
+    return client_id
+
+
+def _auth_header(token: str | None) -> str | None:
+    if token is None:
+        return None
+    token = token.strip()
+    if not token or any(c in token for c in "\r\n"):
+        raise ValueError("the token must be one line of text")
+    return f"Bearer {token}"
 
 
 def _normalize(endpoint: str, scheme: str = "http") -> str:
@@ -106,13 +138,14 @@ class _Logic:
     and what its ``Finish`` means for the caller (a body, or an exception)."""
 
     def __init__(self, endpoints, timeout: float, attempt_timeout: float,
-                 client_id: str | None) -> None:
+                 client_id: str | None, token: str | None = None) -> None:
         self.book = Endpoints([_normalize(e) for e in endpoints])
         # Addresses learned from the cluster ("host:port") take the scheme we were given.
         self.scheme = "https" if self.book.endpoints[0].startswith("https://") else "http"
         self.timeout = timeout
         self.attempt_timeout = attempt_timeout
-        self.client_id = client_id or new_client_id()
+        self.client_id = _client_id(client_id)
+        self._authorization = _auth_header(token)
         self._sequence = itertools.count(1)
 
     @property
@@ -188,6 +221,11 @@ class _Logic:
         text = f"HTTP {status}" + (f" {code}" if code else "") + (f": {message}" if message else "")
         if status == 404:
             return NotFound(text, status, code, body)
+        if status == 401:
+            return Unauthorized(text + " (give a token: --token-file, $PAXOSLOG_TOKEN or "
+                                "--token)", status, code, body)
+        if status == 403:
+            return Forbidden(text, status, code, body)
         if status == 503:
             return Unavailable(text, status, code, body)
         if status == 504:
@@ -377,9 +415,9 @@ class SyncClient(_Calls, _Logic):
     ``clock`` (monotonic seconds) and ``sleep`` pace the retries (tests pass fakes)."""
 
     def __init__(self, endpoints, *, timeout: float = 10.0, attempt_timeout: float = 3.0,
-                 client_id: str | None = None, clock=time.monotonic, sleep=time.sleep,
-                 cafile: str | None = None) -> None:
-        super().__init__(endpoints, timeout, attempt_timeout, client_id)
+                 client_id: str | None = None, token: str | None = None,
+                 clock=time.monotonic, sleep=time.sleep, cafile: str | None = None) -> None:
+        super().__init__(endpoints, timeout, attempt_timeout, client_id, token)
         self._conns: dict[str, http.client.HTTPConnection] = {}
         self._clock = clock
         self._sleep = sleep
@@ -456,6 +494,8 @@ class SyncClient(_Calls, _Logic):
     def _exchange(self, endpoint: str, conn: http.client.HTTPConnection, method: str,
                   path: str, payload: bytes | None) -> Reply:
         headers = {"Content-Type": "application/json"} if payload is not None else {}
+        if self._authorization is not None:
+            headers["Authorization"] = self._authorization
         try:
             conn.request(method, path, body=payload, headers=headers)
             response = conn.getresponse()
@@ -479,8 +519,9 @@ class SyncClient(_Calls, _Logic):
         response object, its body not read yet (a large download: read it in pieces).
         The caller closes it.  Raises OSError / HTTPException on transport failures."""
         conn = self._new_connection(_normalize(endpoint, self.scheme), timeout)
+        headers = {} if self._authorization is None else {"Authorization": self._authorization}
         try:
-            conn.request("GET", path)
+            conn.request("GET", path, headers=headers)
             return conn.getresponse()
         except BaseException:
             conn.close()
@@ -533,7 +574,8 @@ class SyncClient(_Calls, _Logic):
         from .wsclient import JSON, TailCursor, blocking_stream
         return blocking_stream(self.order(), TailCursor(start), subprotocol=subprotocol or JSON,
                                follow=follow, timeout_s=self.attempt_timeout,
-                               give_up_s=self.timeout, ssl_context=self._ssl)
+                               give_up_s=self.timeout, ssl_context=self._ssl,
+                               authorization=self._authorization)
 
     def watch(self, key: str | None = None, *, prefix: str | None = None,
               start: int | None = None, prev: bool = False, follow: bool = True,
@@ -543,7 +585,7 @@ class SyncClient(_Calls, _Logic):
         return blocking_stream(self.order(), WatchCursor(key, prefix, start, prev),
                                subprotocol=subprotocol or JSON, follow=follow,
                                timeout_s=self.attempt_timeout, give_up_s=self.timeout,
-                               ssl_context=self._ssl)
+                               ssl_context=self._ssl, authorization=self._authorization)
 
     def status_of(self, endpoint: str, timeout: float = 1.0) -> dict:
         """One node's own status, no retries (``cluster status`` asks each node); raises
@@ -598,17 +640,23 @@ def http_client(reactor, pool, connect_timeout_s: float, cafile: str | None = No
 
 
 def send_once(http, reactor, method: str, url: str, payload: bytes | None,
-              timeout_s: float):
+              timeout_s: float, authorization: str | None = None):
     """One attempt: a Deferred firing with a ``Reply`` (any status), or failing with the
-    transport's exception (``defer.TimeoutError`` after ``timeout_s``, body included)."""
+    transport's exception (``defer.TimeoutError`` after ``timeout_s``, body included).
+    ``authorization``: the Authorization header's value (``Bearer <token>``)."""
     from twisted.internet import defer
 
     async def exchange() -> Reply:
         import treq
         kwargs = {}
+        headers = {}
         if payload is not None:
             kwargs["data"] = payload
-            kwargs["headers"] = {b"Content-Type": [b"application/json"]}
+            headers[b"Content-Type"] = [b"application/json"]
+        if authorization is not None:
+            headers[b"Authorization"] = [authorization.encode()]
+        if headers:
+            kwargs["headers"] = headers
         response = await http.request(method, url, **kwargs)
         raw = await treq.content(response)
         retry_after = response.headers.getRawHeaders(b"retry-after", [None])[0]
@@ -644,8 +692,8 @@ class Client(_Calls, _Logic):
 
     def __init__(self, endpoints, *, reactor, timeout: float = 10.0,
                  attempt_timeout: float = 3.0, client_id: str | None = None,
-                 pool=None, cafile: str | None = None) -> None:
-        super().__init__(endpoints, timeout, attempt_timeout, client_id)
+                 token: str | None = None, pool=None, cafile: str | None = None) -> None:
+        super().__init__(endpoints, timeout, attempt_timeout, client_id, token)
         from twisted.web.client import HTTPConnectionPool
         self.reactor = reactor
         self.cafile = cafile          # https endpoints' CA (also for wss)
@@ -664,7 +712,7 @@ class Client(_Calls, _Logic):
 
         def send(endpoint: str, timeout_s: float):
             return send_once(self._http, self.reactor, method, endpoint + path, payload,
-                             timeout_s)
+                             timeout_s, self._authorization)
 
         d = defer.Deferred.fromCoroutine(drive_plan(self.reactor, plan, send))
         return d.addCallback(self.outcome, body)
@@ -688,7 +736,8 @@ class Client(_Calls, _Logic):
         return TwistedStream(self.reactor, self.order(), TailCursor(start),
                              subprotocol=subprotocol or JSON, buffer_max=buffer_max,
                              connect_timeout_s=self.attempt_timeout,
-                             give_up_s=self.timeout, cafile=self.cafile).start()
+                             give_up_s=self.timeout, cafile=self.cafile,
+                             authorization=self._authorization).start()
 
     def watch(self, key: str | None = None, *, prefix: str | None = None,
               start: int | None = None, prev: bool = False,
@@ -699,7 +748,8 @@ class Client(_Calls, _Logic):
         return TwistedStream(self.reactor, self.order(), WatchCursor(key, prefix, start, prev),
                              subprotocol=subprotocol or JSON, buffer_max=buffer_max,
                              connect_timeout_s=self.attempt_timeout,
-                             give_up_s=self.timeout, cafile=self.cafile).start()
+                             give_up_s=self.timeout, cafile=self.cafile,
+                             authorization=self._authorization).start()
 
     def put_many(self, pairs, *, batch_size: int = 1000, window: int = 8,
                  subprotocol: str | None = None):
@@ -738,7 +788,8 @@ class Client(_Calls, _Logic):
             position += 1
             try:
                 conn = await connect_twisted(self.reactor, endpoint, subprotocol,
-                                             self.attempt_timeout, self.cafile)
+                                             self.attempt_timeout, self.cafile,
+                                             self._authorization)
             except Exception:
                 await task.deferLater(self.reactor, 0.1, lambda: None)
                 continue

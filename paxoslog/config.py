@@ -28,6 +28,7 @@ with ``--node ID``.  Shape (every table but ``[[nodes]]`` is optional)::
                    progress_interval_ms, stream_message_bytes, slow_consumer_ms,
                    watch_history_events, watch_history_bytes, wal_read_entries_max
     [tls]          ca_file, cert_file, key_file ({node}: the node id), api, peers
+    [auth]         tokens_file, required, allowed_origins, allowed_hosts  (docs/security.md)
     [state_machines]  enabled = ["kv", "counter", ...]   (built-ins + installed plug-ins)
     [log]          level = "info"   (debug|info|warn|error; SIGHUP re-reads it)
 
@@ -64,9 +65,9 @@ from paxoslog.storage.options import StorageOptions
 
 __all__ = ["ConfigError", "Address", "NodeConf", "TimingConf", "SnapshotConf", "StorageConf",
            "BatchingConf", "LimitsConf", "LogConf", "LOG_LEVELS", "TlsConf", "WebSocketConf",
-           "ClusterConfig",
-           "load_config", "parse_config", "parse_address", "is_loopback_host",
-           "KNOWN_STATE_MACHINES", "SECRET_BYTES_MIN", "SECRET_BYTES_MIN_MULTI_HOST"]
+           "AuthConf", "ClusterConfig", "load_config", "parse_config", "parse_address",
+           "is_loopback_host", "KNOWN_STATE_MACHINES", "SECRET_BYTES_MIN",
+           "SECRET_BYTES_MIN_MULTI_HOST"]
 
 # The built-ins; plug-ins come from the entry-point group paxoslog.state_machines.
 KNOWN_STATE_MACHINES = ("kv", "counter", "membership")
@@ -276,6 +277,22 @@ class LogConf:
 
 
 @dataclass(frozen=True)
+class AuthConf:
+    """``[auth]``: client authentication (docs/security.md).  ``tokens_file``: absolute
+    path (relative ones are resolved against the conf file's folder), None without auth.
+    ``required``: anonymous requests get only /health and the API document (default: true
+    when a tokens file is named).  ``allowed_origins``: browser origins whose requests are
+    served (any other ``Origin`` is refused 403).  ``allowed_hosts``: extra ``Host`` header
+    values accepted while anonymous requests are served (the node's own API addresses
+    always are)."""
+
+    tokens_file: str | None = None
+    required: bool = False
+    allowed_origins: tuple[str, ...] = ()
+    allowed_hosts: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
 class ClusterConfig:
     path: str
     name: str
@@ -290,6 +307,7 @@ class ClusterConfig:
     state_machines: tuple[str, ...] = ("kv",)
     secret: bytes | None = field(default=None, repr=False, compare=False)
     log: LogConf = field(default_factory=LogConf)
+    auth: AuthConf = field(default_factory=AuthConf)
     tls: TlsConf | None = None
 
     @property
@@ -570,6 +588,47 @@ def _websocket(r: _Reader) -> WebSocketConf:
     return w
 
 
+_ORIGIN_RE = re.compile(r"^https?://[^/\s?#]+$")
+
+
+def _string_list(r: _Reader, name: str) -> tuple[str, ...]:
+    value = r.get(name, [])
+    if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
+        raise r.fail(name, "expected a list of non-empty strings")
+    return tuple(value)
+
+
+def _auth(r: _Reader) -> AuthConf:
+    tokens_file = r.str("tokens_file")
+    if tokens_file is not None and not tokens_file:
+        raise r.fail("tokens_file", "expected a file name")
+    required = r.get("required", tokens_file is not None)
+    if type(required) is not bool:
+        raise r.fail("required", f"expected true or false, got {_describe(required)}")
+    if required and tokens_file is None:
+        raise r.fail("required", "true needs tokens_file (create one with `paxoslog auth "
+                                 "add-token --config CONF --role admin`)")
+    origins = _string_list(r, "allowed_origins")
+    for origin in origins:
+        if origin != origin.rstrip("/") or not _ORIGIN_RE.match(origin):
+            raise r.fail("allowed_origins", f"{origin!r:.80} is not an origin "
+                                            "(scheme://host[:port], no path)")
+    hosts = _string_list(r, "allowed_hosts")
+    for host in hosts:
+        if any(c in host for c in "/ \t@"):
+            raise r.fail("allowed_hosts", f"{host!r:.80} is not a host[:port]")
+    if tokens_file is not None:
+        tokens_file = _relative_to_conf(r.path, tokens_file)
+    r.check_unknown()
+    return AuthConf(tokens_file, required, origins, tuple(h.lower() for h in hosts))
+
+
+def _relative_to_conf(path: str, name: str) -> str:
+    """``name`` as an absolute path; a relative one is relative to the conf file's folder."""
+    return name if os.path.isabs(name) else os.path.join(
+        os.path.dirname(os.path.abspath(path)), name)
+
+
 def _state_machines(r: _Reader) -> tuple[str, ...]:
     enabled = r.get("enabled", ["kv"])
     if not isinstance(enabled, list) or not all(isinstance(n, str) for n in enabled):
@@ -587,12 +646,6 @@ def _state_machines(r: _Reader) -> tuple[str, ...]:
         raise r.fail("enabled", '"kv" must be enabled (the HTTP propose/query API uses it)')
     r.check_unknown()
     return tuple(enabled)
-
-
-def _relative_to_conf(path: str, name: str) -> str:
-    """``name`` as an absolute path; a relative one is relative to the conf file's folder."""
-    return name if os.path.isabs(name) else os.path.join(
-        os.path.dirname(os.path.abspath(path)), name)
 
 
 def _tls(r: _Reader) -> TlsConf | None:
@@ -687,6 +740,7 @@ def parse_config(data: dict, path: str = "<conf>") -> ClusterConfig:
     websocket = _websocket(r.table_of("websocket"))
     state_machines = _state_machines(r.table_of("state_machines"))
     log = _log(r.table_of("log"))
+    auth = _auth(r.table_of("auth"))
     tls = _tls(r.table_of("tls"))
     nodes = _nodes(r, data_dir, tls)
     r.check_unknown()
@@ -694,7 +748,7 @@ def parse_config(data: dict, path: str = "<conf>") -> ClusterConfig:
                            snapshot=snapshot, storage=storage, batching=batching,
                            limits=limits, websocket=websocket,
                            state_machines=state_machines, secret=secret, log=log,
-                           tls=tls)
+                           tls=tls, auth=auth)
     if not config.local:
         # Reachable from other machines: anyone there can dial the peer port.  The secret
         # keys the handshake and (without TLS) every frame; short, it could be guessed.

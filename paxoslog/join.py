@@ -17,10 +17,12 @@ class JoinError(Exception):
     """Joining failed: the message says why (for the CLI)."""
 
 
-def join_cluster(config, node_id: int, endpoints: list[str], timeout: float = 60.0) -> dict:
+def join_cluster(config, node_id: int, endpoints: list[str], timeout: float = 60.0,
+                 token: str | None = None) -> dict:
     """Ask a member (any of ``endpoints``) to add this node, then write members.json in its
     data directory.  Blocking (the CLI calls it before the reactor runs).  Idempotent: a
-    node that crashed half way through joining asks again and gets the same answer."""
+    node that crashed half way through joining asks again and gets the same answer.
+    ``token``: an admin token, where the cluster requires tokens."""
     from paxoslog.client import ClientError, SyncClient
     me = config.node(node_id)
     members = MembersFile(me.data_dir)
@@ -28,7 +30,7 @@ def join_cluster(config, node_id: int, endpoints: list[str], timeout: float = 60
     where = ", ".join(endpoints)
     cafile = config.tls.ca_file if config.tls is not None else None   # https join URLs
     with SyncClient(endpoints, timeout=timeout, attempt_timeout=min(10.0, timeout),
-                    cafile=cafile) as client:
+                    token=token, cafile=cafile) as client:
         try:
             # Check that we are joining the right cluster before asking to be added.
             _check_cluster(client.members(), config, where)

@@ -266,6 +266,10 @@ class TwistedConnection:
             self.protocol.sendClose(1000)
 
 
+def _headers(authorization: str | None) -> dict | None:
+    return {"Authorization": authorization} if authorization else None
+
+
 def _twisted_tls_options(host: str, cafile: str | None):
     """Client TLS options for ``host``, trusting ``cafile`` only (else the system store)."""
     from twisted.internet import ssl
@@ -277,9 +281,12 @@ def _twisted_tls_options(host: str, cafile: str | None):
 
 
 def connect_twisted(reactor, endpoint: str, subprotocol: str = JSON,
-                    timeout_s: float = 5.0, cafile: str | None = None):
+                    timeout_s: float = 5.0, cafile: str | None = None,
+                    authorization: str | None = None):
     """A Deferred of a connected ``TwistedConnection`` to ``endpoint`` (http://h:p, or
-    https://h:p: wss verified against ``cafile``)."""
+    https://h:p: wss verified against ``cafile``); ``authorization``: the upgrade
+    request's Authorization header (``Bearer <token>``), which every request on the
+    connection then speaks for."""
     from autobahn.twisted.websocket import (WebSocketClientFactory,
                                             WebSocketClientProtocol, connectWS)
     from twisted.internet import defer
@@ -306,7 +313,7 @@ def connect_twisted(reactor, endpoint: str, subprotocol: str = JSON,
                 conn.closed.callback(None)
 
     factory = WebSocketClientFactory(ws_url(endpoint), protocols=[subprotocol],
-                                     reactor=reactor)
+                                     reactor=reactor, headers=_headers(authorization))
     factory.protocol = _Protocol
     factory.setProtocolOptions(openHandshakeTimeout=timeout_s, autoPingInterval=0,
                                maxMessagePayloadSize=0, maxFramePayloadSize=0,
@@ -335,9 +342,10 @@ class TwistedStream:
     def __init__(self, reactor, endpoints: list[str], cursor, *, subprotocol: str = JSON,
                  buffer_max: int = 10_000, retry_s: float = 0.2,
                  connect_timeout_s: float = 3.0, give_up_s: float = 60.0,
-                 cafile: str | None = None) -> None:
+                 cafile: str | None = None, authorization: str | None = None) -> None:
         self.reactor = reactor
         self.cafile = cafile
+        self.authorization = authorization
         self.endpoints = list(endpoints)
         self.cursor = cursor
         self.subprotocol = subprotocol
@@ -447,7 +455,8 @@ class TwistedStream:
             ended = defer.Deferred()
             try:
                 conn = await connect_twisted(self.reactor, endpoint, self.subprotocol,
-                                             self.connect_timeout_s, self.cafile)
+                                             self.connect_timeout_s, self.cafile,
+                                             self.authorization)
             except Exception:
                 conn = None
             if conn is not None and not self.done:
@@ -510,7 +519,8 @@ class TwistedStream:
 
 def blocking_stream(endpoints: list[str], cursor, *, subprotocol: str = JSON,
                     follow: bool = True, timeout_s: float = 10.0, retry_s: float = 0.2,
-                    give_up_s: float = 60.0, ssl_context=None):
+                    give_up_s: float = 60.0, ssl_context=None,
+                    authorization: str | None = None):
     """A generator of the stream's items for synchronous code (autobahn's asyncio client
     on a private event loop).  ``follow`` False: stop once the stream has caught up with
     the applied index it reported when subscribing (``log tail`` without ``-f``).
@@ -519,7 +529,7 @@ def blocking_stream(endpoints: list[str], cursor, *, subprotocol: str = JSON,
 
     loop = asyncio.new_event_loop()
     state = _BlockingState(endpoints, cursor, subprotocol, follow, timeout_s, retry_s,
-                           give_up_s, ssl_context)
+                           give_up_s, ssl_context, authorization)
     try:
         while True:
             items = loop.run_until_complete(state.next_items())
@@ -533,9 +543,10 @@ def blocking_stream(endpoints: list[str], cursor, *, subprotocol: str = JSON,
 
 class _BlockingState:
     def __init__(self, endpoints, cursor, subprotocol, follow, timeout_s, retry_s,
-                 give_up_s, ssl_context=None) -> None:
+                 give_up_s, ssl_context=None, authorization: str | None = None) -> None:
         self.endpoints = list(endpoints)
         self.ssl_context = ssl_context
+        self.authorization = authorization
         self.cursor = cursor
         self.subprotocol = subprotocol
         self.follow = follow
@@ -584,7 +595,8 @@ class _BlockingState:
         self.position += 1
         url = ws_url(endpoint)
         factory = WebSocketClientFactory(url, protocols=[self.subprotocol],
-                                         loop=asyncio.get_running_loop())
+                                         loop=asyncio.get_running_loop(),
+                                         headers=_headers(self.authorization))
         factory.protocol = _Protocol
         factory.setProtocolOptions(maxMessagePayloadSize=0, maxFramePayloadSize=0,
                                    autoPingInterval=0)

@@ -1,7 +1,7 @@
 """HTTP write benchmark and failover timer for a local 3-node cluster (``make bench``).
 
-For each protocol mode it starts the nodes of ``conf/local-3.toml`` (ports from that file,
-data in a temporary directory) as real processes, then:
+For each protocol mode it starts the nodes of ``conf/local-3.toml`` (on free ports, data in
+a temporary directory) as real processes, then:
 
 * write throughput and latency with 1, 16 and 64 concurrent keep-alive HTTP clients
   (each client sends one ``POST /api/v1/consensus/propose`` at a time and the next as soon
@@ -20,7 +20,14 @@ is shared by the load generator and all three nodes, so the numbers are for the 
 
     python tools/bench_http.py [--modes multipaxos,raft] [--clients 1,16,64] [--runs 3]
                                [--duration 5] [--failovers 5] [--target leader|all]
-                               [--tls off,on]
+                               [--tls off,on] [--auth off|on|both]
+
+``--auth on`` requires client tokens ([auth] required = true): every write carries a
+write token (verified once per node, then a SHA-256 lookup).  ``--auth both`` gives each
+cluster a tokens file and ``required = false`` and measures each concurrency with
+anonymous writes and with token-carrying writes, alternating the runs so that the machine's
+other load falls on both alike (anonymous requests there take the no-auth path plus one
+header lookup).
 """
 
 from __future__ import annotations
@@ -48,15 +55,20 @@ from paxoslog.config import load_config  # noqa: E402
 
 class Cluster:
     def __init__(self, base_conf: str, protocol: str, workdir: str, tls: str = "off",
-                 port_offset: int = 0) -> None:
-        """``tls``: off, on (API and peers), api or peers (only that side).  ``port_offset``
-        moves every port of the conf (clusters side by side)."""
+                 auth: str = "off") -> None:
+        """``tls``: off, on (API and peers), api or peers (only that side).  ``auth``: off,
+        on (tokens required) or both (a tokens file, tokens optional)."""
         api_tls = tls in ("on", "api")
         self.workdir = workdir
+        self.tokens: dict[str, str] = {}
         self.tls = api_tls            # the API speaks HTTPS
         self.conf_path = os.path.join(workdir, "cluster.toml")
         with open(base_conf) as f:
             text = f.read()
+        # Fresh ports, not the conf's: two benchmarks (or a `make run`) on one machine must
+        # not measure each other's nodes.
+        from paxoslog.chaos.cluster import allocate_ports
+        ports = iter(allocate_ports(2 * text.count("[[nodes]]")))
         lines = []
         for line in text.splitlines():
             stripped = line.strip()
@@ -64,12 +76,20 @@ class Cluster:
                 line = f'protocol = "{protocol}"'
             elif stripped.startswith("data_dir ="):
                 line = f'data_dir = "{workdir}/data/{{node}}"'
-            elif port_offset and stripped.split(" ", 1)[0] in ("peer", "api", "peer_bind",
-                                                                  "api_bind"):
-                key, _, value = line.partition("=")
-                host, _, port = value.strip().strip('"').rpartition(":")
-                line = f'{key.strip()} = "{host}:{int(port) + port_offset}"'
+            elif stripped.startswith(("peer =", "api =")):
+                key = stripped.split("=")[0].strip()
+                line = f'{key} = "127.0.0.1:{next(ports)}"'
             lines.append(line)
+        if auth != "off":
+            from paxoslog.tokens import Role, TokensFile, new_token, write_tokens
+            records = TokensFile()
+            for role in (Role.ADMIN, Role.WRITE):
+                self.tokens[role.label], record = new_token(records, role, f"bench-{role.label}")
+                records = TokensFile(records.tokens + (record,))
+            tokens_file = os.path.join(workdir, "tokens.json")
+            write_tokens(tokens_file, records)
+            lines += ["", "[auth]", f'tokens_file = "{tokens_file}"',
+                      f"required = {'true' if auth == 'on' else 'false'}"]
         if tls != "off":
             lines += ["", "[tls]", 'ca_file = "certs/ca.pem"',
                       'cert_file = "certs/node-{node}.pem"', 'key_file = "certs/node-{node}.key"',
@@ -141,13 +161,17 @@ class Cluster:
     def status(self, node_id: int, timeout: float = 0.5) -> dict | None:
         try:
             conn = self.connection(node_id, timeout)
-            conn.request("GET", "/api/v1/cluster/status")
+            conn.request("GET", "/api/v1/cluster/status", headers=self.headers("admin"))
             response = conn.getresponse()
             body = json.loads(response.read())
             conn.close()
             return body if response.status == 200 else None
         except (OSError, ValueError, http.client.HTTPException):
             return None
+
+    def headers(self, role: str) -> dict:
+        token = self.tokens.get(role)
+        return {"Authorization": f"Bearer {token}"} if token else {}
 
     def wait_leader(self, timeout: float = 30.0, exclude: int | None = None) -> int:
         deadline = time.monotonic() + timeout
@@ -176,13 +200,14 @@ class Cluster:
 # ====================================================================== load generator
 
 def run_load(targets: list[tuple[str, int]], clients: int, duration: float,
-             warmup: float, ca_file: str | None = None) -> dict:
+             warmup: float, ca_file: str | None = None, token: str | None = None) -> dict:
     """Drive ``clients`` keep-alive connections for warmup+duration seconds (in a child
-    process, so every run gets a fresh reactor); HTTPS when ``ca_file`` is given."""
+    process, so every run gets a fresh reactor); HTTPS when ``ca_file`` is given;
+    ``token``: sent with every write."""
     code = _LOAD_SCRIPT
     proc = subprocess.run([sys.executable, "-c", code, json.dumps(targets), str(clients),
-                           str(duration), str(warmup), ca_file or ""], capture_output=True,
-                          text=True,
+                           str(duration), str(warmup), ca_file or "", token or ""],
+                          capture_output=True, text=True,
                           cwd=ROOT, env=dict(os.environ, PYTHONPATH=ROOT), timeout=duration * 4 + 60)
     if proc.returncode != 0:
         raise RuntimeError(f"load generator failed: {proc.stderr[-2000:]}")
@@ -200,23 +225,24 @@ duration = float(sys.argv[3]); warmup = float(sys.argv[4]); ca_file = sys.argv[5
 if ca_file:
     from twisted.internet import ssl
     trust = ssl.Certificate.loadPEM(open(ca_file, "rb").read())
+auth = (b"Authorization: Bearer %s\r\n" % sys.argv[6].encode()) if sys.argv[6] else b""
 value = "v" * 64
 latencies = []; errors = {"count": 0}; state = {"measuring": False, "running": True}
 answered = {"count": 0}
 clock = time.perf_counter
 
 class Conn(Protocol):
-    def __init__(self, n):
+    def __init__(self, n, host):
         self.n = n; self.i = 0; self.parser = httptools.HttpResponseParser(self)
+        self.head = (b"POST /api/v1/consensus/propose HTTP/1.1\r\nHost: %s\r\n%s"
+                     b"Content-Type: application/json\r\n" % (host.encode(), auth))
     def connectionMade(self):
         self.transport.setTcpNoDelay(True); self.send()
     def send(self):
         self.i += 1
         body = json.dumps({"key": f"k{self.n}-{self.i % 1000}", "value": value}).encode()
         self.t0 = clock()
-        self.transport.write(b"POST /api/v1/consensus/propose HTTP/1.1\r\nHost: b\r\n"
-                             b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n%s"
-                             % (len(body), body))
+        self.transport.write(self.head + b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
     def dataReceived(self, data):
         self.parser.feed_data(data)
     def on_message_complete(self):
@@ -229,16 +255,17 @@ class Conn(Protocol):
             self.send()
 
 class Factory(ClientFactory):
-    def __init__(self, n): self.n = n
-    def buildProtocol(self, addr): return Conn(self.n)
+    def __init__(self, n, host): self.n = n; self.host = host
+    def buildProtocol(self, addr): return Conn(self.n, self.host)
     def clientConnectionFailed(self, c, reason): errors["count"] += 1
 
 for n in range(clients):
     host, port = targets[n % len(targets)]
     if ca_file:
-        reactor.connectSSL(host, port, Factory(n), ssl.optionsForClientTLS(host, trust))
+        reactor.connectSSL(host, port, Factory(n, f"{host}:{port}"),
+                           ssl.optionsForClientTLS(host, trust))
     else:
-        reactor.connectTCP(host, port, Factory(n))
+        reactor.connectTCP(host, port, Factory(n, f"{host}:{port}"))
 
 def start(): state["measuring"] = True; state["t0"] = clock()
 def stop():
@@ -264,9 +291,10 @@ def failover_once(cluster: Cluster) -> float:
     for n in others:
         conns[n] = cluster.connection(n, 2.0)
     body = json.dumps({"key": "failover", "value": "x"}).encode()
+    headers = cluster.headers("write")
     # warm the connections
     for conn in conns.values():
-        conn.request("POST", "/api/v1/consensus/propose", body)
+        conn.request("POST", "/api/v1/consensus/propose", body, headers)
         conn.getresponse().read()
     killed_at = time.monotonic()
     cluster.kill(leader)
@@ -276,7 +304,7 @@ def failover_once(cluster: Cluster) -> float:
         attempt += 1
         conn = conns[node]
         try:
-            conn.request("POST", "/api/v1/consensus/propose", body)
+            conn.request("POST", "/api/v1/consensus/propose", body, headers)
             response = conn.getresponse()
             response.read()
             if response.status == 200:
@@ -307,6 +335,8 @@ def main() -> int:
     parser.add_argument("--target", choices=("leader", "all"), default="leader",
                         help="send the writes to the leader only, or spread over all nodes")
     parser.add_argument("--keep", action="store_true", help="keep the data and logs")
+    parser.add_argument("--auth", choices=("off", "on", "both"), default="off",
+                        help="client tokens: off, required (on), or both alternated")
     parser.add_argument("--tls", default="off,on",
                         help="transports to measure, comma separated: off (TCP, frame MACs), "
                              "on (TLS), api or peers (TLS on that side only)")
@@ -317,15 +347,17 @@ def main() -> int:
         parser.error("--tls takes off, on, api, peers, comma separated")
     summary = []
     modes = [m for m in args.modes.split(",") if m]
+    auth_variants = {"off": [None], "on": ["token"], "both": [None, "token"]}[args.auth]
     for mode in modes:
-        # Both transports' clusters run side by side (the TLS one on other ports) and their
-        # runs alternate, so a change in the machine's load hits both alike.
+        # Both transports' clusters run side by side (each on free ports) and their
+        # runs alternate (and so do anonymous and token runs with --auth both), so a
+        # change in the machine's load hits every variant alike.
         clusters: dict[str, Cluster] = {}
         try:
-            for i, transport in enumerate(transports):
+            for transport in transports:
                 workdir = tempfile.mkdtemp(prefix=f"paxoslog-bench-{mode}-{transport}-")
                 clusters[transport] = Cluster(args.conf, mode, workdir, tls=transport,
-                                              port_offset=100 * i)
+                                              auth=args.auth)
                 clusters[transport].start_all()
             targets = {}
             for transport, cluster in clusters.items():
@@ -335,17 +367,20 @@ def main() -> int:
                 print(f"== {mode}, TLS {transport}: leader node {leader}, writes to "
                       f"{args.target}, {args.runs} runs x {args.duration:.0f}s", flush=True)
             for clients in concurrency:
-                runs: dict[str, list] = {t: [] for t in clusters}
+                runs: dict[tuple, list] = {(t, v): [] for t in clusters for v in auth_variants}
                 for _ in range(args.runs):
-                    for transport, cluster in clusters.items():
+                    for (transport, variant), results in runs.items():
+                        cluster = clusters[transport]
+                        token = cluster.tokens.get("write") if variant else None
                         cpu = cluster.cpu_seconds()
                         result = run_load(targets[transport], clients, args.duration,
-                                          args.warmup, cluster.ca_file)
+                                          args.warmup, cluster.ca_file, token)
                         result["node_cpu_us"] = ((cluster.cpu_seconds() - cpu) * 1e6
                                                  / max(1, result["answered"]))
-                        runs[transport].append(result)
-                for transport, results in runs.items():
+                        results.append(result)
+                for (transport, variant), results in runs.items():
                     row = {"mode": mode, "tls": transport, "clients": clients,
+                           "auth": "token" if variant else "anonymous",
                            "rate": statistics.median(r["rate"] for r in results),
                            "p50_ms": statistics.median(r["p50_ms"] for r in results),
                            "p99_ms": statistics.median(r["p99_ms"] for r in results),
@@ -353,9 +388,9 @@ def main() -> int:
                            "errors": sum(r["errors"] for r in results),
                            "runs": [round(r["rate"]) for r in results]}
                     summary.append(row)
-                    print(f"   TLS {transport:3} {clients:3d} clients: {row['rate']:8.0f} "
-                          f"writes/s  p50 {row['p50_ms']:6.2f} ms  p99 {row['p99_ms']:7.2f} ms"
-                          f"  nodes' CPU {row['node_cpu_us']:4.0f} us/write"
+                    print(f"   TLS {transport:3} {clients:3d} clients {row['auth']:9}: "
+                          f"{row['rate']:8.0f} writes/s  p50 {row['p50_ms']:6.2f} ms  "
+                          f"p99 {row['p99_ms']:7.2f} ms  nodes' CPU {row['node_cpu_us']:4.0f} us/write"
                           f"  (runs: {row['runs']}, errors {row['errors']})", flush=True)
             for transport, cluster in clusters.items() if args.failovers else ():
                 times = []
@@ -378,21 +413,30 @@ def main() -> int:
     print("== summary (medians)")
     for row in summary:
         if "rate" in row:
-            print(f"{row['mode']:11} TLS {row['tls']:3} {row['clients']:3d} clients  "
-                  f"{row['rate']:8.0f} writes/s  p50 {row['p50_ms']:.2f} ms  "
+            print(f"{row['mode']:11} TLS {row['tls']:3} {row['clients']:3d} clients "
+                  f"{row['auth']:9}  {row['rate']:8.0f} writes/s  p50 {row['p50_ms']:.2f} ms  "
                   f"p99 {row['p99_ms']:.2f} ms  nodes' CPU {row['node_cpu_us']:.0f} us/write")
         else:
             print(f"{row['mode']:11} TLS {row['tls']:3} failover median "
                   f"{row['failover_median_ms']:.0f} ms  (each: {row['failovers_ms']})")
-    rates = {(r["mode"], r["tls"], r["clients"]): r for r in summary if "rate" in r}
-    for (mode, tls, clients), on in sorted(rates.items()):
-        off = rates.get((mode, "off", clients))
-        if tls != "off" and off is not None and off["rate"]:
-            print(f"TLS cost   {mode:11} {clients:3d} clients: throughput "
-                  f"{(on['rate'] / off['rate'] - 1) * 100:+.1f} %, p50 "
-                  f"{on['p50_ms'] - off['p50_ms']:+.2f} ms, p99 {on['p99_ms'] - off['p99_ms']:+.2f} ms, "
-                  f"nodes' CPU per write {(on['node_cpu_us'] / off['node_cpu_us'] - 1) * 100:+.1f} %")
+    rates = {(r["mode"], r["tls"], r["auth"], r["clients"]): r for r in summary if "rate" in r}
+    for (mode, tls, auth, clients), on in sorted(rates.items()):
+        if tls != "off":          # TLS against plain TCP, same auth variant
+            _print_cost(f"TLS cost   {mode:11} {auth:9}", clients, on,
+                        rates.get((mode, "off", auth, clients)))
+        if auth == "token":       # tokens against anonymous writes, same transport
+            _print_cost(f"token cost {mode:11} TLS {tls:3}", clients, on,
+                        rates.get((mode, tls, "anonymous", clients)))
     return 0
+
+
+def _print_cost(label: str, clients: int, on: dict, off: dict | None) -> None:
+    if off is None or not off["rate"]:
+        return
+    print(f"{label} {clients:3d} clients: throughput "
+          f"{(on['rate'] / off['rate'] - 1) * 100:+.1f} %, p50 "
+          f"{on['p50_ms'] - off['p50_ms']:+.2f} ms, p99 {on['p99_ms'] - off['p99_ms']:+.2f} ms, "
+          f"nodes' CPU per write {(on['node_cpu_us'] / max(off['node_cpu_us'], 1e-9) - 1) * 100:+.1f} %")
 
 
 if __name__ == "__main__":

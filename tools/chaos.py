@@ -80,6 +80,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also run N lock holders doing fenced writes; checks that the "
                         "lock never has two holders and fencing tokens stay ordered")
     p.add_argument("--lock-ttl-ms", type=int, default=2000)
+    p.add_argument("--auth", action="store_true",
+                   help="run with client tokens required (an admin token for the harness, "
+                        "a write token bound to the workload's client ids)")
     p.add_argument("--tls", action="store_true",
                    help="HTTPS API and mutual TLS between peers (certificates from paxoslog "
                         "certs init; the proxy terminates TLS)")
@@ -103,7 +106,7 @@ def options_from(args) -> RunOptions:
                       request_timeout_ms=args.request_timeout_ms,
                       snapshot_entries=args.snapshot_entries, progress=not args.quiet,
                       complete=args.complete,
-                      plot=args.plot, tls=args.tls, lock_workers=args.lock_workers,
+                      plot=args.plot, auth=args.auth, tls=args.tls, lock_workers=args.lock_workers,
                       lock_ttl_ms=args.lock_ttl_ms)
 
 

@@ -30,10 +30,12 @@ class ApiClient:
     """Calls to the API of each node; ``endpoints`` maps node id -> "127.0.0.1:port"."""
 
     def __init__(self, reactor, endpoints: dict[int, str], connections_per_node: int = 64,
-                 cafile: str | None = None) -> None:
-        """``cafile``: the cluster CA; the nodes then speak HTTPS."""
+                 token: str | None = None, cafile: str | None = None) -> None:
+        """``token``: a bearer token sent with every call (a cluster with auth on).
+        ``cafile``: the cluster CA; the nodes then speak HTTPS."""
         self.reactor = reactor
         self.endpoints = dict(endpoints)
+        self.authorization = f"Bearer {token}" if token else None
         self.scheme = "https" if cafile else "http"
         self.pool = HTTPConnectionPool(reactor, persistent=True)
         self.pool.maxPersistentPerHost = connections_per_node
@@ -52,7 +54,7 @@ class ApiClient:
         (``defer.TimeoutError`` after ``timeout_s``, headers and body included)."""
         payload = json.dumps(body).encode() if body is not None else None
         return send_once(self.http, self.reactor, method, self.url(node, path), payload,
-                         timeout_s)
+                         timeout_s, self.authorization)
 
     def propose(self, node: int, body: dict, timeout_s: float) -> defer.Deferred:
         return self.call("POST", node, "/api/v1/consensus/propose", body, timeout_s)

@@ -62,6 +62,7 @@ class ClusterSpec:
     snapshot_entries: int = 5000
     secret: str = "chaos-peer-secret"
     spares: int = 0          # extra node ids (nodes+1 ...) for membership changes
+    tokens_file: str | None = None   # client auth on: [auth] tokens_file, required
     tls: bool = False        # HTTPS API and mutual TLS between peers (certs/ in the report)
 
     @property
@@ -150,6 +151,8 @@ def write_conf(path: str, spec: ClusterSpec, ports: dict[int, NodePorts], data_r
         "[state_machines]",
         'enabled = ["kv"]',
     ]
+    if spec.tokens_file is not None:
+        lines += ["", "[auth]", f'tokens_file = "{spec.tokens_file}"', "required = true"]
     if spec.tls:
         lines += ["", "[tls]", f'ca_file = "{TLS_FOLDER}/ca.pem"',
                   f'cert_file = "{TLS_FOLDER}/node-{{node}}.pem"',
@@ -244,6 +247,7 @@ class Cluster:
         self.events = events
         self.clock = clock
         self.nodes = {node_id: NodeState(node_id) for node_id in spec.node_ids}
+        self.child_env: dict[str, str] = {}     # e.g. PAXOSLOG_TOKEN for serve --join
         for node_id, path in sorted((spare_confs or {}).items()):
             self.nodes[node_id] = NodeState(node_id, status=SPARE, conf_path=path,
                                             reserved=list((reserved or {}).get(node_id, ())))
@@ -319,6 +323,7 @@ class Cluster:
         if failpoints:
             env["PAXOSLOG_FAILPOINTS"] = failpoints
         env["PYTHONUNBUFFERED"] = "1"
+        env.update(self.child_env)
         log_fd = os.open(self.log_path(node_id), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
         null_fd = os.open(os.devnull, os.O_RDONLY)
         marker = (f"=== chaos: start #{state.generation} of node {node_id} at "

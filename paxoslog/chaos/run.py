@@ -86,6 +86,7 @@ class RunOptions:
     progress: bool = True
     plot: str = "auto"                   # auto (PNG if matplotlib) | html | none
     complete: bool = False               # run every planned fault, even past the duration
+    auth: bool = False                   # client tokens required (admin + bound write token)
     tls: bool = False                    # HTTPS API, mutual TLS between peers
     lock_workers: int = 0                # lock holders with fenced writes (locks.py)
     lock_ttl_ms: int = 2000
@@ -131,6 +132,7 @@ class ChaosRun:
         self.cluster: Cluster | None = None
         self.proxy: ProxyNetwork | None = None
         self.client: ApiClient | None = None
+        self.workload_client: ApiClient | None = None
         self.observer: StatusObserver | None = None
         self.nemesis: Nemesis | None = None
         self.workload: Workload | None = None
@@ -189,6 +191,9 @@ class ChaosRun:
         free += held
         reserved = {node: sockets[2 * i:2 * i + 2]
                     for i, node in enumerate(self.spec.spare_ids)}
+        tokens = self._make_tokens() if o.auth else None
+        if tokens is not None:
+            self.spec = replace(self.spec, tokens_file=tokens["file"])
         ports = {}
         for i, node in enumerate(ids):
             peer_bind, api = free[2 * i], free[2 * i + 1]
@@ -210,15 +215,24 @@ class ChaosRun:
                                os.path.join(self.folder, "logs"), data_root,
                                lambda kind, **f: self.timeline.add(kind, **f), self.clock,
                                spare_confs=spare_confs, reserved=reserved)
-        self.client = ApiClient(self.reactor, {n: f"127.0.0.1:{p.api}" for n, p in ports.items()},
-                                connections_per_node=max(16, 2 * o.workers), cafile=cafile)
+        endpoints = {n: f"127.0.0.1:{p.api}" for n, p in ports.items()}
+        self.client = ApiClient(self.reactor, endpoints,
+                                connections_per_node=max(16, 2 * o.workers),
+                                token=tokens and tokens["admin"], cafile=cafile)
+        # The workload writes with a token bound to its client ids (chaos<seed>-*).
+        self.workload_client = self.client if tokens is None else ApiClient(
+            self.reactor, endpoints, connections_per_node=max(16, 2 * o.workers),
+            token=tokens["write"], cafile=cafile)
+        if tokens is not None:
+            self.cluster.child_env["PAXOSLOG_TOKEN"] = tokens["admin"]
         self.observer = StatusObserver(self.reactor, self.client, self.cluster, self.clock,
                                        os.path.join(self.folder, "status.jsonl"))
         scheme = "https" if cafile else "http"
         self.streams = StreamObservers(self.reactor, [f"{scheme}://127.0.0.1:{p.api}"
                                                       for p in ports.values()], self.clock,
                                        prefix="k0.", give_up_s=o.duration_s + 60,
-                                       cafile=cafile)
+                                       cafile=cafile,
+                                       token=tokens and tokens["admin"])
         self.membership = MembershipDriver(
             self.reactor, self.cluster, self.client, self.observer, self.timeline, self.clock,
             {n: (f"127.0.0.1:{p.peer_proxy}", f"127.0.0.1:{p.api}") for n, p in ports.items()},
@@ -252,7 +266,8 @@ class ChaosRun:
             return self._abort("no leader was elected after start (see logs/)")
 
         rng = random.Random(f"{o.seed}-workload")
-        self.workload = Workload(self.reactor, self.client, self.history, self.cluster.members(),
+        self.workload = Workload(self.reactor, self.workload_client, self.history,
+                                 self.cluster.members(),
                                  WorkloadOptions(workers=o.workers, rate=o.rate,
                                                  key_slots=o.key_slots,
                                                  ops_per_key=o.ops_per_key,
@@ -337,10 +352,25 @@ class ChaosRun:
             await self.proxy.stop()
         if self.client is not None:
             await self.client.close()
+            if self.workload_client is not self.client:
+                await self.workload_client.close()
         if self.timeline is not None:
             self.timeline.close()
 
     # ================================================================== helpers
+
+    def _make_tokens(self) -> dict:
+        """--auth: a tokens file in the report folder with an admin token (observer,
+        nemesis, membership, spares' --join) and a write token bound to the workload's
+        client ids.  The tokens themselves stay in memory (and the children's environment)."""
+        from paxoslog.tokens import ClientIdRule, Role, TokensFile, new_token, write_tokens
+        path = os.path.join(self.folder, "tokens.json")
+        admin, admin_record = new_token(TokensFile(), Role.ADMIN, "chaos-admin")
+        write, write_record = new_token(TokensFile((admin_record,)), Role.WRITE,
+                                        "chaos-workload",
+                                        ClientIdRule.parse(f"chaos{self.options.seed}-*"))
+        write_tokens(path, TokensFile((admin_record, write_record)))
+        return {"file": path, "admin": admin, "write": write}
 
     async def _wait_leader(self, timeout_s: float) -> bool:
         deadline = self.clock() + timeout_s
@@ -530,7 +560,7 @@ class ChaosRun:
         args = ["tools/chaos.py", "--duration", f"{o.duration_s:g}", "--mode", o.mode,
                 "--nodes", str(o.nodes), "--nemesis", o.nemesis, "--schedule", o.schedule,
                 "--seed", str(o.seed)] + (["--complete"] if o.complete else []) + (
-            ["--tls"] if o.tls else []) + (
+            ["--tls"] if o.tls else []) + (["--auth"] if o.auth else []) + (
             ["--lock-workers", str(o.lock_workers), "--lock-ttl-ms", str(o.lock_ttl_ms)]
             if o.lock_workers else [])
         return "python " + " ".join(shlex.quote(a) for a in args)

@@ -57,9 +57,11 @@ class StreamObservers:
     endpoints are https (the streams then use wss)."""
 
     def __init__(self, reactor, endpoints: list[str], clock, *, prefix: str,
-                 give_up_s: float, cafile: str | None = None) -> None:
+                 give_up_s: float, cafile: str | None = None,
+                 token: str | None = None) -> None:
         self.reactor = reactor
         self.cafile = cafile
+        self.authorization = f"Bearer {token}" if token else None   # a tail needs admin
         self.endpoints = endpoints
         self.clock = clock
         self.prefix = prefix
@@ -77,7 +79,8 @@ class StreamObservers:
         for shift, (name, cursor, subprotocol) in enumerate(specs):
             stream = TwistedStream(self.reactor, self._rotated(shift), cursor,
                                    subprotocol=subprotocol, give_up_s=self.give_up_s,
-                                   retry_s=0.1, connect_timeout_s=2.0, cafile=self.cafile)
+                                   retry_s=0.1, connect_timeout_s=2.0, cafile=self.cafile,
+                                   authorization=self.authorization)
             self.observers.append(_Observer(name, stream, self.clock))
 
     async def catch_up(self, index: int, timeout_s: float) -> bool:

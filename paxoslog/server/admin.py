@@ -329,9 +329,9 @@ class MembershipAdmin:
 # ====================================================================== validation
 
 def _node_id(body: dict, required: bool = True) -> int | None:
-    node_id = body.get("node_id")
-    if node_id is None and not required:
+    if "node_id" not in body and not required:
         return None
+    node_id = body.get("node_id")
     if type(node_id) is not int or not 1 <= node_id <= _NODE_ID_MAX:
         raise bad_request(f'"node_id" must be an integer in 1..{_NODE_ID_MAX}')
     return node_id

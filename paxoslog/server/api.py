@@ -1,42 +1,47 @@
-"""The HTTP/JSON API (DESIGN.md section 5): routes, input validation, error mapping.
+"""The HTTP/JSON API (DESIGN.md section 5): routes, who may call them, input validation,
+error mapping.
 
-::
+``ROUTES`` is the one table of the API: every path and method, the ``Api`` method that
+serves it and the role it needs (docs/security.md has the same table for readers; the
+OpenAPI document, openapi.py, is checked against it by a test)::
 
-    POST /api/v1/consensus/propose    {"key","value","client_id"?,"sequence"?,"op"?,"expected"?,
-                                       "expected_version"?} -> {"status":"committed","index",
-                                       "term","leader","result"}
-    POST /api/v1/consensus/batch      {"ops": [{"op","key",...} | {"sm", "op", ...}, ...],
-                                       "client_id"?,"sequence"?} -> {"status":"committed",
-                                       "index","term","leader","results":[...]}
-    GET  /api/v1/ws                   the WebSocket endpoint (docs/websocket.md): an upgrade
-                                      request switches to the streams protocol
-    POST /api/v1/consensus/txn        {"compare","success","failure","client_id"?,"sequence"?}
-                                      -> {"status":"committed","index",...,"result":
-                                      {"succeeded","results"}}
-    GET  /api/v1/consensus/query      ?key=K | ?prefix=P[&limit=N][&after=CURSOR]
-                                      [&consistency=linearizable|lease|stale][&min_revision=R]
-    POST /api/v1/lease/grant          {"ttl_ms"} -> result {"id","ttl_ms"}
-    POST /api/v1/lease/revoke         {"id"} -> result {"id","deleted"}
-    POST /api/v1/lease/keepalive      {"id"} -> {"id","ttl_ms","remaining_ms","key_count"}
-    GET  /api/v1/lease/ttl            ?id=N[&keys=1] -> as keepalive (+ "keys"), no renewal
-    GET  /api/v1/cluster/status
-    GET  /api/v1/log/entries          ?start_index=&end_index=  (inclusive)
-    POST /api/v1/sm/<name>            a write {"op", ...} for any enabled state machine, or a
-                                      read {"query": {...}, "consistency"?}
-    GET  /api/v1/sm/<name>            ?field=value...[&consistency=...]: a read
-    POST /api/v1/cluster/add-node     {"node_id","address","api"?,"wait"?: learner|voter}
-    POST /api/v1/cluster/remove-node  {"node_id"}
-    POST /api/v1/cluster/transfer-leader {"node_id"?}  (none: the most up-to-date voter)
-    GET  /api/v1/cluster/members      configuration, address book, cluster_members rows
-    GET  /api/v1/cluster/overview     every member's status, metrics and events (dashboard)
-    GET  /api/v1/snapshot             a consistent backup, streamed (backup.py)
-    POST /api/v1/admin/reload         re-read the conf file (as SIGHUP; reload.py)
-    GET  /dashboard                   the live dashboard (static files, dashboard.py)
-    GET  /health[?ready=1], GET /metrics
+    POST /api/v1/consensus/propose       write   {"key","value","client_id"?,"sequence"?,"op"?,
+                                                 "expected"?,"expected_version"?}
+    GET  /api/v1/consensus/query         read    ?key=K | ?prefix=P[&limit=N][&after=C]
+                                                 [&consistency=][&min_revision=R]
+    POST /api/v1/consensus/batch         write   {"ops": [{"op","key",...} | {"sm","op",...}],
+                                                 "client_id"?,"sequence"?} -> "results"
+    POST /api/v1/consensus/txn           write   {"compare","success","failure",...}
+    POST /api/v1/lease/grant|revoke      write   {"ttl_ms"} | {"id"}
+    POST /api/v1/lease/keepalive         write   {"id"} (a linearizable read on the leader)
+    GET  /api/v1/lease/ttl               read    ?id=N[&keys=1]
+    GET  /api/v1/ws                      read    the WebSocket endpoint (docs/websocket.md);
+                                                 each request on it needs its route's role
+    GET  /api/v1/cluster/status          read    (?hashes=1: admin)
+    GET  /api/v1/cluster/members         read    configuration, address book, rows
+    POST /api/v1/cluster/add-node        admin   {"node_id","address","api"?,"wait"?}
+    POST /api/v1/cluster/remove-node     admin   {"node_id"}
+    POST /api/v1/cluster/transfer-leader admin   {"node_id"?}
+    GET  /api/v1/log/entries             admin   ?start_index=&end_index= (session ids!)
+    POST /api/v1/sm/<name>               write   (a read body {"query": ...}: read)
+    GET  /api/v1/sm/<name>               read    ?field=value...[&consistency=...]
+    GET  /api/v1/cluster/overview        read    every member's status, metrics, events
+    GET  /api/v1/snapshot                admin   a consistent backup, streamed (backup.py)
+    POST /api/v1/admin/reload            admin   re-read the conf file (as SIGHUP; reload.py)
+    GET  /dashboard, /dashboard/<file>   -       the live dashboard's static files
+    GET  /api/v1/openapi.json            -       this API as an OpenAPI 3.1 document
+    GET  /health[?ready=1]               -       (details only with read)
+    GET  /metrics                        read    Prometheus text
 
-Errors are ``{"error": code, "message": text}`` with 400/404/405/409/410/413/431/503
-(Retry-After)/504 (see errors.py).  A removed node answers 410 ``removed`` to everything
-but /health, /metrics and the status.  Every input is validated here or by the state machine
+Every write, whatever its route, passes ``_write``, which requires the write role and
+checks the ``client_id`` against the token's binding (access.py).  Internal state machines
+(membership) are not addressable through ``/api/v1/sm/`` at all (404).
+
+Order of checks: Origin/Host (403), route (404/405), token (401), role (403), removed
+node (410), then the handler's input validation (400...).  Errors are ``{"error": code,
+"message": text}`` with 400/401/403/404/405/409/410/413/431/503 (Retry-After)/504 (see
+errors.py).  A removed node answers 410 ``removed`` to everything but /health, /metrics,
+the status and the API document.  Every input is validated here or by the state machine
 before anything is proposed: bad input never reaches the log.
 """
 
@@ -44,6 +49,7 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import dataclass
 from urllib.parse import parse_qs
 
 from twisted.internet import defer
@@ -52,11 +58,13 @@ from twisted.logger import Logger
 from statemachines.base import nesting_exceeds
 
 from paxoslog.node.commands import CLIENT_ID_CHARS_MAX
+from paxoslog.tokens import Role
+from .access import ANONYMOUS_ADMIN
 from .errors import ApiError, bad_request
 from .http import SwitchProtocols, json_response
 from .reload import ReloadFailed
 
-__all__ = ["Api"]
+__all__ = ["Api", "Route", "ROUTES"]
 
 log = Logger(namespace="paxoslog.api")
 
@@ -69,7 +77,78 @@ _BATCH_KV_FIELDS = frozenset({"key", "value", "op", "expected", "expected_versio
 _CONSISTENCY = ("linearizable", "lease", "stale")
 _SEQUENCE_MAX = (1 << 63) - 1
 _TEXT = b"text/plain; version=0.0.4; charset=utf-8"
-_SERVED_WHEN_REMOVED = frozenset({"/health", "/metrics", "/api/v1/cluster/status"})
+_SERVED_WHEN_REMOVED = frozenset({"/health", "/metrics", "/api/v1/cluster/status",
+                                  "/api/v1/openapi.json"})
+_SM_PREFIX = "/api/v1/sm/"
+# /health without the read role: enough for a load balancer, nothing more.
+_HEALTH_PUBLIC = ("status", "ready", "node_id", "role", "leader", "term")
+
+
+@dataclass(frozen=True)
+class Route:
+    """One row of the API's table.  ``path`` may end in ``{name}`` (one path segment or
+    more: the state machine's name); ``role``: what a request needs; ``read_role``: what
+    a body that only reads needs on a route that also writes; ``param_roles``: a query
+    parameter with a value that needs more (``status?hashes=1``: admin)."""
+
+    path: str
+    method: str
+    handler: str
+    role: Role
+    summary: str
+    read_role: Role | None = None
+    param_roles: tuple[tuple[str, str, Role], ...] = ()
+
+    @property
+    def entry_role(self) -> Role:
+        """The least a request needs to reach the handler."""
+        return self.read_role if self.read_role is not None else self.role
+
+
+ROUTES: tuple[Route, ...] = (
+    Route("/api/v1/consensus/propose", "POST", "propose", Role.WRITE, "Write a key (kv)"),
+    Route("/api/v1/consensus/query", "GET", "query", Role.READ, "Read a key or a prefix (kv)"),
+    Route("/api/v1/consensus/batch", "POST", "batch", Role.WRITE,
+          "Many writes as one log command, applied in order at one index"),
+    Route("/api/v1/consensus/txn", "POST", "txn", Role.WRITE,
+          "A transaction: compares, then one of two op lists, in one log entry"),
+    Route("/api/v1/lease/grant", "POST", "lease_grant", Role.WRITE, "Grant a lease"),
+    Route("/api/v1/lease/revoke", "POST", "lease_revoke", Role.WRITE,
+          "Revoke a lease (its keys are deleted)"),
+    Route("/api/v1/lease/keepalive", "POST", "lease_keepalive", Role.WRITE,
+          "Renew a lease"),
+    Route("/api/v1/lease/ttl", "GET", "lease_ttl", Role.READ,
+          "A lease's remaining time (and keys)"),
+    Route("/api/v1/ws", "GET", "websocket", Role.READ,
+          "The WebSocket endpoint (an upgrade request); each request on it needs its "
+          "route's role"),
+    Route("/api/v1/cluster/status", "GET", "cluster_status", Role.READ,
+          "This node's view of the cluster", param_roles=(("hashes", "1", Role.ADMIN),)),
+    Route("/api/v1/cluster/members", "GET", "members", Role.READ,
+          "Configuration, address book and cluster_members rows"),
+    Route("/api/v1/cluster/add-node", "POST", "add_node", Role.ADMIN, "Add a node"),
+    Route("/api/v1/cluster/remove-node", "POST", "remove_node", Role.ADMIN, "Remove a node"),
+    Route("/api/v1/cluster/transfer-leader", "POST", "transfer_leader", Role.ADMIN,
+          "Hand leadership to another voter"),
+    Route("/api/v1/log/entries", "GET", "log_entries", Role.ADMIN,
+          "Recently applied log entries (every client's session ids: admin only)"),
+    Route(_SM_PREFIX + "{name}", "POST", "state_machine_command", Role.WRITE,
+          "A command for a state machine, or a read", read_role=Role.READ),
+    Route(_SM_PREFIX + "{name}", "GET", "state_machine_read", Role.READ,
+          "A read of a state machine"),
+    Route("/api/v1/cluster/overview", "GET", "cluster_overview", Role.READ,
+          "Every member's status, metrics and recent events (the dashboard's data)"),
+    Route("/api/v1/snapshot", "GET", "snapshot", Role.ADMIN,
+          "A consistent backup of the whole replicated state, streamed"),
+    Route("/api/v1/admin/reload", "POST", "reload", Role.ADMIN,
+          "Re-read the conf file (as SIGHUP)"),
+    Route("/dashboard", "GET", "dashboard_file", Role.NONE, "The live dashboard (HTML)"),
+    Route("/dashboard/{file}", "GET", "dashboard_file", Role.NONE,
+          "The dashboard's static files"),
+    Route("/api/v1/openapi.json", "GET", "openapi", Role.NONE, "This API (OpenAPI 3.1)"),
+    Route("/health", "GET", "health", Role.NONE, "Liveness and readiness"),
+    Route("/metrics", "GET", "metrics", Role.READ, "Prometheus metrics"),
+)
 
 
 def _reject_constant(name: str):
@@ -96,45 +175,31 @@ _DECODER = json.JSONDecoder(parse_constant=_reject_constant, parse_float=_finite
 
 class Api:
     """Routes requests to the node's services (``bind``): the ``router`` (writes, reads),
-    the ``views`` (status, entries, health, metrics), the membership ``admin`` and the
-    address ``book`` (removal).  ``limits``: the conf's [limits]."""
+    the ``views`` (status, entries, health, metrics), the membership ``admin``, the
+    address ``book`` (removal) and the ``access`` control (who may do what; without one,
+    every request is served as an anonymous admin, as before auth existed).
+    ``limits``: the conf's [limits]."""
 
     def __init__(self, node_id: int, limits, command_bytes_max: int) -> None:
         self.node_id = node_id
         self.limits = limits
         self.command_bytes_max = command_bytes_max
-        self.router = self.views = self.admin = self.book = None
+        self.router = self.views = self.admin = self.book = self.access = None
         self.backups = self.overview = self.reloader = self.dashboard = None
-        # One table of every route: the auth layer gives each a role (admin: snapshot,
-        # reload, membership, overview).
         self.websocket_factory = None     # set by bind_websocket
-        self._routes = {
-            "/api/v1/consensus/propose": {"POST": self.propose},
-            "/api/v1/consensus/batch": {"POST": self.batch},
-            "/api/v1/ws": {"GET": self.websocket},
-            "/api/v1/consensus/query": {"GET": self.query},
-            "/api/v1/consensus/txn": {"POST": self.txn},
-            "/api/v1/lease/grant": {"POST": self.lease_grant},
-            "/api/v1/lease/revoke": {"POST": self.lease_revoke},
-            "/api/v1/lease/keepalive": {"POST": self.lease_keepalive},
-            "/api/v1/lease/ttl": {"GET": self.lease_ttl},
-            "/api/v1/cluster/status": {"GET": self.cluster_status},
-            "/api/v1/log/entries": {"GET": self.log_entries},
-            "/api/v1/cluster/add-node": {"POST": self.add_node},
-            "/api/v1/cluster/remove-node": {"POST": self.remove_node},
-            "/api/v1/cluster/transfer-leader": {"POST": self.transfer_leader},
-            "/api/v1/cluster/members": {"GET": self.members},
-            "/api/v1/cluster/overview": {"GET": self.cluster_overview},
-            "/api/v1/snapshot": {"GET": self.snapshot},
-            "/api/v1/admin/reload": {"POST": self.reload},
-            "/dashboard": {"GET": self.dashboard_file},
-            "/health": {"GET": self.health},
-            "/metrics": {"GET": self.metrics},
-        }
+        self._routes: dict[str, dict[str, Route]] = {}
+        self._prefix_routes: dict[str, dict[str, Route]] = {}     # "/api/v1/sm/" -> ...
+        for route in ROUTES:
+            if route.path.endswith("}"):
+                prefix = route.path[:route.path.rindex("{")]
+                self._prefix_routes.setdefault(prefix, {})[route.method] = route
+            else:
+                self._routes.setdefault(route.path, {})[route.method] = route
 
-    def bind(self, *, router, views, admin, book, backups=None, overview=None, reloader=None,
-             dashboard=None) -> None:
+    def bind(self, *, router, views, admin, book, access=None, backups=None, overview=None,
+             reloader=None, dashboard=None) -> None:
         self.router, self.views, self.admin, self.book = router, views, admin, book
+        self.access = access
         self.backups, self.overview = backups, overview
         self.reloader, self.dashboard = reloader, dashboard
 
@@ -163,29 +228,80 @@ class Api:
     # ------------------------------------------------------------------ dispatch
 
     def handle(self, request):
+        access = self.access
+        if access is not None:
+            refused = access.check_browser(request)
+            if refused is not None:
+                return self._error(refused)
+            if request.method == "OPTIONS" and b"origin" in request.headers:
+                return access.preflight(request)
         routes = self._routes.get(request.path)
         if routes is None:
-            if request.path.startswith("/api/v1/sm/"):
-                routes = {"POST": self.state_machine_command, "GET": self.state_machine_read}
-            elif request.path.startswith("/dashboard/"):
-                routes = self._routes["/dashboard"]
-            else:
+            routes = next((table for prefix, table in self._prefix_routes.items()
+                           if request.path.startswith(prefix)), None)
+            if routes is None:
                 return self._error(ApiError(404, "not_found",
                                             f"no such endpoint: {request.path[:200]}"))
+        method = "GET" if request.method == "HEAD" else request.method
+        route = routes.get(method)
+        if route is None:
+            allowed = ", ".join(sorted(routes)).encode()
+            error = ApiError(405, "method_not_allowed",
+                             f"{request.method[:20]} is not allowed on {request.path[:200]}; "
+                             f"use {allowed.decode()}", headers=((b"Allow", allowed),))
+            return self._error(error)
+        if access is None:
+            return self._dispatch(request, route, ANONYMOUS_ADMIN)
+        try:
+            principal = access.authenticate(request)
+        except ApiError as exc:
+            if not (exc.status == 401 and route.entry_role == Role.NONE):
+                return self._error(exc)
+            principal = access.anonymous           # open routes ignore a bad token
+        if isinstance(principal, defer.Deferred) and route.entry_role == Role.NONE:
+            principal.addErrback(_anonymous_if_unauthenticated, access.anonymous)
+        if isinstance(principal, defer.Deferred):       # a token's first use here
+            result = principal.addCallback(lambda p: self._dispatch(request, route, p))
+            result.addErrback(self._failed)
+        else:
+            result = self._dispatch(request, route, principal)
+        if b"origin" in request.headers:
+            return _with_headers(result, access.cors_headers(request))
+        return result
+
+    def handle_as(self, request, principal):
+        """A request made on an upgraded (WebSocket) connection: the principal its upgrade
+        request was authenticated as stands for it; the route's role is still checked."""
+        routes = self._routes.get(request.path)
+        if routes is None:
+            routes = next((table for prefix, table in self._prefix_routes.items()
+                           if request.path.startswith(prefix)), None)
+        route = (routes or {}).get(request.method)
+        if route is None or route.path == "/api/v1/ws":
+            return self._error(ApiError(404, "not_found",
+                                        f"no such operation: {request.method[:20]} "
+                                        f"{request.path[:200]}"))
+        return self._dispatch(request, route,
+                              ANONYMOUS_ADMIN if principal is None else principal)
+
+    def _dispatch(self, request, route: Route, principal):
+        request.principal = principal
+        if self.access is not None:
+            try:
+                needed = route.entry_role
+                if route.param_roles and request.query:
+                    params = self._params(request)        # may refuse a bad query: 400
+                    for name, value, role in route.param_roles:
+                        if params.get(name) == value:
+                            needed = max(needed, role)
+                self.access.authorize(principal, needed, f"{route.method} {route.path}")
+            except ApiError as exc:
+                return self._error(exc)
         if self.book.removed and request.path not in _SERVED_WHEN_REMOVED:
             return self._error(ApiError(410, "removed", f"node {self.node_id} was removed "
                                         f"from the cluster at index {self.book.removed_at}"))
-        method = "GET" if request.method == "HEAD" else request.method
-        handler = routes.get(method)
-        if handler is None:
-            allowed = ", ".join(sorted(routes)).encode()
-            error = ApiError(405, "method_not_allowed",
-                             f"{request.method} is not allowed on {request.path}; use "
-                             f"{allowed.decode()}")
-            status, body, ctype, _ = self._error(error)
-            return status, body, ctype, ((b"Allow", allowed),)
         try:
-            result = handler(request)
+            result = getattr(self, route.handler)(request)
         except ApiError as exc:
             return self._error(exc)
         if isinstance(result, defer.Deferred):
@@ -204,10 +320,18 @@ class Api:
         return json_response(500, {"error": "internal", "message": "internal error"})
 
     def _error(self, exc: ApiError) -> tuple:
-        headers = ()
+        headers = exc.headers
         if exc.retry_after is not None:
-            headers = ((b"Retry-After", str(exc.retry_after).encode()),)
+            headers = headers + ((b"Retry-After", str(exc.retry_after).encode()),)
         return json_response(exc.status, exc.body(), headers)
+
+    def _require(self, request, role: Role, what: str) -> None:
+        self.require_role(request.principal, role, what)
+
+    def require_role(self, principal, role: Role, what: str) -> None:
+        """ApiError 403 (401) unless ``principal`` has ``role`` (no auth: everyone has)."""
+        if self.access is not None:
+            self.access.authorize(principal, role, what)
 
     # ------------------------------------------------------------------ input helpers
 
@@ -247,7 +371,7 @@ class Api:
             raise bad_request(f"bad query string: {exc}") from None
         return {name: values[-1] for name, values in parsed.items()}
 
-    def _session(self, body: dict) -> tuple[str, int]:
+    def _session(self, request, body: dict) -> tuple[str, int]:
         has_client = body.get("client_id") is not None
         has_sequence = body.get("sequence") is not None
         if has_client != has_sequence:
@@ -265,6 +389,8 @@ class Api:
         sequence = body["sequence"]
         if type(sequence) is not int or not 0 <= sequence <= _SEQUENCE_MAX:
             raise bad_request('"sequence" must be a non-negative integer')
+        if self.access is not None:
+            self.access.check_client_id(request.principal, client_id)
         return client_id, sequence
 
     # ------------------------------------------------------------------ writes
@@ -279,7 +405,7 @@ class Api:
         if body.get("op") in ("txn", "lease_grant", "lease_revoke"):
             raise bad_request(f'op {body["op"]!r} has its own endpoint (/api/v1/consensus/txn, '
                               '/api/v1/lease/...)')
-        return self._write("kv", body)
+        return self._write(request, "kv", body)
 
     def txn(self, request):
         """A transaction: compares, then one of two op lists, in one log entry."""
@@ -287,7 +413,7 @@ class Api:
         unknown = sorted(set(body) - _TXN_FIELDS)
         if unknown:
             raise bad_request(f"unknown field(s): {', '.join(unknown)[:200]}")
-        return self._write("kv", dict(body, op="txn"))
+        return self._write(request, "kv", dict(body, op="txn"))
 
     # ------------------------------------------------------------------ leases
 
@@ -300,11 +426,11 @@ class Api:
 
     def lease_grant(self, request):
         body = self._lease_body(request, frozenset({"ttl_ms"}))
-        return self._write("kv", dict(body, op="lease_grant"))
+        return self._write(request, "kv", dict(body, op="lease_grant"))
 
     def lease_revoke(self, request):
         body = self._lease_body(request, frozenset({"id"}))
-        return self._write("kv", dict(body, op="lease_revoke"))
+        return self._write(request, "kv", dict(body, op="lease_revoke"))
 
     def lease_keepalive(self, request):
         """Renews the lease on the leader (a linearizable read there: never logged)."""
@@ -368,7 +494,8 @@ class Api:
                     raise bad_request(f"ops[{position}]: {fields['op']!r} is a read; a batch "
                                       "holds writes only")
                 parsed.append((sm, fields, None))
-        client_id, sequence = self._session(body)
+        self._require(request, Role.WRITE, "a batch")
+        client_id, sequence = self._session(request, body)
         d = self.router.write_batch(parsed, client_id, sequence)
         return d.addCallback(self._batch_committed)
 
@@ -398,7 +525,7 @@ class Api:
         if self.websocket_factory is None:
             raise ApiError(503, "unavailable", "the WebSocket endpoint is not running",
                            retry_after=1)
-        return SwitchProtocols(self.websocket_factory)
+        return SwitchProtocols(self.websocket_factory, request.principal)
 
     def _state_machine(self, request) -> str:
         """The client-addressable state machine named by the path.  Internal ones (the
@@ -439,7 +566,7 @@ class Api:
             return self._sm_read(name, request_fields, body.get("consistency"))
         if "consistency" in body:
             raise bad_request('"consistency" applies to reads only')
-        return self._write(name, body)
+        return self._write(request, name, body)
 
     def state_machine_read(self, request):
         """GET /api/v1/sm/<name>?field=value...[&consistency=...]: a read of that state
@@ -459,8 +586,11 @@ class Api:
             read["min_revision"] = _int_param({"min_revision": str(floor)}, "min_revision", 0)
         return self.router.read(read, consistency)
 
-    def _write(self, sm: str, body: dict):
-        client_id, sequence = self._session(body)
+    def _write(self, request, sm: str, body: dict):
+        """Every client write passes here: it needs the write role, and its client id
+        must be one its token may use."""
+        self._require(request, Role.WRITE, f"a write to {sm!r}")
+        client_id, sequence = self._session(request, body)
         fields = {k: v for k, v in body.items() if k not in ("client_id", "sequence")}
         d = self.router.write(sm, fields, client_id, sequence)
         return d.addCallback(self._committed)
@@ -496,6 +626,10 @@ class Api:
         consistency = params.get("consistency", "linearizable")
         if consistency not in _CONSISTENCY:
             raise bad_request(f'"consistency" must be one of {", ".join(_CONSISTENCY)}')
+        if "prefix" in params and "key" in params:
+            raise bad_request('give "key" or "prefix", not both')
+        if "limit" in params and "prefix" not in params:
+            raise bad_request('"limit" applies to prefix reads only')
         if "prefix" in params:
             query = {"prefix": params["prefix"]}
             if "limit" in params:
@@ -519,7 +653,10 @@ class Api:
         """``?hashes=1`` adds ``state_hashes`` (a digest per state machine and the session
         table; costs an encoding of each, so only on request; computed off the event
         loop, one request at a time)."""
-        if self._params(request).get("hashes") == "1":
+        hashes = self._params(request).get("hashes", "0")
+        if hashes not in ("0", "1"):
+            raise bad_request('"hashes" must be 0 or 1')
+        if hashes == "1":
             return self.views.status_with_hashes()
         return self.views.status()
 
@@ -574,12 +711,34 @@ class Api:
 
     def health(self, request):
         body = self.views.health()
+        if request.principal.role < Role.READ:
+            body = {name: body[name] for name in _HEALTH_PUBLIC}
         if "ready" in self._params(request) and not body["ready"]:
             return json_response(503, body, ((b"Retry-After", b"1"),))
         return body
 
     def metrics(self, request):
         return (200, self.views.metrics().encode(), _TEXT, ())
+
+    def openapi(self, request):
+        from .openapi import document_bytes
+        return (200, document_bytes(), b"application/json", ())
+
+
+def _anonymous_if_unauthenticated(failure, anonymous):
+    failure.trap(ApiError)
+    if failure.value.status != 401:
+        return failure
+    return anonymous
+
+
+def _with_headers(result, headers: tuple):
+    if not headers:
+        return result
+    if isinstance(result, defer.Deferred):
+        return result.addCallback(_with_headers, headers)
+    status, body, ctype, extra = result
+    return status, body, ctype, tuple(extra) + headers
 
 
 def _int_param(params: dict, name: str, lo: int, hi: int = (1 << 63) - 1) -> int:

@@ -1,6 +1,8 @@
 """``ApiError``: a client-visible failure with its HTTP status and JSON error code.
 
-Codes: 400 ``bad_request`` (and ``stale_sequence``), 404 ``not_found``, 405
+Codes: 400 ``bad_request`` (and ``stale_sequence``), 401 ``unauthenticated`` (no or a bad
+bearer token; with ``WWW-Authenticate``), 403 ``forbidden`` (the token's role is too low, a
+client id that is not the token's, a refused Origin or Host), 404 ``not_found``, 405
 ``method_not_allowed``, 409 ``conflict`` (a membership request that contradicts the
 membership), 410 ``removed`` (this node was removed from the cluster), 413 ``too_large``,
 431 ``headers_too_large``, 503 ``unavailable``/``not_leader``/``busy`` (safe to retry; carries
@@ -15,13 +17,14 @@ __all__ = ["ApiError", "bad_request", "unavailable"]
 
 class ApiError(Exception):
     def __init__(self, status: int, code: str, message: str, *, retry_after: int | None = None,
-                 extra: dict | None = None) -> None:
+                 extra: dict | None = None, headers: tuple = ()) -> None:
         super().__init__(message)
         self.status = status
         self.code = code
         self.message = message
         self.retry_after = retry_after
         self.extra = extra or {}
+        self.headers = headers          # extra response headers: ((name, value), ...)
 
     def body(self) -> dict:
         body = {"error": self.code, "message": self.message}

@@ -82,7 +82,8 @@ _IDLE = "idle"            # nothing outstanding: the client may send the next re
 _BUSY = "busy"            # the server: answers outstanding (no client deadline)
 _STALLED = "stalled"      # the client: reading the answers we wrote
 
-REASONS = {100: "Continue", 200: "OK", 204: "No Content", 400: "Bad Request", 404: "Not Found",
+REASONS = {100: "Continue", 200: "OK", 204: "No Content", 400: "Bad Request",
+           401: "Unauthorized", 403: "Forbidden", 404: "Not Found",
            405: "Method Not Allowed", 408: "Request Timeout", 409: "Conflict", 410: "Gone",
            413: "Payload Too Large", 426: "Upgrade Required", 429: "Too Many Requests",
            431: "Request Header Fields Too Large",
@@ -93,12 +94,12 @@ _JSON = b"application/json"
 
 
 class Request:
-    """One parsed request.  ``upgrade``: the connection's first request asks to switch
+    """One parsed request; ``principal`` is set by the API's access control.  ``upgrade``: the connection's first request asks to switch
     protocols (see ``SwitchProtocols``).  ``parsed``: the body already decoded (requests
     the WebSocket channel routes through the API carry their JSON object here)."""
 
     __slots__ = ("method", "path", "query", "headers", "body", "keep_alive", "upgrade",
-                 "parsed")
+                 "parsed", "principal")
 
     def __init__(self, method: str, path: str, query: str, headers: dict, body: bytes,
                  keep_alive: bool, upgrade: bool = False, parsed: object = None) -> None:
@@ -110,16 +111,20 @@ class Request:
         self.keep_alive = keep_alive
         self.upgrade = upgrade
         self.parsed = parsed
+        self.principal = None
 
 
 class SwitchProtocols:
     """A handler's answer to an upgrade request: hand the connection to a protocol built
-    by ``factory`` (an ``IProtocolFactory``)."""
+    by ``factory`` (an ``IProtocolFactory``).  ``principal``: who the upgrade request was
+    authenticated as; the new protocol gets it (``protocol.principal``) and speaks for it
+    on every request it makes."""
 
-    __slots__ = ("factory",)
+    __slots__ = ("factory", "principal")
 
-    def __init__(self, factory) -> None:
+    def __init__(self, factory, principal=None) -> None:
         self.factory = factory
+        self.principal = principal
 
 
 class FileBody:
@@ -240,7 +245,8 @@ class HttpProtocol(Protocol):
             self.closing = True
             self._close_after = 0
             self._next = 1
-            self._respond(_error(503, "unavailable", too_many), 0, False)
+            status, body, ctype, _ = _error(503, "unavailable", too_many)
+            self._respond((status, body, ctype, ((b"Retry-After", b"1"),)), 0, False)
             return
         self.transport.registerProducer(self, True)
         self._registered = True
@@ -376,7 +382,7 @@ class HttpProtocol(Protocol):
     def _switch_now(self) -> None:
         """Hand the connection over: the new protocol gets the transport (and its producer
         slot) and every byte from the start of the upgrade request on."""
-        factory = self._switch.factory
+        factory, principal = self._switch.factory, self._switch.principal
         data = b"".join(self._after_upgrade)
         self._after_upgrade = self._switch = None
         if self._registered:
@@ -390,6 +396,7 @@ class HttpProtocol(Protocol):
             self.transport.loseConnection()
             return
         self.upgraded = protocol
+        protocol.principal = principal
         protocol.makeConnection(self.transport)
         if data:
             protocol.dataReceived(data)

@@ -57,11 +57,14 @@ from paxoslog.core.replica import create_replica
 from paxoslog.node.driver import DriverOptions, NodeDriver
 from paxoslog.node.machines import StateMachines
 from paxoslog.node.sessions import SessionTable
+from paxoslog.config import ConfigError
 from paxoslog.storage import DiskStorage
 from paxoslog.terms import describe_hard_state
+from paxoslog.tokens import TokensFileError, check_token
 from statemachines import create as create_state_machine
 
 from . import frames as F
+from .access import AccessControl, TokenStore, is_loopback
 from .addressbook import AddressBook
 from .admin import MembershipAdmin
 from .api import Api
@@ -223,6 +226,26 @@ class NodeService(MultiService):
         self.http.factory.on_response = self.http_requests.responded
         self.reloader = Reloader(config)       # the CLI registers the log level hook
         self.dashboard = DashboardFiles()
+        self.access = self._access_control()
+
+    def _access_control(self) -> AccessControl:
+        """The API's gate; raises ``ConfigError`` when the tokens file is unusable."""
+        auth, reactor = self.config.auth, self.reactor
+        store = None
+        if auth.tokens_file is not None:
+            store = TokenStore(auth.tokens_file)
+            try:
+                store.load()
+            except TokensFileError as exc:
+                raise ConfigError(self.config.path, "auth.tokens_file", str(exc)) from None
+
+        def verify(record, token):
+            from twisted.internet import threads
+            return threads.deferToThreadPool(reactor, reactor.getThreadPool(), check_token,
+                                             record, token)
+        return AccessControl(auth, (self.me.api, self.me.api_bind), lambda: self.http.port,
+                             store=store, verify=verify, now=reactor.seconds,
+                             https=self.config.tls_api)
 
     # ================================================================== wiring
 
@@ -348,8 +371,8 @@ class NodeService(MultiService):
             provenance=self._provenance, reactor=reactor,
             timeout_s=2 * timing.request_timeout_ms / 1000.0, level=config.snapshot.level)
         self.api.bind(router=router, views=self.views, admin=self.admin, book=book,
-                      backups=self.backups, overview=self.overview, reloader=self.reloader,
-                      dashboard=self.dashboard)
+                      access=self.access, backups=self.backups, overview=self.overview,
+                      reloader=self.reloader, dashboard=self.dashboard)
         self.websocket = WebSocketService(
             streams_factory(api=self.api, hub=hub, options=config.websocket,
                             limits=config.limits, reactor=reactor), reactor)
@@ -400,12 +423,31 @@ class NodeService(MultiService):
                  hs=describe_hard_state(restored.hard_state, config.protocol))
         if self.storage.torn is not None:
             log.warn("the WAL had a torn tail (cut at restart): {torn}", torn=self.storage.torn)
+        self._warn_open_api()
         self.book.started()
         for service in (self.transport, self.promotion, self.websocket, self.http, self.ticker,
                         self.watch):
             service.setServiceParent(self)
         super().startService()
         self.runner.schedule_pump()
+
+    def _warn_open_api(self) -> None:
+        """Loudly, at start: an API reachable from other machines that serves anonymous
+        requests (any client there may write, remove nodes, read every session id)."""
+        auth = self.config.auth
+        if self.access.required:
+            log.info("client API: bearer tokens required ({count} in {path})",
+                     count=len(self.access.store.tokens.tokens), path=auth.tokens_file)
+            return
+        hosts = {a.host for n in self.config.nodes for a in (n.api, n.api_bind)}
+        if all(is_loopback(h) for h in hosts):
+            return
+        log.warn("=" * 72)
+        log.warn("WARNING: the client API on {api} serves ANONYMOUS requests with every role "
+                 "(writes, membership changes, session ids) and the conf reaches beyond this "
+                 "machine.  Set [auth] tokens_file and required = true "
+                 "(docs/security.md).", api=str(self.me.api_bind))
+        log.warn("=" * 72)
 
     def _installed(self, meta, old_config) -> None:
         """A received snapshot replaced the state: the log view starts afresh and the

@@ -68,9 +68,14 @@ class NodeTls:
                 privateKey=own.privateKey.original, certificate=own.original, verify=True,
                 caCerts=[ca.original], requireCertificate=True,
                 raiseMinimumTo=ssl.TLSVersion.TLSv1_2)
+        # ALPN: name the one protocol the API speaks.  Twisted installs an ALPN callback on
+        # every server context, and without a protocol list it answers any client that
+        # offers ALPN (curl, requests, browsers) with an empty choice, which pyOpenSSL turns
+        # into a failed handshake (internal_error alert).
         return ssl.CertificateOptions(privateKey=own.privateKey.original,
                                       certificate=own.original,
-                                      raiseMinimumTo=ssl.TLSVersion.TLSv1_2)
+                                      raiseMinimumTo=ssl.TLSVersion.TLSv1_2,
+                                      acceptableProtocols=[b"http/1.1"])
 
     def peer_client_options(self, peer_id: int):
         """Context factory to dial ``peer_id``: it must prove to be that node (its

@@ -43,6 +43,8 @@ from twisted.internet.interfaces import IPushProducer
 from twisted.logger import Logger
 from zope.interface import implementer
 
+from paxoslog.tokens import Role
+
 from .errors import ApiError
 from .http import Request
 from .streams import TAIL, WATCH, Subscription
@@ -93,6 +95,7 @@ class StreamsProtocol(WebSocketServerProtocol):
 
     codec = None
     paused = False
+    principal = None      # who the upgrade request was authenticated as (http.py sets it)
 
     # ------------------------------------------------------------------ connection
 
@@ -266,7 +269,8 @@ class StreamsProtocol(WebSocketServerProtocol):
             elif op == "cancel":
                 result = self._cancel(message)
             else:
-                result = self.factory.api.handle(self._api_request(op, message))
+                result = self.factory.api.handle_as(self._api_request(op, message),
+                                                    self.principal)
         except _Refused as exc:
             self._reply(rid, exc.status, exc.body)
             return
@@ -355,6 +359,9 @@ class StreamsProtocol(WebSocketServerProtocol):
 
     def _subscribe(self, op: str, message: dict):
         options = self.factory.options
+        if op == TAIL:
+            # Entries carry every client's session ids (as /api/v1/log/entries): admin.
+            self.factory.api.require_role(self.principal, Role.ADMIN, "a log tail")
         unknown = sorted(set(message) - (_TAIL_FIELDS if op == TAIL else _WATCH_FIELDS))
         if unknown:
             raise _Refused(400, "bad_request", f"unknown field(s): {', '.join(unknown)[:200]}")

@@ -7,9 +7,14 @@ nodes bind them at once), data directories under the test's tmp_path, and short 
 HTTP, or HTTPS with ``tls=True``: then the conf gets a ``[tls]`` section (mutual TLS between
 peers too) and the certificates come from ``paxoslog certs init`` run on it, as an operator
 would; ``PAXOSLOG_TEST_TLS=1`` turns TLS on for every harness that does not choose.
-Nothing sleeps for synchronisation: ``wait_for`` polls a condition with a deadline.  On
-teardown every node still running is killed; if a test failed, the tail of each node's log
-is printed.
+Nothing sleeps for synchronisation: ``wait_for`` polls a condition with a deadline.
+
+``auth=True`` turns client authentication on: a tokens file with an ``admin``, a ``write``
+and a ``read`` token (``harness.tokens``), ``[auth] required = true`` (plus ``auth_extra``
+lines), and every harness request carries ``harness.token`` (the admin token unless a test
+changes it; ``token=None`` on a request sends none).  Nodes started with ``join`` get the
+admin token in ``$PAXOSLOG_TOKEN``.  TLS and tokens combine.  On teardown every node still
+running is killed; if a test failed, the tail of each node's log is printed.
 """
 
 from __future__ import annotations
@@ -77,7 +82,8 @@ class ClusterHarness:
     def __init__(self, tmp_path, protocol: str = "multipaxos", size: int = 3, *,
                  tick_ms: int = 10, election_ticks: int = 15, heartbeat_ticks: int = 3,
                  request_timeout_ms: int = 3000, extra: str = "",
-                 secret: str | None = "integration-secret", tls: bool | None = None) -> None:
+                 secret: str | None = "integration-secret", auth: bool = False,
+                 auth_extra: str = "", tls: bool | None = None) -> None:
         self.tmp_path = tmp_path
         self.protocol = protocol
         self.tls = TLS_DEFAULT if tls is None else tls
@@ -92,11 +98,21 @@ class ClusterHarness:
             f'\n[[nodes]]\nid = {i}\npeer = "127.0.0.1:{self.peer_ports[i]}"\n'
             f'api = "127.0.0.1:{self.api_ports[i]}"\n' for i in self.ids)
         secret_line = f'secret = "{secret}"\n' if secret else ""
+        self.tokens: dict[str, str] = {}
+        self.tokens_file = str(tmp_path / "tokens.json")
+        auth_table = ""
+        if auth:
+            self.tokens = make_tokens(self.tokens_file)
+            auth_table = (f'\n[auth]\ntokens_file = "{self.tokens_file}"\nrequired = true\n'
+                          f"{auth_extra}\n")
+        elif auth_extra:
+            auth_table = f"\n[auth]\n{auth_extra}\n"
+        self.token: str | None = self.tokens.get("admin")
         text = (f'cluster = "it-{protocol}"\nprotocol = "{protocol}"\n'
                 f'data_dir = "{tmp_path}/data/{{node}}"\n{secret_line}'
                 f"\n[timing]\ntick_ms = {tick_ms}\nheartbeat_ticks = {heartbeat_ticks}\n"
                 f"election_ticks = {election_ticks}\nrequest_timeout_ms = {request_timeout_ms}\n"
-                f"{extra}\n{TLS_SECTION if self.tls else ''}{nodes}")
+                f"{extra}\n{auth_table}\n{TLS_SECTION if self.tls else ''}{nodes}")
         with open(self.conf_path, "w") as f:
             f.write(text)
         self.conf_text = text
@@ -146,9 +162,13 @@ class ClusterHarness:
                    *(args or ())]
         if join is not None:
             command += ["--join", self.url(join)]
+        child_env = dict(os.environ, PYTHONPATH=ROOT)
+        child_env.pop("PAXOSLOG_TOKEN", None)
+        if join is not None and self.tokens:
+            child_env["PAXOSLOG_TOKEN"] = self.tokens["admin"]
+        child_env.update(env or {})
         self.procs[node_id] = subprocess.Popen(
-            command, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT,
-            env=dict(os.environ, PYTHONPATH=ROOT, **(env or {})))
+            command, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT, env=child_env)
         log.close()
 
     def new_node(self, node_id: int) -> str:
@@ -237,6 +257,11 @@ class ClusterHarness:
             s = self._ssl.wrap_socket(s, server_hostname="127.0.0.1")
         return s
 
+    def host_header(self, node_id: int) -> bytes:
+        """A ``Host`` value naming the node, for raw requests (while anonymous requests are
+        served the node refuses a Host that does not name it: DNS rebinding)."""
+        return f"127.0.0.1:{self.api_ports[node_id]}".encode()
+
     def _drop_conn(self, node_id: int) -> None:
         conn = self._conns.pop(node_id, None)
         if conn is not None:
@@ -244,18 +269,21 @@ class ClusterHarness:
 
     def request(self, node_id: int, method: str, path: str, body=None, *,
                 raw: bytes | None = None, headers: dict | None = None,
-                timeout: float = 5.0) -> Response:
+                timeout: float = 5.0, token=...) -> Response:
+        """One request on the node's keep-alive connection; ``token``: the bearer token
+        (default ``self.token``; None: no Authorization header)."""
         if method in ("GET", "HEAD") and node_id in self._conns:
             # A kept-alive connection may have been closed by the node meanwhile (its idle
             # timeout): a read is safe to send again on a fresh one.
             try:
-                return self._request(node_id, method, path, body, raw, headers, timeout)
+                return self._request(node_id, method, path, body, raw, headers, timeout,
+                                     token)
             except (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError):
                 pass
-        return self._request(node_id, method, path, body, raw, headers, timeout)
+        return self._request(node_id, method, path, body, raw, headers, timeout, token)
 
     def _request(self, node_id: int, method: str, path: str, body, raw, headers,
-                 timeout: float) -> Response:
+                 timeout: float, token) -> Response:
         conn = self._conns.get(node_id)
         if conn is None:
             conn = self.connection(node_id, timeout)
@@ -265,8 +293,12 @@ class ClusterHarness:
             conn.sock.settimeout(timeout)
         payload = raw if raw is not None else (json.dumps(body).encode()
                                                if body is not None else None)
+        headers = dict(headers or {})
+        token = self.token if token is ... else token
+        if token is not None:
+            headers.setdefault("Authorization", f"Bearer {token}")
         try:
-            conn.request(method, path, body=payload, headers=headers or {})
+            conn.request(method, path, body=payload, headers=headers)
             response = conn.getresponse()
             data = response.read()
         except BaseException:
@@ -343,6 +375,18 @@ class ClusterHarness:
             time.sleep(0.02)
 
 
+def make_tokens(path: str) -> dict[str, str]:
+    """A tokens file at ``path`` with one unbound token per role: role -> token."""
+    from paxoslog.tokens import Role, TokensFile, new_token, write_tokens
+    tokens, records = {}, TokensFile()
+    for role in (Role.ADMIN, Role.WRITE, Role.READ):
+        token, record = new_token(records, role, f"it-{role.label}")
+        tokens[role.label] = token
+        records = TokensFile(records.tokens + (record,))
+    write_tokens(path, records)
+    return tokens
+
+
 @pytest.fixture(params=PROTOCOLS)
 def protocol(request) -> str:
     return request.param
@@ -356,9 +400,9 @@ def pytest_runtest_makereport(item, call):
 
 
 @contextmanager
-def started_cluster(tmp_path_factory, name: str, protocol: str, tls: bool | None = None):
+def started_cluster(tmp_path_factory, name: str, protocol: str, **options):
     """A 3-node cluster with a leader, closed on exit (for module-scoped fixtures)."""
-    harness = ClusterHarness(tmp_path_factory.mktemp(name), protocol, tls=tls)
+    harness = ClusterHarness(tmp_path_factory.mktemp(name), protocol, **options)
     harness.start_all()
     try:
         harness.wait_leader()

@@ -64,8 +64,9 @@ def test_a_pipelining_client_that_never_reads_is_bounded_in_server_memory(make_c
         c.write(f"big/{i:03d}", "x" * 1000)
     _, last = c.write("big/zz", "end")
     c.wait_applied(node, last["index"])
+    # The Host names the node: while anonymous requests are served, another is refused.
     request = (b"GET /api/v1/consensus/query?prefix=big/&consistency=stale&limit=1000 "
-               b"HTTP/1.1\r\nHost: t\r\n\r\n")
+               b"HTTP/1.1\r\nHost: %s\r\n\r\n" % c.host_header(node))
     count = 3000
     pid = c.procs[node].pid
     with open(f"/proc/{pid}/clear_refs", "w") as f:
@@ -134,17 +135,18 @@ def test_slowloris_connections_are_closed_by_the_read_deadlines(make_cluster, tl
     connection is closed after idle_timeout_ms; the node keeps serving."""
     c = make_cluster("raft", extra=LIMITS, tls=tls)
     node = c.ids[0]
+    host = c.host_header(node)
     with c.raw_socket(node) as s:
-        answer, took = _drip(s, b"GET /health HTTP/1.1\r\nHost: t\r\nX-Slow: ")
+        answer, took = _drip(s, b"GET /health HTTP/1.1\r\nHost: %s\r\nX-Slow: " % host)
     assert answer.startswith(b"HTTP/1.1 408 ") and b'"request_timeout"' in answer, answer
     assert b"header_timeout_ms" in answer and took < 3.0, took
     with c.raw_socket(node) as s:
-        answer, took = _drip(s, b"POST /api/v1/consensus/propose HTTP/1.1\r\nHost: t\r\n"
-                                b"Content-Length: 100000\r\n\r\n{")
+        answer, took = _drip(s, b"POST /api/v1/consensus/propose HTTP/1.1\r\nHost: %s\r\n"
+                                b"Content-Length: 100000\r\n\r\n{" % host)
     assert answer.startswith(b"HTTP/1.1 408 ") and b"body_timeout_ms" in answer, answer
     assert took < 3.0, took
     with c.raw_socket(node) as s:
-        s.sendall(b"GET /health HTTP/1.1\r\nHost: t\r\n\r\n")
+        s.sendall(b"GET /health HTTP/1.1\r\nHost: %s\r\n\r\n" % host)
         started = time.monotonic()
         s.settimeout(10)
         data = b""

@@ -94,8 +94,9 @@ def test_status_hashes_are_computed_off_the_event_loop(make_cluster):
     fast = c.raw_socket(node, timeout=30)
     with slow, fast:
         order = []
-        slow.sendall(b"GET /api/v1/cluster/status?hashes=1 HTTP/1.1\r\nHost: t\r\n\r\n")
-        fast.sendall(b"GET /health HTTP/1.1\r\nHost: t\r\n\r\n")
+        host = c.host_header(node)      # a Host that names the node (the Host check)
+        slow.sendall(b"GET /api/v1/cluster/status?hashes=1 HTTP/1.1\r\nHost: %s\r\n\r\n" % host)
+        fast.sendall(b"GET /health HTTP/1.1\r\nHost: %s\r\n\r\n" % host)
         deadline = time.monotonic() + 30
         pending = {slow: "status", fast: "health"}
         for s in pending:

@@ -106,3 +106,34 @@ def test_sync_client_retries_across_a_killed_leader_with_the_same_session(runnin
                     cafile=c.ca_file) as lonely:
         with pytest.raises(Unavailable):
             lonely.put("x", 1)
+
+
+def test_https_clients_that_offer_alpn_are_served(running):
+    """A TLS client that offers ALPN (curl, requests/urllib3 and browsers all do) completes
+    the handshake, gets http/1.1 chosen, and is served (Twisted's default ALPN callback
+    failed every such handshake with an internal_error alert); a client offering only h2,
+    which the node does not speak, is refused at the handshake (RFC 7301)."""
+    import socket
+    import ssl
+    if not running.tls:
+        pytest.skip("plain HTTP: no TLS handshake")
+
+    def connect(offered: list[str]) -> ssl.SSLSocket:
+        context = ssl.create_default_context(cafile=running.ca_file)
+        context.set_alpn_protocols(offered)
+        raw = socket.create_connection(("127.0.0.1", running.api_ports[1]), timeout=5)
+        return context.wrap_socket(raw, server_hostname="127.0.0.1")
+
+    for offered in (["h2", "http/1.1"], ["http/1.1"]):
+        with connect(offered) as sock:
+            assert sock.selected_alpn_protocol() == "http/1.1", offered
+            sock.sendall(b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
+            answer = b""
+            while chunk := sock.recv(65536):
+                answer += chunk
+        assert answer.startswith(b"HTTP/1.1 200 "), (offered, answer[:200])
+    with pytest.raises(ssl.SSLError):
+        connect(["h2"]).close()
+    import requests
+    response = requests.get(f"{running.url(1)}/health", verify=running.ca_file, timeout=5)
+    assert response.status_code == 200 and response.json()["status"] == "ok", response.text

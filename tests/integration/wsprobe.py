@@ -23,8 +23,9 @@ CBOR = "paxoslog.v1.cbor"
 
 class WsProbe:
     def __init__(self, port: int, subprotocol: str | None = JSON, *,
-                 max_message_bytes: int = 0, ssl=None) -> None:
+                 max_message_bytes: int = 0, ssl=None, token: str | None = None) -> None:
         self.port = port
+        self.token = token
         self.ssl = ssl
         self.subprotocol = subprotocol
         self.loop = asyncio.new_event_loop()
@@ -78,7 +79,9 @@ class WsProbe:
         protocols = [self.subprotocol] if self.subprotocol else None
         scheme = "wss" if self.ssl is not None else "ws"
         factory = WebSocketClientFactory(f"{scheme}://127.0.0.1:{self.port}/api/v1/ws",
-                                         protocols=protocols, loop=self.loop)
+                                         protocols=protocols, loop=self.loop,
+                                         headers=({"Authorization": f"Bearer {self.token}"}
+                                                  if self.token else None))
         factory.protocol = _Protocol
         factory.setProtocolOptions(maxMessagePayloadSize=max_message_bytes,
                                    maxFramePayloadSize=max_message_bytes, autoPingInterval=0)

@@ -138,6 +138,17 @@ def test_storage_segment_bytes_reaches_the_storage_options(tmp_path):
     (BASE + 'secret = "short"\n' + NODES, "secret", "too short"),
     (BASE + 'secret = "longenough"\nsecret_file = "f"\n' + NODES, "secret_file", "not both"),
     (BASE + 'secret_file = "missing-secret"\n' + NODES, "secret_file", "cannot read"),
+    (BASE + "[auth]\nrequired = true\n" + NODES, "auth.required", "needs tokens_file"),
+    (BASE + '[auth]\ntokens_file = "t"\nrequired = "yes"\n' + NODES, "auth.required",
+     "true or false"),
+    (BASE + '[auth]\ntokens_file = ""\n' + NODES, "auth.tokens_file", "file name"),
+    (BASE + '[auth]\nallowed_origins = ["https://ui.example/app"]\n' + NODES,
+     "auth.allowed_origins", "not an origin"),
+    (BASE + '[auth]\nallowed_origins = "https://ui.example"\n' + NODES,
+     "auth.allowed_origins", "list of non-empty strings"),
+    (BASE + '[auth]\nallowed_hosts = ["a/b"]\n' + NODES, "auth.allowed_hosts",
+     "host[:port]"),
+    (BASE + '[auth]\ntoken_file = "t"\n' + NODES, "auth.token_file", "unknown key"),
     (BASE + HOSTS, "secret", "required: the nodes are not all on loopback"),
     (BASE + 'secret = "0123456789abcdef"\n' + HOSTS, "secret", "too short for a multi-host"),
     (BASE + 'secret = "0123456789abcdef"\n' + NODES.replace('api = "127.0.0.1:8003"',
@@ -226,3 +237,17 @@ def test_websocket_limits_have_defaults_and_errors_name_the_key(tmp_path):
         with pytest.raises(ConfigError) as error:
             load_config(write(tmp_path, BASE + text + NODES))
         assert error.value.key == key
+
+
+def test_auth_defaults_and_tokens_file_relative_to_the_conf(tmp_path):
+    """No [auth]: no tokens, not required; a tokens_file makes tokens required by default
+    and is resolved against the conf's folder; required = false keeps them optional."""
+    plain = load_config(write(tmp_path, BASE + NODES))
+    assert plain.auth.tokens_file is None and plain.auth.required is False
+    conf = load_config(write(tmp_path, BASE + '[auth]\ntokens_file = "tok.json"\n'
+                             'allowed_origins = ["https://ui.example:8443"]\n' + NODES))
+    assert conf.auth.tokens_file == str(tmp_path / "tok.json") and conf.auth.required
+    assert conf.auth.allowed_origins == ("https://ui.example:8443",)
+    optional = load_config(write(tmp_path, BASE + '[auth]\ntokens_file = "/t.json"\n'
+                                 'required = false\n' + NODES))
+    assert optional.auth.tokens_file == "/t.json" and not optional.auth.required

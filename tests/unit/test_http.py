@@ -191,12 +191,14 @@ def test_expect_100_continue_and_head(setup):
 
 
 def test_connections_over_the_cap_get_503(setup):
-    """Beyond connections_max a new connection is answered 503 and closed."""
+    """Beyond connections_max a new connection is answered 503 with Retry-After (as the
+    OpenAPI document promises for every 503) and closed."""
     _, factory, _, connect = setup
     for _ in range(4):
         connect()
     proto, t = connect()
     assert t.value().startswith(b"HTTP/1.1 503 ") and t.disconnecting
+    assert b"\r\nRetry-After: 1\r\n" in t.value()
     proto.connectionLost(None)
     assert len(factory.connections) == 4
 

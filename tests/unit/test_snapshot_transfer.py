@@ -105,6 +105,8 @@ def test_damage_on_the_receiver_disk_fails_the_whole_file_check(tmp_path, snapsh
     receiver = SnapshotReceiver(str(tmp_path / "incoming"), sender.offer)
     for chunk in sender.chunks():
         receiver.accept(chunk)
+    # Flip the byte: the content is random, so writing a fixed 0xff changed nothing once
+    # in 256 runs.
     with open(receiver.part_path, "r+b") as f:
         f.seek(100)
         byte = f.read(1)[0]

@@ -24,8 +24,24 @@ const SLOTS_SHOWN = 80;
 
 // ------------------------------------------------------------------ source
 
+// Where the cluster requires tokens, open /dashboard#token=<admin token>: the token moves
+// from the address bar into this tab's sessionStorage and goes with every request.
+const TOKEN_KEY = "paxoslog-token";
+(function takeTokenFromFragment() {
+  const fragment = new URLSearchParams(window.location.hash.slice(1));
+  if (fragment.get("token")) {
+    window.sessionStorage.setItem(TOKEN_KEY, fragment.get("token"));
+    window.history.replaceState(null, "", window.location.pathname + window.location.search);
+  }
+})();
+
 async function getJSON(path) {
-  const response = await fetch(path, {cache: "no-store", headers: {Accept: "application/json"}});
+  const headers = {Accept: "application/json"};
+  const token = window.sessionStorage.getItem(TOKEN_KEY);
+  if (token) {
+    headers.Authorization = `Bearer ${token}`;
+  }
+  const response = await fetch(path, {cache: "no-store", headers});
   if (!response.ok) {
     throw new Error(`${path}: HTTP ${response.status}`);
   }
