@@ -62,7 +62,7 @@ __all__ = ["NodeDriver", "DriverOptions", "ApplyGap"]
 STAT_NAMES = ("proposals", "proposals_forwarded", "commits", "commands_applied", "reads",
               "reads_forwarded", "stale_reads", "lease_reads", "lease_reads_served",
               "readies", "fsyncs", "role_changes", "snapshots_taken", "snapshots_installed",
-              "proposals_dropped", "write_timeouts", "duplicates")
+              "proposals_dropped", "write_timeouts", "duplicates", "leader_connection_lost")
 
 
 class ApplyGap(AssertionError):
@@ -150,7 +150,14 @@ class NodeDriver:
         return self._take()
 
     def peer_down(self, peer: int) -> list:
+        """The transport lost its connection to ``peer``.  When that is our leader, the core
+        may take it as gone and campaign at once (the connection reset by the kernel of a
+        dead process is how a kill -9 shows; replica.leader_unreachable decides)."""
         self._connected.discard(peer)
+        replica = self.replica
+        if peer == replica.leader_id and replica.role != Role.LEADER and not self.stopping:
+            self.stats["leader_connection_lost"] += 1
+            replica.leader_unreachable(peer)
         return self._take()
 
     def persisted(self, ready: Ready) -> list:
