@@ -11,10 +11,18 @@
     paxoslog status                            one row per node: role, term, indexes, lag
     paxoslog log entries [--from N] [--to M]   entries from the running cluster
     paxoslog log dump|verify --data-dir D      offline/live WAL inspection (read-only)
+    paxoslog log export --sqlite OUT.db --data-dir D   the data as SQL tables (read-only)
     paxoslog snapshot inspect FILE
+    paxoslog snapshot save FILE                a consistent backup of the running cluster
+    paxoslog snapshot restore FILE --config F  the data directories of a new cluster from it
+    paxoslog recover --config F --node N [--force-new-cluster]   after losing a majority
+    paxoslog reload                            nodes re-read their conf (as SIGHUP)
+    paxoslog certs init --config F [--out DIR]  a cluster CA and node certificates (TLS)
 
 Client commands find the cluster with ``--config`` (default ``$PAXOSLOG_CONFIG``, else
 ``conf/local-3.toml``) or ``--endpoints http://h:p,...``; ``--json`` prints the raw JSON.
+HTTPS endpoints are verified against ``--cacert`` (default ``$PAXOSLOG_CACERT``, else the
+conf's ``[tls] ca_file``).
 
 Exit codes (for scripts)::
 
@@ -68,11 +76,16 @@ def build_parser() -> argparse.ArgumentParser:
     client.add_argument("--timeout", type=float, default=10.0,
                         help="overall deadline in seconds, retries included (default 10)")
     client.add_argument("--json", action="store_true", help="print the JSON response")
+    client.add_argument("--cacert", default=None, metavar="FILE",
+                        help="CA certificate to verify https endpoints with (default: "
+                             "$PAXOSLOG_CACERT, else the conf's [tls] ca_file)")
 
     serve = commands.add_parser("serve", help="run one node")
     serve.add_argument("--config", "-c", required=True, help="cluster conf file")
     serve.add_argument("--node", type=int, required=True, help="this node's id in the conf")
-    serve.add_argument("--log-level", default="info", choices=("debug", "info", "warn", "error"))
+    serve.add_argument("--log-level", default=None, choices=("debug", "info", "warn", "error"),
+                       help="log level at start (default: the conf's [log] level, else info; "
+                            "SIGHUP applies the conf's [log] level)")
     serve.add_argument("--join", default=None, metavar="URL[,URL...]",
                        help="first start of a node added to a running cluster: ask this member "
                             "(any; its API address) to add this node, then join as a learner "
@@ -174,6 +187,19 @@ def build_parser() -> argparse.ArgumentParser:
     status = commands.add_parser("status", parents=[client], help="one row per node")
     status.set_defaults(func=cmd_status)
 
+    certs = commands.add_parser("certs", help="TLS certificates for a cluster")
+    certs_commands = certs.add_subparsers(dest="certs_command", metavar="COMMAND", required=True)
+    certs_init = certs_commands.add_parser(
+        "init", help="create a cluster CA and one certificate per node of a conf",
+        description="Create a cluster CA and a certificate (and key) for every node of the "
+                    "conf, for local use and tests.  Files go to --out DIR (default: the paths "
+                    "the conf's [tls] names, else <conf dir>/certs).  An existing CA is reused "
+                    "and valid node certificates are kept, so run it again after adding a "
+                    "node.  Prints the [tls] table to put in the conf.")
+    certs_init.add_argument("--config", "-c", required=True, help="cluster conf file")
+    certs_init.add_argument("--out", default=None, metavar="DIR", help="output folder")
+    certs_init.set_defaults(func=cmd_certs_init)
+
     add_inspect_arguments(commands)
     log_parser = commands.choices["log"]
     log_sub = next(a for a in log_parser._actions if isinstance(a, argparse._SubParsersAction))
@@ -182,6 +208,83 @@ def build_parser() -> argparse.ArgumentParser:
     entries.add_argument("--from", dest="start", type=int, default=None, metavar="N")
     entries.add_argument("--to", dest="end", type=int, default=None, metavar="M")
     entries.set_defaults(func=cmd_log_entries)
+    export = log_sub.add_parser(
+        "export", help="a data directory as SQL tables (read-only, works on a live node)",
+        description="Write one node's data directory into a new SQLite database with the "
+                    "design's tables (raft_state, log_entries, snapshots, cluster_members, "
+                    "kv_store) and export_info.  Read-only and lock-free: it runs beside a "
+                    "live node.  See docs/operating.md for the columns and example queries.")
+    export.add_argument("--sqlite", required=True, metavar="OUT.db", help="the database to "
+                        "write (built in a temporary file, then renamed)")
+    export.add_argument("--data-dir", required=True, help="the node's data directory")
+    export.add_argument("--config", "-c", default=None,
+                        help="the cluster's conf (optional: its state machines and session "
+                             "bounds, for an exact replay of a non-default deployment)")
+    export.add_argument("--force", action="store_true", help="replace OUT.db if it exists")
+    export.add_argument("--json", action="store_true", help="print the summary as JSON")
+    export.add_argument("--quiet", action="store_true", help="no progress lines")
+    export.set_defaults(func=cmd_log_export)
+
+    snap_parser = commands.choices["snapshot"]
+    snap_sub = next(a for a in snap_parser._actions
+                    if isinstance(a, argparse._SubParsersAction))
+    save = snap_sub.add_parser(
+        "save", help="a consistent backup of the running cluster",
+        description="Ask a node of the running cluster (the endpoints in order, until one "
+                    "serves it) for a snapshot of every state machine and the session table "
+                    "at one index, taken at a linearizable read point: it holds every write "
+                    "acknowledged before the command started.  The file is verified "
+                    "(checksum, sizes) before it is renamed to FILE.")
+    save.add_argument("file", metavar="FILE", help="where to write the backup (.snap.zst)")
+    save.add_argument("-c", "--config", default=None,
+                      help=f"cluster conf file (default: $PAXOSLOG_CONFIG or {DEFAULT_CONFIG})")
+    save.add_argument("--endpoints", default=None,
+                      help="comma-separated API endpoints (instead of --config)")
+    save.add_argument("--timeout", type=float, default=120.0,
+                      help="seconds to get a node to serve the backup (default 120)")
+    save.add_argument("--force", action="store_true", help="replace FILE if it exists")
+    save.add_argument("--json", action="store_true", help="print the summary as JSON")
+    save.add_argument("--quiet", action="store_true", help="no progress lines")
+    save.add_argument("--cacert", default=None, metavar="FILE",
+                      help="CA certificate for https endpoints (default: $PAXOSLOG_CACERT, "
+                           "else the conf's [tls] ca_file)")
+    save.set_defaults(func=cmd_snapshot_save)
+    restore = snap_sub.add_parser(
+        "restore", help="the data directories of a NEW cluster from a backup",
+        description="Verify FILE, then build the data directory of every node of the conf "
+                    "(or of --node ones) from it: a new cluster (its own log origin) whose "
+                    "members are the conf's nodes, starting at the backup's index.  Target "
+                    "directories must be absent or empty; nothing is half-written.")
+    restore.add_argument("file", metavar="FILE", help="a backup (or any snapshot file)")
+    restore.add_argument("-c", "--config", required=True, help="the NEW cluster's conf file")
+    restore.add_argument("--node", type=int, action="append", default=None, metavar="ID",
+                         help="only this node's data directory (repeatable; default: all "
+                              "nodes of the conf, e.g. each host restores its own)")
+    restore.add_argument("--json", action="store_true", help="print the summary as JSON")
+    restore.add_argument("--quiet", action="store_true", help="no progress lines")
+    restore.set_defaults(func=cmd_snapshot_restore)
+
+    recover = commands.add_parser(
+        "recover", help="disaster recovery: one surviving node as a one-node cluster",
+        description="After a majority of the cluster was lost for good: turn node N's data "
+                    "into a one-node cluster that keeps every entry N holds, and print what "
+                    "may have been lost.  Without --force-new-cluster it only prints the "
+                    "report (dry run).  Refuses while node N runs.  The other nodes are "
+                    "then re-added with `paxoslog serve --join` on wiped data directories.")
+    recover.add_argument("-c", "--config", required=True, help="cluster conf file")
+    recover.add_argument("--node", type=int, required=True, help="the surviving node's id")
+    recover.add_argument("--force-new-cluster", action="store_true",
+                         help="do it (without: report only, nothing changes)")
+    recover.add_argument("--json", action="store_true", help="print the report as JSON")
+    recover.add_argument("--quiet", action="store_true", help="no progress lines")
+    recover.set_defaults(func=cmd_recover)
+
+    reload = commands.add_parser(
+        "reload", parents=[client], help="have nodes re-read the conf file (as SIGHUP)",
+        description="POST /api/v1/admin/reload on every endpoint: each node re-reads its conf "
+                    "file and applies what can change without a restart ([log] level); "
+                    "what needs a restart is listed.")
+    reload.set_defaults(func=cmd_reload)
     return parser
 
 
@@ -220,11 +323,23 @@ def _endpoint_ids(args) -> dict[str, int | None]:
     return {node.api_url: node.id for node in config.nodes}
 
 
+def _cacert(args) -> str | None:
+    """The CA file for https endpoints: --cacert, $PAXOSLOG_CACERT, the conf's ca_file."""
+    if getattr(args, "cacert", None):
+        return args.cacert
+    if os.environ.get("PAXOSLOG_CACERT"):
+        return os.environ["PAXOSLOG_CACERT"]
+    if args.endpoints:
+        return None
+    config = _load_config(args.config or os.environ.get("PAXOSLOG_CONFIG") or DEFAULT_CONFIG)
+    return config.tls.ca_file if config.tls is not None else None
+
+
 def _client(args):
     from paxoslog.client import SyncClient
     return SyncClient(_endpoints(args), timeout=args.timeout,
                       attempt_timeout=min(3.0, max(0.5, args.timeout / 3)),
-                      client_id=getattr(args, "client_id", None))
+                      client_id=getattr(args, "client_id", None), cafile=_cacert(args))
 
 
 def _session(args) -> dict:
@@ -414,14 +529,14 @@ def cmd_status(args) -> int:
         for row in rows:
             if row["role"] == "down":
                 table.append((str(row["node"] or "?"), "down", "-", "-", "-", "-", "-",
-                              row["endpoint"].replace("http://", "")))
+                              row["endpoint"].split("://")[-1]))
                 continue
             heard = row["last_heartbeat_ms"]
             heard_text = "-" if row["role"] == "leader" else (
                 "never" if heard is None else f"{heard} ms ago")
             table.append((str(row["node"]), row["role"], str(row["term"]),
                           str(row["commit_index"]), str(row["applied_index"]), str(row["lag"]),
-                          heard_text, row["endpoint"].replace("http://", "")))
+                          heard_text, row["endpoint"].split("://")[-1]))
         widths = [max(len(r[i]) for r in table) for i in range(len(header))]
         for r in table:
             print("  ".join(cell.ljust(w) for cell, w in zip(r, widths)).rstrip())
@@ -455,6 +570,165 @@ def cmd_log_entries(args) -> int:
     return _run_client(args, action)
 
 
+# ====================================================================== operate
+
+def _operate(args, work) -> int:
+    """Run an operator command; ``OperateError`` -> its message and exit code."""
+    from paxoslog.operate.datadir import OperateError
+    try:
+        return work()
+    except OperateError as exc:
+        print(f"paxoslog: {exc}", file=sys.stderr)
+        return exc.exit_code
+
+
+def cmd_snapshot_save(args) -> int:
+    from paxoslog.client import SyncClient
+    from paxoslog.operate.backup import save_backup
+    from paxoslog.operate.progress import human_bytes
+
+    def work() -> int:
+        endpoints = _endpoints(args)
+        with SyncClient(endpoints, timeout=args.timeout, cafile=_cacert(args)) as client:
+            saved = save_backup(client, endpoints, args.file, timeout_s=args.timeout,
+                                force=args.force, quiet=args.quiet)
+        info = saved.info
+        origin = info.backup or {}
+        summary = {"file": saved.path, "index": info.meta.index, "term": info.meta.term,
+                   "bytes": saved.bytes, "sha256": saved.sha256,
+                   "zstd_content_checksum": info.checksum, "state_machines": info.sizes,
+                   "cluster": origin.get("cluster"), "protocol": origin.get("protocol"),
+                   "node": origin.get("node"), "read_index": origin.get("read_index"),
+                   "endpoint": saved.endpoint, "seconds": round(saved.seconds, 3)}
+        if args.json:
+            print(json.dumps(summary, sort_keys=True))
+        else:
+            print(f"saved {saved.path}: cluster {origin.get('cluster')!r} "
+                  f"({origin.get('protocol')}) at index {info.meta.index}, taken on node "
+                  f"{origin.get('node')}; {human_bytes(saved.bytes)} "
+                  f"({human_bytes(info.uncompressed_bytes)} uncompressed) in "
+                  f"{saved.seconds:.1f}s")
+            print(f"sha256 {saved.sha256}  (zstd content checksum {info.checksum} verified)")
+        return EXIT_OK
+    return _operate(args, work)
+
+
+def cmd_snapshot_restore(args) -> int:
+    config = _load_config(args.config)
+    from paxoslog.operate.restore import restore_cluster
+
+    def work() -> int:
+        lines = []
+        result = restore_cluster(args.file, config, args.node,
+                                 out=(lines.append if args.json else print), quiet=args.quiet)
+        info = result.info
+        if args.json:
+            print(json.dumps({"file": args.file, "index": info.meta.index,
+                              "term": info.meta.term, "sha256": result.sha256,
+                              "origin": result.origin,
+                              "data_dirs": {str(k): v for k, v in result.data_dirs.items()},
+                              "seconds": round(result.seconds, 3)}, sort_keys=True))
+        else:
+            print(f"restored cluster {config.name!r} ({config.protocol}) at index "
+                  f"{info.meta.index} from {args.file} (sha256 {result.sha256[:16]}...; log "
+                  f"origin {result.origin}) in {result.seconds:.1f}s")
+            print(f"start every node as usual: paxoslog serve --config {config.path} "
+                  f"--node ID")
+        return EXIT_OK
+    return _operate(args, work)
+
+
+def cmd_recover(args) -> int:
+    config = _load_config(args.config)
+    from paxoslog.operate.recover import recover_node
+
+    def work() -> int:
+        lines: list[str] = []
+        out = lines.append if args.json else print
+        if not args.json:
+            print("=" * 78, file=sys.stderr)
+            print("paxoslog recover: DISASTER RECOVERY of a cluster that lost a majority.",
+                  file=sys.stderr)
+            print(f"Node {args.node} will become a ONE-node cluster keeping every entry it "
+                  "holds;" if args.force_new_cluster else
+                  "Dry run (no --force-new-cluster): nothing will change.", file=sys.stderr)
+            print("=" * 78, file=sys.stderr)
+        report = recover_node(config, args.node, force=args.force_new_cluster, out=out,
+                              quiet=args.quiet)
+        if args.json:
+            print(json.dumps(report.to_json(), sort_keys=True, default=str))
+        return EXIT_OK
+    return _operate(args, work)
+
+
+def cmd_log_export(args) -> int:
+    config = _load_config(args.config) if args.config else None
+    from paxoslog.operate.sqlexport import export_sqlite
+
+    def work() -> int:
+        result = export_sqlite(args.data_dir, args.sqlite, config=config, force=args.force,
+                               quiet=args.quiet)
+        if args.json:
+            print(json.dumps(result, sort_keys=True))
+            return EXIT_OK
+        print(f"exported node {result['node_id']} of {result['cluster']!r} "
+              f"({result['protocol']}) to {args.sqlite}: {result['log_entries']} log rows "
+              f"({result['first_log_index']}..{result['last_log_index']}, {result['holes']} "
+              f"holes), {result['keys']} keys at index {result['exported_index']} in "
+              f"{result['seconds']:.1f}s")
+        if result["torn_tail"]:
+            print(f"note: the WAL ends in a torn tail, left out: {result['torn_tail']}",
+                  file=sys.stderr)
+        if result["unknown_state_machines"]:
+            print(f"note: state machines not installed here were skipped: "
+                  f"{', '.join(result['unknown_state_machines'])}", file=sys.stderr)
+        return EXIT_OK
+    return _operate(args, work)
+
+
+def cmd_reload(args) -> int:
+    from paxoslog.client import ClientError, SyncClient
+    failed = 0
+    for endpoint in _endpoints(args):
+        with SyncClient([endpoint], timeout=args.timeout, cafile=_cacert(args)) as client:
+            try:
+                body = client.request("POST", "/api/v1/admin/reload", {})
+            except ClientError as exc:
+                failed += 1
+                print(f"{endpoint}: {exc}", file=sys.stderr)
+                continue
+        if args.json:
+            print(json.dumps({"endpoint": endpoint, **body}, sort_keys=True))
+            continue
+        changes = body.get("applied") or ["nothing changed"]
+        print(f"{endpoint}: " + "; ".join(changes))
+        for note in body.get("needs_restart", []) + body.get("errors", []):
+            print(f"{endpoint}:   {note}")
+    return EXIT_ERROR if failed else EXIT_OK
+
+
+# ====================================================================== certs
+
+def cmd_certs_init(args) -> int:
+    config = _load_config(args.config)
+    from paxoslog.certs import init_certs, tls_section
+    try:
+        files, done = init_certs(config, args.out)
+    except ValueError as exc:
+        print(f"paxoslog: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except OSError as exc:
+        print(f"paxoslog: cannot write {exc.filename}: {exc.strerror}", file=sys.stderr)
+        return EXIT_ERROR
+    for path, action in done:
+        print(f"{action:9} {path}")
+    print(f"{'':9} {files.ca_key}  (the CA's private key: keep it off the nodes in production)")
+    if config.tls is None or args.out is not None:
+        print("\nAdd to the conf (paths relative to it):\n")
+        print(tls_section(config, files))
+    return EXIT_OK
+
+
 # ====================================================================== serve
 
 def cmd_serve(args) -> int:
@@ -466,23 +740,49 @@ def cmd_serve(args) -> int:
         print(f"paxoslog: {exc}", file=sys.stderr)
         return EXIT_USAGE
     from paxoslog.server.logs import start_logging
-    start_logging(f"n{args.node}", args.log_level)
+    logging = start_logging(f"n{args.node}", args.log_level or config.log.level or "info")
     from twisted.internet import reactor
     from twisted.logger import Logger
     from paxoslog.server import NodeService
+    from paxoslog.server.systemd import SystemdNotifier
     log = Logger(namespace="paxoslog.serve")
+    systemd = SystemdNotifier(reactor)
     if args.join:
         code = _join(config, args, log)
         if code != EXIT_OK:
             return code
-    node = NodeService(config, args.node, reactor)
+    try:
+        node = NodeService(config, args.node, reactor)
+    except ConfigError as exc:          # e.g. an unusable TLS certificate or key
+        print(f"paxoslog: {exc}", file=sys.stderr)
+        return EXIT_USAGE
     outcome = {"code": EXIT_OK, "signals": 0}
+
+    def reload_log_level(new_config) -> list[str]:
+        level = new_config.log.level
+        before = logging.level
+        if level is not None and logging.set_level(level):
+            return [f"log level {before} -> {level}"]
+        return []
+    node.reloader.register("log level", reload_log_level)
+
+    def on_hangup() -> None:
+        from paxoslog.server.reload import ReloadFailed
+        systemd.reloading()
+        try:
+            result = node.reloader.reload()
+        except ReloadFailed as exc:
+            systemd.reloaded(f"reload refused: {exc}"[:200])
+            return
+        systemd.reloaded(f"reloaded: {len(result['applied'])} change(s) applied, "
+                         f"{len(result['needs_restart'])} need a restart")
 
     def stop(code: int | None = None) -> None:
         if code is not None:
             outcome["code"] = code
         if reactor.running and not getattr(reactor, "_paxoslog_stopping", False):
             reactor._paxoslog_stopping = True
+            systemd.stopping()
             reactor.stop()
 
     def on_signal(signum, frame) -> None:
@@ -511,6 +811,11 @@ def cmd_serve(args) -> int:
     reactor.addSystemEventTrigger("before", "shutdown", node.stopService)
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
+    # SIGHUP: reload what can change without a restart; never fatal (server/reload.py).
+    signal.signal(signal.SIGHUP, lambda signum, frame: reactor.callFromThread(on_hangup))
+    me = config.node(args.node)
+    reactor.callWhenRunning(systemd.ready, f"node {args.node} of cluster {config.name} "
+                                           f"({config.protocol}): API {me.api}, peers {me.peer}")
     profile_path = os.environ.get("PAXOSLOG_PROFILE")   # developer aid: cProfile the node
     if profile_path:
         import cProfile

@@ -1,5 +1,6 @@
 """Client library: ``Client`` (Twisted, treq) and ``SyncClient`` (plain http.client, for
-scripts and the CLI).  Both take a list of endpoints (``http://host:port``) and:
+scripts and the CLI).  Both take a list of endpoints (``http://host:port``, or
+``https://host:port`` verified against the CA certificate in ``cafile``) and:
 
 * prefer the leader's endpoint once known (any node accepts any request, but the leader
   saves a forwarding hop); learned from ``/api/v1/cluster/status`` and from 503 replies;
@@ -72,11 +73,19 @@ def new_client_id() -> str:
     return f"c-{os.urandom(8).hex()}"
 
 
-def _normalize(endpoint: str) -> str:
+def _normalize(endpoint: str, scheme: str = "http") -> str:
     endpoint = endpoint.strip().rstrip("/")
     if "://" not in endpoint:
-        endpoint = "http://" + endpoint
+        endpoint = f"{scheme}://{endpoint}"
     return endpoint
+
+
+def _ssl_context(cafile: str | None):
+    """Trust ``cafile`` only (the cluster CA), or the system store without one."""
+    import ssl
+    context = ssl.create_default_context(cafile=cafile)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    return context
 
 
 def _parse_body(raw: bytes) -> object:
@@ -93,6 +102,8 @@ class _Logic:
     def __init__(self, endpoints, timeout: float, attempt_timeout: float,
                  client_id: str | None) -> None:
         self.book = Endpoints([_normalize(e) for e in endpoints])
+        # Addresses learned from the cluster ("host:port") take the scheme we were given.
+        self.scheme = "https" if self.book.endpoints[0].startswith("https://") else "http"
         self.timeout = timeout
         self.attempt_timeout = attempt_timeout
         self.client_id = client_id or new_client_id()
@@ -129,7 +140,7 @@ class _Logic:
             return
         for node in body.get("nodes") or ():
             if isinstance(node, dict) and isinstance(node.get("id"), int) and node.get("api"):
-                self.book.node_ids[node["id"]] = _normalize(str(node["api"]))
+                self.book.node_ids[node["id"]] = _normalize(str(node["api"]), self.scheme)
         self.book.note_leader(body.get("leader"))
 
     def plan(self, path: str, body: object, write: bool) -> RetryPlan:
@@ -294,11 +305,13 @@ class SyncClient(_Calls, _Logic):
     ``clock`` (monotonic seconds) and ``sleep`` pace the retries (tests pass fakes)."""
 
     def __init__(self, endpoints, *, timeout: float = 10.0, attempt_timeout: float = 3.0,
-                 client_id: str | None = None, clock=time.monotonic, sleep=time.sleep) -> None:
+                 client_id: str | None = None, clock=time.monotonic, sleep=time.sleep,
+                 cafile: str | None = None) -> None:
         super().__init__(endpoints, timeout, attempt_timeout, client_id)
         self._conns: dict[str, http.client.HTTPConnection] = {}
         self._clock = clock
         self._sleep = sleep
+        self._ssl = _ssl_context(cafile) if self.scheme == "https" else None
 
     def close(self) -> None:
         for conn in self._conns.values():
@@ -339,8 +352,7 @@ class SyncClient(_Calls, _Logic):
         proves nothing was sent)."""
         conn = self._conns.get(endpoint)
         if conn is None:
-            parts = urlsplit(endpoint)
-            conn = http.client.HTTPConnection(parts.hostname, parts.port or 80, timeout=timeout)
+            conn = self._new_connection(endpoint, timeout)
             self._conns[endpoint] = conn
         conn.timeout = timeout
         if conn.sock is None:
@@ -352,6 +364,15 @@ class SyncClient(_Calls, _Logic):
                 raise
         conn.sock.settimeout(timeout)
         return conn
+
+    def _new_connection(self, endpoint: str, timeout: float) -> http.client.HTTPConnection:
+        """An HTTP or HTTPS (verified against ``cafile``) connection, not opened yet."""
+        parts = urlsplit(endpoint)
+        if parts.scheme == "https":
+            return http.client.HTTPSConnection(parts.hostname, parts.port or 443,
+                                               timeout=timeout,
+                                               context=self._ssl or _ssl_context(None))
+        return http.client.HTTPConnection(parts.hostname, parts.port or 80, timeout=timeout)
 
     def _exchange(self, endpoint: str, conn: http.client.HTTPConnection, method: str,
                   path: str, payload: bytes | None) -> Reply:
@@ -374,10 +395,22 @@ class SyncClient(_Calls, _Logic):
         self.learn(status)
         return status
 
+    def open_stream(self, endpoint: str, path: str, timeout: float):
+        """``GET path`` on one endpoint over a connection of its own, no retries: the
+        response object, its body not read yet (a large download: read it in pieces).
+        The caller closes it.  Raises OSError / HTTPException on transport failures."""
+        conn = self._new_connection(_normalize(endpoint, self.scheme), timeout)
+        try:
+            conn.request("GET", path)
+            return conn.getresponse()
+        except BaseException:
+            conn.close()
+            raise
+
     def status_of(self, endpoint: str, timeout: float = 1.0) -> dict:
         """One node's own status, no retries (``cluster status`` asks each node); raises
         OSError when the node cannot be reached."""
-        endpoint = _normalize(endpoint)
+        endpoint = _normalize(endpoint, self.scheme)
         conn = self._connection(endpoint, timeout)
         reply = self._exchange(endpoint, conn, "GET", "/api/v1/cluster/status", None)
         if reply.status != 200:
@@ -411,12 +444,19 @@ def classify_twisted_failure(exc: BaseException) -> NoReply:
     return NoReply(TransportFailure.SENT, detail)
 
 
-def http_client(reactor, pool, connect_timeout_s: float):
+def http_client(reactor, pool, connect_timeout_s: float, cafile: str | None = None):
     """A treq HTTPClient over ``pool`` whose connects give up after ``connect_timeout_s``
-    (a connect timeout is a not-connected failure, safe to retry anywhere)."""
+    (a connect timeout is a not-connected failure, safe to retry anywhere); https URLs are
+    verified against ``cafile`` (the cluster CA) when given."""
     import treq
-    from twisted.web.client import Agent
-    return treq.client.HTTPClient(Agent(reactor, connectTimeout=connect_timeout_s, pool=pool))
+    from twisted.web.client import Agent, BrowserLikePolicyForHTTPS
+    policy = BrowserLikePolicyForHTTPS()
+    if cafile is not None:
+        from twisted.internet import ssl
+        with open(cafile, "rb") as f:
+            policy = BrowserLikePolicyForHTTPS(trustRoot=ssl.Certificate.loadPEM(f.read()))
+    return treq.client.HTTPClient(Agent(reactor, contextFactory=policy,
+                                        connectTimeout=connect_timeout_s, pool=pool))
 
 
 def send_once(http, reactor, method: str, url: str, payload: bytes | None,
@@ -466,14 +506,14 @@ class Client(_Calls, _Logic):
 
     def __init__(self, endpoints, *, reactor, timeout: float = 10.0,
                  attempt_timeout: float = 3.0, client_id: str | None = None,
-                 pool=None) -> None:
+                 pool=None, cafile: str | None = None) -> None:
         super().__init__(endpoints, timeout, attempt_timeout, client_id)
         from twisted.web.client import HTTPConnectionPool
         self.reactor = reactor
         self.pool = pool or HTTPConnectionPool(reactor, persistent=True)
         self.pool.maxPersistentPerHost = 16
         self._http = http_client(reactor, self.pool,
-                                 min(_CONNECT_TIMEOUT_MAX_S, attempt_timeout / 2))
+                                 min(_CONNECT_TIMEOUT_MAX_S, attempt_timeout / 2), cafile)
 
     def close(self):
         return self.pool.closeCachedConnections()

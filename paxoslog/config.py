@@ -9,7 +9,7 @@ with ``--node ID``.  Shape (every table but ``[[nodes]]`` is optional)::
     secret = "..."                  # shared peer secret (HMAC challenge); or secret_file = "path"
 
     [timing]       tick_ms, heartbeat_ticks, election_ticks, lease_ticks, request_timeout_ms
-    [snapshot]     entries, bytes, keep, level, chunk_bytes
+    [snapshot]     entries, bytes, keep, level, chunk_bytes, receive_bytes_max
     [storage]      segment_bytes
     [batching]     batch_commands_max, batch_bytes_max, pipeline_window,
                    entries_per_message_max, message_bytes_max, frame_bytes_max,
@@ -17,22 +17,36 @@ with ``--node ID``.  Shape (every table but ``[[nodes]]`` is optional)::
     [limits]       request_bytes_max, header_bytes_max, key_bytes_max, connections_max,
                    pipelined_requests_max, log_entries_max, recent_entries_kept,
                    recent_bytes_max, sessions_max, session_results_max,
-                   session_results_total_max, session_idle_ms, json_depth_max
+                   session_results_total_max, session_idle_ms, json_depth_max,
+                   header_timeout_ms, body_timeout_ms, idle_timeout_ms,
+                   connections_per_address_max, query_result_bytes_max,
+                   peer_handshake_timeout_ms,
+                   peer_handshakes_max
+    [tls]          ca_file, cert_file, key_file ({node}: the node id), api, peers
     [state_machines]  enabled = ["kv", "counter", ...]   (built-ins + installed plug-ins)
+    [log]          level = "info"   (debug|info|warn|error; SIGHUP re-reads it)
 
     [[nodes]]
     id = 1
     peer = "127.0.0.1:7101"         # peer transport address (what the other nodes dial)
     api = "127.0.0.1:8101"          # HTTP API address
-    # optional: data_dir = "...", peer_bind = "0.0.0.0:7101", api_bind = "0.0.0.0:8101"
+    # optional: data_dir = "...", peer_bind = "0.0.0.0:7101", api_bind = "0.0.0.0:8101",
+    #           tls_cert_file = "...", tls_key_file = "..."  (override [tls] per node)
 
 Every mistake raises ``ConfigError`` naming the file, the key and what is wrong; unknown
 keys are mistakes too (a typo must not silently fall back to a default).  The secret never
 appears in a repr, a log line or an error message.
+
+A conf is *local* when every address in it (peer, api and their binds) is a loopback
+address: a playground on one machine.  Any other conf is *multi-host* and must carry a
+secret of at least 32 bytes (``SECRET_BYTES_MIN_MULTI_HOST``); see docs/security.md.  The
+TLS files are only named here: ``paxoslog.server.tls`` reads and checks them (a node needs
+its own certificate and key, a client only the CA), with errors that name the key too.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 import tomllib
@@ -44,12 +58,18 @@ from paxoslog.core.replica import PROTOCOLS, ReplicaOptions
 from paxoslog.storage.options import StorageOptions
 
 __all__ = ["ConfigError", "Address", "NodeConf", "TimingConf", "SnapshotConf", "StorageConf",
-           "BatchingConf", "LimitsConf", "ClusterConfig", "load_config", "parse_config",
-           "parse_address", "KNOWN_STATE_MACHINES"]
+           "BatchingConf", "LimitsConf", "LogConf", "LOG_LEVELS", "TlsConf", "ClusterConfig",
+           "load_config", "parse_config", "parse_address", "is_loopback_host",
+           "KNOWN_STATE_MACHINES", "SECRET_BYTES_MIN", "SECRET_BYTES_MIN_MULTI_HOST"]
 
 # The built-ins; plug-ins come from the entry-point group paxoslog.state_machines.
 KNOWN_STATE_MACHINES = ("kv", "counter", "membership")
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+
+# A secret shorter than this is refused everywhere; a multi-host conf needs the longer one
+# (one recorded handshake must not let anyone guess the secret offline).
+SECRET_BYTES_MIN = 8
+SECRET_BYTES_MIN_MULTI_HOST = 32
 
 
 class ConfigError(Exception):
@@ -88,6 +108,16 @@ def parse_address(text: str) -> Address:
     return Address(host, number)
 
 
+def is_loopback_host(host: str) -> bool:
+    """True for ``localhost`` and loopback addresses (127.0.0.0/8, ::1)."""
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
 @dataclass(frozen=True)
 class NodeConf:
     id: int
@@ -96,10 +126,19 @@ class NodeConf:
     data_dir: str
     peer_bind: Address
     api_bind: Address
+    api_scheme: str = "http"             # "https" when [tls] api is on
+    tls_cert_file: str | None = None     # this node's certificate and key (absolute paths)
+    tls_key_file: str | None = None
 
     @property
     def api_url(self) -> str:
-        return f"http://{self.api}"
+        return f"{self.api_scheme}://{self.api}"
+
+    @property
+    def local(self) -> bool:
+        """Every address of this node is a loopback address."""
+        return all(is_loopback_host(a.host)
+                   for a in (self.peer, self.api, self.peer_bind, self.api_bind))
 
 
 @dataclass(frozen=True)
@@ -122,6 +161,8 @@ class SnapshotConf:
     keep: int = 2
     level: int = 1
     chunk_bytes: int = 1 << 20
+    # A follower refuses a snapshot offer larger than this (a leader cannot fill its disk).
+    receive_bytes_max: int = 4 << 30
 
 
 @dataclass(frozen=True)
@@ -161,6 +202,42 @@ class LimitsConf:
     session_results_total_max: int = 500_000
     session_idle_ms: int = 600_000       # a session idle this long (log time) is dropped
     json_depth_max: int = 32             # nesting of a request body (objects and arrays)
+    # HTTP read deadlines: request line + headers within header_timeout_ms of the request's
+    # first byte (or of the connection's opening), the body within body_timeout_ms of the
+    # headers; a connection with nothing to do (or that does not read its answers) for
+    # idle_timeout_ms is closed.
+    header_timeout_ms: int = 10_000
+    body_timeout_ms: int = 30_000
+    idle_timeout_ms: int = 120_000
+    connections_per_address_max: int = 256
+    query_result_bytes_max: int = 4 << 20   # a prefix read stops (more: true) beyond this
+    # Peer port: a connection must finish the handshake within peer_handshake_timeout_ms;
+    # at most peer_handshakes_max connections may be in the handshake at once.
+    peer_handshake_timeout_ms: int = 5_000
+    peer_handshakes_max: int = 64
+
+
+@dataclass(frozen=True)
+class TlsConf:
+    """``[tls]``: file names resolved against the conf file's directory.  ``cert_file`` and
+    ``key_file`` are templates (``{node}``), also settable per node (``tls_cert_file``)."""
+
+    ca_file: str
+    cert_file: str | None = None
+    key_file: str | None = None
+    api: bool = True          # HTTPS on the client API
+    peers: bool = True        # mutual TLS between peers
+
+
+LOG_LEVELS = ("debug", "info", "warn", "error")
+
+
+@dataclass(frozen=True)
+class LogConf:
+    """``[log]``: what a running node may change on SIGHUP (server/reload.py).  ``level``
+    None: not set in the file (the ``--log-level`` of the command line, default info)."""
+
+    level: str | None = None
 
 
 @dataclass(frozen=True)
@@ -176,6 +253,21 @@ class ClusterConfig:
     limits: LimitsConf = field(default_factory=LimitsConf)
     state_machines: tuple[str, ...] = ("kv",)
     secret: bytes | None = field(default=None, repr=False, compare=False)
+    log: LogConf = field(default_factory=LogConf)
+    tls: TlsConf | None = None
+
+    @property
+    def local(self) -> bool:
+        """Every node of the conf listens and is reached on loopback addresses only."""
+        return all(n.local for n in self.nodes)
+
+    @property
+    def tls_api(self) -> bool:
+        return self.tls is not None and self.tls.api
+
+    @property
+    def tls_peers(self) -> bool:
+        return self.tls is not None and self.tls.peers
 
     def node(self, node_id: int) -> NodeConf:
         for node in self.nodes:
@@ -238,6 +330,12 @@ class _Reader:
             raise self.fail(name, f"expected an integer, got {_describe(value)}")
         if not lo <= value <= hi:
             raise self.fail(name, f"{value} is out of range {lo}..{hi}")
+        return value
+
+    def bool(self, name: str, default: bool) -> bool:
+        value = self.get(name, default)
+        if type(value) is not bool:
+            raise self.fail(name, f"expected true or false, got {_describe(value)}")
         return value
 
     def str(self, name: str, default: str | None = None, *, required: bool = False) -> str | None:
@@ -323,6 +421,8 @@ def _snapshot(r: _Reader) -> SnapshotConf:
         keep=r.int("keep", SnapshotConf.keep, 1, 100),
         level=r.int("level", SnapshotConf.level, -7, 22),
         chunk_bytes=r.int("chunk_bytes", SnapshotConf.chunk_bytes, 1024, 64 << 20),
+        receive_bytes_max=r.int("receive_bytes_max", SnapshotConf.receive_bytes_max, 1024,
+                                1 << 50),
     )
     r.check_unknown()
     return s
@@ -381,6 +481,16 @@ def _limits(r: _Reader) -> LimitsConf:
         # Bounded well below the CBOR decoder's depth limit (400), which every replica
         # applies when it reads a command or a snapshot back.
         json_depth_max=r.int("json_depth_max", d.json_depth_max, 2, 128),
+        header_timeout_ms=r.int("header_timeout_ms", d.header_timeout_ms, 10, 3_600_000),
+        body_timeout_ms=r.int("body_timeout_ms", d.body_timeout_ms, 10, 3_600_000),
+        idle_timeout_ms=r.int("idle_timeout_ms", d.idle_timeout_ms, 10, 86_400_000),
+        connections_per_address_max=r.int("connections_per_address_max",
+                                          d.connections_per_address_max, 1, 1 << 20),
+        query_result_bytes_max=r.int("query_result_bytes_max", d.query_result_bytes_max,
+                                     1024, 1 << 30),
+        peer_handshake_timeout_ms=r.int("peer_handshake_timeout_ms",
+                                        d.peer_handshake_timeout_ms, 10, 600_000),
+        peer_handshakes_max=r.int("peer_handshakes_max", d.peer_handshakes_max, 1, 1 << 16),
     )
     if lim.session_results_total_max < lim.session_results_max:
         raise r.fail("session_results_total_max",
@@ -408,7 +518,35 @@ def _state_machines(r: _Reader) -> tuple[str, ...]:
     return tuple(enabled)
 
 
-def _nodes(r: _Reader, data_dir_template: str | None) -> tuple[NodeConf, ...]:
+def _relative_to_conf(path: str, name: str) -> str:
+    """``name`` as an absolute path; a relative one is relative to the conf file's folder."""
+    return name if os.path.isabs(name) else os.path.join(
+        os.path.dirname(os.path.abspath(path)), name)
+
+
+def _tls(r: _Reader) -> TlsConf | None:
+    if not r.table:
+        r.check_unknown()
+        return None
+    ca = r.str("ca_file")
+    if not ca:
+        raise r.fail("ca_file", "missing: [tls] needs the cluster CA's certificate "
+                                "(paxoslog certs init creates one)")
+    files = {}
+    for name in ("cert_file", "key_file"):
+        value = r.str(name)
+        if value is not None and not value:
+            raise r.fail(name, "expected a file name")
+        files[name] = value
+    tls = TlsConf(ca_file=_relative_to_conf(r.path, ca),
+                  cert_file=files["cert_file"], key_file=files["key_file"],
+                  api=r.bool("api", TlsConf.api), peers=r.bool("peers", TlsConf.peers))
+    r.check_unknown()
+    return tls
+
+
+def _nodes(r: _Reader, data_dir_template: str | None,
+           tls: TlsConf | None = None) -> tuple[NodeConf, ...]:
     raw = r.get("nodes")
     if raw is None:
         raise r.fail("nodes", "missing: add one [[nodes]] table per node")
@@ -430,8 +568,18 @@ def _nodes(r: _Reader, data_dir_template: str | None) -> tuple[NodeConf, ...]:
         data_dir = template.replace("{node}", str(node_id))
         peer_bind = n.address("peer_bind", default=peer)
         api_bind = n.address("api_bind", default=api, allow_zero_port=True)
+        tls_files = []
+        for name, default in (("tls_cert_file", tls.cert_file if tls else None),
+                              ("tls_key_file", tls.key_file if tls else None)):
+            value = n.str(name, default)
+            if value is not None and tls is None:
+                raise n.fail(name, "set without a [tls] section")
+            tls_files.append(None if value is None else _relative_to_conf(
+                r.path, value.replace("{node}", str(node_id))))
         n.check_unknown()
-        nodes.append(NodeConf(node_id, peer, api, data_dir, peer_bind, api_bind))
+        nodes.append(NodeConf(node_id, peer, api, data_dir, peer_bind, api_bind,
+                              "https" if tls is not None and tls.api else "http",
+                              *tls_files))
     seen: dict[tuple, str] = {}
     for position, node in enumerate(nodes):
         for label, key in (("id", ("id", node.id)),
@@ -466,11 +614,36 @@ def parse_config(data: dict, path: str = "<conf>") -> ClusterConfig:
     batching = _batching(r.table_of("batching"))
     limits = _limits(r.table_of("limits"))
     state_machines = _state_machines(r.table_of("state_machines"))
-    nodes = _nodes(r, data_dir)
+    log = _log(r.table_of("log"))
+    tls = _tls(r.table_of("tls"))
+    nodes = _nodes(r, data_dir, tls)
     r.check_unknown()
-    return ClusterConfig(path=path, name=name, protocol=protocol, nodes=nodes, timing=timing,
-                         snapshot=snapshot, storage=storage, batching=batching, limits=limits,
-                         state_machines=state_machines, secret=secret)
+    config = ClusterConfig(path=path, name=name, protocol=protocol, nodes=nodes, timing=timing,
+                           snapshot=snapshot, storage=storage, batching=batching,
+                           limits=limits, state_machines=state_machines, secret=secret, log=log,
+                           tls=tls)
+    if not config.local:
+        # Reachable from other machines: anyone there can dial the peer port.  The secret
+        # keys the handshake and (without TLS) every frame; short, it could be guessed.
+        key = "secret_file" if "secret_file" in data else "secret"
+        if secret is None:
+            raise r.fail(key, f"required: the nodes are not all on loopback addresses, so "
+                              f"peers must share a secret of at least "
+                              f"{SECRET_BYTES_MIN_MULTI_HOST} bytes (e.g. head -c 32 "
+                              f"/dev/urandom | base64 > secret; secret_file = \"secret\")")
+        if len(secret) < SECRET_BYTES_MIN_MULTI_HOST:
+            raise r.fail(key, f"too short for a multi-host conf: use at least "
+                              f"{SECRET_BYTES_MIN_MULTI_HOST} bytes (a short secret can be "
+                              f"guessed offline from one recorded handshake)")
+    return config
+
+
+def _log(r: _Reader) -> LogConf:
+    level = r.str("level")
+    if level is not None and level not in LOG_LEVELS:
+        raise r.fail("level", f"{level!r} is not one of {', '.join(LOG_LEVELS)}")
+    r.check_unknown()
+    return LogConf(level=level)
 
 
 def _secret(r: _Reader) -> bytes | None:
@@ -481,21 +654,21 @@ def _secret(r: _Reader) -> bytes | None:
     if inline is not None:
         if not isinstance(inline, str):
             raise r.fail("secret", "expected a string")  # never echo the value
-        if len(inline) < 8:
-            raise r.fail("secret", "too short: use at least 8 characters")
+        if len(inline.encode()) < SECRET_BYTES_MIN:
+            raise r.fail("secret", f"too short: use at least {SECRET_BYTES_MIN} characters")
         return inline.encode()
     if file_name is not None:
         if not isinstance(file_name, str) or not file_name:
             raise r.fail("secret_file", f"expected a file name, got {_describe(file_name)}")
-        full = file_name if os.path.isabs(file_name) else os.path.join(
-            os.path.dirname(os.path.abspath(r.path)), file_name)
+        full = _relative_to_conf(r.path, file_name)
         try:
             with open(full, "rb") as f:
                 value = f.read().strip()
         except OSError as exc:
             raise r.fail("secret_file", f"cannot read {full}: {exc.strerror}") from None
-        if len(value) < 8:
-            raise r.fail("secret_file", f"{full}: secret too short (at least 8 bytes)")
+        if len(value) < SECRET_BYTES_MIN:
+            raise r.fail("secret_file", f"{full}: secret too short (at least "
+                                        f"{SECRET_BYTES_MIN} bytes)")
         return value
     return None
 

@@ -26,7 +26,9 @@ def join_cluster(config, node_id: int, endpoints: list[str], timeout: float = 60
     members = MembersFile(me.data_dir)
     body = {"node_id": node_id, "address": str(me.peer), "api": str(me.api)}
     where = ", ".join(endpoints)
-    with SyncClient(endpoints, timeout=timeout, attempt_timeout=min(10.0, timeout)) as client:
+    cafile = config.tls.ca_file if config.tls is not None else None   # https join URLs
+    with SyncClient(endpoints, timeout=timeout, attempt_timeout=min(10.0, timeout),
+                    cafile=cafile) as client:
         try:
             # Check that we are joining the right cluster before asking to be added.
             _check_cluster(client.members(), config, where)
@@ -37,13 +39,16 @@ def join_cluster(config, node_id: int, endpoints: list[str], timeout: float = 60
     try:
         bootstrap = frozenset(int(n) for n in info["bootstrap_voters"])
         book = {int(n): NodeAddresses.from_json(a) for n, a in info["nodes"].items()}
+        origin = info.get("origin")
+        if origin is not None and not isinstance(origin, str):
+            raise ValueError(f"origin {origin!r:.40} is not a string")
     except (KeyError, TypeError, ValueError) as exc:
         raise JoinError(f"unexpected answer to add-node: {exc}") from None
     if node_id in bootstrap:
         raise JoinError(f"node {node_id} is one of the cluster's initial voters: it starts "
                         "without --join")
     book[node_id] = NodeAddresses(me.peer, me.api)
-    members.write(config.name, bootstrap, book)
+    members.write(config.name, bootstrap, book, origin=origin)
     return info
 
 

@@ -17,11 +17,16 @@ Optional (the node uses them when present)::
     ops: tuple[str, ...]                        the write ops; anything else is a 400
     read_ops: tuple[str, ...]                   ops served as reads (read_index), not logged
     snapshot_copy() -> callable                 cheap copy now, bytes later on a thread
+    snapshot_chunks_copy() -> callable          the same, as an iterator of byte pieces
+                                                whose concatenation is snapshot() (a
+                                                thread encoding a large state in pieces
+                                                gives the event loop the GIL between them)
     internal: bool                              True: written by the node itself only;
                                                 no client endpoint can address it
 
 ``state_hash(sm)`` digests ``snapshot()``: replicas at the same applied index must report
 the same digest (GET /api/v1/cluster/status?hashes=1 shows one per state machine).
+``state_hash_producer(sm)`` takes the copy now and digests it later, on a thread.
 
 ``apply`` may raise: ``BadCommand`` becomes a ``bad_request`` result, any other exception an
 ``apply_failed`` result; either way the same on every replica (apply is deterministic), and
@@ -34,8 +39,9 @@ from __future__ import annotations
 import hashlib
 from typing import Callable, Protocol, runtime_checkable
 
-__all__ = ["StateMachine", "BadCommand", "snapshot_producer", "state_hash", "is_internal",
-           "nesting_exceeds", "REQUIRED", "VALUE_DEPTH_MAX"]
+__all__ = ["StateMachine", "BadCommand", "snapshot_producer", "state_hash",
+           "state_hash_producer", "is_internal", "nesting_exceeds", "REQUIRED",
+           "VALUE_DEPTH_MAX"]
 
 # The deepest value a built-in state machine stores.  Commands and snapshots are CBOR, and
 # the decoder refuses containers nested deeper than 400 (cbor2's max_depth): a value that
@@ -93,6 +99,24 @@ def snapshot_producer(sm: StateMachine) -> Callable[[], bytes]:
         return copy()
     data = sm.snapshot()
     return lambda: data
+
+
+def state_hash_producer(sm: StateMachine) -> Callable[[], str]:
+    """Take what ``state_hash(sm)`` needs now (cheap with ``snapshot_copy``: call it on the
+    event loop, where the state does not change under it); the callable returns the same
+    digest later, on any thread."""
+    chunks = getattr(sm, "snapshot_chunks_copy", None)
+    if chunks is not None:
+        pieces = chunks()
+
+        def digest() -> str:
+            h = hashlib.blake2b(digest_size=STATE_HASH_BYTES)
+            for piece in pieces():
+                h.update(piece)
+            return h.hexdigest()
+        return digest
+    produce = snapshot_producer(sm)
+    return lambda: hashlib.blake2b(produce(), digest_size=STATE_HASH_BYTES).hexdigest()
 
 
 def state_hash(sm: StateMachine) -> str:

@@ -10,13 +10,17 @@ since creation; a delete resets the key).  Commands::
     {"op": "cas",    "key": k, "value": v, "expected_version": n}  # n 0: must be absent
 
 Queries: ``{"key": k}`` -> the key's record or None; ``{"prefix": p, "limit": n}`` -> the
-keys starting with ``p`` in order.  Results are small dicts (they are also kept in the
-session table for retried requests), deterministic for a given log.
+keys starting with ``p`` in order, at most ``n`` records and at most ``result_bytes_max``
+bytes of them (as JSON, counted conservatively: ASCII-escaped), with ``more: true`` when
+either limit cut the answer (one record is always returned, however large).  Results are
+small dicts (they are also kept in the session table for retried requests), deterministic
+for a given log.
 """
 
 from __future__ import annotations
 
-from typing import Callable
+import json
+from typing import Callable, Iterator
 
 import cbor2
 from sortedcontainers import SortedDict
@@ -27,6 +31,7 @@ __all__ = ["KVStateMachine", "OPS"]
 
 OPS = ("put", "delete", "cas")
 _PREFIX_LIMIT_MAX = 10_000
+RESULT_BYTES_MAX_DEFAULT = 4 << 20
 
 
 class KVStateMachine:
@@ -34,8 +39,10 @@ class KVStateMachine:
 
     name = "kv"
 
-    def __init__(self, key_bytes_max: int = 4096) -> None:
+    def __init__(self, key_bytes_max: int = 4096,
+                 result_bytes_max: int = RESULT_BYTES_MAX_DEFAULT) -> None:
         self.key_bytes_max = key_bytes_max
+        self.result_bytes_max = result_bytes_max
         self._data: SortedDict = SortedDict()
 
     # ------------------------------------------------------------------ validation
@@ -145,18 +152,30 @@ class KVStateMachine:
                 raise BadCommand(f'"limit" must be an integer in 1..{_PREFIX_LIMIT_MAX}')
             found = []
             more = False
+            size = 0
+            budget = self.result_bytes_max
             for key in self._data.irange(minimum=prefix):
                 if not key.startswith(prefix):
                     break
                 if len(found) == limit:
                     more = True
                     break
-                found.append(self.get(key))
+                record = self.get(key)
+                size += len(json.dumps(record, separators=(",", ":"), default=str)) + 1
+                if size > budget and found:
+                    more = True
+                    break
+                found.append(record)
             return {"kvs": found, "more": more}
         return self.get(self._check_key(request.get("key")))
 
     def __len__(self) -> int:
         return len(self._data)
+
+    def records(self):
+        """Every key in order as (key, value, create_index, mod_index, version)."""
+        for key, (value, create_index, mod_index, version) in self._data.items():
+            yield key, value, create_index, mod_index, version
 
     # ------------------------------------------------------------------ snapshots
 
@@ -171,6 +190,27 @@ class KVStateMachine:
             return cbor2.dumps([[key, *record] for key, record in items])
         return encode
 
+    def snapshot_chunks_copy(self) -> Callable[[], Iterator[bytes]]:
+        """``snapshot_copy`` in pieces: the CBOR array head, then the rows a group at a
+        time (a group ends after _CHUNK_ROWS_MAX rows or about _CHUNK_BYTES of string
+        values), so no single encoding call holds the GIL for long."""
+        items = list(self._data.items())
+
+        def pieces() -> Iterator[bytes]:
+            yield _array_head(len(items))
+            group: list = []
+            weight = 0
+            for key, record in items:
+                group.append([key, *record])
+                value = record[0]
+                weight += len(value) if isinstance(value, (str, bytes)) else 64
+                if len(group) >= _CHUNK_ROWS_MAX or weight >= _CHUNK_BYTES:
+                    yield cbor2.dumps(group)[len(_array_head(len(group))):]
+                    group, weight = [], 0
+            if group:
+                yield cbor2.dumps(group)[len(_array_head(len(group))):]
+        return pieces
+
     def restore(self, data: bytes) -> None:
         try:
             rows = cbor2.loads(data) if data else []
@@ -180,6 +220,16 @@ class KVStateMachine:
         except Exception as exc:  # cbor2 raises several types; all mean a bad snapshot
             raise ValueError(f"kv snapshot is damaged: {exc}") from None
         self._data = restored
+
+
+_CHUNK_ROWS_MAX = 512
+_CHUNK_BYTES = 256 << 10
+
+
+def _array_head(count: int) -> bytes:
+    """The CBOR head of an array of ``count`` items, as cbor2 writes it (an array's
+    encoding is its head followed by its items' encodings)."""
+    return cbor2.dumps([None] * count)[:-count or None]
 
 
 def _type(value: object) -> str:

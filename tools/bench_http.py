@@ -9,6 +9,10 @@ data in a temporary directory) as real processes, then:
 * failover: kill -9 the leader while a writer keeps writing through the other nodes, and
   time from the kill to the next acknowledged write; the node is restarted and caught up
   between rounds; the median of ``--failovers`` rounds.
+* the cost of TLS: with ``--tls off,on`` (the default) each mode runs twice, on plain TCP
+  and with ``[tls]`` (HTTPS to the API, mutual TLS between peers; certificates from
+  ``paxoslog certs init``), and the summary prints the throughput change at each client
+  count.  Without TLS the peers MAC every frame (the conf has a secret).
 
 The load generator is a Twisted protocol on the httptools response parser in this process
 (a thread-per-client generator would measure the GIL instead of the cluster).  The machine
@@ -16,6 +20,7 @@ is shared by the load generator and all three nodes, so the numbers are for the 
 
     python tools/bench_http.py [--modes multipaxos,raft] [--clients 1,16,64] [--runs 3]
                                [--duration 5] [--failovers 5] [--target leader|all]
+                               [--tls off,on]
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ import json
 import os
 import shutil
 import signal
+import ssl
 import statistics
 import subprocess
 import sys
@@ -41,8 +47,13 @@ from paxoslog.config import load_config  # noqa: E402
 # ====================================================================== cluster processes
 
 class Cluster:
-    def __init__(self, base_conf: str, protocol: str, workdir: str) -> None:
+    def __init__(self, base_conf: str, protocol: str, workdir: str, tls: str = "off",
+                 port_offset: int = 0) -> None:
+        """``tls``: off, on (API and peers), api or peers (only that side).  ``port_offset``
+        moves every port of the conf (clusters side by side)."""
+        api_tls = tls in ("on", "api")
         self.workdir = workdir
+        self.tls = api_tls            # the API speaks HTTPS
         self.conf_path = os.path.join(workdir, "cluster.toml")
         with open(base_conf) as f:
             text = f.read()
@@ -53,10 +64,27 @@ class Cluster:
                 line = f'protocol = "{protocol}"'
             elif stripped.startswith("data_dir ="):
                 line = f'data_dir = "{workdir}/data/{{node}}"'
+            elif port_offset and stripped.split(" ", 1)[0] in ("peer", "api", "peer_bind",
+                                                                  "api_bind"):
+                key, _, value = line.partition("=")
+                host, _, port = value.strip().strip('"').rpartition(":")
+                line = f'{key.strip()} = "{host}:{int(port) + port_offset}"'
             lines.append(line)
+        if tls != "off":
+            lines += ["", "[tls]", 'ca_file = "certs/ca.pem"',
+                      'cert_file = "certs/node-{node}.pem"', 'key_file = "certs/node-{node}.key"',
+                      f"api = {str(api_tls).lower()}", f"peers = {str(tls != 'api').lower()}"]
         with open(self.conf_path, "w") as f:
             f.write("\n".join(lines) + "\n")
         self.config = load_config(self.conf_path)
+        self.ca_file = None
+        self.ssl = None
+        if tls != "off":
+            from paxoslog.certs import init_certs
+            init_certs(self.config)
+        if api_tls:
+            self.ca_file = self.config.tls.ca_file
+            self.ssl = ssl.create_default_context(cafile=self.ca_file)
         self.procs: dict[int, subprocess.Popen] = {}
 
     def start(self, node_id: int) -> None:
@@ -87,14 +115,32 @@ class Cluster:
                 proc.wait()
         self.procs.clear()
 
+    def cpu_seconds(self) -> float:
+        """User + system CPU time of the running node processes so far."""
+        ticks = os.sysconf("SC_CLK_TCK")
+        total = 0.0
+        for proc in self.procs.values():
+            try:
+                with open(f"/proc/{proc.pid}/stat") as f:
+                    fields = f.read().rsplit(")", 1)[1].split()
+                total += (int(fields[11]) + int(fields[12])) / ticks
+            except OSError:
+                pass
+        return total
+
     def api(self, node_id: int):
         node = self.config.node(node_id)
         return node.api.host, node.api.port
 
-    def status(self, node_id: int, timeout: float = 0.5) -> dict | None:
+    def connection(self, node_id: int, timeout: float):
         host, port = self.api(node_id)
+        if self.tls:
+            return http.client.HTTPSConnection(host, port, timeout=timeout, context=self.ssl)
+        return http.client.HTTPConnection(host, port, timeout=timeout)
+
+    def status(self, node_id: int, timeout: float = 0.5) -> dict | None:
         try:
-            conn = http.client.HTTPConnection(host, port, timeout=timeout)
+            conn = self.connection(node_id, timeout)
             conn.request("GET", "/api/v1/cluster/status")
             response = conn.getresponse()
             body = json.loads(response.read())
@@ -130,12 +176,13 @@ class Cluster:
 # ====================================================================== load generator
 
 def run_load(targets: list[tuple[str, int]], clients: int, duration: float,
-             warmup: float) -> dict:
+             warmup: float, ca_file: str | None = None) -> dict:
     """Drive ``clients`` keep-alive connections for warmup+duration seconds (in a child
-    process, so every run gets a fresh reactor)."""
+    process, so every run gets a fresh reactor); HTTPS when ``ca_file`` is given."""
     code = _LOAD_SCRIPT
     proc = subprocess.run([sys.executable, "-c", code, json.dumps(targets), str(clients),
-                           str(duration), str(warmup)], capture_output=True, text=True,
+                           str(duration), str(warmup), ca_file or ""], capture_output=True,
+                          text=True,
                           cwd=ROOT, env=dict(os.environ, PYTHONPATH=ROOT), timeout=duration * 4 + 60)
     if proc.returncode != 0:
         raise RuntimeError(f"load generator failed: {proc.stderr[-2000:]}")
@@ -149,9 +196,13 @@ from twisted.internet import reactor
 from twisted.internet.protocol import ClientFactory, Protocol
 
 targets = json.loads(sys.argv[1]); clients = int(sys.argv[2])
-duration = float(sys.argv[3]); warmup = float(sys.argv[4])
+duration = float(sys.argv[3]); warmup = float(sys.argv[4]); ca_file = sys.argv[5]
+if ca_file:
+    from twisted.internet import ssl
+    trust = ssl.Certificate.loadPEM(open(ca_file, "rb").read())
 value = "v" * 64
 latencies = []; errors = {"count": 0}; state = {"measuring": False, "running": True}
+answered = {"count": 0}
 clock = time.perf_counter
 
 class Conn(Protocol):
@@ -169,6 +220,7 @@ class Conn(Protocol):
     def dataReceived(self, data):
         self.parser.feed_data(data)
     def on_message_complete(self):
+        answered["count"] += 1
         if self.parser.get_status_code() != 200:
             errors["count"] += 1
         elif state["measuring"]:
@@ -183,7 +235,10 @@ class Factory(ClientFactory):
 
 for n in range(clients):
     host, port = targets[n % len(targets)]
-    reactor.connectTCP(host, port, Factory(n))
+    if ca_file:
+        reactor.connectSSL(host, port, Factory(n), ssl.optionsForClientTLS(host, trust))
+    else:
+        reactor.connectTCP(host, port, Factory(n))
 
 def start(): state["measuring"] = True; state["t0"] = clock()
 def stop():
@@ -195,7 +250,7 @@ reactor.run()
 lat = sorted(latencies); elapsed = state["t1"] - state["t0"]
 def pct(p): return lat[min(len(lat) - 1, int(len(lat) * p))] * 1000 if lat else float("nan")
 print(json.dumps({"writes": len(lat), "rate": len(lat) / elapsed, "p50_ms": pct(0.5),
-                  "p99_ms": pct(0.99), "errors": errors["count"]}))
+                  "p99_ms": pct(0.99), "errors": errors["count"], "answered": answered["count"]}))
 '''
 
 
@@ -207,8 +262,7 @@ def failover_once(cluster: Cluster) -> float:
     others = [n for n in cluster.procs if n != leader]
     conns = {}
     for n in others:
-        host, port = cluster.api(n)
-        conns[n] = http.client.HTTPConnection(host, port, timeout=2.0)
+        conns[n] = cluster.connection(n, 2.0)
     body = json.dumps({"key": "failover", "value": "x"}).encode()
     # warm the connections
     for conn in conns.values():
@@ -229,8 +283,7 @@ def failover_once(cluster: Cluster) -> float:
                 elapsed = time.monotonic() - killed_at
                 break
         except (OSError, http.client.HTTPException):
-            host, port = cluster.api(node)
-            conns[node] = http.client.HTTPConnection(host, port, timeout=2.0)
+            conns[node] = cluster.connection(node, 2.0)
     else:
         raise RuntimeError("no write acknowledged within 30 s of the kill")
     for conn in conns.values():
@@ -254,55 +307,91 @@ def main() -> int:
     parser.add_argument("--target", choices=("leader", "all"), default="leader",
                         help="send the writes to the leader only, or spread over all nodes")
     parser.add_argument("--keep", action="store_true", help="keep the data and logs")
+    parser.add_argument("--tls", default="off,on",
+                        help="transports to measure, comma separated: off (TCP, frame MACs), "
+                             "on (TLS), api or peers (TLS on that side only)")
     args = parser.parse_args()
     concurrency = [int(c) for c in args.clients.split(",") if c]
+    transports = [t for t in args.tls.split(",") if t]
+    if not transports or any(t not in ("off", "on", "api", "peers") for t in transports):
+        parser.error("--tls takes off, on, api, peers, comma separated")
     summary = []
-    for mode in [m for m in args.modes.split(",") if m]:
-        workdir = tempfile.mkdtemp(prefix=f"paxoslog-bench-{mode}-")
-        cluster = Cluster(args.conf, mode, workdir)
-        cluster.start_all()
+    modes = [m for m in args.modes.split(",") if m]
+    for mode in modes:
+        # Both transports' clusters run side by side (the TLS one on other ports) and their
+        # runs alternate, so a change in the machine's load hits both alike.
+        clusters: dict[str, Cluster] = {}
         try:
-            leader = cluster.wait_leader()
-            targets = ([cluster.api(leader)] if args.target == "leader"
-                       else [cluster.api(n) for n in cluster.procs])
-            print(f"== {mode}: leader node {leader}, writes to {args.target}, "
-                  f"{args.runs} runs x {args.duration:.0f}s", flush=True)
+            for i, transport in enumerate(transports):
+                workdir = tempfile.mkdtemp(prefix=f"paxoslog-bench-{mode}-{transport}-")
+                clusters[transport] = Cluster(args.conf, mode, workdir, tls=transport,
+                                              port_offset=100 * i)
+                clusters[transport].start_all()
+            targets = {}
+            for transport, cluster in clusters.items():
+                leader = cluster.wait_leader()
+                targets[transport] = ([cluster.api(leader)] if args.target == "leader"
+                                      else [cluster.api(n) for n in cluster.procs])
+                print(f"== {mode}, TLS {transport}: leader node {leader}, writes to "
+                      f"{args.target}, {args.runs} runs x {args.duration:.0f}s", flush=True)
             for clients in concurrency:
-                runs = [run_load(targets, clients, args.duration, args.warmup)
-                        for _ in range(args.runs)]
-                row = {"mode": mode, "clients": clients,
-                       "rate": statistics.median(r["rate"] for r in runs),
-                       "p50_ms": statistics.median(r["p50_ms"] for r in runs),
-                       "p99_ms": statistics.median(r["p99_ms"] for r in runs),
-                       "errors": sum(r["errors"] for r in runs),
-                       "runs": [round(r["rate"]) for r in runs]}
-                summary.append(row)
-                print(f"   {clients:3d} clients: {row['rate']:8.0f} writes/s  "
-                      f"p50 {row['p50_ms']:6.2f} ms  p99 {row['p99_ms']:7.2f} ms  "
-                      f"(runs: {row['runs']}, errors {row['errors']})", flush=True)
-            if args.failovers:
+                runs: dict[str, list] = {t: [] for t in clusters}
+                for _ in range(args.runs):
+                    for transport, cluster in clusters.items():
+                        cpu = cluster.cpu_seconds()
+                        result = run_load(targets[transport], clients, args.duration,
+                                          args.warmup, cluster.ca_file)
+                        result["node_cpu_us"] = ((cluster.cpu_seconds() - cpu) * 1e6
+                                                 / max(1, result["answered"]))
+                        runs[transport].append(result)
+                for transport, results in runs.items():
+                    row = {"mode": mode, "tls": transport, "clients": clients,
+                           "rate": statistics.median(r["rate"] for r in results),
+                           "p50_ms": statistics.median(r["p50_ms"] for r in results),
+                           "p99_ms": statistics.median(r["p99_ms"] for r in results),
+                           "node_cpu_us": statistics.median(r["node_cpu_us"] for r in results),
+                           "errors": sum(r["errors"] for r in results),
+                           "runs": [round(r["rate"]) for r in results]}
+                    summary.append(row)
+                    print(f"   TLS {transport:3} {clients:3d} clients: {row['rate']:8.0f} "
+                          f"writes/s  p50 {row['p50_ms']:6.2f} ms  p99 {row['p99_ms']:7.2f} ms"
+                          f"  nodes' CPU {row['node_cpu_us']:4.0f} us/write"
+                          f"  (runs: {row['runs']}, errors {row['errors']})", flush=True)
+            for transport, cluster in clusters.items() if args.failovers else ():
                 times = []
                 for _ in range(args.failovers):
                     times.append(failover_once(cluster))
-                    print(f"   failover: {times[-1] * 1000:.0f} ms", flush=True)
+                    print(f"   TLS {transport:3} failover: {times[-1] * 1000:.0f} ms", flush=True)
                 median = statistics.median(times)
-                summary.append({"mode": mode, "failover_median_ms": median * 1000,
+                summary.append({"mode": mode, "tls": transport,
+                                "failover_median_ms": median * 1000,
                                 "failovers_ms": [round(t * 1000) for t in times]})
-                print(f"   failover median of {len(times)}: {median * 1000:.0f} ms", flush=True)
+                print(f"   TLS {transport:3} failover median of {len(times)}: "
+                      f"{median * 1000:.0f} ms", flush=True)
         finally:
-            cluster.stop_all()
-            if not args.keep:
-                shutil.rmtree(workdir, ignore_errors=True)
-            else:
-                print(f"   kept {workdir}")
+            for cluster in clusters.values():
+                cluster.stop_all()
+                if not args.keep:
+                    shutil.rmtree(cluster.workdir, ignore_errors=True)
+                else:
+                    print(f"   kept {cluster.workdir}")
     print("== summary (medians)")
     for row in summary:
         if "rate" in row:
-            print(f"{row['mode']:11} {row['clients']:3d} clients  {row['rate']:8.0f} writes/s  "
-                  f"p50 {row['p50_ms']:.2f} ms  p99 {row['p99_ms']:.2f} ms")
+            print(f"{row['mode']:11} TLS {row['tls']:3} {row['clients']:3d} clients  "
+                  f"{row['rate']:8.0f} writes/s  p50 {row['p50_ms']:.2f} ms  "
+                  f"p99 {row['p99_ms']:.2f} ms  nodes' CPU {row['node_cpu_us']:.0f} us/write")
         else:
-            print(f"{row['mode']:11} failover median {row['failover_median_ms']:.0f} ms  "
-                  f"(each: {row['failovers_ms']})")
+            print(f"{row['mode']:11} TLS {row['tls']:3} failover median "
+                  f"{row['failover_median_ms']:.0f} ms  (each: {row['failovers_ms']})")
+    rates = {(r["mode"], r["tls"], r["clients"]): r for r in summary if "rate" in r}
+    for (mode, tls, clients), on in sorted(rates.items()):
+        off = rates.get((mode, "off", clients))
+        if tls != "off" and off is not None and off["rate"]:
+            print(f"TLS cost   {mode:11} {clients:3d} clients: throughput "
+                  f"{(on['rate'] / off['rate'] - 1) * 100:+.1f} %, p50 "
+                  f"{on['p50_ms'] - off['p50_ms']:+.2f} ms, p99 {on['p99_ms'] - off['p99_ms']:+.2f} ms, "
+                  f"nodes' CPU per write {(on['node_cpu_us'] / off['node_cpu_us'] - 1) * 100:+.1f} %")
     return 0
 
 

@@ -73,6 +73,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--snapshot-entries", type=int, default=d.snapshot_entries)
     p.add_argument("--plot", choices=("auto", "html", "none"), default=d.plot)
     p.add_argument("--quiet", action="store_true", help="no progress output")
+    p.add_argument("--complete", action="store_true",
+                   help="inject every planned fault even if that runs past --duration "
+                        "(a loaded machine is slower to restart nodes)")
+    p.add_argument("--tls", action="store_true",
+                   help="HTTPS API and mutual TLS between peers (certificates from paxoslog "
+                        "certs init; the proxy terminates TLS)")
     p.add_argument("--recheck", metavar="REPORT_FOLDER", default=None,
                    help="check a saved report again from its files (history, verdict) and "
                         "write recheck.json; no cluster is started")
@@ -92,7 +98,8 @@ def options_from(args) -> RunOptions:
                       heartbeat_ticks=args.heartbeat_ticks, election_ticks=args.election_ticks,
                       request_timeout_ms=args.request_timeout_ms,
                       snapshot_entries=args.snapshot_entries, progress=not args.quiet,
-                      plot=args.plot)
+                      complete=args.complete,
+                      plot=args.plot, tls=args.tls)
 
 
 def main(argv: list[str] | None = None) -> int:

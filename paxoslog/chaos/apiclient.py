@@ -29,16 +29,22 @@ ApiResponse = Reply          # status, body, retry_after_s, field(name)
 class ApiClient:
     """Calls to the API of each node; ``endpoints`` maps node id -> "127.0.0.1:port"."""
 
-    def __init__(self, reactor, endpoints: dict[int, str], connections_per_node: int = 64) -> None:
+    def __init__(self, reactor, endpoints: dict[int, str], connections_per_node: int = 64,
+                 cafile: str | None = None) -> None:
+        """``cafile``: the cluster CA; the nodes then speak HTTPS."""
         self.reactor = reactor
         self.endpoints = dict(endpoints)
+        self.scheme = "https" if cafile else "http"
         self.pool = HTTPConnectionPool(reactor, persistent=True)
         self.pool.maxPersistentPerHost = connections_per_node
         self.pool.retryAutomatically = False
-        self.http = http_client(reactor, self.pool, CONNECT_TIMEOUT_S)
+        self.http = http_client(reactor, self.pool, CONNECT_TIMEOUT_S, cafile)
+
+    def base_url(self, node: int) -> str:
+        return f"{self.scheme}://{self.endpoints[node]}"
 
     def url(self, node: int, path: str) -> str:
-        return f"http://{self.endpoints[node]}{path}"
+        return f"{self.base_url(node)}{path}"
 
     def call(self, method: str, node: int, path: str, body: object = None,
              timeout_s: float = 5.0) -> defer.Deferred:

@@ -40,6 +40,7 @@ __all__ = ["ClusterSpec", "NodePorts", "Cluster", "NodeProcess", "write_conf",
 log = Logger(namespace="paxoslog.chaos.cluster")
 
 TERM_GRACE_S = 5.0
+TLS_FOLDER = "certs"     # next to the conf files: the CA and every node's certificate
 
 # A node's place in the membership, as the harness knows it.
 MEMBER = "member"        # a voter (the conf's nodes at start, joined nodes once voters)
@@ -61,6 +62,7 @@ class ClusterSpec:
     snapshot_entries: int = 5000
     secret: str = "chaos-peer-secret"
     spares: int = 0          # extra node ids (nodes+1 ...) for membership changes
+    tls: bool = False        # HTTPS API and mutual TLS between peers (certs/ in the report)
 
     @property
     def election_timeout_s(self) -> float:
@@ -148,6 +150,10 @@ def write_conf(path: str, spec: ClusterSpec, ports: dict[int, NodePorts], data_r
         "[state_machines]",
         'enabled = ["kv"]',
     ]
+    if spec.tls:
+        lines += ["", "[tls]", f'ca_file = "{TLS_FOLDER}/ca.pem"',
+                  f'cert_file = "{TLS_FOLDER}/node-{{node}}.pem"',
+                  f'key_file = "{TLS_FOLDER}/node-{{node}}.key"']
     for node_id in spec.node_ids:
         lines += _node_table(node_id, ports[node_id], data_root)
     text = "\n".join(lines) + "\n"

@@ -143,7 +143,7 @@ class MembershipDriver:
         then at the latest; ``voter``: add-node with wait=voter answered)."""
         deadline = self.clock() + STEP_TIMEOUT_S
         members = [m for m in self.cluster.members() if self.cluster.alive(m)]
-        join = ",".join(f"http://{self.client.endpoints[m]}" for m in members)
+        join = ",".join(self.client.base_url(m) for m in members)
         process = self.cluster.start(node, join=join)
         step["join_via"] = members
         # The node listens only once its join returned (it is a learner by then).

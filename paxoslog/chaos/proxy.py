@@ -21,11 +21,24 @@ frames, so the receiver always sees a well-formed stream.  Per directed link:
 ``loss``       probability of dropping a frame
 ``duplicate``  probability of sending a frame twice
 
-Loss, duplication and delay spare the handshake frames (HELLO/CHALLENGE/AUTH): losing one
-only stalls the connection until its handshake timeout, which tests nothing the block rule
-does not.  ``reset(a, b)`` aborts the connection of a pair and refuses new ones until
-``heal``.  Every decision draws from the injected ``random.Random``; the reactor is
+Loss, duplication and delay spare the handshake frames (HELLO/CHALLENGE/AUTH/ACCEPT):
+losing one only stalls the connection until its handshake timeout, which tests nothing the
+block rule does not.  ``reset(a, b)`` aborts the connection of a pair and refuses new ones
+until ``heal``.  Every decision draws from the injected ``random.Random``; the reactor is
 injected too (tests pass the real one and real sockets on 127.0.0.1).
+
+Authenticated links.  The proxy is a trusted man in the middle that holds the cluster's
+credentials, so that frame-level faults still mean what they mean on a plain link:
+
+* frame MACs (a ``secret`` and no TLS): a node refuses a frame that was dropped, duplicated
+  or reordered on the way (its MAC carries a sequence number).  The proxy derives the
+  connection's frame keys from the secret and the HELLO and CHALLENGE it forwarded, checks
+  and strips each frame's MAC as it arrives, and MACs it again, with its own sequence, as
+  it leaves: the receiver sees a well-formed sequence of whatever the rules let through.
+* TLS (``tls``: a ``ProxyTls`` with every node's certificate and key): the proxy terminates
+  TLS on both sides.  Towards the dialer its listener for node N presents N's certificate
+  (and requires a certificate from the cluster CA); towards node N it dials with the
+  certificate of the node the HELLO names.  Inside, frames carry no MACs.
 """
 
 from __future__ import annotations
@@ -40,12 +53,15 @@ from twisted.logger import Logger
 
 from paxoslog.server import frames as F
 
-__all__ = ["LinkRules", "LinkStats", "ProxyNetwork", "frame_kind", "BLOCK_MODES"]
+__all__ = ["LinkRules", "LinkStats", "ProxyNetwork", "ProxyTls", "frame_kind", "BLOCK_MODES"]
 
 log = Logger(namespace="paxoslog.chaos.proxy")
 
 BLOCK_MODES = ("drop", "hold")
-_HANDSHAKE_KINDS = frozenset((F.HELLO, F.CHALLENGE, F.AUTH))
+_HANDSHAKE_KINDS = F.HANDSHAKE_KINDS
+# Frames each direction sends before its frames carry MACs: dialer HELLO, AUTH; acceptor
+# CHALLENGE, ACCEPT.
+_HANDSHAKE_FRAMES = 2
 # The proxy is not the place to enforce frame limits (the node does); this only bounds memory.
 _FRAME_BYTES_MAX = 1 << 30
 _CONNECT_TIMEOUT_S = 2.0
@@ -134,12 +150,32 @@ def _encode(payload: bytes) -> bytes:
     return len(payload).to_bytes(4, "big") + payload
 
 
+class ProxyTls:
+    """Every node's TLS material (``paxoslog.server.tls.NodeTls`` by node id), added as
+    nodes are (spares included)."""
+
+    def __init__(self) -> None:
+        self.nodes: dict = {}
+
+    def add(self, node_tls) -> None:
+        self.nodes[node_tls.node_id] = node_tls
+
+    def server_options(self, node_id: int):
+        return self.nodes[node_id].server_options(True)
+
+    def client_options(self, dialer_id: int, listener_id: int):
+        return self.nodes[dialer_id].peer_client_options(listener_id)
+
+
 class _Pipe:
     """One direction of one proxied connection: frames read from ``source`` go to ``sink``.
 
     ``src``/``dst`` name the directed link once the connection is identified.  Frames that
     arrive before the other side is connected wait in ``waiting``; frames of a held link
-    wait in ``held`` (and the source is paused) until the rules change."""
+    wait in ``held`` (and the source is paused) until the rules change.  A frame travels as
+    (payload bytes, sealed): ``sealed`` frames had their MAC checked and stripped on the way
+    in and get a new one on the way out (``opener``/``sealer``, set once the handshake's
+    transcript is known)."""
 
     def __init__(self, network: "ProxyNetwork", conn: "_Connection") -> None:
         self.network = network
@@ -152,9 +188,13 @@ class _Pipe:
         self.waiting: list[bytes] = []
         self.held: deque[bytes] = deque()
         self.paused = False
-        self.outbox: deque[tuple[float, bytes]] = deque()
+        self.outbox: deque[tuple[float, tuple]] = deque()
         self.timer = None
         self.calls: set = set()
+        self.handshake_frames = 0        # unsealed frames seen so far
+        self.opener: F.FrameOpener | None = None
+        self.sealer: F.FrameSealer | None = None
+        self.first_frame = b""           # HELLO (forward) or CHALLENGE (backward) payload
 
     @property
     def stats(self) -> LinkStats:
@@ -164,16 +204,36 @@ class _Pipe:
         """Split ``data`` into frames; returns them (the caller routes or identifies)."""
         return self.decoder.feed(data)
 
-    def route(self, frame: bytes) -> None:
+    def receive(self, raw: bytes) -> tuple | None:
+        """A frame as read from the source -> (payload, sealed), its MAC checked when the
+        link carries MACs; None when it fails (the connection is aborted)."""
+        if self.handshake_frames < _HANDSHAKE_FRAMES:
+            self.handshake_frames += 1
+            if self.handshake_frames == 1:
+                self.first_frame = raw
+            return (raw, False)
+        if not self.network.frame_macs:
+            return (raw, False)
+        if self.opener is None:
+            self.conn.derive_keys()
+        try:
+            return (self.opener.open(raw), True)
+        except (F.ForgedFrame, AttributeError) as exc:
+            log.warn("proxy {src}->{dst}: {error}; closing", src=self.src, dst=self.dst,
+                     error=exc)
+            self.conn.abort()
+            return None
+
+    def route(self, item: tuple) -> None:
         if self.conn.closed:
             return
         if self.sink is None:
-            self.waiting.append(frame)
+            self.waiting.append(item)
             return
         stats = self.stats
         stats.frames_in += 1
         if self.held:
-            self.held.append(frame)
+            self.held.append(item)
             stats.held += 1
             return
         rules = self.network.rules(self.src, self.dst)
@@ -181,13 +241,13 @@ class _Pipe:
             stats.dropped += 1
             return
         if rules.block == "hold":
-            self.held.append(frame)
+            self.held.append(item)
             stats.held += 1
             self._pause()
             return
         rng = self.network.rng
         copies = 1
-        if frame_kind(frame) not in _HANDSHAKE_KINDS:
+        if frame_kind(item[0]) not in _HANDSHAKE_KINDS:
             if rules.loss and rng.random() < rules.loss:
                 stats.lost += 1
                 return
@@ -197,13 +257,12 @@ class _Pipe:
             delay = rules.delay_s + (rng.uniform(0.0, rules.jitter_s) if rules.jitter_s else 0.0)
         else:
             delay = 0.0
-        data = _encode(frame)
         if delay > 0:
             stats.delayed += 1
         for _ in range(copies):
-            self._emit(data, delay, rules.reorder)
+            self._emit(item, delay, rules.reorder)
 
-    def _emit(self, data: bytes, delay: float, reorder: bool) -> None:
+    def _emit(self, data: tuple, delay: float, reorder: bool) -> None:
         reactor = self.network.reactor
         if delay > 0 and reorder:
             call = reactor.callLater(delay, self._write_reordered, data)
@@ -220,7 +279,7 @@ class _Pipe:
         if self.timer is None:
             self.timer = reactor.callLater(max(0.0, self.outbox[0][0] - now), self._release_due)
 
-    def _write_reordered(self, data: bytes) -> None:
+    def _write_reordered(self, data: tuple) -> None:
         self.calls = {c for c in self.calls if c.active()}
         self._write(data)
 
@@ -233,9 +292,11 @@ class _Pipe:
         if self.outbox and not self.conn.closed:
             self.timer = reactor.callLater(max(0.0, self.outbox[0][0] - now), self._release_due)
 
-    def _write(self, data: bytes) -> None:
+    def _write(self, item: tuple) -> None:
         if self.conn.closed or self.sink is None:
             return
+        payload, sealed = item
+        data = self.sealer.seal(payload) if sealed else _encode(payload)
         stats = self.stats
         stats.frames_out += 1
         stats.bytes_out += len(data)
@@ -253,9 +314,9 @@ class _Pipe:
         if self.network.rules(self.src, self.dst).block == "hold":
             return
         held, self.held = self.held, deque()
-        for frame in held:
+        for item in held:
             self.stats.frames_in -= 1     # counted again by route
-            self.route(frame)
+            self.route(item)
         if self.paused and not self.held and self.source is not None:
             self.paused = False
             self.source.resumeProducing()
@@ -263,8 +324,8 @@ class _Pipe:
     def connected(self, sink) -> None:
         self.sink = sink
         waiting, self.waiting = self.waiting, []
-        for frame in waiting:
-            self.route(frame)
+        for item in waiting:
+            self.route(item)
 
     def close(self) -> None:
         if self.timer is not None and self.timer.active():
@@ -298,6 +359,19 @@ class _Connection:
     def pair(self) -> frozenset:
         return frozenset((self.dialer_id, self.listener_id))
 
+    def derive_keys(self) -> None:
+        """Frame keys of both directions from the secret and the HELLO and CHALLENGE this
+        connection carried (frames.py); the first MAC'd frame of either side asks."""
+        hello, challenge = self.forward.first_frame, self.backward.first_frame
+        if not hello or not challenge:
+            return
+        to_acceptor, to_dialer = F.frame_keys(self.network.secret,
+                                              F.transcript_hash(hello, challenge))
+        self.forward.opener, self.forward.sealer = (F.FrameOpener(to_acceptor),
+                                                    F.FrameSealer(to_acceptor))
+        self.backward.opener, self.backward.sealer = (F.FrameOpener(to_dialer),
+                                                      F.FrameSealer(to_dialer))
+
     def identified(self, dialer_id: int) -> bool:
         """The HELLO named the dialer: set up the link names and dial the node."""
         network = self.network
@@ -312,8 +386,19 @@ class _Connection:
             return False
         network._track(self)
         host, port = network.upstreams[self.listener_id]
-        self.connector = network.reactor.connectTCP(host, port, _UpstreamFactory(self),
-                                                    timeout=_CONNECT_TIMEOUT_S)
+        if network.tls is not None:
+            if dialer_id not in network.tls.nodes:
+                log.warn("proxy for node {node}: no certificate for node {dialer}; closing",
+                         node=self.listener_id, dialer=dialer_id)
+                self.abort()
+                return False
+            self.connector = network.reactor.connectSSL(
+                host, port, _UpstreamFactory(self),
+                network.tls.client_options(dialer_id, self.listener_id),
+                timeout=_CONNECT_TIMEOUT_S)
+        else:
+            self.connector = network.reactor.connectTCP(host, port, _UpstreamFactory(self),
+                                                        timeout=_CONNECT_TIMEOUT_S)
         return True
 
     def upstream_made(self, upstream: "_Upstream") -> None:
@@ -363,6 +448,11 @@ class _Downstream(Protocol):
             self.transport.setTcpNoDelay(True)
         except Exception:  # pragma: no cover - every TCP transport has it
             pass
+        tls = self.conn.network.tls
+        if tls is not None:
+            # TLS towards the dialer, as the node it dialled (made per connection: a
+            # spare's material is added after its listener).
+            self.transport.startTLS(tls.server_options(self.conn.listener_id))
 
     def dataReceived(self, data: bytes) -> None:
         conn = self.conn
@@ -383,7 +473,10 @@ class _Downstream(Protocol):
                     return
                 if not conn.identified(dialer):
                     return
-            conn.forward.route(frame)
+            item = conn.forward.receive(frame)
+            if item is None:
+                return
+            conn.forward.route(item)
 
     def connectionLost(self, reason=None) -> None:
         self.conn.side_lost()
@@ -412,7 +505,10 @@ class _Upstream(Protocol):
             conn.abort()
             return
         for frame in frames:
-            conn.backward.route(frame)
+            item = conn.backward.receive(frame)
+            if item is None:
+                return
+            conn.backward.route(item)
 
     def connectionLost(self, reason=None) -> None:
         self.conn.side_lost()
@@ -462,10 +558,16 @@ class ProxyNetwork:
     returned) that forwards to the node's real peer port.  Rules change at any time and
     take effect on the next frame (held frames are re-routed at once)."""
 
-    def __init__(self, reactor, rng: random.Random, host: str = "127.0.0.1") -> None:
+    def __init__(self, reactor, rng: random.Random, host: str = "127.0.0.1", *,
+                 secret: bytes | None = None, tls: ProxyTls | None = None) -> None:
+        """``secret``: the cluster's (to carry frame MACs across); ``tls``: terminate TLS
+        with the nodes' own certificates (see the module docstring)."""
         self.reactor = reactor
         self.rng = rng
         self.host = host
+        self.secret = secret
+        self.tls = tls
+        self.frame_macs = bool(secret) and tls is None
         self.upstreams: dict[int, tuple[str, int]] = {}
         self.ports: dict[int, object] = {}
         self._rules: dict[tuple[int, int], LinkRules] = {}

@@ -40,7 +40,7 @@ from .membership import MembershipDriver
 from .nemesis import Nemesis, Timeline, parse_kinds, plan_schedule, spares_needed
 from .observer import StatusObserver
 from .plot import render_timeline
-from .proxy import ProxyNetwork
+from .proxy import ProxyNetwork, ProxyTls
 from .report import format_summary, report_dir_name, scan_logs, write_verdict
 from .workload import Workload, WorkloadOptions
 
@@ -84,6 +84,8 @@ class RunOptions:
     snapshot_entries: int = 5000
     progress: bool = True
     plot: str = "auto"                   # auto (PNG if matplotlib) | html | none
+    complete: bool = False               # run every planned fault, even past the duration
+    tls: bool = False                    # HTTPS API, mutual TLS between peers
 
     def resolved(self) -> "RunOptions":
         seed = self.seed if self.seed is not None else random.SystemRandom().randrange(1 << 31)
@@ -117,7 +119,7 @@ class ChaosRun:
                                 election_ticks=options.election_ticks,
                                 request_timeout_ms=options.request_timeout_ms,
                                 snapshot_entries=options.snapshot_entries,
-                                spares=spares_needed(self.plans))
+                                spares=spares_needed(self.plans), tls=options.tls)
         self.et = self.spec.election_timeout_s
         self._t0 = time.monotonic()
         stamp = time.strftime("%Y%m%d-%H%M%S")
@@ -147,6 +149,23 @@ class ChaosRun:
 
     # ================================================================== the run
 
+    @staticmethod
+    def _make_certs(conf_path: str, spare_confs: dict[int, str], proxy_tls) -> str:
+        """``paxoslog certs init`` for the conf and each spare's conf (one CA); every
+        node's material goes to the proxy, which terminates TLS.  Returns the CA file."""
+        from paxoslog.certs import init_certs
+        from paxoslog.config import load_config
+        from paxoslog.server.tls import load_node_tls
+        config = load_config(conf_path)
+        init_certs(config)
+        for node in config.node_ids:
+            proxy_tls.add(load_node_tls(config, node))
+        for node, path in sorted(spare_confs.items()):
+            spare = load_config(path)
+            init_certs(spare)
+            proxy_tls.add(load_node_tls(spare, node))
+        return config.tls.ca_file
+
     async def run(self) -> int:
         o = self.options
         os.makedirs(self.folder)
@@ -154,7 +173,9 @@ class ChaosRun:
         os.makedirs(data_root)
         self.timeline = Timeline(os.path.join(self.folder, "nemesis.jsonl"), self.clock)
         self.history = History(os.path.join(self.folder, "history.jsonl"), self.clock)
-        self.proxy = ProxyNetwork(self.reactor, random.Random(f"{o.seed}-proxy"))
+        proxy_tls = ProxyTls() if self.spec.tls else None
+        self.proxy = ProxyNetwork(self.reactor, random.Random(f"{o.seed}-proxy"),
+                                  secret=self.spec.secret.encode(), tls=proxy_tls)
         ids = self.spec.all_ids
         free = allocate_ports(2 * len(self.spec.node_ids))
         # A spare binds its ports much later: they stay reserved until it starts.
@@ -173,12 +194,15 @@ class ChaosRun:
         for node in self.spec.spare_ids:
             spare_confs[node] = os.path.join(self.folder, f"conf-n{node}.toml")
             write_spare_conf(spare_confs[node], conf_text, node, ports[node], data_root)
+        cafile = None
+        if self.spec.tls:
+            cafile = self._make_certs(conf_path, spare_confs, proxy_tls)
         self.cluster = Cluster(self.reactor, self.spec, conf_path,
                                os.path.join(self.folder, "logs"), data_root,
                                lambda kind, **f: self.timeline.add(kind, **f), self.clock,
                                spare_confs=spare_confs, reserved=reserved)
         self.client = ApiClient(self.reactor, {n: f"127.0.0.1:{p.api}" for n, p in ports.items()},
-                                connections_per_node=max(16, 2 * o.workers))
+                                connections_per_node=max(16, 2 * o.workers), cafile=cafile)
         self.observer = StatusObserver(self.reactor, self.client, self.cluster, self.clock,
                                        os.path.join(self.folder, "status.jsonl"))
         self.membership = MembershipDriver(
@@ -192,7 +216,9 @@ class ChaosRun:
         self.say(f"report folder {self.folder}")
         self.say(f"{o.mode}, {o.nodes} nodes, seed {o.seed}, nemesis {o.nemesis} "
                  f"({o.schedule}), {o.duration_s:.0f}s, election timeout {self.et * 1000:.0f}ms"
-                 + (f", spare nodes {self.spec.spare_ids}" if self.spec.spares else ""))
+                 + (f", spare nodes {self.spec.spare_ids}" if self.spec.spares else "")
+                 + (", TLS (the proxy terminates it)" if self.spec.tls else
+                    ", frame MACs (the proxy re-MACs)"))
         try:
             return await self._run_phases()
         except Exception as exc:  # a harness failure must still leave a report
@@ -224,7 +250,10 @@ class ChaosRun:
         self._start_progress()
 
         stop_at = self.traffic_start + o.duration_s - o.tail_s
-        await self.nemesis.run(self.plans, self.traffic_start, stop_at)
+        # --complete: a slow machine (restarts that take seconds) must not skip the
+        # faults planned last; the traffic then runs past the duration until they are done.
+        await self.nemesis.run(self.plans, self.traffic_start,
+                               float("inf") if o.complete else stop_at)
         wait = stop_at - self.clock()
         if wait > 0:
             await task.deferLater(self.reactor, wait, lambda: None)
@@ -468,7 +497,8 @@ class ChaosRun:
         o = self.options
         args = ["tools/chaos.py", "--duration", f"{o.duration_s:g}", "--mode", o.mode,
                 "--nodes", str(o.nodes), "--nemesis", o.nemesis, "--schedule", o.schedule,
-                "--seed", str(o.seed)]
+                "--seed", str(o.seed)] + (["--complete"] if o.complete else []) + (
+            ["--tls"] if o.tls else [])
         return "python " + " ".join(shlex.quote(a) for a in args)
 
     def _judge(self, converged: dict, final: dict, states: dict) -> int:

@@ -217,8 +217,21 @@ class RaftReplica:
 
     def _promotable(self) -> bool:
         """Only voters campaign: never a learner, never a node outside the configuration,
-        never a node repairing a log that lost acknowledged entries."""
-        return self.node_id in self._config.all_voters and not self._lost_entries()
+        never a node repairing a log that lost acknowledged entries.
+
+        One exception (Raft thesis 4.1): while the newest configuration is not known to be
+        committed, a voter of the one before it may still be needed to commit it (a
+        removed leader killed just after appending it may be the only node holding it, and
+        the others cannot win its vote with their shorter logs), so it campaigns too; its
+        own vote counts only where it is a voter."""
+        if self._lost_entries():
+            return False
+        if self.node_id in self._config.all_voters:
+            return True
+        if self._config_index > self._commit:
+            _, before = self._log.config_at(self._config_index - 1)
+            return self.node_id in before.all_voters
+        return False
 
     def _lost_entries(self) -> bool:
         if self._lost_upto and self.last_index >= self._lost_upto:

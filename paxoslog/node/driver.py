@@ -281,6 +281,7 @@ class NodeDriver:
 
     def forward_answered(self, request, status: int, body: object) -> list:
         """The leader answered a request we forwarded (``Forward.request``)."""
+        request.via = None
         if isinstance(request, PendingWrite):
             if not request.done:
                 if status == 200:
@@ -301,6 +302,7 @@ class NodeDriver:
 
     def forward_failed(self, request) -> list:
         """The connection carrying a forwarded request was lost before its answer."""
+        request.via = None
         self._retry(request)
         return self._take()
 
@@ -336,6 +338,7 @@ class NodeDriver:
             return
         w.submitted = True
         w.sent += 1
+        w.via = leader
         self._out.append(Forward(w, leader, "propose", w.data))
 
     def _reroute_writes(self) -> None:
@@ -348,6 +351,21 @@ class NodeDriver:
                     self._fail_write(w, *self._not_leader())
                 else:
                     self._retry(w)
+
+    def _reforward(self, leader: int) -> None:
+        """A new leader is known: requests still waiting on an answer from an old one
+        (which may be stopped or cut off and never answer) go to the new one now, instead
+        of waiting out their deadline.  Safe for writes: the copy carries its (client_id,
+        sequence), and the session table applies whichever copy commits first, once."""
+        waiting = [w for ws in self._waiters.values() for w in ws if w.via is not None]
+        waiting += [r for r in self._reads if r.via is not None]
+        for request in waiting:
+            if request.via != leader and not request.done:
+                request.via = None
+                if isinstance(request, PendingWrite):
+                    self._route_write(request)
+                else:
+                    self._route_read(request)
 
     def _committed(self, index: int, term: int | None, result: object) -> dict:
         """The body of a committed write.  ``term``: the entry's (None: the current one)."""
@@ -429,6 +447,7 @@ class NodeDriver:
         if leader is None or leader == self.node_id or leader not in self._connected:
             self._retry(r)
             return
+        r.via = leader
         self._out.append(Forward(r, leader, "read", {"query": r.query}))
 
     def _issue_read_batch(self) -> None:
@@ -605,6 +624,8 @@ class NodeDriver:
                 self._requeue_issued_reads()
                 if old_role == Role.LEADER:
                     self._reroute_writes()
+            if event.leader is not None and event.leader != old_leader:
+                self._reforward(event.leader)
         elif isinstance(event, ProposalDropped):
             self.stats["proposals_dropped"] += len(event.commands)
             for data in event.commands:
@@ -660,13 +681,18 @@ class NodeDriver:
         self._out.insert(replies_from, Applied(done, outcomes))
 
     def _start_snapshot(self) -> None:
-        meta = SnapshotMeta(self.applied_index, self.applied_term, self.applied_config)
-        if meta.index == 0:
+        if self.applied_index == 0:
             self.policy.taken(0)
             return
         self.policy.started()
-        self._out.append(TakeSnapshot(meta, self.machines.producers(),
-                                      self.machines.sessions.snapshot()))
+        self._out.append(self.capture())
+
+    def capture(self) -> TakeSnapshot:
+        """Cheap copies of every state machine and of the session table, all at the
+        applied index (one consistent cut: nothing is applied in between), for a snapshot
+        the shell encodes later, off the event loop (a local snapshot, or a backup)."""
+        meta = SnapshotMeta(self.applied_index, self.applied_term, self.applied_config)
+        return TakeSnapshot(meta, self.machines.producers(), self.machines.sessions.snapshot())
 
     # ================================================================== views
 

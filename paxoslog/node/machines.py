@@ -152,8 +152,12 @@ class StateMachines:
 
     def query(self, query: dict) -> dict:
         """Answer ``query`` from the current state: ``{"sm": name, "request": {...}}`` reads
-        any state machine (-> ``{"result": ...}``); anything else is a kv query (-> the
-        key's record, or ``{"kvs", "more"}`` for a prefix).  Raises ``QueryFailed``."""
+        any state machine (-> ``{"result": ...}``); ``{"barrier": True}`` reads nothing (-> ``{}``:
+        the caller wants only the index a linearizable read is served at); anything else
+        is a kv query (-> the key's record, or ``{"kvs", "more"}`` for a prefix).  Raises
+        ``QueryFailed``."""
+        if query.get("barrier") is True:
+            return {}
         if "sm" in query:
             sm = self.machines.get(query.get("sm"))
             if sm is None:

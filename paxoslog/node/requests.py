@@ -21,7 +21,7 @@ class PendingWrite:
     """A write (command bytes with its (client_id, sequence) ``key``)."""
 
     __slots__ = ("handle", "key", "data", "forwarded", "deadline", "retry_at", "submitted",
-                 "sent", "done")
+                 "sent", "via", "done")
 
     def __init__(self, handle: Any, key: tuple[str, int], data: bytes, forwarded: bool) -> None:
         self.handle = handle
@@ -32,18 +32,20 @@ class PendingWrite:
         self.retry_at: int | None = None
         self.submitted = False          # may have reached a leader: a timeout is "unknown"
         self.sent = 0                   # times proposed here or forwarded
+        self.via: int | None = None     # the leader it is forwarded to, awaiting an answer
         self.done = False
 
 
 class PendingRead:
     """A read (a query for the state machines) waiting for a safe read point."""
 
-    __slots__ = ("handle", "query", "forwarded", "deadline", "retry_at", "done")
+    __slots__ = ("handle", "query", "forwarded", "deadline", "retry_at", "via", "done")
 
     def __init__(self, handle: Any, query: dict, forwarded: bool) -> None:
         self.handle = handle
         self.query = query
         self.forwarded = forwarded
+        self.via: int | None = None
         self.deadline = 0
         self.retry_at: int | None = None
         self.done = False

@@ -51,6 +51,7 @@ class AddressBook:
             n.id: NodeAddresses(n.peer, n.api) for n in config.nodes}
         self.removed_ids: set[int] = set()
         self.removed_at: int | None = None
+        self.origin: str | None = None        # the log origin of a restored/recovered cluster
         self.on_removed: Callable[[int], None] | None = None   # the CLI exits
         self._told: set[int] = set()
 
@@ -70,6 +71,7 @@ class AddressBook:
             raise ValueError(f"{self.file.path}: written for cluster {data['cluster']!r}, "
                              f"the conf says {self.cluster!r}")
         self.bootstrap = data["bootstrap_voters"]
+        self.origin = data["origin"]
         me = self.book.get(self.node_id)
         book = dict(data["nodes"])
         if me is not None:
@@ -89,6 +91,13 @@ class AddressBook:
     def bootstrap_config(self) -> Config:
         return Config(self.bootstrap)
 
+    def log_origin(self) -> object:
+        """What peers compare at the handshake: where every member's log starts.  The sorted
+        bootstrap voters (the wire format of clusters that began empty), or with an origin
+        ``{"voters": [...], "origin": id}`` (a restored or recovered cluster)."""
+        voters = sorted(self.bootstrap)
+        return voters if self.origin is None else {"voters": voters, "origin": self.origin}
+
     def peer_addresses(self) -> dict[int, NodeAddresses]:
         """Every node this node should be connected to (itself excluded)."""
         return {n: a for n, a in self.book.items()
@@ -100,7 +109,8 @@ class AddressBook:
 
     def _persist(self) -> None:
         try:
-            self.file.write(self.cluster, self.bootstrap, self.book, self.removed_at)
+            self.file.write(self.cluster, self.bootstrap, self.book, self.removed_at,
+                            self.origin)
         except OSError as exc:
             log.error("cannot write {path}: {error}", path=self.file.path, error=exc)
 
@@ -112,7 +122,7 @@ class AddressBook:
         self.sync_transport()
 
     def sync_transport(self) -> None:
-        self.transport.bootstrap = sorted(self.bootstrap)
+        self.transport.bootstrap = self.log_origin()
         self.transport.set_peers(self.peer_addresses(), frozenset(self.removed_ids))
 
     # ------------------------------------------------------------------ applied state

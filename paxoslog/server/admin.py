@@ -313,7 +313,7 @@ class MembershipAdmin:
         port = self.port
         config, applied = port.config(), port.applied_config()
         return {"cluster": self.cluster, "protocol": self.protocol,
-                "bootstrap_voters": sorted(self.book.bootstrap),
+                "bootstrap_voters": sorted(self.book.bootstrap), "origin": self.book.origin,
                 "config": {"voters": sorted(config.voters), "outgoing": sorted(config.outgoing),
                            "learners": sorted(config.learners)},
                 "applied_config": {"voters": sorted(applied.voters),

@@ -16,6 +16,10 @@
     POST /api/v1/cluster/remove-node  {"node_id"}
     POST /api/v1/cluster/transfer-leader {"node_id"?}  (none: the most up-to-date voter)
     GET  /api/v1/cluster/members      configuration, address book, cluster_members rows
+    GET  /api/v1/cluster/overview     every member's status, metrics and events (dashboard)
+    GET  /api/v1/snapshot             a consistent backup, streamed (backup.py)
+    POST /api/v1/admin/reload         re-read the conf file (as SIGHUP; reload.py)
+    GET  /dashboard                   the live dashboard (static files, dashboard.py)
     GET  /health[?ready=1], GET /metrics
 
 Errors are ``{"error": code, "message": text}`` with 400/404/405/409/410/413/431/503
@@ -27,6 +31,7 @@ before anything is proposed: bad input never reaches the log.
 from __future__ import annotations
 
 import json
+import math
 from urllib.parse import parse_qs
 
 from twisted.internet import defer
@@ -37,6 +42,7 @@ from statemachines.base import nesting_exceeds
 from paxoslog.node.commands import CLIENT_ID_CHARS_MAX
 from .errors import ApiError, bad_request
 from .http import json_response
+from .reload import ReloadFailed
 
 __all__ = ["Api"]
 
@@ -54,7 +60,22 @@ def _reject_constant(name: str):
     raise ValueError(f"{name} is not allowed in JSON")
 
 
-_DECODER = json.JSONDecoder(parse_constant=_reject_constant)   # one instance: cheap calls
+class _NonFinite(ValueError):
+    """A JSON number out of the range of a double."""
+
+
+def _finite_float(text: str) -> float:
+    """JSON numbers with a fraction or exponent; ``1e400`` would be parsed as infinity,
+    stored, and served back as invalid JSON: refused instead."""
+    value = float(text)
+    if not math.isfinite(value):
+        raise _NonFinite(f"the number {text[:40]} is out of range: it would be {value}, "
+                         f"and JSON numbers must be finite")
+    return value
+
+
+# One instance: cheap calls.  NaN/Infinity literals and out-of-range numbers are refused.
+_DECODER = json.JSONDecoder(parse_constant=_reject_constant, parse_float=_finite_float)
 
 
 class Api:
@@ -67,6 +88,9 @@ class Api:
         self.limits = limits
         self.command_bytes_max = command_bytes_max
         self.router = self.views = self.admin = self.book = None
+        self.backups = self.overview = self.reloader = self.dashboard = None
+        # One table of every route: the auth layer gives each a role (admin: snapshot,
+        # reload, membership, overview).
         self._routes = {
             "/api/v1/consensus/propose": {"POST": self.propose},
             "/api/v1/consensus/query": {"GET": self.query},
@@ -76,12 +100,19 @@ class Api:
             "/api/v1/cluster/remove-node": {"POST": self.remove_node},
             "/api/v1/cluster/transfer-leader": {"POST": self.transfer_leader},
             "/api/v1/cluster/members": {"GET": self.members},
+            "/api/v1/cluster/overview": {"GET": self.cluster_overview},
+            "/api/v1/snapshot": {"GET": self.snapshot},
+            "/api/v1/admin/reload": {"POST": self.reload},
+            "/dashboard": {"GET": self.dashboard_file},
             "/health": {"GET": self.health},
             "/metrics": {"GET": self.metrics},
         }
 
-    def bind(self, *, router, views, admin, book) -> None:
+    def bind(self, *, router, views, admin, book, backups=None, overview=None, reloader=None,
+             dashboard=None) -> None:
         self.router, self.views, self.admin, self.book = router, views, admin, book
+        self.backups, self.overview = backups, overview
+        self.reloader, self.dashboard = reloader, dashboard
 
     # ------------------------------------------------------------------ dispatch
 
@@ -90,6 +121,8 @@ class Api:
         if routes is None:
             if request.path.startswith("/api/v1/sm/"):
                 routes = {"POST": self.state_machine_command, "GET": self.state_machine_read}
+            elif request.path.startswith("/dashboard/"):
+                routes = self._routes["/dashboard"]
             else:
                 return self._error(ApiError(404, "not_found",
                                             f"no such endpoint: {request.path[:200]}"))
@@ -141,6 +174,8 @@ class Api:
             raise bad_request("the body is not UTF-8") from None
         except RecursionError:
             raise self._too_deep() from None
+        except _NonFinite as exc:
+            raise bad_request(str(exc)) from None
         except ValueError as exc:
             raise bad_request(f"malformed JSON: {str(exc)[:200]}") from None
         if not isinstance(body, dict):
@@ -300,9 +335,12 @@ class Api:
         return self.router.read(query, consistency)
 
     def cluster_status(self, request):
-        """``?hashes=1`` adds ``state_hashes`` (a digest per state machine; costs a
-        snapshot of each, so only on request)."""
-        return self.views.status(hashes=self._params(request).get("hashes") == "1")
+        """``?hashes=1`` adds ``state_hashes`` (a digest per state machine and the session
+        table; costs an encoding of each, so only on request; computed off the event
+        loop, one request at a time)."""
+        if self._params(request).get("hashes") == "1":
+            return self.views.status_with_hashes()
+        return self.views.status()
 
     def log_entries(self, request):
         params = self._params(request)
@@ -327,6 +365,31 @@ class Api:
         return body
 
     # ------------------------------------------------------------------ operations
+
+    def snapshot(self, request):
+        """A consistent snapshot of the whole replicated state, streamed (backup.py)."""
+        if self.backups is None:
+            raise ApiError(404, "not_found", "backups are not served by this node")
+        if request.method == "HEAD":
+            raise ApiError(405, "method_not_allowed", "HEAD would take a whole backup only to "
+                                                      "drop it; use GET")
+        return self.backups.request()
+
+    def cluster_overview(self, request):
+        return self.overview.collect()
+
+    def reload(self, request):
+        """As SIGHUP: re-read the conf file, apply what can change without a restart."""
+        try:
+            return {"status": "ok", **self.reloader.reload()}
+        except ReloadFailed as exc:
+            raise ApiError(400, "bad_conf", f"nothing reloaded: {exc}") from None
+
+    def dashboard_file(self, request):
+        response = self.dashboard.response(request.path) if self.dashboard else None
+        if response is None:
+            raise ApiError(404, "not_found", f"no such dashboard file: {request.path[:200]}")
+        return response
 
     def health(self, request):
         body = self.views.health()

@@ -111,10 +111,15 @@ class LocalCluster:
         if self.ready or self.stopping:
             return
         import treq
+        agent = None
+        if self.config.tls_api:             # HTTPS, verified against the cluster CA
+            from twisted.web.client import Agent
+            from .tls import https_policy
+            agent = Agent(self.reactor, contextFactory=https_policy(self.config.tls.ca_file))
         for node in self.config.nodes:
             try:
                 response = yield treq.get(f"{node.api_url}/api/v1/cluster/status", timeout=0.5,
-                                          reactor=self.reactor)
+                                          reactor=self.reactor, agent=agent)
                 body = json.loads((yield treq.content(response)))
             except Exception:
                 continue

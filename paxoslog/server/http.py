@@ -4,36 +4,71 @@ DESIGN.md section 5: twisted.web's pure-Python parser caps a node near 4,900 req
 this machine, httptools near 36,800, so the consensus path, not parsing, sets our limit.
 
 What it speaks: keep-alive (HTTP/1.1 default, HTTP/1.0 on request), pipelining (responses
-go out in request order however the handlers finish; at most ``pipelined_requests_max``
-outstanding per connection, then the socket is no longer read), Content-Length and chunked
-request bodies, ``Expect: 100-continue``, HEAD.  Limits: a body announced larger than
-``request_bytes_max`` gets 413 before any of it is read, a chunked body is cut off with 413
-as soon as it passes the limit; request line plus headers over ``header_bytes_max`` get
-431; garbage gets 400; each of these closes the connection after the response.  Idle
-connections are closed after ``IDLE_TIMEOUT_S``; beyond ``connections_max`` new
-connections get 503 and are closed.
+go out in request order however the handlers finish), Content-Length and chunked request
+bodies, ``Expect: 100-continue``, HEAD.  HTTPS is the same protocol under Twisted's TLS
+(``HttpService(tls=...)``).
+
+Every input is bounded (the ``[limits]`` of the conf; docs/security.md lists the errors):
+
+* size: a body announced larger than ``request_bytes_max`` gets 413 before any of it is
+  read, a chunked body is cut off with 413 as soon as it passes the limit; request line plus
+  headers over ``header_bytes_max`` get 431; garbage gets 400.  Each closes the connection
+  after the response.
+* pipelining and slow readers: at most ``pipelined_requests_max`` requests per connection
+  are parsed and not yet answered.  Input is parsed in slices small enough that the limit
+  cannot be passed inside one read (a request takes at least ``_REQUEST_BYTES_MIN`` bytes),
+  the rest waits unparsed, and the socket is no longer read (``pauseProducing``).  The
+  protocol is also a producer registered with its transport: when the transport's write
+  buffer fills (the client does not read its answers) reading stops too, until it drains.
+  So a client that pipelines and never reads holds at most that many answers in memory.
+* time: the request line and headers must arrive within ``header_timeout_ms`` of the
+  request's first byte (of the connection's opening, for the first request), the body
+  within ``body_timeout_ms`` of the headers: else 408 and close (slowloris).  A connection
+  with nothing to do, or whose client does not read its answers, for ``idle_timeout_ms`` is
+  closed.  A sweep checks the deadlines a few times per shortest timeout.
+* connections: beyond ``connections_max`` in all, or ``connections_per_address_max`` from
+  one client address, a new connection gets 503 and is closed.
 
 The application is one object with ``handle(request) -> Response | Deferred[Response]``;
-a ``Response`` is (status, body bytes, content type, extra headers).
+a ``Response`` is (status, body, content type, extra headers), the body either bytes or a
+``FileBody``: a file streamed in 16 KiB pieces as the socket drains (Twisted's FileSender,
+a pull producer, takes the transport's producer slot meanwhile), so a large body (a backup)
+never sits in memory; later pipelined responses wait for it.  ``json_response`` never
+emits NaN or Infinity (not JSON): such a body becomes a 500.
 """
 
 from __future__ import annotations
 
 import json
+from typing import Callable
 from urllib.parse import unquote
 
 import httptools
 from twisted.application.service import Service
 from twisted.internet import defer, task
+from twisted.internet.interfaces import IPushProducer
 from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
+from twisted.protocols.basic import FileSender
+from twisted.python.failure import Failure
+from zope.interface import implementer
 
-__all__ = ["HttpService", "HttpProtocol", "Request", "json_response", "REASONS"]
+__all__ = ["HttpService", "HttpProtocol", "Request", "FileBody", "json_response", "REASONS"]
 
 log = Logger(namespace="paxoslog.http")
 
-IDLE_TIMEOUT_S = 120.0
-_SWEEP_S = 5.0
+# The shortest request llhttp completes on a kept-alive connection: "GET / HTTP/1.1\r\n\r\n"
+# is 18 bytes; 16 leaves room for doubt.
+_REQUEST_BYTES_MIN = 16
+_SWEEP_S_MAX = 5.0
+_SWEEP_S_MIN = 0.05
+
+# What a connection is waiting for, for the deadlines (see HttpProtocol._phase).
+_HEADERS = "headers"      # the client: a request line and headers
+_BODY = "body"            # the client: the rest of a body
+_IDLE = "idle"            # nothing outstanding: the client may send the next request
+_BUSY = "busy"            # the server: answers outstanding (no client deadline)
+_STALLED = "stalled"      # the client: reading the answers we wrote
 
 REASONS = {100: "Continue", 200: "OK", 204: "No Content", 400: "Bad Request", 404: "Not Found",
            405: "Method Not Allowed", 408: "Request Timeout", 409: "Conflict", 410: "Gone",
@@ -57,8 +92,45 @@ class Request:
         self.keep_alive = keep_alive
 
 
+class FileBody:
+    """A response body read from ``path`` (``length`` bytes) while it is sent.  ``done``
+    runs exactly once when the body is no longer needed (sent, failed, or the connection
+    closed first): the owner deletes a temporary file there."""
+
+    def __init__(self, path: str, length: int, done: Callable[[], None] | None = None) -> None:
+        self.path = path
+        self.length = length
+        self._done = done
+        self._file = None
+
+    def send(self, consumer) -> defer.Deferred:
+        """Stream the file into ``consumer`` (a transport); fires when the last byte went."""
+        try:
+            self._file = open(self.path, "rb")
+        except OSError as exc:
+            return defer.fail(exc)
+        return FileSender().beginFileTransfer(self._file, consumer)
+
+    def discard(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+        done, self._done = self._done, None
+        if done is not None:
+            done()
+
+
 def json_response(status: int, obj: object, headers: tuple = ()) -> tuple:
-    body = json.dumps(obj, separators=(",", ":"), ensure_ascii=False, default=str).encode()
+    """A JSON response.  NaN and infinities are not JSON: a body holding one becomes a 500
+    (the API refuses them on input, so only a plug-in's result could carry one)."""
+    try:
+        body = json.dumps(obj, separators=(",", ":"), ensure_ascii=False, default=str,
+                          allow_nan=False).encode()
+    except ValueError:
+        log.error("a response held a non-finite number (NaN or Infinity); answered 500")
+        status, headers = 500, ()
+        body = (b'{"error":"internal","message":"the response held a non-finite number, '
+                b'which JSON cannot carry"}')
     return (status, body, _JSON, headers)
 
 
@@ -70,18 +142,33 @@ class _Abort(Exception):
     """Stop the parser: the connection is being closed."""
 
 
+@implementer(IPushProducer)
 class HttpProtocol(Protocol):
-    def __init__(self, factory: "HttpFactory") -> None:
+    """One client connection.  Also the producer of its transport's output: the transport
+    pauses it when its write buffer is full (``pauseProducing``), which stops reading."""
+
+    def __init__(self, factory: "HttpFactory", host: str | None = None) -> None:
         self.factory = factory
+        self.host = host              # the client's address (per-address connection cap)
         self.parser = httptools.HttpRequestParser(self)
         self.closing = False          # no more requests are read
         self.closed = False
-        self.paused = False
+        self.paused = False           # the socket is not being read
         self.last_active = 0.0
         self._next = 0                # sequence of the next request parsed
         self._sent = 0                # sequence of the next response to write
-        self._ready: dict[int, bytes] = {}
+        self._ready: dict[int, object] = {}   # seq -> bytes, or (head, FileBody)
+        self._streaming = False       # a FileBody is being written (later ones wait)
         self._close_after: int | None = None
+        self._input = b""             # received, not parsed yet (from _input_pos)
+        self._input_pos = 0
+        self._feeding = False
+        self._pipeline_full = False   # pipelined_requests_max answers outstanding
+        self._write_full = False      # the transport's write buffer is full
+        self._in_message = False
+        self._phase = _HEADERS        # a new connection owes us its first request
+        self._phase_since = 0.0
+        self._registered = False      # we are our transport's producer
         self._reset()
 
     def _reset(self) -> None:
@@ -89,6 +176,7 @@ class HttpProtocol(Protocol):
         self._headers: dict = {}
         self._body: list = []
         self._body_bytes = 0
+        self._body_left = 0           # Content-Length bytes still to come (0: unknown)
         self._header_bytes = 0
         self._head = False
         self._dispatched = False
@@ -98,43 +186,129 @@ class HttpProtocol(Protocol):
     def connectionMade(self) -> None:
         factory = self.factory
         factory.connections.add(self)
-        self.last_active = factory.reactor.seconds()
+        now = factory.reactor.seconds()
+        self.last_active = self._phase_since = now
         try:
             self.transport.setTcpNoDelay(True)
         except Exception:  # not every transport has the option
             pass
-        if len(factory.connections) > factory.limits.connections_max:
+        limits = factory.limits
+        too_many = None
+        from_host = factory.count_address(self.host, +1) if self.host is not None else 0
+        if len(factory.connections) > limits.connections_max:
+            too_many = "too many connections (limits.connections_max)"
+        elif from_host > limits.connections_per_address_max:
+            too_many = (f"too many connections from {self.host} "
+                        f"(limits.connections_per_address_max)")
+        if too_many is not None:
+            factory.refused += 1
             self.closing = True
             self._close_after = 0
             self._next = 1
-            self._respond(_error(503, "unavailable", "too many connections"), 0, False)
+            self._respond(_error(503, "unavailable", too_many), 0, False)
+            return
+        self.transport.registerProducer(self, True)
+        self._registered = True
+
+    def close(self, abort: bool = False) -> None:
+        """Close the connection: after what was written (``loseConnection``), or at once.
+        The producer is unregistered first, or the transport (TLS in particular) would wait
+        for it before closing."""
+        if self._registered:
+            self._registered = False
+            self.transport.unregisterProducer()
+        if abort:
+            self.transport.abortConnection()
+        else:
+            self.transport.loseConnection()
 
     def connectionLost(self, reason=None) -> None:
+        if self.closed:
+            return
         self.closed = True
         self.closing = True
-        self.factory.connections.discard(self)
+        factory = self.factory
+        factory.connections.discard(self)
+        if self.host is not None:
+            factory.count_address(self.host, -1)
+        for item in self._ready.values():
+            if type(item) is tuple and item[1] is not None:
+                item[1].discard()
         self._ready.clear()
+        self._input = b""
+
+    # ------------------------------------------------------------------ input
 
     def dataReceived(self, data: bytes) -> None:
         if self.closing:
             return
         self.last_active = self.factory.reactor.seconds()
+        if self._input_pos < len(self._input):
+            self._input = self._input[self._input_pos:] + data
+        else:
+            self._input = data
+        self._input_pos = 0
+        if not self._feeding:
+            self._drain()
+
+    def _blocked(self) -> bool:
+        return self._pipeline_full or self._write_full
+
+    def _budget(self) -> int:
+        """How many input bytes may be parsed now without completing more requests than
+        there are free pipeline slots (each request takes >= _REQUEST_BYTES_MIN bytes; the
+        known rest of a body cannot start one)."""
+        slots = self.factory.limits.pipelined_requests_max - (self._next - self._sent)
+        return max(0, slots) * _REQUEST_BYTES_MIN + (self._body_left if self._in_message else 0)
+
+    def _drain(self) -> None:
+        """Parse what was received, slice by slice, while nothing blocks; then read the
+        socket again, or stop reading it."""
+        self._feeding = True
         try:
-            self.parser.feed_data(data)
-        except _Abort:
-            pass
-        except httptools.HttpParserUpgrade:
-            # We do not switch protocols (WebSocket arrives with the next issue): the request
-            # was answered as plain HTTP/1.1; nothing after it can be parsed.
-            self._stop_after(self._next - 1)
-        except httptools.HttpParserError as exc:
-            self._fail(400, "bad_request", f"malformed HTTP request: {exc}")
+            while not self.closing and self._input_pos < len(self._input) \
+                    and not self._blocked():
+                budget = self._budget()
+                if budget <= 0:
+                    break
+                start = self._input_pos
+                stop = min(len(self._input), start + budget)
+                self._input_pos = stop
+                try:
+                    self.parser.feed_data(memoryview(self._input)[start:stop])
+                except _Abort:
+                    return
+                except httptools.HttpParserUpgrade:
+                    # We do not switch protocols (WebSocket arrives with a later issue): the
+                    # request was answered as plain HTTP/1.1; nothing after it is parsed.
+                    self._stop_after(self._next - 1)
+                    return
+                except httptools.HttpParserError as exc:
+                    self._fail(400, "bad_request", f"malformed HTTP request: {exc}")
+                    return
+        finally:
+            self._feeding = False
+        if self._input_pos >= len(self._input):
+            self._input, self._input_pos = b"", 0
+        self._read(not self._blocked())
+
+    def _read(self, wanted: bool) -> None:
+        """Read the socket (``wanted``) or stop reading it."""
+        if self.closing or self.closed:
+            return
+        if wanted and self.paused:
+            self.paused = False
+            self.transport.resumeProducing()
+        elif not wanted and not self.paused:
+            self.paused = True
+            self.transport.pauseProducing()
+        self._update_phase()
 
     def _stop_after(self, seq: int) -> None:
         self.closing = True
         self._close_after = seq
         if seq < self._sent:
-            self.transport.loseConnection()
+            self.close()
 
     def _fail(self, status: int, code: str, message: str) -> None:
         """Answer (after any earlier pipelined responses) and close the connection."""
@@ -150,10 +324,72 @@ class HttpProtocol(Protocol):
         self._fail(status, code, message)
         raise _Abort()
 
+    # ------------------------------------------------------------------ producer
+
+    def pauseProducing(self) -> None:
+        """The transport's write buffer is full: stop reading until it drains."""
+        self._write_full = True
+        self._read(False)
+
+    def resumeProducing(self) -> None:
+        self._write_full = False
+        if not self._feeding:
+            self._drain()
+
+    def stopProducing(self) -> None:
+        self.closing = True
+
+    # ------------------------------------------------------------------ deadlines
+
+    def _update_phase(self) -> None:
+        if self._write_full:
+            phase = _STALLED
+        elif self._in_message:
+            phase = _BUSY if self.paused else (_BODY if self._dispatched else _HEADERS)
+        elif self._next == self._sent:
+            phase = _IDLE
+        else:
+            phase = _BUSY
+        if phase != self._phase:
+            self._phase = phase
+            self._phase_since = self.factory.reactor.seconds()
+
+    def check_deadline(self, now: float) -> None:
+        """Called by the factory's sweep: enforce the deadline of the current phase."""
+        if self.closed:
+            return
+        limits = self.factory.limits
+        phase = self._phase
+        waited = now - self._phase_since
+        if phase == _HEADERS and waited > limits.header_timeout_ms / 1000.0:
+            self.factory.timeouts += 1
+            self._timed_out(f"the request line and headers did not arrive within "
+                            f"{limits.header_timeout_ms} ms (limits.header_timeout_ms)")
+        elif phase == _BODY and waited > limits.body_timeout_ms / 1000.0:
+            self.factory.timeouts += 1
+            self._timed_out(f"the request body did not arrive within {limits.body_timeout_ms} "
+                            f"ms (limits.body_timeout_ms)")
+        elif phase in (_IDLE, _STALLED) and waited > limits.idle_timeout_ms / 1000.0:
+            if phase == _STALLED:
+                self.factory.timeouts += 1
+                self.close(abort=True)      # it does not read: nothing to flush
+            else:
+                self.close()
+
+    def _timed_out(self, message: str) -> None:
+        if self.closing:
+            self.close(abort=True)
+            return
+        self._in_message = False
+        self._fail(408, "request_timeout", message)
+
     # ------------------------------------------------------------------ parser callbacks
 
     def on_message_begin(self) -> None:
         self._reset()
+        self._in_message = True
+        self._phase = _HEADERS
+        self._phase_since = self.factory.reactor.seconds()
 
     def on_url(self, url: bytes) -> None:
         self._url += url
@@ -182,12 +418,19 @@ class HttpProtocol(Protocol):
             if announced > limit:
                 self._abort(413, "too_large", f"request body of {announced} bytes exceeds the "
                                               f"{limit}-byte limit")
+            if b"transfer-encoding" not in self._headers:
+                self._body_left = announced
+        self._dispatched = True           # here: the headers are in, the body is next
+        self._phase = _BODY
+        self._phase_since = self.factory.reactor.seconds()
         expect = self._headers.get(b"expect")
         if expect is not None and expect.lower() == b"100-continue" and self._sent == self._next:
             self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
 
     def on_body(self, body: bytes) -> None:
         self._body_bytes += len(body)
+        if self._body_left:
+            self._body_left = max(0, self._body_left - len(body))
         if self._body_bytes > self.factory.limits.request_bytes_max:
             self._abort(413, "too_large", f"request body exceeds the "
                                           f"{self.factory.limits.request_bytes_max}-byte limit")
@@ -197,6 +440,8 @@ class HttpProtocol(Protocol):
         parser = self.parser
         seq = self._next
         self._next += 1
+        self._in_message = False
+        self._body_left = 0
         keep_alive = parser.should_keep_alive()
         method = parser.get_method().decode("latin-1")
         http10 = parser.get_http_version() == "1.0"
@@ -212,9 +457,9 @@ class HttpProtocol(Protocol):
         if not keep_alive:
             self._stop_after(seq)
         elif self._next - self._sent >= self.factory.limits.pipelined_requests_max:
-            self.paused = True
-            self.transport.pauseProducing()
+            self._pipeline_full = True    # _drain stops parsing and reading
         self.factory.requests += 1
+        self._phase = _BUSY
         try:
             result = self.factory.app.handle(request)
         except Exception:
@@ -236,14 +481,18 @@ class HttpProtocol(Protocol):
 
     def _respond(self, result: tuple, seq: int, keep_alive_10: bool = False,
                  head: bool = False) -> None:
-        if self.closed:
-            return
         status, body, content_type, headers = result
+        stream = body if isinstance(body, FileBody) else None
+        if self.closed:
+            if stream is not None:
+                stream.discard()
+            return
         self.factory.count_status(status)
         close = self._close_after is not None and seq >= self._close_after
+        length = stream.length if stream is not None else len(body)
         parts = [_STATUS_LINES.get(status) or f"HTTP/1.1 {status} Status\r\n".encode(),
                  b"Content-Type: ", content_type, b"\r\nContent-Length: ",
-                 str(len(body)).encode(), b"\r\n"]
+                 str(length).encode(), b"\r\n"]
         for name, value in headers:
             parts += (name, b": ", value, b"\r\n")
         if close:
@@ -251,29 +500,82 @@ class HttpProtocol(Protocol):
         elif keep_alive_10:
             parts.append(b"Connection: keep-alive\r\n")
         parts.append(b"\r\n")
-        if not head:
-            parts.append(body)
-        data = b"".join(parts)
-        if seq != self._sent:
-            self._ready[seq] = data
+        if stream is not None:
+            if head:
+                stream.discard()
+                stream = None
+            item = (b"".join(parts), stream)
+        else:
+            if not head:
+                parts.append(body)
+            item = b"".join(parts)
+        if seq != self._sent or self._streaming:
+            self._ready[seq] = item
             return
-        write = self.transport.write
-        write(data)
-        self._sent += 1
-        ready = self._ready
-        while ready:
-            data = ready.pop(self._sent, None)
-            if data is None:
-                break
-            write(data)
+        self._write_item(item)
+        self._flush_ready()
+
+    def _write_item(self, item) -> None:
+        """Write one response (bytes, or a head and a body streamed from a file)."""
+        if type(item) is bytes:
+            self.transport.write(item)
             self._sent += 1
+            return
+        head, stream = item
+        self.transport.write(head)
+        if stream is None:
+            self._sent += 1
+            return
+        self._streaming = True
+        if self._registered:
+            # The FileSender is the transport's producer while it streams.
+            self._registered = False
+            self.transport.unregisterProducer()
+        stream.send(self.transport).addBoth(self._stream_done, stream)
+
+    def _stream_done(self, result, stream: "FileBody") -> None:
+        stream.discard()
+        self._streaming = False
+        if self.closed:
+            return None
+        self._sent += 1
+        if isinstance(result, Failure):
+            # The file could not be read to its end: the client got a short body, which
+            # its Content-Length check detects; the connection cannot be reused.
+            log.warn("streaming a response body failed: {error}",
+                     error=result.getErrorMessage())
+            self.closing = True
+            self.close()
+            return None
+        if not self.closing:
+            self.transport.registerProducer(self, True)
+            self._registered = True
+        self._flush_ready()
+        return None
+
+    def _flush_ready(self) -> None:
+        """Write the responses that are ready in request order; then close, or let more
+        requests in."""
+        ready = self._ready
+        while ready and not self._streaming:
+            item = ready.pop(self._sent, None)
+            if item is None:
+                break
+            self._write_item(item)
+        if self._streaming:
+            self._update_phase()
+            return
         self.last_active = self.factory.reactor.seconds()
         if self._close_after is not None and self._sent > self._close_after:
-            self.transport.loseConnection()
+            self.close()
             return
-        if self.paused and self._next - self._sent < self.factory.limits.pipelined_requests_max:
-            self.paused = False
-            self.transport.resumeProducing()
+        if self._pipeline_full and \
+                self._next - self._sent < self.factory.limits.pipelined_requests_max:
+            self._pipeline_full = False
+            if not self._feeding:
+                self._drain()
+                return
+        self._update_phase()
 
     @property
     def idle(self) -> bool:
@@ -288,33 +590,58 @@ class HttpFactory(Factory):
         self.limits = limits
         self.reactor = reactor
         self.connections: set[HttpProtocol] = set()
+        self.by_address: dict[str, int] = {}
         self.requests = 0
         self.errors = 0
+        self.refused = 0              # connections over a cap
+        self.timeouts = 0             # connections cut by a deadline (408, stalled reader)
         self.statuses: dict[int, int] = {}
 
     def buildProtocol(self, addr):
-        return HttpProtocol(self)
+        return HttpProtocol(self, getattr(addr, "host", None))
+
+    def count_address(self, host: str, delta: int) -> int:
+        count = self.by_address.get(host, 0) + delta
+        if count > 0:
+            self.by_address[host] = count
+        else:
+            self.by_address.pop(host, None)
+        return count
 
     def count_status(self, status: int) -> None:
         self.statuses[status] = self.statuses.get(status, 0) + 1
 
+    @property
+    def paused_connections(self) -> int:
+        """Connections whose socket is not read (pipelining limit or a full write buffer)."""
+        return sum(1 for conn in self.connections if conn.paused)
+
+    @property
+    def sweep_interval_s(self) -> float:
+        """A quarter of the shortest deadline, within [50 ms, 5 s]."""
+        limits = self.limits
+        shortest = min(limits.header_timeout_ms, limits.body_timeout_ms,
+                       limits.idle_timeout_ms) / 1000.0
+        return min(_SWEEP_S_MAX, max(_SWEEP_S_MIN, shortest / 4))
+
     def sweep(self) -> None:
-        """Close connections idle for longer than IDLE_TIMEOUT_S (also half-sent requests)."""
-        cutoff = self.reactor.seconds() - IDLE_TIMEOUT_S
+        """Enforce every connection's read deadline (see HttpProtocol.check_deadline)."""
+        now = self.reactor.seconds()
         for conn in list(self.connections):
-            if conn.last_active < cutoff and conn.idle:
-                conn.transport.loseConnection()
+            conn.check_deadline(now)
 
 
 class HttpService(Service):
-    """Listens on ``address`` (port 0: any free port, see ``port``)."""
+    """Listens on ``address`` (port 0: any free port, see ``port``); with ``tls`` (a
+    ``tls.NodeTls``) it speaks HTTPS with the node's certificate."""
 
     name = "http"
 
-    def __init__(self, app, address, limits, reactor) -> None:
+    def __init__(self, app, address, limits, reactor, tls=None) -> None:
         self.factory = HttpFactory(app, limits, reactor)
         self.address = address
         self.reactor = reactor
+        self.tls = tls
         self.listener = None
         self._sweeper = None
 
@@ -325,12 +652,19 @@ class HttpService(Service):
     def startService(self) -> None:
         super().startService()
         self.factory.noisy = False
-        self.listener = self.reactor.listenTCP(self.address.port, self.factory,
-                                               interface=self.address.host, backlog=1024)
-        log.info("HTTP API listening on {host}:{port}", host=self.address.host, port=self.port)
+        if self.tls is not None:
+            self.listener = self.reactor.listenSSL(self.address.port, self.factory,
+                                                   self.tls.server_options(False),
+                                                   interface=self.address.host, backlog=1024)
+        else:
+            self.listener = self.reactor.listenTCP(self.address.port, self.factory,
+                                                   interface=self.address.host, backlog=1024)
+        log.info("{scheme} API listening on {host}:{port}",
+                 scheme="HTTPS" if self.tls is not None else "HTTP", host=self.address.host,
+                 port=self.port)
         self._sweeper = task.LoopingCall(self.factory.sweep)
         self._sweeper.clock = self.reactor
-        self._sweeper.start(_SWEEP_S, now=False)
+        self._sweeper.start(self.factory.sweep_interval_s, now=False)
 
     def stopService(self):
         super().stopService()
@@ -339,5 +673,5 @@ class HttpService(Service):
         listener, self.listener = self.listener, None
         d = defer.maybeDeferred(listener.stopListening) if listener else defer.succeed(None)
         for conn in list(self.factory.connections):
-            conn.transport.loseConnection()
+            conn.close()
         return d

@@ -2,6 +2,11 @@
 -> peer and API addresses) and the removal mark, kept so that a node that restarts can dial
 its peers before it has replayed its log, and a removed node never serves again.
 
+``origin`` (data format 2) names the cluster's *log origin* when its log does not start from
+the bootstrap voters at index 0: a cluster built by ``paxoslog snapshot restore`` or
+``paxoslog recover`` starts from a snapshot.  Peers exchange the origin with the bootstrap
+voters at the handshake, so a node of the old cluster can never vote in the new one.
+
 Written by atomic replace.  A node that joined a running cluster (``serve --join``) gets
 it before its data directory is created: its log then starts from the same initial
 configuration as everybody else's.
@@ -64,17 +69,22 @@ class MembersFile:
             removed_at = data.get("removed_at")
             if removed_at is not None and type(removed_at) is not int:
                 raise ValueError("removed_at must be an integer")
+            origin = data.get("origin")
+            if origin is not None and (not isinstance(origin, str) or not origin):
+                raise ValueError("origin must be a non-empty string")
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise ValueError(f"{self.path}: damaged membership file: {exc}") from None
         return {"cluster": data.get("cluster"), "bootstrap_voters": voters, "nodes": book,
-                "removed_at": removed_at}
+                "removed_at": removed_at, "origin": origin}
 
     def write(self, cluster: str, bootstrap: frozenset[int], book: dict[int, NodeAddresses],
-              removed_at: int | None = None) -> None:
+              removed_at: int | None = None, origin: str | None = None) -> None:
         make_dirs(self.data_dir)
         data = {"format": _FORMAT, "cluster": cluster, "bootstrap_voters": sorted(bootstrap),
                 "nodes": {str(n): a.to_json() for n, a in sorted(book.items())},
                 "removed_at": removed_at}
+        if origin is not None:
+            data["origin"] = origin
         atomic_write(self.path, json.dumps(data, indent=1, sort_keys=True).encode() + b"\n")
 
 

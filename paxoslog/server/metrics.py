@@ -28,6 +28,12 @@ class Histogram:
         self.sum += value
         self.count += 1
 
+    def to_json(self) -> dict:
+        """Bucket bounds (seconds) and per-bucket counts (the last one: above every bound),
+        for clients that compute quantiles over the difference of two readings."""
+        return {"buckets": list(self.buckets), "counts": list(self.counts),
+                "sum": round(self.sum, 6), "count": self.count}
+
     def lines(self, name: str, labels: str = "") -> list[str]:
         out = []
         running = 0

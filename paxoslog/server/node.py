@@ -22,6 +22,11 @@ and wires them with narrow interfaces; it owns nothing but their lifecycle.
        MembershipAdmin admin.py        add-node, remove-node, transfer-leader
        NodeViews      views.py         status, health, entries, metrics
        LogView        logview.py       the recently applied log
+       ClusterEvents  events.py        leader and membership changes (dashboard timeline)
+       ClusterOverview overview.py     every member's status in one answer (dashboard)
+       BackupService  backup.py        GET /api/v1/snapshot: a consistent backup, streamed
+       Reloader       reload.py        SIGHUP / admin reload of what can change live
+       DashboardFiles dashboard.py     the static dashboard at /dashboard
 
 An event flows socket -> protocol (peers.py/http.py) -> router/runner -> driver; the
 driver's instructions flow back out: ``Persist`` -> writer thread (fsync) ->
@@ -55,17 +60,25 @@ from . import frames as F
 from .addressbook import AddressBook
 from .admin import MembershipAdmin
 from .api import Api
+from .backup import BackupService
+from .dashboard import DashboardFiles
+from .events import ClusterEvents
 from .http import HttpService
-from .local_snapshots import LocalSnapshots
+from .local_snapshots import LocalSnapshots, verify_states
 from .logview import LogView
+from .overview import ClusterOverview
 from .peers import PeerTransport
 from .promotion import LearnerPromotion
+from .reload import Reloader
 from .router import RequestRouter
 from .runner import DriverRunner, FatalNodeError
 from .snapshots import SnapshotFetcher, SnapshotShipper
 from .ticker import Ticker
+from .tls import load_node_tls
 from .views import NodeViews
 from .writer import StorageWriter
+
+_HANDOVER_POLL_S = 0.05   # how often a removed leader checks whether it handed over
 
 __all__ = ["NodeService", "FatalNodeError", "ConsensusPort"]
 
@@ -184,19 +197,28 @@ class NodeService(MultiService):
         self.stopping = False
         self.on_fatal = None                 # callable(exc): set by the CLI to stop the process
         self.on_removed = None               # callable(index): set by the CLI (exit)
+        self._handover_noted = False
         self.storage: DiskStorage | None = None
         self.writer: StorageWriter | None = None
         self.driver: NodeDriver | None = None
-        self.transport = PeerTransport(config, node_id, _PeerEvents(self), reactor)
+        # The node's certificate and key ([tls]); ConfigError when they are unusable.
+        self.tls = load_node_tls(config, node_id) if config.tls is not None else None
+        self.transport = PeerTransport(config, node_id, _PeerEvents(self), reactor,
+                                       tls=self.tls if config.tls_peers else None)
         self.api = Api(node_id, config.limits, config.batching.batch_bytes_max)
-        self.http = HttpService(self.api, self.me.api_bind, config.limits, reactor)
+        self.http = HttpService(self.api, self.me.api_bind, config.limits, reactor,
+                                tls=self.tls if config.tls_api else None)
+        self.reloader = Reloader(config)       # the CLI registers the log level hook
+        self.dashboard = DashboardFiles()
 
     # ================================================================== wiring
 
     def _create_machine(self, name: str):
         limits = self.config.limits
         return create_state_machine(
-            name, **({"key_bytes_max": limits.key_bytes_max} if name == "kv" else {}))
+            name, **({"key_bytes_max": limits.key_bytes_max,
+                      "result_bytes_max": limits.query_result_bytes_max}
+                     if name == "kv" else {}))
 
     def _machines(self) -> StateMachines:
         config = self.config
@@ -234,6 +256,7 @@ class NodeService(MultiService):
             replica, machines, restored.snapshot, book.bootstrap_config())
         driver.restored_hard_state(restored.hard_state)
         self.writer = StorageWriter(self.storage, reactor)
+        self.events = ClusterEvents(self.node_id)
         self.shipper = SnapshotShipper(self.storage, self.writer, self.transport, reactor,
                                        config.snapshot.chunk_bytes)
         self.logview = LogView(config.limits.recent_entries_kept, config.limits.recent_bytes_max,
@@ -244,11 +267,12 @@ class NodeService(MultiService):
             shipper=self.shipper,
             snapshots=LocalSnapshots(self.writer, self.storage, self._create_machine,
                                      lambda: self.driver.machines.sessions.like()),
-            on_applied=self.logview.applied, on_role=lambda op: None,
-            on_config=lambda op: book.config_applied(op.old, op.new, op.index),
-            on_row=book.row_applied, on_installed=self._installed, on_fatal=self._fatal)
+            on_applied=self._applied, on_role=self.events.role_changed,
+            on_config=self._config_applied, on_row=book.row_applied,
+            on_installed=self._installed, on_fatal=self._fatal)
         self.fetcher = SnapshotFetcher(self.node_id, self.storage.transfer_dir, self.writer,
-                                       self.transport, runner.install_snapshot)
+                                       self.transport, runner.install_snapshot,
+                                       config.snapshot.receive_bytes_max)
         self.ticker = Ticker(reactor, tick_ms, timing.election_ticks, self.clock_ms,
                              runner.tick)
         self.router = router = RequestRouter(
@@ -267,10 +291,42 @@ class NodeService(MultiService):
         self.views = NodeViews(config=config, node_id=self.node_id, driver=driver,
                                runner=runner, transport=self.transport, book=book,
                                storage=self.storage, logview=self.logview,
-                               http_stats=lambda: self.http.factory)
-        self.api.bind(router=router, views=self.views, admin=self.admin, book=book)
+                               http_stats=lambda: self.http.factory, events=self.events,
+                               reactor=reactor)
+        router.status_view = self.views.detailed_status
+        self.overview = ClusterOverview(self.node_id, self.views.detailed_status,
+                                        self.transport.forward, self.transport.connected,
+                                        reactor)
+        self.backups = BackupService(
+            barrier=lambda: router.read({"barrier": True}, "linearizable"),
+            applied_index=lambda: self.driver.applied_index, capture=driver.capture,
+            writer=self.writer, directory=os.path.join(self.storage.snap_dir, "outgoing"),
+            verify=lambda states, table: verify_states(
+                states, table, self._create_machine,
+                lambda: self.driver.machines.sessions.like()),
+            provenance=self._provenance, reactor=reactor,
+            timeout_s=2 * timing.request_timeout_ms / 1000.0, level=config.snapshot.level)
+        self.api.bind(router=router, views=self.views, admin=self.admin, book=book,
+                      backups=self.backups, overview=self.overview, reloader=self.reloader,
+                      dashboard=self.dashboard)
 
     # ================================================================== lifecycle
+
+    def _exit_once_handed_over(self, index: int) -> None:
+        """This node was removed: it exits, but a removed leader first hands over (its core
+        keeps leading, refusing proposals, until a voter of the new configuration holds
+        every chosen slot and takes over; exiting earlier can leave voters that do not yet
+        know they are voters, and no leader)."""
+        if self.driver is not None and self.driver.replica.role == Role.LEADER:
+            if not self._handover_noted:
+                self._handover_noted = True
+                log.info("removed at index {index}: handing leadership over before exiting",
+                         index=index)
+            self.reactor.callLater(_HANDOVER_POLL_S, self._exit_once_handed_over, index)
+            return
+        if self.on_removed is not None:
+            self.on_removed(index)
+
 
     def startService(self) -> None:
         """Open the data directory, restore state, start the core, peers, API and ticks.
@@ -279,7 +335,7 @@ class NodeService(MultiService):
         self.book = AddressBook(config, self.node_id, self.transport, self.reactor,
                                 rows=self._rows,
                                 current_config=lambda: self.driver.replica.config)
-        self.book.on_removed = lambda index: self.on_removed and self.on_removed(index)
+        self.book.on_removed = self._exit_once_handed_over
         self.book.load()        # raises when this node was removed, or the file is bad
         self.storage = DiskStorage(self.me.data_dir, config.name, self.node_id, config.protocol,
                                    config.storage_options())
@@ -290,6 +346,7 @@ class NodeService(MultiService):
             self.storage.close()
             raise
         self.writer.start()
+        self.backups.start()
         log.info("node {node} of cluster {cluster} ({protocol}) starting: data {data}, "
                  "snapshot {snap}, {entries} log entries, hard state {hs}",
                  node=self.node_id, cluster=config.name, protocol=config.protocol,
@@ -297,8 +354,6 @@ class NodeService(MultiService):
                  entries=len(restored.entries), hs=tuple(restored.hard_state))
         if self.storage.torn is not None:
             log.warn("the WAL had a torn tail (cut at restart): {torn}", torn=self.storage.torn)
-        if config.secret is None and len(config.nodes) > 1:
-            log.warn("no peer secret in the conf: peers are not authenticated")
         self.book.started()
         for service in (self.transport, self.promotion, self.http, self.ticker):
             service.setServiceParent(self)
@@ -310,6 +365,22 @@ class NodeService(MultiService):
         address book follows the restored table and configuration."""
         self.logview.reset()
         self.book.restored(meta.config, meta.index, old_config)
+        self.backups.applied(meta.index)
+
+    def _applied(self, op) -> None:
+        self.logview.applied(op)
+        self.backups.applied(self.driver.applied_index)
+
+    def _config_applied(self, op) -> None:
+        self.book.config_applied(op.old, op.new, op.index)
+        self.events.config_applied(op)
+
+    def _provenance(self) -> dict:
+        """The ``backup`` header map of a backup taken on this node."""
+        driver = self.driver
+        return {"cluster": self.config.name, "protocol": self.config.protocol,
+                "node": self.node_id, "taken_at": round(time.time(), 3),
+                "leader": driver.replica.leader_id, "term": driver.replica.term}
 
     def _rows(self) -> list[dict]:
         sm = self.driver.machines.get("membership") if self.driver else None

@@ -1,4 +1,5 @@
-"""Peer transport: one authenticated TCP connection per pair of nodes, carrying frames.
+"""Peer transport: one authenticated TCP (or mutual-TLS) connection per pair of nodes,
+carrying frames (frames.py: wire format, handshake, frame MACs).
 
 The node with the lower id dials; the other accepts, so a pair never holds two connections
 (a newer connection from the same peer replaces an older one, which covers a peer that
@@ -13,9 +14,19 @@ A peer with no established connection gets nothing (the messages are dropped and
 Forwarded client requests and snapshot chunks bypass that queue: they are bounded by the
 HTTP layer's limits and by stop-and-wait respectively.
 
+Authentication: the dialer proves first (frames.py).  With ``[tls] peers`` every
+connection is mutual TLS with the cluster CA: a peer without a certificate from the CA fails
+the TLS handshake, and the acceptor checks that the certificate names the node the HELLO
+claims (the dialer's TLS options check the acceptor's).  Without TLS, and with a secret,
+every frame after the handshake carries a MAC with an implicit sequence number; a frame that
+fails it closes the connection (logged once, counted in ``frames_forged``).
+
 Bad input: a frame larger than ``frame_bytes_max`` closes the connection (the stream cannot
-be resynchronised) with a logged reason; an undecodable frame or message is logged (rate
-limited) and dropped.  Before authentication frames are limited to 4 KiB.
+be resynchronised) with a logged reason; an undecodable frame or message (CBOR decoding is
+bounded, see ``frames.decode_payload``) is logged (rate limited) and dropped.  Before
+authentication frames are limited to 4 KiB, the handshake to ``peer_handshake_timeout_ms``,
+and at most ``peer_handshakes_max`` accepted connections may be in their handshake at once
+(more are closed at once).
 """
 
 from __future__ import annotations
@@ -26,6 +37,8 @@ from collections import deque
 from typing import Callable, Protocol as TypingProtocol
 
 import cbor2
+from OpenSSL import SSL
+from service_identity import VerificationError
 from twisted.application.service import Service
 from twisted.internet import defer
 from twisted.internet.protocol import Factory, Protocol, ReconnectingClientFactory
@@ -37,14 +50,24 @@ from paxoslog.core.errors import MalformedMessage
 from paxoslog.core.messages import InstallSnapshot, from_wire, to_wire
 
 from . import frames as F
+from .tls import check_peer_identity, transport_warnings
 
 __all__ = ["PeerTransport", "PeerConnection", "PeerUnavailable", "PeerHandler"]
 
 log = Logger(namespace="paxoslog.peers")
 
-HANDSHAKE_TIMEOUT_S = 5.0
 _LOG_FIRST = 5          # malformed input: log the first few per connection, then every Nth
 _LOG_EVERY = 1000
+# Nesting allowed in a peer frame beyond a client body's (a forwarded read's answer wraps
+# stored values in a few levels of its own).
+_FRAME_DEPTH_EXTRA = 16
+
+# Handshake states.
+_DIALING = "dialing"              # dialer: HELLO sent, waiting for CHALLENGE
+_AWAIT_ACCEPT = "await-accept"    # dialer: AUTH sent, waiting for ACCEPT
+_AWAIT_HELLO = "await-hello"      # acceptor
+_AWAIT_AUTH = "await-auth"        # acceptor: CHALLENGE sent
+_ESTABLISHED = "established"
 
 
 class PeerUnavailable(Exception):
@@ -77,47 +100,87 @@ class PeerConnection(Protocol):
         self.queue: deque = deque(maxlen=owner.queue_messages_max)
         self.forwards: dict[int, defer.Deferred] = {}
         self.malformed = 0
-        self._nonce_d = b""
-        self._nonce_a = b""
+        self.state = _DIALING if dialer else _AWAIT_HELLO
+        self.handshaking = False      # counted in owner.handshakes (accepted connections)
+        self.sealer: F.FrameSealer | None = None      # frame MACs (no TLS, with a secret)
+        self.opener: F.FrameOpener | None = None
+        self._registered = False      # we are our transport's producer
+        self._hello = b""             # the HELLO and CHALLENGE payloads as sent: transcript
+        self._challenge = b""
         self._timeout = None
 
     # ------------------------------------------------------------------ lifecycle
 
     def connectionMade(self) -> None:
+        o = self.owner
         try:
             self.transport.setTcpNoDelay(True)
         except Exception:  # not every transport has the option (tests use StringTransport)
             pass
+        if not self.dialer:
+            if o.handshakes >= o.handshakes_max:
+                o.stats["handshakes_refused"] += 1
+                o.log_limited("handshakes_refused", "refused a peer connection from {who}: "
+                              "{n} connections are already in their handshake "
+                              "(limits.peer_handshakes_max)", who=_address(self.transport),
+                              n=o.handshakes)
+                self.closed = True
+                self.transport.abortConnection()
+                return
+            o.handshakes += 1
+            self.handshaking = True
         self.transport.registerProducer(self, True)
-        self._timeout = self.owner.reactor.callLater(HANDSHAKE_TIMEOUT_S, self._handshake_timeout)
+        self._registered = True
+        self._timeout = o.reactor.callLater(o.handshake_timeout_s, self._handshake_timeout)
         if self.dialer:
-            self._nonce_d = os.urandom(16)
-            o = self.owner
-            self._write([F.HELLO, F.WIRE_VERSION, o.cluster, o.node_id, self.expected_peer,
-                         self._nonce_d, o.bootstrap])
+            self._hello = cbor2.dumps([F.HELLO, F.WIRE_VERSION, o.cluster, o.node_id,
+                                       self.expected_peer, os.urandom(F.NONCE_BYTES),
+                                       o.bootstrap])
+            self.transport.write(len(self._hello).to_bytes(4, "big") + self._hello)
 
     def _handshake_timeout(self) -> None:
         self._timeout = None
         if not self.established:
-            self._drop(f"no handshake within {HANDSHAKE_TIMEOUT_S:.0f}s")
+            self._drop(f"no handshake within {self.owner.handshake_timeout_s:g}s")
+
+    def _done_handshaking(self) -> None:
+        if self.handshaking:
+            self.handshaking = False
+            self.owner.handshakes -= 1
 
     def connectionLost(self, reason=None) -> None:
+        was_closed = self.closed
         self.closed = True
+        self._done_handshaking()
         if self._timeout is not None and self._timeout.active():
             self._timeout.cancel()
         self._timeout = None
+        if not self.established and not was_closed and reason is not None \
+                and reason.check(SSL.Error, VerificationError):
+            self.owner.tls_failed(self, reason.value)
         self.queue.clear()
         forwards, self.forwards = self.forwards, {}
         for d in forwards.values():
             d.errback(PeerUnavailable(f"connection to node {self.peer_id} lost"))
         self.owner._unregister(self)
 
+    def close(self, abort: bool = False) -> None:
+        """Close the connection (after what was written, or at once); the producer is
+        unregistered first, or a TLS transport would wait for it before closing."""
+        if self._registered:
+            self._registered = False
+            self.transport.unregisterProducer()
+        if abort:
+            self.transport.abortConnection()
+        else:
+            self.transport.loseConnection()
+
     def _drop(self, reason: str) -> None:
         if not self.closed:
-            who = f"node {self.peer_id}" if self.peer_id else str(self.transport.getPeer())
+            who = f"node {self.peer_id}" if self.peer_id else _address(self.transport)
             log.warn("peer connection with {who} closed: {reason}", who=who, reason=reason)
             self.closed = True
-            self.transport.abortConnection()
+            self.close(abort=True)
 
     # ------------------------------------------------------------------ producer
 
@@ -134,9 +197,15 @@ class PeerConnection(Protocol):
 
     # ------------------------------------------------------------------ sending
 
+    def _frame(self, data: bytes) -> bytes:
+        """The frame that carries payload bytes ``data`` (MAC'd when the link needs it)."""
+        if self.sealer is not None:
+            return self.sealer.seal(data)
+        return len(data).to_bytes(4, "big") + data
+
     def _write(self, payload: list) -> None:
         if not self.closed:
-            self.transport.write(F.encode_frame(payload))
+            self.transport.write(self._frame(cbor2.dumps(payload)))
 
     def enqueue(self, wire: list) -> None:
         queue = self.queue
@@ -161,8 +230,9 @@ class PeerConnection(Protocol):
         stats = self.owner.stats
         stats["frames_sent"] += 1
         stats["messages_sent"] += len(batch)
-        stats["bytes_sent"] += len(data) + 4
-        self.transport.write(len(data).to_bytes(4, "big") + data)
+        frame = self._frame(data)
+        stats["bytes_sent"] += len(frame)
+        self.transport.write(frame)
 
     def send_frame(self, payload: list) -> None:
         """A shell frame (forward, snapshot): written at once, outside the message queue."""
@@ -173,43 +243,62 @@ class PeerConnection(Protocol):
     def dataReceived(self, data: bytes) -> None:
         if self.closed:
             return
-        try:
-            frames = self.decoder.feed(data)
-        except F.FrameTooLarge as exc:
-            self.owner.stats["frames_rejected"] += 1
-            self._drop(f"rejected frame: {exc}")
-            return
         owner = self.owner
-        for frame in frames:
-            if self.closed:
-                return
-            owner.stats["bytes_received"] += len(frame) + 4
+        handled = False
+        while not self.closed:
+            # During the handshake one frame at a time: the frames after it may be larger
+            # than the handshake's limit (and MAC'd), so they wait for the new settings.
             try:
-                payload = cbor2.loads(frame)
-            except Exception as exc:  # cbor2 raises several types on garbage
-                self._malformed(f"frame is not valid CBOR ({exc})")
-                continue
-            if type(payload) is not list or not payload or type(payload[0]) is not int:
-                self._malformed("frame is not an array starting with a kind")
-                continue
-            kind = payload[0]
-            if not self.established:
-                self._handshake(kind, payload)
-                continue
-            if kind == F.MESSAGES:
-                self._messages(payload)
-            elif kind == F.FORWARD_REPLY:
-                self._forward_reply(payload)
-            elif kind in (F.FORWARD, F.SNAP_OFFER, F.SNAP_WANT, F.SNAP_CHUNK, F.SNAP_DONE,
-                          F.REMOVED):
-                try:
-                    owner.handler.peer_frame(self.peer_id, kind, payload)
-                except (ValueError, TypeError, KeyError, MalformedMessage) as exc:
-                    self._malformed(f"bad {F.KIND_NAMES[kind]} frame: {exc}")
-            else:
-                self._malformed(f"unknown frame kind {kind}")
-        if frames and self.established:
+                frames = self.decoder.feed(data, most=None if self.established else 1)
+            except F.FrameTooLarge as exc:
+                owner.stats["frames_rejected"] += 1
+                self._drop(f"rejected frame: {exc}")
+                return
+            data = b""
+            if not frames:
+                break
+            for frame in frames:
+                if self.closed:
+                    return
+                self._frame_received(frame)
+                handled = True
+        if handled and self.established and not self.closed:
             owner.handler.after_input()
+
+    def _frame_received(self, frame: bytes) -> None:
+        owner = self.owner
+        owner.stats["bytes_received"] += len(frame) + 4
+        if self.opener is not None:
+            try:
+                frame = self.opener.open(frame)
+            except F.ForgedFrame as exc:
+                owner.stats["frames_forged"] += 1
+                self._drop(str(exc))
+                return
+        try:
+            payload = F.decode_payload(frame, owner.frame_depth_max)
+        except F.MalformedFrame as exc:
+            if not self.established:
+                owner.stats["handshake_failures"] += 1
+                self._drop(f"handshake failed: {exc}")
+                return
+            self._malformed(str(exc))
+            return
+        kind = payload[0]
+        if not self.established:
+            self._handshake(kind, payload, frame)
+        elif kind == F.MESSAGES:
+            self._messages(payload)
+        elif kind == F.FORWARD_REPLY:
+            self._forward_reply(payload)
+        elif kind in (F.FORWARD, F.SNAP_OFFER, F.SNAP_WANT, F.SNAP_CHUNK, F.SNAP_DONE,
+                      F.REMOVED):
+            try:
+                owner.handler.peer_frame(self.peer_id, kind, payload)
+            except (ValueError, TypeError, KeyError, MalformedMessage) as exc:
+                self._malformed(f"bad {F.KIND_NAMES[kind]} frame: {exc}")
+        else:
+            self._malformed(f"unknown frame kind {kind}")
 
     def _malformed(self, reason: str) -> None:
         self.malformed += 1
@@ -259,49 +348,67 @@ class PeerConnection(Protocol):
 
     # ------------------------------------------------------------------ handshake
 
-    def _handshake(self, kind: int, p: list) -> None:
+    def _handshake(self, kind: int, p: list, raw: bytes) -> None:
+        """One handshake frame (``raw``: its payload bytes, for the transcript)."""
         o = self.owner
         try:
-            if not self.dialer and kind == F.HELLO and self.peer_id is None:
+            if self.state == _AWAIT_HELLO and kind == F.HELLO:
+                if len(p) != 7:
+                    raise ValueError("malformed hello")
                 _, version, cluster, frm, to, nonce_d, bootstrap = p
                 self._check_hello(version, cluster, frm, to, bootstrap)
-                if type(nonce_d) is not bytes or len(nonce_d) != 16:
+                if type(nonce_d) is not bytes or len(nonce_d) != F.NONCE_BYTES:
                     raise ValueError("bad nonce")
+                if o.tls is not None:
+                    problem = check_peer_identity(self.transport, o.cluster, frm)
+                    if problem is not None:
+                        raise ValueError(f"the dialer claims to be node {frm} but {problem}")
                 self.peer_id = frm
-                self._nonce_d = nonce_d
-                self._nonce_a = os.urandom(16)
-                mac = F.handshake_mac(o.secret, "acceptor", o.cluster, o.node_id, frm, nonce_d,
-                                      self._nonce_a)
-                self._write([F.CHALLENGE, F.WIRE_VERSION, o.cluster, o.node_id, frm,
-                             self._nonce_a, mac, o.bootstrap])
+                self._hello = raw
+                # A nonce and nothing else: no proof before the dialer has given its own.
+                self._challenge = cbor2.dumps([F.CHALLENGE, F.WIRE_VERSION,
+                                               os.urandom(F.NONCE_BYTES)])
+                self.transport.write(len(self._challenge).to_bytes(4, "big") + self._challenge)
+                self.state = _AWAIT_AUTH
                 return
-            if self.dialer and kind == F.CHALLENGE and self.peer_id is None:
-                _, version, cluster, frm, to, nonce_a, mac, bootstrap = p
-                self._check_hello(version, cluster, frm, to, bootstrap)
-                if frm != self.expected_peer:
-                    raise ValueError(f"expected node {self.expected_peer} at this address, "
-                                     f"found node {frm}")
-                if type(nonce_a) is not bytes or len(nonce_a) != 16 or type(mac) is not bytes:
-                    raise ValueError("bad nonce or proof")
-                want = F.handshake_mac(o.secret, "acceptor", o.cluster, frm, o.node_id,
-                                       self._nonce_d, nonce_a)
-                if not hmac.compare_digest(want, mac):
-                    raise ValueError("the peer failed authentication (wrong cluster secret?)")
-                self.peer_id = frm
-                proof = F.handshake_mac(o.secret, "dialer", o.cluster, frm, o.node_id,
-                                        self._nonce_d, nonce_a)
-                self._write([F.AUTH, proof])
-                self._established()
+            if self.state == _DIALING and kind == F.CHALLENGE:
+                if len(p) != 3:
+                    raise ValueError("malformed challenge")
+                _, version, nonce_a = p
+                if version != F.WIRE_VERSION:
+                    raise ValueError(f"wire version {version!r:.40}, expected "
+                                     f"{F.WIRE_VERSION} (every node must run the same version)")
+                if type(nonce_a) is not bytes or len(nonce_a) != F.NONCE_BYTES:
+                    raise ValueError("bad nonce")
+                self._challenge = raw
+                transcript = F.transcript_hash(self._hello, raw)
+                self._write([F.AUTH, F.handshake_proof(o.secret, "dialer", transcript)])
+                self.state = _AWAIT_ACCEPT
                 return
-            if not self.dialer and kind == F.AUTH and self.peer_id is not None:
-                _, mac = p
-                want = F.handshake_mac(o.secret, "dialer", o.cluster, o.node_id, self.peer_id,
-                                       self._nonce_d, self._nonce_a)
-                if type(mac) is not bytes or not hmac.compare_digest(want, mac):
-                    raise ValueError("the peer failed authentication (wrong cluster secret?)")
-                self._established()
+            if self.state == _AWAIT_AUTH and kind == F.AUTH:
+                if len(p) != 2 or type(p[1]) is not bytes:
+                    raise ValueError("malformed auth")
+                transcript = F.transcript_hash(self._hello, self._challenge)
+                want = F.handshake_proof(o.secret, "dialer", transcript)
+                if not hmac.compare_digest(want, p[1]):
+                    raise ValueError(f"node {self.peer_id} failed authentication (wrong "
+                                     f"cluster secret?)")
+                self._write([F.ACCEPT, F.handshake_proof(o.secret, "acceptor", transcript)])
+                self._established(transcript)
                 return
-            raise ValueError(f"unexpected {F.KIND_NAMES.get(kind, kind)} frame during handshake")
+            if self.state == _AWAIT_ACCEPT and kind == F.ACCEPT:
+                if len(p) != 2 or type(p[1]) is not bytes:
+                    raise ValueError("malformed accept")
+                transcript = F.transcript_hash(self._hello, self._challenge)
+                want = F.handshake_proof(o.secret, "acceptor", transcript)
+                if not hmac.compare_digest(want, p[1]):
+                    raise ValueError(f"node {self.expected_peer} failed authentication "
+                                     f"(wrong cluster secret?)")
+                self.peer_id = self.expected_peer
+                self._established(transcript)
+                return
+            raise ValueError(f"unexpected {F.KIND_NAMES.get(kind, kind)} frame during "
+                             f"handshake")
         except (ValueError, TypeError) as exc:
             o.stats["handshake_failures"] += 1
             self._drop(f"handshake failed: {exc}")
@@ -309,7 +416,8 @@ class PeerConnection(Protocol):
     def _check_hello(self, version, cluster, frm, to, bootstrap) -> None:
         o = self.owner
         if version != F.WIRE_VERSION:
-            raise ValueError(f"wire version {version!r:.40}, expected {F.WIRE_VERSION}")
+            raise ValueError(f"wire version {version!r:.40}, expected {F.WIRE_VERSION} "
+                             f"(every node must run the same version)")
         if cluster != o.cluster:
             raise ValueError(f"peer belongs to cluster {cluster!r:.64}, not {o.cluster!r}")
         if type(frm) is not int or frm not in o.peer_ids and frm not in o.removed_ids:
@@ -317,19 +425,58 @@ class PeerConnection(Protocol):
         if to != o.node_id:
             raise ValueError(f"peer wanted node {to!r:.20}, this is node {o.node_id}")
         if bootstrap != o.bootstrap:
-            # Every member's log starts from the same initial configuration; a node that
-            # believes in another one (a new node started without --join) must not vote.
-            raise ValueError(f"bootstrap voters differ: node {frm} has {bootstrap!r:.80}, "
-                             f"this node has {o.bootstrap}; a node added to a running "
-                             f"cluster must be started with --join")
+            # Every member's log starts from the same initial configuration (and, for a
+            # restored or recovered cluster, the same log origin); a node that believes in
+            # another one (a new node started without --join, a node of the cluster before
+            # a restore or a recovery) must not vote.
+            raise ValueError(f"bootstrap voters or log origin differ: node {frm} has "
+                             f"{bootstrap!r:.120}, this node has {o.bootstrap!r:.120}; a node "
+                             f"added to a running cluster must be started with --join, and "
+                             f"nodes of the cluster before a restore or recover must be "
+                             f"wiped and re-added with --join")
 
-    def _established(self) -> None:
+    def _established(self, transcript: bytes) -> None:
+        o = self.owner
         self.established = True
-        self.decoder.limit = self.owner.frame_bytes_max
+        self.state = _ESTABLISHED
+        self._done_handshaking()
+        if o.secret and o.tls is None:
+            to_acceptor, to_dialer = F.frame_keys(o.secret, transcript)
+            mine, theirs = (to_acceptor, to_dialer) if self.dialer else (to_dialer, to_acceptor)
+            self.sealer = F.FrameSealer(mine)
+            self.opener = F.FrameOpener(theirs)
+        self.decoder.limit = o.frame_bytes_max + (F.TAG_BYTES if self.opener else 0)
         if self._timeout is not None and self._timeout.active():
             self._timeout.cancel()
         self._timeout = None
         self.owner._register(self)
+
+
+def _address(transport) -> str:
+    try:
+        peer = transport.getPeer()
+        return f"{peer.host}:{peer.port}"
+    except Exception:  # a transport without an address (tests)
+        return "?"
+
+
+def _string_keys(value):
+    """``value`` with every map key a string, as JSON would have it (peer frames refuse
+    other keys: no hash-collision maps).  Only answers to forwarded requests need this:
+    a state machine's query result may use, say, integer keys."""
+    if isinstance(value, dict):
+        return {_json_key(k): _string_keys(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_string_keys(v) for v in value]
+    return value
+
+
+def _json_key(key) -> str:
+    if isinstance(key, str):
+        return key
+    if key is True or key is False or key is None:
+        return {True: "true", False: "false", None: "null"}[key]
+    return str(key)
 
 
 class _AcceptFactory(Factory):
@@ -373,26 +520,35 @@ class PeerTransport(Service):
 
     name = "peers"
 
-    def __init__(self, config, node_id: int, handler, reactor) -> None:
+    def __init__(self, config, node_id: int, handler, reactor, tls=None) -> None:
+        """``tls``: a ``tls.NodeTls`` for mutual TLS between peers (``[tls] peers``)."""
         self.config = config
         self.node_id = node_id
         self.handler = handler
         self.reactor = reactor
         self.cluster = config.name
         self.secret = config.secret
+        self.tls = tls
+        limits = config.limits
+        self.handshake_timeout_s = limits.peer_handshake_timeout_ms / 1000.0
+        self.handshakes_max = limits.peer_handshakes_max
+        self.handshakes = 0           # accepted connections still in their handshake
+        self.frame_depth_max = limits.json_depth_max + _FRAME_DEPTH_EXTRA
         # The address book: the conf's nodes until the node hands over its own (which
         # follows membership changes: ``set_peers``).  A removed node may still complete
         # the handshake, only to be told that it was removed.
         self.addresses: dict[int, object] = {n.id: n for n in config.nodes if n.id != node_id}
         self.removed_ids: frozenset[int] = frozenset()
-        self.bootstrap: list[int] = sorted(n.id for n in config.nodes)   # set by the node
+        # The log origin peers compare (AddressBook.log_origin; set by the node).
+        self.bootstrap: object = sorted(n.id for n in config.nodes)
         self.frame_bytes_max = config.batching.frame_bytes_max
         self.queue_messages_max = config.batching.peer_queue_messages_max
         self.connections: dict[int, PeerConnection] = {}
         self.stats = dict.fromkeys(
             ("frames_sent", "messages_sent", "bytes_sent", "bytes_received", "messages_received",
              "messages_dropped", "malformed_frames", "frames_rejected", "handshake_failures",
-             "forwards_sent"), 0)
+             "forwards_sent", "frames_forged", "handshakes_refused", "tls_failures"), 0)
+        self._log_counts: dict[str, int] = {}
         self.port = None
         self._dialers: dict[int, tuple[_DialFactory, object]] = {}
         self._dirty: set[PeerConnection] = set()
@@ -404,8 +560,17 @@ class PeerTransport(Service):
     def startService(self) -> None:
         super().startService()
         me = self.config.node(self.node_id)
-        self.port = self.reactor.listenTCP(me.peer_bind.port, _AcceptFactory(self),
-                                           interface=me.peer_bind.host, backlog=128)
+        for warning in transport_warnings(self.config):
+            log.warn("{warning}", warning=warning)
+        if self.tls is not None:
+            for warning in self.tls.warnings:
+                log.warn("SECURITY: {warning}", warning=warning)
+            self.port = self.reactor.listenSSL(me.peer_bind.port, _AcceptFactory(self),
+                                               self.tls.server_options(True),
+                                               interface=me.peer_bind.host, backlog=128)
+        else:
+            self.port = self.reactor.listenTCP(me.peer_bind.port, _AcceptFactory(self),
+                                               interface=me.peer_bind.host, backlog=128)
         for peer_id in sorted(self.addresses):
             self._dial(peer_id)
 
@@ -414,7 +579,12 @@ class PeerTransport(Service):
         if peer_id > self.node_id and peer_id not in self._dialers:
             peer = self.addresses[peer_id].peer
             factory = _DialFactory(self, peer_id)
-            connector = self.reactor.connectTCP(peer.host, peer.port, factory, timeout=2)
+            if self.tls is not None:
+                connector = self.reactor.connectSSL(peer.host, peer.port, factory,
+                                                    self.tls.peer_client_options(peer_id),
+                                                    timeout=2)
+            else:
+                connector = self.reactor.connectTCP(peer.host, peer.port, factory, timeout=2)
             self._dialers[peer_id] = (factory, connector)
 
     def _hang_up(self, peer_id: int) -> None:
@@ -449,14 +619,14 @@ class PeerTransport(Service):
         """Close the connection to ``peer_id`` once what was written to it is sent."""
         conn = self.connections.get(peer_id)
         if conn is not None:
-            conn.transport.loseConnection()
+            conn.close()
 
     def stopService(self):
         super().stopService()
         for peer_id in list(self._dialers):
             self._hang_up(peer_id)
         for conn in list(self.connections.values()):
-            conn.transport.loseConnection()
+            conn.close()
         d = defer.maybeDeferred(self.port.stopListening) if self.port else defer.succeed(None)
         self.port = None
         return d
@@ -471,7 +641,7 @@ class PeerTransport(Service):
             conn.factory.resetDelay()
         if old is not None and old is not conn:
             log.info("node {peer} reconnected; closing its previous connection", peer=peer)
-            old.transport.abortConnection()
+            old.close(abort=True)
         else:
             log.info("connected to node {peer}", peer=peer)
         self.handler.peer_up(peer)
@@ -486,6 +656,26 @@ class PeerTransport(Service):
 
     def connected(self, peer_id: int) -> bool:
         return peer_id in self.connections
+
+    def log_limited(self, what: str, text: str, **fields) -> None:
+        """Log ``text`` the first few times for ``what``, then every _LOG_EVERY-th time."""
+        n = self._log_counts[what] = self._log_counts.get(what, 0) + 1
+        if n <= _LOG_FIRST or n % _LOG_EVERY == 0:
+            log.warn(text + " (#{n_logged})", n_logged=n, **fields)
+
+    def tls_failed(self, conn: PeerConnection, error: Exception) -> None:
+        """A TLS handshake failed (no or a foreign certificate, a name mismatch, ...)."""
+        self.stats["tls_failures"] += 1
+        self.stats["handshake_failures"] += 1
+        if conn.dialer:
+            self.log_limited(f"tls-dial-{conn.expected_peer}",
+                             "TLS handshake with node {peer} failed: {error}",
+                             peer=conn.expected_peer, error=_tls_reason(error))
+        else:
+            self.log_limited("tls-accept", "refused a peer connection from {who}: TLS "
+                             "handshake failed ({error}); peers need a certificate from "
+                             "the cluster CA", who=_address(conn.transport),
+                             error=_tls_reason(error))
 
     # ------------------------------------------------------------------ sending
 
@@ -526,4 +716,17 @@ class PeerTransport(Service):
         return d
 
     def reply_forward(self, peer_id: int, request_id: int, status: int, body) -> None:
-        self.send_frame(peer_id, [F.FORWARD_REPLY, request_id, status, body])
+        self.send_frame(peer_id, [F.FORWARD_REPLY, request_id, status, _string_keys(body)])
+
+
+def _tls_reason(error: Exception) -> str:
+    """A short text for an OpenSSL error (its reason strings) or a name mismatch."""
+    if isinstance(error, VerificationError):
+        return f"the certificate does not name the node dialled ({error})"[:300]
+    try:
+        reasons = [item[2] for item in error.args[0] if len(item) == 3]
+        if reasons:
+            return "; ".join(reasons)[:300]
+    except (IndexError, TypeError):
+        pass
+    return str(error)[:300]

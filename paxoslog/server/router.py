@@ -43,12 +43,16 @@ class RequestRouter:
         self._client_prefix = f"node{node_id}-{os.urandom(4).hex()}"
         self._sequence = 0
         self.member_requests = None       # MembershipAdmin.request (set when wired)
+        self.status_view = None           # NodeViews.detailed_status (set when wired)
 
     def next_client_sequence(self) -> tuple[str, int]:
-        """A fresh (client_id, sequence) for a write whose client gave none."""
+        """A fresh (client_id, sequence) for a write whose client gave none.  Sequences run
+        1..128 in every generation: the session table treats a sequence at or below its
+        floor (0 for a new session) as stale, so a 0 applied after a later sequence of the
+        same session (writes retried out of order) was refused with 400 stale_sequence."""
         self._sequence += 1
-        generation, sequence = divmod(self._sequence, _SERVER_SESSION_WRITES)
-        return f"{self._client_prefix}-{generation}", sequence
+        generation, sequence = divmod(self._sequence - 1, _SERVER_SESSION_WRITES)
+        return f"{self._client_prefix}-{generation}", sequence + 1
 
     def client_machine(self, name: str):
         """The state machine a client may address by ``name`` (None: absent or internal)."""
@@ -105,6 +109,9 @@ class RequestRouter:
             d.addCallbacks(lambda response: self.runner.transport.reply_forward(
                                peer, request_id, 200, response),
                            self._member_failed, errbackArgs=(peer, request_id))
+        elif op == "status":
+            # A member's dashboard overview asks for our status (read-only).
+            self.runner.transport.reply_forward(peer, request_id, 200, self.status_view())
         else:
             raise ValueError(f"unknown forwarded operation {op!r:.20}")
 

@@ -69,6 +69,10 @@ class DriverRunner:
         self.on_installed = on_installed      # (snapshot meta, the configuration before)
         self.on_fatal = on_fatal
         self.fsync = Histogram()
+        # Client requests as this node answered them (any outcome), from submission to
+        # answer: the dashboard's latency charts.
+        self.write_latency = Histogram()
+        self.read_latency = Histogram()
         self.fatal: BaseException | None = None
         self.leader_since: float | None = None
         self._persisting = 0
@@ -92,13 +96,20 @@ class DriverRunner:
     def write(self, key: tuple[str, int], data: bytes) -> defer.Deferred:
         """Fires with the committed body, or fails with ``ApiError`` (503/504/...)."""
         d = defer.Deferred()
+        d.addBoth(self._observe, self.write_latency, time.perf_counter())
         self._event("a write", self.driver.submit_write, d, key, data)
         return d
 
     def read(self, query: dict, consistency: str) -> defer.Deferred:
         d = defer.Deferred()
+        d.addBoth(self._observe, self.read_latency, time.perf_counter())
         self._event("a read", self.driver.submit_read, d, query, consistency)
         return d
+
+    @staticmethod
+    def _observe(result, histogram: Histogram, started: float):
+        histogram.observe(time.perf_counter() - started)
+        return result
 
     def forwarded_write(self, peer: int, request_id: int, data: bytes) -> None:
         self._event("a forwarded write", self.driver.submit_forwarded_write,

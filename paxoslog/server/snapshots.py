@@ -11,7 +11,9 @@ prune during the transfer does not cut it short; a file pruned before the offer 
 and skipped, and the core sends ``InstallSnapshot`` again later (by then it has compacted
 to a snapshot that is still kept).
 
-Follower side: ``SnapshotFetcher`` assembles the file with a ``SnapshotReceiver`` (it
+Follower side: an offer larger than ``[snapshot] receive_bytes_max`` is refused (answered
+``SNAP_DONE`` not ok, logged once per offered snapshot): a leader cannot fill a follower's
+disk.  Otherwise ``SnapshotFetcher`` assembles the file with a ``SnapshotReceiver`` (it
 resumes a partial file after a reconnect or a restart), checks it whole, then hands it to
 the node, which steps the core with the same ``InstallSnapshot`` whose ``data`` is now the
 file's path.  The core's next Ready carries the snapshot: the node persists it through
@@ -156,8 +158,12 @@ class SnapshotFetcher:
     """Follower side: one incoming transfer at a time.  Files are assembled under
     ``transfer_dir``; ``deliver(message, path)`` hands a complete one to the node."""
 
-    def __init__(self, node_id: int, transfer_dir: str, writer, transport, deliver) -> None:
+    def __init__(self, node_id: int, transfer_dir: str, writer, transport, deliver,
+                 receive_bytes_max: int = 4 << 30) -> None:
+        """``receive_bytes_max``: offers of larger snapshots are refused (the conf's
+        ``[snapshot] receive_bytes_max``)."""
         self.node_id = node_id
+        self.receive_bytes_max = receive_bytes_max
         self.transfer_dir = transfer_dir
         self.writer = writer
         self.transport = transport
@@ -167,6 +173,8 @@ class SnapshotFetcher:
         self._receiver: SnapshotReceiver | None = None
         self._finishing = False
         self.received = 0
+        self.refused = 0
+        self._refused_logged: tuple | None = None
 
     def on_offer(self, peer: int, payload: list) -> None:
         _, msg_wire, offer_wire = payload
@@ -174,6 +182,18 @@ class SnapshotFetcher:
         if type(msg) is not InstallSnapshot or msg.frm != peer or msg.to != self.node_id:
             raise ValueError("the offer does not carry an InstallSnapshot for this node")
         offer = SnapshotOffer.from_wire(offer_wire)
+        cap = self.receive_bytes_max
+        if offer.total_bytes > cap:
+            self.refused += 1
+            reason = (f"snapshot of {offer.total_bytes} bytes exceeds this node's "
+                      f"snapshot.receive_bytes_max ({cap})")
+            if self._refused_logged != (peer, offer.index):
+                self._refused_logged = (peer, offer.index)
+                log.warn("refused snapshot {index} from node {peer}: {reason}; raise the "
+                         "limit if the state really is that large", index=offer.index,
+                         peer=peer, reason=reason)
+            self.transport.send_frame(peer, [F.SNAP_DONE, offer.transfer_id, False, reason])
+            return
         if self._finishing:
             return
         receiver = self._receiver

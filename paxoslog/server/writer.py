@@ -61,8 +61,13 @@ class StorageWriter:
     def append_unsynced(self, ready: Ready) -> defer.Deferred:
         """Append without fsync: for a Ready whose only durable change is the commit point
         in the hard state (a restart hint; etcd's MustSync makes the same call).  The next
-        fsync covers it; losing it in a crash loses nothing acknowledged."""
-        return deferToThreadPool(self.reactor, self._wal, self.storage.append, ready)
+        fsync covers it; losing it in a crash loses nothing acknowledged.  It is written to
+        the file at once (no fsync), so that read-only tools (log dump, log export) see the
+        commit point the node has reached."""
+        def run() -> None:
+            self.storage.append(ready)
+            self.storage.flush()
+        return deferToThreadPool(self.reactor, self._wal, run)
 
     def compact(self, index: int) -> defer.Deferred:
         def run() -> int:

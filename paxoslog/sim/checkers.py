@@ -87,7 +87,7 @@ class History:
         else:
             self.completed += 1
 
-    def check(self, sim: "Simulation", timeout_s: float = 60.0) -> None:
+    def check(self, sim: "Simulation", timeout_s: float = 180.0) -> None:
         result = check_history(self.operations, timeout_s=timeout_s)
         if result.ok is None:
             sim.fail(f"linearizability checker gave up (counts as a failure): {result.message}")

@@ -192,6 +192,7 @@ class Simulation:
         self.failover_ticks: dict[str, list[float]] = {"kill": [], "power-loss": []}
         self.last_arrival: dict[tuple[int, int], float] = {}  # per link: last message due
         self.configs_applied: set[int] = set()   # indexes of CONFIG entries seen applied
+        self.retired: set[int] = set()           # ids proposed for removal: never re-added
         self.executions: dict[tuple, int] = {}  # (client_id, sequence) -> index executed at
         self.skipped: set[tuple] = set()  # (index, client_id, sequence) deduplicated
         self.on_step: Callable[["Simulation"], None] | None = None
@@ -448,7 +449,14 @@ class Simulation:
         everyone = sorted(self.nodes)
         voters = set(config.voters)
         learners = set(config.learners)
-        outside = [n for n in everyone if n not in voters and n not in learners]
+        # Node ids are never reused (the server refuses to re-add a removed id): a node
+        # once proposed for removal is never added again; once removed, it exits.
+        outside = [n for n in everyone if n not in voters and n not in learners
+                   and n not in self.retired and not self.nodes[n].corrupt]
+        before = voters | learners
+        # A node that refuses to start (a flipped bit) is lost for good: as an operator
+        # would, every change also removes it, so no configuration waits on it forever.
+        lost = {n for n in before if self.nodes[n].corrupt}
         if self.options.member_remove_leader or self.options.member_replace:
             if not self._wide_change(leader, voters, learners, outside):
                 return None
@@ -464,10 +472,15 @@ class Simulation:
                 voters.discard(self.rng.choice(sorted(voters)))
             else:
                 return None
+        voters -= lost
+        learners -= lost
+        if not voters:
+            return None
         try:
             self.nodes[leader].change_config(voters, learners)
         except (NotLeader, ConfigChangeInProgress, Busy, ValueError):
             return None
+        self.retired |= before - voters - learners
         self.count("configs_proposed")
         text = f"config -> voters {sorted(voters)} learners {sorted(learners)}"
         wide = self.options.member_remove_leader or self.options.member_replace

@@ -91,7 +91,7 @@ class Nemesis:
         self.sim.schedule(self._duration(), self._restart, node)
 
     def _restart(self, node) -> None:
-        if not node.alive and self.active:
+        if not node.alive and not node.removed and self.active:
             node.restart()
             self._record(f"restart {node.node_id}")
 
@@ -138,6 +138,9 @@ class Nemesis:
         node = self._victim()
         if node is None or node.applied < 1:
             return
+        config = node.replica.config
+        if not config.is_quorum(config.all_voters - {node.node_id}):
+            return  # the others could not go on without it: that loss needs a backup
         index = self.rng.randint(max(1, node.applied - 20), node.applied)
         try:
             node.disk.flip_bit(index, self.rng.randrange(8))

@@ -72,6 +72,7 @@ class SimNode:
         self.disk_rng = random.Random(sim.rng.random())
         self.alive = True
         self.corrupt: str | None = None      # why the node refuses to start
+        self.removed = False                 # removed from the cluster: it exited for good
         self.paused = False
         self.incarnation = 0
         self.held: list = []                 # messages and requests that arrived while paused
@@ -185,7 +186,7 @@ class SimNode:
         self.inbound.clear()
 
     def restart(self) -> None:
-        if self.corrupt:
+        if self.corrupt or self.removed:
             return
         self.alive = True
         self.paused = False
@@ -331,6 +332,7 @@ class SimNode:
                 self._role_changed(op)
             elif kind is ConfigApplied:
                 sim.note_config(op.index, op.old, op.new)
+                self._config_applied(op)
             elif kind is TakeSnapshot:
                 sim.schedule(sim.rng.uniform(0.0, 2.0), self._take_snapshot, self.incarnation, op)
             elif kind is RestoreSnapshot:
@@ -396,6 +398,33 @@ class SimNode:
                 sim.check_executed_once(self.node_id, outcome)
             elif outcome.outcome == DUPLICATE:
                 sim.note_skipped(outcome)
+
+    def _config_applied(self, op: ConfigApplied) -> None:
+        """As the server's address book: a final configuration without some members
+        tells them they were removed (a removed server exits and never starts again);
+        one without this node makes it exit."""
+        if op.new.joint:
+            return
+        for peer in sorted(op.old.members - op.new.members):
+            if peer == self.node_id:
+                self.sim.schedule(self.sim.rng.uniform(0.0, 5.0), self.exit_removed)
+            else:
+                self.sim.schedule(self.sim.rng.uniform(0.5, 5.0),
+                                  self.sim.nodes[peer].exit_removed)
+
+    def exit_removed(self) -> None:
+        """This node learned it was removed: it stops serving and exits for good."""
+        if self.removed:
+            return
+        if self.alive and (self.paused or self.replica.role == Role.LEADER):
+            # As the server: a removed leader hands over before it exits (a paused process
+            # exits once it runs again).
+            self.sim.schedule(5.0, self.exit_removed)
+            return
+        if self.alive:
+            self.kill()             # a process that exits: its peers' connections close
+        self.removed = True
+        self.sim.trace.append(f"{self.sim.now:9.1f} node {self.node_id} removed: exits")
 
     def _role_changed(self, op: RoleChange) -> None:
         sim = self.sim

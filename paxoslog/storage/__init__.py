@@ -7,7 +7,7 @@ the module docstrings (wal.py has the record format and the torn-tail rules).
 
 from .disk import DiskStorage
 from .errors import (CorruptLog, CorruptSnapshot, DataDirLocked, MetaMismatch, SnapshotUnavailable,
-                     StorageError, StorageIOError)
+                     StorageError, StorageIOError, UnsupportedFormat)
 from .memory import MemoryStorage
 from .meta import FORMAT_VERSION, Meta, ensure_meta, read_meta
 from .options import StorageOptions
@@ -20,7 +20,7 @@ from .wal import TornTail, WriteAheadLog
 __all__ = [
     "DiskStorage", "MemoryStorage", "StorageOptions",
     "StorageError", "CorruptLog", "CorruptSnapshot", "StorageIOError", "MetaMismatch",
-    "DataDirLocked", "SnapshotUnavailable",
+    "DataDirLocked", "SnapshotUnavailable", "UnsupportedFormat",
     "Meta", "FORMAT_VERSION", "ensure_meta", "read_meta",
     "SnapshotReader", "SnapshotStore", "SnapshotFile", "SnapshotInfo",
     "write_snapshot", "verify_snapshot", "encode_snapshot_bytes",

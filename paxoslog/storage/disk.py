@@ -33,7 +33,7 @@ from .durable import TMP_SUFFIX, make_dirs
 from .errors import CorruptSnapshot, DataDirLocked, MetaMismatch, StorageError, StorageIOError
 from .failpoints import ACTIVE, hit
 from .hardstate import HARDSTATE_FILE, read_hardstate, remove_stale_temp, write_hardstate
-from .meta import Meta, ensure_meta, meta_path, read_meta
+from .meta import Meta, check_format, ensure_meta, meta_path, read_meta
 from .options import StorageOptions
 from .snapshot import (SnapshotFile, SnapshotReader, SnapshotStore, read_snapshot_meta,
                        snapshot_name)
@@ -88,6 +88,7 @@ class DiskStorage:
     def _check_read_only_meta(self, cluster_id, node_id, protocol) -> Meta:
         path = meta_path(self.data_dir)
         meta = read_meta(path)
+        check_format(path, meta)
         for label, field, expected in (("cluster id", "cluster_id", cluster_id),
                                        ("node id", "node_id", node_id),
                                        ("protocol", "protocol", protocol)):
@@ -191,6 +192,14 @@ class DiskStorage:
             batch.append(entry)
             size += n
         self._wal.append_entries(batch)
+
+    def flush(self) -> None:
+        """Write what was appended to the files without fsync (see ``WriteAheadLog.flush``)."""
+        self._check_usable()
+        try:
+            self._wal.flush()
+        except (StorageIOError, OSError) as exc:
+            self._fail(exc)
 
     def sync(self) -> None:
         """fsync everything appended since the last sync (one fsync: group commit)."""

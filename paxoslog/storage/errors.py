@@ -11,7 +11,7 @@ from __future__ import annotations
 
 __all__ = [
     "StorageError", "CorruptLog", "CorruptSnapshot", "StorageIOError", "MetaMismatch",
-    "DataDirLocked", "SnapshotUnavailable",
+    "DataDirLocked", "SnapshotUnavailable", "UnsupportedFormat",
 ]
 
 
@@ -65,6 +65,17 @@ class MetaMismatch(StorageError):
         self.field = field
         self.on_disk = on_disk
         self.expected = expected
+
+
+class UnsupportedFormat(MetaMismatch):
+    """The data directory's format is newer (or older) than this release reads."""
+
+    def __init__(self, path: str, on_disk: int, supported: int, message: str) -> None:
+        StorageError.__init__(self, message)
+        self.path = path
+        self.field = "format version"
+        self.on_disk = on_disk
+        self.expected = supported
 
 
 class DataDirLocked(StorageError):

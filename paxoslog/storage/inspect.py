@@ -17,15 +17,17 @@ import io
 import json
 import os
 import sys
+import time
 import zlib
 
 import cbor2
 
+from paxoslog.core.ballot import Ballot
 from paxoslog.core.log import ENTRY_CONFIG, ENTRY_NOOP, ENTRY_NORMAL, Entry, entry_config
 
 from .errors import CorruptLog, CorruptSnapshot, StorageError
 from .hardstate import HARDSTATE_FILE, read_hardstate
-from .meta import meta_path, read_meta
+from .meta import check_format, meta_path, read_meta
 from .snapshot import SnapshotStore, verify_snapshot
 from .wal import (REC_ENTRIES, REC_HARDSTATE, REC_HEADER, REC_SNAPSHOT, REC_SYNC, REC_TRUNCATE,
                   RECORD_NAMES, Replay, SegmentScan, list_segments, scan_segment)
@@ -234,10 +236,15 @@ def verify_data_dir(data_dir: str, check_snapshots: bool = True) -> dict:
         protocol = meta.protocol
         report["meta"] = {"cluster_id": meta.cluster_id, "node_id": meta.node_id,
                           "protocol": meta.protocol, "format_version": meta.format_version}
+        check_format(meta_path(data_dir), meta)
+    except StorageError as exc:
+        if not isinstance(exc, CorruptLog):       # an unsupported format: say so, stop
+            errors.append(str(exc))
+            report["ok"] = False
+            return report
+        errors.append(str(exc))
     except FileNotFoundError:
         errors.append(f"{meta_path(data_dir)}: missing")
-    except CorruptLog as exc:
-        errors.append(str(exc))
     checkpoint = None
     try:
         checkpoint = read_hardstate(os.path.join(data_dir, HARDSTATE_FILE))
@@ -337,6 +344,11 @@ def main_log_verify(args) -> int:
         if meta:
             out.write(f"node         {meta['node_id']} of cluster {meta['cluster_id']!r}, "
                       f"protocol {meta['protocol']}, format {meta['format_version']}\n")
+        if "segments" not in report:                # not read: an unsupported format
+            for error in report["errors"]:
+                out.write(f"error: {error}\n")
+            out.write("FAILED\n")
+            return EXIT_CORRUPT
         out.write(f"wal          {report['segments']} segments, {report['records']} records\n")
         out.write(f"log          first {report['first_index']} last {report['last_index']} "
                   f"(log compacted through {report['floor']})\n")
@@ -383,11 +395,21 @@ def main_snapshot_inspect(args) -> int:
         "compression_ratio": round(info.ratio, 3), "zstd_content_checksum": info.checksum,
         "file_crc32": f"{crc:08x}",
     }
+    if info.backup is not None:
+        report["backup"] = info.backup
     if args.json:
         out.write(json.dumps(report) + "\n")
         return EXIT_OK
     out.write(f"file               {path}\n")
-    out.write(f"covers             index {info.meta.index} term {info.meta.term}\n")
+    term = f"term {info.meta.term}"
+    if (info.backup or {}).get("protocol") == "multipaxos":
+        term += f" (ballot {Ballot.unpack(info.meta.term)})"
+    out.write(f"covers             index {info.meta.index} {term}\n")
+    if info.backup is not None:
+        origin = info.backup
+        out.write(f"backup of          cluster {origin.get('cluster')!r} "
+                  f"({origin.get('protocol')}), taken on node {origin.get('node')} at "
+                  f"{_utc(origin.get('taken_at'))}\n")
     out.write(f"config             {info.meta.config.describe()}\n")
     for name in info.names:
         out.write(f"state machine      {name}: {info.sizes[name]} bytes "
@@ -398,6 +420,12 @@ def main_snapshot_inspect(args) -> int:
     out.write(f"checksum           zstd content checksum {info.checksum} verified; "
               f"file crc32 {crc:08x}\n")
     return EXIT_OK
+
+
+def _utc(stamp) -> str:
+    if not isinstance(stamp, (int, float)):
+        return "an unknown time"
+    return time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(stamp))
 
 
 def _main(argv=None) -> int:

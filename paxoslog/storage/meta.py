@@ -12,6 +12,20 @@ Multi-Paxos replica, a newer on-disk format).  The file is text so an operator c
     crc32=5f0c1a2b
 
 Values are JSON; ``crc32`` covers every byte before its line.
+
+**Data format versions.**  ``format_version`` names the layout of the whole directory (META,
+hard state, WAL records, snapshots, members.json).  A release reads every format from
+``FORMAT_VERSION_MIN`` to its own ``FORMAT_VERSION`` and writes its own into new
+directories; it refuses a directory of a newer format (``UnsupportedFormat``, naming both
+versions: upgrade paxoslog) and never rewrites an older one, so going back to the release
+that wrote it stays possible.  History:
+
+1. the first layout.
+2. members.json may name the cluster's *log origin* (a cluster built by ``paxoslog
+   snapshot restore`` or ``paxoslog recover``; peers with another origin are refused at the
+   handshake) and a snapshot header may carry a ``backup`` map.  A format-1 release would
+   ignore the origin and let a node of the old cluster vote in the new one, so it must
+   refuse these directories: hence the new number.
 """
 
 from __future__ import annotations
@@ -22,12 +36,13 @@ import zlib
 from dataclasses import dataclass
 
 from .durable import atomic_write, make_dirs
-from .errors import CorruptLog, MetaMismatch, StorageError
+from .errors import CorruptLog, MetaMismatch, StorageError, UnsupportedFormat
 
-__all__ = ["Meta", "FORMAT_VERSION", "META_FILE", "PROTOCOLS", "read_meta", "write_meta",
-           "ensure_meta", "meta_path"]
+__all__ = ["Meta", "FORMAT_VERSION", "FORMAT_VERSION_MIN", "META_FILE", "PROTOCOLS",
+           "read_meta", "write_meta", "ensure_meta", "meta_path", "check_format"]
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+FORMAT_VERSION_MIN = 1
 META_FILE = "META"
 PROTOCOLS = ("multipaxos", "raft")
 _HEADER = "# paxoslog data directory; do not edit\n"
@@ -84,6 +99,23 @@ def read_meta(path: str) -> Meta:
     return meta
 
 
+def check_format(path: str, meta: Meta) -> None:
+    """Raise ``UnsupportedFormat`` unless this release reads ``meta.format_version``."""
+    version = meta.format_version
+    if version > FORMAT_VERSION:
+        raise UnsupportedFormat(
+            path, version, FORMAT_VERSION,
+            f"{path}: data format {version} was written by a newer release of paxoslog; "
+            f"this release reads formats {FORMAT_VERSION_MIN} to {FORMAT_VERSION}: upgrade "
+            "paxoslog to open this data directory (nothing was changed)")
+    if version < FORMAT_VERSION_MIN:
+        raise UnsupportedFormat(
+            path, version, FORMAT_VERSION,
+            f"{path}: data format {version} is older than this release reads (formats "
+            f"{FORMAT_VERSION_MIN} to {FORMAT_VERSION}); open it with an older release and "
+            "move the data with `paxoslog snapshot save` / `snapshot restore`")
+
+
 def write_meta(path: str, meta: Meta) -> None:
     atomic_write(path, meta.encode(), failpoint="meta")
 
@@ -121,9 +153,7 @@ def ensure_meta(data_dir: str, cluster_id: str, node_id: int, protocol: str) -> 
         write_meta(path, expected)
         return expected
     meta = read_meta(path)
-    if meta.format_version != FORMAT_VERSION:
-        raise MetaMismatch(path, "format version", meta.format_version, FORMAT_VERSION,
-                           source="this build of paxoslog")
+    check_format(path, meta)
     for field, label in (("cluster_id", "cluster id"), ("node_id", "node id"),
                          ("protocol", "protocol")):
         if getattr(meta, field) != getattr(expected, field):

@@ -3,11 +3,15 @@
 ``<data_dir>/snap/<index:020d>-<term:020d>.snap.zst``.  The decompressed stream is a sequence
 of CBOR items (RFC 8742)::
 
-    {"format": 1, "index": i, "term": t, "config": <Config wire>, "state_machines": [names]}
+    {"format": 1, "index": i, "term": t, "config": <Config wire>, "state_machines": [names],
+     "backup"?: {...}}                              (data format 2: see below)
     <sessions>                                      any CBOR value (the session table)
     b"chunk" b"chunk" ... {"end": name, "bytes": n, "chunks": k}     once per state machine,
                                                                       in header order
     {"trailer": 1, "sizes": {name: n}, "chunks": {name: k}}
+
+``backup`` (optional, ignored by readers that do not know it) says where a backup taken with
+``paxoslog snapshot save`` came from: cluster, protocol, node, time.
 
 Writing streams: state machine states come as ``(name, iterable of byte chunks)`` and each
 chunk goes straight through the compressor to the file, so a large state is never held
@@ -87,6 +91,7 @@ class SnapshotInfo:
     uncompressed_bytes: int
     compressed_bytes: int
     checksum: str | None          # the frame's XXH64 content checksum (low 32 bits), hex
+    backup: dict | None = None    # the header's provenance map of a backup file
 
     @property
     def ratio(self) -> float:
@@ -95,11 +100,13 @@ class SnapshotInfo:
 
 def write_snapshot(out: BinaryIO, meta: SnapshotMeta,
                    states: Iterable[tuple[str, Iterable[bytes]]], sessions: object = None, *,
-                   level: int = 3, threads: int = 0) -> tuple[int, dict[str, int]]:
+                   level: int = 3, threads: int = 0,
+                   backup: dict | None = None) -> tuple[int, dict[str, int]]:
     """Stream one snapshot frame into ``out``.  Returns (uncompressed bytes, sizes by name).
 
     ``states`` is consumed lazily: only the outer (name, chunks) pairs are listed up front
-    (for the header); every chunk iterable is read once, chunk by chunk."""
+    (for the header); every chunk iterable is read once, chunk by chunk.  ``backup``: the
+    header's provenance map of a backup file."""
     states = list(states)
     names = [name for name, _ in states]
     if len(set(names)) != len(names) or not all(isinstance(n, str) and n for n in names):
@@ -114,8 +121,11 @@ def write_snapshot(out: BinaryIO, meta: SnapshotMeta,
             writer.write(data)
             total += len(data)
 
-        put(cbor2.dumps({"format": SNAPSHOT_FORMAT, "index": meta.index, "term": meta.term,
-                         "config": meta.config.to_wire(), "state_machines": names}))
+        header = {"format": SNAPSHOT_FORMAT, "index": meta.index, "term": meta.term,
+                  "config": meta.config.to_wire(), "state_machines": names}
+        if backup is not None:
+            header["backup"] = backup
+        put(cbor2.dumps(header))
         put(cbor2.dumps(sessions))
         for name, chunks in states:
             size = count = 0
@@ -326,9 +336,11 @@ def verify_snapshot(source: str | bytes) -> SnapshotInfo:
         for _name, chunks in reader.states():
             for _ in chunks:
                 pass
+        backup = reader.header.get("backup")
         return SnapshotInfo(reader.path, reader.meta, reader.names, dict(reader.sizes),
                             dict(reader.chunk_counts), reader.sessions_bytes,
-                            reader.uncompressed_bytes, reader.compressed_bytes, reader.checksum)
+                            reader.uncompressed_bytes, reader.compressed_bytes, reader.checksum,
+                            backup if isinstance(backup, dict) else None)
 
 
 @dataclass(frozen=True, order=True)

@@ -566,6 +566,16 @@ class WriteAheadLog:
             self.append(REC_ENTRIES, [entry_wire(e) for e in entries],
                         max(entry.index for entry in entries))
 
+    def flush(self) -> None:
+        """Hand the buffered records to the OS without fsync: readers of the files (log
+        dump, export) see them at once; a crash may still lose them, like any unsynced
+        record (the next SYNC record decides what was durable)."""
+        self._check_writable()
+        try:
+            self._flush()
+        except OSError as exc:
+            self._fail(exc)
+
     def sync(self) -> None:
         """Write buffered records and fdatasync once: after it returns they are durable."""
         self._check_writable()

@@ -4,9 +4,12 @@
 nodes bind them at once), data directories under the test's tmp_path, and short timings
 (tick 10 ms, election 15 ticks) so elections take well under a second.  It starts, kills
 (-9), stops (SIGTERM), pauses (SIGSTOP) and restarts nodes by pid, and talks to them over
-plain HTTP.  Nothing sleeps for synchronisation: ``wait_for`` polls a condition with a
-deadline.  On teardown every node still running is killed; if a test failed, the tail of
-each node's log is printed.
+HTTP, or HTTPS with ``tls=True``: then the conf gets a ``[tls]`` section (mutual TLS between
+peers too) and the certificates come from ``paxoslog certs init`` run on it, as an operator
+would; ``PAXOSLOG_TEST_TLS=1`` turns TLS on for every harness that does not choose.
+Nothing sleeps for synchronisation: ``wait_for`` polls a condition with a deadline.  On
+teardown every node still running is killed; if a test failed, the tail of each node's log
+is printed.
 """
 
 from __future__ import annotations
@@ -15,6 +18,8 @@ import http.client
 import json
 import os
 import signal
+import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -27,6 +32,9 @@ from paxoslog.chaos.cluster import allocate_ports
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 PROTOCOLS = ("multipaxos", "raft")
+TLS_DEFAULT = os.environ.get("PAXOSLOG_TEST_TLS", "") not in ("", "0")
+TLS_SECTION = ('\n[tls]\nca_file = "certs/ca.pem"\ncert_file = "certs/node-{node}.pem"\n'
+               'key_file = "certs/node-{node}.key"\n')
 
 # The test modules import the harness as ``paxoslog_integration`` (a plain ``import conftest``
 # would pick whichever conftest.py of the tree was imported last).
@@ -69,9 +77,11 @@ class ClusterHarness:
     def __init__(self, tmp_path, protocol: str = "multipaxos", size: int = 3, *,
                  tick_ms: int = 10, election_ticks: int = 15, heartbeat_ticks: int = 3,
                  request_timeout_ms: int = 3000, extra: str = "",
-                 secret: str | None = "integration-secret") -> None:
+                 secret: str | None = "integration-secret", tls: bool | None = None) -> None:
         self.tmp_path = tmp_path
         self.protocol = protocol
+        self.tls = TLS_DEFAULT if tls is None else tls
+        self.scheme = "https" if self.tls else "http"
         ports = reserve_ports(2 * size)
         self.ids = list(range(1, size + 1))
         self.peer_ports = dict(zip(self.ids, ports[:size]))
@@ -86,10 +96,15 @@ class ClusterHarness:
                 f'data_dir = "{tmp_path}/data/{{node}}"\n{secret_line}'
                 f"\n[timing]\ntick_ms = {tick_ms}\nheartbeat_ticks = {heartbeat_ticks}\n"
                 f"election_ticks = {election_ticks}\nrequest_timeout_ms = {request_timeout_ms}\n"
-                f"{extra}\n{nodes}")
+                f"{extra}\n{TLS_SECTION if self.tls else ''}{nodes}")
         with open(self.conf_path, "w") as f:
             f.write(text)
         self.conf_text = text
+        self.ca_file = str(tmp_path / "certs" / "ca.pem") if self.tls else None
+        self._ssl = None
+        if self.tls:
+            self.certs_init(self.conf_path)
+            self._ssl = ssl.create_default_context(cafile=self.ca_file)
         self.confs: dict[int, str] = {}      # node -> its own conf (nodes added later)
         self.procs: dict[int, subprocess.Popen] = {}
         self.paused: set[int] = set()
@@ -100,17 +115,37 @@ class ClusterHarness:
     def log_path(self, node_id: int) -> str:
         return str(self.tmp_path / f"n{node_id}.log")
 
-    def start(self, node_id: int, join: int | None = None) -> None:
-        """Start ``node_id``; ``join``: a member whose API the new node asks to add it."""
+    @staticmethod
+    def certs_init(conf_path: str) -> None:
+        """``paxoslog certs init`` for a conf (the CA is created once, then reused)."""
+        done = subprocess.run([sys.executable, "-m", "paxoslog.cli", "certs", "init",
+                               "--config", conf_path], cwd=ROOT, capture_output=True, text=True,
+                              env=dict(os.environ, PYTHONPATH=ROOT), timeout=60)
+        assert done.returncode == 0, done.stderr
+
+    def url(self, node_id: int) -> str:
+        """The API endpoint of a node (http:// or https://)."""
+        return f"{self.scheme}://127.0.0.1:{self.api_ports[node_id]}"
+
+    def client_env(self) -> dict:
+        """Environment for a ``paxoslog`` client command (the CA file when TLS is on)."""
+        env = dict(os.environ, PYTHONPATH=ROOT)
+        if self.ca_file:
+            env["PAXOSLOG_CACERT"] = self.ca_file
+        return env
+
+    def start(self, node_id: int, join: int | None = None, env: dict | None = None) -> None:
+        """Start ``node_id``; ``join``: a member whose API the new node asks to add it;
+        ``env``: extra environment variables (NOTIFY_SOCKET, JOURNAL_STREAM, ...)."""
         assert node_id not in self.procs, f"node {node_id} already running"
         log = open(self.log_path(node_id), "ab")
         command = [sys.executable, "-m", "paxoslog.cli", "serve", "--config",
                    self.confs.get(node_id, self.conf_path), "--node", str(node_id)]
         if join is not None:
-            command += ["--join", f"http://127.0.0.1:{self.api_ports[join]}"]
+            command += ["--join", self.url(join)]
         self.procs[node_id] = subprocess.Popen(
             command, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT,
-            env=dict(os.environ, PYTHONPATH=ROOT))
+            env=dict(os.environ, PYTHONPATH=ROOT, **(env or {})))
         log.close()
 
     def new_node(self, node_id: int) -> str:
@@ -125,6 +160,8 @@ class ClusterHarness:
             f.write(self.conf_text + f'\n[[nodes]]\nid = {node_id}\npeer = "127.0.0.1:{peer}"\n'
                                      f'api = "127.0.0.1:{api}"\n')
         self.confs[node_id] = path
+        if self.tls:
+            self.certs_init(path)
         return path
 
     def wait_exit(self, node_id: int, timeout: float = 15.0) -> int:
@@ -181,6 +218,22 @@ class ClusterHarness:
 
     # ------------------------------------------------------------------ HTTP
 
+    def connection(self, node_id: int, timeout: float = 5.0) -> http.client.HTTPConnection:
+        """A new HTTP(S) connection to a node's API."""
+        if self.tls:
+            return http.client.HTTPSConnection("127.0.0.1", self.api_ports[node_id],
+                                               timeout=timeout, context=self._ssl)
+        return http.client.HTTPConnection("127.0.0.1", self.api_ports[node_id],
+                                          timeout=timeout)
+
+    def raw_socket(self, node_id: int, timeout: float = 5.0) -> socket.socket:
+        """A connected socket to a node's API port (TLS-wrapped when TLS is on), for tests
+        that speak raw HTTP."""
+        s = socket.create_connection(("127.0.0.1", self.api_ports[node_id]), timeout=timeout)
+        if self.tls:
+            s = self._ssl.wrap_socket(s, server_hostname="127.0.0.1")
+        return s
+
     def _drop_conn(self, node_id: int) -> None:
         conn = self._conns.pop(node_id, None)
         if conn is not None:
@@ -189,10 +242,20 @@ class ClusterHarness:
     def request(self, node_id: int, method: str, path: str, body=None, *,
                 raw: bytes | None = None, headers: dict | None = None,
                 timeout: float = 5.0) -> Response:
+        if method in ("GET", "HEAD") and node_id in self._conns:
+            # A kept-alive connection may have been closed by the node meanwhile (its idle
+            # timeout): a read is safe to send again on a fresh one.
+            try:
+                return self._request(node_id, method, path, body, raw, headers, timeout)
+            except (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError):
+                pass
+        return self._request(node_id, method, path, body, raw, headers, timeout)
+
+    def _request(self, node_id: int, method: str, path: str, body, raw, headers,
+                 timeout: float) -> Response:
         conn = self._conns.get(node_id)
         if conn is None:
-            conn = http.client.HTTPConnection("127.0.0.1", self.api_ports[node_id],
-                                              timeout=timeout)
+            conn = self.connection(node_id, timeout)
             self._conns[node_id] = conn
         conn.timeout = timeout
         if conn.sock is not None:
@@ -290,9 +353,9 @@ def pytest_runtest_makereport(item, call):
 
 
 @contextmanager
-def started_cluster(tmp_path_factory, name: str, protocol: str):
+def started_cluster(tmp_path_factory, name: str, protocol: str, tls: bool | None = None):
     """A 3-node cluster with a leader, closed on exit (for module-scoped fixtures)."""
-    harness = ClusterHarness(tmp_path_factory.mktemp(name), protocol)
+    harness = ClusterHarness(tmp_path_factory.mktemp(name), protocol, tls=tls)
     harness.start_all()
     try:
         harness.wait_leader()

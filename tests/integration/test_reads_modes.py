@@ -117,14 +117,14 @@ def test_lease_read_after_sigstop_is_not_stale(make_cluster, protocol):
     wait_for(lambda: c.get(old, "p", "lease").status == 200
              and metric(c, old, "paxoslog_lease_reads_served_total") > 0,
              what="lease reads on the old leader")
+    conn = c.connection(old, timeout=10)
+    conn.connect()             # before the pause: a TLS handshake needs the process
     c.pause(old)
     others = [n for n in c.ids if n != old]
     new = c.wait_leader(among=others, timeout=20)
     assert new != old
     _, body = c.write("p", "after", nodes=others)
-    conn = http.client.HTTPConnection("127.0.0.1", c.api_ports[old], timeout=10)
     try:
-        conn.connect()
         conn.request("GET", "/api/v1/consensus/query?key=p&consistency=lease")
         c.resume(old)
         response = conn.getresponse()

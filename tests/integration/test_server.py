@@ -138,7 +138,7 @@ def test_status_log_entries_health_and_metrics(shared):
 # ====================================================================== bad input
 
 def _raw(c: ClusterHarness, node: int, data: bytes, read_until_close: bool = True) -> bytes:
-    with socket.create_connection(("127.0.0.1", c.api_ports[node]), timeout=5) as s:
+    with c.raw_socket(node) as s:
         s.sendall(data)
         chunks = []
         while True:
@@ -244,10 +244,11 @@ def test_huge_bodies_headers_and_garbage_are_refused_before_being_read(shared):
 
 # ====================================================================== failures
 
-def test_kill_leader_writes_resume_and_the_old_leader_catches_up(cluster):
+@pytest.mark.parametrize("tls", [False, True], ids=["tcp", "tls"])
+def test_kill_leader_writes_resume_and_the_old_leader_catches_up(make_cluster, protocol, tls):
     """kill -9 the leader: a new leader takes writes (time printed); the restarted node
-    catches up and serves the latest value."""
-    c = cluster
+    catches up and serves the latest value (over plain TCP and over TLS)."""
+    c = make_cluster(protocol, tls=tls)
     for i in range(30):
         c.write(f"before-{i}", i)
     old = c.wait_leader()
@@ -318,7 +319,7 @@ def _put_fresh(c: ClusterHarness, node: int, key: str, value) -> tuple:
     """One POST on a fresh connection (threads must not share the harness's connections)."""
     import http.client
     import json
-    conn = http.client.HTTPConnection("127.0.0.1", c.api_ports[node], timeout=3)
+    conn = c.connection(node, timeout=3)
     try:
         conn.request("POST", "/api/v1/consensus/propose",
                      json.dumps({"key": key, "value": value}))
@@ -375,7 +376,7 @@ def test_paused_leader_serves_no_stale_reads_and_takes_no_writes_as_leader(clust
 def _get_fresh(c: ClusterHarness, node: int, key: str) -> tuple:
     import http.client
     import json
-    conn = http.client.HTTPConnection("127.0.0.1", c.api_ports[node], timeout=10)
+    conn = c.connection(node, timeout=10)
     try:
         conn.request("GET", f"/api/v1/consensus/query?key={key}")
         response = conn.getresponse()
@@ -404,10 +405,13 @@ def test_graceful_stop_flushes_and_hands_over(cluster):
     assert survivor in c.ids
 
 
-def test_lagging_follower_catches_up_by_snapshot_transfer(make_cluster, protocol):
+@pytest.mark.parametrize("tls", [False, True], ids=["tcp", "tls"])
+def test_lagging_follower_catches_up_by_snapshot_transfer(make_cluster, protocol, tls):
     """With frequent snapshots the leader compacts its log while a follower is down; the
-    restarted follower receives the snapshot over the peer connection and serves it."""
-    c = make_cluster(protocol, extra="\n[snapshot]\nentries = 40\nchunk_bytes = 2048\n")
+    restarted follower receives the snapshot over the peer connection (with frame MACs, or
+    mutual TLS) and serves it."""
+    c = make_cluster(protocol, extra="\n[snapshot]\nentries = 40\nchunk_bytes = 2048\n",
+                     tls=tls)
     leader = c.wait_leader()
     lagging = next(n for n in c.ids if n != leader)
     c.kill(lagging)

@@ -1,6 +1,7 @@
 """The client library against a real cluster: the treq ``Client`` (in a child process with
 its own reactor) and the blocking ``SyncClient``: leader discovery, dead endpoints skipped,
-retries keeping (client_id, sequence), and the documented exceptions."""
+retries keeping (client_id, sequence), and the documented exceptions.  Both over HTTP and
+over HTTPS (the cluster CA as ``cafile``)."""
 
 from __future__ import annotations
 
@@ -20,9 +21,11 @@ from twisted.internet import defer, task
 from paxoslog.client import Client, NotFound, Unavailable
 
 @defer.inlineCallbacks
-def main(reactor, endpoints, dead):
+def main(reactor, endpoints, dead, cafile):
     out = {}
-    client = Client([dead] + endpoints, reactor=reactor, timeout=10, attempt_timeout=2)
+    cafile = cafile or None
+    client = Client([dead] + endpoints, reactor=reactor, timeout=10, attempt_timeout=2,
+                    cafile=cafile)
     status = yield client.discover_leader()
     out["leader"] = status["leader"]
     out["leader_endpoint"] = client.leader_endpoint
@@ -37,7 +40,7 @@ def main(reactor, endpoints, dead):
         yield client.get("async-key")
     except NotFound as exc:
         out["missing"] = exc.status
-    lonely = Client([dead], reactor=reactor, timeout=1, attempt_timeout=0.3)
+    lonely = Client([dead], reactor=reactor, timeout=1, attempt_timeout=0.3, cafile=cafile)
     try:
         yield lonely.get("x")
     except Unavailable:
@@ -45,31 +48,32 @@ def main(reactor, endpoints, dead):
     yield client.close()
     print(json.dumps(out))
 
-task.react(main, [json.loads(sys.argv[1]), sys.argv[2]])
+task.react(main, [json.loads(sys.argv[1]), sys.argv[2], sys.argv[3]])
 '''
 
 
-@pytest.fixture(scope="module")
-def running(tmp_path_factory):
-    with started_cluster(tmp_path_factory, "client", "raft") as harness:
+@pytest.fixture(scope="module", params=[False, True], ids=["http", "https"])
+def running(tmp_path_factory, request):
+    with started_cluster(tmp_path_factory, "client", "raft", tls=request.param) as harness:
         yield harness
 
 
 def _endpoints(c) -> list[str]:
-    return [f"http://127.0.0.1:{c.api_ports[n]}" for n in c.ids]
+    return [c.url(n) for n in c.ids]
 
 
 def test_async_client_discovers_the_leader_and_skips_dead_endpoints(running):
     """The treq client: leader discovery, put/get/cas/delete, NotFound, Unavailable."""
     [port] = reserve_ports(1)
     proc = subprocess.run([sys.executable, "-c", ASYNC_SCRIPT, json.dumps(_endpoints(running)),
-                           f"http://127.0.0.1:{port}"], capture_output=True, text=True,
-                          cwd=ROOT, env=dict(os.environ, PYTHONPATH=ROOT), timeout=60)
+                           f"{running.scheme}://127.0.0.1:{port}", running.ca_file or ""],
+                          capture_output=True, text=True, cwd=ROOT,
+                          env=dict(os.environ, PYTHONPATH=ROOT), timeout=60)
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = json.loads(proc.stdout.strip().splitlines()[-1])
     leader = running.wait_leader()
     assert out["leader"] == leader
-    assert out["leader_endpoint"] == f"http://127.0.0.1:{running.api_ports[leader]}"
+    assert out["leader_endpoint"] == running.url(leader)
     assert out["put"] == "committed" and out["got"] == {"v": 1} and out["cas"] is True
     assert out["missing"] == 404 and out["unavailable"] is True
 
@@ -78,7 +82,7 @@ def test_sync_client_retries_across_a_killed_leader_with_the_same_session(runnin
     """SyncClient: the leader dies between two writes; the second still commits once, and a
     replay of the same (client_id, sequence) returns the original result."""
     c = running
-    with SyncClient(_endpoints(c), timeout=15, attempt_timeout=1) as client:
+    with SyncClient(_endpoints(c), timeout=15, attempt_timeout=1, cafile=c.ca_file) as client:
         client.discover_leader()
         first = client.put("sync-a", 1)
         assert first["status"] == "committed"
@@ -98,6 +102,7 @@ def test_sync_client_retries_across_a_killed_leader_with_the_same_session(runnin
         c.start(leader)
         c.wait_leader()
     [port] = reserve_ports(1)
-    with SyncClient([f"127.0.0.1:{port}"], timeout=0.5, attempt_timeout=0.2) as lonely:
+    with SyncClient([f"{c.scheme}://127.0.0.1:{port}"], timeout=0.5, attempt_timeout=0.2,
+                    cafile=c.ca_file) as lonely:
         with pytest.raises(Unavailable):
             lonely.put("x", 1)

@@ -13,6 +13,8 @@ import random
 import threading
 import time
 
+import pytest
+
 from paxoslog.client import ClientError, NotFound, SyncClient, UnknownOutcome
 from paxoslog.sim.linearizability import Operation, check_history
 from paxoslog_integration import wait_for
@@ -51,7 +53,7 @@ class Workload:
                         for i in range(clients)]
 
     def endpoints(self) -> list[str]:
-        return [f"http://127.0.0.1:{self.c.api_ports[n]}" for n in self.nodes]
+        return [self.c.url(n) for n in self.nodes]
 
     def run(self, client_id: int) -> None:
         try:
@@ -66,7 +68,7 @@ class Workload:
         while not self.stop.is_set():
             key = rng.choice(self.KEYS)
             with SyncClient(self.endpoints(), timeout=8.0, attempt_timeout=2.0,
-                            client_id=session) as client:
+                            client_id=session, cafile=self.c.ca_file) as client:
                 call = time.monotonic()
                 ret = output = value = None
                 if rng.random() < 0.6:
@@ -202,9 +204,12 @@ def test_remove_the_leader_hands_over_first(make_cluster, protocol):
         c.write("more", 3, nodes=rest)
 
 
-def test_add_a_node_that_needs_a_snapshot(make_cluster, protocol):
+@pytest.mark.parametrize("tls", [False, True], ids=["tcp", "tls"])
+def test_add_a_node_that_needs_a_snapshot(make_cluster, protocol, tls):
+    """A node joins (serve --join, over HTTPS with TLS) after the log was compacted and is
+    brought up to date by a snapshot (over mutual TLS with TLS)."""
     # Snapshots every 50 entries, so the log that started the cluster is gone.
-    c = make_cluster(protocol, extra="[snapshot]\nentries = 50\n")
+    c = make_cluster(protocol, extra="[snapshot]\nentries = 50\n", tls=tls)
     for i in range(200):
         c.write(f"k{i}", i)
     leader = c.wait_leader()
@@ -283,10 +288,10 @@ def _cli(c, *args, timeout: float = 60.0):
     import subprocess
     import sys
     from paxoslog_integration import ROOT
-    endpoints = ",".join(f"http://127.0.0.1:{c.api_ports[n]}" for n in (1, 2, 3))
+    endpoints = ",".join(c.url(n) for n in (1, 2, 3))
     return subprocess.run([sys.executable, "-m", "paxoslog.cli", *args, "--endpoints", endpoints,
                            "--timeout", "30"], capture_output=True, text=True, cwd=ROOT,
-                          timeout=timeout)
+                          timeout=timeout, env=c.client_env())
 
 
 
@@ -328,7 +333,7 @@ def test_a_node_started_without_join_is_refused_by_the_members(make_cluster):
                          {"node_id": 4, "address": f"127.0.0.1:{c.peer_ports[4]}"}, timeout=30)
     assert response.status == 200, response
     c.start(4)                                        # no --join
-    wait_for(lambda: "bootstrap voters differ" in open(c.log_path(4)).read(), 15,
+    wait_for(lambda: "bootstrap voters or log origin differ" in open(c.log_path(4)).read(), 15,
              what="node 4 to refuse the members")
     leader = c.wait_leader(among=[1, 2, 3])
     assert 4 not in _voters(c, leader)

@@ -141,12 +141,12 @@ def test_cli_sm_command(counters):
     exit codes for bad input (1) and unknown state machines (3)."""
     c = counters
     c.wait_leader()
-    endpoints = ",".join(f"http://127.0.0.1:{c.api_ports[n]}" for n in c.ids)
+    endpoints = ",".join(c.url(n) for n in c.ids)
 
     def cli(*args):
         return subprocess.run([sys.executable, "-m", "paxoslog.cli", "sm", "--endpoints",
                                endpoints, *args], capture_output=True, text=True, cwd=ROOT,
-                              env=dict(os.environ, PYTHONPATH=ROOT), timeout=60)
+                              env=c.client_env(), timeout=60)
 
     out = cli("counter", "add", "name=hits", "delta=5")
     assert out.returncode == 0, out.stderr

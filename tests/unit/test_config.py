@@ -31,6 +31,10 @@ api = "127.0.0.1:8003"
 
 BASE = 'cluster = "t"\nprotocol = "raft"\ndata_dir = "/tmp/x/{node}"\n'
 
+# Three machines: a multi-host conf (needs a secret of 32+ bytes).
+HOSTS = "".join(f'\n[[nodes]]\nid = {i}\npeer = "10.0.0.{i}:7000"\napi = "10.0.0.{i}:8000"\n'
+                for i in (1, 2, 3))
+
 
 def write(tmp_path, text: str) -> str:
     path = tmp_path / "c.toml"
@@ -134,6 +138,27 @@ def test_storage_segment_bytes_reaches_the_storage_options(tmp_path):
     (BASE + 'secret = "short"\n' + NODES, "secret", "too short"),
     (BASE + 'secret = "longenough"\nsecret_file = "f"\n' + NODES, "secret_file", "not both"),
     (BASE + 'secret_file = "missing-secret"\n' + NODES, "secret_file", "cannot read"),
+    (BASE + HOSTS, "secret", "required: the nodes are not all on loopback"),
+    (BASE + 'secret = "0123456789abcdef"\n' + HOSTS, "secret", "too short for a multi-host"),
+    (BASE + 'secret = "0123456789abcdef"\n' + NODES.replace('api = "127.0.0.1:8003"',
+                                                            'api = "127.0.0.1:8003"\n'
+                                                            'api_bind = "0.0.0.0:8003"'),
+     "secret", "too short for a multi-host"),
+    (BASE + "[tls]\ncert_file = 'c.pem'\n" + NODES, "tls.ca_file", "missing"),
+    (BASE + "[tls]\nca_file = 'ca.pem'\napi = 'yes'\n" + NODES, "tls.api",
+     "expected true or false"),
+    (BASE + "[tls]\nca_file = 'ca.pem'\nciphers = 'x'\n" + NODES, "tls.ciphers", "unknown key"),
+    (BASE + NODES.replace('api = "127.0.0.1:8001"', 'api = "127.0.0.1:8001"\n'
+                          'tls_cert_file = "n1.pem"'), "nodes[0].tls_cert_file",
+     "without a [tls] section"),
+    (BASE + "[limits]\npeer_handshakes_max = 0\n" + NODES, "limits.peer_handshakes_max",
+     "out of range"),
+    (BASE + "[snapshot]\nreceive_bytes_max = -1\n" + NODES, "snapshot.receive_bytes_max",
+     "out of range"),
+    (BASE + "[limits]\nheader_timeout_ms = 0\n" + NODES, "limits.header_timeout_ms",
+     "out of range"),
+    (BASE + "[limits]\nquery_result_bytes_max = 10\n" + NODES,
+     "limits.query_result_bytes_max", "out of range"),
 ])
 def test_mistakes_name_the_file_the_key_and_the_problem(tmp_path, text, key, words):
     """Each bad conf raises ConfigError("<file>: <key>: <what is wrong>")."""
@@ -144,6 +169,16 @@ def test_mistakes_name_the_file_the_key_and_the_problem(tmp_path, text, key, wor
     assert message.startswith(f"{path}: {key}: "), message
     assert words in message, message
     assert info.value.key == key and info.value.path == path
+
+
+def test_multi_host_confs_need_a_long_secret_and_local_ones_may_keep_a_short_one(tmp_path):
+    """A 32-byte secret suits a multi-host conf; a loopback conf accepts 8 bytes (warned
+    about at start, see test_tls.py) and no secret at all."""
+    config = load_config(write(tmp_path, BASE + f'secret = "{"x" * 32}"\n' + HOSTS))
+    assert not config.local and len(config.secret) == 32
+    config = load_config(write(tmp_path, BASE + 'secret = "8 chars!"\n' + NODES))
+    assert config.local and config.secret == b"8 chars!"
+    assert load_config(write(tmp_path, BASE + NODES)).secret is None
 
 
 def test_unreadable_and_invalid_toml_files(tmp_path):

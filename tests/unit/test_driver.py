@@ -183,6 +183,7 @@ class Trio:
         self.inbox: list = []
         self.cut: set[int] = set()
         self.saved: dict = {}
+        self.log: list = []          # every (node, instruction) settle() handed back
         for n, d in self.drivers.items():
             for peer in self.drivers:
                 if peer != n:
@@ -217,6 +218,7 @@ class Trio:
                     continue
                 d = self.drivers[msg.to]
                 out += [(msg.to, op) for op in self.run(d.receive([msg]), msg.to)]
+        self.log += out
         return out
 
     def elect(self, among=(1, 2, 3)) -> int:
@@ -455,3 +457,32 @@ def test_stop_answers_every_pending_request_503(protocol):
     key, data = put(lonely, "b", 1, seq=2)
     (refused,) = lonely.submit_write("late", key, data)
     assert refused.status == 503 and "shutting down" in refused.body["message"]
+
+
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+def test_a_write_waiting_on_a_stalled_leader_is_forwarded_to_the_next_one(protocol):
+    """A follower whose forwarded write gets no answer (the leader stalled) sends the same
+    command to the new leader as soon as it learns of it, instead of waiting out the
+    deadline; the new leader commits it and the follower answers its client."""
+    trio = Trio(protocol)
+    old = trio.elect()
+    f = trio.others(old)[0]
+    follower = trio.drivers[f]
+    key, data = put(follower, "a", 1)
+    (fwd,) = follower.submit_write("H", key, data)
+    assert fwd.peer == old                          # the old leader never answers it
+    trio.cut = {old}
+    seen = len(trio.log)
+    new = trio.elect(trio.others(old))
+    trio.settle()
+    forwards = [op for n, op in trio.log[seen:] if n == f and type(op) is Forward]
+    if new != f:
+        assert [(op.request, op.peer) for op in forwards] == [(fwd.request, new)]
+        answer = trio.run(trio.drivers[new].submit_forwarded_write(("from", f), data), new)
+        answers = answer + [op for n, op in trio.settle() if n == new and type(op) is Reply]
+        (reply,) = [op for op in answers if op.handle == ("from", f)]
+        assert follower.forward_answered(fwd.request, reply.status, reply.body) == [
+            Reply("H", 200, reply.body)]
+    else:                                           # it leads now: it proposes itself
+        replies = [op for n, op in trio.log[seen:] if n == f and type(op) is Reply]
+        assert [op.handle for op in replies] == ["H"] and replies[0].status == 200

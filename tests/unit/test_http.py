@@ -1,6 +1,8 @@
 """The httptools-based HTTP/1.1 protocol on a StringTransport and a Clock: keep-alive,
 pipelining order, chunked bodies, 100-continue, HEAD, limits (413 before the body, 431,
-connection cap), garbage, idle sweep."""
+connection caps in all and per address), garbage, backpressure (pipelining limit within one
+read, a full write buffer), read deadlines (headers, body, idle, a client that does not
+read), and JSON bodies that cannot hold NaN or Infinity."""
 
 from __future__ import annotations
 
@@ -10,7 +12,7 @@ import pytest
 from twisted.internet import defer, task
 from twisted.internet.testing import StringTransport
 
-from paxoslog.server.http import HttpFactory, json_response
+from paxoslog.server.http import FileBody, HttpFactory, HttpProtocol, json_response
 
 
 @dataclass(frozen=True)
@@ -19,6 +21,10 @@ class Limits:
     header_bytes_max: int = 2000
     connections_max: int = 4
     pipelined_requests_max: int = 3
+    header_timeout_ms: int = 1000
+    body_timeout_ms: int = 2000
+    idle_timeout_ms: int = 120_000
+    connections_per_address_max: int = 2
 
 
 class App:
@@ -203,3 +209,173 @@ def test_idle_connections_are_swept(setup):
     clock.advance(121)
     factory.sweep()
     assert idle_t.disconnecting and not busy_t.disconnecting
+
+
+# ---------------------------------------------------------------------- streamed bodies
+
+def _file_body(tmp_path, data: bytes, done: list):
+    path = tmp_path / "body.bin"
+    path.write_bytes(data)
+    return FileBody(str(path), len(data), lambda: done.append(str(path)))
+
+
+def _pump(transport: StringTransport) -> None:
+    """Play the socket: pull from the registered (pull) producer until it unregisters (the
+    protocol then registers itself again, as the connection's push producer)."""
+    while transport.producer is not None and not isinstance(transport.producer, HttpProtocol):
+        transport.producer.resumeProducing()
+
+
+def test_file_body_is_streamed_whole_and_then_released(setup, tmp_path):
+    """A FileBody goes out with its Content-Length, piece by piece; then ``done`` runs."""
+    app, _, _, connect = setup
+    data = bytes(range(256)) * 200                   # several 16 KiB pieces
+    done: list = []
+    app.defer_paths.add("/file")
+    proto, t = connect()
+    proto.dataReceived(b"GET /file HTTP/1.1\r\n\r\n")
+    app.pending[0].callback((200, _file_body(tmp_path, data, done), b"application/x", ()))
+    assert t.producer is not None and not done      # only the head and one piece so far
+    _pump(t)
+    head, _, body = t.value().partition(b"\r\n\r\n")
+    assert f"Content-Length: {len(data)}".encode() in head and body == data
+    assert done and not t.disconnecting
+
+
+def test_pipelined_response_waits_for_a_streamed_body(setup, tmp_path):
+    """A response behind a streamed body is written only after its last byte."""
+    app, _, _, connect = setup
+    done: list = []
+    app.defer_paths.add("/file")
+    proto, t = connect()
+    proto.dataReceived(b"GET /file HTTP/1.1\r\n\r\nGET /next HTTP/1.1\r\n\r\n")
+    app.pending[0].callback((200, _file_body(tmp_path, b"x" * 40000, done), b"a/b", ()))
+    assert b'"/next"' not in t.value()
+    _pump(t)
+    out = responses(t.value())
+    assert len(out) == 2 and out[0].endswith(b"x" * 100) and b'"/next"' in out[1]
+
+
+def test_lost_connection_mid_stream_releases_the_body(setup, tmp_path):
+    """The client goes away half way: the producer stops and ``done`` still runs once."""
+    app, _, _, connect = setup
+    done: list = []
+    app.defer_paths.add("/file")
+    proto, t = connect()
+    proto.dataReceived(b"GET /file HTTP/1.1\r\n\r\n")
+    app.pending[0].callback((200, _file_body(tmp_path, b"y" * 100000, done), b"a/b", ()))
+    producer = t.producer
+    producer.stopProducing()                          # what a closing transport does
+    proto.connectionLost(None)
+    assert len(done) == 1
+
+
+def test_head_of_a_streamed_body_sends_no_body(setup, tmp_path):
+    """HEAD announces the length and releases the body without reading it."""
+    app, _, _, connect = setup
+    done: list = []
+    app.defer_paths.add("/file")
+    proto, t = connect()
+    proto.dataReceived(b"HEAD /file HTTP/1.1\r\n\r\n")
+    app.pending[0].callback((200, _file_body(tmp_path, b"z" * 500, done), b"a/b", ()))
+    head, _, body = t.value().partition(b"\r\n\r\n")
+    assert b"Content-Length: 500" in head and body == b"" and done
+def test_a_read_of_many_pipelined_requests_is_parsed_only_up_to_the_limit(setup):
+    """1,400 requests in one read with a limit of 3 outstanding: 3 are handled, the socket
+    is paused, the rest wait unparsed; each answer lets one more in, all in order."""
+    app, _, _, connect = setup
+    app.defer_paths.add("/slow")
+    proto, t = connect()
+    proto.dataReceived(b"GET /slow HTTP/1.1\r\nHost: h\r\n\r\n" * 1400)
+    assert len(app.requests) == 3 and t.producerState == "paused"
+    app.pending[0].callback(json_response(200, {"n": 0}))
+    assert len(app.requests) == 4 and t.producerState == "paused"
+    for i in range(1, 1400):
+        app.pending[i].callback(json_response(200, {"n": i}))
+    out = responses(t.value())
+    assert len(out) == 1400 and b'"n":1399' in out[-1]
+    assert t.producerState == "producing"
+
+
+def test_reading_stops_while_the_write_buffer_is_full(setup):
+    """When the transport says its buffer is full (the client does not read), nothing more
+    is parsed and the socket is paused; once it drains, the waiting requests are served."""
+    app, _, _, connect = setup
+    proto, t = connect()
+    assert t.producer is proto                   # registered as the transport's producer
+    proto.dataReceived(b"GET /a HTTP/1.1\r\n\r\n")
+    proto.pauseProducing()                       # what the transport does when full
+    assert t.producerState == "paused"
+    proto.dataReceived(b"GET /b HTTP/1.1\r\n\r\nGET /c HTTP/1.1\r\n\r\n")
+    assert [r.path for r in app.requests] == ["/a"]
+    proto.resumeProducing()
+    assert [r.path for r in app.requests] == ["/a", "/b", "/c"]
+    assert t.producerState == "producing"
+
+
+def test_slow_headers_and_slow_bodies_get_408(setup):
+    """Headers trickling in past header_timeout_ms, or a body past body_timeout_ms, get
+    408 request_timeout and the connection is closed; a fresh connection that sends
+    nothing is held to the header deadline too."""
+    app, factory, clock, connect = setup
+    proto, t = connect()
+    proto.dataReceived(b"GET /slow")
+    for _ in range(3):
+        clock.advance(0.4)
+        proto.dataReceived(b"l")                 # one byte at a time: still too slow
+        factory.sweep()
+    assert t.value().startswith(b"HTTP/1.1 408 ") and b'"request_timeout"' in t.value()
+    assert b"header_timeout_ms" in t.value() and t.disconnecting and not app.requests
+    proto, t = connect()
+    proto.dataReceived(b"POST /b HTTP/1.1\r\nContent-Length: 10\r\n\r\nab")
+    clock.advance(1.5)
+    factory.sweep()
+    assert not t.disconnecting                   # the body has 2 s
+    clock.advance(1.0)
+    factory.sweep()
+    assert t.value().startswith(b"HTTP/1.1 408 ") and b"body_timeout_ms" in t.value()
+    silent, silent_t = connect()
+    clock.advance(1.1)
+    factory.sweep()
+    assert silent_t.value().startswith(b"HTTP/1.1 408 ")
+
+
+def test_a_client_that_does_not_read_is_cut_after_the_idle_timeout(setup):
+    """A connection whose write buffer stays full for idle_timeout_ms is aborted."""
+    _, factory, clock, connect = setup
+    proto, t = connect()
+    proto.dataReceived(b"GET /a HTTP/1.1\r\n\r\n")
+    proto.pauseProducing()
+    clock.advance(119)
+    factory.sweep()
+    assert not t.disconnecting
+    clock.advance(2)
+    factory.sweep()
+    assert t.disconnected or t.disconnecting
+
+
+def test_connections_per_address_are_capped(setup):
+    """Beyond connections_per_address_max from one address: 503; others still connect."""
+    from twisted.internet.address import IPv4Address
+    _, factory, _, _ = setup
+
+    def connect_from(host):
+        proto = factory.buildProtocol(IPv4Address("TCP", host, 5000))
+        transport = StringTransport()
+        proto.makeConnection(transport)
+        return proto, transport
+    for _ in range(2):
+        connect_from("10.0.0.1")
+    proto, t = connect_from("10.0.0.1")
+    assert t.value().startswith(b"HTTP/1.1 503 ") and b"connections_per_address_max" in t.value()
+    proto.connectionLost(None)
+    assert factory.by_address["10.0.0.1"] == 2
+    _, other = connect_from("10.0.0.2")
+    assert other.value() == b""
+
+
+def test_json_responses_never_carry_nan_or_infinity():
+    """A body with a non-finite number becomes a 500 whose body is valid JSON."""
+    import json
+    status, body, _, _ = json_response(200, {"x": float("inf"), "y": [float("nan")]})
+    assert status == 500 and json.loads(body)["error"] == "internal"

@@ -19,6 +19,7 @@ import random
 from collections import deque
 
 import pytest
+from random_faults import run_random_faults
 
 from paxoslog.core.ballot import Ballot
 from paxoslog.core.errors import Busy, ConfigChangeInProgress, NotLeader
@@ -1313,29 +1314,7 @@ def test_random_faults_keep_one_value_per_slot(seed):
     limits = Limits(batch_commands_max=rng.choice([1, 4]), pipeline_window=rng.choice([1, 4]),
                     entries_per_message_max=rng.choice([1, 3]))
     cluster = Cluster(5, seed=seed, limits=limits)
-    counter = 0
-    for _ in range(300):
-        roll = rng.random()
-        if roll < 0.05:
-            cluster.blocked = {(a, b_) for a in cluster.ids for b_ in cluster.ids
-                               if rng.random() < 0.3}
-        elif roll < 0.08:
-            cluster.heal()
-        elif roll < 0.10 and len(cluster.down) < 2:
-            cluster.crash(rng.choice(cluster.ids))
-        elif roll < 0.14 and cluster.down:
-            cluster.restart(rng.choice(sorted(cluster.down)))
-        lead = cluster.leader()
-        if lead is not None and rng.random() < 0.5:
-            counter += 1
-            try:
-                cluster.nodes[lead].propose([b"%d" % counter])
-            except (Busy, NotLeader):
-                pass
-        cluster.tick(1)
-    cluster.heal()
-    for node in sorted(cluster.down):
-        cluster.restart(node)
+    run_random_faults(cluster, rng)
     for _ in range(20 * E):
         cluster.tick(1)
         lead = cluster.leader()

@@ -18,6 +18,7 @@ from collections import deque
 
 import cbor2
 import pytest
+from random_faults import run_random_faults
 
 from paxoslog.core.errors import Busy, ConfigChangeInProgress, ContractViolation, NotLeader
 from paxoslog.core.limits import Limits
@@ -593,6 +594,36 @@ def test_whole_cluster_restart_in_a_joint_configuration_finishes_the_change():
     net.propose(leader, b"done")
     net.tick(2)
     assert all(net.commands(i)[-1:] == [b"done"] for i in (2, 3, 4))
+
+
+def test_a_removed_leader_holding_the_only_copy_of_the_final_config_campaigns_to_commit_it():
+    """Raft thesis 4.1 (membership seed 72/3): leader 1 leaves {1, 2} for {2}; the joint
+    entry commits, the final entry reaches only node 1, and both restart.  Node 2 (joint
+    configuration) needs node 1's vote but its log is shorter; node 1 is outside its own
+    newest configuration.  Node 1 must still campaign (its vote not counted), commit the
+    final configuration with node 2, and hand over; refusing left the pair leaderless."""
+    net = Net([1, 2])
+    net.elect(1)
+    net.settle()
+    net.drop = lambda m: (isinstance(m, AppendEntries) and m.entries
+                          and any(e.kind == ENTRY_CONFIG and not entry_config(e).joint
+                                  for e in m.entries))
+    net.nodes[1].change_config({2})
+    net.tick(4)
+    assert net.nodes[1].config == Config(frozenset({2}))
+    assert net.nodes[2].config.joint
+    for i in net.ids:
+        net.crash(i)
+    net.heal()
+    for i in net.ids:
+        net.restart(i)
+    net.tick(8 * E)
+    assert net.leader() == 2
+    assert all(net.nodes[i].config == Config(frozenset({2})) for i in net.ids)
+    assert net.nodes[2].commit_index == net.nodes[2].status().last_index
+    net.propose(2, b"after")
+    net.tick(2)
+    assert net.commands(2)[-1:] == [b"after"]
 
 
 def test_learner_gets_the_log_but_never_campaigns():
@@ -1241,29 +1272,7 @@ def test_random_faults_keep_one_value_per_index(seed):
     limits = Limits(batch_commands_max=rng.choice([1, 4]), pipeline_window=rng.choice([1, 4]),
                     entries_per_message_max=rng.choice([1, 3]))
     net = Net([1, 2, 3, 4, 5], opts=options(limits=limits), seed=seed)
-    counter = 0
-    for step in range(300):
-        roll = rng.random()
-        if roll < 0.05:
-            net.blocked = {(a, b) for a in net.ids for b in net.ids if rng.random() < 0.3}
-        elif roll < 0.08:
-            net.blocked = set()
-        elif roll < 0.10 and len(net.down) < 2:
-            net.crash(rng.choice(net.ids))
-        elif roll < 0.14 and net.down:
-            net.restart(rng.choice(sorted(net.down)))
-        net.drop = (lambda m, r=rng: r.random() < 0.1) if rng.random() < 0.5 else None
-        leader = net.leader()
-        if leader is not None and rng.random() < 0.5:
-            counter += 1
-            try:
-                net.nodes[leader].propose([b"%d" % counter])
-            except (Busy, NotLeader):
-                pass
-        net.tick(1)
-    net.heal()
-    for node in sorted(net.down):
-        net.restart(node)
+    run_random_faults(net, rng, drops=True)
     net.tick(6 * E)
     leader = net.leader()
     assert leader is not None

@@ -6,7 +6,7 @@ index, failing with a message that names the state machine, the index and the no
 from __future__ import annotations
 
 from paxoslog.chaos import checks
-from statemachines.base import state_hash
+from statemachines.base import state_hash, state_hash_producer
 from statemachines.counter import CounterStateMachine
 from statemachines.kv import KVStateMachine
 
@@ -32,6 +32,25 @@ def test_equal_states_have_equal_hashes_whatever_their_history():
     b.apply(3, {"op": "put", "key": "y", "value": {"n": [1, 2]}})   # same value, version 2
     assert state_hash(b) != state_hash(a)
     assert state_hash(KVStateMachine()) == state_hash(KVStateMachine())
+
+
+def test_the_deferred_digest_equals_state_hash_and_ignores_later_changes():
+    """state_hash_producer (copy now, digest later on a thread) gives state_hash's digest
+    for every size around the CBOR array heads and chunk boundaries, kv pieces join to
+    exactly snapshot(), and writes after the copy do not change the digest."""
+    for count in (0, 1, 23, 24, 511, 512, 513, 1500):
+        kv = KVStateMachine()
+        for i in range(count):
+            value = "x" * (300_000 if i == 7 else 10) if i % 2 else {"i": [i]}
+            kv.apply(i + 1, {"op": "put", "key": f"k{i:05d}", "value": value})
+        assert b"".join(kv.snapshot_chunks_copy()()) == kv.snapshot(), count
+        later = state_hash_producer(kv)
+        expected = state_hash(kv)
+        kv.apply(count + 1, {"op": "put", "key": "after", "value": 1})
+        assert later() == expected, count
+    counter = CounterStateMachine()
+    counter.apply(1, {"op": "add", "name": "a", "delta": 2})
+    assert state_hash_producer(counter)() == state_hash(counter)
 
 
 def test_counter_hash_ignores_insertion_order():

@@ -273,3 +273,25 @@ def test_membership_apply_errors_leave_the_table_unchanged():
     with pytest.raises(BadCommand, match="already leaving"):
         m.apply(5, {"op": "leave", "node_id": 2})
     assert m.query({"node_id": 2})["address"] == "h:1"
+
+
+def test_kv_prefix_reads_are_cut_by_bytes_and_say_more():
+    """A prefix read stops before result_bytes_max bytes of records (JSON, ASCII-escaped)
+    with more: true; the first record always comes back; rows still cap it too."""
+    import json
+    from statemachines.kv import KVStateMachine
+    kv = KVStateMachine(result_bytes_max=5000)
+    for i in range(20):
+        kv.apply(i + 1, {"op": "put", "key": f"k{i:02d}", "value": "é" * 400})
+    out = kv.query({"prefix": "k", "limit": 100})
+    assert out["more"] is True and 0 < len(out["kvs"]) < 20
+    assert len(json.dumps(out["kvs"])) <= 5000
+    assert [r["key"] for r in out["kvs"]] == [f"k{i:02d}" for i in range(len(out["kvs"]))]
+    tiny = KVStateMachine(result_bytes_max=10)
+    tiny.apply(1, {"op": "put", "key": "a", "value": "x" * 100})
+    assert tiny.query({"prefix": ""}) == {"kvs": [tiny.get("a")], "more": False}
+    roomy = KVStateMachine()
+    for i in range(5):
+        roomy.apply(i + 1, {"op": "put", "key": f"k{i}", "value": i})
+    assert roomy.query({"prefix": "k", "limit": 3}) == {
+        "kvs": [roomy.get(f"k{i}") for i in range(3)], "more": True}

@@ -9,10 +9,11 @@ import pytest
 
 from paxoslog.core.log import HardState
 from paxoslog.storage import failpoints
-from paxoslog.storage.errors import CorruptLog, MetaMismatch, StorageError
+from paxoslog.storage.errors import CorruptLog, MetaMismatch, StorageError, UnsupportedFormat
 from paxoslog.storage.failpoints import FailpointPanic
 from paxoslog.storage.hardstate import read_hardstate, write_hardstate
-from paxoslog.storage.meta import FORMAT_VERSION, Meta, ensure_meta, read_meta, write_meta
+from paxoslog.storage.meta import (FORMAT_VERSION, FORMAT_VERSION_MIN, Meta, ensure_meta,
+                                   read_meta, write_meta)
 
 
 @pytest.fixture(autouse=True)
@@ -48,12 +49,37 @@ def test_meta_mismatch_names_the_file_and_both_values(tmp_path, field, args, mes
 
 
 def test_newer_format_version_is_refused(tmp_path):
-    """A META written by a newer on-disk format is not opened by this build."""
+    """A META written by a newer on-disk format is refused, naming both versions."""
     data_dir = str(tmp_path)
-    write_meta(os.path.join(data_dir, "META"), Meta("prod", 1, "raft", FORMAT_VERSION + 1))
-    with pytest.raises(MetaMismatch) as caught:
+    path = os.path.join(data_dir, "META")
+    write_meta(path, Meta("prod", 1, "raft", FORMAT_VERSION + 1))
+    with pytest.raises(UnsupportedFormat) as caught:
         ensure_meta(data_dir, "prod", 1, "raft")
-    assert "format version is 2 but this build of paxoslog says 1" in str(caught.value)
+    assert str(caught.value) == (
+        f"{path}: data format {FORMAT_VERSION + 1} was written by a newer release of "
+        f"paxoslog; this release reads formats {FORMAT_VERSION_MIN} to {FORMAT_VERSION}: "
+        "upgrade paxoslog to open this data directory (nothing was changed)")
+    assert isinstance(caught.value, MetaMismatch)
+    assert read_meta(path).format_version == FORMAT_VERSION + 1      # untouched
+
+
+def test_every_older_supported_format_is_read_and_left_as_is(tmp_path):
+    """A directory of an older supported format opens, and its META is not rewritten."""
+    for version in range(FORMAT_VERSION_MIN, FORMAT_VERSION + 1):
+        data_dir = str(tmp_path / f"v{version}")
+        os.makedirs(data_dir)
+        path = os.path.join(data_dir, "META")
+        write_meta(path, Meta("prod", 1, "raft", version))
+        assert ensure_meta(data_dir, "prod", 1, "raft").format_version == version
+        assert read_meta(path).format_version == version
+
+
+def test_format_older_than_supported_is_refused(tmp_path):
+    """A format below FORMAT_VERSION_MIN is refused with the way out."""
+    path = os.path.join(str(tmp_path), "META")
+    write_meta(path, Meta("prod", 1, "raft", FORMAT_VERSION_MIN - 1))
+    with pytest.raises(UnsupportedFormat, match="older than this release reads"):
+        ensure_meta(str(tmp_path), "prod", 1, "raft")
 
 
 def test_corrupt_meta_is_detected(tmp_path):

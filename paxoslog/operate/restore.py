@@ -1,0 +1,160 @@
+"""``paxoslog snapshot restore FILE --config F [--node ID ...]``: the data directories of a
+NEW cluster from a backup (``paxoslog snapshot save``) or any snapshot file.
+
+Order of work, so that nothing is half-written:
+
+1. the whole file is verified first (zstd frame layout, content checksum, every state's
+   size against the trailer; ``CorruptSnapshot`` names the problem) and hashed (SHA-256);
+   a file from a cluster of the other protocol is refused (terms mean different things);
+2. every target data directory (each node of the conf, or the ``--node`` ones) must be
+   absent or empty; otherwise nothing is written at all;
+3. each directory is built beside its target (newdir.py) and renamed into place:
+
+   * ``META``: the conf's cluster name, the node id, the protocol, this release's format;
+   * ``snap/<index>-<term>.snap.zst``: the backup's state machines and session table at
+     the backup's index and term, under a *fresh* configuration (every node of the conf
+     votes) and with the ``membership`` table emptied: the new cluster's leader writes
+     the rows of its members, as on a first start;
+   * the hard state (term of the snapshot, no vote, commit = its index) in the WAL, so
+     every node starts at that index with nothing to replay;
+   * ``members.json``: the conf's nodes as bootstrap voters and address book, and the
+     new cluster's *log origin*: peers compare it at the handshake, so no node of the old
+     cluster (same name, same ids) can ever vote in the new one.
+
+The origin is derived from the backup's SHA-256, the cluster name and the voters, so
+restoring the same file into the same conf node by node on separate hosts (``--node``)
+gives every node the same origin.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass
+
+from paxoslog.core.log import HardState, SnapshotMeta
+from paxoslog.core.quorum import Config
+from paxoslog.core.ready import Ready
+from paxoslog.server.members_file import MembersFile, NodeAddresses
+from paxoslog.storage import DiskStorage
+from paxoslog.storage.errors import CorruptSnapshot, StorageError
+from paxoslog.storage.snapshot import SnapshotInfo, SnapshotReader, verify_snapshot
+
+from .datadir import OperateError
+from .newdir import NewDataDir, is_empty_dir
+from .progress import Progress
+
+__all__ = ["verify_backup", "restore_cluster", "RestoreResult", "states_with_fresh_membership"]
+
+
+@dataclass
+class RestoreResult:
+    info: SnapshotInfo
+    sha256: str
+    origin: str
+    data_dirs: dict[int, str]
+    seconds: float
+
+
+def verify_backup(path: str, quiet: bool = False) -> tuple[SnapshotInfo, str]:
+    """Verify the whole file and hash it: (info, SHA-256 hex).  ``OperateError`` (exit 1)
+    on any damage, exit 2 when there is no such file."""
+    if not os.path.isfile(path):
+        raise OperateError(f"{path}: no such file", 2)
+    digest = hashlib.sha256()
+    size = os.path.getsize(path)
+    progress = Progress("checking the backup", size, quiet=quiet)
+    with open(path, "rb") as f:
+        done = 0
+        while block := f.read(1 << 20):
+            digest.update(block)
+            done += len(block)
+            progress.update(done)
+    progress.finish()
+    try:
+        info = verify_snapshot(path)
+    except CorruptSnapshot as exc:
+        raise OperateError(f"refusing to restore: {exc}; nothing was written") from None
+    return info, digest.hexdigest()
+
+
+def states_with_fresh_membership(reader: SnapshotReader):
+    """(name, chunks) of every state in ``reader``, streamed in order, with the
+    ``membership`` table replaced by an empty one.  Drain the reader afterwards (its
+    trailer and checksum are checked at the end)."""
+    states = reader.states()
+
+    def chunks_of(name: str):
+        got, chunks = next(states)
+        assert got == name, (got, name)
+        if name == "membership":
+            for _ in chunks:
+                pass
+            return
+        yield from chunks
+    return [(name, chunks_of(name)) for name in reader.names], states
+
+
+def restore_cluster(path: str, config, node_ids: list[int] | None = None, *,
+                    out=print, quiet: bool = False) -> RestoreResult:
+    """See the module docstring.  ``out``: where the summary lines go."""
+    import time
+    started = time.monotonic()
+    info, sha = verify_backup(path, quiet)
+    origin_cluster = info.backup or {}
+    source_protocol = origin_cluster.get("protocol")
+    if source_protocol is not None and source_protocol != config.protocol:
+        raise OperateError(f"{path} is a backup of a {source_protocol} cluster but "
+                           f"{config.path} says protocol = {config.protocol!r}: restore it "
+                           f"into a {source_protocol} cluster (terms and ballots are not "
+                           "interchangeable); nothing was written", 2)
+    wanted = node_ids or list(config.node_ids)
+    try:
+        targets = {n: config.node(n) for n in wanted}
+    except Exception as exc:
+        raise OperateError(f"{exc}; nothing was written", 2) from None
+    busy = [f"node {n}: {node.data_dir}" for n, node in targets.items()
+            if os.path.exists(node.data_dir) and not is_empty_dir(node.data_dir)]
+    if busy:
+        raise OperateError("refusing to restore over existing data (a restore builds a NEW "
+                           "cluster; move these away or pick another data_dir): "
+                           + "; ".join(busy) + "; nothing was written", 1)
+    voters = frozenset(config.node_ids)
+    origin = "r-" + hashlib.blake2b(
+        f"{sha}|{config.name}|{config.protocol}|{sorted(voters)}".encode(),
+        digest_size=8).hexdigest()
+    meta = SnapshotMeta(info.meta.index, info.meta.term, Config(voters))
+    book = {n.id: NodeAddresses(n.peer, n.api) for n in config.nodes}
+    made = {}
+    for node_id, node in targets.items():
+        try:
+            with NewDataDir(node.data_dir) as new:
+                _build(new.path, path, meta, config, node_id, voters, book, origin)
+                new.commit()
+        except OSError as exc:
+            raise OperateError(f"cannot write {node.data_dir}: {exc}; it was not created "
+                               f"(directories already restored: "
+                               f"{', '.join(made.values()) or 'none'})") from None
+        except StorageError as exc:
+            raise OperateError(f"{node.data_dir}: {exc}; it was not created") from None
+        made[node_id] = node.data_dir
+        out(f"node {node_id}: {node.data_dir} restored at index {meta.index}")
+    return RestoreResult(info, sha, origin, made, time.monotonic() - started)
+
+
+def _build(directory: str, backup: str, meta: SnapshotMeta, config, node_id: int,
+           voters: frozenset[int], book: dict, origin: str) -> None:
+    storage = DiskStorage(directory, config.name, node_id, config.protocol,
+                          config.storage_options())
+    try:
+        storage.load()
+        with SnapshotReader(backup) as reader:
+            states, rest = states_with_fresh_membership(reader)
+            storage.save_snapshot(meta, states, reader.sessions)
+            for _ in rest:                       # the trailer and the checksum, again
+                pass
+        storage.append(Ready(hard_state=HardState(meta.term, 0, meta.index)))
+        storage.sync()
+    finally:
+        storage.close()
+    MembersFile(directory).write(config.name, voters, book, origin=origin)
