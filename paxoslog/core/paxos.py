@@ -205,10 +205,10 @@ class MultiPaxosReplica:
             early = self.election.shortened      # the leader's connection was reset
             self.election.reset()
             self._start_election()
-            if early and self.role == Role.PRE_CANDIDATE:
-                retry = self.failover.retry(self.now)  # not granted yet: try again soon
-                if retry is not None:
-                    self.election.expire_after(retry)
+            if early and self.role != Role.FOLLOWER:   # (a learner does not campaign)
+                retry = self.failover.retry(self.now)
+                if retry is not None and self.role == Role.PRE_CANDIDATE:
+                    self.election.expire_after(retry)  # not granted yet: try again soon
 
     def step(self, msg: Message) -> None:
         if msg.to != self.node_id or msg.frm == self.node_id:
@@ -371,7 +371,8 @@ class MultiPaxosReplica:
             last_index=max(self.log.last_index, self.log.chosen_upto),
             first_index=self.log.first_index, config=self.config.describe(),
             ticks_since_leader=0 if leading else self.leader_elapsed,
-            holes=self._holes(limit=16), ballot=str(self.promised), progress=progress)
+            holes=self._holes(limit=16), ballot=str(self.promised), progress=progress,
+            early_campaigns=self.failover.early_campaigns)
 
     # ------------------------------------------------------------------ invariants
 

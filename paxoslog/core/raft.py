@@ -369,10 +369,10 @@ class RaftReplica:
             early = self._election.shortened     # the leader's connection was reset
             if self._promotable():
                 self._start_election(transfer=False)
-                if early and self._role == Role.PRE_CANDIDATE:
-                    retry = self._failover.retry(self._now)  # not granted yet: try again
-                    if retry is not None:
-                        self._election.expire_after(retry)
+                if early:
+                    retry = self._failover.retry(self._now)
+                    if retry is not None and self._role == Role.PRE_CANDIDATE:
+                        self._election.expire_after(retry)  # not granted yet: try again
             else:
                 self._election.reset()
 
@@ -1012,7 +1012,7 @@ class RaftReplica:
             last_index=self.last_index, first_index=self._log.offset + 1,
             config=self._config.describe(),
             ticks_since_leader=0 if leading else self._now - self._leader_heard_tick,
-            progress=progress)
+            progress=progress, early_campaigns=self._failover.early_campaigns)
 
     def check_invariants(self) -> None:
         """Assert the replica's internal consistency (the simulator calls this after every

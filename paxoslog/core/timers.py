@@ -156,7 +156,8 @@ class ResetFailover:
     a follower campaigns early at most once per election timeout: a flapping connection
     cannot make it campaign more often than its election timeout would."""
 
-    __slots__ = ("_election_ticks", "_throttle", "_last", "_retry_ticks", "_retry_until")
+    __slots__ = ("_election_ticks", "_throttle", "_last", "_retry_ticks", "_retry_until",
+                 "early_campaigns")
 
     def __init__(self, election_ticks: int, throttle: bool = False) -> None:
         self._election_ticks = election_ticks
@@ -164,6 +165,7 @@ class ResetFailover:
         self._last: int | None = None
         self._retry_ticks = 2
         self._retry_until = 0
+        self.early_campaigns = 0        # campaigns started early, retries included (status)
 
     def delay(self, now: int, voters: frozenset[int], node_id: int, leader: int,
               wait_ticks: int = 0) -> int | None:
@@ -181,9 +183,10 @@ class ResetFailover:
         return delay
 
     def retry(self, now: int) -> int | None:
-        """An early pre-vote just started (at ``now``): ticks until the next one should, if
-        this one is not granted, or None once an election timeout has passed since the
-        first (the drawn timeout takes over)."""
+        """An early campaign just started (at ``now``; counted): ticks until the next
+        pre-vote should, if this one is not granted, or None once an election timeout has
+        passed since the first (the drawn timeout takes over)."""
+        self.early_campaigns += 1
         if now + self._retry_ticks >= self._retry_until:
             return None
         return self._retry_ticks

@@ -866,6 +866,7 @@ def test_a_killed_leader_is_replaced_within_a_few_ticks_when_its_connections_res
         ticks += 1
         assert ticks <= E
     assert (net.leader(), ticks) == (2, 1)
+    assert net.nodes[2].status().early_campaigns == 1   # the metric the shell exports
 
 
 # ---------------------------------------------------------------- leader transfer
