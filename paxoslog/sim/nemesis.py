@@ -138,8 +138,7 @@ class Nemesis:
         node = self._victim()
         if node is None or node.applied < 1:
             return
-        config = node.replica.config
-        if not config.is_quorum(config.all_voters - {node.node_id}):
+        if self._indispensable(node):
             return  # the others could not go on without it: that loss needs a backup
         index = self.rng.randint(max(1, node.applied - 20), node.applied)
         try:
@@ -150,6 +149,20 @@ class Nemesis:
         self.sim.stats["bitflips"] = 1
         self._record(f"bitflip node {node.node_id} entry {index}")
         node.restart()
+
+    def _indispensable(self, node) -> bool:
+        """True when some configuration that a member still knows (its core's newest or
+        its applied one, joint ones included) has no quorum without ``node``.  The
+        victim's own view is not enough: a node that lags behind a change (sim membership
+        seed 24, both protocols, with fast failover) may still believe in a configuration
+        with more voters than the one the others run."""
+        configs = set()
+        for other in self.sim.nodes.values():
+            if other.removed or other.corrupt or not hasattr(other, "driver"):
+                continue
+            configs.add(other.replica.config)
+            configs.add(other.config)
+        return any(not c.is_quorum(c.all_voters - {node.node_id}) for c in configs)
 
     def _transfer(self) -> None:
         text = self.sim.transfer()
