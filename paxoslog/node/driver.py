@@ -118,7 +118,10 @@ class NodeDriver:
         self._timers = Timers()
         self._waiters: dict[tuple, list[PendingWrite]] = {}
         self._points = ReadPoints()
-        self._reads: set[PendingRead] = set()     # every read not answered yet
+        # Every read not answered yet, in arrival order (a dict, not a set: a set of these
+        # objects iterates in address order, which made simulator runs depend on what ran
+        # before them in the same process: lease-beyond seed 23, Multi-Paxos).
+        self._reads: dict[PendingRead, None] = {}
 
     # ================================================================== events
 
@@ -421,7 +424,7 @@ class NodeDriver:
             self._out.append(Reply(handle, *_unavailable("the node is shutting down")))
             return self._take()
         r = PendingRead(handle, query, forwarded)
-        self._reads.add(r)
+        self._reads[r] = None
         r.deadline = self.now + self.options.request_timeout_ticks
         self._timers.add(r.deadline, DEADLINE, r)
         if consistency == "lease" and self.replica.role == Role.LEADER:
@@ -515,7 +518,7 @@ class NodeDriver:
         request.done = True
         request.retry_at = None
         if type(request) is PendingRead:
-            self._reads.discard(request)
+            self._reads.pop(request, None)
 
     def _retry(self, request) -> None:
         if not request.done and request.retry_at is None:
