@@ -7,7 +7,7 @@ PROTOCOL ?= both
 NODES ?= 3,5
 START ?= 0
 
-.PHONY: venv run test sim bench bench-core bench-storage bench-http compare chaos clean
+.PHONY: venv run test sim bench bench-core bench-storage bench-http bench-coord compare chaos clean
 DURATION ?= 600
 MODE ?= multipaxos
 CONF ?= conf/local-3.toml
@@ -40,6 +40,9 @@ bench-storage: venv
 
 bench-http: venv
 	$(PY) tools/bench_http.py
+
+bench-coord: venv
+	$(PY) tools/bench_coord.py
 
 bench: bench-core bench-http
 

@@ -8,7 +8,14 @@
     paxoslog cluster add-node ID --peer H:P [--api H:P] [--no-wait]
     paxoslog cluster remove-node ID | transfer-leader [ID] | members
     paxoslog put KEY VALUE | get KEY | delete KEY | cas KEY VALUE --expected E
-    paxoslog status                            one row per node: role, term, indexes, lag
+    paxoslog get PREFIX --prefix [--all] | delete PREFIX --prefix   pages with a cursor
+    paxoslog status                            one row per live member: role, term, lag
+    paxoslog endpoint health                   /health of every live member (exit 4: one
+                                               is not healthy)
+    paxoslog completion bash|zsh               a shell completion script
+    paxoslog put-many [FILE] [--batch N]       one "key value" per line (stdin: -), in batches
+    paxoslog watch KEY [--prefix] [--from REV] [--prev]   kv events as they commit
+    paxoslog log tail [-f] [--from N]          committed entries (WebSocket), resumable
     paxoslog log entries [--from N] [--to M]   entries from the running cluster
     paxoslog log dump|verify --data-dir D      offline/live WAL inspection (read-only)
     paxoslog log export --sqlite OUT.db --data-dir D   the data as SQL tables (read-only)
@@ -19,8 +26,10 @@
     paxoslog reload                            nodes re-read their conf (as SIGHUP)
     paxoslog certs init --config F [--out DIR]  a cluster CA and node certificates (TLS)
 
-Client commands find the cluster with ``--config`` (default ``$PAXOSLOG_CONFIG``, else
-``conf/local-3.toml``) or ``--endpoints http://h:p,...``; ``--json`` prints the raw JSON.
+Client commands find the cluster with ``--endpoints http://h:p,...``, ``--config F``,
+``$PAXOSLOG_ENDPOINTS``, ``$PAXOSLOG_CONFIG``, else ``conf/local-3.toml`` (first found);
+``-w json`` (anywhere on the line; ``--json`` is the same) prints JSON, ``-w table`` (the
+default) text.  While a command retries (no leader yet, a node down) it says so on stderr.
 HTTPS endpoints are verified against ``--cacert`` (default ``$PAXOSLOG_CACERT``, else the
 conf's ``[tls] ca_file``).
 
@@ -33,6 +42,7 @@ Exit codes (for scripts)::
     4  unavailable or outcome unknown (no leader, timeout; a write may still commit:
        retry with the same --client-id/--sequence)
     5  compare-and-swap precondition failed (cas only)
+    6  compacted: a tail or watch start no node still has (read the state instead)
 """
 
 from __future__ import annotations
@@ -42,6 +52,7 @@ import json
 import os
 import signal
 import sys
+import time
 
 EXIT_OK = 0
 EXIT_ERROR = 1
@@ -49,11 +60,12 @@ EXIT_USAGE = 2
 EXIT_NOT_FOUND = 3
 EXIT_UNAVAILABLE = 4
 EXIT_CAS_FAILED = 5
+EXIT_COMPACTED = 6
 
 DEFAULT_CONFIG = "conf/local-3.toml"
 
 __all__ = ["main", "build_parser", "EXIT_OK", "EXIT_ERROR", "EXIT_USAGE", "EXIT_NOT_FOUND",
-           "EXIT_UNAVAILABLE", "EXIT_CAS_FAILED"]
+           "EXIT_UNAVAILABLE", "EXIT_CAS_FAILED", "EXIT_COMPACTED"]
 
 
 # ====================================================================== parser
@@ -64,15 +76,24 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="paxoslog", description="A replicated log (Multi-Paxos or Raft) with a KV store.",
         epilog="exit codes: 0 ok, 1 error, 2 usage/conf error, 3 not found, "
-               "4 unavailable or outcome unknown, 5 cas precondition failed",
+               "4 unavailable or outcome unknown, 5 cas precondition failed, "
+               "6 compacted (a stream start no node still has)",
         formatter_class=argparse.RawDescriptionHelpFormatter)
+    from paxoslog import __version__
+    parser.add_argument("--version", action="version", version=f"paxoslog {__version__}")
+    parser.add_argument("-w", "--write-out", dest="write_out_global", default=None,
+                        choices=("table", "json"), help="output format of every command "
+                        "(json: the same as --json)")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     client = argparse.ArgumentParser(add_help=False)
+    client.add_argument("-w", "--write-out", dest="write_out", default=None,
+                        choices=("table", "json"), help="output format (json: as --json)")
     client.add_argument("-c", "--config", default=None,
                         help=f"cluster conf file (default: $PAXOSLOG_CONFIG or {DEFAULT_CONFIG})")
     client.add_argument("--endpoints", default=None,
-                        help="comma-separated API endpoints (instead of --config)")
+                        help="comma-separated API endpoints (instead of --config; default "
+                             "$PAXOSLOG_ENDPOINTS)")
     client.add_argument("--timeout", type=float, default=10.0,
                         help="overall deadline in seconds, retries included (default 10)")
     client.add_argument("--json", action="store_true", help="print the JSON response")
@@ -86,6 +107,12 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--log-level", default=None, choices=("debug", "info", "warn", "error"),
                        help="log level at start (default: the conf's [log] level, else info; "
                             "SIGHUP applies the conf's [log] level)")
+    serve.add_argument("--log-format", default="text", choices=("text", "json"),
+                       help="text lines (default) or one JSON object per line")
+    serve.add_argument("--log-file", default=None, metavar="FILE",
+                       help="append the log to FILE instead of stderr (SIGHUP reopens it)")
+    serve.add_argument("--access-log", default=None, metavar="FILE",
+                       help="one line per HTTP request to FILE (SIGHUP reopens it)")
     serve.add_argument("--join", default=None, metavar="URL[,URL...]",
                        help="first start of a node added to a running cluster: ask this member "
                             "(any; its API address) to add this node, then join as a learner "
@@ -144,17 +171,107 @@ def build_parser() -> argparse.ArgumentParser:
     put.add_argument("value")
     put.add_argument("-j", "--json-value", action="store_true",
                      help="parse VALUE as JSON (number, object, ...) instead of a string")
+    put.add_argument("--lease", type=int, default=None, metavar="ID",
+                     help="attach KEY to lease ID (deleted when the lease ends)")
     put.set_defaults(func=cmd_put)
 
-    get = commands.add_parser("get", parents=[client], help="read KEY")
+    get = commands.add_parser("get", parents=[client], help="read KEY (or the keys under a "
+                                                            "prefix: --prefix)")
     get.add_argument("key")
     get.add_argument("--consistency", default="linearizable",
                      choices=("linearizable", "lease", "stale"))
+    get.add_argument("--min-revision", type=int, default=None, metavar="R",
+                     help="refuse to be served below revision R (read your writes from a "
+                          "follower with --consistency stale)")
+    add_prefix_arguments(get, "the keys starting with KEY, a page at a time")
     get.set_defaults(func=cmd_get)
 
-    delete = commands.add_parser("delete", parents=[client, session], help="delete KEY")
+
+    txn = commands.add_parser(
+        "txn", parents=[client, session], help="a transaction from a JSON file (- for stdin)",
+        description='The file holds {"compare": [...], "success": [...], "failure": [...]} '
+                    "(docs/coordination.md); prints the result, exit 5 when the compares "
+                    "failed (the failure branch ran).")
+    txn.add_argument("file")
+    txn.set_defaults(func=cmd_txn)
+
+    lease = commands.add_parser("lease", help="grant, keep alive, revoke or inspect a lease")
+    lease_sub = lease.add_subparsers(dest="lease_command", metavar="ACTION", required=True)
+    grant = lease_sub.add_parser("grant", parents=[client, session], help="a new lease")
+    grant.add_argument("ttl_ms", type=int)
+    grant.set_defaults(func=cmd_lease, action="grant")
+    for action, text in (("keepalive", "renew once"), ("revoke", "revoke (deletes its keys)"),
+                         ("ttl", "remaining time and keys")):
+        sub = lease_sub.add_parser(action, parents=[client], help=text)
+        sub.add_argument("id", type=int)
+        sub.set_defaults(func=cmd_lease, action=action, client_id=None, sequence=None)
+
+    lock = commands.add_parser(
+        "lock", parents=[client], help="run COMMAND while holding the lock NAME",
+        usage="paxoslog lock [options] NAME -- COMMAND [ARG ...]",
+        description="Acquire the distributed lock NAME (fair: first come, first served), "
+                    "run COMMAND with PAXOSLOG_LOCK_TOKEN (the fencing token: pass it to "
+                    "what the lock protects) and PAXOSLOG_LOCK_KEY in its environment, keep "
+                    "the lock alive while it runs, release it when it ends.  If the lock is "
+                    "lost (the lease expired) COMMAND is terminated and the exit code is 1; "
+                    "else it is COMMAND's.",
+        epilog="example: paxoslog lock backups -- ./backup.sh")
+    lock.add_argument("name")
+    lock.add_argument("--ttl-ms", type=int, default=10_000,
+                      help="lease TTL: how long a dead holder keeps the lock (default 10000)")
+    lock.add_argument("--wait", type=float, default=None, metavar="SECONDS",
+                      help="give up (exit 4) when not acquired within SECONDS")
+    lock.set_defaults(func=cmd_lock, command=[])
+
+    elect = commands.add_parser(
+        "elect", parents=[client], help="campaign for leadership of NAME, or observe it",
+        usage="paxoslog elect [options] NAME [VALUE] [-- COMMAND [ARG ...]]",
+        description="With VALUE: campaign; once elected print 'leader NAME VALUE', then run "
+                    "COMMAND while leading (or, without COMMAND, lead until interrupted), "
+                    "then resign.  With --observe: print the leader's value at every change.",
+        epilog="examples: paxoslog elect scheduler host-a -- ./scheduler; "
+               "paxoslog elect scheduler --observe")
+    elect.add_argument("name")
+    elect.add_argument("value", nargs="?")
+    elect.add_argument("--observe", action="store_true", help="print leader changes")
+    elect.add_argument("--once", action="store_true", help="with --observe: print the "
+                       "current leader and exit (3 when there is none)")
+    elect.add_argument("--ttl-ms", type=int, default=10_000)
+    elect.add_argument("--wait", type=float, default=None, metavar="SECONDS")
+    elect.set_defaults(func=cmd_elect, command=[])
+
+    delete = commands.add_parser("delete", parents=[client, session],
+                                 help="delete KEY (or the keys under a prefix: --prefix)")
     delete.add_argument("key")
+    add_prefix_arguments(delete, "delete the keys starting with KEY, LIMIT per log entry")
     delete.set_defaults(func=cmd_delete)
+    delete_range = commands.add_parser(
+        "delete-range", parents=[client], help="delete every key starting with PREFIX "
+        "(as delete --prefix --all)")
+    delete_range.add_argument("key", metavar="PREFIX")
+    delete_range.add_argument("--limit", type=int, default=None,
+                              help="keys per log entry (default 1000)")
+    delete_range.set_defaults(func=cmd_delete, prefix=True, all=True, after=None,
+                              client_id=None, sequence=None)
+
+    endpoint = commands.add_parser("endpoint", help="per-endpoint checks")
+    endpoint_commands = endpoint.add_subparsers(dest="endpoint_command", metavar="COMMAND",
+                                                required=True)
+    health = endpoint_commands.add_parser(
+        "health", parents=[client], help="GET /health of every live member",
+        description="Ask every current member (the live membership, from any endpoint that "
+                    "answers; else the given endpoints) whether it is healthy: running, "
+                    "not failed, and knowing a leader.  Exit 0 when all are, 4 otherwise.")
+    health.set_defaults(func=cmd_endpoint_health)
+
+    completion = commands.add_parser(
+        "completion", help="print a shell completion script",
+        description="Print a completion script for bash or zsh.  bash: "
+                    "`source <(paxoslog completion bash)` (or save it in "
+                    "/etc/bash_completion.d/paxoslog); zsh: `source <(paxoslog completion "
+                    "zsh)`.")
+    completion.add_argument("shell", choices=("bash", "zsh"))
+    completion.set_defaults(func=cmd_completion)
 
     cas = commands.add_parser("cas", parents=[client, session],
                               help="set KEY to VALUE if it currently holds EXPECTED")
@@ -186,6 +303,36 @@ def build_parser() -> argparse.ArgumentParser:
 
     status = commands.add_parser("status", parents=[client], help="one row per node")
     status.set_defaults(func=cmd_status)
+
+    put_many = commands.add_parser(
+        "put-many", parents=[client], help="put many keys in batches (one log command each)",
+        description="Read one \"key value\" per line (the value is the rest of the line; "
+                    "blank lines and lines starting with # are skipped) from FILE or stdin "
+                    "and write them with POST /api/v1/consensus/batch, BATCH keys per "
+                    "request, each batch exactly once (a retried batch keeps its "
+                    "client_id/sequence).")
+    put_many.add_argument("file", nargs="?", default="-", help="input file (default: stdin)")
+    put_many.add_argument("--batch", type=int, default=1000, metavar="N",
+                          help="operations per batch (default 1000)")
+    put_many.add_argument("-j", "--json-value", action="store_true",
+                          help="parse each value as JSON")
+    put_many.set_defaults(func=cmd_put_many)
+
+    stream = argparse.ArgumentParser(add_help=False)
+    stream.add_argument("--from", dest="start", type=int, default=None, metavar="N",
+                        help="first index/revision (default: from the next one committed)")
+    stream.add_argument("--cbor", action="store_true",
+                        help="use the CBOR subprotocol (default JSON)")
+
+    watch = commands.add_parser(
+        "watch", parents=[client, stream], help="kv events (put/delete) as they commit",
+        description="Follow the puts and deletes of KEY (or of every key starting with KEY "
+                    "with --prefix) from revision --from on, over the WebSocket endpoint; "
+                    "resumes at another node by itself.  Ctrl-C stops.")
+    watch.add_argument("key", help="the key, or the prefix with --prefix (\"\": every key)")
+    watch.add_argument("--prefix", action="store_true", help="KEY is a prefix")
+    watch.add_argument("--prev", action="store_true", help="show each key's previous value")
+    watch.set_defaults(func=cmd_watch)
 
     certs = commands.add_parser("certs", help="TLS certificates for a cluster")
     certs_commands = certs.add_subparsers(dest="certs_command", metavar="COMMAND", required=True)
@@ -285,12 +432,44 @@ def build_parser() -> argparse.ArgumentParser:
                     "file and applies what can change without a restart ([log] level); "
                     "what needs a restart is listed.")
     reload.set_defaults(func=cmd_reload)
+    tail = log_sub.add_parser("tail", parents=[client, stream],
+                              help="committed entries over the WebSocket endpoint",
+                              description="Print committed log entries from --from N "
+                                          "(default: the next one) up to the newest; with "
+                                          "-f, keep following (resuming at another node "
+                                          "by itself).")
+    tail.add_argument("-f", "--follow", action="store_true", help="keep following")
+    tail.set_defaults(func=cmd_log_tail)
     return parser
+
+
+def add_prefix_arguments(parser, what: str) -> None:
+    parser.add_argument("--prefix", action="store_true", help=what)
+    parser.add_argument("--limit", type=int, default=None,
+                        help="keys per page (--prefix; default 1000, at most 10000)")
+    parser.add_argument("--after", default=None, metavar="CURSOR",
+                        help="continue after this key: the \"cursor\" of the previous page")
+    parser.add_argument("--all", action="store_true",
+                        help="follow the cursor until the last page")
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    command = None
+    if argv and argv[0] in ("lock", "elect") and "--" in argv:
+        # everything after the first "--" is the COMMAND to run, options included
+        cut = argv.index("--")
+        argv, command = argv[:cut], argv[cut + 1:]
     args = parser.parse_args(argv)
+    if command is not None:
+        args.command = command
+    if "json" in (getattr(args, "write_out", None), args.write_out_global) \
+            and hasattr(args, "json"):
+        args.json = True
+    if (hasattr(args, "endpoints") and not args.endpoints and not getattr(args, "config", None)
+            and os.environ.get("PAXOSLOG_ENDPOINTS")):
+        args.endpoints = os.environ["PAXOSLOG_ENDPOINTS"]
     try:
         return args.func(args)
     except KeyboardInterrupt:
@@ -337,9 +516,28 @@ def _cacert(args) -> str | None:
 
 def _client(args):
     from paxoslog.client import SyncClient
-    return SyncClient(_endpoints(args), timeout=args.timeout,
-                      attempt_timeout=min(3.0, max(0.5, args.timeout / 3)),
-                      client_id=getattr(args, "client_id", None), cafile=_cacert(args))
+    client = SyncClient(_endpoints(args), timeout=args.timeout,
+                        attempt_timeout=min(3.0, max(0.5, args.timeout / 3)),
+                        client_id=getattr(args, "client_id", None), cafile=_cacert(args))
+    client.on_retry = _RetryProgress()
+    return client
+
+
+class _RetryProgress:
+    """Says on stderr why the command is still waiting (at most one line a second)."""
+
+    def __init__(self, clock=None) -> None:
+        import time
+        self.clock = clock or time.monotonic
+        self.last = None
+
+    def __call__(self, endpoint: str, why: str, left_s: float) -> None:
+        now = self.clock()
+        if self.last is not None and now - self.last < 1.0:
+            return
+        self.last = now
+        print(f"paxoslog: {endpoint}: {why}; retrying ({left_s:.1f} s left)",
+              file=sys.stderr, flush=True)
 
 
 def _session(args) -> dict:
@@ -404,7 +602,8 @@ def cmd_put(args) -> int:
     value = _value(args.value, args.json_value)
 
     def action(client):
-        body = client.put(args.key, value, **_session(args))
+        extra = {"lease": args.lease} if args.lease is not None else {}
+        body = client.put(args.key, value, **_session(args), **extra)
         result = body.get("result") or {}
         _print(args, body, f"OK index={body['index']} version={result.get('version')}")
         return EXIT_OK
@@ -413,14 +612,225 @@ def cmd_put(args) -> int:
 
 def cmd_get(args) -> int:
     def action(client):
-        body = client.get(args.key, args.consistency)
+        if args.prefix:
+            return _get_prefix(args, client)
+        body = client.get(args.key, args.consistency, min_revision=args.min_revision)
         _print(args, body, _show(body.get("value")))
         return EXIT_OK
     return _run_client(args, action)
 
 
+def cmd_txn(args) -> int:
+    try:
+        text = sys.stdin.read() if args.file == "-" else open(args.file).read()
+        spec = json.loads(text)
+    except (OSError, ValueError) as exc:
+        print(f"paxoslog: cannot read the transaction: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    if not isinstance(spec, dict):
+        print("paxoslog: the transaction must be a JSON object", file=sys.stderr)
+        return EXIT_USAGE
+
+    def action(client):
+        body = client.txn(spec.get("compare", []), spec.get("success", []),
+                          spec.get("failure", []), **_session(args))
+        result = body["result"]
+        _print(args, body, json.dumps(result, sort_keys=True))
+        return EXIT_OK if result["succeeded"] else EXIT_CAS_FAILED
+    return _run_client(args, action)
+
+
+def cmd_lease(args) -> int:
+    def action(client):
+        if args.action == "grant":
+            body = client.lease_grant(args.ttl_ms, **_session(args))
+            _print(args, body, str(body["result"]["id"]))
+        elif args.action == "revoke":
+            body = client.lease_revoke(args.id)
+            _print(args, body, f"revoked; {body['result']['deleted']} keys deleted")
+        else:
+            body = (client.lease_keepalive(args.id) if args.action == "keepalive"
+                    else client.lease_ttl(args.id, keys=True))
+            text = f"ttl_ms={body['ttl_ms']} remaining_ms={body['remaining_ms']}"
+            if "keys" in body:
+                text += " keys=" + ",".join(body["keys"])
+            _print(args, body, text)
+        return EXIT_OK
+    return _run_client(args, action)
+
+
+def _hold_while(renew, ttl_ms: int, command: list[str], env: dict) -> int:
+    """Run ``command`` (or, when empty, wait for SIGINT/SIGTERM) while ``renew()`` keeps
+    the lease alive every ttl/3; terminate it if the lease is lost.  The exit code."""
+    import signal
+    import subprocess
+
+    from paxoslog.client import ClientError
+    from paxoslog.recipes import LockLost
+    interval = ttl_ms / 3000.0
+    proc = subprocess.Popen(command, env=env) if command else None
+    stop = []
+    if proc is None:
+        def on_signal(signum, frame):
+            stop.append(signum)
+        signal.signal(signal.SIGTERM, on_signal)
+    last_ok = time.monotonic()
+    while True:
+        try:
+            if proc is not None:
+                return proc.wait(timeout=interval)
+            if stop:
+                return EXIT_OK
+            time.sleep(interval)                  # idle holder: wake up to renew
+        except subprocess.TimeoutExpired:
+            pass
+        except KeyboardInterrupt:
+            if proc is not None:
+                proc.terminate()
+                proc.wait()
+            return EXIT_ERROR
+        try:
+            renew()
+            last_ok = time.monotonic()
+        except LockLost as exc:
+            lost = str(exc)
+        except ClientError as exc:
+            if time.monotonic() - last_ok < ttl_ms / 1000.0:
+                continue                          # the lease may still be alive: retry
+            lost = f"no renewal for a whole TTL: {exc}"
+        else:
+            continue
+        print(f"paxoslog: lost the lease ({lost}); stopping", file=sys.stderr)
+        if proc is not None:
+            proc.terminate()
+            try:
+                proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        return EXIT_ERROR
+
+
+def cmd_lock(args) -> int:
+    from paxoslog.recipes import Lock, LockTimeout
+    command = list(args.command)
+    if not command:
+        print("paxoslog: lock needs a COMMAND after --", file=sys.stderr)
+        return EXIT_USAGE
+
+    def action(client):
+        lock = Lock(client, args.name, ttl_ms=args.ttl_ms)
+        try:
+            token = lock.acquire(timeout_s=args.wait)
+        except LockTimeout as exc:
+            print(f"paxoslog: {exc}", file=sys.stderr)
+            return EXIT_UNAVAILABLE
+        env = dict(os.environ, PAXOSLOG_LOCK_TOKEN=str(token), PAXOSLOG_LOCK_KEY=lock.key)
+        try:
+            return _hold_while(lock.keepalive, args.ttl_ms, command, env)
+        finally:
+            try:
+                lock.release()
+            except Exception as exc:  # the lease expires on its own
+                print(f"paxoslog: release failed ({exc}); the lock frees when its lease "
+                      "expires", file=sys.stderr)
+    return _run_client(args, action)
+
+
+def cmd_elect(args) -> int:
+    from paxoslog.recipes import Election, LockTimeout
+    command = list(args.command)
+
+    def action(client):
+        election = Election(client, args.name, ttl_ms=args.ttl_ms)
+        if args.observe:
+            if args.once:
+                leader = election.leader()
+                if leader is None:
+                    print("no leader", file=sys.stderr)
+                    return EXIT_NOT_FOUND
+                _print(args, leader, _show(leader["value"]))
+                return EXIT_OK
+
+            def show(leader) -> bool:
+                print(_show(leader["value"]) if leader else "(no leader)", flush=True)
+                return True
+            election.observe(show, timeout_s=args.wait)
+            return EXIT_OK
+        if args.value is None:
+            print("paxoslog: elect needs a VALUE to campaign with (or --observe)",
+                  file=sys.stderr)
+            return EXIT_USAGE
+        try:
+            revision = election.campaign(args.value, timeout_s=args.wait)
+        except LockTimeout as exc:
+            print(f"paxoslog: {exc}", file=sys.stderr)
+            return EXIT_UNAVAILABLE
+        print(f"leader {args.name} {args.value} revision={revision}", flush=True)
+        env = dict(os.environ, PAXOSLOG_ELECTION_REVISION=str(revision))
+        try:
+            return _hold_while(election.keepalive, args.ttl_ms, command, env)
+        finally:
+            try:
+                election.resign()
+            except Exception:
+                pass
+    return _run_client(args, action)
+
+
+def _get_prefix(args, client) -> int:
+    """Pages of the keys under ``args.key``; ``--all`` follows the cursor."""
+    after, kvs, body, pages = args.after, [], {}, 0
+    while True:
+        body = client.range(args.key, args.limit, args.consistency,
+                            min_revision=args.min_revision, after=after)
+        result = body
+        pages += 1
+        page = result.get("kvs", [])
+        kvs.extend(page)
+        if not args.json:
+            for record in page:
+                print(f"{record['key']}\t{_show(record['value'])}")
+        if not (args.all and result.get("more")):
+            break
+        after = result["cursor"]
+    if args.json:
+        print(json.dumps({**body, "kvs": kvs, "pages": pages}, sort_keys=True))
+    elif body.get("more"):
+        print(f"(more: continue with --after {json.dumps(body['cursor'])}, or --all)",
+              file=sys.stderr)
+    return EXIT_OK
+
+
+def _delete_prefix(args, client) -> int:
+    """delete_range commands under ``args.key``; ``--all`` until nothing is left."""
+    after, deleted, body, entries = args.after, 0, {}, 0
+    session = _session(args)
+    while True:
+        body = client.delete_range(args.key, args.limit, after, **session)
+        session = {}                      # a retried --sequence covers the first entry only
+        result = body.get("result") or {}
+        deleted += result.get("deleted", 0)
+        entries += 1
+        if not (args.all and result.get("more")):
+            break
+        after = result["cursor"]
+    more = bool((body.get("result") or {}).get("more"))
+    if args.json:
+        print(json.dumps({**body, "result": {**(body.get("result") or {}), "deleted": deleted,
+                                             "entries": entries}}, sort_keys=True))
+    else:
+        print(f"deleted {deleted} key(s) in {entries} log entr{'y' if entries == 1 else 'ies'}"
+              f" (last index={body.get('index')})"
+              + (f"; more: continue with --after {json.dumps(body['result']['cursor'])}"
+                 if more else ""))
+    return EXIT_OK
+
+
 def cmd_delete(args) -> int:
     def action(client):
+        if args.prefix:
+            return _delete_prefix(args, client)
         body = client.delete(args.key, **_session(args))
         result = body.get("result") or {}
         if not result.get("deleted"):
@@ -486,16 +896,22 @@ def cmd_sm(args) -> int:
 
 
 def cmd_status(args) -> int:
+    """One row per current member (the live membership; the conf's or --endpoints' nodes
+    when no endpoint answers).  Row fields are the HTTP status's names (node_id, role,
+    term, leader, commit_index, applied_index, last_heartbeat in ms) plus endpoint and lag.
+    Exit 0 when every member answers and one leads; 4 otherwise."""
     from paxoslog.client import ClientError
-    known = _endpoint_ids(args)
-    endpoints = list(known)
+    from paxoslog.members import live_endpoints
     with _client(args) as client:
+        members, live = live_endpoints(client, _endpoint_ids(args),
+                                       timeout_s=min(2.0, args.timeout))
         views = {}
-        for endpoint in endpoints:
+        for member in members:
             try:
-                views[endpoint] = client.status_of(endpoint, timeout=min(2.0, args.timeout))
+                views[member] = client.status_of(member.endpoint,
+                                                 timeout=min(2.0, args.timeout))
             except (OSError, ClientError, ValueError):
-                views[endpoint] = None
+                views[member] = None
     leader_view = None
     for view in views.values():
         if view and view.get("role") == "leader":
@@ -504,9 +920,10 @@ def cmd_status(args) -> int:
     leader_nodes = {n["id"]: n for n in (leader_view or {}).get("nodes", [])}
     top_commit = max((v["commit_index"] for v in views.values() if v), default=0)
     rows = []
-    for endpoint, view in views.items():
+    for member, view in views.items():
         if view is None:
-            rows.append({"endpoint": endpoint, "node": known.get(endpoint), "role": "down"})
+            rows.append({"endpoint": member.endpoint, "node_id": member.node_id,
+                         "role": "down"})
             continue
         node_id = view["node_id"]
         heard = leader_nodes.get(node_id, {}).get("last_heartbeat")
@@ -515,26 +932,27 @@ def cmd_status(args) -> int:
         elif heard is None:
             me = next((n for n in view["nodes"] if n["id"] == node_id), {})
             heard = me.get("last_heartbeat")
-        rows.append({"endpoint": endpoint, "node": node_id, "role": view["role"],
+        rows.append({"endpoint": member.endpoint, "node_id": node_id, "role": view["role"],
                      "term": view["term"], "leader": view["leader"],
                      "commit_index": view["commit_index"], "applied_index": view["applied_index"],
                      "lag": max(0, top_commit - view["applied_index"]),
-                     "last_heartbeat_ms": heard, "protocol": view.get("protocol")})
+                     "last_heartbeat": heard, "protocol": view.get("protocol")})
+    down = [row for row in rows if row["role"] == "down"]
     if args.json:
-        print(json.dumps({"leader": leader_view and leader_view["node_id"], "nodes": rows},
-                         sort_keys=True))
+        print(json.dumps({"leader": leader_view and leader_view["node_id"], "nodes": rows,
+                          "live_membership": live}, sort_keys=True))
     else:
         header = ("NODE", "ROLE", "TERM", "COMMIT", "APPLIED", "LAG", "LAST HEARTBEAT", "API")
         table = [header]
         for row in rows:
             if row["role"] == "down":
-                table.append((str(row["node"] or "?"), "down", "-", "-", "-", "-", "-",
+                table.append((str(row["node_id"] or "?"), "down", "-", "-", "-", "-", "-",
                               row["endpoint"].split("://")[-1]))
                 continue
-            heard = row["last_heartbeat_ms"]
+            heard = row["last_heartbeat"]
             heard_text = "-" if row["role"] == "leader" else (
                 "never" if heard is None else f"{heard} ms ago")
-            table.append((str(row["node"]), row["role"], str(row["term"]),
+            table.append((str(row["node_id"]), row["role"], str(row["term"]),
                           str(row["commit_index"]), str(row["applied_index"]), str(row["lag"]),
                           heard_text, row["endpoint"].split("://")[-1]))
         widths = [max(len(r[i]) for r in table) for i in range(len(header))]
@@ -543,10 +961,40 @@ def cmd_status(args) -> int:
         protocol = next((r["protocol"] for r in rows if r.get("protocol")), None)
         if protocol:
             print(f"protocol {protocol}; leader: "
-                  f"{'node ' + str(leader_view['node_id']) if leader_view else 'none'}")
-    if not any(views.values()):
+                  f"{'node ' + str(leader_view['node_id']) if leader_view else 'none'}"
+                  + (f"; {len(down)} member(s) down" if down else ""))
+        if not live:
+            print("(no endpoint answered: these are the configured nodes, not the live "
+                  "membership)", file=sys.stderr)
+    if not any(views.values()) or leader_view is None or down:
         return EXIT_UNAVAILABLE
-    return EXIT_OK if leader_view is not None else EXIT_UNAVAILABLE
+    return EXIT_OK
+
+
+def cmd_endpoint_health(args) -> int:
+    from paxoslog.members import check_health, live_endpoints
+    with _client(args) as client:
+        members, live = live_endpoints(client, _endpoint_ids(args),
+                                       timeout_s=min(2.0, args.timeout))
+        results = check_health(client, members, timeout_s=min(2.0, args.timeout))
+    if args.json:
+        print(json.dumps([r.to_json() for r in results], sort_keys=True))
+    else:
+        for r in results:
+            node = f"node {r.node_id}" if r.node_id is not None else "node ?"
+            if r.healthy:
+                print(f"{r.endpoint} ({node}) is healthy: took {r.took_s * 1000:.1f} ms")
+            else:
+                print(f"{r.endpoint} ({node}) is unhealthy: {r.error}")
+        if not live:
+            print("(no endpoint answered: checked the configured nodes)", file=sys.stderr)
+    return EXIT_OK if results and all(r.healthy for r in results) else EXIT_UNAVAILABLE
+
+
+def cmd_completion(args) -> int:
+    from paxoslog.completion import completion_script
+    print(completion_script(build_parser(), args.shell))
+    return EXIT_OK
 
 
 def cmd_log_entries(args) -> int:
@@ -594,7 +1042,9 @@ def cmd_snapshot_save(args) -> int:
                                 force=args.force, quiet=args.quiet)
         info = saved.info
         origin = info.backup or {}
-        summary = {"file": saved.path, "index": info.meta.index, "term": info.meta.term,
+        from paxoslog.terms import term_fields
+        summary = {"file": saved.path, "index": info.meta.index,
+                   **term_fields(info.meta.term, origin.get("protocol")),
                    "bytes": saved.bytes, "sha256": saved.sha256,
                    "zstd_content_checksum": info.checksum, "state_machines": info.sizes,
                    "cluster": origin.get("cluster"), "protocol": origin.get("protocol"),
@@ -623,8 +1073,10 @@ def cmd_snapshot_restore(args) -> int:
                                  out=(lines.append if args.json else print), quiet=args.quiet)
         info = result.info
         if args.json:
+            from paxoslog.terms import term_fields
             print(json.dumps({"file": args.file, "index": info.meta.index,
-                              "term": info.meta.term, "sha256": result.sha256,
+                              **term_fields(info.meta.term, (info.backup or {}).get("protocol")),
+                              "sha256": result.sha256,
                               "origin": result.origin,
                               "data_dirs": {str(k): v for k, v in result.data_dirs.items()},
                               "seconds": round(result.seconds, 3)}, sort_keys=True))
@@ -707,6 +1159,109 @@ def cmd_reload(args) -> int:
     return EXIT_ERROR if failed else EXIT_OK
 
 
+# ====================================================================== streams, batches
+
+def cmd_put_many(args) -> int:
+    if args.batch < 1:
+        print("paxoslog: --batch must be at least 1", file=sys.stderr)
+        return EXIT_USAGE
+    source = sys.stdin if args.file == "-" else None
+    try:
+        if source is None:
+            source = open(args.file, encoding="utf-8")
+    except OSError as exc:
+        print(f"paxoslog: cannot read {args.file}: {exc.strerror}", file=sys.stderr)
+        return EXIT_USAGE
+
+    def pairs():
+        for number, line in enumerate(source, 1):
+            line = line.rstrip("\n")
+            if not line.strip() or line.lstrip().startswith("#"):
+                continue
+            key, sep, value = line.partition(" ")
+            if not sep:
+                print(f"paxoslog: line {number}: expected \"key value\"", file=sys.stderr)
+                raise SystemExit(EXIT_USAGE)
+            yield key, _value(value, args.json_value)
+
+    def action(client):
+        total = 0
+        batch = []
+
+        def send():
+            nonlocal total
+            body = client.batch([{"op": "put", "key": k, "value": v} for k, v in batch])
+            total += len(body["results"])
+            if args.json:
+                print(json.dumps(body, sort_keys=True))
+            batch.clear()
+        for pair in pairs():
+            batch.append(pair)
+            if len(batch) >= args.batch:
+                send()
+        if batch:
+            send()
+        if not args.json:
+            print(f"OK {total} keys")
+        return EXIT_OK
+    try:
+        return _run_client(args, action)
+    finally:
+        if source is not sys.stdin:
+            source.close()
+
+
+def _run_stream(args, make_stream, show) -> int:
+    from paxoslog.wsclient import CBOR, JSON, Compacted, StreamError
+    subprotocol = CBOR if args.cbor else JSON
+    with _client(args) as client:
+        try:
+            for item in make_stream(client, subprotocol):
+                if args.json:
+                    print(json.dumps(item, sort_keys=True), flush=True)
+                else:
+                    print(show(item), flush=True)
+        except Compacted as exc:
+            _report_error(args, exc, "compacted")
+            if exc.first is not None:
+                print(f"paxoslog: the first available is {exc.first}", file=sys.stderr)
+            return EXIT_COMPACTED
+        except StreamError as exc:
+            _report_error(args, exc, "stream failed")
+            return EXIT_UNAVAILABLE
+        except KeyboardInterrupt:
+            return EXIT_OK              # Ctrl-C is how a followed stream is stopped
+    return EXIT_OK
+
+
+def cmd_watch(args) -> int:
+    def make(client, subprotocol):
+        key, prefix = (None, args.key) if args.prefix else (args.key, None)
+        return client.watch(key, prefix=prefix, start=args.start, prev=args.prev,
+                            subprotocol=subprotocol)
+
+    def show(event) -> str:
+        text = f"{event['mod_index']:>8}  {event['type']:6}  {event['key']}"
+        if event["type"] == "put":
+            text += f" = {_show(event['value'])}  (version {event['version']})"
+        if "prev" in event:
+            text += f"  (was {_show(event['prev']['value'])})"
+        return text
+    return _run_stream(args, make, show)
+
+
+def cmd_log_tail(args) -> int:
+    def make(client, subprotocol):
+        return client.tail(args.start, follow=args.follow, subprotocol=subprotocol)
+
+    def show(entry) -> str:
+        command = entry.get("command")
+        kind = entry["kind"] + (" (hole)" if entry.get("hole") else "")
+        text = "" if command is None else json.dumps(command, sort_keys=True)
+        return f"{entry['index']:>8}  {entry['term']:>6}  {kind:12}  {text}"
+    return _run_stream(args, make, show)
+
+
 # ====================================================================== certs
 
 def cmd_certs_init(args) -> int:
@@ -739,8 +1294,17 @@ def cmd_serve(args) -> int:
     except ConfigError as exc:
         print(f"paxoslog: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    from paxoslog.server.logs import start_logging
-    logging = start_logging(f"n{args.node}", args.log_level or config.log.level or "info")
+    from paxoslog.server.logs import AccessLog, LogFile, start_logging
+    try:
+        logging = start_logging(f"n{args.node}", args.log_level or config.log.level or "info",
+                                fmt=args.log_format, path=args.log_file)
+        access = LogFile(args.access_log) if args.access_log else None
+    except OSError as exc:
+        print(f"paxoslog: cannot open log file {exc.filename}: {exc.strerror}",
+              file=sys.stderr)
+        return EXIT_USAGE
+    if access is not None:
+        logging.files.append(access)
     from twisted.internet import reactor
     from twisted.logger import Logger
     from paxoslog.server import NodeService
@@ -756,6 +1320,8 @@ def cmd_serve(args) -> int:
     except ConfigError as exc:          # e.g. an unusable TLS certificate or key
         print(f"paxoslog: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    if access is not None:
+        node.http_requests.access = AccessLog(access)
     outcome = {"code": EXIT_OK, "signals": 0}
 
     def reload_log_level(new_config) -> list[str]:
@@ -767,7 +1333,11 @@ def cmd_serve(args) -> int:
     node.reloader.register("log level", reload_log_level)
 
     def on_hangup() -> None:
+        """SIGHUP: reopen the log files (logrotate), then reload the conf.  Never fatal."""
         from paxoslog.server.reload import ReloadFailed
+        for problem in logging.reopen():
+            log.error("SIGHUP: {problem}; still writing to the old file", problem=problem)
+        log.info("SIGHUP: log files reopened; reloading {path}", path=config.path)
         systemd.reloading()
         try:
             result = node.reloader.reload()

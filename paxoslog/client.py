@@ -15,6 +15,12 @@ scripts and the CLI).  Both take a list of endpoints (``http://host:port``, or
   settled it (the write may or may not have committed: retry with the same pair to find
   out), ``Unavailable`` when no attempt could have applied it (or a read failed),
   ``NotFound`` for 404, and ``RequestFailed`` for the other refusals (400 bad input, ...).
+
+Batches (``batch``, ``put_many``) go to ``POST /api/v1/consensus/batch`` (``SyncClient``)
+or as pipelined batch requests over one WebSocket connection (``Client.put_many``): one
+log command per batch, one (client_id, sequence) per batch, resent unchanged after a lost
+answer, so each batch applies exactly once.  Streams (``tail``, ``watch``) use the
+WebSocket endpoint and resume by themselves on another node (paxoslog/wsclient.py).
 """
 
 from __future__ import annotations
@@ -189,12 +195,17 @@ class _Logic:
         return RequestFailed(text, status, code, body)
 
 
-def _path_for_query(key: str | None, consistency: str, prefix: str | None, limit: int | None):
+def _path_for_query(key: str | None, consistency: str, prefix: str | None, limit: int | None,
+                    min_revision: int | None = None, after: str | None = None):
     params = {"consistency": consistency}
+    if min_revision is not None:
+        params["min_revision"] = str(min_revision)
     if prefix is not None:
         params["prefix"] = prefix
         if limit is not None:
             params["limit"] = str(limit)
+        if after is not None:
+            params["after"] = after
     else:
         params["key"] = key
     return "/api/v1/consensus/query?" + urlencode(params)
@@ -236,11 +247,62 @@ class _Calls:
             extra["expected"] = None if expected is ... else expected
         return self.propose(_kv_body("cas", key, value, **extra))
 
-    def get(self, key: str, consistency: str = "linearizable"):
-        return self.request("GET", _path_for_query(key, consistency, None, None))
+    def batch(self, ops: list, **session):
+        """Many writes as one log command (``[{"op", "key", ...} | {"sm", "op", ...}]``),
+        applied in order at one index: ``{"index", "results": [...], ...}``; exactly once
+        (one session pair for the whole batch)."""
+        body = {"ops": ops, **session}
+        return self.request("POST", "/api/v1/consensus/batch", self.write_body(body),
+                            write=True)
 
-    def range(self, prefix: str, limit: int | None = None, consistency: str = "linearizable"):
-        return self.request("GET", _path_for_query(None, consistency, prefix, limit))
+    def get(self, key: str, consistency: str = "linearizable", min_revision: int | None = None):
+        """The key's record; ``index`` in the answer is the revision it was served at.
+        ``min_revision``: refuse (503 revision_not_reached, retried until the timeout) to
+        be served below it: read your own writes from a follower with ``stale``."""
+        return self.request("GET", _path_for_query(key, consistency, None, None, min_revision))
+
+    def range(self, prefix: str, limit: int | None = None, consistency: str = "linearizable",
+              min_revision: int | None = None, after: str | None = None):
+        """One page of the keys starting with ``prefix``; ``after``: the ``cursor`` of the
+        previous page (present while ``more`` is true)."""
+        return self.request("GET", _path_for_query(None, consistency, prefix, limit,
+                                                   min_revision, after))
+
+    def txn(self, compare: list, success: list, failure: list = (), **session):
+        """A transaction (compares, then one op list), exactly once: the committed body,
+        whose ``result`` is ``{"succeeded", "results"}``."""
+        body = {"compare": list(compare), "success": list(success), "failure": list(failure),
+                **session}
+        return self.request("POST", "/api/v1/consensus/txn", self.write_body(body), write=True)
+
+    def lease_grant(self, ttl_ms: int, **session):
+        """A new lease: the committed body, ``result`` ``{"id", "ttl_ms"}``."""
+        return self.request("POST", "/api/v1/lease/grant",
+                            self.write_body({"ttl_ms": ttl_ms, **session}), write=True)
+
+    def lease_revoke(self, lease: int, **session):
+        return self.request("POST", "/api/v1/lease/revoke",
+                            self.write_body({"id": lease, **session}), write=True)
+
+    def lease_keepalive(self, lease: int):
+        """Renew ``lease`` (NotFound once it expired): ``{"id", "ttl_ms", "remaining_ms"}``.
+        Idempotent, so retried like a read."""
+        return self.request("POST", "/api/v1/lease/keepalive", {"id": lease})
+
+    def lease_ttl(self, lease: int, keys: bool = False):
+        return self.request("GET", f"/api/v1/lease/ttl?id={int(lease)}" +
+                            ("&keys=1" if keys else ""))
+
+    def delete_range(self, prefix: str, limit: int | None = None, after: str | None = None,
+                     **session):
+        """Delete up to ``limit`` keys starting with ``prefix`` (one log entry); repeat with
+        ``after`` = the answer's ``result.cursor`` while ``result.more``."""
+        body = {"op": "delete_range", "prefix": prefix, **session}
+        if limit is not None:
+            body["limit"] = limit
+        if after is not None:
+            body["after"] = after
+        return self.sm("kv", body)
 
     def sm(self, name: str, body: dict):
         """A command for state machine ``name`` (``{"op": ..., ...}``), exactly once."""
@@ -269,7 +331,7 @@ class _Calls:
                  wait: str = "learner"):
         """Add ``node_id`` (peer ``address``) as a learner; ``wait="voter"`` returns once
         the leader promoted it."""
-        body = {"node_id": node_id, "address": address, "wait": wait}
+        body = {"node_id": node_id, "peer": address, "wait": wait}
         if api:
             body["api"] = api
         return self.request("POST", "/api/v1/cluster/add-node", body, write=True)
@@ -287,6 +349,16 @@ class _Calls:
 
 
 # ====================================================================== synchronous
+
+def describe_outcome(outcome: Reply | NoReply) -> str:
+    """A failed attempt in a few words: ``503 unavailable: no leader`` or ``not-connected``."""
+    if isinstance(outcome, Reply):
+        body = outcome.body if isinstance(outcome.body, dict) else {}
+        text = f"{outcome.status} {body.get('error', '')}".rstrip()
+        message = body.get("message")
+        return f"{text}: {str(message)[:120]}" if message else text
+    return f"{outcome.kind.value}" + (f" ({outcome.detail[:120]})" if outcome.detail else "")
+
 
 def classify_sync_failure(exc: BaseException, connected: bool) -> NoReply:
     """An http.client attempt's exception: before the connection opened nothing was sent;
@@ -312,6 +384,9 @@ class SyncClient(_Calls, _Logic):
         self._clock = clock
         self._sleep = sleep
         self._ssl = _ssl_context(cafile) if self.scheme == "https" else None
+        # on_retry(endpoint, why, seconds_left): called before each retry (the CLI prints
+        # progress on stderr); None: silent.
+        self.on_retry = None
 
     def close(self) -> None:
         for conn in self._conns.values():
@@ -333,7 +408,11 @@ class SyncClient(_Calls, _Logic):
             if step.delay_s > 0:
                 self._sleep(step.delay_s)          # the planner's backoff
             outcome = self._attempt(step.endpoint, method, path, payload, step.timeout_s)
-            step = plan.record(step.endpoint, outcome, self._clock())
+            tried = step.endpoint
+            now = self._clock()
+            step = plan.record(step.endpoint, outcome, now)
+            if isinstance(step, Attempt) and self.on_retry is not None:
+                self.on_retry(tried, describe_outcome(outcome), max(0.0, plan.deadline - now))
         return self.outcome(step, body)
 
     def _attempt(self, endpoint: str, method: str, path: str, payload: bytes | None,
@@ -406,6 +485,65 @@ class SyncClient(_Calls, _Logic):
         except BaseException:
             conn.close()
             raise
+
+    def members_of(self, endpoint: str, timeout: float = 1.0) -> dict:
+        """One node's view of the membership, no retries; raises OSError when the node
+        cannot be reached, ClientError when it refuses."""
+        return self._get_once(endpoint, "/api/v1/cluster/members", timeout)
+
+    def health_of(self, endpoint: str, timeout: float = 1.0) -> tuple[int, object]:
+        """(status, body) of ``GET /health?ready=1`` (200 healthy, 503 not ready), no
+        retries; raises OSError when the node cannot be reached."""
+        endpoint = _normalize(endpoint, self.scheme)
+        try:
+            conn = self._connection(endpoint, timeout)
+            reply = self._exchange(endpoint, conn, "GET", "/health?ready=1", None)
+        except http.client.HTTPException as exc:
+            raise OSError(f"bad answer: {exc}") from None
+        return reply.status, reply.body
+
+    def _get_once(self, endpoint: str, path: str, timeout: float) -> dict:
+        endpoint = _normalize(endpoint, self.scheme)
+        conn = self._connection(endpoint, timeout)
+        try:
+            reply = self._exchange(endpoint, conn, "GET", path, None)
+        except http.client.HTTPException as exc:
+            raise OSError(f"bad answer: {exc}") from None
+        if reply.status != 200:
+            raise self.error_for(reply.status, reply.body)
+        return reply.body
+    def put_many(self, pairs, batch_size: int = 1000) -> list:
+        """Put every ``(key, value)`` of ``pairs`` in batches of ``batch_size``; the
+        per-operation results, in order."""
+        results = []
+        batch = []
+        for key, value in pairs:
+            batch.append({"op": "put", "key": key, "value": value})
+            if len(batch) >= batch_size:
+                results += self.batch(batch)["results"]
+                batch = []
+        if batch:
+            results += self.batch(batch)["results"]
+        return results
+
+    def tail(self, start: int | None = None, *, follow: bool = True,
+             subprotocol: str | None = None):
+        """Committed log entries from ``start`` (None: from the next one), a generator;
+        ``follow`` False: stop once caught up.  Resumes at another node by itself."""
+        from .wsclient import JSON, TailCursor, blocking_stream
+        return blocking_stream(self.order(), TailCursor(start), subprotocol=subprotocol or JSON,
+                               follow=follow, timeout_s=self.attempt_timeout,
+                               give_up_s=self.timeout, ssl_context=self._ssl)
+
+    def watch(self, key: str | None = None, *, prefix: str | None = None,
+              start: int | None = None, prev: bool = False, follow: bool = True,
+              subprotocol: str | None = None):
+        """kv events under ``key`` or ``prefix`` from revision ``start``, a generator."""
+        from .wsclient import JSON, WatchCursor, blocking_stream
+        return blocking_stream(self.order(), WatchCursor(key, prefix, start, prev),
+                               subprotocol=subprotocol or JSON, follow=follow,
+                               timeout_s=self.attempt_timeout, give_up_s=self.timeout,
+                               ssl_context=self._ssl)
 
     def status_of(self, endpoint: str, timeout: float = 1.0) -> dict:
         """One node's own status, no retries (``cluster status`` asks each node); raises
@@ -510,6 +648,7 @@ class Client(_Calls, _Logic):
         super().__init__(endpoints, timeout, attempt_timeout, client_id)
         from twisted.web.client import HTTPConnectionPool
         self.reactor = reactor
+        self.cafile = cafile          # https endpoints' CA (also for wss)
         self.pool = pool or HTTPConnectionPool(reactor, persistent=True)
         self.pool.maxPersistentPerHost = 16
         self._http = http_client(reactor, self.pool,
@@ -537,3 +676,100 @@ class Client(_Calls, _Logic):
             self.learn(status)
             return status
         return d.addCallback(learned)
+
+    # ------------------------------------------------------------------ WebSocket
+
+    def tail(self, start: int | None = None, *, subprotocol: str | None = None,
+             buffer_max: int = 10_000):
+        """Committed log entries from ``start`` (None: from the next one applied): a
+        started ``wsclient.TwistedStream`` (``async for entry in stream``, or
+        ``stream.each(callback)``), resuming at any node after a disconnect."""
+        from .wsclient import JSON, TailCursor, TwistedStream
+        return TwistedStream(self.reactor, self.order(), TailCursor(start),
+                             subprotocol=subprotocol or JSON, buffer_max=buffer_max,
+                             connect_timeout_s=self.attempt_timeout,
+                             give_up_s=self.timeout, cafile=self.cafile).start()
+
+    def watch(self, key: str | None = None, *, prefix: str | None = None,
+              start: int | None = None, prev: bool = False,
+              subprotocol: str | None = None, buffer_max: int = 10_000):
+        """kv events (``put``/``delete``) under ``key`` or ``prefix`` from revision
+        ``start`` (None: from now): a started ``wsclient.TwistedStream``."""
+        from .wsclient import JSON, TwistedStream, WatchCursor
+        return TwistedStream(self.reactor, self.order(), WatchCursor(key, prefix, start, prev),
+                             subprotocol=subprotocol or JSON, buffer_max=buffer_max,
+                             connect_timeout_s=self.attempt_timeout,
+                             give_up_s=self.timeout, cafile=self.cafile).start()
+
+    def put_many(self, pairs, *, batch_size: int = 1000, window: int = 8,
+                 subprotocol: str | None = None):
+        """Put every ``(key, value)``: batches of ``batch_size`` as pipelined requests on
+        one WebSocket connection, ``window`` in flight; a Deferred of the per-operation
+        results, in order.  A batch whose answer was lost is resent with its own
+        (client_id, sequence) on the next connection, so it applies exactly once."""
+        from twisted.internet import defer
+        from .wsclient import JSON
+        pairs = list(pairs)
+        batches = []
+        for start in range(0, len(pairs), batch_size):
+            ops = [{"op": "put", "key": k, "value": v} for k, v in pairs[start:start + batch_size]]
+            batches.append({"op": "batch", "ops": ops, "client_id": self.client_id,
+                            "sequence": self.next_sequence()})
+        return defer.Deferred.fromCoroutine(
+            self._pipelined(batches, window, subprotocol or JSON))
+
+    async def _pipelined(self, messages: list, window: int, subprotocol: str) -> list:
+        from collections import deque
+
+        from twisted.internet import defer, task
+        from twisted.python.failure import Failure
+        from .wsclient import connect_twisted
+        results: list = [None] * len(messages)
+        todo = deque(range(len(messages)))
+        deadline = self.reactor.seconds() + self.timeout
+        position = 0
+        while todo:
+            if self.reactor.seconds() > deadline:
+                raise UnknownOutcome(f"put_many: {len(todo)} batches unanswered within "
+                                     f"{self.timeout} s (resend them with the same sequences)",
+                                     504, "outcome_unknown")
+            endpoints = self.order()
+            endpoint = endpoints[position % len(endpoints)]
+            position += 1
+            try:
+                conn = await connect_twisted(self.reactor, endpoint, subprotocol,
+                                             self.attempt_timeout, self.cafile)
+            except Exception:
+                await task.deferLater(self.reactor, 0.1, lambda: None)
+                continue
+            answers = defer.DeferredQueue()
+            inflight: set = set()
+            broken = False
+            while (todo or inflight) and not broken:
+                while todo and len(inflight) < window:
+                    i = todo.popleft()
+                    message = dict(messages[i])
+                    message.pop("id", None)
+                    inflight.add(i)
+                    conn.request(message).addBoth(
+                        lambda outcome, i=i: answers.put((i, outcome)))
+                i, outcome = await answers.get()
+                inflight.discard(i)
+                if isinstance(outcome, Failure):
+                    todo.appendleft(i)
+                    broken = True
+                    continue
+                status, body = outcome
+                if status == 200:
+                    results[i] = body["results"]
+                elif status in (429, 503, 504):
+                    todo.appendleft(i)
+                    broken = status != 429
+                else:
+                    conn.close()
+                    raise self.error_for(status, body)
+            todo.extend(sorted(inflight))
+            conn.close()
+            if broken:
+                await task.deferLater(self.reactor, 0.1, lambda: None)
+        return [r for batch in results for r in batch]

@@ -21,7 +21,12 @@ with ``--node ID``.  Shape (every table but ``[[nodes]]`` is optional)::
                    header_timeout_ms, body_timeout_ms, idle_timeout_ms,
                    connections_per_address_max, query_result_bytes_max,
                    peer_handshake_timeout_ms,
-                   peer_handshakes_max
+                   peer_handshakes_max, txn_ops_max, txn_bytes_max, leases_max,
+                   lease_ttl_ms_min, lease_ttl_ms_max, batch_ops_max
+    [websocket]    connections_max, message_bytes_max, inflight_requests_max,
+                   subscriptions_max, handshake_timeout_ms, idle_timeout_ms, ping_interval_ms,
+                   progress_interval_ms, stream_message_bytes, slow_consumer_ms,
+                   watch_history_events, watch_history_bytes, wal_read_entries_max
     [tls]          ca_file, cert_file, key_file ({node}: the node id), api, peers
     [state_machines]  enabled = ["kv", "counter", ...]   (built-ins + installed plug-ins)
     [log]          level = "info"   (debug|info|warn|error; SIGHUP re-reads it)
@@ -58,7 +63,8 @@ from paxoslog.core.replica import PROTOCOLS, ReplicaOptions
 from paxoslog.storage.options import StorageOptions
 
 __all__ = ["ConfigError", "Address", "NodeConf", "TimingConf", "SnapshotConf", "StorageConf",
-           "BatchingConf", "LimitsConf", "LogConf", "LOG_LEVELS", "TlsConf", "ClusterConfig",
+           "BatchingConf", "LimitsConf", "LogConf", "LOG_LEVELS", "TlsConf", "WebSocketConf",
+           "ClusterConfig",
            "load_config", "parse_config", "parse_address", "is_loopback_host",
            "KNOWN_STATE_MACHINES", "SECRET_BYTES_MIN", "SECRET_BYTES_MIN_MULTI_HOST"]
 
@@ -202,6 +208,7 @@ class LimitsConf:
     session_results_total_max: int = 500_000
     session_idle_ms: int = 600_000       # a session idle this long (log time) is dropped
     json_depth_max: int = 32             # nesting of a request body (objects and arrays)
+    batch_ops_max: int = 10_000          # operations in one batch (HTTP or WebSocket)
     # HTTP read deadlines: request line + headers within header_timeout_ms of the request's
     # first byte (or of the connection's opening), the body within body_timeout_ms of the
     # headers; a connection with nothing to do (or that does not read its answers) for
@@ -215,6 +222,34 @@ class LimitsConf:
     # at most peer_handshakes_max connections may be in the handshake at once.
     peer_handshake_timeout_ms: int = 5_000
     peer_handshakes_max: int = 64
+    # Coordination (docs/coordination.md): compares and ops per transaction branch, a
+    # transaction's encoded size, live leases (checked on admission) and the TTL range.
+    txn_ops_max: int = 128
+    txn_bytes_max: int = 256 << 10
+    leases_max: int = 100_000
+    lease_ttl_ms_min: int = 100
+    lease_ttl_ms_max: int = 86_400_000
+
+
+@dataclass(frozen=True)
+class WebSocketConf:
+    """The WebSocket endpoint (docs/websocket.md): per-connection and per-node bounds."""
+
+    connections_max: int = 1024          # WebSocket connections per node
+    message_bytes_max: int = 1 << 20     # largest message (and frame) a client may send
+    inflight_requests_max: int = 1024    # requests awaiting their answer, per connection
+    subscriptions_max: int = 64          # tails and watches, per connection
+    handshake_timeout_ms: int = 5000     # opening (and closing) handshake
+    idle_timeout_ms: int = 120_000       # nothing received, no subscription, no request
+    ping_interval_ms: int = 20_000       # server pings; no pong within it: connection dropped
+    progress_interval_ms: int = 1000     # progress of an idle tail or watch (0: never)
+    stream_message_bytes: int = 256 << 10  # a stream message is cut beyond this (not a limit
+                                           # on one revision, which is never split)
+    slow_consumer_ms: int = 30_000       # a client not reading this long: its streams end
+                                         # with slow_consumer and the connection is closed
+    watch_history_events: int = 100_000  # kv events kept in memory for watches from the past
+    watch_history_bytes: int = 32 << 20  # ... and at most this many bytes of them
+    wal_read_entries_max: int = 20_000   # entries one read of the node's WAL may return
 
 
 @dataclass(frozen=True)
@@ -251,6 +286,7 @@ class ClusterConfig:
     storage: StorageConf = field(default_factory=StorageConf)
     batching: BatchingConf = field(default_factory=BatchingConf)
     limits: LimitsConf = field(default_factory=LimitsConf)
+    websocket: WebSocketConf = field(default_factory=WebSocketConf)
     state_machines: tuple[str, ...] = ("kv",)
     secret: bytes | None = field(default=None, repr=False, compare=False)
     log: LogConf = field(default_factory=LogConf)
@@ -481,6 +517,7 @@ def _limits(r: _Reader) -> LimitsConf:
         # Bounded well below the CBOR decoder's depth limit (400), which every replica
         # applies when it reads a command or a snapshot back.
         json_depth_max=r.int("json_depth_max", d.json_depth_max, 2, 128),
+        batch_ops_max=r.int("batch_ops_max", d.batch_ops_max, 1, 1 << 20),
         header_timeout_ms=r.int("header_timeout_ms", d.header_timeout_ms, 10, 3_600_000),
         body_timeout_ms=r.int("body_timeout_ms", d.body_timeout_ms, 10, 3_600_000),
         idle_timeout_ms=r.int("idle_timeout_ms", d.idle_timeout_ms, 10, 86_400_000),
@@ -491,12 +528,46 @@ def _limits(r: _Reader) -> LimitsConf:
         peer_handshake_timeout_ms=r.int("peer_handshake_timeout_ms",
                                         d.peer_handshake_timeout_ms, 10, 600_000),
         peer_handshakes_max=r.int("peer_handshakes_max", d.peer_handshakes_max, 1, 1 << 16),
+        txn_ops_max=r.int("txn_ops_max", d.txn_ops_max, 1, 1 << 16),
+        txn_bytes_max=r.int("txn_bytes_max", d.txn_bytes_max, 256, 1 << 30),
+        leases_max=r.int("leases_max", d.leases_max, 1, 1 << 24),
+        lease_ttl_ms_min=r.int("lease_ttl_ms_min", d.lease_ttl_ms_min, 1, 1 << 40),
+        lease_ttl_ms_max=r.int("lease_ttl_ms_max", d.lease_ttl_ms_max, 1, 1 << 40),
     )
     if lim.session_results_total_max < lim.session_results_max:
         raise r.fail("session_results_total_max",
                      f"must be at least session_results_max ({lim.session_results_max})")
+    if lim.lease_ttl_ms_max < lim.lease_ttl_ms_min:
+        raise r.fail("lease_ttl_ms_max", f"must be at least lease_ttl_ms_min "
+                                         f"({lim.lease_ttl_ms_min})")
     r.check_unknown()
     return lim
+
+
+def _websocket(r: _Reader) -> WebSocketConf:
+    d = WebSocketConf
+    w = WebSocketConf(
+        connections_max=r.int("connections_max", d.connections_max, 1, 1 << 20),
+        message_bytes_max=r.int("message_bytes_max", d.message_bytes_max, 1024, 1 << 30),
+        inflight_requests_max=r.int("inflight_requests_max", d.inflight_requests_max, 1,
+                                    1 << 20),
+        subscriptions_max=r.int("subscriptions_max", d.subscriptions_max, 0, 1 << 16),
+        handshake_timeout_ms=r.int("handshake_timeout_ms", d.handshake_timeout_ms, 100,
+                                   600_000),
+        idle_timeout_ms=r.int("idle_timeout_ms", d.idle_timeout_ms, 100, 1 << 31),
+        ping_interval_ms=r.int("ping_interval_ms", d.ping_interval_ms, 0, 1 << 31),
+        progress_interval_ms=r.int("progress_interval_ms", d.progress_interval_ms, 0, 1 << 31),
+        stream_message_bytes=r.int("stream_message_bytes", d.stream_message_bytes, 1024,
+                                   1 << 30),
+        slow_consumer_ms=r.int("slow_consumer_ms", d.slow_consumer_ms, 100, 1 << 31),
+        watch_history_events=r.int("watch_history_events", d.watch_history_events, 0, 1 << 30),
+        watch_history_bytes=r.int("watch_history_bytes", d.watch_history_bytes, 0, 1 << 40),
+        wal_read_entries_max=r.int("wal_read_entries_max", d.wal_read_entries_max, 0, 1 << 24),
+    )
+    if 0 < w.progress_interval_ms < 10:
+        raise r.fail("progress_interval_ms", "must be 0 (off) or at least 10")
+    r.check_unknown()
+    return w
 
 
 def _state_machines(r: _Reader) -> tuple[str, ...]:
@@ -613,6 +684,7 @@ def parse_config(data: dict, path: str = "<conf>") -> ClusterConfig:
     storage = _storage(r.table_of("storage"))
     batching = _batching(r.table_of("batching"))
     limits = _limits(r.table_of("limits"))
+    websocket = _websocket(r.table_of("websocket"))
     state_machines = _state_machines(r.table_of("state_machines"))
     log = _log(r.table_of("log"))
     tls = _tls(r.table_of("tls"))
@@ -620,7 +692,8 @@ def parse_config(data: dict, path: str = "<conf>") -> ClusterConfig:
     r.check_unknown()
     config = ClusterConfig(path=path, name=name, protocol=protocol, nodes=nodes, timing=timing,
                            snapshot=snapshot, storage=storage, batching=batching,
-                           limits=limits, state_machines=state_machines, secret=secret, log=log,
+                           limits=limits, websocket=websocket,
+                           state_machines=state_machines, secret=secret, log=log,
                            tls=tls)
     if not config.local:
         # Reachable from other machines: anyone there can dial the peer port.  The secret

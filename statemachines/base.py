@@ -23,6 +23,11 @@ Optional (the node uses them when present)::
                                                 gives the event loop the GIL between them)
     internal: bool                              True: written by the node itself only;
                                                 no client endpoint can address it
+    version: int                                default 1; bump it whenever ``apply`` of
+                                                the same log could give another state
+                                                (a new op, a changed result): peers
+                                                refuse a node whose names or versions
+                                                differ (the handshake compares them)
 
 ``state_hash(sm)`` digests ``snapshot()``: replicas at the same applied index must report
 the same digest (GET /api/v1/cluster/status?hashes=1 shows one per state machine).
@@ -39,7 +44,7 @@ from __future__ import annotations
 import hashlib
 from typing import Callable, Protocol, runtime_checkable
 
-__all__ = ["StateMachine", "BadCommand", "snapshot_producer", "state_hash",
+__all__ = ["StateMachine", "BadCommand", "CommandTooLarge", "snapshot_producer", "state_hash",
            "state_hash_producer", "is_internal", "nesting_exceeds", "REQUIRED",
            "VALUE_DEPTH_MAX"]
 
@@ -55,6 +60,10 @@ REQUIRED = ("apply", "query", "snapshot", "restore")
 
 class BadCommand(ValueError):
     """A command or query a state machine refuses (maps to HTTP 400)."""
+
+
+class CommandTooLarge(BadCommand):
+    """A command over a size bound of its state machine (maps to HTTP 413)."""
 
 
 @runtime_checkable

@@ -28,6 +28,7 @@ _NAME_CHARS_MAX = 256
 
 class CounterStateMachine:
     name = "counter"
+    version = 1
     ops = ("add", "reset")
     read_ops = ("get",)
 

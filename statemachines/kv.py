@@ -8,13 +8,34 @@ since creation; a delete resets the key).  Commands::
     {"op": "delete", "key": k}
     {"op": "cas",    "key": k, "value": v, "expected": e}          # e null: must be absent
     {"op": "cas",    "key": k, "value": v, "expected_version": n}  # n 0: must be absent
+    {"op": "delete_range", "prefix": p, "limit"?: n, "after"?: c}
+        -> {"deleted": count, "more": bool, "cursor"?: last key deleted}
 
-Queries: ``{"key": k}`` -> the key's record or None; ``{"prefix": p, "limit": n}`` -> the
-keys starting with ``p`` in order, at most ``n`` records and at most ``result_bytes_max``
-bytes of them (as JSON, counted conservatively: ASCII-escaped), with ``more: true`` when
-either limit cut the answer (one record is always returned, however large).  Results are
-small dicts (they are also kept in the session table for retried requests), deterministic
-for a given log.
+Coordination (leases.py, txn.py; docs/coordination.md)::
+
+    {"op": "put",    "key": k, "value": v, "lease": id}            # attached to a lease
+    {"op": "txn",    "compare": [...], "success": [...], "failure": [...]}
+    {"op": "lease_grant",  "ttl_ms": n}       -> {"id" (the log index, or above), "ttl_ms"}
+    {"op": "lease_revoke", "id": n}           -> the lease and its keys are deleted
+    {"op": "lease_promote", "term": t}        (internal: a new leader, before it expires any)
+    {"op": "lease_expire", "ids": [...], "term": t}   (internal: the leader's expiry)
+
+A put without ``lease`` detaches the key from its lease (as etcd does); a delete detaches
+it too.
+
+Queries: ``{"key": k}`` -> the key's record or None; ``{"prefix": p, "limit": n,
+"after"?: c}`` -> the keys starting with ``p`` (and greater than ``c``) in order, at most
+``n`` records and at most ``result_bytes_max`` bytes of them (as JSON, counted
+conservatively: ASCII-escaped), with ``more: true`` when either limit cut the answer (one
+record is always returned, however large) and then ``cursor``: the last key returned; pass
+it as ``after`` for the next page.  Pages never repeat or skip a key that exists throughout
+the walk.  ``delete_range`` deletes at most ``limit`` (default 1000) keys per command, so
+one log entry never holds an unbounded amount of work; ``cursor`` continues the same way.
+Results are small dicts (they are also kept in the session table for retried requests),
+deterministic for a given log.
+
+Version 2 (``version``) added ``delete_range``: a node still at version 1 would refuse it
+while the others apply it, so peers refuse to mix versions (the handshake compares them).
 """
 
 from __future__ import annotations
@@ -26,10 +47,18 @@ import cbor2
 from sortedcontainers import SortedDict
 
 from .base import VALUE_DEPTH_MAX, BadCommand, nesting_exceeds
+from .leases import LeaseTable
+from .txn import compare_holds, validate_txn
 
-__all__ = ["KVStateMachine", "OPS"]
+__all__ = ["KVStateMachine", "OPS", "LEASE_OPS", "INTERNAL_OPS"]
 
-OPS = ("put", "delete", "cas")
+OPS = ("put", "delete", "cas", "delete_range", "txn", "lease_grant", "lease_revoke")
+LEASE_OPS = ("lease_grant", "lease_revoke", "lease_promote", "lease_expire")
+INTERNAL_OPS = ("lease_promote", "lease_expire")
+_EXPIRE_IDS_MAX = 10_000
+_DELETE_RANGE_DEFAULT = 1000
+_SCALARS = frozenset((str, int, float, bool))
+_set = dict.__setitem__       # an existing key: SortedDict's order does not change
 _PREFIX_LIMIT_MAX = 10_000
 RESULT_BYTES_MAX_DEFAULT = 4 << 20
 
@@ -38,12 +67,24 @@ class KVStateMachine:
     """Key -> (value, create_index, mod_index, version), in key order."""
 
     name = "kv"
+    internal_ops = INTERNAL_OPS
+    version = 2          # 2: delete_range, the prefix cursor
 
     def __init__(self, key_bytes_max: int = 4096,
-                 result_bytes_max: int = RESULT_BYTES_MAX_DEFAULT) -> None:
+                 result_bytes_max: int = RESULT_BYTES_MAX_DEFAULT, *,
+                 txn_ops_max: int = 128, txn_bytes_max: int = 256 << 10,
+                 leases_max: int = 100_000, lease_ttl_ms_min: int = 100,
+                 lease_ttl_ms_max: int = 86_400_000) -> None:
         self.key_bytes_max = key_bytes_max
         self.result_bytes_max = result_bytes_max
+        self.txn_ops_max = txn_ops_max
+        self.txn_bytes_max = txn_bytes_max
+        self.leases_max = leases_max
+        self.lease_ttl_ms_min = lease_ttl_ms_min
+        self.lease_ttl_ms_max = lease_ttl_ms_max
         self._data: SortedDict = SortedDict()
+        self.leases = LeaseTable()
+        self._changes: list | None = None    # apply_with_changes collects here
 
     # ------------------------------------------------------------------ validation
 
@@ -56,20 +97,37 @@ class KVStateMachine:
             raise BadCommand(f'"key" is longer than {self.key_bytes_max} bytes')
         return key
 
+    def _check_lease(self, lease: object) -> int:
+        if type(lease) is not int or lease < 1:
+            raise BadCommand('"lease" must be a lease id (a positive integer)')
+        return lease
+
     def validate(self, command: dict) -> dict:
-        """The normalized command (only the fields apply reads), or ``BadCommand``."""
+        """The normalized command (only the fields apply reads), or ``BadCommand``.
+        Internal ops (``internal_ops``) are refused to clients by the caller."""
         if not isinstance(command, dict):
             raise BadCommand("a kv command must be an object")
         op = command.get("op", "put")
-        if op not in OPS:
+        if op not in OPS + INTERNAL_OPS:
             raise BadCommand(f'"op" must be one of {", ".join(OPS)}, got {op!r:.40}')
+        if op == "txn":
+            return validate_txn(command, self._check_key, self._check_lease,
+                                self.txn_ops_max, self.txn_bytes_max)
+        if op in LEASE_OPS:
+            return self._validate_lease_op(op, command)
+        if op == "delete_range":
+            prefix, limit, after = self._range(command, _DELETE_RANGE_DEFAULT)
+            out = {"op": op, "prefix": prefix, "limit": limit}
+            if after is not None:
+                out["after"] = after
+            return out
         key = self._check_key(command.get("key"))
         if op == "delete":
             return {"op": op, "key": key}
         if "value" not in command or command["value"] is None:
             raise BadCommand(f'"{op}" needs a non-null "value"')
         value = command["value"]
-        if nesting_exceeds(value, VALUE_DEPTH_MAX):
+        if type(value) not in _SCALARS and nesting_exceeds(value, VALUE_DEPTH_MAX):
             raise BadCommand(f'"value" nests deeper than {VALUE_DEPTH_MAX} levels')
         out = {"op": op, "key": key, "value": value}
         if op == "cas":
@@ -87,22 +145,74 @@ class KVStateMachine:
                 if nesting_exceeds(command["expected"], VALUE_DEPTH_MAX):
                     raise BadCommand(f'"expected" nests deeper than {VALUE_DEPTH_MAX} levels')
                 out["expected"] = command["expected"]
+        if command.get("lease") is not None:
+            out["lease"] = self._check_lease(command["lease"])
         return out
+
+    def _validate_lease_op(self, op: str, command: dict) -> dict:
+        if op == "lease_grant":
+            ttl = command.get("ttl_ms")
+            lo, hi = self.lease_ttl_ms_min, self.lease_ttl_ms_max
+            if type(ttl) is not int or not lo <= ttl <= hi:
+                raise BadCommand(f'"ttl_ms" must be an integer in {lo}..{hi} '
+                                 '(limits.lease_ttl_ms_min/max)')
+            # Admission only (this replica's state, not the log's): grants in flight may
+            # take the table a little past the bound.
+            if len(self.leases) >= self.leases_max:
+                raise BadCommand(f"there are {len(self.leases)} leases already; at most "
+                                 f"{self.leases_max} (limits.leases_max)")
+            return {"op": op, "ttl_ms": ttl}
+        if op == "lease_revoke":
+            return {"op": op, "id": self._check_lease(command.get("id"))}
+        term = command.get("term")
+        if type(term) is not int or term < 0:
+            raise BadCommand('"term" must be a non-negative integer')
+        if op == "lease_promote":
+            return {"op": op, "term": term}
+        ids = command.get("ids")
+        if (not isinstance(ids, list) or not 1 <= len(ids) <= _EXPIRE_IDS_MAX
+                or any(type(i) is not int for i in ids)):
+            raise BadCommand(f'"ids" must be 1..{_EXPIRE_IDS_MAX} lease ids')
+        return {"op": op, "ids": ids, "term": term}
 
     # ------------------------------------------------------------------ applying
 
     def apply(self, index: int, command: dict) -> dict:
         """Apply a validated command committed at ``index``; returns the result."""
+        return self._apply(index, command)
+
+    def apply_with_changes(self, index: int, command: dict) -> tuple[dict, tuple]:
+        """``apply``, and the key changes it made: ``((key, record, previous), ...)`` with
+        ``record`` the key's new ``(value, create_index, mod_index, version)`` (None: it was
+        deleted) and ``previous`` the record before (None: it did not exist), in the order
+        they were made (a transaction, a delete_range or a lease's end changes several).
+        Records are the stored immutable tuples (no copies).  A failed cas or the delete of
+        an absent key changes nothing: ``()``.  The watch streams are derived from these,
+        so they are the same on every replica (the result alone, which the session table
+        keeps, does not carry the previous value)."""
+        self._changes = changes = []
+        try:
+            return self._apply(index, command), tuple(changes)
+        finally:
+            self._changes = None
+
+    def _apply(self, index: int, command: dict) -> dict:
         op = command["op"]
+        if op == "txn":
+            return self._txn(index, command)
+        if op in LEASE_OPS:
+            return self._lease_op(index, op, command)
+        if op == "delete_range":
+            return self._delete_range(command)
         key = command["key"]
         current = self._data.get(key)
+        lease = command.get("lease")
+        if lease is not None and lease not in self.leases:
+            return _lease_not_found(lease)
         if op == "put":
-            return self._put(index, key, command["value"], current)
+            return self._put(index, key, command["value"], current, lease)
         if op == "delete":
-            if current is None:
-                return {"op": "delete", "deleted": False}
-            del self._data[key]
-            return {"op": "delete", "deleted": True, "version": current[3]}
+            return self._delete(key, current)
         if op == "cas":
             if "expected_version" in command:
                 ok = (current[3] if current else 0) == command["expected_version"]
@@ -116,20 +226,155 @@ class KVStateMachine:
                 if current is not None:
                     result["current_mod_index"] = current[2]
                 return result
-            result = self._put(index, key, command["value"], current)
+            result = self._put(index, key, command["value"], current, lease)
             result["op"] = "cas"
             result["succeeded"] = True
             return result
         raise BadCommand(f"unknown op {op!r}")  # validate() keeps this unreachable
 
-    def _put(self, index: int, key: str, value: object, current: tuple | None) -> dict:
+    def _range(self, request: dict, default_limit: int) -> tuple[str, int, str | None]:
+        """(prefix, limit, after) of a prefix query or delete_range, or ``BadCommand``."""
+        prefix = request.get("prefix")
+        if not isinstance(prefix, str):
+            raise BadCommand('"prefix" must be a string')
+        limit = request.get("limit", default_limit)
+        if type(limit) is not int or not 1 <= limit <= _PREFIX_LIMIT_MAX:
+            raise BadCommand(f'"limit" must be an integer in 1..{_PREFIX_LIMIT_MAX}')
+        after = request.get("after")
+        if after is not None and not isinstance(after, str):
+            raise BadCommand('"after" must be a string (the "cursor" of the previous page)')
+        return prefix, limit, after
+
+    def _keys(self, prefix: str, after: str | None) -> Iterator[str]:
+        """Keys starting with ``prefix``, in order, greater than ``after`` if given."""
+        if after is not None and after >= prefix:
+            keys = self._data.irange(minimum=after, inclusive=(False, True))
+        else:
+            keys = self._data.irange(minimum=prefix)
+        for key in keys:
+            if not key.startswith(prefix):
+                return
+            yield key
+
+    def _delete_range(self, command: dict) -> dict:
+        limit = command["limit"]
+        doomed = []
+        more = False
+        for key in self._keys(command["prefix"], command.get("after")):
+            if len(doomed) == limit:
+                more = True
+                break
+            doomed.append(key)
+        for key in doomed:
+            self._delete(key, self._data[key])
+        result = {"op": "delete_range", "deleted": len(doomed), "more": more}
+        if more:
+            result["cursor"] = doomed[-1]
+        return result
+
+    def _put(self, index: int, key: str, value: object, current: tuple | None,
+             lease: int | None = None) -> dict:
         if current is None:
             record = (value, index, index, 1)
+            self._data[key] = record
         else:
             record = (value, current[1], index, current[3] + 1)
-        self._data[key] = record
+            _set(self._data, key, record)
+        if self._changes is not None:
+            self._changes.append((key, record, current))
+        if lease is not None:
+            self.leases.attach(key, lease)
+        elif self.leases.key_lease:
+            self.leases.detach(key)
         return {"op": "put", "created": current is None, "version": record[3],
                 "create_index": record[1], "mod_index": index}
+
+    def _delete(self, key: str, current: tuple | None) -> dict:
+        if current is None:
+            return {"op": "delete", "deleted": False}
+        del self._data[key]
+        if self._changes is not None:
+            self._changes.append((key, None, current))
+        if self.leases.key_lease:
+            self.leases.detach(key)
+        return {"op": "delete", "deleted": True, "version": current[3]}
+
+    # ------------------------------------------------------------------ transactions
+
+    def _txn(self, index: int, command: dict) -> dict:
+        """All compares, then one branch's ops in order (txn.py); the caller checked the
+        command, and every check that can fail (a missing lease) runs before any op."""
+        key_lease = self.leases.key_lease
+        data = self._data
+        ok = all(compare_holds(c, data.get(c["key"]), key_lease.get(c["key"], 0))
+                 for c in command["compare"])
+        ops = command["success" if ok else "failure"]
+        for op in ops:
+            lease = op.get("lease")
+            if lease is not None and lease not in self.leases:
+                return _lease_not_found(lease)
+        results = []
+        for op in ops:
+            kind = op["op"]
+            if kind == "put":
+                key = op["key"]
+                results.append(self._put(index, key, op["value"], data.get(key),
+                                         op.get("lease")))
+            elif kind == "delete":
+                results.append(self._delete(op["key"], data.get(op["key"])))
+            elif kind == "get":
+                results.append({"op": "get", "kv": self.get(op["key"])})
+            else:
+                found = self.query({"prefix": op["prefix"], "limit": op["limit"]})
+                results.append({"op": "range", **found})
+        return {"op": "txn", "succeeded": ok, "results": results}
+
+    # ------------------------------------------------------------------ leases
+
+    def _lease_op(self, index: int, op: str, command: dict) -> dict:
+        leases = self.leases
+        if op == "lease_grant":
+            lease = leases.new_id(index)
+            leases.grant(lease, command["ttl_ms"])
+            return {"op": op, "id": lease, "ttl_ms": command["ttl_ms"]}
+        if op == "lease_revoke":
+            lease = command["id"]
+            if lease not in leases:
+                return _lease_not_found(lease)
+            return {"op": op, "id": lease, "deleted": self._drop_lease(lease)}
+        if op == "lease_promote":
+            leases.promote(command["term"])
+            return {"op": op, "term": leases.promoted_term, "leases": len(leases)}
+        # lease_expire
+        if not leases.expiry_is_current(command["term"]):
+            return {"op": op, "expired": [], "deleted": 0, "stale_term": True}
+        expired, deleted = [], 0
+        for lease in command["ids"]:
+            if lease in leases:
+                deleted += self._drop_lease(lease)
+                expired.append(lease)
+        return {"op": op, "expired": expired, "deleted": deleted}
+
+    def _drop_lease(self, lease: int) -> int:
+        """Delete ``lease`` and its keys; how many keys."""
+        keys = self.leases.remove(lease)
+        for key in sorted(keys):
+            current = self._data.pop(key)
+            if self._changes is not None:
+                self._changes.append((key, None, current))
+        return len(keys)
+
+    def lease_info(self, lease: int, keys_max: int = 0) -> dict | None:
+        """``{"id", "ttl_ms", "key_count", "keys"?}`` (at most ``keys_max`` keys, in order),
+        or None for an unknown lease."""
+        ttl = self.leases.ttl_ms.get(lease)
+        if ttl is None:
+            return None
+        keys = self.leases.keys[lease]
+        out = {"id": lease, "ttl_ms": ttl, "key_count": len(keys)}
+        if keys_max:
+            out["keys"] = sorted(keys)[:keys_max]
+        return out
 
     # ------------------------------------------------------------------ reading
 
@@ -137,26 +382,23 @@ class KVStateMachine:
         record = self._data.get(key)
         if record is None:
             return None
-        return {"key": key, "value": record[0], "create_index": record[1],
-                "mod_index": record[2], "version": record[3]}
+        out = {"key": key, "value": record[0], "create_index": record[1],
+               "mod_index": record[2], "version": record[3]}
+        lease = self.leases.key_lease.get(key) if self.leases.key_lease else None
+        if lease is not None:
+            out["lease"] = lease
+        return out
 
     def query(self, request: dict) -> object:
         if not isinstance(request, dict):
             raise BadCommand("a kv query must be an object")
         if "prefix" in request:
-            prefix = request["prefix"]
-            if not isinstance(prefix, str):
-                raise BadCommand('"prefix" must be a string')
-            limit = request.get("limit", 1000)
-            if type(limit) is not int or not 1 <= limit <= _PREFIX_LIMIT_MAX:
-                raise BadCommand(f'"limit" must be an integer in 1..{_PREFIX_LIMIT_MAX}')
+            prefix, limit, after = self._range(request, 1000)
             found = []
             more = False
             size = 0
             budget = self.result_bytes_max
-            for key in self._data.irange(minimum=prefix):
-                if not key.startswith(prefix):
-                    break
+            for key in self._keys(prefix, after):
                 if len(found) == limit:
                     more = True
                     break
@@ -166,7 +408,10 @@ class KVStateMachine:
                     more = True
                     break
                 found.append(record)
-            return {"kvs": found, "more": more}
+            result = {"kvs": found, "more": more}
+            if more:
+                result["cursor"] = found[-1]["key"]
+            return result
         return self.get(self._check_key(request.get("key")))
 
     def __len__(self) -> int:
@@ -182,27 +427,39 @@ class KVStateMachine:
     def snapshot(self) -> bytes:
         return self.snapshot_copy()()
 
+    def _copy_rows(self) -> list:
+        """The rows of a snapshot, copied now: ``[key, value, create_index, mod_index,
+        version]`` plus the lease id for a key attached to one; then, when leases were
+        ever used, a trailer ``[None, lease table]`` (a key is never None).  A store that
+        never saw a lease writes exactly the format it wrote before leases existed."""
+        key_lease = self.leases.key_lease
+        if key_lease:
+            rows = [[key, *record, key_lease[key]] if key in key_lease else [key, *record]
+                    for key, record in self._data.items()]
+        else:
+            rows = [[key, *record] for key, record in self._data.items()]
+        if len(self.leases) or self.leases.promoted_term:
+            rows.append([None, self.leases.state()])
+        return rows
+
     def snapshot_copy(self) -> Callable[[], bytes]:
         """Copy the (immutable) records now; encode later, on any thread."""
-        items = list(self._data.items())
-
-        def encode() -> bytes:
-            return cbor2.dumps([[key, *record] for key, record in items])
-        return encode
+        rows = self._copy_rows()
+        return lambda: cbor2.dumps(rows)
 
     def snapshot_chunks_copy(self) -> Callable[[], Iterator[bytes]]:
         """``snapshot_copy`` in pieces: the CBOR array head, then the rows a group at a
         time (a group ends after _CHUNK_ROWS_MAX rows or about _CHUNK_BYTES of string
         values), so no single encoding call holds the GIL for long."""
-        items = list(self._data.items())
+        rows = self._copy_rows()
 
         def pieces() -> Iterator[bytes]:
-            yield _array_head(len(items))
+            yield _array_head(len(rows))
             group: list = []
             weight = 0
-            for key, record in items:
-                group.append([key, *record])
-                value = record[0]
+            for row in rows:
+                group.append(row)
+                value = row[1]
                 weight += len(value) if isinstance(value, (str, bytes)) else 64
                 if len(group) >= _CHUNK_ROWS_MAX or weight >= _CHUNK_BYTES:
                     yield cbor2.dumps(group)[len(_array_head(len(group))):]
@@ -215,11 +472,22 @@ class KVStateMachine:
         try:
             rows = cbor2.loads(data) if data else []
             restored = SortedDict()
-            for key, value, create_index, mod_index, version in rows:
+            attachments = []
+            lease_state = [0, []]
+            for row in rows:
+                if row[0] is None:
+                    lease_state = row[1]
+                    continue
+                key, value, create_index, mod_index, version, *lease = row
                 restored[key] = (value, create_index, mod_index, version)
+                if lease:
+                    attachments.append((key, lease[0]))
+            leases = LeaseTable()
+            leases.load(lease_state, attachments)
         except Exception as exc:  # cbor2 raises several types; all mean a bad snapshot
             raise ValueError(f"kv snapshot is damaged: {exc}") from None
         self._data = restored
+        self.leases = leases
 
 
 _CHUNK_ROWS_MAX = 512
@@ -239,3 +507,8 @@ def _type(value: object) -> str:
         return "a boolean"
     return {str: "a string", int: "a number", float: "a number", list: "an array",
             dict: "an object"}.get(type(value), type(value).__name__)
+
+
+def _lease_not_found(lease: int) -> dict:
+    return {"error": "lease_not_found", "message": f"lease {lease} does not exist (expired, "
+                                                   "revoked or never granted)"}

@@ -34,6 +34,7 @@ _NODE_ID_MAX = (1 << 31) - 1
 
 class MembershipStateMachine:
     name = "membership"
+    version = 1
     ops = ("add", "leave", "remove")
     # Written only by the node's membership admin path; never addressable by clients (a
     # client that could mark a member removed could end the cluster).

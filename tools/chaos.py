@@ -76,6 +76,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--complete", action="store_true",
                    help="inject every planned fault even if that runs past --duration "
                         "(a loaded machine is slower to restart nodes)")
+    p.add_argument("--lock-workers", type=int, default=0,
+                   help="also run N lock holders doing fenced writes; checks that the "
+                        "lock never has two holders and fencing tokens stay ordered")
+    p.add_argument("--lock-ttl-ms", type=int, default=2000)
     p.add_argument("--tls", action="store_true",
                    help="HTTPS API and mutual TLS between peers (certificates from paxoslog "
                         "certs init; the proxy terminates TLS)")
@@ -99,7 +103,8 @@ def options_from(args) -> RunOptions:
                       request_timeout_ms=args.request_timeout_ms,
                       snapshot_entries=args.snapshot_entries, progress=not args.quiet,
                       complete=args.complete,
-                      plot=args.plot, tls=args.tls)
+                      plot=args.plot, tls=args.tls, lock_workers=args.lock_workers,
+                      lock_ttl_ms=args.lock_ttl_ms)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -16,6 +16,12 @@ state, so they can be tested on hand-made inputs.
   table lists the members as active and the removed nodes as removed.
 * ``check_liveness``: after the final heal a write is acknowledged within
   ``factor`` election timeouts.
+* ``check_streams``: the stream observers (streams.py) against the final log and the
+  history: every tail delivered 1..N without a gap or a duplicate and all tails agree on
+  every index (the final log); replaying that log through the kv state machine gives the
+  events every watch must have delivered, exactly (a gap-free, duplicate-free subsequence
+  of the log); each event's value comes from a write the history does not call failed,
+  and every acknowledged write is an event at the index its answer named.
 * ``unavailability``: per fault, the time from the fault (and from its heal) to the next
   acknowledged write invoked after it; for a fault made of steps (``member-change``), per
   step, the fault's figure being its worst step.
@@ -32,9 +38,10 @@ from typing import Iterable
 
 from paxoslog.sim.linearizability import check_history
 
-from .history import OK, OpRecord, to_operations
+from .history import FAIL, OK, OpRecord, to_operations
 
 __all__ = ["CheckOutcome", "check_linearizable", "check_lost_writes", "check_replicas_agree",
+           "check_streams",
            "check_state_hashes", "check_membership", "check_liveness", "unavailability",
            "summarize_unavailability", "ok_rate"]
 
@@ -261,6 +268,90 @@ def check_membership(reports: dict[int, dict], members: Iterable[int],
                             "(GET /api/v1/cluster/members)", data)
     return CheckOutcome(name, True, f"{len(members)} members applied voters {members}"
                         + (f"; removed {removed} are marked removed" if removed else ""), data)
+
+
+def check_streams(observers: list[dict], records: list[OpRecord],
+                  final_index: int | None) -> CheckOutcome:
+    """See the module docstring; ``final_index``: the index every replica converged on."""
+    import json
+
+    import cbor2
+
+    from paxoslog.node.machines import StateMachines
+    from paxoslog.node.sessions import SessionTable
+    from paxoslog.server.streams import render_event
+    from statemachines.kv import KVStateMachine
+
+    problems: list[str] = []
+    for o in observers:
+        if o["duplicates"] or o["gaps"]:
+            problems.append(f"{o['name']}: {o['duplicates']} duplicates, {o['gaps']} gaps")
+        if o["error"]:
+            problems.append(f"{o['name']} gave up: {o['error']}")
+        if final_index is not None and (o["next"] or 1) <= final_index:
+            problems.append(f"{o['name']} stopped before {o['next']}; the log reached "
+                            f"{final_index}")
+    log: dict[int, tuple] = {}
+    for o in observers:
+        if o["kind"] != "tail":
+            continue
+        indexes = [e["index"] for e in o["items"]]
+        if indexes != list(range(1, len(indexes) + 1)):
+            problems.append(f"{o['name']}: indexes are not 1..{len(indexes)} in order")
+        for e in o["items"]:
+            value = (e["kind"], json.dumps(e["command"], sort_keys=True))
+            if log.setdefault(e["index"], value) != value:
+                problems.append(f"tails disagree at index {e['index']}")
+    top = 0
+    while top + 1 in log:
+        top += 1
+    machines = StateMachines({"kv": KVStateMachine()}, SessionTable(),
+                             lambda name: KVStateMachine(), record_terms=False)
+    expected = []
+    for index in range(1, top + 1):
+        kind, commands = log[index]
+        if kind != "normal":
+            continue
+        for command in json.loads(commands):
+            outcome = machines.apply_command(index, 0, cbor2.dumps(command))
+            expected += [render_event(index, change, True) for change in outcome.changes]
+    for o in observers:
+        if o["kind"] != "watch":
+            continue
+        covered = min((o["next"] or 1) - 1, top)
+        want = [e for e in expected if e["key"].startswith(o["prefix"])
+                and e["mod_index"] <= covered]
+        if not o.get("prev"):
+            want = [{k: v for k, v in e.items() if k != "prev"} for e in want]
+        got = [e for e in o["items"] if e["mod_index"] <= covered]
+        if got != want:
+            first = next((i for i, (a, b) in enumerate(zip(got, want)) if a != b),
+                         min(len(got), len(want)))
+            problems.append(f"{o['name']}: {len(got)} events up to revision {covered}, the "
+                            f"log makes {len(want)}; first difference at #{first}")
+    writes = {(r.key, r.value): r for r in records if r.kind in ("put", "cas")}
+    events = {(e["key"], e.get("value")): e for e in expected if e["type"] == "put"}
+    for key_value, event in events.items():
+        record = writes.get(key_value)
+        if record is not None and record.status == FAIL:
+            problems.append(f"event {event} comes from a write the history calls failed")
+    for key_value, record in writes.items():
+        if record.acknowledged and record.index is not None and record.index <= top:
+            event = events.get(key_value)
+            if event is None or event["mod_index"] != record.index:
+                problems.append(f"acknowledged {record.kind} {key_value} at index "
+                                f"{record.index} is not an event there")
+    data = {"log_entries": top, "events": len(expected),
+            "observers": [{k: v for k, v in o.items() if k != "items"} | {
+                "delivered": len(o["items"])} for o in observers],
+            "problems": problems[:50]}
+    if not observers:
+        return CheckOutcome("streams", None, "no stream observers ran", data)
+    if problems:
+        return CheckOutcome("streams", False, f"{len(problems)} stream problems: "
+                                              f"{problems[0]}", data)
+    return CheckOutcome("streams", True, f"{len(observers)} streams followed {top} log "
+                                         f"entries and {len(expected)} events exactly", data)
 
 
 def check_liveness(records: list[OpRecord], heal_s: float, election_timeout_s: float,

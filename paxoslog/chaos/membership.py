@@ -167,7 +167,7 @@ class MembershipDriver:
         peer, api = self.addresses[node]
         asked, body = await self.call(
             "/api/v1/cluster/add-node",
-            {"node_id": node, "address": peer, "api": api, "wait": "voter"},
+            {"node_id": node, "peer": peer, "api": api, "wait": "voter"},
             deadline, rng, avoid={node}, what=f"adding node {node}")
         if body.get("role") != "voter":
             raise MembershipError(f"adding node {node}: add-node with wait=voter answered role "

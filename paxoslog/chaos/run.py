@@ -42,6 +42,7 @@ from .observer import StatusObserver
 from .plot import render_timeline
 from .proxy import ProxyNetwork, ProxyTls
 from .report import format_summary, report_dir_name, scan_logs, write_verdict
+from .streams import StreamObservers
 from .workload import Workload, WorkloadOptions
 
 __all__ = ["RunOptions", "ChaosRun", "EXIT_PASS", "EXIT_FAIL", "EXIT_VOID", "EXIT_ERROR"]
@@ -86,6 +87,8 @@ class RunOptions:
     plot: str = "auto"                   # auto (PNG if matplotlib) | html | none
     complete: bool = False               # run every planned fault, even past the duration
     tls: bool = False                    # HTTPS API, mutual TLS between peers
+    lock_workers: int = 0                # lock holders with fenced writes (locks.py)
+    lock_ttl_ms: int = 2000
 
     def resolved(self) -> "RunOptions":
         seed = self.seed if self.seed is not None else random.SystemRandom().randrange(1 << 31)
@@ -134,10 +137,13 @@ class ChaosRun:
         self.history: History | None = None
         self.timeline: Timeline | None = None
         self.membership: MembershipDriver | None = None
+        self.streams: StreamObservers | None = None
         self.traffic_start: float | None = None
         self.final_heal: float | None = None
         self._progress_loop = None
         self._last_progress = 0.0
+        self.locks = None
+        self.cafile: str | None = None
 
     def clock(self) -> float:
         return time.monotonic() - self._t0
@@ -197,6 +203,9 @@ class ChaosRun:
         cafile = None
         if self.spec.tls:
             cafile = self._make_certs(conf_path, spare_confs, proxy_tls)
+        self.cafile = cafile
+        self.api_urls = [f"{'https' if cafile else 'http'}://127.0.0.1:{p.api}"
+                         for n, p in sorted(ports.items()) if n in self.spec.node_ids]
         self.cluster = Cluster(self.reactor, self.spec, conf_path,
                                os.path.join(self.folder, "logs"), data_root,
                                lambda kind, **f: self.timeline.add(kind, **f), self.clock,
@@ -205,6 +214,11 @@ class ChaosRun:
                                 connections_per_node=max(16, 2 * o.workers), cafile=cafile)
         self.observer = StatusObserver(self.reactor, self.client, self.cluster, self.clock,
                                        os.path.join(self.folder, "status.jsonl"))
+        scheme = "https" if cafile else "http"
+        self.streams = StreamObservers(self.reactor, [f"{scheme}://127.0.0.1:{p.api}"
+                                                      for p in ports.values()], self.clock,
+                                       prefix="k0.", give_up_s=o.duration_s + 60,
+                                       cafile=cafile)
         self.membership = MembershipDriver(
             self.reactor, self.cluster, self.client, self.observer, self.timeline, self.clock,
             {n: (f"127.0.0.1:{p.peer_proxy}", f"127.0.0.1:{p.api}") for n, p in ports.items()},
@@ -246,7 +260,15 @@ class ChaosRun:
                                                  run_tag=f"chaos{o.seed}"), rng)
         self.traffic_start = self.clock()
         self.timeline.add("traffic-start")
+        self.streams.start()
         self.workload.start()
+        if o.lock_workers:
+            from .locks import LockWorkload
+            self.locks = LockWorkload(self.reactor, self.api_urls, self.clock,
+                                      holders=o.lock_workers, ttl_ms=o.lock_ttl_ms,
+                                      cafile=self.cafile,
+                                      rng=random.Random(f"{o.seed}-locks"))
+            self.locks.start()
         self._start_progress()
 
         stop_at = self.traffic_start + o.duration_s - o.tail_s
@@ -264,15 +286,21 @@ class ChaosRun:
         end = max(self.traffic_start + o.duration_s, self.final_heal + 10 * self.et + 1.0)
         await task.deferLater(self.reactor, max(0.0, end - self.clock()), lambda: None)
         await self.workload.stop()
+        if self.locks is not None:
+            await self.locks.stop()
         self.timeline.add("traffic-stop")
         self._stop_progress()
         self.say("traffic stopped; waiting for the replicas to converge")
 
         converged = await self._converge()
         final = await self._final_reads()
+        final_index = max([i for i in converged["applied"].values() if i] or [0]) or None
+        await self.streams.catch_up(final_index or 0, max(_CONVERGE_TIMEOUT_S, 20 * self.et))
+        self.streams.stop()
         states = await self._replica_states()
         states["hash_reports"] = await self._state_hash_reports()
         states["member_reports"] = await self._member_reports()
+        states["final_index"] = final_index
         self.membership.finish()
         self.observer.stop()
         await self.cluster.shutdown()
@@ -293,10 +321,14 @@ class ChaosRun:
 
     async def _teardown(self) -> None:
         self._stop_progress()
+        if self.streams is not None:
+            self.streams.stop()
         if self.membership is not None:
             self.membership.finish()
         if self.workload is not None and not self.workload.stopping:
             await self.workload.stop()
+        if self.locks is not None and not self.locks.stopping:
+            await self.locks.stop()
         if self.observer is not None:
             self.observer.stop()
         if self.cluster is not None:
@@ -498,7 +530,9 @@ class ChaosRun:
         args = ["tools/chaos.py", "--duration", f"{o.duration_s:g}", "--mode", o.mode,
                 "--nodes", str(o.nodes), "--nemesis", o.nemesis, "--schedule", o.schedule,
                 "--seed", str(o.seed)] + (["--complete"] if o.complete else []) + (
-            ["--tls"] if o.tls else [])
+            ["--tls"] if o.tls else []) + (
+            ["--lock-workers", str(o.lock_workers), "--lock-ttl-ms", str(o.lock_ttl_ms)]
+            if o.lock_workers else [])
         return "python " + " ".join(shlex.quote(a) for a in args)
 
     def _judge(self, converged: dict, final: dict, states: dict) -> int:
@@ -532,6 +566,8 @@ class ChaosRun:
             agree.data["problems"] = states["problems"]
         results.append(agree)
         results.append(checks.check_state_hashes(states["hash_reports"], self.cluster.members()))
+        results.append(checks.check_streams(self.streams.records(), records,
+                                            states.get("final_index")))
         results.append(checks.check_membership(states["member_reports"], self.cluster.members(),
                                                self._removed_nodes()))
         leader_seen = next((t for t, leader, _ in self.observer.leader_changes
@@ -540,6 +576,11 @@ class ChaosRun:
                 self.observer.leader_changes[-1][1] is not None:
             leader_seen = self.final_heal       # a leader was already there at the heal
         results.append(checks.check_liveness(records, self.final_heal, self.et, leader_seen))
+        if self.locks is not None:
+            from .locks import check_lock_fencing
+            results.append(check_lock_fencing(
+                self.locks.holds, self.locks.writes, o.lock_ttl_ms / 1000.0,
+                max(1, o.election_ticks // 10) / o.election_ticks))
         exits = self.cluster.unexpected_exits()
         results.append(checks.CheckOutcome(
             "no-unexpected-exits", not exits,

@@ -2,6 +2,16 @@
 
 ``{"sm": "kv", "op": "put", "key": k, "value": v, "client_id": c, "sequence": s, "ts": ms}``
 
+A batch is one command too (one encode, one log slot share, one session record)::
+
+    {"batch": [{"op": "put", "key": k, "value": v}, {"sm": "counter", ...}, ...],
+     "client_id": c, "sequence": s, "ts": ms}
+
+Its operations are applied in order at the batch's log index; an operation without ``sm``
+is the kv state machine's (the common case, so it is left out); one may carry its
+own ``client_id``/``sequence`` (the WebSocket channel packs separately sessioned requests
+into one batch), which the session table then deduplicates one by one.
+
 ``ts`` is the wall clock (ms) of the node that encoded the command: the session table's
 idle expiry runs on the largest ``ts`` in the log, identical on every replica.
 
@@ -14,7 +24,9 @@ from __future__ import annotations
 
 import cbor2
 
-__all__ = ["encode_command", "decode_command", "command_key", "CLIENT_ID_CHARS_MAX"]
+__all__ = ["encode_command", "encode_internal", "encode_batch", "decode_command",
+           "command_key", "is_batch",
+           "CLIENT_ID_CHARS_MAX"]
 
 CLIENT_ID_CHARS_MAX = 128
 
@@ -27,6 +39,24 @@ def encode_command(sm: str, fields: dict, client_id: str, sequence: int, ts: int
     command["sequence"] = sequence
     command["ts"] = ts
     return cbor2.dumps(command)
+
+
+def encode_internal(sm: str, fields: dict) -> bytes:
+    """A command the node itself proposes (the leader's lease keeper): no client session
+    (it is never retried as such), no clock stamp."""
+    command = {"sm": sm}
+    command.update(fields)
+    return cbor2.dumps(command)
+
+
+def encode_batch(ops: list[dict], client_id: str, sequence: int, ts: int) -> bytes:
+    """A batch command: ``ops`` are validated command maps, each with its ``sm`` (and
+    optionally its own ``client_id``/``sequence``)."""
+    return cbor2.dumps({"batch": ops, "client_id": client_id, "sequence": sequence, "ts": ts})
+
+
+def is_batch(command: dict) -> bool:
+    return "batch" in command and "sm" not in command
 
 
 def decode_command(data: bytes) -> dict | None:

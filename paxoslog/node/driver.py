@@ -30,6 +30,13 @@ the same pair if the leader's reply never comes.  Reads: ``stale`` from local st
 ``lease`` from the leader's lease when it holds; else a ReadIndex round on the leader
 (followers forward), served once applied >= the read point.
 
+Leases (leases.py): the active leader counts every kv lease's deadline on its ticks and
+proposes ``lease_expire`` when one passes; it becomes active when its ``lease_promote`` is
+applied.  A keep-alive or TTL query (``{"lease": {"op": "keepalive"|"ttl", "id"}}``) is a
+linearizable read served on that leader, and never logged.  A read may carry
+``min_revision``: it is refused (503 ``revision_not_reached``) when the index it would be
+served at is lower (etcd refuses a future revision the same way).
+
 Every timer counts ticks: a request gets ``request_timeout_ticks`` (then 504 when it may
 have reached a leader, 503 when it surely did not), and a request with nowhere to go is
 retried every ``retry_ticks``.
@@ -48,10 +55,11 @@ from ..core.log import ENTRY_CONFIG, ENTRY_NORMAL, SnapshotMeta, entry_config
 from ..core.messages import InstallSnapshot
 from ..core.quorum import Config
 from ..core.ready import ConfigChanged, ProposalDropped, Ready, Role, RoleChanged
-from .commands import command_key, decode_command
-from .instructions import (DUPLICATE, Applied, CompactLog, ConfigApplied, Forward,
+from .commands import command_key, decode_command, encode_internal
+from .instructions import (DUPLICATE, EXECUTED, Applied, CompactLog, ConfigApplied, Forward,
                            OfferSnapshot, Persist, Reply, RestoreSnapshot, RoleChange,
                            RowApplied, Send, TakeSnapshot)
+from .leases import LeaseKeeper
 from .machines import QueryFailed, StateMachines
 from .policy import SnapshotPolicy
 from .requests import DEADLINE, RETRY, PendingRead, PendingWrite, ReadPoints, Timers
@@ -62,7 +70,8 @@ __all__ = ["NodeDriver", "DriverOptions", "ApplyGap"]
 STAT_NAMES = ("proposals", "proposals_forwarded", "commits", "commands_applied", "reads",
               "reads_forwarded", "stale_reads", "lease_reads", "lease_reads_served",
               "readies", "fsyncs", "role_changes", "snapshots_taken", "snapshots_installed",
-              "proposals_dropped", "write_timeouts", "duplicates", "leader_connection_lost")
+              "proposals_dropped", "write_timeouts", "duplicates", "lease_keepalives",
+              "lease_expiries_proposed", "lease_promotions_proposed", "leader_connection_lost")
 
 
 class ApplyGap(AssertionError):
@@ -78,10 +87,18 @@ class DriverOptions:
     retry_ticks: int = 2
     snapshot_entries: int = 10_000
     snapshot_bytes: int = 64 << 20
+    election_ticks: int = 20          # the extension a new leader gives every lease
+    lease_expire_batch_max: int = 1000
 
 
 def _unavailable(message: str, code: str = "unavailable", **extra) -> tuple[int, dict]:
     return 503, {"error": code, "message": message, **extra}
+
+
+def _lease_query_ok(request: object) -> bool:
+    return (isinstance(request, dict) and request.get("op") in ("keepalive", "ttl")
+            and type(request.get("id")) is int
+            and type(request.get("keys_max", 0)) is int and 0 <= request.get("keys_max", 0) <= 1000)
 
 
 _OUTCOME_UNKNOWN = (504, {"error": "outcome_unknown",
@@ -122,6 +139,10 @@ class NodeDriver:
         # objects iterates in address order, which made simulator runs depend on what ran
         # before them in the same process: lease-beyond seed 23, Multi-Paxos).
         self._reads: dict[PendingRead, None] = {}
+        self.leases = LeaseKeeper(options.tick_ms, options.election_ticks,
+                                  options.lease_expire_batch_max)
+        self._promote_at: int | None = None       # tick our lease_promote was proposed
+        self._lease_wanted = False                # a lease request met an inactive leader
 
     # ================================================================== events
 
@@ -138,6 +159,7 @@ class NodeDriver:
                 self._route_write(request)
             else:
                 self._route_read(request)
+        self._keep_leases()
         return self._take()
 
     def receive(self, messages: list) -> list:
@@ -188,6 +210,8 @@ class NodeDriver:
         assert ready is not None, "snapshot_restored() without a snapshot being installed"
         self._restoring = None
         self.machines = machines
+        self.leases.deactivate()
+        self._promote_at = None
         self.applied_index, self.applied_term = meta.index, meta.term
         self.applied_config = meta.config
         self.policy.taken(meta.index)
@@ -276,7 +300,7 @@ class NodeDriver:
                 "error": "bad_request", "message": "forwarded command lacks client_id/sequence"}))
             return self._take()
         try:
-            self.machines.validate(command, internal=True)
+            self.machines.validate_logged(command)
         except BadCommand as exc:
             self._out.append(Reply(handle, 400, {"error": "bad_request", "message": str(exc)}))
             return self._take()
@@ -416,6 +440,14 @@ class NodeDriver:
         self.stats["reads"] += 1
         if forwarded:
             self.stats["reads_forwarded"] += 1
+        if "lease" in query:
+            if not _lease_query_ok(query["lease"]):
+                self._out.append(Reply(handle, 400, {
+                    "error": "bad_request",
+                    "message": 'a lease read is {"op": "keepalive"|"ttl", "id": <int>, '
+                               '"keys_max"?: 0..1000}'}))
+                return self._take()
+            consistency = "linearizable"       # served by the active leader only
         if consistency == "stale":
             self.stats["stale_reads"] += 1
             self._out.append(Reply(handle, *self._answer(query, stale=True)))
@@ -487,11 +519,21 @@ class NodeDriver:
     def _serve_reads(self, batch: list[PendingRead]) -> None:
         for r in batch:
             if not r.done:
+                if "lease" in r.query:
+                    self._serve_lease(r)
+                    continue
                 self._finish(r)
                 self._out.append(Reply(r.handle, *self._answer(r.query, stale=False)))
 
     def _answer(self, query: dict, stale: bool) -> tuple[int, dict]:
         """(status, body) of a read from local state now."""
+        floor = query.get("min_revision")
+        if type(floor) is int and floor > self.applied_index:
+            return _unavailable(
+                f"this node has applied up to index {self.applied_index}, below the "
+                f"min_revision {floor} asked for; retry (here once it caught up, or at "
+                f"another node)", code="revision_not_reached",
+                applied_index=self.applied_index, min_revision=floor, node=self.node_id)
         base = {"index": self.applied_index, "term": self.replica.term}
         if stale:
             base.update(stale=True, node=self.node_id, applied_index=self.applied_index,
@@ -511,6 +553,97 @@ class NodeDriver:
         if not r.done:
             self._finish(r)
             self._out.append(Reply(r.handle, status, body))
+
+    # ================================================================== leases
+
+    def _lease_applied(self, result: dict) -> None:
+        """A lease command was executed here (statemachines/kv.py's result)."""
+        op, keeper = result["op"], self.leases
+        if "error" in result:
+            return
+        if op == "lease_grant":
+            keeper.granted(result["id"], result["ttl_ms"], self.now)
+        elif op == "lease_revoke":
+            keeper.removed((result["id"],))
+        elif op == "lease_expire":
+            keeper.removed(result["expired"])
+        elif op == "lease_promote":
+            term = self._leadership()
+            if term is not None and result["term"] == term:
+                kv = self.machines.kv
+                keeper.activate(term, self.now, dict(kv.leases.ttl_ms))
+                self._lease_wanted = False
+
+    def _leadership(self) -> int | None:
+        """Our leadership's identity while we lead, totally ordered across leaders: the
+        Raft term, or the packed Multi-Paxos ballot (two leaders may share a round, never
+        a ballot).  None when not leading."""
+        replica = self.replica
+        if replica.role != Role.LEADER:
+            return None
+        return replica.ballot.pack() if self._multipaxos else replica.term
+
+    def _keep_leases(self) -> None:
+        """Every tick on the leader: have our lease_promote proposed while leases exist
+        (or a lease request is waiting), then propose the expiry of leases run out."""
+        term = self._leadership()
+        if term is None or self.stopping:
+            return
+        keeper = self.leases
+        if keeper.active_term != term:
+            kv = self.machines.kv
+            if kv is None or not (len(kv.leases) or self._lease_wanted):
+                return
+            if (self._promote_at is None
+                    or self.now - self._promote_at >= self.options.election_ticks):
+                if self._propose_internal({"op": "lease_promote", "term": term}):
+                    self._promote_at = self.now
+                    self.stats["lease_promotions_proposed"] += 1
+            return
+        ids = keeper.due(self.now)
+        if ids and self._propose_internal({"op": "lease_expire", "ids": ids, "term": term}):
+            self.stats["lease_expiries_proposed"] += len(ids)
+
+    def _propose_internal(self, fields: dict) -> bool:
+        """Propose a kv command of the node itself (no client session); False when the
+        core refused it (the caller tries again on a later tick)."""
+        try:
+            self.replica.propose((encode_internal("kv", fields),))
+        except (NotLeader, Busy):
+            return False
+        return True
+
+    def _serve_lease(self, r: PendingRead) -> None:
+        """A keep-alive or TTL query whose read point is confirmed: answered by the
+        active leader from its keeper; elsewhere routed again (or refused when it was
+        forwarded to a node that no longer leads)."""
+        replica, keeper = self.replica, self.leases
+        term = self._leadership()
+        if term is None or keeper.active_term != term:
+            if r.forwarded and term is None:
+                self._fail_read(r, *self._not_leader())
+            else:
+                self._lease_wanted = True
+                self._retry(r)
+            return
+        self._finish(r)
+        request = r.query["lease"]
+        lease = request["id"]
+        kv = self.machines.kv
+        info = kv.lease_info(lease, request.get("keys_max", 0)) if kv is not None else None
+        if request["op"] == "keepalive":
+            self.stats["lease_keepalives"] += 1
+            ticks = keeper.keepalive(lease, self.now) if info is not None else None
+        else:
+            ticks = keeper.remaining(lease, self.now) if info is not None else None
+        if ticks is None:
+            self._out.append(Reply(r.handle, 404, {
+                "error": "lease_not_found", "message": f"lease {lease} does not exist "
+                "(expired, revoked or never granted)", "index": self.applied_index}))
+            return
+        info["remaining_ms"] = int(ticks * self.options.tick_ms)
+        info.update(index=self.applied_index, term=replica.term)
+        self._out.append(Reply(r.handle, 200, info))
 
     # ================================================================== shared request upkeep
 
@@ -623,6 +756,9 @@ class NodeDriver:
             self.stats["role_changes"] += 1
             self._out.append(RoleChange(event.role, event.term, event.leader, old_role,
                                         old_leader))
+            if event.role != old_role or event.role == Role.LEADER:
+                self.leases.deactivate()
+                self._promote_at = None
             if event.role != Role.LEADER:
                 self._requeue_issued_reads()
                 if old_role == Role.LEADER:
@@ -666,6 +802,10 @@ class NodeDriver:
                     outcomes.append(outcome)
                     if outcome.outcome == DUPLICATE:
                         self.stats["duplicates"] += 1
+                    if (outcome.sm == "kv" and outcome.outcome == EXECUTED
+                            and isinstance(outcome.result, dict)
+                            and str(outcome.result.get("op", "")).startswith("lease_")):
+                        self._lease_applied(outcome.result)
                     if outcome.key is not None:
                         self._answer_writes(outcome.key, outcome.index, outcome.term,
                                             outcome.result)
@@ -698,6 +838,10 @@ class NodeDriver:
         return TakeSnapshot(meta, self.machines.producers(), self.machines.sessions.snapshot())
 
     # ================================================================== views
+
+    def pending_writes(self) -> int:
+        """Client writes waiting for their entry to commit (or for their deadline)."""
+        return sum(len(waiters) for waiters in self._waiters.values())
 
     def api_term(self, term: int) -> int:
         """Terms as clients see them: the Raft term, or the round of a Paxos ballot."""

@@ -75,7 +75,15 @@ class Reply(NamedTuple):
 
 class CommandApplied(NamedTuple):
     """One command applied.  ``index``/``term``: where its result was made (for a
-    ``DUPLICATE``, the first execution's; the entry's otherwise)."""
+    ``DUPLICATE``, the first execution's; the entry's otherwise).  ``sm`` is None for a
+    batch (``command["batch"]``; its result is ``{"op": "batch", "results": [...]}``).
+
+    ``changes``: the kv keys this command changed, in order, as
+    ``(key, record, previous)`` with records ``(value, create_index, mod_index, version)``
+    or None (absent); empty for anything that changed no key (a duplicate, a failed cas,
+    another state machine).  Derived from the applied log alone, so identical on every
+    replica: the watch streams are made from them.  Not part of the result (the session
+    table and snapshots never see them)."""
 
     index: int
     term: int
@@ -84,6 +92,7 @@ class CommandApplied(NamedTuple):
     key: tuple[str, int] | None
     outcome: str
     result: Any
+    changes: tuple = ()
 
 
 class Applied(NamedTuple):

@@ -17,11 +17,15 @@ from typing import Callable
 
 from statemachines import BadCommand, is_internal, snapshot_producer
 
-from .commands import command_key, decode_command, encode_command
+from .commands import command_key, decode_command, encode_batch, encode_command, is_batch
 from .instructions import DUPLICATE, EXECUTED, STALE, UNDECODABLE, CommandApplied
 from .sessions import DUPLICATE as SESSION_DUPLICATE, STALE as SESSION_STALE, SessionTable
 
 __all__ = ["StateMachines", "QueryFailed"]
+
+_ENCODED_KEPT = 1024
+_STALE_RESULT = {"error": "stale_sequence",
+                 "message": "this sequence is older than the session keeps; use a new sequence"}
 
 
 class QueryFailed(Exception):
@@ -50,6 +54,11 @@ class StateMachines:
         self.create = create
         self.record_terms = record_terms
         self.on_failure = on_failure      # a state machine raised (logged by the shell)
+        # Batches this node encoded, by the identity of their bytes: when the same bytes
+        # object comes back to be applied (this node proposed it as leader), the command
+        # is taken from here instead of decoded again.  It is exactly what the bytes
+        # decode to (plain values, encoded from it), so the apply is the same.
+        self._encoded: dict[int, tuple[bytes, dict]] = {}
 
     @property
     def kv(self):
@@ -60,6 +69,12 @@ class StateMachines:
 
     def names(self) -> list[str]:
         return sorted(self.machines)
+
+    def describe(self) -> list[list]:
+        """``[[name, version], ...]`` sorted by name: what peers compare at the handshake
+        (a state machine without a ``version`` attribute is version 1)."""
+        return [[name, int(getattr(self.machines[name], "version", 1))]
+                for name in sorted(self.machines)]
 
     def fresh(self) -> "StateMachines":
         """Empty state machines of the same names and a session table with the same
@@ -72,13 +87,16 @@ class StateMachines:
 
     def apply_command(self, index: int, term: int, data: bytes) -> CommandApplied:
         """Apply one committed command of the entry at ``index`` (its ``term``)."""
-        command = decode_command(data)
+        cached = self._encoded.pop(id(data), None) if self._encoded else None
+        command = cached[1] if cached is not None and cached[0] is data else \
+            decode_command(data)
         if command is None:
             return CommandApplied(index, term, None, None, None, UNDECODABLE, None)
         key = command_key(command)
         sessions = self.sessions
         sessions.observe(command.pop("ts", None))     # the log clock; not the SM's
-        name = command.get("sm")
+        batch = is_batch(command)
+        name = None if batch else command.get("sm")
         if key is not None:
             status, hit = sessions.lookup(*key)
             if status == SESSION_DUPLICATE:
@@ -86,29 +104,88 @@ class StateMachines:
                 return CommandApplied(first_index, first_term or term, name, command, key,
                                       DUPLICATE, result)
             if status == SESSION_STALE:
-                return CommandApplied(index, term, name, command, key, STALE, {
-                    "error": "stale_sequence",
-                    "message": "this sequence is older than the session keeps; use a new "
-                               "sequence"})
-        sm = self.machines.get(name)
-        if sm is None:
-            result = {"error": "bad_request", "message": f"unknown state machine {name!r:.40}"}
+                return CommandApplied(index, term, name, command, key, STALE,
+                                      dict(_STALE_RESULT))
+        if batch:
+            result, changes = self._apply_batch(index, term, command["batch"])
         else:
-            try:
-                result = sm.apply(index, command)
-            except BadCommand as exc:
-                result = {"error": "bad_request", "message": str(exc)}
-            except Exception as exc:  # a state machine bug must not stop consensus
-                # Deterministic on every replica (same code, command and state), so the
-                # error result is the same everywhere, and the apply loop goes on.
-                if self.on_failure is not None:
-                    self.on_failure(sm.name, index, exc)
-                result = {"error": "apply_failed",
-                          "message": f"state machine {sm.name!r} failed: "
-                                     f"{type(exc).__name__}: {exc}"[:500]}
+            result, changes = self._execute(index, name, command)
         if key is not None:
             sessions.record(key[0], key[1], index, term if self.record_terms else 0, result)
-        return CommandApplied(index, term, name, command, key, EXECUTED, result)
+        return CommandApplied(index, term, name, command, key, EXECUTED, result, changes)
+
+    def _execute(self, index: int, name: object, command: dict) -> tuple[object, tuple]:
+        """Run ``command`` on state machine ``name``: (result, kv changes)."""
+        sm = self.machines.get(name)
+        if sm is None:
+            return {"error": "bad_request", "message": f"unknown state machine {name!r:.40}"}, ()
+        try:
+            with_changes = getattr(sm, "apply_with_changes", None)
+            if with_changes is not None:
+                result, changes = with_changes(index, command)
+                return result, (changes if name == "kv" else ())
+            return sm.apply(index, command), ()
+        except Exception as exc:
+            return self._failed(sm, index, exc), ()
+
+    def _failed(self, sm, index: int, exc: Exception) -> dict:
+        """The error result of a command ``sm`` raised on."""
+        if isinstance(exc, BadCommand):
+            return {"error": "bad_request", "message": str(exc)}
+        # A state machine bug must not stop consensus.  Deterministic on every replica
+        # (same code, command and state), so the error result is the same everywhere,
+        # and the apply loop goes on.
+        if self.on_failure is not None:
+            self.on_failure(sm.name, index, exc)
+        return {"error": "apply_failed",
+                "message": f"state machine {sm.name!r} failed: {type(exc).__name__}: "
+                           f"{exc}"[:500]}
+
+    def _apply_batch(self, index: int, term: int, ops: object) -> tuple[dict, tuple]:
+        """A batch: every operation in order at ``index``, each with its own result (a
+        failed one does not undo the others).  An operation with its own session pair is
+        deduplicated like a command of its own.  The kv state machine's operations, the
+        bulk of most batches, take a direct path to ``apply_with_changes`` (same results,
+        same errors as ``_execute``)."""
+        if type(ops) is not list:
+            return {"error": "bad_request", "message": "a batch holds a list of operations"}, ()
+        sessions = self.sessions
+        record_term = term if self.record_terms else 0
+        results = []
+        append = results.append
+        changes: list = []
+        kv = self.machines.get("kv")
+        kv_apply = getattr(kv, "apply_with_changes", None)
+        execute = self._execute
+        for op in ops:
+            if type(op) is not dict:
+                append({"error": "bad_request", "message": "not an operation map"})
+                continue
+            op_key = None
+            if "client_id" in op:
+                op_key = command_key(op)
+                if op_key is not None:
+                    status, hit = sessions.lookup(*op_key)
+                    if status == SESSION_DUPLICATE:
+                        append(hit[2])
+                        continue
+                    if status == SESSION_STALE:
+                        append(dict(_STALE_RESULT))
+                        continue
+            name = op.get("sm", "kv")
+            if kv_apply is not None and name == "kv":
+                try:
+                    result, op_changes = kv_apply(index, op)
+                except Exception as exc:
+                    result, op_changes = self._failed(kv, index, exc), ()
+            else:
+                result, op_changes = execute(index, name, op)
+            if op_changes:
+                changes += op_changes
+            if op_key is not None:
+                sessions.record(op_key[0], op_key[1], index, record_term, result)
+            append(result)
+        return {"op": "batch", "results": results}, tuple(changes)
 
     def lookup(self, key: tuple[str, int]) -> tuple[int, tuple | None]:
         """The session table's verdict on a (client_id, sequence) before proposing it."""
@@ -126,6 +203,10 @@ class StateMachines:
             raise BadCommand(f"unknown state machine {command.get('sm')!r:.40}")
         fields = {k: v for k, v in command.items()
                   if k not in ("sm", "client_id", "sequence", "ts")}
+        if not internal and fields.get("op") in (getattr(sm, "internal_ops", None) or ()):
+            # e.g. kv's lease_expire: only the leader's lease keeper proposes it
+            raise BadCommand(f'op {fields["op"]!r} of state machine {sm.name!r} is internal '
+                             'to the cluster')
         validate = getattr(sm, "validate", None)
         if validate is not None:
             out = validate(fields)
@@ -141,12 +222,85 @@ class StateMachines:
             raise BadCommand('"op" must be a string')
         return fields
 
+    def validate_logged(self, command: dict) -> None:
+        """Check a decoded log command another node forwarded (``BadCommand``): a single
+        command like ``validate`` (internal state machines allowed: the peer is
+        authenticated), a batch operation by operation."""
+        if is_batch(command):
+            ops = command["batch"]
+            if type(ops) is not list or not ops:
+                raise BadCommand("a batch holds a non-empty list of operations")
+            for position, op in enumerate(ops):
+                if type(op) is not dict:
+                    raise BadCommand(f"ops[{position}]: not an operation map")
+                try:
+                    self.validate(op if "sm" in op else dict(op, sm="kv"))
+                except BadCommand as exc:
+                    raise BadCommand(f"ops[{position}]: {exc}") from None
+            return
+        self.validate(command, internal=True)
+
     def encode_write(self, sm: str, fields: dict, client_id: str, sequence: int, ts: int,
                      internal: bool = False) -> bytes:
         """The log bytes of a client write: validated (``BadCommand``), then encoded with
         its session pair and the proposing node's wall clock ``ts`` (ms)."""
         command = self.validate(dict(fields, sm=sm), internal=internal)
         return encode_command(sm, command, client_id, sequence, ts)
+
+    def encode_batch_write(self, ops: list, client_id: str, sequence: int, ts: int) -> bytes:
+        """The log bytes of a batch: ``ops`` is a list of ``(sm, fields, op_key)`` with
+        ``op_key`` an operation's own (client_id, sequence) or None.  Every operation is
+        validated first (``BadCommand`` naming ``ops[i]``): an invalid one refuses the whole
+        batch, so nothing of it reaches the log."""
+        validators: dict = {}
+        commands = []
+        for position, (sm, fields, op_key) in enumerate(ops):
+            validate = validators.get(sm)
+            if validate is None:
+                validate = validators[sm] = self._validator(sm)
+            try:
+                command = validate(fields)
+            except BadCommand as exc:
+                raise BadCommand(f"ops[{position}]: {exc}") from None
+            if sm != "kv":
+                command["sm"] = sm             # a batch operation without "sm" is kv's
+            if op_key is not None:
+                command["client_id"], command["sequence"] = op_key
+            commands.append(command)
+        data = encode_batch(commands, client_id, sequence, ts)
+        encoded = self._encoded
+        if len(encoded) >= _ENCODED_KEPT:
+            del encoded[next(iter(encoded))]      # never applied here: forget the oldest
+        encoded[id(data)] = (data, {"batch": commands, "client_id": client_id,
+                                    "sequence": sequence, "ts": ts})
+        return data
+
+    def _validator(self, name: str):
+        """``fields -> validated command`` for a client's command to ``name`` (what
+        ``validate`` does, resolved once per batch and state machine)."""
+        sm = self.machines.get(name)
+        if sm is None or is_internal(sm):
+            def unknown(fields):
+                raise BadCommand(f"unknown state machine {name!r:.40}")
+            return unknown
+        validate = getattr(sm, "validate", None)
+        if validate is None:
+            return lambda fields: self.validate(dict(fields, sm=name))
+        internal_ops = getattr(sm, "internal_ops", None) or ()
+
+        def checked(fields: dict) -> dict:
+            if internal_ops and fields.get("op") in internal_ops:
+                raise BadCommand(f'op {fields["op"]!r} of state machine {sm.name!r} is '
+                                 'internal to the cluster')
+            if "sm" in fields or "client_id" in fields or "sequence" in fields or \
+                    "ts" in fields:
+                fields = {k: v for k, v in fields.items()
+                          if k not in ("sm", "client_id", "sequence", "ts")}
+            out = validate(fields)
+            if not isinstance(out, dict):
+                raise BadCommand(f"state machine {sm.name!r} returned no command")
+            return out
+        return checked
 
     # ------------------------------------------------------------------ reading
 

@@ -18,6 +18,11 @@ command is older than ``idle_ms`` on that clock is dropped (checked a few times 
 ``idle_ms`` of log time).  Clock skew between the nodes that propose shifts expiry by at
 most the skew; correctness needs only that a client retries within ``idle_ms``.
 
+Weights: the total bound counts results by weight, 1 for a plain result and the number of
+operations for a batch's (``{"op": "batch", "results": [...]}``), so a table of batch
+results is bounded by the operations it remembers, not by the batches.  The weight is
+derived from the result itself, so a restored table counts exactly like the original.
+
 The table is part of every snapshot (``snapshot()``/``restore()``, plain CBOR-able lists).
 """
 
@@ -25,15 +30,24 @@ from __future__ import annotations
 
 import heapq
 
-__all__ = ["SessionTable", "NEW", "DUPLICATE", "STALE"]
+__all__ = ["SessionTable", "NEW", "DUPLICATE", "STALE", "result_weight"]
 
 NEW = 0
 DUPLICATE = 1
 STALE = 2
 
 
+def result_weight(result: object) -> int:
+    """What a recorded result counts for against ``results_total_max``."""
+    if type(result) is dict and result.get("op") == "batch":
+        results = result.get("results")
+        if type(results) is list:
+            return max(1, len(results))
+    return 1
+
+
 class _Session:
-    __slots__ = ("floor", "results", "heap", "last_index", "last_ts")
+    __slots__ = ("floor", "results", "heap", "last_index", "last_ts", "weight")
 
     def __init__(self, floor: int = 0, last_index: int = 0, last_ts: int = 0) -> None:
         self.floor = floor                  # every sequence <= floor is forgotten
@@ -41,6 +55,7 @@ class _Session:
         self.heap: list[int] = []
         self.last_index = last_index
         self.last_ts = last_ts              # log clock (ms) of its newest command
+        self.weight = 0                     # sum of result_weight over results
 
 
 class SessionTable:
@@ -74,7 +89,7 @@ class SessionTable:
             horizon = ts - idle
             stale = [c for c, s in self._sessions.items() if s.last_ts < horizon]
             for client_id in stale:
-                self.results_total -= len(self._sessions.pop(client_id).results)
+                self.results_total -= self._sessions.pop(client_id).weight
             self.expired += len(stale)
 
     def __len__(self) -> int:
@@ -98,15 +113,21 @@ class SessionTable:
         if session is None:
             session = self._sessions[client_id] = _Session()
         session.last_ts = self.clock
-        if sequence not in session.results:
+        weight = result_weight(result)
+        previous = session.results.get(sequence)
+        if previous is None:
             heapq.heappush(session.heap, sequence)
-            self.results_total += 1
+        else:
+            weight -= result_weight(previous[2])
+        session.weight += weight
+        self.results_total += weight
         session.results[sequence] = (index, term, result)
         session.last_index = index
         if len(session.results) > self.results_max:
             oldest = heapq.heappop(session.heap)
-            del session.results[oldest]
-            self.results_total -= 1
+            dropped = result_weight(session.results.pop(oldest)[2])
+            session.weight -= dropped
+            self.results_total -= dropped
             if oldest > session.floor:
                 session.floor = oldest
         if (len(self._sessions) > self.sessions_max
@@ -124,7 +145,7 @@ class SessionTable:
             if client_id == current:
                 continue
             del self._sessions[client_id]
-            self.results_total -= len(session.results)
+            self.results_total -= session.weight
 
     # ------------------------------------------------------------------ snapshots
 
@@ -156,9 +177,10 @@ class SessionTable:
                     for seq, index, term, result in results:
                         session.results[seq] = (index, term, result)
                     session.heap = sorted(session.results)
+                    session.weight = sum(result_weight(r[2]) for r in session.results.values())
                     sessions[client_id] = session
             except (TypeError, ValueError) as exc:
                 raise ValueError(f"session table in the snapshot is damaged: {exc}") from None
         self._sessions = sessions
-        self.results_total = sum(len(s.results) for s in sessions.values())
+        self.results_total = sum(s.weight for s in sessions.values())
         self.clock, self._swept_at = clock, swept_at

@@ -201,8 +201,9 @@ class AddressBook:
         if self.removed_at is not None:
             return
         self.removed_at = max(index, 1)
-        log.warn("this node ({node}) was removed from the cluster at index {index} ({why}); "
-                 "it stops serving", node=self.node_id, index=index, why=why)
+        log.error("this node ({node}) was removed from the cluster at index {index} ({why}); "
+                  "it stops serving; wipe its data directory before it may join again",
+                  node=self.node_id, index=index, why=why)
         self._persist()
         if self.on_removed is not None:
             # Stop serving at once (the API answers 410), exit a little later: replies this

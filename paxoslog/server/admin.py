@@ -321,7 +321,9 @@ class MembershipAdmin:
                                    "learners": sorted(applied.learners)},
                 "leader": port.leader_id(),
                 "nodes": self.book.describe(),
-                "members": self.book.rows()}
+                # Rows of the replicated table keep "address"; "peer" is the same value
+                # under the name the conf, the CLI and add-node use.
+                "members": [{**row, "peer": row.get("address")} for row in self.book.rows()]}
 
 
 # ====================================================================== validation
@@ -359,8 +361,12 @@ def validate_request(op: str, body: dict) -> dict:
     if not isinstance(body, dict):
         raise bad_request("the body must be a JSON object")
     if op == "add":
-        _only(body, {"node_id", "address", "api", "wait"})
-        out = {"node_id": _node_id(body), "address": _address(body, "address", True)}
+        _only(body, {"node_id", "peer", "address", "api", "wait"})
+        # "peer" as in the conf and the CLI; "address" is its old name, still accepted.
+        if "peer" in body and "address" in body and body["peer"] != body["address"]:
+            raise bad_request('"peer" and "address" (its old name) differ: give "peer" only')
+        name = "peer" if "peer" in body else "address" if "address" in body else "peer"
+        out = {"node_id": _node_id(body), "address": _address(body, name, True)}
         api = _address(body, "api", False)
         if api:
             out["api"] = api

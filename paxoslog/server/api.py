@@ -5,8 +5,20 @@
     POST /api/v1/consensus/propose    {"key","value","client_id"?,"sequence"?,"op"?,"expected"?,
                                        "expected_version"?} -> {"status":"committed","index",
                                        "term","leader","result"}
-    GET  /api/v1/consensus/query      ?key=K | ?prefix=P[&limit=N]
-                                      [&consistency=linearizable|lease|stale]
+    POST /api/v1/consensus/batch      {"ops": [{"op","key",...} | {"sm", "op", ...}, ...],
+                                       "client_id"?,"sequence"?} -> {"status":"committed",
+                                       "index","term","leader","results":[...]}
+    GET  /api/v1/ws                   the WebSocket endpoint (docs/websocket.md): an upgrade
+                                      request switches to the streams protocol
+    POST /api/v1/consensus/txn        {"compare","success","failure","client_id"?,"sequence"?}
+                                      -> {"status":"committed","index",...,"result":
+                                      {"succeeded","results"}}
+    GET  /api/v1/consensus/query      ?key=K | ?prefix=P[&limit=N][&after=CURSOR]
+                                      [&consistency=linearizable|lease|stale][&min_revision=R]
+    POST /api/v1/lease/grant          {"ttl_ms"} -> result {"id","ttl_ms"}
+    POST /api/v1/lease/revoke         {"id"} -> result {"id","deleted"}
+    POST /api/v1/lease/keepalive      {"id"} -> {"id","ttl_ms","remaining_ms","key_count"}
+    GET  /api/v1/lease/ttl            ?id=N[&keys=1] -> as keepalive (+ "keys"), no renewal
     GET  /api/v1/cluster/status
     GET  /api/v1/log/entries          ?start_index=&end_index=  (inclusive)
     POST /api/v1/sm/<name>            a write {"op", ...} for any enabled state machine, or a
@@ -41,7 +53,7 @@ from statemachines.base import nesting_exceeds
 
 from paxoslog.node.commands import CLIENT_ID_CHARS_MAX
 from .errors import ApiError, bad_request
-from .http import json_response
+from .http import SwitchProtocols, json_response
 from .reload import ReloadFailed
 
 __all__ = ["Api"]
@@ -49,7 +61,11 @@ __all__ = ["Api"]
 log = Logger(namespace="paxoslog.api")
 
 _PROPOSE_FIELDS = frozenset({"key", "value", "client_id", "sequence", "op", "expected",
-                             "expected_version"})
+                             "expected_version", "lease"})
+_TXN_FIELDS = frozenset({"compare", "success", "failure", "client_id", "sequence"})
+_LEASE_KEYS_MAX = 1000
+_BATCH_FIELDS = frozenset({"ops", "client_id", "sequence"})
+_BATCH_KV_FIELDS = frozenset({"key", "value", "op", "expected", "expected_version"})
 _CONSISTENCY = ("linearizable", "lease", "stale")
 _SEQUENCE_MAX = (1 << 63) - 1
 _TEXT = b"text/plain; version=0.0.4; charset=utf-8"
@@ -91,9 +107,17 @@ class Api:
         self.backups = self.overview = self.reloader = self.dashboard = None
         # One table of every route: the auth layer gives each a role (admin: snapshot,
         # reload, membership, overview).
+        self.websocket_factory = None     # set by bind_websocket
         self._routes = {
             "/api/v1/consensus/propose": {"POST": self.propose},
+            "/api/v1/consensus/batch": {"POST": self.batch},
+            "/api/v1/ws": {"GET": self.websocket},
             "/api/v1/consensus/query": {"GET": self.query},
+            "/api/v1/consensus/txn": {"POST": self.txn},
+            "/api/v1/lease/grant": {"POST": self.lease_grant},
+            "/api/v1/lease/revoke": {"POST": self.lease_revoke},
+            "/api/v1/lease/keepalive": {"POST": self.lease_keepalive},
+            "/api/v1/lease/ttl": {"GET": self.lease_ttl},
             "/api/v1/cluster/status": {"GET": self.cluster_status},
             "/api/v1/log/entries": {"GET": self.log_entries},
             "/api/v1/cluster/add-node": {"POST": self.add_node},
@@ -113,6 +137,28 @@ class Api:
         self.router, self.views, self.admin, self.book = router, views, admin, book
         self.backups, self.overview = backups, overview
         self.reloader, self.dashboard = reloader, dashboard
+
+    def routes(self) -> dict[str, tuple[str, ...]]:
+        """Every route and its methods (the docs' API table is tested against it);
+        ``{name}`` marks a path parameter."""
+        table = {path: tuple(sorted(methods)) for path, methods in self._routes.items()}
+        table["/api/v1/sm/{name}"] = ("GET", "POST")
+        table["/dashboard/{file}"] = ("GET",)
+        return table
+
+    def route_of(self, path: str) -> str:
+        """The route that serves ``path`` ("other" for none): a metrics label."""
+        if path in self._routes:
+            return path
+        if path.startswith("/api/v1/sm/"):
+            return "/api/v1/sm/{name}"
+        if path.startswith("/dashboard/"):
+            return "/dashboard/{file}"
+        return "other"
+
+    def bind_websocket(self, factory) -> None:
+        """The WebSocket endpoint's protocol factory (websocket.py)."""
+        self.websocket_factory = factory
 
     # ------------------------------------------------------------------ dispatch
 
@@ -147,7 +193,7 @@ class Api:
         return self._ok(result)
 
     def _ok(self, result):
-        if isinstance(result, tuple) and len(result) == 4:
+        if (isinstance(result, tuple) and len(result) == 4) or type(result) is SwitchProtocols:
             return result
         return json_response(200, result)
 
@@ -166,6 +212,8 @@ class Api:
     # ------------------------------------------------------------------ input helpers
 
     def _json_object(self, request) -> dict:
+        if request.parsed is not None:        # the WebSocket channel decoded it already
+            return request.parsed
         if not request.body:
             raise bad_request("a JSON object body is required")
         try:
@@ -228,7 +276,129 @@ class Api:
             raise bad_request(f"unknown field(s): {', '.join(unknown)[:200]}")
         if "key" not in body:
             raise bad_request('missing field "key"')
+        if body.get("op") in ("txn", "lease_grant", "lease_revoke"):
+            raise bad_request(f'op {body["op"]!r} has its own endpoint (/api/v1/consensus/txn, '
+                              '/api/v1/lease/...)')
         return self._write("kv", body)
+
+    def txn(self, request):
+        """A transaction: compares, then one of two op lists, in one log entry."""
+        body = self._json_object(request)
+        unknown = sorted(set(body) - _TXN_FIELDS)
+        if unknown:
+            raise bad_request(f"unknown field(s): {', '.join(unknown)[:200]}")
+        return self._write("kv", dict(body, op="txn"))
+
+    # ------------------------------------------------------------------ leases
+
+    def _lease_body(self, request, fields: frozenset) -> dict:
+        body = self._json_object(request)
+        unknown = sorted(set(body) - fields - {"client_id", "sequence"})
+        if unknown:
+            raise bad_request(f"unknown field(s): {', '.join(unknown)[:200]}")
+        return body
+
+    def lease_grant(self, request):
+        body = self._lease_body(request, frozenset({"ttl_ms"}))
+        return self._write("kv", dict(body, op="lease_grant"))
+
+    def lease_revoke(self, request):
+        body = self._lease_body(request, frozenset({"id"}))
+        return self._write("kv", dict(body, op="lease_revoke"))
+
+    def lease_keepalive(self, request):
+        """Renews the lease on the leader (a linearizable read there: never logged)."""
+        body = self._json_object(request)
+        unknown = sorted(set(body) - {"id"})
+        if unknown:
+            raise bad_request(f"unknown field(s): {', '.join(unknown)[:200]}")
+        lease = body.get("id")
+        if type(lease) is not int or lease < 1:
+            raise bad_request('"id" must be a lease id (a positive integer)')
+        return self.router.read({"lease": {"op": "keepalive", "id": lease}}, "linearizable")
+
+    def lease_ttl(self, request):
+        params = self._params(request)
+        if "id" not in params:
+            raise bad_request('missing query parameter "id"')
+        lease = _int_param(params, "id", 1)
+        keys = _LEASE_KEYS_MAX if params.get("keys") in ("1", "true") else 0
+        return self.router.read({"lease": {"op": "ttl", "id": lease, "keys_max": keys}},
+                                "linearizable")
+
+    def batch(self, request):
+        """POST /api/v1/consensus/batch: many writes as one log command, applied in order
+        at one index, each with its own result; one client_id/sequence for the batch
+        (exactly once as a whole).  Every operation is validated before anything is
+        proposed: one bad operation refuses the batch (400 naming ``ops[i]``)."""
+        body = self._json_object(request)
+        unknown = sorted(set(body) - _BATCH_FIELDS)
+        if unknown:
+            raise bad_request(f"unknown field(s): {', '.join(unknown)[:200]}")
+        ops = body.get("ops")
+        if type(ops) is not list or not ops:
+            raise bad_request('"ops" must be a non-empty array of operations')
+        most = self.limits.batch_ops_max
+        if len(ops) > most:
+            raise ApiError(413, "too_large", f"the batch holds {len(ops)} operations, over the "
+                                             f"limit of {most} (limits.batch_ops_max)")
+        parsed = []
+        for position, op in enumerate(ops):
+            if type(op) is not dict:
+                raise bad_request(f"ops[{position}]: an operation must be an object")
+            if "client_id" in op or "sequence" in op:
+                raise bad_request(f"ops[{position}]: a batch has one client_id/sequence, "
+                                  "given next to \"ops\", not one per operation")
+            sm = op.get("sm")
+            if sm is None:
+                unknown = set(op) - _BATCH_KV_FIELDS
+                if unknown:
+                    raise bad_request(f"ops[{position}]: unknown field(s): "
+                                      f"{', '.join(sorted(unknown))[:200]}")
+                if "key" not in op:
+                    raise bad_request(f'ops[{position}]: missing field "key"')
+                parsed.append(("kv", op, None))
+            else:
+                if not isinstance(sm, str) or self.router.client_machine(sm) is None:
+                    raise bad_request(f"ops[{position}]: no state machine named {sm!r:.64} "
+                                      "is enabled for clients")
+                fields = {k: v for k, v in op.items() if k != "sm"}
+                if fields.get("op") in (getattr(self.router.client_machine(sm), "read_ops",
+                                                None) or ()):
+                    raise bad_request(f"ops[{position}]: {fields['op']!r} is a read; a batch "
+                                      "holds writes only")
+                parsed.append((sm, fields, None))
+        client_id, sequence = self._session(body)
+        d = self.router.write_batch(parsed, client_id, sequence)
+        return d.addCallback(self._batch_committed)
+
+    @staticmethod
+    def _batch_committed(response: dict) -> dict:
+        result = response.get("result")
+        if not isinstance(result, dict) or "results" not in result:
+            # Refused as a whole when applied (only a damaged command can get here).
+            raise ApiError(400, str((result or {}).get("error", "bad_request")),
+                           str((result or {}).get("message", "")),
+                           extra={"index": response.get("index")})
+        body = dict(response)
+        del body["result"]
+        body["results"] = result["results"]
+        return body
+
+    def websocket(self, request):
+        """GET /api/v1/ws: the WebSocket endpoint (docs/websocket.md).  Only an upgrade
+        request as the connection's first request switches protocols."""
+        if not request.upgrade:
+            return json_response(426, {"error": "upgrade_required",
+                                       "message": "this is the WebSocket endpoint: open it "
+                                                  "with a WebSocket client (Upgrade: "
+                                                  "websocket) as a connection's first "
+                                                  "request"},
+                                 ((b"Upgrade", b"websocket"),))
+        if self.websocket_factory is None:
+            raise ApiError(503, "unavailable", "the WebSocket endpoint is not running",
+                           retry_after=1)
+        return SwitchProtocols(self.websocket_factory)
 
     def _state_machine(self, request) -> str:
         """The client-addressable state machine named by the path.  Internal ones (the
@@ -283,7 +453,11 @@ class Api:
         consistency = "linearizable" if consistency is None else consistency
         if consistency not in _CONSISTENCY:
             raise bad_request(f'"consistency" must be one of {", ".join(_CONSISTENCY)}')
-        return self.router.read({"sm": name, "request": query}, consistency)
+        read = {"sm": name, "request": query}
+        if "min_revision" in query:
+            floor = query.pop("min_revision")
+            read["min_revision"] = _int_param({"min_revision": str(floor)}, "min_revision", 0)
+        return self.router.read(read, consistency)
 
     def _write(self, sm: str, body: dict):
         client_id, sequence = self._session(body)
@@ -295,7 +469,8 @@ class Api:
     def _committed(response: dict) -> dict:
         result = response.get("result")
         if isinstance(result, dict) and "error" in result:
-            raise ApiError(400, str(result["error"]), str(result.get("message", "")),
+            status = 404 if result["error"] == "lease_not_found" else 400
+            raise ApiError(status, str(result["error"]), str(result.get("message", "")),
                            extra={"index": response.get("index")})
         return response
 
@@ -325,6 +500,8 @@ class Api:
             query = {"prefix": params["prefix"]}
             if "limit" in params:
                 query["limit"] = _int_param(params, "limit", 1, 10_000)
+            if "after" in params:          # the "cursor" of the previous page
+                query["after"] = params["after"]
         elif "key" in params:
             key = params["key"]
             if not key:
@@ -332,6 +509,10 @@ class Api:
             query = {"key": key}
         else:
             raise bad_request('missing query parameter "key" (or "prefix")')
+        if "min_revision" in params:
+            # the revision (log index) the read must be served at or above; the answer's
+            # "index" is the revision it was served at
+            query["min_revision"] = _int_param(params, "min_revision", 0)
         return self.router.read(query, consistency)
 
     def cluster_status(self, request):

@@ -3,9 +3,11 @@
 Static files shipped inside the package (``paxoslog/server/dashboard/``: one HTML page, one
 script, one style sheet; no build step, nothing fetched from elsewhere), read once when the
 node starts and served from memory.  Only the files listed here are served (no path is ever
-joined from a request).  The page polls ``GET /api/v1/cluster/overview`` and
-``GET /api/v1/log/entries`` of the node that served it (see the script's data layer, which a
-WebSocket source can replace), so it works against any node.
+joined from a request).  The page reads ``GET /api/v1/cluster/overview`` and
+``GET /api/v1/log/entries`` of the node that served it, so it works against any node: when
+a log tail on the node's WebSocket endpoint (``/api/v1/ws``, same origin: the policy's
+``connect-src 'self'`` covers ws/wss) reports committed entries, and every second as a
+heartbeat (the only source while the WebSocket is down).  See the script's data layer.
 """
 
 from __future__ import annotations

@@ -8,10 +8,10 @@ snapshot transfer) and never reach the core's codec (core/messages.py stays the 
 
 Handshake (the dialer proves first; the secret never crosses the wire)::
 
-    dialer   -> HELLO     [kind, version, cluster, from_id, to_id, nonce_d, bootstrap]
+    dialer   -> HELLO     [kind, version, cluster, from_id, to_id, nonce_d, bootstrap, info]
     acceptor -> CHALLENGE [kind, version, nonce_a]
     dialer   -> AUTH      [kind, proof_d]
-    acceptor -> ACCEPT    [kind, proof_a]
+    acceptor -> ACCEPT    [kind, proof_a, info]
 
 ``T = SHA-256(len | HELLO payload bytes | len | CHALLENGE payload bytes)`` (the exact bytes
 both sides sent and received); ``proof_d = HMAC-SHA256(secret, version | "dialer" | T)`` and
@@ -23,6 +23,18 @@ and with TLS only after the acceptor's certificate proved it is that member.)  `
 (the sorted initial voters) must match: a node whose log starts from another initial
 configuration is not a peer.  Without a configured secret the proofs are empty and only the
 cluster name and node ids are checked (loopback-only confs; see config.py).
+
+``info`` is ``{"version": paxoslog version, "state_machines": [[name, version], ...]}``
+(sorted by name); the acceptor sends its own in the ACCEPT, once the dialer has proved
+itself (nothing about the node reaches an unauthenticated dialer).  Both sides compare the
+state machines (``state_machine_difference``): nodes that would apply the same log with
+different state machines would diverge, so a difference refuses the connection, on both
+sides, with an error naming it.  The software
+version is only recorded (``peer_versions``; a rolling upgrade mixes versions).
+
+After the handshake either side may send ``PING [kind, token]``; the other answers ``PONG
+[kind, token]`` at once: the round-trip time of the link and proof that the peer's process
+runs (a stopped process keeps its TCP connection open).
 
 Frame MACs: with a secret and without TLS between peers, every frame after the handshake
 carries ``HMAC-SHA256(key, seq u64 | payload)[:16]``, ``seq`` counting the frames of that
@@ -48,13 +60,14 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 __all__ = ["HELLO", "CHALLENGE", "AUTH", "ACCEPT", "MESSAGES", "FORWARD", "FORWARD_REPLY",
-           "SNAP_OFFER", "SNAP_WANT", "SNAP_CHUNK", "SNAP_DONE", "REMOVED", "KIND_NAMES",
+           "SNAP_OFFER", "SNAP_WANT", "SNAP_CHUNK", "SNAP_DONE", "REMOVED", "PING", "PONG",
+           "KIND_NAMES", "state_machine_difference",
            "HANDSHAKE_KINDS", "WIRE_VERSION", "NONCE_BYTES", "TAG_BYTES",
            "HANDSHAKE_FRAME_BYTES_MAX", "FrameError", "FrameTooLarge", "MalformedFrame",
            "ForgedFrame", "FrameDecoder", "FrameSealer", "FrameOpener", "encode_frame",
            "decode_payload", "transcript_hash", "handshake_proof", "frame_keys"]
 
-WIRE_VERSION = "paxoslog/2"
+WIRE_VERSION = "paxoslog/3"
 
 HELLO = 1
 CHALLENGE = 2
@@ -67,12 +80,15 @@ SNAP_WANT = 8         # [kind, transfer_id, next_offset]
 SNAP_CHUNK = 9        # [kind, SnapshotChunk wire array]
 SNAP_DONE = 10        # [kind, transfer_id, ok, reason]
 REMOVED = 11          # [kind, cluster, index]: "you were removed from the cluster at index"
-ACCEPT = 12           # [kind, proof_a]
+ACCEPT = 12           # [kind, proof_a, info]
+PING = 13             # [kind, token]
+PONG = 14             # [kind, token]
 
 KIND_NAMES = {HELLO: "hello", CHALLENGE: "challenge", AUTH: "auth", ACCEPT: "accept",
               MESSAGES: "messages", FORWARD: "forward", FORWARD_REPLY: "forward-reply",
               SNAP_OFFER: "snapshot-offer", SNAP_WANT: "snapshot-want",
-              SNAP_CHUNK: "snapshot-chunk", SNAP_DONE: "snapshot-done", REMOVED: "removed"}
+              SNAP_CHUNK: "snapshot-chunk", SNAP_DONE: "snapshot-done", REMOVED: "removed", PING: "ping",
+              PONG: "pong"}
 HANDSHAKE_KINDS = frozenset((HELLO, CHALLENGE, AUTH, ACCEPT))
 
 NONCE_BYTES = 32
@@ -83,6 +99,29 @@ HANDSHAKE_FRAME_BYTES_MAX = 4096
 
 _HEADER = struct.Struct(">I")
 _SEQ = struct.Struct(">Q")
+
+
+def state_machine_difference(mine: list, theirs: object, peer: object) -> str | None:
+    """None when the state-machine lists ``[[name, version], ...]`` are equal; else what
+    differs, from this node's side (``peer``: the other node's id, for the text)."""
+    try:
+        other = {str(name): int(version) for name, version in theirs}
+    except (TypeError, ValueError):
+        return f"node {peer} sent a malformed state-machine list {theirs!r:.120}"
+    here = {name: version for name, version in mine}
+    if other == here:
+        return None
+    parts = []
+    for name in sorted(set(here) | set(other)):
+        if name not in other:
+            parts.append(f"{name} {here[name]} is enabled here but not on node {peer}")
+        elif name not in here:
+            parts.append(f"{name} {other[name]} is enabled on node {peer} but not here")
+        elif here[name] != other[name]:
+            parts.append(f"{name} is version {here[name]} here but version {other[name]} "
+                         f"on node {peer}")
+    return ("state machines differ (" + "; ".join(parts) + "): every node must enable the "
+            "same [state_machines] at the same versions, or the replicas would diverge")
 
 
 class FrameError(Exception):

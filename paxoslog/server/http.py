@@ -35,11 +35,22 @@ a ``Response`` is (status, body, content type, extra headers), the body either b
 a pull producer, takes the transport's producer slot meanwhile), so a large body (a backup)
 never sits in memory; later pipelined responses wait for it.  ``json_response`` never
 emits NaN or Infinity (not JSON): such a body becomes a 500.
+
+Protocol switching (the WebSocket endpoint): the *first* request of a connection that
+asks to upgrade (``Connection: upgrade`` + ``Upgrade``) is marked ``request.upgrade``; if
+the handler answers it with ``SwitchProtocols(factory)``, the connection is handed to a
+protocol of that factory, which receives the raw bytes of that request and everything
+after it (autobahn then does the handshake itself); this protocol only relays bytes from
+then on, gives up its producer slot, and no HTTP deadline applies any more (the new
+protocol keeps its own).  It still counts against ``connections_max`` and
+``connections_per_address_max``.  Any other answer is sent as plain HTTP and the
+connection closes.
 """
 
 from __future__ import annotations
 
 import json
+import time
 from typing import Callable
 from urllib.parse import unquote
 
@@ -53,7 +64,8 @@ from twisted.protocols.basic import FileSender
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-__all__ = ["HttpService", "HttpProtocol", "Request", "FileBody", "json_response", "REASONS"]
+__all__ = ["HttpService", "HttpProtocol", "Request", "FileBody", "SwitchProtocols",
+           "json_response", "REASONS"]
 
 log = Logger(namespace="paxoslog.http")
 
@@ -72,7 +84,8 @@ _STALLED = "stalled"      # the client: reading the answers we wrote
 
 REASONS = {100: "Continue", 200: "OK", 204: "No Content", 400: "Bad Request", 404: "Not Found",
            405: "Method Not Allowed", 408: "Request Timeout", 409: "Conflict", 410: "Gone",
-           413: "Payload Too Large", 431: "Request Header Fields Too Large",
+           413: "Payload Too Large", 426: "Upgrade Required", 429: "Too Many Requests",
+           431: "Request Header Fields Too Large",
            500: "Internal Server Error", 501: "Not Implemented", 503: "Service Unavailable",
            504: "Gateway Timeout"}
 _STATUS_LINES = {code: f"HTTP/1.1 {code} {reason}\r\n".encode() for code, reason in REASONS.items()}
@@ -80,16 +93,33 @@ _JSON = b"application/json"
 
 
 class Request:
-    __slots__ = ("method", "path", "query", "headers", "body", "keep_alive")
+    """One parsed request.  ``upgrade``: the connection's first request asks to switch
+    protocols (see ``SwitchProtocols``).  ``parsed``: the body already decoded (requests
+    the WebSocket channel routes through the API carry their JSON object here)."""
+
+    __slots__ = ("method", "path", "query", "headers", "body", "keep_alive", "upgrade",
+                 "parsed")
 
     def __init__(self, method: str, path: str, query: str, headers: dict, body: bytes,
-                 keep_alive: bool) -> None:
+                 keep_alive: bool, upgrade: bool = False, parsed: object = None) -> None:
         self.method = method
         self.path = path
         self.query = query
         self.headers = headers
         self.body = body
         self.keep_alive = keep_alive
+        self.upgrade = upgrade
+        self.parsed = parsed
+
+
+class SwitchProtocols:
+    """A handler's answer to an upgrade request: hand the connection to a protocol built
+    by ``factory`` (an ``IProtocolFactory``)."""
+
+    __slots__ = ("factory",)
+
+    def __init__(self, factory) -> None:
+        self.factory = factory
 
 
 class FileBody:
@@ -169,6 +199,11 @@ class HttpProtocol(Protocol):
         self._phase = _HEADERS        # a new connection owes us its first request
         self._phase_since = 0.0
         self._registered = False      # we are our transport's producer
+        self._began: dict[int, tuple] = {}   # seq -> (method, path, start): on_response
+        self._raw: list | None = []   # the first request's bytes while it may upgrade
+        self._switch: SwitchProtocols | None = None
+        self._after_upgrade: list | None = None   # bytes from an upgrade request on
+        self.upgraded = None          # the protocol the connection was handed to
         self._reset()
 
     def _reset(self) -> None:
@@ -236,13 +271,23 @@ class HttpProtocol(Protocol):
                 item[1].discard()
         self._ready.clear()
         self._input = b""
+        if self.upgraded is not None:
+            self.upgraded.connectionLost(reason)
 
     # ------------------------------------------------------------------ input
 
     def dataReceived(self, data: bytes) -> None:
+        if self.upgraded is not None:
+            self.upgraded.dataReceived(data)
+            return
+        if self._after_upgrade is not None:
+            self._hold_upgrade_bytes(data)
+            return
         if self.closing:
             return
         self.last_active = self.factory.reactor.seconds()
+        if self._raw is not None:
+            self._raw.append(data)
         if self._input_pos < len(self._input):
             self._input = self._input[self._input_pos:] + data
         else:
@@ -278,10 +323,8 @@ class HttpProtocol(Protocol):
                     self.parser.feed_data(memoryview(self._input)[start:stop])
                 except _Abort:
                     return
-                except httptools.HttpParserUpgrade:
-                    # We do not switch protocols (WebSocket arrives with a later issue): the
-                    # request was answered as plain HTTP/1.1; nothing after it is parsed.
-                    self._stop_after(self._next - 1)
+                except httptools.HttpParserUpgrade as exc:
+                    self._upgrade_requested(start + (exc.args[0] if exc.args else stop - start))
                     return
                 except httptools.HttpParserError as exc:
                     self._fail(400, "bad_request", f"malformed HTTP request: {exc}")
@@ -303,6 +346,53 @@ class HttpProtocol(Protocol):
             self.paused = True
             self.transport.pauseProducing()
         self._update_phase()
+
+    # ------------------------------------------------------------------ protocol switch
+
+    def _upgrade_requested(self, end: int) -> None:
+        """The parser stopped after an upgrade request ending at ``self._input[end]``."""
+        if self._raw is None:
+            # Not the first request of the connection, or refused already: answered as
+            # plain HTTP/1.1; nothing after it can be parsed.
+            self._stop_after(self._next - 1)
+            return
+        # ``_input`` is a suffix of everything received, which is ``_raw``.
+        raw = b"".join(self._raw)
+        rest = self._input[end:]
+        self._raw = None
+        self._input, self._input_pos = b"", 0
+        self._after_upgrade = [raw[:len(raw) - len(rest)], rest]
+        self.closing = True
+        if self._switch is not None:
+            self._switch_now()
+
+    def _hold_upgrade_bytes(self, data: bytes) -> None:
+        """Bytes after the upgrade request while its handler is still deciding (a client
+        normally waits for the 101 before it sends any)."""
+        self._after_upgrade.append(data)
+        if sum(len(part) for part in self._after_upgrade) > self.factory.limits.header_bytes_max:
+            self.close(abort=True)
+
+    def _switch_now(self) -> None:
+        """Hand the connection over: the new protocol gets the transport (and its producer
+        slot) and every byte from the start of the upgrade request on."""
+        factory = self._switch.factory
+        data = b"".join(self._after_upgrade)
+        self._after_upgrade = self._switch = None
+        if self._registered:
+            self._registered = False
+            self.transport.unregisterProducer()
+        if self.paused:
+            self.paused = False
+            self.transport.resumeProducing()
+        protocol = factory.buildProtocol(self.transport.getPeer())
+        if protocol is None:
+            self.transport.loseConnection()
+            return
+        self.upgraded = protocol
+        protocol.makeConnection(self.transport)
+        if data:
+            protocol.dataReceived(data)
 
     def _stop_after(self, seq: int) -> None:
         self.closing = True
@@ -356,7 +446,7 @@ class HttpProtocol(Protocol):
 
     def check_deadline(self, now: float) -> None:
         """Called by the factory's sweep: enforce the deadline of the current phase."""
-        if self.closed:
+        if self.closed or self.upgraded is not None:
             return
         limits = self.factory.limits
         phase = self._phase
@@ -408,6 +498,8 @@ class HttpProtocol(Protocol):
             self._headers[lower] = value
 
     def on_headers_complete(self) -> None:
+        if self._raw is not None and (self._next != 0 or not self.parser.should_upgrade()):
+            self._raw = None          # only the first request of a connection may upgrade
         limit = self.factory.limits.request_bytes_max
         length = self._headers.get(b"content-length")
         if length is not None:
@@ -451,14 +543,19 @@ class HttpProtocol(Protocol):
         if "%" in path_text:
             path_text = unquote(path_text)
         body = b"".join(self._body) if len(self._body) != 1 else self._body[0]
+        upgrade = self._raw is not None
         request = Request(method, path_text, query.decode("latin-1"), self._headers, body,
-                          keep_alive)
+                          keep_alive, upgrade=upgrade)
         head = method == "HEAD"
-        if not keep_alive:
+        if upgrade:
+            keep_alive = True         # the parser stops after it (HttpParserUpgrade)
+        elif not keep_alive:
             self._stop_after(seq)
         elif self._next - self._sent >= self.factory.limits.pipelined_requests_max:
             self._pipeline_full = True    # _drain stops parsing and reading
         self.factory.requests += 1
+        if self.factory.on_response is not None:
+            self._began[seq] = (method, path_text, time.perf_counter())
         self._phase = _BUSY
         try:
             result = self.factory.app.handle(request)
@@ -481,6 +578,22 @@ class HttpProtocol(Protocol):
 
     def _respond(self, result: tuple, seq: int, keep_alive_10: bool = False,
                  head: bool = False) -> None:
+        upgrading = self._raw is not None or self._after_upgrade is not None
+        if type(result) is SwitchProtocols:
+            if self.closed:
+                return
+            if upgrading:
+                self._switch = result
+                if self._after_upgrade is not None:
+                    self._switch_now()
+                return
+            result = _error(400, "bad_request", "only a connection's first request, asking "
+                                                "to upgrade, can switch protocols")
+        elif upgrading:
+            # An upgrade the handler refused: answer as HTTP/1.1, then close.
+            self._raw = self._after_upgrade = None
+            self.closing = True
+            self._close_after = seq
         status, body, content_type, headers = result
         stream = body if isinstance(body, FileBody) else None
         if self.closed:
@@ -490,6 +603,11 @@ class HttpProtocol(Protocol):
         self.factory.count_status(status)
         close = self._close_after is not None and seq >= self._close_after
         length = stream.length if stream is not None else len(body)
+        began = self._began.pop(seq, None)
+        if began is not None:
+            method, path, started = began
+            self.factory.on_response(self.host, method, path, status, length,
+                                     time.perf_counter() - started)
         parts = [_STATUS_LINES.get(status) or f"HTTP/1.1 {status} Status\r\n".encode(),
                  b"Content-Type: ", content_type, b"\r\nContent-Length: ",
                  str(length).encode(), b"\r\n"]
@@ -579,7 +697,7 @@ class HttpProtocol(Protocol):
 
     @property
     def idle(self) -> bool:
-        return self._next == self._sent
+        return self._next == self._sent and self.upgraded is None
 
 
 class HttpFactory(Factory):
@@ -596,6 +714,9 @@ class HttpFactory(Factory):
         self.refused = 0              # connections over a cap
         self.timeouts = 0             # connections cut by a deadline (408, stalled reader)
         self.statuses: dict[int, int] = {}
+        # on_response(host, method, path, status, length, seconds): the request metrics and
+        # the access log (httpstats.py); None: nobody listens.
+        self.on_response = None
 
     def buildProtocol(self, addr):
         return HttpProtocol(self, getattr(addr, "host", None))
@@ -673,5 +794,6 @@ class HttpService(Service):
         listener, self.listener = self.listener, None
         d = defer.maybeDeferred(listener.stopListening) if listener else defer.succeed(None)
         for conn in list(self.factory.connections):
-            conn.close()
+            if conn.upgraded is None:     # the WebSocket service closes its own after us
+                conn.close()
         return d

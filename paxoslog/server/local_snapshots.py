@@ -25,7 +25,12 @@ from paxoslog.core.log import SnapshotMeta
 from paxoslog.storage import SnapshotReader
 from paxoslog.storage.snapshot import snapshot_name
 
-__all__ = ["LocalSnapshots", "SnapshotRefused", "verify_states", "restore_installed"]
+from .metrics import Histogram
+
+__all__ = ["LocalSnapshots", "SnapshotRefused", "verify_states", "restore_installed",
+           "SNAPSHOT_BUCKETS"]
+
+SNAPSHOT_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0)
 
 log = Logger(namespace="paxoslog.snapshots")
 
@@ -85,6 +90,9 @@ class LocalSnapshots:
         self.storage = storage
         self.create = create
         self.sessions_like = sessions_like
+        # Seconds to take (encode, write, fsync, verify) and to restore a snapshot.
+        self.save_seconds = Histogram(SNAPSHOT_BUCKETS)
+        self.restore_seconds = Histogram(SNAPSHOT_BUCKETS)
 
     def take(self, meta: SnapshotMeta, producers: list, sessions: object) -> defer.Deferred:
         """Fires with the compaction point (a SnapshotMeta, or None: nothing to compact)."""
@@ -102,6 +110,7 @@ class LocalSnapshots:
         d.addCallback(lambda _file: self.writer.compaction_point(meta))
 
         def done(point):
+            self.save_seconds.observe(time.perf_counter() - started)
             log.info("snapshot at index {index} in {ms:.0f} ms; log compacted to {point}",
                      index=meta.index, ms=(time.perf_counter() - started) * 1000,
                      point=point.index if point is not None else "nothing yet")
@@ -114,6 +123,7 @@ class LocalSnapshots:
         d = self.writer.in_snapshot_thread(restore_installed, self.storage, meta, machines)
 
         def done(restored: SnapshotMeta) -> SnapshotMeta:
+            self.restore_seconds.observe(time.perf_counter() - started)
             log.info("installed snapshot at index {index} (restored off the event loop in "
                      "{ms:.0f} ms)", index=restored.index,
                      ms=(time.perf_counter() - started) * 1000)

@@ -1,7 +1,8 @@
-"""``LogView``: the recently applied log, for ``GET /api/v1/log/entries``.
+"""``LogView``: the recently applied log, for ``GET /api/v1/log/entries`` and the tail
+streams (streams.py reads recent entries here, older ones from the node's WAL).
 
 The runner hands it every ``Applied`` instruction; it keeps the newest entries (bounded by
-count and bytes) with the wall-clock time they were applied here.  Entries above the
+count and bytes) with the wall-clock time they were applied here, contiguous by index.  Entries above the
 applied index are described from the core's view (committed, pending, or a hole in
 Multi-Paxos).  A snapshot install starts it afresh.
 """
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import time
 from collections import deque
+from itertools import islice
 
 from paxoslog.core.log import ENTRY_CONFIG, ENTRY_NOOP, ENTRY_NORMAL, Entry, entry_config
 from paxoslog.node.commands import decode_command
@@ -46,6 +48,35 @@ class LogView:
     def reset(self) -> None:
         self.recent.clear()
         self._bytes = 0
+
+    @property
+    def first_index(self) -> int | None:
+        """The oldest entry kept (None: none kept)."""
+        return self.recent[0][0] if self.recent else None
+
+    def since(self, start: int, end: int, bytes_max: int) -> list | None:
+        """Kept entries ``start``..``end`` (at least one, then up to ``bytes_max`` payload
+        bytes), as ``(index, term, kind, payload, stamp, size)``; None when ``start`` is no
+        longer kept (or not applied yet)."""
+        recent = self.recent
+        if not recent or start < recent[0][0] or start > recent[-1][0]:
+            return None
+        out = []
+        total = 0
+        for item in islice(recent, start - recent[0][0], None):
+            if item[0] > end or (out and total + item[5] > bytes_max):
+                break
+            out.append(item)
+            total += item[5]
+        return out
+
+    def render(self, index: int, term: int, kind: int, payload: tuple) -> dict:
+        """An entry as the tail streams show it (like ``entries`` without the state)."""
+        item = {"index": index, "term": self.api_term(term),
+                "kind": _KIND_NAMES.get(kind, str(kind)), "command": render_payload(kind, payload)}
+        if self.multipaxos and kind == ENTRY_NOOP:
+            item["hole"] = True
+        return item
 
     def entries(self, start: int, end: int, applied_index: int, commit_index: int,
                 last_index: int, holes) -> dict:

@@ -9,6 +9,8 @@ and wires them with narrow interfaces; it owns nothing but their lifecycle.
     +- Ticker         ticker.py    tick_ms heartbeat of the driver (injected clock)
     +- LearnerPromotion promotion.py  leader upkeep: promote caught-up learners
     +- HttpService    http.py      the HTTP/1.1 server; Api (api.py) routes requests
+    +- Watch          watch.py     operator-actionable conditions, told once per episode
+    +- WebSocketService websocket.py  GET /api/v1/ws (autobahn): requests and streams
     |
     `- not services (no lifecycle of their own):
        NodeDriver     node/driver.py   the sans-I/O node: replica, state machines,
@@ -27,6 +29,7 @@ and wires them with narrow interfaces; it owns nothing but their lifecycle.
        BackupService  backup.py        GET /api/v1/snapshot: a consistent backup, streamed
        Reloader       reload.py        SIGHUP / admin reload of what can change live
        DashboardFiles dashboard.py     the static dashboard at /dashboard
+       StreamHub      streams.py       tail and watch subscriptions (+ walhistory.py)
 
 An event flows socket -> protocol (peers.py/http.py) -> router/runner -> driver; the
 driver's instructions flow back out: ``Persist`` -> writer thread (fsync) ->
@@ -47,6 +50,7 @@ from twisted.application.service import MultiService
 from twisted.internet import defer, task
 from twisted.logger import Logger
 
+from paxoslog import __version__
 from paxoslog.core.errors import Busy, NotLeader
 from paxoslog.core.ready import Role
 from paxoslog.core.replica import create_replica
@@ -54,6 +58,7 @@ from paxoslog.node.driver import DriverOptions, NodeDriver
 from paxoslog.node.machines import StateMachines
 from paxoslog.node.sessions import SessionTable
 from paxoslog.storage import DiskStorage
+from paxoslog.terms import describe_hard_state
 from statemachines import create as create_state_machine
 
 from . import frames as F
@@ -64,6 +69,7 @@ from .backup import BackupService
 from .dashboard import DashboardFiles
 from .events import ClusterEvents
 from .http import HttpService
+from .httpstats import HttpStats
 from .local_snapshots import LocalSnapshots, verify_states
 from .logview import LogView
 from .overview import ClusterOverview
@@ -73,9 +79,13 @@ from .reload import Reloader
 from .router import RequestRouter
 from .runner import DriverRunner, FatalNodeError
 from .snapshots import SnapshotFetcher, SnapshotShipper
+from .streams import StreamHub
 from .ticker import Ticker
 from .tls import load_node_tls
 from .views import NodeViews
+from .watch import NodeLook, Watch, WatchLimits
+from .walhistory import WalHistory
+from .websocket import WebSocketService, streams_factory
 from .writer import StorageWriter
 
 _HANDOVER_POLL_S = 0.05   # how often a removed leader checks whether it handed over
@@ -208,6 +218,9 @@ class NodeService(MultiService):
         self.api = Api(node_id, config.limits, config.batching.batch_bytes_max)
         self.http = HttpService(self.api, self.me.api_bind, config.limits, reactor,
                                 tls=self.tls if config.tls_api else None)
+        # Request latency per route, and the access log (the CLI sets .access).
+        self.http_requests = HttpStats(self.api.route_of)
+        self.http.factory.on_response = self.http_requests.responded
         self.reloader = Reloader(config)       # the CLI registers the log level hook
         self.dashboard = DashboardFiles()
 
@@ -217,7 +230,12 @@ class NodeService(MultiService):
         limits = self.config.limits
         return create_state_machine(
             name, **({"key_bytes_max": limits.key_bytes_max,
-                      "result_bytes_max": limits.query_result_bytes_max}
+                      "result_bytes_max": limits.query_result_bytes_max,
+                      "txn_ops_max": limits.txn_ops_max,
+                      "txn_bytes_max": limits.txn_bytes_max,
+                      "leases_max": limits.leases_max,
+                      "lease_ttl_ms_min": limits.lease_ttl_ms_min,
+                      "lease_ttl_ms_max": limits.lease_ttl_ms_max}
                      if name == "kv" else {}))
 
     def _machines(self) -> StateMachines:
@@ -252,21 +270,41 @@ class NodeService(MultiService):
             DriverOptions(self.node_id, config.protocol, tick_ms,
                           request_timeout_ticks=max(1, -(-timing.request_timeout_ms // tick_ms)),
                           snapshot_entries=config.snapshot.entries,
-                          snapshot_bytes=config.snapshot.bytes),
+                          snapshot_bytes=config.snapshot.bytes,
+                          election_ticks=timing.election_ticks),
             replica, machines, restored.snapshot, book.bootstrap_config())
         driver.restored_hard_state(restored.hard_state)
         self.writer = StorageWriter(self.storage, reactor)
         self.events = ClusterEvents(self.node_id)
+        transport = self.transport
+        transport.local_info = {"version": __version__,
+                                "state_machines": machines.describe()}
+        election_s = timing.election_ticks * tick_ms / 1000.0
+        transport.ping_interval_s = min(1.0, max(0.02, election_s / 2))
+        self.watch = Watch(
+            NodeLook(node_id=self.node_id, role=lambda: driver.replica.role,
+                     leader_id=lambda: driver.replica.leader_id,
+                     term=lambda: driver.replica.term,
+                     config=lambda: driver.replica.config,
+                     peers=lambda: self.book.peer_addresses().keys(),
+                     last_heard_s=transport.last_heard_s,
+                     removed=lambda: self.book.removed),
+            WatchLimits.for_timing(election_s, transport.ping_interval_s), reactor,
+            period_s=max(0.02, min(1.0, election_s / 3)))
         self.shipper = SnapshotShipper(self.storage, self.writer, self.transport, reactor,
                                        config.snapshot.chunk_bytes)
         self.logview = LogView(config.limits.recent_entries_kept, config.limits.recent_bytes_max,
                                config.protocol == "multipaxos", driver.api_term,
                                config.limits.log_entries_max)
+        self.local_snapshots = LocalSnapshots(self.writer, self.storage, self._create_machine,
+                                              lambda: self.driver.machines.sessions.like())
+        self.hub = hub = StreamHub(
+            reactor, logview=self.logview,
+            wal=WalHistory(self.me.data_dir, reactor, config.websocket.wal_read_entries_max),
+            applied_index=lambda: self.driver.applied_index, options=config.websocket)
         self.runner = runner = DriverRunner(
             driver, reactor, writer=self.writer, transport=self.transport,
-            shipper=self.shipper,
-            snapshots=LocalSnapshots(self.writer, self.storage, self._create_machine,
-                                     lambda: self.driver.machines.sessions.like()),
+            shipper=self.shipper, snapshots=self.local_snapshots, health=self.watch,
             on_applied=self._applied, on_role=self.events.role_changed,
             on_config=self._config_applied, on_row=book.row_applied,
             on_installed=self._installed, on_fatal=self._fatal)
@@ -292,7 +330,10 @@ class NodeService(MultiService):
                                runner=runner, transport=self.transport, book=book,
                                storage=self.storage, logview=self.logview,
                                http_stats=lambda: self.http.factory, events=self.events,
-                               reactor=reactor)
+                               streams=lambda: (self.hub, self.websocket.factory),
+                               reactor=reactor, watch=self.watch,
+                               snapshots=self.local_snapshots,
+                               http_requests=self.http_requests)
         router.status_view = self.views.detailed_status
         self.overview = ClusterOverview(self.node_id, self.views.detailed_status,
                                         self.transport.forward, self.transport.connected,
@@ -309,6 +350,10 @@ class NodeService(MultiService):
         self.api.bind(router=router, views=self.views, admin=self.admin, book=book,
                       backups=self.backups, overview=self.overview, reloader=self.reloader,
                       dashboard=self.dashboard)
+        self.websocket = WebSocketService(
+            streams_factory(api=self.api, hub=hub, options=config.websocket,
+                            limits=config.limits, reactor=reactor), reactor)
+        self.api.bind_websocket(self.websocket.factory)
 
     # ================================================================== lifecycle
 
@@ -351,11 +396,13 @@ class NodeService(MultiService):
                  "snapshot {snap}, {entries} log entries, hard state {hs}",
                  node=self.node_id, cluster=config.name, protocol=config.protocol,
                  data=self.me.data_dir, snap=self.driver.applied_index,
-                 entries=len(restored.entries), hs=tuple(restored.hard_state))
+                 entries=len(restored.entries),
+                 hs=describe_hard_state(restored.hard_state, config.protocol))
         if self.storage.torn is not None:
             log.warn("the WAL had a torn tail (cut at restart): {torn}", torn=self.storage.torn)
         self.book.started()
-        for service in (self.transport, self.promotion, self.http, self.ticker):
+        for service in (self.transport, self.promotion, self.websocket, self.http, self.ticker,
+                        self.watch):
             service.setServiceParent(self)
         super().startService()
         self.runner.schedule_pump()
@@ -364,11 +411,13 @@ class NodeService(MultiService):
         """A received snapshot replaced the state: the log view starts afresh and the
         address book follows the restored table and configuration."""
         self.logview.reset()
+        self.hub.installed(meta.index)
         self.book.restored(meta.config, meta.index, old_config)
         self.backups.applied(meta.index)
 
     def _applied(self, op) -> None:
         self.logview.applied(op)
+        self.hub.applied(op)              # after the log view: tails read it
         self.backups.applied(self.driver.applied_index)
 
     def _config_applied(self, op) -> None:

@@ -40,7 +40,7 @@ import cbor2
 from OpenSSL import SSL
 from service_identity import VerificationError
 from twisted.application.service import Service
-from twisted.internet import defer
+from twisted.internet import defer, task
 from twisted.internet.protocol import Factory, Protocol, ReconnectingClientFactory
 from twisted.logger import Logger
 from zope.interface import implementer
@@ -50,9 +50,10 @@ from paxoslog.core.errors import MalformedMessage
 from paxoslog.core.messages import InstallSnapshot, from_wire, to_wire
 
 from . import frames as F
+from .metrics import Histogram
 from .tls import check_peer_identity, transport_warnings
 
-__all__ = ["PeerTransport", "PeerConnection", "PeerUnavailable", "PeerHandler"]
+__all__ = ["PeerTransport", "PeerConnection", "PeerUnavailable", "PeerHandler", "LinkStats"]
 
 log = Logger(namespace="paxoslog.peers")
 
@@ -68,6 +69,25 @@ _AWAIT_ACCEPT = "await-accept"    # dialer: AUTH sent, waiting for ACCEPT
 _AWAIT_HELLO = "await-hello"      # acceptor
 _AWAIT_AUTH = "await-auth"        # acceptor: CHALLENGE sent
 _ESTABLISHED = "established"
+
+
+class LinkStats:
+    """What this node knows of its link to one peer, kept across reconnections (so that
+    counters never go backwards): bytes each way, when a frame last arrived (reactor
+    seconds; None: never), and the round-trip times of PING/PONG."""
+
+    __slots__ = ("bytes_sent", "bytes_received", "last_heard", "rtt")
+
+    def __init__(self) -> None:
+        self.bytes_sent = 0
+        self.bytes_received = 0
+        self.last_heard: float | None = None
+        self.rtt = Histogram(RTT_BUCKETS)
+
+
+# Round trips on loopback take ~0.1 ms, across a region tens of ms.
+RTT_BUCKETS = (0.0001, 0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25,
+               0.5, 1.0)
 
 
 class PeerUnavailable(Exception):
@@ -107,6 +127,7 @@ class PeerConnection(Protocol):
         self._registered = False      # we are our transport's producer
         self._hello = b""             # the HELLO and CHALLENGE payloads as sent: transcript
         self._challenge = b""
+        self._peer_info: dict = {}    # the dialer's HELLO info (acceptor side)
         self._timeout = None
 
     # ------------------------------------------------------------------ lifecycle
@@ -135,7 +156,7 @@ class PeerConnection(Protocol):
         if self.dialer:
             self._hello = cbor2.dumps([F.HELLO, F.WIRE_VERSION, o.cluster, o.node_id,
                                        self.expected_peer, os.urandom(F.NONCE_BYTES),
-                                       o.bootstrap])
+                                       o.bootstrap, o.local_info])
             self.transport.write(len(self._hello).to_bytes(4, "big") + self._hello)
 
     def _handshake_timeout(self) -> None:
@@ -205,7 +226,10 @@ class PeerConnection(Protocol):
 
     def _write(self, payload: list) -> None:
         if not self.closed:
-            self.transport.write(self._frame(cbor2.dumps(payload)))
+            frame = self._frame(cbor2.dumps(payload))
+            if self.established:
+                self.owner.link(self.peer_id).bytes_sent += len(frame)
+            self.transport.write(frame)
 
     def enqueue(self, wire: list) -> None:
         queue = self.queue
@@ -232,6 +256,7 @@ class PeerConnection(Protocol):
         stats["messages_sent"] += len(batch)
         frame = self._frame(data)
         stats["bytes_sent"] += len(frame)
+        self.owner.link(self.peer_id).bytes_sent += len(frame)
         self.transport.write(frame)
 
     def send_frame(self, payload: list) -> None:
@@ -263,11 +288,14 @@ class PeerConnection(Protocol):
                 self._frame_received(frame)
                 handled = True
         if handled and self.established and not self.closed:
+            owner.link(self.peer_id).last_heard = owner.reactor.seconds()
             owner.handler.after_input()
 
     def _frame_received(self, frame: bytes) -> None:
         owner = self.owner
         owner.stats["bytes_received"] += len(frame) + 4
+        if self.established:
+            owner.link(self.peer_id).bytes_received += len(frame) + 4
         if self.opener is not None:
             try:
                 frame = self.opener.open(frame)
@@ -291,6 +319,12 @@ class PeerConnection(Protocol):
             self._messages(payload)
         elif kind == F.FORWARD_REPLY:
             self._forward_reply(payload)
+        elif kind == F.PING:
+            if len(payload) == 2:
+                self._write([F.PONG, payload[1]])
+        elif kind == F.PONG:
+            if len(payload) == 2 and type(payload[1]) is float:
+                owner.pong(self.peer_id, payload[1])
         elif kind in (F.FORWARD, F.SNAP_OFFER, F.SNAP_WANT, F.SNAP_CHUNK, F.SNAP_DONE,
                       F.REMOVED):
             try:
@@ -353,10 +387,13 @@ class PeerConnection(Protocol):
         o = self.owner
         try:
             if self.state == _AWAIT_HELLO and kind == F.HELLO:
-                if len(p) != 7:
-                    raise ValueError("malformed hello")
-                _, version, cluster, frm, to, nonce_d, bootstrap = p
+                if len(p) != 8:
+                    raise ValueError("malformed hello (a node of another paxoslog version?)")
+                _, version, cluster, frm, to, nonce_d, bootstrap, info = p
                 self._check_hello(version, cluster, frm, to, bootstrap)
+                if not isinstance(info, dict):
+                    raise ValueError("malformed hello: info must be a map")
+                self._peer_info = info
                 if type(nonce_d) is not bytes or len(nonce_d) != F.NONCE_BYTES:
                     raise ValueError("bad nonce")
                 if o.tls is not None:
@@ -393,11 +430,18 @@ class PeerConnection(Protocol):
                 if not hmac.compare_digest(want, p[1]):
                     raise ValueError(f"node {self.peer_id} failed authentication (wrong "
                                      f"cluster secret?)")
-                self._write([F.ACCEPT, F.handshake_proof(o.secret, "acceptor", transcript)])
+                self._write([F.ACCEPT, F.handshake_proof(o.secret, "acceptor", transcript),
+                             o.local_info])
+                # Checked once the dialer proved itself; the ACCEPT tells it what we run,
+                # so that it names the difference in its own log too.
+                problem = self._check_info(self._peer_info, self.peer_id)
+                if problem is not None:
+                    self._refuse(problem)
+                    return
                 self._established(transcript)
                 return
             if self.state == _AWAIT_ACCEPT and kind == F.ACCEPT:
-                if len(p) != 2 or type(p[1]) is not bytes:
+                if len(p) != 3 or type(p[1]) is not bytes or not isinstance(p[2], dict):
                     raise ValueError("malformed accept")
                 transcript = F.transcript_hash(self._hello, self._challenge)
                 want = F.handshake_proof(o.secret, "acceptor", transcript)
@@ -405,6 +449,10 @@ class PeerConnection(Protocol):
                     raise ValueError(f"node {self.expected_peer} failed authentication "
                                      f"(wrong cluster secret?)")
                 self.peer_id = self.expected_peer
+                problem = self._check_info(p[2], self.peer_id)
+                if problem is not None:
+                    self._refuse(problem)
+                    return
                 self._established(transcript)
                 return
             raise ValueError(f"unexpected {F.KIND_NAMES.get(kind, kind)} frame during "
@@ -412,6 +460,25 @@ class PeerConnection(Protocol):
         except (ValueError, TypeError) as exc:
             o.stats["handshake_failures"] += 1
             self._drop(f"handshake failed: {exc}")
+
+    def _check_info(self, info: dict, peer: int) -> str | None:
+        """What makes the peer unfit (its state machines differ), or None; records its
+        software version."""
+        o = self.owner
+        o.peer_versions[peer] = str(info.get("version", "?"))[:40]
+        return F.state_machine_difference(o.local_info["state_machines"],
+                                          info.get("state_machines"), peer)
+
+    def _refuse(self, problem: str) -> None:
+        """An authenticated peer we must not work with: say why (an error: an operator
+        must fix a conf), close after the last frame is written."""
+        o = self.owner
+        o.stats["handshake_failures"] += 1
+        o.refusals[self.peer_id] = problem
+        o.log_limited(f"refused-{self.peer_id}", "refused node {peer}: {problem}",
+                      level="error", peer=self.peer_id, problem=problem)
+        self.closed = True
+        self.close()
 
     def _check_hello(self, version, cluster, frm, to, bootstrap) -> None:
         o = self.owner
@@ -554,6 +621,13 @@ class PeerTransport(Service):
         self._dirty: set[PeerConnection] = set()
         self._next_forward = 0
         self.on_listening: Callable[[int], None] | None = None
+        # What peers compare at the handshake (set by the node before it starts).
+        self.local_info: dict = {"version": "?", "state_machines": []}
+        self.peer_versions: dict[int, str] = {}     # peer -> its paxoslog version
+        self.refusals: dict[int, str] = {}          # peer -> why we last refused it
+        self.links: dict[int, LinkStats] = {}
+        self.ping_interval_s = 1.0
+        self._pinger = None
 
     # ------------------------------------------------------------------ service
 
@@ -573,6 +647,34 @@ class PeerTransport(Service):
                                                interface=me.peer_bind.host, backlog=128)
         for peer_id in sorted(self.addresses):
             self._dial(peer_id)
+        self._pinger = task.LoopingCall(self._ping)
+        self._pinger.clock = self.reactor
+        self._pinger.start(self.ping_interval_s, now=False)
+
+    def link(self, peer_id: int) -> LinkStats:
+        stats = self.links.get(peer_id)
+        if stats is None:
+            stats = self.links[peer_id] = LinkStats()
+        return stats
+
+    def _ping(self) -> None:
+        """PING every established peer: its PONG gives the round-trip time, and shows the
+        process runs (followers send each other nothing else)."""
+        token = float(self.reactor.seconds())
+        for conn in list(self.connections.values()):
+            conn.send_frame([F.PING, token])
+
+    def pong(self, peer_id: int, token: float) -> None:
+        rtt = self.reactor.seconds() - token
+        if 0 <= rtt < 3600:
+            self.link(peer_id).rtt.observe(rtt)
+
+    def last_heard_s(self, peer_id: int) -> float | None:
+        """Seconds since a frame last came from ``peer_id`` (None: never)."""
+        stats = self.links.get(peer_id)
+        if stats is None or stats.last_heard is None:
+            return None
+        return self.reactor.seconds() - stats.last_heard
 
     def _dial(self, peer_id: int) -> None:
         """The node with the lower id dials (one connection per pair)."""
@@ -623,6 +725,8 @@ class PeerTransport(Service):
 
     def stopService(self):
         super().stopService()
+        if self._pinger is not None and self._pinger.running:
+            self._pinger.stop()
         for peer_id in list(self._dialers):
             self._hang_up(peer_id)
         for conn in list(self.connections.values()):
@@ -644,6 +748,8 @@ class PeerTransport(Service):
             old.close(abort=True)
         else:
             log.info("connected to node {peer}", peer=peer)
+        self.refusals.pop(peer, None)
+        self.link(peer).last_heard = self.reactor.seconds()
         self.handler.peer_up(peer)
 
     def _unregister(self, conn: PeerConnection) -> None:
@@ -657,11 +763,11 @@ class PeerTransport(Service):
     def connected(self, peer_id: int) -> bool:
         return peer_id in self.connections
 
-    def log_limited(self, what: str, text: str, **fields) -> None:
+    def log_limited(self, what: str, text: str, level: str = "warn", **fields) -> None:
         """Log ``text`` the first few times for ``what``, then every _LOG_EVERY-th time."""
         n = self._log_counts[what] = self._log_counts.get(what, 0) + 1
         if n <= _LOG_FIRST or n % _LOG_EVERY == 0:
-            log.warn(text + " (#{n_logged})", n_logged=n, **fields)
+            getattr(log, level)(text + " (#{n_logged})", n_logged=n, **fields)
 
     def tls_failed(self, conn: PeerConnection, error: Exception) -> None:
         """A TLS handshake failed (no or a foreign certificate, a name mismatch, ...)."""

@@ -16,6 +16,7 @@ from typing import Callable
 from twisted.internet import defer
 
 from statemachines import BadCommand, is_internal
+from statemachines.base import CommandTooLarge
 
 from .errors import ApiError, bad_request
 from .frames import FORWARD
@@ -75,10 +76,32 @@ class RequestRouter:
         try:
             data = self.machines().encode_write(sm, fields, client_id, sequence,
                                                 self.wall_ms(), internal=internal)
+        except CommandTooLarge as exc:
+            return defer.fail(ApiError(413, "too_large", str(exc)))
         except BadCommand as exc:
             return defer.fail(bad_request(str(exc)))
         if len(data) > self.command_bytes_max:
             return defer.fail(ApiError(413, "too_large", "the command exceeds batch_bytes_max"))
+        return self.runner.write((client_id, sequence), data)
+
+    def write_batch(self, ops: list, client_id: str | None = None,
+                    sequence: int | None = None) -> defer.Deferred:
+        """Validate, encode and replicate a batch: ``ops`` is a list of ``(sm, fields,
+        op_key)`` (``op_key``: an operation's own (client_id, sequence), or None).  One log
+        command, applied in order at one index; fires with the committed body, whose
+        ``result`` is ``{"op": "batch", "results": [...]}``, or fails with ``ApiError`` (an
+        invalid operation refuses the whole batch: 400 naming ``ops[i]``)."""
+        if client_id is None:
+            client_id, sequence = self.next_client_sequence()
+        try:
+            data = self.machines().encode_batch_write(ops, client_id, sequence, self.wall_ms())
+        except BadCommand as exc:
+            return defer.fail(bad_request(str(exc)))
+        if len(data) > self.command_bytes_max:
+            return defer.fail(ApiError(413, "too_large",
+                                       f"the batch is {len(data)} bytes encoded, over the "
+                                       f"{self.command_bytes_max}-byte limit "
+                                       "(batching.batch_bytes_max)"))
         return self.runner.write((client_id, sequence), data)
 
     def read(self, query: dict, consistency: str) -> defer.Deferred:

@@ -23,6 +23,7 @@ from typing import Callable
 
 from twisted.internet import defer
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from paxoslog.core.ready import ConfigChanged, Role
 from paxoslog.node.instructions import (Applied, CompactLog, ConfigApplied, Forward,
@@ -31,6 +32,7 @@ from paxoslog.node.instructions import (Applied, CompactLog, ConfigApplied, Forw
 
 from .errors import ApiError
 from .metrics import Histogram
+from .narrate import TOLD, narrate
 
 __all__ = ["DriverRunner", "FatalNodeError", "ForwardedHandle"]
 
@@ -55,7 +57,9 @@ class DriverRunner:
     def __init__(self, driver, reactor, *, writer, transport, shipper, snapshots,
                  on_applied: Callable, on_role: Callable, on_config: Callable,
                  on_row: Callable, on_installed: Callable,
-                 on_fatal: Callable[[BaseException], None]) -> None:
+                 on_fatal: Callable[[BaseException], None], health=None) -> None:
+        """``health``: told of slow fsyncs and applies and of snapshot outcomes (a
+        ``watch.Watch``; None: nobody)."""
         self.driver = driver
         self.reactor = reactor
         self.writer = writer
@@ -73,6 +77,14 @@ class DriverRunner:
         # answer: the dashboard's latency charts.
         self.write_latency = Histogram()
         self.read_latency = Histogram()
+        # Client writes submitted here that committed (their latency) or failed (503/504,
+        # refused): paxoslog_commit_duration_seconds, paxoslog_proposals_failed_total.
+        self.commit_latency = Histogram()
+        self.writes_failed = 0
+        self.leader_changes = 0
+        # Event-loop steps of the driver that applied committed entries (the apply time).
+        self.apply_seconds = Histogram()
+        self.health = health
         self.fatal: BaseException | None = None
         self.leader_since: float | None = None
         self._persisting = 0
@@ -85,6 +97,11 @@ class DriverRunner:
         self._event("tick", self.driver.tick, count)
 
     def receive(self, peer: int, messages: list) -> None:
+        for msg in messages:
+            if type(msg) in TOLD:
+                text = narrate(msg)
+                if text is not None:
+                    log.debug("{text}", text=text)
         self._event(f"messages from node {peer}", self.driver.receive, messages)
 
     def peer_up(self, peer: int) -> None:
@@ -96,7 +113,7 @@ class DriverRunner:
     def write(self, key: tuple[str, int], data: bytes) -> defer.Deferred:
         """Fires with the committed body, or fails with ``ApiError`` (503/504/...)."""
         d = defer.Deferred()
-        d.addBoth(self._observe, self.write_latency, time.perf_counter())
+        d.addBoth(self._observe_write, time.perf_counter())
         self._event("a write", self.driver.submit_write, d, key, data)
         return d
 
@@ -105,6 +122,15 @@ class DriverRunner:
         d.addBoth(self._observe, self.read_latency, time.perf_counter())
         self._event("a read", self.driver.submit_read, d, query, consistency)
         return d
+
+    def _observe_write(self, result, started: float):
+        seconds = time.perf_counter() - started
+        self.write_latency.observe(seconds)
+        if isinstance(result, Failure):
+            self.writes_failed += 1
+        else:
+            self.commit_latency.observe(seconds)
+        return result
 
     @staticmethod
     def _observe(result, histogram: Histogram, started: float):
@@ -163,12 +189,19 @@ class DriverRunner:
                     arg.errback(ApiError(503, "unavailable", "the node has stopped",
                                          retry_after=1))
             return
+        started = time.perf_counter()
         try:
             instructions = method(*args)
         except Exception as exc:
             log.failure("unexpected error in {what}", what=what)
             self.die(FatalNodeError(f"unexpected error in {what}: {exc!r}"))
             return
+        applied = sum(1 for op in instructions if type(op) is Applied)
+        if applied:
+            seconds = time.perf_counter() - started
+            self.apply_seconds.observe(seconds)
+            if self.health is not None:
+                self.health.applied(seconds, applied)
         self.execute(instructions)
         if pump:
             self.schedule_pump()
@@ -241,6 +274,20 @@ class DriverRunner:
         self._event("a lost forward", self.driver.forward_failed, request)
 
     def _role_changed(self, op: RoleChange) -> None:
+        if op.role in (Role.PRE_CANDIDATE, Role.CANDIDATE) and op.old_role != op.role:
+            core = self.driver.replica.status()
+            log.debug("election: {role} in term {term}: heard no leader for {ticks} ticks "
+                      "(election timeout); asking voters {voters} for {what}",
+                      role=op.role, term=op.term, ticks=core.ticks_since_leader,
+                      voters=sorted(self.driver.replica.config.all_voters),
+                      what="a pre-vote (would they vote?)" if op.role == Role.PRE_CANDIDATE
+                      else "their votes (promises)")
+        elif op.old_role in (Role.PRE_CANDIDATE, Role.CANDIDATE) and op.role == Role.FOLLOWER:
+            log.debug("election: back to follower in term {term} (leader {leader}): a "
+                      "leader or a higher term was seen, or the pre-vote found the leader "
+                      "alive", term=op.term, leader=op.leader)
+        if op.leader != op.old_leader and op.leader is not None:
+            self.leader_changes += 1
         if op.role == Role.LEADER and op.old_role != Role.LEADER:
             self.leader_since = time.time()
             log.info("became leader (term {term})", term=op.term)
@@ -268,6 +315,8 @@ class DriverRunner:
 
     def _persisted(self, seconds: float, ready) -> None:
         self.fsync.observe(seconds)
+        if self.health is not None:
+            self.health.fsynced(seconds)
         self._persisting -= 1
         self._event("completing a Ready", self.driver.persisted, ready)
         self._wake_idle()
@@ -292,11 +341,16 @@ class DriverRunner:
         d = self.snapshots.take(op.meta, op.producers, op.sessions)
 
         def saved(point) -> None:
+            if self.health is not None:
+                self.health.snapshot_saved(op.meta.index)
             self._event("a saved snapshot", self.driver.snapshot_saved, op.meta, point)
 
         def failed(failure) -> None:
-            log.error("snapshot at index {index} failed: {error}", index=op.meta.index,
-                      error=failure.getErrorMessage())
+            if self.health is not None:
+                self.health.snapshot_failed(op.meta.index, failure.getErrorMessage())
+            else:
+                log.error("snapshot at index {index} failed: {error}", index=op.meta.index,
+                          error=failure.getErrorMessage())
             self._event("a failed snapshot", self.driver.snapshot_failed)
         d.addCallbacks(saved, failed)
 

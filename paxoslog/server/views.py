@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import platform
 import time
 
 import cbor2
@@ -19,15 +20,24 @@ from twisted.internet.threads import deferToThreadPool
 from paxoslog.core.ready import Role
 from statemachines.base import state_hash, state_hash_producer
 
-from .metrics import render_metric
+from paxoslog import __version__
+
+from .metrics import escape_label, render_metric
+from .process_metrics import process_samples
 
 __all__ = ["NodeViews"]
 
 
 class NodeViews:
     def __init__(self, *, config, node_id: int, driver, runner, transport, book, storage,
-                 logview, http_stats, events=None, reactor=None) -> None:
-        """``reactor``: where ``status_with_hashes`` finds its thread pool."""
+                 logview, http_stats, events=None, streams=None, reactor=None, watch=None, snapshots=None,
+                 http_requests=None) -> None:
+        """``reactor``: where ``status_with_hashes`` finds its thread pool; ``watch``: the
+        Watch (quorum); ``snapshots``: LocalSnapshots (durations); ``http_requests``: the
+        HttpStats (request latency)."""
+        self.watch = watch
+        self.snapshots = snapshots
+        self.http_requests = http_requests
         self.reactor = reactor
         self._hashing = defer.DeferredLock()     # one state-hash computation at a time
         self.config = config
@@ -40,6 +50,7 @@ class NodeViews:
         self.logview = logview
         self.http_stats = http_stats          # callable -> the HTTP factory (statuses...)
         self.events = events                  # ClusterEvents (leader/membership timeline)
+        self.streams = streams                # callable -> (hub, WebSocket factory) or None
         self.started_at = time.time()
         self.stopping = False
 
@@ -144,7 +155,7 @@ class NodeViews:
     def health(self) -> dict:
         replica = self.driver.replica
         fatal = self.runner.fatal
-        return {"status": "ok" if fatal is None else "failed",
+        return {"status": "ok" if fatal is None else "failed", "version": __version__,
                 "ready": replica.leader_id is not None and fatal is None and not self.stopping,
                 "node_id": self.node_id, "pid": os.getpid(), "role": replica.role,
                 "leader": replica.leader_id, "term": replica.term,
@@ -191,13 +202,75 @@ class NodeViews:
                           "before the election timeout because the leader's connection "
                           "was reset (fast failover).",
                           [(None, replica.status().early_campaigns)]))
-        add(["# HELP paxoslog_fsync_seconds Time to append and fsync one Ready.",
-             "# TYPE paxoslog_fsync_seconds histogram"])
-        add(self.runner.fsync.lines("paxoslog_fsync_seconds"))
+        runner = self.runner
+        add(render_metric("paxoslog_server_has_leader", "gauge",
+                          "1 when this node knows a leader (itself included).",
+                          [(None, int(replica.leader_id is not None))]))
+        if self.watch is not None:
+            add(render_metric("paxoslog_server_quorum_reachable", "gauge",
+                              "1 when a quorum of voters (this node included) was heard "
+                              "from within the last election timeout or so.",
+                              [(None, int(self.watch.quorum_reachable()))]))
+        add(render_metric("paxoslog_server_leader_changes_seen_total", "counter",
+                          "Leader changes this node has seen.",
+                          [(None, runner.leader_changes)]))
+        add(render_metric("paxoslog_server_proposals_pending", "gauge",
+                          "Client writes waiting on this node for their commit.",
+                          [(None, driver.pending_writes())]))
+        add(render_metric("paxoslog_server_proposals_failed_total", "counter",
+                          "Client writes submitted on this node that failed (unavailable, "
+                          "timed out, refused).", [(None, runner.writes_failed)]))
+        histograms = [
+            ("paxoslog_commit_duration_seconds", "Client writes submitted on this node, "
+             "from submission to their committed answer.", runner.commit_latency),
+            ("paxoslog_read_duration_seconds", "Client reads on this node, from submission "
+             "to the answer.", runner.read_latency),
+            ("paxoslog_wal_fsync_duration_seconds", "Time to append and fsync one Ready "
+             "to the WAL.", runner.fsync),
+            ("paxoslog_apply_duration_seconds", "Event-loop steps that applied committed "
+             "entries to the state machines.", runner.apply_seconds)]
+        if self.snapshots is not None:
+            histograms += [
+                ("paxoslog_snapshot_save_duration_seconds", "Time to take a local "
+                 "snapshot (encode, write, fsync, verify).", self.snapshots.save_seconds),
+                ("paxoslog_snapshot_restore_duration_seconds", "Time to restore a "
+                 "received snapshot.", self.snapshots.restore_seconds)]
+        for name, text, histogram in histograms:
+            add([f"# HELP {name} {text}", f"# TYPE {name} histogram"])
+            add(histogram.lines(name))
+        if self.http_requests is not None:
+            name = "paxoslog_http_request_duration_seconds"
+            add([f"# HELP {name} HTTP requests by method and route, from the request's "
+                 "last byte to its answer.", f"# TYPE {name} histogram"])
+            for (method, route), histogram in sorted(self.http_requests.latency.items()):
+                add(histogram.lines(name, f'method="{escape_label(method)}",'
+                                          f'route="{escape_label(route)}"'))
+        # Every member, connected or not: a peer that goes away shows 0, it does not vanish.
+        members = sorted(set(self.book.peer_addresses()) | set(self.transport.links))
+        members = [n for n in members if n != self.node_id and n not in self.book.removed_ids]
         add(render_metric("paxoslog_peer_connected", "gauge",
                           "1 when the peer connection is established.",
-                          [({"peer": n}, int(self.transport.connected(n)))
-                           for n in sorted(self.book.peer_addresses())]))
+                          [({"peer": n}, int(self.transport.connected(n))) for n in members]))
+        links = {n: self.transport.link(n) for n in members}
+        add(render_metric("paxoslog_peer_sent_bytes_total", "counter",
+                          "Bytes written to the peer (all connections).",
+                          [({"peer": n}, link.bytes_sent) for n, link in links.items()]))
+        add(render_metric("paxoslog_peer_received_bytes_total", "counter",
+                          "Bytes received from the peer (all connections).",
+                          [({"peer": n}, link.bytes_received) for n, link in links.items()]))
+        name = "paxoslog_peer_round_trip_time_seconds"
+        add([f"# HELP {name} PING/PONG round trips to the peer.", f"# TYPE {name} histogram"])
+        for n, link in links.items():
+            add(link.rtt.lines(name, f'peer="{n}"'))
+        wal_bytes, snap_bytes = _dir_bytes(self.storage.wal_dir), _dir_bytes(
+            self.storage.snap_dir)
+        add(render_metric("paxoslog_wal_size_bytes", "gauge", "Bytes of WAL segments on disk.",
+                          [(None, wal_bytes)]))
+        add(render_metric("paxoslog_snapshot_files_size_bytes", "gauge",
+                          "Bytes of snapshot files on disk.", [(None, snap_bytes)]))
+        add(render_metric("paxoslog_data_dir_size_bytes", "gauge",
+                          "Bytes of the data directory (WAL, snapshots, state files).",
+                          [(None, _dir_bytes(self.storage.data_dir))]))
         for name, text in _PEER_COUNTERS:
             add(render_metric(f"paxoslog_peer_{name}_total", "counter", text,
                               [(None, peers[name])]))
@@ -216,11 +289,45 @@ class NodeViews:
         add(render_metric("paxoslog_http_timeouts_total", "counter",
                           "HTTP connections cut by a read deadline (408) or for not reading "
                           "their answers.", [(None, http.timeouts)]))
+        if self.streams is not None:
+            hub, factory = self.streams()
+            stats = hub.stats
+            add(render_metric("paxoslog_ws_connections", "gauge", "Open WebSocket connections.",
+                              [(None, len(factory.conns))]))
+            add(render_metric("paxoslog_ws_subscriptions", "gauge",
+                              "Tails and watches being served.", [(None, len(hub.subs))]))
+            for name, key, text in _STREAM_COUNTERS:
+                add(render_metric(f"paxoslog_ws_{name}_total", "counter", text,
+                                  [(None, stats.get(key, 0))]))
+            add(render_metric("paxoslog_ws_streams_ended_total", "counter",
+                              "Streams the server ended, by reason.",
+                              [({"reason": key[len("ended_"):]}, value)
+                               for key, value in sorted(stats.items())
+                               if key.startswith("ended_")]))
+            add(render_metric("paxoslog_ws_watch_history_first_revision", "gauge",
+                              "Oldest revision a watch can start from here.",
+                              [(None, hub.events.first)]))
         add(render_metric("paxoslog_info", "gauge", "Static node information.",
                           [({"node": self.node_id, "cluster": self.config.name,
                              "protocol": self.config.protocol}, 1)]))
+        add(render_metric("paxoslog_build_info", "gauge", "The paxoslog build: version, "
+                          "Python version, and the state machines with their versions.",
+                          [({"version": __version__, "python": platform.python_version(),
+                             "state_machines": ",".join(
+                                 f"{n}:{v}" for n, v in driver.machines.describe())}, 1)]))
+        for name, kind, text, value in process_samples():
+            add(render_metric(name, kind, text, [(None, value)]))
         return "\n".join(lines) + "\n"
 
+
+_STREAM_COUNTERS = (
+    ("subscriptions", "subscriptions", "Tails and watches started."),
+    ("stream_messages", "messages", "Stream messages sent (entries and events)."),
+    ("entries_sent", "entries", "Log entries sent to tails."),
+    ("events_sent", "events", "kv events sent to watches."),
+    ("progress_sent", "progress", "Progress messages sent."),
+    ("wal_reads", "wal_reads", "Reads of this node's WAL for tails behind the log view."),
+)
 
 _COUNTERS = (
     ("proposals", "proposals", "Commands proposed by this node as leader."),
@@ -260,3 +367,21 @@ _PEER_COUNTERS = (
     ("handshakes_refused", "Peer connections closed at once: too many in their handshake."),
     ("tls_failures", "Peer TLS handshakes that failed."),
 )
+
+
+def _dir_bytes(path: str) -> int:
+    """Bytes of the regular files under ``path`` (0 when it is gone)."""
+    total = 0
+    try:
+        entries = list(os.scandir(path))
+    except OSError:
+        return 0
+    for entry in entries:
+        try:
+            if entry.is_dir(follow_symlinks=False):
+                total += _dir_bytes(entry.path)
+            elif entry.is_file(follow_symlinks=False):
+                total += entry.stat(follow_symlinks=False).st_size
+        except OSError:
+            continue
+    return total

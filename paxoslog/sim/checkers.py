@@ -7,6 +7,9 @@
 * linearizability of the client history (linearizability.py), a checker timeout counts as
   a failure;
 * progress after heal (cluster.py: a probe write must commit within ``settle_ms``);
+* change agreement: the kv changes a replica reports for a log index (what the watch
+  streams deliver: key, new record, previous record) are the same on every replica, like
+  the entry itself;
 * executed once (sessions profile): every client operation (client, sequence) is executed
   by the state machine at one log index at most.  Replicas apply one agreed log, so two
   indexes mean that some replica's applied sequence executed the operation twice (a
@@ -31,7 +34,8 @@ from .linearizability import Operation, check_history
 if TYPE_CHECKING:
     from .cluster import Simulation
 
-__all__ = ["SimulationFailure", "History", "check_agreement", "check_executed_once",
+__all__ = ["SimulationFailure", "History", "check_agreement", "check_changes",
+           "check_executed_once",
            "check_lease_holder"]
 
 
@@ -45,6 +49,14 @@ def check_agreement(sim: "Simulation", node_id: int, entry: Entry) -> None:
     if first != value:
         sim.fail(f"agreement violated at index {entry.index}: node {node_id} applied "
                  f"{value!r:.200} but another replica applied {first!r:.200}")
+
+
+def check_changes(sim: "Simulation", node_id: int, index: int, changes: tuple) -> None:
+    """``node_id`` applied the entry at ``index`` and reported these kv changes."""
+    first = sim.changes.setdefault(index, changes)
+    if first != changes:
+        sim.fail(f"watch events differ at index {index}: node {node_id} reported "
+                 f"{changes!r:.200} but another replica reported {first!r:.200}")
 
 
 def check_executed_once(sim: "Simulation", node_id: int, outcome) -> None:

@@ -30,8 +30,8 @@ from ..core.ready import Role
 from ..core.replica import ReplicaOptions
 from ..node.machines import StateMachines
 from ..node.sessions import NEW, SessionTable
-from .checkers import (History, SimulationFailure, check_agreement, check_executed_once,
-                       check_lease_holder)
+from .checkers import (History, SimulationFailure, check_agreement, check_changes,
+                       check_executed_once, check_lease_holder)
 from .network import Network, NetworkProfile, partition_shapes
 from .node import TICK_MS, ForwardHandle, SimNode
 
@@ -90,12 +90,18 @@ class SimOptions:
     response_loss_rate: float = 0.0  # sessions: replies lost on the way to the client
     give_up_ms: float = 0.0       # sessions: a client retries one operation this long
     kill_all_rate: float = 0.0    # crash every node at once, per second
+    batch_every: int = 0          # every n-th write goes in as a one-operation batch
+                                  # command (0: never; the "batches" profile sets it)
     kill_all_after_change: float = 0.0  # chance a membership change is followed by kill-all
     member_remove_leader: float = 0.0   # chance a membership change removes the leader
     member_replace: float = 0.0   # chance of a one-add-one-remove voter change
     partition_kinds: tuple[str, ...] = ()  # shapes the nemesis picks from (all if empty)
     learners: int = 0             # the last ``learners`` of the ``nodes`` bootstrap members
                                   # are learners, not voters
+    lease_holders: int = 0        # coordination.py: clients holding kv leases
+    bank_clients: int = 0         # coordination.py: bank-transfer transaction clients
+    lease_drift_bound: float = 0.0  # the conf's clock-drift margin as a rate: an expiry
+                                    # earlier than TTL x (1 - this) fails the run
     own_ack_before_fsync: bool = False  # negative control: deliberately broken replicas
                                         # that count the leader's own acceptance before
                                         # its fsync (broken.py)
@@ -171,6 +177,7 @@ class Simulation:
         self.network = Network(self.rng, options.network)
         self.snapshot_files: dict[bytes, bytes] = {}   # token -> a snapshot file in flight
         self.chosen: dict[int, tuple] = {}    # index -> (kind, payload) first applied
+        self.changes: dict[int, tuple] = {}   # index -> kv changes first reported
         self.trace: list[str] = []
         voters = frozenset(range(1, options.nodes - options.learners + 1))
         learners = frozenset(range(options.nodes - options.learners + 1, options.nodes + 1))
@@ -179,6 +186,10 @@ class Simulation:
                       for n in range(1, options.nodes + options.spares + 1)}
         from .workload import Workload
         self.workload = Workload(self)
+        self.coordination = None
+        if options.lease_holders or options.bank_clients:
+            from .coordination import Coordination
+            self.coordination = Coordination(self)
         self.history = History()
         self.faults: list[tuple[float, str]] = []
         self.stats = {"elections": 0, "leader_changes": 0, "corruption_detected": 0,
@@ -284,6 +295,9 @@ class Simulation:
 
     def check_executed_once(self, node_id: int, outcome) -> None:
         check_executed_once(self, node_id, outcome)
+
+    def check_changes(self, node_id: int, index: int, changes: tuple) -> None:
+        check_changes(self, node_id, index, changes)
 
     def check_lease_holder(self, node: SimNode) -> None:
         self.count("lease_reads")
@@ -393,6 +407,8 @@ class Simulation:
         for node in self.nodes.values():
             self.schedule(self.rng.uniform(0, TICK_MS), self._tick, node)
         self.workload.start()
+        if self.coordination is not None:
+            self.coordination.start()
         from .nemesis import Nemesis
         self.nemesis = Nemesis(self)
         self.nemesis.start()
@@ -403,6 +419,8 @@ class Simulation:
         self.run_until(o.duration_ms)
         self.nemesis.heal_all()
         self.workload.stop_new_operations()
+        if self.coordination is not None:
+            self.coordination.stop()
         self.run_until(self.now + o.client_timeout_ms * 2)
         self.network.faults_enabled = False
         progress_deadline = self.now + o.settle_ms
@@ -545,3 +563,9 @@ class NoDedupSessionTable(SessionTable):
 
     def lookup(self, client_id: str, sequence: int) -> tuple[int, tuple | None]:
         return NEW, None
+
+    def like(self) -> "NoDedupSessionTable":
+        # A restored replica must stay as broken as the others: a real table there made
+        # replicas execute different commands (found by the change-agreement checker).
+        return NoDedupSessionTable(self.sessions_max, self.results_max,
+                                   self.results_total_max, self.idle_ms)

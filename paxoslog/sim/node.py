@@ -34,6 +34,7 @@ from ..core.messages import InstallSnapshot
 from ..core.ready import Role
 from ..core.replica import create_replica
 from ..node.driver import DriverOptions, NodeDriver
+from .coordination import CoordAttempt
 from ..node.instructions import (DUPLICATE, EXECUTED, Applied, CompactLog, ConfigApplied,
                                  Forward, OfferSnapshot, Persist, Reply, RestoreSnapshot,
                                  RoleChange, RowApplied, Send, TakeSnapshot)
@@ -111,7 +112,7 @@ class SimNode:
             DriverOptions(self.node_id, o.protocol, TICK_MS,
                           request_timeout_ticks=max(1, int(o.client_timeout_ms / TICK_MS)),
                           snapshot_entries=o.snapshot_every or _UNLIMITED,
-                          snapshot_bytes=_UNLIMITED),
+                          snapshot_bytes=_UNLIMITED, election_ticks=o.election_ticks),
             replica, machines, restored.snapshot, self.bootstrap)
         self.driver.restored_hard_state(restored.hard_state)
         self.clock = TickClock(TICK_MS, self.local_ms, o.election_ticks)
@@ -176,7 +177,10 @@ class SimNode:
         self.incarnation += 1
         disk_fault()
         for request in list(self.clients.values()):
-            sim.workload.lose(request)
+            if type(request) is CoordAttempt:
+                sim.coordination.lose(request)
+            else:
+                sim.workload.lose(request)
         self.clients.clear()
         self.held.clear()
         for handle in list(self.inbound.values()):
@@ -385,19 +389,29 @@ class SimNode:
             self.sim.answer_forward(self, handle, op.status, op.body)
         else:
             self.clients.pop(id(handle), None)
-            self.sim.workload.reply(handle, self.node_id, op.status, op.body)
+            if type(handle) is CoordAttempt:
+                self.sim.coordination.reply(handle, self.node_id, op.status, op.body)
+            else:
+                self.sim.workload.reply(handle, self.node_id, op.status, op.body)
 
     def _applied(self, op: Applied) -> None:
         sim = self.sim
+        if sim.coordination is not None:
+            sim.coordination.applied(self, op)
         for entry in op.entries:
             sim.check_apply(self, entry)
+        changes = {entry.index: () for entry in op.entries}
         for outcome in op.outcomes:
+            if outcome.changes:
+                changes[outcome.index] += outcome.changes
             if outcome.key is None:
                 continue
             if outcome.outcome == EXECUTED:
                 sim.check_executed_once(self.node_id, outcome)
             elif outcome.outcome == DUPLICATE:
                 sim.note_skipped(outcome)
+        for index, entry_changes in changes.items():
+            sim.check_changes(self.node_id, index, entry_changes)
 
     def _config_applied(self, op: ConfigApplied) -> None:
         """As the server's address book: a final configuration without some members

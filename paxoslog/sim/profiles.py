@@ -15,6 +15,9 @@ Profiles that must pass every checker on every seed:
 * ``sessions``: K1, client sessions.  Replies are lost on the way back, attempts time out
   and are retried with the same (client, sequence), possibly at another node; the state
   machine executes each sequence once and answers retries with the first result.
+* ``batches``: the sessions profile with every first, second or third write sent as a
+  batch command (one operation, one session pair for the batch): batches are applied,
+  answered and deduplicated like single writes, and their kv changes agree everywhere.
 * ``membership``: R3/R19, frequent membership changes (removing the leader itself, one add
   plus one remove, two adds, two removes) with spares, crashes, pauses, isolated-leader
   and majority/minority partitions, and kill-all-and-restart, also right after a change.
@@ -29,11 +32,21 @@ Profiles that must pass every checker on every seed:
   itself: node 1 is the only voter, the other bootstrap members are learners; the voter
   crashes often (losing its unsynced tail) under a steady write load.
 
+* ``leases``: kv leases kept alive and let run out, and bank transfers in transactions
+  (coordination.py), with clock drift within the stated bound: the conf's margin
+  ``lease_drift_bound`` is drawn, every clock's rate stays within it (some leaders made
+  fast, the direction that shortens a TTL), with crashes, pauses and partitions.  No
+  lease may expire earlier than TTL x (1 - bound) after its last acknowledged keep-alive,
+  and the bank total never changes on any replica.
+
 Negative profiles, which must fail on some seeds (tests pin such seeds):
 
 * ``lease-beyond``: the same lease reads with clocks far beyond the bound (a node's ticks
   up to 2.5 times apart while others run twice as fast) and isolated leaders: an old
   leader's lease outlives the followers' election timeout and serves stale reads.
+* ``leases-beyond``: the leases profile with clocks beyond the bound (every clock at
+  least 2.5 times fast against a 5% margin): the leader counts a TTL in a fraction of
+  it and expires leases early, which the lease checker catches.
 * ``sessions-nodedup``: the sessions profile with the session table off: retried writes
   are executed twice.
 * ``own-ack-early``: the single-voter profile with deliberately broken replicas
@@ -111,6 +124,35 @@ def _lease_beyond(o: "SimOptions", rng: random.Random) -> "SimOptions":
         read_ratio=rng.choice([0.5, 0.8, 0.95]))
 
 
+def _leases(o: "SimOptions", rng: random.Random) -> "SimOptions":
+    bound = rng.choice([0.05, 0.1, 0.2])
+    drift = bound * rng.uniform(0.5, 1.0)
+    count = o.nodes + o.spares
+    # Fast clocks (rate < 1: ticks closer together) shorten a TTL in real time: the
+    # leader is made fast half the time, as far as the bound allows.
+    rates = _rates(rng, count, drift)
+    leader_rate = 1.0 - drift if rng.random() < 0.5 else 0.0
+    return dataclasses.replace(
+        o, profile="leases", lease_holders=rng.randint(2, 4), bank_clients=rng.randint(2, 4),
+        lease_drift_bound=bound, clock_rates=rates, clock_drift=drift,
+        clock_strobe_rate=rng.choice([0.0, 1.0, 2.0]), clock_leader_rate=leader_rate,
+        tick_catch_up=True, crash_rate=rng.choice([0.0, 0.5, 1.0]),
+        pause_rate=rng.choice([0.5, 1.0, 2.0]), partition_rate=rng.choice([0.5, 1.0, 2.0]),
+        duration_ms=4000.0)
+
+
+def _leases_beyond(o: "SimOptions", rng: random.Random) -> "SimOptions":
+    # Every clock 2.5 to 4 times fast against a stated bound of 5%, and no faults but
+    # the clocks: only the lease checker can fail the run.
+    return dataclasses.replace(
+        o, profile="leases-beyond", lease_holders=4, bank_clients=0,
+        lease_drift_bound=0.05,
+        clock_rates=tuple(rng.uniform(0.25, 0.4) for _ in range(o.nodes + o.spares)),
+        clock_drift=0.0, clock_strobe_rate=0.0, clock_leader_rate=0.0, tick_catch_up=True,
+        crash_rate=0.0, pause_rate=0.0, partition_rate=0.0, membership_rate=0.0,
+        transfer_rate=0.0, eio_rate=0.0, bitflip=False, duration_ms=3000.0)
+
+
 def _sessions(o: "SimOptions", rng: random.Random) -> "SimOptions":
     return dataclasses.replace(
         o, profile="sessions", sessions=True, dedup=True,
@@ -122,6 +164,11 @@ def _sessions(o: "SimOptions", rng: random.Random) -> "SimOptions":
 
 def _sessions_nodedup(o: "SimOptions", rng: random.Random) -> "SimOptions":
     return dataclasses.replace(_sessions(o, rng), profile="sessions-nodedup", dedup=False)
+
+
+def _batches(o: "SimOptions", rng: random.Random) -> "SimOptions":
+    return dataclasses.replace(_sessions(o, rng), profile="batches",
+                               batch_every=rng.choice([1, 2, 3]))
 
 
 def _membership(o: "SimOptions", rng: random.Random) -> "SimOptions":
@@ -170,14 +217,18 @@ def _own_ack_early(o: "SimOptions", rng: random.Random) -> "SimOptions":
 PROFILES: dict[str, Callable[["SimOptions", random.Random], "SimOptions"]] = {
     "lease": _lease,
     "lease-beyond": _lease_beyond,
+    "leases": _leases,
+    "leases-beyond": _leases_beyond,
     "sessions": _sessions,
     "sessions-nodedup": _sessions_nodedup,
+    "batches": _batches,
     "membership": _membership,
     "failover": _failover,
     "single-voter": _single_voter,
     "own-ack-early": _own_ack_early,
 }
-NEGATIVE_PROFILES = frozenset({"lease-beyond", "sessions-nodedup", "own-ack-early"})
+NEGATIVE_PROFILES = frozenset({"lease-beyond", "leases-beyond", "sessions-nodedup",
+                               "own-ack-early"})
 
 
 def apply_profile(options: "SimOptions", name: str, rng: random.Random) -> "SimOptions":

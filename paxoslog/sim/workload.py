@@ -13,6 +13,10 @@ Profile features (off by default):
 * ``lease_reads``: a get at the leader is served at ``lease_read_index()`` when the lease
   holds, else through ``read_index`` as usual.  A paused node serves nothing (the client
   tries again later), as a stopped process would.
+* ``batch_every`` ("batches" profile): every n-th write (by operation id, so no random
+  draw) is sent as a batch command of that one operation, the path of ``POST
+  /api/v1/consensus/batch`` and the WebSocket channel; its result is the batch's only
+  result, and a retried batch must be answered from the session table like any write.
 * ``sessions``: each operation carries (client, sequence); its reply may be lost on the
   way back (``response_loss_rate``), and an attempt that gets no reply within
   ``client_timeout_ms`` (lost reply, crashed node, stuck leader) is retried with the same
@@ -157,12 +161,21 @@ class Workload:
             if request.kind == "cas":
                 fields["expected"] = request.expected
             client_id = f"c{request.client}"
-            data = node.driver.machines.encode_write("kv", fields, client_id, request.seq,
-                                                    ts=int(self.sim.now))
+            machines = node.driver.machines
+            if self._batched(request):
+                data = machines.encode_batch_write([("kv", fields, None)], client_id,
+                                                   request.seq, ts=int(self.sim.now))
+            else:
+                data = machines.encode_write("kv", fields, client_id, request.seq,
+                                             ts=int(self.sim.now))
             payload = ("write", ((client_id, request.seq), data))
         if not node.client_request(attempt, *payload):
             # Connection refused: definitely not sent; try elsewhere.
             self.sim.schedule(self.rng.uniform(1.0, 10.0), self._attempt, request, chain)
+
+    def _batched(self, request: Request) -> bool:
+        every = self.sim.options.batch_every
+        return bool(every) and request.kind != "get" and request.op_id % every == 0
 
     def reply(self, attempt: Attempt, node: int, status: int, body: dict) -> None:
         """A node answered an attempt, as the HTTP API would."""
@@ -174,7 +187,10 @@ class Workload:
             if request.kind == "get":
                 result = body.get("value")
             elif request.kind == "cas":
-                result = bool(body["result"].get("succeeded"))
+                outcome = body["result"]
+                if self._batched(request):
+                    outcome = outcome["results"][0]
+                result = bool(outcome.get("succeeded"))
             else:
                 result = None
             self.complete(request, result)

@@ -22,8 +22,8 @@ import zlib
 
 import cbor2
 
-from paxoslog.core.ballot import Ballot
 from paxoslog.core.log import ENTRY_CONFIG, ENTRY_NOOP, ENTRY_NORMAL, Entry, entry_config
+from paxoslog.terms import describe_term, term_fields
 
 from .errors import CorruptLog, CorruptSnapshot, StorageError
 from .hardstate import HARDSTATE_FILE, read_hardstate
@@ -111,10 +111,15 @@ def _command_preview(command: bytes) -> str:
     return text if len(text) <= 80 else text[:77] + "..."
 
 
-def _entry_text(entry: Entry) -> str:
+def _term_text(stored: int, protocol: str | None) -> str:
+    """``term=2 ballot=2.1`` (Multi-Paxos) or ``term=5`` (Raft): paxoslog/terms.py."""
+    return " ".join(f"{k}={v}" for k, v in term_fields(stored, protocol).items())
+
+
+def _entry_text(entry: Entry, protocol: str | None = None) -> str:
     kind = _KIND_NAMES.get(entry.kind, str(entry.kind))
     size = sum(len(c) for c in entry.payload)
-    text = f"entry index={entry.index} term={entry.term} kind={kind}"
+    text = f"entry index={entry.index} {_term_text(entry.term, protocol)} kind={kind}"
     if entry.kind == ENTRY_CONFIG:
         try:
             return text + f" config={entry_config(entry).describe()}"
@@ -126,19 +131,20 @@ def _entry_text(entry: Entry) -> str:
     return text
 
 
-def _entry_json(entry: Entry) -> dict:
-    return {"type": "entry", "index": entry.index, "term": entry.term,
+def _entry_json(entry: Entry, protocol: str | None = None) -> dict:
+    return {"type": "entry", "index": entry.index, **term_fields(entry.term, protocol),
             "kind": _KIND_NAMES.get(entry.kind, entry.kind),
             "commands": [base64.b64encode(c).decode() for c in entry.payload]}
 
 
-def _record_json(rtype: int, value) -> dict:
+def _record_json(rtype: int, value, protocol: str | None = None) -> dict:
     if rtype == REC_HARDSTATE:
-        return {"type": "hardstate", "term": value.term, "vote": value.vote, "commit": value.commit}
+        return {"type": "hardstate", **term_fields(value.term, protocol), "vote": value.vote,
+                "commit": value.commit}
     if rtype == REC_TRUNCATE:
         return {"type": "truncate", "from": value}
     if rtype == REC_SNAPSHOT:
-        return {"type": "snapshot", "index": value[0], "term": value[1]}
+        return {"type": "snapshot", "index": value[0], **term_fields(value[1], protocol)}
     if rtype == REC_SYNC:
         return {"type": "sync", "synced": value}
     if rtype == REC_HEADER:
@@ -146,8 +152,8 @@ def _record_json(rtype: int, value) -> dict:
     return {"type": RECORD_NAMES.get(rtype, str(rtype))}
 
 
-def _record_text(rtype: int, value) -> str:
-    fields = _record_json(rtype, value)
+def _record_text(rtype: int, value, protocol: str | None = None) -> str:
+    fields = _record_json(rtype, value, protocol)
     name = fields.pop("type")
     return name + " " + " ".join(f"{k}={v}" for k, v in fields.items())
 
@@ -159,6 +165,14 @@ def _missing(path: str, what: str) -> int:
 
 # ---------------------------------------------------------------------- log dump
 
+def _protocol_of(data_dir: str) -> str | None:
+    """The protocol META names (None: unreadable; terms.py then tells by magnitude)."""
+    try:
+        return read_meta(meta_path(data_dir)).protocol
+    except (OSError, StorageError, ValueError):
+        return None
+
+
 def main_log_dump(args) -> int:
     data_dir = args.data_dir
     if not os.path.isdir(data_dir):
@@ -168,6 +182,7 @@ def main_log_dump(args) -> int:
     ranged = args.from_index is not None or args.to_index is not None
     out = sys.stdout
     status = EXIT_OK
+    protocol = _protocol_of(data_dir)
     try:
         scans, problems = read_wal(data_dir)
     except OSError as exc:
@@ -185,9 +200,9 @@ def main_log_dump(args) -> int:
                     if low <= entry.index <= high:
                         if args.json:
                             out.write(json.dumps({"segment": name, "offset": record.offset,
-                                                  **_entry_json(entry)}) + "\n")
+                                                  **_entry_json(entry, protocol)}) + "\n")
                         else:
-                            out.write(f"{where:<28} {_entry_text(entry)}\n")
+                            out.write(f"{where:<28} {_entry_text(entry, protocol)}\n")
                 continue
             if record.rtype in (REC_HEADER, REC_SYNC) and not args.all_records:
                 continue
@@ -195,9 +210,11 @@ def main_log_dump(args) -> int:
                 continue        # a range shows its entries and the truncations reaching them
             if args.json:
                 out.write(json.dumps({"segment": name, "offset": record.offset,
-                                      **_record_json(record.rtype, record.value)}) + "\n")
+                                      **_record_json(record.rtype, record.value,
+                                                     protocol)}) + "\n")
             else:
-                out.write(f"{where:<28} {_record_text(record.rtype, record.value)}\n")
+                out.write(f"{where:<28} "
+                          f"{_record_text(record.rtype, record.value, protocol)}\n")
         if scan.torn is not None:
             note = {"segment": name, "offset": scan.torn.offset, "type": "torn-tail",
                     "bytes": scan.torn.dropped_bytes, "reason": scan.torn.reason}
@@ -268,7 +285,8 @@ def verify_data_dir(data_dir: str, check_snapshots: bool = True) -> dict:
     report["records"] = records
     hard_state = replay.hard_state or checkpoint
     if hard_state is not None:
-        report["hard_state"] = dict(hard_state._asdict())
+        report["hard_state"] = {**dict(hard_state._asdict()),
+                                **term_fields(hard_state.term, protocol)}
     floor = replay.floor[0] if replay.floor else 0
     report["floor"] = floor
 
@@ -276,14 +294,15 @@ def verify_data_dir(data_dir: str, check_snapshots: bool = True) -> dict:
     newest_valid = None
     store = SnapshotStore(os.path.join(data_dir, "snap"), read_only=True)
     for snap in store.list():
-        item = {"path": snap.path, "index": snap.index, "term": snap.term}
+        item = {"path": snap.path, "index": snap.index, **term_fields(snap.term, protocol)}
         if check_snapshots:
             try:
                 info = verify_snapshot(snap.path)
                 item["ok"] = True
                 if (info.meta.index, info.meta.term) != (snap.index, snap.term):
                     item["ok"] = False
-                    errors.append(f"{snap.path}: header says ({info.meta.index}, {info.meta.term})")
+                    errors.append(f"{snap.path}: header says index {info.meta.index}, "
+                                  f"{describe_term(info.meta.term, protocol)}")
                 else:
                     newest_valid = snap
             except CorruptSnapshot as exc:
@@ -354,11 +373,15 @@ def main_log_verify(args) -> int:
                   f"(log compacted through {report['floor']})\n")
         if "hard_state" in report:
             hs = report["hard_state"]
-            out.write(f"hard state   term {hs['term']} vote {hs['vote']} commit {hs['commit']}\n")
+            ballot = f" (ballot {hs['ballot']}) promised" if "ballot" in hs else \
+                f" vote {hs['vote']}"
+            out.write(f"hard state   term {hs['term']}{ballot} commit {hs['commit']}\n")
         for snap in report["snapshots"]:
             state = {True: "ok", False: f"CORRUPT ({snap.get('error', '')})"}.get(
                 snap.get("ok"), "not checked")
-            out.write(f"snapshot     index {snap['index']} term {snap['term']}: {state}\n")
+            ballot = f" (ballot {snap['ballot']})" if "ballot" in snap else ""
+            out.write(f"snapshot     index {snap['index']} term {snap['term']}{ballot}: "
+                      f"{state}\n")
         for warning in report["warnings"]:
             out.write(f"warning: {warning}\n")
         for error in report["errors"]:
@@ -388,7 +411,8 @@ def main_snapshot_inspect(args) -> int:
             out.write(f"CORRUPT: {exc}\n")
         return EXIT_CORRUPT
     report = {
-        "file": path, "ok": True, "index": info.meta.index, "term": info.meta.term,
+        "file": path, "ok": True, "index": info.meta.index,
+        **term_fields(info.meta.term, _snapshot_protocol(path, info)),
         "config": info.meta.config.describe(), "state_machines": info.sizes,
         "chunks": info.chunks, "sessions_bytes": info.sessions_bytes,
         "uncompressed_bytes": info.uncompressed_bytes, "compressed_bytes": info.compressed_bytes,
@@ -401,9 +425,7 @@ def main_snapshot_inspect(args) -> int:
         out.write(json.dumps(report) + "\n")
         return EXIT_OK
     out.write(f"file               {path}\n")
-    term = f"term {info.meta.term}"
-    if (info.backup or {}).get("protocol") == "multipaxos":
-        term += f" (ballot {Ballot.unpack(info.meta.term)})"
+    term = describe_term(info.meta.term, _snapshot_protocol(path, info))
     out.write(f"covers             index {info.meta.index} {term}\n")
     if info.backup is not None:
         origin = info.backup
@@ -420,6 +442,14 @@ def main_snapshot_inspect(args) -> int:
     out.write(f"checksum           zstd content checksum {info.checksum} verified; "
               f"file crc32 {crc:08x}\n")
     return EXIT_OK
+
+
+def _snapshot_protocol(path: str, info) -> str | None:
+    """A backup names its protocol; a snapshot in a data dir's snap/ has META beside it."""
+    protocol = (info.backup or {}).get("protocol")
+    if protocol in ("multipaxos", "raft"):
+        return protocol
+    return _protocol_of(os.path.dirname(os.path.dirname(os.path.abspath(path))))
 
 
 def _utc(stamp) -> str:

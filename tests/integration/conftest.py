@@ -134,13 +134,16 @@ class ClusterHarness:
             env["PAXOSLOG_CACERT"] = self.ca_file
         return env
 
-    def start(self, node_id: int, join: int | None = None, env: dict | None = None) -> None:
+    def start(self, node_id: int, join: int | None = None, env: dict | None = None,
+              args: list[str] | None = None, conf: str | None = None) -> None:
         """Start ``node_id``; ``join``: a member whose API the new node asks to add it;
-        ``env``: extra environment variables (NOTIFY_SOCKET, JOURNAL_STREAM, ...)."""
+        ``env``: extra environment variables (NOTIFY_SOCKET, JOURNAL_STREAM, ...);
+        ``args``: extra ``serve`` options; ``conf``: another conf file for this node."""
         assert node_id not in self.procs, f"node {node_id} already running"
         log = open(self.log_path(node_id), "ab")
         command = [sys.executable, "-m", "paxoslog.cli", "serve", "--config",
-                   self.confs.get(node_id, self.conf_path), "--node", str(node_id)]
+                   conf or self.confs.get(node_id, self.conf_path), "--node", str(node_id),
+                   *(args or ())]
         if join is not None:
             command += ["--join", self.url(join)]
         self.procs[node_id] = subprocess.Popen(

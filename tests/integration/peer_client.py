@@ -70,6 +70,16 @@ def tls_socket(port: int, ca_file: str | None, cert: tuple[str, str] | None,
     return context.wrap_socket(raw, server_hostname=server_name)
 
 
+def hello_info(enabled=("kv",)) -> dict:
+    """The info map of a HELLO from a node with the harness's state machines (the conf's
+    default ``kv`` plus the always-on ``membership``)."""
+    import statemachines
+    names = sorted(set(enabled) | {"membership"})
+    return {"version": "test",
+            "state_machines": [[n, getattr(statemachines.create(n), "version", 1)]
+                               for n in names]}
+
+
 class PeerClient:
     """One dialer connection claiming to be node ``claimed`` of ``cluster``."""
 
@@ -89,7 +99,8 @@ class PeerClient:
     def hello(self) -> list:
         """Send HELLO; returns the node's answer (the CHALLENGE)."""
         self._hello = cbor2.dumps([F.HELLO, F.WIRE_VERSION, self.cluster, self.claimed,
-                                   self.target, os.urandom(F.NONCE_BYTES), self.bootstrap])
+                                   self.target, os.urandom(F.NONCE_BYTES), self.bootstrap,
+                                   hello_info()])
         self.sock.sendall(_HEADER.pack(len(self._hello)) + self._hello)
         self._challenge = read_raw(self.sock)
         return cbor2.loads(self._challenge)
@@ -103,7 +114,7 @@ class PeerClient:
         self.sock.sendall(frame([F.AUTH, proof]))
         accept = cbor2.loads(read_raw(self.sock))
         want = F.handshake_proof(self.secret, "acceptor", transcript)
-        assert accept == [F.ACCEPT, want], accept
+        assert accept[:2] == [F.ACCEPT, want] and isinstance(accept[2], dict), accept
         if self.macs:
             to_acceptor, to_dialer = F.frame_keys(self.secret, transcript)
             self.sealer = F.FrameSealer(to_acceptor)

@@ -232,3 +232,52 @@ def test_recheck_uses_the_saved_history_and_final_reads(tmp_path):
     assert by_name["replicas-agree"]["message"] == "kept"
     assert out["passed"] is False and (tmp_path / "recheck.json").exists()
     assert out["unavailability"][0]["after_fault_s"] == 1.5
+
+
+def _entry(index, *puts, kind="normal"):
+    commands = [{"sm": "kv", "op": "put", "key": k, "value": v, "client_id": "c",
+                 "sequence": index * 10 + i, "ts": 1} for i, (k, v) in enumerate(puts)]
+    return {"index": index, "term": 1, "kind": kind, "command": commands if puts else None}
+
+
+def _observers(log, events, **changes):
+    tail = {"name": "tail", "kind": "tail", "items": log, "next": len(log) + 1,
+            "duplicates": 0, "gaps": 0, "reconnects": 0, "ends": [], "error": None}
+    watch = {"name": "watch", "kind": "watch", "items": events, "next": len(log) + 1,
+             "duplicates": 0, "gaps": 0, "reconnects": 1, "ends": [], "error": None,
+             "prefix": "k", "prev": False}
+    watch.update(changes)
+    return [tail, watch]
+
+
+def test_streams_pass_when_tails_and_watches_match_the_log_and_the_history():
+    """A gap-free tail, a watch with exactly the log's events, writes acknowledged at the
+    indexes of their events: pass."""
+    log = [_entry(1, kind="noop"), _entry(2, ("k1", 10)), _entry(3, ("x", 1), ("k1", 11))]
+    events = [{"type": "put", "key": "k1", "value": 10, "version": 1, "create_index": 2,
+               "mod_index": 2},
+              {"type": "put", "key": "k1", "value": 11, "version": 2, "create_index": 2,
+               "mod_index": 3}]
+    records = [op(1, "put", "k1", 10, 0, 1), op(2, "put", "k1", 11, 1, 2)]
+    records[0].index, records[1].index = 2, 3
+    result = checks.check_streams(_observers(log, events), records, 3)
+    assert result.ok is True, result.message
+
+
+def test_streams_fail_on_a_missing_event_a_duplicate_or_a_failed_write_seen():
+    """A watch that skipped an event, a stream that dropped duplicates, an event of a
+    write the history calls failed, an acknowledged write with no event: each fails."""
+    log = [_entry(1, ("k1", 10)), _entry(2, ("k1", 11))]
+    full = [{"type": "put", "key": "k1", "value": 10, "version": 1, "create_index": 1,
+             "mod_index": 1},
+            {"type": "put", "key": "k1", "value": 11, "version": 2, "create_index": 1,
+             "mod_index": 2}]
+    assert checks.check_streams(_observers(log, full[1:]), [], 2).ok is False
+    assert checks.check_streams(_observers(log, full, duplicates=1), [], 2).ok is False
+    failed = op(1, "put", "k1", 11, 0, 1, status=FAIL)
+    result = checks.check_streams(_observers(log, full), [failed], 2)
+    assert result.ok is False and "failed" in result.message
+    acked = op(2, "put", "k1", 12, 0, 1)
+    acked.index = 2
+    assert checks.check_streams(_observers(log, full), [acked], 2).ok is False
+    assert checks.check_streams([], [], 2).ok is None

@@ -5,7 +5,8 @@ faults on 3 nodes, whole-cluster kills and clean partitions on 3 nodes, partial 
 and flaky links on 5 nodes), each group one run of 18 s of traffic.  The tool is run as an
 operator runs it (a separate process); the test reads its exit code and verdict.json.
 A pass needs a valid run (faults injected, >= 100 acknowledged ops/s before the first) in
-which every check passed and every kind of the group was injected.  The membership change
+which every check passed (the stream observers' too: tails and watches that followed the
+run exactly) and every kind of the group was injected.  The membership change
 must really have happened: a spare node joined and became a voter, a voter was removed and
 exited on its own, and the cluster ended with as many voters as it started with.
 Every run happens twice: on plain TCP (peer frames MAC'd; the proxy re-MACs them) and with
@@ -65,6 +66,8 @@ def test_chaos_smoke(tmp_path, mode, group, transport):
         verdict = json.load(f)
     assert verdict["valid"] and verdict["passed"], summary
     assert verdict["ops"]["ok_rate_before_first_fault"] >= 100, summary
+    streams = next(c for c in verdict["checks"] if c["name"] == "streams")
+    assert streams["ok"] and streams["data"]["log_entries"] > 0, streams["message"]
     by_kind = {fault["kind"]: fault for fault in verdict["faults"]}
     for kind in kinds:
         assert kind in by_kind, f"{kind} never ran:\n{summary}"

@@ -86,7 +86,8 @@ def _launch(playwright):
 
 def test_dashboard_in_chromium_follows_a_leader_change(make_cluster, protocol, tmp_path):
     """Headless chromium loads a follower's dashboard: it shows three nodes and the
-    leader, log slots, load figures; after kill -9 of the leader it shows the new leader
+    leader, log slots, load figures; it follows the node's log over the WebSocket endpoint
+    (a new write's slot appears through a refresh the tail started); after kill -9 of the leader it shows the new leader
     and the old one unreachable.  Screenshots go to the test's temp dir."""
     try:
         from playwright import sync_api
@@ -114,6 +115,15 @@ def test_dashboard_in_chromium_follows_a_leader_change(make_cluster, protocol, t
             assert page.locator("#served-by").inner_text() == str(watcher)
             assert page.locator("#protocol").inner_text() == protocol
             assert page.locator(".slot").count() >= 20
+            page.wait_for_function(
+                "() => document.querySelector('#connection').dataset.stream === 'websocket'",
+                timeout=15_000)
+            _, body = c.write("live", 1)
+            page.wait_for_function(
+                "i => document.querySelector(`.slot[data-index='${i}']`) !== null "
+                "&& window.paxoslogDashboard.source.liveRefreshes > 0",
+                arg=body["index"], timeout=15_000)
+            assert page.evaluate("window.paxoslogDashboard.source.streamMessages") >= 1
             for i in range(20, 40):                  # load for the charts
                 c.write(f"d{i}", i)
             page.wait_for_function(

@@ -130,7 +130,7 @@ def test_status_log_entries_health_and_metrics(shared):
     text = metrics.body.decode()
     for series in ("paxoslog_term ", 'paxoslog_role{role="leader"} 1', "paxoslog_commit_index ",
                    "paxoslog_applied_index ", "paxoslog_proposals_total ",
-                   "paxoslog_commits_total ", "paxoslog_fsync_seconds_bucket{le=",
+                   "paxoslog_commits_total ", "paxoslog_wal_fsync_duration_seconds_bucket{le=",
                    "paxoslog_peer_connected{peer="):
         assert series in text, series
 

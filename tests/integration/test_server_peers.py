@@ -14,7 +14,7 @@ import pytest
 
 from paxoslog.server import frames as F
 from paxoslog_integration import wait_for
-from tests.integration.peer_client import PeerClient, closed_by_peer, frame
+from tests.integration.peer_client import PeerClient, closed_by_peer, frame, hello_info
 
 SECRET = "integration-secret"
 
@@ -58,11 +58,11 @@ def test_garbage_and_wrong_cluster_are_refused_and_the_cluster_keeps_working(mp_
         assert _closed_by_peer(s)
     with _connect(c, target) as s:
         s.sendall(_frame([F.HELLO, F.WIRE_VERSION, "someone-else", 1, target,
-                          os.urandom(F.NONCE_BYTES), sorted(c.ids)]))
+                          os.urandom(F.NONCE_BYTES), sorted(c.ids), hello_info()]))
         assert _closed_by_peer(s)
     with _connect(c, target) as s:
         s.sendall(_frame([F.HELLO, F.WIRE_VERSION, f"it-{c.protocol}", 99, target,
-                          os.urandom(F.NONCE_BYTES), sorted(c.ids)]))
+                          os.urandom(F.NONCE_BYTES), sorted(c.ids), hello_info()]))
         assert _closed_by_peer(s)
     assert _metric(c, target, "paxoslog_peer_handshake_failures_total") >= 2
     c.write("still-works", 1)

@@ -208,3 +208,21 @@ def test_parse_address_forms():
     for bad in ("", "host", ":80", "host:", "host:http", "host:-1", "host:70000"):
         with pytest.raises(ValueError):
             parse_address(bad)
+
+
+def test_websocket_limits_have_defaults_and_errors_name_the_key(tmp_path):
+    """[websocket] and limits.batch_ops_max: defaults when absent, values when given, and
+    unknown keys or out-of-range values name websocket.<key>."""
+    config = load_config(write(tmp_path, BASE + NODES))
+    assert config.websocket.inflight_requests_max == 1024 and config.limits.batch_ops_max == 10_000
+    config = load_config(write(tmp_path, BASE + "[websocket]\nsubscriptions_max = 3\n"
+                               "slow_consumer_ms = 500\n[limits]\nbatch_ops_max = 7\n" + NODES))
+    assert config.websocket.subscriptions_max == 3 and config.websocket.slow_consumer_ms == 500
+    assert config.limits.batch_ops_max == 7
+    for text, key in (("[websocket]\nmessage_bytes_max = 10\n", "websocket.message_bytes_max"),
+                      ("[websocket]\nnope = 1\n", "websocket.nope"),
+                      ("[websocket]\nprogress_interval_ms = 5\n",
+                       "websocket.progress_interval_ms")):
+        with pytest.raises(ConfigError) as error:
+            load_config(write(tmp_path, BASE + text + NODES))
+        assert error.value.key == key

@@ -106,7 +106,8 @@ def test_a_write_is_answered_only_once_its_entry_is_persisted_and_applied(protoc
         Applied([ready.entries[0]],
                 [CommandApplied(index, ready.entries[0].term, "kv",
                                 {"sm": "kv", "op": "put", "key": "a", "value": 1,
-                                 "client_id": "c1", "sequence": 1}, key, EXECUTED, result)]),
+                                 "client_id": "c1", "sequence": 1}, key, EXECUTED, result,
+                                (("a", (1, index, index, 1), None),))]),
         Reply("H", 200, {"status": "committed", "index": index, "term": d.replica.term,
                          "leader": 1, "result": result})]
     assert d.machines.kv.get("a")["value"] == 1 and d.applied_index == index

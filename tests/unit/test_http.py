@@ -2,7 +2,8 @@
 pipelining order, chunked bodies, 100-continue, HEAD, limits (413 before the body, 431,
 connection caps in all and per address), garbage, backpressure (pipelining limit within one
 read, a full write buffer), read deadlines (headers, body, idle, a client that does not
-read), and JSON bodies that cannot hold NaN or Infinity."""
+read), JSON bodies that cannot hold NaN or Infinity, and the protocol switch of the
+WebSocket endpoint."""
 
 from __future__ import annotations
 
@@ -12,7 +13,8 @@ import pytest
 from twisted.internet import defer, task
 from twisted.internet.testing import StringTransport
 
-from paxoslog.server.http import FileBody, HttpFactory, HttpProtocol, json_response
+from paxoslog.server.http import (FileBody, HttpFactory, HttpProtocol, SwitchProtocols,
+                                     json_response)
 
 
 @dataclass(frozen=True)
@@ -379,3 +381,125 @@ def test_json_responses_never_carry_nan_or_infinity():
     import json
     status, body, _, _ = json_response(200, {"x": float("inf"), "y": [float("nan")]})
     assert status == 500 and json.loads(body)["error"] == "internal"
+
+
+
+class Recorder:
+    """A protocol a connection is handed to: what it got."""
+
+    def __init__(self) -> None:
+        self.data = b""
+        self.transport = None
+        self.lost = False
+
+    def makeConnection(self, transport) -> None:
+        self.transport = transport
+
+    def dataReceived(self, data: bytes) -> None:
+        self.data += data
+
+    def connectionLost(self, reason=None) -> None:
+        self.lost = True
+
+
+class RecorderFactory:
+    def __init__(self) -> None:
+        self.built: list[Recorder] = []
+
+    def buildProtocol(self, addr):
+        self.built.append(Recorder())
+        return self.built[-1]
+
+
+UPGRADE = (b"GET /ws HTTP/1.1\r\nHost: h\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n"
+           b"Sec-WebSocket-Key: x\r\n\r\n")
+
+
+class UpgradingApp(App):
+    def __init__(self, factory, later: bool = False) -> None:
+        super().__init__()
+        self.factory = factory
+        self.later = later
+
+    def handle(self, request):
+        self.requests.append(request)
+        if request.path != "/ws":
+            return json_response(200, {"upgrade": request.upgrade})
+        if not request.upgrade:
+            return json_response(426, {"error": "upgrade_required"})
+        if self.later:
+            d = defer.Deferred()
+            self.pending.append(d)
+            return d
+        return SwitchProtocols(self.factory)
+
+
+def upgrading(later: bool = False):
+    target = RecorderFactory()
+    factory = HttpFactory(UpgradingApp(target, later), Limits(), task.Clock())
+    proto = factory.buildProtocol(None)
+    transport = StringTransport()
+    proto.makeConnection(transport)
+    return factory, target, proto, transport
+
+
+def test_an_upgrade_hands_the_raw_request_and_what_follows_to_the_new_protocol():
+    """SwitchProtocols: the new protocol gets the transport, the request's own bytes and
+    the bytes after it; later reads and the close are relayed to it; no HTTP answer."""
+    factory, target, proto, t = upgrading()
+    proto.dataReceived(UPGRADE[:20])
+    proto.dataReceived(UPGRADE[20:] + b"\x81\x05frame")
+    assert t.value() == b""
+    (upgraded,) = target.built
+    assert upgraded.transport is t and upgraded.data == UPGRADE + b"\x81\x05frame"
+    proto.dataReceived(b"more")
+    assert upgraded.data.endswith(b"more")
+    proto.connectionLost(None)
+    assert upgraded.lost and proto not in factory.connections
+
+
+def test_an_upgrade_answered_later_keeps_the_bytes_that_arrive_meanwhile():
+    """A handler that decides later: bytes after the request wait for the switch."""
+    factory, target, proto, t = upgrading(later=True)
+    proto.dataReceived(UPGRADE)
+    proto.dataReceived(b"early")
+    factory.app.pending[0].callback(SwitchProtocols(target))
+    assert target.built[0].data == UPGRADE + b"early"
+
+
+def test_an_upgrade_that_is_not_the_first_request_is_answered_as_http_and_closed():
+    """Only a connection's first request may switch protocols."""
+    factory, target, proto, t = upgrading()
+    proto.dataReceived(b"GET /x HTTP/1.1\r\nHost: h\r\n\r\n" + UPGRADE)
+    out = responses(t.value())
+    assert b'"upgrade":false' in out[0] and b"426" in out[1].split(b"\r\n")[0]
+    assert t.disconnecting and not target.built
+
+
+def test_a_refused_upgrade_gets_its_http_answer_then_the_connection_closes():
+    """An upgrade request to a path that does not switch: a plain answer, then close."""
+    factory, target, proto, t = upgrading()
+    proto.dataReceived(UPGRADE.replace(b"/ws", b"/other") + b"GET /x HTTP/1.1\r\n\r\n")
+    out = responses(t.value())
+    assert len(out) == 1 and b'"upgrade":true' in out[0] and t.disconnecting
+
+
+def test_an_upgraded_connection_leaves_the_producer_slot_and_the_http_deadlines():
+    """After the switch the new protocol may register its own producer, and no HTTP
+    deadline (header, idle) cuts the connection: the WebSocket layer has its own."""
+    factory, target, proto, t = upgrading()
+    assert t.producer is proto
+    proto.dataReceived(UPGRADE)
+    assert t.producer is None and target.built
+    factory.reactor.advance(3600)
+    factory.sweep()
+    assert not t.disconnecting and t.value() == b""
+
+
+def test_an_upgrade_request_larger_than_one_parse_slice_arrives_whole():
+    """The input is parsed in slices bounded by the pipelining limit; the new protocol
+    still gets every byte of a long upgrade request and the frame after it."""
+    factory, target, proto, t = upgrading()
+    request = UPGRADE.replace(b"\r\n\r\n", b"\r\nX-Pad: " + b"p" * 1500 + b"\r\n\r\n")
+    proto.dataReceived(request + b"\x81\x01x")
+    assert target.built[0].data == request + b"\x81\x01x"

@@ -12,6 +12,7 @@ import statemachines
 from paxoslog.config import ConfigError, parse_config
 from statemachines import BadCommand, StateMachine, create, snapshot_producer
 from statemachines.counter import CounterStateMachine
+from statemachines.kv import KVStateMachine
 
 NODES = '[[nodes]]\nid = 1\npeer = "127.0.0.1:7001"\napi = "127.0.0.1:8001"\n'
 BASE = 'cluster = "t"\ndata_dir = "d/{node}"\n'
@@ -294,4 +295,35 @@ def test_kv_prefix_reads_are_cut_by_bytes_and_say_more():
     for i in range(5):
         roomy.apply(i + 1, {"op": "put", "key": f"k{i}", "value": i})
     assert roomy.query({"prefix": "k", "limit": 3}) == {
-        "kvs": [roomy.get(f"k{i}") for i in range(3)], "more": True}
+        "kvs": [roomy.get(f"k{i}") for i in range(3)], "more": True, "cursor": "k2"}
+
+
+def test_kv_prefix_cursor_walks_every_key_once_and_delete_range_continues():
+    """Pages follow "cursor" (passed back as "after") without repeats or gaps, even with
+    keys added below the cursor meanwhile; delete_range deletes LIMIT keys per command."""
+    kv = KVStateMachine()
+    for i in range(2500):
+        kv.apply(i + 1, kv.validate({"op": "put", "key": f"p/{i:05d}", "value": i}))
+    kv.apply(9000, kv.validate({"op": "put", "key": "q", "value": 0}))
+    seen, after = [], None
+    while True:
+        page = kv.query({"prefix": "p/", "limit": 700, **({"after": after} if after else {})})
+        seen += [r["key"] for r in page["kvs"]]
+        if not page["more"]:
+            assert "cursor" not in page
+            break
+        after = page["cursor"]
+        kv.apply(9001, kv.validate({"op": "put", "key": "p/", "value": "below"}))
+    assert seen == [f"p/{i:05d}" for i in range(2500)]
+    with pytest.raises(BadCommand, match="after"):
+        kv.validate({"op": "delete_range", "prefix": "p/", "after": 5})
+    command = kv.validate({"op": "delete_range", "prefix": "p/0", "limit": 1000})
+    first = kv.apply(9002, command)
+    assert first == {"op": "delete_range", "deleted": 1000, "more": True, "cursor": "p/00999"}
+    second = kv.apply(9003, kv.validate({"op": "delete_range", "prefix": "p/0",
+                                          "after": first["cursor"]}))     # default: 1000
+    assert second == {"op": "delete_range", "deleted": 1000, "more": True, "cursor": "p/01999"}
+    third = kv.apply(9004, kv.validate({"op": "delete_range", "prefix": "p/0", "limit": 9999,
+                                         "after": second["cursor"]}))
+    assert third == {"op": "delete_range", "deleted": 500, "more": False}
+    assert kv.query({"prefix": ""})["kvs"] == [kv.get("p/"), kv.get("q")]

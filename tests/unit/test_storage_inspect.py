@@ -9,6 +9,7 @@ import os
 
 import pytest
 
+from paxoslog.core.ballot import Ballot
 from paxoslog.core.log import ENTRY_NORMAL, Entry, HardState, SnapshotMeta, config_entry
 from paxoslog.core.quorum import Config
 from paxoslog.core.ready import Ready
@@ -22,6 +23,10 @@ OPTIONS = StorageOptions(segment_bytes=4096)
 
 def entry(index: int, term: int = 1) -> Entry:
     return Entry(index, term, ENTRY_NORMAL, (b"command-%d" % index,))
+
+
+# Ballot 5.1 (round 5, node 1) as storage keeps it: users see term 5, never 21474836481.
+BALLOT = Ballot(5, 1).pack()
 
 
 def run(argv: list[str], capsys) -> tuple[int, str]:
@@ -38,12 +43,12 @@ def paxos_dir(tmp_path):
     data_dir = str(tmp_path / "n1")
     storage = DiskStorage(data_dir, "test", 1, "multipaxos", OPTIONS)
     storage.load()
-    storage.save(Ready(entries=[config_entry(1, 5, CONFIG)]))
+    storage.save(Ready(entries=[config_entry(1, BALLOT, CONFIG)]))
     for i in range(2, 31):
-        storage.save(Ready(hard_state=HardState(5, 0, i - 1), entries=[entry(i, 5)]))
-    storage.save(Ready(entries=[entry(i, 5) for i in range(36, 41)]))
-    storage.save_snapshot(SnapshotMeta(10, 5, CONFIG), [("kv", [b"ten"])], {"sessions": 1})
-    storage.save_snapshot(SnapshotMeta(20, 5, CONFIG), [("kv", [b"twenty" * 100])], None)
+        storage.save(Ready(hard_state=HardState(BALLOT, 0, i - 1), entries=[entry(i, BALLOT)]))
+    storage.save(Ready(entries=[entry(i, BALLOT) for i in range(36, 41)]))
+    storage.save_snapshot(SnapshotMeta(10, BALLOT, CONFIG), [("kv", [b"ten"])], {"sessions": 1})
+    storage.save_snapshot(SnapshotMeta(20, BALLOT, CONFIG), [("kv", [b"twenty" * 100])], None)
     storage.compact(20)
     storage.close()
     return data_dir
@@ -69,12 +74,15 @@ def test_dump_lists_entries_in_a_range_as_text_and_json(paxos_dir, capsys):
     indexes = [int(line.split("index=")[1].split()[0]) for line in out.splitlines() if "entry " in line]
     assert indexes == [25, 26, 27, 28, 29, 30, 36, 37]
     assert "command-25" in out
+    assert "term=5 ballot=5.1" in out and str(BALLOT) not in out
     status, out = run(["log", "dump", "--data-dir", paxos_dir, "--json"], capsys)
     rows = [json.loads(line) for line in out.splitlines()]
     assert status == 0
     entries = [r for r in rows if r["type"] == "entry"]
     assert entries[0]["kind"] == "config"
-    assert {"type": "snapshot", "index": 10, "term": 5}.items() <= rows[-1].items()
+    assert {"type": "snapshot", "index": 10, "term": 5, "ballot": "5.1"}.items() \
+        <= rows[-1].items()
+    assert all(r["term"] == 5 for r in rows if "term" in r)
     assert any(r["type"] == "hardstate" and r["commit"] == 29 for r in rows)
 
 
@@ -173,11 +181,14 @@ def test_snapshot_inspect_reports_metadata_sizes_ratio_and_checksum(paxos_dir, c
     status, out = run(["snapshot", "inspect", path, "--json"], capsys)
     report = json.loads(out)
     assert status == 0 and report["index"] == 20 and report["term"] == 5
+    assert report["ballot"] == "5.1"
     assert report["state_machines"] == {"kv": 600}
     assert report["compression_ratio"] > 1 and len(report["zstd_content_checksum"]) == 8
     assert report["config"] == "voters=1,2,3"
     status, out = run(["snapshot", "inspect", path], capsys)
     assert status == 0 and "kv: 600 bytes" in out and "verified" in out
+    covers = next(line for line in out.splitlines() if line.startswith("covers"))
+    assert covers.split()[1:] == ["index", "20", "term", "5", "(ballot", "5.1)"]
     with open(path, "r+b") as f:
         f.seek(-6, os.SEEK_END)
         f.write(b"\x00")

@@ -1,9 +1,13 @@
 // paxoslog live dashboard: no framework, no build step, nothing loaded from elsewhere.
 //
-// Three layers, so that the data can come from somewhere else later (a WebSocket stream
-// instead of polling) without touching the rest:
+// Three layers, so that the data can come from somewhere else without touching the rest:
 //
-//   source  (PollingSource)  produces snapshots {overview, entries, at} or {error, at};
+//   source  (LiveSource)     produces snapshots {overview, entries, at, live} or {error, at}:
+//                            a tail of the node's log over its WebSocket endpoint
+//                            (/api/v1/ws, docs/websocket.md) says when something committed,
+//                            and the page refreshes then (at most every LIVE_MIN_MS); the
+//                            poll every POLL_MS stays as the heartbeat (metrics, roles) and
+//                            as the fallback while the WebSocket is down (PollingSource);
 //   model   (Model)          turns snapshots into what is shown: nodes, leader, slots,
 //                            rates and quantiles from counter differences, the timeline;
 //   view    (render*)        draws the model into the page (DOM and canvas).
@@ -13,6 +17,8 @@
 "use strict";
 
 const POLL_MS = 1000;
+const LIVE_MIN_MS = 200;        // refreshes driven by committed entries: at most this often
+const RECONNECT_MS = 2000;
 const HISTORY_S = 120;          // chart window
 const SLOTS_SHOWN = 80;
 
@@ -64,6 +70,97 @@ class PollingSource {
       this.emit({error: String(error.message || error), at});
     } finally {
       this.timer = setTimeout(() => this.poll(), this.intervalMs);
+    }
+  }
+}
+
+// The node's log as it commits: a tail from "now" (no history; the page reads that over
+// HTTP).  Each entries message asks for a refresh; one in flight absorbs the others.
+class LiveSource extends PollingSource {
+  constructor(intervalMs, minMs) {
+    super(intervalMs);
+    this.minMs = minMs;
+    this.live = false;              // the tail is open
+    this.streamMessages = 0;        // entries messages received (tests read it)
+    this.liveRefreshes = 0;         // polls a committed entry started
+    this.polling = false;
+    this.wanted = false;
+    this.lastPoll = 0;
+    this.socket = null;
+  }
+
+  start() {
+    this.connect();
+    super.start();
+  }
+
+  connect() {
+    const scheme = location.protocol === "https:" ? "wss:" : "ws:";
+    let socket;
+    try {
+      socket = new WebSocket(`${scheme}//${location.host}/api/v1/ws`, "paxoslog.v1.json");
+    } catch (error) {
+      setTimeout(() => this.connect(), RECONNECT_MS);
+      return;
+    }
+    this.socket = socket;
+    socket.onopen = () => socket.send(JSON.stringify({id: 1, op: "tail"}));
+    socket.onmessage = (event) => {
+      for (const m of [].concat(JSON.parse(event.data))) {
+        if (m.id === 1) {
+          this.live = m.status === 200;
+        } else if (m.type === "entries") {
+          this.streamMessages += 1;
+          this.kick();
+        } else if (m.type === "end") {
+          socket.close();             // slow_consumer, compacted, ...: start again from now
+        }
+      }
+    };
+    socket.onclose = () => {
+      this.live = false;
+      this.socket = null;
+      setTimeout(() => this.connect(), RECONNECT_MS);
+    };
+  }
+
+  // Something committed: refresh now, or as soon as LIVE_MIN_MS allows.
+  kick() {
+    if (this.polling) {
+      this.wanted = true;
+      return;
+    }
+    const wait = this.lastPoll + this.minMs - Date.now();
+    clearTimeout(this.timer);
+    if (wait > 0) {
+      this.wanted = true;
+      this.timer = setTimeout(() => this.poll(), wait);
+    } else {
+      this.liveRefreshes += 1;
+      this.poll();
+    }
+  }
+
+  emit(snapshot) {
+    snapshot.live = this.live;
+    super.emit(snapshot);
+  }
+
+  async poll() {
+    clearTimeout(this.timer);
+    if (this.wanted) {
+      this.liveRefreshes += 1;
+    }
+    this.polling = true;
+    this.wanted = false;
+    this.lastPoll = Date.now();
+    try {
+      await super.poll();           // schedules the heartbeat poll
+    } finally {
+      this.polling = false;
+    }
+    if (this.wanted) {
+      this.kick();
     }
   }
 }
@@ -125,6 +222,7 @@ class Model {
       return this.view;
     }
     this.error = null;
+    this.live = Boolean(snapshot.live);
     this.lastGood = snapshot.at;
     const {overview, entries} = snapshot;
     const statuses = overview.nodes.filter((n) => n.reachable && n.status);
@@ -287,7 +385,8 @@ function renderConnection(model) {
     conn.textContent = `no answer (${model.error}); last update ${since}`;
   } else {
     conn.dataset.state = "live";
-    conn.textContent = "live";
+    conn.dataset.stream = model.live ? "websocket" : "polling";
+    conn.textContent = model.live ? "live (WebSocket)" : "live (polling)";
   }
 }
 
@@ -447,7 +546,7 @@ function render(model) {
 // ------------------------------------------------------------------ wiring
 
 const model = new Model();
-const source = new PollingSource(POLL_MS);
+const source = new LiveSource(POLL_MS, LIVE_MIN_MS);
 source.subscribe((snapshot) => {
   model.update(snapshot);
   render(model);

@@ -1,0 +1,140 @@
+"""kv leases and transactions as a state machine: apply, snapshot, restore, limits."""
+
+import pytest
+
+from statemachines.base import BadCommand, CommandTooLarge
+from statemachines.kv import KVStateMachine
+
+
+def _kv(**options) -> KVStateMachine:
+    return KVStateMachine(**options)
+
+
+def _apply(kv: KVStateMachine, index: int, command: dict):
+    return kv.apply(index, kv.validate(command))
+
+
+def test_grant_gives_the_log_index_as_lease_id_and_revoke_deletes_attached_keys():
+    """A lease's id is its grant index; revoking it deletes exactly its keys."""
+    kv = _kv()
+    assert _apply(kv, 3, {"op": "lease_grant", "ttl_ms": 5000}) == {
+        "op": "lease_grant", "id": 3, "ttl_ms": 5000}
+    _apply(kv, 4, {"op": "put", "key": "a", "value": 1, "lease": 3})
+    _apply(kv, 5, {"op": "put", "key": "b", "value": 2, "lease": 3})
+    _apply(kv, 6, {"op": "put", "key": "c", "value": 3})
+    assert kv.get("a")["lease"] == 3 and "lease" not in kv.get("c")
+    assert kv.lease_info(3, keys_max=10) == {"id": 3, "ttl_ms": 5000, "key_count": 2,
+                                             "keys": ["a", "b"]}
+    assert _apply(kv, 7, {"op": "lease_revoke", "id": 3}) == {
+        "op": "lease_revoke", "id": 3, "deleted": 2}
+    assert kv.get("a") is None and kv.get("b") is None and kv.get("c")["value"] == 3
+    assert _apply(kv, 8, {"op": "lease_revoke", "id": 3})["error"] == "lease_not_found"
+
+
+def test_grants_in_one_entry_get_distinct_ids():
+    """An entry carries a batch of commands: two grants at one index get two ids."""
+    kv = _kv()
+    first = _apply(kv, 5, {"op": "lease_grant", "ttl_ms": 1000})["id"]
+    second = _apply(kv, 5, {"op": "lease_grant", "ttl_ms": 1000})["id"]
+    third = _apply(kv, 9, {"op": "lease_grant", "ttl_ms": 1000})["id"]
+    assert (first, second, third) == (5, 6, 9)
+    copy = _kv()
+    copy.restore(kv.snapshot())
+    assert _apply(copy, 9, {"op": "lease_grant", "ttl_ms": 1000})["id"] == 10
+
+
+def test_put_without_lease_detaches_and_put_on_a_missing_lease_fails():
+    """As etcd: a put without a lease detaches the key; an unknown lease is refused."""
+    kv = _kv()
+    _apply(kv, 1, {"op": "lease_grant", "ttl_ms": 1000})
+    _apply(kv, 2, {"op": "put", "key": "a", "value": 1, "lease": 1})
+    _apply(kv, 3, {"op": "put", "key": "a", "value": 2})
+    assert _apply(kv, 4, {"op": "put", "key": "x", "value": 1, "lease": 99})["error"] == \
+        "lease_not_found"
+    assert kv.get("x") is None
+    _apply(kv, 5, {"op": "lease_revoke", "id": 1})
+    assert kv.get("a")["value"] == 2
+
+
+def test_expiry_from_a_term_older_than_the_last_promotion_is_ignored():
+    """A deposed leader's late expiry cannot delete a lease a newer leader keeps alive."""
+    kv = _kv()
+    _apply(kv, 1, {"op": "lease_grant", "ttl_ms": 1000})
+    _apply(kv, 2, {"op": "put", "key": "k", "value": 1, "lease": 1})
+    kv.apply(3, {"op": "lease_promote", "term": 7})
+    assert kv.apply(4, {"op": "lease_expire", "ids": [1], "term": 6})["stale_term"] is True
+    assert kv.get("k") is not None
+    assert kv.apply(5, {"op": "lease_expire", "ids": [1, 42], "term": 7}) == {
+        "op": "lease_expire", "expired": [1], "deleted": 1}
+    assert kv.get("k") is None and len(kv.leases) == 0
+
+
+def test_snapshot_round_trip_keeps_leases_attachments_and_promoted_term():
+    """Snapshots carry the lease table; a store without leases keeps its old format."""
+    plain = _kv()
+    _apply(plain, 1, {"op": "put", "key": "a", "value": 1})
+    assert b"".join(plain.snapshot_chunks_copy()()) == plain.snapshot()
+    old_format = plain.snapshot()
+    kv = _kv()
+    kv.restore(old_format)
+    assert kv.get("a")["value"] == 1 and len(kv.leases) == 0
+    _apply(kv, 2, {"op": "lease_grant", "ttl_ms": 1000})
+    _apply(kv, 3, {"op": "put", "key": "b", "value": 2, "lease": 2})
+    kv.apply(4, {"op": "lease_promote", "term": 5})
+    data = kv.snapshot()
+    assert b"".join(kv.snapshot_chunks_copy()()) == data
+    copy = _kv()
+    copy.restore(data)
+    assert copy.snapshot() == data
+    assert copy.leases.promoted_term == 5 and copy.lease_info(2)["key_count"] == 1
+    _apply(copy, 5, {"op": "lease_revoke", "id": 2})
+    assert copy.get("b") is None and copy.get("a") is not None
+
+
+def test_txn_applies_one_branch_in_order_with_per_op_results():
+    """Compares on several keys pick the branch; ops see earlier writes of the txn."""
+    kv = _kv()
+    _apply(kv, 1, {"op": "put", "key": "x", "value": 10})
+    txn = {"op": "txn",
+           "compare": [{"key": "x", "target": "value", "cmp": ">=", "value": 5},
+                       {"key": "y", "target": "exists", "value": False},
+                       {"key": "x", "target": "version", "value": 1},
+                       {"key": "x", "target": "create_index", "cmp": "<", "value": 2}],
+           "success": [{"op": "put", "key": "y", "value": "new"}, {"op": "get", "key": "y"},
+                       {"op": "delete", "key": "x"}, {"op": "range", "prefix": ""}],
+           "failure": [{"op": "get", "key": "x"}]}
+    result = _apply(kv, 2, txn)
+    assert result["succeeded"] is True
+    assert [r["op"] for r in result["results"]] == ["put", "get", "delete", "range"]
+    assert result["results"][1]["kv"]["value"] == "new"
+    assert result["results"][3]["kvs"] == [kv.get("y")]
+    again = _apply(kv, 3, txn)
+    assert again["succeeded"] is False and again["results"] == [{"op": "get", "kv": None}]
+
+
+def test_txn_with_a_missing_lease_changes_nothing():
+    """Atomic: a put on an unknown lease fails the whole branch before any op runs."""
+    kv = _kv()
+    result = _apply(kv, 1, {"op": "txn", "success": [
+        {"op": "put", "key": "a", "value": 1}, {"op": "put", "key": "b", "value": 1,
+                                                "lease": 9}]})
+    assert result["error"] == "lease_not_found" and kv.get("a") is None
+
+
+def test_txn_and_lease_limits_come_from_the_conf():
+    """Op counts, encoded size and TTL range are bounded; bad shapes are refused."""
+    kv = _kv(txn_ops_max=2, txn_bytes_max=200, lease_ttl_ms_min=50, leases_max=1)
+    with pytest.raises(BadCommand, match="txn_ops_max"):
+        kv.validate({"op": "txn", "success": [{"op": "get", "key": "a"}] * 3})
+    with pytest.raises(CommandTooLarge, match="txn_bytes_max"):
+        kv.validate({"op": "txn", "success": [{"op": "put", "key": "a", "value": "x" * 300}]})
+    with pytest.raises(BadCommand, match="ttl_ms"):
+        kv.validate({"op": "lease_grant", "ttl_ms": 10})
+    for bad in ({"key": "a", "target": "colour", "value": 1},
+                {"key": "a", "target": "exists", "cmp": "<", "value": True},
+                {"key": "a", "target": "version", "value": -1}, {"key": "a"}):
+        with pytest.raises(BadCommand):
+            kv.validate({"op": "txn", "compare": [bad]})
+    _apply(kv, 1, {"op": "lease_grant", "ttl_ms": 100})
+    with pytest.raises(BadCommand, match="leases_max"):
+        kv.validate({"op": "lease_grant", "ttl_ms": 100})

@@ -1,0 +1,92 @@
+"""The lock recipe's algorithm (paxoslog/recipes.py) against a real kv state machine in
+process: keys created by one log entry share their create_index, and the line breaks the
+tie by key, so exactly one waiter holds and tokens stay unique and increasing."""
+
+from __future__ import annotations
+
+import pytest
+
+from paxoslog.client import NotFound
+from paxoslog.recipes import Lock, LockTimeout
+from statemachines.kv import KVStateMachine
+
+
+class KVClient:
+    """The client calls the recipe makes, applied to one kv state machine; ``batch``
+    makes the next writes land in one log entry (one index)."""
+
+    client_id = "test"
+
+    def __init__(self, kv: KVStateMachine) -> None:
+        self.kv = kv
+        self.index = 0
+        self.batch = False
+
+    def _apply(self, fields: dict) -> dict:
+        if not self.batch or self.index == 0:
+            self.index += 1
+        result = self.kv.apply(self.index, self.kv.validate(fields))
+        if "error" in result:
+            raise NotFound(result["message"], 404, result["error"], result)
+        return {"index": self.index, "result": result}
+
+    def lease_grant(self, ttl_ms):
+        return self._apply({"op": "lease_grant", "ttl_ms": ttl_ms})
+
+    def lease_revoke(self, lease):
+        return self._apply({"op": "lease_revoke", "id": lease})
+
+    def lease_keepalive(self, lease):
+        if lease not in self.kv.leases:
+            raise NotFound("gone", 404, "lease_not_found")
+        return {"remaining_ms": 1000}
+
+    def txn(self, compare, success, failure=()):
+        return self._apply({"op": "txn", "compare": compare, "success": success,
+                            "failure": list(failure)})
+
+    def range(self, prefix, limit=None):
+        return self.kv.query({"prefix": prefix, "limit": limit or 1000})
+
+    def get(self, key):
+        found = self.kv.get(key)
+        if found is None:
+            raise NotFound("absent", 404, "not_found")
+        return found
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def sleep(self, seconds: float) -> None:
+        self.now += seconds
+
+
+def _lock(client: KVClient, clock: Clock) -> Lock:
+    return Lock(client, "job", ttl_ms=1000, clock=lambda: clock.now, sleep=clock.sleep)
+
+
+def test_keys_created_in_one_entry_queue_by_key_and_tokens_are_unique():
+    """Two waiters whose keys share a create_index: the first by key holds; the other
+    times out, then holds after the release with a larger token."""
+    kv, clock = KVStateMachine(), Clock()
+    client = KVClient(kv)
+    client.batch = True                      # grants and creations all in entry 1
+    first, second = _lock(client, clock), _lock(client, clock)
+    token = first.acquire(timeout_s=1)
+    assert token == (1 << 32) | first.lease          # created at revision 1, then the lease
+    with pytest.raises(LockTimeout):
+        second.acquire(timeout_s=0.5)        # same create_index, later key: must wait
+    assert [kv_["create_index"] for kv_ in kv.query({"prefix": "locks/job/"})["kvs"]] == [1]
+    client.batch = False
+    waiting = _lock(client, clock)
+    first.release()
+    later = waiting.acquire(timeout_s=1)
+    assert later > token
+
+
+def test_names_with_a_slash_are_refused():
+    """'a' and 'a/b' would share a queue: such names are refused."""
+    with pytest.raises(ValueError):
+        Lock(KVClient(KVStateMachine()), "a/b")
