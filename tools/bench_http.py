@@ -8,7 +8,8 @@ a temporary directory) as real processes, then:
   as the answer arrives); every figure is the median over ``--runs`` runs;
 * failover: kill -9 the leader while a writer keeps writing through the other nodes, and
   time from the kill to the next acknowledged write; the node is restarted and caught up
-  between rounds; the median of ``--failovers`` rounds.
+  between rounds; the median and the worst of ``--failovers`` rounds (issue 17's targets:
+  median <= 150 ms, worst <= 400 ms).  ``--clients ''`` skips the load runs.
 * the cost of TLS: with ``--tls off,on`` (the default) each mode runs twice, on plain TCP
   and with ``[tls]`` (HTTPS to the API, mutual TLS between peers; certificates from
   ``paxoslog certs init``), and the summary prints the throughput change at each client
@@ -400,9 +401,10 @@ def main() -> int:
                 median = statistics.median(times)
                 summary.append({"mode": mode, "tls": transport,
                                 "failover_median_ms": median * 1000,
+                                "failover_worst_ms": max(times) * 1000,
                                 "failovers_ms": [round(t * 1000) for t in times]})
-                print(f"   TLS {transport:3} failover median of {len(times)}: "
-                      f"{median * 1000:.0f} ms", flush=True)
+                print(f"   TLS {transport:3} failover of {len(times)}: median "
+                      f"{median * 1000:.0f} ms, worst {max(times) * 1000:.0f} ms", flush=True)
         finally:
             for cluster in clusters.values():
                 cluster.stop_all()
@@ -418,7 +420,8 @@ def main() -> int:
                   f"p99 {row['p99_ms']:.2f} ms  nodes' CPU {row['node_cpu_us']:.0f} us/write")
         else:
             print(f"{row['mode']:11} TLS {row['tls']:3} failover median "
-                  f"{row['failover_median_ms']:.0f} ms  (each: {row['failovers_ms']})")
+                  f"{row['failover_median_ms']:.0f} ms, worst {row['failover_worst_ms']:.0f} ms"
+                  f"  (each: {row['failovers_ms']})")
     rates = {(r["mode"], r["tls"], r["auth"], r["clients"]): r for r in summary if "rate" in r}
     for (mode, tls, auth, clients), on in sorted(rates.items()):
         if tls != "off":          # TLS against plain TCP, same auth variant

@@ -6,8 +6,10 @@ nemesis decisions as far as the protocols let them coincide):
 
 * fault-free run: throughput (committed client writes per virtual second), messages and
   bytes per committed command, commit latency in ticks (p50/p99);
-* leader-crash runs: ticks from the crash of the leader to the next committed write, and
-  elections started per fault (median over many seeds);
+* leader-loss runs, the leader killed (kill -9: its peers' connections are reset, fast
+  failover) and, on the same seeds, powered off (nothing reset: the election timeout, the
+  baseline): ticks from the loss to the next leader elected and to the next committed
+  write, and elections started per fault (median and worst over many seeds);
 * mixed-fault runs (crashes, partitions, pauses, drops): latency and elections per fault.
 
 Prints a side-by-side table, writes JSON (--json) and, when matplotlib is installed, a PNG
@@ -61,7 +63,9 @@ def fault_free(protocol: str, seed: int, nodes: int) -> dict:
     }
 
 
-def leader_crash(protocol: str, seed: int, nodes: int) -> dict:
+def leader_crash(protocol: str, seed: int, nodes: int, how: str = "kill") -> dict:
+    """The leader of a busy, fault-free cluster is killed (``how="kill"``) or loses power
+    ("power-loss"): ticks to the next leader and to the next committed write."""
     options = SimOptions(protocol=protocol, nodes=nodes, clients=4, keys=4,
                          duration_ms=2500.0, client_timeout_ms=300.0,
                          network=NetworkProfile(delay_min_ms=0.2, delay_max_ms=2.0))
@@ -74,12 +78,16 @@ def leader_crash(protocol: str, seed: int, nodes: int) -> dict:
         return {}
     elections_before = sim.stats["elections"]
     crashed_at = sim.now
-    sim.nodes[leader].crash()
+    if how == "kill":
+        sim.nodes[leader].kill()
+    else:
+        sim.nodes[leader].crash()
     sim.run_until(crashed_at + 2000.0)
     after = [op.ret for op in sim.history.operations
              if op.ret is not None and op.kind != "get" and op.ret > crashed_at]
     recovery = (min(after) - crashed_at) / TICK_MS if after else float("inf")
-    return {"recovery_ticks": recovery,
+    elected = sim.failover_ticks[how][0] if sim.failover_ticks[how] else float("inf")
+    return {"recovery_ticks": recovery, "elected_ticks": elected,
             "elections": sim.stats["elections"] - elections_before}
 
 
@@ -88,7 +96,7 @@ def mixed(protocol: str, seed: int, nodes: int) -> dict:
     options.codec = True
     sim = Simulation(seed, options).run()
     faults = max(1, sum(1 for _, text in sim.faults
-                        if text.split()[0] in ("crash", "pause", "partition")))
+                        if text.split()[0] in ("crash", "kill", "pause", "partition")))
     writes = [op for op in sim.history.operations if op.ret is not None and op.kind != "get"]
     return {"elections_per_fault": sim.stats["elections"] / faults,
             "latency_ticks": _write_latencies(sim),
@@ -107,15 +115,19 @@ def main() -> int:
     results: dict[str, dict] = {}
     for protocol in PROTOCOLS:
         ff = [fault_free(protocol, seed, args.nodes) for seed in range(3)]
-        crashes, mixes = [], []
+        crashes, outages, mixes = [], [], []
         for seed in range(args.seeds):
-            crashes.append(leader_crash(protocol, 1000 + seed, args.nodes))
+            crashes.append(leader_crash(protocol, 1000 + seed, args.nodes, "kill"))
+            outages.append(leader_crash(protocol, 1000 + seed, args.nodes, "power-loss"))
             mixes.append(mixed(protocol, 2000 + seed, args.nodes))
             print(f"\r{protocol}: seed {seed + 1}/{args.seeds}", end="", flush=True)
         print("\r" + " " * 40 + "\r", end="")
         latencies = [x for run in ff for x in run["latency_ticks"]]
         fault_latencies = [x for run in mixes for x in run["latency_ticks"]]
         recoveries = [c["recovery_ticks"] for c in crashes if c]
+        elected = [c["elected_ticks"] for c in crashes if c]
+        outage_recoveries = [c["recovery_ticks"] for c in outages if c]
+        outage_elected = [c["elected_ticks"] for c in outages if c]
         results[protocol] = {
             "throughput_cmd_per_s": statistics.median(r["throughput"] for r in ff),
             "messages_per_command": statistics.median(r["messages_per_command"] for r in ff),
@@ -126,6 +138,12 @@ def main() -> int:
             "faulty_latency_p99_ticks": _pct(fault_latencies, 0.99),
             "leader_crash_to_commit_ticks_median": statistics.median(recoveries),
             "leader_crash_to_commit_ticks_max": max(recoveries),
+            "leader_crash_to_leader_ticks_median": statistics.median(elected),
+            "leader_crash_to_leader_ticks_max": max(elected),
+            "leader_power_loss_to_leader_ticks_median": statistics.median(outage_elected),
+            "leader_power_loss_to_leader_ticks_max": max(outage_elected),
+            "leader_power_loss_to_commit_ticks_median": statistics.median(outage_recoveries),
+            "leader_power_loss_to_commit_ticks_max": max(outage_recoveries),
             "elections_per_leader_crash_median": statistics.median(
                 c["elections"] for c in crashes if c),
             "elections_per_fault_mean": statistics.mean(m["elections_per_fault"] for m in mixes),
@@ -140,8 +158,14 @@ def main() -> int:
         ("commit latency p99 (ticks)", "commit_latency_p99_ticks", "{:.2f}"),
         ("latency p50 under faults (ticks)", "faulty_latency_p50_ticks", "{:.2f}"),
         ("latency p99 under faults (ticks)", "faulty_latency_p99_ticks", "{:.2f}"),
-        ("leader crash -> next commit, median (ticks)", "leader_crash_to_commit_ticks_median", "{:.1f}"),
-        ("leader crash -> next commit, worst (ticks)", "leader_crash_to_commit_ticks_max", "{:.1f}"),
+        ("leader kill -> new leader, median (ticks)", "leader_crash_to_leader_ticks_median", "{:.1f}"),
+        ("leader kill -> new leader, worst (ticks)", "leader_crash_to_leader_ticks_max", "{:.1f}"),
+        ("leader kill -> next commit, median (ticks)", "leader_crash_to_commit_ticks_median", "{:.1f}"),
+        ("leader kill -> next commit, worst (ticks)", "leader_crash_to_commit_ticks_max", "{:.1f}"),
+        ("leader power loss -> new leader, median (ticks)", "leader_power_loss_to_leader_ticks_median", "{:.1f}"),
+        ("leader power loss -> new leader, worst (ticks)", "leader_power_loss_to_leader_ticks_max", "{:.1f}"),
+        ("leader power loss -> next commit, median (ticks)", "leader_power_loss_to_commit_ticks_median", "{:.1f}"),
+        ("leader power loss -> next commit, worst (ticks)", "leader_power_loss_to_commit_ticks_max", "{:.1f}"),
         ("elections per leader crash (median)", "elections_per_leader_crash_median", "{:.1f}"),
         ("elections per fault (mixed faults, mean)", "elections_per_fault_mean", "{:.2f}"),
     ]

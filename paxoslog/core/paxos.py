@@ -60,7 +60,7 @@ from .messages import (Accept, Accepted, CatchupReply, CatchupRequest, Heartbeat
 from .quorum import Config
 from .readindex import PendingReads, ReadRounds
 from .ready import ConfigChanged, ReadState, Ready, ReadyGate, Role, RoleChanged
-from .timers import ElectionTimer, Interval, PeerContact
+from .timers import ElectionTimer, Interval, PeerContact, ResetFailover
 from .types import PeerProgress, ReplicaOptions, ReplicaStatus, Restored, Rng
 
 __all__ = ["MultiPaxosReplica"]
@@ -109,6 +109,7 @@ class MultiPaxosReplica:
         # acknowledged a leader's lease just before it crashed.
         self.leader_elapsed = 0 if options.lease_ticks else options.election_ticks
         self.election = ElectionTimer(options.election_ticks, rng)
+        self.failover = ResetFailover(options.election_ticks, throttle=not options.pre_vote)
 
         # Pre-candidate / candidate state.
         self.votes: set[int] = set()
@@ -201,8 +202,13 @@ class MultiPaxosReplica:
             self._tick_leader()
             return
         if self.election.tick():
+            early = self.election.shortened      # the leader's connection was reset
             self.election.reset()
             self._start_election()
+            if early and self.role != Role.FOLLOWER:   # (a learner does not campaign)
+                retry = self.failover.retry(self.now)
+                if retry is not None and self.role == Role.PRE_CANDIDATE:
+                    self.election.expire_after(retry)  # not granted yet: try again soon
 
     def step(self, msg: Message) -> None:
         if msg.to != self.node_id or msg.frm == self.node_id:
@@ -265,6 +271,29 @@ class MultiPaxosReplica:
         self.transfer_target = target
         self.transfer_deadline.reset()
         self._maybe_send_timeout_now()
+
+    def leader_unreachable(self, peer: int) -> None:
+        """The shell's connection to ``peer`` was reset, which suggests its process is gone.
+        If ``peer`` is our leader, stop waiting for it: campaign within a couple of ticks
+        (timers.ResetFailover) instead of after the election timeout.
+
+        Without leases we also stop being sticky: Prepares and pre-votes from others are
+        granted at once.  With leases (``lease_ticks > 0``) a reset is no proof that the
+        leader stopped serving lease reads (a process that closed the connection itself,
+        a middlebox), so we keep refusing them until an election timeout after its last
+        message, as the lease bound assumes, and only skip the random extra wait."""
+        if self.role != Role.FOLLOWER or peer != self.leader_id:
+            return
+        E = self.options.election_ticks
+        lease = self.options.lease_ticks > 0
+        voters = self.config_for(self.log.chosen_upto + 1).all_voters
+        delay = self.failover.delay(self.now, voters, self.node_id, peer,
+                                    E - self.leader_elapsed if lease else 0)
+        if not lease:
+            self._become(Role.FOLLOWER, None)
+            self.leader_elapsed = E
+        if delay is not None:
+            self.election.expire_after(delay)
 
     def compact(self, meta: SnapshotMeta) -> None:
         """The shell holds a durable snapshot through ``meta.index``; drop the log below it."""
@@ -342,7 +371,8 @@ class MultiPaxosReplica:
             last_index=max(self.log.last_index, self.log.chosen_upto),
             first_index=self.log.first_index, config=self.config.describe(),
             ticks_since_leader=0 if leading else self.leader_elapsed,
-            holes=self._holes(limit=16), ballot=str(self.promised), progress=progress)
+            holes=self._holes(limit=16), ballot=str(self.promised), progress=progress,
+            early_campaigns=self.failover.early_campaigns)
 
     # ------------------------------------------------------------------ invariants
 
@@ -826,6 +856,8 @@ class MultiPaxosReplica:
             self._request_catchup()
         granted = (not self._sticky() and self.role != Role.LEADER and not lost
                    and msg.first_unchosen >= self.log.chosen_upto + 1)
+        if granted:
+            self.election.cancel_shortcut()  # one early candidate at a time (timers.py)
         self._send(PreVoteReply(self.node_id, msg.frm, msg.ballot, granted,
                                 self.log.chosen_upto))
 

@@ -56,7 +56,7 @@ from .quorum import Config
 from .raftlog import RaftLog
 from .readindex import PendingReads, ReadRounds
 from .ready import ConfigChanged, ReadState, Ready, ReadyGate, Role, RoleChanged
-from .timers import ElectionTimer, Interval, PeerContact
+from .timers import ElectionTimer, Interval, PeerContact, ResetFailover
 from .types import PeerProgress, ReplicaOptions, ReplicaStatus, Restored, Rng
 
 __all__ = ["RaftReplica"]
@@ -144,6 +144,8 @@ class RaftReplica:
         self._pending_reads = PendingReads(self._limits.pending_reads_max)
 
         self._election = ElectionTimer(self._election_ticks, rng)
+        self._failover = ResetFailover(self._election_ticks,
+                                       throttle=not self._options.pre_vote)
 
     # ------------------------------------------------------------------ restore
 
@@ -364,8 +366,13 @@ class RaftReplica:
             self._tick_leader()
             return
         if self._election.tick():
+            early = self._election.shortened     # the leader's connection was reset
             if self._promotable():
                 self._start_election(transfer=False)
+                if early:
+                    retry = self._failover.retry(self._now)
+                    if retry is not None and self._role == Role.PRE_CANDIDATE:
+                        self._election.expire_after(retry)  # not granted yet: try again
             else:
                 self._election.reset()
 
@@ -446,6 +453,8 @@ class RaftReplica:
                       and not self._lost_entries())
         if msg.pre:
             grant = msg.term > self._term and up_to_date and not self._heard_leader_recently()
+            if grant:
+                self._election.cancel_shortcut()  # one early candidate at a time (timers.py)
             reply_term = msg.term if grant else self._term
             self._msgs.append(RequestVoteReply(self.node_id, msg.frm, reply_term, grant, True))
             return
@@ -874,6 +883,27 @@ class RaftReplica:
         elif pr.state == _REPLICATE:
             pr.state, pr.next, pr.paused = _PROBE, pr.match + 1, False  # resend what it lacks
 
+    def leader_unreachable(self, peer: int) -> None:
+        """The shell's connection to ``peer`` was reset, which suggests its process is gone.
+        If ``peer`` is our leader, campaign within a couple of ticks (timers.ResetFailover)
+        instead of after the election timeout.
+
+        Without leases we also forget the leader: not in its lease any more, we grant
+        pre-votes and votes at once.  With leases (``lease_ticks > 0``) a reset is no proof
+        that the leader stopped serving lease reads, so we keep the leader (and refuse
+        votes) until an election timeout after its last message, as the lease bound
+        assumes, and only skip the random extra wait."""
+        if self._role not in (Role.FOLLOWER, Role.LEARNER) or peer != self._leader_id:
+            return
+        E = self._election_ticks
+        lease = self._options.lease_ticks > 0
+        delay = self._failover.delay(self._now, self._config.all_voters, self.node_id, peer,
+                                     E - (self._now - self._leader_heard_tick) if lease else 0)
+        if not lease:
+            self._set_role(self._role, None)
+        if delay is not None:
+            self._election.expire_after(delay)
+
     def compact(self, meta: SnapshotMeta) -> None:
         """The shell took a snapshot covering every entry <= meta.index: drop them."""
         if meta.index <= self._log.offset:
@@ -982,7 +1012,7 @@ class RaftReplica:
             last_index=self.last_index, first_index=self._log.offset + 1,
             config=self._config.describe(),
             ticks_since_leader=0 if leading else self._now - self._leader_heard_tick,
-            progress=progress)
+            progress=progress, early_campaigns=self._failover.early_campaigns)
 
     def check_invariants(self) -> None:
         """Assert the replica's internal consistency (the simulator calls this after every

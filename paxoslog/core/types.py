@@ -83,6 +83,8 @@ class ReplicaStatus:
     ``ticks_since_leader`` is 0 on the leader.  ``holes`` (Multi-Paxos) lists up to 16
     unchosen slots below the last accepted one while slots were chosen out of order.
     ``progress`` has one entry per other member on the leader and is empty elsewhere.
+    ``early_campaigns`` counts the campaigns (pre-votes) started before the election
+    timeout because the leader's connection was reset (``leader_unreachable``).
     Compare by value; not hashable (``progress`` is a mapping)."""
 
     role: str
@@ -97,6 +99,7 @@ class ReplicaStatus:
     holes: tuple[int, ...] = ()
     ballot: str | None = None
     progress: Mapping[int, PeerProgress] = field(default_factory=dict)
+    early_campaigns: int = 0    # campaigns started early: the leader's connection was reset
 
 
 class Replica(Protocol):
@@ -128,6 +131,7 @@ class Replica(Protocol):
     def lease_read_index(self) -> int | None: ...
     def change_config(self, voters: Iterable[int], learners: Iterable[int] = ()) -> None: ...
     def transfer_leadership(self, target: int) -> None: ...
+    def leader_unreachable(self, peer: int) -> None: ...
     def compact(self, meta: SnapshotMeta) -> None: ...
     def has_ready(self) -> bool: ...
     def ready(self) -> Ready | None: ...

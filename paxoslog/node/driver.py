@@ -71,7 +71,7 @@ STAT_NAMES = ("proposals", "proposals_forwarded", "commits", "commands_applied",
               "reads_forwarded", "stale_reads", "lease_reads", "lease_reads_served",
               "readies", "fsyncs", "role_changes", "snapshots_taken", "snapshots_installed",
               "proposals_dropped", "write_timeouts", "duplicates", "lease_keepalives",
-              "lease_expiries_proposed", "lease_promotions_proposed")
+              "lease_expiries_proposed", "lease_promotions_proposed", "leader_connection_lost")
 
 
 class ApplyGap(AssertionError):
@@ -135,7 +135,10 @@ class NodeDriver:
         self._timers = Timers()
         self._waiters: dict[tuple, list[PendingWrite]] = {}
         self._points = ReadPoints()
-        self._reads: set[PendingRead] = set()     # every read not answered yet
+        # Every read not answered yet, in arrival order (a dict, not a set: a set of these
+        # objects iterates in address order, which made simulator runs depend on what ran
+        # before them in the same process: lease-beyond seed 23, Multi-Paxos).
+        self._reads: dict[PendingRead, None] = {}
         self.leases = LeaseKeeper(options.tick_ms, options.election_ticks,
                                   options.lease_expire_batch_max)
         self._promote_at: int | None = None       # tick our lease_promote was proposed
@@ -172,7 +175,14 @@ class NodeDriver:
         return self._take()
 
     def peer_down(self, peer: int) -> list:
+        """The transport lost its connection to ``peer``.  When that is our leader, the core
+        may take it as gone and campaign at once (the connection reset by the kernel of a
+        dead process is how a kill -9 shows; replica.leader_unreachable decides)."""
         self._connected.discard(peer)
+        replica = self.replica
+        if peer == replica.leader_id and replica.role != Role.LEADER and not self.stopping:
+            self.stats["leader_connection_lost"] += 1
+            replica.leader_unreachable(peer)
         return self._take()
 
     def persisted(self, ready: Ready) -> list:
@@ -446,7 +456,7 @@ class NodeDriver:
             self._out.append(Reply(handle, *_unavailable("the node is shutting down")))
             return self._take()
         r = PendingRead(handle, query, forwarded)
-        self._reads.add(r)
+        self._reads[r] = None
         r.deadline = self.now + self.options.request_timeout_ticks
         self._timers.add(r.deadline, DEADLINE, r)
         if consistency == "lease" and self.replica.role == Role.LEADER:
@@ -641,7 +651,7 @@ class NodeDriver:
         request.done = True
         request.retry_at = None
         if type(request) is PendingRead:
-            self._reads.discard(request)
+            self._reads.pop(request, None)
 
     def _retry(self, request) -> None:
         if not request.done and request.retry_at is None:

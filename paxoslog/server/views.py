@@ -198,6 +198,10 @@ class NodeViews:
                           "snapshot.", [(None, snapshot.index if snapshot else 0)]))
         for name, key, text in _COUNTERS:
             add(render_metric(f"paxoslog_{name}_total", "counter", text, [(None, stats[key])]))
+        add(render_metric("paxoslog_early_campaigns_total", "counter", "Campaigns started "
+                          "before the election timeout because the leader's connection "
+                          "was reset (fast failover).",
+                          [(None, replica.status().early_campaigns)]))
         runner = self.runner
         add(render_metric("paxoslog_server_has_leader", "gauge",
                           "1 when this node knows a leader (itself included).",
@@ -346,6 +350,8 @@ _COUNTERS = (
      "Snapshots received from a leader and installed."),
     ("readies", "readies", "Ready batches processed."),
     ("fsyncs", "fsyncs", "WAL fsyncs (one per persisted Ready)."),
+    ("leader_connection_lost", "leader_connection_lost",
+     "Connections to this node's leader lost (reset: the leader process may be gone)."),
 )
 
 _PEER_COUNTERS = (

@@ -105,6 +105,11 @@ class SimOptions:
     own_ack_before_fsync: bool = False  # negative control: deliberately broken replicas
                                         # that count the leader's own acceptance before
                                         # its fsync (broken.py)
+    reset_rate: float = 0.0       # connection resets between live nodes per second
+                                  # (peer_down then peer_up on both sides, often repeated)
+    kill_fraction: float = 0.0    # share of the nemesis' crashes that are kill -9 (written
+                                  # data survives, the peers' connections are reset: fast
+                                  # failover); the others are power losses
 
     @classmethod
     def random_for(cls, seed: int, protocol: str, nodes: int,
@@ -146,6 +151,8 @@ class SimOptions:
             eio_rate=rng.choice([0.0, 0.5, 1.0]) if storage_model and faulty else 0.0,
             bitflip=storage_model and faulty and rng.random() < 0.3,
             transfer_rate=rng.choice([0.0, 0.0, 0.5, 1.0]) if faulty else 0.0,
+            # Its own stream, as storage_model: the draws above stay what they were.
+            kill_fraction=random.Random(f"kill/{seed}").choice([0.0, 0.5, 0.5, 1.0]),
         )
 
 
@@ -189,6 +196,12 @@ class Simulation:
                       "fsync_failures": 0}
         self._last_leader: int | None = None
         self.newest_leader: int | None = None    # the node most recently elected leader
+        # A leader was lost (how, when) and no leader was elected since; then ticks from
+        # the loss to the next leader elected, by how it was lost ("kill", "power-loss").
+        self.leader_down: tuple[str, float] | None = None
+        self.leader_down_alone = False   # and no other fault since (see leader_elected)
+        self.failover_ticks: dict[str, list[float]] = {"kill": [], "power-loss": []}
+        self.last_arrival: dict[tuple[int, int], float] = {}  # per link: last message due
         self.configs_applied: set[int] = set()   # indexes of CONFIG entries seen applied
         self.retired: set[int] = set()           # ids proposed for removal: never re-added
         self.executions: dict[tuple, int] = {}  # (client_id, sequence) -> index executed at
@@ -218,8 +231,10 @@ class Simulation:
             frame = wire.encode(msg)
             self.network.bytes += len(frame)
             msg = wire.decode(frame)
+        link = (msg.frm, msg.to)
         for delay in self.network.deliveries(msg.frm, msg.to):
             self.schedule(delay, self._deliver, msg)
+            self.last_arrival[link] = max(self.last_arrival.get(link, 0.0), self.now + delay)
 
     def _deliver(self, msg: wire.Message) -> None:
         node = self.nodes.get(msg.to)
@@ -307,6 +322,33 @@ class Simulation:
     def count(self, key: str, n: int = 1) -> None:
         """Add to a statistic that only some profiles produce."""
         self.stats[key] = self.stats.get(key, 0) + n
+
+    def leader_lost(self, how: str) -> None:
+        """The leader stops: ``how`` is "kill" (kill -9: its connections are reset) or
+        "power-loss" (nothing is reset: its followers wait out their timeouts)."""
+        self.count("leader_kills" if how == "kill" else "leader_power_losses")
+        self.leader_down = (how, self.now)
+        self.leader_down_alone = not self.fault_active()
+
+    def leader_elected(self) -> None:
+        """A node became leader: after a leader was lost, the first one says how long the
+        failover took (``failover_ticks``).  Kills are counted (failovers, failover_ticks),
+        and apart those with no other fault from the kill to the election (no node down or
+        paused, no partition, no nemesis action: ``failovers_alone``, and of those
+        ``failovers_alone_within_3_ticks``): elsewhere the survivors may lack a quorum."""
+        if self.leader_down is None:
+            return
+        how, since = self.leader_down
+        self.leader_down = None
+        elapsed = (self.now - since) / TICK_MS
+        self.failover_ticks[how].append(elapsed)
+        if how == "kill":
+            self.count("failovers")
+            self.count("failover_ticks", int(elapsed))
+            if self.leader_down_alone:
+                self.count("failovers_alone")
+                if elapsed <= 3:
+                    self.count("failovers_alone_within_3_ticks")
 
     def fault_active(self) -> bool:
         """A partition is in place, or some node is down or paused."""

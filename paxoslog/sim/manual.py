@@ -27,8 +27,11 @@ log is compacted and no follower needs one.
 
 Time is the script's: a node's driver gets one tick per tick the script gives it; a
 request's deadline (``timeout`` ticks, default 40) and retries (every 2 ticks) count them.
-A crash keeps only what was synced (``MemoryStorage.crash``); a restart loads it, and a
-node whose storage refuses to load (e.g. acknowledged entries lost, R13) stays down.
+A crash (a power loss) keeps only what was synced (``MemoryStorage.crash``) and resets
+no peer link; a kill (kill -9) keeps what was written and resets the dead node's
+connections (``peer_down`` on every peer, which lets a follower take its leader as gone at
+once); a restart loads what was kept, and a node whose storage refuses to load (e.g.
+acknowledged entries lost, R13) stays down.
 """
 
 from __future__ import annotations
@@ -382,7 +385,10 @@ class ManualCluster:
 
     # ------------------------------------------------------------------ crashes
 
-    def crash(self, node_id: int) -> None:
+    def crash(self, node_id: int, reset: bool = False) -> None:
+        """The node's machine stops (a power loss): what it had not synced is lost, and
+        the requests forwarded to or through it fail.  Its peers' consensus links are not
+        reset (they notice by timeouts), unless ``reset`` (see ``kill``)."""
         node = self.nodes[node_id]
         if not node.alive:
             return
@@ -402,9 +408,29 @@ class ManualCluster:
             if origin.alive and origin.incarnation == handle.incarnation:
                 origin.forward_failed(handle.request)
         node.inbound.clear()
-        for other in self.nodes.values():
-            if other.alive:
-                other.run(other.driver.peer_down(node_id))
+        if reset:
+            for other in self.nodes.values():
+                if other.alive:
+                    other.run(other.driver.peer_down(node_id))
+
+    def kill(self, node_id: int) -> None:
+        """The node's process is killed (kill -9): what it wrote survives in the page cache
+        (synced or not), and its kernel resets its connections: every peer hears
+        ``peer_down`` at once."""
+        node = self.nodes[node_id]
+        if node.alive:
+            node.disk.kill()            # every written record survives (no fsync needed)
+            self.crash(node_id, reset=True)
+
+    def reset(self, a: int, b: int) -> None:
+        """The connection between live nodes ``a`` and ``b`` is reset and re-established
+        (both sides see ``peer_down``, then ``peer_up``); messages are not affected."""
+        for node, peer in ((a, b), (b, a)):
+            if self.nodes[node].alive:
+                self.nodes[node].run(self.nodes[node].driver.peer_down(peer))
+        for node, peer in ((a, b), (b, a)):
+            if self.nodes[node].alive:
+                self.nodes[node].run(self.nodes[node].driver.peer_up(peer))
 
     def restart(self, node_id: int) -> str | None:
         """Boot the node from its disk; the storage's refusal (the node stays down), or None."""

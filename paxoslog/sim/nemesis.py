@@ -3,13 +3,21 @@
 Each fault kind fires at its own rate (per second of virtual time) during the fault phase
 and undoes itself after a random duration; ``heal_all`` ends every fault at once.
 
+A crash is a kill -9 (what the node wrote survives in the page cache; its kernel resets
+its connections, so its peers see ``peer_down``) for a share ``kill_fraction`` of them, else
+a power loss (its unsynced writes may be lost; no connection is reset: its peers notice by
+their timeouts).
+
 Profile faults (rate 0 by default): ``kill-all`` crashes every node at once and restarts
 them all later (also right after a membership change, to catch one mid-change); ``clock``
 redraws one node's clock rate within ``[1 - clock_drift, 1 + clock_drift]``, or slows the
-leader's to ``clock_leader_rate``."""
+leader's to ``clock_leader_rate``; ``reset`` resets the connection between two live nodes
+(the leader and a follower, mostly), one to three times in a row (a flapping link): both
+see ``peer_down``, then ``peer_up`` a moment later, while their messages flow on."""
 
 from __future__ import annotations
 
+import random
 from typing import TYPE_CHECKING
 
 from .network import partition_shapes
@@ -24,6 +32,7 @@ class Nemesis:
     def __init__(self, sim: "Simulation") -> None:
         self.sim = sim
         self.rng = sim.rng
+        self.kind_rng = random.Random(f"crash-kind/{sim.seed}")  # kill or power loss
         self.active = True
 
     def start(self) -> None:
@@ -32,7 +41,7 @@ class Nemesis:
                            ("partition", o.partition_rate), ("member", o.membership_rate),
                            ("eio", o.eio_rate), ("bitflip", 0.5 if o.bitflip else 0.0),
                            ("transfer", o.transfer_rate), ("kill_all", o.kill_all_rate),
-                           ("clock", o.clock_strobe_rate)):
+                           ("clock", o.clock_strobe_rate), ("reset", o.reset_rate)):
             if rate > 0:
                 self._schedule_next(kind, rate)
 
@@ -45,6 +54,7 @@ class Nemesis:
         return self.rng.uniform(*self.sim.options.fault_duration_ms)
 
     def _record(self, text: str) -> None:
+        self.sim.leader_down_alone = False      # another fault: not a lone leader loss
         self.sim.faults.append((self.sim.now, text))
         self.sim.trace.append(f"{self.sim.now:9.1f} nemesis {text}")
 
@@ -65,11 +75,19 @@ class Nemesis:
         return self.rng.choice(live)
 
     def _crash(self) -> None:
+        """A node stops: killed (kill -9: its peers' connections reset) for a share
+        ``kill_fraction`` of the crashes, else a power loss (nothing reset)."""
         node = self._victim()
         if node is None:
             return
-        node.crash()
-        self._record(f"crash {node.node_id}")
+        fraction = self.sim.options.kill_fraction
+        # Its own stream: the nemesis' other draws stay what they were without kills.
+        kill = fraction >= 1.0 or (fraction > 0.0 and self.kind_rng.random() < fraction)
+        self._record(f"{'kill' if kill else 'crash'} {node.node_id}")
+        if kill:
+            node.kill()
+        else:
+            node.crash()
         self.sim.schedule(self._duration(), self._restart, node)
 
     def _restart(self, node) -> None:
@@ -120,8 +138,7 @@ class Nemesis:
         node = self._victim()
         if node is None or node.applied < 1:
             return
-        config = node.replica.config
-        if not config.is_quorum(config.all_voters - {node.node_id}):
+        if self._indispensable(node):
             return  # the others could not go on without it: that loss needs a backup
         index = self.rng.randint(max(1, node.applied - 20), node.applied)
         try:
@@ -132,6 +149,20 @@ class Nemesis:
         self.sim.stats["bitflips"] = 1
         self._record(f"bitflip node {node.node_id} entry {index}")
         node.restart()
+
+    def _indispensable(self, node) -> bool:
+        """True when some configuration that a member still knows (its core's newest or
+        its applied one, joint ones included) has no quorum without ``node``.  The
+        victim's own view is not enough: a node that lags behind a change (sim membership
+        seed 24, both protocols, with fast failover) may still believe in a configuration
+        with more voters than the one the others run."""
+        configs = set()
+        for other in self.sim.nodes.values():
+            if other.removed or other.corrupt or not hasattr(other, "driver"):
+                continue
+            configs.add(other.replica.config)
+            configs.add(other.config)
+        return any(not c.is_quorum(c.all_voters - {node.node_id}) for c in configs)
 
     def _transfer(self) -> None:
         text = self.sim.transfer()
@@ -146,6 +177,34 @@ class Nemesis:
             if after and self.rng.random() < after:
                 # While the new configuration is still on its way to a quorum.
                 self.sim.schedule(self.rng.uniform(0.0, 5.0), self._kill_all)
+
+    def _reset(self) -> None:
+        """Reset the connection between two live nodes (a flapping link: 1 to 3 times)."""
+        sim = self.sim
+        live = sim.live_nodes()
+        if len(live) < 2:
+            return
+        leader = sim.leader()
+        a = sim.nodes[leader] if leader is not None and self.rng.random() < 0.7 else \
+            self.rng.choice(live)
+        b = self.rng.choice([n for n in live if n is not a])
+        times = self.rng.randint(1, 3)
+        self._record(f"reset {a.node_id}<->{b.node_id} x{times}")
+        sim.count("connection_resets", times)
+        at = 0.0
+        for _ in range(times):
+            sim.schedule(at, self._link, a, b, False)
+            at += self.rng.uniform(0.5, 20.0)
+            sim.schedule(at, self._link, a, b, True)
+            at += self.rng.uniform(0.5, 30.0)
+
+    def _link(self, a, b, up: bool) -> None:
+        for node, peer in ((a, b), (b, a)):
+            if node.alive and peer.alive and not node.paused:
+                driver = node.driver
+                node.execute(driver.peer_up(peer.node_id) if up
+                             else driver.peer_down(peer.node_id))
+                node.pump()
 
     def _kill_all(self) -> None:
         """Crash every node at once (R19: kill all mid-change), restart them all later."""

@@ -138,14 +138,44 @@ class SimNode:
 
     def crash(self) -> None:
         """Power loss: whatever was not synced may be lost; requests here get no answer
-        (their clients see a reset connection)."""
+        (their clients see a reset connection).  No connection to a peer is reset (no
+        kernel is left to reset them): its peers notice by their timeouts, and see
+        ``peer_up`` when it boots again."""
         sim = self.sim
         if self.alive and self.driver.busy and self.replica.role == Role.LEADER:
             sim.count("leader_crashes_mid_fsync")   # its unsynced entries may be lost
+        if self.alive and sim.leader() == self.node_id:
+            sim.leader_lost("power-loss")
+        faults = sim.options.storage_model
+        self._stop(lambda: self.disk.crash(self.disk_rng,
+                                           tear=faults and self.disk_rng.random() < 0.3))
+
+    def kill(self) -> None:
+        """The process is killed (kill -9): what it wrote survives in the page cache,
+        synced or not, and its kernel resets its connections: each peer sees
+        ``peer_down`` (its followers may take it as gone at once: fast failover)."""
+        sim = self.sim
+        if not self.alive:
+            return
+        if sim.leader() == self.node_id:
+            sim.leader_lost("kill")
+        self._stop(self.disk.kill)
+        # Each peer's connection is reset once what we sent it before dying has arrived (a
+        # stream delivers in order, then the close): no message of ours follows its
+        # peer_down, which would make it take us for alive again.
+        for other in sim.nodes.values():
+            if other is not self and other.alive:
+                due = sim.last_arrival.get((self.node_id, other.node_id), 0.0)
+                sim.schedule(max(0.0, due - sim.now) + 0.01, other.connection_reset,
+                             self.node_id, self.incarnation)
+
+    def _stop(self, disk_fault) -> None:
+        """Stop this incarnation: ``disk_fault`` decides what the disk keeps; requests
+        here and forwarded through here fail."""
+        sim = self.sim
         self.alive = False
         self.incarnation += 1
-        faults = sim.options.storage_model
-        self.disk.crash(self.disk_rng, tear=faults and self.disk_rng.random() < 0.3)
+        disk_fault()
         for request in list(self.clients.values()):
             if type(request) is CoordAttempt:
                 sim.coordination.lose(request)
@@ -158,10 +188,6 @@ class SimNode:
             if origin.alive and origin.incarnation == handle.incarnation:
                 origin.execute(origin.driver.forward_failed(handle.request))
         self.inbound.clear()
-        for other in sim.nodes.values():
-            if other is not self and other.alive:
-                other.execute(other.driver.peer_down(self.node_id))
-                other.pump()
 
     def restart(self) -> None:
         if self.corrupt or self.removed:
@@ -237,6 +263,16 @@ class SimNode:
             if driver.stats["lease_reads_served"] != served:
                 self.sim.check_lease_holder(self)
             self.execute(instructions)
+        self.pump()
+
+    def connection_reset(self, peer: int, incarnation: int) -> None:
+        """The connection to ``peer`` (in its ``incarnation``, which crashed) is gone."""
+        if self.sim.nodes[peer].incarnation != incarnation or not self.alive:
+            return                      # it restarted meanwhile (and said peer_up)
+        if self.paused:
+            self.held.append((self.connection_reset, peer, incarnation))
+            return
+        self.execute(self.driver.peer_down(peer))
         self.pump()
 
     def forwarded(self, handle: ForwardHandle, op: str, payload) -> None:
@@ -400,7 +436,7 @@ class SimNode:
             self.sim.schedule(5.0, self.exit_removed)
             return
         if self.alive:
-            self.crash()
+            self.kill()             # a process that exits: its peers' connections close
         self.removed = True
         self.sim.trace.append(f"{self.sim.now:9.1f} node {self.node_id} removed: exits")
 
@@ -410,6 +446,7 @@ class SimNode:
             sim.stats["elections"] += 1
         elif op.role == Role.LEADER and op.old_role != Role.LEADER:
             sim.stats["leader_changes"] += 1
+            sim.leader_elected()
             sim.newest_leader = self.node_id
             sim.trace.append(f"{sim.now:9.1f} leader {self.node_id} term {op.term}")
 

@@ -21,6 +21,13 @@ Profiles that must pass every checker on every seed:
 * ``membership``: R3/R19, frequent membership changes (removing the leader itself, one add
   plus one remove, two adds, two removes) with spares, crashes, pauses, isolated-leader
   and majority/minority partitions, and kill-all-and-restart, also right after a change.
+* ``failover``: fast failover (issue 17).  The leader is killed often (kill -9 resets
+  its peers' connections, so its followers may take it as gone at once; most crashes are
+  kills here) and connections between live nodes are reset, often several times in a row
+  (a flapping link, with the leader alive); on half the seeds lease reads are on (no clock
+  drift): a reset must not end a follower's promise to the leader's lease.
+  ``failover_ticks`` / ``failovers`` is the mean time from a leader's kill to the next
+  leader elected.
 * ``single-voter``: send before persist where the leader's own acceptance is a quorum by
   itself: node 1 is the only voter, the other bootstrap members are learners; the voter
   crashes often (losing its unsynced tail) under a steady write load.
@@ -175,6 +182,17 @@ def _membership(o: "SimOptions", rng: random.Random) -> "SimOptions":
         kill_all_after_change=rng.choice([0.05, 0.1, 0.2]))
 
 
+def _failover(o: "SimOptions", rng: random.Random) -> "SimOptions":
+    lease = rng.random() < 0.5
+    return dataclasses.replace(
+        o, profile="failover", crash_rate=rng.choice([1.0, 2.0, 3.0]),
+        kill_fraction=rng.choice([0.7, 1.0]),
+        reset_rate=rng.choice([1.0, 3.0, 10.0]), pause_rate=rng.choice([0.0, 0.5]),
+        partition_rate=rng.choice([0.0, 0.5]), kill_all_rate=0.0,
+        lease_ticks=o.election_ticks - 3 if lease else 0, lease_reads=lease,
+        clients=rng.randint(2, 5))
+
+
 def _single_voter(o: "SimOptions", rng: random.Random) -> "SimOptions":
     # One voter, learners, no spares or membership changes (they would add voters), no bit
     # flips (a lone voter whose log is damaged cannot recover); frequent crashes of the
@@ -185,6 +203,7 @@ def _single_voter(o: "SimOptions", rng: random.Random) -> "SimOptions":
         o, profile="single-voter", learners=o.nodes - 1, spares=0, membership_rate=0.0,
         limits=dataclasses.replace(o.limits, pipeline_window=rng.choice([64, 256])),
         transfer_rate=0.0, bitflip=False, kill_all_rate=0.0,
+        kill_fraction=0.0,          # power losses only: each may lose the unsynced tail
         crash_rate=rng.choice([1.5, 3.0]), fault_duration_ms=(20.0, 200.0),
         pause_rate=rng.choice([0.0, 0.5]), partition_rate=rng.choice([0.0, 0.5, 1.0]),
         fsync_ms=(0.2, rng.choice([2.0, 4.0])), clients=rng.randint(3, 6))
@@ -204,6 +223,7 @@ PROFILES: dict[str, Callable[["SimOptions", random.Random], "SimOptions"]] = {
     "sessions-nodedup": _sessions_nodedup,
     "batches": _batches,
     "membership": _membership,
+    "failover": _failover,
     "single-voter": _single_voter,
     "own-ack-early": _own_ack_early,
 }

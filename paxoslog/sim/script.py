@@ -53,8 +53,15 @@ Commands::
     pause NODE               NODE freezes (SIGSTOP): no ticks; messages to it wait
     resume NODE              NODE continues with its old volatile state; waiting messages
                              are delivered by the next deliver/stabilize
-    crash NODE               NODE stops; whatever it had not synced is lost (commit hints
-                             are written without fsync, as the server does)
+    crash NODE               NODE's machine stops (power loss); whatever it had not synced
+                             is lost (commit hints are written without fsync, as the server
+                             does); requests forwarded to or through it fail; its peers'
+                             links are not reset (they notice by timeouts)
+    kill NODE                NODE's process is killed (kill -9): what it wrote survives (the
+                             page cache), and its peers see their connections to it reset
+                             (peer_down: a follower may take its leader as gone at once)
+    reset A B                the connection between live nodes A and B is reset and
+                             re-established (peer_down, then peer_up, on both sides)
     forget-commit NODE       (NODE down) its persisted commit point becomes 0 (a lost
                              unsynced hard-state write)
     lose-tail NODE K         (NODE down) its disk loses its last K entries (a durability
@@ -327,6 +334,14 @@ class _Interpreter:
 
     def cmd_crash(self, args):
         self.cluster.crash(self._node(args[0]).node_id)
+        return "ok"
+
+    def cmd_kill(self, args):
+        self.cluster.kill(self._node(args[0]).node_id)
+        return "ok"
+
+    def cmd_reset(self, args):
+        self.cluster.reset(self._node(args[0]).node_id, self._node(args[1]).node_id)
         return "ok"
 
     def cmd_restart(self, args):

@@ -266,6 +266,15 @@ class MemoryStorage:
         self._loaded = False
         return keep
 
+    def kill(self) -> None:
+        """Process death (kill -9): the kernel keeps every written record (the page cache),
+        synced or not; nothing is torn.  Clears the failed state (the node restarts)."""
+        self._synced = len(self._records)
+        self._torn = False
+        self._failed = None
+        self._fail_next_sync = False
+        self._loaded = False
+
     def fail_next_sync(self) -> None:
         self._fail_next_sync = True
 

@@ -278,6 +278,37 @@ def test_kill_leader_writes_resume_and_the_old_leader_catches_up(make_cluster, p
     assert c.wait_leader() in c.ids
 
 
+def _metric(c: ClusterHarness, node: int, name: str) -> float:
+    """A counter's value from the node's /metrics (0 when absent)."""
+    response = c.request(node, "GET", "/metrics")
+    assert response.status == 200, response
+    for line in response.body.decode().splitlines():
+        if line.startswith(name + " "):
+            return float(line.split()[1])
+    return 0.0
+
+
+def test_kill_9_of_the_leader_is_taken_from_the_connection_reset(make_cluster, protocol):
+    """Fast failover (issue 17): kill -9 the leader (election timeout 1-2 s here): the
+    followers see their connections to it reset and count it, the new leader campaigned
+    early (before its election timeout) for that reason, and a write through the other
+    follower is acknowledged.  No time is asserted (tools/bench_http.py measures it)."""
+    c = make_cluster(protocol, election_ticks=100)
+    c.write("before", 1)
+    old = c.wait_leader()
+    survivors = [n for n in c.ids if n != old]
+    early_before = {n: _metric(c, n, "paxoslog_early_campaigns_total") for n in survivors}
+    c.kill(old)
+    new = c.wait_leader(among=survivors)
+    follower = next(n for n in survivors if n != new)
+    _, body = c.write("after-kill", "x", nodes=[follower])
+    assert body["status"] == "committed"
+    for node in survivors:
+        assert _metric(c, node, "paxoslog_leader_connection_lost_total") >= 1, node
+    assert _metric(c, new, "paxoslog_early_campaigns_total") > early_before[new]
+    assert c.get(follower, "after-kill").body["value"] == "x"
+
+
 def test_kill_all_three_and_restart_keeps_every_acknowledged_write(cluster):
     """kill -9 every node while writes are in flight; after a restart every acknowledged
     write is there, with its value."""

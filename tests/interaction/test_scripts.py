@@ -59,6 +59,7 @@ def test_scripts_exist():
                      "r13_lost_entries_refused_at_boot", "k1_exactly_once_retry",
                      "phase1_minority_accepted", "leader_completeness", "leader_transfer",
                      "log_matching_truncation", "membership_joint", "send_before_persist",
+                     "fast_failover", "fast_failover_lease",
                      "membership_uncommitted_config", "membership_isolated_leader",
                      "membership_removed_leader", "membership_joint_restart"):
         assert required in names, required

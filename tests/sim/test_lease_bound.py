@@ -24,9 +24,20 @@ from paxoslog.sim.cluster import SimOptions, Simulation
 # [(0, 3), (3, 3), (7, 3), (0, 5), (4, 5)] (Raft) and [(14, 5), (41, 5), (103, 5),
 # (212, 5), (261, 5)] (Multi-Paxos).  Core changes move trajectories, so the test asks for
 # a majority of each list, not every seed.
+# Both lists grew on main 910ca2d (already failing there, before fast failover), when
+# trajectories moved again (removed nodes exit; a Raft voter of the configuration before
+# an uncommitted newest one campaigns): only 2 of Raft's 5 seeds and 1 of Multi-Paxos's 5
+# still failed.  The seeds found again (seeds 0-59 for Raft, 0-249 for Multi-Paxos) are
+# added; the old ones are kept.  Multi-Paxos (23, 3) and (21, 5) failed only after other
+# runs in the same process (the driver iterated a set of reads in address order; fixed),
+# the seeds after them were found with that fixed.
 STALE_LEASE_SEEDS = {
-    "raft": [(0, 3), (1, 3), (4, 3), (6, 5), (7, 3), (12, 5)],
-    "multipaxos": [(27, 5), (28, 5), (33, 5), (37, 5), (55, 3), (59, 5)],
+    "raft": [(7, 3), (13, 3), (15, 3), (6, 5), (7, 5),
+             (0, 3), (1, 3), (4, 3), (12, 5), (15, 5)],
+    "multipaxos": [(20, 3), (39, 3), (86, 3), (14, 5), (30, 5),
+                   (23, 3), (55, 3), (73, 3), (21, 5), (27, 5), (28, 5),
+                   (165, 3), (184, 3), (193, 3), (37, 5), (59, 5), (67, 5), (95, 5),
+                   (33, 5)],   # (33, 5): found on main (tools/find_lease_seeds.py)
 }
 REFIND = "find new seeds: python tools/find_lease_seeds.py --protocol {0} --seeds 200"
 

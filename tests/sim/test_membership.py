@@ -53,9 +53,12 @@ def test_raft_elects_a_leader_when_a_voter_has_a_stale_configuration(seed, nodes
 # killed holding the only copy of the final configuration, did not campaign ((72, 3)); the
 # simulator kept a node lost to a flipped bit in later configurations ((10, 3)) or flipped
 # a bit on the only voter ((24, 3)).
+# With fast failover (kills reset connections) seed 24 failed again in both protocols: the
+# bit flip's guard read the victim's own configuration, stale after a change, and flipped
+# a bit on a voter the others could not do without; the guard now reads every member's.
 REMOVED_NODE_EXIT_SEEDS = [(92, "multipaxos", 3), (60079, "multipaxos", 5),
                            (60008, "multipaxos", 5), (10, "multipaxos", 3),
-                           (24, "multipaxos", 3), (72, "raft", 3)]
+                           (24, "multipaxos", 3), (72, "raft", 3), (24, "raft", 3)]
 
 
 @pytest.mark.parametrize("seed,protocol,nodes", REMOVED_NODE_EXIT_SEEDS)

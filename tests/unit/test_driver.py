@@ -290,6 +290,32 @@ def test_the_leader_sends_its_new_entries_before_persisting_them(protocol):
 
 
 @pytest.mark.parametrize("protocol", PROTOCOLS)
+def test_the_leaders_connection_lost_makes_a_follower_campaign_at_once(protocol):
+    """peer_down of the leader (its process died: the kernel reset the connection) tells the
+    core, which forgets the leader and campaigns within a couple of ticks; peer_down of
+    another peer changes nothing.  The driver counts it (leader_connection_lost)."""
+    trio = Trio(protocol)
+    lead = trio.elect()
+    others = trio.others(lead)
+    trio.cut.add(lead)                                  # the leader is dead from now on
+    first, second = (trio.drivers[n] for n in others)
+    first.peer_down(others[1])
+    assert first.replica.leader_id == lead and first.stats["leader_connection_lost"] == 0
+    for n in others:
+        assert trio.run(trio.drivers[n].peer_down(lead), n) == []
+        assert trio.drivers[n].stats["leader_connection_lost"] == 1
+    trio.settle()
+    assert first.leader_id is None and second.leader_id is None
+    for ticks in range(1, 10):
+        for n in others:
+            trio.run(trio.drivers[n].tick(), n)
+        trio.settle()
+        if any(trio.drivers[n].replica.role == Role.LEADER for n in others):
+            break
+    assert ticks <= 2
+
+
+@pytest.mark.parametrize("protocol", PROTOCOLS)
 def test_deadlines_answer_503_when_never_sent_and_504_when_maybe_applied(protocol):
     """No leader to send to: 503 at the deadline (definitely not applied).  Forwarded and
     unanswered: 504 (outcome unknown: retry with the same session pair)."""

@@ -733,6 +733,136 @@ def test_transfer_to_an_unreachable_target_is_abandoned():
     r.propose([b"taken"])
 
 
+# ---------------------------------------------------------------- fast failover
+
+def follower_of_1(node_id: int = 2, **opts) -> MultiPaxosReplica:
+    """Node ``node_id`` of voters 1-3, following leader 1 (one heartbeat heard, drained)."""
+    r = replica(node_id, **opts)
+    r.step(Heartbeat(1, node_id, B11, 0, (), 1))
+    drain(r)
+    return r
+
+
+def test_a_reset_of_the_leaders_connection_makes_the_follower_campaign_at_once():
+    """leader_unreachable(leader): the follower forgets it (no leader for the shell to
+    forward to) and, first of the other voters by id, pre-votes on the next tick."""
+    r = follower_of_1(2)
+    r.leader_unreachable(1)
+    assert drain(r).events == [RoleChanged(Role.FOLLOWER, 1, None)]
+    r.tick()
+    assert drain(r).messages == [PreVote(2, 1, Ballot(2, 2), 1), PreVote(2, 3, Ballot(2, 2), 1)]
+
+
+def test_followers_after_a_reset_stagger_by_rank_and_grant_at_once():
+    """Node 3 (second of the other voters) waits one tick more, and meanwhile grants node
+    2's pre-vote and Prepare although it heard the leader a tick ago."""
+    r = follower_of_1(3)
+    r.leader_unreachable(1)
+    drain(r)
+    r.tick()
+    assert r.ready() is None
+    r.step(PreVote(2, 3, Ballot(2, 2), 1))
+    assert drain(r).messages == [PreVoteReply(3, 2, Ballot(2, 2), True, 0)]
+    r.step(Prepare(2, 3, Ballot(2, 2), 1, False))
+    assert drain(r).messages == [Promise(3, 2, Ballot(2, 2), (), 0, 1, 0)]
+    r.tick()
+    assert r.ready() is None and r.role == Role.FOLLOWER  # the promise restarted the timer
+
+
+def test_a_reset_of_another_peer_is_ignored_and_each_reset_of_the_leaders_pre_votes():
+    """Only the leader's connection counts.  A flapping one (the leader lives): each reset
+    forgets the leader and pre-votes on the next tick (refused while the others hear the
+    leader: nothing durable changes); the leader heard again restores it."""
+    r = follower_of_1(2)
+    r.leader_unreachable(3)
+    assert r.ready() is None and r.leader_id == 1
+    r.leader_unreachable(1)
+    drain(r)
+    r.step(Heartbeat(1, 2, B11, 0, (), 2))    # the leader was alive after all
+    drain(r)
+    assert r.leader_id == 1
+    r.leader_unreachable(1)                   # the connection flaps again
+    assert drain(r).events == [RoleChanged(Role.FOLLOWER, 1, None)]
+    r.tick()
+    assert drain(r).messages == [PreVote(2, 1, Ballot(2, 2), 1), PreVote(2, 3, Ballot(2, 2), 1)]
+    r.step(Heartbeat(1, 2, B11, 0, (), 3))    # refused everywhere; the leader goes on
+    assert drain(r).events == [RoleChanged(Role.FOLLOWER, 1, 1)]
+    for _ in range(E - 1):                    # no early campaign: the timer is a drawn one
+        r.tick()
+        pump(r)
+        assert r.role == Role.FOLLOWER
+
+
+def test_an_early_pre_vote_refused_is_repeated_every_two_ticks_per_other_voter():
+    """Node 2's early pre-vote is refused (node 3 has not seen the reset yet): it pre-votes
+    again 2 x 2 ticks later, and again, until an election timeout since the first."""
+    r = follower_of_1(2)
+    r.leader_unreachable(1)
+    drain(r)
+    r.tick()
+    drain(r)
+    r.step(PreVoteReply(3, 2, Ballot(2, 2), False, 0))
+    sent_at = []
+    for tick in range(2, E + 3):
+        r.tick()
+        if (ready := pump(r)) is not None and ready.messages:
+            sent_at.append(tick)
+    assert sent_at == [5, 9]
+
+
+def test_without_pre_vote_a_flapping_connection_campaigns_early_once_per_timeout():
+    """pre_vote off: an early campaign would depose a live leader (a new ballot), so a
+    follower campaigns early at most once per election timeout, however often the
+    leader's connection resets."""
+    r = follower_of_1(2, pre_vote=False)
+    r.leader_unreachable(1)
+    drain(r)
+    r.step(Heartbeat(1, 2, B11, 0, (), 2))    # the leader was alive after all
+    drain(r)
+    r.leader_unreachable(1)                   # flaps again: no second early campaign
+    drain(r)
+    for _ in range(E - 1):
+        r.tick()
+        pump(r)
+        assert r.role == Role.FOLLOWER
+
+
+def test_with_leases_a_reset_still_refuses_votes_for_the_election_timeout():
+    """lease_ticks > 0: the leader may still hold a lease (a reset is no proof it stopped
+    serving), so pre-votes are refused until an election timeout after its last message;
+    then the follower campaigns without the random extra wait."""
+    r = follower_of_1(2, lease_ticks=E - 3)
+    for _ in range(3):
+        r.tick()
+    r.leader_unreachable(1)
+    assert r.ready() is None and r.leader_id == 1
+    r.step(PreVote(3, 2, Ballot(2, 3), 1))
+    assert drain(r).messages == [PreVoteReply(2, 3, Ballot(2, 3), False, 0)]
+    for _ in range(E - 4):                    # until an election timeout after its last word
+        r.tick()
+        assert r.role == Role.FOLLOWER
+    r.tick()
+    r.tick()
+    assert r.role == Role.PRE_CANDIDATE
+
+
+def test_a_killed_leader_is_replaced_within_a_few_ticks_when_its_connections_reset():
+    """The shell reports the dead leader's connections reset to both followers: node 2
+    campaigns on the next tick and leads (pre-vote, Prepare, Promise within the tick)."""
+    cluster = started(3)
+    cluster.crash(1)
+    for node in (2, 3):
+        cluster.nodes[node].leader_unreachable(1)
+    cluster.settle()
+    ticks = 0
+    while cluster.leader() is None or cluster.leader() in cluster.down:
+        cluster.tick(1, nodes=[2, 3])
+        ticks += 1
+        assert ticks <= E
+    assert (cluster.leader(), ticks) == (2, 1)
+    assert cluster.nodes[2].status().early_campaigns == 1   # the metric the shell exports
+
+
 # ---------------------------------------------------------------- reads
 
 def test_read_index_is_answered_once_a_quorum_acknowledges_a_heartbeat_round():

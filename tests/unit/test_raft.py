@@ -724,6 +724,151 @@ def test_check_quorum_steps_down_an_isolated_leader():
         net.nodes[1].read_index("r")
 
 
+# ---------------------------------------------------------------- fast failover
+
+def follower_of_1(node_id: int = 2, **opts) -> RaftReplica:
+    """Node ``node_id`` of voters 1-3 following leader 1 of term 1 (its Ready drained)."""
+    replica = RaftReplica(node_id, Config(frozenset({1, 2, 3})), options(**opts),
+                          random.Random(node_id))
+    replica.step(AppendEntries(1, node_id, 1, 0, 0, (), 0, 1))
+    replica.advance(replica.ready())
+    return replica
+
+
+def test_a_reset_of_the_leaders_connection_makes_the_follower_campaign_at_once():
+    """leader_unreachable(leader): the follower forgets it and, first of the other voters
+    by id, sends its pre-votes on the next tick instead of after the election timeout."""
+    replica = follower_of_1(2)
+    replica.leader_unreachable(1)
+    ready = replica.ready()
+    assert ready.events == [RoleChanged(Role.FOLLOWER, 1, None)]
+    replica.advance(ready)
+    replica.tick()
+    assert replica.ready().messages == [RequestVote(2, 1, 2, 0, 0, True, False),
+                                        RequestVote(2, 3, 2, 0, 0, True, False)]
+
+
+def test_after_a_reset_a_follower_grants_pre_vote_and_vote_at_once():
+    """Having forgotten its leader a tick after hearing it, node 3 grants node 2's pre-vote
+    and vote (leader stickiness no longer holds), and waits one tick more than node 2."""
+    replica = follower_of_1(3)
+    replica.leader_unreachable(1)
+    replica.advance(replica.ready())
+    replica.tick()
+    assert replica.ready() is None
+    replica.step(RequestVote(2, 3, 2, 0, 0, True, False))
+    ready = replica.ready()
+    assert ready.messages == [RequestVoteReply(3, 2, 2, True, True)]
+    replica.advance(ready)
+    replica.step(RequestVote(2, 3, 2, 0, 0, False, False))
+    assert replica.ready().messages == [RequestVoteReply(3, 2, 2, True, False)]
+
+
+def test_a_reset_of_another_peer_is_ignored_and_each_reset_of_the_leaders_pre_votes():
+    """Only the leader's connection counts.  A flapping one (the leader lives): each reset
+    forgets the leader and pre-votes on the next tick (refused while the others hear the
+    leader: no term changes); the leader heard again restores it."""
+    replica = follower_of_1(2)
+    replica.leader_unreachable(3)
+    assert not replica.has_ready() and replica.leader_id == 1
+    replica.leader_unreachable(1)
+    replica.advance(replica.ready())
+    replica.step(AppendEntries(1, 2, 1, 0, 0, (), 0, 2))   # the leader was alive after all
+    replica.advance(replica.ready())
+    assert replica.leader_id == 1
+    replica.leader_unreachable(1)                           # and the connection flaps again
+    ready = replica.ready()
+    assert ready.events == [RoleChanged(Role.FOLLOWER, 1, None)]
+    replica.advance(ready)
+    replica.tick()
+    ready = replica.ready()
+    assert ready.messages == [RequestVote(2, 1, 2, 0, 0, True, False),
+                              RequestVote(2, 3, 2, 0, 0, True, False)]
+    replica.advance(ready)
+    replica.step(AppendEntries(1, 2, 1, 0, 0, (), 0, 3))   # refused; the leader goes on
+    ready = replica.ready()
+    assert ready.events == [RoleChanged(Role.FOLLOWER, 1, 1)] and replica.term == 1
+    replica.advance(ready)
+    for _ in range(E - 1):                    # no early campaign: the timer is a drawn one
+        replica.tick()
+        if (ready := replica.ready()) is not None:
+            replica.advance(ready)
+        assert replica.role == Role.FOLLOWER
+
+
+def test_an_early_pre_vote_refused_is_repeated_every_two_ticks_per_other_voter():
+    """Node 2's early pre-vote is refused (node 3 has not seen the reset yet): it pre-votes
+    again 2 x 2 ticks later, and again, until an election timeout since the first."""
+    replica = follower_of_1(2)
+    replica.leader_unreachable(1)
+    replica.advance(replica.ready())
+    replica.tick()
+    replica.advance(replica.ready())
+    replica.step(RequestVoteReply(3, 2, 1, False, True))
+    sent_at = []
+    for tick in range(2, E + 3):
+        replica.tick()
+        if (ready := replica.ready()) is not None:
+            replica.advance(ready)
+            if ready.messages:
+                sent_at.append(tick)
+    assert sent_at == [5, 9]
+
+
+def test_without_pre_vote_a_flapping_connection_campaigns_early_once_per_timeout():
+    """pre_vote off: an early campaign would depose a live leader (a new term), so a
+    follower campaigns early at most once per election timeout, however often the
+    leader's connection resets."""
+    replica = follower_of_1(2, pre_vote=False)
+    replica.leader_unreachable(1)
+    replica.advance(replica.ready())
+    replica.step(AppendEntries(1, 2, 1, 0, 0, (), 0, 2))   # the leader was alive after all
+    replica.advance(replica.ready())
+    replica.leader_unreachable(1)                           # flaps: no second early campaign
+    replica.advance(replica.ready())
+    for _ in range(E - 1):
+        replica.tick()
+        if (ready := replica.ready()) is not None:
+            replica.advance(ready)
+        assert replica.role == Role.FOLLOWER
+
+
+def test_with_leases_a_reset_still_refuses_votes_for_the_election_timeout():
+    """lease_ticks > 0: a reset is no proof that the leader stopped serving lease reads, so
+    the follower keeps its leader and refuses votes until an election timeout after the
+    leader's last message; then it campaigns without the random extra wait."""
+    replica = follower_of_1(2, lease_ticks=E - 3)
+    for _ in range(3):
+        replica.tick()
+    replica.leader_unreachable(1)
+    assert not replica.has_ready() and replica.leader_id == 1
+    replica.step(RequestVote(3, 2, 2, 0, 0, True, False))
+    assert not replica.has_ready()              # in the lease: neither granted nor answered
+    for _ in range(E - 4):
+        replica.tick()
+        assert replica.role == Role.FOLLOWER
+    replica.tick()
+    replica.tick()
+    assert replica.role == Role.PRE_CANDIDATE
+
+
+def test_a_killed_leader_is_replaced_within_a_few_ticks_when_its_connections_reset():
+    """The shell reports the dead leader's connections reset to both followers: node 2
+    campaigns on the next tick and leads; node 3, staggered a tick later, votes for it."""
+    net = started(3)
+    net.crash(1)
+    for node in (2, 3):
+        net.nodes[node].leader_unreachable(1)
+    net.settle()
+    ticks = 0
+    while net.leader() in (None, 1) or net.leader() in net.down:
+        net.tick(1, nodes=[2, 3])
+        ticks += 1
+        assert ticks <= E
+    assert (net.leader(), ticks) == (2, 1)
+    assert net.nodes[2].status().early_campaigns == 1   # the metric the shell exports
+
+
 # ---------------------------------------------------------------- leader transfer
 
 def test_leader_transfer_catches_up_the_target_then_hands_over():

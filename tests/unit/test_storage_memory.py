@@ -1,5 +1,6 @@
 """MemoryStorage, the simulator's disk model: written vs synced, crashes that keep only what
-was synced (or a random prefix, or a torn record), EIO on fsync, bit flips, snapshots."""
+was synced (or a random prefix, or a torn record), kills that keep everything written, EIO
+on fsync, bit flips, snapshots."""
 
 from __future__ import annotations
 
@@ -40,6 +41,20 @@ def test_crash_keeps_only_what_was_synced():
     restored, _ = storage.load()
     assert indexes(restored) == [1, 2]
     assert restored.hard_state == HardState(1, 1, 0)
+
+
+def test_kill_keeps_every_written_record_synced_or_not():
+    """A killed process (kill -9) loses nothing it wrote: the page cache survives it, even
+    with an fsync failure armed (it never ran)."""
+    storage = started()
+    storage.save(Ready(hard_state=HardState(1, 1, 0), entries=[entry(1), entry(2)]))
+    storage.append(Ready(hard_state=HardState(2, 2, 0), entries=[entry(3)]))
+    storage.fail_next_sync()
+    storage.kill()
+    restored, _ = storage.load()
+    assert indexes(restored) == [1, 2, 3]
+    assert restored.hard_state == HardState(2, 2, 0)
+    storage.save(Ready(entries=[entry(4)]))          # the armed failure went with the process
 
 
 def test_crash_with_an_rng_keeps_a_random_prefix_of_unsynced_records():
