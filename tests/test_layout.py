@@ -232,3 +232,26 @@ def test_only_the_factory_imports_the_protocols():
         assert importers == {"replica"}, (protocol, importers)
     assert {name for name, imports in graph.items() if "replica" in imports} == set()
     assert graph["types"] <= {"limits", "log", "quorum", "ready"}, graph["types"]
+
+
+def duplicate_basenames(root: pathlib.Path) -> list[str]:
+    """Python files under ``root`` sharing a file name: pytest's default import mode puts
+    each test folder on sys.path, so two ``test_x.py`` (or helper modules) in different
+    folders make the whole collection fail."""
+    seen: dict[str, list[str]] = {}
+    for path in sorted(root.rglob("*.py")):
+        if path.name not in ("__init__.py", "conftest.py"):
+            seen.setdefault(path.name, []).append(str(path.relative_to(root)))
+    return [", ".join(paths) for paths in seen.values() if len(paths) > 1]
+
+
+def test_test_file_names_are_unique():
+    """A second tests/*/test_x.py stops `make test` at collection (CI once failed so)."""
+    assert duplicate_basenames(ROOT / "tests") == []
+
+
+def test_a_duplicate_test_file_name_would_be_detected(tmp_path):
+    for folder in ("unit", "integration"):
+        (tmp_path / folder).mkdir()
+        (tmp_path / folder / "test_same.py").write_text("")
+    assert duplicate_basenames(tmp_path) == ["integration/test_same.py, unit/test_same.py"]

@@ -1,8 +1,8 @@
 """The HTTP/JSON API (DESIGN.md section 5): routes, who may call them, input validation,
 error mapping.
 
-``ROUTES`` is the one table of the API: every path and method, the ``Api`` method that
-serves it and the role it needs (docs/security.md has the same table for readers; the
+``ROUTES`` (routes.py) is the one table of the API: every path and method, the ``Api``
+method that serves it and the role it needs (docs/security.md has the same table for readers; the
 OpenAPI document, openapi.py, is checked against it by a test)::
 
     POST /api/v1/consensus/propose       write   {"key","value","client_id"?,"sequence"?,"op"?,
@@ -49,7 +49,6 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass
 from urllib.parse import parse_qs
 
 from twisted.internet import defer
@@ -60,6 +59,7 @@ from statemachines.base import nesting_exceeds
 from paxoslog.node.commands import CLIENT_ID_CHARS_MAX
 from paxoslog.tokens import Role
 from .access import ANONYMOUS_ADMIN
+from .routes import ROUTES, SERVED_WHEN_REMOVED as _SERVED_WHEN_REMOVED, Route
 from .errors import ApiError, bad_request
 from .http import SwitchProtocols, json_response
 from .reload import ReloadFailed
@@ -77,78 +77,9 @@ _BATCH_KV_FIELDS = frozenset({"key", "value", "op", "expected", "expected_versio
 _CONSISTENCY = ("linearizable", "lease", "stale")
 _SEQUENCE_MAX = (1 << 63) - 1
 _TEXT = b"text/plain; version=0.0.4; charset=utf-8"
-_SERVED_WHEN_REMOVED = frozenset({"/health", "/metrics", "/api/v1/cluster/status",
-                                  "/api/v1/openapi.json"})
-_SM_PREFIX = "/api/v1/sm/"
 # /health without the read role: enough for a load balancer, nothing more.
 _HEALTH_PUBLIC = ("status", "ready", "node_id", "role", "leader", "term")
 
-
-@dataclass(frozen=True)
-class Route:
-    """One row of the API's table.  ``path`` may end in ``{name}`` (one path segment or
-    more: the state machine's name); ``role``: what a request needs; ``read_role``: what
-    a body that only reads needs on a route that also writes; ``param_roles``: a query
-    parameter with a value that needs more (``status?hashes=1``: admin)."""
-
-    path: str
-    method: str
-    handler: str
-    role: Role
-    summary: str
-    read_role: Role | None = None
-    param_roles: tuple[tuple[str, str, Role], ...] = ()
-
-    @property
-    def entry_role(self) -> Role:
-        """The least a request needs to reach the handler."""
-        return self.read_role if self.read_role is not None else self.role
-
-
-ROUTES: tuple[Route, ...] = (
-    Route("/api/v1/consensus/propose", "POST", "propose", Role.WRITE, "Write a key (kv)"),
-    Route("/api/v1/consensus/query", "GET", "query", Role.READ, "Read a key or a prefix (kv)"),
-    Route("/api/v1/consensus/batch", "POST", "batch", Role.WRITE,
-          "Many writes as one log command, applied in order at one index"),
-    Route("/api/v1/consensus/txn", "POST", "txn", Role.WRITE,
-          "A transaction: compares, then one of two op lists, in one log entry"),
-    Route("/api/v1/lease/grant", "POST", "lease_grant", Role.WRITE, "Grant a lease"),
-    Route("/api/v1/lease/revoke", "POST", "lease_revoke", Role.WRITE,
-          "Revoke a lease (its keys are deleted)"),
-    Route("/api/v1/lease/keepalive", "POST", "lease_keepalive", Role.WRITE,
-          "Renew a lease"),
-    Route("/api/v1/lease/ttl", "GET", "lease_ttl", Role.READ,
-          "A lease's remaining time (and keys)"),
-    Route("/api/v1/ws", "GET", "websocket", Role.READ,
-          "The WebSocket endpoint (an upgrade request); each request on it needs its "
-          "route's role"),
-    Route("/api/v1/cluster/status", "GET", "cluster_status", Role.READ,
-          "This node's view of the cluster", param_roles=(("hashes", "1", Role.ADMIN),)),
-    Route("/api/v1/cluster/members", "GET", "members", Role.READ,
-          "Configuration, address book and cluster_members rows"),
-    Route("/api/v1/cluster/add-node", "POST", "add_node", Role.ADMIN, "Add a node"),
-    Route("/api/v1/cluster/remove-node", "POST", "remove_node", Role.ADMIN, "Remove a node"),
-    Route("/api/v1/cluster/transfer-leader", "POST", "transfer_leader", Role.ADMIN,
-          "Hand leadership to another voter"),
-    Route("/api/v1/log/entries", "GET", "log_entries", Role.ADMIN,
-          "Recently applied log entries (every client's session ids: admin only)"),
-    Route(_SM_PREFIX + "{name}", "POST", "state_machine_command", Role.WRITE,
-          "A command for a state machine, or a read", read_role=Role.READ),
-    Route(_SM_PREFIX + "{name}", "GET", "state_machine_read", Role.READ,
-          "A read of a state machine"),
-    Route("/api/v1/cluster/overview", "GET", "cluster_overview", Role.READ,
-          "Every member's status, metrics and recent events (the dashboard's data)"),
-    Route("/api/v1/snapshot", "GET", "snapshot", Role.ADMIN,
-          "A consistent backup of the whole replicated state, streamed"),
-    Route("/api/v1/admin/reload", "POST", "reload", Role.ADMIN,
-          "Re-read the conf file (as SIGHUP)"),
-    Route("/dashboard", "GET", "dashboard_file", Role.NONE, "The live dashboard (HTML)"),
-    Route("/dashboard/{file}", "GET", "dashboard_file", Role.NONE,
-          "The dashboard's static files"),
-    Route("/api/v1/openapi.json", "GET", "openapi", Role.NONE, "This API (OpenAPI 3.1)"),
-    Route("/health", "GET", "health", Role.NONE, "Liveness and readiness"),
-    Route("/metrics", "GET", "metrics", Role.READ, "Prometheus metrics"),
-)
 
 
 def _reject_constant(name: str):

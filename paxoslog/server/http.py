@@ -49,9 +49,7 @@ connection closes.
 
 from __future__ import annotations
 
-import json
 import time
-from typing import Callable
 from urllib.parse import unquote
 
 import httptools
@@ -60,9 +58,10 @@ from twisted.internet import defer, task
 from twisted.internet.interfaces import IPushProducer
 from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
-from twisted.protocols.basic import FileSender
 from twisted.python.failure import Failure
 from zope.interface import implementer
+
+from .httpmsg import FileBody, Request, SwitchProtocols, error_response as _error, json_response
 
 __all__ = ["HttpService", "HttpProtocol", "Request", "FileBody", "SwitchProtocols",
            "json_response", "REASONS"]
@@ -91,86 +90,6 @@ REASONS = {100: "Continue", 200: "OK", 204: "No Content", 400: "Bad Request",
            504: "Gateway Timeout"}
 _STATUS_LINES = {code: f"HTTP/1.1 {code} {reason}\r\n".encode() for code, reason in REASONS.items()}
 _JSON = b"application/json"
-
-
-class Request:
-    """One parsed request; ``principal`` is set by the API's access control.  ``upgrade``: the connection's first request asks to switch
-    protocols (see ``SwitchProtocols``).  ``parsed``: the body already decoded (requests
-    the WebSocket channel routes through the API carry their JSON object here)."""
-
-    __slots__ = ("method", "path", "query", "headers", "body", "keep_alive", "upgrade",
-                 "parsed", "principal")
-
-    def __init__(self, method: str, path: str, query: str, headers: dict, body: bytes,
-                 keep_alive: bool, upgrade: bool = False, parsed: object = None) -> None:
-        self.method = method
-        self.path = path
-        self.query = query
-        self.headers = headers
-        self.body = body
-        self.keep_alive = keep_alive
-        self.upgrade = upgrade
-        self.parsed = parsed
-        self.principal = None
-
-
-class SwitchProtocols:
-    """A handler's answer to an upgrade request: hand the connection to a protocol built
-    by ``factory`` (an ``IProtocolFactory``).  ``principal``: who the upgrade request was
-    authenticated as; the new protocol gets it (``protocol.principal``) and speaks for it
-    on every request it makes."""
-
-    __slots__ = ("factory", "principal")
-
-    def __init__(self, factory, principal=None) -> None:
-        self.factory = factory
-        self.principal = principal
-
-
-class FileBody:
-    """A response body read from ``path`` (``length`` bytes) while it is sent.  ``done``
-    runs exactly once when the body is no longer needed (sent, failed, or the connection
-    closed first): the owner deletes a temporary file there."""
-
-    def __init__(self, path: str, length: int, done: Callable[[], None] | None = None) -> None:
-        self.path = path
-        self.length = length
-        self._done = done
-        self._file = None
-
-    def send(self, consumer) -> defer.Deferred:
-        """Stream the file into ``consumer`` (a transport); fires when the last byte went."""
-        try:
-            self._file = open(self.path, "rb")
-        except OSError as exc:
-            return defer.fail(exc)
-        return FileSender().beginFileTransfer(self._file, consumer)
-
-    def discard(self) -> None:
-        if self._file is not None:
-            self._file.close()
-            self._file = None
-        done, self._done = self._done, None
-        if done is not None:
-            done()
-
-
-def json_response(status: int, obj: object, headers: tuple = ()) -> tuple:
-    """A JSON response.  NaN and infinities are not JSON: a body holding one becomes a 500
-    (the API refuses them on input, so only a plug-in's result could carry one)."""
-    try:
-        body = json.dumps(obj, separators=(",", ":"), ensure_ascii=False, default=str,
-                          allow_nan=False).encode()
-    except ValueError:
-        log.error("a response held a non-finite number (NaN or Infinity); answered 500")
-        status, headers = 500, ()
-        body = (b'{"error":"internal","message":"the response held a non-finite number, '
-                b'which JSON cannot carry"}')
-    return (status, body, _JSON, headers)
-
-
-def _error(status: int, code: str, message: str) -> tuple:
-    return json_response(status, {"error": code, "message": message})
 
 
 class _Abort(Exception):

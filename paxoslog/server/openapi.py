@@ -1,7 +1,7 @@
 """The HTTP API as an OpenAPI 3.1 document: served at ``GET /api/v1/openapi.json`` and
 checked into ``docs/openapi.json`` (``python -m paxoslog.server.openapi > docs/openapi.json``).
 
-Built from ``api.ROUTES`` (the one routing table) plus, per operation, its parameters,
+Built from ``routes.ROUTES`` (the one routing table) plus, per operation, its parameters,
 request body, answers and the error statuses it can give: a test asserts that the served
 document equals the checked-in one and that every route of the table is described (with
 the role the table gives it, ``x-paxoslog-role``) and nothing else, so the document cannot
@@ -354,7 +354,7 @@ _EVERY = (400, 403, 408, 413, 431, 503)
 
 
 def _operation(route) -> dict:
-    from .api import _SERVED_WHEN_REMOVED
+    from .routes import SERVED_WHEN_REMOVED as _SERVED_WHEN_REMOVED
     spec = _OPERATIONS[(route.path, route.method)]
     statuses = set(spec["errors"]) | set(_EVERY)
     if route.entry_role > Role.NONE:
@@ -398,7 +398,7 @@ def _operation(route) -> dict:
 @lru_cache(maxsize=1)
 def document() -> dict:
     """The OpenAPI 3.1 document of the HTTP API (a fresh dict is not needed: cached)."""
-    from .api import ROUTES
+    from .routes import ROUTES
     paths: dict[str, dict] = {}
     for route in ROUTES:
         paths.setdefault(route.path, {})[route.method.lower()] = _operation(route)
