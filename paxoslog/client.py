@@ -579,13 +579,15 @@ class SyncClient(_Calls, _Logic):
 
     def watch(self, key: str | None = None, *, prefix: str | None = None,
               start: int | None = None, prev: bool = False, follow: bool = True,
-              subprotocol: str | None = None):
-        """kv events under ``key`` or ``prefix`` from revision ``start``, a generator."""
+              subprotocol: str | None = None, idle_s: float | None = None):
+        """kv events under ``key`` or ``prefix`` from revision ``start``, a generator;
+        ``idle_s``: it yields None whenever that long passes without an event."""
         from .wsclient import JSON, WatchCursor, blocking_stream
         return blocking_stream(self.order(), WatchCursor(key, prefix, start, prev),
                                subprotocol=subprotocol or JSON, follow=follow,
                                timeout_s=self.attempt_timeout, give_up_s=self.timeout,
-                               ssl_context=self._ssl, authorization=self._authorization)
+                               ssl_context=self._ssl, authorization=self._authorization,
+                               idle_s=idle_s)
 
     def status_of(self, endpoint: str, timeout: float = 1.0) -> dict:
         """One node's own status, no retries (``cluster status`` asks each node); raises

@@ -18,11 +18,11 @@ them for users; this docstring says how they work.
    then look again (step 3): waiters queue in creation order, so the lock is fair and
    a release wakes one waiter only.
 
-Waiting is polling with a deadline (``poll_s``) through the HTTP API, keeping our lease
-alive meanwhile.  That is the weak point of this version: a hand-over costs up to one
-poll interval, and each waiter polls.  When the WebSocket ``watch`` lands the wait in
-``_wait_gone`` becomes a watch on the predecessor key from our revision; nothing else
-changes.
+Waiting is a WebSocket ``watch`` of the predecessor's key from the revision we last saw
+it at, so its delete wakes us at once (a release hands over in one round trip, and a
+waiter sends nothing while it waits); the watch is reopened at least every third of the
+TTL to renew our lease, and when no watch can be opened the waiter polls every ``poll_s``
+instead.
 
 A holder must pass the fencing token to whatever it protects, and the protected resource
 must refuse a token lower than one it has seen: a holder paused longer than its TTL (GC,
@@ -67,6 +67,15 @@ class _Call(NamedTuple):
 
 class _Pause(NamedTuple):
     seconds: float
+
+
+class _Gone(NamedTuple):
+    """Wait at most ``max_s`` for ``key`` to be deleted after ``revision``: True when it
+    was (a watch); False at ``max_s``, or after ``poll_s`` when no watch can be opened."""
+    key: str
+    revision: int
+    max_s: float
+    poll_s: float
 
 
 class _Now(NamedTuple):
@@ -121,7 +130,7 @@ def _wait_turn(prefix: str, lease: int, place: tuple[int, str], deadline: float 
         if not before:
             return
         predecessor = before[-1]["key"]
-        while True:                                   # _wait_gone(predecessor)
+        while True:                                   # wait until the predecessor is gone
             now = yield _Now()
             if deadline is not None and now >= deadline:
                 raise LockTimeout(f"not our turn in {prefix!r} before the deadline")
@@ -129,10 +138,14 @@ def _wait_turn(prefix: str, lease: int, place: tuple[int, str], deadline: float 
                 yield from _keepalive(lease)
                 renewed = now
             try:
-                yield _call("get", predecessor)
+                seen = yield _call("get", predecessor)
             except NotFound:
                 break
-            yield _Pause(poll_s)
+            wait_s = keepalive_s - (now - renewed)
+            if deadline is not None:
+                wait_s = min(wait_s, deadline - now)
+            if (yield _Gone(predecessor, seen["index"], max(wait_s, 0.0), poll_s)):
+                break
 
 
 def _keepalive(lease: int) -> Steps:
@@ -188,8 +201,26 @@ def _run_sync(client, steps: Steps, clock: Callable[[], float],
                 error = exc
         elif type(step) is _Pause:
             sleep(step.seconds)
+        elif type(step) is _Gone:
+            reply = _wait_gone_sync(client, step, sleep)
         else:
             reply = clock()
+
+
+def _wait_gone_sync(client, step: _Gone, sleep: Callable[[float], None]) -> bool:
+    from .wsclient import StreamError
+    stream = client.watch(step.key, start=step.revision + 1, idle_s=step.max_s)
+    try:
+        for event in stream:
+            if event is None:                 # max_s without an event
+                return False
+            if event["type"] == "delete":
+                return True
+    except (StreamError, ClientError, OSError):
+        sleep(min(step.poll_s, step.max_s))
+    finally:
+        stream.close()
+    return False
 
 
 def _run_twisted(client, steps: Steps):
@@ -213,9 +244,31 @@ def _run_twisted(client, steps: Steps):
                     error = exc
             elif type(step) is _Pause:
                 await task.deferLater(reactor, step.seconds, lambda: None)
+            elif type(step) is _Gone:
+                reply = await _wait_gone_twisted(client, step)
             else:
                 reply = reactor.seconds()
     return defer.Deferred.fromCoroutine(drive())
+
+
+async def _wait_gone_twisted(client, step: _Gone) -> bool:
+    from twisted.internet import task
+
+    from .wsclient import StreamError
+    reactor = client.reactor
+    stream = client.watch(step.key, start=step.revision + 1)
+    timer = reactor.callLater(step.max_s, stream.cancel)     # ends the iteration below
+    try:
+        async for event in stream:
+            if event["type"] == "delete":
+                return True
+    except (StreamError, ClientError, OSError):
+        await task.deferLater(reactor, min(step.poll_s, step.max_s), lambda: None)
+    finally:
+        if timer.active():
+            timer.cancel()
+        stream.cancel()
+    return False
 
 
 # ====================================================================== the recipes

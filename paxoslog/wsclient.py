@@ -520,11 +520,12 @@ class TwistedStream:
 def blocking_stream(endpoints: list[str], cursor, *, subprotocol: str = JSON,
                     follow: bool = True, timeout_s: float = 10.0, retry_s: float = 0.2,
                     give_up_s: float = 60.0, ssl_context=None,
-                    authorization: str | None = None):
+                    authorization: str | None = None, idle_s: float | None = None):
     """A generator of the stream's items for synchronous code (autobahn's asyncio client
     on a private event loop).  ``follow`` False: stop once the stream has caught up with
     the applied index it reported when subscribing (``log tail`` without ``-f``).
-    ``ssl_context``: for https endpoints (None: the system's trust store)."""
+    ``ssl_context``: for https endpoints (None: the system's trust store).  ``idle_s``:
+    yield None whenever that long passes without an item (the caller may stop there)."""
     import asyncio
 
     loop = asyncio.new_event_loop()
@@ -532,7 +533,15 @@ def blocking_stream(endpoints: list[str], cursor, *, subprotocol: str = JSON,
                            give_up_s, ssl_context, authorization)
     try:
         while True:
-            items = loop.run_until_complete(state.next_items())
+            if idle_s is None:
+                items = loop.run_until_complete(state.next_items())
+            else:
+                try:
+                    items = loop.run_until_complete(
+                        asyncio.wait_for(state.next_items(), idle_s))
+                except asyncio.TimeoutError:
+                    yield None
+                    continue
             if items is None:
                 return
             yield from items

@@ -29,6 +29,8 @@ state, so they can be tested on hand-made inputs.
 
 from __future__ import annotations
 
+import json
+
 import bisect
 import math
 import statistics
@@ -329,8 +331,9 @@ def check_streams(observers: list[dict], records: list[OpRecord],
                          min(len(got), len(want)))
             problems.append(f"{o['name']}: {len(got)} events up to revision {covered}, the "
                             f"log makes {len(want)}; first difference at #{first}")
-    writes = {(r.key, r.value): r for r in records if r.kind in ("put", "cas")}
-    events = {(e["key"], e.get("value")): e for e in expected if e["type"] == "put"}
+    # Values may be objects (the lock workload's fenced writes): compare them as JSON.
+    writes = {(r.key, _hashable(r.value)): r for r in records if r.kind in ("put", "cas")}
+    events = {(e["key"], _hashable(e.get("value"))): e for e in expected if e["type"] == "put"}
     for key_value, event in events.items():
         record = writes.get(key_value)
         if record is not None and record.status == FAIL:
@@ -461,3 +464,10 @@ def ok_rate(records: Iterable[OpRecord], start: float, end: float) -> float:
     if end <= start:
         return 0.0
     return sum(1 for r in records if r.status == OK and start <= r.ret < end) / (end - start)
+
+
+def _hashable(value: object) -> object:
+    """``value`` as a dict key: scalars as they are, objects and arrays as canonical JSON."""
+    if isinstance(value, (dict, list)):
+        return json.dumps(value, sort_keys=True, separators=(",", ":"))
+    return value

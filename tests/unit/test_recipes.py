@@ -21,6 +21,8 @@ class KVClient:
         self.kv = kv
         self.index = 0
         self.batch = False
+        self.watches: list = []
+        self.clock = Clock()
 
     def _apply(self, fields: dict) -> dict:
         if not self.batch or self.index == 0:
@@ -52,7 +54,17 @@ class KVClient:
         found = self.kv.get(key)
         if found is None:
             raise NotFound("absent", 404, "not_found")
-        return found
+        return {**found, "index": self.index}
+
+    def watch(self, key, *, start, idle_s):
+        """The key's delete once it is gone, else an idle tick (the watch gave up waiting:
+        the recipe renews its lease and watches again)."""
+        self.watches.append((key, start, idle_s))
+        if self.kv.get(key) is None:
+            yield {"type": "delete", "key": key, "mod_index": self.index}
+        else:
+            self.clock.sleep(idle_s)          # nothing happened for idle_s
+            yield None
 
 
 class Clock:
@@ -64,6 +76,7 @@ class Clock:
 
 
 def _lock(client: KVClient, clock: Clock) -> Lock:
+    client.clock = clock
     return Lock(client, "job", ttl_ms=1000, clock=lambda: clock.now, sleep=clock.sleep)
 
 
@@ -90,3 +103,20 @@ def test_names_with_a_slash_are_refused():
     """'a' and 'a/b' would share a queue: such names are refused."""
     with pytest.raises(ValueError):
         Lock(KVClient(KVStateMachine()), "a/b")
+
+
+def test_a_waiter_watches_its_predecessor_and_renews_between_watches():
+    """Waiting is a watch of the key just before ours, from the revision it was seen at,
+    bounded so the lease is renewed every third of the TTL; the release wakes the waiter."""
+    kv, clock = KVStateMachine(), Clock()
+    client = KVClient(kv)
+    holder, waiter = _lock(client, clock), _lock(client, clock)
+    holder.acquire(timeout_s=1)
+    with pytest.raises(LockTimeout):
+        waiter.acquire(timeout_s=1.0)
+    predecessor = f"locks/job/{holder.lease:020d}"
+    assert client.watches and all(key == predecessor for key, _, _ in client.watches)
+    assert all(start == client.watches[0][1] and 0 <= idle <= 1000 / 3000.0
+               for _, start, idle in client.watches)
+    holder.release()
+    assert waiter.acquire(timeout_s=1) > 0
