@@ -31,6 +31,7 @@ __all__ = ["AddressBook"]
 log = Logger(namespace="paxoslog.membership")
 
 _EXIT_DELAY_S = 1.0
+_TELL_REMOVED_S = 600.0    # how long members keep dialing a removed node to tell it
 
 
 class AddressBook:
@@ -54,6 +55,7 @@ class AddressBook:
         self.origin: str | None = None        # the log origin of a restored/recovered cluster
         self.on_removed: Callable[[int], None] | None = None   # the CLI exits
         self._told: set[int] = set()
+        self._removed_seen: dict[int, float] = {}   # removed peer -> when (reactor time)
 
     # ------------------------------------------------------------------ startup
 
@@ -99,9 +101,15 @@ class AddressBook:
         return voters if self.origin is None else {"voters": voters, "origin": self.origin}
 
     def peer_addresses(self) -> dict[int, NodeAddresses]:
-        """Every node this node should be connected to (itself excluded)."""
+        """Every node this node should be connected to (itself excluded): the members,
+        and for a while a node removed since this process started until it was told (the
+        lower id dials, so a removed node that was cut off when it was removed would
+        otherwise never hear of it, and never exit)."""
+        now = self.reactor.seconds()
         return {n: a for n, a in self.book.items()
-                if n != self.node_id and n not in self.removed_ids}
+                if n != self.node_id and (n not in self.removed_ids or (
+                    n not in self._told
+                    and now - self._removed_seen.get(n, -_TELL_REMOVED_S) < _TELL_REMOVED_S))}
 
     def api_address(self, node_id: int) -> str | None:
         entry = self.book.get(node_id)
@@ -138,6 +146,9 @@ class AddressBook:
         if row.get("status") == "removed":
             if node_id not in self.removed_ids:
                 self.removed_ids.add(node_id)
+                if node_id != self.node_id:
+                    self._removed_seen[node_id] = self.reactor.seconds()
+                    self.reactor.callLater(_TELL_REMOVED_S, self.sync_transport)
                 changed = True
         else:
             try:
@@ -180,6 +191,8 @@ class AddressBook:
                 and peer not in self._told):
             self._told.add(peer)           # it may redial a few times before it exits
             log.info("told node {peer} it was removed (index {index})", peer=peer, index=index)
+            if peer in self._removed_seen:
+                self.sync_transport()      # no need to dial it any more
 
     def peer_up(self, peer: int) -> None:
         """An authenticated peer connected: a removed one learns it was removed."""

@@ -367,3 +367,52 @@ def test_unsynced_persists_are_appended_without_waiting():
     runner.execute([Persist(ready, sync=False)])
     assert writer.persists == [(ready, None)]
     assert runner.idle().called
+
+
+class _Transport:
+    """What the address book drives: the peers it should dial, frames it sends."""
+
+    def __init__(self) -> None:
+        self.peers: dict = {}
+        self.connected: set[int] = set()
+        self.frames: list = []
+        self.bootstrap = None
+
+    def set_peers(self, addresses: dict, removed: frozenset) -> None:
+        self.peers = dict(addresses)
+
+    def send_frame(self, peer: int, payload: list) -> bool:
+        if peer not in self.connected:
+            return False
+        self.frames.append((peer, payload))
+        return True
+
+    def disconnect(self, peer: int) -> None:
+        self.connected.discard(peer)
+
+
+def test_a_node_removed_while_cut_off_is_dialed_until_it_is_told(tmp_path):
+    """Node 1 applies node 3's removal while 3 is unreachable: it keeps dialing 3 (3 dials
+    nobody: the lower id dials) until 3 connects and is told, then stops; a removed node
+    never told is dropped after _TELL_REMOVED_S (the chaos smoke run once saw a removed,
+    cut-off node run on forever)."""
+    from paxoslog.config import load_config
+    from paxoslog.server import addressbook
+    conf = tmp_path / "c.toml"
+    conf.write_text('cluster = "t"\nprotocol = "raft"\ndata_dir = "' + str(tmp_path) +
+                    '/{node}"\n' + "".join(f'\n[[nodes]]\nid = {i}\npeer = "127.0.0.1:700{i}"'
+                                            f'\napi = "127.0.0.1:800{i}"\n' for i in (1, 2, 3, 4)))
+    clock, transport = task.Clock(), _Transport()
+    book = addressbook.AddressBook(load_config(str(conf)), 1, transport, clock, rows=list,
+                                   current_config=lambda: Config(frozenset({1, 2, 4})))
+    book.load()
+    book.sync_transport()
+    for node in (3, 4):
+        book.row_applied({"node_id": node, "status": "removed"})
+    assert sorted(transport.peers) == [2, 3, 4]           # still dialed: not told yet
+    transport.connected.add(3)
+    book.peer_up(3)                                       # 3 connected: told, hung up
+    assert transport.frames[0][0] == 3 and transport.frames[0][1][0] == addressbook.F.REMOVED
+    assert sorted(transport.peers) == [2, 4]
+    clock.advance(addressbook._TELL_REMOVED_S)            # 4 never came back
+    assert sorted(transport.peers) == [2]
