@@ -668,6 +668,8 @@ def _with_headers(result, headers: tuple):
         return result
     if isinstance(result, defer.Deferred):
         return result.addCallback(_with_headers, headers)
+    if isinstance(result, SwitchProtocols):
+        return result            # a WebSocket upgrade: the handshake answers (autobahn)
     status, body, ctype, extra = result
     return status, body, ctype, tuple(extra) + headers
 
