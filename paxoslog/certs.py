@@ -27,6 +27,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from paxoslog.storage.durable import atomic_write
+
 __all__ = ["CertFiles", "init_certs", "node_names", "tls_section"]
 
 CA_DAYS = 3650
@@ -96,22 +98,8 @@ def layout(config, out_dir: str | None = None) -> CertFiles:
 
 def _write(path: str, data: bytes, private: bool) -> None:
     """Write ``data`` to ``path`` atomically (a temporary file renamed over it)."""
-    directory = os.path.dirname(path) or "."
-    os.makedirs(directory, exist_ok=True)
-    tmp = f"{path}.tmp-{os.getpid()}"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600 if private else 0o644)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    atomic_write(path, data, mode=0o600 if private else 0o644)
 
 
 def _key_pem(key) -> bytes:

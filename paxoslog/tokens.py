@@ -41,6 +41,8 @@ import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 
+from paxoslog.storage.durable import atomic_write
+
 __all__ = ["Role", "ClientIdRule", "TokenRecord", "TokensFile", "TokensFileError",
            "new_token", "parse_token", "hash_token", "check_token", "read_tokens",
            "write_tokens", "locked_tokens", "TOKEN_PREFIX", "NAME_RE"]
@@ -292,27 +294,8 @@ def read_tokens(path: str, missing_ok: bool = False) -> TokensFile:
 def write_tokens(path: str, tokens: TokensFile) -> None:
     """Replace the file atomically (temporary file, fsync, rename, fsync of the folder),
     readable by its owner only."""
-    folder = os.path.dirname(os.path.abspath(path))
-    tmp = os.path.join(folder, f".{os.path.basename(path)}.{os.getpid()}.tmp")
     data = (json.dumps(tokens.to_json(), indent=1) + "\n").encode()
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-    dir_fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
+    atomic_write(path, data, mode=0o600)
 
 
 @contextmanager

@@ -50,20 +50,28 @@ def make_dirs(path: str) -> None:
         fsync_dir(os.path.dirname(directory))
 
 
-def atomic_write(path: str, data: bytes, failpoint: str | None = None) -> None:
+def atomic_write(path: str, data: bytes, failpoint: str | None = None,
+                 mode: int = 0o644) -> None:
     """Replace ``path`` with ``data`` atomically: temp file, fsync, rename, fsync directory.
 
     After a crash the file holds either the old or the new content, never a mix.
     ``failpoint`` is a prefix such as ``"hardstate"``: ``<prefix>.before_rename`` and
-    ``<prefix>.after_rename`` are hit around the rename.
+    ``<prefix>.after_rename`` are hit around the rename.  ``mode``: the new file's
+    permissions (0o600 for secrets).
     """
     tmp = path + TMP_SUFFIX
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
     try:
         write_all(fd, data)
         os.fsync(fd)
-    finally:
+    except BaseException:
         os.close(fd)
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+    os.close(fd)
     if ACTIVE and failpoint:
         hit(failpoint + ".before_rename")
     os.replace(tmp, path)
