@@ -9,8 +9,9 @@ as real processes, like tools/bench_http.py, and prints, as medians over ``--run
 * **keep-alives/s with 10,000 live leases**: ``--leases`` leases are granted (long TTL),
   then ``POST /api/v1/lease/keepalive`` round-robin over all of them at ``--clients``
   connections to the leader (one node: keep-alives are served by the leader alone);
-* **lock hand-over**: two Twisted lock holders (paxoslog/recipes.py, poll interval
-  ``--poll-ms``) on one lock; the time from the holder's release call to the waiter's
+* **lock hand-over**: two Twisted lock holders (paxoslog/recipes.py: the waiter watches
+  the holder's key; ``--poll-ms`` is its fallback when no watch can be opened) on one
+  lock; the time from the holder's release call to the waiter's
   acquisition, median and p99 over ``--handovers`` hand-overs.
 
 The load generator is a Twisted protocol on the httptools parser in a child process (a
@@ -216,7 +217,7 @@ def main() -> int:
               f"{r['keepalive']['rate']:12.0f} {r['keepalive']['leases']:7d} "
               f"{r['handover']['p50_ms']:11.1f}ms {r['handover']['p99_ms']:6.1f}ms")
     print(f"\n(medians over {args.runs} runs; {args.clients} connections; txn = 3 compares + "
-          f"3 puts; keep-alives to the leader; lock waiters poll every {args.poll_ms:g} ms)")
+          f"3 puts; keep-alives to the leader; lock waiters watch the holder's key)")
     print(json.dumps(results))
     return 0
 
