@@ -169,9 +169,7 @@ def load(kind: str, targets, clients: int, duration: float, warmup: float = 1.0,
 
 def bench_mode(mode: str, args) -> dict:
     workdir = tempfile.mkdtemp(prefix=f"bench-coord-{mode}-")
-    # ports of local-3.toml moved away from a cluster a developer may be running
-    cluster = Cluster(os.path.join(ROOT, "conf", "local-3.toml"), mode, workdir,
-                      port_offset=2000 + os.getpid() % 2000)
+    cluster = Cluster(os.path.join(ROOT, "conf", "local-3.toml"), mode, workdir)  # fresh ports
     cluster.start_all()
     try:
         leader = cluster.wait_leader()
