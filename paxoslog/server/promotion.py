@@ -11,19 +11,19 @@ Nothing happens while a membership operation runs on this leader (``admin.busy``
 
 from __future__ import annotations
 
-from twisted.application.service import Service
-from twisted.internet import task
 from twisted.logger import Logger
 
 from paxoslog.core.errors import Busy, ConfigChangeInProgress, NotLeader
 from paxoslog.core.ready import Role
+
+from .periodic import PeriodicService
 
 __all__ = ["LearnerPromotion"]
 
 log = Logger(namespace="paxoslog.membership")
 
 
-class LearnerPromotion(Service):
+class LearnerPromotion(PeriodicService):
     name = "promotion"
 
     def __init__(self, port, book, admin, reactor, *, period_s: float,
@@ -35,19 +35,9 @@ class LearnerPromotion(Service):
         self.period_s = period_s
         self.election_ticks = election_ticks
         self._marks: dict[int, int] = {}
-        self._loop = None
 
-    def startService(self) -> None:
-        super().startService()
-        self._loop = task.LoopingCall(self.check)
-        self._loop.clock = self.reactor
-        self._loop.start(self.period_s, now=False)
-
-    def stopService(self):
-        super().stopService()
-        if self._loop is not None and self._loop.running:
-            self._loop.stop()
-        self._loop = None
+    def periodic(self) -> None:
+        self.check()
 
     def check(self) -> None:
         port = self.port

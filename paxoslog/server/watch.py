@@ -36,11 +36,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable, Iterable
 
-from twisted.application.service import Service
-from twisted.internet import task
 from twisted.logger import Logger
 
 from .episodes import Condition, Occurrences
+from .periodic import PeriodicService
 
 __all__ = ["Watch", "WatchLimits", "NodeLook"]
 
@@ -83,7 +82,7 @@ def _emitter(level: str, text: str) -> None:
     getattr(log, level)("{text}", text=text)
 
 
-class Watch(Service):
+class Watch(PeriodicService):
     """One node's episodes.  ``emit(level, text)`` defaults to this module's logger."""
 
     name = "watch"
@@ -124,20 +123,11 @@ class Watch(Service):
             end_text="snapshots work again ({detail}) after {count} failure(s) over "
                      "{duration}")
         self.unreachable: dict[int, Condition] = {}
-        self._loop = None
 
     # ------------------------------------------------------------------ service
 
-    def startService(self) -> None:
-        super().startService()
-        self._loop = task.LoopingCall(self.sample)
-        self._loop.clock = self.reactor
-        self._loop.start(self.period_s, now=False)
-
-    def stopService(self):
-        super().stopService()
-        if self._loop is not None and self._loop.running:
-            self._loop.stop()
+    def periodic(self) -> None:
+        self.sample()
 
     # ------------------------------------------------------------------ events
 
