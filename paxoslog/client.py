@@ -27,6 +27,10 @@ or as pipelined batch requests over one WebSocket connection (``Client.put_many`
 log command per batch, one (client_id, sequence) per batch, resent unchanged after a lost
 answer, so each batch applies exactly once.  Streams (``tail``, ``watch``) use the
 WebSocket endpoint and resume by themselves on another node (paxoslog/wsclient.py).
+
+Size: the sync and the Twisted client in one module because they share the request logic
+(``_Calls``) and the retry planner's use; the WebSocket side is wsclient.py, the recipes
+recipes.py.
 """
 
 from __future__ import annotations

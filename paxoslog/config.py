@@ -48,6 +48,9 @@ address: a playground on one machine.  Any other conf is *multi-host* and must c
 secret of at least 32 bytes (``SECRET_BYTES_MIN_MULTI_HOST``); see docs/security.md.  The
 TLS files are only named here: ``paxoslog.server.tls`` reads and checks them (a node needs
 its own certificate and key, a client only the CA), with errors that name the key too.
+
+Size: one small reader per conf table, declarative (each key with its default and
+range); splitting would scatter the single place that names every key.
 """
 
 from __future__ import annotations

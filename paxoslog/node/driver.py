@@ -40,6 +40,10 @@ served at is lower (etcd refuses a future revision the same way).
 Every timer counts ticks: a request gets ``request_timeout_ticks`` (then 504 when it may
 have reached a leader, 503 when it surely did not), and a request with nowhere to go is
 retried every ``retry_ticks``.
+
+Size: over 700 lines because it is the one place events become instructions (reads,
+writes, forwarding, snapshots, leases); the pieces with a job of their own already live
+beside it (requests.py, machines.py, sessions.py, leases.py, ticks.py).
 """
 
 from __future__ import annotations

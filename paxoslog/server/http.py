@@ -45,6 +45,9 @@ then on, gives up its producer slot, and no HTTP deadline applies any more (the 
 protocol keeps its own).  It still counts against ``connections_max`` and
 ``connections_per_address_max``.  Any other answer is sent as plain HTTP and the
 connection closes.
+
+Size: the connection state machine (parsing, pipelining backpressure, deadlines, the
+upgrade hand-over) is one protocol class; what handlers see and answer is httpmsg.py.
 """
 
 from __future__ import annotations
