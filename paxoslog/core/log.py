@@ -128,6 +128,19 @@ class SlotLog:
         """Entries with start <= index < stop, in slot order."""
         return (self.slots[i] for i in self.slots.irange(start, stop - 1))
 
+    def holes(self, limit: int) -> tuple[int, ...]:
+        """Up to ``limit`` unchosen slots below the highest chosen one (none when every
+        chosen slot is contiguous)."""
+        if not self.chosen_above:
+            return ()
+        holes: list[int] = []
+        for slot in range(self.chosen_upto + 1, self.last_index + 1):
+            if len(holes) >= limit:
+                break
+            if not self.is_chosen(slot):
+                holes.append(slot)
+        return tuple(holes)
+
     def compact(self, meta: SnapshotMeta) -> None:
         """Drop every slot <= meta.index (they are in a snapshot)."""
         for slot in list(self.slots.irange(None, meta.index)):

@@ -37,13 +37,12 @@ leave only after the Ready that persists that promise.
 
 Mechanics shared with Raft live in their own modules: batching.py (proposal queue, one byte
 accounting), chunking.py (entries per message), readindex.py (read rounds, ReadIndex,
-lease), timers.py (election timeout, intervals, check-quorum contact), and ReadyGate in
-ready.py (one outstanding Ready).  Here a read starts its own round (its heartbeat also
-carries the chosen set), and check-quorum looks back once per election timeout.
-
-Size: the Multi-Paxos protocol itself; shared mechanics (batching, chunking, ReadIndex,
-timers) are in their own modules.  Fast failover and send-before-persist took it over
-~1,000 lines again: the Ready assembly is the next piece to share with raft.py.
+lease), timers.py (election timeout, intervals, check-quorum contact, fast failover after a
+reset), and ready.py (the Outbox every Ready is assembled from, one outstanding Ready).
+Here a read starts its own round (its heartbeat also carries the chosen set), and
+check-quorum looks back once per election timeout.  Phase 1 bookkeeping (promise pages,
+the configurations a candidate must cover, the values to re-propose) and the slot ->
+configuration timeline are phase1.py.
 """
 
 from __future__ import annotations
@@ -61,9 +60,10 @@ from .log import (ENTRY_CONFIG, ENTRY_NOOP, ENTRY_NORMAL, Entry, HardState, Slot
 from .messages import (Accept, Accepted, CatchupReply, CatchupRequest, Heartbeat,
                        HeartbeatReply, InstallSnapshot, InstallSnapshotReply, Message, Nack,
                        Prepare, PreVote, PreVoteReply, Promise, TimeoutNow)
+from .phase1 import ConfigTimeline, PhaseOne, promise_page
 from .quorum import Config
 from .readindex import PendingReads, ReadRounds
-from .ready import ConfigChanged, ReadState, Ready, ReadyGate, Role, RoleChanged
+from .ready import ConfigChanged, Outbox, Ready, Role, RoleChanged
 from .timers import ElectionTimer, Interval, PeerContact, ResetFailover
 from .types import PeerProgress, ReplicaOptions, ReplicaStatus, Restored, Rng
 
@@ -89,9 +89,7 @@ class MultiPaxosReplica:
             if entry.index >= self.log.first_index:
                 self.log.put(entry)
         self.promised = Ballot.unpack(restored.hard_state.term)
-        # Configuration timeline: slot of a chosen CONFIG entry -> the Config it installs.
-        self.base_config = snapshot.config if snapshot else config
-        self.timeline: SortedDict = SortedDict()
+        self.configs = ConfigTimeline(snapshot.config if snapshot else config)
         # The commit hint is trusted only over entries actually present.
         hint = restored.hard_state.commit
         for slot in range(self.log.first_index, hint + 1):
@@ -117,8 +115,7 @@ class MultiPaxosReplica:
 
         # Pre-candidate / candidate state.
         self.votes: set[int] = set()
-        self.promises: dict[int, Promise] = {}
-        self.promise_pages: dict[int, dict[int, Promise]] = {}
+        self.phase1: PhaseOne | None = None
         self.force_election = False
 
         # Leader state.
@@ -129,7 +126,6 @@ class MultiPaxosReplica:
         self.queue = ProposalQueue(self.limits)
         self.pending_config: Config | None = None
         self.barrier: int | None = None  # slot of an unchosen CONFIG entry we proposed
-        self.proposed_configs: SortedDict = SortedDict()
         self.leader_since = 0
         self.heartbeat = Interval(options.heartbeat_ticks)
         self.quorum_period = Interval(options.election_ticks)  # check-quorum, per period
@@ -147,18 +143,14 @@ class MultiPaxosReplica:
         self.catchup_peer: int | None = None  # where to catch up from when no leader is known
 
         # Ready buffers.
-        self._messages: list[Message] = []
-        self._early: list[Message] = []      # leader traffic that may precede the fsync
+        self._out = Outbox()
         self._own_unsynced: list[tuple[int, int]] = []   # (slot, ballot) we proposed...
         self._own_persisting: list[tuple[int, int]] = []  # ...handed out in the Ready
         self._entries: dict[int, Entry] = {}
         self._hs_dirty = False
         self._last_hs = restored.hard_state
-        self._reads_ready: list[ReadState] = []
-        self._events: list = []
         self._snapshot: tuple[SnapshotMeta, bytes] | None = None
         self._checked_upto = 0
-        self._gate = ReadyGate()
 
     # ------------------------------------------------------------------ properties
 
@@ -178,24 +170,11 @@ class MultiPaxosReplica:
     @property
     def config(self) -> Config:
         """The latest configuration known chosen (or proposed, on the leader)."""
-        if self.proposed_configs:
-            return self.proposed_configs.peekitem(-1)[1]
-        if self.timeline:
-            return self.timeline.peekitem(-1)[1]
-        return self.base_config
+        return self.configs.latest()
 
     def config_for(self, slot: int) -> Config:
         """The configuration that governs ``slot``: the latest CONFIG entry before it."""
-        best_slot, best = -1, self.base_config
-        index = self.timeline.bisect_left(slot) - 1
-        if index >= 0:
-            best_slot, best = self.timeline.peekitem(index)
-        index = self.proposed_configs.bisect_left(slot) - 1
-        if index >= 0:
-            proposed_slot, proposed = self.proposed_configs.peekitem(index)
-            if proposed_slot > best_slot:
-                best = proposed
-        return best
+        return self.configs.at(slot)
 
     # ------------------------------------------------------------------ inputs
 
@@ -209,10 +188,9 @@ class MultiPaxosReplica:
             early = self.election.shortened      # the leader's connection was reset
             self.election.reset()
             self._start_election()
-            if early and self.role != Role.FOLLOWER:   # (a learner does not campaign)
-                retry = self.failover.retry(self.now)
-                if retry is not None and self.role == Role.PRE_CANDIDATE:
-                    self.election.expire_after(retry)  # not granted yet: try again soon
+            if self.role != Role.FOLLOWER:       # (a learner does not campaign)
+                self.failover.campaigned(self.election, self.now, early,
+                                         self.role == Role.PRE_CANDIDATE)
 
     def step(self, msg: Message) -> None:
         if msg.to != self.node_id or msg.frm == self.node_id:
@@ -278,26 +256,18 @@ class MultiPaxosReplica:
 
     def leader_unreachable(self, peer: int) -> None:
         """The shell's connection to ``peer`` was reset, which suggests its process is gone.
-        If ``peer`` is our leader, stop waiting for it: campaign within a couple of ticks
-        (timers.ResetFailover) instead of after the election timeout.
-
-        Without leases we also stop being sticky: Prepares and pre-votes from others are
-        granted at once.  With leases (``lease_ticks > 0``) a reset is no proof that the
-        leader stopped serving lease reads (a process that closed the connection itself,
-        a middlebox), so we keep refusing them until an election timeout after its last
-        message, as the lease bound assumes, and only skip the random extra wait."""
+        If ``peer`` is our leader, campaign within a couple of ticks instead of after the
+        election timeout; without leases also stop being sticky (timers.ResetFailover)."""
         if self.role != Role.FOLLOWER or peer != self.leader_id:
             return
         E = self.options.election_ticks
         lease = self.options.lease_ticks > 0
         voters = self.config_for(self.log.chosen_upto + 1).all_voters
-        delay = self.failover.delay(self.now, voters, self.node_id, peer,
-                                    E - self.leader_elapsed if lease else 0)
+        wait = E - self.leader_elapsed if lease else 0
         if not lease:
-            self._become(Role.FOLLOWER, None)
+            self._become(Role.FOLLOWER, None)   # (restarts the election timer: first)
             self.leader_elapsed = E
-        if delay is not None:
-            self.election.expire_after(delay)
+        self.failover.schedule(self.election, self.now, voters, self.node_id, peer, wait)
 
     def compact(self, meta: SnapshotMeta) -> None:
         """The shell holds a durable snapshot through ``meta.index``; drop the log below it."""
@@ -305,23 +275,22 @@ class MultiPaxosReplica:
         if meta.index < self.log.first_index:
             return
         self.log.compact(meta)
-        self._prune_timeline(meta.index, meta.config)
+        self.configs.prune(meta.index, meta.config)
 
     # ------------------------------------------------------------------ outputs
 
     def has_ready(self) -> bool:
-        if self._gate.outstanding:
+        if self._out.gate.outstanding:
             return False
         if self.role == Role.LEADER:
             self._fill_slots()
-        return bool(self._messages or self._early or self._entries or self._hs_dirty
-                    or self._reads_ready or self._events or self._snapshot
+        return bool(self._out or self._entries or self._hs_dirty or self._snapshot
                     or self.applied < self.log.chosen_upto)
 
     def ready(self) -> Ready | None:
         """Drain outputs, or None when there is nothing to do.  Raises ContractViolation
         while the previous Ready has not been advanced."""
-        self._gate.check_ready()
+        self._out.gate.check_ready()
         if not self.has_ready():
             return None
         ready = Ready()
@@ -336,26 +305,19 @@ class MultiPaxosReplica:
         if self._entries:
             ready.entries = [self._entries[i] for i in sorted(self._entries)]
             self._entries = {}
-        if self._last_hs.term == durable_promise:
-            ready.early_messages = self._early
-            ready.messages = self._messages
-        else:  # a new promise: nothing goes out at it before it is durable
-            ready.messages = self._early + self._messages
-        self._early, self._messages = [], []
+        self._out.fill(ready, promise_durable=self._last_hs.term == durable_promise)
         self._own_persisting, self._own_unsynced = self._own_unsynced, []
         if self.applied < self.log.chosen_upto:
             ready.committed = list(self.log.range(self.applied + 1, self.log.chosen_upto + 1))
             assert len(ready.committed) == self.log.chosen_upto - self.applied
             self.applied = self.log.chosen_upto
-        ready.reads, self._reads_ready = self._reads_ready, []
-        ready.events, self._events = self._events, []
-        return self._gate.hand_out(ready)
+        return self._out.gate.hand_out(ready)
 
     def advance(self, ready: Ready) -> None:
         """Outputs were persisted, sent and applied: our acceptance of the slots we proposed
         in ``ready`` is durable and counts now.  Raises ContractViolation unless ``ready``
         is the outstanding Ready."""
-        self._gate.take_back(ready)
+        self._out.gate.take_back(ready)
         own, self._own_persisting = self._own_persisting, []
         if own and self.role == Role.LEADER:
             for slot, ballot in own:
@@ -375,7 +337,7 @@ class MultiPaxosReplica:
             last_index=max(self.log.last_index, self.log.chosen_upto),
             first_index=self.log.first_index, config=self.config.describe(),
             ticks_since_leader=0 if leading else self.leader_elapsed,
-            holes=self._holes(limit=16), ballot=str(self.promised), progress=progress,
+            holes=self.log.holes(limit=16), ballot=str(self.promised), progress=progress,
             early_campaigns=self.failover.early_campaigns)
 
     # ------------------------------------------------------------------ invariants
@@ -438,10 +400,8 @@ class MultiPaxosReplica:
         return (config.all_voters | self._chosen_configs_above_members()) - {self.node_id}
 
     def _chosen_configs_above_members(self) -> frozenset[int]:
-        members = frozenset()
-        for slot in self.timeline.irange(self.log.chosen_upto + 1, None):
-            members |= self.timeline[slot].all_voters
-        return members
+        return frozenset().union(*(config.all_voters for config
+                                   in self.configs.chosen_from(self.log.chosen_upto + 1)))
 
     def _check_pre_votes(self) -> None:
         if self.role != Role.PRE_CANDIDATE:
@@ -454,17 +414,14 @@ class MultiPaxosReplica:
         self.ballot = Ballot(max(self.max_round_seen, self.promised.round) + 1, self.node_id)
         self._promise(self.ballot)
         self._become(Role.CANDIDATE, None)
-        self.promises = {}
         from_slot = self.log.chosen_upto + 1
-        self.promise_pages = {}
-        self.promises[self.node_id] = self._make_promise(self.node_id, self.ballot, from_slot,
-                                                         bounded=False)
         force = self.transfer_requested
         self.transfer_requested = False
         peers = self._election_peers()
-        for peer in peers:
+        own = promise_page(self.log, self.node_id, self.node_id, self.ballot, from_slot, None)
+        self.phase1 = PhaseOne(self.ballot, from_slot, own, peers)
+        for peer in sorted(peers):
             self._send(Prepare(self.node_id, peer, self.ballot, from_slot, force))
-        self._prepared_extra = set(peers)
         self._check_promises()
 
     transfer_requested = False
@@ -475,47 +432,19 @@ class MultiPaxosReplica:
             self._hs_dirty = True
         self.max_round_seen = max(self.max_round_seen, ballot.round)
 
-    def _make_promise(self, to: int, ballot: Ballot, from_slot: int,
-                      bounded: bool = True) -> Promise:
-        """Accepted slots from ``from_slot`` up, at most message_bytes_max of them (a page;
-        ``next_slot`` says where the next page starts, 0 when this is the last)."""
-        start = max(from_slot, self.log.first_index)
-        accepted: list[Entry] = []
-        budget = MessageBudget(self.limits.message_bytes_max)  # pages: bytes only
-        next_slot = 0
-        for entry in self.log.range(start, self.log.last_index + 1):
-            if bounded and not budget.admit(entry):
-                next_slot = entry.index
-                break
-            accepted.append(entry)
-        return Promise(self.node_id, to, ballot, tuple(accepted), self.log.chosen_upto,
-                       self.log.first_index, next_slot)
-
-    def _phase1_configs(self) -> list[Config]:
-        from_slot = self.log.chosen_upto + 1
-        configs = {self.config_for(from_slot)}
-        for slot in self.timeline.irange(from_slot, None):
-            configs.add(self.timeline[slot])
-        for promise in self.promises.values():
-            for entry in promise.accepted:
-                if entry.kind == ENTRY_CONFIG:
-                    configs.add(entry_config(entry))
-        return list(configs)
-
     def _check_promises(self) -> None:
-        if self.role != Role.CANDIDATE:
+        """Ask every voter the promises so far show we need; lead once a quorum of each
+        configuration that can govern a slot from our first unchosen one up promised."""
+        phase1 = self.phase1
+        if self.role != Role.CANDIDATE or phase1 is None:
             return
-        configs = self._phase1_configs()
-        wanted = frozenset().union(*(c.all_voters for c in configs))
-        for peer in wanted - set(self.promises) - {self.node_id}:
-            if peer not in self._prepared_extra:
-                self._prepared_extra.add(peer)
-                self._send(Prepare(self.node_id, peer, self.ballot, self.log.chosen_upto + 1,
-                                   False))
-        if all(config.is_quorum(self.promises) for config in configs):
+        from_slot = phase1.from_slot
+        configs = phase1.configs([self.config_for(from_slot),
+                                  *self.configs.chosen_from(from_slot)])
+        for peer in phase1.unasked(configs):
+            self._send(Prepare(self.node_id, peer, self.ballot, from_slot, False))
+        if phase1.won(configs):
             self._become_leader()
-
-    _prepared_extra: set[int] = frozenset()  # replaced per candidacy in _become
 
     def _become(self, role: str, leader: int | None) -> None:
         was_leader = self.role == Role.LEADER
@@ -524,42 +453,37 @@ class MultiPaxosReplica:
         changed = role != self.role or leader != self.leader_id
         self.role = role
         self.leader_id = leader
-        self._prepared_extra = set()
+        if role != Role.CANDIDATE:
+            self.phase1 = None
         if role != Role.LEADER:
             self.election.restart()
         if changed:
-            self._events.append(RoleChanged(role, self.term, leader))
+            self._out.events.append(RoleChanged(role, self.term, leader))
 
     def _drop_leader_state(self) -> None:
         dropped = self.queue.drop_all()
         if dropped is not None:
-            self._events.append(dropped)
+            self._out.events.append(dropped)
         self.inflight.clear()
         self.sent_tick.clear()
         self.backlog.clear()
-        self.proposed_configs.clear()
+        self.configs.proposed.clear()
         self.pending_config = None
         self.barrier = None
         self.reads.clear()
         self.transfer_target = None
 
     def _become_leader(self) -> None:
-        from_slot = self.log.chosen_upto + 1
-        best: dict[int, Entry] = {}
-        for promise in self.promises.values():
-            for entry in promise.accepted:
-                if entry.index < from_slot:
-                    continue
-                current = best.get(entry.index)
-                if current is None or entry.term > current.term:
-                    best[entry.index] = entry
+        phase1 = self.phase1
+        from_slot = phase1.from_slot
+        best = phase1.highest_values()
         # Slots another acceptor already compacted into a snapshot are chosen, but we do not
         # hold their values: we cannot lead; fetch them and try again later.
-        for peer, promise in self.promises.items():
-            if promise.first_index > from_slot and peer != self.node_id:
-                self._send(CatchupRequest(self.node_id, peer, self.ballot, (from_slot,)))
-                self._become(Role.FOLLOWER, None)
-                return
+        compacted = phase1.compacted_at(self.node_id)
+        if compacted is not None:
+            self._send(CatchupRequest(self.node_id, compacted, self.ballot, (from_slot,)))
+            self._become(Role.FOLLOWER, None)
+            return
         self._become(Role.LEADER, self.node_id)
         self.leader_elapsed = 0
         self.leader_since = self.now
@@ -620,7 +544,7 @@ class MultiPaxosReplica:
         chosen = tuple(sorted(s for s in self.log.chosen_above
                               if self.log.get(s).term == self.ballot.pack()))
         for peer in self._peers():
-            self._early.append(Heartbeat(self.node_id, peer, self.ballot,
+            self._out.early.append(Heartbeat(self.node_id, peer, self.ballot,
                                          self.log.chosen_upto, chosen, ctx))
 
     def _can_send(self, slot: int) -> bool:
@@ -670,7 +594,7 @@ class MultiPaxosReplica:
         self.sent_tick[entry.index] = self.now
         if entry.kind == ENTRY_CONFIG:
             self.barrier = entry.index
-            self.proposed_configs[entry.index] = entry_config(entry)
+            self.configs.proposed[entry.index] = entry_config(entry)
         self._accept_own(entry)
         return entry
 
@@ -694,7 +618,7 @@ class MultiPaxosReplica:
         commit = self.log.chosen_upto
         for peer in peers:
             for part in chunks:
-                self._early.append(Accept(self.node_id, peer, self.ballot, part, commit))
+                self._out.early.append(Accept(self.node_id, peer, self.ballot, part, commit))
 
     def _retransmit(self) -> None:
         """Resend Accepts for in-flight slots to peers that have not acknowledged them."""
@@ -726,7 +650,7 @@ class MultiPaxosReplica:
         (Leaving a joint configuration is decided in ``_fill_slots``, once nothing newer
         is pending.)"""
         if self.barrier is not None and self.log.is_chosen(self.barrier):
-            self.proposed_configs.pop(self.barrier)
+            self.configs.proposed.pop(self.barrier)
             self.barrier = None
         self._confirm_reads()
         self._hand_over_if_removed()
@@ -781,9 +705,9 @@ class MultiPaxosReplica:
         entry = self.log.get(slot)
         if entry.kind == ENTRY_CONFIG:
             config = entry_config(entry)
-            self.timeline[slot] = config
+            self.configs.chosen[slot] = config
             if notify:
-                self._events.append(ConfigChanged(config, slot))
+                self._out.events.append(ConfigChanged(config, slot))
 
     def _learn_commit(self, ballot: Ballot, commit: int, chosen: Iterable[int]) -> None:
         """Mark as chosen what the leader says is chosen, where we hold its ballot's value."""
@@ -818,24 +742,10 @@ class MultiPaxosReplica:
         if missing and source is not None and source != self.node_id:
             self._send(CatchupRequest(self.node_id, source, self.promised, tuple(missing)))
 
-    def _holes(self, limit: int) -> tuple[int, ...]:
-        holes: list[int] = []
-        for slot in range(self.log.chosen_upto + 1, self.log.last_index + 1):
-            if len(holes) >= limit:
-                break
-            if not self.log.is_chosen(slot):
-                holes.append(slot)
-        return tuple(holes) if self.log.chosen_above else ()
-
-    def _prune_timeline(self, index: int, config: Config) -> None:
-        for slot in list(self.timeline.irange(None, index)):
-            del self.timeline[slot]
-        self.base_config = config
-
     def _confirm_reads(self) -> None:
         if self.reads:
             confirmed = self.rounds.confirmed(self._voter_configs(), self.node_id)
-            self._reads_ready.extend(self.reads.release(confirmed, self.log.chosen_upto))
+            self._out.reads.extend(self.reads.release(confirmed, self.log.chosen_upto))
 
     # ------------------------------------------------------------------ handlers
 
@@ -895,27 +805,17 @@ class MultiPaxosReplica:
                 self._become(Role.FOLLOWER, None)
         self._promise(msg.ballot)
         self.election.restart()
-        self._send(self._make_promise(msg.frm, msg.ballot, msg.from_slot))
+        self._send(promise_page(self.log, self.node_id, msg.frm, msg.ballot, msg.from_slot,
+                                MessageBudget(self.limits.message_bytes_max)))
 
     def on_promise(self, msg: Promise) -> None:
-        if self.role != Role.CANDIDATE or msg.ballot != self.ballot or msg.frm in self.promises:
+        if self.role != Role.CANDIDATE or self.phase1 is None or not self.phase1.add_page(msg):
             return
-        pages = self.promise_pages.setdefault(msg.frm, {})
-        if msg.accepted:
-            first = msg.accepted[0].index
-            if first in pages:
-                return  # a duplicate page
-            pages[first] = msg
-        else:
-            pages[0] = msg
         self.election.restart()  # phase 1 is making progress: do not abandon it
         if msg.next_slot:
             # More accepted slots follow: ask for the next page (same ballot, idempotent).
             self._send(Prepare(self.node_id, msg.frm, self.ballot, msg.next_slot, True))
             return
-        accepted = tuple(e for first in sorted(pages) for e in pages[first].accepted)
-        self.promises[msg.frm] = Promise(msg.frm, msg.to, msg.ballot, accepted,
-                                         msg.chosen_upto, msg.first_index, 0)
         self._check_promises()
 
     def on_nack(self, msg: Nack) -> None:
@@ -1047,13 +947,13 @@ class MultiPaxosReplica:
                 self._become(Role.FOLLOWER, None)
             meta = SnapshotMeta(msg.index, msg.snap_term, msg.config)
             self.log.compact(meta)
-            self._prune_timeline(msg.index, msg.config)
+            self.configs.prune(msg.index, msg.config)
             self.applied = msg.index
             self.known_commit = max(self.known_commit, msg.index)
             self._entries = {i: e for i, e in self._entries.items() if i > msg.index}
             self._snapshot = (meta, msg.data)
             self._hs_dirty = True
-            self._events.append(ConfigChanged(msg.config, msg.index))
+            self._out.events.append(ConfigChanged(msg.config, msg.index))
         self._send(InstallSnapshotReply(self.node_id, msg.frm, self.promised.pack(),
                                         self.log.chosen_upto))
 
@@ -1073,7 +973,7 @@ class MultiPaxosReplica:
     # ------------------------------------------------------------------ plumbing
 
     def _send(self, msg: Message) -> None:
-        self._messages.append(msg)
+        self._out.messages.append(msg)
 
 
 _HANDLERS = {

@@ -24,8 +24,9 @@ then ``advance``.  Design choices the shell and the simulator rely on:
   know the configuration that added its leader.  Like etcd-raft, a learner answers vote
   requests (a freshly promoted learner may be needed for a quorum before it learns of its
   promotion); a candidate only counts voters of its own configuration.
-* **Restart.**  A restarted node ignores vote requests for its first election timeout (it
-  may be part of a quorum that a leader's lease counts on).  A node whose restored commit
+* **Restart.**  With leases on, a restarted node ignores vote requests for its first
+  election timeout (it may be part of a quorum that a leader's lease counts on).
+  A node whose restored commit
   index lies beyond its restored log lost acknowledged entries (R13): it neither votes nor
   campaigns until a leader has sent them again.
 * **Lost messages.**  A follower in pipelined replication whose in-flight entries stay
@@ -35,14 +36,12 @@ then ``advance``.  Design choices the shell and the simulator rely on:
   passed (including after the process was paused), or they are not safe.
 
 The log itself (entries above the snapshot, configuration entries, the unpersisted
-suffix) is raftlog.py.  Mechanics shared with Multi-Paxos live in their own modules:
+suffix) is raftlog.py; each follower's replication flow control (probe, replicate,
+snapshot) is progress.py.  Mechanics shared with Multi-Paxos live in their own modules:
 batching.py, chunking.py, readindex.py (reads coalesce into one heartbeat round per Ready
-here), timers.py (check-quorum here looks back one election timeout at every tick) and
-ReadyGate in ready.py.
-
-Size: the Raft protocol itself; shared mechanics (batching, chunking, ReadIndex, timers,
-the log) are in their own modules.  Fast failover and send-before-persist took it over
-~1,000 lines again: the Ready assembly is the next piece to share with paxos.py.
+here), timers.py (check-quorum here looks back one election timeout at every tick; fast
+failover after a reset) and ready.py (the Outbox every Ready is assembled from, one
+outstanding Ready).
 """
 
 from __future__ import annotations
@@ -57,34 +56,14 @@ from .log import (ENTRY_CONFIG, ENTRY_KINDS, ENTRY_NOOP, ENTRY_NORMAL, Entry, Ha
 from .messages import (AppendEntries, AppendEntriesReply, InstallSnapshot,
                        InstallSnapshotReply, RequestVote, RequestVoteReply, TimeoutNow)
 from .quorum import Config
+from .progress import PROBE, REPLICATE, SNAPSHOT, Progress
 from .raftlog import RaftLog
 from .readindex import PendingReads, ReadRounds
-from .ready import ConfigChanged, ReadState, Ready, ReadyGate, Role, RoleChanged
+from .ready import ConfigChanged, Outbox, Ready, Role, RoleChanged
 from .timers import ElectionTimer, Interval, PeerContact, ResetFailover
 from .types import PeerProgress, ReplicaOptions, ReplicaStatus, Restored, Rng
 
 __all__ = ["RaftReplica"]
-
-# Replication state of one follower, as the leader tracks it (etcd-raft's three states).
-_PROBE = "probe"          # one AppendEntries at a time until the match point is found
-_REPLICATE = "replicate"  # optimistic: next advances as entries are sent, within a window
-_SNAPSHOT = "snapshot"    # an InstallSnapshot is in flight; appends wait for its reply
-
-
-class _Progress:
-    """The leader's view of one follower."""
-
-    __slots__ = ("match", "next", "state", "paused", "progress_tick", "snapshot_index",
-                 "snapshot_tick")
-
-    def __init__(self, next_index: int, now: int) -> None:
-        self.match = 0
-        self.next = next_index
-        self.state = _PROBE
-        self.paused = False        # probe sent, waiting for a reply (or the next heartbeat)
-        self.progress_tick = now   # last tick match advanced or the pipeline started filling
-        self.snapshot_index = 0
-        self.snapshot_tick = 0
 
 
 class RaftReplica:
@@ -118,9 +97,11 @@ class RaftReplica:
         self._config_index, self._config = self._log.current_config()
         self._hs_emitted = HardState(self._term, self._vote, self._commit)
         # A restarted node may have acknowledged a leader just before it went down, and that
-        # leader may still count on it (lease reads): it ignores vote requests during its
-        # first election timeout, as if it had just heard from a leader.
-        self._startup_lease = self._term > 0
+        # leader may still count on it (lease reads): with leases on, it ignores vote
+        # requests during its first election timeout, as if it had just heard from a leader.
+        # Without leases nothing counts on it, and refusing would only slow a failover (a
+        # leader killed soon after a follower restarted waited out that timeout).
+        self._startup_lease = self._term > 0 and options.lease_ticks > 0
 
         # Volatile state.
         self._role = self._follower_role()
@@ -129,14 +110,10 @@ class RaftReplica:
         self._leader_heard_tick = 0
         self._heartbeat = Interval(options.heartbeat_ticks)
         self._votes: dict[int, bool] = {}
-        self._msgs: list = []
-        self._early: list = []         # leader traffic that may precede the fsync
-        self._events: list = []
-        self._reads_out: list[ReadState] = []
-        self._gate = ReadyGate()
+        self._out = Outbox()           # messages, early messages, reads, events; the gate
 
         # Leader state.
-        self._progress: dict[int, _Progress] = {}
+        self._progress: dict[int, Progress] = {}   # flow control per follower
         self._contact = PeerContact()  # when each follower last answered (check-quorum)
         self._queue = ProposalQueue(self._limits)
         self._term_start = 0           # index of this leader's no-op
@@ -244,7 +221,7 @@ class RaftReplica:
 
     def _set_role(self, role: str, leader: int | None) -> None:
         if role != self._role or leader != self._leader_id:
-            self._events.append(RoleChanged(role, self._term, leader))
+            self._out.events.append(RoleChanged(role, self._term, leader))
         self._role = role
         self._leader_id = leader
 
@@ -279,7 +256,7 @@ class RaftReplica:
     def _stop_leading(self) -> None:
         dropped = self._queue.drop_all()
         if dropped is not None:
-            self._events.append(dropped)
+            self._out.events.append(dropped)
         self._progress = {}
         self._contact.clear()
         self._pending_reads.clear()
@@ -314,7 +291,7 @@ class RaftReplica:
         last_index, last_term = self.last_index, self._log.last_term()
         for peer in sorted(self._config.all_voters):
             if peer != self.node_id:
-                self._msgs.append(RequestVote(self.node_id, peer, term, last_index, last_term,
+                self._send(RequestVote(self.node_id, peer, term, last_index, last_term,
                                               pre, transfer))
 
     def _become_leader(self) -> None:
@@ -337,7 +314,7 @@ class RaftReplica:
         members = self._config.members
         for peer in members:
             if peer != self.node_id and peer not in self._progress:
-                self._progress[peer] = _Progress(self.last_index + 1, self._now)
+                self._progress[peer] = Progress(self.last_index + 1, self._now)
                 self._contact.heard(peer, self._now)  # a grace period before check-quorum
         for peer in [p for p in self._progress if p not in members]:
             del self._progress[peer]
@@ -352,7 +329,7 @@ class RaftReplica:
             self._config = config  # the same configuration, now held by another record
             return
         self._config_index, self._config = index, config
-        self._events.append(ConfigChanged(config, index))
+        self._out.events.append(ConfigChanged(config, index))
         if self._role == Role.LEADER:
             self._sync_progress()
         elif self._role in (Role.FOLLOWER, Role.LEARNER):
@@ -373,10 +350,8 @@ class RaftReplica:
             early = self._election.shortened     # the leader's connection was reset
             if self._promotable():
                 self._start_election(transfer=False)
-                if early:
-                    retry = self._failover.retry(self._now)
-                    if retry is not None and self._role == Role.PRE_CANDIDATE:
-                        self._election.expire_after(retry)  # not granted yet: try again
+                self._failover.campaigned(self._election, self._now, early,
+                                          self._role == Role.PRE_CANDIDATE)
             else:
                 self._election.reset()
 
@@ -403,18 +378,12 @@ class RaftReplica:
         ctx = self._rounds.start(now)
         stall_ticks = 2 * self._options.heartbeat_ticks
         for peer, pr in self._progress.items():
-            if pr.state == _SNAPSHOT:
-                if now - pr.snapshot_tick >= self._election_ticks:
-                    pr.state, pr.paused = _PROBE, False  # the snapshot got lost: send again
-            elif pr.state == _REPLICATE:
-                if pr.next - 1 > pr.match and now - pr.progress_tick >= stall_ticks:
-                    # In-flight entries unacknowledged for two heartbeats: assume them lost.
-                    pr.state, pr.next, pr.paused = _PROBE, pr.match + 1, False
+            pr.on_heartbeat(now, stall_ticks, self._election_ticks)
             prev = pr.match
             prev_term = self._log.term_at(prev)
             if prev_term is None:
                 prev, prev_term = self._log.offset, self._log.snap_term
-            self._early.append(AppendEntries(self.node_id, peer, self._term, prev, prev_term,
+            self._out.early.append(AppendEntries(self.node_id, peer, self._term, prev, prev_term,
                                              (), min(self._commit, pr.match), ctx))
 
     # ------------------------------------------------------------------ step
@@ -451,7 +420,7 @@ class RaftReplica:
             if not msg.pre:
                 self._become_follower(msg.term, None)
         elif msg.term < self._term:
-            self._msgs.append(RequestVoteReply(self.node_id, msg.frm, self._term, False, msg.pre))
+            self._send(RequestVoteReply(self.node_id, msg.frm, self._term, False, msg.pre))
             return
         up_to_date = ((msg.last_term, msg.last_index) >= (self._log.last_term(), self.last_index)
                       and not self._lost_entries())
@@ -460,14 +429,14 @@ class RaftReplica:
             if grant:
                 self._election.cancel_shortcut()  # one early candidate at a time (timers.py)
             reply_term = msg.term if grant else self._term
-            self._msgs.append(RequestVoteReply(self.node_id, msg.frm, reply_term, grant, True))
+            self._send(RequestVoteReply(self.node_id, msg.frm, reply_term, grant, True))
             return
         can_vote = self._vote == msg.frm or (self._vote == 0 and self._leader_id is None)
         grant = can_vote and up_to_date
         if grant:
             self._vote = msg.frm
             self._election.reset()
-        self._msgs.append(RequestVoteReply(self.node_id, msg.frm, self._term, grant, False))
+        self._send(RequestVoteReply(self.node_id, msg.frm, self._term, grant, False))
 
     def on_request_vote_reply(self, msg: RequestVoteReply) -> None:
         if msg.term > self._term and not (msg.pre and msg.granted):
@@ -520,7 +489,7 @@ class RaftReplica:
     def on_append_entries(self, msg: AppendEntries) -> None:
         if msg.term < self._term:
             # A stale leader (or our term ran ahead while partitioned): tell it our term.
-            self._msgs.append(AppendEntriesReply(self.node_id, msg.frm, self._term, False, 0, 0,
+            self._send(AppendEntriesReply(self.node_id, msg.frm, self._term, False, 0, 0,
                                                  msg.ctx))
             return
         configs = self._validate_entries(msg)
@@ -568,7 +537,7 @@ class RaftReplica:
         self._reply_append(msg, True, last_new, 0)
 
     def _reply_append(self, msg: AppendEntries, success: bool, index: int, hint_term: int) -> None:
-        self._msgs.append(AppendEntriesReply(self.node_id, msg.frm, self._term, success, index,
+        self._send(AppendEntriesReply(self.node_id, msg.frm, self._term, success, index,
                                              hint_term, msg.ctx))
 
     def _validate_entries(self, msg: AppendEntries) -> dict[int, Config] | None:
@@ -598,7 +567,7 @@ class RaftReplica:
 
     def on_install_snapshot(self, msg: InstallSnapshot) -> None:
         if msg.term < self._term:
-            self._msgs.append(InstallSnapshotReply(self.node_id, msg.frm, self._term, 0))
+            self._send(InstallSnapshotReply(self.node_id, msg.frm, self._term, 0))
             return
         if (type(msg.index) is not int or type(msg.snap_term) is not int or msg.index <= 0
                 or not 0 < msg.snap_term <= msg.term or not isinstance(msg.config, Config)
@@ -608,7 +577,7 @@ class RaftReplica:
             return
         index = msg.index
         if index <= self._commit:
-            self._msgs.append(InstallSnapshotReply(self.node_id, msg.frm, self._term,
+            self._send(InstallSnapshotReply(self.node_id, msg.frm, self._term,
                                                    self._commit))
             return
         self._log.install(index, msg.snap_term, msg.config)
@@ -616,11 +585,11 @@ class RaftReplica:
         self._pending_snapshot = self._log.snapshot
         self._pending_snapshot_data = msg.data
         self._on_config_change()
-        self._msgs.append(InstallSnapshotReply(self.node_id, msg.frm, self._term, index))
+        self._send(InstallSnapshotReply(self.node_id, msg.frm, self._term, index))
 
     # ---- replication, leader side
 
-    def _leader_reply(self, msg) -> _Progress | None:
+    def _leader_reply(self, msg) -> Progress | None:
         """Common handling of a reply to the leader; the sender's progress, or None."""
         if msg.term > self._term:
             self._become_follower(msg.term, None)
@@ -641,34 +610,19 @@ class RaftReplica:
         pr.paused = False
         last = self.last_index
         if msg.success:
-            index = msg.index
-            if index > last:
+            if msg.index > last:
                 return  # claims entries we never sent: drop
-            advanced = index > pr.match
-            if advanced:
-                pr.match = index
-                pr.progress_tick = self._now
-            if pr.state == _SNAPSHOT:
-                if pr.match >= pr.snapshot_index:  # installed (its reply may have been lost)
-                    pr.state, pr.next, pr.paused = _PROBE, pr.match + 1, False
-            elif pr.state == _PROBE and index >= pr.next - 1:
-                pr.state, pr.next = _REPLICATE, index + 1  # the probe found the match point
-                pr.progress_tick = self._now
-            if pr.next <= pr.match:
-                pr.next = pr.match + 1
-            if advanced:
+            if pr.acknowledged(msg.index, self._now):
                 self._maybe_commit()
             if self._transfer_target == msg.frm and pr.match == last:
                 self._send_timeout_now(msg.frm)
-        elif pr.state != _SNAPSHOT and msg.index > pr.match:
-            hint, hint_term = msg.index, msg.hint_term
-            new_next = hint
-            if hint_term:
-                j = self._log.last_index_with_term_at_most(hint_term)
-                if self._log.term_at(j) == hint_term:
+        elif msg.index > pr.match:
+            new_next = msg.index
+            if msg.hint_term:  # skip the follower's whole conflicting term at once
+                j = self._log.last_index_with_term_at_most(msg.hint_term)
+                if self._log.term_at(j) == msg.hint_term:
                     new_next = j + 1
-            new_next = max(pr.match + 1, min(new_next, pr.next - 1, last + 1))
-            pr.next, pr.state = new_next, _PROBE
+            pr.rejected(new_next, last)
         if self._pending_reads:
             self._release_reads()
 
@@ -676,15 +630,7 @@ class RaftReplica:
         pr = self._leader_reply(msg)
         if pr is None or type(msg.index) is not int or msg.index > self.last_index:
             return
-        advanced = msg.index > pr.match
-        if advanced:
-            pr.match = msg.index
-            pr.progress_tick = self._now
-        if pr.state == _SNAPSHOT:
-            pr.state, pr.next, pr.paused = _PROBE, pr.match + 1, False
-        elif pr.next <= pr.match:
-            pr.next = pr.match + 1
-        if advanced:
+        if pr.snapshot_installed(msg.index, self._now):
             self._maybe_commit()
 
     def _own_match(self) -> int:
@@ -731,15 +677,15 @@ class RaftReplica:
         self._become_follower(self._term, None)
 
     def _send_timeout_now(self, peer: int) -> None:
-        self._msgs.append(TimeoutNow(self.node_id, peer, self._term))
+        self._send(TimeoutNow(self.node_id, peer, self._term))
 
-    def _maybe_send_append(self, peer: int, pr: _Progress) -> None:
+    def _maybe_send_append(self, peer: int, pr: Progress) -> None:
         """Send what the follower's state and window allow (nothing when paused/full)."""
         state = pr.state
-        if state == _SNAPSHOT:
+        if state == SNAPSHOT:
             return
         last = self.last_index
-        if state == _PROBE:
+        if state == PROBE:
             if pr.paused:
                 return
             pr.paused = True
@@ -757,7 +703,7 @@ class RaftReplica:
                 return
             pr.next = sent + 1
 
-    def _send_entries(self, peer: int, pr: _Progress, lo: int, hi: int) -> int | None:
+    def _send_entries(self, peer: int, pr: Progress, lo: int, hi: int) -> int | None:
         """One AppendEntries with entries lo..at most hi (bounded by message_bytes_max);
         returns the last index sent, or None when a snapshot had to be sent instead."""
         prev = lo - 1
@@ -771,18 +717,16 @@ class RaftReplica:
             if not budget.admit(entry):
                 break
             entries.append(entry)
-        self._early.append(AppendEntries(self.node_id, peer, self._term, prev, prev_term,
+        self._out.early.append(AppendEntries(self.node_id, peer, self._term, prev, prev_term,
                                          tuple(entries), self._commit, self._rounds.round))
         return prev + len(entries)
 
-    def _send_snapshot(self, peer: int, pr: _Progress) -> None:
+    def _send_snapshot(self, peer: int, pr: Progress) -> None:
         snapshot = self._log.snapshot
         assert snapshot is not None and self._log.offset == snapshot.index
-        self._msgs.append(InstallSnapshot(self.node_id, peer, self._term, snapshot.index,
+        self._send(InstallSnapshot(self.node_id, peer, self._term, snapshot.index,
                                           snapshot.term, self._log.base_config, b""))
-        pr.state = _SNAPSHOT
-        pr.snapshot_index = snapshot.index
-        pr.snapshot_tick = self._now
+        pr.sending_snapshot(snapshot.index, self._now)
 
     def _flush_proposals(self) -> None:
         """Pack queued commands into entries (batching.py) while the pipeline has room."""
@@ -802,7 +746,7 @@ class RaftReplica:
         if self._commit < self._term_start:
             return  # no read point before an entry of our term is committed (R2)
         confirmed = self._rounds.confirmed((self._config,), self.node_id)
-        self._reads_out.extend(self._pending_reads.release(confirmed, self._commit))
+        self._out.reads.extend(self._pending_reads.release(confirmed, self._commit))
 
     # ------------------------------------------------------------------ public API
 
@@ -884,29 +828,22 @@ class RaftReplica:
         pr = self._progress[target]
         if pr.match == self.last_index:
             self._send_timeout_now(target)
-        elif pr.state == _REPLICATE:
-            pr.state, pr.next, pr.paused = _PROBE, pr.match + 1, False  # resend what it lacks
+        elif pr.state == REPLICATE:
+            pr.probe()  # resend what it lacks
 
     def leader_unreachable(self, peer: int) -> None:
         """The shell's connection to ``peer`` was reset, which suggests its process is gone.
-        If ``peer`` is our leader, campaign within a couple of ticks (timers.ResetFailover)
-        instead of after the election timeout.
-
-        Without leases we also forget the leader: not in its lease any more, we grant
-        pre-votes and votes at once.  With leases (``lease_ticks > 0``) a reset is no proof
-        that the leader stopped serving lease reads, so we keep the leader (and refuse
-        votes) until an election timeout after its last message, as the lease bound
-        assumes, and only skip the random extra wait."""
+        If ``peer`` is our leader, campaign within a couple of ticks instead of after the
+        election timeout; without leases also forget the leader (timers.ResetFailover)."""
         if self._role not in (Role.FOLLOWER, Role.LEARNER) or peer != self._leader_id:
             return
         E = self._election_ticks
         lease = self._options.lease_ticks > 0
-        delay = self._failover.delay(self._now, self._config.all_voters, self.node_id, peer,
-                                     E - (self._now - self._leader_heard_tick) if lease else 0)
+        self._failover.schedule(self._election, self._now, self._config.all_voters,
+                                self.node_id, peer,
+                                E - (self._now - self._leader_heard_tick) if lease else 0)
         if not lease:
             self._set_role(self._role, None)
-        if delay is not None:
-            self._election.expire_after(delay)
 
     def compact(self, meta: SnapshotMeta) -> None:
         """The shell took a snapshot covering every entry <= meta.index: drop them."""
@@ -936,32 +873,24 @@ class RaftReplica:
         if (self._queue and self._transfer_target is None
                 and self.last_index - self._commit < self._limits.pipeline_window):
             return True
-        last = self.last_index
-        for pr in self._progress.values():
-            if pr.state == _PROBE:
-                if not pr.paused:
-                    return True
-            elif pr.state == _REPLICATE:
-                if pr.next <= last and pr.next <= pr.match + self._limits.pipeline_window:
-                    return True
-        return False
+        last, window = self.last_index, self._limits.pipeline_window
+        return any(pr.can_send(last, window) for pr in self._progress.values())
 
     def _pending_output(self) -> bool:
         hs = self._hs_emitted
-        return bool(self._msgs or self._early or self._events or self._reads_out
-                    or self._pending_snapshot is not None or self._log.has_unstable
+        return bool(self._out or self._pending_snapshot is not None or self._log.has_unstable
                     or self._emitted < self._commit or hs.commit != self._commit
                     or hs.term != self._term or hs.vote != self._vote)
 
     def has_ready(self) -> bool:
-        if self._gate.outstanding:
+        if self._out.gate.outstanding:
             return False
         return self._pending_output() or (self._role == Role.LEADER and self._leader_has_work())
 
     def ready(self) -> Ready | None:
         """Drain outputs, or None when there is nothing to do.  Raises ContractViolation
         while the previous Ready has not been advanced."""
-        self._gate.check_ready()
+        self._out.gate.check_ready()
         if self._role == Role.LEADER:
             self._leader_prepare()
         if not self._pending_output():
@@ -975,24 +904,18 @@ class RaftReplica:
         rd.truncate_from, rd.entries = self._log.take_unstable()
         rd.snapshot = self._pending_snapshot
         rd.snapshot_data = self._pending_snapshot_data
-        if (hard_state.term, hard_state.vote) == (durable.term, durable.vote):
-            rd.early_messages = self._early
-            rd.messages = self._msgs
-        else:  # a new term or vote: nothing goes out in it before it is durable
-            rd.messages = self._early + self._msgs
+        self._out.fill(rd, promise_durable=(hard_state.term, hard_state.vote)
+                       == (durable.term, durable.vote))
         if self._emitted < self._commit:
             rd.committed = self._log.slice(self._emitted + 1, self._commit)
-        rd.reads = self._reads_out
-        rd.events = self._events
         self._pending_snapshot = self._pending_snapshot_data = None
-        self._msgs, self._early, self._reads_out, self._events = [], [], [], []
         self._emitted = self._commit
-        return self._gate.hand_out(rd)
+        return self._out.gate.hand_out(rd)
 
     def advance(self, ready: Ready) -> None:
         """The shell persisted, sent and applied ``ready``: what it handed out of our log is
         durable, and a leader counts it toward the commit quorum now."""
-        self._gate.take_back(ready)
+        self._out.gate.take_back(ready)
         if ready.snapshot is not None and ready.snapshot.index > self._applied:
             self._applied = ready.snapshot.index
         if ready.committed:
@@ -1048,6 +971,9 @@ class RaftReplica:
         else:
             assert not self._progress and not self._queue and not self._pending_reads
             assert self._transfer_target is None
+
+    def _send(self, msg) -> None:
+        self._out.messages.append(msg)
 
     _HANDLERS = {
         RequestVote: on_request_vote,

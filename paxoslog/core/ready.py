@@ -31,7 +31,7 @@ from .log import Entry, HardState, SnapshotMeta
 from .quorum import Config
 
 __all__ = ["Ready", "ReadState", "RoleChanged", "ConfigChanged", "ProposalDropped", "Role",
-           "ReadyGate"]
+           "ReadyGate", "Outbox"]
 
 
 class Role:
@@ -122,3 +122,37 @@ class ReadyGate:
             raise ContractViolation("advance() takes the Ready last returned by ready(), "
                                     "not another one")
         self._outstanding = None
+
+
+class Outbox:
+    """What a replica has to say between two Readies, and the one-outstanding-Ready gate;
+    both protocols assemble their Ready through it.
+
+    ``early`` holds leader replication traffic that may leave before the Ready is durable,
+    ``messages`` everything that must wait for the fsync; ``fill`` decides which is which
+    for the Ready being built (nothing leaves early in a Ready that changes the term,
+    ballot or vote)."""
+
+    __slots__ = ("messages", "early", "reads", "events", "gate")
+
+    def __init__(self) -> None:
+        self.messages: list = []
+        self.early: list = []
+        self.reads: list[ReadState] = []
+        self.events: list = []
+        self.gate = ReadyGate()
+
+    def __bool__(self) -> bool:
+        return bool(self.messages or self.early or self.reads or self.events)
+
+    def fill(self, ready: Ready, promise_durable: bool) -> Ready:
+        """Move the collected outputs into ``ready``.  ``promise_durable``: the term or
+        ballot (and vote) the messages were sent at is already on disk, so ``early`` may
+        precede this Ready's fsync; otherwise every message waits for it."""
+        if promise_durable:
+            ready.early_messages, ready.messages = self.early, self.messages
+        else:
+            ready.messages = self.early + self.messages
+        ready.reads, ready.events = self.reads, self.events
+        self.messages, self.early, self.reads, self.events = [], [], [], []
+        return ready

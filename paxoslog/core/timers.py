@@ -182,6 +182,30 @@ class ResetFailover:
         self._retry_until = now + delay + self._election_ticks
         return delay
 
+    def schedule(self, election: ElectionTimer, now: int, voters: frozenset[int],
+                 node_id: int, leader: int, wait_ticks: int = 0) -> None:
+        """The leader's connection was reset: shorten ``election`` to ``delay``'s answer.
+
+        With leases (``wait_ticks`` > 0: ticks left until an election timeout after the
+        leader's last message) a reset is no proof that the leader stopped serving lease
+        reads (a process that closed the connection itself, a middlebox): the follower
+        keeps its leader and refuses campaigns until then, as the lease bound assumes, and
+        only skips the random extra wait.  Without leases the caller also forgets the
+        leader, so that it grants pre-votes, Prepares and votes at once."""
+        delay = self.delay(now, voters, node_id, leader, wait_ticks)
+        if delay is not None:
+            election.expire_after(delay)
+
+    def campaigned(self, election: ElectionTimer, now: int, early: bool,
+                   pre_candidate: bool) -> None:
+        """A campaign just started because ``election`` expired (``early``: it had been
+        shortened by ``schedule``): while its pre-vote is not won, try again soon."""
+        if not early:
+            return
+        retry = self.retry(now)
+        if retry is not None and pre_candidate:
+            election.expire_after(retry)
+
     def retry(self, now: int) -> int | None:
         """An early campaign just started (at ``now``; counted): ticks until the next
         pre-vote should, if this one is not granted, or None once an election timeout has

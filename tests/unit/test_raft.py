@@ -1021,12 +1021,12 @@ def test_compact_rejects_unapplied_indexes():
         net.nodes[1].compact(SnapshotMeta(5, 1, net.config))
 
 
-def follower_with_log(terms, commit=0):
+def follower_with_log(terms, commit=0, **opts):
     """A follower (node 2 of {1, 2, 3}) restored with entries of the given terms."""
     config = Config(frozenset({1, 2, 3}))
     entries = [Entry(i, t, ENTRY_NORMAL, (b"%d" % i,)) for i, t in enumerate(terms, 1)]
     restored = Restored(HardState(max(terms), 0, commit), entries)
-    return RaftReplica(2, config, options(), random.Random(2), restored), config
+    return RaftReplica(2, config, options(**opts), random.Random(2), restored), config
 
 
 def test_snapshot_matching_an_entry_keeps_the_log_suffix():
@@ -1056,12 +1056,21 @@ def test_snapshot_conflicting_with_the_log_replaces_it():
 
 def test_restarted_node_ignores_votes_during_its_first_election_timeout():
     """A restarted node may hold up a leader's lease, so it ignores higher-term votes at first."""
-    replica, _ = follower_with_log([1, 1])
+    replica, _ = follower_with_log([1, 1], lease_ticks=E - 2)
     replica.step(RequestVote(3, 2, 2, 5, 1, False, False))
     assert not replica.has_ready() and replica.term == 1
     for _ in range(E):
         replica.tick()
     replica.step(RequestVote(3, 2, 2, 5, 1, False, False))
+    assert replica.ready().messages[-1] == RequestVoteReply(2, 3, 2, True, False)
+
+
+def test_restarted_node_without_leases_votes_at_once():
+    """Without leases no leader counts on a restarted node, so it grants a vote at once: a
+    leader killed soon after a follower restarted must not cost an extra election timeout."""
+    replica, _ = follower_with_log([1, 1])
+    replica.step(RequestVote(3, 2, 2, 5, 1, False, False))
+    assert replica.term == 2
     assert replica.ready().messages[-1] == RequestVoteReply(2, 3, 2, True, False)
 
 
