@@ -567,7 +567,7 @@ def main(argv: list[str] | None = None) -> int:
         log("matplotlib is not installed (pip install -e '.[plot]'): no plot")
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
                             text=True, cwd=ROOT).stdout.strip() or "unknown commit"
-    meta = {"started": started, "argv": " ".join(sys.argv[1:] if argv is None else argv),
+    meta = {"started": started, "argv": " ".join(sys.argv[1:] if argv is None else argv).strip(),
             "commit": commit, "generator": generator, "repeat": args.repeat,
             "duration": args.duration, "warmup": args.warmup,
             "failovers_total": args.repeat * args.failovers, "etcd": etcd_note,
