@@ -505,9 +505,9 @@ def main(argv: list[str] | None = None) -> int:
             timing = {"heartbeat_ms": t.tick_ms * t.heartbeat_ticks,
                       "election_ms": t.tick_ms * t.election_ticks}
         systems.append(EtcdSystem(etcd_binary, **timing))
-        etcd_note = (f"{version}, v3 HTTP/JSON gateway, "
-                     + (f"heartbeat {timing['heartbeat_ms']} ms, election {timing['election_ms']} ms"
-                        if timing else "its default timings (heartbeat 100 ms, election 1 s)"))
+        etcd_note = f"{version}, v3 HTTP/JSON gateway, " + (
+            f"heartbeat {timing['heartbeat_ms']} ms, election {timing['election_ms']} ms"
+            if timing else "its default timings (heartbeat 100 ms, election 1 s)")
 
     runs = {s.name: {name: [] for name, _, _ in WORKLOADS} for s in systems}
     failovers: dict[str, list[float]] = {s.name: [] for s in systems}

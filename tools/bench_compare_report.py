@@ -122,8 +122,9 @@ def render_report(results: dict[str, dict], meta: dict) -> str:
     systems = list(results)
     paxos = [s for s in systems if s != ETCD]
     etcd = results.get(ETCD)
+    command = f"python tools/bench_compare.py {meta['argv']}".strip()
     lines = [f"# paxoslog against etcd, {meta['started']}", "",
-             f"`{' '.join(['python tools/bench_compare.py', meta['argv']]).strip()}` at {meta['commit']}; "
+             f"`{command}` at {meta['commit']}; "
              f"generator: {meta['generator']}; {meta['repeat']} round(s) of "
              f"{meta['duration']:g} s (+{meta['warmup']:g} s warm-up) per workload, medians; "
              f"{meta['failovers_total']} failover(s) per system.  3 nodes each on 127.0.0.1, "
