@@ -7,7 +7,7 @@ PROTOCOL ?= both
 NODES ?= 3,5
 START ?= 0
 
-.PHONY: venv run test sim bench bench-core bench-storage bench-http bench-coord compare chaos clean
+.PHONY: venv run test sim bench bench-core bench-storage bench-http bench-coord bench-compare compare chaos clean
 DURATION ?= 600
 MODE ?= multipaxos
 CONF ?= conf/local-3.toml
@@ -43,6 +43,13 @@ bench-http: venv
 
 bench-coord: venv
 	$(PY) tools/bench_coord.py
+
+# paxoslog (both modes) against a 3-member etcd, wrk as the load generator when installed
+# (apt-get install -y etcd-server wrk); report and plot in reports/.  Never part of `make test`.
+BENCH_COMPARE_ARGS ?=
+bench-compare: venv
+	$(PY) -c 'import matplotlib' 2>/dev/null || $(PY) -m pip install --quiet -e '.[plot]'
+	$(PY) tools/bench_compare.py $(BENCH_COMPARE_ARGS)
 
 bench: bench-core bench-http
 

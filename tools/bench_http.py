@@ -126,14 +126,7 @@ class Cluster:
         proc.wait()
 
     def stop_all(self) -> None:
-        for proc in self.procs.values():
-            proc.send_signal(signal.SIGTERM)
-        for proc in self.procs.values():
-            try:
-                proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        stop_processes(self.procs.values())
         self.procs.clear()
 
     def cpu_seconds(self) -> float:
@@ -196,6 +189,20 @@ class Cluster:
                 return
             time.sleep(0.05)
         raise RuntimeError(f"node {node_id} did not catch up")
+
+
+def stop_processes(procs, timeout: float = 20.0) -> None:
+    """SIGTERM every process, then wait for each; kill -9 the ones still there after
+    ``timeout`` seconds."""
+    procs = list(procs)
+    for proc in procs:
+        proc.send_signal(signal.SIGTERM)
+    for proc in procs:
+        try:
+            proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
 
 
 # ====================================================================== load generator

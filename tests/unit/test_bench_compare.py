@@ -1,0 +1,96 @@
+"""tools/bench_compare_report.py: reading wrk's done() lines, percentiles, medians over
+rounds and the goals of issue 17 (the benchmark itself never runs in the tests)."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import pytest
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "..", "tools"))
+
+from bench_compare_report import (ETCD, PERCENTILES, WORKLOADS, goals,  # noqa: E402
+                                  median_result, parse_wrk, percentiles_of, render_report,
+                                  result_of)
+
+ONE, W64, W256, GETS = (w[0] for w in WORKLOADS)
+
+
+def _wrk_output(requests=2000, duration_us=2_000_000, status_errors=0) -> str:
+    lines = ["Running 2s test @ http://127.0.0.1:1/", "  Requests/sec: 999"]
+    lines.append(f"BENCH requests {requests}")
+    lines.append(f"BENCH duration_us {duration_us}")
+    lines.append(f"BENCH errors 0 0 0 {status_errors} 1")
+    lines += [f"BENCH latency_us {p:g} {int(p * 100)}" for p in PERCENTILES]
+    return "\n".join(lines) + "\n"
+
+
+def test_parse_wrk_reads_rate_errors_and_percentiles():
+    result = parse_wrk(_wrk_output(requests=2000, duration_us=2_000_000, status_errors=100))
+    assert result["rate"] == pytest.approx(950.0)       # non-2xx answers are not counted
+    assert result["errors"] == 101
+    assert result["p50_ms"] == pytest.approx(5.0)
+    assert result["p999_ms"] == pytest.approx(9.99)
+    assert len(result["cdf"]) == len(PERCENTILES)
+
+
+def test_parse_wrk_without_a_summary_is_an_error():
+    with pytest.raises(ValueError):
+        parse_wrk("unable to connect to 127.0.0.1:1 Connection refused\n")
+
+
+def test_percentiles_are_nearest_rank():
+    points = percentiles_of([float(i) for i in range(1, 1001)])
+    assert points[50.0] == 500.0
+    assert points[99.0] == 990.0
+    assert points[99.9] == 999.0
+    assert points[99.99] == 1000.0
+
+
+def _run(rate, p50, p99):
+    cdf = {p: p50 for p in PERCENTILES}
+    cdf[99.0], cdf[99.9] = p99, p99
+    return result_of(rate, 0, cdf)
+
+
+def test_median_over_rounds_takes_each_figure_and_each_cdf_point_separately():
+    out = median_result([_run(100, 1.0, 9.0), _run(300, 3.0, 5.0), _run(200, 2.0, 7.0)])
+    assert out["rate"] == 200 and out["p50_ms"] == 2.0 and out["p99_ms"] == 7.0
+    assert dict(out["cdf"])[99.0] == 7.0
+    assert out["rates"] == [100, 300, 200]
+
+
+def test_goals_judge_ratios_to_etcd_and_failover_times():
+    etcd = {ONE: _run(1000, 1.0, 2.0), W64: _run(7000, 9.0, 20.0),
+            W256: _run(10000, 25.0, 48.0), GETS: _run(9000, 7.0, 17.0)}
+    mode = {ONE: _run(700, 1.4, 2.5), W64: _run(10500, 6.0, 19.0),
+            W256: _run(9400, 27.0, 140.0), GETS: _run(27000, 2.0, 17.0),
+            "failover": {"median_ms": 120, "worst_ms": 450, "each_ms": [120, 450, 100]}}
+    verdicts = {label: met for label, _, met in goals(mode, etcd)}
+    assert verdicts["1 connection: p50 <= etcd's"] is False
+    assert verdicts["1 connection: p99 <= 2x own p50"] is True
+    assert verdicts[f"{W64}: writes/s >= 1.5x etcd's"] is True
+    assert verdicts[f"{W64}: p99 <= etcd's"] is True
+    assert verdicts[f"{W256}: writes/s >= 1.5x etcd's"] is False
+    assert verdicts[f"{GETS}: reads/s >= 3x etcd's"] is True
+    assert verdicts[f"{GETS}: p99 <= etcd's"] is True
+    assert verdicts["kill -9 of the leader to the next write: median <= 150 ms"] is True
+    assert verdicts["kill -9 of the leader to the next write: worst <= 400 ms"] is False
+    # without etcd the relative goals cannot be judged
+    assert {label: met for label, _, met in goals(mode, None)}[
+        f"{W64}: writes/s >= 1.5x etcd's"] is None
+
+
+def test_the_report_has_a_row_per_workload_and_says_when_etcd_is_missing():
+    results = {"paxoslog raft": {name: median_result([_run(500, 1.0, 3.0)])
+                                 for name, _, _ in WORKLOADS}}
+    meta = {"started": "now", "argv": "", "commit": "abc", "generator": "wrk", "repeat": 1,
+            "duration": 1, "warmup": 0, "failovers_total": 0, "etcd": "etcd not installed",
+            "load_start": "1.00", "load_end": "2.00", "plot": None}
+    text = render_report(results, meta)
+    for name, _, _ in WORKLOADS:
+        assert f"| {name} | 500/s" in text
+    assert "apt-get install -y etcd-server" in text
+    results[ETCD] = {name: median_result([_run(1000, 0.5, 1.0)]) for name, _, _ in WORKLOADS}
+    assert "| puts, 1 connection | 0.50x / 2.00x / 3.00x |" in render_report(results, meta)

@@ -1,0 +1,585 @@
+"""paxoslog (both modes) against etcd on this machine, same workloads, one load generator
+(``make bench-compare``; issue 17).
+
+Install the comparison tools once (Debian bookworm: etcd 3.4.23, wrk 4.1.0)::
+
+    apt-get install -y etcd-server wrk
+
+For each of ``--repeat`` rounds (the systems' order rotates between rounds, so a change in
+the machine's other load falls on all of them alike) it starts, one system at a time, on
+fresh 127.0.0.1 ports with data in a temporary directory and fsync on (paxoslog always
+fsyncs its WAL; etcd does unless told otherwise):
+
+* paxoslog, ``multipaxos`` and ``raft``: the 3 nodes of ``conf/local-3.toml`` (its timings)
+  through tools/bench_http.py's ``Cluster`` (no tokens, no TLS: the same defaults as
+  ``make bench-http``);
+* etcd, when the ``etcd`` binary is installed: 3 members, their v3 HTTP/JSON gateway
+  (``POST /v3/kv/put`` and ``/v3/kv/range`` with base64 keys and values); without it the
+  run says so and measures paxoslog alone.
+
+It writes the 1,000 keys once, then drives each workload at the leader for
+``--warmup`` + ``--duration`` seconds (the warm-up is not measured):
+
+* puts of 128-byte values over 1,000 keys with 1, 64 and 256 connections (paxoslog
+  ``POST /api/v1/consensus/propose``; etcd ``/v3/kv/put``);
+* linearizable gets of those keys with 64 connections (paxoslog
+  ``GET /api/v1/consensus/query?key=`` whose default consistency is linearizable; etcd
+  ``/v3/kv/range`` with its default ``serializable=false``);
+* ``--failovers`` times per round: kill -9 of the leader, then the time until a put sent
+  through another node/member is acknowledged (paxoslog: bench_http's ``failover_once``;
+  etcd: the leader found with ``/v3/maintenance/status``); the killed one is restarted and
+  caught up before the next round.
+
+The load generator is wrk with a generated Lua script (it cycles over the 1,000 keys and
+prints the latency percentiles and requests/s from ``done()``) when ``wrk`` is installed,
+else a built-in asyncio generator that keeps N keep-alive connections busy (one request at
+a time per connection, the next as soon as the answer arrives); both systems always get the
+same one.  The machine is shared by the generator and the nodes.
+
+The report, ``reports/bench-compare-<timestamp>.md``, holds the medians over the rounds, the
+ratios to etcd measured in the same run, issue 17's goals marked met or not met, and the
+load average at the start and the end; ``.png`` next to it plots the latency CDFs per
+workload and throughput against connections (needs matplotlib: ``pip install -e '.[plot]'``;
+skipped without it).
+
+    python tools/bench_compare.py [--repeat 3] [--duration 5] [--warmup 1] [--failovers 2]
+                                  [--modes multipaxos,raft] [--generator auto|wrk|builtin]
+                                  [--etcd-timings default|conf] [--no-etcd]
+
+Every node and etcd member is stopped on exit, on Ctrl-C and on SIGTERM too.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import concurrent.futures
+import ctypes
+import http.client
+import json
+import os
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+sys.path.insert(0, os.path.join(ROOT, "tools"))
+
+from bench_compare_report import (ETCD, KEYS, PERCENTILES, WORKLOADS, median_result,  # noqa: E402
+                                  parse_wrk, percentiles_of, plot, render_report, result_of)
+from bench_http import Cluster, failover_once, stop_processes  # noqa: E402
+
+VALUE = ("0123456789abcdef" * 8).encode()          # 128 bytes
+
+def _key(i: int) -> str:
+    return f"bench-{i:04d}"
+
+
+def log(message: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
+
+
+def wait_until(predicate, timeout: float, what: str, every: float = 0.05):
+    """Poll ``predicate`` until it returns something true or ``timeout`` passes."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = predicate()
+        if result:
+            return result
+        if time.monotonic() >= deadline:
+            raise RuntimeError(f"timed out after {timeout:.0f} s waiting for {what}")
+        time.sleep(every)
+
+
+def _post_json(address: tuple[str, int], path: str, body: dict, timeout: float = 2.0):
+    """(status, decoded JSON or None); raises OSError/HTTPException on transport errors."""
+    conn = http.client.HTTPConnection(*address, timeout=timeout)
+    try:
+        conn.request("POST", path, json.dumps(body).encode(),
+                     {"Content-Type": "application/json"})
+        response = conn.getresponse()
+        data = response.read()
+    finally:
+        conn.close()
+    try:
+        return response.status, json.loads(data)
+    except ValueError:
+        return response.status, None
+
+
+# ====================================================================== the systems
+
+class PaxoslogSystem:
+    """One mode of paxoslog: bench_http's Cluster plus the requests of each workload."""
+
+    def __init__(self, mode: str, conf: str) -> None:
+        self.name = f"paxoslog {mode}"
+        self.mode = mode
+        self.conf = conf
+        self.cluster: Cluster | None = None
+
+    def start(self) -> None:
+        workdir = tempfile.mkdtemp(prefix=f"paxoslog-compare-{self.mode}-")
+        self.cluster = Cluster(self.conf, self.mode, workdir)
+        self.cluster.start_all()
+
+    def leader(self) -> tuple[str, int]:
+        return self.cluster.api(self.cluster.wait_leader())
+
+    def requests(self, kind: str) -> list[tuple[str, str, bytes]]:
+        """(method, path, body) for each of the 1,000 keys."""
+        if kind == "put":
+            return [("POST", "/api/v1/consensus/propose",
+                     json.dumps({"key": _key(i), "value": VALUE.decode()}).encode())
+                    for i in range(KEYS)]
+        return [("GET", f"/api/v1/consensus/query?key={_key(i)}", b"") for i in range(KEYS)]
+
+    def failover(self) -> float:
+        return failover_once(self.cluster)
+
+    def stop(self) -> None:
+        if self.cluster is not None:
+            self.cluster.stop_all()
+            shutil.rmtree(self.cluster.workdir, ignore_errors=True)
+            self.cluster = None
+
+
+def _die_with_parent() -> None:
+    """In the child before exec: SIGKILL when this benchmark dies, even by kill -9."""
+    try:
+        ctypes.CDLL(None).prctl(1, signal.SIGKILL)      # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
+class EtcdSystem:
+    """A 3-member etcd cluster on 127.0.0.1, driven through its v3 HTTP/JSON gateway."""
+
+    name = ETCD
+
+    def __init__(self, binary: str, heartbeat_ms: int | None = None,
+                 election_ms: int | None = None, members: int = 3) -> None:
+        self.binary = binary
+        self.timing = ([f"--heartbeat-interval={heartbeat_ms}", f"--election-timeout={election_ms}"]
+                       if heartbeat_ms else [])
+        self.members = members
+        self.procs: dict[int, subprocess.Popen] = {}
+        self.workdir: str | None = None
+
+    def start(self) -> None:
+        from paxoslog.chaos.cluster import allocate_ports
+        self.workdir = tempfile.mkdtemp(prefix="etcd-compare-")
+        ports = allocate_ports(2 * self.members)
+        self.client_ports = {m: ports[2 * (m - 1)] for m in range(1, self.members + 1)}
+        self.peer_ports = {m: ports[2 * (m - 1) + 1] for m in range(1, self.members + 1)}
+        self.token = os.path.basename(self.workdir)
+        for member in self.client_ports:
+            self.start_member(member)
+
+    def start_member(self, member: int) -> None:
+        client = f"http://127.0.0.1:{self.client_ports[member]}"
+        peer = f"http://127.0.0.1:{self.peer_ports[member]}"
+        cluster = ",".join(f"e{m}=http://127.0.0.1:{p}" for m, p in self.peer_ports.items())
+        # On a restart the data directory decides; the initial-cluster flags are ignored.
+        argv = [self.binary, "--name", f"e{member}",
+                "--data-dir", os.path.join(self.workdir, f"e{member}"),
+                "--listen-client-urls", client, "--advertise-client-urls", client,
+                "--listen-peer-urls", peer, "--initial-advertise-peer-urls", peer,
+                "--initial-cluster", cluster, "--initial-cluster-token", self.token,
+                "--initial-cluster-state", "new", "--logger", "zap", "--log-level", "warn",
+                *self.timing]
+        out = open(os.path.join(self.workdir, f"e{member}.log"), "ab")
+        self.procs[member] = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT,
+                                              preexec_fn=_die_with_parent)
+        out.close()
+
+    def api(self, member: int) -> tuple[str, int]:
+        return "127.0.0.1", self.client_ports[member]
+
+    def status(self, member: int) -> dict | None:
+        try:
+            code, body = _post_json(self.api(member), "/v3/maintenance/status", {}, 0.5)
+        except (OSError, http.client.HTTPException):
+            return None
+        return body if code == 200 and body else None
+
+    def leader_member(self, exclude: int | None = None) -> int | None:
+        """The running member whose id is the leader id it reports itself, if any."""
+        for member in self.procs:
+            if member == exclude:
+                continue
+            status = self.status(member)
+            if status and status.get("leader") and \
+                    status["leader"] == status.get("header", {}).get("member_id"):
+                return member
+        return None
+
+    def wait_leader(self, timeout: float = 30.0) -> int:
+        return wait_until(self.leader_member, timeout, "an etcd leader")
+
+    def leader(self) -> tuple[str, int]:
+        return self.api(self.wait_leader())
+
+    def requests(self, kind: str) -> list[tuple[str, str, bytes]]:
+        def b64(data: bytes) -> str:
+            return base64.b64encode(data).decode()
+        if kind == "put":
+            return [("POST", "/v3/kv/put", json.dumps(
+                {"key": b64(_key(i).encode()), "value": b64(VALUE)}).encode()) for i in range(KEYS)]
+        return [("POST", "/v3/kv/range", json.dumps({"key": b64(_key(i).encode())}).encode())
+                for i in range(KEYS)]
+
+    def put(self, member: int, timeout: float = 2.0) -> bool:
+        try:
+            code, _ = _post_json(self.api(member), "/v3/kv/put",
+                                 {"key": base64.b64encode(b"failover").decode(),
+                                  "value": base64.b64encode(b"x").decode()}, timeout)
+        except (OSError, http.client.HTTPException):
+            return False
+        return code == 200
+
+    def failover(self) -> float:
+        """Kill -9 the leader; seconds until a put sent after the kill is acknowledged by
+        another member.  A put that reaches a follower still following the dead leader
+        waits for etcd's request timeout (several seconds), so a sequential client would
+        measure its own timeout: a new attempt starts every 50 ms (alternating between
+        the survivors, each with a 5 s timeout) and the first acknowledgement counts.
+        That is the earliest moment etcd can acknowledge a write, a bound in etcd's favour
+        (paxoslog is timed with bench_http's sequential client)."""
+        leader = self.wait_leader()
+        others = [m for m in self.procs if m != leader]
+        for member in others:
+            if not self.put(member):
+                raise RuntimeError(f"etcd member {member} refused a put before the kill")
+        acked = threading.Event()
+        acked_at: list[float] = []
+
+        def attempt(member: int) -> None:
+            if not acked.is_set() and self.put(member, timeout=5.0):
+                acked_at.append(time.monotonic())
+                acked.set()
+
+        killed_at = time.monotonic()
+        proc = self.procs.pop(leader)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        with concurrent.futures.ThreadPoolExecutor(max_workers=128) as pool:
+            n = 0
+            while not acked.is_set():
+                if time.monotonic() - killed_at > 30:
+                    raise RuntimeError("no etcd put acknowledged within 30 s of the kill")
+                pool.submit(attempt, others[n % len(others)])
+                n += 1
+                acked.wait(0.05)          # the probing rate; returns at once on the ack
+        elapsed = min(acked_at) - killed_at
+        self.start_member(leader)
+        self.wait_caught_up(leader)
+        return elapsed
+
+    def wait_caught_up(self, member: int, timeout: float = 60.0) -> None:
+        def caught_up():
+            top = self.status(self.wait_leader())
+            mine = self.status(member)
+            return top and mine and int(mine.get("raftAppliedIndex", 0)) >= \
+                int(top.get("raftIndex", 0)) - 1
+        wait_until(caught_up, timeout, f"etcd member {member} to catch up")
+
+    def stop(self) -> None:
+        stop_processes(self.procs.values())
+        self.procs.clear()
+        if self.workdir:
+            shutil.rmtree(self.workdir, ignore_errors=True)
+            self.workdir = None
+
+
+def preload(system, address: tuple[str, int]) -> None:
+    """Write every key once, so that the gets find them (a 404 would count as an error)."""
+    conn = http.client.HTTPConnection(*address, timeout=10)
+    try:
+        for method, path, body in system.requests("put"):
+            conn.request(method, path, body, {"Content-Type": "application/json"})
+            response = conn.getresponse()
+            response.read()
+            if response.status != 200:
+                raise RuntimeError(f"{system.name}: preload put answered {response.status}")
+    finally:
+        conn.close()
+
+
+# ====================================================================== load generators
+
+_LUA = r"""-- generated by tools/bench_compare.py: cycle over the keys' requests, report from done()
+local items = {%(items)s}
+local built = {}
+local next_index = 0
+local threads = 0
+
+function setup(thread)
+  threads = threads + 1
+  thread:set("offset", threads * 397)      -- each thread starts on another key
+end
+
+function init(args)
+  for i, item in ipairs(items) do
+    local headers = {}
+    if item[3] ~= "" then headers["Content-Type"] = "application/json" end
+    built[i] = wrk.format(item[1], item[2], headers, item[3] ~= "" and item[3] or nil)
+  end
+  next_index = offset or 0
+end
+
+function request()
+  next_index = next_index %% #built + 1
+  return built[next_index]
+end
+
+function done(summary, latency, requests)
+  local e = summary.errors
+  io.write(string.format("BENCH requests %%d\n", summary.requests))
+  io.write(string.format("BENCH duration_us %%d\n", summary.duration))
+  io.write(string.format("BENCH errors %%d %%d %%d %%d %%d\n",
+                         e.connect, e.read, e.write, e.status, e.timeout))
+  for _, p in ipairs({%(percentiles)s}) do
+    io.write(string.format("BENCH latency_us %%g %%d\n", p, latency:percentile(p)))
+  end
+end
+"""
+
+
+def lua_script(requests: list[tuple[str, str, bytes]]) -> str:
+    """The wrk script for these (method, path, body) requests."""
+    items = ",\n".join("{%s, %s, %s}" % (json.dumps(m), json.dumps(p), json.dumps(b.decode()))
+                       for m, p, b in requests)
+    return _LUA % {"items": items, "percentiles": ", ".join(f"{p:g}" for p in PERCENTILES)}
+
+
+def run_wrk(address: tuple[str, int], requests, connections: int, duration: float,
+            script_dir: str) -> dict:
+    script = os.path.join(script_dir, "load.lua")
+    with open(script, "w") as f:
+        f.write(lua_script(requests))
+    threads = min(2, connections)
+    seconds = max(1, round(duration))       # wrk takes whole seconds
+    argv = ["wrk", "-t", str(threads), "-c", str(connections), "-d", f"{seconds}s",
+            "--timeout", "10s", "-s", script, f"http://{address[0]}:{address[1]}"]
+    proc = subprocess.run(argv, capture_output=True, text=True, timeout=seconds + 60)
+    if proc.returncode != 0:
+        raise RuntimeError(f"wrk failed: {(proc.stdout + proc.stderr)[-2000:]}")
+    return parse_wrk(proc.stdout)
+
+
+def run_builtin(address: tuple[str, int], requests, connections: int, duration: float) -> dict:
+    """``connections`` keep-alive connections, each sending one request at a time (the next
+    as soon as the answer arrives), cycling over ``requests``; asyncio + httptools."""
+    return asyncio.run(_builtin(address, requests, connections, duration))
+
+
+async def _builtin(address, requests, connections, duration) -> dict:
+    import httptools
+    host = f"{address[0]}:{address[1]}".encode()
+    raw = []
+    for method, path, body in requests:
+        head = b"%s %s HTTP/1.1\r\nHost: %s\r\n" % (method.encode(), path.encode(), host)
+        if body:
+            head += b"Content-Type: application/json\r\nContent-Length: %d\r\n" % len(body)
+        raw.append(head + b"\r\n" + body)
+    loop = asyncio.get_running_loop()
+    latencies: list[float] = []
+    state = {"errors": 0, "ok": 0, "running": True}
+    clock = time.perf_counter
+
+    class Conn(asyncio.Protocol):
+        def __init__(self, offset: int) -> None:
+            self.i = offset
+            self.parser = httptools.HttpResponseParser(self)
+            self.closed = loop.create_future()
+
+        def connection_made(self, transport) -> None:
+            self.transport = transport
+            self.send()
+
+        def send(self) -> None:
+            self.i += 1
+            self.t0 = clock()
+            self.transport.write(raw[self.i % len(raw)])
+
+        def data_received(self, data: bytes) -> None:
+            self.parser.feed_data(data)
+
+        def on_message_complete(self) -> None:
+            if self.parser.get_status_code() == 200:
+                state["ok"] += 1
+                latencies.append((clock() - self.t0) * 1000)
+            else:
+                state["errors"] += 1
+            if state["running"]:
+                self.send()
+
+        def connection_lost(self, exc) -> None:
+            if state["running"]:
+                state["errors"] += 1
+            self.closed.set_result(None)
+
+    conns = []
+    for n in range(connections):
+        try:
+            _, proto = await loop.create_connection(lambda n=n: Conn(n * 397), *address)
+            conns.append(proto)
+        except OSError:
+            state["errors"] += 1
+    started = clock()
+    await asyncio.sleep(duration)       # the measured interval itself, not synchronisation
+    state["running"] = False
+    elapsed = clock() - started
+    for proto in conns:
+        proto.transport.close()
+    await asyncio.gather(*(proto.closed for proto in conns))
+    return result_of(state["ok"] / elapsed, state["errors"], percentiles_of(latencies))
+
+
+# ====================================================================== summary
+
+# ====================================================================== main
+
+def _load() -> str:
+    return ", ".join(f"{x:.2f}" for x in os.getloadavg())
+
+
+def _raise_on_signal(signum, frame):
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--conf", default=os.path.join(ROOT, "conf", "local-3.toml"))
+    parser.add_argument("--modes", default="multipaxos,raft")
+    parser.add_argument("--repeat", type=int, default=3, help="rounds; medians over them")
+    parser.add_argument("--duration", type=float, default=5.0, help="seconds per measured run")
+    parser.add_argument("--warmup", type=float, default=1.0, help="unmeasured seconds first")
+    parser.add_argument("--failovers", type=int, default=2, help="kill -9 rounds per round")
+    parser.add_argument("--generator", choices=("auto", "wrk", "builtin"), default="auto")
+    parser.add_argument("--etcd-timings", choices=("default", "conf"), default="default",
+                        help="etcd's own defaults (heartbeat 100 ms, election 1 s), or the "
+                             "conf's tick_ms x heartbeat_ticks / election_ticks")
+    parser.add_argument("--no-etcd", action="store_true", help="measure paxoslog alone")
+    parser.add_argument("--out", default=os.path.join(ROOT, "reports"))
+    args = parser.parse_args(argv)
+
+    signal.signal(signal.SIGTERM, _raise_on_signal)
+    signal.signal(signal.SIGHUP, _raise_on_signal)
+    started = time.strftime("%Y-%m-%d %H:%M:%S")
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    load_start = _load()
+    log(f"load average at the start: {load_start}")
+
+    wrk = shutil.which("wrk")
+    if args.generator == "wrk" and not wrk:
+        parser.error("--generator wrk: wrk is not installed (apt-get install -y wrk)")
+    use_wrk = bool(wrk) and args.generator != "builtin"
+    generator = "wrk (Lua script)" if use_wrk else "built-in asyncio generator"
+    if not wrk and args.generator == "auto":
+        log("wrk is not installed (apt-get install -y wrk): using the built-in generator")
+
+    systems: list = [PaxoslogSystem(m, args.conf) for m in args.modes.split(",") if m]
+    etcd_binary = shutil.which("etcd")
+    etcd_note = "etcd not measured"
+    if args.no_etcd:
+        log("etcd skipped (--no-etcd)")
+    elif not etcd_binary:
+        log("etcd is not installed (apt-get install -y etcd-server): measuring paxoslog only")
+        etcd_note = "etcd not installed, so not measured"
+    else:
+        version = subprocess.run([etcd_binary, "--version"], capture_output=True,
+                                 text=True).stdout.split("\n")[0]
+        timing = {}
+        if args.etcd_timings == "conf":
+            from paxoslog.config import load_config
+            t = load_config(args.conf).timing
+            timing = {"heartbeat_ms": t.tick_ms * t.heartbeat_ticks,
+                      "election_ms": t.tick_ms * t.election_ticks}
+        systems.append(EtcdSystem(etcd_binary, **timing))
+        etcd_note = f"{version}, v3 HTTP/JSON gateway, " + (
+            f"heartbeat {timing['heartbeat_ms']} ms, election {timing['election_ms']} ms"
+            if timing else "its default timings (heartbeat 100 ms, election 1 s)")
+
+    runs = {s.name: {name: [] for name, _, _ in WORKLOADS} for s in systems}
+    failovers: dict[str, list[float]] = {s.name: [] for s in systems}
+    scratch = tempfile.mkdtemp(prefix="bench-compare-")
+    current = None
+    try:
+        for round_no in range(args.repeat):
+            order = systems[round_no % len(systems):] + systems[:round_no % len(systems)]
+            for system in order:
+                current = system
+                log(f"round {round_no + 1}/{args.repeat}: starting {system.name}")
+                system.start()
+                leader = system.leader()
+                preload(system, leader)
+                for name, kind, connections in WORKLOADS:
+                    requests = system.requests(kind)
+                    if use_wrk:
+                        if args.warmup > 0:
+                            run_wrk(leader, requests, connections, args.warmup, scratch)
+                        result = run_wrk(leader, requests, connections, args.duration, scratch)
+                    else:
+                        if args.warmup > 0:
+                            run_builtin(leader, requests, connections, args.warmup)
+                        result = run_builtin(leader, requests, connections, args.duration)
+                    runs[system.name][name].append(result)
+                    log(f"  {system.name:20} {name:35} {result['rate']:9,.0f}/s  p50 "
+                        f"{result['p50_ms']:7.2f}  p99 {result['p99_ms']:7.2f}  p99.9 "
+                        f"{result['p999_ms']:7.2f} ms  errors {result['errors']}")
+                for _ in range(args.failovers):
+                    elapsed = system.failover()
+                    failovers[system.name].append(elapsed * 1000)
+                    log(f"  {system.name:20} kill -9 of the leader to the next write: "
+                        f"{elapsed * 1000:.0f} ms")
+                system.stop()
+                current = None
+    except KeyboardInterrupt:
+        log("interrupted: stopping every node")
+        return 130
+    finally:
+        if current is not None:
+            signal.signal(signal.SIGINT, signal.SIG_IGN)     # a second Ctrl-C cannot cut it short
+            current.stop()
+        shutil.rmtree(scratch, ignore_errors=True)
+
+    results: dict[str, dict] = {}
+    for system in systems:
+        results[system.name] = {name: median_result(r) for name, r in runs[system.name].items()
+                                if r}
+        each = failovers[system.name]
+        if each:
+            results[system.name]["failover"] = {"median_ms": statistics.median(each),
+                                                "worst_ms": max(each), "each_ms": each}
+    os.makedirs(args.out, exist_ok=True)
+    base = os.path.join(args.out, f"bench-compare-{stamp}")
+    plotted = plot(results, base + ".png")
+    if not plotted:
+        log("matplotlib is not installed (pip install -e '.[plot]'): no plot")
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
+                            text=True, cwd=ROOT).stdout.strip() or "unknown commit"
+    meta = {"started": started, "argv": " ".join(sys.argv[1:] if argv is None else argv).strip(),
+            "commit": commit, "generator": generator, "repeat": args.repeat,
+            "duration": args.duration, "warmup": args.warmup,
+            "failovers_total": args.repeat * args.failovers, "etcd": etcd_note,
+            "load_start": load_start, "load_end": _load(),
+            "plot": os.path.basename(base + ".png") if plotted else None}
+    report = render_report(results, meta)
+    with open(base + ".md", "w") as f:
+        f.write(report)
+    print(report)
+    log(f"wrote {base}.md" + (f" and {base}.png" if plotted else ""))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
