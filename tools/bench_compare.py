@@ -25,10 +25,15 @@ It writes the 1,000 keys once, then drives each workload at the leader for
 * linearizable gets of those keys with 64 connections (paxoslog
   ``GET /api/v1/consensus/query?key=`` whose default consistency is linearizable; etcd
   ``/v3/kv/range`` with its default ``serializable=false``);
-* ``--failovers`` times per round: kill -9 of the leader, then the time until a put sent
-  through another node/member is acknowledged (paxoslog: bench_http's ``failover_once``;
-  etcd: the leader found with ``/v3/maintenance/status``); the killed one is restarted and
-  caught up before the next round.
+* ``--failovers`` times per round a kill -9 of the leader and as many pauses of it
+  (SIGSTOP: a stalled leader whose sockets stay open; ``--pauses`` sets their number
+  apart), alternating, each timed from the fault to the first put acknowledged through
+  another node/member, with the same prober for every system (``time_to_next_write``): a
+  new put every 50 ms through the other members in turn, 5 s timeout each, the first
+  acknowledgement counting (the leader: paxoslog's ``/api/v1/cluster/status``, etcd's
+  ``/v3/maintenance/status``).  A killed leader is restarted, a paused one resumed
+  (SIGCONT), and the next measurement waits until every member names the same leader and
+  the old one has caught up with it.
 
 The load generator is wrk with a generated Lua script (it cycles over the 1,000 keys and
 prints the latency percentiles and requests/s from ``done()``) when ``wrk`` is installed,
@@ -39,11 +44,12 @@ same one.  The machine is shared by the generator and the nodes.
 The report, ``reports/bench-compare-<timestamp>.md``, holds the medians over the rounds, the
 ratios to etcd measured in the same run, issue 17's goals marked met or not met, and the
 load average at the start and the end; ``.png`` next to it plots the latency CDFs per
-workload and throughput against connections (needs matplotlib: ``pip install -e '.[plot]'``;
-skipped without it).
+workload, throughput against connections and each kill and pause time (needs matplotlib:
+``pip install -e '.[plot]'``; skipped without it).
 
     python tools/bench_compare.py [--repeat 3] [--duration 5] [--warmup 1] [--failovers 2]
-                                  [--modes multipaxos,raft] [--generator auto|wrk|builtin]
+                                  [--pauses N] [--modes multipaxos,raft]
+                                  [--generator auto|wrk|builtin]
                                   [--etcd-timings default|conf] [--no-etcd]
 
 Every node and etcd member is stopped on exit, on Ctrl-C and on SIGTERM too.
@@ -72,9 +78,10 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.join(ROOT, "tools"))
 
-from bench_compare_report import (ETCD, KEYS, PERCENTILES, WORKLOADS, median_result,  # noqa: E402
-                                  parse_wrk, percentiles_of, plot, render_report, result_of)
-from bench_http import Cluster, failover_once, stop_processes  # noqa: E402
+from bench_compare_report import (ETCD, FAULTS, KEYS, PERCENTILES, WORKLOADS,  # noqa: E402
+                                  median_result, parse_wrk, percentiles_of, plot,
+                                  render_report, result_of)
+from bench_http import Cluster, stop_processes  # noqa: E402
 
 VALUE = ("0123456789abcdef" * 8).encode()          # 128 bytes
 
@@ -116,7 +123,107 @@ def _post_json(address: tuple[str, int], path: str, body: dict, timeout: float =
 
 # ====================================================================== the systems
 
-class PaxoslogSystem:
+class ProcessFaults:
+    """Faults by signal to a member's process, shared by both systems.  A subclass has
+    ``procs`` (member -> Popen of the running ones), ``start_member(member)`` and
+    ``progress(member)`` (see ``wait_settled``)."""
+
+    def fault(self, member: int, kind: str) -> None:
+        """``kill``: kill -9 (the kernel resets its connections); ``pause``: SIGSTOP (a
+        stalled process whose sockets stay open)."""
+        if kind == "kill":
+            proc = self.procs.pop(member)
+            proc.send_signal(signal.SIGKILL)
+            proc.wait()
+        else:
+            self.procs[member].send_signal(signal.SIGSTOP)
+
+    def heal(self, member: int, kind: str) -> None:
+        """Restart a killed member or SIGCONT a paused one, then wait until every member
+        agrees on one leader and this member has caught up with it."""
+        if kind == "kill":
+            self.start_member(member)
+        else:
+            self.procs[member].send_signal(signal.SIGCONT)
+        wait_settled(self, member)
+
+    def leader_and_others(self) -> tuple[int, list[int]]:
+        leader = self.wait_leader()
+        return leader, [m for m in self.procs if m != leader]
+
+    def resume_all(self) -> None:
+        """SIGCONT everything (a paused process would not act on the SIGTERM of a stop)."""
+        for proc in self.procs.values():
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGCONT)
+
+
+def wait_settled(system, member: int, timeout: float = 60.0) -> None:
+    """Until every running member names the same leader, that leader says it leads, and
+    ``member`` has applied up to the leader's index (less one).  ``system.progress(m)``:
+    {"id", "leader", "applied", "index"} or None when ``m`` does not answer.  A member
+    resumed after a pause may still believe it leads until it hears the new term, so
+    asking "who says it leads" alone could pick it and compare it with itself."""
+    def settled() -> bool:
+        views = {m: system.progress(m) for m in list(system.procs)}
+        if not all(views.values()):
+            return False
+        leaders = {v["leader"] for v in views.values()}
+        if len(leaders) != 1 or None in leaders:
+            return False
+        top = next((v for v in views.values() if v["id"] == next(iter(leaders))), None)
+        return top is not None and views[member]["applied"] >= top["index"] - 1
+    wait_until(settled, timeout, f"{system.name}: member {member} to catch up under one leader")
+
+
+def time_to_next_write(system, kind: str, every: float = 0.05, timeout: float = 5.0,
+                       give_up: float = 30.0) -> float:
+    """Seconds from a fault of the leader (``kind``: ``kill`` or ``pause``) to the first put
+    acknowledged through another member, the same prober for every system: from the fault
+    a new put every ``every`` seconds through the other members in turn (a new connection
+    each, ``timeout`` seconds), the first acknowledgement counting.  A put that reached a
+    follower still following the dead or stalled leader may wait out the server's own
+    request timeout, so a sequential client would time its own timeout; this is the
+    earliest moment a client could have had a write acknowledged.  Then the leader is
+    restarted or resumed and caught up (``system.heal``) before this returns."""
+    leader, others = system.leader_and_others()
+    for member in others:
+        if not system.put(member, 2.0):
+            raise RuntimeError(f"{system.name}: member {member} refused a put before the fault")
+    acked = threading.Event()
+    acked_at: list[float] = []
+
+    def attempt(member: int) -> None:
+        if not acked.is_set() and system.put(member, timeout):
+            acked_at.append(time.monotonic())
+            acked.set()
+
+    with concurrent.futures.ThreadPoolExecutor(max_workers=128) as pool:
+        faulted_at = time.monotonic()
+        system.fault(leader, kind)
+        n = 0
+        while not acked.is_set():
+            if time.monotonic() - faulted_at > give_up:
+                raise RuntimeError(f"{system.name}: no put acknowledged within {give_up:.0f} s "
+                                   f"of the {kind} of the leader")
+            pool.submit(attempt, others[n % len(others)])
+            n += 1
+            acked.wait(every)          # the probing rate; returns at once on the ack
+        elapsed = min(acked_at) - faulted_at
+        # before the pool waits for the puts still in flight (a paused leader holds them)
+        system.heal(leader, kind)
+    return elapsed
+
+
+def _acknowledged(address: tuple[str, int], path: str, body: dict, timeout: float) -> bool:
+    try:
+        code, _ = _post_json(address, path, body, timeout)
+    except (OSError, http.client.HTTPException):
+        return False
+    return code == 200
+
+
+class PaxoslogSystem(ProcessFaults):
     """One mode of paxoslog: bench_http's Cluster plus the requests of each workload."""
 
     def __init__(self, mode: str, conf: str) -> None:
@@ -130,8 +237,23 @@ class PaxoslogSystem:
         self.cluster = Cluster(self.conf, self.mode, workdir)
         self.cluster.start_all()
 
+    @property
+    def procs(self) -> dict[int, subprocess.Popen]:
+        return self.cluster.procs
+
+    def start_member(self, member: int) -> None:
+        self.cluster.start(member)
+
+    def wait_leader(self) -> int:
+        return self.cluster.wait_leader()
+
     def leader(self) -> tuple[str, int]:
-        return self.cluster.api(self.cluster.wait_leader())
+        return self.cluster.api(self.wait_leader())
+
+    def progress(self, member: int) -> dict | None:
+        status = self.cluster.status(member)
+        return status and {"id": status["node_id"], "leader": status["leader"],
+                           "applied": status["applied_index"], "index": status["commit_index"]}
 
     def requests(self, kind: str) -> list[tuple[str, str, bytes]]:
         """(method, path, body) for each of the 1,000 keys."""
@@ -141,11 +263,13 @@ class PaxoslogSystem:
                     for i in range(KEYS)]
         return [("GET", f"/api/v1/consensus/query?key={_key(i)}", b"") for i in range(KEYS)]
 
-    def failover(self) -> float:
-        return failover_once(self.cluster)
+    def put(self, member: int, timeout: float = 2.0) -> bool:
+        return _acknowledged(self.cluster.api(member), "/api/v1/consensus/propose",
+                             {"key": "failover", "value": "x"}, timeout)
 
     def stop(self) -> None:
         if self.cluster is not None:
+            self.resume_all()
             self.cluster.stop_all()
             shutil.rmtree(self.cluster.workdir, ignore_errors=True)
             self.cluster = None
@@ -159,7 +283,7 @@ def _die_with_parent() -> None:
         pass
 
 
-class EtcdSystem:
+class EtcdSystem(ProcessFaults):
     """A 3-member etcd cluster on 127.0.0.1, driven through its v3 HTTP/JSON gateway."""
 
     name = ETCD
@@ -237,61 +361,19 @@ class EtcdSystem:
                 for i in range(KEYS)]
 
     def put(self, member: int, timeout: float = 2.0) -> bool:
-        try:
-            code, _ = _post_json(self.api(member), "/v3/kv/put",
-                                 {"key": base64.b64encode(b"failover").decode(),
-                                  "value": base64.b64encode(b"x").decode()}, timeout)
-        except (OSError, http.client.HTTPException):
-            return False
-        return code == 200
+        return _acknowledged(self.api(member), "/v3/kv/put",
+                             {"key": base64.b64encode(b"failover").decode(),
+                              "value": base64.b64encode(b"x").decode()}, timeout)
 
-    def failover(self) -> float:
-        """Kill -9 the leader; seconds until a put sent after the kill is acknowledged by
-        another member.  A put that reaches a follower still following the dead leader
-        waits for etcd's request timeout (several seconds), so a sequential client would
-        measure its own timeout: a new attempt starts every 50 ms (alternating between
-        the survivors, each with a 5 s timeout) and the first acknowledgement counts.
-        That is the earliest moment etcd can acknowledge a write, a bound in etcd's favour
-        (paxoslog is timed with bench_http's sequential client)."""
-        leader = self.wait_leader()
-        others = [m for m in self.procs if m != leader]
-        for member in others:
-            if not self.put(member):
-                raise RuntimeError(f"etcd member {member} refused a put before the kill")
-        acked = threading.Event()
-        acked_at: list[float] = []
-
-        def attempt(member: int) -> None:
-            if not acked.is_set() and self.put(member, timeout=5.0):
-                acked_at.append(time.monotonic())
-                acked.set()
-
-        killed_at = time.monotonic()
-        proc = self.procs.pop(leader)
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
-        with concurrent.futures.ThreadPoolExecutor(max_workers=128) as pool:
-            n = 0
-            while not acked.is_set():
-                if time.monotonic() - killed_at > 30:
-                    raise RuntimeError("no etcd put acknowledged within 30 s of the kill")
-                pool.submit(attempt, others[n % len(others)])
-                n += 1
-                acked.wait(0.05)          # the probing rate; returns at once on the ack
-        elapsed = min(acked_at) - killed_at
-        self.start_member(leader)
-        self.wait_caught_up(leader)
-        return elapsed
-
-    def wait_caught_up(self, member: int, timeout: float = 60.0) -> None:
-        def caught_up():
-            top = self.status(self.wait_leader())
-            mine = self.status(member)
-            return top and mine and int(mine.get("raftAppliedIndex", 0)) >= \
-                int(top.get("raftIndex", 0)) - 1
-        wait_until(caught_up, timeout, f"etcd member {member} to catch up")
+    def progress(self, member: int) -> dict | None:
+        status = self.status(member)
+        return status and {"id": status.get("header", {}).get("member_id"),
+                           "leader": status.get("leader"),
+                           "applied": int(status.get("raftAppliedIndex", 0)),
+                           "index": int(status.get("raftIndex", 0))}
 
     def stop(self) -> None:
+        self.resume_all()
         stop_processes(self.procs.values())
         self.procs.clear()
         if self.workdir:
@@ -463,7 +545,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeat", type=int, default=3, help="rounds; medians over them")
     parser.add_argument("--duration", type=float, default=5.0, help="seconds per measured run")
     parser.add_argument("--warmup", type=float, default=1.0, help="unmeasured seconds first")
-    parser.add_argument("--failovers", type=int, default=2, help="kill -9 rounds per round")
+    parser.add_argument("--failovers", type=int, default=2,
+                        help="kill -9s of the leader per round (and as many pauses, unless "
+                             "--pauses says otherwise)")
+    parser.add_argument("--pauses", type=int, default=None,
+                        help="SIGSTOPs of the leader per round (default: --failovers)")
     parser.add_argument("--generator", choices=("auto", "wrk", "builtin"), default="auto")
     parser.add_argument("--etcd-timings", choices=("default", "conf"), default="default",
                         help="etcd's own defaults (heartbeat 100 ms, election 1 s), or the "
@@ -471,6 +557,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-etcd", action="store_true", help="measure paxoslog alone")
     parser.add_argument("--out", default=os.path.join(ROOT, "reports"))
     args = parser.parse_args(argv)
+    pauses = args.failovers if args.pauses is None else args.pauses
+    # kills and pauses alternate, so a change in the machine's load falls on both alike
+    faults = [kind for i in range(max(args.failovers, pauses))
+              for kind, count in (("kill", args.failovers), ("pause", pauses)) if i < count]
 
     signal.signal(signal.SIGTERM, _raise_on_signal)
     signal.signal(signal.SIGHUP, _raise_on_signal)
@@ -510,7 +600,8 @@ def main(argv: list[str] | None = None) -> int:
             if timing else "its default timings (heartbeat 100 ms, election 1 s)")
 
     runs = {s.name: {name: [] for name, _, _ in WORKLOADS} for s in systems}
-    failovers: dict[str, list[float]] = {s.name: [] for s in systems}
+    fault_ms: dict[str, dict[str, list[float]]] = {s.name: {kind: [] for kind, _ in FAULTS}
+                                                   for s in systems}
     scratch = tempfile.mkdtemp(prefix="bench-compare-")
     current = None
     try:
@@ -536,11 +627,10 @@ def main(argv: list[str] | None = None) -> int:
                     log(f"  {system.name:20} {name:35} {result['rate']:9,.0f}/s  p50 "
                         f"{result['p50_ms']:7.2f}  p99 {result['p99_ms']:7.2f}  p99.9 "
                         f"{result['p999_ms']:7.2f} ms  errors {result['errors']}")
-                for _ in range(args.failovers):
-                    elapsed = system.failover()
-                    failovers[system.name].append(elapsed * 1000)
-                    log(f"  {system.name:20} kill -9 of the leader to the next write: "
-                        f"{elapsed * 1000:.0f} ms")
+                for kind in faults:
+                    elapsed = time_to_next_write(system, kind)
+                    fault_ms[system.name][kind].append(elapsed * 1000)
+                    log(f"  {system.name:20} {dict(FAULTS)[kind]}: {elapsed * 1000:.0f} ms")
                 system.stop()
                 current = None
     except KeyboardInterrupt:
@@ -556,10 +646,10 @@ def main(argv: list[str] | None = None) -> int:
     for system in systems:
         results[system.name] = {name: median_result(r) for name, r in runs[system.name].items()
                                 if r}
-        each = failovers[system.name]
-        if each:
-            results[system.name]["failover"] = {"median_ms": statistics.median(each),
-                                                "worst_ms": max(each), "each_ms": each}
+        for kind, each in fault_ms[system.name].items():
+            if each:
+                results[system.name][kind] = {"median_ms": statistics.median(each),
+                                              "worst_ms": max(each), "each_ms": each}
     os.makedirs(args.out, exist_ok=True)
     base = os.path.join(args.out, f"bench-compare-{stamp}")
     plotted = plot(results, base + ".png")
@@ -570,7 +660,8 @@ def main(argv: list[str] | None = None) -> int:
     meta = {"started": started, "argv": " ".join(sys.argv[1:] if argv is None else argv).strip(),
             "commit": commit, "generator": generator, "repeat": args.repeat,
             "duration": args.duration, "warmup": args.warmup,
-            "failovers_total": args.repeat * args.failovers, "etcd": etcd_note,
+            "kills_total": args.repeat * args.failovers, "pauses_total": args.repeat * pauses,
+            "etcd": etcd_note,
             "load_start": load_start, "load_end": _load(),
             "plot": os.path.basename(base + ".png") if plotted else None}
     report = render_report(results, meta)

@@ -1,16 +1,19 @@
 """tools/bench_compare_report.py: reading wrk's done() lines, percentiles, medians over
-rounds and the goals of issue 17 (the benchmark itself never runs in the tests)."""
+rounds, the goals of issue 17 and the report's rows; and bench_compare's failover prober
+against a fake system (the benchmark itself never runs in the tests)."""
 
 from __future__ import annotations
 
 import os
+import statistics
 import sys
+import time
 
 import pytest
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "..", "tools"))
 
-from bench_compare_report import (ETCD, PERCENTILES, WORKLOADS, goals,  # noqa: E402
+from bench_compare_report import (ETCD, FAULTS, PERCENTILES, WORKLOADS, goals,  # noqa: E402
                                   median_result, parse_wrk, percentiles_of, render_report,
                                   result_of)
 
@@ -66,7 +69,8 @@ def test_goals_judge_ratios_to_etcd_and_failover_times():
             W256: _run(10000, 25.0, 48.0), GETS: _run(9000, 7.0, 17.0)}
     mode = {ONE: _run(700, 1.4, 2.5), W64: _run(10500, 6.0, 19.0),
             W256: _run(9400, 27.0, 140.0), GETS: _run(27000, 2.0, 17.0),
-            "failover": {"median_ms": 120, "worst_ms": 450, "each_ms": [120, 450, 100]}}
+            "kill": {"median_ms": 120, "worst_ms": 450, "each_ms": [120, 450, 100]},
+            "pause": {"median_ms": 640, "worst_ms": 700, "each_ms": [600, 640, 700]}}
     verdicts = {label: met for label, _, met in goals(mode, etcd)}
     assert verdicts["1 connection: p50 <= etcd's"] is False
     assert verdicts["1 connection: p99 <= 2x own p50"] is True
@@ -77,6 +81,7 @@ def test_goals_judge_ratios_to_etcd_and_failover_times():
     assert verdicts[f"{GETS}: p99 <= etcd's"] is True
     assert verdicts["kill -9 of the leader to the next write: median <= 150 ms"] is True
     assert verdicts["kill -9 of the leader to the next write: worst <= 400 ms"] is False
+    assert verdicts["pause/partition to the next write: median <= 0.6 s"] is False
     # without etcd the relative goals cannot be judged
     assert {label: met for label, _, met in goals(mode, None)}[
         f"{W64}: writes/s >= 1.5x etcd's"] is None
@@ -86,7 +91,8 @@ def test_the_report_has_a_row_per_workload_and_says_when_etcd_is_missing():
     results = {"paxoslog raft": {name: median_result([_run(500, 1.0, 3.0)])
                                  for name, _, _ in WORKLOADS}}
     meta = {"started": "now", "argv": "", "commit": "abc", "generator": "wrk", "repeat": 1,
-            "duration": 1, "warmup": 0, "failovers_total": 0, "etcd": "etcd not installed",
+            "duration": 1, "warmup": 0, "kills_total": 0, "pauses_total": 0,
+            "etcd": "etcd not installed",
             "load_start": "1.00", "load_end": "2.00", "plot": None}
     text = render_report(results, meta)
     for name, _, _ in WORKLOADS:
@@ -94,3 +100,79 @@ def test_the_report_has_a_row_per_workload_and_says_when_etcd_is_missing():
     assert "apt-get install -y etcd-server" in text
     results[ETCD] = {name: median_result([_run(1000, 0.5, 1.0)]) for name, _, _ in WORKLOADS}
     assert "| puts, 1 connection | 0.50x / 2.00x / 3.00x |" in render_report(results, meta)
+
+
+def _fault(*each_ms):
+    return {"median_ms": statistics.median(each_ms), "worst_ms": max(each_ms),
+            "each_ms": list(each_ms)}
+
+
+def test_the_pause_goal_is_judged_from_pauses_alone_and_says_so():
+    rows = {label: (measured, met) for label, measured, met in
+            goals({"kill": _fault(900.0), "pause": _fault(450.0, 550.0, 800.0)}, None)}
+    assert rows["pause/partition to the next write: median <= 0.6 s"] == (
+        "pause only: 550 ms", True)
+    assert rows["kill -9 of the leader to the next write: median <= 150 ms"][1] is False
+    assert "tools/bench_memory.py" in rows["RSS per node with 1 M keys of 1 KiB < 2x raw data"][0]
+    # nothing measured: no verdict, not a failure
+    rows = {label: (measured, met) for label, measured, met in goals({}, None)}
+    assert rows["pause/partition to the next write: median <= 0.6 s"] == ("not measured", None)
+    assert rows["kill -9 of the leader to the next write: worst <= 400 ms"][1] is None
+
+
+def test_the_report_has_a_kill_and_a_pause_row_for_every_system():
+    results = {name: {"kill": _fault(100.0, 300.0), "pause": _fault(500.0, 700.0, 600.0)}
+               for name in ("paxoslog raft", ETCD)}
+    results["paxoslog raft"][ONE] = median_result([_run(500, 1.0, 3.0)])
+    results[ETCD][ONE] = median_result([_run(1000, 0.5, 1.0)])
+    meta = {"started": "now", "argv": "", "commit": "abc", "generator": "wrk", "repeat": 1,
+            "duration": 1, "warmup": 0, "kills_total": 2, "pauses_total": 3, "etcd": "etcd",
+            "load_start": "1.00", "load_end": "2.00", "plot": None}
+    text = render_report(results, meta)
+    assert "2 kill(s) and 3 pause(s) of the leader per system" in text
+    assert dict(FAULTS)["pause"] == "SIGSTOP of the leader to the next acknowledged write"
+    assert ("| SIGSTOP of the leader to the next acknowledged write | "
+            "median 600 ms, worst 700 ms (of 3) | median 600 ms, worst 700 ms (of 3) |") in text
+    assert ("| kill -9 of the leader to the next acknowledged write | "
+            "median 200 ms, worst 300 ms (of 2) |") in text
+    assert ("| pause/partition to the next write: median <= 0.6 s | met (pause only: 600 ms) |"
+            in text)
+
+
+class _FakeSystem:
+    """Members 1-3, leader 1; puts through 2 or 3 are acknowledged from ``down_for``
+    seconds after the fault on."""
+
+    name = "fake"
+
+    def __init__(self, down_for: float) -> None:
+        self.down_for = down_for
+        self.faulted_at = None
+        self.calls = []
+        self.put_to = set()
+
+    def leader_and_others(self):
+        return 1, [2, 3]
+
+    def put(self, member, timeout):
+        self.put_to.add(member)
+        return self.faulted_at is None or time.monotonic() - self.faulted_at >= self.down_for
+
+    def fault(self, member, kind):
+        self.calls.append(("fault", member, kind))
+        self.faulted_at = time.monotonic()
+
+    def heal(self, member, kind):
+        self.calls.append(("heal", member, kind))
+
+
+def test_the_prober_times_from_the_fault_to_the_first_ack_through_the_others():
+    from bench_compare import time_to_next_write
+    system = _FakeSystem(down_for=0.2)
+    elapsed = time_to_next_write(system, "pause", every=0.01, timeout=1.0)
+    assert 0.2 <= elapsed < 5.0
+    assert system.calls == [("fault", 1, "pause"), ("heal", 1, "pause")]
+    assert system.put_to == {2, 3}
+    system = _FakeSystem(down_for=60.0)
+    with pytest.raises(RuntimeError, match="no put acknowledged"):
+        time_to_next_write(system, "kill", every=0.01, timeout=1.0, give_up=0.1)
