@@ -9,15 +9,23 @@ those touches (a Ready that installs a received snapshot, and a local snapshot w
 Group commit falls out of the shell's loop: while one Ready is on the writer thread the
 core keeps accepting proposals and messages, and they all go into the next Ready, which
 costs one fsync however many client writes it carries.
+
+The WAL thread is a plain thread fed by a ``SimpleQueue``, not a Twisted ``ThreadPool``:
+a Ready's hand-off is on the path of every write (leader and followers), and the pool's
+coordinator, context and Deferred plumbing cost tens of microseconds on each side of it
+(issue 17).  Results come back with one ``callFromThread``; the order of submission is the
+order of execution and of completion.
 """
 
 from __future__ import annotations
 
+import queue
 import threading
 import time
 
 from twisted.internet import defer
 from twisted.internet.threads import deferToThreadPool
+from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
 
 from paxoslog.core.log import SnapshotMeta
@@ -27,12 +35,60 @@ from paxoslog.storage import DiskStorage
 __all__ = ["StorageWriter"]
 
 
+class _SerialThread:
+    """One thread running submitted calls in order; each result (or failure) fires the
+    call's Deferred on the reactor thread."""
+
+    def __init__(self, reactor, name: str) -> None:
+        self.reactor = reactor
+        self.pending = 0              # submitted calls whose result has not come back yet
+        self._queue: queue.SimpleQueue = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def submit(self, fn, *args) -> defer.Deferred:
+        d = defer.Deferred()
+        self.pending += 1
+        self._queue.put((d, fn, args))
+        return d
+
+    def _run(self) -> None:
+        get, call = self._queue.get, self.reactor.callFromThread
+        while True:
+            item = get()
+            if item is None:
+                return
+            d, fn, args = item
+            try:
+                result = fn(*args)
+            except BaseException:
+                result = Failure()
+            call(self._done, d, result)
+            del item, d, fn, args, result
+
+    def _done(self, d: defer.Deferred, result) -> None:
+        self.pending -= 1
+        if isinstance(result, Failure):
+            d.errback(result)
+        else:
+            d.callback(result)
+
+    def stop(self) -> None:
+        """After the calls already submitted have run (their results may still be on
+        their way to the reactor)."""
+        if self._thread.is_alive():
+            self._queue.put(None)
+            self._thread.join()
+
+
 class StorageWriter:
     def __init__(self, storage: DiskStorage, reactor) -> None:
         self.storage = storage
         self.reactor = reactor
         self.snap_lock = threading.Lock()
-        self._wal = ThreadPool(minthreads=1, maxthreads=1, name="paxoslog-wal")
+        self._wal = _SerialThread(reactor, "paxoslog-wal")
         self._snap = ThreadPool(minthreads=1, maxthreads=1, name="paxoslog-snapshot")
         self._started = False
 
@@ -45,7 +101,7 @@ class StorageWriter:
 
     def persist(self, ready: Ready, snapshot_file: str | None = None) -> defer.Deferred:
         """Make ``ready``'s durable part durable; fires with the fsync time in seconds."""
-        return deferToThreadPool(self.reactor, self._wal, self._persist, ready, snapshot_file)
+        return self._wal.submit(self._persist, ready, snapshot_file)
 
     def _persist(self, ready: Ready, snapshot_file: str | None) -> float:
         storage = self.storage
@@ -67,17 +123,17 @@ class StorageWriter:
         def run() -> None:
             self.storage.append(ready)
             self.storage.flush()
-        return deferToThreadPool(self.reactor, self._wal, run)
+        return self._wal.submit(run)
 
     def compact(self, index: int) -> defer.Deferred:
         def run() -> int:
             with self.snap_lock:
                 return self.storage.compact(index)
-        return deferToThreadPool(self.reactor, self._wal, run)
+        return self._wal.submit(run)
 
     def close(self) -> defer.Deferred:
         """Seal the WAL (fsync) and release the data directory, after queued work."""
-        return deferToThreadPool(self.reactor, self._wal, self.storage.close)
+        return self._wal.submit(self.storage.close)
 
     # ------------------------------------------------------------------ snapshot thread
 
