@@ -65,6 +65,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from .httpmsg import FileBody, Request, SwitchProtocols, error_response as _error, json_response
+from .sockets import write_now
 
 __all__ = ["HttpService", "HttpProtocol", "Request", "FileBody", "SwitchProtocols",
            "json_response", "REASONS"]
@@ -565,7 +566,7 @@ class HttpProtocol(Protocol):
     def _write_item(self, item) -> None:
         """Write one response (bytes, or a head and a body streamed from a file)."""
         if type(item) is bytes:
-            self.transport.write(item)
+            write_now(self.transport, item)
             self._sent += 1
             return
         head, stream = item

@@ -38,6 +38,7 @@ from paxoslog.core.messages import InstallSnapshot, from_wire
 
 from . import frames as F
 from .metrics import Histogram
+from .sockets import write_now
 from .tls import check_peer_identity
 
 if TYPE_CHECKING:
@@ -216,7 +217,7 @@ class PeerConnection(Protocol):
             frame = self._frame(cbor2.dumps(payload))
             if self.established:
                 self.owner.link(self.peer_id).bytes_sent += len(frame)
-            self.transport.write(frame)
+            write_now(self.transport, frame)
 
     def enqueue(self, wire: list) -> None:
         queue = self.queue
@@ -244,7 +245,7 @@ class PeerConnection(Protocol):
         frame = self._frame(data)
         stats["bytes_sent"] += len(frame)
         self.owner.link(self.peer_id).bytes_sent += len(frame)
-        self.transport.write(frame)
+        write_now(self.transport, frame)
 
     def send_frame(self, payload: list) -> None:
         """A shell frame (forward, snapshot): written at once, outside the message queue."""
