@@ -12,10 +12,11 @@ from __future__ import annotations
 
 from importlib import metadata
 
-from .base import REQUIRED, BadCommand, StateMachine, is_internal, snapshot_producer
+from .base import (REQUIRED, BadCommand, StateMachine, is_internal, snapshot_chunks_producer,
+                   snapshot_producer)
 
 __all__ = ["StateMachine", "BadCommand", "BUILTIN", "ENTRY_POINT_GROUP", "available", "create",
-           "is_internal", "snapshot_producer"]
+           "is_internal", "snapshot_producer", "snapshot_chunks_producer"]
 
 ENTRY_POINT_GROUP = "paxoslog.state_machines"
 

@@ -42,9 +42,13 @@ session table for retried requests).
 from __future__ import annotations
 
 import hashlib
-from typing import Callable, Protocol, runtime_checkable
+import io
+from typing import Callable, Iterable, Iterator, Protocol, runtime_checkable
 
-__all__ = ["StateMachine", "BadCommand", "CommandTooLarge", "snapshot_producer", "state_hash",
+import cbor2
+
+__all__ = ["StateMachine", "BadCommand", "CommandTooLarge", "snapshot_producer",
+           "snapshot_chunks_producer", "CborArrayReader", "state_hash",
            "state_hash_producer", "is_internal", "nesting_exceeds", "REQUIRED",
            "VALUE_DEPTH_MAX"]
 
@@ -108,6 +112,86 @@ def snapshot_producer(sm: StateMachine) -> Callable[[], bytes]:
         return copy()
     data = sm.snapshot()
     return lambda: data
+
+
+def snapshot_chunks_producer(sm: StateMachine) -> Callable[[], Iterable[bytes]]:
+    """A callable that yields ``sm``'s snapshot as of now in pieces, safe to call on a
+    thread: ``snapshot_chunks_copy`` when the state machine has it (a large state is then
+    never one bytes object in memory), else its whole snapshot as one piece."""
+    chunks = getattr(sm, "snapshot_chunks_copy", None)
+    if chunks is not None:
+        return chunks()
+    produce = snapshot_producer(sm)
+    return lambda: (produce(),)
+
+
+class CborArrayReader:
+    """The items of one CBOR array whose encoding arrives in pieces cut anywhere (a
+    snapshot's chunks): ``feed(piece)`` returns the items completed by it, ``close()``
+    checks that the array ended exactly.  Memory: one item beyond the current piece.
+    Raises ``ValueError`` on anything but a definite-length array."""
+
+    __slots__ = ("_buffer", "_left")
+
+    def __init__(self) -> None:
+        self._buffer = b""
+        self._left: int | None = None     # items still to come; None before the head
+
+    def feed(self, piece: bytes) -> list:
+        data = self._buffer + bytes(piece) if self._buffer else bytes(piece)
+        fp = io.BytesIO(data)
+        if self._left is None:
+            self._left = _array_length(fp)
+            if self._left is None:        # the head itself is not complete yet
+                self._buffer = data
+                return []
+        items = []
+        decoder = cbor2.CBORDecoder(fp)
+        position = fp.tell()
+        while self._left and position < len(data):
+            try:
+                items.append(decoder.decode())
+            except cbor2.CBORDecodeEOF:
+                break                     # the item continues in the next piece
+            position = fp.tell()
+            self._left -= 1
+        if not self._left and position < len(data):
+            raise ValueError("bytes after the end of the array")
+        self._buffer = data[position:]
+        return items
+
+    def close(self) -> None:
+        if self._left is None:
+            if self._buffer:
+                raise ValueError("truncated array head")
+            self._left = 0                # no bytes at all: an empty state
+        if self._left or self._buffer:
+            raise ValueError(f"truncated: {self._left} item(s) missing")
+
+
+def _array_length(fp: io.BytesIO) -> int | None:
+    """Read a CBOR array head from ``fp``: its length, or None when ``fp`` ends first."""
+    head = fp.read(1)
+    if not head:
+        return None
+    major, info = head[0] >> 5, head[0] & 0x1F
+    if major != 4 or info > 27:
+        raise ValueError("not a definite-length CBOR array")
+    if info < 24:
+        return info
+    size = 1 << (info - 24)
+    raw = fp.read(size)
+    if len(raw) < size:
+        return None
+    return int.from_bytes(raw, "big")
+
+
+def read_array(pieces: Iterable[bytes]) -> Iterator:
+    """Every item of a CBOR array encoded across ``pieces`` (see ``CborArrayReader``)."""
+    reader = CborArrayReader()
+    for piece in pieces:
+        yield from reader.feed(piece)
+    reader.close()
 
 
 def state_hash_producer(sm: StateMachine) -> Callable[[], str]:

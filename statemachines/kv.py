@@ -46,7 +46,7 @@ from typing import Callable, Iterator
 import cbor2
 from sortedcontainers import SortedDict
 
-from .base import VALUE_DEPTH_MAX, BadCommand, nesting_exceeds
+from .base import VALUE_DEPTH_MAX, BadCommand, CborArrayReader, nesting_exceeds, read_array
 from .leases import LeaseTable
 from .txn import compare_holds, validate_txn
 
@@ -469,25 +469,71 @@ class KVStateMachine:
         return pieces
 
     def restore(self, data: bytes) -> None:
+        self.restore_chunks((data,) if data else ())
+
+    def restore_chunks(self, chunks) -> None:
+        """Restore from a snapshot's pieces as they are read (``snapshot_chunks_copy``'s,
+        or one piece holding it all): the state is built row by row, never beside a
+        second copy of the snapshot's bytes."""
+        restored = SortedDict()
         try:
-            rows = cbor2.loads(data) if data else []
-            restored = SortedDict()
-            attachments = []
-            lease_state = [0, []]
-            for row in rows:
-                if row[0] is None:
-                    lease_state = row[1]
-                    continue
-                key, value, create_index, mod_index, version, *lease = row
-                restored[key] = (value, create_index, mod_index, version)
-                if lease:
-                    attachments.append((key, lease[0]))
+            attachments, lease_state = _load_rows(read_array(chunks), restored)
             leases = LeaseTable()
-            leases.load(lease_state, attachments)
+            leases.load(lease_state if lease_state is not None else [0, []], attachments)
         except Exception as exc:  # cbor2 raises several types; all mean a bad snapshot
             raise ValueError(f"kv snapshot is damaged: {exc}") from None
         self._data = restored
         self.leases = leases
+
+    def snapshot_checker(self) -> "_SnapshotChecker":
+        """Checks a snapshot as its pieces are written (``feed`` each, then ``close``):
+        every row decodes and has the shape ``restore`` needs, without keeping any of it;
+        raises ``ValueError`` where ``restore`` would."""
+        return _SnapshotChecker()
+
+
+class _SnapshotChecker:
+    __slots__ = ("_reader", "_lease_state", "_attachments")
+
+    def __init__(self) -> None:
+        self._reader = CborArrayReader()
+        self._lease_state = [0, []]
+        self._attachments: list = []
+
+    def feed(self, chunk: bytes) -> None:
+        try:
+            found = _load_rows(self._reader.feed(chunk), None)
+        except Exception as exc:
+            raise ValueError(f"kv snapshot is damaged: {exc}") from None
+        self._attachments += found[0]
+        if found[1] is not None:
+            self._lease_state = found[1]
+
+    def close(self) -> None:
+        try:
+            self._reader.close()
+            LeaseTable().load(self._lease_state, self._attachments)
+        except Exception as exc:
+            raise ValueError(f"kv snapshot is damaged: {exc}") from None
+
+
+def _load_rows(rows, into: SortedDict | None) -> tuple[list, list | None]:
+    """Rows of a snapshot into ``into`` (None: only check them); returns the keys attached
+    to leases and the lease table's state (None when these rows had no trailer)."""
+    attachments = []
+    lease_state = None
+    for row in rows:
+        if row[0] is None:
+            lease_state = row[1]
+            continue
+        key, value, create_index, mod_index, version, *lease = row
+        if type(key) is not str:
+            raise ValueError(f"a key is {type(key).__name__}, not a string")
+        if into is not None:
+            into[key] = (value, create_index, mod_index, version)
+        if lease:
+            attachments.append((key, lease[0]))
+    return attachments, lease_state
 
 
 _CHUNK_ROWS_MAX = 512

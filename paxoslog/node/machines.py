@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from typing import Callable
 
-from statemachines import BadCommand, is_internal, snapshot_producer
+from statemachines import BadCommand, is_internal, snapshot_chunks_producer
 
 from .commands import command_key, decode_command, encode_batch, encode_command, is_batch
 from .instructions import DUPLICATE, EXECUTED, STALE, UNDECODABLE, CommandApplied
@@ -339,9 +339,9 @@ class StateMachines:
     # ------------------------------------------------------------------ snapshots
 
     def producers(self) -> list:
-        """[(name, callable -> snapshot bytes)]: copies taken now, bytes made later (on a
-        thread, by the shell)."""
-        return [(name, snapshot_producer(sm)) for name, sm in self.machines.items()]
+        """[(name, callable -> the snapshot's pieces)]: copies taken now, bytes made later
+        (on a thread, by the shell), a piece at a time."""
+        return [(name, snapshot_chunks_producer(sm)) for name, sm in self.machines.items()]
 
     def restore_from(self, reader) -> list[str]:
         """Load every state machine and the session table from a snapshot ``reader``
@@ -353,7 +353,11 @@ class StateMachines:
             if sm is None:
                 skipped.append(name)
                 continue                        # states() drains the chunks left unread
-            sm.restore(b"".join(chunks))
+            restore_chunks = getattr(sm, "restore_chunks", None)
+            if restore_chunks is not None:
+                restore_chunks(chunks)          # built piece by piece (a large kv store)
+            else:
+                sm.restore(b"".join(chunks))
             seen.add(name)
         for name, sm in self.machines.items():
             if name not in seen:

@@ -43,6 +43,7 @@ from paxoslog.storage.meta import FORMAT_VERSION
 from paxoslog.storage.snapshot import write_snapshot
 
 from .errors import ApiError, unavailable
+from .local_snapshots import SnapshotRefused
 from .http import FileBody
 
 __all__ = ["BackupService", "SNAPSHOT_CONTENT_TYPE"]
@@ -157,12 +158,9 @@ class BackupService:
     def _encode(self, path: str, meta, producers: list, sessions: object,
                 provenance: dict) -> int:
         """On the snapshot thread: bytes of every state, the restore check, the file."""
-        states = [(name, [produce()]) for name, produce in producers]
+        states = [(name, produce()) for name, produce in producers]
         try:
-            self.verify(states, sessions)
-        except Exception as exc:
-            raise ApiError(500, "snapshot_refused", str(exc)) from None
-        try:
+            states = self.verify(states, sessions)
             with open(path, "wb") as out:
                 write_snapshot(out, meta, states, sessions, level=self.level, backup=provenance)
             return os.stat(path).st_size
@@ -171,6 +169,8 @@ class BackupService:
                 os.unlink(path)
             except OSError:
                 pass
+            if isinstance(exc, SnapshotRefused):
+                raise ApiError(500, "snapshot_refused", str(exc)) from None
             if isinstance(exc, OSError):
                 raise ApiError(500, "backup_failed",
                                f"cannot write the backup file {path}: {exc}") from None

@@ -40,23 +40,46 @@ class SnapshotRefused(Exception):
     produced the state is kept, so the node stays restartable by replaying it)."""
 
 
-def verify_states(states: list, sessions: object, create, sessions_like) -> None:
-    """Restore every state machine's bytes in ``states`` ([(name, [chunks])]) into a fresh
-    instance from ``create(name)``, and the session table into ``sessions_like()``; raise
-    ``SnapshotRefused`` naming the first that fails.  On the snapshot thread: it costs one
-    restore, so that no applied command can make a snapshot every replica then fails to
-    read (a replica that cannot read its snapshot cannot restart)."""
-    for name, chunks in states:
-        try:
-            create(name).restore(b"".join(chunks))
-        except Exception as exc:
-            raise SnapshotRefused(f"state machine {name!r} would not restore from its own "
-                                  f"snapshot: {type(exc).__name__}: {exc}"[:500]) from None
+def verify_states(states: list, sessions: object, create, sessions_like) -> list:
+    """``states`` ([(name, pieces)]) wrapped so that each state machine's pieces are checked
+    as they are consumed (written): its ``snapshot_checker()`` is fed each piece when it
+    has one (a large kv store is never held twice), else the pieces are kept and restored
+    into a fresh instance from ``create(name)`` at the end.  The session table is restored
+    into ``sessions_like()`` at once.  The first failure raises ``SnapshotRefused`` naming
+    it, before the snapshot's last piece is written.  On the snapshot thread: no applied
+    command can make a snapshot every replica then fails to read (a replica that cannot
+    read its snapshot cannot restart)."""
     try:
         sessions_like().restore(cbor2.loads(cbor2.dumps(sessions)))
     except Exception as exc:
         raise SnapshotRefused(f"the session table would not restore from the snapshot: "
                               f"{type(exc).__name__}: {exc}"[:500]) from None
+    return [(name, _checked(name, pieces, create(name))) for name, pieces in states]
+
+
+def _checked(name: str, pieces, fresh):
+    """Yield ``pieces`` while checking that ``fresh`` would restore from them."""
+    make_checker = getattr(fresh, "snapshot_checker", None)
+    checker = make_checker() if make_checker is not None else None
+    kept: list = []
+    for piece in pieces:
+        if checker is None:
+            kept.append(piece)
+        else:
+            _refuse_unless(name, checker.feed, piece)
+        yield piece
+    if checker is None:
+        _refuse_unless(name, fresh.restore, b"".join(kept))
+    else:
+        _refuse_unless(name, checker.close)
+
+
+def _refuse_unless(name: str, check, *args) -> None:
+    try:
+        check(*args)
+    except Exception as exc:
+        raise SnapshotRefused(f"state machine {name!r} would not restore from its own "
+                              f"snapshot: {type(exc).__name__}: {exc}"[:500]) from None
 
 
 def restore_installed(storage, meta: SnapshotMeta, machines) -> SnapshotMeta:

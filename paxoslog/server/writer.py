@@ -139,14 +139,15 @@ class StorageWriter:
 
     def save_snapshot(self, meta: SnapshotMeta, producers: list, sessions: object,
                       verify=None) -> defer.Deferred:
-        """Write a local snapshot; ``producers`` is [(name, callable -> bytes)], called on the
-        snapshot thread (the copies were taken on the reactor thread).  ``verify(states,
-        sessions)``, when given, runs on the same thread before anything is written and
-        raises to refuse the snapshot (it would not restore)."""
+        """Write a local snapshot; ``producers`` is [(name, callable -> pieces)], called on
+        the snapshot thread (the copies were taken on the reactor thread).  ``verify(states,
+        sessions)``, when given, returns the states wrapped so that they are checked as they
+        are written; it raises to refuse the snapshot (it would not restore), and then
+        nothing is written."""
         def run():
-            states = [(name, [produce()]) for name, produce in producers]
+            states = [(name, produce()) for name, produce in producers]
             if verify is not None:
-                verify(states, sessions)
+                states = verify(states, sessions)
             with self.snap_lock:
                 return self.storage.save_snapshot(meta, states, sessions)
         return deferToThreadPool(self.reactor, self._snap, run)

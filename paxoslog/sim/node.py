@@ -453,7 +453,7 @@ class SimNode:
     def _take_snapshot(self, incarnation: int, op: TakeSnapshot) -> None:
         if incarnation != self.incarnation or not self.alive:
             return
-        states = [(name, [produce()]) for name, produce in op.producers]
+        states = [(name, list(produce())) for name, produce in op.producers]
         if not self._disk_call(self.disk.save_snapshot, op.meta, states, op.sessions):
             return
         point = self.disk.compaction_point(op.meta)

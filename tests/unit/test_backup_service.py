@@ -17,6 +17,7 @@ from paxoslog.node.instructions import TakeSnapshot
 from paxoslog.server.backup import BackupService
 from paxoslog.server.errors import ApiError
 from paxoslog.server.http import FileBody
+from paxoslog.server.local_snapshots import SnapshotRefused
 from paxoslog.storage.snapshot import verify_snapshot
 
 
@@ -42,7 +43,7 @@ class Node:
         self.captures += 1
         meta = SnapshotMeta(self.applied, 2, Config(frozenset({1, 2, 3})))
         data = f"state at {self.applied}".encode()
-        return TakeSnapshot(meta, [("kv", lambda: data)], {"clock": 0, "sessions": []})
+        return TakeSnapshot(meta, [("kv", lambda: [data])], {"clock": 0, "sessions": []})
 
 
 @pytest.fixture
@@ -53,7 +54,8 @@ def setup(tmp_path):
 
     def verify(states, sessions):
         if refused:
-            raise ValueError(refused[0])
+            raise SnapshotRefused(refused[0])
+        return states
     service = BackupService(barrier=node.barrier, applied_index=lambda: node.applied,
                             capture=node.capture, writer=SyncWriter(),
                             directory=str(tmp_path / "outgoing"), verify=verify,

@@ -199,7 +199,7 @@ class Trio:
             elif type(op) is Persist and op.sync:
                 rest += self.run(self.drivers[node].persisted(op.ready), node)
             elif type(op) is TakeSnapshot:
-                states = [(name, produce()) for name, produce in op.producers]
+                states = [(name, list(produce())) for name, produce in op.producers]
                 self.saved[(op.meta.index, op.meta.term)] = (op.meta, states, op.sessions)
                 rest += self.run(self.drivers[node].snapshot_saved(op.meta, op.meta), node)
             elif type(op) not in (Persist, CompactLog):
@@ -379,7 +379,7 @@ def test_snapshots_are_taken_when_due_and_compact_the_log_when_saved(protocol):
     (snap,) = taken
     assert snap.meta.index == d.policy.applied_index - (d.applied_index - snap.meta.index)
     assert [name for name, _ in snap.producers] == ["kv"]
-    assert KVStateMachine().restore(snap.producers[0][1]()) is None
+    assert KVStateMachine().restore_chunks(snap.producers[0][1]()) is None
     point = SnapshotMeta(snap.meta.index - 1, snap.meta.term, snap.meta.config)
     assert d.snapshot_saved(snap.meta, point) == [CompactLog(point.index)]
     assert d.replica.status().first_index == point.index + 1
@@ -423,7 +423,7 @@ def test_a_received_snapshot_is_restored_before_anything_after_it_is_applied(pro
     assert lagging.pump() == [] and lagging.applied_index < meta.index
     fresh = lagging.machines.fresh()
     for name, data in states:
-        fresh.get(name).restore(data)
+        fresh.get(name).restore(b"".join(data))
     fresh.sessions.restore(sessions)
     out = lagging.snapshot_restored(meta, fresh)
     assert lagging.machines is fresh and lagging.applied_index >= meta.index
