@@ -4,7 +4,8 @@ Starts a local 3-node cluster per mode (``conf/local-3.toml`` timings, fresh por
 a temporary directory, fsync on), loads ``--keys`` keys of ``--value-bytes`` bytes through
 ``POST /api/v1/consensus/batch`` (``--writers`` clients in parallel), waits until every
 node applied everything, lets the nodes take their snapshot, and prints each node's
-resident set size (VmRSS) and peak (VmHWM) against the raw data size (keys + values).
+resident set size (VmRSS, once no snapshot has been taken for 3 s) and peak (VmHWM) against
+the raw data size (keys + values).
 
     python tools/bench_memory.py [--modes multipaxos,raft] [--keys 1000000]
                                  [--value-bytes 1024] [--writers 4] [--batch 800]
@@ -98,6 +99,21 @@ def settle(cluster: Cluster, deadline_s: float = 600.0) -> dict:
     raise RuntimeError("the nodes did not apply everything in time")
 
 
+def quiet(cluster: Cluster, still_s: float = 3.0, deadline_s: float = 120.0) -> None:
+    """Wait until no node's snapshot index moved for ``still_s`` (a snapshot taken right
+    after the load holds a copy of the rows while it is written)."""
+    deadline = time.monotonic() + deadline_s
+    last, since = None, time.monotonic()
+    while time.monotonic() < deadline:
+        now = {n: (cluster.status(n, timeout=5.0) or {}).get("snapshot_index")
+               for n in cluster.procs}
+        if now != last:
+            last, since = now, time.monotonic()
+        elif time.monotonic() - since >= still_s:
+            return
+        time.sleep(0.5)  # polling with a deadline
+
+
 def measure(mode: str, args) -> dict:
     work = tempfile.mkdtemp(prefix=f"bench-memory-{mode}-")
     cluster = Cluster(os.path.join(ROOT, "conf", "local-3.toml"), mode, work)
@@ -111,6 +127,7 @@ def measure(mode: str, args) -> dict:
               f"(leader node {leader})")
         seconds = load(endpoints, args.keys, args.value_bytes, args.writers, args.batch)
         settle(cluster)
+        quiet(cluster)
         memory = {n: rss_kib(p.pid) for n, p in cluster.procs.items()}
         disk = sum(os.path.getsize(os.path.join(d, f)) for d, _, files
                    in os.walk(os.path.join(work, "data")) for f in files)
