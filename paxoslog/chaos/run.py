@@ -483,29 +483,45 @@ class ChaosRun:
             for i, key in enumerate(keys)])
         return {"values": values, "failed": failed}
 
-    async def _state_hash_reports(self) -> dict:
-        """Each node's status with ``state_hashes`` (``?hashes=1``), asked again (at most
-        ``_HASH_ROUNDS`` times) until every node answers at the same applied index, so the
-        digests are comparable.  {node: status body}; nodes that did not answer are left
-        out."""
-        reports: dict = {}
+    async def _until_one_index(self, read, settled):
+        """``await read()`` again, 0.2 s apart and at most ``_HASH_ROUNDS`` times, until
+        ``settled(result)`` (every node answered at one applied index); the last result.
+        After the convergence an entry may still commit (a new leader's no-op after an
+        election on a loaded machine): readings across it are not comparable."""
+        result = None
         for round_number in range(_HASH_ROUNDS):
             if round_number:
                 await task.deferLater(self.reactor, 0.2, lambda: None)
+            result = await read()
+            if settled(result):
+                break
+        return result
+
+    async def _state_hash_reports(self) -> dict:
+        """Each node's status with ``state_hashes`` (``?hashes=1``), asked again until every
+        node answers at the same applied index, so the digests are comparable.  {node:
+        status body}; nodes that did not answer are left out."""
+        async def read() -> dict:
             nodes = self.cluster.members()
             results = await defer.DeferredList(
                 [self.client.status(n, timeout_s=5.0, hashes=True) for n in nodes],
                 consumeErrors=True)
-            reports = {node: response.body for node, (ok, response) in zip(nodes, results)
-                       if ok and response.status == 200 and isinstance(response.body, dict)}
-            applied = {r.get("applied_index") for r in reports.values()}
-            if len(reports) == len(nodes) and len(applied) == 1:
-                break
-        return reports
+            return {node: response.body for node, (ok, response) in zip(nodes, results)
+                    if ok and response.status == 200 and isinstance(response.body, dict)}
+
+        def settled(reports: dict) -> bool:
+            return (len(reports) == len(self.cluster.members())
+                    and len({r.get("applied_index") for r in reports.values()}) == 1)
+        return await self._until_one_index(read, settled)
 
     async def _replica_states(self) -> dict:
         """Each node's own state of every key (stale reads: no quorum round) and its
-        applied index."""
+        applied index, read again until every node answers at the same index."""
+        return await self._until_one_index(
+            self._replica_states_once,
+            lambda r: not r["problems"] and len(set(r["applied"].values())) == 1)
+
+    async def _replica_states_once(self) -> dict:
         states, applied, problems = {}, {}, []
         for node in self.cluster.members():
             try:

@@ -11,9 +11,14 @@ role each request needs:
   header must name one of this node's API addresses (or ``allowed_hosts``): a page that
   rebinds its own DNS name to 127.0.0.1 sends its own name as Host and is refused.
 * **authentication** (``authenticate``): ``Authorization: Bearer <token>`` -> the
-  ``Principal``.  A token's first use on this node costs one scrypt verification, run on a
-  thread (at most ``VERIFICATIONS_MAX`` at once, concurrent uses of one token share it);
-  afterwards its SHA-256 maps to the principal in memory, so the write path pays one hash.
+  ``Principal``.  A WebSocket upgrade may carry the token as a subprotocol instead
+  (``paxoslog.bearer.<base64url(token)>``, as Kubernetes does: a browser cannot set headers
+  on a WebSocket); it counts exactly as the header.  ``without_credentials`` strips both
+  from the upgrade request before the WebSocket protocol (autobahn) sees it, so it can
+  neither log the token nor select or echo that subprotocol.  A token's first use on this
+  node costs one scrypt verification, run on a thread (at most ``VERIFICATIONS_MAX`` at
+  once, concurrent uses of one token share it); afterwards its SHA-256 maps to the
+  principal in memory, so the write path pays one hash.
   A token with an unknown id is refused without any KDF work.  No token: the anonymous
   principal, with role ``admin`` where auth is not required and ``none`` where it is.
 * **authorization** (``authorize``): 401 ``unauthenticated`` (with ``WWW-Authenticate:
@@ -35,6 +40,8 @@ nothing after ``authenticate`` changes.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import hashlib
 import os
 from dataclasses import dataclass
@@ -50,7 +57,8 @@ from paxoslog.tokens import (ClientIdRule, Role, TokenRecord, TokensFile, Tokens
 from .errors import ApiError, unavailable
 
 __all__ = ["Principal", "TokenStore", "AccessControl", "ANONYMOUS_ADMIN", "ANONYMOUS",
-           "VERIFICATIONS_MAX", "RELOAD_CHECK_S", "is_loopback"]
+           "VERIFICATIONS_MAX", "RELOAD_CHECK_S", "is_loopback", "BEARER_SUBPROTOCOL",
+           "bearer_subprotocol", "without_credentials"]
 
 log = Logger(namespace="paxoslog.access")
 
@@ -59,6 +67,77 @@ RELOAD_CHECK_S = 1.0             # the tokens file is stat()ed at most this ofte
 _BAD_REMEMBERED_MAX = 1024       # wrong tokens (of a known id) not verified twice
 _CHALLENGE = ((b"WWW-Authenticate", b'Bearer realm="paxoslog"'),)
 _INVALID = ((b"WWW-Authenticate", b'Bearer realm="paxoslog", error="invalid_token"'),)
+# A WebSocket upgrade's token as a subprotocol: "paxoslog.bearer." + base64url(token), no
+# padding ("=" is not allowed in a subprotocol name).
+BEARER_SUBPROTOCOL = "paxoslog.bearer."
+_BEARER_PREFIX = BEARER_SUBPROTOCOL.encode()
+_TOKEN_CHARS_MAX = 512
+
+
+def bearer_subprotocol(token: str) -> str:
+    """The subprotocol that carries ``token`` on a WebSocket upgrade."""
+    encoded = base64.urlsafe_b64encode(token.encode()).rstrip(b"=").decode("ascii")
+    return BEARER_SUBPROTOCOL + encoded
+
+
+def _subprotocol_token(request) -> str | None:
+    """The token an upgrade request offers as a subprotocol (None: it offers none)."""
+    if not request.upgrade:
+        return None
+    header = request.headers.get(b"sec-websocket-protocol")
+    if header is None or _BEARER_PREFIX not in header.lower():
+        return None
+    carried = [p.strip()[len(_BEARER_PREFIX):] for p in header.split(b",") if _is_bearer(p)]
+    if len(carried) != 1:
+        raise ApiError(401, "unauthenticated", f"offer one {BEARER_SUBPROTOCOL}<token> "
+                       "subprotocol, not several", headers=_INVALID)
+    encoded = carried[0]
+    try:
+        if len(encoded) > _TOKEN_CHARS_MAX:
+            raise ValueError("too long")
+        raw = base64.b64decode(encoded + b"=" * (-len(encoded) % 4), altchars=b"-_",
+                               validate=True)
+        return raw.decode("ascii")
+    except (ValueError, binascii.Error):
+        raise ApiError(401, "unauthenticated", f"the {BEARER_SUBPROTOCOL}<token> subprotocol "
+                       "must carry the token in unpadded base64url", headers=_INVALID) from None
+
+
+def _is_bearer(protocol: bytes) -> bool:
+    """A token subprotocol (the prefix in any case: whatever might be one is treated so)."""
+    return protocol.strip()[:len(_BEARER_PREFIX)].lower() == _BEARER_PREFIX
+
+
+def without_credentials(data: bytes) -> bytes:
+    """An upgrade request's bytes without its credentials: no ``Authorization`` header, no
+    bearer subprotocol (a ``Sec-WebSocket-Protocol`` header left with nothing else goes);
+    what follows the head passes unchanged.  The WebSocket protocol is handed this, so
+    nothing it logs, selects or echoes can hold the token."""
+    lines = data.lstrip(b"\r\n").split(b"\n")
+    out = [lines[0].rstrip(b"\r")]
+    fields: list[list[bytes]] = []
+    for number, line in enumerate(lines[1:], 1):
+        line = line.rstrip(b"\r")
+        if not line:
+            break
+        if line[:1] in (b" ", b"\t") and fields:          # obs-fold: the value goes on
+            fields[-1][1] += b" " + line.strip()
+        else:
+            name, _, value = line.partition(b":")
+            fields.append([name, value.strip()])
+    else:
+        number = len(lines)
+    for name, value in fields:
+        lower = name.strip().lower()
+        if lower == b"authorization":
+            continue
+        if lower == b"sec-websocket-protocol":
+            kept = [p.strip() for p in value.split(b",") if p.strip() and not _is_bearer(p)]
+            if not kept:
+                continue
+            value = b", ".join(kept)
+        out.append(name + b": " + value)
+    return b"\r\n".join(out) + b"\r\n\r\n" + b"\n".join(lines[number + 1:])
 
 
 @dataclass(frozen=True)
@@ -190,6 +269,25 @@ def _host_port(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
+def _request_token(request) -> str | None:
+    """The bearer token of a request (the header, or an upgrade's subprotocol), None for
+    none; ApiError 401 when it is malformed or given twice."""
+    header = request.headers.get(b"authorization")
+    offered = _subprotocol_token(request)
+    if header is None:
+        return offered
+    if offered is not None:
+        raise ApiError(401, "unauthenticated", "give the token once: in the Authorization "
+                       f"header or as a {BEARER_SUBPROTOCOL}<token> subprotocol",
+                       headers=_INVALID)
+    scheme, _, token = header.decode("latin-1").strip().partition(" ")
+    token = token.strip()
+    if scheme.lower() != "bearer" or not token:
+        raise ApiError(401, "unauthenticated", "the Authorization header must be "
+                       "\"Bearer <token>\"", headers=_INVALID)
+    return token
+
+
 class AccessControl:
     """The API's gate.  ``auth``: the conf's ``AuthConf``; ``addresses``: this node's API
     addresses (``Address``: the advertised one and the bind); ``port()``: the port the API
@@ -296,15 +394,12 @@ class AccessControl:
         """The request's ``Principal``, or a Deferred firing with it (a token's first use
         here); raises ``ApiError`` 401 for a bad token, 503 when too many first uses are
         being verified at once."""
-        header = request.headers.get(b"authorization")
         store = self.store
-        if store is None or header is None:
+        if store is None:
             return self.anonymous
-        scheme, _, token = header.decode("latin-1").strip().partition(" ")
-        token = token.strip()
-        if scheme.lower() != "bearer" or not token:
-            raise ApiError(401, "unauthenticated", "the Authorization header must be "
-                           "\"Bearer <token>\"", headers=_INVALID)
+        token = _request_token(request)
+        if token is None:
+            return self.anonymous
         store.maybe_reload(self._now())
         digest, record, verified = store.known(token)
         if record is None:

@@ -58,7 +58,7 @@ from statemachines.base import nesting_exceeds
 
 from paxoslog.node.commands import CLIENT_ID_CHARS_MAX
 from paxoslog.tokens import Role
-from .access import ANONYMOUS_ADMIN
+from .access import ANONYMOUS_ADMIN, without_credentials
 from .routes import ROUTES, SERVED_WHEN_REMOVED as _SERVED_WHEN_REMOVED, Route
 from .errors import ApiError, bad_request
 from .http import SwitchProtocols, json_response
@@ -456,7 +456,7 @@ class Api:
         if self.websocket_factory is None:
             raise ApiError(503, "unavailable", "the WebSocket endpoint is not running",
                            retry_after=1)
-        return SwitchProtocols(self.websocket_factory, request.principal)
+        return SwitchProtocols(self.websocket_factory, request.principal, without_credentials)
 
     def _state_machine(self, request) -> str:
         """The client-addressable state machine named by the path.  Internal ones (the

@@ -39,8 +39,9 @@ emits NaN or Infinity (not JSON): such a body becomes a 500.
 Protocol switching (the WebSocket endpoint): the *first* request of a connection that
 asks to upgrade (``Connection: upgrade`` + ``Upgrade``) is marked ``request.upgrade``; if
 the handler answers it with ``SwitchProtocols(factory)``, the connection is handed to a
-protocol of that factory, which receives the raw bytes of that request and everything
-after it (autobahn then does the handshake itself); this protocol only relays bytes from
+protocol of that factory, which receives the raw bytes of that request (passed through
+the answer's ``scrub``: the API removes the credentials) and everything after it
+(autobahn then does the handshake itself); this protocol only relays bytes from
 then on, gives up its producer slot, and no HTTP deadline applies any more (the new
 protocol keeps its own).  It still counts against ``connections_max`` and
 ``connections_per_address_max``.  Any other answer is sent as plain HTTP and the
@@ -305,8 +306,11 @@ class HttpProtocol(Protocol):
     def _switch_now(self) -> None:
         """Hand the connection over: the new protocol gets the transport (and its producer
         slot) and every byte from the start of the upgrade request on."""
-        factory, principal = self._switch.factory, self._switch.principal
+        switch = self._switch
+        factory, principal = switch.factory, switch.principal
         data = b"".join(self._after_upgrade)
+        if switch.scrub is not None:
+            data = switch.scrub(data)
         self._after_upgrade = self._switch = None
         if self._registered:
             self._registered = False

@@ -43,13 +43,15 @@ class SwitchProtocols:
     """A handler's answer to an upgrade request: hand the connection to a protocol built
     by ``factory`` (an ``IProtocolFactory``).  ``principal``: who the upgrade request was
     authenticated as; the new protocol gets it (``protocol.principal``) and speaks for it
-    on every request it makes."""
+    on every request it makes.  ``scrub``: what the request's bytes pass through before the
+    new protocol gets them (the API removes the credentials: access.without_credentials)."""
 
-    __slots__ = ("factory", "principal")
+    __slots__ = ("factory", "principal", "scrub")
 
-    def __init__(self, factory, principal=None) -> None:
+    def __init__(self, factory, principal=None, scrub=None) -> None:
         self.factory = factory
         self.principal = principal
+        self.scrub = scrub
 
 
 class FileBody:

@@ -271,7 +271,11 @@ _OPERATIONS = {
         "errors": (400, 404, 503, 504)},
     ("/api/v1/ws", "GET"): {
         "ok": {"description": "Never: an upgrade request switches protocols (101), any "
-                              "other request is answered 426"},
+                              "other request is answered 426.  The upgrade carries the "
+                              "bearer token in the Authorization header or, from a "
+                              "browser, as the subprotocol paxoslog.bearer.<base64url(token), "
+                              "unpadded> next to paxoslog.v1.json (never selected); "
+                              "see docs/websocket.md"},
         "errors": (426,)},
     ("/api/v1/cluster/status", "GET"): {
         "parameters": [_query("hashes", {"type": "string", "enum": ["0", "1"]},

@@ -1,8 +1,8 @@
 """The OpenAPI document against live clusters: the served document is the checked-in one,
 and schemathesis (a bounded number of generated requests per operation, both protocol
-modes, tokens on; the Raft cluster with TLS too, so the document is also checked over
-HTTPS with both on) finds no 5xx but the documented 503/504, no crash and no answer that
-breaks the document."""
+modes, tokens and TLS on: the document is checked over HTTPS, the peers use mutual TLS)
+finds no 5xx but the documented 503/504, no crash and no answer that breaks the
+document."""
 
 from __future__ import annotations
 
@@ -31,12 +31,11 @@ MEMBERSHIP = "^/api/v1/cluster/(add|remove)-node$"
 
 @pytest.fixture(scope="module", params=["multipaxos", "raft"])
 def secured(request, tmp_path_factory):
-    """A 3-node cluster that requires tokens, with kv and counter enabled; the Raft one
-    serves HTTPS (and its peers use mutual TLS)."""
+    """A 3-node cluster that requires tokens, with kv and counter enabled, serving HTTPS
+    (its peers use mutual TLS) in both modes: what runs in production."""
     extra = '\n[state_machines]\nenabled = ["kv", "counter"]\n'
-    tls = True if request.param == "raft" else None      # None: $PAXOSLOG_TEST_TLS decides
     with started_cluster(tmp_path_factory, f"openapi-{request.param}", request.param,
-                         auth=True, extra=extra, tls=tls) as harness:
+                         auth=True, extra=extra, tls=True) as harness:
         harness.write("k", "v")
         yield harness
 

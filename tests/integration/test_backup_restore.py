@@ -25,14 +25,11 @@ from paxoslog_integration import ROOT, reserve_ports, wait_for
 ENABLE = '\n[state_machines]\nenabled = ["kv", "counter"]\n'
 
 
-def paxoslog(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
+def paxoslog(*args: str, timeout: float = 120, env: dict | None = None):
+    """The CLI; ``env``: a harness's ``client_env()`` when it talks to its API (the CA)."""
     return subprocess.run([sys.executable, "-m", "paxoslog.cli", *args], capture_output=True,
-                          text=True, cwd=ROOT, env=dict(os.environ, PYTHONPATH=ROOT),
+                          text=True, cwd=ROOT, env=env or dict(os.environ, PYTHONPATH=ROOT),
                           timeout=timeout)
-
-
-def url(c, node: int) -> str:
-    return f"http://127.0.0.1:{c.api_ports[node]}"
 
 
 def _counter_add(c, node, name, delta, client_id, sequence):
@@ -93,8 +90,8 @@ def test_backup_of_a_live_cluster_restores_into_a_new_cluster_with_equal_state(
     follower = next(n for n in old.ids if n != leader)
     live = tmp_path / "live.snap.zst"
     save_started = time.monotonic()
-    saved = paxoslog("snapshot", "save", "--endpoints", url(old, follower), str(live),
-                     "--json")
+    saved = paxoslog("snapshot", "save", "--endpoints", old.url(follower), str(live),
+                     "--json", env=old.client_env())
     more = len(acked)
     wait_for(lambda: len(acked) > more + 3, 20, what="writes after the backup")
     stop.set()
@@ -111,8 +108,8 @@ def test_backup_of_a_live_cluster_restores_into_a_new_cluster_with_equal_state(
 
     # The quiet cluster: the backup's digests are the cluster's at that index.
     backup = tmp_path / "quiet.snap.zst"
-    saved = paxoslog("snapshot", "save", "--endpoints", url(old, leader), str(backup),
-                     "--json")
+    saved = paxoslog("snapshot", "save", "--endpoints", old.url(leader), str(backup),
+                     "--json", env=old.client_env())
     assert saved.returncode == 0, saved.stderr
     index = json.loads(saved.stdout)["index"]
     inspect = paxoslog("snapshot", "inspect", str(backup), "--json")
@@ -153,7 +150,8 @@ def test_restore_refuses_damaged_backups_and_busy_targets_writing_nothing(
     for i in range(20):
         old.write(f"k{i}", "x" * 200)
     backup = tmp_path / "good.snap.zst"
-    saved = paxoslog("snapshot", "save", "--endpoints", url(old, old.ids[0]), str(backup))
+    saved = paxoslog("snapshot", "save", "--endpoints", old.url(old.ids[0]), str(backup),
+                     env=old.client_env())
     assert saved.returncode == 0, saved.stderr
     assert "sha256 " in saved.stdout
     data = backup.read_bytes()
@@ -209,10 +207,11 @@ def test_save_refuses_existing_files_and_says_when_nobody_serves(running_raft, t
     exit 4, and no partial file is left."""
     target = tmp_path / "exists.snap.zst"
     target.write_text("old")
-    out = paxoslog("snapshot", "save", "--endpoints", url(running_raft, 1), str(target))
+    out = paxoslog("snapshot", "save", "--endpoints", running_raft.url(1), str(target),
+                   env=running_raft.client_env())
     assert out.returncode == 2 and "exists" in out.stderr and target.read_text() == "old"
-    forced = paxoslog("snapshot", "save", "--endpoints", url(running_raft, 1), str(target),
-                      "--force", "--json")
+    forced = paxoslog("snapshot", "save", "--endpoints", running_raft.url(1), str(target),
+                      "--force", "--json", env=running_raft.client_env())
     assert forced.returncode == 0, forced.stderr
     assert json.loads(forced.stdout)["file"] == str(target)
     head = running_raft.request(1, "HEAD", "/api/v1/snapshot")

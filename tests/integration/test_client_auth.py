@@ -5,6 +5,7 @@ test fails on the code before auth existed (every request was served) and passes
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import subprocess
@@ -12,8 +13,9 @@ import sys
 
 import pytest
 
+from paxoslog.server.access import bearer_subprotocol
 from paxoslog_integration import ROOT, make_tokens, started_cluster, wait_for
-from wsprobe import WsProbe
+from wsprobe import JSON, WsProbe
 
 ADMIN_CALLS = [
     ("GET", "/api/v1/log/entries", None),
@@ -434,3 +436,103 @@ def test_websocket_requests_and_streams_need_the_tokens_role(secured):
     assert status == 403, body
     admin = WsProbe.of(c, node, token=c.tokens["admin"])
     assert admin.request({"op": "tail", "from": 1})[0] == 200
+
+
+def _upgrade(c, node: int, protocols: list[str]) -> tuple[int, dict, bytes]:
+    """A raw WebSocket upgrade request offering ``protocols``: the answer's status,
+    headers (lower-case names) and body."""
+    key = base64.b64encode(os.urandom(16)).decode()
+    head = ("GET /api/v1/ws HTTP/1.1\r\n"
+            f"Host: {c.host_header(node).decode()}\r\nUpgrade: websocket\r\n"
+            f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
+            f"Sec-WebSocket-Version: 13\r\nSec-WebSocket-Protocol: {', '.join(protocols)}\r\n\r\n")
+    with c.raw_socket(node) as s:
+        s.sendall(head.encode())
+        data = b""
+        while b"\r\n\r\n" not in data:
+            chunk = s.recv(65536)
+            assert chunk, f"the node closed without an answer: {data!r}"
+            data += chunk
+        answer, _, body = data.partition(b"\r\n\r\n")
+        lines = answer.decode("latin-1").split("\r\n")
+        headers = {name.strip().lower(): value.strip()
+                   for name, _, value in (line.partition(":") for line in lines[1:])}
+        while len(body) < int(headers.get("content-length", 0)):
+            chunk = s.recv(65536)
+            if not chunk:
+                break
+            body += chunk
+    return int(lines[0].split()[1]), headers, body
+
+
+def test_a_websocket_may_offer_its_token_as_a_subprotocol(secured):
+    """A browser sets no headers on a WebSocket upgrade, so a client may offer
+    paxoslog.v1.json plus paxoslog.bearer.<base64url(token)>: the node authenticates it
+    exactly as with the header (the token's role decides every request on the
+    connection), selects the JSON subprotocol and never the token one; a bad token so
+    offered, or none, is refused 401 before the upgrade."""
+    c = secured
+    node = c.wait_leader()
+    reader = WsProbe.of(c, node, token=c.tokens["read"], token_in="subprotocol")
+    admin = WsProbe.of(c, node, token=c.tokens["admin"], token_in="subprotocol")
+    try:
+        assert reader.chosen == JSON and admin.chosen == JSON
+        assert reader.request({"op": "get", "key": "k"})[0] == 200
+        status, body = reader.request({"op": "put", "key": "wsp", "value": 1})
+        assert status == 403 and "write" in body["message"], body
+        status, body = reader.request({"op": "tail", "from": 1})
+        assert status == 403 and "admin" in body["message"], body
+        assert admin.request({"op": "put", "key": "wsp", "value": 2})[0] == 200
+        stream = admin.subscribe({"op": "tail"})
+        _, written = c.write("wsp", 3)
+        entries = admin.wait_index(stream, written["index"])
+        assert any(e["index"] == written["index"] for e in entries), entries
+    finally:
+        reader.close()
+        admin.close()
+    status, headers, _ = _upgrade(c, node, [JSON, bearer_subprotocol(c.tokens["read"])])
+    assert status == 101 and headers["sec-websocket-protocol"] == JSON, headers
+    for bad in (c.tokens["read"] + "x", "pxl_0000000000000000_nothing"):
+        status, headers, body = _upgrade(c, node, [JSON, bearer_subprotocol(bad)])
+        assert status == 401 and headers["www-authenticate"].startswith("Bearer"), body
+        assert json.loads(body)["error"] == "unauthenticated"
+        assert "sec-websocket-protocol" not in headers and b"pxl_" not in body
+    assert _upgrade(c, node, [JSON])[0] == 401
+
+
+def test_websocket_tokens_never_reach_the_node_logs(make_cluster, tmp_path):
+    """Nodes at debug level with access logs: WebSocket upgrades carrying good and bad
+    tokens (as subprotocols and in the header; one alongside a subprotocol the node
+    refuses, so the handshake failure is logged) leave neither a token nor its base64url
+    form in the node's log or its access log."""
+    c = make_cluster("raft", auth=True, start=False)
+    for n in c.ids:
+        c.start(n, args=["--log-level", "debug", "--access-log", str(tmp_path / f"a{n}.log")])
+    node = c.wait_leader()
+    bad = c.tokens["write"][:-4] + "abcd"
+    admin = WsProbe.of(c, node, token=c.tokens["admin"], token_in="subprotocol")
+    writer = WsProbe.of(c, node, token=c.tokens["write"])
+    try:
+        stream = admin.subscribe({"op": "tail"})
+        status, body = writer.request({"op": "put", "key": "logged", "value": 1})
+        assert status == 200, body
+        admin.wait_index(stream, body["index"])
+    finally:
+        admin.close()
+        writer.close()
+    assert _upgrade(c, node, [JSON, bearer_subprotocol(bad)])[0] == 401
+    assert _upgrade(c, node, ["paxoslog.v0.xml", bearer_subprotocol(c.tokens["read"])])[0] \
+        == 400
+    log = c.log_path(node)
+    access = tmp_path / f"a{node}.log"
+    wait_for(lambda: "no supported subprotocol among ['paxoslog.v0.xml']" in open(log).read()
+             and '"GET /api/v1/ws" 401' in access.read_text(), 10,
+             what="the refused handshakes in the logs")
+    secrets = [c.tokens["admin"], c.tokens["write"], c.tokens["read"], bad]
+    forms = secrets + [bearer_subprotocol(t).split(".")[-1] for t in secrets]
+    for n in c.ids:
+        for path in (c.log_path(n), str(tmp_path / f"a{n}.log")):
+            with open(path) as f:
+                text = f.read()
+            leaked = [i for i, form in enumerate(forms) if form in text]
+            assert not leaked, f"{path} holds token forms {leaked}"

@@ -127,11 +127,12 @@ def test_a_kept_lease_survives_leader_kill_and_pause_and_expires_on_time(make_cl
 
 
 BANK_WORKER = r'''
-import json, random, sys
+import json, os, random, sys
 from paxoslog.client import SyncClient, ClientError
 endpoints, accounts, transfers, seed = sys.argv[1].split(","), int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
 rng = random.Random(seed)
-client = SyncClient(endpoints, timeout=10.0, attempt_timeout=1.0)
+client = SyncClient(endpoints, timeout=10.0, attempt_timeout=1.0,
+                    cafile=os.environ.get("PAXOSLOG_CACERT"))
 done = conflicts = 0
 while done < transfers:
     a, b = rng.sample(range(accounts), 2)
@@ -172,11 +173,17 @@ def test_bank_transfers_in_transactions_keep_the_total_on_every_replica(make_clu
     endpoints = ",".join(cluster.url(n) for n in cluster.ids)
     workers = [subprocess.Popen([sys.executable, str(script), endpoints, str(accounts), "25",
                                  str(seed)], stdout=subprocess.PIPE, text=True, cwd=ROOT,
-                                env=dict(os.environ, PYTHONPATH=ROOT)) for seed in range(6)]
-    wait_for(lambda: sum(1 for kv in client.range("bank/")["kvs"] if kv["version"] > 1) >= 4,
-             timeout=30, what="transfers under way")
-    cluster.kill(cluster.wait_leader())
-    results = [json.loads(w.communicate(timeout=120)[0]) for w in workers]
+                                env=cluster.client_env()) for seed in range(6)]
+    try:
+        wait_for(lambda: sum(1 for kv in client.range("bank/")["kvs"]
+                             if kv["version"] > 1) >= 4, timeout=30, what="transfers under way")
+        cluster.kill(cluster.wait_leader())
+        results = [json.loads(w.communicate(timeout=120)[0]) for w in workers]
+    finally:
+        for worker in workers:               # a worker that cannot finish retries forever
+            if worker.poll() is None:
+                worker.kill()
+                worker.wait()
     assert all(w.returncode == 0 for w in workers)
     assert sum(r["done"] for r in results) == 6 * 25
     kvs = client.range("bank/")["kvs"]

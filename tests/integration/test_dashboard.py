@@ -84,15 +84,48 @@ def _launch(playwright):
                                       headless=True)
 
 
-def test_dashboard_in_chromium_follows_a_leader_change(make_cluster, protocol, tmp_path):
-    """Headless chromium loads a follower's dashboard: it shows three nodes and the
-    leader, log slots, load figures; it follows the node's log over the WebSocket endpoint
-    (a new write's slot appears through a refresh the tail started); after kill -9 of the leader it shows the new leader
-    and the old one unreachable.  Screenshots go to the test's temp dir."""
+def _sync_api():
     try:
         from playwright import sync_api
     except ImportError:
         _no_browser("the playwright package is not installed (pip install -e '.[test]')")
+    return sync_api
+
+
+def _open(browser, c, node: int, errors: list, fragment: str = "", sockets=None):
+    """A page on ``node``'s dashboard (https when the cluster has TLS: the browser is told
+    to accept the cluster CA's certificates, page and WebSocket alike); page errors go to
+    ``errors``, the page's WebSockets to ``sockets``."""
+    page = browser.new_page(viewport={"width": 1200, "height": 1000},
+                            ignore_https_errors=c.tls)
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    if sockets is not None:
+        page.on("websocket", lambda ws: sockets.append(ws))
+    page.goto(f"{c.url(node)}/dashboard{fragment}")
+    return page
+
+
+def _shows_a_write_live(page, c) -> None:
+    """The page's tail is open (the header says WebSocket) and a new write's slot appears
+    through a refresh that a stream message started."""
+    page.wait_for_function(
+        "() => document.querySelector('#connection').dataset.stream === 'websocket'",
+        timeout=15_000)
+    _, body = c.write("live", 1)
+    page.wait_for_function(
+        "i => document.querySelector(`.slot[data-index='${i}']`) !== null "
+        "&& window.paxoslogDashboard.source.liveRefreshes > 0",
+        arg=body["index"], timeout=15_000)
+    assert page.evaluate("window.paxoslogDashboard.source.streamMessages") >= 1
+
+
+def test_dashboard_in_chromium_follows_a_leader_change(make_cluster, protocol, tmp_path):
+    """Headless chromium loads a follower's dashboard: it shows three nodes and the
+    leader, log slots, load figures; it follows the node's log over the WebSocket endpoint
+    (a new write's slot appears through a refresh the tail started); after kill -9 of the
+    leader it shows the new leader and the old one unreachable.  Screenshots go to the
+    test's temp dir."""
+    sync_api = _sync_api()
     c = make_cluster(protocol)
     for i in range(20):
         c.write(f"d{i}", i)
@@ -101,10 +134,8 @@ def test_dashboard_in_chromium_follows_a_leader_change(make_cluster, protocol, t
     with sync_api.sync_playwright() as playwright:
         browser = _launch(playwright)
         try:
-            page = browser.new_page(viewport={"width": 1200, "height": 1000})
             errors: list[str] = []
-            page.on("pageerror", lambda exc: errors.append(str(exc)))
-            page.goto(f"http://127.0.0.1:{c.api_ports[watcher]}/dashboard")
+            page = _open(browser, c, watcher, errors)
             leader_badge = page.locator("#leader")
             page.wait_for_function(
                 "expected => document.querySelector('#leader').dataset.leader === expected",
@@ -115,15 +146,7 @@ def test_dashboard_in_chromium_follows_a_leader_change(make_cluster, protocol, t
             assert page.locator("#served-by").inner_text() == str(watcher)
             assert page.locator("#protocol").inner_text() == protocol
             assert page.locator(".slot").count() >= 20
-            page.wait_for_function(
-                "() => document.querySelector('#connection').dataset.stream === 'websocket'",
-                timeout=15_000)
-            _, body = c.write("live", 1)
-            page.wait_for_function(
-                "i => document.querySelector(`.slot[data-index='${i}']`) !== null "
-                "&& window.paxoslogDashboard.source.liveRefreshes > 0",
-                arg=body["index"], timeout=15_000)
-            assert page.evaluate("window.paxoslogDashboard.source.streamMessages") >= 1
+            _shows_a_write_live(page, c)
             for i in range(20, 40):                  # load for the charts
                 c.write(f"d{i}", i)
             page.wait_for_function(
@@ -151,3 +174,35 @@ def test_dashboard_in_chromium_follows_a_leader_change(make_cluster, protocol, t
             assert not errors, errors
         finally:
             browser.close()
+
+
+def test_dashboard_in_chromium_is_live_over_the_websocket_under_tokens(make_cluster, tmp_path):
+    """Where tokens are required, the page opened with #token=<admin token> sends the
+    token on its WebSocket as the paxoslog.bearer.<base64url> subprotocol (a browser sets
+    no headers there): the tail opens, the header says "live (WebSocket)", a new write
+    shows up through a refresh the tail started; the node chose the JSON subprotocol, the
+    token is neither in the socket's URL nor in the node's log."""
+    sync_api = _sync_api()
+    c = make_cluster("raft", auth=True)
+    for i in range(5):
+        c.write(f"t{i}", i)
+    token = c.tokens["admin"]
+    node = c.wait_leader()
+    with sync_api.sync_playwright() as playwright:
+        browser = _launch(playwright)
+        try:
+            errors: list[str] = []
+            sockets: list = []
+            page = _open(browser, c, node, errors, f"#token={token}", sockets)
+            _shows_a_write_live(page, c)
+            assert page.locator("#connection").inner_text() == "live (WebSocket)"
+            assert page.evaluate("window.paxoslogDashboard.source.socket.protocol") == \
+                "paxoslog.v1.json"
+            assert page.evaluate("window.location.hash") == ""
+            assert sockets and all(token not in ws.url for ws in sockets)
+            page.screenshot(path=str(tmp_path / "dashboard-tokens.png"), full_page=True)
+            assert not errors, errors
+        finally:
+            browser.close()
+    with open(c.log_path(node)) as f:
+        assert token not in f.read()

@@ -19,9 +19,10 @@ from paxoslog.storage.meta import FORMAT_VERSION, FORMAT_VERSION_MIN, Meta, read
 from paxoslog_integration import ROOT, ClusterHarness, wait_for
 
 
-def paxoslog(*args: str, timeout: float = 60) -> subprocess.CompletedProcess:
+def paxoslog(*args: str, timeout: float = 60, env: dict | None = None):
+    """The CLI; ``env``: a harness's ``client_env()`` when it talks to its API (the CA)."""
     return subprocess.run([sys.executable, "-m", "paxoslog.cli", *args], capture_output=True,
-                          text=True, cwd=ROOT, env=dict(os.environ, PYTHONPATH=ROOT),
+                          text=True, cwd=ROOT, env=env or dict(os.environ, PYTHONPATH=ROOT),
                           timeout=timeout)
 
 
@@ -112,7 +113,7 @@ def test_sighup_and_admin_reload_apply_the_log_level_and_survive_a_bad_conf(make
     assert f"{c.conf_path}: log.level: 'loud' is not one of" in _log(c)
     refused = c.request(1, "POST", "/api/v1/admin/reload", {})
     assert refused.status == 400 and refused.body["error"] == "bad_conf"
-    cli = paxoslog("reload", "--endpoints", f"http://127.0.0.1:{c.api_ports[1]}")
+    cli = paxoslog("reload", "--endpoints", c.url(1), env=c.client_env())
     assert cli.returncode == 1 and "log.level" in cli.stderr
     assert c.put(1, "still", "serving").status == 200
     assert c.procs[1].poll() is None

@@ -3,7 +3,9 @@
 autobahn's asyncio client on a private event loop: every call runs the loop until what it
 waits for arrived or its deadline passed (no sleeps).  It keeps every message it
 received: answers by request id, stream messages by stream id, in arrival order.  Over TLS
-(``ssl``: a client context trusting the cluster CA) it speaks wss.  It can
+(``ssl``: a client context trusting the cluster CA) it speaks wss.  A ``token`` goes in the
+``Authorization`` header, or (``token_in="subprotocol"``) as a browser sends it: as the
+``paxoslog.bearer.<base64url>`` subprotocol.  It can
 stop reading from its socket (``pause_reading``: the server's view of a client that does
 not read) and send raw frames of its own choosing through autobahn (``send_raw``).
 """
@@ -17,15 +19,19 @@ from collections import defaultdict
 import cbor2
 from autobahn.asyncio.websocket import WebSocketClientFactory, WebSocketClientProtocol
 
+from paxoslog.server.access import bearer_subprotocol
+
 JSON = "paxoslog.v1.json"
 CBOR = "paxoslog.v1.cbor"
 
 
 class WsProbe:
     def __init__(self, port: int, subprotocol: str | None = JSON, *,
-                 max_message_bytes: int = 0, ssl=None, token: str | None = None) -> None:
+                 max_message_bytes: int = 0, ssl=None, token: str | None = None,
+                 token_in: str = "header") -> None:
         self.port = port
         self.token = token
+        self.token_in = token_in      # "header" (Authorization) or "subprotocol" (browsers)
         self.ssl = ssl
         self.subprotocol = subprotocol
         self.loop = asyncio.new_event_loop()
@@ -76,12 +82,16 @@ class WsProbe:
                 probe.closed = (code, reason)
                 probe._wake()
 
-        protocols = [self.subprotocol] if self.subprotocol else None
+        protocols = [self.subprotocol] if self.subprotocol else []
+        headers = None
+        if self.token and self.token_in == "subprotocol":
+            protocols.append(bearer_subprotocol(self.token))
+        elif self.token:
+            headers = {"Authorization": f"Bearer {self.token}"}
         scheme = "wss" if self.ssl is not None else "ws"
         factory = WebSocketClientFactory(f"{scheme}://127.0.0.1:{self.port}/api/v1/ws",
-                                         protocols=protocols, loop=self.loop,
-                                         headers=({"Authorization": f"Bearer {self.token}"}
-                                                  if self.token else None))
+                                         protocols=protocols or None, loop=self.loop,
+                                         headers=headers)
         factory.protocol = _Protocol
         factory.setProtocolOptions(maxMessagePayloadSize=max_message_bytes,
                                    maxFramePayloadSize=max_message_bytes, autoPingInterval=0)

@@ -11,15 +11,16 @@ from twisted.internet import defer
 
 from paxoslog.config import Address, AuthConf
 from paxoslog.server.access import ANONYMOUS, ANONYMOUS_ADMIN, VERIFICATIONS_MAX, \
-    AccessControl, TokenStore
+    AccessControl, TokenStore, bearer_subprotocol, without_credentials
 from paxoslog.server.errors import ApiError
 from paxoslog.tokens import (ClientIdRule, Role, TokensFile, check_token, new_token,
                              write_tokens)
 
 
 class Req:
-    def __init__(self, headers: dict | None = None) -> None:
+    def __init__(self, headers: dict | None = None, upgrade: bool = False) -> None:
         self.headers = {k.lower().encode(): v.encode() for k, v in (headers or {}).items()}
+        self.upgrade = upgrade
 
 
 class Clock:
@@ -94,6 +95,51 @@ def test_401_for_anonymous_and_403_naming_the_role_for_a_low_token(setup):
     assert error.value.status == 403 and "admin role" in error.value.message
     assert "'reader'" in error.value.message
     access.authorize(reader, Role.READ, "GET /x")
+
+
+def test_an_upgrade_may_carry_its_token_as_a_subprotocol(setup):
+    """A WebSocket upgrade offering paxoslog.bearer.<base64url(token)> is that token's
+    principal, as with the header; a plain request's subprotocol header is no credential;
+    a bad encoding, two bearer subprotocols, or header and subprotocol both are 401."""
+    make, tokens, *_ = setup
+    access = make(True)
+
+    def offering(*protocols, upgrade=True, **headers):
+        return Req({"Sec-WebSocket-Protocol": ", ".join(protocols), **headers}, upgrade)
+    ops = bearer_subprotocol(tokens["ops"])
+    assert ops.startswith("paxoslog.bearer.") and "=" not in ops
+    assert principal_of(access, offering("paxoslog.v1.json", ops)).name == "ops"
+    assert principal_of(access, offering(bearer_subprotocol(tokens["reader"]),
+                                         "paxoslog.v1.cbor")).role == Role.READ
+    assert principal_of(access, offering("paxoslog.v1.json", ops, upgrade=False)) is ANONYMOUS
+    for request in (offering("paxoslog.v1.json", "paxoslog.bearer.not*base64"),
+                    offering(ops, bearer_subprotocol(tokens["reader"])),
+                    offering(ops, Authorization=f"Bearer {tokens['ops']}"),
+                    offering(bearer_subprotocol(tokens["ops"] + "x"))):
+        with pytest.raises(ApiError) as refused:
+            principal_of(access, request)
+        assert refused.value.status == 401
+        assert tokens["ops"] not in refused.value.body()["message"]
+
+
+def test_the_upgrade_request_loses_its_credentials_before_the_websocket_sees_it():
+    """without_credentials drops Authorization and every bearer subprotocol (folded
+    lines too), keeps the real subprotocols, the other headers and what follows the head."""
+    ops = bearer_subprotocol("pxl_0123_secret")
+    head = (b"GET /api/v1/ws HTTP/1.1\r\nHost: 127.0.0.1:1\r\nUpgrade: websocket\r\n"
+            b"Authorization: Bearer pxl_0123_secret\r\n"
+            b"Sec-WebSocket-Protocol: paxoslog.v1.json,\r\n " + ops.encode() +
+            b"\r\nSec-WebSocket-Key: abc\r\n\r\n")
+    frame = b"\x81\x05\nhello\r\n"
+    scrubbed = without_credentials(head + frame)
+    assert b"secret" not in scrubbed and b"bearer" not in scrubbed.lower()
+    assert scrubbed.endswith(b"\r\n\r\n" + frame)
+    assert scrubbed.startswith(b"GET /api/v1/ws HTTP/1.1\r\nHost: 127.0.0.1:1\r\n")
+    assert b"Sec-WebSocket-Protocol: paxoslog.v1.json\r\n" in scrubbed
+    assert b"Sec-WebSocket-Key: abc\r\n" in scrubbed
+    only = without_credentials(b"\r\nGET / HTTP/1.1\nSec-WebSocket-Protocol: " +
+                               ops.upper().encode() + b"\n\n")
+    assert only == b"GET / HTTP/1.1\r\n\r\n"
 
 
 def test_a_token_is_verified_once_then_served_from_memory(setup):

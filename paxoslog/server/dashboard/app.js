@@ -25,7 +25,9 @@ const SLOTS_SHOWN = 80;
 // ------------------------------------------------------------------ source
 
 // Where the cluster requires tokens, open /dashboard#token=<admin token>: the token moves
-// from the address bar into this tab's sessionStorage and goes with every request.
+// from the address bar into this tab's sessionStorage and goes with every request: in the
+// Authorization header of the fetch calls, and as a subprotocol of the WebSocket (a browser
+// sets no headers on a WebSocket upgrade; docs/websocket.md, "Tokens").
 const TOKEN_KEY = "paxoslog-token";
 (function takeTokenFromFragment() {
   const fragment = new URLSearchParams(window.location.hash.slice(1));
@@ -35,9 +37,29 @@ const TOKEN_KEY = "paxoslog-token";
   }
 })();
 
+function currentToken() {
+  return window.sessionStorage.getItem(TOKEN_KEY);
+}
+
+// The WebSocket subprotocols to offer: the JSON one, which the node selects, and the token
+// as "paxoslog.bearer.<base64url(token), unpadded>", which it reads and never selects.
+function webSocketProtocols() {
+  const protocols = ["paxoslog.v1.json"];
+  const token = currentToken();
+  if (token) {
+    let binary = "";
+    for (const byte of new TextEncoder().encode(token)) {
+      binary += String.fromCharCode(byte);
+    }
+    const encoded = btoa(binary).replace(/\+/g, "-").replace(/\//g, "_").replace(/=+$/, "");
+    protocols.push(`paxoslog.bearer.${encoded}`);
+  }
+  return protocols;
+}
+
 async function getJSON(path) {
   const headers = {Accept: "application/json"};
-  const token = window.sessionStorage.getItem(TOKEN_KEY);
+  const token = currentToken();
   if (token) {
     headers.Authorization = `Bearer ${token}`;
   }
@@ -114,7 +136,7 @@ class LiveSource extends PollingSource {
     const scheme = location.protocol === "https:" ? "wss:" : "ws:";
     let socket;
     try {
-      socket = new WebSocket(`${scheme}//${location.host}/api/v1/ws`, "paxoslog.v1.json");
+      socket = new WebSocket(`${scheme}//${location.host}/api/v1/ws`, webSocketProtocols());
     } catch (error) {
       setTimeout(() => this.connect(), RECONNECT_MS);
       return;
