@@ -1363,6 +1363,7 @@ def cmd_certs_init(args) -> int:
 # ====================================================================== serve
 
 def cmd_serve(args) -> int:
+    _tune_malloc()
     config = _load_config(args.config)
     from paxoslog.config import ConfigError
     try:
@@ -1472,6 +1473,26 @@ def cmd_serve(args) -> int:
     else:
         reactor.run(installSignalHandlers=False)
     return outcome["code"]
+
+
+def _tune_malloc() -> None:
+    """glibc only: allocations of 128 KiB and more always get their own mapping, returned
+    to the system when freed.  By default glibc raises that threshold after each such
+    free, so a node that handles megabyte requests, entries and peer frames ends up
+    serving them from its heap, where they fragment it and its RSS never shrinks
+    (measured with tools/bench_memory.py; docs/design-notes.md, "Memory")."""
+    import ctypes
+    import ctypes.util
+    name = ctypes.util.find_library("c")
+    if not name or not sys.platform.startswith("linux"):
+        return
+    try:
+        libc = ctypes.CDLL(name)
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):
+        return                          # not glibc (musl has no mallopt): nothing to tune
+    M_MMAP_THRESHOLD = -3
+    mallopt(M_MMAP_THRESHOLD, 128 << 10)
 
 
 def _tune_gc() -> None:

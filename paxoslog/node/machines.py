@@ -24,6 +24,11 @@ from .sessions import DUPLICATE as SESSION_DUPLICATE, STALE as SESSION_STALE, Se
 __all__ = ["StateMachines", "QueryFailed"]
 
 _ENCODED_KEPT = 1024
+# ... and at most this many bytes of them: an encoded batch whose write was never applied
+# here (answered as a duplicate, retried under a new encoding, proposed by a leader that
+# then lost its leadership) stays until pushed out, with its decoded values beside it;
+# with megabyte batches a count alone let that reach gigabytes (tools/bench_memory.py).
+_ENCODED_BYTES_MAX = 16 << 20
 _STALE_RESULT = {"error": "stale_sequence",
                  "message": "this sequence is older than the session keeps; use a new sequence"}
 
@@ -59,6 +64,7 @@ class StateMachines:
         # is taken from here instead of decoded again.  It is exactly what the bytes
         # decode to (plain values, encoded from it), so the apply is the same.
         self._encoded: dict[int, tuple[bytes, dict]] = {}
+        self._encoded_bytes = 0
 
     @property
     def kv(self):
@@ -88,6 +94,8 @@ class StateMachines:
     def apply_command(self, index: int, term: int, data: bytes) -> CommandApplied:
         """Apply one committed command of the entry at ``index`` (its ``term``)."""
         cached = self._encoded.pop(id(data), None) if self._encoded else None
+        if cached is not None:
+            self._encoded_bytes -= len(cached[0])
         command = cached[1] if cached is not None and cached[0] is data else \
             decode_command(data)
         if command is None:
@@ -269,10 +277,14 @@ class StateMachines:
             commands.append(command)
         data = encode_batch(commands, client_id, sequence, ts)
         encoded = self._encoded
-        if len(encoded) >= _ENCODED_KEPT:
-            del encoded[next(iter(encoded))]      # never applied here: forget the oldest
-        encoded[id(data)] = (data, {"batch": commands, "client_id": client_id,
-                                    "sequence": sequence, "ts": ts})
+        while encoded and (len(encoded) >= _ENCODED_KEPT
+                           or self._encoded_bytes + len(data) > _ENCODED_BYTES_MAX):
+            oldest = encoded.pop(next(iter(encoded)))   # never applied here: forget it
+            self._encoded_bytes -= len(oldest[0])
+        if len(data) <= _ENCODED_BYTES_MAX:
+            encoded[id(data)] = (data, {"batch": commands, "client_id": client_id,
+                                        "sequence": sequence, "ts": ts})
+            self._encoded_bytes += len(data)
         return data
 
     def _validator(self, name: str):

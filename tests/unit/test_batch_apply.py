@@ -223,3 +223,22 @@ def test_lease_ends_transactions_and_delete_range_report_every_key_they_change()
                                                             "prefix": "p/"}))
     assert result["deleted"] == 2
     assert changes == (("p/1", None, (6, 6, 6, 1)), ("p/2", None, (7, 7, 7, 1)))
+
+
+def test_encoded_batches_never_applied_here_are_bounded_by_bytes():
+    """Batches this node encoded but never applied (duplicates, retries, a lost leadership)
+    are forgotten oldest first once their bytes pass the bound, not kept by the thousand."""
+    from paxoslog.node import machines as machines_module
+    here = machines()
+    value = "v" * 100_000
+    datas = [batch(here, [kv("put", f"k{i}", value)], seq=i + 1) for i in range(400)]
+    assert here._encoded_bytes <= machines_module._ENCODED_BYTES_MAX
+    assert len(here._encoded) < 400 and id(datas[-1]) in here._encoded
+    assert here._encoded_bytes == sum(len(d) for d, _ in here._encoded.values())
+    assert id(datas[0]) not in here._encoded
+    here.apply_command(5, 1, datas[0])                 # pushed out: decoded again
+    assert here.kv.query({"key": "k0"})["value"] == value
+    here.apply_command(6, 1, datas[-1])                # still cached: applied from it
+    assert id(datas[-1]) not in here._encoded
+    assert here.kv.query({"key": "k399"})["value"] == value
+    assert here._encoded_bytes == sum(len(d) for d, _ in here._encoded.values())
