@@ -18,11 +18,18 @@ from twisted.internet import tcp
 __all__ = ["write_now"]
 
 
+_MISSING = object()
+
+
 def write_now(transport, data: bytes) -> None:
+    # The buffer attributes are Twisted's own (tcp.Connection via abstract.FileDescriptor):
+    # if a release renames one, every write simply takes the ``write`` path.
     if (type(data) is bytes and isinstance(transport, tcp.Connection)
-            and not transport.TLS and transport.connected and not transport.disconnecting
-            and not transport._writeDisconnected and not transport.dataBuffer
-            and not transport._tempDataBuffer):
+            and not getattr(transport, "TLS", True) and transport.connected
+            and not transport.disconnecting
+            and getattr(transport, "_writeDisconnected", _MISSING) is False
+            and getattr(transport, "dataBuffer", _MISSING) == b""
+            and getattr(transport, "_tempDataBuffer", _MISSING) == []):
         try:
             sent = transport.socket.send(data)
         except OSError:
