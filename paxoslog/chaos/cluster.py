@@ -94,8 +94,10 @@ class NodePorts:
 def allocate_ports(count: int) -> list[int]:
     """``count`` distinct free TCP ports on 127.0.0.1 (held open together, then released).
 
-    Another process may grab one before the node binds it; the node then fails to start
-    and the run reports it (rare on a test machine)."""
+    They are taken below the kernel's ephemeral range when it leaves room, so no outgoing
+    connection (a client's, a peer's dial) can take one between now and the node's bind
+    (that race made a chaos smoke run void: "Address already in use").  Another test
+    server picking the same port in that window is still possible, and reported."""
     ports, sockets = reserve_ports(count)
     for s in sockets:
         s.close()
@@ -108,16 +110,36 @@ def reserve_ports(count: int) -> tuple[list[int], list[socket.socket]]:
     the sockets are closed.  For spare nodes, which bind their ports long after the start
     (``Cluster`` closes a spare's sockets just before starting it)."""
     sockets = []
+    low, high = _below_ephemeral()
+    rng = random.SystemRandom()
     try:
         for _ in range(count):
             s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            s.bind(("127.0.0.1", 0))
+            for _attempt in range(100 if high > low else 0):
+                try:
+                    s.bind(("127.0.0.1", rng.randrange(low, high)))
+                    break
+                except OSError:
+                    continue                 # in use: another candidate
+            else:
+                s.bind(("127.0.0.1", 0))     # no room below the range: any free port
             sockets.append(s)
     except OSError:
         for s in sockets:
             s.close()
         raise
     return [s.getsockname()[1] for s in sockets], sockets
+
+
+def _below_ephemeral() -> tuple[int, int]:
+    """[low, high) of ports under the kernel's ephemeral range (Linux: its first port from
+    /proc; elsewhere the IANA range's start), from 10000 up; empty when there is no room."""
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+            first = int(f.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        first = 49152
+    return 10_000, max(10_000, first)
 
 
 def _node_table(node_id: int, ports: NodePorts, data_root: str) -> list[str]:
