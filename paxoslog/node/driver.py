@@ -364,9 +364,6 @@ class NodeDriver:
             self._fail_write(w, *self._not_leader())
             return
         leader = replica.leader_id
-        if leader is None and not w.submitted and self._outsider():
-            self._fail_write(w, *self._outsider_unavailable())
-            return
         if leader is None or leader == self.node_id or leader not in self._connected:
             self._retry(w)
             return
@@ -486,9 +483,6 @@ class NodeDriver:
             self._fail_read(r, *self._not_leader())
             return
         leader = self.replica.leader_id
-        if leader is None and self._outsider():
-            self._fail_read(r, *self._outsider_unavailable())
-            return
         if leader is None or leader == self.node_id or leader not in self._connected:
             self._retry(r)
             return
@@ -679,17 +673,6 @@ class NodeDriver:
         else:
             self._fail_read(request, *_unavailable("no leader confirmed the read in time",
                                                    leader=self.leader_id))
-
-    def _outsider(self) -> bool:
-        """Not a member of the configuration this node knows (a spare not added yet, or a
-        node added by entries it has not received): with no leader known, nothing will
-        tell it one before the request's deadline."""
-        return self.node_id not in self.replica.config.members
-
-    def _outsider_unavailable(self) -> tuple[int, dict]:
-        # Answered at once, not after the deadline: the client tries another node now.
-        return _unavailable(f"node {self.node_id} is not a member of the configuration it "
-                            "knows and knows no leader: try another node")
 
     def _not_leader(self) -> tuple[int, dict]:
         return _unavailable(f"node {self.node_id} is not the leader", code="not_leader",

@@ -32,10 +32,6 @@ REGRESSIONS = [
                                             1772, 2149, 2189)],
     *[(seed, "multipaxos", 5) for seed in (1267, 1272, 1690, 1862)],
     (1867, "raft", 3),         # raft kept tracking a CONFIG entry of a log a snapshot replaced
-    (1271, "raft", 3),         # no progress after heal: spares outside the configuration held
-                               # each probe for the whole request timeout before their 503
-                               # (they now answer at once); exposed when restarted Raft nodes
-                               # stopped refusing votes without leases
 ]
 
 
