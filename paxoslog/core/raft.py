@@ -24,8 +24,8 @@ then ``advance``.  Design choices the shell and the simulator rely on:
   know the configuration that added its leader.  Like etcd-raft, a learner answers vote
   requests (a freshly promoted learner may be needed for a quorum before it learns of its
   promotion); a candidate only counts voters of its own configuration.
-* **Restart.**  With leases on, a restarted node ignores vote requests for its first
-  election timeout (it may be part of a quorum that a leader's lease counts on).
+* **Restart.**  A restarted node ignores vote requests for its first election timeout (it
+  may be part of a quorum that a leader's lease counts on).
   A node whose restored commit
   index lies beyond its restored log lost acknowledged entries (R13): it neither votes nor
   campaigns until a leader has sent them again.
@@ -97,11 +97,9 @@ class RaftReplica:
         self._config_index, self._config = self._log.current_config()
         self._hs_emitted = HardState(self._term, self._vote, self._commit)
         # A restarted node may have acknowledged a leader just before it went down, and that
-        # leader may still count on it (lease reads): with leases on, it ignores vote
-        # requests during its first election timeout, as if it had just heard from a leader.
-        # Without leases nothing counts on it, and refusing would only slow a failover (a
-        # leader killed soon after a follower restarted waited out that timeout).
-        self._startup_lease = self._term > 0 and options.lease_ticks > 0
+        # leader may still count on it (lease reads): it ignores vote requests during its
+        # first election timeout, as if it had just heard from a leader.
+        self._startup_lease = self._term > 0
 
         # Volatile state.
         self._role = self._follower_role()

@@ -32,6 +32,8 @@ REGRESSIONS = [
                                             1772, 2149, 2189)],
     *[(seed, "multipaxos", 5) for seed in (1267, 1272, 1690, 1862)],
     (1867, "raft", 3),         # raft kept tracking a CONFIG entry of a log a snapshot replaced
+    (1271, "raft", 3),         # no progress after heal once restarted Raft nodes stopped
+                               # refusing votes without leases (that change was withdrawn)
 ]
 
 
