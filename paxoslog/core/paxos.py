@@ -43,6 +43,9 @@ Here a read starts its own round (its heartbeat also carries the chosen set), an
 check-quorum looks back once per election timeout.  Phase 1 bookkeeping (promise pages,
 the configurations a candidate must cover, the values to re-propose) and the slot ->
 configuration timeline are phase1.py.
+
+Size: the protocol's message handlers and decisions, under 1,000 lines; every mechanism
+the two protocols share, and this protocol's own bookkeeping, is in the modules above.
 """
 
 from __future__ import annotations

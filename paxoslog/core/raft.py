@@ -42,6 +42,9 @@ batching.py, chunking.py, readindex.py (reads coalesce into one heartbeat round 
 here), timers.py (check-quorum here looks back one election timeout at every tick; fast
 failover after a reset) and ready.py (the Outbox every Ready is assembled from, one
 outstanding Ready).
+
+Size: the protocol's message handlers and decisions, under 1,000 lines; every mechanism
+the two protocols share, and this protocol's own bookkeeping, is in the modules above.
 """
 
 from __future__ import annotations
