@@ -15,13 +15,17 @@ a temporary directory) as real processes, then:
   ``paxoslog certs init``), and the summary prints the throughput change at each client
   count.  Without TLS the peers MAC every frame (the conf has a secret).
 
-The load generator is a Twisted protocol on the httptools response parser in this process
-(a thread-per-client generator would measure the GIL instead of the cluster).  The machine
-is shared by the load generator and all three nodes, so the numbers are for the whole box.
+The load generator is wrk when it is installed (``apt-get install -y wrk``; ``--generator``
+picks), else a Twisted protocol on the httptools response parser in a child process (a
+thread-per-client generator would measure the GIL instead of the cluster).  The machine
+is shared by the load generator and all three nodes, so the numbers are for the whole box;
+wrk's TLS is C, the Python generator's costs the box about as much as the node's own, so
+the TLS cost reads higher with ``--generator builtin``.
 
     python tools/bench_http.py [--modes multipaxos,raft] [--clients 1,16,64] [--runs 3]
                                [--duration 5] [--failovers 5] [--target leader|all]
                                [--tls off,on] [--auth off|on|both]
+                               [--generator auto|wrk|builtin]
 
 ``--auth on`` requires client tokens ([auth] required = true): every write carries a
 write token (verified once per node, then a SHA-256 lookup).  ``--auth both`` gives each
@@ -48,6 +52,7 @@ import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
+sys.path.insert(0, os.path.join(ROOT, "tools"))
 
 from paxoslog.config import load_config  # noqa: E402
 
@@ -208,10 +213,14 @@ def stop_processes(procs, timeout: float = 20.0) -> None:
 # ====================================================================== load generator
 
 def run_load(targets: list[tuple[str, int]], clients: int, duration: float,
-             warmup: float, ca_file: str | None = None, token: str | None = None) -> dict:
-    """Drive ``clients`` keep-alive connections for warmup+duration seconds (in a child
-    process, so every run gets a fresh reactor); HTTPS when ``ca_file`` is given;
-    ``token``: sent with every write."""
+             warmup: float, ca_file: str | None = None, token: str | None = None,
+             generator: str = "builtin") -> dict:
+    """Drive ``clients`` keep-alive connections for warmup+duration seconds; HTTPS when
+    ``ca_file`` is given; ``token``: sent with every write.  ``generator`` "wrk" (one
+    target only) runs wrk, else the Python generator below in a child process (so every
+    run gets a fresh reactor)."""
+    if generator == "wrk" and len(targets) == 1:
+        return _run_wrk(targets[0], clients, duration, warmup, bool(ca_file), token)
     code = _LOAD_SCRIPT
     proc = subprocess.run([sys.executable, "-c", code, json.dumps(targets), str(clients),
                            str(duration), str(warmup), ca_file or "", token or ""],
@@ -220,6 +229,23 @@ def run_load(targets: list[tuple[str, int]], clients: int, duration: float,
     if proc.returncode != 0:
         raise RuntimeError(f"load generator failed: {proc.stderr[-2000:]}")
     return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def _run_wrk(target, clients, duration, warmup, https: bool, token: str | None) -> dict:
+    from wrkload import run_wrk
+    value = "v" * 64
+    requests = [("POST", "/api/v1/consensus/propose",
+                 json.dumps({"key": f"k{i}", "value": value}).encode()) for i in range(1000)]
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    scheme = "https" if https else "http"
+    with tempfile.TemporaryDirectory(prefix="paxoslog-wrk-") as scratch:
+        warm = (run_wrk(target, requests, clients, warmup, scratch, scheme, headers)
+                if warmup > 0 else {"answered": 0})
+        result = run_wrk(target, requests, clients, duration, scratch, scheme, headers)
+    result["writes"] = round(result["rate"] * max(1, round(duration)))
+    # The nodes' CPU is read around both runs: count the warm-up's answers too.
+    result["answered"] += warm["answered"]
+    return result
 
 
 _LOAD_SCRIPT = r'''
@@ -345,6 +371,9 @@ def main() -> int:
     parser.add_argument("--keep", action="store_true", help="keep the data and logs")
     parser.add_argument("--auth", choices=("off", "on", "both"), default="off",
                         help="client tokens: off, required (on), or both alternated")
+    parser.add_argument("--generator", choices=("auto", "wrk", "builtin"), default="auto",
+                        help="load generator: wrk (when installed; one target), or the "
+                             "built-in Python one; auto picks wrk when it is installed")
     parser.add_argument("--tls", default="off,on",
                         help="transports to measure, comma separated: off (TCP, frame MACs), "
                              "on (TLS), api or peers (TLS on that side only)")
@@ -353,6 +382,12 @@ def main() -> int:
     transports = [t for t in args.tls.split(",") if t]
     if not transports or any(t not in ("off", "on", "api", "peers") for t in transports):
         parser.error("--tls takes off, on, api, peers, comma separated")
+    import wrkload
+    if args.generator == "wrk" and not wrkload.available():
+        parser.error("--generator wrk: wrk is not installed (apt-get install -y wrk)")
+    generator = ("wrk" if args.generator != "builtin" and wrkload.available()
+                 and args.target == "leader" else "builtin")
+    print(f"load generator: {generator}", flush=True)
     summary = []
     modes = [m for m in args.modes.split(",") if m]
     auth_variants = {"off": [None], "on": ["token"], "both": [None, "token"]}[args.auth]
@@ -382,7 +417,7 @@ def main() -> int:
                         token = cluster.tokens.get("write") if variant else None
                         cpu = cluster.cpu_seconds()
                         result = run_load(targets[transport], clients, args.duration,
-                                          args.warmup, cluster.ca_file, token)
+                                          args.warmup, cluster.ca_file, token, generator)
                         result["node_cpu_us"] = ((cluster.cpu_seconds() - cpu) * 1e6
                                                  / max(1, result["answered"]))
                         results.append(result)

@@ -67,6 +67,7 @@ from zope.interface import implementer
 
 from .httpmsg import FileBody, Request, SwitchProtocols, error_response as _error, json_response
 from .sockets import write_now
+from .tlswire import TLSFactory
 
 __all__ = ["HttpService", "HttpProtocol", "Request", "FileBody", "SwitchProtocols",
            "json_response", "REASONS"]
@@ -708,8 +709,9 @@ class HttpService(Service):
         super().startService()
         self.factory.noisy = False
         if self.tls is not None:
-            self.listener = self.reactor.listenSSL(self.address.port, self.factory,
-                                                   self.tls.server_options(False),
+            tls_factory = TLSFactory(self.tls.server_context(False), self.factory,
+                                     server_side=True)
+            self.listener = self.reactor.listenTCP(self.address.port, tls_factory,
                                                    interface=self.address.host, backlog=1024)
         else:
             self.listener = self.reactor.listenTCP(self.address.port, self.factory,

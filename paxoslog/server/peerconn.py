@@ -25,8 +25,6 @@ from collections import deque
 from typing import TYPE_CHECKING, Protocol as TypingProtocol
 
 import cbor2
-from OpenSSL import SSL
-from service_identity import VerificationError
 from twisted.internet import defer
 from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
@@ -40,6 +38,7 @@ from . import frames as F
 from .metrics import Histogram
 from .sockets import write_now
 from .tls import check_peer_identity
+from .tlswire import TLSFailed
 
 if TYPE_CHECKING:
     from .peers import PeerTransport
@@ -165,7 +164,7 @@ class PeerConnection(Protocol):
             self._timeout.cancel()
         self._timeout = None
         if not self.established and not was_closed and reason is not None \
-                and reason.check(SSL.Error, VerificationError):
+                and reason.check(TLSFailed):
             self.owner.tls_failed(self, reason.value)
         self.queue.clear()
         forwards, self.forwards = self.forwards, {}

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 from typing import Callable
 
-from service_identity import VerificationError
 from twisted.application.service import Service
 from twisted.internet import defer, task
 from twisted.internet.protocol import Factory, ReconnectingClientFactory
@@ -32,7 +31,8 @@ from paxoslog.core.messages import to_wire
 from . import frames as F
 from .peerconn import (_LOG_EVERY, _LOG_FIRST, LinkStats, PeerConnection, PeerHandler,
                        PeerUnavailable, _address, _string_keys)
-from .tls import transport_warnings
+from .tls import node_identity, transport_warnings
+from .tlswire import TLSFactory
 
 __all__ = ["PeerTransport", "PeerConnection", "PeerUnavailable", "PeerHandler", "LinkStats"]
 
@@ -136,8 +136,10 @@ class PeerTransport(Service):
         if self.tls is not None:
             for warning in self.tls.warnings:
                 log.warn("SECURITY: {warning}", warning=warning)
-            self.port = self.reactor.listenSSL(me.peer_bind.port, _AcceptFactory(self),
-                                               self.tls.server_options(True),
+            self._client_context = self.tls.peer_client_context()
+            accept = TLSFactory(self.tls.server_context(True), _AcceptFactory(self),
+                                server_side=True)
+            self.port = self.reactor.listenTCP(me.peer_bind.port, accept,
                                                interface=me.peer_bind.host, backlog=128)
         else:
             self.port = self.reactor.listenTCP(me.peer_bind.port, _AcceptFactory(self),
@@ -179,8 +181,10 @@ class PeerTransport(Service):
             peer = self.addresses[peer_id].peer
             factory = _DialFactory(self, peer_id)
             if self.tls is not None:
-                connector = self.reactor.connectSSL(peer.host, peer.port, factory,
-                                                    self.tls.peer_client_options(peer_id),
+                tls_factory = TLSFactory(self._client_context, factory, server_side=False,
+                                         server_hostname=node_identity(self.tls.cluster,
+                                                                       peer_id))
+                connector = self.reactor.connectTCP(peer.host, peer.port, tls_factory,
                                                     timeout=2)
             else:
                 connector = self.reactor.connectTCP(peer.host, peer.port, factory, timeout=2)
@@ -323,13 +327,5 @@ class PeerTransport(Service):
 
 
 def _tls_reason(error: Exception) -> str:
-    """A short text for an OpenSSL error (its reason strings) or a name mismatch."""
-    if isinstance(error, VerificationError):
-        return f"the certificate does not name the node dialled ({error})"[:300]
-    try:
-        reasons = [item[2] for item in error.args[0] if len(item) == 3]
-        if reasons:
-            return "; ".join(reasons)[:300]
-    except (IndexError, TypeError):
-        pass
+    """OpenSSL's reason for a failed TLS handshake, in words (``tlswire.TLSFailed``)."""
     return str(error)[:300]

@@ -52,6 +52,8 @@ class NodeTls:
     cert_pem: bytes = field(repr=False)
     key_pem: bytes = field(repr=False)
     warnings: tuple[str, ...] = ()
+    cert_file: str | None = None        # the same certificate and key as files (the
+    key_file: str | None = None         # standard library's ssl loads them only so)
 
     def _twisted(self):
         from twisted.internet import ssl
@@ -76,6 +78,21 @@ class NodeTls:
                                       certificate=own.original,
                                       raiseMinimumTo=ssl.TLSVersion.TLSv1_2,
                                       acceptableProtocols=[b"http/1.1"])
+
+    def server_context(self, require_client_certificate: bool):
+        """An ``ssl.SSLContext`` for our listening ports (``tlswire``): with
+        ``require_client_certificate`` (the peer port) a client must present a certificate
+        the cluster CA issued; the API port names ALPN ``http/1.1``."""
+        from .tlswire import server_context
+        if require_client_certificate:
+            return server_context(self.cert_file, self.key_file, self.ca_pem)
+        return server_context(self.cert_file, self.key_file, None, alpn=("http/1.1",))
+
+    def peer_client_context(self):
+        """An ``ssl.SSLContext`` to dial peers: trusts only the cluster CA, presents our
+        certificate.  The peer's name to check is ``node_identity(cluster, peer_id)``."""
+        from .tlswire import client_context
+        return client_context(self.cert_file, self.key_file, self.ca_pem)
 
     def peer_client_options(self, peer_id: int):
         """Context factory to dial ``peer_id``: it must prove to be that node (its
@@ -187,7 +204,8 @@ def load_node_tls(config, node_id: int, now: datetime.datetime | None = None) ->
                             f"chmod 600 it")
     except OSError:
         pass
-    return NodeTls(config.name, node_id, ca_pem, cert_pem, key_pem, tuple(warnings))
+    return NodeTls(config.name, node_id, ca_pem, cert_pem, key_pem, tuple(warnings),
+                   cert_file=cert_path, key_file=key_path)
 
 
 def check_peer_identity(transport, cluster: str, node_id: int) -> str | None:
@@ -201,9 +219,11 @@ def check_peer_identity(transport, cluster: str, node_id: int) -> str | None:
         peer = None
     if peer is None:
         return "the peer presented no TLS certificate"
+    if hasattr(peer, "to_cryptography"):       # pyOpenSSL's, from Twisted's TLS
+        peer = peer.to_cryptography()
     identity = node_identity(cluster, node_id)
     try:
-        verify_certificate_hostname(peer.to_cryptography(), identity)
+        verify_certificate_hostname(peer, identity)
     except VerificationError:
         return f"its TLS certificate does not name {identity}"
     return None
