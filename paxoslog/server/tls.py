@@ -1,5 +1,7 @@
-"""TLS for the client API and between peers (Twisted's TLS over pyOpenSSL; certificates read
-and checked with ``cryptography``; names matched by ``service_identity``).
+"""TLS material for the client API and between peers: certificates read and checked with
+``cryptography``, names matched by ``service_identity``; the node's own TLS connections
+run on the standard library's ``ssl`` (``tlswire``), clients and the chaos proxy use
+Twisted's (pyOpenSSL) options made here too.
 
 Trust model (docs/security.md): one CA per cluster (``paxoslog certs init`` makes one for
 local use and tests).  Every node has a certificate from it that names the node's identity,
@@ -11,8 +13,9 @@ local use and tests).  Every node has a certificate from it that names the node'
 * Peers (``[tls] peers``): mutual TLS.  The acceptor requires a certificate issued by the
   CA (a peer without one fails the TLS handshake), and once the peer's HELLO says which
   node it is, that its certificate names that node (``check_peer_identity``).  The dialer
-  verifies that the acceptor's certificate names the node it meant to dial
-  (``NodeTls.peer_client_options``).  Frames inside TLS need no MAC of their own.
+  verifies that the acceptor's certificate names the node it meant to dial (the
+  ``tlswire`` context from ``NodeTls.peer_client_context`` with that node's identity as
+  the server name).  Frames inside TLS need no MAC of their own.
 
 ``load_node_tls`` and ``load_ca`` raise ``ConfigError`` naming the conf file, the key
 (``tls.cert_file``, ``nodes[1].tls_key_file``, ...) and what is wrong with the file.

@@ -101,6 +101,7 @@ class TLSConnection(ProtocolWrapper):
         self._handshaken = False
         self._closed = False          # TLS is over: failed, or shut down
         self._early: list[bytes] = []  # written by the protocol before the handshake ended
+        self._pull = False             # a pull producer is registered
         ProtocolWrapper.makeConnection(self, transport)
         self._handshake()
 
@@ -175,7 +176,20 @@ class TLSConnection(ProtocolWrapper):
     def _flush(self) -> None:
         data = self._outgoing.read()
         if data:
-            write_now(self.transport, data)
+            if not self._pull:
+                write_now(self.transport, data)
+            else:
+                # A pull producer (a file streamed out) is asked for more only when the
+                # TCP transport's buffer drains, so its bytes must go through that buffer.
+                self.transport.write(data)
+
+    def registerProducer(self, producer, streaming: bool) -> None:
+        self._pull = not streaming
+        self.transport.registerProducer(producer, streaming)
+
+    def unregisterProducer(self) -> None:
+        self._pull = False
+        self.transport.unregisterProducer()
 
     # ------------------------------------------------------------------ closing
 

@@ -177,3 +177,26 @@ def test_a_node_joins_over_https_with_an_admin_token(make_cluster):
         assert conn.getresponse().status == 401
     finally:
         conn.close()
+
+
+def test_a_streamed_snapshot_over_https_leaves_the_connection_usable(both):
+    """GET /api/v1/snapshot streams a file (a pull producer under TLS); the next request on
+    the same keep-alive connection is answered (it once waited forever: the producer was
+    never asked for its last chunk)."""
+    c = both
+    node = c.wait_leader()
+    context = ssl.create_default_context(cafile=c.ca_file)
+    conn = http.client.HTTPSConnection("127.0.0.1", c.api_ports[node], timeout=10,
+                                       context=context)
+    auth = {"Authorization": f"Bearer {c.tokens['admin']}"}
+    try:
+        for _ in range(2):
+            conn.request("GET", "/api/v1/snapshot", headers=auth)
+            snapshot = conn.getresponse()
+            body = snapshot.read()
+            assert snapshot.status == 200 and len(body) == int(snapshot.headers["Content-Length"])
+            conn.request("GET", "/health")
+            health = conn.getresponse()
+            assert health.status == 200 and json.loads(health.read())
+    finally:
+        conn.close()
