@@ -161,6 +161,19 @@ def test_slowloris_connections_are_closed_by_the_read_deadlines(make_cluster, tl
         idle_for = time.monotonic() - started
     assert data.startswith(b"HTTP/1.1 200 ") and 0.7 < idle_for < 5.0, (data[:40], idle_for)
     assert _metric(c, node, "paxoslog_http_timeouts_total") >= 2
+    if tls:
+        # A client that never finishes its TLS handshake (the first bytes of a ClientHello,
+        # then nothing) is closed by the same deadlines.
+        with socket.create_connection(("127.0.0.1", c.api_ports[node]), timeout=10) as s:
+            s.sendall(b"\x16\x03\x01\x00")
+            started = time.monotonic()
+            try:
+                while s.recv(65536):
+                    pass
+            except OSError:
+                pass
+            stalled_for = time.monotonic() - started
+        assert stalled_for < 5.0, stalled_for
     c.write("after-slowloris", 1)
 
 

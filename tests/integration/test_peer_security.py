@@ -76,6 +76,18 @@ def test_an_unauthenticated_hello_gets_a_nonce_and_nothing_else(make_cluster):
     c.write("still-works", 1, nodes=[1, 2])
 
 
+def test_a_stalled_tls_handshake_on_the_peer_port_is_cut_off(make_cluster):
+    """With [tls] peers, a connection that sends the start of a ClientHello and then nothing
+    is closed by peer_handshake_timeout_ms, like a stalled HELLO."""
+    c, leader = _two_of_three(make_cluster, tls=True,
+                              extra="\n[limits]\npeer_handshake_timeout_ms = 500\n")
+    target = next(n for n in (1, 2) if n != leader)
+    with socket.create_connection(("127.0.0.1", c.peer_ports[target]), timeout=5) as s:
+        s.sendall(b"\x16\x03\x01\x00")
+        assert closed_by_peer(s, timeout=5), "a stalled TLS handshake was kept open"
+    c.write("still-works", 1, nodes=[1, 2])
+
+
 def test_connections_in_their_handshake_are_capped(make_cluster):
     """With peer_handshakes_max = 3, a fourth silent connection to the peer port is closed at
     once (counted); closing the silent ones makes room; peers keep working."""

@@ -176,3 +176,18 @@ def test_the_prober_times_from_the_fault_to_the_first_ack_through_the_others():
     system = _FakeSystem(down_for=60.0)
     with pytest.raises(RuntimeError, match="no put acknowledged"):
         time_to_next_write(system, "kill", every=0.01, timeout=1.0, give_up=0.1)
+
+
+def test_wrk_script_carries_every_request_and_the_extra_headers():
+    """tools/wrkload.py: one Lua table row per request (bodies JSON-quoted), the extra
+    headers (a bearer token) on every request, the percentiles the parser expects."""
+    from wrkload import lua_script
+    requests = [("POST", "/api/v1/consensus/propose", b'{"key": "k\\"1", "value": 1}'),
+                ("GET", "/api/v1/consensus/query?key=a", b"")]
+    script = lua_script(requests, {"Authorization": "Bearer pxl_x"})
+    assert script.count('{"POST", "/api/v1/consensus/propose", ') == 1
+    assert '"{\\"key\\": \\"k\\\\\\"1\\", \\"value\\": 1}"' in script
+    assert '{"GET", "/api/v1/consensus/query?key=a", ""}' in script
+    assert 'local extra = {["Authorization"] = "Bearer pxl_x"}' in script
+    assert "local extra = {}" in lua_script(requests)
+    assert f"{PERCENTILES[-1]:g}" in script and "%%" not in script
