@@ -27,6 +27,7 @@ from __future__ import annotations
 import ssl
 
 from cryptography import x509
+from twisted.internet import error
 from twisted.logger import Logger
 from twisted.protocols.policies import ProtocolWrapper, WrappingFactory
 from twisted.python.failure import Failure
@@ -67,6 +68,7 @@ def client_context(cert_file: str, key_file: str, ca_pem: bytes) -> ssl.SSLConte
     """A dialling context: the server's certificate must come from ``ca_pem``'s CA and name
     the ``server_hostname`` given to ``TLSFactory``; we present our own certificate."""
     context = _context(ssl.PROTOCOL_TLS_CLIENT)      # CERT_REQUIRED and check_hostname
+    context.hostname_checks_common_name = False      # DNS names only, as service_identity
     context.load_verify_locations(cadata=ca_pem.decode("ascii"))
     context.load_cert_chain(cert_file, key_file)
     return context
@@ -99,11 +101,16 @@ class TLSConnection(ProtocolWrapper):
                                              server_side=factory.server_side,
                                              server_hostname=factory.server_hostname)
         self._handshaken = False
-        self._closed = False          # TLS is over: failed, or shut down
+        self._closed = False           # TLS is over: failed, shut down, or closed early
+        self._aborted = False          # nothing more goes to the socket
         self._early: list[bytes] = []  # written by the protocol before the handshake ended
-        self._pull = False             # a pull producer is registered
+        self._close_after_handshake = False
+        self._producer = None
+        self._pull = False             # the producer is a pull producer
+        self._failure = None
         ProtocolWrapper.makeConnection(self, transport)
-        self._handshake()
+        if not self._closed:           # connectionMade above may have closed it
+            self._handshake()
 
     # ------------------------------------------------------------------ reading
 
@@ -149,16 +156,28 @@ class TLSConnection(ProtocolWrapper):
         self._flush()
         early, self._early = self._early, []
         for data in early:
-            self.write(data)
+            self._send(data)
+        if self._close_after_handshake:
+            self._close_after_handshake = False
+            if self._producer is None:
+                self._shutdown()
 
     # ------------------------------------------------------------------ writing
 
     def write(self, data: bytes) -> None:
-        if self._closed:
+        # As with Twisted's transports, nothing is written after loseConnection unless a
+        # producer is still registered (it may finish its stream).
+        if self._closed or (self.disconnecting and self._producer is None):
             return
         if not self._handshaken:
             self._early.append(bytes(data))
             return
+        self._send(data)
+
+    def writeSequence(self, data) -> None:
+        self.write(b"".join(data))
+
+    def _send(self, data: bytes) -> None:
         try:
             done = self._tls.write(data)      # all of it, in records of up to 16 KiB
             if done < len(data):
@@ -170,12 +189,9 @@ class TLSConnection(ProtocolWrapper):
             return
         self._flush()
 
-    def writeSequence(self, data) -> None:
-        self.write(b"".join(data))
-
     def _flush(self) -> None:
         data = self._outgoing.read()
-        if data:
+        if data and not self._aborted:
             if not self._pull:
                 write_now(self.transport, data)
             else:
@@ -184,39 +200,70 @@ class TLSConnection(ProtocolWrapper):
                 self.transport.write(data)
 
     def registerProducer(self, producer, streaming: bool) -> None:
-        self._pull = not streaming
-        self.transport.registerProducer(producer, streaming)
+        # Set first: a TCP transport asks a pull producer for its first chunk inside
+        # registerProducer, and that chunk must already take the buffered path.
+        before = self._producer, self._pull
+        self._producer, self._pull = producer, not streaming
+        try:
+            self.transport.registerProducer(producer, streaming)
+        except BaseException:
+            self._producer, self._pull = before   # e.g. one is registered already
+            raise
 
     def unregisterProducer(self) -> None:
+        self._producer = None
         self._pull = False
         self.transport.unregisterProducer()
+        if self.disconnecting and not self._close_after_handshake:
+            self._shutdown()          # a loseConnection waited for the producer
 
     # ------------------------------------------------------------------ closing
 
     def loseConnection(self) -> None:
-        """Send close_notify after what is written, then close the TCP connection (before
-        the handshake ended: just close it; nothing written reaches the peer)."""
+        """Send close_notify after what is written (once a registered producer is
+        unregistered), then close the TCP connection.  Before the handshake ended: what was
+        written goes out once it ends, then the close (a second ``loseConnection``
+        meanwhile aborts); with nothing written, just close."""
         if self.disconnecting:
+            if self._close_after_handshake:
+                self.abortConnection()
             return
         self.disconnecting = True
-        if self._handshaken and not self._closed:
+        if not self._handshaken and not self._closed:
+            if self._early:
+                self._close_after_handshake = True
+                return
+            self._closed = True
+            self.transport.loseConnection()
+            return
+        if self._producer is None:
+            self._shutdown()
+
+    def _shutdown(self) -> None:
+        if not self._closed:
             try:
                 self._tls.unwrap()
             except ssl.SSLError:
                 pass          # it wants the peer's close_notify: we do not wait for it
             self._flush()
-        self._closed = True
+            self._closed = True
         self.transport.loseConnection()
 
     def abortConnection(self) -> None:
         self._closed = True
+        self._aborted = True
+        self._close_after_handshake = False
         self.disconnecting = True
         self.transport.abortConnection()
 
     def _peer_closed(self) -> None:
-        """The peer sent close_notify, or the TLS stream ended: close our side."""
-        self._closed = True
+        """The peer sent close_notify (answered with ours), or the TLS stream ended."""
+        try:
+            self._tls.unwrap()
+        except ssl.SSLError:
+            pass
         self._flush()
+        self._closed = True
         self.disconnecting = True
         self.transport.loseConnection()
 
@@ -228,12 +275,17 @@ class TLSConnection(ProtocolWrapper):
         log.debug("TLS connection from {peer} failed: {exc}", peer=self.transport.getPeer(),
                   exc=exc)
         self._flush()
+        self._aborted = True
         self.disconnecting = True
         self.transport.abortConnection()
 
     def connectionLost(self, reason) -> None:
-        failure = getattr(self, "_failure", None)
+        failure = self._failure
+        if failure is None and self._handshaken and not self._closed:
+            # The TCP stream ended without a close_notify: the data may be cut short.
+            failure = Failure(error.ConnectionLost("the TLS stream ended without close_notify"))
         self._closed = True
+        self._aborted = True
         ProtocolWrapper.connectionLost(self, failure or reason)
 
     # ------------------------------------------------------------------ identity

@@ -200,3 +200,69 @@ def test_lose_connection_before_the_handshake_just_closes(material):
     assert pair.server_wire.disconnecting
     pair.server.write(b"dropped")
     assert b"dropped" not in pair.server_wire.value()
+
+
+class RefuseAtOnce(Recorder):
+    """Writes an answer and closes in connectionMade (the API's 503 when a node has too
+    many connections)."""
+
+    def connectionMade(self):
+        super().connectionMade()
+        self.transport.write(b"HTTP/1.1 503 busy\r\n\r\n")
+        self.transport.loseConnection()
+
+
+def test_an_answer_written_before_the_handshake_goes_out_before_the_close(material):
+    server = _server(material[1], client_certificate=False)
+    app = RefuseAtOnce()
+    server.wrappedFactory = Factory.forProtocol(lambda: app)
+    pair = Pair(server, TLSFactory(client_context(material[2].cert_file,
+                                                  material[2].key_file, material[2].ca_pem),
+                                   None, server_side=False, server_hostname="127.0.0.1"))
+    pair.server_app = app
+    pair.server = server.buildProtocol(None)
+    pair.server_wire = StringTransport()
+    pair.server.makeConnection(pair.server_wire)
+    assert not pair.server_wire.disconnecting        # waits for the handshake
+    pair.pump()
+    assert pair.client_app.received == b"HTTP/1.1 503 busy\r\n\r\n"
+    assert pair.server_wire.disconnecting
+
+
+def test_a_second_close_during_a_pending_handshake_aborts(material):
+    pair = Pair(_server(material[1]), _client(material[2], expect=1))
+    pair.server.write(b"early")
+    pair.server.loseConnection()
+    assert not pair.server_wire.disconnecting
+    pair.server.loseConnection()                     # e.g. the read deadline, again
+    assert pair.server_wire.disconnecting
+
+
+def test_close_waits_for_a_registered_producer(material):
+    pair = Pair(_server(material[1]), _client(material[2], expect=1))
+    pair.pump()
+    producer = object()
+    pair.server.registerProducer(producer, False)   # a file being streamed
+    pair.server.write(b"part 1;")
+    pair.server.loseConnection()
+    pair.server.write(b"part 2;")                    # the producer finishes its stream
+    assert not pair.server_wire.disconnecting
+    pair.server.unregisterProducer()
+    assert pair.server_wire.disconnecting
+    pair.server.write(b"too late")
+    pair.pump()
+    assert pair.client_app.received == b"part 1;part 2;"
+
+
+def test_a_close_notify_is_answered_and_a_cut_stream_is_not_a_clean_close(material):
+    pair = Pair(_server(material[1]), _client(material[2], expect=1))
+    pair.pump()
+    pair.client.loseConnection()                     # sends close_notify
+    wire = pair.client_wire.value()
+    pair.client_wire.clear()
+    pair.server.dataReceived(wire)
+    assert pair.server_wire.disconnecting and pair.server_wire.value()   # ours back
+    other = Pair(_server(material[1]), _client(material[2], expect=1))
+    other.pump()
+    other.server.connectionLost(None)                # TCP ended, no close_notify
+    assert "without close_notify" in str(other.server_app.lost.value)
