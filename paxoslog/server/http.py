@@ -5,7 +5,7 @@ this machine, httptools near 36,800, so the consensus path, not parsing, sets ou
 
 What it speaks: keep-alive (HTTP/1.1 default, HTTP/1.0 on request), pipelining (responses
 go out in request order however the handlers finish), Content-Length and chunked request
-bodies, ``Expect: 100-continue``, HEAD.  HTTPS is the same protocol under Twisted's TLS
+bodies, ``Expect: 100-continue``, HEAD.  HTTPS is the same protocol under ``tlswire``
 (``HttpService(tls=...)``).
 
 Every input is bounded (the ``[limits]`` of the conf; docs/security.md lists the errors):
