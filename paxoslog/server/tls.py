@@ -212,8 +212,9 @@ def load_node_tls(config, node_id: int, now: datetime.datetime | None = None) ->
 
 
 def check_peer_identity(transport, cluster: str, node_id: int) -> str | None:
-    """None when the TLS peer on ``transport`` presented a certificate naming ``node_id``;
-    else why not.  (The chain was verified against the CA during the TLS handshake.)"""
+    """None when the TLS peer on ``transport`` (a ``tlswire`` connection) presented a
+    certificate naming ``node_id``; else why not.  (The chain was verified against the CA
+    during the TLS handshake.)"""
     from service_identity import VerificationError
     from service_identity.cryptography import verify_certificate_hostname
     try:
@@ -222,8 +223,6 @@ def check_peer_identity(transport, cluster: str, node_id: int) -> str | None:
         peer = None
     if peer is None:
         return "the peer presented no TLS certificate"
-    if hasattr(peer, "to_cryptography"):       # pyOpenSSL's, from Twisted's TLS
-        peer = peer.to_cryptography()
     identity = node_identity(cluster, node_id)
     try:
         verify_certificate_hostname(peer, identity)
