@@ -1399,7 +1399,7 @@ def cmd_serve(args) -> int:
         return EXIT_USAGE
     if access is not None:
         node.http_requests.access = AccessLog(access)
-    outcome = {"code": EXIT_OK, "signals": 0}
+    outcome = {"code": EXIT_OK, "signals": set()}
 
     def reload_log_level(new_config) -> list[str]:
         level = new_config.log.level
@@ -1433,9 +1433,12 @@ def cmd_serve(args) -> int:
             reactor.stop()
 
     def on_signal(signum, frame) -> None:
-        outcome["signals"] += 1
-        if outcome["signals"] > 1:
-            os._exit(EXIT_ERROR)          # a second signal: do not wait any longer
+        # The same signal twice (Ctrl-C again): do not wait any longer.  A different one
+        # is not a second request: Ctrl-C under `paxoslog run` reaches the node (SIGINT to
+        # the terminal's process group) just before the supervisor's own SIGTERM.
+        if signum in outcome["signals"]:
+            os._exit(EXIT_ERROR)
+        outcome["signals"].add(signum)
         reactor.callFromThread(stop)
 
     # The WAL writer thread needs the GIL back as soon as its fsync returns: with the

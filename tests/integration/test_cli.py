@@ -110,15 +110,18 @@ def test_inspection_commands_on_a_live_node(running):
     assert paxoslog("log", "verify", "--data-dir", data_dir + "-nope").returncode == 2
 
 
-@pytest.mark.parametrize("protocol", PROTOCOLS)
-def test_cluster_up_starts_and_stops_cleanly(tmp_path, protocol):
+@pytest.mark.parametrize("protocol,stop", [(p, "sigterm") for p in PROTOCOLS]
+                         + [("raft", "ctrl-c")])
+def test_cluster_up_starts_and_stops_cleanly(tmp_path, protocol, stop):
     """``cluster up`` starts every node, reports the leader and endpoints, serves writes,
-    and on SIGTERM stops every node and exits 0."""
+    and on SIGTERM, or on Ctrl-C (SIGINT to the whole process group, as a terminal sends
+    it: the nodes get it too, then the supervisor's SIGTERM), stops every node and exits
+    0 (the nodes once took that SIGTERM for a second Ctrl-C and quit with an error)."""
     harness = ClusterHarness(tmp_path, protocol)      # only for its conf file and ports
     proc = subprocess.Popen([sys.executable, "-m", "paxoslog.cli", "cluster", "up",
                              harness.conf_path, "--no-color"], stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True, cwd=ROOT,
-                            env=dict(os.environ, PYTHONPATH=ROOT))
+                            env=dict(os.environ, PYTHONPATH=ROOT), start_new_session=True)
     lines: queue.Queue = queue.Queue()
     seen: list[str] = []
     threading.Thread(target=lambda: [lines.put(line) for line in proc.stdout] + [lines.put(None)],
@@ -148,8 +151,11 @@ def test_cluster_up_starts_and_stops_cleanly(tmp_path, protocol):
         assert put.returncode == 0, put
         if not any(line.startswith("n1 |") for line in seen):
             read_until("n1 |")      # relayed child output may trail the "is up" banner
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(timeout=40) == 0
+        if stop == "ctrl-c":
+            os.killpg(proc.pid, signal.SIGINT)
+        else:
+            proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=40) == 0, "".join(seen)
         read_until("all nodes stopped", timeout=5)
         for pid in pids:
             wait_for(lambda: not _alive(pid), 10, what=f"child {pid} to exit")
