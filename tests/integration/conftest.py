@@ -355,6 +355,30 @@ class ClusterHarness:
         return wait_for(lambda: (lambda s: s if s and s["applied_index"] >= index else None)(
             self.status(node_id)), timeout, what=f"node {node_id} to apply {index}")
 
+    def committed_commands(self, node_id: int, after: int) -> list[dict]:
+        """What node_id's log holds past index ``after``: each client or internal command
+        map (batches flattened into their operations) and each configuration entry's
+        members map; no-ops left out."""
+        body = self.request(node_id, "GET", f"/api/v1/log/entries?start_index={after + 1}").body
+        assert body.get("truncated") is not True, "more entries than one page"
+        out = []
+        for entry in body["entries"]:
+            if entry.get("kind") == "config":
+                out.append(entry["command"])
+            elif entry.get("kind") == "normal":
+                for command in entry["command"]:
+                    out.extend(command["batch"] if "batch" in command else [command])
+        return out
+
+    def unexpected_commands(self, node_id: int, after: int, keys) -> list[dict]:
+        """committed_commands past ``after`` other than kv commands on ``keys`` and the
+        membership rows a new leader writes on its own for the members (once, on a tick
+        after it is elected, so they may land after any first write)."""
+        return [command for command in self.committed_commands(node_id, after)
+                if not (command.get("sm") == "kv" and command.get("key") in keys)
+                and not (command.get("sm") == "membership" and command.get("op") == "add"
+                         and command.get("node_id") in self.ids)]
+
     def write(self, key: str, value, timeout: float = 15.0, nodes=None, **extra) -> tuple:
         """Write through any running node until one acknowledges: (node, body)."""
         deadline = time.monotonic() + timeout

@@ -111,11 +111,7 @@ def test_a_reader_token_cannot_write(secured):
     assert c.get(leader, "k").body["value"] == "v"
     c.write("probe", 1)
     # Only the probe (and no refused write) was committed after `commit`.
-    entries = c.request(leader, "GET", f"/api/v1/log/entries?start_index={commit + 1}")
-    commands = [e["command"] for e in entries.body["entries"] if e.get("kind") == "command"]
-    keys = [cmd.get("key") for batch in commands for cmd in (batch if isinstance(batch, list)
-                                                             else [batch])
-            if isinstance(cmd, dict)]
+    keys = [command.get("key") for command in c.committed_commands(leader, commit)]
     assert "w" not in keys and c.get(leader, "w").status == 404
     writer = c.request(leader, "POST", "/api/v1/consensus/propose", {"key": "w2", "value": 2},
                        token=c.tokens["write"])
