@@ -31,13 +31,17 @@ __all__ = ["encode_command", "encode_internal", "encode_batch", "decode_command"
 CLIENT_ID_CHARS_MAX = 128
 
 
-def encode_command(sm: str, fields: dict, client_id: str, sequence: int, ts: int) -> bytes:
-    """``ts``: the encoding node's wall clock in ms (the caller reads the clock)."""
+def encode_command(sm: str, fields: dict, client_id: str, sequence: int, ts: int,
+                   release: list | None = None) -> bytes:
+    """``ts``: the encoding node's wall clock in ms (the caller reads the clock);
+    ``release``: finished session generations of the node (sessions.py), when any."""
     command = {"sm": sm}
     command.update(fields)
     command["client_id"] = client_id
     command["sequence"] = sequence
     command["ts"] = ts
+    if release:
+        command["release"] = release
     return cbor2.dumps(command)
 
 
@@ -49,10 +53,14 @@ def encode_internal(sm: str, fields: dict) -> bytes:
     return cbor2.dumps(command)
 
 
-def encode_batch(ops: list[dict], client_id: str, sequence: int, ts: int) -> bytes:
+def encode_batch(ops: list[dict], client_id: str, sequence: int, ts: int,
+                 release: list | None = None) -> bytes:
     """A batch command: ``ops`` are validated command maps, each with its ``sm`` (and
     optionally its own ``client_id``/``sequence``)."""
-    return cbor2.dumps({"batch": ops, "client_id": client_id, "sequence": sequence, "ts": ts})
+    command = {"batch": ops, "client_id": client_id, "sequence": sequence, "ts": ts}
+    if release:
+        command["release"] = release
+    return cbor2.dumps(command)
 
 
 def is_batch(command: dict) -> bool:

@@ -839,7 +839,8 @@ class NodeDriver:
         applied index (one consistent cut: nothing is applied in between), for a snapshot
         the shell encodes later, off the event loop (a local snapshot, or a backup)."""
         meta = SnapshotMeta(self.applied_index, self.applied_term, self.applied_config)
-        return TakeSnapshot(meta, self.machines.producers(), self.machines.sessions.snapshot())
+        return TakeSnapshot(meta, self.machines.producers(),
+                            self.machines.sessions.snapshot_producer())
 
     # ================================================================== views
 

@@ -9,7 +9,7 @@ I/O the shell performs and reports back:
 * ``RestoreSnapshot(meta)``: a received snapshot was persisted; build fresh state machines
   from it (off the event loop if large) and call ``driver.snapshot_restored``.
 * ``TakeSnapshot(meta, producers, sessions)``: write a local snapshot (verify it restores),
-  then call ``driver.snapshot_saved(meta, compaction_point)`` or ``snapshot_failed``.
+  calling the producers and ``sessions()`` (the session table's rows) off the loop; then call ``driver.snapshot_saved(meta, compaction_point)`` or ``snapshot_failed``.
 * ``CompactLog(index)``: delete the WAL below ``index`` (after a snapshot covers it).
 * ``Forward(request, peer, op, payload)``: send a client request to the leader; report
   ``forward_answered(request, status, body)`` or ``forward_failed(request)``.
@@ -107,7 +107,7 @@ class RestoreSnapshot(NamedTuple):
 class TakeSnapshot(NamedTuple):
     meta: SnapshotMeta
     producers: list[tuple[str, Callable[[], bytes]]]
-    sessions: object
+    sessions: Callable[[], object]
 
 
 class CompactLog(NamedTuple):

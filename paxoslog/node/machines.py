@@ -103,6 +103,9 @@ class StateMachines:
         key = command_key(command)
         sessions = self.sessions
         sessions.observe(command.pop("ts", None))     # the log clock; not the SM's
+        release = command.pop("release", None)         # the session table's, too
+        if release is not None:
+            sessions.release(release)
         batch = is_batch(command)
         name = None if batch else command.get("sm")
         if key is not None:
@@ -249,13 +252,15 @@ class StateMachines:
         self.validate(command, internal=True)
 
     def encode_write(self, sm: str, fields: dict, client_id: str, sequence: int, ts: int,
-                     internal: bool = False) -> bytes:
+                     internal: bool = False, release: list | None = None) -> bytes:
         """The log bytes of a client write: validated (``BadCommand``), then encoded with
-        its session pair and the proposing node's wall clock ``ts`` (ms)."""
+        its session pair, the proposing node's wall clock ``ts`` (ms) and the node's
+        finished session generations ``release`` (see sessions.py)."""
         command = self.validate(dict(fields, sm=sm), internal=internal)
-        return encode_command(sm, command, client_id, sequence, ts)
+        return encode_command(sm, command, client_id, sequence, ts, release)
 
-    def encode_batch_write(self, ops: list, client_id: str, sequence: int, ts: int) -> bytes:
+    def encode_batch_write(self, ops: list, client_id: str, sequence: int, ts: int,
+                           release: list | None = None) -> bytes:
         """The log bytes of a batch: ``ops`` is a list of ``(sm, fields, op_key)`` with
         ``op_key`` an operation's own (client_id, sequence) or None.  Every operation is
         validated first (``BadCommand`` naming ``ops[i]``): an invalid one refuses the whole
@@ -275,15 +280,18 @@ class StateMachines:
             if op_key is not None:
                 command["client_id"], command["sequence"] = op_key
             commands.append(command)
-        data = encode_batch(commands, client_id, sequence, ts)
+        data = encode_batch(commands, client_id, sequence, ts, release)
         encoded = self._encoded
         while encoded and (len(encoded) >= _ENCODED_KEPT
                            or self._encoded_bytes + len(data) > _ENCODED_BYTES_MAX):
             oldest = encoded.pop(next(iter(encoded)))   # never applied here: forget it
             self._encoded_bytes -= len(oldest[0])
         if len(data) <= _ENCODED_BYTES_MAX:
-            encoded[id(data)] = (data, {"batch": commands, "client_id": client_id,
-                                        "sequence": sequence, "ts": ts})
+            command = {"batch": commands, "client_id": client_id, "sequence": sequence,
+                       "ts": ts}
+            if release:
+                command["release"] = release
+            encoded[id(data)] = (data, command)
             self._encoded_bytes += len(data)
         return data
 

@@ -23,18 +23,29 @@ operations for a batch's (``{"op": "batch", "results": [...]}``), so a table of 
 results is bounded by the operations it remembers, not by the batches.  The weight is
 derived from the result itself, so a restored table counts exactly like the original.
 
-The table is part of every snapshot (``snapshot()``/``restore()``, plain CBOR-able lists).
+Release: a node gives a client without a session one of its own (a fresh client id every
+128 writes, see server/router.py), and once every write of such a generation is answered it
+names the generation in a later command's ``release`` field.  Applying that command drops
+the generation's results and keeps a tombstone whose floor is the generation's last
+sequence, so a late copy of any of its writes (still in some log) is refused as stale
+rather than applied twice.  Without it those results stayed until idle expiry (minutes),
+up to ``results_total_max`` of them, and every snapshot copied them.
+
+The table is part of every snapshot (``snapshot()``/``restore()``, plain CBOR-able lists;
+``snapshot_producer()`` takes the copy now and builds the lists later, off the loop).
 """
 
 from __future__ import annotations
 
 import heapq
 
-__all__ = ["SessionTable", "NEW", "DUPLICATE", "STALE", "result_weight"]
+__all__ = ["SessionTable", "NEW", "DUPLICATE", "STALE", "RELEASE_MAX", "result_weight"]
 
 NEW = 0
 DUPLICATE = 1
 STALE = 2
+
+RELEASE_MAX = 64          # generations one command may release (more: the field is ignored)
 
 
 def result_weight(result: object) -> int:
@@ -134,6 +145,33 @@ class SessionTable:
                 or self.results_total > self.results_total_max):
             self._evict_sessions(client_id)
 
+    def release(self, pairs: object) -> None:
+        """Apply a command's ``release`` field: ``[[client_id, last_sequence], ...]``, each a
+        finished generation of a node's own sessions.  Its results go; the session stays as
+        a tombstone whose floor refuses any sequence up to ``last_sequence`` as stale.  A
+        malformed field is ignored whole (the same on every replica)."""
+        if type(pairs) is not list or len(pairs) > RELEASE_MAX:
+            return
+        for pair in pairs:
+            if (type(pair) is not list or len(pair) != 2 or type(pair[0]) is not str
+                    or type(pair[1]) is not int or pair[1] < 0):
+                return
+        sessions = self._sessions
+        for client_id, last in pairs:
+            session = sessions.get(client_id)
+            if session is None:
+                # Nothing of it was applied yet (or it was evicted): the tombstone keeps a
+                # late copy from being applied after its writer was told it failed.
+                session = sessions[client_id] = _Session(last_ts=self.clock)
+            self.results_total -= session.weight
+            session.weight = 0
+            session.results = {}
+            session.heap = []
+            if last > session.floor:
+                session.floor = last
+        if len(sessions) > self.sessions_max:
+            self._evict_sessions("")
+
     def _evict_sessions(self, current: str) -> None:
         """Drop the least recently used sessions down to 90% of both bounds."""
         sessions_keep = max(1, self.sessions_max * 9 // 10)
@@ -157,6 +195,22 @@ class SessionTable:
             [client_id, s.floor, s.last_index,
              [[seq, *s.results[seq]] for seq in sorted(s.results)], s.last_ts]
             for client_id, s in sorted(self._sessions.items())]}
+
+    def snapshot_producer(self):
+        """A callable that returns what ``snapshot()`` returns now: the sessions are copied
+        now (each results dict shallowly: recorded results are never changed), and the
+        sorted lists are built when it is called, on the snapshot thread."""
+        cut = [(client_id, s.floor, s.last_index, dict(s.results), s.last_ts)
+               for client_id, s in self._sessions.items()]
+        clock, swept_at = self.clock, self._swept_at
+
+        def produce() -> dict:
+            cut.sort(key=lambda row: row[0])
+            return {"clock": clock, "swept_at": swept_at, "sessions": [
+                [client_id, floor, last_index,
+                 [[seq, *results[seq]] for seq in sorted(results)], last_ts]
+                for client_id, floor, last_index, results, last_ts in cut]}
+        return produce
 
     def restore(self, data: object) -> None:
         sessions: dict[str, _Session] = {}

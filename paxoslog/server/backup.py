@@ -160,9 +160,10 @@ class BackupService:
         """On the snapshot thread: bytes of every state, the restore check, the file."""
         states = [(name, produce()) for name, produce in producers]
         try:
-            states = self.verify(states, sessions)
+            table = sessions()
+            states = self.verify(states, table)
             with open(path, "wb") as out:
-                write_snapshot(out, meta, states, sessions, level=self.level, backup=provenance)
+                write_snapshot(out, meta, states, table, level=self.level, backup=provenance)
             return os.stat(path).st_size
         except BaseException as exc:
             try:

@@ -3,7 +3,8 @@
 Writes: the command is checked against its state machine (bad input never reaches the
 log), stamped with this node's wall clock (the session table's idle clock), encoded and
 size-checked, and handed to the driver with its (client_id, sequence); a write without a
-client session gets one of the node's own.  Reads: a lease read first brings the ticks up
+client session gets one of the node's own, and a later one of those releases each finished
+generation of them (``ServerSessions``).  Reads: a lease read first brings the ticks up
 to date.  Requests forwarded by peers (the leader side of forwarding) arrive here too.
 """
 
@@ -11,19 +12,88 @@ from __future__ import annotations
 
 import os
 import time
+from collections import deque
 from typing import Callable
 
 from twisted.internet import defer
+from twisted.python.failure import Failure
 
 from statemachines import BadCommand, is_internal
 from statemachines.base import CommandTooLarge
 
+from paxoslog.node.sessions import RELEASE_MAX
+
 from .errors import ApiError, bad_request
 from .frames import FORWARD
 
-__all__ = ["RequestRouter"]
+__all__ = ["RequestRouter", "ServerSessions"]
 
 _SERVER_SESSION_WRITES = 128
+
+
+class ServerSessions:
+    """The node's own sessions, for writes whose client gave none: a fresh client id every
+    ``per_generation`` writes (no session holds more results than it keeps), and the list
+    of finished generations to release.
+
+    A generation is finished when it is no longer the current one and every write given
+    one of its pairs has been answered (committed, or failed for good: this node will never
+    submit those pairs again).  ``take_release()`` hands out up to ``RELEASE_MAX`` of them
+    for the next write without a session to carry; every replica then drops their results
+    (node/sessions.py).  ``put_back()``: the carrying write failed, so it may not have
+    been committed; they go out again (releasing twice is harmless)."""
+
+    def __init__(self, prefix: str, per_generation: int = _SERVER_SESSION_WRITES) -> None:
+        self.prefix = prefix
+        self.per_generation = per_generation
+        self._issued = 0
+        self._open: dict[str, int] = {}     # generation -> writes not yet answered
+        self._finished: deque = deque()     # [client_id, last_sequence] to release
+
+    def next(self) -> tuple[str, int]:
+        """A fresh (client_id, sequence).  Sequences run 1..per_generation in every
+        generation: the session table treats a sequence at or below its floor (0 for a new
+        session) as stale, so a 0 applied after a later sequence of the same session
+        (writes retried out of order) was refused with 400 stale_sequence."""
+        self._issued += 1
+        generation, sequence = divmod(self._issued - 1, self.per_generation)
+        client_id = f"{self.prefix}-{generation}"
+        if sequence == 0 and generation > 0:
+            self._retired(f"{self.prefix}-{generation - 1}")
+        return client_id, sequence + 1
+
+    def sent(self, client_id: str) -> None:
+        """A write with a pair of ``client_id`` went to the driver."""
+        self._open[client_id] = self._open.get(client_id, 0) + 1
+
+    def answered(self, client_id: str) -> None:
+        left = self._open[client_id] - 1
+        if left:
+            self._open[client_id] = left
+            return
+        del self._open[client_id]
+        if client_id != self._current():
+            self._finished.append([client_id, self.per_generation])
+
+    def _current(self) -> str:
+        return f"{self.prefix}-{max(0, self._issued - 1) // self.per_generation}"
+
+    def _retired(self, client_id: str) -> None:
+        if client_id not in self._open:
+            self._finished.append([client_id, self.per_generation])
+
+    def take_release(self) -> list:
+        out = []
+        finished = self._finished
+        while finished and len(out) < RELEASE_MAX:
+            out.append(finished.popleft())
+        return out
+
+    def put_back(self, release: list) -> None:
+        self._finished.extendleft(reversed(release))
+
+    def pending_release(self) -> int:
+        return len(self._finished)
 
 
 class RequestRouter:
@@ -39,21 +109,9 @@ class RequestRouter:
         self.node_id = node_id
         self.command_bytes_max = command_bytes_max
         self.wall_ms = wall_ms
-        # Writes without a client session get one of ours: a fresh client id every
-        # _SERVER_SESSION_WRITES writes, so no session holds more results than it keeps.
-        self._client_prefix = f"node{node_id}-{os.urandom(4).hex()}"
-        self._sequence = 0
+        self.server_sessions = ServerSessions(f"node{node_id}-{os.urandom(4).hex()}")
         self.member_requests = None       # MembershipAdmin.request (set when wired)
         self.status_view = None           # NodeViews.detailed_status (set when wired)
-
-    def next_client_sequence(self) -> tuple[str, int]:
-        """A fresh (client_id, sequence) for a write whose client gave none.  Sequences run
-        1..128 in every generation: the session table treats a sequence at or below its
-        floor (0 for a new session) as stale, so a 0 applied after a later sequence of the
-        same session (writes retried out of order) was refused with 400 stale_sequence."""
-        self._sequence += 1
-        generation, sequence = divmod(self._sequence - 1, _SERVER_SESSION_WRITES)
-        return f"{self._client_prefix}-{generation}", sequence + 1
 
     def client_machine(self, name: str):
         """The state machine a client may address by ``name`` (None: absent or internal)."""
@@ -71,18 +129,22 @@ class RequestRouter:
               sequence: int | None = None, internal: bool = False) -> defer.Deferred:
         """Validate, encode and replicate a command for state machine ``sm``; fires with
         the committed body or fails with ``ApiError``."""
-        if client_id is None:
-            client_id, sequence = self.next_client_sequence()
+        ours = client_id is None
+        if ours:
+            client_id, sequence = self.server_sessions.next()
+        release = self.server_sessions.take_release() if ours else None
         try:
             data = self.machines().encode_write(sm, fields, client_id, sequence,
-                                                self.wall_ms(), internal=internal)
+                                                self.wall_ms(), internal=internal,
+                                                release=release)
         except CommandTooLarge as exc:
-            return defer.fail(ApiError(413, "too_large", str(exc)))
+            return self._refused(release, ApiError(413, "too_large", str(exc)))
         except BadCommand as exc:
-            return defer.fail(bad_request(str(exc)))
+            return self._refused(release, bad_request(str(exc)))
         if len(data) > self.command_bytes_max:
-            return defer.fail(ApiError(413, "too_large", "the command exceeds batch_bytes_max"))
-        return self.runner.write((client_id, sequence), data)
+            return self._refused(release, ApiError(413, "too_large",
+                                                   "the command exceeds batch_bytes_max"))
+        return self._send(client_id, sequence, data, ours, release)
 
     def write_batch(self, ops: list, client_id: str | None = None,
                     sequence: int | None = None) -> defer.Deferred:
@@ -91,18 +153,41 @@ class RequestRouter:
         command, applied in order at one index; fires with the committed body, whose
         ``result`` is ``{"op": "batch", "results": [...]}``, or fails with ``ApiError`` (an
         invalid operation refuses the whole batch: 400 naming ``ops[i]``)."""
-        if client_id is None:
-            client_id, sequence = self.next_client_sequence()
+        ours = client_id is None
+        if ours:
+            client_id, sequence = self.server_sessions.next()
+        release = self.server_sessions.take_release() if ours else None
         try:
-            data = self.machines().encode_batch_write(ops, client_id, sequence, self.wall_ms())
+            data = self.machines().encode_batch_write(ops, client_id, sequence, self.wall_ms(),
+                                                      release=release)
         except BadCommand as exc:
-            return defer.fail(bad_request(str(exc)))
+            return self._refused(release, bad_request(str(exc)))
         if len(data) > self.command_bytes_max:
-            return defer.fail(ApiError(413, "too_large",
-                                       f"the batch is {len(data)} bytes encoded, over the "
-                                       f"{self.command_bytes_max}-byte limit "
-                                       "(batching.batch_bytes_max)"))
-        return self.runner.write((client_id, sequence), data)
+            return self._refused(release, ApiError(
+                413, "too_large", f"the batch is {len(data)} bytes encoded, over the "
+                                  f"{self.command_bytes_max}-byte limit "
+                                  "(batching.batch_bytes_max)"))
+        return self._send(client_id, sequence, data, ours, release)
+
+    def _refused(self, release: list | None, error: ApiError) -> defer.Deferred:
+        if release:
+            self.server_sessions.put_back(release)
+        return defer.fail(error)
+
+    def _send(self, client_id: str, sequence: int, data: bytes, ours: bool,
+              release: list | None) -> defer.Deferred:
+        d = self.runner.write((client_id, sequence), data)
+        if ours:
+            sessions = self.server_sessions
+            sessions.sent(client_id)
+
+            def answered(result):
+                sessions.answered(client_id)
+                if release and isinstance(result, Failure):
+                    sessions.put_back(release)   # perhaps never committed: send again
+                return result
+            d.addBoth(answered)
+        return d
 
     def read(self, query: dict, consistency: str) -> defer.Deferred:
         if consistency == "lease":

@@ -140,12 +140,12 @@ class NodeViews:
         body = self.status()
         machines = self.driver.machines
         digests = [(name, state_hash_producer(machines.get(name))) for name in machines.names()]
-        sessions = machines.sessions.snapshot()
+        sessions = machines.sessions.snapshot_producer()
 
         def compute() -> dict:
             out = {name: digest() for name, digest in digests}
             # The session table is replicated state too ("~" cannot start an SM name).
-            out["~sessions"] = hashlib.blake2b(cbor2.dumps(sessions),
+            out["~sessions"] = hashlib.blake2b(cbor2.dumps(sessions()),
                                                digest_size=16).hexdigest()
             return out
         d = deferToThreadPool(self.reactor, self.reactor.getThreadPool(), compute)
@@ -220,6 +220,13 @@ class NodeViews:
         add(render_metric("paxoslog_server_proposals_failed_total", "counter",
                           "Client writes submitted on this node that failed (unavailable, "
                           "timed out, refused).", [(None, runner.writes_failed)]))
+        table = driver.machines.sessions
+        add(render_metric("paxoslog_sessions", "gauge",
+                          "Client sessions in the replicated session table (released "
+                          "ones included, until evicted).", [(None, len(table))]))
+        add(render_metric("paxoslog_session_results", "gauge",
+                          "Results the session table remembers for retries.",
+                          [(None, table.results_total)]))
         histograms = [
             ("paxoslog_commit_duration_seconds", "Client writes submitted on this node, "
              "from submission to their committed answer.", runner.commit_latency),

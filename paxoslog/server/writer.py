@@ -146,10 +146,11 @@ class StorageWriter:
         nothing is written."""
         def run():
             states = [(name, produce()) for name, produce in producers]
+            table = sessions()
             if verify is not None:
-                states = verify(states, sessions)
+                states = verify(states, table)
             with self.snap_lock:
-                return self.storage.save_snapshot(meta, states, sessions)
+                return self.storage.save_snapshot(meta, states, table)
         return deferToThreadPool(self.reactor, self._snap, run)
 
     def compaction_point(self, taken: SnapshotMeta) -> defer.Deferred:

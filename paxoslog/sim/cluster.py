@@ -29,13 +29,14 @@ from ..core.quorum import Config
 from ..core.ready import Role
 from ..core.replica import ReplicaOptions
 from ..node.machines import StateMachines
-from ..node.sessions import NEW, SessionTable
+from ..node.sessions import NEW, RELEASE_MAX, SessionTable
 from .checkers import (History, SimulationFailure, check_agreement, check_changes,
                        check_executed_once, check_lease_holder)
 from .network import Network, NetworkProfile, partition_shapes
 from .node import TICK_MS, ForwardHandle, SimNode
 
-__all__ = ["SimOptions", "Simulation", "run_seed", "replay_command", "NoDedupSessionTable"]
+__all__ = ["SimOptions", "Simulation", "run_seed", "replay_command", "NoDedupSessionTable",
+           "ReleaseDeletesSessionTable"]
 
 
 @dataclass
@@ -87,6 +88,11 @@ class SimOptions:
     sessions: bool = False        # (client, sequence) sessions: lost replies, retries
     dedup: bool = True            # False: a deliberately broken session table (negative
                                   # control: retried writes execute twice)
+    session_generation: int = 0   # sessions: a client takes a new client id every this
+                                  # many operations and releases the old one in its next
+                                  # write, as a node does for its own sessions (0: never)
+    release_deletes: bool = False  # a deliberately broken release (negative control):
+                                   # it deletes the session instead of leaving a tombstone
     response_loss_rate: float = 0.0  # sessions: replies lost on the way to the client
     give_up_ms: float = 0.0       # sessions: a client retries one operation this long
     kill_all_rate: float = 0.0    # crash every node at once, per second
@@ -308,7 +314,8 @@ class Simulation:
         deliberately broken table that never recognises a retry."""
         from statemachines.kv import KVStateMachine
         o = self.options
-        sessions = SessionTable() if o.dedup else NoDedupSessionTable()
+        sessions = (NoDedupSessionTable() if not o.dedup
+                    else ReleaseDeletesSessionTable() if o.release_deletes else SessionTable())
         return StateMachines({"kv": KVStateMachine()}, sessions,
                              lambda name: KVStateMachine(), record_terms=o.protocol == "raft")
 
@@ -569,3 +576,19 @@ class NoDedupSessionTable(SessionTable):
         # replicas execute different commands (found by the change-agreement checker).
         return NoDedupSessionTable(self.sessions_max, self.results_max,
                                    self.results_total_max, self.idle_ms)
+
+
+class ReleaseDeletesSessionTable(SessionTable):
+    """A deliberately broken release for the negative control: the released sessions are
+    deleted, not kept as tombstones, so a late copy of a released write executes again."""
+
+    def release(self, pairs: object) -> None:
+        super().release(pairs)
+        if type(pairs) is list and len(pairs) <= RELEASE_MAX:
+            for pair in pairs:
+                if type(pair) is list and len(pair) == 2:
+                    self._sessions.pop(pair[0], None)
+
+    def like(self) -> "ReleaseDeletesSessionTable":
+        return ReleaseDeletesSessionTable(self.sessions_max, self.results_max,
+                                          self.results_total_max, self.idle_ms)

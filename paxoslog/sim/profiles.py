@@ -14,7 +14,9 @@ Profiles that must pass every checker on every seed:
   missed ticks, as the server does) and partitions.
 * ``sessions``: K1, client sessions.  Replies are lost on the way back, attempts time out
   and are retried with the same (client, sequence), possibly at another node; the state
-  machine executes each sequence once and answers retries with the first result.
+  machine executes each sequence once and answers retries with the first result.  A client
+  takes a new client id every 3 operations and releases the old one in its next write,
+  as a node does for writes without a session (sessions.py): late copies meet a tombstone.
 * ``batches``: the sessions profile with every first, second or third write sent as a
   batch command (one operation, one session pair for the batch): batches are applied,
   answered and deduplicated like single writes, and their kv changes agree everywhere.
@@ -49,6 +51,9 @@ Negative profiles, which must fail on some seeds (tests pin such seeds):
   it and expires leases early, which the lease checker catches.
 * ``sessions-nodedup``: the sessions profile with the session table off: retried writes
   are executed twice.
+* ``sessions-release-deletes``: the sessions profile with a release that deletes the
+  released sessions instead of keeping tombstones: a late copy of a released write (still
+  in some log, or still being retried by a node) is executed again.
 * ``own-ack-early``: the single-voter profile with deliberately broken replicas
   (paxoslog/sim/broken.py) that count the leader's own acceptance before its fsync: the
   learners apply entries the crashed voter never persisted (agreement violated).
@@ -155,7 +160,7 @@ def _leases_beyond(o: "SimOptions", rng: random.Random) -> "SimOptions":
 
 def _sessions(o: "SimOptions", rng: random.Random) -> "SimOptions":
     return dataclasses.replace(
-        o, profile="sessions", sessions=True, dedup=True,
+        o, profile="sessions", sessions=True, dedup=True, session_generation=3,
         response_loss_rate=rng.choice([0.05, 0.1, 0.2, 0.4]),
         client_timeout_ms=rng.choice([60.0, 150.0, 400.0]),
         give_up_ms=rng.choice([800.0, 1500.0, 3000.0]),
@@ -164,6 +169,11 @@ def _sessions(o: "SimOptions", rng: random.Random) -> "SimOptions":
 
 def _sessions_nodedup(o: "SimOptions", rng: random.Random) -> "SimOptions":
     return dataclasses.replace(_sessions(o, rng), profile="sessions-nodedup", dedup=False)
+
+
+def _sessions_release_deletes(o: "SimOptions", rng: random.Random) -> "SimOptions":
+    return dataclasses.replace(_sessions(o, rng), profile="sessions-release-deletes",
+                               release_deletes=True)
 
 
 def _batches(o: "SimOptions", rng: random.Random) -> "SimOptions":
@@ -220,6 +230,7 @@ PROFILES: dict[str, Callable[["SimOptions", random.Random], "SimOptions"]] = {
     "leases": _leases,
     "leases-beyond": _leases_beyond,
     "sessions": _sessions,
+    "sessions-release-deletes": _sessions_release_deletes,
     "sessions-nodedup": _sessions_nodedup,
     "batches": _batches,
     "membership": _membership,
@@ -228,7 +239,7 @@ PROFILES: dict[str, Callable[["SimOptions", random.Random], "SimOptions"]] = {
     "own-ack-early": _own_ack_early,
 }
 NEGATIVE_PROFILES = frozenset({"lease-beyond", "leases-beyond", "sessions-nodedup",
-                               "own-ack-early"})
+                               "sessions-release-deletes", "own-ack-early"})
 
 
 def apply_profile(options: "SimOptions", name: str, rng: random.Random) -> "SimOptions":

@@ -22,7 +22,9 @@ Profile features (off by default):
   ``client_timeout_ms`` (lost reply, crashed node, stuck leader) is retried with the same
   sequence, possibly at another node, until a reply comes or ``give_up_ms`` after the
   call (then a write is indeterminate).  A retried operation is one operation in the
-  history: its first call, the reply the client finally got.
+  history: its first call, the reply the client finally got.  With ``session_generation``
+  a client moves to a new client id every n operations and its next write carries the
+  ``release`` of the old one (the router's ServerSessions, one operation at a time).
 """
 
 from __future__ import annotations
@@ -41,7 +43,7 @@ PROBE_CLIENT = 0
 
 class Request:
     __slots__ = ("client", "op_id", "kind", "key", "value", "expected", "call", "done",
-                 "attempt_node", "seq", "chain")
+                 "attempt_node", "seq", "chain", "client_id", "release")
 
     def __init__(self, client, op_id, kind, key, value, expected, call):
         self.client = client
@@ -55,6 +57,8 @@ class Request:
         self.attempt_node = None
         self.seq = op_id      # the sequence in the command (per client with sessions)
         self.chain = 0        # sessions: each retry starts a new chain of attempts
+        self.client_id = f"c{client}"
+        self.release = None   # session generations this write releases
 
 
 class Attempt:
@@ -82,6 +86,8 @@ class Workload:
         self.last_seen: dict[str, object] = {}
         self.outstanding: dict[int, Request] = {}
         self.sequences: dict[int, int] = {}   # sessions: client -> last sequence issued
+        self.generations: dict[int, int] = {}   # session_generation: client -> current
+        self.to_release: dict[int, list] = {}   # client -> generations not yet released
 
     def start(self) -> None:
         for client in range(1, self.sim.options.clients + 1):
@@ -124,9 +130,25 @@ class Workload:
         request = Request(client, self.next_op, kind, key, value, expected, self.sim.now)
         if self.sim.options.sessions:
             request.seq = self.sequences[client] = self.sequences.get(client, 0) + 1
+            self._session_generation(request)
         self.outstanding[request.op_id] = request
         self._attempt(request)
         self.sim.schedule(self.sim.options.client_timeout_ms, self._timeout, request)
+
+    def _session_generation(self, request: Request) -> None:
+        """Every ``session_generation`` operations a new client id; the old one (all its
+        operations are done: one at a time) goes into the next write's ``release``."""
+        per = self.sim.options.session_generation
+        client = request.client
+        if not per or client == PROBE_CLIENT:
+            return
+        generation, sequence = divmod(request.seq - 1, per)
+        request.client_id, request.seq = f"c{client}-{generation}", sequence + 1
+        if sequence == 0 and generation:
+            self.to_release.setdefault(client, []).append([f"c{client}-{generation - 1}", per])
+        if request.kind != "get" and self.to_release.get(client):
+            request.release = self.to_release.pop(client)
+            self.sim.count("session_releases_sent")
 
     def _pick_node(self):
         sim = self.sim
@@ -160,14 +182,15 @@ class Workload:
                 fields["value"] = request.value
             if request.kind == "cas":
                 fields["expected"] = request.expected
-            client_id = f"c{request.client}"
+            client_id = request.client_id
             machines = node.driver.machines
             if self._batched(request):
                 data = machines.encode_batch_write([("kv", fields, None)], client_id,
-                                                   request.seq, ts=int(self.sim.now))
+                                                   request.seq, ts=int(self.sim.now),
+                                                   release=request.release)
             else:
                 data = machines.encode_write("kv", fields, client_id, request.seq,
-                                             ts=int(self.sim.now))
+                                             ts=int(self.sim.now), release=request.release)
             payload = ("write", ((client_id, request.seq), data))
         if not node.client_request(attempt, *payload):
             # Connection refused: definitely not sent; try elsewhere.
@@ -275,6 +298,9 @@ class Workload:
         self._give_up(request)
 
     def _give_up(self, request: Request) -> None:
+        if request.release and not request.done:
+            # Perhaps never committed: the client's next write releases them again.
+            self.to_release.setdefault(request.client, [])[:0] = request.release
         if not request.done:
             if request.kind == "get":
                 self._finish(request, None)  # a read that never returned changed nothing

@@ -7,7 +7,10 @@ which executes a sequence once and answers a retry with the first result (before
 proposing it, or when its copy reaches the log).  Checked: linearizability (a retried
 operation is one operation) and "executed once" (each (client, sequence) executed at one
 log index).  With a deliberately broken table ("sessions-nodedup": it never recognises a
-retry) the pinned seeds execute a retry twice and both checkers catch it.
+retry) the pinned seeds execute a retry twice and both checkers catch it.  Clients also
+move to a new client id every 3 operations and release the old one, as a node does for
+its own sessions; a release that deleted the session instead of leaving a tombstone
+("sessions-release-deletes") executes late copies again, which is caught too.
 """
 
 import os
@@ -27,6 +30,10 @@ SEEDS = int(os.environ.get("PAXOSLOG_PROFILE_SEEDS", "100"))
 # (6, multipaxos, 5).
 DOUBLE_EXECUTION_SEEDS = [(1, "multipaxos", 3), (1, "raft", 3), (0, "raft", 5),
                           (4, "multipaxos", 5)]
+# sessions-release-deletes runs that execute a late copy of a released write (9 of 200
+# runs of seeds 0-99 with 3 nodes, 6 of 200 with 5 nodes, when the release landed).
+RELEASE_DELETES_SEEDS = [(3, "raft", 3), (11, "multipaxos", 3), (40001, "multipaxos", 5),
+                         (40034, "raft", 5)]
 
 
 @pytest.mark.parametrize("protocol", ["multipaxos", "raft"])
@@ -43,6 +50,7 @@ def test_sessions_execute_every_retried_operation_once(protocol, nodes):
     assert sweep.totals["retries_answered_from_table"] > 5 * SEEDS, dict(sweep.totals)
     assert sweep.totals["commands_duplicate"] > SEEDS, dict(sweep.totals)
     assert sweep.runs_with["commands_duplicate"] > SEEDS // 2, dict(sweep.runs_with)
+    assert sweep.totals["session_releases_sent"] > 10 * SEEDS, dict(sweep.totals)
 
 
 @pytest.mark.parametrize("protocol", ["multipaxos", "raft"])
@@ -62,6 +70,18 @@ def test_without_dedup_the_executed_once_checker_fails(seed, protocol, nodes):
     with pytest.raises(SimulationFailure, match="executed twice") as failure:
         sim.run()
     assert "--profile sessions-nodedup" in str(failure.value)
+
+
+@pytest.mark.parametrize("seed,protocol,nodes", RELEASE_DELETES_SEEDS)
+def test_a_release_without_tombstones_executes_late_copies_and_is_caught(seed, protocol,
+                                                                         nodes):
+    """Released sessions must stay as tombstones: deleted, a late copy of a released
+    write (a retry still on its way, a copy in some log) is executed again."""
+    sim = Simulation(seed, SimOptions.random_for(seed, protocol, nodes,
+                                                 "sessions-release-deletes"))
+    with pytest.raises(SimulationFailure, match="executed twice") as failure:
+        sim.run()
+    assert "--profile sessions-release-deletes" in str(failure.value)
 
 
 def test_without_dedup_the_history_is_not_linearizable(monkeypatch):

@@ -43,7 +43,7 @@ class Node:
         self.captures += 1
         meta = SnapshotMeta(self.applied, 2, Config(frozenset({1, 2, 3})))
         data = f"state at {self.applied}".encode()
-        return TakeSnapshot(meta, [("kv", lambda: [data])], {"clock": 0, "sessions": []})
+        return TakeSnapshot(meta, [("kv", lambda: [data])], lambda: {"clock": 0, "sessions": []})
 
 
 @pytest.fixture

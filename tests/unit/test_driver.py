@@ -200,7 +200,7 @@ class Trio:
                 rest += self.run(self.drivers[node].persisted(op.ready), node)
             elif type(op) is TakeSnapshot:
                 states = [(name, list(produce())) for name, produce in op.producers]
-                self.saved[(op.meta.index, op.meta.term)] = (op.meta, states, op.sessions)
+                self.saved[(op.meta.index, op.meta.term)] = (op.meta, states, op.sessions())
                 rest += self.run(self.drivers[node].snapshot_saved(op.meta, op.meta), node)
             elif type(op) not in (Persist, CompactLog):
                 rest.append(op)

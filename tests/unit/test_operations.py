@@ -282,7 +282,7 @@ def test_server_generated_sessions_never_use_sequence_zero():
     from paxoslog.node.sessions import NEW, STALE, SessionTable
     from paxoslog.server.router import RequestRouter
     router = RequestRouter(None, None, None, node_id=1, command_bytes_max=1 << 20)
-    pairs = [router.next_client_sequence() for _ in range(300)]
+    pairs = [router.server_sessions.next() for _ in range(300)]
     assert [s for _, s in pairs[:128]] == list(range(1, 129))
     assert len({c for c, _ in pairs[:128]}) == 1 and pairs[128][1] == 1
     assert pairs[128][0] != pairs[127][0] and min(s for _, s in pairs) == 1
