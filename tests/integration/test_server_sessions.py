@@ -7,6 +7,7 @@ from __future__ import annotations
 import time
 
 from paxoslog_integration import wait_for
+from test_observability import metrics, sample
 
 ENABLE = '\n[state_machines]\nenabled = ["kv", "counter"]\n'
 
@@ -99,3 +100,29 @@ def test_state_hashes_agree_across_replicas_and_cover_the_session_table(make_clu
     assert set(hashes[0]) == {"kv", "counter", "membership", "~sessions"}
     assert hashes[0] == hashes[1] == hashes[2]
     assert "state_hashes" not in c.status(1)          # only on request (it costs)
+
+
+def test_a_nodes_own_sessions_are_released_on_every_replica(make_cluster, protocol):
+    """Writes without a session get the node's own (a new client id every 128 writes);
+    once a generation is answered a later write releases it, and every replica drops its
+    results, leaving a tombstone.  Through the leader and through a follower (whose
+    writes are forwarded), on real processes."""
+    c = make_cluster(protocol)
+    leader = c.wait_leader()
+    follower = next(n for n in c.ids if n != leader)
+    last = 0
+    for i in range(700):
+        node = leader if i % 2 else follower
+        response = c.put(node, f"k{i % 50}", i)
+        assert response.status == 200, response
+        last = max(last, response.body["index"])
+    for node in c.ids:
+        c.wait_applied(node, last)
+    for node in c.ids:
+        families = metrics(c, node)
+        results = sample(families, "paxoslog_session_results")
+        sessions = sample(families, "paxoslog_sessions")
+        # Each origin's 350 writes: two generations finished and released, the third
+        # current (at most 128 results each, and the leader's few own membership rows).
+        assert results is not None and results <= 2 * 128 + 10, (node, results)
+        assert sessions is not None and sessions >= 4, (node, sessions)
