@@ -47,6 +47,7 @@ class ServerSessions:
         self.prefix = prefix
         self.per_generation = per_generation
         self._issued = 0
+        self._current = f"{prefix}-0"       # the generation handing out pairs now
         self._open: dict[str, int] = {}     # generation -> writes not yet answered
         self._finished: deque = deque()     # [client_id, last_sequence] to release
 
@@ -57,10 +58,11 @@ class ServerSessions:
         (writes retried out of order) was refused with 400 stale_sequence."""
         self._issued += 1
         generation, sequence = divmod(self._issued - 1, self.per_generation)
-        client_id = f"{self.prefix}-{generation}"
         if sequence == 0 and generation > 0:
-            self._retired(f"{self.prefix}-{generation - 1}")
-        return client_id, sequence + 1
+            retired, self._current = self._current, f"{self.prefix}-{generation}"
+            if retired not in self._open:
+                self._finished.append([retired, self.per_generation])
+        return self._current, sequence + 1
 
     def sent(self, client_id: str) -> None:
         """A write with a pair of ``client_id`` went to the driver."""
@@ -72,14 +74,7 @@ class ServerSessions:
             self._open[client_id] = left
             return
         del self._open[client_id]
-        if client_id != self._current():
-            self._finished.append([client_id, self.per_generation])
-
-    def _current(self) -> str:
-        return f"{self.prefix}-{max(0, self._issued - 1) // self.per_generation}"
-
-    def _retired(self, client_id: str) -> None:
-        if client_id not in self._open:
+        if client_id != self._current:
             self._finished.append([client_id, self.per_generation])
 
     def take_release(self) -> list:
