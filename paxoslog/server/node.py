@@ -71,7 +71,7 @@ from .api import Api
 from .backup import BackupService
 from .dashboard import DashboardFiles
 from .events import ClusterEvents
-from .http import HttpService
+from .httpservice import HttpService
 from .httpstats import HttpStats
 from .local_snapshots import LocalSnapshots, verify_states
 from .logview import LogView

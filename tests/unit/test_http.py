@@ -13,8 +13,8 @@ import pytest
 from twisted.internet import defer, task
 from twisted.internet.testing import StringTransport
 
-from paxoslog.server.http import (FileBody, HttpFactory, HttpProtocol, SwitchProtocols,
-                                     json_response)
+from paxoslog.server.http import FileBody, HttpProtocol, SwitchProtocols, json_response
+from paxoslog.server.httpservice import HttpFactory
 
 
 @dataclass(frozen=True)
