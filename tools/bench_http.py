@@ -411,8 +411,12 @@ def main() -> int:
                       f"{args.target}, {args.runs} runs x {args.duration:.0f}s", flush=True)
             for clients in concurrency:
                 runs: dict[tuple, list] = {(t, v): [] for t in clusters for v in auth_variants}
-                for _ in range(args.runs):
-                    for (transport, variant), results in runs.items():
+                for round_ in range(args.runs):
+                    # Every other round in the opposite order: a variant that always ran
+                    # right after another would inherit its leftovers (the other cluster's
+                    # compaction, a warm or cold cache).
+                    order = list(runs.items())
+                    for (transport, variant), results in (order[::-1] if round_ % 2 else order):
                         cluster = clusters[transport]
                         token = cluster.tokens.get("write") if variant else None
                         cpu = cluster.cpu_seconds()
@@ -467,7 +471,7 @@ def main() -> int:
     rates = {(r["mode"], r["tls"], r["auth"], r["clients"]): r for r in summary if "rate" in r}
     for (mode, tls, auth, clients), on in sorted(rates.items()):
         if tls != "off":          # TLS against plain TCP, same auth variant
-            _print_cost(f"TLS cost   {mode:11} {auth:9}", clients, on,
+            _print_cost(f"TLS {tls:5} cost {mode:11} {auth:9}", clients, on,
                         rates.get((mode, "off", auth, clients)))
         if auth == "token":       # tokens against anonymous writes, same transport
             _print_cost(f"token cost {mode:11} TLS {tls:3}", clients, on,
@@ -478,8 +482,11 @@ def main() -> int:
 def _print_cost(label: str, clients: int, on: dict, off: dict | None) -> None:
     if off is None or not off["rate"]:
         return
+    # Runs of the same round ran back to back: the median of their ratios is less moved
+    # by the machine's load drifting during the session than the ratio of the medians.
+    paired = statistics.median(a / b - 1 for a, b in zip(on["runs"], off["runs"]) if b)
     print(f"{label} {clients:3d} clients: throughput "
-          f"{(on['rate'] / off['rate'] - 1) * 100:+.1f} %, p50 "
+          f"{(on['rate'] / off['rate'] - 1) * 100:+.1f} % (paired runs {paired * 100:+.1f} %), p50 "
           f"{on['p50_ms'] - off['p50_ms']:+.2f} ms, p99 {on['p99_ms'] - off['p99_ms']:+.2f} ms, "
           f"nodes' CPU per write {(on['node_cpu_us'] / max(off['node_cpu_us'], 1e-9) - 1) * 100:+.1f} %")
 
