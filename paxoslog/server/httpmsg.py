@@ -82,12 +82,17 @@ class FileBody:
             done()
 
 
+# One encoder for every response: ``json.dumps`` with options builds a new one per call,
+# a third of the encoding time of a write's answer.
+_ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, default=str,
+                            allow_nan=False)
+
+
 def json_response(status: int, obj: object, headers: tuple = ()) -> tuple:
     """A JSON response.  NaN and infinities are not JSON: a body holding one becomes a 500
     (the API refuses them on input, so only a plug-in's result could carry one)."""
     try:
-        body = json.dumps(obj, separators=(",", ":"), ensure_ascii=False, default=str,
-                          allow_nan=False).encode()
+        body = _ENCODER.encode(obj).encode()
     except ValueError:
         log.error("a response held a non-finite number (NaN or Infinity); answered 500")
         status, headers = 500, ()

@@ -39,6 +39,7 @@ def _reject_constant(name: str):
 
 
 _JSON_DECODER = json.JSONDecoder(parse_constant=_reject_constant)
+_JSON_ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
 _PLAIN_SCALARS = (str, int, bool, type(None))
 
 
@@ -97,7 +98,7 @@ class JsonCodec:
 
     @staticmethod
     def encode(message: object) -> bytes:
-        return json.dumps(message, separators=(",", ":"), ensure_ascii=False).encode()
+        return _JSON_ENCODER.encode(message).encode()
 
     @staticmethod
     def encode_many(encoded: list[bytes]) -> bytes:
