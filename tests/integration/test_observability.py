@@ -151,6 +151,10 @@ def test_metrics_parse_and_hold_every_series_of_the_alerts_and_dashboard(cluster
     for expr in exprs:
         for name in _used_series(expr):
             assert name in names, f"{name} (used by {expr.strip()}) is not exported"
+    # Under load node 3 may not be connected yet (the write needs only node 2): wait for
+    # traffic to it, so that what follows checks a counter that outlives its connection.
+    wait_for(lambda: sample(metrics(c, 1), "paxoslog_peer_sent_bytes_total", 'peer="3"'),
+             what="bytes sent to node 3")
     c.kill(3)
     gone = wait_for(lambda: (lambda f: f if sample(f, "paxoslog_peer_connected", 'peer="3"')
                              == 0 else None)(metrics(c, 1)), what="peer 3 at 0")
