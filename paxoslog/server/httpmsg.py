@@ -1,17 +1,20 @@
-"""What a handler sees and answers on the HTTP API: the parsed ``Request``, the answers
-(``json_response``, a ``FileBody`` streamed from a file, ``SwitchProtocols`` for an
-upgrade).  The connection handling that produces and sends them is http.py."""
+"""What a handler sees and answers on the HTTP API: the parsed ``Request`` (and its query
+string, ``query_params``), the answers (``json_response``, a ``FileBody`` streamed from a
+file, ``SwitchProtocols`` for an upgrade).  The connection handling that produces and
+sends them is http.py."""
 
 from __future__ import annotations
 
 import json
 from typing import Callable
+from urllib.parse import parse_qs
 
 from twisted.internet import defer
 from twisted.logger import Logger
 from twisted.protocols.basic import FileSender
 
-__all__ = ["Request", "FileBody", "SwitchProtocols", "json_response", "error_response"]
+__all__ = ["Request", "FileBody", "SwitchProtocols", "json_response", "error_response",
+           "query_params", "QUERY_FIELDS_MAX"]
 
 log = Logger(namespace="paxoslog.http")
 
@@ -103,3 +106,25 @@ def json_response(status: int, obj: object, headers: tuple = ()) -> tuple:
 
 def error_response(status: int, code: str, message: str) -> tuple:
     return json_response(status, {"error": code, "message": message})
+
+
+QUERY_FIELDS_MAX = 32
+
+
+def query_params(query: str) -> dict[str, str]:
+    """A query string's parameters, the last value of each name (blank values kept): what
+    ``parse_qs(query, keep_blank_values=True, max_num_fields=QUERY_FIELDS_MAX)`` gives.
+    A query with nothing to decode (no ``%`` or ``+``, as in ``?key=k1``) is split here
+    directly: urllib's parser cost 6 % of a leader's CPU under linearizable reads.  Raises
+    ValueError past ``QUERY_FIELDS_MAX`` fields."""
+    if "%" in query or "+" in query:
+        parsed = parse_qs(query, keep_blank_values=True, max_num_fields=QUERY_FIELDS_MAX)
+        return {name: values[-1] for name, values in parsed.items()}
+    if query.count("&") >= QUERY_FIELDS_MAX:
+        raise ValueError("Max number of fields exceeded")
+    params = {}
+    for field in query.split("&"):
+        if field:
+            name, _, value = field.partition("=")
+            params[name] = value
+    return params

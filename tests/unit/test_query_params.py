@@ -6,7 +6,7 @@ from urllib.parse import parse_qs
 import pytest
 from hypothesis import given, strategies as st
 
-from paxoslog.server.api import QUERY_FIELDS_MAX, query_params
+from paxoslog.server.httpmsg import QUERY_FIELDS_MAX, query_params
 
 
 def reference(query: str) -> dict:
