@@ -27,6 +27,7 @@ import socket
 import ssl
 import subprocess
 import sys
+import threading
 import time
 from contextlib import contextmanager
 from urllib.parse import urlencode
@@ -124,7 +125,10 @@ class ClusterHarness:
         self.confs: dict[int, str] = {}      # node -> its own conf (nodes added later)
         self.procs: dict[int, subprocess.Popen] = {}
         self.paused: set[int] = set()
-        self._conns: dict[int, http.client.HTTPConnection] = {}
+        # Keep-alive connections per (thread, node): a test's writer thread and its main
+        # thread must not share one (http.client is not thread-safe: interleaved requests
+        # fail, and the failure closed the other thread's connection too).
+        self._conns: dict[tuple[int, int], http.client.HTTPConnection] = {}
 
     # ------------------------------------------------------------------ processes
 
@@ -191,7 +195,7 @@ class ClusterHarness:
         """Wait for a node to exit on its own; its exit code."""
         code = self.procs[node_id].wait(timeout=timeout)
         del self.procs[node_id]
-        self._drop_conn(node_id)
+        self._drop_node_conns(node_id)
         return code
 
     def start_all(self) -> None:
@@ -205,7 +209,7 @@ class ClusterHarness:
         if sig != signal.SIGKILL:
             proc.send_signal(signal.SIGCONT)
         code = proc.wait(timeout=30)
-        self._drop_conn(node_id)
+        self._drop_node_conns(node_id)
         return code
 
     def stop(self, node_id: int) -> int:
@@ -228,7 +232,7 @@ class ClusterHarness:
             proc.send_signal(signal.SIGKILL)
             proc.wait(timeout=30)
         self.procs.clear()
-        for conn in self._conns.values():
+        for conn in list(self._conns.values()):
             conn.close()
         if failed:
             for node_id in self.ids:
@@ -263,16 +267,23 @@ class ClusterHarness:
         return f"127.0.0.1:{self.api_ports[node_id]}".encode()
 
     def _drop_conn(self, node_id: int) -> None:
-        conn = self._conns.pop(node_id, None)
+        conn = self._conns.pop((threading.get_ident(), node_id), None)
         if conn is not None:
             conn.close()
+
+    def _drop_node_conns(self, node_id: int) -> None:
+        """Every thread's connection to a node that is gone."""
+        for key in [key for key in list(self._conns) if key[1] == node_id]:
+            conn = self._conns.pop(key, None)
+            if conn is not None:
+                conn.close()
 
     def request(self, node_id: int, method: str, path: str, body=None, *,
                 raw: bytes | None = None, headers: dict | None = None,
                 timeout: float = 5.0, token=...) -> Response:
         """One request on the node's keep-alive connection; ``token``: the bearer token
         (default ``self.token``; None: no Authorization header)."""
-        if method in ("GET", "HEAD") and node_id in self._conns:
+        if method in ("GET", "HEAD") and (threading.get_ident(), node_id) in self._conns:
             # A kept-alive connection may have been closed by the node meanwhile (its idle
             # timeout): a read is safe to send again on a fresh one.
             try:
@@ -284,10 +295,11 @@ class ClusterHarness:
 
     def _request(self, node_id: int, method: str, path: str, body, raw, headers,
                  timeout: float, token) -> Response:
-        conn = self._conns.get(node_id)
+        key = (threading.get_ident(), node_id)
+        conn = self._conns.get(key)
         if conn is None:
             conn = self.connection(node_id, timeout)
-            self._conns[node_id] = conn
+            self._conns[key] = conn
         conn.timeout = timeout
         if conn.sock is not None:
             conn.sock.settimeout(timeout)
