@@ -60,8 +60,7 @@ from paxoslog.tokens import Role
 from .access import ANONYMOUS_ADMIN, without_credentials
 from .routes import ROUTES, SERVED_WHEN_REMOVED as _SERVED_WHEN_REMOVED, Route
 from .errors import ApiError, bad_request
-from .http import SwitchProtocols, json_response
-from .httpmsg import query_params
+from .httpmsg import SwitchProtocols, json_response, query_params
 from .reload import ReloadFailed
 
 __all__ = ["Api", "Route", "ROUTES"]
