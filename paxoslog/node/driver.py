@@ -15,8 +15,10 @@ events and carries out the instructions each event returns (instructions.py):
 Events return what must happen at once (answers, forwards); ``pump()`` runs the Ready
 loop.  The Ready loop honours the core contract (ready.py): a Ready's early messages (the
 leader's replication traffic) are sent first (``Send``), then its durable part is persisted
-(``Persist``) before anything else of it happens; then its messages are sent, its
-committed entries applied in order, its read points served and ``advance`` called.  While
+(``Persist``) before anything else of it happens; then its messages are sent (what
+``persisted`` returns: a follower's acknowledgement leaves before any apply work), and at
+the next ``pump`` its committed entries are applied in order, its read points served and
+``advance`` called.  While
 one Ready is being persisted, proposals, messages and ticks keep landing in the core and
 make up the next Ready: that is group commit, one fsync for every write that arrived
 meanwhile.  A Ready whose only durable change is the commit hint is written without fsync
@@ -134,6 +136,7 @@ class NodeDriver:
         self._out: list = []
         self._busy = False                 # a synced Ready is being persisted
         self._restoring: Ready | None = None
+        self._completing: Ready | None = None    # persisted, sent; the rest at next pump
         self._synced_hs = None
         self._connected: set[int] = set()
         self._timers = Timers()
@@ -191,7 +194,8 @@ class NodeDriver:
 
     def persisted(self, ready: Ready) -> list:
         """The synced Ready handed out by ``Persist(ready, sync=True)`` is durable."""
-        assert self._busy and self._restoring is None, "persisted() without a Ready in flight"
+        assert self._busy and self._restoring is None and self._completing is None, \
+            "persisted() without a Ready in flight"
         self.stats["fsyncs"] += 1
         if ready.snapshot is not None:
             # A received snapshot is durable.  Send now (persist -> send: the leader learns
@@ -203,8 +207,12 @@ class NodeDriver:
             self._restoring = ready
             self._out.append(RestoreSnapshot(ready.snapshot))
             return self._take()
-        self._busy = False
-        self._complete(ready)
+        # Send now, the rest at the next pump: on a follower these messages are the
+        # acknowledgement the leader's commit waits for, and applying what the same Ready
+        # commits (tens of microseconds) would hold it back (issue 17).
+        self._send(ready.messages)
+        ready.messages = []
+        self._completing = ready
         return self._take()
 
     def snapshot_restored(self, meta: SnapshotMeta, machines: StateMachines) -> list:
@@ -685,6 +693,10 @@ class NodeDriver:
         The shell calls it after events, as often as it likes: the simulator after each
         one, the server once per reactor turn (every event in that turn then shares one
         Ready, and one fsync)."""
+        if self._completing is not None:
+            ready, self._completing = self._completing, None
+            self._busy = False
+            self._complete(ready)
         if self._points.arriving:
             self._issue_read_batch()
         replica = self.replica

@@ -132,11 +132,11 @@ def test_writes_arriving_during_an_fsync_share_the_next_one(protocol):
     assert kinds(out) == ["Persist"] and out[0].sync
     second = out[0].ready
     assert len(second.entries) == 1 and len(second.entries[0].payload) == 3
-    assert [op.handle for op in d.persisted(second) if type(op) is Reply] == ["first"]
+    assert d.persisted(second) == []           # the rest of a persisted Ready: next pump
     out = d.pump()
-    assert kinds(out) == ["Persist", "Applied", "Reply", "Reply", "Reply"]
+    assert kinds(out) == ["Applied", "Reply", "Persist", "Applied", "Reply", "Reply", "Reply"]
     assert [(op.handle, op.status) for op in out if type(op) is Reply] == [
-        ("w2", 200), ("w3", 200), ("w4", 200)]
+        ("first", 200), ("w2", 200), ("w3", 200), ("w4", 200)]
 
 
 @pytest.mark.parametrize("protocol", PROTOCOLS)
@@ -287,6 +287,39 @@ def test_the_leader_sends_its_new_entries_before_persisting_them(protocol):
     assert d.persisted(ready) == []
     answers = [op for op in trio.run(d.pump(), lead) if type(op) is Reply]
     assert [(op.handle, op.status) for op in answers] == [("H", 200)]
+
+
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+def test_a_follower_acknowledges_a_persisted_append_before_applying_what_it_commits(protocol):
+    """persisted -> only the Ready's messages (the acknowledgement the leader waits for);
+    the entries the same Ready commits are applied at the next pump, so the apply does not
+    delay the acknowledgement (issue 17)."""
+    trio = Trio(protocol)
+    lead = trio.elect()
+    trio.settle()
+    d = trio.drivers[lead]
+    peer = trio.others(lead)[0]
+    follower = trio.drivers[peer]
+    for n in (1, 2):
+        key, data = put(d, "a", n, seq=n)
+        d.submit_write(f"w{n}", key, data)
+        out = d.pump()
+        sends = [m for op in out if type(op) is Send for m in op.messages if m.to == peer]
+        assert follower.receive(sends) == []
+        (persist,) = follower.pump()
+        ready = persist.ready
+        assert persist.sync and ready.entries
+        acks = follower.persisted(ready)
+        assert kinds(acks) == ["Send"] and {m.to for m in acks[0].messages} == {lead}
+        applied_before = follower.applied_index
+        after = follower.pump()
+        if n == 2:          # the second append carries the first write's commit
+            assert ready.committed and follower.applied_index > applied_before
+            assert "Applied" in kinds(after)
+        (op,) = [op for op in out if type(op) is Persist and op.sync]
+        d.persisted(op.ready)
+        d.receive(acks[0].messages)
+        trio.run(d.pump(), lead)
 
 
 @pytest.mark.parametrize("protocol", PROTOCOLS)
