@@ -503,20 +503,26 @@ def drop_unsynced(data_dir: str, rng: random.Random, torn: bool = False) -> dict
     with open(path, "rb") as f:
         data = f.read()
     scan = scan_segment(path, seq, data, last=True)
+    end = scan.valid_end if scan.torn is None else len(data)    # where the written bytes end
     if not scan.records:
-        return {"segment": path, "size": len(data), "cut_at": len(data), "dropped_bytes": 0}
+        return {"segment": path, "size": end, "cut_at": end, "dropped_bytes": 0}
     header_bytes = scan.records[0].size
     syncs = [record for record in scan.records if record.rtype == REC_SYNC]
     # No SYNC record: the open batch began in the previous segment, which rotation fsynced
     # in full, and this segment's header was fsynced at creation; the rest is unsynced.
     durable = max(int(syncs[-1].value), header_bytes) if syncs else header_bytes
     cut_at = durable
-    if torn and len(data) > durable:
-        cut_at = rng.randint(durable, len(data) - 1)
-    if cut_at < len(data):
+    if torn and end > durable:
+        cut_at = rng.randint(durable, end - 1)
+    if cut_at < end:
         with open(path, "r+b") as f:
-            f.truncate(cut_at)
+            if end < len(data):
+                # A preallocated segment: what was never written to the disk reads as the
+                # zeros it was reserved with.
+                f.seek(cut_at)
+                f.write(bytes(end - cut_at))
+            else:
+                f.truncate(cut_at)
             f.flush()
             os.fsync(f.fileno())
-    return {"segment": path, "size": len(data), "cut_at": cut_at,
-            "dropped_bytes": len(data) - cut_at}
+    return {"segment": path, "size": end, "cut_at": cut_at, "dropped_bytes": end - cut_at}

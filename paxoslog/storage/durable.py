@@ -12,7 +12,7 @@ import os
 
 from .failpoints import ACTIVE, hit
 
-__all__ = ["write_all", "fsync_dir", "make_dirs", "atomic_write", "TMP_SUFFIX"]
+__all__ = ["write_all", "pwrite_all", "fsync_dir", "make_dirs", "atomic_write", "TMP_SUFFIX"]
 
 TMP_SUFFIX = ".tmp"
 
@@ -23,6 +23,15 @@ def write_all(fd: int, data) -> None:
     while view:
         written = os.write(fd, view)
         view = view[written:]
+
+
+def pwrite_all(fd: int, data, offset: int) -> None:
+    """``os.pwrite`` at ``offset`` until every byte is written."""
+    view = memoryview(data)
+    while view:
+        written = os.pwrite(fd, view, offset)
+        view = view[written:]
+        offset += written
 
 
 def fsync_dir(path: str) -> None:

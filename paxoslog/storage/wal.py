@@ -21,8 +21,20 @@ SNAPSHOT   ``[index, term]``                  a snapshot covers the log up to ``
 Writing: ``append`` buffers records (no fsync); ``sync`` writes them and calls ``fdatasync``
 once (group commit).  Each batch (the records between two syncs) starts with a SYNC record
 naming the offset up to which the segment was durable.  A segment is rotated once it reaches
-``segment_bytes``: the old one is fsynced in full first, the new one is created with its
-header, fsynced, and the directory fsynced.  So only the *last* segment can hold a torn tail.
+``segment_bytes``: the old one is cut to its records and fsynced in full first, the new one
+is created with its header, fsynced, and the directory fsynced.  So only the *last* segment
+can hold a torn tail.
+
+Preallocation: the last segment is extended to ``segment_bytes`` when it is created (and
+when a node reopens it), with ``posix_fallocate``, as etcd does; records are written at the
+log's end with ``pwrite``, so the file is the records followed by zeros.  An ``fdatasync``
+then has only data to flush, not a new file size in the journal: three nodes syncing
+300-byte appends at once on one ext4 disk took 121-158 us per sync instead of 165-209
+(issue 17).  A reader takes zeros from a record boundary to the end of the last segment as
+the free rest of the segment (``SegmentScan.preallocated``), not as a torn tail.  An older
+reader sees the same bytes as a torn tail and cuts it, so both versions read each other's
+directories.  Preallocation is best effort: where the file system refuses it the segment
+simply grows.
 
 Recovery tells a torn tail (a crash mid-append: safe to cut) from corruption (bytes we once
 fsynced and maybe acknowledged: never cut) with these rules, for the first bad record at
@@ -30,8 +42,12 @@ offset ``o``:
 
 * in a segment other than the last: corruption;
 * a later valid SYNC record says the segment was durable beyond ``o``: corruption;
-* a partial header, a length running past the end of the file, or a zeroed 512-byte sector
-  inside the record (what an unwritten page reads as): torn tail, truncated at ``o``;
+* only zeros from ``o`` to the end of the file: the preallocated rest of the segment, the
+  log ends at ``o`` (nothing is cut);
+* a partial header, a length running past the end of the file, a zeroed 512-byte sector
+  inside the record (what an unwritten page reads as), or a record running into the zeros
+  that end a preallocated segment (the end of the written bytes there, as the end of the
+  file is for a segment that grows): torn tail, truncated at ``o``;
 * otherwise (a complete record whose checksum fails, no zero sector): corruption.
 
 Corruption raises ``CorruptLog`` naming the file and the offset.  One case cannot be told
@@ -54,7 +70,7 @@ from sortedcontainers import SortedDict
 from paxoslog.core.log import ENTRY_KINDS, Entry, HardState, SnapshotMeta
 from paxoslog.core.replica import Restored
 
-from .durable import fsync_dir, make_dirs, write_all
+from .durable import fsync_dir, make_dirs, pwrite_all
 from .errors import CorruptLog, SnapshotUnavailable, StorageError, StorageIOError
 from .failpoints import ACTIVE, hit
 
@@ -87,6 +103,15 @@ _SEGMENT_RE = re.compile(r"^(\d{16})\.wal$")
 # Candidate record starts when searching past a bad record: the type byte sits at offset 8.
 _TYPE_BYTE = re.compile(rb"[\x01-\x06]")
 assert set(RECORD_NAMES) == set(range(1, 7)), "keep _TYPE_BYTE in step with the record types"
+
+
+def _preallocate(fd: int, size: int) -> None:
+    """Extend the file to ``size`` bytes of reserved zeros (best effort; see the module
+    docstring).  A file already longer is left as it is."""
+    try:
+        os.posix_fallocate(fd, 0, size)
+    except OSError:
+        pass
 
 
 def segment_name(seq: int) -> str:
@@ -169,6 +194,7 @@ class SegmentScan:
     records: list[ScannedRecord]
     torn: TornTail | None = None
     corruption: CorruptLog | None = None     # only with strict=False
+    preallocated: int = 0      # zero bytes after valid_end (the free rest of the segment)
 
 
 def _parse_at(data: bytes, pos: int, end: int, record_bytes_max: int):
@@ -297,11 +323,14 @@ def _scan(path: str, seq: int, data: bytes, last: bool, record_bytes_max: int) -
         reason = payload
         if not last:
             raise _Corrupt(records, path, pos, f"{reason} in a segment that was fsynced in full")
+        if data.count(0, pos, end) == end - pos:
+            return SegmentScan(path, seq, end, pos, records, preallocated=end - pos)
         proof = _durable_beyond(data, pos, end, record_bytes_max)
         if proof is not None:
             raise _Corrupt(records, path, pos, f"{reason}; the SYNC record at offset {proof} "
                                                "shows this record had been fsynced")
-        if problem == "crc" and not _has_zero_sector(data, pos, stop):
+        if problem == "crc" and not _has_zero_sector(data, pos, stop) \
+                and len(data.rstrip(b"\0")) >= stop:
             raise _Corrupt(records, path, pos, f"{reason} in a complete record with no zeroed "
                                                "sector (not a torn write)")
         return SegmentScan(path, seq, end, pos, records, TornTail(path, pos, end - pos, reason))
@@ -447,7 +476,8 @@ class WriteAheadLog:
                 return
             active = self._segments[-1]
             if torn is not None:
-                # Cut the torn record (never acknowledged: its batch was not fsynced).
+                # Cut the torn record (never acknowledged: its batch was not fsynced) and
+                # everything after it; the preallocation below brings zeros back.
                 fd = os.open(active.path, os.O_WRONLY)
                 try:
                     os.ftruncate(fd, torn.offset)
@@ -460,7 +490,8 @@ class WriteAheadLog:
                 self._segments.pop()
                 self._create_segment(active.seq, exist_ok=True)
                 return
-            self._fd = os.open(active.path, os.O_WRONLY | os.O_APPEND)
+            self._fd = os.open(active.path, os.O_WRONLY)
+            _preallocate(self._fd, self.segment_bytes)
             os.fdatasync(self._fd)  # bytes read back may have been only in the page cache
             self._synced = active.size
         except OSError as exc:
@@ -503,11 +534,12 @@ class WriteAheadLog:
         if ACTIVE:
             hit("wal.before_create_segment")
         path = os.path.join(self.directory, segment_name(seq))
-        flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND | (os.O_TRUNC if exist_ok else os.O_EXCL)
+        flags = os.O_WRONLY | os.O_CREAT | (os.O_TRUNC if exist_ok else os.O_EXCL)
         fd = os.open(path, flags, 0o644)
         header = encode_record(REC_HEADER, {"format": WAL_FORMAT, "seq": seq})
         try:
-            write_all(fd, header)
+            pwrite_all(fd, header, 0)
+            _preallocate(fd, self.segment_bytes)
             os.fdatasync(fd)
             fsync_dir(self.directory)
         except OSError:
@@ -523,13 +555,17 @@ class WriteAheadLog:
 
     def _flush(self) -> None:
         if self._buf:
-            write_all(self._fd, self._buf)
-            self._segments[-1].size += len(self._buf)
+            active = self._segments[-1]
+            pwrite_all(self._fd, self._buf, active.size)
+            active.size += len(self._buf)
             self._buf.clear()
 
     def _rotate(self) -> None:
-        """Seal the active segment (flush + fsync in full) and start the next one."""
+        """Seal the active segment (flush, cut its preallocated rest, fsync in full) and
+        start the next one.  The cut is durable before the next segment exists: only the
+        last segment may end in zeros."""
         self._flush()
+        os.ftruncate(self._fd, self._segments[-1].size)
         os.fdatasync(self._fd)
         self._create_segment(self._segments[-1].seq + 1)
 
@@ -638,7 +674,8 @@ class WriteAheadLog:
                 if self._segments[-1].size > self._synced:
                     os.fdatasync(self._fd)
                     self._synced = self._segments[-1].size
-                write_all(self._fd, encode_record(REC_SYNC, self._synced))
+                self._buf += encode_record(REC_SYNC, self._synced)
+                self._flush()
                 os.fdatasync(self._fd)
             except OSError as exc:
                 self._failed = exc

@@ -20,6 +20,7 @@ from paxoslog.storage import (CorruptLog, DataDirLocked, DiskStorage, MemoryStor
                               SnapshotUnavailable, StorageError, StorageIOError, StorageOptions,
                               encode_snapshot_bytes, failpoints)
 from paxoslog.storage.wal import REC_ENTRIES, REC_HARDSTATE, REC_TRUNCATE, list_segments, scan_segment
+from walfiles import unpreallocated, written_end
 
 CONFIG = Config(frozenset({1, 2, 3}))
 SMALL = StorageOptions(segment_bytes=4096)
@@ -313,7 +314,7 @@ def test_read_only_open_modifies_nothing(tmp_path):
     storage.save(Ready(entries=[entry(1), entry(2)]))
     storage.save(Ready(entries=[entry(3)]))
     (_, path), = list_segments(str(tmp_path / "wal"))
-    os.truncate(path, os.path.getsize(path) - 1)
+    os.truncate(unpreallocated(path), written_end(path) - 1)
     before = {name: os.stat(os.path.join(root, name)).st_mtime_ns
               for root, _, names in os.walk(tmp_path) for name in names}
     reader = DiskStorage(str(tmp_path), "test", 1, "raft", SMALL, read_only=True)
@@ -392,14 +393,21 @@ def test_random_crash_points_never_lose_a_synced_ready(tmp_path):
             storage.save(ready)
             model.apply(ready)
         (_, path), = list_segments(str(directory / "wal"))
-        synced = os.path.getsize(path)
+        synced = written_end(path)
         pending = Ready(entries=[entry(100 + j) for j in range(rng.randint(1, 4))])
         storage.save(pending)
         crashed = tmp_path / f"crashed{trial}"
         shutil.copytree(directory, crashed, ignore=shutil.ignore_patterns("LOCK"))
         storage.close()
         copy = crashed / "wal" / os.path.basename(path)
-        os.truncate(copy, rng.randint(synced, os.path.getsize(copy)))
+        end = written_end(copy)
+        cut = rng.randint(synced, end)
+        if rng.random() < 0.5:
+            os.truncate(copy, cut)                  # the file ends there
+        else:
+            with open(copy, "r+b") as f:            # the preallocated rest reads as zeros
+                f.seek(cut)
+                f.write(bytes(end - cut))
         _, restored, _ = reopen(crashed)
         after = Model()
         after.entries, after.hard_state = dict(model.entries), model.hard_state

@@ -16,6 +16,7 @@ from paxoslog.core.ready import Ready
 from paxoslog.storage import DiskStorage, StorageOptions
 from paxoslog.storage.inspect import add_arguments
 from paxoslog.storage.wal import list_segments
+from walfiles import unpreallocated, written_end
 
 CONFIG = Config(frozenset({1, 2, 3}))
 OPTIONS = StorageOptions(segment_bytes=4096)
@@ -110,7 +111,7 @@ def test_verify_reports_a_torn_tail_as_a_warning(tmp_path, capsys):
         storage.save(Ready(entries=[entry(i)]))
     (_, path), = list_segments(os.path.join(data_dir, "wal"))
     storage.close()
-    os.truncate(path, os.path.getsize(path) - 20)    # cuts the seal and the last entry
+    os.truncate(unpreallocated(path), written_end(path) - 20)  # the seal and the last entry
     status, out = run(["log", "verify", "--data-dir", data_dir], capsys)
     assert status == 0 and "torn tail" in out
 

@@ -2,8 +2,10 @@
 read-only opening, compaction, and fail-stop after an I/O error.
 
 The torn-tail tests cut a copy of the log at every byte offset of its last batch and reopen
-it; the corruption tests flip bits in records that were fsynced (and possibly acknowledged)
-and expect ``CorruptLog`` naming the file and the record's offset.
+it, both as a file that ends there (a segment that grows) and as a file whose rest reads as
+zeros (a preallocated segment); the corruption tests flip bits in records that were fsynced
+(and possibly acknowledged) and expect ``CorruptLog`` naming the file and the record's
+offset.
 """
 
 from __future__ import annotations
@@ -17,7 +19,9 @@ from paxoslog.core.log import ENTRY_NORMAL, Entry, HardState
 from paxoslog.storage import failpoints
 from paxoslog.storage.errors import CorruptLog, StorageIOError
 from paxoslog.storage.wal import (REC_ENTRIES, REC_HARDSTATE, REC_SYNC, REC_TRUNCATE,
-                                  WriteAheadLog, list_segments, scan_segment, segment_name)
+                                  SEGMENT_BYTES_DEFAULT, WriteAheadLog, list_segments,
+                                  scan_segment, segment_name)
+from walfiles import unpreallocated, written_end
 
 
 def entry(index: int, term: int = 1, data: bytes = b"") -> Entry:
@@ -103,27 +107,38 @@ def test_segments_rotate_by_size_and_replay_in_order(tmp_path):
     assert list(replay.entries) == list(range(1, 201))
 
 
-def test_truncating_the_last_batch_at_every_byte_offset_keeps_earlier_records(tmp_path):
-    """Cut at each byte of the last batch: the node starts, the batch is gone, all else intact."""
+@pytest.mark.parametrize("rest", ["gone", "zeros"])
+def test_cutting_the_last_batch_at_every_byte_offset_keeps_earlier_records(tmp_path, rest):
+    """Cut at each byte of the last batch: the node starts, the batch is gone, all else
+    intact.  ``gone``: the file ends at the cut (a segment that grows); ``zeros``: what
+    follows the cut reads as zeros (a preallocated segment: the unwritten rest)."""
     source = tmp_path / "source"
     write_batches(source, 5)            # not closed: the last batch is not sealed
     path = only_segment(source)
+    if rest == "gone":
+        unpreallocated(path)
     records = records_of(path)
     # The last batch is [SYNC, ENTRIES(5)].
     assert [r.rtype for r in records[-2:]] == [REC_SYNC, REC_ENTRIES]
-    start, end = records[-2].offset, os.path.getsize(path)
+    start, end = records[-2].offset, written_end(path)
     boundaries = {start, records[-1].offset}
     for cut in range(start, end):
         work = tmp_path / f"cut{cut}"
         shutil.copytree(source, work)
         target = os.path.join(work, os.path.basename(path))
-        os.truncate(target, cut)
+        if rest == "gone":
+            os.truncate(target, cut)
+        else:
+            with open(target, "r+b") as f:
+                f.seek(cut)
+                f.write(bytes(end - cut))
         wal, replay = open_wal(work)
         assert list(replay.entries) == [1, 2, 3, 4], cut
         # A cut on a record boundary leaves nothing torn; elsewhere the partial record goes.
         boundary = max(b for b in boundaries if b <= cut)
         assert (replay.torn is None) == (cut == boundary), cut
-        assert os.path.getsize(target) == boundary, cut
+        assert written_end(target) == boundary, cut
+        assert os.path.getsize(target) == SEGMENT_BYTES_DEFAULT    # (again) preallocated
         # The log is writable again and the new record survives a reopen.
         wal.append_entries([entry(5, term=2)])
         wal.sync()
@@ -197,18 +212,81 @@ def test_complete_garbage_record_at_an_unsealed_tail_is_corruption(tmp_path):
 
 
 def test_zeroed_unwritten_page_at_the_tail_is_a_torn_write(tmp_path):
-    """A last record whose bytes read as zeros (page never written) is cut, not refused."""
-    write_batches(tmp_path, 3)
+    """A last record with a sector that reads as zeros (page never written) is cut, not
+    refused, even when the bytes after that sector were written."""
+    wal = write_batches(tmp_path, 2)
+    wal.append_entries([entry(3, data=b"big" * 700)])     # ~2 kB: spans several sectors
+    wal.sync()
     path = only_segment(tmp_path)
     records = records_of(path)
-    batch_start = records[-2].offset
-    size = os.path.getsize(path)
+    batch_start, victim = records[-2].offset, records[-1]
+    sector = (victim.offset // 512 + 1) * 512
+    assert sector + 512 < victim.offset + victim.size
     with open(path, "r+b") as f:
-        f.seek(batch_start)
-        f.write(bytes(size - batch_start))
+        f.seek(sector)
+        f.write(bytes(512))
     _, replay = open_wal(tmp_path)
     assert list(replay.entries) == [1, 2]
-    assert replay.torn is not None and replay.torn.offset == batch_start
+    assert replay.torn is not None and replay.torn.offset == victim.offset
+
+
+def test_a_preallocated_segment_ends_where_its_records_end(tmp_path):
+    """A new segment is reserved at full size up front; what follows its records reads as
+    zeros and is the free rest (not a torn tail, nothing cut).  Writes go on at the end of
+    the records across a reopen, and a rotated segment is cut to its records."""
+    wal = write_batches(tmp_path, 3, segment_bytes=8192)
+    path = only_segment(tmp_path)
+    assert os.path.getsize(path) == 8192
+    end = written_end(path)
+    with open(path, "rb") as f:
+        data = f.read()
+    scan = scan_segment(path, 1, data, last=True)
+    assert scan.torn is None and scan.preallocated == 8192 - end > 0
+    assert data[end:] == bytes(8192 - end)
+    os.close(wal._fd)                       # a crash: no clean close
+    wal, replay = open_wal(tmp_path, segment_bytes=8192)
+    assert replay.torn is None and list(replay.entries) == [1, 2, 3]
+    assert written_end(path) == end and os.path.getsize(path) == 8192
+    for i in range(4, 160):
+        wal.append_entries([padded(i)])
+        wal.sync()
+    wal.close()
+    segments = [p for _, p in list_segments(str(tmp_path))]
+    assert len(segments) > 2
+    for sealed in segments[:-1]:
+        assert os.path.getsize(sealed) == written_end(sealed) <= 8192
+    assert os.path.getsize(segments[-1]) == 8192
+    _, replay = open_wal(tmp_path, segment_bytes=8192)
+    assert list(replay.entries) == list(range(1, 160))
+
+
+def test_a_segment_that_was_not_preallocated_opens_and_is_preallocated(tmp_path):
+    """A directory of an older version (or a file system without fallocate): its last
+    segment ends at its last record; it opens as before and is extended for what follows."""
+    wal = write_batches(tmp_path, 3, segment_bytes=8192)
+    wal.close()
+    path = unpreallocated(only_segment(tmp_path))
+    end = os.path.getsize(path)
+    wal, replay = open_wal(tmp_path, segment_bytes=8192)
+    assert replay.torn is None and list(replay.entries) == [1, 2, 3]
+    assert os.path.getsize(path) == 8192 and written_end(path) == end
+    wal.append_entries([entry(4)])
+    wal.sync()
+    wal.close()
+    _, replay = open_wal(tmp_path, segment_bytes=8192)
+    assert list(replay.entries) == [1, 2, 3, 4]
+
+
+def test_zeros_after_the_records_of_a_sealed_segment_are_corruption(tmp_path):
+    """Only the last segment may end in zeros: rotation cut every other one to its
+    records before the next segment existed."""
+    write_batches(tmp_path, 100, segment_bytes=4096).close()
+    first = list_segments(str(tmp_path))[0][1]
+    with open(first, "ab") as f:
+        f.write(bytes(600))
+    with pytest.raises(CorruptLog) as caught:
+        open_wal(tmp_path, segment_bytes=4096)
+    assert caught.value.path == first
 
 
 def test_bit_flip_in_a_sealed_segment_is_corruption(tmp_path):
@@ -264,7 +342,7 @@ def test_torn_segment_header_is_rewritten_in_place(tmp_path):
 def test_read_only_open_reports_a_torn_tail_without_cutting_it(tmp_path):
     """Inspection never modifies the log: the torn bytes stay until the owner restarts."""
     write_batches(tmp_path, 4)
-    path = only_segment(tmp_path)
+    path = unpreallocated(only_segment(tmp_path))
     os.truncate(path, os.path.getsize(path) - 2)
     size = os.path.getsize(path)
     reader = WriteAheadLog(str(tmp_path), read_only=True)
@@ -358,7 +436,8 @@ def test_every_single_bit_flip_is_detected_or_harmless(tmp_path, sealed):
     if sealed:
         wal.close()
     path = only_segment(tmp_path)
-    original = open(path, "rb").read()
+    # The records and the first bytes of the preallocated zeros after them.
+    original = open(path, "rb").read()[:written_end(path) + 64]
     records = scan_segment(path, 1, original, last=True).records
     last_batch = [r for r in records if r.rtype == REC_SYNC][-1 if not sealed else -2].offset
     expected = fold(scan_segment(path, 1, original, last=True))
