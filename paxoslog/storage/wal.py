@@ -276,6 +276,21 @@ def _has_zero_sector(data: bytes, start: int, stop: int) -> bool:
     return False
 
 
+_ZEROS = bytes(1 << 16)
+
+
+def _zeros_to_end(data: bytes, pos: int) -> bool:
+    """True when every byte from ``pos`` to the end is zero (compared 64 KiB at a time:
+    about 0.3 ms for 8 MiB, where ``bytes.count`` takes 13 ms holding the GIL)."""
+    step, end = len(_ZEROS), len(data)
+    while pos < end:
+        size = min(step, end - pos)
+        if not data.startswith(_ZEROS if size == step else _ZEROS[:size], pos):
+            return False
+        pos += size
+    return True
+
+
 def scan_segment(path: str, seq: int, data: bytes, *, last: bool,
                  record_bytes_max: int = RECORD_BYTES_MAX_DEFAULT,
                  strict: bool = True) -> SegmentScan:
@@ -323,14 +338,14 @@ def _scan(path: str, seq: int, data: bytes, last: bool, record_bytes_max: int) -
         reason = payload
         if not last:
             raise _Corrupt(records, path, pos, f"{reason} in a segment that was fsynced in full")
-        if data.count(0, pos, end) == end - pos:
+        if _zeros_to_end(data, pos):
             return SegmentScan(path, seq, end, pos, records, preallocated=end - pos)
         proof = _durable_beyond(data, pos, end, record_bytes_max)
         if proof is not None:
             raise _Corrupt(records, path, pos, f"{reason}; the SYNC record at offset {proof} "
                                                "shows this record had been fsynced")
         if problem == "crc" and not _has_zero_sector(data, pos, stop) \
-                and len(data.rstrip(b"\0")) >= stop:
+                and not _zeros_to_end(data, stop - 1):
             raise _Corrupt(records, path, pos, f"{reason} in a complete record with no zeroed "
                                                "sector (not a torn write)")
         return SegmentScan(path, seq, end, pos, records, TornTail(path, pos, end - pos, reason))

@@ -19,8 +19,8 @@ from paxoslog.core.log import ENTRY_NORMAL, Entry, HardState
 from paxoslog.storage import failpoints
 from paxoslog.storage.errors import CorruptLog, StorageIOError
 from paxoslog.storage.wal import (REC_ENTRIES, REC_HARDSTATE, REC_SYNC, REC_TRUNCATE,
-                                  SEGMENT_BYTES_DEFAULT, WriteAheadLog, list_segments,
-                                  scan_segment, segment_name)
+                                  SEGMENT_BYTES_DEFAULT, WriteAheadLog, encode_record,
+                                  list_segments, scan_segment, segment_name)
 from walfiles import unpreallocated, written_end
 
 
@@ -258,6 +258,30 @@ def test_a_preallocated_segment_ends_where_its_records_end(tmp_path):
     assert os.path.getsize(segments[-1]) == 8192
     _, replay = open_wal(tmp_path, segment_bytes=8192)
     assert list(replay.entries) == list(range(1, 160))
+
+
+@pytest.mark.parametrize("offset", [0, 511, 70_000, 8191 * 1024])
+def test_anything_but_zeros_after_the_records_is_not_free_space(tmp_path, offset):
+    """One stray byte anywhere in the preallocated rest: that rest is a torn tail (cut at
+    a restart), not the free end of the segment; a SYNC record there that proves the
+    bytes before it were fsynced makes it corruption."""
+    wal = write_batches(tmp_path, 3)
+    os.close(wal._fd)
+    path = only_segment(tmp_path)
+    end = written_end(path)
+    with open(path, "r+b") as f:
+        f.seek(end + offset)
+        f.write(b"\x07")
+    data = open(path, "rb").read()
+    scan = scan_segment(path, 1, data, last=True)
+    assert scan.preallocated == 0 and scan.torn is not None and scan.torn.offset == end
+    if offset == 0:
+        return                      # a SYNC record right at the end is simply the next one
+    with open(path, "r+b") as f:
+        f.seek(end + offset)
+        f.write(encode_record(REC_SYNC, end + offset))
+    with pytest.raises(CorruptLog):
+        open_wal(tmp_path)
 
 
 def test_a_segment_that_was_not_preallocated_opens_and_is_preallocated(tmp_path):
