@@ -107,9 +107,13 @@ assert set(RECORD_NAMES) == set(range(1, 7)), "keep _TYPE_BYTE in step with the 
 
 def _preallocate(fd: int, size: int) -> None:
     """Extend the file to ``size`` bytes of reserved zeros (best effort; see the module
-    docstring).  A file already longer is left as it is."""
+    docstring).  A file already longer is left as it is.  Where there is no
+    ``posix_fallocate`` (macOS) the segment grows as it is written."""
+    allocate = getattr(os, "posix_fallocate", None)
+    if allocate is None:
+        return
     try:
-        os.posix_fallocate(fd, 0, size)
+        allocate(fd, 0, size)
     except OSError:
         pass
 

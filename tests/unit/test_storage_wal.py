@@ -301,6 +301,24 @@ def test_a_segment_that_was_not_preallocated_opens_and_is_preallocated(tmp_path)
     assert list(replay.entries) == [1, 2, 3, 4]
 
 
+@pytest.mark.parametrize("where", ["refused", "missing"])
+def test_without_fallocate_segments_grow_as_they_are_written(tmp_path, monkeypatch, where):
+    """A file system that refuses fallocate (EOPNOTSUPP), or a platform without it: the
+    WAL works as before, each file as long as its records."""
+    if where == "refused":
+        def refuse(fd, offset, size):
+            raise OSError(95, "Operation not supported")
+        monkeypatch.setattr(os, "posix_fallocate", refuse)
+    else:
+        monkeypatch.delattr(os, "posix_fallocate", raising=False)
+    wal = write_batches(tmp_path, 60, segment_bytes=4096)
+    os.close(wal._fd)                       # a crash: no clean close
+    for _, path in list_segments(str(tmp_path)):
+        assert os.path.getsize(path) == written_end(path)
+    wal, replay = open_wal(tmp_path, segment_bytes=4096)
+    assert replay.torn is None and list(replay.entries) == list(range(1, 61))
+
+
 def test_zeros_after_the_records_of_a_sealed_segment_are_corruption(tmp_path):
     """Only the last segment may end in zeros: rotation cut every other one to its
     records before the next segment existed."""
