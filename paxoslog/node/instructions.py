@@ -5,8 +5,9 @@ I/O the shell performs and reports back:
 
 * ``Persist(ready, sync)``: write the Ready's durable part.  ``sync``: fsync, then call
   ``driver.persisted(ready)`` (it returns the Ready's messages; the rest of the Ready
-  happens at the next ``pump``, which the shell runs after every event); not ``sync`` (only the commit hint changed): append in order
-  after everything persisted before, no report (the next fsync covers it).
+  happens at the next ``pump``, which the shell runs after every event); not ``sync``
+  (only the commit hint changed): append in order after everything persisted before, no
+  report (the next fsync covers it).
 * ``RestoreSnapshot(meta)``: a received snapshot was persisted; build fresh state machines
   from it (off the event loop if large) and call ``driver.snapshot_restored``.
 * ``TakeSnapshot(meta, producers, sessions)``: write a local snapshot (verify it restores),
