@@ -490,11 +490,11 @@ def drop_unsynced(data_dir: str, rng: random.Random, torn: bool = False) -> dict
     to the page cache but never fsynced, and a power loss could lose them.  A process exit
     keeps them (the kernel still has them), so the harness throws them away here.  The
     batch's SYNC record names the offset up to which the segment was durable when the
-    batch began (paxoslog/storage/wal.py), so nothing fsynced is ever cut.  With ``torn``
+    batch began (paxoslog/storage/walscan.py), so nothing fsynced is ever cut.  With ``torn``
     a random prefix of the unsynced bytes survives instead (a torn write).
 
     Returns what was done: {"segment", "size", "cut_at", "dropped_bytes"}."""
-    from paxoslog.storage.wal import REC_SYNC, list_segments, scan_segment
+    from paxoslog.storage.walscan import REC_SYNC, list_segments, scan_segment
 
     segments = list_segments(os.path.join(data_dir, "wal"))
     if not segments:

@@ -34,7 +34,8 @@ from paxoslog.storage.errors import CorruptLog, SnapshotUnavailable, StorageErro
 from paxoslog.storage.hardstate import HARDSTATE_FILE, read_hardstate
 from paxoslog.storage.meta import Meta, check_format, meta_path, read_meta
 from paxoslog.storage.snapshot import SnapshotFile, SnapshotInfo, SnapshotReader, SnapshotStore
-from paxoslog.storage.wal import TornTail, WriteAheadLog
+from paxoslog.storage.wal import WriteAheadLog
+from paxoslog.storage.walscan import TornTail
 from statemachines import create as create_state_machine
 
 __all__ = ["OperateError", "DataDirView", "read_data_dir", "retrying", "make_machines",

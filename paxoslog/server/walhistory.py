@@ -28,7 +28,7 @@ import os
 
 from twisted.internet import defer, threads
 
-from paxoslog.storage.wal import (REC_ENTRIES, REC_SNAPSHOT, list_segments, scan_segment)
+from paxoslog.storage.walscan import (REC_ENTRIES, REC_SNAPSHOT, list_segments, scan_segment)
 
 __all__ = ["WalHistory", "read_committed"]
 

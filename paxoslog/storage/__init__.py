@@ -2,7 +2,8 @@
 
 ``DiskStorage`` is the real store, ``MemoryStorage`` the same interface over an in-memory
 disk model with crash/EIO/bit-flip faults for the simulator.  See DESIGN.md section 4 and
-the module docstrings (wal.py has the record format and the torn-tail rules).
+the module docstrings (walscan.py has the record format and the torn-tail rules, wal.py
+the writer).
 """
 
 from .disk import DiskStorage
@@ -15,7 +16,8 @@ from .snapshot import (SnapshotFile, SnapshotInfo, SnapshotReader, SnapshotStore
                        encode_snapshot_bytes, verify_snapshot, write_snapshot)
 from .transfer import (CHUNK_BYTES_DEFAULT, BadChunk, SnapshotChunk, SnapshotOffer,
                        SnapshotReceiver, SnapshotSender, TransferFailed)
-from .wal import TornTail, WriteAheadLog
+from .wal import WriteAheadLog
+from .walscan import TornTail
 
 __all__ = [
     "DiskStorage", "MemoryStorage", "StorageOptions",

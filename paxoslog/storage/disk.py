@@ -5,7 +5,7 @@ Layout (DESIGN.md section 4)::
     <data_dir>/META                cluster id, node id, protocol, format version
     <data_dir>/LOCK                flock()ed by the one process that writes (not by readers)
     <data_dir>/hardstate           hard-state checkpoint (see hardstate.py)
-    <data_dir>/wal/*.wal           the write-ahead log (see wal.py)
+    <data_dir>/wal/*.wal           the write-ahead log (see wal.py, walscan.py)
     <data_dir>/snap/*.snap.zst     snapshots (see snapshot.py); snap/incoming/ for transfers
 
 What one Ready persists, in this record order inside one fsync: TRUNCATE (Raft: drop every
@@ -37,7 +37,8 @@ from .meta import Meta, check_format, ensure_meta, meta_path, read_meta
 from .options import StorageOptions
 from .snapshot import (SnapshotFile, SnapshotReader, SnapshotStore, read_snapshot_meta,
                        snapshot_name)
-from .wal import REC_HARDSTATE, REC_SNAPSHOT, REC_TRUNCATE, Replay, TornTail, WriteAheadLog
+from .wal import Replay, WriteAheadLog
+from .walscan import REC_HARDSTATE, REC_SNAPSHOT, REC_TRUNCATE, TornTail
 
 __all__ = ["DiskStorage", "LOCK_FILE"]
 

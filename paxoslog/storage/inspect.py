@@ -29,8 +29,9 @@ from .errors import CorruptLog, CorruptSnapshot, StorageError
 from .hardstate import HARDSTATE_FILE, read_hardstate
 from .meta import check_format, meta_path, read_meta
 from .snapshot import SnapshotStore, verify_snapshot
-from .wal import (REC_ENTRIES, REC_HARDSTATE, REC_HEADER, REC_SNAPSHOT, REC_SYNC, REC_TRUNCATE,
-                  RECORD_NAMES, Replay, SegmentScan, list_segments, scan_segment)
+from .wal import Replay
+from .walscan import (REC_ENTRIES, REC_HARDSTATE, REC_HEADER, REC_SNAPSHOT, REC_SYNC,
+                      REC_TRUNCATE, RECORD_NAMES, SegmentScan, list_segments, scan_segment)
 
 __all__ = ["add_arguments", "main_log_dump", "main_log_verify", "main_snapshot_inspect",
            "read_wal", "verify_data_dir"]

@@ -1,7 +1,7 @@
 """``MemoryStorage``: the storage interface over an in-memory disk model, for the simulator.
 
 It stores the very bytes the disk store would write (framed, checksummed WAL records from
-wal.py; snapshot files from snapshot.py), so loading runs the same decoding and checks.
+walscan.py; snapshot files from snapshot.py), so loading runs the same decoding and checks.
 The model separates *written* from *synced*: ``append`` writes, ``sync`` makes durable,
 ``save`` does both.  Faults, all deterministic (randomness only from an rng passed in):
 
@@ -36,8 +36,9 @@ from paxoslog.core.replica import Restored
 from .errors import CorruptLog, CorruptSnapshot, StorageError, StorageIOError
 from .options import StorageOptions
 from .snapshot import SnapshotReader, encode_snapshot_bytes, verify_snapshot
-from .wal import (REC_ENTRIES, REC_HARDSTATE, REC_SNAPSHOT, REC_TRUNCATE, BadRecord, Replay,
-                  TornTail, decode_record, encode_record, entry_wire)
+from .wal import Replay
+from .walscan import (REC_ENTRIES, REC_HARDSTATE, REC_SNAPSHOT, REC_TRUNCATE, BadRecord,
+                      TornTail, decode_record, encode_record, entry_wire)
 
 __all__ = ["MemoryStorage"]
 

@@ -214,7 +214,7 @@ def test_export_refuses_corruption_existing_output_and_newer_formats(tmp_path):
     data[60] ^= 0xFF                           # inside the entries record: a bad checksum
     segment.write_bytes(bytes(data) + b"")
     # Seal the damage inside a fsynced batch: a later SYNC record proves it was durable.
-    from paxoslog.storage.wal import REC_SYNC, encode_record
+    from paxoslog.storage.walscan import REC_SYNC, encode_record
     with open(segment, "ab") as f:
         f.write(encode_record(REC_SYNC, len(data)))
     corrupt = export(broken, tmp_path / "corrupt.db")

@@ -15,7 +15,7 @@ from paxoslog.core.log import ENTRY_NORMAL, Entry, HardState, SnapshotMeta
 from paxoslog.core.quorum import Config
 from paxoslog.core.ready import Ready
 from paxoslog.storage import DiskStorage, StorageOptions
-from paxoslog.storage.wal import list_segments
+from paxoslog.storage.walscan import list_segments
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 

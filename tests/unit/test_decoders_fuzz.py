@@ -24,9 +24,9 @@ from paxoslog.server import frames as F
 from paxoslog.storage.errors import CorruptLog, CorruptSnapshot
 from paxoslog.storage.snapshot import (SnapshotReader, encode_snapshot_bytes,
                                        read_snapshot_meta, verify_snapshot)
-from paxoslog.storage.wal import (REC_ENTRIES, REC_HARDSTATE, REC_HEADER, REC_SNAPSHOT,
-                                  REC_SYNC, REC_TRUNCATE, BadRecord, decode_record,
-                                  encode_record, scan_segment)
+from paxoslog.storage.walscan import (REC_ENTRIES, REC_HARDSTATE, REC_HEADER, REC_SNAPSHOT,
+                                      REC_SYNC, REC_TRUNCATE, BadRecord, decode_record,
+                                      encode_record, scan_segment)
 
 FUZZ = settings(max_examples=300, deadline=None,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])

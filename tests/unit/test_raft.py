@@ -35,7 +35,7 @@ from paxoslog.core.ready import (ConfigChanged, ProposalDropped, ReadState, Read
                                  RoleChanged)
 from paxoslog.core.replica import PeerProgress, ReplicaOptions, Restored, create_replica
 from paxoslog.storage import CorruptLog, MemoryStorage, SnapshotReader
-from paxoslog.storage.wal import entry_wire
+from paxoslog.storage.walscan import entry_wire
 
 E = 10  # election ticks used throughout
 

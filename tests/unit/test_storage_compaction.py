@@ -15,7 +15,7 @@ from paxoslog.core.quorum import Config
 from paxoslog.core.ready import Ready
 from paxoslog.storage import CorruptSnapshot, DiskStorage, StorageOptions, failpoints
 from paxoslog.storage.snapshot import read_snapshot_meta
-from paxoslog.storage.wal import SEGMENT_BYTES_DEFAULT, list_segments
+from paxoslog.storage.walscan import SEGMENT_BYTES_DEFAULT, list_segments
 
 CONFIG = Config(frozenset({1, 2, 3}))
 WIDER = Config(frozenset({1, 2, 3, 4}))

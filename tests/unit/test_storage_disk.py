@@ -19,7 +19,8 @@ from paxoslog.core.ready import Ready
 from paxoslog.storage import (CorruptLog, DataDirLocked, DiskStorage, MemoryStorage,
                               SnapshotUnavailable, StorageError, StorageIOError, StorageOptions,
                               encode_snapshot_bytes, failpoints)
-from paxoslog.storage.wal import REC_ENTRIES, REC_HARDSTATE, REC_TRUNCATE, list_segments, scan_segment
+from paxoslog.storage.walscan import (REC_ENTRIES, REC_HARDSTATE, REC_TRUNCATE, list_segments,
+                                      scan_segment)
 from walfiles import unpreallocated, written_end
 
 CONFIG = Config(frozenset({1, 2, 3}))

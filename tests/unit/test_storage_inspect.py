@@ -15,7 +15,7 @@ from paxoslog.core.quorum import Config
 from paxoslog.core.ready import Ready
 from paxoslog.storage import DiskStorage, StorageOptions
 from paxoslog.storage.inspect import add_arguments
-from paxoslog.storage.wal import list_segments
+from paxoslog.storage.walscan import list_segments
 from walfiles import unpreallocated, written_end
 
 CONFIG = Config(frozenset({1, 2, 3}))

@@ -18,9 +18,10 @@ import pytest
 from paxoslog.core.log import ENTRY_NORMAL, Entry, HardState
 from paxoslog.storage import failpoints
 from paxoslog.storage.errors import CorruptLog, StorageIOError
-from paxoslog.storage.wal import (REC_ENTRIES, REC_HARDSTATE, REC_SYNC, REC_TRUNCATE,
-                                  SEGMENT_BYTES_DEFAULT, WriteAheadLog, encode_record,
-                                  list_segments, scan_segment, segment_name)
+from paxoslog.storage.wal import WriteAheadLog
+from paxoslog.storage.walscan import (REC_ENTRIES, REC_HARDSTATE, REC_SYNC, REC_TRUNCATE,
+                                      SEGMENT_BYTES_DEFAULT, encode_record, list_segments,
+                                      scan_segment, segment_name)
 from walfiles import unpreallocated, written_end
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 
-from paxoslog.storage.wal import scan_segment
+from paxoslog.storage.walscan import scan_segment
 
 
 def written_end(path: str) -> int:
