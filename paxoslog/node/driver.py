@@ -211,7 +211,6 @@ class NodeDriver:
         # acknowledgement the leader's commit waits for, and applying what the same Ready
         # commits (tens of microseconds) would hold it back (issue 17).
         self._send(ready.messages)
-        ready.messages = []
         self._completing = ready
         return self._take()
 
@@ -696,7 +695,7 @@ class NodeDriver:
         if self._completing is not None:
             ready, self._completing = self._completing, None
             self._busy = False
-            self._complete(ready)
+            self._complete(ready, sent=True)
         if self._points.arriving:
             self._issue_read_batch()
         replica = self.replica
@@ -751,9 +750,11 @@ class NodeDriver:
         if plain:
             self._out.append(Send(plain))
 
-    def _complete(self, ready: Ready) -> None:
-        """Everything after persistence, in contract order."""
-        self._send(ready.messages)
+    def _complete(self, ready: Ready, sent: bool = False) -> None:
+        """Everything after persistence, in contract order (``sent``: the messages went
+        out already, when ``persisted`` was reported)."""
+        if not sent:
+            self._send(ready.messages)
         if ready.committed:
             self._apply(ready.committed)
         for read in ready.reads:
