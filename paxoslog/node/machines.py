@@ -29,6 +29,7 @@ _ENCODED_KEPT = 1024
 # then lost its leadership) stays until pushed out, with its decoded values beside it;
 # with megabyte batches a count alone let that reach gigabytes (tools/bench_memory.py).
 _ENCODED_BYTES_MAX = 16 << 20
+_LOG_FIELDS = frozenset({"sm", "client_id", "sequence", "ts", "release"})
 _STALE_RESULT = {"error": "stale_sequence",
                  "message": "this sequence is older than the session keeps; use a new sequence"}
 
@@ -212,8 +213,9 @@ class StateMachines:
         sm = self.machines.get(command.get("sm"))
         if sm is None or (not internal and is_internal(sm)):
             raise BadCommand(f"unknown state machine {command.get('sm')!r:.40}")
-        fields = {k: v for k, v in command.items()
-                  if k not in ("sm", "client_id", "sequence", "ts")}
+        # The log-level fields (the session pair, the clock, the finished sessions a
+        # node releases) are the node layer's, never the state machine's.
+        fields = {k: v for k, v in command.items() if k not in _LOG_FIELDS}
         if not internal and fields.get("op") in (getattr(sm, "internal_ops", None) or ()):
             # e.g. kv's lease_expire: only the leader's lease keeper proposes it
             raise BadCommand(f'op {fields["op"]!r} of state machine {sm.name!r} is internal '
