@@ -46,11 +46,12 @@ from twisted.internet.protocol import ClientFactory, Protocol
 
 kind, targets, clients = sys.argv[1], json.loads(sys.argv[2]), int(sys.argv[3])
 duration, warmup, ids = float(sys.argv[4]), float(sys.argv[5]), json.loads(sys.argv[6])
-latencies = []; errors = {"count": 0}; state = {"measuring": False, "running": True}
+latencies = []; errors = {"count": 0, "first": None}
+state = {"measuring": False, "running": True}
 clock = time.perf_counter
 counter = {"n": 0}
 
-def request(n, i):
+def request(n, i, host):
     if kind == "put":
         path, body = "/api/v1/consensus/propose", {"key": f"k{n}-{i % 100}", "value": i}
     elif kind == "txn":
@@ -64,23 +65,30 @@ def request(n, i):
         counter["n"] += 1
         path, body = "/api/v1/lease/keepalive", {"id": ids[counter["n"] % len(ids)]}
     data = json.dumps(body).encode()
-    return (b"POST %s HTTP/1.1\r\nHost: b\r\nContent-Type: application/json\r\n"
-            b"Content-Length: %d\r\n\r\n%s" % (path.encode(), len(data), data))
+    # The real host:port: a node refuses a Host that does not name it (DNS rebinding).
+    return (b"POST %s HTTP/1.1\r\nHost: %s\r\nContent-Type: application/json\r\n"
+            b"Content-Length: %d\r\n\r\n%s" % (path.encode(), host, len(data), data))
 
 class Conn(Protocol):
     def __init__(self, n):
         self.n = n; self.i = 0; self.parser = httptools.HttpResponseParser(self); self.body = b""
+        self.host = ("%s:%d" % tuple(targets[n % len(targets)])).encode()
     def connectionMade(self):
         self.transport.setTcpNoDelay(True); self.send()
     def send(self):
-        self.i += 1; self.t0 = clock(); self.transport.write(request(self.n, self.i))
+        self.i += 1; self.t0 = clock(); self.transport.write(request(self.n, self.i, self.host))
     def dataReceived(self, data):
         self.parser.feed_data(data)
     def on_body(self, body):
         self.body += body
     def on_message_complete(self):
-        if self.parser.get_status_code() != 200:
+        status = self.parser.get_status_code()
+        if status != 200:
             errors["count"] += 1
+            if errors["first"] is None:
+                errors["first"] = "%d %s" % (status, self.body[:300].decode("utf-8", "replace"))
+            if kind == "grant" and state["running"]:
+                stop()                   # every lease is needed: give up, do not spin
         elif state["measuring"]:
             latencies.append(clock() - self.t0)
             if kind == "grant":
@@ -113,7 +121,7 @@ lat = sorted(latencies); elapsed = state["t1"] - state["t0"]
 def pct(p): return lat[min(len(lat) - 1, int(len(lat) * p))] * 1000 if lat else float("nan")
 print(json.dumps({"ops": len(lat), "rate": len(lat) / elapsed, "p50_ms": pct(0.5),
                   "p99_ms": pct(0.99), "errors": errors["count"],
-                  "ids": ids if kind == "grant" else []}))
+                  "first_error": errors["first"], "ids": ids if kind == "grant" else []}))
 '''
 
 _HANDOVER = r'''
@@ -163,8 +171,12 @@ def _child(code: str, *args: str, timeout: float = 600) -> dict:
 
 def load(kind: str, targets, clients: int, duration: float, warmup: float = 1.0,
          ids=()) -> dict:
-    return _child(_LOAD, kind, json.dumps(targets), str(clients), str(duration), str(warmup),
-                  json.dumps(list(ids)), timeout=duration * 4 + 300)
+    result = _child(_LOAD, kind, json.dumps(targets), str(clients), str(duration), str(warmup),
+                    json.dumps(list(ids)), timeout=duration * 4 + 300)
+    if result["first_error"] is not None and (kind == "grant" or not result["ops"]):
+        raise RuntimeError(f"{kind}: {result['errors']} failed requests, the first: "
+                           f"{result['first_error']}")
+    return result
 
 
 def bench_mode(mode: str, args) -> dict:

@@ -101,12 +101,14 @@ def load(cluster: Cluster, node: int, keys: int, value_bytes: int, connections: 
     def worker(indexes) -> None:
         sock = socket.create_connection(("127.0.0.1", cluster.api[node]))
         reader = sock.makefile("rb")
+        # The node's own address: it refuses a Host that does not name it (DNS rebinding).
+        host = b"127.0.0.1:%d" % cluster.api[node]
         indexes = list(indexes)
         for start in range(0, len(indexes), depth):
             batch = indexes[start:start + depth]
             payload = b"".join(
-                b"POST /api/v1/consensus/propose HTTP/1.1\r\nHost: x\r\nContent-Length: "
-                + str(len(body)).encode() + b"\r\n\r\n" + body
+                b"POST /api/v1/consensus/propose HTTP/1.1\r\nHost: " + host
+                + b"\r\nContent-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body
                 for body in (json.dumps({"key": f"key{i:07d}", "value": value}).encode()
                              for i in batch))
             sock.sendall(payload)
