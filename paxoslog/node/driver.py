@@ -690,8 +690,8 @@ class NodeDriver:
     def pump(self) -> list:
         """Drain the core's Readies (while none is being persisted): the instructions.
         The shell calls it after events, as often as it likes: the simulator after each
-        one, the server once per reactor turn (every event in that turn then shares one
-        Ready, and one fsync)."""
+        one, the server at once after peer messages and otherwise once per reactor turn
+        (the client requests of a turn then share one Ready, and one fsync)."""
         if self._completing is not None:
             ready, self._completing = self._completing, None
             self._busy = False

@@ -183,7 +183,7 @@ class _PeerEvents:
             node.book.removed_frame(peer, payload)
 
     def after_input(self) -> None:
-        """The runner pumps once per reactor turn already."""
+        """The runner pumps after peer messages already."""
 
     def peer_up(self, peer: int) -> None:
         self.node.runner.peer_up(peer)

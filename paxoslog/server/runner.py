@@ -102,7 +102,8 @@ class DriverRunner:
                 text = narrate(msg)
                 if text is not None:
                     log.debug("{text}", text=text)
-        self._event(f"messages from node {peer}", self.driver.receive, messages)
+        self._event(f"messages from node {peer}", self.driver.receive, messages, pump=False)
+        self._pump_now()
 
     def peer_up(self, peer: int) -> None:
         self._event("peer up", self.driver.peer_up, peer)
@@ -177,6 +178,20 @@ class DriverRunner:
         turn lands in the core first, and they share one Ready (and one fsync)."""
         if self._pump_call is None and self.fatal is None:
             self._pump_call = self.reactor.callLater(0, self._pump)
+
+    def _pump_now(self) -> None:
+        """Run the Ready loop at once, in place of the one scheduled for the turn's end.
+        After peer messages: the acknowledgement that completes a quorum commits, applies
+        and answers its clients before the turn's other events (the client requests read
+        in the same turn still join the next Ready, or the one after the fsync in
+        flight), and a follower starts persisting an append at once.  One client's write
+        waited about 45 us less (the second follower's acknowledgement, read in the same
+        turn, no longer runs first), and 64 clients' writes ran 7-15 % faster
+        (docs/design-notes.md, "The Ready loop runs at once after peer messages")."""
+        call, self._pump_call = self._pump_call, None
+        if call is not None and call.active():
+            call.cancel()
+        self._pump()
 
     def _pump(self) -> None:
         self._pump_call = None

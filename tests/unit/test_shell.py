@@ -220,6 +220,28 @@ def test_runner_answers_the_client_after_the_fsync_and_pumps_once_per_turn():
     assert driver.calls[-1] == ("persisted", (ready,)) and runner.fsync.count == 1
 
 
+def test_runner_runs_the_ready_loop_at_once_after_peer_messages():
+    """Peer messages (an acknowledgement completing a quorum) are pumped at once, within
+    the event, and take over the pump the turn's client requests scheduled; client
+    requests alone still wait for the end of the turn."""
+    driver = ScriptedDriver()
+    runner, reactor = runner_with(driver)
+    answers = []
+    runner.write(("c", 1), b"x").addCallback(answers.append)
+    assert [name for name, _ in driver.calls] == ["submit_write"]
+    handle = driver.calls[0][1][0]
+    driver.next["pump"] = [Send(["append"]), Reply(handle, 200, {"status": "committed"})]
+    runner.receive(2, ["ack"])
+    assert [name for name, _ in driver.calls] == ["submit_write", "receive", "pump"]
+    assert runner.transport.sent == ["append"] and answers == [{"status": "committed"}]
+    reactor.advance(0)
+    assert [name for name, _ in driver.calls].count("pump") == 1   # the scheduled one went
+    runner.write(("c", 2), b"y")
+    assert [name for name, _ in driver.calls][-1] == "submit_write"
+    reactor.advance(0)
+    assert [name for name, _ in driver.calls][-1] == "pump"
+
+
 def test_runner_maps_error_replies_to_api_errors():
     """A 503/504 Reply fails the client's Deferred with ApiError carrying the body."""
     driver = ScriptedDriver()
