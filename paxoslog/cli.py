@@ -1382,6 +1382,9 @@ def cmd_serve(args) -> int:
         return EXIT_USAGE
     if access is not None:
         logging.files.append(access)
+    if "twisted.internet.reactor" not in sys.modules:
+        from paxoslog.server import reactor as lean_reactor
+        lean_reactor.install()
     from twisted.internet import reactor
     from twisted.logger import Logger
     from paxoslog.server import NodeService

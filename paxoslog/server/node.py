@@ -17,6 +17,7 @@ and wires them with narrow interfaces; it owns nothing but their lifecycle.
                                        sessions, pending requests (the simulator runs it too)
        DriverRunner   runner.py        carries out the driver's instructions
        StorageWriter  writer.py        WAL thread and snapshot thread
+       LeanEPollReactor reactor.py     the event loop serve installs (epoll, lean dispatch)
        LocalSnapshots local_snapshots.py  take / restore snapshots off the event loop
        SnapshotShipper/Fetcher snapshots.py  snapshot transfer between peers
        RequestRouter  router.py        client and forwarded requests into the runner
