@@ -5,8 +5,8 @@ per event.
 ``log.callWithLogger``, which asks the connection for its ``logPrefix()`` and pushes a
 legacy logging context (``{"system": prefix}``) around the call.  A node's event loop
 runs that once per client request and per peer frame; at 64 connections of
-linearizable reads it was about a tenth of the loop's time (reads/s rose 12 % without
-it, docs/design-notes.md).  paxoslog logs through ``twisted.logger`` namespaces and never
+linearizable reads it was 5-6 % of the loop's py-spy samples (reads/s rose 7-10 %
+without it, docs/design-notes.md).  paxoslog logs through ``twisted.logger`` namespaces and never
 reads the ``system`` key, so ``LeanEPollReactor`` calls the handler directly.  What
 ``callWithLogger`` guaranteed stays: an exception that escapes a handler is logged and
 the loop goes on (the reactor's ``_doReadOrWrite`` already turns a failing
