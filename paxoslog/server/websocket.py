@@ -43,7 +43,8 @@ class WebSocketService(Service):
         self.factory.hub.stop()
         if self._sweeper is not None and self._sweeper.running:
             self._sweeper.stop()
+        from .wsprotocol import CLOSE_STOPPING     # loaded already: the factory is built
         for conn in list(self.factory.conns):
             if conn.usable:
-                conn.sendClose(1001, "the node is stopping")
+                conn.sendClose(CLOSE_STOPPING, "the node is stopping")
         return defer.succeed(None)

@@ -55,6 +55,7 @@ __all__ = ["StreamsFactory", "StreamsProtocol", "CLOSE_IDLE", "CLOSE_SLOW_CONSUM
 log = Logger(namespace="paxoslog.websocket")
 
 CLOSE_IDLE = 4000
+CLOSE_STOPPING = 4001     # the node is stopping (autobahn refuses 1001 from an application)
 CLOSE_SLOW_CONSUMER = 4008
 _ID_CHARS_MAX = 128
 _KV_WRITES = ("put", "delete", "cas")

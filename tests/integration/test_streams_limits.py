@@ -124,6 +124,27 @@ def test_idle_connections_close_4000_and_unknown_subprotocols_are_refused(limite
     healthy(c, node)
 
 
+def test_a_node_that_stops_closes_every_websocket_4001_and_logs_no_error(make_cluster,
+                                                                         protocol):
+    """A graceful stop (SIGTERM) closes each open WebSocket with 4001 "the node is
+    stopping" (autobahn refuses 1001 from an application: the first close raised, the
+    others were never sent, and the stop logged an unhandled error)."""
+    c = make_cluster(protocol)
+    node = c.ids[-1]
+    probes = [WsProbe.of(c, node) for _ in range(2)]
+    try:
+        assert c.stop(node) == 0
+        for probe in probes:
+            code, reason = probe.wait(lambda p=probe: p.closed, 15, "the close")
+            assert (code, reason) == (4001, "the node is stopping")
+    finally:
+        for probe in probes:
+            probe.close()
+    with open(c.log_path(node)) as f:
+        log = f.read()
+    assert "Unhandled error" not in log and "invalid close code" not in log
+
+
 def _metric(c, node: int, name: str) -> float:
     text = c.request(node, "GET", "/metrics").body.decode()
     return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
