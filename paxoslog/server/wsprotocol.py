@@ -22,7 +22,7 @@ Limits (the conf's [websocket]), each refused with an error that names it:
 ``connections_max`` (the handshake is answered 503), ``handshake_timeout_ms``,
 ``idle_timeout_ms`` (close 4000), ``slow_consumer_ms`` (streams end ``slow_consumer``,
 close 4008), ``ping_interval_ms`` (autobahn's auto-ping; a peer that does not answer is
-dropped).
+dropped).  A node that stops closes every connection with 4001.
 
 Backpressure: the connection is a streaming producer of its transport.  When the
 transport's buffer fills, the connection is paused: streams stop where they are (they
@@ -50,7 +50,8 @@ from .http import Request
 from .streams import TAIL, WATCH, Subscription
 from .wscodec import CODECS, JSON_SUBPROTOCOL, BadMessage
 
-__all__ = ["StreamsFactory", "StreamsProtocol", "CLOSE_IDLE", "CLOSE_SLOW_CONSUMER", "OPS"]
+__all__ = ["StreamsFactory", "StreamsProtocol", "CLOSE_IDLE", "CLOSE_STOPPING",
+           "CLOSE_SLOW_CONSUMER", "OPS"]
 
 log = Logger(namespace="paxoslog.websocket")
 
