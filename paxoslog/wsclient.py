@@ -56,6 +56,18 @@ class StreamGap(StreamError):
     """A tail message skipped an index (never expected from a server: resubscribe)."""
 
 
+def _given_up(seconds: float, compacted_at: dict, cursor) -> StreamError:
+    """The error of a stream no endpoint served for ``seconds``: ``Compacted`` when every
+    endpoint that answered said its start is gone (the others were unreachable)."""
+    if compacted_at:
+        firsts = [f for f in compacted_at.values() if f is not None]
+        return Compacted(f"no endpoint served the stream for {seconds} s: those that answered "
+                         f"({', '.join(sorted(compacted_at))}) no longer have "
+                         f"{cursor.resume_point()}, the others were unreachable",
+                         min(firsts) if firsts else None)
+    return StreamError(f"no endpoint served the stream for {seconds} s")
+
+
 def ws_url(endpoint: str) -> str:
     """``http://h:p`` -> ``ws://h:p/api/v1/ws`` (https -> wss)."""
     endpoint = endpoint.strip().rstrip("/")
@@ -490,7 +502,7 @@ class TwistedStream:
             if self.done:
                 break
             if self.reactor.seconds() > deadline:
-                self._finish(StreamError(f"no endpoint served the stream for {self.give_up_s} s"))
+                self._finish(_given_up(self.give_up_s, compacted_at, self.cursor))
                 break
             self.reconnects += 1
             await task.deferLater(self.reactor, self.retry_s, lambda: None)
@@ -636,7 +648,7 @@ class _BlockingState:
                     endpoint = await self.connect()
                 except (OSError, asyncio.TimeoutError, ConnectionError):
                     if loop.time() > deadline:
-                        raise StreamError(f"no endpoint reachable for {self.give_up_s} s")
+                        raise _given_up(self.give_up_s, self.compacted, self.cursor)
                     await asyncio.sleep(self.retry_s)
                     continue
                 self.endpoint = endpoint

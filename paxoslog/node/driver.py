@@ -117,7 +117,10 @@ class NodeDriver:
     out, in order; the driver never blocks and never calls its shell."""
 
     def __init__(self, options: DriverOptions, replica, machines: StateMachines,
-                 snapshot: SnapshotMeta | None, bootstrap: Config) -> None:
+                 snapshot: SnapshotMeta | None, bootstrap: Config,
+                 newest_snapshot: SnapshotMeta | None = None) -> None:
+        """``snapshot``: the one ``machines`` were restored from; ``newest_snapshot``: the
+        newest on disk when that is a later one (the log up to it is applied again)."""
         self.options = options
         self.node_id = options.node_id
         self.replica = replica
@@ -127,6 +130,8 @@ class NodeDriver:
         self.applied_config: Config = snapshot.config if snapshot else bootstrap
         self.policy = SnapshotPolicy(options.snapshot_entries, options.snapshot_bytes,
                                      last_index=self.applied_index)
+        if newest_snapshot is not None and newest_snapshot.index > self.applied_index:
+            self.policy.reapplying(newest_snapshot.index)
         self.now = 0                       # ticks given so far
         self.role = Role.FOLLOWER
         self.leader_id: int | None = None

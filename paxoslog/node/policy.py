@@ -22,11 +22,20 @@ class SnapshotPolicy:
         self.applied_index = last_index
         self.bytes_since = 0
         self.in_progress = False
+        self._reapplying_to = last_index
+
+    def reapplying(self, newest: int) -> None:
+        """At start: the node restored an older snapshot and applies the log up to the
+        newest one, at ``newest``, again; the next snapshot is due an interval after it,
+        and the entries applied again do not count."""
+        self.last_index = max(self.last_index, newest)
+        self._reapplying_to = newest
 
     def note_applied(self, index: int, nbytes: int) -> None:
         assert index >= self.applied_index, (index, self.applied_index)
         self.applied_index = index
-        self.bytes_since += nbytes
+        if index > self._reapplying_to:
+            self.bytes_since += nbytes
 
     @property
     def entries_since(self) -> int:

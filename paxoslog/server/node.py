@@ -296,7 +296,8 @@ class NodeService(MultiService):
                           snapshot_entries=config.snapshot.entries,
                           snapshot_bytes=config.snapshot.bytes,
                           election_ticks=timing.election_ticks),
-            replica, machines, restored.snapshot, book.bootstrap_config())
+            replica, machines, restored.snapshot, book.bootstrap_config(),
+            newest_snapshot=self.storage.snapshot_meta)
         driver.restored_hard_state(restored.hard_state)
         self.writer = StorageWriter(self.storage, reactor)
         self.events = ClusterEvents(self.node_id)
@@ -409,17 +410,21 @@ class NodeService(MultiService):
         self.storage = DiskStorage(self.me.data_dir, config.name, self.node_id, config.protocol,
                                    config.storage_options())
         try:
-            restored, reader = self.storage.load()
+            restored, reader = self.storage.load(reapply=True)
             self._wire(restored, reader)
         except BaseException:
             self.storage.close()
             raise
         self.writer.start()
         self.backups.start()
+        newest = self.storage.snapshot_meta
         log.info("node {node} of cluster {cluster} ({protocol}) starting: data {data}, "
-                 "snapshot {snap}, {entries} log entries, hard state {hs}",
+                 "snapshot {snap}{again}, {entries} log entries, hard state {hs}",
                  node=self.node_id, cluster=config.name, protocol=config.protocol,
                  data=self.me.data_dir, snap=self.driver.applied_index,
+                 again=(f" (applying the log up to the newest snapshot, {newest.index}, "
+                        f"again: watches resume from there)"
+                        if newest and newest.index > self.driver.applied_index else ""),
                  entries=len(restored.entries),
                  hs=describe_hard_state(restored.hard_state, config.protocol))
         if self.storage.torn is not None:

@@ -199,7 +199,7 @@ class Simulation:
         self.history = History()
         self.faults: list[tuple[float, str]] = []
         self.stats = {"elections": 0, "leader_changes": 0, "corruption_detected": 0,
-                      "fsync_failures": 0}
+                      "fsync_failures": 0, "restarts_reapplying": 0}
         self._last_leader: int | None = None
         self.newest_leader: int | None = None    # the node most recently elected leader
         # A leader was lost (how, when) and no leader was elected since; then ticks from

@@ -154,7 +154,7 @@ class ManualNode:
         self.reads: list[str] = []
         self.replies: list[tuple[str, int, dict]] = []
         self.inbound: dict[int, _ForwardedHandle] = {}
-        restored, reader = self.disk.load()
+        restored, reader = self.disk.load(reapply=True)
         machines = c.new_machines()
         if reader is not None:
             machines.restore_from(reader)
@@ -164,7 +164,8 @@ class ManualNode:
                                 request_timeout_ticks=c.request_timeout_ticks,
                                 snapshot_entries=_UNLIMITED, snapshot_bytes=_UNLIMITED)
         self.driver = NodeDriver(options, _ObservedReplica(self.replica, self), machines,
-                                 restored.snapshot, c.bootstrap)
+                                 restored.snapshot, c.bootstrap,
+                                 newest_snapshot=self.disk.snapshot_meta)
         self.driver.restored_hard_state(restored.hard_state)
 
     def crash(self) -> None:

@@ -92,7 +92,7 @@ class SimNode:
         o = sim.options
         self.incarnation += 1
         try:
-            restored, reader = self.disk.load()
+            restored, reader = self.disk.load(reapply=True)
         except CorruptLog as exc:
             # Refuse to take part with a damaged log (never vote with it): stay down.
             self.corrupt = str(exc)
@@ -100,6 +100,10 @@ class SimNode:
             sim.stats["corruption_detected"] += 1
             sim.trace.append(f"{sim.now:9.1f} node {self.node_id} refuses to start: {exc}")
             return
+        newest = self.disk.snapshot_meta
+        if newest is not None and restored.snapshot is not None and \
+                restored.snapshot.index < newest.index:
+            sim.stats["restarts_reapplying"] += 1
         machines = sim.new_machines()
         if reader is not None:
             machines.restore_from(reader)
@@ -113,7 +117,8 @@ class SimNode:
                           request_timeout_ticks=max(1, int(o.client_timeout_ms / TICK_MS)),
                           snapshot_entries=o.snapshot_every or _UNLIMITED,
                           snapshot_bytes=_UNLIMITED, election_ticks=o.election_ticks),
-            replica, machines, restored.snapshot, self.bootstrap)
+            replica, machines, restored.snapshot, self.bootstrap,
+            newest_snapshot=self.disk.snapshot_meta)
         self.driver.restored_hard_state(restored.hard_state)
         self.clock = TickClock(TICK_MS, self.local_ms, o.election_ticks)
         self.persisting = False

@@ -111,9 +111,15 @@ class DiskStorage:
         os.write(fd, f"{os.getpid()}\n".encode())
         self._lock_fd = fd
 
-    def load(self) -> tuple[Restored, SnapshotReader | None]:
+    def load(self, reapply: bool = False) -> tuple[Restored, SnapshotReader | None]:
         """Replay the data directory: (Restored for the replica, reader of the snapshot the
         state machines must restore from, or None).
+
+        ``reapply`` (a node starting): restore the valid snapshot before the newest when
+        the log still reaches back to it (``Replay.reapplies``), with the commit hint
+        raised to the newest one's index, so the node applies that snapshot interval
+        again and its watch history reaches back that far (docs/websocket.md).
+        ``snapshot_meta`` stays the newest snapshot either way.
 
         Raises ``CorruptLog`` (a damaged record, naming file and offset; the node must not
         vote with this log), ``SnapshotUnavailable`` (no valid snapshot covers the compacted
@@ -131,13 +137,19 @@ class DiskStorage:
         self.torn = replay.torn
         self.floor = replay.floor[0] if replay.floor else 0
         chosen = self._snaps.newest_valid()
+        newest = chosen[1].meta if chosen else None
+        base, committed = chosen, 0
+        if reapply and chosen is not None:
+            older = self._snaps.valid_before(chosen[0], lambda f: replay.reapplies(f, newest))
+            if older is not None and replay.reapplies(older[1].meta, newest):
+                base, committed = older, newest.index
         self.skipped_snapshots = list(self._snaps.skipped)
         skipped = "".join(f"; skipped {path}: {why}" for path, why in self.skipped_snapshots)
-        restored = replay.restored(checkpoint, chosen[1].meta if chosen else None,
-                                   self.data_dir, skipped)
+        restored = replay.restored(checkpoint, base[1].meta if base else None,
+                                   self.data_dir, skipped, committed)
         self.hard_state = restored.hard_state
-        self.snapshot_meta = restored.snapshot
-        reader = SnapshotReader(chosen[0].path) if chosen else None
+        self.snapshot_meta = newest
+        reader = SnapshotReader(base[0].path) if base else None
         return restored, reader
 
     # ------------------------------------------------------------------ writing

@@ -68,8 +68,9 @@ class MemoryStorage:
 
     # ------------------------------------------------------------------ loading
 
-    def load(self) -> tuple[Restored, SnapshotReader | None]:
-        """Rebuild from the durable records (call at start and after each ``crash``)."""
+    def load(self, reapply: bool = False) -> tuple[Restored, SnapshotReader | None]:
+        """Rebuild from the durable records (call at start and after each ``crash``);
+        ``reapply``: as ``DiskStorage.load``."""
         assert self._synced == len(self._records), "load() only after crash() or at start"
         replay = Replay()
         self.torn = None
@@ -88,23 +89,31 @@ class MemoryStorage:
                                                      f"{bad}") from None
             replay.apply(rtype, value)
         self.skipped_snapshots = []
-        chosen = None
+        valid = self._valid_snapshots()
+        chosen = next(valid, None)
+        base, committed = chosen, 0
+        if reapply and chosen is not None:
+            older = next(valid, None)
+            if older is not None and replay.reapplies(older[0], chosen[0]):
+                base, committed = older, chosen[0].index
+        skipped = "".join(f"; skipped {path}: {why}" for path, why in self.skipped_snapshots)
+        self.floor = replay.floor[0] if replay.floor else 0
+        restored = replay.restored(self._checkpoint, base[0] if base else None,
+                                   self.label, skipped, committed)
+        self.hard_state = restored.hard_state
+        self.snapshot_meta = chosen[0] if chosen else None
+        self._loaded = True
+        return restored, (SnapshotReader(base[1]) if base else None)
+
+    def _valid_snapshots(self):
+        """The snapshots that pass verification, newest first (corrupt ones skipped)."""
         for meta, blob in reversed(self._snapshots):
             try:
                 verify_snapshot(blob)
             except CorruptSnapshot as exc:
                 self.skipped_snapshots.append((f"{self.label}:snapshot@{meta.index}", exc.reason))
                 continue
-            chosen = (meta, blob)
-            break
-        skipped = "".join(f"; skipped {path}: {why}" for path, why in self.skipped_snapshots)
-        self.floor = replay.floor[0] if replay.floor else 0
-        restored = replay.restored(self._checkpoint, chosen[0] if chosen else None,
-                                   self.label, skipped)
-        self.hard_state = restored.hard_state
-        self.snapshot_meta = restored.snapshot
-        self._loaded = True
-        return restored, (SnapshotReader(chosen[1]) if chosen else None)
+            yield meta, blob
 
     def _describe(self, number: int) -> str:
         top = self._max_index[number]

@@ -459,7 +459,18 @@ class SnapshotStore:
     def newest_valid(self) -> tuple[SnapshotFile, SnapshotInfo] | None:
         """The newest snapshot that passes full verification, falling back to older ones;
         every corrupt one passed over is listed in ``skipped``."""
-        for candidate in reversed(self.list()):
+        return self._valid(reversed(self.list()))
+
+    def valid_before(self, newer: SnapshotFile, wanted=None) -> tuple[SnapshotFile,
+                                                                        SnapshotInfo] | None:
+        """The newest valid snapshot older than ``newer`` for which ``wanted(file)`` (given
+        the index and term of its name) holds, checked before the file is read (corrupt
+        ones are listed in ``skipped``)."""
+        return self._valid(f for f in reversed(self.list())
+                           if f < newer and (wanted is None or wanted(f)))
+
+    def _valid(self, candidates) -> tuple[SnapshotFile, SnapshotInfo] | None:
+        for candidate in candidates:
             try:
                 info = verify_snapshot(candidate.path)
             except CorruptSnapshot as exc:

@@ -83,9 +83,26 @@ class Replay:
                 self.floor = value
 
 
+    def reapplies(self, older: SnapshotMeta, newest: SnapshotMeta) -> bool:
+        """Whether a restart may restore ``older`` and apply the log up to ``newest`` again:
+        ``older`` is at or above the floor (the log above it was not compacted or replaced
+        by an installed snapshot) and the log holds every entry from ``older.index`` + 1
+        through ``newest.index``, the last one of ``newest``'s term."""
+        floor = self.floor[0] if self.floor else 0
+        if not floor <= older.index < newest.index:
+            return False
+        entries = self.entries
+        last = entries.get(newest.index)
+        if last is None or last.term != newest.term:
+            return False
+        present = entries.bisect_right(newest.index) - entries.bisect_right(older.index)
+        return present == newest.index - older.index
+
     def restored(self, checkpoint: HardState | None, snapshot: SnapshotMeta | None,
-                 where: str, skipped: str = "") -> Restored:
-        """The replica's ``Restored`` given the chosen snapshot.
+                 where: str, skipped: str = "", committed: int = 0) -> Restored:
+        """The replica's ``Restored`` given the chosen snapshot; ``committed``: an index known
+        committed (a newer snapshot's, when restoring an older one: see ``reapplies``), which
+        raises the hard state's commit hint to it.
 
         Raises ``SnapshotUnavailable`` when the snapshot does not reach the floor (the log
         below it is gone) and ``CorruptLog`` when the hard state's commit point lies beyond
@@ -99,6 +116,8 @@ class Replay:
                                       f"compacted or replaced by an installed snapshot{skipped}; "
                                       "fetch a snapshot from a peer")
         hard_state = self.hard_state or checkpoint or HardState()
+        if committed > hard_state.commit:
+            hard_state = hard_state._replace(commit=committed)
         entries = [self.entries[i] for i in self.entries.irange(snap_index + 1)]
         last = entries[-1].index if entries else snap_index
         if hard_state.commit > last:

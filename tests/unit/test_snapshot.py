@@ -176,3 +176,16 @@ def test_policy_triggers_on_entries_or_bytes_whichever_first():
     assert not policy.due
     policy.note_applied(252, 1)
     assert policy.due
+
+def test_policy_after_a_restart_that_applies_the_log_again():
+    """Restored at 100 with the newest snapshot at 250: nothing is due while the entries
+    up to 250 are applied again (their bytes do not count), the next one an interval
+    after 250."""
+    policy = SnapshotPolicy(entries_threshold=100, bytes_threshold=1000, last_index=100)
+    policy.reapplying(250)
+    policy.note_applied(250, 5000)
+    assert not policy.due and policy.bytes_since == 0
+    policy.note_applied(349, 10)
+    assert not policy.due
+    policy.note_applied(350, 10)
+    assert policy.due and policy.bytes_since == 20

@@ -415,3 +415,87 @@ def test_random_crash_points_never_lose_a_synced_ready(tmp_path):
         after.apply(pending)
         assert restored.entries in (model.entry_list(), after.entry_list())
         assert restored.hard_state == model.hard_state
+
+
+def _two_snapshots_and_a_log(path, hard_commit: int = 0):
+    """Entries 1..299, snapshots at 100 and 250, the log compacted to 100 (the one
+    before the newest); ``hard_commit``: the commit hint last persisted."""
+    storage = open_disk(path)
+    for i in range(1, 300):
+        storage.save(Ready(hard_state=HardState(1, 1, min(i, hard_commit)),
+                           entries=[entry(i)]))
+    storage.save_snapshot(SnapshotMeta(100, 1, CONFIG), kv_state(b"a"))
+    storage.save_snapshot(SnapshotMeta(250, 1, CONFIG), kv_state(b"b"))
+    storage.compact(250)
+    storage.close()
+
+
+def test_a_starting_node_restores_the_snapshot_before_the_newest_and_applies_the_log_again(
+        tmp_path):
+    """load(reapply=True): the previous snapshot, every entry after it, and the commit hint
+    raised to the newest snapshot's index (it was applied, so committed); snapshot_meta
+    stays the newest.  load() alone still restores the newest."""
+    _two_snapshots_and_a_log(tmp_path, hard_commit=180)
+    storage = DiskStorage(str(tmp_path), "test", 1, "raft", SMALL)
+    restored, reader = storage.load(reapply=True)
+    assert restored.snapshot.index == 100
+    assert [e.index for e in restored.entries] == list(range(101, 300))
+    assert restored.hard_state == HardState(1, 1, 250)
+    assert reader.read_all()["kv"] == b"a" * 1500
+    assert storage.snapshot_meta.index == 250
+    storage.close()
+    _, restored, reader = reopen(tmp_path)
+    assert restored.snapshot.index == 250 and restored.hard_state.commit == 180
+    assert reader.read_all()["kv"] == b"b" * 1500
+
+
+def test_reapply_keeps_a_higher_commit_hint(tmp_path):
+    """A persisted commit above the newest snapshot is not lowered."""
+    _two_snapshots_and_a_log(tmp_path, hard_commit=290)
+    storage = DiskStorage(str(tmp_path), "test", 1, "raft", SMALL)
+    restored, _ = storage.load(reapply=True)
+    assert restored.snapshot.index == 100 and restored.hard_state.commit == 290
+
+
+def test_reapply_falls_back_to_the_newest_when_the_log_does_not_reach_the_older_one(tmp_path):
+    """With the log compacted past the older snapshot (snapshot.keep = 1 style) or a hole
+    in it, the newest snapshot is restored as before; a corrupt older one is skipped."""
+    storage = open_disk(tmp_path, options=StorageOptions(segment_bytes=4096,
+                                                         keep_log_for_fallback=False))
+    for i in range(1, 300):
+        storage.save(Ready(entries=[entry(i)]))
+    storage.save_snapshot(SnapshotMeta(100, 1, CONFIG), kv_state(b"a"))
+    storage.save_snapshot(SnapshotMeta(250, 1, CONFIG), kv_state(b"b"))
+    storage.compact(250)                          # floor 250: the log above 100 is gone
+    storage.close()
+    storage = DiskStorage(str(tmp_path), "test", 1, "raft", SMALL)
+    restored, reader = storage.load(reapply=True)
+    assert restored.snapshot.index == 250 and reader.read_all()["kv"] == b"b" * 1500
+    storage.close()
+
+    other = tmp_path / "older-corrupt"
+    _two_snapshots_and_a_log(other)
+    path = other / "snap" / sorted(os.listdir(other / "snap"))[0]      # the one at 100
+    os.truncate(path, os.path.getsize(path) - 10)
+    storage = DiskStorage(str(other), "test", 1, "raft", SMALL)
+    restored, _ = storage.load(reapply=True)
+    assert restored.snapshot.index == 250
+    assert storage.skipped_snapshots and storage.skipped_snapshots[-1][0] == str(path)
+
+
+def test_replay_reapplies_only_over_a_whole_log_of_the_newest_term():
+    """Replay.reapplies: the older snapshot at or above the floor, every entry between
+    present, the last one of the newest snapshot's term."""
+    from paxoslog.storage.wal import Replay
+    replay = Replay()
+    for i in range(101, 300):
+        replay.entries[i] = entry(i, 2 if i > 200 else 1)
+    older, newest = SnapshotMeta(100, 1, CONFIG), SnapshotMeta(250, 2, CONFIG)
+    assert replay.reapplies(older, newest)
+    assert not replay.reapplies(older, SnapshotMeta(250, 1, CONFIG))      # other term
+    assert not replay.reapplies(newest, older)
+    replay.floor = (120, 1)
+    assert not replay.reapplies(older, newest)                           # below the floor
+    replay.floor = None
+    del replay.entries[170]
+    assert not replay.reapplies(older, newest)                           # a hole

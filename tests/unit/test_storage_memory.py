@@ -223,3 +223,22 @@ def test_reset_commit_caps_every_durable_hard_state():
     storage.reset_commit(0)
     restored, _ = storage.load()
     assert restored.hard_state == HardState(3, 2, 0) and indexes(restored) == [1, 2]
+
+
+def test_reapply_restores_the_previous_snapshot_like_disk_storage():
+    """load(reapply=True) in memory (the simulator's storage) makes the same choice as on
+    disk: the previous snapshot, the log after it, the commit hint at the newest one."""
+    storage = started()
+    for i in range(1, 40):
+        storage.save(Ready(hard_state=HardState(1, 0, min(i, 20)), entries=[entry(i)]))
+    storage.save_snapshot(SnapshotMeta(10, 1, CONFIG), [("kv", [b"ten"])], {"s": 1})
+    storage.save_snapshot(SnapshotMeta(30, 1, CONFIG), [("kv", [b"thirty"])], {"s": 2})
+    storage.compact(30)
+    storage.crash()
+    restored, reader = storage.load(reapply=True)
+    assert restored.snapshot.index == 10 and indexes(restored) == list(range(11, 40))
+    assert restored.hard_state.commit == 30 and storage.snapshot_meta.index == 30
+    assert reader.read_all() == {"kv": b"ten"} and reader.sessions == {"s": 1}
+    storage.crash()
+    restored, _ = storage.load()
+    assert restored.snapshot.index == 30 and restored.hard_state.commit == 20
