@@ -67,10 +67,18 @@ class _DialFactory(ReconnectingClientFactory):
     maxDelay = 0.25
     jitter = 0.2
 
-    def __init__(self, owner: "PeerTransport", peer_id: int) -> None:
+    stable_s = 1.0              # a connection that lasted this long resets the backoff
+
+    def __init__(self, owner: "PeerTransport", peer_id: int, clock) -> None:
         self.owner = owner
         self.peer_id = peer_id
         self.noisy = False
+        self.clock = clock          # the base class schedules its redials on it too
+        self.connected_at: float | None = None
+
+    def connected(self) -> None:
+        """The peer accepted the handshake (the connection is registered)."""
+        self.connected_at = self.clock.seconds()
 
     def buildProtocol(self, addr):
         conn = PeerConnection(self.owner, dialer=True, expected_peer=self.peer_id)
@@ -82,6 +90,12 @@ class _DialFactory(ReconnectingClientFactory):
             self.retry(connector)
 
     def clientConnectionLost(self, connector, reason) -> None:
+        """A connection that lasted ``stable_s`` starts the redials over at 20 ms; one
+        dropped sooner keeps backing off (a peer that accepts the handshake and then hangs
+        up, as the members do with a removed node, was redialed every 20 ms)."""
+        connected_at, self.connected_at = self.connected_at, None
+        if connected_at is not None and self.clock.seconds() - connected_at >= self.stable_s:
+            self.resetDelay()
         if self.continueTrying:
             self.retry(connector)
 
@@ -186,7 +200,7 @@ class PeerTransport(Service):
         """The node with the lower id dials (one connection per pair)."""
         if peer_id > self.node_id and peer_id not in self._dialers:
             peer = self.addresses[peer_id].peer
-            factory = _DialFactory(self, peer_id)
+            factory = _DialFactory(self, peer_id, self.reactor)
             if self.tls is not None:
                 tls_factory = TLSFactory(self._client_context, factory, server_side=False,
                                          server_hostname=node_identity(self.tls.cluster,
@@ -250,7 +264,7 @@ class PeerTransport(Service):
         old = self.connections.get(peer)
         self.connections[peer] = conn
         if conn.dialer and getattr(conn, "factory", None) is not None:
-            conn.factory.resetDelay()
+            conn.factory.connected()
         if old is not None and old is not conn:
             log.info("node {peer} reconnected; closing its previous connection", peer=peer)
             old.close(abort=True)

@@ -22,8 +22,7 @@ class Connector:
 def test_a_peer_down_for_a_long_time_is_redialed_about_every_quarter_second():
     random.seed(17)                       # the factory's jitter draws from ``random``
     clock = task.Clock()
-    factory = _DialFactory(owner=None, peer_id=2)
-    factory.clock = clock
+    factory = _DialFactory(owner=None, peer_id=2, clock=clock)
     connector = Connector(clock)
     for _ in range(200):                  # 200 refused dials in a row: the peer is down
         factory.clientConnectionFailed(connector, None)
@@ -38,3 +37,28 @@ def test_a_peer_down_for_a_long_time_is_redialed_about_every_quarter_second():
     assert gaps[len(gaps) // 2] <= 0.3, gaps[len(gaps) // 2]      # 0.25 s with jitter
     assert gaps[-1] <= 0.5, gaps[-1]
     assert gaps[0] >= 0.05                # still backed off, not a busy loop
+
+
+def _lost_after(factory, connector, clock, lived_s: float) -> float:
+    """The handshake succeeds, the connection is dropped ``lived_s`` later: the time from
+    the drop to the next dial."""
+    factory.connected()
+    clock.advance(lived_s)
+    lost_at = clock.seconds()
+    factory.clientConnectionLost(connector, None)
+    clock.pump([0.005] * 200)             # 1 s in 5 ms steps
+    return connector.attempts[-1] - lost_at
+
+
+def test_a_peer_that_hangs_up_at_once_is_redialed_with_backoff_a_stable_one_at_once():
+    """A removed node's former peers accept its handshake and hang up: it used to redial
+    every 20 ms (the handshake reset the backoff).  Now only a connection that lasted a
+    second starts the redials over; quick drops back off to the 0.25 s cap."""
+    random.seed(5)
+    clock = task.Clock()
+    factory = _DialFactory(owner=None, peer_id=2, clock=clock)
+    connector = Connector(clock)
+    quick = [_lost_after(factory, connector, clock, 0.001) for _ in range(12)]
+    assert quick[0] <= 0.05                   # the first redial still comes soon
+    assert min(quick[-4:]) >= 0.19, quick     # then about every 0.25 s (20 % jitter)
+    assert _lost_after(factory, connector, clock, 1.5) <= 0.03   # a stable one: 20 ms
