@@ -56,6 +56,15 @@ class StreamGap(StreamError):
     """A tail message skipped an index (never expected from a server: resubscribe)."""
 
 
+def _outcome(status: int, body) -> str:
+    """A subscribe answer in a few words (for ``TwistedStream.attempts``)."""
+    body = body if isinstance(body, dict) else {}
+    if status == 200:
+        return f"200 from {body.get('from')} (applied {body.get('applied_index')})"
+    extra = {k: body[k] for k in ("first_index", "first_revision") if k in body}
+    return f"{status} {body.get('error')} {extra or ''}".rstrip()
+
+
 def _given_up(seconds: float, compacted_at: dict, cursor) -> StreamError:
     """The error of a stream no endpoint served for ``seconds``: ``Compacted`` when every
     endpoint that answered said its start is gone (the others were unreachable)."""
@@ -324,8 +333,17 @@ def connect_twisted(reactor, endpoint: str, subprotocol: str = JSON,
             if not conn.closed.called:
                 conn.closed.callback(None)
 
-    factory = WebSocketClientFactory(ws_url(endpoint), protocols=[subprotocol],
-                                     reactor=reactor, headers=_headers(authorization))
+    class _Factory(WebSocketClientFactory):
+        def clientConnectionFailed(self, connector, reason):
+            # A refused or unreachable endpoint fails now, not at the timeout: a stream
+            # cycling over endpoints with some down spent timeout_s on each dead one
+            # (found in a chaos run: 2.6 s each, the streams fell behind every node's log).
+            if not opened.called:
+                opened.errback(ConnectionError(f"cannot connect to {endpoint}: "
+                                               f"{reason.getErrorMessage()}"))
+
+    factory = _Factory(ws_url(endpoint), protocols=[subprotocol], reactor=reactor,
+                       headers=_headers(authorization))
     factory.protocol = _Protocol
     factory.setProtocolOptions(openHandshakeTimeout=timeout_s, autoPingInterval=0,
                                maxMessagePayloadSize=0, maxFramePayloadSize=0,
@@ -371,6 +389,9 @@ class TwistedStream:
         self.reconnects = 0
         self.gaps = 0                 # stream messages that skipped an index (resubscribed)
         self.ends: list[dict] = []    # every end message the servers sent
+        # The latest connection attempts: (seconds, endpoint, what came of it), to tell
+        # afterwards why a stream did not advance.
+        self.attempts: deque = deque(maxlen=40)
         self.endpoint: str | None = None
         self._position = 0
         self._waiter = None
@@ -465,24 +486,32 @@ class TwistedStream:
             self._position += 1
             self.endpoint = endpoint
             ended = defer.Deferred()
+            began = self.reactor.seconds()
             try:
                 conn = await connect_twisted(self.reactor, endpoint, self.subprotocol,
                                              self.connect_timeout_s, self.cafile,
                                              self.authorization)
-            except Exception:
+            except Exception as exc:
                 conn = None
+                self.attempts.append((began, endpoint, f"connect failed: {exc!r:.120}"))
             if conn is not None and not self.done:
                 self._conn = conn
                 try:
                     status, body = await conn.request(self.cursor.subscribe(conn.next_id()))
-                except Exception:
+                except Exception as exc:
                     status, body = None, None
+                    self.attempts.append((began, endpoint, f"subscribe failed: {exc!r:.120}"))
+                if status is not None:
+                    self.attempts.append((began, endpoint, _outcome(status, body)))
                 if status == 200:
                     compacted_at.clear()
                     deadline = self.reactor.seconds() + self.give_up_s
                     self.cursor.started(body)
                     conn.streams[body["stream"]] = lambda m: self._message(m, ended)
-                    await ended
+                    why = await ended
+                    self.attempts.append((self.reactor.seconds(), endpoint,
+                                          f"ended before {self.cursor.resume_point()}: "
+                                          f"{(why or {}).get('error') or 'a gap'}"))
                 elif status == 410:
                     first = (body or {}).get("first_index", (body or {}).get("first_revision"))
                     compacted_at[endpoint] = first

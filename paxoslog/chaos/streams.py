@@ -25,6 +25,7 @@ class _Observer:
         self.clock = clock
         self.items: list = []
         self.error: str | None = None
+        self.started = stream.reactor.seconds()
         self.done = stream.each(self.items.append)
         self.done.addErrback(self._failed)
 
@@ -43,6 +44,8 @@ class _Observer:
                "gaps": self.stream.gaps, "reconnects": self.stream.reconnects,
                "ends": [{k: v for k, v in m.items() if k != "stream"}
                         for m in self.stream.ends if m.get("error") != "connection_lost"],
+               "attempts": [[round(t - self.started, 3), endpoint, what]
+                            for t, endpoint, what in self.stream.attempts],
                "error": self.error}
         if cursor.kind == "watch":
             out["prefix"] = cursor.prefix

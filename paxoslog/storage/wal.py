@@ -82,7 +82,6 @@ class Replay:
             if self.floor is None or value[0] >= self.floor[0]:
                 self.floor = value
 
-
     def reapplies(self, older: SnapshotMeta, newest: SnapshotMeta) -> bool:
         """Whether a restart may restore ``older`` and apply the log up to ``newest`` again:
         ``older`` is at or above the floor (the log above it was not compacted or replaced

@@ -51,3 +51,28 @@ def test_endpoints_become_websocket_urls():
     assert ws_url("http://h:1/") == "ws://h:1/api/v1/ws"
     assert ws_url("https://h:2") == "wss://h:2/api/v1/ws"
     assert ws_url("h:3") == "ws://h:3/api/v1/ws"
+
+
+_REFUSED = r"""
+import socket
+from twisted.internet import reactor
+from paxoslog.wsclient import connect_twisted
+with socket.socket() as s:                 # a port nobody listens on
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+d = connect_twisted(reactor, f"http://127.0.0.1:{port}", timeout_s=60.0)
+d.addBoth(lambda r: (print(type(r.value).__name__, r.value), reactor.stop()))
+reactor.run()
+"""
+
+
+def test_the_twisted_client_fails_at_once_on_a_refused_endpoint():
+    """connect_twisted reports a refused connection as such, not after its timeout: a
+    stream cycling over its endpoints used to spend the whole timeout on each one that was
+    down (a chaos run's streams fell behind every node's log that way)."""
+    import subprocess
+    import sys
+    out = subprocess.run([sys.executable, "-c", _REFUSED], capture_output=True, text=True,
+                         timeout=30).stdout
+    assert out.startswith("ConnectionError cannot connect to http://127.0.0.1:"), out
+    assert "refused" in out
