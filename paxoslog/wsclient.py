@@ -15,6 +15,12 @@ autobahn's WebSocket clients; the cursors are the one implementation of the resu
 
 ``https://`` endpoints are reached as ``wss://``, verified against ``cafile`` (the cluster
 CA, as for the HTTP clients) or, without one, the system's trust store.
+
+Size: three parts around one wire format: the cursors and the message codec (pure, about
+a third), the Twisted driver and the blocking asyncio driver (a connection and its resume
+loop each).  They change together whenever the protocol does (a new message type, a new
+end reason), which is why they share a module; the drivers import their framework lazily,
+so a process loads only the one it uses.
 """
 
 from __future__ import annotations
