@@ -298,9 +298,11 @@ def test_after_every_node_restarts_a_watch_resumes_from_before_their_newest_snap
             c.wait_applied(n, top)
         if min(newest_snapshots()) >= 300:
             break
-    newest = newest_snapshots()
-    start = min(newest) - 10
-    assert start > max(newest) - 90, newest     # above every node's previous snapshot
+    # A snapshot is written on a thread: wait until every node has written the one its
+    # applied entries call for (the nodes' snapshot indexes then differ by a few entries).
+    newest = wait_for(lambda: (lambda s: s if max(s) - min(s) < 50 else None)(
+        newest_snapshots()), 20, what="every node's newest snapshot to be written")
+    start = min(newest) - 10                    # above every node's previous snapshot
     with WsProbe.of(c, c.ids[0]) as whole:
         watch = whole.subscribe({"op": "watch", "prefix": "q", "from": 1, "prev": True})
         expected = [e for e in whole.wait_revision(watch, top) if e["mod_index"] >= start]
