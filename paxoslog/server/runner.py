@@ -88,6 +88,7 @@ class DriverRunner:
         self.fatal: BaseException | None = None
         self.leader_since: float | None = None
         self._persisting = 0
+        self._persisted_inline: tuple | None = None   # (seconds, ready), see _persist
         self._idle_waiters: list[defer.Deferred] = []
         self._pump_call = None
 
@@ -271,6 +272,9 @@ class DriverRunner:
                          config=op.config.describe(), index=op.index)
             else:
                 raise AssertionError(f"unknown instruction {op!r:.200}")
+        done, self._persisted_inline = self._persisted_inline, None
+        if done is not None:
+            self._persisted(*done)
 
     def _reply(self, op: Reply) -> None:
         handle = op.handle
@@ -321,10 +325,20 @@ class DriverRunner:
         if not op.sync:
             self.writer.append_unsynced(ready).addErrback(self._storage_failed, "appending")
             return
+        self._persisting += 1
+        if self.writer.persists_inline(ready):
+            # Durable when this returns; the driver hears of it once the rest of this
+            # instruction list has been carried out, as if it came back from the thread.
+            try:
+                seconds = self.writer.persist_now(ready)
+            except Exception:
+                self._persist_failed(Failure())
+                return
+            self._persisted_inline = (seconds, ready)
+            return
         snapshot_file = None
         if ready.snapshot is not None and ready.snapshot_data:
             snapshot_file = ready.snapshot_data.decode()
-        self._persisting += 1
         d = self.writer.persist(ready, snapshot_file)
         d.addCallbacks(self._persisted, self._persist_failed, callbackArgs=(ready,))
 

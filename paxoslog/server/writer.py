@@ -22,6 +22,17 @@ that job's own records, or after ``HINT_DELAY`` seconds when no job comes.  One 
 writing at a time made one hint per write on the leader, and its hand-off woke the writer
 thread, which took the GIL from the event loop between the sends of the next write's
 appends (strace: the second follower's append went out about 0.5 ms after the first).
+
+A small Ready is persisted on the event loop itself (``persists_inline``, ``persist_now``):
+one that carries at most ``INLINE_COMMANDS_MAX`` commands, while no WAL job is queued or
+running and the last fsync took less than ``INLINE_FSYNC_MAX``.  That is the lightly
+loaded case, where the hand-off to the WAL thread and the result's way back cost more than
+the loop could do meanwhile: one client's write waited for two hand-offs on the leader and
+two on the follower whose acknowledgement completed the quorum, 50-125 us each.  Under
+load a Ready carries many commands (client commands are batched into entries) and goes to
+the thread, so the loop keeps parsing requests during the fsync.  A slow or stalled disk
+sends the next Ready to the thread too, until an fsync is fast again
+(docs/design-notes.md, "Small Readies are persisted on the event loop").
 """
 
 from __future__ import annotations
@@ -39,9 +50,11 @@ from paxoslog.core.log import SnapshotMeta
 from paxoslog.core.ready import Ready
 from paxoslog.storage import DiskStorage
 
-__all__ = ["StorageWriter", "HINT_DELAY"]
+__all__ = ["StorageWriter", "HINT_DELAY", "INLINE_COMMANDS_MAX", "INLINE_FSYNC_MAX"]
 
 HINT_DELAY = 0.05     # seconds a commit hint waits for a job to carry it
+INLINE_COMMANDS_MAX = 4     # a Ready with at most this many commands may skip the thread
+INLINE_FSYNC_MAX = 0.002    # ... while the last fsync took less than this (seconds)
 
 
 class _SerialThread:
@@ -103,6 +116,7 @@ class StorageWriter:
         self._hint: Ready | None = None           # the newest commit hint not yet written
         self._hint_waiters: list[defer.Deferred] = []
         self._hint_call = None
+        self.last_fsync = 0.0      # seconds the last Ready's append + fsync took
 
     def start(self) -> None:
         self._wal.start()
@@ -149,6 +163,33 @@ class StorageWriter:
             else:
                 waiter.callback(result)
 
+    def persists_inline(self, ready: Ready) -> bool:
+        """Whether ``ready`` is small enough, and the disk quick enough, to be persisted
+        on the calling thread (``persist_now``) rather than handed to the WAL thread."""
+        if ready.snapshot is not None or self._wal.pending or \
+                self.last_fsync >= INLINE_FSYNC_MAX:
+            return False
+        commands = 0
+        for entry in ready.entries:
+            commands += len(entry.payload)
+        return commands <= INLINE_COMMANDS_MAX
+
+    def persist_now(self, ready: Ready) -> float:
+        """``persist`` on the calling (reactor) thread, when ``persists_inline(ready)``;
+        returns the fsync time in seconds, raises ``StorageIOError`` if it failed.  A
+        waiting commit hint is written first, as a WAL job would."""
+        assert not self._wal.pending and ready.snapshot is None
+        hint, waiters = self._take_hint()
+        try:
+            if hint is not None:
+                self.storage.append(hint)
+            seconds = self._persist(ready, None)
+        except BaseException:
+            self._fire(waiters, Failure())
+            raise
+        self._fire(waiters, None)
+        return seconds
+
     def _persist(self, ready: Ready, snapshot_file: str | None) -> float:
         storage = self.storage
         started = time.perf_counter()
@@ -158,7 +199,9 @@ class StorageWriter:
         else:
             storage.append(ready)
             storage.sync()
-        return time.perf_counter() - started
+        seconds = time.perf_counter() - started
+        self.last_fsync = seconds
+        return seconds
 
     def append_unsynced(self, ready: Ready) -> defer.Deferred:
         """Append without fsync: for a Ready whose only durable change is the commit point

@@ -24,6 +24,7 @@ from paxoslog.server.router import RequestRouter
 from paxoslog.server.runner import DriverRunner
 from paxoslog.server.ticker import Ticker
 from paxoslog.storage import DiskStorage, StorageOptions
+from paxoslog.storage.errors import StorageIOError
 from paxoslog.storage.snapshot import encode_snapshot_bytes
 from statemachines.kv import KVStateMachine
 
@@ -158,8 +159,19 @@ class ScriptedDriver:
 
 
 class ManualWriter:
-    def __init__(self) -> None:
+    def __init__(self, inline: bool = False) -> None:
         self.persists: list = []
+        self.inline = inline          # persists_inline's answer
+        self.fail_now: Exception | None = None
+
+    def persists_inline(self, ready) -> bool:
+        return self.inline
+
+    def persist_now(self, ready) -> float:
+        if self.fail_now is not None:
+            raise self.fail_now
+        self.persists.append((ready, "inline"))
+        return 0.0002
 
     def persist(self, ready, snapshot_file=None) -> defer.Deferred:
         d = defer.Deferred()
@@ -218,6 +230,36 @@ def test_runner_answers_the_client_after_the_fsync_and_pumps_once_per_turn():
     writer.persists[0][1].callback(0.003)
     assert answers == [{"status": "committed"}]
     assert driver.calls[-1] == ("persisted", (ready,)) and runner.fsync.count == 1
+
+
+def test_a_ready_persisted_inline_completes_after_the_rest_of_its_instructions():
+    """When the writer persists a Ready on the event loop, the driver hears of it at once,
+    but only after every other instruction of the same list was carried out (the order a
+    completion from the WAL thread would have had)."""
+    driver = ScriptedDriver()
+    writer = ManualWriter(inline=True)
+    runner, reactor = runner_with(driver, writer)
+    ready = Ready(entries=[])
+    driver.next["persisted"] = [Send(["ack"])]
+    runner.execute([Send(["append"]), Persist(ready, sync=True), Send(["late"])])
+    assert writer.persists == [(ready, "inline")]
+    assert runner.transport.sent == ["append", "late", "ack"]
+    assert driver.calls[-1] == ("persisted", (ready,))
+    assert runner.fsync.count == 1 and runner.idle().called
+
+
+def test_a_failed_inline_persist_stops_the_node():
+    """A write or fsync that fails on the event loop is fatal, as on the WAL thread; the
+    driver never hears that the Ready was persisted."""
+    driver = ScriptedDriver()
+    writer = ManualWriter(inline=True)
+    writer.fail_now = StorageIOError("fsync failed: EIO")
+    died = []
+    runner, reactor = runner_with(driver, writer, died=died)
+    runner.execute([Persist(Ready(entries=[]), sync=True)])
+    assert len(died) == 1 and "EIO" in str(died[0])
+    assert "persisted" not in [name for name, _ in driver.calls]
+    assert runner.idle().called
 
 
 def test_runner_runs_the_ready_loop_at_once_after_peer_messages():

@@ -1,17 +1,25 @@
 """StorageWriter: WAL jobs run in order on one thread; a commit hint (a Ready that only
 moves the commit point) is not a job of its own but rides on the next job, ahead of its
-records, or is written after HINT_DELAY when no job comes."""
+records, or is written after HINT_DELAY when no job comes.  A small Ready, while the thread
+is idle and the disk quick, is persisted on the calling thread instead."""
 
 from __future__ import annotations
 
 import queue
 import threading
+import time
 
+import pytest
 from twisted.internet.task import Clock
 
-from paxoslog.core.log import Entry, HardState
+from paxoslog.core.log import Entry, HardState, SnapshotMeta
+from paxoslog.core.quorum import Config
 from paxoslog.core.ready import Ready
-from paxoslog.server.writer import HINT_DELAY, StorageWriter
+from paxoslog.server.writer import (HINT_DELAY, INLINE_COMMANDS_MAX, INLINE_FSYNC_MAX,
+                                    StorageWriter)
+from paxoslog.storage.errors import StorageIOError
+
+CONFIG = Config(frozenset({1, 2, 3}))
 
 
 class ThreadClock(Clock):
@@ -105,4 +113,83 @@ def test_close_writes_the_waiting_hint_first():
     clock.drain(1)
     assert storage.calls == [("append", 9, 0), ("close",)]
     assert clock.getDelayedCalls() == []            # the delayed write was cancelled
+    w.stop()
+
+
+# ====================================================================== on the event loop
+
+class SlowSync(Recorder):
+    """A disk whose fsync takes ``seconds`` (a stalled disk)."""
+
+    def __init__(self, seconds: float) -> None:
+        super().__init__()
+        self.seconds = seconds
+
+    def sync(self) -> None:
+        super().sync()
+        deadline = time.perf_counter() + self.seconds
+        while time.perf_counter() < deadline:
+            pass
+
+
+class FailingSync(Recorder):
+    def sync(self) -> None:
+        raise StorageIOError("fdatasync failed: EIO")
+
+
+def commands(index: int, count: int) -> Ready:
+    return Ready(entries=[Entry(index, 2, 0, (b"x",) * count)])
+
+
+def test_a_small_ready_is_persisted_on_the_calling_thread_with_the_waiting_hint_first():
+    w, storage, clock = writer()
+    fired = []
+    w.append_unsynced(hint(4)).addCallback(fired.append)
+    ready = commands(5, INLINE_COMMANDS_MAX)
+    assert w.persists_inline(ready)
+    seconds = w.persist_now(ready)
+    assert storage.calls == [("append", 4, 0), ("append", None, 1), ("sync",)]
+    assert fired == [None] and seconds >= 0 and w.last_fsync == seconds
+    assert w._wal.pending == 0 and clock.getDelayedCalls() == []   # the hint's timer went
+    w.stop()
+
+
+def test_big_readies_snapshots_and_a_busy_wal_thread_go_to_the_thread():
+    w, storage, clock = writer()
+    assert not w.persists_inline(commands(5, INLINE_COMMANDS_MAX + 1))
+    # Commands count across entries, not entries.
+    assert not w.persists_inline(Ready(entries=[Entry(5, 2, 0, (b"x",) * 3),
+                                                Entry(6, 2, 0, (b"y",) * 3)]))
+    assert not w.persists_inline(Ready(snapshot=SnapshotMeta(9, 2, CONFIG)))
+    assert w.persists_inline(Ready(hard_state=HardState(3, 2, 0)))    # a vote: no commands
+    job = w.persist(commands(5, 1))
+    assert not w.persists_inline(commands(6, 1))     # the WAL thread has a job: in order
+    clock.drain(1)
+    assert job.called and w.persists_inline(commands(6, 1))
+    w.stop()
+
+
+def test_after_a_slow_fsync_the_next_ready_goes_to_the_thread_until_one_is_fast():
+    storage, clock = SlowSync(INLINE_FSYNC_MAX * 1.5), ThreadClock()
+    w = StorageWriter(storage, clock)
+    w.start()
+    assert w.persists_inline(commands(1, 1))
+    w.persist_now(commands(1, 1))
+    assert w.last_fsync >= INLINE_FSYNC_MAX and not w.persists_inline(commands(2, 1))
+    storage.seconds = 0.0                            # the disk recovers
+    w.persist(commands(2, 1))
+    clock.drain(1)
+    assert w.last_fsync < INLINE_FSYNC_MAX and w.persists_inline(commands(3, 1))
+    w.stop()
+
+
+def test_a_failed_inline_fsync_raises_and_fails_the_hint_waiters():
+    storage, clock = FailingSync(), ThreadClock()
+    w = StorageWriter(storage, clock)
+    w.start()
+    failed = []
+    w.append_unsynced(hint(2)).addErrback(failed.append)
+    with pytest.raises(StorageIOError):
+        w.persist_now(commands(3, 1))
+    assert len(failed) == 1 and failed[0].check(StorageIOError)
     w.stop()
