@@ -325,10 +325,13 @@ class DriverRunner:
         if not op.sync:
             self.writer.append_unsynced(ready).addErrback(self._storage_failed, "appending")
             return
-        self._persisting += 1
         if self.writer.persists_inline(ready):
             # Durable when this returns; the driver hears of it once the rest of this
             # instruction list has been carried out, as if it came back from the thread.
+            if self._persisted_inline is not None:      # the driver persists one at a time
+                self.die(FatalNodeError("two Readies to persist in one instruction list"))
+                return
+            self._persisting += 1
             try:
                 seconds = self.writer.persist_now(ready)
             except Exception:
@@ -336,6 +339,7 @@ class DriverRunner:
                 return
             self._persisted_inline = (seconds, ready)
             return
+        self._persisting += 1
         snapshot_file = None
         if ready.snapshot is not None and ready.snapshot_data:
             snapshot_file = ready.snapshot_data.decode()

@@ -24,14 +24,16 @@ thread, which took the GIL from the event loop between the sends of the next wri
 appends (strace: the second follower's append went out about 0.5 ms after the first).
 
 A small Ready is persisted on the event loop itself (``persists_inline``, ``persist_now``):
-one that carries at most ``INLINE_COMMANDS_MAX`` commands, while no WAL job is queued or
-running and the last fsync took less than ``INLINE_FSYNC_MAX``.  That is the lightly
-loaded case, where the hand-off to the WAL thread and the result's way back cost more than
-the loop could do meanwhile: one client's write waited for two hand-offs on the leader and
-two on the follower whose acknowledgement completed the quorum, 50-125 us each.  Under
-load a Ready carries many commands (client commands are batched into entries) and goes to
-the thread, so the loop keeps parsing requests during the fsync.  A slow or stalled disk
-sends the next Ready to the thread too, until an fsync is fast again
+one that carries at most ``INLINE_COMMANDS_MAX`` commands and ``INLINE_BYTES_MAX`` bytes of
+entries, while no WAL job is queued or running, no snapshot file is being written, and the
+last fsync took less than ``INLINE_FSYNC_MAX``.  That is the lightly loaded case, where the
+hand-off to the WAL thread and the result's way back cost more than the loop could do
+meanwhile: one client's write waited for two hand-offs on the leader and two on the
+follower whose acknowledgement completed the quorum, 50-125 us each.  Under load a Ready
+carries many commands (client commands are batched into entries) and goes to the thread,
+so the loop keeps parsing requests during the fsync.  The price: an fsync that stalls on
+the loop stalls the whole node until it returns (no ticks, heartbeats or answers, like a
+short pause); the Readies after it go to the thread until an fsync is fast again
 (docs/design-notes.md, "Small Readies are persisted on the event loop").
 """
 
@@ -40,20 +42,23 @@ from __future__ import annotations
 import queue
 import threading
 import time
+from typing import Callable
 
 from twisted.internet import defer
 from twisted.internet.threads import deferToThreadPool
 from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
 
-from paxoslog.core.log import SnapshotMeta
+from paxoslog.core.log import SnapshotMeta, entry_bytes
 from paxoslog.core.ready import Ready
 from paxoslog.storage import DiskStorage
 
-__all__ = ["StorageWriter", "HINT_DELAY", "INLINE_COMMANDS_MAX", "INLINE_FSYNC_MAX"]
+__all__ = ["StorageWriter", "HINT_DELAY", "INLINE_COMMANDS_MAX", "INLINE_BYTES_MAX",
+           "INLINE_FSYNC_MAX"]
 
 HINT_DELAY = 0.05     # seconds a commit hint waits for a job to carry it
-INLINE_COMMANDS_MAX = 4     # a Ready with at most this many commands may skip the thread
+INLINE_COMMANDS_MAX = 4     # a Ready with at most this many commands
+INLINE_BYTES_MAX = 65536    # ... and this many bytes of entries may skip the thread
 INLINE_FSYNC_MAX = 0.002    # ... while the last fsync took less than this (seconds)
 
 
@@ -106,9 +111,12 @@ class _SerialThread:
 
 
 class StorageWriter:
-    def __init__(self, storage: DiskStorage, reactor) -> None:
+    def __init__(self, storage: DiskStorage, reactor, *,
+                 perf_counter: Callable[[], float] = time.perf_counter) -> None:
+        """``perf_counter``: the clock that times each Ready's append and fsync."""
         self.storage = storage
         self.reactor = reactor
+        self._perf_counter = perf_counter
         self.snap_lock = threading.Lock()
         self._wal = _SerialThread(reactor, "paxoslog-wal")
         self._snap = ThreadPool(minthreads=1, maxthreads=1, name="paxoslog-snapshot")
@@ -117,6 +125,8 @@ class StorageWriter:
         self._hint_waiters: list[defer.Deferred] = []
         self._hint_call = None
         self.last_fsync = 0.0      # seconds the last Ready's append + fsync took
+        self._snapshot_jobs = 0    # submitted to the snapshot thread, not yet back
+        self._closing = False
 
     def start(self) -> None:
         self._wal.start()
@@ -166,19 +176,25 @@ class StorageWriter:
     def persists_inline(self, ready: Ready) -> bool:
         """Whether ``ready`` is small enough, and the disk quick enough, to be persisted
         on the calling thread (``persist_now``) rather than handed to the WAL thread."""
-        if ready.snapshot is not None or self._wal.pending or \
-                self.last_fsync >= INLINE_FSYNC_MAX:
+        if ready.snapshot is not None or not self._loop_may_write():
             return False
-        commands = 0
+        commands = size = 0
         for entry in ready.entries:
             commands += len(entry.payload)
-        return commands <= INLINE_COMMANDS_MAX
+            size += entry_bytes(entry)
+        return commands <= INLINE_COMMANDS_MAX and size <= INLINE_BYTES_MAX
+
+    def _loop_may_write(self) -> bool:
+        """No other write to the data directory is running or queued, none comes after
+        (closing), and the disk was quick the last time."""
+        return (self._started and not self._closing and not self._wal.pending
+                and not self._snapshot_jobs and self.last_fsync < INLINE_FSYNC_MAX)
 
     def persist_now(self, ready: Ready) -> float:
         """``persist`` on the calling (reactor) thread, when ``persists_inline(ready)``;
         returns the fsync time in seconds, raises ``StorageIOError`` if it failed.  A
         waiting commit hint is written first, as a WAL job would."""
-        assert not self._wal.pending and ready.snapshot is None
+        assert self._loop_may_write() and ready.snapshot is None
         hint, waiters = self._take_hint()
         try:
             if hint is not None:
@@ -192,14 +208,14 @@ class StorageWriter:
 
     def _persist(self, ready: Ready, snapshot_file: str | None) -> float:
         storage = self.storage
-        started = time.perf_counter()
+        started = self._perf_counter()
         if ready.snapshot is not None:
             with self.snap_lock:
                 storage.save(ready, snapshot_file=snapshot_file)
         else:
             storage.append(ready)
             storage.sync()
-        seconds = time.perf_counter() - started
+        seconds = self._perf_counter() - started
         self.last_fsync = seconds
         return seconds
 
@@ -233,6 +249,7 @@ class StorageWriter:
     def close(self) -> defer.Deferred:
         """Seal the WAL (fsync) and release the data directory, after queued work (a
         waiting commit hint included)."""
+        self._closing = True
         return self._submit(self.storage.close)
 
     # ------------------------------------------------------------------ snapshot thread
@@ -251,19 +268,30 @@ class StorageWriter:
                 states = verify(states, table)
             with self.snap_lock:
                 return self.storage.save_snapshot(meta, states, table)
-        return deferToThreadPool(self.reactor, self._snap, run)
+        return self._on_snapshot_thread(run)
 
     def compaction_point(self, taken: SnapshotMeta) -> defer.Deferred:
         """Fires with ``storage.compaction_point(taken)`` (it reads a snapshot header)."""
         def run():
             with self.snap_lock:
                 return self.storage.compaction_point(taken)
-        return deferToThreadPool(self.reactor, self._snap, run)
+        return self._on_snapshot_thread(run)
 
     def in_snapshot_thread(self, fn, *args) -> defer.Deferred:
         """Run slow snapshot-file work (checksums, verification, restoring state machines
         from a received snapshot) off the reactor, after any snapshot queued before."""
-        return deferToThreadPool(self.reactor, self._snap, fn, *args)
+        return self._on_snapshot_thread(fn, *args)
+
+    def _on_snapshot_thread(self, fn, *args) -> defer.Deferred:
+        """Run ``fn`` on the snapshot thread; counted while it runs (a snapshot file being
+        written can slow the WAL's fsyncs: Readies are not persisted on the loop then)."""
+        self._snapshot_jobs += 1
+        d = deferToThreadPool(self.reactor, self._snap, fn, *args)
+
+        def back(result):
+            self._snapshot_jobs -= 1
+            return result
+        return d.addBoth(back)
 
     def stop(self) -> None:
         if self._started:

@@ -246,6 +246,17 @@ def test_a_ready_persisted_inline_completes_after_the_rest_of_its_instructions()
     assert runner.transport.sent == ["append", "late", "ack"]
     assert driver.calls[-1] == ("persisted", (ready,))
     assert runner.fsync.count == 1 and runner.idle().called
+    reactor.advance(0)                      # the pump that completes the Ready was scheduled
+    assert driver.calls[-1] == ("pump", ())
+
+
+def test_two_readies_to_persist_in_one_list_stop_the_node():
+    """The driver persists one Ready at a time; a list with two breaks its contract."""
+    driver = ScriptedDriver()
+    died = []
+    runner, reactor = runner_with(driver, ManualWriter(inline=True), died=died)
+    runner.execute([Persist(Ready(entries=[]), sync=True), Persist(Ready(entries=[]), sync=True)])
+    assert len(died) == 1 and "two Readies" in str(died[0])
 
 
 def test_a_failed_inline_persist_stops_the_node():

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import queue
 import threading
-import time
 
 import pytest
 from twisted.internet.task import Clock
@@ -15,8 +14,8 @@ from twisted.internet.task import Clock
 from paxoslog.core.log import Entry, HardState, SnapshotMeta
 from paxoslog.core.quorum import Config
 from paxoslog.core.ready import Ready
-from paxoslog.server.writer import (HINT_DELAY, INLINE_COMMANDS_MAX, INLINE_FSYNC_MAX,
-                                    StorageWriter)
+from paxoslog.server.writer import (HINT_DELAY, INLINE_BYTES_MAX, INLINE_COMMANDS_MAX,
+                                    INLINE_FSYNC_MAX, StorageWriter)
 from paxoslog.storage.errors import StorageIOError
 
 CONFIG = Config(frozenset({1, 2, 3}))
@@ -118,18 +117,17 @@ def test_close_writes_the_waiting_hint_first():
 
 # ====================================================================== on the event loop
 
-class SlowSync(Recorder):
-    """A disk whose fsync takes ``seconds`` (a stalled disk)."""
+class StepTimer:
+    """The writer's clock: every reading is ``step`` seconds after the previous one, so a
+    Ready's append + fsync takes exactly ``step``."""
 
-    def __init__(self, seconds: float) -> None:
-        super().__init__()
-        self.seconds = seconds
+    def __init__(self, step: float) -> None:
+        self.step = step
+        self.now = 0.0
 
-    def sync(self) -> None:
-        super().sync()
-        deadline = time.perf_counter() + self.seconds
-        while time.perf_counter() < deadline:
-            pass
+    def __call__(self) -> float:
+        self.now += self.step
+        return self.now
 
 
 class FailingSync(Recorder):
@@ -137,29 +135,37 @@ class FailingSync(Recorder):
         raise StorageIOError("fdatasync failed: EIO")
 
 
-def commands(index: int, count: int) -> Ready:
-    return Ready(entries=[Entry(index, 2, 0, (b"x",) * count)])
+def commands(index: int, count: int, size: int = 1) -> Ready:
+    return Ready(entries=[Entry(index, 2, 0, (b"x" * size,) * count)])
+
+
+def timed_writer(step: float, storage=None) -> tuple[StorageWriter, Recorder, ThreadClock]:
+    storage, clock = storage or Recorder(), ThreadClock()
+    w = StorageWriter(storage, clock, perf_counter=StepTimer(step))
+    w.start()
+    return w, storage, clock
 
 
 def test_a_small_ready_is_persisted_on_the_calling_thread_with_the_waiting_hint_first():
-    w, storage, clock = writer()
+    w, storage, clock = timed_writer(0.0003)
     fired = []
     w.append_unsynced(hint(4)).addCallback(fired.append)
     ready = commands(5, INLINE_COMMANDS_MAX)
     assert w.persists_inline(ready)
-    seconds = w.persist_now(ready)
+    assert w.persist_now(ready) == pytest.approx(0.0003)
     assert storage.calls == [("append", 4, 0), ("append", None, 1), ("sync",)]
-    assert fired == [None] and seconds >= 0 and w.last_fsync == seconds
+    assert fired == [None] and w.last_fsync == pytest.approx(0.0003)
     assert w._wal.pending == 0 and clock.getDelayedCalls() == []   # the hint's timer went
     w.stop()
 
 
 def test_big_readies_snapshots_and_a_busy_wal_thread_go_to_the_thread():
-    w, storage, clock = writer()
+    w, storage, clock = timed_writer(0.0003)
     assert not w.persists_inline(commands(5, INLINE_COMMANDS_MAX + 1))
-    # Commands count across entries, not entries.
+    # Commands count across entries, not entries; bytes count too.
     assert not w.persists_inline(Ready(entries=[Entry(5, 2, 0, (b"x",) * 3),
                                                 Entry(6, 2, 0, (b"y",) * 3)]))
+    assert not w.persists_inline(commands(5, 1, size=INLINE_BYTES_MAX))
     assert not w.persists_inline(Ready(snapshot=SnapshotMeta(9, 2, CONFIG)))
     assert w.persists_inline(Ready(hard_state=HardState(3, 2, 0)))    # a vote: no commands
     job = w.persist(commands(5, 1))
@@ -169,14 +175,26 @@ def test_big_readies_snapshots_and_a_busy_wal_thread_go_to_the_thread():
     w.stop()
 
 
+def test_nothing_is_persisted_on_the_loop_while_a_snapshot_file_is_written_or_after_close():
+    w, storage, clock = timed_writer(0.0003)
+    release = threading.Event()
+    saved = w.in_snapshot_thread(release.wait, 10)
+    assert not w.persists_inline(commands(1, 1))
+    release.set()
+    clock.drain(1)                                  # the snapshot thread's result is back
+    assert saved.called and w.persists_inline(commands(1, 1))
+    w.close()
+    clock.drain(1)
+    assert not w.persists_inline(commands(2, 1))
+    w.stop()
+
+
 def test_after_a_slow_fsync_the_next_ready_goes_to_the_thread_until_one_is_fast():
-    storage, clock = SlowSync(INLINE_FSYNC_MAX * 1.5), ThreadClock()
-    w = StorageWriter(storage, clock)
-    w.start()
+    w, storage, clock = timed_writer(INLINE_FSYNC_MAX * 1.5)
     assert w.persists_inline(commands(1, 1))
     w.persist_now(commands(1, 1))
     assert w.last_fsync >= INLINE_FSYNC_MAX and not w.persists_inline(commands(2, 1))
-    storage.seconds = 0.0                            # the disk recovers
+    w._perf_counter.step = INLINE_FSYNC_MAX / 10    # the disk recovers
     w.persist(commands(2, 1))
     clock.drain(1)
     assert w.last_fsync < INLINE_FSYNC_MAX and w.persists_inline(commands(3, 1))
@@ -184,9 +202,7 @@ def test_after_a_slow_fsync_the_next_ready_goes_to_the_thread_until_one_is_fast(
 
 
 def test_a_failed_inline_fsync_raises_and_fails_the_hint_waiters():
-    storage, clock = FailingSync(), ThreadClock()
-    w = StorageWriter(storage, clock)
-    w.start()
+    w, storage, clock = timed_writer(0.0003, FailingSync())
     failed = []
     w.append_unsynced(hint(2)).addErrback(failed.append)
     with pytest.raises(StorageIOError):
