@@ -186,3 +186,96 @@ def test_a_snapshot_copy_costs_references_not_a_list_per_row():
     restored = _kv()
     restored.restore_chunks(producer())
     assert restored.snapshot() == kv.snapshot()
+
+
+def _reference_rows(kv: KVStateMachine) -> list:
+    return [[key, *kv._data[key]] for key in kv._data]
+
+
+def test_cuts_read_while_the_store_changes_give_the_state_at_their_cut():
+    """Random puts, deletes, lease revokes and restores interleaved with several live
+    cuts, each read a little at a time between the changes (as the snapshot thread does):
+    every cut yields exactly the records at its cut, in key order; a dropped cut stops
+    being kept."""
+    from hypothesis import given, settings, strategies as st
+
+    step = st.tuples(st.sampled_from(["put", "put", "delete", "cut", "read", "drop",
+                                      "revoke", "restore"]),
+                     st.integers(0, 30), st.integers(0, 5))
+
+    @settings(max_examples=150, deadline=None)
+    @given(st.lists(step, max_size=120))
+    def run(steps):
+        kv = _kv()
+        index = 1
+        _apply(kv, index, {"op": "lease_grant", "ttl_ms": 1000})
+        lease = index
+        live = []            # [expected rows, iterator, rows read so far]
+        for kind, n, m in steps:
+            index += 1
+            key = f"k{n:02d}"
+            if kind == "put":
+                command = {"op": "put", "key": key, "value": [n, m, index]}
+                if m == 0 and lease is not None:
+                    command["lease"] = lease
+                _apply(kv, index, command)
+            elif kind == "delete":
+                _apply(kv, index, {"op": "delete", "key": key})
+            elif kind == "revoke" and lease is not None:
+                _apply(kv, index, {"op": "lease_revoke", "id": lease})
+                lease = None
+            elif kind == "restore":
+                fresh = _kv()
+                fresh.restore(kv.snapshot())
+                kv._data, kv._cuts = fresh._data, []
+                # keep the lease table as is; only the store is swapped
+            elif kind == "cut":
+                count, rows = kv._copy_rows()
+                live.append([_reference_rows(kv), rows(), []])
+            elif kind == "read" and live:
+                entry = live[n % len(live)]
+                for _ in range(m + 1):
+                    row = next(entry[1], None)
+                    if row is None:
+                        break
+                    entry[2].append(row[:5])
+            elif kind == "drop" and live:
+                live.pop(n % len(live))
+        for expected, rows, read in live:
+            read += [row[:5] for row in rows]
+            assert [row for row in read if row[0] is not None] == expected
+
+    run()
+
+
+def test_a_cut_read_on_another_thread_while_the_loop_writes_is_the_state_at_the_cut():
+    """The snapshot thread reads a cut while this thread keeps writing, deleting and
+    overwriting the same keys: the rows are the records at the cut.  The GIL changes
+    hands every 10 us, so the two threads interleave within the read."""
+    import sys
+    import threading
+    kv = _kv()
+    for i in range(20_000):
+        kv.apply(i + 1, {"op": "put", "key": f"k{i:05d}", "value": i})
+    expected = kv.snapshot()
+    producer = kv.snapshot_chunks_copy()
+    out = []
+    reader = threading.Thread(target=lambda: out.append(b"".join(producer())))
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-5)
+    try:
+        reader.start()
+        index = 20_001
+        while reader.is_alive() and index < 400_000:
+            i = index % 20_000
+            if index % 3:
+                kv.apply(index, {"op": "put", "key": f"k{i:05d}", "value": -index})
+            else:
+                kv.apply(index, {"op": "delete", "key": f"k{i:05d}"})
+            index += 1
+        reader.join()
+    finally:
+        sys.setswitchinterval(interval)
+    assert index > 20_100            # the writes ran while the rows were read
+    assert out == [expected]
+    assert kv.snapshot() != expected
