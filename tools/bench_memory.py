@@ -5,7 +5,9 @@ a temporary directory, fsync on), loads ``--keys`` keys of ``--value-bytes`` byt
 ``POST /api/v1/consensus/batch`` (``--writers`` clients in parallel), waits until every
 node applied everything, lets the nodes take their snapshot, and prints each node's
 resident set size (VmRSS, once no snapshot has been taken for 3 s) and peak (VmHWM) against
-the raw data size (keys + values).
+the raw data size (keys + values), and whether the term moved during the load (a node that
+holds its event loop too long, say while copying a large state for a snapshot, costs an
+election).
 
     python tools/bench_memory.py [--modes multipaxos,raft] [--keys 1000000]
                                  [--value-bytes 1024] [--writers 4] [--batch 800]
@@ -121,6 +123,7 @@ def measure(mode: str, args) -> dict:
         cluster.start_all()
         leader = cluster.wait_leader()
         idle = {n: rss_kib(p.pid)[0] for n, p in cluster.procs.items()}
+        term_before = max(s["term"] for s in settle(cluster).values())
         order = [leader] + [n for n in cluster.procs if n != leader]
         endpoints = ["http://%s:%d" % cluster.api(n) for n in order]
         print(f"{mode}: loading {args.keys:,} keys of {args.value_bytes} bytes "
@@ -128,11 +131,14 @@ def measure(mode: str, args) -> dict:
         seconds = load(endpoints, args.keys, args.value_bytes, args.writers, args.batch)
         settle(cluster)
         quiet(cluster)
+        statuses = settle(cluster)
         memory = {n: rss_kib(p.pid) for n, p in cluster.procs.items()}
         disk = sum(os.path.getsize(os.path.join(d, f)) for d, _, files
                    in os.walk(os.path.join(work, "data")) for f in files)
         return {"mode": mode, "seconds": seconds, "idle": idle, "memory": memory,
-                "leader": leader, "disk": disk}
+                "leader": leader, "disk": disk, "terms": (term_before, max(
+                    s["term"] for s in statuses.values())),
+                "leader_after": statuses[leader].get("leader")}
     finally:
         cluster.stop_all()
         shutil.rmtree(work, ignore_errors=True)
@@ -160,6 +166,10 @@ def main() -> int:
                   f"(x{hwm * 1024 / raw:.2f}), idle {result['idle'][node] / 1024:,.0f} MiB")
         print(f"  load: {result['seconds']:.0f} s ({args.keys / result['seconds']:,.0f} keys/s); "
               f"data dirs {result['disk'] / 2**20:,.0f} MiB in all")
+        before, after = result["terms"]
+        print(f"  term {before} before the load, {after} after it "
+              f"({'no election' if after == before else 'elections happened'}); leader "
+              f"node {result['leader']} before, node {result['leader_after']} after")
     print("\n| mode | RSS median (x raw) | peak median (x raw) | load keys/s |")
     print("|---|---|---|---|")
     for r in rows:
