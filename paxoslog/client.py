@@ -39,6 +39,7 @@ import http.client
 import itertools
 import json
 import os
+import threading
 import time
 from urllib.parse import quote, urlencode, urlsplit
 
@@ -137,6 +138,34 @@ def _parse_body(raw: bytes) -> object:
         return {"error": "bad_response", "message": raw[:200].decode("latin-1")}
 
 
+class AnsweredSequences:
+    """Which of a session's sequences are settled: ``through`` is the highest sequence
+    up to which every one issued is (sent as ``acked``).  Thread-safe: a ``SyncClient``
+    may be shared by threads."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._open: set[int] = set()       # issued, not settled
+        self._settled: set[int] = set()    # settled, above ``through``
+        self._issued_max = 0
+        self.through = 0
+
+    def issued(self, sequence: int) -> None:
+        with self._lock:
+            self._open.add(sequence)
+            self._issued_max = max(self._issued_max, sequence)
+
+    def settled(self, sequence: object) -> None:
+        with self._lock:
+            if sequence not in self._open:
+                return
+            self._open.discard(sequence)
+            self._settled.add(sequence)
+            while self.through + 1 in self._settled:
+                self.through += 1
+                self._settled.discard(self.through)
+
+
 class _Logic:
     """What both clients share: the endpoint book, sessions, the retry plan of a request
     and what its ``Finish`` means for the caller (a body, or an exception)."""
@@ -151,6 +180,7 @@ class _Logic:
         self.client_id = _client_id(client_id)
         self._authorization = _auth_header(token)
         self._sequence = itertools.count(1)
+        self.answered = AnsweredSequences()
 
     @property
     def endpoints(self) -> list[str]:
@@ -171,10 +201,17 @@ class _Logic:
         return self.book.order()
 
     def write_body(self, body: dict) -> dict:
+        """``body`` with this client's session: a new sequence, and ``acked``, the sequence
+        up to which every write of ours has its answer (the cluster then forgets those
+        results).  A body that names its own session is sent as it is."""
         body = dict(body)
         if body.get("client_id") is None:
             body["client_id"] = self.client_id
-            body["sequence"] = self.next_sequence()
+            body["sequence"] = sequence = self.next_sequence()
+            self.answered.issued(sequence)
+            acked = self.answered.through
+            if acked:
+                body["acked"] = acked
         return body
 
     def learn(self, body: object) -> None:
@@ -200,6 +237,12 @@ class _Logic:
     def outcome(self, finish: Finish, body: object) -> object:
         """The answer's body, or the exception the finished request amounts to."""
         reply = finish.reply
+        if (isinstance(body, dict) and body.get("client_id") == self.client_id
+                and finish.verdict is not Verdict.UNKNOWN):
+            # Settled: answered, refused, or not applied anywhere (a late copy is then
+            # refused as stale once acked).  An unknown outcome stays open: the caller
+            # may resend the same pair to learn it.
+            self.answered.settled(body.get("sequence"))
         if finish.verdict is Verdict.ANSWERED:
             return reply.body
         if finish.verdict is Verdict.REFUSED:
@@ -769,8 +812,10 @@ class Client(_Calls, _Logic):
         batches = []
         for start in range(0, len(pairs), batch_size):
             ops = [{"op": "put", "key": k, "value": v} for k, v in pairs[start:start + batch_size]]
+            sequence = self.next_sequence()
+            self.answered.issued(sequence)
             batches.append({"op": "batch", "ops": ops, "client_id": self.client_id,
-                            "sequence": self.next_sequence()})
+                            "sequence": sequence})
         return defer.Deferred.fromCoroutine(
             self._pipelined(batches, window, subprotocol or JSON))
 
@@ -807,6 +852,8 @@ class Client(_Calls, _Logic):
                     i = todo.popleft()
                     message = dict(messages[i])
                     message.pop("id", None)
+                    if self.answered.through:
+                        message["acked"] = self.answered.through
                     inflight.add(i)
                     conn.request(message).addBoth(
                         lambda outcome, i=i: answers.put((i, outcome)))
@@ -819,11 +866,13 @@ class Client(_Calls, _Logic):
                 status, body = outcome
                 if status == 200:
                     results[i] = body["results"]
+                    self.answered.settled(messages[i]["sequence"])
                 elif status in (429, 503, 504):
                     todo.appendleft(i)
                     broken = status != 429
                 else:
                     conn.close()
+                    self.answered.settled(messages[i]["sequence"])
                     raise self.error_for(status, body)
             todo.extend(sorted(inflight))
             conn.close()

@@ -253,6 +253,11 @@ class Workload:
         planner's verdict."""
         body = {"key": record.key, "value": record.value, "op": record.kind,
                 "client_id": record.client_id, "sequence": sequence}
+        if sequence > 1:
+            # A worker's process writes one at a time and starts over after an unknown
+            # outcome, so every earlier sequence of it is settled: the cluster may forget
+            # their results (a late copy of one is then refused as stale).
+            body["acked"] = sequence - 1
         if record.kind == "cas":
             body["expected"] = record.expected
         plan = self.plan(Request.write_with(session=True), record.node, policy)

@@ -32,9 +32,10 @@ CLIENT_ID_CHARS_MAX = 128
 
 
 def encode_command(sm: str, fields: dict, client_id: str, sequence: int, ts: int,
-                   release: list | None = None) -> bytes:
+                   release: list | None = None, acked: int | None = None) -> bytes:
     """``ts``: the encoding node's wall clock in ms (the caller reads the clock);
-    ``release``: finished session generations of the node (sessions.py), when any."""
+    ``release``: finished session generations of the node (sessions.py), when any;
+    ``acked``: the client has the answers of its sequences up to this one."""
     command = {"sm": sm}
     command.update(fields)
     command["client_id"] = client_id
@@ -42,6 +43,8 @@ def encode_command(sm: str, fields: dict, client_id: str, sequence: int, ts: int
     command["ts"] = ts
     if release:
         command["release"] = release
+    if acked is not None:
+        command["acked"] = acked
     return cbor2.dumps(command)
 
 
@@ -54,12 +57,14 @@ def encode_internal(sm: str, fields: dict) -> bytes:
 
 
 def encode_batch(ops: list[dict], client_id: str, sequence: int, ts: int,
-                 release: list | None = None) -> bytes:
+                 release: list | None = None, acked: int | None = None) -> bytes:
     """A batch command: ``ops`` are validated command maps, each with its ``sm`` (and
     optionally its own ``client_id``/``sequence``)."""
     command = {"batch": ops, "client_id": client_id, "sequence": sequence, "ts": ts}
     if release:
         command["release"] = release
+    if acked is not None:
+        command["acked"] = acked
     return cbor2.dumps(command)
 
 

@@ -29,7 +29,7 @@ _ENCODED_KEPT = 1024
 # then lost its leadership) stays until pushed out, with its decoded values beside it;
 # with megabyte batches a count alone let that reach gigabytes (tools/bench_memory.py).
 _ENCODED_BYTES_MAX = 16 << 20
-_LOG_FIELDS = frozenset({"sm", "client_id", "sequence", "ts", "release"})
+_LOG_FIELDS = frozenset({"sm", "client_id", "sequence", "ts", "release", "acked"})
 _STALE_RESULT = {"error": "stale_sequence",
                  "message": "this sequence is older than the session keeps; use a new sequence"}
 
@@ -107,6 +107,9 @@ class StateMachines:
         release = command.pop("release", None)         # the session table's, too
         if release is not None:
             sessions.release(release)
+        acked = command.pop("acked", None)             # answers its client has
+        if acked is not None and key is not None:
+            sessions.acknowledge(key[0], key[1], acked)
         batch = is_batch(command)
         name = None if batch else command.get("sm")
         if key is not None:
@@ -254,15 +257,17 @@ class StateMachines:
         self.validate(command, internal=True)
 
     def encode_write(self, sm: str, fields: dict, client_id: str, sequence: int, ts: int,
-                     internal: bool = False, release: list | None = None) -> bytes:
+                     internal: bool = False, release: list | None = None,
+                     acked: int | None = None) -> bytes:
         """The log bytes of a client write: validated (``BadCommand``), then encoded with
-        its session pair, the proposing node's wall clock ``ts`` (ms) and the node's
-        finished session generations ``release`` (see sessions.py)."""
+        its session pair, the proposing node's wall clock ``ts`` (ms), the node's
+        finished session generations ``release`` and the sequence up to which the client
+        has its answers, ``acked`` (see sessions.py)."""
         command = self.validate(dict(fields, sm=sm), internal=internal)
-        return encode_command(sm, command, client_id, sequence, ts, release)
+        return encode_command(sm, command, client_id, sequence, ts, release, acked)
 
     def encode_batch_write(self, ops: list, client_id: str, sequence: int, ts: int,
-                           release: list | None = None) -> bytes:
+                           release: list | None = None, acked: int | None = None) -> bytes:
         """The log bytes of a batch: ``ops`` is a list of ``(sm, fields, op_key)`` with
         ``op_key`` an operation's own (client_id, sequence) or None.  Every operation is
         validated first (``BadCommand`` naming ``ops[i]``): an invalid one refuses the whole
@@ -282,7 +287,7 @@ class StateMachines:
             if op_key is not None:
                 command["client_id"], command["sequence"] = op_key
             commands.append(command)
-        data = encode_batch(commands, client_id, sequence, ts, release)
+        data = encode_batch(commands, client_id, sequence, ts, release, acked)
         encoded = self._encoded
         while encoded and (len(encoded) >= _ENCODED_KEPT
                            or self._encoded_bytes + len(data) > _ENCODED_BYTES_MAX):

@@ -23,6 +23,11 @@ operations for a batch's (``{"op": "batch", "results": [...]}``), so a table of 
 results is bounded by the operations it remembers, not by the batches.  The weight is
 derived from the result itself, so a restored table counts exactly like the original.
 
+Acknowledgement: a client names in ``acked`` the highest sequence up to which it has every
+answer (the Raft dissertation's session design); applying that drops those results and
+raises the floor to it.  A client loading batches through one session otherwise kept its
+newest ``results_max`` batch results, one small map per operation.
+
 Release: a node gives a client without a session one of its own (a fresh client id every
 128 writes, see server/router.py), and once every write of such a generation is answered it
 names the generation in a later command's ``release`` field.  Applying that command drops
@@ -144,6 +149,25 @@ class SessionTable:
         if (len(self._sessions) > self.sessions_max
                 or self.results_total > self.results_total_max):
             self._evict_sessions(client_id)
+
+    def acknowledge(self, client_id: str, sequence: int, through: object) -> None:
+        """Apply a command's ``acked`` field: its client (``client_id``, writing
+        ``sequence``) has the answers of all its sequences up to ``through``, and will not
+        send them again.  Their results go and the floor rises to ``through``, so a copy of
+        one of them that is still in flight is refused as stale, never applied again.
+        Ignored unless ``through`` is an integer below ``sequence`` (the same on every
+        replica), and for a session the table does not hold."""
+        if type(through) is not int or not 0 < through < sequence:
+            return
+        session = self._sessions.get(client_id)
+        if session is None or through <= session.floor:
+            return
+        results, heap = session.results, session.heap
+        while heap and heap[0] <= through:
+            dropped = result_weight(results.pop(heapq.heappop(heap))[2])
+            session.weight -= dropped
+            self.results_total -= dropped
+        session.floor = through
 
     def release(self, pairs: object) -> None:
         """Apply a command's ``release`` field: ``[[client_id, last_sequence], ...]``, each a

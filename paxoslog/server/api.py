@@ -5,12 +5,13 @@ error mapping.
 method that serves it and the role it needs (docs/security.md has the same table for readers; the
 OpenAPI document, openapi.py, is checked against it by a test)::
 
-    POST /api/v1/consensus/propose       write   {"key","value","client_id"?,"sequence"?,"op"?,
-                                                 "expected"?,"expected_version"?}
+    POST /api/v1/consensus/propose       write   {"key","value","client_id"?,"sequence"?,
+                                                 "acked"?,"op"?,"expected"?,
+                                                 "expected_version"?}
     GET  /api/v1/consensus/query         read    ?key=K | ?prefix=P[&limit=N][&after=C]
                                                  [&consistency=][&min_revision=R]
     POST /api/v1/consensus/batch         write   {"ops": [{"op","key",...} | {"sm","op",...}],
-                                                 "client_id"?,"sequence"?} -> "results"
+                                                 "client_id"?,"sequence"?,"acked"?} -> "results"
     POST /api/v1/consensus/txn           write   {"compare","success","failure",...}
     POST /api/v1/lease/grant|revoke      write   {"ttl_ms"} | {"id"}
     POST /api/v1/lease/keepalive         write   {"id"} (a linearizable read on the leader)
@@ -67,11 +68,12 @@ __all__ = ["Api", "Route", "ROUTES"]
 
 log = Logger(namespace="paxoslog.api")
 
-_PROPOSE_FIELDS = frozenset({"key", "value", "client_id", "sequence", "op", "expected",
-                             "expected_version", "lease"})
-_TXN_FIELDS = frozenset({"compare", "success", "failure", "client_id", "sequence"})
+_SESSION_FIELDS = frozenset({"client_id", "sequence", "acked"})
+_PROPOSE_FIELDS = frozenset({"key", "value", "op", "expected", "expected_version",
+                             "lease"}) | _SESSION_FIELDS
+_TXN_FIELDS = frozenset({"compare", "success", "failure"}) | _SESSION_FIELDS
 _LEASE_KEYS_MAX = 1000
-_BATCH_FIELDS = frozenset({"ops", "client_id", "sequence"})
+_BATCH_FIELDS = frozenset({"ops"}) | _SESSION_FIELDS
 _BATCH_KV_FIELDS = frozenset({"key", "value", "op", "expected", "expected_version"})
 _CONSISTENCY = ("linearizable", "lease", "stale")
 _SEQUENCE_MAX = (1 << 63) - 1
@@ -299,13 +301,19 @@ class Api:
         except ValueError as exc:
             raise bad_request(f"bad query string: {exc}") from None
 
-    def _session(self, request, body: dict) -> tuple[str, int]:
+    def _session(self, request, body: dict) -> tuple[str | None, int | None, int | None]:
+        """(client_id, sequence, acked) of a write body, or Nones.  ``acked``: the client
+        has the answers of its sequences up to this one; the cluster forgets their results
+        (node/sessions.py)."""
         has_client = body.get("client_id") is not None
         has_sequence = body.get("sequence") is not None
         if has_client != has_sequence:
             raise bad_request('"client_id" and "sequence" go together: give both or neither')
+        acked = body.get("acked")
         if not has_client:
-            return None, None
+            if acked is not None:
+                raise bad_request('"acked" needs "client_id" and "sequence"')
+            return None, None, None
         client_id = body["client_id"]
         if type(client_id) is int and client_id >= 0:
             client_id = str(client_id)
@@ -317,9 +325,12 @@ class Api:
         sequence = body["sequence"]
         if type(sequence) is not int or not 0 <= sequence <= _SEQUENCE_MAX:
             raise bad_request('"sequence" must be a non-negative integer')
+        if acked is not None and (type(acked) is not int or not 0 <= acked < sequence):
+            raise bad_request('"acked" must be an integer from 0 to "sequence" - 1: the '
+                              'highest sequence up to which this client has every answer')
         if self.access is not None:
             self.access.check_client_id(request.principal, client_id)
-        return client_id, sequence
+        return client_id, sequence, acked
 
     # ------------------------------------------------------------------ writes
 
@@ -347,7 +358,7 @@ class Api:
 
     def _lease_body(self, request, fields: frozenset) -> dict:
         body = self._json_object(request)
-        unknown = sorted(set(body) - fields - {"client_id", "sequence"})
+        unknown = sorted(set(body) - fields - _SESSION_FIELDS)
         if unknown:
             raise bad_request(f"unknown field(s): {', '.join(unknown)[:200]}")
         return body
@@ -400,7 +411,7 @@ class Api:
         for position, op in enumerate(ops):
             if type(op) is not dict:
                 raise bad_request(f"ops[{position}]: an operation must be an object")
-            if "client_id" in op or "sequence" in op:
+            if "client_id" in op or "sequence" in op or "acked" in op:
                 raise bad_request(f"ops[{position}]: a batch has one client_id/sequence, "
                                   "given next to \"ops\", not one per operation")
             sm = op.get("sm")
@@ -423,8 +434,8 @@ class Api:
                                       "holds writes only")
                 parsed.append((sm, fields, None))
         self._require(request, Role.WRITE, "a batch")
-        client_id, sequence = self._session(request, body)
-        d = self.router.write_batch(parsed, client_id, sequence)
+        client_id, sequence, acked = self._session(request, body)
+        d = self.router.write_batch(parsed, client_id, sequence, acked=acked)
         return d.addCallback(self._batch_committed)
 
     @staticmethod
@@ -490,7 +501,7 @@ class Api:
             raise bad_request('"op" must be a string')
         if body.get("op") in (getattr(sm, "read_ops", None) or ()):
             request_fields = {k: v for k, v in body.items()
-                              if k not in ("consistency", "client_id", "sequence")}
+                              if k != "consistency" and k not in _SESSION_FIELDS}
             return self._sm_read(name, request_fields, body.get("consistency"))
         if "consistency" in body:
             raise bad_request('"consistency" applies to reads only')
@@ -518,9 +529,9 @@ class Api:
         """Every client write passes here: it needs the write role, and its client id
         must be one its token may use."""
         self._require(request, Role.WRITE, f"a write to {sm!r}")
-        client_id, sequence = self._session(request, body)
-        fields = {k: v for k, v in body.items() if k not in ("client_id", "sequence")}
-        d = self.router.write(sm, fields, client_id, sequence)
+        client_id, sequence, acked = self._session(request, body)
+        fields = {k: v for k, v in body.items() if k not in _SESSION_FIELDS}
+        d = self.router.write(sm, fields, client_id, sequence, acked=acked)
         return d.addCallback(self._committed)
 
     @staticmethod

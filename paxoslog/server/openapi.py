@@ -38,6 +38,10 @@ _CLIENT_ID = {"oneOf": [{"type": "string", "minLength": 1, "maxLength": 128},
                              "bound to a client id it must match (else 403)"}
 _SEQUENCE = {"type": "integer", "minimum": 0, "maximum": (1 << 63) - 1,
              "description": "new for every write of the session; a retry resends it"}
+_ACKED = {"type": "integer", "minimum": 0,
+          "description": "With client_id: the highest sequence up to which this client has "
+                         "every answer (below ``sequence``); the cluster forgets their results "
+                         "and refuses them as stale from then on"}
 _ADDRESS = {"type": "string", "pattern": "^(\\[[0-9A-Fa-f:.]+\\]|[^:\\[\\]]+):[0-9]{1,5}$",
             "examples": ["10.0.1.14:7100"]}
 
@@ -97,7 +101,7 @@ SCHEMAS = {
         {"value": _ANY, "op": {"type": "string", "enum": ["put", "delete", "cas"],
                                "default": "put"},
          "expected": _ANY, "expected_version": {"type": "integer", "minimum": 0},
-         "client_id": _CLIENT_ID, "sequence": _SEQUENCE},
+         "client_id": _CLIENT_ID, "sequence": _SEQUENCE, "acked": _ACKED},
         closed=True, description="A kv write.  ``cas`` needs exactly one of ``expected`` "
                                  "(null: must not exist) and ``expected_version`` (0: must "
                                  "not exist); ``client_id`` and ``sequence`` go together."),
@@ -109,7 +113,8 @@ SCHEMAS = {
                      "more": {"type": "boolean"}, "index": _INDEX, "term": _INDEX}, _STALE),
     "SmRead": _obj({"result": _ANY, "index": _INDEX, "term": _INDEX}, _STALE),
     "SmCommand": {"type": "object", "properties": {
-        "op": {"type": "string"}, "client_id": _CLIENT_ID, "sequence": _SEQUENCE},
+        "op": {"type": "string"}, "client_id": _CLIENT_ID, "sequence": _SEQUENCE,
+        "acked": _ACKED},
         "description": "A command for the state machine (its own fields; see "
                        "docs/statemachines.md), or an op it serves as a read (counter: get)."},
     "SmQuery": _obj({"query": {"type": "object"}}, {"consistency": _CONSISTENCY}, closed=True,
@@ -231,7 +236,8 @@ _OPERATIONS = {
         "requestBody": _obj({"ops": {"type": "array", "minItems": 1, "items": _obj(
                                 {}, {"op": {"type": "string"}, "key": {"type": "string"},
                                      "value": _ANY, "sm": {"type": "string"}})}},
-                            {"client_id": {"type": "string"}, "sequence": {"type": "integer"}}),
+                            {"client_id": {"type": "string"}, "sequence": {"type": "integer"},
+                             "acked": _ACKED}),
         "ok": _json(_obj({"status": {"const": "committed"}, "index": _INDEX,
                           "results": {"type": "array", "items": _ANY}},
                          {"term": _INDEX, "leader": _NULLABLE_NODE}),
@@ -240,17 +246,19 @@ _OPERATIONS = {
     ("/api/v1/consensus/txn", "POST"): {
         "requestBody": _obj({"compare": {"type": "array"}, "success": {"type": "array"}},
                             {"failure": {"type": "array"}, "client_id": {"type": "string"},
-                             "sequence": {"type": "integer"}}),
+                             "sequence": {"type": "integer"}, "acked": _ACKED}),
         "ok": _json(_ref("Committed"), "Committed; result: {succeeded, results}"),
         "errors": (400, 404, 413, 503, 504)},
     ("/api/v1/lease/grant", "POST"): {
         "requestBody": _obj({"ttl_ms": {"type": "integer"}},
-                            {"client_id": {"type": "string"}, "sequence": {"type": "integer"}}),
+                            {"client_id": {"type": "string"}, "sequence": {"type": "integer"},
+                             "acked": _ACKED}),
         "ok": _json(_ref("Committed"), "Committed; result: {id, ttl_ms}"),
         "errors": (400, 413, 503, 504)},
     ("/api/v1/lease/revoke", "POST"): {
         "requestBody": _obj({"id": {"type": "integer"}},
-                            {"client_id": {"type": "string"}, "sequence": {"type": "integer"}}),
+                            {"client_id": {"type": "string"}, "sequence": {"type": "integer"},
+                             "acked": _ACKED}),
         "ok": _json(_ref("Committed"), "Committed; result: {id, deleted}"),
         "errors": (400, 404, 413, 503, 504)},
     ("/api/v1/lease/keepalive", "POST"): {

@@ -121,9 +121,11 @@ class RequestRouter:
         return [n for n in self.machines().names() if self.client_machine(n) is not None]
 
     def write(self, sm: str, fields: dict, client_id: str | None = None,
-              sequence: int | None = None, internal: bool = False) -> defer.Deferred:
+              sequence: int | None = None, internal: bool = False,
+              acked: int | None = None) -> defer.Deferred:
         """Validate, encode and replicate a command for state machine ``sm``; fires with
-        the committed body or fails with ``ApiError``."""
+        the committed body or fails with ``ApiError``.  ``acked``: the client's sequence up
+        to which it has every answer (sessions.py)."""
         ours = client_id is None
         if ours:
             client_id, sequence = self.server_sessions.next()
@@ -131,7 +133,7 @@ class RequestRouter:
         try:
             data = self.machines().encode_write(sm, fields, client_id, sequence,
                                                 self.wall_ms(), internal=internal,
-                                                release=release)
+                                                release=release, acked=acked)
         except CommandTooLarge as exc:
             return self._refused(release, ApiError(413, "too_large", str(exc)))
         except BadCommand as exc:
@@ -142,7 +144,7 @@ class RequestRouter:
         return self._send(client_id, sequence, data, ours, release)
 
     def write_batch(self, ops: list, client_id: str | None = None,
-                    sequence: int | None = None) -> defer.Deferred:
+                    sequence: int | None = None, acked: int | None = None) -> defer.Deferred:
         """Validate, encode and replicate a batch: ``ops`` is a list of ``(sm, fields,
         op_key)`` (``op_key``: an operation's own (client_id, sequence), or None).  One log
         command, applied in order at one index; fires with the committed body, whose
@@ -154,7 +156,7 @@ class RequestRouter:
         release = self.server_sessions.take_release() if ours else None
         try:
             data = self.machines().encode_batch_write(ops, client_id, sequence, self.wall_ms(),
-                                                      release=release)
+                                                      release=release, acked=acked)
         except BadCommand as exc:
             return self._refused(release, bad_request(str(exc)))
         if len(data) > self.command_bytes_max:

@@ -126,3 +126,48 @@ def test_a_nodes_own_sessions_are_released_on_every_replica(make_cluster, protoc
         # current (at most 128 results each, and the leader's few own membership rows).
         assert results is not None and results <= 2 * 128 + 10, (node, results)
         assert sessions is not None and sessions >= 4, (node, sessions)
+
+
+def test_a_client_names_the_answers_it_has_and_every_replica_forgets_them(
+        make_cluster, protocol):
+    """SyncClient sends ``acked`` (the sequence up to which it has every answer) with each
+    write: every replica keeps only the newest results of its session, instead of up to
+    ``session_results_max`` of them (here the 300 puts and five 100-put batches would
+    weigh 800).  A copy of an acknowledged write is refused as stale, never applied
+    again; the newest one is still answered from the table."""
+    from paxoslog.client import SyncClient
+    c = make_cluster(protocol)
+    c.wait_leader()
+    with SyncClient([c.url(n) for n in c.ids], timeout=20) as client:
+        for i in range(300):
+            client.put(f"k{i % 20}", i)
+        for b in range(5):
+            client.batch([{"op": "put", "key": f"b{b}-{j}", "value": j} for j in range(100)])
+        last = client.put("last", "x")
+        client_id, newest = client.client_id, client.answered.through
+    assert newest == 306
+    for node in c.ids:
+        c.wait_applied(node, last["index"])
+    for node in c.ids:
+        results = sample(metrics(c, node), "paxoslog_session_results")
+        # the newest answer (the last put), the batch before it until a later write acks
+        # it, and the node's own few (membership rows)
+        assert results is not None and results <= 10, (node, results)
+    stale = c.request(c.ids[0], "POST", "/api/v1/consensus/propose",
+                      {"key": "k3", "value": "again", "client_id": client_id,
+                       "sequence": 3}, timeout=10)
+    assert stale.status == 400 and stale.body["error"] == "stale_sequence", stale
+    again = c.request(c.ids[1], "POST", "/api/v1/consensus/propose",
+                      {"key": "last", "value": "x", "client_id": client_id,
+                       "sequence": 306}, timeout=10)
+    assert again.status == 200 and again.body["index"] == last["index"], again
+    assert c.request(c.ids[0], "GET", "/api/v1/consensus/query?key=k3").body["value"] == 283
+    for body in ({"key": "a", "value": 1, "acked": 2},
+                 {"key": "a", "value": 1, "client_id": "c", "sequence": 4, "acked": 4},
+                 {"key": "a", "value": 1, "client_id": "c", "sequence": 4, "acked": "3"},
+                 {"key": "a", "value": 1, "client_id": "c", "sequence": 4, "acked": -1}):
+        refused = c.request(c.ids[0], "POST", "/api/v1/consensus/propose", body)
+        assert refused.status == 400 and "acked" in refused.body["message"], refused
+    refused = c.request(c.ids[0], "POST", "/api/v1/consensus/batch",
+                        {"ops": [{"op": "put", "key": "a", "value": 1, "acked": 1}]})
+    assert refused.status == 400, refused

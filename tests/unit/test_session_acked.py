@@ -1,0 +1,121 @@
+"""A client names in ``acked`` the sequence up to which it has every answer: applying it
+drops those results on every replica and raises the session's floor, so a late copy of
+one of them is refused as stale, never applied twice.  The API checks the field, and the
+client computes it from the writes it has settled."""
+
+from __future__ import annotations
+
+import pytest
+
+from paxoslog.client import AnsweredSequences, UnknownOutcome, _Logic
+from paxoslog.node.commands import decode_command
+from paxoslog.node.instructions import DUPLICATE, EXECUTED, STALE
+from paxoslog.node.machines import StateMachines
+from paxoslog.node.sessions import DUPLICATE as SESSION_DUPLICATE
+from paxoslog.node.sessions import STALE as SESSION_STALE
+from paxoslog.node.sessions import SessionTable
+from paxoslog.retry import Finish, Reply, Verdict
+from statemachines.kv import KVStateMachine
+
+
+def machines() -> StateMachines:
+    return StateMachines({"kv": KVStateMachine()}, SessionTable(), lambda name: KVStateMachine(),
+                         record_terms=True)
+
+
+def put(m: StateMachines, key: str, seq: int, acked=None, client: str = "app") -> bytes:
+    return m.encode_write("kv", {"op": "put", "key": key, "value": seq}, client, seq,
+                          ts=1000, acked=acked)
+
+
+def batch(m: StateMachines, seq: int, acked=None, size: int = 10) -> bytes:
+    ops = [("kv", {"op": "put", "key": f"b{seq}-{i}", "value": i}, None) for i in range(size)]
+    return m.encode_batch_write(ops, "app", seq, ts=1000, acked=acked)
+
+
+def test_acked_drops_the_answered_results_and_their_copies_are_stale():
+    m = machines()
+    table = m.sessions
+    for seq in (1, 2, 3):
+        assert m.apply_command(seq, 1, put(m, f"k{seq}", seq)).outcome == EXECUTED
+    assert m.apply_command(4, 1, batch(m, 4)).outcome == EXECUTED
+    assert table.results_total == 3 + 10              # a batch weighs its operations
+    late = put(m, "k2", 2)                            # a copy still in some log
+    assert m.apply_command(5, 1, late).outcome == DUPLICATE
+    carrier = put(m, "k5", 5, acked=4)
+    assert decode_command(carrier)["acked"] == 4
+    assert m.apply_command(6, 1, carrier).outcome == EXECUTED
+    assert table.results_total == 1                   # only the carrier's own result
+    assert m.apply_command(7, 1, late).outcome == STALE
+    assert m.machines["kv"].get("k2")["version"] == 1
+    assert m.apply_command(8, 1, batch(m, 4)).outcome == STALE
+    assert m.apply_command(9, 1, put(m, "k5", 5, acked=4)).outcome == DUPLICATE
+    assert m.apply_command(10, 1, put(m, "k6", 6)).outcome == EXECUTED   # no acked: kept
+    assert table.results_total == 2
+
+
+def test_acked_is_ignored_when_it_is_not_below_the_sequence_or_not_an_integer():
+    """The API refuses these; the table ignores them too, the same on every replica."""
+    for bad in (5, 6, -1, 1.5, "3", None, True):
+        table = SessionTable()
+        for seq in (1, 2, 3, 4):
+            table.record("app", seq, seq, 1, {"ok": seq})
+        table.acknowledge("app", 5, bad)
+        assert table.results_total == 4, bad
+    table = SessionTable()
+    table.acknowledge("nobody", 5, 3)                 # no session: nothing is created
+    assert len(table) == 0
+
+
+def test_acked_only_moves_forward_and_replicas_that_apply_the_same_log_agree():
+    a, b = machines(), machines()
+    log = [put(a, "x", 1), put(a, "y", 2), put(a, "z", 3, acked=2), put(a, "w", 4, acked=1),
+           batch(a, 5, acked=3), put(a, "v", 6, acked=5)]
+    for index, data in enumerate(log, 1):
+        a.apply_command(index, 1, data)
+        b.apply_command(index, 1, data)
+    assert a.sessions.snapshot() == b.sessions.snapshot()
+    assert a.sessions.results_total == 1
+    restored = SessionTable()
+    restored.restore(a.sessions.snapshot())
+    assert restored.snapshot() == a.sessions.snapshot()
+    assert restored.lookup("app", 5)[0] == SESSION_STALE
+    assert restored.lookup("app", 6)[0] == SESSION_DUPLICATE
+
+
+def test_answered_sequences_count_only_a_settled_prefix():
+    seen = AnsweredSequences()
+    for seq in (1, 2, 3, 4):
+        seen.issued(seq)
+    seen.settled(2)
+    assert seen.through == 0                          # 1 is still open
+    seen.settled(1)
+    assert seen.through == 2
+    seen.settled(4)
+    assert seen.through == 2
+    seen.settled(99)                                  # never issued: ignored
+    seen.settled(3)
+    assert seen.through == 4
+
+
+def _finish(verdict: Verdict, status: int = 200) -> Finish:
+    return Finish(verdict, Reply(status, {"status": "committed"}, None), "", 1, False)
+
+
+def test_the_client_sends_acked_for_settled_writes_and_not_past_an_unknown_outcome():
+    logic = _Logic(["http://127.0.0.1:1"], timeout=1.0, attempt_timeout=1.0,
+                   client_id="app")
+    first = logic.write_body({"key": "a"})
+    assert first["sequence"] == 1 and "acked" not in first
+    logic.outcome(_finish(Verdict.ANSWERED), first)
+    second = logic.write_body({"key": "b"})
+    assert second["acked"] == 1
+    with pytest.raises(UnknownOutcome):
+        logic.outcome(_finish(Verdict.UNKNOWN, 504), second)   # may resend: stays open
+    third = logic.write_body({"key": "c"})
+    assert third["acked"] == 1
+    logic.outcome(_finish(Verdict.ANSWERED), third)
+    own = logic.write_body({"key": "d", "client_id": "mine", "sequence": 9})
+    assert "acked" not in own                         # a caller's own session is theirs
+    logic.outcome(_finish(Verdict.ANSWERED), dict(second))     # the resend was answered
+    assert logic.write_body({"key": "e"})["acked"] == 3
