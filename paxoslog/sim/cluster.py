@@ -93,6 +93,11 @@ class SimOptions:
                                   # write, as a node does for its own sessions (0: never)
     release_deletes: bool = False  # a deliberately broken release (negative control):
                                    # it deletes the session instead of leaving a tombstone
+    acked: bool = False           # sessions: every write names the client's earlier
+                                  # sequences as answered (``acked``: one at a time, all
+                                  # settled, a given-up one included)
+    acked_keeps_floor: bool = False  # a deliberately broken acknowledgement (negative
+                                     # control): results dropped, the floor left as it was
     response_loss_rate: float = 0.0  # sessions: replies lost on the way to the client
     give_up_ms: float = 0.0       # sessions: a client retries one operation this long
     kill_all_rate: float = 0.0    # crash every node at once, per second
@@ -315,16 +320,19 @@ class Simulation:
         from statemachines.kv import KVStateMachine
         o = self.options
         sessions = (NoDedupSessionTable() if not o.dedup
-                    else ReleaseDeletesSessionTable() if o.release_deletes else SessionTable())
+                    else ReleaseDeletesSessionTable() if o.release_deletes
+                    else AckKeepsFloorSessionTable() if o.acked_keeps_floor
+                    else SessionTable())
         return StateMachines({"kv": KVStateMachine()}, sessions,
                              lambda name: KVStateMachine(), record_terms=o.protocol == "raft")
 
-    def note_skipped(self, outcome) -> None:
-        """Count a retry the session table kept from executing (once per log index)."""
+    def note_skipped(self, outcome, what: str = "commands_duplicate") -> None:
+        """Count a retry the session table kept from executing (once per log index):
+        answered from the table, or refused as stale."""
         key = (outcome.index, *outcome.key)
         if key not in self.skipped:
             self.skipped.add(key)
-            self.count("commands_duplicate")
+            self.count(what)
 
     def count(self, key: str, n: int = 1) -> None:
         """Add to a statistic that only some profiles produce."""
@@ -592,3 +600,20 @@ class ReleaseDeletesSessionTable(SessionTable):
     def like(self) -> "ReleaseDeletesSessionTable":
         return ReleaseDeletesSessionTable(self.sessions_max, self.results_max,
                                           self.results_total_max, self.idle_ms)
+
+
+class AckKeepsFloorSessionTable(SessionTable):
+    """A deliberately broken acknowledgement for the negative control: the acknowledged
+    results are dropped but the floor stays, so a late copy of an acknowledged write (a
+    retry of a write its client gave up on) executes again."""
+
+    def acknowledge(self, client_id: str, sequence: int, through: object) -> None:
+        session = self._sessions.get(client_id)
+        floor = session.floor if session is not None else None
+        super().acknowledge(client_id, sequence, through)
+        if session is not None:
+            session.floor = floor
+
+    def like(self) -> "AckKeepsFloorSessionTable":
+        return AckKeepsFloorSessionTable(self.sessions_max, self.results_max,
+                                         self.results_total_max, self.idle_ms)

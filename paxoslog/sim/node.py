@@ -37,7 +37,7 @@ from ..node.driver import DriverOptions, NodeDriver
 from .coordination import CoordAttempt
 from ..node.instructions import (DUPLICATE, EXECUTED, Applied, CompactLog, ConfigApplied,
                                  Forward, OfferSnapshot, Persist, Reply, RestoreSnapshot,
-                                 RoleChange, RowApplied, Send, TakeSnapshot)
+                                 RoleChange, RowApplied, Send, STALE, TakeSnapshot)
 from ..node.ticks import TickClock
 from ..storage import CorruptLog, MemoryStorage, SnapshotReader, StorageIOError
 
@@ -415,6 +415,8 @@ class SimNode:
                 sim.check_executed_once(self.node_id, outcome)
             elif outcome.outcome == DUPLICATE:
                 sim.note_skipped(outcome)
+            elif outcome.outcome == STALE:
+                sim.note_skipped(outcome, "commands_stale")
         for index, entry_changes in changes.items():
             sim.check_changes(self.node_id, index, entry_changes)
 

@@ -20,6 +20,11 @@ Profiles that must pass every checker on every seed:
 * ``batches``: the sessions profile with every first, second or third write sent as a
   batch command (one operation, one session pair for the batch): batches are applied,
   answered and deduplicated like single writes, and their kv changes agree everywhere.
+* ``acked``: the sessions profile with long sessions (one client id each) whose every
+  write names the earlier sequences as answered (``acked``): the table drops their
+  results and raises the floor, so a late copy of a write the client gave up on is
+  refused as stale.  Negative control ``acked-keeps-floor``: the results are dropped but
+  the floor stays, and such a late copy executes again.
 * ``membership``: R3/R19, frequent membership changes (removing the leader itself, one add
   plus one remove, two adds, two removes) with spares, crashes, pauses, isolated-leader
   and majority/minority partitions, and kill-all-and-restart, also right after a change.
@@ -176,6 +181,16 @@ def _sessions_release_deletes(o: "SimOptions", rng: random.Random) -> "SimOption
                                release_deletes=True)
 
 
+def _acked(o: "SimOptions", rng: random.Random) -> "SimOptions":
+    return dataclasses.replace(_sessions(o, rng), profile="acked", acked=True,
+                               session_generation=0, batch_every=rng.choice([0, 0, 2]))
+
+
+def _acked_keeps_floor(o: "SimOptions", rng: random.Random) -> "SimOptions":
+    return dataclasses.replace(_acked(o, rng), profile="acked-keeps-floor",
+                               acked_keeps_floor=True)
+
+
 def _batches(o: "SimOptions", rng: random.Random) -> "SimOptions":
     return dataclasses.replace(_sessions(o, rng), profile="batches",
                                batch_every=rng.choice([1, 2, 3]))
@@ -233,13 +248,16 @@ PROFILES: dict[str, Callable[["SimOptions", random.Random], "SimOptions"]] = {
     "sessions-release-deletes": _sessions_release_deletes,
     "sessions-nodedup": _sessions_nodedup,
     "batches": _batches,
+    "acked": _acked,
+    "acked-keeps-floor": _acked_keeps_floor,
     "membership": _membership,
     "failover": _failover,
     "single-voter": _single_voter,
     "own-ack-early": _own_ack_early,
 }
 NEGATIVE_PROFILES = frozenset({"lease-beyond", "leases-beyond", "sessions-nodedup",
-                               "sessions-release-deletes", "own-ack-early"})
+                               "sessions-release-deletes", "own-ack-early",
+                               "acked-keeps-floor"})
 
 
 def apply_profile(options: "SimOptions", name: str, rng: random.Random) -> "SimOptions":

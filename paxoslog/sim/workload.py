@@ -184,13 +184,16 @@ class Workload:
                 fields["expected"] = request.expected
             client_id = request.client_id
             machines = node.driver.machines
+            # One operation at a time per client: every earlier sequence is settled.
+            acked = request.seq - 1 if self.sim.options.acked and request.seq > 1 else None
             if self._batched(request):
                 data = machines.encode_batch_write([("kv", fields, None)], client_id,
                                                    request.seq, ts=int(self.sim.now),
-                                                   release=request.release)
+                                                   release=request.release, acked=acked)
             else:
                 data = machines.encode_write("kv", fields, client_id, request.seq,
-                                             ts=int(self.sim.now), release=request.release)
+                                             ts=int(self.sim.now), release=request.release,
+                                             acked=acked)
             payload = ("write", ((client_id, request.seq), data))
         if not node.client_request(attempt, *payload):
             # Connection refused: definitely not sent; try elsewhere.

@@ -10,7 +10,10 @@ log index).  With a deliberately broken table ("sessions-nodedup": it never reco
 retry) the pinned seeds execute a retry twice and both checkers catch it.  Clients also
 move to a new client id every 3 operations and release the old one, as a node does for
 its own sessions; a release that deleted the session instead of leaving a tombstone
-("sessions-release-deletes") executes late copies again, which is caught too.
+("sessions-release-deletes") executes late copies again, which is caught too.  In the
+"acked" profile every write names the client's earlier sequences as answered: their
+results go and the floor rises, so late copies are refused as stale; leaving the floor
+where it was ("acked-keeps-floor") executes such a copy again, which is caught.
 """
 
 import os
@@ -34,6 +37,10 @@ DOUBLE_EXECUTION_SEEDS = [(1, "multipaxos", 3), (1, "raft", 3), (0, "raft", 5),
 # runs of seeds 0-99 with 3 nodes, 6 of 200 with 5 nodes, when the release landed).
 RELEASE_DELETES_SEEDS = [(3, "raft", 3), (11, "multipaxos", 3), (40001, "multipaxos", 5),
                          (40034, "raft", 5)]
+# acked-keeps-floor runs that execute a late copy of an acknowledged write (4 of seeds
+# 80000-80099 with Raft, 6 with Multi-Paxos, 3 nodes).
+ACK_KEEPS_FLOOR_SEEDS = [(80006, "raft", 3), (80048, "raft", 3), (80007, "multipaxos", 3),
+                         (80010, "multipaxos", 3)]
 
 
 @pytest.mark.parametrize("protocol", ["multipaxos", "raft"])
@@ -109,3 +116,25 @@ SESSIONS_REGRESSIONS = [
 def test_sessions_regression_seeds(seed, protocol, nodes):
     """Every sessions seed that once failed passes."""
     Simulation(seed, SimOptions.random_for(seed, protocol, nodes, "sessions")).run()
+
+
+@pytest.mark.parametrize("protocol", ["multipaxos", "raft"])
+def test_acknowledged_results_are_forgotten_and_late_copies_refused(protocol):
+    """The "acked" profile (long sessions, every write acknowledging the earlier ones, a
+    given-up write included; lost replies, retries, crashes, partitions) passes every
+    checker, and late copies of acknowledged writes met the raised floor."""
+    sweep = run_jobs((80_000 + seed, protocol, 3, "acked") for seed in range(SEEDS))
+    assert not sweep.failures, f"{len(sweep.failures)} failing runs; first:\n{sweep.failures[0]}"
+    assert sweep.totals["retries"] > 10 * SEEDS, dict(sweep.totals)
+    assert sweep.totals.get("commands_stale", 0) > SEEDS // 20, dict(sweep.totals)
+
+
+@pytest.mark.parametrize("seed,protocol,nodes", ACK_KEEPS_FLOOR_SEEDS)
+def test_an_acknowledgement_that_keeps_the_floor_executes_late_copies_and_is_caught(
+        seed, protocol, nodes):
+    """Dropping acknowledged results is safe only with the floor raised: left as it was,
+    a late copy of an acknowledged write (its client gave up on it) executes again."""
+    sim = Simulation(seed, SimOptions.random_for(seed, protocol, nodes, "acked-keeps-floor"))
+    with pytest.raises(SimulationFailure, match="executed twice") as failure:
+        sim.run()
+    assert "--profile acked-keeps-floor" in str(failure.value)
