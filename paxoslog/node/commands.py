@@ -24,7 +24,8 @@ from __future__ import annotations
 
 import cbor2
 
-__all__ = ["encode_command", "encode_internal", "encode_batch", "decode_command",
+__all__ = ["encode_command", "encode_internal", "batch_command", "encode_batch",
+           "decode_command",
            "command_key", "is_batch",
            "CLIENT_ID_CHARS_MAX"]
 
@@ -56,16 +57,23 @@ def encode_internal(sm: str, fields: dict) -> bytes:
     return cbor2.dumps(command)
 
 
-def encode_batch(ops: list[dict], client_id: str, sequence: int, ts: int,
-                 release: list | None = None, acked: int | None = None) -> bytes:
-    """A batch command: ``ops`` are validated command maps, each with its ``sm`` (and
-    optionally its own ``client_id``/``sequence``)."""
+def batch_command(ops: list[dict], client_id: str, sequence: int, ts: int,
+                  release: list | None = None, acked: int | None = None) -> dict:
+    """A batch command's map: ``ops`` are validated command maps, each with its ``sm``
+    (and optionally its own ``client_id``/``sequence``).  The encoding node applies this
+    very map (machines.py), so whatever is encoded is what it applies."""
     command = {"batch": ops, "client_id": client_id, "sequence": sequence, "ts": ts}
     if release:
         command["release"] = release
     if acked is not None:
         command["acked"] = acked
-    return cbor2.dumps(command)
+    return command
+
+
+def encode_batch(ops: list[dict], client_id: str, sequence: int, ts: int,
+                 release: list | None = None, acked: int | None = None) -> bytes:
+    """The bytes of ``batch_command``."""
+    return cbor2.dumps(batch_command(ops, client_id, sequence, ts, release, acked))
 
 
 def is_batch(command: dict) -> bool:

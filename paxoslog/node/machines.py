@@ -15,9 +15,11 @@ from __future__ import annotations
 
 from typing import Callable
 
+import cbor2
+
 from statemachines import BadCommand, is_internal, snapshot_chunks_producer
 
-from .commands import command_key, decode_command, encode_batch, encode_command, is_batch
+from .commands import batch_command, command_key, decode_command, encode_command, is_batch
 from .instructions import DUPLICATE, EXECUTED, STALE, UNDECODABLE, CommandApplied
 from .sessions import DUPLICATE as SESSION_DUPLICATE, STALE as SESSION_STALE, SessionTable
 
@@ -287,18 +289,15 @@ class StateMachines:
             if op_key is not None:
                 command["client_id"], command["sequence"] = op_key
             commands.append(command)
-        data = encode_batch(commands, client_id, sequence, ts, release, acked)
+        command = batch_command(commands, client_id, sequence, ts, release, acked)
+        data = cbor2.dumps(command)
         encoded = self._encoded
         while encoded and (len(encoded) >= _ENCODED_KEPT
                            or self._encoded_bytes + len(data) > _ENCODED_BYTES_MAX):
             oldest = encoded.pop(next(iter(encoded)))   # never applied here: forget it
             self._encoded_bytes -= len(oldest[0])
         if len(data) <= _ENCODED_BYTES_MAX:
-            command = {"batch": commands, "client_id": client_id, "sequence": sequence,
-                       "ts": ts}
-            if release:
-                command["release"] = release
-            encoded[id(data)] = (data, command)
+            encoded[id(data)] = (data, command)      # the map encoded, applied as is
             self._encoded_bytes += len(data)
         return data
 

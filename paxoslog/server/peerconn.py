@@ -50,6 +50,14 @@ log = Logger(namespace="paxoslog.peers")
 _LOG_FIRST = 5          # malformed input: log the first few per connection, then every Nth
 _LOG_EVERY = 1000
 
+# At most this many bytes of frames are written per flush; the rest of the queue goes at
+# the reactor's next turn.  A leader catching a follower up, or pipelining megabyte
+# batches, had 64 MiB queued for one peer: encoding (again at every halving to fit
+# frame_bytes_max), MAC'ing and sending it held the event loop 0.15-0.47 s, long enough for
+# check-quorum to see no follower (tools/bench_memory.py: elections during a bulk load).
+FLUSH_BYTES_MAX = 8 << 20
+_MESSAGES_HEAD = cbor2.dumps(F.MESSAGES)
+
 # Handshake states.
 _DIALING = "dialing"              # dialer: HELLO sent, waiting for CHALLENGE
 _AWAIT_ACCEPT = "await-accept"    # dialer: AUTH sent, waiting for ACCEPT
@@ -105,6 +113,7 @@ class PeerConnection(Protocol):
         self.paused = False
         self.decoder = F.FrameDecoder(F.HANDSHAKE_FRAME_BYTES_MAX)
         self.queue: deque = deque(maxlen=owner.queue_messages_max)
+        self._flush_call = None       # the rest of the queue, at the next reactor turn
         self.forwards: dict[int, defer.Deferred] = {}
         self.malformed = 0
         self.state = _DIALING if dialer else _AWAIT_HELLO
@@ -167,6 +176,9 @@ class PeerConnection(Protocol):
                 and reason.check(TLSFailed):
             self.owner.tls_failed(self, reason.value)
         self.queue.clear()
+        if self._flush_call is not None and self._flush_call.active():
+            self._flush_call.cancel()
+        self._flush_call = None
         forwards, self.forwards = self.forwards, {}
         for d in forwards.values():
             d.errback(PeerUnavailable(f"connection to node {self.peer_id} lost"))
@@ -225,26 +237,46 @@ class PeerConnection(Protocol):
         queue.append(wire)
 
     def flush(self) -> None:
+        """Write the queued messages as MESSAGES frames of at most ``frame_bytes_max``
+        (a single larger message goes alone), each message encoded once, in order.  After
+        ``FLUSH_BYTES_MAX`` bytes the rest waits for the reactor's next turn, so ticks and
+        other peers' frames run in between."""
+        call, self._flush_call = self._flush_call, None
+        if call is not None and call.active():
+            call.cancel()
         if self.paused or self.closed or not self.queue:
             return
-        batch = list(self.queue)
-        self.queue.clear()
-        self._write_batch(batch)
+        queue = self.queue
+        frame_max = self.owner.frame_bytes_max - 16       # the heads, the length, a MAC
+        items: list[bytes] = []
+        size = written = 0
+        while queue:
+            encoded = cbor2.dumps(queue[0])
+            if items and size + len(encoded) > frame_max:
+                written += self._write_items(items)
+                items, size = [], 0
+                if written >= FLUSH_BYTES_MAX or self.paused or self.closed:
+                    break
+            queue.popleft()
+            items.append(encoded)
+            size += len(encoded)
+        if items:
+            self._write_items(items)
+        if queue and not self.paused and not self.closed:
+            self._flush_call = self.owner.reactor.callLater(0, self.flush)
 
-    def _write_batch(self, batch: list) -> None:
-        data = cbor2.dumps([F.MESSAGES, batch])
-        if len(data) + 4 > self.owner.frame_bytes_max and len(batch) > 1:
-            half = len(batch) // 2
-            self._write_batch(batch[:half])
-            self._write_batch(batch[half:])
-            return
+    def _write_items(self, items: list[bytes]) -> int:
+        """One frame of already encoded messages: the bytes of ``cbor2.dumps([MESSAGES,
+        messages])`` (a definite-length array is its head and its items' encodings)."""
+        data = b"".join((b"\x82", _MESSAGES_HEAD, _array_head(len(items)), *items))
         stats = self.owner.stats
         stats["frames_sent"] += 1
-        stats["messages_sent"] += len(batch)
+        stats["messages_sent"] += len(items)
         frame = self._frame(data)
         stats["bytes_sent"] += len(frame)
         self.owner.link(self.peer_id).bytes_sent += len(frame)
         write_now(self.transport, frame)
+        return len(frame)
 
     def send_frame(self, payload: list) -> None:
         """A shell frame (forward, snapshot): written at once, outside the message queue."""
@@ -531,3 +563,16 @@ def _json_key(key) -> str:
     if key is True or key is False or key is None:
         return {True: "true", False: "false", None: "null"}[key]
     return str(key)
+
+
+def _array_head(count: int) -> bytes:
+    """The CBOR head of a definite-length array of ``count`` items."""
+    if count < 24:
+        return bytes((0x80 | count,))
+    if count < 0x100:
+        return bytes((0x98, count))
+    if count < 0x10000:
+        return b"\x99" + count.to_bytes(2, "big")
+    if count < 0x100000000:
+        return b"\x9a" + count.to_bytes(4, "big")
+    return b"\x9b" + count.to_bytes(8, "big")

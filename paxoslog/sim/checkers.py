@@ -10,6 +10,8 @@
 * change agreement: the kv changes a replica reports for a log index (what the watch
   streams deliver: key, new record, previous record) are the same on every replica, like
   the entry itself;
+* session agreement: the session tables that replicas snapshot at the same index are
+  equal;
 * executed once (sessions profile): every client operation (client, sequence) is executed
   by the state machine at one log index at most.  Replicas apply one agreed log, so two
   indexes mean that some replica's applied sequence executed the operation twice (a
@@ -35,7 +37,7 @@ if TYPE_CHECKING:
     from .cluster import Simulation
 
 __all__ = ["SimulationFailure", "History", "check_agreement", "check_changes",
-           "check_executed_once",
+           "check_executed_once", "check_sessions",
            "check_lease_holder"]
 
 
@@ -57,6 +59,16 @@ def check_changes(sim: "Simulation", node_id: int, index: int, changes: tuple) -
     if first != changes:
         sim.fail(f"watch events differ at index {index}: node {node_id} reported "
                  f"{changes!r:.200} but another replica reported {first!r:.200}")
+
+
+def check_sessions(sim: "Simulation", node_id: int, index: int, table: object) -> None:
+    """``node_id`` snapshots its session table at ``index``: the same on every replica
+    at the same index, since the table is replicated state (a replica that applies its
+    own cached copy of a command must see every session field of it)."""
+    first = sim.session_tables.setdefault(index, table)
+    if first != table:
+        sim.fail(f"session tables differ at index {index}: node {node_id} snapshots "
+                 f"{table!r:.300} but another replica {first!r:.300}")
 
 
 def check_executed_once(sim: "Simulation", node_id: int, outcome) -> None:

@@ -31,6 +31,7 @@ from ..core.replica import ReplicaOptions
 from ..node.machines import StateMachines
 from ..node.sessions import NEW, RELEASE_MAX, SessionTable
 from .checkers import (History, SimulationFailure, check_agreement, check_changes,
+                       check_sessions,
                        check_executed_once, check_lease_holder)
 from .network import Network, NetworkProfile, partition_shapes
 from .node import TICK_MS, ForwardHandle, SimNode
@@ -189,6 +190,7 @@ class Simulation:
         self.snapshot_files: dict[bytes, bytes] = {}   # token -> a snapshot file in flight
         self.chosen: dict[int, tuple] = {}    # index -> (kind, payload) first applied
         self.changes: dict[int, tuple] = {}   # index -> kv changes first reported
+        self.session_tables: dict[int, object] = {}   # index -> the snapshotted table
         self.trace: list[str] = []
         voters = frozenset(range(1, options.nodes - options.learners + 1))
         learners = frozenset(range(options.nodes - options.learners + 1, options.nodes + 1))
@@ -309,6 +311,9 @@ class Simulation:
 
     def check_changes(self, node_id: int, index: int, changes: tuple) -> None:
         check_changes(self, node_id, index, changes)
+
+    def check_sessions(self, node_id: int, index: int, table: object) -> None:
+        check_sessions(self, node_id, index, table)
 
     def check_lease_holder(self, node: SimNode) -> None:
         self.count("lease_reads")

@@ -461,7 +461,9 @@ class SimNode:
         if incarnation != self.incarnation or not self.alive:
             return
         states = [(name, list(produce())) for name, produce in op.producers]
-        if not self._disk_call(self.disk.save_snapshot, op.meta, states, op.sessions()):
+        sessions = op.sessions()
+        self.sim.check_sessions(self.node_id, op.meta.index, sessions)
+        if not self._disk_call(self.disk.save_snapshot, op.meta, states, sessions):
             return
         point = self.disk.compaction_point(op.meta)
         self.execute(self.driver.snapshot_saved(op.meta, point))

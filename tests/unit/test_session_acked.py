@@ -119,3 +119,15 @@ def test_the_client_sends_acked_for_settled_writes_and_not_past_an_unknown_outco
     assert "acked" not in own                         # a caller's own session is theirs
     logic.outcome(_finish(Verdict.ANSWERED), dict(second))     # the resend was answered
     assert logic.write_body({"key": "e"})["acked"] == 3
+
+
+def test_the_node_that_encoded_a_batch_applies_its_acked_like_every_other_replica():
+    """The encoding node applies its own cached map of a batch; that map must carry
+    ``acked`` too (it once did not: the leader kept results its followers dropped)."""
+    leader, follower = machines(), machines()
+    log = [put(leader, "x", 1), batch(leader, 2), batch(leader, 3, acked=2)]
+    for index, data in enumerate(log, 1):
+        leader.apply_command(index, 1, data)
+        follower.apply_command(index, 1, data)      # decoded: it encoded nothing
+    assert leader.sessions.snapshot() == follower.sessions.snapshot()
+    assert leader.sessions.results_total == 10         # only the last batch's results
