@@ -55,7 +55,7 @@ _LOG_EVERY = 1000
 # batches, had 64 MiB queued for one peer: encoding (again at every halving to fit
 # frame_bytes_max), MAC'ing and sending it held the event loop 0.15-0.47 s, long enough for
 # check-quorum to see no follower (tools/bench_memory.py: elections during a bulk load).
-FLUSH_BYTES_MAX = 8 << 20
+FLUSH_BYTES_MAX = 4 << 20
 _MESSAGES_HEAD = cbor2.dumps(F.MESSAGES)
 
 # Handshake states.
@@ -240,10 +240,16 @@ class PeerConnection(Protocol):
         """Write the queued messages as MESSAGES frames of at most ``frame_bytes_max``
         (a single larger message goes alone), each message encoded once, in order.  After
         ``FLUSH_BYTES_MAX`` bytes the rest waits for the reactor's next turn, so ticks and
-        other peers' frames run in between."""
-        call, self._flush_call = self._flush_call, None
-        if call is not None and call.active():
-            call.cancel()
+        other peers' frames run in between; until then a flush writes nothing more (the
+        queue is in order: what was queued since goes after it)."""
+        if self._flush_call is None:
+            self._flush_now()
+
+    def _next_turn(self) -> None:
+        self._flush_call = None
+        self._flush_now()
+
+    def _flush_now(self) -> None:
         if self.paused or self.closed or not self.queue:
             return
         queue = self.queue
@@ -263,7 +269,7 @@ class PeerConnection(Protocol):
         if items:
             self._write_items(items)
         if queue and not self.paused and not self.closed:
-            self._flush_call = self.owner.reactor.callLater(0, self.flush)
+            self._flush_call = self.owner.reactor.callLater(0, self._next_turn)
 
     def _write_items(self, items: list[bytes]) -> int:
         """One frame of already encoded messages: the bytes of ``cbor2.dumps([MESSAGES,
