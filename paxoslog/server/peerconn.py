@@ -56,6 +56,7 @@ _LOG_EVERY = 1000
 # frame_bytes_max), MAC'ing and sending it held the event loop 0.15-0.47 s, long enough for
 # check-quorum to see no follower (tools/bench_memory.py: elections during a bulk load).
 FLUSH_BYTES_MAX = 4 << 20
+_TURN_MARK = 256 << 10       # from this many bytes on, a turn's writes are counted
 _MESSAGES_HEAD = cbor2.dumps(F.MESSAGES)
 
 # Handshake states.
@@ -114,6 +115,7 @@ class PeerConnection(Protocol):
         self.decoder = F.FrameDecoder(F.HANDSHAKE_FRAME_BYTES_MAX)
         self.queue: deque = deque(maxlen=owner.queue_messages_max)
         self._flush_call = None       # the rest of the queue, at the next reactor turn
+        self._turn_bytes = 0          # written since the turn began (counted from _TURN_MARK)
         self.forwards: dict[int, defer.Deferred] = {}
         self.malformed = 0
         self.state = _DIALING if dialer else _AWAIT_HELLO
@@ -241,19 +243,27 @@ class PeerConnection(Protocol):
         (a single larger message goes alone), each message encoded once, in order.  After
         ``FLUSH_BYTES_MAX`` bytes the rest waits for the reactor's next turn, so ticks and
         other peers' frames run in between; until then a flush writes nothing more (the
-        queue is in order: what was queued since goes after it)."""
-        if self._flush_call is None:
-            self._flush_now()
+        queue is in order: what was queued since goes after it).  Small writes (light
+        load) schedule nothing."""
+        if self.paused or self.closed or not self.queue:
+            return
+        if self._turn_bytes < FLUSH_BYTES_MAX:
+            self._turn_bytes += self._write_queue()
+        if (self.queue or self._turn_bytes >= _TURN_MARK) and self._flush_call is None \
+                and not self.closed:
+            self._flush_call = self.owner.reactor.callLater(0, self._next_turn)
 
     def _next_turn(self) -> None:
         self._flush_call = None
-        self._flush_now()
+        self._turn_bytes = 0
+        self.flush()
 
-    def _flush_now(self) -> None:
-        if self.paused or self.closed or not self.queue:
-            return
+    def _write_queue(self) -> int:
+        """Frames from the head of the queue until about ``FLUSH_BYTES_MAX`` bytes were
+        written this turn (or the transport pauses us); the bytes written."""
         queue = self.queue
-        frame_max = self.owner.frame_bytes_max - 16       # the heads, the length, a MAC
+        frame_max = min(self.owner.frame_bytes_max, FLUSH_BYTES_MAX) - 16   # heads, MAC
+        budget = FLUSH_BYTES_MAX - self._turn_bytes
         items: list[bytes] = []
         size = written = 0
         while queue:
@@ -261,15 +271,14 @@ class PeerConnection(Protocol):
             if items and size + len(encoded) > frame_max:
                 written += self._write_items(items)
                 items, size = [], 0
-                if written >= FLUSH_BYTES_MAX or self.paused or self.closed:
-                    break
+                if written >= budget or self.paused or self.closed:
+                    return written
             queue.popleft()
             items.append(encoded)
             size += len(encoded)
         if items:
-            self._write_items(items)
-        if queue and not self.paused and not self.closed:
-            self._flush_call = self.owner.reactor.callLater(0, self._next_turn)
+            written += self._write_items(items)
+        return written
 
     def _write_items(self, items: list[bytes]) -> int:
         """One frame of already encoded messages: the bytes of ``cbor2.dumps([MESSAGES,
