@@ -44,6 +44,10 @@ node (410), then the handler's input validation (400...).  Errors are ``{"error"
 errors.py).  A removed node answers 410 ``removed`` to everything but /health, /metrics,
 the status and the API document.  Every input is validated here or by the state machine
 before anything is proposed: bad input never reaches the log.
+
+Size: one class because every handler is a few lines over the same validation helpers
+(``_json_object``, ``_params``, ``_session``) and the one route table; the access checks
+are access.py, the WebSocket protocol wsprotocol.py, the log views views.py.
 """
 
 from __future__ import annotations
