@@ -37,8 +37,8 @@ DOUBLE_EXECUTION_SEEDS = [(1, "multipaxos", 3), (1, "raft", 3), (0, "raft", 5),
 # runs of seeds 0-99 with 3 nodes, 6 of 200 with 5 nodes, when the release landed).
 RELEASE_DELETES_SEEDS = [(3, "raft", 3), (11, "multipaxos", 3), (40001, "multipaxos", 5),
                          (40034, "raft", 5)]
-# acked-keeps-floor runs that execute a late copy of an acknowledged write (4 of seeds
-# 80000-80099 with Raft, 6 with Multi-Paxos, 3 nodes).
+# acked-keeps-floor runs that execute a late copy of an acknowledged write (5 of seeds
+# 80000-80099 with Raft, 7 with Multi-Paxos, 3 nodes).
 ACK_KEEPS_FLOOR_SEEDS = [(80006, "raft", 3), (80048, "raft", 3), (80007, "multipaxos", 3),
                          (80010, "multipaxos", 3)]
 
