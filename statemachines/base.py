@@ -47,7 +47,7 @@ from typing import Callable, Iterable, Iterator, Protocol, runtime_checkable
 
 import cbor2
 
-__all__ = ["StateMachine", "BadCommand", "CommandTooLarge", "snapshot_producer",
+__all__ = ["StateMachine", "BadCommand", "CommandTooLarge", "snapshot_producer", "cbor_head",
            "snapshot_chunks_producer", "CborArrayReader", "state_hash",
            "state_hash_producer", "is_internal", "nesting_exceeds", "REQUIRED",
            "VALUE_DEPTH_MAX"]
@@ -123,6 +123,22 @@ def snapshot_chunks_producer(sm: StateMachine) -> Callable[[], Iterable[bytes]]:
         return chunks()
     produce = snapshot_producer(sm)
     return lambda: (produce(),)
+
+
+def cbor_head(major: int, count: int) -> bytes:
+    """The CBOR head of an item of major type ``major`` (2: byte string, 4: array) with
+    ``count`` bytes or items.  A definite-length array's encoding is its head followed by
+    its items' encodings, so pieces encoded apart can be joined into one array."""
+    first = major << 5
+    if count < 24:
+        return bytes((first | count,))
+    if count < 0x100:
+        return bytes((first | 24, count))
+    if count < 0x10000:
+        return bytes((first | 25,)) + count.to_bytes(2, "big")
+    if count < 0x100000000:
+        return bytes((first | 26,)) + count.to_bytes(4, "big")
+    return bytes((first | 27,)) + count.to_bytes(8, "big")
 
 
 class CborArrayReader:

@@ -47,7 +47,8 @@ from typing import Callable, Iterator
 import cbor2
 from sortedcontainers import SortedDict
 
-from .base import VALUE_DEPTH_MAX, BadCommand, CborArrayReader, nesting_exceeds, read_array
+from .base import (VALUE_DEPTH_MAX, BadCommand, CborArrayReader, cbor_head, nesting_exceeds,
+                   read_array)
 from .leases import LeaseTable
 from .txn import compare_holds, validate_txn
 
@@ -493,7 +494,7 @@ class KVStateMachine:
         count, rows = self._copy_rows()
 
         def pieces() -> Iterator[bytes]:
-            yield _array_head(count)
+            yield cbor_head(4, count)
             group: list = []
             weight = 0
             for row in rows():
@@ -501,10 +502,10 @@ class KVStateMachine:
                 value = row[1]
                 weight += len(value) if isinstance(value, (str, bytes)) else 64
                 if len(group) >= _CHUNK_ROWS_MAX or weight >= _CHUNK_BYTES:
-                    yield cbor2.dumps(group)[len(_array_head(len(group))):]
+                    yield cbor2.dumps(group)[len(cbor_head(4, len(group))):]
                     group, weight = [], 0
             if group:
-                yield cbor2.dumps(group)[len(_array_head(len(group))):]
+                yield cbor2.dumps(group)[len(cbor_head(4, len(group))):]
         return pieces
 
     def restore(self, data: bytes) -> None:
@@ -606,12 +607,6 @@ def _load_rows(rows, into: SortedDict | None) -> tuple[list, list | None]:
 
 _CHUNK_ROWS_MAX = 512
 _CHUNK_BYTES = 256 << 10
-
-
-def _array_head(count: int) -> bytes:
-    """The CBOR head of an array of ``count`` items, as cbor2 writes it (an array's
-    encoding is its head followed by its items' encodings)."""
-    return cbor2.dumps([None] * count)[:-count or None]
 
 
 def _type(value: object) -> str:

@@ -31,6 +31,7 @@ from twisted.logger import Logger
 from zope.interface import implementer
 from twisted.internet.interfaces import IPushProducer
 
+from statemachines.base import cbor_head
 from paxoslog.core.errors import MalformedMessage
 from paxoslog.core.messages import InstallSnapshot, from_wire
 
@@ -284,7 +285,7 @@ class PeerConnection(Protocol):
     def _write_items(self, items: list[bytes]) -> int:
         """One frame of already encoded messages: the bytes of ``cbor2.dumps([MESSAGES,
         messages])`` (a definite-length array is its head and its items' encodings)."""
-        data = b"".join((b"\x82", _MESSAGES_HEAD, _array_head(len(items)), *items))
+        data = b"".join((b"\x82", _MESSAGES_HEAD, cbor_head(4, len(items)), *items))
         stats = self.owner.stats
         stats["frames_sent"] += 1
         stats["messages_sent"] += len(items)
@@ -579,16 +580,3 @@ def _json_key(key) -> str:
     if key is True or key is False or key is None:
         return {True: "true", False: "false", None: "null"}[key]
     return str(key)
-
-
-def _array_head(count: int) -> bytes:
-    """The CBOR head of a definite-length array of ``count`` items."""
-    if count < 24:
-        return bytes((0x80 | count,))
-    if count < 0x100:
-        return bytes((0x98, count))
-    if count < 0x10000:
-        return b"\x99" + count.to_bytes(2, "big")
-    if count < 0x100000000:
-        return b"\x9a" + count.to_bytes(4, "big")
-    return b"\x9b" + count.to_bytes(8, "big")

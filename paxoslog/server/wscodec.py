@@ -23,6 +23,8 @@ import math
 
 import cbor2
 
+from statemachines.base import cbor_head
+
 __all__ = ["BadMessage", "JsonCodec", "CborCodec", "CODECS", "SUBPROTOCOLS", "plain_exceeds"]
 
 JSON_SUBPROTOCOL = "paxoslog.v1.json"
@@ -126,19 +128,6 @@ class JsonCodec:
         return b'{"stream":' + str(stream).encode() + b"," + shared
 
 
-def _cbor_head(major: int, length: int) -> bytes:
-    """The initial bytes of a CBOR item of ``major`` type with ``length``."""
-    if length < 24:
-        return bytes((major << 5 | length,))
-    if length < 1 << 8:
-        return bytes((major << 5 | 24, length))
-    if length < 1 << 16:
-        return bytes((major << 5 | 25,)) + length.to_bytes(2, "big")
-    if length < 1 << 32:
-        return bytes((major << 5 | 26,)) + length.to_bytes(4, "big")
-    return bytes((major << 5 | 27,)) + length.to_bytes(8, "big")
-
-
 _STREAM_KEY = cbor2.dumps("stream")
 
 
@@ -168,7 +157,7 @@ class CborCodec:
     def encode_many(encoded: list[bytes]) -> bytes:
         if len(encoded) == 1:
             return encoded[0]
-        return _cbor_head(4, len(encoded)) + b"".join(encoded)
+        return cbor_head(4, len(encoded)) + b"".join(encoded)
 
     def reply_raw(self, request_id: bytes, status: int, body_json: bytes, retry_after) -> bytes:
         reply = {"id": cbor2.loads(request_id), "status": status}

@@ -36,6 +36,7 @@ from typing import BinaryIO, Iterable, Iterator
 import cbor2
 import zstandard
 
+from statemachines.base import cbor_head
 from paxoslog.core.log import SnapshotMeta
 from paxoslog.core.quorum import Config
 
@@ -63,19 +64,6 @@ def snapshot_name(index: int, term: int) -> str:
 def parse_snapshot_name(name: str) -> tuple[int, int] | None:
     match = _NAME_RE.match(name)
     return (int(match.group(1)), int(match.group(2))) if match else None
-
-
-def _bytes_head(n: int) -> bytes:
-    """CBOR major type 2 (byte string) header for ``n`` bytes."""
-    if n < 24:
-        return bytes((0x40 | n,))
-    if n < 0x100:
-        return bytes((0x58, n))
-    if n < 0x10000:
-        return b"\x59" + struct.pack(">H", n)
-    if n < 0x100000000:
-        return b"\x5a" + struct.pack(">I", n)
-    return b"\x5b" + struct.pack(">Q", n)
 
 
 @dataclass
@@ -131,7 +119,7 @@ def write_snapshot(out: BinaryIO, meta: SnapshotMeta,
             size = count = 0
             for chunk in chunks:
                 n = memoryview(chunk).nbytes
-                put(_bytes_head(n))
+                put(cbor_head(2, n))
                 writer.write(chunk)
                 total += n
                 size += n
