@@ -1,7 +1,6 @@
 """MultiPaxosReplica: stable-leader Multi-Paxos with gap-tolerant slots, sans I/O.
 
-Roles: every node is an acceptor and a learner; one proposer at a time leads.
-
+* Roles: every node is an acceptor and a learner; one proposer at a time leads.
 * Phase 1 runs once per leadership, for every slot from the candidate's first unchosen slot
   up: one Prepare, Promises carrying every accepted (slot, ballot, value) at or above it.
   The new leader re-proposes, for each slot up to the highest reported, the value of the
@@ -9,13 +8,12 @@ Roles: every node is an acceptor and a learner; one proposer at a time leads.
 * Phase 2 runs per slot.  A slot carries a batch of commands; up to ``pipeline_window``
   slots beyond the chosen watermark are in flight; Accept/Accepted carry many slots.
   Slots are chosen independently and out of order; learners apply strictly in order.
-* Configuration: a CONFIG entry at slot s governs every slot > s.  The leader proposes a
-  CONFIG entry only when nothing else is in flight (new commands wait while it waits) and
-  proposes nothing after it until it is chosen (a pipeline barrier), so the configuration
-  of every in-flight slot is known.
+* Configuration: a CONFIG entry at slot s governs every slot > s.  The leader proposes one
+  only when nothing else is in flight (new commands wait meanwhile), and nothing after it
+  until it is chosen (a pipeline barrier), so every in-flight slot's configuration is known.
   A candidate needs a phase-1 quorum of every configuration that can govern a slot at or
-  above its first unchosen slot: its own, every chosen configuration it knows above that,
-  and every configuration value any Promise reports (gathered until stable).
+  above its first unchosen slot: its own, every chosen one it knows above that, and every
+  configuration value any Promise reports (gathered until stable).
 * Failure detection by ticks: randomized election timeouts, a pre-vote round (a quorum
   must also have lost the leader, and the candidate must not be behind them), leader
   stickiness (a node that heard from a leader recently ignores Prepares), randomized
@@ -29,20 +27,19 @@ Roles: every node is an acceptor and a learner; one proposer at a time leads.
 
 Send before persist (ready.py): the leader's Accepts and Heartbeats go out as
 ``early_messages``, before the Ready that carries its new entries is durable; its own
-acceptance of a slot counts toward the quorum only in ``advance`` of that Ready, and only
-if it still leads at the ballot it proposed at.  A Ready that changes the promise sends
-nothing early (a ballot must be durable before anything is sent at it).  Acceptors persist
-before they answer, as before.  A candidate counts its own promise at once: its Prepares
-leave only after the Ready that persists that promise.
+acceptance of a slot counts toward the quorum only in ``advance`` of that Ready, and only if
+it still leads at the ballot it proposed at.  A Ready that changes the promise sends nothing
+early (a ballot must be durable before anything is sent at it).  Acceptors persist before
+they answer.  A candidate counts its own promise at once: its Prepares leave only after the
+Ready that persists that promise.
 
 Mechanics shared with Raft live in their own modules: batching.py (proposal queue, one byte
 accounting), chunking.py (entries per message), readindex.py (read rounds, ReadIndex,
 lease), timers.py (election timeout, intervals, check-quorum contact, fast failover after a
-reset), and ready.py (the Outbox every Ready is assembled from, one outstanding Ready).
-Here a read starts its own round (its heartbeat also carries the chosen set), and
-check-quorum looks back once per election timeout.  Phase 1 bookkeeping (promise pages,
-the configurations a candidate must cover, the values to re-propose) and the slot ->
-configuration timeline are phase1.py.
+reset) and ready.py (the Outbox of every Ready, one outstanding Ready).  Here a read starts
+its own round (its heartbeat carries the chosen set too) and check-quorum looks back once
+per election timeout.  Phase 1 bookkeeping (promise pages, the configurations a candidate
+must cover, the values to re-propose) and the slot -> configuration timeline: phase1.py.
 
 Size: the protocol's message handlers and decisions, under 1,000 lines; every mechanism
 the two protocols share, and this protocol's own bookkeeping, is in the modules above.
@@ -194,6 +191,11 @@ class MultiPaxosReplica:
             if self.role != Role.FOLLOWER:       # (a learner does not campaign)
                 self.failover.campaigned(self.election, self.now, early,
                                          self.role == Role.PRE_CANDIDATE)
+
+    def stalled(self, ticks: int) -> None:
+        """A stall of ``ticks`` ticks, made up by ``tick`` next (timers.PeerContact.shift)."""
+        if self.role == Role.LEADER:
+            self.contact.shift(ticks)
 
     def step(self, msg: Message) -> None:
         if msg.to != self.node_id or msg.frm == self.node_id:

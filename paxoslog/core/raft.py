@@ -356,6 +356,12 @@ class RaftReplica:
             else:
                 self._election.reset()
 
+    def stalled(self, ticks: int) -> None:
+        """A stall of ``ticks`` ticks, made up by ``tick`` next: a leader keeps them out of
+        CheckQuorum (timers.PeerContact.shift)."""
+        if self._role == Role.LEADER:
+            self._contact.shift(ticks)
+
     def _tick_leader(self) -> None:
         if self._heartbeat.tick():
             self._broadcast_heartbeat()

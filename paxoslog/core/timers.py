@@ -96,7 +96,9 @@ class PeerContact:
 
     Check-quorum asks whether a quorum was heard since some tick: Raft asks every tick
     about the last election timeout (its peers count as heard when it starts leading),
-    Multi-Paxos asks once per election timeout about the period just ended."""
+    Multi-Paxos asks once per election timeout about the period just ended.  Ticks the
+    leader made up after a stall of its own are not held against its peers (``shift``):
+    their answers were waiting unread in its sockets."""
 
     __slots__ = ("_heard",)
 
@@ -105,6 +107,13 @@ class PeerContact:
 
     def heard(self, peer: int, now: int) -> None:
         self._heard[peer] = now
+
+    def shift(self, ticks: int) -> None:
+        """Move every peer's last contact ``ticks`` later: the leader itself did not run
+        for that long (``Replica.stalled``), so their silence meanwhile says nothing."""
+        heard = self._heard
+        for peer in heard:
+            heard[peer] += ticks
 
     def last(self, peer: int, default: int) -> int:
         return self._heard.get(peer, default)

@@ -159,8 +159,11 @@ class NodeDriver:
     # ================================================================== events
 
     def tick(self, count: int = 1) -> list:
-        """``count`` ticks of time passed (more than one after a stall)."""
+        """``count`` ticks of time passed (more than one after a stall: the replica hears
+        of the stall first, so that its check-quorum does not blame the peers for it)."""
         replica = self.replica
+        if count > 1:
+            replica.stalled(count - 1)
         for _ in range(count):
             replica.tick()
         self.now += count

@@ -182,6 +182,11 @@ class ManualNode:
         if self.alive and not self.paused:
             self.run(self.driver.tick(1))
 
+    def late(self, ticks: int) -> None:
+        """The ticker fired ``ticks`` ticks late: they come in one call."""
+        if self.alive and not self.paused:
+            self.run(self.driver.tick(ticks))
+
     def receive(self, msg) -> None:
         self.run(self.driver.receive([msg]))
 

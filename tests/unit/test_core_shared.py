@@ -367,3 +367,43 @@ def test_peer_contact_needs_a_quorum_heard_since_a_tick():
     assert contact.quorum_since(10, [VOTERS_3, joint], 1)
     contact.forget(2)
     assert contact.last(2, default=-1) == -1 and not contact.quorum_since(10, [VOTERS_3], 1)
+
+
+def test_peer_contact_shift_moves_every_contact_by_the_stall():
+    """After a stall of the leader the contacts move by its length; peers never heard stay
+    unheard."""
+    contact = PeerContact()
+    contact.heard(2, 10)
+    contact.heard(3, 4)
+    contact.shift(7)
+    assert (contact.last(2, -1), contact.last(3, -1), contact.last(4, -1)) == (17, 11, -1)
+    assert contact.quorum_since(17, [VOTERS_3], 1) and not contact.quorum_since(18, [VOTERS_3], 1)
+
+
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+def test_a_stall_of_the_leader_is_not_held_against_its_followers(protocol):
+    """Check-quorum: the ticks a leader makes up after its own stall (``stalled`` first, as
+    the node driver calls it) do not depose it, though its followers' answers are still
+    unread; the same ticks without the stall do.  Hearing nobody afterwards, it still
+    steps down within two election timeouts."""
+    stall = 2 * E + 1                                   # two check-quorum windows
+    for told in (True, False):
+        trio = Trio(protocol)
+        trio.elect(1)
+        for _ in range(2):
+            for replica in trio.nodes.values():
+                replica.tick()
+            trio.settle()
+        leader = trio.nodes[1]
+        if told:
+            leader.stalled(stall - 1)
+        for _ in range(stall):
+            leader.tick()
+            drain(leader)                               # nothing is answered any more
+        assert (leader.role == Role.LEADER) is told, (protocol, told)
+        ticks = 0
+        while leader.role == Role.LEADER:
+            leader.tick()
+            drain(leader)
+            ticks += 1
+            assert ticks <= 2 * E, "a leader that hears nobody kept leading"

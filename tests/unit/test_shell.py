@@ -94,9 +94,13 @@ class LeaseReplica:
         self.lease = lease
         self.asked_at: list[int] = []
         self.read_indexes: list = []
+        self.stalls: list[int] = []
 
     def tick(self) -> None:
         self.now += 1
+
+    def stalled(self, ticks: int) -> None:
+        self.stalls.append(ticks)
 
     def lease_read_index(self):
         self.asked_at.append(self.now)
@@ -133,6 +137,7 @@ def test_a_lease_read_after_a_pause_falls_back_to_a_read_index_round():
     ticker.catch_up()                           # what the router does before the read
     assert d.submit_read("r2", {"key": "k"}, "lease") == []
     assert replica.asked_at[-1] == 205, "the lease was checked with a stale clock"
+    assert replica.stalls == [4, 199], "the replica hears of each stall before its ticks"
     assert d.pump() == [] and len(replica.read_indexes) == 1
     ticker.stopService()
 
