@@ -41,7 +41,7 @@ its own round (its heartbeat carries the chosen set too) and check-quorum looks 
 per election timeout.  Phase 1 bookkeeping (promise pages, the configurations a candidate
 must cover, the values to re-propose) and the slot -> configuration timeline: phase1.py.
 
-Size: the protocol's message handlers and decisions, under 1,000 lines; every mechanism
+Size: the protocol's message handlers and decisions, about 1,000 lines; every mechanism
 the two protocols share, and this protocol's own bookkeeping, is in the modules above.
 """
 
@@ -193,9 +193,11 @@ class MultiPaxosReplica:
                                          self.role == Role.PRE_CANDIDATE)
 
     def stalled(self, ticks: int) -> None:
-        """A stall of ``ticks`` ticks, made up by ``tick`` next (timers.PeerContact.shift)."""
+        """A stall of ``ticks`` ticks (``tick`` makes them up next): see timers.py."""
         if self.role == Role.LEADER:
             self.contact.shift(ticks)
+        elif self.role == Role.FOLLOWER and self.leader_id is not None:
+            self.election.hold(ticks)
 
     def step(self, msg: Message) -> None:
         if msg.to != self.node_id or msg.frm == self.node_id:

@@ -43,7 +43,7 @@ here), timers.py (check-quorum here looks back one election timeout at every tic
 failover after a reset) and ready.py (the Outbox every Ready is assembled from, one
 outstanding Ready).
 
-Size: the protocol's message handlers and decisions, under 1,000 lines; every mechanism
+Size: the protocol's message handlers and decisions, about 1,000 lines; every mechanism
 the two protocols share, and this protocol's own bookkeeping, is in the modules above.
 """
 
@@ -357,10 +357,11 @@ class RaftReplica:
                 self._election.reset()
 
     def stalled(self, ticks: int) -> None:
-        """A stall of ``ticks`` ticks, made up by ``tick`` next: a leader keeps them out of
-        CheckQuorum (timers.PeerContact.shift)."""
+        """A stall of ``ticks`` ticks (``tick`` makes them up next): see timers.py."""
         if self._role == Role.LEADER:
             self._contact.shift(ticks)
+        elif self._role == Role.FOLLOWER and self._leader_id is not None:
+            self._election.hold(ticks)
 
     def _tick_leader(self) -> None:
         if self._heartbeat.tick():

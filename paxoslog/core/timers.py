@@ -3,6 +3,13 @@
 heard (check-quorum, status), and when to campaign after the leader's connection was reset
 (``ResetFailover``).
 
+A node's own stall (``Replica.stalled``, called before the ticks that make it up) is held
+against nobody: what the others sent meanwhile is still unread.  A leader moves its peers'
+last contact (``PeerContact.shift``: check-quorum), a follower of a known leader holds its
+election timer (``ElectionTimer.hold``: that leader's heartbeats are as unread); a node
+with no leader to wait for counts the stall.  Leases and stickiness, which bound what the node itself may do,
+count the stall's ticks in full.
+
 Time is ticks; the only randomness is the replica's seeded ``Rng``.  Election timeouts are
 drawn uniformly from [election_ticks, 2 * election_ticks), so two candidates rarely time
 out together (dueling candidates back off with a fresh draw).
@@ -20,7 +27,8 @@ __all__ = ["ElectionTimer", "Interval", "PeerContact", "ResetFailover"]
 
 class ElectionTimer:
     """Counts ticks without news from a leader; expires after a randomized timeout, or
-    sooner once ``expire_after`` shortened it (the leader's connection was reset)."""
+    sooner once ``expire_after`` shortened it (the leader's connection was reset).  Ticks
+    this node makes up after a stall of its own count as one (``hold``)."""
 
     __slots__ = ("_base", "_rng", "elapsed", "timeout", "shortened")
 
@@ -56,6 +64,11 @@ class ElectionTimer:
         """Count from zero toward a freshly drawn timeout."""
         self.elapsed = 0
         self.redraw()
+
+    def hold(self, ticks: int) -> None:
+        """The next ``ticks`` ticks do not count: this node did not run for that long, so
+        the leader's silence meanwhile is no evidence (``Replica.stalled``)."""
+        self.elapsed -= ticks
 
     def expire_after(self, ticks: int) -> None:
         """Expire ``ticks`` ticks from now (at most), instead of at the drawn timeout."""

@@ -22,8 +22,8 @@ Commands::
                              or the given voters and learners (others are outside it);
                              timeout: ticks a client request may wait for its answer
     tick NODES [K]           tick each node K times (default 1), processing Readies
-    late NODE K              NODE's ticker fires K ticks late (a stall): one call that
-                             gives the K ticks at once, as the server's ticker does
+    late NODES K             each node's ticker fires K ticks late (a stall): one call
+                             that gives the K ticks at once, as the server's ticker does
     run K                    K rounds of: tick every live node once, then stabilize
     campaign NODE            tick NODE until it leaves the follower role
     elect NODE               campaign NODE, then stabilize (fails if it does not lead)
@@ -209,7 +209,8 @@ class _Interpreter:
         return self.cmd_status([args[0]])
 
     def cmd_late(self, args):
-        self._node(args[0]).late(int(args[1]))
+        for n in _ids(args[0]):
+            self._node(str(n)).late(int(args[1]))
         return self.cmd_status([args[0]])
 
     def cmd_run(self, args):

@@ -375,6 +375,26 @@ def _put_fresh(c: ClusterHarness, node: int, key: str, value) -> tuple:
         conn.close()
 
 
+def test_a_pause_of_the_whole_cluster_elects_nobody(cluster):
+    """SIGSTOP every node for four election timeouts (a frozen VM), then SIGCONT: each makes
+    up the ticks it missed, but none holds its own stall against the others (the leader
+    its followers' silence, a follower the leader's), so nobody campaigns: the same leader
+    in the same term takes the next write.  Before, both followers' election timers ran
+    out in the catch-up, and the term moved in 2 of 6 such runs."""
+    c = cluster
+    c.write("before", 1)
+    leader = c.wait_leader()
+    term = c.status(leader)["term"]
+    for node in c.ids:
+        c.pause(node)
+    time.sleep(4 * c.election_s)   # not synchronisation: the length of the freeze
+    for node in c.ids:
+        c.resume(node)
+    c.write("after", 2)
+    assert wait_for(lambda: c.leader(), 10, what="one leader named by every node") == leader
+    assert all(c.status(node)["term"] == term for node in c.ids)
+
+
 def test_paused_leader_serves_no_stale_reads_and_takes_no_writes_as_leader(cluster):
     """SIGSTOP the leader past the election timeout, write through the new leader, SIGCONT:
     requests that queued at the old leader never see the old value, and the old leader

@@ -407,3 +407,42 @@ def test_a_stall_of_the_leader_is_not_held_against_its_followers(protocol):
             drain(leader)
             ticks += 1
             assert ticks <= 2 * E, "a leader that hears nobody kept leading"
+
+
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+def test_a_stalled_follower_does_not_campaign_on_the_ticks_it_makes_up(protocol):
+    """A follower told of its own stall counts the catch-up as one tick of the leader's
+    silence, so it still follows (the leader's heartbeats, unread meanwhile, come next);
+    the same ticks without the stall make it campaign.  Hearing nothing more afterwards,
+    it campaigns within two election timeouts; a node with no leader to wait for counts
+    the stall in full."""
+    stall = 2 * E + 1                                   # past any drawn timeout
+    for told in (True, False):
+        trio = Trio(protocol)
+        trio.elect(1)
+        follower = trio.nodes[2]
+        if told:
+            follower.stalled(stall - 1)
+        for _ in range(stall):
+            follower.tick()
+            drain(follower)
+        assert (follower.role == Role.FOLLOWER and follower.leader_id == 1) is told
+    trio = Trio(protocol)
+    trio.elect(1)
+    follower = trio.nodes[2]
+    follower.stalled(stall - 1)
+    for _ in range(stall):
+        follower.tick()
+        drain(follower)
+    ticks = 0
+    while follower.role == Role.FOLLOWER:               # hearing nothing more, it campaigns
+        follower.tick()
+        drain(follower)
+        ticks += 1
+        assert ticks <= 2 * E, "a stalled follower never campaigned"
+    lone = Trio(protocol).nodes[2]                      # no leader to wait for: no hold
+    lone.stalled(stall - 1)
+    for _ in range(stall):
+        lone.tick()
+        drain(lone)
+    assert lone.role != Role.FOLLOWER
