@@ -3,8 +3,9 @@
 The shell (server or simulator) never knows which protocol runs: it calls ``tick`` (after
 ``stalled`` when it makes up missed ticks), ``step``, ``propose``, ``read_index``,
 ``change_config``, ``transfer_leadership`` and ``compact``, drains ``ready()`` and reports
-``advance(ready)`` (see ready.py for the order in which a Ready must be honoured).  The interface types live in the leaf module types.py
-(the protocols import them from there); they are re-exported here for the shell.
+``advance(ready)`` (see ready.py for the order in which a Ready must be honoured).  The
+interface types live in the leaf module types.py (the protocols import them from there);
+they are re-exported here for the shell.
 """
 
 from __future__ import annotations

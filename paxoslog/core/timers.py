@@ -7,8 +7,8 @@ A node's own stall (``Replica.stalled``, called before the ticks that make it up
 against nobody: what the others sent meanwhile is still unread.  A leader moves its peers'
 last contact (``PeerContact.shift``: check-quorum), a follower of a known leader holds its
 election timer (``ElectionTimer.hold``: that leader's heartbeats are as unread); a node
-with no leader to wait for counts the stall.  Leases and stickiness, which bound what the node itself may do,
-count the stall's ticks in full.
+with no leader to wait for counts the stall.  Leases and stickiness, which bound what the
+node itself may do, count the stall's ticks in full.
 
 Time is ticks; the only randomness is the replica's seeded ``Rng``.  Election timeouts are
 drawn uniformly from [election_ticks, 2 * election_ticks), so two candidates rarely time

@@ -160,7 +160,7 @@ class NodeDriver:
 
     def tick(self, count: int = 1) -> list:
         """``count`` ticks of time passed (more than one after a stall: the replica hears
-        of the stall first, so that its check-quorum does not blame the peers for it)."""
+        of the stall first, so that it does not blame the others' silence on them)."""
         replica = self.replica
         if count > 1:
             replica.stalled(count - 1)
