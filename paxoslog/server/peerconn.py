@@ -242,11 +242,10 @@ class PeerConnection(Protocol):
     def flush(self) -> None:
         """Write the queued messages as MESSAGES frames of at most ``frame_bytes_max``
         and ``FLUSH_BYTES_MAX`` (a single larger message goes alone), each message encoded
-        once, in order.  After
-        ``FLUSH_BYTES_MAX`` bytes the rest waits for the reactor's next turn, so ticks and
-        other peers' frames run in between; until then a flush writes nothing more (the
-        queue is in order: what was queued since goes after it).  Small writes (light
-        load) schedule nothing."""
+        once, in order.  After ``FLUSH_BYTES_MAX`` bytes the rest waits for the reactor's
+        next turn, so ticks and other peers' frames run in between; until then a flush
+        writes nothing more (the queue is in order: what was queued since goes after it).
+        Small writes (light load) schedule nothing."""
         if self.paused or self.closed or not self.queue:
             return
         if self._turn_bytes < FLUSH_BYTES_MAX:
