@@ -21,6 +21,12 @@ Optional (the node uses them when present)::
                                                 whose concatenation is snapshot() (a
                                                 thread encoding a large state in pieces
                                                 gives the event loop the GIL between them)
+    plain_commands: bool                        True: ``validate`` returns only dicts
+                                                (str or int keys), lists, str, bytes, int,
+                                                float, bool and None, which CBOR gives back
+                                                as they are; the node that encoded a batch
+                                                then applies its maps without decoding the
+                                                bytes again (default False: it decodes)
     internal: bool                              True: written by the node itself only;
                                                 no client endpoint can address it
     version: int                                default 1; bump it whenever ``apply`` of

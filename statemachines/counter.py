@@ -28,6 +28,7 @@ _NAME_CHARS_MAX = 256
 
 class CounterStateMachine:
     name = "counter"
+    plain_commands = True   # validate gives JSON's types only (tests/unit/test_batch_apply.py)
     version = 1
     ops = ("add", "reset")
     read_ops = ("get",)

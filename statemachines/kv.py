@@ -69,6 +69,7 @@ class KVStateMachine:
     """Key -> (value, create_index, mod_index, version), in key order."""
 
     name = "kv"
+    plain_commands = True   # validate gives JSON's types only (tests/unit/test_batch_apply.py)
     internal_ops = INTERNAL_OPS
     version = 2          # 2: delete_range, the prefix cursor
 

@@ -64,8 +64,9 @@ class StateMachines:
         self.on_failure = on_failure      # a state machine raised (logged by the shell)
         # Batches this node encoded, by the identity of their bytes: when the same bytes
         # object comes back to be applied (this node proposed it as leader), the command
-        # is taken from here instead of decoded again.  It is exactly what the bytes
-        # decode to (plain values, encoded from it), so the apply is the same.
+        # is taken from here instead of decoded again.  Only batches of state machines
+        # with ``plain_commands`` are kept: their commands are exactly what the bytes
+        # decode to, so the apply is the same as on every other node.
         self._encoded: dict[int, tuple[bytes, dict]] = {}
         self._encoded_bytes = 0
 
@@ -291,6 +292,9 @@ class StateMachines:
             commands.append(command)
         command = batch_command(commands, client_id, sequence, ts, release, acked)
         data = cbor2.dumps(command)
+        if not all(getattr(self.machines.get(sm), "plain_commands", False)
+                   for sm in validators):
+            return data      # its validate may give a tuple, which comes back a list
         encoded = self._encoded
         while encoded and (len(encoded) >= _ENCODED_KEPT
                            or self._encoded_bytes + len(data) > _ENCODED_BYTES_MAX):

@@ -500,16 +500,17 @@ class HttpProtocol(Protocol):
             log.failure("request handler failed")
             result = _error(500, "internal", "internal error")
         if isinstance(result, defer.Deferred):
-            result.addErrback(self._handler_failed)
-            result.addCallback(self._respond, seq, keep_alive and http10, head)
+            args = (seq, keep_alive and http10, head)
+            result.addCallbacks(self._respond, self._handler_failed,
+                                callbackArgs=args, errbackArgs=args)
         else:
             self._respond(result, seq, keep_alive and http10, head)
         if not keep_alive:
             raise _Abort()
 
-    def _handler_failed(self, failure) -> tuple:
+    def _handler_failed(self, failure, seq: int, keep_alive_10: bool, head: bool) -> None:
         log.failure("request handler failed", failure)
-        return _error(500, "internal", "internal error")
+        self._respond(_error(500, "internal", "internal error"), seq, keep_alive_10, head)
 
     # ------------------------------------------------------------------ responses
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 from typing import Callable
+from json.encoder import c_make_encoder, encode_basestring
 from urllib.parse import parse_qs
 
 from twisted.internet import defer
@@ -85,22 +86,31 @@ class FileBody:
             done()
 
 
-# One encoder for every response: ``json.dumps`` with options builds a new one per call,
-# a third of the encoding time of a write's answer.
-_ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, default=str,
-                            allow_nan=False)
+# One encoder for every response, the C one of the json module called directly: compact
+# separators, UTF-8 text as is, ``str()`` of anything else, no NaN.  ``json.dumps`` with
+# options builds an encoder per call, and even a kept ``JSONEncoder`` builds its C encoder
+# per call: 3.2 us against 1.5 us for a read's answer.  Without the circular-reference
+# markers: our bodies are trees (a cycle would end in RecursionError, answered 500).
+_ENCODE = c_make_encoder(None, str, encode_basestring, None, ":", ",", False, False, False) \
+    if c_make_encoder is not None else \
+    json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, default=str,
+                     allow_nan=False).iterencode
 
 
 def json_response(status: int, obj: object, headers: tuple = ()) -> tuple:
     """A JSON response.  NaN and infinities are not JSON: a body holding one becomes a 500
     (the API refuses them on input, so only a plug-in's result could carry one)."""
     try:
-        body = _ENCODER.encode(obj).encode()
+        body = "".join(_ENCODE(obj, 0)).encode()
     except ValueError:
         log.error("a response held a non-finite number (NaN or Infinity); answered 500")
         status, headers = 500, ()
         body = (b'{"error":"internal","message":"the response held a non-finite number, '
                 b'which JSON cannot carry"}')
+    except RecursionError:
+        log.error("a response held a cycle or nested too deep for JSON; answered 500")
+        status, headers = 500, ()
+        body = b'{"error":"internal","message":"the response could not be encoded"}'
     return (status, body, _JSON, headers)
 
 

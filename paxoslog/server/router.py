@@ -16,7 +16,6 @@ from collections import deque
 from typing import Callable
 
 from twisted.internet import defer
-from twisted.python.failure import Failure
 
 from statemachines import BadCommand, is_internal
 from statemachines.base import CommandTooLarge
@@ -173,18 +172,16 @@ class RequestRouter:
 
     def _send(self, client_id: str, sequence: int, data: bytes, ours: bool,
               release: list | None) -> defer.Deferred:
-        d = self.runner.write((client_id, sequence), data)
-        if ours:
-            sessions = self.server_sessions
-            sessions.sent(client_id)
+        if not ours:
+            return self.runner.write((client_id, sequence), data)
+        sessions = self.server_sessions
+        sessions.sent(client_id)
 
-            def answered(result):
-                sessions.answered(client_id)
-                if release and isinstance(result, Failure):
-                    sessions.put_back(release)   # perhaps never committed: send again
-                return result
-            d.addBoth(answered)
-        return d
+        def answered(failed: bool) -> None:
+            sessions.answered(client_id)
+            if release and failed:
+                sessions.put_back(release)   # perhaps never committed: send again
+        return self.runner.write((client_id, sequence), data, answered)
 
     def read(self, query: dict, consistency: str) -> defer.Deferred:
         if consistency == "lease":

@@ -34,7 +34,7 @@ from .errors import ApiError
 from .metrics import Histogram
 from .narrate import TOLD, narrate
 
-__all__ = ["DriverRunner", "FatalNodeError", "ForwardedHandle"]
+__all__ = ["DriverRunner", "FatalNodeError", "ForwardedHandle", "ClientRequest"]
 
 log = Logger(namespace="paxoslog.node")
 
@@ -51,6 +51,22 @@ class ForwardedHandle:
     def __init__(self, peer: int, request_id: int) -> None:
         self.peer = peer
         self.request_id = request_id
+
+
+class ClientRequest:
+    """A client's request inside the driver: the Deferred its answer fires, when it was
+    submitted, whether it is a write (the latency histograms) and ``done``, told
+    ``done(failed)`` just before the answer fires (the server's session bookkeeping).
+    One plain object instead of more callbacks on the Deferred: each costs about 0.7 us
+    per request on this machine, some 5 % of a linearizable read."""
+
+    __slots__ = ("deferred", "started", "write", "done")
+
+    def __init__(self, write: bool, done: Callable[[bool], None] | None = None) -> None:
+        self.deferred = defer.Deferred()
+        self.started = time.perf_counter()
+        self.write = write
+        self.done = done
 
 
 class DriverRunner:
@@ -112,32 +128,37 @@ class DriverRunner:
     def peer_down(self, peer: int) -> None:
         self._event("peer down", self.driver.peer_down, peer)
 
-    def write(self, key: tuple[str, int], data: bytes) -> defer.Deferred:
-        """Fires with the committed body, or fails with ``ApiError`` (503/504/...)."""
-        d = defer.Deferred()
-        d.addBoth(self._observe_write, time.perf_counter())
-        self._event("a write", self.driver.submit_write, d, key, data)
-        return d
+    def write(self, key: tuple[str, int], data: bytes,
+              done: Callable[[bool], None] | None = None) -> defer.Deferred:
+        """Fires with the committed body, or fails with ``ApiError`` (503/504/...);
+        ``done(failed)`` is called just before."""
+        request = ClientRequest(True, done)
+        self._event("a write", self.driver.submit_write, request, key, data)
+        return request.deferred
 
     def read(self, query: dict, consistency: str) -> defer.Deferred:
-        d = defer.Deferred()
-        d.addBoth(self._observe, self.read_latency, time.perf_counter())
-        self._event("a read", self.driver.submit_read, d, query, consistency)
-        return d
+        request = ClientRequest(False)
+        self._event("a read", self.driver.submit_read, request, query, consistency)
+        return request.deferred
 
-    def _observe_write(self, result, started: float):
-        seconds = time.perf_counter() - started
-        self.write_latency.observe(seconds)
-        if isinstance(result, Failure):
-            self.writes_failed += 1
+    def _answer(self, request: ClientRequest, result) -> None:
+        """Fire a client's Deferred with ``result``: a body, or an ``ApiError``."""
+        seconds = time.perf_counter() - request.started
+        failed = isinstance(result, ApiError)
+        if request.write:
+            self.write_latency.observe(seconds)
+            if failed:
+                self.writes_failed += 1
+            else:
+                self.commit_latency.observe(seconds)
         else:
-            self.commit_latency.observe(seconds)
-        return result
-
-    @staticmethod
-    def _observe(result, histogram: Histogram, started: float):
-        histogram.observe(time.perf_counter() - started)
-        return result
+            self.read_latency.observe(seconds)
+        if request.done is not None:
+            request.done(failed)
+        if failed:
+            request.deferred.errback(result)
+        else:
+            request.deferred.callback(result)
 
     def forwarded_write(self, peer: int, request_id: int, data: bytes) -> None:
         self._event("a forwarded write", self.driver.submit_forwarded_write,
@@ -201,9 +222,9 @@ class DriverRunner:
     def _event(self, what: str, method, *args, pump: bool = True) -> None:
         if self.fatal is not None:
             for arg in args:
-                if isinstance(arg, defer.Deferred):
-                    arg.errback(ApiError(503, "unavailable", "the node has stopped",
-                                         retry_after=1))
+                if type(arg) is ClientRequest:
+                    self._answer(arg, ApiError(503, "unavailable", "the node has stopped",
+                                               retry_after=1))
             return
         started = time.perf_counter()
         try:
@@ -212,13 +233,14 @@ class DriverRunner:
             log.failure("unexpected error in {what}", what=what)
             self.die(FatalNodeError(f"unexpected error in {what}: {exc!r}"))
             return
-        applied = sum(1 for op in instructions if type(op) is Applied)
-        if applied:
-            seconds = time.perf_counter() - started
-            self.apply_seconds.observe(seconds)
-            if self.health is not None:
-                self.health.applied(seconds, applied)
-        self.execute(instructions)
+        if instructions:       # most client requests' events give none (the pump answers)
+            applied = sum(1 for op in instructions if type(op) is Applied)
+            if applied:
+                seconds = time.perf_counter() - started
+                self.apply_seconds.observe(seconds)
+                if self.health is not None:
+                    self.health.applied(seconds, applied)
+            self.execute(instructions)
         if pump:
             self.schedule_pump()
 
@@ -280,10 +302,9 @@ class DriverRunner:
         handle = op.handle
         if type(handle) is ForwardedHandle:
             self.transport.reply_forward(handle.peer, handle.request_id, op.status, op.body)
-        elif op.status == 200:
-            handle.callback(op.body)
         else:
-            handle.errback(ApiError.from_body(op.status, op.body))
+            self._answer(handle, op.body if op.status == 200
+                         else ApiError.from_body(op.status, op.body))
 
     def _forward_answered(self, reply: tuple, request) -> None:
         status, body = reply

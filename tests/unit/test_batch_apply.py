@@ -263,3 +263,83 @@ def test_encoded_batches_never_applied_here_are_bounded_by_bytes():
     assert id(datas[-1]) not in here._encoded
     assert here.kv.query({"key": "k399"})["value"] == value
     assert here._encoded_bytes == sum(len(d) for d, _ in here._encoded.values())
+
+
+def _same(a, b) -> bool:
+    """Equal and of the same types all the way down (1 == 1.0 and [1] == (1,) are not)."""
+    if type(a) is not type(b):
+        return False
+    if type(a) is dict:
+        return list(a) == list(b) and all(_same(k, j) and _same(a[k], b[j])
+                                          for k, j in zip(a, b))
+    if type(a) is list:
+        return len(a) == len(b) and all(map(_same, a, b))
+    return a == b
+
+
+_KV_COMMANDS = [
+    {"op": "put", "key": "a", "value": {"x": [1, 2.5, None, True, "é"], "y": {}}},
+    {"op": "put", "key": "b", "value": "v", "lease": 7},
+    {"op": "cas", "key": "a", "value": 3, "expected": {"x": [1]}},
+    {"op": "cas", "key": "a", "value": 3, "expected_version": 2},
+    {"op": "delete", "key": "a"},
+    {"op": "delete_range", "prefix": "p/"},
+    {"op": "txn", "compare": [{"key": "a", "target": "version", "cmp": ">=", "value": 0},
+                              {"key": "b", "target": "value", "cmp": "==", "value": [1, {}]}],
+     "success": [{"op": "put", "key": "t", "value": [1]}, {"op": "delete", "key": "u"}],
+     "failure": [{"op": "get", "key": "a"}, {"op": "range", "prefix": "q/"}]},
+    {"op": "lease_grant", "ttl_ms": 60_000},
+    {"op": "lease_revoke", "id": 7},
+]
+
+
+@pytest.mark.parametrize("name,fields", [("kv", c) for c in _KV_COMMANDS] + [
+    ("counter", {"op": "add", "name": "n", "delta": 5}),
+    ("counter", {"op": "reset", "name": "n"})])
+def test_state_machines_with_plain_commands_validate_to_what_cbor_gives_back(name, fields):
+    """kv and counter declare ``plain_commands``: the node that encodes a batch applies the
+    validated maps as they are, every other node what the bytes decode to.  They must be
+    the same values of the same types."""
+    m = machines()
+    assert getattr(m.get(name), "plain_commands", False)
+    validated = m.validate(dict(fields, sm=name))
+    assert _same(cbor2.loads(cbor2.dumps(validated)), validated)
+
+
+class _TupleStateMachine:
+    """A user's state machine whose validate normalizes to a tuple (not plain)."""
+    name = "tuples"
+    version = 1
+
+    def __init__(self) -> None:
+        self.seen: list = []
+
+    def validate(self, command: dict) -> dict:
+        return {"op": "add", "items": tuple(command.get("items", ()))}
+
+    def apply(self, index: int, command: dict):
+        self.seen.append(type(command["items"]).__name__)
+        return {"kind": type(command["items"]).__name__}
+
+    def query(self, request):
+        return {"seen": self.seen}
+
+    def snapshot(self) -> bytes:
+        return cbor2.dumps(self.seen)
+
+    def restore(self, data: bytes) -> None:
+        self.seen = cbor2.loads(data) if data else []
+
+
+def test_a_batch_of_a_state_machine_without_plain_commands_is_decoded_where_it_was_encoded():
+    """Its validate gave a tuple, which every other node decodes as a list: the encoding
+    node must apply what the bytes decode to as well, or its state would differ."""
+    def with_tuples():
+        return StateMachines({"kv": KVStateMachine(), "tuples": _TupleStateMachine()},
+                             SessionTable(), lambda name: None, record_terms=True)
+    here, there = with_tuples(), with_tuples()
+    data = here.encode_batch_write([("tuples", {"items": [1, 2]}, None)], "c", 1, ts=1000)
+    mine = here.apply_command(4, 1, data)
+    theirs = there.apply_command(4, 1, bytes(data))
+    assert mine.result == theirs.result == {"op": "batch", "results": [{"kind": "list"}]}
+    assert here.get("tuples").seen == there.get("tuples").seen == ["list"]

@@ -130,12 +130,17 @@ class FakeRunner:
         self.fail = False
         self.sent: list[dict] = []
 
-    def write(self, key, data: bytes) -> defer.Deferred:
+    def write(self, key, data: bytes, done=None) -> defer.Deferred:
         self.sent.append(decode_command(data))
         if self.fail:
+            if done is not None:
+                done(True)
             return defer.fail(ApiError(504, "timeout", "no commit before the deadline"))
         self.index += 1
-        return defer.succeed(self.m.apply_command(self.index, 1, data))
+        applied = self.m.apply_command(self.index, 1, data)
+        if done is not None:
+            done(False)
+        return defer.succeed(applied)
 
 
 def test_writes_without_a_session_keep_about_one_generation_of_results():
