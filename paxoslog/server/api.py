@@ -67,6 +67,7 @@ from .routes import ROUTES, SERVED_WHEN_REMOVED as _SERVED_WHEN_REMOVED, Route
 from .errors import ApiError, bad_request
 from .httpmsg import SwitchProtocols, json_response, query_params
 from .reload import ReloadFailed
+from .surrogates import LONE_SURROGATE_MESSAGE, lone_surrogate
 
 __all__ = ["Api", "Route", "ROUTES"]
 
@@ -277,7 +278,8 @@ class Api:
         if not request.body:
             raise bad_request("a JSON object body is required")
         try:
-            body = _DECODER.decode(request.body.decode("utf-8"))
+            text = request.body.decode("utf-8")
+            body = _DECODER.decode(text)
         except UnicodeDecodeError:
             raise bad_request("the body is not UTF-8") from None
         except RecursionError:
@@ -290,6 +292,8 @@ class Api:
             raise bad_request(f"the body must be a JSON object, not {_json_type(body)}")
         if nesting_exceeds(body, self.limits.json_depth_max):
             raise self._too_deep()
+        if lone_surrogate(text, body):
+            raise bad_request(f"the body {LONE_SURROGATE_MESSAGE}")
         return body
 
     def _too_deep(self) -> ApiError:

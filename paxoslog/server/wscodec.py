@@ -25,6 +25,8 @@ import cbor2
 
 from statemachines.base import cbor_head
 
+from .surrogates import LONE_SURROGATE_MESSAGE, lone_surrogate
+
 __all__ = ["BadMessage", "JsonCodec", "CborCodec", "CODECS", "SUBPROTOCOLS", "plain_exceeds"]
 
 JSON_SUBPROTOCOL = "paxoslog.v1.json"
@@ -86,7 +88,8 @@ class JsonCodec:
 
     def decode(self, payload: bytes) -> object:
         try:
-            value = _JSON_DECODER.decode(payload.decode("utf-8"))
+            text = payload.decode("utf-8")
+            value = _JSON_DECODER.decode(text)
         except UnicodeDecodeError:
             raise BadMessage("the frame is not UTF-8") from None
         except RecursionError:
@@ -96,6 +99,8 @@ class JsonCodec:
         why = plain_exceeds(value, self.depth_max)
         if why is not None:
             raise BadMessage(f"the message {why}")
+        if lone_surrogate(text, value):
+            raise BadMessage(f"the message {LONE_SURROGATE_MESSAGE}")
         return value
 
     @staticmethod

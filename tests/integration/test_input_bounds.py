@@ -55,6 +55,34 @@ def test_non_finite_numbers_are_refused_at_the_edge(make_cluster, protocol):
         conn.close()
 
 
+@pytest.mark.parametrize("protocol", ["multipaxos", "raft"])
+def test_a_lone_surrogate_is_refused_at_the_edge_and_logs_nothing(make_cluster, protocol):
+    """JSON may escape half of a UTF-16 pair ("\\ud800"); Python decodes it to a string
+    no UTF-8 encoder takes.  Every write body that holds one gets 400 (it was a 500 and a
+    traceback in the log per request), nothing is stored, and a proper pair (an emoji)
+    round-trips."""
+    c = make_cluster(protocol)
+    node = c.ids[1]
+    for path, raw in (("/api/v1/consensus/propose", b'{"key": "s", "value": "\\ud800"}'),
+                      ("/api/v1/consensus/propose", b'{"key": "\\uDFFF", "value": 1}'),
+                      ("/api/v1/consensus/batch",
+                       b'{"ops": [{"op": "put", "key": "s", "value": {"\\ud800": 1}}]}'),
+                      ("/api/v1/consensus/txn",
+                       b'{"compare": [], "success": [{"op": "put", "key": "s", '
+                       b'"value": ["\\udc00"]}]}'),
+                      ("/api/v1/sm/kv", b'{"op": "put", "key": "s", "value": "\\ud800"}'),
+                      ("/api/v1/sm/kv", b'{"query": {"key": "\\ud800"}}')):
+        r = c.request(node, "POST", path, raw=raw)
+        assert r.status == 400 and r.body["error"] == "bad_request", (path, raw, r)
+        assert "lone UTF-16 surrogate" in r.body["message"], r
+    c.write("emoji", "\U0001f600")
+    assert c.get(node, "emoji").body["value"] == "\U0001f600"
+    assert c.get(node, "s").status == 404, "a lone surrogate reached the log"
+    for member in c.ids:
+        with open(c.log_path(member), errors="replace") as f:
+            assert "Traceback" not in f.read(), f"node {member} logged a traceback"
+
+
 def test_prefix_reads_are_cut_by_bytes_with_more(make_cluster):
     """With query_result_bytes_max = 16 KiB, a prefix read over 40 values of 1 KB returns
     the first ~15 records and more: true (the row limit alone returned all 40); a single

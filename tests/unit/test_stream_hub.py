@@ -344,6 +344,20 @@ def test_codecs_refuse_garbage_deep_nesting_and_non_json_values():
     assert cbor.decode(cbor2.dumps([{"id": 1}])) == [{"id": 1}]
 
 
+@pytest.mark.parametrize("raw", [b'{"v": "\\ud800"}', b'{"v": ["a", {"x": "b\\uDFFFc"}]}',
+                                 b'{"\\udc00": 1}', b'{"v": "\\ude00\\ud83d"}'])
+def test_the_json_codec_refuses_a_lone_surrogate(raw):
+    """Half of a UTF-16 pair decodes to a string no UTF-8 encoder takes: refused, in a
+    key or a value, at any depth (a reversed pair is two lone halves)."""
+    with pytest.raises(BadMessage, match="lone UTF-16 surrogate"):
+        JsonCodec(4).decode(raw)
+
+
+def test_the_json_codec_takes_a_surrogate_pair_and_escapes_outside_the_range():
+    codec = JsonCodec(4)
+    assert codec.decode(b'{"v": "\\ud83d\\ude00 \\u00e9 \\uFFFF"}') == {"v": "\U0001f600 \u00e9 \uffff"}
+
+
 def test_spliced_messages_equal_plain_encodings():
     """shared + spliced is byte-for-byte a message with the stream id first."""
     rest = {"type": "events", "revision": 3, "events": [{"k": "v"}]}
