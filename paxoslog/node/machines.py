@@ -362,6 +362,13 @@ class StateMachines:
             found = kv.query(query)
         except BadCommand as exc:
             raise QueryFailed(400, "bad_request", str(exc)) from None
+        except Exception as exc:
+            # A read changes nothing: the node answers 500 and serves on (it used to stop,
+            # and so did every node the same read reached).
+            if self.on_failure is not None:
+                self.on_failure(kv.name, -1, exc)
+            raise QueryFailed(500, "query_failed", f"the kv query failed: "
+                              f"{type(exc).__name__}") from None
         if found is None:
             raise QueryFailed(404, "not_found", f"key {query.get('key')!r} not found")
         return dict(found)

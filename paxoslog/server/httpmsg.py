@@ -98,15 +98,18 @@ _ENCODE = c_make_encoder(None, str, encode_basestring, None, ":", ",", False, Fa
 
 
 def json_response(status: int, obj: object, headers: tuple = ()) -> tuple:
-    """A JSON response.  NaN and infinities are not JSON: a body holding one becomes a 500
-    (the API refuses them on input, so only a plug-in's result could carry one)."""
+    """A JSON response.  NaN, infinities, integers of more than 4,300 digits and lone
+    surrogates are not JSON text: a body holding one becomes a 500 (the API refuses them on
+    input, so only a plug-in's result could carry one)."""
     try:
         body = "".join(_ENCODE(obj, 0)).encode()
-    except ValueError:
-        log.error("a response held a non-finite number (NaN or Infinity); answered 500")
+    except ValueError as exc:
+        # NaN or an infinity, an integer too long to print, a lone surrogate
+        log.error("a response could not be written as JSON ({error}); answered 500",
+                  error=str(exc)[:200])
         status, headers = 500, ()
-        body = (b'{"error":"internal","message":"the response held a non-finite number, '
-                b'which JSON cannot carry"}')
+        body = (b'{"error":"internal","message":"the response held a value JSON cannot '
+                b'carry"}')
     except RecursionError:
         log.error("a response held a cycle or nested too deep for JSON; answered 500")
         status, headers = 500, ()

@@ -44,7 +44,22 @@ def _reject_constant(name: str):
 
 _JSON_DECODER = json.JSONDecoder(parse_constant=_reject_constant)
 _JSON_ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
-_PLAIN_SCALARS = (str, int, bool, type(None))
+_PLAIN_SCALARS = (str, bool, type(None))
+# An integer must be writable as JSON text: Python refuses to print one of more than 4,300
+# digits (a ValueError wherever the value is encoded: an answer, a stream, a prefix read's
+# size estimate, which killed the node serving it).  13,000 bits is about 3,900 digits.
+_INT_BITS_MAX = 13_000
+
+
+def _refuse_tag(decoder, tag=None):
+    raise ValueError("CBOR tags other than bignums are not allowed")
+
+
+# Every tag cbor2 decodes itself except bignums (2, 3): shared values (28, 29) let a frame
+# of 180 bytes expand to millions of items (the walk below and the encoders then held the
+# event loop for tens of seconds), and none of the others is a JSON value.
+_SEMANTIC = {tag: _refuse_tag for tag in (0, 1, 4, 5, 25, 28, 29, 30, 35, 36, 37, 52, 54, 256,
+                                          258, 260, 261, 55799)}
 
 
 def plain_exceeds(value: object, depth_max: int) -> str | None:
@@ -71,6 +86,9 @@ def plain_exceeds(value: object, depth_max: int) -> str | None:
             for child in item:
                 if type(child) not in _PLAIN_SCALARS:
                     push((child, depth))
+        elif kind is int:
+            if item.bit_length() > _INT_BITS_MAX:
+                return "holds an integer too large for JSON (over about 3,900 digits)"
         elif kind is float:
             if not math.isfinite(item):
                 return "holds a non-finite number"
@@ -146,7 +164,8 @@ class CborCodec:
     def decode(self, payload: bytes) -> object:
         try:
             value = cbor2.loads(payload, max_depth=self.depth_max + 1,
-                                allow_duplicate_keys=False)
+                                allow_duplicate_keys=False, semantic_decoders=_SEMANTIC,
+                                tag_hook=_refuse_tag)
         except Exception as exc:  # cbor2 raises several types on garbage
             raise BadMessage(f"malformed CBOR: {str(exc)[:200]}") from None
         why = plain_exceeds(value, self.depth_max)

@@ -71,6 +71,32 @@ def test_bad_messages_get_documented_errors_on_a_connection_that_stays_open(limi
     healthy(c, node)
 
 
+def test_cbor_values_json_cannot_carry_are_refused_and_prefix_reads_go_on(limited):
+    """A bignum of 5,000 digits (over the 4,300 digits Python prints: once stored, every
+    node whose prefix read met it died) and shared values (tags 28/29: 167 bytes expanding
+    to four million items, which held the event loop for seconds; a short one here) are
+    refused with 400 and stored nowhere; a bignum JSON can carry is taken; prefix reads
+    and the node go on."""
+    c = limited
+    node = c.ids[0]
+    shared = "leaf"
+    for _ in range(3):
+        shared = [shared, shared]
+    with WsProbe.of(c, node, CBOR) as probe:
+        for frame, why in ((cbor2.dumps({"id": 1, "op": "put", "key": "p/poison",
+                                         "value": 10 ** 5000}), "too large for JSON"),
+                           (cbor2.dumps({"id": 2, "op": "put", "key": "p/shared",
+                                         "value": shared}, value_sharing=True), "tag 28")):
+            probe.send_raw(frame, True)
+            reply = probe.wait(lambda: probe.replies.pop(None, None), 10, "the refusal")
+            assert reply["status"] == 400 and why in reply["body"]["message"], reply
+        assert probe.request({"op": "put", "key": "p/big", "value": 2 ** 70})[0] == 200
+    r = c.request(node, "GET", "/api/v1/consensus/query?prefix=p/")
+    assert r.status == 200 and [kv["key"] for kv in r.body["kvs"]] == ["p/big"], r
+    assert r.body["kvs"][0]["value"] == 2 ** 70
+    healthy(c, node)
+
+
 def test_an_oversized_frame_closes_the_connection_with_1009_and_nothing_else(limited):
     """A message over websocket.message_bytes_max: close code 1009 naming the size limit;
     the node and other connections go on."""

@@ -10,7 +10,7 @@ import pytest
 
 from paxoslog.node.commands import decode_command
 from paxoslog.node.instructions import DUPLICATE, EXECUTED, Applied, Reply
-from paxoslog.node.machines import StateMachines
+from paxoslog.node.machines import QueryFailed, StateMachines
 from paxoslog.node.sessions import SessionTable, result_weight
 from statemachines import BadCommand
 from statemachines.counter import CounterStateMachine
@@ -343,3 +343,18 @@ def test_a_batch_of_a_state_machine_without_plain_commands_is_decoded_where_it_w
     theirs = there.apply_command(4, 1, bytes(data))
     assert mine.result == theirs.result == {"op": "batch", "results": [{"kind": "list"}]}
     assert here.get("tuples").seen == there.get("tuples").seen == ["list"]
+
+
+def test_a_query_the_kv_store_fails_to_answer_is_a_500_not_a_dead_node():
+    """A value no JSON encoder prints (a 5,000-digit integer; the API refuses it now, but an
+    older store may hold one) made the prefix read's size estimate raise, and the node
+    serving the read stopped.  Now that read is answered 500 and the failure reported."""
+    failures = []
+    m = StateMachines({"kv": KVStateMachine()}, SessionTable(), lambda name: None,
+                      record_terms=True, on_failure=lambda *args: failures.append(args))
+    m.kv.apply(1, {"op": "put", "key": "p/poison", "value": 10 ** 5000})
+    with pytest.raises(QueryFailed) as failed:
+        m.query({"prefix": "p/"})
+    assert failed.value.status == 500 and failed.value.body["error"] == "query_failed"
+    assert [(name, index, type(exc)) for name, index, exc in failures] == [
+        ("kv", -1, ValueError)]

@@ -344,6 +344,20 @@ def test_codecs_refuse_garbage_deep_nesting_and_non_json_values():
     assert cbor.decode(cbor2.dumps([{"id": 1}])) == [{"id": 1}]
 
 
+def test_the_cbor_codec_refuses_integers_json_cannot_print_and_shared_values():
+    """A 5,000-digit bignum (no JSON encoder prints it) and value sharing (tags 28/29: a
+    small frame, an exponential tree) are refused; a 70-bit bignum is a plain integer."""
+    codec = CborCodec(4)
+    with pytest.raises(BadMessage, match="too large for JSON"):
+        codec.decode(cbor2.dumps({"v": [1, {"x": -(10 ** 5000)}]}))
+    shared = [1]
+    for _ in range(3):
+        shared = [shared, shared]
+    with pytest.raises(BadMessage, match="tag 28"):
+        CborCodec(32).decode(cbor2.dumps({"v": shared}, value_sharing=True))
+    assert codec.decode(cbor2.dumps({"v": 2 ** 70})) == {"v": 2 ** 70}
+
+
 @pytest.mark.parametrize("raw", [b'{"v": "\\ud800"}', b'{"v": ["a", {"x": "b\\uDFFFc"}]}',
                                  b'{"\\udc00": 1}', b'{"v": "\\ude00\\ud83d"}'])
 def test_the_json_codec_refuses_a_lone_surrogate(raw):
