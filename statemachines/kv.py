@@ -36,6 +36,9 @@ deterministic for a given log.
 
 Version 2 (``version``) added ``delete_range``: a node still at version 1 would refuse it
 while the others apply it, so peers refuse to mix versions (the handshake compares them).
+Version 3: a transaction's ranges share one result budget, ``TXN_RESULT_BYTES_MAX`` (each
+had the node's own ``result_bytes_max``); a range past it answers ``more: true`` (with no
+``cursor`` when it got no record: read that prefix again outside the transaction).
 """
 
 from __future__ import annotations
@@ -63,6 +66,11 @@ _SCALARS = frozenset((str, int, float, bool))
 _set = dict.__setitem__       # an existing key: SortedDict's order does not change
 _PREFIX_LIMIT_MAX = 10_000
 RESULT_BYTES_MAX_DEFAULT = 4 << 20
+# A transaction's range results, all of them together: a constant, not the node's
+# limits.query_result_bytes_max, since a result is replicated (session table) and must be
+# the same on every node.  128 ranges of 1 MB each built 123 MB answers on every replica,
+# held each node's loop 0.7-1.7 s and cost an election.
+TXN_RESULT_BYTES_MAX = 4 << 20
 
 
 class KVStateMachine:
@@ -71,7 +79,7 @@ class KVStateMachine:
     name = "kv"
     plain_commands = True   # validate gives JSON's types only (tests/unit/test_batch_apply.py)
     internal_ops = INTERNAL_OPS
-    version = 2          # 2: delete_range, the prefix cursor
+    version = 3          # 2: delete_range, the prefix cursor; 3: one result budget per txn
 
     def __init__(self, key_bytes_max: int = 4096,
                  result_bytes_max: int = RESULT_BYTES_MAX_DEFAULT, *,
@@ -322,6 +330,7 @@ class KVStateMachine:
             if lease is not None and lease not in self.leases:
                 return _lease_not_found(lease)
         results = []
+        budget = TXN_RESULT_BYTES_MAX       # shared by the ranges; the same on every node
         for op in ops:
             kind = op["op"]
             if kind == "put":
@@ -333,7 +342,9 @@ class KVStateMachine:
             elif kind == "get":
                 results.append({"op": "get", "kv": self.get(op["key"])})
             else:
-                found = self.query({"prefix": op["prefix"], "limit": op["limit"]})
+                found, size = self._prefix_read(op["prefix"], op["limit"], None, budget,
+                                                strict=True)
+                budget -= size
                 results.append({"op": "range", **found})
         return {"op": "txn", "succeeded": ok, "results": results}
 
@@ -404,25 +415,31 @@ class KVStateMachine:
             raise BadCommand("a kv query must be an object")
         if "prefix" in request:
             prefix, limit, after = self._range(request, 1000)
-            found = []
-            more = False
-            size = 0
-            budget = self.result_bytes_max
-            for key in self._keys(prefix, after):
-                if len(found) == limit:
-                    more = True
-                    break
-                record = self.get(key)
-                size += len(json.dumps(record, separators=(",", ":"), default=str)) + 1
-                if size > budget and found:
-                    more = True
-                    break
-                found.append(record)
-            result = {"kvs": found, "more": more}
-            if more:
-                result["cursor"] = found[-1]["key"]
-            return result
+            return self._prefix_read(prefix, limit, after, self.result_bytes_max)[0]
         return self.get(self._check_key(request.get("key")))
+
+    def _prefix_read(self, prefix: str, limit: int, after: str | None, budget: int,
+                     strict: bool = False) -> tuple[dict, int]:
+        """(result, its size): the records of ``prefix`` after ``after``, at most ``limit``
+        of them and ``budget`` bytes (unless ``strict``, the first record however large)."""
+        found = []
+        more = False
+        size = 0
+        for key in self._keys(prefix, after):
+            if len(found) == limit:
+                more = True
+                break
+            record = self.get(key)
+            weight = len(json.dumps(record, separators=(",", ":"), default=str)) + 1
+            if size + weight > budget and (found or strict):
+                more = True
+                break
+            size += weight
+            found.append(record)
+        result = {"kvs": found, "more": more}
+        if more and found:
+            result["cursor"] = found[-1]["key"]
+        return result, size
 
     def __len__(self) -> int:
         return len(self._data)

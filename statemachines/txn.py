@@ -19,7 +19,8 @@ taken]}``.  The ops of a branch run in order and see each other's writes (a ``ge
 mod_index and lease 0 and no value: a ``value`` compare on it is false whatever ``cmp``
 says (use ``exists``).  Ordering compares of values hold only between two numbers or two
 strings.  Bounds: ``txn_ops_max`` compares and ops per branch; the command's encoded size
-at most ``txn_bytes_max`` (``CommandTooLarge``, HTTP 413).
+at most ``txn_bytes_max`` (``CommandTooLarge``, HTTP 413); the ranges' results together at
+most kv's ``TXN_RESULT_BYTES_MAX`` (4 MiB): a range cut by it answers ``more: true``.
 """
 
 from __future__ import annotations

@@ -5,6 +5,8 @@ changes every apply reports (what the watch streams are made of)."""
 
 from __future__ import annotations
 
+import json
+
 import cbor2
 import pytest
 
@@ -358,3 +360,29 @@ def test_a_query_the_kv_store_fails_to_answer_is_a_500_not_a_dead_node():
     assert failed.value.status == 500 and failed.value.body["error"] == "query_failed"
     assert [(name, index, type(exc)) for name, index, exc in failures] == [
         ("kv", -1, ValueError)]
+
+
+def test_a_transactions_ranges_share_one_result_budget():
+    """128 ranges over 1 MB of values each built a 123 MB answer on every replica (an
+    apply of seconds, an election).  Their results now share TXN_RESULT_BYTES_MAX: the
+    ranges past it answer more: true, the first ones in full, and the node's own
+    result_bytes_max (a per-node setting) plays no part in a replicated result."""
+    from statemachines.kv import TXN_RESULT_BYTES_MAX
+    sm = KVStateMachine(result_bytes_max=1024)
+    value = "v" * 1000
+    for i in range(1000):
+        sm.apply(i + 1, {"op": "put", "key": f"p/{i:04d}", "value": value})
+    txn = sm.validate({"op": "txn", "compare": [],
+                       "success": [{"op": "range", "prefix": "p/", "limit": 1000}] * 8})
+    result = sm.apply(2000, txn)
+    ranges = result["results"]
+    whole = [r for r in ranges if not r["more"]]
+    assert len(whole) == 3 and ranges[:3] == whole          # about 1 MB each
+    assert all(len(r["kvs"]) == 1000 for r in whole)
+    total = sum(len(json.dumps(kv, separators=(",", ":"))) + 1
+                for r in ranges for kv in r["kvs"])
+    assert TXN_RESULT_BYTES_MAX - 1100 < total <= TXN_RESULT_BYTES_MAX
+    cut = ranges[3]
+    assert cut["more"] and 0 < len(cut["kvs"]) < 1000
+    assert cut["cursor"] == cut["kvs"][-1]["key"]
+    assert all(r["more"] and not r["kvs"] and "cursor" not in r for r in ranges[4:])
