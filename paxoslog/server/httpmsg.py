@@ -103,8 +103,9 @@ def json_response(status: int, obj: object, headers: tuple = ()) -> tuple:
     input, so only a plug-in's result could carry one)."""
     try:
         body = "".join(_ENCODE(obj, 0)).encode()
-    except ValueError as exc:
-        # NaN or an infinity, an integer too long to print, a lone surrogate
+    except (ValueError, TypeError) as exc:
+        # NaN or an infinity, an integer too long to print, a lone surrogate, a map key
+        # JSON has no form for (a plug-in's result)
         log.error("a response could not be written as JSON ({error}); answered 500",
                   error=str(exc)[:200])
         status, headers = 500, ()

@@ -272,8 +272,11 @@ class NodeService(MultiService):
                                 limits.session_results_total_max, limits.session_idle_ms)
 
         def failed(name: str, index: int, exc: BaseException) -> None:
-            log.error("state machine {sm} failed on entry {index}: {error!r}", sm=name,
-                      index=index, error=exc)
+            # No traceback: a client can make a plug-in's apply raise at will (a domain
+            # error such as insufficient funds), one log line per request is enough.
+            where = f"on entry {index}" if index >= 0 else "answering a query"
+            log.error("state machine {sm} failed {where}: {error!r}", sm=name, where=where,
+                      error=exc)
         return StateMachines({name: self._create_machine(name) for name in names}, sessions,
                              self._create_machine, record_terms=config.protocol == "raft",
                              on_failure=failed)

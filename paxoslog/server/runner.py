@@ -154,7 +154,10 @@ class DriverRunner:
         else:
             self.read_latency.observe(seconds)
         if request.done is not None:
-            request.done(failed)
+            try:
+                request.done(failed)
+            except Exception:     # bookkeeping must not cost the answer or the Ready
+                log.failure("a client request's bookkeeping failed")
         if failed:
             request.deferred.errback(result)
         else:

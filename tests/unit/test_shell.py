@@ -9,6 +9,7 @@ import threading
 
 import pytest
 from twisted.internet import defer, task
+from twisted.logger import globalLogPublisher
 
 from paxoslog.core.log import HardState, SnapshotMeta
 from paxoslog.core.quorum import Config
@@ -310,6 +311,40 @@ def test_runner_maps_error_replies_to_api_errors():
     failure = []
     d.addErrback(failure.append)
     assert failure[0].value.status == 504 and failure[0].value.code == "outcome_unknown"
+
+
+def test_answers_observe_latency_and_a_failing_done_hook_costs_nothing_else():
+    """The runner times each answer (writes: commit latency or a failure) and calls the
+    request's ``done`` hook before firing it; a hook that raises is logged, and its answer,
+    the rest of the instruction list and the other answers still go out."""
+    driver = ScriptedDriver()
+    runner, reactor = runner_with(driver)
+    told = []
+
+    def broken(failed: bool) -> None:
+        told.append(failed)
+        raise KeyError("bookkeeping")
+    first = runner.write(("c", 1), b"x", done=broken)
+    second = runner.write(("c", 2), b"y", done=told.append)
+    read = runner.read({"key": "k"}, "linearizable")
+    h1, h2, h3 = (args[0] for _, args in driver.calls)
+    answers = []
+    for d in (first, second, read):
+        d.addBoth(answers.append)
+    logged: list = []
+    globalLogPublisher.addObserver(logged.append)
+    try:
+        runner.execute([Reply(h1, 200, {"index": 1}), Send(["m"]),
+                        Reply(h2, 503, {"error": "unavailable", "message": "m"}),
+                        Reply(h3, 200, {"value": 1})])
+    finally:
+        globalLogPublisher.removeObserver(logged.append)
+    assert [e["log_failure"].type for e in logged if "log_failure" in e] == [KeyError]
+    assert told == [False, True] and runner.transport.sent == ["m"]
+    assert answers[0] == {"index": 1} and answers[1].value.status == 503
+    assert answers[2] == {"value": 1}
+    assert (runner.write_latency.count, runner.commit_latency.count, runner.writes_failed,
+            runner.read_latency.count) == (2, 1, 1, 1)
 
 
 def test_an_exception_in_the_driver_is_fatal_and_later_requests_get_503():
