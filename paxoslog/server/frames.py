@@ -188,15 +188,17 @@ class FrameDecoder:
         return len(self._buffer)
 
 
-def _refuse_tag(decoder, tag=None):
-    raise cbor2.CBORDecodeError("CBOR tags are not allowed in peer frames")
+def refuse_tag(decoder, tag=None):
+    """cbor2's ``tag_hook`` (and semantic decoder) that refuses a tag."""
+    raise cbor2.CBORDecodeError("CBOR tags are not allowed (bignums aside)")
 
 
 # Every tag cbor2 decodes itself except bignums (2, 3: large JSON integers in forwarded
-# requests); the rest (shared references can build cycles, 35 compiles a regex, ...) never
-# occur in our frames.
-_SEMANTIC = {tag: _refuse_tag for tag in (0, 1, 4, 5, 25, 28, 29, 30, 35, 36, 37, 52, 54, 256,
-                                          258, 260, 261, 55799)}
+# requests); the rest never occur in our frames nor in a client's CBOR (a JSON value):
+# shared values (28, 29) build cycles, or from a few bytes trees of millions of items,
+# 35 compiles a regex, ...  Also the WebSocket CBOR codec's (wscodec.py).
+REFUSED_TAGS = {tag: refuse_tag for tag in (0, 1, 4, 5, 25, 28, 29, 30, 35, 36, 37, 52, 54,
+                                             256, 258, 260, 261, 55799)}
 
 
 def decode_payload(frame: bytes, depth_max: int) -> list:
@@ -207,7 +209,7 @@ def decode_payload(frame: bytes, depth_max: int) -> list:
     try:
         payload = cbor2.loads(frame, max_depth=depth_max, allow_indefinite=False,
                               allow_duplicate_keys=False, strict_hashable_types=True,
-                              semantic_decoders=_SEMANTIC, tag_hook=_refuse_tag)
+                              semantic_decoders=REFUSED_TAGS, tag_hook=refuse_tag)
     except RecursionError:
         raise MalformedFrame("frame nests too deep") from None
     except Exception as exc:  # cbor2 raises several types on garbage

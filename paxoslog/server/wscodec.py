@@ -25,6 +25,8 @@ import cbor2
 
 from statemachines.base import cbor_head
 
+from .frames import REFUSED_TAGS, refuse_tag
+
 from .surrogates import LONE_SURROGATE_MESSAGE, lone_surrogate
 
 __all__ = ["BadMessage", "JsonCodec", "CborCodec", "CODECS", "SUBPROTOCOLS", "plain_exceeds"]
@@ -50,16 +52,6 @@ _PLAIN_SCALARS = (str, bool, type(None))
 # size estimate, which killed the node serving it).  13,000 bits is about 3,900 digits.
 _INT_BITS_MAX = 13_000
 
-
-def _refuse_tag(decoder, tag=None):
-    raise ValueError("CBOR tags other than bignums are not allowed")
-
-
-# Every tag cbor2 decodes itself except bignums (2, 3): shared values (28, 29) let a frame
-# of 180 bytes expand to millions of items (the walk below and the encoders then held the
-# event loop for tens of seconds), and none of the others is a JSON value.
-_SEMANTIC = {tag: _refuse_tag for tag in (0, 1, 4, 5, 25, 28, 29, 30, 35, 36, 37, 52, 54, 256,
-                                          258, 260, 261, 55799)}
 
 
 def plain_exceeds(value: object, depth_max: int) -> str | None:
@@ -164,8 +156,10 @@ class CborCodec:
     def decode(self, payload: bytes) -> object:
         try:
             value = cbor2.loads(payload, max_depth=self.depth_max + 1,
-                                allow_duplicate_keys=False, semantic_decoders=_SEMANTIC,
-                                tag_hook=_refuse_tag)
+                                allow_duplicate_keys=False, tag_hook=refuse_tag,
+                                # shared values (28, 29): 167 bytes that expanded to
+                                # millions of items held the event loop for seconds
+                                semantic_decoders=REFUSED_TAGS)
         except Exception as exc:  # cbor2 raises several types on garbage
             raise BadMessage(f"malformed CBOR: {str(exc)[:200]}") from None
         why = plain_exceeds(value, self.depth_max)
