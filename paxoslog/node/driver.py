@@ -101,6 +101,13 @@ def _unavailable(message: str, code: str = "unavailable", **extra) -> tuple[int,
     return 503, {"error": code, "message": message, **extra}
 
 
+def _definite_refusal(body: object) -> bool:
+    """A 503 from the leader that asking it again at once will not change: its read point
+    is below the read's ``min_revision``.  The client is told now (it may retry later, as
+    from any node), instead of the read going round until its deadline."""
+    return type(body) is dict and body.get("error") == "revision_not_reached"
+
+
 def _lease_query_ok(request: object) -> bool:
     return (isinstance(request, dict) and request.get("op") in ("keepalive", "ttl")
             and type(request.get("id")) is int
@@ -340,7 +347,7 @@ class NodeDriver:
             if status == 200:
                 self._finish(request)
                 self._out.append(Reply(request.handle, 200, body))
-            elif status in (503, 504):
+            elif status in (503, 504) and not _definite_refusal(body):
                 self._retry(request)
             else:
                 self._fail_read(request, status, body)

@@ -223,5 +223,9 @@ def test_min_revision_reads_your_writes_from_a_follower(make_cluster, protocol):
                                               f"stale&min_revision={revision + 10_000}")
     assert refused.status == 503 and refused.body["error"] == "revision_not_reached"
     assert refused.body["applied_index"] >= revision
+    # A linearizable read is served by the leader; its refusal is relayed, not retried.
+    future = cluster.request(follower, "GET", "/api/v1/consensus/query?key=ryw"
+                                              f"&min_revision={2**63 - 1}")
+    assert future.status == 503 and future.body["error"] == "revision_not_reached"
     bad = cluster.request(follower, "GET", "/api/v1/consensus/query?key=ryw&min_revision=x")
     assert bad.status == 400 and bad.body["error"] == "bad_request"

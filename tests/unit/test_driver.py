@@ -520,3 +520,25 @@ def test_a_write_waiting_on_a_stalled_leader_is_forwarded_to_the_next_one(protoc
     else:                                           # it leads now: it proposes itself
         replies = [op for n, op in trio.log[seen:] if n == f and type(op) is Reply]
         assert [op.handle for op in replies] == ["H"] and replies[0].status == 200
+
+
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+def test_a_forwarded_read_the_leader_refuses_for_its_min_revision_is_answered_at_once(protocol):
+    """The leader's 503 revision_not_reached is relayed, not retried until the deadline
+    (other 503s, such as not-leader, still go round again)."""
+    trio = Trio(protocol)
+    lead = trio.elect()
+    follower = trio.drivers[trio.others(lead)[0]]
+    query = {"key": "a", "min_revision": 2**63 - 1}
+    (fwd,) = follower.submit_read("R", query, "linearizable")
+    assert type(fwd) is Forward and fwd.peer == lead and fwd.op == "read"
+    trio.run(trio.drivers[lead].submit_read(("from", 2), query, "linearizable",
+                                            forwarded=True), lead)
+    answers = [op for n, op in trio.settle() if n == lead and type(op) is Reply]
+    assert [op.handle for op in answers] == [("from", 2)] and answers[0].status == 503
+    assert answers[0].body["error"] == "revision_not_reached"
+    assert follower.forward_answered(fwd.request, 503, answers[0].body) == [
+        Reply("R", 503, answers[0].body)]
+    (again,) = follower.submit_read("S", {"key": "a"}, "linearizable")
+    unavailable = {"error": "unavailable", "message": "no leader confirmed the read in time"}
+    assert follower.forward_answered(again.request, 503, unavailable) == []   # retried later
