@@ -54,6 +54,7 @@ from __future__ import annotations
 
 import json
 import math
+from typing import Callable
 
 from twisted.internet import defer
 from twisted.logger import Logger
@@ -65,8 +66,9 @@ from paxoslog.tokens import Role
 from .access import ANONYMOUS_ADMIN, without_credentials
 from .routes import ROUTES, SERVED_WHEN_REMOVED as _SERVED_WHEN_REMOVED, Route
 from .errors import ApiError, bad_request
-from .httpmsg import SwitchProtocols, json_response, query_params
+from .httpmsg import Later, SwitchProtocols, json_response, query_params
 from .reload import ReloadFailed
+from .runner import ClientRequest
 from .surrogates import LONE_SURROGATE_MESSAGE, lone_surrogate
 
 __all__ = ["Api", "Route", "ROUTES"]
@@ -124,6 +126,7 @@ class Api:
         self.router = self.views = self.admin = self.book = self.access = None
         self.backups = self.overview = self.reloader = self.dashboard = None
         self.websocket_factory = None     # set by bind_websocket
+        self._render_committed = self._checked(self._committed)
         self._routes: dict[str, dict[str, Route]] = {}
         self._prefix_routes: dict[str, dict[str, Route]] = {}     # "/api/v1/sm/" -> ...
         for route in ROUTES:
@@ -198,7 +201,8 @@ class Api:
         if isinstance(principal, defer.Deferred) and route.entry_role == Role.NONE:
             principal.addErrback(_anonymous_if_unauthenticated, access.anonymous)
         if isinstance(principal, defer.Deferred):       # a token's first use here
-            result = principal.addCallback(lambda p: self._dispatch(request, route, p))
+            result = principal.addCallback(
+                lambda p: _deferred_if_later(self._dispatch(request, route, p)))
             result.addErrback(self._failed)
         else:
             result = self._dispatch(request, route, principal)
@@ -241,8 +245,18 @@ class Api:
             result = getattr(self, route.handler)(request)
         except ApiError as exc:
             return self._error(exc)
+        if type(result) is ClientRequest:
+            return Later(result, self._render)
+        if type(result) is Later:
+            return result
         if isinstance(result, defer.Deferred):
             return result.addCallbacks(self._ok, self._failed)
+        return self._ok(result)
+
+    def _render(self, result) -> tuple:
+        """The response to a client request's answer (``Later``): a body or an ApiError."""
+        if isinstance(result, ApiError):
+            return self._error(result)
         return self._ok(result)
 
     def _ok(self, result):
@@ -443,8 +457,20 @@ class Api:
                 parsed.append((sm, fields, None))
         self._require(request, Role.WRITE, "a batch")
         client_id, sequence, acked = self._session(request, body)
-        d = self.router.write_batch(parsed, client_id, sequence, acked=acked)
-        return d.addCallback(self._batch_committed)
+        return Later(self.router.write_batch(parsed, client_id, sequence, acked=acked),
+                     self._checked(self._batch_committed))
+
+    def _checked(self, check: Callable[[dict], dict]) -> Callable[[object], tuple]:
+        """A ``Later`` render that passes a committed body through ``check`` (which may
+        refuse it with an ApiError) before the response is made."""
+        def render(result) -> tuple:
+            if not isinstance(result, ApiError):
+                try:
+                    return self._ok(check(result))
+                except ApiError as exc:
+                    result = exc
+            return self._error(result)
+        return render
 
     @staticmethod
     def _batch_committed(response: dict) -> dict:
@@ -539,8 +565,8 @@ class Api:
         self._require(request, Role.WRITE, f"a write to {sm!r}")
         client_id, sequence, acked = self._session(request, body)
         fields = {k: v for k, v in body.items() if k not in _SESSION_FIELDS}
-        d = self.router.write(sm, fields, client_id, sequence, acked=acked)
-        return d.addCallback(self._committed)
+        return Later(self.router.write(sm, fields, client_id, sequence, acked=acked),
+                     self._render_committed)
 
     @staticmethod
     def _committed(response: dict) -> dict:
@@ -679,9 +705,14 @@ def _anonymous_if_unauthenticated(failure, anonymous):
     return anonymous
 
 
+def _deferred_if_later(result):
+    return result.as_deferred() if type(result) is Later else result
+
+
 def _with_headers(result, headers: tuple):
     if not headers:
         return result
+    result = _deferred_if_later(result)
     if isinstance(result, defer.Deferred):
         return result.addCallback(_with_headers, headers)
     if isinstance(result, SwitchProtocols):

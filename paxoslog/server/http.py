@@ -30,7 +30,8 @@ Every input is bounded (the ``[limits]`` of the conf; docs/security.md lists the
 * connections: beyond ``connections_max`` in all, or ``connections_per_address_max`` from
   one client address, a new connection gets 503 and is closed.
 
-The application is one object with ``handle(request) -> Response | Deferred[Response]``;
+The application is one object with ``handle(request) -> Response | Deferred[Response] |
+Later`` (``Later``: a response to come without a Deferred, httpmsg.py);
 a ``Response`` is (status, body, content type, extra headers), the body either bytes or a
 ``FileBody``: a file streamed in 16 KiB pieces as the socket drains (Twisted's FileSender,
 a pull producer, takes the transport's producer slot meanwhile), so a large body (a backup)
@@ -67,7 +68,8 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from .httpmsg import FileBody, Request, SwitchProtocols, error_response as _error, json_response
+from .httpmsg import (FileBody, Later, Request, SwitchProtocols, error_response as _error,
+                      json_response)
 from .sockets import write_now
 
 if TYPE_CHECKING:
@@ -499,7 +501,9 @@ class HttpProtocol(Protocol):
         except Exception:
             log.failure("request handler failed")
             result = _error(500, "internal", "internal error")
-        if isinstance(result, defer.Deferred):
+        if type(result) is Later:
+            result.then(self._respond, seq, keep_alive and http10, head)
+        elif isinstance(result, defer.Deferred):
             args = (seq, keep_alive and http10, head)
             result.addCallbacks(self._respond, self._handler_failed,
                                 callbackArgs=args, errbackArgs=args)

@@ -14,8 +14,8 @@ from twisted.internet import defer
 from twisted.logger import Logger
 from twisted.protocols.basic import FileSender
 
-__all__ = ["Request", "FileBody", "SwitchProtocols", "json_response", "error_response",
-           "query_params", "QUERY_FIELDS_MAX"]
+__all__ = ["Request", "FileBody", "SwitchProtocols", "Later", "json_response",
+           "error_response", "query_params", "QUERY_FIELDS_MAX"]
 
 log = Logger(namespace="paxoslog.http")
 
@@ -56,6 +56,39 @@ class SwitchProtocols:
         self.factory = factory
         self.principal = principal
         self.scrub = scrub
+
+
+class Later:
+    """A handler's answer that is not ready yet, without a Deferred (the client request
+    path: a Deferred and its callbacks cost about 2 us per request, 5 % of a read).
+    ``answer`` has ``then(consumer)`` and later calls ``consumer(result)`` once (a
+    ``runner.ClientRequest``); ``render(result)`` turns that result into the response tuple.
+    ``then(respond, *args)`` calls ``respond(response, *args)``; a ``render`` that raises
+    is logged and answered 500, so the client is always answered."""
+
+    __slots__ = ("answer", "render")
+
+    def __init__(self, answer, render: Callable[[object], tuple]) -> None:
+        self.answer = answer
+        self.render = render
+
+    def then(self, respond: Callable, *args) -> None:
+        render = self.render
+
+        def deliver(result) -> None:
+            try:
+                response = render(result)
+            except Exception:
+                log.failure("rendering a response failed")
+                response = error_response(500, "internal", "internal error")
+            respond(response, *args)
+        self.answer.then(deliver)
+
+    def as_deferred(self) -> defer.Deferred:
+        """The response as a Deferred (callers that need one: CORS headers, WebSocket)."""
+        d = defer.Deferred()
+        self.then(d.callback)
+        return d
 
 
 class FileBody:

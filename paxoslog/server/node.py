@@ -146,7 +146,7 @@ class ConsensusPort:
         self._runner.transfer_leadership(target)
 
     def write_row(self, command: dict) -> defer.Deferred:
-        return self._router.write("membership", command, internal=True)
+        return self._router.write("membership", command, internal=True).deferred
 
     def connected(self, peer: int) -> bool:
         return self._transport.connected(peer)
@@ -367,7 +367,7 @@ class NodeService(MultiService):
                                         self.transport.forward, self.transport.connected,
                                         reactor)
         self.backups = BackupService(
-            barrier=lambda: router.read({"barrier": True}, "linearizable"),
+            barrier=lambda: router.read({"barrier": True}, "linearizable").deferred,
             applied_index=lambda: self.driver.applied_index, capture=driver.capture,
             writer=self.writer, directory=os.path.join(self.storage.snap_dir, "outgoing"),
             verify=lambda states, table: verify_states(

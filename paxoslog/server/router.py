@@ -15,8 +15,6 @@ import time
 from collections import deque
 from typing import Callable
 
-from twisted.internet import defer
-
 from statemachines import BadCommand, is_internal
 from statemachines.base import CommandTooLarge
 
@@ -24,6 +22,7 @@ from paxoslog.node.sessions import RELEASE_MAX
 
 from .errors import ApiError, bad_request
 from .frames import FORWARD
+from .runner import ClientRequest
 
 __all__ = ["RequestRouter", "ServerSessions"]
 
@@ -121,10 +120,10 @@ class RequestRouter:
 
     def write(self, sm: str, fields: dict, client_id: str | None = None,
               sequence: int | None = None, internal: bool = False,
-              acked: int | None = None) -> defer.Deferred:
-        """Validate, encode and replicate a command for state machine ``sm``; fires with
-        the committed body or fails with ``ApiError``.  ``acked``: the client's sequence up
-        to which it has every answer (sessions.py)."""
+              acked: int | None = None) -> ClientRequest:
+        """Validate, encode and replicate a command for state machine ``sm``; answered
+        with the committed body or an ``ApiError`` (``.deferred``: as a Deferred).
+        ``acked``: the client's sequence up to which it has every answer (sessions.py)."""
         ours = client_id is None
         if ours:
             client_id, sequence = self.server_sessions.next()
@@ -143,11 +142,11 @@ class RequestRouter:
         return self._send(client_id, sequence, data, ours, release)
 
     def write_batch(self, ops: list, client_id: str | None = None,
-                    sequence: int | None = None, acked: int | None = None) -> defer.Deferred:
+                    sequence: int | None = None, acked: int | None = None) -> ClientRequest:
         """Validate, encode and replicate a batch: ``ops`` is a list of ``(sm, fields,
         op_key)`` (``op_key``: an operation's own (client_id, sequence), or None).  One log
-        command, applied in order at one index; fires with the committed body, whose
-        ``result`` is ``{"op": "batch", "results": [...]}``, or fails with ``ApiError`` (an
+        command, applied in order at one index; answered with the committed body, whose
+        ``result`` is ``{"op": "batch", "results": [...]}``, or an ``ApiError`` (an
         invalid operation refuses the whole batch: 400 naming ``ops[i]``)."""
         ours = client_id is None
         if ours:
@@ -165,13 +164,13 @@ class RequestRouter:
                                   "(batching.batch_bytes_max)"))
         return self._send(client_id, sequence, data, ours, release)
 
-    def _refused(self, release: list | None, error: ApiError) -> defer.Deferred:
+    def _refused(self, release: list | None, error: ApiError) -> ClientRequest:
         if release:
             self.server_sessions.put_back(release)
-        return defer.fail(error)
+        return ClientRequest.refused(error)
 
     def _send(self, client_id: str, sequence: int, data: bytes, ours: bool,
-              release: list | None) -> defer.Deferred:
+              release: list | None) -> ClientRequest:
         if not ours:
             return self.runner.write((client_id, sequence), data)
         sessions = self.server_sessions
@@ -183,7 +182,7 @@ class RequestRouter:
                 sessions.put_back(release)   # perhaps never committed: send again
         return self.runner.write((client_id, sequence), data, answered)
 
-    def read(self, query: dict, consistency: str) -> defer.Deferred:
+    def read(self, query: dict, consistency: str) -> ClientRequest:
         if consistency == "lease":
             self.catch_up()
         return self.runner.read(query, consistency)

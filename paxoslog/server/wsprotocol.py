@@ -47,6 +47,7 @@ from paxoslog.tokens import Role
 
 from .errors import ApiError
 from .http import Request
+from .httpmsg import Later
 from .streams import TAIL, WATCH, Subscription
 from .wscodec import CODECS, JSON_SUBPROTOCOL, BadMessage
 
@@ -283,7 +284,9 @@ class StreamsProtocol(WebSocketServerProtocol):
             log.failure("WebSocket request failed")
             self._reply(rid, 500, {"error": "internal", "message": "internal error"})
             return
-        if isinstance(result, defer.Deferred):
+        if type(result) is Later:
+            result.then(self._answered, rid)
+        elif isinstance(result, defer.Deferred):
             result.addCallbacks(self._answered, self._failed, callbackArgs=(rid,),
                                 errbackArgs=(rid,))
         else:

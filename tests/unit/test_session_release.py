@@ -7,7 +7,6 @@ taken at the cut."""
 from __future__ import annotations
 
 import cbor2
-from twisted.internet import defer
 
 from paxoslog.node.commands import decode_command
 from paxoslog.node.instructions import DUPLICATE, EXECUTED, STALE
@@ -15,6 +14,7 @@ from paxoslog.node.machines import StateMachines
 from paxoslog.node.sessions import RELEASE_MAX, SessionTable
 from paxoslog.server.errors import ApiError
 from paxoslog.server.router import RequestRouter, ServerSessions
+from paxoslog.server.runner import ClientRequest
 from statemachines.kv import KVStateMachine
 
 
@@ -130,17 +130,20 @@ class FakeRunner:
         self.fail = False
         self.sent: list[dict] = []
 
-    def write(self, key, data: bytes, done=None) -> defer.Deferred:
+    def write(self, key, data: bytes, done=None) -> ClientRequest:
         self.sent.append(decode_command(data))
+        request = ClientRequest(True)
         if self.fail:
             if done is not None:
                 done(True)
-            return defer.fail(ApiError(504, "timeout", "no commit before the deadline"))
+            request.answer(ApiError(504, "timeout", "no commit before the deadline"))
+            return request
         self.index += 1
         applied = self.m.apply_command(self.index, 1, data)
         if done is not None:
             done(False)
-        return defer.succeed(applied)
+        request.answer(applied)
+        return request
 
 
 def test_writes_without_a_session_keep_about_one_generation_of_results():
@@ -160,7 +163,7 @@ def test_writes_without_a_session_keep_about_one_generation_of_results():
     for _ in range(1024 - 1000):                    # generation 7 full: the next is 8's first
         router.write("kv", {"op": "put", "key": "x", "value": 0})
     runner.fail = True
-    router.write("kv", {"op": "put", "key": "x", "value": 1}).addErrback(lambda f: None)
+    router.write("kv", {"op": "put", "key": "x", "value": 1}).deferred.addErrback(lambda f: None)
     lost = runner.sent[-1].get("release")
     assert lost
     runner.fail = False
@@ -177,7 +180,7 @@ def test_a_write_refused_before_the_log_keeps_its_releases_for_the_next():
     assert router.server_sessions.pending_release() == 0
     # The next write starts generation 1 and would carry 0's release, but is refused.
     failed = []
-    router.write("kv", {"op": "put", "key": ""}).addErrback(failed.append)
+    router.write("kv", {"op": "put", "key": ""}).deferred.addErrback(failed.append)
     assert failed[0].value.status == 400 and len(runner.sent) == 128
     assert router.server_sessions.pending_release() == 1
     router.write("kv", {"op": "put", "key": "y", "value": 0})

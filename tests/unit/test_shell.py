@@ -22,7 +22,7 @@ from paxoslog.node.ticks import TickClock, catch_up_max
 from paxoslog.server.errors import ApiError
 from paxoslog.server.local_snapshots import LocalSnapshots, restore_installed
 from paxoslog.server.router import RequestRouter
-from paxoslog.server.runner import DriverRunner
+from paxoslog.server.runner import ClientRequest, DriverRunner
 from paxoslog.server.ticker import Ticker
 from paxoslog.storage import DiskStorage, StorageOptions
 from paxoslog.storage.errors import StorageIOError
@@ -223,7 +223,7 @@ def test_runner_answers_the_client_after_the_fsync_and_pumps_once_per_turn():
     runner, reactor = runner_with(driver, writer)
     answers = []
     first = runner.write(("c", 1), b"x")
-    first.addCallback(answers.append)
+    first.deferred.addCallback(answers.append)
     runner.write(("c", 2), b"y")
     assert [name for name, _ in driver.calls] == ["submit_write", "submit_write"]
     ready = Ready(entries=[])
@@ -286,7 +286,7 @@ def test_runner_runs_the_ready_loop_at_once_after_peer_messages():
     driver = ScriptedDriver()
     runner, reactor = runner_with(driver)
     answers = []
-    runner.write(("c", 1), b"x").addCallback(answers.append)
+    runner.write(("c", 1), b"x").then(answers.append)
     assert [name for name, _ in driver.calls] == ["submit_write"]
     handle = driver.calls[0][1][0]
     driver.next["pump"] = [Send(["append"]), Reply(handle, 200, {"status": "committed"})]
@@ -309,7 +309,7 @@ def test_runner_maps_error_replies_to_api_errors():
     handle = driver.calls[0][1][0]
     runner.execute([Reply(handle, 504, {"error": "outcome_unknown", "message": "m"})])
     failure = []
-    d.addErrback(failure.append)
+    d.deferred.addErrback(failure.append)     # asked for after the answer: kept till then
     assert failure[0].value.status == 504 and failure[0].value.code == "outcome_unknown"
 
 
@@ -329,8 +329,9 @@ def test_answers_observe_latency_and_a_failing_done_hook_costs_nothing_else():
     read = runner.read({"key": "k"}, "linearizable")
     h1, h2, h3 = (args[0] for _, args in driver.calls)
     answers = []
-    for d in (first, second, read):
-        d.addBoth(answers.append)
+    first.then(answers.append)
+    for request in (second, read):
+        request.deferred.addBoth(answers.append)
     logged: list = []
     globalLogPublisher.addObserver(logged.append)
     try:
@@ -355,10 +356,9 @@ def test_an_exception_in_the_driver_is_fatal_and_later_requests_get_503():
     runner, reactor = runner_with(driver, died=died)
     runner._event("a test", driver.explode)
     assert len(died) == 1 and "boom" in str(died[0])
-    d = runner.write(("c", 1), b"x")
     errors = []
-    d.addErrback(errors.append)
-    assert isinstance(errors[0].value, ApiError) and errors[0].value.status == 503
+    runner.write(("c", 1), b"x").then(errors.append)
+    assert isinstance(errors[0], ApiError) and errors[0].status == 503
     assert "submit_write" not in [name for name, _ in driver.calls]
 
 
@@ -531,3 +531,35 @@ def test_a_node_removed_while_cut_off_is_dialed_until_it_is_told(tmp_path):
     assert sorted(transport.peers) == [2, 4]
     clock.advance(addressbook._TELL_REMOVED_S)            # 4 never came back
     assert sorted(transport.peers) == [2]
+
+
+def test_a_client_requests_answer_reaches_its_one_consumer_whenever_it_attaches():
+    """``then`` or ``deferred``, before or after the answer; a consumer that raises is
+    logged and costs neither the rest of the instruction list nor the other answers."""
+    driver = ScriptedDriver()
+    runner, reactor = runner_with(driver)
+    early, late, broken, after = (runner.read({"key": "k"}, "linearizable") for _ in range(4))
+    handles = [args[0] for _, args in driver.calls]
+    got = []
+    early.then(got.append)
+
+    def explode(result) -> None:
+        raise ValueError("consumer")
+    broken.then(explode)
+    logged: list = []
+    globalLogPublisher.addObserver(logged.append)
+    try:
+        runner.execute([Reply(h, 200, {"n": i}) for i, h in enumerate(handles)]
+                       + [Send(["m"])])
+    finally:
+        globalLogPublisher.removeObserver(logged.append)
+    assert [e["log_failure"].type for e in logged if "log_failure" in e] == [ValueError]
+    assert got == [{"n": 0}] and runner.transport.sent == ["m"]
+    late.then(got.append)
+    after.deferred.addCallback(got.append)
+    assert got == [{"n": 0}, {"n": 1}, {"n": 3}]
+    refused = ClientRequest.refused(ApiError(413, "too_large", "m"))
+    refused.deferred.addErrback(got.append)
+    assert got[-1].value.status == 413
+    with pytest.raises(AssertionError):
+        refused.then(got.append)                   # one consumer only
