@@ -304,7 +304,10 @@ class Api:
             raise bad_request(f"malformed JSON: {str(exc)[:200]}") from None
         if not isinstance(body, dict):
             raise bad_request(f"the body must be a JSON object, not {_json_type(body)}")
-        if nesting_exceeds(body, self.limits.json_depth_max):
+        depth_max = self.limits.json_depth_max
+        # Each level opens with a bracket of its own, so a text with no more brackets than
+        # the limit cannot nest deeper (most bodies: one); only others are walked.
+        if text.count("{") + text.count("[") > depth_max and nesting_exceeds(body, depth_max):
             raise self._too_deep()
         if lone_surrogate(text, body):
             raise bad_request(f"the body {LONE_SURROGATE_MESSAGE}")
