@@ -85,7 +85,8 @@ class Later:
         self.answer.then(deliver)
 
     def as_deferred(self) -> defer.Deferred:
-        """The response as a Deferred (callers that need one: CORS headers, WebSocket)."""
+        """The response as a Deferred (for the API's Deferred paths: CORS headers, a
+        token's first use)."""
         d = defer.Deferred()
         self.then(d.callback)
         return d

@@ -35,7 +35,7 @@ and wires them with narrow interfaces; it owns nothing but their lifecycle.
 An event flows socket -> protocol (peers.py/http.py) -> router/runner -> driver; the
 driver's instructions flow back out: ``Persist`` -> writer thread (fsync) ->
 ``runner.persisted`` -> driver -> ``Send``/``Reply``/``Applied``... -> transport, the
-client's Deferred, the log view.
+client's request (its answer), the log view.
 
 A storage I/O error or an unexpected exception in the driver is fatal: the node stops
 (crash-only; a restart recovers from the data directory).

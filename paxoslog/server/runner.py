@@ -88,9 +88,8 @@ class ClientRequest:
     def then(self, consumer: Callable[[object], None]) -> None:
         """``consumer(body or ApiError)``, once; at once when already answered."""
         assert self._then is None and self._deferred is None, "one consumer only"
-        if self._result is _PENDING:
-            self._then = consumer
-        else:
+        self._then = consumer
+        if self._result is not _PENDING:
             consumer(self._result)
 
     @property
@@ -105,12 +104,12 @@ class ClientRequest:
 
     def answer(self, result) -> None:
         """Deliver the answer (the runner, once)."""
+        assert self._result is _PENDING, "answered twice"
+        self._result = result
         if self._then is not None:
             self._then(result)
         elif self._deferred is not None:
             self._fire(self._deferred, result)
-        else:
-            self._result = result
 
     @staticmethod
     def _fire(d: defer.Deferred, result) -> None:

@@ -563,3 +563,7 @@ def test_a_client_requests_answer_reaches_its_one_consumer_whenever_it_attaches(
     assert got[-1].value.status == 413
     with pytest.raises(AssertionError):
         refused.then(got.append)                   # one consumer only
+    with pytest.raises(AssertionError):
+        late.then(got.append)                      # ... also once it was answered
+    with pytest.raises(AssertionError):
+        late.answer({"n": 9})                      # and one answer
