@@ -273,6 +273,8 @@ class _Logic:
                                 "--token)", status, code, body)
         if status == 403:
             return Forbidden(text, status, code, body)
+        if status == 503 and Reply(status, body).future_revision:
+            return RequestFailed(text, status, code, body)     # no node has it yet
         if status == 503:
             return Unavailable(text, status, code, body)
         if status == 504:
@@ -342,8 +344,9 @@ class _Calls:
 
     def get(self, key: str, consistency: str = "linearizable", min_revision: int | None = None):
         """The key's record; ``index`` in the answer is the revision it was served at.
-        ``min_revision``: refuse (503 revision_not_reached, retried until the timeout) to
-        be served below it: read your own writes from a follower with ``stale``."""
+        ``min_revision``: refuse (503 revision_not_reached) to be served below it: read
+        your own writes from a follower with ``stale`` (a lagging node's refusal is retried
+        until the timeout; a future revision raises ``RequestFailed`` at once)."""
         return self.request("GET", _path_for_query(key, consistency, None, None, min_revision))
 
     def range(self, prefix: str, limit: int | None = None, consistency: str = "linearizable",

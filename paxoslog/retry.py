@@ -30,6 +30,8 @@ outcome of an attempt   what the planner does
 4xx but 410             stop: ``REFUSED`` (bad input, 404...); but a write with an earlier
                         maybe-delivered attempt stops ``UNKNOWN`` (the 4xx says nothing of
                         the earlier copy, e.g. ``stale_sequence``)
+503 future revision     stop: ``REFUSED`` (``revision_not_reached`` with ``future``: a read's
+                        ``min_revision`` is beyond the cluster's commit point; no node has it)
 503, 410, not-connected retry (another endpoint: the leader hint first, honouring Retry-After)
 maybe-delivered         retry if the request is *resendable*, else stop ``UNKNOWN``
 deadline / attempts     stop: ``UNKNOWN`` for a write with any maybe-delivered attempt,
@@ -88,6 +90,13 @@ class Reply:
 
     def field(self, name: str, default=None):
         return self.body.get(name, default) if isinstance(self.body, dict) else default
+
+    @property
+    def future_revision(self) -> bool:
+        """A read refused at a confirmed read point for its ``min_revision``: no node has
+        that revision yet, so asking another one now cannot help."""
+        return (self.status == 503 and self.field("error") == "revision_not_reached"
+                and self.field("future") is True)
 
     @property
     def maybe_delivered(self) -> bool:
@@ -277,7 +286,7 @@ class RetryPlan:
         if 200 <= reply.status < 300:
             self.book.answered(endpoint)
             return self._finish(Verdict.ANSWERED, reply, reason, endpoint)
-        if 400 <= reply.status < 500 and reply.status != 410:
+        if (400 <= reply.status < 500 and reply.status != 410) or reply.future_revision:
             verdict = Verdict.UNKNOWN if self.maybe_delivered else Verdict.REFUSED
             return self._finish(verdict, reply, reason, endpoint)
         hint = None

@@ -37,7 +37,9 @@ proposes ``lease_expire`` when one passes; it becomes active when its ``lease_pr
 applied.  A keep-alive or TTL query (``{"lease": {"op": "keepalive"|"ttl", "id"}}``) is a
 linearizable read served on that leader, and never logged.  A read may carry
 ``min_revision``: it is refused (503 ``revision_not_reached``) when the index it would be
-served at is lower (etcd refuses a future revision the same way).
+served at is lower (etcd refuses a future revision the same way); ``future`` says whether
+that index was a confirmed read point (linearizable, lease: the revision is beyond what
+the cluster had committed) or only this node's apply (stale: another node may have it).
 
 Every timer counts ticks: a request gets ``request_timeout_ticks`` (then 504 when it may
 have reached a leader, 503 when it surely did not), and a request with nowhere to go is
@@ -103,8 +105,8 @@ def _unavailable(message: str, code: str = "unavailable", **extra) -> tuple[int,
 
 def _definite_refusal(body: object) -> bool:
     """A 503 from the leader that asking it again at once will not change: its read point
-    is below the read's ``min_revision``.  The client is told now (it may retry later, as
-    from any node), instead of the read going round until its deadline."""
+    is below the read's ``min_revision`` (a future revision).  The client is told now,
+    instead of the read going round until its deadline."""
     return type(body) is dict and body.get("error") == "revision_not_reached"
 
 
@@ -555,11 +557,19 @@ class NodeDriver:
         """(status, body) of a read from local state now."""
         floor = query.get("min_revision")
         if type(floor) is int and floor > self.applied_index:
-            return _unavailable(
-                f"this node has applied up to index {self.applied_index}, below the "
-                f"min_revision {floor} asked for; retry (here once it caught up, or at "
-                f"another node)", code="revision_not_reached",
-                applied_index=self.applied_index, min_revision=floor, node=self.node_id)
+            if stale:
+                message = (f"this node has applied up to index {self.applied_index}, below "
+                           f"the min_revision {floor} asked for; retry (here once it caught "
+                           f"up, or at another node)")
+            else:
+                # Served at a confirmed read point: nothing at or above ``floor`` was
+                # committed when the read began, on any node.
+                message = (f"min_revision {floor} is a future revision: the read was "
+                           f"served at index {self.applied_index}, the leader's commit "
+                           f"point when it began")
+            return _unavailable(message, code="revision_not_reached",
+                                applied_index=self.applied_index, min_revision=floor,
+                                node=self.node_id, future=not stale)
         base = {"index": self.applied_index, "term": self.replica.term}
         if stale:
             base.update(stale=True, node=self.node_id, applied_index=self.applied_index,

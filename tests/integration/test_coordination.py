@@ -21,7 +21,7 @@ import time
 
 import pytest
 
-from paxoslog.client import NotFound, SyncClient, Unavailable, UnknownOutcome
+from paxoslog.client import NotFound, RequestFailed, SyncClient, Unavailable, UnknownOutcome
 from paxoslog_integration import PROTOCOLS, ROOT, wait_for
 
 TTL_MS = 1500
@@ -222,10 +222,16 @@ def test_min_revision_reads_your_writes_from_a_follower(make_cluster, protocol):
     refused = cluster.request(follower, "GET", "/api/v1/consensus/query?key=ryw&consistency="
                                               f"stale&min_revision={revision + 10_000}")
     assert refused.status == 503 and refused.body["error"] == "revision_not_reached"
-    assert refused.body["applied_index"] >= revision
-    # A linearizable read is served by the leader; its refusal is relayed, not retried.
+    assert refused.body["applied_index"] >= revision and refused.body["future"] is False
+    # A linearizable read is served by the leader; its refusal is relayed, not retried,
+    # and says the revision is in the future: the client stops at once (etcd's ErrFutureRev).
     future = cluster.request(follower, "GET", "/api/v1/consensus/query?key=ryw"
                                               f"&min_revision={2**63 - 1}")
     assert future.status == 503 and future.body["error"] == "revision_not_reached"
+    assert future.body["future"] is True
+    with pytest.raises(RequestFailed) as refusal:     # not Unavailable after retries
+        follower_client.get("ryw", min_revision=revision + 10_000)
+    assert refusal.value.status == 503 and refusal.value.code == "revision_not_reached"
+    assert "future revision" in str(refusal.value)
     bad = cluster.request(follower, "GET", "/api/v1/consensus/query?key=ryw&min_revision=x")
     assert bad.status == 400 and bad.body["error"] == "bad_request"

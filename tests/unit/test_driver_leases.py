@@ -80,7 +80,8 @@ def test_ttl_query_and_revoke(protocol):
 
 @pytest.mark.parametrize("protocol", PROTOCOLS)
 def test_min_revision_refuses_a_read_below_it(protocol):
-    """A read asking for a revision this node has not applied is refused with 503."""
+    """A read asking for a revision this node has not applied is refused with 503;
+    ``future`` when it was served at a confirmed read point (no node has the revision)."""
     d = leader(protocol)
     _write(d, {"op": "put", "key": "a", "value": 1}, 1)
     applied = d.applied_index
@@ -88,7 +89,10 @@ def test_min_revision_refuses_a_read_below_it(protocol):
     assert ok.status == 200 and ok.body["index"] == applied
     refused = _read(d, {"key": "a", "min_revision": applied + 5}, "stale")
     assert refused.status == 503 and refused.body["error"] == "revision_not_reached"
-    assert refused.body["applied_index"] == applied
+    assert refused.body["applied_index"] == applied and refused.body["future"] is False
+    future = _read(d, {"key": "a", "min_revision": applied + 5})     # at a read point
+    assert future.status == 503 and future.body["error"] == "revision_not_reached"
+    assert future.body["future"] is True and "future revision" in future.body["message"]
 
 
 def test_a_new_leader_extends_every_lease_by_an_election_timeout():
