@@ -54,6 +54,7 @@ class ForwardedHandle:
 
 
 _PENDING = object()
+_DELIVERED = object()     # the answer went to its consumer (nothing is kept)
 
 
 class ClientRequest:
@@ -88,9 +89,12 @@ class ClientRequest:
     def then(self, consumer: Callable[[object], None]) -> None:
         """``consumer(body or ApiError)``, once; at once when already answered."""
         assert self._then is None and self._deferred is None, "one consumer only"
-        self._then = consumer
-        if self._result is not _PENDING:
-            consumer(self._result)
+        if self._result is _PENDING:
+            self._then = consumer
+            return
+        result = self._result
+        self._then = self._result = _DELIVERED
+        consumer(result)
 
     @property
     def deferred(self) -> defer.Deferred:
@@ -103,12 +107,19 @@ class ClientRequest:
         return self._deferred
 
     def answer(self, result) -> None:
-        """Deliver the answer (the runner, once)."""
+        """Deliver the answer (the runner, once).  Delivered to ``then``'s consumer, the
+        request lets go of the consumer, the answer and ``done``: the driver's deadline
+        timer keeps the request until its time comes (``requests.Timers``), and what it
+        held would be objects the collector walks again and again for nothing."""
         assert self._result is _PENDING, "answered twice"
+        self.done = None
+        consumer = self._then
+        if consumer is not None:
+            self._then = self._result = _DELIVERED
+            consumer(result)
+            return
         self._result = result
-        if self._then is not None:
-            self._then(result)
-        elif self._deferred is not None:
+        if self._deferred is not None:
             self._fire(self._deferred, result)
 
     @staticmethod

@@ -6,6 +6,7 @@ to the client's Deferred, snapshot restore on another thread, fatal errors)."""
 from __future__ import annotations
 
 import threading
+import weakref
 
 import pytest
 from twisted.internet import defer, task
@@ -531,6 +532,45 @@ def test_a_node_removed_while_cut_off_is_dialed_until_it_is_told(tmp_path):
     assert sorted(transport.peers) == [2, 4]
     clock.advance(addressbook._TELL_REMOVED_S)            # 4 never came back
     assert sorted(transport.peers) == [2]
+
+
+class _Held:
+    """A consumer or an answer that a weak reference can watch."""
+
+    def __init__(self) -> None:
+        self.got: list = []
+
+    def __call__(self, result) -> None:
+        self.got.append(result)
+
+
+def test_an_answered_request_lets_go_of_its_consumer_answer_and_done_hook():
+    """The driver's deadline timer keeps a request until its time comes; what the
+    request held after its answer went out (the HTTP layer's callback, the body, the
+    session hook) would only be kept alive for the collector to walk (requests.Timers)."""
+    driver = ScriptedDriver()
+    runner, reactor = runner_with(driver)
+    for attach_first in (True, False):
+        driver.calls.clear()
+        hook = _Held()
+        request = runner.write(("c", 1), b"x", done=hook)
+        handle = driver.calls[0][1][0]
+        assert handle is request
+        consumer, body = _Held(), _Held()
+        watched = [weakref.ref(consumer), weakref.ref(body), weakref.ref(hook)]
+        if attach_first:
+            request.then(consumer)
+        runner.execute([Reply(handle, 200, body)])
+        if not attach_first:
+            assert watched[1]() is body            # kept until its consumer comes
+            request.then(consumer)
+        assert consumer.got == [body] and hook.got == [False]
+        del consumer, body, hook
+        assert [ref() for ref in watched] == [None, None, None]
+        with pytest.raises(AssertionError):
+            request.then(_Held())                  # still one consumer only
+        with pytest.raises(AssertionError):
+            request.answer({})                     # and one answer
 
 
 def test_a_client_requests_answer_reaches_its_one_consumer_whenever_it_attaches():
