@@ -684,6 +684,7 @@ class NodeDriver:
     # ================================================================== shared request upkeep
 
     def _finish(self, request) -> None:
+        self._timers.cancel(request)
         request.done = True
         request.retry_at = None
         if type(request) is PendingRead:

@@ -52,55 +52,71 @@ class PendingRead:
 
 
 class Timers:
-    """A heap of (tick, kind, request).  Cancelled timers are skipped when they come due:
-    a retry is live only while ``request.retry_at`` still names its tick, and nothing
-    fires for a request that is done.
+    """Deadline and retry timers, by tick.  Each tick with timers has a bucket, the
+    requests in the order their first timer of that tick was added, and a heap holds the
+    ticks.  ``cancel`` takes an answered request out of its buckets at once.
 
     Every request has a deadline timer, request_timeout later, and most are answered long
-    before it: at 8,000 writes a second the heap held some 40,000 answered requests (with
-    their Deferreds, bodies and command bytes), which the garbage collector walked again
-    and again (sustained throughput fell by a quarter within half a minute).  So the heap
-    is rebuilt without its dead timers whenever it doubles past ``COMPACT_MIN``: amortised
-    O(1) per timer, and the order of the live ones is unchanged."""
-
-    COMPACT_MIN = 1024
+    before it.  A heap of every timer kept the answered ones until their deadlines: at
+    8,000 writes a second some 40,000 requests (with their answers and command bytes),
+    which the garbage collector walked again and again (sustained throughput fell by a
+    quarter within half a minute).  Rebuilding that heap whenever it doubled still kept
+    hundreds alive at a time, three objects each that outlived the collector's young
+    generation and brought its next collection nearer (docs/design-notes.md, "Answered
+    requests keep nothing alive").  A retry that is no longer the request's current one
+    (``request.retry_at`` names another tick) and any timer of a done request are
+    skipped when due."""
 
     def __init__(self) -> None:
-        self._heap: list = []
-        self._sequence = 0
-        self._compact_at = self.COMPACT_MIN
+        self._ticks: list[int] = []                 # heap: the ticks that have a bucket
+        self._buckets: dict[int, dict] = {}         # tick -> {request: kinds (bits)}
 
     def __len__(self) -> int:
-        return len(self._heap)
+        return sum(bin(kinds).count("1") for bucket in self._buckets.values()
+                   for kinds in bucket.values())
 
     def add(self, tick: int, kind: int, request) -> None:
-        self._sequence += 1
-        heap = self._heap
-        heapq.heappush(heap, (tick, self._sequence, kind, request))
-        if len(heap) >= self._compact_at:
-            live = [t for t in heap if _live(t)]
-            heapq.heapify(live)
-            self._heap = live
-            self._compact_at = max(self.COMPACT_MIN, 2 * len(live))
+        bucket = self._buckets.get(tick)
+        if bucket is None:
+            bucket = self._buckets[tick] = {}
+            heapq.heappush(self._ticks, tick)
+        bucket[request] = bucket.get(request, 0) | _BIT[kind]
+
+    def cancel(self, request) -> None:
+        """``request`` is done: drop its deadline timer and its retry, if any."""
+        buckets = self._buckets
+        bucket = buckets.get(request.deadline)
+        if bucket is not None:
+            bucket.pop(request, None)
+        if request.retry_at is not None:
+            bucket = buckets.get(request.retry_at)
+            if bucket is not None:
+                bucket.pop(request, None)
 
     def due(self, now: int) -> list[tuple[int, Any]]:
-        """Pop every live timer at or before ``now``: [(kind, request)] in time order."""
-        heap = self._heap
+        """Pop every live timer at or before ``now``: [(kind, request)] in time order (a
+        deadline before a retry of the same request and tick)."""
+        ticks, buckets = self._ticks, self._buckets
         out = []
-        while heap and heap[0][0] <= now:
-            timer = heapq.heappop(heap)
-            if not _live(timer):
+        while ticks and ticks[0] <= now:
+            tick = heapq.heappop(ticks)
+            bucket = buckets.pop(tick, None)
+            if not bucket:
                 continue
-            tick, _, kind, request = timer
-            if kind == RETRY:
-                request.retry_at = None
-            out.append((kind, request))
+            for request, kinds in bucket.items():
+                if request.done:
+                    continue
+                if kinds & _DEADLINE_BIT:
+                    out.append((DEADLINE, request))
+                if kinds & _RETRY_BIT and request.retry_at == tick:
+                    request.retry_at = None
+                    out.append((RETRY, request))
         return out
 
 
-def _live(timer: tuple) -> bool:
-    tick, _, kind, request = timer
-    return not request.done and (kind != RETRY or request.retry_at == tick)
+_DEADLINE_BIT = 1
+_RETRY_BIT = 2
+_BIT = {DEADLINE: _DEADLINE_BIT, RETRY: _RETRY_BIT}
 
 
 class ReadPoints:

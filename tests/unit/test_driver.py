@@ -8,6 +8,7 @@ exactly what one event produced."""
 from __future__ import annotations
 
 import random
+import weakref
 
 import pytest
 
@@ -172,6 +173,32 @@ def test_reads_stale_at_once_and_linearizable_after_a_read_index_round(protocol)
     (missing,) = d.submit_read("m", {"key": "nope"}, "stale")
     assert missing.status == 404 and missing.body["error"] == "not_found"
     assert missing.body["index"] == d.applied_index
+
+
+class _Handle:
+    """A client's handle that a weak reference can watch."""
+
+
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+def test_answered_requests_are_not_kept_until_their_deadlines(protocol):
+    """Every request has a deadline timer; once answered, the driver lets go of it at
+    once (its handle holds the server's answer path), not when the deadline comes."""
+    d = leader(protocol)
+    watched = []
+    for seq in range(1, 4):
+        handle = _Handle()
+        key, data = put(d, "a", seq, seq=seq)
+        d.submit_write(handle, key, data)
+        watched.append(weakref.ref(handle))
+        handle = _Handle()
+        d.submit_read(handle, {"key": "a"}, "linearizable")
+        watched.append(weakref.ref(handle))
+    out = settle(d)
+    assert len([op for op in out if type(op) is Reply]) == 6
+    del out, handle
+    assert [ref() for ref in watched] == [None] * 6
+    for _ in range(TIMEOUT_TICKS + 1):           # their deadlines pass: nothing fires
+        assert [op for op in d.tick() if type(op) is Reply] == []
 
 
 class Trio:
