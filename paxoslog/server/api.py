@@ -715,7 +715,9 @@ def _deferred_if_later(result):
 def _with_headers(result, headers: tuple):
     if not headers:
         return result
-    result = _deferred_if_later(result)
+    if type(result) is Later:        # rendered with the headers when the answer comes
+        render = result.render
+        return Later(result.answer, lambda answer: _with_headers(render(answer), headers))
     if isinstance(result, defer.Deferred):
         return result.addCallback(_with_headers, headers)
     if isinstance(result, SwitchProtocols):

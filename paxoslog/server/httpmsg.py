@@ -85,8 +85,8 @@ class Later:
         self.answer.then(deliver)
 
     def as_deferred(self) -> defer.Deferred:
-        """The response as a Deferred (for the API's Deferred paths: CORS headers, a
-        token's first use)."""
+        """The response as a Deferred (for the API's one Deferred path: a token's first
+        use on this node, whose hash is checked off the event loop)."""
         d = defer.Deferred()
         self.then(d.callback)
         return d
