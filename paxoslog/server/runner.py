@@ -107,10 +107,11 @@ class ClientRequest:
         return self._deferred
 
     def answer(self, result) -> None:
-        """Deliver the answer (the runner, once).  Delivered to ``then``'s consumer, the
-        request lets go of the consumer, the answer and ``done``: the driver's deadline
-        timer keeps the request until its time comes (``requests.Timers``), and what it
-        held would be objects the collector walks again and again for nothing."""
+        """Deliver the answer (the runner, once; ``done`` was called just before).
+        Delivered to ``then``'s consumer, the request lets go of the consumer, the answer
+        and ``done``: whoever still holds the request (the driver's timers held every
+        request until their deadlines, docs/design-notes.md "Answered requests keep
+        nothing alive") keeps nothing else alive with it."""
         assert self._result is _PENDING, "answered twice"
         self.done = None
         consumer = self._then

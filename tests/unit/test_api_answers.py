@@ -114,16 +114,25 @@ def test_a_render_that_raises_is_logged_and_answered_500():
 
 def test_cors_headers_are_added_to_a_later_answer_without_a_deferred():
     """A browser's request with access control on: the CORS headers go on the response
-    rendered when the answer comes, success or error, and the answer still comes without
-    a Deferred."""
+    rendered when the answer comes (success, error, or a render that raised: 500), and
+    the answer still comes without a Deferred."""
     cors = ((b"Access-Control-Allow-Origin", b"https://a.example"),)
     api, router = api_and_router()
-    for answer, status in (({"key": "k", "value": 1, "index": 3}, 200),
-                           (ApiError(503, "unavailable", "no leader", retry_after=1), 503)):
+    query = request("GET", "/api/v1/consensus/query", query="key=k")
+    batch = request("POST", "/api/v1/consensus/batch",
+                    {"ops": [{"op": "put", "key": "k", "value": 1}]})
+    cases = [(query, {"key": "k", "value": 1, "index": 3}, 200),
+             (query, ApiError(503, "unavailable", "no leader", retry_after=1), 503),
+             (batch, ["not", "a", "map"], 500)]          # the batch's render raises
+    for req, answer, status in cases:
         router.requests.clear()
-        later = _with_headers(api.handle(request("GET", "/api/v1/consensus/query",
-                                                 query="key=k")), cors)
-        responses = respond(later)
-        router.requests[0].answer(answer)
+        responses = respond(_with_headers(api.handle(req), cors))
+        logged: list = []
+        globalLogPublisher.addObserver(logged.append)
+        try:
+            router.requests[0].answer(answer)
+        finally:
+            globalLogPublisher.removeObserver(logged.append)
         [(_, (got_status, _, _, headers))] = responses
         assert got_status == status and cors[0] in headers
+        assert any("log_failure" in e for e in logged) == (status == 500)

@@ -545,9 +545,9 @@ class _Held:
 
 
 def test_an_answered_request_lets_go_of_its_consumer_answer_and_done_hook():
-    """The driver's deadline timer keeps a request until its time comes; what the
-    request held after its answer went out (the HTTP layer's callback, the body, the
-    session hook) would only be kept alive for the collector to walk (requests.Timers)."""
+    """Whoever still holds an answered request keeps nothing else alive with it: not the
+    HTTP layer's callback, the body or the session hook (the driver's timers used to hold
+    every request until its deadline: objects kept only for the collector to walk)."""
     driver = ScriptedDriver()
     runner, reactor = runner_with(driver)
     for attach_first in (True, False):
