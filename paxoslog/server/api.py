@@ -66,7 +66,7 @@ from paxoslog.tokens import Role
 from .access import ANONYMOUS_ADMIN, without_credentials
 from .routes import ROUTES, SERVED_WHEN_REMOVED as _SERVED_WHEN_REMOVED, Route
 from .errors import ApiError, bad_request
-from .httpmsg import Later, SwitchProtocols, error_response, json_response, query_params
+from .httpmsg import Later, SwitchProtocols, json_response, query_params
 from .reload import ReloadFailed
 from .runner import ClientRequest
 from .surrogates import LONE_SURROGATE_MESSAGE, lone_surrogate
@@ -716,16 +716,8 @@ def _with_headers(result, headers: tuple):
     if not headers:
         return result
     if type(result) is Later:        # rendered with the headers when the answer comes
-        render = result.render
-
-        def render_with_headers(answer) -> tuple:
-            try:
-                response = render(answer)
-            except Exception:            # as Later.then would, but with the headers
-                log.failure("rendering a response failed")
-                response = error_response(500, "internal", "internal error")
-            return _with_headers(response, headers)
-        return Later(result.answer, render_with_headers)
+        response = result.response   # a render that raises is a 500, with the headers too
+        return Later(result.answer, lambda answer: _with_headers(response(answer), headers))
     if isinstance(result, defer.Deferred):
         return result.addCallback(_with_headers, headers)
     if isinstance(result, SwitchProtocols):

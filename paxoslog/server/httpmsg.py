@@ -73,16 +73,19 @@ class Later:
         self.render = render
 
     def then(self, respond: Callable, *args) -> None:
-        render = self.render
+        response = self.response
 
         def deliver(result) -> None:
-            try:
-                response = render(result)
-            except Exception:
-                log.failure("rendering a response failed")
-                response = error_response(500, "internal", "internal error")
-            respond(response, *args)
+            respond(response(result), *args)
         self.answer.then(deliver)
+
+    def response(self, result) -> tuple:
+        """The response to ``result``: ``render``'s, or 500 (logged) when it raises."""
+        try:
+            return self.render(result)
+        except Exception:
+            log.failure("rendering a response failed")
+            return error_response(500, "internal", "internal error")
 
     def as_deferred(self) -> defer.Deferred:
         """The response as a Deferred (for the API's one Deferred path: a token's first
