@@ -9,9 +9,13 @@ configurations (``row_applied``, ``config_applied``, ``restored``), keeps member
 to date and tells the peer transport whom to dial.
 
 A node that applies a final configuration without some member tells it so (a ``REMOVED``
-frame on the authenticated peer connection) and stops dialing it.  A removed node (it
-applied a configuration without itself, or a member told it) writes ``removed_at`` into
-members.json, stops serving and exits; it never starts again on that data directory.
+frame on the authenticated peer connection) and stops dialing it.  A node told so writes
+``removed_at`` into members.json, stops serving and exits; it never starts again on that
+data directory.  A node that applies a configuration without itself stops serving clients
+(410) but waits for a member's word before it writes that and exits: under Multi-Paxos a
+voter follows a configuration only once it knows it chosen, and the removed node (a
+removed leader killed before its hand-over) may be the only one that knows; were it gone
+for good, the remaining voters could never gather the promises they need to learn it.
 """
 
 from __future__ import annotations
@@ -51,7 +55,8 @@ class AddressBook:
         self.book: dict[int, NodeAddresses] = {
             n.id: NodeAddresses(n.peer, n.api) for n in config.nodes}
         self.removed_ids: set[int] = set()
-        self.removed_at: int | None = None
+        self.removed_at: int | None = None     # persisted: a member said so
+        self.leaving_at: int | None = None     # applied a configuration without this node
         self.origin: str | None = None        # the log origin of a restored/recovered cluster
         self.on_removed: Callable[[int], None] | None = None   # the CLI exits
         self._told: set[int] = set()
@@ -181,7 +186,11 @@ class AddressBook:
         gone = old.members - new.members
         if self.node_id in gone or (self.node_id in old.members
                                     and self.node_id not in new.members):
-            self.mark_removed(index, "the configuration without it was committed")
+            if self.leaving_at is None and self.removed_at is None:
+                self.leaving_at = max(index, 1)
+                log.warn("this node ({node}) applied a configuration without it (index "
+                         "{index}); it stops serving and exits once a member confirms",
+                         node=self.node_id, index=index)
             return
         for peer in gone:
             self.tell_removed(peer, index)
@@ -225,7 +234,12 @@ class AddressBook:
 
     @property
     def removed(self) -> bool:
-        return self.removed_at is not None
+        """Not a member any more (it may still wait for a member's word to exit)."""
+        return self.removed_at is not None or self.leaving_at is not None
+
+    @property
+    def removed_index(self) -> int | None:
+        return self.removed_at if self.removed_at is not None else self.leaving_at
 
     def describe(self) -> dict[str, dict]:
         return {str(n): a.to_json() for n, a in sorted(self.book.items())

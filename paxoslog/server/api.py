@@ -240,7 +240,7 @@ class Api:
                 return self._error(exc)
         if self.book.removed and request.path not in _SERVED_WHEN_REMOVED:
             return self._error(ApiError(410, "removed", f"node {self.node_id} was removed "
-                                        f"from the cluster at index {self.book.removed_at}"))
+                                        f"from the cluster at index {self.book.removed_index}"))
         try:
             result = getattr(self, route.handler)(request)
         except ApiError as exc:

@@ -421,17 +421,15 @@ class SimNode:
             sim.check_changes(self.node_id, index, entry_changes)
 
     def _config_applied(self, op: ConfigApplied) -> None:
-        """As the server's address book: a final configuration without some members
-        tells them they were removed (a removed server exits and never starts again);
-        one without this node makes it exit."""
-        if op.new.joint:
+        """As the server's address book: a member that applies a final configuration
+        without some nodes tells them they were removed (a removed server exits and never
+        starts again).  A node that applies one without itself waits to be told: it may
+        be the only one that knows the configuration is chosen (a removed leader killed
+        before its hand-over), and the remaining voters need its promise to learn it."""
+        if op.new.joint or self.node_id not in op.new.members:
             return
         for peer in sorted(op.old.members - op.new.members):
-            if peer == self.node_id:
-                self.sim.schedule(self.sim.rng.uniform(0.0, 5.0), self.exit_removed)
-            else:
-                self.sim.schedule(self.sim.rng.uniform(0.5, 5.0),
-                                  self.sim.nodes[peer].exit_removed)
+            self.sim.schedule(self.sim.rng.uniform(0.5, 5.0), self.sim.nodes[peer].exit_removed)
 
     def exit_removed(self) -> None:
         """This node learned it was removed: it stops serving and exits for good."""

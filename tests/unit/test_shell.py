@@ -534,6 +534,43 @@ def test_a_node_removed_while_cut_off_is_dialed_until_it_is_told(tmp_path):
     assert sorted(transport.peers) == [2]
 
 
+def test_a_node_that_applies_its_own_removal_waits_for_a_member_to_confirm(tmp_path):
+    """Node 3 applies the configuration without itself: it stops serving (``removed``)
+    but neither writes ``removed_at`` nor exits, so a restart brings it back (it may be the
+    only node that knows the configuration is chosen: a removed Multi-Paxos leader killed
+    before its hand-over).  A member's REMOVED frame makes it final: written, then exit."""
+    from paxoslog.config import load_config
+    from paxoslog.server import addressbook
+    from paxoslog.server.members_file import MembersFile, RemovedNode
+    conf = tmp_path / "c.toml"
+    conf.write_text('cluster = "t"\nprotocol = "multipaxos"\ndata_dir = "' + str(tmp_path) +
+                    '/{node}"\n' + "".join(f'\n[[nodes]]\nid = {i}\npeer = "127.0.0.1:700{i}"'
+                                            f'\napi = "127.0.0.1:800{i}"\n' for i in (1, 2, 3)))
+    config = load_config(str(conf))
+    clock, transport = task.Clock(), _Transport()
+    applied = Config(frozenset({1, 2}))
+    book = addressbook.AddressBook(config, 3, transport, clock, rows=list,
+                                   current_config=lambda: applied)
+    book.load()
+    exits = []
+    book.on_removed = exits.append
+    book.config_applied(Config(frozenset({1, 2, 3})), applied, 9)
+    assert book.removed and book.removed_index == 9 and book.removed_at is None
+    clock.advance(60)
+    assert exits == [] and MembersFile(config.node(3).data_dir).read()["removed_at"] is None
+    again = addressbook.AddressBook(config, 3, transport, clock, rows=list,
+                                    current_config=lambda: applied)
+    again.load()                                          # a restart is not refused
+    book.removed_frame(1, [addressbook.F.REMOVED, "t", 9])
+    assert book.removed_at == 9
+    assert MembersFile(config.node(3).data_dir).read()["removed_at"] == 9
+    clock.advance(addressbook._EXIT_DELAY_S)
+    assert exits == [9]
+    with pytest.raises(RemovedNode):
+        addressbook.AddressBook(config, 3, transport, clock, rows=list,
+                                current_config=lambda: applied).load()
+
+
 class _Held:
     """A consumer or an answer that a weak reference can watch."""
 
