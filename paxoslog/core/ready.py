@@ -11,6 +11,12 @@ Then call ``replica.advance(ready)``.  One Ready is outstanding at a time: ``rea
 before the previous Ready was advanced, or ``advance()`` of any other Ready, raises
 ``ContractViolation`` (``ReadyGate`` below enforces it for both protocols).
 
+Step 3 may start before step 1 for the committed entries that this Ready does not write
+itself (their index is below its ``truncate_from`` and its lowest new entry): they are
+chosen on a quorum and were persisted by an earlier Ready, so nothing this Ready persists
+changes them.  The node driver applies those at once on the leader, while the fsync of the
+Ready's new entries runs (what etcd does with its committed entries).
+
 ``early_messages`` are a leader's replication traffic at a term (ballot) that is already
 durable: Accept and Heartbeat (Multi-Paxos), AppendEntries (Raft), which may carry the
 leader's own new entries of this very Ready (DESIGN.md section 2; the Raft dissertation

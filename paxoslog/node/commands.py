@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import cbor2
 
-__all__ = ["encode_command", "encode_internal", "batch_command", "encode_batch",
+__all__ = ["encode_command", "command_map", "encode_internal", "batch_command", "encode_batch",
            "decode_command",
            "command_key", "is_batch",
            "CLIENT_ID_CHARS_MAX"]
@@ -37,6 +37,12 @@ def encode_command(sm: str, fields: dict, client_id: str, sequence: int, ts: int
     """``ts``: the encoding node's wall clock in ms (the caller reads the clock);
     ``release``: finished session generations of the node (sessions.py), when any;
     ``acked``: the client has the answers of its sequences up to this one."""
+    return cbor2.dumps(command_map(sm, fields, client_id, sequence, ts, release, acked))
+
+
+def command_map(sm: str, fields: dict, client_id: str, sequence: int, ts: int,
+                release: list | None = None, acked: int | None = None) -> dict:
+    """The map ``encode_command`` encodes."""
     command = {"sm": sm}
     command.update(fields)
     command["client_id"] = client_id
@@ -46,7 +52,7 @@ def encode_command(sm: str, fields: dict, client_id: str, sequence: int, ts: int
         command["release"] = release
     if acked is not None:
         command["acked"] = acked
-    return cbor2.dumps(command)
+    return command
 
 
 def encode_internal(sm: str, fields: dict) -> bytes:

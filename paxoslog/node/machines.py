@@ -19,7 +19,8 @@ import cbor2
 
 from statemachines import BadCommand, is_internal, snapshot_chunks_producer
 
-from .commands import batch_command, command_key, decode_command, encode_command, is_batch
+from .commands import (batch_command, command_key, command_map, decode_command, encode_command,
+                       is_batch)
 from .instructions import DUPLICATE, EXECUTED, STALE, UNDECODABLE, CommandApplied
 from .sessions import DUPLICATE as SESSION_DUPLICATE, STALE as SESSION_STALE, SessionTable
 
@@ -62,11 +63,11 @@ class StateMachines:
         self.create = create
         self.record_terms = record_terms
         self.on_failure = on_failure      # a state machine raised (logged by the shell)
-        # Batches this node encoded, by the identity of their bytes: when the same bytes
-        # object comes back to be applied (this node proposed it as leader), the command
-        # is taken from here instead of decoded again.  Only batches of state machines
-        # with ``plain_commands`` are kept: their commands are exactly what the bytes
-        # decode to, so the apply is the same as on every other node.
+        # Commands and batches this node encoded, by the identity of their bytes: when the
+        # same bytes object comes back to be applied (this node proposed it as leader),
+        # the command is taken from here instead of decoded again.  Only those of state
+        # machines with ``plain_commands`` are kept: their commands are exactly what the
+        # bytes decode to, so the apply is the same as on every other node.
         self._encoded: dict[int, tuple[bytes, dict]] = {}
         self._encoded_bytes = 0
 
@@ -267,7 +268,12 @@ class StateMachines:
         finished session generations ``release`` and the sequence up to which the client
         has its answers, ``acked`` (see sessions.py)."""
         command = self.validate(dict(fields, sm=sm), internal=internal)
-        return encode_command(sm, command, client_id, sequence, ts, release, acked)
+        if not getattr(self.machines.get(sm), "plain_commands", False):
+            return encode_command(sm, command, client_id, sequence, ts, release, acked)
+        command = command_map(sm, command, client_id, sequence, ts, release, acked)
+        data = cbor2.dumps(command)
+        self._keep_encoded(data, command)
+        return data
 
     def encode_batch_write(self, ops: list, client_id: str, sequence: int, ts: int,
                            release: list | None = None, acked: int | None = None) -> bytes:
@@ -292,9 +298,15 @@ class StateMachines:
             commands.append(command)
         command = batch_command(commands, client_id, sequence, ts, release, acked)
         data = cbor2.dumps(command)
-        if not all(getattr(self.machines.get(sm), "plain_commands", False)
-                   for sm in validators):
-            return data      # its validate may give a tuple, which comes back a list
+        if all(getattr(self.machines.get(sm), "plain_commands", False) for sm in validators):
+            self._keep_encoded(data, command)
+        # (else its validate may give a tuple, which comes back a list)
+        return data
+
+    def _keep_encoded(self, data: bytes, command: dict) -> None:
+        """Keep the map ``data`` encodes, to apply as is if ``data`` comes back (this node
+        proposed it as leader); only maps of ``plain_commands`` state machines (and the
+        session fields: strings, integers, lists of them), which decode to equal maps."""
         encoded = self._encoded
         while encoded and (len(encoded) >= _ENCODED_KEPT
                            or self._encoded_bytes + len(data) > _ENCODED_BYTES_MAX):
@@ -303,7 +315,6 @@ class StateMachines:
         if len(data) <= _ENCODED_BYTES_MAX:
             encoded[id(data)] = (data, command)      # the map encoded, applied as is
             self._encoded_bytes += len(data)
-        return data
 
     def _validator(self, name: str):
         """``fields -> validated command`` for a client's command to ``name`` (what

@@ -357,6 +357,8 @@ _COUNTERS = (
      "Snapshots received from a leader and installed."),
     ("readies", "readies", "Ready batches processed."),
     ("fsyncs", "fsyncs", "WAL fsyncs (one per persisted Ready)."),
+    ("entries_applied_while_persisting", "applied_while_persisting",
+     "Committed entries applied while a later Ready was being persisted."),
     ("leader_connection_lost", "leader_connection_lost",
      "Connections to this node's leader lost (reset: the leader process may be gone)."),
 )

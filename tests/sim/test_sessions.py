@@ -35,7 +35,9 @@ DOUBLE_EXECUTION_SEEDS = [(1, "multipaxos", 3), (1, "raft", 3), (0, "raft", 5),
                           (4, "multipaxos", 5)]
 # sessions-release-deletes runs that execute a late copy of a released write (9 of 200
 # runs of seeds 0-99 with 3 nodes, 6 of 200 with 5 nodes, when the release landed).
-RELEASE_DELETES_SEEDS = [(3, "raft", 3), (11, "multipaxos", 3), (40001, "multipaxos", 5),
+# (11, multipaxos, 3) no longer met a late copy once the leader applied while persisting
+# (its trajectory moved); (25, multipaxos, 3) of seeds 0-39 does.
+RELEASE_DELETES_SEEDS = [(3, "raft", 3), (25, "multipaxos", 3), (40001, "multipaxos", 5),
                          (40034, "raft", 5)]
 # acked-keeps-floor runs that execute a late copy of an acknowledged write (5 of seeds
 # 80000-80099 with Raft, 7 with Multi-Paxos, 3 nodes).

@@ -215,6 +215,29 @@ def test_a_batch_applied_from_the_encoding_node_equals_one_decoded_elsewhere():
     assert here.kv.snapshot() == there.kv.snapshot()
 
 
+@pytest.mark.parametrize("fields", [
+    {"op": "put", "key": "a", "value": {"x": [1, 2.5, None, True, "é"], "y": {}}},
+    {"op": "txn", "compare": [{"key": "a", "target": "version", "cmp": ">=", "value": 0}],
+     "success": [{"op": "put", "key": "t", "value": [1]}], "failure": []},
+    {"op": "lease_grant", "ttl_ms": 60_000}], ids=["put", "txn", "lease_grant"])
+def test_a_command_applied_from_the_encoding_node_equals_one_decoded_elsewhere(fields):
+    """A single command too: the node that encoded it applies the map it encoded (no
+    decode), with the session fields (release, acked); another node decodes the bytes:
+    the same command, result, changes, state and session table."""
+    here, there = machines(), machines()
+    data = here.encode_write("kv", fields, "c", 3, 1000, release=[["n-0", 9]], acked=2)
+    assert id(data) in here._encoded
+    assert _same(here._encoded[id(data)][1], decode_command(data))
+    mine = here.apply_command(4, 1, data)
+    theirs = there.apply_command(4, 1, bytes(data))
+    assert not here._encoded
+    assert _same(mine.command, theirs.command)
+    assert (mine.result, mine.changes, mine.outcome) == (theirs.result, theirs.changes,
+                                                         theirs.outcome)
+    assert here.kv.snapshot() == there.kv.snapshot()
+    assert list(here.sessions.snapshot_producer()()) == list(there.sessions.snapshot_producer()())
+
+
 @pytest.mark.parametrize("op", [{"op": "lease_promote", "term": 1 << 40},
                                 {"op": "lease_expire", "ids": [5], "term": 1 << 40}])
 def test_a_batch_cannot_carry_the_lease_keepers_internal_ops(op):
