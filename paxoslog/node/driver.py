@@ -395,6 +395,7 @@ class NodeDriver:
         w.submitted = True
         w.sent += 1
         w.via = leader
+        self.machines.forget_encoded(w.data)
         self._out.append(Forward(w, leader, "propose", w.data))
 
     def _reroute_writes(self) -> None:

@@ -303,6 +303,13 @@ class StateMachines:
         # (else its validate may give a tuple, which comes back a list)
         return data
 
+    def forget_encoded(self, data: bytes) -> None:
+        """``data`` goes to another node (a follower forwards its client's write): the
+        leader applies its own copy, so the map kept for it here would never be used."""
+        cached = self._encoded.pop(id(data), None) if self._encoded else None
+        if cached is not None:               # cached[0] is data: both alive, one id
+            self._encoded_bytes -= len(cached[0])
+
     def _keep_encoded(self, data: bytes, command: dict) -> None:
         """Keep the map ``data`` encodes, to apply as is if ``data`` comes back (this node
         proposed it as leader); only maps of ``plain_commands`` state machines (and the

@@ -57,6 +57,7 @@ class AddressBook:
         self.removed_ids: set[int] = set()
         self.removed_at: int | None = None     # persisted: a member said so
         self.leaving_at: int | None = None     # applied a configuration without this node
+        self._applied: Config | None = None    # the last final configuration applied
         self.origin: str | None = None        # the log origin of a restored/recovered cluster
         self.on_removed: Callable[[int], None] | None = None   # the CLI exits
         self._told: set[int] = set()
@@ -107,14 +108,14 @@ class AddressBook:
 
     def peer_addresses(self) -> dict[int, NodeAddresses]:
         """Every node this node should be connected to (itself excluded): the members,
-        and for a while a node removed since this process started until it was told (the
-        lower id dials, so a removed node that was cut off when it was removed would
-        otherwise never hear of it, and never exit)."""
+        and for ``_TELL_REMOVED_S`` a node removed since this process started (the lower id
+        dials, so a removed node that was cut off when it was removed would otherwise
+        never hear of it, and never exit).  Told or not: a REMOVED frame handed to a
+        connection may be lost with it, and the node then waits, restarted or not."""
         now = self.reactor.seconds()
         return {n: a for n, a in self.book.items()
                 if n != self.node_id and (n not in self.removed_ids or (
-                    n not in self._told
-                    and now - self._removed_seen.get(n, -_TELL_REMOVED_S) < _TELL_REMOVED_S))}
+                    now - self._removed_seen.get(n, -_TELL_REMOVED_S) < _TELL_REMOVED_S))}
 
     def api_address(self, node_id: int) -> str | None:
         entry = self.book.get(node_id)
@@ -127,11 +128,19 @@ class AddressBook:
         except OSError as exc:
             log.error("cannot write {path}: {error}", path=self.file.path, error=exc)
 
-    def started(self) -> None:
+    def started(self, applied: Config | None = None) -> None:
         """The state machines were loaded (snapshot, then the log replays): follow the
-        restored table and start dialing."""
+        restored table and start dialing.  ``applied``: the configuration they were
+        restored at (a snapshot taken after this node's removal holds no configuration
+        entry to apply again)."""
         for row in self.rows():
             self.row_applied(row)
+        if applied is not None:
+            # Not a member, and its own row says it is going: removed (a node that joins
+            # starts outside the configuration, with a row that says "active").
+            mine = next((r for r in self.rows() if r.get("node_id") == self.node_id), None)
+            self._note_applied(applied, None, (mine or {}).get("status") in ("leaving",
+                                                                             "removed"))
         self.sync_transport()
 
     def sync_transport(self) -> None:
@@ -183,32 +192,50 @@ class AddressBook:
         """A configuration entry was applied (it is committed)."""
         if new.joint:
             return
-        gone = old.members - new.members
-        if self.node_id in gone or (self.node_id in old.members
-                                    and self.node_id not in new.members):
-            if self.leaving_at is None and self.removed_at is None:
-                self.leaving_at = max(index, 1)
-                log.warn("this node ({node}) applied a configuration without it (index "
-                         "{index}); it stops serving and exits once a member confirms",
-                         node=self.node_id, index=index)
+        if self._note_applied(new, index, self.node_id in old.members):
             return
-        for peer in gone:
+        for peer in old.members - new.members:
             self.tell_removed(peer, index)
+
+    def _note_applied(self, config: Config, index: int | None, was_member: bool) -> bool:
+        """Follow a final configuration; True when this node, a member before, is not
+        among its members (it stops serving and waits for a member's word: module
+        docstring)."""
+        if config.joint:
+            return False
+        self._applied = config
+        if self.node_id in config.members or not was_member:
+            return False
+        if self.leaving_at is None and self.removed_at is None:
+            self.leaving_at = max(index or 1, 1)
+            log.warn("this node ({node}) applied a configuration without it ({where}); it "
+                     "stops serving and exits once a member confirms", node=self.node_id,
+                     where=f"index {index}" if index else "restored")
+        return True
 
     def tell_removed(self, peer: int, index: int) -> None:
         if (self.transport.send_frame(peer, [F.REMOVED, self.cluster, index])
                 and peer not in self._told):
-            self._told.add(peer)           # it may redial a few times before it exits
+            self._told.add(peer)           # logged once; told again on every connection
             log.info("told node {peer} it was removed (index {index})", peer=peer, index=index)
-            if peer in self._removed_seen:
-                self.sync_transport()      # no need to dial it any more
 
     def peer_up(self, peer: int) -> None:
-        """An authenticated peer connected: a removed one learns it was removed."""
-        if peer in self.removed_ids:
+        """An authenticated peer connected: a removed one learns it was removed (also one
+        whose row still says ``leaving``, when the configuration applied here is without
+        it: the leader that removed it may have died before writing ``removed``)."""
+        row = None
+        if peer not in self.removed_ids:
+            applied = self._applied
+            if (applied is None or peer in applied.members
+                    or self.node_id not in applied.members):
+                return
             row = next((r for r in self.rows() if r.get("node_id") == peer), None)
-            self.tell_removed(peer, (row or {}).get("removed_at_index") or 0)
-            self.transport.disconnect(peer)
+            if row is None or row.get("status") != "leaving":
+                return
+        if row is None:
+            row = next((r for r in self.rows() if r.get("node_id") == peer), None)
+        self.tell_removed(peer, (row or {}).get("removed_at_index") or 0)
+        self.transport.disconnect(peer)
 
     def removed_frame(self, peer: int, payload: list) -> None:
         _, cluster, index = payload

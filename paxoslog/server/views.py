@@ -156,7 +156,8 @@ class NodeViews:
         replica = self.driver.replica
         fatal = self.runner.fatal
         return {"status": "ok" if fatal is None else "failed", "version": __version__,
-                "ready": replica.leader_id is not None and fatal is None and not self.stopping,
+                "ready": (replica.leader_id is not None and fatal is None and not self.stopping
+                          and not self.book.removed),
                 "node_id": self.node_id, "pid": os.getpid(), "role": replica.role,
                 "leader": replica.leader_id, "term": replica.term,
                 "commit_index": replica.commit_index,

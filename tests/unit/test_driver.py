@@ -276,9 +276,12 @@ def test_a_follower_forwards_a_write_and_relays_the_leaders_answer(protocol):
     lead = trio.elect()
     follower = trio.drivers[trio.others(lead)[0]]
     key, data = put(follower, "a", 1)
+    assert id(data) in follower.machines._encoded
     (fwd,) = follower.submit_write("H", key, data)
     assert type(fwd) is Forward and fwd.peer == lead and fwd.op == "propose"
     assert fwd.payload == data
+    assert not follower.machines._encoded          # the leader applies its own copy
+    assert follower.machines._encoded_bytes == 0
     assert follower.forward_failed(fwd.request) == []     # connection lost: retry later
     assert follower.tick() == []
     (again,) = follower.tick()

@@ -509,8 +509,9 @@ class _Transport:
 
 def test_a_node_removed_while_cut_off_is_dialed_until_it_is_told(tmp_path):
     """Node 1 applies node 3's removal while 3 is unreachable: it keeps dialing 3 (3 dials
-    nobody: the lower id dials) until 3 connects and is told, then stops; a removed node
-    never told is dropped after _TELL_REMOVED_S (the chaos smoke run once saw a removed,
+    nobody: the lower id dials) and tells it on every connection (a frame handed to a
+    connection may be lost with it, and a node that applied its own removal waits for
+    that word); it stops after _TELL_REMOVED_S (the chaos smoke run once saw a removed,
     cut-off node run on forever)."""
     from paxoslog.config import load_config
     from paxoslog.server import addressbook
@@ -529,7 +530,11 @@ def test_a_node_removed_while_cut_off_is_dialed_until_it_is_told(tmp_path):
     transport.connected.add(3)
     book.peer_up(3)                                       # 3 connected: told, hung up
     assert transport.frames[0][0] == 3 and transport.frames[0][1][0] == addressbook.F.REMOVED
-    assert sorted(transport.peers) == [2, 4]
+    assert 3 not in transport.connected
+    transport.connected.add(3)
+    book.peer_up(3)                                       # it came back: told again
+    assert [peer for peer, _ in transport.frames] == [3, 3]
+    assert sorted(transport.peers) == [2, 3, 4]
     clock.advance(addressbook._TELL_REMOVED_S)            # 4 never came back
     assert sorted(transport.peers) == [2]
 
@@ -569,6 +574,46 @@ def test_a_node_that_applies_its_own_removal_waits_for_a_member_to_confirm(tmp_p
     with pytest.raises(RemovedNode):
         addressbook.AddressBook(config, 3, transport, clock, rows=list,
                                 current_config=lambda: applied).load()
+
+
+def test_a_leaving_row_is_told_and_a_restored_removal_still_waits(tmp_path):
+    """Node 1 applied the configuration without node 3, but the leader died before it
+    wrote 3's row ``removed`` (it says ``leaving``): 3 is told when it connects; a node
+    joining (its row active, not yet in the configuration) is not.  Node 3 restarted from
+    a snapshot taken after its removal (no configuration entry to apply again) knows it
+    is leaving from the configuration it was restored at and its row; node 4, joining,
+    starts outside the configuration too but is not leaving."""
+    from paxoslog.config import load_config
+    from paxoslog.server import addressbook
+    conf = tmp_path / "c.toml"
+    conf.write_text('cluster = "t"\nprotocol = "raft"\ndata_dir = "' + str(tmp_path) +
+                    '/{node}"\n' + "".join(f'\n[[nodes]]\nid = {i}\npeer = "127.0.0.1:700{i}"'
+                                            f'\napi = "127.0.0.1:800{i}"\n' for i in (1, 2, 3, 4)))
+    config = load_config(str(conf))
+    rows = [{"node_id": 3, "status": "leaving", "address": "127.0.0.1:7003"},
+            {"node_id": 4, "status": "active", "address": "127.0.0.1:7004"}]
+    final = Config(frozenset({1, 2}))
+    clock, transport = task.Clock(), _Transport()
+    book = addressbook.AddressBook(config, 1, transport, clock, rows=lambda: rows,
+                                   current_config=lambda: final)
+    book.load()
+    book.started()
+    book.config_applied(Config(frozenset({1, 2, 3})), final, 12)
+    transport.connected |= {3, 4}
+    book.peer_up(4)
+    book.peer_up(3)
+    assert [(peer, frame[0]) for peer, frame in transport.frames] == [(3, addressbook.F.REMOVED)]
+    assert transport.connected == {4}
+    three = addressbook.AddressBook(config, 3, _Transport(), clock, rows=lambda: rows,
+                                    current_config=lambda: final)
+    three.load()
+    three.started(final)
+    assert three.removed and three.removed_at is None and three.leaving_at == 1
+    four = addressbook.AddressBook(config, 4, _Transport(), clock, rows=lambda: rows,
+                                   current_config=lambda: final)
+    four.load()
+    four.started(final)                   # joining: outside the configuration, not removed
+    assert not four.removed
 
 
 class _Held:
