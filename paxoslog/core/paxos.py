@@ -389,23 +389,8 @@ class MultiPaxosReplica:
             self.lost_upto = 0  # repaired: every slot up to the old watermark is back
         return bool(self.lost_upto)
 
-    def _removed_knowing_more(self) -> bool:
-        """A member once (of the base or a chosen configuration) and not of the newest
-        chosen one: we may be the only node that knows it chosen (a removed leader killed
-        before its hand-over and restarted), while its voters follow an older one and do
-        not know they are voters.  Such a node campaigns, only to lead long enough to hand
-        over (``_hand_over_if_removed``).  Voters that hear a leader refuse its pre-votes,
-        and the server exits once a member tells it it was removed.  (A node that joins
-        starts outside the configurations it knows and was never in one: it waits.)"""
-        config = self.config_for(self.log.chosen_upto + 1)
-        if config.joint or self.node_id in config.members:
-            return False
-        configs = self.configs
-        return (self.node_id in configs.base.members
-                or any(self.node_id in c.members for c in configs.chosen.values()))
-
     def _start_election(self) -> None:
-        if not (self._voter() or self._removed_knowing_more()) or self._lost_slots():
+        if not self._voter() or self._lost_slots():
             return
         if self.options.pre_vote and not self.force_election:
             self._become(Role.PRE_CANDIDATE, None)
