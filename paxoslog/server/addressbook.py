@@ -138,9 +138,8 @@ class AddressBook:
         if applied is not None:
             # Not a member, and its own row says it is going: removed (a node that joins
             # starts outside the configuration, with a row that says "active").
-            mine = next((r for r in self.rows() if r.get("node_id") == self.node_id), None)
-            self._note_applied(applied, None, (mine or {}).get("status") in ("leaving",
-                                                                             "removed"))
+            self._note_applied(applied, None,
+                               self._row(self.node_id).get("status") in ("leaving", "removed"))
         self.sync_transport()
 
     def sync_transport(self) -> None:
@@ -223,19 +222,19 @@ class AddressBook:
         """An authenticated peer connected: a removed one learns it was removed (also one
         whose row still says ``leaving``, when the configuration applied here is without
         it: the leader that removed it may have died before writing ``removed``)."""
-        row = None
+        row = self._row(peer)
         if peer not in self.removed_ids:
             applied = self._applied
             if (applied is None or peer in applied.members
-                    or self.node_id not in applied.members):
+                    or self.node_id not in applied.members
+                    or row.get("status") != "leaving"):
                 return
-            row = next((r for r in self.rows() if r.get("node_id") == peer), None)
-            if row is None or row.get("status") != "leaving":
-                return
-        if row is None:
-            row = next((r for r in self.rows() if r.get("node_id") == peer), None)
-        self.tell_removed(peer, (row or {}).get("removed_at_index") or 0)
+        self.tell_removed(peer, row.get("removed_at_index") or 0)
         self.transport.disconnect(peer)
+
+    def _row(self, node_id: int) -> dict:
+        """The membership table's row of ``node_id`` ({} when it has none)."""
+        return next((r for r in self.rows() if r.get("node_id") == node_id), {})
 
     def removed_frame(self, peer: int, payload: list) -> None:
         _, cluster, index = payload
