@@ -390,7 +390,10 @@ class MultiPaxosReplica:
         return bool(self.lost_upto)
 
     def _start_election(self) -> None:
-        if not self._voter() or self._lost_slots():
+        if not self._voter():
+            self._ask_chosen_upto()
+            return
+        if self._lost_slots():
             return
         if self.options.pre_vote and not self.force_election:
             self._become(Role.PRE_CANDIDATE, None)
@@ -401,6 +404,26 @@ class MultiPaxosReplica:
             self._check_pre_votes()
         else:
             self._prepare()
+
+    def _ask_chosen_upto(self) -> None:
+        """A node that is no voter and hears no leader asks the voters it knows how far
+        they know slots chosen, when it may lag: it knows of slots chosen, or holds slots
+        accepted, beyond its chosen watermark.
+
+        It may lag behind a configuration that made it a voter: a Multi-Paxos node follows
+        a configuration only once it knows it chosen, so the new voters may all still
+        think themselves learners (or not even members), and nobody campaigns, while the
+        one node that knows (a removed leader, killed before its hand-over) stays quiet.
+        The reply's watermark makes it catch up from whoever knows more
+        (``on_catchup_reply``).  A node that knows of nothing newer (a learner or a
+        removed node that caught up: membership_joint.txt, r4_removed_node.txt) asks
+        nobody."""
+        if max(self.known_commit, self.log.last_index) <= self.log.chosen_upto:
+            return
+        if self.leader_id is not None:
+            self._become(Role.FOLLOWER, None)   # silent for an election timeout: gone
+        for peer in sorted(self._election_peers()):
+            self._send(CatchupRequest(self.node_id, peer, self.promised, ()))
 
     def _election_peers(self) -> set[int]:
         config = self.config_for(self.log.chosen_upto + 1)
@@ -889,6 +912,10 @@ class MultiPaxosReplica:
             self._maybe_send_timeout_now()
 
     def on_catchup_request(self, msg: CatchupRequest) -> None:
+        if not msg.slots:            # a learner asks how far we know (_ask_chosen_upto)
+            self._send(CatchupReply(self.node_id, msg.frm, self.promised, (),
+                                    self.log.chosen_upto))
+            return
         entries = []
         budget = MessageBudget.for_limits(self.limits)
         for slot in msg.slots:

@@ -9,13 +9,15 @@ configurations (``row_applied``, ``config_applied``, ``restored``), keeps member
 to date and tells the peer transport whom to dial.
 
 A node that applies a final configuration without some member tells it so (a ``REMOVED``
-frame on the authenticated peer connection) and stops dialing it.  A node told so writes
-``removed_at`` into members.json, stops serving and exits; it never starts again on that
-data directory.  A node that applies a configuration without itself stops serving clients
-(410) but waits for a member's word before it writes that and exits: under Multi-Paxos a
-voter follows a configuration only once it knows it chosen, and the removed node (a
-removed leader killed before its hand-over) may be the only one that knows; were it gone
-for good, the remaining voters could never gather the promises they need to learn it.
+frame on the authenticated peer connection, with how far it applied and the voters of
+that configuration).  A node told so by a quorum of those voters (paxoslog/node/removal.py)
+writes ``removed_at`` into members.json, stops serving and exits; it never starts again on
+that data directory.  A node that applies a configuration without itself stops serving
+clients (410) but waits for the members' word before it writes that and exits: under
+Multi-Paxos a voter follows a configuration only once it knows it chosen, and the removed
+node (a removed leader killed before its hand-over) may be the only one that knows; were
+it gone for good, the remaining voters could never gather the promises they need to learn
+it.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from twisted.logger import Logger
 
 from paxoslog.config import parse_address
 from paxoslog.core.quorum import Config
+from paxoslog.node.removal import RemovalWitnesses
 
 from . import frames as F
 from .members_file import MembersFile, NodeAddresses, RemovedNode
@@ -36,6 +39,7 @@ log = Logger(namespace="paxoslog.membership")
 
 _EXIT_DELAY_S = 1.0
 _TELL_REMOVED_S = 600.0    # how long members keep dialing a removed node to tell it
+_VOTERS_MAX = 1024         # a REMOVED frame's voters (a bound, far above any real cluster)
 
 
 class AddressBook:
@@ -57,7 +61,9 @@ class AddressBook:
         self.removed_ids: set[int] = set()
         self.removed_at: int | None = None     # persisted: a member said so
         self.leaving_at: int | None = None     # applied a configuration without this node
-        self._applied: Config | None = None    # the last final configuration applied
+        self._applied: Config | None = None    # the last final configuration applied...
+        self._applied_index = 0                # ...and how far this node had applied then
+        self.witnesses = RemovalWitnesses()    # members that told this node it was removed
         self.origin: str | None = None        # the log origin of a restored/recovered cluster
         self.on_removed: Callable[[int], None] | None = None   # the CLI exits
         self._told: set[int] = set()
@@ -128,17 +134,17 @@ class AddressBook:
         except OSError as exc:
             log.error("cannot write {path}: {error}", path=self.file.path, error=exc)
 
-    def started(self, applied: Config | None = None) -> None:
+    def started(self, applied: Config | None = None, index: int = 0) -> None:
         """The state machines were loaded (snapshot, then the log replays): follow the
         restored table and start dialing.  ``applied``: the configuration they were
-        restored at (a snapshot taken after this node's removal holds no configuration
-        entry to apply again)."""
+        restored at, ``index`` how far (a snapshot taken after this node's removal holds
+        no configuration entry to apply again)."""
         for row in self.rows():
             self.row_applied(row)
         if applied is not None:
             # Not a member, and its own row says it is going: removed (a node that joins
             # starts outside the configuration, with a row that says "active").
-            self._note_applied(applied, None,
+            self._note_applied(applied, index,
                                self._row(self.node_id).get("status") in ("leaving", "removed"))
         self.sync_transport()
 
@@ -194,42 +200,46 @@ class AddressBook:
         if self._note_applied(new, index, self.node_id in old.members):
             return
         for peer in old.members - new.members:
-            self.tell_removed(peer, index)
+            self.tell_removed(peer)
 
-    def _note_applied(self, config: Config, index: int | None, was_member: bool) -> bool:
+    def _note_applied(self, config: Config, index: int, was_member: bool) -> bool:
         """Follow a final configuration; True when this node, a member before, is not
-        among its members (it stops serving and waits for a member's word: module
+        among its members (it stops serving and waits for the members' word: module
         docstring)."""
         if config.joint:
             return False
-        self._applied = config
+        self._applied, self._applied_index = config, index
         if self.node_id in config.members or not was_member:
             return False
         if self.leaving_at is None and self.removed_at is None:
-            self.leaving_at = max(index or 1, 1)
-            log.warn("this node ({node}) applied a configuration without it ({where}); it "
-                     "stops serving and exits once a member confirms", node=self.node_id,
-                     where=f"index {index}" if index else "restored")
+            self.leaving_at = max(index, 1)
+            log.warn("this node ({node}) applied a configuration without it (index {index}); "
+                     "it stops serving and exits once a quorum of its voters confirms",
+                     node=self.node_id, index=index)
         return True
 
-    def tell_removed(self, peer: int, index: int) -> None:
-        if (self.transport.send_frame(peer, [F.REMOVED, self.cluster, index])
-                and peer not in self._told):
+    def tell_removed(self, peer: int) -> None:
+        """Tell ``peer`` it is not in the configuration this node applied (module
+        docstring); nothing before this node applied one."""
+        applied, index = self._applied, self._applied_index
+        if applied is None or peer in applied.members or self.node_id not in applied.members:
+            return
+        frame = [F.REMOVED, self.cluster, index, sorted(applied.voters)]
+        if self.transport.send_frame(peer, frame) and peer not in self._told:
             self._told.add(peer)           # logged once; told again on every connection
-            log.info("told node {peer} it was removed (index {index})", peer=peer, index=index)
+            log.info("told node {peer} it was removed (applied up to index {index})",
+                     peer=peer, index=index)
 
     def peer_up(self, peer: int) -> None:
         """An authenticated peer connected: a removed one learns it was removed (also one
         whose row still says ``leaving``, when the configuration applied here is without
         it: the leader that removed it may have died before writing ``removed``)."""
-        row = self._row(peer)
-        if peer not in self.removed_ids:
-            applied = self._applied
-            if (applied is None or peer in applied.members
-                    or self.node_id not in applied.members
-                    or row.get("status") != "leaving"):
-                return
-        self.tell_removed(peer, row.get("removed_at_index") or 0)
+        applied = self._applied
+        if applied is None or peer in applied.members or self.node_id not in applied.members:
+            return
+        if peer not in self.removed_ids and self._row(peer).get("status") != "leaving":
+            return
+        self.tell_removed(peer)
         self.transport.disconnect(peer)
 
     def _row(self, node_id: int) -> dict:
@@ -237,13 +247,24 @@ class AddressBook:
         return next((r for r in self.rows() if r.get("node_id") == node_id), {})
 
     def removed_frame(self, peer: int, payload: list) -> None:
-        _, cluster, index = payload
-        if cluster != self.cluster or type(index) is not int:
+        """A member says this node is not in the configuration it applied up to
+        ``index``: final once a quorum of that configuration's voters said so."""
+        _, cluster, index, voters = payload
+        if (cluster != self.cluster or type(index) is not int or index < 0
+                or type(voters) is not list or not 0 < len(voters) <= _VOTERS_MAX
+                or any(type(v) is not int for v in voters)):
             raise ValueError("bad removed frame")
         config = self.current_config()
         if self.node_id in config.all_voters and peer not in config.members:
             return        # from a node that is itself not a member in our view: ignore
-        self.mark_removed(index, f"node {peer} says so")
+        if self.node_id in voters:
+            raise ValueError("bad removed frame: it lists this node among the voters")
+        if self.witnesses.told(peer, index, voters):
+            tellers = ", ".join(map(str, self.witnesses.tellers()))
+            self.mark_removed(index, f"nodes {tellers} say so")
+        elif self.removed_at is None:
+            log.info("node {peer} says this node was removed (index {index}); waiting for a "
+                     "quorum of voters {voters}", peer=peer, index=index, voters=voters)
 
     def mark_removed(self, index: int, why: str) -> None:
         if self.removed_at is not None:

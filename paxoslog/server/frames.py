@@ -67,7 +67,7 @@ __all__ = ["HELLO", "CHALLENGE", "AUTH", "ACCEPT", "MESSAGES", "FORWARD", "FORWA
            "ForgedFrame", "FrameDecoder", "FrameSealer", "FrameOpener", "encode_frame",
            "decode_payload", "transcript_hash", "handshake_proof", "frame_keys"]
 
-WIRE_VERSION = "paxoslog/3"
+WIRE_VERSION = "paxoslog/4"
 
 HELLO = 1
 CHALLENGE = 2
@@ -79,7 +79,8 @@ SNAP_OFFER = 7        # [kind, InstallSnapshot wire array, SnapshotOffer wire ar
 SNAP_WANT = 8         # [kind, transfer_id, next_offset]
 SNAP_CHUNK = 9        # [kind, SnapshotChunk wire array]
 SNAP_DONE = 10        # [kind, transfer_id, ok, reason]
-REMOVED = 11          # [kind, cluster, index]: "you were removed from the cluster at index"
+REMOVED = 11          # [kind, cluster, index, voters]: "I applied up to index a configuration
+                      # with these voters, without you" (addressbook.py)
 ACCEPT = 12           # [kind, proof_a, info]
 PING = 13             # [kind, token]
 PONG = 14             # [kind, token]

@@ -66,6 +66,8 @@ def narrate(msg) -> str | None:
         return (f"election: node {frm} hands leadership over: campaign now (its term "
                 f"{_term(msg.term)})")
     if kind is CatchupRequest:
+        if not msg.slots:
+            return f"catch-up: node {frm} hears no leader and asks how far slots are chosen"
         return f"catch-up: node {frm} asks for the chosen values of slots {_slots(msg.slots)}"
     if kind is CatchupReply:
         return (f"catch-up: node {frm} sends {len(msg.entries)} chosen entr"

@@ -433,7 +433,7 @@ class NodeService(MultiService):
         if self.storage.torn is not None:
             log.warn("the WAL had a torn tail (cut at restart): {torn}", torn=self.storage.torn)
         self._warn_open_api()
-        self.book.started(self.driver.applied_config)
+        self.book.started(self.driver.applied_config, self.driver.applied_index)
         for service in (self.transport, self.promotion, self.websocket, self.http, self.ticker,
                         self.watch):
             service.setServiceParent(self)

@@ -20,6 +20,7 @@ from __future__ import annotations
 import random
 from typing import TYPE_CHECKING
 
+from ..core.log import ENTRY_CONFIG, entry_config
 from .network import partition_shapes
 
 if TYPE_CHECKING:
@@ -151,17 +152,21 @@ class Nemesis:
         node.restart()
 
     def _indispensable(self, node) -> bool:
-        """True when some configuration that a member still knows (its core's newest or
-        its applied one, joint ones included) has no quorum without ``node``.  The
-        victim's own view is not enough: a node that lags behind a change (sim membership
-        seed 24, both protocols, with fast failover) may still believe in a configuration
-        with more voters than the one the others run."""
+        """True when some configuration that a member still knows (its core's newest, its
+        applied one, or, under Multi-Paxos, one it accepted but does not know chosen;
+        joint ones included) has no quorum without ``node``.  The victim's own view is not
+        enough: a node that lags behind a change (sim membership seed 24, both protocols,
+        with fast failover) may still believe in a configuration with more voters than the
+        one the others run.  And a Multi-Paxos candidate needs a quorum of every
+        configuration a promise reports accepted (seed 24 again, once a change in flight
+        made {3, 4} the next configuration and the bit flipped on node 3)."""
         configs = set()
         for other in self.sim.nodes.values():
             if other.removed or other.corrupt or not hasattr(other, "driver"):
                 continue
             configs.add(other.replica.config)
             configs.add(other.config)
+            configs.update(_accepted_configs(other.replica))
         return any(not c.is_quorum(c.all_voters - {node.node_id}) for c in configs)
 
     def _transfer(self) -> None:
@@ -259,3 +264,18 @@ class Nemesis:
                 self._resume(node)
                 self.active = False
         self._record("heal all")
+
+
+def _accepted_configs(replica) -> list:
+    """The configurations in a Multi-Paxos replica's slots above its chosen watermark
+    (a Raft replica already follows the newest one in its log: ``replica.config``)."""
+    log = getattr(replica, "log", None)
+    chosen_upto = getattr(log, "chosen_upto", None)
+    if chosen_upto is None:
+        return []
+    configs = []
+    for slot in range(chosen_upto + 1, log.last_index + 1):
+        entry = log.get(slot)
+        if entry is not None and entry.kind == ENTRY_CONFIG:
+            configs.append(entry_config(entry))
+    return configs

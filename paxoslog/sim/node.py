@@ -38,6 +38,7 @@ from .coordination import CoordAttempt
 from ..node.instructions import (DUPLICATE, EXECUTED, Applied, CompactLog, ConfigApplied,
                                  Forward, OfferSnapshot, Persist, Reply, RestoreSnapshot,
                                  RoleChange, RowApplied, Send, STALE, TakeSnapshot)
+from ..node.removal import RemovalWitnesses
 from ..node.ticks import TickClock
 from ..storage import CorruptLog, MemoryStorage, SnapshotReader, StorageIOError
 
@@ -74,6 +75,8 @@ class SimNode:
         self.alive = True
         self.corrupt: str | None = None      # why the node refuses to start
         self.removed = False                 # removed from the cluster: it exited for good
+        self.witnesses = RemovalWitnesses()  # members that told it so (kept across restarts,
+                                             # as the server's members tell it on each connection)
         self.paused = False
         self.incarnation = 0
         self.held: list = []                 # messages and requests that arrived while paused
@@ -423,16 +426,23 @@ class SimNode:
     def _config_applied(self, op: ConfigApplied) -> None:
         """As the server's address book: a member that applies a final configuration
         without some nodes tells them they were removed (a removed server exits and never
-        starts again).  A node that applies one without itself waits to be told: it may
-        be the only one that knows the configuration is chosen (a removed leader killed
-        before its hand-over), and the remaining voters need its promise to learn it."""
+        starts again once enough members did: paxoslog/node/removal.py).  A node that
+        applies one without itself waits to be told: it may be the only one that knows the
+        configuration is chosen (a removed leader killed before its hand-over), and the
+        remaining voters need its promise to learn it."""
         if op.new.joint or self.node_id not in op.new.members:
             return
         for peer in sorted(op.old.members - op.new.members):
-            self.sim.schedule(self.sim.rng.uniform(0.5, 5.0), self.sim.nodes[peer].exit_removed)
+            self.sim.schedule(self.sim.rng.uniform(0.5, 5.0), self.sim.nodes[peer].told_removed,
+                              self.node_id, op.index, op.new.voters)
+
+    def told_removed(self, member: int, applied: int, voters) -> None:
+        if self.witnesses.told(member, applied, voters):
+            self.exit_removed()
 
     def exit_removed(self) -> None:
-        """This node learned it was removed: it stops serving and exits for good."""
+        """Enough members told this node it was removed: it stops serving and exits for
+        good."""
         if self.removed:
             return
         if self.alive and (self.paused or self.replica.role == Role.LEADER):

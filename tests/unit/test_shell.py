@@ -524,12 +524,13 @@ def test_a_node_removed_while_cut_off_is_dialed_until_it_is_told(tmp_path):
                                    current_config=lambda: Config(frozenset({1, 2, 4})))
     book.load()
     book.sync_transport()
+    book.config_applied(Config(frozenset({1, 2, 3, 4})), Config(frozenset({1, 2})), 7)
     for node in (3, 4):
         book.row_applied({"node_id": node, "status": "removed"})
     assert sorted(transport.peers) == [2, 3, 4]           # still dialed: not told yet
     transport.connected.add(3)
     book.peer_up(3)                                       # 3 connected: told, hung up
-    assert transport.frames[0][0] == 3 and transport.frames[0][1][0] == addressbook.F.REMOVED
+    assert transport.frames[0] == (3, [addressbook.F.REMOVED, "t", 7, [1, 2]])
     assert 3 not in transport.connected
     transport.connected.add(3)
     book.peer_up(3)                                       # it came back: told again
@@ -539,11 +540,13 @@ def test_a_node_removed_while_cut_off_is_dialed_until_it_is_told(tmp_path):
     assert sorted(transport.peers) == [2]
 
 
-def test_a_node_that_applies_its_own_removal_waits_for_a_member_to_confirm(tmp_path):
+def test_a_node_that_applies_its_own_removal_waits_for_a_quorum_to_confirm(tmp_path):
     """Node 3 applies the configuration without itself: it stops serving (``removed``)
     but neither writes ``removed_at`` nor exits, so a restart brings it back (it may be the
     only node that knows the configuration is chosen: a removed Multi-Paxos leader killed
-    before its hand-over).  A member's REMOVED frame makes it final: written, then exit."""
+    before its hand-over).  One member's REMOVED frame is not enough (that member may be
+    lost next: seed 569); a quorum of the new voters' makes it final: written, then exit.
+    Frames that say nothing sound are refused."""
     from paxoslog.config import load_config
     from paxoslog.server import addressbook
     from paxoslog.server.members_file import MembersFile, RemovedNode
@@ -566,11 +569,18 @@ def test_a_node_that_applies_its_own_removal_waits_for_a_member_to_confirm(tmp_p
     again = addressbook.AddressBook(config, 3, transport, clock, rows=list,
                                     current_config=lambda: applied)
     again.load()                                          # a restart is not refused
-    book.removed_frame(1, [addressbook.F.REMOVED, "t", 9])
-    assert book.removed_at == 9
-    assert MembersFile(config.node(3).data_dir).read()["removed_at"] == 9
+    for bad in (["t", 9, []], ["t", 9, [1, 3]], ["t", 9, [1, "2"]], ["t", -1, [1, 2]],
+                ["u", 9, [1, 2]], ["t", 9], ["t", 9, list(range(2000))]):
+        with pytest.raises(ValueError):
+            book.removed_frame(1, [addressbook.F.REMOVED, *bad])
+    book.removed_frame(1, [addressbook.F.REMOVED, "t", 9, [1, 2]])
+    book.removed_frame(1, [addressbook.F.REMOVED, "t", 9, [1, 2]])   # the same member again
+    assert book.removed_at is None
+    book.removed_frame(2, [addressbook.F.REMOVED, "t", 11, [1, 2]])
+    assert book.removed_at == 11
+    assert MembersFile(config.node(3).data_dir).read()["removed_at"] == 11
     clock.advance(addressbook._EXIT_DELAY_S)
-    assert exits == [9]
+    assert exits == [11]
     with pytest.raises(RemovedNode):
         addressbook.AddressBook(config, 3, transport, clock, rows=list,
                                 current_config=lambda: applied).load()
