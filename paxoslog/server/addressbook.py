@@ -259,10 +259,11 @@ class AddressBook:
             return        # from a node that is itself not a member in our view: ignore
         if self.node_id in voters:
             raise ValueError("bad removed frame: it lists this node among the voters")
+        first = peer not in self.witnesses.tellers()
         if self.witnesses.told(peer, index, voters):
             tellers = ", ".join(map(str, self.witnesses.tellers()))
             self.mark_removed(index, f"nodes {tellers} say so")
-        elif self.removed_at is None:
+        elif first and self.removed_at is None:    # members tell on every connection
             log.info("node {peer} says this node was removed (index {index}); waiting for a "
                      "quorum of voters {voters}", peer=peer, index=index, voters=voters)
 

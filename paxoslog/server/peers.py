@@ -53,6 +53,9 @@ class _AcceptFactory(Factory):
         return PeerConnection(self.owner, dialer=False, expected_peer=None)
 
 
+_REMOVED_REDIAL_S = 5.0     # at most this long between dials of a removed peer (_dial)
+
+
 class _DialFactory(ReconnectingClientFactory):
     """Redials a peer after a failed or lost connection: 20 ms, doubling, at most 0.25 s
     apart (with 20 % jitter).  Only the lower id dials, so a peer that restarts waits for
@@ -197,8 +200,15 @@ class PeerTransport(Service):
         return self.reactor.seconds() - stats.last_heard
 
     def _dial(self, peer_id: int) -> None:
-        """The node with the lower id dials (one connection per pair)."""
-        if peer_id > self.node_id and peer_id not in self._dialers:
+        """The node with the lower id dials (one connection per pair).  A removed peer is
+        redialed at most ``_REMOVED_REDIAL_S`` apart: each connection only tells it it was
+        removed and hangs up, and one that waits for a majority of the new voters to say
+        so (addressbook.py) would otherwise be dialed, and logged, four times a second."""
+        dialer = self._dialers.get(peer_id)
+        if dialer is not None:
+            dialer[0].maxDelay = (_REMOVED_REDIAL_S if peer_id in self.removed_ids
+                                  else _DialFactory.maxDelay)
+        if peer_id > self.node_id and dialer is None:
             peer = self.addresses[peer_id].peer
             factory = _DialFactory(self, peer_id, self.reactor)
             if self.tls is not None:
@@ -210,6 +220,8 @@ class PeerTransport(Service):
             else:
                 connector = self.reactor.connectTCP(peer.host, peer.port, factory, timeout=2)
             self._dialers[peer_id] = (factory, connector)
+            if peer_id in self.removed_ids:
+                factory.maxDelay = _REMOVED_REDIAL_S
 
     def _hang_up(self, peer_id: int) -> None:
         dialer = self._dialers.pop(peer_id, None)
