@@ -912,7 +912,7 @@ class MultiPaxosReplica:
             self._maybe_send_timeout_now()
 
     def on_catchup_request(self, msg: CatchupRequest) -> None:
-        if not msg.slots:            # a learner asks how far we know (_ask_chosen_upto)
+        if not msg.slots:            # a non-voter asks how far we know (_ask_chosen_upto)
             self._send(CatchupReply(self.node_id, msg.frm, self.promised, (),
                                     self.log.chosen_upto))
             return

@@ -204,11 +204,7 @@ class PeerTransport(Service):
         redialed at most ``_REMOVED_REDIAL_S`` apart: each connection only tells it it was
         removed and hangs up, and one that waits for a majority of the new voters to say
         so (addressbook.py) would otherwise be dialed, and logged, four times a second."""
-        dialer = self._dialers.get(peer_id)
-        if dialer is not None:
-            dialer[0].maxDelay = (_REMOVED_REDIAL_S if peer_id in self.removed_ids
-                                  else _DialFactory.maxDelay)
-        if peer_id > self.node_id and dialer is None:
+        if peer_id > self.node_id and peer_id not in self._dialers:
             peer = self.addresses[peer_id].peer
             factory = _DialFactory(self, peer_id, self.reactor)
             if self.tls is not None:
@@ -220,8 +216,10 @@ class PeerTransport(Service):
             else:
                 connector = self.reactor.connectTCP(peer.host, peer.port, factory, timeout=2)
             self._dialers[peer_id] = (factory, connector)
-            if peer_id in self.removed_ids:
-                factory.maxDelay = _REMOVED_REDIAL_S
+        dialer = self._dialers.get(peer_id)
+        if dialer is not None:
+            dialer[0].maxDelay = (_REMOVED_REDIAL_S if peer_id in self.removed_ids
+                                  else _DialFactory.maxDelay)
 
     def _hang_up(self, peer_id: int) -> None:
         dialer = self._dialers.pop(peer_id, None)

@@ -273,9 +273,5 @@ def _accepted_configs(replica) -> list:
     chosen_upto = getattr(log, "chosen_upto", None)
     if chosen_upto is None:
         return []
-    configs = []
-    for slot in range(chosen_upto + 1, log.last_index + 1):
-        entry = log.get(slot)
-        if entry is not None and entry.kind == ENTRY_CONFIG:
-            configs.append(entry_config(entry))
-    return configs
+    return [entry_config(entry) for entry in log.range(chosen_upto + 1, log.last_index + 1)
+            if entry.kind == ENTRY_CONFIG]
