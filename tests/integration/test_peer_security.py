@@ -97,9 +97,15 @@ def test_connections_in_their_handshake_are_capped(make_cluster):
     silent = [socket.create_connection(("127.0.0.1", c.peer_ports[target]), timeout=5)
               for _ in range(3)]
     try:
-        extra = socket.create_connection(("127.0.0.1", c.peer_ports[target]), timeout=5)
-        with extra:
-            assert closed_by_peer(extra, timeout=5), "a fourth handshake was let in"
+        try:
+            extra = socket.create_connection(("127.0.0.1", c.peer_ports[target]), timeout=5)
+        except ConnectionResetError:
+            # Closed so soon that the reset reached the client before its own connect()
+            # returned (loopback); the counter below still shows it was this refusal.
+            pass
+        else:
+            with extra:
+                assert closed_by_peer(extra, timeout=5), "a fourth handshake was let in"
         wait_for(lambda: _metric(c, target, "paxoslog_peer_handshakes_refused_total") >= 1,
                  what="the refusal to be counted")
     finally:
