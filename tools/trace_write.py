@@ -44,6 +44,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.join(ROOT, "tools"))
 
+from bench_compare_report import percentiles_of  # noqa: E402
+
 __all__ = ["Call", "parse_perf_script", "Roles", "stretches", "render", "main"]
 
 TRACED = ("recvfrom", "sendto", "pwrite64", "fdatasync")
@@ -103,11 +105,6 @@ class Roles:
     http_fds: frozenset
     peer_fds: frozenset
     follower_fds: dict        # follower pid -> frozenset of fds to the leader
-
-
-def _percentile(values: list[float], fraction: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]
 
 
 def stretches(calls: dict[int, list[Call]], roles: Roles) -> tuple[dict[str, list[float]], dict]:
@@ -205,7 +202,7 @@ def render(micro: dict[str, list[float]], counts: dict, title: str) -> str:
         values = micro.get(name) or []
         if values:
             lines.append(f"{name:48} {statistics.median(values):8.0f} "
-                         f"{_percentile(values, 0.9):8.0f}")
+                         f"{percentiles_of(values)[90.0]:8.0f}")
         else:
             lines.append(f"{name:48} {'-':>8} {'-':>8}")
     if counts["appends"]:
