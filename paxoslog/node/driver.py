@@ -735,9 +735,11 @@ class NodeDriver:
             self._send(ready.early_messages)   # may precede the fsync (ready.py)
             if ready.must_sync:
                 if self._commit_hint_only(ready):
+                    # No fsync, and nothing waits for it: the hint goes after the answers
+                    # the Ready's commit releases.
                     self._synced_hs = ready.hard_state
-                    self._out.append(Persist(ready, sync=False))
                     self._complete(ready)
+                    self._out.append(Persist(ready, sync=False))
                     continue
                 if ready.hard_state is not None:
                     self._synced_hs = ready.hard_state

@@ -198,9 +198,11 @@ class Api:
             if not (exc.status == 401 and route.entry_role == Role.NONE):
                 return self._error(exc)
             principal = access.anonymous           # open routes ignore a bad token
-        if isinstance(principal, defer.Deferred) and route.entry_role == Role.NONE:
-            principal.addErrback(_anonymous_if_unauthenticated, access.anonymous)
-        if isinstance(principal, defer.Deferred):       # a token's first use here
+        # A token's first use here: ``authenticate`` made a plain Deferred (an exact type
+        # check: ``isinstance`` against Deferred, an ABC, costs more than the rest of this).
+        if type(principal) is defer.Deferred:
+            if route.entry_role == Role.NONE:
+                principal.addErrback(_anonymous_if_unauthenticated, access.anonymous)
             result = principal.addCallback(
                 lambda p: _deferred_if_later(self._dispatch(request, route, p)))
             result.addErrback(self._failed)

@@ -84,9 +84,9 @@ def leader(protocol: str, **kw) -> NodeDriver:
 @pytest.mark.parametrize("protocol", PROTOCOLS)
 def test_a_write_is_answered_only_once_its_entry_is_persisted_and_applied(protocol):
     """submit_write -> nothing; pump -> exactly one synced Persist; persisted -> the lone
-    voter's copy is durable and the entry committed; the next pump writes the commit point
-    (no fsync), then the entry is applied and answered, in that order (the log view sees
-    it first)."""
+    voter's copy is durable and the entry committed; the next pump applies the entry and
+    answers it, in that order (the log view sees it first), then writes the commit point
+    (no fsync: nothing waits for it, so it comes after the answer)."""
     d = leader(protocol)
     key, data = put(d, "a", 1)
     assert d.submit_write("H", key, data) == []
@@ -98,9 +98,9 @@ def test_a_write_is_answered_only_once_its_entry_is_persisted_and_applied(protoc
     assert d.persisted(ready) == []
     index = ready.entries[0].index
     out = d.pump()
-    assert kinds(out) == ["Persist", "Applied", "Reply"] and not out[0].sync
-    assert out[0].ready.hard_state.commit == index
-    out = out[1:]
+    assert kinds(out) == ["Applied", "Reply", "Persist"] and not out[2].sync
+    assert out[2].ready.hard_state.commit == index
+    out = out[:2]
     result = {"op": "put", "created": True, "version": 1, "create_index": index,
               "mod_index": index}
     assert out == [
@@ -139,7 +139,7 @@ def test_writes_arriving_during_an_fsync_share_the_next_one(protocol):
     assert d.stats["applied_while_persisting"] == 1
     assert d.persisted(second) == []           # the rest of a persisted Ready: next pump
     out = d.pump()
-    assert kinds(out) == ["Persist", "Applied", "Reply", "Reply", "Reply"]
+    assert kinds(out) == ["Applied", "Reply", "Reply", "Reply", "Persist"]   # the commit hint last
     assert [(op.handle, op.status) for op in out if type(op) is Reply] == [
         ("w2", 200), ("w3", 200), ("w4", 200)]
 

@@ -99,3 +99,39 @@ def test_serve_runs_on_the_lean_reactor():
                          timeout=60)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "LeanEPollReactor"
+
+
+def test_calls_at_the_turn_end_run_where_call_later_zero_would(lean):
+    """``call_at_turn_end`` (the runner's pump): in the next ``runUntilCurrent``, after the
+    thread calls and the due timers, in order; one queued meanwhile waits for the turn
+    after; while any waits the loop polls without blocking."""
+    r, socks = lean
+    order = []
+    assert r.timeout() is None                   # nothing to do: the poll may block
+    r.call_at_turn_end(lambda: order.append("first"))
+    r.call_at_turn_end(lambda: (order.append("second"),
+                                r.call_at_turn_end(lambda: order.append("next turn"))))
+    r.callFromThread(order.append, "thread call")
+    r.callLater(0, order.append, "timer")
+    assert r.timeout() == 0
+    r.runUntilCurrent()
+    assert order == ["thread call", "timer", "first", "second"]
+    assert r.timeout() == 0                      # "next turn" is waiting
+    r.runUntilCurrent()
+    assert order[-1] == "next turn" and r.timeout() is None
+
+
+def test_a_turn_end_call_that_raises_is_logged_and_the_others_still_run(lean):
+    r, socks = lean
+    ran = []
+    events = []
+    globalLogPublisher.addObserver(events.append)
+    try:
+        r.call_at_turn_end(lambda: 1 / 0)
+        r.call_at_turn_end(lambda: ran.append(True))
+        r.runUntilCurrent()
+    finally:
+        globalLogPublisher.removeObserver(events.append)
+    assert ran == [True]
+    assert any("log_failure" in e and isinstance(e["log_failure"].value, ZeroDivisionError)
+               for e in events)

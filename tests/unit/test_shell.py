@@ -239,6 +239,52 @@ def test_runner_answers_the_client_after_the_fsync_and_pumps_once_per_turn():
     assert driver.calls[-1] == ("persisted", (ready,)) and runner.fsync.count == 1
 
 
+class TurnEndClock(task.Clock):
+    """A Clock with the serving reactor's ``call_at_turn_end`` (reactor.py): the calls
+    queued wait for ``end_turn``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.turn_end: list = []
+
+    def call_at_turn_end(self, f) -> None:
+        self.turn_end.append(f)
+
+    def end_turn(self) -> None:
+        calls, self.turn_end = self.turn_end, []
+        for f in calls:
+            f()
+
+
+def test_on_the_serving_reactor_the_pump_is_queued_for_the_turn_end_without_a_timer():
+    """Events queue one pump for the turn's end (no DelayedCall); peer messages pump at
+    once, and the pump queued before them then does nothing; a node that died pumps no
+    more."""
+    driver = ScriptedDriver()
+    reactor = TurnEndClock()
+    died = []
+    runner = DriverRunner(driver, reactor, writer=ManualWriter(), transport=Transport(),
+                          shipper=None, snapshots=None, on_applied=lambda op: None,
+                          on_role=lambda op: None, on_config=lambda op: None,
+                          on_row=lambda row: None, on_installed=lambda meta, old: None,
+                          on_fatal=died.append)
+    pumps = lambda: [name for name, _ in driver.calls].count("pump")   # noqa: E731
+    runner.write(("c", 1), b"x")
+    runner.write(("c", 2), b"y")
+    assert len(reactor.turn_end) == 1 and reactor.getDelayedCalls() == []
+    reactor.end_turn()
+    assert pumps() == 1
+    runner.write(("c", 3), b"z")              # queues a pump ...
+    runner.receive(2, [])                     # ... that the peer messages' pump makes idle
+    assert pumps() == 2
+    reactor.end_turn()
+    assert pumps() == 2
+    runner.write(("c", 4), b"w")
+    runner.die(RuntimeError("disk gone"))
+    reactor.end_turn()
+    assert pumps() == 2 and len(died) == 1
+
+
 def test_a_ready_persisted_inline_completes_after_the_rest_of_its_instructions():
     """When the writer persists a Ready on the event loop, the driver hears of it at once,
     but only after every other instruction of the same list was carried out (the order a
