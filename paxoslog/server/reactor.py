@@ -17,10 +17,12 @@ shell asks for its Ready loop that way after nearly every event (runner.py,
 ``schedule_pump``), and each ``callLater(0)`` built a ``DelayedCall``, pushed it onto the
 timer heap and popped it off again, comparing it in Python with ``__lt__`` each step: on
 a leader serving one client, 80 of the 1,100 Python calls per write (issue 17).  The
-queued functions run exactly when that ``callLater(0)`` would have: in the next
-``runUntilCurrent``, after the thread calls and the due timers; one queued while that
-runs waits for the next turn, and the loop does not wait in its poll while any is
-queued.  There is no cancel: a caller keeps its own flag.
+queued functions run at the end of the next ``runUntilCurrent``, after its thread calls
+and due timers.  That is where a ``callLater(0)`` made in the poll's handlers or in a
+thread call (a WAL job's result) runs too; one queued by a timer runs in the same turn
+(a ``callLater(0)`` would wait for the next), and one queued by a turn-end call waits for
+the next turn.  The loop does not wait in its poll while any is queued.  There is no
+cancel: a caller keeps its own flag.
 
 ``install()`` makes it the process's reactor; call it before anything imports
 ``twisted.internet.reactor``.  Where epoll is missing, Twisted's default is kept.
@@ -53,13 +55,16 @@ if EPollReactor is not None:
             self._turn_end.append(f)
 
         def runUntilCurrent(self) -> None:
-            calls, self._turn_end = self._turn_end, []
             super().runUntilCurrent()
-            for f in calls:
+            calls, self._turn_end = self._turn_end, []
+            for i, f in enumerate(calls):
                 try:
                     f()
                 except Exception:
                     log.failure("unhandled error in a call at the end of a turn")
+                except BaseException:        # leaving the loop: keep what did not run
+                    self._turn_end[:0] = calls[i + 1:]
+                    raise
 
         def timeout(self):
             if self._turn_end:

@@ -102,23 +102,43 @@ def test_serve_runs_on_the_lean_reactor():
 
 
 def test_calls_at_the_turn_end_run_where_call_later_zero_would(lean):
-    """``call_at_turn_end`` (the runner's pump): in the next ``runUntilCurrent``, after the
-    thread calls and the due timers, in order; one queued meanwhile waits for the turn
-    after; while any waits the loop polls without blocking."""
+    """``call_at_turn_end`` (the runner's pump): at the end of the next
+    ``runUntilCurrent``, after the thread calls and due timers, in order; one queued by a
+    thread call (a WAL job's result) or a timer still runs in that turn, one queued by a
+    turn-end call waits for the next; while any waits the loop polls without blocking."""
     r, socks = lean
     order = []
     assert r.timeout() is None                   # nothing to do: the poll may block
     r.call_at_turn_end(lambda: order.append("first"))
     r.call_at_turn_end(lambda: (order.append("second"),
                                 r.call_at_turn_end(lambda: order.append("next turn"))))
-    r.callFromThread(order.append, "thread call")
-    r.callLater(0, order.append, "timer")
+    r.callFromThread(lambda: (order.append("thread call"),
+                              r.call_at_turn_end(lambda: order.append("after thread"))))
+    r.callLater(0, lambda: (order.append("timer"),
+                            r.call_at_turn_end(lambda: order.append("after timer"))))
     assert r.timeout() == 0
     r.runUntilCurrent()
-    assert order == ["thread call", "timer", "first", "second"]
+    assert order == ["thread call", "timer", "first", "second", "after thread",
+                     "after timer"]
     assert r.timeout() == 0                      # "next turn" is waiting
     r.runUntilCurrent()
     assert order[-1] == "next turn" and r.timeout() is None
+
+
+def test_leaving_the_loop_from_a_turn_end_call_keeps_the_calls_not_yet_run(lean):
+    r, socks = lean
+    ran = []
+
+    def leave():
+        raise SystemExit(3)
+    r.call_at_turn_end(lambda: ran.append(1))
+    r.call_at_turn_end(leave)
+    r.call_at_turn_end(lambda: ran.append(3))
+    with pytest.raises(SystemExit):
+        r.runUntilCurrent()
+    assert ran == [1]
+    r.runUntilCurrent()
+    assert ran == [1, 3]
 
 
 def test_a_turn_end_call_that_raises_is_logged_and_the_others_still_run(lean):
