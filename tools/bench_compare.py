@@ -5,10 +5,13 @@ Install the comparison tools once (Debian bookworm: etcd 3.4.23, wrk 4.1.0)::
 
     apt-get install -y etcd-server wrk
 
-For each of ``--repeat`` rounds (the systems' order rotates between rounds, so a change in
-the machine's other load falls on all of them alike) it starts, one system at a time, on
-fresh 127.0.0.1 ports with data in a temporary directory and fsync on (paxoslog always
-fsyncs its WAL; etcd does unless told otherwise):
+For each of ``--repeat`` rounds it starts every system, each on fresh 127.0.0.1 ports with
+data in a temporary directory and fsync on (paxoslog always fsyncs its WAL; etcd does unless
+told otherwise), then runs each workload on every system in turn, so that the figures
+compared were measured seconds apart (the systems not measured are paused meanwhile,
+SIGSTOP, and each is resumed and settled under one leader before it is measured), and the
+order rotates between rounds, so a change in the machine's other load falls on all of
+them alike:
 
 * paxoslog, ``multipaxos`` and ``raft``: the 3 nodes of ``conf/local-3.toml`` (its timings)
   through tools/bench_http.py's ``Cluster`` (no tokens, no TLS: the same defaults as
@@ -157,6 +160,23 @@ class ProcessFaults:
         for proc in self.procs.values():
             if proc.poll() is None:
                 proc.send_signal(signal.SIGCONT)
+
+    def pause_all(self) -> None:
+        """SIGSTOP every member: the system takes no CPU while another one is measured."""
+        for proc in self.procs.values():
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGSTOP)
+
+
+def measure_alone(system, running: list) -> None:
+    """Pause every other running system, resume ``system`` and wait until it is settled
+    under one leader (a whole cluster resumed from a pause may elect anew), so that the
+    idle systems neither take CPU nor wake up on the cores of the one measured."""
+    for other in running:
+        if other is not system:
+            other.pause_all()
+    system.resume_all()
+    wait_settled(system, system.wait_leader())
 
 
 def wait_settled(system, member: int, timeout: float = 60.0) -> None:
@@ -544,17 +564,21 @@ def main(argv: list[str] | None = None) -> int:
     fault_ms: dict[str, dict[str, list[float]]] = {s.name: {kind: [] for kind, _ in FAULTS}
                                                    for s in systems}
     scratch = tempfile.mkdtemp(prefix="bench-compare-")
-    current = None
+    running: list = []
     try:
         for round_no in range(args.repeat):
             order = systems[round_no % len(systems):] + systems[:round_no % len(systems)]
             for system in order:
-                current = system
                 log(f"round {round_no + 1}/{args.repeat}: starting {system.name}")
+                running.append(system)
                 system.start()
-                leader = system.leader()
-                preload(system, leader)
-                for name, kind, connections in WORKLOADS:
+                preload(system, system.leader())
+            # Each workload on every system in turn: the figures that are compared were
+            # measured seconds apart, not minutes (the others idle meanwhile).
+            for name, kind, connections in WORKLOADS:
+                for system in order:
+                    measure_alone(system, running)
+                    leader = system.leader()
                     requests = system.requests(kind)
                     if use_wrk:
                         if args.warmup > 0:
@@ -568,19 +592,22 @@ def main(argv: list[str] | None = None) -> int:
                     log(f"  {system.name:20} {name:35} {result['rate']:9,.0f}/s  p50 "
                         f"{result['p50_ms']:7.2f}  p99 {result['p99_ms']:7.2f}  p99.9 "
                         f"{result['p999_ms']:7.2f} ms  errors {result['errors']}")
+            for system in order:
+                measure_alone(system, running)
                 for kind in faults:
                     elapsed = time_to_next_write(system, kind)
                     fault_ms[system.name][kind].append(elapsed * 1000)
                     log(f"  {system.name:20} {dict(FAULTS)[kind]}: {elapsed * 1000:.0f} ms")
                 system.stop()
-                current = None
+                running.remove(system)
     except KeyboardInterrupt:
         log("interrupted: stopping every node")
         return 130
     finally:
-        if current is not None:
+        if running:
             signal.signal(signal.SIGINT, signal.SIG_IGN)     # a second Ctrl-C cannot cut it short
-            current.stop()
+            for system in running:
+                system.stop()
         shutil.rmtree(scratch, ignore_errors=True)
 
     results: dict[str, dict] = {}

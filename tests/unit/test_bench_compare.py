@@ -14,8 +14,8 @@ import pytest
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "..", "tools"))
 
 from bench_compare_report import (ETCD, FAULTS, PERCENTILES, WORKLOADS, goals,  # noqa: E402
-                                  median_result, parse_wrk, percentiles_of, render_report,
-                                  result_of)
+                                  median_result, paired_ratio, parse_wrk, percentiles_of,
+                                  render_report, result_of)
 
 ONE, W64, W256, GETS = (w[0] for w in WORKLOADS)
 
@@ -62,6 +62,21 @@ def test_median_over_rounds_takes_each_figure_and_each_cdf_point_separately():
     assert out["rate"] == 200 and out["p50_ms"] == 2.0 and out["p99_ms"] == 7.0
     assert dict(out["cdf"])[99.0] == 7.0
     assert out["rates"] == [100, 300, 200]
+
+
+def test_ratios_pair_the_rounds_so_the_machines_drift_cancels():
+    """Round k of every system ran each workload seconds apart: the ratio is the median of
+    the rounds' own ratios.  Here the medians' ratio (24,000 / 9,000 = 2.67x) misses the 3x
+    goal, while the rounds' own ratios are 3.0x, 2.67x and 3.5x: median 3.0x."""
+    ours = median_result([_run(27000, 1.0, 2.0), _run(24000, 1.0, 2.0), _run(21000, 1.0, 2.0)])
+    etcd = median_result([_run(9000, 1.0, 4.0), _run(9000, 1.0, 4.0), _run(6000, 1.0, 4.0)])
+    assert ours["rate"] / etcd["rate"] == pytest.approx(24000 / 9000)
+    assert paired_ratio(ours, etcd, "rate") == pytest.approx(3.0)
+    assert paired_ratio(ours, etcd, "p99_ms") == pytest.approx(0.5)
+    verdicts = {label: met for label, _, met in goals({GETS: ours}, {GETS: etcd})}
+    assert verdicts[f"{GETS}: reads/s >= 3x etcd's"] is True
+    # results without their rounds (single runs, older reports): the medians' ratio
+    assert paired_ratio(_run(900, 1.0, 2.0), _run(300, 1.0, 2.0), "rate") == 3.0
 
 
 def test_goals_judge_ratios_to_etcd_and_failover_times():
