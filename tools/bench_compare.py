@@ -574,7 +574,7 @@ def main(argv: list[str] | None = None) -> int:
                 system.start()
                 preload(system, system.leader())
             # Each workload on every system in turn: the figures that are compared were
-            # measured seconds apart, not minutes (the others idle meanwhile).
+            # measured seconds apart, not minutes (the others paused meanwhile).
             for name, kind, connections in WORKLOADS:
                 for system in order:
                     measure_alone(system, running)
