@@ -202,8 +202,8 @@ class Transport:
         self.flushes += 1
 
 
-def runner_with(driver, writer=None, snapshots=None, died=None):
-    reactor = task.Clock()
+def runner_with(driver, writer=None, snapshots=None, died=None, reactor=None):
+    reactor = reactor if reactor is not None else task.Clock()
     installed = []
     runner = DriverRunner(driver, reactor, writer=writer or ManualWriter(), transport=Transport(),
                           shipper=None, snapshots=snapshots, on_applied=lambda op: None,
@@ -261,13 +261,8 @@ def test_on_the_serving_reactor_the_pump_is_queued_for_the_turn_end_without_a_ti
     once, and the pump queued before them then does nothing; a node that died pumps no
     more."""
     driver = ScriptedDriver()
-    reactor = TurnEndClock()
     died = []
-    runner = DriverRunner(driver, reactor, writer=ManualWriter(), transport=Transport(),
-                          shipper=None, snapshots=None, on_applied=lambda op: None,
-                          on_role=lambda op: None, on_config=lambda op: None,
-                          on_row=lambda row: None, on_installed=lambda meta, old: None,
-                          on_fatal=died.append)
+    runner, reactor = runner_with(driver, died=died, reactor=TurnEndClock())
     pumps = lambda: [name for name, _ in driver.calls].count("pump")   # noqa: E731
     runner.write(("c", 1), b"x")
     runner.write(("c", 2), b"y")
