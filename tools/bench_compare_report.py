@@ -74,15 +74,22 @@ def median_result(runs: list[dict]) -> dict:
     return out
 
 
-def paired_ratio(ours: dict, theirs: dict, key: str) -> float:
-    """``ours[key] / theirs[key]``: the median of the rounds' own ratios when both carry
-    their rounds (bench_compare.py runs a workload on every system in turn, so round k of
-    each was measured seconds apart, and the machine's drift between rounds cancels),
-    else the ratio of the medians."""
+def round_ratios(ours: dict, theirs: dict, key: str) -> list[float]:
+    """Each round's own ``ours[key] / theirs[key]`` (bench_compare.py runs a workload on
+    every system in turn, so round k of each was measured seconds apart); empty when
+    either result lacks its rounds."""
     a, b = ours.get("rounds"), theirs.get("rounds")
     if a and b and len(a) == len(b):
-        return statistics.median(x[key] / y[key] for x, y in zip(a, b))
-    return ours[key] / theirs[key]
+        return [x[key] / y[key] for x, y in zip(a, b)]
+    return []
+
+
+def paired_ratio(ours: dict, theirs: dict, key: str) -> float:
+    """``ours[key] / theirs[key]``: the median of the rounds' own ratios when both carry
+    their rounds (the machine's drift between rounds cancels), else the ratio of the
+    medians."""
+    ratios = round_ratios(ours, theirs, key)
+    return statistics.median(ratios) if ratios else ours[key] / theirs[key]
 
 
 def goals(mode: dict, etcd: dict | None) -> list[tuple[str, str, bool | None]]:
@@ -99,7 +106,12 @@ def goals(mode: dict, etcd: dict | None) -> list[tuple[str, str, bool | None]]:
             return
         ratio = paired_ratio(ours, theirs, measured_key)
         met = ratio >= factor if higher else ratio <= factor
-        rows.append((label, f"{ratio:.2f}x", met))
+        rounds = round_ratios(ours, theirs, measured_key)
+        # The rounds' spread says how far one run's verdict can be trusted.
+        spread = (f"; rounds {min(rounds):.2f}-{max(rounds):.2f}x, "
+                  f"{sum(1 for r in rounds if (r >= factor if higher else r <= factor))} "
+                  f"of {len(rounds)} meet it" if len(rounds) > 1 else "")
+        rows.append((label, f"{ratio:.2f}x{spread}", met))
 
     one, w64, w256, gets = (w[0] for w in WORKLOADS)
     ratio_goal("1 connection: p50 <= etcd's", one, "p50_ms", 1.0, False)
