@@ -4,7 +4,8 @@ carrying frames (frames.py: wire format, handshake, frame MACs).
 The node with the lower id dials; the other accepts, so a pair never holds two connections
 (a newer connection from the same peer replaces an older one, which covers a peer that
 restarted before we noticed the old socket die).  Dialing retries with exponential backoff
-and jitter.
+and jitter.  A lower-id peer that has not connected for ``_APART_DIAL_S`` is dialed once per
+such period too (``_dial_down``).
 
 Consensus messages are queued per connection and written as one frame per flush (the node
 flushes after each Ready), so one write carries many messages.  The queue is bounded: when
@@ -54,6 +55,7 @@ class _AcceptFactory(Factory):
 
 
 _REMOVED_REDIAL_S = 5.0     # at most this long between dials of a removed peer (_dial)
+_APART_DIAL_S = 30.0        # a lower id that has not dialed us this long: we dial it once
 
 
 class _DialFactory(ReconnectingClientFactory):
@@ -149,6 +151,7 @@ class PeerTransport(Service):
         self.links: dict[int, LinkStats] = {}
         self.ping_interval_s = 1.0
         self._pinger = None
+        self._apart_since: dict[int, float] = {}   # lower-id peer -> unconnected since
 
     # ------------------------------------------------------------------ service
 
@@ -182,10 +185,42 @@ class PeerTransport(Service):
 
     def _ping(self) -> None:
         """PING every established peer: its PONG gives the round-trip time, and shows the
-        process runs (followers send each other nothing else)."""
+        process runs (followers send each other nothing else).  Then dial the lower-id
+        peers that stayed apart (``_dial_down``)."""
         token = float(self.reactor.seconds())
         for conn in list(self.connections.values()):
             conn.send_frame([F.PING, token])
+        self._dial_down()
+
+    def _dial_down(self) -> None:
+        """Only the lower id dials, so a node that a lower-id peer stopped dialing never
+        hears from it.  That is a removed node that comes back after its members gave up
+        telling it (addressbook.py, ``_TELL_REMOVED_S``): it waited for a majority of the
+        new voters' word, not knowing it was removed.  A lower-id peer that has not been
+        connected for ``_APART_DIAL_S`` is dialed once, and again each period while it
+        stays apart: a member tells a removed node so on that connection (``peer_up``);
+        anywhere else it is an ordinary connection, which the peer's own dial replaces
+        when one comes (should the two sides disagree on which is newer, each closes one,
+        and the peer's redial settles it).  A peer that is down or cut off only costs one
+        failed dial per period."""
+        now = self.reactor.seconds()
+        for peer_id in sorted(self.addresses):
+            if peer_id >= self.node_id:
+                continue
+            if peer_id in self.connections:
+                self._apart_since.pop(peer_id, None)
+                continue
+            since = self._apart_since.setdefault(peer_id, now)
+            if now - since < _APART_DIAL_S:
+                continue
+            self._apart_since[peer_id] = now
+            self.log_limited(f"dial-down-{peer_id}", "no connection from node {peer} for "
+                             "{seconds:.0f} s: dialing it (the lower id dials, unless it "
+                             "no longer does: we may have been removed)", level="info",
+                             peer=peer_id, seconds=_APART_DIAL_S)
+            factory = _DialFactory(self, peer_id, self.reactor)
+            factory.continueTrying = False       # once: the next period dials again
+            self._connect(peer_id, factory)
 
     def pong(self, peer_id: int, token: float) -> None:
         rtt = self.reactor.seconds() - token
@@ -205,21 +240,20 @@ class PeerTransport(Service):
         removed and hangs up, and one that waits for a majority of the new voters to say
         so (addressbook.py) would otherwise be dialed, and logged, four times a second."""
         if peer_id > self.node_id and peer_id not in self._dialers:
-            peer = self.addresses[peer_id].peer
             factory = _DialFactory(self, peer_id, self.reactor)
-            if self.tls is not None:
-                tls_factory = TLSFactory(self._client_context, factory, server_side=False,
-                                         server_hostname=node_identity(self.tls.cluster,
-                                                                       peer_id))
-                connector = self.reactor.connectTCP(peer.host, peer.port, tls_factory,
-                                                    timeout=2)
-            else:
-                connector = self.reactor.connectTCP(peer.host, peer.port, factory, timeout=2)
-            self._dialers[peer_id] = (factory, connector)
+            self._dialers[peer_id] = (factory, self._connect(peer_id, factory))
         dialer = self._dialers.get(peer_id)
         if dialer is not None:
             dialer[0].maxDelay = (_REMOVED_REDIAL_S if peer_id in self.removed_ids
                                   else _DialFactory.maxDelay)
+
+    def _connect(self, peer_id: int, factory: _DialFactory):
+        """Dial ``peer_id`` with ``factory`` (through TLS when the peers use it)."""
+        peer = self.addresses[peer_id].peer
+        if self.tls is not None:
+            factory = TLSFactory(self._client_context, factory, server_side=False,
+                                 server_hostname=node_identity(self.tls.cluster, peer_id))
+        return self.reactor.connectTCP(peer.host, peer.port, factory, timeout=2)
 
     def _hang_up(self, peer_id: int) -> None:
         dialer = self._dialers.pop(peer_id, None)
@@ -237,6 +271,7 @@ class PeerTransport(Service):
         peers that left.  ``addresses`` maps node id -> an object with ``.peer``."""
         self.removed_ids = frozenset(removed)
         old = self.addresses
+        self._apart_since = {p: t for p, t in self._apart_since.items() if p in addresses}
         self.addresses = {n: a for n, a in addresses.items() if n != self.node_id}
         if not self.running:
             return

@@ -100,3 +100,57 @@ def test_a_removed_peer_is_redialed_at_most_every_five_seconds(tmp_path):
     assert gaps[0] <= 0.1                 # the first redial still comes soon
     assert min(gaps[-4:]) >= 0.8 * _REMOVED_REDIAL_S, gaps
     transport.stopService()
+
+
+def _transport(tmp_path, node_id):
+    from twisted.internet.testing import MemoryReactorClock
+
+    from paxoslog.config import load_config
+    from paxoslog.server.peers import PeerTransport
+    conf = tmp_path / "c.toml"
+    conf.write_text('cluster = "t"\nprotocol = "raft"\nsecret = "s3cret-s3cret"\ndata_dir = "'
+                    + str(tmp_path) + '/{node}"\n' + "".join(
+                        f'\n[[nodes]]\nid = {i}\npeer = "127.0.0.1:700{i}"\n'
+                        f'api = "127.0.0.1:800{i}"\n' for i in (1, 2, 3)))
+    reactor = MemoryReactorClock()
+    transport = PeerTransport(load_config(str(conf)), node_id, handler=None, reactor=reactor)
+    transport.startService()
+    return transport, reactor
+
+
+class _Connected:
+    """An established connection, as far as the transport's ping loop is concerned."""
+
+    def send_frame(self, frame) -> bool:
+        return True
+
+
+def test_a_lower_id_peer_that_stays_apart_is_dialed_once_per_period(tmp_path):
+    """Only the lower id dials: node 3, removed while it was down and back after its members
+    stopped dialing it, heard from nobody and never learnt it was removed.  A lower-id peer
+    not connected for _APART_DIAL_S is dialed once (no redials), and again each period
+    while it stays apart; a connected one is not."""
+    from paxoslog.server.peers import _APART_DIAL_S
+    transport, reactor = _transport(tmp_path, 3)
+    assert reactor.tcpClients == []                   # nobody above node 3 to dial
+    reactor.pump([1.0] * int(_APART_DIAL_S - 1))
+    assert reactor.tcpClients == []                   # not apart for long enough yet
+    reactor.pump([1.0] * 2)
+    dials = [(port, factory.peer_id, factory.continueTrying)
+             for _, port, factory, _, _ in reactor.tcpClients]
+    assert dials == [(7001, 1, False), (7002, 2, False)]   # once each, no redials
+    transport.connections[1] = _Connected()           # node 1 dialed us: connected
+    reactor.pump([1.0] * int(2 * _APART_DIAL_S))
+    assert [port for _, port, *_ in reactor.tcpClients] == [7001, 7002, 7002, 7002]
+    assert 1 not in transport._apart_since
+    transport.connections.clear()
+    transport.stopService()
+
+
+def test_the_lowest_id_only_ever_dials_up(tmp_path):
+    from paxoslog.server.peers import _APART_DIAL_S
+    transport, reactor = _transport(tmp_path, 1)
+    assert [port for _, port, *_ in reactor.tcpClients] == [7002, 7003]
+    reactor.pump([1.0] * int(3 * _APART_DIAL_S))
+    assert [port for _, port, *_ in reactor.tcpClients] == [7002, 7003]
+    transport.stopService()
