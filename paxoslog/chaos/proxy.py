@@ -3,7 +3,7 @@
 Each node's conf entry says where the other nodes dial it (``peer``) apart from where it
 listens (``peer_bind``); the chaos conf points ``peer`` at a listener of this proxy, which
 forwards to ``peer_bind``.  The peer transport keeps one TCP connection per pair of nodes
-(the lower id dials), so one proxied connection carries two directed links: dialer ->
+(normally the lower id dials), so one proxied connection carries two directed links: dialer ->
 listener and listener -> dialer.  The proxy learns the dialer from its HELLO frame (the
 first frame of every peer connection names ``from_id``), so the rules below apply per
 *directed* link (src, dst) even though several dialers reach one listener.

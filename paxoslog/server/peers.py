@@ -74,12 +74,15 @@ class _DialFactory(ReconnectingClientFactory):
 
     stable_s = 1.0              # a connection that lasted this long resets the backoff
 
-    def __init__(self, owner: "PeerTransport", peer_id: int, clock) -> None:
+    def __init__(self, owner: "PeerTransport", peer_id: int, clock, once: bool = False) -> None:
         self.owner = owner
         self.peer_id = peer_id
         self.noisy = False
         self.clock = clock          # the base class schedules its redials on it too
         self.connected_at: float | None = None
+        # One dial, never a redial (PeerTransport._dial_down).  Not ``continueTrying``:
+        # the base class's ``resetDelay`` sets that again.
+        self.once = once
 
     def connected(self) -> None:
         """The peer accepted the handshake (the connection is registered)."""
@@ -91,13 +94,18 @@ class _DialFactory(ReconnectingClientFactory):
         return conn
 
     def clientConnectionFailed(self, connector, reason) -> None:
-        if self.continueTrying:
+        if self.once:
+            self.owner.dial_ended(connector)
+        elif self.continueTrying:
             self.retry(connector)
 
     def clientConnectionLost(self, connector, reason) -> None:
         """A connection that lasted ``stable_s`` starts the redials over at 20 ms; one
         dropped sooner keeps backing off (a peer that accepts the handshake and then hangs
         up, as the members do with a removed node, was redialed every 20 ms)."""
+        if self.once:
+            self.owner.dial_ended(connector)
+            return
         connected_at, self.connected_at = self.connected_at, None
         if connected_at is not None and self.clock.seconds() - connected_at >= self.stable_s:
             self.resetDelay()
@@ -152,6 +160,7 @@ class PeerTransport(Service):
         self.ping_interval_s = 1.0
         self._pinger = None
         self._apart_since: dict[int, float] = {}   # lower-id peer -> unconnected since
+        self._once: dict[object, int] = {}         # connector -> peer, of _dial_down's dials
 
     # ------------------------------------------------------------------ service
 
@@ -215,12 +224,22 @@ class PeerTransport(Service):
                 continue
             self._apart_since[peer_id] = now
             self.log_limited(f"dial-down-{peer_id}", "no connection from node {peer} for "
-                             "{seconds:.0f} s: dialing it (the lower id dials, unless it "
-                             "no longer does: we may have been removed)", level="info",
+                             "{seconds:.0f} s: dialing it ourselves (it is down or cut off, "
+                             "or it no longer dials this node)", level="info",
                              peer=peer_id, seconds=_APART_DIAL_S)
-            factory = _DialFactory(self, peer_id, self.reactor)
-            factory.continueTrying = False       # once: the next period dials again
-            self._connect(peer_id, factory)
+            # Once: the next period dials again, if it is still needed.
+            factory = _DialFactory(self, peer_id, self.reactor, once=True)
+            self._once[self._connect(peer_id, factory)] = peer_id
+
+    def dial_ended(self, connector) -> None:
+        """One of ``_dial_down``'s dials failed, or its connection ended."""
+        self._once.pop(connector, None)
+
+    def _stop_dials_to(self, peers) -> None:
+        for connector, peer_id in list(self._once.items()):
+            if peer_id in peers:
+                del self._once[connector]
+                connector.disconnect()
 
     def pong(self, peer_id: int, token: float) -> None:
         rtt = self.reactor.seconds() - token
@@ -272,6 +291,7 @@ class PeerTransport(Service):
         self.removed_ids = frozenset(removed)
         old = self.addresses
         self._apart_since = {p: t for p, t in self._apart_since.items() if p in addresses}
+        self._stop_dials_to(set(self._once.values()) - set(addresses))
         self.addresses = {n: a for n, a in addresses.items() if n != self.node_id}
         if not self.running:
             return
@@ -296,6 +316,7 @@ class PeerTransport(Service):
             self._pinger.stop()
         for peer_id in list(self._dialers):
             self._hang_up(peer_id)
+        self._stop_dials_to(set(self._once.values()))
         for conn in list(self.connections.values()):
             conn.close()
         d = defer.maybeDeferred(self.port.stopListening) if self.port else defer.succeed(None)

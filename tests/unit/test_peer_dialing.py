@@ -136,15 +136,41 @@ def test_a_lower_id_peer_that_stays_apart_is_dialed_once_per_period(tmp_path):
     reactor.pump([1.0] * int(_APART_DIAL_S - 1))
     assert reactor.tcpClients == []                   # not apart for long enough yet
     reactor.pump([1.0] * 2)
-    dials = [(port, factory.peer_id, factory.continueTrying)
+    dials = [(port, factory.peer_id, factory.once)
              for _, port, factory, _, _ in reactor.tcpClients]
-    assert dials == [(7001, 1, False), (7002, 2, False)]   # once each, no redials
+    assert dials == [(7001, 1, True), (7002, 2, True)]     # once each, no redials
     transport.connections[1] = _Connected()           # node 1 dialed us: connected
     reactor.pump([1.0] * int(2 * _APART_DIAL_S))
     assert [port for _, port, *_ in reactor.tcpClients] == [7001, 7002, 7002, 7002]
     assert 1 not in transport._apart_since
     transport.connections.clear()
     transport.stopService()
+
+
+def test_a_one_shot_dial_never_redials_and_a_stopped_transport_drops_it(tmp_path):
+    """A one-shot dial whose connection lasted (the base class's ``resetDelay`` turns
+    ``continueTrying`` back on) and then dropped, or that failed, is not redialed: it
+    would have become a second permanent dialer for the pair.  The transport forgets it
+    when it ends, and drops one in flight when it stops."""
+    from paxoslog.server.peers import _APART_DIAL_S
+    transport, reactor = _transport(tmp_path, 3)
+    reactor.pump([1.0] * int(_APART_DIAL_S + 1))
+    (_, _, lasted, _, _), (_, _, refused, _, _) = reactor.tcpClients
+    connectors = list(transport._once)
+    assert sorted(transport._once.values()) == [1, 2]
+    lasted.connected()
+    reactor.advance(5.0)                              # longer than stable_s
+    lasted.clientConnectionLost(connectors[0], None)
+    refused.clientConnectionFailed(connectors[1], None)
+    reactor.pump([0.05] * 100)                        # 5 s: any redial would have come
+    assert len(reactor.tcpClients) == 2
+    assert transport._once == {}
+    reactor.pump([1.0] * int(_APART_DIAL_S))          # the next period dials again
+    assert len(reactor.tcpClients) == 4
+    in_flight = list(transport._once)
+    transport.stopService()
+    assert transport._once == {}
+    assert all(c._disconnected for c in in_flight)
 
 
 def test_the_lowest_id_only_ever_dials_up(tmp_path):

@@ -579,8 +579,8 @@ def test_a_node_removed_while_cut_off_is_dialed_until_it_is_told(tmp_path):
     assert sorted(transport.peers) == [2, 3, 4]
     clock.advance(addressbook._TELL_REMOVED_S)            # 4 never came back
     assert sorted(transport.peers) == [2]
-    # 4 comes back later and dials node 1 itself (peers.py: a node connected to nobody
-    # dials its lower ids too): it is still told
+    # 4 comes back later and dials node 1 itself (peers.py: a lower-id peer that has not
+    # connected for _APART_DIAL_S is dialed): it is still told
     transport.connected.add(4)
     book.peer_up(4)
     assert transport.frames[-1] == (4, [addressbook.F.REMOVED, "t", 7, [1, 2]])
