@@ -120,3 +120,33 @@ def test_malformed_frames_are_dropped_and_oversized_frames_close_the_connection(
     assert "rejected frame" in open(c.log_path(target)).read()
     c.wait_leader(among=[1, 2])
     c.write("after-malformed", 1, nodes=[1, 2])
+
+
+def test_a_removed_node_that_dials_a_member_is_told_and_hung_up_on(make_cluster):
+    """Node 3 is removed while it is down.  When it comes back after the members stopped
+    dialing it, it dials them itself (peers.py, ``_dial_down``: the lower ids no longer
+    dial it): a member accepts its handshake, tells it it was removed, with the voters of
+    the configuration the member applied, and hangs up."""
+    c = make_cluster("raft", start=False, tls=False)
+    c.start(1)
+    c.start(2)                      # node 3 stays down: the test dials as node 3
+    leader = c.wait_leader(among=[1, 2])
+    response = c.request(leader, "POST", "/api/v1/cluster/remove-node", {"node_id": 3},
+                         timeout=30)
+    assert response.status == 200, response.body
+    for member in (1, 2):
+        def told() -> list | None:
+            peer = _peer(c, member, 3)
+            with peer.sock:
+                peer.hello()
+                peer.authenticate()
+                for _ in range(10):                      # a PING may come first
+                    payload = peer.read()
+                    if payload[0] == F.REMOVED:
+                        assert closed_by_peer(peer.sock)
+                        return payload
+            return None
+        removed = wait_for(told, what=f"node {member} to tell node 3 it was removed")
+        assert removed[1] == f"it-{c.protocol}"
+        assert removed[3] == [1, 2]
+    c.write("after-removal", 1, nodes=[1, 2])
