@@ -104,14 +104,16 @@ def goals(mode: dict, etcd: dict | None) -> list[tuple[str, str, bool | None]]:
         if not ours or not theirs:
             rows.append((label, "no etcd in this run" if ours else "not measured", None))
             return
+        def meets(ratio: float) -> bool:
+            return ratio >= factor if higher else ratio <= factor
+
         ratio = paired_ratio(ours, theirs, measured_key)
-        met = ratio >= factor if higher else ratio <= factor
         rounds = round_ratios(ours, theirs, measured_key)
         # The rounds' spread says how far one run's verdict can be trusted.
         spread = (f"; rounds {min(rounds):.2f}-{max(rounds):.2f}x, "
-                  f"{sum(1 for r in rounds if (r >= factor if higher else r <= factor))} "
-                  f"of {len(rounds)} meet it" if len(rounds) > 1 else "")
-        rows.append((label, f"{ratio:.2f}x{spread}", met))
+                  f"{sum(map(meets, rounds))} of {len(rounds)} meet it"
+                  if len(rounds) > 1 else "")
+        rows.append((label, f"{ratio:.2f}x{spread}", meets(ratio)))
 
     one, w64, w256, gets = (w[0] for w in WORKLOADS)
     ratio_goal("1 connection: p50 <= etcd's", one, "p50_ms", 1.0, False)
