@@ -65,25 +65,30 @@ def test_a_peer_that_hangs_up_at_once_is_redialed_with_backoff_a_stable_one_at_o
     assert _lost_after(factory, connector, clock, 1.5) <= 0.06   # a stable one: from 20 ms
 
 
-def test_a_removed_peer_is_redialed_at_most_every_five_seconds(tmp_path):
-    """Members tell a removed node so on every connection and hang up; one that waits for a
-    majority of the new voters (addressbook.py) was dialed, and each dial logged, about
-    four times a second by every member.  A removed peer's redials back off to 5 s; a
-    member's stay at the 0.25 s cap."""
+def _transport(tmp_path, node_id):
     from twisted.internet.testing import MemoryReactorClock
 
     from paxoslog.config import load_config
-    from paxoslog.server.peers import _REMOVED_REDIAL_S, PeerTransport
+    from paxoslog.server.peers import PeerTransport
     conf = tmp_path / "c.toml"
     conf.write_text('cluster = "t"\nprotocol = "raft"\nsecret = "s3cret-s3cret"\ndata_dir = "'
                     + str(tmp_path) + '/{node}"\n' + "".join(
                         f'\n[[nodes]]\nid = {i}\npeer = "127.0.0.1:700{i}"\n'
                         f'api = "127.0.0.1:800{i}"\n' for i in (1, 2, 3)))
-    config = load_config(str(conf))
     reactor = MemoryReactorClock()
-    transport = PeerTransport(config, 1, handler=None, reactor=reactor)
+    transport = PeerTransport(load_config(str(conf)), node_id, handler=None, reactor=reactor)
     transport.startService()
-    peers = {n.id: n for n in config.nodes if n.id != 1}
+    return transport, reactor
+
+
+def test_a_removed_peer_is_redialed_at_most_every_five_seconds(tmp_path):
+    """Members tell a removed node so on every connection and hang up; one that waits for a
+    majority of the new voters (addressbook.py) was dialed, and each dial logged, about
+    four times a second by every member.  A removed peer's redials back off to 5 s; a
+    member's stay at the 0.25 s cap."""
+    from paxoslog.server.peers import _REMOVED_REDIAL_S
+    transport, reactor = _transport(tmp_path, 1)
+    peers = {n.id: n for n in transport.config.nodes if n.id != 1}
     assert {p: d[0].maxDelay for p, d in transport._dialers.items()} == {2: 0.25, 3: 0.25}
     transport.set_peers(peers, removed=frozenset({3}))
     assert {p: d[0].maxDelay for p, d in transport._dialers.items()} == {
@@ -100,22 +105,6 @@ def test_a_removed_peer_is_redialed_at_most_every_five_seconds(tmp_path):
     assert gaps[0] <= 0.1                 # the first redial still comes soon
     assert min(gaps[-4:]) >= 0.8 * _REMOVED_REDIAL_S, gaps
     transport.stopService()
-
-
-def _transport(tmp_path, node_id):
-    from twisted.internet.testing import MemoryReactorClock
-
-    from paxoslog.config import load_config
-    from paxoslog.server.peers import PeerTransport
-    conf = tmp_path / "c.toml"
-    conf.write_text('cluster = "t"\nprotocol = "raft"\nsecret = "s3cret-s3cret"\ndata_dir = "'
-                    + str(tmp_path) + '/{node}"\n' + "".join(
-                        f'\n[[nodes]]\nid = {i}\npeer = "127.0.0.1:700{i}"\n'
-                        f'api = "127.0.0.1:800{i}"\n' for i in (1, 2, 3)))
-    reactor = MemoryReactorClock()
-    transport = PeerTransport(load_config(str(conf)), node_id, handler=None, reactor=reactor)
-    transport.startService()
-    return transport, reactor
 
 
 class _Connected:
