@@ -50,3 +50,8 @@ class RemovalWitnesses:
 
     def tellers(self) -> list[int]:
         return sorted(self._told)
+
+    def voters_named(self, member: int) -> frozenset[int]:
+        """The voters ``member`` last said it applied (empty: it said nothing)."""
+        known = self._told.get(member)
+        return known[1] if known is not None else frozenset()

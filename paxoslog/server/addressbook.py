@@ -10,9 +10,11 @@ to date and tells the peer transport whom to dial.
 
 A node that applies a final configuration without some member tells it so (a ``REMOVED``
 frame on the authenticated peer connection, with how far it applied and the voters of
-that configuration).  A node told so by a quorum of those voters (paxoslog/node/removal.py)
-writes ``removed_at`` into members.json, stops serving and exits; it never starts again on
-that data directory.  A node that applies a configuration without itself stops serving
+that configuration), then where those voters listen (a ``VOTER_ADDRESSES`` frame: a node
+that was down while voters were added does not know them).  A node told so by a quorum of
+those voters (paxoslog/node/removal.py), whether or not it knew them, writes
+``removed_at`` into members.json, stops serving and exits; it never starts again on that
+data directory.  A node that applies a configuration without itself stops serving
 clients (410) but waits for the members' word before it writes that and exits: under
 Multi-Paxos a voter follows a configuration only once it knows it chosen, and the removed
 node (a removed leader killed before its hand-over) may be the only one that knows; were
@@ -40,20 +42,20 @@ log = Logger(namespace="paxoslog.membership")
 _EXIT_DELAY_S = 1.0
 _TELL_REMOVED_S = 600.0    # how long members keep dialing a removed node to tell it
 _VOTERS_MAX = 1024         # a REMOVED frame's voters (a bound, far above any real cluster)
+_ADDRESS_CHARS_MAX = 300   # one address in a VOTER_ADDRESSES frame
 
 
 class AddressBook:
-    """``rows()``: the membership table's rows; ``current_config()``: the replica's latest
-    configuration; ``transport``: set_peers / send_frame / disconnect."""
+    """``rows()``: the membership table's rows; ``transport``: set_peers / send_frame /
+    disconnect."""
 
     def __init__(self, config, node_id: int, transport, reactor,
-                 rows: Callable[[], list], current_config: Callable[[], Config]) -> None:
+                 rows: Callable[[], list]) -> None:
         self.cluster = config.name
         self.node_id = node_id
         self.transport = transport
         self.reactor = reactor
         self.rows = rows
-        self.current_config = current_config
         self.file = MembersFile(config.node(node_id).data_dir)
         self.bootstrap: frozenset[int] = frozenset(config.node_ids)
         self.book: dict[int, NodeAddresses] = {
@@ -68,6 +70,7 @@ class AddressBook:
         self.on_removed: Callable[[int], None] | None = None   # the CLI exits
         self._told: set[int] = set()
         self._removed_seen: dict[int, float] = {}   # removed peer -> when (reactor time)
+        self._heard: dict[int, NodeAddresses] = {}  # voters a teller named, not in the book
 
     # ------------------------------------------------------------------ startup
 
@@ -117,11 +120,17 @@ class AddressBook:
         and for ``_TELL_REMOVED_S`` a node removed since this process started (the lower id
         dials, so a removed node that was cut off when it was removed would otherwise
         never hear of it, and never exit).  Told or not: a REMOVED frame handed to a
-        connection may be lost with it, and the node then waits, restarted or not."""
+        connection may be lost with it, and the node then waits, restarted or not.  Also,
+        until this node exits, the voters its tellers named that it did not know
+        (``voter_addresses_frame``): their word is what it waits for."""
         now = self.reactor.seconds()
-        return {n: a for n, a in self.book.items()
-                if n != self.node_id and (n not in self.removed_ids or (
-                    now - self._removed_seen.get(n, -_TELL_REMOVED_S) < _TELL_REMOVED_S))}
+        peers = {n: a for n, a in self.book.items()
+                 if n != self.node_id and (n not in self.removed_ids or (
+                     now - self._removed_seen.get(n, -_TELL_REMOVED_S) < _TELL_REMOVED_S))}
+        if self.removed_at is None:
+            for n, a in self._heard.items():
+                peers.setdefault(n, a)
+        return peers
 
     def api_address(self, node_id: int) -> str | None:
         entry = self.book.get(node_id)
@@ -225,7 +234,15 @@ class AddressBook:
         if applied is None or peer in applied.members or self.node_id not in applied.members:
             return
         frame = [F.REMOVED, self.cluster, index, sorted(applied.voters)]
-        if self.transport.send_frame(peer, frame) and peer not in self._told:
+        if not self.transport.send_frame(peer, frame):
+            return
+        # Where those voters listen: the removed node may have been down while some of them
+        # were added, and it counts their word too (a frame of its own: a node of an older
+        # version, which would refuse a longer REMOVED frame, only drops this one).
+        where = [[n, str(self.book[n].peer)] for n in sorted(applied.voters)
+                 if n in self.book and n != peer]
+        self.transport.send_frame(peer, [F.VOTER_ADDRESSES, self.cluster, where])
+        if peer not in self._told:
             self._told.add(peer)           # logged once; told again on every connection
             log.info("told node {peer} it was removed (applied up to index {index})",
                      peer=peer, index=index)
@@ -248,15 +265,15 @@ class AddressBook:
 
     def removed_frame(self, peer: int, payload: list) -> None:
         """A member says this node is not in the configuration it applied up to
-        ``index``: final once a quorum of that configuration's voters said so."""
+        ``index``: final once a quorum of that configuration's voters said so.  The teller
+        counts whether or not this node knew it: one added while this node was down is as
+        much a voter (node ids are never reused, and the frame comes over the authenticated
+        peer link); the simulator counts every teller the same way."""
         _, cluster, index, voters = payload
         if (cluster != self.cluster or type(index) is not int or index < 0
                 or type(voters) is not list or not 0 < len(voters) <= _VOTERS_MAX
                 or any(type(v) is not int for v in voters)):
             raise ValueError("bad removed frame")
-        config = self.current_config()
-        if self.node_id in config.all_voters and peer not in config.members:
-            return        # from a node that is itself not a member in our view: ignore
         if self.node_id in voters:
             raise ValueError("bad removed frame: it lists this node among the voters")
         first = peer not in self.witnesses.tellers()
@@ -267,6 +284,28 @@ class AddressBook:
             log.info("node {peer} says this node was removed (index {index}); waiting for a "
                      "quorum of voters {voters}", peer=peer, index=index, voters=voters)
 
+    def voter_addresses_frame(self, peer: int, payload: list) -> None:
+        """After its REMOVED frame, a member says where the voters it named listen.  The
+        ones this node does not know (added while it was down) are dialed until it exits,
+        so that their word reaches it even after they stopped dialing it."""
+        _, cluster, where = payload
+        if (cluster != self.cluster or type(where) is not list or len(where) > _VOTERS_MAX
+                or any(type(row) is not list or len(row) != 2 or type(row[0]) is not int
+                       or type(row[1]) is not str or len(row[1]) > _ADDRESS_CHARS_MAX
+                       for row in where)):
+            raise ValueError("bad voter-addresses frame")
+        where = {node_id: parse_address(text) for node_id, text in where}
+        named = self.witnesses.voters_named(peer)
+        if self.removed_at is not None or not named:
+            return                          # only after that member's REMOVED frame
+        new = {n: NodeAddresses(address, None) for n, address in where.items()
+               if n in named and n != self.node_id and n not in self.book}
+        if any(self._heard.get(n) != a for n, a in new.items()):
+            self._heard.update(new)
+            log.info("node {peer} named voters this node did not know: {voters}; dialing "
+                     "them for their word", peer=peer, voters=sorted(new))
+            self.sync_transport()
+
     def mark_removed(self, index: int, why: str) -> None:
         if self.removed_at is not None:
             return
@@ -275,6 +314,8 @@ class AddressBook:
                   "it stops serving; wipe its data directory before it may join again",
                   node=self.node_id, index=index, why=why)
         self._persist()
+        if self._heard:
+            self.sync_transport()           # the voters it did not know: their word is in
         if self.on_removed is not None:
             # Stop serving at once (the API answers 410), exit a little later: replies this
             # node still relays (e.g. the remove request it forwarded) get out first.

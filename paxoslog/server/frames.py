@@ -61,7 +61,7 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 __all__ = ["HELLO", "CHALLENGE", "AUTH", "ACCEPT", "MESSAGES", "FORWARD", "FORWARD_REPLY",
            "SNAP_OFFER", "SNAP_WANT", "SNAP_CHUNK", "SNAP_DONE", "REMOVED", "PING", "PONG",
-           "KIND_NAMES", "state_machine_difference",
+           "VOTER_ADDRESSES", "KIND_NAMES", "state_machine_difference",
            "HANDSHAKE_KINDS", "WIRE_VERSION", "NONCE_BYTES", "TAG_BYTES",
            "HANDSHAKE_FRAME_BYTES_MAX", "FrameError", "FrameTooLarge", "MalformedFrame",
            "ForgedFrame", "FrameDecoder", "FrameSealer", "FrameOpener", "encode_frame",
@@ -84,12 +84,14 @@ REMOVED = 11          # [kind, cluster, index, voters]: "I applied up to index a
 ACCEPT = 12           # [kind, proof_a, info]
 PING = 13             # [kind, token]
 PONG = 14             # [kind, token]
+VOTER_ADDRESSES = 15  # [kind, cluster, [[node id, "host:port"], ...]]: after REMOVED, where
+                      # the voters it named listen (addressbook.py)
 
 KIND_NAMES = {HELLO: "hello", CHALLENGE: "challenge", AUTH: "auth", ACCEPT: "accept",
               MESSAGES: "messages", FORWARD: "forward", FORWARD_REPLY: "forward-reply",
               SNAP_OFFER: "snapshot-offer", SNAP_WANT: "snapshot-want",
               SNAP_CHUNK: "snapshot-chunk", SNAP_DONE: "snapshot-done", REMOVED: "removed", PING: "ping",
-              PONG: "pong"}
+              PONG: "pong", VOTER_ADDRESSES: "voter-addresses"}
 HANDSHAKE_KINDS = frozenset((HELLO, CHALLENGE, AUTH, ACCEPT))
 
 NONCE_BYTES = 32

@@ -182,6 +182,8 @@ class _PeerEvents:
             node.shipper.on_done(peer, payload)
         elif kind == F.REMOVED:
             node.book.removed_frame(peer, payload)
+        elif kind == F.VOTER_ADDRESSES:
+            node.book.voter_addresses_frame(peer, payload)
 
     def after_input(self) -> None:
         """The runner pumps after peer messages already."""
@@ -406,8 +408,7 @@ class NodeService(MultiService):
         Raises on a storage problem (the caller reports it and exits)."""
         config = self.config
         self.book = AddressBook(config, self.node_id, self.transport, self.reactor,
-                                rows=self._rows,
-                                current_config=lambda: self.driver.replica.config)
+                                rows=self._rows)
         self.book.on_removed = self._exit_once_handed_over
         self.book.load()        # raises when this node was removed, or the file is bad
         self.storage = DiskStorage(self.me.data_dir, config.name, self.node_id, config.protocol,

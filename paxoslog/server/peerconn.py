@@ -361,7 +361,7 @@ class PeerConnection(Protocol):
             if len(payload) == 2 and type(payload[1]) is float:
                 owner.pong(self.peer_id, payload[1])
         elif kind in (F.FORWARD, F.SNAP_OFFER, F.SNAP_WANT, F.SNAP_CHUNK, F.SNAP_DONE,
-                      F.REMOVED):
+                      F.REMOVED, F.VOTER_ADDRESSES):
             try:
                 owner.handler.peer_frame(self.peer_id, kind, payload)
             except (ValueError, TypeError, KeyError, MalformedMessage) as exc:

@@ -150,3 +150,45 @@ def test_a_removed_node_that_dials_a_member_is_told_and_hung_up_on(make_cluster)
         assert removed[1] == f"it-{c.protocol}"
         assert removed[3] == [1, 2]
     c.write("after-removal", 1, nodes=[1, 2])
+
+
+def test_a_node_down_while_voters_were_added_learns_of_its_removal_from_them(make_cluster):
+    """Node 3 is down while nodes 4 and 5 join, then 3 and 1 are removed: the voters are
+    2, 4 and 5, and node 3 knows only 2.  Node 2 tells a node that dials as 3 where 4 and
+    5 listen (a VOTER_ADDRESSES frame after REMOVED).  The real node 3 then comes back and
+    exits once a majority of 2, 4 and 5 told it: before, it counted only the voters of its
+    own configuration (2) and waited, answering 410, until an operator stopped it."""
+    c = make_cluster("multipaxos", tls=False)
+    for new in (4, 5):
+        c.new_node(new)
+        c.start(new, join=1)
+        wait_for(lambda: all(new in c.request(n, "GET", "/api/v1/cluster/members")
+                             .body["applied_config"]["voters"] for n in (1, 2, new)),
+                 30, what=f"node {new} to be a voter")
+    assert c.stop(3) == 0
+    for gone, via in ((3, 1), (1, 2)):
+        response = c.request(via, "POST", "/api/v1/cluster/remove-node",
+                             {"node_id": gone}, timeout=30)
+        assert response.status == 200, response.body
+    assert c.wait_exit(1, timeout=30) == 0
+    c.write("after-removals", 1, nodes=[2, 4, 5])
+
+    def told() -> list | None:
+        peer = PeerClient(_connect(c, 2), f"it-{c.protocol}", 3, 2, [1, 2, 3], SECRET.encode())
+        with peer.sock:
+            peer.hello()
+            peer.authenticate()
+            frames = {}
+            for _ in range(10):                          # a PING may come first
+                payload = peer.read()
+                frames[payload[0]] = payload
+                if payload[0] == F.VOTER_ADDRESSES:
+                    return [frames.get(F.REMOVED), payload]
+        return None
+    removed, where = wait_for(told, what="node 2 to tell node 3 where the voters are")
+    assert removed[2:] and removed[3] == [2, 4, 5]
+    assert where[2] == [[n, f"127.0.0.1:{c.peer_ports[n]}"] for n in (2, 4, 5)]
+    c.start(3)
+    assert c.wait_exit(3, timeout=60) == 0
+    log = open(c.log_path(3)).read()
+    assert "was removed from the cluster" in log

@@ -561,8 +561,7 @@ def test_a_node_removed_while_cut_off_is_dialed_until_it_is_told(tmp_path):
                     '/{node}"\n' + "".join(f'\n[[nodes]]\nid = {i}\npeer = "127.0.0.1:700{i}"'
                                             f'\napi = "127.0.0.1:800{i}"\n' for i in (1, 2, 3, 4)))
     clock, transport = task.Clock(), _Transport()
-    book = addressbook.AddressBook(load_config(str(conf)), 1, transport, clock, rows=list,
-                                   current_config=lambda: Config(frozenset({1, 2, 4})))
+    book = addressbook.AddressBook(load_config(str(conf)), 1, transport, clock, rows=list)
     book.load()
     book.sync_transport()
     book.config_applied(Config(frozenset({1, 2, 3, 4})), Config(frozenset({1, 2})), 7)
@@ -571,11 +570,13 @@ def test_a_node_removed_while_cut_off_is_dialed_until_it_is_told(tmp_path):
     assert sorted(transport.peers) == [2, 3, 4]           # still dialed: not told yet
     transport.connected.add(3)
     book.peer_up(3)                                       # 3 connected: told, hung up
-    assert transport.frames[0] == (3, [addressbook.F.REMOVED, "t", 7, [1, 2]])
+    assert transport.frames == [(3, [addressbook.F.REMOVED, "t", 7, [1, 2]]),
+                                (3, [addressbook.F.VOTER_ADDRESSES, "t",
+                                     [[1, "127.0.0.1:7001"], [2, "127.0.0.1:7002"]]])]
     assert 3 not in transport.connected
     transport.connected.add(3)
     book.peer_up(3)                                       # it came back: told again
-    assert [peer for peer, _ in transport.frames] == [3, 3]
+    assert [peer for peer, _ in transport.frames] == [3, 3, 3, 3]
     assert sorted(transport.peers) == [2, 3, 4]
     clock.advance(addressbook._TELL_REMOVED_S)            # 4 never came back
     assert sorted(transport.peers) == [2]
@@ -583,7 +584,7 @@ def test_a_node_removed_while_cut_off_is_dialed_until_it_is_told(tmp_path):
     # connected for _APART_DIAL_S is dialed): it is still told
     transport.connected.add(4)
     book.peer_up(4)
-    assert transport.frames[-1] == (4, [addressbook.F.REMOVED, "t", 7, [1, 2]])
+    assert transport.frames[-2] == (4, [addressbook.F.REMOVED, "t", 7, [1, 2]])
     assert 4 not in transport.connected
 
 
@@ -604,8 +605,7 @@ def test_a_node_that_applies_its_own_removal_waits_for_a_quorum_to_confirm(tmp_p
     config = load_config(str(conf))
     clock, transport = task.Clock(), _Transport()
     applied = Config(frozenset({1, 2}))
-    book = addressbook.AddressBook(config, 3, transport, clock, rows=list,
-                                   current_config=lambda: applied)
+    book = addressbook.AddressBook(config, 3, transport, clock, rows=list)
     book.load()
     exits = []
     book.on_removed = exits.append
@@ -613,8 +613,7 @@ def test_a_node_that_applies_its_own_removal_waits_for_a_quorum_to_confirm(tmp_p
     assert book.removed and book.removed_index == 9 and book.removed_at is None
     clock.advance(60)
     assert exits == [] and MembersFile(config.node(3).data_dir).read()["removed_at"] is None
-    again = addressbook.AddressBook(config, 3, transport, clock, rows=list,
-                                    current_config=lambda: applied)
+    again = addressbook.AddressBook(config, 3, transport, clock, rows=list)
     again.load()                                          # a restart is not refused
     for bad in (["t", 9, []], ["t", 9, [1, 3]], ["t", 9, [1, "2"]], ["t", -1, [1, 2]],
                 ["u", 9, [1, 2]], ["t", 9], ["t", 9, list(range(2000))]):
@@ -629,8 +628,48 @@ def test_a_node_that_applies_its_own_removal_waits_for_a_quorum_to_confirm(tmp_p
     clock.advance(addressbook._EXIT_DELAY_S)
     assert exits == [11]
     with pytest.raises(RemovedNode):
-        addressbook.AddressBook(config, 3, transport, clock, rows=list,
-                                current_config=lambda: applied).load()
+        addressbook.AddressBook(config, 3, transport, clock, rows=list).load()
+
+
+def test_a_node_down_while_voters_were_added_counts_and_dials_the_new_voters(tmp_path):
+    """Node 3 was down while nodes 4 and 5 were added and then 3 and 1 removed: the voters
+    are now 2, 4 and 5, of which node 3 knows only 2.  Node 2 tells it (REMOVED, then where
+    its voters listen): 3 dials 4 and 5, which it did not know, and their word counts as
+    much as 2's, so it exits once two of the three said so.  Addresses come only from a
+    member that told first, only for the voters it named, never replacing a known one; a
+    frame that says nothing sound is refused."""
+    from paxoslog.config import load_config
+    from paxoslog.server import addressbook
+    conf = tmp_path / "c.toml"
+    conf.write_text('cluster = "t"\nprotocol = "multipaxos"\ndata_dir = "' + str(tmp_path) +
+                    '/{node}"\n' + "".join(f'\n[[nodes]]\nid = {i}\npeer = "127.0.0.1:700{i}"'
+                                            f'\napi = "127.0.0.1:800{i}"\n' for i in (1, 2, 3)))
+    clock, transport = task.Clock(), _Transport()
+    book = addressbook.AddressBook(load_config(str(conf)), 3, transport, clock, rows=list)
+    book.load()
+    exits = []
+    book.on_removed = exits.append
+    book.sync_transport()
+    assert sorted(transport.peers) == [1, 2]
+    where = [[2, "127.0.0.1:7002"], [4, "127.0.0.1:7004"], [5, "[::1]:7005"]]
+    book.voter_addresses_frame(2, [addressbook.F.VOTER_ADDRESSES, "t", where])
+    assert sorted(transport.peers) == [1, 2]              # 2 has not told it anything yet
+    for bad in (["u", where], ["t", [[4, 7004]]], ["t", [["4", "127.0.0.1:7004"]]],
+                ["t", [[4, "nowhere"]]], ["t", [[4, "h" * 400 + ":1"]]], ["t"],
+                ["t", [[n, "127.0.0.1:1"] for n in range(2000)]]):
+        with pytest.raises(ValueError):
+            book.voter_addresses_frame(2, [addressbook.F.VOTER_ADDRESSES, *bad])
+    book.removed_frame(2, [addressbook.F.REMOVED, "t", 40, [2, 4, 5]])
+    book.voter_addresses_frame(2, [addressbook.F.VOTER_ADDRESSES, "t", where + [
+        [1, "127.0.0.1:9999"], [6, "127.0.0.1:7006"]]])     # 1: known; 6: not a voter it named
+    assert {n: str(a.peer) for n, a in transport.peers.items()} == {
+        1: "127.0.0.1:7001", 2: "127.0.0.1:7002", 4: "127.0.0.1:7004", 5: "[::1]:7005"}
+    assert book.removed_at is None
+    book.removed_frame(5, [addressbook.F.REMOVED, "t", 41, [2, 4, 5]])   # a voter it never knew
+    assert book.removed_at == 41
+    clock.advance(addressbook._EXIT_DELAY_S)
+    assert exits == [41]
+    assert sorted(transport.peers) == [1, 2]              # told: no more dialing for words
 
 
 def test_a_leaving_row_is_told_and_a_restored_removal_still_waits(tmp_path):
@@ -651,23 +690,21 @@ def test_a_leaving_row_is_told_and_a_restored_removal_still_waits(tmp_path):
             {"node_id": 4, "status": "active", "address": "127.0.0.1:7004"}]
     final = Config(frozenset({1, 2}))
     clock, transport = task.Clock(), _Transport()
-    book = addressbook.AddressBook(config, 1, transport, clock, rows=lambda: rows,
-                                   current_config=lambda: final)
+    book = addressbook.AddressBook(config, 1, transport, clock, rows=lambda: rows)
     book.load()
     book.started()
     book.config_applied(Config(frozenset({1, 2, 3})), final, 12)
     transport.connected |= {3, 4}
     book.peer_up(4)
     book.peer_up(3)
-    assert [(peer, frame[0]) for peer, frame in transport.frames] == [(3, addressbook.F.REMOVED)]
+    assert [(peer, frame[0]) for peer, frame in transport.frames] == [
+        (3, addressbook.F.REMOVED), (3, addressbook.F.VOTER_ADDRESSES)]
     assert transport.connected == {4}
-    three = addressbook.AddressBook(config, 3, _Transport(), clock, rows=lambda: rows,
-                                    current_config=lambda: final)
+    three = addressbook.AddressBook(config, 3, _Transport(), clock, rows=lambda: rows)
     three.load()
     three.started(final)
     assert three.removed and three.removed_at is None and three.leaving_at == 1
-    four = addressbook.AddressBook(config, 4, _Transport(), clock, rows=lambda: rows,
-                                   current_config=lambda: final)
+    four = addressbook.AddressBook(config, 4, _Transport(), clock, rows=lambda: rows)
     four.load()
     four.started(final)                   # joining: outside the configuration, not removed
     assert not four.removed
