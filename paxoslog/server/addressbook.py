@@ -24,6 +24,7 @@ it.
 
 from __future__ import annotations
 
+import re
 from typing import Callable
 
 from twisted.logger import Logger
@@ -43,6 +44,10 @@ _EXIT_DELAY_S = 1.0
 _TELL_REMOVED_S = 600.0    # how long members keep dialing a removed node to tell it
 _VOTERS_MAX = 1024         # a REMOVED frame's voters (a bound, far above any real cluster)
 _ADDRESS_CHARS_MAX = 300   # one address in a VOTER_ADDRESSES frame
+_NODE_ID_MAX = (1 << 32) - 1   # as the conf allows
+# A host a member may tell this node to dial: a name or an IP literal, nothing the resolver
+# could choke on (an IPv6 zone, spaces, control characters).
+_HOST = re.compile(r"[A-Za-z0-9.:-]{1,253}")
 
 
 class AddressBook:
@@ -159,7 +164,14 @@ class AddressBook:
 
     def sync_transport(self) -> None:
         self.transport.bootstrap = self.log_origin()
-        self.transport.set_peers(self.peer_addresses(), frozenset(self.removed_ids))
+        self.transport.set_peers(self.peer_addresses(), frozenset(self.removed_ids),
+                                 waiting=self.waiting)
+
+    @property
+    def waiting(self) -> bool:
+        """Removed, or told so, and not gone yet: members hang up once they told it."""
+        return self.removed_at is None and (
+            self.leaving_at is not None or bool(self.witnesses.tellers()))
 
     # ------------------------------------------------------------------ applied state
 
@@ -222,6 +234,7 @@ class AddressBook:
             return False
         if self.leaving_at is None and self.removed_at is None:
             self.leaving_at = max(index, 1)
+            self.sync_transport()              # redial at most _REMOVED_REDIAL_S apart
             log.warn("this node ({node}) applied a configuration without it (index {index}); "
                      "it stops serving and exits once a quorum of its voters confirms",
                      node=self.node_id, index=index)
@@ -268,14 +281,21 @@ class AddressBook:
         ``index``: final once a quorum of that configuration's voters said so.  The teller
         counts whether or not this node knew it: one added while this node was down is as
         much a voter (node ids are never reused, and the frame comes over the authenticated
-        peer link); the simulator counts every teller the same way."""
+        peer link); the simulator counts every teller the same way.  Not a node this node
+        knows was removed."""
         _, cluster, index, voters = payload
         if (cluster != self.cluster or type(index) is not int or index < 0
                 or type(voters) is not list or not 0 < len(voters) <= _VOTERS_MAX
-                or any(type(v) is not int for v in voters)):
+                or any(type(v) is not int or not 0 < v <= _NODE_ID_MAX for v in voters)):
             raise ValueError("bad removed frame")
         if self.node_id in voters:
             raise ValueError("bad removed frame: it lists this node among the voters")
+        if peer in self.removed_ids:
+            # Removed itself, so a voter of no later configuration: no honest member
+            # speaks as it (its credentials may outlive it: certificates are not revoked).
+            log.warn("ignored a removed frame from node {peer}, which was itself removed",
+                     peer=peer)
+            return
         first = peer not in self.witnesses.tellers()
         if self.witnesses.told(peer, index, voters):
             tellers = ", ".join(map(str, self.witnesses.tellers()))
@@ -283,6 +303,7 @@ class AddressBook:
         elif first and self.removed_at is None:    # members tell on every connection
             log.info("node {peer} says this node was removed (index {index}); waiting for a "
                      "quorum of voters {voters}", peer=peer, index=index, voters=voters)
+            self.sync_transport()              # redial at most _REMOVED_REDIAL_S apart
 
     def voter_addresses_frame(self, peer: int, payload: list) -> None:
         """After its REMOVED frame, a member says where the voters it named listen.  The
@@ -291,16 +312,23 @@ class AddressBook:
         _, cluster, where = payload
         if (cluster != self.cluster or type(where) is not list or len(where) > _VOTERS_MAX
                 or any(type(row) is not list or len(row) != 2 or type(row[0]) is not int
-                       or type(row[1]) is not str or len(row[1]) > _ADDRESS_CHARS_MAX
-                       for row in where)):
+                       or not 0 < row[0] <= _NODE_ID_MAX or type(row[1]) is not str
+                       or len(row[1]) > _ADDRESS_CHARS_MAX for row in where)):
             raise ValueError("bad voter-addresses frame")
         where = {node_id: parse_address(text) for node_id, text in where}
+        if not all(_HOST.fullmatch(address.host) for address in where.values()):
+            raise ValueError("bad voter-addresses frame: a host that is neither a name nor "
+                             "an IP address")
         named = self.witnesses.voters_named(peer)
         if self.removed_at is not None or not named:
             return                          # only after that member's REMOVED frame
+        # The first address given for a voter stays (two members' books may spell it
+        # differently); all of them together are bounded like one frame's.
         new = {n: NodeAddresses(address, None) for n, address in where.items()
-               if n in named and n != self.node_id and n not in self.book}
-        if any(self._heard.get(n) != a for n, a in new.items()):
+               if n in named and n != self.node_id and n not in self.book
+               and n not in self._heard}
+        new = dict(list(new.items())[:_VOTERS_MAX - len(self._heard)])
+        if new:
             self._heard.update(new)
             log.info("node {peer} named voters this node did not know: {voters}; dialing "
                      "them for their word", peer=peer, voters=sorted(new))

@@ -137,6 +137,7 @@ class PeerTransport(Service):
         # the handshake, only to be told that it was removed.
         self.addresses: dict[int, object] = {n.id: n for n in config.nodes if n.id != node_id}
         self.removed_ids: frozenset[int] = frozenset()
+        self.waiting = False          # this node was removed, waiting for the word (set_peers)
         # The log origin peers compare (AddressBook.log_origin; set by the node).
         self.bootstrap: object = sorted(n.id for n in config.nodes)
         self.frame_bytes_max = config.batching.frame_bytes_max
@@ -229,7 +230,9 @@ class PeerTransport(Service):
                              peer=peer_id, seconds=_APART_DIAL_S)
             # Once: the next period dials again, if it is still needed.
             factory = _DialFactory(self, peer_id, self.reactor, once=True)
-            self._once[self._connect(peer_id, factory)] = peer_id
+            connector = self._connect(peer_id, factory)
+            if connector is not None:
+                self._once[connector] = peer_id
 
     def dial_ended(self, connector) -> None:
         """One of ``_dial_down``'s dials failed, or its connection ended."""
@@ -260,19 +263,28 @@ class PeerTransport(Service):
         so (addressbook.py) would otherwise be dialed, and logged, four times a second."""
         if peer_id > self.node_id and peer_id not in self._dialers:
             factory = _DialFactory(self, peer_id, self.reactor)
-            self._dialers[peer_id] = (factory, self._connect(peer_id, factory))
+            connector = self._connect(peer_id, factory)
+            if connector is not None:
+                self._dialers[peer_id] = (factory, connector)
         dialer = self._dialers.get(peer_id)
         if dialer is not None:
             dialer[0].maxDelay = (_REMOVED_REDIAL_S if peer_id in self.removed_ids
-                                  else _DialFactory.maxDelay)
+                                  or self.waiting else _DialFactory.maxDelay)
 
     def _connect(self, peer_id: int, factory: _DialFactory):
-        """Dial ``peer_id`` with ``factory`` (through TLS when the peers use it)."""
+        """Dial ``peer_id`` with ``factory`` (through TLS when the peers use it); None when
+        its address cannot even be dialed (one the resolver refuses at once): logged, and
+        the other peers are still dialed."""
         peer = self.addresses[peer_id].peer
         if self.tls is not None:
             factory = TLSFactory(self._client_context, factory, server_side=False,
                                  server_hostname=node_identity(self.tls.cluster, peer_id))
-        return self.reactor.connectTCP(peer.host, peer.port, factory, timeout=2)
+        try:
+            return self.reactor.connectTCP(peer.host, peer.port, factory, timeout=2)
+        except OSError as exc:
+            self.log_limited(f"undialable-{peer_id}", "cannot dial node {peer} at {address}: "
+                             "{error}", peer=peer_id, address=str(peer), error=exc)
+            return None
 
     def _hang_up(self, peer_id: int) -> None:
         dialer = self._dialers.pop(peer_id, None)
@@ -285,10 +297,15 @@ class PeerTransport(Service):
     def peer_ids(self) -> frozenset[int]:
         return frozenset(self.addresses)
 
-    def set_peers(self, addresses: dict, removed: frozenset[int] = frozenset()) -> None:
+    def set_peers(self, addresses: dict, removed: frozenset[int] = frozenset(),
+                  waiting: bool = False) -> None:
         """Follow the address book: dial new peers (or a peer's new address), hang up on
-        peers that left.  ``addresses`` maps node id -> an object with ``.peer``."""
+        peers that left.  ``addresses`` maps node id -> an object with ``.peer``.
+        ``waiting``: this node was removed and waits for the members' word; each member
+        hangs up once it told it, so every peer is redialed at most ``_REMOVED_REDIAL_S``
+        apart, as a removed peer is."""
         self.removed_ids = frozenset(removed)
+        self.waiting = waiting
         old = self.addresses
         self._apart_since = {p: t for p, t in self._apart_since.items() if p in addresses}
         self._stop_dials_to(set(self._once.values()) - set(addresses))

@@ -154,18 +154,19 @@ def test_a_removed_node_that_dials_a_member_is_told_and_hung_up_on(make_cluster)
 
 def test_a_node_down_while_voters_were_added_learns_of_its_removal_from_them(make_cluster):
     """Node 3 is down while nodes 4 and 5 join, then 3 and 1 are removed: the voters are
-    2, 4 and 5, and node 3 knows only 2.  Node 2 tells a node that dials as 3 where 4 and
-    5 listen (a VOTER_ADDRESSES frame after REMOVED).  The real node 3 then comes back and
-    exits once a majority of 2, 4 and 5 told it: before, it counted only the voters of its
-    own configuration (2) and waited, answering 410, until an operator stopped it."""
+    2, 4 and 5, and node 3 knows only 1, 2 and 3.  Node 2 tells a node that dials as 3
+    where 4 and 5 listen (a VOTER_ADDRESSES frame after REMOVED).  The real node 3 then
+    comes back and exits once a majority of 2, 4 and 5 told it.  Before, it counted only
+    the voters of its own configuration (2), and refused the handshakes of 4 and 5 (not
+    members in its view), so it waited, answering 410, until an operator stopped it."""
     c = make_cluster("multipaxos", tls=False)
+    assert c.stop(3) == 0
     for new in (4, 5):
         c.new_node(new)
         c.start(new, join=1)
         wait_for(lambda: all(new in c.request(n, "GET", "/api/v1/cluster/members")
                              .body["applied_config"]["voters"] for n in (1, 2, new)),
                  30, what=f"node {new} to be a voter")
-    assert c.stop(3) == 0
     for gone, via in ((3, 1), (1, 2)):
         response = c.request(via, "POST", "/api/v1/cluster/remove-node",
                              {"node_id": gone}, timeout=30)
@@ -192,3 +193,4 @@ def test_a_node_down_while_voters_were_added_learns_of_its_removal_from_them(mak
     assert c.wait_exit(3, timeout=60) == 0
     log = open(c.log_path(3)).read()
     assert "was removed from the cluster" in log
+    assert "named voters this node did not know: [4, 5]" in log

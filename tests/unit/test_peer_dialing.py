@@ -169,3 +169,34 @@ def test_the_lowest_id_only_ever_dials_up(tmp_path):
     reactor.pump([1.0] * int(3 * _APART_DIAL_S))
     assert [port for _, port, *_ in reactor.tcpClients] == [7002, 7003]
     transport.stopService()
+
+
+def test_a_node_waiting_for_the_word_redials_slowly_and_skips_an_undialable_peer(tmp_path):
+    """A removed node waiting for the members' word (addressbook.py, ``waiting``) is hung up
+    on by every member that tells it, so it redials each peer at most _REMOVED_REDIAL_S
+    apart, not four times a second.  A peer address the resolver refuses at once (the real
+    reactor's ``connectTCP`` raises, e.g. for an IPv6 zone this host lacks) is logged and
+    skipped: the other peers are still dialed."""
+    from paxoslog.config import parse_address
+    from paxoslog.server.members_file import NodeAddresses
+    from paxoslog.server.peers import _REMOVED_REDIAL_S
+    transport, reactor = _transport(tmp_path, 1)
+    peers = {n.id: n for n in transport.config.nodes if n.id != 1}
+    transport.set_peers(peers, waiting=True)
+    assert {p: d[0].maxDelay for p, d in transport._dialers.items()} == {
+        2: _REMOVED_REDIAL_S, 3: _REMOVED_REDIAL_S}
+    transport.set_peers(peers)
+    assert {p: d[0].maxDelay for p, d in transport._dialers.items()} == {2: 0.25, 3: 0.25}
+    connect = reactor.connectTCP
+
+    def refusing(host, port, factory, timeout=30, bindAddress=None):
+        if host == "fe80::1%nosuchif":
+            raise OSError("[Errno -2] Name or service not known")
+        return connect(host, port, factory, timeout, bindAddress)
+    reactor.connectTCP = refusing
+    peers[4] = NodeAddresses(parse_address("[fe80::1%nosuchif]:7004"), None)
+    peers[5] = NodeAddresses(parse_address("127.0.0.1:7005"), None)
+    transport.set_peers(peers)
+    assert sorted(transport._dialers) == [2, 3, 5]
+    assert [port for _, port, *_ in reactor.tcpClients] == [7002, 7003, 7005]
+    transport.stopService()

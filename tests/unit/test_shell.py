@@ -534,9 +534,11 @@ class _Transport:
         self.connected: set[int] = set()
         self.frames: list = []
         self.bootstrap = None
+        self.waiting = False
 
-    def set_peers(self, addresses: dict, removed: frozenset) -> None:
+    def set_peers(self, addresses: dict, removed: frozenset, waiting: bool) -> None:
         self.peers = dict(addresses)
+        self.waiting = waiting
 
     def send_frame(self, peer: int, payload: list) -> bool:
         if peer not in self.connected:
@@ -635,9 +637,11 @@ def test_a_node_down_while_voters_were_added_counts_and_dials_the_new_voters(tmp
     """Node 3 was down while nodes 4 and 5 were added and then 3 and 1 removed: the voters
     are now 2, 4 and 5, of which node 3 knows only 2.  Node 2 tells it (REMOVED, then where
     its voters listen): 3 dials 4 and 5, which it did not know, and their word counts as
-    much as 2's, so it exits once two of the three said so.  Addresses come only from a
-    member that told first, only for the voters it named, never replacing a known one; a
-    frame that says nothing sound is refused."""
+    much as 2's, so it exits once two of the three said so.  Once told, it redials slowly
+    (``waiting``: members hang up after telling).  Addresses come only from a member that
+    told first, only for the voters it named, never replacing a known one or one given
+    before; a removed node's word does not count; a frame that says nothing sound, or
+    names a host the resolver could choke on, is refused."""
     from paxoslog.config import load_config
     from paxoslog.server import addressbook
     conf = tmp_path / "c.toml"
@@ -656,14 +660,24 @@ def test_a_node_down_while_voters_were_added_counts_and_dials_the_new_voters(tmp
     assert sorted(transport.peers) == [1, 2]              # 2 has not told it anything yet
     for bad in (["u", where], ["t", [[4, 7004]]], ["t", [["4", "127.0.0.1:7004"]]],
                 ["t", [[4, "nowhere"]]], ["t", [[4, "h" * 400 + ":1"]]], ["t"],
-                ["t", [[n, "127.0.0.1:1"] for n in range(2000)]]):
+                ["t", [[n, "127.0.0.1:1"] for n in range(2000)]], ["t", [[0, "a:1"]]],
+                ["t", [[4, "[::1%zz]:7004"]]], ["t", [[4, "bad host:7004"]]],
+                ["t", [[1 << 40, "a:1"]]]):
         with pytest.raises(ValueError):
             book.voter_addresses_frame(2, [addressbook.F.VOTER_ADDRESSES, *bad])
+    with pytest.raises(ValueError):
+        book.removed_frame(2, [addressbook.F.REMOVED, "t", 40, [2, 1 << 40]])
+    assert not transport.waiting
     book.removed_frame(2, [addressbook.F.REMOVED, "t", 40, [2, 4, 5]])
+    assert transport.waiting                              # told: members hang up on it
     book.voter_addresses_frame(2, [addressbook.F.VOTER_ADDRESSES, "t", where + [
         [1, "127.0.0.1:9999"], [6, "127.0.0.1:7006"]]])     # 1: known; 6: not a voter it named
+    book.voter_addresses_frame(2, [addressbook.F.VOTER_ADDRESSES, "t", [
+        [4, "localhost:7004"]]])                           # another spelling: the first stays
     assert {n: str(a.peer) for n, a in transport.peers.items()} == {
         1: "127.0.0.1:7001", 2: "127.0.0.1:7002", 4: "127.0.0.1:7004", 5: "[::1]:7005"}
+    book.row_applied({"node_id": 1, "status": "removed"})  # (its own stale view learns 1 left)
+    book.removed_frame(1, [addressbook.F.REMOVED, "t", 41, [1]])   # a removed node's word
     assert book.removed_at is None
     book.removed_frame(5, [addressbook.F.REMOVED, "t", 41, [2, 4, 5]])   # a voter it never knew
     assert book.removed_at == 41
