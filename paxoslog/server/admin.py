@@ -148,6 +148,14 @@ class MembershipAdmin:
         if row is not None and row["status"] == "removed" or target in self.book.removed_ids:
             raise ApiError(409, "conflict", f"node {target} was removed from this cluster; "
                                             "node ids are not reused: pick a new id")
+        if row is not None and row["status"] == "leaving" and target not in config.members:
+            # Its removal ran until the configuration without it; the leader then died
+            # before it wrote the row ``removed``.  Re-adding the id would reuse it: the
+            # node may still be waiting for the members' word, or gone for good.
+            raise ApiError(409, "conflict", f"node {target} was removed from this cluster "
+                                            f"(its row still says leaving: run remove-node "
+                                            f"{target} again to finish); node ids are not "
+                                            "reused: pick a new id")
         if row is not None and row["address"] != peer:
             raise ApiError(409, "conflict", f"node {target} is a member with peer address "
                                             f"{row['address']}, not {peer}")
