@@ -47,7 +47,7 @@ _ADDRESS_CHARS_MAX = 300   # one address in a VOTER_ADDRESSES frame
 _NODE_ID_MAX = (1 << 32) - 1   # as the conf allows
 # A host a member may tell this node to dial: a name or an IP literal, nothing the resolver
 # could choke on (an IPv6 zone, spaces, control characters).
-_HOST = re.compile(r"[A-Za-z0-9.:-]{1,253}")
+_HOST = re.compile(r"[A-Za-z0-9._:-]{1,253}")
 
 
 class AddressBook:
@@ -74,6 +74,7 @@ class AddressBook:
         self.origin: str | None = None        # the log origin of a restored/recovered cluster
         self.on_removed: Callable[[int], None] | None = None   # the CLI exits
         self._told: set[int] = set()
+        self._ignored: set[int] = set()             # removed tellers (logged once each)
         self._removed_seen: dict[int, float] = {}   # removed peer -> when (reactor time)
         self._heard: dict[int, NodeAddresses] = {}  # voters a teller named, not in the book
 
@@ -164,8 +165,18 @@ class AddressBook:
 
     def sync_transport(self) -> None:
         self.transport.bootstrap = self.log_origin()
-        self.transport.set_peers(self.peer_addresses(), frozenset(self.removed_ids),
-                                 waiting=self.waiting)
+        self.transport.set_peers(self.peer_addresses(), self._gone(), waiting=self.waiting)
+
+    def _gone(self) -> frozenset[int]:
+        """Nodes removed for good: a ``removed`` row, or a ``leaving`` one outside the
+        configuration applied here (the leader that removed it died before it wrote
+        ``removed``).  Members tell them so and hang up; their word counts for nothing."""
+        applied = self._applied
+        if applied is None:
+            return frozenset(self.removed_ids)
+        return frozenset(self.removed_ids).union(
+            r.get("node_id") for r in self.rows()
+            if r.get("status") == "leaving" and r.get("node_id") not in applied.members)
 
     @property
     def waiting(self) -> bool:
@@ -222,6 +233,7 @@ class AddressBook:
             return
         for peer in old.members - new.members:
             self.tell_removed(peer)
+        self.sync_transport()       # a node left with its row leaving: redialed slowly
 
     def _note_applied(self, config: Config, index: int, was_member: bool) -> bool:
         """Follow a final configuration; True when this node, a member before, is not
@@ -267,7 +279,7 @@ class AddressBook:
         applied = self._applied
         if applied is None or peer in applied.members or self.node_id not in applied.members:
             return
-        if peer not in self.removed_ids and self._row(peer).get("status") != "leaving":
+        if peer not in self._gone():
             return
         self.tell_removed(peer)
         self.transport.disconnect(peer)
@@ -290,11 +302,13 @@ class AddressBook:
             raise ValueError("bad removed frame")
         if self.node_id in voters:
             raise ValueError("bad removed frame: it lists this node among the voters")
-        if peer in self.removed_ids:
+        if peer in self._gone():
             # Removed itself, so a voter of no later configuration: no honest member
             # speaks as it (its credentials may outlive it: certificates are not revoked).
-            log.warn("ignored a removed frame from node {peer}, which was itself removed",
-                     peer=peer)
+            if peer not in self._ignored:
+                self._ignored.add(peer)
+                log.warn("ignored a removed frame from node {peer}, which was itself "
+                         "removed", peer=peer)
             return
         first = peer not in self.witnesses.tellers()
         if self.witnesses.told(peer, index, voters):

@@ -535,9 +535,11 @@ class _Transport:
         self.frames: list = []
         self.bootstrap = None
         self.waiting = False
+        self.removed: frozenset = frozenset()
 
     def set_peers(self, addresses: dict, removed: frozenset, waiting: bool) -> None:
         self.peers = dict(addresses)
+        self.removed = removed
         self.waiting = waiting
 
     def send_frame(self, peer: int, payload: list) -> bool:
@@ -613,6 +615,7 @@ def test_a_node_that_applies_its_own_removal_waits_for_a_quorum_to_confirm(tmp_p
     book.on_removed = exits.append
     book.config_applied(Config(frozenset({1, 2, 3})), applied, 9)
     assert book.removed and book.removed_index == 9 and book.removed_at is None
+    assert transport.waiting              # members hang up once they told it: slow redials
     clock.advance(60)
     assert exits == [] and MembersFile(config.node(3).data_dir).read()["removed_at"] is None
     again = addressbook.AddressBook(config, 3, transport, clock, rows=list)
@@ -681,9 +684,32 @@ def test_a_node_down_while_voters_were_added_counts_and_dials_the_new_voters(tmp
     assert book.removed_at is None
     book.removed_frame(5, [addressbook.F.REMOVED, "t", 41, [2, 4, 5]])   # a voter it never knew
     assert book.removed_at == 41
+    assert book.waiting is False
     clock.advance(addressbook._EXIT_DELAY_S)
     assert exits == [41]
     assert sorted(transport.peers) == [1, 2]              # told: no more dialing for words
+
+
+def test_the_voters_a_removed_node_dials_for_their_word_are_bounded(tmp_path):
+    """Voters named by tellers, and unknown to this node, are dialed until it exits: at
+    most 1,024 of them, however many tellers name more."""
+    from paxoslog.config import load_config
+    from paxoslog.server import addressbook
+    conf = tmp_path / "c.toml"
+    conf.write_text('cluster = "t"\nprotocol = "raft"\ndata_dir = "' + str(tmp_path) +
+                    '/{node}"\n' + "".join(f'\n[[nodes]]\nid = {i}\npeer = "127.0.0.1:700{i}"'
+                                            f'\napi = "127.0.0.1:800{i}"\n' for i in (1, 2, 3)))
+    transport = _Transport()
+    book = addressbook.AddressBook(load_config(str(conf)), 3, transport, task.Clock(),
+                                   rows=list)
+    book.load()
+    for teller, first in ((2, 10), (10, 5000)):
+        voters = [teller] + list(range(first, first + addressbook._VOTERS_MAX - 1))
+        book.removed_frame(teller, [addressbook.F.REMOVED, "t", 50, voters])
+        book.voter_addresses_frame(teller, [addressbook.F.VOTER_ADDRESSES, "t", [
+            [n, f"10.0.{n // 250}.{n % 250}:7000"] for n in voters]])
+    assert len(transport.peers) == 2 + addressbook._VOTERS_MAX      # 1, 2 and the heard
+    assert book.removed_at is None
 
 
 def test_a_leaving_row_is_told_and_a_restored_removal_still_waits(tmp_path):
@@ -714,6 +740,10 @@ def test_a_leaving_row_is_told_and_a_restored_removal_still_waits(tmp_path):
     assert [(peer, frame[0]) for peer, frame in transport.frames] == [
         (3, addressbook.F.REMOVED), (3, addressbook.F.VOTER_ADDRESSES)]
     assert transport.connected == {4}
+    assert transport.removed == {3}       # redialed slowly, as a removed node is
+    # Its word counts for nothing: it could name itself the only voter.
+    book.removed_frame(3, [addressbook.F.REMOVED, "t", 13, [3]])
+    assert not book.removed
     three = addressbook.AddressBook(config, 3, _Transport(), clock, rows=lambda: rows)
     three.load()
     three.started(final)
