@@ -526,6 +526,16 @@ def test_unsynced_persists_are_appended_without_waiting():
     assert runner.idle().called
 
 
+def _book_conf(tmp_path, protocol: str, ids):
+    """A loaded conf of cluster "t" with nodes ``ids`` (peer 700<id>, API 800<id>)."""
+    from paxoslog.config import load_config
+    path = tmp_path / "c.toml"
+    path.write_text(f'cluster = "t"\nprotocol = "{protocol}"\ndata_dir = "{tmp_path}/{{node}}"\n'
+                    + "".join(f'\n[[nodes]]\nid = {i}\npeer = "127.0.0.1:700{i}"\n'
+                              f'api = "127.0.0.1:800{i}"\n' for i in ids))
+    return load_config(str(path))
+
+
 class _Transport:
     """What the address book drives: the peers it should dial, frames it sends."""
 
@@ -558,14 +568,10 @@ def test_a_node_removed_while_cut_off_is_dialed_until_it_is_told(tmp_path):
     connection may be lost with it, and a node that applied its own removal waits for
     that word); it stops after _TELL_REMOVED_S (the chaos smoke run once saw a removed,
     cut-off node run on forever)."""
-    from paxoslog.config import load_config
     from paxoslog.server import addressbook
-    conf = tmp_path / "c.toml"
-    conf.write_text('cluster = "t"\nprotocol = "raft"\ndata_dir = "' + str(tmp_path) +
-                    '/{node}"\n' + "".join(f'\n[[nodes]]\nid = {i}\npeer = "127.0.0.1:700{i}"'
-                                            f'\napi = "127.0.0.1:800{i}"\n' for i in (1, 2, 3, 4)))
+    config = _book_conf(tmp_path, "raft", (1, 2, 3, 4))
     clock, transport = task.Clock(), _Transport()
-    book = addressbook.AddressBook(load_config(str(conf)), 1, transport, clock, rows=list)
+    book = addressbook.AddressBook(config, 1, transport, clock, rows=list)
     book.load()
     book.sync_transport()
     book.config_applied(Config(frozenset({1, 2, 3, 4})), Config(frozenset({1, 2})), 7)
@@ -599,14 +605,9 @@ def test_a_node_that_applies_its_own_removal_waits_for_a_quorum_to_confirm(tmp_p
     before its hand-over).  One member's REMOVED frame is not enough (that member may be
     lost next: seed 569); a quorum of the new voters' makes it final: written, then exit.
     Frames that say nothing sound are refused."""
-    from paxoslog.config import load_config
     from paxoslog.server import addressbook
     from paxoslog.server.members_file import MembersFile, RemovedNode
-    conf = tmp_path / "c.toml"
-    conf.write_text('cluster = "t"\nprotocol = "multipaxos"\ndata_dir = "' + str(tmp_path) +
-                    '/{node}"\n' + "".join(f'\n[[nodes]]\nid = {i}\npeer = "127.0.0.1:700{i}"'
-                                            f'\napi = "127.0.0.1:800{i}"\n' for i in (1, 2, 3)))
-    config = load_config(str(conf))
+    config = _book_conf(tmp_path, "multipaxos", (1, 2, 3))
     clock, transport = task.Clock(), _Transport()
     applied = Config(frozenset({1, 2}))
     book = addressbook.AddressBook(config, 3, transport, clock, rows=list)
@@ -645,14 +646,10 @@ def test_a_node_down_while_voters_were_added_counts_and_dials_the_new_voters(tmp
     told first, only for the voters it named, never replacing a known one or one given
     before; a removed node's word does not count; a frame that says nothing sound, or
     names a host the resolver could choke on, is refused."""
-    from paxoslog.config import load_config
     from paxoslog.server import addressbook
-    conf = tmp_path / "c.toml"
-    conf.write_text('cluster = "t"\nprotocol = "multipaxos"\ndata_dir = "' + str(tmp_path) +
-                    '/{node}"\n' + "".join(f'\n[[nodes]]\nid = {i}\npeer = "127.0.0.1:700{i}"'
-                                            f'\napi = "127.0.0.1:800{i}"\n' for i in (1, 2, 3)))
+    config = _book_conf(tmp_path, "multipaxos", (1, 2, 3))
     clock, transport = task.Clock(), _Transport()
-    book = addressbook.AddressBook(load_config(str(conf)), 3, transport, clock, rows=list)
+    book = addressbook.AddressBook(config, 3, transport, clock, rows=list)
     book.load()
     exits = []
     book.on_removed = exits.append
@@ -693,14 +690,10 @@ def test_a_node_down_while_voters_were_added_counts_and_dials_the_new_voters(tmp
 def test_the_voters_a_removed_node_dials_for_their_word_are_bounded(tmp_path):
     """Voters named by tellers, and unknown to this node, are dialed until it exits: at
     most 1,024 of them, however many tellers name more."""
-    from paxoslog.config import load_config
     from paxoslog.server import addressbook
-    conf = tmp_path / "c.toml"
-    conf.write_text('cluster = "t"\nprotocol = "raft"\ndata_dir = "' + str(tmp_path) +
-                    '/{node}"\n' + "".join(f'\n[[nodes]]\nid = {i}\npeer = "127.0.0.1:700{i}"'
-                                            f'\napi = "127.0.0.1:800{i}"\n' for i in (1, 2, 3)))
+    config = _book_conf(tmp_path, "raft", (1, 2, 3))
     transport = _Transport()
-    book = addressbook.AddressBook(load_config(str(conf)), 3, transport, task.Clock(),
+    book = addressbook.AddressBook(config, 3, transport, task.Clock(),
                                    rows=list)
     book.load()
     for teller, first in ((2, 10), (10, 5000)):
@@ -719,13 +712,8 @@ def test_a_leaving_row_is_told_and_a_restored_removal_still_waits(tmp_path):
     a snapshot taken after its removal (no configuration entry to apply again) knows it
     is leaving from the configuration it was restored at and its row; node 4, joining,
     starts outside the configuration too but is not leaving."""
-    from paxoslog.config import load_config
     from paxoslog.server import addressbook
-    conf = tmp_path / "c.toml"
-    conf.write_text('cluster = "t"\nprotocol = "raft"\ndata_dir = "' + str(tmp_path) +
-                    '/{node}"\n' + "".join(f'\n[[nodes]]\nid = {i}\npeer = "127.0.0.1:700{i}"'
-                                            f'\napi = "127.0.0.1:800{i}"\n' for i in (1, 2, 3, 4)))
-    config = load_config(str(conf))
+    config = _book_conf(tmp_path, "raft", (1, 2, 3, 4))
     rows = [{"node_id": 3, "status": "leaving", "address": "127.0.0.1:7003"},
             {"node_id": 4, "status": "active", "address": "127.0.0.1:7004"}]
     final = Config(frozenset({1, 2}))
