@@ -200,3 +200,15 @@ def test_a_node_waiting_for_the_word_redials_slowly_and_skips_an_undialable_peer
     assert sorted(transport._dialers) == [2, 3, 5]
     assert [port for _, port, *_ in reactor.tcpClients] == [7002, 7003, 7005]
     transport.stopService()
+    # The same for the dial down to a lower-id peer that stayed apart (_dial_down).
+    from paxoslog.server.peers import _APART_DIAL_S
+    transport, reactor = _transport(tmp_path, 3)
+    connect = reactor.connectTCP
+    reactor.connectTCP = refusing
+    peers = {n.id: n for n in transport.config.nodes if n.id != 3}
+    peers[1] = NodeAddresses(parse_address("[fe80::1%nosuchif]:7001"), None)
+    transport.set_peers(peers)
+    reactor.pump([1.0] * int(_APART_DIAL_S + 1))
+    assert [port for _, port, *_ in reactor.tcpClients] == [7002]
+    assert sorted(transport._once.values()) == [2]
+    transport.stopService()
