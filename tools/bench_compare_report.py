@@ -92,6 +92,13 @@ def paired_ratio(ours: dict, theirs: dict, key: str) -> float:
     return statistics.median(ratios) if ratios else ours[key] / theirs[key]
 
 
+def _shown(ratio: float, meets) -> str:
+    """Two decimals, or three where two would round across the goal's line (1.003x is
+    not met by "<= 1x", and "1.00x, not met" reads like a mistake)."""
+    two = f"{ratio:.2f}"
+    return two if meets(float(two)) == meets(ratio) else f"{ratio:.3f}"
+
+
 def goals(mode: dict, etcd: dict | None) -> list[tuple[str, str, bool | None]]:
     """Issue 17's goals for one paxoslog mode: (goal, measured, met: True/False/None when
     it cannot be judged from this run).  ``mode``/``etcd``: workload name -> median result,
@@ -113,7 +120,7 @@ def goals(mode: dict, etcd: dict | None) -> list[tuple[str, str, bool | None]]:
         spread = (f"; rounds {min(rounds):.2f}-{max(rounds):.2f}x, "
                   f"{sum(map(meets, rounds))} of {len(rounds)} meet it"
                   if len(rounds) > 1 else "")
-        rows.append((label, f"{ratio:.2f}x{spread}", meets(ratio)))
+        rows.append((label, f"{_shown(ratio, meets)}x{spread}", meets(ratio)))
 
     one, w64, w256, gets = (w[0] for w in WORKLOADS)
     ratio_goal("1 connection: p50 <= etcd's", one, "p50_ms", 1.0, False)

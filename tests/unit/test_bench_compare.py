@@ -78,6 +78,12 @@ def test_ratios_pair_the_rounds_so_the_machines_drift_cancels():
     assert rows[f"{GETS}: reads/s >= 3x etcd's"] == (
         "3.00x; rounds 2.67-3.50x, 2 of 3 meet it", True)
     assert rows[f"{GETS}: p99 <= etcd's"] == ("0.50x; rounds 0.50-0.50x, 3 of 3 meet it", True)
+    # a ratio that two decimals would round across the goal's line gets a third
+    ours = median_result([_run(1000, p50, 2.0) for p50 in (1.002, 1.003, 1.004)])
+    theirs = median_result([_run(1000, 1.0, 2.0)] * 3)
+    rows = {label: (measured, met) for label, measured, met in goals({ONE: ours}, {ONE: theirs})}
+    assert rows["1 connection: p50 <= etcd's"] == (
+        "1.003x; rounds 1.00-1.00x, 0 of 3 meet it", False)
     # results without their rounds (single runs, older reports): the medians' ratio
     assert paired_ratio(_run(900, 1.0, 2.0), _run(300, 1.0, 2.0), "rate") == 3.0
 
