@@ -246,7 +246,7 @@ class AddressBook:
             return False
         if self.leaving_at is None and self.removed_at is None:
             self.leaving_at = max(index, 1)
-            self.sync_transport()              # redial at most _REMOVED_REDIAL_S apart
+            self.sync_transport()              # redials back off to _REMOVED_REDIAL_S
             log.warn("this node ({node}) applied a configuration without it (index {index}); "
                      "it stops serving and exits once a quorum of its voters confirms",
                      node=self.node_id, index=index)
@@ -317,7 +317,7 @@ class AddressBook:
         elif first and self.removed_at is None:    # members tell on every connection
             log.info("node {peer} says this node was removed (index {index}); waiting for a "
                      "quorum of voters {voters}", peer=peer, index=index, voters=voters)
-            self.sync_transport()              # redial at most _REMOVED_REDIAL_S apart
+            self.sync_transport()              # redials back off to _REMOVED_REDIAL_S
 
     def voter_addresses_frame(self, peer: int, payload: list) -> None:
         """After its REMOVED frame, a member says where the voters it named listen.  The
