@@ -15,6 +15,7 @@ import pytest
 from paxoslog.server import frames as F
 from paxoslog_integration import wait_for
 from tests.integration.peer_client import PeerClient, closed_by_peer, frame, hello_info
+from tests.integration.test_server_membership import _wait_voter
 
 SECRET = "integration-secret"
 
@@ -26,10 +27,25 @@ def _connect(c, node: int) -> socket.socket:
     return socket.create_connection(("127.0.0.1", c.peer_ports[node]), timeout=5)
 
 
-def _peer(c, target: int, claimed: int, secret: str = SECRET, cluster: str | None = None):
+def _peer(c, target: int, claimed: int, secret: str = SECRET, cluster: str | None = None,
+          bootstrap: list[int] | None = None):
     """A hand-made dialer of ``target`` claiming to be node ``claimed`` (not yet talking)."""
     return PeerClient(_connect(c, target), cluster or f"it-{c.protocol}", claimed, target,
-                      sorted(c.ids), secret.encode())
+                      bootstrap or sorted(c.ids), secret.encode())
+
+
+def _frames_until(peer, kind: int) -> dict | None:
+    """Handshake, then read frames until one of ``kind``: every frame read by kind (None
+    when it did not come among the first ten; a PING may come first)."""
+    peer.hello()
+    peer.authenticate()
+    frames = {}
+    for _ in range(10):
+        payload = peer.read()
+        frames[payload[0]] = payload
+        if payload[0] == kind:
+            return frames
+    return None
 
 
 def _metric(c, node: int, name: str) -> float:
@@ -138,14 +154,11 @@ def test_a_removed_node_that_dials_a_member_is_told_and_hung_up_on(make_cluster)
         def told() -> list | None:
             peer = _peer(c, member, 3)
             with peer.sock:
-                peer.hello()
-                peer.authenticate()
-                for _ in range(10):                      # a PING may come first
-                    payload = peer.read()
-                    if payload[0] == F.REMOVED:
-                        assert closed_by_peer(peer.sock)
-                        return payload
-            return None
+                frames = _frames_until(peer, F.REMOVED)
+                if frames is None:
+                    return None
+                assert closed_by_peer(peer.sock)
+                return frames[F.REMOVED]
         removed = wait_for(told, what=f"node {member} to tell node 3 it was removed")
         assert removed[1] == f"it-{c.protocol}"
         assert removed[3] == [1, 2]
@@ -168,9 +181,7 @@ def test_a_node_down_while_voters_were_added_learns_of_its_removal_from_them(mak
     for new in (4, 5):
         c.new_node(new)
         c.start(new, join=1)
-        wait_for(lambda: all(new in c.request(n, "GET", "/api/v1/cluster/members")
-                             .body["applied_config"]["voters"] for n in (1, 2, new)),
-                 30, what=f"node {new} to be a voter")
+        _wait_voter(c, new, [1, 2, new])
     for gone, via in ((3, 1), (1, 2)):
         response = c.request(via, "POST", "/api/v1/cluster/remove-node",
                              {"node_id": gone}, timeout=30)
@@ -179,17 +190,10 @@ def test_a_node_down_while_voters_were_added_learns_of_its_removal_from_them(mak
     c.write("after-removals", 1, nodes=[2, 4, 5])
 
     def told() -> list | None:
-        peer = PeerClient(_connect(c, 2), f"it-{c.protocol}", 3, 2, [1, 2, 3], SECRET.encode())
+        peer = _peer(c, 2, 3, bootstrap=[1, 2, 3])
         with peer.sock:
-            peer.hello()
-            peer.authenticate()
-            frames = {}
-            for _ in range(10):                          # a PING may come first
-                payload = peer.read()
-                frames[payload[0]] = payload
-                if payload[0] == F.VOTER_ADDRESSES:
-                    return [frames.get(F.REMOVED), payload]
-        return None
+            frames = _frames_until(peer, F.VOTER_ADDRESSES)
+        return frames and [frames.get(F.REMOVED), frames[F.VOTER_ADDRESSES]]
     if not tls:
         removed, where = wait_for(told, what="node 2 to tell node 3 where the voters are")
         assert removed[2:] and removed[3] == [2, 4, 5]
