@@ -1,0 +1,7 @@
+"""``python -m paxoslog.cli``: the ``paxoslog`` command."""
+
+import sys
+
+from paxoslog.cli import main
+
+sys.exit(main())
