@@ -14,11 +14,16 @@ to a snapshot that is still kept).
 Follower side: an offer larger than ``[snapshot] receive_bytes_max`` is refused (answered
 ``SNAP_DONE`` not ok, logged once per offered snapshot): a leader cannot fill a follower's
 disk.  Otherwise ``SnapshotFetcher`` assembles the file with a ``SnapshotReceiver`` (it
-resumes a partial file after a reconnect or a restart), checks it whole, then hands it to
-the node, which steps the core with the same ``InstallSnapshot`` whose ``data`` is now the
-file's path.  The core's next Ready carries the snapshot: the node persists it through
-``storage.save(ready, snapshot_file=path)`` (verify, rename into snap/, WAL marker) and
-restores its state machines from it before applying anything after it.
+resumes a partial file after a reconnect or a restart), checks it whole (its size and
+checksum, then its contents read back: zstd checksum, CBOR items, and a header naming the
+offered index and term), then hands it to the node, which steps the core with the same
+``InstallSnapshot`` whose ``data`` is now the file's path.  The core's next Ready carries
+the snapshot: the node persists it through ``storage.save(ready, snapshot_file=path)``
+(verify, rename into snap/, WAL marker) and restores its state machines from it before
+applying anything after it.  A file that arrived intact but does not read back (damaged on
+the leader's disk after it was written: the leader's checksum covers the damage) is deleted
+and refused (``SNAP_DONE`` not ok, logged on both sides): the node keeps running, and the
+leader offers again later.
 
 Restoring the state machines from the installed file happens in local_snapshots.py.
 """
@@ -29,8 +34,9 @@ from twisted.logger import Logger
 
 from paxoslog.core.log import SnapshotMeta
 from paxoslog.core.messages import InstallSnapshot, from_wire, to_wire
-from paxoslog.storage import (BadChunk, SnapshotChunk, SnapshotOffer, SnapshotReader,
-                              SnapshotReceiver, SnapshotSender, TransferFailed)
+from paxoslog.storage import (BadChunk, CorruptSnapshot, SnapshotChunk, SnapshotOffer,
+                              SnapshotReader, SnapshotReceiver, SnapshotSender, TransferFailed,
+                              verify_snapshot)
 from paxoslog.storage.snapshot import snapshot_name
 
 from . import frames as F
@@ -137,14 +143,17 @@ class SnapshotShipper:
 
     def on_done(self, peer: int, payload: list) -> None:
         _, transfer_id, ok, reason = payload
-        outgoing = self._drop(peer)
-        if outgoing is not None:
-            if ok:
-                log.info("node {peer} received snapshot {index}", peer=peer,
-                         index=outgoing.message.index)
-            else:
-                log.warn("node {peer} refused snapshot {index}: {reason}", peer=peer,
-                         index=outgoing.message.index, reason=reason)
+        outgoing = self._outgoing.get(peer)
+        if outgoing is None or outgoing.sender is None \
+                or transfer_id != outgoing.sender.offer.transfer_id:
+            return                          # about an older transfer: this one goes on
+        self._drop(peer)
+        if ok:
+            log.info("node {peer} received snapshot {index}", peer=peer,
+                     index=outgoing.message.index)
+        else:
+            log.warn("node {peer} refused snapshot {index}: {reason}", peer=peer,
+                     index=outgoing.message.index, reason=reason)
 
     def peer_down(self, peer: int) -> None:
         self._drop(peer)
@@ -230,7 +239,7 @@ class SnapshotFetcher:
     def _finish(self) -> None:
         self._finishing = True
         receiver, peer, msg = self._receiver, self._peer, self._message
-        d = self.writer.in_snapshot_thread(receiver.finish)
+        d = self.writer.in_snapshot_thread(_finished_file, receiver, msg)
 
         def done(path: str) -> None:
             self._finishing = False
@@ -247,8 +256,30 @@ class SnapshotFetcher:
                          peer=peer)
                 self._want(0)
                 return
-            log.failure("cannot finish the snapshot from node {peer}", failure, peer=peer)
             self._receiver = None
+            if failure.check(CorruptSnapshot):
+                self.refused += 1
+                log.warn("refused snapshot {index} from node {peer}: {reason}",
+                         index=msg.index, peer=peer, reason=failure.value)
+            else:
+                log.failure("cannot finish the snapshot from node {peer}", failure, peer=peer)
             self.transport.send_frame(peer, [F.SNAP_DONE, receiver.offer.transfer_id,
-                                                  False, str(failure.value)[:200]])
+                                             False, str(failure.value)[:200]])
         d.addCallbacks(done, failed)
+
+
+def _finished_file(receiver: SnapshotReceiver, msg: InstallSnapshot) -> str:
+    """The received file's path, once it is whole and reads back as the snapshot ``msg``
+    installs (its index and term); ``CorruptSnapshot`` otherwise, with the transfer's files
+    deleted, so that the next offer (or a restart) fetches it afresh.  On the snapshot
+    thread: this reads the whole file."""
+    path = receiver.finish()
+    try:
+        meta = verify_snapshot(path).meta
+        if (meta.index, meta.term) != (msg.index, msg.snap_term):
+            raise CorruptSnapshot(path, f"it covers index {meta.index} (term {meta.term}), "
+                                        f"the offer index {msg.index} (term {msg.snap_term})")
+    except CorruptSnapshot:
+        receiver.abort()
+        raise
+    return path

@@ -1,10 +1,13 @@
-"""The leader's snapshot shipper on real data directories with the network faked: it sends
-whichever kept snapshot the core's InstallSnapshot names (the one the log was compacted to,
-not only the newest), keeps sending a file pruned during the transfer, and skips, without
-raising, a file pruned before the offer (the core asks again later)."""
+"""The leader's snapshot shipper and the follower's fetcher on real data directories with the
+network faked.  The shipper sends whichever kept snapshot the core's InstallSnapshot names
+(the one the log was compacted to, not only the newest), keeps sending a file pruned during
+the transfer, and skips, without raising, a file pruned before the offer (the core asks
+again later).  The fetcher hands the node only a file that reads back as the snapshot
+offered, and refuses (without stopping) one damaged on the leader's disk."""
 
 from __future__ import annotations
 
+import os
 import types
 
 from twisted.internet import defer, task
@@ -14,7 +17,7 @@ from paxoslog.core.log import SnapshotMeta
 from paxoslog.core.messages import InstallSnapshot
 from paxoslog.core.quorum import Config
 from paxoslog.server import frames as F
-from paxoslog.server.snapshots import SnapshotShipper
+from paxoslog.server.snapshots import SnapshotFetcher, SnapshotShipper
 from paxoslog.storage import (DiskStorage, SnapshotChunk, SnapshotFile, SnapshotOffer,
                               SnapshotReceiver, StorageOptions, verify_snapshot)
 
@@ -144,4 +147,112 @@ def test_shipper_survives_the_file_vanishing_before_it_is_opened(tmp_path):
     writer.run()
     assert [f[0] for _, f in node.transport.frames] == [F.SNAP_OFFER]
     shipper.peer_down(3)
+    storage.close()
+
+
+# ====================================================================== shipper to fetcher
+
+def ship(shipper, leader_transport, fetcher, follower_transport, peer: int = 3) -> None:
+    """Carry frames both ways between a leader's shipper and a follower's fetcher until
+    neither has anything more to say."""
+    handlers = {F.SNAP_OFFER: fetcher.on_offer, F.SNAP_CHUNK: fetcher.on_chunk}
+    replies = {F.SNAP_WANT: shipper.on_want, F.SNAP_DONE: shipper.on_done}
+    while leader_transport.frames or follower_transport.frames:
+        while leader_transport.frames:
+            _, frame = leader_transport.frames.pop(0)
+            handlers[frame[0]](1, frame)
+        while follower_transport.frames:
+            to, frame = follower_transport.frames.pop(0)
+            assert to == 1
+            replies[frame[0]](peer, frame)
+
+
+def make_fetcher(tmp_path, transport, delivered: list) -> SnapshotFetcher:
+    incoming = tmp_path / "follower-incoming"
+    incoming.mkdir(exist_ok=True)
+    return SnapshotFetcher(3, str(incoming), types.SimpleNamespace(
+        in_snapshot_thread=lambda fn, *a: defer.maybeDeferred(fn, *a)), transport,
+        lambda msg, path: delivered.append((msg.index, path)))
+
+
+def flip_a_byte(path: str) -> None:
+    """Bit rot after the file was written: the leader's checksum for the transfer is then
+    computed over the damaged bytes."""
+    with open(path, "r+b") as f:
+        f.seek(os.path.getsize(path) // 2)
+        byte = f.read(1)
+        f.seek(-1, os.SEEK_CUR)
+        f.write(bytes([byte[0] ^ 0xFF]))
+
+
+def test_fetcher_delivers_a_snapshot_that_reads_back(tmp_path):
+    storage = storage_with(tmp_path, (SnapshotMeta(100, 1, CONFIG), big_state(b"a"), None))
+    node = shipper_node(storage)
+    shipper, delivered, follower = make_shipper(node), [], FakeTransport()
+    fetcher = make_fetcher(tmp_path, follower, delivered)
+    shipper.offer(InstallSnapshot(1, 3, 5, 100, 1, CONFIG, b""))
+    ship(shipper, node.transport, fetcher, follower)
+    (index, path), = delivered
+    assert index == 100 and verify_snapshot(path).meta.index == 100
+    assert (fetcher.received, fetcher.refused, shipper.active) == (1, 0, 0)
+    storage.close()
+
+
+def test_fetcher_refuses_a_snapshot_damaged_on_the_leaders_disk(tmp_path):
+    """The transfer's checksums all pass (they cover the damage), but the file does not
+    read back: the follower deletes it and answers "refused" instead of handing the node
+    a file whose install would stop it; a restarted follower fetches afresh rather than
+    reusing the finished file."""
+    storage = storage_with(tmp_path, (SnapshotMeta(100, 1, CONFIG), big_state(b"a"), None))
+    flip_a_byte(storage.find_snapshot(100, 1).path)
+    node = shipper_node(storage)
+    shipper, delivered, follower = make_shipper(node), [], FakeTransport()
+    fetcher = make_fetcher(tmp_path, follower, delivered)
+    shipper.offer(InstallSnapshot(1, 3, 5, 100, 1, CONFIG, b""))
+    offer_frame = list(node.transport.frames[0][1])
+    sent = []
+    original_send = follower.send_frame
+    follower.send_frame = lambda peer, frame: sent.append(frame) or original_send(peer, frame)
+    ship(shipper, node.transport, fetcher, follower)
+    assert delivered == [] and (fetcher.received, fetcher.refused) == (0, 1)
+    done = sent[-1]
+    assert done[0] == F.SNAP_DONE and done[2] is False and "corrupt snapshot" in done[3]
+    assert shipper.active == 0
+    assert os.listdir(tmp_path / "follower-incoming") == []
+
+    restarted, again = FakeTransport(), []
+    make_fetcher(tmp_path, restarted, again).on_offer(1, offer_frame)
+    (_, want), = restarted.frames
+    assert want[0] == F.SNAP_WANT and want[2] == 0 and again == []
+    storage.close()
+
+
+def test_fetcher_refuses_a_file_whose_header_names_another_snapshot(tmp_path):
+    """A whole, readable file that is not the snapshot the InstallSnapshot names (here the
+    leader's file for index 100 kept under index 200's name) is refused, not installed."""
+    storage = storage_with(tmp_path, (SnapshotMeta(100, 1, CONFIG), big_state(b"a"), None))
+    kept = storage.find_snapshot(100, 1)
+    storage.find_snapshot = lambda index, term: SnapshotFile(index, term, kept.path)
+    node = shipper_node(storage)
+    shipper, delivered, follower = make_shipper(node), [], FakeTransport()
+    fetcher = make_fetcher(tmp_path, follower, delivered)
+    shipper.offer(InstallSnapshot(1, 3, 5, 200, 1, CONFIG, b""))
+    ship(shipper, node.transport, fetcher, follower)
+    assert delivered == [] and fetcher.refused == 1 and shipper.active == 0
+    assert os.listdir(tmp_path / "follower-incoming") == []
+    storage.close()
+
+
+def test_shipper_ignores_the_answer_to_an_older_transfer(tmp_path):
+    """A late SNAP_DONE for a transfer the shipper has since replaced does not cancel the
+    current one."""
+    storage = storage_with(tmp_path, (SnapshotMeta(100, 1, CONFIG), big_state(b"a"), None))
+    node = shipper_node(storage)
+    shipper = make_shipper(node)
+    shipper.offer(InstallSnapshot(1, 3, 5, 100, 1, CONFIG, b""))
+    current = SnapshotOffer.from_wire(node.transport.frames[-1][1][2]).transfer_id
+    shipper.on_done(3, [F.SNAP_DONE, "older-" + current, False, "an older transfer"])
+    assert shipper.active == 1
+    shipper.on_done(3, [F.SNAP_DONE, current, True, ""])
+    assert shipper.active == 0
     storage.close()
