@@ -747,6 +747,7 @@ def parse_config(data: dict, path: str = "<conf>") -> ClusterConfig:
     tls = _tls(r.table_of("tls"))
     nodes = _nodes(r, data_dir, tls)
     r.check_unknown()
+    _check_frame_room(path, snapshot, batching)
     config = ClusterConfig(path=path, name=name, protocol=protocol, nodes=nodes, timing=timing,
                            snapshot=snapshot, storage=storage, batching=batching,
                            limits=limits, websocket=websocket,
@@ -766,6 +767,24 @@ def parse_config(data: dict, path: str = "<conf>") -> ClusterConfig:
                               f"{SECRET_BYTES_MIN_MULTI_HOST} bytes (a short secret can be "
                               f"guessed offline from one recorded handshake)")
     return config
+
+
+FRAME_MARGIN = 4096    # what a peer frame carries beside one chunk or one entry: heads, a MAC
+
+
+def _check_frame_room(path: str, snapshot: SnapshotConf, batching: BatchingConf) -> None:
+    """A snapshot chunk, and an entry holding one command as large as the API accepts, each
+    travel in one peer frame, which the receiver refuses beyond ``frame_bytes_max`` by
+    closing the link.  Such a conf could never ship a snapshot (or that command): the sender
+    would retry forever."""
+    room = batching.frame_bytes_max - FRAME_MARGIN
+    for key, value in (("snapshot.chunk_bytes", snapshot.chunk_bytes),
+                       ("batching.batch_bytes_max", batching.batch_bytes_max)):
+        if value > room:
+            raise ConfigError(path, key, f"{value} does not fit in one peer frame: it must be "
+                                         f"at most batching.frame_bytes_max "
+                                         f"({batching.frame_bytes_max}) minus {FRAME_MARGIN}; "
+                                         f"raise frame_bytes_max or lower this")
 
 
 def _log(r: _Reader) -> LogConf:

@@ -111,6 +111,13 @@ def test_storage_segment_bytes_reaches_the_storage_options(tmp_path):
     (BASE + "timing = 5\n" + NODES, "timing", "expected a table"),
     (BASE + "[batching]\nframe_bytes_max = 8192\nmessage_bytes_max = 65536\n" + NODES,
      "batching.frame_bytes_max", "at least message_bytes_max"),
+    # one chunk or one command per frame: a snapshot or that command could never be sent
+    (BASE + "[snapshot]\nchunk_bytes = 16777216\n" + NODES, "snapshot.chunk_bytes",
+     "does not fit in one peer frame"),
+    (BASE + "[batching]\nbatch_bytes_max = 16777216\n" + NODES, "batching.batch_bytes_max",
+     "frame_bytes_max (16777216) minus 4096"),
+    (BASE + "[snapshot]\nchunk_bytes = 65536\n[batching]\nframe_bytes_max = 1048576\n"
+     "message_bytes_max = 65536\n" + NODES, "batching.batch_bytes_max", "does not fit"),
     (BASE + '[state_machines]\nenabled = ["kv", "dns"]\n' + NODES, "state_machines.enabled",
      "unknown state machine"),
     (BASE + '[state_machines]\nenabled = ["kv", "kv"]\n' + NODES, "state_machines.enabled",
