@@ -13,15 +13,19 @@ Every input is bounded (the ``[limits]`` of the conf; docs/security.md lists the
 
 * size: a body announced larger than ``request_bytes_max`` gets 413 before any of it is
   read, a chunked body is cut off with 413 as soon as it passes the limit; request line plus
-  headers over ``header_bytes_max`` get 431; garbage gets 400.  Each closes the connection
-  after the response.
+  headers over ``header_bytes_max`` get 431, and so does a single header or trailer line
+  that grows past it before it ends (the parser keeps an unfinished line whole); trailers
+  are read and dropped, never taken as headers; garbage gets 400.  Each closes the
+  connection after the response.
 * pipelining and slow readers: at most ``pipelined_requests_max`` requests per connection
   are parsed and not yet answered.  Input is parsed in slices small enough that the limit
   cannot be passed inside one read (a request takes at least ``_REQUEST_BYTES_MIN`` bytes),
   the rest waits unparsed, and the socket is no longer read (``pauseProducing``).  The
   protocol is also a producer registered with its transport: when the transport's write
-  buffer fills (the client does not read its answers) reading stops too, until it drains.
-  So a client that pipelines and never reads holds at most that many answers in memory.
+  buffer fills (the client does not read its answers) reading stops too, until it drains,
+  and requests already parsed in the same slice wait unanswered (``_held``): a client that
+  pipelines and never reads holds about one write buffer of answers (plus one answer) in
+  memory, not one answer per parsed request.
 * time: the request line and headers must arrive within ``header_timeout_ms`` of the
   request's first byte (of the connection's opening, for the first request), the body
   within ``body_timeout_ms`` of the headers: else 408 and close (slowloris).  A connection
@@ -122,6 +126,7 @@ class HttpProtocol(Protocol):
         self._next = 0                # sequence of the next request parsed
         self._sent = 0                # sequence of the next response to write
         self._ready: dict[int, object] = {}   # seq -> bytes, or (head, FileBody)
+        self._held: list[tuple] = []  # parsed while the client was not reading: not run yet
         self._streaming = False       # a FileBody is being written (later ones wait)
         self._close_after: int | None = None
         self._input = b""             # received, not parsed yet (from _input_pos)
@@ -130,6 +135,7 @@ class HttpProtocol(Protocol):
         self._pipeline_full = False   # pipelined_requests_max answers outstanding
         self._write_full = False      # the transport's write buffer is full
         self._in_message = False
+        self._quiet = 0               # bytes of the message parsed since the parser reported
         self._phase = _HEADERS        # a new connection owes us its first request
         self._phase_since = 0.0
         self._registered = False      # we are our transport's producer
@@ -205,6 +211,7 @@ class HttpProtocol(Protocol):
             if type(item) is tuple and item[1] is not None:
                 item[1].discard()
         self._ready.clear()
+        self._held.clear()
         self._input = b""
         if self.upgraded is not None:
             self.upgraded.connectionLost(reason)
@@ -254,6 +261,7 @@ class HttpProtocol(Protocol):
                 start = self._input_pos
                 stop = min(len(self._input), start + budget)
                 self._input_pos = stop
+                before = (self._next, self._header_bytes, self._body_bytes, self._dispatched)
                 try:
                     self.parser.feed_data(memoryview(self._input)[start:stop])
                 except _Abort:
@@ -263,6 +271,18 @@ class HttpProtocol(Protocol):
                     return
                 except httptools.HttpParserError as exc:
                     self._fail(400, "bad_request", f"malformed HTTP request: {exc}")
+                    return
+                if before != (self._next, self._header_bytes, self._body_bytes,
+                              self._dispatched) or not self._in_message:
+                    self._quiet = 0
+                    continue
+                # Nothing reported: the parser is inside a header or trailer line (which
+                # it keeps until the line ends, growing a buffer) or chunk framing.
+                self._quiet += stop - start
+                if self._quiet > self.factory.limits.header_bytes_max:
+                    self._in_message = False
+                    self._fail(431, "headers_too_large", "a header or trailer line is larger "
+                               "than limits.header_bytes_max")
                     return
         finally:
             self._feeding = False
@@ -362,6 +382,9 @@ class HttpProtocol(Protocol):
 
     def resumeProducing(self) -> None:
         self._write_full = False
+        held = self._held
+        while held and not self._write_full and not self.closed:
+            self._dispatch(*held.pop(0))
         if not self._feeding:
             self._drain()
 
@@ -430,6 +453,8 @@ class HttpProtocol(Protocol):
         self._header_bytes += len(name) + len(value) + 4
         if self._header_bytes > self.factory.limits.header_bytes_max:
             self._abort(431, "headers_too_large", "request line and headers are too large")
+        if self._dispatched:
+            return            # a chunked body's trailer: never taken as a header (RFC 9110)
         lower = name.lower()
         if lower in self._headers:
             self._headers[lower] += b", " + value
@@ -493,24 +518,34 @@ class HttpProtocol(Protocol):
         elif self._next - self._sent >= self.factory.limits.pipelined_requests_max:
             self._pipeline_full = True    # _drain stops parsing and reading
         self.factory.requests += 1
-        if self.factory.on_response is not None:
-            self._began[seq] = (method, path_text, time.perf_counter())
         self._phase = _BUSY
+        if self._write_full or self._held:
+            # The answers already written wait for the client to read them: this request
+            # waits too, so that one read of small pipelined requests cannot queue a large
+            # answer each (several MiB per connection).
+            self._held.append((request, seq, keep_alive and http10, head))
+        else:
+            self._dispatch(request, seq, keep_alive and http10, head)
+        if not keep_alive:
+            raise _Abort()
+
+    def _dispatch(self, request: Request, seq: int, keep_alive_10: bool, head: bool) -> None:
+        """Hand request ``seq`` to the application; its answer comes to ``_respond``."""
+        if self.factory.on_response is not None:
+            self._began[seq] = (request.method, request.path, time.perf_counter())
         try:
             result = self.factory.app.handle(request)
         except Exception:
             log.failure("request handler failed")
             result = _error(500, "internal", "internal error")
         if type(result) is Later:
-            result.then(self._respond, seq, keep_alive and http10, head)
+            result.then(self._respond, seq, keep_alive_10, head)
         elif isinstance(result, defer.Deferred):
-            args = (seq, keep_alive and http10, head)
+            args = (seq, keep_alive_10, head)
             result.addCallbacks(self._respond, self._handler_failed,
                                 callbackArgs=args, errbackArgs=args)
         else:
-            self._respond(result, seq, keep_alive and http10, head)
-        if not keep_alive:
-            raise _Abort()
+            self._respond(result, seq, keep_alive_10, head)
 
     def _handler_failed(self, failure, seq: int, keep_alive_10: bool, head: bool) -> None:
         log.failure("request handler failed", failure)

@@ -101,6 +101,11 @@ class LogFile:
             self.stream.close()
 
 
+# a logged target cannot end the line, start a fake one or drive a terminal: '"', control
+# characters (CR and LF among them) and DEL are written percent-encoded
+_ESCAPED = {c: f"%{c:02X}" for c in (*range(0x20), 0x22, 0x7F)}
+
+
 class AccessLog:
     """One line per HTTP response: ``time client "METHOD path" status bytes seconds``.
     The path is logged without its query string's values' secrets: there are none in
@@ -111,7 +116,7 @@ class AccessLog:
 
     def record(self, host: str | None, method: str, target: str, status: int, length: int,
                seconds: float, stamp: float) -> None:
-        target = target.replace('"', "%22").replace("\n", "%0A")[:2048]
+        target = target[:2048].translate(_ESCAPED)
         self.out.write(f'{iso_time(stamp)} {host or "-"} "{method} {target}" {status} '
                        f"{length} {seconds:.6f}\n")
 

@@ -138,6 +138,38 @@ def test_oversized_headers_get_431(setup):
     assert t.value().startswith(b"HTTP/1.1 431 ") and t.disconnecting
 
 
+
+@pytest.mark.parametrize("head", [b"GET / HTTP/1.1\r\nHost: h\r\nX-Pad: ",      # a value
+                                  b"GET / HTTP/1.1\r\nHost: h\r\nX-",           # a name
+                                  b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n"
+                                  b"1\r\nx\r\n0\r\nX-Trailer: "])               # a trailer
+def test_a_line_that_never_ends_gets_431_once_it_passes_the_limit(setup, head):
+    """The parser keeps an unfinished header (or trailer) line whole and reports it only
+    when it ends: without a count of its own the node would buffer, and copy, whatever the
+    client streams.  The 431 comes as soon as the line passes header_bytes_max (2,000 here;
+    one parse slice is 48 bytes with 3 pipeline slots), not at the end of the line."""
+    _, _, _, connect = setup
+    proto, t = connect()
+    proto.dataReceived(head)
+    fed = len(head)
+    while not t.value() and fed < 100_000:
+        proto.dataReceived(b"a" * 100)
+        fed += 100
+    assert t.value().startswith(b"HTTP/1.1 431 ") and t.disconnecting
+    assert fed <= 2000 + len(head) + 200
+
+
+def test_trailers_are_read_but_never_taken_as_headers(setup):
+    """A chunked body's trailer (here an Authorization no header carried) is dropped: a
+    check on the headers cannot be sidestepped by sending the field after the body."""
+    app, _, _, connect = setup
+    proto, t = connect()
+    proto.dataReceived(b"POST /c HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n"
+                       b"2\r\nab\r\n0\r\nAuthorization: Bearer x\r\nHost: evil\r\n\r\n")
+    (request,) = app.requests
+    assert request.body == b"ab" and b"authorization" not in request.headers
+    assert b"host" not in request.headers and t.value().startswith(b"HTTP/1.1 200 ")
+
 def test_garbage_gets_400_and_close(setup):
     """Bytes that are not HTTP: a JSON 400 and the connection is closed."""
     _, _, _, connect = setup
@@ -284,6 +316,8 @@ def test_head_of_a_streamed_body_sends_no_body(setup, tmp_path):
     app.pending[0].callback((200, _file_body(tmp_path, b"z" * 500, done), b"a/b", ()))
     head, _, body = t.value().partition(b"\r\n\r\n")
     assert b"Content-Length: 500" in head and body == b"" and done
+
+
 def test_a_read_of_many_pipelined_requests_is_parsed_only_up_to_the_limit(setup):
     """1,400 requests in one read with a limit of 3 outstanding: 3 are handled, the socket
     is paused, the rest wait unparsed; each answer lets one more in, all in order."""
@@ -316,6 +350,51 @@ def test_reading_stops_while_the_write_buffer_is_full(setup):
     assert [r.path for r in app.requests] == ["/a", "/b", "/c"]
     assert t.producerState == "producing"
 
+
+
+class FillingTransport(StringTransport):
+    """Says "full" to its producer once more than ``size`` bytes wait, as a TCP transport
+    does when the client does not read; ``drain()`` empties it and says "resume"."""
+
+    def __init__(self, size: int) -> None:
+        super().__init__()
+        self.size = size
+        self.full = False
+
+    def write(self, data) -> None:
+        super().write(data)
+        if len(self.value()) > self.size and not self.full:
+            self.full = True
+            self.producer.pauseProducing()
+
+    def drain(self) -> None:
+        self.clear()
+        self.full = False
+        self.producer.resumeProducing()
+
+
+def test_requests_parsed_while_the_write_buffer_is_full_wait_for_it_to_drain():
+    """Three small pipelined requests in one read, each with a 10 kB answer, to a client
+    that does not read: the first answer fills the buffer, and the two requests parsed with
+    it wait unanswered (not one queued answer each); as the buffer drains they are served,
+    one buffer at a time, in order."""
+    class BigAnswers(App):
+        def handle(self, request):
+            self.requests.append(request)
+            return json_response(200, {"path": request.path, "pad": "x" * 10_000})
+
+    app = BigAnswers()
+    factory = HttpFactory(app, Limits(), task.Clock())
+    proto = factory.buildProtocol(None)
+    t = FillingTransport(4096)
+    proto.makeConnection(t)
+    proto.dataReceived(b"GET /1 HTTP/1.1\r\n\r\nGET /2 HTTP/1.1\r\n\r\nGET /3 HTTP/1.1\r\n\r\n")
+    assert [r.path for r in app.requests] == ["/1"] and t.full
+    t.drain()
+    assert [r.path for r in app.requests] == ["/1", "/2"] and t.full
+    t.drain()
+    assert [r.path for r in app.requests] == ["/1", "/2", "/3"]
+    assert b'"path":"/3"' in t.value()
 
 def test_slow_headers_and_slow_bodies_get_408(setup):
     """Headers trickling in past header_timeout_ms, or a body past body_timeout_ms, get
