@@ -47,7 +47,7 @@ from .retry import (Attempt, Endpoints, Finish, NoReply, Reply, Request, RetryPl
                     TransportFailure, Verdict, parse_retry_after)
 
 __all__ = ["Client", "SyncClient", "ClientError", "RequestFailed", "NotFound", "Unavailable",
-           "UnknownOutcome", "Unauthorized", "Forbidden", "new_client_id",
+           "UnknownOutcome", "Unauthorized", "Forbidden", "new_client_id", "first_sequence",
            "classify_twisted_failure", "send_once", "drive_plan"]
 
 # Writes without a session that are safe to resend: adding a member twice adds it once,
@@ -107,6 +107,20 @@ def _client_id(client_id: str | None) -> str:
     return client_id
 
 
+def first_sequence(client_id: str | None, wall_ns=time.time_ns) -> int:
+    """Where a client's sequences start.  A fresh random id starts at 1.  A fixed id (one a
+    token is bound to, or an application's own) may have been used by an earlier run of
+    the same client, whose results the cluster still holds for ``session_idle_ms``: a
+    restarted client that began at 1 again would be answered that run's results for its
+    first writes, which would then never be applied.  So a fixed id's sequences start at the
+    wall clock in microseconds: above any earlier run's, unless that run wrote more than
+    once a microsecond on average or the clock stepped back.  (Two live clients must not
+    share one id.)"""
+    if client_id is None or client_id.endswith("*"):
+        return 1
+    return wall_ns() // 1000
+
+
 def _auth_header(token: str | None) -> str | None:
     if token is None:
         return None
@@ -138,32 +152,51 @@ def _parse_body(raw: bytes) -> object:
         return {"error": "bad_response", "message": raw[:200].decode("latin-1")}
 
 
+OPEN_SEQUENCES_MAX = 4096   # an unknown outcome this far behind the newest write is given up
+
+
 class AnsweredSequences:
     """Which of a session's sequences are settled: ``through`` is the highest sequence
-    up to which every one issued is (sent as ``acked``).  Thread-safe: a ``SyncClient``
-    may be shared by threads."""
+    up to which every one issued is (sent as ``acked``); sequences start after ``through``.
+    A write whose outcome is unknown stays open (the caller may resend it to learn it)
+    until ``OPEN_SEQUENCES_MAX`` later writes were issued: by then the cluster has dropped
+    its result anyway (it keeps each client's latest ``session_results_max``, 256 by
+    default), so a resend could only be refused as stale, and keeping it open would stop
+    ``acked`` and keep every later sequence here.  Thread-safe: a ``SyncClient`` may be
+    shared by threads."""
 
-    def __init__(self) -> None:
+    def __init__(self, through: int = 0) -> None:
         self._lock = threading.Lock()
         self._open: set[int] = set()       # issued, not settled
         self._settled: set[int] = set()    # settled, above ``through``
-        self._issued_max = 0
-        self.through = 0
+        self._issued_max = through
+        self.through = through
 
     def issued(self, sequence: int) -> None:
         with self._lock:
             self._open.add(sequence)
             self._issued_max = max(self._issued_max, sequence)
+            if self._issued_max - self.through > OPEN_SEQUENCES_MAX:
+                horizon = self._issued_max - OPEN_SEQUENCES_MAX
+                for old in [s for s in self._open if s <= horizon]:
+                    self._settle(old)
+                self._advance()
 
     def settled(self, sequence: object) -> None:
         with self._lock:
             if sequence not in self._open:
                 return
-            self._open.discard(sequence)
-            self._settled.add(sequence)
-            while self.through + 1 in self._settled:
-                self.through += 1
-                self._settled.discard(self.through)
+            self._settle(sequence)
+            self._advance()
+
+    def _settle(self, sequence: int) -> None:
+        self._open.discard(sequence)
+        self._settled.add(sequence)
+
+    def _advance(self) -> None:
+        while self.through + 1 in self._settled:
+            self.through += 1
+            self._settled.discard(self.through)
 
 
 class _Logic:
@@ -179,8 +212,9 @@ class _Logic:
         self.attempt_timeout = attempt_timeout
         self.client_id = _client_id(client_id)
         self._authorization = _auth_header(token)
-        self._sequence = itertools.count(1)
-        self.answered = AnsweredSequences()
+        first = first_sequence(client_id)
+        self._sequence = itertools.count(first)
+        self.answered = AnsweredSequences(first - 1)
 
     @property
     def endpoints(self) -> list[str]:

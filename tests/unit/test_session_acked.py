@@ -7,7 +7,8 @@ from __future__ import annotations
 
 import pytest
 
-from paxoslog.client import AnsweredSequences, UnknownOutcome, _Logic
+from paxoslog.client import (OPEN_SEQUENCES_MAX, AnsweredSequences, UnknownOutcome, _Logic,
+                             first_sequence)
 from paxoslog.node.commands import decode_command
 from paxoslog.node.instructions import DUPLICATE, EXECUTED, STALE
 from paxoslog.node.machines import StateMachines
@@ -104,7 +105,7 @@ def _finish(verdict: Verdict, status: int = 200) -> Finish:
 
 def test_the_client_sends_acked_for_settled_writes_and_not_past_an_unknown_outcome():
     logic = _Logic(["http://127.0.0.1:1"], timeout=1.0, attempt_timeout=1.0,
-                   client_id="app")
+                   client_id=None)
     first = logic.write_body({"key": "a"})
     assert first["sequence"] == 1 and "acked" not in first
     logic.outcome(_finish(Verdict.ANSWERED), first)
@@ -119,6 +120,53 @@ def test_the_client_sends_acked_for_settled_writes_and_not_past_an_unknown_outco
     assert "acked" not in own                         # a caller's own session is theirs
     logic.outcome(_finish(Verdict.ANSWERED), dict(second))     # the resend was answered
     assert logic.write_body({"key": "e"})["acked"] == 3
+
+
+def test_an_unknown_outcome_is_given_up_once_far_behind():
+    """A write that ended unknown stays open for a resend, but not for ever: once
+    OPEN_SEQUENCES_MAX later writes were issued (the cluster dropped its result long
+    before), ``acked`` passes it and nothing more is kept for it."""
+    seen = AnsweredSequences()
+    seen.issued(1)                                    # unknown: never settled
+    for seq in range(2, OPEN_SEQUENCES_MAX + 1):
+        seen.issued(seq)
+        seen.settled(seq)
+    assert seen.through == 0 and len(seen._settled) == OPEN_SEQUENCES_MAX - 1
+    seen.issued(OPEN_SEQUENCES_MAX + 1)
+    assert seen.through == OPEN_SEQUENCES_MAX and not seen._settled
+    assert seen._open == {OPEN_SEQUENCES_MAX + 1}
+
+
+def test_a_fixed_client_id_starts_its_sequences_at_the_wall_clock():
+    """A random id starts at 1; an id the caller fixes (a token may require one) starts at
+    the wall clock in microseconds, so a client restarted with it is above every sequence
+    its earlier run used; ``acked`` names the sequence before the first, so the cluster
+    drops that run's results at once."""
+    assert first_sequence(None) == first_sequence("app-*") == 1
+    assert first_sequence("app-1", wall_ns=lambda: 1_700_000_000_123_456_789) == \
+        1_700_000_000_123_456
+    logic = _Logic(["http://127.0.0.1:1"], timeout=1.0, attempt_timeout=1.0,
+                   client_id="app-1")
+    body = logic.write_body({"key": "a"})
+    assert body["sequence"] > 1_700_000_000_000_000 and body["acked"] == body["sequence"] - 1
+
+
+def test_a_restarted_client_with_a_fixed_id_is_not_answered_its_earlier_run():
+    """Run 1 of a client with a fixed id writes "blue"; run 2 (a restart, within the
+    session idle time) writes "green" with the same id.  Starting again at sequence 1, run
+    2 was answered run 1's result and "green" was never applied (found by a review)."""
+    m = machines()
+    index = 0
+    for value in ("blue", "green"):
+        logic = _Logic(["http://127.0.0.1:1"], timeout=1.0, attempt_timeout=1.0,
+                       client_id="app-1")
+        body = logic.write_body({"op": "put", "key": "config/mode", "value": value})
+        index += 1
+        data = m.encode_write("kv", {"op": "put", "key": "config/mode", "value": value},
+                              body["client_id"], body["sequence"], ts=1000,
+                              acked=body.get("acked"))
+        assert m.apply_command(index, 1, data).outcome == EXECUTED
+    assert m.machines["kv"].get("config/mode")["value"] == "green"
 
 
 def test_the_node_that_encoded_a_batch_applies_its_acked_like_every_other_replica():
