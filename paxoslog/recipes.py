@@ -47,7 +47,7 @@ from .client import ClientError, NotFound
 
 __all__ = ["Lock", "TwistedLock", "Election", "LockLost", "LockTimeout", "RANGE_LIMIT"]
 
-RANGE_LIMIT = 1000          # waiters seen per look (more than this many queue: see docs)
+RANGE_LIMIT = 1000          # queue keys per page of a look (a look reads every page)
 _TIE_BITS = 32              # fencing token = create_index << _TIE_BITS | lease id
 
 
@@ -113,9 +113,19 @@ def _token(place: tuple[int, str], lease: int) -> int:
 
 
 def _queue(prefix: str) -> Steps:
-    """The queue's keys in line order (creation, then key)."""
-    found = yield _call("range", prefix, RANGE_LIMIT)
-    return sorted(found["kvs"], key=_place)
+    """The queue's keys in line order (creation, then key).  Every page: a page is in key
+    (lease) order, not line order, so the holder may be on any of them, and a page is cut
+    by a count and by the node's result bytes, well below 1,000 keys when values are large.
+    Pages are read one after another: a key present throughout is seen, and one deleted
+    meanwhile has left the line, so no key before ours can be missed."""
+    kvs: list = []
+    after = None
+    while True:
+        found = yield _call("range", prefix, RANGE_LIMIT, after=after)
+        kvs.extend(found["kvs"])
+        if not found.get("more") or not found.get("cursor"):
+            return sorted(kvs, key=_place)
+        after = found["cursor"]
 
 
 def _wait_turn(prefix: str, lease: int, place: tuple[int, str], deadline: float | None,

@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 
 from paxoslog.client import NotFound
-from paxoslog.recipes import Lock, LockTimeout
+from paxoslog.recipes import Lock, LockTimeout, _queue, _run_sync
 from statemachines.kv import KVStateMachine
 
 
@@ -47,8 +47,13 @@ class KVClient:
         return self._apply({"op": "txn", "compare": compare, "success": success,
                             "failure": list(failure)})
 
-    def range(self, prefix, limit=None):
-        return self.kv.query({"prefix": prefix, "limit": limit or 1000})
+    page_limit = 1000
+
+    def range(self, prefix, limit=None, after=None):
+        request = {"prefix": prefix, "limit": min(limit or 1000, self.page_limit)}
+        if after is not None:
+            request["after"] = after
+        return self.kv.query(request)
 
     def get(self, key):
         found = self.kv.get(key)
@@ -120,3 +125,20 @@ def test_a_waiter_watches_its_predecessor_and_renews_between_watches():
                for _, start, idle in client.watches)
     holder.release()
     assert waiter.acquire(timeout_s=1) > 0
+
+
+
+def test_the_line_is_read_from_every_page():
+    """A page of the queue is in key (lease) order and may be cut short (by count, or by
+    the node's result bytes when values are large).  Here the oldest key, the holder's,
+    has the largest lease, so it is on the last page: a waiter that read one page saw
+    nobody before it and took the lock too (found by a review)."""
+    client = KVClient(KVStateMachine())
+    client.page_limit = 2
+    leases = [client.lease_grant(1000)["result"]["id"] for _ in range(3)]
+    for lease in (leases[2], leases[0], leases[1]):   # the largest lease's key first
+        client.txn([], [{"op": "put", "key": f"q/{lease:020d}", "value": "v",
+                         "lease": lease}])
+    assert client.range("q/", 1000)["more"]           # one page does not hold the line
+    line = _run_sync(client, _queue("q/"), lambda: 0.0, lambda s: None)
+    assert [kv["key"] for kv in line] == [f"q/{leases[i]:020d}" for i in (2, 0, 1)]
