@@ -400,10 +400,17 @@ class TwistedLock(_Queue):
     def _renew(self):
         sent = self.clock()
         d = _run_twisted(self.client, _keepalive(self.lease))
+        # A renewal that hangs (a cluster that does not answer) fails only at the client's
+        # timeout, and the LoopingCall waits for it: the watchdog says "lost" when the
+        # lease may run out instead.
+        watchdog = self.client.reactor.callLater(
+            max(0.0, self.renewed_sent + self.ttl_ms / 1000.0 - sent), self._check_expiry)
 
         def renewed(result):
             self.renewals_sent.append((sent, True))
             self.renewed_sent = max(self.renewed_sent, sent)
+            if watchdog.active():
+                watchdog.cancel()
 
         def failed(failure):
             self.renewals_sent.append((sent, False))
@@ -413,7 +420,15 @@ class TwistedLock(_Queue):
                 self._lost(LockLost(f"no renewal of lease {self.lease} succeeded for a "
                                     f"whole TTL: {failure.getErrorMessage()}"))
             # else: the next renewal tries again
+            if watchdog.active() and self._renewer is None:
+                watchdog.cancel()
         return d.addCallbacks(renewed, failed)
+
+    def _check_expiry(self) -> None:
+        if self._renewer is not None and \
+                self.clock() - self.renewed_sent >= self.ttl_ms / 1000.0:
+            self._lost(LockLost(f"no renewal of lease {self.lease} was acknowledged for a "
+                                f"whole TTL"))
 
     def _lost(self, exc: LockLost) -> None:
         self._stop_renewing()

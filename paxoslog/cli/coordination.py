@@ -78,29 +78,49 @@ def cmd_lease(args) -> int:
     return run_client(args, action)
 
 
-def _hold_while(renew, ttl_ms: int, command: list[str], env: dict) -> int:
-    """Run ``command`` (or, when empty, wait for SIGINT/SIGTERM) while ``renew()`` keeps
-    the lease alive every ttl/3; terminate it if the lease is lost.  The exit code."""
+def _hold_while(renew, ttl_ms: int, command: list[str], env: dict, *,
+                clock=time.monotonic, sleep=time.sleep) -> int:
+    """Run ``command`` (or, when empty, wait for SIGINT/SIGTERM) while ``renew(timeout_s)``
+    keeps the lease alive every ttl/3; terminate it once the lease is lost or may have run
+    out.  The lease lives at least a TTL from when the last acknowledged renewal was sent,
+    so each renewal gets only the time left until then: a cluster that does not answer
+    stops ``command`` when the lease may expire, not a whole client timeout later.  The
+    exit code."""
     import signal
+    import subprocess
+
+    ttl_s = ttl_ms / 1000.0
+    proc = subprocess.Popen(command, env=env) if command else None
+    stop: list = []
+    before = signal.signal(signal.SIGTERM, lambda signum, frame: stop.append(signum)) \
+        if proc is None else None
+    try:
+        return _hold(renew, ttl_s, proc, stop, clock, sleep)
+    finally:
+        if before is not None:
+            signal.signal(signal.SIGTERM, before)
+
+
+def _hold(renew, ttl_s: float, proc, stop: list, clock, sleep) -> int:
     import subprocess
 
     from paxoslog.client import ClientError
     from paxoslog.recipes import LockLost
-    interval = ttl_ms / 3000.0
-    proc = subprocess.Popen(command, env=env) if command else None
-    stop = []
-    if proc is None:
-        def on_signal(signum, frame):
-            stop.append(signum)
-        signal.signal(signal.SIGTERM, on_signal)
-    last_ok = time.monotonic()
+    interval = ttl_s / 3
+    now = clock()
+    # acquire renewed the lease at most a third of a TTL ago
+    alive_until, next_renewal, why = now + ttl_s - interval, now + interval, "none sent"
     while True:
+        now = clock()
+        if now >= alive_until:
+            lost = f"no renewal acknowledged for a whole TTL: {why}"
+            break
         try:
             if proc is not None:
-                return proc.wait(timeout=interval)
+                return proc.wait(timeout=max(0.0, min(next_renewal, alive_until) - now))
             if stop:
                 return EXIT_OK
-            time.sleep(interval)                  # idle holder: wake up to renew
+            sleep(max(0.0, min(next_renewal, alive_until) - now))
         except subprocess.TimeoutExpired:
             pass
         except KeyboardInterrupt:
@@ -108,26 +128,40 @@ def _hold_while(renew, ttl_ms: int, command: list[str], env: dict) -> int:
                 proc.terminate()
                 proc.wait()
             return EXIT_ERROR
+        sent = clock()
+        if sent < next_renewal or sent >= alive_until:
+            continue                                  # woke up to check the deadline
         try:
-            renew()
-            last_ok = time.monotonic()
+            renew(alive_until - sent)
         except LockLost as exc:
             lost = str(exc)
+            break
         except ClientError as exc:
-            if time.monotonic() - last_ok < ttl_ms / 1000.0:
-                continue                          # the lease may still be alive: retry
-            lost = f"no renewal for a whole TTL: {exc}"
-        else:
+            why = str(exc)
+            next_renewal = clock() + min(0.2, interval / 4)   # again soon, while time is left
             continue
-        print(f"paxoslog: lost the lease ({lost}); stopping", file=sys.stderr)
-        if proc is not None:
-            proc.terminate()
-            try:
-                proc.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-        return EXIT_ERROR
+        alive_until, next_renewal = sent + ttl_s, sent + interval
+    print(f"paxoslog: lost the lease ({lost}); stopping", file=sys.stderr)
+    if proc is not None:
+        proc.terminate()
+        try:
+            proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    return EXIT_ERROR
+
+
+def _within(client, call):
+    """``call()`` made with the client's deadline cut to ``timeout_s`` (at least 0.1 s)."""
+    def bounded(timeout_s: float):
+        saved = client.timeout
+        client.timeout = max(0.1, min(saved, timeout_s))
+        try:
+            return call()
+        finally:
+            client.timeout = saved
+    return bounded
 
 
 def cmd_lock(args) -> int:
@@ -146,7 +180,7 @@ def cmd_lock(args) -> int:
             return EXIT_UNAVAILABLE
         env = dict(os.environ, PAXOSLOG_LOCK_TOKEN=str(token), PAXOSLOG_LOCK_KEY=lock.key)
         try:
-            return _hold_while(lock.keepalive, args.ttl_ms, command, env)
+            return _hold_while(_within(client, lock.keepalive), args.ttl_ms, command, env)
         finally:
             try:
                 lock.release()
@@ -188,7 +222,8 @@ def cmd_elect(args) -> int:
         print(f"leader {args.name} {args.value} revision={revision}", flush=True)
         env = dict(os.environ, PAXOSLOG_ELECTION_REVISION=str(revision))
         try:
-            return _hold_while(election.keepalive, args.ttl_ms, command, env)
+            return _hold_while(_within(client, election.keepalive), args.ttl_ms, command,
+                               env)
         finally:
             try:
                 election.resign()
