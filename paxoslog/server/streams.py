@@ -183,6 +183,7 @@ class StreamHub:
         self.subs: set[Subscription] = set()
         self.message_bytes = options.stream_message_bytes
         self._to_pump: set[Subscription] = set()
+        self._starting: set[Subscription] = set()    # tails whose start is read from the WAL
         self._pump_call = None
         self._progress = None
         self.stats = {"subscriptions": 0, "messages": 0, "entries": 0, "events": 0,
@@ -224,18 +225,30 @@ class StreamHub:
         if self.wal is None or not self.wal.enabled:
             raise self._compacted_error(sub.next, self.first_index())
         sub.reading = True
+        self._starting.add(sub)
         self.stats["wal_reads"] += 1
         d = self.wal.read(sub.next, min(applied, self.first_index() - 1), self._read_bytes())
 
         def read(result):
             sub.reading = False
+            self._starting.discard(sub)
+            if sub.ended:
+                # Cancelled, or its connection closed, while the WAL was read: never
+                # registered, so nothing renders entries for a client that is gone.
+                return {"stream": sub.stream, "kind": sub.kind, "from": sub.next,
+                        "cancelled": True}
             entries, first = result
             if not entries or entries[0].index != sub.next:
                 lowest = self.first_index() if first is None else min(first, self.first_index())
                 raise self._compacted_error(sub.next, lowest)
             sub.pending = entries
             return self._started(sub)
-        return d.addCallback(read)
+
+        def failed(failure):
+            sub.reading = False
+            self._starting.discard(sub)
+            return failure
+        return d.addCallbacks(read, failed)
 
     def subscribe_watch(self, sub: Subscription) -> dict:
         """Start a watch; raises ``ApiError`` 410 ``compacted`` when its start revision is
@@ -274,6 +287,7 @@ class StreamHub:
     def cancel(self, sub: Subscription) -> None:
         sub.ended = True
         self.subs.discard(sub)
+        self._starting.discard(sub)
         self._to_pump.discard(sub)
         sub.pending = None
 
@@ -391,11 +405,14 @@ class StreamHub:
                              len(batch)))
         return messages
 
-    def _event_messages(self, sub: Subscription, revisions, last: int, through: int) -> list:
+    def _event_messages(self, sub: Subscription, revisions, last: int, through: int,
+                        most: int | None = None) -> list:
         """[(upto, rest, count)] for the events of ``revisions`` that ``sub`` (its group)
         wants, cut at revision boundaries beyond about ``stream_message_bytes``.  The last
         message covers ``through`` (so the watcher knows it is current up to there) and
-        is sent only if it holds events."""
+        is sent only if it holds events.  ``most``: stop after that many messages (a
+        catching-up watch sends one per pump: rendering the whole backlog for each made
+        its catch-up quadratic)."""
         messages = []
         events = []
         size = 0
@@ -415,6 +432,8 @@ class StreamHub:
                 if size >= self.message_bytes:
                     messages.append((upto, {"type": "events", "revision": upto,
                                             "events": events}, len(events)))
+                    if most is not None and len(messages) >= most:
+                        return messages
                     events, size = [], 0
         if events:
             messages.append((through, {"type": "events", "revision": through,
@@ -536,7 +555,7 @@ class StreamHub:
                      first_revision=self.events.first)
             return False
         through = min(applied, self.events.last)
-        messages = self._event_messages(sub, revisions, through, through)
+        messages = self._event_messages(sub, revisions, through, through, most=1)
         if not messages:
             sub.next = through + 1             # nothing it wants up to there
             return False
@@ -568,7 +587,7 @@ class StreamHub:
             if sub.ended or sub.sink.paused or sub.next <= applied or sub.last_sent > quiet:
                 continue
             codec = sub.sink.codec
-            key = (id(codec), sub.kind)
+            key = (id(codec), sub.kind, sub.next)     # each stream's own position
             encoded = shared.get(key)
             if encoded is None:
                 field = "revision" if sub.kind == WATCH else "index"
@@ -586,6 +605,6 @@ class StreamHub:
                          f"(websocket.slow_consumer_ms); resume from resume_from")
 
     def sink_closed(self, sink) -> None:
-        for sub in list(self.subs):
+        for sub in [*self.subs, *self._starting]:
             if sub.sink is sink:
                 self.cancel(sub)

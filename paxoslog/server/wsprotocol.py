@@ -65,6 +65,7 @@ _GET_FIELDS = frozenset({"id", "op", "key", "prefix", "limit", "consistency"})
 _TAIL_FIELDS = frozenset({"id", "op", "from"})
 _WATCH_FIELDS = frozenset({"id", "op", "key", "prefix", "from", "prev"})
 OPS = ("put", "delete", "cas", "get", "sm", "batch", "status", "tail", "watch", "cancel")
+_FRAME_REQUESTS_PER_INFLIGHT = 4   # a frame's requests: at most this many x the in-flight limit
 
 
 class _Refused(Exception):
@@ -130,6 +131,8 @@ class StreamsProtocol(WebSocketServerProtocol):
         if self in factory.conns:
             factory.conns.discard(self)
             factory.hub.sink_closed(self)
+            for sub in self.subs.values():   # those still starting (a tail's WAL read) too
+                factory.hub.cancel(sub)
             self.subs.clear()
             self.outbox = []
             for call in (self._flush_call, self._slow_call):
@@ -209,7 +212,12 @@ class StreamsProtocol(WebSocketServerProtocol):
         out, self.outbox = self.outbox, []
         self.inflight -= len(out)
         if self.usable:
-            self.sendMessage(self.codec.encode_many(out), self.codec.binary)
+            # Prepared, as stream messages are: autobahn's sendMessage holds an answer to
+            # websocket.message_bytes_max, which bounds what a client sends, not what it
+            # is answered (a large prefix read, a batch's results).  Raising there lost
+            # every answer of the frame, committed writes' included.
+            self.sendPreparedMessage(self.factory.prepareMessage(
+                self.codec.encode_many(out), self.codec.binary))
         if not self.reading and not self.paused:
             self.reading = True
             self.transport.resumeProducing()
@@ -221,9 +229,16 @@ class StreamsProtocol(WebSocketServerProtocol):
 
     def onMessage(self, payload: bytes, isBinary: bool) -> None:
         self.last_received = self.factory.reactor.seconds()
+        self._frame(payload, isBinary)
+        # Every reply counts in flight, refusals too: a client that sends and never reads
+        # stops being read once that many wait, whatever it sends.
+        if self.paused and self.inflight >= self.factory.options.inflight_requests_max:
+            self._stop_reading()
+
+    def _frame(self, payload: bytes, binary: bool) -> None:
         codec = self.codec
         null = codec.encode_id(None)
-        if isBinary != codec.binary:
+        if binary != codec.binary:
             self.inflight += 1
             kind = "binary" if codec.binary else "text"
             self._reply(null, 400, {"error": "bad_message", "message":
@@ -236,6 +251,15 @@ class StreamsProtocol(WebSocketServerProtocol):
             self._reply(null, 400, {"error": "bad_message", "message": str(exc)})
             return
         messages = message if type(message) is list else (message,)
+        most = _FRAME_REQUESTS_PER_INFLIGHT * self.factory.options.inflight_requests_max
+        if len(messages) > most:
+            # Each item is answered (those past the in-flight limit with 429), all in this
+            # turn: a frame of half a million tiny items held the event loop for seconds.
+            self.inflight += 1
+            self._reply(null, 400, {"error": "bad_message", "message":
+                                    f"a frame carries at most {most} requests (4 x "
+                                    f"websocket.inflight_requests_max), not {len(messages)}"})
+            return
         for item in messages:
             self._request(item)
 
@@ -259,8 +283,6 @@ class StreamsProtocol(WebSocketServerProtocol):
                                    f"more than {options.inflight_requests_max} requests in "
                                    "flight on this connection "
                                    "(websocket.inflight_requests_max)"})
-            if self.paused:
-                self._stop_reading()
             return
         try:
             if request_id is None:
@@ -291,8 +313,6 @@ class StreamsProtocol(WebSocketServerProtocol):
                                 errbackArgs=(rid,))
         else:
             self._answered(result, rid)
-        if self.paused and self.inflight >= options.inflight_requests_max:
-            self._stop_reading()
 
     def _stop_reading(self) -> None:
         if self.reading:

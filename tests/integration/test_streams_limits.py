@@ -133,6 +133,29 @@ def test_too_many_requests_in_flight_and_subscriptions_are_refused_429(limited):
     healthy(c, node)
 
 
+
+def test_answers_larger_than_a_client_message_arrive_and_a_huge_frame_is_refused(limited):
+    """websocket.message_bytes_max (4 KiB here) bounds what a client sends, not what it is
+    answered: a prefix read of about 12 kB is answered whole (autobahn's send check once
+    dropped it, and every answer packed with it, committed writes' included).  A frame of
+    more requests than 4 x inflight_requests_max (8 here) gets one 400 instead of one
+    answer each (half a million held the event loop for seconds: found by a review)."""
+    c = limited
+    node = c.ids[0]
+    client = SyncClient([c.url(n) for n in c.ids])
+    for i in range(12):
+        client.put(f"wide/{i:02d}", "v" * 1000)
+    with WsProbe.of(c, node) as probe:
+        status, body = probe.request({"op": "get", "prefix": "wide/"})
+        assert status == 200 and [kv["key"] for kv in body["kvs"]] == [
+            f"wide/{i:02d}" for i in range(12)]
+        probe.send([{"id": f"x{i}", "op": "get", "key": "alive"} for i in range(33)])
+        reply = probe.wait(lambda: probe.replies.get(None), 10, "the frame's refusal")
+        assert reply["status"] == 400 and "at most 32 requests" in reply["body"]["message"]
+        assert not any(isinstance(key, str) and key.startswith("x") for key in probe.replies)
+        assert probe.request({"op": "put", "key": "after", "value": 1})[0] == 200
+    healthy(c, node)
+
 def test_idle_connections_close_4000_and_unknown_subprotocols_are_refused(limited):
     """No subscription, nothing in flight, nothing received for idle_timeout_ms: closed
     with 4000; a handshake that offers only unknown subprotocols fails; a plain GET of the
