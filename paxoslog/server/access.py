@@ -148,6 +148,7 @@ class Principal:
     role: Role
     client_id: ClientIdRule | None = None
     kind: str = "token"
+    token_id: str | None = None       # the tokens file record it was authenticated by
 
     def describe(self) -> str:
         return "an anonymous request" if self.kind == "anonymous" else \
@@ -159,7 +160,7 @@ ANONYMOUS = Principal("anonymous", Role.NONE, None, "anonymous")          # auth
 
 
 def _principal(record: TokenRecord) -> Principal:
-    return Principal(record.name, record.role, record.client_id, "token")
+    return Principal(record.name, record.role, record.client_id, "token", record.id)
 
 
 def _digest(token: str) -> bytes:
@@ -250,6 +251,9 @@ class TokenStore:
             self._bad.pop(next(iter(self._bad)))
         self._bad[digest] = None
         return None
+
+    def record(self, token_id: str) -> TokenRecord | None:
+        return self._by_id.get(token_id)
 
     def claimed_by(self, client_id: str) -> TokenRecord | None:
         """The bound token whose client id rule matches ``client_id``, if any."""
@@ -430,6 +434,15 @@ class AccessControl:
                 waiter.callback(_principal(record))
             else:
                 waiter.errback(self._bad_token())
+
+    def revoked(self, principal: Principal | None) -> bool:
+        """Whether ``principal`` was authenticated by a token that has since been revoked
+        or changed (a WebSocket connection keeps the principal of its upgrade request)."""
+        if principal is None or principal.token_id is None or self.store is None:
+            return False
+        self.store.maybe_reload(self._now())
+        record = self.store.record(principal.token_id)
+        return record is None or _principal(record) != principal
 
     @staticmethod
     def _bad_token() -> ApiError:

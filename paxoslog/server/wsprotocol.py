@@ -59,6 +59,7 @@ log = Logger(namespace="paxoslog.websocket")
 CLOSE_IDLE = 4000
 CLOSE_STOPPING = 4001     # the node is stopping (autobahn refuses 1001 from an application)
 CLOSE_SLOW_CONSUMER = 4008
+CLOSE_REVOKED = 4401      # the token the connection was opened with was revoked
 _ID_CHARS_MAX = 128
 _KV_WRITES = ("put", "delete", "cas")
 _GET_FIELDS = frozenset({"id", "op", "key", "prefix", "limit", "consistency"})
@@ -477,10 +478,16 @@ class StreamsFactory(WebSocketServerFactory):
             tcpNoDelay=True)
 
     def sweep(self) -> None:
-        """Close connections idle for ``idle_timeout_ms``: nothing received, no
-        subscription, no request in flight."""
+        """Close connections idle for ``idle_timeout_ms`` (nothing received, no
+        subscription, no request in flight), and those opened with a token since revoked
+        (their streams too: requests are refused at once)."""
         cutoff = self.reactor.seconds() - self.options.idle_timeout_ms / 1000.0
+        access = self.api.access
         for conn in list(self.conns):
+            if conn.usable and access is not None and access.revoked(conn.principal):
+                conn.sendClose(CLOSE_REVOKED, "the bearer token this connection was opened "
+                                              "with has been revoked")
+                continue
             if (conn.usable and not conn.subs and not conn.inflight
                     and conn.last_received < cutoff):
                 conn.sendClose(CLOSE_IDLE, f"idle for {self.options.idle_timeout_ms} ms "
