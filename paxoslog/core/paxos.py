@@ -203,8 +203,12 @@ class MultiPaxosReplica:
         if msg.to != self.node_id or msg.frm == self.node_id:
             return
         handler = _HANDLERS.get(type(msg))
-        if handler is not None:
-            handler(self, msg)
+        if handler is None:
+            return
+        carried = _ENTRIES_CARRIED.get(type(msg))
+        if carried is not None and not _configs_readable(getattr(msg, carried)):
+            return      # as Raft does: a CONFIG entry that does not decode drops the message
+        handler(self, msg)
 
     def propose(self, commands: Sequence[bytes]) -> None:
         """Queue commands for the next slots.  Raises NotLeader or Busy."""
@@ -1026,3 +1030,18 @@ _HANDLERS = {
     InstallSnapshotReply: MultiPaxosReplica.on_install_snapshot_reply,
     TimeoutNow: MultiPaxosReplica.on_timeout_now,
 }
+
+# Messages that carry entries from a peer, and the field that holds them.
+_ENTRIES_CARRIED = {Accept: "entries", CatchupReply: "entries", Promise: "accepted"}
+
+
+def _configs_readable(entries) -> bool:
+    """Whether every CONFIG entry among ``entries`` decodes (the wire decoder checks types
+    only; a bad one would stop the node where it is applied or chosen)."""
+    for entry in entries:
+        if entry.kind == ENTRY_CONFIG:
+            try:
+                entry_config(entry)
+            except Exception:  # cbor2 raises several types on garbage: all mean "bad entry"
+                return False
+    return True

@@ -364,8 +364,9 @@ class PeerConnection(Protocol):
                       F.REMOVED, F.VOTER_ADDRESSES):
             try:
                 owner.handler.peer_frame(self.peer_id, kind, payload)
-            except (ValueError, TypeError, KeyError, MalformedMessage) as exc:
-                self._malformed(f"bad {F.KIND_NAMES[kind]} frame: {exc}")
+            except (ValueError, TypeError, KeyError, IndexError, MalformedMessage) as exc:
+                # e.g. a frame with too few fields ([SNAP_CHUNK]): dropped, link kept
+                self._malformed(f"bad {F.KIND_NAMES[kind]} frame: {exc!r:.200}")
         else:
             self._malformed(f"unknown frame kind {kind}")
 

@@ -279,6 +279,25 @@ def test_accept_and_heartbeat_below_the_promised_ballot_are_nacked():
                               Nack(2, 1, Ballot(1, 1), Ballot(2, 3))]
 
 
+
+@pytest.mark.parametrize("payload", [(), (b"",), (b"\xff\xfe not cbor",), (b"\x01",)])
+def test_a_config_entry_that_does_not_decode_drops_the_message(payload):
+    """The wire decoder checks an entry's types, not a CONFIG payload: such an entry in an
+    Accept, a catch-up reply or a Promise once stopped the node where it was chosen or
+    applied (found by a review).  The message is dropped, as Raft drops such an append;
+    nothing is accepted, answered or chosen."""
+    bad = Entry(1, b(1, 1), ENTRY_CONFIG, payload)
+    r = replica(2)
+    r.step(Accept(1, 2, Ballot(1, 1), (value(2, b(1, 1), b"x"), bad), 0))
+    r.step(Heartbeat(1, 2, Ballot(1, 1), 0, (1, 2), 4))
+    r.step(CatchupReply(3, 2, Ballot(1, 1), (bad,), 1))
+    ready = drain(r)
+    assert ready.entries == [] and r.log.chosen_upto == 0
+    assert not any(isinstance(m, Accepted) for m in ready.messages)
+    good = config_entry(1, b(1, 1), VOTERS3)
+    r.step(Accept(1, 2, Ballot(1, 1), (good,), 0))
+    assert [e.index for e in drain(r).entries] == [1]
+
 def test_candidate_backs_off_on_a_nack_and_adopts_the_higher_promise():
     """A Nack with a higher promise ends the candidacy; the promise is persisted (R6)."""
     r = candidate(1)

@@ -110,3 +110,22 @@ def test_a_lost_connection_cancels_the_rest():
     assert clock.getDelayedCalls()
     conn.connectionLost(None)
     assert not clock.getDelayedCalls() and not conn.queue
+
+
+def test_a_shell_frame_with_too_few_fields_is_dropped_and_the_link_kept():
+    """[SNAP_CHUNK] alone: the handler's ``payload[1]`` raised IndexError, which closed the
+    connection with a traceback instead of dropping the frame as malformed (found by a
+    review).  It is counted and logged as malformed, and the link stays up."""
+    import cbor2
+
+    from paxoslog.server import frames as F
+    from paxoslog.server.snapshots import SnapshotFetcher
+
+    conn, _ = _connection(frame_bytes_max=1 << 20)
+    conn.owner.frame_depth_max = 32
+    fetcher = SnapshotFetcher(1, "/nonexistent", None, None, None)
+    conn.owner.handler = SimpleNamespace(
+        peer_frame=lambda peer, kind, payload: fetcher.on_chunk(peer, payload))
+    conn.owner.links[2] = SimpleNamespace(bytes_sent=0, bytes_received=0)
+    conn._frame_received(cbor2.dumps([F.SNAP_CHUNK]))
+    assert conn.owner.stats["malformed_frames"] == 1 and not conn.closed
