@@ -167,6 +167,7 @@ class DriverRunner:
         self.leader_since: float | None = None
         self._persisting = 0
         self._persisted_inline: tuple | None = None   # (seconds, ready), see _persist
+        self._executing = 0                           # execute() calls under way
         self._idle_waiters: list[defer.Deferred] = []
         self._pump_due = False        # a pump is queued for this turn's end
         # The serving reactor queues it without a timer (reactor.py); others (tests' and
@@ -329,6 +330,20 @@ class DriverRunner:
     # ================================================================== instructions
 
     def execute(self, instructions: list) -> None:
+        # Answering a client can run another event at once (an HTTP connection whose full
+        # pipeline frees a slot parses its next request): that nested list must not report
+        # this list's inline persist before the rest of this list is carried out.
+        self._executing += 1
+        try:
+            self._execute(instructions)
+        finally:
+            self._executing -= 1
+        if self._executing == 0:
+            done, self._persisted_inline = self._persisted_inline, None
+            if done is not None:
+                self._persisted(*done)
+
+    def _execute(self, instructions: list) -> None:
         transport = self.transport
         for op in instructions:
             kind = type(op)
@@ -365,9 +380,6 @@ class DriverRunner:
                          config=op.config.describe(), index=op.index)
             else:
                 raise AssertionError(f"unknown instruction {op!r:.200}")
-        done, self._persisted_inline = self._persisted_inline, None
-        if done is not None:
-            self._persisted(*done)
 
     def _reply(self, op: Reply) -> None:
         handle = op.handle

@@ -298,6 +298,27 @@ def test_a_ready_persisted_inline_completes_after_the_rest_of_its_instructions()
     assert driver.calls[-1] == ("pump", ())
 
 
+
+def test_an_event_run_while_answering_does_not_report_the_outer_lists_persist():
+    """Answering a client can run another event at once (an HTTP connection whose full
+    pipeline frees a slot parses its next request).  That nested event's instruction list
+    once reported the outer list's inline persist to the driver before the outer list was
+    carried out (found by a review); the driver hears of it after the outer list ends."""
+    driver = ScriptedDriver()
+    writer = ManualWriter(inline=True)
+    runner, reactor = runner_with(driver, writer)
+    first = runner.write(("c", 1), b"x")
+    handle = driver.calls[0][1][0]
+    driver.next["submit_write"] = [Send(["nested"])]
+    first.deferred.addCallback(lambda body: runner.write(("c", 2), b"y"))
+    ready = Ready(entries=[])
+    driver.next["persisted"] = [Send(["ack"])]
+    runner.execute([Persist(ready, sync=True), Reply(handle, 200, {"status": "committed"}),
+                    Send(["late"])])
+    assert runner.transport.sent == ["nested", "late", "ack"]
+    names = [name for name, _ in driver.calls]
+    assert names.index("persisted") > names.index("submit_write", 1)
+
 def test_two_readies_to_persist_in_one_list_stop_the_node():
     """The driver persists one Ready at a time; a list with two breaks its contract."""
     driver = ScriptedDriver()
