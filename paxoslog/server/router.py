@@ -91,17 +91,19 @@ class ServerSessions:
 
 class RequestRouter:
     """``machines()``: the driver's current StateMachines (a snapshot install replaces
-    them); ``catch_up()``: the ticker's; ``wall_ms()``: the wall clock in ms."""
+    them); ``catch_up()``: the ticker's; ``stamp_ms()``: the ``ts`` of the commands this
+    node encodes (a ``CommandClock``: never ahead of the log clock by more than the time
+    that passed), ms."""
 
     def __init__(self, runner, machines: Callable, catch_up: Callable[[], int], *,
                  node_id: int, command_bytes_max: int,
-                 wall_ms: Callable[[], int] = lambda: int(time.time() * 1000)) -> None:
+                 stamp_ms: Callable[[], int] = lambda: int(time.time() * 1000)) -> None:
         self.runner = runner
         self.machines = machines
         self.catch_up = catch_up
         self.node_id = node_id
         self.command_bytes_max = command_bytes_max
-        self.wall_ms = wall_ms
+        self.stamp_ms = stamp_ms
         self.server_sessions = ServerSessions(f"node{node_id}-{os.urandom(4).hex()}")
         self.member_requests = None       # MembershipAdmin.request (set when wired)
         self.status_view = None           # NodeViews.detailed_status (set when wired)
@@ -130,7 +132,7 @@ class RequestRouter:
         release = self.server_sessions.take_release() if ours else None
         try:
             data = self.machines().encode_write(sm, fields, client_id, sequence,
-                                                self.wall_ms(), internal=internal,
+                                                self.stamp_ms(), internal=internal,
                                                 release=release, acked=acked)
         except CommandTooLarge as exc:
             return self._refused(release, ApiError(413, "too_large", str(exc)))
@@ -153,7 +155,7 @@ class RequestRouter:
             client_id, sequence = self.server_sessions.next()
         release = self.server_sessions.take_release() if ours else None
         try:
-            data = self.machines().encode_batch_write(ops, client_id, sequence, self.wall_ms(),
+            data = self.machines().encode_batch_write(ops, client_id, sequence, self.stamp_ms(),
                                                       release=release, acked=acked)
         except BadCommand as exc:
             return self._refused(release, bad_request(str(exc)))

@@ -150,7 +150,7 @@ def test_writes_without_a_session_keep_about_one_generation_of_results():
     m = machines()
     runner = FakeRunner(m)
     router = RequestRouter(runner, lambda: m, lambda: 0, node_id=1, command_bytes_max=1 << 20,
-                           wall_ms=lambda: 1000)
+                           stamp_ms=lambda: 1000)
     for i in range(1000):
         router.write("kv", {"op": "put", "key": f"k{i % 10}", "value": i})
     assert m.sessions.results_total <= 2 * 128, m.sessions.results_total

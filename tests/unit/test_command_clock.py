@@ -1,0 +1,76 @@
+"""The ``ts`` a node stamps on commands (paxoslog/node/stamps.py), on hand-driven clocks:
+a node whose wall clock runs fast cannot push the log clock ahead of real time, so it
+cannot expire the sessions of every client at once (found by a review: one command stamped
+eleven minutes ahead wiped the session table, and a client's retry then ran twice)."""
+
+from __future__ import annotations
+
+from paxoslog.node.machines import StateMachines
+from paxoslog.node.sessions import SessionTable
+from paxoslog.node.stamps import CommandClock
+from statemachines.kv import KVStateMachine
+
+MINUTE = 60_000
+
+
+class Clocks:
+    def __init__(self, wall: int, mono: int = 5_000) -> None:
+        self.wall, self.mono = wall, mono
+
+    def advance(self, ms: int) -> None:
+        self.wall += ms
+        self.mono += ms
+
+
+def test_a_fast_wall_clock_stamps_no_further_than_the_log_allows():
+    applied = {"clock": 1_000_000}
+    fast = Clocks(wall=1_000_000 + 11 * MINUTE)            # eleven minutes ahead
+    clock = CommandClock(lambda: applied["clock"], lambda: fast.wall, lambda: fast.mono)
+    assert clock() == 1_000_000
+    fast.advance(2_000)
+    assert clock() == 1_002_000                             # the time that passed, no more
+    applied["clock"] = 1_005_000                            # another node is further on
+    assert clock() == 1_005_000
+    fast.advance(1_000)
+    assert clock() == 1_006_000
+
+
+def test_an_honest_clock_stamps_its_wall_time_and_a_slow_one_stamps_lower():
+    applied = {"clock": 1_000_000}
+    honest = Clocks(wall=1_000_050)
+    clock = CommandClock(lambda: applied["clock"], lambda: honest.wall, lambda: honest.mono)
+    assert clock() == 1_000_000                              # the log's value, just seen
+    applied["clock"] = 1_000_040
+    honest.advance(10)
+    assert clock() == 1_000_040
+    slow = Clocks(wall=900_000)
+    assert CommandClock(lambda: 1_000_000, lambda: slow.wall, lambda: slow.mono)() == 900_000
+    new_cluster = Clocks(wall=1_700_000_000_000)
+    assert CommandClock(lambda: 0, lambda: new_cluster.wall,
+                        lambda: new_cluster.mono)() == 1_700_000_000_000
+
+
+def test_a_fast_node_cannot_expire_an_idle_clients_session_early():
+    """Client c writes at log time T; a node eleven minutes fast stamps the next command.
+    With the wall clock as its stamp the session table expired c's session (idle 10
+    minutes) and c's retry of the same write was applied again; with CommandClock c's
+    retry is still a duplicate."""
+    m = StateMachines({"kv": KVStateMachine()}, SessionTable(idle_ms=10 * MINUTE),
+                      lambda name: KVStateMachine(), record_terms=True)
+    honest = Clocks(wall=1_000_000)
+    fast = Clocks(wall=1_000_000 + 11 * MINUTE)
+    stamps = {name: CommandClock(lambda: m.sessions.clock, lambda c=c: c.wall,
+                                 lambda c=c: c.mono)
+              for name, c in (("honest", honest), ("fast", fast))}
+
+    def write(node: str, client: str, sequence: int, value: int, index: int) -> str:
+        data = m.encode_write("kv", {"op": "put", "key": "k", "value": value}, client,
+                              sequence, stamps[node]())
+        return m.apply_command(index, 1, data).outcome
+
+    assert write("honest", "c", 1, 1, 1) == "executed"
+    for c in (honest, fast):
+        c.advance(1_000)
+    assert write("fast", "other", 1, 2, 2) == "executed"     # stamped from the fast node
+    assert write("honest", "c", 1, 1, 3) == "duplicate"      # c's retry: not applied again
+    assert m.machines["kv"].get("k")["value"] == 2
