@@ -1,7 +1,8 @@
 """A peer connection's send queue goes out as MESSAGES frames of at most
 ``frame_bytes_max``, each message encoded once, in order; a large queue is written a
 bounded number of bytes per reactor turn (``FLUSH_BYTES_MAX``), so one flush never holds
-the event loop for long."""
+the event loop for long.  A received shell frame too short for its kind is dropped as
+malformed, the link kept."""
 
 from __future__ import annotations
 
