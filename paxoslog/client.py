@@ -158,16 +158,18 @@ OPEN_SEQUENCES_MAX = 4096   # an unknown outcome this far behind the newest writ
 class AnsweredSequences:
     """Which of a session's sequences are settled: ``through`` is the highest sequence
     up to which every one issued is (sent as ``acked``); sequences start after ``through``.
-    A write whose outcome is unknown stays open (the caller may resend it to learn it)
-    until ``OPEN_SEQUENCES_MAX`` later writes were issued: by then the cluster has dropped
-    its result anyway (it keeps each client's latest ``session_results_max``, 256 by
-    default), so a resend could only be refused as stale, and keeping it open would stop
-    ``acked`` and keep every later sequence here.  Thread-safe: a ``SyncClient`` may be
-    shared by threads."""
+    A write whose outcome is unknown (``unknown()``) stays open, since the caller may resend
+    it to learn it, until ``OPEN_SEQUENCES_MAX`` later writes were issued: by then the
+    cluster has dropped its result anyway (it keeps each client's latest
+    ``session_results_max``, 256 by default), so a resend could only be refused as stale,
+    and keeping it open would stop ``acked`` and keep every later sequence here.  A write
+    still in flight is never given up.  Thread-safe: a ``SyncClient`` may be shared by
+    threads."""
 
     def __init__(self, through: int = 0) -> None:
         self._lock = threading.Lock()
         self._open: set[int] = set()       # issued, not settled
+        self._unknown: set[int] = set()    # open, its outcome unknown (not in flight)
         self._settled: set[int] = set()    # settled, above ``through``
         self._issued_max = through
         self.through = through
@@ -176,11 +178,17 @@ class AnsweredSequences:
         with self._lock:
             self._open.add(sequence)
             self._issued_max = max(self._issued_max, sequence)
-            if self._issued_max - self.through > OPEN_SEQUENCES_MAX:
-                horizon = self._issued_max - OPEN_SEQUENCES_MAX
-                for old in [s for s in self._open if s <= horizon]:
+            horizon = self._issued_max - OPEN_SEQUENCES_MAX
+            if self._unknown and min(self._unknown) <= horizon:
+                for old in [s for s in self._unknown if s <= horizon]:
                     self._settle(old)
                 self._advance()
+
+    def unknown(self, sequence: object) -> None:
+        """The write ``sequence`` ended without a known outcome."""
+        with self._lock:
+            if sequence in self._open:
+                self._unknown.add(sequence)
 
     def settled(self, sequence: object) -> None:
         with self._lock:
@@ -191,6 +199,7 @@ class AnsweredSequences:
 
     def _settle(self, sequence: int) -> None:
         self._open.discard(sequence)
+        self._unknown.discard(sequence)
         self._settled.add(sequence)
 
     def _advance(self) -> None:
@@ -271,12 +280,14 @@ class _Logic:
     def outcome(self, finish: Finish, body: object) -> object:
         """The answer's body, or the exception the finished request amounts to."""
         reply = finish.reply
-        if (isinstance(body, dict) and body.get("client_id") == self.client_id
-                and finish.verdict is not Verdict.UNKNOWN):
-            # Settled: answered, refused, or not applied anywhere (a late copy is then
-            # refused as stale once acked).  An unknown outcome stays open: the caller
-            # may resend the same pair to learn it.
-            self.answered.settled(body.get("sequence"))
+        if isinstance(body, dict) and body.get("client_id") == self.client_id:
+            if finish.verdict is Verdict.UNKNOWN:
+                # Stays open: the caller may resend the same pair to learn the outcome.
+                self.answered.unknown(body.get("sequence"))
+            else:
+                # Settled: answered, refused, or not applied anywhere (a late copy is
+                # then refused as stale once acked).
+                self.answered.settled(body.get("sequence"))
         if finish.verdict is Verdict.ANSWERED:
             return reply.body
         if finish.verdict is Verdict.REFUSED:
@@ -868,6 +879,8 @@ class Client(_Calls, _Logic):
         position = 0
         while todo:
             if self.reactor.seconds() > deadline:
+                for i in todo:
+                    self.answered.unknown(messages[i]["sequence"])
                 raise UnknownOutcome(f"put_many: {len(todo)} batches unanswered within "
                                      f"{self.timeout} s (resend them with the same sequences)",
                                      504, "outcome_unknown")

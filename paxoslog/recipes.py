@@ -385,10 +385,17 @@ class TwistedLock(_Queue):
         return self.revision
 
     def acquire(self, timeout_s: float | None = None):
-        self.renewed_sent = self.clock()
+        called = self.renewed_sent = self.clock()
         d = _run_twisted(self.client, _acquire(self.prefix, self.ttl_ms, self.value,
                                                timeout_s, self.poll_s))
-        return d.addCallback(self._acquired).addCallback(self._start_renewing)
+
+        def acquired(token: int) -> int:
+            # While it waited in line the lease was renewed every third of a TTL, the
+            # last time at most that long ago (or the grant, after ``called``).
+            self.renewed_sent = max(called, self.clock() - self.ttl_ms / 3000.0)
+            return token
+        return d.addCallback(self._acquired).addCallback(acquired) \
+            .addCallback(self._start_renewing)
 
     def _start_renewing(self, token: int) -> int:
         from twisted.internet import task
@@ -414,14 +421,16 @@ class TwistedLock(_Queue):
 
         def failed(failure):
             self.renewals_sent.append((sent, False))
+            if watchdog.active():
+                watchdog.cancel()
+            if self._renewer is None:
+                return                      # already lost (the watchdog) or released
             if failure.check(LockLost):
                 self._lost(failure.value)
             elif self.clock() - self.renewed_sent >= self.ttl_ms / 1000.0:
                 self._lost(LockLost(f"no renewal of lease {self.lease} succeeded for a "
                                     f"whole TTL: {failure.getErrorMessage()}"))
             # else: the next renewal tries again
-            if watchdog.active() and self._renewer is None:
-                watchdog.cancel()
         return d.addCallbacks(renewed, failed)
 
     def _check_expiry(self) -> None:

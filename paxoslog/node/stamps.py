@@ -4,12 +4,14 @@ The session table expires a client idle for ``session_idle_ms`` on the largest `
 applied (sessions.py), so one node whose wall clock ran ten minutes fast could expire
 every session with one command, and a client's retry then ran twice.  A node therefore
 never stamps more than the log clock allows: the largest ``ts`` it has applied, plus the
-time its monotonic clock says has passed since it saw that value.  A stamp can be lower
-than real time (a node that was down for a while, a wall clock behind), which only makes
-sessions live longer; it cannot run ahead of the log by more than the time that passed.
-Each stamp is bounded by an earlier log value plus the real time since, so the log clock
-advances no faster than real time, whatever the nodes' wall clocks say.  Pure: the
-clocks and the applied value are injected.
+time its monotonic clock says has passed since it saw that value, counted at
+``CATCH_UP_RATE`` (1.1x).  Each stamp is bounded by an earlier log value plus 1.1 times the
+real time since, so the log clock runs at most 10 % faster than real time, whatever the
+nodes' wall clocks say: a session expires at worst a tenth of ``session_idle_ms`` early.
+A stamp is never above the node's own wall clock either, so with honest clocks the log
+clock is the wall time; after an outage, which it does not count, the 10 % lets it catch
+up with the wall time again (an hour's gap in ten hours).  Pure: the clocks and the
+applied value are injected.
 """
 
 from __future__ import annotations
@@ -17,7 +19,9 @@ from __future__ import annotations
 import time
 from typing import Callable
 
-__all__ = ["CommandClock"]
+__all__ = ["CommandClock", "CATCH_UP_RATE"]
+
+CATCH_UP_RATE = 1.1     # the log clock's fastest pace against real time
 
 
 def _wall_ms() -> int:
@@ -30,8 +34,10 @@ def _mono_ms() -> int:
 
 class CommandClock:
     """``clock()``: the ``ts`` for a command this node encodes now (ms).  ``applied()``:
-    the largest ``ts`` this node has applied (0 before any: then the wall clock starts the
-    log clock)."""
+    the largest ``ts`` this node has applied; 0 when it applied entries but none carried a
+    ``ts`` (a new cluster: the wall clock starts the log clock); None when it has applied
+    nothing at all (a new member catching up, which cannot know the log clock yet: it
+    stamps 0, which advances nothing)."""
 
     def __init__(self, applied: Callable[[], int], wall_ms: Callable[[], int] = _wall_ms,
                  mono_ms: Callable[[], int] = _mono_ms) -> None:
@@ -42,9 +48,12 @@ class CommandClock:
         self._since = 0                   # taken at
 
     def __call__(self) -> int:
-        wall, mono, applied = self.wall_ms(), self.mono_ms(), self.applied()
-        if self._base is None:
-            self._base, self._since = (applied if applied > 0 else wall), mono
-        elif applied > self._base + (mono - self._since):
-            self._base, self._since = applied, mono      # another node is further on
-        return min(wall, self._base + (mono - self._since))
+        applied = self.applied()
+        if applied is None:
+            return 0
+        wall, mono = self.wall_ms(), self.mono_ms()
+        if applied <= 0 and self._base is None:
+            return wall                                  # nothing to hold it to yet
+        if self._base is None or applied > self._base + (mono - self._since) * CATCH_UP_RATE:
+            self._base, self._since = applied, mono      # first seen, or another node is on
+        return min(wall, self._base + int((mono - self._since) * CATCH_UP_RATE))

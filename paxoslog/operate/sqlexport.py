@@ -25,7 +25,7 @@ saying what was exported from where::
                     command_data: JSON text (stored in the BLOB column, so SQLite's json_*
                     functions work on it): the list of commands (client ids, sequences and
                     fields) or the configuration; NULL for no-ops and holes.  timestamp: the
-                    proposing node's clock of the entry's first command (UTC), NULL for
+                    encoding node's stamp (``ts``) of the entry's first command (UTC), NULL for
                     no-ops, holes and configuration entries.
     snapshots       one row per snapshot file in snap/: snapshot_data holds the file's
                     METADATA as JSON text (file name, bytes on disk, bytes per state
@@ -110,7 +110,7 @@ class _Terms:
 
 def _entry_row(entry: Entry, terms: _Terms, paxos: bool, kv_times: dict) -> tuple:
     """One log_entries row; notes in ``kv_times`` when each kv key changed ((index, key)
-    -> the proposing node's clock in seconds)."""
+    -> the encoding node's stamp in seconds)."""
     term = terms(entry.term)
     if entry.kind == ENTRY_NOOP:
         return (entry.index, term, "noop-fill" if paxos else "noop", None, None)

@@ -224,9 +224,6 @@ class Api:
             return self._error(ApiError(404, "not_found",
                                         f"no such operation: {request.method[:20]} "
                                         f"{request.path[:200]}"))
-        if self.access is not None and self.access.revoked(principal):
-            return self._error(ApiError(401, "unauthenticated", "the bearer token this "
-                                        "connection was opened with has been revoked"))
         return self._dispatch(request, route,
                               ANONYMOUS_ADMIN if principal is None else principal)
 

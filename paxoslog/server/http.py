@@ -23,9 +23,10 @@ Every input is bounded (the ``[limits]`` of the conf; docs/security.md lists the
   the rest waits unparsed, and the socket is no longer read (``pauseProducing``).  The
   protocol is also a producer registered with its transport: when the transport's write
   buffer fills (the client does not read its answers) reading stops too, until it drains,
-  and requests already parsed in the same slice wait unanswered (``_held``): a client that
-  pipelines and never reads holds about one write buffer of answers (plus one answer) in
-  memory, not one answer per parsed request.
+  and requests already parsed in the same slice wait unhandled (``_held``), so answers
+  made at once (reads of the node's own state, the API document) do not queue one per
+  parsed request.  Answers that come later (writes, linearizable reads) are bounded by
+  the pipeline limit: a client that pipelines and never reads holds at most that many.
 * time: the request line and headers must arrive within ``header_timeout_ms`` of the
   request's first byte (of the connection's opening, for the first request), the body
   within ``body_timeout_ms`` of the headers: else 408 and close (slowloris).  A connection

@@ -101,9 +101,11 @@ class LogFile:
             self.stream.close()
 
 
-# a logged target cannot end the line, start a fake one or drive a terminal: '"', control
-# characters (CR and LF among them) and DEL are written percent-encoded
-_ESCAPED = {c: f"%{c:02X}" for c in (*range(0x20), 0x22, 0x7F)}
+# a logged target cannot end the line, start a fake one or drive a terminal: '"', the C0
+# and C1 controls (CR, LF, NEL, CSI among them), DEL and the Unicode line and paragraph
+# separators are written percent-encoded (as UTF-8)
+_ESCAPED = {c: "".join(f"%{b:02X}" for b in chr(c).encode())
+            for c in (*range(0x20), 0x22, *range(0x7F, 0xA0), 0x2028, 0x2029)}
 
 
 class AccessLog:

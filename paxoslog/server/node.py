@@ -347,7 +347,8 @@ class NodeService(MultiService):
         self.router = router = RequestRouter(
             runner, lambda: self.driver.machines, self.ticker.catch_up, node_id=self.node_id,
             command_bytes_max=config.batching.batch_bytes_max,
-            stamp_ms=CommandClock(lambda: self.driver.machines.sessions.clock))
+            stamp_ms=CommandClock(lambda: self.driver.machines.sessions.clock
+                                  if self.driver.applied_index > 0 else None))
         port = ConsensusPort(self.node_id, driver, runner, router, self.transport,
                              lambda: self.stopping or runner.fatal is not None)
         self.admin = MembershipAdmin(port, book, reactor, cluster=config.name,

@@ -289,6 +289,10 @@ class StreamsProtocol(WebSocketServerProtocol):
             if request_id is None:
                 raise _Refused(400, "bad_request", '"id" must be an integer or a string of '
                                                    f'at most {_ID_CHARS_MAX} characters')
+            access = self.factory.api.access
+            if access is not None and access.revoked(self.principal):
+                raise _Refused(401, "unauthenticated", "the bearer token this connection "
+                                                       "was opened with has been revoked")
             op = message.get("op")
             if op in ("tail", "watch"):
                 result = self._subscribe(op, message)

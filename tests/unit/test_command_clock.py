@@ -28,11 +28,11 @@ def test_a_fast_wall_clock_stamps_no_further_than_the_log_allows():
     clock = CommandClock(lambda: applied["clock"], lambda: fast.wall, lambda: fast.mono)
     assert clock() == 1_000_000
     fast.advance(2_000)
-    assert clock() == 1_002_000                             # the time that passed, no more
+    assert clock() == 1_002_200                             # the time that passed, x 1.1
     applied["clock"] = 1_005_000                            # another node is further on
     assert clock() == 1_005_000
     fast.advance(1_000)
-    assert clock() == 1_006_000
+    assert clock() == 1_006_100
 
 
 def test_an_honest_clock_stamps_its_wall_time_and_a_slow_one_stamps_lower():
@@ -74,3 +74,34 @@ def test_a_fast_node_cannot_expire_an_idle_clients_session_early():
     assert write("fast", "other", 1, 2, 2) == "executed"     # stamped from the fast node
     assert write("honest", "c", 1, 1, 3) == "duplicate"      # c's retry: not applied again
     assert m.machines["kv"].get("k")["value"] == 2
+
+
+
+def test_a_node_that_knows_no_log_clock_yet_never_latches_its_wall_clock():
+    """A node that has applied nothing (a new member catching up) stamps 0, which advances
+    nothing; one whose log has no ``ts`` yet (a new cluster) stamps its wall clock without
+    holding to it, so a fast wall clock is not kept once the log's clock is known (a
+    review found the first version latched it)."""
+    state = {"applied": None}
+    fast = Clocks(wall=1_000_000 + 10 * MINUTE)
+    clock = CommandClock(lambda: state["applied"], lambda: fast.wall, lambda: fast.mono)
+    assert clock() == 0
+    state["applied"] = 0
+    assert clock() == fast.wall
+    state["applied"] = 1_000_000                             # caught up: the log's clock
+    fast.advance(1_000)
+    assert clock() == 1_000_000
+    fast.advance(1_000)
+    assert clock() == 1_001_100
+
+
+
+def test_after_an_outage_the_log_clock_catches_up_with_honest_wall_clocks():
+    """The log's newest ts is an hour old (every node was down): stamps start there and
+    gain 10 % on real time until they reach the wall clock, then follow it."""
+    honest = Clocks(wall=1_000_000 + 60 * MINUTE)
+    applied = {"clock": 1_000_000}
+    clock = CommandClock(lambda: applied["clock"], lambda: honest.wall, lambda: honest.mono)
+    assert clock() == 1_000_000
+    honest.advance(10 * 60 * MINUTE)                         # ten hours later
+    assert clock() == honest.wall

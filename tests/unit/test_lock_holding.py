@@ -85,3 +85,79 @@ def test_a_twisted_lock_whose_renewal_hangs_is_lost_when_the_lease_may_expire():
     client.reactor.advance(0.002)                     # 3 s after the last renewal sent
     assert len(lost) == 1 and isinstance(lost[0], LockLost)
     assert not client.reactor.getDelayedCalls()       # renewing stopped
+    # The hung renewal ends later (the client's timeout, or the lease found gone): the
+    # application already heard, and is not told twice (a review found it was).
+    client.renewals[1].errback(LockLost("lease 7 expired"))
+    assert len(lost) == 1
+
+
+def test_a_twisted_lock_that_waited_in_line_is_not_lost_at_its_first_renewal():
+    """The watchdog counts from the last renewal sent; a lock that waited in line longer
+    than its TTL renewed its lease while waiting, and is not declared lost at its first
+    renewal as held (a review found the first version of the watchdog did)."""
+    from twisted.internet import defer, task
+
+    from paxoslog.client import NotFound
+    from paxoslog.recipes import TwistedLock
+    from paxoslog.wsclient import StreamError
+
+    class Queue:
+        """Another holder keeps the lock for 20 s; every call is answered in 10 ms."""
+        client_id = "c"
+
+        def __init__(self) -> None:
+            self.reactor = task.Clock()
+
+        def _answer(self, value):
+            d = defer.Deferred()
+            self.reactor.callLater(0.01, d.callback, value)
+            return d
+
+        def _holder_alive(self) -> bool:
+            return self.reactor.seconds() < 20.0
+
+        def lease_grant(self, ttl_ms):
+            return self._answer({"result": {"id": 7}})
+
+        def txn(self, compare, success, failure):
+            return self._answer({"result": {"results": [
+                {}, {"kv": {"create_index": 10, "key": success[0]["key"]}}]}})
+
+        def range(self, prefix, limit=None, after=None):
+            kvs = [{"key": prefix + "00000000000000000007", "create_index": 10}]
+            if self._holder_alive():
+                kvs.insert(0, {"key": prefix + "00000000000000000003", "create_index": 5})
+            return self._answer({"kvs": kvs, "more": False})
+
+        def get(self, key):
+            if self._holder_alive():
+                return self._answer({"index": 5})
+            return defer.fail(NotFound("gone"))
+
+        def lease_keepalive(self, lease):
+            return self._answer({"remaining_ms": 3000})
+
+        def watch(self, key, start=None):
+            return NoWatch()
+
+    class NoWatch:
+        """No WebSocket endpoint: the recipe falls back to polling."""
+
+        def __aiter__(self):
+            return self
+
+        async def __anext__(self):
+            raise StreamError("no watch here")
+
+        def cancel(self) -> None:
+            pass
+
+    client, lost, got = Queue(), [], []
+    lock = TwistedLock(client, "job", ttl_ms=3000, poll_s=0.05, on_lost=lost.append)
+    lock.acquire().addCallback(got.append)
+    for _ in range(2100):                             # 21 s in 10 ms steps
+        client.reactor.advance(0.01)
+    assert got and not lost
+    for _ in range(300):                              # its first renewals as holder
+        client.reactor.advance(0.01)
+    assert not lost

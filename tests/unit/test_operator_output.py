@@ -210,9 +210,9 @@ def test_log_file_reopens_after_rotation_and_access_log_has_no_secrets(tmp_path)
     old = (tmp_path / "node.log.1").read_text()
     assert old.split(" ", 1)[1] == '127.0.0.1 "GET /health" 200 57 0.001200\n'
     assert (tmp_path / "node.log").read_text().endswith('"POST /x%22y" 404 3 0.500000\n')
-    stats.responded("10.0.0.9", "POST", "/a\rFAKE 200\n\x1b[2J\x7f", 404, 3, 0.5)
+    stats.responded("10.0.0.9", "POST", "/a\rFAKE 200\n\x1b[2J\x7f\x9b\u2028", 404, 3, 0.5)
     last = (tmp_path / "node.log").read_text().splitlines()[-1]
-    assert last.endswith('"POST /a%0DFAKE 200%0A%1B[2J%7F" 404 3 0.500000')
+    assert last.endswith('"POST /a%0DFAKE 200%0A%1B[2J%7F%C2%9B%E2%80%A8" 404 3 0.500000')
     assert set(stats.latency) == {("GET", "/health"), ("POST", "other")}
     (tmp_path / "gone").mkdir()
     bad = LogFile(str(tmp_path / "gone" / "f"))

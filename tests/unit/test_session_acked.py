@@ -127,7 +127,8 @@ def test_an_unknown_outcome_is_given_up_once_far_behind():
     OPEN_SEQUENCES_MAX later writes were issued (the cluster dropped its result long
     before), ``acked`` passes it and nothing more is kept for it."""
     seen = AnsweredSequences()
-    seen.issued(1)                                    # unknown: never settled
+    seen.issued(1)
+    seen.unknown(1)                                   # its outcome unknown: left open
     for seq in range(2, OPEN_SEQUENCES_MAX + 1):
         seen.issued(seq)
         seen.settled(seq)
@@ -179,3 +180,17 @@ def test_the_node_that_encoded_a_batch_applies_its_acked_like_every_other_replic
         follower.apply_command(index, 1, data)      # decoded: it encoded nothing
     assert leader.sessions.snapshot() == follower.sessions.snapshot()
     assert leader.sessions.results_total == 10         # only the last batch's results
+
+
+
+def test_writes_still_in_flight_are_never_given_up():
+    """put_many issues every batch's sequence before it sends one: more than
+    OPEN_SEQUENCES_MAX batches in flight must not move ``acked`` past batches not yet
+    answered (the first version did, and the server refused them 400: found by a
+    review)."""
+    seen = AnsweredSequences()
+    for seq in range(1, OPEN_SEQUENCES_MAX + 100):
+        seen.issued(seq)
+    assert seen.through == 0
+    seen.settled(1)
+    assert seen.through == 1
