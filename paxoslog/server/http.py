@@ -31,7 +31,8 @@ Every input is bounded (the ``[limits]`` of the conf; docs/security.md lists the
   request's first byte (of the connection's opening, for the first request), the body
   within ``body_timeout_ms`` of the headers: else 408 and close (slowloris).  A connection
   with nothing to do, or whose client does not read its answers, for ``idle_timeout_ms`` is
-  closed.  A sweep checks the deadlines a few times per shortest timeout.
+  closed, and so is one being closed gracefully whose client never reads its last
+  answer.  A sweep checks the deadlines a few times per shortest timeout.
 * connections: beyond ``connections_max`` in all, or ``connections_per_address_max`` from
   one client address, a new connection gets 503 and is closed.
 
@@ -137,6 +138,7 @@ class HttpProtocol(Protocol):
         self._write_full = False      # the transport's write buffer is full
         self._in_message = False
         self._quiet = 0               # bytes of the message parsed since the parser reported
+        self._closing_since: float | None = None   # close() asked for a graceful close
         self._phase = _HEADERS        # a new connection owes us its first request
         self._phase_since = 0.0
         self._registered = False      # we are our transport's producer
@@ -197,6 +199,8 @@ class HttpProtocol(Protocol):
         if abort:
             self.transport.abortConnection()
         else:
+            if self._closing_since is None:
+                self._closing_since = self.factory.reactor.seconds()
             self.transport.loseConnection()
 
     def connectionLost(self, reason=None) -> None:
@@ -412,6 +416,13 @@ class HttpProtocol(Protocol):
         if self.closed or self.upgraded is not None:
             return
         limits = self.factory.limits
+        if self._closing_since is not None:
+            # A graceful close waits for the client to read what was written; one that
+            # never reads would hold the connection (and its answers) for good.
+            if now - self._closing_since > limits.idle_timeout_ms / 1000.0:
+                self.factory.timeouts += 1
+                self.close(abort=True)
+            return
         phase = self._phase
         waited = now - self._phase_since
         if phase == _HEADERS and waited > limits.header_timeout_ms / 1000.0:
@@ -647,6 +658,10 @@ class HttpProtocol(Protocol):
             self.transport.registerProducer(self, True)
             self._registered = True
         self._flush_ready()
+        if self._write_full and self._registered and not self._streaming and not self.closed:
+            # Paused before the body streamed: the transport drove the file sender since
+            # and will not resume us.  Go on; a write into a full buffer pauses us again.
+            self.resumeProducing()
         return None
 
     def _flush_ready(self) -> None:

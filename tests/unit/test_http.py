@@ -584,3 +584,72 @@ def test_an_upgrade_request_larger_than_one_parse_slice_arrives_whole():
     request = UPGRADE.replace(b"\r\n\r\n", b"\r\nX-Pad: " + b"p" * 1500 + b"\r\n\r\n")
     proto.dataReceived(request + b"\x81\x01x")
     assert target.built[0].data == request + b"\x81\x01x"
+
+
+class KernelTransport(StringTransport):
+    """Twisted's FileDescriptor as a producer sees it: a write past ``size`` bytes pauses
+    the registered streaming producer; ``drain()`` (the kernel took everything) resumes it
+    only if it paused it.  A pull producer (the FileSender) is driven by ``drain()``."""
+
+    def __init__(self, size: int) -> None:
+        super().__init__()
+        self.size = size
+        self.paused_it = False
+        self.streaming = None
+
+    def registerProducer(self, producer, streaming) -> None:
+        self.producer, self.streaming = producer, streaming
+
+    def unregisterProducer(self) -> None:
+        self.producer = None
+
+    def write(self, data) -> None:
+        super().write(data)
+        if self.producer is not None and self.streaming and len(self.value()) > self.size:
+            self.paused_it = True
+            self.producer.pauseProducing()
+
+    def drain(self) -> None:
+        self.clear()
+        if self.producer is not None and (not self.streaming or self.paused_it):
+            self.paused_it = False
+            self.producer.resumeProducing()
+
+
+def test_a_connection_paused_before_a_file_body_streams_reads_again_after_it(tmp_path):
+    """The buffer filled (the protocol paused), then a file body streamed: the transport
+    drove the file sender since and never resumes the protocol, which stayed paused with
+    its held requests for good (found by a review).  It goes on after the body."""
+    app = App()
+    app.defer_paths.update({"/a", "/file"})
+    factory = HttpFactory(app, Limits(pipelined_requests_max=8), task.Clock())
+    proto = factory.buildProtocol(None)
+    t = KernelTransport(4096)
+    proto.makeConnection(t)
+    proto.dataReceived(b"GET /a HTTP/1.1\r\n\r\nGET /file HTTP/1.1\r\n\r\n")
+    done: list = []
+    app.pending[1].callback((200, _file_body(tmp_path, b"z" * 50_000, done), b"a/b", ()))
+    app.pending[0].callback(json_response(200, {"pad": "x" * 10_000}))   # fills the buffer
+    for _ in range(100):
+        t.drain()
+        if isinstance(t.producer, HttpProtocol):
+            break
+    assert done and isinstance(t.producer, HttpProtocol)
+    proto.dataReceived(b"GET /next HTTP/1.1\r\n\r\n")
+    assert [r.path for r in app.requests] == ["/a", "/file", "/next"]
+
+
+def test_a_closing_connection_whose_client_never_reads_is_cut_after_the_idle_timeout(setup):
+    """A last answer (Connection: close) the client never reads kept the connection open
+    for good: a graceful close waits for the client.  It is aborted after idle_timeout_ms
+    (found by a review)."""
+    _, factory, clock, connect = setup
+    proto, t = connect()
+    proto.dataReceived(b"GET /a HTTP/1.1\r\nConnection: close\r\n\r\n")
+    assert t.disconnecting and proto in factory.connections
+    clock.advance(119)
+    proto.check_deadline(clock.seconds())
+    assert not t.disconnected
+    clock.advance(2)
+    proto.check_deadline(clock.seconds())
+    assert t.disconnected                         # StringTransport: abortConnection
