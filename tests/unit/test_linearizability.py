@@ -543,8 +543,8 @@ def test_a_simulator_history_with_many_lost_writes_is_decided_quickly():
     """Key k0 of simulator seed 40072 (membership profile, Multi-Paxos, 3 nodes): 178
     operations, 57 of them never answered (deletes and writes lost in partitions).  It is
     linearizable, but the checker gave up after 558 million steps, trying every subset of
-    the lost writes at every position; with rules 5 and 6 it is decided in a few
-    thousand."""
+    the lost writes at every position; with rules 5 and 6 it is decided in about
+    280,000 steps (0.1 s)."""
     import json
     import os
     path = os.path.join(os.path.dirname(__file__), "data", "history-sim-40072-k0.json")
