@@ -62,7 +62,10 @@ class Hold:
 class LockWorkload:
     def __init__(self, reactor, endpoints: list[str], clock, *, holders: int = 3,
                  ttl_ms: int = 2000, hold_s: float = 0.3, name: str = "chaos",
-                 cafile: str | None = None, rng: random.Random | None = None) -> None:
+                 cafile: str | None = None, token: str | None = None,
+                 rng: random.Random | None = None) -> None:
+        """``token``: the bearer token of a cluster that requires one (--auth); the
+        holders write with clients' own random ids, so an unbound token."""
         self.reactor = reactor
         self.endpoints = endpoints
         self.clock = clock
@@ -71,6 +74,7 @@ class LockWorkload:
         self.hold_s = hold_s
         self.name = name
         self.cafile = cafile
+        self.token = token
         self.rng = rng or random.Random(0)
         self.holds: list[Hold] = []
         self.writes: list[FencedWrite] = []
@@ -81,7 +85,7 @@ class LockWorkload:
 
     def _client(self) -> Client:
         client = Client(self.endpoints, reactor=self.reactor, timeout=5.0,
-                        attempt_timeout=1.0, cafile=self.cafile)
+                        attempt_timeout=1.0, cafile=self.cafile, token=self.token)
         self._clients.append(client)
         return client
 

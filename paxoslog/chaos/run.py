@@ -192,6 +192,7 @@ class ChaosRun:
         reserved = {node: sockets[2 * i:2 * i + 2]
                     for i, node in enumerate(self.spec.spare_ids)}
         tokens = self._make_tokens() if o.auth else None
+        self.admin_token = tokens and tokens["admin"]
         if tokens is not None:
             self.spec = replace(self.spec, tokens_file=tokens["file"])
         ports = {}
@@ -281,7 +282,7 @@ class ChaosRun:
             from .locks import LockWorkload
             self.locks = LockWorkload(self.reactor, self.api_urls, self.clock,
                                       holders=o.lock_workers, ttl_ms=o.lock_ttl_ms,
-                                      cafile=self.cafile,
+                                      cafile=self.cafile, token=self.admin_token,
                                       rng=random.Random(f"{o.seed}-locks"))
             self.locks.start()
         self._start_progress()
