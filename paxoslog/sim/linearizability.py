@@ -50,8 +50,8 @@ linearization and a read leaves the state unchanged:
 5. Values that no operation reads (no completed get returns them, no cas expects
    them) are one model state: every operation treats them alike.
 6. Indeterminate writes with the same effect on every state (all deletes; puts of
-   values nobody reads; cas ops with the same expected and new values) are
-   interchangeable, so only the earliest-called one not yet linearized is tried:
+   one value, every value nobody reads counting as one; cas ops with the same
+   expected and new values) are interchangeable, so only the earliest-called one not yet linearized is tried:
    a linearization that uses m of them at some positions can use the m earliest
    called ones at the same positions instead (the i-th earliest is called no later
    than the i-th position, and none of them has a return to respect).  Many
@@ -262,7 +262,9 @@ class _Values:
             hashable = True
         if found is not None:
             return found
-        for index in self._unhashable:
+        # An unhashable value may equal a hashable one (bytearray(b"x") == b"x"): it is
+        # compared with every value, so the ids never depend on the order of interning.
+        for index in (self._unhashable if hashable else range(1, len(self.values))):
             if self.values[index] == value:
                 return index
         index = len(self.values)
