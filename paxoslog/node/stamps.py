@@ -16,7 +16,6 @@ applied value are injected.
 
 from __future__ import annotations
 
-import time
 from typing import Callable
 
 __all__ = ["CommandClock", "CATCH_UP_RATE"]
@@ -24,23 +23,16 @@ __all__ = ["CommandClock", "CATCH_UP_RATE"]
 CATCH_UP_RATE = 1.1     # the log clock's fastest pace against real time
 
 
-def _wall_ms() -> int:
-    return int(time.time() * 1000)
-
-
-def _mono_ms() -> int:
-    return int(time.monotonic() * 1000)
-
-
 class CommandClock:
     """``clock()``: the ``ts`` for a command this node encodes now (ms).  ``applied()``:
-    the largest ``ts`` this node has applied; 0 when it applied entries but none carried a
-    ``ts`` (a new cluster: the wall clock starts the log clock); None when it has applied
-    nothing at all (a new member catching up, which cannot know the log clock yet: it
-    stamps 0, which advances nothing)."""
+    the largest ``ts`` this node has applied; 0 when none carried a ``ts`` yet (a new
+    cluster), or None when it has applied nothing at all (a new member catching up): then
+    it stamps its wall clock without holding to it, as every node did before.  (A stamp of
+    0 would give the sessions it creates a last use at 0, which the first real stamp then
+    expires.)  ``wall_ms``, ``mono_ms``: the wall and monotonic clocks, ms."""
 
-    def __init__(self, applied: Callable[[], int], wall_ms: Callable[[], int] = _wall_ms,
-                 mono_ms: Callable[[], int] = _mono_ms) -> None:
+    def __init__(self, applied: Callable[[], int | None], wall_ms: Callable[[], int],
+                 mono_ms: Callable[[], int]) -> None:
         self.applied = applied
         self.wall_ms = wall_ms
         self.mono_ms = mono_ms
@@ -49,10 +41,8 @@ class CommandClock:
 
     def __call__(self) -> int:
         applied = self.applied()
-        if applied is None:
-            return 0
         wall, mono = self.wall_ms(), self.mono_ms()
-        if applied <= 0 and self._base is None:
+        if applied is None or (applied <= 0 and self._base is None):
             return wall                                  # nothing to hold it to yet
         if self._base is None or applied > self._base + (mono - self._since) * CATCH_UP_RATE:
             self._base, self._since = applied, mono      # first seen, or another node is on

@@ -348,7 +348,9 @@ class NodeService(MultiService):
             runner, lambda: self.driver.machines, self.ticker.catch_up, node_id=self.node_id,
             command_bytes_max=config.batching.batch_bytes_max,
             stamp_ms=CommandClock(lambda: self.driver.machines.sessions.clock
-                                  if self.driver.applied_index > 0 else None))
+                                  if self.driver.applied_index > 0 else None,
+                                  lambda: int(time.time() * 1000),
+                                  lambda: int(time.monotonic() * 1000)))
         port = ConsensusPort(self.node_id, driver, runner, router, self.transport,
                              lambda: self.stopping or runner.fatal is not None)
         self.admin = MembershipAdmin(port, book, reactor, cluster=config.name,

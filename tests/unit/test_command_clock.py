@@ -78,14 +78,15 @@ def test_a_fast_node_cannot_expire_an_idle_clients_session_early():
 
 
 def test_a_node_that_knows_no_log_clock_yet_never_latches_its_wall_clock():
-    """A node that has applied nothing (a new member catching up) stamps 0, which advances
-    nothing; one whose log has no ``ts`` yet (a new cluster) stamps its wall clock without
-    holding to it, so a fast wall clock is not kept once the log's clock is known (a
-    review found the first version latched it)."""
+    """A node that has applied nothing (a new member catching up), or whose log has no
+    ``ts`` yet (a new cluster), stamps its wall clock without holding to it, so a fast wall
+    clock is not kept once the log's clock is known (a review found the first version
+    latched it).  It does not stamp 0: the sessions such a command creates would be last
+    used at 0, and the first real stamp expired them (a clean-clone run caught it)."""
     state = {"applied": None}
     fast = Clocks(wall=1_000_000 + 10 * MINUTE)
     clock = CommandClock(lambda: state["applied"], lambda: fast.wall, lambda: fast.mono)
-    assert clock() == 0
+    assert clock() == fast.wall
     state["applied"] = 0
     assert clock() == fast.wall
     state["applied"] = 1_000_000                             # caught up: the log's clock
