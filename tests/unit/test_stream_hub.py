@@ -188,13 +188,19 @@ def test_a_paused_connection_queues_nothing_and_catches_up_on_resume():
     assert indexes(sink) == list(range(1, 22))
 
 
-def test_a_tail_behind_the_log_view_reads_the_wal_then_the_log_view():
-    """The log view keeps 5 entries; a tail from 1 reads 1..N from the WAL first."""
+def node_behind_its_log_view() -> tuple[Node, list[Entry]]:
+    """A node whose log view keeps 5 of its 10 entries, and the entries (for a WAL)."""
     node = Node(kept=5)
     entries = []
     for i in range(10):
         node.apply((f"k{i}", i))
         entries.append(Entry(i + 1, 1, ENTRY_NORMAL, node.logview.recent[-1][3]))
+    return node, entries
+
+
+def test_a_tail_behind_the_log_view_reads_the_wal_then_the_log_view():
+    """The log view keeps 5 entries; a tail from 1 reads 1..N from the WAL first."""
+    node, entries = node_behind_its_log_view()
     node.hub.wal = FakeWal(entries, first=1)
     sink = Sink()
     result = node.hub.subscribe_tail(Subscription(1, sink, TAIL, 1))
@@ -202,7 +208,6 @@ def test_a_tail_behind_the_log_view_reads_the_wal_then_the_log_view():
     for _ in range(5):
         node.turn()
     assert indexes(sink) == list(range(1, 11))
-
 
 
 class SlowWal(FakeWal):
@@ -221,11 +226,7 @@ def test_a_tail_cancelled_or_closed_while_its_start_is_read_is_never_registered(
     """A tail from the past reads its start from the WAL; cancelled (or its connection
     closed) meanwhile, it used to be registered when the read finished, and every later
     entry was rendered and sent to a client that was gone (found by a review)."""
-    node = Node(kept=5)
-    entries = []
-    for i in range(10):
-        node.apply((f"k{i}", i))
-        entries.append(Entry(i + 1, 1, ENTRY_NORMAL, node.logview.recent[-1][3]))
+    node, entries = node_behind_its_log_view()
     node.hub.wal = SlowWal(entries, first=1)
     sink = Sink()
     sub = Subscription(1, sink, TAIL, 1)
