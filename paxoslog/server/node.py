@@ -520,6 +520,7 @@ class NodeService(MultiService):
         yield super().stopService()
         self.runner.stop()
         yield self.runner.idle()
+        self.runner.close()
         try:
             yield self.writer.close()
         except Exception as exc:

@@ -169,6 +169,7 @@ class DriverRunner:
         self._persisted_inline: tuple | None = None   # (seconds, ready), see _persist
         self._executing = 0                           # execute() calls under way
         self._idle_waiters: list[defer.Deferred] = []
+        self.closed = False          # after close(): no event runs (the WAL is closing)
         self._pump_due = False        # a pump is queued for this turn's end
         # The serving reactor queues it without a timer (reactor.py); others (tests' and
         # the ones Twisted picks elsewhere) take callLater(0), which runs it at the same point.
@@ -259,12 +260,20 @@ class DriverRunner:
         self._event("stopping", self.driver.stop)
 
     def idle(self) -> defer.Deferred:
-        """Fires once no Ready is being persisted."""
-        if not self._persisting:
-            return defer.succeed(None)
+        """Fires once no Ready is being persisted and no Ready loop is due: what the last
+        events left to persist has been persisted (a node stopping closes its WAL then;
+        a Ready loop left for the turn's end once persisted on the closed WAL and made
+        a clean stop fatal)."""
         d = defer.Deferred()
         self._idle_waiters.append(d)
+        self._wake_idle()
         return d
+
+    def close(self) -> None:
+        """Once idle() fired on a stopping node: later events (a snapshot job coming back
+        from its thread) run nothing, so nothing is persisted on the closing WAL."""
+        self.closed = True
+        self._pump_due = False
 
     def schedule_pump(self) -> None:
         """Run the driver's Ready loop once this reactor turn is over: every event of the
@@ -294,7 +303,7 @@ class DriverRunner:
         self._event("the Ready loop", self.driver.pump, pump=False)
 
     def _event(self, what: str, method, *args, pump: bool = True) -> None:
-        if self.fatal is not None:
+        if self.fatal is not None or self.closed:
             for arg in args:
                 if type(arg) is ClientRequest:
                     self._answer(arg, ApiError(503, "unavailable", "the node has stopped",
@@ -467,7 +476,13 @@ class DriverRunner:
         self.die(FatalNodeError(f"{what} failed: {failure.getErrorMessage()}"))
 
     def _wake_idle(self) -> None:
-        if not self._persisting and self._idle_waiters:
+        if self._persisting or not self._idle_waiters:
+            return
+        if self._pump_due:
+            self._pump_now()                # may start persisting the next Ready
+            if self._persisting:
+                return
+        if self._idle_waiters:
             waiters, self._idle_waiters = self._idle_waiters, []
             for d in waiters:
                 d.callback(None)

@@ -319,6 +319,31 @@ def test_an_event_run_while_answering_does_not_report_the_outer_lists_persist():
     names = [name for name, _ in driver.calls]
     assert names.index("persisted") > names.index("submit_write", 1)
 
+def test_idle_waits_for_the_ready_loop_left_for_the_turn_end_and_its_persist():
+    """A stopping node waits for idle(), then closes its WAL.  The Ready loop that the stop
+    (or a peer lost while stopping) left for the turn's end once ran after that, and
+    persisted on the closed WAL: a clean SIGTERM exited 1 (a CI run caught it).  idle()
+    runs the due Ready loop now, and fires only once what it persists is durable."""
+    driver = ScriptedDriver()
+    writer = ManualWriter()
+    runner, reactor = runner_with(driver, writer, reactor=TurnEndClock())
+    ready = Ready(entries=[])
+    driver.next["pump"] = [Persist(ready, sync=True)]
+    runner.stop()
+    idle = runner.idle()
+    assert [name for name, _ in driver.calls] == ["stop", "pump"]
+    assert writer.persists[0][0] is ready and not idle.called
+    writer.persists[0][1].callback(0.001)
+    assert idle.called
+    assert [name for name, _ in driver.calls] == ["stop", "pump", "persisted", "pump"]
+    reactor.end_turn()
+    assert [name for name, _ in driver.calls].count("pump") == 2
+    runner.close()                          # the WAL closes: later events run nothing
+    runner.receive(2, ["late"])
+    reactor.end_turn()
+    assert len(driver.calls) == 4 and len(writer.persists) == 1
+
+
 def test_two_readies_to_persist_in_one_list_stop_the_node():
     """The driver persists one Ready at a time; a list with two breaks its contract."""
     driver = ScriptedDriver()
