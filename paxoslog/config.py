@@ -833,4 +833,14 @@ def load_config(path: str) -> ClusterConfig:
         raise ConfigError(path, None, f"cannot read: {exc.strerror}") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(path, None, f"not valid TOML: {exc}") from None
+    except UnicodeDecodeError as exc:   # tomllib decodes the bytes itself, before parsing
+        raise ConfigError(path, None, _not_utf8(exc)) from None
     return parse_config(data, path)
+
+
+def _not_utf8(exc: UnicodeDecodeError) -> str:
+    """The problem of a conf file that is not UTF-8 (TOML requires it), with the offset of
+    the first bad byte so that an operator can find it (``cmp``, ``xxd -s``) instead of
+    guessing which line an editor saved as Latin-1."""
+    bad = exc.object[exc.start:exc.start + 1]
+    return f"not UTF-8 (byte 0x{bad.hex()} at offset {exc.start}); save it as UTF-8"

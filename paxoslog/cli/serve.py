@@ -87,18 +87,10 @@ def cmd_serve(args) -> int:
 
     def on_hangup() -> None:
         """SIGHUP: reopen the log files (logrotate), then reload the conf.  Never fatal."""
-        from paxoslog.server.reload import ReloadFailed
         for problem in logging.reopen():
             log.error("SIGHUP: {problem}; still writing to the old file", problem=problem)
         log.info("SIGHUP: log files reopened; reloading {path}", path=config.path)
-        systemd.reloading()
-        try:
-            result = node.reloader.reload()
-        except ReloadFailed as exc:
-            systemd.reloaded(f"reload refused: {exc}"[:200])
-            return
-        systemd.reloaded(f"reloaded: {len(result['applied'])} change(s) applied, "
-                         f"{len(result['needs_restart'])} need a restart")
+        reload_for_systemd(node.reloader, systemd)
 
     def stop(code: int | None = None) -> None:
         if code is not None:
@@ -152,6 +144,24 @@ def cmd_serve(args) -> int:
     else:
         reactor.run(installSignalHandlers=False)
     return outcome["code"]
+
+
+def reload_for_systemd(reloader, systemd) -> None:
+    """The reload of a SIGHUP, between ``RELOADING=1`` and ``READY=1``.  ``READY=1`` is sent
+    whatever the reload raised: after ``RELOADING=1`` without it, systemd shows the unit as
+    "reloading" for good.  A refused conf is a status line; an unexpected exception still
+    propagates afterwards (the reactor logs it with its traceback; the node keeps running)."""
+    from paxoslog.server.reload import ReloadFailed
+    systemd.reloading()
+    status = "reload failed: see the log"
+    try:
+        result = reloader.reload()
+        status = (f"reloaded: {len(result['applied'])} change(s) applied, "
+                  f"{len(result['needs_restart'])} need a restart")
+    except ReloadFailed as exc:
+        status = f"reload refused: {exc}"[:200]
+    finally:
+        systemd.reloaded(status)
 
 
 def _tune_malloc() -> None:

@@ -3,11 +3,15 @@ what can change while the node runs; never fatal.
 
 What can change is whatever a *hook* applies: ``register(name, hook)`` with
 ``hook(new_config) -> list of changes made`` (descriptions; empty when nothing changed).
-Today one hook is registered by ``paxoslog serve``: ``[log] level``.  The client token
-file of the auth layer plugs in the same way (``reloader.register("tokens", ...)``).
+Today one hook is registered by ``paxoslog serve``: ``[log] level`` (``APPLIED_LIVE``).
+The *contents* of the ``[auth]`` tokens file are not a conf field: the node re-reads that
+file by itself when it changes (server/access.py), reload or not.
 
-Everything else (nodes, ports, timing, limits, state machines, the secret) is compared with
-the conf the node started with and reported as needing a restart; it is not applied.
+Every other field of ``ClusterConfig`` (nodes, ports, timing, limits, ``[auth]``,
+``[tls]``, ``[websocket]``, state machines, the secret, and any section added later) is
+compared with the conf the node started with and reported as needing a restart; it is not
+applied.  The list is derived from the dataclass, not written by hand, so that a new
+section cannot be silently ignored by a reload.
 
 A conf file that no longer parses is refused as a whole: the node keeps running with what
 it has and the answer (and the log) names the file, the key and the problem.  A hook that
@@ -16,19 +20,40 @@ raises is reported the same way; the other hooks still run.
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Callable
 
 from twisted.logger import Logger
 
 from paxoslog.config import ClusterConfig, ConfigError, load_config
 
-__all__ = ["Reloader", "ReloadFailed", "RESTART_ONLY"]
+__all__ = ["Reloader", "ReloadFailed", "RESTART_ONLY", "APPLIED_LIVE"]
 
 log = Logger(namespace="paxoslog.reload")
 
+# ClusterConfig fields a reload hook applies to the running node (serve.py's log level hook).
+APPLIED_LIVE = ("log",)
+# Bookkeeping, not settings: the conf file's own path (what a reload re-reads).
+NOT_COMPARED = ("path",)
+
+
+def _restart_only() -> tuple[str, ...]:
+    """Every ``ClusterConfig`` field a running node cannot take over, in declaration order.
+    Derived from the dataclass so that a section added to the conf is reported as needing a
+    restart instead of being silently ignored (as ``[auth]``, ``[tls]`` and ``[websocket]``
+    were while this was a hand-written list)."""
+    skip = APPLIED_LIVE + NOT_COMPARED
+    return tuple(f.name for f in dataclasses.fields(ClusterConfig) if f.name not in skip)
+
+
 # ClusterConfig fields a running node cannot take over (a restart applies them).
-RESTART_ONLY = ("name", "protocol", "nodes", "timing", "snapshot", "storage", "batching",
-                "limits", "state_machines")
+RESTART_ONLY = _restart_only()
+
+
+def _restart_note(field: str, path: str) -> str:
+    """One ``needs_restart`` line; the secret is named, never shown."""
+    what = "the peer secret" if field == "secret" else field
+    return f"{what} changed in {path}: takes effect at the next restart"
 
 
 class ReloadFailed(Exception):
@@ -66,12 +91,7 @@ class Reloader:
             except Exception as exc:
                 errors.append(f"{name}: {exc}")
                 log.error("reload of {name} failed: {error}", name=name, error=exc)
-        restart = [f"{field} changed in {path}: takes effect at the next restart"
-                   for field in RESTART_ONLY
-                   if getattr(new, field) != getattr(self.config, field)]
-        if new.secret != self.config.secret:
-            restart.append(f"the peer secret changed in {path}: takes effect at the next "
-                           "restart")
+        restart = self._needs_restart(new)
         for change in applied:
             # warn, not info: a reload that raises the level must still say it happened.
             log.warn("reload: {change}", change=change)
@@ -80,3 +100,14 @@ class Reloader:
         if not applied and not restart and not errors:
             log.info("reload: {path} re-read, nothing to change", path=path)
         return {"applied": applied, "needs_restart": restart, "errors": errors}
+
+    def _needs_restart(self, new: ClusterConfig) -> list[str]:
+        """What changed in ``new`` that no hook applies.  ``getattr`` per field, not ``==``
+        on the whole conf: ``secret`` is excluded from the dataclass comparison (so that it
+        never shows in a repr) but a changed secret still needs a restart.  The peer secret
+        goes last, as it always has."""
+        path = self.config.path
+        changed = [name for name in RESTART_ONLY
+                   if getattr(new, name) != getattr(self.config, name)]
+        changed.sort(key=lambda name: name == "secret")
+        return [_restart_note(name, path) for name in changed]
