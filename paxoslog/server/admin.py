@@ -166,6 +166,7 @@ class MembershipAdmin:
         if target in self.book.bootstrap and target not in config.members:
             raise ApiError(409, "conflict", f"node {target} was an initial member of this "
                                             "cluster; node ids are not reused: pick a new id")
+        self._refuse_holder_of_entries(target, config)
         if row is None:
             yield port.write_row({"op": "add", "node_id": target, "address": peer,
                                   **({"api": api} if api else {})})
@@ -185,6 +186,25 @@ class MembershipAdmin:
                                             f"{'voter' if want_voter else 'learner'}",
                          leader_required=False)
         return self._member_answer(target)
+
+    def _refuse_holder_of_entries(self, target: int, config) -> None:
+        """An add of a node that is already a voter, or a learner holding log entries,
+        comes from a node that lost its data and joins again (``serve --join`` asks only
+        when its data directory is empty).  Answering ok let it back in with an empty log
+        under its old id: as a voter it could vote a lagging node into leadership, and a
+        review lost an acknowledged write that way.  Only the retry of a join that crashed
+        before the node received anything (a learner with nothing matched) is idempotent."""
+        if target in config.voters:
+            held = "is a voter"
+        else:
+            progress = self.port.progress().get(target)
+            if target not in config.learners or progress is None or progress.match <= 0:
+                return
+            held = f"is a learner holding log entries up to {progress.match}"
+        raise ApiError(409, "conflict", f"node {target} {held}: a node that joins again "
+                                        "has lost its data, and must not come back under "
+                                        f"its old id; run remove-node {target}, then join "
+                                        "it with a new id")
 
     def _member_answer(self, target: int) -> dict:
         applied = self.port.applied_config()
