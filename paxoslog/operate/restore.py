@@ -28,6 +28,7 @@ gives every node the same origin.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 from dataclasses import dataclass
@@ -56,11 +57,14 @@ class RestoreResult:
     seconds: float
 
 
-def verify_backup(path: str, quiet: bool = False) -> tuple[SnapshotInfo, str]:
+def verify_backup(path: str, quiet: bool = False,
+                  shown: str | None = None) -> tuple[SnapshotInfo, str]:
     """Verify the whole file and hash it: (info, SHA-256 hex).  ``OperateError`` (exit 1)
-    on any damage, exit 2 when there is no such file."""
+    on any damage, exit 2 when there is no such file.  ``shown``: the name errors give
+    the file (``path`` may be its /proc/self/fd name)."""
+    shown = shown or path
     if not os.path.isfile(path):
-        raise OperateError(f"{path}: no such file", 2)
+        raise OperateError(f"{shown}: no such file", 2)
     digest = hashlib.sha256()
     size = os.path.getsize(path)
     progress = Progress("checking the backup", size, quiet=quiet)
@@ -74,8 +78,42 @@ def verify_backup(path: str, quiet: bool = False) -> tuple[SnapshotInfo, str]:
     try:
         info = verify_snapshot(path)
     except CorruptSnapshot as exc:
-        raise OperateError(f"refusing to restore: {exc}; nothing was written") from None
+        message = str(exc).replace(path, shown)
+        raise OperateError(f"refusing to restore: {message}; nothing was written") from None
     return info, digest.hexdigest()
+
+
+@contextlib.contextmanager
+def _pinned(path: str):
+    """The backup as one open file, named through /proc/self/fd: every later read (the
+    hash, the verification, each node's copy) reads the same file, even when another one
+    is renamed over ``path`` meanwhile (a nightly ``snapshot save --force``).  A review
+    restored nodes from two different backups under one index that way, and the replicas
+    disagreed without an error."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except FileNotFoundError:
+        raise OperateError(f"{path}: no such file", 2) from None
+    except OSError as exc:
+        raise OperateError(f"cannot read {path}: {exc}", 2) from None
+    try:
+        pinned = f"/proc/self/fd/{fd}"
+        yield pinned if os.path.exists(pinned) else path
+    finally:
+        os.close(fd)
+
+
+def _refuse_dropped_states(path: str, info: SnapshotInfo, config) -> None:
+    """Every state machine in the backup must be enabled in the conf: a node drops the
+    state of one that is not (it logs a warning) and its next snapshot forgets it, so the
+    restore would lose it without a word."""
+    enabled = set(config.state_machines) | {"membership"}
+    dropped = [name for name in info.names if name not in enabled]
+    if dropped:
+        raise OperateError(f"{path} holds state machine(s) {', '.join(dropped)}, which "
+                           f"{config.path} does not enable ([state_machines] enabled = "
+                           f"{list(config.state_machines)!r}): enable them (installing any "
+                           "plug-in) or their state would be lost; nothing was written", 2)
 
 
 def states_with_fresh_membership(reader: SnapshotReader):
@@ -100,7 +138,15 @@ def restore_cluster(path: str, config, node_ids: list[int] | None = None, *,
     """See the module docstring.  ``out``: where the summary lines go."""
     import time
     started = time.monotonic()
-    info, sha = verify_backup(path, quiet)
+    with _pinned(path) as pinned:
+        return _restore(pinned, path, config, node_ids, out, quiet, started)
+
+
+def _restore(pinned: str, path: str, config, node_ids, out, quiet: bool,
+             started: float) -> RestoreResult:
+    import time
+    info, sha = verify_backup(pinned, quiet, shown=path)
+    _refuse_dropped_states(path, info, config)
     origin_cluster = info.backup or {}
     source_protocol = origin_cluster.get("protocol")
     if source_protocol is not None and source_protocol != config.protocol:
@@ -129,7 +175,7 @@ def restore_cluster(path: str, config, node_ids: list[int] | None = None, *,
     for node_id, node in targets.items():
         try:
             with NewDataDir(node.data_dir) as new:
-                _build(new.path, path, meta, config, node_id, voters, book, origin)
+                _build(new.path, pinned, meta, config, node_id, voters, book, origin)
                 new.commit()
         except OSError as exc:
             raise OperateError(f"cannot write {node.data_dir}: {exc}; it was not created "
@@ -149,6 +195,10 @@ def _build(directory: str, backup: str, meta: SnapshotMeta, config, node_id: int
     try:
         storage.load()
         with SnapshotReader(backup) as reader:
+            if (reader.meta.index, reader.meta.term) != (meta.index, meta.term):
+                raise CorruptSnapshot(f"the backup changed while it was restored: it now "
+                                      f"covers index {reader.meta.index} term "
+                                      f"{reader.meta.term}, not {meta.index} {meta.term}")
             states, rest = states_with_fresh_membership(reader)
             storage.save_snapshot(meta, states, reader.sessions)
             for _ in rest:                       # the trailer and the checksum, again

@@ -229,3 +229,62 @@ def running_raft(make_cluster):
     c = make_cluster("raft")
     c.write("a", 1)
     return c
+
+
+def _crafted_backup(path, index: int, hits: int) -> None:
+    """A backup file of a raft cluster at ``index`` whose kv holds ``hits``."""
+    from paxoslog.core.log import SnapshotMeta
+    from paxoslog.core.quorum import Config
+    from paxoslog.storage.snapshot import encode_snapshot_bytes
+    kv = KVStateMachine()
+    kv.apply(index, {"op": "put", "key": "hits", "value": hits})
+    meta = SnapshotMeta(index, 1, Config(frozenset({1, 2, 3})))
+    with open(path, "wb") as f:
+        f.write(encode_snapshot_bytes(meta, [("kv", [kv.snapshot()])]))
+
+
+def test_restore_reads_one_backup_even_when_another_is_renamed_over_it(
+        make_cluster, tmp_path, monkeypatch):
+    """Restore read the backup's path again for each node: a file renamed over it meanwhile
+    (a nightly ``snapshot save --force``) gave the nodes different states under one index,
+    and the replicas disagreed without an error (found by a review).  It reads one open
+    file now, and refuses a backup whose state machine the conf does not enable."""
+    from paxoslog.config import load_config
+    from paxoslog.operate import restore
+    latest, newer = tmp_path / "latest.snap.zst", tmp_path / "newer.snap.zst"
+    _crafted_backup(latest, 21, 1)
+    _crafted_backup(newer, 22, 41)
+    new = make_cluster("raft", start=False)
+    config = load_config(new.conf_path)
+    build = restore._build
+
+    def build_then_swap(directory, backup, *args):
+        build(directory, backup, *args)
+        if newer.exists():
+            os.replace(newer, latest)          # after the first node was built
+    monkeypatch.setattr(restore, "_build", build_then_swap)
+    result = restore.restore_cluster(str(latest), config, quiet=True, out=lambda line: None)
+    assert not newer.exists() and len(result.data_dirs) == 3
+    seen = set()
+    for directory in result.data_dirs.values():
+        snaps = sorted(os.path.join(directory, "snap", name)
+                       for name in os.listdir(os.path.join(directory, "snap")))
+        with SnapshotReader(snaps[-1]) as reader:
+            kv = KVStateMachine()
+            kv.restore(reader.read_all()["kv"])
+            seen.add((reader.meta.index, kv.get("hits")["value"]))
+    assert seen == {(21, 1)}
+
+    counter = tmp_path / "counter.snap.zst"
+    from paxoslog.core.log import SnapshotMeta
+    from paxoslog.core.quorum import Config
+    from paxoslog.storage.snapshot import encode_snapshot_bytes
+    with open(counter, "wb") as f:
+        f.write(encode_snapshot_bytes(SnapshotMeta(5, 1, Config(frozenset({1, 2, 3}))),
+                                      [("kv", [KVStateMachine().snapshot()]),
+                                       ("counter", [b"\xa0"])]))
+    other = make_cluster("raft", start=False)
+    out = paxoslog("snapshot", "restore", str(counter), "--config", other.conf_path)
+    assert out.returncode == 2, out.stderr
+    assert "counter" in out.stderr and "does not enable" in out.stderr, out.stderr
+    assert not (other.tmp_path / "data").exists()
