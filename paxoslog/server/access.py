@@ -19,8 +19,16 @@ role each request needs:
   node costs one scrypt verification, run on a thread (at most ``VERIFICATIONS_MAX`` at
   once, concurrent uses of one token share it); afterwards its SHA-256 maps to the
   principal in memory, so the write path pays one hash.
-  A token with an unknown id is refused without any KDF work.  No token: the anonymous
-  principal, with role ``admin`` where auth is not required and ``none`` where it is.
+  A token with an unknown id is refused without any KDF work.  A token id (ids are not
+  secret) holds at most one verification at a time: another secret for it meanwhile is
+  refused 503 ``busy``.  A first failed verification costs nothing more (a mistyped
+  token, then the right one, must work); after a second one in a row the id is in
+  back-off (``BACKOFF_FIRST_S``, doubling to ``BACKOFF_MAX_S``, reset by a success or
+  forgotten after ``BACKOFF_MAX_S`` of quiet): its secrets not already verified are
+  refused 503 ``busy`` with Retry-After, without hashing, so one holder flooding its own
+  id with made-up secrets neither fills the node's verification slots nor burns its CPU.
+  That state exists only for ids of the tokens file.  No token: the anonymous principal,
+  with role ``admin`` where auth is not required and ``none`` where it is.
 * **authorization** (``authorize``): 401 ``unauthenticated`` (with ``WWW-Authenticate:
   Bearer``) for an anonymous request that needs a role, 403 ``forbidden`` naming the role
   needed for a principal whose role is lower.
@@ -43,6 +51,7 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
+import math
 import os
 from dataclasses import dataclass
 from typing import Callable
@@ -57,12 +66,15 @@ from paxoslog.tokens import (ClientIdRule, Role, TokenRecord, TokensFile, Tokens
 from .errors import ApiError, unavailable
 
 __all__ = ["Principal", "TokenStore", "AccessControl", "ANONYMOUS_ADMIN", "ANONYMOUS",
-           "VERIFICATIONS_MAX", "RELOAD_CHECK_S", "is_loopback", "BEARER_SUBPROTOCOL",
+           "VERIFICATIONS_MAX", "BACKOFF_FIRST_S", "BACKOFF_MAX_S", "RELOAD_CHECK_S",
+           "is_loopback", "BEARER_SUBPROTOCOL",
            "bearer_subprotocol", "without_credentials"]
 
 log = Logger(namespace="paxoslog.access")
 
-VERIFICATIONS_MAX = 4            # scrypt verifications in flight per node
+VERIFICATIONS_MAX = 4            # scrypt verifications in flight per node (one per token id)
+BACKOFF_FIRST_S = 0.5            # a token id's back-off after its 2nd failure in a row,
+BACKOFF_MAX_S = 30.0             # doubled by each further failure up to this
 RELOAD_CHECK_S = 1.0             # the tokens file is stat()ed at most this often
 _BAD_REMEMBERED_MAX = 1024       # wrong tokens (of a known id) not verified twice
 _CHALLENGE = ((b"WWW-Authenticate", b'Bearer realm="paxoslog"'),)
@@ -314,7 +326,12 @@ class AccessControl:
         self._default_port = 443 if https else 80
         self._origins = frozenset(o.lower() for o in auth.allowed_origins)
         self._hosts: frozenset[str] | None = None
-        self._in_flight: dict[bytes, defer.Deferred] = {}
+        # Per token id, and only for ids of the tokens file (a record was found for them):
+        # the verification in flight (the digest of its token, the requests waiting for it)
+        # and the back-off after failed ones (until when, its length; length 0: one
+        # failure, no back-off yet).
+        self._in_flight: dict[str, tuple[bytes, list[defer.Deferred]]] = {}
+        self._backoff: dict[str, tuple[float, float]] = {}
 
     # ------------------------------------------------------------------ browsers
 
@@ -396,44 +413,78 @@ class AccessControl:
 
     def authenticate(self, request):
         """The request's ``Principal``, or a Deferred firing with it (a token's first use
-        here); raises ``ApiError`` 401 for a bad token, 503 when too many first uses are
-        being verified at once."""
+        here); raises ``ApiError`` 401 for a bad token, 503 ``busy`` when its id has a
+        verification of another secret in flight or is in back-off after failed ones, or
+        when too many first uses are being verified at once."""
         store = self.store
         if store is None:
             return self.anonymous
         token = _request_token(request)
         if token is None:
             return self.anonymous
-        store.maybe_reload(self._now())
+        now = self._now()
+        store.maybe_reload(now)
         digest, record, verified = store.known(token)
         if record is None:
             raise self._bad_token()
         if verified:
             return _principal(record)
-        result = defer.Deferred()
-        waiters = self._in_flight.get(digest)
-        if waiters is not None:                 # this token is being verified already
-            waiters.append(result)
-            return result
+        tid = record.id
+        flight = self._in_flight.get(tid)
+        if flight is not None:
+            if flight[0] == digest:             # this token is being verified already
+                result = defer.Deferred()
+                flight[1].append(result)
+                return result
+            # One verification per id: another secret (made up, most likely) waits its turn.
+            raise ApiError(503, "busy", "another secret for this token id is being verified; "
+                           "retry", retry_after=1)
+        backoff = self._backoff.get(tid)
+        if backoff is not None and now < backoff[0]:
+            wait = max(1, math.ceil(backoff[0] - now))
+            raise ApiError(503, "busy", "wrong secrets were sent for this token id lately; "
+                           f"its secrets are not checked again for {wait}s (retry then)",
+                           retry_after=wait)
         if len(self._in_flight) >= VERIFICATIONS_MAX:
             raise unavailable("too many new tokens being verified at once; retry",
                               code="busy")
-        self._in_flight[digest] = [result]
+        result = defer.Deferred()
+        self._in_flight[tid] = (digest, [result])
         d = defer.maybeDeferred(self._verify, record, token)
         d.addBoth(self._verified, digest, record)
         return result
 
     def _verified(self, ok, digest: bytes, record: TokenRecord) -> None:
-        waiters = self._in_flight.pop(digest)
+        _, waiters = self._in_flight.pop(record.id)
         if not isinstance(ok, bool):        # the verification itself failed (a Failure)
             log.failure("token verification failed", ok)
             ok = False
+        if ok:
+            self._backoff.pop(record.id, None)
+        else:
+            self._back_off(record.id)
         record = self.store.verified(digest, record, ok)
         for waiter in waiters:
             if record is not None:
                 waiter.callback(_principal(record))
             else:
                 waiter.errback(self._bad_token())
+
+    def _back_off(self, tid: str) -> None:
+        """Count a failed verification of ``tid``: the first (since a success, or since
+        the state ran out more than ``BACKOFF_MAX_S`` ago) is only noted, with no back-off,
+        so a mistyped token followed by the right one is not refused; the second starts
+        the back-off at ``BACKOFF_FIRST_S`` and each further one doubles it.  Only ids
+        still in the tokens file are kept, so the table is bounded by it."""
+        now = self._now()
+        before = self._backoff.get(tid)
+        delay = 0.0
+        if before is not None and now < before[0] + BACKOFF_MAX_S:
+            delay = min(before[1] * 2, BACKOFF_MAX_S) if before[1] else BACKOFF_FIRST_S
+        for gone in [t for t in self._backoff if self.store.record(t) is None]:
+            del self._backoff[gone]
+        if self.store.record(tid) is not None:
+            self._backoff[tid] = (now + delay, delay)
 
     def revoked(self, principal: Principal | None) -> bool:
         """Whether ``principal`` was authenticated by a token that has since been revoked

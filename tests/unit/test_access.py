@@ -173,7 +173,7 @@ def test_unknown_and_wrong_tokens_are_401_and_unknown_ids_cost_no_kdf(setup):
 
 def test_first_uses_share_a_verification_and_are_bounded(setup):
     """Concurrent first uses of one token share one verification; beyond
-    VERIFICATIONS_MAX different tokens in verification a request gets 503 busy."""
+    VERIFICATIONS_MAX different token ids in verification a request gets 503 busy."""
     make, tokens, calls, clock, path = setup
     pending = []
 
@@ -182,15 +182,22 @@ def test_first_uses_share_a_verification_and_are_bounded(setup):
         pending.append((d, record, token))
         return d
     access = make()
+    records = access.store.tokens
+    others = []
+    for n in range(VERIFICATIONS_MAX):
+        token, record = new_token(records, Role.READ, f"extra-{n}")
+        records = TokensFile(records.tokens + (record,))
+        others.append(token)
+    write_tokens(path, records)
+    access.store.load()
     access._verify = held
     first = access.authenticate(bearer(tokens["ops"]))
     second = access.authenticate(bearer(tokens["ops"]))
     assert len(pending) == 1
-    # Wrong secrets for a known id: each is a verification of its own.
-    reader = tokens["reader"]
-    fakes = [reader[:-1] + c for c in "ABCDEFGH" if c != reader[-1]]
-    for token in fakes[:VERIFICATIONS_MAX - 1]:
+    # Other token ids: a verification each (one id holds one at most: test_token_backoff).
+    for token in others[:VERIFICATIONS_MAX - 1]:
         access.authenticate(bearer(token))
+    assert len(pending) == VERIFICATIONS_MAX
     with pytest.raises(ApiError) as error:
         access.authenticate(bearer(tokens["app"]))
     assert error.value.status == 503 and error.value.code == "busy"
