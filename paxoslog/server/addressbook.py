@@ -99,6 +99,7 @@ class AddressBook:
         book = dict(data["nodes"])
         if me is not None:
             book[self.node_id] = me           # our own addresses: the conf is right
+        self._warn_overridden(book)
         if self.node_id not in self.bootstrap:
             # A node that joined: the conf's other nodes are not necessarily members.
             self.book = book
@@ -110,6 +111,20 @@ class AddressBook:
                               f"{self.cluster!r} at index {self.removed_at} "
                               f"(see {self.file.path}); it cannot serve again: start a new "
                               f"node with a new id and an empty data directory, with --join")
+
+    def _warn_overridden(self, recorded: dict) -> None:
+        """The conf's address of another member that differs from the one the cluster
+        recorded: the recorded one is used (the members agree on it through the log), so
+        an edit of the conf alone silently changed nothing (found by a review: the node
+        moved to the new port was cut off, with no word anywhere)."""
+        for node_id, entry in sorted(recorded.items()):
+            conf = self.book.get(node_id)
+            if node_id != self.node_id and conf is not None and conf.peer != entry.peer:
+                log.warn("the conf gives node {node} peer address {conf}, but the cluster "
+                         "records {recorded} ({path}); the recorded one is used.  A member's "
+                         "address does not change by editing the conf: remove the node and "
+                         "join it again under a new id", node=node_id, conf=str(conf.peer),
+                         recorded=str(entry.peer), path=self.file.path)
 
     def bootstrap_config(self) -> Config:
         return Config(self.bootstrap)

@@ -861,3 +861,28 @@ def test_a_client_requests_answer_reaches_its_one_consumer_whenever_it_attaches(
         late.then(got.append)                      # ... also once it was answered
     with pytest.raises(AssertionError):
         late.answer({"n": 9})                      # and one answer
+
+
+def test_a_conf_edit_of_another_members_address_is_named_in_a_warning(tmp_path):
+    """The cluster's recorded addresses win over the conf's (the members agree on them
+    through the log); an operator who moved node 3 by editing the conf alone was told
+    nothing while node 3 stayed cut off (found by a review).  A WARN names both."""
+    from paxoslog.config import load_config
+    from paxoslog.server import addressbook
+    config = _book_conf(tmp_path, "raft", (1, 2, 3))
+    clock = task.Clock()
+    addressbook.AddressBook(config, 1, _Transport(), clock, rows=list).load()
+    path = tmp_path / "c.toml"
+    path.write_text(path.read_text().replace("127.0.0.1:7003", "127.0.0.1:7013"))
+    seen = []
+    globalLogPublisher.addObserver(seen.append)
+    try:
+        book = addressbook.AddressBook(load_config(str(path)), 1, _Transport(), clock,
+                                       rows=list)
+        book.load()
+    finally:
+        globalLogPublisher.removeObserver(seen.append)
+    warnings = [e for e in seen if "recorded one is used" in e.get("log_format", "")]
+    assert len(warnings) == 1 and warnings[0]["node"] == 3
+    assert warnings[0]["conf"] == "127.0.0.1:7013" and warnings[0]["recorded"] == "127.0.0.1:7003"
+    assert str(book.book[3].peer) == "127.0.0.1:7003"
