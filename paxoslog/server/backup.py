@@ -38,7 +38,7 @@ from typing import Callable
 from twisted.internet import defer
 from twisted.logger import Logger
 
-from paxoslog.storage.durable import make_dirs
+from paxoslog.storage.durable import DATA_DIR_MODE, create_file, make_dirs
 from paxoslog.storage.meta import FORMAT_VERSION
 from paxoslog.storage.snapshot import write_snapshot
 
@@ -82,7 +82,7 @@ class BackupService:
 
     def start(self) -> None:
         """Create the staging directory and delete what a crash left in it."""
-        make_dirs(self.directory)
+        make_dirs(self.directory, DATA_DIR_MODE)
         for name in os.listdir(self.directory):
             if name.endswith(_TMP_SUFFIX):
                 try:
@@ -162,7 +162,7 @@ class BackupService:
         try:
             table = sessions()
             states = self.verify(states, table)
-            with open(path, "wb") as out:
+            with create_file(path) as out:            # 0600: it holds every key
                 write_snapshot(out, meta, states, table, level=self.level, backup=provenance)
             return os.stat(path).st_size
         except BaseException as exc:

@@ -19,7 +19,7 @@ import os
 from dataclasses import dataclass
 
 from paxoslog.config import Address, parse_address
-from paxoslog.storage.durable import atomic_write, make_dirs
+from paxoslog.storage.durable import DATA_DIR_MODE, DATA_FILE_MODE, atomic_write, make_dirs
 
 __all__ = ["NodeAddresses", "MembersFile", "MEMBERS_FILE", "RemovedNode"]
 
@@ -79,13 +79,14 @@ class MembersFile:
 
     def write(self, cluster: str, bootstrap: frozenset[int], book: dict[int, NodeAddresses],
               removed_at: int | None = None, origin: str | None = None) -> None:
-        make_dirs(self.data_dir)
+        make_dirs(self.data_dir, DATA_DIR_MODE)
         data = {"format": _FORMAT, "cluster": cluster, "bootstrap_voters": sorted(bootstrap),
                 "nodes": {str(n): a.to_json() for n, a in sorted(book.items())},
                 "removed_at": removed_at}
         if origin is not None:
             data["origin"] = origin
-        atomic_write(self.path, json.dumps(data, indent=1, sort_keys=True).encode() + b"\n")
+        atomic_write(self.path, json.dumps(data, indent=1, sort_keys=True).encode() + b"\n",
+                     mode=DATA_FILE_MODE)
 
 
 class RemovedNode(Exception):

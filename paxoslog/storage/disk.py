@@ -25,11 +25,13 @@ import fcntl
 import os
 from typing import Iterable
 
+from twisted.logger import Logger
+
 from paxoslog.core.log import Entry, HardState, SnapshotMeta, entry_bytes
 from paxoslog.core.ready import Ready
 from paxoslog.core.replica import Restored
 
-from .durable import TMP_SUFFIX, make_dirs
+from .durable import DATA_DIR_MODE, DATA_FILE_MODE, TMP_SUFFIX, create_file, make_dirs
 from .errors import CorruptSnapshot, DataDirLocked, MetaMismatch, StorageError, StorageIOError
 from .failpoints import ACTIVE, hit
 from .hardstate import HARDSTATE_FILE, read_hardstate, remove_stale_temp, write_hardstate
@@ -40,9 +42,28 @@ from .snapshot import (SnapshotFile, SnapshotReader, SnapshotStore, read_snapsho
 from .wal import Replay, WriteAheadLog
 from .walscan import REC_HARDSTATE, REC_SNAPSHOT, REC_TRUNCATE, TornTail
 
-__all__ = ["DiskStorage", "LOCK_FILE"]
+__all__ = ["DiskStorage", "LOCK_FILE", "warn_if_open"]
 
 LOCK_FILE = "LOCK"
+
+log = Logger(namespace="paxoslog.storage")
+
+
+def warn_if_open(data_dir: str) -> bool:
+    """Log one warning when ``data_dir`` is accessible to its group or to other users (made
+    by an older release, or by hand): they could read every key, value and client id.  Its
+    mode is left alone (the operator may have reasons); returns whether it warned."""
+    try:
+        mode = os.stat(data_dir).st_mode & 0o7777
+    except OSError:
+        return False
+    if not mode & 0o077:
+        return False
+    log.warn("SECURITY: data directory {path} has mode {mode}: other local users may read "
+             "its keys, values and session table; run `chmod 700 {path}` (paxoslog creates "
+             "data directories 0700 and their files 0600)",
+             path=os.path.abspath(data_dir), mode=f"{mode:04o}")
+    return True
 
 
 class DiskStorage:
@@ -66,9 +87,10 @@ class DiskStorage:
         if read_only:
             self.meta = self._check_read_only_meta(cluster_id, node_id, protocol)
         else:
-            make_dirs(data_dir)
+            make_dirs(data_dir, DATA_DIR_MODE)
             self.meta = ensure_meta(data_dir, cluster_id, node_id, protocol)
             self._lock()
+            warn_if_open(data_dir)
         self.wal_dir = os.path.join(data_dir, "wal")
         self.snap_dir = os.path.join(data_dir, "snap")
         self.hardstate_path = os.path.join(data_dir, HARDSTATE_FILE)
@@ -99,7 +121,7 @@ class DiskStorage:
 
     def _lock(self) -> None:
         path = os.path.join(self.data_dir, LOCK_FILE)
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, DATA_FILE_MODE)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -247,7 +269,7 @@ class DiskStorage:
         name = snapshot_name(meta.index, meta.term) + ".recv" + TMP_SUFFIX
         path = os.path.join(self.snap_dir, name)
         try:
-            with open(path, "wb") as out:
+            with create_file(path) as out:
                 out.write(data)
                 out.flush()
                 os.fsync(out.fileno())
@@ -375,7 +397,7 @@ class DiskStorage:
         system as ``snap/``, so installing is a rename)."""
         path = os.path.join(self.snap_dir, "incoming")
         if not self.read_only:
-            make_dirs(path)
+            make_dirs(path, DATA_DIR_MODE)
         return path
 
     @property

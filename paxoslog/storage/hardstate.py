@@ -22,7 +22,7 @@ import cbor2
 
 from paxoslog.core.log import HardState
 
-from .durable import atomic_write
+from .durable import DATA_FILE_MODE, atomic_write
 from .errors import CorruptLog
 
 __all__ = ["HARDSTATE_FILE", "read_hardstate", "write_hardstate", "encode_hardstate",
@@ -71,7 +71,7 @@ def read_hardstate(path: str) -> HardState | None:
 
 def write_hardstate(path: str, hard_state: HardState) -> None:
     """Atomically replace the checkpoint (failpoints ``hardstate.before/after_rename``)."""
-    atomic_write(path, encode_hardstate(hard_state), failpoint="hardstate")
+    atomic_write(path, encode_hardstate(hard_state), failpoint="hardstate", mode=DATA_FILE_MODE)
 
 
 def remove_stale_temp(path: str) -> None:

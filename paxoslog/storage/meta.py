@@ -35,7 +35,7 @@ import os
 import zlib
 from dataclasses import dataclass
 
-from .durable import atomic_write, make_dirs
+from .durable import DATA_DIR_MODE, DATA_FILE_MODE, atomic_write, make_dirs
 from .errors import CorruptLog, MetaMismatch, StorageError, UnsupportedFormat
 
 __all__ = ["Meta", "FORMAT_VERSION", "FORMAT_VERSION_MIN", "META_FILE", "PROTOCOLS",
@@ -117,7 +117,7 @@ def check_format(path: str, meta: Meta) -> None:
 
 
 def write_meta(path: str, meta: Meta) -> None:
-    atomic_write(path, meta.encode(), failpoint="meta")
+    atomic_write(path, meta.encode(), failpoint="meta", mode=DATA_FILE_MODE)
 
 
 def _holds_data(data_dir: str) -> list[str]:
@@ -149,7 +149,7 @@ def ensure_meta(data_dir: str, cluster_id: str, node_id: int, protocol: str) -> 
         if holding:
             raise StorageError(f"{path} is missing but {data_dir} holds {', '.join(holding)}; "
                                "refusing to guess which node this data belongs to")
-        make_dirs(data_dir)
+        make_dirs(data_dir, DATA_DIR_MODE)
         write_meta(path, expected)
         return expected
     meta = read_meta(path)

@@ -40,7 +40,7 @@ from statemachines.base import cbor_head
 from paxoslog.core.log import SnapshotMeta
 from paxoslog.core.quorum import Config
 
-from .durable import TMP_SUFFIX, fsync_dir, make_dirs
+from .durable import DATA_DIR_MODE, DATA_FILE_MODE, TMP_SUFFIX, create_file, fsync_dir, make_dirs
 from .errors import CorruptSnapshot, StorageError, StorageIOError
 from .failpoints import ACTIVE, hit
 
@@ -351,7 +351,7 @@ class SnapshotStore:
         self.read_only = read_only
         self.skipped: list[tuple[str, str]] = []    # (path, reason) of corrupt snapshots seen
         if not read_only:
-            make_dirs(directory)
+            make_dirs(directory, DATA_DIR_MODE)
             for name in os.listdir(directory):
                 if name.endswith(TMP_SUFFIX):       # a crash before the rename: never adopted
                     os.unlink(os.path.join(directory, name))
@@ -382,7 +382,7 @@ class SnapshotStore:
                               os.path.join(self.directory, snapshot_name(meta.index, meta.term)))
         tmp = target.path + TMP_SUFFIX
         try:
-            with open(tmp, "wb") as out:
+            with create_file(tmp) as out:
                 write_snapshot(out, meta, states, sessions, level=self.level, threads=self.threads)
                 out.flush()
                 if ACTIVE:
@@ -412,14 +412,22 @@ class SnapshotStore:
                                f"but install was asked for ({meta.index}, {meta.term})")
         target = SnapshotFile(meta.index, meta.term,
                               os.path.join(self.directory, snapshot_name(meta.index, meta.term)))
-        if os.stat(source).st_dev != os.stat(self.directory).st_dev:
+        source_stat = os.stat(source)
+        if source_stat.st_dev != os.stat(self.directory).st_dev:
             tmp = target.path + TMP_SUFFIX
-            with open(source, "rb") as src, open(tmp, "wb") as dst:
+            with open(source, "rb") as src, create_file(tmp) as dst:
                 shutil.copyfileobj(src, dst, _READ_BYTES)
                 dst.flush()
                 os.fsync(dst.fileno())
             os.unlink(source)
             source = tmp
+        elif source_stat.st_mode & 0o077:
+            # Renamed in as it is: a file staged by an older release (a transfer resumed
+            # after an upgrade) may be readable by others.  Best effort: not worth failing on.
+            try:
+                os.chmod(source, DATA_FILE_MODE)
+            except OSError:
+                pass
         self._rename_in(source, target, "install")
         self.prune()
         return target

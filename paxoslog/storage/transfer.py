@@ -30,7 +30,8 @@ import cbor2
 from paxoslog.core.log import SnapshotMeta
 from paxoslog.core.quorum import Config
 
-from .durable import atomic_write, fsync_dir, make_dirs, write_all
+from .durable import (DATA_DIR_MODE, DATA_FILE_MODE, atomic_write, create_file, fsync_dir,
+                      make_dirs, write_all)
 from .errors import StorageError
 from .failpoints import ACTIVE, hit
 
@@ -174,7 +175,7 @@ class SnapshotReceiver:
     def __init__(self, directory: str, offer: SnapshotOffer) -> None:
         self.directory = directory
         self.offer = offer
-        make_dirs(directory)
+        make_dirs(directory, DATA_DIR_MODE)
         base = os.path.join(directory, offer.transfer_id)
         self.part_path = base + ".part"
         self.offer_path = base + ".offer"
@@ -192,8 +193,8 @@ class SnapshotReceiver:
             if self.next_offset != size:
                 os.truncate(self.part_path, self.next_offset)
         else:
-            atomic_write(self.offer_path, cbor2.dumps(offer.to_wire()))
-            with open(self.part_path, "wb"):
+            atomic_write(self.offer_path, cbor2.dumps(offer.to_wire()), mode=DATA_FILE_MODE)
+            with create_file(self.part_path):
                 pass
 
     def _stored_offer(self):

@@ -32,7 +32,7 @@ from sortedcontainers import SortedDict
 from paxoslog.core.log import Entry, HardState, SnapshotMeta
 from paxoslog.core.replica import Restored
 
-from .durable import fsync_dir, make_dirs, pwrite_all
+from .durable import DATA_DIR_MODE, DATA_FILE_MODE, fsync_dir, make_dirs, pwrite_all
 from .errors import CorruptLog, SnapshotUnavailable, StorageError, StorageIOError
 from .failpoints import ACTIVE, hit
 from .walscan import (RECORD_BYTES_MAX_DEFAULT, RECORD_HEAD_BYTES, REC_ENTRIES, REC_HARDSTATE,
@@ -161,7 +161,7 @@ class WriteAheadLog:
         assert not self._opened, "open() once"
         self._opened = True
         if not self.read_only:
-            make_dirs(self.directory)
+            make_dirs(self.directory, DATA_DIR_MODE)
         replay = Replay()
         found = list_segments(self.directory)
         for position, (seq, path) in enumerate(found):
@@ -255,7 +255,7 @@ class WriteAheadLog:
             hit("wal.before_create_segment")
         path = os.path.join(self.directory, segment_name(seq))
         flags = os.O_WRONLY | os.O_CREAT | (os.O_TRUNC if exist_ok else os.O_EXCL)
-        fd = os.open(path, flags, 0o644)
+        fd = os.open(path, flags, DATA_FILE_MODE)
         header = encode_record(REC_HEADER, {"format": WAL_FORMAT, "seq": seq})
         try:
             pwrite_all(fd, header, 0)
