@@ -70,11 +70,16 @@ __all__ = ["ConfigError", "Address", "NodeConf", "TimingConf", "SnapshotConf", "
            "BatchingConf", "LimitsConf", "LogConf", "LOG_LEVELS", "TlsConf", "WebSocketConf",
            "AuthConf", "ClusterConfig", "load_config", "parse_config", "parse_address",
            "is_loopback_host", "KNOWN_STATE_MACHINES", "SECRET_BYTES_MIN",
-           "SECRET_BYTES_MIN_MULTI_HOST"]
+           "SECRET_BYTES_MIN_MULTI_HOST", "NODE_ID_MAX"]
 
 # The built-ins; plug-ins come from the entry-point group paxoslog.state_machines.
 KNOWN_STATE_MACHINES = ("kv", "counter", "membership")
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+
+# The largest node id: the conf, the membership API (server/admin.py) and the membership
+# table (statemachines/membership.py, which keeps its own copy) all stop here, so an id the
+# conf accepts can always be added, removed and recorded.
+NODE_ID_MAX = (1 << 31) - 1
 
 # A secret shorter than this is refused everywhere; a multi-host conf needs the longer one
 # (one recorded handshake must not let anyone guess the secret offline).
@@ -686,7 +691,7 @@ def _nodes(r: _Reader, data_dir_template: str | None,
         n = _Reader(r.path, table, f"nodes[{position}].")
         if "id" not in table:
             raise n.fail("id", "missing (required)")
-        node_id = n.int("id", 0, 1, (1 << 32) - 1)
+        node_id = n.int("id", 0, 1, NODE_ID_MAX)
         peer = n.address("peer", required=True)
         api = n.address("api", required=True, allow_zero_port=True)
         template = n.str("data_dir", data_dir_template)

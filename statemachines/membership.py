@@ -29,7 +29,7 @@ from .base import BadCommand
 __all__ = ["MembershipStateMachine", "STATUSES"]
 
 STATUSES = ("active", "leaving", "removed")
-_NODE_ID_MAX = (1 << 31) - 1
+_NODE_ID_MAX = (1 << 31) - 1     # = paxoslog.config.NODE_ID_MAX (the conf's bound)
 
 
 class MembershipStateMachine:

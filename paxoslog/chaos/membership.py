@@ -105,7 +105,11 @@ class MembershipDriver:
                     error = response.field("error")
                     message = str(response.field("message") or "")[:200]
                     last = f"node {node} answered {response.status} {error}: {message}"
-                    if response.status not in (503, 504, 410):
+                    # 409 naming unreachable voters: the change would leave no live
+                    # quorum (the admin's strict check); a fault ends, so ask again.
+                    waiting = response.status == 409 and \
+                        response.field("unreachable") is not None
+                    if response.status not in (503, 504, 410) and not waiting:
                         raise MembershipError(f"{what or path}: {last}")
             if self.clock() >= deadline:
                 raise MembershipError(f"{what or path}: no answer before the deadline "

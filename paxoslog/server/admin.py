@@ -15,6 +15,15 @@ the request's deadline (``until``):
 * **transfer-leader**: to a given voter, or the most up-to-date connected one.
 
 Every operation is idempotent, so a client may retry one after any failure.
+
+Liveness: a peer is *live* when its connection is up and the leader heard from it within an
+election timeout (this leader itself is live).  A change of the voters is refused (409)
+unless the live voters form a majority of the current voters AND of the new ones (joint
+consensus needs both; etcd's strict reconfig check): otherwise the joint configuration
+could never commit and, the core refusing other changes meanwhile, writes would stall until
+the dead voters came back.  A transfer is refused (409) to a voter that is not live, and is
+armed at most ``_TRANSFER_ARMS`` times, one election timeout apart: the core refuses
+proposals while a transfer runs, so one that does not complete must not go on being renewed.
 """
 
 from __future__ import annotations
@@ -24,8 +33,9 @@ from typing import Callable
 from twisted.internet import defer, task
 from twisted.logger import Logger
 
-from paxoslog.config import parse_address
+from paxoslog.config import NODE_ID_MAX, parse_address
 from paxoslog.core.errors import Busy, ConfigChangeInProgress, NotLeader
+from paxoslog.core.quorum import majority
 from paxoslog.core.ready import Role
 
 from .errors import ApiError, bad_request, unavailable
@@ -34,8 +44,12 @@ __all__ = ["MembershipAdmin", "validate_request"]
 
 log = Logger(namespace="paxoslog.membership")
 
-_NODE_ID_MAX = (1 << 31) - 1
+_NODE_ID_MAX = NODE_ID_MAX          # one bound for the conf, the API and the table
 _TRANSIENT = (Busy, ConfigChangeInProgress)
+# How many times a leadership transfer is armed (one election timeout apart) before the
+# request fails and the leader, which refuses proposals while a transfer runs, takes them
+# again: about two election timeouts at most without writes, not the request's deadline.
+_TRANSFER_ARMS = 2
 
 
 class MembershipAdmin:
@@ -52,8 +66,20 @@ class MembershipAdmin:
         self.protocol = protocol
         self.tick_s = tick_s
         self.request_timeout_s = request_timeout_s
-        self.busy = False                 # one membership operation at a time (leader)
+        # One membership operation at a time (leader): the token of the one that holds the
+        # guard.  Only its holder releases it (an add lets go early so that promotion can
+        # run while it waits; the operation that takes the guard next must keep it).
+        self._holder: object | None = None
         self.rows_asked: set[int] = set()  # initial members whose rows were asked for
+
+    @property
+    def busy(self) -> bool:
+        """A membership operation holds the guard (promotion.py waits meanwhile)."""
+        return self._holder is not None
+
+    def _release(self, token: object) -> None:
+        if self._holder is token:
+            self._holder = None
 
     # ------------------------------------------------------------------ entry
 
@@ -99,12 +125,12 @@ class MembershipAdmin:
         if self.busy:
             raise unavailable("another membership change is in progress on the leader",
                               code="busy")
-        self.busy = True
+        token = self._holder = object()
         try:
             run = {"add": self._add, "remove": self._remove, "transfer": self._transfer}[op]
-            result = yield run(body)
+            result = yield run(body, token)
         finally:
-            self.busy = False
+            self._release(token)
         return result
 
     # ------------------------------------------------------------------ one helper
@@ -139,7 +165,7 @@ class MembershipAdmin:
     # ------------------------------------------------------------------ add
 
     @defer.inlineCallbacks
-    def _add(self, body: dict):
+    def _add(self, body: dict, token: object):
         port = self.port
         target, peer, api = body["node_id"], body["address"], body.get("api")
         deadline = self.reactor.seconds() + body.get("timeout_s", self.request_timeout_s * 4)
@@ -177,7 +203,7 @@ class MembershipAdmin:
         yield self.until(lambda: target in port.config().members, deadline,
                          f"adding node {target} as a learner", add_learner)
         want_voter = body.get("wait") == "voter"
-        self.busy = False          # promotion must be able to run meanwhile
+        self._release(token)       # promotion must be able to run meanwhile
 
         def arrived() -> bool:
             applied = port.applied_config()
@@ -223,13 +249,17 @@ class MembershipAdmin:
     # ------------------------------------------------------------------ remove
 
     @defer.inlineCallbacks
-    def _remove(self, body: dict):
+    def _remove(self, body: dict, token: object):
         port = self.port
         target = body["node_id"]
         deadline = self.reactor.seconds() + self.request_timeout_s * 4
         if target == port.node_id:
+            config = port.config()
+            if target in config.voters:
+                self._refuse_without_live_quorum(config.voters, config.voters - {target},
+                                                 f"removing node {target}")
             yield self._hand_over(deadline)
-            self.busy = False
+            self._release(token)
             result = yield self._forward("remove", body)
             return result
         removed = {"status": "ok", "node_id": target, "role": "removed"}
@@ -243,6 +273,10 @@ class MembershipAdmin:
             return {**removed, "index": port.applied_index(), **self.describe()}
         if config.voters == {target}:
             raise bad_request(f"node {target} is the only voter: it cannot be removed")
+        if target in config.voters:
+            # Before the row says leaving: a refused removal leaves no trace.
+            self._refuse_without_live_quorum(config.voters, config.voters - {target},
+                                             f"removing node {target}")
         row = self._row(target)
         entry = self.book.book.get(target)
         if row is None and entry is not None:
@@ -257,6 +291,11 @@ class MembershipAdmin:
 
         def drop() -> None:
             current = port.config()
+            if target in current.voters and not current.joint:
+                # Checked again right before each proposal: a voter may have died while
+                # the rows were written.  (A joint configuration is already under way.)
+                self._refuse_without_live_quorum(current.voters, current.voters - {target},
+                                                 f"removing node {target}")
             port.change_config(current.voters - {target}, current.learners - {target})
         yield self.until(lambda: target not in port.config().members, deadline,
                          f"removing node {target}", drop)
@@ -274,42 +313,105 @@ class MembershipAdmin:
         """The leader was asked to remove itself: hand leadership to the best voter."""
         target = self.best_successor()
         if target is None:
-            return defer.fail(unavailable("no other voter is connected to take over "
+            return defer.fail(unavailable("no other voter is connected and heard from "
+                                          "within an election timeout to take over "
                                           "leadership"))
         log.info("asked to remove myself: handing leadership to node {target}", target=target)
         return self.until(lambda: self.port.role() != Role.LEADER, deadline,
                           f"handing leadership to node {target}",
-                          lambda: self._try_transfer(target), leader_required=False)
+                          self._arm_transfer(target, ignore_invalid=True),
+                          leader_required=False)
 
-    def _try_transfer(self, target: int) -> None:
-        if self.port.role() == Role.LEADER:
+    def _arm_transfer(self, target: int, ignore_invalid: bool = False) -> Callable[[], None]:
+        """The ``attempt`` of a transfer to ``target``: armed while this node leads, at most
+        ``_TRANSFER_ARMS`` times one election timeout apart (the core gives up on one after
+        an election timeout), each time only while the target is live.  Once the last one
+        lapsed with this node still leading, the request fails (503): the core takes
+        proposals again, instead of being re-armed every tick until the deadline with every
+        write refused."""
+        port = self.port
+        armed: list[float] = []
+
+        def attempt() -> None:
+            if port.role() != Role.LEADER or target == port.node_id:
+                return
+            now = self.reactor.seconds()
+            if armed and now < armed[-1] + self._election_s():
+                return
+            if len(armed) >= _TRANSFER_ARMS:
+                raise unavailable(f"node {target} did not take over leadership within "
+                                  f"{len(armed)} election timeouts; node {port.node_id} "
+                                  "still leads and takes writes again")
+            self._refuse_unreachable_target(target)
+            armed.append(now)
             try:
-                self.port.transfer_leadership(target)
-            except ValueError:
-                pass
+                port.transfer_leadership(target)
+            except ValueError as exc:
+                if not ignore_invalid:
+                    raise bad_request(str(exc)) from None
+        return attempt
+
+    def _election_s(self) -> float:
+        return self.port.election_ticks() * self.tick_s
+
+    def _live(self) -> set[int]:
+        """This node and the peers it is connected to and heard from within an election
+        timeout (the leader's progress view)."""
+        port = self.port
+        ticks = port.election_ticks()
+        return {port.node_id} | {peer for peer, p in port.progress().items()
+                                 if p.last_heard_ticks < ticks and port.connected(peer)}
+
+    def _refuse_without_live_quorum(self, old: frozenset, new: frozenset, what: str) -> None:
+        """409 unless the live voters are a majority of ``old`` and of ``new``: joint
+        consensus needs both, and a joint configuration that cannot commit stalls every
+        write until the dead voters come back."""
+        live = self._live()
+        if majority(new, live) and majority(old, live):
+            return
+        unreachable = sorted((old | new) - live)
+        raise ApiError(409, "conflict",
+                       f"{what} refused: it needs a live majority of the current voters "
+                       f"{sorted(old)} and of the new voters {sorted(new)}, and node(s) "
+                       f"{', '.join(map(str, unreachable))} are unreachable (not connected, "
+                       "or not heard from within an election timeout); bring them back, or "
+                       "remove an unreachable node first",
+                       extra={"unreachable": unreachable})
+
+    def _refuse_unreachable_target(self, target: int) -> None:
+        if target not in self._live():
+            raise ApiError(409, "conflict",
+                           f"node {target} is unreachable (not connected, or not heard from "
+                           "within an election timeout): it cannot take over leadership",
+                           extra={"unreachable": [target]})
 
     def best_successor(self, exclude: int | None = None) -> int | None:
-        """The connected voter with the longest log (most recently heard on a tie)."""
+        """The live voter (connected, heard from within an election timeout) with the
+        longest log (most recently heard on a tie)."""
         port = self.port
         voters = port.config().voters
+        live = self._live()
         candidates = [(p.match, -p.last_heard_ticks, peer)
                       for peer, p in port.progress().items()
                       if peer in voters and peer != exclude and peer != port.node_id
-                      and port.connected(peer)]
+                      and peer in live]
         return max(candidates)[2] if candidates else None
 
     # ------------------------------------------------------------------ transfer
 
     @defer.inlineCallbacks
-    def _transfer(self, body: dict):
+    def _transfer(self, body: dict, token: object):
         port = self.port
         target = body.get("node_id")
         if target is None:
             target = self.best_successor()
             if target is None:
-                raise unavailable("no other voter is connected to take over leadership")
+                raise unavailable("no other voter is connected and heard from within an "
+                                  "election timeout to take over leadership")
         if target != port.node_id and target not in port.config().voters:
             raise bad_request(f"node {target} is not a voter")
+        if target != port.node_id and port.role() == Role.LEADER:
+            self._refuse_unreachable_target(target)
         deadline = self.reactor.seconds() + self.request_timeout_s * 2
 
         def arrived() -> bool:
@@ -317,14 +419,8 @@ class MembershipAdmin:
                 return port.role() == Role.LEADER
             return port.leader_id() == target and port.role() != Role.LEADER
 
-        def attempt() -> None:
-            if port.role() == Role.LEADER and target != port.node_id:
-                try:
-                    port.transfer_leadership(target)
-                except ValueError as exc:
-                    raise bad_request(str(exc)) from None
-        yield self.until(arrived, deadline, f"node {target} taking over leadership", attempt,
-                         leader_required=False)
+        yield self.until(arrived, deadline, f"node {target} taking over leadership",
+                         self._arm_transfer(target), leader_required=False)
         return {"status": "ok", "leader": target, "term": port.term()}
 
     # ------------------------------------------------------------------ views

@@ -140,6 +140,10 @@ class ConsensusPort:
     def progress(self):
         return self._driver.replica.status().progress
 
+    def election_ticks(self) -> int:
+        """The election timeout in ticks: a peer not heard from for that long is not live."""
+        return self._driver.options.election_ticks
+
     def change_config(self, voters, learners) -> None:
         self._runner.change_config(voters, learners)
 

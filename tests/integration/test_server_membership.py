@@ -338,3 +338,45 @@ def test_a_node_started_without_join_is_refused_by_the_members(make_cluster):
     leader = c.wait_leader(among=[1, 2, 3])
     assert 4 not in _voters(c, leader)
     assert c.status(4)["role"] != "leader"
+
+
+def test_remove_node_is_refused_without_a_live_quorum(make_cluster, protocol):
+    """One voter killed, another asked to be removed: the joint configuration {1,2,3} ->
+    without it needs a quorum of both, which the two nodes left are not (a review wedged
+    both modes this way: every write refused until the dead node came back).  The leader
+    refuses (409 naming the dead voter), also when asked to remove itself or through a
+    follower, and keeps taking writes; removing the dead voter itself still works."""
+    c = make_cluster(protocol)
+    c.write("before", 1)
+    leader = c.wait_leader()
+    dead = next(n for n in c.ids if n != leader)
+    c.kill(dead)
+    alive = [n for n in c.ids if n != dead]
+    leader = c.wait_leader(among=alive)
+    other = next(n for n in alive if n != leader)
+
+    def dead_seen():
+        view = c.status(leader) or {"nodes": []}
+        return any(n["id"] == dead and not n["reachable"] for n in view["nodes"])
+    wait_for(dead_seen, 10, what=f"the leader to see node {dead} down")
+    for asked, target in ((leader, other), (other, other), (leader, leader)):
+        refused = c.request(asked, "POST", "/api/v1/cluster/remove-node", {"node_id": target},
+                            timeout=30)
+        assert refused.status == 409, refused
+        assert refused.body["error"] == "conflict", refused
+        assert refused.body["unreachable"] == [dead], refused
+        assert f"node(s) {dead} are unreachable" in refused.body["message"], refused
+    assert _voters(c, leader) == [1, 2, 3]
+    assert c.leader(among=alive) == leader
+    # Still writable at once (the wedged cluster refused every write for 12 s and more).
+    for i in range(5):
+        c.write(f"after{i}", i, timeout=3, nodes=alive)
+    # The dead voter itself can go: the two left are a quorum of {1,2,3} and of themselves.
+    removed = c.request(leader, "POST", "/api/v1/cluster/remove-node", {"node_id": dead},
+                        timeout=30)
+    assert removed.status == 200, removed
+    assert removed.body["applied_config"]["voters"] == alive
+    c.write("last", 9, timeout=5, nodes=alive)
+    rows = {row["node_id"]: row["status"]
+            for row in c.request(leader, "GET", "/api/v1/cluster/members").body["members"]}
+    assert rows[dead] == "removed" and rows[leader] == rows[other] == "active"
