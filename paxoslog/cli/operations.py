@@ -66,8 +66,9 @@ def register(commands, client, session, stream) -> None:
                       help=f"cluster conf file (default: $PAXOSLOG_CONFIG or {DEFAULT_CONFIG})")
     save.add_argument("--endpoints", default=None,
                       help="comma-separated API endpoints (instead of --config)")
-    save.add_argument("--timeout", type=float, default=120.0,
-                      help="seconds to get a node to serve the backup (default 120)")
+    save.add_argument("--timeout", type=_timeout_seconds, default=120.0,
+                      help="seconds to get a node to serve the backup (default 120; finite, "
+                           "> 0, at most a week)")
     save.add_argument("--force", action="store_true", help="replace FILE if it exists")
     save.add_argument("--json", action="store_true", help="print the summary as JSON")
     add_token_arguments(save, " (an admin token)")
@@ -158,6 +159,20 @@ def register(commands, client, session, stream) -> None:
     completion.set_defaults(func=cmd_completion)
 
 
+def _timeout_seconds(text: str) -> float:
+    """argparse type of ``--timeout``: a finite number of seconds > 0 (inf and 1e300 made
+    an OverflowError in the socket layer, nan never ended)."""
+    from paxoslog.operate.backup import check_timeout
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    try:
+        return check_timeout(value)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc).replace(repr(value), repr(text))) from None
+
+
 def cmd_completion(args) -> int:
     from paxoslog.completion import completion_script
     from paxoslog.cli import build_parser
@@ -188,11 +203,14 @@ def cmd_log_entries(args) -> int:
 
 def _operate(args, work) -> int:
     """Run an operator command; ``OperateError`` -> its message and exit code."""
-    from paxoslog.operate.datadir import OperateError
+    from paxoslog.operate.datadir import Interrupted, OperateError
     try:
         return work()
     except OperateError as exc:
         print(f"paxoslog: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except Interrupted as exc:
+        print(f"paxoslog: interrupted by {exc.name}", file=sys.stderr)
         return exc.exit_code
 
 
@@ -263,7 +281,10 @@ def cmd_recover(args) -> int:
 
     def work() -> int:
         lines: list[str] = []
-        out = lines.append if args.json else print
+
+        def show(line: str) -> None:
+            print(line, flush=True)          # the hints must survive a crash of this process
+        out = lines.append if args.json else show
         if not args.json:
             print("=" * 78, file=sys.stderr)
             print("paxoslog recover: DISASTER RECOVERY of a cluster that lost a majority.",

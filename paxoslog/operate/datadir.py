@@ -15,11 +15,22 @@ A live node may delete a WAL segment (compaction) or a snapshot (pruning) while 
 index order through the production apply path (``StateMachines.apply_command``: the session
 table deduplicates exactly as on the node), reporting Multi-Paxos holes (slots this node
 never accepted) to the caller.
+
+Temporary files of the commands that write one file (``snapshot save``, ``log export``):
+``create_private`` makes one owner-only (0600: a backup or an export holds every key) and
+refuses to reuse an existing name; ``remove_stale_temps`` deletes the ones dead processes
+left (the pid is in the name); ``interruptible`` turns SIGTERM and SIGINT into an
+``Interrupted`` exception for as long as one exists, so the command removes it and says so
+instead of dying with the file left behind.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
+import re
+import signal
+import threading
 from dataclasses import dataclass, field
 from typing import Callable, Iterable
 
@@ -39,7 +50,8 @@ from paxoslog.storage.walscan import TornTail
 from statemachines import create as create_state_machine
 
 __all__ = ["OperateError", "DataDirView", "read_data_dir", "retrying", "make_machines",
-           "replay", "Replayed"]
+           "replay", "Replayed", "Interrupted", "interruptible", "remove_stale_temps",
+           "create_private", "pid_alive"]
 
 
 class OperateError(Exception):
@@ -49,6 +61,88 @@ class OperateError(Exception):
     def __init__(self, message: str, exit_code: int = 1) -> None:
         super().__init__(message)
         self.exit_code = exit_code
+
+
+class Interrupted(KeyboardInterrupt):
+    """SIGTERM or SIGINT arrived while ``interruptible`` was in force."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+        self.name = signal.Signals(signum).name
+        self.exit_code = 128 + signum
+
+
+@contextlib.contextmanager
+def interruptible():
+    """SIGTERM and SIGINT raise ``Interrupted`` (once) in the main thread while this is in
+    force; the previous handlers come back afterwards.  A signal that was ignored stays
+    ignored; in another thread nothing changes (Python delivers signals to the main one)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    fired: list[int] = []
+
+    def handler(signum, _frame):
+        if fired:
+            return                               # the cleanup is running: let it finish
+        fired.append(signum)
+        raise Interrupted(signum)
+    previous = {}
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        old = signal.getsignal(signum)
+        if old is signal.SIG_IGN or old is None:
+            continue
+        previous[signum] = signal.signal(signum, handler)
+    try:
+        yield
+    finally:
+        for signum, old in previous.items():
+            signal.signal(signum, old)
+
+
+def pid_alive(pid: int) -> bool:
+    """True when a process ``pid`` exists (ours counts as dead: a name of ours found before
+    we made one is a leftover of an earlier process that had the same pid)."""
+    if pid <= 0 or pid == os.getpid():
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True                              # someone else's live process
+    return True
+
+
+def remove_stale_temps(directory: str, prefix: str) -> list[str]:
+    """Delete the files ``<directory>/<prefix><pid>`` whose process is gone (a command
+    killed with SIGKILL, or by a crash, left them); the removed paths."""
+    removed = []
+    try:
+        names = os.listdir(directory)
+    except OSError:
+        return removed
+    pattern = re.compile(re.escape(prefix) + r"(\d+)$")
+    for name in names:
+        match = pattern.match(name)
+        if match is None or pid_alive(int(match.group(1))):
+            continue
+        path = os.path.join(directory, name)
+        try:
+            if os.path.isfile(path) and not os.path.islink(path):
+                os.unlink(path)
+                removed.append(path)
+        except OSError:
+            pass
+    return removed
+
+
+def create_private(path: str) -> int:
+    """A new file, owner-only (0600), opened for writing: an fd.  ``FileExistsError`` when
+    the name is taken (never written through somebody else's file or link)."""
+    return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | os.O_NOFOLLOW,
+                   0o600)
 
 
 @dataclass

@@ -27,7 +27,17 @@ nothing):
    random *log origin* (peers compare it at the handshake: a node of the old cluster that
    comes back is refused and must be wiped and re-added with ``--join``);
 5. swaps it with the old directory in one atomic exchange and keeps the old data as
-   ``<data_dir>.before-recover-<time>`` (delete it once the new cluster is healthy).
+   ``<data_dir>.before-recover-<time>-<pid>-<ns>`` (delete it once the new cluster is
+   healthy).  Crash-safe at every step (newdir.py: a marker file says which directories a
+   run built): interrupted before the exchange, the data directory is untouched and the
+   next run deletes the half-built one; interrupted after it, the data directory holds
+   the rebuilt data and the old data is at the ``.building-`` name printed, never deleted:
+   the next ``--force-new-cluster`` moves it to its ``.before-recover-`` name first (and a
+   dry run says where it is).
+
+A data directory that is itself a mount point (a Kubernetes volume) cannot be swapped:
+``--force-new-cluster`` refuses before anything is changed and says what to do.  The dry
+run creates nothing (it opens ``LOCK`` read-only; an absent one means no node runs).
 
 The exactly-once session table is kept: clients that retry a write the old cluster applied
 get its first result.
@@ -52,7 +62,7 @@ from paxoslog.storage.disk import LOCK_FILE
 from paxoslog.storage.errors import StorageError
 
 from .datadir import OperateError, make_machines, read_data_dir, replay, retrying
-from .newdir import NewDataDir
+from .newdir import NewDataDir, interrupted_swap, refuse_mount_point
 from .progress import Progress
 
 __all__ = ["recover_node", "RecoveryReport", "analyse", "DataDirBusy"]
@@ -82,9 +92,26 @@ class RecoveryReport:
         return dict(self.__dict__)
 
 
-def _lock(data_dir: str) -> int:
+def _lock(data_dir: str, create: bool = True) -> int | None:
+    """The data directory's LOCK, flock()ed (``DataDirBusy`` when a live node holds it).
+    ``create=False`` (a dry run, which must create nothing): opened read-only, and None when
+    there is no LOCK file (then no node runs there)."""
     path = os.path.join(data_dir, LOCK_FILE)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        if create:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        else:
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        if create:
+            raise OperateError(f"cannot open {path}: no such file or directory (nothing was "
+                               "changed)") from None
+        return None
+    except OSError as exc:
+        raise OperateError(f"cannot open {path}: {exc.strerror or exc}"
+                           + (" (recover --force-new-cluster writes beside the data "
+                              "directory and needs it writable)" if create else "")
+                           + " (nothing was changed)") from None
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
@@ -120,7 +147,8 @@ def _describe_entry(entry, protocol: str) -> dict:
             if command is None:
                 commands.append({"undecodable": data[:32].hex()})
             else:
-                commands.append({k: v for k, v in command.items() if k not in ("ts",)})
+                commands.append({k: v for k, v in command.items()
+                                 if k not in ("ts", "ts_start")})
         item["kind"] = "commands"
         item["commands"] = commands
     return item
@@ -184,7 +212,9 @@ def recover_node(config, node_id: int, *, force: bool, out=print,
     data_dir = node.data_dir
     if not os.path.isdir(data_dir):
         raise OperateError(f"{data_dir}: no such data directory (node {node_id})", 2)
-    fd = _lock(data_dir)
+    if force:
+        refuse_mount_point(data_dir, "recover --force-new-cluster")
+    fd = _lock(data_dir, create=force)
     try:
         view = retrying(lambda: read_data_dir(data_dir))
         meta = view.meta
@@ -196,6 +226,11 @@ def recover_node(config, node_id: int, *, force: bool, out=print,
                                    f"says {want!r} (nothing was changed)", 2)
         report = analyse(view)
         print_report(report, out)
+        swapped = interrupted_swap(data_dir)
+        if swapped is not None:
+            out(f"note: an earlier recover was interrupted after its swap: {data_dir} holds "
+                f"the data it rebuilt, and the data from before that is at {swapped[0]} "
+                f"(it belongs at {swapped[1]}; --force-new-cluster moves it there first)")
         if not force:
             out("dry run: nothing was changed.  Re-run with --force-new-cluster to make "
                 f"node {node_id} a one-node cluster keeping all of the above.")
@@ -226,25 +261,39 @@ def recover_node(config, node_id: int, *, force: bool, out=print,
         snap = SnapshotMeta(report.last_index, replayed.applied_term,
                             Config(frozenset({node_id})))
         term = max(view.hard_state.term, replayed.applied_term)
-        with NewDataDir(data_dir) as new:
-            storage = DiskStorage(new.path, config.name, node_id, config.protocol,
-                                  config.storage_options())
-            try:
-                storage.load()
-                states = [(name, [machines.get(name).snapshot()])
-                          for name in machines.names() if name != "membership"]
-                states.append(("membership", []))
-                storage.save_snapshot(snap, states, machines.sessions.snapshot())
-                storage.append(Ready(hard_state=HardState(term, 0, snap.index)))
-                storage.sync()
-            finally:
-                storage.close()
-            book = {node_id: NodeAddresses(node.peer, node.api)}
-            MembersFile(new.path).write(config.name, frozenset({node_id}), book,
-                                        origin=origin)
-            out(f"  new data directory built at {new.path}; swapping it in (if this is "
-                f"interrupted, {data_dir} or {data_dir}.before-recover-* holds the old data)")
-            kept = new.commit("recover")
+        new = NewDataDir(data_dir, "recover")
+        try:
+            with new:
+                if new.finished is not None:
+                    out(f"  finished the interrupted earlier recover: moved {new.finished[0]} "
+                        f"to {new.finished[1]}")
+                for leftover in new.leftovers:
+                    out(f"  note: {leftover} was left by an interrupted earlier run and may "
+                        "hold data (old data after a swap): it was not touched; look at it "
+                        "and delete it yourself")
+                storage = DiskStorage(new.path, config.name, node_id, config.protocol,
+                                      config.storage_options())
+                try:
+                    storage.load()
+                    states = [(name, [machines.get(name).snapshot()])
+                              for name in machines.names() if name != "membership"]
+                    states.append(("membership", []))
+                    storage.save_snapshot(snap, states, machines.sessions.snapshot())
+                    storage.append(Ready(hard_state=HardState(term, 0, snap.index)))
+                    storage.sync()
+                finally:
+                    storage.close()
+                book = {node_id: NodeAddresses(node.peer, node.api)}
+                MembersFile(new.path).write(config.name, frozenset({node_id}), book,
+                                            origin=origin)
+                out(f"  new data directory built at {new.path}; swapping it in (if this is "
+                    f"interrupted: before the swap {data_dir} still holds the old data; after "
+                    f"it the old data is at {new.path} until it is renamed to {new.aside}, "
+                    "which the next `recover --force-new-cluster` does)")
+                kept = new.commit()
+        except OSError as exc:
+            raise OperateError(f"cannot recover into {data_dir}: {exc}; "
+                               f"{new.where_the_old_data_is()}") from None
         report.origin, report.kept_as, report.done = origin, kept, True
         report.seconds = time.monotonic() - started
         out(f"DONE: {data_dir} now holds a one-node cluster at index {snap.index} (log "
@@ -257,4 +306,5 @@ def recover_node(config, node_id: int, *, force: bool, out=print,
     except StorageError as exc:
         raise OperateError(f"{data_dir}: {exc} (nothing was changed)") from None
     finally:
-        os.close(fd)
+        if fd is not None:
+            os.close(fd)

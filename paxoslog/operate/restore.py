@@ -5,9 +5,17 @@ Order of work, so that nothing is half-written:
 
 1. the whole file is verified first (zstd frame layout, content checksum, every state's
    size against the trailer; ``CorruptSnapshot`` names the problem) and hashed (SHA-256);
-   a file from a cluster of the other protocol is refused (terms mean different things);
+   in the same pass every state machine and the session table are restored into
+   throwaway instances made with the conf's limits, as a node does when it starts (and as
+   the node taking a backup checks it, ``verify_states``), and the index and term must be
+   integers from 0 to 2^64 - 1: a correctly framed file whose contents a node could not
+   load (a garbage kv state, a damaged session table, a negative index) is refused, or the
+   new cluster would never start; a file from a cluster of the other protocol is refused
+   (terms mean different things);
 2. every target data directory (each node of the conf, or the ``--node`` ones) must be
-   absent or empty; otherwise nothing is written at all;
+   absent or empty, and not a mount point (a directory is renamed into place: a mount
+   point cannot be; use a directory inside the volume); otherwise nothing is written at
+   all;
 3. each directory is built beside its target (newdir.py) and renamed into place:
 
    * ``META``: the conf's cluster name, the node id, the protocol, this release's format;
@@ -36,14 +44,19 @@ from dataclasses import dataclass
 from paxoslog.core.log import HardState, SnapshotMeta
 from paxoslog.core.quorum import Config
 from paxoslog.core.ready import Ready
+from paxoslog.node.sessions import SessionTable
+from paxoslog.server.local_snapshots import SnapshotRefused, verify_states
 from paxoslog.server.members_file import MembersFile, NodeAddresses
 from paxoslog.storage import DiskStorage
 from paxoslog.storage.errors import CorruptSnapshot, StorageError
 from paxoslog.storage.snapshot import SnapshotInfo, SnapshotReader, verify_snapshot
+from statemachines import create as create_state_machine
 
 from .datadir import OperateError
 from .newdir import NewDataDir, is_empty_dir
 from .progress import Progress
+
+_NUMBER_LIMIT = 1 << 64          # index and term: what the storage and the protocols use
 
 __all__ = ["verify_backup", "restore_cluster", "RestoreResult", "states_with_fresh_membership"]
 
@@ -57,11 +70,81 @@ class RestoreResult:
     seconds: float
 
 
-def verify_backup(path: str, quiet: bool = False,
-                  shown: str | None = None) -> tuple[SnapshotInfo, str]:
+def node_like_factories(config):
+    """(create(name), sessions_like()): empty state machines and session table with the
+    conf's limits, as a node of that conf makes them (server/node.py)."""
+    limits = config.limits
+
+    def create(name: str):
+        return create_state_machine(
+            name, **({"key_bytes_max": limits.key_bytes_max,
+                      "result_bytes_max": limits.query_result_bytes_max,
+                      "txn_ops_max": limits.txn_ops_max,
+                      "txn_bytes_max": limits.txn_bytes_max,
+                      "leases_max": limits.leases_max,
+                      "lease_ttl_ms_min": limits.lease_ttl_ms_min,
+                      "lease_ttl_ms_max": limits.lease_ttl_ms_max}
+                     if name == "kv" else {}))
+
+    def sessions_like() -> SessionTable:
+        return SessionTable(limits.sessions_max, limits.session_results_max,
+                            limits.session_results_total_max, limits.session_idle_ms)
+    return create, sessions_like
+
+
+def _refuse_bad_numbers(meta: SnapshotMeta, shown: str) -> None:
+    for label, value in (("index", meta.index), ("term", meta.term)):
+        if not 0 <= value < _NUMBER_LIMIT:
+            raise OperateError(f"refusing to restore: {shown}: its {label} is {value}, not "
+                               f"an integer from 0 to 2^64 - 1 (a damaged or hand-made "
+                               "file); nothing was written")
+
+
+def _verify_restorable(path: str, shown: str, config) -> SnapshotInfo:
+    """One pass over the file: everything ``verify_snapshot`` checks, plus every state
+    machine and the session table restored into throwaway instances (``verify_states``,
+    as the node taking a backup checks it).  ``CorruptSnapshot`` / ``SnapshotRefused``."""
+    create, sessions_like = node_like_factories(config)
+    try:
+        reader = SnapshotReader(path)
+    except FileNotFoundError:
+        raise
+    except OSError as exc:
+        raise CorruptSnapshot(path, f"unreadable: {exc}") from None
+    with reader:
+        backup = reader.header.get("backup")
+        _refuse_other_protocol(shown, backup if isinstance(backup, dict) else None, config)
+        _refuse_dropped_states(shown, reader.names, config)
+        _refuse_bad_numbers(reader.meta, shown)
+        states = reader.states()
+
+        def pieces(name: str):
+            got, chunks = next(states)
+            assert got == name, (got, name)
+            yield from chunks
+        try:
+            checked = verify_states([(name, pieces(name)) for name in reader.names],
+                                    reader.sessions, create, sessions_like)
+        except ValueError as exc:            # a state machine that is not installed here
+            raise SnapshotRefused(f"cannot check its states: {exc}") from None
+        for _name, chunks in checked:
+            for _ in chunks:
+                pass
+        for _ in states:                     # the trailer and the frame's checksum
+            pass
+        return SnapshotInfo(reader.path, reader.meta, reader.names, dict(reader.sizes),
+                            dict(reader.chunk_counts), reader.sessions_bytes,
+                            reader.uncompressed_bytes, reader.compressed_bytes,
+                            reader.checksum, backup if isinstance(backup, dict) else None)
+
+
+def verify_backup(path: str, quiet: bool = False, shown: str | None = None,
+                  config=None) -> tuple[SnapshotInfo, str]:
     """Verify the whole file and hash it: (info, SHA-256 hex).  ``OperateError`` (exit 1)
     on any damage, exit 2 when there is no such file.  ``shown``: the name errors give
-    the file (``path`` may be its /proc/self/fd name)."""
+    the file (``path`` may be its /proc/self/fd name).  With ``config``: every state and
+    the session table must also restore into instances with its limits, and the index
+    and term must be in range (see the module docstring)."""
     shown = shown or path
     if not os.path.isfile(path):
         raise OperateError(f"{shown}: no such file", 2)
@@ -76,10 +159,17 @@ def verify_backup(path: str, quiet: bool = False,
             progress.update(done)
     progress.finish()
     try:
-        info = verify_snapshot(path)
+        if config is not None:
+            info = _verify_restorable(path, shown, config)
+        else:
+            info = verify_snapshot(path)
+            _refuse_bad_numbers(info.meta, shown)
     except CorruptSnapshot as exc:
         message = str(exc).replace(path, shown)
         raise OperateError(f"refusing to restore: {message}; nothing was written") from None
+    except SnapshotRefused as exc:
+        raise OperateError(f"refusing to restore: {shown}: a node could not load it: {exc}; "
+                           "nothing was written") from None
     return info, digest.hexdigest()
 
 
@@ -103,12 +193,22 @@ def _pinned(path: str):
         os.close(fd)
 
 
-def _refuse_dropped_states(path: str, info: SnapshotInfo, config) -> None:
+def _refuse_other_protocol(path: str, backup: dict | None, config) -> None:
+    """A backup of a cluster of the other protocol: terms and ballots differ."""
+    source_protocol = (backup or {}).get("protocol")
+    if source_protocol is not None and source_protocol != config.protocol:
+        raise OperateError(f"{path} is a backup of a {source_protocol} cluster but "
+                           f"{config.path} says protocol = {config.protocol!r}: restore it "
+                           f"into a {source_protocol} cluster (terms and ballots are not "
+                           "interchangeable); nothing was written", 2)
+
+
+def _refuse_dropped_states(path: str, names: list[str], config) -> None:
     """Every state machine in the backup must be enabled in the conf: a node drops the
     state of one that is not (it logs a warning) and its next snapshot forgets it, so the
     restore would lose it without a word."""
     enabled = set(config.state_machines) | {"membership"}
-    dropped = [name for name in info.names if name not in enabled]
+    dropped = [name for name in names if name not in enabled]
     if dropped:
         raise OperateError(f"{path} holds state machine(s) {', '.join(dropped)}, which "
                            f"{config.path} does not enable ([state_machines] enabled = "
@@ -145,15 +245,9 @@ def restore_cluster(path: str, config, node_ids: list[int] | None = None, *,
 def _restore(pinned: str, path: str, config, node_ids, out, quiet: bool,
              started: float) -> RestoreResult:
     import time
-    info, sha = verify_backup(pinned, quiet, shown=path)
-    _refuse_dropped_states(path, info, config)
-    origin_cluster = info.backup or {}
-    source_protocol = origin_cluster.get("protocol")
-    if source_protocol is not None and source_protocol != config.protocol:
-        raise OperateError(f"{path} is a backup of a {source_protocol} cluster but "
-                           f"{config.path} says protocol = {config.protocol!r}: restore it "
-                           f"into a {source_protocol} cluster (terms and ballots are not "
-                           "interchangeable); nothing was written", 2)
+    info, sha = verify_backup(pinned, quiet, shown=path, config=config)
+    _refuse_other_protocol(path, info.backup, config)
+    _refuse_dropped_states(path, info.names, config)
     wanted = node_ids or list(config.node_ids)
     try:
         targets = {n: config.node(n) for n in wanted}
@@ -165,6 +259,15 @@ def _restore(pinned: str, path: str, config, node_ids, out, quiet: bool,
         raise OperateError("refusing to restore over existing data (a restore builds a NEW "
                            "cluster; move these away or pick another data_dir): "
                            + "; ".join(busy) + "; nothing was written", 1)
+    mounted = [(n, node.data_dir) for n, node in targets.items()
+               if os.path.ismount(node.data_dir)]
+    if mounted:
+        raise OperateError(
+            "refusing to restore into a mount point (each data directory is built beside "
+            "its target and renamed into place, which a mount point cannot take part in): "
+            + "; ".join(f"node {n}: {d}" for n, d in mounted) + ".  Point data_dir at a "
+            f"directory inside the volume (e.g. {os.path.join(mounted[0][1], 'paxoslog')}); "
+            "nothing was written", 1)
     voters = frozenset(config.node_ids)
     origin = "r-" + hashlib.blake2b(
         f"{sha}|{config.name}|{config.protocol}|{sorted(voters)}".encode(),
@@ -185,6 +288,9 @@ def _restore(pinned: str, path: str, config, node_ids, out, quiet: bool,
             raise OperateError(f"{node.data_dir}: {exc}; it was not created") from None
         made[node_id] = node.data_dir
         out(f"node {node_id}: {node.data_dir} restored at index {meta.index}")
+        for leftover in new.leftovers:
+            out(f"note: {leftover} was left by an interrupted earlier run and may hold data: "
+                "it was not touched; look at it and delete it yourself")
     return RestoreResult(info, sha, origin, made, time.monotonic() - started)
 
 

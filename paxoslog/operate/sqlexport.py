@@ -42,7 +42,10 @@ saying what was exported from where::
 The exported state is the snapshot plus the entries up to the commit index this node knows
 (``export_info.exported_index``): entries above it are listed in log_entries but not applied
 (``export_info.commit_index``).  Nothing is half-written: the database is built in a
-temporary file next to OUT.db, fsynced and renamed.
+temporary file next to OUT.db (``OUT.db.tmp-<pid>``, created owner-only, 0600: it holds every
+key), fsynced and renamed.  The temporary file is removed on any failure and on SIGTERM or
+SIGINT (exit 128 + the signal); the ones killed (SIGKILL) runs left are removed by the next
+export to the same OUT.db once their pid is gone.
 """
 
 from __future__ import annotations
@@ -61,7 +64,8 @@ from paxoslog.storage.durable import fsync_dir
 from paxoslog.storage.snapshot import verify_snapshot
 from paxoslog.storage.errors import CorruptSnapshot
 
-from .datadir import OperateError, make_machines, read_data_dir, replay, retrying
+from .datadir import (Interrupted, OperateError, create_private, interruptible,
+                      make_machines, read_data_dir, remove_stale_temps, replay, retrying)
 from .progress import Progress
 
 __all__ = ["export_sqlite", "SCHEMA", "ExportResult"]
@@ -130,6 +134,9 @@ def _entry_row(entry: Entry, terms: _Terms, paxos: bool, kv_times: dict) -> tupl
             kind = "undecodable"
         else:
             ts = command.pop("ts", None)
+            start = command.pop("ts_start", None)      # node/stamps.py: a FirstStamp
+            if ts is None:
+                ts = start
             if type(ts) is int:
                 if stamp is None:
                     stamp = ts / 1000.0
@@ -153,6 +160,7 @@ def export_sqlite(data_dir: str, out_path: str, *, config=None, force: bool = Fa
     parent = os.path.dirname(os.path.abspath(out_path))
     if not os.path.isdir(parent):
         raise OperateError(f"{parent}: no such directory (for {out_path})", 2)
+    remove_stale_temps(parent, f"{os.path.basename(out_path)}.tmp-")
 
     def read():
         view = read_data_dir(data_dir)
@@ -174,31 +182,39 @@ def export_sqlite(data_dir: str, out_path: str, *, config=None, force: bool = Fa
         return view, machines, replayed, unknown
     view, machines, replayed, unknown = retrying(read)
 
-    tmp = f"{out_path}.tmp-{os.getpid()}"
-    try:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        db = sqlite3.connect(tmp)
+    tmp = os.path.join(parent, f"{os.path.basename(out_path)}.tmp-{os.getpid()}")
+    made = False
+    with interruptible():
         try:
-            db.execute("PRAGMA journal_mode = OFF")
-            db.execute("PRAGMA synchronous = OFF")
-            db.executescript(SCHEMA)
-            result = _fill(db, view, machines, replayed, unknown, quiet)
-            db.commit()
-        finally:
-            db.close()
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, out_path)
-        fsync_dir(parent)
-    except BaseException as exc:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        if isinstance(exc, (OSError, sqlite3.Error)):
-            raise OperateError(f"cannot write {out_path}: {exc}") from None
-        raise
+            os.close(create_private(tmp))    # sqlite3 opens the empty file as a new database
+            made = True
+            db = sqlite3.connect(tmp)
+            try:
+                db.execute("PRAGMA journal_mode = OFF")
+                db.execute("PRAGMA synchronous = OFF")
+                db.executescript(SCHEMA)
+                result = _fill(db, view, machines, replayed, unknown, quiet)
+                db.commit()
+            finally:
+                db.close()
+            with open(tmp, "rb+") as f:
+                os.fsync(f.fileno())
+            os.replace(tmp, out_path)
+            made = False
+            fsync_dir(parent)
+        except BaseException as exc:
+            if made:
+                try:
+                    os.unlink(tmp)
+                except OSError:
+                    pass
+                if isinstance(exc, Interrupted):
+                    raise OperateError(f"interrupted by {exc.name}: {out_path} was not "
+                                       f"written (the partial file {tmp} was removed)",
+                                       exc.exit_code) from None
+            if isinstance(exc, (OSError, sqlite3.Error)):
+                raise OperateError(f"cannot write {out_path}: {exc}") from None
+            raise
     result["seconds"] = round(time.monotonic() - started, 3)
     return result
 

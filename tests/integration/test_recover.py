@@ -185,3 +185,68 @@ def test_recover_refuses_a_data_dir_of_a_newer_format_and_bad_arguments(crafted,
     assert unknown.returncode == 2 and "no node with id 7" in unknown.stderr
     missing = paxoslog("recover", "--config", c.conf_path, "--node", "2")
     assert missing.returncode == 2 and "no such data directory" in missing.stderr
+
+
+KILLED_AFTER_THE_SWAP = r"""
+import os, signal, sys
+from paxoslog.cli import main
+from paxoslog.operate import newdir
+real = newdir.exchange_paths
+
+def exchange(a, b):
+    done = real(a, b)
+    if done:                         # the rebuilt data is in place, the old data at a
+        os.kill(os.getpid(), signal.SIGKILL)
+    return done
+newdir.exchange_paths = exchange
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_recover_killed_right_after_its_swap_loses_nothing_and_a_rerun_finishes_it(crafted,
+                                                                                   tmp_path):
+    """A real ``recover --force-new-cluster`` SIGKILLed right after its atomic exchange:
+    the old data sits at the ``.building-`` name the command printed.  The next run used
+    to delete every ``.building-*`` directory as a crashed run's half-built one: the
+    original data was gone (found by a review).  Now the dry run says where it is, and
+    the next ``--force-new-cluster`` moves it to a ``.before-recover-`` name first; a
+    recover right after another one (same second) keeps both old directories; the node
+    then leads with every entry."""
+    entries = [_put(i, 2, f"r{i}", i) for i in range(1, 6)]
+    c = crafted("raft", entries, commit=3, term=2)
+    data_root = tmp_path / "data"
+    wal_dir = data_root / "1" / "wal"
+    original = {name: (wal_dir / name).read_bytes() for name in os.listdir(wal_dir)}
+    crashed = subprocess.run([sys.executable, "-c", KILLED_AFTER_THE_SWAP, "recover",
+                              "--config", c.conf_path, "--node", "1", "--force-new-cluster",
+                              "--quiet"], capture_output=True, text=True, cwd=ROOT,
+                             env=dict(os.environ, PYTHONPATH=ROOT), timeout=120)
+    assert crashed.returncode == -9, crashed.stderr
+    [building] = [p for p in os.listdir(data_root) if p.startswith("1.building-")]
+    old_path = str(data_root / building)
+    assert f"the old data is at {old_path} until it is renamed to" in crashed.stdout
+    assert {n: (data_root / building / "wal" / n).read_bytes()
+            for n in os.listdir(data_root / building / "wal")} == original
+
+    dry = paxoslog("recover", "--config", c.conf_path, "--node", "1")
+    assert dry.returncode == 0, dry.stderr
+    assert f"the data from before that is at {old_path}" in dry.stdout
+    assert os.path.isdir(old_path)
+    again = paxoslog("recover", "--config", c.conf_path, "--node", "1", "--force-new-cluster",
+                     "--quiet")
+    assert again.returncode == 0, again.stderr
+    assert f"finished the interrupted earlier recover: moved {old_path}" in again.stdout
+    third = paxoslog("recover", "--config", c.conf_path, "--node", "1", "--force-new-cluster",
+                     "--quiet")
+    assert third.returncode == 0, third.stderr
+    names = sorted(os.listdir(data_root))
+    assert not [n for n in names if ".building-" in n], names
+    befores = [n for n in names if n.startswith("1.before-recover-")]
+    assert len(befores) == 3, names
+    kept = [b for b in befores
+            if {n: (data_root / b / "wal" / n).read_bytes()
+                for n in os.listdir(data_root / b / "wal")} == original]
+    assert len(kept) == 1, befores
+    c.start(1)
+    c.wait_leader(among=[1])
+    assert c.get(1, "r5").body["value"] == 5 and c.status(1)["cluster_size"] == 1
