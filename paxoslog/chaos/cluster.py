@@ -513,7 +513,10 @@ def drop_unsynced(data_dir: str, rng: random.Random, torn: bool = False) -> dict
     durable = max(int(syncs[-1].value), header_bytes) if syncs else header_bytes
     cut_at = durable
     if torn and end > durable:
+        # A disk writes whole 512-byte sectors: the unsynced bytes survive up to a sector
+        # boundary (the sector holding the durable end is old or new as a whole).
         cut_at = rng.randint(durable, end - 1)
+        cut_at = max(durable, cut_at - cut_at % 512)
     if cut_at < end:
         with open(path, "r+b") as f:
             if end < len(data):

@@ -227,6 +227,16 @@ class SnapshotFetcher:
             log.warn("bad snapshot chunk from node {peer}: {error}", peer=peer, error=exc)
             self._want(receiver.next_offset)
             return
+        except OSError as exc:
+            # A failed write (ENOSPC, EIO): the transfer's file is not to be trusted (see
+            # _finished_file); it goes, and the next offer starts from byte 0.
+            log.error("cannot write the snapshot from node {peer}: {error}; starting it "
+                      "again from the next offer", peer=peer, error=exc)
+            _abandon(receiver)
+            self._receiver = None
+            self.transport.send_frame(peer, [F.SNAP_DONE, receiver.offer.transfer_id,
+                                             False, f"write failed: {exc}"[:200]])
+            return
         if receiver.complete:
             self._finish()
         else:
@@ -272,8 +282,15 @@ def _finished_file(receiver: SnapshotReceiver, msg: InstallSnapshot) -> str:
     """The received file's path, once it is whole and reads back as the snapshot ``msg``
     installs (its index and term); ``CorruptSnapshot`` otherwise, with the transfer's files
     deleted, so that the next offer (or a restart) fetches it afresh.  On the snapshot
-    thread: this reads the whole file."""
-    path = receiver.finish()
+    thread: this reads the whole file.  A failed write or fsync also deletes them: after a
+    failed fsync the kernel may have dropped the dirty pages and marked them clean, so a
+    resumed transfer's second fsync "succeeded" on a file whose lost pages were never
+    written, and it was installed and the log below it compacted (found by a review)."""
+    try:
+        path = receiver.finish()
+    except OSError:
+        _abandon(receiver)
+        raise
     try:
         meta = verify_snapshot(path).meta
         if (meta.index, meta.term) != (msg.index, msg.snap_term):
@@ -283,3 +300,13 @@ def _finished_file(receiver: SnapshotReceiver, msg: InstallSnapshot) -> str:
         receiver.abort()
         raise
     return path
+
+
+def _abandon(receiver: SnapshotReceiver) -> None:
+    """Delete a transfer's files after a failed write or fsync; a failure to delete them is
+    logged (a restart's receiver resumes only an offer it finds whole)."""
+    try:
+        receiver.abort()
+    except OSError as exc:
+        log.error("cannot delete the files of snapshot transfer {id}: {error}",
+                  id=receiver.offer.transfer_id, error=exc)

@@ -251,6 +251,7 @@ class DiskStorage:
         file from ``transfer.SnapshotReceiver``) or else from ``ready.snapshot_data``, which
         must then hold a whole snapshot file's bytes."""
         self._check_usable()
+        truncate_from = ready.truncate_from
         if ready.snapshot is not None:
             if self.snapshot_meta is None or ready.snapshot.index > self.snapshot_meta.index:
                 if snapshot_file is None:
@@ -258,12 +259,27 @@ class DiskStorage:
                         raise ValueError("a Ready with a snapshot needs snapshot_file or "
                                          "snapshot_data")
                     snapshot_file = self._stage_bytes(ready.snapshot, ready.snapshot_data)
+                if truncate_from is not None:
+                    self._truncate_before_install(truncate_from)
+                    truncate_from = None
                 self.install_snapshot(ready.snapshot, snapshot_file)
-        if not (ready.hard_state is not None or ready.entries or ready.truncate_from is not None):
+        if not (ready.hard_state is not None or ready.entries or truncate_from is not None):
             return
-        self.append(Ready(hard_state=ready.hard_state, truncate_from=ready.truncate_from,
+        self.append(Ready(hard_state=ready.hard_state, truncate_from=truncate_from,
                           entries=ready.entries))
         self.sync()
+
+    def _truncate_before_install(self, truncate_from: int) -> None:
+        """A received snapshot that conflicts with the log's suffix (Raft): drop the suffix
+        durably before the snapshot is in place.  The other way round, a crash between the
+        two left the snapshot's newer term below older entries, and the node refused to
+        start again ("not contiguous with non-decreasing terms"; found by a review).  Only
+        the truncation goes first: the Ready's hard state may name a commit index that the
+        snapshot, not the old log, backs."""
+        self.append(Ready(truncate_from=truncate_from))
+        self.sync()
+        if ACTIVE:
+            hit("install.after_truncate")
 
     def _stage_bytes(self, meta: SnapshotMeta, data: bytes) -> str:
         name = snapshot_name(meta.index, meta.term) + ".recv" + TMP_SUFFIX

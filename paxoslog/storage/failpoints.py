@@ -62,7 +62,8 @@ POINTS = frozenset({
     # compaction
     "compact.before_delete", "compact.after_delete",
     # installing a snapshot received from a peer
-    "install.before_rename", "install.after_rename", "install.after_marker",
+    "install.after_truncate", "install.before_rename", "install.after_rename",
+    "install.after_marker",
     # snapshot transfer receiver
     "transfer.before_write", "transfer.before_fsync", "transfer.before_rename",
 })

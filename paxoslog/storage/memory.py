@@ -170,13 +170,18 @@ class MemoryStorage:
         """Persist ``ready`` durably (install its snapshot first, from ``snapshot_file`` or
         ``ready.snapshot_data``: a snapshot file's bytes)."""
         self._check_usable()
+        truncate_from = ready.truncate_from
         if ready.snapshot is not None:
             if self.snapshot_meta is None or ready.snapshot.index > self.snapshot_meta.index:
                 data = snapshot_file if snapshot_file is not None else ready.snapshot_data
                 if data is None:
                     raise ValueError("a Ready with a snapshot needs snapshot_file or snapshot_data")
+                if truncate_from is not None:       # as DiskStorage: the suffix goes first
+                    self.append(Ready(truncate_from=truncate_from))
+                    self.sync()
+                    truncate_from = None
                 self.install_snapshot(ready.snapshot, data)
-        self.append(Ready(hard_state=ready.hard_state, truncate_from=ready.truncate_from,
+        self.append(Ready(hard_state=ready.hard_state, truncate_from=truncate_from,
                           entries=ready.entries))
         self.sync()
 

@@ -256,3 +256,34 @@ def test_shipper_ignores_the_answer_to_an_older_transfer(tmp_path):
     shipper.on_done(3, [F.SNAP_DONE, current, True, ""])
     assert shipper.active == 0
     storage.close()
+
+
+def test_a_failed_fsync_of_a_received_snapshot_starts_the_transfer_again_from_byte_0(
+        tmp_path, monkeypatch):
+    """fsync of the assembled file fails with EIO: the kernel may have dropped its dirty
+    pages and marked them clean, so the next offer's resumed transfer fsynced again "with
+    success" and installed a file whose lost pages never reached the disk (found by a
+    review).  The transfer's files go, and the next offer fetches from byte 0."""
+    from paxoslog.storage import transfer
+    storage = storage_with(tmp_path, (SnapshotMeta(100, 1, CONFIG), big_state(b"a"), None))
+    node = shipper_node(storage)
+    shipper, delivered, follower = make_shipper(node), [], FakeTransport()
+    fetcher = make_fetcher(tmp_path, follower, delivered)
+    real_fsync, failures = os.fsync, []
+
+    def fsync_failing_once(fd):
+        if not failures and os.readlink(f"/proc/self/fd/{fd}").endswith(".part"):
+            failures.append(fd)
+            raise OSError(5, "Input/output error")
+        return real_fsync(fd)
+    monkeypatch.setattr(transfer.os, "fsync", fsync_failing_once)
+    message = InstallSnapshot(1, 3, 5, 100, 1, CONFIG, b"")
+    shipper.offer(message)
+    offer_frame = list(node.transport.frames[0][1])
+    ship(shipper, node.transport, fetcher, follower)
+    assert failures and delivered == []
+    assert os.listdir(tmp_path / "follower-incoming") == []
+    fetcher.on_offer(1, offer_frame)                      # the leader offers it again
+    (_, want), = follower.frames
+    assert want[0] == F.SNAP_WANT and want[2] == 0
+    storage.close()

@@ -112,7 +112,11 @@ def test_segments_rotate_by_size_and_replay_in_order(tmp_path):
 def test_cutting_the_last_batch_at_every_byte_offset_keeps_earlier_records(tmp_path, rest):
     """Cut at each byte of the last batch: the node starts, the batch is gone, all else
     intact.  ``gone``: the file ends at the cut (a segment that grows); ``zeros``: what
-    follows the cut reads as zeros (a preallocated segment: the unwritten rest)."""
+    follows reads as zeros (a preallocated segment: the unwritten rest), from the start of
+    the cut's 512-byte sector (a disk writes whole sectors) or from the batch's start,
+    whichever is later (the sector that holds the end of the fsynced records is old or new
+    as a whole).  A cut at any byte with zeros from there once passed too, by a rule that
+    also took a damaged record that merely ended in a zero byte for a tear."""
     source = tmp_path / "source"
     write_batches(source, 5)            # not closed: the last batch is not sealed
     path = only_segment(source)
@@ -130,6 +134,7 @@ def test_cutting_the_last_batch_at_every_byte_offset_keeps_earlier_records(tmp_p
         if rest == "gone":
             os.truncate(target, cut)
         else:
+            cut = max(start, cut - cut % 512)
             with open(target, "r+b") as f:
                 f.seek(cut)
                 f.write(bytes(end - cut))
@@ -212,6 +217,30 @@ def test_complete_garbage_record_at_an_unsealed_tail_is_corruption(tmp_path):
         open_wal(tmp_path)
 
 
+def test_a_damaged_last_record_that_ends_in_a_zero_byte_is_still_corruption(tmp_path):
+    """The last (acknowledged) record ends in a zero byte, and the segment's preallocated
+    zeros follow it: a flipped bit inside it once passed for a torn write (zeros "to the
+    end"), and the record was cut, an acknowledged entry or vote with it (found by a
+    review).  Only a zeroed sector makes a tear."""
+    wal, _ = open_wal(tmp_path)
+    for i in range(1, 4):
+        wal.append_entries([entry(i, data=b"%d:" % i + b"p" * 99 + b"\x00")])
+        wal.sync()
+    path = only_segment(tmp_path)
+    victim = [r for r in records_of(path) if r.rtype == REC_ENTRIES][-1]
+    with open(path, "rb") as f:
+        f.seek(victim.offset + victim.size - 1)
+        assert f.read(1) == b"\x00"
+    with open(path, "r+b") as f:
+        f.seek(victim.offset + 12)
+        byte = f.read(1)[0]
+        f.seek(victim.offset + 12)
+        f.write(bytes((byte ^ 0x08,)))
+    with pytest.raises(CorruptLog) as caught:
+        open_wal(tmp_path)
+    assert caught.value.offset == victim.offset
+
+
 def test_zeroed_unwritten_page_at_the_tail_is_a_torn_write(tmp_path):
     """A last record with a sector that reads as zeros (page never written) is cut, not
     refused, even when the bytes after that sector were written."""
@@ -274,10 +303,14 @@ def test_anything_but_zeros_after_the_records_is_not_free_space(tmp_path, offset
         f.seek(end + offset)
         f.write(b"\x07")
     data = open(path, "rb").read()
+    if offset == 0:
+        # Read as a whole record (length 7) with a bad checksum and no zeroed sector: a
+        # disk cannot tear that way, so it is damage, not a torn tail.
+        with pytest.raises(CorruptLog):
+            scan_segment(path, 1, data, last=True)
+        return
     scan = scan_segment(path, 1, data, last=True)
     assert scan.preallocated == 0 and scan.torn is not None and scan.torn.offset == end
-    if offset == 0:
-        return                      # a SYNC record right at the end is simply the next one
     with open(path, "r+b") as f:
         f.seek(end + offset)
         f.write(encode_record(REC_SYNC, end + offset))
