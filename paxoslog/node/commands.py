@@ -47,7 +47,7 @@ def command_map(sm: str, fields: dict, client_id: str, sequence: int, ts: int,
     command.update(fields)
     command["client_id"] = client_id
     command["sequence"] = sequence
-    command["ts"] = ts
+    _stamp(command, ts)
     if release:
         command["release"] = release
     if acked is not None:
@@ -68,7 +68,8 @@ def batch_command(ops: list[dict], client_id: str, sequence: int, ts: int,
     """A batch command's map: ``ops`` are validated command maps, each with its ``sm``
     (and optionally its own ``client_id``/``sequence``).  The encoding node applies this
     very map (machines.py), so whatever is encoded is what it applies."""
-    command = {"batch": ops, "client_id": client_id, "sequence": sequence, "ts": ts}
+    command = {"batch": ops, "client_id": client_id, "sequence": sequence}
+    _stamp(command, ts)
     if release:
         command["release"] = release
     if acked is not None:
@@ -102,3 +103,12 @@ def command_key(command: dict) -> tuple[str, int] | None:
     if type(client_id) is str and type(sequence) is int:
         return (client_id, sequence)
     return None
+
+
+def _stamp(command: dict, ts: int) -> None:
+    """``ts``, or ``ts_start`` for a stamp that may only start the log clock (node/stamps.py:
+    a ``FirstStamp``, from a node that does not know the log clock)."""
+    if type(ts) is int:
+        command["ts"] = ts
+    else:
+        command["ts_start"] = int(ts)

@@ -32,7 +32,7 @@ _ENCODED_KEPT = 1024
 # then lost its leadership) stays until pushed out, with its decoded values beside it;
 # with megabyte batches a count alone let that reach gigabytes (tools/bench_memory.py).
 _ENCODED_BYTES_MAX = 16 << 20
-_LOG_FIELDS = frozenset({"sm", "client_id", "sequence", "ts", "release", "acked"})
+_LOG_FIELDS = frozenset({"sm", "client_id", "sequence", "ts", "ts_start", "release", "acked"})
 _STALE_RESULT = {"error": "stale_sequence",
                  "message": "this sequence is older than the session keeps; use a new sequence"}
 
@@ -108,6 +108,8 @@ class StateMachines:
         key = command_key(command)
         sessions = self.sessions
         sessions.observe(command.pop("ts", None))     # the log clock; not the SM's
+        if "ts_start" in command:
+            sessions.observe_start(command.pop("ts_start"))
         release = command.pop("release", None)         # the session table's, too
         if release is not None:
             sessions.release(release)
@@ -341,9 +343,9 @@ class StateMachines:
                 raise BadCommand(f'op {fields["op"]!r} of state machine {sm.name!r} is '
                                  'internal to the cluster')
             if "sm" in fields or "client_id" in fields or "sequence" in fields or \
-                    "ts" in fields:
+                    "ts" in fields or "ts_start" in fields:
                 fields = {k: v for k, v in fields.items()
-                          if k not in ("sm", "client_id", "sequence", "ts")}
+                          if k not in ("sm", "client_id", "sequence", "ts", "ts_start")}
             out = validate(fields)
             if not isinstance(out, dict):
                 raise BadCommand(f"state machine {sm.name!r} returned no command")

@@ -98,6 +98,12 @@ class SessionTable:
         sessions idle for longer than ``idle_ms``.  Deterministic (log order only)."""
         if type(ts) is not int or ts <= self.clock:
             return
+        if self.clock == 0:
+            # The log's first stamp: the sessions recorded before it (at clock 0, by
+            # commands without a ts) were last used now, not at 0, or it expired them all.
+            for session in self._sessions.values():
+                session.last_ts = ts
+            self._swept_at = ts
         self.clock = ts
         idle = self.idle_ms
         if idle and ts - self._swept_at >= max(1, idle // 8):
@@ -107,6 +113,13 @@ class SessionTable:
             for client_id in stale:
                 self.results_total -= self._sessions.pop(client_id).weight
             self.expired += len(stale)
+
+    def observe_start(self, ts: object) -> None:
+        """A command stamped ``ts_start`` (node/stamps.py: by a node that did not know the
+        log clock) is being applied: it starts the clock of a log that has none, and never
+        moves a running one."""
+        if self.clock == 0 and type(ts) is int and ts > 0:
+            self.observe(ts)
 
     def __len__(self) -> int:
         return len(self._sessions)

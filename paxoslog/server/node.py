@@ -58,7 +58,7 @@ from paxoslog.core.replica import create_replica
 from paxoslog.node.driver import DriverOptions, NodeDriver
 from paxoslog.node.machines import StateMachines
 from paxoslog.node.sessions import SessionTable
-from paxoslog.node.stamps import CommandClock
+from paxoslog.node.stamps import node_command_clock
 from paxoslog.config import ConfigError
 from paxoslog.storage import DiskStorage
 from paxoslog.terms import describe_hard_state
@@ -351,10 +351,8 @@ class NodeService(MultiService):
         self.router = router = RequestRouter(
             runner, lambda: self.driver.machines, self.ticker.catch_up, node_id=self.node_id,
             command_bytes_max=config.batching.batch_bytes_max,
-            stamp_ms=CommandClock(lambda: self.driver.machines.sessions.clock
-                                  if self.driver.applied_index > 0 else None,
-                                  lambda: int(time.time() * 1000),
-                                  lambda: int(time.monotonic() * 1000)))
+            stamp_ms=node_command_clock(driver, lambda: int(time.time() * 1000),
+                                        lambda: int(time.monotonic() * 1000)))
         port = ConsensusPort(self.node_id, driver, runner, router, self.transport,
                              lambda: self.stopping or runner.fatal is not None)
         self.admin = MembershipAdmin(port, book, reactor, cluster=config.name,

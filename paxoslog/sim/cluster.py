@@ -122,6 +122,14 @@ class SimOptions:
     kill_fraction: float = 0.0    # share of the nemesis' crashes that are kill -9 (written
                                   # data survives, the peers' connections are reset: fast
                                   # failover); the others are power losses
+    wall_offsets_ms: tuple[float, ...] = ()  # each node's wall clock ahead of (or behind)
+                                  # real time, by node id (1-based): what its commands'
+                                  # ``ts`` stamps start from (node/stamps.py)
+    wall_step_at_ms: float = 0.0  # when the offsets beyond the epoch take effect (a clock
+                                  # stepped after the cluster formed; 0: from the start)
+    session_idle_ms: int = 0      # the session table's idle expiry on the log clock (0: none)
+    raw_wall_stamps: bool = False  # negative control: commands stamped with the node's wall
+                                   # clock as it is, not held to the log clock
 
     @classmethod
     def random_for(cls, seed: int, protocol: str, nodes: int,
@@ -324,10 +332,11 @@ class Simulation:
         deliberately broken table that never recognises a retry."""
         from statemachines.kv import KVStateMachine
         o = self.options
-        sessions = (NoDedupSessionTable() if not o.dedup
-                    else ReleaseDeletesSessionTable() if o.release_deletes
-                    else AckKeepsFloorSessionTable() if o.acked_keeps_floor
-                    else SessionTable())
+        table = (NoDedupSessionTable if not o.dedup
+                 else ReleaseDeletesSessionTable if o.release_deletes
+                 else AckKeepsFloorSessionTable if o.acked_keeps_floor
+                 else SessionTable)
+        sessions = table(idle_ms=o.session_idle_ms)
         return StateMachines({"kv": KVStateMachine()}, sessions,
                              lambda name: KVStateMachine(), record_terms=o.protocol == "raft")
 
@@ -451,6 +460,10 @@ class Simulation:
                       f"(leader={self.leader()}, statuses={self._statuses()})")
         self.run_until(self.now + 200)
         self.workload.finish()
+        if o.session_idle_ms:
+            expired = max((n.driver.machines.sessions.expired for n in self.nodes.values()
+                           if n.alive), default=0)
+            self.count("sessions_expired", expired)
         self.history.check(self)
         return self
 

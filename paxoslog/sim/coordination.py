@@ -124,7 +124,7 @@ class Coordination:
         client.seq += 1
         key = (client.name, client.seq)
         data = node.driver.machines.encode_write("kv", fields, client.name, client.seq,
-                                                ts=int(self.sim.now))
+                                                ts=node.stamp_ms())
         if fields["op"] == "lease_grant":
             self.grant_sent[key] = attempt.sent
         if not node.client_request(attempt, "write", (key, data)):

@@ -39,6 +39,8 @@ from ..node.instructions import (DUPLICATE, EXECUTED, Applied, CompactLog, Confi
                                  Forward, OfferSnapshot, Persist, Reply, RestoreSnapshot,
                                  RoleChange, RowApplied, Send, STALE, TakeSnapshot)
 from ..node.removal import RemovalWitnesses
+from ..node.stamps import node_command_clock
+from .profiles import WALL_EPOCH_MS
 from ..node.ticks import TickClock
 from ..storage import CorruptLog, MemoryStorage, SnapshotReader, StorageIOError
 
@@ -123,6 +125,16 @@ class SimNode:
             replica, machines, restored.snapshot, self.bootstrap,
             newest_snapshot=self.disk.snapshot_meta)
         self.driver.restored_hard_state(restored.hard_state)
+        offsets = o.wall_offsets_ms
+        offset = offsets[self.node_id - 1] if self.node_id <= len(offsets) else 0.0
+        epoch = WALL_EPOCH_MS if offsets else 0.0
+
+        def wall_ms() -> int:
+            return int(sim.now + (offset if sim.now >= o.wall_step_at_ms else epoch))
+        # The ts of the commands this node encodes, as the server stamps them (a new
+        # CommandClock at each boot, as a restarted process has).
+        self.stamp_ms = wall_ms if o.raw_wall_stamps else \
+            node_command_clock(self.driver, wall_ms, lambda: int(self.local_ms))
         self.clock = TickClock(TICK_MS, self.local_ms, o.election_ticks)
         self.persisting = False
         self.inbound.clear()

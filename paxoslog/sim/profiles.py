@@ -59,6 +59,12 @@ Negative profiles, which must fail on some seeds (tests pin such seeds):
 * ``sessions-release-deletes``: the sessions profile with a release that deletes the
   released sessions instead of keeping tombstones: a late copy of a released write (still
   in some log, or still being retried by a node) is executed again.
+* ``skew``: the sessions profile with skewed wall clocks (one node ten minutes fast, others
+  slow or a little off, from a moment after the cluster formed) and session expiry after
+  a few client give-up times: each node stamps with the production ``CommandClock``, so
+  no session expires while its client still retries.  ``skew-birth``: the same clocks
+  from the start.  Negative control ``skew-wallclock``: raw wall-clock stamps; the fast
+  node's first command expires every session and a retry runs twice.
 * ``own-ack-early``: the single-voter profile with deliberately broken replicas
   (paxoslog/sim/broken.py) that count the leader's own acceptance before its fsync: the
   learners apply entries the crashed voter never persisted (agreement violated).
@@ -172,6 +178,32 @@ def _sessions(o: "SimOptions", rng: random.Random) -> "SimOptions":
         crash_rate=rng.choice([0.0, 0.5, 1.0, 2.0]), partition_rate=rng.choice([0.5, 1.0, 2.0]))
 
 
+# A wall clock in the simulator's "skew" profiles: the epoch in ms (realistic widths) plus
+# real time plus the node's offset.
+WALL_EPOCH_MS = 1_800_000_000_000
+
+
+def _skew(o: "SimOptions", rng: random.Random) -> "SimOptions":
+    nodes = o.nodes + o.spares
+    offsets = [WALL_EPOCH_MS + rng.choice([0.0, 0.0, -600_000.0, rng.uniform(-2000.0, 2000.0)])
+               for _ in range(nodes)]
+    offsets[rng.randrange(nodes)] = WALL_EPOCH_MS + 600_000.0   # ten minutes fast
+    give_up = rng.choice([400.0, 800.0])
+    return dataclasses.replace(
+        _sessions(o, rng), profile="skew", wall_offsets_ms=tuple(offsets),
+        wall_step_at_ms=rng.choice([400.0, 800.0, 1500.0]),
+        client_timeout_ms=rng.choice([60.0, 150.0]), give_up_ms=give_up,
+        session_idle_ms=int(6 * give_up))
+
+
+def _skew_birth(o: "SimOptions", rng: random.Random) -> "SimOptions":
+    return dataclasses.replace(_skew(o, rng), profile="skew-birth", wall_step_at_ms=0.0)
+
+
+def _skew_wallclock(o: "SimOptions", rng: random.Random) -> "SimOptions":
+    return dataclasses.replace(_skew(o, rng), profile="skew-wallclock", raw_wall_stamps=True)
+
+
 def _sessions_nodedup(o: "SimOptions", rng: random.Random) -> "SimOptions":
     return dataclasses.replace(_sessions(o, rng), profile="sessions-nodedup", dedup=False)
 
@@ -247,6 +279,9 @@ PROFILES: dict[str, Callable[["SimOptions", random.Random], "SimOptions"]] = {
     "sessions": _sessions,
     "sessions-release-deletes": _sessions_release_deletes,
     "sessions-nodedup": _sessions_nodedup,
+    "skew": _skew,
+    "skew-wallclock": _skew_wallclock,
+    "skew-birth": _skew_birth,
     "batches": _batches,
     "acked": _acked,
     "acked-keeps-floor": _acked_keeps_floor,
@@ -256,6 +291,7 @@ PROFILES: dict[str, Callable[["SimOptions", random.Random], "SimOptions"]] = {
     "own-ack-early": _own_ack_early,
 }
 NEGATIVE_PROFILES = frozenset({"lease-beyond", "leases-beyond", "sessions-nodedup",
+                               "skew-wallclock",
                                "sessions-release-deletes", "own-ack-early",
                                "acked-keeps-floor"})
 

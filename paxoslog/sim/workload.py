@@ -196,11 +196,11 @@ class Workload:
             acked = request.seq - 1 if self.sim.options.acked and request.seq > 1 else None
             if self._batched(request):
                 data = machines.encode_batch_write([("kv", fields, None)], client_id,
-                                                   request.seq, ts=int(self.sim.now),
+                                                   request.seq, ts=node.stamp_ms(),
                                                    release=request.release, acked=acked)
             else:
                 data = machines.encode_write("kv", fields, client_id, request.seq,
-                                             ts=int(self.sim.now), release=request.release,
+                                             ts=node.stamp_ms(), release=request.release,
                                              acked=acked)
             payload = ("write", ((client_id, request.seq), data))
         if not node.client_request(attempt, *payload):

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from paxoslog.node.machines import StateMachines
 from paxoslog.node.sessions import SessionTable
-from paxoslog.node.stamps import CommandClock
+from paxoslog.node.stamps import CommandClock, FirstStamp
 from statemachines.kv import KVStateMachine
 
 MINUTE = 60_000
@@ -77,24 +77,61 @@ def test_a_fast_node_cannot_expire_an_idle_clients_session_early():
 
 
 
-def test_a_node_that_knows_no_log_clock_yet_never_latches_its_wall_clock():
-    """A node that has applied nothing (a new member catching up), or whose log has no
-    ``ts`` yet (a new cluster), stamps its wall clock without holding to it, so a fast wall
-    clock is not kept once the log's clock is known (a review found the first version
-    latched it).  It does not stamp 0: the sessions such a command creates would be last
-    used at 0, and the first real stamp expired them (a clean-clone run caught it)."""
+def test_a_node_that_knows_no_log_clock_gives_a_stamp_that_may_only_start_one():
+    """A node that has applied nothing since it started (restarted without a snapshot, a
+    new member catching up), or no ``ts`` yet, gives a ``FirstStamp`` (``ts_start``): it
+    starts the clock of a log that has none and never moves a running one, so a fast wall
+    clock there is harmless (the simulator's skewed clocks found that its plain ``ts``,
+    ten minutes fast after a restart, expired every session and a retry ran twice).  It
+    is not latched either: once the log's clock is known, stamps hold to it."""
     state = {"applied": None}
     fast = Clocks(wall=1_000_000 + 10 * MINUTE)
     clock = CommandClock(lambda: state["applied"], lambda: fast.wall, lambda: fast.mono)
-    assert clock() == fast.wall
+    first = clock()
+    assert type(first) is FirstStamp and first == fast.wall
     state["applied"] = 0
-    assert clock() == fast.wall
+    assert type(clock()) is FirstStamp
     state["applied"] = 1_000_000                             # caught up: the log's clock
     fast.advance(1_000)
-    assert clock() == 1_000_000
+    assert type(clock()) is int and clock() == 1_000_000
     fast.advance(1_000)
     assert clock() == 1_001_100
 
+
+def test_a_first_stamp_starts_a_log_clock_but_never_moves_a_running_one():
+    """Client c writes at log time T; a node ten minutes fast, just restarted (it knows no
+    log clock), encodes the next command; c's retry is still a duplicate."""
+    m = StateMachines({"kv": KVStateMachine()}, SessionTable(idle_ms=5 * MINUTE),
+                      lambda name: KVStateMachine(), record_terms=True)
+
+    def write(client: str, value: int, index: int, ts) -> str:
+        data = m.encode_write("kv", {"op": "put", "key": "k", "value": value}, client, 1, ts)
+        return m.apply_command(index, 1, data).outcome
+
+    assert write("c", 1, 1, FirstStamp(1_000_000)) == "executed"       # starts the clock
+    assert m.sessions.clock == 1_000_000
+    assert write("d", 2, 2, 1_000_500) == "executed"
+    assert write("e", 3, 3, FirstStamp(1_000_000 + 10 * MINUTE)) == "executed"
+    assert m.sessions.clock == 1_000_500                                 # not moved
+    assert write("c", 1, 4, 1_001_000) == "duplicate"
+    assert m.machines["kv"].get("k")["value"] == 3
+
+
+def test_the_first_stamp_of_a_log_does_not_expire_the_sessions_recorded_before_it():
+    """Commands without a ``ts`` (a node's internal ones, or from before stamps) are
+    recorded at log clock 0; the log's first stamp re-bases them, so a retry of such a
+    write is still a duplicate (a stamp far above 0 made them idle since 0)."""
+    m = StateMachines({"kv": KVStateMachine()}, SessionTable(idle_ms=10 * MINUTE),
+                      lambda name: KVStateMachine(), record_terms=True)
+
+    def write(client: str, value: int, index: int, ts) -> str:
+        data = m.encode_write("kv", {"op": "put", "key": "k", "value": value}, client, 1, ts)
+        return m.apply_command(index, 1, data).outcome
+
+    m.sessions.record("early", 1, 1, 1, {"op": "put"})
+    assert m.sessions.clock == 0
+    assert write("first-stamp", 2, 2, 1_700_000_000_000) == "executed"
+    assert write("early", 1, 3, 1_700_000_000_100) == "duplicate"
 
 
 def test_after_an_outage_the_log_clock_catches_up_with_honest_wall_clocks():
