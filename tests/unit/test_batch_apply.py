@@ -409,3 +409,22 @@ def test_a_transactions_ranges_share_one_result_budget():
     assert cut["more"] and 0 < len(cut["kvs"]) < 1000
     assert cut["cursor"] == cut["kvs"][-1]["key"]
     assert all(r["more"] and not r["kvs"] and "cursor" not in r for r in ranges[4:])
+
+
+@pytest.mark.parametrize("op", [{"op": "lease_grant", "ttl_ms": 1000},
+                                {"op": "lease_revoke", "id": 4}])
+def test_lease_operations_are_refused_in_a_batch(op):
+    """The leader's lease keeper follows grants applied as commands of their own: a lease
+    granted inside a batch never expired, and keep-alive called it unknown (found by a
+    review).  A batch refuses lease operations, when a client's batch is encoded and when
+    a forwarded one is checked."""
+    m = machines()
+    with pytest.raises(BadCommand, match="ops\\[1\\].*not allowed in a batch"):
+        m.encode_batch_write([("kv", {"op": "put", "key": "a", "value": 1}, None),
+                              ("kv", op, None)], "c", 1, 1000)
+    forwarded = {"batch": [{"op": "put", "key": "a", "value": 1}, op], "client_id": "c",
+                 "sequence": 1, "ts": 1000}
+    with pytest.raises(BadCommand, match="ops\\[1\\].*not allowed in a batch"):
+        m.validate_logged(forwarded)
+    m.validate_logged({"batch": [{"op": "put", "key": "a", "value": 1, "lease": 4}],
+                       "client_id": "c", "sequence": 1, "ts": 1000})
