@@ -39,6 +39,20 @@ while the others apply it, so peers refuse to mix versions (the handshake compar
 Version 3: a transaction's ranges share one result budget, ``TXN_RESULT_BYTES_MAX`` (each
 had the node's own ``result_bytes_max``); a range past it answers ``more: true`` (with no
 ``cursor`` when it got no record: read that prefix again outside the transaction).
+Version 4: the budget counts ``get`` results too, and is shared by every transaction of a
+command (a batch of transactions is bounded as a whole; see "Read budget" below).  The
+first read that does not fit uses it up: it and every later read of the command are cut
+without reading a record (a ``get`` answers the key's metadata without ``value`` and
+``"truncated": true``; a ``range`` ``more: true``).  ``cas`` and value compares use JSON
+equality (``json_equal`` in txn.py): ``true`` is not ``1``, ``false`` is not ``0``, at any
+depth; numbers compare by value (``1`` equals ``1.0``).
+
+Read budget.  The reads of one log command share ``TXN_RESULT_BYTES_MAX`` bytes of results
+(each record counted as in a prefix read).  The node calls ``begin_command(index)`` before
+each command, a single one or a whole batch (node/machines.py), so a single command always
+has the whole budget and the ops of a batch share one; applied without the node (tests,
+tools), a new log index starts it.  Deterministic: it depends on the log only.
+``restore`` starts afresh: a snapshot is taken between entries.
 """
 
 from __future__ import annotations
@@ -53,7 +67,7 @@ from sortedcontainers import SortedDict
 from .base import (VALUE_DEPTH_MAX, BadCommand, CborArrayReader, cbor_head, nesting_exceeds,
                    read_array)
 from .leases import LeaseTable
-from .txn import compare_holds, validate_txn
+from .txn import compare_holds, json_equal, validate_txn
 
 __all__ = ["KVStateMachine", "OPS", "LEASE_OPS", "INTERNAL_OPS"]
 
@@ -66,10 +80,12 @@ _SCALARS = frozenset((str, int, float, bool))
 _set = dict.__setitem__       # an existing key: SortedDict's order does not change
 _PREFIX_LIMIT_MAX = 10_000
 RESULT_BYTES_MAX_DEFAULT = 4 << 20
-# A transaction's range results, all of them together: a constant, not the node's
+# The results of a command's reads (txn get and range), all of them together, in every
+# transaction of the command (a batch holds many): a constant, not the node's
 # limits.query_result_bytes_max, since a result is replicated (session table) and must be
 # the same on every node.  128 ranges of 1 MB each built 123 MB answers on every replica,
-# held each node's loop 0.7-1.7 s and cost an election.
+# held each node's loop 0.7-1.7 s and cost an election; so did 128 gets of one 1 MB value
+# (131 MB from a 2 KB transaction), and a batch multiplied either by its transactions.
 TXN_RESULT_BYTES_MAX = 4 << 20
 
 
@@ -79,7 +95,9 @@ class KVStateMachine:
     name = "kv"
     plain_commands = True   # validate gives JSON's types only (tests/unit/test_batch_apply.py)
     internal_ops = INTERNAL_OPS
-    version = 3          # 2: delete_range, the prefix cursor; 3: one result budget per txn
+    # 2: delete_range, the prefix cursor; 3: one result budget per txn; 4: gets count, one
+    # budget per command (batch), cut reads read nothing; JSON equality in cas/compares
+    version = 4
 
     def __init__(self, key_bytes_max: int = 4096,
                  result_bytes_max: int = RESULT_BYTES_MAX_DEFAULT, *,
@@ -97,6 +115,8 @@ class KVStateMachine:
         self.leases = LeaseTable()
         self._changes: list | None = None    # apply_with_changes collects here
         self._cuts: list[weakref.ref] = []   # snapshots being written (_Cut), weakly
+        self._reads_index: int | None = None  # the read budget's command (module docstring)
+        self._reads_left = TXN_RESULT_BYTES_MAX
 
     # ------------------------------------------------------------------ validation
 
@@ -208,7 +228,16 @@ class KVStateMachine:
         finally:
             self._changes = None
 
+    def begin_command(self, index: int) -> None:
+        """A new log command (a single one, or a whole batch) is about to be applied: its
+        reads start with the whole budget (module docstring, "Read budget").  The node
+        calls it for every command; applied alone (tests, tools), a new index does."""
+        self._reads_index = index
+        self._reads_left = TXN_RESULT_BYTES_MAX
+
     def _apply(self, index: int, command: dict) -> dict:
+        if index != self._reads_index:
+            self.begin_command(index)
         op = command["op"]
         if op == "txn":
             return self._txn(index, command)
@@ -231,7 +260,7 @@ class KVStateMachine:
             else:
                 expected = command["expected"]
                 ok = current is None if expected is None else (
-                    current is not None and current[0] == expected)
+                    current is not None and json_equal(current[0], expected))
             if not ok:
                 result = {"op": "cas", "succeeded": False,
                           "current_version": current[3] if current else 0}
@@ -330,7 +359,6 @@ class KVStateMachine:
             if lease is not None and lease not in self.leases:
                 return _lease_not_found(lease)
         results = []
-        budget = TXN_RESULT_BYTES_MAX       # shared by the ranges; the same on every node
         for op in ops:
             kind = op["op"]
             if kind == "put":
@@ -340,13 +368,37 @@ class KVStateMachine:
             elif kind == "delete":
                 results.append(self._delete(op["key"], data.get(op["key"])))
             elif kind == "get":
-                results.append({"op": "get", "kv": self.get(op["key"])})
+                results.append(self._txn_get(op["key"]))
             else:
-                found, size = self._prefix_read(op["prefix"], op["limit"], None, budget,
-                                                strict=True)
-                budget -= size
-                results.append({"op": "range", **found})
+                results.append(self._txn_range(op["prefix"], op["limit"]))
         return {"op": "txn", "succeeded": ok, "results": results}
+
+    def _txn_get(self, key: str) -> dict:
+        """A txn get within the command's read budget: the record, or (it does not fit:
+        the budget is used up) its metadata without ``value`` and ``truncated: true``."""
+        record = self.get(key)
+        if record is None:
+            return {"op": "get", "kv": None}
+        left = self._reads_left
+        weight = _record_weight(record, left) if left > 0 else 1
+        if weight <= left:
+            self._reads_left = left - weight
+            return {"op": "get", "kv": record}
+        self._reads_left = 0
+        del record["value"]
+        return {"op": "get", "kv": record, "truncated": True}
+
+    def _txn_range(self, prefix: str, limit: int) -> dict:
+        """A txn range within the command's read budget (strict: a record that does not
+        fit is not returned, and uses the budget up).  Once it is used up, a range reads
+        no record: ``more: true`` when the prefix has a key at all."""
+        if self._reads_left <= 0:
+            more = next(self._keys(prefix, None), None) is not None
+            return {"op": "range", "kvs": [], "more": more}
+        found, size, cut = self._prefix_read(prefix, limit, None, self._reads_left,
+                                             strict=True)
+        self._reads_left = 0 if cut else self._reads_left - size
+        return {"op": "range", **found}
 
     # ------------------------------------------------------------------ leases
 
@@ -419,27 +471,30 @@ class KVStateMachine:
         return self.get(self._check_key(request.get("key")))
 
     def _prefix_read(self, prefix: str, limit: int, after: str | None, budget: int,
-                     strict: bool = False) -> tuple[dict, int]:
-        """(result, its size): the records of ``prefix`` after ``after``, at most ``limit``
-        of them and ``budget`` bytes (unless ``strict``, the first record however large)."""
+                     strict: bool = False) -> tuple[dict, int, bool]:
+        """(result, its size, cut by bytes): the records of ``prefix`` after ``after``, at
+        most ``limit`` of them and ``budget`` bytes (unless ``strict``, the first record
+        however large).  A record's weight is measured only up to what is left (a large
+        value is never encoded whole to learn that it does not fit)."""
         found = []
-        more = False
+        more = cut = False
         size = 0
         for key in self._keys(prefix, after):
             if len(found) == limit:
                 more = True
                 break
             record = self.get(key)
-            weight = len(json.dumps(record, separators=(",", ":"), default=str)) + 1
-            if size + weight > budget and (found or strict):
-                more = True
+            left = budget - size if found or strict else 1 << 62   # the first: any size
+            weight = _record_weight(record, left)
+            if weight > left:
+                more = cut = True
                 break
             size += weight
             found.append(record)
         result = {"kvs": found, "more": more}
         if more and found:
             result["cursor"] = found[-1]["key"]
-        return result, size
+        return result, size, cut
 
     def __len__(self) -> int:
         return len(self._data)
@@ -472,7 +527,8 @@ class KVStateMachine:
         self._cuts.append(weakref.ref(cut))
         key_lease = dict(self.leases.key_lease) if self.leases.key_lease else None
         trailer = None
-        if len(self.leases) or self.leases.promoted_term:
+        if len(self.leases) or self.leases.promoted_term or self.leases.last_id:
+            # last_id too: a store whose leases are all gone must not give their ids again
             trailer = [None, self.leases.state()]
 
         def rows() -> Iterator[list]:
@@ -543,6 +599,7 @@ class KVStateMachine:
         self._data = restored
         self._cuts = []        # earlier cuts read the replaced store, which stays as it was
         self.leases = leases
+        self._reads_index = None           # a snapshot ends an entry: the next read afresh
 
     def snapshot_checker(self) -> "_SnapshotChecker":
         """Checks a snapshot as its pieces are written (``feed`` each, then ``close``):
@@ -625,6 +682,101 @@ def _load_rows(rows, into: SortedDict | None) -> tuple[list, list | None]:
 
 _CHUNK_ROWS_MAX = 512
 _CHUNK_BYTES = 256 << 10
+
+_dumps = json.JSONEncoder(separators=(",", ":"), default=str).encode   # ASCII-escaped
+_escape = json.encoder.encode_basestring_ascii
+_STRING_PIECE = 1 << 16
+
+
+def _record_weight(record: dict, limit: int) -> int:
+    """What a record costs in a read's result: its compact, ASCII-escaped JSON plus one
+    (a separator), exactly ``len(_dumps(record)) + 1`` when that is at most ``limit``; when
+    it is more, some number above ``limit``, found without encoding much more than
+    ``limit`` bytes of it."""
+    value = record["value"]
+    if type(value) is str and (len(value) + len(record["key"])) * 12 + 160 <= limit:
+        return len(_dumps(record)) + 1            # surely fits: one call of the C encoder
+    return _json_size(record, limit - 1) + 1
+
+
+def _json_size(value: object, limit: int) -> int:
+    """``len(_dumps(value))`` when that is at most ``limit``, else some number above
+    ``limit``: stops once the sum passes it, and encodes a string only when its length
+    fits, a long one a piece at a time (``_string_size``)."""
+    kind = type(value)
+    if kind is not dict and kind is not list and kind is not tuple:
+        return _scalar_size(value, limit)
+    size = 0
+    stack = [value]
+    push = stack.append
+    while stack:
+        item = stack.pop()
+        if type(item) is dict:
+            size += 1 + 2 * len(item) if item else 2     # {} , and :
+            if size > limit:
+                return size
+            for key in item:
+                if type(key) is str:
+                    size += _string_size(key, limit - size)
+                else:                                    # json's own key conversion
+                    size += len(_dumps({key: 0})) - 4
+                if size > limit:
+                    return size
+            children = item.values()
+        else:
+            size += len(item) + 1 if item else 2         # [] and ,
+            if size > limit:
+                return size
+            children = item
+        for child in children:
+            kind = type(child)
+            if kind is str:
+                size += (len(_escape(child)) if len(child) <= 64
+                         else _string_size(child, limit - size))
+            elif kind is int:
+                size += len(int.__repr__(child))
+            elif kind is dict or kind is list or kind is tuple:
+                push(child)
+                continue
+            else:
+                size += _scalar_size(child, limit - size)
+            if size > limit:
+                return size
+    return size
+
+
+def _string_size(text: str, limit: int) -> int:
+    """``len(_escape(text))`` when that is at most ``limit``, else more than ``limit``."""
+    length = len(text)
+    if length + 2 > limit:
+        return limit + 1                                 # escaping only adds
+    if length <= _STRING_PIECE:
+        return len(_escape(text))
+    size = 2
+    for start in range(0, length, _STRING_PIECE):
+        size += len(_escape(text[start:start + _STRING_PIECE])) - 2
+        if size > limit:
+            break
+    return size
+
+
+def _scalar_size(value: object, limit: int) -> int:
+    """``len(_dumps(value))`` of a value that is no array or object (more than ``limit``
+    as soon as it surely is)."""
+    kind = type(value)
+    if kind is str:
+        return _string_size(value, limit)
+    if kind is int:
+        return len(int.__repr__(value))
+    if kind is bool:
+        return 4 if value else 5
+    if value is None:
+        return 4
+    if kind is float and value - value == 0:             # finite: json writes its repr
+        return len(float.__repr__(value))
+    if kind is bytes and len(value) + 5 > limit:
+        return limit + 1                                 # str(b"..."), escaped, is longer
+    return len(_dumps(value))
 
 
 def _type(value: object) -> str:

@@ -80,14 +80,20 @@ class LeaseTable:
     # ------------------------------------------------------------------ snapshots
 
     def state(self) -> list:
-        """The CBOR-able table (without key attachments: the kv rows carry those)."""
+        """The CBOR-able table (without key attachments: the kv rows carry those).  kv
+        writes it whenever a lease was ever granted (``last_id`` non-zero), also once every
+        lease is gone: a replica restored without ``last_id`` would give old ids again."""
         return [self.promoted_term, sorted(self.ttl_ms.items()), self.last_id]
 
     def load(self, state: list, attachments) -> None:
-        """Replace the table from ``state()`` and ``attachments`` ((key, lease) pairs)."""
+        """Replace the table from ``state()`` and ``attachments`` ((key, lease) pairs).
+        Older snapshots: a table without ``last_id`` gives the highest live lease id; none
+        at all (kv passes ``[0, []]``) gives 0."""
         promoted, leases, *rest = state
         if type(promoted) is not int:
             raise ValueError("bad promoted term")
+        if rest and type(rest[0]) is not int:
+            raise ValueError("bad last lease id")
         self.__init__()
         self.promoted_term = promoted
         self.last_id = rest[0] if rest else max((lease for lease, _ in leases), default=0)

@@ -17,10 +17,17 @@ The result is ``{"op": "txn", "succeeded": bool, "results": [one per op of the b
 taken]}``.  The ops of a branch run in order and see each other's writes (a ``get`` after a
 ``put`` of the same key reads the new value).  An absent key has version, create_index,
 mod_index and lease 0 and no value: a ``value`` compare on it is false whatever ``cmp``
-says (use ``exists``).  Ordering compares of values hold only between two numbers or two
-strings.  Bounds: ``txn_ops_max`` compares and ops per branch; the command's encoded size
-at most ``txn_bytes_max`` (``CommandTooLarge``, HTTP 413); the ranges' results together at
-most kv's ``TXN_RESULT_BYTES_MAX`` (4 MiB): a range cut by it answers ``more: true``.
+says (use ``exists``).  ``==``/``!=`` of values is JSON equality (``json_equal``): the
+types must agree at every depth (``true`` is not ``1``, ``false`` is not ``0``, ``"1"`` is
+not ``1``), numbers compare by value (``1`` equals ``1.0``: JSON has one number type, and
+a JavaScript client cannot tell them apart), arrays element by element, objects by their
+keys and values (order aside).  Ordering compares of values hold only between two numbers
+or two strings.  Bounds: ``txn_ops_max`` compares and ops per branch; the command's
+encoded size at most ``txn_bytes_max`` (``CommandTooLarge``, HTTP 413); the results of
+the gets and ranges of the whole command (every transaction of a batch) together at most
+kv's ``TXN_RESULT_BYTES_MAX`` (4 MiB): the first read that does not fit, and every read
+after it, is cut (a range answers ``more: true``, a get the key's metadata without
+``value`` and ``truncated: true``).
 """
 
 from __future__ import annotations
@@ -31,7 +38,7 @@ import cbor2
 
 from .base import VALUE_DEPTH_MAX, BadCommand, CommandTooLarge, nesting_exceeds
 
-__all__ = ["validate_txn", "compare_holds", "TARGETS", "CMPS"]
+__all__ = ["validate_txn", "compare_holds", "json_equal", "TARGETS", "CMPS"]
 
 TARGETS = ("value", "version", "create_index", "mod_index", "exists", "lease")
 CMPS = {"==": operator.eq, "!=": operator.ne, "<": operator.lt, "<=": operator.le,
@@ -139,8 +146,10 @@ def compare_holds(compare: dict, record: tuple | None, lease: int) -> bool:
         if record is None:
             return False
         have = record[0]
-        if compare["cmp"] in ("==", "!="):
-            return cmp(have, want)
+        if compare["cmp"] == "==":
+            return json_equal(have, want)
+        if compare["cmp"] == "!=":
+            return not json_equal(have, want)
         numbers = (int, float)
         if (isinstance(have, numbers) and not isinstance(have, bool)
                 and isinstance(want, numbers) and not isinstance(want, bool)):
@@ -155,3 +164,46 @@ def compare_holds(compare: dict, record: tuple | None, lease: int) -> bool:
     else:
         have = {"create_index": record[1], "mod_index": record[2], "version": record[3]}[target]
     return cmp(have, want)
+
+
+def _kind(value: object) -> object:
+    """The JSON type of ``value`` (bool is not a number); any other type is its own."""
+    kind = type(value)
+    if kind is int or kind is float:
+        return int
+    if kind is tuple:
+        return list
+    return kind
+
+
+def json_equal(a: object, b: object) -> bool:
+    """Equality of two JSON values (what ``cas`` ``expected`` and ``==`` compares use):
+    the same JSON type at every depth, so ``True != 1`` and ``[False] != [0]`` (Python's
+    ``==`` says equal); numbers by value, so ``1 == 1.0`` (and ``nan`` equals nothing);
+    arrays of equal length element by element; objects with the same keys, each with an
+    equal value.  Iterative: no recursion limit (values nest at most VALUE_DEPTH_MAX)."""
+    stack = [(a, b)]
+    while stack:
+        x, y = stack.pop()
+        kind = _kind(x)
+        if kind is not _kind(y):
+            return False
+        if kind is list:
+            if len(x) != len(y):
+                return False
+            stack.extend(zip(x, y))
+        elif kind is dict:
+            if len(x) != len(y):
+                return False
+            if not (all(type(k) is str for k in x) and all(type(k) is str for k in y)):
+                x = {(_kind(k), k): v for k, v in x.items()}   # CBOR may give other keys:
+                y = {(_kind(k), k): v for k, v in y.items()}   # 1 and True are two keys
+                if len(x) != len(y):
+                    return False
+            for key, value in x.items():
+                if key not in y:
+                    return False
+                stack.append((value, y[key]))
+        elif x != y:
+            return False
+    return True

@@ -69,6 +69,10 @@ class StateMachines:
                  on_failure: Callable[[str, int, BaseException], None] | None = None) -> None:
         self.machines = machines
         self.sessions = sessions
+        # Called with the index before each command (a single one or a whole batch) is
+        # applied: kv starts its read budget there (statemachines/kv.py, "Read budget").
+        self._begins = [begin for sm in machines.values()
+                        if (begin := getattr(sm, "begin_command", None)) is not None]
         self.create = create
         self.record_terms = record_terms
         self.on_failure = on_failure      # a state machine raised (logged by the shell)
@@ -136,6 +140,8 @@ class StateMachines:
             if status == SESSION_STALE:
                 return CommandApplied(index, term, name, command, key, STALE,
                                       dict(_STALE_RESULT))
+        for begin in self._begins:         # e.g. kv's read budget: one per command
+            begin(index)
         if batch:
             result, changes = self._apply_batch(index, term, command["batch"])
         else:
