@@ -29,7 +29,7 @@ from typing import Callable
 
 from twisted.logger import Logger
 
-from paxoslog.config import parse_address
+from paxoslog.config import NODE_ID_MAX, parse_address
 from paxoslog.core.quorum import Config
 from paxoslog.node.removal import RemovalWitnesses
 
@@ -44,7 +44,7 @@ _EXIT_DELAY_S = 1.0
 _TELL_REMOVED_S = 600.0    # how long members keep dialing a removed node to tell it
 _VOTERS_MAX = 1024         # a REMOVED frame's voters (a bound, far above any real cluster)
 _ADDRESS_CHARS_MAX = 300   # one address in a VOTER_ADDRESSES frame
-_NODE_ID_MAX = (1 << 32) - 1   # as the conf allows
+_NODE_ID_MAX = NODE_ID_MAX       # as the conf allows
 # A host a member may tell this node to dial: a name or an IP literal, nothing the resolver
 # could choke on (an IPv6 zone, spaces, control characters).
 _HOST = re.compile(r"[A-Za-z0-9._:-]{1,253}")

@@ -16,6 +16,7 @@ import json
 import sys
 from functools import lru_cache
 
+from paxoslog.config import NODE_ID_MAX
 from paxoslog.tokens import Role
 
 __all__ = ["document", "document_bytes", "OPENAPI_VERSION"]
@@ -25,7 +26,7 @@ API_VERSION = "1"
 
 _INT = {"type": "integer"}
 _INDEX = {"type": "integer", "minimum": 0}
-_NODE_ID = {"type": "integer", "minimum": 1, "maximum": (1 << 32) - 1}
+_NODE_ID = {"type": "integer", "minimum": 1, "maximum": NODE_ID_MAX}
 _NULLABLE_NODE = {"type": ["integer", "null"]}
 _ANY = {}                                         # any JSON value
 _CONSISTENCY = {"type": "string", "enum": ["linearizable", "lease", "stale"],
