@@ -26,7 +26,9 @@ def join_cluster(config, node_id: int, endpoints: list[str], timeout: float = 60
     from paxoslog.client import ClientError, SyncClient
     me = config.node(node_id)
     members = MembersFile(me.data_dir)
-    body = {"node_id": node_id, "peer": str(me.peer), "api": str(me.api)}
+    # "joining": the node itself asks, on an empty data directory (admin.py refuses it
+    # for an id that already holds entries: that node lost its data).
+    body = {"node_id": node_id, "peer": str(me.peer), "api": str(me.api), "joining": True}
     where = ", ".join(endpoints)
     cafile = config.tls.ca_file if config.tls is not None else None   # https join URLs
     with SyncClient(endpoints, timeout=timeout, attempt_timeout=min(10.0, timeout),

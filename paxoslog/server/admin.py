@@ -192,7 +192,8 @@ class MembershipAdmin:
         if target in self.book.bootstrap and target not in config.members:
             raise ApiError(409, "conflict", f"node {target} was an initial member of this "
                                             "cluster; node ids are not reused: pick a new id")
-        self._refuse_holder_of_entries(target, config)
+        if body.get("joining"):
+            self._refuse_holder_of_entries(target, config)
         if row is None:
             yield port.write_row({"op": "add", "node_id": target, "address": peer,
                                   **({"api": api} if api else {})})
@@ -214,12 +215,14 @@ class MembershipAdmin:
         return self._member_answer(target)
 
     def _refuse_holder_of_entries(self, target: int, config) -> None:
-        """An add of a node that is already a voter, or a learner holding log entries,
-        comes from a node that lost its data and joins again (``serve --join`` asks only
-        when its data directory is empty).  Answering ok let it back in with an empty log
-        under its old id: as a voter it could vote a lagging node into leadership, and a
-        review lost an acknowledged write that way.  Only the retry of a join that crashed
-        before the node received anything (a learner with nothing matched) is idempotent."""
+        """The node's own join (``"joining": true``: ``serve --join`` asks only when its
+        data directory is empty) for an id that is already a voter, or a learner holding
+        log entries: the node lost its data.  Answering ok let it back in with an empty
+        log under its old id: as a voter it could vote a lagging node into leadership, and
+        a review lost an acknowledged write that way.  Only the retry of a join that
+        crashed before the node received anything (a learner with nothing matched) goes
+        through.  An operator's add-node (no ``joining``) stays idempotent: it is also how
+        one waits for a joined node to become a voter."""
         if target in config.voters:
             held = "is a voter"
         else:
@@ -485,7 +488,7 @@ def validate_request(op: str, body: dict) -> dict:
     if not isinstance(body, dict):
         raise bad_request("the body must be a JSON object")
     if op == "add":
-        _only(body, {"node_id", "peer", "address", "api", "wait"})
+        _only(body, {"node_id", "peer", "address", "api", "wait", "joining"})
         # "peer" as in the conf and the CLI; "address" is its old name, still accepted.
         if "peer" in body and "address" in body and body["peer"] != body["address"]:
             raise bad_request('"peer" and "address" (its old name) differ: give "peer" only')
@@ -498,6 +501,11 @@ def validate_request(op: str, body: dict) -> dict:
         if wait not in ("learner", "voter"):
             raise bad_request('"wait" must be "learner" (default) or "voter"')
         out["wait"] = wait
+        joining = body.get("joining", False)
+        if type(joining) is not bool:
+            raise bad_request('"joining" must be true or false')
+        if joining:
+            out["joining"] = True
         return out
     if op == "remove":
         _only(body, {"node_id"})

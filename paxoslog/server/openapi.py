@@ -158,7 +158,8 @@ SCHEMAS = {
                                "the required fields only."),
     "AddNode": _obj({"node_id": _NODE_ID, "address": _ADDRESS},
                     {"api": _ADDRESS, "wait": {"type": "string", "enum": ["learner", "voter"],
-                                               "default": "learner"}}, closed=True),
+                                               "default": "learner"},
+                     "joining": {"type": "boolean", "default": False}}, closed=True),
     "RemoveNode": _obj({"node_id": _NODE_ID}, closed=True),
     "TransferLeader": _obj({}, {"node_id": _NODE_ID}, closed=True),
 }

@@ -324,6 +324,28 @@ def test_cli_membership_commands(make_cluster):
     assert unknown.returncode == 3 and "not a member" in unknown.stderr, unknown
 
 
+def test_a_joined_node_that_lost_its_data_cannot_join_again_under_its_id(make_cluster):
+    """Node 4 joined and became a voter; its disk is wiped and the same ``serve --join``
+    is run again.  add-node answered ok, and the empty voter could elect a lagging node
+    (a review lost an acknowledged write so).  Its join is refused now, naming what to
+    do, and the cluster goes on with the others."""
+    import shutil
+    c = make_cluster("raft")
+    c.new_node(4)
+    c.start(4, join=1)
+    _wait_voter(c, 4, [1, 2, 3, 4])
+    for i in range(10):
+        c.write(f"w{i}", i)
+    c.kill(4)
+    shutil.rmtree(c.tmp_path / "data" / "4")
+    c.start(4, join=2)
+    assert c.wait_exit(4, timeout=30) != 0
+    with open(c.log_path(4)) as f:
+        log = f.read()
+    assert "lost its data" in log and "new id" in log, log[-2000:]
+    c.write("after", 1, nodes=[1, 2, 3])
+
+
 def test_a_node_started_without_join_is_refused_by_the_members(make_cluster):
     """Operator error: a new node started with a conf that lists it, without --join, would
     bootstrap a different initial configuration.  The peer handshake compares them."""
