@@ -455,6 +455,10 @@ def test_recover_dry_run_works_on_a_read_only_data_dir(tmp_path):
 
 # ---------------------------------------------------------------------- 5. temporary files
 
+def _default_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
 def test_save_killed_mid_download_removes_its_owner_only_temporary_file(tmp_path, signum):
     """A real ``paxoslog snapshot save`` against a server that stalls mid-backup: its
@@ -465,10 +469,13 @@ def test_save_killed_mid_download_removes_its_owner_only_temporary_file(tmp_path
     out_dir = tmp_path / "out"
     out_dir.mkdir()
     try:
+        # SIGINT as a terminal gives it: a shell that runs the suite in the background
+        # hands its children SIGINT ignored, and an ignored signal stays ignored.
         save = subprocess.Popen([sys.executable, "-m", "paxoslog.cli", "snapshot", "save",
                                  "--endpoints", server.url, "--quiet",
                                  str(out_dir / "b.snap.zst")], cwd=ROOT, env=ENV,
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                preexec_fn=_default_sigint)
         part = out_dir / f".b.snap.zst.part-{save.pid}"
         _wait_for(part.exists, 30, what="the download to begin")
         assert stat.S_IMODE(part.stat().st_mode) == 0o600
