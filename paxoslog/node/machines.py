@@ -17,7 +17,8 @@ from typing import Callable
 
 import cbor2
 
-from statemachines import BadCommand, is_internal, snapshot_chunks_producer
+from statemachines import BadCommand, create as create_state_machine, is_internal, \
+    snapshot_chunks_producer
 
 from .commands import (batch_command, command_key, command_map, decode_command, encode_command,
                        is_batch)
@@ -44,6 +45,27 @@ class QueryFailed(Exception):
         super().__init__(message)
         self.status = status
         self.body = {"error": code, "message": message, **(extra or {})}
+
+
+def limited_factories(limits) -> tuple[Callable, Callable[[], SessionTable]]:
+    """``(create(name), new_sessions())``: an empty state machine and session table with
+    the conf's ``[limits]``, as a node makes them (the server, and restore's check of a
+    backup: the same limits, or a backup a node refuses would pass)."""
+    def create(name: str):
+        return create_state_machine(
+            name, **({"key_bytes_max": limits.key_bytes_max,
+                      "result_bytes_max": limits.query_result_bytes_max,
+                      "txn_ops_max": limits.txn_ops_max,
+                      "txn_bytes_max": limits.txn_bytes_max,
+                      "leases_max": limits.leases_max,
+                      "lease_ttl_ms_min": limits.lease_ttl_ms_min,
+                      "lease_ttl_ms_max": limits.lease_ttl_ms_max}
+                     if name == "kv" else {}))
+
+    def new_sessions() -> SessionTable:
+        return SessionTable(limits.sessions_max, limits.session_results_max,
+                            limits.session_results_total_max, limits.session_idle_ms)
+    return create, new_sessions
 
 
 def _refuse_in_batch(sm: object, command: dict) -> None:

@@ -35,7 +35,7 @@ from paxoslog.storage.durable import fsync_dir, write_all
 from paxoslog.storage.errors import CorruptSnapshot
 from paxoslog.storage.snapshot import SnapshotInfo, verify_snapshot
 
-from .datadir import (Interrupted, OperateError, create_private, interruptible,
+from .datadir import (OperateError, create_private, discard_partial, interruptible,
                       remove_stale_temps)
 from .progress import Progress, human_bytes
 
@@ -180,14 +180,7 @@ def _receive(response, endpoint: str, path: str, parent: str, started: float, qu
             made = False                         # it is FILE now
         except BaseException as exc:
             if made:
-                try:
-                    os.unlink(tmp)
-                except OSError:
-                    pass
-                if isinstance(exc, Interrupted):
-                    raise OperateError(f"interrupted by {exc.name}: nothing was saved (the "
-                                       f"partial file {tmp} was removed)",
-                                       exc.exit_code) from None
+                discard_partial(tmp, exc, "nothing was saved")
             raise
         try:
             fsync_dir(parent)

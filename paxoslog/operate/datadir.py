@@ -51,7 +51,7 @@ from statemachines import create as create_state_machine
 
 __all__ = ["OperateError", "DataDirView", "read_data_dir", "retrying", "make_machines",
            "replay", "Replayed", "Interrupted", "interruptible", "remove_stale_temps",
-           "create_private", "pid_alive"]
+           "create_private", "discard_partial", "pid_alive"]
 
 
 class OperateError(Exception):
@@ -99,6 +99,19 @@ def interruptible():
     finally:
         for signum, old in previous.items():
             signal.signal(signum, old)
+
+
+def discard_partial(tmp: str, exc: BaseException, unwritten: str) -> None:
+    """A write of ``tmp`` failed with ``exc``: remove the partial file; an interruption
+    (SIGTERM, SIGINT) becomes an ``OperateError`` saying ``unwritten`` and exiting
+    128 + N.  Any other exception is the caller's to re-raise."""
+    try:
+        os.unlink(tmp)
+    except OSError:
+        pass
+    if isinstance(exc, Interrupted):
+        raise OperateError(f"interrupted by {exc.name}: {unwritten} (the partial file {tmp} "
+                           "was removed)", exc.exit_code) from None
 
 
 def pid_alive(pid: int) -> bool:

@@ -44,13 +44,12 @@ from dataclasses import dataclass
 from paxoslog.core.log import HardState, SnapshotMeta
 from paxoslog.core.quorum import Config
 from paxoslog.core.ready import Ready
-from paxoslog.node.sessions import SessionTable
+from paxoslog.node.machines import limited_factories
 from paxoslog.server.local_snapshots import SnapshotRefused, verify_states
 from paxoslog.server.members_file import MembersFile, NodeAddresses
 from paxoslog.storage import DiskStorage
 from paxoslog.storage.errors import CorruptSnapshot, StorageError
 from paxoslog.storage.snapshot import SnapshotInfo, SnapshotReader, verify_snapshot
-from statemachines import create as create_state_machine
 
 from .datadir import OperateError
 from .newdir import NewDataDir, is_empty_dir
@@ -72,24 +71,8 @@ class RestoreResult:
 
 def node_like_factories(config):
     """(create(name), sessions_like()): empty state machines and session table with the
-    conf's limits, as a node of that conf makes them (server/node.py)."""
-    limits = config.limits
-
-    def create(name: str):
-        return create_state_machine(
-            name, **({"key_bytes_max": limits.key_bytes_max,
-                      "result_bytes_max": limits.query_result_bytes_max,
-                      "txn_ops_max": limits.txn_ops_max,
-                      "txn_bytes_max": limits.txn_bytes_max,
-                      "leases_max": limits.leases_max,
-                      "lease_ttl_ms_min": limits.lease_ttl_ms_min,
-                      "lease_ttl_ms_max": limits.lease_ttl_ms_max}
-                     if name == "kv" else {}))
-
-    def sessions_like() -> SessionTable:
-        return SessionTable(limits.sessions_max, limits.session_results_max,
-                            limits.session_results_total_max, limits.session_idle_ms)
-    return create, sessions_like
+    conf's limits, as a node of that conf makes them."""
+    return limited_factories(config.limits)
 
 
 def _refuse_bad_numbers(meta: SnapshotMeta, shown: str) -> None:

@@ -64,7 +64,7 @@ from paxoslog.storage.durable import fsync_dir
 from paxoslog.storage.snapshot import verify_snapshot
 from paxoslog.storage.errors import CorruptSnapshot
 
-from .datadir import (Interrupted, OperateError, create_private, interruptible,
+from .datadir import (OperateError, create_private, discard_partial, interruptible,
                       make_machines, read_data_dir, remove_stale_temps, replay, retrying)
 from .progress import Progress
 
@@ -204,14 +204,7 @@ def export_sqlite(data_dir: str, out_path: str, *, config=None, force: bool = Fa
             fsync_dir(parent)
         except BaseException as exc:
             if made:
-                try:
-                    os.unlink(tmp)
-                except OSError:
-                    pass
-                if isinstance(exc, Interrupted):
-                    raise OperateError(f"interrupted by {exc.name}: {out_path} was not "
-                                       f"written (the partial file {tmp} was removed)",
-                                       exc.exit_code) from None
+                discard_partial(tmp, exc, f"{out_path} was not written")
             if isinstance(exc, (OSError, sqlite3.Error)):
                 raise OperateError(f"cannot write {out_path}: {exc}") from None
             raise

@@ -56,14 +56,12 @@ from paxoslog.core.errors import Busy, NotLeader
 from paxoslog.core.ready import Role
 from paxoslog.core.replica import create_replica
 from paxoslog.node.driver import DriverOptions, NodeDriver
-from paxoslog.node.machines import StateMachines
-from paxoslog.node.sessions import SessionTable
+from paxoslog.node.machines import StateMachines, limited_factories
 from paxoslog.node.stamps import node_command_clock
 from paxoslog.config import ConfigError
 from paxoslog.storage import DiskStorage
 from paxoslog.terms import describe_hard_state
 from paxoslog.tokens import TokensFileError, check_token
-from statemachines import create as create_state_machine
 
 from . import frames as F
 from .access import AccessControl, TokenStore, is_loopback
@@ -210,6 +208,8 @@ class NodeService(MultiService):
                  clock_ms=_monotonic_ms) -> None:
         super().__init__()
         self.config = config
+        # Empty state machines and session tables with the conf's limits.
+        self._create_machine, self._new_sessions = limited_factories(config.limits)
         self.node_id = node_id
         self.reactor = reactor
         self.clock_ms = clock_ms
@@ -257,26 +257,12 @@ class NodeService(MultiService):
 
     # ================================================================== wiring
 
-    def _create_machine(self, name: str):
-        limits = self.config.limits
-        return create_state_machine(
-            name, **({"key_bytes_max": limits.key_bytes_max,
-                      "result_bytes_max": limits.query_result_bytes_max,
-                      "txn_ops_max": limits.txn_ops_max,
-                      "txn_bytes_max": limits.txn_bytes_max,
-                      "leases_max": limits.leases_max,
-                      "lease_ttl_ms_min": limits.lease_ttl_ms_min,
-                      "lease_ttl_ms_max": limits.lease_ttl_ms_max}
-                     if name == "kv" else {}))
-
     def _machines(self) -> StateMachines:
         config = self.config
-        limits = config.limits
         # The membership table is the address book of nodes added later: always on.
         names = config.state_machines + (
             ("membership",) if "membership" not in config.state_machines else ())
-        sessions = SessionTable(limits.sessions_max, limits.session_results_max,
-                                limits.session_results_total_max, limits.session_idle_ms)
+        sessions = self._new_sessions()
 
         def failed(name: str, index: int, exc: BaseException) -> None:
             # No traceback: a client can make a plug-in's apply raise at will (a domain
