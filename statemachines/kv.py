@@ -53,6 +53,11 @@ each command, a single one or a whole batch (node/machines.py), so a single comm
 has the whole budget and the ops of a batch share one; applied without the node (tests,
 tools), a new log index starts it.  Deterministic: it depends on the log only.
 ``restore`` starts afresh: a snapshot is taken between entries.
+
+Size: one state machine: its commands, queries, transactions, leases and snapshots all
+read and change the one sorted key table and its budget, and the record sizing at the end
+(``_record_weight``) is what the prefix reads and the read budget count with; apart, each
+piece would reach back into the table's private state.
 """
 
 from __future__ import annotations
